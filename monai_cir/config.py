@@ -1,0 +1,45 @@
+"""Locations and runtime choices shared by every part of the package."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["data_root", "cache_dir", "default_device", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
+
+DATA_ROOT_ENV = "MONAI_CIR_DATA"
+CACHE_DIR_ENV = "MONAI_CIR_CACHE"
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_root() -> Path:
+    """Root of the real collections: ``$MONAI_CIR_DATA``, else ``../shared/data`` beside the repository.
+
+    Derm7pt lives under ``derm7pt/release_v0`` and ISIC UDA-1 under ``isic-uda1``. The path is not
+    checked here: the dataset classes check it and say how to obtain the data when it is missing.
+    """
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return (_REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def cache_dir(*parts: str) -> Path:
+    """A git-ignored folder for derived files (feature caches, converted weights, demo output).
+
+    ``$MONAI_CIR_CACHE`` or ``.cache`` in the checkout. Feature caches are derived from the images,
+    so they must never be committed (data terms): ``.cache/`` is in ``.gitignore``.
+    """
+    env = os.environ.get(CACHE_DIR_ENV)
+    root = Path(env).expanduser() if env else _REPO_ROOT / ".cache"
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_device() -> torch.device:
+    """CUDA when present, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

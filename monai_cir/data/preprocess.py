@@ -1,0 +1,136 @@
+"""Image preprocessing shared by training, indexing, search and the deploy app.
+
+arXiv v1 section 3.1: "we first removed black boundary artifacts and then resized all images to
+512 x 512 pixels". The size is a parameter (``image_size`` of the model config) because 260 x 260
+scores as well at a quarter of the cost (DESIGN.md section 3).
+
+Every path into the network goes through :func:`preprocess_image`, so a library image and a query
+image are treated identically; the model fingerprint records the size (an index built at another
+size is refused).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Hashable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform, Transform
+from PIL import Image
+
+__all__ = [
+    "remove_black_border",
+    "to_rgb_uint8",
+    "preprocess_image",
+    "load_image",
+    "RemoveBlackBorder",
+    "PreprocessImaged",
+]
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, uint8 or wider, as (H, W, 3) uint8.
+
+    Greyscale is replicated to RGB, alpha is dropped, 16-bit and float data are rescaled by their
+    range (so 12/16-bit DICOM frames keep their contrast)."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    if array.dtype != np.uint8:
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("image contains NaN or infinite values")
+        lo, hi = float(values.min()), float(values.max())
+        if np.issubdtype(array.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+            values = values * 255.0
+        elif hi > lo:
+            values = (values - lo) / (hi - lo) * 255.0
+        else:
+            values = np.zeros_like(values)
+        array = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def remove_black_border(image: np.ndarray, threshold: int = 20, dark_fraction: float = 0.95) -> np.ndarray:
+    """Crop the black frame that dermatoscopes leave around the field of view.
+
+    A border row (column) is dropped while at least ``dark_fraction`` of its pixels have every
+    channel below ``threshold``; cropping stops at the first row (column) with content, so dark
+    lesion pixels inside the image are never removed. Returns the image unchanged if it would
+    crop to less than a quarter of either side (a very dark image is not a border).
+    """
+    rgb = to_rgb_uint8(image)
+    dark = (rgb < threshold).all(axis=-1)
+    rows = dark.mean(axis=1) < dark_fraction
+    cols = dark.mean(axis=0) < dark_fraction
+    if not rows.any() or not cols.any():
+        return rgb
+    top, bottom = int(np.argmax(rows)), int(len(rows) - np.argmax(rows[::-1]))
+    left, right = int(np.argmax(cols)), int(len(cols) - np.argmax(cols[::-1]))
+    if (bottom - top) < rgb.shape[0] / 4 or (right - left) < rgb.shape[1] / 4:
+        return rgb
+    return rgb[top:bottom, left:right]
+
+
+def preprocess_image(image: np.ndarray | Image.Image, image_size: int = 512, remove_border: bool = True) -> torch.Tensor:
+    """(H, W[, C]) pixels -> (3, image_size, image_size) float32 RGB in [0, 1].
+
+    Black border removal, then a bilinear (antialiased) resize to a square, as in the paper."""
+    array = to_rgb_uint8(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
+    if remove_border:
+        array = remove_black_border(array)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    tensor = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return tensor.squeeze(0).clamp_(0.0, 1.0)
+
+
+def load_image(path: str | Path, image_size: int = 512, remove_border: bool = True) -> torch.Tensor:
+    """Read an image file (JPEG, PNG...) and preprocess it; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            array = np.asarray(img.convert("RGB"))
+    except Exception as err:  # PIL raises several types for broken files
+        raise ValueError(f"cannot read image {path}: {err}") from err
+    return preprocess_image(array, image_size, remove_border)
+
+
+class RemoveBlackBorder(Transform):
+    """MONAI transform form of :func:`remove_black_border` (HWC arrays)."""
+
+    def __init__(self, threshold: int = 20, dark_fraction: float = 0.95) -> None:
+        self.threshold = threshold
+        self.dark_fraction = dark_fraction
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return remove_black_border(image, self.threshold, self.dark_fraction)
+
+
+class PreprocessImaged(MapTransform):
+    """Dictionary transform: a path or an HWC array under ``keys`` -> (3, S, S) tensor in [0, 1]."""
+
+    def __init__(self, keys: Any, image_size: int = 512, remove_border: bool = True, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_size = image_size
+        self.remove_border = remove_border
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if isinstance(value, (str, Path)):
+                d[key] = load_image(value, self.image_size, self.remove_border)
+            else:
+                d[key] = preprocess_image(value, self.image_size, self.remove_border)
+        return d

