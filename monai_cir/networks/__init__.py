@@ -11,12 +11,16 @@ from .composed_retrieval import (
     create_model,
     preprocessing_signature,
 )
+from .checkpoint import encoder_fingerprint, load_model, save_checkpoint
 from .composer import CrossModalTransformer
 from .image_encoder import HierarchicalImageEncoder, load_offline_efficientnet_lite
 from .text_encoder import TextEncoder, offline_minilm_path
 
 __all__ = [
     "ComposedRetrievalNet",
+    "load_model",
+    "save_checkpoint",
+    "encoder_fingerprint",
     "create_model",
     "MODEL_PRESETS",
     "DEFAULT_PRESET",

@@ -115,7 +115,7 @@ class ComposedRetrievalNet(nn.Module):
         num_heads: int = 4,
         projection: str = "residual_mlp",
         freeze_encoders: bool = True,
-        image_size: int = 512,
+        image_size: int = 260,
     ) -> None:
         super().__init__()
         if not 0.0 <= beta <= 1.0:
@@ -319,7 +319,7 @@ def create_model(
     spec = copy.deepcopy(MODEL_PRESETS[preset])
     image_name = image_model or spec["image_model"]
     text_name = text_model or spec["text_model"]
-    image_size = int(kwargs.get("image_size", 512))
+    image_size = int(kwargs.get("image_size", 260))
     image_encoder = HierarchicalImageEncoder(
         image_name,
         pretrained=(spec["image_weights"] if image_model is None else "offline" if image_name.startswith("tf_efficientnet_lite") else "hub") if pretrained else None,
