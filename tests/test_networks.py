@@ -1,0 +1,245 @@
+"""The network of paper Eqs. 2-9: decomposition, β limits, masks, encoders, input validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import make_tiny_net
+from monai_cir.networks import (
+    ComposedRetrievalNet,
+    CrossModalTransformer,
+    HierarchicalImageEncoder,
+    create_model,
+    load_model,
+    save_checkpoint,
+)
+from monai_cir.networks import image_encoder as image_encoder_module
+
+TEXTS = ["atypical pigment network, irregular streaks", "blue-whitish veil present, palpable lesion on the trunk"]
+
+
+def _activate_head(net: ComposedRetrievalNet, seed: int = 1) -> ComposedRetrievalNet:
+    """Give the zero-initialised gates and projections non-trivial values so every path contributes."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(("composers.", "alignments.")):
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return net
+
+
+@pytest.fixture(scope="module")
+def active_net():
+    return _activate_head(make_tiny_net(num_masks=3))
+
+
+def _images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_decomposition_identity(active_net):
+    """S computed from feature maps (Eq. 9) equals the inner product of the query and target embeddings."""
+    q_img, t_img = _images(2), _images(5, seed=1)
+    with torch.no_grad():
+        s = active_net.similarity(q_img, TEXTS, t_img)
+        q = active_net.encode_query(q_img, TEXTS)
+        t = active_net.encode_target(t_img)
+    assert q.shape == (2, active_net.embedding_dim) and t.shape == (5, active_net.embedding_dim)
+    assert active_net.embedding_dim == 2 * sum(active_net.dims)
+    torch.testing.assert_close(q @ t.T, s, atol=1e-5, rtol=1e-5)
+    # with 3 levels the score is a weighted sum of 3 + 3 cosines: |S| <= 3
+    assert s.abs().max() <= 3.0 + 1e-5
+
+
+def _level_cosines(net, q_img, texts, t_img):
+    maps_q = net.compose(net.image_features(q_img), *net.text_features(texts))
+    maps_t = net.image_features(t_img)
+    local = sum(a.cosine(a.local_descriptor(x), a.local_descriptor(y)) for a, x, y in zip(net.alignments, maps_q, maps_t))
+    global_ = sum(a.cosine(a.global_descriptor(x), a.global_descriptor(y)) for a, x, y in zip(net.alignments, maps_q, maps_t))
+    return local, global_
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.6])
+def test_beta_limits(beta):
+    net = _activate_head(make_tiny_net(beta=beta))
+    q_img, t_img = _images(2), _images(3, seed=2)
+    with torch.no_grad():
+        local, global_ = _level_cosines(net, q_img, TEXTS, t_img)
+        s = net.similarity(q_img, TEXTS, t_img)
+        emb = net.encode_query(q_img, TEXTS) @ net.encode_target(t_img).T
+    expected = {0.0: global_, 1.0: local, 0.6: 0.6 * local + 0.4 * global_}[beta]
+    torch.testing.assert_close(s, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(emb, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(local, global_, atol=1e-3), "local and global must differ for the test to mean anything"
+
+
+def test_masks_are_spatial_distributions_aligned_with_input(active_net):
+    images = _images(2, size=96)
+    with torch.no_grad():
+        masks = active_net.region_masks(images, TEXTS)
+        maps = active_net.image_features(images)
+    assert len(masks) == 3
+    for m, x, stride in zip(masks, maps, active_net.image_encoder.reductions):
+        assert m.shape == (2, 3, x.shape[2], x.shape[3])
+        assert m.shape[2] == math.ceil(96 / stride) and m.shape[3] == math.ceil(96 / stride)
+        assert (m >= 0).all()
+        torch.testing.assert_close(m.sum(dim=(2, 3)), torch.ones(2, 3), atol=1e-5, rtol=0)
+
+
+def test_untrained_composer_is_identity_and_text_changes_query():
+    net = make_tiny_net()
+    images = _images(2)
+    with torch.no_grad():
+        maps = net.image_features(images)
+        composed = net.compose(maps, *net.text_features(TEXTS))
+    for a, b in zip(maps, composed):
+        torch.testing.assert_close(a, b)  # zero-initialised gates: the query starts in the target's space
+    active = _activate_head(make_tiny_net())
+    with torch.no_grad():
+        with_text = active.encode_query(images, TEXTS)
+        image_only = active.encode_query(images, ["", "   "])
+        target = active.encode_target(images)
+    assert not torch.allclose(with_text, image_only, atol=1e-4)
+    # an empty text is an image-only query: no text contribution at all
+    torch.testing.assert_close(image_only, target, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_modal_transformer_preserves_shape_and_masks_padding():
+    block = CrossModalTransformer(dim=24, text_dim=16, num_heads=5)  # 5 does not divide 24: reduced to 4
+    with torch.no_grad():
+        block.gate_attn.fill_(1.0)
+    x, z = torch.randn(2, 24, 5, 7), torch.randn(2, 6, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    out, attention = block(x, z, mask, return_attention=True)
+    assert out.shape == x.shape and attention.shape == (2, 6)
+    assert torch.all(attention[0, 3:] == 0)  # padded tokens get no attention
+    z2 = z.clone()
+    z2[0, 3:] = 100.0  # changing padded tokens changes nothing
+    torch.testing.assert_close(block(x, z2, mask), out)
+
+
+def test_swin_config_gives_three_nchw_levels_and_valid_score():
+    bert_base = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    net = create_model("swin_t-bert_base", pretrained=False, text_model="offline-minilm", text_config_overrides=bert_base, image_size=224).eval()
+    assert net.image_encoder.channels_last_output
+    assert net.text_encoder.dim == 768
+    images = _images(2, size=224)
+    with torch.no_grad():
+        maps = net.image_features(images)
+        assert [tuple(m.shape) for m in maps] == [(2, 192, 28, 28), (2, 384, 14, 14), (2, 768, 7, 7)]
+        s = net.similarity(images, TEXTS, images)
+        q, t = net.encode_query(images, TEXTS), net.encode_target(images)
+    assert torch.isfinite(s).all() and s.shape == (2, 2)
+    torch.testing.assert_close(q @ t.T, s, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "make_input, message",
+    [
+        (lambda: (torch.rand(2, 1, 64, 64), TEXTS), "3 \\(RGB\\) channels"),
+        (lambda: (torch.rand(2, 4, 64, 64), TEXTS), "3 \\(RGB\\) channels"),
+        (lambda: (torch.full((2, 3, 64, 64), float("nan")), TEXTS), "NaN or infinite"),
+        (lambda: (torch.rand(2, 3, 64, 64) * 255, TEXTS), "scaled to \\[0, 1\\]"),
+        (lambda: (torch.rand(3, 3, 64, 64), TEXTS), "3 images but 2 texts"),
+        (lambda: (torch.rand(2, 3, 64, 64), []), "texts is empty"),
+        (lambda: (torch.rand(3, 64, 64), TEXTS[:1]), "add the batch dimension"),
+        (lambda: ((torch.rand(2, 3, 64, 64) * 255).to(torch.uint8), TEXTS), "float RGB"),
+        (lambda: (torch.rand(2, 3, 64, 64), "one string"), "not a single string"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(tiny_net, make_input, message):
+    images, texts = make_input()
+    with pytest.raises(ValueError, match=message):
+        tiny_net.encode_query(images, texts)
+
+
+def test_non_finite_target_images_rejected(tiny_net):
+    images = torch.rand(3, 3, 64, 64)
+    images[1, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"batch items \[1\]"):
+        tiny_net.encode_target(images)
+
+
+def test_over_long_text_is_truncated_with_warning(tiny_net):
+    long_text = " ".join(["irregular streaks"] * 400)
+    with pytest.warns(UserWarning, match="truncated"):
+        q = tiny_net.encode_query(torch.rand(1, 3, 64, 64), [long_text])
+    assert torch.isfinite(q).all()
+
+
+def test_invalid_construction_arguments():
+    with pytest.raises(ValueError, match="beta must lie in"):
+        make_tiny_net(beta=1.5)
+    with pytest.raises(ValueError, match="levels must be"):
+        make_tiny_net(levels=("X",))
+    with pytest.raises(ValueError, match="unknown preset"):
+        create_model("resnet-clip", pretrained=False)
+
+
+def test_fingerprint_tracks_weights_and_config():
+    a, b = make_tiny_net(), make_tiny_net()
+    assert a.fingerprint() == b.fingerprint()
+    _activate_head(b)
+    assert a.fingerprint() != b.fingerprint()
+    assert make_tiny_net(image_size=96).fingerprint() != a.fingerprint()
+
+
+def test_level_subsets_change_dimension():
+    net = make_tiny_net(levels=("M", "H"))
+    assert net.levels == ("M", "H") and net.embedding_dim == 2 * sum(net.image_encoder.channels[1:])
+    with torch.no_grad():
+        assert net.encode_target(_images(2)).shape == (2, net.embedding_dim)
+
+
+# ---------------------------------------------------------------- real offline weights
+@pytest.mark.integration
+def test_offline_weights_load_strictly_and_are_deterministic(offline_net):
+    enc = offline_net.image_encoder
+    assert enc.model_name == "tf_efficientnet_lite2" and enc.channels == [48, 120, 352] and enc.reductions == [8, 16, 32]
+    # EfficientNet-Lite was trained on (x - 0.5) / 0.5 (TF's 127/128 scaling), not ImageNet mean/std:
+    # timm's pretrained config says so, and a mid-grey image maps to zero.
+    torch.testing.assert_close(enc.normalize(torch.full((1, 3, 2, 2), 0.5)), torch.zeros(1, 3, 2, 2))
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 260, 260, generator=g)
+    with torch.no_grad():
+        first = offline_net.encode_target(images)
+        second = offline_net.encode_target(images)
+        singles = torch.cat([offline_net.encode_target(images[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first, singles, atol=1e-4, rtol=1e-4)
+    # pretrained weights differ from a random init of the same architecture
+    random_enc = HierarchicalImageEncoder("tf_efficientnet_lite2", pretrained=None)
+    assert not torch.equal(random_enc.backbone.conv_stem.weight, enc.backbone.conv_stem.weight)
+
+
+@pytest.mark.integration
+def test_offline_weights_refuse_a_mismatching_architecture(monkeypatch):
+    lite2_file = image_encoder_module._offline_weight_file("tf_efficientnet_lite2")
+    monkeypatch.setattr(image_encoder_module, "_offline_weight_file", lambda name: lite2_file)
+    with pytest.raises(RuntimeError, match="does not match|expects"):
+        image_encoder_module.load_offline_efficientnet_lite("tf_efficientnet_lite0")
+
+
+@pytest.mark.integration
+def test_offline_text_encoder_gives_real_token_embeddings(offline_net):
+    tokens, mask = offline_net.text_features(["irregular streaks", "regular pigment network"])
+    assert tokens.shape[0] == 2 and tokens.shape[2] == 384 and mask.dtype == torch.bool
+    pooled = [(t[m]).mean(0) for t, m in zip(tokens, mask)]
+    # a real MiniLM separates unrelated sentences: their pooled embeddings are not identical
+    assert torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0) < 0.99
+
+
+@pytest.mark.integration
+def test_checkpoint_round_trip(offline_net, tmp_path):
+    net = _activate_head(ComposedRetrievalNet.offline_default(image_size=260, num_masks=2))
+    path = save_checkpoint(net, tmp_path / "model.pt", note="test")
+    loaded = load_model(path)
+    assert loaded.fingerprint() == net.fingerprint() and loaded.num_masks == 2
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_model(tmp_path / "bad.pt")
