@@ -1,0 +1,489 @@
+"""Turn research collections into DICOM studies: one study per case.
+
+Each case becomes
+
+- a **Dermoscopic Photography Image** (SOP Class 1.2.840.10008.5.1.4.1.1.77.1.7, Modality ``DMS``)
+  written with pydicom (highdicom has no writer for it). A baseline JPEG source is carried as-is in
+  the JPEG Baseline transfer syntax (no second lossy compression; APP1..APP15 and COM segments,
+  which may hold camera metadata, are dropped); any other source (PNG, progressive JPEG...) is
+  stored uncompressed (Explicit VR Little Endian, RGB).
+- a **Comprehensive SR** (highdicom) in the same study, referencing the image, carrying the case's
+  text as ``(121071, DCM, "Finding")`` TEXT, its diagnosis as ``(CIR005, 99MONAICIR, "Reference
+  diagnosis")`` CODE, and its case id / collection as private-concept TEXT items. The reader
+  (:func:`monai_cir.dicom.reader.read_dicom_folder`) returns them as ``DermoscopyQuery.diagnosis``,
+  ``case_id`` and ``collection``, and never puts the reference diagnosis into the query text.
+
+Patients are pseudonymous: the Patient ID is ``CIR-`` + 12 hex digits of SHA-256 of
+``collection/case_id``; every UID is derived from the same key (``2.25`` UIDs), so converting a
+case again gives the same UIDs (a case library can be rebuilt without breaking the index).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    DermoscopicPhotographyImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
+
+from . import codes as C
+
+__all__ = [
+    "CaseUIDs",
+    "DicomizedCase",
+    "case_report_sr",
+    "case_uids",
+    "dermoscopy_image_dataset",
+    "dicomize_record",
+    "dicomize_records",
+    "pseudonym",
+]
+
+logger = logging.getLogger(__name__)
+
+_SEX = {"male": "M", "m": "M", "female": "F", "f": "F", "other": "O", "o": "O"}
+
+
+def pseudonym(collection: str, case_id: str) -> str:
+    """The pseudonymous Patient ID of a case: ``CIR-`` + 12 hex digits of SHA-256(collection/case_id)."""
+    if not case_id:
+        raise ValueError("case_id must be a non-empty string")
+    digest = hashlib.sha256(f"{collection}/{case_id}".encode()).hexdigest()
+    return f"CIR-{digest[:12].upper()}"
+
+
+@dataclass(frozen=True)
+class CaseUIDs:
+    """Deterministic identifiers of one dicomized case."""
+
+    patient_id: str
+    study_uid: str
+    image_series_uid: str
+    image_uid: str
+    sr_series_uid: str
+    sr_uid: str
+
+
+def case_uids(collection: str, case_id: str) -> CaseUIDs:
+    """UIDs derived from ``(collection, case_id)`` (``2.25`` form, via :func:`monai_cir.dicom.codes.derived_uid`)."""
+
+    def uid(kind: str) -> str:
+        return C.derived_uid("monai-cir", collection, case_id, kind)
+
+    return CaseUIDs(
+        patient_id=pseudonym(collection, case_id),
+        study_uid=uid("study"),
+        image_series_uid=uid("image-series"),
+        image_uid=uid("image"),
+        sr_series_uid=uid("sr-series"),
+        sr_uid=uid("sr"),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# JPEG pass-through
+# ------------------------------------------------------------------------------------------------
+_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _baseline_jpeg(data: bytes) -> tuple[bytes, int, int, int, list[tuple[int, int]]] | None:
+    """Clean a JPEG stream for DICOM: ``(stream, rows, columns, components, sampling)`` or None.
+
+    None unless the stream is baseline (SOF0), 8-bit, with 3 components. APP1..APP15 and COM
+    segments are dropped (they may hold EXIF camera/owner data); APP0 (JFIF) and APP14 (Adobe,
+    colour transform) are kept."""
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        return None
+    out = bytearray(b"\xff\xd8")
+    pos = 2
+    sof: tuple[int, int, int, list[tuple[int, int]]] | None = None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos : pos + 2 + length]
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data
+            if sof is None:
+                return None
+            out += data[pos:]
+            rows, cols, ncomp, sampling = sof
+            return bytes(out), rows, cols, ncomp, sampling
+        if marker in _SOF_MARKERS:
+            if marker != 0xC0:
+                return None  # progressive, extended, lossless...: not JPEG Baseline
+            precision = segment[4]
+            rows = int.from_bytes(segment[5:7], "big")
+            cols = int.from_bytes(segment[7:9], "big")
+            ncomp = segment[9]
+            sampling = [(segment[10 + 3 * i + 1] >> 4, segment[10 + 3 * i + 1] & 0x0F) for i in range(ncomp)]
+            if precision != 8 or ncomp != 3:
+                return None
+            sof = (rows, cols, ncomp, sampling)
+        keep = not ((0xE1 <= marker <= 0xEF and marker != 0xEE) or marker == 0xFE)
+        if keep:
+            out += segment
+        pos += 2 + length
+    return None
+
+
+def _chroma_subsampled(sampling: list[tuple[int, int]]) -> bool:
+    return any(s != sampling[0] for s in sampling[1:])
+
+
+def _read_pixels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.ascontiguousarray(np.asarray(img.convert("RGB")))
+    except Exception as err:  # PIL raises several types
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+# ------------------------------------------------------------------------------------------------
+# Dermoscopic Photography Image
+# ------------------------------------------------------------------------------------------------
+def _patient_age(value: Any) -> str | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or not 0 <= number < 1000:
+        return None
+    age = int(number)
+    return f"{age:03d}Y"
+
+
+def dermoscopy_image_dataset(
+    image_path: str | Path | None = None,
+    *,
+    pixels: np.ndarray | None = None,
+    uids: CaseUIDs,
+    patient_name: str = "",
+    patient_sex: str = "",
+    patient_age: str | None = None,
+    site: str = "unknown",
+    series_description: str = "Dermoscopy",
+    study_description: str = "Dermoscopy",
+    compression: str = "jpeg",
+    content_datetime: datetime.datetime | None = None,
+) -> Dataset:
+    """A Dermoscopic Photography Image Storage dataset (with file meta) for one image.
+
+    Args:
+        image_path: an image file (JPEG, PNG...). A baseline JPEG is carried without re-encoding
+            when ``compression="jpeg"``; everything else is stored uncompressed.
+        pixels: (H, W, 3) uint8 RGB instead of a file (stored uncompressed).
+        uids: from :func:`case_uids`.
+        patient_sex: ``M``/``F``/``O`` or ``""``; patient_age: DICOM AS (``055Y``) or None.
+        site: a site of :data:`monai_cir.data.sites.SITES`; its SNOMED CT code goes to the Anatomic
+            Region Sequence (left empty for ``unknown``).
+        compression: ``"jpeg"`` (pass a baseline JPEG through) or ``"none"``.
+    """
+    if (image_path is None) == (pixels is None):
+        raise ValueError("give exactly one of image_path or pixels")
+    if compression not in ("jpeg", "none"):
+        raise ValueError(f"compression must be 'jpeg' or 'none', got {compression!r}")
+    if patient_sex not in ("", "M", "F", "O"):
+        raise ValueError(f"PatientSex must be M, F, O or empty, got {patient_sex!r}")
+    now = content_datetime or datetime.datetime.now()
+
+    jpeg = None
+    if image_path is not None:
+        image_path = Path(image_path)
+        if not image_path.is_file():
+            raise FileNotFoundError(f"image file not found: {image_path}")
+        if compression == "jpeg":
+            jpeg = _baseline_jpeg(image_path.read_bytes())
+            if jpeg is not None and not _chroma_subsampled(jpeg[4]):
+                # 4:4:4 YCbCr would be YBR_FULL, which the VL/dermoscopy IODs do not allow
+                jpeg = None
+        if jpeg is None:
+            pixels = _read_pixels(image_path)
+    if pixels is not None:
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 3 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
+            raise ValueError(f"pixels must be (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}")
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DermoscopicPhotographyImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uids.image_uid
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg is not None else ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+    # SOP Common
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = DermoscopicPhotographyImageStorage
+    ds.SOPInstanceUID = uids.image_uid
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    # Patient (pseudonymous)
+    ds.PatientName = patient_name or f"{uids.patient_id}^"  # single-component name, explicit
+    ds.PatientID = uids.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = patient_sex
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "monai-cir dicomize: pseudonymous research case"
+    # General Study / Patient Study
+    ds.StudyInstanceUID = uids.study_uid
+    ds.StudyDate = now.strftime("%Y%m%d")
+    ds.StudyTime = now.strftime("%H%M%S")
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.StudyDescription = study_description
+    if patient_age:
+        ds.PatientAge = patient_age
+    # General Series / Dermoscopic Photography Series
+    ds.Modality = "DMS"
+    ds.SeriesInstanceUID = uids.image_series_uid
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = series_description
+    # Frame of Reference (required by the IOD; one per study)
+    ds.FrameOfReferenceUID = C.derived_uid(uids.study_uid, "frame-of-reference")
+    ds.PositionReferenceIndicator = ""
+    # General Equipment / Enhanced General Equipment
+    ds.Manufacturer = C.MANUFACTURER
+    ds.ManufacturerModelName = C.MODEL_NAME
+    ds.DeviceSerialNumber = "0"
+    ds.SoftwareVersions = C.software_version()
+    # General Image / VL Image / Dermoscopic Image
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = ""
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.AcquisitionContextSequence = []
+    region = _anatomic_region(site)
+    if region:  # Type 1C: present only when known
+        ds.AnatomicRegionSequence = region
+    if not region or region[0].CodeValue not in _UNPAIRED_REGIONS:
+        ds.Laterality = ""  # Type 2C: unknown (required unless the region is an unpaired body part)
+    # Dermoscopic Image module: Type 2, unknown for research collections
+    ds.LightSourcePolarization = ""
+    ds.EmitterColorTemperature = None
+    ds.ContactMethod = ""
+    ds.OpticalMagnificationFactor = None
+    ds.BurnedInAnnotation = "NO"
+    ds.RecognizableVisualFeatures = "NO"
+    # Image Pixel
+    ds.SamplesPerPixel = 3
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PlanarConfiguration = 0
+    if jpeg is not None:
+        stream, rows, cols, _, _ = jpeg
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.Rows, ds.Columns = rows, cols
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.LossyImageCompressionRatio = f"{rows * cols * 3 / max(len(stream), 1):.4f}"[:16]
+        ds.PixelData = encapsulate([stream])
+        ds["PixelData"].VR = "OB"
+    else:
+        assert pixels is not None
+        ds.PhotometricInterpretation = "RGB"
+        ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+        if image_path is not None and Path(image_path).suffix.lower() in (".jpg", ".jpeg"):
+            ds.LossyImageCompression = "01"  # decoded from a lossy source
+            ds.LossyImageCompressionMethod = "ISO_10918_1"
+            ds.LossyImageCompressionRatio = "1"
+        else:
+            ds.LossyImageCompression = "00"
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds["PixelData"].VR = "OB"
+    return ds
+
+
+# SNOMED CT regions dciodvfy treats as unpaired (Laterality must then be absent): Head and Neck
+_UNPAIRED_REGIONS = {"774007"}
+
+
+def _anatomic_region(site: str) -> list[Dataset]:
+    if not site or site == "unknown":
+        return []
+    from ..data.sites import SITE_CODES, normalize_site
+
+    code = SITE_CODES.get(normalize_site(site))
+    if code is None:
+        return []
+    item = Dataset()
+    item.CodeValue = code.code_value
+    item.CodingSchemeDesignator = code.coding_scheme
+    item.CodeMeaning = code.code_meaning
+    return [item]
+
+
+# ------------------------------------------------------------------------------------------------
+# Case report SR
+# ------------------------------------------------------------------------------------------------
+def case_report_sr(
+    image: Dataset,
+    text: str,
+    *,
+    diagnosis: str | None = None,
+    case_id: str | None = None,
+    collection: str | None = None,
+    sr_series_uid: str | None = None,
+    sr_uid: str | None = None,
+):
+    """A Comprehensive SR in the image's study carrying the case's text (and its library labels).
+
+    Content: ``Diagnostic Imaging Report`` (LN 18748-4) CONTAINS ``Findings`` (DCM 121070) which
+    CONTAINS the text as ``Finding`` (DCM 121071) TEXT and the image as ``Source image`` (DCM
+    121324); then, when given, ``Reference diagnosis`` (CODE), ``Library case identifier`` and
+    ``Case library collection`` (TEXT) of the private scheme. Empty text writes no TEXT item."""
+    import highdicom as hd
+    from highdicom.sr import (
+        CodeContentItem,
+        ContentSequence,
+        ImageContentItem,
+        RelationshipTypeValues,
+        TextContentItem,
+    )
+
+    from .sr import container
+
+    contains = RelationshipTypeValues.CONTAINS
+    findings = ContentSequence()
+    text = (text or "").strip()
+    if text:
+        findings.append(TextContentItem(name=C.FINDING, value=text[:65000], relationship_type=contains))
+    findings.append(
+        ImageContentItem(
+            name=C.SOURCE_IMAGE,
+            referenced_sop_class_uid=image.SOPClassUID,
+            referenced_sop_instance_uid=image.SOPInstanceUID,
+            relationship_type=contains,
+        )
+    )
+    items = ContentSequence([container(C.FINDINGS, findings, contains)])
+    if diagnosis:
+        items.append(CodeContentItem(name=C.REFERENCE_DIAGNOSIS, value=C.diagnosis_code(diagnosis), relationship_type=contains))
+    if case_id:
+        items.append(TextContentItem(name=C.CASE_IDENTIFIER, value=str(case_id), relationship_type=contains))
+    if collection:
+        items.append(TextContentItem(name=C.CASE_COLLECTION, value=str(collection), relationship_type=contains))
+    root = container(C.DIAGNOSTIC_IMAGING_REPORT, items)
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[image],
+        content=root,
+        series_instance_uid=sr_series_uid or hd.UID(),
+        series_number=2,
+        sop_instance_uid=sr_uid or hd.UID(),
+        instance_number=1,
+        manufacturer=C.MANUFACTURER,
+        manufacturer_model_name=C.MODEL_NAME,
+        software_versions=C.software_version(),
+        device_serial_number="0",
+        series_description="Case report",
+        is_complete=True,
+        coding_schemes=[C.coding_scheme_item()],
+    )
+    return sr
+
+
+# ------------------------------------------------------------------------------------------------
+# Records -> files
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class DicomizedCase:
+    """Where one case went."""
+
+    case_id: str
+    image_file: Path
+    sr_file: Path
+    uids: CaseUIDs
+    transfer_syntax: str
+    notices: list[str] = field(default_factory=list)
+
+
+def dicomize_record(record: Any, out_dir: str | Path, compression: str = "jpeg", include_diagnosis: bool = True) -> DicomizedCase:
+    """Write one case (an object with ``case_id, image_path, diagnosis, text, site, collection,
+    metadata``, e.g. :class:`monai_cir.data.collections.CaseRecord`) as a study under
+    ``out_dir/<PatientID>/``: ``image.dcm`` and ``report.dcm``."""
+    case_id = str(getattr(record, "case_id", "") or "")
+    if not case_id:
+        raise ValueError("record.case_id must be a non-empty string")
+    collection = str(getattr(record, "collection", "") or "")
+    metadata = dict(getattr(record, "metadata", {}) or {})
+    uids = case_uids(collection, case_id)
+    notices: list[str] = []
+    sex = _SEX.get(str(metadata.get("sex", "")).strip().lower(), "")
+    site = str(getattr(record, "site", "unknown") or "unknown")
+    try:
+        image = dermoscopy_image_dataset(
+            record.image_path,
+            uids=uids,
+            patient_sex=sex,
+            patient_age=_patient_age(metadata.get("age_approx", metadata.get("age"))),
+            site=site,
+            series_description=f"Dermoscopy ({collection})" if collection else "Dermoscopy",
+            study_description=f"monai-cir case {collection}" if collection else "monai-cir case",
+            compression=compression,
+        )
+    except ValueError as err:
+        if "unknown anatomical site" not in str(err):
+            raise
+        notices.append(f"site {site!r} not in the vocabulary: Anatomic Region Sequence left empty")
+        image = dermoscopy_image_dataset(record.image_path, uids=uids, patient_sex=sex, compression=compression)
+    diagnosis = str(getattr(record, "diagnosis", "") or "") if include_diagnosis else ""
+    sr = case_report_sr(
+        image,
+        str(getattr(record, "text", "") or ""),
+        diagnosis=diagnosis or None,
+        case_id=case_id,
+        collection=collection or None,
+        sr_series_uid=uids.sr_series_uid,
+        sr_uid=uids.sr_uid,
+    )
+    folder = Path(out_dir) / uids.patient_id
+    folder.mkdir(parents=True, exist_ok=True)
+    image_file, sr_file = folder / "image.dcm", folder / "report.dcm"
+    image.save_as(image_file, enforce_file_format=True)
+    sr.save_as(sr_file, enforce_file_format=True)
+    return DicomizedCase(case_id, image_file, sr_file, uids, str(image.file_meta.TransferSyntaxUID), notices)
+
+
+def dicomize_records(
+    records: Iterable[Any],
+    out_dir: str | Path,
+    compression: str = "jpeg",
+    include_diagnosis: bool = True,
+    progress: bool = True,
+) -> tuple[list[DicomizedCase], list[tuple[str, str]]]:
+    """Dicomize many records; a failing case is logged and skipped. Returns (done, [(case_id, error)])."""
+    from tqdm.auto import tqdm
+
+    records = list(records)
+    done: list[DicomizedCase] = []
+    failed: list[tuple[str, str]] = []
+    for record in tqdm(records, desc="dicomize", unit="case", disable=not progress):
+        try:
+            done.append(dicomize_record(record, out_dir, compression, include_diagnosis))
+        except (ValueError, FileNotFoundError, OSError) as err:
+            logger.warning("case %s skipped: %s", getattr(record, "case_id", "?"), err)
+            failed.append((str(getattr(record, "case_id", "?")), str(err)))
+    return done, failed

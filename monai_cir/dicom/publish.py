@@ -1,0 +1,163 @@
+"""Send results to a PACS: DICOM C-STORE (pynetdicom) and DICOMweb STOW-RS (dicomweb-client).
+
+Both take files or pydicom datasets and return one :class:`StoreResult` per object; a refused
+object does not stop the others. Presentation contexts are proposed per SOP class with the
+object's own transfer syntax (JPEG Baseline images are sent as they are, never transcoded).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+__all__ = ["DicomNode", "StoreResult", "c_store", "parse_dicom_node", "stow_rs"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DicomNode:
+    """A DICOM application entity: ``AE_TITLE@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not self.ae_title or len(self.ae_title) > 16:
+            raise ValueError(f"DicomNode.ae_title must have 1..16 characters, got {self.ae_title!r}")
+        if not self.host:
+            raise ValueError("DicomNode.host must not be empty")
+        if not 0 < int(self.port) < 65536:
+            raise ValueError(f"DicomNode.port must be in 1..65535, got {self.port}")
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_dicom_node(text: str) -> DicomNode:
+    """``AE@host:port`` (``AE`` defaults to ``ANY-SCP`` when left out) -> :class:`DicomNode`."""
+    ae, _, address = text.rpartition("@")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"DICOM node must look like AE_TITLE@host:port, got {text!r}")
+    return DicomNode(ae or "ANY-SCP", host, int(port))
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The outcome of storing one object."""
+
+    sop_instance_uid: str
+    ok: bool
+    status: int | None
+    message: str = ""
+
+
+def _datasets(items: Iterable[str | Path | Dataset]) -> list[Dataset]:
+    out = []
+    for item in items:
+        out.append(item if isinstance(item, Dataset) else pydicom.dcmread(item))
+    return out
+
+
+def _as_file(ds: Dataset) -> Dataset:
+    """The dataset as read back from a conformant Part 10 file (preamble, DICM prefix, file meta):
+    STOW-RS sends Part 10 bytes, and a plain in-memory Dataset would be written without them."""
+    import io
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    return str(ts or ExplicitVRLittleEndian)
+
+
+def c_store(
+    items: Sequence[str | Path | Dataset],
+    node: DicomNode | str,
+    calling_ae: str = "MONAI-CIR",
+    timeout: float = 30.0,
+) -> list[StoreResult]:
+    """C-STORE files / datasets to ``node`` over one association.
+
+    Raises ``ConnectionError`` when no association can be made; per-object refusals come back as
+    results with ``ok=False``."""
+    from pynetdicom import AE
+
+    node = parse_dicom_node(node) if isinstance(node, str) else node
+    datasets = _datasets(items)
+    contexts: dict[str, set[str]] = {}
+    for ds in datasets:
+        ts = _transfer_syntax(ds)
+        syntaxes = contexts.setdefault(str(ds.SOPClassUID), set())
+        syntaxes.add(ts)
+        if ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            syntaxes.update({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    count = 0
+    for sop_class, syntaxes in contexts.items():
+        for ts in sorted(syntaxes):  # one context per transfer syntax: the SCP may accept some only
+            if count >= 128:
+                raise ValueError("too many SOP class / transfer syntax combinations for one association (128)")
+            ae.add_requested_context(sop_class, [ts])
+            count += 1
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
+    if not assoc.is_established:
+        raise ConnectionError(f"no DICOM association with {node} (rejected, aborted or unreachable)")
+    results = []
+    try:
+        for ds in datasets:
+            uid = str(ds.SOPInstanceUID)
+            try:
+                status = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError) as err:  # e.g. no accepted context for this object
+                results.append(StoreResult(uid, False, None, str(err)))
+                continue
+            code = int(status.Status) if status and "Status" in status else None
+            ok = code is not None and (code == 0x0000 or 0xB000 <= code <= 0xBFFF)
+            message = "" if ok else ("no response" if code is None else f"status 0x{code:04X}")
+            results.append(StoreResult(uid, ok, code, message))
+    finally:
+        assoc.release()
+    for result in results:
+        if not result.ok:
+            logger.warning("C-STORE of %s to %s failed: %s", result.sop_instance_uid, node, result.message)
+    return results
+
+
+def stow_rs(
+    items: Sequence[str | Path | Dataset],
+    url: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> list[StoreResult]:
+    """STOW-RS files / datasets to the DICOMweb service at ``url`` (e.g. ``http://host:8042/dicom-web``)."""
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url=url, headers=headers, timeout=timeout)
+    datasets = [_as_file(ds) for ds in _datasets(items)]
+    response = client.store_instances(datasets)
+    failed = {}
+    for item in response.get("FailedSOPSequence", []) or []:
+        failed[str(item.ReferencedSOPInstanceUID)] = int(item.get("FailureReason", 0x0110))
+    results = []
+    for ds in datasets:
+        uid = str(ds.SOPInstanceUID)
+        if uid in failed:
+            results.append(StoreResult(uid, False, failed[uid], f"failure reason 0x{failed[uid]:04X}"))
+        else:
+            results.append(StoreResult(uid, True, 0))
+    return results

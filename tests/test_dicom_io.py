@@ -1,0 +1,403 @@
+"""DICOM in and out (issue 5): dicomize, reader rules and bad input, similar-cases SR, PDF.
+
+Every object written is checked with dciodvfy (dicom3tools) and the SR with dsrdump (DCMTK);
+``scripts/install_system_tools.sh`` installs them. Files derived from the shared data go to tmp dirs.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    VLPhotographicImageStorage,
+    generate_uid,
+)
+
+from monai_cir.dicom import codes as C
+from monai_cir.dicom.dicomize import (
+    case_report_sr,
+    case_uids,
+    dermoscopy_image_dataset,
+    dicomize_records,
+    pseudonym,
+)
+from monai_cir.dicom.reader import DermoscopyQuery, InputProblem, read_dicom_folder
+from monai_cir.dicom.report_pdf import similar_cases_pdf
+from monai_cir.dicom.sr import EvidenceSummary, read_similar_cases_sr, similar_cases_sr
+
+N_ISIC = 3
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of dciodvfy for a file."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.fail("dciodvfy (Debian dicom3tools) is missing: run scripts/install_system_tools.sh")
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (out.stdout + out.stderr).splitlines()
+    return [l for l in lines if l.startswith("Error")], [l for l in lines if l.startswith("Warning")]
+
+
+# Warnings expected from the 2022 dicom3tools (reported in docs/dicom.md):
+EXPECTED_WARNINGS = ("Unrecognized defined term <DMS>", "<99MONAICIR>", "attribute <Laterality>")
+
+
+def assert_valid(path: Path) -> None:
+    errors, warnings = dciodvfy(path)
+    assert not errors, f"dciodvfy errors for {path}:\n" + "\n".join(errors)
+    unexpected = [w for w in warnings if not any(e in w for e in EXPECTED_WARNINGS)]
+    assert not unexpected, f"unexpected dciodvfy warnings for {path}:\n" + "\n".join(unexpected)
+
+
+def synthetic_image(h=96, w=128, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.zeros((h, w, 3), np.uint8)
+    base[..., 0] = np.linspace(40, 220, w, dtype=np.uint8)[None]
+    base[..., 1] = np.linspace(30, 180, h, dtype=np.uint8)[:, None]
+    base[..., 2] = 90
+    return np.clip(base + rng.integers(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def make_case(out: Path, name: str, pixels: np.ndarray | None = None, text: str | None = "a flat brown lesion", **kwargs) -> Path:
+    """A synthetic study (image + optional SR) in ``out/name``; returns the folder."""
+    uids = case_uids("synthetic", name)
+    ds = dermoscopy_image_dataset(pixels=synthetic_image() if pixels is None else pixels, uids=uids, **kwargs)
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(folder / "image.dcm", enforce_file_format=True)
+    if text is not None:
+        case_report_sr(ds, text, sr_series_uid=uids.sr_series_uid, sr_uid=uids.sr_uid).save_as(folder / "sr.dcm", enforce_file_format=True)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# dicomize: real ISIC images (written to a tmp dir) + a synthetic PNG case
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dicomized(tmp_path_factory, shared_data):
+    from monai_cir.data.collections import load_collection
+
+    tmp = tmp_path_factory.mktemp("dicomized")
+    records = load_collection("isic-uda1")[:N_ISIC]
+    png = tmp / "src" / "lesion.png"
+    png.parent.mkdir()
+    Image.fromarray(synthetic_image(80, 100, seed=3)).save(png)
+    records.append(NS(case_id="png-1", image_path=png, diagnosis="benign keratosis", text="scaly plaque, trunk", site="trunk", collection="user", metadata={"sex": "male"}))
+    done, failed = dicomize_records(records, tmp / "out", progress=False)
+    assert not failed
+    return NS(records=records, done=done, out=tmp / "out")
+
+
+def test_dicomize_files_pass_dciodvfy(dicomized):
+    assert len(dicomized.done) == N_ISIC + 1
+    for case in dicomized.done:
+        assert_valid(case.image_file)
+        assert_valid(case.sr_file)
+    transfer = [c.transfer_syntax for c in dicomized.done]
+    assert transfer[:N_ISIC] == [JPEGBaseline8Bit] * N_ISIC  # ISIC JPEGs carried as they are
+    assert transfer[-1] == ExplicitVRLittleEndian  # PNG -> uncompressed
+
+
+def test_dicomize_pseudonyms_and_uids_are_deterministic(dicomized):
+    case = dicomized.done[0]
+    record = dicomized.records[0]
+    assert case.uids == case_uids("isic-uda1", record.case_id)
+    ds = pydicom.dcmread(case.image_file)
+    assert ds.PatientID == pseudonym("isic-uda1", record.case_id) != record.case_id
+    assert record.case_id not in str(ds.PatientName)
+    assert ds.Modality == "DMS" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.7"
+    assert ds.PatientIdentityRemoved == "YES"
+
+
+def test_read_dicomized_collection(dicomized):
+    scan = read_dicom_folder(dicomized.out)
+    assert scan.problems == []
+    by_case = {q.case_id: q for q in scan.queries}
+    assert set(by_case) == {r.case_id for r in dicomized.records}
+    for record in dicomized.records:
+        query = by_case[record.case_id]
+        assert query.text == record.text.strip()
+        assert query.text_source == "sr"
+        assert query.diagnosis == record.diagnosis
+        assert record.diagnosis not in query.text  # the label never leaks into the query text
+        assert query.collection == record.collection
+        source = np.asarray(Image.open(record.image_path).convert("RGB"))
+        assert query.image.shape == source.shape
+        # same JPEG stream, possibly another decoder: within a grey level or two
+        assert np.abs(query.image.astype(int) - source.astype(int)).mean() < 2.0
+    assert by_case["png-1"].site == "trunk"
+
+
+def test_cli_dicomize(tmp_path, shared_data):
+    from monai_cir.cli import main
+
+    assert main(["dicomize", "--collection", "isic-uda1", "--out", str(tmp_path), "--limit", "2", "--no-progress"]) == 0
+    assert len(list(tmp_path.glob("*/image.dcm"))) == 2 and len(list(tmp_path.glob("*/report.dcm"))) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# reader: SR variants and bad input
+# ------------------------------------------------------------------------------------------------
+def _enhanced_sr(image: Dataset, items, sop_class: str | None = None, reference: bool = True) -> Dataset:
+    import highdicom as hd
+    from highdicom.sr import ImageContentItem, RelationshipTypeValues
+
+    from monai_cir.dicom.sr import container
+
+    items = list(items)
+    if reference:
+        items.append(ImageContentItem(C.SOURCE_IMAGE, image.SOPClassUID, image.SOPInstanceUID, relationship_type=RelationshipTypeValues.CONTAINS))
+    sr = hd.sr.EnhancedSR(
+        evidence=[image], content=container(C.FINDINGS, items), series_instance_uid=hd.UID(), series_number=5,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test",
+    )
+    if not reference:
+        del sr.CurrentRequestedProcedureEvidenceSequence
+    if sop_class:
+        sr.SOPClassUID = sop_class
+        sr.file_meta.MediaStorageSOPClassUID = sop_class
+    return sr
+
+
+def test_sr_variants_text(tmp_path):
+    from highdicom.sr import CodeContentItem, RelationshipTypeValues, TextContentItem
+    from pydicom.sr.coding import Code
+
+    contains = RelationshipTypeValues.CONTAINS
+    # Basic Text SR with TEXT and a coded finding; Enhanced SR; no SR; empty text; unreferenced only SR
+    folder = make_case(tmp_path, "basic", text=None)
+    image = pydicom.dcmread(folder / "image.dcm", stop_before_pixels=True)
+    items = [
+        TextContentItem(C.FINDING, "irregular streaks", relationship_type=contains),
+        CodeContentItem(C.FINDING, Code("247441003", "SCT", "Erythema"), relationship_type=contains),
+        CodeContentItem(Code("123", "99X", "Elevation"), Code("1", "99X", "palpable"), relationship_type=contains),
+    ]
+    _enhanced_sr(image, items, sop_class="1.2.840.10008.5.1.4.1.1.88.11").save_as(folder / "basic.dcm", enforce_file_format=True)
+    folder = make_case(tmp_path, "enhanced", text=None)
+    image = pydicom.dcmread(folder / "image.dcm", stop_before_pixels=True)
+    _enhanced_sr(image, [TextContentItem(C.FINDING, "blue-white veil", relationship_type=contains)]).save_as(folder / "e.dcm", enforce_file_format=True)
+    folder = make_case(tmp_path, "unreferenced", text=None)
+    image = pydicom.dcmread(folder / "image.dcm", stop_before_pixels=True)
+    _enhanced_sr(image, [TextContentItem(C.FINDING, "only sr", relationship_type=contains)], reference=False).save_as(folder / "u.dcm", enforce_file_format=True)
+    make_case(tmp_path, "nosr", text=None)
+    make_case(tmp_path, "empty", text="")
+
+    scan = read_dicom_folder(tmp_path)
+    assert scan.problems == []
+    q = {Path(x.source_path).parent.name: x for x in scan.queries}
+    assert q["basic"].text == "irregular streaks\nErythema\nElevation: palpable"
+    assert q["enhanced"].text == "blue-white veil" and q["enhanced"].text_source == "sr"
+    assert q["unreferenced"].text == "only sr" and q["unreferenced"].text_source == "study-sr"
+    assert any("does not reference" in n for n in q["unreferenced"].notices)
+    assert q["nosr"].text == "" and q["nosr"].text_source == "none" and q["nosr"].is_image_only
+    assert any("no SR" in n for n in q["nosr"].notices)
+    assert q["empty"].text == "" and any("no text" in n for n in q["empty"].notices)
+
+
+def _native(name: str, pixels: np.ndarray, photometric: str, sop_class: str = VLPhotographicImageStorage, frames: int = 1) -> Dataset:
+    """An uncompressed XC image dataset with arbitrary pixels (pydicom only)."""
+    uids = case_uids("synthetic", name)
+    ds = dermoscopy_image_dataset(pixels=synthetic_image(8, 8), uids=uids)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.Modality = "XC"
+    pixels = np.ascontiguousarray(pixels)
+    ds.SamplesPerPixel = 1 if pixels.ndim == 2 + (frames > 1) else 3
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape[(frames > 1) : (frames > 1) + 2]
+    ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
+    ds.HighBit = ds.BitsStored - 1
+    if ds.SamplesPerPixel == 1 and "PlanarConfiguration" in ds:
+        del ds.PlanarConfiguration
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
+    return ds
+
+
+def test_pixel_variants(tmp_path):
+    rgb = synthetic_image(64, 80)
+    # 16-bit greyscale
+    grey16 = (np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 7) % 4096
+    _native("grey16", grey16, "MONOCHROME2").save_as(tmp_path / "grey16.dcm", enforce_file_format=True)
+    # YBR_FULL (uncompressed)
+    from pydicom.pixels import convert_color_space
+
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    _native("ybr", ybr, "YBR_FULL").save_as(tmp_path / "ybr.dcm", enforce_file_format=True)
+    # multi-frame RGB
+    stack = np.stack([rgb, 255 - rgb])
+    _native("multi", stack, "RGB", frames=2).save_as(tmp_path / "multi.dcm", enforce_file_format=True)
+    # huge image
+    huge = np.zeros((4000, 4000, 3), np.uint8)
+    huge[1000:3000, 1000:3000] = 200
+    dermoscopy_image_dataset(pixels=huge, uids=case_uids("synthetic", "huge")).save_as(tmp_path / "huge.dcm", enforce_file_format=True)
+
+    scan = read_dicom_folder(tmp_path)
+    assert scan.problems == []
+    q = {Path(x.source_path).stem: x for x in scan.queries}
+    g = q["grey16"].image
+    assert g.shape == (64, 80, 3) and g.dtype == np.uint8 and g.max() == 255 and (g[..., 0] == g[..., 2]).all()
+    assert np.abs(q["ybr"].image.astype(int) - rgb.astype(int)).max() <= 2
+    assert q["multi"].frame_number is None or q["multi"].frame_number == 1
+    np.testing.assert_array_equal(q["multi"].image, rgb)
+    assert any("multi-frame" in n for n in q["multi"].notices)
+    assert q["huge"].image.shape == (2048, 2048, 3) and any("downscaled" in n for n in q["huge"].notices)
+    frames = read_dicom_folder(tmp_path / "multi.dcm", all_frames=True).queries
+    assert [f.frame_number for f in frames] == [1, 2]
+    np.testing.assert_array_equal(frames[1].image, 255 - rgb)
+
+
+def test_bad_inputs_are_reported_and_the_batch_goes_on(tmp_path):
+    good = make_case(tmp_path, "good")
+    # a PNG renamed .dcm
+    Image.fromarray(synthetic_image()).save(tmp_path / "photo.png")
+    (tmp_path / "photo.png").rename(tmp_path / "renamed.dcm")
+    ds = pydicom.dcmread(good / "image.dcm")
+    # DICOM without pixel data
+    nopix = copy.deepcopy(ds)
+    del nopix.PixelData
+    nopix.SOPInstanceUID = nopix.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    nopix.save_as(tmp_path / "nopixels.dcm", enforce_file_format=True)
+    # unsupported SOP class (CT Image Storage)
+    ct = copy.deepcopy(ds)
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ct.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    # truncated native pixel data
+    short = copy.deepcopy(ds)
+    short.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    short.SOPInstanceUID = short.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    short.save_as(tmp_path / "truncated.dcm", enforce_file_format=True)
+    # corrupt JPEG stream
+    from pydicom.encaps import encapsulate
+
+    bad_jpeg = copy.deepcopy(ds)
+    bad_jpeg.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    bad_jpeg.PhotometricInterpretation = "YBR_FULL_422"
+    bad_jpeg.PixelData = encapsulate([b"\xff\xd8\xff\xdb" + bytes(range(256)) * 4 + b"\xff\xd9"])
+    bad_jpeg.SOPInstanceUID = bad_jpeg.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    bad_jpeg.save_as(tmp_path / "badjpeg.dcm", enforce_file_format=True)
+    # missing Patient / Study attributes: repaired with notices
+    anon = make_case(tmp_path, "anon", text=None)
+    a = pydicom.dcmread(anon / "image.dcm")
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "PatientSex", "StudyDate"):
+        delattr(a, keyword)
+    a.save_as(anon / "image.dcm", enforce_file_format=True)
+
+    scan = read_dicom_folder(tmp_path)
+    problems = {Path(p.path).name: p.message for p in scan.problems}
+    assert "not a DICOM file" in problems["renamed.dcm"]
+    assert "without pixel data" in problems["nopixels.dcm"]
+    assert "unsupported SOP class 1.2.840.10008.5.1.4.1.1.2" in problems["ct.dcm"] and "CT Image Storage" in problems["ct.dcm"]
+    assert "corrupt or undecodable pixel data" in problems["truncated.dcm"]
+    assert "corrupt or undecodable pixel data" in problems["badjpeg.dcm"]
+    assert len(scan.problems) == 5 and all(isinstance(p, InputProblem) for p in scan.problems)
+    q = {Path(x.source_path).parent.name: x for x in scan.queries}
+    assert set(q) == {"good", "anon"}
+    assert q["good"].text == "a flat brown lesion"
+    repaired = q["anon"]
+    assert repaired.patient_id.startswith("ANON-") and repaired.study_uid
+    assert any("missing Patient ID" in n for n in repaired.notices) and any("Study Instance UID" in n for n in repaired.notices)
+    # the repaired dataset is complete enough to answer
+    similar_cases_sr(repaired, [])
+
+
+def test_query_validates_at_construction():
+    with pytest.raises(ValueError, match="image"):
+        DermoscopyQuery(np.zeros((4, 4), np.uint8), "", "none", [], "unknown", "p", "", "1", "1", "1", "1", "x", Dataset())
+    with pytest.raises(ValueError, match="text_source"):
+        DermoscopyQuery(np.zeros((4, 4, 3), np.uint8), "", "bogus", [], "unknown", "p", "", "1", "1", "1", "1", "x", Dataset())
+
+
+# ------------------------------------------------------------------------------------------------
+# similar-cases SR and PDF
+# ------------------------------------------------------------------------------------------------
+def _hits(queries):
+    hits = []
+    for rank, lib in enumerate(queries, 1):
+        meta = NS(diagnosis=lib.diagnosis, study_uid=lib.study_uid, series_uid=lib.series_uid, sop_instance_uid=lib.sop_instance_uid,
+                  sop_class_uid=lib.sop_class_uid, collection=lib.collection, site=lib.site)
+        hits.append(NS(rank=rank, case_id=lib.case_id, score=round(0.95 - 0.1234567 * rank, 7), metadata=meta))
+    return hits
+
+
+def test_similar_cases_sr_round_trip_and_validators(dicomized, tmp_path):
+    scan = read_dicom_folder(dicomized.out)
+    query, library = scan.queries[0], scan.queries[1:]
+    hits = _hits(library)
+    hits.append(NS(rank=len(hits) + 1, case_id="jpeg-only", score=0.01, metadata=NS(diagnosis="melanoma", study_uid=None, series_uid=None,
+                   sop_instance_uid=None, sop_class_uid=None, collection="files", site="unknown")))
+    summary = EvidenceSummary({"nevus": 0.7, "melanoma": 0.3}, "nevus", 0.66, k=len(hits))
+    sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network, 'brown'"})
+    path = tmp_path / "similar.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert_valid(path)
+    dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "Similar cases retrieval report" in dump.stdout and "Retrieval rank" in dump.stdout
+
+    # patient / study of the query; the library studies as Pertinent Other Evidence
+    ds = pydicom.dcmread(path)
+    assert ds.PatientID == query.patient_id and ds.StudyInstanceUID == query.study_uid
+    other = {s.StudyInstanceUID for s in ds.PertinentOtherEvidenceSequence}
+    assert other == {h.metadata.study_uid for h in hits if h.metadata.study_uid}
+    assert any(i.CodingSchemeDesignator == C.PRIVATE_SCHEME for i in ds.CodingSchemeIdentificationSequence)
+
+    report = read_similar_cases_sr(path)
+    assert report.query_sop_instance_uid == query.sop_instance_uid and report.query_text == query.text
+    assert [m.rank for m in report.matches] == [h.rank for h in hits]
+    for match, hit in zip(report.matches, hits):
+        assert match.score == pytest.approx(hit.score, abs=1e-9)
+        assert match.diagnosis == hit.metadata.diagnosis and match.case_id == hit.case_id
+        assert match.sop_instance_uid == hit.metadata.sop_instance_uid
+        assert match.study_uid == hit.metadata.study_uid and match.series_uid == hit.metadata.series_uid
+    assert report.matches[0].explanation.startswith("pigment network")
+    assert report.evidence_summary.distribution == pytest.approx(summary.distribution)
+    assert report.evidence_summary.prediction == "nevus" and report.evidence_summary.k == len(hits)
+    # the reader ignores our own answers when they sit beside the input
+    shutil.copy(path, dicomized.out / "answer.dcm")
+    try:
+        again = read_dicom_folder(dicomized.out)
+        assert again.problems == [] and {x.text for x in again.queries} == {x.text for x in scan.queries}
+    finally:
+        (dicomized.out / "answer.dcm").unlink()
+
+
+def test_similar_cases_sr_rejects_bad_hits(dicomized):
+    query = read_dicom_folder(dicomized.out).queries[0]
+    meta = NS(diagnosis="nevus", study_uid=None, series_uid=None, sop_instance_uid=None, sop_class_uid=None, collection="", site="")
+    with pytest.raises(ValueError, match="rank"):
+        similar_cases_sr(query, [NS(rank=0, case_id="a", score=0.5, metadata=meta)])
+    with pytest.raises(ValueError, match="score"):
+        similar_cases_sr(query, [NS(rank=1, case_id="a", score=float("nan"), metadata=meta)])
+    with pytest.raises(ValueError, match="confidence"):
+        EvidenceSummary({"nevus": 1.0}, "nevus", 1.5, 3)
+
+
+def test_pdf_report(dicomized, tmp_path):
+    scan = read_dicom_folder(dicomized.out)
+    query, library = scan.queries[0], scan.queries[1:]
+    images = {q.case_id: q.image for q in library}
+    hits = _hits(library)
+    hits.append(NS(rank=len(hits) + 1, case_id="missing", score=0.0, metadata=NS(diagnosis="melanoma", study_uid=None, series_uid=None,
+                   sop_instance_uid=None, sop_class_uid=None, collection="", site="")))
+    ds = similar_cases_pdf(query, hits, image_loader=lambda hit: images.get(hit.case_id),
+                           evidence_summary={"distribution": {"nevus": 1.0}, "prediction": "nevus", "confidence": 0.9, "k": 3},
+                           explanations={1: synthetic_image()})
+    path = tmp_path / "report.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert_valid(path)
+    back = pydicom.dcmread(path)
+    assert back.EncapsulatedDocument[: back.EncapsulatedDocumentLength].startswith(b"%PDF")
+    assert back.StudyInstanceUID == query.study_uid and back.PatientID == query.patient_id and back.Modality == "DOC"
