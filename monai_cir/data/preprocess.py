@@ -87,7 +87,7 @@ def preprocess_image(image: np.ndarray | Image.Image, image_size: int = 512, rem
     array = to_rgb_uint8(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
     if remove_border:
         array = remove_black_border(array)
-    tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    tensor = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
     tensor = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     return tensor.squeeze(0).clamp_(0.0, 1.0)
 

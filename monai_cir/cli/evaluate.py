@@ -1,0 +1,132 @@
+"""``monai-cir evaluate``: the paper's 5-fold protocol on Derm7pt for every method, in one run.
+
+Writes ``bench/results/derm7pt_cv.json`` (per method: ``{"acc@1": {"folds", "mean", "std"}, ...,
+"map": ...}`` in percent, plus commit, config, wall time and machine) and a markdown table beside it,
+and prints the table. ``--figure DIR`` also draws the qualitative figure (paper Fig. 3): it shows
+Derm7pt images, so DIR must be a git-ignored folder (default ``output/figures``); never commit it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+DEFAULT_OUT = Path("bench/results/derm7pt_cv.json")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="5-fold cross-validation on Derm7pt (paper protocol, Eqs. 10-14)",
+        description=(
+            "Per fold: queries = held-out fold (image + text), database = other four folds (images only), "
+            "relevant = same class. Reports Acc@1/2/4 and mAP per fold and mean ± sample std, in percent."
+        ),
+    )
+    parser.add_argument("--methods", nargs="+", default=None, help="methods to run (default: all registered; see --list-methods)")
+    parser.add_argument("--list-methods", action="store_true", help="print the registered methods and exit")
+    parser.add_argument("--image-size", type=int, default=260, help="preprocessing size of the feature cache (default 260)")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="held-out folds, 0-based (default all five)")
+    parser.add_argument("--cross-site", default=None, metavar="COLLECTION", help="also run leave-one-out on another collection, e.g. isic-uda1")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (a method gets seed + fold)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT}); the .md table goes beside it")
+    parser.add_argument("--figure", type=Path, default=None, metavar="DIR", help="write the qualitative figure (Fig. 3) to DIR, a git-ignored folder such as output/figures")
+    parser.add_argument("--figure-method", default=None, help="method shown in the figure (default: the first of --methods)")
+    parser.add_argument("--method-options", type=json.loads, default=None, metavar="JSON", help='per-method options, e.g. \'{"composed": {"beta": 0.6}}\'')
+    parser.add_argument("--data-root", type=Path, default=None, help="data root (default $MONAI_CIR_DATA or ../shared/data)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _commit() -> dict[str, object]:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=False).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha, "dirty": dirty}
+
+
+def _machine() -> dict[str, object]:
+    import os
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import datetime
+    import os
+    import time
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from ..evaluation import available_methods, evaluate, results_table
+
+    methods = available_methods()
+    if args.list_methods:
+        for name, method in methods.items():
+            print(f"{name:28s} {'trained' if method.trained else 'frozen/untrained':18s} {method.label}")
+        return 0
+    names = args.methods or list(methods)
+    unknown = [n for n in names if n not in methods]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: {sorted(methods)}")
+    figure_method = args.figure_method or names[0]
+    if args.figure is not None and figure_method not in names:
+        raise ValueError(f"--figure-method {figure_method!r} is not among --methods {names}")
+
+    start = time.perf_counter()
+    results = evaluate(
+        names,
+        image_size=args.image_size,
+        folds=args.folds,
+        cross_site=args.cross_site,
+        seed=args.seed,
+        keep_rankings=args.figure is not None,
+        root=args.data_root,
+        method_options=args.method_options,
+    )
+    wall = time.perf_counter() - start
+    rankings = results.pop("_rankings", None)
+    cache = results.pop("_cache", None)
+    payload = {
+        "benchmark": "derm7pt 5-fold cross-validation (monai-cir evaluate)",
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "config": results["config"],
+        "wall_time_s": round(wall, 1),
+        "machine": _machine(),
+        "methods": results["methods"],
+        "cross_site": results["cross_site"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    table = results_table(results)
+    md = args.out.with_suffix(".md")
+    header = f"# Derm7pt cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {wall:.0f} s).\n\n"
+    md.write_text(header + table)
+    print(table)
+    print(f"wrote {args.out} and {md} ({wall:.0f} s)")
+    if args.figure is not None and rankings:
+        from ..evaluation import retrieval_figure
+
+        path = retrieval_figure(cache, rankings[figure_method], figure_method, args.figure, image_size=args.image_size)
+        print(f"wrote {path} (shows Derm7pt images: never commit it)")
+    return 0

@@ -1,0 +1,324 @@
+"""The case collections: Derm7pt's 888-image 3-class subset, ISIC UDA-1, and a user's folder + CSV.
+
+Every loader returns a list of :class:`CaseRecord`; labels are shared across collections
+(:data:`CLASS_NAMES`: 0 melanoma, 1 nevus, 2 benign keratosis), so a model trained on one
+collection is evaluated on another with the same label meaning.
+
+Layouts (under :func:`monai_cir.config.data_root`, ``$MONAI_CIR_DATA``):
+
+- ``derm7pt/release_v0/meta/meta.csv`` + ``images/`` (the official Derm7pt release, research use only).
+- ``isic-uda1/metadata.csv`` + ``images/`` (ISIC Archive collection UDA-1, CC0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..config import DATA_ROOT_ENV, data_root
+from .report import meta_report
+from .sites import UNKNOWN_SITE, normalize_site
+
+__all__ = [
+    "CLASS_NAMES",
+    "COLLECTIONS",
+    "DERM7PT_COUNTS",
+    "CaseRecord",
+    "derm7pt_class",
+    "load_collection",
+    "load_derm7pt",
+    "load_image_csv",
+    "load_isic_uda1",
+    "normalize_diagnosis",
+    "records_dataset",
+]
+
+CLASS_NAMES: tuple[str, ...] = ("melanoma", "nevus", "benign keratosis")
+DERM7PT_COUNTS = {"melanoma": 252, "nevus": 575, "benign keratosis": 61}  # the paper's subset (data/README.md)
+COLLECTIONS = ("derm7pt", "isic-uda1")
+
+DERM7PT_COLUMNS = (
+    "case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks", "pigmentation",
+    "regression_structures", "dots_and_globules", "blue_whitish_veil", "vascular_structures",
+    "level_of_diagnostic_difficulty", "elevation", "location", "sex", "management", "clinic", "derm",
+)
+ISIC_COLUMNS = ("isic_id", "diagnosis", "age_approx", "sex", "image")
+
+DERM7PT_HELP = (
+    "Derm7pt is not redistributed with monai-cir. Download release_v0 from the dataset's own site "
+    "(https://derm.cs.sfu.ca, Kawahara et al., IEEE JBHI 2019; academic research use only, see its README.txt), "
+    "unpack it so that <root>/derm7pt/release_v0/meta/meta.csv exists, and point ${env} at <root>."
+).replace("${env}", DATA_ROOT_ENV)
+ISIC_HELP = (
+    "Download the ISIC Archive collection UDA-1 (CC0, https://www.isic-archive.com) as "
+    "<root>/isic-uda1/metadata.csv + images/, and point " + DATA_ROOT_ENV + " at <root>."
+)
+
+_DIAGNOSIS_ALIASES = {
+    "mel": "melanoma",
+    "nv": "nevus",
+    "naevus": "nevus",
+    "bkl": "benign keratosis",
+    "seborrheic keratosis": "benign keratosis",
+    "seborrhoeic keratosis": "benign keratosis",
+    "benign keratosis-like lesions": "benign keratosis",
+}
+
+
+@dataclass
+class CaseRecord:
+    """One case of a collection.
+
+    Attributes:
+        case_id: unique within the collection (``derm7pt-<case_num>``, ISIC ids, or the user's id).
+        image_path: the dermoscopy image file.
+        diagnosis: readable class name (one of :data:`CLASS_NAMES` for the built-in collections).
+        label: integer class (index into :data:`CLASS_NAMES`; user classes beyond them follow).
+        text: the clinical text of a query made from this case (never the diagnosis).
+        site: anatomical site from :data:`monai_cir.data.sites.SITES` (``"unknown"`` when absent).
+        collection: ``"derm7pt"``, ``"isic-uda1"`` or the user's collection name.
+        metadata: the raw source columns (raw diagnosis, management, sex, elevation, location...).
+    """
+
+    case_id: str
+    image_path: Path
+    diagnosis: str
+    label: int
+    text: str
+    site: str = UNKNOWN_SITE
+    collection: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def derm7pt_class(raw_diagnosis: str) -> str | None:
+    """The paper's mapping of a raw Derm7pt diagnosis to a class (``None``: not in the 888 subset).
+
+    melanoma = the 6 strings starting with ``melanoma``; nevus = the 7 ending with ``nevus``;
+    benign keratosis = ``seborrheic keratosis`` + ``melanosis``."""
+    d = str(raw_diagnosis).strip().lower()
+    if d.startswith("melanoma"):
+        return "melanoma"
+    if d.endswith("nevus"):
+        return "nevus"
+    if d in ("seborrheic keratosis", "melanosis"):
+        return "benign keratosis"
+    return None
+
+
+def normalize_diagnosis(value: str) -> str:
+    """Readable class name for a diagnosis string (``mel``/``nv``/``bkl`` and Derm7pt names known)."""
+    d = str(value).strip().lower()
+    d = _DIAGNOSIS_ALIASES.get(d, d)
+    return derm7pt_class(d) or d
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalar
+        value = value.item()
+    return value
+
+
+def _read_csv(path: Path, required: Sequence[str], help_text: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found. {help_text}")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except Exception as err:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError...
+        raise ValueError(f"cannot parse {path}: {err}") from err
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} is malformed: missing column(s) {missing}; expected at least {list(required)}, found {list(frame.columns)}")
+    return frame
+
+
+def _row_error(path: Path, index: int, message: str) -> ValueError:
+    # index is 0-based over data rows; line 1 is the header
+    return ValueError(f"{path}, row {index + 2} (data row {index}): {message}")
+
+
+def _check_image(path: Path, csv_path: Path, index: int) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path} (listed in {csv_path}, row {index + 2})")
+
+
+def load_derm7pt(root: str | Path | None = None, check_images: bool = True) -> list[CaseRecord]:
+    """Derm7pt's 888-image 3-class subset (paper section 3.1), in ``meta.csv`` order.
+
+    ``text`` is :func:`~monai_cir.data.report.meta_report` of the row; ``site`` maps ``location``;
+    ``metadata`` keeps the raw row (diagnosis, management, criteria, sex, elevation, location, case_num...).
+    Asserts the class counts 252 / 575 / 61."""
+    base = Path(root) if root is not None else data_root()
+    release = base / "derm7pt" / "release_v0"
+    if not release.is_dir():
+        raise FileNotFoundError(f"Derm7pt not found: {release} does not exist. {DERM7PT_HELP}")
+    csv_path = release / "meta" / "meta.csv"
+    frame = _read_csv(csv_path, DERM7PT_COLUMNS, DERM7PT_HELP)
+    records: list[CaseRecord] = []
+    seen: set[int] = set()
+    for index, row in enumerate(frame.to_dict("records")):
+        raw = row.get("diagnosis")
+        if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+            raise _row_error(csv_path, index, "empty diagnosis")
+        diagnosis = derm7pt_class(raw)
+        if diagnosis is None:
+            continue
+        try:
+            case_num = int(str(row["case_num"]).strip())
+        except ValueError:
+            raise _row_error(csv_path, index, f"case_num {row['case_num']!r} is not an integer") from None
+        if case_num in seen:
+            raise _row_error(csv_path, index, f"duplicate case_num {case_num}")
+        seen.add(case_num)
+        derm = row.get("derm")
+        if not isinstance(derm, str) or not derm.strip():
+            raise _row_error(csv_path, index, f"case {case_num} has no dermoscopy image (empty 'derm' column)")
+        image_path = release / "images" / derm.strip()
+        if check_images:
+            _check_image(image_path, csv_path, index)
+        try:
+            site = normalize_site(row.get("location"))
+        except ValueError as err:
+            raise _row_error(csv_path, index, str(err)) from None
+        metadata = {k: _clean(v) for k, v in row.items()}
+        metadata["case_num"] = case_num
+        records.append(
+            CaseRecord(
+                case_id=f"derm7pt-{case_num}",
+                image_path=image_path,
+                diagnosis=diagnosis,
+                label=CLASS_NAMES.index(diagnosis),
+                text=meta_report(row),
+                site=site,
+                collection="derm7pt",
+                metadata=metadata,
+            )
+        )
+    counts = {name: sum(r.diagnosis == name for r in records) for name in CLASS_NAMES}
+    if counts != DERM7PT_COUNTS:
+        raise ValueError(
+            f"{csv_path} does not give the paper's 888-image subset: class counts {counts}, expected {DERM7PT_COUNTS}; "
+            "is this the unmodified release_v0 meta.csv?"
+        )
+    return records
+
+
+def _isic_text(age: Any, sex: Any) -> str:
+    """``"female, about 55 years"`` from ISIC's ``sex`` and ``age_approx`` (parts left out when missing)."""
+    parts = []
+    if isinstance(sex, str) and sex.strip():
+        parts.append(sex.strip().lower())
+    if isinstance(age, str) and age.strip():
+        try:
+            parts.append(f"about {int(float(age))} years")
+        except ValueError:
+            pass
+    return ", ".join(parts)
+
+
+def load_isic_uda1(root: str | Path | None = None, check_images: bool = True) -> list[CaseRecord]:
+    """ISIC UDA-1: 555 dermoscopy images, melanoma / nevus; text from age and sex; site unknown."""
+    base = Path(root) if root is not None else data_root()
+    folder = base / "isic-uda1"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"ISIC UDA-1 not found: {folder} does not exist. {ISIC_HELP}")
+    csv_path = folder / "metadata.csv"
+    frame = _read_csv(csv_path, ISIC_COLUMNS, ISIC_HELP)
+    records = []
+    for index, row in enumerate(frame.to_dict("records")):
+        raw = row.get("diagnosis")
+        diagnosis = normalize_diagnosis(raw) if isinstance(raw, str) else None
+        if diagnosis not in ("melanoma", "nevus"):
+            raise _row_error(csv_path, index, f"diagnosis {raw!r} is not melanoma or nevus")
+        image = row.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise _row_error(csv_path, index, "empty 'image' column")
+        image_path = folder / image.strip()
+        if check_images:
+            _check_image(image_path, csv_path, index)
+        site = normalize_site(row.get("anatom_site_general")) if "anatom_site_general" in row else UNKNOWN_SITE
+        records.append(
+            CaseRecord(
+                case_id=str(row["isic_id"]).strip(),
+                image_path=image_path,
+                diagnosis=diagnosis,
+                label=CLASS_NAMES.index(diagnosis),
+                text=_isic_text(row.get("age_approx"), row.get("sex")),
+                site=site,
+                collection="isic-uda1",
+                metadata={k: _clean(v) for k, v in row.items()},
+            )
+        )
+    return records
+
+
+def load_collection(name: str, root: str | Path | None = None) -> list[CaseRecord]:
+    """``"derm7pt"`` (888 cases) or ``"isic-uda1"`` (555 cases) from ``root`` (default ``$MONAI_CIR_DATA``)."""
+    if name == "derm7pt":
+        return load_derm7pt(root)
+    if name in ("isic-uda1", "isic_uda1", "uda1"):
+        return load_isic_uda1(root)
+    raise ValueError(f"unknown collection {name!r}; choose one of {list(COLLECTIONS)} or use load_image_csv for your own folder")
+
+
+def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str | None = None) -> list[CaseRecord]:
+    """A user's collection: a folder of images and a CSV with columns ``image``, ``diagnosis`` and
+    optionally ``case_id``, ``text``, ``site``.
+
+    ``image`` is relative to ``images_dir``; ``diagnosis`` strings known to :data:`CLASS_NAMES`
+    (or ``mel``/``nv``/``bkl``) get their standard label, other classes follow in sorted order."""
+    images_dir, csv_path = Path(images_dir), Path(csv_path)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"images folder not found: {images_dir}")
+    frame = _read_csv(csv_path, ("image", "diagnosis"), "The CSV needs columns image, diagnosis (optional: case_id, text, site).")
+    rows = frame.to_dict("records")
+    diagnoses = []
+    for index, row in enumerate(rows):
+        raw = row.get("diagnosis")
+        if not isinstance(raw, str) or not raw.strip():
+            raise _row_error(csv_path, index, "empty diagnosis")
+        diagnoses.append(normalize_diagnosis(raw))
+    extra = sorted(set(diagnoses) - set(CLASS_NAMES))
+    classes = list(CLASS_NAMES) + extra
+    name = collection or csv_path.stem
+    records, seen = [], set()
+    for index, (row, diagnosis) in enumerate(zip(rows, diagnoses)):
+        image = row.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise _row_error(csv_path, index, "empty 'image' column")
+        image_path = images_dir / image.strip()
+        _check_image(image_path, csv_path, index)
+        case_id = row.get("case_id") if isinstance(row.get("case_id"), str) and row["case_id"].strip() else Path(image).stem
+        if case_id in seen:
+            raise _row_error(csv_path, index, f"duplicate case_id {case_id!r}")
+        seen.add(case_id)
+        try:
+            site = normalize_site(row.get("site"))
+        except ValueError as err:
+            raise _row_error(csv_path, index, str(err)) from None
+        text = row.get("text") if isinstance(row.get("text"), str) else ""
+        records.append(
+            CaseRecord(case_id, image_path, diagnosis, classes.index(diagnosis), text.strip(), site, name, {k: _clean(v) for k, v in row.items()})
+        )
+    return records
+
+
+def records_dataset(records: Sequence[CaseRecord], image_size: int = 512, transform: Any = None):
+    """A MONAI ``Dataset`` over records: items ``{"image": (3, S, S) in [0, 1], "text", "label", "case_id"}``.
+
+    Preprocessing is :class:`~monai_cir.data.preprocess.PreprocessImaged` (black-border removal + resize);
+    ``transform`` (MONAI dictionary transforms) runs after it."""
+    from monai.data import Dataset
+    from monai.transforms import Compose
+
+    from .preprocess import PreprocessImaged
+
+    items = [{"image": str(r.image_path), "text": r.text, "label": r.label, "case_id": r.case_id} for r in records]
+    steps = [PreprocessImaged("image", image_size)] + ([transform] if transform is not None else [])
+    return Dataset(items, Compose(steps))

@@ -1,0 +1,250 @@
+"""Frozen-encoder feature cache (DESIGN.md section 3, "CPU reality").
+
+The pretrained encoders are frozen by default, so their outputs for a collection never change: we
+run them once and train / evaluate every head on the cache. One file per (collection, image size,
+encoders' fingerprint) under ``monai_cir.config.cache_dir("features")`` (git-ignored: the features are
+derived from research-only images and must never be committed).
+
+Contents of a :class:`FeatureCache` (N records):
+
+- ``maps``: ``[X^L, X^M, X^H]``, each (N, C_i, h_i, w_i) float16 — ``net.image_encoder(images)``.
+- ``maps_flipped``: the same for the horizontally flipped images (augmentation / test-time
+  augmentation); doubles the build time, ``None`` when built with ``flipped=False``.
+- ``tokens`` (N, n, d_T) float16 and ``token_mask`` (N, n) bool: ``net.text_features(record.text)``,
+  padded to the longest text of the collection; a blank text has an all-False mask.
+- ``sentence`` (N, d_T) float32: mask-mean-pooled tokens (zeros for a blank text), for late fusion.
+- ``labels`` (N,) long, ``records`` (list of :class:`~monai_cir.data.collections.CaseRecord`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import cache_dir, default_device
+from .collections import CaseRecord, load_collection, records_dataset
+
+__all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "feature_cache_path"]
+
+logger = logging.getLogger(__name__)
+CACHE_FORMAT = "monai-cir-features/1"
+
+
+@dataclass
+class FeatureCache:
+    """Frozen encoder outputs of one collection (see the module docstring for the shapes)."""
+
+    records: list[CaseRecord]
+    labels: torch.Tensor
+    maps: list[torch.Tensor]
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    sentence: torch.Tensor
+    maps_flipped: list[torch.Tensor] | None = None
+    collection: str = ""
+    image_size: int = 0
+    fingerprint: str = ""
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [r.case_id for r in self.records]
+
+    def select_maps(self, indices: Any, flipped: bool = False, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+        """The three levels for ``indices`` (anything that indexes a tensor), converted to ``dtype``."""
+        source = self.maps_flipped if flipped else self.maps
+        if source is None:
+            raise ValueError("this cache was built without flipped maps (flipped=False); rebuild it with flipped=True")
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return [m[index].to(dtype) for m in source]
+
+    def pooled(self, level: int = -1, indices: Any = None, flipped: bool = False) -> torch.Tensor:
+        """Global-average-pooled map of one level (N, C) float32 (the ImageNet-features baseline)."""
+        source = self.maps_flipped if flipped else self.maps
+        if source is None:
+            raise ValueError("this cache was built without flipped maps")
+        m = source[level] if indices is None else source[level][torch.as_tensor(indices, dtype=torch.long)]
+        return m.float().mean(dim=(2, 3))
+
+
+def feature_cache_path(collection: str, image_size: int, fingerprint: str) -> Path:
+    """``<cache>/features/<collection>_<size>px_<fingerprint[:16]>.pt``."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in collection)
+    return cache_dir("features") / f"{safe}_{int(image_size)}px_{fingerprint[:16]}.pt"
+
+
+def _record_to_dict(r: CaseRecord) -> dict[str, Any]:
+    d = asdict(r)
+    d["image_path"] = str(r.image_path)
+    return d
+
+
+def _record_from_dict(d: dict[str, Any]) -> CaseRecord:
+    return CaseRecord(**{**d, "image_path": Path(d["image_path"])})
+
+
+def _save_atomic(payload: dict[str, Any], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_size: int, flipped: bool) -> FeatureCache | None:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001  (a truncated or foreign file: rebuild)
+        logger.warning("ignoring unreadable feature cache %s (%s); rebuilding", path, err)
+        return None
+    if payload.get("format") != CACHE_FORMAT or payload.get("fingerprint") != fingerprint or payload.get("image_size") != image_size:
+        return None
+    cached = [_record_from_dict(d) for d in payload["records"]]
+    if [(r.case_id, str(r.image_path), r.text, r.label) for r in cached] != [(r.case_id, str(r.image_path), r.text, r.label) for r in records]:
+        logger.info("feature cache %s is stale (the collection's records changed); rebuilding", path)
+        return None
+    if flipped and payload.get("maps_flipped") is None:
+        return None
+    return FeatureCache(
+        records=list(records),
+        labels=payload["labels"],
+        maps=payload["maps"],
+        tokens=payload["tokens"],
+        token_mask=payload["token_mask"],
+        sentence=payload["sentence"],
+        maps_flipped=payload.get("maps_flipped"),
+        collection=payload["collection"],
+        image_size=image_size,
+        fingerprint=fingerprint,
+        path=path,
+    )
+
+
+@torch.no_grad()
+def _encode_texts(net, texts: Sequence[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        if not any(t.strip() for t in batch):  # all blank: no tokens
+            chunks.append((torch.zeros(len(batch), 1, net.text_encoder.dim), torch.zeros(len(batch), 1, dtype=torch.bool)))
+            continue
+        tokens, mask = net.text_features(batch)
+        chunks.append((tokens.float().cpu(), mask.cpu()))
+    n = max(t.shape[1] for t, _ in chunks)
+    tokens = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, n - t.shape[1])) for t, _ in chunks])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, n - m.shape[1])) for _, m in chunks])
+    weights = mask.float().unsqueeze(-1)
+    sentence = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    return tokens.half(), mask, sentence.float()
+
+
+def build_feature_cache(
+    collection: str,
+    image_size: int,
+    net: Any = None,
+    batch_size: int = 16,
+    root: str | Path | None = None,
+    records: Sequence[CaseRecord] | None = None,
+    flipped: bool = True,
+    rebuild: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> FeatureCache:
+    """Run the frozen encoders of ``net`` once over a collection and cache the result (or load it).
+
+    Args:
+        collection: ``"derm7pt"`` or ``"isic-uda1"`` (or a name for ``records``).
+        image_size: square preprocessing size (black-border removal + resize, paper section 3.1).
+        net: a :class:`~monai_cir.networks.ComposedRetrievalNet`; default the offline pretrained
+            encoders (``ComposedRetrievalNet.offline_default(image_size=image_size)``). Only its
+            encoders are used, so any head trained on them can use the cache.
+        batch_size: images per forward pass.
+        root: data root (default ``$MONAI_CIR_DATA``).
+        records: a user's collection (e.g. from ``load_image_csv``) instead of a built-in one.
+        flipped: also cache the horizontally flipped images' maps (twice the time).
+        rebuild: ignore an existing cache file.
+        num_workers: DataLoader workers for decoding / resizing.
+
+    Returns:
+        a :class:`FeatureCache`; its ``path`` is the file (keyed by collection, size and
+        :func:`monai_cir.networks.encoder_fingerprint`).
+    """
+    from tqdm.auto import tqdm
+
+    from ..networks import ComposedRetrievalNet, encoder_fingerprint
+
+    if records is None:
+        records = load_collection(collection, root)
+    records = list(records)
+    if not records:
+        raise ValueError(f"collection {collection!r} has no records")
+    if net is None:
+        net = ComposedRetrievalNet.offline_default(image_size=image_size)
+    fingerprint = encoder_fingerprint(net)
+    path = feature_cache_path(collection, image_size, fingerprint)
+    if path.is_file() and not rebuild:
+        cache = _load(path, records, fingerprint, image_size, flipped)
+        if cache is not None:
+            logger.info("feature cache loaded from %s", path)
+            return cache
+
+    device = default_device()
+    was_training = net.training
+    net.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+    loader = DataLoader(records_dataset(records, image_size), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    levels: list[list[torch.Tensor]] = [[], [], []]
+    levels_flipped: list[list[torch.Tensor]] = [[], [], []]
+    start = time.perf_counter()
+    with torch.no_grad(), autocast:
+        for batch in tqdm(loader, desc=f"features {collection} {image_size}px", unit="batch", disable=not progress):
+            images = batch["image"].to(device)
+            for out, x in ((levels, images), (levels_flipped, images.flip(-1) if flipped else None)):
+                if x is None:
+                    continue
+                maps = net.image_encoder(x)
+                if len(maps) != 3:
+                    raise ValueError(f"the image encoder returned {len(maps)} levels, the cache expects 3 (L, M, H)")
+                for store, m in zip(out, maps):
+                    store.append(m.half().cpu())
+        tokens, token_mask, sentence = _encode_texts(net, [r.text for r in records], batch_size * 4)
+    elapsed = time.perf_counter() - start
+    net.train(was_training)
+    logger.info("encoded %d images at %d px in %.1f s (%.3f s/image%s)", len(records), image_size, elapsed, elapsed / len(records), ", with flips" if flipped else "")
+    maps = [torch.cat(level) for level in levels]
+    maps_flipped = [torch.cat(level) for level in levels_flipped] if flipped else None
+    labels = torch.tensor([r.label for r in records], dtype=torch.long)
+    payload = {
+        "format": CACHE_FORMAT,
+        "collection": collection,
+        "image_size": int(image_size),
+        "fingerprint": fingerprint,
+        "encoder_config": dict(net.config),
+        "records": [_record_to_dict(r) for r in records],
+        "labels": labels,
+        "maps": maps,
+        "maps_flipped": maps_flipped,
+        "tokens": tokens,
+        "token_mask": token_mask,
+        "sentence": sentence,
+        "build_seconds": elapsed,
+    }
+    _save_atomic(payload, path)
+    return FeatureCache(records, labels, maps, tokens, token_mask, sentence, maps_flipped, collection, int(image_size), fingerprint, path)

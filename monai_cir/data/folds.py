@@ -1,0 +1,64 @@
+"""The cross-validation folds every method uses (DESIGN.md section 3).
+
+Stratified 5-fold over Derm7pt's 888 cases (classes melanoma / nevus / benign keratosis),
+``sklearn.model_selection.StratifiedKFold(n_splits=5, shuffle=True, random_state=0)`` over the cases
+in ``meta.csv`` order. The assignment is committed as ``monai_cir/resources/derm7pt_folds.csv``
+(``case_num,fold``; no image data) so that every run reads the same folds instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["FOLDS_FILE", "NUM_FOLDS", "SEED", "load_folds", "make_folds", "write_folds"]
+
+FOLDS_FILE = Path(__file__).resolve().parent.parent / "resources" / "derm7pt_folds.csv"
+NUM_FOLDS = 5
+SEED = 0
+
+
+def make_folds(labels: Sequence[int], n_splits: int = NUM_FOLDS, seed: int = SEED) -> list[int]:
+    """Fold number (0..n_splits-1) of each item, stratified by ``labels``."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    folds = np.full(len(labels), -1, dtype=int)
+    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        folds[test] = fold
+    return folds.tolist()
+
+
+def write_folds(path: str | Path = FOLDS_FILE, root: str | Path | None = None) -> Path:
+    """(Re)create the committed folds file from Derm7pt's ``meta.csv`` (maintainers only)."""
+    from .collections import load_derm7pt
+
+    records = load_derm7pt(root)
+    folds = make_folds([r.label for r in records])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["case_num,fold"] + [f"{r.metadata['case_num']},{f}" for r, f in zip(records, folds)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def load_folds(path: str | Path = FOLDS_FILE) -> dict[str, int]:
+    """``{case_id: fold}`` for Derm7pt (case ids ``derm7pt-<case_num>``, folds 0..4)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"folds file not found: {path}; it ships with monai-cir (monai_cir/resources)")
+    out: dict[str, int] = {}
+    lines = path.read_text().splitlines()
+    if not lines or lines[0].strip() != "case_num,fold":
+        raise ValueError(f"{path} is malformed: the header must be 'case_num,fold'")
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            case_num, fold = (int(x) for x in line.split(","))
+        except ValueError:
+            raise ValueError(f"{path}, row {number}: expected two integers 'case_num,fold', got {line!r}") from None
+        out[f"derm7pt-{case_num}"] = fold
+    return out

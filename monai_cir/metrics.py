@@ -1,0 +1,154 @@
+"""Retrieval metrics exactly as arXiv v1 Eqs. 10-14 (relevant = same class, Eq. 1).
+
+For a query q with ranked database ``r_1 .. r_N`` and ``rel(i) = 1`` when ``r_i`` has q's label:
+
+- Eq. 10: ``P(i) = Σ_{j<=i} rel(j) / i``
+- Eq. 11: ``AP(q) = (1 / R_q) Σ_{i=1..N} P(i) rel(i)`` over the FULL ranked database
+  (``R_q`` = number of relevant items in the database).
+- Eq. 12: ``mAP = mean_q AP(q)``
+- Eq. 13: ``Acc@K(q) = 1`` if some ``i <= K`` has ``rel(i) = 1``
+- Eq. 14: ``Accuracy@K = mean_q Acc@K(q)``
+
+Units: :func:`retrieval_metrics` returns **fractions** in [0, 1]; result files and tables report
+**percent** (:func:`summarize_folds` takes ``scale=100``).
+
+Tie-breaking (deterministic, documented): the database is ranked by a stable sort on descending
+score, so equal scores keep database order (the lower database index ranks first). The scores are
+compared as float64. A query with no relevant item in the database (``R_q = 0``) has AP = 0 and
+Acc@K = 0 (and is counted in ``no_relevant``). ``K`` larger than the database means the whole
+database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["average_precision", "leave_one_out_metrics", "rank_database", "retrieval_metrics", "summarize_folds"]
+
+ArrayLike = Any
+
+
+def _as_numpy(x: ArrayLike, dtype=None) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu")
+        x = x.double() if x.is_floating_point() else x
+        x = x.numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def rank_database(similarity: ArrayLike) -> np.ndarray:
+    """(Q, N) scores -> (Q, N) database indices, best first (stable: ties keep database order)."""
+    s = _as_numpy(similarity, np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"similarity must be a (queries, database) matrix, got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("similarity contains NaN or infinite scores")
+    return np.argsort(-s, axis=1, kind="stable")
+
+
+def average_precision(relevance_ranked: np.ndarray) -> np.ndarray:
+    """Eqs. 10-11 for ranked 0/1 relevance rows (Q, N) -> AP (Q,); 0 where a row has no relevant item."""
+    rel = np.asarray(relevance_ranked, dtype=np.float64)
+    ranks = np.arange(1, rel.shape[1] + 1, dtype=np.float64)
+    precision = np.cumsum(rel, axis=1) / ranks  # Eq. 10
+    n_relevant = rel.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (precision * rel).sum(axis=1) / n_relevant  # Eq. 11
+    return np.where(n_relevant > 0, ap, 0.0)
+
+
+def retrieval_metrics(
+    similarity: ArrayLike,
+    query_labels: ArrayLike,
+    database_labels: ArrayLike,
+    ks: Sequence[int] = (1, 2, 4),
+) -> dict[str, Any]:
+    """AP / mAP / Acc@K (arXiv v1 Eqs. 10-14) of a similarity matrix; relevant = same label.
+
+    Args:
+        similarity: (Q, N) scores, higher = more similar (numpy or torch).
+        query_labels: (Q,) integer labels of the queries.
+        database_labels: (N,) integer labels of the database items.
+        ks: the cut-offs of Acc@K.
+
+    Returns:
+        fractions in [0, 1]: ``{"ap": (Q,) array, "map": float, "hits": {K: (Q,) bool array},
+        "acc@K": float for each K, "ranking": (Q, N) database indices best first,
+        "num_relevant": (Q,) int array, "no_relevant": int}``.
+    """
+    ranking = rank_database(similarity)
+    q = _as_numpy(query_labels).reshape(-1)
+    d = _as_numpy(database_labels).reshape(-1)
+    if ranking.shape != (len(q), len(d)):
+        raise ValueError(
+            f"similarity has shape {ranking.shape} but there are {len(q)} query labels and {len(d)} database labels"
+        )
+    if len(d) == 0 or len(q) == 0:
+        raise ValueError("retrieval metrics need at least one query and one database item")
+    ks = [int(k) for k in ks]
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every K must be >= 1, got {ks}")
+    relevance = d[ranking] == q[:, None]  # rel(i) in rank order, (Q, N)
+    ap = average_precision(relevance)
+    hits = {k: relevance[:, : min(k, len(d))].any(axis=1) for k in ks}  # Eq. 13
+    num_relevant = relevance.sum(axis=1)
+    out: dict[str, Any] = {
+        "ap": ap,
+        "map": float(ap.mean()),  # Eq. 12
+        "hits": hits,
+        "ranking": ranking,
+        "num_relevant": num_relevant,
+        "no_relevant": int((num_relevant == 0).sum()),
+    }
+    for k in ks:
+        out[f"acc@{k}"] = float(hits[k].mean())  # Eq. 14
+    return out
+
+
+def summarize_folds(values: Sequence[float], scale: float = 1.0, ndigits: int | None = None) -> dict[str, Any]:
+    """``{"folds": [...], "mean": m, "std": s}`` over folds, std = sample std (ddof = 1, as the paper's
+    Table 2); ``std`` is ``None`` for a single fold. ``scale=100`` converts fractions to percent."""
+    vals = [float(v) * scale for v in values]
+    if not vals:
+        raise ValueError("no fold values to summarise")
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    if ndigits is not None:
+        vals = [round(v, ndigits) for v in vals]
+        mean = round(mean, ndigits)
+        std = None if std is None else round(std, ndigits)
+    return {"folds": vals, "mean": mean, "std": std}
+
+
+def leave_one_out_metrics(similarity: ArrayLike, labels: ArrayLike, ks: Sequence[int] = (1, 2, 4)) -> dict[str, Any]:
+    """Eqs. 10-14 where each item of one collection queries all the others (N, N) -> metrics.
+
+    The diagonal (the query itself) is removed from each row before ranking; the rest is exactly
+    :func:`retrieval_metrics` (same tie-breaking: stable descending sort, database order on ties).
+    Fractions in [0, 1]; ``ranking`` holds indices into the full collection."""
+    s = _as_numpy(similarity, np.float64)
+    y = _as_numpy(labels).reshape(-1)
+    n = len(y)
+    if s.shape != (n, n):
+        raise ValueError(f"leave-one-out needs a square (N, N) similarity for N={n} labels, got {s.shape}")
+    if n < 2:
+        raise ValueError("leave-one-out needs at least two items")
+    off = ~np.eye(n, dtype=bool)
+    s_off = s[off].reshape(n, n - 1)
+    idx_off = np.broadcast_to(np.arange(n), (n, n))[off].reshape(n, n - 1)
+    order = rank_database(s_off)
+    ranking = np.take_along_axis(idx_off, order, axis=1)
+    relevance = y[ranking] == y[:, None]
+    ap = average_precision(relevance)
+    num_relevant = relevance.sum(axis=1)
+    out: dict[str, Any] = {"ap": ap, "map": float(ap.mean()), "ranking": ranking, "num_relevant": num_relevant,
+                           "no_relevant": int((num_relevant == 0).sum()), "hits": {}}
+    for k in (int(k) for k in ks):
+        out["hits"][k] = relevance[:, : min(k, n - 1)].any(axis=1)
+        out[f"acc@{k}"] = float(out["hits"][k].mean())
+    return out

@@ -1,0 +1,159 @@
+"""Collections, report template, sites and folds on the real data; bad input names file and row.
+
+Bad-input tests copy a few rows of meta.csv into a temporary folder; no image is ever copied."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monai_cir.data import (
+    CLASS_NAMES,
+    load_collection,
+    load_folds,
+    load_image_csv,
+    meta_report,
+)
+from monai_cir.data.collections import load_derm7pt
+from monai_cir.data.folds import FOLDS_FILE
+from monai_cir.data.report import FORBIDDEN_WORDS
+from monai_cir.data.sites import (
+    DERM7PT_LOCATION_TO_SITE,
+    SITE_CODES,
+    SITES,
+    normalize_site,
+)
+
+
+@pytest.fixture(scope="module")
+def derm7pt(shared_data):
+    return load_collection("derm7pt", shared_data)
+
+
+def test_derm7pt_subset_counts(derm7pt):
+    assert len(derm7pt) == 888
+    counts = collections.Counter(r.diagnosis for r in derm7pt)
+    assert counts == {"melanoma": 252, "nevus": 575, "benign keratosis": 61}
+    assert all(r.label == CLASS_NAMES.index(r.diagnosis) for r in derm7pt)
+    assert len({r.case_id for r in derm7pt}) == 888
+    assert all(r.site in SITES and r.site != "unknown" for r in derm7pt)
+    first = derm7pt[0]
+    assert {"diagnosis", "management", "sex", "elevation", "location", "case_num"} <= set(first.metadata)
+    assert first.image_path.is_file()
+
+
+def test_report_never_leaks_the_label(derm7pt):
+    pattern = re.compile("|".join(re.escape(w) for w in FORBIDDEN_WORDS), re.IGNORECASE)
+    for r in derm7pt:
+        assert r.text and not pattern.search(r.text), (r.case_id, r.text)
+        # the raw diagnosis and management strings never appear either
+        assert r.metadata["diagnosis"] not in r.text.lower()
+        assert r.metadata["management"] not in r.text.lower()
+
+
+def test_report_template_fields():
+    text = meta_report(
+        {"pigment_network": "atypical", "streaks": "absent", "blue_whitish_veil": "present", "vascular_structures": "within regression",
+             "elevation": "flat", "location": "head neck", "sex": "male", "diagnosis": "melanoma (in situ)", "management": "excision"}
+    )
+    assert text.startswith("Flat lesion on the head or neck of a male patient.")
+    assert "atypical pigment network" in text and "no streaks" in text and "blue-whitish veil present" in text
+    assert "vascular structures within regression" in text
+    assert "melanoma" not in text and "excision" not in text
+    assert meta_report({}) == ""
+    assert meta_report({"sex": "female"}) == "Lesion of a female patient."
+
+
+def test_isic_uda1(shared_data):
+    records = load_collection("isic-uda1", shared_data)
+    assert len(records) == 555
+    assert collections.Counter(r.diagnosis for r in records) == {"melanoma": 159, "nevus": 396}
+    assert records[0].text == "female, about 55 years"
+    assert all(r.site == "unknown" for r in records)
+
+
+def test_sites_vocabulary():
+    assert set(DERM7PT_LOCATION_TO_SITE.values()) <= set(SITES)
+    assert all(SITE_CODES[s] is not None for s in SITES if s != "unknown")
+    assert normalize_site("head neck") == "head and neck" and normalize_site(None) == "unknown"
+    with pytest.raises(ValueError, match="unknown anatomical site"):
+        normalize_site("elbow pit")
+
+
+def test_folds_cover_all_cases_and_are_stratified(derm7pt):
+    folds = load_folds()
+    assert set(folds) == {r.case_id for r in derm7pt}
+    assert set(folds.values()) == {0, 1, 2, 3, 4}
+    table = np.zeros((5, 3), int)
+    for r in derm7pt:
+        table[folds[r.case_id], r.label] += 1
+    expected = table.sum(0) / 5
+    assert np.all(np.abs(table - expected) <= 1), table
+    text = FOLDS_FILE.read_text()
+    assert text.startswith("case_num,fold\n") and len(text) < 10_000  # case numbers only, no image data
+
+
+# ----------------------------------------------------------------------------- bad input
+def _tmp_release(tmp_path: Path, shared_data: Path, n_rows: int = 5) -> Path:
+    """A fake data root holding only the header and a few rows of the real meta.csv (no images)."""
+    src = shared_data / "derm7pt" / "release_v0" / "meta" / "meta.csv"
+    lines = src.read_text().splitlines()[: n_rows + 1]
+    meta = tmp_path / "derm7pt" / "release_v0" / "meta"
+    meta.mkdir(parents=True)
+    (tmp_path / "derm7pt" / "release_v0" / "images").mkdir()
+    (meta / "meta.csv").write_text("\n".join(lines) + "\n")
+    return meta / "meta.csv"
+
+
+def test_missing_data_root_says_how_to_get_derm7pt(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_collection("derm7pt", tmp_path / "nowhere")
+    message = str(err.value)
+    assert "derm.cs.sfu.ca" in message and "MONAI_CIR_DATA" in message and "research" in message
+
+
+def test_missing_image_names_file_and_row(tmp_path, shared_data):
+    csv_path = _tmp_release(tmp_path, shared_data, n_rows=60)  # rows with melanoma / nevus cases
+    with pytest.raises(FileNotFoundError) as err:
+        load_derm7pt(tmp_path)
+    message = str(err.value)
+    assert "image file not found" in message and str(csv_path) in message and re.search(r"row \d+", message)
+
+
+def test_malformed_meta_csv_names_file_and_row(tmp_path, shared_data):
+    csv_path = _tmp_release(tmp_path, shared_data, n_rows=60)
+    rows = list(csv.reader(csv_path.open()))
+    target = next(i for i, row in enumerate(rows[1:], start=1) if row[1].endswith("nevus"))
+    rows[target][0] = "not-a-number"
+    with csv_path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(ValueError) as err:
+        load_derm7pt(tmp_path, check_images=False)
+    assert str(csv_path) in str(err.value) and f"row {target + 1}" in str(err.value) and "case_num" in str(err.value)
+    # a missing column names the file and the column
+    csv_path.write_text("case_num,diagnosis\n1,clark nevus\n")
+    with pytest.raises(ValueError, match="missing column"):
+        load_derm7pt(tmp_path)
+
+
+def test_load_image_csv(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (32, 24), (120, 80, 60)).save(images / "a.png")  # synthetic pixels, not data
+    Image.new("RGB", (32, 24), (20, 80, 60)).save(images / "b.png")
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis,case_id,text,site\na.png,mel,c1,flat lesion,back\nb.png,dermatofibroma,,,\n")
+    records = load_image_csv(images, table)
+    assert [r.case_id for r in records] == ["c1", "b"]
+    assert records[0].diagnosis == "melanoma" and records[0].label == 0 and records[0].site == "trunk"
+    assert records[1].label == len(CLASS_NAMES) and records[1].site == "unknown" and records[1].text == ""
+    table.write_text("image,diagnosis\na.png,nevus\nmissing.png,nevus\n")
+    with pytest.raises(FileNotFoundError, match=r"missing\.png.*row 3"):
+        load_image_csv(images, table)

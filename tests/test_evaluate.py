@@ -1,0 +1,131 @@
+"""Plumbing of the cross-validation harness and ``monai-cir evaluate`` on a small subset (tiny net,
+64 px, a temporary feature cache): JSON shape, fold bookkeeping, registry, cross-site hook."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monai_cir import evaluation
+from monai_cir.evaluation import (
+    METRIC_KEYS,
+    UNTRAINED_METHODS,
+    FoldContext,
+    available_methods,
+    evaluate,
+    register_method,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_caches(shared_data, tiny_net, tmp_path_factory):
+    """Feature caches of 10 Derm7pt cases per fold and 16 ISIC cases, built with the tiny network."""
+    import os
+
+    from monai_cir.data import build_feature_cache, load_collection, load_folds
+
+    old = os.environ.get("MONAI_CIR_CACHE")
+    os.environ["MONAI_CIR_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        folds = load_folds()
+        derm = load_collection("derm7pt", shared_data)
+        quota = {"melanoma": 4, "nevus": 4, "benign keratosis": 2}  # 10 cases per fold, every class
+        subset = [r for f in range(5) for c, n in quota.items() for r in [r for r in derm if folds[r.case_id] == f and r.diagnosis == c][:n]]
+        isic = load_collection("isic-uda1", shared_data)
+        isic = [r for r in isic if r.diagnosis == "melanoma"][:8] + [r for r in isic if r.diagnosis == "nevus"][:8]
+        caches = {
+            "derm7pt": build_feature_cache("derm7pt-subset", 64, net=tiny_net, records=subset, progress=False),
+            "isic-uda1": build_feature_cache("isic-subset", 64, net=tiny_net, records=isic, progress=False),
+        }
+        # a second call loads the file instead of rebuilding
+        again = build_feature_cache("derm7pt-subset", 64, net=tiny_net, records=subset, progress=False)
+        assert again.path == caches["derm7pt"].path and torch.equal(again.maps[0], caches["derm7pt"].maps[0])
+    finally:
+        if old is None:
+            os.environ.pop("MONAI_CIR_CACHE")
+        else:
+            os.environ["MONAI_CIR_CACHE"] = old
+    return caches
+
+
+def test_feature_cache_shapes(tiny_caches, tiny_net):
+    cache = tiny_caches["derm7pt"]
+    n = len(cache)
+    assert n == 50 and cache.labels.shape == (n,)
+    assert len(cache.maps) == 3 and all(m.dtype == torch.float16 and m.shape[0] == n for m in cache.maps)
+    assert [m.shape[1] for m in cache.maps] == tiny_net.image_encoder.channels
+    assert [m.shape for m in cache.maps_flipped] == [m.shape for m in cache.maps]
+    assert cache.tokens.dtype == torch.float16 and cache.tokens.shape[:2] == cache.token_mask.shape
+    assert cache.sentence.shape == (n, tiny_net.text_encoder.dim) and cache.sentence.dtype == torch.float32
+    assert cache.token_mask.any(dim=1).all()  # every Derm7pt case has a report
+
+
+def test_harness_plumbing(tiny_caches, tiny_net):
+    results = evaluate(
+        list(UNTRAINED_METHODS),
+        image_size=64, folds=(0, 1, 2), cache=tiny_caches["derm7pt"], net=tiny_net, progress=False,
+    )
+    for entry in results["methods"].values():
+        for key in METRIC_KEYS:
+            assert set(entry[key]) == {"folds", "mean", "std"}
+            assert len(entry[key]["folds"]) == 3
+            assert all(0.0 <= v <= 100.0 for v in entry[key]["folds"])  # percent
+            assert entry[key]["mean"] == pytest.approx(np.mean(entry[key]["folds"]), abs=0.01)
+    assert "untrained" in results["methods"]["composed_untrained"]["label"]
+    assert not any(entry["trained"] for entry in results["methods"].values())
+    json.dumps(results)  # serialisable
+
+
+def test_fold_context_is_disjoint(tiny_caches):
+    seen = []
+
+    @register_method("_probe", trained=False)
+    def probe(ctx: FoldContext):
+        assert not set(ctx.query_indices) & set(ctx.database_indices)
+        assert len(ctx.query_indices) + len(ctx.database_indices) == len(ctx.cache)
+        seen.append(ctx.fold)
+        return torch.zeros(len(ctx.query_indices), len(ctx.database_indices))
+
+    try:
+        results = evaluate(["_probe"], image_size=64, folds=(0, 4), cache=tiny_caches["derm7pt"], progress=False)
+    finally:
+        evaluation._REGISTRY.pop("_probe")
+    assert seen == [0, 4]
+    assert results["methods"]["_probe"]["acc@1"]["std"] is not None
+
+
+def test_registry_replacement_and_plugins():
+    assert set(UNTRAINED_METHODS) | {"image_only", "text_only", "composed"} <= set(available_methods())
+    before = evaluation._REGISTRY["composed"]
+    try:
+        register_method("composed", label="composed (trained)")(lambda ctx: None)
+        assert available_methods()["composed"].label == "composed (trained)"
+    finally:
+        evaluation._REGISTRY["composed"] = before
+
+
+def test_cli_writes_json_and_table(tiny_caches, tmp_path, monkeypatch):
+    from monai_cir.cli import main
+    from monai_cir.data import feature_cache
+
+    monkeypatch.setattr(feature_cache, "build_feature_cache", lambda collection, *a, **k: tiny_caches[collection])
+    out = tmp_path / "derm7pt_cv.json"
+    code = main(["evaluate", "--methods", "imagenet_cosine", "frozen_multilevel_cosine", "--folds", "0", "1",
+                 "--image-size", "64", "--cross-site", "isic-uda1", "--out", str(out), "--figure", str(tmp_path / "fig")])
+    assert code == 0
+    payload = json.loads(out.read_text())
+    assert {"commit", "config", "wall_time_s", "machine", "methods", "cross_site"} <= set(payload)
+    entry = payload["methods"]["imagenet_cosine"]
+    assert set(METRIC_KEYS) <= set(entry) and len(entry["acc@1"]["folds"]) == 2
+    site = payload["cross_site"]["isic-uda1"]
+    assert site["n"] == 16 and set(METRIC_KEYS) <= set(site["methods"]["imagenet_cosine"])
+    assert "| Method |" in out.with_suffix(".md").read_text()
+    assert list((tmp_path / "fig").glob("*.png"))
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown method"):
+        evaluation.get_method("nope")
