@@ -1,0 +1,74 @@
+"""The objects that travel between the app's operators."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Problem", "QueryResult", "attr", "query_id_of"]
+
+
+def attr(obj: Any, name: str, default: Any = None) -> Any:
+    """``obj.name`` or ``default`` when missing or empty (DICOM attributes are often empty strings)."""
+    value = getattr(obj, name, default)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    return value
+
+
+def query_id_of(query: Any, index: int) -> str:
+    """A stable, file-name-safe id of a query: its image's SOP Instance UID (else ``query-<n>``)."""
+    uid = attr(query, "sop_instance_uid")
+    if not uid:
+        return f"query-{index + 1:04d}"
+    frame = attr(query, "frame_number")
+    return re.sub(r"[^0-9A-Za-z.\-]", "_", str(uid)) + (f"-f{frame}" if frame else "")
+
+
+@dataclass
+class Problem:
+    """Something in the input or along the way that made the app skip a study, a file or a step."""
+
+    stage: str  # "input", "retrieval", "sr", "pdf", "publish"
+    message: str
+    path: str | None = None
+    study_uid: str | None = None
+    query_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class QueryResult:
+    """One query (a dermoscopy image of a study + its text) and what the app made of it.
+
+    ``error`` is set when a stage failed for this query; later stages skip it and the results
+    writer reports it in ``problems.json``."""
+
+    query_id: str
+    query: Any  # monai_cir.dicom.DermoscopyQuery
+    hits: list[Any] = field(default_factory=list)  # monai_cir.index.SearchHit, best first
+    notices: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)  # "sr", "encapsulated_pdf", "pdf" -> file path
+    published: dict[str, Any] = field(default_factory=dict)
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    error_stage: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def fail(self, stage: str, message: str) -> None:
+        self.error, self.error_stage = message, stage
+
+    def problem(self) -> Problem:
+        return Problem(
+            stage=self.error_stage or "unknown",
+            message=self.error or "",
+            path=attr(self.query, "source_path"),
+            study_uid=attr(self.query, "study_uid"),
+            query_id=self.query_id,
+        )

@@ -1,0 +1,107 @@
+"""Writes the human-readable report of each answered query: a PDF and the same PDF as DICOM
+Encapsulated PDF (in the query's study), so that any viewer shows it.
+
+The page is the paper's Fig. 3 for one query: the query image and text, then the top-k library
+images with rank, diagnosis and score (:mod:`monai_cir.dicom.report_pdf`). The SDK's
+``DICOMEncapsulatedPDFWriterOperator`` writes one PDF per compute from a ``StudySelectedSeries`` of
+the SDK loader; this app answers several queries per run from its own loader, so the encapsulation
+is done by :mod:`monai_cir.dicom.report_pdf` too (which ``dciodvfy`` checks in the tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from .common import QueryResult
+
+__all__ = ["ENCAPSULATED_PDF_FILE", "PDF_FILE", "SimilarCasesPDFWriterOperator"]
+
+PDF_FILE = "similar_cases_report.pdf"
+ENCAPSULATED_PDF_FILE = "similar_cases_report.dcm"
+
+
+class SimilarCasesPDFWriterOperator(Operator):
+    """Named input ``results`` / named output ``results`` (answered queries gain ``outputs["pdf"]``
+    and ``outputs["encapsulated_pdf"]``).
+
+    File output: ``OUT/<query id>/similar_cases_report.pdf`` and ``similar_cases_report.dcm``."""
+
+    def __init__(self, fragment: Fragment, *args: Any, output_folder: str | Path, **kwargs: Any) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.output_folder = Path(output_folder)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("results")
+        spec.output("results")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        results: list[QueryResult] = op_input.receive("results") or []
+        self.run(results)
+        op_output.emit(results, "results")
+
+    def run(self, results: list[QueryResult]) -> list[QueryResult]:
+        for result in results:
+            if not result.ok:
+                continue
+            start = time.perf_counter()
+            try:
+                folder = self.output_folder / result.query_id
+                folder.mkdir(parents=True, exist_ok=True)
+                pdf_path, dcm_path = folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE
+                write_report(result, pdf_path, dcm_path)
+                result.outputs["pdf"] = str(pdf_path)
+                result.outputs["encapsulated_pdf"] = str(dcm_path)
+            except Exception as err:  # noqa: BLE001
+                result.fail("pdf", f"cannot write the PDF report: {type(err).__name__}: {err}")
+                self._logger.error("query %s: %s", result.query_id, result.error)
+            result.timing_ms["pdf"] = 1000 * (time.perf_counter() - start)
+        return results
+
+
+def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path) -> None:
+    """The plain PDF and its Encapsulated PDF instance (see :mod:`monai_cir.dicom.report_pdf`)."""
+    from monai_cir.dicom.report_pdf import encapsulated_pdf_dataset, render_report_pdf
+
+    query = result.query
+    pdf = render_report_pdf(
+        query.image,
+        query.text,
+        result.hits,
+        image_loader=library_image,
+        notices=list(dict.fromkeys(result.notices)),
+        patient_id=str(query.patient_id),
+        study_uid=str(query.study_uid),
+    )
+    pdf_path.write_bytes(pdf)
+    encapsulated_pdf_dataset(pdf, query.dataset).save_as(dcm_path, enforce_file_format=True)
+
+
+def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
+    """The thumbnail of a library case: its ``image_path`` (a DICOM file of the library or an image
+    file), downscaled; None when the file is not reachable from here (the PDF shows a placeholder)."""
+    path = getattr(hit.metadata, "image_path", None)
+    if not path or not Path(path).is_file():
+        return None
+    from PIL import Image
+
+    from monai_cir.dicom.reader import read_dicom_folder
+
+    scan = read_dicom_folder(path, max_side=max_side)  # a DICOM file of the library
+    if scan.queries:
+        image = scan.queries[0].image
+    else:  # an image file (library built from JPEG/PNG + CSV)
+        try:
+            with Image.open(path) as img:
+                image = np.asarray(img.convert("RGB"))
+        except OSError:
+            return None
+    pil = Image.fromarray(image)
+    pil.thumbnail((max_side, max_side))
+    return np.asarray(pil)

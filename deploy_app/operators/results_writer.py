@@ -1,0 +1,133 @@
+"""Writes ``results.json`` (every answered query and its top-k) and ``problems.json`` (what was skipped)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+
+from .common import Problem, QueryResult, attr
+
+__all__ = ["PROBLEMS_FILE", "RESULTS_FILE", "ResultsWriterOperator", "result_record"]
+
+RESULTS_FILE = "results.json"
+PROBLEMS_FILE = "problems.json"
+
+
+def _atomic_json(path: Path, payload: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
+    """The JSON record of one answered query."""
+    q = result.query
+    dataset = attr(q, "dataset")
+    return {
+        "query_id": result.query_id,
+        "patient_id": attr(q, "patient_id"),
+        "patient_name": str(attr(q, "patient_name", "") or "") or None,
+        "study_uid": attr(q, "study_uid"),
+        "series_uid": attr(q, "series_uid"),
+        "sop_instance_uid": attr(q, "sop_instance_uid"),
+        "accession_number": str(dataset.get("AccessionNumber", "") or "") or None if dataset is not None else None,
+        "text": attr(q, "text", "") or "",
+        "site": attr(q, "site"),
+        "notices": list(dict.fromkeys(result.notices)),
+        "top_k": [
+            {
+                "rank": h.rank,
+                "case_id": h.case_id,
+                "diagnosis": h.metadata.diagnosis,
+                "score": round(float(h.score), 6),
+                "collection": h.metadata.collection,
+                "study_uid": h.metadata.study_uid,
+                "sop_instance_uid": h.metadata.sop_instance_uid,
+            }
+            for h in result.hits
+        ],
+        "outputs": {k: _relative(v, output_folder) for k, v in result.outputs.items()},
+        "published": result.published,
+        "timing_ms": {k: round(v, 2) for k, v in result.timing_ms.items()},
+    }
+
+
+class ResultsWriterOperator(Operator):
+    """The last operator: the machine-readable summary of the run.
+
+    Named inputs:
+        results: ``list[QueryResult]`` (answered and failed queries).
+        problems: ``list[Problem]`` from the loader (files and studies skipped on input).
+
+    Named output:
+        summary: the ``results.json`` payload (optional receiver).
+
+    File output: ``OUT/results.json``, ``OUT/problems.json`` (always written; ``[]`` when all went well).
+    """
+
+    def __init__(self, fragment: Fragment, *args: Any, output_folder: str | Path, run_info: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.output_folder = Path(output_folder)
+        self.run_info = dict(run_info or {})
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("results")
+        spec.input("problems")
+        spec.output("summary").condition(ConditionType.NONE)
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        results = op_input.receive("results") or []
+        problems = op_input.receive("problems") or []
+        summary = self.write(results, problems)
+        op_output.emit(summary, "summary")
+
+    def write(self, results: list[QueryResult], problems: list[Problem]) -> dict[str, Any]:
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        all_problems = list(problems)
+        answered = []
+        for result in results:
+            if result.ok:
+                answered.append(result_record(result, self.output_folder))
+            else:
+                all_problems.append(result.problem())
+            for stage, message in result.published.get("errors", {}).items():
+                all_problems.append(Problem(stage=f"publish:{stage}", message=message, study_uid=attr(result.query, "study_uid"), query_id=result.query_id))
+        summary = {
+            "app": self.run_info.get("app"),
+            "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+            **{k: v for k, v in self.run_info.items() if k != "app"},
+            "queries": answered,
+            "skipped": len(all_problems),
+        }
+        _atomic_json(self.output_folder / RESULTS_FILE, summary)
+        _atomic_json(self.output_folder / PROBLEMS_FILE, [p.to_dict() for p in all_problems])
+        for p in all_problems:
+            self._logger.warning("problem (%s) %s: %s", p.stage, p.path or p.query_id or p.study_uid or "", p.message)
+        self._logger.info(
+            "answered %d quer%s, %d problem(s); see %s and %s",
+            len(answered), "y" if len(answered) == 1 else "ies", len(all_problems),
+            self.output_folder / RESULTS_FILE, self.output_folder / PROBLEMS_FILE,
+        )
+        return summary

@@ -1,0 +1,173 @@
+"""Composed retrieval: each query's image + text -> the top-k similar cases of the case library.
+
+The network and the index are loaded once, when the operator is built (an app that answers many
+studies pays for it once). On CUDA the network runs under fp16 autocast (inside the network) on
+batches of queries; on CPU in float32, same results within tolerance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from .common import QueryResult, attr
+
+__all__ = ["ComposedRetrievalOperator", "ModelsLayoutError", "resolve_models"]
+
+INDEX_DIR = "index"
+
+
+class ModelsLayoutError(FileNotFoundError):
+    """MODELS does not hold what the app needs."""
+
+
+def resolve_models(models: str | Path) -> tuple[Path | None, Path]:
+    """``(checkpoint or None, index folder)`` from the MODELS folder (see docs/deploy.md).
+
+    MODELS/model.pt (a monai-cir head checkpoint) or MODELS/models/model.pt (a MONAI bundle folder:
+    MODELS = the bundle); no checkpoint means the library default (``monai_cir.networks.load_model``:
+    ``$MONAI_CIR_MODEL``, the checkout's bundle, else the untrained offline model with a warning).
+    The case index: MODELS/index (a saved :class:`monai_cir.index.CaseIndex`)."""
+    models = Path(models)
+    if models.is_file() and models.suffix == ".pt":
+        raise ModelsLayoutError(
+            f"MODELS is the file {models}; give a folder holding model.pt and index/ (the case library index): "
+            "MODELS/model.pt + MODELS/index/"
+        )
+    if not models.is_dir():
+        raise ModelsLayoutError(f"models folder not found: {models} (give -m or HOLOSCAN_MODEL_PATH)")
+    checkpoint = None
+    for candidate in (models / "model.pt", models / "models" / "model.pt"):
+        if candidate.is_file():
+            checkpoint = candidate
+            break
+    index = models / INDEX_DIR
+    if not index.is_dir():
+        raise ModelsLayoutError(
+            f"no case index in {models}: expected {index}/ (build one with `monai-cir index build --dicom LIBRARY --out {index}`)"
+        )
+    return checkpoint, index
+
+
+class ComposedRetrievalOperator(Operator):
+    """Encodes every query (image + text) and searches the case index.
+
+    Named input:
+        queries: ``list[QueryResult]`` from the loader.
+
+    Named output:
+        results: the same list, each with ``hits`` (``monai_cir.index.SearchHit``, best first) or ``error``.
+    """
+
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        models_path: str | Path,
+        top_k: int = 5,
+        batch_size: int | None = None,
+        device: str = "auto",
+        site: str = "any",
+        **kwargs: Any,
+    ) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.top_k = int(top_k)
+        self.site = site
+        self.input_name = "queries"
+        self.output_name = "results"
+        self.net, self.index, self.load_s = self._load(Path(models_path), device)
+        self.batch_size = int(batch_size) if batch_size else (16 if self.net.device.type == "cuda" else 4)
+        super().__init__(fragment, *args, **kwargs)
+
+    def _load(self, models: Path, device: str) -> tuple[Any, Any, float]:
+        import torch
+
+        from monai_cir.index import CaseIndex
+        from monai_cir.networks import load_model
+        from monai_cir.retrieval import model_fingerprint
+
+        start = time.perf_counter()
+        checkpoint, index_dir = resolve_models(models)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use --device auto or cpu")
+        net = load_model(checkpoint, device=device)
+        index = CaseIndex.load(index_dir, expected_fingerprint=model_fingerprint(net))
+        load_s = time.perf_counter() - start
+        self._logger.info(
+            "model %s on %s, case index %s (%d cases), loaded in %.1f s",
+            checkpoint or "(library default)", device, index_dir, len(index), load_s,
+        )
+        return net, index, load_s
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(self.input_name)
+        spec.output(self.output_name)
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        results: list[QueryResult] = op_input.receive(self.input_name) or []
+        self.run(results)
+        op_output.emit(results, self.output_name)
+
+    # ------------------------------------------------------------------ the work, without the SDK
+    def run(self, results: list[QueryResult]) -> list[QueryResult]:
+        from monai_cir.retrieval import site_filters, to_image_tensor
+
+        ready: list[tuple[QueryResult, Any, str, dict | None]] = []
+        for result in results:
+            start = time.perf_counter()
+            try:
+                image = attr(result.query, "image")
+                if image is None:
+                    raise ValueError("the query has no image")
+                tensor = to_image_tensor(image, self.net.image_size)
+                text = str(attr(result.query, "text", "") or "")
+                filters, notice = site_filters(self.site, attr(result.query, "site"))
+                if notice:
+                    result.notices.append(notice)
+                ready.append((result, tensor, text, filters))
+            except Exception as err:  # noqa: BLE001 (a bad image must not stop the other studies)
+                result.fail("retrieval", f"cannot prepare the query image: {err}")
+                self._logger.error("query %s skipped: %s", result.query_id, result.error)
+            result.timing_ms["preprocess"] = 1000 * (time.perf_counter() - start)
+
+        for first in range(0, len(ready), self.batch_size):
+            batch = ready[first : first + self.batch_size]
+            try:
+                self._search_batch(batch)
+            except Exception as err:  # noqa: BLE001 (isolate the culprit: one query at a time)
+                self._logger.warning("batch of %d failed (%s); retrying one by one", len(batch), err)
+                for item in batch:
+                    try:
+                        self._search_batch([item])
+                    except Exception as single_err:  # noqa: BLE001
+                        item[0].fail("retrieval", f"retrieval failed: {single_err}")
+                        self._logger.error("query %s skipped: %s", item[0].query_id, item[0].error)
+        return results
+
+    def _search_batch(self, batch: list[tuple[QueryResult, Any, str, dict | None]]) -> None:
+        import torch
+
+        start = time.perf_counter()
+        images = torch.stack([tensor for _, tensor, _, _ in batch]).to(self.net.device, non_blocking=True)
+        with torch.inference_mode():
+            queries = self.net.encode_query(images, [text for _, _, text, _ in batch]).float().cpu().numpy()
+        if self.net.device.type == "cuda":
+            torch.cuda.synchronize()
+        encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
+        for (result, _, _, filters), vector in zip(batch, queries):
+            t0 = time.perf_counter()
+            result.hits = self.index.search(vector[None, :], k=self.top_k, filters=filters)[0]
+            result.timing_ms["encode"] = encode_ms
+            result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
+            if not result.hits:
+                result.notices.append("no library case matched the filters")
+            self._logger.info(
+                "query %s: top-%d %s", result.query_id, len(result.hits),
+                ", ".join(f"{h.metadata.diagnosis} {h.score:.3f}" for h in result.hits),
+            )

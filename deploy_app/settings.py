@@ -1,0 +1,180 @@
+"""Run-time settings of the app: ``app.yaml`` (``settings:``), then environment variables, then flags.
+
+The SDK owns ``-i/-o/-m/-l/-w`` (and ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` /
+``HOLOSCAN_MODEL_PATH``); everything else the app understands is here, so that a MAP started by a
+platform (which passes only the SDK's flags) is configured through ``app.yaml`` or the environment.
+
+=============================  ===============================  ============================================
+setting                        environment variable             flag
+=============================  ===============================  ============================================
+top_k (5)                      ``MONAI_CIR_TOP_K``              ``-k / --top-k``
+batch_size (auto: 16 GPU/4)    ``MONAI_CIR_BATCH_SIZE``         ``--batch-size``
+device (auto)                  ``MONAI_CIR_DEVICE``             ``--device {auto,cpu,cuda}``
+site (any)                     ``MONAI_CIR_SITE``               ``--site {any,same,<site>}``
+publish_dicom                  ``MONAI_CIR_PUBLISH_DICOM``      ``--publish-dicom HOST:PORT:AET``
+publish_dicomweb               ``MONAI_CIR_PUBLISH_DICOMWEB``   ``--publish-dicomweb URL``
+calling_aet (MONAICIR)         ``MONAI_CIR_CALLING_AET``        ``--calling-aet AET``
+write_pdf (true)               ``MONAI_CIR_WRITE_PDF``          ``--no-pdf``
+=============================  ===============================  ============================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["APP_YAML", "AppSettings", "DicomNode", "parse_dicom_node", "split_argv"]
+
+APP_YAML = Path(__file__).resolve().parent / "app.yaml"
+
+ENV = {
+    "top_k": "MONAI_CIR_TOP_K",
+    "batch_size": "MONAI_CIR_BATCH_SIZE",
+    "device": "MONAI_CIR_DEVICE",
+    "site": "MONAI_CIR_SITE",
+    "publish_dicom": "MONAI_CIR_PUBLISH_DICOM",
+    "publish_dicomweb": "MONAI_CIR_PUBLISH_DICOMWEB",
+    "calling_aet": "MONAI_CIR_CALLING_AET",
+    "write_pdf": "MONAI_CIR_WRITE_PDF",
+}
+
+
+@dataclass(frozen=True)
+class DicomNode:
+    """A DICOM peer for C-STORE: ``HOST:PORT:AET``."""
+
+    host: str
+    port: int
+    ae_title: str
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}:{self.ae_title}"
+
+
+def parse_dicom_node(value: str) -> DicomNode:
+    """``"127.0.0.1:4242:ORTHANC"`` (or ``"ORTHANC@127.0.0.1:4242"``) -> :class:`DicomNode`."""
+    value = str(value).strip()
+    if "@" in value:
+        aet, _, address = value.partition("@")
+        value = f"{address}:{aet}"
+    parts = value.rsplit(":", 2)
+    if len(parts) != 3 or not all(p.strip() for p in parts):
+        raise ValueError(f"a DICOM node is HOST:PORT:AET (e.g. 127.0.0.1:4242:ORTHANC), got {value!r}")
+    host, port, aet = (p.strip() for p in parts)
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise ValueError(f"the port of DICOM node {value!r} is not a number") from None
+    if not 0 < port_number < 65536:
+        raise ValueError(f"the port of DICOM node {value!r} is out of range 1..65535")
+    if len(aet) > 16:
+        raise ValueError(f"AE title {aet!r} of DICOM node {value!r} is longer than 16 characters")
+    return DicomNode(host, port_number, aet)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {value!r}")
+
+
+@dataclass
+class AppSettings:
+    """What the app does besides reading IN and MODELS and writing OUT."""
+
+    top_k: int = 5
+    batch_size: int | None = None
+    device: str = "auto"
+    site: str = "any"
+    publish_dicom: str | None = None
+    publish_dicomweb: str | None = None
+    calling_aet: str = "MONAICIR"
+    write_pdf: bool = True
+
+    def __post_init__(self) -> None:
+        self.top_k = int(self.top_k)
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.batch_size not in (None, "", "auto"):
+            self.batch_size = int(self.batch_size)  # type: ignore[arg-type]
+            if self.batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        else:
+            self.batch_size = None
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        self.write_pdf = _bool(self.write_pdf)
+        self.publish_dicom = self.publish_dicom or None
+        self.publish_dicomweb = self.publish_dicomweb or None
+        if self.publish_dicom:
+            parse_dicom_node(self.publish_dicom)
+        if self.publish_dicomweb and not str(self.publish_dicomweb).startswith(("http://", "https://")):
+            raise ValueError(f"publish_dicomweb must be an http(s) URL of a DICOMweb service, got {self.publish_dicomweb!r}")
+        if not self.calling_aet or len(self.calling_aet) > 16:
+            raise ValueError(f"calling_aet must have 1..16 characters, got {self.calling_aet!r}")
+
+    @property
+    def dicom_node(self) -> DicomNode | None:
+        return parse_dicom_node(self.publish_dicom) if self.publish_dicom else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def resolve(cls, flags: argparse.Namespace | None = None, app_yaml: Path | None = APP_YAML, environ: dict[str, str] | None = None) -> AppSettings:
+        """app.yaml ``settings:`` < environment < flags."""
+        values: dict[str, Any] = {}
+        if app_yaml is not None and Path(app_yaml).is_file():
+            import yaml
+
+            loaded = yaml.safe_load(Path(app_yaml).read_text()) or {}
+            section = loaded.get("settings") or {}
+            if not isinstance(section, dict):
+                raise ValueError(f"{app_yaml}: 'settings' must be a mapping")
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(section) - known)
+            if unknown:
+                raise ValueError(f"{app_yaml}: unknown settings {unknown}; known: {sorted(known)}")
+            values.update({k: v for k, v in section.items() if v is not None})
+        environ = os.environ if environ is None else environ
+        for key, name in ENV.items():
+            if environ.get(name, "").strip():
+                values[key] = environ[name].strip()
+        if flags is not None:
+            for key in ENV:
+                value = getattr(flags, key, None)
+                if value is not None:
+                    values[key] = value
+        return cls(**values)
+
+
+def app_arg_parser() -> argparse.ArgumentParser:
+    """The app's own flags (the SDK's -i/-o/-m/-l/-w are parsed by the SDK)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-k", "--top-k", dest="top_k", type=int, help="similar cases per query (default 5)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, help="queries per forward pass (default 16 on GPU, 4 on CPU)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the network runs (default: CUDA when present)")
+    parser.add_argument("--site", help="anatomical-site condition: any (default), same (the query's site) or a site name")
+    parser.add_argument("--publish-dicom", dest="publish_dicom", metavar="HOST:PORT:AET", help="C-STORE the outputs to this DICOM node")
+    parser.add_argument("--publish-dicomweb", dest="publish_dicomweb", metavar="URL", help="STOW-RS the outputs to this DICOMweb service")
+    parser.add_argument("--calling-aet", dest="calling_aet", help="our AE title for C-STORE (default MONAICIR)")
+    parser.add_argument("--no-pdf", dest="write_pdf", action="store_const", const=False, help="write the SR and results.json only")
+    return parser
+
+
+def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Separate the app's flags from the SDK's: returns ``(app flags, remaining argv)``.
+
+    ``argv[0]`` is the program name, as in ``sys.argv``."""
+    flags, rest = app_arg_parser().parse_known_args(list(argv[1:]))
+    return flags, [argv[0], *rest]
