@@ -1,0 +1,470 @@
+"""Explanations of one match: where the local similarity came from, and which words the composer used.
+
+For a query (image + text) and one retrieved image, :func:`explain_match` returns an
+:class:`Explanation` with, per feature level ``i`` (L, M, H):
+
+- the ``k`` region masks ``α_j`` of the query (on the *composed* maps ``X_qτ^i``) and of the target
+  (on ``X_t^i``), each a spatial distribution summing to 1 (paper Eq. 6);
+- the **contribution of each region and each position to the local cosine** of that level. With
+  ``ē = (1/k) Σ_j E_j``, ``E_j = Σ_p α_j(p) X(p)`` and the descriptor ``e = P(ē) = ē + g(ē)``
+  (``P`` the residual projection, ``g`` its MLP branch, zero when untrained or ``projection="none"``)::
+
+      s_local = <e_q, ê_t> / |e_q|
+              = Σ_j Σ_p  α_j(p) <X_q(p), ê_t> / (k |e_q|)      (regions j, positions p)
+                + <g(ē_q), ê_t> / |e_q|                         (the projection's residual)
+
+  The double sum is exact, so the region contributions ``c_j`` and the position map (its heatmap)
+  add up to the local cosine minus the projection residual, which is reported, not hidden. The
+  target side is the same with the roles of query and target swapped (``ê_q`` in place of ``ê_t``).
+  Positions ``p`` are those the masks live on: when the alignment pools the maps to a grid
+  (``LevelAlignment.grid``, 7 x 7 by default), the heatmaps have that resolution before upsampling.
+- heatmaps upsampled to the input image size: per level, and combined over levels weighted by β
+  as in Eq. 9, as contributions *per input pixel* (so a heatmap sums to the score share it explains);
+- the text tokens the composer attended to most: the cross-attention of image positions over text
+  tokens (``CrossModalTransformer(..., return_attention=True)``), averaged over heads, positions and
+  levels, word pieces merged into words and special tokens dropped. The tanh gate of each level
+  says how much that attention changed the maps at all (gate 0: the text had no effect).
+
+What it does **not** show: a heatmap is where this network's similarity came from, not where a
+lesion is or which dermoscopic structure is diagnostic; attention weights are not causal
+attributions (see ``docs/explain.md``).
+
+:func:`render_explanation` draws one or more explanations into a PNG with matplotlib.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "LevelExplanation",
+    "TokenWeight",
+    "Explanation",
+    "explain_match",
+    "explain_matches",
+    "upsample_masks",
+    "upsample_contribution",
+    "merge_word_pieces",
+    "render_explanation",
+    "explanation_image",
+    "EXPLANATION_NOTE",
+]
+
+EXPLANATION_NOTE = (
+    "Heatmaps: where this network's local similarity came from (red = raised the score); "
+    "not a lesion segmentation nor a diagnostic finding."
+)
+
+
+# ---------------------------------------------------------------------------------- data classes
+@dataclass
+class LevelExplanation:
+    """One feature level's share of the match.
+
+    Attributes:
+        level: ``"L"``, ``"M"`` or ``"H"``.
+        query_masks / target_masks: (k, h, w) region masks ``α_j``, each summing to 1.
+        query_regions / target_regions: (k,) contribution ``c_j`` of each region to the local cosine.
+        query_positions / target_positions: (h, w) contribution of each position (summed over regions).
+        query_residual / target_residual: the projection branch's share (not attributable to positions).
+        local_cosine / global_cosine: this level's ``s(ρ(E_q), ρ(E_t))`` and ``s(ρ(X_q), ρ(X_t))``.
+        gate: ``tanh`` of the composer's attention gate at this level (0 = text had no effect).
+        token_attention: (n,) attention of image positions over the text tokens (heads, positions averaged).
+    """
+
+    level: str
+    query_masks: np.ndarray
+    target_masks: np.ndarray
+    query_regions: np.ndarray
+    target_regions: np.ndarray
+    query_positions: np.ndarray
+    target_positions: np.ndarray
+    query_residual: float
+    target_residual: float
+    local_cosine: float
+    global_cosine: float
+    gate: float
+    token_attention: np.ndarray
+
+
+@dataclass
+class TokenWeight:
+    """A word of the query text and the share of attention the composer gave it."""
+
+    word: str
+    weight: float
+
+
+@dataclass
+class Explanation:
+    """Why a target matched a query (see the module docstring).
+
+    ``query_heatmap`` / ``target_heatmap``: (H, W) contributions per input pixel of the local term
+    ``β Σ_i s_local^i`` combined over levels (positive = raised the score). ``score`` is Eq. 9.
+    Images are (H, W, 3) float arrays in [0, 1] as the network saw them (after preprocessing).
+    """
+
+    score: float
+    local_score: float
+    global_score: float
+    beta: float
+    text: str
+    levels: list[LevelExplanation]
+    tokens: list[TokenWeight]
+    query_heatmap: np.ndarray
+    target_heatmap: np.ndarray
+    query_image: np.ndarray
+    target_image: np.ndarray
+    query_label: str = "query"
+    target_label: str = "match"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.query_image.shape[:2])  # type: ignore[return-value]
+
+    def top_tokens(self, n: int = 5) -> list[TokenWeight]:
+        return self.tokens[:n]
+
+    def sr_text(self, n_tokens: int = 5) -> str:
+        """One sentence for the SR's per-match "Explanation" item (no pixels)."""
+        parts = [
+            f"S={self.score:.3f} = {self.beta:.2f} x local {self.local_score:.3f} + {1 - self.beta:.2f} x global {self.global_score:.3f}"
+        ]
+        if self.levels:
+            parts.append("local cosine per level " + ", ".join(f"{lv.level} {lv.local_cosine:.2f}" for lv in self.levels))
+        words = self.top_tokens(n_tokens)
+        if words and any(abs(lv.gate) > 0 for lv in self.levels):
+            parts.append("query words attended most: " + ", ".join(w.word for w in words))
+        elif words:
+            parts.append("the query text had no effect (untrained composer gate)")
+        return "; ".join(parts) + "."
+
+    def summary(self, n_tokens: int = 5) -> dict[str, Any]:
+        """A JSON-able summary (no pixels): scores per level, region contributions, top words."""
+        return {
+            "score": self.score,
+            "local_score": self.local_score,
+            "global_score": self.global_score,
+            "beta": self.beta,
+            "levels": [
+                {
+                    "level": lv.level,
+                    "local_cosine": lv.local_cosine,
+                    "global_cosine": lv.global_cosine,
+                    "query_regions": [float(v) for v in lv.query_regions],
+                    "target_regions": [float(v) for v in lv.target_regions],
+                    "query_residual": lv.query_residual,
+                    "target_residual": lv.target_residual,
+                    "text_gate": lv.gate,
+                }
+                for lv in self.levels
+            ],
+            "top_words": [{"word": t.word, "weight": t.weight} for t in self.top_tokens(n_tokens)],
+        }
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _as_batch(image: Any, image_size: int, what: str) -> torch.Tensor:
+    """A path, an (H, W, 3) array or a (3, H, W) / (1, 3, H, W) tensor -> (1, 3, H, W) float in [0, 1]."""
+    if isinstance(image, (str, Path)):
+        from .data import load_image
+
+        return load_image(image, image_size).unsqueeze(0)
+    if isinstance(image, np.ndarray):
+        from .data import preprocess_image
+
+        return preprocess_image(image, image_size).unsqueeze(0)
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{what} must be an image path, an (H, W, 3) array or a (3, H, W) tensor, got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"{what} must be one image, (3, H, W) or (1, 3, H, W), got shape {tuple(image.shape)}")
+    return image.float()
+
+
+def upsample_masks(masks: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(k, h, w) spatial distributions -> (k, H, W) bilinearly upsampled and renormalised to sum to 1."""
+    m = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
+    if m.ndim != 3:
+        raise ValueError(f"masks must have shape (k, h, w), got {tuple(m.shape)}")
+    up = F.interpolate(m.unsqueeze(0), size=tuple(size), mode="bilinear", align_corners=False).squeeze(0).clamp_min(0)
+    return (up / up.flatten(1).sum(-1).clamp_min(1e-12).view(-1, 1, 1)).numpy()
+
+
+def upsample_contribution(values: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) contributions per position -> (H, W) contributions per pixel with (nearly) the same sum.
+
+    Bilinear upsampling spreads each position over ``H W / (h w)`` pixels, so the result is scaled by
+    ``h w / (H W)``: the heatmap keeps the meaning "share of the score from this pixel"."""
+    v = torch.as_tensor(np.asarray(values), dtype=torch.float32)
+    if v.ndim != 2:
+        raise ValueError(f"contributions must have shape (h, w), got {tuple(v.shape)}")
+    h, w = v.shape
+    up = F.interpolate(v.view(1, 1, h, w), size=tuple(size), mode="bilinear", align_corners=False).view(*size)
+    return (up * (h * w) / float(size[0] * size[1])).numpy()
+
+
+def _alignment_grid(align: Any, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the grid the alignment computes its masks on (``LevelAlignment.grid``; identity without one)."""
+    grid = getattr(align, "grid", None)
+    if grid is None or (x.shape[-2] <= grid and x.shape[-1] <= grid):
+        return x
+    return F.adaptive_avg_pool2d(x, (min(grid, x.shape[-2]), min(grid, x.shape[-1])))
+
+
+def _region_contributions(
+    align: Any, x: torch.Tensor, other_unit: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    """Exact split of ``<ê, other_unit>`` for one image's map ``x`` (1, C, h, w).
+
+    Returns (masks (k, h, w), regions c_j (k,), positions (h, w), residual, unit descriptor ê (C,))."""
+    # ē and e = P(ē) exactly as LevelAlignment.local_descriptor computes them (same ops, same rounding)
+    regions, alpha_b = align.region_descriptors(x)
+    mean_region = regions.mean(dim=1)  # ē (1, C)
+    desc = align.proj_local(mean_region)[0].float()  # e = P(ē)
+    alpha = alpha_b[0].float()  # (k, h, w)
+    k = alpha.shape[0]
+    norm = desc.norm().clamp_min(1e-12)
+    # the split over positions in float64: backbone maps can be large, and float32 cancellation
+    # would otherwise show up as a mismatch between the parts and the cosine
+    unit64 = other_unit.double()
+    grid_map = _alignment_grid(align, x)  # the positions the masks live on (the alignment may pool the map)
+    per_position = torch.einsum("chw,c->hw", grid_map[0].double(), unit64) / (k * norm.double())  # <X(p), ô> / (k |e|)
+    positions_by_region = alpha.double() * per_position.unsqueeze(0)  # (k, h, w)
+    # what the positions do not carry: the projection branch <g(ē), ô> / |e| (and float rounding of ē)
+    residual = float((desc.double() @ unit64) / norm.double() - positions_by_region.sum())
+    return alpha, positions_by_region.flatten(1).sum(-1).float(), positions_by_region.sum(0).float(), residual, desc / norm
+
+
+def merge_word_pieces(tokens: Sequence[str], weights: Sequence[float], special: Sequence[str] = ()) -> list[TokenWeight]:
+    """Merge WordPiece continuations (``##``) into words (weights summed), drop special tokens.
+
+    Returns the words in text order; sort by weight for a ranking."""
+    special_set = set(special)
+    words: list[TokenWeight] = []
+    for token, weight in zip(tokens, weights):
+        if token in special_set:
+            continue
+        if token.startswith("##") and words:
+            words[-1] = TokenWeight(words[-1].word + token[2:], words[-1].weight + float(weight))
+        else:
+            words.append(TokenWeight(token, float(weight)))
+    return words
+
+
+def _ranked_words(net: Any, text: str, attention: np.ndarray) -> list[TokenWeight]:
+    """Token strings of ``text`` as the encoder saw them, merged into words, best first, punctuation dropped."""
+    if not text.strip():
+        return []
+    tokenizer = net.text_encoder.tokenizer
+    ids = net.text_encoder.tokenize([text])["input_ids"][0].tolist()
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    words = merge_word_pieces(tokens, attention[: len(tokens)], special=tokenizer.all_special_tokens)
+    merged: dict[str, float] = {}  # a word that occurs twice counts once, with its summed attention
+    for w in words:
+        if any(ch.isalnum() for ch in w.word):
+            merged[w.word] = merged.get(w.word, 0.0) + w.weight
+    return sorted((TokenWeight(k, v) for k, v in merged.items()), key=lambda t: -t.weight)
+
+
+def _to_hwc(image: torch.Tensor) -> np.ndarray:
+    return image[0].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+# ---------------------------------------------------------------------------------- main API
+@torch.no_grad()
+def explain_match(
+    net: Any,
+    query_image: Any,
+    text: str,
+    target_image: Any,
+    query_label: str = "query",
+    target_label: str = "match",
+) -> Explanation:
+    """Explain why ``target_image`` scores as it does for the query (``query_image`` + ``text``).
+
+    Args:
+        net: a :class:`~monai_cir.networks.ComposedRetrievalNet` (any head: untrained, trained).
+        query_image / target_image: a path, an (H, W, 3) array (preprocessed here at
+            ``net.image_size``) or a preprocessed (3, H, W) / (1, 3, H, W) tensor in [0, 1].
+        text: the clinical query text ("" for an image-only query).
+        query_label / target_label: captions for :func:`render_explanation` (e.g. the case id).
+
+    Returns:
+        an :class:`Explanation`; its ``score`` equals ``net.similarity`` for the pair.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string ('' for an image-only query), got {type(text).__name__}")
+    was_training = net.training
+    net.eval()
+    try:
+        q = _as_batch(query_image, net.image_size, "query_image").to(net.device)
+        t = _as_batch(target_image, net.image_size, "target_image").to(net.device)
+        q_maps = net.image_features(q)
+        t_maps = net.image_features(t)
+        tokens, mask = net.text_features([text])
+        levels: list[LevelExplanation] = []
+        q_heat = np.zeros(q.shape[-2:], dtype=np.float32)
+        t_heat = np.zeros(t.shape[-2:], dtype=np.float32)
+        s_local = s_global = 0.0
+        for name, composer, align, xq, xt in zip(net.levels, net.composers, net.alignments, q_maps, t_maps):
+            xq_c, attention = composer(xq, tokens, mask, return_attention=True)
+            xq_c, xt = xq_c.float(), xt.float()
+            e_t = F.normalize(align.local_descriptor(xt)[0].float(), dim=-1)
+            qm, qr, qp, q_res, e_q = _region_contributions(align, xq_c, e_t)
+            tm, tr, tp, t_res, _ = _region_contributions(align, xt, e_q)
+            local = float(e_q @ e_t)
+            glob = float(align.cosine(align.global_descriptor(xq_c), align.global_descriptor(xt))[0, 0])
+            s_local += local
+            s_global += glob
+            q_heat += net.beta * upsample_contribution(qp, tuple(q.shape[-2:]))
+            t_heat += net.beta * upsample_contribution(tp, tuple(t.shape[-2:]))
+            levels.append(
+                LevelExplanation(
+                    level=name,
+                    query_masks=qm.cpu().numpy(),
+                    target_masks=tm.cpu().numpy(),
+                    query_regions=qr.cpu().numpy(),
+                    target_regions=tr.cpu().numpy(),
+                    query_positions=qp.cpu().numpy(),
+                    target_positions=tp.cpu().numpy(),
+                    query_residual=q_res,
+                    target_residual=t_res,
+                    local_cosine=local,
+                    global_cosine=glob,
+                    gate=float(torch.tanh(composer.gate_attn).item()),
+                    token_attention=attention[0].float().cpu().numpy(),
+                )
+            )
+        attention_mean = np.mean([lv.token_attention for lv in levels], axis=0)
+        words = _ranked_words(net, text, attention_mean) if bool(mask.any()) else []
+        return Explanation(
+            score=net.beta * s_local + (1.0 - net.beta) * s_global,
+            local_score=s_local,
+            global_score=s_global,
+            beta=net.beta,
+            text=text,
+            levels=levels,
+            tokens=words,
+            query_heatmap=q_heat,
+            target_heatmap=t_heat,
+            query_image=_to_hwc(q),
+            target_image=_to_hwc(t),
+            query_label=query_label,
+            target_label=target_label,
+        )
+    finally:
+        net.train(was_training)
+
+
+def explain_matches(
+    net: Any, query_image: Any, text: str, targets: Sequence[Any], labels: Sequence[str] | None = None, query_label: str = "query"
+) -> list[Explanation]:
+    """:func:`explain_match` for each retrieved image (e.g. the top hits of a search), in order."""
+    labels = list(labels) if labels is not None else [f"match {i + 1}" for i in range(len(targets))]
+    if len(labels) != len(targets):
+        raise ValueError(f"got {len(targets)} targets but {len(labels)} labels")
+    return [explain_match(net, query_image, text, t, query_label, lab) for t, lab in zip(targets, labels)]
+
+
+# ---------------------------------------------------------------------------------- rendering
+def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray, vmax: float, title: str) -> Any:
+    ax.imshow(image)
+    shown = ax.imshow(np.clip(heat / vmax, -1.0, 1.0), cmap="RdBu_r", vmin=-1.0, vmax=1.0, alpha=0.6, interpolation="bilinear")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    return shown
+
+
+def _draw_one(fig: Any, axes: Sequence[Any], ex: Explanation, n_tokens: int) -> None:
+    ax_q, ax_qh, ax_th, ax_t, ax_w = axes
+    # one colour scale for both sides of a pair; the 99th percentile of |contribution| so that a
+    # single hot position (backbones have a few large activations) does not wash out the rest
+    vmax = float(max(np.percentile(np.abs(ex.query_heatmap), 99), np.percentile(np.abs(ex.target_heatmap), 99), 1e-12))
+    ax_q.imshow(ex.query_image)
+    ax_q.set_title(f"{ex.query_label}", fontsize=8)
+    ax_q.axis("off")
+    _overlay(ax_qh, ex.query_image, ex.query_heatmap, vmax, "query: local-similarity map")
+    shown = _overlay(ax_th, ex.target_image, ex.target_heatmap, vmax, "match: local-similarity map")
+    ax_t.imshow(ex.target_image)
+    ax_t.set_title(f"{ex.target_label}\nS={ex.score:.3f} (local {ex.local_score:.2f}, global {ex.global_score:.2f})", fontsize=8)
+    ax_t.axis("off")
+    cbar = fig.colorbar(shown, ax=ax_th, fraction=0.046, pad=0.02)
+    cbar.ax.tick_params(labelsize=6)
+    cbar.set_label("relative contribution", fontsize=6)
+    words = ex.top_tokens(n_tokens)
+    if words:
+        ax_w.barh(range(len(words))[::-1], [w.weight for w in words], color="tab:purple")
+        ax_w.set_yticks(range(len(words))[::-1])
+        ax_w.set_yticklabels([w.word for w in words], fontsize=7)
+        gates = ", ".join(f"{lv.level} {lv.gate:+.2f}" for lv in ex.levels)
+        effect = "" if any(abs(lv.gate) > 0 for lv in ex.levels) else "\ngate 0: the text had no effect"
+        ax_w.set_title(f"words the composer attended to\n(text gate {gates}){effect}", fontsize=7)
+        ax_w.tick_params(axis="x", labelsize=6)
+    else:
+        ax_w.text(0.5, 0.5, "image-only query:\nno text", ha="center", va="center", fontsize=8)
+        ax_w.axis("off")
+
+
+def _figure(items: Sequence[Explanation], n_tokens: int) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(items), 5, figsize=(13, 2.8 * len(items) + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 1, 0.9]})
+    for row, ex in zip(axes, items):
+        _draw_one(fig, row, ex, n_tokens)
+    text = items[0].text
+    caption = f"query text: {text}" if text.strip() else "image-only query"
+    fig.suptitle(caption if len(caption) < 160 else caption[:157] + "...", fontsize=8)
+    fig.text(0.5, 0.005, EXPLANATION_NOTE, ha="center", fontsize=7, style="italic")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    return fig
+
+
+def _items(explanations: Explanation | Sequence[Explanation]) -> list[Explanation]:
+    items = [explanations] if isinstance(explanations, Explanation) else list(explanations)
+    if not items:
+        raise ValueError("nothing to render: give at least one Explanation")
+    return items
+
+
+def render_explanation(explanations: Explanation | Sequence[Explanation], path: str | Path, n_tokens: int = 6, dpi: int = 110) -> Path:
+    """Draw explanations as a PNG, one row per match: query, query map, match map, match, top words.
+
+    Returns the written path. The figure shows the images it is given: write it only where the
+    images may go (dataset images: git-ignored folders only)."""
+    import matplotlib.pyplot as plt
+
+    items = _items(explanations)
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"render_explanation writes PNG; give a path ending in .png, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = _figure(items, n_tokens)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def explanation_image(explanations: Explanation | Sequence[Explanation], n_tokens: int = 6, dpi: int = 110) -> np.ndarray:
+    """The same figure as :func:`render_explanation` as an (H, W, 3) uint8 array (for the PDF report)."""
+    import matplotlib.pyplot as plt
+
+    fig = _figure(_items(explanations), n_tokens)
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image

@@ -1,0 +1,180 @@
+"""Evidence summary (score-weighted diagnoses among the top-k, calibrated) and site-conditioned search."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from monai_cir.evidence import (
+    DECISION_SUPPORT_LABEL,
+    MAJORITY_VOTE,
+    EvidenceCalibration,
+    EvidenceSummary,
+    expected_calibration_error,
+    fit_calibration,
+    neighbour_probabilities,
+    plot_reliability,
+    summarize_evidence,
+)
+from monai_cir.sites_condition import UNKNOWN_SITE_NOTICE, resolve_site_condition, site_from_dicom, site_share
+
+
+# ------------------------------------------------------------------------------ evidence
+def test_hand_example_is_weighted_by_softmax_of_scores():
+    cal = EvidenceCalibration(temperature=0.5, smoothing=0.0, k=3)
+    summary = summarize_evidence(diagnoses=["melanoma", "nevus", "melanoma", "nevus"], scores=[0.9, 0.8, 0.1, 0.0], calibration=cal)
+    w = np.exp(np.array([0.9, 0.8, 0.1]) / 0.5)
+    w /= w.sum()
+    assert summary.k == 3  # only the top k vote
+    assert summary.distribution["melanoma"] == pytest.approx(w[0] + w[2])
+    assert summary.distribution["nevus"] == pytest.approx(w[1])
+    assert sum(summary.distribution.values()) == pytest.approx(1.0)
+    assert summary.predicted == "melanoma" and summary.confidence == pytest.approx(w[0] + w[2])
+    assert summary.counts == {"melanoma": 2, "nevus": 1}
+    assert list(summary.distribution) == ["melanoma", "nevus"]  # most probable first
+
+
+def test_majority_vote_smoothing_and_absent_classes():
+    diagnoses = ["nevus"] * 10 + ["melanoma"] * 6
+    scores = list(np.linspace(0.9, 0.5, 16))
+    vote = summarize_evidence(diagnoses=diagnoses, scores=scores, calibration=MAJORITY_VOTE)
+    assert vote.distribution == pytest.approx({"nevus": 10 / 16, "melanoma": 6 / 16})
+    floor = EvidenceCalibration(temperature=math.inf, smoothing=0.3)
+    s = summarize_evidence(diagnoses=diagnoses, scores=scores, calibration=floor, classes=["melanoma", "nevus", "benign keratosis"])
+    assert s.distribution["benign keratosis"] == pytest.approx(0.1)
+    assert s.distribution["nevus"] == pytest.approx(0.7 * 10 / 16 + 0.1)
+    assert sum(s.distribution.values()) == pytest.approx(1.0)
+
+
+def test_summary_from_search_hits_is_labelled_decision_support():
+    from monai_cir.index import CaseMetadata, SearchHit
+
+    hits = [SearchHit(i + 1, f"c{i}", 1.0 - 0.1 * i, CaseMetadata(f"c{i}", d, "lib")) for i, d in enumerate(["nevus", "nevus", "melanoma"])]
+    s = summarize_evidence(hits)
+    assert s.label == DECISION_SUPPORT_LABEL and "not a diagnosis" in s.text() and not s.calibrated
+    assert s.to_dict()["label"] == DECISION_SUPPORT_LABEL
+    with pytest.raises(ValueError, match="always labelled"):
+        EvidenceSummary(1, {"nevus": 1.0}, "nevus", 1.0, label="diagnosis")
+    with pytest.raises(ValueError, match="sum to 1"):
+        EvidenceSummary(1, {"nevus": 0.5}, "nevus", 0.5)
+    with pytest.raises(ValueError, match="ranked best first"):
+        summarize_evidence(diagnoses=["a", "b"], scores=[0.1, 0.9])
+    with pytest.raises(ValueError, match="no hits"):
+        summarize_evidence([])
+
+
+def _miscalibrated(n: int, seed: int):
+    """Neighbourhoods that agree among themselves (vote share ~0.95) but are right only ~70% of the
+    time, with a score that is higher for right neighbours: a plain vote is overconfident."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, n)
+    cluster = np.where(rng.random(n) < 0.7, truth, (truth + rng.integers(1, 3, n)) % 3)
+    labels = np.where(rng.random((n, 16)) < 0.95, cluster[:, None], rng.integers(0, 3, (n, 16)))
+    scores = -np.sort(-(rng.normal(0.6, 0.05, (n, 16)) + 0.05 * (labels == truth[:, None])), axis=1)
+    return labels, scores, truth
+
+
+def test_calibration_lowers_ece_on_a_miscalibrated_example(tmp_path):
+    labels, scores, truth = _miscalibrated(1500, 0)
+    cal = fit_calibration(labels, scores, truth, n_classes=3)
+    test_labels, test_scores, test_truth = _miscalibrated(1500, 1)
+
+    def ece(c):
+        p = neighbour_probabilities(test_labels, test_scores, 3, c.temperature, c.smoothing)
+        return expected_calibration_error(p.max(1), p.argmax(1) == test_truth)
+
+    assert cal.fitted and cal.smoothing > 0.1
+    assert ece(cal) < 0.5 * ece(MAJORITY_VOTE)
+    assert ece(cal) < 0.05
+    # round trip, inf temperature included
+    back = EvidenceCalibration.load(MAJORITY_VOTE.save(tmp_path / "cal.json"))
+    assert math.isinf(back.temperature)
+    assert EvidenceCalibration.load(cal.save(tmp_path / "fit.json")) == cal
+    p = neighbour_probabilities(test_labels, test_scores, 3, cal.temperature, cal.smoothing)
+    fig = plot_reliability({"vote": (p.max(1), p.argmax(1) == test_truth)}, tmp_path / "rel.png")
+    assert fig.stat().st_size > 5_000
+
+
+def test_ece_hand_example():
+    # two bins: (0.9, 0.9) all right -> |1 - 0.9|; (0.6, 0.6) half right -> |0.5 - 0.6|
+    assert expected_calibration_error([0.9, 0.9, 0.6, 0.6], [1, 1, 1, 0]) == pytest.approx(0.5 * 0.1 + 0.5 * 0.1)
+
+
+# ------------------------------------------------------------------------------ site condition
+def test_resolve_site_condition():
+    assert resolve_site_condition("any", "trunk") == (None, None)
+    assert resolve_site_condition(None, "trunk") == (None, None)
+    assert resolve_site_condition("same", "back") == ({"site": "trunk"}, None)
+    assert resolve_site_condition("palms/soles", None) == ({"site": "acral"}, None)
+    for unknown in (None, "", "unknown"):
+        filters, notice = resolve_site_condition("same", unknown)
+        assert filters is None and notice == UNKNOWN_SITE_NOTICE
+    filters, notice = resolve_site_condition("same", "moon")
+    assert filters is None and "not in the vocabulary" in notice
+    with pytest.raises(ValueError, match="unknown site condition"):
+        resolve_site_condition("elbowz", "trunk")
+    with pytest.raises(ValueError, match="names no site"):
+        resolve_site_condition("unknown", "trunk")
+
+
+def test_site_from_dicom():
+    from pydicom import Dataset
+
+    ds = Dataset()
+    assert site_from_dicom(ds) == ("unknown", None)
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "22943007", "SCT", "Trunk"
+    ds.AnatomicRegionSequence = [region]
+    assert site_from_dicom(ds) == ("trunk", None)
+    body = Dataset()
+    body.BodyPartExamined = "LEG"
+    assert site_from_dicom(body) == ("lower limbs", None)
+    body.BodyPartExamined = "PHANTOM"
+    site, notice = site_from_dicom(body)
+    assert site == "unknown" and "PHANTOM" in notice
+
+
+def test_same_site_filter_in_a_faiss_index_returns_only_that_site():
+    from monai_cir.index import CaseIndex, CaseMetadata
+
+    rng = np.random.default_rng(0)
+    sites = ["trunk", "head and neck", "acral", "unknown"]
+    n = 200
+    vectors = rng.normal(size=(n, 16)).astype(np.float32)
+    meta = [CaseMetadata(f"c{i}", "nevus" if i % 3 else "melanoma", "lib", site=sites[i % 4]) for i in range(n)]
+    index = CaseIndex.create(16, "fp-test")
+    index.add(vectors, meta)
+    query = rng.normal(size=(3, 16)).astype(np.float32)
+    for query_site in ("back", "face", "palms/soles"):
+        filters, notice = resolve_site_condition("same", query_site)
+        assert notice is None
+        for hits in index.search(query, k=30, filters=filters):
+            assert len(hits) == 30 and site_share(hits, filters["site"]) == 1.0
+    filters, notice = resolve_site_condition("same", "unknown")
+    hits = index.search(query, k=30, filters=filters)[0]
+    assert notice and site_share(hits, "trunk") < 1.0  # fell back to all sites
+
+
+# ------------------------------------------------------------------------------ DICOM integration
+def test_sr_carries_the_evidence_summary_and_reads_back(tmp_path):
+    """The SR writer (issue 5) takes this module's EvidenceSummary as is; the site written into a
+    dicomized image's Anatomic Region Sequence comes back through site_from_dicom."""
+    sr = pytest.importorskip("monai_cir.dicom.sr")
+    from monai_cir.dicom.dicomize import case_uids, dermoscopy_image_dataset
+    from monai_cir.index import CaseMetadata, SearchHit
+
+    pixels = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    query = dermoscopy_image_dataset(pixels=pixels, uids=case_uids("test", "q1"), site="trunk", compression="none")
+    assert site_from_dicom(query) == ("trunk", None)
+    hits = [SearchHit(i + 1, f"c{i}", 0.9 - 0.1 * i, CaseMetadata(f"c{i}", d, "lib", site="trunk")) for i, d in enumerate(["melanoma", "nevus", "melanoma"])]
+    summary = summarize_evidence(hits, calibration=EvidenceCalibration(temperature=0.2, smoothing=0.1, fitted=True))
+    ds = sr.similar_cases_sr(query, hits, query_text="atypical network", evidence_summary=summary)
+    path = tmp_path / "sr.dcm"
+    ds.save_as(path)
+    back = sr.read_similar_cases_sr(path).evidence_summary
+    assert back is not None and back.prediction == summary.predicted == "melanoma"
+    assert back.confidence == pytest.approx(summary.confidence, abs=1e-4) and back.k == summary.k
+    for name, p in summary.distribution.items():
+        assert back.distribution[name] == pytest.approx(p, abs=1e-4)

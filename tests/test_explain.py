@@ -1,0 +1,153 @@
+"""Explanations of a match (issue 7): region masks, exact contributions, heatmaps at image size, words, PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_net
+from monai_cir.explain import (
+    Explanation,
+    explain_match,
+    explain_matches,
+    merge_word_pieces,
+    render_explanation,
+    upsample_contribution,
+    upsample_masks,
+)
+
+TEXT = "atypical pigment network, irregular streaks, blue-whitish veil; location: back"
+
+
+def _activate_head(net, seed: int = 1):
+    """Non-zero gates and projections, so that text, masks and the projection residual all matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(("composers.", "alignments.")):
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return net
+
+
+@pytest.fixture(scope="module")
+def net():
+    return _activate_head(make_tiny_net(num_masks=3))
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(3, 64, 64, generator=g), torch.rand(3, 64, 64, generator=g)
+
+
+@pytest.fixture(scope="module")
+def explanation(net, images):
+    return explain_match(net, images[0], TEXT, images[1], target_label="case A")
+
+
+def test_masks_are_spatial_distributions_at_image_size(net, images, explanation):
+    for level, masks in zip(explanation.levels, net.region_masks(images[0][None], [TEXT])):
+        assert level.query_masks.shape == tuple(masks.shape[1:])
+        np.testing.assert_allclose(level.query_masks, masks[0].detach().numpy(), atol=1e-6)
+        for m in (level.query_masks, level.target_masks):
+            assert m.shape[0] == 3 and (m >= 0).all()
+            np.testing.assert_allclose(m.reshape(3, -1).sum(-1), 1.0, atol=1e-5)
+            up = upsample_masks(m, (64, 64))
+            assert up.shape == (3, 64, 64) and (up >= 0).all()
+            np.testing.assert_allclose(up.reshape(3, -1).sum(-1), 1.0, atol=1e-5)
+    assert explanation.query_heatmap.shape == (64, 64) == explanation.image_size
+    assert explanation.target_heatmap.shape == (64, 64)
+
+
+def test_heatmap_upsampling_to_non_square_sizes_keeps_the_sum():
+    values = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    up = upsample_contribution(values, (40, 56))
+    assert up.shape == (40, 56)
+    assert abs(up.sum() - values.sum()) < 0.05 * np.abs(values).sum()
+
+
+def test_score_and_contributions_are_exact(net, images, explanation):
+    with torch.no_grad():
+        s = float(net.similarity(images[0][None], [TEXT], images[1][None])[0, 0])
+    assert explanation.score == pytest.approx(s, abs=1e-5)
+    assert explanation.score == pytest.approx(net.beta * explanation.local_score + (1 - net.beta) * explanation.global_score, abs=1e-6)
+    for lv in explanation.levels:
+        # regions + projection residual = the level's local cosine (query and target side)
+        assert lv.query_regions.sum() + lv.query_residual == pytest.approx(lv.local_cosine, abs=1e-5)
+        assert lv.target_regions.sum() + lv.target_residual == pytest.approx(lv.local_cosine, abs=1e-5)
+        assert lv.query_positions.sum() == pytest.approx(lv.query_regions.sum(), abs=1e-5)
+        assert lv.gate != 0.0
+    # the image-size heatmap carries beta * (sum of region contributions over levels)
+    expected = net.beta * sum(lv.query_regions.sum() for lv in explanation.levels)
+    assert explanation.query_heatmap.sum() == pytest.approx(expected, abs=1e-3)
+
+
+def test_words_are_merged_and_special_tokens_dropped(explanation):
+    words = [t.word for t in explanation.tokens]
+    assert words, "a text query attends to its words"
+    assert not any(w.startswith("##") or w in ("[CLS]", "[SEP]", "[PAD]") for w in words)
+    assert all(any(c.isalnum() for c in w) for w in words)
+    weights = [t.weight for t in explanation.tokens]
+    assert weights == sorted(weights, reverse=True)
+    assert {"pigment", "streaks", "veil"} <= set(words)
+
+
+def test_merge_word_pieces():
+    merged = merge_word_pieces(["[CLS]", "derm", "##os", "##copy", "veil", "[SEP]"], [0.1, 0.2, 0.1, 0.1, 0.4, 0.1], special=["[CLS]", "[SEP]"])
+    assert [(m.word, round(m.weight, 6)) for m in merged] == [("dermoscopy", 0.4), ("veil", 0.4)]
+
+
+def test_png_is_written_for_a_query(net, images, explanation, tmp_path):
+    image_only = explain_match(net, images[0], "", images[1])
+    assert image_only.tokens == [] and all(lv.token_attention.sum() == 0 for lv in image_only.levels)
+    path = render_explanation([explanation, image_only], tmp_path / "explain.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    summary = explanation.summary()
+    assert summary["top_words"] and len(summary["levels"]) == len(net.levels)
+    with pytest.raises(ValueError, match="png"):
+        render_explanation(explanation, tmp_path / "explain.jpg")
+
+
+def test_explain_matches_and_bad_input(net, images):
+    many = explain_matches(net, images[0], TEXT, [images[1], images[0]], labels=["a", "b"])
+    assert [e.target_label for e in many] == ["a", "b"] and all(isinstance(e, Explanation) for e in many)
+    with pytest.raises(ValueError, match="one image"):
+        explain_match(net, torch.rand(2, 3, 64, 64), TEXT, images[1])
+    with pytest.raises(ValueError, match="text must be a string"):
+        explain_match(net, images[0], None, images[1])  # type: ignore[arg-type]
+
+
+def test_explanation_on_real_isic_images(offline_net, shared_data, tmp_path):
+    """Pretrained offline encoders on two real ISIC UDA-1 images (read from the data root; the PNG
+    goes to a pytest temp folder, never to a tracked file)."""
+    folder = shared_data / "isic-uda1" / "images"
+    query, target = sorted(folder.glob("*.jpg"))[:2]
+    ex = explain_match(offline_net, query, "irregular pigment network, regression structures; location: back", target,
+                       query_label=query.stem, target_label=target.stem)
+    assert ex.query_image.shape == (260, 260, 3) and ex.query_heatmap.shape == (260, 260)
+    for lv in ex.levels:
+        np.testing.assert_allclose(lv.query_masks.reshape(lv.query_masks.shape[0], -1).sum(-1), 1.0, atol=1e-4)
+        assert lv.gate == 0.0  # the untrained composer: attention is computed, but the text changes nothing
+    with torch.no_grad():
+        s = float(offline_net.similarity(ex_tensor(query), [ex.text], ex_tensor(target))[0, 0])
+    assert ex.score == pytest.approx(s, abs=1e-4)
+    assert {"pigment", "regression"} & {t.word for t in ex.tokens}
+    path = render_explanation(ex, tmp_path / "isic.png")
+    assert path.stat().st_size > 20_000
+
+
+def ex_tensor(path):
+    from monai_cir.data import load_image
+
+    return load_image(path, 260)[None]
+
+
+def test_sr_text_and_pdf_image(net, images, explanation):
+    from monai_cir.explain import explanation_image
+
+    sentence = explanation.sr_text()
+    assert sentence.startswith("S=") and "local cosine per level L" in sentence
+    assert "query words attended most: " + explanation.tokens[0].word in sentence
+    image = explanation_image(explanation)
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8 and image.shape[0] > 200
