@@ -124,6 +124,12 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
         assert [m.case_id for m in report.matches] == [h["case_id"] for h in top]
         assert [m.score for m in report.matches] == pytest.approx(scores, abs=1e-5)
         assert all(m.sop_instance_uid for m in report.matches)  # references to the library instances
+        # the evidence summary (decision support) is in results.json and in the SR, and they agree
+        evidence = answers[name]["evidence"]
+        assert evidence["label"].lower().startswith("decision support")
+        assert sum(evidence["distribution"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert report.evidence_summary is not None
+        assert report.evidence_summary.prediction == evidence["predicted"]
 
 
 def test_own_image_is_rank_one(app_run, results):

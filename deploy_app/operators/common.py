@@ -50,6 +50,7 @@ class QueryResult:
     query_id: str
     query: Any  # monai_cir.dicom.DermoscopyQuery
     hits: list[Any] = field(default_factory=list)  # monai_cir.index.SearchHit, best first
+    evidence: Any = None  # monai_cir.evidence.EvidenceSummary of the neighbours (decision support)
     notices: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)  # "sr", "encapsulated_pdf", "pdf" -> file path
     published: dict[str, Any] = field(default_factory=dict)

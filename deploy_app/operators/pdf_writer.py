@@ -75,6 +75,7 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path) -> None:
         query.text,
         result.hits,
         image_loader=library_image,
+        evidence_summary=result.evidence,
         notices=list(dict.fromkeys(result.notices)),
         patient_id=str(query.patient_id),
         study_uid=str(query.study_uid),

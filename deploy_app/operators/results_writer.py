@@ -66,6 +66,7 @@ def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
             }
             for h in result.hits
         ],
+        "evidence": result.evidence.to_dict() if result.evidence is not None else None,
         "outputs": {k: _relative(v, output_folder) for k, v in result.outputs.items()},
         "published": result.published,
         "timing_ms": {k: round(v, 2) for k, v in result.timing_ms.items()},

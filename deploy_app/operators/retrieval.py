@@ -19,6 +19,7 @@ from .common import QueryResult, attr
 __all__ = ["ComposedRetrievalOperator", "ModelsLayoutError", "resolve_models"]
 
 INDEX_DIR = "index"
+EVIDENCE_CALIBRATION = "evidence_calibration.json"
 
 
 class ModelsLayoutError(FileNotFoundError):
@@ -80,6 +81,8 @@ class ComposedRetrievalOperator(Operator):
         self.input_name = "queries"
         self.output_name = "results"
         self.net, self.index, self.load_s = self._load(Path(models_path), device)
+        self.calibration = self._load_calibration(Path(models_path))
+        self.classes = sorted(self.index.info()["diagnosis"])
         self.batch_size = int(batch_size) if batch_size else (16 if self.net.device.type == "cuda" else 4)
         super().__init__(fragment, *args, **kwargs)
 
@@ -105,6 +108,17 @@ class ComposedRetrievalOperator(Operator):
         )
         return net, index, load_s
 
+    def _load_calibration(self, models: Path) -> Any:
+        """MODELS/evidence_calibration.json (fitted for this model by bench/site_and_evidence.py), else
+        the uncalibrated vote; see :mod:`monai_cir.evidence`."""
+        from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
+
+        path = models / EVIDENCE_CALIBRATION
+        if path.is_file():
+            return EvidenceCalibration.load(path)
+        self._logger.info("no %s in MODELS: the evidence summary is an uncalibrated score-weighted vote", EVIDENCE_CALIBRATION)
+        return UNCALIBRATED
+
     def setup(self, spec: OperatorSpec) -> None:
         spec.input(self.input_name)
         spec.output(self.output_name)
@@ -116,7 +130,8 @@ class ComposedRetrievalOperator(Operator):
 
     # ------------------------------------------------------------------ the work, without the SDK
     def run(self, results: list[QueryResult]) -> list[QueryResult]:
-        from monai_cir.retrieval import site_filters, to_image_tensor
+        from monai_cir.retrieval import to_image_tensor
+        from monai_cir.sites_condition import resolve_site_condition
 
         ready: list[tuple[QueryResult, Any, str, dict | None]] = []
         for result in results:
@@ -127,7 +142,7 @@ class ComposedRetrievalOperator(Operator):
                     raise ValueError("the query has no image")
                 tensor = to_image_tensor(image, self.net.image_size)
                 text = str(attr(result.query, "text", "") or "")
-                filters, notice = site_filters(self.site, attr(result.query, "site"))
+                filters, notice = resolve_site_condition(self.site, attr(result.query, "site"))
                 if notice:
                     result.notices.append(notice)
                 ready.append((result, tensor, text, filters))
@@ -160,9 +175,15 @@ class ComposedRetrievalOperator(Operator):
         if self.net.device.type == "cuda":
             torch.cuda.synchronize()
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
+        from monai_cir.evidence import summarize_evidence
+
         for (result, _, _, filters), vector in zip(batch, queries):
             t0 = time.perf_counter()
-            result.hits = self.index.search(vector[None, :], k=self.top_k, filters=filters)[0]
+            # the evidence summary votes over more neighbours (calibration.k, 16 by default) than are shown
+            pool = self.index.search(vector[None, :], k=max(self.top_k, self.calibration.k), filters=filters)[0]
+            result.hits = pool[: self.top_k]
+            if pool:
+                result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes)
             result.timing_ms["encode"] = encode_ms
             result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
             if not result.hits:

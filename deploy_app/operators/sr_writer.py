@@ -64,6 +64,8 @@ def write_similar_cases_sr(result: QueryResult, path: Path) -> Path:
     """The SR of one query (see :func:`monai_cir.dicom.sr.similar_cases_sr`)."""
     from monai_cir.dicom.sr import similar_cases_sr
 
-    sr = similar_cases_sr(result.query, result.hits, notices=list(dict.fromkeys(result.notices)))
+    sr = similar_cases_sr(
+        result.query, result.hits, notices=list(dict.fromkeys(result.notices)), evidence_summary=result.evidence
+    )
     sr.save_as(path, enforce_file_format=True)
     return path

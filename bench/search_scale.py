@@ -1,0 +1,262 @@
+"""Case-index search at library scale: exact vs approximate, N = 1e4, 1e5, 1e6.
+
+Vectors are shaped like real ones: the 555 ISIC UDA-1 images are embedded by the offline model
+(target embeddings T at 260 px, cached under .cache/bench/, never committed), and more library
+vectors are synthesised around them with class structure: a real anchor, moved part of the way
+towards another real case of the same class, plus Gaussian noise in that class's top-64 principal
+directions (scaled by the class's own spread), then every block renormalised to the weight it has
+in a real embedding (sqrt(beta) / sqrt(1 - beta) per level). Queries are fresh draws of the same
+process (not in the library). Isotropic random vectors would have no neighbourhood structure.
+
+For each N: single-query latency p50/p99 through ``CaseIndex.search`` (what a user pays: Python,
+FAISS and hit assembly), recall@10 of the approximate index against exact search, bytes per vector
+and build time. Writes ``bench/results/search_scale.json``.
+
+    python bench/search_scale.py            # ~10-15 min on 2 cores, ~6 GB RAM at 1e6
+    python bench/search_scale.py --sizes 10000 100000 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import faiss
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from monai_cir.config import cache_dir
+from monai_cir.index import CaseMetadata, FaissCaseIndex
+
+RESULTS = REPO / "bench" / "results" / "search_scale.json"
+BLOCK_DIMS = (48, 120, 352)  # EfficientNet-Lite2 L/M/H channels: D = 2 * 520 = 1040
+BETA = 0.6
+K = 10
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "memory_gib": mem,
+        "python": platform.python_version(),
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "note": "a 2-core VM shared with other jobs; single-query latency, one thread per query in FAISS",
+    }
+
+
+def real_embeddings(image_size: int = 260) -> tuple[np.ndarray, np.ndarray, str]:
+    """ISIC UDA-1 target embeddings of the offline model (cached: derived from images, never commit)."""
+    path = cache_dir("bench") / f"isic-uda1_target_{image_size}.npz"
+    if not path.is_file():
+        from monai_cir import retrieval
+        from monai_cir.data import load_collection
+        from monai_cir.networks import ComposedRetrievalNet
+
+        print(f"embedding ISIC UDA-1 at {image_size} px (once; cached at {path}) ...", flush=True)
+        records = load_collection("isic-uda1")
+        net = ComposedRetrievalNet.offline_default(image_size=image_size).eval()
+        emb = retrieval.embed_library(net, records, batch_size=16, device="cpu")
+        np.savez(path, embeddings=emb, case_ids=np.array([r.case_id for r in records]), diagnosis=np.array([r.diagnosis for r in records]), fingerprint=np.array(net.fingerprint()))
+    data = np.load(path)
+    return data["embeddings"].astype(np.float32), data["diagnosis"], str(data["fingerprint"])
+
+
+class Synthesizer:
+    """Library-like vectors around the real ones, with their class structure (module docstring)."""
+
+    def __init__(self, real: np.ndarray, labels: np.ndarray, rank: int = 64, spread: float = 0.5, pull: float = 0.5) -> None:
+        self.real, self.spread, self.pull = real, spread, pull
+        bounds = np.cumsum((0,) + BLOCK_DIMS + BLOCK_DIMS)
+        self.blocks = list(itertools.pairwise(bounds))
+        weights = [np.sqrt(BETA)] * 3 + [np.sqrt(1 - BETA)] * 3
+        norms = [np.linalg.norm(real[:, a:b], axis=1) for a, b in self.blocks]
+        for w, n in zip(weights, norms):  # the block layout of the real embeddings is what we assume
+            assert np.allclose(n, w, atol=1e-3), "unexpected embedding block layout"
+        self.weights = np.array(weights, np.float32)
+        self.classes = sorted(set(labels.tolist()))
+        self.members = {c: np.flatnonzero(labels == c) for c in self.classes}
+        self.prior = np.array([len(self.members[c]) for c in self.classes], float) / len(labels)
+        self.basis = {}
+        for c in self.classes:
+            x = real[self.members[c]]
+            _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+            r = min(rank, len(s))
+            self.basis[c] = ((s[:r] / np.sqrt(max(1, len(x) - 1)))[:, None] * vt[:r]).astype(np.float32)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        cls = rng.choice(len(self.classes), size=n, p=self.prior)
+        out = np.empty((n, self.real.shape[1]), np.float32)
+        for ci, c in enumerate(self.classes):
+            idx = np.flatnonzero(cls == ci)
+            if not len(idx):
+                continue
+            members = self.members[c]
+            a = self.real[rng.choice(members, size=len(idx))]
+            b = self.real[rng.choice(members, size=len(idx))]
+            t = rng.uniform(0, self.pull, size=(len(idx), 1)).astype(np.float32)
+            noise = rng.standard_normal((len(idx), self.basis[c].shape[0]), dtype=np.float32) @ self.basis[c]
+            out[idx] = a + t * (b - a) + self.spread * noise
+        for w, (lo, hi) in zip(self.weights, self.blocks):
+            out[:, lo:hi] *= w / np.linalg.norm(out[:, lo:hi], axis=1, keepdims=True)
+        return out, np.array(self.classes)[cls]
+
+
+def latency(index: FaissCaseIndex, queries: np.ndarray, warmup: int = 3) -> np.ndarray:
+    for q in queries[:warmup]:
+        index.search(q, K)
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        index.search(q, K)
+        times.append(time.perf_counter() - t0)
+    return np.array(times) * 1e3
+
+
+def ids_of(hits) -> list[list[str]]:
+    return [[h.case_id for h in row] for row in hits]
+
+
+def run_size(n: int, synth: Synthesizer, queries: np.ndarray, nprobes: list[int], exact_queries: int, seed: int, hnsw_max: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    index = FaissCaseIndex(queries.shape[1], "bench", exact_max=n)  # exact until we build the ANN below
+    t0 = time.perf_counter()
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        x, diag = synth.sample(m, rng)
+        index.add(x, [CaseMetadata(f"s{start + i}", str(d), "synthetic") for i, d in enumerate(diag)])
+    gen_s = time.perf_counter() - t0
+    print(f"  N={n:,}: generated and stored in {gen_s:.1f} s", flush=True)
+    rows = []
+
+    t0 = time.perf_counter()
+    truth = ids_of(index.search(queries, K))  # batched exact: the ground truth
+    print(f"  exact ground truth for {len(queries)} queries: {time.perf_counter() - t0:.1f} s", flush=True)
+    lat = latency(index, queries[:exact_queries])
+    rows.append({"n": n, "method": "exact", "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                 "recall@10": 1.0, "bytes_per_vector": 4 * index.dim, "build_s": 0.0, "queries_timed": len(lat),
+                 "index": "IndexFlatIP (float32)"})
+    print(f"  exact: p50 {rows[-1]['p50_ms']:.2f} ms, p99 {rows[-1]['p99_ms']:.2f} ms ({len(lat)} queries)", flush=True)
+
+    index.exact_max = 0  # from here on every search goes through the approximate index
+    build_s = index.build_ann(seed=seed)
+    ann_bytes = faiss.serialize_index(index._ann).nbytes
+    nlist = faiss.extract_index_ivf(index._ann).nlist
+    for nprobe in nprobes:
+        index.nprobe = nprobe
+        found = ids_of(index.search(queries, K))
+        recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
+        lat = latency(index, queries)
+        rows.append({"n": n, "method": f"pca{index.ann_dim}-ivf{nlist}-sq8-rerank{index.rerank_factor}x (nprobe={nprobe})",
+                     "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                     "recall@10": round(recall, 4), "bytes_per_vector": round(4 * index.dim + ann_bytes / n, 1),
+                     "ann_bytes_per_vector": round(ann_bytes / n, 1), "build_s": round(build_s, 2), "queries_timed": len(lat), "nprobe": nprobe, "nlist": nlist})
+        print(f"  ANN nprobe={nprobe}: p50 {rows[-1]['p50_ms']:.2f} ms, p99 {rows[-1]['p99_ms']:.2f} ms, recall@10 {recall:.4f}, build {build_s:.1f} s", flush=True)
+    if n <= hnsw_max:
+        rows.extend(run_hnsw(index, queries, truth))
+    del index
+    return rows
+
+
+def run_hnsw(index: FaissCaseIndex, queries: np.ndarray, truth: list[list[str]], m: int = 32, ef_search: int = 64) -> list[dict]:
+    """The alternative considered: HNSW over the same 256-d projection, same exact re-scoring."""
+    x = index.vectors()
+    n = x.shape[0]
+    projection = faiss.downcast_VectorTransform(index._ann.chain.at(0))
+    t0 = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(projection.d_out, m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 40
+    for start in range(0, n, 100_000):
+        hnsw.add(projection.apply(np.ascontiguousarray(x[start : start + 100_000])))
+    build_s = time.perf_counter() - t0
+    hnsw.hnsw.efSearch = ef_search
+    kk = K * index.rerank_factor
+
+    def search(q: np.ndarray) -> list[str]:
+        _, cand = hnsw.search(projection.apply(q[None]), kk)
+        cand = cand[0][cand[0] >= 0]
+        top = cand[np.argsort(-(x[cand] @ q), kind="stable")[:K]]
+        return [index._meta[i].case_id for i in top]
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # as FaissCaseIndex does for a single query
+    found = [search(q) for q in queries]
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        search(q)
+        times.append((time.perf_counter() - t0) * 1e3)
+    faiss.omp_set_num_threads(threads)
+    recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
+    nbytes = faiss.serialize_index(hnsw).nbytes
+    row = {"n": n, "method": f"pca{projection.d_out}-hnsw{m}-rerank{index.rerank_factor}x (efSearch={ef_search})", "p50_ms": round(float(np.percentile(times, 50)), 3),
+           "p99_ms": round(float(np.percentile(times, 99)), 3), "recall@10": round(recall, 4), "bytes_per_vector": round(4 * index.dim + nbytes / n, 1),
+           "ann_bytes_per_vector": round(nbytes / n, 1), "build_s": round(build_s, 2), "queries_timed": len(times), "note": "build excludes the projection's training (shared with IVF)"}
+    print(f"  HNSW: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, recall@10 {recall:.4f}, build {build_s:.1f} s", flush=True)
+    return [row]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--queries", type=int, default=200, help="queries for recall and ANN latency")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hnsw-max", type=int, default=100_000, help="also measure HNSW (the alternative) up to this N")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    wall = time.perf_counter()
+    info = machine()
+    print("machine:", json.dumps(info), flush=True)
+    real, labels, _ = real_embeddings()
+    print(f"inputs: {real.shape[0]} real ISIC UDA-1 embeddings, D={real.shape[1]}, classes {dict(zip(*np.unique(labels, return_counts=True)))}", flush=True)
+    synth = Synthesizer(real, labels)
+    queries, _ = synth.sample(args.queries, np.random.default_rng(args.seed + 1000))
+    results = []
+    for n in args.sizes:
+        exact_queries = 200 if n <= 10_000 else 100 if n <= 100_000 else 30
+        results.extend(run_size(n, synth, queries, args.nprobe, min(exact_queries, args.queries), args.seed, args.hnsw_max))
+    payload = {
+        "machine": info,
+        "inputs": {
+            "real_vectors": int(real.shape[0]), "dim": int(real.shape[1]), "model": "offline default (EfficientNet-Lite2 + MiniLM), untrained head, 260 px",
+            "synthesis": "real anchor + U(0,0.5) pull towards a same-class real case + 0.5 x class top-64 PCA noise, blocks renormalised",
+            "queries": args.queries, "k": K, "seed": args.seed,
+        },
+        "results": results,
+        "wall_s": round(time.perf_counter() - wall, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(json.dumps(payload["results"], indent=1))
+    print(f"wrote {args.out} in {payload['wall_s']} s")
+
+
+if __name__ == "__main__":
+    main()

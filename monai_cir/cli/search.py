@@ -1,0 +1,69 @@
+"""``monai-cir search``: the library cases most similar to a dermoscopy image + clinical text.
+
+    monai-cir search --index output/isic-index --image lesion.jpg --text "raised, irregular pigment network" -k 5
+    monai-cir search --index output/d7 --image lesion.jpg --text "..." --site same --query-site trunk --json
+
+Scores are S(q, t) of the paper's Eq. 9 (higher is more similar). The index must have been built by
+the same model (``--model``) and preprocessing; otherwise the search is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("search", help="find the cases most similar to an image + clinical text", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, required=True, metavar="DIR", help="index folder from `monai-cir index build`")
+    parser.add_argument("--image", type=Path, required=True, help="the query's dermoscopy image (JPEG, PNG...)")
+    parser.add_argument("--text", default="", help="the clinical text of the query (empty: image-only search)")
+    parser.add_argument("-k", type=int, default=5, help="how many cases to return (default 5)")
+    parser.add_argument("--site", default="any", metavar="same|NAME|any", help="site condition: any (default), same (the query's site, --query-site) or a site name")
+    parser.add_argument("--query-site", metavar="NAME", help="the query lesion's anatomical site (for --site same)")
+    parser.add_argument("--model", help="checkpoint or bundle folder the index was built with (default as for `index build`)")
+    parser.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from monai_cir import retrieval
+    from monai_cir.index import CaseIndex
+    from monai_cir.networks import load_model
+    from monai_cir.sites_condition import resolve_site_condition
+
+    if args.k < 1:
+        raise ValueError(f"-k must be >= 1, got {args.k}")
+    if not args.image.is_file():
+        raise FileNotFoundError(f"query image not found: {args.image}")
+    filters, notice = resolve_site_condition(args.site, args.query_site)
+    index = CaseIndex.load(args.index)
+    net = load_model(args.model)
+    hits = retrieval.search(net, index, args.image, args.text, k=args.k, filters=filters, device=args.device)
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
+    if args.json:
+        payload = {
+            "query": {"image": str(args.image), "text": args.text, "site": args.query_site, "condition": args.site},
+            "filters": filters or {},
+            "notice": notice,
+            "index": str(args.index),
+            "hits": [hit.to_dict() for hit in hits],
+        }
+        print(json.dumps(payload, indent=1, default=str))
+        return 0
+    if not hits:
+        print("no matching cases" + (f" with {filters}" if filters else ""))
+        return 0
+    width = max(len("case id"), *(len(h.case_id) for h in hits))
+    diag = max(len("diagnosis"), *(len(h.metadata.diagnosis) for h in hits))
+    print(f"{'rank':>4}  {'case id':<{width}}  {'diagnosis':<{diag}}  {'score':>7}  site")
+    for h in hits:
+        print(f"{h.rank:>4}  {h.case_id:<{width}}  {h.metadata.diagnosis:<{diag}}  {h.score:>7.4f}  {h.metadata.site}")
+    return 0

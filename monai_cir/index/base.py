@@ -1,0 +1,401 @@
+"""What every case index shares: case metadata, search hits, validation, fingerprint checks and the
+on-disk manifest with its atomic, checksummed save.
+
+A saved index is a folder. ``manifest.json`` is the commit point: it names the data files of the
+current generation (``<role>-<token>.<ext>``) with their size and SHA-256. A save writes the new
+generation's files beside the old ones (temp name, fsync, rename), then replaces the manifest with
+one atomic rename, then deletes the old generation. A failure at any step before that rename leaves
+the previous manifest pointing at the previous, untouched files; a file damaged later is caught on
+load by its checksum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "INDEX_FORMAT",
+    "MANIFEST_NAME",
+    "REBUILD_HINT",
+    "CaseIndex",
+    "CaseMetadata",
+    "DuplicateCaseError",
+    "FingerprintMismatchError",
+    "IndexIntegrityError",
+    "SearchHit",
+    "read_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+INDEX_FORMAT = "monai-cir-index/1"
+REBUILD_HINT = "rebuild the index with `monai-cir index build`"
+
+Filters = Mapping[str, Any]
+
+
+class IndexIntegrityError(ValueError):
+    """A saved index is missing a file, truncated or corrupted (checksum mismatch)."""
+
+
+class FingerprintMismatchError(ValueError):
+    """The index was built by another model or preprocessing than the one querying it."""
+
+
+class DuplicateCaseError(ValueError):
+    """A case id is added twice without ``update=True``."""
+
+
+@dataclass
+class CaseMetadata:
+    """What the index keeps about one library case (returned with every hit).
+
+    ``site`` is the anatomical site in the project's vocabulary ("unknown" where absent); the DICOM
+    UIDs are set for cases indexed from DICOM so that a hit can be retrieved from the PACS.
+    """
+
+    case_id: str
+    diagnosis: str
+    collection: str
+    site: str = "unknown"
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    image_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.case_id, str) or not self.case_id.strip():
+            raise ValueError(f"case_id must be a non-empty string, got {self.case_id!r}")
+        if self.site is None or not str(self.site).strip():
+            self.site = "unknown"
+        if self.image_path is not None:
+            self.image_path = str(self.image_path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseMetadata:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown case metadata fields {unknown}; known fields are {sorted(known)}")
+        return cls(**dict(data))
+
+    def value(self, key: str) -> Any:
+        """A standard field, else a key of ``extra`` (None where absent): what a filter compares."""
+        if key in STANDARD_FIELDS:
+            return getattr(self, key)
+        return self.extra.get(key)
+
+
+STANDARD_FIELDS = tuple(f.name for f in dataclasses.fields(CaseMetadata) if f.name != "extra")
+
+
+@dataclass
+class SearchHit:
+    """One ranked result: ``rank`` starts at 1, ``score`` is S(q, t) of Eq. 9 (the inner product)."""
+
+    rank: int
+    case_id: str
+    score: float
+    metadata: CaseMetadata
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "case_id": self.case_id, "score": self.score, **{k: v for k, v in self.metadata.to_dict().items() if k != "case_id"}}
+
+
+def normalize_filters(filters: Filters | None) -> dict[str, tuple[Any, ...]]:
+    """``{"site": "trunk", "diagnosis": ["melanoma", "nevus"]}`` -> ``{key: (allowed values...)}``."""
+    if not filters:
+        return {}
+    if not isinstance(filters, Mapping):
+        raise ValueError(f"filters must be a mapping of metadata field -> value(s), got {type(filters).__name__}")
+    out: dict[str, tuple[Any, ...]] = {}
+    for key, value in filters.items():
+        if not isinstance(key, str) or not key or key == "extra":
+            raise ValueError(f"filter keys must name a metadata field ({', '.join(STANDARD_FIELDS)}) or an extra key, got {key!r}")
+        values = tuple(value) if isinstance(value, (list, tuple, set, frozenset)) else (value,)
+        if not values:
+            raise ValueError(f"filter {key!r} has an empty list of allowed values")
+        out[key] = values
+    return out
+
+
+def as_float32_matrix(vectors: Any, dim: int, what: str) -> np.ndarray:
+    """Tensor / array (N, dim) or (dim,) -> C-contiguous float32 (N, dim), finite."""
+    if hasattr(vectors, "detach"):
+        vectors = vectors.detach().to("cpu").float().numpy()
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"{what} must have shape (N, {dim}) for this index, got {tuple(np.shape(vectors))}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return np.ascontiguousarray(array)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a saved index, with a clear error if the folder is not one."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise FileNotFoundError(f"index folder not found: {directory}; {REBUILD_HINT} --out {directory}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a monai-cir index (no {MANIFEST_NAME}); {REBUILD_HINT} --out {directory}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IndexIntegrityError(f"{path} is corrupted ({err}); restore it from a backup or {REBUILD_HINT}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        raise IndexIntegrityError(f"{path} is not a {INDEX_FORMAT} manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}); {REBUILD_HINT}")
+    return manifest
+
+
+def verify_files(directory: Path, manifest: Mapping[str, Any]) -> dict[str, Path]:
+    """Check every data file named by the manifest (present, size, SHA-256); returns role -> path."""
+    paths: dict[str, Path] = {}
+    for role, entry in manifest.get("files", {}).items():
+        path = directory / entry["name"]
+        if not path.is_file():
+            raise IndexIntegrityError(f"index file {path} is missing; restore the folder from a backup or {REBUILD_HINT}")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise IndexIntegrityError(
+                f"index file {path} is truncated or altered: {size} bytes, the manifest records {entry['bytes']} "
+                f"(checksum mismatch); restore it from a backup or {REBUILD_HINT}"
+            )
+        if sha256_file(path) != entry["sha256"]:
+            raise IndexIntegrityError(f"index file {path} is corrupted (checksum mismatch); restore it from a backup or {REBUILD_HINT}")
+        paths[role] = path
+    return paths
+
+
+def write_generation(
+    directory: str | Path, writers: Mapping[str, tuple[str, Callable[[Path], None]]], manifest: dict[str, Any], require_empty: bool = True
+) -> Path:
+    """Write one generation of an index folder atomically (see the module docstring).
+
+    ``writers``: role -> (file extension, function writing the file at a given path).
+    ``manifest``: the fields to record; ``format`` and ``files`` are filled in here.
+    ``require_empty``: refuse a non-empty folder that holds no index (False: e.g. a milvus-lite file lives there).
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a folder; choose a folder for the index")
+    if require_empty and directory.is_dir() and any(directory.iterdir()) and not (directory / MANIFEST_NAME).is_file():
+        raise ValueError(f"{directory} is not empty and holds no monai-cir index; choose a new or empty folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    written: list[Path] = []
+    files: dict[str, dict[str, Any]] = {}
+    manifest_tmp = directory / f".{MANIFEST_NAME}.{token}.tmp"
+    try:
+        for role, (ext, writer) in writers.items():
+            name = f"{role}-{token}.{ext}"
+            tmp = directory / f".{name}.tmp"
+            written.append(tmp)
+            writer(tmp)
+            _fsync_path(tmp)
+            files[role] = {"name": name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+            os.replace(tmp, directory / name)
+            written.append(directory / name)
+        _fsync_path(directory)
+        record = {"format": INDEX_FORMAT, **manifest, "files": files}
+        written.append(manifest_tmp)
+        with open(manifest_tmp, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(manifest_tmp, directory / MANIFEST_NAME)  # the commit point
+        _fsync_path(directory)
+    except BaseException:
+        for path in written:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise
+    # the new generation is committed: drop earlier generations and stale temp files
+    keep = {entry["name"] for entry in files.values()} | {MANIFEST_NAME}
+    for path in directory.iterdir():
+        stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
+        old_generation = any(path.name.startswith(f"{role}-") for role in writers)
+        if path.name not in keep and (stale_tmp or old_generation):
+            try:
+                path.unlink()
+            except OSError as err:
+                logger.warning("could not remove old index file %s: %s", path, err)
+    return directory
+
+
+class CaseIndex(ABC):
+    """A searchable library of case embeddings ``T`` (DESIGN.md section 2) with their metadata.
+
+    Create one with :meth:`create` (``backend="faiss"``, the embedded default, or ``"milvus"``) and
+    open a saved one with :meth:`load`. Scores are inner products, i.e. S(q, t) of Eq. 9 for the
+    network whose :meth:`~monai_cir.networks.ComposedRetrievalNet.fingerprint` the index records.
+    """
+
+    backend: str = ""
+
+    def __init__(self, dim: int, fingerprint: str) -> None:
+        if int(dim) <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ValueError("fingerprint must be the non-empty string of net.fingerprint() of the model that embeds the cases")
+        self.dim = int(dim)
+        self.fingerprint = fingerprint
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def create(dim: int, fingerprint: str, backend: str = "faiss", **options: Any) -> CaseIndex:
+        """A new, empty index. ``options`` go to the backend (:class:`FaissCaseIndex` / :class:`MilvusCaseIndex`)."""
+        if backend == "faiss":
+            from .faiss_index import FaissCaseIndex
+
+            return FaissCaseIndex(dim, fingerprint, **options)
+        if backend == "milvus":
+            from .milvus_index import MilvusCaseIndex
+
+            return MilvusCaseIndex(dim, fingerprint, **options)
+        raise ValueError(f"unknown index backend {backend!r}; choose 'faiss' (embedded) or 'milvus'")
+
+    @staticmethod
+    def load(directory: str | Path, expected_fingerprint: str | None = None, **options: Any) -> CaseIndex:
+        """Open a saved index; with ``expected_fingerprint``, refuse one built by another model."""
+        manifest = read_manifest(directory)
+        backend = manifest.get("backend")
+        if backend == "faiss":
+            from .faiss_index import FaissCaseIndex
+
+            index: CaseIndex = FaissCaseIndex._load(Path(directory), manifest, **options)
+        elif backend == "milvus":
+            from .milvus_index import MilvusCaseIndex
+
+            index = MilvusCaseIndex._load(Path(directory), manifest, **options)
+        else:
+            raise IndexIntegrityError(f"{directory}/{MANIFEST_NAME} names an unknown backend {backend!r}; {REBUILD_HINT}")
+        if expected_fingerprint is not None:
+            index.check_fingerprint(expected_fingerprint)
+        return index
+
+    # ------------------------------------------------------------------ checks
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Refuse a model other than the one that embedded the library."""
+        if fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(
+                f"this index was built by another model or preprocessing (index fingerprint {self.fingerprint[:12]}..., "
+                f"model fingerprint {fingerprint[:12]}...): its vectors are not comparable with this model's queries; "
+                f"{REBUILD_HINT} --model <the checkpoint you search with>"
+            )
+
+    def _check_new(self, embeddings: Any, metadata: Sequence[CaseMetadata]) -> tuple[np.ndarray, list[CaseMetadata]]:
+        vectors = as_float32_matrix(embeddings, self.dim, "embeddings")
+        metadata = list(metadata)
+        if len(metadata) != vectors.shape[0]:
+            raise ValueError(f"got {vectors.shape[0]} embeddings but {len(metadata)} metadata records: give one per case")
+        for i, m in enumerate(metadata):
+            if not isinstance(m, CaseMetadata):
+                raise ValueError(f"metadata[{i}] is {type(m).__name__}, expected CaseMetadata")
+        ids = [m.case_id for m in metadata]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dup = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+            raise DuplicateCaseError(f"case ids repeat within one add: {dup[:10]}; each case must appear once")
+        return vectors, metadata
+
+    @staticmethod
+    def _duplicate_error(existing: Iterable[str]) -> DuplicateCaseError:
+        existing = sorted(existing)
+        return DuplicateCaseError(
+            f"{len(existing)} case id(s) are already in the index ({existing[:10]}); pass update=True to replace them, "
+            "or remove them first"
+        )
+
+    # ------------------------------------------------------------------ the interface
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __contains__(self, case_id: object) -> bool: ...
+
+    @abstractmethod
+    def case_ids(self) -> list[str]:
+        """All case ids, in index order."""
+
+    @abstractmethod
+    def get(self, case_id: str) -> CaseMetadata:
+        """The metadata of one case (KeyError if absent)."""
+
+    @abstractmethod
+    def add(self, embeddings: Any, metadata: Sequence[CaseMetadata], update: bool = False) -> None:
+        """Add cases: embeddings (N, dim) and one :class:`CaseMetadata` each.
+
+        A case id already present is a :class:`DuplicateCaseError` unless ``update=True``, which
+        replaces its vector and metadata."""
+
+    @abstractmethod
+    def remove(self, case_ids: Iterable[str]) -> int:
+        """Remove cases by id (KeyError naming the ids that are absent); returns how many were removed."""
+
+    @abstractmethod
+    def search(self, queries: Any, k: int = 10, filters: Filters | None = None, fingerprint: str | None = None) -> list[list[SearchHit]]:
+        """Top-``k`` cases per query (queries (B, dim) or (dim,)), best first.
+
+        ``filters``: metadata equality, e.g. ``{"site": "trunk"}`` or ``{"diagnosis": ["melanoma", "nevus"]}``
+        (a list means any of); every filter must hold. ``fingerprint``: the querying model's, checked
+        with :meth:`check_fingerprint`. Fewer than ``k`` hits come back only when fewer cases match."""
+
+    @abstractmethod
+    def save(self, directory: str | Path) -> Path:
+        """Persist the index (atomically, see the module docstring)."""
+
+    def info(self) -> dict[str, Any]:
+        """Summary for ``monai-cir index info``."""
+        counts: dict[str, dict[str, int]] = {"diagnosis": {}, "site": {}, "collection": {}}
+        for case_id in self.case_ids():
+            m = self.get(case_id)
+            for key, count in counts.items():
+                value = str(m.value(key))
+                count[value] = count.get(value, 0) + 1
+        return {"backend": self.backend, "cases": len(self), "dim": self.dim, "fingerprint": self.fingerprint, **counts}
+
+    def _check_query(self, queries: Any, k: int, fingerprint: str | None) -> np.ndarray:
+        if fingerprint is not None:
+            self.check_fingerprint(fingerprint)
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        return as_float32_matrix(queries, self.dim, "queries")

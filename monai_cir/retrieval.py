@@ -1,0 +1,254 @@
+"""Library API for case retrieval: embed a case library, build its index, search it with a composed query.
+
+This is what ``monai-cir index build``, ``monai-cir search`` and the deploy app call::
+
+    from monai_cir.networks import load_model
+    from monai_cir.data.collections import load_collection
+    from monai_cir import retrieval
+
+    net = load_model()                                   # trained checkpoint, or the offline default
+    index = retrieval.build_index(net, load_collection("isic-uda1"))
+    index.save("output/isic-index")
+    hits = retrieval.search(net, index, "lesion.jpg", "raised, irregular pigment network", k=5)
+
+Every image (library or query) goes through :func:`monai_cir.data.preprocess_image` at
+``net.image_size``; the network runs on CUDA with autocast when present. The index records
+``net.fingerprint()`` and refuses queries from any other model or preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import default_device
+from .data import load_image, preprocess_image
+from .index import CaseIndex, CaseMetadata, SearchHit
+
+__all__ = [
+    "ImageLike",
+    "build_index",
+    "embed_library",
+    "encode_query",
+    "model_fingerprint",
+    "record_metadata",
+    "search",
+    "to_image_tensor",
+]
+
+logger = logging.getLogger(__name__)
+
+ImageLike = str | Path | np.ndarray | torch.Tensor | Image.Image
+DICOM_UID_KEYS = ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid")
+
+
+def to_image_tensor(image: ImageLike, image_size: int) -> torch.Tensor:
+    """A path, an (H, W[, C]) array / PIL image, or a (3, H, W) tensor in [0, 1] -> (3, S, S) preprocessed.
+
+    A (3, S, S) float tensor of the right size is taken as already preprocessed."""
+    if isinstance(image, (str, Path)):
+        return load_image(image, image_size)
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] == 3 and image.is_floating_point():
+            if tuple(image.shape[1:]) == (image_size, image_size):
+                return image.float().cpu()
+            return preprocess_image(image.detach().cpu().permute(1, 2, 0).float().numpy(), image_size)
+        return preprocess_image(image.detach().cpu().numpy(), image_size)
+    if isinstance(image, (np.ndarray, Image.Image)):
+        return preprocess_image(image, image_size)
+    raise ValueError(f"an image must be a file path, an (H, W, C) array, a PIL image or a (3, H, W) tensor, got {type(image).__name__}")
+
+
+def _image_of(item: Any) -> ImageLike:
+    """The image of a library item: a CaseRecord (``image_path``), a DICOM query (``image``) or an image."""
+    if hasattr(item, "image_path") and item.image_path is not None:
+        return item.image_path
+    if hasattr(item, "image") and not isinstance(item, Image.Image):
+        return item.image
+    return item
+
+
+class _LibraryImages(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[Any], image_size: int) -> None:
+        self.items = items
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return to_image_tensor(_image_of(self.items[i]), self.image_size)
+
+
+def _prepare(net: torch.nn.Module, device: str | torch.device | None) -> torch.nn.Module:
+    net = net.to(torch.device(device) if device is not None else default_device())
+    return net.eval()
+
+
+@torch.inference_mode()
+def embed_library(
+    net: Any,
+    items: Sequence[Any],
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Target embeddings ``T`` (N, D) float32 of library images, in batches with a progress bar.
+
+    Args:
+        net: a :class:`~monai_cir.networks.ComposedRetrievalNet` (moved to ``device``).
+        items: CaseRecords (their ``image_path``), DICOM queries (their ``image``) or images
+            (paths, HWC arrays, tensors).
+        batch_size: images per forward pass.
+        device: default CUDA when present, else CPU; CUDA runs under fp16 autocast (inside the net).
+        num_workers: image decoding processes (0 = in this process).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    items = list(items)
+    if not items:
+        return np.zeros((0, net.embedding_dim), dtype=np.float32)
+    net = _prepare(net, device)
+    loader = torch.utils.data.DataLoader(_LibraryImages(items, net.image_size), batch_size=batch_size, num_workers=num_workers, pin_memory=net.device.type == "cuda")
+    out = np.empty((len(items), net.embedding_dim), dtype=np.float32)
+    done = 0
+    with tqdm(total=len(items), unit="img", desc="embedding library", disable=not progress) as bar:
+        for batch in loader:
+            vectors = net.encode_target(batch.to(net.device, non_blocking=True))
+            out[done : done + len(batch)] = vectors.float().cpu().numpy()
+            done += len(batch)
+            bar.update(len(batch))
+    return out
+
+
+@torch.inference_mode()
+def encode_query(net: Any, image: ImageLike, text: str = "", device: str | torch.device | None = None) -> np.ndarray:
+    """Composed query embedding ``Q`` (1, D) of one image and its clinical text ('' = image only)."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string ('' for an image-only query), got {type(text).__name__}")
+    net = _prepare(net, device) if device is not None else net.eval()
+    tensor = to_image_tensor(image, net.image_size).unsqueeze(0)
+    return net.encode_query(tensor, [text]).float().cpu().numpy()
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[list[torch.Tensor], tuple[int, ...], str, Any]] = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(net: Any) -> str:
+    """``net.fingerprint()``, cached per network until a weight changes in place (an optimiser step,
+    ``load_state_dict``), checked through the tensors' version counters in well under a millisecond.
+
+    (Hashing every weight takes a fraction of a second; a search should not pay it each time.
+    Assigning a new ``Parameter`` object is not seen: call ``net.fingerprint()`` after such surgery.)"""
+    cached = _FINGERPRINTS.get(net)
+    if cached is not None:
+        tensors, versions, fingerprint, config = cached
+        if config == (net.image_size, net.beta, json.dumps(net.config, sort_keys=True, default=str)) and tuple(t._version for t in tensors) == versions:
+            return fingerprint
+    tensors = list(net.state_dict(keep_vars=True).values())
+    versions = tuple(t._version for t in tensors)
+    fingerprint = net.fingerprint()
+    _FINGERPRINTS[net] = (tensors, versions, fingerprint, (net.image_size, net.beta, json.dumps(net.config, sort_keys=True, default=str)))
+    return fingerprint
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        if isinstance(value, Mapping):
+            return {str(k): _jsonable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_jsonable(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return str(value)
+
+
+def record_metadata(record: Any) -> CaseMetadata:
+    """The index metadata of a ``CaseRecord`` (DICOM UIDs taken from ``record.metadata`` when present)."""
+    extra = dict(_jsonable(dict(getattr(record, "metadata", None) or {})))
+    uids = {key: extra.pop(key, None) for key in DICOM_UID_KEYS}
+    if getattr(record, "label", None) is not None:
+        extra.setdefault("label", _jsonable(record.label))
+    image_path = getattr(record, "image_path", None)
+    return CaseMetadata(
+        case_id=str(record.case_id),
+        diagnosis=str(record.diagnosis),
+        collection=str(getattr(record, "collection", "") or ""),
+        site=str(getattr(record, "site", None) or "unknown"),
+        image_path=str(image_path) if image_path is not None else None,
+        extra=extra,
+        **{key: (str(value) if value is not None else None) for key, value in uids.items()},
+    )
+
+
+def build_index(
+    net: Any,
+    records: Sequence[Any],
+    metadata: Sequence[CaseMetadata] | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    backend: str = "faiss",
+    index: CaseIndex | None = None,
+    update: bool = False,
+    progress: bool = True,
+    **index_options: Any,
+) -> CaseIndex:
+    """Embed a case library and index it.
+
+    Args:
+        records: CaseRecords, or images (then ``metadata`` gives one :class:`CaseMetadata` each).
+        metadata: overrides :func:`record_metadata` (needed for DICOM queries and bare images).
+        index: an existing index to add to (its fingerprint must match ``net``); else a new one
+            with ``backend`` and ``index_options`` (e.g. ``exact_max``, or ``uri`` for Milvus).
+        update: replace cases whose id is already in ``index`` (else that is an error).
+    """
+    records = list(records)
+    metadata = list(metadata) if metadata is not None else [record_metadata(r) for r in records]
+    if len(metadata) != len(records):
+        raise ValueError(f"got {len(records)} library items but {len(metadata)} metadata records")
+    ids = [m.case_id for m in metadata]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"the library repeats case ids (e.g. {sorted({i for i in ids if ids.count(i) > 1})[:5]}); case ids must be unique")
+    fingerprint = model_fingerprint(net)
+    if index is None:
+        index = CaseIndex.create(net.embedding_dim, fingerprint, backend=backend, **index_options)
+    else:
+        index.check_fingerprint(fingerprint)
+        existing = [i for i in ids if i in index]
+        if existing and not update:
+            raise ValueError(f"{len(existing)} case id(s) are already in the index (e.g. {existing[:5]}); pass update=True to replace them")
+    embeddings = embed_library(net, records, batch_size=batch_size, device=device, progress=progress)
+    index.add(embeddings, metadata, update=update)
+    return index
+
+
+def search(
+    net: Any,
+    index: CaseIndex,
+    image: ImageLike,
+    text: str = "",
+    k: int = 5,
+    filters: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+) -> list[SearchHit]:
+    """The ``k`` library cases most similar to the composed query (image + clinical text), best first.
+
+    ``filters``: metadata equality, e.g. ``{"site": "trunk"}``
+    (:func:`monai_cir.sites_condition.resolve_site_condition` turns ``--site same|NAME|any`` into one).
+    Refuses an index built by another model (fingerprint check) before encoding anything."""
+    index.check_fingerprint(model_fingerprint(net))
+    query = encode_query(net, image, text, device)
+    return index.search(query, k=k, filters=filters)[0]

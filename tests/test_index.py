@@ -1,0 +1,261 @@
+"""The FAISS case index: search, filters, add/update/remove, atomic checksummed persistence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from monai_cir.index import (
+    MANIFEST_NAME,
+    CaseIndex,
+    CaseMetadata,
+    DuplicateCaseError,
+    FaissCaseIndex,
+    FingerprintMismatchError,
+    IndexIntegrityError,
+)
+from monai_cir.index import base as index_base
+
+DIM = 16
+SITES = ("trunk", "face", "acral", "unknown")
+
+
+def make_cases(n: int, seed: int = 0, prefix: str = "c", rank: int | None = None) -> tuple[np.ndarray, list[CaseMetadata]]:
+    """Unit vectors (rank ``rank`` when given: then a projection to >= rank dimensions loses nothing)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, rank or DIM)).astype(np.float32)
+    if rank is not None:
+        x = x @ rng.standard_normal((rank, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    meta = [
+        CaseMetadata(f"{prefix}{i}", ("melanoma", "nevus")[i % 2], "synthetic", site=SITES[i % len(SITES)], study_uid=f"1.2.3.{i}", extra={"age": 20 + i % 50})
+        for i in range(n)
+    ]
+    return x, meta
+
+
+def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> list[int]:
+    return list(np.argsort(-(x @ q), kind="stable")[:k])
+
+
+@pytest.fixture()
+def index() -> FaissCaseIndex:
+    x, meta = make_cases(300)
+    ix = CaseIndex.create(DIM, "fp-a")
+    ix.add(x, meta)
+    return ix
+
+
+def hits_key(results):
+    return [[(h.rank, h.case_id, h.score) for h in row] for row in results]
+
+
+def test_exact_search_matches_brute_force(index):
+    x = index.vectors()
+    q = make_cases(5, seed=1)[0]
+    results = index.search(q, k=7)
+    assert len(results) == 5
+    for row, qi in zip(results, q):
+        assert [h.case_id for h in row] == [f"c{i}" for i in brute_force(x, qi, 7)]
+        assert [h.rank for h in row] == list(range(1, 8))
+        assert row[0].score == pytest.approx(float(x[int(row[0].case_id[1:])] @ qi), abs=1e-5)
+    single = index.search(q[0], k=3)  # a 1-D query is a batch of one
+    assert [h.case_id for h in single[0]] == [h.case_id for h in results[0][:3]]
+
+
+def test_filtered_search_returns_only_matching_cases(index):
+    q = make_cases(4, seed=2)[0]
+    for filters in ({"site": "trunk"}, {"diagnosis": "melanoma", "site": ["face", "acral"]}, {"age": 21}):
+        for row in index.search(q, k=20, filters=filters):
+            assert row, filters
+            for hit in row:
+                for key, value in filters.items():
+                    allowed = value if isinstance(value, list) else [value]
+                    assert hit.metadata.value(key) in allowed
+    # the filtered top-k is the exact top-k of the matching subset
+    x = index.vectors()
+    subset = [i for i in range(len(index)) if SITES[i % len(SITES)] == "trunk"]
+    expected = [f"c{subset[j]}" for j in brute_force(x[subset], q[0], 10)]
+    assert [h.case_id for h in index.search(q[0], 10, filters={"site": "trunk"})[0]] == expected
+    assert index.search(q, k=5, filters={"site": "nowhere"}) == [[], [], [], []]
+    assert len(index.search(q[0], k=500, filters={"site": "face"})[0]) == 75  # fewer than k only when fewer match
+
+
+def test_approximate_index_recall_and_filters():
+    x, meta = make_cases(3000, seed=3, rank=8)
+    ix = FaissCaseIndex(DIM, "fp", exact_max=500, ann_dim=8, nprobe=16)
+    ix.add(x, meta)
+    q = x[:20] + 0.01
+    results = ix.search(q, k=10)
+    assert ix.uses_ann and ix._ann is not None
+    recall = np.mean([len({h.case_id for h in row} & {f"c{i}" for i in brute_force(x, qi, 10)}) / 10 for row, qi in zip(results, q)])
+    assert recall >= 0.9
+    assert all(row[0].case_id == f"c{i}" for i, row in enumerate(results))  # itself first (exact re-ranking)
+    # a very selective filter: the probed lists hold too few matches, so it falls back to exact over the subset
+    ids = {"c5", "c1234", "c2999"}
+    row = ix.search(q[0], k=3, filters={"case_id": sorted(ids)})[0]
+    assert {h.case_id for h in row} == ids
+    for row in ix.search(q, k=10, filters={"site": "acral"}):
+        assert len(row) == 10 and all(h.metadata.site == "acral" for h in row)
+
+
+def test_duplicate_id_is_an_error_and_update_replaces(index):
+    x, meta = make_cases(3, seed=9)
+    with pytest.raises(DuplicateCaseError, match="update=True"):
+        index.add(x[:1], [meta[0]])  # c0 exists
+    with pytest.raises(DuplicateCaseError, match="repeat"):
+        index.add(x[:2], [CaseMetadata("new", "nevus", "s"), CaseMetadata("new", "nevus", "s")])
+    assert len(index) == 300
+    replacement = CaseMetadata("c0", "benign keratosis", "synthetic", site="face")
+    index.add(x[:1], [replacement], update=True)
+    assert len(index) == 300 and index.get("c0").diagnosis == "benign keratosis"
+    hit = index.search(x[0], k=1)[0][0]
+    assert hit.case_id == "c0" and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_remove(index):
+    q = index.vectors()[10].copy()
+    assert index.search(q, 1)[0][0].case_id == "c10"
+    assert index.remove(["c10", "c11"]) == 2
+    assert len(index) == 298 and "c10" not in index and "c12" in index
+    assert all(h.case_id not in ("c10", "c11") for h in index.search(q, 50)[0])
+    assert index.search(index.vectors()[index._rows["c12"]], 1)[0][0].case_id == "c12"  # rows still line up
+    with pytest.raises(KeyError, match="c10"):
+        index.remove(["c10"])
+
+
+def test_remove_with_approximate_index_refills_it():
+    x, meta = make_cases(2000, seed=4)
+    ix = FaissCaseIndex(DIM, "fp", exact_max=100, ann_dim=8, nprobe=64)
+    ix.add(x, meta)
+    assert ix.search(x[7], 1)[0][0].case_id == "c7"
+    ix.remove(["c7"])
+    assert ix.search(x[7], 5)[0][0].case_id != "c7"
+    assert ix.search(x[8], 1)[0][0].case_id == "c8"
+
+
+def test_bad_inputs(index):
+    with pytest.raises(ValueError, match=r"shape \(N, 16\)"):
+        index.add(np.zeros((2, 5), np.float32), [CaseMetadata("a", "nevus", "s"), CaseMetadata("b", "nevus", "s")])
+    with pytest.raises(ValueError, match="one per case"):
+        index.add(np.zeros((2, DIM), np.float32), [CaseMetadata("a", "nevus", "s")])
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.full(DIM, np.nan, np.float32))
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(np.zeros(DIM, np.float32), k=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        CaseMetadata("", "nevus", "s")
+
+
+def test_save_load_round_trip_bit_for_bit(index, tmp_path):
+    q = make_cases(6, seed=5)[0]
+    before = hits_key(index.search(q, 10))
+    before_filtered = hits_key(index.search(q, 10, filters={"site": "face"}))
+    index.save(tmp_path / "ix")
+    loaded = CaseIndex.load(tmp_path / "ix", expected_fingerprint="fp-a")
+    assert isinstance(loaded, FaissCaseIndex) and len(loaded) == 300 and loaded.dim == DIM
+    assert np.array_equal(loaded.vectors(), index.vectors())
+    assert hits_key(loaded.search(q, 10)) == before
+    assert hits_key(loaded.search(q, 10, filters={"site": "face"})) == before_filtered
+    assert loaded.get("c3") == index.get("c3")
+    # saving again replaces the generation and leaves no stray files
+    loaded.remove(["c0"])
+    loaded.save(tmp_path / "ix")
+    names = sorted(os.listdir(tmp_path / "ix"))
+    assert len(names) == 3 and MANIFEST_NAME in names
+    assert len(CaseIndex.load(tmp_path / "ix")) == 299
+
+
+def test_round_trip_with_approximate_index(tmp_path):
+    x, meta = make_cases(2000, seed=6)
+    ix = FaissCaseIndex(DIM, "fp", exact_max=100, ann_dim=8)
+    ix.add(x, meta)
+    q = x[:5] + 0.05
+    before = hits_key(ix.search(q, 10))
+    ix.save(tmp_path / "ix")
+    assert any(n.startswith("ann-") for n in os.listdir(tmp_path / "ix"))
+    assert hits_key(CaseIndex.load(tmp_path / "ix").search(q, 10)) == before
+
+
+def test_failed_save_leaves_previous_index_intact(index, tmp_path, monkeypatch):
+    target = tmp_path / "ix"
+    index.save(target)
+    q = make_cases(3, seed=7)[0]
+    expected = hits_key(index.search(q, 5))
+    files_before = sorted(os.listdir(target))
+    index.remove([f"c{i}" for i in range(100)])
+    real_replace = os.replace
+    for fail_on in ("cases-", MANIFEST_NAME):  # killed while writing data files / at the commit rename
+
+        def failing_replace(src, dst, fail_on=fail_on):
+            if os.path.basename(str(dst)).startswith(fail_on):
+                raise OSError("simulated crash")
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(index_base.os, "replace", failing_replace)
+        with pytest.raises(OSError, match="simulated crash"):
+            index.save(target)
+        monkeypatch.setattr(index_base.os, "replace", real_replace)
+        assert sorted(os.listdir(target)) == files_before  # the partial generation was cleaned up
+        reopened = CaseIndex.load(target, expected_fingerprint="fp-a")
+        assert len(reopened) == 300 and hits_key(reopened.search(q, 5)) == expected
+
+
+def test_crash_leftovers_do_not_break_load(index, tmp_path):
+    target = tmp_path / "ix"
+    index.save(target)
+    (target / ".vectors-deadbeef.faiss.tmp").write_bytes(b"half written")  # as a killed process leaves it
+    (target / "vectors-deadbeef0000.faiss").write_bytes(b"renamed but never committed")
+    assert len(CaseIndex.load(target)) == 300
+    index.save(target)  # the next save clears them
+    assert not any("deadbeef" in n for n in os.listdir(target))
+
+
+def _data_file(directory, role):
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    return directory / manifest["files"][role]["name"]
+
+
+@pytest.mark.parametrize("role", ["vectors", "cases"])
+def test_corrupted_file_is_detected(index, tmp_path, role):
+    index.save(tmp_path / "ix")
+    path = _data_file(tmp_path / "ix", role)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexIntegrityError, match="checksum mismatch"):
+        CaseIndex.load(tmp_path / "ix")
+
+
+def test_truncated_and_missing_files_are_detected(index, tmp_path):
+    index.save(tmp_path / "ix")
+    path = _data_file(tmp_path / "ix", "vectors")
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(IndexIntegrityError, match="truncated"):
+        CaseIndex.load(tmp_path / "ix")
+    path.unlink()
+    with pytest.raises(IndexIntegrityError, match="missing"):
+        CaseIndex.load(tmp_path / "ix")
+    (tmp_path / "ix" / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(IndexIntegrityError, match="corrupted"):
+        CaseIndex.load(tmp_path / "ix")
+    with pytest.raises(FileNotFoundError, match="not a monai-cir index"):
+        CaseIndex.load(tmp_path)
+
+
+def test_fingerprint_mismatch_is_refused(index, tmp_path):
+    index.save(tmp_path / "ix")
+    with pytest.raises(FingerprintMismatchError, match="monai-cir index build"):
+        CaseIndex.load(tmp_path / "ix", expected_fingerprint="fp-other")
+    with pytest.raises(FingerprintMismatchError, match="rebuild"):
+        index.search(np.zeros(DIM, np.float32), 3, fingerprint="fp-other")
+    index.check_fingerprint("fp-a")
+
+
+def test_save_refuses_a_foreign_folder(index, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds no monai-cir index"):
+        index.save(tmp_path)

@@ -1,0 +1,68 @@
+"""The Milvus backend on milvus-lite: the same answers as FAISS through the same interface."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from test_index import DIM, make_cases
+
+from monai_cir.index import CaseIndex, DuplicateCaseError, FingerprintMismatchError
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("milvus")
+    x, meta = make_cases(200, seed=11)
+    milvus = CaseIndex.create(DIM, "fp-m", backend="milvus", uri=str(root / "ix" / "milvus.db"), collection="cases")
+    milvus.add(x, meta)
+    faiss_index = CaseIndex.create(DIM, "fp-m")
+    faiss_index.add(x, meta)
+    return milvus, faiss_index, root
+
+
+def _ids(results):
+    return [[h.case_id for h in row] for row in results]
+
+
+def test_milvus_and_faiss_return_the_same_top_k(pair):
+    milvus, faiss_index, _ = pair
+    assert len(milvus) == len(faiss_index) == 200
+    q = make_cases(5, seed=12)[0]
+    for filters in (None, {"site": "trunk"}, {"diagnosis": "melanoma", "site": ["face", "acral"]}, {"age": [21, 25, 29]}, {"study_uid": "1.2.3.7"}):
+        m, f = milvus.search(q, 8, filters), faiss_index.search(q, 8, filters)
+        assert _ids(m) == _ids(f), filters
+        for mrow, frow in zip(m, f):
+            assert [h.score for h in mrow] == pytest.approx([h.score for h in frow], abs=1e-4)
+            assert [h.metadata for h in mrow] == [h.metadata for h in frow]
+
+
+def test_milvus_add_update_remove(pair):
+    milvus, _, _ = pair
+    x, meta = make_cases(2, seed=13, prefix="extra")
+    milvus.add(x, meta)
+    with pytest.raises(DuplicateCaseError, match="update=True"):
+        milvus.add(x[:1], meta[:1])
+    meta[0].diagnosis = "benign keratosis"
+    milvus.add(x[:1], meta[:1], update=True)
+    assert milvus.get("extra0").diagnosis == "benign keratosis" and len(milvus) == 202
+    assert milvus.search(x[0], 1)[0][0].case_id == "extra0"
+    assert milvus.remove(["extra0", "extra1"]) == 2
+    assert "extra0" not in milvus and len(milvus) == 200
+    with pytest.raises(KeyError):
+        milvus.remove(["extra0"])
+
+
+def test_milvus_save_load_and_fingerprint(pair):
+    milvus, _, root = pair
+    q = make_cases(2, seed=14)[0]
+    milvus.save(root / "ix")
+    loaded = CaseIndex.load(root / "ix", expected_fingerprint="fp-m")
+    assert loaded.backend == "milvus" and len(loaded) == 200
+    assert _ids(loaded.search(q, 5)) == _ids(milvus.search(q, 5))
+    with pytest.raises(FingerprintMismatchError, match="monai-cir index build"):
+        CaseIndex.load(root / "ix", expected_fingerprint="other")
+    with pytest.raises(FingerprintMismatchError, match="another model"):
+        CaseIndex.create(DIM, "other", backend="milvus", uri=str(root / "ix" / "milvus.db"), collection="cases")

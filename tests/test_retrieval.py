@@ -1,0 +1,167 @@
+"""Library API (embed, build, search) and the ``index`` / ``search`` commands."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_net
+from PIL import Image
+
+from monai_cir import retrieval
+from monai_cir.index import CaseIndex, FingerprintMismatchError
+
+
+@dataclass
+class Record:  # the CaseRecord contract (monai_cir.data.collections)
+    case_id: str
+    image_path: Path
+    diagnosis: str
+    label: int
+    text: str
+    site: str = "unknown"
+    collection: str = "synthetic"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """These batches are tiny: on a busy 2-core machine, OpenMP's spinning threads made them 40x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> list[Record]:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(6):
+        path = root / f"case{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40 + 4 * i, 48, 3), dtype=np.uint8)).save(path)
+        records.append(Record(f"case{i}", path, ("melanoma", "nevus")[i % 2], i % 2, "", site=("trunk", "head and neck")[i % 2], metadata={"sex": "female", "age": np.int64(40)}))
+    return records
+
+
+@pytest.fixture(scope="module")
+def net():
+    return make_tiny_net()
+
+
+def test_embed_library_is_batch_invariant_and_matches_the_network(net, library):
+    a = retrieval.embed_library(net, library, batch_size=4, device="cpu", progress=False)
+    b = retrieval.embed_library(net, [r.image_path for r in library], batch_size=1, device="cpu", progress=False)
+    assert a.shape == (6, net.embedding_dim) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    with torch.inference_mode():
+        direct = net.encode_target(retrieval.to_image_tensor(library[2].image_path, net.image_size)[None]).numpy()
+    np.testing.assert_allclose(a[2:3], direct, atol=1e-5)
+    arrays = retrieval.embed_library(net, [np.asarray(Image.open(r.image_path)) for r in library[:2]], device="cpu", progress=False)
+    np.testing.assert_allclose(arrays, a[:2], atol=1e-5)
+    assert retrieval.embed_library(net, [], progress=False).shape == (0, net.embedding_dim)
+
+
+def test_build_and_search(net, library, tmp_path):
+    index = retrieval.build_index(net, library, batch_size=4, device="cpu", progress=False)
+    assert len(index) == 6 and index.fingerprint == net.fingerprint()
+    meta = index.get("case3")
+    assert meta.diagnosis == "nevus" and meta.site == "head and neck" and meta.collection == "synthetic"
+    assert meta.image_path == str(library[3].image_path) and meta.extra == {"sex": "female", "age": 40, "label": 1}
+    for record in library:
+        hits = retrieval.search(net, index, record.image_path, "", k=3, device="cpu")
+        assert hits[0].case_id == record.case_id and hits[0].rank == 1
+        assert hits[0].score == pytest.approx(3.0, abs=1e-4)  # image-only query of itself: S = 3 levels x 1
+    hits = retrieval.search(net, index, library[0].image_path, "raised, irregular pigment network", k=6, filters={"site": "head and neck"})
+    assert len(hits) == 3 and {h.metadata.site for h in hits} == {"head and neck"}
+    index.save(tmp_path / "ix")
+    loaded = CaseIndex.load(tmp_path / "ix", expected_fingerprint=retrieval.model_fingerprint(net))
+    assert [h.case_id for h in retrieval.search(net, loaded, library[4].image_path, "", k=6)] == [h.case_id for h in retrieval.search(net, index, library[4].image_path, "", k=6)]
+
+
+def test_search_refuses_another_model(net, library):
+    index = retrieval.build_index(net, library[:2], device="cpu", progress=False)
+    other = make_tiny_net(beta=0.5)
+    with pytest.raises(FingerprintMismatchError, match="monai-cir index build"):
+        retrieval.search(other, index, library[0].image_path, "", k=1)
+    with pytest.raises(ValueError, match="already in the index"):
+        retrieval.build_index(net, library[:1], index=index, progress=False)
+    retrieval.build_index(net, library[:1], index=index, update=True, progress=False)
+    assert len(index) == 2
+
+
+def test_model_fingerprint_cache_follows_weight_changes():
+    net = make_tiny_net()
+    first = retrieval.model_fingerprint(net)
+    assert retrieval.model_fingerprint(net) == first == net.fingerprint()
+    with torch.no_grad():
+        next(net.alignments.parameters()).add_(1.0)
+    assert retrieval.model_fingerprint(net) == net.fingerprint() != first
+
+
+def test_cli_build_info_search(net, library, tmp_path, monkeypatch, capsys):
+    import monai_cir.networks
+    from monai_cir.cli import main
+
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    csv = tmp_path / "cases.csv"
+    csv.write_text("case_id,image,diagnosis,site\n" + "".join(f"{r.case_id},{r.image_path.name},{r.diagnosis},{r.site}\n" for r in library))
+    out = tmp_path / "ix"
+    assert main(["index", "build", "--images", str(library[0].image_path.parent), "--csv", str(csv), "--out", str(out), "--batch-size", "4", "--limit", "5"]) == 0
+    assert main(["index", "build", "--images", str(library[0].image_path.parent), "--csv", str(csv), "--out", str(out)]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["index", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cases"] == 5 and info["backend"] == "faiss"
+    assert main(["search", "--index", str(out), "--image", str(library[1].image_path), "--text", "", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["case_id"] == "case1" and hits[0]["diagnosis"] == "nevus"
+    assert main(["search", "--index", str(out), "--image", str(library[1].image_path), "--site", "same", "-k", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "unknown" in captured.err and "case1" in captured.out.splitlines()[1]
+    assert main(["search", "--index", str(out), "--image", str(library[1].image_path), "--site", "trunk"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["rank", "case", "id"] and all(line.split()[-1] == "trunk" for line in table[1:])
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: make_tiny_net(beta=0.5))
+    assert main(["search", "--index", str(out), "--image", str(library[1].image_path)]) == 2
+    assert "rebuild the index" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_real_images_find_themselves(offline_net, shared_data):
+    from monai_cir.data import load_collection
+
+    records = load_collection("isic-uda1", root=shared_data)[:6]
+    index = retrieval.build_index(offline_net, records, batch_size=6, device="cpu", progress=False)
+    assert len(index) == 6 and index.dim == offline_net.embedding_dim == 1040
+    for record in records:
+        hits = retrieval.search(offline_net, index, record.image_path, record.text, k=3, device="cpu")
+        assert hits[0].case_id == record.case_id, (record.case_id, [(h.case_id, h.score) for h in hits])
+        assert hits[0].metadata.diagnosis == record.diagnosis and hits[0].metadata.collection == "isic-uda1"
+
+
+def test_cli_build_from_dicom(net, library, tmp_path, monkeypatch, capsys):
+    dicomize = pytest.importorskip("monai_cir.dicom.dicomize")
+    pytest.importorskip("monai_cir.dicom.reader")
+    import monai_cir.networks
+    from monai_cir.cli import main
+
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    done, failed = dicomize.dicomize_records(library[:3], tmp_path / "dicom", compression="none", progress=False)
+    assert not failed and len(done) == 3
+    out = tmp_path / "ix"
+    assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(out)]) == 0
+    assert "indexed 3 cases" in capsys.readouterr().out
+    index = CaseIndex.load(out)
+    assert sorted(index.case_ids()) == ["case0", "case1", "case2"]
+    meta = index.get("case1")
+    assert meta.diagnosis == "nevus" and meta.site == "head and neck"
+    assert meta.study_uid == done[1].uids.study_uid and meta.sop_instance_uid and meta.sop_class_uid
+    assert main(["search", "--index", str(out), "--image", str(library[2].image_path), "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["case_id"] == "case2"
