@@ -165,3 +165,29 @@ def test_cli_build_from_dicom(net, library, tmp_path, monkeypatch, capsys):
     assert meta.study_uid == done[1].uids.study_uid and meta.sop_instance_uid and meta.sop_class_uid
     assert main(["search", "--index", str(out), "--image", str(library[2].image_path), "-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["case_id"] == "case2"
+
+
+def test_cli_search_evidence_and_explanations(net, library, tmp_path, monkeypatch, capsys):
+    import monai_cir.networks
+    from monai_cir.cli import main
+
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    csv = tmp_path / "cases.csv"
+    csv.write_text("case_id,image,diagnosis,site\n" + "".join(f"{r.case_id},{r.image_path.name},{r.diagnosis},{r.site}\n" for r in library))
+    out = tmp_path / "ix"
+    assert main(["index", "build", "--images", str(library[0].image_path.parent), "--csv", str(csv), "--out", str(out)]) == 0
+    capsys.readouterr()
+    png = tmp_path / "why.png"
+    args = ["search", "--index", str(out), "--image", str(library[2].image_path), "--text", "irregular streaks", "-k", "2"]
+    assert main(args + ["--evidence", "--explain", str(png), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["hits"]) == 2 and len(payload["explanations"]) == 2
+    evidence = payload["evidence"]
+    # all 6 library cases vote (k=16 > library): the distribution covers both diagnoses and sums to 1
+    assert set(evidence["distribution"]) == {"melanoma", "nevus"}
+    assert sum(evidence["distribution"].values()) == pytest.approx(1.0)
+    assert evidence["label"].lower().startswith("decision support")
+    with Image.open(png) as img:
+        assert img.size[0] > 100 and img.size[1] > 100
+    assert main(args + ["--evidence"]) == 0
+    assert "Decision support" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
     monai-cir search --index output/isic-index --image lesion.jpg --text "raised, irregular pigment network" -k 5
     monai-cir search --index output/d7 --image lesion.jpg --text "..." --site same --query-site trunk --json
+    monai-cir search --index output/d7 --image lesion.jpg --text "..." --evidence --explain output/why.png
 
 Scores are S(q, t) of the paper's Eq. 9 (higher is more similar). The index must have been built by
 the same model (``--model``) and preprocessing; otherwise the search is refused.
@@ -28,6 +29,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--query-site", metavar="NAME", help="the query lesion's anatomical site (for --site same)")
     parser.add_argument("--model", help="checkpoint or bundle folder the index was built with (default as for `index build`)")
     parser.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
+    parser.add_argument("--evidence", action="store_true", help="also print the retrieval-based evidence summary (decision support, not a diagnosis)")
+    parser.add_argument("--calibration", type=Path, metavar="JSON", help="evidence calibration fitted for this model (bench/site_and_evidence.py writes one)")
+    parser.add_argument(
+        "--explain", type=Path, metavar="OUT.png",
+        help="write heatmaps of the region masks on the query and each match, and the words the composer attended to "
+        "(the figure shows the images: keep it out of tracked folders)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)
 
@@ -45,7 +53,31 @@ def run(args: argparse.Namespace) -> int:
     filters, notice = resolve_site_condition(args.site, args.query_site)
     index = CaseIndex.load(args.index)
     net = load_model(args.model)
-    hits = retrieval.search(net, index, args.image, args.text, k=args.k, filters=filters, device=args.device)
+    calibration = None
+    if args.evidence:
+        from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
+
+        calibration = EvidenceCalibration.load(args.calibration) if args.calibration else UNCALIBRATED
+    # the evidence summary votes over calibration.k neighbours (16 by default); the table shows -k
+    pool = retrieval.search(net, index, args.image, args.text, k=max(args.k, calibration.k if calibration else 0), filters=filters, device=args.device)
+    hits = pool[: args.k]
+    summary = None
+    if calibration is not None and pool:
+        from monai_cir.evidence import summarize_evidence
+
+        summary = summarize_evidence(pool, calibration=calibration, classes=sorted(index.info()["diagnosis"]))
+    explanations: list[Any] = []
+    if args.explain and hits:
+        from monai_cir.explain import explain_matches, render_explanation
+
+        missing = [h.case_id for h in hits if not h.metadata.image_path or not Path(h.metadata.image_path).is_file()]
+        if missing:
+            raise ValueError(f"--explain needs the library images, which are not reachable for cases {missing[:5]}")
+        explanations = explain_matches(
+            net, args.image, args.text, [h.metadata.image_path for h in hits],
+            labels=[f"#{h.rank} {h.case_id} ({h.metadata.diagnosis})" for h in hits], query_label=args.image.name,
+        )
+        render_explanation(explanations, args.explain)
     if notice:
         print(f"note: {notice}", file=sys.stderr)
     if args.json:
@@ -55,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             "notice": notice,
             "index": str(args.index),
             "hits": [hit.to_dict() for hit in hits],
+            "evidence": summary.to_dict() if summary else None,
+            "explanations": [e.summary() for e in explanations],
         }
         print(json.dumps(payload, indent=1, default=str))
         return 0
@@ -66,4 +100,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'rank':>4}  {'case id':<{width}}  {'diagnosis':<{diag}}  {'score':>7}  site")
     for h in hits:
         print(f"{h.rank:>4}  {h.case_id:<{width}}  {h.metadata.diagnosis:<{diag}}  {h.score:>7.4f}  {h.metadata.site}")
+    if summary:
+        print(summary.text())
+    if args.explain:
+        print(f"explanations written to {args.explain}")
     return 0
