@@ -73,7 +73,7 @@ class SimilarCasesApp(Application):
 
         loader = DermoscopyStudyLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="dermoscopy_loader_op")
         retrieval = ComposedRetrievalOperator(
-            self, models_path=models_path, top_k=s.top_k, batch_size=s.batch_size, device=s.device, site=s.site, name="retrieval_op"
+            self, models_path=models_path, top_k=s.top_k, batch_size=s.batch_size, device=s.device, site=s.site, explain=s.explain, name="retrieval_op"
         )
         sr_writer = SimilarCasesSRWriterOperator(self, output_folder=output_path, name="sr_writer_op")
         last = sr_writer

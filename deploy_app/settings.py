@@ -15,6 +15,7 @@ publish_dicom                  ``MONAI_CIR_PUBLISH_DICOM``      ``--publish-dico
 publish_dicomweb               ``MONAI_CIR_PUBLISH_DICOMWEB``   ``--publish-dicomweb URL``
 calling_aet (MONAICIR)         ``MONAI_CIR_CALLING_AET``        ``--calling-aet AET``
 write_pdf (true)               ``MONAI_CIR_WRITE_PDF``          ``--no-pdf``
+explain (true)                 ``MONAI_CIR_EXPLAIN``            ``--no-explain``
 =============================  ===============================  ============================================
 """
 
@@ -41,6 +42,7 @@ ENV = {
     "publish_dicomweb": "MONAI_CIR_PUBLISH_DICOMWEB",
     "calling_aet": "MONAI_CIR_CALLING_AET",
     "write_pdf": "MONAI_CIR_WRITE_PDF",
+    "explain": "MONAI_CIR_EXPLAIN",
 }
 
 
@@ -100,6 +102,7 @@ class AppSettings:
     publish_dicomweb: str | None = None
     calling_aet: str = "MONAICIR"
     write_pdf: bool = True
+    explain: bool = True  # region-mask heatmaps and attended words per match, in the PDF and the SR
 
     def __post_init__(self) -> None:
         self.top_k = int(self.top_k)
@@ -114,6 +117,7 @@ class AppSettings:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         self.write_pdf = _bool(self.write_pdf)
+        self.explain = _bool(self.explain)
         self.publish_dicom = self.publish_dicom or None
         self.publish_dicomweb = self.publish_dicomweb or None
         if self.publish_dicom:
@@ -169,6 +173,7 @@ def app_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--publish-dicomweb", dest="publish_dicomweb", metavar="URL", help="STOW-RS the outputs to this DICOMweb service")
     parser.add_argument("--calling-aet", dest="calling_aet", help="our AE title for C-STORE (default MONAICIR)")
     parser.add_argument("--no-pdf", dest="write_pdf", action="store_const", const=False, help="write the SR and results.json only")
+    parser.add_argument("--no-explain", dest="explain", action="store_const", const=False, help="skip the per-match explanations (faster)")
     return parser
 
 

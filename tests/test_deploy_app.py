@@ -14,6 +14,7 @@ reads them back over DICOMweb (QIDO-RS + WADO-RS).
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -130,6 +131,10 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
         assert sum(evidence["distribution"].values()) == pytest.approx(1.0, abs=1e-6)
         assert report.evidence_summary is not None
         assert report.evidence_summary.prediction == evidence["predicted"]
+        # every match is explained (library images are reachable here): SR text and one PDF page each
+        assert all(m.explanation and "local cosine" in m.explanation for m in report.matches)
+        pdf = (app_run["out"] / answers[name]["outputs"]["pdf"]).read_bytes()
+        assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) >= 1 + len(top)
 
 
 def test_own_image_is_rank_one(app_run, results):

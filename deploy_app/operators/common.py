@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Problem", "QueryResult", "attr", "query_id_of"]
+import numpy as np
+
+__all__ = ["Problem", "QueryResult", "attr", "library_image", "query_id_of"]
 
 
 def attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -51,6 +54,7 @@ class QueryResult:
     query: Any  # monai_cir.dicom.DermoscopyQuery
     hits: list[Any] = field(default_factory=list)  # monai_cir.index.SearchHit, best first
     evidence: Any = None  # monai_cir.evidence.EvidenceSummary of the neighbours (decision support)
+    explanations: dict[int, Any] = field(default_factory=dict)  # rank -> monai_cir.explain.Explanation
     notices: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)  # "sr", "encapsulated_pdf", "pdf" -> file path
     published: dict[str, Any] = field(default_factory=dict)
@@ -73,3 +77,27 @@ class QueryResult:
             study_uid=attr(self.query, "study_uid"),
             query_id=self.query_id,
         )
+
+
+def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
+    """The thumbnail of a library case: its ``image_path`` (a DICOM file of the library or an image
+    file), downscaled; None when the file is not reachable from here (the PDF shows a placeholder)."""
+    path = getattr(hit.metadata, "image_path", None)
+    if not path or not Path(path).is_file():
+        return None
+    from PIL import Image
+
+    from monai_cir.dicom.reader import read_dicom_folder
+
+    scan = read_dicom_folder(path, max_side=max_side)  # a DICOM file of the library
+    if scan.queries:
+        image = scan.queries[0].image
+    else:  # an image file (library built from JPEG/PNG + CSV)
+        try:
+            with Image.open(path) as img:
+                image = np.asarray(img.convert("RGB"))
+        except OSError:
+            return None
+    pil = Image.fromarray(image)
+    pil.thumbnail((max_side, max_side))
+    return np.asarray(pil)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .common import QueryResult
+from .common import QueryResult, library_image
 
 __all__ = ["ENCAPSULATED_PDF_FILE", "PDF_FILE", "SimilarCasesPDFWriterOperator"]
 
@@ -76,6 +76,7 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path) -> None:
         result.hits,
         image_loader=library_image,
         evidence_summary=result.evidence,
+        explanations=_explanation_images(result),
         notices=list(dict.fromkeys(result.notices)),
         patient_id=str(query.patient_id),
         study_uid=str(query.study_uid),
@@ -84,25 +85,10 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path) -> None:
     encapsulated_pdf_dataset(pdf, query.dataset).save_as(dcm_path, enforce_file_format=True)
 
 
-def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
-    """The thumbnail of a library case: its ``image_path`` (a DICOM file of the library or an image
-    file), downscaled; None when the file is not reachable from here (the PDF shows a placeholder)."""
-    path = getattr(hit.metadata, "image_path", None)
-    if not path or not Path(path).is_file():
+def _explanation_images(result: QueryResult) -> dict[int, np.ndarray] | None:
+    """One figure per explained match (query and match heatmaps, attended words), by rank."""
+    if not result.explanations:
         return None
-    from PIL import Image
+    from monai_cir.explain import explanation_image
 
-    from monai_cir.dicom.reader import read_dicom_folder
-
-    scan = read_dicom_folder(path, max_side=max_side)  # a DICOM file of the library
-    if scan.queries:
-        image = scan.queries[0].image
-    else:  # an image file (library built from JPEG/PNG + CSV)
-        try:
-            with Image.open(path) as img:
-                image = np.asarray(img.convert("RGB"))
-        except OSError:
-            return None
-    pil = Image.fromarray(image)
-    pil.thumbnail((max_side, max_side))
-    return np.asarray(pil)
+    return {rank: explanation_image(explanation) for rank, explanation in result.explanations.items()}

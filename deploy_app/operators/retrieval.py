@@ -14,7 +14,7 @@ from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .common import QueryResult, attr
+from .common import QueryResult, attr, library_image
 
 __all__ = ["ComposedRetrievalOperator", "ModelsLayoutError", "resolve_models"]
 
@@ -73,11 +73,13 @@ class ComposedRetrievalOperator(Operator):
         batch_size: int | None = None,
         device: str = "auto",
         site: str = "any",
+        explain: bool = False,
         **kwargs: Any,
     ) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.top_k = int(top_k)
         self.site = site
+        self.explain = bool(explain)
         self.input_name = "queries"
         self.output_name = "results"
         self.net, self.index, self.load_s = self._load(Path(models_path), device)
@@ -177,7 +179,7 @@ class ComposedRetrievalOperator(Operator):
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
         from monai_cir.evidence import summarize_evidence
 
-        for (result, _, _, filters), vector in zip(batch, queries):
+        for (result, tensor, text, filters), vector in zip(batch, queries):
             t0 = time.perf_counter()
             # the evidence summary votes over more neighbours (calibration.k, 16 by default) than are shown
             pool = self.index.search(vector[None, :], k=max(self.top_k, self.calibration.k), filters=filters)[0]
@@ -188,7 +190,26 @@ class ComposedRetrievalOperator(Operator):
             result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
             if not result.hits:
                 result.notices.append("no library case matched the filters")
+            if self.explain:
+                self._explain(result, tensor, text)
             self._logger.info(
                 "query %s: top-%d %s", result.query_id, len(result.hits),
                 ", ".join(f"{h.metadata.diagnosis} {h.score:.3f}" for h in result.hits),
             )
+
+    def _explain(self, result: QueryResult, query: Any, text: str) -> None:
+        """Per match, which regions carried the local similarity and which words the composer used
+        (:func:`monai_cir.explain.explain_match`); a match whose library image is not reachable from
+        here gets a notice instead."""
+        from monai_cir.explain import explain_match
+
+        start = time.perf_counter()
+        for hit in result.hits:
+            image = library_image(hit, max_side=1024)
+            if image is None:
+                result.notices.append(f"no explanation for rank {hit.rank}: the library image is not reachable from this app")
+                continue
+            result.explanations[hit.rank] = explain_match(
+                self.net, query, text, image, query_label="query", target_label=f"#{hit.rank} {hit.metadata.diagnosis}"
+            )
+        result.timing_ms["explain"] = 1000 * (time.perf_counter() - start)

@@ -65,7 +65,9 @@ def write_similar_cases_sr(result: QueryResult, path: Path) -> Path:
     from monai_cir.dicom.sr import similar_cases_sr
 
     sr = similar_cases_sr(
-        result.query, result.hits, notices=list(dict.fromkeys(result.notices)), evidence_summary=result.evidence
+        result.query, result.hits, notices=list(dict.fromkeys(result.notices)),
+        evidence_summary=result.evidence,
+        explanations={rank: e.sr_text() for rank, e in result.explanations.items()} or None,
     )
     sr.save_as(path, enforce_file_format=True)
     return path
