@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,24 +36,9 @@ STAGES = ("load", "preprocess", "encode", "search", "sr", "pdf")
 
 
 def machine() -> dict:
-    import torch
+    from monai_cir.provenance import machine_info
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
-    try:
-        load1, load5, _ = os.getloadavg()
-        info["load_average_1m_5m"] = [round(load1, 2), round(load5, 2)]
-    except OSError:
-        pass
-    info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return info
+    return machine_info()
 
 
 def run_app(inputs: Path, out: Path, models: Path, extra: list[str]) -> tuple[float, dict]:

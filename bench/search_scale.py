@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,30 +44,14 @@ K = 10
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "memory_gib": mem,
-        "python": platform.python_version(),
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "note": "a 2-core VM shared with other jobs; single-query latency, one thread per query in FAISS",
-    }
+    from monai_cir.provenance import machine_info
+
+    return machine_info(
+        faiss=faiss.__version__,
+        faiss_threads=faiss.omp_get_max_threads(),
+        numpy=np.__version__,
+        note="a 2-core VM shared with other jobs; single-query latency, one thread per query in FAISS",
+    )
 
 
 def real_embeddings(image_size: int = 260) -> tuple[np.ndarray, np.ndarray, str]:

@@ -34,7 +34,6 @@ attributions (see ``docs/explain.md``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

@@ -35,6 +35,7 @@ from .data import load_image, preprocess_image
 from .index import CaseIndex, CaseMetadata, SearchHit
 
 __all__ = [
+    "dicom_library",
     "ImageLike",
     "build_index",
     "embed_library",
@@ -252,3 +253,42 @@ def search(
     index.check_fingerprint(model_fingerprint(net))
     query = encode_query(net, image, text, device)
     return index.search(query, k=k, filters=filters)[0]
+
+
+def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any], list[CaseMetadata]]:
+    """The dermoscopy images of a folder of DICOM studies as library cases: ``(queries, metadata)``
+    for :func:`build_index`. A dicomized case (``monai-cir dicomize``) carries its case id,
+    diagnosis and collection in its SR; other images are indexed by SOP Instance UID with diagnosis
+    'unknown' (a warning says how many). Unreadable files are reported and skipped."""
+    folder = Path(folder)
+    try:
+        from .dicom import read_dicom_folder
+    except ImportError as err:
+        raise ValueError(f"--dicom needs monai_cir.dicom.read_dicom_folder, which this installation lacks ({err}); index the images with --images/--csv instead") from err
+    scan = read_dicom_folder(folder)
+    for problem in getattr(scan, "problems", []):
+        logger.warning("skipped DICOM input: %s", problem)
+    if not scan.queries:
+        raise ValueError(f"no dermoscopy images were found in {folder} ({len(getattr(scan, 'problems', []))} problem(s) reported above)")
+    metadata = []
+    for query in scan.queries:
+        # a dicomized library case carries its id and diagnosis in its SR; otherwise the instance (and frame)
+        case_id = query.case_id or (f"{query.sop_instance_uid}#{query.frame_number}" if query.frame_number else query.sop_instance_uid)
+        metadata.append(
+            CaseMetadata(
+                case_id=str(case_id),
+                diagnosis=str(query.diagnosis or "unknown"),
+                collection=str(name or query.collection or folder.name),
+                site=query.site or "unknown",
+                study_uid=query.study_uid,
+                series_uid=query.series_uid,
+                sop_instance_uid=query.sop_instance_uid,
+                sop_class_uid=query.sop_class_uid,
+                image_path=str(query.source_path) if query.source_path else None,
+                extra={key: value for key, value in (("patient_id", query.patient_id), ("frame_number", query.frame_number)) if value},
+            )
+        )
+    unknown = sum(m.diagnosis == "unknown" for m in metadata)
+    if unknown:
+        logger.warning("%d of %d DICOM images carry no diagnosis (no monai-cir case SR): indexed as 'unknown'", unknown, len(metadata))
+    return list(scan.queries), metadata

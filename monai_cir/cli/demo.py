@@ -161,8 +161,6 @@ def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = N
     import warnings
 
     from monai_cir import retrieval
-    from monai_cir.dicom.reader import read_dicom_folder
-    from monai_cir.index import CaseMetadata
     from monai_cir.networks import load_model, save_checkpoint
 
     models.mkdir(parents=True, exist_ok=True)
@@ -176,26 +174,8 @@ def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = N
             net = load_model(None)
         save_checkpoint(net, models / "model.pt", note="untrained offline default (demo)")
         print(f"[demo] model: no trained checkpoint (bundle/models/model.pt or $MONAI_CIR_MODEL): the untrained offline default, saved to {models / 'model.pt'}")
-    scan = read_dicom_folder(library)
-    for problem in scan.problems:
-        print(f"[demo] library file skipped: {problem}")
-    if not scan.queries:
-        raise ValueError(f"no dermoscopy image found in {library}")
-    metadata = [
-        CaseMetadata(
-            case_id=q.case_id or q.sop_instance_uid,
-            diagnosis=q.diagnosis or "unknown",
-            collection=q.collection or "",
-            site=q.site,
-            study_uid=q.study_uid,
-            series_uid=q.series_uid,
-            sop_instance_uid=q.sop_instance_uid,
-            sop_class_uid=q.sop_class_uid,
-            image_path=q.source_path,
-        )
-        for q in scan.queries
-    ]
-    index = retrieval.build_index(net, scan.queries, metadata=metadata, batch_size=16)
+    queries, metadata = retrieval.dicom_library(library)
+    index = retrieval.build_index(net, queries, metadata=metadata, batch_size=16)
     index.save(models / "index")
     return len(index)
 

@@ -41,34 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _commit() -> dict[str, object]:
-    import subprocess
-
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=False).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return {"sha": None, "dirty": None}
-    return {"sha": sha, "dirty": dirty}
-
-
-def _machine() -> dict[str, object]:
-    import os
-    import platform
-
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     import datetime
     import os
@@ -78,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from ..evaluation import available_methods, evaluate, results_table
+    from ..provenance import git_commit, machine_info
 
     methods = available_methods()
     if args.list_methods:
@@ -109,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "benchmark": "derm7pt 5-fold cross-validation (monai-cir evaluate)",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": git_commit(),
         "config": results["config"],
         "wall_time_s": round(wall, 1),
-        "machine": _machine(),
+        "machine": machine_info(),
         "methods": results["methods"],
         "cross_site": results["cross_site"],
     }

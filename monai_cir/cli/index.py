@@ -50,42 +50,6 @@ def add_parser(subparsers: Any) -> None:
     info.set_defaults(func=run_info)
 
 
-def _dicom_library(folder: Path, name: str | None) -> tuple[list[Any], list[Any]]:
-    try:
-        from monai_cir.dicom import read_dicom_folder
-    except ImportError as err:
-        raise ValueError(f"--dicom needs monai_cir.dicom.read_dicom_folder, which this installation lacks ({err}); index the images with --images/--csv instead") from err
-    from monai_cir.index import CaseMetadata
-
-    scan = read_dicom_folder(folder)
-    for problem in getattr(scan, "problems", []):
-        logger.warning("skipped DICOM input: %s", problem)
-    if not scan.queries:
-        raise ValueError(f"no dermoscopy images were found in {folder} ({len(getattr(scan, 'problems', []))} problem(s) reported above)")
-    metadata = []
-    for query in scan.queries:
-        # a dicomized library case carries its id and diagnosis in its SR; otherwise the instance (and frame)
-        case_id = query.case_id or (f"{query.sop_instance_uid}#{query.frame_number}" if query.frame_number else query.sop_instance_uid)
-        metadata.append(
-            CaseMetadata(
-                case_id=str(case_id),
-                diagnosis=str(query.diagnosis or "unknown"),
-                collection=str(name or query.collection or folder.name),
-                site=query.site or "unknown",
-                study_uid=query.study_uid,
-                series_uid=query.series_uid,
-                sop_instance_uid=query.sop_instance_uid,
-                sop_class_uid=query.sop_class_uid,
-                image_path=str(query.source_path) if query.source_path else None,
-                extra={key: value for key, value in (("patient_id", query.patient_id), ("frame_number", query.frame_number)) if value},
-            )
-        )
-    unknown = sum(m.diagnosis == "unknown" for m in metadata)
-    if unknown:
-        logger.warning("%d of %d DICOM images carry no diagnosis (no monai-cir case SR): indexed as 'unknown'", unknown, len(metadata))
-    return list(scan.queries), metadata
-
-
 def run_build(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.index import MANIFEST_NAME, CaseIndex
@@ -114,7 +78,7 @@ def run_build(args: argparse.Namespace) -> int:
 
         records = load_image_csv(args.images, args.csv, collection=args.name)
     else:
-        records, metadata = _dicom_library(args.dicom, args.name)
+        records, metadata = retrieval.dicom_library(args.dicom, args.name)
     if args.limit is not None:
         records = records[: args.limit]
         metadata = metadata[: args.limit] if metadata is not None else None
