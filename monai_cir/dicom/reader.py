@@ -254,31 +254,14 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
 # Images
 # ------------------------------------------------------------------------------------------------
 def _site(ds: Dataset, notices: list[str]) -> str:
-    codes = [_code_key([item]) for item in ds.get("AnatomicRegionSequence", []) or []]
-    body_part = str(ds.get("BodyPartExamined", "") or "").strip()
-    if not codes and not body_part:
-        return "unknown"
-    try:
-        from ..data.sites import SITE_CODES, normalize_site
-    except ImportError:  # pragma: no cover - the sites module ships with the package
-        return "unknown"
-    by_code = {(c.coding_scheme, c.code_value): name for name, c in SITE_CODES.items() if c is not None}
-    for key in codes:
-        if key is None:
-            continue
-        if (key[0], key[1]) in by_code:
-            return by_code[(key[0], key[1])]
-        try:
-            return normalize_site(key[2])
-        except ValueError:
-            continue
-    for candidate in [body_part.replace("_", " ")] + [k[2] for k in codes if k]:
-        try:
-            return normalize_site(candidate)
-        except ValueError:
-            continue
-    notices.append(f"anatomic site {', '.join([body_part] + [k[2] for k in codes if k]).strip(', ')!r} is not in the site vocabulary: site 'unknown'")
-    return "unknown"
+    """The image's anatomical site in the project vocabulary (Anatomic Region Sequence, then Body
+    Part Examined; see :func:`monai_cir.sites_condition.site_from_dicom`)."""
+    from ..sites_condition import site_from_dicom
+
+    site, notice = site_from_dicom(ds)
+    if notice:
+        notices.append(notice)
+    return site
 
 
 def _repair(ds: Dataset, notices: list[str]) -> None:
