@@ -82,9 +82,11 @@ def test_masks_are_spatial_distributions_aligned_with_input(active_net):
         masks = active_net.region_masks(images, TEXTS)
         maps = active_net.image_features(images)
     assert len(masks) == 3
+    grid = active_net.composers[0].grid  # composed maps live on the pooled grid (composer.DEFAULT_GRID)
     for m, x, stride in zip(masks, maps, active_net.image_encoder.reductions):
-        assert m.shape == (2, 3, x.shape[2], x.shape[3])
-        assert m.shape[2] == math.ceil(96 / stride) and m.shape[3] == math.ceil(96 / stride)
+        side = min(grid, math.ceil(96 / stride))
+        assert m.shape == (2, 3, min(grid, x.shape[2]), min(grid, x.shape[3]))
+        assert m.shape[2] == side and m.shape[3] == side
         assert (m >= 0).all()
         torch.testing.assert_close(m.sum(dim=(2, 3)), torch.ones(2, 3), atol=1e-5, rtol=0)
 
@@ -95,8 +97,10 @@ def test_untrained_composer_is_identity_and_text_changes_query():
     with torch.no_grad():
         maps = net.image_features(images)
         composed = net.compose(maps, *net.text_features(TEXTS))
-    for a, b in zip(maps, composed):
-        torch.testing.assert_close(a, b)  # zero-initialised gates: the query starts in the target's space
+    from monai_cir.networks.composer import pool_to_grid
+
+    for a, b, block in zip(maps, composed, net.composers):
+        torch.testing.assert_close(pool_to_grid(a, block.grid), b)  # zero-initialised gates: the query starts in the target's space
     active = _activate_head(make_tiny_net())
     with torch.no_grad():
         with_text = active.encode_query(images, TEXTS)

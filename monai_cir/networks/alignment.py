@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .composer import DEFAULT_GRID, pool_to_grid
+
 __all__ = ["RegionMaskHead", "ResidualProjection", "LevelAlignment"]
 
 
@@ -64,10 +66,13 @@ class LevelAlignment(nn.Module):
         num_masks: ``k`` region masks.
         projection: ``"none"`` or ``"residual_mlp"`` (one projection for local, one for global,
             shared by the query and the target side so both stay in one space).
+        grid: maps are average-pooled to at most ``grid`` x ``grid`` first, as in the composer, so a
+            target map and a composed query map are aligned on the same grid.
     """
 
-    def __init__(self, dim: int, num_masks: int = 4, projection: str = "residual_mlp") -> None:
+    def __init__(self, dim: int, num_masks: int = 4, projection: str = "residual_mlp", grid: int | None = DEFAULT_GRID) -> None:
         super().__init__()
+        self.grid = grid
         if projection not in ("none", "residual_mlp"):
             raise ValueError(f"projection must be 'none' or 'residual_mlp', got {projection!r}")
         self.masks = RegionMaskHead(dim, num_masks)
@@ -76,6 +81,7 @@ class LevelAlignment(nn.Module):
 
     def region_descriptors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 6: ``E_j = Σ_positions X ⊙ α_j(X)``. Returns (E (B, k, C), α (B, k, h, w))."""
+        x = pool_to_grid(x, self.grid)
         alpha = self.masks(x)
         regions = torch.einsum("bchw,bkhw->bkc", x, alpha)
         return regions, alpha
@@ -87,7 +93,7 @@ class LevelAlignment(nn.Module):
 
     def global_descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 8's ``ρ(X)``: the average-pooled map, projected. (B, C)."""
-        return self.proj_global(x.mean(dim=(2, 3)))
+        return self.proj_global(pool_to_grid(x, self.grid).mean(dim=(2, 3)))
 
     @staticmethod
     def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""Small pieces the bundle configs (``bundle/configs/*.yaml``) wire together.
+
+- :class:`TargetTower`: the image tower ``images (B, 3, S, S) in [0, 1] -> T (B, D)`` as a module with one
+  input and one output, for ``verify_net_in_out`` and ``ckpt_export`` (TorchScript by tracing). Its
+  state-dict keys for the head match the checkpoint's ``head`` entry (``--key_in_ckpt head``).
+- :func:`fold_split`: train / held-out indices of the committed folds (``fold=-1``: all cases).
+- :func:`checkpoint_saver`: a ``save_fn`` for :func:`~monai_cir.engine.train_head` writing
+  :func:`~monai_cir.networks.save_checkpoint` files (head + encoder fingerprint).
+- :func:`evaluate_checkpoint` / :func:`rank_collection`: the evaluate and inference workflows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..networks import ComposedRetrievalNet, load_model, save_checkpoint
+
+__all__ = ["TargetTower", "subset_records", "fold_split", "checkpoint_saver", "evaluate_checkpoint", "rank_collection", "load_or_default"]
+
+
+class TargetTower(nn.Module):
+    """``encode_target`` of a :class:`ComposedRetrievalNet` as a traceable one-input, one-output module.
+
+    ``forward(images)``: images (B, 3, S, S) RGB in [0, 1] (preprocessed by ``monai_cir.data.preprocess_image``)
+    -> unit-block embeddings ``T`` (B, D), D = 2 (d_L + d_M + d_H) (Eq. 9 decomposition, DESIGN.md section 2).
+    """
+
+    def __init__(self, net: ComposedRetrievalNet) -> None:
+        super().__init__()
+        self.image_encoder = net.image_encoder
+        self.composers = net.composers  # unused by the target side; kept so the head keys match the checkpoint
+        self.alignments = net.alignments
+        self.level_indices = list(net.level_indices)
+        self.wl, self.wg = math.sqrt(net.beta), math.sqrt(1.0 - net.beta)
+        self.embedding_dim = net.embedding_dim
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """Accepts a head-only state dict (the checkpoint's ``head``: ``ckpt_export --key_in_ckpt head``):
+        the encoders come from their packages, the head keys must all match."""
+        keys = set(state_dict)
+        head = {k for k in self.state_dict() if k.startswith(("composers.", "alignments."))}
+        if keys and keys <= head | {k for k in keys if not k.startswith(("composers.", "alignments."))} and not (keys - head):
+            if strict and head - keys:
+                raise RuntimeError(f"head checkpoint lacks {sorted(head - keys)[:5]}")
+            return super().load_state_dict(state_dict, strict=False, assign=assign)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        maps = self.image_encoder(images)
+        selected = [maps[i].float() for i in self.level_indices]
+        local = [self.wl * F.normalize(a.local_descriptor(x), dim=-1) for a, x in zip(self.alignments, selected)]
+        global_ = [self.wg * F.normalize(a.global_descriptor(x), dim=-1) for a, x in zip(self.alignments, selected)]
+        return torch.cat(local + global_, dim=-1)
+
+
+def load_or_default(path: str | Path | None = None, image_size: int = 260, **net_kwargs: Any) -> ComposedRetrievalNet:
+    """The checkpoint at ``path`` when it exists, else the untrained offline default with ``net_kwargs``."""
+    if path is not None and Path(path).is_file():
+        return load_model(path)
+    return ComposedRetrievalNet.offline_default(image_size=image_size, **net_kwargs).eval()
+
+
+def fold_split(cache: Any, fold: int = 0, subset: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) cache rows for ``fold`` of the committed folds; ``fold = -1``: (all, none).
+
+    ``subset`` keeps a class-stratified random ``subset`` of each side (smoke tests)."""
+    from ..evaluation import fold_indices
+
+    fold_of = fold_indices(cache)
+    if fold < 0:
+        train, test = np.arange(len(fold_of)), np.array([], dtype=int)
+    else:
+        if fold not in set(fold_of.tolist()):
+            raise ValueError(f"fold {fold} does not exist; folds are {sorted(set(fold_of.tolist()))} (or -1 for all cases)")
+        train, test = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+    if subset:
+        labels = np.asarray(cache.labels)
+        rng = np.random.default_rng(seed)
+
+        def take(idx: np.ndarray, n: int) -> np.ndarray:
+            if len(idx) <= n:
+                return idx
+            per = {c: rng.permutation(idx[labels[idx] == c]) for c in np.unique(labels[idx])}
+            out, i = [], 0
+            while len(out) < n:  # round-robin over classes: every class present
+                for c in per:
+                    if i < len(per[c]) and len(out) < n:
+                        out.append(per[c][i])
+                i += 1
+            return np.sort(np.asarray(out))
+
+        train, test = take(train, subset), take(test, max(3, subset // 4))
+    return train, test
+
+
+def checkpoint_saver(net: ComposedRetrievalNet, **extra: Any) -> Callable[..., Path]:
+    """``save_fn(path, **info)`` writing the head of ``net`` with its encoder fingerprint and ``extra``."""
+
+    def save(path: str | Path, **info: Any) -> Path:
+        metrics = {k: float(v) for k, v in (info.pop("metrics", None) or {}).items()}
+        return save_checkpoint(net, path, metrics=metrics, **info, **extra)
+
+    return save
+
+
+def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequence[int], database_idx: Sequence[int], output: str | Path | None = None, tta: bool = True) -> dict[str, Any]:
+    """Protocol metrics (arXiv v1 Eqs. 10-14, percent) of composed queries ``query_idx`` against images ``database_idx``."""
+    from ..metrics import retrieval_metrics
+    from .heads import CachedComposedModel
+
+    model = CachedComposedModel(net, "composed")
+    q = model.encode_queries(cache, query_idx, tta=tta)
+    t = model.encode_targets(cache, database_idx, tta=tta)
+    labels = np.asarray(cache.labels)
+    m = retrieval_metrics(q @ t.T, labels[np.asarray(query_idx)], labels[np.asarray(database_idx)])
+    result = {k: round(100.0 * float(m[k]), 2) for k in ("acc@1", "acc@2", "acc@4", "map")}
+    result.update(n_queries=len(query_idx), n_database=len(database_idx))
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+@torch.no_grad()
+def rank_collection(
+    net: ComposedRetrievalNet, records: Sequence[Any], query_records: Sequence[Any], top_k: int = 5, output: str | Path | None = None, batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """Inference: embed ``records`` as the case library (images only) and rank it for each query (image + text)."""
+    from ..data.preprocess import load_image
+
+    def images(recs: Sequence[Any]) -> torch.Tensor:
+        return torch.stack([load_image(r.image_path, net.image_size) for r in recs])
+
+    net.eval()
+    t = torch.cat([net.encode_target(images(records[i : i + batch_size])) for i in range(0, len(records), batch_size)])
+    results = []
+    for i in range(0, len(query_records), batch_size):
+        chunk = list(query_records[i : i + batch_size])
+        q = net.encode_query(images(chunk), [r.text for r in chunk])
+        scores = q @ t.T
+        for r, row in zip(chunk, scores):
+            top = row.argsort(descending=True)[:top_k]
+            results.append(
+                {
+                    "query": r.case_id,
+                    "text": r.text,
+                    "hits": [{"rank": k + 1, "case_id": records[j].case_id, "diagnosis": records[j].diagnosis, "score": round(float(row[j]), 4)} for k, j in enumerate(top.tolist())],
+                }
+            )
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, indent=2) + "\n")
+    return results
+
+
+def subset_records(collection: str = "derm7pt", n: int = 30, root: str | Path | None = None, seed: int = 0) -> list[Any]:
+    """A class-balanced random subset of ``n`` records of a collection (smoke tests, CI)."""
+    from ..data.collections import load_collection
+
+    records = load_collection(collection, root)
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i in rng.permutation(len(records)).tolist():
+        by_class.setdefault(records[i].label, []).append(i)
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < min(n, len(records)):
+        for members in by_class.values():
+            if depth < len(members) and len(chosen) < n:
+                chosen.append(members[depth])
+        depth += 1
+    return [records[i] for i in sorted(chosen)]
+
+
+def train_fold(
+    finetune: bool,
+    model: Any,
+    cache: Any,
+    train_indices: Sequence[int],
+    config: Any,
+    device: Any = "cpu",
+    save_fn: Callable | None = None,
+) -> Any:
+    """The bundle's training step: the cached head (default) or end-to-end fine-tuning (``finetune``).
+
+    One function so that the config references only the branch it runs (MONAI resolves every ``@id``
+    of an expression before evaluating it)."""
+    from .finetune import finetune as finetune_fn
+    from .trainer import train_head
+
+    net = model.net
+    if not finetune:
+        return train_head(model, cache, train_indices, config, level_indices=net.level_indices, device=device, save_fn=save_fn)
+    result = finetune_fn(net, cache.records, train_indices, config, device=device)
+    if save_fn is not None and config.checkpoint:
+        save_fn(config.checkpoint, epoch=result.epochs_run)
+    return result

@@ -1,0 +1,158 @@
+"""Batches for training on a feature cache: class-balanced sampling and flip augmentation.
+
+A *feature cache* (``monai_cir.data.feature_cache.FeatureCache``) holds, per image, the frozen
+encoder's three levels ``maps`` [L, M, H] ((N, C_i, h_i, w_i) fp16), optionally ``maps_flipped``
+(the same of the horizontally flipped image), the text ``tokens`` (N, n, d_T), ``token_mask``
+(N, n) and ``labels`` (N,). Training reads those tensors only: no image is decoded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+__all__ = ["ClassBalancedBatchSampler", "CachedBatchDataset", "stratified_split", "cache_maps"]
+
+
+def cache_maps(cache: Any, flipped: bool = False, grid: int | None = None) -> list[torch.Tensor]:
+    """The cache's map list (flipped view when asked and available) as tensors, average-pooled to at most
+    ``grid`` x ``grid`` (what the network's composer and alignment do first; default
+    :data:`monai_cir.networks.composer.DEFAULT_GRID`). Pooled maps are memoised on the cache object."""
+    from ..networks.composer import DEFAULT_GRID, pool_to_grid
+
+    grid = DEFAULT_GRID if grid is None else grid
+    maps = getattr(cache, "maps_flipped", None) if flipped else cache.maps
+    if maps is None:
+        maps = cache.maps
+        flipped = False
+    memo = getattr(cache, "_pooled_maps", None)
+    if memo is None:
+        memo = {}
+        try:
+            cache._pooled_maps = memo
+        except AttributeError:
+            pass
+    key = (bool(flipped), grid)
+    if key not in memo:
+        memo[key] = [pool_to_grid(torch.as_tensor(m).float(), grid).half() if grid else torch.as_tensor(m) for m in maps]
+    return memo[key]
+
+
+def stratified_split(labels: np.ndarray, indices: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``indices`` into (train, validation) keeping the class shares; ``fraction`` goes to validation."""
+    indices = np.asarray(indices)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels[indices]):
+        members = indices[labels[indices] == c].copy()
+        rng.shuffle(members)
+        n_val = max(1, int(round(fraction * len(members)))) if len(members) > 1 else 0
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return np.sort(np.asarray(train, dtype=int)), np.sort(np.asarray(val, dtype=int))
+
+
+class ClassBalancedBatchSampler(Sampler[list[int]]):
+    """Yields batches with the same number of items from every class (rare classes drawn with replacement);
+    ``balanced=False``: shuffled batches at the natural class frequencies.
+
+    One epoch has ``ceil(len(indices) / batch_size)`` batches; the order is a function of ``seed`` and
+    the epoch (call :meth:`set_epoch`), so training is reproducible.
+    """
+
+    def __init__(self, labels: Sequence[int], indices: Sequence[int], batch_size: int = 96, seed: int = 0, balanced: bool = True) -> None:
+        labels = np.asarray(labels)
+        self.balanced = balanced
+        self.batch_size = batch_size
+        self.indices = np.asarray(indices, dtype=int)
+        self.classes = np.unique(labels[self.indices])
+        if len(self.classes) < 2:
+            raise ValueError("class-balanced sampling needs at least two classes in the training indices")
+        self.by_class = {int(c): self.indices[labels[self.indices] == c] for c in self.classes}
+        self.per_class = max(2, batch_size // len(self.classes))
+        self.num_batches = max(1, math.ceil(len(self.indices) / (self.per_class * len(self.classes))))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        if not self.balanced:  # natural class frequencies: a shuffled pass over the indices
+            order = rng.permutation(self.indices).tolist()
+            size = math.ceil(len(order) / self.num_batches)
+            for b in range(self.num_batches):
+                yield order[b * size : (b + 1) * size]
+            return
+        pools = {c: [] for c in self.by_class}
+        for _ in range(self.num_batches):
+            batch = []
+            for c, members in self.by_class.items():
+                while len(pools[c]) < self.per_class:  # cycle through shuffled copies: every item seen before repeats
+                    pools[c].extend(rng.permutation(members).tolist())
+                batch.extend(pools[c][: self.per_class])
+                pools[c] = pools[c][self.per_class :]
+            yield batch
+
+
+class CachedBatchDataset(Dataset):
+    """``dataset[list_of_indices]`` -> one collated batch dict from the cache (use with ``batch_size=None``).
+
+    Keys: ``query_maps`` / ``target_maps`` (lists of the selected levels, float32), ``tokens``,
+    ``token_mask``, ``sentence`` (when cached), ``label``. With ``flip`` the query and the target side
+    each take the flipped view with probability 1/2, independently (the query is never the target's
+    exact copy, which keeps the q->t loss from rewarding identity).
+    """
+
+    def __init__(self, cache: Any, level_indices: Sequence[int] = (0, 1, 2), flip: bool = True, seed: int = 0) -> None:
+        self.maps = cache_maps(cache)
+        flipped = getattr(cache, "maps_flipped", None)
+        self.maps_flipped = cache_maps(cache, flipped=True) if (flip and flipped is not None) else None
+        self.level_indices = list(level_indices)
+        self.tokens = torch.as_tensor(cache.tokens)
+        self.token_mask = torch.as_tensor(cache.token_mask).bool()
+        sentence = getattr(cache, "sentence", None)
+        self.sentence = torch.as_tensor(sentence) if sentence is not None else None
+        self.labels = torch.as_tensor(np.asarray(cache.labels)).long()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _maps(self, idx: torch.Tensor, flip: torch.Tensor | None) -> list[torch.Tensor]:
+        out = []
+        for i in self.level_indices:
+            m = self.maps[i][idx].float()
+            if flip is not None and self.maps_flipped is not None:
+                m = torch.where(flip.view(-1, 1, 1, 1), self.maps_flipped[i][idx].float(), m)
+            out.append(m)
+        return out
+
+    def __getitem__(self, indices: Sequence[int]) -> dict[str, Any]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        flip_q = flip_t = None
+        if self.maps_flipped is not None:
+            flip_q = torch.rand(len(idx), generator=self.generator) < 0.5
+            flip_t = torch.rand(len(idx), generator=self.generator) < 0.5
+        batch = {
+            "query_maps": self._maps(idx, flip_q),
+            "target_maps": self._maps(idx, flip_t),
+            "tokens": self.tokens[idx].float(),
+            "token_mask": self.token_mask[idx],
+            "label": self.labels[idx],
+            "index": idx,
+        }
+        if self.sentence is not None:
+            batch["sentence"] = self.sentence[idx].float()
+        return batch

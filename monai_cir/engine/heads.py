@@ -1,0 +1,163 @@
+"""What each retrieval method trains on the feature cache, as modules with one interface:
+
+``forward(batch) -> (Q, T)`` for the loss, and ``encode_queries(cache, idx)`` /
+``encode_targets(cache, idx)`` for evaluation (``Q @ T.T`` ranks the database).
+
+- :class:`CachedComposedModel` wraps :class:`~monai_cir.networks.ComposedRetrievalNet` (paper Eqs. 5-9):
+  ``mode="composed"`` composes the query maps with the text (Eq. 5); ``"image_only"`` is the same
+  network with empty text (the composer passes the maps through); ``"text_only"`` composes the text
+  onto the *mean training image map*, so the query carries no information about the query image.
+- :class:`LateFusionMLP`: the reference baseline of DESIGN.md section 3 / issue 8: a 2-layer MLP on
+  [pooled frozen features, sentence embedding] on the query side vs an image MLP on the target side.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..networks import ComposedRetrievalNet
+from .data import cache_maps
+
+__all__ = ["CachedComposedModel", "LateFusionMLP", "COMPOSED_MODES"]
+
+COMPOSED_MODES = ("composed", "image_only", "text_only")
+
+
+def _chunks(idx: np.ndarray, size: int) -> list[np.ndarray]:
+    return [idx[i : i + size] for i in range(0, len(idx), size)]
+
+
+class CachedComposedModel(nn.Module):
+    """The composed network trained on cached maps/tokens (encoders frozen, not run).
+
+    Args:
+        net: the network; only its composers/masks/projections are trained here.
+        mode: one of :data:`COMPOSED_MODES`.
+        mean_maps: for ``text_only``, the mean training map per cached level [L, M, H] (C_i, h_i, w_i).
+    """
+
+    def __init__(self, net: ComposedRetrievalNet, mode: str = "composed", mean_maps: Sequence[torch.Tensor] | None = None) -> None:
+        super().__init__()
+        if mode not in COMPOSED_MODES:
+            raise ValueError(f"mode must be one of {COMPOSED_MODES}, got {mode!r}")
+        if mode == "text_only" and mean_maps is None:
+            raise ValueError("text_only needs mean_maps: the mean training image map of every level")
+        self.net = net
+        self.mode = mode
+        self.mean_maps = [m.float() for m in mean_maps] if mean_maps is not None else None
+
+    def head_parameters(self):
+        return [p for n, p in self.net.named_parameters() if n.startswith(("composers.", "alignments."))]
+
+    def _query(self, maps: list[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.mode == "image_only":
+            return self.net.embed_maps(maps)
+        if self.mode == "text_only":
+            sel = [self.mean_maps[i].to(tokens.device) for i in self.net.level_indices]
+            maps = [m.unsqueeze(0).expand(tokens.shape[0], *m.shape) for m in sel]
+        return self.net.embed_maps(self.net.compose(maps, tokens, mask))
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self._query(batch["query_maps"], batch["tokens"], batch["token_mask"])
+        t = self.net.embed_maps(batch["target_maps"])
+        return q, t
+
+    def _views(self, cache: Any, idx: np.ndarray, tta: bool):
+        views = [cache_maps(cache)]
+        if tta and getattr(cache, "maps_flipped", None) is not None:
+            views.append(cache_maps(cache, flipped=True))
+        return views
+
+    @torch.no_grad()
+    def encode_queries(self, cache: Any, idx: Sequence[int], tta: bool = True, batch_size: int = 128) -> torch.Tensor:
+        """Query embeddings of cached cases ``idx`` (image + text per ``mode``); TTA averages the flip views."""
+        self.eval()
+        idx = np.asarray(idx)
+        device = next(self.parameters()).device
+        tokens = torch.as_tensor(cache.tokens)
+        mask = torch.as_tensor(cache.token_mask).bool()
+        out = 0.0
+        views = self._views(cache, idx, tta and self.mode != "text_only")
+        for maps in views:
+            parts = []
+            for chunk in _chunks(idx, batch_size):
+                c = torch.as_tensor(chunk)
+                m = [maps[i][c].float().to(device) for i in self.net.level_indices]
+                parts.append(self._query(m, tokens[c].float().to(device), mask[c].to(device)).cpu())
+            out = out + torch.cat(parts)
+        return out / len(views)
+
+    @torch.no_grad()
+    def encode_targets(self, cache: Any, idx: Sequence[int], tta: bool = True, batch_size: int = 128) -> torch.Tensor:
+        """Target (database image) embeddings of cached cases ``idx``; TTA averages the flip views."""
+        self.eval()
+        idx = np.asarray(idx)
+        device = next(self.parameters()).device
+        out = 0.0
+        views = self._views(cache, idx, tta)
+        for maps in views:
+            parts = []
+            for chunk in _chunks(idx, batch_size):
+                c = torch.as_tensor(chunk)
+                parts.append(self.net.embed_maps([maps[i][c].float().to(device) for i in self.net.level_indices]).cpu())
+            out = out + torch.cat(parts)
+        return out / len(views)
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+
+class LateFusionMLP(nn.Module):
+    """Late fusion baseline: ``g_q([pool(X_q); sentence])`` vs ``g_t(pool(X_t))``, unit vectors.
+
+    ``pool`` concatenates the average-pooled frozen levels (L, M, H). Trained with the same SupCon loss.
+    """
+
+    def __init__(self, image_dim: int, text_dim: int, hidden: int = 512, out_dim: int = 256, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.query_mlp = _mlp(image_dim + text_dim, hidden, out_dim, dropout)
+        self.target_mlp = _mlp(image_dim, hidden, out_dim, dropout)
+        self.register_buffer("mu", torch.zeros(image_dim))
+        self.register_buffer("sigma", torch.ones(image_dim))
+
+    def set_normalisation(self, pooled: torch.Tensor) -> None:
+        self.mu.copy_(pooled.mean(0))
+        self.sigma.copy_(pooled.std(0) + 1e-6)
+
+    def head_parameters(self):
+        return list(self.parameters())
+
+    @staticmethod
+    def pool(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
+
+    def _q(self, pooled: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        x = (pooled - self.mu) / self.sigma
+        return F.normalize(self.query_mlp(torch.cat([x, F.normalize(sentence, dim=-1) * 10.0], dim=1)), dim=-1)
+
+    def _t(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.target_mlp((pooled - self.mu) / self.sigma), dim=-1)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._q(self.pool(batch["query_maps"]), batch["sentence"]), self._t(self.pool(batch["target_maps"]))
+
+    @torch.no_grad()
+    def encode_queries(self, cache: Any, idx: Sequence[int], tta: bool = True, **_: Any) -> torch.Tensor:
+        self.eval()
+        c = torch.as_tensor(np.asarray(idx))
+        views = [cache_maps(cache)] + ([cache_maps(cache, True)] if tta and getattr(cache, "maps_flipped", None) is not None else [])
+        sentence = torch.as_tensor(cache.sentence)[c].float()
+        return sum(self._q(self.pool([m[c] for m in v]), sentence) for v in views) / len(views)
+
+    @torch.no_grad()
+    def encode_targets(self, cache: Any, idx: Sequence[int], tta: bool = True, **_: Any) -> torch.Tensor:
+        self.eval()
+        c = torch.as_tensor(np.asarray(idx))
+        views = [cache_maps(cache)] + ([cache_maps(cache, True)] if tta and getattr(cache, "maps_flipped", None) is not None else [])
+        return sum(self._t(self.pool([m[c] for m in v])) for v in views) / len(views)

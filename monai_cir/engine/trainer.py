@@ -1,0 +1,231 @@
+"""Training a retrieval head on a feature cache with MONAI's ``SupervisedTrainer`` (Ignite).
+
+Wiring: ``CachedBatchDataset`` + ``ClassBalancedBatchSampler`` -> ``SupervisedTrainer`` (network =
+a head of :mod:`monai_cir.engine.heads`, loss = :class:`~monai_cir.losses.ComposedSupConLoss`,
+Adam lr 1e-4 / wd 1e-5, paper section 3.1) with handlers:
+
+- :class:`RetrievalValidation` (epoch end): mAP / Acc@1 of inner-validation queries against the
+  inner-training images, into ``engine.state.metrics``;
+- :class:`BestHeadKeeper`: keeps (and optionally saves with ``save_checkpoint``) the best epoch's head;
+- MONAI ``EarlyStopHandler`` (patience 30 by default), ``StatsHandler``, ``TensorBoardStatsHandler``
+  (when ``log_dir`` is set), Ignite ``ProgressBar`` (tqdm).
+
+MONAI's ``CheckpointSaver`` writes the whole module state; the project's checkpoint holds the head
+only, with the encoder fingerprint, so :class:`BestHeadKeeper` replaces it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..losses import ComposedSupConLoss
+from .data import CachedBatchDataset, ClassBalancedBatchSampler, stratified_split
+
+__all__ = ["TrainConfig", "TrainResult", "train_head", "retrieval_score", "RetrievalValidation", "BestHeadKeeper"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Training hyperparameters (defaults: the paper's Adam 1e-4 / wd 1e-5, 100 epochs, patience 30)."""
+
+    epochs: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    batch_size: int = 96
+    patience: int = 30
+    temperature: float = 0.1
+    target_weight: float = 1.0
+    symmetric_weight: float = 0.0
+    val_fraction: float = 0.15
+    balanced: bool = True
+    val_every: int = 1
+    flip: bool = True
+    tta: bool = True
+    seed: int = 0
+    progress: bool = False
+    log_dir: str | None = None
+    checkpoint: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def retrieval_score(q: torch.Tensor, t: torch.Tensor, q_labels: torch.Tensor, t_labels: torch.Tensor) -> dict[str, float]:
+    """mAP and Acc@1 of queries ``q`` ranking targets ``t`` (arXiv v1 Eqs. 10-14), vectorised."""
+    s = q.float() @ t.float().T
+    order = s.argsort(dim=1, descending=True)
+    rel = (t_labels[order] == q_labels.view(-1, 1)).float()
+    hits = rel.cumsum(dim=1)
+    ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float32)
+    ap = (rel * hits / ranks).sum(1) / rel.sum(1).clamp_min(1)
+    return {"val_mAP": ap.mean().item(), "val_acc1": rel[:, 0].mean().item()}
+
+
+class RetrievalValidation:
+    """Epoch-end handler: inner-validation retrieval metrics into ``engine.state.metrics``.
+
+    ``val_score = mAP + Acc@1`` is the key metric for early stopping and the best checkpoint.
+    """
+
+    def __init__(self, model: torch.nn.Module, cache: Any, query_idx: np.ndarray, database_idx: np.ndarray, tta: bool = False, every: int = 1) -> None:
+        self.model, self.cache, self.query_idx, self.database_idx, self.tta, self.every = model, cache, query_idx, database_idx, tta, max(1, every)
+        self.last: dict[str, float] = {"val_mAP": 0.0, "val_acc1": 0.0, "val_score": -1.0}
+        labels = torch.as_tensor(np.asarray(cache.labels)).long()
+        self.q_labels, self.t_labels = labels[query_idx], labels[database_idx]
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if engine.state.epoch % self.every and engine.state.epoch != engine.state.max_epochs:
+            engine.state.metrics.update(self.last)  # between validations: the last score (no new best, patience counts)
+            return
+        q = self.model.encode_queries(self.cache, self.query_idx, tta=self.tta)
+        t = self.model.encode_targets(self.cache, self.database_idx, tta=self.tta)
+        metrics = retrieval_score(q, t, self.q_labels, self.t_labels)
+        metrics["val_score"] = metrics["val_mAP"] + metrics["val_acc1"]
+        engine.state.metrics.update(metrics)
+        self.last = dict(metrics)
+        self.model.train()
+
+
+class BestHeadKeeper:
+    """Keeps the head weights of the best epoch (by ``metric``) in memory; saves them when ``path`` is set."""
+
+    def __init__(self, model: torch.nn.Module, metric: str = "val_score", path: str | None = None, save_fn: Callable | None = None) -> None:
+        self.model, self.metric, self.path, self.save_fn = model, metric, path, save_fn
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        score = float(engine.state.metrics.get(self.metric, -math.inf))
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, engine.state.epoch
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            if self.path and self.save_fn is not None:
+                self.save_fn(self.path, epoch=engine.state.epoch, metrics=dict(engine.state.metrics))
+
+
+def _prepare_batch(batch: dict[str, Any], device: torch.device | None = None, non_blocking: bool = False, **_: Any):
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(device, non_blocking=non_blocking)
+        if isinstance(x, list):
+            return [move(v) for v in x]
+        return x
+
+    batch = {k: move(v) for k, v in batch.items()}
+    return batch, batch["label"]
+
+
+def train_head(
+    model: torch.nn.Module,
+    cache: Any,
+    train_idx: Sequence[int],
+    config: TrainConfig | dict[str, Any] | None = None,
+    level_indices: Sequence[int] = (0, 1, 2),
+    device: str | torch.device = "cpu",
+    save_fn: Callable | None = None,
+) -> TrainResult:
+    """Train ``model`` (a head of :mod:`monai_cir.engine.heads`) on cached cases ``train_idx``.
+
+    A stratified ``val_fraction`` of ``train_idx`` is held out for early stopping (inner validation;
+    the outer test fold is never seen). At the end the model holds the best epoch's weights.
+    With ``val_fraction = 0`` training runs all epochs and keeps the last one (release model).
+    """
+    from ignite.engine import Events
+    from monai.engines import SupervisedTrainer
+    from monai.handlers import EarlyStopHandler, StatsHandler, TensorBoardStatsHandler, from_engine
+    from monai.utils import set_determinism
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    set_determinism(seed=cfg.seed)
+    labels = np.asarray(cache.labels)
+    train_idx = np.asarray(train_idx)
+    if cfg.val_fraction > 0:
+        fit_idx, val_idx = stratified_split(labels, train_idx, cfg.val_fraction, cfg.seed)
+    else:
+        fit_idx, val_idx = train_idx, None
+    dataset = CachedBatchDataset(cache, level_indices, flip=cfg.flip, seed=cfg.seed)
+    sampler = ClassBalancedBatchSampler(labels, fit_idx, cfg.batch_size, seed=cfg.seed, balanced=cfg.balanced)
+    loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=0)
+    model.to(device).train()
+    params = model.head_parameters() if hasattr(model, "head_parameters") else list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = ComposedSupConLoss(cfg.temperature, cfg.target_weight, cfg.symmetric_weight)
+
+    handlers: list[Any] = []
+    keeper = BestHeadKeeper(model, path=cfg.checkpoint, save_fn=save_fn)
+    if val_idx is not None:
+        handlers.append(RetrievalValidation(model, cache, val_idx, fit_idx, tta=False, every=cfg.val_every))
+        handlers.append(keeper)
+    trainer = SupervisedTrainer(
+        device=torch.device(device),
+        max_epochs=cfg.epochs,
+        train_data_loader=loader,
+        network=model,
+        optimizer=optimizer,
+        loss_function=loss_fn,
+        prepare_batch=_prepare_batch,
+        decollate=False,
+        train_handlers=handlers,
+        amp=False,
+    )
+    if val_idx is not None and cfg.patience:
+        EarlyStopHandler(patience=cfg.patience, score_function=lambda e: e.state.metrics["val_score"], trainer=trainer, epoch_level=True).attach(trainer)
+    history: list[dict[str, float]] = []
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _record(engine) -> None:
+        history.append({"epoch": engine.state.epoch, "loss": float(engine.state.output["loss"].detach()), **{k: float(v) for k, v in engine.state.metrics.items()}})
+
+    if cfg.log_dir:
+        TensorBoardStatsHandler(log_dir=cfg.log_dir, output_transform=from_engine(["loss"], first=True)).attach(trainer)
+        StatsHandler(name="monai_cir.train", output_transform=from_engine(["loss"], first=True), iteration_log=False).attach(trainer)
+    if cfg.progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=False).attach(trainer, output_transform=from_engine(["loss"], first=True))
+    start = time.perf_counter()
+    trainer.run()
+    if keeper.best_state is not None:
+        model.load_state_dict(keeper.best_state)
+    elif cfg.checkpoint and save_fn is not None:
+        save_fn(cfg.checkpoint, epoch=trainer.state.epoch, metrics={})
+    model.eval()
+    set_determinism(seed=None)
+    return TrainResult(keeper.best_epoch or trainer.state.epoch, keeper.best_score, trainer.state.epoch, time.perf_counter() - start, history)

@@ -1,0 +1,114 @@
+"""The MONAI bundle in MONAI's own test style: ConfigWorkflow initialize / run / finalize with small
+overrides (one fold, two epochs, a 30-case subset) for train, evaluate and inference, plus
+verify_metadata against the shipped schema and verify_net_in_out on the target tower.
+
+Uses the real offline encoders and real images (MONAI_CIR_DATA); the subset cache goes to the
+git-ignored cache folder under its own name, never over the full Derm7pt cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+CONFIGS = BUNDLE / "configs"
+SUBSET = "$monai_cir.engine.bundle.subset_records('derm7pt', 30)"
+
+
+def _workflow(config_files, workflow_type="train", **override):
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(CONFIGS / f) for f in config_files]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        **override,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_fold(tmp_path_factory, shared_data):
+    """train.yaml on a 30-case subset, fold 0, two epochs: the checkpoint of the run."""
+    root = tmp_path_factory.mktemp("bundle")
+    wf = _workflow(
+        ["train.yaml"],
+        bundle_root=str(root),
+        fold=0,
+        records=SUBSET,
+        cache_name="derm7pt-ci30",
+        max_epochs=2,
+        **{"train_config#progress": False, "train_config#batch_size": 12, "train_config#val_fraction": 0.25},
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return root
+
+
+def test_train_workflow_writes_checkpoint(trained_fold):
+    from monai_cir.networks import load_model
+
+    ckpt = trained_fold / "models" / "model_fold0.pt"
+    assert ckpt.is_file()
+    payload = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert payload["format"] == "monai-cir-head/1" and payload["extra"]["fold"] == 0
+    assert len(payload["encoder_fingerprint"]) == 64
+    net = load_model(ckpt)
+    assert net.config["beta"] == 0.6
+    assert any((trained_fold / "logs").glob("events.out.tfevents.*"))  # TensorBoard-readable
+
+
+def test_evaluate_workflow(trained_fold):
+    wf = _workflow(["evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=0, records=SUBSET, cache_name="derm7pt-ci30")
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    metrics = json.loads((trained_fold / "eval" / "metrics_fold0.json").read_text())
+    assert set(metrics) >= {"acc@1", "acc@2", "acc@4", "map"} and 0 <= metrics["map"] <= 100
+
+
+def test_inference_workflow(trained_fold):
+    wf = _workflow(
+        ["inference.yaml"], workflow_type="infer", bundle_root=str(trained_fold), subset=4, top_k=3,
+        checkpoint=str(trained_fold / "models" / "model_fold0.pt"),
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    ranking = json.loads((trained_fold / "eval" / "ranking.json").read_text())["results"]
+    assert len(ranking) == 4 and all(len(r["hits"]) == 3 for r in ranking)
+    scores = [h["score"] for h in ranking[0]["hits"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_verify_metadata_against_shipped_schema():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(BUNDLE / "schema" / "meta_schema_20220324.json"))
+    broken = json.loads((CONFIGS / "metadata.json").read_text())
+    del broken["network_data_format"]["inputs"]["image"]["num_channels"]
+    path = BUNDLE.parent / ".cache" / "broken_metadata.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError):
+        verify_metadata(meta_file=str(path), filepath=str(BUNDLE / "schema" / "meta_schema_20220324.json"))
+
+
+def test_verify_net_in_out(trained_fold):
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.yaml"),
+        device="cpu",
+        bundle_root=str(trained_fold),
+        checkpoint=str(trained_fold / "models" / "model_fold0.pt"),
+    )

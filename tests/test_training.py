@@ -1,0 +1,143 @@
+"""Loss, training on a (synthetic) feature cache, determinism, and one end-to-end fine-tuning step."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_net
+from monai_cir.engine import (
+    CachedBatchDataset,
+    ClassBalancedBatchSampler,
+    LateFusionMLP,
+    fit_composed,
+    retrieval_score,
+    stratified_split,
+    train_head,
+)
+from monai_cir.losses import ComposedSupConLoss, multi_positive_supcon
+
+
+def synthetic_cache(net, n: int = 60, seed: int = 0):
+    """Cache-shaped tensors with a class signal in the maps and in the tokens."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    sizes = (8, 4, 2)
+    maps = []
+    for c, s in zip(net.image_encoder.channels, sizes):
+        proto = torch.randn(3, c, generator=g)
+        maps.append((torch.randn(n, c, s, s, generator=g) + 2 * proto[labels].view(n, c, 1, 1)).half())
+    d = net.text_encoder.dim
+    tokens = (torch.randn(n, 5, d, generator=g) + 2 * torch.randn(3, 1, d, generator=g)[labels]).half()
+    mask = torch.ones(n, 5, dtype=torch.bool)
+    mask[::4, 3:] = False
+    return SimpleNamespace(
+        maps=maps, maps_flipped=[m.flip(-1) for m in maps], tokens=tokens, token_mask=mask,
+        sentence=tokens.float().mean(1), labels=labels,
+    )
+
+
+@pytest.fixture(scope="module")
+def net():
+    return make_tiny_net()
+
+
+def test_supcon_matches_hand_computation():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.5, 1.0, 0.0]])
+    ql, tl = torch.tensor([0, 1]), torch.tensor([0, 1, 0])
+    loss = multi_positive_supcon(logits, ql, tl)
+    lse0, lse1 = math.log(sum(math.exp(v) for v in (2.0, 0.0, 1.0))), math.log(sum(math.exp(v) for v in (0.5, 1.0, 0.0)))
+    expected = (-(2.0 - lse0 + 1.0 - lse0) / 2 - (1.0 - lse1)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_supcon_prefers_class_clusters_and_excludes_diagonal():
+    labels = torch.tensor([0, 0, 1, 1])
+    good = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]]), dim=1)
+    bad = good[[0, 2, 1, 3]]
+    loss = ComposedSupConLoss(temperature=0.1, num_levels=1)
+    assert loss((good, good), labels) < loss((bad, bad), labels)
+    tt = multi_positive_supcon(torch.zeros(4, 4), labels, labels, exclude_diagonal=True)
+    assert tt.item() == pytest.approx(math.log(3.0))  # one positive among 3 others, uniform logits
+    with pytest.raises(ValueError, match="logits must be"):
+        multi_positive_supcon(torch.zeros(3, 4), labels, labels)
+
+
+def test_sampler_is_class_balanced_and_seeded():
+    labels = np.array([0] * 40 + [1] * 10 + [2] * 4)
+    sampler = ClassBalancedBatchSampler(labels, np.arange(54), batch_size=12, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 5
+    for b in batches:
+        assert np.bincount(labels[b], minlength=3).tolist() == [4, 4, 4]
+    again = ClassBalancedBatchSampler(labels, np.arange(54), batch_size=12, seed=3)
+    assert list(again) == batches
+    train, val = stratified_split(labels, np.arange(54), 0.25, seed=0)
+    assert len(set(train) & set(val)) == 0 and len(train) + len(val) == 54
+    assert set(labels[val]) == {0, 1, 2}
+
+
+def test_training_decreases_loss_and_is_deterministic(net):
+    cache = synthetic_cache(net)
+    cfg = dict(epochs=3, batch_size=24, lr=3e-3, patience=0, val_fraction=0.2)
+    model, result = fit_composed(net, cache, np.arange(48), "composed", cfg, seed=0)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert "val_mAP" in result.history[-1] and 1 <= result.best_epoch <= 3
+    q = model.encode_queries(cache, np.arange(48, 60))
+    t = model.encode_targets(cache, np.arange(48))
+    assert q.shape == t.shape[1:] or q.shape[1] == t.shape[1] == model.net.embedding_dim
+    metrics = retrieval_score(q, t, cache.labels[48:], cache.labels[:48])
+    assert metrics["val_mAP"] > 0.5
+    model2, result2 = fit_composed(net, cache, np.arange(48), "composed", cfg, seed=0)
+    assert [h["loss"] for h in result2.history] == pytest.approx(losses, rel=1e-5)
+    assert torch.allclose(model2.encode_queries(cache, np.arange(48, 60)), q, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["image_only", "text_only"])
+def test_other_modes_train(net, mode):
+    cache = synthetic_cache(net)
+    model, result = fit_composed(net, cache, np.arange(48), mode, dict(epochs=1, batch_size=24, val_fraction=0.2), seed=1)
+    assert result.epochs_run == 1
+    assert model.encode_queries(cache, np.arange(48, 52)).shape[1] == model.net.embedding_dim
+
+
+def test_late_fusion_trains(net):
+    cache = synthetic_cache(net)
+    model = LateFusionMLP(sum(m.shape[1] for m in cache.maps), cache.sentence.shape[1], hidden=32, out_dim=16)
+    result = train_head(model, cache, np.arange(48), dict(epochs=2, batch_size=24, lr=1e-2, val_fraction=0.2))
+    assert result.history[-1]["loss"] < result.history[0]["loss"] + 1e-6
+    assert model.encode_queries(cache, np.arange(48, 52)).shape == (4, 16)
+
+
+def test_dataset_batches_selected_levels(net):
+    cache = synthetic_cache(net)
+    ds = CachedBatchDataset(cache, level_indices=(1, 2), flip=True)
+    batch = ds[[0, 1, 2]]
+    assert len(batch["query_maps"]) == 2 and batch["query_maps"][0].shape[0] == 3
+    assert batch["label"].tolist() == [0, 1, 2]
+
+
+def test_finetune_one_step(tmp_path):
+    """End-to-end switch: encoders unfrozen, raw images + texts in, one optimiser step."""
+    from PIL import Image
+
+    from monai_cir.data.collections import CaseRecord
+    from monai_cir.engine.finetune import finetune
+
+    tiny = make_tiny_net()
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(6):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+        records.append(CaseRecord(f"c{i}", path, "nevus", i % 2, "pigment network: typical" if i % 3 else "", "trunk", "test", {}))
+    before = {k: v.clone() for k, v in tiny.image_encoder.state_dict().items() if v.is_floating_point()}
+    result = finetune(tiny, records, np.arange(6), dict(epochs=1, batch_size=4, lr=1e-2), device="cpu", max_steps=1)
+    assert result.epochs_run == 1 and math.isfinite(result.history[0]["loss"])
+    after = tiny.image_encoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
