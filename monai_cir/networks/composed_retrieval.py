@@ -135,8 +135,12 @@ class ComposedRetrievalNet(nn.Module):
         self.freeze_encoders = bool(freeze_encoders)
         dims = [image_encoder.channels[i] for i in self.level_indices]
         self.dims = dims
-        self.composers = nn.ModuleList(CrossModalTransformer(d, text_encoder.dim, num_heads) for d in dims)
-        self.alignments = nn.ModuleList(LevelAlignment(d, num_masks, projection) for d in dims)
+        # The head's initialisation is seeded, so an untrained network is the same in every process
+        # (an index built with it can be searched by another process) without touching the global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.composers = nn.ModuleList(CrossModalTransformer(d, text_encoder.dim, num_heads) for d in dims)
+            self.alignments = nn.ModuleList(LevelAlignment(d, num_masks, projection) for d in dims)
         self.config: dict[str, Any] = dict(
             image_model=image_encoder.model_name,
             text_model=text_encoder.name_or_path,
@@ -272,11 +276,13 @@ class ComposedRetrievalNet(nn.Module):
         return self.beta * s_local + (1.0 - self.beta) * s_global  # Eq. 9
 
     def region_masks(self, images: torch.Tensor, texts: Sequence[str] | None = None) -> list[torch.Tensor]:
-        """The ``k`` masks ``α_j`` per selected level, (B, k, h_i, w_i); on the composed maps when texts are given."""
+        """The ``k`` masks ``α_j`` per selected level, (B, k, h, w) on the alignment grid (the maps are
+        average-pooled to at most ``grid`` x ``grid`` first, see :func:`~monai_cir.networks.composer.pool_to_grid`);
+        on the composed maps when texts are given."""
         maps = self.image_features(images)
         if texts is not None:
             maps = self.compose(maps, *self.text_features(check_texts(texts, images.shape[0])))
-        return [align.masks(x) for align, x in zip(self.alignments, maps)]
+        return [align.region_descriptors(x)[1] for align, x in zip(self.alignments, maps)]
 
     def fingerprint(self) -> str:
         """SHA-256 over the configuration, the preprocessing and every weight (encoders and head).
