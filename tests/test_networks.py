@@ -112,7 +112,7 @@ def test_untrained_composer_is_identity_and_text_changes_query():
 
 
 def test_cross_modal_transformer_preserves_shape_and_masks_padding():
-    block = CrossModalTransformer(dim=24, text_dim=16, num_heads=5)  # 5 does not divide 24: reduced to 4
+    block = CrossModalTransformer(dim=24, text_dim=16, num_heads=5, grid=None)  # 5 does not divide 24: reduced to 4
     with torch.no_grad():
         block.gate_attn.fill_(1.0)
     x, z = torch.randn(2, 24, 5, 7), torch.randn(2, 6, 16)
@@ -247,3 +247,16 @@ def test_checkpoint_round_trip(offline_net, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable"):
         load_model(tmp_path / "bad.pt")
+
+
+def test_untrained_head_is_the_same_in_every_process():
+    """The head's initialisation is seeded: an index built with an untrained net can be searched by another process."""
+    from monai_cir.networks import create_model
+    from conftest import TINY_TEXT
+
+    torch.manual_seed(123)
+    a = create_model(pretrained=False, image_model="test_efficientnet", text_config_overrides=TINY_TEXT, image_size=64)
+    torch.manual_seed(456)
+    b = create_model(pretrained=False, image_model="test_efficientnet", text_config_overrides=TINY_TEXT, image_size=64)
+    heads_a, heads_b = a.head_state_dict(), b.head_state_dict()
+    assert all(torch.equal(heads_a[k], heads_b[k]) for k in heads_a)
