@@ -20,7 +20,12 @@ def pair(tmp_path_factory):
     milvus.add(x, meta)
     faiss_index = CaseIndex.create(DIM, "fp-m")
     faiss_index.add(x, meta)
-    return milvus, faiss_index, root
+    yield milvus, faiss_index, root
+    # stop the embedded server while logging still works (milvus-lite otherwise logs from atexit
+    # after pytest has closed its streams)
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_all()
 
 
 def _ids(results):
