@@ -249,6 +249,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'rank':>4}  {'diagnosis':<10}  {'score':>7}  case")
     for hit in answer["top_k"]:
         print(f"  {hit['rank']:>4}  {hit['diagnosis']:<10}  {hit['score']:7.4f}  {hit['case_id']}")
+    evidence = answer.get("evidence")
+    if evidence:
+        share = ", ".join(f"{d} {100 * p:.0f}%" for d, p in evidence["distribution"].items())
+        print(f"\n{evidence['label']}: among the {evidence['k']} most similar cases (score-weighted) {share}")
     for notice in answer.get("notices", []):
         print(f"  note: {notice}")
     print(f"\n[demo] done in {time.perf_counter() - t0:.0f} s")
