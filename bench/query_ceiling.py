@@ -1,0 +1,75 @@
+"""How well can a held-out *query* be classified at all? (context for the retrieval targets)
+
+In the paper's protocol the database of each fold is exactly the training folds, so a trained target
+tower can place every database image in its class region; Acc@1 and mAP are then governed by how
+often the held-out query (image + text) lands in the right class. This benchmark measures that
+query-side ceiling with plain classifiers on the same inputs, per fold of the committed split:
+
+- text as one-hot 7-point criteria + elevation / location / sex (the report template's content),
+- frozen pooled image features (EfficientNet-Lite2, L/M/H levels, the 260-px feature cache),
+- both; logistic regression (several C) and gradient boosting.
+
+Writes ``bench/results/query_ceiling.json``. Run: ``.venv/bin/python bench/query_ceiling.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "query_ceiling.json"
+TEXT_FIELDS = (
+    "pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules",
+    "blue_whitish_veil", "vascular_structures", "elevation", "location", "sex",
+)
+
+
+def main() -> None:
+    import torch
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from monai_cir.data import build_feature_cache, load_folds
+    from monai_cir.provenance import git_commit, machine_info
+
+    start = time.perf_counter()
+    torch.set_num_threads(2)
+    cache = build_feature_cache("derm7pt", 260)
+    folds = load_folds()
+    fold = np.array([folds[r.case_id] for r in cache.records])
+    y = cache.labels.numpy()
+    text = np.array([[str(r.metadata.get(f) or "na") for f in TEXT_FIELDS] for r in cache.records])
+    x_text = OneHotEncoder(handle_unknown="ignore").fit(text).transform(text).toarray()  # categories only, no labels
+    x_image = np.concatenate([m.float().mean(dim=(2, 3)).numpy() for m in cache.maps], axis=1)
+    inputs = {"text (one-hot criteria)": x_text, "image (frozen pooled L/M/H)": x_image, "image + text": np.hstack([x_text, x_image])}
+    models = {
+        **{f"logistic regression C={c}": (lambda c=c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))) for c in (0.01, 0.1, 1.0)},
+        "gradient boosting": lambda: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_depth=3, random_state=0),
+    }
+    results = []
+    for input_name, x in inputs.items():
+        for model_name, make in models.items():
+            accuracy = []
+            for k in range(5):
+                train, test = fold != k, fold == k
+                accuracy.append(float((make().fit(x[train], y[train]).predict(x[test]) == y[test]).mean()))
+            row = {"input": input_name, "model": model_name, "accuracy_folds": [round(100 * a, 2) for a in accuracy],
+                   "accuracy_mean": round(100 * float(np.mean(accuracy)), 2), "accuracy_std": round(100 * float(np.std(accuracy, ddof=1)), 2)}
+            print(f"{input_name:30s} {model_name:28s} {row['accuracy_mean']:5.1f} ± {row['accuracy_std']:.1f}")
+            results.append(row)
+    payload = {
+        "what": "held-out 3-class accuracy of the query inputs (5-fold, committed folds), Derm7pt 888",
+        "commit": git_commit(), "machine": machine_info(), "results": results,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    RESULTS.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
