@@ -109,8 +109,10 @@ def test_other_modes_train(net, mode):
 def test_late_fusion_trains(net):
     cache = synthetic_cache(net)
     model = LateFusionMLP(sum(m.shape[1] for m in cache.maps), cache.sentence.shape[1], hidden=32, out_dim=16)
-    result = train_head(model, cache, np.arange(48), dict(epochs=2, batch_size=24, lr=1e-2, val_fraction=0.2))
-    assert result.history[-1]["loss"] < result.history[0]["loss"] + 1e-6
+    result = train_head(model, cache, np.arange(48), dict(epochs=8, batch_size=24, lr=1e-2, val_fraction=0.2))
+    losses = [h["loss"] for h in result.history]
+    # one batch's loss is noisy: compare the start with the mean of the last epochs
+    assert len(losses) == 8 and np.mean(losses[-3:]) < losses[0], losses
     assert model.encode_queries(cache, np.arange(48, 52)).shape == (4, 16)
 
 

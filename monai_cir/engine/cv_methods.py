@@ -39,10 +39,14 @@ logger = logging.getLogger(__name__)
 # 5-fold run on a shared 2-core CPU (the whole protocol in under an hour) the methods use lr 1e-3 with at
 # most 30 epochs and patience 8 (validated every 2 epochs) -- see bundle/docs/README.md, "attempts".
 _TRAIN = dict(epochs=30, lr=1e-3, weight_decay=1e-5, batch_size=96, patience=8, val_every=2, temperature=0.1, target_weight=1.0, val_fraction=0.15, flip=True, tta=True, balanced=True)
+# The composed network's methods: τ 0.2 (0.1 collapses each class; fold 0: mAP 81.1 -> 81.8), the tanh gates
+# of Eq. 5 started at 0.3 and the composers at 3x the lr so the text gets through in ~200 CPU steps
+# (fold 0: 80.9 / 82.0 / 84.3 / 84.6 vs 75.3 / 78.7 / 82.0 / 81.1) -- bundle/docs/README.md, "attempts".
+_COMPOSED_TRAIN = dict(_TRAIN, temperature=0.2, composer_lr_mult=3.0, gate_init=0.3)
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "composed": dict(train=dict(_TRAIN), net=dict(), ensemble=1),
-    "image_only": dict(train=dict(_TRAIN), net=dict(), ensemble=1),
-    "text_only": dict(train=dict(_TRAIN), net=dict(), ensemble=1),
+    "composed": dict(train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
+    "image_only": dict(train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
+    "text_only": dict(train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
     "late_fusion": dict(train=dict(_TRAIN), net=dict(hidden=512, out_dim=256, dropout=0.2), ensemble=1),
 }
 

@@ -48,6 +48,8 @@ class TrainConfig:
     temperature: float = 0.1
     target_weight: float = 1.0
     symmetric_weight: float = 0.0
+    composer_lr_mult: float = 1.0
+    gate_init: float = 0.0
     val_fraction: float = 0.15
     balanced: bool = True
     val_every: int = 1
@@ -152,6 +154,17 @@ def _prepare_batch(batch: dict[str, Any], device: torch.device | None = None, no
     return batch, batch["label"]
 
 
+def _param_groups(model: torch.nn.Module, params: list, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Adam parameter groups: the composers (Eq. 5: gates, text/image projections, attention) get
+    ``lr * composer_lr_mult`` so the text gets through in the few hundred CPU steps; the rest ``lr``."""
+    composer_ids = {id(p) for n, p in model.named_parameters() if ".composers." in f".{n}" or n.startswith("composers.")}
+    fast = [p for p in params if id(p) in composer_ids]
+    slow = [p for p in params if id(p) not in composer_ids]
+    if cfg.composer_lr_mult == 1.0 or not fast:
+        return [{"params": params}]
+    return [{"params": slow}, {"params": fast, "lr": cfg.lr * cfg.composer_lr_mult}]
+
+
 def train_head(
     model: torch.nn.Module,
     cache: Any,
@@ -183,9 +196,15 @@ def train_head(
     dataset = CachedBatchDataset(cache, level_indices, flip=cfg.flip, seed=cfg.seed)
     sampler = ClassBalancedBatchSampler(labels, fit_idx, cfg.batch_size, seed=cfg.seed, balanced=cfg.balanced)
     loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=0)
+    if cfg.gate_init and getattr(model, "mode", None) in ("composed", "text_only"):
+        # start the tanh gates of Eq. 5 open; the modules' default is 0 (an untrained composer is the identity)
+        with torch.no_grad():
+            for composer in model.net.composers:
+                composer.gate_attn.fill_(cfg.gate_init)
+                composer.gate_mlp.fill_(cfg.gate_init)
     model.to(device).train()
     params = model.head_parameters() if hasattr(model, "head_parameters") else list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(_param_groups(model, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = ComposedSupConLoss(cfg.temperature, cfg.target_weight, cfg.symmetric_weight)
 
     handlers: list[Any] = []
