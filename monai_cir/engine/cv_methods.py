@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..evaluation import CrossSiteContext, FoldContext, register_method
-from . import TrainConfig, fit_composed, new_head_net
+from . import TrainConfig, fit_composed
 from .heads import LateFusionMLP
 from .trainer import train_head
 
