@@ -26,6 +26,17 @@ def make_tiny_net(**kwargs):
     return create_model(pretrained=False, image_model="test_efficientnet", text_config_overrides=TINY_TEXT, **kwargs).eval()
 
 
+def activate_head(net, seed: int = 1):
+    """Give the zero-initialised gates and projections non-trivial values, so that text, masks and
+    the projection residuals all contribute (an untrained head is the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(("composers.", "alignments.")):
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return net
+
+
 @pytest.fixture(scope="session")
 def tiny_net():
     return make_tiny_net()

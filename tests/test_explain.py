@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_net
+from conftest import activate_head, make_tiny_net
 from monai_cir.explain import (
     Explanation,
     explain_match,
@@ -20,19 +20,11 @@ from monai_cir.explain import (
 TEXT = "atypical pigment network, irregular streaks, blue-whitish veil; location: back"
 
 
-def _activate_head(net, seed: int = 1):
-    """Non-zero gates and projections, so that text, masks and the projection residual all matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.startswith(("composers.", "alignments.")):
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return net
 
 
 @pytest.fixture(scope="module")
 def net():
-    return _activate_head(make_tiny_net(num_masks=3))
+    return activate_head(make_tiny_net(num_masks=3))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_net
+from conftest import activate_head, make_tiny_net
 from monai_cir.networks import (
     ComposedRetrievalNet,
     CrossModalTransformer,
@@ -21,19 +21,11 @@ from monai_cir.networks import image_encoder as image_encoder_module
 TEXTS = ["atypical pigment network, irregular streaks", "blue-whitish veil present, palpable lesion on the trunk"]
 
 
-def _activate_head(net: ComposedRetrievalNet, seed: int = 1) -> ComposedRetrievalNet:
-    """Give the zero-initialised gates and projections non-trivial values so every path contributes."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.startswith(("composers.", "alignments.")):
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return net
 
 
 @pytest.fixture(scope="module")
 def active_net():
-    return _activate_head(make_tiny_net(num_masks=3))
+    return activate_head(make_tiny_net(num_masks=3))
 
 
 def _images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -64,7 +56,7 @@ def _level_cosines(net, q_img, texts, t_img):
 
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.6])
 def test_beta_limits(beta):
-    net = _activate_head(make_tiny_net(beta=beta))
+    net = activate_head(make_tiny_net(beta=beta))
     q_img, t_img = _images(2), _images(3, seed=2)
     with torch.no_grad():
         local, global_ = _level_cosines(net, q_img, TEXTS, t_img)
@@ -101,7 +93,7 @@ def test_untrained_composer_is_identity_and_text_changes_query():
 
     for a, b, block in zip(maps, composed, net.composers):
         torch.testing.assert_close(pool_to_grid(a, block.grid), b)  # zero-initialised gates: the query starts in the target's space
-    active = _activate_head(make_tiny_net())
+    active = activate_head(make_tiny_net())
     with torch.no_grad():
         with_text = active.encode_query(images, TEXTS)
         image_only = active.encode_query(images, ["", "   "])
@@ -186,7 +178,7 @@ def test_invalid_construction_arguments():
 def test_fingerprint_tracks_weights_and_config():
     a, b = make_tiny_net(), make_tiny_net()
     assert a.fingerprint() == b.fingerprint()
-    _activate_head(b)
+    activate_head(b)
     assert a.fingerprint() != b.fingerprint()
     assert make_tiny_net(image_size=96).fingerprint() != a.fingerprint()
 
@@ -238,7 +230,7 @@ def test_offline_text_encoder_gives_real_token_embeddings(offline_net):
 
 @pytest.mark.integration
 def test_checkpoint_round_trip(offline_net, tmp_path):
-    net = _activate_head(ComposedRetrievalNet.offline_default(image_size=260, num_masks=2))
+    net = activate_head(ComposedRetrievalNet.offline_default(image_size=260, num_masks=2))
     path = save_checkpoint(net, tmp_path / "model.pt", note="test")
     loaded = load_model(path)
     assert loaded.fingerprint() == net.fingerprint() and loaded.num_masks == 2

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-__all__ = ["Problem", "QueryResult", "attr", "library_image", "query_id_of"]
+__all__ = ["Problem", "QueryResult", "ResultsOperator", "attr", "library_image", "query_id_of"]
 
 
 def attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -101,3 +105,39 @@ def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
     pil = Image.fromarray(image)
     pil.thumbnail((max_side, max_side))
     return np.asarray(pil)
+
+
+class ResultsOperator(Operator):
+    """An operator between the retrieval and the results writer: named input ``results`` and named
+    output ``results`` (a ``list[QueryResult]``), each query enriched by :meth:`run`."""
+
+    def __init__(self, fragment: Fragment, *args: Any, **kwargs: Any) -> None:
+        self._logger = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("results")
+        spec.output("results")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        results: list[QueryResult] = op_input.receive("results") or []
+        self.run(results)
+        op_output.emit(results, "results")
+
+    def run(self, results: list[QueryResult]) -> list[QueryResult]:  # the work, without the SDK
+        raise NotImplementedError
+
+    def for_each_answered(self, results: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str) -> list[QueryResult]:
+        """``work(result)`` for every query answered so far, timed as ``stage``; a failure marks that
+        query (``what`` says what could not be done) and the others go on."""
+        for result in results:
+            if not result.ok:
+                continue
+            start = time.perf_counter()
+            try:
+                work(result)
+            except Exception as err:  # noqa: BLE001 (one bad query must not stop the others)
+                result.fail(stage, f"cannot {what}: {type(err).__name__}: {err}")
+                self._logger.error("query %s: %s", result.query_id, result.error)
+            result.timing_ms[stage] = 1000 * (time.perf_counter() - start)
+        return results

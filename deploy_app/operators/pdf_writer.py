@@ -10,15 +10,13 @@ is done by :mod:`monai_cir.dicom.report_pdf` too (which ``dciodvfy`` checks in t
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 
-from .common import QueryResult, library_image
+from .common import QueryResult, ResultsOperator, library_image
 
 __all__ = ["ENCAPSULATED_PDF_FILE", "PDF_FILE", "SimilarCasesPDFWriterOperator"]
 
@@ -26,43 +24,26 @@ PDF_FILE = "similar_cases_report.pdf"
 ENCAPSULATED_PDF_FILE = "similar_cases_report.dcm"
 
 
-class SimilarCasesPDFWriterOperator(Operator):
+class SimilarCasesPDFWriterOperator(ResultsOperator):
     """Named input ``results`` / named output ``results`` (answered queries gain ``outputs["pdf"]``
     and ``outputs["encapsulated_pdf"]``).
 
     File output: ``OUT/<query id>/similar_cases_report.pdf`` and ``similar_cases_report.dcm``."""
 
     def __init__(self, fragment: Fragment, *args: Any, output_folder: str | Path, **kwargs: Any) -> None:
-        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.output_folder = Path(output_folder)
         super().__init__(fragment, *args, **kwargs)
 
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("results")
-        spec.output("results")
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        results: list[QueryResult] = op_input.receive("results") or []
-        self.run(results)
-        op_output.emit(results, "results")
-
     def run(self, results: list[QueryResult]) -> list[QueryResult]:
-        for result in results:
-            if not result.ok:
-                continue
-            start = time.perf_counter()
-            try:
-                folder = self.output_folder / result.query_id
-                folder.mkdir(parents=True, exist_ok=True)
-                pdf_path, dcm_path = folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE
-                write_report(result, pdf_path, dcm_path)
-                result.outputs["pdf"] = str(pdf_path)
-                result.outputs["encapsulated_pdf"] = str(dcm_path)
-            except Exception as err:  # noqa: BLE001
-                result.fail("pdf", f"cannot write the PDF report: {type(err).__name__}: {err}")
-                self._logger.error("query %s: %s", result.query_id, result.error)
-            result.timing_ms["pdf"] = 1000 * (time.perf_counter() - start)
-        return results
+        def write(result: QueryResult) -> None:
+            folder = self.output_folder / result.query_id
+            folder.mkdir(parents=True, exist_ok=True)
+            pdf_path, dcm_path = folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE
+            write_report(result, pdf_path, dcm_path)
+            result.outputs["pdf"] = str(pdf_path)
+            result.outputs["encapsulated_pdf"] = str(dcm_path)
+
+        return self.for_each_answered(results, "pdf", write, "write the PDF report")
 
 
 def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path) -> None:

@@ -8,22 +8,21 @@ recorded per query in ``results.json`` / ``problems.json``; the files stay in OU
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 
 from ..settings import DicomNode
-from .common import QueryResult
+from .common import QueryResult, ResultsOperator
 
 __all__ = ["DICOMPublisherOperator"]
 
 DICOM_OUTPUTS = ("sr", "encapsulated_pdf")
 
 
-class DICOMPublisherOperator(Operator):
+class DICOMPublisherOperator(ResultsOperator):
     """Named input ``results`` / named output ``results`` (each answered query gains ``published``)."""
 
     def __init__(
@@ -37,20 +36,10 @@ class DICOMPublisherOperator(Operator):
     ) -> None:
         if dicom_node is None and not dicomweb_url:
             raise ValueError("DICOMPublisherOperator needs a DICOM node (HOST:PORT:AET) or a DICOMweb URL")
-        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.dicom_node = dicom_node
         self.dicomweb_url = dicomweb_url
         self.calling_aet = calling_aet
         super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("results")
-        spec.output("results")
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        results: list[QueryResult] = op_input.receive("results") or []
-        self.run(results)
-        op_output.emit(results, "results")
 
     def run(self, results: list[QueryResult]) -> list[QueryResult]:
         files = [Path(r.outputs[k]) for r in results if r.ok for k in DICOM_OUTPUTS if k in r.outputs]

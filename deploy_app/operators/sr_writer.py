@@ -9,55 +9,34 @@ the query's study, for the query's patient.
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 
-from .common import QueryResult
+from .common import QueryResult, ResultsOperator
 
 __all__ = ["SR_FILE", "SimilarCasesSRWriterOperator"]
 
 SR_FILE = "similar_cases_sr.dcm"
 
 
-class SimilarCasesSRWriterOperator(Operator):
+class SimilarCasesSRWriterOperator(ResultsOperator):
     """Named input ``results`` / named output ``results`` (each answered query gains ``outputs["sr"]``).
 
     File output: ``OUT/<query id>/similar_cases_sr.dcm``."""
 
     def __init__(self, fragment: Fragment, *args: Any, output_folder: str | Path, **kwargs: Any) -> None:
-        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.output_folder = Path(output_folder)
         super().__init__(fragment, *args, **kwargs)
 
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input("results")
-        spec.output("results")
-
-    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        results: list[QueryResult] = op_input.receive("results") or []
-        self.run(results)
-        op_output.emit(results, "results")
-
     def run(self, results: list[QueryResult]) -> list[QueryResult]:
-        for result in results:
-            if not result.ok:
-                continue
-            start = time.perf_counter()
-            try:
-                folder = self.output_folder / result.query_id
-                folder.mkdir(parents=True, exist_ok=True)
-                path = folder / SR_FILE
-                write_similar_cases_sr(result, path)
-                result.outputs["sr"] = str(path)
-            except Exception as err:  # noqa: BLE001 (one bad query must not stop the others)
-                result.fail("sr", f"cannot write the similar-cases SR: {type(err).__name__}: {err}")
-                self._logger.error("query %s: %s", result.query_id, result.error)
-            result.timing_ms["sr"] = 1000 * (time.perf_counter() - start)
-        return results
+        def write(result: QueryResult) -> None:
+            folder = self.output_folder / result.query_id
+            folder.mkdir(parents=True, exist_ok=True)
+            result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE))
+
+        return self.for_each_answered(results, "sr", write, "write the similar-cases SR")
 
 
 def write_similar_cases_sr(result: QueryResult, path: Path) -> Path:

@@ -43,11 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     import datetime
-    import os
     import time
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from ..evaluation import available_methods, evaluate, results_table
     from ..provenance import git_commit, machine_info
