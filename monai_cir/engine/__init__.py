@@ -37,7 +37,10 @@ NET_KEYS = ("levels", "beta", "num_masks", "num_heads", "projection")
 
 
 def new_head_net(base: ComposedRetrievalNet, seed: int = 0, **overrides: Any) -> ComposedRetrievalNet:
-    """A fresh (identity-initialised, seeded) head on ``base``'s encoders; ``overrides``: beta, num_masks, levels..."""
+    """A fresh head on ``base``'s encoders; ``overrides``: beta, num_masks, levels...
+
+    The head's initialisation is the network's own (seeded, identical for every call: the composers
+    start as the identity); ``seed`` seeds the global RNG for what follows (dropout, sampling)."""
     kwargs = {k: base.config[k] for k in NET_KEYS}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     torch.manual_seed(seed)
