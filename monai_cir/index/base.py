@@ -383,6 +383,10 @@ class CaseIndex(ABC):
     def save(self, directory: str | Path) -> Path:
         """Persist the index (atomically, see the module docstring)."""
 
+    def _manifest_header(self) -> dict[str, Any]:
+        """The manifest fields every backend writes (what :meth:`load` and ``index info`` read)."""
+        return {"backend": self.backend, "dim": self.dim, "fingerprint": self.fingerprint, "count": len(self), "metric": "inner_product"}
+
     def info(self) -> dict[str, Any]:
         """Summary for ``monai-cir index info``."""
         counts: dict[str, dict[str, int]] = {"diagnosis": {}, "site": {}, "collection": {}}

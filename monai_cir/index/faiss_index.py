@@ -326,11 +326,7 @@ class FaissCaseIndex(CaseIndex):
         if self._ann is not None and self.uses_ann:
             writers["ann"] = ("faiss", lambda p: faiss.write_index(self._ann, str(p)))
         manifest = {
-            "backend": self.backend,
-            "dim": self.dim,
-            "fingerprint": self.fingerprint,
-            "count": len(self),
-            "metric": "inner_product",
+            **self._manifest_header(),
             "options": self.options(),
             "ann_trained_on": self._ann_trained_on if "ann" in writers else 0,
         }

@@ -38,12 +38,20 @@ MAX_LIMIT = 16384  # Milvus' largest top-k
 BATCH = 1000
 
 
+REMOTE_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+
+
+def _is_remote(uri: str) -> bool:
+    """A Milvus server (cluster) rather than a milvus-lite file."""
+    return uri.startswith(REMOTE_SCHEMES)
+
+
 def _client(uri: str, token: str | None) -> Any:
     try:
         from pymilvus import MilvusClient
     except ImportError as err:
         raise ImportError("the Milvus backend needs pymilvus (and milvus-lite for a local file): pip install 'monai-cir[milvus]'") from err
-    if not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:")):
+    if not _is_remote(uri):
         path = Path(uri).expanduser().resolve()
         if path.suffix != ".db":
             raise ValueError(f"a local Milvus URI is a milvus-lite file ending in .db, got {uri!r}; a cluster is http://host:19530")
@@ -235,16 +243,12 @@ class MilvusCaseIndex(CaseIndex):
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
         self._client.flush(self.collection)
-        uri = self.uri if self.uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:")) else str(Path(self.uri).expanduser().resolve())
+        uri = self.uri if _is_remote(self.uri) else str(Path(self.uri).expanduser().resolve())
         manifest = {
-            "backend": self.backend,
-            "dim": self.dim,
-            "fingerprint": self.fingerprint,
-            "count": len(self),
-            "metric": "inner_product",
+            **self._manifest_header(),
             "options": {"uri": uri, "collection": self.collection, "index_type": self.index_type, "index_params": self.index_params, "search_params": self.search_params},
         }
-        inside = not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:")) and Path(directory).resolve() in Path(uri).parents
+        inside = not _is_remote(uri) and Path(directory).resolve() in Path(uri).parents
         return write_generation(directory, {}, manifest, require_empty=not inside)
 
     @classmethod
