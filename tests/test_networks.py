@@ -252,3 +252,35 @@ def test_untrained_head_is_the_same_in_every_process():
     b = create_model(pretrained=False, image_model="test_efficientnet", text_config_overrides=TINY_TEXT, image_size=64)
     heads_a, heads_b = a.head_state_dict(), b.head_state_dict()
     assert all(torch.equal(heads_a[k], heads_b[k]) for k in heads_a)
+
+
+def test_input_standardisation_is_fitted_on_training_data_and_saved_with_the_head():
+    """The heads standardise their inputs with training statistics; an unfitted net is unaffected."""
+    from monai_cir.networks.composer import InputStandardizer
+
+    norm = InputStandardizer(3)
+    x = torch.randn(200, 3) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([10.0, -3.0, 0.5])
+    assert torch.equal(norm(x), x)  # identity before fit
+    norm.fit(x)
+    z = norm(x)
+    assert torch.allclose(z.mean(0), torch.zeros(3), atol=1e-4) and torch.allclose(z.std(0), torch.ones(3), atol=1e-3)
+    maps4d = x[:8].view(8, 3, 1, 1).expand(8, 3, 2, 2)
+    assert torch.allclose(norm(maps4d, dim=1)[:, :, 0, 0], z[:8], atol=1e-5)  # channel axis of a map
+    with pytest.raises(ValueError, match="training vectors"):
+        norm.fit(torch.randn(5, 4))
+
+    net = make_tiny_net()
+    images = _images(6)
+    before = net.encode_query(images, TEXTS * 3)
+    maps = net.image_features(images)
+    tokens, mask = net.text_features(TEXTS * 3)
+    net.fit_input_statistics(maps, tokens * 3.0 + 1.0, mask)
+    after = net.encode_query(images, TEXTS * 3)
+    assert not torch.allclose(before, after)
+    head = net.head_state_dict()
+    assert any(k.endswith("text_norm.mean") for k in head) and any(k.endswith("input_norm.std") for k in head)
+    fresh = make_tiny_net()
+    fresh.load_head_state_dict(head)
+    assert torch.allclose(fresh.encode_query(images, TEXTS * 3), after, atol=1e-5)
+    with pytest.raises(ValueError, match="expected"):
+        net.fit_input_statistics(maps[:1], tokens, mask)

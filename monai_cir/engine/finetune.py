@@ -22,7 +22,7 @@ from ..networks import ComposedRetrievalNet
 from .data import ClassBalancedBatchSampler
 from .trainer import TrainConfig, TrainResult
 
-__all__ = ["EndToEndModel", "unfreeze_encoders", "finetune"]
+__all__ = ["EndToEndModel", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records"]
 
 
 def unfreeze_encoders(net: ComposedRetrievalNet) -> ComposedRetrievalNet:
@@ -49,6 +49,30 @@ class EndToEndModel(torch.nn.Module):
         return q, t
 
 
+@torch.no_grad()
+def fit_input_statistics_from_records(net: ComposedRetrievalNet, records: Sequence[Any], batch_size: int = 32) -> None:
+    """Fit ``net``'s input standardisation on its (current) encoders' outputs for ``records``."""
+    from ..data.collections import records_dataset
+
+    if len(records) < 2:
+        raise ValueError(f"need at least 2 training records to fit the input statistics, got {len(records)}")
+    maps: list[list[torch.Tensor]] = [[] for _ in net.level_indices]
+    tokens, masks = [], []
+    was_training = net.training
+    net.eval()
+    for batch in DataLoader(records_dataset(list(records), net.image_size), batch_size=batch_size):
+        for store, m in zip(maps, net.image_features(batch["image"])):
+            store.append(m.cpu())
+        t, k = net.text_features(list(batch["text"]))
+        tokens.append(t.cpu())
+        masks.append(k.cpu())
+    width = max(t.shape[1] for t in tokens)
+    tokens = [torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in tokens]
+    masks = [torch.nn.functional.pad(k, (0, width - k.shape[1])) for k in masks]
+    net.fit_input_statistics([torch.cat(m) for m in maps], torch.cat(tokens), torch.cat(masks))
+    net.train(was_training)
+
+
 def finetune(
     net: ComposedRetrievalNet,
     records: Sequence[Any],
@@ -59,11 +83,12 @@ def finetune(
     max_steps: int | None = None,
     model: torch.nn.Module | None = None,
 ) -> TrainResult:
-    """Fine-tune ``net`` end to end on ``records[train_idx]`` (class-balanced batches, SupCon).
+    """Fine-tune ``net`` end to end on ``records[train_idx]`` (batches per ``config.balanced``, SupCon).
 
     The encoders get ``lr * encoder_lr_scale``. ``max_steps`` caps the iterations per epoch (tests).
     ``model``: a wrapped :class:`EndToEndModel` (e.g. ``DistributedDataParallel`` under torchrun); each
-    rank then draws its own class-balanced batches (seed + rank).
+    rank then draws its own batches (seed + rank). The heads' input standardisation is fitted first on
+    the pretrained encoders' outputs for up to 256 training cases.
     No inner validation here: the epoch count is the config's (pick it from a cached-head run).
     """
     from monai.engines import SupervisedTrainer
@@ -76,11 +101,13 @@ def finetune(
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     set_determinism(seed=cfg.seed)
     device = torch.device(device) if device is not None else default_device()
+    net.to(device)
+    fit_input_statistics_from_records(net, [records[i] for i in list(train_idx)[:256]])
     unfreeze_encoders(net)
     labels = np.asarray([r.label for r in records])
     dataset = records_dataset(records, net.image_size)
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    sampler = ClassBalancedBatchSampler(labels, train_idx, cfg.batch_size, seed=cfg.seed + rank)
+    sampler = ClassBalancedBatchSampler(labels, train_idx, cfg.batch_size, seed=cfg.seed + rank, balanced=cfg.balanced)
     if max_steps is not None:
         sampler.num_batches = min(sampler.num_batches, max_steps)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0)

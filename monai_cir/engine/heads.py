@@ -54,6 +54,13 @@ class CachedComposedModel(nn.Module):
     def head_parameters(self):
         return [p for n, p in self.net.named_parameters() if n.startswith(("composers.", "alignments."))]
 
+    @torch.no_grad()
+    def fit_input_statistics(self, cache: Any, idx: Sequence[int]) -> None:
+        """Standardise the heads' inputs with the statistics of cached training cases ``idx``."""
+        c = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        maps = [cache.maps[i][c] for i in self.net.level_indices]
+        self.net.fit_input_statistics(maps, torch.as_tensor(cache.tokens)[c], torch.as_tensor(cache.token_mask)[c])
+
     def _query(self, maps: list[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.mode == "image_only":
             return self.net.embed_maps(maps)
@@ -125,10 +132,20 @@ class LateFusionMLP(nn.Module):
         self.target_mlp = _mlp(image_dim, hidden, out_dim, dropout)
         self.register_buffer("mu", torch.zeros(image_dim))
         self.register_buffer("sigma", torch.ones(image_dim))
+        self.register_buffer("text_mu", torch.zeros(text_dim))
+        self.register_buffer("text_sigma", torch.ones(text_dim))
 
-    def set_normalisation(self, pooled: torch.Tensor) -> None:
+    @torch.no_grad()
+    def fit_input_statistics(self, cache: Any, idx: Sequence[int]) -> None:
+        """Standardise both inputs with the statistics of cached training cases ``idx`` (see
+        :class:`~monai_cir.networks.composer.InputStandardizer` for why the text matters most)."""
+        c = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        pooled = self.pool([m[c] for m in cache.maps])
+        sentence = torch.as_tensor(cache.sentence)[c].float()
         self.mu.copy_(pooled.mean(0))
         self.sigma.copy_(pooled.std(0) + 1e-6)
+        self.text_mu.copy_(sentence.mean(0))
+        self.text_sigma.copy_(sentence.std(0) + 1e-6)
 
     def head_parameters(self):
         return list(self.parameters())
@@ -139,7 +156,7 @@ class LateFusionMLP(nn.Module):
 
     def _q(self, pooled: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
         x = (pooled - self.mu) / self.sigma
-        return F.normalize(self.query_mlp(torch.cat([x, F.normalize(sentence, dim=-1) * 10.0], dim=1)), dim=-1)
+        return F.normalize(self.query_mlp(torch.cat([x, (sentence - self.text_mu) / self.text_sigma], dim=1)), dim=-1)
 
     def _t(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.target_mlp((pooled - self.mu) / self.sigma), dim=-1)

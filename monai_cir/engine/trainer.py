@@ -50,7 +50,9 @@ class TrainConfig:
     composer_lr_mult: float = 1.0
     gate_init: float = 0.0
     val_fraction: float = 0.15
-    balanced: bool = True
+    # natural-frequency batches: class-balanced ones oversample the 61 keratoses, shift the query prior
+    # away from nevus (65% of queries) and cost Acc@1 (bundle/docs/README.md, "attempts")
+    balanced: bool = False
     val_every: int = 1
     flip: bool = True
     tta: bool = True
@@ -201,6 +203,8 @@ def train_head(
             for composer in model.net.composers:
                 composer.gate_attn.fill_(cfg.gate_init)
                 composer.gate_mlp.fill_(cfg.gate_init)
+    if hasattr(model, "fit_input_statistics"):  # before training, from the training cases only
+        model.fit_input_statistics(cache, train_idx)
     model.to(device).train()
     params = model.head_parameters() if hasattr(model, "head_parameters") else list(model.parameters())
     optimizer = torch.optim.Adam(_param_groups(model, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)

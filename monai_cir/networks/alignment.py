@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .composer import DEFAULT_GRID, pool_to_grid
+from .composer import DEFAULT_GRID, InputStandardizer, pool_to_grid
 
 __all__ = ["RegionMaskHead", "ResidualProjection", "LevelAlignment"]
 
@@ -73,6 +73,8 @@ class LevelAlignment(nn.Module):
     def __init__(self, dim: int, num_masks: int = 4, projection: str = "residual_mlp", grid: int | None = DEFAULT_GRID) -> None:
         super().__init__()
         self.grid = grid
+        # per-channel standardisation of the map (fitted on training maps; identity until then)
+        self.input_norm = InputStandardizer(dim)
         if projection not in ("none", "residual_mlp"):
             raise ValueError(f"projection must be 'none' or 'residual_mlp', got {projection!r}")
         self.masks = RegionMaskHead(dim, num_masks)
@@ -81,7 +83,7 @@ class LevelAlignment(nn.Module):
 
     def region_descriptors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 6: ``E_j = Σ_positions X ⊙ α_j(X)``. Returns (E (B, k, C), α (B, k, h, w))."""
-        x = pool_to_grid(x, self.grid)
+        x = self.input_norm(pool_to_grid(x, self.grid), dim=1)
         alpha = self.masks(x)
         regions = torch.einsum("bchw,bkhw->bkc", x, alpha)
         return regions, alpha
@@ -93,7 +95,7 @@ class LevelAlignment(nn.Module):
 
     def global_descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 8's ``ρ(X)``: the average-pooled map, projected. (B, C)."""
-        return self.proj_global(pool_to_grid(x, self.grid).mean(dim=(2, 3)))
+        return self.proj_global(self.input_norm(pool_to_grid(x, self.grid), dim=1).mean(dim=(2, 3)))
 
     @staticmethod
     def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

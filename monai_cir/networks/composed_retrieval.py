@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alignment import LevelAlignment
-from .composer import CrossModalTransformer
+from .composer import CrossModalTransformer, pool_to_grid
 from .image_encoder import HierarchicalImageEncoder
 from .text_encoder import TextEncoder
 
@@ -185,6 +185,22 @@ class ComposedRetrievalNet(nn.Module):
             if tuple(value.shape) != tuple(own[key].shape):
                 raise ValueError(f"head checkpoint tensor {key!r} has shape {tuple(value.shape)}, network expects {tuple(own[key].shape)}")
         self.load_state_dict(state, strict=False)
+
+    @torch.no_grad()
+    def fit_input_statistics(self, maps: Sequence[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fit the heads' input standardisation on training data: ``maps`` are the selected levels'
+        frozen maps (N, C_i, h_i, w_i), ``tokens``/``mask`` the texts' token embeddings (N, n, d_T) / (N, n).
+
+        Maps are pooled to each alignment's grid first (what the heads see); only real tokens count."""
+        if len(maps) != len(self.alignments):
+            raise ValueError(f"expected {len(self.alignments)} feature maps (levels {self.levels}), got {len(maps)}")
+        for align, x in zip(self.alignments, maps):
+            pooled = pool_to_grid(x.float(), align.grid)
+            align.input_norm.fit(pooled.permute(0, 2, 3, 1).reshape(-1, pooled.shape[1]))
+        real = tokens[mask.bool()].float()
+        if real.shape[0] >= 2:
+            for composer in self.composers:
+                composer.text_norm.fit(real)
 
     def train(self, mode: bool = True) -> "ComposedRetrievalNet":
         super().train(mode)
