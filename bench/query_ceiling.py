@@ -7,6 +7,7 @@ query-side ceiling with plain classifiers on the same inputs, per fold of the co
 
 - text as one-hot 7-point criteria + elevation / location / sex (the report template's content),
 - frozen pooled image features (EfficientNet-Lite2, L/M/H levels, the 260-px feature cache),
+- the report's MiniLM sentence embedding (what late fusion reads),
 - both; logistic regression (several C) and gradient boosting.
 
 Writes ``bench/results/query_ceiling.json``. Run: ``.venv/bin/python bench/query_ceiling.py``.
@@ -46,9 +47,16 @@ def main() -> None:
     text = np.array([[str(r.metadata.get(f) or "na") for f in TEXT_FIELDS] for r in cache.records])
     x_text = OneHotEncoder(handle_unknown="ignore").fit(text).transform(text).toarray()  # categories only, no labels
     x_image = np.concatenate([m.float().mean(dim=(2, 3)).numpy() for m in cache.maps], axis=1)
-    inputs = {"text (one-hot criteria)": x_text, "image (frozen pooled L/M/H)": x_image, "image + text": np.hstack([x_text, x_image])}
+    x_sentence = cache.sentence.numpy()  # mean-pooled MiniLM tokens of the report (what late fusion reads)
+    inputs = {
+        "text (one-hot criteria)": x_text,
+        "text (sentence embedding)": x_sentence,
+        "image (frozen pooled L/M/H)": x_image,
+        "image + text": np.hstack([x_text, x_image]),
+        "image + text + sentence": np.hstack([x_text, x_sentence, x_image]),
+    }
     models = {
-        **{f"logistic regression C={c}": (lambda c=c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))) for c in (0.01, 0.1, 1.0)},
+        **{f"logistic regression C={c}": (lambda c=c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))) for c in (0.003, 0.01, 0.1, 1.0)},
         "gradient boosting": lambda: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_depth=3, random_state=0),
     }
     results = []

@@ -143,6 +143,11 @@ class BestHeadKeeper:
                 self.save_fn(self.path, epoch=engine.state.epoch, metrics=dict(engine.state.metrics))
 
 
+def _loss_value(output: dict[str, Any]) -> float:
+    """The batch loss as a Python float: what the stats / TensorBoard / progress handlers log."""
+    return float(output["loss"].detach())
+
+
 def _prepare_batch(batch: dict[str, Any], device: torch.device | None = None, non_blocking: bool = False, **_: Any):
     def move(x):
         if isinstance(x, torch.Tensor):
@@ -174,16 +179,19 @@ def train_head(
     level_indices: Sequence[int] = (0, 1, 2),
     device: str | torch.device = "cpu",
     save_fn: Callable | None = None,
+    extra_handlers: Sequence[Any] = (),
 ) -> TrainResult:
     """Train ``model`` (a head of :mod:`monai_cir.engine.heads`) on cached cases ``train_idx``.
 
     A stratified ``val_fraction`` of ``train_idx`` is held out for early stopping (inner validation;
     the outer test fold is never seen). At the end the model holds the best epoch's weights.
     With ``val_fraction = 0`` training runs all epochs and keeps the last one (release model).
+    ``extra_handlers``: Ignite/MONAI handlers (anything with ``attach(engine)``), e.g. a benchmark's
+    per-epoch probe.
     """
     from ignite.engine import Events
     from monai.engines import SupervisedTrainer
-    from monai.handlers import EarlyStopHandler, StatsHandler, TensorBoardStatsHandler, from_engine
+    from monai.handlers import EarlyStopHandler, StatsHandler, TensorBoardStatsHandler
     from monai.utils import set_determinism
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -229,6 +237,8 @@ def train_head(
     )
     if val_idx is not None and cfg.patience:
         EarlyStopHandler(patience=cfg.patience, score_function=lambda e: e.state.metrics["val_score"], trainer=trainer, epoch_level=True).attach(trainer)
+    for handler in extra_handlers:
+        handler.attach(trainer)
     history: list[dict[str, float]] = []
 
     @trainer.on(Events.EPOCH_COMPLETED)
@@ -236,12 +246,12 @@ def train_head(
         history.append({"epoch": engine.state.epoch, "loss": float(engine.state.output["loss"].detach()), **{k: float(v) for k, v in engine.state.metrics.items()}})
 
     if cfg.log_dir:
-        TensorBoardStatsHandler(log_dir=cfg.log_dir, output_transform=from_engine(["loss"], first=True)).attach(trainer)
-        StatsHandler(name="monai_cir.train", output_transform=from_engine(["loss"], first=True), iteration_log=False).attach(trainer)
+        TensorBoardStatsHandler(log_dir=cfg.log_dir, output_transform=_loss_value).attach(trainer)
+        StatsHandler(name="monai_cir.train", output_transform=_loss_value, iteration_log=False).attach(trainer)
     if cfg.progress:
         from ignite.handlers import ProgressBar
 
-        ProgressBar(persist=False).attach(trainer, output_transform=from_engine(["loss"], first=True))
+        ProgressBar(persist=False).attach(trainer, output_transform=_loss_value)
     start = time.perf_counter()
     trainer.run()
     if keeper.best_state is not None:
