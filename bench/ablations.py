@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     def cache_for(size: int):
         if size not in caches:
-            caches[size] = build_feature_cache("derm7pt", size, flipped=(size == 260))
+            caches[size] = build_feature_cache("derm7pt", size)
         return caches[size]
 
     def run(group: str, name: str, options: dict, size: int = 260) -> None:
