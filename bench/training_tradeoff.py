@@ -58,7 +58,6 @@ class HeldOutProbe:
 
 
 def main(argv=None) -> int:
-
     from monai_cir.data import build_feature_cache
     from monai_cir.engine import CachedComposedModel, TrainConfig, new_head_net, train_head
     from monai_cir.engine.cv_methods import _base_net, method_options

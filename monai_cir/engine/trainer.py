@@ -243,7 +243,7 @@ def train_head(
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _record(engine) -> None:
-        history.append({"epoch": engine.state.epoch, "loss": float(engine.state.output["loss"].detach()), **{k: float(v) for k, v in engine.state.metrics.items()}})
+        history.append({"epoch": engine.state.epoch, "loss": _loss_value(engine.state.output), **{k: float(v) for k, v in engine.state.metrics.items()}})
 
     if cfg.log_dir:
         TensorBoardStatsHandler(log_dir=cfg.log_dir, output_transform=_loss_value).attach(trainer)
