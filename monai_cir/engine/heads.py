@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..networks import ComposedRetrievalNet
+from ..networks.composer import InputStandardizer
 from .data import cache_maps
 
 __all__ = ["CachedComposedModel", "LateFusionMLP", "COMPOSED_MODES"]
@@ -130,22 +131,16 @@ class LateFusionMLP(nn.Module):
         super().__init__()
         self.query_mlp = _mlp(image_dim + text_dim, hidden, out_dim, dropout)
         self.target_mlp = _mlp(image_dim, hidden, out_dim, dropout)
-        self.register_buffer("mu", torch.zeros(image_dim))
-        self.register_buffer("sigma", torch.ones(image_dim))
-        self.register_buffer("text_mu", torch.zeros(text_dim))
-        self.register_buffer("text_sigma", torch.ones(text_dim))
+        self.image_norm = InputStandardizer(image_dim)
+        self.text_norm = InputStandardizer(text_dim)
 
     @torch.no_grad()
     def fit_input_statistics(self, cache: Any, idx: Sequence[int]) -> None:
         """Standardise both inputs with the statistics of cached training cases ``idx`` (see
         :class:`~monai_cir.networks.composer.InputStandardizer` for why the text matters most)."""
         c = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        pooled = self.pool([m[c] for m in cache.maps])
-        sentence = torch.as_tensor(cache.sentence)[c].float()
-        self.mu.copy_(pooled.mean(0))
-        self.sigma.copy_(pooled.std(0) + 1e-6)
-        self.text_mu.copy_(sentence.mean(0))
-        self.text_sigma.copy_(sentence.std(0) + 1e-6)
+        self.image_norm.fit(self.pool([m[c] for m in cache.maps]))
+        self.text_norm.fit(torch.as_tensor(cache.sentence)[c])
 
     def head_parameters(self):
         return list(self.parameters())
@@ -155,11 +150,10 @@ class LateFusionMLP(nn.Module):
         return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
 
     def _q(self, pooled: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        x = (pooled - self.mu) / self.sigma
-        return F.normalize(self.query_mlp(torch.cat([x, (sentence - self.text_mu) / self.text_sigma], dim=1)), dim=-1)
+        return F.normalize(self.query_mlp(torch.cat([self.image_norm(pooled), self.text_norm(sentence)], dim=1)), dim=-1)
 
     def _t(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.target_mlp((pooled - self.mu) / self.sigma), dim=-1)
+        return F.normalize(self.target_mlp(self.image_norm(pooled)), dim=-1)
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._q(self.pool(batch["query_maps"]), batch["sentence"]), self._t(self.pool(batch["target_maps"]))
