@@ -44,7 +44,11 @@ def main(argv=None) -> int:
     from monai_cir.data.feature_cache import build_feature_cache
     from monai_cir.engine.cv_methods import override_options
     from monai_cir.evaluation import evaluate
+    from monai_cir.provenance import git_commit, machine_info
 
+    commit = git_commit()
+    machine = machine_info()
+    print(f"commit {commit['sha']}{' (dirty)' if commit['dirty'] else ''}; {machine}", flush=True)
     start = time.perf_counter()
     rows = []
     groups = args.only or sorted(VARIANTS) + ["size"]
@@ -88,6 +92,8 @@ def main(argv=None) -> int:
         "benchmark": "derm7pt ablations of the composed method (bench/ablations.py)",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python bench/ablations.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": commit,
+        "machine": machine,
         "folds": args.folds,
         "epochs_cap": args.epochs,
         "wall_time_s": round(wall, 1),
@@ -95,7 +101,7 @@ def main(argv=None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"# Derm7pt ablations (composed)\n\n`{payload['command']}`, folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent.\n",
+    lines = [f"# Derm7pt ablations (composed)\n\n`{payload['command']}` (commit {commit['sha']}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent.\n",
              "| Group | Variant | Size | Acc@1 | Acc@2 | Acc@4 | mAP | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = " | ".join(f"{r[k]['mean']:.1f}" + (f" ± {r[k]['std']:.1f}" if r[k].get("std") is not None else "") for k in KEYS)

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.figure is not None and figure_method not in names:
         raise ValueError(f"--figure-method {figure_method!r} is not among --methods {names}")
 
+    commit = git_commit()  # the code that runs, not what the tree holds when the run ends
     start = time.perf_counter()
     results = evaluate(
         names,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     payload = {
         "benchmark": "derm7pt 5-fold cross-validation (monai-cir evaluate)",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": commit,
         "config": results["config"],
         "wall_time_s": round(wall, 1),
         "machine": machine_info(),

@@ -31,7 +31,7 @@ from . import TrainConfig, fit_composed
 from .heads import LateFusionMLP
 from .trainer import train_head
 
-__all__ = ["METHOD_DEFAULTS", "method_options", "train_method", "override_options"]
+__all__ = ["METHOD_DEFAULTS", "base_net", "method_options", "train_method", "override_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ def method_options(name: str, config: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def _base_net(config: dict[str, Any]):
+def base_net(config: dict[str, Any]):
     """Encoder donor for the heads: the composed network's architecture with random encoders (the cache
     replaces them; nothing is loaded from disk)."""
     from ..networks import create_model
 
     objects = config.setdefault("_objects", {})
-    key = ("_base_net", int(config.get("image_size", 260)))
+    key = ("base_net", int(config.get("image_size", 260)))
     if key not in objects:
         objects[key] = create_model(pretrained=False, image_size=int(config.get("image_size", 260))).eval()
     return objects[key]
@@ -112,7 +112,7 @@ def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str,
             model = LateFusionMLP(image_dim, int(cache.sentence.shape[1]), **opts["net"])
             result = train_head(model, cache, train_idx, train_cfg)
         else:
-            model, result = fit_composed(_base_net(config), cache, train_idx, name, train_cfg, seed=s, **opts["net"])
+            model, result = fit_composed(base_net(config), cache, train_idx, name, train_cfg, seed=s, **opts["net"])
         logger.info("%s seed %d: best epoch %d of %d, val score %.3f, %.1f s", name, s, result.best_epoch, result.epochs_run, result.best_score, result.seconds)
         config.setdefault("_train_log", []).append(dict(method=name, seed=s, n_train=len(train_idx), best_epoch=result.best_epoch, epochs_run=result.epochs_run, val_score=round(result.best_score, 4), seconds=round(result.seconds, 1)))
         models.append(model)
