@@ -38,34 +38,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RESULTS = Path(__file__).resolve().parent / "results" / "finetune_probe.json"
-TEXT_FIELDS = (
-    "pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules",
-    "blue_whitish_veil", "vascular_structures", "elevation", "location", "sex",
-)
-
-
-def _logistic(c: float):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-
-
-def _probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, c: float = 0.003) -> float:
-    return float((_logistic(c).fit(x[train], y[train]).predict(x[test]) == y[test]).mean())
+LOGISTIC_C = 0.003  # the best C of the image and image + text + sentence probes in bench/results/query_ceiling.json
 
 
 def main() -> None:
     import timm
     import torch
     import torch.nn.functional as F
-    from sklearn.preprocessing import OneHotEncoder
+    from query_ceiling import logistic, query_inputs  # bench/ is the script's folder, hence on sys.path
     from torch import nn
     from tqdm.auto import tqdm
 
     from monai_cir.data import build_feature_cache
     from monai_cir.evaluation import fold_indices
+    from monai_cir.metrics import summarize_folds
     from monai_cir.networks.image_encoder import load_offline_efficientnet_lite
     from monai_cir.provenance import git_commit, machine_info
 
@@ -92,10 +78,12 @@ def main() -> None:
     y_np = cache.labels.numpy()
     y = torch.as_tensor(y_np)
     fold_of = fold_indices(cache)
-    text = np.array([[str(r.metadata.get(f) or "na") for f in TEXT_FIELDS] for r in cache.records])
-    x_criteria = OneHotEncoder(handle_unknown="ignore").fit(text).transform(text).toarray()
-    x_sentence = cache.sentence.float().numpy()
-    pooled = [m.float().mean(dim=(2, 3)).numpy() for m in cache.maps]
+    features = query_inputs(cache)
+    x_image, x_text = features["image"], np.hstack([features["criteria"], features["sentence"]])
+    x_h = cache.pooled(2).numpy()
+
+    def probe(x: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
+        return float((logistic(LOGISTIC_C).fit(x[train], y_np[train]).predict(x[test]) == y_np[test]).mean())
 
     def pooled_h(stages: nn.Module, idx: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -131,9 +119,8 @@ def main() -> None:
         h_tuned = pooled_h(stages, everything)
         with torch.no_grad():
             p_tuned = torch.softmax(classifier(torch.as_tensor(h_tuned[test])), dim=1).numpy()
-        x_image, x_text = np.hstack(pooled), np.hstack([x_criteria, x_sentence])
-        p_frozen = _logistic(0.003).fit(x_image[train], y_np[train]).predict_proba(x_image[test])
-        p_text = _logistic(0.003).fit(x_text[train], y_np[train]).predict_proba(x_text[test])
+        p_frozen = logistic(LOGISTIC_C).fit(x_image[train], y_np[train]).predict_proba(x_image[test])
+        p_text = logistic(LOGISTIC_C).fit(x_text[train], y_np[train]).predict_proba(x_text[test])
 
         def accuracy(p: np.ndarray) -> float:
             return float((p.argmax(1) == y_np[test]).mean())
@@ -141,13 +128,13 @@ def main() -> None:
         row = {
             "fold": fold,
             "image: fine-tuned stages, own classifier": accuracy(p_tuned),
-            "image: fine-tuned H, logistic": _probe(h_tuned, y_np, train, test),
-            "image: frozen H, logistic": _probe(pooled[2], y_np, train, test),
+            "image: fine-tuned H, logistic": probe(h_tuned, train, test),
+            "image: frozen H, logistic": probe(x_h, train, test),
             "image: frozen L/M/H, logistic": accuracy(p_frozen),
             "text: criteria + sentence, logistic": accuracy(p_text),
             "image x text: frozen L/M/H": accuracy(np.log(p_frozen) + np.log(p_text)),
             "image x text: fine-tuned stages": accuracy(np.log(p_tuned) + np.log(p_text)),
-            "query inputs, frozen, logistic": _probe(np.hstack([x_text, x_image]), y_np, train, test),
+            "query inputs, frozen, logistic": probe(np.hstack([x_text, x_image]), train, test),
             "seconds": round(time.perf_counter() - fold_start, 1),
         }
         print({k: (round(100 * v, 1) if isinstance(v, float) and k != "seconds" else v) for k, v in row.items()}, flush=True)
@@ -156,13 +143,11 @@ def main() -> None:
     names = [k for k in rows[0] if k not in ("fold", "seconds")]
     summary = {}
     for name in names:
-        values = 100 * np.array([r[name] for r in rows])
-        summary[name] = {"folds": [round(float(v), 2) for v in values], "mean": round(float(values.mean()), 2),
-                         "std": round(float(values.std(ddof=1)), 2) if len(values) > 1 else None}
+        summary[name] = summarize_folds([r[name] for r in rows], scale=100.0, ndigits=2)
         print(f"{name:40s} {summary[name]['mean']:5.1f}" + (f" ± {summary[name]['std']:.1f}" if summary[name]["std"] is not None else ""))
     payload = {
         "what": "held-out 3-class accuracy (percent) with the stride-32 stages of EfficientNet-Lite2 fine-tuned on the cached M level vs frozen, Derm7pt 888, committed folds, 260 px",
-        "settings": vars(args) | {"batch_size": 32, "weight_decay": 1e-2, "label_smoothing": 0.1, "logistic_C": 0.003, "tta": "flip"},
+        "settings": vars(args) | {"batch_size": 32, "weight_decay": 1e-2, "label_smoothing": 0.1, "logistic_C": LOGISTIC_C, "tta": "flip"},
         "commit": git_commit(), "machine": machine_info(), "summary": summary, "per_fold": rows,
         "wall_s": round(time.perf_counter() - start, 1),
     }

@@ -22,18 +22,38 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "query_ceiling.json"
-TEXT_FIELDS = (
-    "pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules",
-    "blue_whitish_veil", "vascular_structures", "elevation", "location", "sex",
-)
+
+
+def query_inputs(cache) -> dict[str, np.ndarray]:
+    """The query's inputs as plain feature arrays, one row per cached case: ``criteria`` (one-hot 7-point
+    criteria + elevation / location / sex, the report template's content; categories only, no labels),
+    ``sentence`` (the report's mean-pooled MiniLM tokens: what late fusion reads) and ``image`` (frozen
+    pooled L/M/H). Shared with ``bench/finetune_probe.py``."""
+    from sklearn.preprocessing import OneHotEncoder
+
+    from monai_cir.data.report import CRITERIA
+
+    fields = [key for key, _ in CRITERIA] + ["elevation", "location", "sex"]
+    text = np.array([[str(r.metadata.get(f) or "na") for f in fields] for r in cache.records])
+    return {
+        "criteria": OneHotEncoder(handle_unknown="ignore").fit(text).transform(text).toarray(),
+        "sentence": cache.sentence.float().numpy(),
+        "image": np.concatenate([cache.pooled(level).numpy() for level in range(len(cache.maps))], axis=1),
+    }
+
+
+def logistic(c: float):
+    """Standardised logistic regression: the probe of this benchmark and of ``bench/finetune_probe.py``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
 
 
 def main() -> None:
     import torch
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     from monai_cir.data import build_feature_cache, load_folds
     from monai_cir.provenance import git_commit, machine_info
@@ -44,10 +64,8 @@ def main() -> None:
     folds = load_folds()
     fold = np.array([folds[r.case_id] for r in cache.records])
     y = cache.labels.numpy()
-    text = np.array([[str(r.metadata.get(f) or "na") for f in TEXT_FIELDS] for r in cache.records])
-    x_text = OneHotEncoder(handle_unknown="ignore").fit(text).transform(text).toarray()  # categories only, no labels
-    x_image = np.concatenate([m.float().mean(dim=(2, 3)).numpy() for m in cache.maps], axis=1)
-    x_sentence = cache.sentence.numpy()  # mean-pooled MiniLM tokens of the report (what late fusion reads)
+    features = query_inputs(cache)
+    x_text, x_sentence, x_image = features["criteria"], features["sentence"], features["image"]
     inputs = {
         "text (one-hot criteria)": x_text,
         "text (sentence embedding)": x_sentence,
@@ -56,7 +74,7 @@ def main() -> None:
         "image + text + sentence": np.hstack([x_text, x_sentence, x_image]),
     }
     models = {
-        **{f"logistic regression C={c}": (lambda c=c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))) for c in (0.003, 0.01, 0.1, 1.0)},
+        **{f"logistic regression C={c}": (lambda c=c: logistic(c)) for c in (0.003, 0.01, 0.1, 1.0)},
         "gradient boosting": lambda: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_depth=3, random_state=0),
     }
     results = []
