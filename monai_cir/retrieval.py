@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .config import default_device
 from .data import load_image, preprocess_image
-from .index import CaseIndex, CaseMetadata, SearchHit
+from .index import CaseIndex, CaseMetadata, SearchHit, create_index
 
 __all__ = [
     "dicom_library",
@@ -225,7 +225,7 @@ def build_index(
         raise ValueError(f"the library repeats case ids (e.g. {sorted({i for i in ids if ids.count(i) > 1})[:5]}); case ids must be unique")
     fingerprint = model_fingerprint(net)
     if index is None:
-        index = CaseIndex.create(net.embedding_dim, fingerprint, backend=backend, **index_options)
+        index = create_index(net.embedding_dim, fingerprint, backend=backend, **index_options)
     else:
         index.check_fingerprint(fingerprint)
         existing = [i for i in ids if i in index]

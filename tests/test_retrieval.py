@@ -14,7 +14,7 @@ from conftest import make_tiny_net
 from PIL import Image
 
 from monai_cir import retrieval
-from monai_cir.index import CaseIndex, FingerprintMismatchError
+from monai_cir.index import FingerprintMismatchError, load_index
 
 
 @dataclass
@@ -81,7 +81,7 @@ def test_build_and_search(net, library, tmp_path):
     hits = retrieval.search(net, index, library[0].image_path, "raised, irregular pigment network", k=6, filters={"site": "head and neck"})
     assert len(hits) == 3 and {h.metadata.site for h in hits} == {"head and neck"}
     index.save(tmp_path / "ix")
-    loaded = CaseIndex.load(tmp_path / "ix", expected_fingerprint=retrieval.model_fingerprint(net))
+    loaded = load_index(tmp_path / "ix", expected_fingerprint=retrieval.model_fingerprint(net))
     assert [h.case_id for h in retrieval.search(net, loaded, library[4].image_path, "", k=6)] == [h.case_id for h in retrieval.search(net, index, library[4].image_path, "", k=6)]
 
 
@@ -158,7 +158,7 @@ def test_cli_build_from_dicom(net, library, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ix"
     assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(out)]) == 0
     assert "indexed 3 cases" in capsys.readouterr().out
-    index = CaseIndex.load(out)
+    index = load_index(out)
     assert sorted(index.case_ids()) == ["case0", "case1", "case2"]
     meta = index.get("case1")
     assert meta.diagnosis == "nevus" and meta.site == "head and neck"

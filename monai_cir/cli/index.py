@@ -52,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
-    from monai_cir.index import MANIFEST_NAME, CaseIndex
+    from monai_cir.index import MANIFEST_NAME, load_index
     from monai_cir.networks import load_model
 
     if args.batch_size < 1:
@@ -91,16 +91,16 @@ def run_build(args: argparse.Namespace) -> int:
     logger.info("embedding %d cases at %d px (batch %d)", len(records), net.image_size, args.batch_size)
     index = retrieval.build_index(net, records, metadata, batch_size=args.batch_size, device=args.device, backend=args.backend, **options)
     index.save(args.out)
-    CaseIndex.load(args.out)  # read back what was written: a failed check is reported now, not at search time
+    load_index(args.out)  # read back what was written: a failed check is reported now, not at search time
     print(f"indexed {len(index)} cases ({args.backend}, dim {index.dim}) -> {args.out}")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from monai_cir.index import CaseIndex, read_manifest
+    from monai_cir.index import load_index, read_manifest
 
     manifest = read_manifest(args.index)
-    info = CaseIndex.load(args.index).info()
+    info = load_index(args.index).info()
     info["options"] = manifest.get("options", {})
     info["files"] = {role: {"name": f["name"], "bytes": f["bytes"]} for role, f in manifest.get("files", {}).items()}
     if args.json:
