@@ -64,7 +64,8 @@ class CaseMetadata:
     """What the index keeps about one library case (returned with every hit).
 
     ``site`` is the anatomical site in the project's vocabulary ("unknown" where absent); the DICOM
-    UIDs are set for cases indexed from DICOM so that a hit can be retrieved from the PACS.
+    UIDs are set for cases indexed from DICOM so that a hit can be retrieved from the PACS, and
+    ``retrieve_url`` (WADO-RS, the instance's URL) for cases pulled from a DICOMweb service.
     """
 
     case_id: str
@@ -76,6 +77,7 @@ class CaseMetadata:
     sop_instance_uid: str | None = None
     sop_class_uid: str | None = None
     image_path: str | None = None
+    retrieve_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
