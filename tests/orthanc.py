@@ -174,6 +174,17 @@ class OrthancServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def storescu(self, files, calling_ae: str = "MODALITY") -> None:
+        """C-STORE files with DCMTK's ``storescu``, as a modality would (``-R``: propose exactly each
+        file's SOP class and transfer syntax, ``-xy``: JPEG Baseline as stored, no transcoding)."""
+        tool = shutil.which("storescu")
+        if tool is None:
+            raise RuntimeError("storescu (Debian dcmtk) is missing: run scripts/install_system_tools.sh")
+        command = [tool, "-R", "-xy", "-aec", self.ae_title, "-aet", calling_ae, "127.0.0.1", str(self.dicom_port), *map(str, files)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+
     def log_tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

@@ -78,41 +78,6 @@ def test_store_and_read_back_over_dicomweb(orthanc_server, shared_data, tmp_path
 # The hospital loop: Orthanc routes stable dermoscopy studies (Lua OnStableStudy) to the service,
 # which answers them with the app's operators and C-STOREs the SR and PDF back into the study.
 # ---------------------------------------------------------------------------------------------
-LIBRARY_FILTER = "StudyDescription=monai-cir case*"  # what dicomize writes for library cases
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _storescu(server, files) -> None:
-    import shutil
-    import subprocess
-
-    tool = shutil.which("storescu")
-    assert tool, "storescu (Debian dcmtk) is missing: run scripts/install_system_tools.sh"
-    # -R: propose exactly the SOP class + transfer syntax of each file (JPEG Baseline dermoscopy included)
-    proc = subprocess.run([tool, "-R", "-xy", "-aec", server.ae_title, "-aet", "MODALITY", "127.0.0.1", str(server.dicom_port), *map(str, files)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def _as_query_study(case, folder):
-    """A dicomized case re-described as a clinic's study (not the library's), without its diagnosis."""
-    files = []
-    for path in (case.image_file, case.sr_file):
-        ds = pydicom.dcmread(path)
-        ds.StudyDescription = "Dermoscopy"
-        out = folder / path.name
-        ds.save_as(out, enforce_file_format=True)
-        files.append(out)
-    return files
-
-
 def _referenced_uids(items) -> list[str]:
     uids = []
     for item in items:
@@ -124,96 +89,67 @@ def _referenced_uids(items) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory, shared_data):
-    """Orthanc (with the routing script) holding a small case library, MODELS indexed from it over
-    DICOMweb, and the service (real offline model, warm) listening for Orthanc."""
-    from tests.orthanc import OrthancServer, orthanc_available
+    """Orthanc (with the routing script) holding 8 library cases, MODELS indexed from it over
+    DICOMweb, the service (real offline model, warm), and three query studies (one corrupt)."""
+    from pydicom.encaps import encapsulate
 
-    from deploy_app.pipeline import WarmPipeline
     from deploy_app.settings import AppSettings
-    from monai_cir.cli import main
     from monai_cir.data.collections import load_collection
     from monai_cir.dicom.dicomize import dicomize_record
-    from monai_cir.networks import load_model, save_checkpoint
-    from monai_cir.service import DicomService, orthanc_lua
+
+    try:
+        from tests.hospital import HospitalLoop, as_query_study
+        from tests.orthanc import orthanc_available
+    except ImportError:
+        from hospital import HospitalLoop, as_query_study  # type: ignore[no-redef]
+        from orthanc import orthanc_available  # type: ignore[no-redef]
 
     if not orthanc_available():
         pytest.fail("Orthanc and orthanc-dicomweb are not installed: run scripts/install_system_tools.sh")
     root = tmp_path_factory.mktemp("hospital")
-    service_port = _free_port()
-    server = OrthancServer(root / "orthanc", modalities={"monaicir": ["MONAICIR", "127.0.0.1", service_port]}, lua=orthanc_lua(), stable_age=1).start()
-    service = None
-    try:
-        records = load_collection("isic-uda1", root=shared_data)
-        library = [dicomize_record(r, root / "library") for r in records[:8]]
-        _storescu(server, [c.image_file for c in library] + [c.sr_file for c in library])
-
-        models = root / "models"
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            save_checkpoint(load_model(None), models / "model.pt", note="untrained offline default (test)")
-        assert main(["index", "build", "--dicomweb", server.dicomweb_url, "--filter", LIBRARY_FILTER, "--pull-to", str(root / "pulled"),
-                     "--model", str(models / "model.pt"), "--out", str(models / "index")]) == 0
-        pipeline = WarmPipeline(models, AppSettings(top_k=3, explain=False))
-        answered: list[str] = []  # the studies the pipeline ran on, in order
-
-        def answer(input_folder, output_folder):
-            answered.append(input_folder.name)
-            return pipeline.answer(input_folder, output_folder)
-
-        service = DicomService(answer, root / "spool", port=service_port, peers=[server.ae_title],
-                               return_node=f"127.0.0.1:{server.dicom_port}:{server.ae_title}", quiet_s=0.5, retry_s=2).start()
+    records = load_collection("isic-uda1", root=shared_data)
+    with HospitalLoop(root, records[:8], stable_age=1, quiet_s=0.5, app_settings=AppSettings(top_k=3, explain=False)) as loop:
         queries = {}
         for name, record in (("first", records[8]), ("second", records[9]), ("corrupt", records[10])):
             case = dicomize_record(record, root / "made" / name, include_diagnosis=False)
-            queries[name] = _as_query_study(case, case.image_file.parent)
+            queries[name] = as_query_study(case, root / "queries" / name)
         bad = pydicom.dcmread(queries["corrupt"][0])
-        from pydicom.encaps import encapsulate
-
         bad.PixelData = encapsulate([b"\xff\xd8\xff\xdb" + bytes(range(256)) * 4 + b"\xff\xd9"])
         bad.save_as(queries["corrupt"][0], enforce_file_format=True)
-        yield {"server": server, "service": service, "queries": queries, "library": library, "models": models, "answered": answered}
-    finally:
-        if service is not None:
-            service.stop()
-        server.stop()
-
-
-def _results_in_study(client, study_uid, sent):
-    """SOP Class UID -> QIDO-RS record of the instances in the study that were not sent (the answer)."""
-    found = [pydicom.Dataset.from_json(item) for item in client.search_for_instances(study_instance_uid=study_uid)]
-    return {str(ds.SOPClassUID): ds for ds in found if str(ds.SOPInstanceUID) not in sent}
+        yield loop, queries
 
 
 def test_storescu_into_orthanc_comes_back_with_similar_cases(hospital):
+    import json
     import time
+    import urllib.request
 
     from dicomweb_client.api import DICOMwebClient
 
-    server, service, queries = hospital["server"], hospital["service"], hospital["queries"]
+    loop, queries = hospital
+    server, service = loop.server, loop.service
     client = DICOMwebClient(server.dicomweb_url)
     study = {name: str(pydicom.dcmread(files[0]).StudyInstanceUID) for name, files in queries.items()}
     sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for files in queries.values() for f in files}
     # the first study, then a corrupt one and a second while the first is being answered
-    _storescu(server, queries["first"])
+    server.storescu(queries["first"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (service.status(study["first"]) or {}).get("state") not in ("processing", "returned"):
         time.sleep(0.05)
-    _storescu(server, queries["corrupt"])
-    _storescu(server, queries["second"])
+    server.storescu(queries["corrupt"])
+    server.storescu(queries["second"])
 
     answers = {}
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and len(answers) < 2:
         for name in ("first", "second"):
-            found = _results_in_study(client, study[name], sent)
+            found = loop.answers(client, study[name], sent)
             if set(found) >= {"1.2.840.10008.5.1.4.1.1.104.1"} and len(found) == 2:  # the SR and the Encapsulated PDF, by QIDO-RS, in the query's study
                 answers[name] = found
         time.sleep(0.2)
     assert set(answers) == {"first", "second"}, f"statuses: {service.statuses()}\nOrthanc log:\n{server.log_tail()}"
 
-    library_uids = {str(pydicom.dcmread(c.image_file, stop_before_pixels=True).SOPInstanceUID) for c in hospital["library"]}
+    library_uids = loop.library_uids()
     for name, found in answers.items():
         sr_meta = next(ds for uid, ds in found.items() if uid != "1.2.840.10008.5.1.4.1.1.104.1")
         sr = _retrieve(client, sr_meta)
@@ -226,15 +162,13 @@ def test_storescu_into_orthanc_comes_back_with_similar_cases(hospital):
             assert str(instance.SOPInstanceUID) == uid and str(instance.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.77.1.7"
     corrupt = service.status(study["corrupt"])
     assert corrupt is not None and corrupt["state"] == "failed" and corrupt["error"], service.statuses()
-    assert _results_in_study(client, study["corrupt"], sent) == {}
+    assert loop.answers(client, study["corrupt"], sent) == {}
     # answered once: the answer stored into the study does not send the study round again
     # (Orthanc's StableAge 1 s + the service's quiet time 0.5 s + an answer take well under 8 s)
     time.sleep(8)
-    assert sorted(hospital["answered"]) == sorted(study.values()), service.statuses()
-    import json
-    import urllib.request
+    assert sorted(loop.answered) == sorted(study.values()), service.statuses()
 
     with urllib.request.urlopen(f"{server.http_url}/jobs?expand", timeout=10) as response:
         forwards = [job for job in json.load(response) if job.get("Type") == "DicomModalityStore"]
     assert len(forwards) == 3, [job.get("Content") for job in forwards]  # the three query studies, once each (not the library)
-    assert len(_results_in_study(client, study["first"], sent)) == 2
+    assert len(loop.answers(client, study["first"], sent)) == 2
