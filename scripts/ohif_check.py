@@ -46,6 +46,8 @@ APP_CONFIG = """window.config = {
   modes: [],
   showWarningMessageForCrossOrigin: false,
   showCPUFallbackMessage: false,
+  investigationalUseDialog: { option: 'never' },
+  customizationService: { 'ohif.tours': { $set: [] } },  // no onboarding tour over the screenshots
   defaultDataSourceName: 'orthanc',
   dataSources: [{
     namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
