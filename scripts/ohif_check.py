@@ -73,8 +73,9 @@ APP_CONFIG = """window.config = {
 """
 
 
-def serve_ohif(dist: Path, orthanc_url: str) -> tuple[socketserver.TCPServer, int]:
-    """OHIF's files, ``/app-config.js`` replaced, ``/dicom-web`` and ``/wado`` proxied to Orthanc."""
+def serve_ohif(dist: Path, orthanc_url: str, proxied: list[str]) -> tuple[socketserver.TCPServer, int]:
+    """OHIF's files, ``/app-config.js`` replaced, ``/dicom-web`` and ``/wado`` proxied to Orthanc
+    (each proxied request is appended to ``proxied`` as ``"STATUS PATH"``: what the viewer asked for)."""
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
@@ -106,6 +107,7 @@ def serve_ohif(dist: Path, orthanc_url: str) -> tuple[socketserver.TCPServer, in
                     body, status, headers = response.read(), response.status, response.headers
             except urllib.error.HTTPError as err:
                 body, status, headers = err.read(), err.code, err.headers
+            proxied.append(f"{status} {self.path}")
             self.send_response(status)
             for key in ("Content-Type",):
                 if headers.get(key):
@@ -127,6 +129,13 @@ def screenshot(chromium: str, url: str, path: Path, wait_ms: int) -> None:
     if not path.is_file():
         raise RuntimeError(f"chromium wrote no screenshot for {url}: {proc.stderr[-2000:]}")
     print(f"[ohif] {path.name}: {url}")
+
+
+def dump_dom(chromium: str, url: str, wait_ms: int) -> str:
+    """The page's DOM after ``wait_ms`` of virtual time (headless Chromium renders no PDF, so what
+    the PDF viewport holds is checked here: an ``<object type="application/pdf">`` with the document)."""
+    command = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000", f"--virtual-time-budget={wait_ms}", "--dump-dom", url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False).stdout
 
 
 def main() -> int:
@@ -168,7 +177,9 @@ def main() -> int:
             raise SystemExit(f"no answer in Orthanc: {loop.service.status(study_uid)}")
         pdf = found["1.2.840.10008.5.1.4.1.1.104.1"]
         sr = next(ds for uid, ds in found.items() if uid != "1.2.840.10008.5.1.4.1.1.104.1")
-        server, port = serve_ohif(args.ohif, loop.server.http_url)
+        image_series = next(str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in files if "image" in f.name)
+        proxied: list[str] = []
+        server, port = serve_ohif(args.ohif, loop.server.http_url, proxied)
         base = f"http://127.0.0.1:{port}"
         viewer = f"{base}/viewer?StudyInstanceUIDs={study_uid}"
         shots = {
@@ -176,10 +187,18 @@ def main() -> int:
             "2-viewer-study.png": viewer,
             "3-viewer-pdf.png": f"{viewer}&initialSeriesInstanceUID={pdf.SeriesInstanceUID}",
             "4-viewer-sr.png": f"{viewer}&initialSeriesInstanceUID={sr.SeriesInstanceUID}",
+            "5-viewer-image.png": f"{viewer}&initialSeriesInstanceUID={image_series}",
         }
         for name, url in shots.items():
             screenshot(chromium, url, args.out / name, args.wait_ms)
-        (args.out / "urls.json").write_text(json.dumps({"study": study_uid, "pdf_series": str(pdf.SeriesInstanceUID), "sr_series": str(sr.SeriesInstanceUID), **shots}, indent=1))
+        import re
+
+        dom = dump_dom(chromium, shots["3-viewer-pdf.png"], args.wait_ms)
+        (args.out / "viewer-pdf-dom.html").write_text(dom)
+        pdf_elements = re.findall(r"<(?:object|embed|iframe)[^>]*(?:application/pdf|blob:)[^>]*>", dom)
+        print(f"[ohif] PDF viewport: {len(pdf_elements)} PDF element(s): {pdf_elements[:2]}")
+        record = {"pdf_elements": pdf_elements, "study": study_uid, "pdf_series": str(pdf.SeriesInstanceUID), "sr_series": str(sr.SeriesInstanceUID), "image_series": image_series, **shots, "proxied": proxied}
+        (args.out / "urls.json").write_text(json.dumps(record, indent=1))
         if args.keep_serving:
             print(f"[ohif] serving {base} for {args.keep_serving:.0f} s")
             time.sleep(args.keep_serving)
