@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ClassBalancedBatchSampler", "CachedBatchDataset", "stratified_split", "cache_maps"]
+__all__ = ["ClassBalancedBatchSampler", "CachedBatchDataset", "stratified_split", "class_round_robin", "cache_maps"]
 
 
 def cache_maps(cache: Any, flipped: bool = False, grid: int | None = None) -> list[torch.Tensor]:
@@ -56,6 +56,19 @@ def stratified_split(labels: np.ndarray, indices: Sequence[int], fraction: float
         val.extend(members[:n_val])
         train.extend(members[n_val:])
     return np.sort(np.asarray(train, dtype=int)), np.sort(np.asarray(val, dtype=int))
+
+
+def class_round_robin(labels: Sequence[int], indices: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
+    """A sorted subset of ``n`` of ``indices`` drawn round-robin over the classes (each class shuffled with
+    ``seed``), so every class is present as long as ``n`` >= the number of classes (smoke tests, CI)."""
+    labels, indices = np.asarray(labels), np.asarray(indices, dtype=int)
+    if len(indices) <= n:
+        return np.sort(indices)
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(indices[labels[indices] == c]) for c in np.unique(labels[indices])]
+    # column-major over the per-class queues: first members of every class, then second members...
+    order = [members[depth] for depth in range(max(map(len, per_class))) for members in per_class if depth < len(members)]
+    return np.sort(np.asarray(order[:n], dtype=int))
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):

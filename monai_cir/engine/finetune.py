@@ -112,7 +112,7 @@ def finetune(
         sampler.num_batches = min(sampler.num_batches, max_steps)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0)
     model = (model if model is not None else EndToEndModel(net)).to(device)
-    head = [p for n, p in net.named_parameters() if n.startswith(("composers.", "alignments."))]
+    head = net.head_parameters()
     optimizer = torch.optim.Adam(
         [{"params": head}, {"params": list(net.encoder_parameters()), "lr": cfg.lr * encoder_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .composed_retrieval import DEFAULT_PRESET, ComposedRetrievalNet, create_model
+from .composed_retrieval import DEFAULT_PRESET, ComposedRetrievalNet, create_model, hash_weights
 
 __all__ = ["save_checkpoint", "load_model", "encoder_fingerprint", "default_checkpoint_path", "MODEL_ENV"]
 
@@ -32,10 +32,8 @@ CONSTRUCTOR_KEYS = ("levels", "beta", "num_masks", "num_heads", "projection", "i
 def encoder_fingerprint(net: ComposedRetrievalNet) -> str:
     """SHA-256 of the encoders' names and weights (what the head was trained on)."""
     digest = hashlib.sha256(f"{net.config['image_model']}|{net.config['text_model']}".encode())
-    for prefix, module in (("image.", net.image_encoder), ("text.", net.text_encoder)):
-        for key, value in sorted(module.state_dict().items()):
-            digest.update((prefix + key).encode())
-            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    hash_weights(digest, net.image_encoder.state_dict(), "image.")
+    hash_weights(digest, net.text_encoder.state_dict(), "text.")
     return digest.hexdigest()
 
 
