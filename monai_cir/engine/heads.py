@@ -53,7 +53,7 @@ class CachedComposedModel(nn.Module):
         self.mean_maps = [m.float() for m in mean_maps] if mean_maps is not None else None
 
     def head_parameters(self):
-        return [p for n, p in self.net.named_parameters() if n.startswith(("composers.", "alignments."))]
+        return self.net.head_parameters()
 
     @torch.no_grad()
     def fit_input_statistics(self, cache: Any, idx: Sequence[int]) -> None:

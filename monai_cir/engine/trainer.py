@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from ..losses import ComposedSupConLoss
 from .data import CachedBatchDataset, ClassBalancedBatchSampler, stratified_split
+from .data import prepare_batch as _prepare_batch
 
 __all__ = ["TrainConfig", "TrainResult", "train_head", "retrieval_score", "RetrievalValidation", "BestHeadKeeper"]
 
@@ -146,18 +147,6 @@ class BestHeadKeeper:
 def _loss_value(output: dict[str, Any]) -> float:
     """The batch loss as a Python float: what the stats / TensorBoard / progress handlers log."""
     return float(output["loss"].detach())
-
-
-def _prepare_batch(batch: dict[str, Any], device: torch.device | None = None, non_blocking: bool = False, **_: Any):
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(device, non_blocking=non_blocking)
-        if isinstance(x, list):
-            return [move(v) for v in x]
-        return x
-
-    batch = {k: move(v) for k, v in batch.items()}
-    return batch, batch["label"]
 
 
 def _param_groups(model: torch.nn.Module, params: list, cfg: TrainConfig) -> list[dict[str, Any]]:
