@@ -137,14 +137,14 @@ def test_site_from_dicom():
 
 
 def test_same_site_filter_in_a_faiss_index_returns_only_that_site():
-    from monai_cir.index import CaseIndex, CaseMetadata
+    from monai_cir.index import CaseMetadata, create_index
 
     rng = np.random.default_rng(0)
     sites = ["trunk", "head and neck", "acral", "unknown"]
     n = 200
     vectors = rng.normal(size=(n, 16)).astype(np.float32)
     meta = [CaseMetadata(f"c{i}", "nevus" if i % 3 else "melanoma", "lib", site=sites[i % 4]) for i in range(n)]
-    index = CaseIndex.create(16, "fp-test")
+    index = create_index(16, "fp-test")
     index.add(vectors, meta)
     query = rng.normal(size=(3, 16)).astype(np.float32)
     for query_site in ("back", "face", "palms/soles"):

@@ -91,7 +91,7 @@ class ComposedRetrievalOperator(Operator):
     def _load(self, models: Path, device: str) -> tuple[Any, Any, float]:
         import torch
 
-        from monai_cir.index import CaseIndex
+        from monai_cir.index import load_index
         from monai_cir.networks import load_model
         from monai_cir.retrieval import model_fingerprint
 
@@ -102,7 +102,7 @@ class ComposedRetrievalOperator(Operator):
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use --device auto or cpu")
         net = load_model(checkpoint, device=device)
-        index = CaseIndex.load(index_dir, expected_fingerprint=model_fingerprint(net))
+        index = load_index(index_dir, expected_fingerprint=model_fingerprint(net))
         load_s = time.perf_counter() - start
         self._logger.info(
             "model %s on %s, case index %s (%d cases), loaded in %.1f s",

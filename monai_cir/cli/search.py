@@ -42,7 +42,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
-    from monai_cir.index import CaseIndex
+    from monai_cir.index import load_index
     from monai_cir.networks import load_model
     from monai_cir.sites_condition import resolve_site_condition
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise FileNotFoundError(f"query image not found: {args.image}")
     filters, notice = resolve_site_condition(args.site, args.query_site)
-    index = CaseIndex.load(args.index)
+    index = load_index(args.index)
     net = load_model(args.model)
     calibration = None
     if args.evidence:
