@@ -338,7 +338,7 @@ HELD_OUT_STYLES: dict[str, WordingStyle] = {
     for style in (
         # "On dermoscopy: irregular reticular pattern, radial streaming not seen, bluish-white veil seen."
         WordingStyle("held_out_not_seen", _HELD_OUT_NOUNS, absent="{name} not seen", present="{name} seen",
-                     graded="{grade} {name}", qualified="{name}, {grade}", header="On dermoscopy: ", joiner=", ", end=".",
+                     graded="{grade} {name}", qualified="{name} with {grade}", header="On dermoscopy: ", joiner=", ", end=".",
                      grades=_HELD_OUT_GRADES, context=_held_out_narrative),
         # "Examination: reticular pattern irregular; negative for radial streaming; bluish-white veil observed."
         WordingStyle("held_out_negative_for", _HELD_OUT_NOUNS, absent="negative for {name}", present="{name} observed",
