@@ -135,6 +135,25 @@ class Explanation:
     def top_tokens(self, n: int = 5) -> list[TokenWeight]:
         return self.tokens[:n]
 
+    def score_parts(self) -> list[dict[str, Any]]:
+        """What each part of the pair contributed to :attr:`score`, in the score's own units (Eq. 9).
+
+        Per level: ``query_regions`` / ``target_regions`` ``β c_j`` (each side's regions, with its
+        ``*_projection`` ``β × residual``, split the same local cosine), and ``global`` ``(1-β) ×`` the
+        global cosine. Over levels, one side's regions + projection + global add up to ``score``."""
+        b = self.beta
+        return [
+            {
+                "level": lv.level,
+                "query_regions": [b * float(v) for v in lv.query_regions],
+                "query_projection": b * lv.query_residual,
+                "target_regions": [b * float(v) for v in lv.target_regions],
+                "target_projection": b * lv.target_residual,
+                "global": (1.0 - b) * lv.global_cosine,
+            }
+            for lv in self.levels
+        ]
+
     def sr_text(self, n_tokens: int = 5) -> str:
         """One sentence for the SR's per-match "Explanation" item (no pixels)."""
         parts = [
@@ -169,6 +188,7 @@ class Explanation:
                 }
                 for lv in self.levels
             ],
+            "score_parts": self.score_parts(),
             "top_words": [{"word": t.word, "weight": t.weight} for t in self.top_tokens(n_tokens)],
         }
 

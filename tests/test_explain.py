@@ -134,6 +134,17 @@ def test_without_projection_the_regions_are_the_whole_local_term(images):
     assert regions == pytest.approx(_local_term(plain, images[0], TEXT, images[1]), abs=1e-5)
 
 
+def test_score_parts_add_up_to_the_networks_score(net, images, explanation):
+    with torch.no_grad():
+        s = float(net.similarity(images[0][None], [TEXT], images[1][None])[0, 0])
+    parts = explanation.score_parts()
+    assert [p["level"] for p in parts] == list(net.levels)
+    for side in ("query", "target"):
+        total = sum(sum(p[f"{side}_regions"]) + p[f"{side}_projection"] + p["global"] for p in parts)
+        assert total == pytest.approx(s, abs=1e-5), side
+    assert explanation.summary()["score_parts"] == parts
+
+
 def test_words_are_merged_and_special_tokens_dropped(explanation):
     words = [t.word for t in explanation.tokens]
     assert words, "a text query attends to its words"

@@ -17,6 +17,7 @@ from monai_cir.data.report import (
     TRAINING_STYLES,
     augment_report,
     render_report,
+    render_reports,
     report_fields,
 )
 
@@ -139,3 +140,36 @@ def test_augmentation_covers_orders_subsets_styles_and_empty(derm7pt):
     assert any(0 <= t.find("streaks") < t.find("pigment network") for t in lowered)
     # random subsets: some template text keeps fewer than all criteria
     assert any(0 < len(_template_findings(t)) < len(report_fields(case).criteria) for t in texts)
+
+
+def test_render_reports_seeds_each_case_by_its_id(derm7pt):
+    every = render_reports(derm7pt, "partial", seed=3)
+    # the same case gets the same text in a subset, in another order; another seed changes texts
+    subset = list(reversed(derm7pt[100:200]))
+    assert render_reports(subset, "partial", seed=3) == list(reversed(every[100:200]))
+    assert sum(a != b for a, b in zip(every, render_reports(derm7pt, "partial", seed=4))) > 300
+
+
+def test_sr_coded_style_is_what_the_sr_reader_writes(derm7pt):
+    """The training style ``sr_coded`` reproduces the text :func:`read_sr_text` makes of coded findings."""
+    from pydicom.dataset import Dataset
+
+    from monai_cir.dicom.reader import read_sr_text
+
+    def code(value: str, meaning: str) -> Dataset:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "99TEST", meaning
+        return item
+
+    fields = report_fields(derm7pt[0])
+    items = []
+    for n, (key, value) in enumerate(fields.criteria):
+        item = Dataset()
+        item.RelationshipType, item.ValueType = "CONTAINS", "CODE"
+        item.ConceptNameCodeSequence = [code(f"C{n}", TRAINING_STYLES["sr_coded"].names[key])]
+        item.ConceptCodeSequence = [code(f"V{n}", value)]
+        items.append(item)
+    sr = Dataset()
+    sr.SOPInstanceUID, sr.StudyInstanceUID, sr.SOPClassUID = "1.2.3", "1.2", "1.2.840.10008.5.1.4.1.1.88.33"
+    sr.ContentSequence = items
+    assert read_sr_text(sr).text == TRAINING_STYLES["sr_coded"].render(fields, with_context=False)

@@ -17,6 +17,7 @@ Example (Derm7pt case 701)::
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +33,10 @@ __all__ = [
     "ReportFields",
     "WordingStyle",
     "augment_report",
+    "case_generator",
     "meta_report",
     "render_report",
+    "render_reports",
     "report_fields",
 ]
 
@@ -335,7 +338,7 @@ HELD_OUT_STYLES: dict[str, WordingStyle] = {
     for style in (
         # "On dermoscopy: irregular reticular pattern, radial streaming not seen, bluish-white veil seen."
         WordingStyle("held_out_not_seen", _HELD_OUT_NOUNS, absent="{name} not seen", present="{name} seen",
-                     graded="{grade} {name}", qualified="{name}, {grade}", header="On dermoscopy: ", joiner=", ", end=".",
+                     graded="{grade} {name}", qualified="{name} with {grade}", header="On dermoscopy: ", joiner=", ", end=".",
                      grades=_HELD_OUT_GRADES, context=_held_out_narrative),
         # "Examination: reticular pattern irregular; negative for radial streaming; bluish-white veil observed."
         WordingStyle("held_out_negative_for", _HELD_OUT_NOUNS, absent="negative for {name}", present="{name} observed",
@@ -383,8 +386,7 @@ def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str
         record: a ``CaseRecord`` or a mapping of Derm7pt / ISIC columns.
         form: one of :data:`TEXT_FORMS`.
         rng: a ``numpy.random.Generator`` (or a seed); the text is a function of the record and the
-            generator's state. Seed per case (``np.random.default_rng((seed, index))``) so that a case's
-            text does not depend on which other cases are rendered.
+            generator's state. :func:`render_reports` seeds one per case (:func:`case_generator`).
     """
     if form not in TEXT_FORMS:
         raise ValueError(f"unknown text form {form!r}; choose one of {list(TEXT_FORMS)}")
@@ -406,6 +408,19 @@ def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str
     count = int(rng.integers(1, min(4, len(fields.criteria)) + 1))
     keep = np.sort(rng.choice(len(fields.criteria), size=count, replace=False))
     return meta_report(_template_fields(fields, [fields.criteria[i] for i in keep]))
+
+
+def case_generator(record: Any, seed: int = 0) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the case's id (``case_id``; CRC-32, stable across
+    processes): a case's text is the same whichever other cases are rendered, and in whatever order."""
+    case_id = str(getattr(record, "case_id", None) or (record.get("case_id") if isinstance(record, Mapping) else "") or "")
+    return np.random.default_rng((int(seed), zlib.crc32(case_id.encode())))
+
+
+def render_reports(records: Sequence[Any], form: str, seed: int = 0) -> list[str]:
+    """:func:`render_report` of each record, each with its own :func:`case_generator` (the one
+    seeding every evaluation uses, so all methods see the same texts)."""
+    return [render_report(r, form, case_generator(r, seed)) for r in records]
 
 
 # How augment_report draws a training text (probabilities sum to 1).
