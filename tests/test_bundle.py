@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,9 +43,11 @@ def trained_fold(tmp_path_factory, shared_data):
         records=SUBSET,
         cache_name="derm7pt-ci30",
         max_epochs=2,
-        **{"train_config#progress": False, "train_config#batch_size": 12, "train_config#val_fraction": 0.25},
+        batch_size=12,
+        val_fraction=0.25,
     )
     wf.initialize()
+    assert not wf.check_properties()  # MONAI's train properties: every required id exists (None or [] missing)
     wf.run()
     wf.finalize()
     return root
@@ -54,10 +55,11 @@ def trained_fold(tmp_path_factory, shared_data):
 
 def test_train_workflow_writes_checkpoint(trained_fold):
     from monai_cir.networks import load_model
+    from monai_cir.networks.checkpoint import read_checkpoint
 
     ckpt = trained_fold / "models" / "model_fold0.pt"
     assert ckpt.is_file()
-    payload = torch.load(ckpt, map_location="cpu", weights_only=False)
+    payload = read_checkpoint(ckpt)
     assert payload["format"] == "monai-cir-head/1" and payload["extra"]["fold"] == 0
     assert len(payload["encoder_fingerprint"]) == 64
     net = load_model(ckpt)
@@ -72,6 +74,17 @@ def test_evaluate_workflow(trained_fold):
     wf.finalize()
     metrics = json.loads((trained_fold / "eval" / "metrics_fold0.json").read_text())
     assert set(metrics) >= {"acc@1", "acc@2", "acc@4", "map"} and 0 <= metrics["map"] <= 100
+
+
+def test_evaluate_refuses_a_missing_fold_checkpoint(trained_fold):
+    """No model_fold1.pt: the workflow fails and says so (it never scores the untrained default)."""
+    wf = _workflow(["evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=1, records=SUBSET, cache_name="derm7pt-ci30")
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error of the expression that raised it
+        wf.run()
+    cause = failure.value.__cause__
+    assert isinstance(cause, FileNotFoundError) and "model_fold1.pt" in str(cause), cause
+    assert not (trained_fold / "eval" / "metrics_fold1.json").exists()
 
 
 def test_inference_workflow(trained_fold):

@@ -66,13 +66,18 @@ def load_or_default(path: str | Path | None = None, image_size: int = 260, **net
     return ComposedRetrievalNet.offline_default(image_size=image_size, **net_kwargs).eval()
 
 
-def fold_split(cache: Any, fold: int = 0, subset: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) cache rows for ``fold`` of the committed folds; ``fold = -1``: (all, none).
+def fold_split(cases: Any, fold: int = 0, subset: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) rows of ``cases`` (a feature cache, or a list of ``CaseRecord``) for ``fold`` of the
+    committed folds; ``fold = -1``: (all, none).
 
     ``subset`` keeps a class-stratified random ``subset`` of each side (smoke tests)."""
+    from types import SimpleNamespace
+
     from ..evaluation import fold_indices
 
-    fold_of = fold_indices(cache)
+    if not hasattr(cases, "case_ids"):  # records: what the image (fine-tuning) path reads
+        cases = SimpleNamespace(case_ids=[r.case_id for r in cases], labels=[r.label for r in cases])
+    fold_of = fold_indices(cases)
     if fold < 0:
         train, test = np.arange(len(fold_of)), np.array([], dtype=int)
     else:
@@ -80,7 +85,7 @@ def fold_split(cache: Any, fold: int = 0, subset: int | None = None, seed: int =
             raise ValueError(f"fold {fold} does not exist; folds are {sorted(set(fold_of.tolist()))} (or -1 for all cases)")
         train, test = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     if subset:
-        labels = np.asarray(cache.labels)
+        labels = np.asarray(cases.labels)
         train, test = class_round_robin(labels, train, subset, seed), class_round_robin(labels, test, max(3, subset // 4), seed)
     return train, test
 

@@ -132,7 +132,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         if path.is_dir():
             path = path / "models" / "model.pt" if (path / "models" / "model.pt").is_file() else path / "model.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"model checkpoint not found: {path}")
+            raise FileNotFoundError(f"model checkpoint not found: {path} (train it first, e.g. bundle/configs/train.yaml with that --fold)")
         payload = read_checkpoint(path)
         config = payload["config"]
         kwargs = {k: config[k] for k in CONSTRUCTOR_KEYS if k in config}
