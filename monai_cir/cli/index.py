@@ -36,6 +36,7 @@ def add_parser(subparsers: Any) -> None:
     build.add_argument("--model", help="checkpoint (.pt) or bundle folder; default $MONAI_CIR_MODEL, bundle/models/model.pt, else the offline default")
     build.add_argument("--batch-size", type=int, default=16)
     build.add_argument("--limit", type=int, metavar="N", help="index only the first N cases (a quick look)")
+    build.add_argument("--confirmed-only", action="store_true", help="keep only histopathology-confirmed (biopsy-confirmed) cases")
     build.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
     build.add_argument("--backend", choices=("faiss", "milvus"), default="faiss")
     build.add_argument("--uri", help="Milvus: a milvus-lite file (default <out>/milvus.db) or http://host:19530")
@@ -79,6 +80,14 @@ def run_build(args: argparse.Namespace) -> int:
         records = load_image_csv(args.images, args.csv, collection=args.name)
     else:
         records, metadata = retrieval.dicom_library(args.dicom, args.name)
+    if args.confirmed_only:
+        confirmations = [m.confirmation for m in metadata] if metadata is not None else [getattr(r, "confirmation", "unknown") for r in records]
+        keep = [i for i, c in enumerate(confirmations) if c == "histopathology"]
+        logger.info("--confirmed-only: %d of %d cases are histopathology-confirmed", len(keep), len(records))
+        if not keep:
+            raise ValueError("--confirmed-only: none of the cases is histopathology-confirmed; nothing to index")
+        records = [records[i] for i in keep]
+        metadata = [metadata[i] for i in keep] if metadata is not None else None
     if args.limit is not None:
         records = records[: args.limit]
         metadata = metadata[: args.limit] if metadata is not None else None

@@ -65,6 +65,8 @@ class CaseMetadata:
 
     ``site`` is the anatomical site in the project's vocabulary ("unknown" where absent); the DICOM
     UIDs are set for cases indexed from DICOM so that a hit can be retrieved from the PACS.
+    ``confirmation`` says how the diagnosis was established
+    (:data:`monai_cir.data.collections.CONFIRMATIONS`; only "histopathology" is biopsy-confirmed).
     """
 
     case_id: str
@@ -77,6 +79,7 @@ class CaseMetadata:
     sop_class_uid: str | None = None
     image_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    confirmation: str = "unknown"
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id.strip():
@@ -85,6 +88,8 @@ class CaseMetadata:
             self.site = "unknown"
         if self.image_path is not None:
             self.image_path = str(self.image_path)
+        if self.confirmation is None or not str(self.confirmation).strip():
+            self.confirmation = "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
