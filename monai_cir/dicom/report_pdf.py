@@ -67,7 +67,7 @@ def _jpeg(image: np.ndarray, max_side: int = 512):
     from reportlab.lib.utils import ImageReader
 
     pil = Image.fromarray(np.ascontiguousarray(image[..., :3]))
-    pil.thumbnail((max_side, max_side))
+    pil.thumbnail((max_side, max_side), reducing_gap=3.0)  # box-reduce first: 5x faster, same look
     buffer = io.BytesIO()
     pil.save(buffer, "JPEG", quality=85)
     buffer.seek(0)
@@ -75,7 +75,8 @@ def _jpeg(image: np.ndarray, max_side: int = 512):
 
 
 def _draw_image(canvas, image: np.ndarray | None, x: float, y: float, w: float, h: float, colour: str = "#000000") -> None:
-    """``image`` fitted into the box (x, y bottom-left, w x h), a coloured frame around the box."""
+    """``image`` fitted into the box (x, y bottom-left, w x h), a coloured frame around the box.
+    The JPEG has about 300 dpi at the box's size: sharp on paper, no bigger than that."""
     from reportlab.lib.colors import HexColor
 
     if image is None:
@@ -85,7 +86,7 @@ def _draw_image(canvas, image: np.ndarray | None, x: float, y: float, w: float, 
         canvas.setFont("Helvetica", 7)
         canvas.drawCentredString(x + w / 2, y + h / 2, "image not available")
     else:
-        reader, (iw, ih) = _jpeg(image)
+        reader, (iw, ih) = _jpeg(image, max_side=int(max(w, h) / 72 * 300))
         scale = min(w / iw, h / ih)
         dw, dh = iw * scale, ih * scale
         canvas.drawImage(reader, x + (w - dw) / 2, y + (h - dh) / 2, dw, dh)
@@ -219,9 +220,12 @@ def render_report_pdf(
     ``image_loader(hit)`` returns a library image (HWC) or None (placeholder box);
     ``explanations``: rank -> :class:`monai_cir.explain.Explanation` (or a ready HWC image), one page each;
     ``study``: the query's dataset, for the patient's sex and age and the identifiers."""
+    from reportlab import rl_config
     from reportlab.lib.colors import HexColor
     from reportlab.pdfgen.canvas import Canvas
 
+    # binary streams: reportlab's ASCII85 armour runs in pure Python here and was 2/3 of the time
+    rl_config.useA85 = 0
     width, height = _A4
     created = created or datetime.datetime.now().astimezone()
     version = algorithm_version or C.software_version()
