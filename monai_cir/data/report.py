@@ -382,6 +382,9 @@ def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str
     - ``demographics``: age, sex and site only, in the template's words.
     - ``empty``: ``""`` (the image-only query).
 
+    Only the structured fields (:func:`report_fields`) are rewritten: a user's record whose text is
+    free prose with no such fields gives ``""`` for ``reworded`` and ``demographics``.
+
     Args:
         record: a ``CaseRecord`` or a mapping of Derm7pt / ISIC columns.
         form: one of :data:`TEXT_FORMS`.
