@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -94,7 +96,8 @@ def _projection_residuals(net, query_image, text, target_image) -> list[float]:
             mean_region = align.region_descriptors(xq)[0].mean(dim=1)
             e_q = align.local_descriptor(xq)[0]
             e_t = align.local_descriptor(xt)[0]
-            out.append(float(align.proj_local.net(mean_region)[0] @ e_t / (e_q.norm() * e_t.norm())))
+            branch = align.proj_local.net(mean_region)[0] if hasattr(align.proj_local, "net") else torch.zeros_like(e_q)  # g(ē)
+            out.append(float(branch @ e_t / (e_q.norm() * e_t.norm())))
     return out
 
 
@@ -197,6 +200,25 @@ def test_explanation_on_real_isic_images(offline_net, shared_data, tmp_path):
     assert {"pigment", "regression"} & {t.word for t in ex.tokens}
     path = render_explanation(ex, tmp_path / "isic.png")
     assert path.stat().st_size > 20_000
+
+
+def test_explanation_of_the_shipped_model(shared_data):
+    """``bundle/models/model.pt`` (fitted input standardisation) on two real Derm7pt cases: the
+    regions and the projection residual give the local term the search uses."""
+    from monai_cir.data import load_collection, load_image
+    from monai_cir.networks import load_model
+
+    shipped = load_model(Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt")
+    assert any(float(a.input_norm.std.sub(1).abs().max()) > 0.1 for a in shipped.alignments), "the shipped model has fitted statistics"
+    query, target = load_collection("derm7pt", shared_data)[:2]
+    q, t = load_image(query.image_path, shipped.image_size), load_image(target.image_path, shipped.image_size)
+    ex = explain_match(shipped, q, query.text, t)
+    with torch.no_grad():
+        s = float(shipped.similarity(q[None], [query.text], t[None])[0, 0])
+    assert ex.score == pytest.approx(s, abs=1e-4)
+    residuals = _projection_residuals(shipped, q, query.text, t)
+    regions = sum(float(lv.query_regions.sum()) for lv in ex.levels)
+    assert regions + sum(residuals) == pytest.approx(_local_term(shipped, q, query.text, t), abs=1e-4)
 
 
 def ex_tensor(path):

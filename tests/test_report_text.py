@@ -140,6 +140,12 @@ def test_augmentation_covers_orders_subsets_styles_and_empty(derm7pt):
     assert any(0 <= t.find("streaks") < t.find("pigment network") for t in lowered)
     # random subsets: some template text keeps fewer than all criteria
     assert any(0 < len(_template_findings(t)) < len(report_fields(case).criteria) for t in texts)
+    assert case.text in texts  # today's template too
+    # the mix is the caller's: all text dropped, or the template only
+    assert {augment_report(case, s, mix={"empty": 1.0}) for s in range(20)} == {""}
+    assert {augment_report(case, s, mix={"template": 1.0}) for s in range(20)} == {case.text}
+    with pytest.raises(ValueError, match="summing to 1"):
+        augment_report(case, 0, mix={"empty": 0.5, "dropout": 0.5})
 
 
 def test_render_reports_seeds_each_case_by_its_id(derm7pt):

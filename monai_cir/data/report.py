@@ -382,6 +382,9 @@ def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str
     - ``demographics``: age, sex and site only, in the template's words.
     - ``empty``: ``""`` (the image-only query).
 
+    Only the structured fields (:func:`report_fields`) are rewritten: a user's record whose text is
+    free prose with no such fields gives ``""`` for ``reworded`` and ``demographics``.
+
     Args:
         record: a ``CaseRecord`` or a mapping of Derm7pt / ISIC columns.
         form: one of :data:`TEXT_FORMS`.
@@ -423,24 +426,32 @@ def render_reports(records: Sequence[Any], form: str, seed: int = 0) -> list[str
     return [render_report(r, form, case_generator(r, seed)) for r in records]
 
 
-# How augment_report draws a training text (probabilities sum to 1).
-AUGMENT_MIX: dict[str, float] = {"findings": 0.6, "sr_coded": 0.1, "demographics": 0.15, "empty": 0.15}
+# How augment_report draws a training text: kind -> probability (they sum to 1).
+AUGMENT_MIX: dict[str, float] = {"template": 0.2, "findings": 0.45, "sr_coded": 0.1, "demographics": 0.1, "empty": 0.15}
 
 
-def augment_report(record: Any, rng: np.random.Generator | int) -> str:
+def augment_report(record: Any, rng: np.random.Generator | int, mix: Mapping[str, float] | None = None) -> str:
     """A random training text for one case: the same content as clinicians write it in many ways.
 
-    With the probabilities of :data:`AUGMENT_MIX`: ``findings`` — a random non-empty subset of the
-    recorded criteria, in random order half of the time (the template keeps its own order), in the
-    template or a style of :data:`TRAINING_STYLES` other than ``sr_coded``, the context kept 70% of
-    the time; ``sr_coded`` — all recorded criteria as the SR reader writes coded findings;
-    ``demographics`` — age / sex / site only in a training style; ``empty`` — ``""``.
-    A case without criteria gives demographics or empty. Never the diagnosis or management, never a
-    word of :data:`HELD_OUT_STYLES`' vocabulary. Deterministic given the generator's state."""
+    ``mix`` (default :data:`AUGMENT_MIX`) gives the probability of each kind of text:
+    ``template`` — today's text (``render_report(record, "template")``); ``findings`` — a random
+    non-empty subset of the recorded criteria, in random order half of the time (the template
+    wording keeps its own order), in the template's or a :data:`TRAINING_STYLES` style's words
+    (``sr_coded`` aside), the context kept 70% of the time; ``sr_coded`` — all recorded criteria as
+    the SR reader writes coded findings; ``demographics`` — age / sex / site only in a training
+    style; ``empty`` — ``""`` (text dropout). A case without criteria gives demographics instead of
+    findings. Never the diagnosis or management, never a word of :data:`HELD_OUT_STYLES`'
+    vocabulary. Deterministic given the generator's state."""
+    mix = AUGMENT_MIX if mix is None else mix
+    unknown = sorted(set(mix) - set(AUGMENT_MIX))
+    weights = np.array([float(mix.get(k, 0.0)) for k in AUGMENT_MIX])
+    if unknown or (weights < 0).any() or not np.isclose(weights.sum(), 1.0):
+        raise ValueError(f"mix must give probabilities summing to 1 over {list(AUGMENT_MIX)}, got {dict(mix)}")
     rng = _generator(rng)
     fields = report_fields(record)
-    kinds = list(AUGMENT_MIX)
-    kind = kinds[int(rng.choice(len(kinds), p=np.array([AUGMENT_MIX[k] for k in kinds])))]
+    kind = list(AUGMENT_MIX)[int(rng.choice(len(weights), p=weights))]
+    if kind == "template":
+        return render_report(record, "template", rng)
     if not fields.criteria and kind in ("findings", "sr_coded"):
         kind = "demographics"
     if kind == "empty":
