@@ -161,7 +161,7 @@ def test_same_site_filter_in_a_faiss_index_returns_only_that_site():
 def test_sr_carries_the_evidence_summary_and_reads_back(tmp_path):
     """The SR writer (issue 5) takes this module's EvidenceSummary as is; the site written into a
     dicomized image's Anatomic Region Sequence comes back through site_from_dicom."""
-    sr = pytest.importorskip("monai_cir.dicom.sr")
+    import monai_cir.dicom.sr as sr
     from monai_cir.dicom.dicomize import case_uids, dermoscopy_image_dataset
     from monai_cir.index import CaseMetadata, SearchHit
 

@@ -147,8 +147,7 @@ def test_real_images_find_themselves(offline_net, shared_data):
 
 
 def test_cli_build_from_dicom(net, library, tmp_path, monkeypatch, capsys):
-    dicomize = pytest.importorskip("monai_cir.dicom.dicomize")
-    pytest.importorskip("monai_cir.dicom.reader")
+    import monai_cir.dicom.dicomize as dicomize
     import monai_cir.networks
     from monai_cir.cli import main
 
