@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_net
+
 from monai_cir.data.collections import CaseRecord
 from monai_cir.engine.data import TARGET_IMAGE_KEY, dermoscopy_augmentation
 from monai_cir.engine.finetune import finetune

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_net
+
 from monai_cir.engine import (
     CachedBatchDataset,
     ClassBalancedBatchSampler,
@@ -131,7 +131,11 @@ def test_finetune_lowers_the_training_loss(tmp_path):
     from PIL import Image
 
     from monai_cir.data.collections import CaseRecord, records_dataset
-    from monai_cir.engine.finetune import EndToEndModel, finetune, fit_input_statistics_from_records
+    from monai_cir.engine.finetune import (
+        EndToEndModel,
+        finetune,
+        fit_input_statistics_from_records,
+    )
 
     tiny = make_tiny_net()
     rng = np.random.default_rng(0)
