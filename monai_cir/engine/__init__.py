@@ -3,7 +3,7 @@
 - :func:`train_head` (MONAI ``SupervisedTrainer`` + handlers) trains any head of :mod:`.heads` on a
   ``FeatureCache``; :func:`fit_composed` builds and trains the composed network for one split.
 - :mod:`.finetune`: the end-to-end switch (images and texts in, encoders unfrozen).
-- :mod:`.cv_methods`: the trained methods registered with ``monai_cir.evaluation``.
+- :mod:`.cv_methods`: the trained methods of ``monai_cir.evaluation`` (registered when it is imported).
 """
 
 from __future__ import annotations

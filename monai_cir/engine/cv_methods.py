@@ -1,4 +1,4 @@
-"""Trained retrieval methods for ``monai_cir.evaluation`` (imported by it; replaces the stand-ins).
+"""The trained retrieval methods of ``monai_cir.evaluation`` (which imports this module to register them).
 
 Every method trains per fold on ``ctx.train_indices`` only (the four database folds; an inner
 validation split of them drives early stopping) and returns ``(Q, T)`` scored by inner product.
@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from ..evaluation import CrossSiteContext, FoldContext, register_method
+from ..evaluation.protocol import CrossSiteContext, FoldContext, RunState
+from ..evaluation.registry import register_method
 from . import TrainConfig, fit_composed
 from .heads import LateFusionMLP
 from .trainer import train_head
@@ -83,25 +85,26 @@ def method_options(name: str, config: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def base_net(config: dict[str, Any]):
+@functools.lru_cache(maxsize=4)
+def base_net(image_size: int = 260):
     """Encoder donor for the heads: the composed network's architecture with random encoders (the cache
-    replaces them; nothing is loaded from disk)."""
+    replaces them; nothing is loaded from disk). One per image size (the heads copy nothing from it
+    but the architecture; :func:`~monai_cir.engine.new_head_net` builds a fresh head)."""
     from ..networks import create_model
 
-    objects = config.setdefault("_objects", {})
-    key = ("base_net", int(config.get("image_size", 260)))
-    if key not in objects:
-        objects[key] = create_model(pretrained=False, image_size=int(config.get("image_size", 260))).eval()
-    return objects[key]
+    return create_model(pretrained=False, image_size=int(image_size)).eval()
 
 
-def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str, Any], seed: int):
-    """Train method ``name`` on ``train_idx`` of ``cache``; returns a list of models (one per ensemble seed)."""
+def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str, Any], seed: int, state: RunState | None = None):
+    """Train method ``name`` on ``train_idx`` of ``cache``; returns a list of models (one per ensemble seed).
+
+    ``state`` (the evaluation run's :class:`~monai_cir.evaluation.protocol.RunState`) memoises the models
+    (methods that share a model train it once) and collects the training log."""
     opts = method_options(name, config)
-    objects = config.setdefault("_objects", {})
+    state = state if state is not None else RunState()
     key = ("trained", name, id(cache), tuple(int(i) for i in train_idx[:5]), len(train_idx), seed, repr(opts))
-    if key in objects:
-        return objects[key]
+    if key in state.memo:
+        return state.memo[key]
     models = []
     for member in range(int(opts.get("ensemble", 1))):
         s = seed + 1000 * member
@@ -112,11 +115,11 @@ def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str,
             model = LateFusionMLP(image_dim, int(cache.sentence.shape[1]), **opts["net"])
             result = train_head(model, cache, train_idx, train_cfg)
         else:
-            model, result = fit_composed(base_net(config), cache, train_idx, name, train_cfg, seed=s, **opts["net"])
+            model, result = fit_composed(base_net(int(config.get("image_size", 260))), cache, train_idx, name, train_cfg, seed=s, **opts["net"])
         logger.info("%s seed %d: best epoch %d of %d, val score %.3f, %.1f s", name, s, result.best_epoch, result.epochs_run, result.best_score, result.seconds)
-        config.setdefault("_train_log", []).append(dict(method=name, seed=s, n_train=len(train_idx), best_epoch=result.best_epoch, epochs_run=result.epochs_run, val_score=round(result.best_score, 4), seconds=round(result.seconds, 1)))
+        state.train_log.append(dict(method=name, seed=s, n_train=len(train_idx), best_epoch=result.best_epoch, epochs_run=result.epochs_run, val_score=round(result.best_score, 4), seconds=round(result.seconds, 1)))
         models.append(model)
-    objects[key] = models
+    state.memo[key] = models
     return models
 
 
@@ -127,7 +130,7 @@ def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
 def _fold(name: str, ctx: FoldContext):
     opts = method_options(name, ctx.config)
     tta = opts["train"].get("tta", True)
-    models = train_method(name, ctx.cache, ctx.train_indices, ctx.config, ctx.seed)
+    models = train_method(name, ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     q = _concat([m.encode_queries(ctx.cache, ctx.query_indices, tta=tta) for m in models])
     t = _concat([m.encode_targets(ctx.cache, ctx.database_indices, tta=tta) for m in models])
     return q, t
@@ -136,7 +139,7 @@ def _fold(name: str, ctx: FoldContext):
 def _cross_site(name: str, ctx: CrossSiteContext):
     """Target tower trained on all of Derm7pt, applied to the other collection's images."""
     opts = method_options(name, ctx.config)
-    models = train_method(name, ctx.source, ctx.train_indices, ctx.config, ctx.seed)
+    models = train_method(name, ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     idx = np.arange(len(ctx.target))
     return _concat([m.encode_targets(ctx.target, idx, tta=opts["train"].get("tta", True)) for m in models])
 
@@ -145,7 +148,7 @@ def composed_cross_site_query(ctx: CrossSiteContext) -> torch.Tensor:
     """Cross-site similarity of composed queries (image + the collection's text, e.g. age and sex) to
     target embeddings, with the ``composed`` model trained on all of Derm7pt: ``Q @ T.T`` (N, N)."""
     opts = method_options("composed", ctx.config)
-    models = train_method("composed", ctx.source, ctx.train_indices, ctx.config, ctx.seed)
+    models = train_method("composed", ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     idx = np.arange(len(ctx.target))
     tta = opts["train"].get("tta", True)
     q = _concat([m.encode_queries(ctx.target, idx, tta=tta) for m in models])

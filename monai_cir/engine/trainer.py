@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..losses import ComposedSupConLoss
+from ..metrics import retrieval_metrics
 from .data import CachedBatchDataset, ClassBalancedBatchSampler, stratified_split
 from .data import prepare_batch as _prepare_batch
 
@@ -81,14 +82,10 @@ class TrainResult:
 
 
 def retrieval_score(q: torch.Tensor, t: torch.Tensor, q_labels: torch.Tensor, t_labels: torch.Tensor) -> dict[str, float]:
-    """mAP and Acc@1 of queries ``q`` ranking targets ``t`` (arXiv v1 Eqs. 10-14), vectorised."""
-    s = q.float() @ t.float().T
-    order = s.argsort(dim=1, descending=True)
-    rel = (t_labels[order] == q_labels.view(-1, 1)).float()
-    hits = rel.cumsum(dim=1)
-    ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float32)
-    ap = (rel * hits / ranks).sum(1) / rel.sum(1).clamp_min(1)
-    return {"val_mAP": ap.mean().item(), "val_acc1": rel[:, 0].mean().item()}
+    """mAP and Acc@1 of queries ``q`` ranking targets ``t`` (arXiv v1 Eqs. 10-14), by
+    :func:`monai_cir.metrics.retrieval_metrics` (the one implementation: stable ties, database order)."""
+    m = retrieval_metrics(q.float() @ t.float().T, q_labels, t_labels, ks=(1,), precision_ks=())
+    return {"val_mAP": m["map"], "val_acc1": m["acc@1"]}
 
 
 class RetrievalValidation:
