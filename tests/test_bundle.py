@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,3 +126,62 @@ def test_verify_net_in_out(trained_fold):
         bundle_root=str(trained_fold),
         checkpoint=str(trained_fold / "models" / "model_fold0.pt"),
     )
+
+
+FINETUNE = dict(
+    fold=-1, records="$monai_cir.engine.bundle.subset_records('derm7pt', 12)", image_size=64, max_epochs=1, batch_size=4,
+    **{"train#trainer#epoch_length": 2},
+)
+
+
+def test_finetune_overlay_saves_the_whole_network(tmp_path, shared_data):
+    """train.yaml + finetune.yaml: two end-to-end steps on 12 real images at 64 px; the checkpoint holds the
+    fine-tuned encoders and load_model rebuilds exactly that network."""
+    from monai_cir.networks import ComposedRetrievalNet, encoder_fingerprint, load_model
+    from monai_cir.networks.checkpoint import read_checkpoint
+
+    wf = _workflow(["train.yaml", "finetune.yaml"], bundle_root=str(tmp_path), **FINETUNE)
+    wf.initialize()
+    assert not wf.check_properties()
+    wf.run()
+    trained = wf.parser.get_parsed_content("network_def")
+    wf.finalize()
+    ckpt = tmp_path / "models" / "model.pt"  # fold -1: every case of the subset trains
+    assert read_checkpoint(ckpt)["format"] == "monai-cir-net/1"
+    loaded = load_model(ckpt)
+    assert encoder_fingerprint(loaded) == encoder_fingerprint(trained)
+    assert encoder_fingerprint(loaded) != encoder_fingerprint(ComposedRetrievalNet.offline_default(image_size=64))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_target(images), trained.eval().encode_target(images), atol=1e-5)
+
+
+def test_multi_gpu_overlay_runs_one_gloo_process(tmp_path, shared_data, monkeypatch):
+    """train + finetune + multi_gpu_train.yaml as torchrun would start rank 0 of 1 (gloo, CPU): the network is
+    DistributedDataParallel over trainable encoders, the sampler a DistributedSampler, rank 0 saves."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)
+    wf = _workflow(
+        ["train.yaml", "finetune.yaml", "multi_gpu_train.yaml"], bundle_root=str(tmp_path), device="$torch.device('cpu')",
+        dist_backend="gloo", **{"network#device_ids": None}, **FINETUNE,
+    )
+    wf.initialize()
+    wf.run()
+    network = wf.parser.get_parsed_content("network")
+    sampler = wf.parser.get_parsed_content("train#sampler")
+    wf.finalize()
+    assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
+    assert isinstance(sampler, torch.utils.data.DistributedSampler)
+    encoders = list(network.module.net.encoder_parameters())
+    assert encoders and all(p.requires_grad for p in encoders) and all(p.grad is not None for p in network.module.net.image_encoder.parameters())
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,9 +3,11 @@
 - :class:`TargetTower`: the image tower ``images (B, 3, S, S) in [0, 1] -> T (B, D)`` as a module with one
   input and one output, for ``verify_net_in_out`` and ``ckpt_export`` (TorchScript by tracing). Its
   state-dict keys for the head match the checkpoint's ``head`` entry (``--key_in_ckpt head``).
-- :func:`fold_split`: train / held-out indices of the committed folds (``fold=-1``: all cases).
-- :func:`checkpoint_saver`: a ``save_fn`` for :func:`~monai_cir.engine.train_head` writing
-  :func:`~monai_cir.networks.save_checkpoint` files (head + encoder fingerprint).
+- :func:`fold_split`: train / held-out indices of the committed folds (``fold=-1``: all cases), of a
+  feature cache or of a record list; :func:`subset_records`: a class-balanced few cases (smoke tests).
+- :func:`checkpoint_saver`: the bundle's saver (``train.yaml`` ``saver``), writing
+  :func:`~monai_cir.networks.save_checkpoint` files (head + encoder fingerprint, or the whole network
+  after fine-tuning).
 - :func:`evaluate_checkpoint` / :func:`rank_collection`: the evaluate and inference workflows.
 """
 
@@ -157,28 +159,3 @@ def subset_records(collection: str = "derm7pt", n: int = 30, root: str | Path | 
     records = load_collection(collection, root)
     chosen = class_round_robin([r.label for r in records], np.arange(len(records)), n, seed)
     return [records[i] for i in chosen]
-
-
-def train_fold(
-    finetune: bool,
-    model: Any,
-    cache: Any,
-    train_indices: Sequence[int],
-    config: Any,
-    device: Any = "cpu",
-    save_fn: Callable | None = None,
-) -> Any:
-    """The bundle's training step: the cached head (default) or end-to-end fine-tuning (``finetune``).
-
-    One function so that the config references only the branch it runs (MONAI resolves every ``@id``
-    of an expression before evaluating it)."""
-    from .finetune import finetune as finetune_fn
-    from .trainer import train_head
-
-    net = model.net
-    if not finetune:
-        return train_head(model, cache, train_indices, config, level_indices=net.level_indices, device=device, save_fn=save_fn)
-    result = finetune_fn(net, cache.records, train_indices, config, device=device)
-    if save_fn is not None and config.checkpoint:
-        save_fn(config.checkpoint, epoch=result.epochs_run)
-    return result

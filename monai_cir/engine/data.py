@@ -208,7 +208,17 @@ def dermoscopy_augmentation(image_size: int, min_scale: float = 0.75, jitter: fl
     horizontal and vertical flips, a multiple of 90° rotation, a random crop of ``min_scale``-1 of each
     side (a mild aspect change as well) resized back to ``image_size``, and colour jitter (brightness / contrast / saturation
     ``jitter``, hue ``hue``). Output stays (3, S, S) RGB in [0, 1]."""
-    from monai.transforms import Compose, CopyItemsd, EnsureTyped, Lambdad, RandFlipd, RandRotate90d, RandScaleCropd, RandTorchVisiond, Resized
+    from monai.transforms import (
+        Compose,
+        CopyItemsd,
+        EnsureTyped,
+        Lambdad,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleCropd,
+        RandTorchVisiond,
+        Resized,
+    )
 
     def view(key: str) -> list[Any]:
         return [

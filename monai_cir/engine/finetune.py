@@ -23,7 +23,12 @@ from torch.utils.data import DataLoader
 
 from ..losses import ComposedSupConLoss
 from ..networks import ComposedRetrievalNet
-from .data import TARGET_IMAGE_KEY, ClassBalancedBatchSampler, dermoscopy_augmentation, prepare_batch
+from .data import (
+    TARGET_IMAGE_KEY,
+    ClassBalancedBatchSampler,
+    dermoscopy_augmentation,
+    prepare_batch,
+)
 from .trainer import TrainConfig, TrainResult
 
 __all__ = ["EndToEndModel", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records"]

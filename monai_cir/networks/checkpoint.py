@@ -23,7 +23,12 @@ from typing import Any
 
 import torch
 
-from .composed_retrieval import DEFAULT_PRESET, ComposedRetrievalNet, create_model, hash_weights
+from .composed_retrieval import (
+    DEFAULT_PRESET,
+    ComposedRetrievalNet,
+    create_model,
+    hash_weights,
+)
 
 __all__ = ["save_checkpoint", "read_checkpoint", "load_model", "encoder_fingerprint", "default_checkpoint_path", "MODEL_ENV"]
 
