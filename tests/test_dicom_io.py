@@ -482,7 +482,8 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     scan = read_dicom_folder(dicomized.out)
     query, library = scan.queries[0], scan.queries[1:]
     images = {q.case_id: q.image for q in library}
-    hits = _hits(library) + [_no_uid_hit(len(library) + 1, confirmation="unknown", diagnosis="nevus")]
+    hits = _hits(library) + [_no_uid_hit(len(library) + 1, confirmation="expert consensus", diagnosis="nevus")]
+    assert {h.metadata.confirmation for h in hits} == set(CONFIRMATION_WORDS)  # every status is shown once at least
     summary = _summary(hits)
     heat = np.zeros(query.image.shape[:2])
     heat[10:20, 10:20] = 1.0
@@ -511,7 +512,8 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert first.count("biopsy-confirmed") == biopsied + 1
     for hit in hits:
         assert f"{similarity_percent(hit.score):.0f}%" in first
-    assert first.count(CONFIRMATION_WORDS["unknown"]) == sum(h.metadata.confirmation == "unknown" for h in hits)
+    for status, words in CONFIRMATION_WORDS.items():
+        assert first.count(words) == sum(h.metadata.confirmation == status for h in hits), status
     for page in (first, *explained):
         assert "gate" not in page and "S=" not in page and "2.472" not in page and "cosine" not in page
     assert "brown" in explained[0]
