@@ -607,3 +607,19 @@ def test_confirmation_travels_from_dicomize_to_the_index(tmp_path, monkeypatch, 
     assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "biopsied"), "--confirmed-only"]) == 0
     assert sorted(CaseIndex.load(tmp_path / "biopsied").case_ids()) == ["c0", "c3"]
     capsys.readouterr()
+
+
+def test_results_json_record_says_how_each_case_was_confirmed(tmp_path):
+    from deploy_app.operators.common import QueryResult
+    from deploy_app.operators.results_writer import result_record
+    from monai_cir.evidence import summarize_evidence
+    from monai_cir.index import CaseMetadata, SearchHit
+
+    hits = [
+        SearchHit(1, "a", 2.0, CaseMetadata("a", "melanoma", "isic-uda1", confirmation="histopathology")),
+        SearchHit(2, "b", 1.5, CaseMetadata("b", "nevus", "isic-uda1")),
+    ]
+    query = NS(patient_id="p", patient_name="", study_uid="1.2", series_uid="1.3", sop_instance_uid="1.4", text="", site="trunk", dataset=None)
+    record = result_record(QueryResult("q", query, hits=hits, evidence=summarize_evidence(hits)), tmp_path)
+    assert [(h["case_id"], h["confirmation"]) for h in record["top_k"]] == [("a", "histopathology"), ("b", "unknown")]
+    assert record["evidence"]["predicted"] == "melanoma" and record["evidence"]["k"] == 2
