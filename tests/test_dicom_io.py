@@ -482,7 +482,8 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     scan = read_dicom_folder(dicomized.out)
     query, library = scan.queries[0], scan.queries[1:]
     images = {q.case_id: q.image for q in library}
-    hits = _hits(library) + [_no_uid_hit(len(library) + 1, confirmation="unknown", diagnosis="nevus")]
+    hits = _hits(library) + [_no_uid_hit(len(library) + 1, confirmation="expert consensus", diagnosis="nevus")]
+    assert {h.metadata.confirmation for h in hits} == set(CONFIRMATION_WORDS)  # every status is shown once at least
     summary = _summary(hits)
     heat = np.zeros(query.image.shape[:2])
     heat[10:20, 10:20] = 1.0
@@ -511,7 +512,8 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert first.count("biopsy-confirmed") == biopsied + 1
     for hit in hits:
         assert f"{similarity_percent(hit.score):.0f}%" in first
-    assert first.count(CONFIRMATION_WORDS["unknown"]) == sum(h.metadata.confirmation == "unknown" for h in hits)
+    for status, words in CONFIRMATION_WORDS.items():
+        assert first.count(words) == sum(h.metadata.confirmation == status for h in hits), status
     for page in (first, *explained):
         assert "gate" not in page and "S=" not in page and "2.472" not in page and "cosine" not in page
     assert "brown" in explained[0]
@@ -605,3 +607,19 @@ def test_confirmation_travels_from_dicomize_to_the_index(tmp_path, monkeypatch, 
     assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "biopsied"), "--confirmed-only"]) == 0
     assert sorted(CaseIndex.load(tmp_path / "biopsied").case_ids()) == ["c0", "c3"]
     capsys.readouterr()
+
+
+def test_results_json_record_says_how_each_case_was_confirmed(tmp_path):
+    from deploy_app.operators.common import QueryResult
+    from deploy_app.operators.results_writer import result_record
+    from monai_cir.evidence import summarize_evidence
+    from monai_cir.index import CaseMetadata, SearchHit
+
+    hits = [
+        SearchHit(1, "a", 2.0, CaseMetadata("a", "melanoma", "isic-uda1", confirmation="histopathology")),
+        SearchHit(2, "b", 1.5, CaseMetadata("b", "nevus", "isic-uda1")),
+    ]
+    query = NS(patient_id="p", patient_name="", study_uid="1.2", series_uid="1.3", sop_instance_uid="1.4", text="", site="trunk", dataset=None)
+    record = result_record(QueryResult("q", query, hits=hits, evidence=summarize_evidence(hits)), tmp_path)
+    assert [(h["case_id"], h["confirmation"]) for h in record["top_k"]] == [("a", "histopathology"), ("b", "unknown")]
+    assert record["evidence"]["predicted"] == "melanoma" and record["evidence"]["k"] == 2

@@ -16,6 +16,8 @@ from typing import Any
 
 from monai.deploy.core import Fragment
 
+from monai_cir.dicom.sr import DEFAULT_SCORE_RANGE
+
 from .common import QueryResult, ResultsOperator, library_image
 
 __all__ = ["ENCAPSULATED_PDF_FILE", "PDF_FILE", "SimilarCasesPDFWriterOperator"]
@@ -28,10 +30,14 @@ class SimilarCasesPDFWriterOperator(ResultsOperator):
     """Named input ``results`` / named output ``results`` (answered queries gain ``outputs["pdf"]``
     and ``outputs["encapsulated_pdf"]``).
 
-    File output: ``OUT/<query id>/similar_cases_report.pdf`` and ``similar_cases_report.dcm``."""
+    File output: ``OUT/<query id>/similar_cases_report.pdf`` and ``similar_cases_report.dcm``.
+    ``score_range`` as for the SR writer (the PDF shows similarity as a percentage of its top)."""
 
-    def __init__(self, fragment: Fragment, *args: Any, output_folder: str | Path, **kwargs: Any) -> None:
+    def __init__(
+        self, fragment: Fragment, *args: Any, output_folder: str | Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE, **kwargs: Any
+    ) -> None:
         self.output_folder = Path(output_folder)
+        self.score_range = score_range
         super().__init__(fragment, *args, **kwargs)
 
     def run(self, results: list[QueryResult]) -> list[QueryResult]:
@@ -39,14 +45,14 @@ class SimilarCasesPDFWriterOperator(ResultsOperator):
             folder = self.output_folder / result.query_id
             folder.mkdir(parents=True, exist_ok=True)
             pdf_path, dcm_path = folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE
-            write_report(result, pdf_path, dcm_path)
+            write_report(result, pdf_path, dcm_path, self.score_range)
             result.outputs["pdf"] = str(pdf_path)
             result.outputs["encapsulated_pdf"] = str(dcm_path)
 
         return self.for_each_answered(results, "pdf", write, "write the PDF report")
 
 
-def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path) -> None:
+def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> None:
     """The plain PDF and its Encapsulated PDF instance (see :mod:`monai_cir.dicom.report_pdf`)."""
     from monai_cir.dicom.report_pdf import encapsulated_pdf_dataset, render_report_pdf
 
@@ -60,6 +66,7 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path) -> None:
         explanations=result.explanations or None,  # drawn in plain words by the report itself
         notices=list(dict.fromkeys(result.notices)),
         study=query.dataset,
+        score_range=score_range,
     )
     pdf_path.write_bytes(pdf)
     encapsulated_pdf_dataset(pdf, query.dataset).save_as(dcm_path, enforce_file_format=True)

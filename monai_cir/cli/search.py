@@ -5,8 +5,8 @@
     monai-cir search --index output/d7 --image lesion.jpg --text "..." --evidence --explain output/why.png
 
 Scores are S(q, t) of the paper's Eq. 9 (higher is more similar). The confirmation column says how
-each case's diagnosis was established; only "histopathology" is biopsy-confirmed. The index must have been built by
-the same model (``--model``) and preprocessing; otherwise the search is refused.
+each case's diagnosis was established; only "histopathology" is biopsy-confirmed. The index must
+have been built by the same model (``--model``) and preprocessing; otherwise the search is refused.
 """
 
 from __future__ import annotations

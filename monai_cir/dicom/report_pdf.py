@@ -314,8 +314,8 @@ def render_report_pdf(
     canvas.setFillColor(HexColor("#333333"))
     _paragraph(
         canvas,
-        f"* Similarity: the model's image-and-text similarity score as a percentage of the best possible score "
-        f"({high:g}; 100% would be an identical match, scores range from {low:g} to {high:g}). It ranks cases; it is not a probability.\n"
+        f"* Similarity: the model's image-and-text similarity score as a percentage of the highest score it can give "
+        f"(scores range from {low:g} to {high:g}). It ranks the library cases; it is not a probability of a diagnosis.\n"
         + DECISION_SUPPORT_NOTE,
         left, 22 * _MM, right - left, size=7, max_lines=6,
     )
