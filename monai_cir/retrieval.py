@@ -318,17 +318,26 @@ def dicomweb_library(
     import pydicom
     from dicomweb_client.api import DICOMwebClient
 
+    import fnmatch
+
     url = url.rstrip("/")
     client = DICOMwebClient(url=url, headers=dict(headers or {}))
+    filters = {str(k): str(v) for k, v in (filters or {}).items()}
+    # values with wildcards or spaces are matched here: servers differ in how they decode them in a
+    # query string (Orthanc 1.10 matches "monai-cir*" but not "monai-cir%20case*")
+    local = {k: v for k, v in filters.items() if any(c in v for c in "*? ")}
+    remote = {k: v for k, v in filters.items() if k not in local}
     try:
-        studies = client.search_for_studies(search_filters=dict(filters or {}), get_remaining=True)
+        studies = client.search_for_studies(search_filters=remote, fields=sorted(local) or None, get_remaining=True)
     except Exception as err:  # requests' errors: unreachable, 4xx/5xx
         raise ValueError(f"QIDO-RS search of {url} failed ({type(err).__name__}: {err}); check the URL and --filter") from err
-    study_uids = [str(pydicom.Dataset.from_json(s).StudyInstanceUID) for s in studies]
+    found = [pydicom.Dataset.from_json(s) for s in studies]
+    found = [ds for ds in found if all(fnmatch.fnmatchcase(str(ds.get(k, "") or ""), pattern) for k, pattern in local.items())]
+    study_uids = [str(ds.StudyInstanceUID) for ds in found]
     if limit is not None:
         study_uids = study_uids[:limit]
     if not study_uids:
-        raise ValueError(f"no study at {url} matches the filters {dict(filters or {})}")
+        raise ValueError(f"no study at {url} matches the filters {filters} ({len(studies)} found before the wildcard filters)")
     folder = Path(pull_to) if pull_to is not None else Path(tempfile.mkdtemp(prefix="monai-cir-dicomweb-"))
     for study_uid in tqdm(study_uids, desc="pulling library studies", unit="study"):
         target = folder / study_uid

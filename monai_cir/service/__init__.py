@@ -38,7 +38,17 @@ from .dicom_node import (
     parse_peer,
 )
 
-__all__ = ["SUPPORTED_SOP_CLASSES", "DicomService", "Peer", "ServiceSettings", "StudyStatus", "parse_peer"]
+__all__ = ["ORTHANC_LUA", "SUPPORTED_SOP_CLASSES", "DicomService", "Peer", "ServiceSettings", "StudyStatus", "orthanc_lua", "parse_peer"]
+
+ORTHANC_LUA = Path(__file__).resolve().parents[1] / "resources" / "orthanc_forward_dermoscopy.lua"
+
+
+def orthanc_lua(target: str = "monaicir", service_aet: str = "MONAICIR") -> str:
+    """The Orthanc Lua script that routes stable dermoscopy studies to the service (``LuaScripts``),
+    for the ``DicomModalities`` entry ``target`` and the service's AE title."""
+    text = ORTHANC_LUA.read_text()
+    text = text.replace("local TARGET = 'monaicir'", f"local TARGET = '{target}'", 1)
+    return text.replace("local SERVICE_AET = 'MONAICIR'", f"local SERVICE_AET = '{service_aet}'", 1)
 
 ENV = {
     "ae_title": "MONAI_CIR_SERVE_AE",
