@@ -314,12 +314,67 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_own_image_is_rank_one(app_run, results):
+def test_hits_are_the_models_own_ranking(app_run, results):
+    """The app's top-5 is what the network itself says: Eq. 9 recomputed here from the DICOM the
+    app read (query image + SR text, every library image), ranked here. A pipeline that loses the
+    text, preprocesses the query or the library differently, searches stale or shuffled vectors or
+    ranks wrongly fails this; so does a model whose embeddings do not depend on the image."""
+    import torch
+
+    from monai_cir.dicom.dicomize import case_uids
+    from monai_cir.dicom.reader import read_dicom_folder
+    from monai_cir.networks import load_model
+    from monai_cir.retrieval import to_image_tensor
+
     _, answers = results
-    top = answers["in_library"]["top_k"]
-    assert top[0]["case_id"] == app_run["library"][3].case_id
-    assert top[0]["score"] > top[1]["score"]
+    net = load_model(app_run["root"] / "models" / "model.pt").eval()
+    library = {r.case_id: read_dicom_folder(app_run["root"] / "library" / case_uids(r.collection, r.case_id).patient_id).queries[0] for r in app_run["library"]}
+    ids = list(library)
+    targets = torch.stack([to_image_tensor(library[i].image, net.image_size) for i in ids])
+    for name in ("in_library", "held_out"):
+        query = read_dicom_folder(app_run["cases"][name].image_file.parent).queries[0]
+        assert query.text and answers[name]["text"] == query.text
+        with torch.inference_mode():
+            scores = net.similarity(to_image_tensor(query.image, net.image_size)[None], [query.text], targets)[0].tolist()
+        expected = sorted(zip(scores, ids), reverse=True)[:5]
+        top = answers[name]["top_k"]
+        assert [h["case_id"] for h in top] == [i for _, i in expected], name
+        assert [h["score"] for h in top] == pytest.approx([v for v, _ in expected], abs=1e-4), name
+        assert max(scores) - min(scores) > 1e-2  # the image matters: not a constant embedding
+    assert answers["in_library"]["top_k"][0]["case_id"] == app_run["library"][3].case_id
     assert app_run["held_out"].case_id not in {h["case_id"] for h in answers["held_out"]["top_k"]}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, tmp_path):
+    """MODELS as ``monai-deploy package`` lays it out (``models/models/model.pt``, ``models/index``),
+    the app run in this process twice on one :class:`LoadedModels` (what a DICOM service does):
+    the same answers as the subprocess run, no reload; a changed index is loaded afresh."""
+    from deploy_app.app import load_models, run_app
+    from deploy_app.settings import AppSettings
+
+    packaged = tmp_path / "models"
+    (packaged / "models").mkdir(parents=True)
+    shutil.copy2(app_run["root"] / "models" / "model.pt", packaged / "models" / "model.pt")
+    shutil.copytree(app_run["root"] / "models" / "index", packaged / "index")
+
+    models = load_models(packaged, device="cpu")
+    assert models.checkpoint == (packaged / "models" / "model.pt").resolve()
+    assert load_models(packaged, device="cpu") is models  # cached: path + file sizes/mtimes
+    settings = AppSettings(explain=False, write_pdf=False)
+    _, answers = results
+    for run in (1, 2):
+        summary = run_app(app_run["cases"]["held_out"].image_file.parent, tmp_path / f"out{run}", models, settings)
+        assert summary["models_reused"] is True and len(summary["queries"]) == 1
+        top = summary["queries"][0]["top_k"]
+        assert [h["case_id"] for h in top] == [h["case_id"] for h in answers["held_out"]["top_k"]]
+        assert [h["score"] for h in top] == pytest.approx([h["score"] for h in answers["held_out"]["top_k"]], abs=1e-5)
+        assert (tmp_path / f"out{run}" / summary["queries"][0]["outputs"]["sr"]).is_file()
+    manifest = packaged / "index" / "manifest.json"
+    stat = manifest.stat()
+    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert load_models(packaged, device="cpu") is not models  # a rebuilt index is not served stale
 
 
 @pytest.mark.integration
