@@ -211,6 +211,19 @@ def _dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
+@pytest.mark.slow
+def test_app_folder_runs_as_a_map_runs_it(tmp_path):
+    """A MAP runs ``python3 /opt/holoscan/app``: the app folder under another name, monai_cir from
+    the folder ``monai-deploy package --add`` puts on PYTHONPATH."""
+    shutil.copytree(REPO / "deploy_app", tmp_path / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "monai_cir").symlink_to(REPO / "monai_cir")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib")}
+    proc = subprocess.run([sys.executable, str(tmp_path / "app"), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "app flags" in proc.stdout and "--publish-dicom" in proc.stdout
+
+
 @pytest.fixture(scope="module")
 def app_run(tmp_path_factory, shared_data):
     """Library + MODELS + input studies, Orthanc when available, and one run of the app."""

@@ -31,13 +31,13 @@ class ModelsLayoutError(FileNotFoundError):
     """MODELS does not hold what the app needs."""
 
 
-def resolve_models(models: str | Path) -> tuple[Path | None, Path]:
-    """``(checkpoint or None, index folder)`` from the MODELS folder (see docs/deploy.md).
+def resolve_models(models: str | Path) -> tuple[Path, Path]:
+    """``(checkpoint, index folder)`` of the MODELS folder (see docs/deploy.md).
 
-    MODELS/model.pt (a monai-cir head checkpoint) or MODELS/models/model.pt (a MONAI bundle folder:
-    MODELS = the bundle); no checkpoint means the library default (``monai_cir.networks.load_model``:
-    ``$MONAI_CIR_MODEL``, the checkout's bundle, else the untrained offline model with a warning).
-    The case index: MODELS/index (a saved :class:`monai_cir.index.CaseIndex`)."""
+    The checkpoint: MODELS/model.pt, or MODELS/models/model.pt (what ``monai-deploy package
+    --models DIR`` writes for a DIR named ``models``; also a MONAI bundle folder). The case index:
+    MODELS/index (a saved :class:`monai_cir.index.CaseIndex`). The app loads nothing from elsewhere
+    (no ``$MONAI_CIR_MODEL``, no checkout bundle): what it runs is what MODELS holds."""
     models = Path(models)
     if models.is_file() and models.suffix == ".pt":
         raise ModelsLayoutError(
@@ -46,11 +46,12 @@ def resolve_models(models: str | Path) -> tuple[Path | None, Path]:
         )
     if not models.is_dir():
         raise ModelsLayoutError(f"models folder not found: {models} (give -m or HOLOSCAN_MODEL_PATH)")
-    checkpoint = None
-    for candidate in (models / "model.pt", models / "models" / "model.pt"):
-        if candidate.is_file():
-            checkpoint = candidate
-            break
+    checkpoint = next((c for c in (models / "model.pt", models / "models" / "model.pt") if c.is_file()), None)
+    if checkpoint is None:
+        raise ModelsLayoutError(
+            f"no model checkpoint in {models}: expected {models / 'model.pt'} or {models / 'models' / 'model.pt'} "
+            "(the checkpoint the case index was built with)"
+        )
     index = models / INDEX_DIR
     if not index.is_dir():
         raise ModelsLayoutError(
@@ -67,7 +68,7 @@ class LoadedModels:
     index: Any  # monai_cir.index.CaseIndex built by ``net`` (fingerprint checked)
     calibration: Any  # monai_cir.evidence.EvidenceCalibration (or UNCALIBRATED)
     classes: list[str]
-    checkpoint: Path | None
+    checkpoint: Path
     index_dir: Path
     load_s: float
 
@@ -119,7 +120,11 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
     models = Path(models).resolve()
     checkpoint, index_dir = resolve_models(models)
     device = _resolve_device(device)
-    calibration_file = models / EVIDENCE_CALIBRATION
+    # beside MODELS/index, or beside the checkpoint (MODELS/models/ in the packaged layout)
+    calibration_file = next(
+        (f for f in (models / EVIDENCE_CALIBRATION, checkpoint.parent / EVIDENCE_CALIBRATION) if f.is_file()),
+        models / EVIDENCE_CALIBRATION,
+    )
     key = (str(models), device, _files_state(checkpoint, index_dir, calibration_file))
     with _MODELS_LOCK:
         if cache and key in _MODELS_CACHE:
@@ -138,7 +143,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
         )
         logger.info(
             "model %s on %s, case index %s (%d cases), loaded in %.1f s",
-            checkpoint or "(library default)", device, index_dir, len(index), loaded.load_s,
+            checkpoint, device, index_dir, len(index), loaded.load_s,
         )
         if cache:
             for old in [k for k in _MODELS_CACHE if k[:2] == key[:2]]:  # the same folder's stale entry
