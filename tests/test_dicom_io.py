@@ -580,7 +580,7 @@ def test_confirmation_travels_from_dicomize_to_the_index(tmp_path, monkeypatch, 
     and `--confirmed-only` keeps only the histopathology-confirmed cases."""
     import monai_cir.networks
     from monai_cir.cli import main
-    from monai_cir.index import CaseIndex
+    from monai_cir.index import load_index
 
     from conftest import make_tiny_net
 
@@ -602,10 +602,10 @@ def test_confirmation_travels_from_dicomize_to_the_index(tmp_path, monkeypatch, 
     net = make_tiny_net()
     monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
     assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "all")]) == 0
-    index = CaseIndex.load(tmp_path / "all")
+    index = load_index(tmp_path / "all")
     assert {c: index.get(c).confirmation for c in index.case_ids()} == {r.case_id: r.confirmation for r in records}
     assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "biopsied"), "--confirmed-only"]) == 0
-    assert sorted(CaseIndex.load(tmp_path / "biopsied").case_ids()) == ["c0", "c3"]
+    assert sorted(load_index(tmp_path / "biopsied").case_ids()) == ["c0", "c3"]
     capsys.readouterr()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -84,16 +85,28 @@ class QueryResult:
 
 
 def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
-    """The thumbnail of a library case: its ``image_path`` (a DICOM file of the library or an image
-    file), downscaled; None when the file is not reachable from here (the PDF shows a placeholder)."""
+    """The image of a library case (its ``image_path``: a DICOM file of the library or an image
+    file), downscaled to ``max_side``; None when the file is not reachable from here (the PDF shows
+    a placeholder). Decoded images are kept in a small per-process cache (the explanation and the
+    PDF thumbnail of a match read the same file; a service sees the same cases again); the array
+    returned is read-only."""
     path = getattr(hit.metadata, "image_path", None)
-    if not path or not Path(path).is_file():
+    if not path:
         return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return _decoded_library_image(str(path), stat.st_mtime_ns, stat.st_size, int(max_side))
+
+
+@functools.lru_cache(maxsize=64)
+def _decoded_library_image(path: str, mtime_ns: int, size: int, max_side: int) -> np.ndarray | None:
     from PIL import Image
 
     from monai_cir.dicom.reader import read_dicom_folder
 
-    scan = read_dicom_folder(path, max_side=max_side)  # a DICOM file of the library
+    scan = read_dicom_folder(path, max_side=max(max_side, 16))  # a DICOM file of the library
     if scan.queries:
         image = scan.queries[0].image
     else:  # an image file (library built from JPEG/PNG + CSV)
@@ -104,7 +117,9 @@ def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
             return None
     pil = Image.fromarray(image)
     pil.thumbnail((max_side, max_side))
-    return np.asarray(pil)
+    out = np.asarray(pil).copy()
+    out.flags.writeable = False
+    return out
 
 
 class ResultsOperator(Operator):
