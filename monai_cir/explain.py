@@ -6,14 +6,14 @@ For a query (image + text) and one retrieved image, :func:`explain_match` return
 - the ``k`` region masks ``α_j`` of the query (on the *composed* maps ``X_qτ^i``) and of the target
   (on ``X_t^i``), each a spatial distribution summing to 1 (paper Eq. 6);
 - the **contribution of each region and each position to the local cosine** of that level. With
-  ``ē = (1/k) Σ_j E_j``, ``E_j = Σ_p α_j(p) X(p)`` and the descriptor ``e = P(ē) = ē + g(ē)``
+  ``ē = (1/k) Σ_j E_j``, ``E_j = Σ_p α_j(p) X̃(p)`` and the descriptor ``e = P(ē) = ē + g(ē)``
   (``P`` the residual projection, ``g`` its MLP branch, zero when untrained or ``projection="none"``)::
 
       s_local = <e_q, ê_t> / |e_q|
-              = Σ_j Σ_p  α_j(p) <X_q(p), ê_t> / (k |e_q|)      (regions j, positions p)
+              = Σ_j Σ_p  α_j(p) <X̃_q(p), ê_t> / (k |e_q|)     (regions j, positions p)
                 + <g(ē_q), ê_t> / |e_q|                         (the projection's residual)
 
-  ``X`` is the map the score itself reads, :meth:`LevelAlignment.standardized_grid
+  ``X̃`` is the map the score itself reads, :meth:`LevelAlignment.standardized_grid
   <monai_cir.networks.alignment.LevelAlignment.standardized_grid>`: pooled to the alignment grid
   (``composer.DEFAULT_GRID``, 4 x 4) and standardised with the statistics fitted on the training maps
   (``input_norm``, saved in ``bundle/models/model.pt``). The double sum is exact, and the projection
