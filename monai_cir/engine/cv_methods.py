@@ -141,12 +141,12 @@ def text_bank(cache: Any, variants: int, seed: int = 0) -> tuple[torch.Tensor, t
     """``variants`` training re-wordings of every cached case's report
     (:func:`monai_cir.data.report.augment_report`), encoded with the cache's text encoder:
     ``(tokens (V, N, n, d_T) fp16, mask (V, N, n))`` for :meth:`CachedComposedModel.set_text_augmentation`."""
-    from ..data.report import augment_report
+    from ..data.report import augment_report, case_generator
     from ..evaluation.text_forms import encode_texts
 
     encoded = []
     for v in range(variants):
-        texts = [augment_report(r, np.random.default_rng([seed, v, i])) for i, r in enumerate(cache.records)]
+        texts = [augment_report(r, case_generator(r, seed + 1000 * (v + 1))) for r in cache.records]
         encoded.append(encode_texts(cache, texts)[:2])
     n = max(t.shape[1] for t, _ in encoded)
     tokens = torch.stack([torch.nn.functional.pad(t, (0, 0, 0, n - t.shape[1])) for t, _ in encoded])

@@ -1,12 +1,12 @@
 """Query texts as clinicians write them: the evaluation's text forms (issue 13).
 
-Each form rewrites every query's text from its record (:func:`monai_cir.data.report.render_report`),
+Each form rewrites every query's text from its record (:func:`monai_cir.data.report.render_reports`),
 re-encodes it with the frozen text encoder and gives a copy of the feature cache whose tokens, mask and
 sentence embedding are the new text's (the image maps are shared). Only the *queries* read it: the
 methods train on the cache's own (template) texts.
 
 - ``template``: the report template (the cache's own texts);
-- ``reworded``: wording styles held out of training;
+- ``reworded``: wording styles held out of training (:data:`monai_cir.data.report.HELD_OUT_STYLES`);
 - ``partial``: a random 1-4 of the criteria present;
 - ``demographics``: age / sex / site only;
 - ``empty``: no text (the image-only query).
@@ -22,25 +22,11 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-__all__ = ["TEXT_FORMS", "render_texts", "text_form_cache", "encode_texts"]
+from ..data.report import TEXT_FORMS, render_reports
 
-TEXT_FORMS = ("template", "reworded", "partial", "demographics", "empty")
-
-
-def render_texts(records: Sequence[Any], form: str, seed: int = 0) -> list[str]:
-    """The query text of each record in ``form``; one seeded generator per record (order-independent)."""
-    if form not in TEXT_FORMS:
-        raise ValueError(f"unknown text form {form!r}; known: {', '.join(TEXT_FORMS)}")
-    if form == "template":
-        return [r.text or "" for r in records]
-    if form == "empty":
-        return ["" for _ in records]
-    from ..data.report import render_report
-
-    return [render_report(r, form, np.random.default_rng([seed, i])) for i, r in enumerate(records)]
+__all__ = ["TEXT_FORMS", "text_form_cache", "encode_texts"]
 
 
 def _text_net(cache: Any, net: Any = None):
@@ -72,7 +58,7 @@ def text_form_cache(cache: Any, form: str, seed: int = 0, net: Any = None) -> An
     """A copy of ``cache`` whose texts are rendered in ``form`` (``template``: the cache itself)."""
     if form == "template":
         return cache
-    texts = render_texts(cache.records, form, seed)
+    texts = render_reports(cache.records, form, seed)
     if form == "empty":  # no tokens at all: what the encoder gives a blank text, without running it
         n, d = len(texts), int(cache.tokens.shape[-1])
         tokens, mask, sentence = torch.zeros(n, 1, d, dtype=torch.float16), torch.zeros(n, 1, dtype=torch.bool), torch.zeros(n, d)
