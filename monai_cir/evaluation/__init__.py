@@ -28,6 +28,7 @@ from .registry import Method, available_methods, get_method, register_method, un
 from .report import results_table, retrieval_figure
 from .baselines import UNTRAINED_METHODS  # noqa: E402  (registers the frozen baselines and stand-ins)
 from ..engine import cv_methods  # noqa: E402,F401  (registers the trained methods)
+from ..engine import finetune  # noqa: E402,F401  (registers composed_finetuned)
 
 __all__ = [
     "DEFAULT_METHODS",
