@@ -137,8 +137,9 @@ FINETUNE = dict(
 def test_finetune_overlay_saves_the_whole_network(tmp_path, shared_data):
     """train.yaml + finetune.yaml: two end-to-end steps on 12 real images at 64 px; the checkpoint holds the
     fine-tuned encoders and load_model rebuilds exactly that network."""
-    from monai_cir.networks import ComposedRetrievalNet, encoder_fingerprint, load_model
+    from monai_cir.networks import encoder_fingerprint, load_model
     from monai_cir.networks.checkpoint import read_checkpoint
+    from monai_cir.networks.image_encoder import load_offline_efficientnet_lite
 
     wf = _workflow(["train.yaml", "finetune.yaml"], bundle_root=str(tmp_path), **FINETUNE)
     wf.initialize()
@@ -150,7 +151,8 @@ def test_finetune_overlay_saves_the_whole_network(tmp_path, shared_data):
     assert read_checkpoint(ckpt)["format"] == "monai-cir-net/1"
     loaded = load_model(ckpt)
     assert encoder_fingerprint(loaded) == encoder_fingerprint(trained)
-    assert encoder_fingerprint(loaded) != encoder_fingerprint(ComposedRetrievalNet.offline_default(image_size=64))
+    pretrained = load_offline_efficientnet_lite("tf_efficientnet_lite2")  # the packaged ImageNet weights
+    assert not torch.equal(loaded.image_encoder.backbone.state_dict()["conv_stem.weight"], pretrained["conv_stem.weight"])
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(loaded.encode_target(images), trained.eval().encode_target(images), atol=1e-5)

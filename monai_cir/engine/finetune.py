@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..evaluation.registry import register_method
 from ..losses import ComposedSupConLoss
 from ..networks import ComposedRetrievalNet
 from .data import (
@@ -31,7 +32,7 @@ from .data import (
 )
 from .trainer import TrainConfig, TrainResult
 
-__all__ = ["EndToEndModel", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records"]
+__all__ = ["EndToEndModel", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records", "embed_records", "FINETUNED_DEFAULTS"]
 
 
 def unfreeze_encoders(net: ComposedRetrievalNet) -> ComposedRetrievalNet:
@@ -93,6 +94,7 @@ def finetune(
     max_steps: int | None = None,
     augment: bool = True,
     save_fn: Callable[..., Any] | None = None,
+    fit_statistics: bool = True,
 ) -> TrainResult:
     """Fine-tune ``net`` end to end on ``records[train_idx]`` (SupCon, batches per ``config.balanced``).
 
@@ -101,8 +103,8 @@ def finetune(
     its mirror). Under an initialised ``torch.distributed`` process group the model runs as
     ``DistributedDataParallel`` (wrapped after unfreezing) and ``save_fn`` (e.g.
     :func:`monai_cir.engine.bundle.checkpoint_saver`) runs on rank 0 only, at the end, with ``config.checkpoint``.
-    The heads' input standardisation is fitted first on the pretrained encoders' outputs for up to 256
-    training cases. No inner validation here: the epoch count is the config's (pick it from a cached-head run).
+    With ``fit_statistics`` the heads' input standardisation is fitted first on the pretrained encoders'
+    outputs for up to 256 training cases (off when ``net``'s head is already trained). No inner validation here: the epoch count is the config's (pick it from a cached-head run).
     """
     from ignite.engine import Events
     from monai.engines import SupervisedTrainer
@@ -119,7 +121,8 @@ def finetune(
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     net.to(device)
-    fit_input_statistics_from_records(net, [records[i] for i in list(train_idx)[:256]])
+    if fit_statistics:
+        fit_input_statistics_from_records(net, [records[i] for i in list(train_idx)[:256]])
     unfreeze_encoders(net)
     model: torch.nn.Module = EndToEndModel(net).to(device)
     if distributed:  # after unfreezing: DDP registers the parameters that require a gradient now
@@ -153,3 +156,42 @@ def finetune(
     if save_fn is not None and cfg.checkpoint and rank == 0:
         save_fn(cfg.checkpoint, epoch=trainer.state.epoch)
     return TrainResult(trainer.state.epoch, float("nan"), trainer.state.epoch, time.perf_counter() - start, history)
+
+
+@torch.no_grad()
+def embed_records(net: ComposedRetrievalNet, records: Sequence[Any], idx: Sequence[int], queries: bool, tta: bool = True, batch_size: int = 32) -> torch.Tensor:
+    """Embeddings of ``records[idx]`` from their images: composed queries (image + the record's text) when
+    ``queries``, else targets; ``tta`` averages each image with its mirror (as the cached methods do)."""
+    from ..data.collections import records_dataset
+
+    net.eval()
+    out = []
+    for batch in DataLoader(records_dataset([records[i] for i in idx], net.image_size), batch_size=batch_size):
+        views = [batch["image"]] + ([batch["image"].flip(-1)] if tta else [])
+        encode = (lambda x: net.encode_query(x, list(batch["text"]))) if queries else net.encode_target
+        out.append((sum(encode(v) for v in views) / len(views)).cpu())
+    return torch.cat(out)
+
+
+# composed_finetuned: the `composed` head trained on the cache (shared with that method per fold), then
+# `epochs` of end-to-end fine-tuning with dermoscopy augmentation, encoders at encoder_lr_scale x lr.
+FINETUNED_DEFAULTS: dict[str, Any] = dict(epochs=2, batch_size=16, lr=1e-4, weight_decay=1e-5, temperature=0.2, target_weight=1.0, encoder_lr_scale=0.1, progress=True)
+
+
+@register_method("composed_finetuned", label="composed, fine-tuned end to end (images, augmentation)")
+def composed_finetuned(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``composed`` head trained on the cache, then fine-tuned end to end with its encoders on the fold's
+    training images (dermoscopy augmentation); queries and database embedded from the images."""
+    from ..networks import create_model
+    from . import NET_KEYS
+    from .cv_methods import train_method
+
+    opts = {**FINETUNED_DEFAULTS, **((ctx.config.get("method_options") or {}).get("composed_finetuned", {}))}
+    head = train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)[0].net
+    net = create_model(pretrained=True, image_size=head.image_size, **{k: head.config[k] for k in NET_KEYS})
+    net.load_head_state_dict(head.head_state_dict())  # the cache's encoders are these pretrained ones
+    encoder_lr_scale = opts.pop("encoder_lr_scale")
+    records = ctx.cache.records
+    result = finetune(net, records, ctx.train_indices, dict(opts, seed=ctx.seed), encoder_lr_scale=encoder_lr_scale, fit_statistics=False)
+    ctx.state.train_log.append(dict(method="composed_finetuned", seed=ctx.seed, n_train=len(ctx.train_indices), epochs_run=result.epochs_run, seconds=round(result.seconds, 1)))
+    return embed_records(net, records, ctx.query_indices, queries=True), embed_records(net, records, ctx.database_indices, queries=False)

@@ -30,6 +30,7 @@ from .report import results_table, retrieval_figure, text_forms_table
 from .text_forms import TEXT_FORMS, text_form_cache
 from .baselines import UNTRAINED_METHODS  # noqa: E402  (registers the frozen baselines and stand-ins)
 from ..engine import cv_methods  # noqa: E402,F401  (registers the trained methods)
+from ..engine import finetune  # noqa: E402,F401  (registers composed_finetuned)
 
 __all__ = [
     "DEFAULT_METHODS",
