@@ -40,13 +40,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from ..evidence import EvidenceSummary
 from . import codes as C
+
+if TYPE_CHECKING:  # highdicom is imported when an SR is written or read
+    import highdicom as hd
 
 __all__ = [
     "DECISION_SUPPORT_NOTE",
@@ -182,7 +185,7 @@ def similar_cases_sr(
     series_number: int = 99,
     instance_number: int = 1,
     institution_name: str | None = None,
-):
+) -> hd.sr.ComprehensiveSR:
     """The similar-cases answer to one query as a TID 1500 :class:`highdicom.sr.ComprehensiveSR`.
 
     Args:
@@ -200,7 +203,6 @@ def similar_cases_sr(
     import highdicom as hd
     from highdicom.sr import (
         AlgorithmIdentification,
-        CodeContentItem,
         DeviceObserverIdentifyingAttributes,
         FindingSite,
         Measurement,
