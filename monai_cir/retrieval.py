@@ -344,8 +344,10 @@ def dicomweb_library(
         target.mkdir(parents=True, exist_ok=True)
         for ds in client.retrieve_study(study_uid, media_types=(("application/dicom", "*"),)):
             ds.save_as(target / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-    queries, metadata = dicom_library(folder, name or "dicomweb")
+    queries, metadata = dicom_library(folder, name)
     for query, meta in zip(queries, metadata):
+        if name is None:  # the collection named by the case's SR, not the pull folder's name
+            meta.collection = str(query.collection or "dicomweb")
         meta.retrieve_url = f"{url}/studies/{meta.study_uid}/series/{meta.series_uid}/instances/{meta.sop_instance_uid}"
         if pull_to is None:
             meta.image_path = None  # the temporary copy is dropped; retrieve_url is where the image lives

@@ -160,6 +160,14 @@ def test_storescu_into_orthanc_comes_back_with_similar_cases(hospital):
             assert len(hit) == 1
             instance = _retrieve(client, pydicom.Dataset.from_json(hit[0]))
             assert str(instance.SOPInstanceUID) == uid and str(instance.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.77.1.7"
+    # the index built from the PACS over DICOMweb keeps, per case, the UIDs and the WADO-RS URL
+    from monai_cir.index import load_index
+
+    index = load_index(loop.models / "index")
+    case = index.get(index.case_ids()[0])
+    assert case.collection == "isic-uda1" and case.sop_instance_uid in library_uids
+    assert case.retrieve_url == f"{server.dicomweb_url}/studies/{case.study_uid}/series/{case.series_uid}/instances/{case.sop_instance_uid}"
+    assert _retrieve(client, pydicom.Dataset.from_json(client.search_for_instances(search_filters={"SOPInstanceUID": case.sop_instance_uid})[0])).SOPInstanceUID == case.sop_instance_uid
     corrupt = service.status(study["corrupt"])
     assert corrupt is not None and corrupt["state"] == "failed" and corrupt["error"], service.statuses()
     assert loop.answers(client, study["corrupt"], sent) == {}

@@ -82,7 +82,7 @@ class StudyStatus:
     """The status record of one study (``status/<study>.json``); no patient name or ID in it."""
 
     study_uid: str
-    state: str = "receiving"  # receiving | processing | returned | return-pending | answered | failed
+    state: str = "receiving"  # receiving | processing | answered | returned | return-pending | failed
     instances: int = 0
     received_from: list[str] = field(default_factory=list)
     first_received: float | None = None
@@ -402,7 +402,8 @@ class DicomService:
         for i, path in enumerate(outputs):
             shutil.copy2(path, outbox / f"{i:03d}-{path.name}")
         status.outputs = [p.name for p in sorted(outbox.iterdir())]
-        status.finished = time.time()
+        status.state, status.finished = "answered", time.time()
+        self._save_status(status)  # answered and on disk: from here on the outputs survive a restart
         shutil.rmtree(work, ignore_errors=True)
         logger.info("study %s: %d quer%s answered in %.2f s", study_uid, status.answered, "y" if status.answered == 1 else "ies", status.finished - status.started)
         self._return(study_uid, status)
