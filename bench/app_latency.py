@@ -107,32 +107,37 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
     models = load_models(models_dir, device=device)
     settings = AppSettings(device=device, explain=True, write_pdf=True, batch_size=1)
     run_app(single, work / f"out-{device}-first", models, settings)  # first study of a process: lazy imports
-    runs = []
+    runs, cpu_ms = [], []
     for i in range(args.warm_runs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         summary = run_app(single, work / f"out-{device}-single", models, settings)
         runs.append((time.perf_counter() - start, summary))
+        cpu_ms.append(1000 * (time.process_time() - cpu))
     single_ms = [1000 * wall for wall, _ in runs]
     print(f"[{device}] warm single study: p50 {statistics.median(single_ms):.0f} ms over {len(runs)} runs; stages {stage_breakdown(runs)}", flush=True)
 
     n = len(list(several.iterdir()))
     settings_b = dataclasses.replace(settings, batch_size=n)
-    start = time.perf_counter()
+    load_single = [round(x, 2) for x in os.getloadavg()]
+    start, cpu = time.perf_counter(), time.process_time()
     summary_b = run_app(several, work / f"out-{device}-batch", models, settings_b)
-    wall_b = time.perf_counter() - start
+    wall_b, cpu_b = time.perf_counter() - start, time.process_time() - cpu
     answered = len(summary_b["queries"])
     per_study = 1000 * wall_b / answered
-    p50 = statistics.median(single_ms)
-    print(f"[{device}] batch of {answered}: {per_study:.0f} ms per study = {per_study / p50:.2f} x the single study's p50", flush=True)
+    p50, cpu_p50 = statistics.median(single_ms), statistics.median(cpu_ms)
+    print(f"[{device}] batch of {answered}: {per_study:.0f} ms per study = {per_study / p50:.2f} x the single study's p50 (CPU {1000 * cpu_b / answered / cpu_p50:.2f} x)", flush=True)
     entry = {
-        "single_study_ms": {**stats(single_ms), "stages_p50_ms": stage_breakdown(runs)},
+        "single_study_ms": {**stats(single_ms), "stages_p50_ms": stage_breakdown(runs), "cpu_ms": stats(cpu_ms), "load_average_after": load_single},
         "batch": {
             "studies": answered,
             "batch_size": n,
             "run_wall_s": round(wall_b, 2),
             "per_study_ms": round(per_study, 1),
             "per_study_over_single_p50": round(per_study / p50, 3),
+            "per_study_cpu_ms": round(1000 * cpu_b / answered, 1),
+            "per_study_cpu_over_single_cpu_p50": round(1000 * cpu_b / answered / cpu_p50, 3),
             "stages_per_study_ms": stage_breakdown([(wall_b, summary_b)]),
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
     }
     return entry, runs[-1][1]
@@ -179,7 +184,7 @@ def main() -> int:
         "what": {
             "cold_s": "`python -m deploy_app` on one study as a subprocess: wall time launch to exit; process_start_to_ready_s from results.json (imports + models loaded)",
             "cold_breakdown": "a fresh process: each import group, then load_models, in order (wall and CPU seconds)",
-            "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json)",
+            "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle)",
             "batch": "warm: one run answering the studies together (batch_size = studies); per-study cost = run wall / studies",
         },
         "results": [],

@@ -213,13 +213,13 @@ def _dciodvfy_errors(path: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_app_folder_runs_as_a_map_runs_it(tmp_path):
-    """A MAP runs ``python3 /opt/holoscan/app``: the app folder under another name, monai_cir from
-    the folder ``monai-deploy package --add`` puts on PYTHONPATH."""
-    shutil.copytree(REPO / "deploy_app", tmp_path / "app", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "monai_cir").symlink_to(REPO / "monai_cir")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib")}
-    proc = subprocess.run([sys.executable, str(tmp_path / "app"), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    """A MAP runs ``python3 /opt/holoscan/app``: the staged app folder (docs/deploy.md: deploy_app
+    with monai_cir copied in) under another name, nothing on PYTHONPATH."""
+    staged = tmp_path / "app"
+    shutil.copytree(REPO / "deploy_app", staged, ignore=shutil.ignore_patterns("__pycache__"))
+    (staged / "monai_cir").symlink_to(REPO / "monai_cir")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(staged), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "app flags" in proc.stdout and "--publish-dicom" in proc.stdout
 

@@ -84,6 +84,9 @@ class QueryResult:
         )
 
 
+LIBRARY_IMAGE_SIDE = 1024  # the library image size the explanations use (ComposedRetrievalOperator._explain)
+
+
 def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
     """The image of a library case (its ``image_path``: a DICOM file of the library or an image
     file), downscaled to ``max_side``; None when the file is not reachable from here (the PDF shows
@@ -97,7 +100,21 @@ def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
         stat = Path(path).stat()
     except OSError:
         return None
-    return _decoded_library_image(str(path), stat.st_mtime_ns, stat.st_size, int(max_side))
+    # one decode per case at the explanation's size; smaller views (PDF thumbnails) are cut from it
+    decoded = _decoded_library_image(str(path), stat.st_mtime_ns, stat.st_size, max(int(max_side), LIBRARY_IMAGE_SIDE))
+    if decoded is None or max(decoded.shape[:2]) <= max_side:
+        return decoded
+    return _thumbnail(decoded, int(max_side))
+
+
+def _thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
+    from PIL import Image
+
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    pil.thumbnail((max_side, max_side))
+    out = np.asarray(pil).copy()
+    out.flags.writeable = False
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -115,11 +132,7 @@ def _decoded_library_image(path: str, mtime_ns: int, size: int, max_side: int) -
                 image = np.asarray(img.convert("RGB"))
         except OSError:
             return None
-    pil = Image.fromarray(image)
-    pil.thumbnail((max_side, max_side))
-    out = np.asarray(pil).copy()
-    out.flags.writeable = False
-    return out
+    return _thumbnail(image, max_side)
 
 
 class ResultsOperator(Operator):

@@ -17,7 +17,7 @@ from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .common import QueryResult, attr, library_image
+from .common import LIBRARY_IMAGE_SIDE, QueryResult, attr, library_image
 
 __all__ = ["ComposedRetrievalOperator", "LoadedModels", "ModelsLayoutError", "clear_models_cache", "load_models", "resolve_models"]
 
@@ -274,7 +274,7 @@ class ComposedRetrievalOperator(Operator):
 
         start = time.perf_counter()
         for hit in result.hits:
-            image = library_image(hit, max_side=1024)
+            image = library_image(hit, max_side=LIBRARY_IMAGE_SIDE)
             if image is None:
                 result.notices.append(f"no explanation for rank {hit.rank}: the library image is not reachable from this app")
                 continue
