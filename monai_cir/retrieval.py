@@ -192,6 +192,7 @@ def record_metadata(record: Any) -> CaseMetadata:
         site=str(getattr(record, "site", None) or "unknown"),
         image_path=str(image_path) if image_path is not None else None,
         extra=extra,
+        confirmation=str(getattr(record, "confirmation", None) or "unknown"),
         **{key: (str(value) if value is not None else None) for key, value in uids.items()},
     )
 
@@ -286,6 +287,7 @@ def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any
                 sop_instance_uid=query.sop_instance_uid,
                 sop_class_uid=query.sop_class_uid,
                 image_path=str(query.source_path) if query.source_path else None,
+                confirmation=str(query.confirmation or "unknown"),
                 extra={key: value for key, value in (("patient_id", query.patient_id), ("frame_number", query.frame_number)) if value},
             )
         )

@@ -41,6 +41,7 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, metavar="N", help="index only the first N cases (a quick look)")
     parser.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
+    parser.add_argument("--confirmed-only", action="store_true", help="keep only histopathology-confirmed (biopsy-confirmed) cases")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -111,6 +112,14 @@ def _library(args: argparse.Namespace) -> tuple[list[Any], list[Any] | None]:
         records, metadata = retrieval.dicomweb_library(args.dicomweb, _parse_filters(args.filter), name=args.name, pull_to=args.pull_to, limit=args.limit)
     else:
         records, metadata = retrieval.dicom_library(args.dicom, args.name)
+    if args.confirmed_only:
+        confirmations = [m.confirmation for m in metadata] if metadata is not None else [getattr(r, "confirmation", "unknown") for r in records]
+        keep = [i for i, c in enumerate(confirmations) if c == "histopathology"]
+        logger.info("--confirmed-only: %d of %d cases are histopathology-confirmed", len(keep), len(records))
+        if not keep:
+            raise ValueError("--confirmed-only: none of the cases is histopathology-confirmed; nothing to index")
+        records = [records[i] for i in keep]
+        metadata = [metadata[i] for i in keep] if metadata is not None else None
     if args.limit is not None:
         records = records[: args.limit]
         metadata = metadata[: args.limit] if metadata is not None else None

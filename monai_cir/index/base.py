@@ -66,6 +66,8 @@ class CaseMetadata:
     ``site`` is the anatomical site in the project's vocabulary ("unknown" where absent); the DICOM
     UIDs are set for cases indexed from DICOM so that a hit can be retrieved from the PACS, and
     ``retrieve_url`` (WADO-RS, the instance's URL) for cases pulled from a DICOMweb service.
+    ``confirmation`` says how the diagnosis was established
+    (:data:`monai_cir.data.collections.CONFIRMATIONS`; only "histopathology" is biopsy-confirmed).
     """
 
     case_id: str
@@ -79,6 +81,7 @@ class CaseMetadata:
     image_path: str | None = None
     retrieve_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    confirmation: str = "unknown"
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id.strip():
@@ -87,6 +90,8 @@ class CaseMetadata:
             self.site = "unknown"
         if self.image_path is not None:
             self.image_path = str(self.image_path)
+        if self.confirmation is None or not str(self.confirmation).strip():
+            self.confirmation = "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
