@@ -39,6 +39,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# WebGL through SwiftShader (software): OHIF's image and SR viewports draw with WebGL (cornerstone3D)
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--window-size=1600,1000"]
+
 APP_CONFIG = """window.config = {
   routerBasename: '/',
   showStudyList: true,
@@ -123,7 +126,7 @@ def serve_ohif(dist: Path, orthanc_url: str, proxied: list[str]) -> tuple[socket
 
 
 def screenshot(chromium: str, url: str, path: Path, wait_ms: int) -> None:
-    command = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1600,1000",
+    command = [chromium, *CHROMIUM_FLAGS, "--hide-scrollbars",
                f"--virtual-time-budget={wait_ms}", f"--screenshot={path}", url]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
     if not path.is_file():
@@ -134,7 +137,7 @@ def screenshot(chromium: str, url: str, path: Path, wait_ms: int) -> None:
 def dump_dom(chromium: str, url: str, wait_ms: int) -> str:
     """The page's DOM after ``wait_ms`` of virtual time (headless Chromium renders no PDF, so what
     the PDF viewport holds is checked here: an ``<object type="application/pdf">`` with the document)."""
-    command = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000", f"--virtual-time-budget={wait_ms}", "--dump-dom", url]
+    command = [chromium, *CHROMIUM_FLAGS, f"--virtual-time-budget={wait_ms}", "--dump-dom", url]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False).stdout
 
 
