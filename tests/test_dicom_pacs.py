@@ -119,6 +119,7 @@ def hospital(tmp_path_factory, shared_data):
         yield loop, queries
 
 
+@pytest.mark.integration  # the real offline model and real ISIC images
 def test_storescu_into_orthanc_comes_back_with_similar_cases(hospital):
     import json
     import time
