@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -277,3 +278,25 @@ def test_settings_from_app_yaml_environment_and_flags(tmp_path):
         ServiceSettings.resolve(app_yaml=yaml_file, environ={})
     with pytest.raises(ValueError, match="no peer is configured"):
         DicomService(StandInPipeline(), tmp_path, return_dicomweb="http://x/dicom-web")
+
+
+def test_results_can_go_back_by_stow_rs(tmp_path):
+    from dicomweb_client.api import DICOMwebClient
+
+    try:
+        from tests.orthanc import OrthancServer, orthanc_available
+    except ImportError:
+        from orthanc import OrthancServer, orthanc_available  # type: ignore[no-redef]
+
+    if not orthanc_available():
+        pytest.fail("Orthanc and orthanc-dicomweb are not installed: run scripts/install_system_tools.sh")
+    with OrthancServer(tmp_path / "orthanc") as server:
+        service = DicomService(StandInPipeline(), tmp_path / "spool", port=free_port(), peers=[PEER], return_dicomweb=server.dicomweb_url, quiet_s=0.2).start()
+        try:
+            study = make_study("stow")
+            assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+            state_of(service, study[0].StudyInstanceUID, "returned")
+            found = DICOMwebClient(server.dicomweb_url).search_for_instances(study_instance_uid=study[0].StudyInstanceUID)
+            assert [pydicom.Dataset.from_json(f).SOPClassUID for f in found] == [ENCAPSULATED_PDF]
+        finally:
+            service.stop()
