@@ -420,6 +420,8 @@ class DicomService:
             else:
                 results = stow_rs(files, str(self.return_dicomweb))
             refused = [r for r in results if not r.ok]
+            if len(results) != len(files):
+                raise ConnectionError(f"{len(results)} store result(s) for {len(files)} object(s)")
             if refused:
                 raise ConnectionError(f"{len(refused)} of {len(results)} object(s) refused: {refused[0].message}")
         except Exception as err:  # noqa: BLE001 (node down, refused: keep the outputs, retry later)
