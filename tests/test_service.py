@@ -150,7 +150,7 @@ def echo(service: DicomService, calling_ae: str = PEER) -> int | None:
 
 def test_a_study_is_grouped_answered_and_returned(node):
     pipeline = StandInPipeline()
-    service = node.make(pipeline)
+    service = node.make(pipeline, quiet_s=3.0)  # longer than the gap between the two associations, even on a busy machine
     assert echo(service) == 0x0000
     study = make_study("one")
     # the image and its SR arrive over two associations: still one study, answered once

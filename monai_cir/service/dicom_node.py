@@ -391,10 +391,10 @@ class DicomService:
                 raise ValueError("no dermoscopy image of the study could be answered" + (f" ({status.problems[0].get('message')})" if status.problems else ""))
         except Exception as err:  # noqa: BLE001 (one failing study must not stop the service)
             status.state, status.error, status.finished = "failed", f"{type(err).__name__}: {err}", time.time()
-            self._save_status(status)
             failed = self.dirs["failed"] / _safe(study_uid)
             shutil.rmtree(failed, ignore_errors=True)
             os.replace(work, failed)
+            self._save_status(status)  # last: a status record describes what is on disk
             logger.error("study %s failed: %s (input kept in %s)", study_uid, status.error, failed)
             return
         outbox = self.dirs["outbox"] / _safe(study_uid)
@@ -432,9 +432,9 @@ class DicomService:
                          study_uid, status.return_attempts, status.error, outbox, self.retry_s)
             return
         self._next_retry.pop(study_uid, None)
+        shutil.rmtree(outbox, ignore_errors=True)
         status.state, status.error, status.returned = "returned", None, time.time()
         self._save_status(status)
-        shutil.rmtree(outbox, ignore_errors=True)
         logger.info("study %s: %d object(s) returned to %s", study_uid, len(files), self.return_node or self.return_dicomweb)
 
     def _retry_due(self) -> None:
