@@ -50,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         pipeline.answer, settings.workdir, ae_title=settings.ae_title, host=settings.host, port=settings.port, peers=settings.peers,
         return_node=settings.return_node, return_dicomweb=settings.return_dicomweb, quiet_s=settings.quiet_s, retry_s=settings.retry_s,
     )
-    print(f"monai-cir serve: {settings.ae_title} on {settings.host}:{settings.port}, models {settings.models} ({pipeline.run_info['index_cases']} library cases); Ctrl-C to stop", flush=True)
+    print(f"monai-cir serve: starting {settings.ae_title} on {settings.host}:{settings.port}, models {settings.models} ({pipeline.run_info['index_cases']} library cases); SIGTERM or Ctrl-C stops it", flush=True)
     service.serve_forever()
     return 0
