@@ -559,7 +559,9 @@ def test_confirmation_of_the_real_collections(shared_data):
     derm = load_derm7pt(shared_data, check_images=False)
     management = {r.metadata["management"]: r.confirmation for r in derm}
     assert management == {"excision": "histopathology", "clinical follow up": "follow-up", "no further examination": "expert consensus"}
-    assert sum(r.confirmation == "histopathology" for r in derm) < len(derm)
+    counts = {c: sum(r.confirmation == c for r in derm) for c in ("histopathology", "follow-up", "expert consensus")}
+    assert counts == {"histopathology": 544, "follow-up": 284, "expert consensus": 60}  # docs/dicom.md quotes these
+    assert all(r.confirmation == "histopathology" for r in derm if r.diagnosis == "melanoma")
 
 
 def test_confirmation_from_a_users_csv(tmp_path):
