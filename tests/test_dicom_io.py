@@ -526,25 +526,6 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert "sex female, age 63 years" in page
 
 
-def test_pdf_rendering_is_cheap(dicomized):
-    """Rendering is in the app's per-study path: a one-page report of 5 cases well under 100 ms
-    warm (measured here on the shared 2-core machine; the bench records the exact figure)."""
-    import time
-
-    from monai_cir.dicom.report_pdf import render_report_pdf
-
-    scan = read_dicom_folder(dicomized.out)
-    query, library = scan.queries[0], scan.queries[1:]
-    hits = (_hits(library) * 2)[:5]
-    render_report_pdf(query.image, query.text, hits, image_loader=lambda hit: query.image)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        render_report_pdf(query.image, query.text, hits, image_loader=lambda hit: query.image, study=query.dataset)
-        times.append(time.perf_counter() - start)
-    assert sorted(times)[2] < 0.3, times  # generous: other developers load the same 2 cores
-
-
 # ------------------------------------------------------------------------------------------------
 # confirmation status: collections, dicomize -> reader -> index
 # ------------------------------------------------------------------------------------------------
