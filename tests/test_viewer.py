@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _viewer_check():
     spec = importlib.util.spec_from_file_location("viewer_check", REPO / "scripts" / "viewer_check.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["viewer_check"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
