@@ -7,11 +7,13 @@ images made here. A query study is C-STOREd into Orthanc; once its similar-cases
 PDF are in the study, OHIF's built viewer (npm ``@ohif/app``) is served on the same origin as
 Orthanc's DICOMweb and opened in headless Chromium, driven over the DevTools protocol:
 
-1. the study list (``/``) lists the study with the results' modalities (SR, DOC);
-2. the expanded row lists the three series (OHIF asked ``/dicom-web/studies/<uid>/series``);
-3. the viewer (``/viewer?StudyInstanceUIDs=<uid>``) shows the three series in its study browser;
-4. the PDF series in the viewport: OHIF fetched the document and shows it (dicom-pdf extension);
-5. the SR series in the viewport: what OHIF's SR viewport shows of the TID 1500 report.
+1. the study list (``/``) has the study, with the results' modalities (DOC, SR);
+2. its row selected, OHIF asks ``/dicom-web/studies/<uid>/series`` and lists the results' series;
+3. the viewer (``/viewer?StudyInstanceUIDs=<uid>``) lists every series of the study;
+4. the PDF series in the viewport: OHIF fetched the document and put it in a PDF ``<object>``;
+
+and records what OHIF makes of the dermoscopy image, the similar-cases SR (TID 1500) and the
+query's case report SR (``observations``: docs/dicom.md, "Viewer").
 
 Screenshots (synthetic images only) and ``viewer.json`` (what was checked) go to ``--out``
 (default ``output/viewer/``, git-ignored). Exit status 0 when every check passed. See docs/viewer.md.
@@ -35,7 +37,9 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,8 +55,6 @@ if str(REPO) not in sys.path:  # run as a script: import the project and tests/ 
 
 OHIF_VERSION = "3.13.2"  # the version this check was written against (docs/viewer.md)
 OHIF_CACHE = REPO / ".cache" / "ohif"
-PDF_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
-QUERY_DESCRIPTION = "Dermoscopy"  # what tests/hospital.py's as_query_study writes (routed, not library)
 
 # OHIF reads this instead of the app-config.js in its dist: one DICOMweb source, the page's own
 # origin (the server below proxies /dicom-web to Orthanc), so no CORS and no host name in the config.
@@ -126,15 +128,29 @@ def ensure_ohif(version: str = OHIF_VERSION, cache: Path = OHIF_CACHE) -> Path:
 # ------------------------------------------------------------------------------------------------
 # The viewer's origin: OHIF's static files + Orthanc's DICOMweb behind one port
 # ------------------------------------------------------------------------------------------------
+def _split_includefield(path: str) -> str:
+    """``includefield=a,b`` as ``includefield=a&includefield=b``: both are QIDO-RS (PS3.18 8.3.4.3),
+    but Orthanc's DICOMweb 1.7 ignores the comma form, and OHIF sends it (the study list's
+    Description column would stay empty)."""
+    if "?" not in path:
+        return path
+    base, query = path.split("?", 1)
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    split = [(k, part) for k, v in pairs for part in (v.split(",") if k.lower() == "includefield" else [v])]
+    return f"{base}?{urllib.parse.urlencode(split)}"
+
+
 class ViewerServer:
     """Serve ``dist`` (SPA: unknown paths get index.html) and proxy ``/dicom-web/`` to ``dicomweb_url``
-    on ``127.0.0.1``; ``requests`` records (method, path, status) of every DICOMweb call."""
+    on ``127.0.0.1``; ``requests`` records (method, path, status) of every DICOMweb call, ``pdf_paths``
+    those whose answer held a PDF."""
 
     def __init__(self, dist: Path, dicomweb_url: str, app_config: str = APP_CONFIG) -> None:
         self.dist = dist.resolve()
         self.upstream = dicomweb_url.rstrip("/")
         self.app_config = app_config.encode()
         self.requests: list[tuple[str, str, int]] = []
+        self.pdf_paths: set[str] = set()  # DICOMweb answers that carried a PDF document
         self._httpd: ThreadingHTTPServer | None = None
 
     @property
@@ -179,7 +195,7 @@ class ViewerServer:
             do_HEAD = do_GET
 
             def _proxy(self) -> None:
-                url = owner.upstream + self.path[len("/dicom-web"):]
+                url = owner.upstream + _split_includefield(self.path[len("/dicom-web"):])
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "content-type")}
                 # Orthanc's DICOMweb writes absolute BulkDataURIs from the Host header: the viewer's
                 # origin, or the browser would fetch the PDF cross-origin from Orthanc (and fail, CORS)
@@ -193,6 +209,8 @@ class ViewerServer:
                 except (urllib.error.URLError, OSError) as err:
                     status, body, kind = 502, f"Orthanc did not answer: {err}".encode(), "text/plain"
                 owner.requests.append((self.command, self.path, status))
+                if b"%PDF-" in body[:4096]:  # a PDF's header in the answer (multipart/related or not)
+                    owner.pdf_paths.add(self.path)
                 self._send(status, body, kind)
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -337,11 +355,6 @@ class Chromium:
                 raise TimeoutError(f"{what}: not seen within {timeout:.0f} s")
             time.sleep(0.5)
 
-    def double_click(self, x: float, y: float) -> None:
-        for count in (1, 2):
-            for kind in ("mousePressed", "mouseReleased"):
-                self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": count})
-
     def click(self, x: float, y: float) -> None:
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
@@ -398,7 +411,7 @@ def synthetic_records(folder: Path, count: int, prefix: str) -> list[SimpleNames
     records = []
     for i in range(count):
         path = folder / f"{prefix}{i}.jpg"
-        Image.fromarray(synthetic_lesion(seed=hash((prefix, i)) % 1000)).save(path, quality=90)  # 4:2:0, carried as JPEG Baseline
+        Image.fromarray(synthetic_lesion(seed=zlib.crc32(f"{prefix}{i}".encode()) % 1000)).save(path, quality=90)  # 4:2:0, carried as JPEG Baseline
         records.append(SimpleNamespace(
             case_id=f"{prefix}{i}", image_path=path, diagnosis=DIAGNOSES[i % len(DIAGNOSES)], label=i % len(DIAGNOSES),
             text="irregular pigmented lesion on the back, growing", site="back", collection="synthetic",
@@ -600,7 +613,7 @@ def _browse(browser: Chromium, server: ViewerServer, result: ViewerResult, out_d
     time.sleep(5.0)  # the browser's PDF viewer draws after the element exists
     shot("5-viewer-pdf.png")
     if pdf is not None:
-        fetched = _fetched(server, pdf_series)
+        fetched = [p for p in _fetched(server, pdf_series) if p in server.pdf_paths]
         _check(result, "pdf_viewport", bool(fetched) and pdf["data"].startswith("blob:"),
                f"{pdf['tag']} {pdf['type']} data={pdf['data'][:40]!r}; fetched {fetched[-1:] or 'nothing'}; console {_notable(browser.console(mark))[:3]}")
 
