@@ -51,17 +51,17 @@ class WarmPipeline:
         from monai.deploy.core import Application
 
         from .operators.dermoscopy_loader import DermoscopyStudyLoaderOperator
-        from .operators.retrieval import ComposedRetrievalOperator
+        from .operators.retrieval import ComposedRetrievalOperator, load_models
 
         self.settings = settings or AppSettings.resolve()
         s = self.settings
         self._fragment = Application()  # owns the operators; never run
         self.loader = DermoscopyStudyLoaderOperator(self._fragment, input_folder=".", name="dermoscopy_loader_op")
         self.retrieval = ComposedRetrievalOperator(
-            self._fragment, models_path=Path(models_path), top_k=s.top_k, batch_size=s.batch_size, device=s.device,
+            self._fragment, models=load_models(Path(models_path), device=s.device), top_k=s.top_k, batch_size=s.batch_size,
             site=s.site, explain=s.explain, name="retrieval_op",
         )
-        self.run_info = {"app": f"{APP_NAME} {__version__}", "device": str(self.retrieval.net.device), "model_load_s": round(self.retrieval.load_s, 3), "index_cases": len(self.retrieval.index), "settings": s.to_dict()}
+        self.run_info = {"app": f"{APP_NAME} {__version__}", "device": str(self.retrieval.net.device), "model_load_s": round(self.retrieval.models.load_s, 3), "index_cases": len(self.retrieval.index), "settings": s.to_dict()}
         self._count = 0
 
     def answer(self, input_folder: str | Path, output_folder: str | Path) -> PipelineResult:
