@@ -151,11 +151,6 @@ class EvidenceSummary:
         if not 0.0 <= float(self.confidence) <= 1.0:
             raise ValueError(f"confidence must lie in [0, 1], got {self.confidence}")
 
-    @property
-    def prediction(self) -> str:
-        """Alias of ``predicted`` (kept for callers of the first release)."""
-        return self.predicted
-
     def to_dict(self) -> dict[str, Any]:
         """All fields (``results.json``; :meth:`from_dict` reads it back)."""
         return asdict(self)

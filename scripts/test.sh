@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
-bash scripts/install_system_tools.sh || exit 1
+bash scripts/install_system_tools.sh --viewer || exit 1   # --viewer: chromium + npm for tests/test_viewer.py (OHIF)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ulimit -s 32768 2>/dev/null || true   # holoscan (imported by monai when the deploy SDK is present) wants a big stack
 report=$(mktemp -d)/junit.xml

@@ -188,11 +188,13 @@ def _explanation_page(canvas, rank: int, hit: Any, explanation: Any, score_range
 
 
 def _overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """``image`` (H, W, 3 in [0, 1] or uint8) with the positive part of ``heat`` blended in red."""
+    """``image`` (H, W, 3 in [0, 1] or uint8) with the strongest positive half of ``heat`` blended in red."""
     img = np.asarray(image, dtype=np.float32)
     if img.max() > 1.5:
         img = img / 255.0
-    heat = np.clip(np.asarray(heat, dtype=np.float32), 0, None)
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.shape == img.shape[:2] and heat.size:
+        heat = np.clip(heat - max(float(np.quantile(heat, 0.5)), 0.0), 0, None)  # the upper half only: where it matters
     if heat.shape != img.shape[:2] or not heat.any():
         return (255 * np.clip(img, 0, 1)).astype(np.uint8)
     alpha = (heat / heat.max())[..., None] * 0.6

@@ -235,8 +235,8 @@ def similar_cases_sr(
     algorithm = AlgorithmIdentification(name=algorithm_name, version=version)
     query_source = _source_image(str(ds.SOPClassUID), str(ds.SOPInstanceUID), frame)
 
-    def num(name, value: float, unit=C.NO_UNITS, properties=None):
-        return Measurement(name=name, value=float(value), unit=unit, properties=properties)
+    def num(name, value: float | int, unit=C.NO_UNITS, properties=None):
+        return Measurement(name=name, value=value, unit=unit, properties=properties)
 
     score_properties = MeasurementProperties(
         measurement_statistical_properties=MeasurementStatisticalProperties(
@@ -276,7 +276,7 @@ def similar_cases_sr(
             tracking_identifier=TrackingIdentifier(uid=C.derived_uid("similar-case", collection, case_id), identifier=case_id[:64]),
             algorithm_id=algorithm,
             finding_sites=[FindingSite(site)] if site is not None else None,
-            measurements=[num(C.RETRIEVAL_RANK, rank), num(C.SIMILARITY_SCORE, score, properties=score_properties)],
+            measurements=[num(C.RETRIEVAL_RANK, int(rank)), num(C.SIMILARITY_SCORE, score, properties=score_properties)],
             qualitative_evaluations=qualitative,
             source_images=sources,
         )
