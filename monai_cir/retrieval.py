@@ -313,12 +313,11 @@ def dicomweb_library(
     diagnosis). Each case records its Study / Series / SOP Instance UIDs and ``retrieve_url``, the
     instance's WADO-RS URL, so that a viewer can fetch it. The instances go to ``pull_to`` (kept:
     ``image_path`` points at them) or to a temporary folder dropped after embedding."""
+    import fnmatch
     import tempfile
 
     import pydicom
     from dicomweb_client.api import DICOMwebClient
-
-    import fnmatch
 
     url = url.rstrip("/")
     client = DICOMwebClient(url=url, headers=dict(headers or {}))
