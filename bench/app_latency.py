@@ -1,25 +1,31 @@
-"""Per-study latency of the deploy app, cold and warm -> ``bench/results/app_latency.json``.
+"""Per-study cost of the deploy app, cold and warm, every stage it runs -> ``bench/results/app_latency.json``.
 
-- **cold**: process start to output for one study: ``python -m deploy_app`` as a subprocess, wall
-  time from launch to exit (SDK/holoscan import, model + index load, one query, SR, PDFs,
-  results.json). Run ``--cold-runs`` times.
-- **warm**: the model is loaded; one app run answers ``--studies`` studies one at a time
-  (``--batch-size 1``), and each study's latency is the sum of its stages (load share, preprocess,
-  encode, search, SR, PDF) from ``results.json``; the first study is reported apart (lazy imports)
-  and the others summarised. Also the same studies with batching (amortised per study).
+- **cold**: ``python -m deploy_app`` on one study as a subprocess (``--cold-runs`` times): wall time
+  from launch to exit, and the app's own ``process_start_to_ready_s`` (imports + models loaded, from
+  ``results.json``). Where that time goes: a fresh process times each import group and the model
+  load in order (wall and CPU seconds), so the figure can be read on a loaded machine too.
+- **warm, one study** (``--warm-runs`` times): the app in this process on one study, models loaded
+  once (:func:`deploy_app.app.run_app` with one :class:`~deploy_app.app.LoadedModels`, as a DICOM
+  service runs it), everything on (explanations, SR, PDF + Encapsulated PDF). Per run: the wall time
+  of the whole run and its stages from ``results.json``: load (folder scan + DICOM decode),
+  preprocess, encode, search, explain, SR, PDF; ``other`` = wall - stages (the SDK's graph, writing
+  results.json / problems.json).
+- **warm, a batch** of ``--studies`` studies in one run (``--batch-size`` = the number of studies):
+  per-study cost = run wall / studies, against the single study's p50.
 
-The case library is the demo's (``monai-cir demo``: ISIC UDA-1 minus the held-out query, dicomized
-and indexed under ``.cache/demo``), built here when missing. Query studies: the demo's held-out
-case plus library cases re-dicomized as new studies with their own text (latency does not depend
-on whether a query is in the library). GPU figures are taken when CUDA is available; otherwise the
-JSON says so.
+The case library: ISIC UDA-1 minus the demo's held-out query, ``--limit`` cases (evenly spaced per
+class), dicomized and indexed with the trained head under the cache (``bench/app_latency``). Query
+studies: the demo's held-out case, and library cases re-dicomized as new studies with their own text.
+On CUDA (when present) the same runs again, and the CPU and CUDA top-k are compared; otherwise the
+JSON says it was not run. Commit and machine (load average) are recorded: run on a clean tree.
 
-    .venv/bin/python bench/app_latency.py [--studies 8] [--cold-runs 2] [--limit N]
+    .venv/bin/python bench/app_latency.py [--studies 16] [--warm-runs 5] [--cold-runs 1] [--limit 120]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -32,16 +38,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT_JSON = REPO / "bench" / "results" / "app_latency.json"
-STAGES = ("load", "preprocess", "encode", "search", "sr", "pdf")
+STAGES = ("load", "preprocess", "encode", "search", "explain", "sr", "pdf")
+
+# a fresh process: import groups in the order the app meets them, then the models
+COLD_BREAKDOWN = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+marks, t0, c0 = [], time.perf_counter(), time.process_time()
+def mark(what):
+    marks.append((what, time.perf_counter(), time.process_time()))
+import torch; mark("torch")
+import deploy_app.app as app; mark("deploy_app.app (holoscan, MONAI Deploy SDK, pydicom)")
+import timm; mark("timm")
+import transformers; mark("transformers")
+import faiss; mark("faiss")
+models = app.load_models(sys.argv[2], device="cpu"); mark("models: build network + load weights + index")
+import highdicom; mark("highdicom (first SR)")
+import matplotlib.pyplot; mark("matplotlib (first PDF / explanation)")
+rows, last_w, last_c = [], t0, c0
+for what, w, c in marks:
+    rows.append({"step": what, "wall_s": round(w - last_w, 3), "cpu_s": round(c - last_c, 3)})
+    last_w, last_c = w, c
+print(json.dumps(rows))
+"""
 
 
-def machine() -> dict:
-    from monai_cir.provenance import machine_info
-
-    return machine_info()
-
-
-def run_app(inputs: Path, out: Path, models: Path, extra: list[str]) -> tuple[float, dict]:
+def run_subprocess_app(inputs: Path, out: Path, models: Path, extra: list[str]) -> tuple[float, dict]:
     if out.exists():
         shutil.rmtree(out)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
@@ -54,36 +76,82 @@ def run_app(inputs: Path, out: Path, models: Path, extra: list[str]) -> tuple[fl
     return wall, json.loads((out / "results.json").read_text())
 
 
-def per_study_ms(summary: dict) -> list[float]:
-    return [sum(q["timing_ms"].get(s, 0.0) for s in STAGES) for q in summary["queries"]]
+def cold_breakdown(models: Path) -> list[dict]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", COLD_BREAKDOWN, str(REPO), str(models)], capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cold breakdown failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def stats(values: list[float]) -> dict:
     values = sorted(values)
-    return {
-        "n": len(values),
-        "median": round(statistics.median(values), 1),
-        "mean": round(statistics.fmean(values), 1),
-        "min": round(values[0], 1),
-        "max": round(values[-1], 1),
+    return {"n": len(values), "p50": round(statistics.median(values), 1), "mean": round(statistics.fmean(values), 1), "min": round(values[0], 1), "max": round(values[-1], 1)}
+
+
+def stage_breakdown(summaries: list[tuple[float, dict]]) -> dict:
+    """Median per stage over runs (ms per study), and ``other`` = run wall - stages."""
+    per_run = []
+    for wall, summary in summaries:
+        queries = summary["queries"]
+        stages = {s: sum(q["timing_ms"].get(s, 0.0) for q in queries) / len(queries) for s in STAGES}
+        stages["other"] = 1000 * wall / len(queries) - sum(stages.values())
+        per_run.append(stages)
+    return {s: round(statistics.median(r[s] for r in per_run), 1) for s in (*STAGES, "other")}
+
+
+def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    from deploy_app.app import load_models, run_app
+    from deploy_app.settings import AppSettings
+
+    models = load_models(models_dir, device=device)
+    settings = AppSettings(device=device, explain=True, write_pdf=True, batch_size=1)
+    run_app(single, work / f"out-{device}-first", models, settings)  # first study of a process: lazy imports
+    runs, cpu_ms = [], []
+    for i in range(args.warm_runs):
+        start, cpu = time.perf_counter(), time.process_time()
+        summary = run_app(single, work / f"out-{device}-single", models, settings)
+        runs.append((time.perf_counter() - start, summary))
+        cpu_ms.append(1000 * (time.process_time() - cpu))
+    single_ms = [1000 * wall for wall, _ in runs]
+    print(f"[{device}] warm single study: p50 {statistics.median(single_ms):.0f} ms over {len(runs)} runs; stages {stage_breakdown(runs)}", flush=True)
+
+    n = len(list(several.iterdir()))
+    settings_b = dataclasses.replace(settings, batch_size=n)
+    load_single = [round(x, 2) for x in os.getloadavg()]
+    start, cpu = time.perf_counter(), time.process_time()
+    summary_b = run_app(several, work / f"out-{device}-batch", models, settings_b)
+    wall_b, cpu_b = time.perf_counter() - start, time.process_time() - cpu
+    answered = len(summary_b["queries"])
+    per_study = 1000 * wall_b / answered
+    p50, cpu_p50 = statistics.median(single_ms), statistics.median(cpu_ms)
+    print(f"[{device}] batch of {answered}: {per_study:.0f} ms per study = {per_study / p50:.2f} x the single study's p50 (CPU {1000 * cpu_b / answered / cpu_p50:.2f} x)", flush=True)
+    entry = {
+        "single_study_ms": {**stats(single_ms), "stages_p50_ms": stage_breakdown(runs), "cpu_ms": stats(cpu_ms), "load_average_after": load_single},
+        "batch": {
+            "studies": answered,
+            "batch_size": n,
+            "run_wall_s": round(wall_b, 2),
+            "per_study_ms": round(per_study, 1),
+            "per_study_over_single_p50": round(per_study / p50, 3),
+            "per_study_cpu_ms": round(1000 * cpu_b / answered, 1),
+            "per_study_cpu_over_single_cpu_p50": round(1000 * cpu_b / answered / cpu_p50, 3),
+            "stages_per_study_ms": stage_breakdown([(wall_b, summary_b)]),
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
     }
-
-
-def stage_medians(summary: dict, skip_first: bool = True) -> dict:
-    queries = summary["queries"][1:] if skip_first and len(summary["queries"]) > 1 else summary["queries"]
-    return {s: round(statistics.median(q["timing_ms"].get(s, 0.0) for q in queries), 1) for s in STAGES}
+    return entry, runs[-1][1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--studies", type=int, default=8, help="query studies in the warm run (default 8)")
-    parser.add_argument("--cold-runs", type=int, default=2, help="single-study app launches (default 2)")
-    parser.add_argument("--limit", type=int, default=None, help="demo library size (default: the demo's, all 554)")
+    parser.add_argument("--studies", type=int, default=16, help="studies in the batched run (default 16)")
+    parser.add_argument("--warm-runs", type=int, default=5, help="warm runs of the single study (default 5)")
+    parser.add_argument("--cold-runs", type=int, default=1, help="single-study app launches (default 1)")
+    parser.add_argument("--limit", type=int, default=120, help="library size (default 120; latency hardly depends on it: search is < 1 ms)")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    import dataclasses
 
     import torch
 
@@ -91,13 +159,14 @@ def main() -> int:
     from monai_cir.config import cache_dir
     from monai_cir.data import load_isic_uda1
     from monai_cir.dicom.dicomize import dicomize_record
+    from monai_cir.provenance import git_commit, machine_info
 
+    commit = git_commit()  # before anything is written
     records = load_isic_uda1()
     held_out, library_records = _select_library(records, DEMO_QUERY_ID, args.limit)
-    cache = cache_dir("demo")
-    _, models = build_demo_library(library_records, cache, rebuild=False)
-
     work = cache_dir("bench", "app_latency")
+    _, models = build_demo_library(library_records, work / "library-cache", rebuild=False)
+
     single, several = work / "single", work / "several"
     for folder in (single, several):
         if folder.exists():
@@ -108,45 +177,47 @@ def main() -> int:
         # a new study of the same image: another collection name gives other UIDs and patient
         dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}"), several, include_diagnosis=False)
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report: dict = {
-        "machine": machine(),
+        "commit": commit,
+        "machine_at_start": machine_info(),
         "library_cases": len(library_records),
         "what": {
-            "cold_s": "wall time of `python -m deploy_app` on one study: process start (SDK/holoscan import, model and index load) to exit with all outputs",
-            "warm_ms": "one app run, model loaded, studies answered one at a time (--batch-size 1); per study: load share + preprocess + encode + search + SR + PDF (both PDFs) from results.json; the first study apart",
-            "batched_ms": "same studies, --batch-size N: per-study share of the run",
+            "cold_s": "`python -m deploy_app` on one study as a subprocess: wall time launch to exit; process_start_to_ready_s from results.json (imports + models loaded)",
+            "cold_breakdown": "a fresh process: each import group, then load_models, in order (wall and CPU seconds)",
+            "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle)",
+            "batch": "warm: one run answering the studies together (batch_size = studies); per-study cost = run wall / studies",
         },
         "results": [],
     }
-    if not torch.cuda.is_available():
-        report["gpu"] = "no GPU in this session: CPU figures only (the app runs on CUDA with fp16 autocast and batch 16 when one is present)"
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" not in devices:
+        report["cuda"] = "not run: no GPU in this session (the app runs on CUDA with fp16 autocast when one is present; rerun this bench there)"
+    answers = {}
     for device in devices:
         entry: dict = {"device": device if device == "cpu" else f"cuda ({torch.cuda.get_device_name(0)})"}
         cold = []
         for i in range(args.cold_runs):
-            wall, summary = run_app(single, work / "out-cold", models, ["--device", device])
-            cold.append(wall)
-            print(f"[{device}] cold run {i + 1}: {wall:.1f} s (process start to ready {summary['process_start_to_ready_s']:.1f} s, model+index load {summary['model_load_s']:.1f} s)")
-        entry["cold_s"] = {**stats(cold), "runs": [round(c, 2) for c in cold], "process_start_to_ready_s": summary["process_start_to_ready_s"], "model_and_index_load_s": summary["model_load_s"]}
-
-        wall, summary = run_app(several, work / "out-warm", models, ["--device", device, "--batch-size", "1"])
-        per_study = per_study_ms(summary)
-        entry["warm_ms"] = {
-            "first_study": round(per_study[0], 1),
-            "other_studies": stats(per_study[1:]),
-            "stage_medians_other_studies": stage_medians(summary),
-            "run_wall_s": round(wall, 2),
-            "studies": len(per_study),
+            wall, summary = run_subprocess_app(single, work / "out-cold", models, ["--device", device])
+            cold.append((wall, summary["process_start_to_ready_s"]))
+            print(f"[{device}] cold run {i + 1}: {wall:.1f} s to exit, process start to ready {summary['process_start_to_ready_s']:.1f} s", flush=True)
+        entry["cold_s"] = {
+            "launch_to_exit": [round(w, 2) for w, _ in cold],
+            "process_start_to_ready": [round(r, 2) for _, r in cold],
         }
-        print(f"[{device}] warm: first {per_study[0]:.0f} ms, then median {statistics.median(per_study[1:]):.0f} ms/study; stages {stage_medians(summary)}")
-        batch = len(per_study)
-        wall_b, summary_b = run_app(several, work / "out-batched", models, ["--device", device, "--batch-size", str(batch)])
-        per_study_b = per_study_ms(summary_b)
-        entry["batched_ms"] = {"batch_size": batch, "per_study": stats(per_study_b), "stage_medians": stage_medians(summary_b, skip_first=False), "run_wall_s": round(wall_b, 2)}
-        print(f"[{device}] batched ({batch}): median {statistics.median(per_study_b):.0f} ms/study")
+        if device == "cpu":
+            entry["cold_breakdown"] = cold_breakdown(models)
+            print(f"[cpu] cold breakdown: {entry['cold_breakdown']}", flush=True)
+        warm_entry, last = warm(device, models, single, several, work, args)
+        entry.update(warm_entry)
+        answers[device] = last["queries"][0]["top_k"]
         report["results"].append(entry)
-
+    if "cuda" in answers:
+        cpu, gpu = answers["cpu"], answers["cuda"]
+        report["cpu_vs_cuda"] = {
+            "same_case_ids": [h["case_id"] for h in cpu] == [h["case_id"] for h in gpu],
+            "max_abs_score_difference": round(max(abs(a["score"] - b["score"]) for a, b in zip(cpu, gpu)), 6),
+        }
+    report["machine_at_end"] = machine_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     wall = time.perf_counter()
+    from monai_cir.provenance import git_commit
+
+    commit = git_commit()  # before anything is written: run on a clean tree
     info = machine()
     print("machine:", json.dumps(info), flush=True)
     with warnings.catch_warnings():
@@ -133,6 +136,7 @@ def main() -> None:
     print("composed query:", latency, flush=True)
 
     payload = {
+        "commit": commit,
         "machine": info,
         "device": str(device),
         "image_size": size,

@@ -1,4 +1,4 @@
-"""monai-cir similar-cases app: DICOM dermoscopy studies in, ranked similar biopsy-confirmed cases out.
+"""monai-cir similar-cases app: DICOM dermoscopy studies in, ranked similar library cases out.
 
 Pipeline (``compose``)::
 
@@ -6,7 +6,7 @@ Pipeline (``compose``)::
           │                                                                                │ results
           │                                                                   SimilarCasesPDFWriterOperator
           │                                                                                │ results
-          │                                                           [DICOMPublisherOperator, when configured]
+          │                                                                   [DICOMPublisherOperator, when configured]
           │                                                                                │ results
           └──────────────────────────problems──────────────────────────────> ResultsWriterOperator
 
@@ -15,29 +15,90 @@ Run::
     python -m deploy_app -i IN -o OUT -m MODELS [-k 5] [--publish-dicom HOST:PORT:AET] [--publish-dicomweb URL]
 
 or with ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` / ``HOLOSCAN_MODEL_PATH``. MODELS holds
-``model.pt`` (or is a bundle folder with ``models/model.pt``) and ``index/`` (the case index).
+``model.pt`` (or ``models/model.pt``, the layout ``monai-deploy package`` writes) and ``index/``
+(the case index); see ``docs/deploy.md``.
+
+**Many studies, one process** (a DICOM service such as ``monai-cir serve``): the network, the
+index and the calibration are loaded once and reused::
+
+    from deploy_app.app import load_models, run_app
+
+    models = load_models("MODELS")                 # cached per process: MODELS path + file sizes/mtimes
+    summary = run_app("study-1/", "out-1/", models)  # the results.json payload
+    summary = run_app("study-2/", "out-2/", models)  # no reload
+
+``run_app`` builds a fresh :class:`SimilarCasesApp` (the SDK composes a graph per run) around the
+same :class:`~deploy_app.operators.retrieval.LoadedModels`; ``SimilarCasesApp(argv, models=...)``
+does the same for a caller that drives the SDK itself. Without ``models=``, the app calls
+:func:`load_models` on ``-m`` / ``HOLOSCAN_MODEL_PATH``, whose per-process cache gives the same
+reuse; a rebuilt index or a new checkpoint (another size or mtime) is loaded afresh.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from monai.deploy.conditions import CountCondition
-from monai.deploy.core import AppContext, Application
 
-from . import APP_NAME, __version__
-from .operators.dermoscopy_loader import DermoscopyStudyLoaderOperator
-from .operators.pdf_writer import SimilarCasesPDFWriterOperator
-from .operators.publisher import DICOMPublisherOperator
-from .operators.results_writer import ResultsWriterOperator
-from .operators.retrieval import ComposedRetrievalOperator, ModelsLayoutError
-from .operators.sr_writer import SimilarCasesSRWriterOperator
-from .settings import AppSettings, split_argv
+def _light_monai_namespace() -> None:
+    """Make ``import monai.deploy`` cost only the Deploy SDK.
 
-__all__ = ["SimilarCasesApp", "main"]
+    The Deploy SDK lives in the ``monai`` namespace, and MONAI core's ``monai/__init__.py`` imports
+    every MONAI submodule eagerly (apps, networks, transforms, torchvision, transformers: ~5 CPU
+    seconds, half of the app's start). None of it is on this app's path. When ``monai`` is not
+    imported yet, register the package without running its ``__init__``; a submodule
+    (``monai.transforms``) still imports on first use, and ``monai.X`` attribute access imports
+    ``monai.X``, so MONAI code that needs more gets it then."""
+    if "monai" in sys.modules:
+        return
+    spec = importlib.util.find_spec("monai")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    package = types.ModuleType("monai")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    package.__spec__ = spec
+    package.__package__ = "monai"
+    sys.modules["monai"] = package
+    from importlib import import_module
+
+    version = import_module("monai._version").get_versions()
+    package.__version__ = str(version.get("version", "0+unknown"))
+    package.__revision_id__ = str(version.get("full-revisionid") or "")
+    package.__basedir__ = str(Path(spec.origin).parent)
+
+    def __getattr__(name: str) -> Any:  # monai.transforms etc. on first access, as after a full import
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return import_module(f"monai.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'monai' has no attribute {name!r}") from None
+
+    package.__getattr__ = __getattr__  # type: ignore[attr-defined]
+
+
+_light_monai_namespace()
+
+from monai.deploy.conditions import CountCondition  # noqa: E402
+from monai.deploy.core import AppContext, Application  # noqa: E402
+
+from . import APP_NAME, __version__  # noqa: E402
+from .operators.dermoscopy_loader import DermoscopyStudyLoaderOperator  # noqa: E402
+from .operators.pdf_writer import SimilarCasesPDFWriterOperator  # noqa: E402
+from .operators.publisher import DICOMPublisherOperator  # noqa: E402
+from .operators.results_writer import RESULTS_FILE, ResultsWriterOperator  # noqa: E402
+from .operators.retrieval import ComposedRetrievalOperator, LoadedModels, ModelsLayoutError, load_models  # noqa: E402
+from .operators.sr_writer import SimilarCasesSRWriterOperator  # noqa: E402
+from .settings import AppSettings, split_argv  # noqa: E402
+
+__all__ = ["LoadedModels", "SimilarCasesApp", "load_models", "main", "run_app"]
 
 
 def seconds_since_process_start() -> float | None:
@@ -53,11 +114,19 @@ def seconds_since_process_start() -> float | None:
 
 
 class SimilarCasesApp(Application):
-    """Composed vision-language retrieval of similar skin-lesion cases as a MONAI Deploy app."""
+    """Composed vision-language retrieval of similar skin-lesion cases as a MONAI Deploy app.
 
-    def __init__(self, *args, settings: AppSettings | None = None, **kwargs) -> None:
+    Args:
+        argv: the SDK's command line (``[python, prog, -i IN, -o OUT, -m MODELS]``).
+        settings: the app's own settings (default: ``app.yaml`` < environment).
+        models: what :func:`load_models` returned, to reuse across runs; default: loaded (and
+            cached for the process) from the SDK's model path.
+    """
+
+    def __init__(self, *args: Any, settings: AppSettings | None = None, models: LoadedModels | None = None, **kwargs: Any) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.settings = settings or AppSettings.resolve()
+        self.models = models
         super().__init__(*args, **kwargs)
 
     def compose(self) -> None:
@@ -66,14 +135,17 @@ class SimilarCasesApp(Application):
         app_context: AppContext = Application.init_app_context(self.argv)
         input_path = Path(app_context.input_path)
         output_path = Path(app_context.output_path)
-        models_path = Path(app_context.model_path)
         output_path.mkdir(parents=True, exist_ok=True)
         s = self.settings
-        self._logger.info(f"input {input_path}, output {output_path}, models {models_path}, settings {s.to_dict()}")
+        reused = self.models is not None
+        if self.models is None:
+            self.models = load_models(Path(app_context.model_path), device=s.device)
+        models = self.models
+        self._logger.info(f"input {input_path}, output {output_path}, models {models.index_dir.parent}, settings {s.to_dict()}")
 
         loader = DermoscopyStudyLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="dermoscopy_loader_op")
         retrieval = ComposedRetrievalOperator(
-            self, models_path=models_path, top_k=s.top_k, batch_size=s.batch_size, device=s.device, site=s.site, explain=s.explain, name="retrieval_op"
+            self, models=models, top_k=s.top_k, batch_size=s.batch_size, site=s.site, explain=s.explain, name="retrieval_op"
         )
         sr_writer = SimilarCasesSRWriterOperator(self, output_folder=output_path, name="sr_writer_op")
         last = sr_writer
@@ -91,16 +163,40 @@ class SimilarCasesApp(Application):
             last = publisher
         run_info = {
             "app": f"{APP_NAME} {__version__}",
-            "device": str(retrieval.net.device),
-            "model_load_s": round(retrieval.load_s, 3),
+            "device": str(models.device),
+            "model_load_s": round(models.load_s, 3),
+            "models_reused": reused,
             "process_start_to_ready_s": round(seconds_since_process_start() or -1.0, 3),
-            "index_cases": len(retrieval.index),
+            "index_cases": len(models.index),
             "settings": s.to_dict(),
         }
         results_writer = ResultsWriterOperator(self, output_folder=output_path, run_info=run_info, name="results_writer_op")
         self.add_flow(last, results_writer, {("results", "results")})
         self.add_flow(loader, results_writer, {("problems", "problems")})
         self._logger.info(f"End {self.compose.__name__}")
+
+
+def run_app(
+    input_folder: str | Path, output_folder: str | Path, models: LoadedModels | str | Path, settings: AppSettings | None = None
+) -> dict[str, Any]:
+    """One run of the app in this process (the same operators as ``python -m deploy_app``).
+
+    Args:
+        input_folder: DICOM files of one or more studies.
+        output_folder: where the SR, the PDFs, ``results.json`` and ``problems.json`` go.
+        models: a :class:`LoadedModels` (reused as is) or a MODELS folder (through the
+            per-process cache of :func:`load_models`).
+        settings: default ``app.yaml`` < environment.
+
+    Returns:
+        the ``results.json`` payload.
+    """
+    settings = settings or AppSettings.resolve()
+    if not isinstance(models, LoadedModels):
+        models = load_models(models, device=settings.device)
+    argv = [sys.executable, APP_NAME, "-i", str(input_folder), "-o", str(output_folder), "-m", str(models.index_dir.parent)]
+    SimilarCasesApp(argv, settings=settings, models=models).run()
+    return json.loads((Path(output_folder) / RESULTS_FILE).read_text())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

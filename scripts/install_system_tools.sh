@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Debian packages the tests use as real peers: Orthanc (a PACS, with DICOMweb), dcmtk (dsrdump,
-# storescu) and dicom3tools (dciodvfy). Installed only when missing; needs root (or sudo) and apt.
+# storescu) and dicom3tools (dciodvfy); with --viewer also chromium. Installed only when missing;
+# needs root (or sudo) and apt.
 set -uo pipefail
 need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || ls /usr/share/orthanc/plugins*/libOrthancDicomWeb* >/dev/null 2>&1 || need+=(orthanc-dicomweb)
 command -v dsrdump >/dev/null 2>&1 || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+# --viewer: headless Chromium for scripts/ohif_check.py (OHIF itself comes from npm: @ohif/app)
+if [ "${1:-}" = "--viewer" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 [ ${#need[@]} -eq 0 ] && { echo "[tools] orthanc, orthanc-dicomweb, dcmtk, dicom3tools present"; exit 0; }
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

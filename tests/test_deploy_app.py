@@ -1,6 +1,11 @@
-"""End to end: the MONAI Deploy app run as a subprocess on several DICOM studies.
+"""The MONAI Deploy app: its input checks on synthetic DICOM, then the app end to end.
 
-One app run (the SDK import costs ~20 s) answers every case of this module:
+Unit tests (synthetic DICOM made here, no network): what the app refuses, notices and links
+(truncated files and JPEG streams, blank frames, greyscale images, SR text by reference), and that
+feature caches refuse a file crafted to run code.
+
+Integration (real offline weights, real ISIC images): one app run as a subprocess (the SDK import
+costs seconds) answers every case of this module:
 
 - ``in_library``: an ISIC case whose own image is in the library -> that case at rank 1;
 - ``held_out``: an ISIC case not in the library (the demo's situation);
@@ -8,28 +13,194 @@ One app run (the SDK import costs ~20 s) answers every case of this module:
 - ``junk.txt``: not DICOM -> reported and skipped;
 
 and, when Orthanc is installed, publishes the results to it by C-STORE and STOW-RS; the test
-reads them back over DICOMweb (QIDO-RS + WADO-RS).
+reads them back over DICOMweb (QIDO-RS + WADO-RS). Then the app in this process on the models
+layout ``monai-deploy package`` writes (``models/models/model.pt`` + ``models/index``), with the
+models loaded once across runs.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
 from tests.orthanc import OrthancServer, orthanc_available
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY_SIZE = 12
+
+
+# ------------------------------------------------------------------------------------------------
+# input checks on synthetic DICOM
+# ------------------------------------------------------------------------------------------------
+def _lesion(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
+    """A smooth colour image with texture: not blank, not greyscale."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.stack([xx * 1.2, yy * 1.5, (xx + yy) * 0.7], -1) % 256
+    return np.clip(image + rng.integers(-15, 15, image.shape), 0, 255).astype(np.uint8)
+
+
+def _image(folder: Path, name: str, pixels: np.ndarray | None = None, jpeg: bool = False, case: str | None = None) -> pydicom.Dataset:
+    """A Dermoscopic Photography instance of the synthetic case ``case`` (default ``name``), saved as ``folder/name.dcm``."""
+    from PIL import Image
+
+    from monai_cir.dicom.dicomize import case_uids, dermoscopy_image_dataset
+
+    pixels = _lesion() if pixels is None else pixels
+    uids = case_uids("synthetic", case or name)
+    if jpeg:
+        source = folder / f"{name}.jpg"
+        Image.fromarray(pixels).save(source, quality=90)
+        ds = dermoscopy_image_dataset(source, uids=uids, compression="jpeg")
+        source.unlink()
+    else:
+        ds = dermoscopy_image_dataset(pixels=pixels, uids=uids, compression="none")
+    if case is not None:  # another image of the same study
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(folder / f"{name}.dcm", enforce_file_format=True)
+    return ds
+
+
+def _report(folder: Path, name: str, image: pydicom.Dataset, text: str) -> None:
+    """An SR with ``text`` that references ``image`` (evidence + IMAGE item), as dicomize writes it."""
+    from monai_cir.dicom.dicomize import case_report_sr
+
+    case_report_sr(image, text).save_as(folder / f"{name}.dcm", enforce_file_format=True)
+
+
+def _scan(folder: Path):
+    from monai_cir.dicom.reader import read_dicom_folder
+
+    scan = read_dicom_folder(folder)
+    return scan, {Path(p.path).stem: p.message for p in scan.problems}
+
+
+def test_truncated_jpeg_stream_is_reported_not_answered(tmp_path):
+    from pydicom.encaps import encapsulate, generate_frames
+
+    good = _image(tmp_path, "good", jpeg=True)
+    bad = _image(tmp_path, "cut_stream", jpeg=True, case="cut_stream")
+    frame = next(generate_frames(bad.PixelData, number_of_frames=1))
+    bad.PixelData = encapsulate([frame[: len(frame) // 2]])  # the decoder would pad the rest grey
+    bad.save_as(tmp_path / "cut_stream.dcm", enforce_file_format=True)
+    assert np.asarray(pydicom.dcmread(tmp_path / "cut_stream.dcm").pixel_array).shape == (120, 160, 3)  # decodes silently
+
+    scan, problems = _scan(tmp_path)
+    assert [q.sop_instance_uid for q in scan.queries] == [good.SOPInstanceUID]
+    assert "truncated JPEG stream" in problems["cut_stream"] and "not answered" in problems["cut_stream"]
+
+
+def test_truncated_file_says_truncated(tmp_path):
+    _image(tmp_path, "whole", jpeg=True)
+    data = (tmp_path / "whole.dcm").read_bytes()
+    for cut in (200, 700, len(data) // 2, len(data) - 3):  # in the file meta, the header, the pixel data
+        (tmp_path / f"cut{cut}.dcm").write_bytes(data[:cut])
+    scan, problems = _scan(tmp_path)
+    assert len(scan.queries) == 1 and len(problems) == 4
+    for name, message in problems.items():
+        assert message.startswith("truncated DICOM file"), (name, message)
+        assert "SOP Class UID" not in message and "pixel data (7FE0" not in message
+
+
+def test_blank_frames_are_reported_not_answered(tmp_path):
+    rng = np.random.default_rng(1)
+    _image(tmp_path, "lesion")
+    _image(tmp_path, "constant", pixels=np.full((120, 160, 3), 187, np.uint8))
+    nearly = np.clip(np.full((120, 160, 3), 90) + rng.integers(-1, 2, (120, 160, 3)), 0, 255).astype(np.uint8)
+    nearly[5, 5] = 255  # a hot pixel does not make it an image
+    _image(tmp_path, "nearly_constant", pixels=nearly)
+    scan, problems = _scan(tmp_path)
+    assert [Path(q.source_path).stem for q in scan.queries] == ["lesion"]
+    assert set(problems) == {"constant", "nearly_constant"}
+    assert all("blank" in m and "not answered" in m for m in problems.values())
+
+
+def test_greyscale_image_is_answered_with_a_notice(tmp_path):
+    _image(tmp_path, "colour")
+    grey = _lesion(seed=2)[..., :1].repeat(3, axis=-1)  # R = G = B
+    _image(tmp_path, "grey_rgb", pixels=grey)
+    mono = _image(tmp_path, "mono", pixels=grey, case="mono")
+    mono.SamplesPerPixel, mono.PhotometricInterpretation = 1, "MONOCHROME2"
+    del mono.PlanarConfiguration
+    mono.PixelData = np.ascontiguousarray(grey[..., 0]).tobytes()
+    mono.save_as(tmp_path / "mono.dcm", enforce_file_format=True)
+
+    scan, problems = _scan(tmp_path)
+    assert problems == {}
+    notices = {Path(q.source_path).stem: q.notices for q in scan.queries}
+    assert set(notices) == {"colour", "grey_rgb", "mono"}
+    for name in ("grey_rgb", "mono"):
+        assert any(n.startswith("greyscale image") for n in notices[name]), notices[name]
+    assert not any("greyscale" in n for n in notices["colour"])
+
+
+def test_sr_text_goes_to_the_image_it_references(tmp_path):
+    first = _image(tmp_path, "one", case="study")
+    second = _image(tmp_path, "two", case="study", pixels=_lesion(seed=3))
+    third = _image(tmp_path, "three", case="study", pixels=_lesion(seed=4))
+    assert first.StudyInstanceUID == second.StudyInstanceUID == third.StudyInstanceUID
+    _report(tmp_path, "sr", second, "raised nodule, left forearm")
+
+    scan, problems = _scan(tmp_path)
+    assert problems == {}
+    by_name = {Path(q.source_path).stem: q for q in scan.queries}
+    assert by_name["two"].text == "raised nodule, left forearm" and by_name["two"].text_source == "sr"
+    for name in ("one", "three"):
+        assert by_name[name].text == "" and by_name[name].text_source == "none", name
+
+
+def test_repaired_study_uid_keeps_its_sr_text(tmp_path):
+    image = _image(tmp_path, "image")
+    _report(tmp_path, "sr", image, "itchy pigmented macule")
+    stripped = pydicom.dcmread(tmp_path / "image.dcm")
+    del stripped.StudyInstanceUID
+    stripped.save_as(tmp_path / "image.dcm", enforce_file_format=True)
+
+    scan, problems = _scan(tmp_path)
+    assert problems == {} and len(scan.queries) == 1
+    query = scan.queries[0]
+    assert query.text == "itchy pigmented macule" and query.text_source == "sr"
+    assert query.study_uid == image.StudyInstanceUID  # the answer is filed in the SR's study
+    assert any("missing Study Instance UID: taken from the SR" in n for n in query.notices)
+
+
+def test_feature_cache_refuses_a_file_that_runs_code(tmp_path, monkeypatch):
+    import torch
+
+    from monai_cir.data import feature_cache
+    from monai_cir.data.collections import CaseRecord
+
+    marker = tmp_path / "pwned"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    records = [CaseRecord(case_id="c1", image_path=tmp_path / "c1.png", diagnosis="nevus", label=1, text="t", site="trunk", collection="x", metadata={"age": np.int64(40)})]
+    payload = {
+        "format": feature_cache.CACHE_FORMAT, "fingerprint": "f", "image_size": 64, "collection": "x",
+        "records": [feature_cache._record_to_dict(r) for r in records], "labels": torch.tensor([1]),
+        "maps": [torch.zeros(1, 2, 2, 2)] * 3, "maps_flipped": None, "tokens": torch.zeros(1, 1, 4),
+        "token_mask": torch.ones(1, 1, dtype=torch.bool), "sentence": torch.zeros(1, 4),
+    }
+    good = tmp_path / "good.pt"
+    torch.save(payload, good)  # what build_feature_cache writes (numpy metadata made plain)
+    assert feature_cache._load(good, records, "f", 64, flipped=False) is not None
+
+    evil = tmp_path / "evil.pt"
+    torch.save({**payload, "build_seconds": RunsCode()}, evil)
+    assert feature_cache._load(evil, records, "f", 64, flipped=False) is None  # refused: rebuilt
+    assert not marker.exists()
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:
@@ -38,6 +209,19 @@ def _dciodvfy_errors(path: Path) -> list[str]:
         pytest.fail("dciodvfy (Debian dicom3tools) is missing: run scripts/install_system_tools.sh")
     out = subprocess.run([tool, str(path)], check=False, capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.slow
+def test_app_folder_runs_as_a_map_runs_it(tmp_path):
+    """A MAP runs ``python3 /opt/holoscan/app``: the staged app folder (docs/deploy.md: deploy_app
+    with monai_cir copied in) under another name, nothing on PYTHONPATH."""
+    staged = tmp_path / "app"
+    shutil.copytree(REPO / "deploy_app", staged, ignore=shutil.ignore_patterns("__pycache__"))
+    (staged / "monai_cir").symlink_to(REPO / "monai_cir")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(staged), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "app flags" in proc.stdout and "--publish-dicom" in proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +280,8 @@ def results(app_run):
     return summary, {name: by_patient.get(case.uids.patient_id) for name, case in app_run["cases"].items()}
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_outputs_exist_and_pass_dciodvfy(app_run, results):
     _, answers = results
     for name in ("in_library", "held_out"):
@@ -110,6 +296,8 @@ def test_outputs_exist_and_pass_dciodvfy(app_run, results):
             assert not errors, f"dciodvfy errors in {outputs[key]}:\n" + "\n".join(errors)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
     from monai_cir.dicom.sr import read_similar_cases_sr
 
@@ -130,21 +318,80 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
         assert evidence["label"].lower().startswith("decision support")
         assert sum(evidence["distribution"].values()) == pytest.approx(1.0, abs=1e-6)
         assert report.evidence_summary is not None
-        assert report.evidence_summary.prediction == evidence["predicted"]
+        assert report.evidence_summary.predicted == evidence["predicted"]
         # every match is explained (library images are reachable here): SR text and one PDF page each
         assert all(m.explanation and "local cosine" in m.explanation for m in report.matches)
         pdf = (app_run["out"] / answers[name]["outputs"]["pdf"]).read_bytes()
         assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) >= 1 + len(top)
 
 
-def test_own_image_is_rank_one(app_run, results):
+@pytest.mark.integration
+@pytest.mark.slow
+def test_hits_are_the_models_own_ranking(app_run, results):
+    """The app's top-5 is what the network itself says: Eq. 9 recomputed here from the DICOM the
+    app read (query image + SR text, every library image), ranked here. A pipeline that loses the
+    text, preprocesses the query or the library differently, searches stale or shuffled vectors or
+    ranks wrongly fails this; so does a model whose embeddings do not depend on the image."""
+    import torch
+
+    from monai_cir.dicom.dicomize import case_uids
+    from monai_cir.dicom.reader import read_dicom_folder
+    from monai_cir.networks import load_model
+    from monai_cir.retrieval import to_image_tensor
+
     _, answers = results
-    top = answers["in_library"]["top_k"]
-    assert top[0]["case_id"] == app_run["library"][3].case_id
-    assert top[0]["score"] > top[1]["score"]
+    net = load_model(app_run["root"] / "models" / "model.pt").eval()
+    library = {r.case_id: read_dicom_folder(app_run["root"] / "library" / case_uids(r.collection, r.case_id).patient_id).queries[0] for r in app_run["library"]}
+    ids = list(library)
+    targets = torch.stack([to_image_tensor(library[i].image, net.image_size) for i in ids])
+    for name in ("in_library", "held_out"):
+        query = read_dicom_folder(app_run["cases"][name].image_file.parent).queries[0]
+        assert query.text and answers[name]["text"] == query.text
+        with torch.inference_mode():
+            scores = net.similarity(to_image_tensor(query.image, net.image_size)[None], [query.text], targets)[0].tolist()
+        expected = sorted(zip(scores, ids), reverse=True)[:5]
+        top = answers[name]["top_k"]
+        assert [h["case_id"] for h in top] == [i for _, i in expected], name
+        assert [h["score"] for h in top] == pytest.approx([v for v, _ in expected], abs=1e-4), name
+        assert max(scores) - min(scores) > 1e-2  # the image matters: not a constant embedding
+    assert answers["in_library"]["top_k"][0]["case_id"] == app_run["library"][3].case_id
     assert app_run["held_out"].case_id not in {h["case_id"] for h in answers["held_out"]["top_k"]}
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, tmp_path):
+    """MODELS as ``monai-deploy package`` lays it out (``models/models/model.pt``, ``models/index``),
+    the app run in this process twice on one :class:`LoadedModels` (what a DICOM service does):
+    the same answers as the subprocess run, no reload; a changed index is loaded afresh."""
+    from deploy_app.app import load_models, run_app
+    from deploy_app.settings import AppSettings
+
+    packaged = tmp_path / "models"
+    (packaged / "models").mkdir(parents=True)
+    shutil.copy2(app_run["root"] / "models" / "model.pt", packaged / "models" / "model.pt")
+    shutil.copytree(app_run["root"] / "models" / "index", packaged / "index")
+
+    models = load_models(packaged, device="cpu")
+    assert models.checkpoint == (packaged / "models" / "model.pt").resolve()
+    assert load_models(packaged, device="cpu") is models  # cached: path + file sizes/mtimes
+    settings = AppSettings(explain=False, write_pdf=False)
+    _, answers = results
+    for run in (1, 2):
+        summary = run_app(app_run["cases"]["held_out"].image_file.parent, tmp_path / f"out{run}", models, settings)
+        assert summary["models_reused"] is True and len(summary["queries"]) == 1
+        top = summary["queries"][0]["top_k"]
+        assert [h["case_id"] for h in top] == [h["case_id"] for h in answers["held_out"]["top_k"]]
+        assert [h["score"] for h in top] == pytest.approx([h["score"] for h in answers["held_out"]["top_k"]], abs=1e-5)
+        assert (tmp_path / f"out{run}" / summary["queries"][0]["outputs"]["sr"]).is_file()
+    manifest = packaged / "index" / "manifest.json"
+    stat = manifest.stat()
+    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert load_models(packaged, device="cpu") is not models  # a rebuilt index is not served stale
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_patient_and_study_carried_into_outputs(app_run, results):
     _, answers = results
     for name in ("in_library", "held_out"):
@@ -163,6 +410,8 @@ def test_patient_and_study_carried_into_outputs(app_run, results):
             assert out.SOPInstanceUID != source.SOPInstanceUID
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_bad_study_reported_and_skipped(app_run, results):
     summary, answers = results
     assert answers["corrupt"] is None
@@ -179,6 +428,8 @@ def test_bad_study_reported_and_skipped(app_run, results):
     assert corrupt_file in log and "junk.txt" in log  # a log line for each
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_published_results_read_back_over_dicomweb(app_run, results):
     if app_run["server"] is None:
         pytest.skip("Orthanc and orthanc-dicomweb are not installed (run scripts/install_system_tools.sh)")

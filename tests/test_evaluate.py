@@ -169,3 +169,55 @@ def test_merge_replaces_a_fold_run_again():
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown method"):
         evaluation.get_method("nope")
+
+
+def test_text_forms_reach_the_queries_only(tiny_caches, tiny_net):
+    """With ``text_forms``, each form's queries read that form's texts; training and the database keep the cache's."""
+    seen: dict[str, list[bool]] = {}
+
+    @register_method("_text_probe", trained=False)
+    def probe(ctx: FoldContext):
+        assert ctx.cache is tiny_caches["derm7pt"]  # what a method trains on never changes
+        has_text = bool(ctx.query_cache.token_mask[torch.as_tensor(ctx.query_indices)].any())
+        seen.setdefault("calls", []).append(has_text)
+        # rank by "has text": a query without text scores 0 everywhere, so its ranking is the database order
+        s = torch.full((len(ctx.query_indices), len(ctx.database_indices)), float(has_text))
+        return s * torch.as_tensor(ctx.database_labels == 0, dtype=torch.float32)
+
+    try:
+        results = evaluate(["_text_probe", "imagenet_cosine"], image_size=64, folds=(0,), cache=tiny_caches["derm7pt"],
+                           progress=False, text_forms=["template", "empty"])
+    finally:
+        unregister_method("_text_probe")
+    assert seen["calls"] == [True, True, False]  # the main run, the template form, the empty form
+    forms = results["text_forms"]["derm7pt"]
+    assert set(forms) == {"template", "empty"}
+    assert forms["template"]["_text_probe"] == {k: results["methods"]["_text_probe"][k] for k in METRIC_KEYS}
+    assert forms["empty"]["_text_probe"]["map"] != forms["template"]["_text_probe"]["map"]
+    assert forms["empty"]["imagenet_cosine"] == forms["template"]["imagenet_cosine"]  # the text is ignored
+
+
+def test_text_augmentation_changes_only_training_queries(tiny_net):
+    from monai_cir.engine import CachedComposedModel, new_head_net
+
+    from conftest import activate_head
+
+    net = activate_head(new_head_net(tiny_net, seed=0))
+    model = CachedComposedModel(net, "composed")
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(6, c, 2, 2, generator=g) for c in tiny_net.image_encoder.channels]
+    tokens, mask = torch.randn(6, 5, tiny_net.text_encoder.dim, generator=g), torch.ones(6, 5, dtype=torch.bool)
+    batch = {"query_maps": maps, "target_maps": maps, "tokens": tokens, "token_mask": mask, "label": torch.zeros(6), "index": torch.arange(6)}
+    net.eval()
+    image_query = net.embed_maps(maps)
+    model.set_text_augmentation(dropout=0.5, seed=1)
+    model.train()
+    net.eval()  # the wrapper trains (augmentation on); the layers stay deterministic for the comparison
+    q, _ = model(batch)
+    dropped = torch.isclose(q, image_query, atol=1e-5).all(dim=1)
+    assert 0 < int(dropped.sum()) < 6  # some training queries lost their text, not all
+    model.eval()
+    q_eval, _ = model(batch)
+    assert not torch.isclose(q_eval, image_query, atol=1e-5).all(dim=1).any()  # evaluation: never dropped
+    with pytest.raises(ValueError, match="dropout"):
+        model.set_text_augmentation(dropout=1.0)

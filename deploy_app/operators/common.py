@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -83,17 +84,46 @@ class QueryResult:
         )
 
 
+LIBRARY_IMAGE_SIDE = 1024  # the library image size the explanations use (ComposedRetrievalOperator._explain)
+
+
 def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
-    """The thumbnail of a library case: its ``image_path`` (a DICOM file of the library or an image
-    file), downscaled; None when the file is not reachable from here (the PDF shows a placeholder)."""
+    """The image of a library case (its ``image_path``: a DICOM file of the library or an image
+    file), downscaled to ``max_side``; None when the file is not reachable from here (the PDF shows
+    a placeholder). Decoded images are kept in a small per-process cache (the explanation and the
+    PDF thumbnail of a match read the same file; a service sees the same cases again); the array
+    returned is read-only."""
     path = getattr(hit.metadata, "image_path", None)
-    if not path or not Path(path).is_file():
+    if not path:
         return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    # one decode per case at the explanation's size; smaller views (PDF thumbnails) are cut from it
+    decoded = _decoded_library_image(str(path), stat.st_mtime_ns, stat.st_size, max(int(max_side), LIBRARY_IMAGE_SIDE))
+    if decoded is None or max(decoded.shape[:2]) <= max_side:
+        return decoded
+    return _thumbnail(decoded, int(max_side))
+
+
+def _thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
+    from PIL import Image
+
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    pil.thumbnail((max_side, max_side))
+    out = np.asarray(pil).copy()
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _decoded_library_image(path: str, mtime_ns: int, size: int, max_side: int) -> np.ndarray | None:
     from PIL import Image
 
     from monai_cir.dicom.reader import read_dicom_folder
 
-    scan = read_dicom_folder(path, max_side=max_side)  # a DICOM file of the library
+    scan = read_dicom_folder(path, max_side=max(max_side, 16))  # a DICOM file of the library
     if scan.queries:
         image = scan.queries[0].image
     else:  # an image file (library built from JPEG/PNG + CSV)
@@ -102,9 +132,7 @@ def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
                 image = np.asarray(img.convert("RGB"))
         except OSError:
             return None
-    pil = Image.fromarray(image)
-    pil.thumbnail((max_side, max_side))
-    return np.asarray(pil)
+    return _thumbnail(image, max_side)
 
 
 class ResultsOperator(Operator):

@@ -1,22 +1,27 @@
 """Composed retrieval: each query's image + text -> the top-k similar cases of the case library.
 
-The network and the index are loaded once, when the operator is built (an app that answers many
-studies pays for it once). On CUDA the network runs under fp16 autocast (inside the network) on
-batches of queries; on CPU in float32, same results within tolerance.
+The network, the index and the evidence calibration of a MODELS folder are loaded once per process
+(:func:`load_models`, cached by the folder, the device and the size + mtime of every file it reads),
+so a service that runs the app per study pays for them once. On CUDA the network runs under fp16
+autocast (inside the network) on batches of queries; on CPU in float32, same results within tolerance.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .common import QueryResult, attr, library_image
+from .common import LIBRARY_IMAGE_SIDE, QueryResult, attr, library_image
 
-__all__ = ["ComposedRetrievalOperator", "ModelsLayoutError", "resolve_models"]
+__all__ = ["ComposedRetrievalOperator", "LoadedModels", "ModelsLayoutError", "clear_models_cache", "load_models", "resolve_models"]
+
+logger = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
 EVIDENCE_CALIBRATION = "evidence_calibration.json"
@@ -26,13 +31,13 @@ class ModelsLayoutError(FileNotFoundError):
     """MODELS does not hold what the app needs."""
 
 
-def resolve_models(models: str | Path) -> tuple[Path | None, Path]:
-    """``(checkpoint or None, index folder)`` from the MODELS folder (see docs/deploy.md).
+def resolve_models(models: str | Path) -> tuple[Path, Path]:
+    """``(checkpoint, index folder)`` of the MODELS folder (see docs/deploy.md).
 
-    MODELS/model.pt (a monai-cir head checkpoint) or MODELS/models/model.pt (a MONAI bundle folder:
-    MODELS = the bundle); no checkpoint means the library default (``monai_cir.networks.load_model``:
-    ``$MONAI_CIR_MODEL``, the checkout's bundle, else the untrained offline model with a warning).
-    The case index: MODELS/index (a saved :class:`monai_cir.index.CaseIndex`)."""
+    The checkpoint: MODELS/model.pt, or MODELS/models/model.pt (what ``monai-deploy package
+    --models DIR`` writes for a DIR named ``models``; also a MONAI bundle folder). The case index:
+    MODELS/index (a saved :class:`monai_cir.index.CaseIndex`). The app loads nothing from elsewhere
+    (no ``$MONAI_CIR_MODEL``, no checkout bundle): what it runs is what MODELS holds."""
     models = Path(models)
     if models.is_file() and models.suffix == ".pt":
         raise ModelsLayoutError(
@@ -41,17 +46,116 @@ def resolve_models(models: str | Path) -> tuple[Path | None, Path]:
         )
     if not models.is_dir():
         raise ModelsLayoutError(f"models folder not found: {models} (give -m or HOLOSCAN_MODEL_PATH)")
-    checkpoint = None
-    for candidate in (models / "model.pt", models / "models" / "model.pt"):
-        if candidate.is_file():
-            checkpoint = candidate
-            break
+    checkpoint = next((c for c in (models / "model.pt", models / "models" / "model.pt") if c.is_file()), None)
+    if checkpoint is None:
+        raise ModelsLayoutError(
+            f"no model checkpoint in {models}: expected {models / 'model.pt'} or {models / 'models' / 'model.pt'} "
+            "(the checkpoint the case index was built with)"
+        )
     index = models / INDEX_DIR
     if not index.is_dir():
         raise ModelsLayoutError(
             f"no case index in {models}: expected {index}/ (build one with `monai-cir index build --dicom LIBRARY --out {index}`)"
         )
     return checkpoint, index
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """What the app loads from MODELS, once: reuse one object across runs (``SimilarCasesApp(models=...)``)."""
+
+    net: Any  # monai_cir.networks.ComposedRetrievalNet, eval mode, on ``device``
+    index: Any  # monai_cir.index.CaseIndex built by ``net`` (fingerprint checked)
+    calibration: Any  # monai_cir.evidence.EvidenceCalibration (or UNCALIBRATED)
+    classes: list[str]
+    checkpoint: Path
+    index_dir: Path
+    load_s: float
+
+    @property
+    def device(self) -> Any:
+        return self.net.device
+
+
+_MODELS_CACHE: dict[tuple, LoadedModels] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _files_state(*paths: Path | None) -> tuple:
+    """(path, size, mtime_ns) of every file under ``paths``: a changed or replaced file is a new key."""
+    state = []
+    for path in paths:
+        if path is None or not path.exists():
+            state.append((str(path), None))
+            continue
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        for f in files:
+            st = f.stat()
+            state.append((str(f), st.st_size, st.st_mtime_ns))
+    return tuple(state)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use --device auto or cpu")
+    return str(device)
+
+
+def load_models(models: str | Path, device: str = "auto", cache: bool = True) -> LoadedModels:
+    """The network, case index and evidence calibration of a MODELS folder (see docs/deploy.md).
+
+    With ``cache`` (the default) the result is kept for the life of the process, keyed by the
+    folder, the device and the size + mtime of the checkpoint, every index file and the
+    calibration: a second call with unchanged files returns the same object at no cost; a rebuilt
+    index or a new checkpoint is loaded afresh. Thread-safe."""
+    from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
+    from monai_cir.index import load_index
+    from monai_cir.networks import load_model
+    from monai_cir.retrieval import model_fingerprint
+
+    models = Path(models).resolve()
+    checkpoint, index_dir = resolve_models(models)
+    device = _resolve_device(device)
+    # beside MODELS/index, or beside the checkpoint (MODELS/models/ in the packaged layout)
+    calibration_file = next(
+        (f for f in (models / EVIDENCE_CALIBRATION, checkpoint.parent / EVIDENCE_CALIBRATION) if f.is_file()),
+        models / EVIDENCE_CALIBRATION,
+    )
+    key = (str(models), device, _files_state(checkpoint, index_dir, calibration_file))
+    with _MODELS_LOCK:
+        if cache and key in _MODELS_CACHE:
+            return _MODELS_CACHE[key]
+        start = time.perf_counter()
+        net = load_model(checkpoint, device=device)
+        index = load_index(index_dir, expected_fingerprint=model_fingerprint(net))
+        if calibration_file.is_file():
+            calibration = EvidenceCalibration.load(calibration_file)
+        else:
+            logger.info("no %s in MODELS: the evidence summary is an uncalibrated score-weighted vote", EVIDENCE_CALIBRATION)
+            calibration = UNCALIBRATED
+        loaded = LoadedModels(
+            net=net, index=index, calibration=calibration, classes=sorted(index.info()["diagnosis"]),
+            checkpoint=checkpoint, index_dir=index_dir, load_s=time.perf_counter() - start,
+        )
+        logger.info(
+            "model %s on %s, case index %s (%d cases), loaded in %.1f s",
+            checkpoint, device, index_dir, len(index), loaded.load_s,
+        )
+        if cache:
+            for old in [k for k in _MODELS_CACHE if k[:2] == key[:2]]:  # the same folder's stale entry
+                del _MODELS_CACHE[old]
+            _MODELS_CACHE[key] = loaded
+        return loaded
+
+
+def clear_models_cache() -> None:
+    """Forget every cached :class:`LoadedModels` (frees the networks once no app holds them)."""
+    with _MODELS_LOCK:
+        _MODELS_CACHE.clear()
 
 
 class ComposedRetrievalOperator(Operator):
@@ -68,10 +172,9 @@ class ComposedRetrievalOperator(Operator):
         self,
         fragment: Fragment,
         *args: Any,
-        models_path: str | Path,
+        models: LoadedModels,
         top_k: int = 5,
         batch_size: int | None = None,
-        device: str = "auto",
         site: str = "any",
         explain: bool = False,
         **kwargs: Any,
@@ -82,44 +185,10 @@ class ComposedRetrievalOperator(Operator):
         self.explain = bool(explain)
         self.input_name = "queries"
         self.output_name = "results"
-        self.net, self.index, self.load_s = self._load(Path(models_path), device)
-        self.calibration = self._load_calibration(Path(models_path))
-        self.classes = sorted(self.index.info()["diagnosis"])
+        self.models = models
+        self.net, self.index, self.calibration, self.classes = models.net, models.index, models.calibration, models.classes
         self.batch_size = int(batch_size) if batch_size else (16 if self.net.device.type == "cuda" else 4)
         super().__init__(fragment, *args, **kwargs)
-
-    def _load(self, models: Path, device: str) -> tuple[Any, Any, float]:
-        import torch
-
-        from monai_cir.index import CaseIndex
-        from monai_cir.networks import load_model
-        from monai_cir.retrieval import model_fingerprint
-
-        start = time.perf_counter()
-        checkpoint, index_dir = resolve_models(models)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use --device auto or cpu")
-        net = load_model(checkpoint, device=device)
-        index = CaseIndex.load(index_dir, expected_fingerprint=model_fingerprint(net))
-        load_s = time.perf_counter() - start
-        self._logger.info(
-            "model %s on %s, case index %s (%d cases), loaded in %.1f s",
-            checkpoint or "(library default)", device, index_dir, len(index), load_s,
-        )
-        return net, index, load_s
-
-    def _load_calibration(self, models: Path) -> Any:
-        """MODELS/evidence_calibration.json (fitted for this model by bench/site_and_evidence.py), else
-        the uncalibrated vote; see :mod:`monai_cir.evidence`."""
-        from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
-
-        path = models / EVIDENCE_CALIBRATION
-        if path.is_file():
-            return EvidenceCalibration.load(path)
-        self._logger.info("no %s in MODELS: the evidence summary is an uncalibrated score-weighted vote", EVIDENCE_CALIBRATION)
-        return UNCALIBRATED
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input(self.input_name)
@@ -205,7 +274,7 @@ class ComposedRetrievalOperator(Operator):
 
         start = time.perf_counter()
         for hit in result.hits:
-            image = library_image(hit, max_side=1024)
+            image = library_image(hit, max_side=LIBRARY_IMAGE_SIDE)
             if image is None:
                 result.notices.append(f"no explanation for rank {hit.rank}: the library image is not reachable from this app")
                 continue

@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--image-size", type=int, default=260, help="preprocessing size of the feature cache (default 260)")
     parser.add_argument("--folds", type=_fold_list, nargs="+", default=[[0, 1, 2, 3, 4]], metavar="FOLDS",
                         help="held-out folds, 0-based, e.g. 0,1 or 0 1 (default all five); merged into --out when it exists")
+    parser.add_argument("--text-forms", type=lambda t: [f for f in t.split(",") if f], default=None, metavar="FORMS",
+                        help="also score every method with the query texts in these forms, e.g. template,reworded,partial,demographics,empty "
+                             "(models trained once per fold on the template texts; one table per form and collection)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out instead of merging this run's folds into it")
     parser.add_argument("--cross-site", default=None, metavar="COLLECTION", help="also run leave-one-out on another collection, e.g. isic-uda1")
     parser.add_argument("--seed", type=int, default=0, help="base seed (a method gets seed + fold)")
@@ -63,10 +66,13 @@ def run(args: argparse.Namespace) -> int:
     import time
 
 
-    from ..evaluation import available_methods, evaluate, merge_results, results_table
+    from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, results_table, text_forms_table
     from ..provenance import git_commit, machine_info
 
     folds = sorted({f for group in args.folds for f in group})
+    unknown_forms = sorted(set(args.text_forms or []) - set(TEXT_FORMS))
+    if unknown_forms:
+        raise ValueError(f"unknown text form(s) {unknown_forms}; known: {', '.join(TEXT_FORMS)}")
     methods = available_methods()
     if args.list_methods:
         for name, method in methods.items():
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         keep_rankings=args.figure is not None,
         root=args.data_root,
         method_options=args.method_options,
+        text_forms=args.text_forms,
     )
     wall = time.perf_counter() - start
     rankings = results.pop("_rankings", None)
@@ -109,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         "cross_site": results["cross_site"],
         "train_log": results["train_log"],
     }
+    if "text_forms" in results:
+        payload["text_forms"] = results["text_forms"]
     if args.out.exists() and not args.overwrite:
         previous = json.loads(args.out.read_text())
         merged = merge_results(previous, payload)
@@ -118,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"merged folds {folds} into {args.out} (now folds {payload['config']['folds']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    table = results_table(payload)
+    table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")
     md = args.out.with_suffix(".md")
     header = f"# Derm7pt cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {payload['wall_time_s']:.0f} s).\n\n"
     md.write_text(header + table)

@@ -86,8 +86,22 @@ def feature_cache_path(collection: str, image_size: int, fingerprint: str) -> Pa
     return cache_dir("features") / f"{safe}_{int(image_size)}px_{fingerprint[:16]}.pt"
 
 
+def _plain(value: Any) -> Any:
+    """Builtin types only (numpy scalars -> Python, paths -> str), so that the file loads with
+    ``torch.load(weights_only=True)``, which unpickles no arbitrary object."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float, torch.Tensor)):
+        return value
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
 def _record_to_dict(r: CaseRecord) -> dict[str, Any]:
-    d = asdict(r)
+    d = _plain(asdict(r))
     d["image_path"] = str(r.image_path)
     return d
 
@@ -110,11 +124,12 @@ def _save_atomic(payload: dict[str, Any], path: Path) -> None:
 
 def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_size: int, flipped: bool) -> FeatureCache | None:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001  (a truncated or foreign file: rebuild)
-        logger.warning("ignoring unreadable feature cache %s (%s); rebuilding", path, err)
+        # weights_only: tensors and builtin containers only; a file crafted to run code on load is refused
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (a truncated, foreign or unsafe file: rebuild)
+        logger.warning("ignoring unreadable or unsafe feature cache %s (%s); rebuilding", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
-    if payload.get("format") != CACHE_FORMAT or payload.get("fingerprint") != fingerprint or payload.get("image_size") != image_size:
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT or payload.get("fingerprint") != fingerprint or payload.get("image_size") != image_size:
         return None
     cached = [_record_from_dict(d) for d in payload["records"]]
     if [(r.case_id, str(r.image_path), r.text, r.label) for r in cached] != [(r.case_id, str(r.image_path), r.text, r.label) for r in records]:
@@ -236,7 +251,7 @@ def build_feature_cache(
         "collection": collection,
         "image_size": int(image_size),
         "fingerprint": fingerprint,
-        "encoder_config": dict(net.config),
+        "encoder_config": _plain(dict(net.config)),
         "records": [_record_to_dict(r) for r in records],
         "labels": labels,
         "maps": maps,
@@ -244,7 +259,7 @@ def build_feature_cache(
         "tokens": tokens,
         "token_mask": token_mask,
         "sentence": sentence,
-        "build_seconds": elapsed,
+        "build_seconds": float(elapsed),
     }
     _save_atomic(payload, path)
     return FeatureCache(records, labels, maps, tokens, token_mask, sentence, maps_flipped, collection, int(image_size), fingerprint, path)

@@ -17,7 +17,6 @@ from typing import Any, Hashable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import MapTransform, Transform
 from PIL import Image
 
 __all__ = [
@@ -106,31 +105,45 @@ def load_image(path: str | Path, image_size: int = 512, remove_border: bool = Tr
     return preprocess_image(array, image_size, remove_border)
 
 
-class RemoveBlackBorder(Transform):
-    """MONAI transform form of :func:`remove_black_border` (HWC arrays)."""
+def _transform_classes() -> dict[str, type]:
+    from monai.transforms import MapTransform, Transform
 
-    def __init__(self, threshold: int = 20, dark_fraction: float = 0.95) -> None:
-        self.threshold = threshold
-        self.dark_fraction = dark_fraction
+    class RemoveBlackBorder(Transform):
+        """MONAI transform form of :func:`remove_black_border` (HWC arrays)."""
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return remove_black_border(image, self.threshold, self.dark_fraction)
+        def __init__(self, threshold: int = 20, dark_fraction: float = 0.95) -> None:
+            self.threshold = threshold
+            self.dark_fraction = dark_fraction
+
+        def __call__(self, image: np.ndarray) -> np.ndarray:
+            return remove_black_border(image, self.threshold, self.dark_fraction)
+
+    class PreprocessImaged(MapTransform):
+        """Dictionary transform: a path or an HWC array under ``keys`` -> (3, S, S) tensor in [0, 1]."""
+
+        def __init__(self, keys: Any, image_size: int = 512, remove_border: bool = True, allow_missing_keys: bool = False) -> None:
+            super().__init__(keys, allow_missing_keys)
+            self.image_size = image_size
+            self.remove_border = remove_border
+
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            d = dict(data)
+            for key in self.key_iterator(d):
+                value = d[key]
+                if isinstance(value, (str, Path)):
+                    d[key] = load_image(value, self.image_size, self.remove_border)
+                else:
+                    d[key] = preprocess_image(value, self.image_size, self.remove_border)
+            return d
+
+    for cls in (RemoveBlackBorder, PreprocessImaged):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    return {"RemoveBlackBorder": RemoveBlackBorder, "PreprocessImaged": PreprocessImaged}
 
 
-class PreprocessImaged(MapTransform):
-    """Dictionary transform: a path or an HWC array under ``keys`` -> (3, S, S) tensor in [0, 1]."""
-
-    def __init__(self, keys: Any, image_size: int = 512, remove_border: bool = True, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.image_size = image_size
-        self.remove_border = remove_border
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            value = d[key]
-            if isinstance(value, (str, Path)):
-                d[key] = load_image(value, self.image_size, self.remove_border)
-            else:
-                d[key] = preprocess_image(value, self.image_size, self.remove_border)
-        return d
+def __getattr__(name: str) -> Any:
+    if name in ("RemoveBlackBorder", "PreprocessImaged"):
+        globals().update(_transform_classes())
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

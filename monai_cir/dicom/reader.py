@@ -10,20 +10,27 @@ Rules (documented in ``docs/dicom.md``):
   :func:`monai_cir.data.to_rgb_uint8`). Images larger than ``max_side`` are downscaled (notice).
 - **Multi-frame**: one query for the first frame (notice naming the ignored frames) by default;
   ``all_frames=True`` gives one query per frame (``frame_number`` set).
-- **Text**: from the Basic Text / Enhanced / Comprehensive (3D) SRs of the same study that
-  reference the image (Current Requested Procedure / Pertinent Other Evidence, or IMAGE content
-  items); if none references it and the study holds exactly one SR, that SR. TEXT items give their
+- **Text**: from the Basic Text / Enhanced / Comprehensive (3D) SRs that reference the image by
+  SOP Instance UID (Current Requested Procedure / Pertinent Other Evidence, or IMAGE content
+  items), whatever their Study Instance UID says (so an image whose Study UID had to be repaired
+  keeps its report); an SR that references images gives its text to those images only. An image
+  no SR references gets the text of its study's only SR that references no image. TEXT items give their
   value; CODE items give their meaning (``Concept: meaning`` unless the concept is a generic
   Finding). Context items (HAS OBS/ACQ CONTEXT, HAS CONCEPT MOD) are skipped, and so are the
   library labels written by :mod:`monai_cir.dicom.dicomize` (reference diagnosis, case id,
   collection), which are returned as ``diagnosis`` / ``case_id`` / ``collection`` instead.
   Similar-cases SRs written by :mod:`monai_cir.dicom.sr` are ignored. No SR or empty text: an
   image-only query (``text == ""``) with a notice.
-- **Bad input** never stops the scan; each file gets an :class:`InputProblem`: not DICOM, no SOP
-  Class / SOP Instance UID, unsupported SOP class, no pixel data, undecodable pixel data.
+- **Bad input** never stops the scan; each file gets an :class:`InputProblem`: not DICOM, a
+  truncated file (the data set ends inside an element), no SOP Class / SOP Instance UID,
+  unsupported SOP class, no pixel data, undecodable pixel data, a JPEG / JPEG-LS / JPEG 2000 frame
+  without its end marker (a truncated stream, which decoders pad with grey instead of failing),
+  a frame whose pixels are constant or nearly so (blank). A greyscale image is answered, with a
+  notice (the model was trained on colour dermoscopy).
   Missing Patient ID / Name, Study / Series Instance UID and the Type 2 patient/study attributes
-  are **repaired** in the returned dataset (deterministic values derived from the SOP Instance
-  UID) with a notice, so that the answer can still be written and filed.
+  are **repaired** in the returned dataset (the Study UID from an SR that references the image when
+  there is one, else deterministic values derived from the SOP Instance UID) with a notice, so that
+  the answer can still be written and filed.
 """
 
 from __future__ import annotations
@@ -74,6 +81,13 @@ _CONTEXT_RELATIONSHIPS = {"HAS OBS CONTEXT", "HAS ACQ CONTEXT", "HAS CONCEPT MOD
 _GENERIC_FINDING = {("DCM", "121071"), ("DCM", "121070"), ("DCM", "111402")}
 DEFAULT_MAX_SIDE = 2048
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+# transfer syntaxes whose frames end with an end marker (JPEG EOI / JPEG 2000 EOC, both FFD9)
+_MARKER_TERMINATED = {
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+}
+# a frame is blank when, in every channel, 98% of its pixels lie within this many grey levels
+BLANK_RANGE = 4
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,8 @@ class DermoscopyQuery:
         site: a site of :data:`monai_cir.data.sites.SITES` (``"unknown"`` when absent).
         dataset: the image's dataset without pixel data (repaired attributes applied), for
             references and as the SR's evidence.
-        diagnosis / case_id / collection: library labels from a dicomized case's SR (None when absent).
+        diagnosis / case_id / collection / confirmation: library labels from a dicomized case's SR
+            (None when absent).
         frame_number: 1-based frame of a multi-frame instance (None for single-frame).
         sr_uids: SOP Instance UIDs of the SRs the text came from.
     """
@@ -125,6 +140,7 @@ class DermoscopyQuery:
     diagnosis: str | None = None
     case_id: str | None = None
     collection: str | None = None
+    confirmation: str | None = None
     frame_number: int | None = None
     sr_uids: list[str] = field(default_factory=list)
 
@@ -179,9 +195,11 @@ class SRText:
     sop_class_uid: str
     texts: list[str] = field(default_factory=list)
     references: set[str] = field(default_factory=set)
+    reference_studies: dict[str, str] = field(default_factory=dict)  # referenced SOP Instance UID -> its Study UID (evidence)
     diagnosis: str | None = None
     case_id: str | None = None
     collection: str | None = None
+    confirmation: str | None = None
     is_similar_cases: bool = False
 
     @property
@@ -210,10 +228,13 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
     info.is_similar_cases = _is(_code_key(ds.get("ConceptNameCodeSequence")), C.SIMILAR_CASES_REPORT)
     for seq_name in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
         for study in ds.get(seq_name, []) or []:
+            study_uid = str(study.get("StudyInstanceUID", "") or "")
             for series in study.get("ReferencedSeriesSequence", []) or []:
                 for inst in series.get("ReferencedSOPSequence", []) or []:
                     if "ReferencedSOPInstanceUID" in inst:
                         info.references.add(str(inst.ReferencedSOPInstanceUID))
+                        if study_uid:
+                            info.reference_studies[str(inst.ReferencedSOPInstanceUID)] = study_uid
 
     def walk(items: Iterable[Dataset]) -> None:
         for item in items or []:
@@ -238,8 +259,10 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
                 value = _code_key(item.get("ConceptCodeSequence"))
                 if value is None:
                     pass
-                elif _is(name, C.REFERENCE_DIAGNOSIS):
+                elif _is(name, C.DIAGNOSIS) or _is(name, C.LEGACY_REFERENCE_DIAGNOSIS):
                     info.diagnosis = C.diagnosis_from_code(*value)
+                elif _is(name, C.DIAGNOSIS_CONFIRMATION):
+                    info.confirmation = C.confirmation_from_code(*value)
                 elif value[2]:
                     generic = name is None or (name[0], name[1]) in _GENERIC_FINDING
                     info.texts.append(value[2] if generic else f"{name[2]}: {value[2]}")
@@ -264,9 +287,13 @@ def _site(ds: Dataset, notices: list[str]) -> str:
     return site
 
 
-def _repair(ds: Dataset, notices: list[str]) -> None:
-    """Fill missing identifying attributes (deterministically, from the SOP Instance UID)."""
+def _repair(ds: Dataset, notices: list[str], study_uid_from_sr: str | None = None) -> None:
+    """Fill missing identifying attributes: the Study UID from an SR that references the image
+    (``study_uid_from_sr``) when there is one, else deterministically from the SOP Instance UID."""
     seed = str(ds.SOPInstanceUID)
+    if study_uid_from_sr and not str(ds.get("StudyInstanceUID", "") or "").strip():
+        ds.StudyInstanceUID = study_uid_from_sr
+        notices.append(f"missing Study Instance UID: taken from the SR that references this image ({study_uid_from_sr})")
     if not str(ds.get("PatientID", "") or "").strip():
         ds.PatientID = "ANON-" + hashlib.sha256(seed.encode()).hexdigest()[:12].upper()
         notices.append(f"missing Patient ID: set to {ds.PatientID}")
@@ -306,6 +333,71 @@ def _to_rgb_frames(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     return np.stack([to_rgb_uint8(frame) for frame in arr])
 
 
+def _truncation(path: Path) -> str | None:
+    """Why a DICOM file is truncated (its data set ends inside an element), None when complete.
+
+    pydicom reads a cut file without an error and returns the elements before the cut, so a cut
+    file would otherwise be reported as missing whatever came after it. Values are skipped, not
+    read (``defer_size``), so the check costs a walk over the element headers."""
+    from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+            if "TransferSyntaxUID" not in meta:
+                return f"truncated DICOM file ({size} bytes): it ends inside the file meta information"
+            syntax = UID(str(meta.TransferSyntaxUID))
+            if syntax == "1.2.840.10008.1.2.1.99":  # deflated: the stream is not walkable here
+                return None
+            end = fp.tell()
+            for element in data_element_generator(fp, syntax.is_implicit_VR, syntax.is_little_endian, defer_size=64):
+                end = fp.tell() if element.length == 0xFFFFFFFF else element.value_tell + element.length
+                if end > size:
+                    return f"truncated DICOM file ({size} bytes): element {element.tag} needs {end - size} more bytes"
+    except EOFError:
+        return f"truncated DICOM file ({size} bytes): it ends inside a sequence or the encapsulated pixel data"
+    except Exception:  # noqa: BLE001 (not walkable: leave the verdict to pydicom's own reading)
+        return None
+    if end < size:
+        return f"truncated DICOM file ({size} bytes): the last {size - end} bytes are an incomplete element"
+    return None
+
+
+def _truncated_frames(ds: Dataset) -> list[int]:
+    """1-based frames of a JPEG / JPEG-LS / JPEG 2000 instance whose stream lacks its end marker
+    (FFD9): a truncated stream, which decoders pad with grey instead of raising."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax not in _MARKER_TERMINATED:
+        return []
+    from pydicom.encaps import generate_frames
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bad = []
+    try:
+        for number, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), start=1):
+            if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                bad.append(number)
+    except Exception:  # noqa: BLE001 (unparseable encapsulation: the decoder reports it)
+        return []
+    return bad
+
+
+def _blank(frame: np.ndarray) -> float | None:
+    """The widest per-channel 1-99 percentile range when a frame is (nearly) constant, else None."""
+    sample = frame[:: max(1, frame.shape[0] // 256), :: max(1, frame.shape[1] // 256)].reshape(-1, frame.shape[-1])
+    low, high = np.percentile(sample, [1, 99], axis=0)
+    spread = float((high - low).max())
+    return spread if spread <= BLANK_RANGE else None
+
+
+def _is_greyscale(ds: Dataset, frame: np.ndarray) -> bool:
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 1 and str(ds.get("PhotometricInterpretation", "")) != "PALETTE COLOR":
+        return True
+    return bool(np.array_equal(frame[..., 0], frame[..., 1]) and np.array_equal(frame[..., 1], frame[..., 2]))
+
+
 def _downscale(image: np.ndarray, max_side: int) -> np.ndarray:
     from PIL import Image
 
@@ -339,7 +431,7 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         raise ValueError(f"max_side must be at least 16, got {max_side}")
     scan = DicomScan()
     images: list[tuple[str, Dataset]] = []
-    srs: dict[str, list[SRText]] = {}
+    srs: list[SRText] = []
     for file in _files(root):
         where = str(file)
         if file.name.upper() == "DICOMDIR":
@@ -350,7 +442,12 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
             scan.problems.append(InputProblem(where, "not a DICOM file (no DICM prefix / preamble): skipped"))
             continue
         except Exception as err:  # truncated headers, bad VRs...
-            scan.problems.append(InputProblem(where, f"unreadable DICOM file ({type(err).__name__}: {err}): skipped"))
+            truncated = _truncation(file)
+            scan.problems.append(InputProblem(where, f"{truncated}: skipped" if truncated else f"unreadable DICOM file ({type(err).__name__}: {err}): skipped"))
+            continue
+        truncated = _truncation(file)
+        if truncated:
+            scan.problems.append(InputProblem(where, f"{truncated}; re-send the complete file: skipped"))
             continue
         sop_class = str(ds.get("SOPClassUID", "") or "")
         if not sop_class:
@@ -358,7 +455,7 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         elif sop_class in SR_SOP_CLASSES:
             info = read_sr_text(ds, where)
             if not info.is_similar_cases:
-                srs.setdefault(info.study_uid, []).append(info)
+                srs.append(info)
         elif sop_class in IMAGE_SOP_CLASSES:
             images.append((where, ds))
         else:
@@ -375,7 +472,7 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
 
 
 def _image_queries(
-    where: str, ds: Dataset, srs: dict[str, list[SRText]], problems: list[InputProblem], max_side: int, all_frames: bool
+    where: str, ds: Dataset, srs: list[SRText], problems: list[InputProblem], max_side: int, all_frames: bool
 ) -> list[DermoscopyQuery]:
     if not str(ds.get("SOPInstanceUID", "") or "").strip():
         problems.append(InputProblem(where, "image without SOP Instance UID (0008,0018): it cannot be referenced, skipped"))
@@ -384,11 +481,21 @@ def _image_queries(
         problems.append(InputProblem(where, "DICOM image without pixel data (7FE0,0010): skipped"))
         return []
     notices: list[str] = []
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+    truncated = _truncated_frames(ds)
+    if truncated:
+        problems.append(
+            InputProblem(
+                where,
+                f"truncated JPEG stream in frame(s) {', '.join(map(str, truncated))} (no end-of-image marker; transfer "
+                f"syntax {ts}): the decoder would pad the missing part grey, so it is not answered",
+            )
+        )
+        return []
     try:
         arr = ds.pixel_array
         frames = _to_rgb_frames(ds, np.asarray(arr))
     except Exception as err:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         problems.append(InputProblem(where, f"corrupt or undecodable pixel data (transfer syntax {ts}): {err}"))
         return []
     meta = Dataset()  # the header only: no pixel data, no cached decoded array
@@ -397,25 +504,31 @@ def _image_queries(
             meta.add(element)
     if hasattr(ds, "file_meta"):
         meta.file_meta = ds.file_meta
-    _repair(meta, notices)
-    site = _site(meta, notices)
 
-    # report text
-    study_srs = srs.get(str(meta.StudyInstanceUID), [])
+    # report text: the SRs that reference this image by SOP Instance UID, in whatever study they
+    # say (a repaired Study UID must not lose the report); else the study's only SR that
+    # references no image (an SR that references images speaks of those images only)
     sop_uid = str(meta.SOPInstanceUID)
-    referencing = [sr for sr in study_srs if sop_uid in sr.references]
+    referencing = [sr for sr in srs if sop_uid in sr.references]
+    study_from_sr = next((sr.reference_studies.get(sop_uid) or sr.study_uid for sr in referencing if sr.reference_studies.get(sop_uid) or sr.study_uid), None)
+    _repair(meta, notices, study_uid_from_sr=study_from_sr)
+    site = _site(meta, notices)
+    study_srs = [sr for sr in srs if sr.study_uid == str(meta.StudyInstanceUID)]
+    unreferencing = [sr for sr in study_srs if not sr.references]
     chosen: list[SRText] = []
     if referencing:
         chosen, text_source = referencing, "sr"
         if len(referencing) > 1:
             notices.append(f"{len(referencing)} SRs reference this image: their texts are joined")
-    elif len(study_srs) == 1:
-        chosen, text_source = study_srs, "study-sr"
-        notices.append("the study's only SR does not reference this image; its text is used")
+    elif len(unreferencing) == 1:
+        chosen, text_source = unreferencing, "study-sr"
+        notices.append("the study's only SR does not reference this image (it references no image): its text is used")
     else:
         text_source = "none"
-        if study_srs:
-            notices.append(f"{len(study_srs)} SRs in the study, none references this image: image-only query")
+        if unreferencing:
+            notices.append(f"{len(unreferencing)} SRs in the study reference no image: which one is this image's is unknown, image-only query")
+        elif study_srs:
+            notices.append(f"{len(study_srs)} SR(s) in the study, none references this image: image-only query")
         else:
             notices.append("no SR in the study: image-only query")
     text = "\n".join(sr.text for sr in chosen if sr.text)
@@ -430,6 +543,17 @@ def _image_queries(
     for index in indices:
         frame_notices = list(notices)
         image = frames[index]
+        frame_name = f"frame {index + 1}" if count > 1 else "the image"
+        spread = _blank(image)
+        if spread is not None:
+            problems.append(
+                InputProblem(where, f"{frame_name} is blank: its pixels are constant or nearly so (range {spread:.0f} of 255 grey levels): not answered")
+            )
+            continue
+        if _is_greyscale(ds, image):
+            frame_notices.append(
+                "greyscale image: the model was trained on colour dermoscopy and the colour cues are missing; weigh the similar cases accordingly"
+            )
         if max(image.shape[:2]) > max_side:
             frame_notices.append(f"image of {image.shape[1]}x{image.shape[0]} downscaled to fit {max_side} pixels")
             image = _downscale(image, max_side)
@@ -451,6 +575,7 @@ def _image_queries(
                 diagnosis=next((sr.diagnosis for sr in chosen if sr.diagnosis), None),
                 case_id=next((sr.case_id for sr in chosen if sr.case_id), None),
                 collection=next((sr.collection for sr in chosen if sr.collection), None),
+                confirmation=next((sr.confirmation for sr in chosen if sr.confirmation), None),
                 frame_number=(index + 1) if count > 1 else None,
                 sr_uids=[sr.sop_instance_uid for sr in chosen],
             )

@@ -44,7 +44,7 @@ class TrainConfig:
     epochs: int = 100
     lr: float = 1e-4
     weight_decay: float = 1e-5
-    batch_size: int = 96
+    batch_size: int = 96  # 0: the whole training set as one batch
     patience: int = 30
     temperature: float = 0.1
     target_weight: float = 1.0
@@ -189,7 +189,7 @@ def train_head(
     else:
         fit_idx, val_idx = train_idx, None
     dataset = CachedBatchDataset(cache, level_indices, flip=cfg.flip, seed=cfg.seed)
-    sampler = ClassBalancedBatchSampler(labels, fit_idx, cfg.batch_size, seed=cfg.seed, balanced=cfg.balanced)
+    sampler = ClassBalancedBatchSampler(labels, fit_idx, cfg.batch_size or len(fit_idx), seed=cfg.seed, balanced=cfg.balanced)
     loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=0)
     if cfg.gate_init and getattr(model, "mode", None) in ("composed", "text_only"):
         # start the tanh gates of Eq. 5 open; the modules' default is 0 (an untrained composer is the identity)

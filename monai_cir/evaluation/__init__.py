@@ -4,6 +4,7 @@
   scoring (:func:`evaluate`), merging per-fold runs (:func:`merge_results`);
 - :mod:`.registry`: :func:`register_method` (each method once, under its own name);
 - :mod:`.baselines`: frozen-feature baselines and the untrained stand-ins;
+- :mod:`.text_forms`: the query texts in other forms (reworded, partial, demographics, empty);
 - :mod:`.report`: the markdown tables and the qualitative figure.
 
 The registered methods are those of :mod:`.baselines` and of :mod:`monai_cir.engine.cv_methods`
@@ -25,7 +26,8 @@ from .protocol import (
     merge_results,
 )
 from .registry import Method, available_methods, get_method, register_method, unregister_method
-from .report import results_table, retrieval_figure
+from .report import results_table, retrieval_figure, text_forms_table
+from .text_forms import TEXT_FORMS, text_form_cache
 from .baselines import UNTRAINED_METHODS  # noqa: E402  (registers the frozen baselines and stand-ins)
 from ..engine import cv_methods  # noqa: E402,F401  (registers the trained methods)
 from ..engine import finetune  # noqa: E402,F401  (registers composed_finetuned)
@@ -33,6 +35,7 @@ from ..engine import finetune  # noqa: E402,F401  (registers composed_finetuned)
 __all__ = [
     "DEFAULT_METHODS",
     "METRIC_KEYS",
+    "TEXT_FORMS",
     "UNTRAINED_METHODS",
     "CrossSiteContext",
     "FoldContext",
@@ -47,5 +50,7 @@ __all__ = [
     "register_method",
     "results_table",
     "retrieval_figure",
+    "text_form_cache",
+    "text_forms_table",
     "unregister_method",
 ]

@@ -104,11 +104,11 @@ def untrained_text_only(ctx: FoldContext) -> MethodOutput:
     net = _head(ctx)
     idx = torch.as_tensor(ctx.database_indices, dtype=torch.long)
     neutral = [m[idx].float().mean(0) for m in ctx.cache.maps]
-    return _embed(net, ctx.cache, ctx.query_indices, texts="tokens", neutral=neutral), _embed(net, ctx.cache, ctx.database_indices)
+    return _embed(net, ctx.query_cache, ctx.query_indices, texts="tokens", neutral=neutral), _embed(net, ctx.cache, ctx.database_indices)
 
 
 @register_method("composed_untrained", label="composed (untrained head)", trained=False)
 def untrained_composed(ctx: FoldContext) -> MethodOutput:
     """Stand-in: image + text through the untrained composer (Eq. 5) and alignment (Eqs. 6-9)."""
     net = _head(ctx)
-    return _embed(net, ctx.cache, ctx.query_indices, texts="tokens"), _embed(net, ctx.cache, ctx.database_indices)
+    return _embed(net, ctx.query_cache, ctx.query_indices, texts="tokens"), _embed(net, ctx.cache, ctx.database_indices)

@@ -14,6 +14,7 @@ images (leave-one-out, relevant = same diagnosis). A method takes part when it r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ import torch
 
 from ..metrics import leave_one_out_metrics, retrieval_metrics, summarize_folds
 from .registry import Method, MethodOutput, get_method
+from .text_forms import text_form_cache
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -74,6 +76,9 @@ class FoldContext:
         config: the run configuration (image size, seed, method options...): plain JSON values only.
         seed: the random seed for this method and fold.
         state: the run's shared objects (:class:`RunState`).
+        query_cache: where the queries' texts come from: the cache itself, or a copy with the texts in
+            another form (:func:`~monai_cir.evaluation.text_forms.text_form_cache`; same rows, same maps).
+            Methods train on ``cache`` and embed queries from ``query_cache``.
     """
 
     cache: Any
@@ -83,6 +88,11 @@ class FoldContext:
     config: dict[str, Any]
     seed: int = 0
     state: RunState = field(default_factory=RunState)
+    query_cache: Any = None
+
+    def __post_init__(self) -> None:
+        if self.query_cache is None:
+            self.query_cache = self.cache
 
     @property
     def train_indices(self) -> np.ndarray:
@@ -99,13 +109,19 @@ class FoldContext:
 
 @dataclass
 class CrossSiteContext:
-    """What a method's cross-site function sees: train on ``source`` (all of it), embed ``target``."""
+    """What a method's cross-site function sees: train on ``source`` (all of it), embed ``target``;
+    composed queries read their texts from ``query_target`` (``target`` or a text form of it)."""
 
     source: Any
     target: Any
     config: dict[str, Any]
     seed: int = 0
     state: RunState = field(default_factory=RunState)
+    query_target: Any = None
+
+    def __post_init__(self) -> None:
+        if self.query_target is None:
+            self.query_target = self.target
 
     @property
     def train_indices(self) -> np.ndarray:
@@ -154,6 +170,7 @@ def evaluate(
     root: Any = None,
     net: Any = None,
     method_options: dict[str, dict[str, Any]] | None = None,
+    text_forms: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run the cross-validation protocol for ``methods``.
 
@@ -171,6 +188,9 @@ def evaluate(
             encoders); untrained stand-ins put a fresh head on it.
         method_options: ``{method: {option: value}}``, recorded in the config and passed to the
             methods as ``ctx.config["method_options"]``.
+        text_forms: also score every method with the query texts in these forms
+            (:data:`~monai_cir.evaluation.text_forms.TEXT_FORMS`), under ``"text_forms"``; the models are
+            trained once per fold (on the template texts) and queried in every form.
 
     Returns:
         ``{"methods": {name: {"label", "trained", "held_out_folds", "acc@1": {"folds", "mean", "std"}, ...,
@@ -194,6 +214,7 @@ def evaluate(
         "cross_site": cross_site,
         "query_subset": query_subset,
         "method_options": method_options or {},
+        "text_forms": list(text_forms or []),
         "encoder_fingerprint": cache.fingerprint,
         "protocol": "queries = held-out fold (image + text); database = other folds (images only); relevant = same class",
         "metrics": "arXiv v1 Eqs. 10-14 and P@5 (share of the top 5 with the query's class), percent; std = sample std (ddof=1) over folds; ties: stable sort, database order",
@@ -201,9 +222,14 @@ def evaluate(
     state = RunState(net=net)
     results: dict[str, Any] = {"methods": {}, "cross_site": {}, "config": config}
     rankings: dict[str, dict[int, dict[str, Any]]] = {}
+    forms = list(text_forms or [])
+    form_caches = {form: text_form_cache(cache, form, seed, net) for form in forms}
+    per_form: dict[str, dict[str, dict[str, list[float]]]] = {form: {} for form in forms}
     bar = tqdm(total=len(selected) * len(folds), desc="evaluate", unit="fold", disable=not progress)
     for method in selected:
         per_fold: dict[str, list[float]] = {k: [] for k in METRIC_KEYS}
+        for form in forms:
+            per_form[form][method.name] = {k: [] for k in METRIC_KEYS}
         start = time.perf_counter()
         for fold in folds:
             query = np.flatnonzero(fold_of == fold)
@@ -219,14 +245,26 @@ def evaluate(
                 per_fold[k].append(m[k])
             if keep_rankings:
                 rankings.setdefault(method.name, {})[int(fold)] = {"query": query, "database": database, "ranking": m["ranking"], "ap": m["ap"], "similarity": s}
+            for form in forms:
+                form_ctx = dataclasses.replace(ctx, query_cache=form_caches[form])
+                mf = retrieval_metrics(_similarity(method.fn(form_ctx), len(query), len(database), method.name), ctx.query_labels, ctx.database_labels)
+                for k in METRIC_KEYS:
+                    per_form[form][method.name][k].append(mf[k])
             bar.update(1)
         entry = {"label": method.label, "trained": method.trained, "description": method.description, "held_out_folds": [int(f) for f in folds]}
         entry.update({k: summarize_folds(per_fold[k], scale=100.0, ndigits=2) for k in METRIC_KEYS})
         entry["seconds"] = round(time.perf_counter() - start, 2)
         results["methods"][method.name] = entry
     bar.close()
+    if forms:
+        results["text_forms"] = {"derm7pt": {form: {name: {k: summarize_folds(v[k], scale=100.0, ndigits=2) for k in METRIC_KEYS} for name, v in by_method.items()}
+                                             for form, by_method in per_form.items()}}
     if cross_site:
         results["cross_site"][cross_site] = evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state)
+        if forms:
+            results["text_forms"][cross_site] = {
+                form: evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state, text_form=form)["methods"] for form in forms
+            }
     results["train_log"] = state.train_log
     if keep_rankings:
         results["_rankings"] = rankings
@@ -243,20 +281,22 @@ def evaluate_cross_site(
     root: Any = None,
     progress: bool = True,
     state: RunState | None = None,
+    text_form: str = "template",
 ) -> dict[str, Any]:
     """Leave-one-out on ``collection`` for every method with a ``cross_site`` function (others are
-    listed under ``"skipped"``). Percent."""
+    listed under ``"skipped"``); composed queries read their texts in ``text_form``. Percent."""
     from ..data.feature_cache import build_feature_cache
 
     state = state if state is not None else RunState()
     target = build_feature_cache(collection, source.image_size, net=state.net, root=root, progress=progress)
+    query_target = text_form_cache(target, text_form, seed, state.net)
     out: dict[str, Any] = {"protocol": "leave-one-out: each image queries the other N-1; relevant = same diagnosis", "n": len(target), "methods": {}, "skipped": []}
     for method in methods:
         if method.cross_site is None:
             out["skipped"].append(method.name)
             continue
         start = time.perf_counter()
-        output = method.cross_site(CrossSiteContext(source, target, config, seed, state))
+        output = method.cross_site(CrossSiteContext(source, target, config, seed, state, query_target))
         if isinstance(output, dict):
             s = torch.as_tensor(output["similarity"]).float()
         else:
@@ -315,4 +355,6 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     all_folds = sorted({f for e in merged["methods"].values() for f in e.get("held_out_folds", [])})
     merged["config"] = {**old_cfg, "folds": all_folds, "methods": list(merged["methods"])}
     merged["train_log"] = list(previous.get("train_log", [])) + list(new.get("train_log", []))
+    if new.get("text_forms"):  # text-form tables are not merged fold by fold: the latest run's stand
+        merged["text_forms"] = new["text_forms"]
     return merged

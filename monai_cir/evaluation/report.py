@@ -6,7 +6,7 @@ from typing import Any
 
 from .protocol import METRIC_KEYS
 
-__all__ = ["METRIC_NAMES", "results_table", "retrieval_figure"]
+__all__ = ["METRIC_NAMES", "results_table", "retrieval_figure", "text_forms_table"]
 
 METRIC_NAMES = {"acc@1": "Acc@1", "acc@2": "Acc@2", "acc@4": "Acc@4", "map": "mAP", "p@5": "P@5"}
 
@@ -35,6 +35,29 @@ def results_table(results: dict[str, Any]) -> str:
         if block.get("skipped"):
             lines.append(f"\nNo cross-site encoder: {', '.join(block['skipped'])}.")
     return "\n".join(lines) + "\n"
+
+
+def _mean(value: Any) -> float:
+    return float(value["mean"]) if isinstance(value, dict) else float(value)
+
+
+def text_forms_table(results: dict[str, Any]) -> str:
+    """Markdown: per collection, Acc@1 / mAP of every method with the query texts in each form."""
+    blocks = results.get("text_forms") or {}
+    lines: list[str] = []
+    for collection, by_form in blocks.items():
+        forms = list(by_form)
+        methods = list(next(iter(by_form.values()), {}))
+        lines += [f"Text forms, {collection} (Acc@1 / mAP, percent{'; 5-fold means' if collection == 'derm7pt' else '; leave-one-out'})", "",
+                  "| Method | " + " | ".join(forms) + " |", "|---" * (len(forms) + 1) + "|"]
+        for name in methods:
+            cells = []
+            for form in forms:
+                entry = by_form[form].get(name)
+                cells.append("–" if entry is None else f"{_mean(entry['acc@1']):.1f} / {_mean(entry['map']):.1f}")
+            lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 CLASS_COLOURS = {0: "#d62728", 1: "#2ca02c", 2: "#1f77b4"}  # melanoma red, nevus green, benign keratosis blue
