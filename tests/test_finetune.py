@@ -124,7 +124,8 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
 @pytest.mark.slow
 def test_ddp_synchronises_encoder_gradients(tmp_path):
     """Two gloo processes on CPU, each on its own shard: after one step the encoders' gradients are equal."""
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the workers inherit the imported modules (spawn would import torch, monai and transformers again)
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     g0 = torch.load(tmp_path / "grads_rank0.pt", weights_only=True)
     g1 = torch.load(tmp_path / "grads_rank1.pt", weights_only=True)
     image_keys = [k for k in g0 if not k.startswith("text.")]
