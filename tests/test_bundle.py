@@ -134,33 +134,15 @@ FINETUNE = dict(
 )
 
 
-def test_finetune_overlay_saves_the_whole_network(tmp_path, shared_data):
-    """train.yaml + finetune.yaml: two end-to-end steps on 12 real images at 64 px; the checkpoint holds the
-    fine-tuned encoders and load_model rebuilds exactly that network."""
+def test_finetune_overlays_train_end_to_end_under_ddp_and_save_the_whole_network(tmp_path, shared_data, monkeypatch):
+    """train + finetune + multi_gpu_train.yaml as torchrun would start rank 0 of 1 (gloo, CPU; finetune.yaml
+    alone differs only in the wrapper and the sampler): two end-to-end steps on 12 real images at 64 px.
+    The network is DistributedDataParallel over trainable encoders, the sampler a DistributedSampler; rank 0
+    saves the whole network (monai-cir-net/1) and load_model rebuilds exactly the fine-tuned one."""
     from monai_cir.networks import encoder_fingerprint, load_model
     from monai_cir.networks.checkpoint import read_checkpoint
     from monai_cir.networks.image_encoder import load_offline_efficientnet_lite
 
-    wf = _workflow(["train.yaml", "finetune.yaml"], bundle_root=str(tmp_path), **FINETUNE)
-    wf.initialize()
-    assert not wf.check_properties()
-    wf.run()
-    trained = wf.parser.get_parsed_content("network_def")
-    wf.finalize()
-    ckpt = tmp_path / "models" / "model.pt"  # fold -1: every case of the subset trains
-    assert read_checkpoint(ckpt)["format"] == "monai-cir-net/1"
-    loaded = load_model(ckpt)
-    assert encoder_fingerprint(loaded) == encoder_fingerprint(trained)
-    pretrained = load_offline_efficientnet_lite("tf_efficientnet_lite2")  # the packaged ImageNet weights
-    assert not torch.equal(loaded.image_encoder.backbone.state_dict()["conv_stem.weight"], pretrained["conv_stem.weight"])
-    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.allclose(loaded.encode_target(images), trained.eval().encode_target(images), atol=1e-5)
-
-
-def test_multi_gpu_overlay_runs_one_gloo_process(tmp_path, shared_data, monkeypatch):
-    """train + finetune + multi_gpu_train.yaml as torchrun would start rank 0 of 1 (gloo, CPU): the network is
-    DistributedDataParallel over trainable encoders, the sampler a DistributedSampler, rank 0 saves."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
@@ -170,15 +152,26 @@ def test_multi_gpu_overlay_runs_one_gloo_process(tmp_path, shared_data, monkeypa
         dist_backend="gloo", **{"network#device_ids": None}, **FINETUNE,
     )
     wf.initialize()
+    assert not wf.check_properties()
     wf.run()
     network = wf.parser.get_parsed_content("network")
     sampler = wf.parser.get_parsed_content("train#sampler")
+    trained = wf.parser.get_parsed_content("network_def")
     wf.finalize()
     assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
     assert isinstance(sampler, torch.utils.data.DistributedSampler)
     encoders = list(network.module.net.encoder_parameters())
     assert encoders and all(p.requires_grad for p in encoders) and all(p.grad is not None for p in network.module.net.image_encoder.parameters())
-    assert (tmp_path / "models" / "model.pt").is_file()
+
+    ckpt = tmp_path / "models" / "model.pt"  # fold -1: every case of the subset trains
+    assert read_checkpoint(ckpt)["format"] == "monai-cir-net/1"
+    loaded = load_model(ckpt)
+    assert encoder_fingerprint(loaded) == encoder_fingerprint(trained)
+    pretrained = load_offline_efficientnet_lite("tf_efficientnet_lite2")  # the packaged ImageNet weights
+    assert not torch.equal(loaded.image_encoder.backbone.state_dict()["conv_stem.weight"], pretrained["conv_stem.weight"])
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_target(images), trained.eval().encode_target(images), atol=1e-5)
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_net
+from conftest import TINY_TEXT, make_tiny_net
 
 from monai_cir.data.collections import CaseRecord
 from monai_cir.engine.data import TARGET_IMAGE_KEY, dermoscopy_augmentation
@@ -124,7 +124,8 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
 @pytest.mark.slow
 def test_ddp_synchronises_encoder_gradients(tmp_path):
     """Two gloo processes on CPU, each on its own shard: after one step the encoders' gradients are equal."""
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the workers inherit the imported modules (spawn would import torch, monai and transformers again)
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     g0 = torch.load(tmp_path / "grads_rank0.pt", weights_only=True)
     g1 = torch.load(tmp_path / "grads_rank1.pt", weights_only=True)
     image_keys = [k for k in g0 if not k.startswith("text.")]
@@ -133,3 +134,40 @@ def test_ddp_synchronises_encoder_gradients(tmp_path):
     assert any(float(g0[k].abs().max()) > 0 for k in image_keys)
     for key in g0:
         assert torch.allclose(g0[key], g1[key], atol=1e-6), f"{key}: the ranks' gradients differ (not all-reduced)"
+
+
+def test_composed_finetuned_method_fine_tunes_and_embeds(tmp_path, monkeypatch):
+    """The registered ``composed_finetuned`` on a tiny network: the ``composed`` head trained on a cache, then
+    end-to-end steps on the images; it returns (Q, T) for the fold's queries and database, and its encoders
+    are no longer the ones the head was trained on."""
+    from types import SimpleNamespace
+
+    import monai_cir.networks
+    from monai_cir.engine import cv_methods
+    from monai_cir.evaluation import FoldContext, get_method
+
+    records = tiny_records(tmp_path, n=12)
+    donor = make_tiny_net()
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([r.label for r in records])
+    maps = [torch.randn(12, c, s, s, generator=g).half() for c, s in zip(donor.image_encoder.channels, (8, 4, 2))]
+    tokens = torch.randn(12, 5, donor.text_encoder.dim, generator=g).half()
+    cache = SimpleNamespace(maps=maps, maps_flipped=None, tokens=tokens, token_mask=torch.ones(12, 5, dtype=torch.bool), labels=labels, records=records)
+    built = []
+    create_model = monai_cir.networks.create_model
+
+    def tiny_model(*args, **kwargs):  # the method's pretrained network, as a tiny random one (make_tiny_net's)
+        torch.manual_seed(0)
+        built.append(create_model(pretrained=False, image_model="test_efficientnet", text_config_overrides=TINY_TEXT, image_size=64).eval())
+        return built[-1]
+
+    monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: donor)
+    monkeypatch.setattr(monai_cir.networks, "create_model", tiny_model)
+    config = {"image_size": 64, "method_options": {"composed": {"train": {"epochs": 1, "batch_size": 6, "val_fraction": 0.25}}, "composed_finetuned": {"epochs": 1, "batch_size": 4, "lr": 1e-2, "progress": False}}}
+    ctx = FoldContext(cache, np.arange(9, 12), np.arange(9), 0, config, seed=0)
+    q, t = get_method("composed_finetuned").fn(ctx)
+    net = built[-1]
+    assert q.shape == (3, net.embedding_dim) and t.shape == (9, net.embedding_dim)
+    assert torch.isfinite(q).all() and torch.isfinite(t).all()
+    untouched = donor.image_encoder.state_dict()  # make_tiny_net's weights, which the method started from
+    assert any(not torch.equal(v, untouched[k]) for k, v in net.image_encoder.state_dict().items() if v.is_floating_point() and "running" not in k)

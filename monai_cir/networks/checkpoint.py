@@ -98,6 +98,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # not a pickle of objects at all (truncated, another format)
+            raise ValueError(f"{path} is not a readable monai-cir checkpoint: {err}") from err
         raise ValueError(
             f"refused to load {path}: it holds Python objects other than tensors, numbers and strings, which a "
             "monai-cir checkpoint never does (a file crafted to run code on load looks like this). Load only "
