@@ -212,6 +212,24 @@ def _dciodvfy_errors(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
+def test_sdk_import_skips_monai_core_until_it_is_used():
+    """Importing the app does not run MONAI core's eager ``__init__`` (seconds of imports the app
+    does not use); MONAI imported afterwards in the same process is complete and loaded once."""
+    code = (
+        "import sys\n"
+        "import deploy_app.app\n"
+        "assert 'monai.networks' not in sys.modules and 'monai.transforms' not in sys.modules\n"
+        "from monai.transforms import Compose\n"
+        "import monai.data.dataset, monai.networks.nets\n"
+        "assert Compose is monai.data.dataset.Compose and monai.__version__\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_app_folder_runs_as_a_map_runs_it(tmp_path):
     """A MAP runs ``python3 /opt/holoscan/app``: the staged app folder (docs/deploy.md: deploy_app
     with monai_cir copied in) under another name, nothing on PYTHONPATH."""
