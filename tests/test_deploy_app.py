@@ -105,8 +105,9 @@ def test_truncated_file_says_truncated(tmp_path):
     data = (tmp_path / "whole.dcm").read_bytes()
     for cut in (200, 700, len(data) // 2, len(data) - 3):  # in the file meta, the header, the pixel data
         (tmp_path / f"cut{cut}.dcm").write_bytes(data[:cut])
+    (tmp_path / "zero_padded.dcm").write_bytes(data + bytes(6))  # trailing padding is not a cut
     scan, problems = _scan(tmp_path)
-    assert len(scan.queries) == 1 and len(problems) == 4
+    assert sorted(Path(q.source_path).stem for q in scan.queries) == ["whole", "zero_padded"] and len(problems) == 4
     for name, message in problems.items():
         assert message.startswith("truncated DICOM file"), (name, message)
         assert "SOP Class UID" not in message and "pixel data (7FE0" not in message
