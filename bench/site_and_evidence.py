@@ -62,9 +62,9 @@ FIGURES = REPO / "output" / "figures"
 
 # ------------------------------------------------------------------------------ retrieval per fold
 def _build_index(t: torch.Tensor, records: Sequence[Any], rows: np.ndarray):
-    from monai_cir.index import CaseIndex, CaseMetadata
+    from monai_cir.index import CaseMetadata, create_index
 
-    index = CaseIndex.create(int(t.shape[1]), "bench-site-and-evidence")
+    index = create_index(int(t.shape[1]), "bench-site-and-evidence")
     meta = [CaseMetadata(records[i].case_id, records[i].diagnosis, "derm7pt", site=records[i].site, extra={"row": int(i)}) for i in rows]
     index.add(t.float().numpy(), meta)
     return index

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     for fold in args.folds:
         database_idx, query_idx = np.where(fold_of != fold)[0], np.where(fold_of == fold)[0]
         cfg = TrainConfig.from_dict({**options["train"], "epochs": args.epochs, "val_fraction": 0.0, "seed": fold})
-        net = new_head_net(base_net({}), seed=fold, **options["net"])
+        net = new_head_net(base_net(260), seed=fold, **options["net"])
         model = CachedComposedModel(net, "composed")
         probe = HeldOutProbe(model, cache, query_idx, database_idx, frozen, args.every)
         train_head(model, cache, database_idx, cfg, level_indices=net.level_indices, extra_handlers=[probe])

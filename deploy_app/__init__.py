@@ -1,5 +1,5 @@
 """MONAI Deploy application of monai-cir: a DICOM dermoscopy study (+ its report text) in, ranked
-similar biopsy-confirmed cases out (Comprehensive SR, Encapsulated PDF, plain PDF, results.json).
+similar library cases out, each with how its diagnosis was confirmed (TID 1500 SR, Encapsulated PDF, plain PDF, results.json).
 
 Run it as the SDK's apps run::
 

@@ -1,4 +1,4 @@
-"""monai-cir similar-cases app: DICOM dermoscopy studies in, ranked similar cases out.
+"""monai-cir similar-cases app: DICOM dermoscopy studies in, ranked similar library cases out.
 
 Pipeline (``compose``)::
 

@@ -1,7 +1,7 @@
 """monai-cir: composed vision-language retrieval of skin-cancer cases, as a MONAI plugin.
 
 A query is a dermoscopy image plus a few words of clinical text; the answer is a ranked list of
-biopsy-confirmed cases from a case library. The network follows the paper in
+cases from a case library, each with its diagnosis and how it was confirmed. The network follows the paper in
 ``../shared/paper`` (hierarchical backbone, cross-modal Transformers at three levels, global and
 local alignment, ``S = beta * S_local + (1 - beta) * S_global``).
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["data_root", "cache_dir", "default_device", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
+__all__ = ["data_root", "cache_dir", "default_device", "autocast_for", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
 
 DATA_ROOT_ENV = "MONAI_CIR_DATA"
 CACHE_DIR_ENV = "MONAI_CIR_CACHE"
@@ -43,3 +44,11 @@ def cache_dir(*parts: str) -> Path:
 def default_device() -> torch.device:
     """CUDA when present, CPU otherwise."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_for(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The mixed-precision policy of every forward pass (network and feature cache): fp16 autocast on
+    CUDA, full precision elsewhere."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

@@ -1,4 +1,4 @@
-"""Retrieval-based evidence summary: what the confirmed diagnoses of the most similar cases suggest.
+"""Retrieval-based evidence summary: what the recorded diagnoses of the most similar library cases suggest.
 
 Tschandl et al. (Nature Medicine 2019 / JAMA Derm 2019) predicted a lesion's class as the majority of
 its 16 nearest neighbours by content-based image retrieval. Here the top-``k`` hits (default 16)
@@ -16,15 +16,16 @@ scaling (Guo et al. 2017) applied to a retrieval vote. An :class:`EvidenceCalibr
 one model and library (its scores' scale): refit it when either changes.
 
 The result is an :class:`EvidenceSummary` that the DICOM SR and the PDF report carry, always with
-:data:`DECISION_SUPPORT_LABEL`: the distribution of diagnoses among similar confirmed cases is
-decision support, **not a diagnosis**.
+:data:`DECISION_SUPPORT_LABEL`: the distribution of diagnoses among similar cases is
+decision support, **not a diagnosis**, and only as good as the library's diagnoses (each case says how its
+diagnosis was confirmed: :data:`monai_cir.data.collections.CONFIRMATIONS`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -138,25 +139,46 @@ class EvidenceSummary:
     def __post_init__(self) -> None:
         if self.label != DECISION_SUPPORT_LABEL:
             raise ValueError(f"an evidence summary is always labelled {DECISION_SUPPORT_LABEL!r}")
+        if int(self.k) < 1:
+            raise ValueError(f"an evidence summary needs k >= 1 voting cases, got {self.k}")
+        if not self.distribution or any(not (0.0 <= float(p) <= 1.0 + 1e-9) for p in self.distribution.values()):
+            raise ValueError(f"the distribution must map diagnoses to probabilities in [0, 1], got {self.distribution}")
         total = sum(self.distribution.values())
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ValueError(f"the distribution must sum to 1, got {total}")
-
-    @property
-    def prediction(self) -> str:
-        """Alias of ``predicted`` (the name :class:`monai_cir.dicom.sr.EvidenceSummary` reads)."""
-        return self.predicted
+        if self.predicted not in self.distribution:
+            raise ValueError(f"the predicted diagnosis {self.predicted!r} is not in the distribution {list(self.distribution)}")
+        if not 0.0 <= float(self.confidence) <= 1.0:
+            raise ValueError(f"confidence must lie in [0, 1], got {self.confidence}")
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields, plus ``prediction`` (= ``predicted``) so the SR/PDF writers can coerce the mapping."""
-        return {**asdict(self), "prediction": self.predicted}
+        """All fields (``results.json``; :meth:`from_dict` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvidenceSummary":
+        """The summary of a :meth:`to_dict` mapping (unknown keys are an error: one data model)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown evidence summary fields {unknown}; known fields are {sorted(known)}")
+        return cls(**dict(data))
+
+    @classmethod
+    def coerce(cls, value: Any) -> "EvidenceSummary":
+        """``value`` itself, or the summary of its :meth:`to_dict` mapping."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        raise TypeError(f"expected an EvidenceSummary or its to_dict() mapping, got {type(value).__name__}")
 
     def text(self) -> str:
         """One paragraph for the SR's text item and the PDF."""
         dist = ", ".join(f"{d} {100 * p:.0f}%" for d, p in self.distribution.items())
         cal = "calibrated" if self.calibrated else "uncalibrated"
         return (
-            f"{self.label}. Among the {self.k} most similar confirmed cases (score-weighted): {dist}. "
+            f"{self.label}. Among the {self.k} most similar library cases (score-weighted): {dist}. "
             f"Retrieval-based suggestion: {self.predicted} ({cal} confidence {100 * self.confidence:.0f}%)."
         )
 

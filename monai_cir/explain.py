@@ -6,18 +6,21 @@ For a query (image + text) and one retrieved image, :func:`explain_match` return
 - the ``k`` region masks ``α_j`` of the query (on the *composed* maps ``X_qτ^i``) and of the target
   (on ``X_t^i``), each a spatial distribution summing to 1 (paper Eq. 6);
 - the **contribution of each region and each position to the local cosine** of that level. With
-  ``ē = (1/k) Σ_j E_j``, ``E_j = Σ_p α_j(p) X(p)`` and the descriptor ``e = P(ē) = ē + g(ē)``
+  ``ē = (1/k) Σ_j E_j``, ``E_j = Σ_p α_j(p) X̃(p)`` and the descriptor ``e = P(ē) = ē + g(ē)``
   (``P`` the residual projection, ``g`` its MLP branch, zero when untrained or ``projection="none"``)::
 
       s_local = <e_q, ê_t> / |e_q|
-              = Σ_j Σ_p  α_j(p) <X_q(p), ê_t> / (k |e_q|)      (regions j, positions p)
+              = Σ_j Σ_p  α_j(p) <X̃_q(p), ê_t> / (k |e_q|)     (regions j, positions p)
                 + <g(ē_q), ê_t> / |e_q|                         (the projection's residual)
 
-  The double sum is exact, so the region contributions ``c_j`` and the position map (its heatmap)
-  add up to the local cosine minus the projection residual, which is reported, not hidden. The
-  target side is the same with the roles of query and target swapped (``ê_q`` in place of ``ê_t``).
-  Positions ``p`` are those the masks live on: when the alignment pools the maps to a grid
-  (``LevelAlignment.grid``, 7 x 7 by default), the heatmaps have that resolution before upsampling.
+  ``X̃`` is the map the score itself reads, :meth:`LevelAlignment.standardized_grid
+  <monai_cir.networks.alignment.LevelAlignment.standardized_grid>`: pooled to the alignment grid
+  (``composer.DEFAULT_GRID``, 4 x 4) and standardised with the statistics fitted on the training maps
+  (``input_norm``, saved in ``bundle/models/model.pt``). The double sum is exact, and the projection
+  residual is computed on its own (``g(ē) = P(ē) - ē``; zero for ``projection="none"``), so the region
+  contributions ``c_j`` plus the residual add up to the local cosine the score used. The target side
+  is the same with the roles of query and target swapped (``ê_q`` in place of ``ê_t``). Positions
+  ``p`` are the grid's, so the heatmaps have its resolution before upsampling.
 - heatmaps upsampled to the input image size: per level, and combined over levels weighted by β
   as in Eq. 9, as contributions *per input pixel* (so a heatmap sums to the score share it explains);
 - the text tokens the composer attended to most: the cross-attention of image positions over text
@@ -132,6 +135,25 @@ class Explanation:
     def top_tokens(self, n: int = 5) -> list[TokenWeight]:
         return self.tokens[:n]
 
+    def score_parts(self) -> list[dict[str, Any]]:
+        """What each part of the pair contributed to :attr:`score`, in the score's own units (Eq. 9).
+
+        Per level: ``query_regions`` / ``target_regions`` ``β c_j`` (each side's regions, with its
+        ``*_projection`` ``β × residual``, split the same local cosine), and ``global`` ``(1-β) ×`` the
+        global cosine. Over levels, one side's regions + projection + global add up to ``score``."""
+        b = self.beta
+        return [
+            {
+                "level": lv.level,
+                "query_regions": [b * float(v) for v in lv.query_regions],
+                "query_projection": b * lv.query_residual,
+                "target_regions": [b * float(v) for v in lv.target_regions],
+                "target_projection": b * lv.target_residual,
+                "global": (1.0 - b) * lv.global_cosine,
+            }
+            for lv in self.levels
+        ]
+
     def sr_text(self, n_tokens: int = 5) -> str:
         """One sentence for the SR's per-match "Explanation" item (no pixels)."""
         parts = [
@@ -166,6 +188,7 @@ class Explanation:
                 }
                 for lv in self.levels
             ],
+            "score_parts": self.score_parts(),
             "top_words": [{"word": t.word, "weight": t.weight} for t in self.top_tokens(n_tokens)],
         }
 
@@ -212,36 +235,29 @@ def upsample_contribution(values: torch.Tensor | np.ndarray, size: tuple[int, in
     return (up * (h * w) / float(size[0] * size[1])).numpy()
 
 
-def _alignment_grid(align: Any, x: torch.Tensor) -> torch.Tensor:
-    """``x`` on the grid the alignment computes its masks on (``LevelAlignment.grid``; identity without one)."""
-    grid = getattr(align, "grid", None)
-    if grid is None or (x.shape[-2] <= grid and x.shape[-1] <= grid):
-        return x
-    return F.adaptive_avg_pool2d(x, (min(grid, x.shape[-2]), min(grid, x.shape[-1])))
-
-
 def _region_contributions(
     align: Any, x: torch.Tensor, other_unit: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor]:
-    """Exact split of ``<ê, other_unit>`` for one image's map ``x`` (1, C, h, w).
+    """Split ``<ê, ô>`` for one image's map ``x`` (1, C, h, w) over regions and positions.
 
-    Returns (masks (k, h, w), regions c_j (k,), positions (h, w), residual, unit descriptor ê (C,))."""
+    Returns (masks (k, h, w), regions c_j (k,), positions (h, w), projection residual, unit descriptor ê (C,))."""
     # ē and e = P(ē) exactly as LevelAlignment.local_descriptor computes them (same ops, same rounding)
     regions, alpha_b = align.region_descriptors(x)
-    mean_region = regions.mean(dim=1)  # ē (1, C)
-    desc = align.proj_local(mean_region)[0].float()  # e = P(ē)
-    alpha = alpha_b[0].float()  # (k, h, w)
+    mean_region = regions.mean(dim=1)[0]  # ē (C,)
+    desc = align.proj_local(mean_region[None])[0].float()  # e = P(ē) = ē + g(ē)
+    alpha = alpha_b[0].double()  # (k, h, w)
     k = alpha.shape[0]
-    norm = desc.norm().clamp_min(1e-12)
-    # the split over positions in float64: backbone maps can be large, and float32 cancellation
-    # would otherwise show up as a mismatch between the parts and the cosine
-    unit64 = other_unit.double()
-    grid_map = _alignment_grid(align, x)  # the positions the masks live on (the alignment may pool the map)
-    per_position = torch.einsum("chw,c->hw", grid_map[0].double(), unit64) / (k * norm.double())  # <X(p), ô> / (k |e|)
-    positions_by_region = alpha.double() * per_position.unsqueeze(0)  # (k, h, w)
-    # what the positions do not carry: the projection branch <g(ē), ô> / |e| (and float rounding of ē)
-    residual = float((desc.double() @ unit64) / norm.double() - positions_by_region.sum())
-    return alpha, positions_by_region.flatten(1).sum(-1).float(), positions_by_region.sum(0).float(), residual, desc / norm
+    # in float64: the parts are compared with the float32 cosine, and cancellation must not show up as a mismatch
+    norm = desc.double().norm().clamp_min(1e-12)
+    unit = other_unit.double()
+    # X̃(p): the standardised map on the grid, the very values the score's descriptors read
+    grid = align.standardized_grid(x)[0].double()
+    per_position = torch.einsum("chw,c->hw", grid, unit) / (k * norm)  # <X̃(p), ô> / (k |e|)
+    by_region = alpha * per_position.unsqueeze(0)  # (k, h, w)
+    # the projection branch <g(ē), ô> / |e| on its own (exactly 0 for projection="none"), so that
+    # regions + residual = cosine is a check of the decomposition, not its definition
+    residual = float((desc.double() - mean_region.double()) @ unit / norm)
+    return alpha.float(), by_region.flatten(1).sum(-1).float(), by_region.sum(0).float(), residual, desc / desc.norm().clamp_min(1e-12)
 
 
 def merge_word_pieces(tokens: Sequence[str], weights: Sequence[float], special: Sequence[str] = ()) -> list[TokenWeight]:

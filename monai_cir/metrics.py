@@ -8,6 +8,8 @@ For a query q with ranked database ``r_1 .. r_N`` and ``rel(i) = 1`` when ``r_i`
 - Eq. 12: ``mAP = mean_q AP(q)``
 - Eq. 13: ``Acc@K(q) = 1`` if some ``i <= K`` has ``rel(i) = 1``
 - Eq. 14: ``Accuracy@K = mean_q Acc@K(q)``
+- not in the paper: ``P@K = mean_q (1/K) Σ_{i<=K} rel(i)``, the share of the top K with the query's
+  class (what a clinician sees; with 3 classes, Acc@K beyond 1 rewards diversity, not similarity).
 
 Units: :func:`retrieval_metrics` returns **fractions** in [0, 1]; result files and tables report
 **percent** (:func:`summarize_folds` takes ``scale=100``).
@@ -67,18 +69,20 @@ def retrieval_metrics(
     query_labels: ArrayLike,
     database_labels: ArrayLike,
     ks: Sequence[int] = (1, 2, 4),
+    precision_ks: Sequence[int] = (5,),
 ) -> dict[str, Any]:
-    """AP / mAP / Acc@K (arXiv v1 Eqs. 10-14) of a similarity matrix; relevant = same label.
+    """AP / mAP / Acc@K (arXiv v1 Eqs. 10-14) and P@K of a similarity matrix; relevant = same label.
 
     Args:
         similarity: (Q, N) scores, higher = more similar (numpy or torch).
         query_labels: (Q,) integer labels of the queries.
         database_labels: (N,) integer labels of the database items.
         ks: the cut-offs of Acc@K.
+        precision_ks: the cut-offs of P@K (share of the top K that are relevant).
 
     Returns:
         fractions in [0, 1]: ``{"ap": (Q,) array, "map": float, "hits": {K: (Q,) bool array},
-        "acc@K": float for each K, "ranking": (Q, N) database indices best first,
+        "acc@K": float for each K, "p@K": float for each precision K, "ranking": (Q, N) database indices best first,
         "num_relevant": (Q,) int array, "no_relevant": int}``.
     """
     ranking = rank_database(similarity)
@@ -90,12 +94,19 @@ def retrieval_metrics(
         )
     if len(d) == 0 or len(q) == 0:
         raise ValueError("retrieval metrics need at least one query and one database item")
-    ks = [int(k) for k in ks]
-    if any(k < 1 for k in ks):
-        raise ValueError(f"every K must be >= 1, got {ks}")
     relevance = d[ranking] == q[:, None]  # rel(i) in rank order, (Q, N)
+    return _ranked_metrics(relevance, ranking, ks, precision_ks)
+
+
+def _ranked_metrics(relevance: np.ndarray, ranking: np.ndarray, ks: Sequence[int], precision_ks: Sequence[int]) -> dict[str, Any]:
+    """Eqs. 10-14 and P@K from the ranked relevance rows (Q, N); ``ranking`` is returned as given."""
+    ks = [int(k) for k in ks]
+    precision_ks = [int(k) for k in precision_ks]
+    if any(k < 1 for k in ks + precision_ks):
+        raise ValueError(f"every K must be >= 1, got {ks} (Acc@K) and {precision_ks} (P@K)")
+    n = relevance.shape[1]
     ap = average_precision(relevance)
-    hits = {k: relevance[:, : min(k, len(d))].any(axis=1) for k in ks}  # Eq. 13
+    hits = {k: relevance[:, : min(k, n)].any(axis=1) for k in ks}  # Eq. 13
     num_relevant = relevance.sum(axis=1)
     out: dict[str, Any] = {
         "ap": ap,
@@ -107,6 +118,8 @@ def retrieval_metrics(
     }
     for k in ks:
         out[f"acc@{k}"] = float(hits[k].mean())  # Eq. 14
+    for k in precision_ks:
+        out[f"p@{k}"] = float(relevance[:, : min(k, n)].mean(axis=1).mean())
     return out
 
 
@@ -125,7 +138,9 @@ def summarize_folds(values: Sequence[float], scale: float = 1.0, ndigits: int | 
     return {"folds": vals, "mean": mean, "std": std}
 
 
-def leave_one_out_metrics(similarity: ArrayLike, labels: ArrayLike, ks: Sequence[int] = (1, 2, 4)) -> dict[str, Any]:
+def leave_one_out_metrics(
+    similarity: ArrayLike, labels: ArrayLike, ks: Sequence[int] = (1, 2, 4), precision_ks: Sequence[int] = (5,)
+) -> dict[str, Any]:
     """Eqs. 10-14 where each item of one collection queries all the others (N, N) -> metrics.
 
     The diagonal (the query itself) is removed from each row before ranking; the rest is exactly
@@ -144,11 +159,4 @@ def leave_one_out_metrics(similarity: ArrayLike, labels: ArrayLike, ks: Sequence
     order = rank_database(s_off)
     ranking = np.take_along_axis(idx_off, order, axis=1)
     relevance = y[ranking] == y[:, None]
-    ap = average_precision(relevance)
-    num_relevant = relevance.sum(axis=1)
-    out: dict[str, Any] = {"ap": ap, "map": float(ap.mean()), "ranking": ranking, "num_relevant": num_relevant,
-                           "no_relevant": int((num_relevant == 0).sum()), "hits": {}}
-    for k in (int(k) for k in ks):
-        out["hits"][k] = relevance[:, : min(k, n - 1)].any(axis=1)
-        out[f"acc@{k}"] = float(out["hits"][k].mean())
-    return out
+    return _ranked_metrics(relevance, ranking, ks, precision_ks)

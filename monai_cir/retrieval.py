@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 
 from .config import default_device
 from .data import load_image, preprocess_image
-from .index import CaseIndex, CaseMetadata, SearchHit
+from .index import CaseIndex, CaseMetadata, SearchHit, create_index
 
 __all__ = [
     "dicom_library",
+    "dicomweb_library",
     "ImageLike",
     "build_index",
     "embed_library",
@@ -191,6 +192,7 @@ def record_metadata(record: Any) -> CaseMetadata:
         site=str(getattr(record, "site", None) or "unknown"),
         image_path=str(image_path) if image_path is not None else None,
         extra=extra,
+        confirmation=str(getattr(record, "confirmation", None) or "unknown"),
         **{key: (str(value) if value is not None else None) for key, value in uids.items()},
     )
 
@@ -225,7 +227,7 @@ def build_index(
         raise ValueError(f"the library repeats case ids (e.g. {sorted({i for i in ids if ids.count(i) > 1})[:5]}); case ids must be unique")
     fingerprint = model_fingerprint(net)
     if index is None:
-        index = CaseIndex.create(net.embedding_dim, fingerprint, backend=backend, **index_options)
+        index = create_index(net.embedding_dim, fingerprint, backend=backend, **index_options)
     else:
         index.check_fingerprint(fingerprint)
         existing = [i for i in ids if i in index]
@@ -285,6 +287,7 @@ def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any
                 sop_instance_uid=query.sop_instance_uid,
                 sop_class_uid=query.sop_class_uid,
                 image_path=str(query.source_path) if query.source_path else None,
+                confirmation=str(query.confirmation or "unknown"),
                 extra={key: value for key, value in (("patient_id", query.patient_id), ("frame_number", query.frame_number)) if value},
             )
         )
@@ -292,3 +295,64 @@ def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any
     if unknown:
         logger.warning("%d of %d DICOM images carry no diagnosis (no monai-cir case SR): indexed as 'unknown'", unknown, len(metadata))
     return list(scan.queries), metadata
+
+
+def dicomweb_library(
+    url: str,
+    filters: Mapping[str, str] | None = None,
+    name: str | None = None,
+    pull_to: str | Path | None = None,
+    limit: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[list[Any], list[CaseMetadata]]:
+    """The library studies of a DICOMweb service as library cases, like :func:`dicom_library`.
+
+    Studies are found with QIDO-RS (``filters``: study-level attributes, e.g.
+    ``{"StudyDescription": "monai-cir case*"}``; ``limit``: at most this many studies) and pulled
+    whole with WADO-RS in their stored transfer syntax (images and the case SRs that carry the
+    diagnosis). Each case records its Study / Series / SOP Instance UIDs and ``retrieve_url``, the
+    instance's WADO-RS URL, so that a viewer can fetch it. The instances go to ``pull_to`` (kept:
+    ``image_path`` points at them) or to a temporary folder dropped after embedding."""
+    import tempfile
+
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+
+    import fnmatch
+
+    url = url.rstrip("/")
+    client = DICOMwebClient(url=url, headers=dict(headers or {}))
+    filters = {str(k): str(v) for k, v in (filters or {}).items()}
+    # values with wildcards or spaces are matched here: servers differ in how they decode them in a
+    # query string (Orthanc 1.10 matches "monai-cir*" but not "monai-cir%20case*")
+    local = {k: v for k, v in filters.items() if any(c in v for c in "*? ")}
+    remote = {k: v for k, v in filters.items() if k not in local}
+    try:
+        studies = client.search_for_studies(search_filters=remote, fields=sorted(local) or None, get_remaining=True)
+    except Exception as err:  # requests' errors: unreachable, 4xx/5xx
+        raise ValueError(f"QIDO-RS search of {url} failed ({type(err).__name__}: {err}); check the URL and --filter") from err
+    found = [pydicom.Dataset.from_json(s) for s in studies]
+    found = [ds for ds in found if all(fnmatch.fnmatchcase(str(ds.get(k, "") or ""), pattern) for k, pattern in local.items())]
+    study_uids = [str(ds.StudyInstanceUID) for ds in found]
+    if limit is not None:
+        study_uids = study_uids[:limit]
+    if not study_uids:
+        raise ValueError(f"no study at {url} matches the filters {filters} ({len(studies)} found before the wildcard filters)")
+    folder = Path(pull_to) if pull_to is not None else Path(tempfile.mkdtemp(prefix="monai-cir-dicomweb-"))
+    for study_uid in tqdm(study_uids, desc="pulling library studies", unit="study"):
+        target = folder / study_uid
+        target.mkdir(parents=True, exist_ok=True)
+        for ds in client.retrieve_study(study_uid, media_types=(("application/dicom", "*"),)):
+            ds.save_as(target / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    queries, metadata = dicom_library(folder, name)
+    for query, meta in zip(queries, metadata):
+        if name is None:  # the collection named by the case's SR, not the pull folder's name
+            meta.collection = str(query.collection or "dicomweb")
+        meta.retrieve_url = f"{url}/studies/{meta.study_uid}/series/{meta.series_uid}/instances/{meta.sop_instance_uid}"
+        if pull_to is None:
+            meta.image_path = None  # the temporary copy is dropped; retrieve_url is where the image lives
+    if pull_to is None:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)  # the queries hold their decoded images
+    return list(queries), metadata

@@ -31,9 +31,8 @@ def activate_head(net, seed: int = 1):
     the projection residuals all contribute (an untrained head is the identity)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.startswith(("composers.", "alignments.")):
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
+        for p in net.head_parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
     return net
 
 

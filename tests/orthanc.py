@@ -68,9 +68,25 @@ def _free_port() -> int:
 class OrthancServer:
     """Start ``Orthanc`` with a JSON config in ``workdir``; stop it (and only it) at the end."""
 
-    def __init__(self, workdir: str | Path, ae_title: str = AE_TITLE, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        workdir: str | Path,
+        ae_title: str = AE_TITLE,
+        startup_timeout: float = 60.0,
+        modalities: dict[str, list] | None = None,
+        lua: str | None = None,
+        stable_age: int | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        """``modalities``: DicomModalities (name -> [AET, host, port]); ``lua``: a Lua script's text
+        (``LuaScripts``); ``stable_age``: seconds after the last instance before a study is stable;
+        ``extra``: more configuration keys (e.g. ServeFolders)."""
         self.workdir = Path(workdir)
         self.ae_title = ae_title
+        self.modalities = dict(modalities or {})
+        self.lua = lua
+        self.stable_age = stable_age
+        self.extra = dict(extra or {})
         self.http_port = _free_port()
         self.dicom_port = _free_port()
         while self.dicom_port == self.http_port:
@@ -99,6 +115,15 @@ class OrthancServer:
             raise RuntimeError("the Orthanc DICOMweb plugin is not installed (Debian package orthanc-dicomweb)")
         storage = self.workdir / "db"
         storage.mkdir(parents=True, exist_ok=True)
+        optional: dict = {}
+        if self.modalities:
+            optional["DicomModalities"] = self.modalities
+        if self.lua is not None:
+            script = self.workdir / "route.lua"
+            script.write_text(self.lua)
+            optional["LuaScripts"] = [str(script)]
+        if self.stable_age is not None:
+            optional["StableAge"] = int(self.stable_age)
         return {
             "Name": "monai-cir-test",
             "StorageDirectory": str(storage),
@@ -116,6 +141,8 @@ class OrthancServer:
             "StorageCompression": False,
             "Plugins": [plugin],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "StudiesMetadata": "Full"},
+            **optional,
+            **self.extra,
         }
 
     def start(self) -> OrthancServer:
@@ -146,6 +173,17 @@ class OrthancServer:
             return err.code == 204
         except (urllib.error.URLError, OSError):
             return False
+
+    def storescu(self, files, calling_ae: str = "MODALITY") -> None:
+        """C-STORE files with DCMTK's ``storescu``, as a modality would (``-R``: propose exactly each
+        file's SOP class and transfer syntax, ``-xy``: JPEG Baseline as stored, no transcoding)."""
+        tool = shutil.which("storescu")
+        if tool is None:
+            raise RuntimeError("storescu (Debian dcmtk) is missing: run scripts/install_system_tools.sh")
+        command = [tool, "-R", "-xy", "-aec", self.ae_title, "-aet", calling_ae, "127.0.0.1", str(self.dicom_port), *map(str, files)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
 
     def log_tail(self, n: int = 40) -> str:
         try:

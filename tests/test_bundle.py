@@ -44,9 +44,11 @@ def trained_fold(tmp_path_factory, shared_data):
         records=SUBSET,
         cache_name="derm7pt-ci30",
         max_epochs=2,
-        **{"train_config#progress": False, "train_config#batch_size": 12, "train_config#val_fraction": 0.25},
+        batch_size=12,
+        val_fraction=0.25,
     )
     wf.initialize()
+    assert not wf.check_properties()  # MONAI's train properties: every required id exists (None or [] missing)
     wf.run()
     wf.finalize()
     return root
@@ -54,10 +56,11 @@ def trained_fold(tmp_path_factory, shared_data):
 
 def test_train_workflow_writes_checkpoint(trained_fold):
     from monai_cir.networks import load_model
+    from monai_cir.networks.checkpoint import read_checkpoint
 
     ckpt = trained_fold / "models" / "model_fold0.pt"
     assert ckpt.is_file()
-    payload = torch.load(ckpt, map_location="cpu", weights_only=False)
+    payload = read_checkpoint(ckpt)
     assert payload["format"] == "monai-cir-head/1" and payload["extra"]["fold"] == 0
     assert len(payload["encoder_fingerprint"]) == 64
     net = load_model(ckpt)
@@ -72,6 +75,17 @@ def test_evaluate_workflow(trained_fold):
     wf.finalize()
     metrics = json.loads((trained_fold / "eval" / "metrics_fold0.json").read_text())
     assert set(metrics) >= {"acc@1", "acc@2", "acc@4", "map"} and 0 <= metrics["map"] <= 100
+
+
+def test_evaluate_refuses_a_missing_fold_checkpoint(trained_fold):
+    """No model_fold1.pt: the workflow fails and says so (it never scores the untrained default)."""
+    wf = _workflow(["evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=1, records=SUBSET, cache_name="derm7pt-ci30")
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error of the expression that raised it
+        wf.run()
+    cause = failure.value.__cause__
+    assert isinstance(cause, FileNotFoundError) and "model_fold1.pt" in str(cause), cause
+    assert not (trained_fold / "eval" / "metrics_fold1.json").exists()
 
 
 def test_inference_workflow(trained_fold):
@@ -112,3 +126,64 @@ def test_verify_net_in_out(trained_fold):
         bundle_root=str(trained_fold),
         checkpoint=str(trained_fold / "models" / "model_fold0.pt"),
     )
+
+
+FINETUNE = dict(
+    fold=-1, records="$monai_cir.engine.bundle.subset_records('derm7pt', 12)", image_size=64, max_epochs=1, batch_size=4,
+    **{"train#trainer#epoch_length": 2},
+)
+
+
+def test_finetune_overlay_saves_the_whole_network(tmp_path, shared_data):
+    """train.yaml + finetune.yaml: two end-to-end steps on 12 real images at 64 px; the checkpoint holds the
+    fine-tuned encoders and load_model rebuilds exactly that network."""
+    from monai_cir.networks import encoder_fingerprint, load_model
+    from monai_cir.networks.checkpoint import read_checkpoint
+    from monai_cir.networks.image_encoder import load_offline_efficientnet_lite
+
+    wf = _workflow(["train.yaml", "finetune.yaml"], bundle_root=str(tmp_path), **FINETUNE)
+    wf.initialize()
+    assert not wf.check_properties()
+    wf.run()
+    trained = wf.parser.get_parsed_content("network_def")
+    wf.finalize()
+    ckpt = tmp_path / "models" / "model.pt"  # fold -1: every case of the subset trains
+    assert read_checkpoint(ckpt)["format"] == "monai-cir-net/1"
+    loaded = load_model(ckpt)
+    assert encoder_fingerprint(loaded) == encoder_fingerprint(trained)
+    pretrained = load_offline_efficientnet_lite("tf_efficientnet_lite2")  # the packaged ImageNet weights
+    assert not torch.equal(loaded.image_encoder.backbone.state_dict()["conv_stem.weight"], pretrained["conv_stem.weight"])
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_target(images), trained.eval().encode_target(images), atol=1e-5)
+
+
+def test_multi_gpu_overlay_runs_one_gloo_process(tmp_path, shared_data, monkeypatch):
+    """train + finetune + multi_gpu_train.yaml as torchrun would start rank 0 of 1 (gloo, CPU): the network is
+    DistributedDataParallel over trainable encoders, the sampler a DistributedSampler, rank 0 saves."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)
+    wf = _workflow(
+        ["train.yaml", "finetune.yaml", "multi_gpu_train.yaml"], bundle_root=str(tmp_path), device="$torch.device('cpu')",
+        dist_backend="gloo", **{"network#device_ids": None}, **FINETUNE,
+    )
+    wf.initialize()
+    wf.run()
+    network = wf.parser.get_parsed_content("network")
+    sampler = wf.parser.get_parsed_content("train#sampler")
+    wf.finalize()
+    assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
+    assert isinstance(sampler, torch.utils.data.DistributedSampler)
+    encoders = list(network.module.net.encoder_parameters())
+    assert encoders and all(p.requires_grad for p in encoders) and all(p.grad is not None for p in network.module.net.image_encoder.parameters())
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

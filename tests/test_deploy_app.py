@@ -337,7 +337,7 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
         assert evidence["label"].lower().startswith("decision support")
         assert sum(evidence["distribution"].values()) == pytest.approx(1.0, abs=1e-6)
         assert report.evidence_summary is not None
-        assert report.evidence_summary.prediction == evidence["predicted"]
+        assert report.evidence_summary.predicted == evidence["predicted"]
         # every match is explained (library images are reachable here): SR text and one PDF page each
         assert all(m.explanation and "local cosine" in m.explanation for m in report.matches)
         pdf = (app_run["out"] / answers[name]["outputs"]["pdf"]).read_bytes()

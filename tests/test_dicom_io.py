@@ -34,7 +34,7 @@ from monai_cir.dicom.dicomize import (
 )
 from monai_cir.dicom.reader import DermoscopyQuery, InputProblem, read_dicom_folder
 from monai_cir.dicom.report_pdf import similar_cases_pdf
-from monai_cir.dicom.sr import EvidenceSummary, read_similar_cases_sr, similar_cases_sr
+from monai_cir.dicom.sr import read_similar_cases_sr, similar_cases_sr, similarity_percent
 
 N_ISIC = 3
 
@@ -49,8 +49,18 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     return [l for l in lines if l.startswith("Error")], [l for l in lines if l.startswith("Warning")]
 
 
-# Warnings expected from the 2022 dicom3tools (reported in docs/dicom.md):
-EXPECTED_WARNINGS = ("Unrecognized defined term <DMS>", "<99MONAICIR>", "attribute <Laterality>")
+# Warnings expected from the 2022 dicom3tools (reported in docs/dicom.md): it predates Modality DMS
+# and Device UID in the Contributing Equipment Sequence, and checks Coding Scheme Designators
+# against a fixed list (a private scheme warns even when the Coding Scheme Identification Sequence
+# declares it: the tests below check that it is declared, and that it is the only one).
+EXPECTED_WARNINGS = (
+    "Unrecognized defined term <DMS>",
+    f"Unrecognized defined term <{C.PRIVATE_SCHEME}> for value 1 of attribute <Coding Scheme Designator>",
+    f"Unrecognized defined term <{C.PRIVATE_SCHEME_UID}> for value 1 of attribute <Coding Scheme UID>",
+    "attribute <Laterality>",
+    "(0x0018,0x1002) UI Device UID",
+    "this is a Standard Extended SOP Class",
+)
 
 
 def assert_valid(path: Path) -> None:
@@ -104,6 +114,7 @@ def test_dicomize_files_pass_dciodvfy(dicomized):
     for case in dicomized.done:
         assert_valid(case.image_file)
         assert_valid(case.sr_file)
+        assert coding_scheme_warnings(case.image_file) == []  # the images use standard codes only
     transfer = [c.transfer_syntax for c in dicomized.done]
     assert transfer[:N_ISIC] == [JPEGBaseline8Bit] * N_ISIC  # ISIC JPEGs carried as they are
     assert transfer[-1] == ExplicitVRLittleEndian  # PNG -> uncompressed
@@ -132,6 +143,7 @@ def test_read_dicomized_collection(dicomized):
         assert query.diagnosis == record.diagnosis
         assert record.diagnosis not in query.text  # the label never leaks into the query text
         assert query.collection == record.collection
+        assert query.confirmation == getattr(record, "confirmation", "unknown")
         source = np.asarray(Image.open(record.image_path).convert("RGB"))
         assert query.image.shape == source.shape
         # same JPEG stream, possibly another decoder: within a grey level or two
@@ -324,47 +336,92 @@ def test_query_validates_at_construction():
 # ------------------------------------------------------------------------------------------------
 # similar-cases SR and PDF
 # ------------------------------------------------------------------------------------------------
+CONFIRMATION_CYCLE = ("histopathology", "unknown", "follow-up", "expert consensus")
+
+
 def _hits(queries):
     hits = []
     for rank, lib in enumerate(queries, 1):
         meta = NS(diagnosis=lib.diagnosis, study_uid=lib.study_uid, series_uid=lib.series_uid, sop_instance_uid=lib.sop_instance_uid,
-                  sop_class_uid=lib.sop_class_uid, collection=lib.collection, site=lib.site)
-        hits.append(NS(rank=rank, case_id=lib.case_id, score=round(0.95 - 0.1234567 * rank, 7), metadata=meta))
+                  sop_class_uid=lib.sop_class_uid, collection=lib.collection, site=lib.site,
+                  confirmation=CONFIRMATION_CYCLE[(rank - 1) % len(CONFIRMATION_CYCLE)])
+        hits.append(NS(rank=rank, case_id=lib.case_id, score=round(2.95 - 0.1234567 * rank, 7), metadata=meta))
     return hits
 
 
-def test_similar_cases_sr_round_trip_and_validators(dicomized, tmp_path):
+def _no_uid_hit(rank: int, **meta) -> NS:
+    fields = dict(diagnosis="melanoma", study_uid=None, series_uid=None, sop_instance_uid=None, sop_class_uid=None,
+                  collection="files", site="unknown", confirmation="histopathology")
+    return NS(rank=rank, case_id=f"jpeg-only-{rank}", score=0.01, metadata=NS(**{**fields, **meta}))
+
+
+def _summary(hits):
+    from monai_cir.evidence import EvidenceCalibration, summarize_evidence
+
+    return summarize_evidence(
+        [{"diagnosis": h.metadata.diagnosis, "score": h.score} for h in hits],
+        calibration=EvidenceCalibration(temperature=0.2, smoothing=0.1, fitted=True), classes=["melanoma", "nevus", "benign keratosis"],
+    )
+
+
+def coding_scheme_warnings(path: Path) -> list[str]:
+    return [w for w in dciodvfy(path)[1] if "Coding Scheme" in w]
+
+
+def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized, tmp_path):
+    import highdicom as hd
+
     scan = read_dicom_folder(dicomized.out)
     query, library = scan.queries[0], scan.queries[1:]
-    hits = _hits(library)
-    hits.append(NS(rank=len(hits) + 1, case_id="jpeg-only", score=0.01, metadata=NS(diagnosis="melanoma", study_uid=None, series_uid=None,
-                   sop_instance_uid=None, sop_class_uid=None, collection="files", site="unknown")))
-    summary = EvidenceSummary({"nevus": 0.7, "melanoma": 0.3}, "nevus", 0.66, k=len(hits))
+    hits = _hits(library) + [_no_uid_hit(len(library) + 1)]
+    summary = _summary(hits)
     sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network, 'brown'"})
     path = tmp_path / "similar.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert_valid(path)
-    dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
-    assert dump.returncode == 0 and "Similar cases retrieval report" in dump.stdout and "Retrieval rank" in dump.stdout
+    # the only coding scheme dciodvfy does not know is our own, declared with its UID
+    assert all(f"<{C.PRIVATE_SCHEME}>" in w or f"<{C.PRIVATE_SCHEME_UID}>" in w for w in coding_scheme_warnings(path))
+    dump = subprocess.run(["dsrdump", "+Pt", str(path)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "TID 1500" in dump.stdout and "TID 1501" in dump.stdout and "Similarity score" in dump.stdout
 
-    # patient / study of the query; the library studies as Pertinent Other Evidence
     ds = pydicom.dcmread(path)
     assert ds.PatientID == query.patient_id and ds.StudyInstanceUID == query.study_uid
+    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500" and ds.VerificationFlag == "UNVERIFIED"
+    assert ds.SOPInstanceUID.startswith(C.UID_ROOT) and ds.SeriesInstanceUID.startswith(C.UID_ROOT)
     other = {s.StudyInstanceUID for s in ds.PertinentOtherEvidenceSequence}
     assert other == {h.metadata.study_uid for h in hits if h.metadata.study_uid}
-    assert any(i.CodingSchemeDesignator == C.PRIVATE_SCHEME for i in ds.CodingSchemeIdentificationSequence)
+    scheme = next(i for i in ds.CodingSchemeIdentificationSequence if i.CodingSchemeDesignator == C.PRIVATE_SCHEME)
+    assert scheme.CodingSchemeUID == C.PRIVATE_SCHEME_UID and scheme.CodingSchemeUID.startswith(C.UID_ROOT)
+    # IHE AI Results: the algorithm as Contributing Equipment
+    ours = [e for e in ds.ContributingEquipmentSequence if e.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"]
+    assert len(ours) == 1 and ours[0].DeviceUID == C.DEVICE_UID and ours[0].ManufacturerModelName == C.MODEL_NAME
+    purpose = ours[0].PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning) == ("Newcode1", "99IHE", "Processing Algorithm")
+    assert ours[0].SoftwareVersions == C.software_version()
+
+    # highdicom's own TID 1500 classes see one measurement group per case (+ one per evidence diagnosis)
+    document = hd.sr.srread(path)
+    assert isinstance(document.content, hd.sr.MeasurementReport)
+    groups = document.content.get_image_measurement_groups()
+    assert len(groups) == len(hits) + len(summary.distribution)
+    nevus = groups[[h.metadata.diagnosis for h in hits].index("nevus")].get_qualitative_evaluations(name=C.DIAGNOSIS)[0].value
+    assert (nevus.value, nevus.scheme_designator) == ("400096001", "SCT")
 
     report = read_similar_cases_sr(path)
+    assert report.template == "1500" and report.score_range == (-3.0, 3.0)
     assert report.query_sop_instance_uid == query.sop_instance_uid and report.query_text == query.text
     assert [m.rank for m in report.matches] == [h.rank for h in hits]
     for match, hit in zip(report.matches, hits):
         assert match.score == pytest.approx(hit.score, abs=1e-9)
         assert match.diagnosis == hit.metadata.diagnosis and match.case_id == hit.case_id
+        assert match.confirmation == hit.metadata.confirmation and match.collection == hit.metadata.collection
         assert match.sop_instance_uid == hit.metadata.sop_instance_uid
         assert match.study_uid == hit.metadata.study_uid and match.series_uid == hit.metadata.series_uid
-    assert report.matches[0].explanation.startswith("pigment network")
-    assert report.evidence_summary.distribution == pytest.approx(summary.distribution)
-    assert report.evidence_summary.prediction == "nevus" and report.evidence_summary.k == len(hits)
+    assert report.matches[0].explanation.startswith("pigment network") and report.matches[1].explanation is None
+    back = report.evidence_summary
+    assert back.predicted == summary.predicted and back.k == summary.k == len(hits) and back.counts == summary.counts
+    assert back.calibrated is True and back.method == summary.method
+    assert back.distribution == pytest.approx(summary.distribution, abs=1e-9) and back.confidence == pytest.approx(summary.confidence, abs=1e-9)
     # the reader ignores our own answers when they sit beside the input
     shutil.copy(path, dicomized.out / "answer.dcm")
     try:
@@ -374,30 +431,178 @@ def test_similar_cases_sr_round_trip_and_validators(dicomized, tmp_path):
         (dicomized.out / "answer.dcm").unlink()
 
 
-def test_similar_cases_sr_rejects_bad_hits(dicomized):
+def test_similar_cases_sr_without_hits_is_still_a_valid_tid1500(dicomized, tmp_path):
     query = read_dicom_folder(dicomized.out).queries[0]
-    meta = NS(diagnosis="nevus", study_uid=None, series_uid=None, sop_instance_uid=None, sop_class_uid=None, collection="", site="")
+    path = tmp_path / "empty.dcm"
+    similar_cases_sr(query, []).save_as(path, enforce_file_format=True)
+    assert_valid(path)
+    report = read_similar_cases_sr(path)
+    assert report.matches == [] and "no similar case was found" in report.notices and report.evidence_summary is None
+
+
+def test_similar_cases_sr_rejects_bad_hits(dicomized):
+    from monai_cir.evidence import EvidenceSummary
+
+    query = read_dicom_folder(dicomized.out).queries[0]
+    meta = NS(diagnosis="nevus", study_uid=None, series_uid=None, sop_instance_uid=None, sop_class_uid=None, collection="", site="", confirmation="unknown")
     with pytest.raises(ValueError, match="rank"):
         similar_cases_sr(query, [NS(rank=0, case_id="a", score=0.5, metadata=meta)])
     with pytest.raises(ValueError, match="score"):
         similar_cases_sr(query, [NS(rank=1, case_id="a", score=float("nan"), metadata=meta)])
+    with pytest.raises(ValueError, match="confirmation"):
+        similar_cases_sr(query, [NS(rank=1, case_id="a", score=0.5, metadata=NS(**{**vars(meta), "confirmation": "biopsy?"}))])
     with pytest.raises(ValueError, match="confidence"):
-        EvidenceSummary({"nevus": 1.0}, "nevus", 1.5, 3)
+        EvidenceSummary(3, {"nevus": 1.0}, "nevus", 1.5)
+    with pytest.raises(ValueError, match="unknown evidence summary fields"):
+        EvidenceSummary.coerce({"distribution": {"nevus": 1.0}, "prediction": "nevus", "confidence": 0.9, "k": 3})
 
 
-def test_pdf_report(dicomized, tmp_path):
+def pdf_text(pdf: bytes) -> list[str]:
+    """The text of each page of a reportlab PDF (page streams: ASCII85, then Flate)."""
+    import base64
+    import re
+    import zlib
+
+    pages = []
+    for stream in re.findall(rb"stream\r?\n(.*?)endstream", pdf, re.S):
+        data = stream.strip()
+        try:
+            content = zlib.decompress(base64.a85decode(data.removesuffix(b"~>"), adobe=False) if data.endswith(b"~>") else data)
+        except (zlib.error, ValueError):
+            continue  # an image (DCT) stream
+        if b" Tj" in content:
+            pages.append(" ".join(m.decode("latin-1") for m in re.findall(rb"\((.*?)\) Tj", content)).replace("\\(", "(").replace("\\)", ")"))
+    return pages
+
+
+def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path):
+    from monai_cir.dicom.report_pdf import CONFIRMATION_WORDS
+    from monai_cir.explain import Explanation, TokenWeight
+
     scan = read_dicom_folder(dicomized.out)
     query, library = scan.queries[0], scan.queries[1:]
     images = {q.case_id: q.image for q in library}
-    hits = _hits(library)
-    hits.append(NS(rank=len(hits) + 1, case_id="missing", score=0.0, metadata=NS(diagnosis="melanoma", study_uid=None, series_uid=None,
-                   sop_instance_uid=None, sop_class_uid=None, collection="", site="")))
-    ds = similar_cases_pdf(query, hits, image_loader=lambda hit: images.get(hit.case_id),
-                           evidence_summary={"distribution": {"nevus": 1.0}, "prediction": "nevus", "confidence": 0.9, "k": 3},
-                           explanations={1: synthetic_image()})
+    hits = _hits(library) + [_no_uid_hit(len(library) + 1, confirmation="expert consensus", diagnosis="nevus")]
+    assert {h.metadata.confirmation for h in hits} == set(CONFIRMATION_WORDS)  # every status is shown once at least
+    summary = _summary(hits)
+    heat = np.zeros(query.image.shape[:2])
+    heat[10:20, 10:20] = 1.0
+    explanation = Explanation(
+        score=2.472, local_score=1.2, global_score=1.1, beta=0.6, text=query.text, levels=[NS(level="H", gate=0.3)], tokens=[TokenWeight("brown", 0.6)],
+        query_heatmap=heat, target_heatmap=heat, query_image=query.image / 255.0, target_image=query.image / 255.0,
+    )
+    ds = similar_cases_pdf(query, hits, image_loader=lambda hit: images.get(hit.case_id), evidence_summary=summary,
+                           explanations={1: explanation})
     path = tmp_path / "report.dcm"
     ds.save_as(path, enforce_file_format=True)
     assert_valid(path)
+    assert coding_scheme_warnings(path) == []
     back = pydicom.dcmread(path)
-    assert back.EncapsulatedDocument[: back.EncapsulatedDocumentLength].startswith(b"%PDF")
-    assert back.StudyInstanceUID == query.study_uid and back.PatientID == query.patient_id and back.Modality == "DOC"
+    pdf = back.EncapsulatedDocument[: back.EncapsulatedDocumentLength]
+    assert pdf.startswith(b"%PDF") and back.StudyInstanceUID == query.study_uid and back.PatientID == query.patient_id
+    assert back.Modality == "DOC" and back.SOPInstanceUID.startswith(C.UID_ROOT)
+    first, *explained = pdf_text(pdf)
+    assert len(explained) == 1 and "Why case 1 looks similar" in explained[0]
+    assert "Similar cases from the case library" in first and "DECISION SUPPORT, NOT A DIAGNOSIS" in first
+    assert C.software_version() in first and "Report of 20" in first
+    assert query.text.split()[0] in first and "Evidence summary" in first and f"{summary.predicted}" in first
+    biopsied = sum(h.metadata.confirmation == "histopathology" for h in hits)
+    assert f"{len(hits)} most similar cases ({biopsied} of them biopsy-confirmed)" in first
+    # "biopsy-confirmed" is said of the histopathology cases only (and once in the heading)
+    assert first.count("biopsy-confirmed") == biopsied + 1
+    for hit in hits:
+        assert f"{similarity_percent(hit.score):.0f}%" in first
+    for status, words in CONFIRMATION_WORDS.items():
+        assert first.count(words) == sum(h.metadata.confirmation == status for h in hits), status
+    for page in (first, *explained):
+        assert "gate" not in page and "S=" not in page and "2.472" not in page and "cosine" not in page
+    assert "brown" in explained[0]
+    # the patient's sex and age when the study has them
+    study = copy.deepcopy(query.dataset)
+    study.PatientSex, study.PatientAge = "F", "063Y"
+    from monai_cir.dicom.report_pdf import render_report_pdf
+
+    page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study))[0]
+    assert "sex female, age 63 years" in page
+
+
+# ------------------------------------------------------------------------------------------------
+# confirmation status: collections, dicomize -> reader -> index
+# ------------------------------------------------------------------------------------------------
+def test_confirmation_of_the_real_collections(shared_data):
+    from monai_cir.data.collections import load_derm7pt, load_isic_uda1
+
+    isic = load_isic_uda1(shared_data, check_images=False)
+    by = {(r.diagnosis, r.confirmation) for r in isic}
+    # ISIC UDA-1: every melanoma is histopathology-confirmed; no nevus has a confirmation type
+    assert by == {("melanoma", "histopathology"), ("nevus", "unknown")}
+    assert sum(r.confirmation == "histopathology" for r in isic) == 159
+    derm = load_derm7pt(shared_data, check_images=False)
+    management = {r.metadata["management"]: r.confirmation for r in derm}
+    assert management == {"excision": "histopathology", "clinical follow up": "follow-up", "no further examination": "expert consensus"}
+    counts = {c: sum(r.confirmation == c for r in derm) for c in ("histopathology", "follow-up", "expert consensus")}
+    assert counts == {"histopathology": 544, "follow-up": 284, "expert consensus": 60}  # docs/dicom.md quotes these
+    assert all(r.confirmation == "histopathology" for r in derm if r.diagnosis == "melanoma")
+
+
+def test_confirmation_from_a_users_csv(tmp_path):
+    from monai_cir.data.collections import load_image_csv
+
+    Image.fromarray(synthetic_image()).save(tmp_path / "a.png")
+    Image.fromarray(synthetic_image(seed=1)).save(tmp_path / "b.png")
+    csv = tmp_path / "cases.csv"
+    csv.write_text("image,diagnosis,confirmation\na.png,melanoma,Histopathology\nb.png,nevus,\n")
+    assert [r.confirmation for r in load_image_csv(tmp_path, csv)] == ["histopathology", "unknown"]
+    csv.write_text("image,diagnosis,confirmation\na.png,melanoma,probably\n")
+    with pytest.raises(ValueError, match=r"row 2 .*unknown diagnosis confirmation 'probably'"):
+        load_image_csv(tmp_path, csv)
+
+
+def test_confirmation_travels_from_dicomize_to_the_index(tmp_path, monkeypatch, capsys):
+    """dicomize writes it into the case SR, the reader returns it, `index build --dicom` stores it,
+    and `--confirmed-only` keeps only the histopathology-confirmed cases."""
+    import monai_cir.networks
+    from monai_cir.cli import main
+    from monai_cir.index import load_index
+
+    from conftest import make_tiny_net
+
+    records = []
+    for i, confirmation in enumerate(("histopathology", "follow-up", "unknown", "histopathology", "expert consensus")):
+        png = tmp_path / "src" / f"c{i}.png"
+        png.parent.mkdir(exist_ok=True)
+        Image.fromarray(synthetic_image(seed=i)).save(png)
+        records.append(NS(case_id=f"c{i}", image_path=png, diagnosis=("melanoma", "nevus")[i % 2], text="", site="trunk",
+                          collection="synthetic", metadata={}, confirmation=confirmation))
+    done, failed = dicomize_records(records, tmp_path / "dicom", progress=False)
+    assert not failed
+    for case in done:
+        assert_valid(case.sr_file)
+    scan = read_dicom_folder(tmp_path / "dicom")
+    assert {q.case_id: q.confirmation for q in scan.queries} == {r.case_id: r.confirmation for r in records}
+    assert all("histopathology" not in q.text and "follow" not in q.text for q in scan.queries)  # never part of the query text
+
+    net = make_tiny_net()
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "all")]) == 0
+    index = load_index(tmp_path / "all")
+    assert {c: index.get(c).confirmation for c in index.case_ids()} == {r.case_id: r.confirmation for r in records}
+    assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "biopsied"), "--confirmed-only"]) == 0
+    assert sorted(load_index(tmp_path / "biopsied").case_ids()) == ["c0", "c3"]
+    capsys.readouterr()
+
+
+def test_results_json_record_says_how_each_case_was_confirmed(tmp_path):
+    from deploy_app.operators.common import QueryResult
+    from deploy_app.operators.results_writer import result_record
+    from monai_cir.evidence import summarize_evidence
+    from monai_cir.index import CaseMetadata, SearchHit
+
+    hits = [
+        SearchHit(1, "a", 2.0, CaseMetadata("a", "melanoma", "isic-uda1", confirmation="histopathology")),
+        SearchHit(2, "b", 1.5, CaseMetadata("b", "nevus", "isic-uda1")),
+    ]
+    query = NS(patient_id="p", patient_name="", study_uid="1.2", series_uid="1.3", sop_instance_uid="1.4", text="", site="trunk", dataset=None)
+    record = result_record(QueryResult("q", query, hits=hits, evidence=summarize_evidence(hits)), tmp_path)
+    assert [(h["case_id"], h["confirmation"]) for h in record["top_k"]] == [("a", "histopathology"), ("b", "unknown")]
+    assert record["evidence"]["predicted"] == "melanoma" and record["evidence"]["k"] == 2

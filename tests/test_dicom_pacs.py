@@ -72,3 +72,111 @@ def test_store_and_read_back_over_dicomweb(orthanc_server, shared_data, tmp_path
 
     report = read_similar_cases_sr(_retrieve(client, answer))
     assert [(m.rank, m.sop_instance_uid) for m in report.matches] == [(h.rank, h.metadata.sop_instance_uid) for h in hits]
+
+
+# ---------------------------------------------------------------------------------------------
+# The hospital loop: Orthanc routes stable dermoscopy studies (Lua OnStableStudy) to the service,
+# which answers them with the app's operators and C-STOREs the SR and PDF back into the study.
+# ---------------------------------------------------------------------------------------------
+def _referenced_uids(items) -> list[str]:
+    uids = []
+    for item in items:
+        for ref in item.get("ReferencedSOPSequence", []):
+            uids.append(str(ref.ReferencedSOPInstanceUID))
+        uids.extend(_referenced_uids(item.get("ContentSequence", [])))
+    return uids
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory, shared_data):
+    """Orthanc (with the routing script) holding 8 library cases, MODELS indexed from it over
+    DICOMweb, the service (real offline model, warm), and three query studies (one corrupt)."""
+    from pydicom.encaps import encapsulate
+
+    from deploy_app.settings import AppSettings
+    from monai_cir.data.collections import load_collection
+    from monai_cir.dicom.dicomize import dicomize_record
+
+    try:
+        from tests.hospital import HospitalLoop, as_query_study
+        from tests.orthanc import orthanc_available
+    except ImportError:
+        from hospital import HospitalLoop, as_query_study  # type: ignore[no-redef]
+        from orthanc import orthanc_available  # type: ignore[no-redef]
+
+    if not orthanc_available():
+        pytest.fail("Orthanc and orthanc-dicomweb are not installed: run scripts/install_system_tools.sh")
+    root = tmp_path_factory.mktemp("hospital")
+    records = load_collection("isic-uda1", root=shared_data)
+    with HospitalLoop(root, records[:8], stable_age=1, quiet_s=0.5, app_settings=AppSettings(top_k=3, explain=False)) as loop:
+        queries = {}
+        for name, record in (("first", records[8]), ("second", records[9]), ("corrupt", records[10])):
+            case = dicomize_record(record, root / "made" / name, include_diagnosis=False)
+            queries[name] = as_query_study(case, root / "queries" / name)
+        bad = pydicom.dcmread(queries["corrupt"][0])
+        bad.PixelData = encapsulate([b"\xff\xd8\xff\xdb" + bytes(range(256)) * 4 + b"\xff\xd9"])
+        bad.save_as(queries["corrupt"][0], enforce_file_format=True)
+        yield loop, queries
+
+
+def test_storescu_into_orthanc_comes_back_with_similar_cases(hospital):
+    import json
+    import time
+    import urllib.request
+
+    from dicomweb_client.api import DICOMwebClient
+
+    loop, queries = hospital
+    server, service = loop.server, loop.service
+    client = DICOMwebClient(server.dicomweb_url)
+    study = {name: str(pydicom.dcmread(files[0]).StudyInstanceUID) for name, files in queries.items()}
+    sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for files in queries.values() for f in files}
+    # the first study, then a corrupt one and a second while the first is being answered
+    server.storescu(queries["first"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (service.status(study["first"]) or {}).get("state") not in ("processing", "returned"):
+        time.sleep(0.05)
+    server.storescu(queries["corrupt"])
+    server.storescu(queries["second"])
+
+    answers = {}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(answers) < 2:
+        for name in ("first", "second"):
+            found = loop.answers(client, study[name], sent)
+            if set(found) >= {"1.2.840.10008.5.1.4.1.1.104.1"} and len(found) == 2:  # the SR and the Encapsulated PDF, by QIDO-RS, in the query's study
+                answers[name] = found
+        time.sleep(0.2)
+    assert set(answers) == {"first", "second"}, f"statuses: {service.statuses()}\nOrthanc log:\n{server.log_tail()}"
+
+    library_uids = loop.library_uids()
+    for name, found in answers.items():
+        sr_meta = next(ds for uid, ds in found.items() if uid != "1.2.840.10008.5.1.4.1.1.104.1")
+        sr = _retrieve(client, sr_meta)
+        references = [uid for uid in _referenced_uids(sr.ContentSequence) if uid in library_uids]
+        assert len(references) == 3, (name, _referenced_uids(sr.ContentSequence))
+        for uid in references:  # each reference resolves to the library instance in the PACS
+            hit = client.search_for_instances(search_filters={"SOPInstanceUID": uid})
+            assert len(hit) == 1
+            instance = _retrieve(client, pydicom.Dataset.from_json(hit[0]))
+            assert str(instance.SOPInstanceUID) == uid and str(instance.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.77.1.7"
+    # the index built from the PACS over DICOMweb keeps, per case, the UIDs and the WADO-RS URL
+    from monai_cir.index import load_index
+
+    index = load_index(loop.models / "index")
+    case = index.get(index.case_ids()[0])
+    assert case.collection == "isic-uda1" and case.sop_instance_uid in library_uids
+    assert case.retrieve_url == f"{server.dicomweb_url}/studies/{case.study_uid}/series/{case.series_uid}/instances/{case.sop_instance_uid}"
+    assert _retrieve(client, pydicom.Dataset.from_json(client.search_for_instances(search_filters={"SOPInstanceUID": case.sop_instance_uid})[0])).SOPInstanceUID == case.sop_instance_uid
+    corrupt = service.status(study["corrupt"])
+    assert corrupt is not None and corrupt["state"] == "failed" and corrupt["error"], service.statuses()
+    assert loop.answers(client, study["corrupt"], sent) == {}
+    # answered once: the answer stored into the study does not send the study round again
+    # (Orthanc's StableAge 1 s + the service's quiet time 0.5 s + an answer take well under 8 s)
+    time.sleep(8)
+    assert sorted(loop.answered) == sorted(study.values()), service.statuses()
+
+    with urllib.request.urlopen(f"{server.http_url}/jobs?expand", timeout=10) as response:
+        forwards = [job for job in json.load(response) if job.get("Type") == "DicomModalityStore"]
+    assert len(forwards) == 3, [job.get("Content") for job in forwards]  # the three query studies, once each (not the library)
+    assert len(loop.answers(client, study["first"], sent)) == 2

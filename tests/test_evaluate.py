@@ -16,7 +16,9 @@ from monai_cir.evaluation import (
     FoldContext,
     available_methods,
     evaluate,
+    merge_results,
     register_method,
+    unregister_method,
 )
 
 
@@ -92,19 +94,20 @@ def test_fold_context_is_disjoint(tiny_caches):
     try:
         results = evaluate(["_probe"], image_size=64, folds=(0, 4), cache=tiny_caches["derm7pt"], progress=False)
     finally:
-        evaluation._REGISTRY.pop("_probe")
+        unregister_method("_probe")
     assert seen == [0, 4]
     assert results["methods"]["_probe"]["acc@1"]["std"] is not None
 
 
-def test_registry_replacement_and_plugins():
-    assert set(UNTRAINED_METHODS) | {"image_only", "text_only", "composed"} <= set(available_methods())
-    before = evaluation._REGISTRY["composed"]
-    try:
-        register_method("composed", label="composed (trained)")(lambda ctx: None)
-        assert available_methods()["composed"].label == "composed (trained)"
-    finally:
-        evaluation._REGISTRY["composed"] = before
+def test_registry_each_name_once():
+    methods = available_methods()
+    assert set(UNTRAINED_METHODS) | {"image_only", "text_only", "composed", "late_fusion"} <= set(methods)
+    # the trained methods are the engine's, the stand-ins keep their own names
+    assert methods["composed"].trained and methods["composed"].fn.__module__ == "monai_cir.engine.cv_methods"
+    assert not methods["composed_untrained"].trained
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("composed", label="another composed")(lambda ctx: None)
+    assert available_methods()["composed"] is methods["composed"]  # the refused registration replaced nothing
 
 
 def test_cli_writes_json_and_table(tiny_caches, tmp_path, monkeypatch):
@@ -126,6 +129,95 @@ def test_cli_writes_json_and_table(tiny_caches, tmp_path, monkeypatch):
     assert list((tmp_path / "fig").glob("*.png"))
 
 
+def test_cli_folds_merge_into_one_file(tiny_caches, tmp_path, monkeypatch):
+    """``--folds 0`` then ``--folds 1,2`` fill one results file with the numbers of one ``--folds 0,1,2`` run."""
+    from monai_cir.cli import main
+    from monai_cir.data import feature_cache
+
+    monkeypatch.setattr(feature_cache, "build_feature_cache", lambda collection, *a, **k: tiny_caches[collection])
+    common = ["evaluate", "--methods", "imagenet_cosine", "frozen_multilevel_cosine", "--image-size", "64"]
+    parts, whole = tmp_path / "parts.json", tmp_path / "whole.json"
+    assert main(common + ["--folds", "0", "--out", str(parts)]) == 0
+    assert main(common + ["--folds", "1,2", "--out", str(parts)]) == 0
+    assert main(common + ["--folds", "0,1,2", "--out", str(whole)]) == 0
+    merged, single = json.loads(parts.read_text()), json.loads(whole.read_text())
+    assert merged["config"]["folds"] == [0, 1, 2]
+    for name in ("imagenet_cosine", "frozen_multilevel_cosine"):
+        assert merged["methods"][name]["held_out_folds"] == [0, 1, 2]
+        assert [r["folds"] for r in merged["methods"][name]["runs"]] == [[0], [1, 2]]
+        for key in METRIC_KEYS:
+            assert merged["methods"][name][key]["folds"] == single["methods"][name][key]["folds"]
+            assert merged["methods"][name][key]["mean"] == pytest.approx(single["methods"][name][key]["mean"], abs=0.01)
+            assert merged["methods"][name][key]["std"] == pytest.approx(single["methods"][name][key]["std"], abs=0.01)
+    # another protocol setting is refused, and the file is left as it was
+    before = parts.read_text()
+    assert main(common + ["--folds", "3", "--seed", "7", "--out", str(parts)]) == 2  # "cannot merge: ... seed"
+    assert parts.read_text() == before
+
+
+def test_merge_replaces_a_fold_run_again():
+    def run(folds, values):
+        entry = {"label": "m", "held_out_folds": folds, "runs": [{"folds": folds}],
+                 **{k: {"folds": values, "mean": float(np.mean(values)), "std": None} for k in METRIC_KEYS}}
+        return {"config": {"folds": folds}, "methods": {"m": entry}, "cross_site": {}}
+
+    merged = merge_results(run([0, 1], [10.0, 20.0]), run([1], [40.0]))
+    assert merged["methods"]["m"]["acc@1"]["folds"] == [10.0, 40.0]
+    assert merged["methods"]["m"]["acc@1"]["mean"] == 25.0
+
+
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown method"):
         evaluation.get_method("nope")
+
+
+def test_text_forms_reach_the_queries_only(tiny_caches, tiny_net):
+    """With ``text_forms``, each form's queries read that form's texts; training and the database keep the cache's."""
+    seen: dict[str, list[bool]] = {}
+
+    @register_method("_text_probe", trained=False)
+    def probe(ctx: FoldContext):
+        assert ctx.cache is tiny_caches["derm7pt"]  # what a method trains on never changes
+        has_text = bool(ctx.query_cache.token_mask[torch.as_tensor(ctx.query_indices)].any())
+        seen.setdefault("calls", []).append(has_text)
+        # rank by "has text": a query without text scores 0 everywhere, so its ranking is the database order
+        s = torch.full((len(ctx.query_indices), len(ctx.database_indices)), float(has_text))
+        return s * torch.as_tensor(ctx.database_labels == 0, dtype=torch.float32)
+
+    try:
+        results = evaluate(["_text_probe", "imagenet_cosine"], image_size=64, folds=(0,), cache=tiny_caches["derm7pt"],
+                           progress=False, text_forms=["template", "empty"])
+    finally:
+        unregister_method("_text_probe")
+    assert seen["calls"] == [True, True, False]  # the main run, the template form, the empty form
+    forms = results["text_forms"]["derm7pt"]
+    assert set(forms) == {"template", "empty"}
+    assert forms["template"]["_text_probe"] == {k: results["methods"]["_text_probe"][k] for k in METRIC_KEYS}
+    assert forms["empty"]["_text_probe"]["map"] != forms["template"]["_text_probe"]["map"]
+    assert forms["empty"]["imagenet_cosine"] == forms["template"]["imagenet_cosine"]  # the text is ignored
+
+
+def test_text_augmentation_changes_only_training_queries(tiny_net):
+    from monai_cir.engine import CachedComposedModel, new_head_net
+
+    from conftest import activate_head
+
+    net = activate_head(new_head_net(tiny_net, seed=0))
+    model = CachedComposedModel(net, "composed")
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(6, c, 2, 2, generator=g) for c in tiny_net.image_encoder.channels]
+    tokens, mask = torch.randn(6, 5, tiny_net.text_encoder.dim, generator=g), torch.ones(6, 5, dtype=torch.bool)
+    batch = {"query_maps": maps, "target_maps": maps, "tokens": tokens, "token_mask": mask, "label": torch.zeros(6), "index": torch.arange(6)}
+    net.eval()
+    image_query = net.embed_maps(maps)
+    model.set_text_augmentation(dropout=0.5, seed=1)
+    model.train()
+    net.eval()  # the wrapper trains (augmentation on); the layers stay deterministic for the comparison
+    q, _ = model(batch)
+    dropped = torch.isclose(q, image_query, atol=1e-5).all(dim=1)
+    assert 0 < int(dropped.sum()) < 6  # some training queries lost their text, not all
+    model.eval()
+    q_eval, _ = model(batch)
+    assert not torch.isclose(q_eval, image_query, atol=1e-5).all(dim=1).any()  # evaluation: never dropped
+    with pytest.raises(ValueError, match="dropout"):
+        model.set_text_augmentation(dropout=1.0)

@@ -137,14 +137,14 @@ def test_site_from_dicom():
 
 
 def test_same_site_filter_in_a_faiss_index_returns_only_that_site():
-    from monai_cir.index import CaseIndex, CaseMetadata
+    from monai_cir.index import CaseMetadata, create_index
 
     rng = np.random.default_rng(0)
     sites = ["trunk", "head and neck", "acral", "unknown"]
     n = 200
     vectors = rng.normal(size=(n, 16)).astype(np.float32)
     meta = [CaseMetadata(f"c{i}", "nevus" if i % 3 else "melanoma", "lib", site=sites[i % 4]) for i in range(n)]
-    index = CaseIndex.create(16, "fp-test")
+    index = create_index(16, "fp-test")
     index.add(vectors, meta)
     query = rng.normal(size=(3, 16)).astype(np.float32)
     for query_site in ("back", "face", "palms/soles"):
@@ -161,7 +161,7 @@ def test_same_site_filter_in_a_faiss_index_returns_only_that_site():
 def test_sr_carries_the_evidence_summary_and_reads_back(tmp_path):
     """The SR writer (issue 5) takes this module's EvidenceSummary as is; the site written into a
     dicomized image's Anatomic Region Sequence comes back through site_from_dicom."""
-    sr = pytest.importorskip("monai_cir.dicom.sr")
+    from monai_cir.dicom import sr
     from monai_cir.dicom.dicomize import case_uids, dermoscopy_image_dataset
     from monai_cir.index import CaseMetadata, SearchHit
 
@@ -174,7 +174,7 @@ def test_sr_carries_the_evidence_summary_and_reads_back(tmp_path):
     path = tmp_path / "sr.dcm"
     ds.save_as(path)
     back = sr.read_similar_cases_sr(path).evidence_summary
-    assert back is not None and back.prediction == summary.predicted == "melanoma"
+    assert back is not None and back.predicted == summary.predicted == "melanoma"
     assert back.confidence == pytest.approx(summary.confidence, abs=1e-4) and back.k == summary.k
     for name, p in summary.distribution.items():
         assert back.distribution[name] == pytest.approx(p, abs=1e-4)

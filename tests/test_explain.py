@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,11 +22,26 @@ from monai_cir.explain import (
 TEXT = "atypical pigment network, irregular streaks, blue-whitish veil; location: back"
 
 
+def fitted_net(projection: str = "residual_mlp"):
+    """A tiny active network whose input standardisation is fitted, as in ``bundle/models/model.pt``
+    (an unfitted one is the identity, and a grid that skips it would go unnoticed)."""
+    net = activate_head(make_tiny_net(num_masks=3, projection=projection))
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        tokens, mask = net.text_features([TEXT] * 6)
+        # the tiny backbone's maps are nearly centred; real frozen maps are not (composer.InputStandardizer):
+        # fit on shifted, rescaled maps so that the standardisation changes the values the grid holds
+        maps = [0.5 + 0.4 * x for x in net.image_features(images)]
+        net.fit_input_statistics(maps, tokens, mask)
+    for align in net.alignments:
+        norm = align.input_norm
+        assert norm.mean.abs().max() > 0.05 and (norm.std - 1).abs().max() > 0.05, "the fitted statistics must not be the identity"
+    return net
 
 
 @pytest.fixture(scope="module")
 def net():
-    return activate_head(make_tiny_net(num_masks=3))
+    return fitted_net()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +58,7 @@ def explanation(net, images):
 def test_masks_are_spatial_distributions_at_image_size(net, images, explanation):
     for level, masks in zip(explanation.levels, net.region_masks(images[0][None], [TEXT])):
         assert level.query_masks.shape == tuple(masks.shape[1:])
-        np.testing.assert_allclose(level.query_masks, masks[0].detach().numpy(), atol=1e-6)
+        np.testing.assert_allclose(level.query_masks, masks[0].detach().numpy(), atol=1e-5)
         for m in (level.query_masks, level.target_masks):
             assert m.shape[0] == 3 and (m >= 0).all()
             np.testing.assert_allclose(m.reshape(3, -1).sum(-1), 1.0, atol=1e-5)
@@ -59,20 +76,76 @@ def test_heatmap_upsampling_to_non_square_sizes_keeps_the_sum():
     assert abs(up.sum() - values.sum()) < 0.05 * np.abs(values).sum()
 
 
-def test_score_and_contributions_are_exact(net, images, explanation):
+def _local_term(net, query_image, text, target_image) -> float:
+    """``Σ_i s_local^i`` as the search computes it: the local blocks of ``<Q, T>`` over β (paper Eq. 9,
+    DESIGN.md section 2), independent of the explanation code."""
+    with torch.no_grad():
+        q = net.encode_query(query_image[None], [text])[0]
+        t = net.encode_target(target_image[None])[0]
+    half = sum(net.dims)
+    return float(q[:half] @ t[:half]) / net.beta
+
+
+def _projection_residuals(net, query_image, text, target_image) -> list[float]:
+    """Per level ``<g(ē_q), ê_t> / |e_q|``, the projection branch's share of the query side's local cosine."""
+    out = []
+    with torch.no_grad():
+        q_maps = net.compose(net.image_features(query_image[None]), *net.text_features([text]))
+        t_maps = net.image_features(target_image[None])
+        for align, xq, xt in zip(net.alignments, q_maps, t_maps):
+            mean_region = align.region_descriptors(xq)[0].mean(dim=1)
+            e_q = align.local_descriptor(xq)[0]
+            e_t = align.local_descriptor(xt)[0]
+            branch = align.proj_local.net(mean_region)[0] if hasattr(align.proj_local, "net") else torch.zeros_like(e_q)  # g(ē)
+            out.append(float(branch @ e_t / (e_q.norm() * e_t.norm())))
+    return out
+
+
+def test_score_is_the_networks_score(net, images, explanation):
     with torch.no_grad():
         s = float(net.similarity(images[0][None], [TEXT], images[1][None])[0, 0])
     assert explanation.score == pytest.approx(s, abs=1e-5)
-    assert explanation.score == pytest.approx(net.beta * explanation.local_score + (1 - net.beta) * explanation.global_score, abs=1e-6)
+    assert explanation.local_score == pytest.approx(_local_term(net, images[0], TEXT, images[1]), abs=1e-5)
+    assert all(lv.gate != 0.0 for lv in explanation.levels)
+
+
+def test_region_contributions_sum_to_the_scores_local_term(net, images, explanation):
+    """With a fitted input_norm: regions + the projection residual (both computed here from the
+    network's own modules) give the local term of the score the search uses."""
+    residuals = _projection_residuals(net, images[0], TEXT, images[1])
+    assert any(abs(r) > 1e-3 for r in residuals), "the residual projection must contribute for the test to mean anything"
+    for lv, residual in zip(explanation.levels, residuals):
+        assert lv.query_residual == pytest.approx(residual, abs=1e-5)
+    regions = sum(float(lv.query_regions.sum()) for lv in explanation.levels)
+    assert regions + sum(residuals) == pytest.approx(_local_term(net, images[0], TEXT, images[1]), abs=1e-5)
     for lv in explanation.levels:
-        # regions + projection residual = the level's local cosine (query and target side)
-        assert lv.query_regions.sum() + lv.query_residual == pytest.approx(lv.local_cosine, abs=1e-5)
         assert lv.target_regions.sum() + lv.target_residual == pytest.approx(lv.local_cosine, abs=1e-5)
         assert lv.query_positions.sum() == pytest.approx(lv.query_regions.sum(), abs=1e-5)
-        assert lv.gate != 0.0
     # the image-size heatmap carries beta * (sum of region contributions over levels)
-    expected = net.beta * sum(lv.query_regions.sum() for lv in explanation.levels)
-    assert explanation.query_heatmap.sum() == pytest.approx(expected, abs=1e-3)
+    assert explanation.query_heatmap.sum() == pytest.approx(net.beta * regions, abs=1e-3)
+
+
+def test_without_projection_the_regions_are_the_whole_local_term(images):
+    """``projection="none"``: nothing is left to a residual, the regions alone give the local term."""
+    plain = fitted_net(projection="none")
+    ex = explain_match(plain, images[0], TEXT, images[1])
+    for lv in ex.levels:
+        assert lv.query_residual == 0.0 and lv.target_residual == 0.0
+        assert lv.query_regions.sum() == pytest.approx(lv.local_cosine, abs=1e-5)
+        assert lv.target_regions.sum() == pytest.approx(lv.local_cosine, abs=1e-5)
+    regions = sum(float(lv.query_regions.sum()) for lv in ex.levels)
+    assert regions == pytest.approx(_local_term(plain, images[0], TEXT, images[1]), abs=1e-5)
+
+
+def test_score_parts_add_up_to_the_networks_score(net, images, explanation):
+    with torch.no_grad():
+        s = float(net.similarity(images[0][None], [TEXT], images[1][None])[0, 0])
+    parts = explanation.score_parts()
+    assert [p["level"] for p in parts] == list(net.levels)
+    for side in ("query", "target"):
+        total = sum(sum(p[f"{side}_regions"]) + p[f"{side}_projection"] + p["global"] for p in parts)
+        assert total == pytest.approx(s, abs=1e-5), side
+    assert explanation.summary()["score_parts"] == parts
 
 
 def test_words_are_merged_and_special_tokens_dropped(explanation):
@@ -127,6 +200,25 @@ def test_explanation_on_real_isic_images(offline_net, shared_data, tmp_path):
     assert {"pigment", "regression"} & {t.word for t in ex.tokens}
     path = render_explanation(ex, tmp_path / "isic.png")
     assert path.stat().st_size > 20_000
+
+
+def test_explanation_of_the_shipped_model(shared_data):
+    """``bundle/models/model.pt`` (fitted input standardisation) on two real Derm7pt cases: the
+    regions and the projection residual give the local term the search uses."""
+    from monai_cir.data import load_collection, load_image
+    from monai_cir.networks import load_model
+
+    shipped = load_model(Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt")
+    assert any(float(a.input_norm.std.sub(1).abs().max()) > 0.1 for a in shipped.alignments), "the shipped model has fitted statistics"
+    query, target = load_collection("derm7pt", shared_data)[:2]
+    q, t = load_image(query.image_path, shipped.image_size), load_image(target.image_path, shipped.image_size)
+    ex = explain_match(shipped, q, query.text, t)
+    with torch.no_grad():
+        s = float(shipped.similarity(q[None], [query.text], t[None])[0, 0])
+    assert ex.score == pytest.approx(s, abs=1e-4)
+    residuals = _projection_residuals(shipped, q, query.text, t)
+    regions = sum(float(lv.query_regions.sum()) for lv in ex.levels)
+    assert regions + sum(residuals) == pytest.approx(_local_term(shipped, q, query.text, t), abs=1e-4)
 
 
 def ex_tensor(path):

@@ -10,12 +10,13 @@ import pytest
 
 from monai_cir.index import (
     MANIFEST_NAME,
-    CaseIndex,
     CaseMetadata,
     DuplicateCaseError,
     FaissCaseIndex,
     FingerprintMismatchError,
     IndexIntegrityError,
+    create_index,
+    load_index,
 )
 from monai_cir.index import base as index_base
 
@@ -44,7 +45,7 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> list[int]:
 @pytest.fixture()
 def index() -> FaissCaseIndex:
     x, meta = make_cases(300)
-    ix = CaseIndex.create(DIM, "fp-a")
+    ix = create_index(DIM, "fp-a")
     ix.add(x, meta)
     return ix
 
@@ -155,7 +156,7 @@ def test_save_load_round_trip_bit_for_bit(index, tmp_path):
     before = hits_key(index.search(q, 10))
     before_filtered = hits_key(index.search(q, 10, filters={"site": "face"}))
     index.save(tmp_path / "ix")
-    loaded = CaseIndex.load(tmp_path / "ix", expected_fingerprint="fp-a")
+    loaded = load_index(tmp_path / "ix", expected_fingerprint="fp-a")
     assert isinstance(loaded, FaissCaseIndex) and len(loaded) == 300 and loaded.dim == DIM
     assert np.array_equal(loaded.vectors(), index.vectors())
     assert hits_key(loaded.search(q, 10)) == before
@@ -166,7 +167,7 @@ def test_save_load_round_trip_bit_for_bit(index, tmp_path):
     loaded.save(tmp_path / "ix")
     names = sorted(os.listdir(tmp_path / "ix"))
     assert len(names) == 3 and MANIFEST_NAME in names
-    assert len(CaseIndex.load(tmp_path / "ix")) == 299
+    assert len(load_index(tmp_path / "ix")) == 299
 
 
 def test_round_trip_with_approximate_index(tmp_path):
@@ -177,7 +178,7 @@ def test_round_trip_with_approximate_index(tmp_path):
     before = hits_key(ix.search(q, 10))
     ix.save(tmp_path / "ix")
     assert any(n.startswith("ann-") for n in os.listdir(tmp_path / "ix"))
-    assert hits_key(CaseIndex.load(tmp_path / "ix").search(q, 10)) == before
+    assert hits_key(load_index(tmp_path / "ix").search(q, 10)) == before
 
 
 def test_failed_save_leaves_previous_index_intact(index, tmp_path, monkeypatch):
@@ -200,7 +201,7 @@ def test_failed_save_leaves_previous_index_intact(index, tmp_path, monkeypatch):
             index.save(target)
         monkeypatch.setattr(index_base.os, "replace", real_replace)
         assert sorted(os.listdir(target)) == files_before  # the partial generation was cleaned up
-        reopened = CaseIndex.load(target, expected_fingerprint="fp-a")
+        reopened = load_index(target, expected_fingerprint="fp-a")
         assert len(reopened) == 300 and hits_key(reopened.search(q, 5)) == expected
 
 
@@ -209,7 +210,7 @@ def test_crash_leftovers_do_not_break_load(index, tmp_path):
     index.save(target)
     (target / ".vectors-deadbeef.faiss.tmp").write_bytes(b"half written")  # as a killed process leaves it
     (target / "vectors-deadbeef0000.faiss").write_bytes(b"renamed but never committed")
-    assert len(CaseIndex.load(target)) == 300
+    assert len(load_index(target)) == 300
     index.save(target)  # the next save clears them
     assert not any("deadbeef" in n for n in os.listdir(target))
 
@@ -227,7 +228,7 @@ def test_corrupted_file_is_detected(index, tmp_path, role):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(IndexIntegrityError, match="checksum mismatch"):
-        CaseIndex.load(tmp_path / "ix")
+        load_index(tmp_path / "ix")
 
 
 def test_truncated_and_missing_files_are_detected(index, tmp_path):
@@ -235,21 +236,21 @@ def test_truncated_and_missing_files_are_detected(index, tmp_path):
     path = _data_file(tmp_path / "ix", "vectors")
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(IndexIntegrityError, match="truncated"):
-        CaseIndex.load(tmp_path / "ix")
+        load_index(tmp_path / "ix")
     path.unlink()
     with pytest.raises(IndexIntegrityError, match="missing"):
-        CaseIndex.load(tmp_path / "ix")
+        load_index(tmp_path / "ix")
     (tmp_path / "ix" / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(IndexIntegrityError, match="corrupted"):
-        CaseIndex.load(tmp_path / "ix")
+        load_index(tmp_path / "ix")
     with pytest.raises(FileNotFoundError, match="not a monai-cir index"):
-        CaseIndex.load(tmp_path)
+        load_index(tmp_path)
 
 
 def test_fingerprint_mismatch_is_refused(index, tmp_path):
     index.save(tmp_path / "ix")
     with pytest.raises(FingerprintMismatchError, match="monai-cir index build"):
-        CaseIndex.load(tmp_path / "ix", expected_fingerprint="fp-other")
+        load_index(tmp_path / "ix", expected_fingerprint="fp-other")
     with pytest.raises(FingerprintMismatchError, match="rebuild"):
         index.search(np.zeros(DIM, np.float32), 3, fingerprint="fp-other")
     index.check_fingerprint("fp-a")
@@ -259,3 +260,34 @@ def test_save_refuses_a_foreign_folder(index, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds no monai-cir index"):
         index.save(tmp_path)
+
+
+def test_importing_the_index_loads_no_backend():
+    # base.py and the package know backends only by name (monai_cir.index.factory): pymilvus and
+    # faiss are imported when a backend is first used
+    import subprocess
+    import sys
+
+    code = "import monai_cir.index.base, monai_cir.index, sys; print(sorted(m for m in sys.modules if 'faiss' in m or 'milvus' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_third_backend_is_one_registration(tmp_path, monkeypatch):
+    from monai_cir.index import factory
+
+    class ListBackedIndex(FaissCaseIndex):  # stands in for a new backend module
+        backend = "listed"
+
+    monkeypatch.setitem(factory.BACKENDS, "listed", f"{__name__}:ListBackedIndex")
+    monkeypatch.setitem(globals(), "ListBackedIndex", ListBackedIndex)
+    x, meta = make_cases(20, seed=9)
+    ix = create_index(DIM, "fp-l", backend="listed")
+    assert type(ix) is ListBackedIndex
+    ix.add(x, meta)
+    ix.save(tmp_path / "ix")
+    assert json.loads((tmp_path / "ix" / MANIFEST_NAME).read_text())["backend"] == "listed"
+    back = load_index(tmp_path / "ix", expected_fingerprint="fp-l")
+    assert type(back) is ListBackedIndex and hits_key(back.search(x[:2], 5)) == hits_key(ix.search(x[:2], 5))
+    with pytest.raises(ValueError, match="unknown index backend 'nope'"):
+        create_index(DIM, "fp", backend="nope")

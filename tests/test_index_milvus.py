@@ -9,16 +9,21 @@ pytest.importorskip("milvus_lite")
 
 from test_index import DIM, make_cases
 
-from monai_cir.index import CaseIndex, DuplicateCaseError, FingerprintMismatchError
+from monai_cir.index import (
+    DuplicateCaseError,
+    FingerprintMismatchError,
+    create_index,
+    load_index,
+)
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("milvus")
     x, meta = make_cases(200, seed=11)
-    milvus = CaseIndex.create(DIM, "fp-m", backend="milvus", uri=str(root / "ix" / "milvus.db"), collection="cases")
+    milvus = create_index(DIM, "fp-m", backend="milvus", uri=str(root / "ix" / "milvus.db"), collection="cases")
     milvus.add(x, meta)
-    faiss_index = CaseIndex.create(DIM, "fp-m")
+    faiss_index = create_index(DIM, "fp-m")
     faiss_index.add(x, meta)
     yield milvus, faiss_index, root
     # stop the embedded server while logging still works (milvus-lite otherwise logs from atexit
@@ -64,10 +69,10 @@ def test_milvus_save_load_and_fingerprint(pair):
     milvus, _, root = pair
     q = make_cases(2, seed=14)[0]
     milvus.save(root / "ix")
-    loaded = CaseIndex.load(root / "ix", expected_fingerprint="fp-m")
+    loaded = load_index(root / "ix", expected_fingerprint="fp-m")
     assert loaded.backend == "milvus" and len(loaded) == 200
     assert _ids(loaded.search(q, 5)) == _ids(milvus.search(q, 5))
     with pytest.raises(FingerprintMismatchError, match="monai-cir index build"):
-        CaseIndex.load(root / "ix", expected_fingerprint="other")
+        load_index(root / "ix", expected_fingerprint="other")
     with pytest.raises(FingerprintMismatchError, match="another model"):
-        CaseIndex.create(DIM, "other", backend="milvus", uri=str(root / "ix" / "milvus.db"), collection="cases")
+        create_index(DIM, "other", backend="milvus", uri=str(root / "ix" / "milvus.db"), collection="cases")

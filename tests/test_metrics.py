@@ -21,6 +21,19 @@ def test_hand_computed_ranking():
     assert m["acc@1"] == 0.0 and m["acc@2"] == 1.0 and m["acc@4"] == 1.0
 
 
+def test_precision_at_k_by_hand():
+    # rel in rank order: q0 [0, 1, 0, 1, 0, 1] -> P@5 = 2/5; q1 (reversed ranking) [1, 0, 1, 0, 1, 0] -> P@5 = 3/5
+    s = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]])
+    m = retrieval_metrics(s, [0, 0], [1, 0, 1, 0, 1, 0], precision_ks=(1, 5))
+    assert m["p@5"] == pytest.approx((2 / 5 + 3 / 5) / 2)
+    assert m["p@1"] == pytest.approx(m["acc@1"])  # P@1 is Acc@1
+    # fewer than K database items: the share of the whole (ranked) database
+    assert retrieval_metrics(np.array([[0.2, 0.1]]), [0], [0, 1])["p@5"] == pytest.approx(1 / 2)
+    # leave-one-out: the query itself is not among its top K
+    loo = leave_one_out_metrics(np.ones((3, 3)), [0, 0, 1], precision_ks=(2,))
+    assert loo["p@2"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+
+
 def test_two_queries_mean_and_fractions():
     s = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
     m = retrieval_metrics(s, torch.tensor([1, 0]), torch.tensor([1, 0, 0]))
@@ -111,3 +124,17 @@ def test_summarize_folds_sample_std():
     out = summarize_folds([0.5, 0.7], scale=100)
     assert out["folds"] == pytest.approx([50.0, 70.0]) and out["std"] == pytest.approx(np.std([50, 70], ddof=1))
     assert summarize_folds([0.3])["std"] is None
+
+
+def test_trainer_validation_score_is_the_metric_of_metrics_py():
+    """The trainer's validation mAP / Acc@1 rank ties as :func:`retrieval_metrics` does (stable, database order)."""
+    from monai_cir.engine import retrieval_score
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 2, (6, 3), generator=g).float()  # few distinct scores: many ties
+    t = torch.randint(0, 2, (200, 3), generator=g).float()
+    q_labels, t_labels = torch.arange(6) % 2, (torch.arange(200) // 7) % 2
+    score = retrieval_score(q, t, q_labels, t_labels)
+    m = retrieval_metrics(q @ t.T, q_labels, t_labels)
+    assert score["val_mAP"] == pytest.approx(m["map"], abs=1e-9)
+    assert score["val_acc1"] == pytest.approx(m["acc@1"], abs=1e-9)

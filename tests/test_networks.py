@@ -46,20 +46,38 @@ def test_decomposition_identity(active_net):
     assert s.abs().max() <= 3.0 + 1e-5
 
 
-def _level_cosines(net, q_img, texts, t_img):
-    maps_q = net.compose(net.image_features(q_img), *net.text_features(texts))
-    maps_t = net.image_features(t_img)
-    local = sum(a.cosine(a.local_descriptor(x), a.local_descriptor(y)) for a, x, y in zip(net.alignments, maps_q, maps_t))
-    global_ = sum(a.cosine(a.global_descriptor(x), a.global_descriptor(y)) for a, x, y in zip(net.alignments, maps_q, maps_t))
-    return local, global_
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Every row of ``a`` against every row of ``b``: ``a·b / (|a| |b|)``."""
+    return (a @ b.T) / (a.norm(dim=1)[:, None] * b.norm(dim=1)[None, :])
+
+
+def _hand_descriptors(align, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. 6-8 written out: pool to the grid, standardise with the fitted statistics, k softmax masks
+    over positions, ``E_j = Σ_p α_j(p) X(p)``, mean over j, projection; global = spatial mean, projection."""
+    if x.shape[-1] > align.grid or x.shape[-2] > align.grid:
+        x = torch.nn.functional.adaptive_avg_pool2d(x, (min(align.grid, x.shape[-2]), min(align.grid, x.shape[-1])))
+    x = (x - align.input_norm.mean[None, :, None, None]) / align.input_norm.std[None, :, None, None]
+    positions = x.flatten(2)  # (B, C, P)
+    alpha = align.masks.net(x).flatten(2).softmax(dim=-1)  # (B, k, P)
+    regions = torch.einsum("bkp,bcp->bkc", alpha, positions)
+    return align.proj_local(regions.mean(dim=1)), align.proj_global(positions.mean(dim=-1))
 
 
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.6])
 def test_beta_limits(beta):
+    """S = β Σ local + (1-β) Σ global (Eq. 9), with the cosines computed here from the maps, and a
+    fitted (non-identity) input standardisation so that the score must apply it."""
     net = activate_head(make_tiny_net(beta=beta))
     q_img, t_img = _images(2), _images(3, seed=2)
     with torch.no_grad():
-        local, global_ = _level_cosines(net, q_img, TEXTS, t_img)
+        maps = net.image_features(_images(4, seed=3))
+        net.fit_input_statistics([0.5 + 0.4 * x for x in maps], *net.text_features(TEXTS * 2))
+        maps_q = net.compose(net.image_features(q_img), *net.text_features(TEXTS))
+        maps_t = net.image_features(t_img)
+        local = global_ = torch.zeros(2, 3)
+        for align, xq, xt in zip(net.alignments, maps_q, maps_t):
+            (lq, gq), (lt, gt) = _hand_descriptors(align, xq), _hand_descriptors(align, xt)
+            local, global_ = local + _cosine(lq, lt), global_ + _cosine(gq, gt)
         s = net.similarity(q_img, TEXTS, t_img)
         emb = net.encode_query(q_img, TEXTS) @ net.encode_target(t_img).T
     expected = {0.0: global_, 1.0: local, 0.6: 0.6 * local + 0.4 * global_}[beta]

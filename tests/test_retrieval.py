@@ -14,7 +14,7 @@ from conftest import make_tiny_net
 from PIL import Image
 
 from monai_cir import retrieval
-from monai_cir.index import CaseIndex, FingerprintMismatchError
+from monai_cir.index import FingerprintMismatchError, load_index
 
 
 @dataclass
@@ -81,7 +81,7 @@ def test_build_and_search(net, library, tmp_path):
     hits = retrieval.search(net, index, library[0].image_path, "raised, irregular pigment network", k=6, filters={"site": "head and neck"})
     assert len(hits) == 3 and {h.metadata.site for h in hits} == {"head and neck"}
     index.save(tmp_path / "ix")
-    loaded = CaseIndex.load(tmp_path / "ix", expected_fingerprint=retrieval.model_fingerprint(net))
+    loaded = load_index(tmp_path / "ix", expected_fingerprint=retrieval.model_fingerprint(net))
     assert [h.case_id for h in retrieval.search(net, loaded, library[4].image_path, "", k=6)] == [h.case_id for h in retrieval.search(net, index, library[4].image_path, "", k=6)]
 
 
@@ -147,9 +147,8 @@ def test_real_images_find_themselves(offline_net, shared_data):
 
 
 def test_cli_build_from_dicom(net, library, tmp_path, monkeypatch, capsys):
-    dicomize = pytest.importorskip("monai_cir.dicom.dicomize")
-    pytest.importorskip("monai_cir.dicom.reader")
     import monai_cir.networks
+    from monai_cir.dicom import dicomize
     from monai_cir.cli import main
 
     monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
@@ -158,7 +157,7 @@ def test_cli_build_from_dicom(net, library, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ix"
     assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(out)]) == 0
     assert "indexed 3 cases" in capsys.readouterr().out
-    index = CaseIndex.load(out)
+    index = load_index(out)
     assert sorted(index.case_ids()) == ["case0", "case1", "case2"]
     meta = index.get("case1")
     assert meta.diagnosis == "nevus" and meta.site == "head and neck"
@@ -191,3 +190,89 @@ def test_cli_search_evidence_and_explanations(net, library, tmp_path, monkeypatc
         assert img.size[0] > 100 and img.size[1] > 100
     assert main(args + ["--evidence"]) == 0
     assert "Decision support" in capsys.readouterr().out
+
+
+def _cli_hits(main, capsys, out, library):
+    """(case id, rounded score) of the top 4 for every library image as a query."""
+    keys = []
+    for record in library:
+        assert main(["search", "--index", str(out), "--image", str(record.image_path), "-k", "4", "--json"]) == 0
+        keys.append([(h["case_id"], round(h["score"], 4)) for h in json.loads(capsys.readouterr().out)["hits"]])
+    return keys
+
+
+def test_cli_add_equals_a_fresh_build_and_remove(net, library, tmp_path, monkeypatch, capsys):
+    import monai_cir.networks
+    from monai_cir.cli import main
+
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    csv = tmp_path / "cases.csv"
+    rows = "".join(f"{r.case_id},{r.image_path.name},{r.diagnosis},{r.site}\n" for r in library)
+    csv.write_text("case_id,image,diagnosis,site\n" + rows)
+    first = tmp_path / "first.csv"
+    first.write_text("case_id,image,diagnosis,site\n" + "".join(rows.splitlines(keepends=True)[:4]))
+    images = str(library[0].image_path.parent)
+    assert main(["index", "build", "--images", images, "--csv", str(csv), "--out", str(tmp_path / "fresh")]) == 0
+    assert main(["index", "build", "--images", images, "--csv", str(first), "--out", str(tmp_path / "grown")]) == 0
+    capsys.readouterr()
+
+    embedded = []
+    real_embed = retrieval.embed_library
+    monkeypatch.setattr(retrieval, "embed_library", lambda net, items, **kw: embedded.append(len(items)) or real_embed(net, items, **kw))
+    assert main(["index", "add", str(tmp_path / "grown"), "--images", images, "--csv", str(csv)]) == 0
+    assert "added 2 cases" in capsys.readouterr().out and embedded == [2]  # the 4 already there are not re-embedded
+    assert _cli_hits(main, capsys, tmp_path / "grown", library) == _cli_hits(main, capsys, tmp_path / "fresh", library)
+    assert main(["index", "add", str(tmp_path / "grown"), "--images", images, "--csv", str(csv)]) == 0
+    assert "no new cases" in capsys.readouterr().out and embedded == [2]
+
+    assert main(["index", "remove", str(tmp_path / "grown"), "case1", "case4"]) == 0
+    assert "removed 2 cases" in capsys.readouterr().out
+    after = load_index(tmp_path / "grown")
+    assert sorted(after.case_ids()) == ["case0", "case2", "case3", "case5"]
+    assert all(h[0] not in ("case1", "case4") for hits in _cli_hits(main, capsys, tmp_path / "grown", library) for h in hits)
+    assert main(["index", "remove", str(tmp_path / "grown"), "case0", "nope"]) == 2  # all or nothing
+    assert "nope" in capsys.readouterr().err and len(load_index(tmp_path / "grown")) == 4
+
+    # an index of another model is refused before anything is embedded
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: make_tiny_net(beta=0.5))
+    assert main(["index", "add", str(tmp_path / "grown"), "--images", images, "--csv", str(csv)]) == 2
+    assert "rebuild the index" in capsys.readouterr().err and embedded == [2]
+
+
+@pytest.mark.parametrize("crash_at", ["embedding", "commit"])
+def test_cli_add_crash_leaves_the_previous_index(net, library, tmp_path, monkeypatch, capsys, crash_at):
+    import os
+
+    import monai_cir.networks
+    from monai_cir.cli import main
+    from monai_cir.index import MANIFEST_NAME
+    from monai_cir.index import base as index_base
+
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    csv = tmp_path / "cases.csv"
+    csv.write_text("case_id,image,diagnosis,site\n" + "".join(f"{r.case_id},{r.image_path.name},{r.diagnosis},{r.site}\n" for r in library))
+    images, out = str(library[0].image_path.parent), tmp_path / "ix"
+    assert main(["index", "build", "--images", images, "--csv", str(csv), "--out", str(out), "--limit", "3"]) == 0
+    capsys.readouterr()
+    before_files = sorted(os.listdir(out))
+    before_hits = _cli_hits(main, capsys, out, library)
+    if crash_at == "embedding":
+        def crash(net, items, **kw):
+            raise RuntimeError("simulated crash")
+
+        monkeypatch.setattr(retrieval, "embed_library", crash)
+    else:
+        real_replace = os.replace
+
+        def crash(src, dst):
+            if os.path.basename(str(dst)) == MANIFEST_NAME:
+                raise RuntimeError("simulated crash")
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(index_base.os, "replace", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["index", "add", str(out), "--images", images, "--csv", str(csv)])
+    monkeypatch.undo()
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    assert sorted(os.listdir(out)) == before_files
+    assert len(load_index(out)) == 3 and _cli_hits(main, capsys, out, library) == before_hits

@@ -59,8 +59,10 @@ def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
                 "rank": h.rank,
                 "case_id": h.case_id,
                 "diagnosis": h.metadata.diagnosis,
+                "confirmation": h.metadata.confirmation,
                 "score": round(float(h.score), 6),
                 "collection": h.metadata.collection,
+                "site": h.metadata.site,
                 "study_uid": h.metadata.study_uid,
                 "sop_instance_uid": h.metadata.sop_instance_uid,
             }

@@ -113,7 +113,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
     calibration: a second call with unchanged files returns the same object at no cost; a rebuilt
     index or a new checkpoint is loaded afresh. Thread-safe."""
     from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
-    from monai_cir.index import CaseIndex
+    from monai_cir.index import load_index
     from monai_cir.networks import load_model
     from monai_cir.retrieval import model_fingerprint
 
@@ -131,7 +131,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
             return _MODELS_CACHE[key]
         start = time.perf_counter()
         net = load_model(checkpoint, device=device)
-        index = CaseIndex.load(index_dir, expected_fingerprint=model_fingerprint(net))
+        index = load_index(index_dir, expected_fingerprint=model_fingerprint(net))
         if calibration_file.is_file():
             calibration = EvidenceCalibration.load(calibration_file)
         else:

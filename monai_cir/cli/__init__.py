@@ -13,7 +13,7 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 # sub-command modules, in the order a user meets them
-COMMAND_MODULES = ("demo", "dicomize", "index", "search", "evaluate", "train")
+COMMAND_MODULES = ("demo", "dicomize", "index", "search", "serve", "evaluate", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="convert a collection into DICOM studies (Dermoscopic Photography image + SR with the text)",
         description=(
             "One study per case: the image as Dermoscopic Photography Image Storage (a baseline JPEG is carried "
-            "as-is, anything else uncompressed) and a Comprehensive SR with the case text, its diagnosis and case id. "
+            "as-is, anything else uncompressed) and a Comprehensive SR with the case text, its diagnosis (SNOMED CT), "
+            "how the diagnosis was confirmed (histopathology, follow-up, expert consensus or unknown) and its case id. "
             "Patients are pseudonymous (CIR-<hash of collection/case id>); UIDs are deterministic. "
             "Derived from the data: write to a git-ignored folder."
         ),
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N cases")
     parser.add_argument("--case", action="append", metavar="ID", help="only these case ids (repeatable)")
     parser.add_argument("--compression", choices=("jpeg", "none"), default="jpeg", help="jpeg: carry baseline JPEGs as-is (default); none: uncompressed")
-    parser.add_argument("--no-diagnosis", action="store_true", help="leave the diagnosis out of the SR (query studies)")
+    parser.add_argument("--no-diagnosis", action="store_true", help="leave the diagnosis and its confirmation out of the SR (query studies)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -1,8 +1,13 @@
 """``monai-cir evaluate``: the paper's 5-fold protocol on Derm7pt for every method, in one run.
 
 Writes ``bench/results/derm7pt_cv.json`` (per method: ``{"acc@1": {"folds", "mean", "std"}, ...,
-"map": ...}`` in percent, plus commit, config, wall time and machine) and a markdown table beside it,
-and prints the table. ``--figure DIR`` also draws the qualitative figure (paper Fig. 3): it shows
+"map": ..., "p@5": ...}`` in percent, plus commit, config, wall time and machine) and a markdown table
+beside it, and prints the table.
+
+Resumable runs: when ``--out`` exists and was made with the same settings, the folds of this run are
+merged into it (``--folds 0``, then ``--folds 1,2``... fill one file; a fold run again replaces its
+earlier value; each method lists the commits of its runs under ``"runs"``). ``--overwrite`` replaces
+the file instead. ``--figure DIR`` also draws the qualitative figure (paper Fig. 3): it shows
 Derm7pt images, so DIR must be a git-ignored folder (default ``output/figures``); never commit it.
 """
 
@@ -17,6 +22,16 @@ __all__ = ["add_parser", "run"]
 DEFAULT_OUT = Path("bench/results/derm7pt_cv.json")
 
 
+def _fold_list(text: str) -> list[int]:
+    try:
+        folds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"folds must be integers such as 0,1 or 0 1, got {text!r}") from None
+    if not folds or any(f < 0 for f in folds):
+        raise argparse.ArgumentTypeError(f"folds must be 0-based fold numbers such as 0,1, got {text!r}")
+    return folds
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
@@ -29,7 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--methods", nargs="+", default=None, help="methods to run (default: all registered; see --list-methods)")
     parser.add_argument("--list-methods", action="store_true", help="print the registered methods and exit")
     parser.add_argument("--image-size", type=int, default=260, help="preprocessing size of the feature cache (default 260)")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="held-out folds, 0-based (default all five)")
+    parser.add_argument("--folds", type=_fold_list, nargs="+", default=[[0, 1, 2, 3, 4]], metavar="FOLDS",
+                        help="held-out folds, 0-based, e.g. 0,1 or 0 1 (default all five); merged into --out when it exists")
+    parser.add_argument("--text-forms", type=lambda t: [f for f in t.split(",") if f], default=None, metavar="FORMS",
+                        help="also score every method with the query texts in these forms, e.g. template,reworded,partial,demographics,empty "
+                             "(models trained once per fold on the template texts; one table per form and collection)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out instead of merging this run's folds into it")
     parser.add_argument("--cross-site", default=None, metavar="COLLECTION", help="also run leave-one-out on another collection, e.g. isic-uda1")
     parser.add_argument("--seed", type=int, default=0, help="base seed (a method gets seed + fold)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT}); the .md table goes beside it")
@@ -46,9 +66,13 @@ def run(args: argparse.Namespace) -> int:
     import time
 
 
-    from ..evaluation import available_methods, evaluate, results_table
+    from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, results_table, text_forms_table
     from ..provenance import git_commit, machine_info
 
+    folds = sorted({f for group in args.folds for f in group})
+    unknown_forms = sorted(set(args.text_forms or []) - set(TEXT_FORMS))
+    if unknown_forms:
+        raise ValueError(f"unknown text form(s) {unknown_forms}; known: {', '.join(TEXT_FORMS)}")
     methods = available_methods()
     if args.list_methods:
         for name, method in methods.items():
@@ -67,16 +91,20 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(
         names,
         image_size=args.image_size,
-        folds=args.folds,
+        folds=folds,
         cross_site=args.cross_site,
         seed=args.seed,
         keep_rankings=args.figure is not None,
         root=args.data_root,
         method_options=args.method_options,
+        text_forms=args.text_forms,
     )
     wall = time.perf_counter() - start
     rankings = results.pop("_rankings", None)
     cache = results.pop("_cache", None)
+    run_record = {"folds": folds, "commit": commit.get("sha"), "dirty": commit.get("dirty"), "wall_time_s": round(wall, 1)}
+    for entry in results["methods"].values():
+        entry["runs"] = [run_record]
     payload = {
         "benchmark": "derm7pt 5-fold cross-validation (monai-cir evaluate)",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -86,12 +114,22 @@ def run(args: argparse.Namespace) -> int:
         "machine": machine_info(),
         "methods": results["methods"],
         "cross_site": results["cross_site"],
+        "train_log": results["train_log"],
     }
+    if "text_forms" in results:
+        payload["text_forms"] = results["text_forms"]
+    if args.out.exists() and not args.overwrite:
+        previous = json.loads(args.out.read_text())
+        merged = merge_results(previous, payload)
+        same_commit = all(r.get("commit") == commit.get("sha") and not r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))
+        payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": commit if same_commit else {"sha": "mixed: see each method's runs", "dirty": any(r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))},
+                   "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + wall, 1)}
+        print(f"merged folds {folds} into {args.out} (now folds {payload['config']['folds']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    table = results_table(results)
+    table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")
     md = args.out.with_suffix(".md")
-    header = f"# Derm7pt cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {wall:.0f} s).\n\n"
+    header = f"# Derm7pt cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {payload['wall_time_s']:.0f} s).\n\n"
     md.write_text(header + table)
     print(table)
     print(f"wrote {args.out} and {md} ({wall:.0f} s)")

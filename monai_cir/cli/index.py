@@ -1,10 +1,16 @@
-"""``monai-cir index build | info``: embed a case library once and save its index.
+"""``monai-cir index build | add | remove | info``: embed a case library once, keep it up to date.
 
     monai-cir index build --collection isic-uda1 --out output/isic-index
     monai-cir index build --images DIR --csv cases.csv --out output/my-index
     monai-cir index build --dicom STUDIES_DIR --out output/pacs-index
+    monai-cir index build --dicomweb http://pacs:8042/dicom-web --filter "StudyDescription=monai-cir case*" --out output/pacs-index
     monai-cir index build --collection derm7pt --out output/d7 --backend milvus --uri http://milvus:19530
+    monai-cir index add output/pacs-index --dicom NEW_STUDIES_DIR       # new cases only, nothing re-embedded
+    monai-cir index remove output/pacs-index CASE_ID [CASE_ID ...]       # e.g. consent withdrawn
     monai-cir index info output/isic-index
+
+``add`` and ``remove`` save like ``build``: the new generation of files is committed by one atomic
+rename of the manifest, so a crash part-way leaves the previous index as it was.
 """
 
 from __future__ import annotations
@@ -20,23 +26,32 @@ __all__ = ["add_parser"]
 logger = logging.getLogger(__name__)
 
 
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where library cases come from (``build`` and ``add``), and the model that embeds them."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--collection", choices=("derm7pt", "isic-uda1"), help="a named collection under $MONAI_CIR_DATA")
+    source.add_argument("--images", type=Path, metavar="DIR", help="a folder of images, described by --csv")
+    source.add_argument("--dicom", type=Path, metavar="DIR", help="a folder of DICOM dermoscopy studies")
+    source.add_argument("--dicomweb", metavar="URL", help="a DICOMweb service (QIDO-RS + WADO-RS), e.g. http://pacs:8042/dicom-web")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="with --images: columns image, diagnosis (optional: case_id, text, site)")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="with --dicomweb: QIDO-RS study filter (repeatable), e.g. ModalitiesInStudy=DMS")
+    parser.add_argument("--pull-to", type=Path, metavar="DIR", help="with --dicomweb: keep the pulled instances here (the app's PDF shows library thumbnails from them)")
+    parser.add_argument("--name", help="collection name recorded for --images / --dicom / --dicomweb cases (default: the folder name / 'dicomweb')")
+    parser.add_argument("--model", help="checkpoint (.pt) or bundle folder; default $MONAI_CIR_MODEL, bundle/models/model.pt, else the offline default")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, metavar="N", help="index only the first N cases (a quick look)")
+    parser.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
+    parser.add_argument("--confirmed-only", action="store_true", help="keep only histopathology-confirmed (biopsy-confirmed) cases")
+
+
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("index", help="build or inspect a case-library index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser("index", help="build, update or inspect a case-library index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="index_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
     build = actions.add_parser("build", help="embed a case library and save its index")
-    source = build.add_mutually_exclusive_group(required=True)
-    source.add_argument("--collection", choices=("derm7pt", "isic-uda1"), help="a named collection under $MONAI_CIR_DATA")
-    source.add_argument("--images", type=Path, metavar="DIR", help="a folder of images, described by --csv")
-    source.add_argument("--dicom", type=Path, metavar="DIR", help="a folder of DICOM dermoscopy studies")
-    build.add_argument("--csv", type=Path, metavar="FILE", help="with --images: columns image, diagnosis (optional: case_id, text, site)")
-    build.add_argument("--name", help="collection name recorded for --images / --dicom cases (default: the folder name)")
+    _add_source_arguments(build)
     build.add_argument("--out", type=Path, required=True, metavar="DIR", help="index folder to write")
-    build.add_argument("--model", help="checkpoint (.pt) or bundle folder; default $MONAI_CIR_MODEL, bundle/models/model.pt, else the offline default")
-    build.add_argument("--batch-size", type=int, default=16)
-    build.add_argument("--limit", type=int, metavar="N", help="index only the first N cases (a quick look)")
-    build.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
     build.add_argument("--backend", choices=("faiss", "milvus"), default="faiss")
     build.add_argument("--uri", help="Milvus: a milvus-lite file (default <out>/milvus.db) or http://host:19530")
     build.add_argument("--milvus-collection", default="monai_cir_cases")
@@ -44,16 +59,35 @@ def add_parser(subparsers: Any) -> None:
     build.add_argument("--overwrite", action="store_true", help="replace an existing index at --out (or Milvus collection)")
     build.set_defaults(func=run_build)
 
+    add = actions.add_parser("add", help="embed new cases into an existing index (cases already there are kept, not re-embedded)")
+    add.add_argument("index", type=Path, metavar="DIR")
+    _add_source_arguments(add)
+    add.set_defaults(func=run_add)
+
+    remove = actions.add_parser("remove", help="remove cases by id (e.g. consent withdrawn)")
+    remove.add_argument("index", type=Path, metavar="DIR")
+    remove.add_argument("case_ids", nargs="+", metavar="CASE")
+    remove.set_defaults(func=run_remove)
+
     info = actions.add_parser("info", help="describe a saved index")
     info.add_argument("index", type=Path, metavar="DIR")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=run_info)
 
 
-def run_build(args: argparse.Namespace) -> int:
+def _parse_filters(items: list[str]) -> dict[str, str]:
+    filters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--filter must be KEY=VALUE (a QIDO-RS attribute, e.g. ModalitiesInStudy=DMS), got {item!r}")
+        filters[key.strip()] = value.strip()
+    return filters
+
+
+def _library(args: argparse.Namespace) -> tuple[list[Any], list[Any] | None]:
+    """``(records, metadata or None)`` of the cases named by the source arguments."""
     from monai_cir import retrieval
-    from monai_cir.index import MANIFEST_NAME, CaseIndex
-    from monai_cir.networks import load_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -63,11 +97,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise ValueError("--images needs --csv describing the cases (columns image, diagnosis; optional case_id, text, site)")
     if args.csv is not None and args.images is None:
         raise ValueError("--csv goes with --images DIR")
-    if (args.out / MANIFEST_NAME).is_file() and not args.overwrite:
-        raise ValueError(f"{args.out} already holds an index; pass --overwrite to replace it")
-    if args.backend == "faiss" and (args.uri or args.milvus_collection != "monai_cir_cases"):
-        raise ValueError("--uri and --milvus-collection apply to --backend milvus")
-
+    if (args.filter or args.pull_to) and not args.dicomweb:
+        raise ValueError("--filter and --pull-to go with --dicomweb URL")
     metadata = None
     if args.collection:
         from monai_cir.data import load_collection
@@ -77,12 +108,34 @@ def run_build(args: argparse.Namespace) -> int:
         from monai_cir.data import load_image_csv
 
         records = load_image_csv(args.images, args.csv, collection=args.name)
+    elif args.dicomweb:
+        records, metadata = retrieval.dicomweb_library(args.dicomweb, _parse_filters(args.filter), name=args.name, pull_to=args.pull_to, limit=args.limit)
     else:
         records, metadata = retrieval.dicom_library(args.dicom, args.name)
+    if args.confirmed_only:
+        confirmations = [m.confirmation for m in metadata] if metadata is not None else [getattr(r, "confirmation", "unknown") for r in records]
+        keep = [i for i, c in enumerate(confirmations) if c == "histopathology"]
+        logger.info("--confirmed-only: %d of %d cases are histopathology-confirmed", len(keep), len(records))
+        if not keep:
+            raise ValueError("--confirmed-only: none of the cases is histopathology-confirmed; nothing to index")
+        records = [records[i] for i in keep]
+        metadata = [metadata[i] for i in keep] if metadata is not None else None
     if args.limit is not None:
         records = records[: args.limit]
         metadata = metadata[: args.limit] if metadata is not None else None
+    return records, metadata
 
+
+def run_build(args: argparse.Namespace) -> int:
+    from monai_cir import retrieval
+    from monai_cir.index import MANIFEST_NAME, load_index
+    from monai_cir.networks import load_model
+
+    if (args.out / MANIFEST_NAME).is_file() and not args.overwrite:
+        raise ValueError(f"{args.out} already holds an index; pass --overwrite to replace it, or `monai-cir index add {args.out} ...` to add cases")
+    if args.backend == "faiss" and (args.uri or args.milvus_collection != "monai_cir_cases"):
+        raise ValueError("--uri and --milvus-collection apply to --backend milvus")
+    records, metadata = _library(args)
     net = load_model(args.model)
     if args.backend == "milvus":
         options: dict[str, Any] = {"uri": args.uri or str(args.out / "milvus.db"), "collection": args.milvus_collection, "overwrite": args.overwrite}
@@ -91,16 +144,55 @@ def run_build(args: argparse.Namespace) -> int:
     logger.info("embedding %d cases at %d px (batch %d)", len(records), net.image_size, args.batch_size)
     index = retrieval.build_index(net, records, metadata, batch_size=args.batch_size, device=args.device, backend=args.backend, **options)
     index.save(args.out)
-    CaseIndex.load(args.out)  # read back what was written: a failed check is reported now, not at search time
+    load_index(args.out)  # read back what was written: a failed check is reported now, not at search time
     print(f"indexed {len(index)} cases ({args.backend}, dim {index.dim}) -> {args.out}")
     return 0
 
 
+def run_add(args: argparse.Namespace) -> int:
+    from monai_cir import retrieval
+    from monai_cir.index import load_index
+    from monai_cir.networks import load_model
+
+    net = load_model(args.model)
+    # refuse an index of another model before embedding anything
+    index = load_index(args.index, expected_fingerprint=retrieval.model_fingerprint(net))
+    records, metadata = _library(args)
+    if metadata is None:
+        metadata = [retrieval.record_metadata(r) for r in records]
+    new = [i for i, m in enumerate(metadata) if m.case_id not in index]
+    if len(new) < len(records):
+        logger.info("%d of %d cases are already in the index: kept as they are", len(records) - len(new), len(records))
+    if not new:
+        print(f"no new cases: the index {args.index} keeps its {len(index)} cases")
+        return 0
+    retrieval.build_index(net, [records[i] for i in new], [metadata[i] for i in new], batch_size=args.batch_size, device=args.device, index=index)
+    index.save(args.index)  # atomic: a crash before the manifest rename leaves the previous index
+    load_index(args.index)
+    print(f"added {len(new)} cases -> {args.index} ({len(index)} cases)")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    from monai_cir.index import load_index
+
+    index = load_index(args.index)
+    case_ids = list(dict.fromkeys(args.case_ids))
+    missing = [c for c in case_ids if c not in index]
+    if missing:
+        raise ValueError(f"{len(missing)} case id(s) are not in {args.index}: {missing[:10]}; nothing was removed (see `monai-cir index info`)")
+    index.remove(case_ids)
+    index.save(args.index)
+    load_index(args.index)
+    print(f"removed {len(case_ids)} cases -> {args.index} ({len(index)} cases)")
+    return 0
+
+
 def run_info(args: argparse.Namespace) -> int:
-    from monai_cir.index import CaseIndex, read_manifest
+    from monai_cir.index import load_index, read_manifest
 
     manifest = read_manifest(args.index)
-    info = CaseIndex.load(args.index).info()
+    info = load_index(args.index).info()
     info["options"] = manifest.get("options", {})
     info["files"] = {role: {"name": f["name"], "bytes": f["bytes"]} for role, f in manifest.get("files", {}).items()}
     if args.json:

@@ -4,8 +4,9 @@
     monai-cir search --index output/d7 --image lesion.jpg --text "..." --site same --query-site trunk --json
     monai-cir search --index output/d7 --image lesion.jpg --text "..." --evidence --explain output/why.png
 
-Scores are S(q, t) of the paper's Eq. 9 (higher is more similar). The index must have been built by
-the same model (``--model``) and preprocessing; otherwise the search is refused.
+Scores are S(q, t) of the paper's Eq. 9 (higher is more similar). The confirmation column says how
+each case's diagnosis was established; only "histopathology" is biopsy-confirmed. The index must
+have been built by the same model (``--model``) and preprocessing; otherwise the search is refused.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
-    from monai_cir.index import CaseIndex
+    from monai_cir.index import load_index
     from monai_cir.networks import load_model
     from monai_cir.sites_condition import resolve_site_condition
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise FileNotFoundError(f"query image not found: {args.image}")
     filters, notice = resolve_site_condition(args.site, args.query_site)
-    index = CaseIndex.load(args.index)
+    index = load_index(args.index)
     net = load_model(args.model)
     calibration = None
     if args.evidence:
@@ -97,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len("case id"), *(len(h.case_id) for h in hits))
     diag = max(len("diagnosis"), *(len(h.metadata.diagnosis) for h in hits))
-    print(f"{'rank':>4}  {'case id':<{width}}  {'diagnosis':<{diag}}  {'score':>7}  site")
+    conf = max(len("confirmation"), *(len(h.metadata.confirmation) for h in hits))
+    print(f"{'rank':>4}  {'case id':<{width}}  {'diagnosis':<{diag}}  {'confirmation':<{conf}}  {'score':>7}  site")
     for h in hits:
-        print(f"{h.rank:>4}  {h.case_id:<{width}}  {h.metadata.diagnosis:<{diag}}  {h.score:>7.4f}  {h.metadata.site}")
+        print(f"{h.rank:>4}  {h.case_id:<{width}}  {h.metadata.diagnosis:<{diag}}  {h.metadata.confirmation:<{conf}}  {h.score:>7.4f}  {h.metadata.site}")
     if summary:
         print(summary.text())
     if args.explain:

@@ -27,6 +27,7 @@ from .sites import UNKNOWN_SITE, normalize_site
 __all__ = [
     "CLASS_NAMES",
     "COLLECTIONS",
+    "CONFIRMATIONS",
     "DERM7PT_COUNTS",
     "CaseRecord",
     "derm7pt_class",
@@ -34,6 +35,7 @@ __all__ = [
     "load_derm7pt",
     "load_image_csv",
     "load_isic_uda1",
+    "normalize_confirmation",
     "normalize_diagnosis",
     "records_dataset",
 ]
@@ -59,6 +61,31 @@ ISIC_HELP = (
     "<root>/isic-uda1/metadata.csv + images/, and point " + DATA_ROOT_ENV + " at <root>."
 )
 
+# How a case's diagnosis was established, best evidence first. Only "histopathology" is biopsy-confirmed.
+CONFIRMATIONS: tuple[str, ...] = ("histopathology", "follow-up", "expert consensus", "unknown")
+_CONFIRMATION_ALIASES = {
+    # Derm7pt `management`: an excised lesion has a histopathological diagnosis; a lesion under
+    # clinical follow-up was diagnosed by its (unchanged) course; "no further examination" means the
+    # dermatologists' diagnosis alone.
+    "excision": "histopathology",
+    "clinical follow up": "follow-up",
+    "no further examination": "expert consensus",
+    # ISIC `diagnosis_confirm_type`
+    "histopathology": "histopathology",
+    "serial imaging showing no change": "follow-up",
+    "single image expert consensus": "expert consensus",
+    "confocal microscopy with consensus dermoscopy": "expert consensus",
+    # plain words a user's CSV may hold
+    "biopsy": "histopathology",
+    "histology": "histopathology",
+    "follow-up": "follow-up",
+    "follow up": "follow-up",
+    "expert consensus": "expert consensus",
+    "consensus": "expert consensus",
+    "unknown": "unknown",
+    "": "unknown",
+}
+
 _DIAGNOSIS_ALIASES = {
     "mel": "melanoma",
     "nv": "nevus",
@@ -83,6 +110,8 @@ class CaseRecord:
         site: anatomical site from :data:`monai_cir.data.sites.SITES` (``"unknown"`` when absent).
         collection: ``"derm7pt"``, ``"isic-uda1"`` or the user's collection name.
         metadata: the raw source columns (raw diagnosis, management, sex, elevation, location...).
+        confirmation: how the diagnosis was established, one of :data:`CONFIRMATIONS` (Derm7pt
+            ``management``, ISIC ``diagnosis_confirm_type``, a user CSV's ``confirmation`` column).
     """
 
     case_id: str
@@ -93,6 +122,23 @@ class CaseRecord:
     site: str = UNKNOWN_SITE
     collection: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    confirmation: str = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.confirmation not in CONFIRMATIONS:
+            raise ValueError(f"CaseRecord.confirmation must be one of {CONFIRMATIONS}, got {self.confirmation!r}")
+
+
+def normalize_confirmation(value: Any) -> str:
+    """One of :data:`CONFIRMATIONS` for a source's confirmation string (missing -> ``"unknown"``).
+
+    Raises ``ValueError`` for a value it cannot map, so that no case is called confirmed by mistake."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "unknown"
+    key = " ".join(str(value).strip().lower().split())
+    if key in _CONFIRMATION_ALIASES:
+        return _CONFIRMATION_ALIASES[key]
+    raise ValueError(f"unknown diagnosis confirmation {value!r}; use one of {list(CONFIRMATIONS)} (or a Derm7pt management / ISIC diagnosis_confirm_type value)")
 
 
 def derm7pt_class(raw_diagnosis: str) -> str | None:
@@ -141,6 +187,13 @@ def _read_csv(path: Path, required: Sequence[str], help_text: str) -> pd.DataFra
 def _row_error(path: Path, index: int, message: str) -> ValueError:
     # index is 0-based over data rows; line 1 is the header
     return ValueError(f"{path}, row {index + 2} (data row {index}): {message}")
+
+
+def _row_confirmation(value: Any, csv_path: Path, index: int) -> str:
+    try:
+        return normalize_confirmation(value)
+    except ValueError as err:
+        raise _row_error(csv_path, index, str(err)) from None
 
 
 def _check_image(path: Path, csv_path: Path, index: int) -> None:
@@ -198,6 +251,7 @@ def load_derm7pt(root: str | Path | None = None, check_images: bool = True) -> l
                 site=site,
                 collection="derm7pt",
                 metadata=metadata,
+                confirmation=_row_confirmation(row.get("management"), csv_path, index),
             )
         )
     counts = {name: sum(r.diagnosis == name for r in records) for name in CLASS_NAMES}
@@ -253,6 +307,7 @@ def load_isic_uda1(root: str | Path | None = None, check_images: bool = True) ->
                 site=site,
                 collection="isic-uda1",
                 metadata={k: _clean(v) for k, v in row.items()},
+                confirmation=_row_confirmation(row.get("diagnosis_confirm_type"), csv_path, index),
             )
         )
     return records
@@ -269,7 +324,7 @@ def load_collection(name: str, root: str | Path | None = None) -> list[CaseRecor
 
 def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str | None = None) -> list[CaseRecord]:
     """A user's collection: a folder of images and a CSV with columns ``image``, ``diagnosis`` and
-    optionally ``case_id``, ``text``, ``site``.
+    optionally ``case_id``, ``text``, ``site``, ``confirmation`` (:data:`CONFIRMATIONS`; default unknown).
 
     ``image`` is relative to ``images_dir``; ``diagnosis`` strings known to :data:`CLASS_NAMES`
     (or ``mel``/``nv``/``bkl``) get their standard label, other classes follow in sorted order."""
@@ -304,7 +359,10 @@ def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str
             raise _row_error(csv_path, index, str(err)) from None
         text = row.get("text") if isinstance(row.get("text"), str) else ""
         records.append(
-            CaseRecord(case_id, image_path, diagnosis, classes.index(diagnosis), text.strip(), site, name, {k: _clean(v) for k, v in row.items()})
+            CaseRecord(
+                case_id, image_path, diagnosis, classes.index(diagnosis), text.strip(), site, name, {k: _clean(v) for k, v in row.items()},
+                confirmation=_row_confirmation(row.get("confirmation"), csv_path, index),
+            )
         )
     return records
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import cache_dir, default_device
+from ..config import autocast_for, cache_dir, default_device
 from .collections import CaseRecord, load_collection, records_dataset
 
 __all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "feature_cache_path"]
@@ -222,7 +222,7 @@ def build_feature_cache(
     device = default_device()
     was_training = net.training
     net.to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = autocast_for(device)
     loader = DataLoader(records_dataset(records, image_size), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     levels: list[list[torch.Tensor]] = [[], [], []]
     levels_flipped: list[list[torch.Tensor]] = [[], [], []]

@@ -1,5 +1,7 @@
 """The "meta report template": a case's 7-point criteria and elevation / location / sex as a short
-clinical report, the text half of a composed query (paper section 3.1, DESIGN.md section 3).
+clinical report, the text half of a composed query (paper section 3.1, DESIGN.md section 3); and
+the other ways clinicians write the same findings (:func:`render_report` for evaluation,
+:func:`augment_report` for training).
 
 The report describes what a dermatologist sees and notes; it NEVER contains the diagnosis or the
 management (excision, follow-up...), which would leak the retrieval label. :data:`FORBIDDEN_WORDS`
@@ -15,10 +17,28 @@ Example (Derm7pt case 701)::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CRITERIA", "FORBIDDEN_WORDS", "meta_report"]
+import numpy as np
+
+__all__ = [
+    "CRITERIA",
+    "FORBIDDEN_WORDS",
+    "HELD_OUT_STYLES",
+    "TEXT_FORMS",
+    "TRAINING_STYLES",
+    "ReportFields",
+    "WordingStyle",
+    "augment_report",
+    "case_generator",
+    "meta_report",
+    "render_report",
+    "render_reports",
+    "report_fields",
+]
 
 # The seven criteria of the 7-point checklist, in Derm7pt's column order, with their report phrase.
 CRITERIA: tuple[tuple[str, str], ...] = (
@@ -89,3 +109,370 @@ def meta_report(case: Mapping[str, Any]) -> str:
     if findings:
         text += " Dermoscopy: " + "; ".join(findings) + "."
     return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Text as clinicians write it: evaluation forms and training augmentation
+# ------------------------------------------------------------------------------------------------
+# Real reports are not the template: findings come in any order and wording, partly, as coded SR
+# items, or not at all (issue 13). Training draws from TRAINING_STYLES; the evaluation form
+# "reworded" draws from HELD_OUT_STYLES, whose vocabulary (criterion nouns, negations, context
+# words) never occurs in a training text, so "reworded" measures wording the network has not seen.
+
+TEXT_FORMS: tuple[str, ...] = ("template", "reworded", "partial", "demographics", "empty")
+
+_AGE_KEYS = ("age_approx", "age")
+
+
+@dataclass(frozen=True)
+class ReportFields:
+    """What a report may say about one case, normalised (lower case, ``None`` when not recorded).
+
+    ``criteria`` holds the recorded 7-point criteria as ``(key, value)`` pairs in :data:`CRITERIA`
+    order (``absent`` included: "no streaks" is a finding). There is no field for the diagnosis or
+    the management: no form can write them."""
+
+    criteria: tuple[tuple[str, str], ...] = ()
+    elevation: str | None = None
+    location: str | None = None
+    sex: str | None = None
+    age: int | None = None
+
+    def demographics(self) -> ReportFields:
+        """Age, sex and site only."""
+        return ReportFields(location=self.location, sex=self.sex, age=self.age)
+
+
+def _value(source: Mapping[str, Any], key: str) -> str | None:
+    value = source.get(key)
+    return None if _missing(value) else str(value).strip().lower()
+
+
+def report_fields(record: Any) -> ReportFields:
+    """The :class:`ReportFields` of a :class:`~monai_cir.data.collections.CaseRecord` (read from its
+    ``metadata``; its ``site`` when there is no ``location``) or of a mapping of Derm7pt / ISIC columns."""
+    source = getattr(record, "metadata", None)
+    if source is None:
+        source = record if isinstance(record, Mapping) else {}
+    criteria = tuple((key, value) for key, _ in CRITERIA if (value := _value(source, key)) is not None)
+    location = _value(source, "location")
+    site = str(getattr(record, "site", "") or "").strip().lower()
+    if location is None and site not in ("", "unknown"):
+        location = site
+    age = None
+    for key in _AGE_KEYS:
+        raw = _value(source, key)
+        if raw is not None:
+            try:
+                age = int(float(raw))
+            except ValueError:
+                pass  # "85+", "unknown": no age rather than a wrong one
+            break
+    return ReportFields(criteria, _value(source, "elevation"), location, _value(source, "sex"), age)
+
+
+def _join_context(*parts: str | None, sep: str = ", ") -> str:
+    return sep.join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class WordingStyle:
+    """One way of writing a report.
+
+    A finding is written with ``absent`` / ``present`` / ``graded`` (``"{grade} {name}"``) or
+    ``qualified`` (for grades that follow the noun: regression "blue areas", vessels "within
+    regression"), with ``names`` (criterion key -> noun) and ``grades`` (grade rewrites, e.g.
+    ``atypical`` -> ``atyp.``). ``negatives`` (optional) gathers the absent findings into one clause
+    (``"without {names}"``). The findings text is ``header`` + findings joined by ``joiner`` + ``end``;
+    ``context(fields, with_elevation)`` writes elevation / location / sex / age."""
+
+    name: str
+    names: Mapping[str, str]
+    absent: str
+    present: str
+    graded: str
+    qualified: str
+    header: str
+    joiner: str
+    context: Callable[[ReportFields, bool], str]
+    end: str = ""
+    grades: Mapping[str, str] = field(default_factory=dict)
+    negatives: str | None = None
+    capitalize: bool = False
+
+    def finding(self, key: str, value: str) -> str:
+        noun = self.names[key]
+        if value == "absent":
+            text = self.absent.format(name=noun)
+        elif value == "present":
+            text = self.present.format(name=noun)
+        else:
+            grade = "blue and white areas" if value == "combinations" else value  # Derm7pt's "combinations"
+            pattern = self.qualified if key == "regression_structures" or grade.startswith("within") else self.graded
+            text = pattern.format(name=noun, grade=self.grades.get(grade, grade))
+        return text[:1].upper() + text[1:] if self.capitalize else text
+
+    def findings(self, criteria: Sequence[tuple[str, str]]) -> str:
+        if not criteria:
+            return ""
+        if self.negatives is None:
+            parts = [self.finding(k, v) for k, v in criteria]
+        else:
+            parts = [self.finding(k, v) for k, v in criteria if v != "absent"]
+            absent = [self.names[k] for k, v in criteria if v == "absent"]
+            if absent:
+                parts.append(self.negatives.format(names=absent[0] if len(absent) == 1 else ", ".join(absent[:-1]) + " or " + absent[-1]))
+        return self.header + self.joiner.join(parts) + self.end
+
+    def render(self, fields: ReportFields, criteria: Sequence[tuple[str, str]] | None = None, with_context: bool = True,
+               with_elevation: bool = True) -> str:
+        """The context, then the findings (``criteria``, default all of ``fields``, in the given order)."""
+        context = self.context(fields, with_elevation) if with_context else ""
+        findings = self.findings(fields.criteria if criteria is None else criteria)
+        return ("\n" if "\n" in self.joiner else " ").join(p for p in (context, findings) if p)
+
+
+def _location(fields: ReportFields, form: str) -> str | None:
+    return form.format(_LOCATION_PHRASE.get(fields.location, fields.location)) if fields.location else None
+
+
+def _sentence(fields: ReportFields, elevation: bool) -> str:
+    # "Palpable lesion on the back, female patient, aged 45."
+    head = f"{fields.elevation} lesion" if elevation and fields.elevation else ("lesion" if fields.location else None)
+    if fields.location:
+        head = f"{head} {_location(fields, 'on the {}')}"
+    text = _join_context(head, f"{fields.sex} patient" if fields.sex else None, f"aged {fields.age}" if fields.age is not None else None)
+    return (text[:1].upper() + text[1:] + ".") if text else ""
+
+
+def _key_values(fields: ReportFields, elevation: bool) -> str:
+    # "sex: female, age: 45, site: back, elevation: palpable"
+    return _join_context(
+        f"sex: {fields.sex}" if fields.sex else None, f"age: {fields.age}" if fields.age is not None else None,
+        _location(fields, "site: {}"), f"elevation: {fields.elevation}" if elevation and fields.elevation else None,
+    )
+
+
+def _abbreviated(fields: ReportFields, elevation: bool) -> str:
+    # "45y F, back, palpable."
+    who = _join_context(f"{fields.age}y" if fields.age is not None else None, {"female": "F", "male": "M"}.get(fields.sex, fields.sex), sep=" ")
+    text = _join_context(who, _location(fields, "{}"), fields.elevation if elevation else None)
+    return text + "." if text else ""
+
+
+def _prose(fields: ReportFields, elevation: bool) -> str:
+    # "Female patient aged 45 with a palpable lesion on the back."
+    who = _join_context(f"{fields.sex} patient" if fields.sex else "patient", f"aged {fields.age}" if fields.age is not None else None, sep=" ")
+    lesion = _join_context("with a", fields.elevation if elevation else None, "lesion", _location(fields, "on the {}"), sep=" ")
+    if not (fields.sex or fields.age is not None or fields.location or (elevation and fields.elevation)):
+        return ""
+    return f"{who[:1].upper()}{who[1:]} {lesion}."
+
+
+_HELD_OUT_PEOPLE = {"female": "woman", "male": "man"}
+_HELD_OUT_ELEVATIONS = {"flat": "macular", "palpable": "raised", "nodular": "nodular"}
+
+
+def _held_out_narrative(fields: ReportFields, elevation: bool) -> str:
+    # "A woman of 45 years presenting a raised lesion of the back."
+    if not (fields.sex or fields.age is not None or fields.location or (elevation and fields.elevation)):
+        return ""
+    who = _join_context("A", _HELD_OUT_PEOPLE.get(fields.sex, fields.sex) if fields.sex else "person",
+                        f"of {fields.age} years" if fields.age is not None else None, sep=" ")
+    lesion = _join_context(_HELD_OUT_ELEVATIONS.get(fields.elevation, fields.elevation) if elevation and fields.elevation else None,
+                           "lesion", _location(fields, "of the {}"), sep=" ")
+    return f"{who} presenting a {lesion}."
+
+
+def _held_out_located(fields: ReportFields, elevation: bool) -> str:
+    # "Lesion located at the back in a woman of 45 years, raised."
+    if not (fields.sex or fields.age is not None or fields.location or (elevation and fields.elevation)):
+        return ""
+    who = _join_context("in a", _HELD_OUT_PEOPLE.get(fields.sex, fields.sex) if fields.sex else "person",
+                        f"of {fields.age} years" if fields.age is not None else None, sep=" ")
+    head = _join_context("Lesion", _location(fields, "located at the {}"), who, sep=" ")
+    return _join_context(head, _HELD_OUT_ELEVATIONS.get(fields.elevation, fields.elevation) if elevation and fields.elevation else None) + "."
+
+
+_NOUNS = dict(CRITERIA)
+_ABBREVIATIONS = {
+    "pigment_network": "PN", "streaks": "streaks", "pigmentation": "pigm.", "regression_structures": "regression",
+    "dots_and_globules": "D/G", "blue_whitish_veil": "BWV", "vascular_structures": "vessels",
+}
+# Held-out vocabulary: synonyms dermatologists use that no training style writes.
+_HELD_OUT_NOUNS = {
+    "pigment_network": "reticular pattern", "streaks": "radial streaming", "pigmentation": "blotches",
+    "regression_structures": "regressive areas", "dots_and_globules": "globular elements",
+    "blue_whitish_veil": "bluish-white veil", "vascular_structures": "vasculature",
+}
+_HELD_OUT_GRADES = {"typical": "regular", "atypical": "irregular", "within regression": "within regressive areas",
+                    "blue and white areas": "bluish and whitish zones", "blue areas": "bluish zones", "white areas": "whitish zones"}
+
+TRAINING_STYLES: dict[str, WordingStyle] = {
+    style.name: style
+    for style in (
+        # one sentence per finding: "Atypical pigment network. No streaks. Blue-whitish veil present."
+        WordingStyle("sentences", _NOUNS, absent="no {name}", present="{name} present", graded="{grade} {name}",
+                     qualified="{name} ({grade})", header="", joiner=". ", end=".", context=_sentence, capitalize=True),
+        # a list: "Dermoscopic findings:\n- pigment network: atypical\n- streaks: absent"
+        WordingStyle("list", _NOUNS, absent="{name}: absent", present="{name}: present", graded="{name}: {grade}",
+                     qualified="{name}: {grade}", header="Dermoscopic findings:\n- ", joiner="\n- ", context=_key_values),
+        # the 7-point checklist in abbreviations: "7PCL: atyp. PN, streaks -, BWV +"
+        WordingStyle("abbreviated", _ABBREVIATIONS, absent="{name} -", present="{name} +", graded="{grade} {name}",
+                     qualified="{name} {grade}", header="7PCL: ", joiner=", ", context=_abbreviated,
+                     grades={"typical": "typ.", "atypical": "atyp.", "regular": "reg.", "irregular": "irreg."}),
+        # prose with the absent findings in one clause: "Dermoscopy shows atypical pigment network, without streaks or BWV."
+        WordingStyle("prose", _NOUNS, absent="no {name}", present="{name}", graded="{grade} {name}",
+                     qualified="{name} with {grade}", header="Dermoscopy shows ", joiner=", ", end=".",
+                     negatives="without {names}", context=_prose),
+        # coded SR findings as monai_cir.dicom.reader.read_sr_text writes them: "<concept>: <meaning>" lines
+        WordingStyle("sr_coded", {k: v[:1].upper() + v[1:] for k, v in _NOUNS.items()}, absent="{name}: absent",
+                     present="{name}: present", graded="{name}: {grade}", qualified="{name}: {grade}", header="",
+                     joiner="\n", context=_key_values),
+    )
+}
+"""Wording styles of :func:`augment_report` (training), besides the template itself (:func:`meta_report`)."""
+
+HELD_OUT_STYLES: dict[str, WordingStyle] = {
+    style.name: style
+    for style in (
+        # "On dermoscopy: irregular reticular pattern, radial streaming not seen, bluish-white veil seen."
+        WordingStyle("held_out_not_seen", _HELD_OUT_NOUNS, absent="{name} not seen", present="{name} seen",
+                     graded="{grade} {name}", qualified="{name} with {grade}", header="On dermoscopy: ", joiner=", ", end=".",
+                     grades=_HELD_OUT_GRADES, context=_held_out_narrative),
+        # "Examination: reticular pattern irregular; negative for radial streaming; bluish-white veil observed."
+        WordingStyle("held_out_negative_for", _HELD_OUT_NOUNS, absent="negative for {name}", present="{name} observed",
+                     graded="{name} {grade}", qualified="{name} {grade}", header="Examination: ", joiner="; ", end=".",
+                     grades=_HELD_OUT_GRADES, context=_held_out_located),
+    )
+}
+"""Wording styles held out of training: only the ``reworded`` evaluation form writes them."""
+
+
+def _generator(rng: np.random.Generator | int) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _template_fields(fields: ReportFields, criteria: Sequence[tuple[str, str]] | None = None, elevation: bool = True) -> dict[str, Any]:
+    row: dict[str, Any] = dict(fields.criteria if criteria is None else criteria)
+    row.update(location=fields.location, sex=fields.sex, elevation=fields.elevation if elevation else None)
+    return row
+
+
+def _template_demographics(fields: ReportFields) -> str:
+    # the template's context sentence, with the age when known: "Lesion on the back of a female patient, about 55 years old."
+    text = meta_report(_template_fields(fields, (), elevation=False))
+    if fields.age is not None:
+        text = (text[:-1] + f", about {fields.age} years old.") if text else f"Patient about {fields.age} years old."
+    return text
+
+
+def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str:
+    """The query text of one case in one evaluation form (``monai-cir evaluate --text-forms``).
+
+    Forms (:data:`TEXT_FORMS`):
+
+    - ``template``: today's text, unchanged: ``record.text`` for a
+      :class:`~monai_cir.data.collections.CaseRecord` (:func:`meta_report` for Derm7pt, age and sex
+      for ISIC), :func:`meta_report` for a mapping of columns.
+    - ``reworded``: every recorded field in a style of :data:`HELD_OUT_STYLES` (drawn with ``rng``),
+      i.e. wording never used in training.
+    - ``partial``: the template with a random 1-4 of the recorded criteria (at most as many as
+      recorded; the context sentence kept). A case with no criteria gives its template.
+    - ``demographics``: age, sex and site only, in the template's words.
+    - ``empty``: ``""`` (the image-only query).
+
+    Only the structured fields (:func:`report_fields`) are rewritten: a user's record whose text is
+    free prose with no such fields gives ``""`` for ``reworded`` and ``demographics``.
+
+    Args:
+        record: a ``CaseRecord`` or a mapping of Derm7pt / ISIC columns.
+        form: one of :data:`TEXT_FORMS`.
+        rng: a ``numpy.random.Generator`` (or a seed); the text is a function of the record and the
+            generator's state. :func:`render_reports` seeds one per case (:func:`case_generator`).
+    """
+    if form not in TEXT_FORMS:
+        raise ValueError(f"unknown text form {form!r}; choose one of {list(TEXT_FORMS)}")
+    rng = _generator(rng)
+    fields = report_fields(record)
+    if form == "template":
+        text = getattr(record, "text", None)
+        return text if isinstance(text, str) else meta_report(_template_fields(fields))
+    if form == "empty":
+        return ""
+    if form == "demographics":
+        return _template_demographics(fields)
+    if form == "reworded":
+        names = sorted(HELD_OUT_STYLES)
+        return HELD_OUT_STYLES[names[int(rng.integers(len(names)))]].render(fields)
+    # partial
+    if not fields.criteria:
+        return render_report(record, "template", rng)
+    count = int(rng.integers(1, min(4, len(fields.criteria)) + 1))
+    keep = np.sort(rng.choice(len(fields.criteria), size=count, replace=False))
+    return meta_report(_template_fields(fields, [fields.criteria[i] for i in keep]))
+
+
+def case_generator(record: Any, seed: int = 0) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the case's id (``case_id``; CRC-32, stable across
+    processes): a case's text is the same whichever other cases are rendered, and in whatever order."""
+    case_id = str(getattr(record, "case_id", None) or (record.get("case_id") if isinstance(record, Mapping) else "") or "")
+    return np.random.default_rng((int(seed), zlib.crc32(case_id.encode())))
+
+
+def render_reports(records: Sequence[Any], form: str, seed: int = 0) -> list[str]:
+    """:func:`render_report` of each record, each with its own :func:`case_generator` (the one
+    seeding every evaluation uses, so all methods see the same texts)."""
+    return [render_report(r, form, case_generator(r, seed)) for r in records]
+
+
+# How augment_report draws a training text: kind -> probability (they sum to 1).
+AUGMENT_MIX: dict[str, float] = {"template": 0.2, "findings": 0.45, "sr_coded": 0.1, "demographics": 0.1, "empty": 0.15}
+
+
+def augment_report(record: Any, rng: np.random.Generator | int, mix: Mapping[str, float] | None = None) -> str:
+    """A random training text for one case: the same content as clinicians write it in many ways.
+
+    ``mix`` (default :data:`AUGMENT_MIX`) gives the probability of each kind of text:
+    ``template`` — today's text (``render_report(record, "template")``); ``findings`` — a random
+    non-empty subset of the recorded criteria, in random order half of the time (the template
+    wording keeps its own order), in the template's or a :data:`TRAINING_STYLES` style's words
+    (``sr_coded`` aside), the context kept 70% of the time; ``sr_coded`` — all recorded criteria as
+    the SR reader writes coded findings; ``demographics`` — age / sex / site only in a training
+    style; ``empty`` — ``""`` (text dropout). A case without criteria gives demographics instead of
+    findings. Never the diagnosis or management, never a word of :data:`HELD_OUT_STYLES`'
+    vocabulary. Deterministic given the generator's state."""
+    mix = AUGMENT_MIX if mix is None else mix
+    unknown = sorted(set(mix) - set(AUGMENT_MIX))
+    weights = np.array([float(mix.get(k, 0.0)) for k in AUGMENT_MIX])
+    if unknown or (weights < 0).any() or not np.isclose(weights.sum(), 1.0):
+        raise ValueError(f"mix must give probabilities summing to 1 over {list(AUGMENT_MIX)}, got {dict(mix)}")
+    rng = _generator(rng)
+    fields = report_fields(record)
+    kind = list(AUGMENT_MIX)[int(rng.choice(len(weights), p=weights))]
+    if kind == "template":
+        return render_report(record, "template", rng)
+    if not fields.criteria and kind in ("findings", "sr_coded"):
+        kind = "demographics"
+    if kind == "empty":
+        return ""
+    styles = ["template"] + sorted(set(TRAINING_STYLES) - {"sr_coded"})
+    if kind == "demographics":
+        style = styles[int(rng.integers(len(styles)))]
+        demographics = fields.demographics()
+        return _template_demographics(demographics) if style == "template" else TRAINING_STYLES[style].context(demographics, False)
+    if kind == "sr_coded":
+        return TRAINING_STYLES["sr_coded"].render(fields, with_context=False)
+    count = int(rng.integers(1, len(fields.criteria) + 1))
+    order = rng.permutation(len(fields.criteria))[:count]
+    if rng.random() < 0.5:
+        order = np.sort(order)
+    criteria = [fields.criteria[i] for i in order]
+    with_context = bool(rng.random() < 0.7)
+    style = styles[int(rng.integers(len(styles)))]
+    if style == "template":
+        row = _template_fields(fields, criteria)
+        if not with_context:
+            row.update(location=None, sex=None, elevation=None)
+        return meta_report(row)
+    return TRAINING_STYLES[style].render(fields, criteria, with_context=with_context)

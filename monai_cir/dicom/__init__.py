@@ -2,11 +2,11 @@
 
 - :func:`read_dicom_folder` -> :class:`DicomScan` (queries + input problems), :mod:`.reader`
 - :mod:`.dicomize`: research collections -> Dermoscopic Photography + SR studies
-- :func:`similar_cases_sr` / :func:`read_similar_cases_sr`: the answer as Comprehensive SR, :mod:`.sr`
+- :func:`similar_cases_sr` / :func:`read_similar_cases_sr`: the answer as a TID 1500 Measurement Report, :mod:`.sr`
 - :func:`similar_cases_pdf`: the human-readable report as Encapsulated PDF, :mod:`.report_pdf`
 - :func:`c_store` / :func:`stow_rs`: publishing, :mod:`.publish`
 
-Names are imported lazily so that ``import monai_cir.dicom`` stays cheap (no highdicom, matplotlib
+Names are imported lazily so that ``import monai_cir.dicom`` stays cheap (no highdicom, reportlab
 or pynetdicom until used). Conformance in ``docs/dicom.md``.
 """
 
@@ -31,7 +31,6 @@ _EXPORTS = {
     "case_report_sr": "dicomize",
     "similar_cases_sr": "sr",
     "read_similar_cases_sr": "sr",
-    "EvidenceSummary": "sr",
     "SimilarCase": "sr",
     "SimilarCasesReport": "sr",
     "DECISION_SUPPORT_NOTE": "sr",

@@ -8,13 +8,15 @@ Each case becomes
   which may hold camera metadata, are dropped); any other source (PNG, progressive JPEG...) is
   stored uncompressed (Explicit VR Little Endian, RGB).
 - a **Comprehensive SR** (highdicom) in the same study, referencing the image, carrying the case's
-  text as ``(121071, DCM, "Finding")`` TEXT, its diagnosis as ``(CIR005, 99MONAICIR, "Reference
-  diagnosis")`` CODE, and its case id / collection as private-concept TEXT items. The reader
+  text as ``(121071, DCM, "Finding")`` TEXT, its diagnosis as ``(439401001, SCT, "Diagnosis")``
+  CODE (SNOMED CT value), how it was confirmed as ``(CIR015, 99MONAICIR, "Diagnosis confirmation
+  method")`` CODE, and its case id / collection as private-concept TEXT items. The reader
   (:func:`monai_cir.dicom.reader.read_dicom_folder`) returns them as ``DermoscopyQuery.diagnosis``,
-  ``case_id`` and ``collection``, and never puts the reference diagnosis into the query text.
+  ``confirmation``, ``case_id`` and ``collection``, and never puts them into the query text.
 
 Patients are pseudonymous: the Patient ID is ``CIR-`` + 12 hex digits of SHA-256 of
-``collection/case_id``; every UID is derived from the same key (``2.25`` UIDs), so converting a
+``collection/case_id``; every UID is derived from the same key (under the project's UID root,
+:data:`monai_cir.dicom.codes.UID_ROOT`), so converting a
 case again gives the same UIDs (a case library can be rebuilt without breaking the index).
 """
 
@@ -346,6 +348,7 @@ def case_report_sr(
     diagnosis: str | None = None,
     case_id: str | None = None,
     collection: str | None = None,
+    confirmation: str | None = None,
     sr_series_uid: str | None = None,
     sr_uid: str | None = None,
 ):
@@ -353,8 +356,9 @@ def case_report_sr(
 
     Content: ``Diagnostic Imaging Report`` (LN 18748-4) CONTAINS ``Findings`` (DCM 121070) which
     CONTAINS the text as ``Finding`` (DCM 121071) TEXT and the image as ``Source image`` (DCM
-    121324); then, when given, ``Reference diagnosis`` (CODE), ``Library case identifier`` and
-    ``Case library collection`` (TEXT) of the private scheme. Empty text writes no TEXT item."""
+    121324); then, when given, ``Diagnosis`` (439401001, SCT) CODE with the SNOMED CT diagnosis,
+    ``Diagnosis confirmation method`` (CODE), ``Library case identifier`` and ``Case library
+    collection`` (TEXT) of the private scheme. Empty text writes no TEXT item."""
     import highdicom as hd
     from highdicom.sr import (
         CodeContentItem,
@@ -381,7 +385,9 @@ def case_report_sr(
     )
     items = ContentSequence([container(C.FINDINGS, findings, contains)])
     if diagnosis:
-        items.append(CodeContentItem(name=C.REFERENCE_DIAGNOSIS, value=C.diagnosis_code(diagnosis), relationship_type=contains))
+        items.append(CodeContentItem(name=C.DIAGNOSIS, value=C.diagnosis_code(diagnosis), relationship_type=contains))
+    if confirmation:
+        items.append(CodeContentItem(name=C.DIAGNOSIS_CONFIRMATION, value=C.confirmation_code(confirmation), relationship_type=contains))
     if case_id:
         items.append(TextContentItem(name=C.CASE_IDENTIFIER, value=str(case_id), relationship_type=contains))
     if collection:
@@ -390,9 +396,9 @@ def case_report_sr(
     sr = hd.sr.ComprehensiveSR(
         evidence=[image],
         content=root,
-        series_instance_uid=sr_series_uid or hd.UID(),
+        series_instance_uid=sr_series_uid or C.new_uid(),
         series_number=2,
-        sop_instance_uid=sr_uid or hd.UID(),
+        sop_instance_uid=sr_uid or C.new_uid(),
         instance_number=1,
         manufacturer=C.MANUFACTURER,
         manufacturer_model_name=C.MODEL_NAME,
@@ -456,6 +462,7 @@ def dicomize_record(record: Any, out_dir: str | Path, compression: str = "jpeg",
         diagnosis=diagnosis or None,
         case_id=case_id,
         collection=collection or None,
+        confirmation=str(getattr(record, "confirmation", "") or "unknown") if include_diagnosis else None,
         sr_series_uid=uids.sr_series_uid,
         sr_uid=uids.sr_uid,
     )

@@ -118,7 +118,8 @@ class DermoscopyQuery:
         site: a site of :data:`monai_cir.data.sites.SITES` (``"unknown"`` when absent).
         dataset: the image's dataset without pixel data (repaired attributes applied), for
             references and as the SR's evidence.
-        diagnosis / case_id / collection: library labels from a dicomized case's SR (None when absent).
+        diagnosis / case_id / collection / confirmation: library labels from a dicomized case's SR
+            (None when absent).
         frame_number: 1-based frame of a multi-frame instance (None for single-frame).
         sr_uids: SOP Instance UIDs of the SRs the text came from.
     """
@@ -139,6 +140,7 @@ class DermoscopyQuery:
     diagnosis: str | None = None
     case_id: str | None = None
     collection: str | None = None
+    confirmation: str | None = None
     frame_number: int | None = None
     sr_uids: list[str] = field(default_factory=list)
 
@@ -197,6 +199,7 @@ class SRText:
     diagnosis: str | None = None
     case_id: str | None = None
     collection: str | None = None
+    confirmation: str | None = None
     is_similar_cases: bool = False
 
     @property
@@ -256,8 +259,10 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
                 value = _code_key(item.get("ConceptCodeSequence"))
                 if value is None:
                     pass
-                elif _is(name, C.REFERENCE_DIAGNOSIS):
+                elif _is(name, C.DIAGNOSIS) or _is(name, C.LEGACY_REFERENCE_DIAGNOSIS):
                     info.diagnosis = C.diagnosis_from_code(*value)
+                elif _is(name, C.DIAGNOSIS_CONFIRMATION):
+                    info.confirmation = C.confirmation_from_code(*value)
                 elif value[2]:
                     generic = name is None or (name[0], name[1]) in _GENERIC_FINDING
                     info.texts.append(value[2] if generic else f"{name[2]}: {value[2]}")
@@ -573,6 +578,7 @@ def _image_queries(
                 diagnosis=next((sr.diagnosis for sr in chosen if sr.diagnosis), None),
                 case_id=next((sr.case_id for sr in chosen if sr.case_id), None),
                 collection=next((sr.collection for sr in chosen if sr.collection), None),
+                confirmation=next((sr.confirmation for sr in chosen if sr.confirmation), None),
                 frame_number=(index + 1) if count > 1 else None,
                 sr_uids=[sr.sop_instance_uid for sr in chosen],
             )

@@ -1,32 +1,37 @@
-"""The answer as a Comprehensive SR "similar cases" document (highdicom), and reading it back.
+"""The answer as a TID 1500 Measurement Report (highdicom templates), and reading it back.
 
-Content tree (codes in :mod:`monai_cir.dicom.codes`; ``99MONAICIR`` is the declared private scheme)::
+OHIF v3's SR viewport displays TID 1500 only, and the IHE AI Results profile builds on it, so the
+similar cases are measurement groups of a Measurement Report (codes in :mod:`monai_cir.dicom.codes`;
+``99MONAICIR`` is the declared private scheme)::
 
-    CONTAINER (CIR001, 99MONAICIR, "Similar cases retrieval report")
-      CONTAINS TEXT (111001, DCM, "Algorithm Name") / (111003, DCM, "Algorithm Version")
-      CONTAINS TEXT (121106, DCM, "Comment")  "Decision support, not a diagnosis. ..."
-      CONTAINS CONTAINER (110112, DCM, "Query")
-        CONTAINS IMAGE (121324, DCM, "Source image")  -> the query instance (frame)
-        CONTAINS TEXT (CIR008, 99MONAICIR, "Query text")        [when not empty]
-        CONTAINS TEXT (121106, DCM, "Comment")                  [one per notice]
-      CONTAINS CONTAINER (CIR002, 99MONAICIR, "Similar case")    [one per rank]
-        CONTAINS NUM  (CIR003, 99MONAICIR, "Retrieval rank")     unit (1, UCUM, "no units")
-        CONTAINS NUM  (CIR004, 99MONAICIR, "Similarity score")   unit (1, UCUM, "no units")
-        CONTAINS CODE (CIR005, 99MONAICIR, "Reference diagnosis") = SCT melanoma / private codes
-        CONTAINS TEXT (CIR006 case id), (CIR007 collection)
-        CONTAINS CODE (363698007, SCT, "Finding site") = the site's SNOMED CT code [when known]
-        CONTAINS TEXT (CIR014, 99MONAICIR, "Explanation")        [optional, issue 7]
-        CONTAINS IMAGE (121324, DCM, "Source image")  -> the library instance [when it has UIDs]
-      CONTAINS CONTAINER (CIR010, 99MONAICIR, "Retrieval-based evidence summary")  [optional]
-        CONTAINS TEXT (121106, DCM, "Comment")  decision-support label
-        CONTAINS CODE (CIR012, "Retrieval-based diagnosis suggestion")
-        CONTAINS NUM  (122157, DCM, "Probability")  confidence, unit (1, UCUM)
-        CONTAINS CONTAINER (CIR011, "Score-weighted diagnosis share")  [one per diagnosis]
-          CONTAINS CODE (CIR005 "Reference diagnosis"), NUM (122157 "Probability")
+    CONTAINER (126000, DCM, "Imaging Measurement Report")            TID 1500
+      HAS CONCEPT MOD Language; HAS OBS CONTEXT observer = the algorithm as a device (TID 1004)
+      HAS CONCEPT MOD Procedure reported = (446078004, SCT, "Dermoscopic photography")
+      CONTAINS Image Library (111028, DCM)  -> the query image
+      CONTAINS Imaging Measurements (126010, DCM)
+        Measurement Group (125007, DCM), TID 1501, one per similar case, best first
+          Tracking Identifier = the library case id; Tracking Unique Identifier (derived, stable)
+          Algorithm Name / Version (TID 4019)
+          Finding Site (363698007, SCT) = the case's site            [when known]
+          NUM (CIR003) Retrieval rank, unit (1, UCUM)
+          NUM (CIR004) Similarity score S of paper Eq. 9, unit (1, UCUM), with its possible range as
+              Minimum / Maximum (SCT) measurement statistical properties (TID 311)
+          CODE (439401001, SCT, "Diagnosis") = the case's diagnosis (SNOMED CT)
+          CODE (CIR015) Diagnosis confirmation method = histopathology (SCT) | follow-up | expert | unknown
+          TEXT (CIR007) Case library collection; TEXT (121106, DCM, Comment) = explanation [optional]
+          IMAGE Source (TID 1501) -> the query image (frame), and the library image [when it has UIDs]
+        Measurement Group, Finding type (CIR010) "Retrieval-based evidence summary"   [optional]
+          one group per diagnosis: CODE Diagnosis, NUM (122157, DCM) Probability, NUM (111406, DCM)
+          Number of similar findings (cases with that diagnosis among the k that voted), CODE (CIR012)
+          suggestion = Yes on the most probable one, CODE (CIR016) calibrated Yes/No, TEXT Comment = method
+      CONTAINS Qualitative Evaluations (C0034375, UMLS)
+        TEXT (55752-0, LN, "Clinical Information") = the query text  [when not empty]
+        TEXT (121106, DCM, "Comment") = "Decision support, not a diagnosis ...", then one per notice
 
-The library instances usually belong to other patients and studies: highdicom puts them in the
-Pertinent Other Evidence Sequence (Comprehensive SR allows it; the Key Object Selection writer
-would refuse more than one study).
+The library instances belong to other patients and studies: they are listed in the Pertinent Other
+Evidence Sequence (a Key Object Selection may reference one patient only, PS3.3 C.17.6). The producer
+follows IHE AI Results: Contributing Equipment with purpose (Newcode1, 99IHE, "Processing Algorithm"),
+Manufacturer, Model Name, Software Versions and Device UID; Verification Flag UNVERIFIED.
 """
 
 from __future__ import annotations
@@ -35,27 +40,38 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
+from ..evidence import EvidenceSummary
 from . import codes as C
+
+if TYPE_CHECKING:  # highdicom is imported when an SR is written or read
+    import highdicom as hd
 
 __all__ = [
     "DECISION_SUPPORT_NOTE",
-    "EvidenceSummary",
+    "DEFAULT_SCORE_RANGE",
     "SimilarCase",
     "SimilarCasesReport",
     "container",
     "read_similar_cases_sr",
     "similar_cases_sr",
+    "similarity_percent",
 ]
 
 DECISION_SUPPORT_NOTE = (
-    "Decision support, not a diagnosis: similar biopsy-confirmed cases retrieved by image and text "
-    "similarity. The diagnosis of a similar case is not the diagnosis of this patient."
+    "Decision support, not a diagnosis: library cases that look similar by image and text. The diagnosis "
+    "of a similar case is not the diagnosis of this patient; each case states how its diagnosis was confirmed."
 )
-FINDING_SITE = ("363698007", "SCT", "Finding site")
+# S = β Σ_i cos_local + (1-β) Σ_i cos_global over the three levels (paper Eq. 9): -3 <= S <= 3.
+DEFAULT_SCORE_RANGE = (-3.0, 3.0)
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+FINDING_SITE = Code("363698007", "SCT", "Finding site")
+ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")  # TID 4019, written by highdicom
+ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
 
 
 def container(name, items: Sequence[Any], relationship_type=None):
@@ -67,49 +83,9 @@ def container(name, items: Sequence[Any], relationship_type=None):
     return item
 
 
-@dataclass
-class EvidenceSummary:
-    """Retrieval-based evidence: the score-weighted diagnosis distribution among the top-k.
-
-    Attributes:
-        distribution: diagnosis -> share in [0, 1] (sums to about 1).
-        prediction: the suggested diagnosis (usually the largest share).
-        confidence: calibrated confidence of the suggestion in [0, 1].
-        k: how many retrieved cases were used.
-        method: how the distribution was made (free text).
-    """
-
-    distribution: Mapping[str, float]
-    prediction: str
-    confidence: float
-    k: int
-    method: str = "score-weighted vote over the top-k similar cases"
-
-    def __post_init__(self) -> None:
-        if not self.distribution:
-            raise ValueError("EvidenceSummary.distribution must not be empty")
-        for name, share in self.distribution.items():
-            if not name or not (0.0 <= float(share) <= 1.0 + 1e-6):
-                raise ValueError(f"EvidenceSummary.distribution[{name!r}] must be in [0, 1], got {share}")
-        if not self.prediction:
-            raise ValueError("EvidenceSummary.prediction must not be empty")
-        if not (0.0 <= float(self.confidence) <= 1.0):
-            raise ValueError(f"EvidenceSummary.confidence must be in [0, 1], got {self.confidence}")
-        if int(self.k) < 1:
-            raise ValueError(f"EvidenceSummary.k must be >= 1, got {self.k}")
-
-    @classmethod
-    def coerce(cls, value: Any) -> EvidenceSummary:
-        if isinstance(value, cls):
-            return value
-        get = value.get if isinstance(value, Mapping) else (lambda key, default=None: getattr(value, key, default))
-        return cls(
-            distribution=dict(get("distribution")),
-            prediction=str(get("prediction")),
-            confidence=float(get("confidence")),
-            k=int(get("k")),
-            method=str(get("method", None) or cls.method),
-        )
+def similarity_percent(score: float, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> float:
+    """The score as a percentage of the best possible score (what the PDF shows a clinician)."""
+    return 100.0 * float(score) / float(score_range[1])
 
 
 @dataclass
@@ -119,6 +95,7 @@ class SimilarCase:
     rank: int
     score: float
     diagnosis: str | None
+    confirmation: str = "unknown"
     case_id: str | None = None
     collection: str | None = None
     site: str | None = None
@@ -144,6 +121,8 @@ class SimilarCasesReport:
     evidence_summary: EvidenceSummary | None = None
     algorithm_name: str | None = None
     algorithm_version: str | None = None
+    score_range: tuple[float, float] | None = None
+    template: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,19 +154,19 @@ def _hit_reference(meta: Any) -> Dataset | None:
     return ref
 
 
-def _site_code(site: str | None):
+def _site_code(site: str | None) -> Code | None:
     if not site or site == "unknown":
         return None
-    try:
-        from ..data.sites import SITE_CODES
-    except ImportError:  # pragma: no cover
-        return None
-    code = SITE_CODES.get(site)
-    if code is None:
-        return None
-    from pydicom.sr.coding import Code
+    from ..data.sites import SITE_CODES
 
-    return Code(code.code_value, code.coding_scheme, code.code_meaning)
+    code = SITE_CODES.get(site)
+    return None if code is None else Code(code.code_value, code.coding_scheme, code.code_meaning)
+
+
+def _source_image(sop_class: str, sop_uid: str, frame: int | None = None):
+    from highdicom.sr import SourceImageForMeasurementGroup
+
+    return SourceImageForMeasurementGroup(sop_class, sop_uid, referenced_frame_numbers=[frame] if frame else None)
 
 
 def similar_cases_sr(
@@ -196,8 +175,9 @@ def similar_cases_sr(
     *,
     query_text: str | None = None,
     notices: Sequence[str] | None = None,
-    evidence_summary: Any = None,
+    evidence_summary: EvidenceSummary | Mapping[str, Any] | None = None,
     explanations: Mapping[int, str] | None = None,
+    score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
     algorithm_name: str = "monai-cir composed vision-language retrieval",
     algorithm_version: str | None = None,
     series_uid: str | None = None,
@@ -205,27 +185,38 @@ def similar_cases_sr(
     series_number: int = 99,
     instance_number: int = 1,
     institution_name: str | None = None,
-):
-    """The similar-cases answer to one query as a :class:`highdicom.sr.ComprehensiveSR`.
+) -> hd.sr.ComprehensiveSR:
+    """The similar-cases answer to one query as a TID 1500 :class:`highdicom.sr.ComprehensiveSR`.
 
     Args:
         query: a :class:`~monai_cir.dicom.reader.DermoscopyQuery` (its dataset, frame, text and
             notices are used) or the query image's pydicom dataset. The SR joins its patient and study.
         hits: ranked results, objects (or mappings) with ``rank, case_id, score, metadata``; metadata
-            with ``diagnosis, study_uid, series_uid, sop_instance_uid, sop_class_uid, collection,
-            site`` (:class:`monai_cir.index.SearchHit`). A hit without all four UIDs gets no image
-            reference (library built from plain image files).
+            with ``diagnosis, confirmation, study_uid, series_uid, sop_instance_uid, sop_class_uid,
+            collection, site`` (:class:`monai_cir.index.SearchHit`). A hit without all four UIDs gets
+            no library image reference (library built from plain image files).
         query_text / notices: override the query's text and notices.
-        evidence_summary: an :class:`EvidenceSummary` (or an object/mapping with its fields).
-        explanations: rank -> short text explaining the match (issue 7), optional.
+        evidence_summary: a :class:`monai_cir.evidence.EvidenceSummary` (or its ``to_dict()``).
+        explanations: rank -> short text explaining the match, optional.
+        score_range: the lowest and highest score the model can give (``-L, L`` for ``L`` levels).
     """
     import highdicom as hd
     from highdicom.sr import (
-        CodeContentItem,
-        ImageContentItem,
+        AlgorithmIdentification,
+        DeviceObserverIdentifyingAttributes,
+        FindingSite,
+        Measurement,
+        MeasurementProperties,
+        MeasurementReport,
+        MeasurementsAndQualitativeEvaluations,
+        MeasurementStatisticalProperties,
         NumContentItem,
+        ObservationContext,
+        ObserverContext,
+        QualitativeEvaluation,
         RelationshipTypeValues,
         TextContentItem,
+        TrackingIdentifier,
     )
 
     contains = RelationshipTypeValues.CONTAINS
@@ -233,138 +224,188 @@ def similar_cases_sr(
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"):
         if not str(ds.get(keyword, "") or ""):
             raise ValueError(f"the query dataset has no {keyword}: cannot write the similar-cases SR")
+    low, high = (float(v) for v in score_range)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"score_range must be two finite numbers, low < high, got {score_range}")
     text = (query_text if query_text is not None else text).strip()
-    notices = list(query_notices if notices is None else notices)
+    notices = [str(n) for n in (query_notices if notices is None else notices) if str(n).strip()]
     if not hits:
         notices.append("no similar case was found")
+    version = algorithm_version or C.software_version()
+    algorithm = AlgorithmIdentification(name=algorithm_name, version=version)
+    query_source = _source_image(str(ds.SOPClassUID), str(ds.SOPInstanceUID), frame)
 
-    def text_item(name, value: str):
-        return TextContentItem(name=name, value=str(value)[:65000], relationship_type=contains)
+    def num(name, value: float | int, unit=C.NO_UNITS, properties=None):
+        return Measurement(name=name, value=value, unit=unit, properties=properties)
 
-    def num_item(name, value: float, unit=C.NO_UNITS):
-        return NumContentItem(name=name, value=value, unit=unit, relationship_type=contains)
-
-    def image_item(sop_class: str, sop_uid: str, frames: Sequence[int] | None = None):
-        return ImageContentItem(
-            name=C.SOURCE_IMAGE,
-            referenced_sop_class_uid=sop_class,
-            referenced_sop_instance_uid=sop_uid,
-            referenced_frame_numbers=list(frames) if frames else None,
-            relationship_type=contains,
+    score_properties = MeasurementProperties(
+        measurement_statistical_properties=MeasurementStatisticalProperties(
+            values=[
+                NumContentItem(C.MINIMUM, low, C.NO_UNITS, relationship_type=RelationshipTypeValues.HAS_PROPERTIES),
+                NumContentItem(C.MAXIMUM, high, C.NO_UNITS, relationship_type=RelationshipTypeValues.HAS_PROPERTIES),
+            ],
+            description="possible range of the similarity score S (paper Eq. 9); higher is more similar",
         )
+    )
 
-    query_items = [image_item(str(ds.SOPClassUID), str(ds.SOPInstanceUID), [frame] if frame else None)]
-    if text:
-        query_items.append(text_item(C.QUERY_TEXT, text))
-    query_items += [text_item(C.COMMENT, n) for n in notices if str(n).strip()]
-
-    items = [
-        text_item(C.ALGORITHM_NAME, algorithm_name),
-        text_item(C.ALGORITHM_VERSION, algorithm_version or C.software_version()),
-        text_item(C.COMMENT, DECISION_SUPPORT_NOTE),
-        container(C.QUERY, query_items, contains),
-    ]
+    groups = []
     evidence: list[Dataset] = [ds]
     seen_ranks: set[int] = set()
     for hit in hits:
         rank, score, meta = _get(hit, "rank"), _get(hit, "score"), _get(hit, "metadata")
-        case_id = _get(hit, "case_id") or _get(meta, "case_id")
-        if not isinstance(rank, (int,)) or isinstance(rank, bool) or rank < 1 or rank in seen_ranks:
+        case_id = str(_get(hit, "case_id") or _get(meta, "case_id") or "")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or rank in seen_ranks:
             raise ValueError(f"hit rank must be a unique integer >= 1, got {rank!r}")
         seen_ranks.add(rank)
         score = float(score)
         if not math.isfinite(score):
             raise ValueError(f"hit score of rank {rank} must be finite, got {score}")
-        case_items = [num_item(C.RETRIEVAL_RANK, rank), num_item(C.SIMILARITY_SCORE, score)]
-        diagnosis = _get(meta, "diagnosis")
-        if diagnosis:
-            case_items.append(CodeContentItem(name=C.REFERENCE_DIAGNOSIS, value=C.diagnosis_code(str(diagnosis)), relationship_type=contains))
-        if case_id:
-            case_items.append(text_item(C.CASE_IDENTIFIER, case_id))
-        if _get(meta, "collection"):
-            case_items.append(text_item(C.CASE_COLLECTION, _get(meta, "collection")))
-        site_code = _site_code(_get(meta, "site"))
-        if site_code is not None:
-            from pydicom.sr.coding import Code
-
-            case_items.append(CodeContentItem(name=Code(*FINDING_SITE), value=site_code, relationship_type=contains))
-        if explanations and explanations.get(rank):
-            case_items.append(text_item(C.EXPLANATION, explanations[rank]))
+        if not case_id:
+            raise ValueError(f"hit of rank {rank} has no case id")
+        collection = str(_get(meta, "collection") or "")
+        confirmation = str(_get(meta, "confirmation") or "unknown")
+        qualitative = [QualitativeEvaluation(C.DIAGNOSIS, C.diagnosis_code(str(_get(meta, "diagnosis") or "unknown")))]
+        qualitative.append(QualitativeEvaluation(C.DIAGNOSIS_CONFIRMATION, C.confirmation_code(confirmation)))
+        sources = [query_source]
         ref = _hit_reference(meta)
         if ref is not None:
-            case_items.append(image_item(ref.SOPClassUID, ref.SOPInstanceUID))
+            sources.append(_source_image(ref.SOPClassUID, ref.SOPInstanceUID))
             evidence.append(ref)
-        items.append(container(C.SIMILAR_CASE, case_items, contains))
+        site = _site_code(_get(meta, "site"))
+        group = MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(uid=C.derived_uid("similar-case", collection, case_id), identifier=case_id[:64]),
+            algorithm_id=algorithm,
+            finding_sites=[FindingSite(site)] if site is not None else None,
+            measurements=[num(C.RETRIEVAL_RANK, int(rank)), num(C.SIMILARITY_SCORE, score, properties=score_properties)],
+            qualitative_evaluations=qualitative,
+            source_images=sources,
+        )
+        extra = []
+        if collection:
+            extra.append(TextContentItem(name=C.CASE_COLLECTION, value=collection[:1024], relationship_type=contains))
+        if explanations and explanations.get(rank):
+            extra.append(TextContentItem(name=C.COMMENT, value=str(explanations[rank])[:65000], relationship_type=contains))
+        group[0].ContentSequence.extend(extra)
+        groups.append(group)
 
     if evidence_summary is not None:
         summary = EvidenceSummary.coerce(evidence_summary)
-        summary_items = [
-            text_item(C.COMMENT, f"Decision support, not a diagnosis. {summary.method} (k = {summary.k})."),
-            CodeContentItem(name=C.PREDICTED_DIAGNOSIS, value=C.diagnosis_code(summary.prediction), relationship_type=contains),
-            num_item(C.PROBABILITY, float(summary.confidence)),
-        ]
-        for name, share in summary.distribution.items():
-            summary_items.append(
-                container(
-                    C.DIAGNOSIS_SHARE,
-                    [
-                        CodeContentItem(name=C.REFERENCE_DIAGNOSIS, value=C.diagnosis_code(name), relationship_type=contains),
-                        num_item(C.PROBABILITY, min(1.0, float(share))),
-                    ],
-                    contains,
-                )
+        for diagnosis, share in summary.distribution.items():
+            qualitative = [QualitativeEvaluation(C.DIAGNOSIS, C.diagnosis_code(diagnosis))]
+            if diagnosis == summary.predicted:
+                qualitative.append(QualitativeEvaluation(C.PREDICTED_DIAGNOSIS, C.YES))
+            qualitative.append(QualitativeEvaluation(C.CALIBRATED, C.YES if summary.calibrated else C.NO))
+            group = MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(uid=C.new_uid(), identifier=f"evidence: {diagnosis}"[:64]),
+                finding_type=C.EVIDENCE_SUMMARY,
+                algorithm_id=algorithm,
+                measurements=[
+                    num(C.PROBABILITY, min(1.0, float(share))),
+                    num(C.NUMBER_OF_SIMILAR_FINDINGS, int(summary.counts.get(diagnosis, 0))),
+                ],
+                qualitative_evaluations=qualitative,
+                source_images=[query_source],
             )
-        items.append(container(C.EVIDENCE_SUMMARY, summary_items, contains))
+            group[0].ContentSequence.append(
+                TextContentItem(name=C.COMMENT, value=f"{summary.label}. {summary.method}"[:65000], relationship_type=contains)
+            )
+            groups.append(group)
 
-    root = container(C.SIMILAR_CASES_REPORT, items)
-    return hd.sr.ComprehensiveSR(
+    if not groups:  # TID 1500 needs one measurement group: say that nothing was found, about the query
+        groups.append(
+            MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(uid=C.new_uid(), identifier="no similar case"),
+                algorithm_id=algorithm,
+                source_images=[query_source],
+            )
+        )
+
+    observer = ObserverContext(
+        observer_type=Code("121007", "DCM", "Device"),
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=C.DEVICE_UID, name=algorithm_name[:64], manufacturer_name=C.MANUFACTURER, model_name=C.MODEL_NAME
+        ),
+    )
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=observer),
+        procedure_reported=C.DERMOSCOPIC_PHOTOGRAPHY,
+        imaging_measurements=groups,
+        title=C.IMAGING_MEASUREMENT_REPORT,
+    )
+    evaluations = []
+    if text:
+        evaluations.append(TextContentItem(name=C.CLINICAL_INFORMATION, value=text[:65000], relationship_type=contains))
+    evaluations += [TextContentItem(name=C.COMMENT, value=n[:65000], relationship_type=contains) for n in [DECISION_SUPPORT_NOTE, *notices]]
+    report[0].ContentSequence.append(container(QUALITATIVE_EVALUATIONS, evaluations, contains))
+
+    # highdicom accepts only DCM purposes here; IHE AI Results' own purpose replaces it below
+    equipment = hd.ContributingEquipment(
+        manufacturer=C.MANUFACTURER,
+        purpose_of_reference=Code("109103", "DCM", "Processing Equipment"),
+        manufacturer_model_name=C.MODEL_NAME,
+        software_versions=version,
+        contribution_description=algorithm_name[:1024],
+    )
+    sr = hd.sr.ComprehensiveSR(
         evidence=evidence,
-        content=root,
-        series_instance_uid=series_uid or hd.UID(),
+        content=report,
+        series_instance_uid=series_uid or C.new_uid(),
         series_number=series_number,
-        sop_instance_uid=sop_instance_uid or hd.UID(),
+        sop_instance_uid=sop_instance_uid or C.new_uid(),
         instance_number=instance_number,
         manufacturer=C.MANUFACTURER,
         manufacturer_model_name=C.MODEL_NAME,
-        software_versions=C.software_version(),
+        software_versions=version,
         device_serial_number="0",
         institution_name=institution_name,
-        series_description="Similar cases (monai-cir)",
+        series_description="Similar cases (monai-cir, decision support)",
         is_complete=True,
+        is_verified=False,  # VerificationFlag UNVERIFIED (IHE AI Results)
         coding_schemes=[C.coding_scheme_item()],
+        contributing_equipment=[equipment],
     )
+    for item in sr.ContributingEquipmentSequence:  # ours, not the query's acquisition equipment
+        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109103" and item.get("ManufacturerModelName") == C.MODEL_NAME:
+            item.DeviceUID = C.DEVICE_UID
+            item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(C.PROCESSING_ALGORITHM)]
+    return sr
 
 
 # ------------------------------------------------------------------------------------------------
-def _code_tuple(item: Dataset, keyword: str) -> tuple[str, str, str] | None:
-    seq = item.get(keyword)
-    if not seq:
-        return None
-    code = seq[0]
-    return str(code.get("CodingSchemeDesignator", "")), str(code.get("CodeValue", "")), str(code.get("CodeMeaning", ""))
+def _code_key(code: Any) -> tuple[str, str]:
+    return str(code.scheme_designator), str(code.value)
 
 
-def _is(key: tuple[str, str, str] | None, code: Any) -> bool:
-    return key is not None and key[0] == code.scheme_designator and key[1] == code.value
+def _is(code: Any, wanted: Code) -> bool:
+    return code is not None and _code_key(code) == (wanted.scheme_designator, wanted.value)
 
 
-def _num(item: Dataset) -> float:
-    return float(item.MeasuredValueSequence[0].NumericValue)
+def _qualitative(group, name: Code):
+    values = group.get_qualitative_evaluations(name=name)
+    return values[0].value if values else None
+
+
+def _measurement(group, name: Code) -> float | None:
+    values = group.get_measurements(name=name)
+    return float(values[0].value) if values else None
+
+
+def _group_texts(group, name: Code) -> list[str]:
+    return [str(item.TextValue) for item in group[0].ContentSequence if item.ValueType == "TEXT" and _is(item.name, name)]
 
 
 def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCasesReport:
-    """Read a similar-cases SR written by :func:`similar_cases_sr` (file or dataset), via highdicom.
+    """Read a similar-cases SR written by :func:`similar_cases_sr` back through highdicom's TID 1500
+    classes (:class:`highdicom.sr.MeasurementReport`).
 
     Raises ``ValueError`` when the document is not a monai-cir similar-cases report."""
     import highdicom as hd
 
-    if isinstance(path_or_dataset, Dataset):
-        sr = hd.sr.ComprehensiveSR.from_dataset(path_or_dataset)
-    else:
-        sr = hd.sr.srread(path_or_dataset)
-    if not _is(_code_tuple(sr, "ConceptNameCodeSequence"), C.SIMILAR_CASES_REPORT):
-        raise ValueError("not a monai-cir similar-cases SR (document title is not CIR001 of 99MONAICIR)")
-    where = {sop: (study, series, cls) for study, series, sop, cls in sr.get_evidence()}
+    sr = hd.sr.ComprehensiveSR.from_dataset(path_or_dataset) if isinstance(path_or_dataset, Dataset) else hd.sr.srread(path_or_dataset)
+    content = sr.content
+    if not isinstance(content, hd.sr.MeasurementReport) or str(sr.get("Manufacturer", "")) != C.MANUFACTURER:
+        raise ValueError("not a monai-cir similar-cases SR (expected a TID 1500 Measurement Report by monai-cir)")
+    where = {sop: (study, series) for study, series, sop, _ in sr.get_evidence()}
     report = SimilarCasesReport(
         sop_instance_uid=str(sr.SOPInstanceUID),
         study_uid=str(sr.StudyInstanceUID),
@@ -372,88 +413,80 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
         query_sop_instance_uid=None,
         query_sop_class_uid=None,
         query_text="",
+        template=str(sr.ContentTemplateSequence[0].TemplateIdentifier) if "ContentTemplateSequence" in sr else None,
     )
-    site_names: dict[tuple[str, str], str] = {}
-    try:
-        from ..data.sites import SITE_CODES
+    from ..data.sites import SITE_CODES
 
-        site_names = {(c.coding_scheme, c.code_value): n for n, c in SITE_CODES.items() if c is not None}
-    except ImportError:  # pragma: no cover
-        pass
+    site_names = {(c.coding_scheme, c.code_value): n for n, c in SITE_CODES.items() if c is not None}
+    distribution: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    predicted, method, calibrated = None, "", False
+    for group in content.get_image_measurement_groups():
+        for name, version in zip(_group_texts(group, ALGORITHM_NAME), _group_texts(group, ALGORITHM_VERSION)):
+            report.algorithm_name, report.algorithm_version = name, version
+        sources = [(str(s.referenced_sop_class_uid), str(s.referenced_sop_instance_uid)) for s in group.source_images]
+        if sources and report.query_sop_instance_uid is None:
+            report.query_sop_class_uid, report.query_sop_instance_uid = sources[0]
+        diagnosis_code = _qualitative(group, C.DIAGNOSIS)
+        diagnosis = C.diagnosis_from_code(diagnosis_code.scheme_designator, diagnosis_code.value, diagnosis_code.meaning) if diagnosis_code else None
+        if _is(group.finding_type, C.EVIDENCE_SUMMARY):
+            distribution[diagnosis] = _measurement(group, C.PROBABILITY)
+            counts[diagnosis] = int(round(_measurement(group, C.NUMBER_OF_SIMILAR_FINDINGS) or 0))
+            if _is(_qualitative(group, C.PREDICTED_DIAGNOSIS), C.YES):
+                predicted = diagnosis
+            calibrated = _is(_qualitative(group, C.CALIBRATED), C.YES)
+            method = next(iter(_group_texts(group, C.COMMENT)), "").removeprefix(f"{EvidenceSummary.label}. ")
+            continue
+        rank = _measurement(group, C.RETRIEVAL_RANK)
+        if rank is None:  # the "no similar case" group
+            continue
+        score_item = group.get_measurements(name=C.SIMILARITY_SCORE)[0]
+        if report.score_range is None:
+            bounds = {}
+            for prop in score_item[0].get("ContentSequence", []):  # TID 311 Minimum / Maximum
+                if prop.ValueType == "NUM":
+                    name = prop.ConceptNameCodeSequence[0]
+                    bounds[(str(name.CodingSchemeDesignator), str(name.CodeValue))] = float(prop.MeasuredValueSequence[0].NumericValue)
+            low, high = bounds.get(_code_key(C.MINIMUM)), bounds.get(_code_key(C.MAXIMUM))
+            report.score_range = (low, high) if low is not None and high is not None else None
+        confirmation_code = _qualitative(group, C.DIAGNOSIS_CONFIRMATION)
+        case = SimilarCase(
+            rank=int(round(rank)),
+            score=float(score_item.value),
+            diagnosis=diagnosis,
+            confirmation=C.confirmation_from_code(confirmation_code.scheme_designator, confirmation_code.value) if confirmation_code else "unknown",
+            case_id=group.tracking_identifier,
+            collection=next(iter(_group_texts(group, C.CASE_COLLECTION)), None),
+            explanation=next(iter(_group_texts(group, C.COMMENT)), None),
+        )
+        sites = group.finding_sites
+        if sites:
+            key = (sites[0].value.scheme_designator, sites[0].value.value)
+            case.site = site_names.get(key, sites[0].value.meaning)
+        library = sources[1:]  # written [query, library image]; both are the same instance when the query is in the library
+        if library:
+            case.sop_class_uid, case.sop_instance_uid = library[0]
+            if case.sop_instance_uid in where:
+                case.study_uid, case.series_uid = (str(u) for u in where[case.sop_instance_uid])
+        report.matches.append(case)
 
-    for item in sr.ContentSequence:
-        name = _code_tuple(item, "ConceptNameCodeSequence")
-        if item.ValueType == "TEXT" and _is(name, C.ALGORITHM_NAME):
-            report.algorithm_name = str(item.TextValue)
-        elif item.ValueType == "TEXT" and _is(name, C.ALGORITHM_VERSION):
-            report.algorithm_version = str(item.TextValue)
-        elif _is(name, C.QUERY):
+    root = content[0]
+    for item in root.ContentSequence:
+        if item.ValueType == "CONTAINER" and _is(item.name, QUALITATIVE_EVALUATIONS):
             for sub in item.ContentSequence:
-                sub_name = _code_tuple(sub, "ConceptNameCodeSequence")
-                if sub.ValueType == "IMAGE":
-                    ref = sub.ReferencedSOPSequence[0]
-                    report.query_sop_instance_uid = str(ref.ReferencedSOPInstanceUID)
-                    report.query_sop_class_uid = str(ref.ReferencedSOPClassUID)
-                elif _is(sub_name, C.QUERY_TEXT):
+                if _is(sub.name, C.CLINICAL_INFORMATION):
                     report.query_text = str(sub.TextValue)
-                elif _is(sub_name, C.COMMENT):
+                elif _is(sub.name, C.COMMENT) and str(sub.TextValue) != DECISION_SUPPORT_NOTE:
                     report.notices.append(str(sub.TextValue))
-        elif _is(name, C.SIMILAR_CASE):
-            case = SimilarCase(rank=0, score=float("nan"), diagnosis=None)
-            for sub in item.ContentSequence:
-                sub_name = _code_tuple(sub, "ConceptNameCodeSequence")
-                if _is(sub_name, C.RETRIEVAL_RANK):
-                    case.rank = int(round(_num(sub)))
-                elif _is(sub_name, C.SIMILARITY_SCORE):
-                    case.score = _num(sub)
-                elif _is(sub_name, C.REFERENCE_DIAGNOSIS):
-                    case.diagnosis = C.diagnosis_from_code(*_code_tuple(sub, "ConceptCodeSequence"))
-                elif _is(sub_name, C.CASE_IDENTIFIER):
-                    case.case_id = str(sub.TextValue)
-                elif _is(sub_name, C.CASE_COLLECTION):
-                    case.collection = str(sub.TextValue)
-                elif _is(sub_name, C.EXPLANATION):
-                    case.explanation = str(sub.TextValue)
-                elif sub_name and (sub_name[0], sub_name[1]) == (FINDING_SITE[1], FINDING_SITE[0]):
-                    value = _code_tuple(sub, "ConceptCodeSequence")
-                    case.site = site_names.get((value[0], value[1]), value[2]) if value else None
-                elif sub.ValueType == "IMAGE":
-                    ref = sub.ReferencedSOPSequence[0]
-                    case.sop_instance_uid = str(ref.ReferencedSOPInstanceUID)
-                    case.sop_class_uid = str(ref.ReferencedSOPClassUID)
-                    if case.sop_instance_uid in where:
-                        case.study_uid, case.series_uid = (str(u) for u in where[case.sop_instance_uid][:2])
-            report.matches.append(case)
-        elif _is(name, C.EVIDENCE_SUMMARY):
-            distribution: dict[str, float] = {}
-            prediction, confidence, method = None, None, ""
-            for sub in item.ContentSequence:
-                sub_name = _code_tuple(sub, "ConceptNameCodeSequence")
-                if _is(sub_name, C.PREDICTED_DIAGNOSIS):
-                    prediction = C.diagnosis_from_code(*_code_tuple(sub, "ConceptCodeSequence"))
-                elif _is(sub_name, C.PROBABILITY):
-                    confidence = _num(sub)
-                elif _is(sub_name, C.COMMENT):
-                    method = str(sub.TextValue)
-                    method = method.removeprefix("Decision support, not a diagnosis. ")
-                elif _is(sub_name, C.DIAGNOSIS_SHARE):
-                    dx, share = None, None
-                    for leaf in sub.ContentSequence:
-                        leaf_name = _code_tuple(leaf, "ConceptNameCodeSequence")
-                        if _is(leaf_name, C.REFERENCE_DIAGNOSIS):
-                            dx = C.diagnosis_from_code(*_code_tuple(leaf, "ConceptCodeSequence"))
-                        elif _is(leaf_name, C.PROBABILITY):
-                            share = _num(leaf)
-                    if dx is not None and share is not None:
-                        distribution[dx] = share
-            k = len(report.matches) or 1
-            if method and "(k = " in method:
-                method, _, tail = method.rpartition(" (k = ")
-                try:
-                    k = int(tail.split(")")[0])
-                except ValueError:
-                    pass
-            if prediction and confidence is not None and distribution:
-                report.evidence_summary = EvidenceSummary(distribution, prediction, confidence, k, method)
+    if distribution and predicted is not None:
+        report.evidence_summary = EvidenceSummary(
+            k=sum(counts.values()),
+            distribution=distribution,
+            predicted=predicted,
+            confidence=distribution[predicted],
+            counts=counts,
+            calibrated=calibrated,
+            method=method,
+        )
     report.matches.sort(key=lambda m: m.rank)
     return report

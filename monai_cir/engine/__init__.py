@@ -3,7 +3,7 @@
 - :func:`train_head` (MONAI ``SupervisedTrainer`` + handlers) trains any head of :mod:`.heads` on a
   ``FeatureCache``; :func:`fit_composed` builds and trains the composed network for one split.
 - :mod:`.finetune`: the end-to-end switch (images and texts in, encoders unfrozen).
-- :mod:`.cv_methods`: the trained methods registered with ``monai_cir.evaluation``.
+- :mod:`.cv_methods`: the trained methods of ``monai_cir.evaluation`` (registered when it is imported).
 """
 
 from __future__ import annotations
@@ -63,12 +63,18 @@ def fit_composed(
     config: TrainConfig | dict[str, Any] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    text_augmentation: dict[str, Any] | None = None,
     **net_overrides: Any,
 ) -> tuple[CachedComposedModel, TrainResult]:
-    """Build a fresh head for ``mode`` and train it on ``train_idx`` of the cache."""
+    """Build a fresh head for ``mode`` and train it on ``train_idx`` of the cache.
+
+    ``text_augmentation``: keyword arguments of :meth:`CachedComposedModel.set_text_augmentation`
+    (``dropout``, ``bank``)."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     cfg.seed = seed
     net = new_head_net(base, seed=seed, **net_overrides)
     model = CachedComposedModel(net, mode, mean_maps(cache, train_idx) if mode == "text_only" else None)
+    if text_augmentation:
+        model.set_text_augmentation(seed=seed, **text_augmentation)
     result = train_head(model, cache, train_idx, cfg, level_indices=net.level_indices, device=device)
     return model, result

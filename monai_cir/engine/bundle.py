@@ -3,26 +3,28 @@
 - :class:`TargetTower`: the image tower ``images (B, 3, S, S) in [0, 1] -> T (B, D)`` as a module with one
   input and one output, for ``verify_net_in_out`` and ``ckpt_export`` (TorchScript by tracing). Its
   state-dict keys for the head match the checkpoint's ``head`` entry (``--key_in_ckpt head``).
-- :func:`fold_split`: train / held-out indices of the committed folds (``fold=-1``: all cases).
-- :func:`checkpoint_saver`: a ``save_fn`` for :func:`~monai_cir.engine.train_head` writing
-  :func:`~monai_cir.networks.save_checkpoint` files (head + encoder fingerprint).
+- :func:`fold_split`: train / held-out indices of the committed folds (``fold=-1``: all cases), of a
+  feature cache or of a record list; :func:`subset_records`: a class-balanced few cases (smoke tests).
+- :func:`checkpoint_saver`: the bundle's saver (``train.yaml`` ``saver``), writing
+  :func:`~monai_cir.networks.save_checkpoint` files (head + encoder fingerprint, or the whole network
+  after fine-tuning).
 - :func:`evaluate_checkpoint` / :func:`rank_collection`: the evaluate and inference workflows.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..networks import ComposedRetrievalNet, load_model, save_checkpoint
+from ..networks.composed_retrieval import HEAD_PREFIXES
+from .data import class_round_robin
 
 __all__ = ["TargetTower", "subset_records", "fold_split", "checkpoint_saver", "evaluate_checkpoint", "rank_collection", "load_or_default"]
 
@@ -36,19 +38,19 @@ class TargetTower(nn.Module):
 
     def __init__(self, net: ComposedRetrievalNet) -> None:
         super().__init__()
+        # registered under the network's own names, so the state-dict keys are the checkpoint's
         self.image_encoder = net.image_encoder
         self.composers = net.composers  # unused by the target side; kept so the head keys match the checkpoint
         self.alignments = net.alignments
-        self.level_indices = list(net.level_indices)
-        self.wl, self.wg = math.sqrt(net.beta), math.sqrt(1.0 - net.beta)
+        self.__dict__["net"] = net  # not a submodule: its weights are the ones registered above
         self.embedding_dim = net.embedding_dim
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
         """Accepts a head-only state dict (the checkpoint's ``head``: ``ckpt_export --key_in_ckpt head``):
         the encoders come from their packages, the head keys must all match."""
         keys = set(state_dict)
-        head = {k for k in self.state_dict() if k.startswith(("composers.", "alignments."))}
-        if keys and keys <= head | {k for k in keys if not k.startswith(("composers.", "alignments."))} and not (keys - head):
+        head = {k for k in self.state_dict() if k.startswith(HEAD_PREFIXES)}
+        if keys and keys <= head:
             if strict and head - keys:
                 raise RuntimeError(f"head checkpoint lacks {sorted(head - keys)[:5]}")
             return super().load_state_dict(state_dict, strict=False, assign=assign)
@@ -56,10 +58,7 @@ class TargetTower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         maps = self.image_encoder(images)
-        selected = [maps[i].float() for i in self.level_indices]
-        local = [self.wl * F.normalize(a.local_descriptor(x), dim=-1) for a, x in zip(self.alignments, selected)]
-        global_ = [self.wg * F.normalize(a.global_descriptor(x), dim=-1) for a, x in zip(self.alignments, selected)]
-        return torch.cat(local + global_, dim=-1)
+        return self.net.embed_maps([maps[i].float() for i in self.net.level_indices])
 
 
 def load_or_default(path: str | Path | None = None, image_size: int = 260, **net_kwargs: Any) -> ComposedRetrievalNet:
@@ -69,13 +68,18 @@ def load_or_default(path: str | Path | None = None, image_size: int = 260, **net
     return ComposedRetrievalNet.offline_default(image_size=image_size, **net_kwargs).eval()
 
 
-def fold_split(cache: Any, fold: int = 0, subset: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) cache rows for ``fold`` of the committed folds; ``fold = -1``: (all, none).
+def fold_split(cases: Any, fold: int = 0, subset: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) rows of ``cases`` (a feature cache, or a list of ``CaseRecord``) for ``fold`` of the
+    committed folds; ``fold = -1``: (all, none).
 
     ``subset`` keeps a class-stratified random ``subset`` of each side (smoke tests)."""
+    from types import SimpleNamespace
+
     from ..evaluation import fold_indices
 
-    fold_of = fold_indices(cache)
+    if not hasattr(cases, "case_ids"):  # records: what the image (fine-tuning) path reads
+        cases = SimpleNamespace(case_ids=[r.case_id for r in cases], labels=[r.label for r in cases])
+    fold_of = fold_indices(cases)
     if fold < 0:
         train, test = np.arange(len(fold_of)), np.array([], dtype=int)
     else:
@@ -83,22 +87,8 @@ def fold_split(cache: Any, fold: int = 0, subset: int | None = None, seed: int =
             raise ValueError(f"fold {fold} does not exist; folds are {sorted(set(fold_of.tolist()))} (or -1 for all cases)")
         train, test = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     if subset:
-        labels = np.asarray(cache.labels)
-        rng = np.random.default_rng(seed)
-
-        def take(idx: np.ndarray, n: int) -> np.ndarray:
-            if len(idx) <= n:
-                return idx
-            per = {c: rng.permutation(idx[labels[idx] == c]) for c in np.unique(labels[idx])}
-            out, i = [], 0
-            while len(out) < n:  # round-robin over classes: every class present
-                for c in per:
-                    if i < len(per[c]) and len(out) < n:
-                        out.append(per[c][i])
-                i += 1
-            return np.sort(np.asarray(out))
-
-        train, test = take(train, subset), take(test, max(3, subset // 4))
+        labels = np.asarray(cases.labels)
+        train, test = class_round_robin(labels, train, subset, seed), class_round_robin(labels, test, max(3, subset // 4), seed)
     return train, test
 
 
@@ -167,40 +157,5 @@ def subset_records(collection: str = "derm7pt", n: int = 30, root: str | Path | 
     from ..data.collections import load_collection
 
     records = load_collection(collection, root)
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[int]] = {}
-    for i in rng.permutation(len(records)).tolist():
-        by_class.setdefault(records[i].label, []).append(i)
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < min(n, len(records)):
-        for members in by_class.values():
-            if depth < len(members) and len(chosen) < n:
-                chosen.append(members[depth])
-        depth += 1
-    return [records[i] for i in sorted(chosen)]
-
-
-def train_fold(
-    finetune: bool,
-    model: Any,
-    cache: Any,
-    train_indices: Sequence[int],
-    config: Any,
-    device: Any = "cpu",
-    save_fn: Callable | None = None,
-) -> Any:
-    """The bundle's training step: the cached head (default) or end-to-end fine-tuning (``finetune``).
-
-    One function so that the config references only the branch it runs (MONAI resolves every ``@id``
-    of an expression before evaluating it)."""
-    from .finetune import finetune as finetune_fn
-    from .trainer import train_head
-
-    net = model.net
-    if not finetune:
-        return train_head(model, cache, train_indices, config, level_indices=net.level_indices, device=device, save_fn=save_fn)
-    result = finetune_fn(net, cache.records, train_indices, config, device=device)
-    if save_fn is not None and config.checkpoint:
-        save_fn(config.checkpoint, epoch=result.epochs_run)
-    return result
+    chosen = class_round_robin([r.label for r in records], np.arange(len(records)), n, seed)
+    return [records[i] for i in chosen]

@@ -1,4 +1,4 @@
-"""Trained retrieval methods for ``monai_cir.evaluation`` (imported by it; replaces the stand-ins).
+"""The trained retrieval methods of ``monai_cir.evaluation`` (which imports this module to register them).
 
 Every method trains per fold on ``ctx.train_indices`` only (the four database folds; an inner
 validation split of them drives early stopping) and returns ``(Q, T)`` scored by inner product.
@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import functools
 import logging
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from ..evaluation import CrossSiteContext, FoldContext, register_method
+from ..evaluation.protocol import CrossSiteContext, FoldContext, RunState
+from ..evaluation.registry import register_method
+from ..evaluation.text_forms import text_form_cache
 from . import TrainConfig, fit_composed
 from .heads import LateFusionMLP
 from .trainer import train_head
 
-__all__ = ["METHOD_DEFAULTS", "base_net", "method_options", "train_method", "override_options"]
+__all__ = ["METHOD_DEFAULTS", "base_net", "method_options", "text_bank", "train_method", "override_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +49,17 @@ _TRAIN = dict(epochs=100, lr=1e-4, weight_decay=1e-5, batch_size=96, patience=30
 # The composed network's methods: τ 0.2 (0.1 collapses each class), the tanh gates of Eq. 5 started at 0.3
 # and the composers at 3x the lr so the text gets through (bundle/docs/README.md, "attempts").
 _COMPOSED_TRAIN = dict(_TRAIN, temperature=0.2, composer_lr_mult=3.0, gate_init=0.3)
+# The full-batch regime (DESIGN.md section 5; issue 13): Adam lr 1e-3 / wd 1e-5, the whole training set as
+# one batch (batch_size 0), 200 epochs, no early stopping (no inner validation: the last epoch is kept),
+# symmetric multi-positive SupCon (q->t and t->q) at τ 0.1.
+_FULLBATCH_TRAIN = dict(_TRAIN, epochs=200, lr=1e-3, batch_size=0, patience=0, val_fraction=0.0, temperature=0.1, target_weight=0.0, symmetric_weight=1.0)
+# ``model``: "late_fusion" (:class:`LateFusionMLP`) or a mode of :class:`CachedComposedModel`
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "composed": dict(train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
-    "image_only": dict(train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
-    "text_only": dict(train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
-    "late_fusion": dict(train=dict(_TRAIN), net=dict(hidden=512, out_dim=256, dropout=0.2), ensemble=1),
+    "composed": dict(model="composed", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
+    "image_only": dict(model="image_only", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
+    "text_only": dict(model="text_only", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
+    "late_fusion": dict(model="late_fusion", train=dict(_TRAIN), net=dict(hidden=512, out_dim=256, dropout=0.2), ensemble=1),
+    "late_fusion_fullbatch": dict(model="late_fusion", train=dict(_FULLBATCH_TRAIN), net=dict(hidden=512, out_dim=256, dropout=0.1, batch_norm=True), ensemble=1),
 }
 
 
@@ -83,41 +93,65 @@ def method_options(name: str, config: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def base_net(config: dict[str, Any]):
+@functools.lru_cache(maxsize=4)
+def base_net(image_size: int = 260):
     """Encoder donor for the heads: the composed network's architecture with random encoders (the cache
-    replaces them; nothing is loaded from disk)."""
+    replaces them; nothing is loaded from disk). One per image size (the heads copy nothing from it
+    but the architecture; :func:`~monai_cir.engine.new_head_net` builds a fresh head)."""
     from ..networks import create_model
 
-    objects = config.setdefault("_objects", {})
-    key = ("base_net", int(config.get("image_size", 260)))
-    if key not in objects:
-        objects[key] = create_model(pretrained=False, image_size=int(config.get("image_size", 260))).eval()
-    return objects[key]
+    return create_model(pretrained=False, image_size=int(image_size)).eval()
 
 
-def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str, Any], seed: int):
-    """Train method ``name`` on ``train_idx`` of ``cache``; returns a list of models (one per ensemble seed)."""
+def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str, Any], seed: int, state: RunState | None = None):
+    """Train method ``name`` on ``train_idx`` of ``cache``; returns a list of models (one per ensemble seed).
+
+    ``state`` (the evaluation run's :class:`~monai_cir.evaluation.protocol.RunState`) memoises the models
+    (methods that share a model train it once) and collects the training log."""
     opts = method_options(name, config)
-    objects = config.setdefault("_objects", {})
+    state = state if state is not None else RunState()
     key = ("trained", name, id(cache), tuple(int(i) for i in train_idx[:5]), len(train_idx), seed, repr(opts))
-    if key in objects:
-        return objects[key]
+    if key in state.memo:
+        return state.memo[key]
     models = []
     for member in range(int(opts.get("ensemble", 1))):
         s = seed + 1000 * member
         train_cfg = TrainConfig.from_dict({**opts["train"], "seed": s})
-        if name == "late_fusion":
+        if opts["model"] == "late_fusion":
             torch.manual_seed(s)
             image_dim = sum(int(m.shape[1]) for m in cache.maps)
             model = LateFusionMLP(image_dim, int(cache.sentence.shape[1]), **opts["net"])
             result = train_head(model, cache, train_idx, train_cfg)
         else:
-            model, result = fit_composed(base_net(config), cache, train_idx, name, train_cfg, seed=s, **opts["net"])
+            text = dict(opts.get("text") or {})
+            augmentation = None
+            if text.get("dropout") or text.get("variants"):
+                bank = text_bank(cache, int(text.get("variants", 0)), seed=0) if text.get("variants") else None
+                augmentation = dict(dropout=float(text.get("dropout", 0.0)), bank=bank)
+            model, result = fit_composed(base_net(int(config.get("image_size", 260))), cache, train_idx, opts["model"], train_cfg, seed=s,
+                                         text_augmentation=augmentation, **opts["net"])
         logger.info("%s seed %d: best epoch %d of %d, val score %.3f, %.1f s", name, s, result.best_epoch, result.epochs_run, result.best_score, result.seconds)
-        config.setdefault("_train_log", []).append(dict(method=name, seed=s, n_train=len(train_idx), best_epoch=result.best_epoch, epochs_run=result.epochs_run, val_score=round(result.best_score, 4), seconds=round(result.seconds, 1)))
+        state.train_log.append(dict(method=name, seed=s, n_train=len(train_idx), best_epoch=result.best_epoch, epochs_run=result.epochs_run, val_score=round(result.best_score, 4), seconds=round(result.seconds, 1)))
         models.append(model)
-    objects[key] = models
+    state.memo[key] = models
     return models
+
+
+def text_bank(cache: Any, variants: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``variants`` training re-wordings of every cached case's report
+    (:func:`monai_cir.data.report.augment_report`), encoded with the cache's text encoder:
+    ``(tokens (V, N, n, d_T) fp16, mask (V, N, n))`` for :meth:`CachedComposedModel.set_text_augmentation`."""
+    from ..data.report import augment_report, case_generator
+    from ..evaluation.text_forms import encode_texts
+
+    encoded = []
+    for v in range(variants):
+        texts = [augment_report(r, case_generator(r, seed + 1000 * (v + 1))) for r in cache.records]
+        encoded.append(encode_texts(cache, texts)[:2])
+    n = max(t.shape[1] for t, _ in encoded)
+    tokens = torch.stack([torch.nn.functional.pad(t, (0, 0, 0, n - t.shape[1])) for t, _ in encoded])
+    mask = torch.stack([torch.nn.functional.pad(m, (0, n - m.shape[1])) for _, m in encoded])
+    return tokens, mask
 
 
 def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -127,8 +161,8 @@ def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
 def _fold(name: str, ctx: FoldContext):
     opts = method_options(name, ctx.config)
     tta = opts["train"].get("tta", True)
-    models = train_method(name, ctx.cache, ctx.train_indices, ctx.config, ctx.seed)
-    q = _concat([m.encode_queries(ctx.cache, ctx.query_indices, tta=tta) for m in models])
+    models = train_method(name, ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    q = _concat([m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta) for m in models])
     t = _concat([m.encode_targets(ctx.cache, ctx.database_indices, tta=tta) for m in models])
     return q, t
 
@@ -136,7 +170,7 @@ def _fold(name: str, ctx: FoldContext):
 def _cross_site(name: str, ctx: CrossSiteContext):
     """Target tower trained on all of Derm7pt, applied to the other collection's images."""
     opts = method_options(name, ctx.config)
-    models = train_method(name, ctx.source, ctx.train_indices, ctx.config, ctx.seed)
+    models = train_method(name, ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     idx = np.arange(len(ctx.target))
     return _concat([m.encode_targets(ctx.target, idx, tta=opts["train"].get("tta", True)) for m in models])
 
@@ -145,10 +179,10 @@ def composed_cross_site_query(ctx: CrossSiteContext) -> torch.Tensor:
     """Cross-site similarity of composed queries (image + the collection's text, e.g. age and sex) to
     target embeddings, with the ``composed`` model trained on all of Derm7pt: ``Q @ T.T`` (N, N)."""
     opts = method_options("composed", ctx.config)
-    models = train_method("composed", ctx.source, ctx.train_indices, ctx.config, ctx.seed)
+    models = train_method("composed", ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     idx = np.arange(len(ctx.target))
     tta = opts["train"].get("tta", True)
-    q = _concat([m.encode_queries(ctx.target, idx, tta=tta) for m in models])
+    q = _concat([m.encode_queries(ctx.query_target, idx, tta=tta) for m in models])
     t = _concat([m.encode_targets(ctx.target, idx, tta=tta) for m in models])
     return q @ t.T
 
@@ -170,6 +204,17 @@ def composed_text_query(ctx: FoldContext):
     return _fold("composed", ctx)
 
 
+@register_method(
+    "composed_image_query",
+    label="composed network, image-only query (same model, empty text)",
+    cross_site=lambda ctx: _cross_site("composed", ctx),
+)
+def composed_image_query(ctx: FoldContext):
+    """The ``composed`` model (shared per fold) queried with the image alone (empty text): the reference
+    of "text never hurts" (every text form must rank at least as well)."""
+    return _fold("composed", dataclasses.replace(ctx, query_cache=text_form_cache(ctx.query_cache, "empty")))
+
+
 @register_method("image_only", label="image only (same network, empty text, trained)")
 def image_only(ctx: FoldContext):
     """The same network and loss with empty query text (the composer passes the image maps through)."""
@@ -186,3 +231,14 @@ def text_only(ctx: FoldContext):
 def late_fusion(ctx: FoldContext):
     """Reference baseline: 2-layer MLP on [pooled frozen L/M/H; sentence embedding] vs an image MLP, SupCon."""
     return _fold("late_fusion", ctx)
+
+
+@register_method(
+    "late_fusion_fullbatch",
+    label="late fusion MLP, full-batch regime (200 epochs, symmetric SupCon)",
+    cross_site=lambda ctx: _cross_site("late_fusion_fullbatch", ctx),
+)
+def late_fusion_fullbatch(ctx: FoldContext):
+    """Late fusion with BatchNorm, trained on the whole training set as one batch for 200 epochs (no early
+    stopping), symmetric SupCon at τ 0.1, Adam lr 1e-3 (DESIGN.md section 5)."""
+    return _fold("late_fusion_fullbatch", ctx)

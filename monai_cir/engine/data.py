@@ -1,4 +1,5 @@
-"""Batches for training on a feature cache: class-balanced sampling and flip augmentation.
+"""Batches for training: on a feature cache (class-balanced sampling, flip augmentation) and on images
+(the dermoscopy augmentation of end-to-end fine-tuning).
 
 A *feature cache* (``monai_cir.data.feature_cache.FeatureCache``) holds, per image, the frozen
 encoder's three levels ``maps`` [L, M, H] ((N, C_i, h_i, w_i) fp16), optionally ``maps_flipped``
@@ -8,6 +9,7 @@ encoder's three levels ``maps`` [L, M, H] ((N, C_i, h_i, w_i) fp16), optionally 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterator, Sequence
 
@@ -15,7 +17,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ClassBalancedBatchSampler", "CachedBatchDataset", "stratified_split", "cache_maps"]
+__all__ = [
+    "ClassBalancedBatchSampler",
+    "CachedBatchDataset",
+    "stratified_split",
+    "class_round_robin",
+    "cache_maps",
+    "prepare_batch",
+    "dermoscopy_augmentation",
+    "TARGET_IMAGE_KEY",
+]
+
+# The independently augmented second view of a fine-tuning image: the target side of the loss.
+TARGET_IMAGE_KEY = "target_image"
 
 
 def cache_maps(cache: Any, flipped: bool = False, grid: int | None = None) -> list[torch.Tensor]:
@@ -56,6 +70,19 @@ def stratified_split(labels: np.ndarray, indices: Sequence[int], fraction: float
         val.extend(members[:n_val])
         train.extend(members[n_val:])
     return np.sort(np.asarray(train, dtype=int)), np.sort(np.asarray(val, dtype=int))
+
+
+def class_round_robin(labels: Sequence[int], indices: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
+    """A sorted subset of ``n`` of ``indices`` drawn round-robin over the classes (each class shuffled with
+    ``seed``), so every class is present as long as ``n`` >= the number of classes (smoke tests, CI)."""
+    labels, indices = np.asarray(labels), np.asarray(indices, dtype=int)
+    if len(indices) <= n:
+        return np.sort(indices)
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(indices[labels[indices] == c]) for c in np.unique(labels[indices])]
+    # column-major over the per-class queues: first members of every class, then second members...
+    order = [members[depth] for depth in range(max(map(len, per_class))) for members in per_class if depth < len(members)]
+    return np.sort(np.asarray(order[:n], dtype=int))
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -156,3 +183,55 @@ class CachedBatchDataset(Dataset):
         if self.sentence is not None:
             batch["sentence"] = self.sentence[idx].float()
         return batch
+
+
+def prepare_batch(batch: dict[str, Any], device: torch.device | None = None, non_blocking: bool = False, **_: Any) -> tuple[dict[str, Any], torch.Tensor]:
+    """``prepare_batch`` of the ``SupervisedTrainer``: the batch dict (tensors and lists of tensors moved to
+    ``device``, texts as they are) is the network's input, its ``label`` the loss target."""
+
+    def move(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.to(device, non_blocking=non_blocking)
+        if isinstance(x, list):
+            return [move(v) for v in x]
+        return x
+
+    batch = {k: move(v) for k, v in batch.items()}
+    return batch, batch["label"]
+
+
+def dermoscopy_augmentation(image_size: int, min_scale: float = 0.75, jitter: float = 0.2, hue: float = 0.02) -> Any:
+    """Dictionary transforms for end-to-end fine-tuning, after the preprocessing of ``records_dataset``.
+
+    Copies ``image`` to :data:`TARGET_IMAGE_KEY` and augments each view independently, as dermoscopy
+    training usually does (a lesion has no canonical orientation, and devices differ in colour and zoom):
+    horizontal and vertical flips, a multiple of 90° rotation, a random crop of ``min_scale``-1 of each
+    side (a mild aspect change as well) resized back to ``image_size``, and colour jitter (brightness / contrast / saturation
+    ``jitter``, hue ``hue``). Output stays (3, S, S) RGB in [0, 1]."""
+    from monai.transforms import (
+        Compose,
+        CopyItemsd,
+        EnsureTyped,
+        Lambdad,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleCropd,
+        RandTorchVisiond,
+        Resized,
+    )
+
+    def view(key: str) -> list[Any]:
+        return [
+            RandFlipd(key, prob=0.5, spatial_axis=1),
+            RandFlipd(key, prob=0.5, spatial_axis=0),
+            RandRotate90d(key, prob=0.75, max_k=3),  # k = 0, 1, 2, 3 equally likely
+            RandScaleCropd(key, roi_scale=min_scale, max_roi_scale=1.0, random_size=True),
+            Resized(key, spatial_size=(image_size, image_size), mode="bilinear"),
+            RandTorchVisiond(key, name="ColorJitter", brightness=jitter, contrast=jitter, saturation=jitter, hue=hue),
+            Lambdad(key, func=functools.partial(torch.clamp, min=0.0, max=1.0)),
+            EnsureTyped(key, data_type="tensor", track_meta=False),  # plain tensors into the network
+        ]
+
+    steps: list[Any] = [CopyItemsd("image", names=TARGET_IMAGE_KEY)]
+    steps += view("image") + view(TARGET_IMAGE_KEY)
+    return Compose(steps)

@@ -1,28 +1,38 @@
 """End-to-end fine-tuning (the GPU switch): images and texts in, encoders unfrozen.
 
-The CPU default trains the head on a frozen-feature cache (DESIGN.md section 3). With
-``finetune: true`` in the bundle config the same loss and the same ``SupervisedTrainer`` wiring run on
-:class:`EndToEndModel`: a batch is ``{"image", "text", "label"}`` from
-``monai_cir.data.records_dataset`` (black-border removal + resize), the query is
-``net.encode_query(image, text)`` and the target ``net.encode_target(image_flipped)``. It is slow on
-CPU (use a GPU); the test suite runs one step of it on a tiny network.
+The CPU default trains the head on a frozen-feature cache (DESIGN.md section 3). Fine-tuning runs the
+same loss and the same ``SupervisedTrainer`` wiring on :class:`EndToEndModel`: a batch is
+``{"image", "target_image", "text", "label"}`` from ``monai_cir.data.records_dataset`` (black-border
+removal + resize) with :func:`~monai_cir.engine.data.dermoscopy_augmentation` (two independently
+augmented views); the query is ``net.encode_query(image, text)``, the target ``net.encode_target(target_image)``.
+Under ``torch.distributed`` the model is wrapped in ``DistributedDataParallel`` *after* the encoders are
+unfrozen (DDP only synchronises the parameters that require a gradient when it wraps), and each rank
+reads its own shard (``DistributedSampler``) or its own class-balanced batches. The result saves as a
+whole network (``monai-cir-net/1``, see :mod:`monai_cir.networks.checkpoint`). Slow on CPU (use a
+GPU); the test suite runs a few steps of it on a tiny network.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..evaluation.registry import register_method
 from ..losses import ComposedSupConLoss
 from ..networks import ComposedRetrievalNet
-from .data import ClassBalancedBatchSampler
+from .data import (
+    TARGET_IMAGE_KEY,
+    ClassBalancedBatchSampler,
+    dermoscopy_augmentation,
+    prepare_batch,
+)
 from .trainer import TrainConfig, TrainResult
 
-__all__ = ["EndToEndModel", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records"]
+__all__ = ["EndToEndModel", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records", "embed_records", "FINETUNED_DEFAULTS"]
 
 
 def unfreeze_encoders(net: ComposedRetrievalNet) -> ComposedRetrievalNet:
@@ -34,7 +44,8 @@ def unfreeze_encoders(net: ComposedRetrievalNet) -> ComposedRetrievalNet:
 
 
 class EndToEndModel(torch.nn.Module):
-    """``forward(batch) -> (Q, T)`` from raw images and texts (query: image + text; target: flipped image)."""
+    """``forward(batch) -> (Q, T)`` from raw images and texts (query: image + text; target: the batch's
+    ``target_image`` view, else the horizontally flipped image)."""
 
     def __init__(self, net: ComposedRetrievalNet, mode: str = "composed") -> None:
         super().__init__()
@@ -45,7 +56,7 @@ class EndToEndModel(torch.nn.Module):
         images = batch["image"]
         texts = [t if self.mode != "image_only" else "" for t in batch["text"]]
         q = self.net.encode_query(images, texts)
-        t = self.net.encode_target(images.flip(-1))
+        t = self.net.encode_target(batch[TARGET_IMAGE_KEY] if TARGET_IMAGE_KEY in batch else images.flip(-1))
         return q, t
 
 
@@ -81,19 +92,25 @@ def finetune(
     encoder_lr_scale: float = 0.1,
     device: str | torch.device | None = None,
     max_steps: int | None = None,
-    model: torch.nn.Module | None = None,
+    augment: bool = True,
+    save_fn: Callable[..., Any] | None = None,
+    fit_statistics: bool = True,
 ) -> TrainResult:
-    """Fine-tune ``net`` end to end on ``records[train_idx]`` (batches per ``config.balanced``, SupCon).
+    """Fine-tune ``net`` end to end on ``records[train_idx]`` (SupCon, batches per ``config.balanced``).
 
     The encoders get ``lr * encoder_lr_scale``. ``max_steps`` caps the iterations per epoch (tests).
-    ``model``: a wrapped :class:`EndToEndModel` (e.g. ``DistributedDataParallel`` under torchrun); each
-    rank then draws its own batches (seed + rank). The heads' input standardisation is fitted first on
-    the pretrained encoders' outputs for up to 256 training cases.
-    No inner validation here: the epoch count is the config's (pick it from a cached-head run).
+    ``augment``: :func:`~monai_cir.engine.data.dermoscopy_augmentation` (else query = image, target =
+    its mirror). Under an initialised ``torch.distributed`` process group the model runs as
+    ``DistributedDataParallel`` (wrapped after unfreezing) and ``save_fn`` (e.g.
+    :func:`monai_cir.engine.bundle.checkpoint_saver`) runs on rank 0 only, at the end, with ``config.checkpoint``.
+    With ``fit_statistics`` the heads' input standardisation is fitted first on the pretrained encoders'
+    outputs for up to 256 training cases (off when ``net``'s head is already trained). No inner validation here: the epoch count is the config's (pick it from a cached-head run).
     """
+    from ignite.engine import Events
     from monai.engines import SupervisedTrainer
     from monai.handlers import from_engine
     from monai.utils import set_determinism
+    from torch.utils.data import DistributedSampler, Subset
 
     from ..config import default_device
     from ..data.collections import records_dataset
@@ -101,39 +118,80 @@ def finetune(
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     set_determinism(seed=cfg.seed)
     device = torch.device(device) if device is not None else default_device()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
     net.to(device)
-    fit_input_statistics_from_records(net, [records[i] for i in list(train_idx)[:256]])
+    if fit_statistics:
+        fit_input_statistics_from_records(net, [records[i] for i in list(train_idx)[:256]])
     unfreeze_encoders(net)
-    labels = np.asarray([r.label for r in records])
-    dataset = records_dataset(records, net.image_size)
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    sampler = ClassBalancedBatchSampler(labels, train_idx, cfg.batch_size, seed=cfg.seed + rank, balanced=cfg.balanced)
-    if max_steps is not None:
-        sampler.num_batches = min(sampler.num_batches, max_steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0)
-    model = (model if model is not None else EndToEndModel(net)).to(device)
-    head = [p for n, p in net.named_parameters() if n.startswith(("composers.", "alignments."))]
+    model: torch.nn.Module = EndToEndModel(net).to(device)
+    if distributed:  # after unfreezing: DDP registers the parameters that require a gradient now
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
+    dataset = records_dataset(records, net.image_size, transform=dermoscopy_augmentation(net.image_size) if augment else None)
+    if distributed and not cfg.balanced:
+        train_set = Subset(dataset, list(map(int, train_idx)))
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=DistributedSampler(train_set, shuffle=True, seed=cfg.seed), num_workers=0)
+    else:  # class-balanced or natural-frequency batches; under DDP each rank draws its own (seed + rank)
+        labels = np.asarray([r.label for r in records])
+        sampler = ClassBalancedBatchSampler(labels, train_idx, cfg.batch_size, seed=cfg.seed + rank, balanced=cfg.balanced)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0)
     optimizer = torch.optim.Adam(
-        [{"params": head}, {"params": list(net.encoder_parameters()), "lr": cfg.lr * encoder_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay
+        [{"params": net.head_parameters()}, {"params": list(net.encoder_parameters()), "lr": cfg.lr * encoder_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-
-    def prepare(batch, device=None, non_blocking=False, **_):
-        return {"image": batch["image"].to(device), "text": list(batch["text"])}, batch["label"].to(device)
-
     trainer = SupervisedTrainer(
         device=device, max_epochs=cfg.epochs, train_data_loader=loader, network=model, optimizer=optimizer,
         loss_function=ComposedSupConLoss(cfg.temperature, cfg.target_weight, cfg.symmetric_weight),
-        prepare_batch=prepare, decollate=False, amp=device.type == "cuda",
+        epoch_length=min(len(loader), max_steps) if max_steps is not None else None,
+        prepare_batch=prepare_batch, decollate=False, amp=device.type == "cuda",
     )
-    if cfg.progress:
+    if cfg.progress and rank == 0:
         from ignite.handlers import ProgressBar
 
         ProgressBar(persist=False).attach(trainer, output_transform=from_engine(["loss"], first=True))
     history: list[dict[str, float]] = []
-    from ignite.engine import Events
-
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: history.append({"epoch": e.state.epoch, "loss": float(e.state.output["loss"].detach())}))
     start = time.perf_counter()
     trainer.run()
     net.eval()
+    if save_fn is not None and cfg.checkpoint and rank == 0:
+        save_fn(cfg.checkpoint, epoch=trainer.state.epoch)
     return TrainResult(trainer.state.epoch, float("nan"), trainer.state.epoch, time.perf_counter() - start, history)
+
+
+@torch.no_grad()
+def embed_records(net: ComposedRetrievalNet, records: Sequence[Any], idx: Sequence[int], queries: bool, tta: bool = True, batch_size: int = 32) -> torch.Tensor:
+    """Embeddings of ``records[idx]`` from their images: composed queries (image + the record's text) when
+    ``queries``, else targets; ``tta`` averages each image with its mirror (as the cached methods do)."""
+    from ..data.collections import records_dataset
+
+    net.eval()
+    out = []
+    for batch in DataLoader(records_dataset([records[i] for i in idx], net.image_size), batch_size=batch_size):
+        views = [batch["image"]] + ([batch["image"].flip(-1)] if tta else [])
+        encode = (lambda x: net.encode_query(x, list(batch["text"]))) if queries else net.encode_target
+        out.append((sum(encode(v) for v in views) / len(views)).cpu())
+    return torch.cat(out)
+
+
+# composed_finetuned: the `composed` head trained on the cache (shared with that method per fold), then
+# `epochs` of end-to-end fine-tuning with dermoscopy augmentation, encoders at encoder_lr_scale x lr.
+FINETUNED_DEFAULTS: dict[str, Any] = dict(epochs=2, batch_size=16, lr=1e-4, weight_decay=1e-5, temperature=0.2, target_weight=1.0, encoder_lr_scale=0.1, progress=True)
+
+
+@register_method("composed_finetuned", label="composed, fine-tuned end to end (images, augmentation)")
+def composed_finetuned(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``composed`` head trained on the cache, then fine-tuned end to end with its encoders on the fold's
+    training images (dermoscopy augmentation); queries and database embedded from the images."""
+    from ..networks import create_model
+    from . import NET_KEYS
+    from .cv_methods import train_method
+
+    opts = {**FINETUNED_DEFAULTS, **((ctx.config.get("method_options") or {}).get("composed_finetuned", {}))}
+    head = train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)[0].net
+    net = create_model(pretrained=True, image_size=head.image_size, **{k: head.config[k] for k in NET_KEYS})
+    net.load_head_state_dict(head.head_state_dict())  # the cache's encoders are these pretrained ones
+    encoder_lr_scale = opts.pop("encoder_lr_scale")
+    records = ctx.cache.records
+    result = finetune(net, records, ctx.train_indices, dict(opts, seed=ctx.seed), encoder_lr_scale=encoder_lr_scale, fit_statistics=False)
+    ctx.state.train_log.append(dict(method="composed_finetuned", seed=ctx.seed, n_train=len(ctx.train_indices), epochs_run=result.epochs_run, seconds=round(result.seconds, 1)))
+    return embed_records(net, records, ctx.query_indices, queries=True), embed_records(net, records, ctx.database_indices, queries=False)

@@ -51,9 +51,46 @@ class CachedComposedModel(nn.Module):
         self.net = net
         self.mode = mode
         self.mean_maps = [m.float() for m in mean_maps] if mean_maps is not None else None
+        self.text_dropout = 0.0
+        self.text_bank: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._text_generator = torch.Generator().manual_seed(0)
+
+    def set_text_augmentation(self, dropout: float = 0.0, bank: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0) -> None:
+        """Training-time text augmentation of the query (not used at evaluation).
+
+        Args:
+            dropout: probability that a training query has no text at all (its mask emptied): the
+                network then also learns image-only queries, so a text that says nothing costs little.
+            bank: ``(tokens (V, N, n, d_T), mask (V, N, n))``: V re-worded texts of every cached case
+                (:func:`monai_cir.data.report.augment_report`); each training query draws one of them
+                or its own template text, uniformly.
+        """
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"text dropout must lie in [0, 1), got {dropout}")
+        self.text_dropout = float(dropout)
+        self.text_bank = bank
+        self._text_generator = torch.Generator().manual_seed(int(seed))
+
+    def _augment_text(self, tokens: torch.Tensor, mask: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.text_bank is not None and index is not None:
+            bank_tokens, bank_mask = self.text_bank
+            choice = torch.randint(0, bank_tokens.shape[0] + 1, (len(index),), generator=self._text_generator)
+            n = max(tokens.shape[1], bank_tokens.shape[2])
+            tokens = F.pad(tokens, (0, 0, 0, n - tokens.shape[1]))
+            mask = F.pad(mask, (0, n - mask.shape[1]))
+            use = (choice > 0).nonzero().flatten()
+            if len(use):
+                picked_tokens = bank_tokens[choice[use] - 1, index[use]].float().to(tokens.device)
+                picked_mask = bank_mask[choice[use] - 1, index[use]].to(mask.device)
+                tokens[use] = F.pad(picked_tokens, (0, 0, 0, n - picked_tokens.shape[1]))
+                mask[use] = F.pad(picked_mask, (0, n - picked_mask.shape[1]))
+        if self.text_dropout:
+            drop = torch.rand(len(mask), generator=self._text_generator) < self.text_dropout
+            mask = mask & ~drop.to(mask.device).view(-1, 1)
+        return tokens, mask
 
     def head_parameters(self):
-        return [p for n, p in self.net.named_parameters() if n.startswith(("composers.", "alignments."))]
+        return self.net.head_parameters()
 
     @torch.no_grad()
     def fit_input_statistics(self, cache: Any, idx: Sequence[int]) -> None:
@@ -71,7 +108,10 @@ class CachedComposedModel(nn.Module):
         return self.net.embed_maps(self.net.compose(maps, tokens, mask))
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self._query(batch["query_maps"], batch["tokens"], batch["token_mask"])
+        tokens, mask = batch["tokens"], batch["token_mask"]
+        if self.training and (self.text_dropout or self.text_bank is not None):
+            tokens, mask = self._augment_text(tokens, mask, batch.get("index"))
+        q = self._query(batch["query_maps"], tokens, mask)
         t = self.net.embed_maps(batch["target_maps"])
         return q, t
 
@@ -117,20 +157,22 @@ class CachedComposedModel(nn.Module):
         return out / len(views)
 
 
-def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float, batch_norm: bool = False) -> nn.Sequential:
+    norm = [nn.BatchNorm1d(hidden)] if batch_norm else []
+    return nn.Sequential(nn.Linear(d_in, hidden), *norm, nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
 
 
 class LateFusionMLP(nn.Module):
     """Late fusion baseline: ``g_q([pool(X_q); sentence])`` vs ``g_t(pool(X_t))``, unit vectors.
 
     ``pool`` concatenates the average-pooled frozen levels (L, M, H). Trained with the same SupCon loss.
+    ``batch_norm`` adds a BatchNorm after each hidden layer (the full-batch regime's head).
     """
 
-    def __init__(self, image_dim: int, text_dim: int, hidden: int = 512, out_dim: int = 256, dropout: float = 0.2) -> None:
+    def __init__(self, image_dim: int, text_dim: int, hidden: int = 512, out_dim: int = 256, dropout: float = 0.2, batch_norm: bool = False) -> None:
         super().__init__()
-        self.query_mlp = _mlp(image_dim + text_dim, hidden, out_dim, dropout)
-        self.target_mlp = _mlp(image_dim, hidden, out_dim, dropout)
+        self.query_mlp = _mlp(image_dim + text_dim, hidden, out_dim, dropout, batch_norm)
+        self.target_mlp = _mlp(image_dim, hidden, out_dim, dropout, batch_norm)
         self.image_norm = InputStandardizer(image_dim)
         self.text_norm = InputStandardizer(text_dim)
 

@@ -28,7 +28,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..losses import ComposedSupConLoss
+from ..metrics import retrieval_metrics
 from .data import CachedBatchDataset, ClassBalancedBatchSampler, stratified_split
+from .data import prepare_batch as _prepare_batch
 
 __all__ = ["TrainConfig", "TrainResult", "train_head", "retrieval_score", "RetrievalValidation", "BestHeadKeeper"]
 
@@ -42,7 +44,7 @@ class TrainConfig:
     epochs: int = 100
     lr: float = 1e-4
     weight_decay: float = 1e-5
-    batch_size: int = 96
+    batch_size: int = 96  # 0: the whole training set as one batch
     patience: int = 30
     temperature: float = 0.1
     target_weight: float = 1.0
@@ -80,14 +82,10 @@ class TrainResult:
 
 
 def retrieval_score(q: torch.Tensor, t: torch.Tensor, q_labels: torch.Tensor, t_labels: torch.Tensor) -> dict[str, float]:
-    """mAP and Acc@1 of queries ``q`` ranking targets ``t`` (arXiv v1 Eqs. 10-14), vectorised."""
-    s = q.float() @ t.float().T
-    order = s.argsort(dim=1, descending=True)
-    rel = (t_labels[order] == q_labels.view(-1, 1)).float()
-    hits = rel.cumsum(dim=1)
-    ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float32)
-    ap = (rel * hits / ranks).sum(1) / rel.sum(1).clamp_min(1)
-    return {"val_mAP": ap.mean().item(), "val_acc1": rel[:, 0].mean().item()}
+    """mAP and Acc@1 of queries ``q`` ranking targets ``t`` (arXiv v1 Eqs. 10-14), by
+    :func:`monai_cir.metrics.retrieval_metrics` (the one implementation: stable ties, database order)."""
+    m = retrieval_metrics(q.float() @ t.float().T, q_labels, t_labels, ks=(1,), precision_ks=())
+    return {"val_mAP": m["map"], "val_acc1": m["acc@1"]}
 
 
 class RetrievalValidation:
@@ -148,18 +146,6 @@ def _loss_value(output: dict[str, Any]) -> float:
     return float(output["loss"].detach())
 
 
-def _prepare_batch(batch: dict[str, Any], device: torch.device | None = None, non_blocking: bool = False, **_: Any):
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(device, non_blocking=non_blocking)
-        if isinstance(x, list):
-            return [move(v) for v in x]
-        return x
-
-    batch = {k: move(v) for k, v in batch.items()}
-    return batch, batch["label"]
-
-
 def _param_groups(model: torch.nn.Module, params: list, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Adam parameter groups: the composers (Eq. 5: gates, text/image projections, attention) get
     ``lr * composer_lr_mult`` so the text gets through in the few hundred CPU steps; the rest ``lr``."""
@@ -203,7 +189,7 @@ def train_head(
     else:
         fit_idx, val_idx = train_idx, None
     dataset = CachedBatchDataset(cache, level_indices, flip=cfg.flip, seed=cfg.seed)
-    sampler = ClassBalancedBatchSampler(labels, fit_idx, cfg.batch_size, seed=cfg.seed, balanced=cfg.balanced)
+    sampler = ClassBalancedBatchSampler(labels, fit_idx, cfg.batch_size or len(fit_idx), seed=cfg.seed, balanced=cfg.balanced)
     loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=0)
     if cfg.gate_init and getattr(model, "mode", None) in ("composed", "text_only"):
         # start the tanh gates of Eq. 5 open; the modules' default is 0 (an untrained composer is the identity)

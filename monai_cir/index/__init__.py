@@ -1,10 +1,11 @@
 """The case library index: embeddings ``T`` of every library image plus case metadata, searched by
 one inner product per query (DESIGN.md section 2).
 
-``CaseIndex.create(dim, fingerprint)`` makes the embedded FAISS index (exact up to ``exact_max``
-cases, an approximate inverted file with exact re-ranking beyond); ``backend="milvus"`` puts the
-same interface on milvus-lite or a Milvus cluster. ``CaseIndex.load(folder, expected_fingerprint)``
-opens a saved index, checking every file's checksum and the model fingerprint.
+``create_index(dim, fingerprint)`` makes the embedded FAISS index (exact up to ``exact_max`` cases,
+an approximate inverted file with exact re-ranking beyond); ``backend="milvus"`` puts the same
+interface on milvus-lite or a Milvus cluster. ``load_index(folder, expected_fingerprint)`` opens a
+saved index, checking every file's checksum and the model fingerprint. The backends are registered
+in :mod:`monai_cir.index.factory` and imported on first use.
 """
 
 from .base import (
@@ -18,9 +19,10 @@ from .base import (
     SearchHit,
     read_manifest,
 )
-from .faiss_index import FaissCaseIndex
+from .factory import BACKENDS, create_index, load_index, register_backend
 
 __all__ = [
+    "BACKENDS",
     "INDEX_FORMAT",
     "MANIFEST_NAME",
     "CaseIndex",
@@ -31,13 +33,19 @@ __all__ = [
     "IndexIntegrityError",
     "MilvusCaseIndex",
     "SearchHit",
+    "create_index",
+    "load_index",
     "read_manifest",
+    "register_backend",
 ]
+
+_LAZY = {"FaissCaseIndex": "faiss", "MilvusCaseIndex": "milvus"}
 
 
 def __getattr__(name: str):
-    if name == "MilvusCaseIndex":  # pymilvus is optional and slow to import
-        from .milvus_index import MilvusCaseIndex
+    # the backend classes import faiss / pymilvus: only when asked for
+    if name in _LAZY:
+        from .factory import backend_class
 
-        return MilvusCaseIndex
-    raise AttributeError(name)
+        return backend_class(_LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

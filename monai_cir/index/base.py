@@ -64,7 +64,10 @@ class CaseMetadata:
     """What the index keeps about one library case (returned with every hit).
 
     ``site`` is the anatomical site in the project's vocabulary ("unknown" where absent); the DICOM
-    UIDs are set for cases indexed from DICOM so that a hit can be retrieved from the PACS.
+    UIDs are set for cases indexed from DICOM so that a hit can be retrieved from the PACS, and
+    ``retrieve_url`` (WADO-RS, the instance's URL) for cases pulled from a DICOMweb service.
+    ``confirmation`` says how the diagnosis was established
+    (:data:`monai_cir.data.collections.CONFIRMATIONS`; only "histopathology" is biopsy-confirmed).
     """
 
     case_id: str
@@ -76,7 +79,9 @@ class CaseMetadata:
     sop_instance_uid: str | None = None
     sop_class_uid: str | None = None
     image_path: str | None = None
+    retrieve_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    confirmation: str = "unknown"
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id.strip():
@@ -85,6 +90,8 @@ class CaseMetadata:
             self.site = "unknown"
         if self.image_path is not None:
             self.image_path = str(self.image_path)
+        if self.confirmation is None or not str(self.confirmation).strip():
+            self.confirmation = "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -264,8 +271,9 @@ def write_generation(
 class CaseIndex(ABC):
     """A searchable library of case embeddings ``T`` (DESIGN.md section 2) with their metadata.
 
-    Create one with :meth:`create` (``backend="faiss"``, the embedded default, or ``"milvus"``) and
-    open a saved one with :meth:`load`. Scores are inner products, i.e. S(q, t) of Eq. 9 for the
+    Create one with :func:`monai_cir.index.create_index` (``backend="faiss"``, the embedded default,
+    or ``"milvus"``) and open a saved one with :func:`monai_cir.index.load_index`; a backend
+    subclass also implements ``_load(directory, manifest, **options)``. Scores are inner products, i.e. S(q, t) of Eq. 9 for the
     network whose :meth:`~monai_cir.networks.ComposedRetrievalNet.fingerprint` the index records.
     """
 
@@ -278,39 +286,6 @@ class CaseIndex(ABC):
             raise ValueError("fingerprint must be the non-empty string of net.fingerprint() of the model that embeds the cases")
         self.dim = int(dim)
         self.fingerprint = fingerprint
-
-    # ------------------------------------------------------------------ construction
-    @staticmethod
-    def create(dim: int, fingerprint: str, backend: str = "faiss", **options: Any) -> CaseIndex:
-        """A new, empty index. ``options`` go to the backend (:class:`FaissCaseIndex` / :class:`MilvusCaseIndex`)."""
-        if backend == "faiss":
-            from .faiss_index import FaissCaseIndex
-
-            return FaissCaseIndex(dim, fingerprint, **options)
-        if backend == "milvus":
-            from .milvus_index import MilvusCaseIndex
-
-            return MilvusCaseIndex(dim, fingerprint, **options)
-        raise ValueError(f"unknown index backend {backend!r}; choose 'faiss' (embedded) or 'milvus'")
-
-    @staticmethod
-    def load(directory: str | Path, expected_fingerprint: str | None = None, **options: Any) -> CaseIndex:
-        """Open a saved index; with ``expected_fingerprint``, refuse one built by another model."""
-        manifest = read_manifest(directory)
-        backend = manifest.get("backend")
-        if backend == "faiss":
-            from .faiss_index import FaissCaseIndex
-
-            index: CaseIndex = FaissCaseIndex._load(Path(directory), manifest, **options)
-        elif backend == "milvus":
-            from .milvus_index import MilvusCaseIndex
-
-            index = MilvusCaseIndex._load(Path(directory), manifest, **options)
-        else:
-            raise IndexIntegrityError(f"{directory}/{MANIFEST_NAME} names an unknown backend {backend!r}; {REBUILD_HINT}")
-        if expected_fingerprint is not None:
-            index.check_fingerprint(expected_fingerprint)
-        return index
 
     # ------------------------------------------------------------------ checks
     def check_fingerprint(self, fingerprint: str) -> None:
@@ -382,6 +357,12 @@ class CaseIndex(ABC):
     @abstractmethod
     def save(self, directory: str | Path) -> Path:
         """Persist the index (atomically, see the module docstring)."""
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, directory: Path, manifest: Mapping[str, Any], **options: Any) -> CaseIndex:
+        """Open the index saved in ``directory`` whose manifest is ``manifest`` (``options`` override
+        the saved ones); called by :func:`monai_cir.index.load_index`."""
 
     def _manifest_header(self) -> dict[str, Any]:
         """The manifest fields every backend writes (what :meth:`load` and ``index info`` read)."""

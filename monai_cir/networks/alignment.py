@@ -81,9 +81,16 @@ class LevelAlignment(nn.Module):
         self.proj_local: nn.Module = ResidualProjection(dim) if projection == "residual_mlp" else nn.Identity()
         self.proj_global: nn.Module = ResidualProjection(dim) if projection == "residual_mlp" else nn.Identity()
 
+    def standardized_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """The map as both descriptors see it: pooled to the grid, then standardised per channel.
+
+        The one place this is computed: the score (Eqs. 6-8) and :mod:`monai_cir.explain` (whose
+        region contributions must add up to what the score used) both read it. (B, C, h', w')."""
+        return self.input_norm(pool_to_grid(x, self.grid), dim=1)
+
     def region_descriptors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 6: ``E_j = Σ_positions X ⊙ α_j(X)``. Returns (E (B, k, C), α (B, k, h, w))."""
-        x = self.input_norm(pool_to_grid(x, self.grid), dim=1)
+        """Eq. 6: ``E_j = Σ_positions X ⊙ α_j(X)`` on :meth:`standardized_grid`. Returns (E (B, k, C), α (B, k, h, w))."""
+        x = self.standardized_grid(x)
         alpha = self.masks(x)
         regions = torch.einsum("bchw,bkhw->bkc", x, alpha)
         return regions, alpha
@@ -94,8 +101,8 @@ class LevelAlignment(nn.Module):
         return self.proj_local(regions.mean(dim=1))
 
     def global_descriptor(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. 8's ``ρ(X)``: the average-pooled map, projected. (B, C)."""
-        return self.proj_global(self.input_norm(pool_to_grid(x, self.grid), dim=1).mean(dim=(2, 3)))
+        """Eq. 8's ``ρ(X)``: the average-pooled :meth:`standardized_grid`, projected. (B, C)."""
+        return self.proj_global(self.standardized_grid(x).mean(dim=(2, 3)))
 
     @staticmethod
     def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

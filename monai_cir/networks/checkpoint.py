@@ -1,9 +1,13 @@
-"""Saving and loading a trained network: the head weights plus the configuration that built it.
+"""Saving and loading a trained network: the trained weights plus the configuration that built it.
 
-A checkpoint holds only what training changes (composers, region masks, projections) and the
-encoders' names and fingerprint: the encoders themselves come from their packages, so the file is
-small. Loading rebuilds the encoders from the config and refuses a checkpoint trained on other
-encoder weights.
+Two formats, both plain ``torch.save`` dicts of tensors, strings and numbers, read with
+``torch.load(weights_only=True)`` (no code runs on load; a file that needs more is refused):
+
+- ``monai-cir-head/1`` (encoders frozen, the default): only what training changed (composers, region
+  masks, projections) and the encoders' names and fingerprint. The encoders come from their packages,
+  so the file is small; loading refuses a head trained on other encoder weights.
+- ``monai-cir-net/1`` (end-to-end fine-tuning, ``finetune: true``): the head *and* both encoders' weights
+  and the text encoder's architecture, so the fine-tuned network loads back as it was trained.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
@@ -18,9 +23,14 @@ from typing import Any
 
 import torch
 
-from .composed_retrieval import DEFAULT_PRESET, ComposedRetrievalNet, create_model
+from .composed_retrieval import (
+    DEFAULT_PRESET,
+    ComposedRetrievalNet,
+    create_model,
+    hash_weights,
+)
 
-__all__ = ["save_checkpoint", "load_model", "encoder_fingerprint", "default_checkpoint_path", "MODEL_ENV"]
+__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "encoder_fingerprint", "default_checkpoint_path", "MODEL_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,25 +42,42 @@ CONSTRUCTOR_KEYS = ("levels", "beta", "num_masks", "num_heads", "projection", "i
 def encoder_fingerprint(net: ComposedRetrievalNet) -> str:
     """SHA-256 of the encoders' names and weights (what the head was trained on)."""
     digest = hashlib.sha256(f"{net.config['image_model']}|{net.config['text_model']}".encode())
-    for prefix, module in (("image.", net.image_encoder), ("text.", net.text_encoder)):
-        for key, value in sorted(module.state_dict().items()):
-            digest.update((prefix + key).encode())
-            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    hash_weights(digest, net.image_encoder.state_dict(), "image.")
+    hash_weights(digest, net.text_encoder.state_dict(), "text.")
     return digest.hexdigest()
 
 
-def save_checkpoint(net: ComposedRetrievalNet, path: str | Path, **extra: Any) -> Path:
-    """Write the head weights, config and encoder fingerprint atomically (temp file, then rename)."""
+HEAD_FORMAT = "monai-cir-head/1"
+NET_FORMAT = "monai-cir-net/1"
+# The text architecture a whole-network checkpoint rebuilds (random init, then its own weights).
+TEXT_ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size")
+
+
+def save_checkpoint(net: ComposedRetrievalNet, path: str | Path, include_encoders: bool | None = None, **extra: Any) -> Path:
+    """Write the trained weights, config and encoder fingerprint atomically (temp file, then rename).
+
+    ``include_encoders``: also store both encoders (format ``monai-cir-net/1``); default: when the
+    encoders were trainable (``net.freeze_encoders`` is False, i.e. after end-to-end fine-tuning), since a
+    head alone would not load on the packaged encoders. ``extra``: numbers / strings recorded with it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if include_encoders is None:
+        include_encoders = not net.freeze_encoders
     payload = {
-        "format": "monai-cir-head/1",
+        "format": NET_FORMAT if include_encoders else HEAD_FORMAT,
         "preset": extra.pop("preset", DEFAULT_PRESET),
         "config": dict(net.config),
         "encoder_fingerprint": encoder_fingerprint(net),
         "head": {k: v.detach().cpu() for k, v in net.head_state_dict().items()},
         "extra": extra,
     }
+    if include_encoders:
+        text_config = net.text_encoder.model.config
+        payload["text_architecture"] = {k: getattr(text_config, k) for k in TEXT_ARCHITECTURE_KEYS if hasattr(text_config, k)}
+        payload["encoders"] = {
+            "image": {k: v.detach().cpu() for k, v in net.image_encoder.state_dict().items()},
+            "text": {k: v.detach().cpu() for k, v in net.text_encoder.state_dict().items()},
+        }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
@@ -60,6 +87,27 @@ def save_checkpoint(net: ComposedRetrievalNet, path: str | Path, **extra: Any) -
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The payload of a monai-cir checkpoint file, unpickled with ``weights_only=True``.
+
+    Raises ValueError for a file that is not one, and for one that would need arbitrary Python objects
+    (e.g. a pickle crafted to run code on load): such a file is refused, never executed."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refused to load {path}: it holds Python objects other than tensors, numbers and strings, which a "
+            "monai-cir checkpoint never does (a file crafted to run code on load looks like this). Load only "
+            f"checkpoints from a source you trust; re-save a trusted one with monai_cir.networks.save_checkpoint. ({err})"
+        ) from err
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable monai-cir checkpoint: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") not in (HEAD_FORMAT, NET_FORMAT):
+        raise ValueError(f"{path} is not a monai-cir checkpoint (format {HEAD_FORMAT!r} or {NET_FORMAT!r})")
+    return payload
 
 
 def default_checkpoint_path() -> Path | None:
@@ -89,21 +137,27 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         if path.is_dir():
             path = path / "models" / "model.pt" if (path / "models" / "model.pt").is_file() else path / "model.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"model checkpoint not found: {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise ValueError(f"{path} is not a readable monai-cir checkpoint: {err}") from err
-        if not isinstance(payload, dict) or payload.get("format") != "monai-cir-head/1":
-            raise ValueError(f"{path} is not a monai-cir head checkpoint (format 'monai-cir-head/1')")
+            raise FileNotFoundError(f"model checkpoint not found: {path} (train it first, e.g. bundle/configs/train.yaml with that --fold)")
+        payload = read_checkpoint(path)
         config = payload["config"]
         kwargs = {k: config[k] for k in CONSTRUCTOR_KEYS if k in config}
-        net = create_model(payload.get("preset", DEFAULT_PRESET), pretrained=True, **kwargs)
-        if check_encoders and encoder_fingerprint(net) != payload["encoder_fingerprint"]:
-            raise ValueError(
-                f"{path} was trained on other encoder weights than the installed {config['image_model']} / "
-                f"{config['text_model']}: retrain the head or install the encoder packages it was trained with"
+        preset = payload.get("preset", DEFAULT_PRESET)
+        if payload["format"] == NET_FORMAT:  # fine-tuned encoders: rebuild the architecture, then its own weights
+            net = create_model(
+                preset, pretrained=False, image_model=config["image_model"], text_model=config["text_model"],
+                text_config_overrides=payload.get("text_architecture"), **kwargs,
             )
+            net.image_encoder.load_state_dict(payload["encoders"]["image"])
+            net.text_encoder.load_state_dict(payload["encoders"]["text"])
+            if encoder_fingerprint(net) != payload["encoder_fingerprint"]:
+                raise ValueError(f"{path} is damaged: its encoder weights do not match the fingerprint recorded with them")
+        else:
+            net = create_model(preset, pretrained=True, **kwargs)
+            if check_encoders and encoder_fingerprint(net) != payload["encoder_fingerprint"]:
+                raise ValueError(
+                    f"{path} was trained on other encoder weights than the installed {config['image_model']} / "
+                    f"{config['text_model']}: retrain the head or install the encoder packages it was trained with"
+                )
         net.load_head_state_dict(payload["head"])
         logger.info("loaded %s (%s)", path, {k: config.get(k) for k in CONSTRUCTOR_KEYS})
     if device is not None:

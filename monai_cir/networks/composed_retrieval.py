@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import autocast_for
 from .alignment import LevelAlignment
 from .composer import CrossModalTransformer, pool_to_grid
 from .image_encoder import HierarchicalImageEncoder
@@ -30,12 +31,16 @@ __all__ = [
     "MODEL_PRESETS",
     "DEFAULT_PRESET",
     "LEVEL_NAMES",
+    "HEAD_PREFIXES",
+    "hash_weights",
     "check_images",
     "check_texts",
     "preprocessing_signature",
 ]
 
 LEVEL_NAMES = ("L", "M", "H")
+# State-dict / parameter-name prefixes of the trainable head (everything but the two encoders).
+HEAD_PREFIXES = ("composers.", "alignments.")
 
 # Presets in the timm manner: a name gives the encoders; everything else is an override.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -168,9 +173,13 @@ class ComposedRetrievalNet(nn.Module):
         yield from self.image_encoder.parameters()
         yield from self.text_encoder.parameters()
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The trainable head's parameters (composers, masks, projections), in registration order."""
+        return [p for n, p in self.named_parameters() if n.startswith(HEAD_PREFIXES)]
+
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable part (composers, masks, projections): what ``bundle/models`` stores."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("composers.", "alignments."))}
+        return {k: v for k, v in self.state_dict().items() if k.startswith(HEAD_PREFIXES)}
 
     def load_head_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = self.head_state_dict()
@@ -219,9 +228,7 @@ class ComposedRetrievalNet(nn.Module):
         return 2 * sum(self.dims)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        return autocast_for(self.device)
 
     # ------------------------------------------------------------------ building blocks
     def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -306,10 +313,16 @@ class ComposedRetrievalNet(nn.Module):
         An index records it; searching an index built by another model is refused."""
         digest = hashlib.sha256()
         digest.update(json.dumps({"config": self.config, "preprocessing": preprocessing_signature(self.image_size)}, sort_keys=True).encode())
-        for key, value in sorted(self.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        hash_weights(digest, self.state_dict())
         return digest.hexdigest()
+
+
+def hash_weights(digest: Any, state: dict[str, torch.Tensor], prefix: str = "") -> Any:
+    """Feed every ``prefix + key`` and its float32 bytes, in key order, into ``digest`` (a hashlib object)."""
+    for key, value in sorted(state.items()):
+        digest.update((prefix + key).encode())
+        digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest
 
 
 def preprocessing_signature(image_size: int) -> dict[str, Any]:

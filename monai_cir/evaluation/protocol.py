@@ -1,0 +1,360 @@
+"""The paper's cross-validation protocol on Derm7pt, and a cross-site check (DESIGN.md section 3).
+
+Per fold f of the committed stratified 5-fold split (:func:`monai_cir.data.load_folds`):
+queries = the cases of fold f (image + text), database = the cases of the other four folds (images
+only), relevant = same class (Eq. 1); metrics are arXiv v1 Eqs. 10-14 plus P@5 (:mod:`monai_cir.metrics`),
+reported per fold and as mean ± sample std (ddof = 1), in percent.
+
+Trained methods train on ``ctx.train_indices`` (= the database folds: the held-out fold is never seen).
+
+Cross-site (``cross_site="isic-uda1"``): each image of the other collection queries all its other
+images (leave-one-out, relevant = same diagnosis). A method takes part when it registered a
+``cross_site`` function (:func:`~monai_cir.evaluation.registry.register_method`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..metrics import leave_one_out_metrics, retrieval_metrics, summarize_folds
+from .registry import Method, MethodOutput, get_method
+from .text_forms import text_form_cache
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "METRIC_KEYS",
+    "CrossSiteContext",
+    "FoldContext",
+    "RunState",
+    "evaluate",
+    "evaluate_cross_site",
+    "fold_indices",
+    "merge_results",
+]
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+DEFAULT_METHODS = ("imagenet_cosine", "frozen_multilevel_cosine", "image_only", "text_only", "composed")
+# what must agree for two runs' per-fold results to be merged into one file
+MERGE_KEYS = ("collection", "image_size", "seed", "query_subset", "method_options", "encoder_fingerprint", "protocol")
+
+
+@dataclass
+class RunState:
+    """Objects shared by the methods of one :func:`evaluate` run: never configuration, never written out.
+
+    Attributes:
+        net: the network whose frozen encoders built the cache (``None``: the offline architecture);
+            the untrained stand-ins put a fresh head on it.
+        memo: per-run memo of trained models (e.g. ``composed`` and ``composed_text_query`` share one).
+        train_log: one row per trained model (best epoch, epochs run, seconds), copied into the results.
+    """
+
+    net: Any = None
+    memo: dict[Any, Any] = field(default_factory=dict)
+    train_log: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class FoldContext:
+    """What a method sees for one fold.
+
+    Attributes:
+        cache: the Derm7pt :class:`~monai_cir.data.FeatureCache` (all 888 cases).
+        query_indices: rows of the cache that query (the held-out fold).
+        database_indices: rows that form the database (the other folds); also the training rows.
+        fold: the fold number (0-based).
+        config: the run configuration (image size, seed, method options...): plain JSON values only.
+        seed: the random seed for this method and fold.
+        state: the run's shared objects (:class:`RunState`).
+        query_cache: where the queries' texts come from: the cache itself, or a copy with the texts in
+            another form (:func:`~monai_cir.evaluation.text_forms.text_form_cache`; same rows, same maps).
+            Methods train on ``cache`` and embed queries from ``query_cache``.
+    """
+
+    cache: Any
+    query_indices: np.ndarray
+    database_indices: np.ndarray
+    fold: int
+    config: dict[str, Any]
+    seed: int = 0
+    state: RunState = field(default_factory=RunState)
+    query_cache: Any = None
+
+    def __post_init__(self) -> None:
+        if self.query_cache is None:
+            self.query_cache = self.cache
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        return self.database_indices
+
+    @property
+    def query_labels(self) -> np.ndarray:
+        return self.cache.labels[torch.as_tensor(self.query_indices)].numpy()
+
+    @property
+    def database_labels(self) -> np.ndarray:
+        return self.cache.labels[torch.as_tensor(self.database_indices)].numpy()
+
+
+@dataclass
+class CrossSiteContext:
+    """What a method's cross-site function sees: train on ``source`` (all of it), embed ``target``;
+    composed queries read their texts from ``query_target`` (``target`` or a text form of it)."""
+
+    source: Any
+    target: Any
+    config: dict[str, Any]
+    seed: int = 0
+    state: RunState = field(default_factory=RunState)
+    query_target: Any = None
+
+    def __post_init__(self) -> None:
+        if self.query_target is None:
+            self.query_target = self.target
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        return np.arange(len(self.source))
+
+
+def fold_indices(cache: Any, folds: dict[str, int] | None = None) -> np.ndarray:
+    """Fold number of each cache row, from the committed folds file (every case must be in it)."""
+    from ..data.folds import load_folds
+
+    folds = load_folds() if folds is None else folds
+    missing = [cid for cid in cache.case_ids if cid not in folds]
+    if missing:
+        raise ValueError(f"{len(missing)} cases have no fold in the folds file (first: {missing[:3]}); is the cache of Derm7pt?")
+    return np.array([folds[cid] for cid in cache.case_ids])
+
+
+def _similarity(output: MethodOutput, n_query: int, n_database: int, name: str) -> torch.Tensor:
+    """A method's output as a (Q, N) similarity: ``Q @ T.T`` for embeddings, checked shapes."""
+    if isinstance(output, (tuple, list)) and len(output) == 2:
+        q, t = (torch.as_tensor(x).float() for x in output)
+        if q.ndim != 2 or t.ndim != 2 or q.shape[1] != t.shape[1]:
+            raise ValueError(f"method {name!r} returned embeddings of shapes {tuple(q.shape)} and {tuple(t.shape)}; expected (Q, D) and (N, D)")
+        s = q @ t.T
+    else:
+        s = torch.as_tensor(output).float()
+    if tuple(s.shape) != (n_query, n_database):
+        raise ValueError(f"method {name!r} gave a similarity of shape {tuple(s.shape)}, expected ({n_query}, {n_database})")
+    return s
+
+
+def _percent(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(100.0 * values[k], 2) for k in METRIC_KEYS}
+
+
+def evaluate(
+    methods: Sequence[str] = DEFAULT_METHODS,
+    image_size: int = 260,
+    folds: Sequence[int] = (0, 1, 2, 3, 4),
+    cross_site: str | None = None,
+    seed: int = 0,
+    cache: Any = None,
+    query_subset: int | None = None,
+    keep_rankings: bool = False,
+    progress: bool = True,
+    root: Any = None,
+    net: Any = None,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    text_forms: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Run the cross-validation protocol for ``methods``.
+
+    Args:
+        methods: registered method names (see :func:`~monai_cir.evaluation.available_methods`).
+        image_size: preprocessing size of the feature cache.
+        folds: which folds to hold out (0-based).
+        cross_site: another collection (``"isic-uda1"``) for the leave-one-out cross-site check.
+        seed: base seed; a method gets ``seed + fold``.
+        cache: a ready Derm7pt :class:`~monai_cir.data.FeatureCache` (default: built or loaded).
+        query_subset: use only the first n queries of each fold (smoke tests).
+        keep_rankings: keep each fold's ranking and AP (for figures) under ``"_rankings"``.
+        root: data root (default ``$MONAI_CIR_DATA``).
+        net: the network whose frozen encoders build the caches (default: the offline pretrained
+            encoders); untrained stand-ins put a fresh head on it.
+        method_options: ``{method: {option: value}}``, recorded in the config and passed to the
+            methods as ``ctx.config["method_options"]``.
+        text_forms: also score every method with the query texts in these forms
+            (:data:`~monai_cir.evaluation.text_forms.TEXT_FORMS`), under ``"text_forms"``; the models are
+            trained once per fold (on the template texts) and queried in every form.
+
+    Returns:
+        ``{"methods": {name: {"label", "trained", "held_out_folds", "acc@1": {"folds", "mean", "std"}, ...,
+        "p@5": ..., "seconds"}}, "cross_site": {collection: {...}}, "config": {...}, "train_log": [...]}``;
+        all metrics in percent.
+    """
+    from tqdm.auto import tqdm
+
+    from ..data.feature_cache import build_feature_cache
+
+    selected = [get_method(name) for name in methods]
+    if cache is None:
+        cache = build_feature_cache("derm7pt", image_size, net=net, root=root, progress=progress)
+    fold_of = fold_indices(cache)
+    config: dict[str, Any] = {
+        "collection": "derm7pt",
+        "image_size": int(cache.image_size or image_size),
+        "folds": [int(f) for f in folds],
+        "seed": int(seed),
+        "methods": list(methods),
+        "cross_site": cross_site,
+        "query_subset": query_subset,
+        "method_options": method_options or {},
+        "text_forms": list(text_forms or []),
+        "encoder_fingerprint": cache.fingerprint,
+        "protocol": "queries = held-out fold (image + text); database = other folds (images only); relevant = same class",
+        "metrics": "arXiv v1 Eqs. 10-14 and P@5 (share of the top 5 with the query's class), percent; std = sample std (ddof=1) over folds; ties: stable sort, database order",
+    }
+    state = RunState(net=net)
+    results: dict[str, Any] = {"methods": {}, "cross_site": {}, "config": config}
+    rankings: dict[str, dict[int, dict[str, Any]]] = {}
+    forms = list(text_forms or [])
+    form_caches = {form: text_form_cache(cache, form, seed, net) for form in forms}
+    per_form: dict[str, dict[str, dict[str, list[float]]]] = {form: {} for form in forms}
+    bar = tqdm(total=len(selected) * len(folds), desc="evaluate", unit="fold", disable=not progress)
+    for method in selected:
+        per_fold: dict[str, list[float]] = {k: [] for k in METRIC_KEYS}
+        for form in forms:
+            per_form[form][method.name] = {k: [] for k in METRIC_KEYS}
+        start = time.perf_counter()
+        for fold in folds:
+            query = np.flatnonzero(fold_of == fold)
+            database = np.flatnonzero(fold_of != fold)
+            if len(query) == 0:
+                raise ValueError(f"fold {fold} has no cases; folds are 0..{fold_of.max()}")
+            if query_subset:
+                query = query[:query_subset]
+            ctx = FoldContext(cache, query, database, int(fold), config, seed + int(fold), state)
+            s = _similarity(method.fn(ctx), len(query), len(database), method.name)
+            m = retrieval_metrics(s, ctx.query_labels, ctx.database_labels)
+            for k in METRIC_KEYS:
+                per_fold[k].append(m[k])
+            if keep_rankings:
+                rankings.setdefault(method.name, {})[int(fold)] = {"query": query, "database": database, "ranking": m["ranking"], "ap": m["ap"], "similarity": s}
+            for form in forms:
+                form_ctx = dataclasses.replace(ctx, query_cache=form_caches[form])
+                mf = retrieval_metrics(_similarity(method.fn(form_ctx), len(query), len(database), method.name), ctx.query_labels, ctx.database_labels)
+                for k in METRIC_KEYS:
+                    per_form[form][method.name][k].append(mf[k])
+            bar.update(1)
+        entry = {"label": method.label, "trained": method.trained, "description": method.description, "held_out_folds": [int(f) for f in folds]}
+        entry.update({k: summarize_folds(per_fold[k], scale=100.0, ndigits=2) for k in METRIC_KEYS})
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        results["methods"][method.name] = entry
+    bar.close()
+    if forms:
+        results["text_forms"] = {"derm7pt": {form: {name: {k: summarize_folds(v[k], scale=100.0, ndigits=2) for k in METRIC_KEYS} for name, v in by_method.items()}
+                                             for form, by_method in per_form.items()}}
+    if cross_site:
+        results["cross_site"][cross_site] = evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state)
+        if forms:
+            results["text_forms"][cross_site] = {
+                form: evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state, text_form=form)["methods"] for form in forms
+            }
+    results["train_log"] = state.train_log
+    if keep_rankings:
+        results["_rankings"] = rankings
+        results["_cache"] = cache
+    return results
+
+
+def evaluate_cross_site(
+    methods: Sequence[Method],
+    collection: str,
+    source: Any,
+    config: dict[str, Any],
+    seed: int = 0,
+    root: Any = None,
+    progress: bool = True,
+    state: RunState | None = None,
+    text_form: str = "template",
+) -> dict[str, Any]:
+    """Leave-one-out on ``collection`` for every method with a ``cross_site`` function (others are
+    listed under ``"skipped"``); composed queries read their texts in ``text_form``. Percent."""
+    from ..data.feature_cache import build_feature_cache
+
+    state = state if state is not None else RunState()
+    target = build_feature_cache(collection, source.image_size, net=state.net, root=root, progress=progress)
+    query_target = text_form_cache(target, text_form, seed, state.net)
+    out: dict[str, Any] = {"protocol": "leave-one-out: each image queries the other N-1; relevant = same diagnosis", "n": len(target), "methods": {}, "skipped": []}
+    for method in methods:
+        if method.cross_site is None:
+            out["skipped"].append(method.name)
+            continue
+        start = time.perf_counter()
+        output = method.cross_site(CrossSiteContext(source, target, config, seed, state, query_target))
+        if isinstance(output, dict):
+            s = torch.as_tensor(output["similarity"]).float()
+        else:
+            emb = torch.as_tensor(output).float()
+            if emb.ndim != 2 or emb.shape[0] != len(target):
+                raise ValueError(f"method {method.name!r}: cross-site embeddings have shape {tuple(emb.shape)}, expected ({len(target)}, D)")
+            s = emb @ emb.T
+        m = leave_one_out_metrics(s, target.labels.numpy())
+        out["methods"][method.name] = {"label": method.label, **_percent(m), "seconds": round(time.perf_counter() - start, 2)}
+    return out
+
+
+def _fold_values(entry: dict[str, Any], folds: Sequence[int]) -> dict[int, dict[str, float]]:
+    """``{fold: {metric: value}}`` of a method entry (``held_out_folds`` or, in older files, the run's folds)."""
+    held_out = entry.get("held_out_folds", folds)
+    return {int(f): {k: entry[k]["folds"][i] for k in METRIC_KEYS if k in entry} for i, f in enumerate(held_out)}
+
+
+def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Merge the per-fold results of ``new`` into ``previous`` (resumable runs: ``--folds 0``, then
+    ``--folds 1``...): a fold run again replaces the earlier value; means and stds are recomputed over
+    every fold held. Both must come from the same protocol (:data:`MERGE_KEYS` of their configs);
+    each method keeps the commits of the runs that made it under ``"runs"``. Cross-site blocks of
+    ``new`` replace those of ``previous`` method by method."""
+    old_cfg, new_cfg = previous.get("config", {}), new.get("config", {})
+    differing = [k for k in MERGE_KEYS if old_cfg.get(k) != new_cfg.get(k)]
+    if differing:
+        raise ValueError(
+            f"cannot merge: the results file was made with other settings ({', '.join(f'{k}: {old_cfg.get(k)!r} vs {new_cfg.get(k)!r}' for k in differing)}); "
+            "write to another --out, or pass --overwrite to replace it"
+        )
+    merged = {**previous, "methods": dict(previous.get("methods", {})), "cross_site": dict(previous.get("cross_site", {}))}
+    for name, entry in new["methods"].items():
+        values = _fold_values(entry, new_cfg["folds"])
+        runs = list(entry.get("runs", []))
+        old = previous["methods"].get(name)
+        if old is not None:
+            values = {**_fold_values(old, old_cfg["folds"]), **values}
+            runs = list(old.get("runs", [])) + runs
+        folds = sorted(values)
+        combined = {k: v for k, v in entry.items() if k not in METRIC_KEYS}
+        combined["held_out_folds"] = folds
+        for k in METRIC_KEYS:
+            if all(k in values[f] for f in folds):
+                combined[k] = summarize_folds([values[f][k] for f in folds], ndigits=2)
+        combined["seconds"] = round(float(entry.get("seconds", 0.0)) + float((old or {}).get("seconds", 0.0)), 2)
+        combined["runs"] = runs
+        merged["methods"][name] = combined
+    for collection, block in new.get("cross_site", {}).items():
+        base = merged["cross_site"].get(collection)
+        if base is None:
+            merged["cross_site"][collection] = block
+        else:
+            merged["cross_site"][collection] = {**base, "methods": {**base["methods"], **block["methods"]},
+                                                "skipped": sorted(set(base.get("skipped", [])) - set(block["methods"]) | set(block.get("skipped", [])))}
+    all_folds = sorted({f for e in merged["methods"].values() for f in e.get("held_out_folds", [])})
+    merged["config"] = {**old_cfg, "folds": all_folds, "methods": list(merged["methods"])}
+    merged["train_log"] = list(previous.get("train_log", [])) + list(new.get("train_log", []))
+    if new.get("text_forms"):  # text-form tables are not merged fold by fold: the latest run's stand
+        merged["text_forms"] = new["text_forms"]
+    return merged

@@ -1,0 +1,119 @@
+"""The hospital loop: a DICOM node (:class:`DicomService`) that a PACS routes dermoscopy studies to,
+answering each with the deploy app's similar-cases SR and PDF, returned into the same study.
+
+Settings (``serve`` section of ``deploy_app/app.yaml`` < environment < ``monai-cir serve`` flags):
+
+==================  ==============================  ======================  ===========================
+setting             environment variable            flag                    default
+==================  ==============================  ======================  ===========================
+ae_title            ``MONAI_CIR_SERVE_AE``           ``--ae``                MONAICIR
+host                ``MONAI_CIR_SERVE_HOST``         ``--host``              127.0.0.1
+port                ``MONAI_CIR_SERVE_PORT``         ``--port``              11112
+models              ``HOLOSCAN_MODEL_PATH``          ``--models``            (required)
+peers               ``MONAI_CIR_SERVE_PEERS``        ``--peer`` (repeat)     the return node's AE title
+return_node         ``MONAI_CIR_SERVE_RETURN``       ``--return``            (this or return_dicomweb)
+return_dicomweb     ``MONAI_CIR_SERVE_RETURN_URL``   ``--return-dicomweb``
+quiet_s             ``MONAI_CIR_SERVE_QUIET_S``      ``--quiet-time``        2
+retry_s             ``MONAI_CIR_SERVE_RETRY_S``      ``--retry-every``       30
+workdir             ``MONAI_CIR_SERVE_WORKDIR``      ``--workdir``           ./monai-cir-service
+==================  ==============================  ======================  ===========================
+
+``MONAI_CIR_SERVE_PEERS`` is comma-separated (``ORTHANC@10.0.0.5,MODALITY1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dicom_node import (
+    SUPPORTED_SOP_CLASSES,
+    DicomService,
+    Peer,
+    StudyStatus,
+    parse_peer,
+)
+
+__all__ = ["ORTHANC_LUA", "SUPPORTED_SOP_CLASSES", "DicomService", "Peer", "ServiceSettings", "StudyStatus", "orthanc_lua", "parse_peer"]
+
+ORTHANC_LUA = Path(__file__).resolve().parents[1] / "resources" / "orthanc_forward_dermoscopy.lua"
+
+
+def orthanc_lua(target: str = "monaicir", service_aet: str = "MONAICIR") -> str:
+    """The Orthanc Lua script that routes stable dermoscopy studies to the service (``LuaScripts``),
+    for the ``DicomModalities`` entry ``target`` and the service's AE title."""
+    text = ORTHANC_LUA.read_text()
+    text = text.replace("local TARGET = 'monaicir'", f"local TARGET = '{target}'", 1)
+    return text.replace("local SERVICE_AET = 'MONAICIR'", f"local SERVICE_AET = '{service_aet}'", 1)
+
+ENV = {
+    "ae_title": "MONAI_CIR_SERVE_AE",
+    "host": "MONAI_CIR_SERVE_HOST",
+    "port": "MONAI_CIR_SERVE_PORT",
+    "models": "HOLOSCAN_MODEL_PATH",
+    "peers": "MONAI_CIR_SERVE_PEERS",
+    "return_node": "MONAI_CIR_SERVE_RETURN",
+    "return_dicomweb": "MONAI_CIR_SERVE_RETURN_URL",
+    "quiet_s": "MONAI_CIR_SERVE_QUIET_S",
+    "retry_s": "MONAI_CIR_SERVE_RETRY_S",
+    "workdir": "MONAI_CIR_SERVE_WORKDIR",
+}
+
+
+@dataclass
+class ServiceSettings:
+    """Where the service listens, whom it accepts, where it returns results."""
+
+    models: str | None = None
+    ae_title: str = "MONAICIR"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    peers: list[str] = field(default_factory=list)
+    return_node: str | None = None
+    return_dicomweb: str | None = None
+    quiet_s: float = 2.0
+    retry_s: float = 30.0
+    workdir: str = "monai-cir-service"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.peers, str):
+            self.peers = [p for p in (x.strip() for x in self.peers.split(",")) if p]
+        self.peers = list(self.peers or [])
+        self.port, self.quiet_s, self.retry_s = int(self.port), float(self.quiet_s), float(self.retry_s)
+        if not self.peers and self.return_node:
+            # the PACS that routes studies here is usually the node the answers go back to
+            from deploy_app.settings import parse_dicom_node
+
+            self.peers = [parse_dicom_node(self.return_node).ae_title]
+        for peer in self.peers:
+            parse_peer(peer)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def resolve(cls, flags: Mapping[str, Any] | None = None, app_yaml: Path | None = None, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+        """``serve:`` of app.yaml < environment < flags (None values are not set)."""
+        values: dict[str, Any] = {}
+        if app_yaml is None:
+            from deploy_app.settings import APP_YAML
+
+            app_yaml = APP_YAML
+        if Path(app_yaml).is_file():
+            import yaml
+
+            section = (yaml.safe_load(Path(app_yaml).read_text()) or {}).get("serve") or {}
+            if not isinstance(section, dict):
+                raise ValueError(f"{app_yaml}: 'serve' must be a mapping")
+            unknown = sorted(set(section) - {f.name for f in dataclasses.fields(cls)})
+            if unknown:
+                raise ValueError(f"{app_yaml}: unknown serve settings {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
+            values.update({k: v for k, v in section.items() if v is not None})
+        environ = os.environ if environ is None else environ
+        values.update({key: environ[name].strip() for key, name in ENV.items() if environ.get(name, "").strip()})
+        values.update({key: value for key, value in (flags or {}).items() if value not in (None, [])})
+        return cls(**values)

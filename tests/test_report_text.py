@@ -1,0 +1,182 @@
+"""Report text forms (evaluation) and augmentation (training) on all Derm7pt and ISIC UDA-1 records:
+no form leaks the label, the template is unchanged, held-out wording never reaches training."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from monai_cir.data import load_collection, meta_report
+from monai_cir.data.report import (
+    CRITERIA,
+    FORBIDDEN_WORDS,
+    HELD_OUT_STYLES,
+    TEXT_FORMS,
+    TRAINING_STYLES,
+    augment_report,
+    render_report,
+    render_reports,
+    report_fields,
+)
+
+AUGMENTATIONS_PER_CASE = 12
+
+
+@pytest.fixture(scope="module")
+def derm7pt(shared_data):
+    return load_collection("derm7pt", shared_data)
+
+
+@pytest.fixture(scope="module")
+def isic(shared_data):
+    return load_collection("isic-uda1", shared_data)
+
+
+@pytest.fixture(scope="module")
+def training_texts(derm7pt, isic):
+    """Every training text the augmentation draws for all cases (12 seeds each), and each training
+    style's full rendering of every Derm7pt case."""
+    texts = [augment_report(r, np.random.default_rng((seed, i))) for i, r in enumerate(derm7pt + isic) for seed in range(AUGMENTATIONS_PER_CASE)]
+    texts += [style.render(report_fields(r)) for r in derm7pt for style in TRAINING_STYLES.values()]
+    return texts
+
+
+def _forms(record, index: int) -> dict[str, str]:
+    return {form: render_report(record, form, np.random.default_rng((7, index))) for form in TEXT_FORMS}
+
+
+def test_template_form_is_the_unchanged_template(derm7pt, isic):
+    for r in derm7pt:
+        assert render_report(r, "template", 0) == r.text == meta_report(r.metadata)
+    for r in isic:
+        assert render_report(r, "template", 0) == r.text
+    row = dict(derm7pt[0].metadata)
+    assert render_report(row, "template", 0) == meta_report(row)
+
+
+def test_no_form_and_no_augmentation_leaks_the_label(derm7pt, isic, training_texts):
+    pattern = re.compile("|".join(re.escape(w) for w in FORBIDDEN_WORDS), re.IGNORECASE)
+    for i, r in enumerate(derm7pt + isic):
+        # the label and what reveals it: ISIC's confirmation type is histopathology for every melanoma
+        raw = {str(r.metadata.get(k, "")).lower() for k in ("diagnosis", "management", "benign_malignant", "diagnosis_confirm_type")} - {"", "none"}
+        texts = list(_forms(r, i).values()) + [augment_report(r, np.random.default_rng((1, i))) for _ in range(1)]
+        for text in texts:
+            assert not pattern.search(text), (r.case_id, text)
+            assert not any(word in text.lower() for word in raw), (r.case_id, text)
+    leaking = [t for t in training_texts if pattern.search(t)]
+    assert not leaking, leaking[:3]
+
+
+def test_forms_and_augmentation_are_deterministic_given_the_seed(derm7pt):
+    for i, r in enumerate(derm7pt[:50]):
+        assert _forms(r, i) == _forms(r, i)
+        assert [augment_report(r, np.random.default_rng(s)) for s in range(5)] == [augment_report(r, s) for s in range(5)]
+    # ... and the seed matters: one case gets many different training texts and partial reports
+    case = derm7pt[0]
+    assert len({augment_report(case, s) for s in range(60)}) > 30
+    assert len({render_report(case, "partial", s) for s in range(30)}) > 5
+
+
+def test_training_and_held_out_styles_are_disjoint(derm7pt, training_texts):
+    assert not set(TRAINING_STYLES) & set(HELD_OUT_STYLES)
+    assert not set(TEXT_FORMS) & set(TRAINING_STYLES)
+    # the held-out vocabulary: criterion nouns, negations, context words
+    held_out = sorted({noun for style in HELD_OUT_STYLES.values() for noun in style.names.values()}
+                      | {"not seen", "negative for", "observed", "woman", "man", "macular", "raised", "presenting", "located at"})
+    held_out_pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in held_out) + r")\b", re.IGNORECASE)
+    seen = [t for t in training_texts if held_out_pattern.search(t)]
+    assert not seen, seen[:3]
+    # the training nouns (template, full names, abbreviations) never appear in a reworded text
+    trained = {noun for style in TRAINING_STYLES.values() for noun in style.names.values()} | {phrase for _, phrase in CRITERIA} | {"7PCL"}
+    trained_pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in sorted(trained)) + r")(?!\w)", re.IGNORECASE)
+    for i, r in enumerate(derm7pt):
+        reworded = render_report(r, "reworded", i)
+        assert held_out_pattern.search(reworded), reworded
+        assert not trained_pattern.search(reworded), (reworded, trained_pattern.search(reworded))
+    # both held-out styles are drawn
+    assert len({render_report(derm7pt[0], "reworded", s).split(":")[0] for s in range(20)}) == 2
+
+
+def _template_findings(text: str) -> list[str]:
+    return text.split("Dermoscopy: ", 1)[1].rstrip(".").split("; ") if "Dermoscopy: " in text else []
+
+
+def test_partial_keeps_one_to_four_of_the_recorded_criteria(derm7pt):
+    sizes = set()
+    for i, r in enumerate(derm7pt):
+        full = _template_findings(r.text)
+        kept = _template_findings(render_report(r, "partial", i))
+        assert 1 <= len(kept) <= 4 and set(kept) <= set(full), (r.text, kept)
+        assert render_report(r, "partial", i).split(" Dermoscopy:")[0] == r.text.split(" Dermoscopy:")[0]
+        sizes.add(len(kept))
+    assert sizes == {1, 2, 3, 4}
+
+
+def test_demographics_form_has_age_sex_site_only(derm7pt, isic):
+    nouns = re.compile("|".join(re.escape(p) for _, p in CRITERIA) + "|flat|palpable|nodular", re.IGNORECASE)
+    for i, r in enumerate(derm7pt):
+        text = render_report(r, "demographics", i)
+        assert not nouns.search(text), text
+        assert r.metadata["sex"] in text
+    text = render_report(isic[0], "demographics", 0)
+    assert "female" in text and "55" in text
+    assert render_report(isic[0], "empty", 0) == render_report(derm7pt[0], "empty", 0) == ""
+    with pytest.raises(ValueError, match="unknown text form 'free'"):
+        render_report(derm7pt[0], "free", 0)
+
+
+def test_augmentation_covers_orders_subsets_styles_and_empty(derm7pt):
+    # a case with findings present and absent, so that every way of writing a negation applies
+    case = next(r for r in derm7pt if 2 <= sum(v == "absent" for _, v in report_fields(r).criteria) <= 5)
+    texts = [augment_report(case, s) for s in range(400)]
+    assert "" in texts
+    assert any("BWV" in t or "7PCL" in t for t in texts)
+    assert any(t.startswith("Pigment network: ") and t.count("\n") == 6 for t in texts)  # the SR reader's coded lines
+    assert any("without " in t for t in texts)  # negations written differently
+    assert any(t == render_report(case, "demographics", 0) for t in texts)  # demographics only
+    # random order: some text names streaks before the pigment network
+    lowered = [t.lower() for t in texts]
+    assert any(0 <= t.find("streaks") < t.find("pigment network") for t in lowered)
+    # random subsets: some template text keeps fewer than all criteria
+    assert any(0 < len(_template_findings(t)) < len(report_fields(case).criteria) for t in texts)
+    assert case.text in texts  # today's template too
+    # the mix is the caller's: all text dropped, or the template only
+    assert {augment_report(case, s, mix={"empty": 1.0}) for s in range(20)} == {""}
+    assert {augment_report(case, s, mix={"template": 1.0}) for s in range(20)} == {case.text}
+    with pytest.raises(ValueError, match="summing to 1"):
+        augment_report(case, 0, mix={"empty": 0.5, "dropout": 0.5})
+
+
+def test_render_reports_seeds_each_case_by_its_id(derm7pt):
+    every = render_reports(derm7pt, "partial", seed=3)
+    # the same case gets the same text in a subset, in another order; another seed changes texts
+    subset = list(reversed(derm7pt[100:200]))
+    assert render_reports(subset, "partial", seed=3) == list(reversed(every[100:200]))
+    assert sum(a != b for a, b in zip(every, render_reports(derm7pt, "partial", seed=4))) > 300
+
+
+def test_sr_coded_style_is_what_the_sr_reader_writes(derm7pt):
+    """The training style ``sr_coded`` reproduces the text :func:`read_sr_text` makes of coded findings."""
+    from pydicom.dataset import Dataset
+
+    from monai_cir.dicom.reader import read_sr_text
+
+    def code(value: str, meaning: str) -> Dataset:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "99TEST", meaning
+        return item
+
+    fields = report_fields(derm7pt[0])
+    items = []
+    for n, (key, value) in enumerate(fields.criteria):
+        item = Dataset()
+        item.RelationshipType, item.ValueType = "CONTAINS", "CODE"
+        item.ConceptNameCodeSequence = [code(f"C{n}", TRAINING_STYLES["sr_coded"].names[key])]
+        item.ConceptCodeSequence = [code(f"V{n}", value)]
+        items.append(item)
+    sr = Dataset()
+    sr.SOPInstanceUID, sr.StudyInstanceUID, sr.SOPClassUID = "1.2.3", "1.2", "1.2.840.10008.5.1.4.1.1.88.33"
+    sr.ContentSequence = items
+    assert read_sr_text(sr).text == TRAINING_STYLES["sr_coded"].render(fields, with_context=False)

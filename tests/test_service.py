@@ -1,0 +1,279 @@
+"""The DICOM node (``monai_cir.service``) on loopback with a stand-in pipeline: peers, study grouping,
+bad input, a return node that is down, restarts. (The real pipeline and a real PACS:
+``tests/test_dicom_pacs.py``.)"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from monai_cir.dicom.dicomize import case_report_sr, case_uids, dermoscopy_image_dataset
+from monai_cir.dicom.publish import DicomNode, c_store
+from monai_cir.service import DicomService, ServiceSettings
+
+PEER = "PACS"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_study(name: str, with_image: bool = True) -> list[Dataset]:
+    """A synthetic dermoscopy study: one DMS image (uncompressed noise) and its report SR."""
+    uids = case_uids("synthetic", name)
+    pixels = np.random.default_rng(abs(hash(name)) % 2**32).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    image = dermoscopy_image_dataset(pixels=pixels, uids=uids, compression="none")
+    sr = case_report_sr(image, "raised lesion, irregular pigment network", case_id=name, sr_series_uid=uids.sr_series_uid, sr_uid=uids.sr_uid)
+    return [image, sr] if with_image else [sr]
+
+
+class StandInPipeline:
+    """Answers each dermoscopy image of a study with one Encapsulated PDF in its study; fails the
+    studies whose image is named in ``fail``; counts calls."""
+
+    def __init__(self, fail: set[str] = frozenset(), delay_s: float = 0.0) -> None:
+        self.fail, self.delay_s, self.calls = set(fail), delay_s, []
+
+    def __call__(self, input_folder: Path, output_folder: Path):
+        from monai_cir.dicom.reader import read_dicom_folder
+
+        self.calls.append(input_folder.name)
+        time.sleep(self.delay_s)
+        scan = read_dicom_folder(input_folder)
+        if any(q.study_uid in self.fail for q in scan.queries):
+            raise RuntimeError("stand-in pipeline failure")
+        output_folder.mkdir(parents=True, exist_ok=True)
+        outputs = []
+        for q in scan.queries:
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID, ds.SOPInstanceUID = ENCAPSULATED_PDF, generate_uid()
+            ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID, ds.Modality = q.study_uid, generate_uid(), q.patient_id, "DOC"
+            ds.MIMETypeOfEncapsulatedDocument, ds.EncapsulatedDocument = "application/pdf", b"%PDF-1.4\n%%EOF\n"
+            path = output_folder / f"{q.sop_instance_uid}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            outputs.append(path)
+        return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=[{"stage": "input", "message": p.message} for p in scan.problems])
+
+
+class ReturnNode:
+    """A storage SCP standing in for the PACS that receives the answers."""
+
+    def __init__(self, port: int) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        self.port, self.received = port, []
+        ae = AE(ae_title=PEER)
+        ae.add_supported_context(ENCAPSULATED_PDF, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context("1.2.840.10008.5.1.4.1.1.88.33", ALL_TRANSFER_SYNTAXES)
+        self._ae, self._evt = ae, evt
+        self._server = None
+
+    def start(self) -> ReturnNode:
+        def on_store(event):
+            self.received.append(event.dataset)
+            return 0x0000
+
+        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(self._evt.EVT_C_STORE, on_store)])
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+
+@pytest.fixture()
+def node(tmp_path):
+    """A return node (running), a stand-in pipeline and a service factory (stopped at the end)."""
+    ret = ReturnNode(free_port()).start()
+    services = []
+
+    def make(pipeline=None, **kwargs):
+        kwargs.setdefault("return_node", f"127.0.0.1:{ret.port}:{PEER}")
+        kwargs.setdefault("peers", [PEER])
+        kwargs.setdefault("quiet_s", 0.3)
+        service = DicomService(pipeline or StandInPipeline(), tmp_path / "spool", port=free_port(), **kwargs)
+        services.append(service)
+        return service.start()
+
+    yield SimpleNamespace(ret=ret, make=make)
+    for service in services:
+        service.stop()
+    ret.stop()
+
+
+def address(service: DicomService) -> DicomNode:
+    return DicomNode(service.ae_title, "127.0.0.1", service.port)
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def state_of(service: DicomService, study_uid: str, *states: str, timeout: float = 20.0) -> dict:
+    return wait_for(lambda: (s := service.status(study_uid)) and s["state"] in states and s, timeout, f"study state in {states}")
+
+
+def echo(service: DicomService, calling_ae: str = PEER) -> int | None:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", service.port, ae_title=service.ae_title)
+    if not assoc.is_established:
+        return None
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
+def test_a_study_is_grouped_answered_and_returned(node):
+    pipeline = StandInPipeline()
+    service = node.make(pipeline)
+    assert echo(service) == 0x0000
+    study = make_study("one")
+    # the image and its SR arrive over two associations: still one study, answered once
+    assert all(r.ok for r in c_store(study[:1], address(service), calling_ae=PEER))
+    assert all(r.ok for r in c_store(study[1:], address(service), calling_ae=PEER))
+    status = state_of(service, study[0].StudyInstanceUID, "returned")
+    assert status["instances"] == 2 and status["answered"] == 1 and status["return_attempts"] == 1
+    assert pipeline.calls == [study[0].StudyInstanceUID]
+    assert [str(ds.StudyInstanceUID) for ds in node.ret.received] == [study[0].StudyInstanceUID]
+    assert not any((service.workdir / d / study[0].StudyInstanceUID).exists() for d in ("incoming", "processing", "outbox"))
+    assert "PatientName" not in status and str(study[0].PatientID) not in (service.workdir / "status" / f"{study[0].StudyInstanceUID}.json").read_text()
+
+
+def test_a_peer_not_configured_is_refused(node):
+    service = node.make(peers=[PEER, "ORTHANC@10.9.9.9"])
+    assert echo(service, calling_ae="INTRUDER") is None  # association rejected
+    with pytest.raises(ConnectionError):
+        c_store(make_study("intruder"), address(service), calling_ae="INTRUDER")
+    # the right AE title from another host than configured: each request refused as not authorized
+    results = c_store(make_study("wrong-host"), address(service), calling_ae="ORTHANC")
+    assert [r.status for r in results] == [0x0124, 0x0124]
+    assert echo(service, calling_ae="ORTHANC") == 0x0124
+    assert not any((service.workdir / "incoming").iterdir())
+    assert echo(service) == 0x0000  # still serving
+
+
+def test_non_dicom_payload_and_unsupported_sop_class(node, tmp_path, monkeypatch):
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import AE, _config
+
+    service = node.make()
+    # bytes on the port that are no DICOM at all
+    with socket.create_connection(("127.0.0.1", service.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
+    # a C-STORE whose data set is not DICOM (valid file meta, then garbage)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = "1.2.840.10008.5.1.4.1.1.77.1.7", generate_uid(), ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(buffer.getvalue() + b"\x08\x00\x05\x00CS\xff\xff" + b"this is not a data set" * 20)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the file's bytes as they are
+    ae = AE(ae_title=PEER)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.77.1.7", ExplicitVRLittleEndian)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ExplicitVRLittleEndian)  # CT Image Storage
+    assoc = ae.associate("127.0.0.1", service.port, ae_title=service.ae_title)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(junk)
+        assert int(status.Status) == 0xC000  # cannot understand
+        ct_context = [c for c in assoc.accepted_contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.2"]
+        assert ct_context == []  # unsupported SOP class: its presentation context is refused
+        ct = make_study("ct")[0]
+        ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        with pytest.raises(ValueError, match="presentation context"):
+            assoc.send_c_store(ct)
+    finally:
+        assoc.release()
+    assert not any((service.workdir / "incoming").iterdir())
+    # still serving: a good study afterwards is answered
+    study = make_study("after-junk")
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    state_of(service, study[0].StudyInstanceUID, "returned")
+
+
+def test_a_study_without_dermoscopy_image_and_a_failing_study_are_reported(node):
+    bad = make_study("fails")
+    pipeline = StandInPipeline(fail={bad[0].StudyInstanceUID})
+    service = node.make(pipeline)
+    no_image = make_study("no-image", with_image=False)
+    good = make_study("good")
+    for study in (no_image, bad, good):
+        assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    failed = state_of(service, no_image[0].StudyInstanceUID, "failed")
+    assert "no dermoscopy image" in failed["error"]
+    crashed = state_of(service, bad[0].StudyInstanceUID, "failed")
+    assert "stand-in pipeline failure" in crashed["error"]
+    assert (service.workdir / "failed" / bad[0].StudyInstanceUID).is_dir()  # input kept for the integrator
+    state_of(service, good[0].StudyInstanceUID, "returned")
+    assert [str(ds.StudyInstanceUID) for ds in node.ret.received] == [good[0].StudyInstanceUID]
+
+
+def test_a_return_node_that_is_down_keeps_and_retries(tmp_path):
+    port = free_port()  # nobody listens yet
+    service = DicomService(StandInPipeline(), tmp_path / "spool", port=free_port(), peers=[PEER], return_node=f"127.0.0.1:{port}:{PEER}", quiet_s=0.2, retry_s=0.5).start()
+    ret = ReturnNode(port)
+    try:
+        study = make_study("down")
+        assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+        pending = state_of(service, study[0].StudyInstanceUID, "return-pending")
+        assert "ConnectionError" in pending["error"]
+        outbox = service.workdir / "outbox" / study[0].StudyInstanceUID
+        assert len(list(outbox.glob("*.dcm"))) == 1  # kept on disk
+        ret.start()  # the node comes back: the next retry delivers
+        returned = state_of(service, study[0].StudyInstanceUID, "returned")
+        assert returned["return_attempts"] >= 2 and len(ret.received) == 1 and not outbox.exists()
+    finally:
+        service.stop()
+        ret.stop()
+
+
+def test_restart_picks_up_what_was_left(node, tmp_path):
+    pipeline = StandInPipeline()
+    first = node.make(pipeline, quiet_s=3600)  # never complete while this one runs
+    study = make_study("restart")
+    assert all(r.ok for r in c_store(study, address(first), calling_ae=PEER))
+    first.stop()
+    assert pipeline.calls == [] and len(list((first.workdir / "incoming" / study[0].StudyInstanceUID).iterdir())) == 2
+    second = node.make(pipeline)  # same spool
+    state_of(second, study[0].StudyInstanceUID, "returned")
+    assert pipeline.calls == [study[0].StudyInstanceUID] and len(node.ret.received) == 1
+
+
+def test_settings_from_app_yaml_environment_and_flags(tmp_path):
+    yaml_file = tmp_path / "app.yaml"
+    yaml_file.write_text("serve:\n  port: 11000\n  quiet_s: 5\n  return_node: 10.0.0.5:4242:ORTHANC\n")
+    s = ServiceSettings.resolve(app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_QUIET_S": "1.5", "HOLOSCAN_MODEL_PATH": "/models"})
+    assert (s.port, s.quiet_s, s.models, s.peers) == (11000, 1.5, "/models", ["ORTHANC"])  # peer defaults to the return node
+    s = ServiceSettings.resolve({"port": 104, "peers": ["A@1.2.3.4", "B"]}, app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_PEERS": "X"})
+    assert (s.port, s.peers) == (104, ["A@1.2.3.4", "B"])
+    assert ServiceSettings.resolve(app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_PEERS": "X, Y@h"}).peers == ["X", "Y@h"]
+    yaml_file.write_text("serve:\n  prot: 1\n")
+    with pytest.raises(ValueError, match="unknown serve settings"):
+        ServiceSettings.resolve(app_yaml=yaml_file, environ={})
+    with pytest.raises(ValueError, match="no peer is configured"):
+        DicomService(StandInPipeline(), tmp_path, return_dicomweb="http://x/dicom-web")
