@@ -36,67 +36,25 @@ reuse; a rebuilt index or a new checkpoint (another size or mtime) is loaded afr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import sys
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 
-def _light_monai_namespace() -> None:
-    """Make ``import monai.deploy`` cost only the Deploy SDK.
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application
 
-    The Deploy SDK lives in the ``monai`` namespace, and MONAI core's ``monai/__init__.py`` imports
-    every MONAI submodule eagerly (apps, networks, transforms, torchvision, transformers: ~5 CPU
-    seconds, half of the app's start). None of it is on this app's path. When ``monai`` is not
-    imported yet, register the package without running its ``__init__``; a submodule
-    (``monai.transforms``) still imports on first use, and ``monai.X`` attribute access imports
-    ``monai.X``, so MONAI code that needs more gets it then."""
-    if "monai" in sys.modules:
-        return
-    spec = importlib.util.find_spec("monai")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    package = types.ModuleType("monai")
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__file__ = spec.origin
-    package.__spec__ = spec
-    package.__package__ = "monai"
-    sys.modules["monai"] = package
-    from importlib import import_module
-
-    version = import_module("monai._version").get_versions()
-    package.__version__ = str(version.get("version", "0+unknown"))
-    package.__revision_id__ = str(version.get("full-revisionid") or "")
-    package.__basedir__ = str(Path(spec.origin).parent)
-
-    def __getattr__(name: str) -> Any:  # monai.transforms etc. on first access, as after a full import
-        if name.startswith("__"):
-            raise AttributeError(name)
-        try:
-            return import_module(f"monai.{name}")
-        except ModuleNotFoundError:
-            raise AttributeError(f"module 'monai' has no attribute {name!r}") from None
-
-    package.__getattr__ = __getattr__  # type: ignore[attr-defined]
-
-
-_light_monai_namespace()
-
-from monai.deploy.conditions import CountCondition  # noqa: E402
-from monai.deploy.core import AppContext, Application  # noqa: E402
-
-from . import APP_NAME, __version__  # noqa: E402
-from .operators.dermoscopy_loader import DermoscopyStudyLoaderOperator  # noqa: E402
-from .operators.pdf_writer import SimilarCasesPDFWriterOperator  # noqa: E402
-from .operators.publisher import DICOMPublisherOperator  # noqa: E402
-from .operators.results_writer import RESULTS_FILE, ResultsWriterOperator  # noqa: E402
-from .operators.retrieval import ComposedRetrievalOperator, LoadedModels, ModelsLayoutError, load_models  # noqa: E402
-from .operators.sr_writer import SimilarCasesSRWriterOperator  # noqa: E402
-from .settings import AppSettings, split_argv  # noqa: E402
+from . import APP_NAME, __version__
+from .operators.dermoscopy_loader import DermoscopyStudyLoaderOperator
+from .operators.pdf_writer import SimilarCasesPDFWriterOperator
+from .operators.publisher import DICOMPublisherOperator
+from .operators.results_writer import RESULTS_FILE, ResultsWriterOperator
+from .operators.retrieval import ComposedRetrievalOperator, LoadedModels, ModelsLayoutError, load_models
+from .operators.sr_writer import SimilarCasesSRWriterOperator
+from .settings import AppSettings, split_argv
 
 __all__ = ["LoadedModels", "SimilarCasesApp", "load_models", "main", "run_app"]
 

@@ -105,8 +105,9 @@ def test_truncated_file_says_truncated(tmp_path):
     data = (tmp_path / "whole.dcm").read_bytes()
     for cut in (200, 700, len(data) // 2, len(data) - 3):  # in the file meta, the header, the pixel data
         (tmp_path / f"cut{cut}.dcm").write_bytes(data[:cut])
+    (tmp_path / "zero_padded.dcm").write_bytes(data + bytes(6))  # trailing padding is not a cut
     scan, problems = _scan(tmp_path)
-    assert len(scan.queries) == 1 and len(problems) == 4
+    assert sorted(Path(q.source_path).stem for q in scan.queries) == ["whole", "zero_padded"] and len(problems) == 4
     for name, message in problems.items():
         assert message.startswith("truncated DICOM file"), (name, message)
         assert "SOP Class UID" not in message and "pixel data (7FE0" not in message
@@ -209,6 +210,24 @@ def _dciodvfy_errors(path: Path) -> list[str]:
         pytest.fail("dciodvfy (Debian dicom3tools) is missing: run scripts/install_system_tools.sh")
     out = subprocess.run([tool, str(path)], check=False, capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.slow
+def test_sdk_import_skips_monai_core_until_it_is_used():
+    """Importing the app does not run MONAI core's eager ``__init__`` (seconds of imports the app
+    does not use); MONAI imported afterwards in the same process is complete and loaded once."""
+    code = (
+        "import sys\n"
+        "import deploy_app.app\n"
+        "assert 'monai.networks' not in sys.modules and 'monai.transforms' not in sys.modules\n"
+        "from monai.transforms import Compose\n"
+        "import monai.data.dataset, monai.networks.nets\n"
+        "assert Compose is monai.data.dataset.Compose and monai.__version__\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 @pytest.mark.slow

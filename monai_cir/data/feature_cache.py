@@ -106,10 +106,6 @@ def _record_to_dict(r: CaseRecord) -> dict[str, Any]:
     return d
 
 
-def _record_from_dict(d: dict[str, Any]) -> CaseRecord:
-    return CaseRecord(**{**d, "image_path": Path(d["image_path"])})
-
-
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -131,8 +127,11 @@ def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_siz
         return None
     if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT or payload.get("fingerprint") != fingerprint or payload.get("image_size") != image_size:
         return None
-    cached = [_record_from_dict(d) for d in payload["records"]]
-    if [(r.case_id, str(r.image_path), r.text, r.label) for r in cached] != [(r.case_id, str(r.image_path), r.text, r.label) for r in records]:
+    try:  # the fields that decide staleness, read from the dicts (a newer CaseRecord may have more fields)
+        cached = [(d["case_id"], str(d["image_path"]), d["text"], d["label"]) for d in payload["records"]]
+    except (KeyError, TypeError):
+        cached = None
+    if cached != [(r.case_id, str(r.image_path), r.text, r.label) for r in records]:
         logger.info("feature cache %s is stale (the collection's records changed); rebuilding", path)
         return None
     if flipped and payload.get("maps_flipped") is None:

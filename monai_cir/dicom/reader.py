@@ -341,7 +341,7 @@ def _truncation(path: Path) -> str | None:
     read (``defer_size``), so the check costs a walk over the element headers."""
     from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
 
-    size = path.stat().st_size
+    size, tail = path.stat().st_size, b""
     try:
         with open(path, "rb") as fp:
             read_preamble(fp, False)
@@ -356,11 +356,14 @@ def _truncation(path: Path) -> str | None:
                 end = fp.tell() if element.length == 0xFFFFFFFF else element.value_tell + element.length
                 if end > size:
                     return f"truncated DICOM file ({size} bytes): element {element.tag} needs {end - size} more bytes"
+            if end < size:
+                fp.seek(end)
+                tail = fp.read()
     except EOFError:
         return f"truncated DICOM file ({size} bytes): it ends inside a sequence or the encapsulated pixel data"
     except Exception:  # noqa: BLE001 (not walkable: leave the verdict to pydicom's own reading)
         return None
-    if end < size:
+    if end < size and tail.strip(b"\x00"):  # trailing zero padding is not a cut
         return f"truncated DICOM file ({size} bytes): the last {size - end} bytes are an incomplete element"
     return None
 
