@@ -317,78 +317,102 @@ def explain_match(
     Returns:
         an :class:`Explanation`; its ``score`` equals ``net.similarity`` for the pair.
     """
+    return explain_matches(net, query_image, text, [target_image], labels=[target_label], query_label=query_label)[0]
+
+
+@torch.no_grad()
+def explain_matches(
+    net: Any, query_image: Any, text: str, targets: Sequence[Any], labels: Sequence[str] | None = None, query_label: str = "query"
+) -> list[Explanation]:
+    """:func:`explain_match` for each retrieved image (e.g. the top hits of a search), in order.
+
+    The query side (image maps, text tokens, the composed maps of Eq. 5) is computed once and the
+    targets' maps in one batch: what a match adds is only its own decomposition."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a string ('' for an image-only query), got {type(text).__name__}")
+    labels = list(labels) if labels is not None else [f"match {i + 1}" for i in range(len(targets))]
+    if len(labels) != len(targets):
+        raise ValueError(f"got {len(targets)} targets but {len(labels)} labels")
+    if not targets:
+        return []
     was_training = net.training
     net.eval()
     try:
         q = _as_batch(query_image, net.image_size, "query_image").to(net.device)
-        t = _as_batch(target_image, net.image_size, "target_image").to(net.device)
+        t_all = torch.cat([_as_batch(t, net.image_size, "target_image") for t in targets]).to(net.device)
         q_maps = net.image_features(q)
-        t_maps = net.image_features(t)
+        t_maps_all = net.image_features(t_all)
         tokens, mask = net.text_features([text])
-        levels: list[LevelExplanation] = []
-        q_heat = np.zeros(q.shape[-2:], dtype=np.float32)
-        t_heat = np.zeros(t.shape[-2:], dtype=np.float32)
-        s_local = s_global = 0.0
-        for name, composer, align, xq, xt in zip(net.levels, net.composers, net.alignments, q_maps, t_maps):
-            xq_c, attention = composer(xq, tokens, mask, return_attention=True)
-            xq_c, xt = xq_c.float(), xt.float()
-            e_t = F.normalize(align.local_descriptor(xt)[0].float(), dim=-1)
-            qm, qr, qp, q_res, e_q = _region_contributions(align, xq_c, e_t)
-            tm, tr, tp, t_res, _ = _region_contributions(align, xt, e_q)
-            local = float(e_q @ e_t)
-            glob = float(align.cosine(align.global_descriptor(xq_c), align.global_descriptor(xt))[0, 0])
-            s_local += local
-            s_global += glob
-            q_heat += net.beta * upsample_contribution(qp, tuple(q.shape[-2:]))
-            t_heat += net.beta * upsample_contribution(tp, tuple(t.shape[-2:]))
-            levels.append(
-                LevelExplanation(
-                    level=name,
-                    query_masks=qm.cpu().numpy(),
-                    target_masks=tm.cpu().numpy(),
-                    query_regions=qr.cpu().numpy(),
-                    target_regions=tr.cpu().numpy(),
-                    query_positions=qp.cpu().numpy(),
-                    target_positions=tp.cpu().numpy(),
-                    query_residual=q_res,
-                    target_residual=t_res,
-                    local_cosine=local,
-                    global_cosine=glob,
-                    gate=float(torch.tanh(composer.gate_attn).item()),
-                    token_attention=attention[0].float().cpu().numpy(),
-                )
-            )
-        attention_mean = np.mean([lv.token_attention for lv in levels], axis=0)
+        composed = [composer(xq, tokens, mask, return_attention=True) for composer, xq in zip(net.composers, q_maps)]
+        attention_mean = np.mean([attention[0].float().cpu().numpy() for _, attention in composed], axis=0)
         words = _ranked_words(net, text, attention_mean) if bool(mask.any()) else []
-        return Explanation(
-            score=net.beta * s_local + (1.0 - net.beta) * s_global,
-            local_score=s_local,
-            global_score=s_global,
-            beta=net.beta,
-            text=text,
-            levels=levels,
-            tokens=words,
-            query_heatmap=q_heat,
-            target_heatmap=t_heat,
-            query_image=_to_hwc(q),
-            target_image=_to_hwc(t),
-            query_label=query_label,
-            target_label=target_label,
-        )
+        return [
+            _explain_pair(net, q, composed, t_all[i : i + 1], [m[i : i + 1] for m in t_maps_all], text, words, query_label, label)
+            for i, label in enumerate(labels)
+        ]
     finally:
         net.train(was_training)
 
 
-def explain_matches(
-    net: Any, query_image: Any, text: str, targets: Sequence[Any], labels: Sequence[str] | None = None, query_label: str = "query"
-) -> list[Explanation]:
-    """:func:`explain_match` for each retrieved image (e.g. the top hits of a search), in order."""
-    labels = list(labels) if labels is not None else [f"match {i + 1}" for i in range(len(targets))]
-    if len(labels) != len(targets):
-        raise ValueError(f"got {len(targets)} targets but {len(labels)} labels")
-    return [explain_match(net, query_image, text, t, query_label, lab) for t, lab in zip(targets, labels)]
+def _explain_pair(
+    net: Any,
+    q: torch.Tensor,
+    composed: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    t: torch.Tensor,
+    t_maps: Sequence[torch.Tensor],
+    text: str,
+    words: list[TokenWeight],
+    query_label: str,
+    target_label: str,
+) -> Explanation:
+    """One query-target pair from the query's composed maps and the target's maps (Eqs. 6-9)."""
+    levels: list[LevelExplanation] = []
+    q_heat = np.zeros(q.shape[-2:], dtype=np.float32)
+    t_heat = np.zeros(t.shape[-2:], dtype=np.float32)
+    s_local = s_global = 0.0
+    for name, composer, align, (xq_c, attention), xt in zip(net.levels, net.composers, net.alignments, composed, t_maps):
+        xq_c, xt = xq_c.float(), xt.float()
+        e_t = F.normalize(align.local_descriptor(xt)[0].float(), dim=-1)
+        qm, qr, qp, q_res, e_q = _region_contributions(align, xq_c, e_t)
+        tm, tr, tp, t_res, _ = _region_contributions(align, xt, e_q)
+        local = float(e_q @ e_t)
+        glob = float(align.cosine(align.global_descriptor(xq_c), align.global_descriptor(xt))[0, 0])
+        s_local += local
+        s_global += glob
+        q_heat += net.beta * upsample_contribution(qp, tuple(q.shape[-2:]))
+        t_heat += net.beta * upsample_contribution(tp, tuple(t.shape[-2:]))
+        levels.append(
+            LevelExplanation(
+                level=name,
+                query_masks=qm.cpu().numpy(),
+                target_masks=tm.cpu().numpy(),
+                query_regions=qr.cpu().numpy(),
+                target_regions=tr.cpu().numpy(),
+                query_positions=qp.cpu().numpy(),
+                target_positions=tp.cpu().numpy(),
+                query_residual=q_res,
+                target_residual=t_res,
+                local_cosine=local,
+                global_cosine=glob,
+                gate=float(torch.tanh(composer.gate_attn).item()),
+                token_attention=attention[0].float().cpu().numpy(),
+            )
+        )
+    return Explanation(
+        score=net.beta * s_local + (1.0 - net.beta) * s_global,
+        local_score=s_local,
+        global_score=s_global,
+        beta=net.beta,
+        text=text,
+        levels=levels,
+        tokens=words,
+        query_heatmap=q_heat,
+        target_heatmap=t_heat,
+        query_image=_to_hwc(q),
+        target_image=_to_hwc(t),
+        query_label=query_label,
+        target_label=target_label,
+    )
 
 
 # ---------------------------------------------------------------------------------- rendering

@@ -177,6 +177,12 @@ def test_png_is_written_for_a_query(net, images, explanation, tmp_path):
 def test_explain_matches_and_bad_input(net, images):
     many = explain_matches(net, images[0], TEXT, [images[1], images[0]], labels=["a", "b"])
     assert [e.target_label for e in many] == ["a", "b"] and all(isinstance(e, Explanation) for e in many)
+    # one batched pass over the targets explains each as the single-pair call does, and each score is the network's
+    for ex, target in zip(many, [images[1], images[0]]):
+        alone = explain_match(net, images[0], TEXT, target)
+        assert ex.score == pytest.approx(alone.score, abs=1e-5)
+        assert ex.score == pytest.approx(float(net.similarity(images[0][None], [TEXT], target[None])[0, 0]), abs=1e-4)
+        np.testing.assert_allclose(ex.target_heatmap, alone.target_heatmap, atol=1e-5)
     with pytest.raises(ValueError, match="one image"):
         explain_match(net, torch.rand(2, 3, 64, 64), TEXT, images[1])
     with pytest.raises(ValueError, match="text must be a string"):

@@ -268,17 +268,20 @@ class ComposedRetrievalOperator(Operator):
 
     def _explain(self, result: QueryResult, query: Any, text: str) -> None:
         """Per match, which regions carried the local similarity and which words the composer used
-        (:func:`monai_cir.explain.explain_match`); a match whose library image is not reachable from
-        here gets a notice instead."""
-        from monai_cir.explain import explain_match
+        (:func:`monai_cir.explain.explain_matches`: the query encoded once, the matches in one batch);
+        a match whose library image is not reachable from here gets a notice instead."""
+        from monai_cir.explain import explain_matches
 
         start = time.perf_counter()
+        reachable, images = [], []
         for hit in result.hits:
             image = library_image(hit, max_side=LIBRARY_IMAGE_SIDE)
             if image is None:
                 result.notices.append(f"no explanation for rank {hit.rank}: the library image is not reachable from this app")
                 continue
-            result.explanations[hit.rank] = explain_match(
-                self.net, query, text, image, query_label="query", target_label=f"#{hit.rank} {hit.metadata.diagnosis}"
-            )
+            reachable.append(hit)
+            images.append(image)
+        labels = [f"#{hit.rank} {hit.metadata.diagnosis}" for hit in reachable]
+        for hit, explanation in zip(reachable, explain_matches(self.net, query, text, images, labels=labels)):
+            result.explanations[hit.rank] = explanation
         result.timing_ms["explain"] = 1000 * (time.perf_counter() - start)
