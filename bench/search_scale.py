@@ -215,6 +215,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     wall = time.perf_counter()
+    from monai_cir.provenance import git_commit
+
+    commit = git_commit()  # before anything is written: run on a clean tree
     info = machine()
     print("machine:", json.dumps(info), flush=True)
     real, labels, _ = real_embeddings()
@@ -226,6 +229,7 @@ def main() -> None:
         exact_queries = 200 if n <= 10_000 else 100 if n <= 100_000 else 30
         results.extend(run_size(n, synth, queries, args.nprobe, min(exact_queries, args.queries), args.seed, args.hnsw_max))
     payload = {
+        "commit": commit,
         "machine": info,
         "inputs": {
             "real_vectors": int(real.shape[0]), "dim": int(real.shape[1]), "model": "offline default (EfficientNet-Lite2 + MiniLM), untrained head, 260 px",
