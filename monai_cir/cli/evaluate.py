@@ -63,6 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     import datetime
+    import fcntl
+    import hashlib
+    import tempfile
     import time
 
 
@@ -118,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if "text_forms" in results:
         payload["text_forms"] = results["text_forms"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # runs of other folds may merge into the same file at the same time: read-merge-write under a lock
+    lock_path = Path(tempfile.gettempdir()) / f"monai-cir-evaluate-{hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:16]}.lock"
+    lock = open(lock_path, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     if args.out.exists() and not args.overwrite:
         previous = json.loads(args.out.read_text())
         merged = merge_results(previous, payload)
@@ -125,12 +133,13 @@ def run(args: argparse.Namespace) -> int:
         payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": commit if same_commit else {"sha": "mixed: see each method's runs", "dirty": any(r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))},
                    "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + wall, 1)}
         print(f"merged folds {folds} into {args.out} (now folds {payload['config']['folds']})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")
     md = args.out.with_suffix(".md")
     header = f"# Derm7pt cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {payload['wall_time_s']:.0f} s).\n\n"
     md.write_text(header + table)
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
     print(table)
     print(f"wrote {args.out} and {md} ({wall:.0f} s)")
     if args.figure is not None and rankings:

@@ -58,6 +58,9 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "composed": dict(model="composed", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
     "image_only": dict(model="image_only", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
     "text_only": dict(model="text_only", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
+    # text dropout (issue 13, "text never hurts"): a third of the training queries have no text, so the
+    # network also learns to rank with the image alone
+    "composed_textdrop": dict(model="composed", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1, text=dict(dropout=0.3)),
     "late_fusion": dict(model="late_fusion", train=dict(_TRAIN), net=dict(hidden=512, out_dim=256, dropout=0.2), ensemble=1),
     "late_fusion_fullbatch": dict(model="late_fusion", train=dict(_FULLBATCH_TRAIN), net=dict(hidden=512, out_dim=256, dropout=0.1, batch_norm=True), ensemble=1),
 }
@@ -175,11 +178,11 @@ def _cross_site(name: str, ctx: CrossSiteContext):
     return _concat([m.encode_targets(ctx.target, idx, tta=opts["train"].get("tta", True)) for m in models])
 
 
-def composed_cross_site_query(ctx: CrossSiteContext) -> torch.Tensor:
+def _cross_site_query(name: str, ctx: CrossSiteContext) -> torch.Tensor:
     """Cross-site similarity of composed queries (image + the collection's text, e.g. age and sex) to
-    target embeddings, with the ``composed`` model trained on all of Derm7pt: ``Q @ T.T`` (N, N)."""
-    opts = method_options("composed", ctx.config)
-    models = train_method("composed", ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    target embeddings, with the ``name`` model trained on all of Derm7pt: ``Q @ T.T`` (N, N)."""
+    opts = method_options(name, ctx.config)
+    models = train_method(name, ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     idx = np.arange(len(ctx.target))
     tta = opts["train"].get("tta", True)
     q = _concat([m.encode_queries(ctx.query_target, idx, tta=tta) for m in models])
@@ -196,7 +199,7 @@ def composed(ctx: FoldContext):
 @register_method(
     "composed_text_query",
     label="composed, cross-site with text queries",
-    cross_site=lambda ctx: {"similarity": composed_cross_site_query(ctx)},
+    cross_site=lambda ctx: {"similarity": _cross_site_query("composed", ctx)},
 )
 def composed_text_query(ctx: FoldContext):
     """Same trained model as ``composed`` (shared per fold); on the cross-site collection the query is
@@ -242,3 +245,23 @@ def late_fusion_fullbatch(ctx: FoldContext):
     """Late fusion with BatchNorm, trained on the whole training set as one batch for 200 epochs (no early
     stopping), symmetric SupCon at τ 0.1, Adam lr 1e-3 (DESIGN.md section 5)."""
     return _fold("late_fusion_fullbatch", ctx)
+
+
+@register_method("composed_textdrop", label="composed, trained with text dropout 0.3 (image + text)",
+                 cross_site=lambda ctx: _cross_site("composed_textdrop", ctx))
+def composed_textdrop(ctx: FoldContext):
+    """The composed network trained with 30% of the training queries stripped of their text."""
+    return _fold("composed_textdrop", ctx)
+
+
+@register_method("composed_textdrop_image_query", label="composed with text dropout, image-only query (same model)")
+def composed_textdrop_image_query(ctx: FoldContext):
+    """The ``composed_textdrop`` model (shared per fold) queried with the image alone."""
+    return _fold("composed_textdrop", dataclasses.replace(ctx, query_cache=text_form_cache(ctx.query_cache, "empty")))
+
+
+@register_method("composed_textdrop_text_query", label="composed with text dropout, cross-site with text queries",
+                 cross_site=lambda ctx: {"similarity": _cross_site_query("composed_textdrop", ctx)})
+def composed_textdrop_text_query(ctx: FoldContext):
+    """Same model as ``composed_textdrop``; on the cross-site collection the query is image + its text."""
+    return _fold("composed_textdrop", ctx)

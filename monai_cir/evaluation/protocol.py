@@ -257,8 +257,9 @@ def evaluate(
         results["methods"][method.name] = entry
     bar.close()
     if forms:
-        results["text_forms"] = {"derm7pt": {form: {name: {k: summarize_folds(v[k], scale=100.0, ndigits=2) for k in METRIC_KEYS} for name, v in by_method.items()}
-                                             for form, by_method in per_form.items()}}
+        held_out = [int(f) for f in folds]
+        results["text_forms"] = {"derm7pt": {form: {name: {"held_out_folds": held_out, **{k: summarize_folds(v[k], scale=100.0, ndigits=2) for k in METRIC_KEYS}}
+                                                    for name, v in by_method.items()} for form, by_method in per_form.items()}}
     if cross_site:
         results["cross_site"][cross_site] = evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state)
         if forms:
@@ -315,12 +316,26 @@ def _fold_values(entry: dict[str, Any], folds: Sequence[int]) -> dict[int, dict[
     return {int(f): {k: entry[k]["folds"][i] for k in METRIC_KEYS if k in entry} for i, f in enumerate(held_out)}
 
 
+def _merge_entry(old: dict[str, Any] | None, new: dict[str, Any], old_folds: Sequence[int], new_folds: Sequence[int]) -> dict[str, Any]:
+    """One method's per-fold metrics of two runs combined (the new run's value wins on a fold held by both)."""
+    values = _fold_values(new, new_folds)
+    if old is not None:
+        values = {**_fold_values(old, old_folds), **values}
+    folds = sorted(values)
+    combined = {k: v for k, v in new.items() if k not in METRIC_KEYS}
+    combined["held_out_folds"] = folds
+    for k in METRIC_KEYS:
+        if all(k in values[f] for f in folds):
+            combined[k] = summarize_folds([values[f][k] for f in folds], ndigits=2)
+    return combined
+
+
 def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Merge the per-fold results of ``new`` into ``previous`` (resumable runs: ``--folds 0``, then
     ``--folds 1``...): a fold run again replaces the earlier value; means and stds are recomputed over
-    every fold held. Both must come from the same protocol (:data:`MERGE_KEYS` of their configs);
-    each method keeps the commits of the runs that made it under ``"runs"``. Cross-site blocks of
-    ``new`` replace those of ``previous`` method by method."""
+    every fold held (methods and Derm7pt text forms alike). Both must come from the same protocol
+    (:data:`MERGE_KEYS` of their configs); each method keeps the commits of the runs that made it under
+    ``"runs"``. Cross-site blocks (not per fold) of ``new`` replace those of ``previous`` method by method."""
     old_cfg, new_cfg = previous.get("config", {}), new.get("config", {})
     differing = [k for k in MERGE_KEYS if old_cfg.get(k) != new_cfg.get(k)]
     if differing:
@@ -330,20 +345,10 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         )
     merged = {**previous, "methods": dict(previous.get("methods", {})), "cross_site": dict(previous.get("cross_site", {}))}
     for name, entry in new["methods"].items():
-        values = _fold_values(entry, new_cfg["folds"])
-        runs = list(entry.get("runs", []))
         old = previous["methods"].get(name)
-        if old is not None:
-            values = {**_fold_values(old, old_cfg["folds"]), **values}
-            runs = list(old.get("runs", [])) + runs
-        folds = sorted(values)
-        combined = {k: v for k, v in entry.items() if k not in METRIC_KEYS}
-        combined["held_out_folds"] = folds
-        for k in METRIC_KEYS:
-            if all(k in values[f] for f in folds):
-                combined[k] = summarize_folds([values[f][k] for f in folds], ndigits=2)
+        combined = _merge_entry(old, entry, old_cfg.get("folds", []), new_cfg["folds"])
         combined["seconds"] = round(float(entry.get("seconds", 0.0)) + float((old or {}).get("seconds", 0.0)), 2)
-        combined["runs"] = runs
+        combined["runs"] = list((old or {}).get("runs", [])) + list(entry.get("runs", []))
         merged["methods"][name] = combined
     for collection, block in new.get("cross_site", {}).items():
         base = merged["cross_site"].get(collection)
@@ -352,9 +357,20 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         else:
             merged["cross_site"][collection] = {**base, "methods": {**base["methods"], **block["methods"]},
                                                 "skipped": sorted(set(base.get("skipped", [])) - set(block["methods"]) | set(block.get("skipped", [])))}
+    forms = {collection: {form: dict(by_method) for form, by_method in by_form.items()} for collection, by_form in previous.get("text_forms", {}).items()}
+    for collection, by_form in new.get("text_forms", {}).items():
+        target = forms.setdefault(collection, {})
+        for form, by_method in by_form.items():
+            for name, entry in by_method.items():
+                old = target.get(form, {}).get(name)
+                if collection == old_cfg.get("collection", "derm7pt"):  # per fold: merge
+                    target.setdefault(form, {})[name] = _merge_entry(old, entry, old_cfg.get("folds", []), new_cfg["folds"])
+                else:  # cross-site leave-one-out: the latest run's
+                    target.setdefault(form, {})[name] = entry
+    if forms:
+        merged["text_forms"] = forms
     all_folds = sorted({f for e in merged["methods"].values() for f in e.get("held_out_folds", [])})
-    merged["config"] = {**old_cfg, "folds": all_folds, "methods": list(merged["methods"])}
+    merged["config"] = {**old_cfg, "folds": all_folds, "methods": list(merged["methods"]),
+                        "text_forms": sorted(set(old_cfg.get("text_forms") or []) | set(new_cfg.get("text_forms") or []))}
     merged["train_log"] = list(previous.get("train_log", [])) + list(new.get("train_log", []))
-    if new.get("text_forms"):  # text-form tables are not merged fold by fold: the latest run's stand
-        merged["text_forms"] = new["text_forms"]
     return merged
