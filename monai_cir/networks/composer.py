@@ -36,8 +36,8 @@ class InputStandardizer(nn.Module):
 
     Why: frozen encoder outputs are far from centred. MiniLM token embeddings share one dominant
     direction and EfficientNet channels have very different scales; a head trained for a few hundred
-    CPU steps spends them removing that offset. Standardising the text input of the late-fusion baseline
-    moved its 5-fold Acc@1 / mAP from 79.7 / 84.4 to 81.9 / 86.5 (bundle/docs/README.md, "attempts").
+    CPU steps spends them removing that offset (measured on the late-fusion baseline: bundle/docs/README.md,
+    "Ablations and attempts").
     """
 
     def __init__(self, dim: int) -> None:
