@@ -50,13 +50,11 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
 
 
 # Warnings expected from the 2022 dicom3tools (reported in docs/dicom.md): it predates Modality DMS
-# and Device UID in the Contributing Equipment Sequence, and checks Coding Scheme Designators
-# against a fixed list (a private scheme warns even when the Coding Scheme Identification Sequence
-# declares it: the tests below check that it is declared, and that it is the only one).
+# and Device UID in the Contributing Equipment Sequence. No coding-scheme warning is expected: it
+# checks Coding Scheme Designators (and UIDs) against a fixed list, and every object uses standard
+# schemes only (project concepts are OIDs in ISO_OID, monai_cir.dicom.codes); assert_valid fails on any.
 EXPECTED_WARNINGS = (
     "Unrecognized defined term <DMS>",
-    f"Unrecognized defined term <{C.PRIVATE_SCHEME}> for value 1 of attribute <Coding Scheme Designator>",
-    f"Unrecognized defined term <{C.PRIVATE_SCHEME_UID}> for value 1 of attribute <Coding Scheme UID>",
     "attribute <Laterality>",
     "(0x0018,0x1002) UI Device UID",
     "this is a Standard Extended SOP Class",
@@ -66,6 +64,8 @@ EXPECTED_WARNINGS = (
 def assert_valid(path: Path) -> None:
     errors, warnings = dciodvfy(path)
     assert not errors, f"dciodvfy errors for {path}:\n" + "\n".join(errors)
+    schemes = [w for w in warnings if "Coding Scheme" in w]
+    assert not schemes, f"dciodvfy does not know a coding scheme in {path}:\n" + "\n".join(schemes)
     unexpected = [w for w in warnings if not any(e in w for e in EXPECTED_WARNINGS)]
     assert not unexpected, f"unexpected dciodvfy warnings for {path}:\n" + "\n".join(unexpected)
 
@@ -368,6 +368,20 @@ def coding_scheme_warnings(path: Path) -> list[str]:
     return [w for w in dciodvfy(path)[1] if "Coding Scheme" in w]
 
 
+def _codes(ds: Dataset):
+    """Every code item (anything with a Coding Scheme Designator) in a dataset, recursively."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                if "CodingSchemeDesignator" in item:
+                    yield item
+                yield from _codes(item)
+
+
+def _designators(ds: Dataset) -> set[str]:
+    return {str(c.CodingSchemeDesignator) for c in _codes(ds)}
+
+
 def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized, tmp_path):
     import highdicom as hd
 
@@ -379,8 +393,7 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
     path = tmp_path / "similar.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert_valid(path)
-    # the only coding scheme dciodvfy does not know is our own, declared with its UID
-    assert all(f"<{C.PRIVATE_SCHEME}>" in w or f"<{C.PRIVATE_SCHEME_UID}>" in w for w in coding_scheme_warnings(path))
+    assert coding_scheme_warnings(path) == []  # standard schemes only (ISO_OID for the project concepts)
     dump = subprocess.run(["dsrdump", "+Pt", str(path)], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0 and "TID 1500" in dump.stdout and "TID 1501" in dump.stdout and "Similarity score" in dump.stdout
 
@@ -390,8 +403,11 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
     assert ds.SOPInstanceUID.startswith(C.UID_ROOT) and ds.SeriesInstanceUID.startswith(C.UID_ROOT)
     other = {s.StudyInstanceUID for s in ds.PertinentOtherEvidenceSequence}
     assert other == {h.metadata.study_uid for h in hits if h.metadata.study_uid}
-    scheme = next(i for i in ds.CodingSchemeIdentificationSequence if i.CodingSchemeDesignator == C.PRIVATE_SCHEME)
-    assert scheme.CodingSchemeUID == C.PRIVATE_SCHEME_UID and scheme.CodingSchemeUID.startswith(C.UID_ROOT)
+    designators = _designators(ds)
+    assert C.LEGACY_PRIVATE_SCHEME not in designators and not any(d.startswith("99") for d in designators - {"99IHE"})
+    assert {d for d in designators} <= {"DCM", "SCT", "LN", "UCUM", "UMLS", "RFC5646", "99IHE", C.OID_SCHEME}
+    project = [c for c in _codes(ds) if c.CodingSchemeDesignator == C.OID_SCHEME]
+    assert project and all(c.LongCodeValue.startswith(C.CONCEPT_ROOT) and "CodeValue" not in c for c in project)
     # IHE AI Results: the algorithm as Contributing Equipment
     ours = [e for e in ds.ContributingEquipmentSequence if e.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"]
     assert len(ours) == 1 and ours[0].DeviceUID == C.DEVICE_UID and ours[0].ManufacturerModelName == C.MODEL_NAME
@@ -429,6 +445,62 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
         assert again.problems == [] and {x.text for x in again.queries} == {x.text for x in scan.queries}
     finally:
         (dicomized.out / "answer.dcm").unlink()
+
+
+def _as_first_release(ds: Dataset) -> int:
+    """Rewrite the project concepts of ``ds`` as the first releases wrote them (99MONAICIR); returns how many."""
+    legacy = {now: old for old, now in C._LEGACY_ALIASES.items()}
+    changed = 0
+    for item in _codes(ds):
+        key = (str(item.CodingSchemeDesignator), str(item.get("LongCodeValue", item.get("CodeValue", ""))))
+        if key in legacy:
+            scheme, value = legacy[key]
+            if "LongCodeValue" in item:
+                del item.LongCodeValue
+            item.CodeValue, item.CodingSchemeDesignator = value, scheme
+            changed += 1
+    return changed
+
+
+def test_sr_of_the_first_releases_still_reads_back(dicomized, tmp_path):
+    """SRs written with the private 99MONAICIR codes (before the project concepts became OIDs) read back the same."""
+    scan = read_dicom_folder(dicomized.out)
+    query, library = scan.queries[0], scan.queries[1:]
+    hits = _hits(library)
+    summary = _summary(hits)
+    sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network"})
+    now = read_similar_cases_sr(sr)
+    old = copy.deepcopy(sr)
+    assert _as_first_release(old) > 10 and C.LEGACY_PRIVATE_SCHEME in _designators(old) and C.OID_SCHEME not in _designators(old)
+    then = read_similar_cases_sr(old)
+    assert then.matches == now.matches and then.evidence_summary == now.evidence_summary
+    assert [m.rank for m in then.matches] == [h.rank for h in hits]
+    assert {m.confirmation for m in then.matches} == {h.metadata.confirmation for h in hits}
+    # a library case SR of the first releases: diagnosis, confirmation, case id and collection
+    case = dicomized.done[-1]  # the synthetic "benign keratosis" case
+    ds = pydicom.dcmread(case.sr_file)
+    assert _as_first_release(ds) >= 4
+    from monai_cir.dicom.reader import read_sr_text
+
+    info = read_sr_text(ds)
+    assert (info.case_id, info.collection, info.diagnosis) == ("png-1", "user", "benign keratosis")
+
+
+def test_query_study_carries_no_library_labels(tmp_path, shared_data):
+    """A query study (dicomize --no-diagnosis) is no library case: no case id, collection or diagnosis in its SR."""
+    from monai_cir.data.collections import load_collection
+    from monai_cir.dicom.dicomize import dicomize_record
+
+    record = load_collection("isic-uda1")[0]
+    case = dicomize_record(record, tmp_path / "q", include_diagnosis=False)
+    assert_valid(case.sr_file)
+    names = {str(c.CodeMeaning) for c in _codes(pydicom.dcmread(case.sr_file))}
+    assert not names & {C.CASE_IDENTIFIER.meaning, C.CASE_COLLECTION.meaning, C.DIAGNOSIS.meaning, C.DIAGNOSIS_CONFIRMATION.meaning}
+    dump = subprocess.run(["dsrdump", str(case.sr_file)], capture_output=True, text=True, timeout=60).stdout
+    assert record.case_id not in dump and "Library case identifier" not in dump
+    (query,) = read_dicom_folder(tmp_path / "q").queries
+    assert query.case_id is None and query.collection is None and query.diagnosis is None
+    assert query.text == record.text.strip()
 
 
 def test_similar_cases_sr_without_hits_is_still_a_valid_tid1500(dicomized, tmp_path):

@@ -4,10 +4,17 @@
   X.667: whoever made the UUID owns the arcs below it): :func:`derived_uid` for identifiers that
   must be the same every time (dicomized cases), :func:`new_uid` for fresh ones (answers).
 - **Codes**: standard ones (DCM, SCT, LN, UCUM, and IHE's 99IHE) wherever DICOM or SNOMED CT has
-  the concept; a private scheme :data:`PRIVATE_SCHEME` only for the retrieval concepts no standard
-  names (rank, similarity score, case library collection, the confirmation concept name and two of
-  its values, the evidence summary). Every SR declares the private scheme, with its UID, in the
-  Coding Scheme Identification Sequence (0008,0110) via :func:`coding_scheme_item`.
+  the concept. The retrieval concepts no standard names (rank, similarity score, case library
+  collection, the confirmation concept name and two of its values, the evidence summary, the
+  "benign keratosis" class grouping) are *project concepts*: each is identified by an OID under
+  :data:`CONCEPT_ROOT` (below :data:`UID_ROOT`, so the project owns it) in the DICOM coding scheme
+  ``ISO_OID`` (PS3.16 Table 8-1: the code value is an ISO object identifier, carried in Long Code
+  Value because it is longer than 16 characters). No ``99``-private designator is written: dicom3tools'
+  dciodvfy checks Coding Scheme Designators and Coding Scheme UIDs against a fixed list and warns on
+  any other, whatever the Coding Scheme Identification Sequence declares (docs/dicom.md).
+- **Legacy codes**: the first releases wrote the same concepts in the private scheme
+  :data:`LEGACY_PRIVATE_SCHEME` (``99MONAICIR``); :func:`same_concept`, :func:`diagnosis_from_code`
+  and :func:`confirmation_from_code` still recognise them, so SRs written then read back unchanged.
 """
 
 from __future__ import annotations
@@ -19,21 +26,24 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 __all__ = [
+    "CONCEPT_ROOT",
+    "aliases",
     "CONFIRMATION_CODES",
     "DEVICE_UID",
+    "LEGACY_PRIVATE_SCHEME",
     "MANUFACTURER",
     "MODEL_NAME",
-    "PRIVATE_SCHEME",
-    "PRIVATE_SCHEME_UID",
+    "OID_SCHEME",
     "UID_ROOT",
-    "coding_scheme_item",
+    "code_key",
     "confirmation_code",
     "confirmation_from_code",
     "derived_uid",
     "diagnosis_code",
     "diagnosis_from_code",
     "new_uid",
-    "private_code",
+    "project_code",
+    "same_concept",
     "software_version",
 ]
 
@@ -58,10 +68,11 @@ def new_uid() -> str:
     return generate_uid(prefix=UID_ROOT + _RANDOM_ARC)
 
 
-PRIVATE_SCHEME = "99MONAICIR"
-PRIVATE_SCHEME_NAME = "monai-cir composed retrieval codes"
-PRIVATE_SCHEME_UID = UID_ROOT + "3.1"
 DEVICE_UID = UID_ROOT + "4.1"  # the software as a device (Contributing Equipment, IHE AI Results)
+CONCEPT_ROOT = UID_ROOT + "5."  # project concepts: CONCEPT_ROOT + a short arc, in the ISO_OID scheme
+OID_SCHEME = "ISO_OID"  # PS3.16 Table 8-1: "ISO OID"; the code value is an object identifier
+# Written by the first releases only (read back through the legacy maps below).
+LEGACY_PRIVATE_SCHEME = "99MONAICIR"
 
 MANUFACTURER = "monai-cir"
 MODEL_NAME = "monai-cir composed retrieval"
@@ -73,22 +84,38 @@ def software_version() -> str:
     return str(__version__)
 
 
-def private_code(value: str, meaning: str) -> Code:
-    """A concept of the private coding scheme (Code Value is SH: at most 16 characters)."""
-    if not value or len(value) > 16:
-        raise ValueError(f"private code value must have 1..16 characters, got {value!r}")
-    return Code(value, PRIVATE_SCHEME, meaning)
+_LEGACY_ALIASES: dict[tuple[str, str], tuple[str, str]] = {}  # (scheme, value) written before -> now
 
 
-def coding_scheme_item():
-    """The highdicom Coding Scheme Identification item that declares :data:`PRIVATE_SCHEME`."""
-    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+def project_code(arc: str, meaning: str, legacy: str | None = None) -> Code:
+    """A project concept: the OID ``CONCEPT_ROOT + arc`` in the ``ISO_OID`` scheme.
 
-    item = CodingSchemeIdentificationItem(
-        designator=PRIVATE_SCHEME, name=PRIVATE_SCHEME_NAME, responsible_organization="monai-cir project"
-    )
-    item.CodingSchemeUID = PRIVATE_SCHEME_UID  # highdicom writes the UID only for a registered scheme
-    return item
+    ``legacy`` is the code value the same concept had in :data:`LEGACY_PRIVATE_SCHEME` (read only)."""
+    if not arc or not all(part.isdigit() and (part == "0" or not part.startswith("0")) for part in arc.split(".")):
+        raise ValueError(f"concept arc must be dot-separated numbers without leading zeros, got {arc!r}")
+    code = Code(CONCEPT_ROOT + arc, OID_SCHEME, meaning)
+    if len(code.value) > 64:
+        raise ValueError(f"concept OID longer than 64 characters: {code.value}")
+    if legacy:
+        _LEGACY_ALIASES[(LEGACY_PRIVATE_SCHEME, legacy)] = (OID_SCHEME, code.value)
+    return code
+
+
+def code_key(scheme: str, value: str) -> tuple[str, str]:
+    """``(scheme, value)`` of a code as written now (a legacy private code maps to its project concept)."""
+    key = (str(scheme), str(value))
+    return _LEGACY_ALIASES.get(key, key)
+
+
+def aliases(wanted: Code) -> list[Code]:
+    """``wanted`` and the legacy private codes that meant the same concept (for look-ups by name)."""
+    target = (wanted.scheme_designator, wanted.value)
+    return [wanted] + [Code(v, s, wanted.meaning) for (s, v), now in _LEGACY_ALIASES.items() if now == target]
+
+
+def same_concept(scheme: str, value: str, wanted: Code) -> bool:
+    """Whether the code ``(scheme, value)`` is ``wanted`` (or the legacy private code of it)."""
+    return code_key(scheme, value) == (wanted.scheme_designator, wanted.value)
 
 
 # --- standard concepts ----------------------------------------------------------------------
@@ -114,29 +141,32 @@ PERCENT = Code("%", "UCUM", "Percent")
 # IHE AI Results (AIR): purpose of the Contributing Equipment item that describes the algorithm.
 PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
 
-# --- private concepts (no standard code names them) -------------------------------------------
-CASE_IDENTIFIER = private_code("CIR006", "Library case identifier")  # a dicomized case's own id
-RETRIEVAL_RANK = private_code("CIR003", "Retrieval rank")
-SIMILARITY_SCORE = private_code("CIR004", "Similarity score")
-CASE_COLLECTION = private_code("CIR007", "Case library collection")
-EVIDENCE_SUMMARY = private_code("CIR010", "Retrieval-based evidence summary")
-PREDICTED_DIAGNOSIS = private_code("CIR012", "Retrieval-based diagnosis suggestion")
-DIAGNOSIS_CONFIRMATION = private_code("CIR015", "Diagnosis confirmation method")
-CALIBRATED = private_code("CIR016", "Calibrated confidence")
+# --- project concepts (no standard code names them; OIDs under CONCEPT_ROOT, see project_code) ------
+# Arcs are permanent: never reuse one for another meaning.
+RETRIEVAL_RANK = project_code("1", "Retrieval rank", legacy="CIR003")
+SIMILARITY_SCORE = project_code("2", "Similarity score", legacy="CIR004")
+CASE_IDENTIFIER = project_code("3", "Library case identifier", legacy="CIR006")  # a dicomized case's own id
+CASE_COLLECTION = project_code("4", "Case library collection", legacy="CIR007")
+EVIDENCE_SUMMARY = project_code("5", "Retrieval-based evidence summary", legacy="CIR010")
+PREDICTED_DIAGNOSIS = project_code("6", "Retrieval-based diagnosis suggestion", legacy="CIR012")
+DIAGNOSIS_CONFIRMATION = project_code("7", "Diagnosis confirmation method", legacy="CIR015")
+CALIBRATED = project_code("8", "Calibrated confidence", legacy="CIR016")
 # Read-only: the diagnosis concept of the first release, recognised in library SRs it wrote.
-LEGACY_REFERENCE_DIAGNOSIS = private_code("CIR005", "Reference diagnosis")
+LEGACY_REFERENCE_DIAGNOSIS = Code("CIR005", LEGACY_PRIVATE_SCHEME, "Reference diagnosis")
 
 # Diagnoses of the project vocabulary (monai_cir.data.collections.CLASS_NAMES) -> SNOMED CT.
-# "benign keratosis" is a class grouping (Derm7pt: seborrheic keratosis + melanosis; ISIC "BKL"); no
-# single SNOMED CT concept was verified for it here, so it keeps a private code (docs/dicom.md).
+# "benign keratosis" is a class grouping (Derm7pt: seborrheic keratosis + melanosis; ISIC "BKL": seborrheic
+# keratosis, solar lentigo, lichen planus-like keratosis); no single SNOMED CT concept was verified for it
+# here (docs/dicom.md), so it is a project concept.
 _DIAGNOSIS_CODES: dict[str, Code] = {
     "melanoma": Code("1162635006", "SCT", "Malignant melanoma"),  # the code DICOM lists (CID 638)
     "nevus": Code("400096001", "SCT", "Melanocytic nevus"),
-    "benign keratosis": private_code("CIRDX-BKL", "Benign keratosis"),
+    "benign keratosis": project_code("20.1", "Benign keratosis (class grouping)", legacy="CIRDX-BKL"),
     "unknown": UNKNOWN,
 }
-_LEGACY_DIAGNOSIS = {(PRIVATE_SCHEME, "CIRDX-NEV"): "nevus", (PRIVATE_SCHEME, "CIRDX-BKL"): "benign keratosis"}
+_LEGACY_DIAGNOSIS = {(LEGACY_PRIVATE_SCHEME, "CIRDX-NEV"): "nevus", (LEGACY_PRIVATE_SCHEME, "CIRDX-BKL"): "benign keratosis"}
 _CODE_TO_DIAGNOSIS = {(c.scheme_designator, c.value): name for name, c in _DIAGNOSIS_CODES.items()} | _LEGACY_DIAGNOSIS
+_OTHER_DIAGNOSIS_ARC = "21."  # + a number from the name: diagnoses outside the vocabulary
 
 
 def diagnosis_code(diagnosis: str) -> Code:
@@ -147,20 +177,21 @@ def diagnosis_code(diagnosis: str) -> Code:
     key = name.lower()
     if key in _DIAGNOSIS_CODES:
         return _DIAGNOSIS_CODES[key]
-    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:10].upper()
-    return private_code(f"CIRDX-{digest}", name[:64])
+    digest = int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:10], 16) + 1  # no leading zero
+    return project_code(f"{_OTHER_DIAGNOSIS_ARC}{digest}", name[:64])
 
 
 def diagnosis_from_code(scheme: str, value: str, meaning: str) -> str:
     """Inverse of :func:`diagnosis_code`: the readable diagnosis of a coded concept."""
-    return _CODE_TO_DIAGNOSIS.get((str(scheme), str(value)), str(meaning).strip().lower())
+    key = (str(scheme), str(value))
+    return _CODE_TO_DIAGNOSIS.get(key) or _CODE_TO_DIAGNOSIS.get(code_key(*key), str(meaning).strip().lower())
 
 
 # How a library case's diagnosis was established (monai_cir.data.collections.CONFIRMATIONS).
 CONFIRMATION_CODES: dict[str, Code] = {
     "histopathology": Code("252416005", "SCT", "Histopathology test"),
-    "follow-up": private_code("CIRCF-FU", "Clinical follow-up without change"),
-    "expert consensus": private_code("CIRCF-EXP", "Expert consensus without histopathology"),
+    "follow-up": project_code("30.1", "Clinical follow-up without change", legacy="CIRCF-FU"),
+    "expert consensus": project_code("30.2", "Expert consensus without histopathology", legacy="CIRCF-EXP"),
     "unknown": UNKNOWN,
 }
 _CODE_TO_CONFIRMATION = {(c.scheme_designator, c.value): name for name, c in CONFIRMATION_CODES.items()}
@@ -176,4 +207,4 @@ def confirmation_code(confirmation: str) -> Code:
 
 def confirmation_from_code(scheme: str, value: str, meaning: str = "") -> str:
     """Inverse of :func:`confirmation_code` (``"unknown"`` for a code it does not know)."""
-    return _CODE_TO_CONFIRMATION.get((str(scheme), str(value)), "unknown")
+    return _CODE_TO_CONFIRMATION.get(code_key(scheme, value), "unknown")

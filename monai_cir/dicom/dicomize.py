@@ -9,8 +9,10 @@ Each case becomes
   stored uncompressed (Explicit VR Little Endian, RGB).
 - a **Comprehensive SR** (highdicom) in the same study, referencing the image, carrying the case's
   text as ``(121071, DCM, "Finding")`` TEXT, its diagnosis as ``(439401001, SCT, "Diagnosis")``
-  CODE (SNOMED CT value), how it was confirmed as ``(CIR015, 99MONAICIR, "Diagnosis confirmation
-  method")`` CODE, and its case id / collection as private-concept TEXT items. The reader
+  CODE (SNOMED CT value), how it was confirmed as the project concept "Diagnosis confirmation
+  method" (an OID in the ``ISO_OID`` scheme, :mod:`monai_cir.dicom.codes`) CODE, and its case id /
+  collection as project-concept TEXT items. A query study (``include_diagnosis=False``) carries the
+  text only: no diagnosis, confirmation, library case id or collection. The reader
   (:func:`monai_cir.dicom.reader.read_dicom_folder`) returns them as ``DermoscopyQuery.diagnosis``,
   ``confirmation``, ``case_id`` and ``collection``, and never puts them into the query text.
 
@@ -406,7 +408,6 @@ def case_report_sr(
         device_serial_number="0",
         series_description="Case report",
         is_complete=True,
-        coding_schemes=[C.coding_scheme_item()],
     )
     return sr
 
@@ -429,7 +430,10 @@ class DicomizedCase:
 def dicomize_record(record: Any, out_dir: str | Path, compression: str = "jpeg", include_diagnosis: bool = True) -> DicomizedCase:
     """Write one case (an object with ``case_id, image_path, diagnosis, text, site, collection,
     metadata``, e.g. :class:`monai_cir.data.collections.CaseRecord`) as a study under
-    ``out_dir/<PatientID>/``: ``image.dcm`` and ``report.dcm``."""
+    ``out_dir/<PatientID>/``: ``image.dcm`` and ``report.dcm``.
+
+    ``include_diagnosis=False`` writes a query study: its SR has the text and image reference but no
+    library labels (diagnosis, confirmation, library case identifier, collection)."""
     case_id = str(getattr(record, "case_id", "") or "")
     if not case_id:
         raise ValueError("record.case_id must be a non-empty string")
@@ -460,8 +464,8 @@ def dicomize_record(record: Any, out_dir: str | Path, compression: str = "jpeg",
         image,
         str(getattr(record, "text", "") or ""),
         diagnosis=diagnosis or None,
-        case_id=case_id,
-        collection=collection or None,
+        case_id=case_id if include_diagnosis else None,  # a query study is no library case
+        collection=(collection or None) if include_diagnosis else None,
         confirmation=str(getattr(record, "confirmation", "") or "unknown") if include_diagnosis else None,
         sr_series_uid=uids.sr_series_uid,
         sr_uid=uids.sr_uid,

@@ -209,12 +209,14 @@ class SRText:
 
 def _code_key(seq: Iterable[Dataset] | None) -> tuple[str, str, str] | None:
     for item in seq or []:
-        return (str(item.get("CodingSchemeDesignator", "")), str(item.get("CodeValue", "")), str(item.get("CodeMeaning", "")))
+        value = item.get("CodeValue") or item.get("LongCodeValue") or item.get("URNCodeValue") or ""
+        return (str(item.get("CodingSchemeDesignator", "")), str(value), str(item.get("CodeMeaning", "")))
     return None
 
 
 def _is(key: tuple[str, str, str] | None, code) -> bool:
-    return key is not None and key[0] == code.scheme_designator and key[1] == code.value
+    """``key`` is ``code``, or the legacy private code of the same concept (SRs of earlier releases)."""
+    return key is not None and C.same_concept(key[0], key[1], code)
 
 
 def read_sr_text(ds: Dataset, path: str = "") -> SRText:

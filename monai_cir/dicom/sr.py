@@ -361,7 +361,6 @@ def similar_cases_sr(
         series_description="Similar cases (monai-cir, decision support)",
         is_complete=True,
         is_verified=False,  # VerificationFlag UNVERIFIED (IHE AI Results)
-        coding_schemes=[C.coding_scheme_item()],
         contributing_equipment=[equipment],
     )
     for item in sr.ContributingEquipmentSequence:  # ours, not the query's acquisition equipment
@@ -377,16 +376,28 @@ def _code_key(code: Any) -> tuple[str, str]:
 
 
 def _is(code: Any, wanted: Code) -> bool:
-    return code is not None and _code_key(code) == (wanted.scheme_designator, wanted.value)
+    """``code`` is ``wanted``, or the legacy private code of the same concept (SRs of earlier releases)."""
+    return code is not None and C.same_concept(str(code.scheme_designator), str(code.value), wanted)
 
 
 def _qualitative(group, name: Code):
-    values = group.get_qualitative_evaluations(name=name)
-    return values[0].value if values else None
+    for alias in C.aliases(name):
+        values = group.get_qualitative_evaluations(name=alias)
+        if values:
+            return values[0].value
+    return None
+
+
+def _measurements(group, name: Code) -> list:
+    for alias in C.aliases(name):
+        values = group.get_measurements(name=alias)
+        if values:
+            return values
+    return []
 
 
 def _measurement(group, name: Code) -> float | None:
-    values = group.get_measurements(name=name)
+    values = _measurements(group, name)
     return float(values[0].value) if values else None
 
 
@@ -440,13 +451,13 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
         rank = _measurement(group, C.RETRIEVAL_RANK)
         if rank is None:  # the "no similar case" group
             continue
-        score_item = group.get_measurements(name=C.SIMILARITY_SCORE)[0]
+        score_item = _measurements(group, C.SIMILARITY_SCORE)[0]
         if report.score_range is None:
             bounds = {}
             for prop in score_item[0].get("ContentSequence", []):  # TID 311 Minimum / Maximum
                 if prop.ValueType == "NUM":
                     name = prop.ConceptNameCodeSequence[0]
-                    bounds[(str(name.CodingSchemeDesignator), str(name.CodeValue))] = float(prop.MeasuredValueSequence[0].NumericValue)
+                    bounds[(str(name.CodingSchemeDesignator), str(name.get("CodeValue", "")))] = float(prop.MeasuredValueSequence[0].NumericValue)
             low, high = bounds.get(_code_key(C.MINIMUM)), bounds.get(_code_key(C.MAXIMUM))
             report.score_range = (low, high) if low is not None and high is not None else None
         confirmation_code = _qualitative(group, C.DIAGNOSIS_CONFIRMATION)
