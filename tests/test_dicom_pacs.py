@@ -181,3 +181,59 @@ def test_storescu_into_orthanc_comes_back_with_similar_cases(hospital):
         forwards = [job for job in json.load(response) if job.get("Type") == "DicomModalityStore"]
     assert len(forwards) == 3, [job.get("Content") for job in forwards]  # the three query studies, once each (not the library)
     assert len(loop.answers(client, study["first"], sent)) == 2
+
+
+def test_index_add_over_dicomweb_equals_a_fresh_build(orthanc_server, shared_data, tmp_path, capsys):
+    """`monai-cir index add --dicomweb`: the library grows in the PACS; the index takes the new studies
+    without re-embedding the ones it has, keeps their UIDs and WADO-RS URL, and equals a fresh build."""
+    import warnings
+
+    import numpy as np
+
+    from monai_cir.cli import main
+    from monai_cir.data.collections import load_collection
+    from monai_cir.dicom.dicomize import dicomize_record
+    from monai_cir.index import load_index
+    from monai_cir.networks import load_model, save_checkpoint
+
+    url = orthanc_server.dicomweb_url
+    # a collection of its own (StudyDescription "monai-cir case add-test"): other tests store into the same Orthanc
+    records = [NS(**{**vars(r), "collection": "add-test"}) for r in load_collection("isic-uda1", root=shared_data)[:5]]
+    cases = [dicomize_record(r, tmp_path / "library") for r in records]
+    model = tmp_path / "model.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        save_checkpoint(load_model(None), model, note="untrained offline default (index add test)")
+    source = ["--dicomweb", url, "--filter", "StudyDescription=monai-cir case add-test", "--model", str(model)]
+
+    orthanc_server.storescu([f for c in cases[:3] for f in (c.image_file, c.sr_file)])
+    assert main(["index", "build", *source, "--pull-to", str(tmp_path / "pulled"), "--out", str(tmp_path / "grown")]) == 0
+    before = load_index(tmp_path / "grown")
+    assert sorted(before.case_ids()) == sorted(r.case_id for r in records[:3])
+    kept = {cid: np.array(before.vectors()[i]) for i, cid in enumerate(before.case_ids())}
+
+    orthanc_server.storescu([f for c in cases[3:] for f in (c.image_file, c.sr_file)])
+    capsys.readouterr()
+    assert main(["index", "add", str(tmp_path / "grown"), *source, "--pull-to", str(tmp_path / "pulled")]) == 0
+    assert "added 2 cases" in capsys.readouterr().out  # the three already there are not embedded again
+    grown = load_index(tmp_path / "grown")
+    assert sorted(grown.case_ids()) == sorted(r.case_id for r in records)
+    for cid, vector in kept.items():
+        assert np.array_equal(grown.vectors()[grown.case_ids().index(cid)], vector)
+    for case in cases[3:]:
+        meta = grown.get(case.case_id)
+        image = pydicom.dcmread(case.image_file, stop_before_pixels=True)
+        assert (meta.study_uid, meta.series_uid, meta.sop_instance_uid) == (image.StudyInstanceUID, image.SeriesInstanceUID, image.SOPInstanceUID)
+        assert meta.retrieve_url == f"{url}/studies/{meta.study_uid}/series/{meta.series_uid}/instances/{meta.sop_instance_uid}"
+        assert meta.collection == "add-test" and meta.diagnosis == next(r.diagnosis for r in records if r.case_id == case.case_id)
+
+    # the same as building it in one go from the PACS as it is now
+    assert main(["index", "build", *source, "--out", str(tmp_path / "fresh")]) == 0
+    fresh = load_index(tmp_path / "fresh")
+    assert sorted(fresh.case_ids()) == sorted(grown.case_ids())
+    for cid in fresh.case_ids():
+        a, b = fresh.get(cid), grown.get(cid)
+        assert (a.study_uid, a.sop_instance_uid, a.retrieve_url, a.diagnosis, a.confirmation) == (b.study_uid, b.sop_instance_uid, b.retrieve_url, b.diagnosis, b.confirmation)
+        np.testing.assert_allclose(fresh.vectors()[fresh.case_ids().index(cid)], grown.vectors()[grown.case_ids().index(cid)], atol=1e-5)
+    queries = np.array(fresh.vectors()[:2])
+    assert [[h.case_id for h in hits] for hits in fresh.search(queries, k=5)] == [[h.case_id for h in hits] for hits in grown.search(queries, k=5)]
