@@ -1,8 +1,9 @@
 """The answer as a TID 1500 Measurement Report (highdicom templates), and reading it back.
 
-OHIF v3's SR viewport displays TID 1500 only, and the IHE AI Results profile builds on it, so the
-similar cases are measurement groups of a Measurement Report (codes in :mod:`monai_cir.dicom.codes`;
-``99MONAICIR`` is the declared private scheme)::
+The IHE AI Results profile builds on TID 1500 and SR-aware systems read it, so the similar cases are
+measurement groups of a Measurement Report (codes in :mod:`monai_cir.dicom.codes`; ``.N`` below is a
+project concept, the OID ``CONCEPT_ROOT + N`` in the ``ISO_OID`` scheme). OHIF 3.13 draws none of it
+(its SR viewport wants image coordinates; docs/dicom.md "Viewer"): the clinician reads the PDF::
 
     CONTAINER (126000, DCM, "Imaging Measurement Report")            TID 1500
       HAS CONCEPT MOD Language; HAS OBS CONTEXT observer = the algorithm as a device (TID 1004)
@@ -13,17 +14,17 @@ similar cases are measurement groups of a Measurement Report (codes in :mod:`mon
           Tracking Identifier = the library case id; Tracking Unique Identifier (derived, stable)
           Algorithm Name / Version (TID 4019)
           Finding Site (363698007, SCT) = the case's site            [when known]
-          NUM (CIR003) Retrieval rank, unit (1, UCUM)
-          NUM (CIR004) Similarity score S of paper Eq. 9, unit (1, UCUM), with its possible range as
+          NUM (.1) Retrieval rank, unit (1, UCUM)
+          NUM (.2) Similarity score S of paper Eq. 9, unit (1, UCUM), with its possible range as
               Minimum / Maximum (SCT) measurement statistical properties (TID 311)
           CODE (439401001, SCT, "Diagnosis") = the case's diagnosis (SNOMED CT)
-          CODE (CIR015) Diagnosis confirmation method = histopathology (SCT) | follow-up | expert | unknown
-          TEXT (CIR007) Case library collection; TEXT (121106, DCM, Comment) = explanation [optional]
+          CODE (.7) Diagnosis confirmation method = histopathology (SCT) | follow-up | expert | unknown
+          TEXT (.4) Case library collection; TEXT (121106, DCM, Comment) = explanation [optional]
           IMAGE Source (TID 1501) -> the query image (frame), and the library image [when it has UIDs]
-        Measurement Group, Finding type (CIR010) "Retrieval-based evidence summary"   [optional]
+        Measurement Group, Finding type (.5) "Retrieval-based evidence summary"   [optional]
           one group per diagnosis: CODE Diagnosis, NUM (122157, DCM) Probability, NUM (111406, DCM)
-          Number of similar findings (cases with that diagnosis among the k that voted), CODE (CIR012)
-          suggestion = Yes on the most probable one, CODE (CIR016) calibrated Yes/No, TEXT Comment = method
+          Number of similar findings (cases with that diagnosis among the k that voted), CODE (.6)
+          suggestion = Yes on the most probable one, CODE (.8) calibrated Yes/No, TEXT Comment = method
       CONTAINS Qualitative Evaluations (C0034375, UMLS)
         TEXT (55752-0, LN, "Clinical Information") = the query text  [when not empty]
         TEXT (121106, DCM, "Comment") = "Decision support, not a diagnosis ...", then one per notice
