@@ -24,8 +24,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _FULL = {"lr": 1e-3, "batch_size": 0, "epochs": 200, "patience": 0, "val_fraction": 0.0, "temperature": 0.1, "target_weight": 0.0, "symmetric_weight": 1.0}
+_FINDINGS_ONLY = {"template": 0.5, "findings": 0.5}
 VARIANTS: dict[str, dict] = {
-    "paper": {},  # the default composed regime (early-stopped, batches of 96)
+    "paper": {},  # the default composed regime (early-stopped, batches of 96; template texts, findings gate at query)
+    # text augmentation (issue 13): 8 re-wordings per case in augment_report's full mix (subsets, orders,
+    # styles, SR-coded, demographics, empty), or 4 / 8 with template + findings subsets only
+    "textaug8": {"text": {"variants": 8}},
+    "textaug4_findings": {"text": {"variants": 4, "mix": _FINDINGS_ONLY}},
+    "textaug8_findings": {"text": {"variants": 8, "mix": _FINDINGS_ONLY}},
+    "fullbatch_textaug4_findings": {"train": dict(_FULL), "text": {"variants": 4, "mix": _FINDINGS_ONLY}},
     "fullbatch": {"train": dict(_FULL)},
     "fullbatch_tau0.2": {"train": {**_FULL, "temperature": 0.2}},
     "fullbatch_tau0.05": {"train": {**_FULL, "temperature": 0.05}},

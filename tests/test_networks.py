@@ -302,3 +302,21 @@ def test_input_standardisation_is_fitted_on_training_data_and_saved_with_the_hea
     assert torch.allclose(fresh.encode_query(images, TEXTS * 3), after, atol=1e-5)
     with pytest.raises(ValueError, match="expected"):
         net.fit_input_statistics(maps[:1], tokens, mask)
+
+
+def test_findings_gate_gives_the_image_only_query_for_text_without_findings():
+    """text_gate="findings" (the default): age / sex text composes nothing (the image-only query, exactly);
+    a text with a 7-point finding still changes the query; text_gate="none" composes every text."""
+    images = _images(2)
+    gated = activate_head(make_tiny_net())
+    ungated = activate_head(make_tiny_net(text_gate="none"))
+    demographics = ["Lesion on the back of a female patient, about 55 years old.", "male patient aged 60"]
+    with torch.no_grad():
+        image_only = gated.encode_query(images, ["", ""])
+        torch.testing.assert_close(gated.encode_query(images, demographics), image_only, atol=0, rtol=0)
+        assert not torch.allclose(gated.encode_query(images, TEXTS), image_only, atol=1e-4)
+        assert not torch.allclose(ungated.encode_query(images, demographics), ungated.encode_query(images, ["", ""]), atol=1e-4)
+    assert gated.texts_used(demographics + TEXTS) == [False, False, True, True]
+    assert gated.config["text_gate"] == "findings" and ungated.config["text_gate"] == "none"
+    with pytest.raises(ValueError, match="text_gate"):
+        make_tiny_net(text_gate="sometimes")

@@ -180,3 +180,28 @@ def test_sr_coded_style_is_what_the_sr_reader_writes(derm7pt):
     sr.SOPInstanceUID, sr.StudyInstanceUID, sr.SOPClassUID = "1.2.3", "1.2", "1.2.840.10008.5.1.4.1.1.88.33"
     sr.ContentSequence = items
     assert read_sr_text(sr).text == TRAINING_STYLES["sr_coded"].render(fields, with_context=False)
+
+
+def test_findings_gate_reads_exactly_the_recorded_criteria_in_training_words(derm7pt, isic):
+    """recognised_findings names each recorded criterion of every training style's and the template's
+    rendering, and nothing in held-out wording or in age / sex / site text (the gate's contract)."""
+    from monai_cir.data.report import recognised_findings
+
+    checked = 0
+    for i, record in enumerate(derm7pt):
+        fields = report_fields(record)
+        recorded = tuple(key for key, _ in fields.criteria)
+        if not recorded:
+            continue
+        assert recognised_findings(record.text) == recorded, record.text
+        for style in TRAINING_STYLES.values():
+            assert recognised_findings(style.render(fields)) == recorded, style.name
+        for style in HELD_OUT_STYLES.values():
+            assert recognised_findings(style.render(fields)) == (), style.name
+        assert recognised_findings(render_report(record, "demographics", i)) == ()
+        checked += 1
+    assert checked == len(derm7pt) == 888  # every Derm7pt case records its criteria
+    assert all(recognised_findings(r.text) == () for r in isic)  # ISIC texts are age and sex only
+    # whole words: a word that merely contains a training noun is not a finding
+    assert recognised_findings("regressive areas, radial streaming, vasculature, apn") == ()
+    assert recognised_findings("BWV +, D/G irregular; pigm. diffuse") == ("pigmentation", "dots_and_globules", "blue_whitish_veil")

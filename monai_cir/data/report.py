@@ -17,6 +17,7 @@ Example (Derm7pt case 701)::
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ __all__ = [
     "augment_report",
     "case_generator",
     "meta_report",
+    "recognised_findings",
     "render_report",
     "render_reports",
     "report_fields",
@@ -476,3 +478,42 @@ def augment_report(record: Any, rng: np.random.Generator | int, mix: Mapping[str
             row.update(location=None, sex=None, elevation=None)
         return meta_report(row)
     return TRAINING_STYLES[style].render(fields, criteria, with_context=with_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# The findings gate: does a text say anything the network was trained to read?
+# ------------------------------------------------------------------------------------------------
+def _training_vocabulary() -> dict[str, tuple[str, ...]]:
+    """Per criterion, every noun a training text writes for it: the template's phrase (:data:`CRITERIA`)
+    and each :data:`TRAINING_STYLES` style's name (``BWV``, ``D/G``, ``vessels``...). Derived from the
+    styles, never written by hand, so the gate reads exactly the words training taught the network."""
+    vocabulary: dict[str, set[str]] = {key: {phrase} for key, phrase in CRITERIA}
+    for style in TRAINING_STYLES.values():
+        for key, noun in style.names.items():
+            vocabulary[key].add(noun.lower())
+    return {key: tuple(sorted(nouns)) for key, nouns in vocabulary.items()}
+
+
+def _noun_pattern(noun: str) -> str:
+    # whole words only ("regression" does not match "regressive"); a trailing "." is part of "pigm."
+    body = re.escape(noun)
+    return r"(?<![\w/-])" + body + (r"" if noun.endswith(".") else r"(?![\w/-])")
+
+
+_FINDING_PATTERNS: dict[str, re.Pattern[str]] = {
+    key: re.compile("|".join(_noun_pattern(n) for n in sorted(nouns, key=len, reverse=True)))
+    for key, nouns in _training_vocabulary().items()
+}
+
+
+def recognised_findings(text: str) -> tuple[str, ...]:
+    """The 7-point criteria (:data:`CRITERIA` keys, in that order) that ``text`` names in the words of
+    the training texts, present or absent ("no streaks" is a finding).
+
+    The network's findings gate (:class:`~monai_cir.networks.ComposedRetrievalNet`, ``text_gate="findings"``)
+    composes a query with its text only when this is not empty: a text with no finding the network
+    can read (age and sex only, or findings in words it was never trained on) would move the query
+    without telling it anything about the lesion, so the query falls back to the image alone
+    (issue 13: "text never hurts")."""
+    lowered = text.lower()
+    return tuple(key for key, pattern in _FINDING_PATTERNS.items() if pattern.search(lowered))

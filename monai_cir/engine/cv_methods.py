@@ -3,7 +3,8 @@
 Every method trains per fold on ``ctx.train_indices`` only (the four database folds; an inner
 validation split of them drives early stopping) and returns ``(Q, T)`` scored by inner product.
 
-- ``composed``: the paper's network (Eqs. 5-9) on the frozen-feature cache: query = image + text.
+- ``composed``: the paper's network (Eqs. 5-9) on the frozen-feature cache: query = image + text, the text
+  composed only when it names a 7-point finding (the findings gate; ``composed_ungated``: every text).
 - ``image_only``: the same network and loss, query = image with empty text.
 - ``text_only``: the same network, query = the text composed onto the mean training image map.
 - ``late_fusion``: 2-layer MLP on [pooled frozen L/M/H, sentence embedding] vs an image MLP (reference).
@@ -53,9 +54,17 @@ _COMPOSED_TRAIN = dict(_TRAIN, temperature=0.2, composer_lr_mult=3.0, gate_init=
 # one batch (batch_size 0), 200 epochs, no early stopping (no inner validation: the last epoch is kept),
 # symmetric multi-positive SupCon (q->t and t->q) at τ 0.1.
 _FULLBATCH_TRAIN = dict(_TRAIN, epochs=200, lr=1e-3, batch_size=0, patience=0, val_fraction=0.0, temperature=0.1, target_weight=0.0, symmetric_weight=1.0)
+# The composed network in the full-batch regime (issue 13 sweep, bench/results/derm7pt_composed_sweep.json):
+# fold 0 composed 79.2 / mAP 83.6 -> 82.0 / 86.8, with the composers' lr multiplier and gate opening kept.
+_COMPOSED_FULLBATCH_TRAIN = dict(_FULLBATCH_TRAIN, composer_lr_mult=3.0, gate_init=0.3)
 # ``model``: "late_fusion" (:class:`LateFusionMLP`) or a mode of :class:`CachedComposedModel`
+# Text as clinicians write it (issue 13). The findings gate (text_gate="findings", ComposedRetrievalNet)
+# composes a query with its text only when the text names a 7-point finding in training words; any other
+# text (age / sex / site only, findings in words never trained on) gives the image-only query. Training
+# stays on the template texts: text augmentation (augment_report re-wordings, ``text=dict(variants=n)``)
+# cost template accuracy on fold 0 in every mix tried (bench/results/derm7pt_composed_sweep.json).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "composed": dict(model="composed", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
+    "composed": dict(model="composed", train=dict(_COMPOSED_FULLBATCH_TRAIN), net=dict(text_gate="findings"), ensemble=1),
     "image_only": dict(model="image_only", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
     "text_only": dict(model="text_only", train=dict(_COMPOSED_TRAIN), net=dict(), ensemble=1),
     # text dropout (issue 13, "text never hurts"): a third of the training queries have no text, so the
@@ -129,7 +138,8 @@ def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str,
             text = dict(opts.get("text") or {})
             augmentation = None
             if text.get("dropout") or text.get("variants"):
-                bank = text_bank(cache, int(text.get("variants", 0)), seed=0) if text.get("variants") else None
+                gate = opts["net"].get("text_gate", "findings")
+                bank = text_bank(cache, int(text.get("variants", 0)), seed=0, text_gate=gate, mix=text.get("mix")) if text.get("variants") else None
                 augmentation = dict(dropout=float(text.get("dropout", 0.0)), bank=bank)
             model, result = fit_composed(base_net(int(config.get("image_size", 260))), cache, train_idx, opts["model"], train_cfg, seed=s,
                                          text_augmentation=augmentation, **opts["net"])
@@ -140,17 +150,25 @@ def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str,
     return models
 
 
-def text_bank(cache: Any, variants: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def text_bank(cache: Any, variants: int, seed: int = 0, text_gate: str = "findings", net: Any = None,
+              mix: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``variants`` training re-wordings of every cached case's report
     (:func:`monai_cir.data.report.augment_report`), encoded with the cache's text encoder:
-    ``(tokens (V, N, n, d_T) fp16, mask (V, N, n))`` for :meth:`CachedComposedModel.set_text_augmentation`."""
-    from ..data.report import augment_report, case_generator
+    ``(tokens (V, N, n, d_T) fp16, mask (V, N, n))`` for :meth:`CachedComposedModel.set_text_augmentation`.
+
+    With ``text_gate="findings"`` a re-wording the gate would not compose (age / sex only) is trained as
+    what the query will be: no text (:func:`monai_cir.data.report.recognised_findings`). ``net``: the
+    network that built the cache (default: the offline encoders the cache's fingerprint names); ``mix``:
+    :func:`~monai_cir.data.report.augment_report`'s kinds of text (default its ``AUGMENT_MIX``)."""
+    from ..data.report import augment_report, case_generator, recognised_findings
     from ..evaluation.text_forms import encode_texts
 
     encoded = []
     for v in range(variants):
-        texts = [augment_report(r, case_generator(r, seed + 1000 * (v + 1))) for r in cache.records]
-        encoded.append(encode_texts(cache, texts)[:2])
+        texts = [augment_report(r, case_generator(r, seed + 1000 * (v + 1)), mix) for r in cache.records]
+        if text_gate == "findings":
+            texts = [t if recognised_findings(t) else "" for t in texts]
+        encoded.append(encode_texts(cache, texts, net)[:2])
     n = max(t.shape[1] for t, _ in encoded)
     tokens = torch.stack([torch.nn.functional.pad(t, (0, 0, 0, n - t.shape[1])) for t, _ in encoded])
     mask = torch.stack([torch.nn.functional.pad(m, (0, n - m.shape[1])) for _, m in encoded])
@@ -161,11 +179,11 @@ def _concat(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts, dim=1) / len(parts) ** 0.5
 
 
-def _fold(name: str, ctx: FoldContext):
+def _fold(name: str, ctx: FoldContext, **query_options: Any):
     opts = method_options(name, ctx.config)
     tta = opts["train"].get("tta", True)
     models = train_method(name, ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
-    q = _concat([m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta) for m in models])
+    q = _concat([m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta, **query_options) for m in models])
     t = _concat([m.encode_targets(ctx.cache, ctx.database_indices, tta=tta) for m in models])
     return q, t
 
@@ -178,19 +196,19 @@ def _cross_site(name: str, ctx: CrossSiteContext):
     return _concat([m.encode_targets(ctx.target, idx, tta=opts["train"].get("tta", True)) for m in models])
 
 
-def _cross_site_query(name: str, ctx: CrossSiteContext) -> torch.Tensor:
+def _cross_site_query(name: str, ctx: CrossSiteContext, **query_options: Any) -> torch.Tensor:
     """Cross-site similarity of composed queries (image + the collection's text, e.g. age and sex) to
     target embeddings, with the ``name`` model trained on all of Derm7pt: ``Q @ T.T`` (N, N)."""
     opts = method_options(name, ctx.config)
     models = train_method(name, ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     idx = np.arange(len(ctx.target))
     tta = opts["train"].get("tta", True)
-    q = _concat([m.encode_queries(ctx.query_target, idx, tta=tta) for m in models])
+    q = _concat([m.encode_queries(ctx.query_target, idx, tta=tta, **query_options) for m in models])
     t = _concat([m.encode_targets(ctx.target, idx, tta=tta) for m in models])
     return q @ t.T
 
 
-@register_method("composed", label="composed (image + text, trained)", cross_site=lambda ctx: _cross_site("composed", ctx))
+@register_method("composed", label="composed (image + text, findings gate, full-batch regime)", cross_site=lambda ctx: _cross_site("composed", ctx))
 def composed(ctx: FoldContext):
     """The paper's network trained on the cache: query = image + text (Eq. 5), target = image, S of Eq. 9."""
     return _fold("composed", ctx)
@@ -216,6 +234,14 @@ def composed_image_query(ctx: FoldContext):
     """The ``composed`` model (shared per fold) queried with the image alone (empty text): the reference
     of "text never hurts" (every text form must rank at least as well)."""
     return _fold("composed", dataclasses.replace(ctx, query_cache=text_form_cache(ctx.query_cache, "empty")))
+
+
+@register_method("composed_ungated", label="composed, every text composed (same model, findings gate off: the paper)",
+                 cross_site=lambda ctx: {"similarity": _cross_site_query("composed", ctx, text_gate="none")})
+def composed_ungated(ctx: FoldContext):
+    """The ``composed`` model (shared per fold) with its findings gate off at query time: what the gate
+    buys on texts without recognised findings (the ablation of "text never hurts")."""
+    return _fold("composed", ctx, text_gate="none")
 
 
 @register_method("image_only", label="image only (same network, empty text, trained)")

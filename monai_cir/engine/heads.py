@@ -40,9 +40,11 @@ class CachedComposedModel(nn.Module):
         net: the network; only its composers/masks/projections are trained here.
         mode: one of :data:`COMPOSED_MODES`.
         mean_maps: for ``text_only``, the mean training map per cached level [L, M, H] (C_i, h_i, w_i).
+        text_dropout / text_bank / seed: training-time text augmentation (:meth:`set_text_augmentation`).
     """
 
-    def __init__(self, net: ComposedRetrievalNet, mode: str = "composed", mean_maps: Sequence[torch.Tensor] | None = None) -> None:
+    def __init__(self, net: ComposedRetrievalNet, mode: str = "composed", mean_maps: Sequence[torch.Tensor] | None = None,
+                 text_dropout: float = 0.0, text_bank: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0) -> None:
         super().__init__()
         if mode not in COMPOSED_MODES:
             raise ValueError(f"mode must be one of {COMPOSED_MODES}, got {mode!r}")
@@ -53,7 +55,7 @@ class CachedComposedModel(nn.Module):
         self.mean_maps = [m.float() for m in mean_maps] if mean_maps is not None else None
         self.text_dropout = 0.0
         self.text_bank: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._text_generator = torch.Generator().manual_seed(0)
+        self.set_text_augmentation(text_dropout, text_bank, seed)
 
     def set_text_augmentation(self, dropout: float = 0.0, bank: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0) -> None:
         """Training-time text augmentation of the query (not used at evaluation).
@@ -121,14 +123,30 @@ class CachedComposedModel(nn.Module):
             views.append(cache_maps(cache, flipped=True))
         return views
 
+    def texts_used(self, cache: Any, text_gate: str | None = None) -> torch.Tensor:
+        """(N,) bool: which cached cases' query texts the network composes (its ``text_gate``, or
+        ``text_gate`` given here: ``"none"`` for the ungated ablation), read from the records' texts."""
+        gate = self.net.text_gate if text_gate is None else text_gate
+        records = getattr(cache, "records", None)
+        if gate == "none" or records is None:  # a cache of bare tensors has no texts to read: its masks decide
+            return torch.ones(int(cache.token_mask.shape[0]), dtype=torch.bool)
+        previous, self.net.text_gate = self.net.text_gate, gate
+        try:
+            return torch.tensor(self.net.texts_used([getattr(r, "text", None) or "" for r in records]), dtype=torch.bool)
+        finally:
+            self.net.text_gate = previous
+
     @torch.no_grad()
-    def encode_queries(self, cache: Any, idx: Sequence[int], tta: bool = True, batch_size: int = 128) -> torch.Tensor:
-        """Query embeddings of cached cases ``idx`` (image + text per ``mode``); TTA averages the flip views."""
+    def encode_queries(self, cache: Any, idx: Sequence[int], tta: bool = True, batch_size: int = 128, text_gate: str | None = None) -> torch.Tensor:
+        """Query embeddings of cached cases ``idx`` (image + text per ``mode``); TTA averages the flip views.
+
+        The network's text gate applies as in :meth:`ComposedRetrievalNet.text_features` (``text_gate``
+        overrides it, e.g. ``"none"``)."""
         self.eval()
         idx = np.asarray(idx)
         device = next(self.parameters()).device
         tokens = torch.as_tensor(cache.tokens)
-        mask = torch.as_tensor(cache.token_mask).bool()
+        mask = torch.as_tensor(cache.token_mask).bool() & self.texts_used(cache, text_gate).view(-1, 1)
         out = 0.0
         views = self._views(cache, idx, tta and self.mode != "text_only")
         for maps in views:

@@ -31,6 +31,7 @@ __all__ = [
     "MODEL_PRESETS",
     "DEFAULT_PRESET",
     "LEVEL_NAMES",
+    "TEXT_GATES",
     "HEAD_PREFIXES",
     "hash_weights",
     "check_images",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 LEVEL_NAMES = ("L", "M", "H")
+# How a query treats its text (ComposedRetrievalNet's text_gate): compose only texts with recognised
+# 7-point findings (the product default), or every non-blank text (the paper).
+TEXT_GATES = ("findings", "none")
 # State-dict / parameter-name prefixes of the trainable head (everything but the two encoders).
 HEAD_PREFIXES = ("composers.", "alignments.")
 
@@ -108,6 +112,11 @@ class ComposedRetrievalNet(nn.Module):
         projection: ``"residual_mlp"`` or ``"none"``: descriptor projection shared by both sides.
         freeze_encoders: keep the pretrained encoders fixed (the CPU default; see DESIGN.md section 3).
         image_size: the square input size the preprocessing resizes to (recorded in the fingerprint).
+        text_gate: ``"findings"`` (the default) composes a query with its text only when the text names at
+            least one 7-point finding in the words the network was trained on
+            (:func:`monai_cir.data.report.recognised_findings`); any other text (age and sex only, findings
+            in unknown words) gives the image-only query. ``"none"``: every non-blank text is composed
+            (the paper's behaviour).
     """
 
     def __init__(
@@ -121,8 +130,11 @@ class ComposedRetrievalNet(nn.Module):
         projection: str = "residual_mlp",
         freeze_encoders: bool = True,
         image_size: int = 260,
+        text_gate: str = "findings",
     ) -> None:
         super().__init__()
+        if text_gate not in TEXT_GATES:
+            raise ValueError(f"text_gate must be one of {TEXT_GATES}, got {text_gate!r}")
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1] (Eq. 9), got {beta}")
         levels = tuple(levels)
@@ -138,6 +150,7 @@ class ComposedRetrievalNet(nn.Module):
         self.num_masks = int(num_masks)
         self.image_size = int(image_size)
         self.freeze_encoders = bool(freeze_encoders)
+        self.text_gate = text_gate
         dims = [image_encoder.channels[i] for i in self.level_indices]
         self.dims = dims
         # The head's initialisation is seeded, so an untrained network is the same in every process
@@ -155,6 +168,7 @@ class ComposedRetrievalNet(nn.Module):
             num_heads=num_heads,
             projection=projection,
             image_size=self.image_size,
+            text_gate=self.text_gate,
         )
         if self.freeze_encoders:
             for p in self.encoder_parameters():
@@ -238,10 +252,17 @@ class ComposedRetrievalNet(nn.Module):
             maps = self.image_encoder(images)
         return [maps[i].float() for i in self.level_indices]
 
+    def texts_used(self, texts: Sequence[str]) -> list[bool]:
+        """Which texts the query composes: non-blank ones that pass the network's ``text_gate``."""
+        from ..data.report import recognised_findings
+
+        return [bool(t.strip()) and (self.text_gate == "none" or bool(recognised_findings(t))) for t in texts]
+
     def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f_text``: token embeddings and mask. Texts that are empty or blank count as no text."""
+        """``f_text``: token embeddings and mask. Texts that are blank, or that the ``text_gate`` does
+        not pass, count as no text (their mask is empty: the composers pass the image maps through)."""
         texts = list(texts)
-        blank = torch.tensor([not t.strip() for t in texts], device=self.device)
+        blank = ~torch.tensor(self.texts_used(texts), device=self.device)
         with self._autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoders):
             tokens, mask = self.text_encoder([t if t.strip() else "" for t in texts])
         return tokens.float(), mask & ~blank.view(-1, 1)
