@@ -411,6 +411,59 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch):
+    """A batch's explanations reuse the queries' maps from their encoding and run each library case
+    through the image encoder once (then from the per-process cache): the same explanations as
+    :func:`monai_cir.explain.explain_match` from scratch, each score the match's own."""
+    import torch
+
+    from deploy_app.app import load_models, run_app
+    from deploy_app.operators import retrieval as retrieval_op
+    from deploy_app.operators import sr_writer
+    from deploy_app.operators.common import LIBRARY_IMAGE_SIDE, library_image
+    from deploy_app.settings import AppSettings
+    from monai_cir.explain import explain_match
+    from monai_cir.retrieval import to_image_tensor
+
+    models = load_models(app_run["root"] / "models", device="cpu")
+    retrieval_op.TARGET_MAPS.clear()
+    seen: list = []
+    write = sr_writer.write_similar_cases_sr
+    monkeypatch.setattr(sr_writer, "write_similar_cases_sr", lambda result, *a, **k: (seen.append(result), write(result, *a, **k))[1])
+    encoded: list[int] = []
+    handle = models.net.image_encoder.register_forward_hook(lambda module, args, out: encoded.append(int(args[0].shape[0])))
+    settings = AppSettings(device="cpu", explain=True, write_pdf=False, batch_size=2)
+    try:
+        run_app(app_run["root"] / "input", tmp_path / "out1", models, settings)
+        first, seen_first = sum(encoded), list(seen)
+        encoded.clear()
+        run_app(app_run["root"] / "input", tmp_path / "out2", models, settings)
+    finally:
+        handle.remove()
+    assert len(seen_first) == 2
+    cases = {hit.metadata.case_id for result in seen_first for hit in result.hits}
+    assert first == 2 + len(cases)  # the two queries once, each library case among their hits once
+    assert sum(encoded) == 2  # again: only the queries; the library cases' maps are cached
+    for result in seen_first:
+        query = to_image_tensor(result.query.image, models.net.image_size)
+        assert sorted(result.explanations) == [hit.rank for hit in result.hits]
+        for hit in result.hits:
+            got = result.explanations[hit.rank]
+            fresh = explain_match(models.net, query, result.query.text, library_image(hit, max_side=LIBRARY_IMAGE_SIDE))
+            assert got.score == pytest.approx(hit.score, abs=1e-4)
+            assert got.score == pytest.approx(fresh.score, abs=1e-5)
+            np.testing.assert_allclose(got.query_heatmap, fresh.query_heatmap, atol=1e-6)
+            np.testing.assert_allclose(got.target_heatmap, fresh.target_heatmap, atol=1e-6)
+            np.testing.assert_array_equal(got.target_image, fresh.target_image)
+            for a, b in zip(got.levels, fresh.levels):
+                np.testing.assert_allclose(a.query_regions, b.query_regions, atol=1e-6)
+                np.testing.assert_allclose(a.target_regions, b.target_regions, atol=1e-6)
+    with torch.no_grad():
+        assert seen[-1].explanations[1].sr_text() == seen_first[-1].explanations[1].sr_text()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_patient_and_study_carried_into_outputs(app_run, results):
     _, answers = results
     for name in ("in_library", "held_out"):
