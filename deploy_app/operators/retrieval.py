@@ -28,7 +28,7 @@ from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .common import QueryResult, attr, library_target
+from .common import QueryResult, attr, clear_library_images, library_target
 
 __all__ = [
     "CPU_FORWARD_IMAGES",
@@ -36,6 +36,7 @@ __all__ = [
     "LoadedModels",
     "ModelsLayoutError",
     "TargetMapCache",
+    "clear_library_caches",
     "clear_models_cache",
     "load_models",
     "resolve_models",
@@ -274,6 +275,13 @@ class TargetMapCache:
 
 
 TARGET_MAPS = TargetMapCache()
+
+
+def clear_library_caches() -> None:
+    """Forget every library case this process has seen: decoded images, thumbnails, preprocessed
+    tensors and grid maps (the next study pays for its matches as the first one after a start does)."""
+    TARGET_MAPS.clear()
+    clear_library_images()
 
 
 class ComposedRetrievalOperator(Operator):
