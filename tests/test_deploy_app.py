@@ -231,6 +231,18 @@ def test_sdk_import_skips_monai_core_until_it_is_used():
 
 
 @pytest.mark.slow
+def test_cli_exit_status_and_error_line_survive_the_fast_exit(tmp_path):
+    """``python -m deploy_app`` leaves without the interpreter's teardown (``__main__._leave``): the
+    exit status and the one-line error still come out, and the log is flushed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "empty-models").mkdir()
+    command = [sys.executable, "-m", "deploy_app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "empty-models")]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert any(line.startswith("monai-cir-similar-cases: error: no model checkpoint in") for line in proc.stderr.splitlines()), proc.stderr[-3000:]
+
+
 def test_app_folder_runs_as_a_map_runs_it(tmp_path):
     """A MAP runs ``python3 /opt/holoscan/app``: the staged app folder (docs/deploy.md: deploy_app
     with monai_cir copied in) under another name, nothing on PYTHONPATH."""
