@@ -373,7 +373,10 @@ def explain_matches(
     if not targets:
         return []
     was_training = net.training
-    net.eval()
+    # net.eval() / net.train() walk every module of both encoders (4 ms a call): only when needed
+    switched = any(m.training for m in net.modules())
+    if switched:
+        net.eval()
     try:
         q = _as_batch(query_image, net.image_size, "query_image").to(net.device)
         t_all = torch.cat([_as_batch(t, net.image_size, "target_image") for t in targets]).to(net.device)
@@ -389,7 +392,8 @@ def explain_matches(
         words = _ranked_words(net, text, attention_mean) if bool(mask.any()) else []
         return _explain_pairs(net, q, composed, t_all, [m.to(q.device) for m in t_grids], text, words, query_label, labels)
     finally:
-        net.train(was_training)
+        if switched:
+            net.train(was_training)
 
 
 def _explain_pairs(

@@ -223,6 +223,20 @@ def test_explain_matches_from_maps_the_caller_has(net, images):
         explain_matches(net, query, TEXT, [target, other], target_maps=[g[:1] for g in t_grids])
 
 
+def test_explanation_of_a_network_in_training_mode_is_the_eval_one(images):
+    """The projection's dropout is off while explaining, whatever mode the network is in, and the mode is restored."""
+    net = fitted_net()
+    query, target = images
+    net.eval()
+    reference = explain_match(net, query, TEXT, target)
+    assert not any(m.training for m in net.modules())
+    net.train()
+    assert any(m.training for m in net.modules())
+    for _ in range(2):
+        _same_explanation(explain_match(net, query, TEXT, target), reference)
+    assert net.training and any(m.training for m in net.alignments.modules())
+
+
 def test_explanation_on_real_isic_images(offline_net, shared_data, tmp_path):
     """Pretrained offline encoders on two real ISIC UDA-1 images (read from the data root; the PNG
     goes to a pytest temp folder, never to a tracked file)."""
