@@ -51,6 +51,7 @@ __all__ = [
     "Explanation",
     "explain_match",
     "explain_matches",
+    "grid_maps",
     "upsample_masks",
     "upsample_contribution",
     "merge_word_pieces",
@@ -235,29 +236,47 @@ def upsample_contribution(values: torch.Tensor | np.ndarray, size: tuple[int, in
     return (up * (h * w) / float(size[0] * size[1])).numpy()
 
 
-def _region_contributions(
-    align: Any, x: torch.Tensor, other_unit: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor]:
-    """Split ``<ê, ô>`` for one image's map ``x`` (1, C, h, w) over regions and positions.
+def grid_maps(net: Any, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The selected levels' maps pooled to each alignment's grid, float32: all of a target's maps that
+    its descriptors, and so its explanation, read (``standardized_grid`` pools first; pooling a map
+    already on the grid is the identity, so an explanation from these is the same as from the full
+    maps). (N, C_i, h', w') per level: a few KB per image, what a cache of library targets keeps."""
+    from .networks.composer import pool_to_grid
 
-    Returns (masks (k, h, w), regions c_j (k,), positions (h, w), projection residual, unit descriptor ê (C,))."""
-    # ē and e = P(ē) exactly as LevelAlignment.local_descriptor computes them (same ops, same rounding)
-    regions, alpha_b = align.region_descriptors(x)
-    mean_region = regions.mean(dim=1)[0]  # ē (C,)
-    desc = align.proj_local(mean_region[None])[0].float()  # e = P(ē) = ē + g(ē)
-    alpha = alpha_b[0].double()  # (k, h, w)
-    k = alpha.shape[0]
-    # in float64: the parts are compared with the float32 cosine, and cancellation must not show up as a mismatch
-    norm = desc.double().norm().clamp_min(1e-12)
+    if len(maps) != len(net.alignments):
+        raise ValueError(f"expected {len(net.alignments)} feature maps (levels {net.levels}), got {len(maps)}")
+    return [pool_to_grid(x.float(), align.grid) for align, x in zip(net.alignments, maps)]
+
+
+def _side(align: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One side's pieces for (N, C, h, w) maps, as ``LevelAlignment.local_descriptor`` computes them
+    (same ops, same rounding): masks α (N, k, h, w), ē (N, C), e = P(ē) = ē + g(ē) (N, C) and the
+    standardised grid X̃ (N, C, h, w) the descriptors read."""
+    regions, alpha = align.region_descriptors(x)
+    mean_region = regions.mean(dim=1)  # ē
+    desc = align.proj_local(mean_region).float()  # e = P(ē)
+    return alpha, mean_region, desc, align.standardized_grid(x)
+
+
+def _split_over_regions(
+    alpha: torch.Tensor, mean_region: torch.Tensor, desc: torch.Tensor, grid: torch.Tensor, other_unit: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split ``<ê_n, ô_n>`` over regions and positions for N pairs at once.
+
+    ``alpha`` (N, k, h, w), ``mean_region`` / ``desc`` (N, C), ``grid`` (N, C, h, w): one side (N may
+    be 1, broadcast over the pairs); ``other_unit`` (N, C): the other side's unit descriptors.
+    Returns (regions c_j (N, k), positions (N, h, w), projection residual (N,)), float64: the parts
+    are compared with the float32 cosine, and cancellation must not show up as a mismatch."""
+    k = alpha.shape[1]
+    norm = desc.double().norm(dim=-1).clamp_min(1e-12)  # |e| (N,)
     unit = other_unit.double()
     # X̃(p): the standardised map on the grid, the very values the score's descriptors read
-    grid = align.standardized_grid(x)[0].double()
-    per_position = torch.einsum("chw,c->hw", grid, unit) / (k * norm)  # <X̃(p), ô> / (k |e|)
-    by_region = alpha * per_position.unsqueeze(0)  # (k, h, w)
+    per_position = torch.einsum("nchw,nc->nhw", grid.double().expand(unit.shape[0], -1, -1, -1), unit) / (k * norm).view(-1, 1, 1)
+    by_region = alpha.double() * per_position.unsqueeze(1)  # (N, k, h, w): α_j(p) <X̃(p), ô> / (k |e|)
     # the projection branch <g(ē), ô> / |e| on its own (exactly 0 for projection="none"), so that
     # regions + residual = cosine is a check of the decomposition, not its definition
-    residual = float((desc.double() - mean_region.double()) @ unit / norm)
-    return alpha.float(), by_region.flatten(1).sum(-1).float(), by_region.sum(0).float(), residual, desc / desc.norm().clamp_min(1e-12)
+    residual = ((desc.double() - mean_region.double()) * unit).sum(-1) / norm
+    return by_region.flatten(2).sum(-1), by_region.sum(1), residual
 
 
 def merge_word_pieces(tokens: Sequence[str], weights: Sequence[float], special: Sequence[str] = ()) -> list[TokenWeight]:
@@ -322,12 +341,30 @@ def explain_match(
 
 @torch.no_grad()
 def explain_matches(
-    net: Any, query_image: Any, text: str, targets: Sequence[Any], labels: Sequence[str] | None = None, query_label: str = "query"
+    net: Any,
+    query_image: Any,
+    text: str,
+    targets: Sequence[Any],
+    labels: Sequence[str] | None = None,
+    query_label: str = "query",
+    *,
+    query_maps: Sequence[torch.Tensor] | None = None,
+    target_maps: Sequence[torch.Tensor] | None = None,
 ) -> list[Explanation]:
     """:func:`explain_match` for each retrieved image (e.g. the top hits of a search), in order.
 
-    The query side (image maps, text tokens, the composed maps of Eq. 5) is computed once and the
-    targets' maps in one batch: what a match adds is only its own decomposition."""
+    The query side (image maps, text tokens, the composed maps of Eq. 5) is computed once, the
+    targets' maps in one batch, and the decomposition of all the pairs at once (vectorised over the
+    targets): what a match adds is only its own share of a few small tensor ops.
+
+    Args:
+        query_maps: the query's maps as ``net.image_features(query)`` returns them (one (1, C, h, w)
+            tensor per level), when the caller has them already (the app: from encoding the query);
+            default: computed here.
+        target_maps: the targets' maps, one (N, C, h, w) tensor per level, in ``targets`` order:
+            ``net.image_features`` of the targets or their :func:`grid_maps` (the same explanation);
+            default: computed here. ``targets`` are still needed: the explanation holds the images.
+    """
     if not isinstance(text, str):
         raise ValueError(f"text must be a string ('' for an image-only query), got {type(text).__name__}")
     labels = list(labels) if labels is not None else [f"match {i + 1}" for i in range(len(targets))]
@@ -336,83 +373,126 @@ def explain_matches(
     if not targets:
         return []
     was_training = net.training
-    net.eval()
+    # net.eval() / net.train() walk every module of both encoders (4 ms a call): only when needed
+    switched = any(m.training for m in net.modules())
+    if switched:
+        net.eval()
     try:
         q = _as_batch(query_image, net.image_size, "query_image").to(net.device)
         t_all = torch.cat([_as_batch(t, net.image_size, "target_image") for t in targets]).to(net.device)
-        q_maps = net.image_features(q)
-        t_maps_all = net.image_features(t_all)
+        q_maps = list(query_maps) if query_maps is not None else net.image_features(q)
+        if len(q_maps) != len(net.levels) or any(m.shape[0] != 1 for m in q_maps):
+            raise ValueError(f"query_maps must hold one (1, C, h, w) map per level {net.levels}, got shapes {[tuple(m.shape) for m in q_maps]}")
+        t_grids = grid_maps(net, target_maps if target_maps is not None else net.image_features(t_all))
+        if any(m.shape[0] != len(targets) for m in t_grids):
+            raise ValueError(f"target_maps must hold {len(targets)} maps per level (one per target), got shapes {[tuple(m.shape) for m in t_grids]}")
         tokens, mask = net.text_features([text])
-        composed = [composer(xq, tokens, mask, return_attention=True) for composer, xq in zip(net.composers, q_maps)]
+        composed = [composer(xq.float(), tokens, mask, return_attention=True) for composer, xq in zip(net.composers, q_maps)]
         attention_mean = np.mean([attention[0].float().cpu().numpy() for _, attention in composed], axis=0)
         words = _ranked_words(net, text, attention_mean) if bool(mask.any()) else []
-        return [
-            _explain_pair(net, q, composed, t_all[i : i + 1], [m[i : i + 1] for m in t_maps_all], text, words, query_label, label)
-            for i, label in enumerate(labels)
-        ]
+        return _explain_pairs(net, q, composed, t_all, [m.to(q.device) for m in t_grids], text, words, query_label, labels)
     finally:
-        net.train(was_training)
+        if switched:
+            net.train(was_training)
 
 
-def _explain_pair(
+def _explain_pairs(
     net: Any,
     q: torch.Tensor,
     composed: Sequence[tuple[torch.Tensor, torch.Tensor]],
     t: torch.Tensor,
-    t_maps: Sequence[torch.Tensor],
+    t_grids: Sequence[torch.Tensor],
     text: str,
     words: list[TokenWeight],
     query_label: str,
-    target_label: str,
-) -> Explanation:
-    """One query-target pair from the query's composed maps and the target's maps (Eqs. 6-9)."""
-    levels: list[LevelExplanation] = []
-    q_heat = np.zeros(q.shape[-2:], dtype=np.float32)
-    t_heat = np.zeros(t.shape[-2:], dtype=np.float32)
-    s_local = s_global = 0.0
-    for name, composer, align, (xq_c, attention), xt in zip(net.levels, net.composers, net.alignments, composed, t_maps):
+    target_labels: Sequence[str],
+) -> list[Explanation]:
+    """The N query-target pairs from the query's composed maps and the targets' grids (Eqs. 6-9)."""
+    n = t.shape[0]
+    q_size, t_size = tuple(q.shape[-2:]), tuple(t.shape[-2:])
+    per_level = []
+    q_heat = np.zeros((n, *q_size), dtype=np.float32)
+    t_heat = np.zeros((n, *t_size), dtype=np.float32)
+    s_local = np.zeros(n)
+    s_global = np.zeros(n)
+    for name, composer, align, (xq_c, attention), xt in zip(net.levels, net.composers, net.alignments, composed, t_grids):
         xq_c, xt = xq_c.float(), xt.float()
-        e_t = F.normalize(align.local_descriptor(xt)[0].float(), dim=-1)
-        qm, qr, qp, q_res, e_q = _region_contributions(align, xq_c, e_t)
-        tm, tr, tp, t_res, _ = _region_contributions(align, xt, e_q)
-        local = float(e_q @ e_t)
-        glob = float(align.cosine(align.global_descriptor(xq_c), align.global_descriptor(xt))[0, 0])
+        q_alpha, q_mean, q_desc, q_grid = _side(align, xq_c)  # the query: once, broadcast over the targets
+        t_alpha, t_mean, t_desc, t_grid = _side(align, xt)  # the targets: one batch
+        e_q = q_desc / q_desc.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (1, C)
+        e_t = F.normalize(t_desc, dim=-1)  # (N, C)
+        qr, qp, q_res = _split_over_regions(q_alpha, q_mean, q_desc, q_grid, e_t)
+        tr, tp, t_res = _split_over_regions(t_alpha, t_mean, t_desc, t_grid, e_q.expand(n, -1))
+        local = (e_t @ e_q[0]).double().cpu().numpy()
+        glob = align.cosine(align.global_descriptor(xq_c), align.global_descriptor(xt))[0].double().cpu().numpy()
         s_local += local
         s_global += glob
-        q_heat += net.beta * upsample_contribution(qp, tuple(q.shape[-2:]))
-        t_heat += net.beta * upsample_contribution(tp, tuple(t.shape[-2:]))
-        levels.append(
-            LevelExplanation(
+        q_heat += net.beta * _upsample_contributions(qp.float(), q_size)
+        t_heat += net.beta * _upsample_contributions(tp.float(), t_size)
+        per_level.append(
+            dict(
                 level=name,
-                query_masks=qm.cpu().numpy(),
-                target_masks=tm.cpu().numpy(),
-                query_regions=qr.cpu().numpy(),
-                target_regions=tr.cpu().numpy(),
-                query_positions=qp.cpu().numpy(),
-                target_positions=tp.cpu().numpy(),
-                query_residual=q_res,
-                target_residual=t_res,
+                query_masks=q_alpha[0].float().cpu().numpy(),
+                target_masks=t_alpha.float().cpu().numpy(),
+                query_regions=qr.float().cpu().numpy(),
+                target_regions=tr.float().cpu().numpy(),
+                query_positions=qp.float().cpu().numpy(),
+                target_positions=tp.float().cpu().numpy(),
+                query_residual=q_res.cpu().numpy(),
+                target_residual=t_res.cpu().numpy(),
                 local_cosine=local,
                 global_cosine=glob,
                 gate=float(torch.tanh(composer.gate_attn).item()),
                 token_attention=attention[0].float().cpu().numpy(),
             )
         )
-    return Explanation(
-        score=net.beta * s_local + (1.0 - net.beta) * s_global,
-        local_score=s_local,
-        global_score=s_global,
-        beta=net.beta,
-        text=text,
-        levels=levels,
-        tokens=words,
-        query_heatmap=q_heat,
-        target_heatmap=t_heat,
-        query_image=_to_hwc(q),
-        target_image=_to_hwc(t),
-        query_label=query_label,
-        target_label=target_label,
-    )
+    query_image = _to_hwc(q)
+    out = []
+    for i, label in enumerate(target_labels):
+        levels = [
+            LevelExplanation(
+                level=lv["level"],
+                query_masks=lv["query_masks"],  # the query's masks: the same for every match
+                target_masks=lv["target_masks"][i],
+                query_regions=lv["query_regions"][i],
+                target_regions=lv["target_regions"][i],
+                query_positions=lv["query_positions"][i],
+                target_positions=lv["target_positions"][i],
+                query_residual=float(lv["query_residual"][i]),
+                target_residual=float(lv["target_residual"][i]),
+                local_cosine=float(lv["local_cosine"][i]),
+                global_cosine=float(lv["global_cosine"][i]),
+                gate=lv["gate"],
+                token_attention=lv["token_attention"],
+            )
+            for lv in per_level
+        ]
+        s_l, s_g = float(s_local[i]), float(s_global[i])
+        out.append(
+            Explanation(
+                score=net.beta * s_l + (1.0 - net.beta) * s_g,
+                local_score=s_l,
+                global_score=s_g,
+                beta=net.beta,
+                text=text,
+                levels=levels,
+                tokens=words,
+                query_heatmap=q_heat[i],
+                target_heatmap=t_heat[i],
+                query_image=query_image,
+                target_image=_to_hwc(t[i : i + 1]),
+                query_label=query_label,
+                target_label=label,
+            )
+        )
+    return out
+
+
+def _upsample_contributions(values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """:func:`upsample_contribution` of (N, h, w) contributions at once -> (N, H, W)."""
+    n, h, w = values.shape
+    up = F.interpolate(values.float().reshape(n, 1, h, w), size=tuple(size), mode="bilinear", align_corners=False).reshape(n, *size)
+    return (up * (h * w) / float(size[0] * size[1])).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------- rendering

@@ -231,6 +231,18 @@ def test_sdk_import_skips_monai_core_until_it_is_used():
 
 
 @pytest.mark.slow
+def test_cli_exit_status_and_error_line_survive_the_fast_exit(tmp_path):
+    """``python -m deploy_app`` leaves without the interpreter's teardown (``__main__._leave``): the
+    exit status and the one-line error still come out, and the log is flushed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "empty-models").mkdir()
+    command = [sys.executable, "-m", "deploy_app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "empty-models")]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert any(line.startswith("monai-cir-similar-cases: error: no model checkpoint in") for line in proc.stderr.splitlines()), proc.stderr[-3000:]
+
+
 def test_app_folder_runs_as_a_map_runs_it(tmp_path):
     """A MAP runs ``python3 /opt/holoscan/app``: the staged app folder (docs/deploy.md: deploy_app
     with monai_cir copied in) under another name, nothing on PYTHONPATH."""
@@ -407,6 +419,59 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
     stat = manifest.stat()
     os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert load_models(packaged, device="cpu") is not models  # a rebuilt index is not served stale
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch):
+    """A batch's explanations reuse the queries' maps from their encoding and run each library case
+    through the image encoder once (then from the per-process cache): the same explanations as
+    :func:`monai_cir.explain.explain_match` from scratch, each score the match's own."""
+    import torch
+
+    from deploy_app.app import load_models, run_app
+    from deploy_app.operators import retrieval as retrieval_op
+    from deploy_app.operators import sr_writer
+    from deploy_app.operators.common import LIBRARY_IMAGE_SIDE, library_image
+    from deploy_app.settings import AppSettings
+    from monai_cir.explain import explain_match
+    from monai_cir.retrieval import to_image_tensor
+
+    models = load_models(app_run["root"] / "models", device="cpu")
+    retrieval_op.TARGET_MAPS.clear()
+    seen: list = []
+    write = sr_writer.write_similar_cases_sr
+    monkeypatch.setattr(sr_writer, "write_similar_cases_sr", lambda result, *a, **k: (seen.append(result), write(result, *a, **k))[1])
+    encoded: list[int] = []
+    handle = models.net.image_encoder.register_forward_hook(lambda module, args, out: encoded.append(int(args[0].shape[0])))
+    settings = AppSettings(device="cpu", explain=True, write_pdf=False, batch_size=2)
+    try:
+        run_app(app_run["root"] / "input", tmp_path / "out1", models, settings)
+        first, seen_first = sum(encoded), list(seen)
+        encoded.clear()
+        run_app(app_run["root"] / "input", tmp_path / "out2", models, settings)
+    finally:
+        handle.remove()
+    assert len(seen_first) == 2
+    cases = {hit.metadata.case_id for result in seen_first for hit in result.hits}
+    assert first == 2 + len(cases)  # the two queries once, each library case among their hits once
+    assert sum(encoded) == 2  # again: only the queries; the library cases' maps are cached
+    for result in seen_first:
+        query = to_image_tensor(result.query.image, models.net.image_size)
+        assert sorted(result.explanations) == [hit.rank for hit in result.hits]
+        for hit in result.hits:
+            got = result.explanations[hit.rank]
+            fresh = explain_match(models.net, query, result.query.text, library_image(hit, max_side=LIBRARY_IMAGE_SIDE))
+            assert got.score == pytest.approx(hit.score, abs=1e-4)
+            assert got.score == pytest.approx(fresh.score, abs=1e-5)
+            np.testing.assert_allclose(got.query_heatmap, fresh.query_heatmap, atol=1e-6)
+            np.testing.assert_allclose(got.target_heatmap, fresh.target_heatmap, atol=1e-6)
+            np.testing.assert_array_equal(got.target_image, fresh.target_image)
+            for a, b in zip(got.levels, fresh.levels):
+                np.testing.assert_allclose(a.query_regions, b.query_regions, atol=1e-6)
+                np.testing.assert_allclose(a.target_regions, b.target_regions, atol=1e-6)
+    with torch.no_grad():
+        assert seen[-1].explanations[1].sr_text() == seen_first[-1].explanations[1].sr_text()
 
 
 @pytest.mark.integration

@@ -13,6 +13,7 @@ from monai_cir.explain import (
     Explanation,
     explain_match,
     explain_matches,
+    grid_maps,
     merge_word_pieces,
     render_explanation,
     upsample_contribution,
@@ -187,6 +188,53 @@ def test_explain_matches_and_bad_input(net, images):
         explain_match(net, torch.rand(2, 3, 64, 64), TEXT, images[1])
     with pytest.raises(ValueError, match="text must be a string"):
         explain_match(net, images[0], None, images[1])  # type: ignore[arg-type]
+
+
+def _same_explanation(a: Explanation, b: Explanation, atol: float = 1e-5) -> None:
+    assert a.score == pytest.approx(b.score, abs=atol)
+    np.testing.assert_allclose(a.query_heatmap, b.query_heatmap, atol=atol)
+    np.testing.assert_allclose(a.target_heatmap, b.target_heatmap, atol=atol)
+    for la, lb in zip(a.levels, b.levels):
+        for name in ("query_masks", "target_masks", "query_regions", "target_regions", "query_positions", "target_positions"):
+            np.testing.assert_allclose(getattr(la, name), getattr(lb, name), atol=atol, err_msg=name)
+        assert (la.local_cosine, la.global_cosine) == pytest.approx((lb.local_cosine, lb.global_cosine), abs=atol)
+        assert (la.query_residual, la.target_residual) == pytest.approx((lb.query_residual, lb.target_residual), abs=atol)
+
+
+def test_explain_matches_from_maps_the_caller_has(net, images):
+    """The app passes the query's maps from its encoding and the matches' grid maps from its cache:
+    the same explanations as computing them here, and those maps are the ones used (another image's
+    maps give that image's explanation)."""
+    query, target = images
+    other = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(9))
+    plain = explain_matches(net, query, TEXT, [target, other])
+    with torch.no_grad():
+        q_maps = net.image_features(query[None])
+        t_grids = grid_maps(net, net.image_features(torch.stack([target, other])))
+    assert all(g.shape[-1] <= a.grid for g, a in zip(t_grids, net.alignments))
+    given = explain_matches(net, query, TEXT, [target, other], query_maps=q_maps, target_maps=t_grids)
+    for a, b in zip(given, plain):
+        _same_explanation(a, b)
+    with torch.no_grad():
+        swapped = explain_matches(net, query, TEXT, [target], query_maps=net.image_features(other[None]),
+                                  target_maps=grid_maps(net, net.image_features(other[None])))[0]
+    _same_explanation(swapped, explain_match(net, other, TEXT, other))
+    with pytest.raises(ValueError, match="one per target"):
+        explain_matches(net, query, TEXT, [target, other], target_maps=[g[:1] for g in t_grids])
+
+
+def test_explanation_of_a_network_in_training_mode_is_the_eval_one(images):
+    """The projection's dropout is off while explaining, whatever mode the network is in, and the mode is restored."""
+    net = fitted_net()
+    query, target = images
+    net.eval()
+    reference = explain_match(net, query, TEXT, target)
+    assert not any(m.training for m in net.modules())
+    net.train()
+    assert any(m.training for m in net.modules())
+    for _ in range(2):
+        _same_explanation(explain_match(net, query, TEXT, target), reference)
+    assert net.training and any(m.training for m in net.alignments.modules())
 
 
 def test_explanation_on_real_isic_images(offline_net, shared_data, tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-__all__ = ["Problem", "QueryResult", "ResultsOperator", "attr", "library_image", "query_id_of"]
+__all__ = ["Problem", "QueryResult", "ResultsOperator", "attr", "clear_library_images", "library_image", "library_target", "query_id_of"]
 
 
 def attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -100,11 +100,48 @@ def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
         stat = Path(path).stat()
     except OSError:
         return None
-    # one decode per case at the explanation's size; smaller views (PDF thumbnails) are cut from it
-    decoded = _decoded_library_image(str(path), stat.st_mtime_ns, stat.st_size, max(int(max_side), LIBRARY_IMAGE_SIDE))
+    # one decode per case at the explanation's size; smaller views (PDF thumbnails) are cut from it, once
+    return _library_view(str(path), stat.st_mtime_ns, stat.st_size, int(max_side))
+
+
+@functools.lru_cache(maxsize=64)
+def _library_view(path: str, mtime_ns: int, size: int, max_side: int) -> np.ndarray | None:
+    decoded = _decoded_library_image(path, mtime_ns, size, max(max_side, LIBRARY_IMAGE_SIDE))
     if decoded is None or max(decoded.shape[:2]) <= max_side:
         return decoded
-    return _thumbnail(decoded, int(max_side))
+    return _thumbnail(decoded, max_side)
+
+
+def library_target(hit: Any, image_size: int) -> tuple[tuple, Any] | None:
+    """``(key, tensor)``: a library case's image preprocessed for the network, (3, S, S) float in
+    [0, 1] (what an explanation of the match reads, from the :func:`library_image` the explanation
+    uses), and the file's identity ``(path, mtime_ns, size)`` (the key of the targets' map cache);
+    None when the file is not reachable from here. Kept in a small per-process cache, as the decoded
+    images are."""
+    path = getattr(hit.metadata, "image_path", None)
+    if not path:
+        return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    tensor = _library_target(*key, int(image_size))
+    return None if tensor is None else (key, tensor)
+
+
+@functools.lru_cache(maxsize=64)
+def _library_target(path: str, mtime_ns: int, size: int, image_size: int) -> Any:
+    from monai_cir.retrieval import to_image_tensor
+
+    image = _decoded_library_image(path, mtime_ns, size, LIBRARY_IMAGE_SIDE)
+    return None if image is None else to_image_tensor(image, image_size)
+
+
+def clear_library_images() -> None:
+    """Forget the decoded library images, their thumbnails and preprocessed tensors."""
+    for cache in (_library_view, _library_target, _decoded_library_image):
+        cache.cache_clear()
 
 
 def _thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:

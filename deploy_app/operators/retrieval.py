@@ -4,27 +4,51 @@ The network, the index and the evidence calibration of a MODELS folder are loade
 (:func:`load_models`, cached by the folder, the device and the size + mtime of every file it reads),
 so a service that runs the app per study pays for them once. On CUDA the network runs under fp16
 autocast (inside the network) on batches of queries; on CPU in float32, same results within tolerance.
+The image encoder runs in channels-last memory format (the same maps, bit for bit, on the CPUs
+measured; about a third less CPU time), and on CPU in forwards of at most :data:`CPU_FORWARD_IMAGES`
+images (a larger CPU batch costs more per image: the L level's maps no longer fit the caches).
+
+Explanations (``explain=True``) reuse what the search computed: the query's image maps from its
+encoding, and per library case the maps pooled to the alignment grid (a few KB per case, kept in a
+per-process cache, :class:`TargetMapCache`); the library images of all the queries of a batch that
+are not cached yet run in shared forwards, each case once.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .common import LIBRARY_IMAGE_SIDE, QueryResult, attr, library_image
+from .common import QueryResult, attr, clear_library_images, library_target
 
-__all__ = ["ComposedRetrievalOperator", "LoadedModels", "ModelsLayoutError", "clear_models_cache", "load_models", "resolve_models"]
+__all__ = [
+    "CPU_FORWARD_IMAGES",
+    "ComposedRetrievalOperator",
+    "LoadedModels",
+    "ModelsLayoutError",
+    "TargetMapCache",
+    "clear_library_caches",
+    "clear_models_cache",
+    "load_models",
+    "resolve_models",
+]
 
 logger = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
 EVIDENCE_CALIBRATION = "evidence_calibration.json"
+# images per forward of the image encoder on CPU (EfficientNet-Lite2 at 260 px, channels last, one
+# thread: 29-30 ms per image at 1-4 images, 41 ms at 16; 45 / 42 / 85 ms in the default layout)
+CPU_FORWARD_IMAGES = 4
 
 
 class ModelsLayoutError(FileNotFoundError):
@@ -131,6 +155,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
             return _MODELS_CACHE[key]
         start = time.perf_counter()
         net = load_model(checkpoint, device=device)
+        _channels_last(net)
         index = load_index(index_dir, expected_fingerprint=model_fingerprint(net))
         if calibration_file.is_file():
             calibration = EvidenceCalibration.load(calibration_file)
@@ -156,6 +181,107 @@ def clear_models_cache() -> None:
     """Forget every cached :class:`LoadedModels` (frees the networks once no app holds them)."""
     with _MODELS_LOCK:
         _MODELS_CACHE.clear()
+    TARGET_MAPS.clear()
+
+
+def _channels_last(net: Any) -> None:
+    """The image encoder's weights in channels-last layout: the same values (the fingerprint hashes
+    values), the convolutions skip their layout conversions."""
+    import torch
+
+    net.image_encoder.to(memory_format=torch.channels_last)
+
+
+def _forward_images(net: Any, images: Any) -> Any:
+    """A batch of images as the encoder runs it fastest: on the network's device, channels last."""
+    import torch
+
+    return images.to(net.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def _chunks(n: int, net: Any, batch_size: int) -> list[slice]:
+    size = batch_size if net.device.type == "cuda" else min(batch_size, CPU_FORWARD_IMAGES)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@contextlib.contextmanager
+def _captured_image_maps(net: Any) -> Iterator[list[Any]]:
+    """The outputs of ``net.image_encoder`` while the block runs in this thread (another thread's
+    use of the same network is not captured): the query's maps, reused by its explanation."""
+    me = threading.get_ident()
+    outputs: list[Any] = []
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        if threading.get_ident() == me:
+            outputs.append(output)
+
+    handle = net.image_encoder.register_forward_hook(hook)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+class TargetMapCache:
+    """Library cases' maps on the alignment grid (:func:`monai_cir.explain.grid_maps`), per process:
+    what an explanation needs of a match besides its image, ~33 KB per case for EfficientNet-Lite2
+    (48 + 120 + 352 channels x 4 x 4, float32), least recently used dropped beyond ``max_cases``.
+
+    Keyed by the library file (path, mtime, size), the network's fingerprint and device: a changed
+    file or another model is computed afresh. Thread-safe."""
+
+    def __init__(self, max_cases: int = 2048) -> None:
+        self.max_cases = int(max_cases)
+        self._maps: collections.OrderedDict[tuple, list[Any]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+    def get_many(self, net: Any, targets: dict[tuple, Any], batch_size: int = CPU_FORWARD_IMAGES) -> dict[tuple, list[Any]]:
+        """``{file key: preprocessed image}`` -> ``{file key: per-level grid maps (1, C, h, w)}``; the
+        images not cached run through the image encoder in forwards of ``batch_size`` (CPU: at
+        most :data:`CPU_FORWARD_IMAGES`)."""
+        import torch
+
+        from monai_cir.explain import grid_maps
+        from monai_cir.retrieval import model_fingerprint
+
+        model = (model_fingerprint(net), str(net.device))
+        found: dict[tuple, list[Any]] = {}
+        with self._lock:
+            for key in targets:
+                maps = self._maps.get((*model, key))
+                if maps is not None:
+                    self._maps.move_to_end((*model, key))
+                    found[key] = maps
+        missing = [key for key in targets if key not in found]
+        for part in _chunks(len(missing), net, batch_size):
+            keys = missing[part]
+            with torch.inference_mode():
+                grids = grid_maps(net, net.image_features(_forward_images(net, torch.stack([targets[k] for k in keys]))))
+            for i, key in enumerate(keys):
+                found[key] = [g[i : i + 1].clone() for g in grids]
+        with self._lock:
+            for key in missing:
+                self._maps[(*model, key)] = found[key]
+            while len(self._maps) > self.max_cases:
+                self._maps.popitem(last=False)
+        return found
+
+
+TARGET_MAPS = TargetMapCache()
+
+
+def clear_library_caches() -> None:
+    """Forget every library case this process has seen: decoded images, thumbnails, preprocessed
+    tensors and grid maps (the next study pays for its matches as the first one after a start does)."""
+    TARGET_MAPS.clear()
+    clear_library_images()
 
 
 class ComposedRetrievalOperator(Operator):
@@ -240,9 +366,14 @@ class ComposedRetrievalOperator(Operator):
         import torch
 
         start = time.perf_counter()
-        images = torch.stack([tensor for _, tensor, _, _ in batch]).to(self.net.device, non_blocking=True)
-        with torch.inference_mode():
-            queries = self.net.encode_query(images, [text for _, _, text, _ in batch]).float().cpu().numpy()
+        images = torch.stack([tensor for _, tensor, _, _ in batch])
+        texts = [text for _, _, text, _ in batch]
+        vectors, outputs = [], []
+        with torch.inference_mode(), _captured_image_maps(self.net) as captured:
+            for part in _chunks(len(batch), self.net, self.batch_size):
+                vectors.append(self.net.encode_query(_forward_images(self.net, images[part]), texts[part]).float().cpu())
+                outputs.append(captured[-1] if len(captured) == len(vectors) else None)
+        queries = torch.cat(vectors).numpy()
         if self.net.device.type == "cuda":
             torch.cuda.synchronize()
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
@@ -259,29 +390,59 @@ class ComposedRetrievalOperator(Operator):
             result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
             if not result.hits:
                 result.notices.append("no library case matched the filters")
-            if self.explain:
-                self._explain(result, tensor, text)
             self._logger.info(
                 "query %s: top-%d %s", result.query_id, len(result.hits),
                 ", ".join(f"{h.metadata.diagnosis} {h.score:.3f}" for h in result.hits),
             )
+        if self.explain:
+            self._explain(batch, self._query_maps(outputs, len(batch)))
 
-    def _explain(self, result: QueryResult, query: Any, text: str) -> None:
+    def _query_maps(self, outputs: Sequence[Any], n: int) -> list[Any] | None:
+        """The selected levels' maps of the batch's queries, as ``net.image_features`` returns them,
+        from the encoder outputs captured while encoding (None when they were not all captured:
+        the explanation then computes them)."""
+        import torch
+
+        if not outputs or any(o is None for o in outputs):
+            return None
+        maps = [torch.cat([o[i] for o in outputs]).float() for i in self.net.level_indices]
+        return maps if all(m.shape[0] == n for m in maps) else None
+
+    def _explain(self, batch: list[tuple[QueryResult, Any, str, dict | None]], query_maps: list[Any] | None) -> None:
         """Per match, which regions carried the local similarity and which words the composer used
-        (:func:`monai_cir.explain.explain_matches`: the query encoded once, the matches in one batch);
-        a match whose library image is not reachable from here gets a notice instead."""
+        (:func:`monai_cir.explain.explain_matches`: the query's maps from its encoding, the matches'
+        grid maps from :data:`TARGET_MAPS`, whose misses for the whole batch run in shared forwards);
+        a match whose library image is not reachable from here gets a notice instead. The shared
+        work's time is split evenly over the batch's queries."""
+        import torch
+
         from monai_cir.explain import explain_matches
 
         start = time.perf_counter()
-        reachable, images = [], []
-        for hit in result.hits:
-            image = library_image(hit, max_side=LIBRARY_IMAGE_SIDE)
-            if image is None:
-                result.notices.append(f"no explanation for rank {hit.rank}: the library image is not reachable from this app")
-                continue
-            reachable.append(hit)
-            images.append(image)
-        labels = [f"#{hit.rank} {hit.metadata.diagnosis}" for hit in reachable]
-        for hit, explanation in zip(reachable, explain_matches(self.net, query, text, images, labels=labels)):
-            result.explanations[hit.rank] = explanation
-        result.timing_ms["explain"] = 1000 * (time.perf_counter() - start)
+        plans, targets = [], {}
+        for result, _, _, _ in batch:
+            plan = []
+            for hit in result.hits:
+                found = library_target(hit, self.net.image_size)
+                if found is None:
+                    result.notices.append(f"no explanation for rank {hit.rank}: the library image is not reachable from this app")
+                    continue
+                key, tensor = found
+                targets[key] = tensor
+                plan.append((hit, key, tensor))
+            plans.append(plan)
+        grids = TARGET_MAPS.get_many(self.net, targets, self.batch_size) if targets else {}
+        shared_ms = 1000 * (time.perf_counter() - start) / len(batch)
+        for j, ((result, query, text, _), plan) in enumerate(zip(batch, plans)):
+            t0 = time.perf_counter()
+            if plan:
+                labels = [f"#{hit.rank} {hit.metadata.diagnosis}" for hit, _, _ in plan]
+                explanations = explain_matches(
+                    self.net, query, text, [tensor for _, _, tensor in plan], labels=labels,
+                    query_maps=[m[j : j + 1] for m in query_maps] if query_maps is not None else None,
+                    target_maps=[torch.cat([grids[key][level] for _, key, _ in plan]) for level in range(len(self.net.levels))],
+                )
+                for (hit, _, _), explanation in zip(plan, explanations):
+                    result.explanations[hit.rank] = explanation
+            result.timing_ms["explain"] = shared_ms + 1000 * (time.perf_counter() - t0)
+
