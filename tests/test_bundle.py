@@ -68,6 +68,20 @@ def test_train_workflow_writes_checkpoint(trained_fold):
     assert any((trained_fold / "logs").glob("events.out.tfevents.*"))  # TensorBoard-readable
 
 
+def test_train_workflow_full_batch_regime_keeps_the_last_epoch(tmp_path, shared_data):
+    """train.yaml's own defaults (full batch, no inner validation, no early stopping) on the 30-case
+    subset: the checkpoint is the last epoch's, with the findings gate recorded in its config."""
+    from monai_cir.networks.checkpoint import read_checkpoint
+
+    wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", max_epochs=3)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    payload = read_checkpoint(tmp_path / "models" / "model_fold0.pt")
+    assert payload["extra"]["epoch"] == 3 and payload["extra"]["metrics"] == {}
+    assert payload["config"]["text_gate"] == "findings"
+
+
 def test_evaluate_workflow(trained_fold):
     wf = _workflow(["evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=0, records=SUBSET, cache_name="derm7pt-ci30")
     wf.initialize()

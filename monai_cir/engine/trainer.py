@@ -92,13 +92,16 @@ class RetrievalValidation:
     """Epoch-end handler: inner-validation retrieval metrics into ``engine.state.metrics``.
 
     ``val_score = mAP + Acc@1`` is the key metric for early stopping and the best checkpoint.
+    ``query_idx=None`` (no inner validation: the full-batch regime) makes it a no-op: no metric is set, and
+    :class:`BestHeadKeeper` then keeps the last epoch.
     """
 
-    def __init__(self, model: torch.nn.Module, cache: Any, query_idx: np.ndarray, database_idx: np.ndarray, tta: bool = False, every: int = 1) -> None:
+    def __init__(self, model: torch.nn.Module, cache: Any, query_idx: np.ndarray | None, database_idx: np.ndarray, tta: bool = False, every: int = 1) -> None:
         self.model, self.cache, self.query_idx, self.database_idx, self.tta, self.every = model, cache, query_idx, database_idx, tta, max(1, every)
         self.last: dict[str, float] = {"val_mAP": 0.0, "val_acc1": 0.0, "val_score": -1.0}
         labels = torch.as_tensor(np.asarray(cache.labels)).long()
-        self.q_labels, self.t_labels = labels[query_idx], labels[database_idx]
+        self.q_labels = labels[query_idx] if query_idx is not None else None
+        self.t_labels = labels[database_idx]
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -106,6 +109,8 @@ class RetrievalValidation:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine) -> None:
+        if self.query_idx is None:
+            return
         if engine.state.epoch % self.every and engine.state.epoch != engine.state.max_epochs:
             engine.state.metrics.update(self.last)  # between validations: the last score (no new best, patience counts)
             return
@@ -119,7 +124,10 @@ class RetrievalValidation:
 
 
 class BestHeadKeeper:
-    """Keeps the head weights of the best epoch (by ``metric``) in memory; saves them when ``path`` is set."""
+    """Keeps the head weights of the best epoch (by ``metric``) in memory; saves them when ``path`` is set.
+
+    When no epoch reports ``metric`` (no inner validation), the weights of the last epoch are kept and saved
+    when the run completes."""
 
     def __init__(self, model: torch.nn.Module, metric: str = "val_score", path: str | None = None, save_fn: Callable | None = None) -> None:
         self.model, self.metric, self.path, self.save_fn = model, metric, path, save_fn
@@ -131,8 +139,19 @@ class BestHeadKeeper:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _completed(self, engine) -> None:
+        if self.metric in engine.state.metrics:
+            return
+        self.best_epoch = engine.state.epoch
+        self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        if self.path and self.save_fn is not None:
+            self.save_fn(self.path, epoch=engine.state.epoch, metrics={})
 
     def __call__(self, engine) -> None:
+        if self.metric not in engine.state.metrics:
+            return
         score = float(engine.state.metrics.get(self.metric, -math.inf))
         if score > self.best_score:
             self.best_score, self.best_epoch = score, engine.state.epoch
