@@ -496,6 +496,22 @@ def test_patient_and_study_carried_into_outputs(app_run, results):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_text_without_findings_is_left_out_and_said_so(app_run, results):
+    """The queries' texts are ISIC age / sex only: the findings gate leaves them out of the query, and
+    results.json and the SR say so in one line (the clinician knows the answer is image-only)."""
+    from monai_cir.data.report import TEXT_NOT_USED_NOTICE, recognised_findings
+    from monai_cir.dicom.sr import read_similar_cases_sr
+
+    _, answers = results
+    for name in ("in_library", "held_out"):
+        answer = answers[name]
+        assert answer["text"] and not recognised_findings(answer["text"])
+        assert TEXT_NOT_USED_NOTICE in answer["notices"], answer["notices"]
+        assert TEXT_NOT_USED_NOTICE in read_similar_cases_sr(app_run["out"] / answer["outputs"]["sr"]).notices
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_bad_study_reported_and_skipped(app_run, results):
     summary, answers = results
     assert answers["corrupt"] is None

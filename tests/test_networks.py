@@ -320,3 +320,16 @@ def test_findings_gate_gives_the_image_only_query_for_text_without_findings():
     assert gated.config["text_gate"] == "findings" and ungated.config["text_gate"] == "none"
     with pytest.raises(ValueError, match="text_gate"):
         make_tiny_net(text_gate="sometimes")
+
+
+def test_feature_caches_store_every_text_the_gate_acts_at_query_time():
+    """A cache stores the text as written (text_tokens, no gate): the gated network's own query drops an
+    age / sex text, but the cache keeps its tokens, so gate-off ablations and late fusion still read it."""
+    from monai_cir.data.feature_cache import _encode_texts
+
+    gated = make_tiny_net()
+    texts = ["male patient aged 60", "atypical pigment network"]
+    tokens, mask, sentence = _encode_texts(gated, texts, 8)
+    assert mask.any(dim=1).tolist() == [True, True]
+    assert gated.text_features(texts)[1].any(dim=1).tolist() == [False, True]
+    assert sentence[0].abs().sum() > 0

@@ -339,6 +339,10 @@ class ComposedRetrievalOperator(Operator):
                     raise ValueError("the query has no image")
                 tensor = to_image_tensor(image, self.net.image_size)
                 text = str(attr(result.query, "text", "") or "")
+                if text.strip() and not self.net.texts_used([text])[0]:
+                    from monai_cir.data.report import TEXT_NOT_USED_NOTICE
+
+                    result.notices.append(TEXT_NOT_USED_NOTICE)
                 filters, notice = resolve_site_condition(self.site, attr(result.query, "site"))
                 if notice:
                     result.notices.append(notice)

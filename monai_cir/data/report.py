@@ -37,6 +37,7 @@ __all__ = [
     "case_generator",
     "meta_report",
     "recognised_findings",
+    "TEXT_NOT_USED_NOTICE",
     "render_report",
     "render_reports",
     "report_fields",
@@ -517,3 +518,10 @@ def recognised_findings(text: str) -> tuple[str, ...]:
     (issue 13: "text never hurts")."""
     lowered = text.lower()
     return tuple(key for key, pattern in _FINDING_PATTERNS.items() if pattern.search(lowered))
+
+
+TEXT_NOT_USED_NOTICE = (
+    "the query text was not used: it names no 7-point checklist finding (such as pigment network, streaks, "
+    "blue-whitish veil) in words the model was trained on, so the similar cases were found from the image alone"
+)
+"""What the app tells the clinician when the findings gate left a non-empty text out of the query."""

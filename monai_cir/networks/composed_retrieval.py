@@ -258,14 +258,22 @@ class ComposedRetrievalNet(nn.Module):
 
         return [bool(t.strip()) and (self.text_gate == "none" or bool(recognised_findings(t))) for t in texts]
 
-    def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f_text``: token embeddings and mask. Texts that are blank, or that the ``text_gate`` does
-        not pass, count as no text (their mask is empty: the composers pass the image maps through)."""
+    def text_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_text`` of every text: token embeddings and mask (a blank text has no tokens). No gate: what
+        a feature cache stores (the gate is a query-time decision, :meth:`text_features`)."""
         texts = list(texts)
-        blank = ~torch.tensor(self.texts_used(texts), device=self.device)
+        blank = torch.tensor([not t.strip() for t in texts], device=self.device)
         with self._autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoders):
             tokens, mask = self.text_encoder([t if t.strip() else "" for t in texts])
         return tokens.float(), mask & ~blank.view(-1, 1)
+
+    def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query's text: :meth:`text_tokens`, with the mask emptied for texts the ``text_gate`` does not
+        pass (the composers then pass the image maps through: the image-only query)."""
+        texts = list(texts)
+        tokens, mask = self.text_tokens(texts)
+        used = torch.tensor(self.texts_used(texts), device=mask.device)
+        return tokens, mask & used.view(-1, 1)
 
     def compose(self, maps: Sequence[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """Eq. 5 at every selected level."""
