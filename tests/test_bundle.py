@@ -69,11 +69,12 @@ def test_train_workflow_writes_checkpoint(trained_fold):
 
 
 def test_train_workflow_full_batch_regime_keeps_the_last_epoch(tmp_path, shared_data):
-    """train.yaml's own defaults (full batch, no inner validation, no early stopping) on the 30-case
-    subset: the checkpoint is the last epoch's, with the findings gate recorded in its config."""
+    """train.yaml in the full-batch regime (batch_size 0, no inner validation, no early stopping) on the
+    30-case subset: the checkpoint is the last epoch's, with the findings gate recorded in its config."""
     from monai_cir.networks.checkpoint import read_checkpoint
 
-    wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", max_epochs=3)
+    wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", max_epochs=3,
+                   batch_size=0, val_fraction=0.0, patience=0)
     wf.initialize()
     wf.run()
     wf.finalize()
