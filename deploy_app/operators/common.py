@@ -93,6 +93,14 @@ def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
     a placeholder). Decoded images are kept in a small per-process cache (the explanation and the
     PDF thumbnail of a match read the same file; a service sees the same cases again); the array
     returned is read-only."""
+    key = _file_identity(hit)
+    # one decode per case at the explanation's size; smaller views (PDF thumbnails) are cut from it, once
+    return None if key is None else _library_view(*key, int(max_side))
+
+
+def _file_identity(hit: Any) -> tuple[str, int, int] | None:
+    """``(path, mtime_ns, size)`` of a library case's ``image_path`` (the caches' key: a changed file is
+    read again), or None when it has none or the file is not reachable from here."""
     path = getattr(hit.metadata, "image_path", None)
     if not path:
         return None
@@ -100,8 +108,7 @@ def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
         stat = Path(path).stat()
     except OSError:
         return None
-    # one decode per case at the explanation's size; smaller views (PDF thumbnails) are cut from it, once
-    return _library_view(str(path), stat.st_mtime_ns, stat.st_size, int(max_side))
+    return str(path), stat.st_mtime_ns, stat.st_size
 
 
 @functools.lru_cache(maxsize=64)
@@ -118,14 +125,9 @@ def library_target(hit: Any, image_size: int) -> tuple[tuple, Any] | None:
     uses), and the file's identity ``(path, mtime_ns, size)`` (the key of the targets' map cache);
     None when the file is not reachable from here. Kept in a small per-process cache, as the decoded
     images are."""
-    path = getattr(hit.metadata, "image_path", None)
-    if not path:
+    key = _file_identity(hit)
+    if key is None:
         return None
-    try:
-        stat = Path(path).stat()
-    except OSError:
-        return None
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
     tensor = _library_target(*key, int(image_size))
     return None if tensor is None else (key, tensor)
 

@@ -130,11 +130,7 @@ class CachedComposedModel(nn.Module):
         records = getattr(cache, "records", None)
         if gate == "none" or records is None:  # a cache of bare tensors has no texts to read: its masks decide
             return torch.ones(int(cache.token_mask.shape[0]), dtype=torch.bool)
-        previous, self.net.text_gate = self.net.text_gate, gate
-        try:
-            return torch.tensor(self.net.texts_used([getattr(r, "text", None) or "" for r in records]), dtype=torch.bool)
-        finally:
-            self.net.text_gate = previous
+        return torch.tensor(self.net.texts_used([getattr(r, "text", None) or "" for r in records], gate), dtype=torch.bool)
 
     @torch.no_grad()
     def encode_queries(self, cache: Any, idx: Sequence[int], tta: bool = True, batch_size: int = 128, text_gate: str | None = None) -> torch.Tensor:

@@ -252,11 +252,13 @@ class ComposedRetrievalNet(nn.Module):
             maps = self.image_encoder(images)
         return [maps[i].float() for i in self.level_indices]
 
-    def texts_used(self, texts: Sequence[str]) -> list[bool]:
-        """Which texts the query composes: non-blank ones that pass the network's ``text_gate``."""
+    def texts_used(self, texts: Sequence[str], text_gate: str | None = None) -> list[bool]:
+        """Which texts the query composes: non-blank ones that pass the network's ``text_gate`` (or the
+        ``text_gate`` given here, e.g. ``"none"`` for the ungated ablation)."""
         from ..data.report import recognised_findings
 
-        return [bool(t.strip()) and (self.text_gate == "none" or bool(recognised_findings(t))) for t in texts]
+        gate = self.text_gate if text_gate is None else text_gate
+        return [bool(t.strip()) and (gate == "none" or bool(recognised_findings(t))) for t in texts]
 
     def text_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``f_text`` of every text: token embeddings and mask (a blank text has no tokens). No gate: what
