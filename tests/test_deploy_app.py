@@ -212,6 +212,39 @@ def _dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
+def test_writers_split_a_batch_over_worker_processes(tmp_path):
+    """The SR / PDF writers' work on a batch runs in forked workers (one per CPU): each study's
+    outputs come back, a failing study is marked and the others are written, and the first study a
+    process writes runs in the process itself (its workers inherit what it loaded)."""
+    from monai.deploy.core import Fragment
+
+    from deploy_app.operators import common
+    from deploy_app.operators.common import QueryResult, ResultsOperator
+
+    def write(result: QueryResult) -> None:
+        if result.query_id == "q3":
+            raise ValueError("boom")
+        path = tmp_path / f"{result.query_id}.txt"
+        path.write_text(str(os.getpid()))
+        result.outputs["sr"] = str(path)
+
+    operator = ResultsOperator(Fragment(), name="writer")
+    results = [QueryResult(query_id=f"q{i}", query=None) for i in range(8)]
+    results[5].fail("retrieval", "not answered")
+    common._STAGES_RUN_HERE.discard("sr")
+    operator.for_each_answered(results, "sr", write, "write the SR", parallel=True)
+
+    failed = results[3]
+    assert failed.error == "cannot write the SR: ValueError: boom" and failed.error_stage == "sr" and not failed.outputs
+    assert results[5].error == "not answered" and not results[5].outputs
+    written = [r for i, r in enumerate(results) if i not in (3, 5)]
+    assert all(Path(r.outputs["sr"]).is_file() and r.timing_ms["sr"] > 0 for r in written)
+    pids = {r.query_id: int(Path(r.outputs["sr"]).read_text()) for r in written}
+    assert pids.pop("q0") == os.getpid(), "the first study of the stage runs in this process"
+    if len(os.sched_getaffinity(0)) > 1:
+        assert os.getpid() not in pids.values(), f"the rest ran in worker processes: {pids}"
+
+
 @pytest.mark.slow
 def test_sdk_import_skips_monai_core_until_it_is_used():
     """Importing the app does not run MONAI core's eager ``__init__`` (seconds of imports the app

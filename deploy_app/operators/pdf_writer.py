@@ -49,7 +49,7 @@ class SimilarCasesPDFWriterOperator(ResultsOperator):
             result.outputs["pdf"] = str(pdf_path)
             result.outputs["encapsulated_pdf"] = str(dcm_path)
 
-        return self.for_each_answered(results, "pdf", write, "write the PDF report")
+        return self.for_each_answered(results, "pdf", write, "write the PDF report", parallel=True)
 
 
 def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> None:

@@ -42,7 +42,7 @@ class SimilarCasesSRWriterOperator(ResultsOperator):
             folder.mkdir(parents=True, exist_ok=True)
             result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range))
 
-        return self.for_each_answered(results, "sr", write, "write the similar-cases SR")
+        return self.for_each_answered(results, "sr", write, "write the similar-cases SR", parallel=True)
 
 
 def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> Path:
