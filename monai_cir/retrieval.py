@@ -18,10 +18,12 @@ Every image (library or query) goes through :func:`monai_cir.data.preprocess_ima
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,7 @@ def embed_library(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    grid_maps_out: list[list[torch.Tensor]] | None = None,
 ) -> np.ndarray:
     """Target embeddings ``T`` (N, D) float32 of library images, in batches with a progress bar.
 
@@ -114,6 +117,8 @@ def embed_library(
         batch_size: images per forward pass.
         device: default CUDA when present, else CPU; CUDA runs under fp16 autocast (inside the net).
         num_workers: image decoding processes (0 = in this process).
+        grid_maps_out: a list that gains, per image in order, its grid maps
+            (:func:`monai_cir.explain.grid_maps`, per level (1, C, h, w)) from the same forward.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -126,11 +131,36 @@ def embed_library(
     done = 0
     with tqdm(total=len(items), unit="img", desc="embedding library", disable=not progress) as bar:
         for batch in loader:
-            vectors = net.encode_target(batch.to(net.device, non_blocking=True))
+            with captured_image_maps(net) as captured:
+                vectors = net.encode_target(batch.to(net.device, non_blocking=True))
             out[done : done + len(batch)] = vectors.float().cpu().numpy()
+            if grid_maps_out is not None:
+                from .explain import grid_maps
+
+                grids = grid_maps(net, [captured[-1][i] for i in net.level_indices])
+                grid_maps_out.extend([g[j : j + 1].cpu() for g in grids] for j in range(len(batch)))
             done += len(batch)
             bar.update(len(batch))
     return out
+
+
+@contextlib.contextmanager
+def captured_image_maps(net: Any) -> Iterator[list[Any]]:
+    """The outputs of ``net.image_encoder`` (all its levels) while the block runs in this thread
+    (another thread's use of the same network is not captured): the maps an encoding computed, for
+    what else needs them (the grid maps of an explanation) without a second forward."""
+    me = threading.get_ident()
+    outputs: list[Any] = []
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        if threading.get_ident() == me:
+            outputs.append(output)
+
+    handle = net.image_encoder.register_forward_hook(hook)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 @torch.inference_mode()
@@ -207,6 +237,7 @@ def build_index(
     index: CaseIndex | None = None,
     update: bool = False,
     progress: bool = True,
+    grid_store: str | Path | None = None,
     **index_options: Any,
 ) -> CaseIndex:
     """Embed a case library and index it.
@@ -217,6 +248,10 @@ def build_index(
         index: an existing index to add to (its fingerprint must match ``net``); else a new one
             with ``backend`` and ``index_options`` (e.g. ``exact_max``, or ``uri`` for Milvus).
         update: replace cases whose id is already in ``index`` (else that is an error).
+        grid_store: a folder (``<index>/grid_maps``, :data:`monai_cir.grid_store.GRID_STORE_DIR`)
+            that keeps the library images' grid maps from the same forward, for explanations
+            without a forward per match (:class:`monai_cir.grid_store.GridMapStore`; merged with
+            what is there). None: not kept.
     """
     records = list(records)
     metadata = list(metadata) if metadata is not None else [record_metadata(r) for r in records]
@@ -233,8 +268,17 @@ def build_index(
         existing = [i for i in ids if i in index]
         if existing and not update:
             raise ValueError(f"{len(existing)} case id(s) are already in the index (e.g. {existing[:5]}); pass update=True to replace them")
-    embeddings = embed_library(net, records, batch_size=batch_size, device=device, progress=progress)
+    grids: list[list[torch.Tensor]] | None = [] if grid_store is not None else None
+    embeddings = embed_library(net, records, batch_size=batch_size, device=device, progress=progress, grid_maps_out=grids)
     index.add(embeddings, metadata, update=update)
+    if grids is not None:
+        from .grid_store import GridMapStore, file_identity
+
+        entries = {key: maps for meta, maps in zip(metadata, grids) if (key := file_identity(meta.image_path)) is not None}
+        if entries:
+            GridMapStore.write(grid_store, fingerprint, entries, merge=True)
+        else:
+            logger.info("no library image is a file reachable from here: no grid maps written to %s", grid_store)
     return index
 
 

@@ -456,10 +456,15 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch):
-    """A batch's explanations reuse the queries' maps from their encoding and run each library case
-    through the image encoder once (then from the per-process cache): the same explanations as
-    :func:`monai_cir.explain.explain_match` from scratch, each score the match's own."""
+@pytest.mark.parametrize("grid_store", [False, True], ids=["no-grid-store", "grid-store"])
+def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch, grid_store):
+    """A batch's explanations reuse the queries' maps from their encoding and take each library
+    case's grid maps from the store the index build wrote (``MODELS/index/grid_maps``), or without
+    it run each library case through the image encoder once (then from the per-process cache):
+    the same explanations as :func:`monai_cir.explain.explain_match` from scratch, each score the
+    match's own."""
+    import dataclasses
+
     import torch
 
     from deploy_app.app import load_models, run_app
@@ -471,7 +476,10 @@ def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, resul
     from monai_cir.retrieval import to_image_tensor
 
     models = load_models(app_run["root"] / "models", device="cpu")
-    retrieval_op.TARGET_MAPS.clear()
+    assert models.grid_maps is not None and len(models.grid_maps) == LIBRARY_SIZE  # written by index_dicom_library
+    if not grid_store:
+        models = dataclasses.replace(models, grid_maps=None)
+    retrieval_op.clear_library_caches()
     seen: list = []
     write = sr_writer.write_similar_cases_sr
     monkeypatch.setattr(sr_writer, "write_similar_cases_sr", lambda result, *a, **k: (seen.append(result), write(result, *a, **k))[1])
@@ -487,7 +495,8 @@ def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, resul
         handle.remove()
     assert len(seen_first) == 2
     cases = {hit.metadata.case_id for result in seen_first for hit in result.hits}
-    assert first == 2 + len(cases)  # the two queries once, each library case among their hits once
+    # the two queries once, and without the store each library case among their hits once
+    assert first == 2 + (0 if grid_store else len(cases))
     assert sum(encoded) == 2  # again: only the queries; the library cases' maps are cached
     for result in seen_first:
         query = to_image_tensor(result.query.image, models.net.image_size)

@@ -85,6 +85,44 @@ def test_build_and_search(net, library, tmp_path):
     assert [h.case_id for h in retrieval.search(net, loaded, library[4].image_path, "", k=6)] == [h.case_id for h in retrieval.search(net, index, library[4].image_path, "", k=6)]
 
 
+def test_index_build_keeps_the_grid_maps_explanations_read(net, library, tmp_path):
+    """The grid maps the index build keeps (same forward) are the ones an explanation computes from
+    the image; an index that gains cases merges them; a changed file, another model or a damaged
+    store misses (the caller computes), it never serves maps of something else."""
+    import os
+    import shutil
+
+    from monai_cir.explain import grid_maps
+    from monai_cir.grid_store import GridMapStore, file_identity
+
+    store_dir = tmp_path / "ix" / "grid_maps"
+    index = retrieval.build_index(net, library[:4], batch_size=3, device="cpu", progress=False, grid_store=store_dir)
+    index.save(tmp_path / "ix")  # the store inside the index folder does not make it "foreign"
+    fingerprint = retrieval.model_fingerprint(net)
+    store = GridMapStore.load(store_dir, fingerprint)
+    assert store is not None and len(store) == 4
+    with torch.inference_mode():
+        image = retrieval.to_image_tensor(library[2].image_path, net.image_size)[None]
+        expected = grid_maps(net, net.image_features(image))
+    got = store.get(file_identity(library[2].image_path))
+    assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+    retrieval.build_index(net, library[4:], device="cpu", progress=False, index=index, grid_store=store_dir)
+    assert len(GridMapStore.load(store_dir, fingerprint)) == 6
+
+    moved = tmp_path / "moved.png"
+    shutil.copy(library[1].image_path, moved)
+    key = file_identity(moved)
+    GridMapStore.write(store_dir, fingerprint, {key: got})
+    os.utime(moved, ns=(key[1] + 10**9, key[1] + 10**9))  # the file changed after the build
+    assert GridMapStore.load(store_dir, fingerprint).get(file_identity(moved)) is None
+    assert GridMapStore.load(store_dir, "another model") is None
+    (store_dir / "maps.npy").write_bytes(b"not an array")
+    assert GridMapStore.load(store_dir, fingerprint) is None
+
+
 def test_search_refuses_another_model(net, library):
     index = retrieval.build_index(net, library[:2], device="cpu", progress=False)
     other = make_tiny_net(beta=0.5)

@@ -14,7 +14,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,16 +104,12 @@ def library_image(hit: Any, max_side: int = 384) -> np.ndarray | None:
 
 
 def _file_identity(hit: Any) -> tuple[str, int, int] | None:
-    """``(path, mtime_ns, size)`` of a library case's ``image_path`` (the caches' key: a changed file is
-    read again), or None when it has none or the file is not reachable from here."""
-    path = getattr(hit.metadata, "image_path", None)
-    if not path:
-        return None
-    try:
-        stat = Path(path).stat()
-    except OSError:
-        return None
-    return str(path), stat.st_mtime_ns, stat.st_size
+    """``(path, mtime_ns, size)`` of a library case's ``image_path`` (the caches' key, and the grid
+    maps store's: a changed file is read again), or None when it has none or the file is not
+    reachable from here."""
+    from monai_cir.grid_store import file_identity
+
+    return file_identity(getattr(hit.metadata, "image_path", None))
 
 
 @functools.lru_cache(maxsize=64)

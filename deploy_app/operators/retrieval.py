@@ -10,18 +10,19 @@ images (a larger CPU batch costs more per image: the L level's maps no longer fi
 
 Explanations (``explain=True``) reuse what the search computed: the query's image maps from its
 encoding, and per library case the maps pooled to the alignment grid (a few KB per case, kept in a
-per-process cache, :class:`TargetMapCache`); the library images of all the queries of a batch that
-are not cached yet run in shared forwards, each case once.
+per-process cache, :class:`TargetMapCache`, and read from the library's grid maps store,
+``MODELS/index/grid_maps``, which ``monai-cir index build`` writes from the index's own forwards);
+the library images of all the queries of a batch that are in neither run in shared forwards, each
+case once.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class LoadedModels:
     checkpoint: Path
     index_dir: Path
     load_s: float
+    grid_maps: Any = None  # monai_cir.grid_store.GridMapStore of the library (MODELS/index/grid_maps), or None
 
     @property
     def device(self) -> Any:
@@ -137,6 +139,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
     calibration: a second call with unchanged files returns the same object at no cost; a rebuilt
     index or a new checkpoint is loaded afresh. Thread-safe."""
     from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
+    from monai_cir.grid_store import GRID_STORE_DIR, GridMapStore
     from monai_cir.index import load_index
     from monai_cir.networks import load_model
     from monai_cir.retrieval import model_fingerprint
@@ -156,7 +159,9 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
         start = time.perf_counter()
         net = load_model(checkpoint, device=device)
         _channels_last(net)
-        index = load_index(index_dir, expected_fingerprint=model_fingerprint(net))
+        fingerprint = model_fingerprint(net)
+        index = load_index(index_dir, expected_fingerprint=fingerprint)
+        grid_maps = GridMapStore.load(index_dir / GRID_STORE_DIR, fingerprint)
         if calibration_file.is_file():
             calibration = EvidenceCalibration.load(calibration_file)
         else:
@@ -164,11 +169,11 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
             calibration = UNCALIBRATED
         loaded = LoadedModels(
             net=net, index=index, calibration=calibration, classes=sorted(index.info()["diagnosis"]),
-            checkpoint=checkpoint, index_dir=index_dir, load_s=time.perf_counter() - start,
+            checkpoint=checkpoint, index_dir=index_dir, load_s=time.perf_counter() - start, grid_maps=grid_maps,
         )
         logger.info(
-            "model %s on %s, case index %s (%d cases), loaded in %.1f s",
-            checkpoint, device, index_dir, len(index), loaded.load_s,
+            "model %s on %s, case index %s (%d cases, grid maps of %d), loaded in %.1f s",
+            checkpoint, device, index_dir, len(index), len(grid_maps) if grid_maps is not None else 0, loaded.load_s,
         )
         if cache:
             for old in [k for k in _MODELS_CACHE if k[:2] == key[:2]]:  # the same folder's stale entry
@@ -204,24 +209,6 @@ def _chunks(n: int, net: Any, batch_size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-@contextlib.contextmanager
-def _captured_image_maps(net: Any) -> Iterator[list[Any]]:
-    """The outputs of ``net.image_encoder`` while the block runs in this thread (another thread's
-    use of the same network is not captured): the query's maps, reused by its explanation."""
-    me = threading.get_ident()
-    outputs: list[Any] = []
-
-    def hook(module: Any, args: Any, output: Any) -> None:
-        if threading.get_ident() == me:
-            outputs.append(output)
-
-    handle = net.image_encoder.register_forward_hook(hook)
-    try:
-        yield outputs
-    finally:
-        handle.remove()
-
-
 class TargetMapCache:
     """Library cases' maps on the alignment grid (:func:`monai_cir.explain.grid_maps`), per process:
     what an explanation needs of a match besides its image, ~33 KB per case for EfficientNet-Lite2
@@ -242,10 +229,12 @@ class TargetMapCache:
         with self._lock:
             self._maps.clear()
 
-    def get_many(self, net: Any, targets: dict[tuple, Any], batch_size: int = CPU_FORWARD_IMAGES) -> dict[tuple, list[Any]]:
+    def get_many(self, net: Any, targets: dict[tuple, Any], batch_size: int = CPU_FORWARD_IMAGES, store: Any = None) -> dict[tuple, list[Any]]:
         """``{file key: preprocessed image}`` -> ``{file key: per-level grid maps (1, C, h, w)}``; the
-        images not cached run through the image encoder in forwards of ``batch_size`` (CPU: at
-        most :data:`CPU_FORWARD_IMAGES`)."""
+        images not cached here are read from ``store`` (the library's
+        :class:`~monai_cir.grid_store.GridMapStore`, written with the index, when it was written for
+        this network), the others run through the image encoder in forwards of ``batch_size``
+        (CPU: at most :data:`CPU_FORWARD_IMAGES`)."""
         import torch
 
         from monai_cir.explain import grid_maps
@@ -260,6 +249,13 @@ class TargetMapCache:
                     self._maps.move_to_end((*model, key))
                     found[key] = maps
         missing = [key for key in targets if key not in found]
+        if store is not None and store.fingerprint == model[0]:
+            for key in missing:
+                maps = store.get(key)
+                if maps is not None:
+                    found[key] = [m.to(net.device) for m in maps]
+        stored = [key for key in missing if key in found]
+        missing = [key for key in missing if key not in found]
         for part in _chunks(len(missing), net, batch_size):
             keys = missing[part]
             with torch.inference_mode():
@@ -267,7 +263,7 @@ class TargetMapCache:
             for i, key in enumerate(keys):
                 found[key] = [g[i : i + 1].clone() for g in grids]
         with self._lock:
-            for key in missing:
+            for key in (*stored, *missing):
                 self._maps[(*model, key)] = found[key]
             while len(self._maps) > self.max_cases:
                 self._maps.popitem(last=False)
@@ -369,11 +365,13 @@ class ComposedRetrievalOperator(Operator):
     def _search_batch(self, batch: list[tuple[QueryResult, Any, str, dict | None]]) -> None:
         import torch
 
+        from monai_cir.retrieval import captured_image_maps
+
         start = time.perf_counter()
         images = torch.stack([tensor for _, tensor, _, _ in batch])
         texts = [text for _, _, text, _ in batch]
         vectors, outputs = [], []
-        with torch.inference_mode(), _captured_image_maps(self.net) as captured:
+        with torch.inference_mode(), captured_image_maps(self.net) as captured:
             for part in _chunks(len(batch), self.net, self.batch_size):
                 vectors.append(self.net.encode_query(_forward_images(self.net, images[part]), texts[part]).float().cpu())
                 outputs.append(captured[-1] if len(captured) == len(vectors) else None)
@@ -435,7 +433,7 @@ class ComposedRetrievalOperator(Operator):
                 targets[key] = tensor
                 plan.append((hit, key, tensor))
             plans.append(plan)
-        grids = TARGET_MAPS.get_many(self.net, targets, self.batch_size) if targets else {}
+        grids = TARGET_MAPS.get_many(self.net, targets, self.batch_size, store=self.models.grid_maps) if targets else {}
         shared_ms = 1000 * (time.perf_counter() - start) / len(batch)
         for j, ((result, query, text, _), plan) in enumerate(zip(batch, plans)):
             t0 = time.perf_counter()

@@ -174,8 +174,10 @@ def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = N
             net = load_model(None)
         save_checkpoint(net, models / "model.pt", note="untrained offline default (demo)")
         print(f"[demo] model: no trained checkpoint (bundle/models/model.pt or $MONAI_CIR_MODEL): the untrained offline default, saved to {models / 'model.pt'}")
+    from monai_cir.index.base import GRID_STORE_DIR
+
     queries, metadata = retrieval.dicom_library(library)
-    index = retrieval.build_index(net, queries, metadata=metadata, batch_size=16)
+    index = retrieval.build_index(net, queries, metadata=metadata, batch_size=16, grid_store=models / "index" / GRID_STORE_DIR)
     index.save(models / "index")
     return len(index)
 

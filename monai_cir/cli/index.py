@@ -42,6 +42,10 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="index only the first N cases (a quick look)")
     parser.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
     parser.add_argument("--confirmed-only", action="store_true", help="keep only histopathology-confirmed (biopsy-confirmed) cases")
+    parser.add_argument(
+        "--no-grid-maps", action="store_true",
+        help="do not keep the library images' grid maps in <index>/grid_maps (~33 KB a case; the app's explanations then run a forward per match)",
+    )
 
 
 def add_parser(subparsers: Any) -> None:
@@ -129,6 +133,7 @@ def _library(args: argparse.Namespace) -> tuple[list[Any], list[Any] | None]:
 def run_build(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.index import MANIFEST_NAME, load_index
+    from monai_cir.index.base import GRID_STORE_DIR
     from monai_cir.networks import load_model
 
     if (args.out / MANIFEST_NAME).is_file() and not args.overwrite:
@@ -142,7 +147,10 @@ def run_build(args: argparse.Namespace) -> int:
     else:
         options = {"exact_max": args.exact_max}
     logger.info("embedding %d cases at %d px (batch %d)", len(records), net.image_size, args.batch_size)
-    index = retrieval.build_index(net, records, metadata, batch_size=args.batch_size, device=args.device, backend=args.backend, **options)
+    index = retrieval.build_index(
+        net, records, metadata, batch_size=args.batch_size, device=args.device, backend=args.backend,
+        grid_store=None if args.no_grid_maps else args.out / GRID_STORE_DIR, **options,
+    )
     index.save(args.out)
     load_index(args.out)  # read back what was written: a failed check is reported now, not at search time
     print(f"indexed {len(index)} cases ({args.backend}, dim {index.dim}) -> {args.out}")
@@ -152,6 +160,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.index import load_index
+    from monai_cir.index.base import GRID_STORE_DIR
     from monai_cir.networks import load_model
 
     net = load_model(args.model)
@@ -166,7 +175,10 @@ def run_add(args: argparse.Namespace) -> int:
     if not new:
         print(f"no new cases: the index {args.index} keeps its {len(index)} cases")
         return 0
-    retrieval.build_index(net, [records[i] for i in new], [metadata[i] for i in new], batch_size=args.batch_size, device=args.device, index=index)
+    retrieval.build_index(
+        net, [records[i] for i in new], [metadata[i] for i in new], batch_size=args.batch_size, device=args.device, index=index,
+        grid_store=None if args.no_grid_maps else args.index / GRID_STORE_DIR,
+    )
     index.save(args.index)  # atomic: a crash before the manifest rename leaves the previous index
     load_index(args.index)
     print(f"added {len(new)} cases -> {args.index} ({len(index)} cases)")

@@ -6,7 +6,8 @@ current generation (``<role>-<token>.<ext>``) with their size and SHA-256. A sav
 generation's files beside the old ones (temp name, fsync, rename), then replaces the manifest with
 one atomic rename, then deletes the old generation. A failure at any step before that rename leaves
 the previous manifest pointing at the previous, untouched files; a file damaged later is caught on
-load by its checksum.
+load by its checksum. The folder may also hold ``grid_maps/`` (:data:`GRID_STORE_DIR`), which is not
+part of the index.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+# a subfolder of an index folder, outside the manifest: the library images' grid maps for the
+# explanations (monai_cir.grid_store, a cache keyed by file identity; losing it costs speed only)
+GRID_STORE_DIR = "grid_maps"
 INDEX_FORMAT = "monai-cir-index/1"
 REBUILD_HINT = "rebuild the index with `monai-cir index build`"
 
@@ -222,7 +226,7 @@ def write_generation(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} exists and is not a folder; choose a folder for the index")
-    if require_empty and directory.is_dir() and any(directory.iterdir()) and not (directory / MANIFEST_NAME).is_file():
+    if require_empty and directory.is_dir() and any(p.name != GRID_STORE_DIR for p in directory.iterdir()) and not (directory / MANIFEST_NAME).is_file():
         raise ValueError(f"{directory} is not empty and holds no monai-cir index; choose a new or empty folder")
     directory.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
