@@ -11,8 +11,10 @@
   preprocess, encode, search, explain, SR, PDF; ``other`` = wall - stages (the SDK's graph, writing
   results.json / problems.json). Twice: ``steady`` (the library cases of the matches seen before in
   this process: their decoded images, thumbnails and grid maps cached, as in a service after its
-  first studies) and ``first_sight`` (those caches cleared before each run: the matches' images are
-  decoded and run through the image encoder, as for the first study after a start).
+  first studies) and ``first_sight`` (those caches cleared before each run, as for the first study
+  after a start: the matches' images are decoded and their grid maps read from the store the index
+  build wrote, ``MODELS/index/grid_maps``); then ``first_sight_without_grid_store`` (the same with
+  no store: the matches run through the image encoder, as with an index built ``--no-grid-maps``).
 - **warm, a batch** of ``--studies`` studies in one run (batch size = the number of studies):
   per-study cost = run wall / studies, against the single study's p50; first sight (caches
   cleared), then steady (the same batch again).
@@ -170,8 +172,9 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
     run_app_in_process(single, work / f"out-{device}-first", models, settings)  # first study of a process: lazy imports
     entry: dict = {}
     last = None
-    for name, first_sight in (("steady", False), ("first_sight", True)):
-        runs, cpu_ms = single_runs(single, work / f"out-{device}-single", models, settings, args.warm_runs, first_sight)
+    without_store = dataclasses.replace(models, grid_maps=None)
+    for name, first_sight, loaded in (("steady", False, models), ("first_sight", True, models), ("first_sight_without_grid_store", True, without_store)):
+        runs, cpu_ms = single_runs(single, work / f"out-{device}-single", loaded, settings, args.warm_runs, first_sight)
         entry[name] = single_entry(runs, cpu_ms)
         last = last or runs[-1][1]
         print(f"[{device}] warm single study, {name}: p50 {entry[name]['p50']:.0f} ms (CPU {entry[name]['cpu_ms']['p50']:.0f} ms) over {len(runs)} runs; stages {entry[name]['stages_p50_ms']}", flush=True)
@@ -181,7 +184,8 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
         batches[name] = batch_entry(several, work / f"out-{device}-batch", models, settings_b, entry[name], first_sight)
         b = batches[name]
         print(f"[{device}] batch of {b['studies']}, {name}: {b['per_study_ms']:.0f} ms per study = {b['per_study_over_single_p50']:.2f} x the single study's p50 (CPU {b['per_study_cpu_over_single_cpu_p50']:.2f} x)", flush=True)
-    return {"single_study_ms": entry, "batch": batches}, last
+    stored = len(models.grid_maps) if models.grid_maps is not None else 0
+    return {"library_grid_maps_stored": stored, "single_study_ms": entry, "batch": batches}, last
 
 
 def main() -> int:
@@ -206,7 +210,10 @@ def main() -> int:
     records = load_isic_uda1()
     held_out, library_records = _select_library(records, DEMO_QUERY_ID, args.limit)
     work = cache_dir("bench", "app_latency")
-    _, models = build_demo_library(library_records, work / "library-cache", rebuild=False)
+    from monai_cir.index.base import GRID_STORE_DIR
+
+    cached = work / "library-cache" / "models" / "index" / GRID_STORE_DIR
+    _, models = build_demo_library(library_records, work / "library-cache", rebuild=not cached.is_dir())
 
     single, several = work / "single", work / "several"
     for folder in (single, several):
@@ -225,7 +232,7 @@ def main() -> int:
         "what": {
             "cold_s": "`python -m deploy_app` on one study as a subprocess: wall time launch to exit; process_start_to_ready_s from results.json (imports + models loaded)",
             "cold_breakdown": "a fresh process: each import group, then load_models, in order (wall and CPU seconds)",
-            "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the SR / PDF writers' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run",
+            "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the SR / PDF writers' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run, the matches' grid maps read from MODELS/index/grid_maps (written by the index build); first_sight_without_grid_store: the same without that store (the matches run through the image encoder)",
             "batch": "warm: one run answering the studies together (batch_size = studies; the SR and PDF writers split the studies over forked workers, one per CPU); per-study cost = run wall / studies; first_sight (library caches cleared) against the single study's first_sight p50, then steady (the same batch again) against the steady p50",
             "cold_first_study_s": "launch_to_exit - process_start_to_ready: the first study of a fresh process (its lazy imports: highdicom, reportlab; the first forwards) and the SDK's shutdown",
         },
