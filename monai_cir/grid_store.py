@@ -143,4 +143,3 @@ class GridMapStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return directory
-

@@ -131,7 +131,8 @@ def embed_library(
     done = 0
     with tqdm(total=len(items), unit="img", desc="embedding library", disable=not progress) as bar:
         for batch in loader:
-            with captured_image_maps(net) as captured:
+            # the encoder's maps are kept only when the grid maps are asked for
+            with captured_image_maps(net) if grid_maps_out is not None else contextlib.nullcontext([]) as captured:
                 vectors = net.encode_target(batch.to(net.device, non_blocking=True))
             out[done : done + len(batch)] = vectors.float().cpu().numpy()
             if grid_maps_out is not None:
