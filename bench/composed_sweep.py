@@ -3,9 +3,9 @@
     .venv/bin/python bench/composed_sweep.py --folds 0 --only default paper_regime paper_regime_textaug8 \
         paper_regime_textaug4_findings --text-forms template,reworded,partial,demographics,empty   # the committed file
 
-The composed default (:data:`monai_cir.engine.cv_methods.METHOD_DEFAULTS`) is the full-batch regime (Adam 1e-3,
-the whole training set as one batch, 200 epochs, last epoch kept, symmetric SupCon τ 0.1) on the template texts,
-with the findings gate at query time. Each variant overrides the options of the ``composed`` method (``train`` / ``net`` / ``text`` dicts of
+The composed default (:data:`monai_cir.engine.cv_methods.METHOD_DEFAULTS`) is the paper's regime (Adam 1e-4,
+batches of 96, up to 100 epochs with early stopping, SupCon τ 0.2, composers at 3x the lr) on the template
+texts, with the findings gate at query time (``composed_fullbatch`` is the full-batch regime). Each variant overrides the options of the ``composed`` method (``train`` / ``net`` / ``text`` dicts of
 :data:`monai_cir.engine.cv_methods.METHOD_DEFAULTS`) and runs the protocol of ``monai-cir evaluate`` for
 ``composed`` and ``composed_image_query`` (the same model queried with the image alone).
 ``--references`` adds the ``late_fusion`` and ``late_fusion_fullbatch`` rows. Writes
@@ -29,7 +29,7 @@ _FINDINGS_ONLY = {"template": 0.5, "findings": 0.5}
 # the paper's regime (the composed default before issue 13's sweep): early-stopped mini-batches of 96
 _PAPER = {"lr": 1e-4, "batch_size": 96, "epochs": 100, "patience": 30, "val_fraction": 0.15, "temperature": 0.2, "target_weight": 1.0, "symmetric_weight": 0.0}
 VARIANTS: dict[str, dict] = {
-    "default": {},  # the composed default: full-batch regime, template texts, findings gate at query
+    "default": {},  # the composed default: paper regime, template texts, findings gate at query
     "paper_regime": {"train": dict(_PAPER)},
     # text augmentation (issue 13): 8 re-wordings per case in augment_report's full mix (subsets, orders,
     # styles, SR-coded, demographics, empty), or 4 with template + findings subsets only

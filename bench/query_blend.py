@@ -1,0 +1,114 @@
+"""Probe of a lever for "text never hurts" (issue 13): blend the composed query with the same network's
+image-only query, ``Q = w Q_composed + (1 - w) Q_image``.
+
+    .venv/bin/python bench/query_blend.py          # the committed file (5 folds, template + partial texts)
+
+Both are ``embed_maps`` vectors of one network, so ``Q . T = w S_composed + (1 - w) S_image`` (Eq. 9 on
+each): the blend is a blend of scores, and its region decomposition is the same blend of the two
+decompositions. Rules for ``w`` per query: constants, and ``w = n / 7`` where ``n`` is the number of
+7-point criteria the text names (:func:`monai_cir.data.report.recognised_findings`): a template text
+names all 7 (``w = 1``, unchanged), a partial one 1-4. A text the findings gate drops has ``w = 0`` under
+every rule (it is the image-only query already). The ``composed`` method is trained once per fold
+(the same models as ``monai-cir evaluate``) and queried under each rule. Writes
+``bench/results/derm7pt_query_blend.json`` and ``.md`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+FORMS = ("template", "partial")
+RULES = {
+    "w=1 (the composed default)": lambda n: n.new_ones(n.shape),
+    "w=0 (the image-only query)": lambda n: n.new_zeros(n.shape),
+    "w=0.8": lambda n: n.new_full(n.shape, 0.8),
+    "w=0.65": lambda n: n.new_full(n.shape, 0.65),
+    "w=0.5": lambda n: n.new_full(n.shape, 0.5),
+    "w=n/7": lambda n: n / 7,
+    "w=min(1,n/5)": lambda n: (n / 5).clamp(max=1),
+    "w=sqrt(n/7)": lambda n: (n / 7).sqrt(),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", type=Path, default=Path("bench/results/derm7pt_query_blend.json"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from monai_cir.data.feature_cache import build_feature_cache
+    from monai_cir.data.report import recognised_findings
+    from monai_cir.engine import cv_methods
+    from monai_cir.evaluation import evaluate, register_method, text_form_cache, unregister_method
+    from monai_cir.provenance import git_commit, machine_info
+
+    def blended(ctx, rule):
+        models = cv_methods.train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+        tta = cv_methods.method_options("composed", ctx.config)["train"].get("tta", True)
+        empty = text_form_cache(ctx.query_cache, "empty")
+        q_text = cv_methods._concat([m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta) for m in models])
+        q_image = cv_methods._concat([m.encode_queries(empty, ctx.query_indices, tta=tta) for m in models])
+        t = cv_methods._concat([m.encode_targets(ctx.cache, ctx.database_indices, tta=tta) for m in models])
+        n = torch.tensor([len(recognised_findings(ctx.query_cache.records[int(i)].text)) for i in ctx.query_indices], dtype=torch.float32)
+        w = rule(n).clamp(0, 1).view(-1, 1)
+        return w * q_text + (1 - w) * q_image, t
+
+    commit = git_commit()
+    print(f"commit {commit['sha']}{' (dirty)' if commit['dirty'] else ''}", flush=True)
+    cache = build_feature_cache("derm7pt", 260)
+    names = {rule: f"query_blend_{i}" for i, rule in enumerate(RULES)}
+    for rule, name in names.items():
+        register_method(name, label=rule)(lambda ctx, fn=RULES[rule]: blended(ctx, fn))
+    start = time.perf_counter()
+    try:
+        res = evaluate(list(names.values()), folds=args.folds, cache=cache, progress=True, text_forms=list(FORMS))
+    finally:
+        for name in names.values():
+            unregister_method(name)
+    wall = time.perf_counter() - start
+    rows = []
+    for rule, name in names.items():
+        row = {"rule": rule, **{form: {k: res["text_forms"]["derm7pt"][form][name][k] for k in KEYS} for form in FORMS}}
+        rows.append(row)
+        print(f"{rule:28s} " + "  ".join(f"{form} Acc@1 {row[form]['acc@1']['mean']:.1f} mAP {row[form]['map']['mean']:.1f}" for form in FORMS), flush=True)
+    payload = {
+        "benchmark": "derm7pt: blending the composed query with the image-only query (bench/query_blend.py)",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python bench/query_blend.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": commit,
+        "machine": machine_info(),
+        "folds": args.folds,
+        "wall_time_s": round(wall, 1),
+        "rows": rows,
+        "train_log": res.get("train_log"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# Derm7pt: composed query blended with the image-only query\n\n`{payload['command']}` (commit {commit['sha']}"
+             f"{', dirty' if commit['dirty'] else ''}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent. "
+             "Row w=0 is the same network's image-only query, the reference of \"text never hurts\".\n",
+             "| Rule | " + " | ".join(f"{form} {k}" for form in FORMS for k in ("Acc@1", "Acc@4", "mAP", "P@5")) + " |",
+             "|---|" + "---|" * (4 * len(FORMS))]
+    for r in rows:
+        cells = " | ".join(f"{r[form][k]['mean']:.1f} ± {r[form][k]['std']:.1f}" for form in FORMS for k in ("acc@1", "acc@4", "map", "p@5"))
+        lines.append(f"| {r['rule']} | {cells} |")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out} ({wall:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
