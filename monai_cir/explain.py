@@ -28,6 +28,10 @@ For a query (image + text) and one retrieved image, :func:`explain_match` return
   levels, word pieces merged into words and special tokens dropped. The tanh gate of each level
   says how much that attention changed the maps at all (gate 0: the text had no effect).
 
+A query whose text names few findings is the blend ``w Q_composed + (1 - w) Q_image`` (the network's
+``full_text_findings``): its explanation is the same blend of the two queries' explanations, part by
+part, so the parts still add up to the score (``extra["text_weight"]`` holds ``w``).
+
 What it does **not** show: a heatmap is where this network's similarity came from, not where a
 lesion is or which dermoscopic structure is diagnostic; attention weights are not causal
 attributions (see ``docs/explain.md``).
@@ -37,6 +41,7 @@ attributions (see ``docs/explain.md``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -162,6 +167,9 @@ class Explanation:
         ]
         if self.levels:
             parts.append("local cosine per level " + ", ".join(f"{lv.level} {lv.local_cosine:.2f}" for lv in self.levels))
+        weight = self.extra.get("text_weight")
+        if weight is not None:
+            parts.append(f"query = {weight:.2f} x (image + text) + {1 - weight:.2f} x image alone (the text names few 7-point findings)")
         words = self.top_tokens(n_tokens)
         if words and any(abs(lv.gate) > 0 for lv in self.levels):
             parts.append("query words attended most: " + ", ".join(w.word for w in words))
@@ -190,6 +198,7 @@ class Explanation:
                 for lv in self.levels
             ],
             "score_parts": self.score_parts(),
+            "text_weight": self.extra.get("text_weight", 1.0 if self.tokens else 0.0),
             "top_words": [{"word": t.word, "weight": t.weight} for t in self.top_tokens(n_tokens)],
         }
 
@@ -390,7 +399,16 @@ def explain_matches(
         composed = [composer(xq.float(), tokens, mask, return_attention=True) for composer, xq in zip(net.composers, q_maps)]
         attention_mean = np.mean([attention[0].float().cpu().numpy() for _, attention in composed], axis=0)
         words = _ranked_words(net, text, attention_mean) if bool(mask.any()) else []
-        return _explain_pairs(net, q, composed, t_all, [m.to(q.device) for m in t_grids], text, words, query_label, labels)
+        t_grids = [m.to(q.device) for m in t_grids]
+        explained = _explain_pairs(net, q, composed, t_all, t_grids, text, words, query_label, labels)
+        weight = net.text_weights([text])[0]
+        if 0.0 < weight < 1.0:
+            # a text with few findings: the query is w Q_composed + (1 - w) Q_image, so every part of the
+            # score (regions, positions, residuals, cosines) is the same blend of the two explanations
+            image_only = [(xq.float(), torch.zeros_like(attention)) for xq, (_, attention) in zip(q_maps, composed)]
+            plain = _explain_pairs(net, q, image_only, t_all, t_grids, text, words, query_label, labels)
+            explained = [_blend(a, b, weight) for a, b in zip(explained, plain)]
+        return explained
     finally:
         if switched:
             net.train(was_training)
@@ -486,6 +504,39 @@ def _explain_pairs(
             )
         )
     return out
+
+
+def _blend(composed: Explanation, image_only: Explanation, weight: float) -> Explanation:
+    """``w composed + (1 - w) image_only`` of every additive part of two explanations of one pair (the
+    query's masks too: a convex blend of distributions is one); the words and gates are the composed
+    query's, the only side that read the text."""
+
+    def mix(a: Any, b: Any) -> Any:
+        return weight * a + (1.0 - weight) * b
+
+    levels = [
+        dataclasses.replace(
+            a,
+            **{name: mix(getattr(a, name), getattr(b, name)) for name in _ADDITIVE_LEVEL_FIELDS},
+        )
+        for a, b in zip(composed.levels, image_only.levels)
+    ]
+    return dataclasses.replace(
+        composed,
+        score=mix(composed.score, image_only.score),
+        local_score=mix(composed.local_score, image_only.local_score),
+        global_score=mix(composed.global_score, image_only.global_score),
+        levels=levels,
+        query_heatmap=mix(composed.query_heatmap, image_only.query_heatmap),
+        target_heatmap=mix(composed.target_heatmap, image_only.target_heatmap),
+        extra={**composed.extra, "text_weight": weight},
+    )
+
+
+_ADDITIVE_LEVEL_FIELDS = (
+    "query_masks", "query_regions", "target_regions", "query_positions", "target_positions",
+    "query_residual", "target_residual", "local_cosine", "global_cosine",
+)
 
 
 def _upsample_contributions(values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -23,10 +23,11 @@ from monai_cir.explain import (
 TEXT = "atypical pigment network, irregular streaks, blue-whitish veil; location: back"
 
 
-def fitted_net(projection: str = "residual_mlp"):
+def fitted_net(projection: str = "residual_mlp", full_text_findings: int = 1):
     """A tiny active network whose input standardisation is fitted, as in ``bundle/models/model.pt``
-    (an unfitted one is the identity, and a grid that skips it would go unnoticed)."""
-    net = activate_head(make_tiny_net(num_masks=3, projection=projection))
+    (an unfitted one is the identity, and a grid that skips it would go unnoticed). The plain findings
+    gate by default (TEXT composes fully); ``full_text_findings=5`` blends TEXT (3 findings) at w = 0.6."""
+    net = activate_head(make_tiny_net(num_masks=3, projection=projection, full_text_findings=full_text_findings))
     images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         tokens, mask = net.text_features([TEXT] * 6)
@@ -124,6 +125,28 @@ def test_region_contributions_sum_to_the_scores_local_term(net, images, explanat
         assert lv.query_positions.sum() == pytest.approx(lv.query_regions.sum(), abs=1e-5)
     # the image-size heatmap carries beta * (sum of region contributions over levels)
     assert explanation.query_heatmap.sum() == pytest.approx(net.beta * regions, abs=1e-3)
+
+
+def test_a_blended_query_is_explained_by_the_same_blend(net, images, explanation):
+    """TEXT names 3 findings: with full_text_findings=5 the query is 0.6 Q_composed + 0.4 Q_image, and its
+    explanation is the same blend of the composed query's (``net``: same weights, plain gate) and the
+    image-only query's, so the parts still add up to the score the search uses."""
+    blended = fitted_net(full_text_findings=5)
+    ex = explain_match(blended, images[0], TEXT, images[1])
+    image_only = explain_match(blended, images[0], "", images[1])
+    assert ex.extra["text_weight"] == pytest.approx(0.6) and "0.60 x (image + text)" in ex.sr_text()
+    with torch.no_grad():
+        s = float(blended.similarity(images[0][None], [TEXT], images[1][None])[0, 0])
+    assert ex.score == pytest.approx(s, abs=1e-5)
+    assert ex.score == pytest.approx(0.6 * explanation.score + 0.4 * image_only.score, abs=1e-6)
+    assert abs(ex.score - explanation.score) > 1e-3 and abs(ex.score - image_only.score) > 1e-3
+    local = _local_term(blended, images[0], TEXT, images[1])
+    assert ex.local_score == pytest.approx(local, abs=1e-5)
+    assert sum(float(lv.query_regions.sum()) + lv.query_residual for lv in ex.levels) == pytest.approx(local, abs=1e-5)
+    for lv, composed, plain in zip(ex.levels, explanation.levels, image_only.levels):
+        np.testing.assert_allclose(lv.query_regions, 0.6 * composed.query_regions + 0.4 * plain.query_regions, atol=1e-6)
+        assert lv.target_regions.sum() + lv.target_residual == pytest.approx(lv.local_cosine, abs=1e-5)
+        np.testing.assert_allclose(lv.query_masks.reshape(3, -1).sum(-1), 1.0, atol=1e-5)
 
 
 def test_without_projection_the_regions_are_the_whole_local_term(images):

@@ -66,8 +66,9 @@ def _hand_descriptors(align, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.6])
 def test_beta_limits(beta):
     """S = β Σ local + (1-β) Σ global (Eq. 9), with the cosines computed here from the maps, and a
-    fitted (non-identity) input standardisation so that the score must apply it."""
-    net = activate_head(make_tiny_net(beta=beta))
+    fitted (non-identity) input standardisation so that the score must apply it. The plain findings gate
+    (full_text_findings=1): these texts compose fully, the blend has its own test."""
+    net = activate_head(make_tiny_net(beta=beta, full_text_findings=1))
     q_img, t_img = _images(2), _images(3, seed=2)
     with torch.no_grad():
         maps = net.image_features(_images(4, seed=3))
@@ -320,6 +321,39 @@ def test_findings_gate_gives_the_image_only_query_for_text_without_findings():
     assert gated.config["text_gate"] == "findings" and ungated.config["text_gate"] == "none"
     with pytest.raises(ValueError, match="text_gate"):
         make_tiny_net(text_gate="sometimes")
+
+
+SEVEN_FINDINGS = ("typical pigment network, no streaks, regular pigmentation, no regression structures, irregular dots "
+                  "and globules, blue-whitish veil present, no vascular structures")
+
+
+def test_text_with_few_findings_blends_the_composed_and_image_only_queries():
+    """full_text_findings (default 5): a text naming n findings weighs w = min(1, n / 5), the query is
+    w Q_composed + (1 - w) Q_image, and S computed from the maps (Eq. 9) is the same blend; a text naming
+    all seven composes fully. Q_composed comes from a twin network with the plain gate (same weights)."""
+    net = activate_head(make_tiny_net())
+    plain = activate_head(make_tiny_net(full_text_findings=1))
+    for a, b in zip(net.head_state_dict().values(), plain.head_state_dict().values()):
+        assert torch.equal(a, b)
+    q_img, t_img = _images(2), _images(3, seed=2)
+    assert net.text_weights(TEXTS) == pytest.approx([0.4, 0.2])  # 2 and 1 findings named
+    assert plain.text_weights(TEXTS) == [1.0, 1.0] and net.text_weights(["", "male, 60"]) == [0.0, 0.0]
+    w = torch.tensor([[0.4], [0.2]])
+    with torch.no_grad():
+        composed, image_only = plain.encode_query(q_img, TEXTS), net.encode_query(q_img, ["", ""])
+        query = net.encode_query(q_img, TEXTS)
+        torch.testing.assert_close(query, w * composed + (1 - w) * image_only, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(query, composed, atol=1e-4) and not torch.allclose(query, image_only, atol=1e-4)
+        score = net.similarity(q_img, TEXTS, t_img)
+        expected = w * plain.similarity(q_img, TEXTS, t_img) + (1 - w) * net.similarity(q_img, ["", ""], t_img)
+        torch.testing.assert_close(score, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(query @ net.encode_target(t_img).T, score, atol=1e-5, rtol=1e-5)
+        assert net.text_weights([SEVEN_FINDINGS]) == [1.0]
+        torch.testing.assert_close(net.encode_query(q_img[:1], [SEVEN_FINDINGS]), plain.encode_query(q_img[:1], [SEVEN_FINDINGS]), atol=0, rtol=0)
+    assert net.config["full_text_findings"] == 5
+    for bad in (0, 8, 2.5, True):
+        with pytest.raises(ValueError, match="full_text_findings"):
+            make_tiny_net(full_text_findings=bad)
 
 
 def test_feature_caches_store_every_text_the_gate_acts_at_query_time():

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_net
+from conftest import activate_head, make_tiny_net
 
 from monai_cir.engine import (
     CachedBatchDataset,
@@ -96,6 +96,27 @@ def test_training_decreases_loss_and_is_deterministic(net):
     model2, result2 = fit_composed(net, cache, np.arange(48), "composed", cfg, seed=0)
     assert [h["loss"] for h in result2.history] == pytest.approx(losses, rel=1e-5)
     assert torch.allclose(model2.encode_queries(cache, np.arange(48, 60)), q, atol=1e-5)
+
+
+def test_cached_queries_weigh_each_text_by_its_findings(net):
+    """The evaluation's queries (cached maps) follow the network's rule: w = min(1, n_findings / 5), so a
+    2-finding text gives 0.4 Q_composed + 0.6 Q_image, all 7 findings the composed query, age / sex or no
+    text the image-only one; full_text_findings=1 at query time is the plain gate (the ablation)."""
+    cache = synthetic_cache(net)
+    texts = ["atypical pigment network, irregular streaks",
+             "typical pigment network, no streaks, regular pigmentation, no regression structures, irregular dots "
+             "and globules, blue-whitish veil present, no vascular structures", "male patient aged 60", ""]
+    cache.records = [SimpleNamespace(text=texts[i % 4]) for i in range(60)]
+    model, _ = fit_composed(net, cache, np.arange(48), "composed", dict(epochs=1, batch_size=24, val_fraction=0.2), seed=0)
+    activate_head(model.net)  # make the text move the query for sure
+    idx = np.arange(48, 60)
+    query = model.encode_queries(cache, idx, tta=False)
+    composed = model.encode_queries(cache, idx, tta=False, full_text_findings=1)
+    no_text = SimpleNamespace(**{**vars(cache), "records": [SimpleNamespace(text="")] * 60})
+    image_only = model.encode_queries(no_text, idx, tta=False)
+    w = torch.tensor([0.4, 1.0, 0.0, 0.0] * 3).view(-1, 1)
+    torch.testing.assert_close(query, w * composed + (1 - w) * image_only, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(composed[::4], image_only[::4], atol=1e-4), "the text must move the query for the test to mean anything"
 
 
 @pytest.mark.parametrize("mode", ["image_only", "text_only"])

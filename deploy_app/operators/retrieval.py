@@ -335,10 +335,15 @@ class ComposedRetrievalOperator(Operator):
                     raise ValueError("the query has no image")
                 tensor = to_image_tensor(image, self.net.image_size)
                 text = str(attr(result.query, "text", "") or "")
-                if text.strip() and not self.net.texts_used([text])[0]:
+                weight = self.net.text_weights([text])[0]
+                if text.strip() and weight == 0:
                     from monai_cir.data.report import TEXT_NOT_USED_NOTICE
 
                     result.notices.append(TEXT_NOT_USED_NOTICE)
+                elif 0 < weight < 1:
+                    from monai_cir.data.report import text_partly_used_notice
+
+                    result.notices.append(text_partly_used_notice(weight))
                 filters, notice = resolve_site_condition(self.site, attr(result.query, "site"))
                 if notice:
                     result.notices.append(notice)

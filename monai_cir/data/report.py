@@ -38,6 +38,7 @@ __all__ = [
     "meta_report",
     "recognised_findings",
     "TEXT_NOT_USED_NOTICE",
+    "text_partly_used_notice",
     "render_report",
     "render_reports",
     "report_fields",
@@ -525,3 +526,12 @@ TEXT_NOT_USED_NOTICE = (
     "blue-whitish veil) in words the model was trained on, so the similar cases were found from the image alone"
 )
 """What the app tells the clinician when the findings gate left a non-empty text out of the query."""
+
+
+def text_partly_used_notice(weight: float) -> str:
+    """What the app tells the clinician when a text naming few findings was blended with the image-only
+    query (``ComposedRetrievalNet.full_text_findings``): how much it counted, and how to make it count more."""
+    return (
+        f"the query text names only a few 7-point checklist findings, so it counted for {weight:.0%} of the query "
+        "and the image alone for the rest; naming more of the findings (present or absent) gives the text more weight"
+    )

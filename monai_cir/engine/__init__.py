@@ -33,7 +33,7 @@ __all__ = [
     "mean_maps",
 ]
 
-NET_KEYS = ("levels", "beta", "num_masks", "num_heads", "projection", "text_gate")
+NET_KEYS = ("levels", "beta", "num_masks", "num_heads", "projection", "text_gate", "full_text_findings")
 
 
 def new_head_net(base: ComposedRetrievalNet, seed: int = 0, **overrides: Any) -> ComposedRetrievalNet:

@@ -101,13 +101,17 @@ class CachedComposedModel(nn.Module):
         maps = [cache.maps[i][c] for i in self.net.level_indices]
         self.net.fit_input_statistics(maps, torch.as_tensor(cache.tokens)[c], torch.as_tensor(cache.token_mask)[c])
 
-    def _query(self, maps: list[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _query(self, maps: list[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: the texts' query weights (:meth:`text_weights`; None in training: every text composed)."""
         if self.mode == "image_only":
             return self.net.embed_maps(maps)
         if self.mode == "text_only":
             sel = [self.mean_maps[i].to(tokens.device) for i in self.net.level_indices]
             maps = [m.unsqueeze(0).expand(tokens.shape[0], *m.shape) for m in sel]
-        return self.net.embed_maps(self.net.compose(maps, tokens, mask))
+            return self.net.embed_maps(self.net.compose(maps, tokens, mask))
+        if weights is None:
+            return self.net.embed_maps(self.net.compose(maps, tokens, mask))
+        return self.net.blend_query(maps, tokens, mask, weights)
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, mask = batch["tokens"], batch["token_mask"]
@@ -123,26 +127,30 @@ class CachedComposedModel(nn.Module):
             views.append(cache_maps(cache, flipped=True))
         return views
 
-    def texts_used(self, cache: Any, text_gate: str | None = None) -> torch.Tensor:
-        """(N,) bool: which cached cases' query texts the network composes (its ``text_gate``, or
-        ``text_gate`` given here: ``"none"`` for the ungated ablation), read from the records' texts."""
+    def text_weights(self, cache: Any, text_gate: str | None = None, full_text_findings: int | None = None) -> torch.Tensor:
+        """(N,) float: each cached case's query-text weight ``w`` (:meth:`ComposedRetrievalNet.text_weights`,
+        read from the records' texts; ``text_gate`` / ``full_text_findings`` override the network's for the
+        ablations). A cache of bare tensors has no texts to read: its masks decide (w = 1)."""
         gate = self.net.text_gate if text_gate is None else text_gate
         records = getattr(cache, "records", None)
-        if gate == "none" or records is None:  # a cache of bare tensors has no texts to read: its masks decide
-            return torch.ones(int(cache.token_mask.shape[0]), dtype=torch.bool)
-        return torch.tensor(self.net.texts_used([getattr(r, "text", None) or "" for r in records], gate), dtype=torch.bool)
+        if gate == "none" or records is None:
+            return torch.ones(int(cache.token_mask.shape[0]))
+        texts = [getattr(r, "text", None) or "" for r in records]
+        return torch.tensor(self.net.text_weights(texts, gate, full_text_findings), dtype=torch.float32)
 
     @torch.no_grad()
-    def encode_queries(self, cache: Any, idx: Sequence[int], tta: bool = True, batch_size: int = 128, text_gate: str | None = None) -> torch.Tensor:
+    def encode_queries(self, cache: Any, idx: Sequence[int], tta: bool = True, batch_size: int = 128,
+                       text_gate: str | None = None, full_text_findings: int | None = None) -> torch.Tensor:
         """Query embeddings of cached cases ``idx`` (image + text per ``mode``); TTA averages the flip views.
 
-        The network's text gate applies as in :meth:`ComposedRetrievalNet.text_features` (``text_gate``
-        overrides it, e.g. ``"none"``)."""
+        The network's text weighting applies as in :meth:`ComposedRetrievalNet.encode_query` (``text_gate`` /
+        ``full_text_findings`` override it, e.g. ``"none"`` or ``1``)."""
         self.eval()
         idx = np.asarray(idx)
         device = next(self.parameters()).device
         tokens = torch.as_tensor(cache.tokens)
-        mask = torch.as_tensor(cache.token_mask).bool() & self.texts_used(cache, text_gate).view(-1, 1)
+        weights = self.text_weights(cache, text_gate, full_text_findings)
+        mask = torch.as_tensor(cache.token_mask).bool() & (weights > 0).view(-1, 1)
         out = 0.0
         views = self._views(cache, idx, tta and self.mode != "text_only")
         for maps in views:
@@ -150,7 +158,7 @@ class CachedComposedModel(nn.Module):
             for chunk in _chunks(idx, batch_size):
                 c = torch.as_tensor(chunk)
                 m = [maps[i][c].float().to(device) for i in self.net.level_indices]
-                parts.append(self._query(m, tokens[c].float().to(device), mask[c].to(device)).cpu())
+                parts.append(self._query(m, tokens[c].float().to(device), mask[c].to(device), weights[c]).cpu())
             out = out + torch.cat(parts)
         return out / len(views)
 

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_PRESET",
     "LEVEL_NAMES",
     "TEXT_GATES",
+    "DEFAULT_FULL_TEXT_FINDINGS",
     "HEAD_PREFIXES",
     "hash_weights",
     "check_images",
@@ -43,6 +44,12 @@ LEVEL_NAMES = ("L", "M", "H")
 # How a query treats its text (ComposedRetrievalNet's text_gate): compose only texts with recognised
 # 7-point findings (the product default), or every non-blank text (the paper).
 TEXT_GATES = ("findings", "none")
+# With the findings gate, how many recognised 7-point findings give the text its full weight in the query
+# (ComposedRetrievalNet's full_text_findings): a text naming fewer is blended with the image-only query,
+# w = min(1, n / 5). Measured on the committed folds (bench/results/derm7pt_query_blend.md): template texts
+# (all 7 criteria) are unchanged, partial ones (1-4 criteria) rise above the image-only query on Acc@1
+# and mAP; 1 is the plain gate (any finding composes fully).
+DEFAULT_FULL_TEXT_FINDINGS = 5
 # State-dict / parameter-name prefixes of the trainable head (everything but the two encoders).
 HEAD_PREFIXES = ("composers.", "alignments.")
 
@@ -117,6 +124,11 @@ class ComposedRetrievalNet(nn.Module):
             (:func:`monai_cir.data.report.recognised_findings`); any other text (age and sex only, findings
             in unknown words) gives the image-only query. ``"none"``: every non-blank text is composed
             (the paper's behaviour).
+        full_text_findings: with ``text_gate="findings"``, a text naming ``n`` findings gets the weight
+            ``w = min(1, n / full_text_findings)``: the query is ``Q = w Q_composed + (1 - w) Q_image``
+            (both Eq. 9 embeddings of this network, so ``S = w S_composed + (1 - w) S_image``). A text
+            with few findings says little about the lesion; it nudges the image query instead of
+            replacing it. ``1``: any finding composes fully (the plain gate).
     """
 
     def __init__(
@@ -131,10 +143,15 @@ class ComposedRetrievalNet(nn.Module):
         freeze_encoders: bool = True,
         image_size: int = 260,
         text_gate: str = "findings",
+        full_text_findings: int = DEFAULT_FULL_TEXT_FINDINGS,
     ) -> None:
         super().__init__()
         if text_gate not in TEXT_GATES:
             raise ValueError(f"text_gate must be one of {TEXT_GATES}, got {text_gate!r}")
+        if isinstance(full_text_findings, bool) or not isinstance(full_text_findings, int) or not 1 <= full_text_findings <= 7:
+            raise ValueError(
+                f"full_text_findings must be a whole number of 7-point findings from 1 to 7, got {full_text_findings!r}"
+            )
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1] (Eq. 9), got {beta}")
         levels = tuple(levels)
@@ -151,6 +168,7 @@ class ComposedRetrievalNet(nn.Module):
         self.image_size = int(image_size)
         self.freeze_encoders = bool(freeze_encoders)
         self.text_gate = text_gate
+        self.full_text_findings = int(full_text_findings)
         dims = [image_encoder.channels[i] for i in self.level_indices]
         self.dims = dims
         # The head's initialisation is seeded, so an untrained network is the same in every process
@@ -169,6 +187,7 @@ class ComposedRetrievalNet(nn.Module):
             projection=projection,
             image_size=self.image_size,
             text_gate=self.text_gate,
+            full_text_findings=self.full_text_findings,
         )
         if self.freeze_encoders:
             for p in self.encoder_parameters():
@@ -252,13 +271,28 @@ class ComposedRetrievalNet(nn.Module):
             maps = self.image_encoder(images)
         return [maps[i].float() for i in self.level_indices]
 
-    def texts_used(self, texts: Sequence[str], text_gate: str | None = None) -> list[bool]:
-        """Which texts the query composes: non-blank ones that pass the network's ``text_gate`` (or the
-        ``text_gate`` given here, e.g. ``"none"`` for the ungated ablation)."""
+    def text_weights(self, texts: Sequence[str], text_gate: str | None = None, full_text_findings: int | None = None) -> list[float]:
+        """The weight ``w`` of each text in its query, ``Q = w Q_composed + (1 - w) Q_image``: 0 for a blank
+        text or one the ``text_gate`` drops, else ``min(1, n_findings / full_text_findings)`` with the
+        findings gate and 1 without it. ``text_gate`` / ``full_text_findings`` given here override the
+        network's (the ablations: ``"none"``, or ``1`` for the plain gate)."""
         from ..data.report import recognised_findings
 
         gate = self.text_gate if text_gate is None else text_gate
-        return [bool(t.strip()) and (gate == "none" or bool(recognised_findings(t))) for t in texts]
+        full = self.full_text_findings if full_text_findings is None else int(full_text_findings)
+        weights = []
+        for text in texts:
+            if not text.strip():
+                weights.append(0.0)
+            elif gate == "none":
+                weights.append(1.0)
+            else:
+                weights.append(min(1.0, len(recognised_findings(text)) / full))
+        return weights
+
+    def texts_used(self, texts: Sequence[str], text_gate: str | None = None) -> list[bool]:
+        """Which texts the query composes at all (weight > 0, :meth:`text_weights`)."""
+        return [w > 0 for w in self.text_weights(texts, text_gate)]
 
     def text_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``f_text`` of every text: token embeddings and mask (a blank text has no tokens). No gate: what
@@ -283,6 +317,19 @@ class ComposedRetrievalNet(nn.Module):
             raise ValueError(f"expected {len(self.composers)} feature maps (levels {self.levels}), got {len(maps)}")
         return [composer(x, tokens, mask) for composer, x in zip(self.composers, maps)]
 
+    def blend_query(self, maps: Sequence[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The query embedding ``Q = w Q_composed + (1 - w) Q_image`` (B, D) from the selected levels' image
+        maps, the texts' tokens (mask emptied where ``w = 0``, :meth:`text_features`) and ``weights`` (B,)
+        (:meth:`text_weights`). Both terms are :meth:`embed_maps` vectors, so ``<Q, T>`` is the same blend
+        of two Eq. 9 scores and a query stays one inner product. The image-only term is computed only
+        for the queries with ``0 < w < 1``."""
+        q = self.embed_maps(self.compose(maps, tokens, mask))
+        w = weights.to(device=q.device, dtype=q.dtype).view(-1, 1)
+        partial = (w > 0) & (w < 1)
+        if bool(partial.any()):
+            q = torch.where(partial, w * q + (1 - w) * self.embed_maps(maps), q)
+        return q
+
     def descriptors(self, maps: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per level: local ``ρ(E^i)`` and global ``ρ(X^i)`` descriptors (Eqs. 6-8)."""
         local = [align.local_descriptor(x) for align, x in zip(self.alignments, maps)]
@@ -305,8 +352,9 @@ class ComposedRetrievalNet(nn.Module):
         texts = check_texts(texts, images.shape[0])
         maps = self.image_features(images)
         tokens, mask = self.text_features(texts)
+        weights = torch.tensor(self.text_weights(texts))
         with self._autocast():
-            return self.embed_maps(self.compose(maps, tokens, mask)).float()
+            return self.blend_query(maps, tokens, mask, weights).float()
 
     def encode_target(self, images: torch.Tensor) -> torch.Tensor:
         """Case-library embeddings ``T`` (N, D) for images (N, 3, H, W) in [0, 1]."""
@@ -320,8 +368,16 @@ class ComposedRetrievalNet(nn.Module):
         Equals ``encode_query(images, texts) @ encode_target(target_images).T`` to float tolerance."""
         images = check_images(images)
         texts = check_texts(texts, images.shape[0])
-        query_maps = self.compose(self.image_features(images), *self.text_features(texts))
+        maps = self.image_features(images)
+        weights = torch.tensor(self.text_weights(texts), device=maps[0].device).view(-1, 1)
         target_maps = self.image_features(target_images)
+        score = self._eq9(self.compose(maps, *self.text_features(texts)), target_maps)
+        partial = (weights > 0) & (weights < 1)
+        if bool(partial.any()):  # a text with few findings: blend with the image-only query's score
+            score = torch.where(partial, weights * score + (1 - weights) * self._eq9(maps, target_maps), score)
+        return score
+
+    def _eq9(self, query_maps: Sequence[torch.Tensor], target_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         s_local = 0.0
         s_global = 0.0
         for align, xq, xt in zip(self.alignments, query_maps, target_maps):
