@@ -221,3 +221,34 @@ def test_text_augmentation_changes_only_training_queries(tiny_net):
     assert not torch.isclose(q_eval, image_query, atol=1e-5).all(dim=1).any()  # evaluation: never dropped
     with pytest.raises(ValueError, match="dropout"):
         model.set_text_augmentation(dropout=1.0)
+
+
+def test_composed_late_fusion_scores_the_mean_of_its_two_models(tiny_caches, tiny_net, monkeypatch):
+    """``composed_late_fusion``: one inner product whose score is (S_composed + S_late_fusion) / 2 with the
+    fold's own two models (the late-fusion query weighted by the composed network's text weight)."""
+    from monai_cir.engine import cv_methods
+
+    monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: tiny_net)  # heads of the cache's own (tiny) architecture
+    checked = []
+
+    @register_method("_ensemble_probe")
+    def probe(ctx: FoldContext):
+        q, t = cv_methods.composed_late_fusion(ctx)
+        q_c, t_c = cv_methods._fold("composed", ctx)
+        (lf,) = cv_methods.train_method("late_fusion_fullbatch", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+        weights = cv_methods.train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)[0].text_weights(ctx.query_cache)
+        w = weights[torch.as_tensor(ctx.query_indices)].view(-1, 1)
+        q_lf = w * lf.encode_queries(ctx.query_cache, ctx.query_indices) + (1 - w) * lf.encode_targets(ctx.query_cache, ctx.query_indices)
+        s_lf = q_lf @ lf.encode_targets(ctx.cache, ctx.database_indices).T
+        torch.testing.assert_close(q @ t.T, 0.5 * (q_c @ t_c.T) + 0.5 * s_lf, atol=1e-5, rtol=1e-5)
+        checked.append(float(w.min()))
+        return q, t
+
+    short = dict(train=dict(epochs=2))
+    try:
+        with cv_methods.override_options("composed", **short), cv_methods.override_options("late_fusion_fullbatch", **short):
+            evaluate(["_ensemble_probe"], image_size=64, folds=(0,), cache=tiny_caches["derm7pt"], net=tiny_net, progress=False,
+                     text_forms=["partial"])
+    finally:
+        unregister_method("_ensemble_probe")
+    assert len(checked) == 2 and checked[1] < 1.0  # the main run, then partial texts (weighted below 1)

@@ -264,6 +264,36 @@ def composed_plain_gate(ctx: FoldContext):
     return _fold("composed", ctx, full_text_findings=1)
 
 
+def _composed_late_fusion(ctx: FoldContext, composed_share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Q = [√a Q_composed, √(1-a) Q_lf]``, ``T`` alike: ``<Q, T> = a S_composed + (1-a) S_late_fusion``, still
+    one inner product. The late-fusion query is weighted by the composed network's text weight ``w``
+    (``w Q_lf + (1-w) T_lf(query image)``): its image tower stands in for a query without usable text."""
+    q_c, t_c = _fold("composed", ctx)
+    composed_models = train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    w = composed_models[0].text_weights(ctx.query_cache)[torch.as_tensor(np.asarray(ctx.query_indices))].view(-1, 1)
+    tta = method_options("late_fusion_fullbatch", ctx.config)["train"].get("tta", True)
+    lf = train_method("late_fusion_fullbatch", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    q_lf = _concat([w * m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta)
+                    + (1 - w) * m.encode_targets(ctx.query_cache, ctx.query_indices, tta=tta) for m in lf])
+    t_lf = _concat([m.encode_targets(ctx.cache, ctx.database_indices, tta=tta) for m in lf])
+    a, b = composed_share ** 0.5, (1 - composed_share) ** 0.5
+    return torch.cat([a * q_c, b * q_lf], dim=1), torch.cat([a * t_c, b * t_lf], dim=1)
+
+
+def _composed_late_fusion_cross_site(ctx: CrossSiteContext, composed_share: float = 0.5) -> torch.Tensor:
+    a, b = composed_share ** 0.5, (1 - composed_share) ** 0.5
+    return torch.cat([a * _cross_site("composed", ctx), b * _cross_site("late_fusion_fullbatch", ctx)], dim=1)
+
+
+@register_method("composed_late_fusion", label="composed + full-batch late fusion, one inner product (S = (S_composed + S_lf) / 2)",
+                 cross_site=_composed_late_fusion_cross_site)
+def composed_late_fusion(ctx: FoldContext):
+    """The ``composed`` and ``late_fusion_fullbatch`` models of the fold (shared), their embeddings
+    concatenated at equal weight: the score is the mean of the two scores (a probe of issue 13's "beat
+    every baseline": does the composed network add to the late-fusion MLP?)."""
+    return _composed_late_fusion(ctx)
+
+
 @register_method("image_only", label="image only (same network, empty text, trained)")
 def image_only(ctx: FoldContext):
     """The same network and loss with empty query text (the composer passes the image maps through)."""
