@@ -80,7 +80,7 @@ def test_train_workflow_full_batch_regime_keeps_the_last_epoch(tmp_path, shared_
     wf.finalize()
     payload = read_checkpoint(tmp_path / "models" / "model_fold0.pt")
     assert payload["extra"]["epoch"] == 3 and payload["extra"]["metrics"] == {}
-    assert payload["config"]["text_gate"] == "findings"
+    assert payload["config"]["text_gate"] == "findings" and payload["config"]["full_text_findings"] == 5
 
 
 def test_evaluate_workflow(trained_fold):

@@ -29,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--num-masks", type=int, default=None, help="k region masks (Eq. 6; default: the config's, 4)")
     parser.add_argument("--levels", nargs="+", default=None, help="feature levels (default: the config's, L M H)")
     parser.add_argument("--text-gate", choices=("findings", "none"), default=None, help="query text gate (default: the config's, findings)")
+    parser.add_argument("--full-text-findings", type=int, default=None, choices=range(1, 8), metavar="N",
+                        help="findings (1-7) that give a query text its full weight; fewer blend it with the image-only query (default: the config's, 5)")
     parser.add_argument("--text-variants", type=int, default=None, help="training re-wordings per case (default: the config's, 0 = template texts only)")
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the config's, 100)")
     parser.add_argument("--seed", type=int, default=0)
@@ -47,7 +49,7 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
         "bundle_root": str(BUNDLE_DIR), "fold": fold, "seed": int(args.seed), "checkpoint": str(out), "log_dir": str(args.log_dir),
         "image_size": args.image_size, "max_epochs": args.epochs, "dataset_dir": str(args.data_root) if args.data_root else None,
         "network_def#beta": args.beta, "network_def#num_masks": args.num_masks, "network_def#levels": args.levels,
-        "text_gate": args.text_gate, "text_variants": args.text_variants,
+        "text_gate": args.text_gate, "full_text_findings": args.full_text_findings, "text_variants": args.text_variants,
     }
     return {k: v for k, v in values.items() if v is not None}
 
