@@ -20,6 +20,7 @@ models loaded once across runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -300,6 +301,8 @@ def app_run(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("deploy_app")
     records = load_isic_uda1(shared_data)
     library_records, held_out, corrupt_source = records[:LIBRARY_SIZE], records[LIBRARY_SIZE], records[LIBRARY_SIZE + 1]
+    # the held-out query's report also names two 7-point findings: its text counts for 2/5 of the query
+    held_out = dataclasses.replace(held_out, text=f"{held_out.text} Dermoscopy: atypical pigment network, irregular streaks.")
     for record in library_records:
         dicomize_record(record, root / "library")
     assert index_dicom_library(root / "library", root / "models") == LIBRARY_SIZE
@@ -539,17 +542,22 @@ def test_patient_and_study_carried_into_outputs(app_run, results):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_text_without_findings_is_left_out_and_said_so(app_run, results):
-    """The queries' texts are ISIC age / sex only: the findings gate leaves them out of the query, and
-    results.json and the SR say so in one line (the clinician knows the answer is image-only)."""
-    from monai_cir.data.report import TEXT_NOT_USED_NOTICE, recognised_findings
+    """The in-library query's text is ISIC age / sex only: the findings gate leaves it out of the query,
+    and results.json and the SR say so in one line (the clinician knows the answer is image-only). The
+    held-out query's text names two findings: it counts for 40% of the query, and the notice says so
+    (its ranking is checked against the network's own blended Eq. 9 in test_hits_are_the_models_own_ranking)."""
+    from monai_cir.data.report import TEXT_NOT_USED_NOTICE, recognised_findings, text_partly_used_notice
     from monai_cir.dicom.sr import read_similar_cases_sr
 
     _, answers = results
-    for name in ("in_library", "held_out"):
-        answer = answers[name]
-        assert answer["text"] and not recognised_findings(answer["text"])
-        assert TEXT_NOT_USED_NOTICE in answer["notices"], answer["notices"]
-        assert TEXT_NOT_USED_NOTICE in read_similar_cases_sr(app_run["out"] / answer["outputs"]["sr"]).notices
+    plain, partial = answers["in_library"], answers["held_out"]
+    assert plain["text"] and not recognised_findings(plain["text"])
+    assert TEXT_NOT_USED_NOTICE in plain["notices"], plain["notices"]
+    assert TEXT_NOT_USED_NOTICE in read_similar_cases_sr(app_run["out"] / plain["outputs"]["sr"]).notices
+    assert len(recognised_findings(partial["text"])) == 2
+    assert TEXT_NOT_USED_NOTICE not in partial["notices"] and text_partly_used_notice(0.4) in partial["notices"], partial["notices"]
+    assert "40%" in text_partly_used_notice(0.4)
+    assert text_partly_used_notice(0.4) in read_similar_cases_sr(app_run["out"] / partial["outputs"]["sr"]).notices
 
 
 @pytest.mark.integration
