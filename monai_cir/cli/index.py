@@ -174,6 +174,7 @@ def run_add(args: argparse.Namespace) -> int:
     if len(new) < len(records):
         logger.info("%d of %d cases are already in the index: kept as they are", len(records) - len(new), len(records))
     if not new:
+        refresh_encoder_artifact(net, args.index)  # an index built before the artifact existed gains one
         print(f"no new cases: the index {args.index} keeps its {len(index)} cases")
         return 0
     retrieval.build_index(

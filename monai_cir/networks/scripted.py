@@ -85,7 +85,10 @@ class FastTokenizer:
     transformers fast tokenizer (the same backend, padding and truncation, so the same ids), without
     importing transformers. Thread-safe (padding / truncation are settings of the shared backend)."""
 
-    def __init__(self, tokenizer_json: str, pad_token: str, pad_id: int, pad_type_id: int, special_tokens: Sequence[str], model_max_length: int) -> None:
+    def __init__(
+        self, tokenizer_json: str, pad_token: str, pad_id: int, pad_type_id: int, special_tokens: Sequence[str], model_max_length: int,
+        input_names: Sequence[str] = ("input_ids", "token_type_ids", "attention_mask"),
+    ) -> None:
         from tokenizers import Tokenizer
 
         self._tokenizer = Tokenizer.from_str(tokenizer_json)
@@ -93,6 +96,7 @@ class FastTokenizer:
         self.pad_token, self.pad_token_id, self.pad_token_type_id = pad_token, int(pad_id), int(pad_type_id)
         self.all_special_tokens = list(special_tokens)
         self.model_max_length = int(model_max_length)
+        self.input_names = list(input_names)  # what the transformers tokenizer returned (a RoBERTa's has no token_type_ids)
 
     def __call__(
         self, texts: Sequence[str], add_special_tokens: bool = True, padding: bool = False, truncation: bool = False,
@@ -108,11 +112,8 @@ class FastTokenizer:
             else:
                 self._tokenizer.no_padding()
             encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        out = {
-            "input_ids": [e.ids for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-        }
+        fields = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}
+        out = {name: [getattr(e, fields[name]) for e in encodings] for name in self.input_names}
         if return_tensors == "pt":
             return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
         if return_tensors is not None:
@@ -287,7 +288,7 @@ def write_encoder_artifact(net: Any, directory: str | Path) -> Path:
             _check_equal(image_scripted(batch), image_eager(batch), f"image encoder (batch of {n})")
         for texts in _CHECK_TEXTS:
             ours, theirs = text_scripted.tokenize(texts), text_eager.tokenize(texts)
-            if {k: v.tolist() for k, v in ours.items()} != {k: v.tolist() for k, v in theirs.items() if k in ours}:
+            if {k: v.tolist() for k, v in ours.items()} != {k: v.tolist() for k, v in theirs.items()}:
                 raise EncoderArtifactError(f"the tokenizer.json tokenizer gives other tokens than the eager one for {texts}")
             _check_equal(text_scripted(texts), text_eager(texts), f"text encoder ({len(texts)} texts)")
     finally:
@@ -320,7 +321,7 @@ def refresh_encoder_artifact(net: Any, index_dir: str | Path) -> Path | None:
 
 
 def _tokenizer_args(text_spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: text_spec[k] for k in ("pad_token", "pad_id", "pad_type_id", "special_tokens", "model_max_length")}
+    return {k: text_spec[k] for k in ("pad_token", "pad_id", "pad_type_id", "special_tokens", "model_max_length", "input_names")}
 
 
 # ------------------------------------------------------------------------------------------ loading
