@@ -161,7 +161,9 @@ class ScriptedImageEncoder(FeatureLevelEncoder):
                 f"the scripted image encoder was traced at {self.image_size}x{self.image_size} px, got images of "
                 f"{tuple(images.shape[-2:])}: preprocess to the network's image_size, or use the eager encoder (load_model)"
             )
-        with torch.jit.optimized_execution(False):  # see the module docstring: no profiling runs
+        # see the module docstring: no profiling runs. The switch is per thread (TorchScript keeps it
+        # thread-local), so concurrent forwards in other threads are not affected.
+        with torch.jit.optimized_execution(False):
             return self.backbone(images)
 
 
@@ -247,7 +249,8 @@ def write_encoder_artifact(net: Any, directory: str | Path) -> Path:
     if not getattr(tokenizer, "is_fast", False) or not hasattr(tokenizer, "backend_tokenizer"):
         raise EncoderArtifactError(f"the text encoder's tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer: no tokenizer.json to write")
     was_training = image_eager.training, text_eager.training
-    image_eager.eval(), text_eager.eval()
+    image_eager.eval()
+    text_eager.eval()
     try:
         size = int(net.image_size)
         generator = torch.Generator().manual_seed(0)
@@ -292,7 +295,8 @@ def write_encoder_artifact(net: Any, directory: str | Path) -> Path:
                 raise EncoderArtifactError(f"the tokenizer.json tokenizer gives other tokens than the eager one for {texts}")
             _check_equal(text_scripted(texts), text_eager(texts), f"text encoder ({len(texts)} texts)")
     finally:
-        image_eager.train(was_training[0]), text_eager.train(was_training[1])
+        image_eager.train(was_training[0])
+        text_eager.train(was_training[1])
 
     from ..grid_store import folder_written_whole
 
