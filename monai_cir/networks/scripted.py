@@ -259,9 +259,12 @@ def write_encoder_artifact(net: Any, directory: str | Path) -> Path:
         input_names = list(example.keys())
         with warnings.catch_warnings():  # the tracer's warnings about Python values in the models
             warnings.simplefilter("ignore")
-            image_trace = torch.jit.trace(image_eager.backbone, (image_eager.normalize(images),), check_trace=False)
-            # by keyword: the tokenizer's key order is not the model's argument order
-            text_trace = torch.jit.trace(text_eager.model, example_kwarg_inputs=dict(example), strict=False, check_trace=False)
+            try:
+                image_trace = torch.jit.trace(image_eager.backbone, (image_eager.normalize(images),), check_trace=False)
+                # by keyword: the tokenizer's key order is not the model's argument order
+                text_trace = torch.jit.trace(text_eager.model, example_kwarg_inputs=dict(example), strict=False, check_trace=False)
+            except Exception as err:  # noqa: BLE001 (a backbone TorchScript cannot trace: no artifact, the eager path stays)
+                raise EncoderArtifactError(f"TorchScript cannot trace the encoders ({type(err).__name__}: {err})") from err
         image_spec = {
             "model_name": image_eager.model_name, "image_size": size,
             "channels": list(image_eager.channels), "reductions": list(image_eager.reductions),
