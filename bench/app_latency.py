@@ -3,7 +3,10 @@
 - **cold**: ``python -m deploy_app`` on one study as a subprocess (``--cold-runs`` times): wall time
   from launch to exit, and the app's own ``process_start_to_ready_s`` (imports + models loaded, from
   ``results.json``). Where that time goes: a fresh process times each import group and the model
-  load in order (wall and CPU seconds), so the figure can be read on a loaded machine too.
+  load in order (wall and CPU seconds), so the figure can be read on a loaded machine too. On CPU
+  twice, launches interleaved: with the encoder artifact the index build writes
+  (``MODELS/index/encoders``, TorchScript encoders: the app's path) and on a copy of MODELS without
+  it (the fallback: encoders built with timm and transformers, the imports timed one by one).
 - **warm, one study** (``--warm-runs`` times): the app in this process on one study, models loaded
   once (:func:`deploy_app.app.run_app` with one :class:`~deploy_app.app.LoadedModels`, as a DICOM
   service runs it), everything on (explanations, SR, PDF + Encapsulated PDF). Per run: the wall time
@@ -46,7 +49,10 @@ sys.path.insert(0, str(REPO))
 OUT_JSON = REPO / "bench" / "results" / "app_latency.json"
 STAGES = ("load", "preprocess", "encode", "search", "explain", "sr", "pdf")
 
-# a fresh process: import groups in the order the app meets them, then the models
+# a fresh process: import groups in the order the app meets them, then the models. argv: repo, MODELS,
+# mode: "artifact" (MODELS/index/encoders present: what the app imports on its fast path) or "eager" (no
+# artifact: the app's fallback, the encoders built with timm and transformers; the imports it needs
+# timed one by one first)
 COLD_BREAKDOWN = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -55,18 +61,24 @@ def mark(what):
     marks.append((what, time.perf_counter(), time.process_time()))
 import torch; mark("torch")
 import deploy_app.app as app; mark("deploy_app.app (holoscan, MONAI Deploy SDK, pydicom)")
-import torchvision.ops.misc; mark("torchvision (timm imports torchvision.ops, which imports torch._dynamo)")
-import timm; mark("timm (the rest)")
-import transformers; mark("transformers")
-from transformers import BertModel; mark("transformers BertModel (modeling_utils: scipy via transformers.loss)")
-import faiss; mark("faiss")
-models = app.load_models(sys.argv[2], device="cpu"); mark("models: build network + load weights + index")
+if sys.argv[3] == "eager":
+    import torchvision.ops.misc; mark("torchvision (timm imports torchvision.ops, which imports torch._dynamo)")
+    import timm; mark("timm (the rest)")
+    import transformers; mark("transformers")
+    from transformers import BertModel; mark("transformers BertModel (modeling_utils: scipy via transformers.loss)")
+    import faiss; mark("faiss")
+    models = app.load_models(sys.argv[2], device="cpu"); mark("models: build network + load weights + index")
+else:
+    import faiss; mark("faiss")
+    import tokenizers; mark("tokenizers")
+    models = app.load_models(sys.argv[2], device="cpu"); mark("models: encoder artifact (SHA-256 + torch.jit.load) + head + fingerprint + index")
 import highdicom; mark("highdicom (first SR)")
 import reportlab.pdfgen.canvas; mark("reportlab (first PDF)")
 rows, last_w, last_c = [], t0, c0
 for what, w, c in marks:
     rows.append({"step": what, "wall_s": round(w - last_w, 3), "cpu_s": round(c - last_c, 3)})
     last_w, last_c = w, c
+rows.append({"image_encoder": type(models.net.image_encoder).__name__, "imported": sorted(m for m in ("timm", "torchvision", "transformers", "torch._dynamo", "scipy") if m in sys.modules)})
 print(json.dumps(rows))
 """
 
@@ -84,9 +96,9 @@ def run_subprocess_app(inputs: Path, out: Path, models: Path, extra: list[str]) 
     return wall, json.loads((out / "results.json").read_text())
 
 
-def cold_breakdown(models: Path) -> list[dict]:
+def cold_breakdown(models: Path, mode: str) -> list[dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", COLD_BREAKDOWN, str(REPO), str(models)], capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", COLD_BREAKDOWN, str(REPO), str(models), mode], capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"cold breakdown failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -215,6 +227,16 @@ def main() -> int:
     cached = work / "library-cache" / "models" / "index" / GRID_STORE_DIR
     _, models = build_demo_library(library_records, work / "library-cache", rebuild=not cached.is_dir())
 
+    # the same MODELS without the encoder artifact: the app's fallback (the encoders built eagerly)
+    from monai_cir.networks import ENCODER_ARTIFACT_DIR
+
+    if not (models / "index" / ENCODER_ARTIFACT_DIR / "manifest.json").is_file():
+        raise RuntimeError(f"{models}/index has no encoder artifact: the index build should have written it (see the log)")
+    eager_models = work / "models-eager-fallback"
+    if eager_models.exists():
+        shutil.rmtree(eager_models)
+    shutil.copytree(models, eager_models, ignore=shutil.ignore_patterns(ENCODER_ARTIFACT_DIR))
+
     single, several = work / "single", work / "several"
     for folder in (single, several):
         if folder.exists():
@@ -230,8 +252,10 @@ def main() -> int:
         "machine_at_start": machine_info(),
         "library_cases": len(library_records),
         "what": {
-            "cold_s": "`python -m deploy_app` on one study as a subprocess: wall time launch to exit; process_start_to_ready_s from results.json (imports + models loaded)",
-            "cold_breakdown": "a fresh process: each import group, then load_models, in order (wall and CPU seconds)",
+            "cold_s": "`python -m deploy_app` on one study as a subprocess: wall time launch to exit; process_start_to_ready_s from results.json (imports + models loaded); on CPU with the encoder artifact (MODELS/index/encoders: the TorchScript encoders, no timm / torchvision / transformers import)",
+            "cold_s_eager_fallback": "the same launches (interleaved with cold_s) on a copy of MODELS without the encoder artifact: the app's fallback, encoders built with timm and transformers",
+            "cold_breakdown": "a fresh process on the artifact's path: each import group, then load_models, in order (wall and CPU seconds); the last row: the image encoder's class and which of timm, torchvision, transformers, torch._dynamo, scipy were imported",
+            "cold_breakdown_eager_fallback": "the same without the artifact, with the imports the eager encoders need timmed one by one",
             "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the SR / PDF writers' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run, the matches' grid maps read from MODELS/index/grid_maps (written by the index build); first_sight_without_grid_store: the same without that store (the matches run through the image encoder)",
             "batch": "warm: one run answering the studies together (batch_size = studies; the SR and PDF writers split the studies over forked workers, one per CPU); per-study cost = run wall / studies; first_sight (library caches cleared) against the single study's first_sight p50, then steady (the same batch again) against the steady p50",
             "cold_first_study_s": "launch_to_exit - process_start_to_ready: the first study of a fresh process (its lazy imports: highdicom, reportlab; the first forwards) and the SDK's shutdown",
@@ -244,20 +268,25 @@ def main() -> int:
     answers = {}
     for device in devices:
         entry: dict = {"device": device if device == "cpu" else f"cuda ({torch.cuda.get_device_name(0)})"}
-        cold = []
+        # on CPU the encoder artifact's path and the eager fallback, launches interleaved (same load)
+        variants = {"cold_s": models, "cold_s_eager_fallback": eager_models} if device == "cpu" else {"cold_s": models}
+        cold: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
         for i in range(args.cold_runs):
-            wall, summary = run_subprocess_app(single, work / "out-cold", models, ["--device", device])
-            cold.append((wall, summary["process_start_to_ready_s"]))
-            print(f"[{device}] cold run {i + 1}: {wall:.1f} s to exit, process start to ready {summary['process_start_to_ready_s']:.1f} s", flush=True)
-        entry["cold_s"] = {
-            "launch_to_exit": [round(w, 2) for w, _ in cold],
-            "process_start_to_ready": [round(r, 2) for _, r in cold],
-            "first_study_and_exit": [round(w - r, 2) for w, r in cold],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        }
+            for name, folder in variants.items():
+                wall, summary = run_subprocess_app(single, work / "out-cold", folder, ["--device", device])
+                cold[name].append((wall, summary["process_start_to_ready_s"]))
+                print(f"[{device}] {name} run {i + 1}: {wall:.1f} s to exit, process start to ready {summary['process_start_to_ready_s']:.1f} s", flush=True)
+        for name, runs in cold.items():
+            entry[name] = {
+                "launch_to_exit": [round(w, 2) for w, _ in runs],
+                "process_start_to_ready": [round(r, 2) for _, r in runs],
+                "first_study_and_exit": [round(w - r, 2) for w, r in runs],
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            }
         if device == "cpu":
-            entry["cold_breakdown"] = cold_breakdown(models)
-            print(f"[cpu] cold breakdown: {entry['cold_breakdown']}", flush=True)
+            entry["cold_breakdown"] = cold_breakdown(models, "artifact")
+            entry["cold_breakdown_eager_fallback"] = cold_breakdown(eager_models, "eager")
+            print(f"[cpu] cold breakdown: {entry['cold_breakdown']}\n[cpu] eager fallback: {entry['cold_breakdown_eager_fallback']}", flush=True)
         warm_entry, last = warm(device, models, single, several, work, args)
         entry.update(warm_entry)
         answers[device] = last["queries"][0]["top_k"]

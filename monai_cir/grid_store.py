@@ -20,7 +20,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 
 from .index.base import GRID_STORE_DIR
 
-__all__ = ["GRID_STORE_DIR", "GridMapStore", "file_identity"]
+__all__ = ["GRID_STORE_DIR", "GridMapStore", "file_identity", "folder_written_whole"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,28 @@ GRID_STORE_FORMAT = "monai-cir-grid-maps/1"
 _MAPS_FILE, _KEYS_FILE = "maps.npy", "keys.json"
 
 FileKey = tuple[str, int, int]
+
+
+@contextmanager
+def folder_written_whole(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``directory`` to fill; when the block succeeds it replaces
+    ``directory`` by rename (a reader sees the old folder or the new one, whole), when it fails it is
+    removed and ``directory`` stays as it was."""
+    directory = Path(directory)
+    tmp = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if directory.exists():
+            retired = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:12]}.old"
+            os.replace(directory, retired)
+            os.replace(tmp, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def file_identity(path: str | os.PathLike | None) -> FileKey | None:
@@ -126,20 +149,8 @@ class GridMapStore:
         if shapes is None:
             raise ValueError("no grid maps to write")
         keys = list(rows)
-        tmp = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:12]}.tmp"
-        tmp.mkdir(parents=True)
-        try:
+        with folder_written_whole(directory) as tmp:
             np.save(tmp / _MAPS_FILE, np.stack([rows[k] for k in keys]).astype(np.float32), allow_pickle=False)
             header = {"format": GRID_STORE_FORMAT, "fingerprint": fingerprint, "shapes": [list(s) for s in shapes], "keys": [list(k) for k in keys]}
             (tmp / _KEYS_FILE).write_text(json.dumps(header))
-            if directory.exists():
-                retired = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:12]}.old"
-                os.replace(directory, retired)
-                os.replace(tmp, directory)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory

@@ -459,6 +459,75 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_cold_app_on_the_encoder_artifact_imports_no_timm_or_transformers(app_run, results, tmp_path):
+    """A fresh process loads MODELS (the index build wrote ``index/encoders``) and answers a study with
+    everything on (explanations, SR, PDF): the TorchScript encoders, none of timm, torchvision or
+    transformers imported, the subprocess run's answer. (That run is on the artifact too; that its
+    answer is the eager network's own ranking is test_hits_are_the_models_own_ranking.)"""
+    code = (
+        "import json, sys\n"
+        "from deploy_app.app import load_models, run_app\n"
+        "models = load_models(sys.argv[1], device='cpu')\n"
+        "summary = run_app(sys.argv[2], sys.argv[3], models)\n"
+        "heavy = sorted(m for m in ('timm', 'torchvision', 'transformers') if m in sys.modules)\n"
+        "print(json.dumps({'encoders': [type(models.net.image_encoder).__name__, type(models.net.text_encoder).__name__],\n"
+        "                  'imported': heavy, 'top_k': summary['queries'][0]['top_k'], 'pdf': bool(summary['queries'][0]['outputs'].get('pdf'))}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
+    folder = app_run["cases"]["held_out"].image_file.parent
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code, str(app_run["root"] / "models"), str(folder), str(tmp_path / "out")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["encoders"] == ["ScriptedImageEncoder", "ScriptedTextEncoder"] and report["imported"] == [] and report["pdf"], report
+    _, answers = results
+    assert [h["case_id"] for h in report["top_k"]] == [h["case_id"] for h in answers["held_out"]["top_k"]]
+    assert [h["score"] for h in report["top_k"]] == pytest.approx([h["score"] for h in answers["held_out"]["top_k"]], abs=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_damaged_encoder_artifact_falls_back_to_the_eager_encoders_with_the_same_answer(app_run, results, tmp_path, caplog):
+    """The artifact's query embedding is the eager network's (real weights, real query); a damaged
+    artifact (a truncated trace) makes the app build the eager encoders, with one log line saying why,
+    and answer as before."""
+    import logging
+
+    import torch
+
+    from deploy_app.app import load_models, run_app
+    from deploy_app.settings import AppSettings
+    from monai_cir.dicom.reader import read_dicom_folder
+    from monai_cir.networks import ENCODER_ARTIFACT_DIR, HierarchicalImageEncoder, ScriptedImageEncoder
+    from monai_cir.retrieval import to_image_tensor
+
+    damaged = shutil.copytree(app_run["root"] / "models", tmp_path / "models")
+    trace = damaged / "index" / ENCODER_ARTIFACT_DIR / "image.ts"
+    trace.write_bytes(trace.read_bytes()[:1000])
+    scripted = load_models(app_run["root"] / "models", device="cpu")
+    with caplog.at_level(logging.WARNING):
+        eager = load_models(damaged, device="cpu", cache=False)
+    assert isinstance(scripted.net.image_encoder, ScriptedImageEncoder)
+    assert isinstance(eager.net.image_encoder, HierarchicalImageEncoder)
+    lines = [r.getMessage() for r in caplog.records if "encoder artifact" in r.getMessage()]
+    assert len(lines) == 1 and "damaged" in lines[0] and str(trace) in lines[0], lines
+
+    folder = app_run["cases"]["held_out"].image_file.parent
+    query = read_dicom_folder(folder).queries[0]
+    image = to_image_tensor(query.image, eager.net.image_size)[None]
+    with torch.inference_mode():
+        torch.testing.assert_close(scripted.net.encode_query(image, [query.text]), eager.net.encode_query(image, [query.text]), rtol=0, atol=1e-5)
+    summary = run_app(folder, tmp_path / "out", eager, AppSettings(explain=False, write_pdf=False))
+    _, answers = results
+    top = summary["queries"][0]["top_k"]
+    assert [h["case_id"] for h in top] == [h["case_id"] for h in answers["held_out"]["top_k"]]
+    assert [h["score"] for h in top] == pytest.approx([h["score"] for h in answers["held_out"]["top_k"]], abs=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("grid_store", [False, True], ids=["no-grid-store", "grid-store"])
 def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch, grid_store):
     """A batch's explanations reuse the queries' maps from their encoding and take each library

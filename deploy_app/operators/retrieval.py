@@ -141,7 +141,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
     from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
     from monai_cir.grid_store import GRID_STORE_DIR, GridMapStore
     from monai_cir.index import load_index
-    from monai_cir.networks import load_model
+    from monai_cir.networks import ENCODER_ARTIFACT_DIR, load_model
     from monai_cir.retrieval import model_fingerprint
 
     models = Path(models).resolve()
@@ -157,7 +157,9 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
         if cache and key in _MODELS_CACHE:
             return _MODELS_CACHE[key]
         start = time.perf_counter()
-        net = load_model(checkpoint, device=device)
+        # on CPU the frozen encoders come from the TorchScript artifact the index build wrote beside the
+        # index (no timm / transformers import: seconds off a cold start), else they are built eagerly
+        net = load_model(checkpoint, device=device, encoder_artifact=index_dir / ENCODER_ARTIFACT_DIR)
         _channels_last(net)
         fingerprint = model_fingerprint(net)
         index = load_index(index_dir, expected_fingerprint=fingerprint)

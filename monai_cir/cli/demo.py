@@ -135,16 +135,18 @@ def build_demo_library(records: list, cache: Path, rebuild: bool = False) -> tup
 
 
 def _index_matches_model(models: Path) -> bool:
-    """Does ``models/model.pt`` still load with this code, and did it build ``models/index``?
+    """Does ``models/model.pt`` still load with this code, and did it build ``models/index``? (When it
+    did, the index's encoder artifact is written if it is missing or stale.)
 
     (A network change, e.g. a new head layout, makes an older saved checkpoint unloadable.)"""
     from monai_cir.index import read_manifest
-    from monai_cir.networks import load_model
+    from monai_cir.networks import load_model, refresh_encoder_artifact
     from monai_cir.retrieval import model_fingerprint
 
     try:
         net = load_model(models / "model.pt")
         if model_fingerprint(net) == read_manifest(models / "index").get("fingerprint"):
+            refresh_encoder_artifact(net, models / "index")  # a library indexed before the artifact existed
             return True
         print("[demo] the saved model no longer matches the index: rebuilding")
     except (ValueError, FileNotFoundError, RuntimeError) as err:
@@ -161,7 +163,7 @@ def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = N
     import warnings
 
     from monai_cir import retrieval
-    from monai_cir.networks import load_model, save_checkpoint
+    from monai_cir.networks import load_model, refresh_encoder_artifact, save_checkpoint
 
     models.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
@@ -179,6 +181,7 @@ def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = N
     queries, metadata = retrieval.dicom_library(library)
     index = retrieval.build_index(net, queries, metadata=metadata, batch_size=16, grid_store=models / "index" / GRID_STORE_DIR)
     index.save(models / "index")
+    refresh_encoder_artifact(net, models / "index")  # the app's fast start (monai_cir.networks.scripted)
     return len(index)
 
 

@@ -134,7 +134,7 @@ def run_build(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.index import MANIFEST_NAME, load_index
     from monai_cir.index.base import GRID_STORE_DIR
-    from monai_cir.networks import load_model
+    from monai_cir.networks import load_model, refresh_encoder_artifact
 
     if (args.out / MANIFEST_NAME).is_file() and not args.overwrite:
         raise ValueError(f"{args.out} already holds an index; pass --overwrite to replace it, or `monai-cir index add {args.out} ...` to add cases")
@@ -153,6 +153,7 @@ def run_build(args: argparse.Namespace) -> int:
     )
     index.save(args.out)
     load_index(args.out)  # read back what was written: a failed check is reported now, not at search time
+    refresh_encoder_artifact(net, args.out)  # after the save: the index folder must be empty before it
     print(f"indexed {len(index)} cases ({args.backend}, dim {index.dim}) -> {args.out}")
     return 0
 
@@ -161,7 +162,7 @@ def run_add(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.index import load_index
     from monai_cir.index.base import GRID_STORE_DIR
-    from monai_cir.networks import load_model
+    from monai_cir.networks import load_model, refresh_encoder_artifact
 
     net = load_model(args.model)
     # refuse an index of another model before embedding anything
@@ -173,6 +174,7 @@ def run_add(args: argparse.Namespace) -> int:
     if len(new) < len(records):
         logger.info("%d of %d cases are already in the index: kept as they are", len(records) - len(new), len(records))
     if not new:
+        refresh_encoder_artifact(net, args.index)  # an index built before the artifact existed gains one
         print(f"no new cases: the index {args.index} keeps its {len(index)} cases")
         return 0
     retrieval.build_index(
@@ -181,6 +183,7 @@ def run_add(args: argparse.Namespace) -> int:
     )
     index.save(args.index)  # atomic: a crash before the manifest rename leaves the previous index
     load_index(args.index)
+    refresh_encoder_artifact(net, args.index)  # kept when it is already for this network
     print(f"added {len(new)} cases -> {args.index} ({len(index)} cases)")
     return 0
 

