@@ -462,14 +462,15 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
 def test_cold_app_on_the_encoder_artifact_imports_no_timm_or_transformers(app_run, results, tmp_path):
     """A fresh process loads MODELS (the index build wrote ``index/encoders``) and answers a study with
     everything on (explanations, SR, PDF): the TorchScript encoders, none of timm, torchvision or
-    transformers imported, the subprocess run's answer. (That run is on the artifact too; that its
+    transformers imported, nor sympy (torch's key_padding_mask check would import it on the first composed
+    query: the held-out text names findings), the subprocess run's answer. (That run is on the artifact too; that its
     answer is the eager network's own ranking is test_hits_are_the_models_own_ranking.)"""
     code = (
         "import json, sys\n"
         "from deploy_app.app import load_models, run_app\n"
         "models = load_models(sys.argv[1], device='cpu')\n"
         "summary = run_app(sys.argv[2], sys.argv[3], models)\n"
-        "heavy = sorted(m for m in ('timm', 'torchvision', 'transformers') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('timm', 'torchvision', 'transformers', 'sympy') if m in sys.modules)\n"
         "print(json.dumps({'encoders': [type(models.net.image_encoder).__name__, type(models.net.text_encoder).__name__],\n"
         "                  'imported': heavy, 'top_k': summary['queries'][0]['top_k'], 'pdf': bool(summary['queries'][0]['outputs'].get('pdf'))}))\n"
     )

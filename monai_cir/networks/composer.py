@@ -130,7 +130,10 @@ class CrossModalTransformer(nn.Module):
         key_padding[~has_text, 0] = False
         keys = self.text_proj(self.text_norm(text))
         z = self.image_proj(tokens)
-        attended, weights = self.attn(z, keys, keys, key_padding_mask=key_padding, need_weights=return_attention)
+        # The padding goes in as a per-head attn_mask (the same masking, bit for bit): torch's key_padding_mask
+        # check imports sympy on its first call (torch._check_with), ~0.5 s of an app's first query.
+        blocked = key_padding[:, None, :].expand(b, z.shape[1], key_padding.shape[1]).repeat_interleave(self.attn.num_heads, dim=0)
+        attended, weights = self.attn(z, keys, keys, attn_mask=blocked, need_weights=return_attention)
         update = self.mlp(self.norm_mlp(z + attended))
         keep = has_text.to(tokens.dtype).view(b, 1, 1)
         tokens = tokens + keep * (torch.tanh(self.gate_attn) * self.out(attended) + torch.tanh(self.gate_mlp) * self.out(update))
