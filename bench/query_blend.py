@@ -1,5 +1,7 @@
 """Probe of a lever for "text never hurts" (issue 13): blend the composed query with the same network's
-image-only query, ``Q = w Q_composed + (1 - w) Q_image``.
+image-only query, ``Q = w Q_composed + (1 - w) Q_image``. The rule ``w = min(1, n / 5)`` it picked is the
+network's default since bundle 0.4.0 (``ComposedRetrievalNet(full_text_findings=5)``); the probe reads the
+plain composed query (``full_text_findings=1``) and blends it itself.
 
     .venv/bin/python bench/query_blend.py          # the committed file (5 folds, template + partial texts)
 
@@ -31,13 +33,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 FORMS = ("template", "partial")
 RULES = {
-    "w=1 (the composed default)": lambda n: n.new_ones(n.shape),
+    "w=1 (the plain gate, the default before 0.4.0)": lambda n: n.new_ones(n.shape),
     "w=0 (the image-only query)": lambda n: n.new_zeros(n.shape),
     "w=0.8": lambda n: n.new_full(n.shape, 0.8),
     "w=0.65": lambda n: n.new_full(n.shape, 0.65),
     "w=0.5": lambda n: n.new_full(n.shape, 0.5),
     "w=n/7": lambda n: n / 7,
-    "w=min(1,n/5)": lambda n: (n / 5).clamp(max=1),
+    "w=min(1,n/5) (the default since 0.4.0, full_text_findings=5)": lambda n: (n / 5).clamp(max=1),
     "w=sqrt(n/7)": lambda n: (n / 7).sqrt(),
 }
 
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
             models = cv_methods.train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
             tta = cv_methods.method_options("composed", ctx.config)["train"].get("tta", True)
             empty = text_form_cache(ctx.query_cache, "empty")
-            q_text = cv_methods._concat([m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta) for m in models])
+            # the composed query itself: the plain gate (the network's default now blends by findings)
+            q_text = cv_methods._concat([m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta, full_text_findings=1) for m in models])
             q_image = cv_methods._concat([m.encode_queries(empty, ctx.query_indices, tta=tta) for m in models])
             t = cv_methods._concat([m.encode_targets(ctx.cache, ctx.database_indices, tta=tta) for m in models])
             n = torch.tensor([len(recognised_findings(text)) for text in texts], dtype=torch.float32)
