@@ -70,17 +70,25 @@ def test_train_workflow_writes_checkpoint(trained_fold):
 
 def test_train_workflow_full_batch_regime_keeps_the_last_epoch(tmp_path, shared_data):
     """train.yaml in the full-batch regime (batch_size 0, no inner validation, no early stopping) on the
-    30-case subset: the checkpoint is the last epoch's, with the findings gate recorded in its config."""
+    30-case subset: the checkpoint is the last epoch's, with the findings gate recorded in its config (and the
+    config's full_text_findings, here set to 3 as `monai-cir train --full-text-findings 3` does, not the default 5)."""
+    import argparse
+
+    from monai_cir.cli import train as train_cli
     from monai_cir.networks.checkpoint import read_checkpoint
 
+    parser = argparse.ArgumentParser()
+    train_cli.add_parser(parser.add_subparsers())
+    cli = train_cli.overrides(parser.parse_args(["train", "--full-text-findings", "3"]))
+    assert cli["full_text_findings"] == 3 and "text_gate" not in cli
     wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", max_epochs=3,
-                   batch_size=0, val_fraction=0.0, patience=0)
+                   batch_size=0, val_fraction=0.0, patience=0, full_text_findings=cli["full_text_findings"])
     wf.initialize()
     wf.run()
     wf.finalize()
     payload = read_checkpoint(tmp_path / "models" / "model_fold0.pt")
     assert payload["extra"]["epoch"] == 3 and payload["extra"]["metrics"] == {}
-    assert payload["config"]["text_gate"] == "findings" and payload["config"]["full_text_findings"] == 5
+    assert payload["config"]["text_gate"] == "findings" and payload["config"]["full_text_findings"] == 3
 
 
 def test_evaluate_workflow(trained_fold):
