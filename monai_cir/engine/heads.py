@@ -108,8 +108,7 @@ class CachedComposedModel(nn.Module):
         if self.mode == "text_only":
             sel = [self.mean_maps[i].to(tokens.device) for i in self.net.level_indices]
             maps = [m.unsqueeze(0).expand(tokens.shape[0], *m.shape) for m in sel]
-            return self.net.embed_maps(self.net.compose(maps, tokens, mask))
-        if weights is None:
+        if weights is None or self.mode == "text_only":
             return self.net.embed_maps(self.net.compose(maps, tokens, mask))
         return self.net.blend_query(maps, tokens, mask, weights)
 
