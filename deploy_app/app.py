@@ -105,12 +105,13 @@ class SimilarCasesApp(Application):
         retrieval = ComposedRetrievalOperator(
             self, models=models, top_k=s.top_k, batch_size=s.batch_size, site=s.site, explain=s.explain, name="retrieval_op"
         )
-        sr_writer = SimilarCasesSRWriterOperator(self, output_folder=output_path, name="sr_writer_op")
+        # the SR and the PDF report similarity against the best score this network can give
+        sr_writer = SimilarCasesSRWriterOperator(self, output_folder=output_path, score_range=models.net.score_range, name="sr_writer_op")
         last = sr_writer
         self.add_flow(loader, retrieval, {("queries", "queries")})
         self.add_flow(retrieval, sr_writer, {("results", "results")})
         if s.write_pdf:
-            pdf_writer = SimilarCasesPDFWriterOperator(self, output_folder=output_path, name="pdf_writer_op")
+            pdf_writer = SimilarCasesPDFWriterOperator(self, output_folder=output_path, score_range=models.net.score_range, name="pdf_writer_op")
             self.add_flow(last, pdf_writer, {("results", "results")})
             last = pdf_writer
         if s.publish_dicom or s.publish_dicomweb:

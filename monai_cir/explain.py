@@ -32,6 +32,13 @@ A query whose text names few findings is the blend ``w Q_composed + (1 - w) Q_im
 ``full_text_findings``): its explanation is the same blend of the two queries' explanations, part by
 part, so the parts still add up to the score (``extra["text_weight"]`` holds ``w``).
 
+A network with a late-fusion branch (the release model, ``S = (1 - a) S_Eq9 + a S_late_fusion``): the Eq. 9
+parts above (regions, residuals, global cosines, heatmaps) count ``(1 - a)``, and one more part, the
+branch's cosine of the whole (pooled) images and the text's mean token, counts ``a``; it has no
+position (``late_fusion_cosine``; in :meth:`Explanation.score_parts` as the level ``"late_fusion"``). The
+targets' pooled levels come with their grid maps (:func:`grid_maps`), so the part is computed, not a
+remainder.
+
 What it does **not** show: a heatmap is where this network's similarity came from, not where a
 lesion is or which dermoscopic structure is diagnostic; attention weights are not causal
 attributions (see ``docs/explain.md``).
@@ -115,7 +122,9 @@ class Explanation:
     """Why a target matched a query (see the module docstring).
 
     ``query_heatmap`` / ``target_heatmap``: (H, W) contributions per input pixel of the local term
-    ``β Σ_i s_local^i`` combined over levels (positive = raised the score). ``score`` is Eq. 9.
+    ``(1 - a) β Σ_i s_local^i`` combined over levels (positive = raised the score). ``score`` is the
+    network's score: Eq. 9, or ``(1 - a) S_Eq9 + a late_fusion_cosine`` with a late-fusion branch of share
+    ``a`` (``local_score`` / ``global_score`` stay the Eq. 9 sums of cosines).
     Images are (H, W, 3) float arrays in [0, 1] as the network saw them (after preprocessing).
     """
 
@@ -133,6 +142,8 @@ class Explanation:
     query_label: str = "query"
     target_label: str = "match"
     extra: dict[str, Any] = field(default_factory=dict)
+    late_fusion_share: float = 0.0
+    late_fusion_cosine: float = 0.0
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -146,25 +157,34 @@ class Explanation:
 
         Per level: ``query_regions`` / ``target_regions`` ``β c_j`` (each side's regions, with its
         ``*_projection`` ``β × residual``, split the same local cosine), and ``global`` ``(1-β) ×`` the
-        global cosine. Over levels, one side's regions + projection + global add up to ``score``."""
-        b = self.beta
-        return [
+        global cosine, all times ``1 - a`` with a late-fusion branch, which adds the level
+        ``"late_fusion"`` (no regions; ``global`` = ``a ×`` its cosine). Over levels, one side's regions +
+        projection + global add up to ``score``."""
+        keep = 1.0 - self.late_fusion_share
+        b = keep * self.beta
+        parts = [
             {
                 "level": lv.level,
                 "query_regions": [b * float(v) for v in lv.query_regions],
                 "query_projection": b * lv.query_residual,
                 "target_regions": [b * float(v) for v in lv.target_regions],
                 "target_projection": b * lv.target_residual,
-                "global": (1.0 - b) * lv.global_cosine,
+                "global": keep * (1.0 - self.beta) * lv.global_cosine,
             }
             for lv in self.levels
         ]
+        if self.late_fusion_share > 0:
+            parts.append({"level": "late_fusion", "query_regions": [], "query_projection": 0.0, "target_regions": [],
+                          "target_projection": 0.0, "global": self.late_fusion_share * self.late_fusion_cosine})
+        return parts
 
     def sr_text(self, n_tokens: int = 5) -> str:
         """One sentence for the SR's per-match "Explanation" item (no pixels)."""
-        parts = [
-            f"S={self.score:.3f} = {self.beta:.2f} x local {self.local_score:.3f} + {1 - self.beta:.2f} x global {self.global_score:.3f}"
-        ]
+        eq9 = f"{self.beta:.2f} x local {self.local_score:.3f} + {1 - self.beta:.2f} x global {self.global_score:.3f}"
+        a = self.late_fusion_share
+        if a > 0:
+            eq9 = f"{1 - a:.2f} x ({eq9}) + {a:.2f} x whole-image and text cosine {self.late_fusion_cosine:.3f}"
+        parts = [f"S={self.score:.3f} = {eq9}"]
         if self.levels:
             parts.append("local cosine per level " + ", ".join(f"{lv.level} {lv.local_cosine:.2f}" for lv in self.levels))
         weight = self.extra.get("text_weight")
@@ -184,6 +204,8 @@ class Explanation:
             "local_score": self.local_score,
             "global_score": self.global_score,
             "beta": self.beta,
+            "late_fusion_share": self.late_fusion_share,
+            "late_fusion_cosine": self.late_fusion_cosine,
             "levels": [
                 {
                     "level": lv.level,
@@ -249,12 +271,22 @@ def grid_maps(net: Any, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The selected levels' maps pooled to each alignment's grid, float32: all of a target's maps that
     its descriptors, and so its explanation, read (``standardized_grid`` pools first; pooling a map
     already on the grid is the identity, so an explanation from these is the same as from the full
-    maps). (N, C_i, h', w') per level: a few KB per image, what a cache of library targets keeps."""
-    from .networks.composer import pool_to_grid
+    maps). (N, C_i, h', w') per level: a few KB per image, what a cache of library targets keeps.
 
-    if len(maps) != len(net.alignments):
-        raise ValueError(f"expected {len(net.alignments)} feature maps (levels {net.levels}), got {len(maps)}")
-    return [pool_to_grid(x.float(), align.grid) for align, x in zip(net.alignments, maps)]
+    A network with a late-fusion branch reads the levels' whole-map means too: they follow as one more
+    entry, (N, Σ C_i, 1, 1) (passed through when ``maps`` has it already, i.e. ``maps`` are grid maps)."""
+    from .networks.composer import pool_to_grid
+    from .networks.late_fusion import LateFusionBranch
+
+    n_levels = len(net.alignments)
+    with_pooled = getattr(net, "late_fusion", None) is not None
+    if len(maps) != n_levels and not (with_pooled and len(maps) == n_levels + 1):
+        raise ValueError(f"expected {n_levels} feature maps (levels {net.levels}), got {len(maps)}")
+    grids = [pool_to_grid(x.float(), align.grid) for align, x in zip(net.alignments, maps)]
+    if with_pooled:
+        pooled = maps[n_levels].float() if len(maps) > n_levels else LateFusionBranch.pool(maps)[..., None, None]
+        grids.append(pooled)
+    return grids
 
 
 def _side(align: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -393,6 +425,8 @@ def explain_matches(
         if len(q_maps) != len(net.levels) or any(m.shape[0] != 1 for m in q_maps):
             raise ValueError(f"query_maps must hold one (1, C, h, w) map per level {net.levels}, got shapes {[tuple(m.shape) for m in q_maps]}")
         t_grids = grid_maps(net, target_maps if target_maps is not None else net.image_features(t_all))
+        t_pooled = t_grids[len(net.levels)].flatten(1) if net.late_fusion is not None else None
+        t_grids = t_grids[: len(net.levels)]
         if any(m.shape[0] != len(targets) for m in t_grids):
             raise ValueError(f"target_maps must hold {len(targets)} maps per level (one per target), got shapes {[tuple(m.shape) for m in t_grids]}")
         tokens, mask = net.text_features([text])
@@ -408,6 +442,8 @@ def explain_matches(
             image_only = [(xq.float(), torch.zeros_like(attention)) for xq, (_, attention) in zip(q_maps, composed)]
             plain = _explain_pairs(net, q, image_only, t_all, t_grids, text, words, query_label, labels)
             explained = [_blend(a, b, weight) for a, b in zip(explained, plain)]
+        if t_pooled is not None:
+            explained = _with_late_fusion(net, explained, q_maps, tokens, mask, weight, t_pooled.to(q.device))
         return explained
     finally:
         if switched:
@@ -537,6 +573,28 @@ _ADDITIVE_LEVEL_FIELDS = (
     "query_masks", "query_regions", "target_regions", "query_positions", "target_positions",
     "query_residual", "target_residual", "local_cosine", "global_cosine",
 )
+
+
+def _with_late_fusion(net: Any, explained: list[Explanation], q_maps: Sequence[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor,
+                      weight: float, t_pooled: torch.Tensor) -> list[Explanation]:
+    """The Eq. 9 explanations of a network with a late-fusion branch of share ``a``: their parts count
+    ``1 - a`` and the branch's cosine ``a`` (computed here from the query's maps and tokens and the targets'
+    pooled levels, as :meth:`~monai_cir.networks.ComposedRetrievalNet.query_embedding` does; ``mask`` is the
+    gated one of ``text_features``, which differs from the text's own only where ``weight`` is 0 and the
+    sentence does not count)."""
+    from .networks.late_fusion import LateFusionBranch, sentence_embedding
+
+    branch, a = net.late_fusion, net.late_fusion_share
+    q_lf = branch.weighted_query(LateFusionBranch.pool(q_maps), sentence_embedding(tokens, mask), torch.tensor([weight]))
+    cosines = (q_lf @ branch.target(t_pooled).T)[0].double().cpu().numpy()
+    keep = 1.0 - a
+    out = []
+    for ex, cosine in zip(explained, cosines):
+        out.append(dataclasses.replace(
+            ex, score=keep * ex.score + a * float(cosine), query_heatmap=keep * ex.query_heatmap,
+            target_heatmap=keep * ex.target_heatmap, late_fusion_share=a, late_fusion_cosine=float(cosine),
+        ))
+    return out
 
 
 def _upsample_contributions(values: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

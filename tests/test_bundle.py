@@ -65,6 +65,10 @@ def test_train_workflow_writes_checkpoint(trained_fold):
     assert len(payload["encoder_fingerprint"]) == 64
     net = load_model(ckpt)
     assert net.config["beta"] == 0.6
+    # the second stage: the release network carries the trained late-fusion branch (S = (S_Eq9 + S_lf) / 2)
+    assert net.config["late_fusion_share"] == 0.5 and net.embedding_dim == 1040 + 256
+    assert any(k.startswith("late_fusion.") for k in payload["head"]) and payload["extra"]["late_fusion_epochs"] == 200
+    assert float(payload["head"]["late_fusion.image_norm.std"].sub(1).abs().max()) > 0  # fitted on the training cases
     assert any((trained_fold / "logs").glob("events.out.tfevents.*"))  # TensorBoard-readable
 
 

@@ -406,8 +406,14 @@ def test_hits_are_the_models_own_ranking(app_run, results):
     from monai_cir.networks import load_model
     from monai_cir.retrieval import to_image_tensor
 
+    from monai_cir.dicom.sr import read_similar_cases_sr
+
     _, answers = results
     net = load_model(app_run["root"] / "models" / "model.pt").eval()
+    # the release network: Eq. 9 + the late-fusion branch at equal weight; the SR reports against its range
+    assert net.late_fusion is not None and net.score_range == pytest.approx((-2.0, 2.0))
+    report = read_similar_cases_sr(app_run["out"] / answers["held_out"]["outputs"]["sr"])
+    assert report.score_range == pytest.approx(net.score_range)
     library = {r.case_id: read_dicom_folder(app_run["root"] / "library" / case_uids(r.collection, r.case_id).patient_id).queries[0] for r in app_run["library"]}
     ids = list(library)
     targets = torch.stack([to_image_tensor(library[i].image, net.image_size) for i in ids])

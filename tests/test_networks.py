@@ -367,3 +367,50 @@ def test_feature_caches_store_every_text_the_gate_acts_at_query_time():
     assert mask.any(dim=1).tolist() == [True, True]
     assert gated.text_features(texts)[1].any(dim=1).tolist() == [False, True]
     assert sentence[0].abs().sum() > 0
+
+
+def test_late_fusion_branch_adds_its_cosine_to_eq9_in_one_inner_product(tmp_path):
+    """late_fusion_share a: S = (1 - a) S_Eq9 + a S_lf, where S_Eq9 is the paper network's score (same head
+    weights) and S_lf the branch's cosine of w q_lf + (1 - w) t_lf(query image) with t_lf(target), computed
+    here by hand from pooled maps and the mask-mean of the tokens. Q . T equals it; the checkpoint keeps
+    the branch; a bad share or a level subset is refused."""
+    from monai_cir.engine import attach_late_fusion
+    from monai_cir.networks.late_fusion import LateFusionBranch
+
+    paper = activate_head(make_tiny_net())
+    torch.manual_seed(3)
+    branch = LateFusionBranch(sum(paper.image_encoder.channels), paper.text_encoder.dim, hidden=16, out_dim=8, dropout=0.1, batch_norm=True)
+    with torch.no_grad():  # non-trivial standardisation and BatchNorm statistics (eval mode uses them)
+        for buffer in (branch.image_norm.mean, branch.text_norm.mean, branch.query_mlp[1].running_mean, branch.target_mlp[1].running_mean):
+            buffer.normal_()
+    net = attach_late_fusion(paper, branch.eval(), share=0.3).eval()
+    assert net.embedding_dim == paper.embedding_dim + 8 and net.score_range == pytest.approx((-(0.7 * 3 + 0.3), 0.7 * 3 + 0.3))
+    q_img, t_img = _images(2), _images(3, seed=2)
+    texts = [TEXTS[0], ""]  # two findings (w = 0.4), and no text (w = 0)
+    with torch.no_grad():
+        pooled_q = LateFusionBranch.pool(net.image_features(q_img))
+        pooled_t = LateFusionBranch.pool(net.image_features(t_img))
+        tokens, mask = net.text_tokens(texts)
+        sentence = (tokens * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        w = torch.tensor([[0.4], [0.0]])
+        q_lf = w * branch.query(pooled_q, sentence) + (1 - w) * branch.target(pooled_q)
+        s_lf = q_lf @ branch.target(pooled_t).T
+        expected = 0.7 * paper.similarity(q_img, texts, t_img) + 0.3 * s_lf
+        score = net.similarity(q_img, texts, t_img)
+        torch.testing.assert_close(score, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(net.encode_query(q_img, texts) @ net.encode_target(t_img).T, score, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(score, paper.similarity(q_img, texts, t_img), atol=1e-3)
+    path = save_checkpoint(net, tmp_path / "model.pt", include_encoders=True)  # the tiny encoders are random: keep them
+    loaded = load_model(path)
+    assert loaded.config["late_fusion_share"] == 0.3 and loaded.config["late_fusion"]["out_dim"] == 8
+    assert loaded.fingerprint() == net.fingerprint() != paper.fingerprint()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_query(q_img, texts), net.encode_query(q_img, texts), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="late_fusion_share"):
+        make_tiny_net(late_fusion_share=1.0)
+    with pytest.raises(ValueError, match="all three levels"):
+        make_tiny_net(late_fusion_share=0.5, levels=("M", "H"))
+    with pytest.raises(ValueError, match="unknown late_fusion options"):
+        make_tiny_net(late_fusion_share=0.5, late_fusion=dict(width=3))
+    with pytest.raises(ValueError, match="already has"):
+        attach_late_fusion(net, branch)

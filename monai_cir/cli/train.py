@@ -6,7 +6,8 @@ same dataset, sampler, network, loss, optimizer, handlers and saver nodes as
 the options below are overrides of that config's ids. CPU default: the frozen encoders' outputs are cached
 once (git-ignored cache folder) and the composers / region masks / projections train on the cache
 (SupCon, Adam 1e-4 / wd 1e-5, up to 100 epochs, early stopping patience 30 on an inner validation split,
-the findings gate on query texts). ``--fold all`` writes the release checkpoint
+the findings gate on query texts), then the late-fusion branch of the release network (full batch, 200 epochs;
+``--late-fusion-share 0``: the paper's network alone). ``--fold all`` writes the release checkpoint
 (``bundle/models/model.pt``) with the encoder fingerprint.
 """
 
@@ -31,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--text-gate", choices=("findings", "none"), default=None, help="query text gate (default: the config's, findings)")
     parser.add_argument("--full-text-findings", type=int, default=None, choices=range(1, 8), metavar="N",
                         help="findings (1-7) that give a query text its full weight; fewer blend it with the image-only query (default: the config's, 5)")
+    parser.add_argument("--late-fusion-share", type=float, default=None, metavar="A",
+                        help="share of the late-fusion branch in the score, S = (1 - A) S_Eq9 + A S_late_fusion (default: the config's, 0.5; 0 = the paper's network)")
     parser.add_argument("--text-variants", type=int, default=None, help="training re-wordings per case (default: the config's, 0 = template texts only)")
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the config's, 100)")
     parser.add_argument("--seed", type=int, default=0)
@@ -50,6 +53,7 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
         "image_size": args.image_size, "max_epochs": args.epochs, "dataset_dir": str(args.data_root) if args.data_root else None,
         "network_def#beta": args.beta, "network_def#num_masks": args.num_masks, "network_def#levels": args.levels,
         "text_gate": args.text_gate, "full_text_findings": args.full_text_findings, "text_variants": args.text_variants,
+        "late_fusion_share": args.late_fusion_share,
     }
     return {k: v for k, v in values.items() if v is not None}
 

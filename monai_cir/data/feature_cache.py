@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import autocast_for, cache_dir, default_device
+from ..networks.late_fusion import sentence_embedding
 from .collections import CaseRecord, load_collection, records_dataset
 
 __all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "feature_cache_path"]
@@ -164,9 +165,7 @@ def _encode_texts(net, texts: Sequence[str], batch_size: int) -> tuple[torch.Ten
     n = max(t.shape[1] for t, _ in chunks)
     tokens = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, n - t.shape[1])) for t, _ in chunks])
     mask = torch.cat([torch.nn.functional.pad(m, (0, n - m.shape[1])) for _, m in chunks])
-    weights = mask.float().unsqueeze(-1)
-    sentence = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-    return tokens.half(), mask, sentence.float()
+    return tokens.half(), mask, sentence_embedding(tokens, mask)
 
 
 def build_feature_cache(

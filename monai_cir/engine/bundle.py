@@ -7,7 +7,7 @@
   feature cache or of a record list; :func:`subset_records`: a class-balanced few cases (smoke tests).
 - :func:`checkpoint_saver`: the bundle's saver (``train.yaml`` ``saver``), writing
   :func:`~monai_cir.networks.save_checkpoint` files (head + encoder fingerprint, or the whole network
-  after fine-tuning).
+  after fine-tuning); :func:`add_late_fusion_branch`: ``train.yaml``'s second stage (the release network).
 - :func:`evaluate_checkpoint` / :func:`rank_collection`: the evaluate and inference workflows.
 """
 
@@ -23,17 +23,22 @@ import torch
 from torch import nn
 
 from ..networks import ComposedRetrievalNet, load_model, save_checkpoint
+from ..networks.checkpoint import read_checkpoint
 from ..networks.composed_retrieval import HEAD_PREFIXES
 from .data import class_round_robin
 
-__all__ = ["TargetTower", "subset_records", "fold_split", "checkpoint_saver", "evaluate_checkpoint", "rank_collection", "load_or_default"]
+__all__ = [
+    "TargetTower", "subset_records", "fold_split", "checkpoint_saver", "add_late_fusion_branch", "evaluate_checkpoint",
+    "rank_collection", "load_or_default",
+]
 
 
 class TargetTower(nn.Module):
     """``encode_target`` of a :class:`ComposedRetrievalNet` as a traceable one-input, one-output module.
 
     ``forward(images)``: images (B, 3, S, S) RGB in [0, 1] (preprocessed by ``monai_cir.data.preprocess_image``)
-    -> unit-block embeddings ``T`` (B, D), D = 2 (d_L + d_M + d_H) (Eq. 9 decomposition, DESIGN.md section 2).
+    -> unit-block embeddings ``T`` (B, D), D = 2 (d_L + d_M + d_H) (Eq. 9 decomposition, DESIGN.md section 2)
+    + the late-fusion branch's width when the network has one (the release model: 1040 + 256).
     """
 
     def __init__(self, net: ComposedRetrievalNet) -> None:
@@ -42,6 +47,8 @@ class TargetTower(nn.Module):
         self.image_encoder = net.image_encoder
         self.composers = net.composers  # unused by the target side; kept so the head keys match the checkpoint
         self.alignments = net.alignments
+        if net.late_fusion is not None:
+            self.late_fusion = net.late_fusion
         self.__dict__["net"] = net  # not a submodule: its weights are the ones registered above
         self.embedding_dim = net.embedding_dim
 
@@ -58,7 +65,7 @@ class TargetTower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         maps = self.image_encoder(images)
-        return self.net.embed_maps([maps[i].float() for i in self.net.level_indices])
+        return self.net.target_embedding([maps[i].float() for i in self.net.level_indices])
 
 
 def load_or_default(path: str | Path | None = None, image_size: int = 260, **net_kwargs: Any) -> ComposedRetrievalNet:
@@ -100,6 +107,33 @@ def checkpoint_saver(net: ComposedRetrievalNet, **extra: Any) -> Callable[..., P
         return save_checkpoint(net, path, metrics=metrics, **info, **extra)
 
     return save
+
+
+def add_late_fusion_branch(
+    model: Any, keeper: Any, cache: Any, train_indices: Sequence[int], share: float, path: str | Path, seed: int = 0, **extra: Any
+) -> ComposedRetrievalNet | None:
+    """``train.yaml``'s second stage: the late-fusion branch of the release network (issue 13).
+
+    Takes the best epoch's Eq. 9 head from ``keeper`` (the first stage's
+    :class:`~monai_cir.engine.trainer.BestHeadKeeper`) into ``model`` (the :class:`~.heads.CachedComposedModel`
+    that trained), trains the late-fusion MLP on the same cases exactly as the evaluation's
+    ``late_fusion_fullbatch`` does (``cv_methods.train_method``: full batch, 200 epochs, symmetric SupCon
+    τ 0.1, Adam 1e-3), joins the two (:func:`~monai_cir.engine.attach_late_fusion`) and overwrites the
+    checkpoint at ``path`` with the joined network. ``share <= 0``: nothing to do (the first stage's
+    checkpoint is the paper's network); returns the joined network or None."""
+    from . import attach_late_fusion
+    from .cv_methods import train_method
+
+    if share <= 0:
+        return None
+    if keeper.best_state is not None:
+        model.load_state_dict(keeper.best_state)
+    (branch,) = train_method("late_fusion_fullbatch", cache, np.asarray(train_indices), {}, int(seed))
+    net = attach_late_fusion(model.net, branch, share).eval()
+    first_stage = read_checkpoint(path)["extra"] if Path(path).is_file() else {}  # the best epoch and its metrics
+    save_checkpoint(net, path, **{**first_stage, "epoch": int(keeper.best_epoch), "seed": int(seed), **extra, "late_fusion_epochs": 200})
+    print(f"late-fusion branch trained (share {share}) -> {path}")
+    return net
 
 
 def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequence[int], database_idx: Sequence[int], output: str | Path | None = None, tta: bool = True) -> dict[str, Any]:

@@ -7,7 +7,11 @@ validation split of them drives early stopping) and returns ``(Q, T)`` scored by
   composed only when it names a 7-point finding (the findings gate; ``composed_ungated``: every text).
 - ``image_only``: the same network and loss, query = image with empty text.
 - ``text_only``: the same network, query = the text composed onto the mean training image map.
-- ``late_fusion``: 2-layer MLP on [pooled frozen L/M/H, sentence embedding] vs an image MLP (reference).
+- ``late_fusion``: 2-layer MLP on [pooled frozen L/M/H, sentence embedding] vs an image MLP (reference);
+  ``late_fusion_fullbatch``: the same MLP in the full-batch regime.
+- ``composed_late_fusion``: the release network (``bundle/configs/train.yaml``): the fold's ``composed`` head
+  and ``late_fusion_fullbatch`` MLP joined into one :class:`~monai_cir.networks.ComposedRetrievalNet`
+  (``late_fusion_share`` 0.5), ``S = (S_composed + S_late_fusion) / 2``.
 
 ``composed``, ``composed_text_query`` and ``late_fusion`` have a cross-site encoder: trained once on all
 of Derm7pt, it embeds the other collection's images with its target tower (``T``) (``image_only`` and
@@ -32,11 +36,12 @@ import torch
 from ..evaluation.protocol import CrossSiteContext, FoldContext, RunState
 from ..evaluation.registry import register_method
 from ..evaluation.text_forms import text_form_cache
-from . import TrainConfig, fit_composed
-from .heads import LateFusionMLP
+from ..networks.composed_retrieval import RELEASE_LATE_FUSION_SHARE
+from . import TrainConfig, attach_late_fusion, fit_composed
+from .heads import CachedComposedModel, LateFusionMLP
 from .trainer import train_head
 
-__all__ = ["METHOD_DEFAULTS", "base_net", "method_options", "text_bank", "train_method", "override_options"]
+__all__ = ["METHOD_DEFAULTS", "base_net", "method_options", "text_bank", "train_method", "override_options", "composed_late_fusion_models"]
 
 logger = logging.getLogger(__name__)
 
@@ -264,33 +269,39 @@ def composed_plain_gate(ctx: FoldContext):
     return _fold("composed", ctx, full_text_findings=1)
 
 
-def _composed_late_fusion(ctx: FoldContext, composed_share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Q = [√a Q_composed, √(1-a) Q_lf]``, ``T`` alike: ``<Q, T> = a S_composed + (1-a) S_late_fusion``, still
-    one inner product. The late-fusion query is weighted by the composed network's text weight ``w``
-    (``w Q_lf + (1-w) T_lf(query image)``): its image tower stands in for a query without usable text."""
-    q_c, t_c = _fold("composed", ctx)
-    composed_models = train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
-    w = composed_models[0].text_weights(ctx.query_cache)[torch.as_tensor(np.asarray(ctx.query_indices))].view(-1, 1)
-    tta = method_options("late_fusion_fullbatch", ctx.config)["train"].get("tta", True)
-    lf = train_method("late_fusion_fullbatch", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
-    q_lf = _concat([w * m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta)
-                    + (1 - w) * m.encode_targets(ctx.query_cache, ctx.query_indices, tta=tta) for m in lf])
-    t_lf = _concat([m.encode_targets(ctx.cache, ctx.database_indices, tta=tta) for m in lf])
-    a, b = composed_share ** 0.5, (1 - composed_share) ** 0.5
-    return torch.cat([a * q_c, b * q_lf], dim=1), torch.cat([a * t_c, b * t_lf], dim=1)
+def composed_late_fusion_models(cache: Any, train_idx: np.ndarray, config: dict[str, Any], seed: int, state: RunState | None = None,
+                                 share: float = RELEASE_LATE_FUSION_SHARE) -> list[CachedComposedModel]:
+    """The release network for one split: the fold's ``composed`` head and ``late_fusion_fullbatch`` MLP (both
+    memoised in ``state``, shared with those methods) joined by :func:`~monai_cir.engine.attach_late_fusion`,
+    ``S = (1 - share) S_Eq9 + share S_late_fusion``."""
+    composed_models = train_method("composed", cache, train_idx, config, seed, state)
+    late_fusion_models = train_method("late_fusion_fullbatch", cache, train_idx, config, seed, state)
+    return [CachedComposedModel(attach_late_fusion(c.net, lf, share)) for c, lf in zip(composed_models, late_fusion_models)]
 
 
-def _composed_late_fusion_cross_site(ctx: CrossSiteContext, composed_share: float = 0.5) -> torch.Tensor:
-    a, b = composed_share ** 0.5, (1 - composed_share) ** 0.5
-    return torch.cat([a * _cross_site("composed", ctx), b * _cross_site("late_fusion_fullbatch", ctx)], dim=1)
+def _composed_late_fusion(ctx: FoldContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The release network's ``Q`` and ``T``: ``[√(1-a) Q_Eq9, √a (w q_lf + (1-w) t_lf)]``, ``T`` alike, so
+    ``<Q, T> = (1 - a) S_composed + a S_late_fusion``, one inner product; the late-fusion query is weighted
+    by the composed network's text weight ``w`` (its image tower stands in for a query without usable text)."""
+    tta = method_options("composed", ctx.config)["train"].get("tta", True)
+    models = composed_late_fusion_models(ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    q = _concat([m.encode_queries(ctx.query_cache, ctx.query_indices, tta=tta) for m in models])
+    t = _concat([m.encode_targets(ctx.cache, ctx.database_indices, tta=tta) for m in models])
+    return q, t
 
 
-@register_method("composed_late_fusion", label="composed + full-batch late fusion, one inner product (S = (S_composed + S_lf) / 2)",
+def _composed_late_fusion_cross_site(ctx: CrossSiteContext) -> torch.Tensor:
+    tta = method_options("composed", ctx.config)["train"].get("tta", True)
+    models = composed_late_fusion_models(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    return _concat([m.encode_targets(ctx.target, np.arange(len(ctx.target)), tta=tta) for m in models])
+
+
+@register_method("composed_late_fusion", label="release network: composed + full-batch late fusion (S = (S_composed + S_lf) / 2)",
                  cross_site=_composed_late_fusion_cross_site)
 def composed_late_fusion(ctx: FoldContext):
-    """The ``composed`` and ``late_fusion_fullbatch`` models of the fold (shared), their embeddings
-    concatenated at equal weight: the score is the mean of the two scores (a probe of issue 13's "beat
-    every baseline": does the composed network add to the late-fusion MLP?)."""
+    """The release network (``bundle/configs/train.yaml``): the fold's ``composed`` head and
+    ``late_fusion_fullbatch`` MLP (shared with those methods) as one :class:`ComposedRetrievalNet` with
+    ``late_fusion_share`` 0.5: the score is the mean of the two scores."""
     return _composed_late_fusion(ctx)
 
 

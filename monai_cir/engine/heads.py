@@ -8,7 +8,9 @@
   network with empty text (the composer passes the maps through); ``"text_only"`` composes the text
   onto the *mean training image map*, so the query carries no information about the query image.
 - :class:`LateFusionMLP`: the reference baseline of DESIGN.md section 3 / issue 8: a 2-layer MLP on
-  [pooled frozen features, sentence embedding] on the query side vs an image MLP on the target side.
+  [pooled frozen features, sentence embedding] on the query side vs an image MLP on the target side
+  (:class:`~monai_cir.networks.late_fusion.LateFusionBranch` trained on the cache; the release network
+  carries one beside its Eq. 9 head, :func:`monai_cir.engine.attach_late_fusion`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..networks import ComposedRetrievalNet
-from ..networks.composer import InputStandardizer
+from ..networks.late_fusion import LateFusionBranch
 from .data import cache_maps
 
 __all__ = ["CachedComposedModel", "LateFusionMLP", "COMPOSED_MODES"]
@@ -35,6 +37,10 @@ def _chunks(idx: np.ndarray, size: int) -> list[np.ndarray]:
 
 class CachedComposedModel(nn.Module):
     """The composed network trained on cached maps/tokens (encoders frozen, not run).
+
+    Training (``forward``) trains the Eq. 9 head (composers, masks, projections); a network with a
+    late-fusion branch has it trained on its own (:class:`LateFusionMLP`, :func:`~monai_cir.engine.attach_late_fusion`).
+    ``encode_queries`` / ``encode_targets`` give the network's whole embeddings, branch included.
 
     Args:
         net: the network; only its composers/masks/projections are trained here.
@@ -101,16 +107,18 @@ class CachedComposedModel(nn.Module):
         maps = [cache.maps[i][c] for i in self.net.level_indices]
         self.net.fit_input_statistics(maps, torch.as_tensor(cache.tokens)[c], torch.as_tensor(cache.token_mask)[c])
 
-    def _query(self, maps: list[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """``weights``: the texts' query weights (:meth:`text_weights`; None in training: every text composed)."""
+    def _query(self, maps: list[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None,
+               sentence: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: the texts' query weights (:meth:`text_weights`; None in training: every text composed,
+        the Eq. 9 head only). ``sentence``: the cached texts' sentence embeddings (the late-fusion branch)."""
         if self.mode == "image_only":
-            return self.net.embed_maps(maps)
+            return self.net.embed_maps(maps) if weights is None else self.net.target_embedding(maps)
         if self.mode == "text_only":
             sel = [self.mean_maps[i].to(tokens.device) for i in self.net.level_indices]
             maps = [m.unsqueeze(0).expand(tokens.shape[0], *m.shape) for m in sel]
         if weights is None or self.mode == "text_only":
             return self.net.embed_maps(self.net.compose(maps, tokens, mask))
-        return self.net.blend_query(maps, tokens, mask, weights)
+        return self.net.query_embedding(maps, tokens, mask, weights, sentence)
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, mask = batch["tokens"], batch["token_mask"]
@@ -148,6 +156,7 @@ class CachedComposedModel(nn.Module):
         idx = np.asarray(idx)
         device = next(self.parameters()).device
         tokens = torch.as_tensor(cache.tokens)
+        sentence = torch.as_tensor(cache.sentence) if getattr(cache, "sentence", None) is not None else None
         weights = self.text_weights(cache, text_gate, full_text_findings)
         mask = torch.as_tensor(cache.token_mask).bool() & (weights > 0).view(-1, 1)
         out = 0.0
@@ -157,7 +166,8 @@ class CachedComposedModel(nn.Module):
             for chunk in _chunks(idx, batch_size):
                 c = torch.as_tensor(chunk)
                 m = [maps[i][c].float().to(device) for i in self.net.level_indices]
-                parts.append(self._query(m, tokens[c].float().to(device), mask[c].to(device), weights[c]).cpu())
+                s = sentence[c].float().to(device) if sentence is not None else None
+                parts.append(self._query(m, tokens[c].float().to(device), mask[c].to(device), weights[c], s).cpu())
             out = out + torch.cat(parts)
         return out / len(views)
 
@@ -173,29 +183,17 @@ class CachedComposedModel(nn.Module):
             parts = []
             for chunk in _chunks(idx, batch_size):
                 c = torch.as_tensor(chunk)
-                parts.append(self.net.embed_maps([maps[i][c].float().to(device) for i in self.net.level_indices]).cpu())
+                parts.append(self.net.target_embedding([maps[i][c].float().to(device) for i in self.net.level_indices]).cpu())
             out = out + torch.cat(parts)
         return out / len(views)
 
 
-def _mlp(d_in: int, hidden: int, d_out: int, dropout: float, batch_norm: bool = False) -> nn.Sequential:
-    norm = [nn.BatchNorm1d(hidden)] if batch_norm else []
-    return nn.Sequential(nn.Linear(d_in, hidden), *norm, nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
-
-
-class LateFusionMLP(nn.Module):
-    """Late fusion baseline: ``g_q([pool(X_q); sentence])`` vs ``g_t(pool(X_t))``, unit vectors.
-
-    ``pool`` concatenates the average-pooled frozen levels (L, M, H). Trained with the same SupCon loss.
+class LateFusionMLP(LateFusionBranch):
+    """Late fusion baseline: ``g_q([pool(X_q); sentence])`` vs ``g_t(pool(X_t))``, unit vectors, trained on
+    the feature cache (:class:`~monai_cir.networks.late_fusion.LateFusionBranch`: the same module and
+    state-dict keys as the release network's branch). Trained with the same SupCon loss.
     ``batch_norm`` adds a BatchNorm after each hidden layer (the full-batch regime's head).
     """
-
-    def __init__(self, image_dim: int, text_dim: int, hidden: int = 512, out_dim: int = 256, dropout: float = 0.2, batch_norm: bool = False) -> None:
-        super().__init__()
-        self.query_mlp = _mlp(image_dim + text_dim, hidden, out_dim, dropout, batch_norm)
-        self.target_mlp = _mlp(image_dim, hidden, out_dim, dropout, batch_norm)
-        self.image_norm = InputStandardizer(image_dim)
-        self.text_norm = InputStandardizer(text_dim)
 
     @torch.no_grad()
     def fit_input_statistics(self, cache: Any, idx: Sequence[int]) -> None:
@@ -208,18 +206,8 @@ class LateFusionMLP(nn.Module):
     def head_parameters(self):
         return list(self.parameters())
 
-    @staticmethod
-    def pool(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
-
-    def _q(self, pooled: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.query_mlp(torch.cat([self.image_norm(pooled), self.text_norm(sentence)], dim=1)), dim=-1)
-
-    def _t(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.target_mlp(self.image_norm(pooled)), dim=-1)
-
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._q(self.pool(batch["query_maps"]), batch["sentence"]), self._t(self.pool(batch["target_maps"]))
+        return self.query(self.pool(batch["query_maps"]), batch["sentence"]), self.target(self.pool(batch["target_maps"]))
 
     @torch.no_grad()
     def encode_queries(self, cache: Any, idx: Sequence[int], tta: bool = True, **_: Any) -> torch.Tensor:
@@ -227,11 +215,11 @@ class LateFusionMLP(nn.Module):
         c = torch.as_tensor(np.asarray(idx))
         views = [cache_maps(cache)] + ([cache_maps(cache, True)] if tta and getattr(cache, "maps_flipped", None) is not None else [])
         sentence = torch.as_tensor(cache.sentence)[c].float()
-        return sum(self._q(self.pool([m[c] for m in v]), sentence) for v in views) / len(views)
+        return sum(self.query(self.pool([m[c] for m in v]), sentence) for v in views) / len(views)
 
     @torch.no_grad()
     def encode_targets(self, cache: Any, idx: Sequence[int], tta: bool = True, **_: Any) -> torch.Tensor:
         self.eval()
         c = torch.as_tensor(np.asarray(idx))
         views = [cache_maps(cache)] + ([cache_maps(cache, True)] if tta and getattr(cache, "maps_flipped", None) is not None else [])
-        return sum(self._t(self.pool([m[c] for m in v])) for v in views) / len(views)
+        return sum(self.target(self.pool([m[c] for m in v])) for v in views) / len(views)

@@ -1,9 +1,13 @@
 """The composed retrieval network (paper Fig. 2, Eqs. 2-9) and its factory.
 
-``S(q, t) = β Σ_i s(ρ(E_qτ^i), ρ(E_t^i)) + (1-β) Σ_i s(ρ(X_qτ^i), ρ(X_t^i))`` over levels i.
+``S_Eq9(q, t) = β Σ_i s(ρ(E_qτ^i), ρ(E_t^i)) + (1-β) Σ_i s(ρ(X_qτ^i), ρ(X_t^i))`` over levels i.
 :meth:`ComposedRetrievalNet.similarity` computes this from the feature maps; :meth:`encode_query`
 and :meth:`encode_target` give unit-vector blocks weighted by √β / √(1-β) whose inner product is
 exactly S (DESIGN.md section 2), so a case library is embedded once and a query is one vector search.
+
+With ``late_fusion_share = a > 0`` (the release model; :mod:`.late_fusion`) a late-fusion branch adds its
+cosine: ``S = (1 - a) S_Eq9 + a S_late_fusion``, the embeddings gaining a √a-weighted block, so a query is
+still one inner product. ``a = 0`` is the paper's network.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ..config import autocast_for
 from .alignment import LevelAlignment
 from .composer import CrossModalTransformer, pool_to_grid
 from .image_encoder import HierarchicalImageEncoder
+from .late_fusion import LATE_FUSION_DEFAULTS, LateFusionBranch, sentence_embedding
 from .text_encoder import TextEncoder
 
 __all__ = [
@@ -51,7 +56,11 @@ TEXT_GATES = ("findings", "none")
 # and mAP; 1 is the plain gate (any finding composes fully).
 DEFAULT_FULL_TEXT_FINDINGS = 5
 # State-dict / parameter-name prefixes of the trainable head (everything but the two encoders).
-HEAD_PREFIXES = ("composers.", "alignments.")
+HEAD_PREFIXES = ("composers.", "alignments.", "late_fusion.")
+# The release model's share of the late-fusion branch in the score, S = (1 - a) S_Eq9 + a S_late_fusion
+# (bundle/configs/train.yaml; issue 13). Fixed a priori at equal weight of the two embeddings (the
+# evaluation's composed_late_fusion), not tuned on the reported folds.
+RELEASE_LATE_FUSION_SHARE = 0.5
 
 # Presets in the timm manner: a name gives the encoders; everything else is an override.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -129,6 +138,12 @@ class ComposedRetrievalNet(nn.Module):
             (both Eq. 9 embeddings of this network, so ``S = w S_composed + (1 - w) S_image``). A text
             with few findings says little about the lesion; it nudges the image query instead of
             replacing it. ``1``: any finding composes fully (the plain gate).
+        late_fusion_share: ``a``, the share of the late-fusion branch (:class:`~.late_fusion.LateFusionBranch`)
+            in the score, ``S = (1 - a) S_Eq9 + a S_late_fusion``; 0 (default) = the paper's network, no
+            branch. Needs all three levels (the branch pools L, M and H). The branch's query is weighted by
+            the same text weight ``w`` as the composed query (its image tower stands in for the rest).
+        late_fusion: the branch's MLP options (``hidden``, ``out_dim``, ``dropout``, ``batch_norm``), default
+            :data:`~.late_fusion.LATE_FUSION_DEFAULTS`.
     """
 
     def __init__(
@@ -144,6 +159,8 @@ class ComposedRetrievalNet(nn.Module):
         image_size: int = 260,
         text_gate: str = "findings",
         full_text_findings: int = DEFAULT_FULL_TEXT_FINDINGS,
+        late_fusion_share: float = 0.0,
+        late_fusion: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if text_gate not in TEXT_GATES:
@@ -159,6 +176,14 @@ class ComposedRetrievalNet(nn.Module):
             raise ValueError(f"levels must be a non-empty subset of {LEVEL_NAMES}, got {levels}")
         if len(image_encoder.channels) != len(LEVEL_NAMES):
             raise ValueError(f"the image encoder must return {len(LEVEL_NAMES)} levels, it returns {len(image_encoder.channels)}")
+        if isinstance(late_fusion_share, bool) or not 0.0 <= float(late_fusion_share) < 1.0:
+            raise ValueError(f"late_fusion_share must lie in [0, 1) (0 = the paper's network), got {late_fusion_share!r}")
+        if float(late_fusion_share) > 0 and tuple(sorted(levels, key=LEVEL_NAMES.index)) != LEVEL_NAMES:
+            raise ValueError(f"late_fusion_share > 0 needs all three levels {LEVEL_NAMES} (the branch pools them all), got levels {levels}")
+        fusion_options = {**LATE_FUSION_DEFAULTS, **(late_fusion or {})}
+        unknown = sorted(set(fusion_options) - set(LATE_FUSION_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown late_fusion options {unknown}; known: {sorted(LATE_FUSION_DEFAULTS)}")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.levels = tuple(sorted(levels, key=LEVEL_NAMES.index))
@@ -177,6 +202,10 @@ class ComposedRetrievalNet(nn.Module):
             torch.manual_seed(0)
             self.composers = nn.ModuleList(CrossModalTransformer(d, text_encoder.dim, num_heads) for d in dims)
             self.alignments = nn.ModuleList(LevelAlignment(d, num_masks, projection) for d in dims)
+            self.late_fusion_share = float(late_fusion_share)
+            self.late_fusion = (
+                LateFusionBranch(sum(image_encoder.channels), text_encoder.dim, **fusion_options) if self.late_fusion_share > 0 else None
+            )
         self.config: dict[str, Any] = dict(
             image_model=image_encoder.model_name,
             text_model=text_encoder.name_or_path,
@@ -189,6 +218,8 @@ class ComposedRetrievalNet(nn.Module):
             text_gate=self.text_gate,
             full_text_findings=self.full_text_findings,
         )
+        if self.late_fusion is not None:  # only then: the paper network's config (and fingerprint) is unchanged
+            self.config.update(late_fusion_share=self.late_fusion_share, late_fusion=fusion_options)
         if self.freeze_encoders:
             for p in self.encoder_parameters():
                 p.requires_grad_(False)
@@ -257,8 +288,16 @@ class ComposedRetrievalNet(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        """``2 (d_L + d_M + d_H)`` for the selected levels."""
-        return 2 * sum(self.dims)
+        """``2 (d_L + d_M + d_H)`` for the selected levels, + the late-fusion branch's width when it has one."""
+        return 2 * sum(self.dims) + (self.late_fusion.out_dim if self.late_fusion is not None else 0)
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        """The lowest and highest score ``S`` can take: ``±L`` for Eq. 9 over ``L`` levels (each a sum of
+        cosines), ``±((1 - a) L + a)`` with the late-fusion branch (what the SR and the PDF report against)."""
+        a = self.late_fusion_share
+        top = (1.0 - a) * len(self.levels) + a
+        return -top, top
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast_for(self.device)
@@ -330,6 +369,30 @@ class ComposedRetrievalNet(nn.Module):
             q = torch.where(partial, w * q + (1 - w) * self.embed_maps(maps), q)
         return q
 
+    def query_embedding(self, maps: Sequence[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
+                        sentence: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole query embedding ``Q`` (B, D): :meth:`blend_query` (Eq. 9, text-weighted), and with the
+        late-fusion branch ``[√(1-a) Q_Eq9, √a (w q_lf + (1 - w) t_lf)]``. ``sentence``: the texts'
+        mask-mean token embeddings (default: from ``tokens`` / ``mask``; the feature cache stores them)."""
+        q = self.blend_query(maps, tokens, mask, weights)
+        if self.late_fusion is None:
+            return q
+        if sentence is None:
+            sentence = sentence_embedding(tokens, mask)
+        a = self.late_fusion_share
+        lf = self.late_fusion.weighted_query(LateFusionBranch.pool(maps), sentence.to(q.device), weights)
+        return torch.cat([math.sqrt(1.0 - a) * q, math.sqrt(a) * lf.to(q.dtype)], dim=-1)
+
+    def target_embedding(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The whole case-library embedding ``T`` (N, D): :meth:`embed_maps`, and with the late-fusion branch
+        ``[√(1-a) T_Eq9, √a t_lf]`` (so ``<Q, T> = (1 - a) S_Eq9 + a S_late_fusion``)."""
+        t = self.embed_maps(maps)
+        if self.late_fusion is None:
+            return t
+        a = self.late_fusion_share
+        lf = self.late_fusion.target(LateFusionBranch.pool(maps))
+        return torch.cat([math.sqrt(1.0 - a) * t, math.sqrt(a) * lf.to(t.dtype)], dim=-1)
+
     def descriptors(self, maps: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per level: local ``ρ(E^i)`` and global ``ρ(X^i)`` descriptors (Eqs. 6-8)."""
         local = [align.local_descriptor(x) for align, x in zip(self.alignments, maps)]
@@ -351,19 +414,20 @@ class ComposedRetrievalNet(nn.Module):
         images = check_images(images)
         texts = check_texts(texts, images.shape[0])
         maps = self.image_features(images)
-        tokens, mask = self.text_features(texts)
+        texts_tokens, texts_mask = self.text_tokens(texts)
         weights = torch.tensor(self.text_weights(texts))
+        mask = texts_mask & (weights > 0).to(texts_mask.device).view(-1, 1)  # the gate (text_features)
         with self._autocast():
-            return self.blend_query(maps, tokens, mask, weights).float()
+            return self.query_embedding(maps, texts_tokens, mask, weights, sentence_embedding(texts_tokens, texts_mask)).float()
 
     def encode_target(self, images: torch.Tensor) -> torch.Tensor:
         """Case-library embeddings ``T`` (N, D) for images (N, 3, H, W) in [0, 1]."""
         maps = self.image_features(images)
         with self._autocast():
-            return self.embed_maps(maps).float()
+            return self.target_embedding(maps).float()
 
     def similarity(self, images: torch.Tensor, texts: Sequence[str], target_images: torch.Tensor) -> torch.Tensor:
-        """Eq. 9 computed from the feature maps, level by level: ``S`` (B, N).
+        """Eq. 9 computed from the feature maps, level by level (+ the late-fusion cosine): ``S`` (B, N).
 
         Equals ``encode_query(images, texts) @ encode_target(target_images).T`` to float tolerance."""
         images = check_images(images)
@@ -375,6 +439,11 @@ class ComposedRetrievalNet(nn.Module):
         partial = (weights > 0) & (weights < 1)
         if bool(partial.any()):  # a text with few findings: blend with the image-only query's score
             score = torch.where(partial, weights * score + (1 - weights) * self._eq9(maps, target_maps), score)
+        if self.late_fusion is not None:
+            a, branch = self.late_fusion_share, self.late_fusion
+            tokens, mask = self.text_tokens(texts)
+            q_lf = branch.weighted_query(branch.pool(maps), sentence_embedding(tokens, mask), weights.view(-1))
+            score = (1.0 - a) * score + a * (q_lf @ branch.target(branch.pool(target_maps)).T)
         return score
 
     def _eq9(self, query_maps: Sequence[torch.Tensor], target_maps: Sequence[torch.Tensor]) -> torch.Tensor:
