@@ -36,8 +36,8 @@ A network with a late-fusion branch (the release model, ``S = (1 - a) S_Eq9 + a 
 parts above (regions, residuals, global cosines, heatmaps) count ``(1 - a)``, and one more part, the
 branch's cosine of the whole (pooled) images and the text's mean token, counts ``a``; it has no
 position (``late_fusion_cosine``; in :meth:`Explanation.score_parts` as the level ``"late_fusion"``). The
-targets' pooled levels come with their grid maps (:func:`grid_maps`), so the part is computed, not a
-remainder.
+branch reads the levels on the alignment grid, so the targets' grid maps (:func:`grid_maps`) hold all it
+needs: the part is computed, not a remainder.
 
 What it does **not** show: a heatmap is where this network's similarity came from, not where a
 lesion is or which dermoscopic structure is diagnostic; attention weights are not causal
@@ -271,22 +271,13 @@ def grid_maps(net: Any, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The selected levels' maps pooled to each alignment's grid, float32: all of a target's maps that
     its descriptors, and so its explanation, read (``standardized_grid`` pools first; pooling a map
     already on the grid is the identity, so an explanation from these is the same as from the full
-    maps). (N, C_i, h', w') per level: a few KB per image, what a cache of library targets keeps.
-
-    A network with a late-fusion branch reads the levels' whole-map means too: they follow as one more
-    entry, (N, Σ C_i, 1, 1) (passed through when ``maps`` has it already, i.e. ``maps`` are grid maps)."""
+    maps). (N, C_i, h', w') per level: a few KB per image, what a cache of library targets keeps. A
+    late-fusion branch reads the same grids (:meth:`~monai_cir.networks.ComposedRetrievalNet.late_fusion_pool`)."""
     from .networks.composer import pool_to_grid
-    from .networks.late_fusion import LateFusionBranch
 
-    n_levels = len(net.alignments)
-    with_pooled = getattr(net, "late_fusion", None) is not None
-    if len(maps) != n_levels and not (with_pooled and len(maps) == n_levels + 1):
-        raise ValueError(f"expected {n_levels} feature maps (levels {net.levels}), got {len(maps)}")
-    grids = [pool_to_grid(x.float(), align.grid) for align, x in zip(net.alignments, maps)]
-    if with_pooled:
-        pooled = maps[n_levels].float() if len(maps) > n_levels else LateFusionBranch.pool(maps)[..., None, None]
-        grids.append(pooled)
-    return grids
+    if len(maps) != len(net.alignments):
+        raise ValueError(f"expected {len(net.alignments)} feature maps (levels {net.levels}), got {len(maps)}")
+    return [pool_to_grid(x.float(), align.grid) for align, x in zip(net.alignments, maps)]
 
 
 def _side(align: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -425,8 +416,6 @@ def explain_matches(
         if len(q_maps) != len(net.levels) or any(m.shape[0] != 1 for m in q_maps):
             raise ValueError(f"query_maps must hold one (1, C, h, w) map per level {net.levels}, got shapes {[tuple(m.shape) for m in q_maps]}")
         t_grids = grid_maps(net, target_maps if target_maps is not None else net.image_features(t_all))
-        t_pooled = t_grids[len(net.levels)].flatten(1) if net.late_fusion is not None else None
-        t_grids = t_grids[: len(net.levels)]
         if any(m.shape[0] != len(targets) for m in t_grids):
             raise ValueError(f"target_maps must hold {len(targets)} maps per level (one per target), got shapes {[tuple(m.shape) for m in t_grids]}")
         tokens, mask = net.text_features([text])
@@ -442,8 +431,8 @@ def explain_matches(
             image_only = [(xq.float(), torch.zeros_like(attention)) for xq, (_, attention) in zip(q_maps, composed)]
             plain = _explain_pairs(net, q, image_only, t_all, t_grids, text, words, query_label, labels)
             explained = [_blend(a, b, weight) for a, b in zip(explained, plain)]
-        if t_pooled is not None:
-            explained = _with_late_fusion(net, explained, q_maps, tokens, mask, weight, t_pooled.to(q.device))
+        if net.late_fusion is not None:
+            explained = _with_late_fusion(net, explained, q_maps, tokens, mask, weight, t_grids)
         return explained
     finally:
         if switched:
@@ -576,17 +565,17 @@ _ADDITIVE_LEVEL_FIELDS = (
 
 
 def _with_late_fusion(net: Any, explained: list[Explanation], q_maps: Sequence[torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor,
-                      weight: float, t_pooled: torch.Tensor) -> list[Explanation]:
+                      weight: float, t_grids: Sequence[torch.Tensor]) -> list[Explanation]:
     """The Eq. 9 explanations of a network with a late-fusion branch of share ``a``: their parts count
     ``1 - a`` and the branch's cosine ``a`` (computed here from the query's maps and tokens and the targets'
-    pooled levels, as :meth:`~monai_cir.networks.ComposedRetrievalNet.query_embedding` does; ``mask`` is the
+    grid maps, as :meth:`~monai_cir.networks.ComposedRetrievalNet.query_embedding` does; ``mask`` is the
     gated one of ``text_features``, which differs from the text's own only where ``weight`` is 0 and the
     sentence does not count)."""
-    from .networks.late_fusion import LateFusionBranch, sentence_embedding
+    from .networks.late_fusion import sentence_embedding
 
     branch, a = net.late_fusion, net.late_fusion_share
-    q_lf = branch.weighted_query(LateFusionBranch.pool(q_maps), sentence_embedding(tokens, mask), torch.tensor([weight]))
-    cosines = (q_lf @ branch.target(t_pooled).T)[0].double().cpu().numpy()
+    q_lf = branch.weighted_query(net.late_fusion_pool([m.float() for m in q_maps]), sentence_embedding(tokens, mask), torch.tensor([weight]))
+    cosines = (q_lf @ branch.target(net.late_fusion_pool(t_grids)).T)[0].double().cpu().numpy()
     keep = 1.0 - a
     out = []
     for ex, cosine in zip(explained, cosines):

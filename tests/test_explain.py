@@ -317,8 +317,8 @@ def test_sr_text_and_pdf_image(net, images, explanation):
 def test_a_late_fusion_branch_is_one_more_part_of_the_score(net, images, explanation):
     """The release network (S = (1 - a) S_Eq9 + a S_lf, a = 0.5): the Eq. 9 parts of the paper network's
     explanation count 1 - a, the branch's cosine (computed here by hand from pooled maps and the text's mean
-    token) counts a, and the parts add up to the score the search uses, from the full maps or from the
-    grid maps the index stores (which carry the levels' whole-map means)."""
+    token, from maps pooled on the 4 x 4 grid) counts a, and the parts add up to the score the search uses,
+    from the full maps or from the grid maps the index stores."""
     from monai_cir.engine import attach_late_fusion
     from monai_cir.explain import explain_matches, grid_maps
     from monai_cir.networks.late_fusion import LateFusionBranch, sentence_embedding
@@ -332,8 +332,8 @@ def test_a_late_fusion_branch_is_one_more_part_of_the_score(net, images, explana
     with torch.no_grad():
         s = float(released.similarity(images[0][None], [TEXT], images[1][None])[0, 0])
         q_maps, t_maps = released.image_features(images[0][None]), released.image_features(images[1][None])
-        cosine = float(branch.query(LateFusionBranch.pool(q_maps), sentence_embedding(*released.text_tokens([TEXT])))
-                       @ branch.target(LateFusionBranch.pool(t_maps))[0])
+        cosine = float(branch.query(LateFusionBranch.pool(q_maps, grid=4), sentence_embedding(*released.text_tokens([TEXT])))
+                       @ branch.target(LateFusionBranch.pool(t_maps, grid=4))[0])
     assert ex.late_fusion_share == 0.5 and ex.late_fusion_cosine == pytest.approx(cosine, abs=1e-5)
     assert ex.score == pytest.approx(s, abs=1e-5) and ex.score == pytest.approx(0.5 * explanation.score + 0.5 * cosine, abs=1e-5)
     parts = ex.score_parts()
@@ -342,7 +342,5 @@ def test_a_late_fusion_branch_is_one_more_part_of_the_score(net, images, explana
         assert sum(sum(p[f"{side}_regions"]) + p[f"{side}_projection"] + p["global"] for p in parts) == pytest.approx(s, abs=1e-5)
     np.testing.assert_allclose(ex.query_heatmap, 0.5 * explanation.query_heatmap, atol=1e-7)
     assert "0.50 x whole-image and text cosine" in ex.sr_text() and ex.summary()["late_fusion_cosine"] == ex.late_fusion_cosine
-    grids = grid_maps(released, t_maps)
-    assert len(grids) == len(net.levels) + 1 and grids[-1].shape == (1, sum(net.image_encoder.channels), 1, 1)
-    (from_grids,) = explain_matches(released, images[0], TEXT, [images[1]], target_maps=grids)
+    (from_grids,) = explain_matches(released, images[0], TEXT, [images[1]], target_maps=grid_maps(released, t_maps))
     assert from_grids.score == pytest.approx(s, abs=1e-5)

@@ -372,8 +372,8 @@ def test_feature_caches_store_every_text_the_gate_acts_at_query_time():
 def test_late_fusion_branch_adds_its_cosine_to_eq9_in_one_inner_product(tmp_path):
     """late_fusion_share a: S = (1 - a) S_Eq9 + a S_lf, where S_Eq9 is the paper network's score (same head
     weights) and S_lf the branch's cosine of w q_lf + (1 - w) t_lf(query image) with t_lf(target), computed
-    here by hand from pooled maps and the mask-mean of the tokens. Q . T equals it; the checkpoint keeps
-    the branch; a bad share or a level subset is refused."""
+    here by hand from the maps pooled on the 4 x 4 grid (as the cache trains it) and the mask-mean of the tokens.
+    Q . T equals it; the checkpoint keeps the branch; a bad share or a level subset is refused."""
     from monai_cir.engine import attach_late_fusion
     from monai_cir.networks.late_fusion import LateFusionBranch
 
@@ -385,11 +385,12 @@ def test_late_fusion_branch_adds_its_cosine_to_eq9_in_one_inner_product(tmp_path
             buffer.normal_()
     net = attach_late_fusion(paper, branch.eval(), share=0.3).eval()
     assert net.embedding_dim == paper.embedding_dim + 8 and net.score_range == pytest.approx((-(0.7 * 3 + 0.3), 0.7 * 3 + 0.3))
-    q_img, t_img = _images(2), _images(3, seed=2)
+    q_img, t_img = _images(2, size=88), _images(3, size=88, seed=2)  # maps that do not split evenly into 4 x 4
     texts = [TEXTS[0], ""]  # two findings (w = 0.4), and no text (w = 0)
     with torch.no_grad():
-        pooled_q = LateFusionBranch.pool(net.image_features(q_img))
-        pooled_t = LateFusionBranch.pool(net.image_features(t_img))
+        pooled_q = LateFusionBranch.pool(net.image_features(q_img), grid=4)
+        pooled_t = LateFusionBranch.pool(net.image_features(t_img), grid=4)
+        assert not torch.allclose(pooled_q, LateFusionBranch.pool(net.image_features(q_img)), atol=1e-4)  # the grid matters here
         tokens, mask = net.text_tokens(texts)
         sentence = (tokens * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         w = torch.tensor([[0.4], [0.0]])

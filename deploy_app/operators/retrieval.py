@@ -449,8 +449,7 @@ class ComposedRetrievalOperator(Operator):
                 explanations = explain_matches(
                     self.net, query, text, [tensor for _, _, tensor in plan], labels=labels,
                     query_maps=[m[j : j + 1] for m in query_maps] if query_maps is not None else None,
-                    # the levels' grid maps (+ their whole-map means for a late-fusion branch, explain.grid_maps)
-                    target_maps=[torch.cat([grids[key][entry] for _, key, _ in plan]) for entry in range(len(grids[plan[0][1]]))],
+                    target_maps=[torch.cat([grids[key][level] for _, key, _ in plan]) for level in range(len(self.net.levels))],
                 )
                 for (hit, _, _), explanation in zip(plan, explanations):
                     result.explanations[hit.rank] = explanation

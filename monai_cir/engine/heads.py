@@ -200,6 +200,8 @@ class LateFusionMLP(LateFusionBranch):
         """Standardise both inputs with the statistics of cached training cases ``idx`` (see
         :class:`~monai_cir.networks.composer.InputStandardizer` for why the text matters most)."""
         c = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        # statistics of the full maps' means, as every measured late-fusion run fitted them (the training batches
+        # hold the maps on the 4 x 4 grid, whose means differ from these only where the bins overlap)
         self.image_norm.fit(self.pool([m[c] for m in cache.maps]))
         self.text_norm.fit(torch.as_tensor(cache.sentence)[c])
 

@@ -380,8 +380,13 @@ class ComposedRetrievalNet(nn.Module):
         if sentence is None:
             sentence = sentence_embedding(tokens, mask)
         a = self.late_fusion_share
-        lf = self.late_fusion.weighted_query(LateFusionBranch.pool(maps), sentence.to(q.device), weights)
+        lf = self.late_fusion.weighted_query(self.late_fusion_pool(maps), sentence.to(q.device), weights)
         return torch.cat([math.sqrt(1.0 - a) * q, math.sqrt(a) * lf.to(q.dtype)], dim=-1)
+
+    def late_fusion_pool(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The late-fusion branch's image input (B, Σ C_i): each level's map on its alignment grid (what the
+        Eq. 9 head reads too, and what the cache trains the branch on), averaged."""
+        return LateFusionBranch.pool([pool_to_grid(x.float(), align.grid) for align, x in zip(self.alignments, maps)])
 
     def target_embedding(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """The whole case-library embedding ``T`` (N, D): :meth:`embed_maps`, and with the late-fusion branch
@@ -390,7 +395,7 @@ class ComposedRetrievalNet(nn.Module):
         if self.late_fusion is None:
             return t
         a = self.late_fusion_share
-        lf = self.late_fusion.target(LateFusionBranch.pool(maps))
+        lf = self.late_fusion.target(self.late_fusion_pool(maps))
         return torch.cat([math.sqrt(1.0 - a) * t, math.sqrt(a) * lf.to(t.dtype)], dim=-1)
 
     def descriptors(self, maps: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -442,8 +447,8 @@ class ComposedRetrievalNet(nn.Module):
         if self.late_fusion is not None:
             a, branch = self.late_fusion_share, self.late_fusion
             tokens, mask = self.text_tokens(texts)
-            q_lf = branch.weighted_query(branch.pool(maps), sentence_embedding(tokens, mask), weights.view(-1))
-            score = (1.0 - a) * score + a * (q_lf @ branch.target(branch.pool(target_maps)).T)
+            q_lf = branch.weighted_query(self.late_fusion_pool(maps), sentence_embedding(tokens, mask), weights.view(-1))
+            score = (1.0 - a) * score + a * (q_lf @ branch.target(self.late_fusion_pool(target_maps)).T)
         return score
 
     def _eq9(self, query_maps: Sequence[torch.Tensor], target_maps: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 ``query = g_q([pool(X_q); sentence(text)])``, ``target = g_t(pool(X_t))``, unit vectors, where ``pool``
 concatenates the average-pooled frozen levels (L, M, H) and ``sentence`` is the mask-mean of the text's
-token embeddings. On its own it is the ``late_fusion`` baselines of the evaluation
+token embeddings. The levels are pooled from the maps on the alignment grid (4 x 4, what the feature
+cache's training batches hold and what the index's grid-map store keeps), so the branch reads the same
+values in training, in the app and in an explanation. On its own it is the ``late_fusion`` baselines of the evaluation
 (:class:`monai_cir.engine.LateFusionMLP` trains it on the feature cache); inside
 :class:`~monai_cir.networks.ComposedRetrievalNet` (``late_fusion_share > 0``) its cosine is added to the
 paper's score, ``S = (1 - a) S_Eq9 + a S_late_fusion``, still one inner product. Measured on the
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .composer import InputStandardizer
+from .composer import InputStandardizer, pool_to_grid
 
 __all__ = ["LateFusionBranch", "sentence_embedding", "LATE_FUSION_DEFAULTS"]
 
@@ -60,9 +62,11 @@ class LateFusionBranch(nn.Module):
         self.options = dict(hidden=int(hidden), out_dim=int(out_dim), dropout=float(dropout), batch_norm=bool(batch_norm))
 
     @staticmethod
-    def pool(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The levels' maps (B, C_i, h_i, w_i), average-pooled and concatenated: (B, Σ C_i)."""
-        return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
+    def pool(maps: Sequence[torch.Tensor], grid: int | None = None) -> torch.Tensor:
+        """The levels' maps (B, C_i, h_i, w_i), average-pooled and concatenated: (B, Σ C_i). ``grid``: pool
+        each map to at most ``grid`` x ``grid`` first (:func:`~monai_cir.networks.composer.pool_to_grid`;
+        the identity for maps already on it), as the network does."""
+        return torch.cat([pool_to_grid(m.float(), grid).mean(dim=(2, 3)) for m in maps], dim=1)
 
     def query(self, pooled: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.query_mlp(torch.cat([self.image_norm(pooled), self.text_norm(sentence.float())], dim=1)), dim=-1)
