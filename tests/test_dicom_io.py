@@ -503,6 +503,79 @@ def test_query_study_carries_no_library_labels(tmp_path, shared_data):
     assert query.text == record.text.strip()
 
 
+def _elements(ds: Dataset, path: str = "") -> list[tuple[str, str, object]]:
+    """(path, VR, value) of every element of a dataset and its file meta, recursively, in tag order."""
+    rows = []
+    for elem in ([*ds.file_meta, *ds] if path == "" and "file_meta" in ds.__dict__ else ds):
+        where = f"{path}/{elem.keyword or elem.tag}"
+        if elem.VR == "SQ":
+            rows.append((where, "SQ", len(elem.value)))
+            for i, item in enumerate(elem.value):
+                rows += _elements(item, f"{where}[{i}]")
+        else:
+            rows.append((where, elem.VR, elem.value))
+    return rows
+
+
+def _comparable(a: Dataset, b: Dataset) -> tuple[list, list]:
+    """Both datasets' elements with date/time values blanked and the UIDs that only one of them has
+    (generated afresh by each build) numbered in order of appearance: equal lists = the same SR."""
+    rows = _elements(a), _elements(b)
+    uids = [{str(v) for _, vr, v in r if vr == "UI"} for r in rows]
+    fresh = uids[0] ^ uids[1]
+    out = []
+    for r in rows:
+        numbers: dict[str, str] = {}
+        out.append([
+            (where, vr, "<date/time>" if vr in ("DA", "TM", "DT")
+             else numbers.setdefault(str(v), f"<fresh uid {len(numbers)}>") if vr == "UI" and str(v) in fresh else v)
+            for where, vr, v in r
+        ])
+    return out[0], out[1]
+
+
+def test_fast_sr_assembly_equals_highdicoms_constructor(dicomized, tmp_path):
+    """similar_cases_sr assembles the document around highdicom's content items without the
+    ComprehensiveSR constructor's deep copy / re-parse / tree search (issue 15): the file must be the
+    one the plain constructor writes, element by element. Hits: library instances in other studies,
+    one without UIDs, one that is the query image itself (evidence listed once) and one in the
+    query's own study (Current Requested Procedure Evidence); an evidence summary; explanations."""
+    import highdicom as hd
+    from monai_cir.dicom.sr import _assembled_comprehensive_sr
+
+    scan = read_dicom_folder(dicomized.out)
+    query, library = scan.queries[0], scan.queries[1:]
+    hits = _hits(library) + [_no_uid_hit(len(library) + 1)]
+    itself = NS(**{**vars(hits[0].metadata), **{k: getattr(query, k) for k in ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid")}})
+    same_study = NS(**{**vars(hits[1].metadata), "study_uid": query.study_uid, "series_uid": "1.2.826.0.1.3680043.10.1432.77",
+                       "sop_instance_uid": "1.2.826.0.1.3680043.10.1432.78"})
+    hits += [NS(rank=len(hits) + 1, case_id="itself", score=1.5, metadata=itself), NS(rank=len(hits) + 2, case_id="same-study", score=1.0, metadata=same_study)]
+    kwargs = dict(evidence_summary=_summary(hits[: len(library)]), explanations={1: "pigment network", 3: "streaks"}, notices=["a notice"],
+                  series_uid="1.2.826.0.1.3680043.10.1432.1", sop_instance_uid="1.2.826.0.1.3680043.10.1432.2")
+    files = {}
+    for plain in (False, True):
+        sr = similar_cases_sr(query, hits, plain_highdicom=plain, **kwargs)
+        files[plain] = tmp_path / f"plain-{plain}.dcm"
+        sr.save_as(files[plain], enforce_file_format=True)
+        if not plain:
+            fast = sr
+    fast_rows, plain_rows = _comparable(pydicom.dcmread(files[False]), pydicom.dcmread(files[True]))
+    assert len(fast_rows) > 1000
+    only_fast, only_plain = [r for r in fast_rows if r not in plain_rows], [r for r in plain_rows if r not in fast_rows]
+    assert (only_fast, only_plain) == ([], []) and fast_rows == plain_rows
+    ds = pydicom.dcmread(files[False])
+    assert [s.StudyInstanceUID for s in ds.CurrentRequestedProcedureEvidenceSequence] == [query.study_uid]
+    assert len(ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence) == 2
+    assert len(ds.PertinentOtherEvidenceSequence) == len(library)
+    assert read_similar_cases_sr(files[False]) == read_similar_cases_sr(files[True])
+    assert isinstance(fast.content, hd.sr.MeasurementReport) and fast.content[0].ContentSequence is fast.ContentSequence
+
+    # what highdicom's tree search checked is still checked: an instance referenced but not in the evidence
+    with pytest.raises(ValueError, match=library[0].sop_instance_uid):
+        _assembled_comprehensive_sr(evidence=[query.dataset], content=fast.content, series_instance_uid="1.2.3", series_number=1,
+                                    sop_instance_uid="1.2.3.4", instance_number=1)
+
+
 def test_similar_cases_sr_without_hits_is_still_a_valid_tid1500(dicomized, tmp_path):
     query = read_dicom_folder(dicomized.out).queries[0]
     path = tmp_path / "empty.dcm"

@@ -186,6 +186,7 @@ def similar_cases_sr(
     series_number: int = 99,
     instance_number: int = 1,
     institution_name: str | None = None,
+    plain_highdicom: bool = False,
 ) -> hd.sr.ComprehensiveSR:
     """The similar-cases answer to one query as a TID 1500 :class:`highdicom.sr.ComprehensiveSR`.
 
@@ -200,6 +201,10 @@ def similar_cases_sr(
         evidence_summary: a :class:`monai_cir.evidence.EvidenceSummary` (or its ``to_dict()``).
         explanations: rank -> short text explaining the match, optional.
         score_range: the lowest and highest score the model can give (``-L, L`` for ``L`` levels).
+        plain_highdicom: assemble the document with highdicom's own ``ComprehensiveSR`` constructor
+            (it deep-copies, re-parses and searches the whole content tree: about 3x the time of the
+            default, :func:`_assembled_comprehensive_sr`). Same dataset; the reference the tests hold
+            the default to.
     """
     import highdicom as hd
     from highdicom.sr import (
@@ -347,7 +352,7 @@ def similar_cases_sr(
         software_versions=version,
         contribution_description=algorithm_name[:1024],
     )
-    sr = hd.sr.ComprehensiveSR(
+    sr = (hd.sr.ComprehensiveSR if plain_highdicom else _assembled_comprehensive_sr)(
         evidence=evidence,
         content=report,
         series_instance_uid=series_uid or C.new_uid(),
@@ -369,6 +374,58 @@ def similar_cases_sr(
             item.DeviceUID = C.DEVICE_UID
             item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(C.PROCESSING_ALGORITHM)]
     return sr
+
+
+def _assembled_comprehensive_sr(*, evidence: Sequence[Dataset], content: hd.sr.MeasurementReport, **kwargs: Any) -> hd.sr.ComprehensiveSR:
+    """``highdicom.sr.ComprehensiveSR(evidence=evidence, content=content, **kwargs)``, the same dataset,
+    without the constructor's three walks over the content tree (most of an SR's build time for
+    ~440 content items): a deep copy, its re-parse into content items (``sr.content``) and two
+    ``find_content_items`` searches (IMAGE, COMPOSITE) that build a ContentItem per node.
+
+    highdicom's constructor runs as is (patient / study / series / equipment attributes, flags, and
+    the evidence sequences from ``collect_evidence`` over ``evidence``) on a stand-in root container
+    that has the root's own attributes but no children; the real root's attributes then replace the
+    stand-in's, as the constructor itself copies them. What its tree walks checked is checked here by
+    one plain walk: every referenced instance is in ``evidence`` and no item is SCOORD3D.
+    ``sr.content`` is ``content`` itself (a MeasurementReport, as ``srread`` gives), not a parsed copy:
+    the content items were built by highdicom and are already of its classes.
+    """
+    import highdicom as hd
+
+    root = content[0]
+    referenced, value_types = _referenced_instances(root)
+    if "SCOORD3D" in value_types:  # the check ComprehensiveSR.__init__ makes
+        raise ValueError("Comprehensive SR does not support content items with SCOORD3D value type.")
+    missing = referenced - {str(e.SOPInstanceUID) for e in evidence}
+    if missing:  # the check collect_evidence makes
+        raise ValueError(f"no evidence was provided for instances referenced in the SR content: {sorted(missing)}")
+    stand_in = Dataset()
+    for tag, element in root.items():
+        if element.keyword != "ContentSequence":
+            stand_in[tag] = element
+    stand_in.ContentSequence = []
+    sr = hd.sr.ComprehensiveSR(evidence=evidence, content=stand_in, **kwargs)
+    for tag, element in root.items():  # what the constructor does with the content it is given
+        sr[tag] = element
+    sr._content = content  # noqa: SLF001 (what the `content` property returns; the constructor's is a parsed deep copy)
+    return sr
+
+
+def _referenced_instances(root: Dataset) -> tuple[set[str], set[str]]:
+    """(SOP Instance UIDs referenced by IMAGE / COMPOSITE items, value types) of the tree under ``root``."""
+    uids: set[str] = set()
+    value_types: set[str] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for item in node.get("ContentSequence", ()):
+            value_type = str(item.ValueType)
+            value_types.add(value_type)
+            if value_type in ("IMAGE", "COMPOSITE"):
+                uids.add(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+            if "ContentSequence" in item:
+                stack.append(item)
+    return uids, value_types
 
 
 # ------------------------------------------------------------------------------------------------
