@@ -15,7 +15,7 @@ project concept, the OID ``CONCEPT_ROOT + N`` in the ``ISO_OID`` scheme). OHIF 3
           Algorithm Name / Version (TID 4019)
           Finding Site (363698007, SCT) = the case's site            [when known]
           NUM (.1) Retrieval rank, unit (1, UCUM)
-          NUM (.2) Similarity score S of paper Eq. 9, unit (1, UCUM), with its possible range as
+          NUM (.2) Similarity score S of the network (Eq. 9 [+ late fusion]), unit (1, UCUM), with its possible range as
               Minimum / Maximum (SCT) measurement statistical properties (TID 311)
           CODE (439401001, SCT, "Diagnosis") = the case's diagnosis (SNOMED CT)
           CODE (.7) Diagnosis confirmation method = histopathology (SCT) | follow-up | expert | unknown
@@ -67,7 +67,8 @@ DECISION_SUPPORT_NOTE = (
     "Decision support, not a diagnosis: library cases that look similar by image and text. The diagnosis "
     "of a similar case is not the diagnosis of this patient; each case states how its diagnosis was confirmed."
 )
-# S = β Σ_i cos_local + (1-β) Σ_i cos_global over the three levels (paper Eq. 9): -3 <= S <= 3.
+# S = β Σ_i cos_local + (1-β) Σ_i cos_global over the three levels (paper Eq. 9): -3 <= S <= 3. A network with
+# a late-fusion branch has another range (ComposedRetrievalNet.score_range; the app passes its network's).
 DEFAULT_SCORE_RANGE = (-3.0, 3.0)
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 FINDING_SITE = Code("363698007", "SCT", "Finding site")
@@ -250,7 +251,7 @@ def similar_cases_sr(
                 NumContentItem(C.MINIMUM, low, C.NO_UNITS, relationship_type=RelationshipTypeValues.HAS_PROPERTIES),
                 NumContentItem(C.MAXIMUM, high, C.NO_UNITS, relationship_type=RelationshipTypeValues.HAS_PROPERTIES),
             ],
-            description="possible range of the similarity score S (paper Eq. 9); higher is more similar",
+            description="possible range of the similarity score S of the network; higher is more similar",
         )
     )
 
