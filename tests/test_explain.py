@@ -80,12 +80,13 @@ def test_heatmap_upsampling_to_non_square_sizes_keeps_the_sum():
 
 def _local_term(net, query_image, text, target_image) -> float:
     """``Σ_i s_local^i`` as the search computes it: the local blocks of ``<Q, T>`` over β (paper Eq. 9,
-    DESIGN.md section 2), independent of the explanation code."""
+    DESIGN.md section 2) and over ``1 - a`` for a network with a late-fusion branch of share ``a`` (its Eq. 9
+    blocks are scaled by √(1 - a)), independent of the explanation code."""
     with torch.no_grad():
         q = net.encode_query(query_image[None], [text])[0]
         t = net.encode_target(target_image[None])[0]
     half = sum(net.dims)
-    return float(q[:half] @ t[:half]) / net.beta
+    return float(q[:half] @ t[:half]) / (net.beta * (1.0 - net.late_fusion_share))
 
 
 def _projection_residuals(net, query_image, text, target_image) -> list[float]:
@@ -280,8 +281,9 @@ def test_explanation_on_real_isic_images(offline_net, shared_data, tmp_path):
 
 
 def test_explanation_of_the_shipped_model(shared_data):
-    """``bundle/models/model.pt`` (fitted input standardisation) on two real Derm7pt cases: the
-    regions and the projection residual give the local term the search uses."""
+    """``bundle/models/model.pt`` (fitted input standardisation, the late-fusion branch) on two real Derm7pt
+    cases: the regions and the projection residual give the local term the search uses, and the parts add
+    up to the score."""
     from monai_cir.data import load_collection, load_image
     from monai_cir.networks import load_model
 
@@ -296,6 +298,8 @@ def test_explanation_of_the_shipped_model(shared_data):
     residuals = _projection_residuals(shipped, q, query.text, t)
     regions = sum(float(lv.query_regions.sum()) for lv in ex.levels)
     assert regions + sum(residuals) == pytest.approx(_local_term(shipped, q, query.text, t), abs=1e-4)
+    assert shipped.late_fusion is not None and ex.late_fusion_share == 0.5
+    assert sum(sum(p["query_regions"]) + p["query_projection"] + p["global"] for p in ex.score_parts()) == pytest.approx(s, abs=1e-4)
 
 
 def ex_tensor(path):
