@@ -535,24 +535,41 @@ def test_damaged_encoder_artifact_falls_back_to_the_eager_encoders_with_the_same
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize("grid_store", [False, True], ids=["no-grid-store", "grid-store"])
-def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch, grid_store):
+@pytest.mark.parametrize(("grid_store", "forked"), [(False, False), (True, False), (True, True)], ids=["no-grid-store", "grid-store", "forked-workers"])
+def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch, grid_store, forked):
     """A batch's explanations reuse the queries' maps from their encoding and take each library
     case's grid maps from the store the index build wrote (``MODELS/index/grid_maps``), or without
     it run each library case through the image encoder once (then from the per-process cache):
     the same explanations as :func:`monai_cir.explain.explain_match` from scratch, each score the
-    match's own."""
+    match's own. ``forked``: the per-query work runs in forked workers (as from
+    ``PARALLEL_MIN_STUDIES`` queries on), which send the explanations back without their images:
+    the same explanations, images included."""
     import dataclasses
 
     import torch
 
+    import monai_cir.explain
     from deploy_app.app import load_models, run_app
+    from deploy_app.operators import common
     from deploy_app.operators import retrieval as retrieval_op
     from deploy_app.operators import sr_writer
     from deploy_app.operators.common import LIBRARY_IMAGE_SIDE, library_image
     from deploy_app.settings import AppSettings
     from monai_cir.explain import explain_match
     from monai_cir.retrieval import to_image_tensor
+
+    explained_in = tmp_path / "explained_in"
+    explained_in.mkdir()
+    if forked:  # both queries of the batch in workers (the stage counts as run here once already)
+        monkeypatch.setattr(common, "PARALLEL_MIN_STUDIES", 2)
+        monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"explain"})
+        explain_matches = monai_cir.explain.explain_matches
+
+        def recorded(*args, **kwargs):
+            (explained_in / str(os.getpid())).touch()  # a file: a worker's memory does not come back
+            return explain_matches(*args, **kwargs)
+
+        monkeypatch.setattr(monai_cir.explain, "explain_matches", recorded)
 
     models = load_models(app_run["root"] / "models", device="cpu")
     assert models.grid_maps is not None and len(models.grid_maps) == LIBRARY_SIZE  # written by index_dicom_library
@@ -573,6 +590,9 @@ def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, resul
     finally:
         handle.remove()
     assert len(seen_first) == 2
+    if forked and len(os.sched_getaffinity(0)) > 1:
+        pids = {int(f.name) for f in explained_in.iterdir()}
+        assert pids and os.getpid() not in pids, f"explained in {pids}, not in workers"
     cases = {hit.metadata.case_id for result in seen_first for hit in result.hits}
     # the two queries once, and without the store each library case among their hits once
     assert first == 2 + (0 if grid_store else len(cases))
@@ -588,6 +608,7 @@ def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, resul
             np.testing.assert_allclose(got.query_heatmap, fresh.query_heatmap, atol=1e-6)
             np.testing.assert_allclose(got.target_heatmap, fresh.target_heatmap, atol=1e-6)
             np.testing.assert_array_equal(got.target_image, fresh.target_image)
+            np.testing.assert_array_equal(got.query_image, fresh.query_image)
             for a, b in zip(got.levels, fresh.levels):
                 np.testing.assert_allclose(a.query_regions, b.query_regions, atol=1e-6)
                 np.testing.assert_allclose(a.target_regions, b.target_regions, atol=1e-6)

@@ -8,18 +8,19 @@ import logging
 import multiprocessing
 import os
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-__all__ = ["Problem", "QueryResult", "ResultsOperator", "attr", "clear_library_images", "library_image", "library_target", "query_id_of"]
+__all__ = ["Problem", "QueryResult", "ResultsOperator", "attr", "clear_library_images", "for_each_answered", "library_image", "library_target", "query_id_of"]
 
 
 def attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -198,94 +199,122 @@ class ResultsOperator(Operator):
     def for_each_answered(
         self, results: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str, parallel: bool = False
     ) -> list[QueryResult]:
-        """``work(result)`` for every query answered so far, timed as ``stage``; a failure marks that
-        query (``what`` says what could not be done) and the others go on.
+        """:func:`for_each_answered` with this operator's logger; the writers' ``work`` sets ``result.outputs``."""
+        return for_each_answered(results, stage, work, what, self._logger, parallel=parallel)
 
-        ``parallel``: ``work`` is pure Python that only writes files and sets ``result.outputs`` (the
-        SR and PDF writers: per study, they are most of what a batch cannot share). With at least
-        :data:`PARALLEL_MIN_STUDIES` studies and more than one CPU, the studies are split over forked
-        worker processes (one per CPU), which see the results as they are here; what comes back is
-        each study's ``outputs`` or its error, and each study's ``stage`` time is its share of the
-        stage's wall time. The first time a process runs a stage, its first study runs here, so that
-        what the work loads lazily (modules, caches) is loaded once and inherited by the workers
-        instead of loaded by each. A worker that dies leaves its studies to this process, one by one."""
-        pending = [r for r in results if r.ok]
-        if parallel and _writer_processes(len(pending)) > 1:
-            if stage not in _STAGES_RUN_HERE:  # the first study here: the workers inherit what it loaded and cached
-                self._run_here(pending[:1], stage, work, what)
-                _STAGES_RUN_HERE.add(stage)
-                pending = pending[1:]
-            workers = _writer_processes(len(pending), minimum=2)
-            if workers > 1:
-                pending = self._run_forked(pending, stage, work, what, workers)
-        self._run_here(pending, stage, work, what)
-        return results
 
-    def _run_here(self, pending: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str) -> None:
-        for result in pending:
-            start = time.perf_counter()
-            try:
-                work(result)
-            except Exception as err:  # noqa: BLE001 (one bad query must not stop the others)
-                result.fail(stage, f"cannot {what}: {type(err).__name__}: {err}")
-                self._logger.error("query %s: %s", result.query_id, result.error)
-            result.timing_ms[stage] = 1000 * (time.perf_counter() - start)
+def for_each_answered(
+    results: list[QueryResult],
+    stage: str,
+    work: Callable[[QueryResult], None],
+    what: str,
+    logger: logging.Logger,
+    parallel: bool = False,
+    returns: Sequence[str] = ("outputs",),
+) -> list[QueryResult]:
+    """``work(result)`` for every query answered so far, timed as ``stage``; a failure marks that
+    query (``what`` says what could not be done) and the others go on.
 
-    def _run_forked(self, answered: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str, workers: int) -> list[QueryResult]:
-        """Run ``work`` over ``answered`` in ``workers`` forked processes; returns the studies left undone."""
-        global _FORKED_WORK
+    ``parallel``: ``work`` only writes files and fills the ``returns`` fields of the result (dicts of
+    :class:`QueryResult`: ``outputs`` for the SR and PDF writers, ``explanations`` for the
+    explanations; per study, they are most of what a batch cannot share). With at least
+    :data:`PARALLEL_MIN_STUDIES` studies and more than one CPU, the studies are split over forked
+    worker processes (one per CPU, one torch thread each), which see the results as they are here;
+    what comes back is each study's ``returns`` fields or its error, and each study's ``stage`` time is
+    its share of the stage's wall time. The first time a process runs a stage, its first study runs
+    here, so that what the work loads lazily (modules, caches) is loaded once and inherited by the
+    workers instead of loaded by each. A worker that dies leaves its studies to this process, one by one."""
+    pending = [r for r in results if r.ok]
+    if parallel and _worker_processes(len(pending)) > 1:
+        if stage not in _STAGES_RUN_HERE:  # the first study here: the workers inherit what it loaded and cached
+            _run_here(pending[:1], stage, work, what, logger)
+            _STAGES_RUN_HERE.add(stage)
+            pending = pending[1:]
+        workers = _worker_processes(len(pending), minimum=2)
+        if workers > 1:
+            pending = _run_forked(pending, stage, work, what, logger, workers, tuple(returns))
+    _run_here(pending, stage, work, what, logger)
+    return results
+
+
+def _run_here(pending: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str, logger: logging.Logger) -> None:
+    for result in pending:
         start = time.perf_counter()
-        done: set[int] = set()
-        _FORK_LOCK.acquire()  # one forked batch at a time: the workers' work is this module's global
-        _FORKED_WORK = (work, answered)  # the workers read it from the memory they were forked with
-        # objects that exist now are left out of the workers' garbage collection: a collection would
-        # touch (and so copy) every page of this process, the cost of a fork that does no work
-        gc.freeze()
         try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                for i, (outputs, error) in enumerate(pool.map(_forked_work, range(len(answered)))):
-                    result = answered[i]
-                    if error is None:
-                        result.outputs.update(outputs)
-                    else:
-                        result.fail(stage, f"cannot {what}: {error}")
-                        self._logger.error("query %s: %s", result.query_id, result.error)
-                    done.add(i)
-        except BrokenProcessPool as err:
-            self._logger.warning("a %s worker process died (%s): the %d studies left run in this process", stage, err, len(answered) - len(done))
-        finally:
-            _FORKED_WORK = None
-            gc.unfreeze()
-            _FORK_LOCK.release()
-        share = 1000 * (time.perf_counter() - start) / max(1, len(done))
-        for i in done:
-            answered[i].timing_ms[stage] = share
-        return [r for i, r in enumerate(answered) if i not in done]
+            work(result)
+        except Exception as err:  # noqa: BLE001 (one bad query must not stop the others)
+            result.fail(stage, f"cannot {what}: {type(err).__name__}: {err}")
+            logger.error("query %s: %s", result.query_id, result.error)
+        result.timing_ms[stage] = 1000 * (time.perf_counter() - start)
 
 
-# at least this many studies before the SR / PDF writers fork workers (fewer: forking costs more than it saves)
+def _run_forked(
+    answered: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str, logger: logging.Logger, workers: int, returns: tuple[str, ...]
+) -> list[QueryResult]:
+    """Run ``work`` over ``answered`` in ``workers`` forked processes; returns the studies left undone."""
+    global _FORKED_WORK
+    start = time.perf_counter()
+    done: set[int] = set()
+    _FORK_LOCK.acquire()  # one forked batch at a time: the workers' work is this module's global
+    _FORKED_WORK = (work, answered, returns)  # the workers read it from the memory they were forked with
+    # objects that exist now are left out of the workers' garbage collection: a collection would
+    # touch (and so copy) every page of this process, the cost of a fork that does no work
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_one_torch_thread) as pool:
+            for i, (fields, error) in enumerate(pool.map(_forked_work, range(len(answered)))):
+                result = answered[i]
+                if error is None:
+                    for name, value in fields.items():
+                        getattr(result, name).update(value)
+                else:
+                    result.fail(stage, f"cannot {what}: {error}")
+                    logger.error("query %s: %s", result.query_id, result.error)
+                done.add(i)
+    except BrokenProcessPool as err:
+        logger.warning("a %s worker process died (%s): the %d studies left run in this process", stage, err, len(answered) - len(done))
+    finally:
+        _FORKED_WORK = None
+        gc.unfreeze()
+        _FORK_LOCK.release()
+    share = 1000 * (time.perf_counter() - start) / max(1, len(done))
+    for i in done:
+        answered[i].timing_ms[stage] = share
+    return [r for i, r in enumerate(answered) if i not in done]
+
+
+# at least this many studies before a parallel stage forks workers (fewer: forking costs more than it saves)
 PARALLEL_MIN_STUDIES = 4
-_FORKED_WORK: tuple[Callable[[QueryResult], None], list[QueryResult]] | None = None
+_FORKED_WORK: tuple[Callable[[QueryResult], None], list[QueryResult], tuple[str, ...]] | None = None
 _FORK_LOCK = threading.Lock()
 _STAGES_RUN_HERE: set[str] = set()  # parallel stages this process has run once itself (warm for its workers)
 
 
-def _writer_processes(studies: int, minimum: int = PARALLEL_MIN_STUDIES) -> int:
-    """Worker processes for ``studies`` studies of pure-Python writing: one per CPU this process may
-    use, none below ``minimum`` studies or where ``fork`` is not available."""
-    if studies < minimum or "fork" not in multiprocessing.get_all_start_methods():
+def _worker_processes(studies: int, minimum: int | None = None) -> int:
+    """Worker processes for ``studies`` studies of per-study work: one per CPU this process may
+    use, none below ``minimum`` (default :data:`PARALLEL_MIN_STUDIES`) studies or where ``fork`` is
+    not available."""
+    if studies < (PARALLEL_MIN_STUDIES if minimum is None else minimum) or "fork" not in multiprocessing.get_all_start_methods():
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cpus, studies))
 
 
-def _forked_work(i: int) -> tuple[dict[str, str], str | None]:
-    """In a worker: ``work(results[i])`` -> (its outputs, None) or ({}, the error in one line)."""
+def _one_torch_thread() -> None:
+    """In a worker: one torch thread (the workers are the parallelism; an OpenMP pool is not
+    carried over a fork, and one thread never starts one)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _forked_work(i: int) -> tuple[dict[str, Any], str | None]:
+    """In a worker: ``work(results[i])`` -> (its ``returns`` fields, None) or ({}, the error in one line)."""
     assert _FORKED_WORK is not None, "forked without work"
-    work, answered = _FORKED_WORK
+    work, answered, returns = _FORKED_WORK
     result = answered[i]
     try:
         work(result)
     except Exception as err:  # noqa: BLE001 (reported for that study by the parent)
         return {}, f"{type(err).__name__}: {err}"
-    return dict(result.outputs), None
+    return {name: dict(getattr(result, name)) for name in returns}, None

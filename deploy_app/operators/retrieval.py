@@ -13,12 +13,15 @@ encoding, and per library case the maps pooled to the alignment grid (a few KB p
 per-process cache, :class:`TargetMapCache`, and read from the library's grid maps store,
 ``MODELS/index/grid_maps``, which ``monai-cir index build`` writes from the index's own forwards);
 the library images of all the queries of a batch that are in neither run in shared forwards, each
-case once.
+case once. The per-query rest (text attention, composition, the decomposition of the pairs) runs,
+for a batch of :data:`~.common.PARALLEL_MIN_STUDIES` queries or more, in forked workers, one per
+CPU, as the SR and PDF writers' work does.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -29,7 +32,7 @@ from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .common import QueryResult, attr, clear_library_images, library_target
+from .common import QueryResult, attr, clear_library_images, for_each_answered, library_target
 
 __all__ = [
     "CPU_FORWARD_IMAGES",
@@ -422,14 +425,16 @@ class ComposedRetrievalOperator(Operator):
         (:func:`monai_cir.explain.explain_matches`: the query's maps from its encoding, the matches'
         grid maps from :data:`TARGET_MAPS`, whose misses for the whole batch run in shared forwards);
         a match whose library image is not reachable from here gets a notice instead. The shared
-        work's time is split evenly over the batch's queries."""
+        work's time is split evenly over the batch's queries; the per-query work runs, from
+        :data:`~.common.PARALLEL_MIN_STUDIES` queries on, in forked workers (one per CPU, as the SR
+        and PDF writers do), which send the explanations back."""
         import torch
 
-        from monai_cir.explain import explain_matches
+        from monai_cir.explain import explain_matches, explained_image
 
         start = time.perf_counter()
-        plans, targets = [], {}
-        for result, _, _, _ in batch:
+        plans, targets = {}, {}
+        for j, (result, query, text, _) in enumerate(batch):
             plan = []
             for hit in result.hits:
                 found = library_target(hit, self.net.image_size)
@@ -439,19 +444,34 @@ class ComposedRetrievalOperator(Operator):
                 key, tensor = found
                 targets[key] = tensor
                 plan.append((hit, key, tensor))
-            plans.append(plan)
+            plans[id(result)] = (j, query, text, plan)
         grids = TARGET_MAPS.get_many(self.net, targets, self.batch_size, store=self.models.grid_maps) if targets else {}
         shared_ms = 1000 * (time.perf_counter() - start) / len(batch)
-        for j, ((result, query, text, _), plan) in enumerate(zip(batch, plans)):
-            t0 = time.perf_counter()
-            if plan:
-                labels = [f"#{hit.rank} {hit.metadata.diagnosis}" for hit, _, _ in plan]
-                explanations = explain_matches(
-                    self.net, query, text, [tensor for _, _, tensor in plan], labels=labels,
-                    query_maps=[m[j : j + 1] for m in query_maps] if query_maps is not None else None,
-                    target_maps=[torch.cat([grids[key][level] for _, key, _ in plan]) for level in range(len(self.net.levels))],
-                )
-                for (hit, _, _), explanation in zip(plan, explanations):
-                    result.explanations[hit.rank] = explanation
-            result.timing_ms["explain"] = shared_ms + 1000 * (time.perf_counter() - t0)
 
+        def explain(result: QueryResult) -> None:
+            j, query, text, plan = plans[id(result)]
+            if not plan:
+                return
+            labels = [f"#{hit.rank} {hit.metadata.diagnosis}" for hit, _, _ in plan]
+            explanations = explain_matches(
+                self.net, query, text, [tensor for _, _, tensor in plan], labels=labels,
+                query_maps=[m[j : j + 1] for m in query_maps] if query_maps is not None else None,
+                target_maps=[torch.cat([grids[key][level] for _, key, _ in plan]) for level in range(len(self.net.levels))],
+            )
+            for (hit, _, _), explanation in zip(plan, explanations):
+                # without its images (most of its bytes): a forked worker sends it back, and this process
+                # has the images already (put back below)
+                result.explanations[hit.rank] = dataclasses.replace(explanation, query_image=None, target_image=None)
+
+        results = [result for result, _, _, _ in batch]
+        for_each_answered(results, "explain", explain, "explain the matches", self._logger, parallel=True, returns=("explanations",))
+        for result in results:
+            start = time.perf_counter()
+            _, query, _, plan = plans[id(result)]
+            if result.explanations:
+                query_image = explained_image(query, self.net.image_size)
+                for hit, _, tensor in plan:
+                    result.explanations[hit.rank] = dataclasses.replace(
+                        result.explanations[hit.rank], query_image=query_image, target_image=explained_image(tensor, self.net.image_size)
+                    )
+            result.timing_ms["explain"] = shared_ms + result.timing_ms.get("explain", 0.0) + 1000 * (time.perf_counter() - start)
