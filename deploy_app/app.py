@@ -90,6 +90,10 @@ class SimilarCasesApp(Application):
     def compose(self) -> None:
         """Creates the operators and connects them (SDK style: paths from the app context)."""
         self._logger.info(f"Begin {self.compose.__name__}")
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # -l DEBUG keeps every library's detail
+            from monai_cir.config import quiet_chatty_loggers
+
+            quiet_chatty_loggers()
         app_context: AppContext = Application.init_app_context(self.argv)
         input_path = Path(app_context.input_path)
         output_path = Path(app_context.output_path)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["data_root", "cache_dir", "default_device", "autocast_for", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
+__all__ = ["data_root", "cache_dir", "default_device", "autocast_for", "quiet_chatty_loggers", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
 
 DATA_ROOT_ENV = "MONAI_CIR_DATA"
 CACHE_DIR_ENV = "MONAI_CIR_CACHE"
@@ -52,3 +53,14 @@ def autocast_for(device: torch.device | str) -> contextlib.AbstractContextManage
     if torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+# libraries that log routine steps at INFO: highdicom ~10 lines per SR it builds, faiss its loader
+CHATTY_LOGGERS = ("highdicom", "faiss", "faiss.loader")
+
+
+def quiet_chatty_loggers() -> None:
+    """Log only warnings and errors of :data:`CHATTY_LOGGERS`, so that an INFO log says what the
+    program did (each study, each file written) instead of how a library built it."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

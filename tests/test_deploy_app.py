@@ -618,6 +618,17 @@ def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, resul
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_log_says_what_the_app_did_without_library_chatter(app_run, results):
+    """At the default level the app's log has a line per study and the run's summary, not highdicom's
+    INFO lines for every module it copies into an SR (about ten per study)."""
+    proc = app_run["proc"]
+    log = proc.stdout + proc.stderr
+    assert re.search(r"answered \d+ queries, \d+ problem\(s\)", log), log[-3000:]
+    assert "(highdicom" not in log, [line for line in log.splitlines() if "(highdicom" in line][:3]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_patient_and_study_carried_into_outputs(app_run, results):
     _, answers = results
     for name in ("in_library", "held_out"):

@@ -41,9 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # libraries that are chatty at INFO
-        for name in ("faiss", "faiss.loader", "highdicom"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    if not args.verbose:
+        from ..config import quiet_chatty_loggers
+
+        quiet_chatty_loggers()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

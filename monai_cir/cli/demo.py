@@ -201,11 +201,9 @@ def make_query_study(record, folder: Path, text: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
+    from monai_cir.config import cache_dir, quiet_chatty_loggers
 
-    for noisy in ("highdicom", "faiss", "faiss.loader"):  # chatty at INFO; the demo prints its own progress
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from monai_cir.config import cache_dir
+    quiet_chatty_loggers()  # the demo prints its own progress
     from monai_cir.data import load_isic_uda1
 
     t0 = time.perf_counter()
