@@ -18,9 +18,10 @@
   after a start: the matches' images are decoded and their grid maps read from the store the index
   build wrote, ``MODELS/index/grid_maps``); then ``first_sight_without_grid_store`` (the same with
   no store: the matches run through the image encoder, as with an index built ``--no-grid-maps``).
-- **warm, a batch** of ``--studies`` studies in one run (batch size = the number of studies):
-  per-study cost = run wall / studies, against the single study's p50; first sight (caches
-  cleared), then steady (the same batch again).
+- **warm, a batch** of ``--studies`` studies in one run (batch size = the number of studies),
+  ``--batch-runs`` times (the median run reported, every run listed: on a shared VM the same run
+  varies by a fifth from minute to minute): per-study cost = run wall / studies, against the
+  single study's p50; first sight (caches cleared), then steady (the same batch again).
 
 The case library: ISIC UDA-1 minus the demo's held-out query, ``--limit`` cases (evenly spaced per
 class), dicomized and indexed with the trained head under the cache (``bench/app_latency``). Query
@@ -28,7 +29,7 @@ studies: the demo's held-out case, and library cases re-dicomized as new studies
 On CUDA (when present) the same runs again, and the CPU and CUDA top-k are compared; otherwise the
 JSON says it was not run. Commit and machine (load average) are recorded: run on a clean tree.
 
-    .venv/bin/python bench/app_latency.py [--studies 16] [--warm-runs 5] [--cold-runs 1] [--limit 120]
+    .venv/bin/python bench/app_latency.py [--studies 16] [--warm-runs 5] [--batch-runs 3] [--cold-runs 1] [--limit 120]
 """
 
 from __future__ import annotations
@@ -152,19 +153,25 @@ def single_entry(runs: list[tuple[float, dict]], cpu_ms: list[float]) -> dict:
     return {**stats([1000 * w for w, _ in runs]), "stages_p50_ms": stage_breakdown(runs), "cpu_ms": stats(cpu_ms), "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def batch_entry(folder: Path, out: Path, models, settings, single: dict, first_sight: bool) -> dict:
+def batch_entry(folder: Path, out: Path, models, settings, single: dict, first_sight: bool, runs: int) -> dict:
+    """``runs`` batch runs; the figures are the median run's (by wall time), every run's per-study wall listed."""
     from deploy_app.operators.retrieval import clear_library_caches
 
-    if first_sight:
-        clear_library_caches()
-    start, cpu = time.perf_counter(), cpu_seconds()
-    summary = run_app_in_process(folder, out, models, settings)
-    wall, cpu_s = time.perf_counter() - start, cpu_seconds() - cpu
+    measured = []
+    for _ in range(runs):
+        if first_sight:
+            clear_library_caches()
+        start, cpu = time.perf_counter(), cpu_seconds()
+        summary = run_app_in_process(folder, out, models, settings)
+        measured.append((time.perf_counter() - start, cpu_seconds() - cpu, summary))
+    wall, cpu_s, summary = sorted(measured, key=lambda m: m[0])[len(measured) // 2]
     answered = len(summary["queries"])
     per_study, per_cpu = 1000 * wall / answered, 1000 * cpu_s / answered
     return {
         "studies": answered,
         "batch_size": settings.batch_size,
+        "runs": runs,
+        "per_study_ms_each_run": [round(1000 * w / answered, 1) for w, _, _ in measured],
         "run_wall_s": round(wall, 2),
         "per_study_ms": round(per_study, 1),
         "per_study_over_single_p50": round(per_study / single["p50"], 3),
@@ -193,9 +200,9 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
     settings_b = dataclasses.replace(settings, batch_size=len(list(several.iterdir())))
     batches = {}
     for name, first_sight in (("first_sight", True), ("steady", False)):
-        batches[name] = batch_entry(several, work / f"out-{device}-batch", models, settings_b, entry[name], first_sight)
+        batches[name] = batch_entry(several, work / f"out-{device}-batch", models, settings_b, entry[name], first_sight, args.batch_runs)
         b = batches[name]
-        print(f"[{device}] batch of {b['studies']}, {name}: {b['per_study_ms']:.0f} ms per study = {b['per_study_over_single_p50']:.2f} x the single study's p50 (CPU {b['per_study_cpu_over_single_cpu_p50']:.2f} x)", flush=True)
+        print(f"[{device}] batch of {b['studies']}, {name}: {b['per_study_ms']:.0f} ms per study (median of {b['runs']} runs: {b['per_study_ms_each_run']}) = {b['per_study_over_single_p50']:.2f} x the single study's p50 (CPU {b['per_study_cpu_over_single_cpu_p50']:.2f} x)", flush=True)
     stored = len(models.grid_maps) if models.grid_maps is not None else 0
     return {"library_grid_maps_stored": stored, "single_study_ms": entry, "batch": batches}, last
 
@@ -204,6 +211,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=16, help="studies in the batched run (default 16)")
     parser.add_argument("--warm-runs", type=int, default=5, help="warm runs of the single study (default 5)")
+    parser.add_argument("--batch-runs", type=int, default=3, help="runs of the batch, first sight and steady each; the median run is reported (default 3)")
     parser.add_argument("--cold-runs", type=int, default=1, help="single-study app launches (default 1)")
     parser.add_argument("--limit", type=int, default=120, help="library size (default 120; latency hardly depends on it: search is < 1 ms)")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
@@ -256,8 +264,8 @@ def main() -> int:
             "cold_s_eager_fallback": "the same launches (interleaved with cold_s) on a copy of MODELS without the encoder artifact: the app's fallback, encoders built with timm and transformers",
             "cold_breakdown": "a fresh process on the artifact's path: each import group, then load_models, in order (wall and CPU seconds); the last row: the image encoder's class and which of timm, torchvision, transformers, torch._dynamo, scipy were imported",
             "cold_breakdown_eager_fallback": "the same without the artifact, with the imports the eager encoders need timmed one by one",
-            "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the SR / PDF writers' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run, the matches' grid maps read from MODELS/index/grid_maps (written by the index build); first_sight_without_grid_store: the same without that store (the matches run through the image encoder)",
-            "batch": "warm: one run answering the studies together (batch_size = studies; the SR and PDF writers split the studies over forked workers, one per CPU); per-study cost = run wall / studies; first_sight (library caches cleared) against the single study's first_sight p50, then steady (the same batch again) against the steady p50",
+            "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the reports' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run, the matches' grid maps read from MODELS/index/grid_maps (written by the index build); first_sight_without_grid_store: the same without that store (the matches run through the image encoder)",
+            "batch": "warm: runs answering the studies together (batch_size = studies; the reports pass, explanations + SR + PDF, splits the studies over forked workers, one per CPU); per-study cost = run wall / studies, of the median of --batch-runs runs (each run's listed); first_sight (library caches cleared before each run) against the single study's first_sight p50, then steady (the same batch again) against the steady p50",
             "cold_first_study_s": "launch_to_exit - process_start_to_ready: the first study of a fresh process (its lazy imports: highdicom, reportlab; the first forwards) and the SDK's shutdown",
         },
         "results": [],

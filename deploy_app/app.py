@@ -2,10 +2,8 @@
 
 Pipeline (``compose``)::
 
-    DermoscopyStudyLoaderOperator ──queries──> ComposedRetrievalOperator ──results──> SimilarCasesSRWriterOperator
-          │                                                                                │ results
-          │                                                                   SimilarCasesPDFWriterOperator
-          │                                                                                │ results
+    DermoscopyStudyLoaderOperator ──queries──> ComposedRetrievalOperator ──results──> SimilarCasesReportsOperator
+          │                                                              (explanations, SR, PDF)  │ results
           │                                                                   [DICOMPublisherOperator, when configured]
           │                                                                                │ results
           └──────────────────────────problems──────────────────────────────> ResultsWriterOperator
@@ -43,17 +41,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 
 from . import APP_NAME, __version__
 from .operators.dermoscopy_loader import DermoscopyStudyLoaderOperator
-from .operators.pdf_writer import SimilarCasesPDFWriterOperator
 from .operators.publisher import DICOMPublisherOperator
+from .operators.reports import SimilarCasesReportsOperator
 from .operators.results_writer import RESULTS_FILE, ResultsWriterOperator
-from .operators.retrieval import ComposedRetrievalOperator, LoadedModels, ModelsLayoutError, load_models
-from .operators.sr_writer import SimilarCasesSRWriterOperator
+from .operators.retrieval import (
+    ComposedRetrievalOperator,
+    LoadedModels,
+    ModelsLayoutError,
+    load_models,
+)
 from .settings import AppSettings, split_argv
 
 __all__ = ["LoadedModels", "SimilarCasesApp", "load_models", "main", "run_app"]
@@ -110,14 +111,12 @@ class SimilarCasesApp(Application):
             self, models=models, top_k=s.top_k, batch_size=s.batch_size, site=s.site, explain=s.explain, name="retrieval_op"
         )
         # the SR and the PDF report similarity against the best score this network can give
-        sr_writer = SimilarCasesSRWriterOperator(self, output_folder=output_path, score_range=models.net.score_range, name="sr_writer_op")
-        last = sr_writer
+        reports = SimilarCasesReportsOperator(
+            self, output_folder=output_path, score_range=models.net.score_range, write_pdf=s.write_pdf, name="reports_op"
+        )
+        last = reports
         self.add_flow(loader, retrieval, {("queries", "queries")})
-        self.add_flow(retrieval, sr_writer, {("results", "results")})
-        if s.write_pdf:
-            pdf_writer = SimilarCasesPDFWriterOperator(self, output_folder=output_path, score_range=models.net.score_range, name="pdf_writer_op")
-            self.add_flow(last, pdf_writer, {("results", "results")})
-            last = pdf_writer
+        self.add_flow(retrieval, reports, {("results", "results")})
         if s.publish_dicom or s.publish_dicomweb:
             publisher = DICOMPublisherOperator(
                 self, dicom_node=s.dicom_node, dicomweb_url=s.publish_dicomweb, calling_aet=s.calling_aet, name="publisher_op"

@@ -346,12 +346,6 @@ def _to_hwc(image: torch.Tensor) -> np.ndarray:
     return image[0].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def explained_image(image: Any, image_size: int) -> np.ndarray:
-    """The (H, W, 3) float array in [0, 1] an :class:`Explanation` holds for an input image (a path, an
-    (H, W, 3) array or a (3, H, W) / (1, 3, H, W) tensor), as :func:`explain_matches` makes it."""
-    return _to_hwc(_as_batch(image, image_size, "image"))
-
-
 # ---------------------------------------------------------------------------------- main API
 @torch.no_grad()
 def explain_match(

@@ -535,41 +535,24 @@ def test_damaged_encoder_artifact_falls_back_to_the_eager_encoders_with_the_same
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize(("grid_store", "forked"), [(False, False), (True, False), (True, True)], ids=["no-grid-store", "grid-store", "forked-workers"])
-def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch, grid_store, forked):
+@pytest.mark.parametrize("grid_store", [False, True], ids=["no-grid-store", "grid-store"])
+def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, results, tmp_path, monkeypatch, grid_store):
     """A batch's explanations reuse the queries' maps from their encoding and take each library
     case's grid maps from the store the index build wrote (``MODELS/index/grid_maps``), or without
     it run each library case through the image encoder once (then from the per-process cache):
     the same explanations as :func:`monai_cir.explain.explain_match` from scratch, each score the
-    match's own. ``forked``: the per-query work runs in forked workers (as from
-    ``PARALLEL_MIN_STUDIES`` queries on), which send the explanations back without their images:
-    the same explanations, images included."""
+    match's own."""
     import dataclasses
 
     import torch
 
-    import monai_cir.explain
     from deploy_app.app import load_models, run_app
-    from deploy_app.operators import common
+    from deploy_app.operators import reports
     from deploy_app.operators import retrieval as retrieval_op
-    from deploy_app.operators import sr_writer
     from deploy_app.operators.common import LIBRARY_IMAGE_SIDE, library_image
     from deploy_app.settings import AppSettings
     from monai_cir.explain import explain_match
     from monai_cir.retrieval import to_image_tensor
-
-    explained_in = tmp_path / "explained_in"
-    explained_in.mkdir()
-    if forked:  # both queries of the batch in workers (the stage counts as run here once already)
-        monkeypatch.setattr(common, "PARALLEL_MIN_STUDIES", 2)
-        monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"explain"})
-        explain_matches = monai_cir.explain.explain_matches
-
-        def recorded(*args, **kwargs):
-            (explained_in / str(os.getpid())).touch()  # a file: a worker's memory does not come back
-            return explain_matches(*args, **kwargs)
-
-        monkeypatch.setattr(monai_cir.explain, "explain_matches", recorded)
 
     models = load_models(app_run["root"] / "models", device="cpu")
     assert models.grid_maps is not None and len(models.grid_maps) == LIBRARY_SIZE  # written by index_dicom_library
@@ -577,8 +560,8 @@ def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, resul
         models = dataclasses.replace(models, grid_maps=None)
     retrieval_op.clear_library_caches()
     seen: list = []
-    write = sr_writer.write_similar_cases_sr
-    monkeypatch.setattr(sr_writer, "write_similar_cases_sr", lambda result, *a, **k: (seen.append(result), write(result, *a, **k))[1])
+    write = reports.write_similar_cases_sr
+    monkeypatch.setattr(reports, "write_similar_cases_sr", lambda result, *a, **k: (seen.append(result), write(result, *a, **k))[1])
     encoded: list[int] = []
     handle = models.net.image_encoder.register_forward_hook(lambda module, args, out: encoded.append(int(args[0].shape[0])))
     settings = AppSettings(device="cpu", explain=True, write_pdf=False, batch_size=2)
@@ -590,9 +573,6 @@ def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, resul
     finally:
         handle.remove()
     assert len(seen_first) == 2
-    if forked and len(os.sched_getaffinity(0)) > 1:
-        pids = {int(f.name) for f in explained_in.iterdir()}
-        assert pids and os.getpid() not in pids, f"explained in {pids}, not in workers"
     cases = {hit.metadata.case_id for result in seen_first for hit in result.hits}
     # the two queries once, and without the store each library case among their hits once
     assert first == 2 + (0 if grid_store else len(cases))
@@ -614,6 +594,65 @@ def test_batched_explanations_reuse_the_encoding_and_library_maps(app_run, resul
                 np.testing.assert_allclose(a.target_regions, b.target_regions, atol=1e-6)
     with torch.no_grad():
         assert seen[-1].explanations[1].sr_text() == seen_first[-1].explanations[1].sr_text()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_batch_reports_in_forked_workers_match_the_process(app_run, results, tmp_path, monkeypatch):
+    """From ``PARALLEL_MIN_STUDIES`` queries on, each query's explanations, SR and PDF are made in one
+    pass in a forked worker: the same SR (matches, scores, explanation texts) and PDF pages as the
+    pass in the process, the pass's time split over the explain / sr / pdf stages, and a part that
+    fails names itself (stage and words) while the other queries are answered."""
+    from deploy_app.app import load_models, run_app
+    from deploy_app.operators import common, reports
+    from deploy_app.settings import AppSettings
+    from monai_cir.dicom.sr import read_similar_cases_sr
+
+    models = load_models(app_run["root"] / "models", device="cpu")
+    settings = AppSettings(device="cpu", explain=True, write_pdf=True, batch_size=2)
+    in_process = run_app(app_run["root"] / "input", tmp_path / "here", models, settings)
+
+    written_in = tmp_path / "written_in"
+    written_in.mkdir()
+    write = reports.write_similar_cases_sr
+
+    def recorded(result, *args, **kwargs):
+        (written_in / str(os.getpid())).touch()  # a file: a worker's memory does not come back
+        return write(result, *args, **kwargs)
+
+    monkeypatch.setattr(reports, "write_similar_cases_sr", recorded)
+    monkeypatch.setattr(common, "PARALLEL_MIN_STUDIES", 2)
+    monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"reports"})  # both queries to the workers
+    forked = run_app(app_run["root"] / "input", tmp_path / "forked", models, settings)
+
+    pids = {int(f.name) for f in written_in.iterdir()}
+    if len(os.sched_getaffinity(0)) > 1:
+        assert pids and os.getpid() not in pids, f"written in {pids}, not in workers"
+    assert len(forked["queries"]) == len(in_process["queries"]) == 2
+    for here, there in zip(in_process["queries"], forked["queries"]):
+        a = read_similar_cases_sr(tmp_path / "here" / here["outputs"]["sr"])
+        b = read_similar_cases_sr(tmp_path / "forked" / there["outputs"]["sr"])
+        assert [(m.case_id, m.explanation) for m in a.matches] == [(m.case_id, m.explanation) for m in b.matches]
+        assert all(m.explanation and "local cosine" in m.explanation for m in b.matches)
+        assert [m.score for m in a.matches] == pytest.approx([m.score for m in b.matches], abs=1e-6)
+        pages = [len(re.findall(rb"/Type\s*/Page(?!s)", (tmp_path / run / q["outputs"]["pdf"]).read_bytes())) for run, q in (("here", here), ("forked", there))]
+        assert pages[0] == pages[1] >= 1 + len(b.matches)
+        timing = there["timing_ms"]
+        assert all(timing[stage] > 0 for stage in ("explain", "sr", "pdf")) and not any(k.startswith("reports") for k in timing), timing
+
+    unlucky = in_process["queries"][1]["query_id"]
+
+    def broken_pdf(result, *args, **kwargs):
+        if result.query_id == unlucky:
+            raise ValueError("no room on the page")
+        return write_report(result, *args, **kwargs)
+
+    write_report = reports.write_report
+    monkeypatch.setattr(reports, "write_report", broken_pdf)
+    failed = run_app(app_run["root"] / "input", tmp_path / "failed", models, settings)
+    problems = json.loads((tmp_path / "failed" / "problems.json").read_text())
+    assert [q["query_id"] for q in failed["queries"]] == [in_process["queries"][0]["query_id"]]
+    assert [(p["query_id"], p["message"]) for p in problems if p["stage"] == "pdf"] == [(unlucky, "cannot write the PDF report: ValueError: no room on the page")]
 
 
 @pytest.mark.integration

@@ -2,8 +2,8 @@
 
 - :class:`~.dermoscopy_loader.DermoscopyStudyLoaderOperator`: DICOM folder -> queries + problems
 - :class:`~.retrieval.ComposedRetrievalOperator`: queries -> top-k similar cases (model + index loaded once)
-- :class:`~.sr_writer.SimilarCasesSRWriterOperator`: Comprehensive SR per query
-- :class:`~.pdf_writer.SimilarCasesPDFWriterOperator`: PDF + Encapsulated PDF per query
+- :class:`~.reports.SimilarCasesReportsOperator`: per query, the explanations of its matches, the
+  Comprehensive SR (:mod:`.sr_writer`) and the PDF + Encapsulated PDF (:mod:`.pdf_writer`), in one pass
 - :class:`~.publisher.DICOMPublisherOperator`: C-STORE / STOW-RS of the DICOM outputs (optional)
 - :class:`~.results_writer.ResultsWriterOperator`: results.json + problems.json
 

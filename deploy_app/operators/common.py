@@ -11,16 +11,16 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-__all__ = ["Problem", "QueryResult", "ResultsOperator", "attr", "clear_library_images", "for_each_answered", "library_image", "library_target", "query_id_of"]
+__all__ = ["Problem", "QueryResult", "ResultsOperator", "StageFailure", "attr", "clear_library_images", "for_each_answered", "library_image", "library_target", "query_id_of"]
 
 
 def attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -66,6 +66,9 @@ class QueryResult:
     hits: list[Any] = field(default_factory=list)  # monai_cir.index.SearchHit, best first
     evidence: Any = None  # monai_cir.evidence.EvidenceSummary of the neighbours (decision support)
     explanations: dict[int, Any] = field(default_factory=dict)  # rank -> monai_cir.explain.Explanation
+    # what explaining the matches needs, prepared by the retrieval for its batch (retrieval.PendingExplanations);
+    # the reports operator explains from it where it writes the SR and the PDF (a forked worker for a batch)
+    pending_explanations: Any = None
     notices: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)  # "sr", "encapsulated_pdf", "pdf" -> file path
     published: dict[str, Any] = field(default_factory=dict)
@@ -197,10 +200,16 @@ class ResultsOperator(Operator):
         raise NotImplementedError
 
     def for_each_answered(
-        self, results: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str, parallel: bool = False
+        self,
+        results: list[QueryResult],
+        stage: str,
+        work: Callable[[QueryResult], None],
+        what: str,
+        parallel: bool = False,
+        returns: Sequence[str] = ("outputs",),
     ) -> list[QueryResult]:
-        """:func:`for_each_answered` with this operator's logger; the writers' ``work`` sets ``result.outputs``."""
-        return for_each_answered(results, stage, work, what, self._logger, parallel=parallel)
+        """:func:`for_each_answered` with this operator's logger."""
+        return for_each_answered(results, stage, work, what, self._logger, parallel=parallel, returns=returns)
 
 
 def for_each_answered(
@@ -237,13 +246,29 @@ def for_each_answered(
     return results
 
 
+class StageFailure(Exception):
+    """Raised by a stage's ``work`` that does several things, to say which one failed: the study is
+    marked failed in ``stage`` with "cannot ``what``: <the cause>" instead of the stage's own words."""
+
+    def __init__(self, stage: str, what: str, cause: BaseException) -> None:
+        super().__init__(f"cannot {what}: {type(cause).__name__}: {cause}")
+        self.stage = stage
+
+
+def _failure(err: Exception, stage: str, what: str) -> tuple[str, str]:
+    """(stage, message) of a study's failure in ``work``."""
+    if isinstance(err, StageFailure):
+        return err.stage, str(err)
+    return stage, f"cannot {what}: {type(err).__name__}: {err}"
+
+
 def _run_here(pending: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str, logger: logging.Logger) -> None:
     for result in pending:
         start = time.perf_counter()
         try:
             work(result)
         except Exception as err:  # noqa: BLE001 (one bad query must not stop the others)
-            result.fail(stage, f"cannot {what}: {type(err).__name__}: {err}")
+            result.fail(*_failure(err, stage, what))
             logger.error("query %s: %s", result.query_id, result.error)
         result.timing_ms[stage] = 1000 * (time.perf_counter() - start)
 
@@ -256,7 +281,7 @@ def _run_forked(
     start = time.perf_counter()
     done: set[int] = set()
     _FORK_LOCK.acquire()  # one forked batch at a time: the workers' work is this module's global
-    _FORKED_WORK = (work, answered, returns)  # the workers read it from the memory they were forked with
+    _FORKED_WORK = (work, answered, returns, stage, what)  # the workers read it from the memory they were forked with
     # objects that exist now are left out of the workers' garbage collection: a collection would
     # touch (and so copy) every page of this process, the cost of a fork that does no work
     gc.freeze()
@@ -268,7 +293,7 @@ def _run_forked(
                     for name, value in fields.items():
                         getattr(result, name).update(value)
                 else:
-                    result.fail(stage, f"cannot {what}: {error}")
+                    result.fail(*error)
                     logger.error("query %s: %s", result.query_id, result.error)
                 done.add(i)
     except BrokenProcessPool as err:
@@ -285,7 +310,7 @@ def _run_forked(
 
 # at least this many studies before a parallel stage forks workers (fewer: forking costs more than it saves)
 PARALLEL_MIN_STUDIES = 4
-_FORKED_WORK: tuple[Callable[[QueryResult], None], list[QueryResult], tuple[str, ...]] | None = None
+_FORKED_WORK: tuple[Callable[[QueryResult], None], list[QueryResult], tuple[str, ...], str, str] | None = None
 _FORK_LOCK = threading.Lock()
 _STAGES_RUN_HERE: set[str] = set()  # parallel stages this process has run once itself (warm for its workers)
 
@@ -308,13 +333,13 @@ def _one_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def _forked_work(i: int) -> tuple[dict[str, Any], str | None]:
-    """In a worker: ``work(results[i])`` -> (its ``returns`` fields, None) or ({}, the error in one line)."""
+def _forked_work(i: int) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """In a worker: ``work(results[i])`` -> (its ``returns`` fields, None) or ({}, (stage, message))."""
     assert _FORKED_WORK is not None, "forked without work"
-    work, answered, returns = _FORKED_WORK
+    work, answered, returns, stage, what = _FORKED_WORK
     result = answered[i]
     try:
         work(result)
     except Exception as err:  # noqa: BLE001 (reported for that study by the parent)
-        return {}, f"{type(err).__name__}: {err}"
+        return {}, _failure(err, stage, what)
     return {name: dict(getattr(result, name)) for name in returns}, None

@@ -1,5 +1,5 @@
-"""Writes the human-readable report of each answered query: a PDF and the same PDF as DICOM
-Encapsulated PDF (in the query's study), so that any viewer shows it.
+"""The human-readable report of an answered query: a PDF and the same PDF as DICOM Encapsulated PDF
+(in the query's study), so that any viewer shows it (written by :class:`~.reports.SimilarCasesReportsOperator`).
 
 Page 1: the query image and text, then the top-k library cases with rank, similarity, diagnosis
 and how it was confirmed, and the evidence summary; one page per explained case follows
@@ -12,44 +12,15 @@ is done by :mod:`monai_cir.dicom.report_pdf` too (which ``dciodvfy`` checks in t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from monai.deploy.core import Fragment
 
 from monai_cir.dicom.sr import DEFAULT_SCORE_RANGE
 
-from .common import QueryResult, ResultsOperator, library_image
+from .common import QueryResult, library_image
 
-__all__ = ["ENCAPSULATED_PDF_FILE", "PDF_FILE", "SimilarCasesPDFWriterOperator"]
+__all__ = ["ENCAPSULATED_PDF_FILE", "PDF_FILE", "write_report"]
 
 PDF_FILE = "similar_cases_report.pdf"
 ENCAPSULATED_PDF_FILE = "similar_cases_report.dcm"
-
-
-class SimilarCasesPDFWriterOperator(ResultsOperator):
-    """Named input ``results`` / named output ``results`` (answered queries gain ``outputs["pdf"]``
-    and ``outputs["encapsulated_pdf"]``).
-
-    File output: ``OUT/<query id>/similar_cases_report.pdf`` and ``similar_cases_report.dcm``.
-    ``score_range`` as for the SR writer (the PDF shows similarity as a percentage of its top)."""
-
-    def __init__(
-        self, fragment: Fragment, *args: Any, output_folder: str | Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE, **kwargs: Any
-    ) -> None:
-        self.output_folder = Path(output_folder)
-        self.score_range = score_range
-        super().__init__(fragment, *args, **kwargs)
-
-    def run(self, results: list[QueryResult]) -> list[QueryResult]:
-        def write(result: QueryResult) -> None:
-            folder = self.output_folder / result.query_id
-            folder.mkdir(parents=True, exist_ok=True)
-            pdf_path, dcm_path = folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE
-            write_report(result, pdf_path, dcm_path, self.score_range)
-            result.outputs["pdf"] = str(pdf_path)
-            result.outputs["encapsulated_pdf"] = str(dcm_path)
-
-        return self.for_each_answered(results, "pdf", write, "write the PDF report", parallel=True)
 
 
 def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> None:

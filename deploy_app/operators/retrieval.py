@@ -13,15 +13,14 @@ encoding, and per library case the maps pooled to the alignment grid (a few KB p
 per-process cache, :class:`TargetMapCache`, and read from the library's grid maps store,
 ``MODELS/index/grid_maps``, which ``monai-cir index build`` writes from the index's own forwards);
 the library images of all the queries of a batch that are in neither run in shared forwards, each
-case once. The per-query rest (text attention, composition, the decomposition of the pairs) runs,
-for a batch of :data:`~.common.PARALLEL_MIN_STUDIES` queries or more, in forked workers, one per
-CPU, as the SR and PDF writers' work does.
+case once. The per-query rest (text attention, composition, the decomposition of the pairs) is
+left to the reports operator (:class:`PendingExplanations`), which runs it with the query's SR and
+PDF, for a batch in forked workers.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
@@ -32,13 +31,14 @@ from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .common import QueryResult, attr, clear_library_images, for_each_answered, library_target
+from .common import QueryResult, attr, clear_library_images, library_target
 
 __all__ = [
     "CPU_FORWARD_IMAGES",
     "ComposedRetrievalOperator",
     "LoadedModels",
     "ModelsLayoutError",
+    "PendingExplanations",
     "TargetMapCache",
     "clear_library_caches",
     "clear_models_cache",
@@ -421,20 +421,17 @@ class ComposedRetrievalOperator(Operator):
         return maps if all(m.shape[0] == n for m in maps) else None
 
     def _explain(self, batch: list[tuple[QueryResult, Any, str, dict | None]], query_maps: list[Any] | None) -> None:
-        """Per match, which regions carried the local similarity and which words the composer used
-        (:func:`monai_cir.explain.explain_matches`: the query's maps from its encoding, the matches'
-        grid maps from :data:`TARGET_MAPS`, whose misses for the whole batch run in shared forwards);
-        a match whose library image is not reachable from here gets a notice instead. The shared
-        work's time is split evenly over the batch's queries; the per-query work runs, from
-        :data:`~.common.PARALLEL_MIN_STUDIES` queries on, in forked workers (one per CPU, as the SR
-        and PDF writers do), which send the explanations back."""
+        """What explaining each query's matches needs (:class:`PendingExplanations`, in
+        ``result.pending_explanations``; the reports operator explains from it where it writes the
+        SR and the PDF): the query's maps from its encoding, the matches' grid maps from
+        :data:`TARGET_MAPS`, whose misses for the whole batch run in shared forwards here; a match
+        whose library image is not reachable from here gets a notice instead. This shared work's
+        time is split evenly over the batch's queries."""
         import torch
 
-        from monai_cir.explain import explain_matches, explained_image
-
         start = time.perf_counter()
-        plans, targets = {}, {}
-        for j, (result, query, text, _) in enumerate(batch):
+        plans, targets = [], {}
+        for result, _, _, _ in batch:
             plan = []
             for hit in result.hits:
                 found = library_target(hit, self.net.image_size)
@@ -444,34 +441,44 @@ class ComposedRetrievalOperator(Operator):
                 key, tensor = found
                 targets[key] = tensor
                 plan.append((hit, key, tensor))
-            plans[id(result)] = (j, query, text, plan)
+            plans.append(plan)
         grids = TARGET_MAPS.get_many(self.net, targets, self.batch_size, store=self.models.grid_maps) if targets else {}
+        for j, ((result, query, text, _), plan) in enumerate(zip(batch, plans)):
+            if plan:
+                result.pending_explanations = PendingExplanations(
+                    net=self.net, query=query, text=text,
+                    query_maps=[m[j : j + 1] for m in query_maps] if query_maps is not None else None,
+                    ranks=[hit.rank for hit, _, _ in plan],
+                    labels=[f"#{hit.rank} {hit.metadata.diagnosis}" for hit, _, _ in plan],
+                    targets=[tensor for _, _, tensor in plan],
+                    target_maps=[torch.cat([grids[key][level] for _, key, _ in plan]) for level in range(len(self.net.levels))],
+                )
         shared_ms = 1000 * (time.perf_counter() - start) / len(batch)
+        for result, _, _, _ in batch:
+            result.timing_ms["explain"] = shared_ms
 
-        def explain(result: QueryResult) -> None:
-            j, query, text, plan = plans[id(result)]
-            if not plan:
-                return
-            labels = [f"#{hit.rank} {hit.metadata.diagnosis}" for hit, _, _ in plan]
-            explanations = explain_matches(
-                self.net, query, text, [tensor for _, _, tensor in plan], labels=labels,
-                query_maps=[m[j : j + 1] for m in query_maps] if query_maps is not None else None,
-                target_maps=[torch.cat([grids[key][level] for _, key, _ in plan]) for level in range(len(self.net.levels))],
-            )
-            for (hit, _, _), explanation in zip(plan, explanations):
-                # without its images (most of its bytes): a forked worker sends it back, and this process
-                # has the images already (put back below)
-                result.explanations[hit.rank] = dataclasses.replace(explanation, query_image=None, target_image=None)
 
-        results = [result for result, _, _, _ in batch]
-        for_each_answered(results, "explain", explain, "explain the matches", self._logger, parallel=True, returns=("explanations",))
-        for result in results:
-            start = time.perf_counter()
-            _, query, _, plan = plans[id(result)]
-            if result.explanations:
-                query_image = explained_image(query, self.net.image_size)
-                for hit, _, tensor in plan:
-                    result.explanations[hit.rank] = dataclasses.replace(
-                        result.explanations[hit.rank], query_image=query_image, target_image=explained_image(tensor, self.net.image_size)
-                    )
-            result.timing_ms["explain"] = shared_ms + result.timing_ms.get("explain", 0.0) + 1000 * (time.perf_counter() - start)
+@dataclass
+class PendingExplanations:
+    """A query's matches, ready to explain (:func:`monai_cir.explain.explain_matches`): what the
+    retrieval computed for its batch (the query's maps from its encoding, the matches' grid maps)
+    and the per-query rest, done by :meth:`explain` where the reports are written."""
+
+    net: Any
+    query: Any  # the preprocessed query image (3, S, S)
+    text: str
+    query_maps: list[Any] | None  # one (1, C, h, w) map per level, or None (computed then)
+    ranks: list[int]
+    labels: list[str]
+    targets: list[Any]  # the matches' preprocessed images (3, S, S), in ``ranks`` order
+    target_maps: list[Any]  # one (N, C, h', w') grid map per level
+
+    def explain(self) -> dict[int, Any]:
+        """rank -> :class:`~monai_cir.explain.Explanation` (the text attention, the composition and
+        the decomposition of the pairs)."""
+        from monai_cir.explain import explain_matches
+
+        explanations = explain_matches(
+            self.net, self.query, self.text, self.targets, labels=self.labels, query_maps=self.query_maps, target_maps=self.target_maps
+        )
+        return dict(zip(self.ranks, explanations))

@@ -1,0 +1,102 @@
+"""Writes what a clinician reads of each answered query, in one pass per query: the explanations of
+its matches, the similar-cases SR (:mod:`.sr_writer`) and the PDF + Encapsulated PDF report
+(:mod:`.pdf_writer`, optional).
+
+One pass, because for a batch the pass runs in forked worker processes, one per CPU
+(:func:`~.common.for_each_answered`): a worker explains a query's matches and writes both files from
+the same memory, so each batch forks once and the explanations (heatmaps, images) never travel back.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from monai.deploy.core import Fragment
+
+from monai_cir.dicom.sr import DEFAULT_SCORE_RANGE
+
+from .common import QueryResult, ResultsOperator, StageFailure
+from .pdf_writer import ENCAPSULATED_PDF_FILE, PDF_FILE, write_report
+from .sr_writer import SR_FILE, write_similar_cases_sr
+
+__all__ = ["REPORT_PARTS", "SimilarCasesReportsOperator"]
+
+# the parts of the pass, in order: each is timed on its own (timing_ms) and named when it fails
+REPORT_PARTS = {"explain": "explain the matches", "sr": "write the similar-cases SR", "pdf": "write the PDF report"}
+
+
+class SimilarCasesReportsOperator(ResultsOperator):
+    """Named input ``results`` / named output ``results``: each answered query gains
+    ``outputs["sr"]`` and, with ``write_pdf``, ``outputs["pdf"]`` and ``outputs["encapsulated_pdf"]``.
+
+    File output: ``OUT/<query id>/similar_cases_sr.dcm``, ``similar_cases_report.pdf`` and
+    ``similar_cases_report.dcm``. ``score_range``: the lowest and highest score the model can give
+    (the SR states it; the PDF shows similarity as a percentage of its top). The explanations are
+    those the retrieval prepared (``result.pending_explanations``; none with ``--no-explain``); a
+    query whose explanation, SR or PDF fails is marked failed in that stage, the others go on."""
+
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        output_folder: str | Path,
+        score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
+        write_pdf: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.output_folder = Path(output_folder)
+        self.score_range = score_range
+        self.write_pdf = bool(write_pdf)
+        super().__init__(fragment, *args, **kwargs)
+
+    def run(self, results: list[QueryResult]) -> list[QueryResult]:
+        self.for_each_answered(results, "reports", self._report, "write the reports", parallel=True, returns=("outputs", "timing_ms"))
+        for result in results:
+            _split_pass_time(result)
+        return results
+
+    def _report(self, result: QueryResult) -> None:
+        folder = self.output_folder / result.query_id
+        folder.mkdir(parents=True, exist_ok=True)
+        pending = result.pending_explanations
+        if pending is not None:
+            with _part(result, "explain"):
+                result.explanations.update(pending.explain())
+        with _part(result, "sr"):
+            result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range))
+        if self.write_pdf:
+            with _part(result, "pdf"):
+                write_report(result, folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE, self.score_range)
+                result.outputs["pdf"] = str(folder / PDF_FILE)
+                result.outputs["encapsulated_pdf"] = str(folder / ENCAPSULATED_PDF_FILE)
+
+
+class _part:
+    """Times one part of the pass into ``result.timing_ms[f"reports.{name}"]``; a failure says which part."""
+
+    def __init__(self, result: QueryResult, name: str) -> None:
+        self.result, self.name = result, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        self.result.timing_ms[f"reports.{self.name}"] = 1000 * (time.perf_counter() - self.start)
+        if isinstance(err, Exception) and not isinstance(err, StageFailure):
+            raise StageFailure(self.name, REPORT_PARTS[self.name], err) from err
+
+
+def _split_pass_time(result: QueryResult) -> None:
+    """The pass's time per query (``timing_ms["reports"]``: its wall time, or its share of a forked
+    batch's) over its parts in proportion to what each took where it ran, added to the stages of
+    those names (the retrieval's shared explanation work is in ``explain`` already)."""
+    total = result.timing_ms.pop("reports", None)
+    parts = {name: result.timing_ms.pop(f"reports.{name}") for name in REPORT_PARTS if f"reports.{name}" in result.timing_ms}
+    if total is None or not parts:
+        return
+    scale = total / max(sum(parts.values()), 1e-9)
+    for name, ms in parts.items():
+        result.timing_ms[name] = result.timing_ms.get(name, 0.0) + ms * scale
