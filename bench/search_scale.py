@@ -1,11 +1,12 @@
 """Case-index search at library scale: exact vs approximate, N = 1e4, 1e5, 1e6.
 
-Vectors are shaped like real ones: the 555 ISIC UDA-1 images are embedded by the offline model
+Vectors are shaped like real ones: the 555 ISIC UDA-1 images are embedded by the shipped model
 (target embeddings T at 260 px, cached under .cache/bench/, never committed), and more library
 vectors are synthesised around them with class structure: a real anchor, moved part of the way
 towards another real case of the same class, plus Gaussian noise in that class's top-64 principal
 directions (scaled by the class's own spread), then every block renormalised to the weight it has
-in a real embedding (sqrt(beta) / sqrt(1 - beta) per level). Queries are fresh draws of the same
+in a real embedding (the network's ``embedding_blocks``: sqrt(beta) / sqrt(1 - beta) per level, times
+sqrt(1 - a), and the late-fusion block at sqrt(a)). Queries are fresh draws of the same
 process (not in the library). Isotropic random vectors would have no neighbourhood structure.
 
 For each N: single-query latency p50/p99 through ``CaseIndex.search`` (what a user pays: Python,
@@ -13,7 +14,7 @@ FAISS and hit assembly), recall@10 of the approximate index against exact search
 and build time. Writes ``bench/results/search_scale.json``.
 
     python bench/search_scale.py            # ~10-15 min on 2 cores, ~6 GB RAM at 1e6
-    python bench/search_scale.py --sizes 10000 100000 --quick
+    python bench/search_scale.py --sizes 10000 100000 --queries 100
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from monai_cir.config import cache_dir
 from monai_cir.index import CaseMetadata, FaissCaseIndex
 
 RESULTS = REPO / "bench" / "results" / "search_scale.json"
-BLOCK_DIMS = (48, 120, 352)  # EfficientNet-Lite2 L/M/H channels: D = 2 * 520 = 1040
-BETA = 0.6
 K = 10
 
 
@@ -54,31 +53,37 @@ def machine() -> dict:
     )
 
 
-def real_embeddings(image_size: int = 260) -> tuple[np.ndarray, np.ndarray, str]:
-    """ISIC UDA-1 target embeddings of the offline model (cached: derived from images, never commit)."""
-    path = cache_dir("bench") / f"isic-uda1_target_{image_size}.npz"
+def real_embeddings(image_size: int = 260) -> tuple[np.ndarray, np.ndarray, str, list[tuple[int, float]]]:
+    """ISIC UDA-1 target embeddings of the shipped model (``bundle/models/model.pt``, the release
+    network: what a library index holds), its fingerprint and its embedding blocks (cached, keyed
+    by the model's fingerprint: derived from images, never committed)."""
+    from monai_cir.networks import load_model
+
+    net = load_model().eval()
+    fingerprint = net.fingerprint()
+    path = cache_dir("bench") / f"isic-uda1_target_{image_size}_{fingerprint[:12]}.npz"
     if not path.is_file():
         from monai_cir import retrieval
         from monai_cir.data import load_collection
-        from monai_cir.networks import ComposedRetrievalNet
 
         print(f"embedding ISIC UDA-1 at {image_size} px (once; cached at {path}) ...", flush=True)
         records = load_collection("isic-uda1")
-        net = ComposedRetrievalNet.offline_default(image_size=image_size).eval()
         emb = retrieval.embed_library(net, records, batch_size=16, device="cpu")
-        np.savez(path, embeddings=emb, case_ids=np.array([r.case_id for r in records]), diagnosis=np.array([r.diagnosis for r in records]), fingerprint=np.array(net.fingerprint()))
+        np.savez(path, embeddings=emb, case_ids=np.array([r.case_id for r in records]), diagnosis=np.array([r.diagnosis for r in records]))
     data = np.load(path)
-    return data["embeddings"].astype(np.float32), data["diagnosis"], str(data["fingerprint"])
+    return data["embeddings"].astype(np.float32), data["diagnosis"], fingerprint, net.embedding_blocks
 
 
 class Synthesizer:
     """Library-like vectors around the real ones, with their class structure (module docstring)."""
 
-    def __init__(self, real: np.ndarray, labels: np.ndarray, rank: int = 64, spread: float = 0.5, pull: float = 0.5) -> None:
+    def __init__(
+        self, real: np.ndarray, labels: np.ndarray, blocks: list[tuple[int, float]], rank: int = 64, spread: float = 0.5, pull: float = 0.5
+    ) -> None:
         self.real, self.spread, self.pull = real, spread, pull
-        bounds = np.cumsum((0,) + BLOCK_DIMS + BLOCK_DIMS)
+        bounds = np.cumsum([0] + [width for width, _ in blocks])  # the network's embedding_blocks
         self.blocks = list(itertools.pairwise(bounds))
-        weights = [np.sqrt(BETA)] * 3 + [np.sqrt(1 - BETA)] * 3
+        weights = [weight for _, weight in blocks]
         norms = [np.linalg.norm(real[:, a:b], axis=1) for a, b in self.blocks]
         for w, n in zip(weights, norms):  # the block layout of the real embeddings is what we assume
             assert np.allclose(n, w, atol=1e-3), "unexpected embedding block layout"
@@ -220,9 +225,9 @@ def main() -> None:
     commit = git_commit()  # before anything is written: run on a clean tree
     info = machine()
     print("machine:", json.dumps(info), flush=True)
-    real, labels, _ = real_embeddings()
+    real, labels, fingerprint, blocks = real_embeddings()
     print(f"inputs: {real.shape[0]} real ISIC UDA-1 embeddings, D={real.shape[1]}, classes {dict(zip(*np.unique(labels, return_counts=True)))}", flush=True)
-    synth = Synthesizer(real, labels)
+    synth = Synthesizer(real, labels, blocks)
     queries, _ = synth.sample(args.queries, np.random.default_rng(args.seed + 1000))
     results = []
     for n in args.sizes:
@@ -232,7 +237,8 @@ def main() -> None:
         "commit": commit,
         "machine": info,
         "inputs": {
-            "real_vectors": int(real.shape[0]), "dim": int(real.shape[1]), "model": "offline default (EfficientNet-Lite2 + MiniLM), untrained head, 260 px",
+            "real_vectors": int(real.shape[0]), "dim": int(real.shape[1]), "model": f"the shipped model (bundle/models/model.pt: the release network, EfficientNet-Lite2 + MiniLM, 260 px), fingerprint {fingerprint[:12]}",
+            "blocks": [[width, round(weight, 4)] for width, weight in blocks],
             "synthesis": "real anchor + U(0,0.5) pull towards a same-class real case + 0.5 x class top-64 PCA noise, blocks renormalised",
             "queries": args.queries, "k": K, "seed": args.seed,
         },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -385,6 +386,15 @@ def test_late_fusion_branch_adds_its_cosine_to_eq9_in_one_inner_product(tmp_path
             buffer.normal_()
     net = attach_late_fusion(paper, branch.eval(), share=0.3).eval()
     assert net.embedding_dim == paper.embedding_dim + 8 and net.score_range == pytest.approx((-(0.7 * 3 + 0.3), 0.7 * 3 + 0.3))
+    for model in (paper, net):  # the target embedding is the blocks its network says, each of norm its weight
+        blocks = model.embedding_blocks
+        assert sum(width for width, _ in blocks) == model.embedding_dim
+        with torch.no_grad():
+            t = model.encode_target(_images(3, size=88, seed=5))
+        edges = np.cumsum([0] + [width for width, _ in blocks])
+        norms = [t[:, lo:hi].norm(dim=-1) for lo, hi in zip(edges[:-1], edges[1:])]
+        for norm, (_, weight) in zip(norms, blocks):
+            assert torch.allclose(norm, torch.full_like(norm, weight), atol=1e-5), (norm, weight)
     q_img, t_img = _images(2, size=88), _images(3, size=88, seed=2)  # maps that do not split evenly into 4 x 4
     texts = [TEXTS[0], ""]  # two findings (w = 0.4), and no text (w = 0)
     with torch.no_grad():

@@ -292,6 +292,18 @@ class ComposedRetrievalNet(nn.Module):
         return 2 * sum(self.dims) + (self.late_fusion.out_dim if self.late_fusion is not None else 0)
 
     @property
+    def embedding_blocks(self) -> list[tuple[int, float]]:
+        """A case-library embedding ``T`` as its unit-norm blocks in order, ``(width, weight)``:
+        ``<Q, T>`` sums ``weight² x`` each block's cosine. Eq. 9's local blocks (``d_L, d_M, d_H``) at
+        ``√β`` and global blocks at ``√(1-β)``, all times ``√(1-a)`` with a late-fusion branch, whose
+        block comes last at ``√a`` (what a tool that synthesises or checks library vectors needs)."""
+        keep = 1.0 - self.late_fusion_share if self.late_fusion is not None else 1.0
+        blocks = [(d, math.sqrt(self.beta * keep)) for d in self.dims] + [(d, math.sqrt((1.0 - self.beta) * keep)) for d in self.dims]
+        if self.late_fusion is not None:
+            blocks.append((self.late_fusion.out_dim, math.sqrt(self.late_fusion_share)))
+        return blocks
+
+    @property
     def score_range(self) -> tuple[float, float]:
         """The lowest and highest score ``S`` can take: ``±L`` for Eq. 9 over ``L`` levels (each a sum of
         cosines), ``±((1 - a) L + a)`` with the late-fusion branch (what the SR and the PDF report against)."""
