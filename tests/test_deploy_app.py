@@ -246,6 +246,45 @@ def test_writers_split_a_batch_over_worker_processes(tmp_path):
         assert os.getpid() not in pids.values(), f"the rest ran in worker processes: {pids}"
 
 
+def test_reports_explain_in_the_process_when_a_worker_cannot(tmp_path, monkeypatch):
+    """A forked worker cannot use its parent's CUDA context: explanations of a network on CUDA
+    (``PendingExplanations.forkable`` false) are made in the process, then the SR is written in the
+    workers; explanations a worker can make are made there, with the SR, in one pass."""
+    from monai.deploy.core import Fragment
+
+    from deploy_app.operators import common, reports
+    from deploy_app.operators.common import QueryResult
+
+    class Pending:
+        def __init__(self, forkable: bool) -> None:
+            self.forkable = forkable
+
+        def explain(self) -> dict:
+            return {1: os.getpid()}  # where it ran, carried to the SR
+
+    def write_sr(result, path, score_range):
+        path.write_text(f"{result.explanations[1]} {os.getpid()}")
+        return path
+
+    monkeypatch.setattr(reports, "write_similar_cases_sr", write_sr)
+    monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"reports"})  # every study to the workers
+    results = [QueryResult(query_id=f"q{i}", query=None, pending_explanations=Pending(forkable=i % 2 == 0)) for i in range(6)]
+    operator = reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path, write_pdf=False, name="reports")
+    operator.run(results)
+
+    assert all(r.ok for r in results), [r.error for r in results]
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("needs two CPUs (forked workers); CI has two")
+    for i, result in enumerate(results):
+        explained_in, written_in = map(int, Path(result.outputs["sr"]).read_text().split())
+        assert written_in != os.getpid(), "the SR is written in a worker"
+        if i % 2:
+            assert explained_in == os.getpid(), "not forkable: explained in the process"
+        else:
+            assert explained_in == written_in, "forkable: explained where the SR is written"
+        assert result.timing_ms["explain"] > 0 and result.timing_ms["sr"] > 0 and "reports" not in result.timing_ms
+
+
 @pytest.mark.slow
 def test_sdk_import_skips_monai_core_until_it_is_used():
     """Importing the app does not run MONAI core's eager ``__init__`` (seconds of imports the app

@@ -53,18 +53,26 @@ class SimilarCasesReportsOperator(ResultsOperator):
         super().__init__(fragment, *args, **kwargs)
 
     def run(self, results: list[QueryResult]) -> list[QueryResult]:
+        # explanations a forked worker cannot make (the network on CUDA) are made here first
+        here = [r for r in results if r.pending_explanations is not None and not r.pending_explanations.forkable]
+        self.for_each_answered(here, "reports", self._explain, "explain the matches")
+        for result in here:
+            _split_pass_time(result)
         self.for_each_answered(results, "reports", self._report, "write the reports", parallel=True, returns=("outputs", "timing_ms"))
         for result in results:
             _split_pass_time(result)
         return results
 
+    def _explain(self, result: QueryResult) -> None:
+        with _part(result, "explain"):
+            result.explanations.update(result.pending_explanations.explain())
+        result.pending_explanations = None
+
     def _report(self, result: QueryResult) -> None:
         folder = self.output_folder / result.query_id
         folder.mkdir(parents=True, exist_ok=True)
-        pending = result.pending_explanations
-        if pending is not None:
-            with _part(result, "explain"):
-                result.explanations.update(pending.explain())
+        if result.pending_explanations is not None:
+            self._explain(result)
         with _part(result, "sr"):
             result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range))
         if self.write_pdf:

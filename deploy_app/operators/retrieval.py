@@ -473,6 +473,12 @@ class PendingExplanations:
     targets: list[Any]  # the matches' preprocessed images (3, S, S), in ``ranks`` order
     target_maps: list[Any]  # one (N, C, h', w') grid map per level
 
+    @property
+    def forkable(self) -> bool:
+        """Whether a forked worker can explain: not with the network on CUDA (a forked child cannot use
+        its parent's CUDA context), so there the reports operator explains in the process."""
+        return self.net.device.type == "cpu"
+
     def explain(self) -> dict[int, Any]:
         """rank -> :class:`~monai_cir.explain.Explanation` (the text attention, the composition and
         the decomposition of the pairs)."""
