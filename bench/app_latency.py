@@ -21,7 +21,9 @@
 - **warm, a batch** of ``--studies`` studies in one run (batch size = the number of studies),
   ``--batch-runs`` times (the median run reported, every run listed: on a shared VM the same run
   varies by a fifth from minute to minute): per-study cost = run wall / studies, against the
-  single study's p50; first sight (caches cleared), then steady (the same batch again).
+  single study's p50; first sight (caches cleared), then steady (the same batch again). Then
+  **paired rounds**: a single study and the batch back to back, order alternating, the ratio per round
+  and its median (what the drift touches least).
 
 The case library: ISIC UDA-1 minus the demo's held-out query, ``--limit`` cases (evenly spaced per
 class), dicomized and indexed with the trained head under the cache (``bench/app_latency``). Query
@@ -203,8 +205,43 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
         batches[name] = batch_entry(several, work / f"out-{device}-batch", models, settings_b, entry[name], first_sight, args.batch_runs)
         b = batches[name]
         print(f"[{device}] batch of {b['studies']}, {name}: {b['per_study_ms']:.0f} ms per study (median of {b['runs']} runs: {b['per_study_ms_each_run']}) = {b['per_study_over_single_p50']:.2f} x the single study's p50 (CPU {b['per_study_cpu_over_single_cpu_p50']:.2f} x)", flush=True)
+    batches["paired"] = paired_rounds(single, several, work / f"out-{device}-paired", models, settings, settings_b, args.batch_runs)
+    p = batches["paired"]
+    print(f"[{device}] paired rounds (single, batch back to back), per-study ratio: median {p['steady_ratio_median']:.3f}, {p['first_sight_ratio_median']:.3f} at first sight (rounds: {p['rounds']})", flush=True)
     stored = len(models.grid_maps) if models.grid_maps is not None else 0
     return {"library_grid_maps_stored": stored, "single_study_ms": entry, "batch": batches}, last
+
+
+def paired_rounds(single: Path, several: Path, out: Path, models, settings, settings_b, rounds: int) -> dict:
+    """The ratio measured the way the machine's drift touches least: per round, one single study and
+    one batch back to back (order alternating), steady and first sight; the ratio of the batch's
+    per-study wall to the single study's, per round, and their median."""
+    from deploy_app.operators.retrieval import clear_library_caches
+
+    def timed(folder: Path, run_settings, first_sight: bool) -> float:
+        if first_sight:
+            clear_library_caches()
+        start = time.perf_counter()
+        summary = run_app_in_process(folder, out, models, run_settings)
+        return (time.perf_counter() - start) / len(summary["queries"])
+
+    table = []
+    for r in range(rounds):
+        row = {}
+        for kind, first_sight in (("steady", False), ("first_sight", True)):
+            if r % 2:
+                batch = timed(several, settings_b, first_sight)
+                one = timed(single, settings, first_sight)
+            else:
+                one = timed(single, settings, first_sight)
+                batch = timed(several, settings_b, first_sight)
+            row[kind] = {"single_ms": round(1000 * one, 1), "batch_per_study_ms": round(1000 * batch, 1), "ratio": round(batch / one, 3)}
+        table.append(row)
+    return {
+        "rounds": table,
+        "steady_ratio_median": round(statistics.median(t["steady"]["ratio"] for t in table), 3),
+        "first_sight_ratio_median": round(statistics.median(t["first_sight"]["ratio"] for t in table), 3),
+    }
 
 
 def main() -> int:
@@ -265,7 +302,7 @@ def main() -> int:
             "cold_breakdown": "a fresh process on the artifact's path: each import group, then load_models, in order (wall and CPU seconds); the last row: the image encoder's class and which of timm, torchvision, transformers, torch._dynamo, scipy were imported",
             "cold_breakdown_eager_fallback": "the same without the artifact, with the imports the eager encoders need timmed one by one",
             "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the reports' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run, the matches' grid maps read from MODELS/index/grid_maps (written by the index build); first_sight_without_grid_store: the same without that store (the matches run through the image encoder)",
-            "batch": "warm: runs answering the studies together (batch_size = studies; the reports pass, explanations + SR + PDF, splits the studies over forked workers, one per CPU); per-study cost = run wall / studies, of the median of --batch-runs runs (each run's listed); first_sight (library caches cleared before each run) against the single study's first_sight p50, then steady (the same batch again) against the steady p50",
+            "batch": "warm: runs answering the studies together (batch_size = studies; the reports pass, explanations + SR + PDF, splits the studies over forked workers, one per CPU); per-study cost = run wall / studies, of the median of --batch-runs runs (each run's listed); first_sight (library caches cleared before each run) against the single study's first_sight p50, then steady (the same batch again) against the steady p50; paired: --batch-runs rounds of one single study and one batch back to back (order alternating), steady and first sight, the per-round ratio and its median (the figure the machine's drift touches least)",
             "cold_first_study_s": "launch_to_exit - process_start_to_ready: the first study of a fresh process (its lazy imports: highdicom, reportlab; the first forwards) and the SDK's shutdown",
         },
         "results": [],
