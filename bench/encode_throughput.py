@@ -106,7 +106,7 @@ def main() -> None:
     print(f"raw backbone: {args.batch_size / raw_s:.1f} img/s; encode_target: {args.batch_size / ours_s:.1f} img/s; ratio {ratio:.3f} (paired rounds: IQR {np.percentile(paired, 25):.3f}-{np.percentile(paired, 75):.3f})", flush=True)
 
     # composed query end to end against a library of args.library vectors shaped like real ones
-    real, labels, _, blocks = real_embeddings(size)
+    real, labels, _, blocks = real_embeddings(net)
     synth = Synthesizer(real, labels, blocks)
     index = FaissCaseIndex(net.embedding_dim, retrieval.model_fingerprint(net))
     rng = np.random.default_rng(0)

@@ -53,20 +53,22 @@ def machine() -> dict:
     )
 
 
-def real_embeddings(image_size: int = 260) -> tuple[np.ndarray, np.ndarray, str, list[tuple[int, float]]]:
-    """ISIC UDA-1 target embeddings of the shipped model (``bundle/models/model.pt``, the release
-    network: what a library index holds), its fingerprint and its embedding blocks (cached, keyed
-    by the model's fingerprint: derived from images, never committed)."""
-    from monai_cir.networks import load_model
+def real_embeddings(net=None) -> tuple[np.ndarray, np.ndarray, str, list[tuple[int, float]]]:
+    """ISIC UDA-1 target embeddings of ``net`` (default: the shipped model, ``bundle/models/model.pt``,
+    the release network: what a library index holds) at its image size, its fingerprint and its
+    embedding blocks (cached, keyed by the fingerprint: derived from images, never committed)."""
+    if net is None:
+        from monai_cir.networks import load_model
 
-    net = load_model().eval()
+        net = load_model()
+    net = net.eval()
     fingerprint = net.fingerprint()
-    path = cache_dir("bench") / f"isic-uda1_target_{image_size}_{fingerprint[:12]}.npz"
+    path = cache_dir("bench") / f"isic-uda1_target_{net.image_size}_{fingerprint[:12]}.npz"
     if not path.is_file():
         from monai_cir import retrieval
         from monai_cir.data import load_collection
 
-        print(f"embedding ISIC UDA-1 at {image_size} px (once; cached at {path}) ...", flush=True)
+        print(f"embedding ISIC UDA-1 at {net.image_size} px (once; cached at {path}) ...", flush=True)
         records = load_collection("isic-uda1")
         emb = retrieval.embed_library(net, records, batch_size=16, device="cpu")
         np.savez(path, embeddings=emb, case_ids=np.array([r.case_id for r in records]), diagnosis=np.array([r.diagnosis for r in records]))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-__all__ = ["Problem", "QueryResult", "ResultsOperator", "StageFailure", "attr", "clear_library_images", "for_each_answered", "library_image", "library_target", "query_id_of"]
+__all__ = ["Problem", "QueryResult", "ResultsOperator", "StageFailure", "attr", "clear_library_images", "library_image", "library_target", "query_id_of"]
 
 
 def attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -208,42 +208,30 @@ class ResultsOperator(Operator):
         parallel: bool = False,
         returns: Sequence[str] = ("outputs",),
     ) -> list[QueryResult]:
-        """:func:`for_each_answered` with this operator's logger."""
-        return for_each_answered(results, stage, work, what, self._logger, parallel=parallel, returns=returns)
+        """``work(result)`` for every query answered so far, timed as ``stage``; a failure marks that
+        query (``what`` says what could not be done; a :class:`StageFailure` names the part that
+        failed) and the others go on.
 
-
-def for_each_answered(
-    results: list[QueryResult],
-    stage: str,
-    work: Callable[[QueryResult], None],
-    what: str,
-    logger: logging.Logger,
-    parallel: bool = False,
-    returns: Sequence[str] = ("outputs",),
-) -> list[QueryResult]:
-    """``work(result)`` for every query answered so far, timed as ``stage``; a failure marks that
-    query (``what`` says what could not be done) and the others go on.
-
-    ``parallel``: ``work`` only writes files and fills the ``returns`` fields of the result (dicts of
-    :class:`QueryResult`: ``outputs`` for the SR and PDF writers, ``explanations`` for the
-    explanations; per study, they are most of what a batch cannot share). With at least
-    :data:`PARALLEL_MIN_STUDIES` studies and more than one CPU, the studies are split over forked
-    worker processes (one per CPU, one torch thread each), which see the results as they are here;
-    what comes back is each study's ``returns`` fields or its error, and each study's ``stage`` time is
-    its share of the stage's wall time. The first time a process runs a stage, its first study runs
-    here, so that what the work loads lazily (modules, caches) is loaded once and inherited by the
-    workers instead of loaded by each. A worker that dies leaves its studies to this process, one by one."""
-    pending = [r for r in results if r.ok]
-    if parallel and _worker_processes(len(pending)) > 1:
-        if stage not in _STAGES_RUN_HERE:  # the first study here: the workers inherit what it loaded and cached
-            _run_here(pending[:1], stage, work, what, logger)
-            _STAGES_RUN_HERE.add(stage)
-            pending = pending[1:]
-        workers = _worker_processes(len(pending), minimum=2)
-        if workers > 1:
-            pending = _run_forked(pending, stage, work, what, logger, workers, tuple(returns))
-    _run_here(pending, stage, work, what, logger)
-    return results
+        ``parallel``: ``work`` only writes files and fills the ``returns`` fields of the result (dicts
+        of :class:`QueryResult`: the reports pass fills ``outputs`` and ``timing_ms``; per study, it is
+        most of what a batch cannot share). With at least :data:`PARALLEL_MIN_STUDIES` studies and
+        more than one CPU, the studies are split over forked worker processes (one per CPU, one torch
+        thread each), which see the results as they are here; what comes back is each study's
+        ``returns`` fields or its error, and each study's ``stage`` time is its share of the stage's
+        wall time. The first time a process runs a stage, its first study runs here, so that what the
+        work loads lazily (modules, caches) is loaded once and inherited by the workers instead of
+        loaded by each. A worker that dies leaves its studies to this process, one by one."""
+        pending = [r for r in results if r.ok]
+        if parallel and _worker_processes(len(pending)) > 1:
+            if stage not in _STAGES_RUN_HERE:  # the first study here: the workers inherit what it loaded and cached
+                _run_here(pending[:1], stage, work, what, self._logger)
+                _STAGES_RUN_HERE.add(stage)
+                pending = pending[1:]
+            workers = _worker_processes(len(pending), minimum=2)
+            if workers > 1:
+                pending = _run_forked(pending, stage, work, what, self._logger, workers, tuple(returns))
+        _run_here(pending, stage, work, what, self._logger)
+        return results
 
 
 class StageFailure(Exception):

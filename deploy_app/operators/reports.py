@@ -3,7 +3,7 @@ its matches, the similar-cases SR (:mod:`.sr_writer`) and the PDF + Encapsulated
 (:mod:`.pdf_writer`, optional).
 
 One pass, because for a batch the pass runs in forked worker processes, one per CPU
-(:func:`~.common.for_each_answered`): a worker explains a query's matches and writes both files from
+(:meth:`~.common.ResultsOperator.for_each_answered`): a worker explains a query's matches and writes both files from
 the same memory, so each batch forks once and the explanations (heatmaps, images) never travel back.
 """
 
