@@ -157,3 +157,22 @@ def test_load_image_csv(tmp_path):
     table.write_text("image,diagnosis\na.png,nevus\nmissing.png,nevus\n")
     with pytest.raises(FileNotFoundError, match=r"missing\.png.*row 3"):
         load_image_csv(images, table)
+
+
+def test_black_border_removal_crops_the_frame_only():
+    """The dermatoscope's black frame goes; a row or column counts as frame only where almost every
+    pixel is dark in every channel; a dark lesion inside stays; a dark image is not cropped away."""
+    from monai_cir.data.preprocess import remove_black_border
+
+    rng = np.random.default_rng(0)
+    image = np.full((100, 120, 3), 150, np.uint8)
+    image[:10] = image[-7:] = 0
+    image[:, :12] = image[:, -5:] = rng.integers(0, 20, (100, 5, 3), np.uint8)[:, :1]  # dark noise under the threshold
+    image[40:60, 50:70] = 5  # a dark lesion inside the field of view
+    image[:10, 12:115, 2] = np.where(np.arange(103) % 2 == 0, 25, 0)  # top rows: blue at 25 in every other column -> content
+    cropped = remove_black_border(image)
+    assert cropped.shape == (100 - 7, 120 - 12 - 5, 3)  # the top rows stay (half their pixels are not dark in blue)
+    np.testing.assert_array_equal(cropped, image[:93, 12:115])
+    dark = np.full((80, 80, 3), 10, np.uint8)
+    dark[30:40, 30:40] = 200  # cropping would keep less than a quarter: unchanged
+    np.testing.assert_array_equal(remove_black_border(dark), dark)
