@@ -10,7 +10,7 @@ Rules (documented in ``docs/dicom.md``):
   :func:`monai_cir.data.to_rgb_uint8`). Images larger than ``max_side`` are downscaled (notice).
   A colour JPEG Baseline frame (YBR_FULL_422 / YBR_FULL) is decoded by Pillow directly, as the
   training and the index read the JPEG files these frames carry unchanged (``dicomize``): the same
-  pixels, ~6x faster than pydicom's decoder path; a frame over twice ``max_side`` is decoded at a
+  pixels, faster than pydicom's decoder path; a frame over twice ``max_side`` is decoded at a
   reduced DCT scale first. Anything else goes through pydicom.
 - **Multi-frame**: one query for the first frame (notice naming the ignored frames) by default;
   ``all_frames=True`` gives one query per frame (``frame_number`` set).
