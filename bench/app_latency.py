@@ -22,8 +22,9 @@
   ``--batch-runs`` times (the median run reported, every run listed: on a shared VM the same run
   varies by a fifth from minute to minute): per-study cost = run wall / studies, against the
   single study's p50; first sight (caches cleared), then steady (the same batch again). Then
-  **paired rounds**: a single study and the batch back to back, order alternating, the ratio per round
-  and its median (what the drift touches least).
+  **paired rounds** (``--paired-rounds``): three single-study runs and the batch back to back, order
+  alternating, the batch's per-study wall over the three singles' median per round, and the median of
+  those ratios (what the drift touches least: one single run alone varies by a fifth).
 
 The case library: ISIC UDA-1 minus the demo's held-out query, ``--limit`` cases (evenly spaced per
 class), dicomized and indexed with the trained head under the cache (``bench/app_latency``). Query
@@ -31,7 +32,7 @@ studies: the demo's held-out case, and library cases re-dicomized as new studies
 On CUDA (when present) the same runs again, and the CPU and CUDA top-k are compared; otherwise the
 JSON says it was not run. Commit and machine (load average) are recorded: run on a clean tree.
 
-    .venv/bin/python bench/app_latency.py [--studies 16] [--warm-runs 5] [--batch-runs 3] [--cold-runs 1] [--limit 120]
+    .venv/bin/python bench/app_latency.py [--studies 16] [--warm-runs 5] [--batch-runs 3] [--paired-rounds 5] [--cold-runs 1] [--limit 120]
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
         batches[name] = batch_entry(several, work / f"out-{device}-batch", models, settings_b, entry[name], first_sight, args.batch_runs)
         b = batches[name]
         print(f"[{device}] batch of {b['studies']}, {name}: {b['per_study_ms']:.0f} ms per study (median of {b['runs']} runs: {b['per_study_ms_each_run']}) = {b['per_study_over_single_p50']:.2f} x the single study's p50 (CPU {b['per_study_cpu_over_single_cpu_p50']:.2f} x)", flush=True)
-    batches["paired"] = paired_rounds(single, several, work / f"out-{device}-paired", models, settings, settings_b, args.batch_runs)
+    batches["paired"] = paired_rounds(single, several, work / f"out-{device}-paired", models, settings, settings_b, args.paired_rounds)
     p = batches["paired"]
     print(f"[{device}] paired rounds (single, batch back to back), per-study ratio: median {p['steady_ratio_median']:.3f}, {p['first_sight_ratio_median']:.3f} at first sight (rounds: {p['rounds']})", flush=True)
     stored = len(models.grid_maps) if models.grid_maps is not None else 0
@@ -213,9 +214,9 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
 
 
 def paired_rounds(single: Path, several: Path, out: Path, models, settings, settings_b, rounds: int) -> dict:
-    """The ratio measured the way the machine's drift touches least: per round, one single study and
-    one batch back to back (order alternating), steady and first sight; the ratio of the batch's
-    per-study wall to the single study's, per round, and their median."""
+    """The ratio measured the way the machine's drift touches least: per round, three single-study
+    runs and one batch back to back (order alternating), steady and first sight; the ratio of the
+    batch's per-study wall to the median of the round's singles, per round, and their median."""
     from deploy_app.operators.retrieval import clear_library_caches
 
     def timed(folder: Path, run_settings, first_sight: bool) -> float:
@@ -231,11 +232,17 @@ def paired_rounds(single: Path, several: Path, out: Path, models, settings, sett
         for kind, first_sight in (("steady", False), ("first_sight", True)):
             if r % 2:
                 batch = timed(several, settings_b, first_sight)
-                one = timed(single, settings, first_sight)
+                singles = [timed(single, settings, first_sight) for _ in range(3)]
             else:
-                one = timed(single, settings, first_sight)
+                singles = [timed(single, settings, first_sight) for _ in range(3)]
                 batch = timed(several, settings_b, first_sight)
-            row[kind] = {"single_ms": round(1000 * one, 1), "batch_per_study_ms": round(1000 * batch, 1), "ratio": round(batch / one, 3)}
+            one = statistics.median(singles)
+            row[kind] = {
+                "single_ms_each": [round(1000 * x, 1) for x in singles],
+                "single_ms": round(1000 * one, 1),
+                "batch_per_study_ms": round(1000 * batch, 1),
+                "ratio": round(batch / one, 3),
+            }
         table.append(row)
     return {
         "rounds": table,
@@ -249,6 +256,7 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=16, help="studies in the batched run (default 16)")
     parser.add_argument("--warm-runs", type=int, default=5, help="warm runs of the single study (default 5)")
     parser.add_argument("--batch-runs", type=int, default=3, help="runs of the batch, first sight and steady each; the median run is reported (default 3)")
+    parser.add_argument("--paired-rounds", type=int, default=5, help="paired rounds (three singles + the batch), steady and first sight each (default 5)")
     parser.add_argument("--cold-runs", type=int, default=1, help="single-study app launches (default 1)")
     parser.add_argument("--limit", type=int, default=120, help="library size (default 120; latency hardly depends on it: search is < 1 ms)")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
@@ -302,7 +310,7 @@ def main() -> int:
             "cold_breakdown": "a fresh process on the artifact's path: each import group, then load_models, in order (wall and CPU seconds); the last row: the image encoder's class and which of timm, torchvision, transformers, torch._dynamo, scipy were imported",
             "cold_breakdown_eager_fallback": "the same without the artifact, with the imports the eager encoders need timmed one by one",
             "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the reports' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run, the matches' grid maps read from MODELS/index/grid_maps (written by the index build); first_sight_without_grid_store: the same without that store (the matches run through the image encoder)",
-            "batch": "warm: runs answering the studies together (batch_size = studies; the reports pass, explanations + SR + PDF, splits the studies over forked workers, one per CPU); per-study cost = run wall / studies, of the median of --batch-runs runs (each run's listed); first_sight (library caches cleared before each run) against the single study's first_sight p50, then steady (the same batch again) against the steady p50; paired: --batch-runs rounds of one single study and one batch back to back (order alternating), steady and first sight, the per-round ratio and its median (the figure the machine's drift touches least)",
+            "batch": "warm: runs answering the studies together (batch_size = studies; the reports pass, explanations + SR + PDF, splits the studies over forked workers, one per CPU); per-study cost = run wall / studies, of the median of --batch-runs runs (each run's listed); first_sight (library caches cleared before each run) against the single study's first_sight p50, then steady (the same batch again) against the steady p50; paired: --paired-rounds rounds of three single-study runs and one batch back to back (order alternating), steady and first sight, the batch's per-study wall over the median of the round's three singles, per round, and the median of those ratios (the figure the machine's drift touches least)",
             "cold_first_study_s": "launch_to_exit - process_start_to_ready: the first study of a fresh process (its lazy imports: highdicom, reportlab; the first forwards) and the SDK's shutdown",
         },
         "results": [],
