@@ -266,7 +266,7 @@ def main() -> int:
     import torch
 
     from monai_cir.cli.demo import DEMO_QUERY_ID, _select_library, build_demo_library
-    from monai_cir.config import cache_dir
+    from monai_cir.config import cache_dir, in_a_passing_thread
     from monai_cir.data import load_isic_uda1
     from monai_cir.dicom.dicomize import dicomize_record
     from monai_cir.provenance import git_commit, machine_info
@@ -278,7 +278,9 @@ def main() -> int:
     from monai_cir.index.base import GRID_STORE_DIR
 
     cached = work / "library-cache" / "models" / "index" / GRID_STORE_DIR
-    _, models = build_demo_library(library_records, work / "library-cache", rebuild=not cached.is_dir())
+    # in a thread that ends, as load_models loads: this process's main thread keeps no torch thread team
+    # (it would slow the app's forwards in the SDK's thread; monai_cir.config.in_a_passing_thread)
+    _, models = in_a_passing_thread(build_demo_library, library_records, work / "library-cache", rebuild=not cached.is_dir())
 
     # the same MODELS without the encoder artifact: the app's fallback (the encoders built eagerly)
     from monai_cir.networks import ENCODER_ARTIFACT_DIR

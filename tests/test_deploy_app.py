@@ -213,6 +213,29 @@ def _dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
+def test_in_a_passing_thread_returns_raises_and_ends():
+    """``in_a_passing_thread``: the work's result, or its exception in the caller's thread, from a
+    thread other than the caller's that has ended by then."""
+    import threading
+
+    from monai_cir.config import in_a_passing_thread
+
+    ran_in = []
+
+    def work(a, b=0):
+        ran_in.append(threading.current_thread())
+        return a + b
+
+    assert in_a_passing_thread(work, 2, b=3) == 5
+    assert ran_in[0] is not threading.current_thread() and not ran_in[0].is_alive()
+
+    def broken():
+        raise KeyError("no such index")
+
+    with pytest.raises(KeyError, match="no such index"):
+        in_a_passing_thread(broken)
+
+
 def test_writers_split_a_batch_over_worker_processes(tmp_path):
     """The SR / PDF writers' work on a batch runs in forked workers (one per CPU): each study's
     outputs come back, a failing study is marked and the others are written, and the first study a
@@ -472,12 +495,21 @@ def test_hits_are_the_models_own_ranking(app_run, results):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, tmp_path):
+def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, tmp_path, monkeypatch):
     """MODELS as ``monai-deploy package`` lays it out (``models/models/model.pt``, ``models/index``),
     the app run in this process twice on one :class:`LoadedModels` (what a DICOM service does):
-    the same answers as the subprocess run, no reload; a changed index is loaded afresh."""
+    the same answers as the subprocess run, no reload; a changed index is loaded afresh. The network
+    is loaded in a thread that has ended by the time load_models returns (the caller's thread keeps
+    no torch thread team: ``monai_cir.config.in_a_passing_thread``)."""
+    import threading
+
+    import monai_cir.networks
     from deploy_app.app import load_models, run_app
     from deploy_app.settings import AppSettings
+
+    loaded_in = []
+    real_load_model = monai_cir.networks.load_model
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda *a, **k: loaded_in.append(threading.current_thread()) or real_load_model(*a, **k))
 
     packaged = tmp_path / "models"
     (packaged / "models").mkdir(parents=True)
@@ -486,6 +518,7 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
 
     models = load_models(packaged, device="cpu")
     assert models.checkpoint == (packaged / "models" / "model.pt").resolve()
+    assert len(loaded_in) == 1 and loaded_in[0] is not threading.current_thread() and not loaded_in[0].is_alive()
     assert load_models(packaged, device="cpu") is models  # cached: path + file sizes/mtimes
     settings = AppSettings(explain=False, write_pdf=False)
     _, answers = results

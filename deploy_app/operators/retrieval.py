@@ -141,6 +141,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
     folder, the device and the size + mtime of the checkpoint, every index file and the
     calibration: a second call with unchanged files returns the same object at no cost; a rebuilt
     index or a new checkpoint is loaded afresh. Thread-safe."""
+    from monai_cir.config import in_a_passing_thread
     from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
     from monai_cir.grid_store import GRID_STORE_DIR, GridMapStore
     from monai_cir.index import load_index
@@ -160,13 +161,18 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
         if cache and key in _MODELS_CACHE:
             return _MODELS_CACHE[key]
         start = time.perf_counter()
-        # on CPU the frozen encoders come from the TorchScript artifact the index build wrote beside the
-        # index (no timm / transformers import: seconds off a cold start), else they are built eagerly
-        net = load_model(checkpoint, device=device, encoder_artifact=index_dir / ENCODER_ARTIFACT_DIR)
-        _channels_last(net)
-        fingerprint = model_fingerprint(net)
-        index = load_index(index_dir, expected_fingerprint=fingerprint)
-        grid_maps = GridMapStore.load(index_dir / GRID_STORE_DIR, fingerprint)
+
+        def network_index_and_grid_maps() -> tuple[Any, Any, Any]:
+            # on CPU the frozen encoders come from the TorchScript artifact the index build wrote beside the
+            # index (no timm / transformers import: seconds off a cold start), else they are built eagerly
+            net = load_model(checkpoint, device=device, encoder_artifact=index_dir / ENCODER_ARTIFACT_DIR)
+            _channels_last(net)
+            fingerprint = model_fingerprint(net)
+            return net, load_index(index_dir, expected_fingerprint=fingerprint), GridMapStore.load(index_dir / GRID_STORE_DIR, fingerprint)
+
+        # loaded in a thread that ends: the caller's thread (a process's main thread) keeps no torch
+        # thread team, which would take parallelism from the operators' forwards (see in_a_passing_thread)
+        net, index, grid_maps = in_a_passing_thread(network_index_and_grid_maps)
         if calibration_file.is_file():
             calibration = EvidenceCalibration.load(calibration_file)
         else:
