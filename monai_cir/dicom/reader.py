@@ -451,7 +451,7 @@ def _truncated_frames(ds: Dataset) -> list[int]:
 def _blank(frame: np.ndarray) -> float | None:
     """The widest per-channel 1-99 percentile range when a frame is (nearly) constant, else None.
 
-    Read on a grid of about 128 x 128 pixels: enough for the percentiles, and a sixth of the cost of 256."""
+    Read on a grid of about 128 x 128 pixels: enough for the percentiles, a quarter of the pixels of 256 x 256."""
     sample = frame[:: max(1, frame.shape[0] // 128), :: max(1, frame.shape[1] // 128)].reshape(-1, frame.shape[-1])
     low, high = np.percentile(sample, [1, 99], axis=0)
     spread = float((high - low).max())
