@@ -60,6 +60,7 @@ class HospitalLoop:
     def start(self) -> HospitalLoop:
         from deploy_app.pipeline import WarmPipeline
         from monai_cir.cli import main
+        from monai_cir.config import in_a_passing_thread
         from monai_cir.dicom.dicomize import dicomize_record
         from monai_cir.networks import load_model, save_checkpoint
         from monai_cir.service import DicomService, orthanc_lua
@@ -70,11 +71,17 @@ class HospitalLoop:
             self.library = [dicomize_record(r, self.root / "library") for r in self.library_records]
             self.server.storescu([c.image_file for c in self.library] + [c.sr_file for c in self.library])
             self.models = self.root / "models"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                save_checkpoint(load_model(None), self.models / "model.pt", note="untrained offline default (hospital loop)")
-            code = main(["index", "build", "--dicomweb", self.server.dicomweb_url, "--filter", LIBRARY_FILTER, "--pull-to", str(self.root / "pulled"),
-                         "--model", str(self.models / "model.pt"), "--out", str(self.models / "index")])
+
+            def model_and_index() -> int:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    save_checkpoint(load_model(None), self.models / "model.pt", note="untrained offline default (hospital loop)")
+                return main(["index", "build", "--dicomweb", self.server.dicomweb_url, "--filter", LIBRARY_FILTER, "--pull-to", str(self.root / "pulled"),
+                             "--model", str(self.models / "model.pt"), "--out", str(self.models / "index")])
+
+            # in a thread that ends, as a hospital builds MODELS before it starts the service: the process's
+            # threads keep no torch team that would slow the app's forwards (monai_cir.config.in_a_passing_thread)
+            code = in_a_passing_thread(model_and_index)
             if code != 0:
                 raise RuntimeError(f"monai-cir index build --dicomweb failed ({code})")
             self.pipeline = WarmPipeline(self.models, self.app_settings)
