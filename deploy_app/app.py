@@ -152,6 +152,11 @@ def run_app(
 
     Returns:
         the ``results.json`` payload.
+
+    The SDK runs the operators in a thread of its own: their forwards get both CPUs only while no other
+    living thread of the process has run torch in parallel (torch's OpenMP team; see
+    :func:`monai_cir.config.in_a_passing_thread`). :func:`load_models` loads in a thread that ends; do
+    your own torch work before a call the same way.
     """
     settings = settings or AppSettings.resolve()
     if not isinstance(models, LoadedModels):
