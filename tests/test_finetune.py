@@ -69,6 +69,39 @@ def test_finetuned_network_saves_whole_and_loads_back(tmp_path):
         assert torch.allclose(loaded.encode_query(images, texts), net.encode_query(images, texts), atol=1e-5)
 
 
+def test_finetune_reads_images_in_worker_processes(tmp_path, monkeypatch):
+    """Beside a GPU the images are decoded by DataLoader workers (loader_workers): the records, the dataset
+    and the augmentation must cross into them, and the steps still train (CPU here, workers asked for)."""
+    import monai_cir.data.collections as collections
+    from monai_cir.engine.finetune import loader_workers
+
+    assert loader_workers("cpu") == 0  # on CPU the cores go to the encoders
+    readers = tmp_path / "readers"
+    readers.mkdir()
+    make_dataset = collections.records_dataset
+
+    class Marked(torch.utils.data.Dataset):  # leaves the reading process's pid behind
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            (readers / str(os.getpid())).touch()
+            return self.inner[i]
+
+    monkeypatch.setattr(collections, "records_dataset", lambda *a, **k: Marked(make_dataset(*a, **k)))
+    net = make_tiny_net()
+    records = tiny_records(tmp_path)
+    before = {k: v.clone() for k, v in net.image_encoder.named_parameters()}
+    result = finetune(net, records, np.arange(len(records)), dict(epochs=1, batch_size=4, lr=1e-2), device="cpu", max_steps=2, num_workers=2, fit_statistics=False)
+    assert result.epochs_run == 1 and math.isfinite(result.history[0]["loss"])
+    pids = {int(p.name) for p in readers.iterdir()}
+    assert pids and os.getpid() not in pids, f"images read by {pids}, this process is {os.getpid()}"
+    assert any(not torch.equal(before[k], v) for k, v in net.image_encoder.named_parameters())
+
+
 class _RunsCodeOnLoad:
     """Unpickling this calls ``open(marker, "w")``: what a hostile checkpoint would do with os.system."""
 

@@ -14,6 +14,7 @@ GPU); the test suite runs a few steps of it on a tiny network.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -32,7 +33,14 @@ from .data import (
 )
 from .trainer import TrainConfig, TrainResult
 
-__all__ = ["EndToEndModel", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records", "embed_records", "FINETUNED_DEFAULTS"]
+__all__ = ["EndToEndModel", "loader_workers", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records", "embed_records", "FINETUNED_DEFAULTS"]
+
+
+def loader_workers(device: str | torch.device) -> int:
+    """Decoding processes for image loaders on ``device``: 0 on CPU, up to 8 (one core left) beside a GPU."""
+    if torch.device(device).type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def unfreeze_encoders(net: ComposedRetrievalNet) -> ComposedRetrievalNet:
@@ -95,6 +103,7 @@ def finetune(
     augment: bool = True,
     save_fn: Callable[..., Any] | None = None,
     fit_statistics: bool = True,
+    num_workers: int | None = None,
 ) -> TrainResult:
     """Fine-tune ``net`` end to end on ``records[train_idx]`` (SupCon, batches per ``config.balanced``).
 
@@ -105,6 +114,9 @@ def finetune(
     :func:`monai_cir.engine.bundle.checkpoint_saver`) runs on rank 0 only, at the end, with ``config.checkpoint``.
     With ``fit_statistics`` the heads' input standardisation is fitted first on the pretrained encoders'
     outputs for up to 256 training cases (off when ``net``'s head is already trained). No inner validation here: the epoch count is the config's (pick it from a cached-head run).
+    ``num_workers``: image decoding / augmentation processes; default :func:`loader_workers` (none on CPU,
+    where they would take the cores the encoders train on; several beside a GPU, which decoding in one
+    process would leave waiting).
     """
     from ignite.engine import Events
     from monai.engines import SupervisedTrainer
@@ -121,6 +133,7 @@ def finetune(
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     net.to(device)
+    workers = loader_workers(device) if num_workers is None else int(num_workers)
     if fit_statistics:
         fit_input_statistics_from_records(net, [records[i] for i in list(train_idx)[:256]])
     unfreeze_encoders(net)
@@ -130,11 +143,11 @@ def finetune(
     dataset = records_dataset(records, net.image_size, transform=dermoscopy_augmentation(net.image_size) if augment else None)
     if distributed and not cfg.balanced:
         train_set = Subset(dataset, list(map(int, train_idx)))
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=DistributedSampler(train_set, shuffle=True, seed=cfg.seed), num_workers=0)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=DistributedSampler(train_set, shuffle=True, seed=cfg.seed), num_workers=workers, persistent_workers=workers > 0)
     else:  # class-balanced or natural-frequency batches; under DDP each rank draws its own (seed + rank)
         labels = np.asarray([r.label for r in records])
         sampler = ClassBalancedBatchSampler(labels, train_idx, cfg.batch_size, seed=cfg.seed + rank, balanced=cfg.balanced)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
     optimizer = torch.optim.Adam(
         [{"params": net.head_parameters()}, {"params": list(net.encoder_parameters()), "lr": cfg.lr * encoder_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
@@ -159,14 +172,15 @@ def finetune(
 
 
 @torch.no_grad()
-def embed_records(net: ComposedRetrievalNet, records: Sequence[Any], idx: Sequence[int], queries: bool, tta: bool = True, batch_size: int = 32) -> torch.Tensor:
+def embed_records(net: ComposedRetrievalNet, records: Sequence[Any], idx: Sequence[int], queries: bool, tta: bool = True, batch_size: int = 32, num_workers: int | None = None) -> torch.Tensor:
     """Embeddings of ``records[idx]`` from their images: composed queries (image + the record's text) when
     ``queries``, else targets; ``tta`` averages each image with its mirror (as the cached methods do)."""
     from ..data.collections import records_dataset
 
     net.eval()
     out = []
-    for batch in DataLoader(records_dataset([records[i] for i in idx], net.image_size), batch_size=batch_size):
+    workers = loader_workers(net.device) if num_workers is None else num_workers
+    for batch in DataLoader(records_dataset([records[i] for i in idx], net.image_size), batch_size=batch_size, num_workers=workers):
         views = [batch["image"]] + ([batch["image"].flip(-1)] if tta else [])
         encode = (lambda x: net.encode_query(x, list(batch["text"]))) if queries else net.encode_target
         out.append((sum(encode(v) for v in views) / len(views)).cpu())
@@ -191,7 +205,8 @@ def composed_finetuned(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
     net = create_model(pretrained=True, image_size=head.image_size, **{k: head.config[k] for k in NET_KEYS})
     net.load_head_state_dict(head.head_state_dict())  # the cache's encoders are these pretrained ones
     encoder_lr_scale = opts.pop("encoder_lr_scale")
+    num_workers = opts.pop("num_workers", None)
     records = ctx.cache.records
-    result = finetune(net, records, ctx.train_indices, dict(opts, seed=ctx.seed), encoder_lr_scale=encoder_lr_scale, fit_statistics=False)
+    result = finetune(net, records, ctx.train_indices, dict(opts, seed=ctx.seed), encoder_lr_scale=encoder_lr_scale, fit_statistics=False, num_workers=num_workers)
     ctx.state.train_log.append(dict(method="composed_finetuned", seed=ctx.seed, n_train=len(ctx.train_indices), epochs_run=result.epochs_run, seconds=round(result.seconds, 1)))
     return embed_records(net, records, ctx.query_indices, queries=True), embed_records(net, records, ctx.database_indices, queries=False)
