@@ -98,8 +98,9 @@ def main() -> None:
         net.eval()
         # warm-up: the first CUDA forward builds its kernels and cuDNN plans
         encode_query(net, query_images[0], texts[0])
-        embed_library(net, library_images[:16], batch_size=16, progress=False)
-        targets, library_ms = synced(embed_library)(net, library_images, batch_size=64 if device == "cuda" else 16, progress=False)
+        # device given: embed_library's default is CUDA wherever the network is (the index build's GPU use)
+        embed_library(net, library_images[:16], batch_size=16, device=device, progress=False)
+        targets, library_ms = synced(embed_library)(net, library_images, batch_size=16, device=device, progress=False)
         single_ms, batch_ms, search_ms, explain_ms = [], [], [], []
         for _ in range(args.repeats):
             q_rows = []
@@ -120,6 +121,8 @@ def main() -> None:
             ex, ms = synced(explain_matches)(net, image, text, [library_images[j] for j in top[i]])
             explanations.append([(e.score, [lv.local_cosine for lv in e.levels]) for e in ex])
             explain_ms.append(ms)
+        if net.device.type != device:  # every stage above must have run where this pass says
+            raise RuntimeError(f"the {device} pass ended with the network on {net.device}")
         runs[device] = dict(
             targets=targets, queries=q_single, queries_batched=q_batch, scores=scores, top=top, explanations=explanations,
             ms=dict(
