@@ -1,0 +1,38 @@
+#!/bin/bash
+# One borrowed-GPU session (see scripts/device/prepare.py for the payload), run from the repository root:
+#   run(command="bash scripts/device/run.sh", carry=[".device"], timeout_s=600)   with bundle/models/model.ts moved aside
+# MODE=parity: bench/cuda_parity.py (the release model's stages on CPU and on CUDA, ~1.5 min).
+# MODE=finetune: `monai-cir evaluate --methods composed composed_finetuned`, the folds side by side, EPOCHS
+# epochs. Seen on an H200 with 16 cores (2026-12-04): one fold alone 152 s for 6 epochs (head 62 s, 11 s an
+# epoch); ten processes side by side were CPU-bound (head 190 s, 25 s an epoch): run at most five.
+# Every figure lands in $OUT as it is made; the log is $OUT/log.txt (8 files come back at most).
+set -u
+T0=$(date +%s); DEADLINE=${DEADLINE:-540}; EPOCHS=${EPOCHS:-10}; MODE=${MODE:-finetune}
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PY:-python3}
+SITE=/tmp/site
+[ -d .device/payload ] || { echo "no .device/payload: run scripts/device/prepare.py here and carry .device"; exit 2; }
+$PY -m pip install -q --no-index --no-deps --no-compile --target $SITE .device/payload/wheels/*.whl || exit 1
+$PY scripts/device/unpack.py $SITE || exit 1
+export PYTHONPATH=$SITE:$PWD MONAI_CIR_DATA=$PWD/.device/payload/data MONAI_CIR_CACHE=/tmp/cir-cache
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+$PY -c "import torch, timm, transformers, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'timm', timm.__version__, 'transformers', transformers.__version__, 'monai', monai.__version__)"
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+if [[ $MODE == *parity* ]]; then
+  timeout -k 5 $(( $(left) - 20 )) $PY bench/cuda_parity.py --skip-encoder-check --queries ${QUERIES:-32} --library ${LIBRARY:-256} --out $OUT/cuda_parity.json
+  echo "== parity done at $(( $(date +%s) - T0 )) s"
+fi
+if [[ $MODE == *finetune* ]]; then
+  # the feature cache once, then the folds side by side (each merges into the same results file under a lock)
+  timeout -k 5 $(( $(left) - 20 )) $PY -m monai_cir evaluate --methods frozen_multilevel_cosine --folds 0 --out /tmp/cache_warm.json > /tmp/cache.log 2>&1
+  echo "== cache done at $(( $(date +%s) - T0 )) s"; tail -2 /tmp/cache.log
+  OPTS="{\"composed_finetuned\": {\"epochs\": $EPOCHS, \"num_workers\": ${WORKERS:-2}, \"progress\": false}}"
+  for k in ${FOLDS:-0 1 2 3 4}; do
+    OMP_NUM_THREADS=2 timeout -k 5 $(( $(left) - 15 )) $PY -m monai_cir evaluate --methods composed composed_finetuned --folds $k --method-options "$OPTS" --out $OUT/derm7pt_cv_composed_finetuned_gpu.json > /tmp/fold$k.log 2>&1 &
+  done
+  wait
+  for k in ${FOLDS:-0 1 2 3 4}; do echo "== fold $k"; grep -vE "it/s|s/it|Epoch\[|^\s*$" /tmp/fold$k.log | tail -8; done > $OUT/folds.log
+  tail -20 $OUT/folds.log; cat $OUT/*.md 2>/dev/null
+fi
+echo "== all done at $(( $(date +%s) - T0 )) s"
