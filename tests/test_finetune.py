@@ -102,6 +102,22 @@ def test_finetune_reads_images_in_worker_processes(tmp_path, monkeypatch):
     assert any(not torch.equal(before[k], v) for k, v in net.image_encoder.named_parameters())
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_batchnorm_keeps_running_statistics_while_the_encoder_trains(tmp_path, frozen):
+    """frozen_batchnorm: the image encoder's BatchNorm running statistics stay put through the trainer's
+    per-iteration train() while its weights (BatchNorm's affine ones included) still learn; without it they move."""
+    net = make_tiny_net()
+    records = tiny_records(tmp_path)
+    norms = [m for m in net.image_encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms, "the tiny image encoder has BatchNorm layers"
+    stats = [m.running_mean.clone() for m in norms]
+    affine = [m.weight.detach().clone() for m in norms]
+    finetune(net, records, np.arange(len(records)), dict(epochs=1, batch_size=4, lr=1e-2), device="cpu", max_steps=2, fit_statistics=False, frozen_batchnorm=frozen)
+    stats_kept = all(torch.equal(a, m.running_mean) for a, m in zip(stats, norms))
+    assert stats_kept is frozen
+    assert any(not torch.equal(a, m.weight) for a, m in zip(affine, norms))
+
+
 class _RunsCodeOnLoad:
     """Unpickling this calls ``open(marker, "w")``: what a hostile checkpoint would do with os.system."""
 

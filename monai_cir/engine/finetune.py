@@ -53,12 +53,26 @@ def unfreeze_encoders(net: ComposedRetrievalNet) -> ComposedRetrievalNet:
 
 class EndToEndModel(torch.nn.Module):
     """``forward(batch) -> (Q, T)`` from raw images and texts (query: image + text; target: the batch's
-    ``target_image`` view, else the horizontally flipped image)."""
+    ``target_image`` view, else the horizontally flipped image).
 
-    def __init__(self, net: ComposedRetrievalNet, mode: str = "composed") -> None:
+    ``frozen_batchnorm``: the image encoder's BatchNorm layers stay in eval mode while the rest trains
+    (their affine weights still learn; their running statistics stay the pretrained ones), so the library,
+    embedded later without augmentation, is normalised as in pretraining rather than by statistics of
+    small colour-jittered batches. ``train()`` (which the trainer calls every iteration) keeps them so."""
+
+    def __init__(self, net: ComposedRetrievalNet, mode: str = "composed", frozen_batchnorm: bool = False) -> None:
         super().__init__()
         self.net = net
         self.mode = mode
+        self.frozen_batchnorm = frozen_batchnorm
+
+    def train(self, mode: bool = True) -> "EndToEndModel":
+        super().train(mode)
+        if mode and self.frozen_batchnorm:
+            for module in self.net.image_encoder.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         images = batch["image"]
@@ -104,6 +118,7 @@ def finetune(
     save_fn: Callable[..., Any] | None = None,
     fit_statistics: bool = True,
     num_workers: int | None = None,
+    frozen_batchnorm: bool = False,
 ) -> TrainResult:
     """Fine-tune ``net`` end to end on ``records[train_idx]`` (SupCon, batches per ``config.balanced``).
 
@@ -117,6 +132,7 @@ def finetune(
     ``num_workers``: image decoding / augmentation processes; default :func:`loader_workers` (none on CPU,
     where they would take the cores the encoders train on; several beside a GPU, which decoding in one
     process would leave waiting).
+    ``frozen_batchnorm``: see :class:`EndToEndModel`.
     """
     from ignite.engine import Events
     from monai.engines import SupervisedTrainer
@@ -137,7 +153,7 @@ def finetune(
     if fit_statistics:
         fit_input_statistics_from_records(net, [records[i] for i in list(train_idx)[:256]])
     unfreeze_encoders(net)
-    model: torch.nn.Module = EndToEndModel(net).to(device)
+    model: torch.nn.Module = EndToEndModel(net, frozen_batchnorm=frozen_batchnorm).to(device)
     if distributed:  # after unfreezing: DDP registers the parameters that require a gradient now
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
     dataset = records_dataset(records, net.image_size, transform=dermoscopy_augmentation(net.image_size) if augment else None)
@@ -206,7 +222,8 @@ def composed_finetuned(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
     net.load_head_state_dict(head.head_state_dict())  # the cache's encoders are these pretrained ones
     encoder_lr_scale = opts.pop("encoder_lr_scale")
     num_workers = opts.pop("num_workers", None)
+    frozen_batchnorm = bool(opts.pop("frozen_batchnorm", False))
     records = ctx.cache.records
-    result = finetune(net, records, ctx.train_indices, dict(opts, seed=ctx.seed), encoder_lr_scale=encoder_lr_scale, fit_statistics=False, num_workers=num_workers)
+    result = finetune(net, records, ctx.train_indices, dict(opts, seed=ctx.seed), encoder_lr_scale=encoder_lr_scale, fit_statistics=False, num_workers=num_workers, frozen_batchnorm=frozen_batchnorm)
     ctx.state.train_log.append(dict(method="composed_finetuned", seed=ctx.seed, n_train=len(ctx.train_indices), epochs_run=result.epochs_run, seconds=round(result.seconds, 1)))
     return embed_records(net, records, ctx.query_indices, queries=True), embed_records(net, records, ctx.database_indices, queries=False)
