@@ -6,6 +6,7 @@
 # epochs. Seen on an H200 with 16 cores (2026-12-04): one fold alone 152 s for 6 epochs (head 62 s, 11 s an
 # epoch); ten processes side by side were CPU-bound (head 190 s, 25 s an epoch): run at most five.
 # Every figure lands in $OUT as it is made; the log is $OUT/log.txt (8 files come back at most).
+# git on that machine recorded a stale commit (the session's first HEAD, dirty): record the commit you ran by hand.
 set -u
 T0=$(date +%s); DEADLINE=${DEADLINE:-540}; EPOCHS=${EPOCHS:-10}; MODE=${MODE:-finetune}
 exec > >(tee -a "$OUT/log.txt") 2>&1
