@@ -28,7 +28,7 @@ if [[ $MODE == *finetune* ]]; then
   # the feature cache once, then the folds side by side (each merges into the same results file under a lock)
   timeout -k 5 $(( $(left) - 20 )) $PY -m monai_cir evaluate --methods frozen_multilevel_cosine --folds 0 --out /tmp/cache_warm.json > /tmp/cache.log 2>&1
   echo "== cache done at $(( $(date +%s) - T0 )) s"; tail -2 /tmp/cache.log
-  FROZEN_BN=${FROZEN_BN:-false}   # true: BatchNorm keeps its pretrained running statistics (EndToEndModel)
+  FROZEN_BN=${FROZEN_BN:-true}    # false: BatchNorm statistics follow the augmented batches (the old default)
   OPTS="{\"composed_finetuned\": {\"epochs\": $EPOCHS, \"num_workers\": ${WORKERS:-2}, \"frozen_batchnorm\": $FROZEN_BN, \"progress\": false}}"
   for k in ${FOLDS:-0 1 2 3 4}; do
     OMP_NUM_THREADS=2 timeout -k 5 $(( $(left) - 15 )) $PY -m monai_cir evaluate --methods composed composed_finetuned --folds $k --method-options "$OPTS" --out $OUT/derm7pt_cv_composed_finetuned_gpu_${EPOCHS}ep_bn${FROZEN_BN}.json > /tmp/fold$k.log 2>&1 &
