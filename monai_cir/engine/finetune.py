@@ -65,13 +65,14 @@ class EndToEndModel(torch.nn.Module):
         self.net = net
         self.mode = mode
         self.frozen_batchnorm = frozen_batchnorm
+        # found once: train() runs every iteration, and the encoder's layers do not change
+        self._batchnorms = [m for m in net.image_encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
     def train(self, mode: bool = True) -> "EndToEndModel":
         super().train(mode)
         if mode and self.frozen_batchnorm:
-            for module in self.net.image_encoder.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            for module in self._batchnorms:
+                module.eval()
         return self
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
