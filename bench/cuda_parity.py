@@ -99,7 +99,7 @@ def main() -> None:
         net.eval()
         # warm-up: the first CUDA forward builds its kernels and cuDNN plans
         encode_query(net, query_images[0], texts[0])
-        # device given: embed_library's default is CUDA wherever the network is (the index build's GPU use)
+        # device given although the network is there already: a pass that ended elsewhere raises below
         embed_library(net, library_images[:16], batch_size=16, device=device, progress=False)
         targets, library_ms = synced(embed_library)(net, library_images, batch_size=16, device=device, progress=False)
         single_ms, batch_ms, search_ms, explain_ms = [], [], [], []

@@ -14,7 +14,7 @@ import torch
 
 _T = TypeVar("_T")
 
-__all__ = ["data_root", "cache_dir", "default_device", "autocast_for", "quiet_chatty_loggers", "in_a_passing_thread", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
+__all__ = ["data_root", "cache_dir", "resolve_device", "autocast_for", "quiet_chatty_loggers", "in_a_passing_thread", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
 
 DATA_ROOT_ENV = "MONAI_CIR_DATA"
 CACHE_DIR_ENV = "MONAI_CIR_CACHE"
@@ -47,9 +47,21 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def default_device() -> torch.device:
-    """CUDA when present, CPU otherwise."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Where a command's network runs: ``None`` or ``"auto"`` = CUDA when present, else CPU; otherwise the
+    device asked for, refused with a clear error when it is CUDA and CUDA is not available.
+
+    Entry points (the CLI, the demo, the app's ``--device``, training) resolve their device here once and
+    place the network there; the library functions then run where the network is (their ``device=None``)."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device torch knows; use auto, cpu or cuda[:N]") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here; use auto or cpu")
+    return resolved
 
 
 def autocast_for(device: torch.device | str) -> contextlib.AbstractContextManager:

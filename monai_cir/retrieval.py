@@ -32,7 +32,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .config import default_device
 from .data import load_image, preprocess_image
 from .index import CaseIndex, CaseMetadata, SearchHit, create_index
 
@@ -94,7 +93,11 @@ class _LibraryImages(torch.utils.data.Dataset):
 
 
 def _prepare(net: torch.nn.Module, device: str | torch.device | None) -> torch.nn.Module:
-    net = net.to(torch.device(device) if device is not None else default_device())
+    """``net`` in eval mode, moved to ``device`` when one is given; ``None`` keeps it where it is (the one
+    meaning of ``device=None`` in this module: the caller placed the network, see
+    :func:`monai_cir.config.resolve_device`)."""
+    if device is not None:
+        net = net.to(torch.device(device))
     return net.eval()
 
 
@@ -111,11 +114,11 @@ def embed_library(
     """Target embeddings ``T`` (N, D) float32 of library images, in batches with a progress bar.
 
     Args:
-        net: a :class:`~monai_cir.networks.ComposedRetrievalNet` (moved to ``device``).
+        net: a :class:`~monai_cir.networks.ComposedRetrievalNet` (moved to ``device`` when one is given).
         items: CaseRecords (their ``image_path``), DICOM queries (their ``image``) or images
             (paths, HWC arrays, tensors).
         batch_size: images per forward pass.
-        device: default CUDA when present, else CPU; CUDA runs under fp16 autocast (inside the net).
+        device: where to run; None = where the network is. CUDA runs under fp16 autocast (inside the net).
         num_workers: image decoding processes (0 = in this process).
         grid_maps_out: a list that gains, per image in order, its grid maps
             (:func:`monai_cir.explain.grid_maps`, per level (1, C, h, w)) from the same forward.
@@ -169,7 +172,7 @@ def encode_query(net: Any, image: ImageLike, text: str = "", device: str | torch
     """Composed query embedding ``Q`` (1, D) of one image and its clinical text ('' = image only)."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a string ('' for an image-only query), got {type(text).__name__}")
-    net = _prepare(net, device) if device is not None else net.eval()
+    net = _prepare(net, device)
     tensor = to_image_tensor(image, net.image_size).unsqueeze(0)
     return net.encode_query(tensor, [text]).float().cpu().numpy()
 

@@ -171,6 +171,51 @@ def test_cli_build_info_search(net, library, tmp_path, monkeypatch, capsys):
     assert "rebuild the index" in capsys.readouterr().err
 
 
+def test_library_functions_run_where_the_network_is(net, library, monkeypatch):
+    """``device=None`` has one meaning in monai_cir.retrieval: where the network is. With CUDA reported
+    present, a network the caller put on the CPU stays there (embed_library used to move it to CUDA)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    embeddings = retrieval.embed_library(net, library[:2], progress=False)
+    query = retrieval.encode_query(net, library[0].image_path, "")
+    assert embeddings.shape == (2, net.embedding_dim) and query.shape == (1, net.embedding_dim)
+    assert {p.device.type for p in net.parameters()} == {"cpu"}
+
+
+def test_resolve_device_is_the_one_place_a_default_device_is_chosen(monkeypatch):
+    from monai_cir.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_cli_loads_the_network_on_the_device_asked_for(net, library, tmp_path, monkeypatch, capsys):
+    import monai_cir.networks
+    from monai_cir.cli import main
+
+    asked: list[Any] = []
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: asked.append(device) or net)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    csv = tmp_path / "cases.csv"
+    csv.write_text("image,diagnosis\n" + "".join(f"{r.image_path.name},{r.diagnosis}\n" for r in library[:2]))
+    out = tmp_path / "ix"
+    assert main(["index", "build", "--images", str(library[0].image_path.parent), "--csv", str(csv), "--out", str(out)]) == 0
+    assert main(["search", "--index", str(out), "--image", str(library[1].image_path), "--device", "cpu"]) == 0
+    assert asked == [torch.device("cpu"), torch.device("cpu")]
+    capsys.readouterr()
+    assert main(["search", "--index", str(out), "--image", str(library[1].image_path), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err and len(asked) == 2  # refused before loading
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the default follows CUDA (the fake network stays on CPU)
+    assert main(["search", "--index", str(out), "--image", str(library[1].image_path)]) == 0
+    assert asked[-1] == torch.device("cuda")
+
+
 @pytest.mark.integration
 def test_real_images_find_themselves(offline_net, shared_data):
     from monai_cir.data import load_collection

@@ -124,16 +124,6 @@ def _files_state(*paths: Path | None) -> tuple:
     return tuple(state)
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use --device auto or cpu")
-    return str(device)
-
-
 def load_models(models: str | Path, device: str = "auto", cache: bool = True) -> LoadedModels:
     """The network, case index and evidence calibration of a MODELS folder (see docs/deploy.md).
 
@@ -141,7 +131,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
     folder, the device and the size + mtime of the checkpoint, every index file and the
     calibration: a second call with unchanged files returns the same object at no cost; a rebuilt
     index or a new checkpoint is loaded afresh. Thread-safe."""
-    from monai_cir.config import in_a_passing_thread
+    from monai_cir.config import in_a_passing_thread, resolve_device
     from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
     from monai_cir.grid_store import GRID_STORE_DIR, GridMapStore
     from monai_cir.index import load_index
@@ -150,7 +140,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
 
     models = Path(models).resolve()
     checkpoint, index_dir = resolve_models(models)
-    device = _resolve_device(device)
+    device = str(resolve_device(device))
     # beside MODELS/index, or beside the checkpoint (MODELS/models/ in the packaged layout)
     calibration_file = next(
         (f for f in (models / EVIDENCE_CALIBRATION, checkpoint.parent / EVIDENCE_CALIBRATION) if f.is_file()),

@@ -163,17 +163,18 @@ def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = N
     import warnings
 
     from monai_cir import retrieval
+    from monai_cir.config import resolve_device
     from monai_cir.networks import load_model, refresh_encoder_artifact, save_checkpoint
 
     models.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
-        net = load_model(checkpoint)
+        net = load_model(checkpoint, device=resolve_device())
         shutil.copy2(checkpoint, models / "model.pt")
         print(f"[demo] model: {checkpoint} (copied to {models / 'model.pt'})")
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            net = load_model(None)
+            net = load_model(None, device=resolve_device())
         save_checkpoint(net, models / "model.pt", note="untrained offline default (demo)")
         print(f"[demo] model: no trained checkpoint (bundle/models/model.pt or $MONAI_CIR_MODEL): the untrained offline default, saved to {models / 'model.pt'}")
     from monai_cir.index.base import GRID_STORE_DIR

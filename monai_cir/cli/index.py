@@ -134,6 +134,7 @@ def run_build(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.index import MANIFEST_NAME, load_index
     from monai_cir.index.base import GRID_STORE_DIR
+    from monai_cir.config import resolve_device
     from monai_cir.networks import load_model, refresh_encoder_artifact
 
     if (args.out / MANIFEST_NAME).is_file() and not args.overwrite:
@@ -141,14 +142,14 @@ def run_build(args: argparse.Namespace) -> int:
     if args.backend == "faiss" and (args.uri or args.milvus_collection != "monai_cir_cases"):
         raise ValueError("--uri and --milvus-collection apply to --backend milvus")
     records, metadata = _library(args)
-    net = load_model(args.model)
+    net = load_model(args.model, device=resolve_device(args.device))
     if args.backend == "milvus":
         options: dict[str, Any] = {"uri": args.uri or str(args.out / "milvus.db"), "collection": args.milvus_collection, "overwrite": args.overwrite}
     else:
         options = {"exact_max": args.exact_max}
     logger.info("embedding %d cases at %d px (batch %d)", len(records), net.image_size, args.batch_size)
     index = retrieval.build_index(
-        net, records, metadata, batch_size=args.batch_size, device=args.device, backend=args.backend,
+        net, records, metadata, batch_size=args.batch_size, backend=args.backend,
         grid_store=None if args.no_grid_maps else args.out / GRID_STORE_DIR, **options,
     )
     index.save(args.out)
@@ -162,9 +163,10 @@ def run_add(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.index import load_index
     from monai_cir.index.base import GRID_STORE_DIR
+    from monai_cir.config import resolve_device
     from monai_cir.networks import load_model, refresh_encoder_artifact
 
-    net = load_model(args.model)
+    net = load_model(args.model, device=resolve_device(args.device))
     # refuse an index of another model before embedding anything
     index = load_index(args.index, expected_fingerprint=retrieval.model_fingerprint(net))
     records, metadata = _library(args)
@@ -178,7 +180,7 @@ def run_add(args: argparse.Namespace) -> int:
         print(f"no new cases: the index {args.index} keeps its {len(index)} cases")
         return 0
     retrieval.build_index(
-        net, [records[i] for i in new], [metadata[i] for i in new], batch_size=args.batch_size, device=args.device, index=index,
+        net, [records[i] for i in new], [metadata[i] for i in new], batch_size=args.batch_size, index=index,
         grid_store=None if args.no_grid_maps else args.index / GRID_STORE_DIR,
     )
     index.save(args.index)  # atomic: a crash before the manifest rename leaves the previous index

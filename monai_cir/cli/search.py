@@ -44,6 +44,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.index import load_index
+    from monai_cir.config import resolve_device
     from monai_cir.networks import load_model
     from monai_cir.sites_condition import resolve_site_condition
 
@@ -53,14 +54,14 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"query image not found: {args.image}")
     filters, notice = resolve_site_condition(args.site, args.query_site)
     index = load_index(args.index)
-    net = load_model(args.model)
+    net = load_model(args.model, device=resolve_device(args.device))
     calibration = None
     if args.evidence:
         from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
 
         calibration = EvidenceCalibration.load(args.calibration) if args.calibration else UNCALIBRATED
     # the evidence summary votes over calibration.k neighbours (16 by default); the table shows -k
-    pool = retrieval.search(net, index, args.image, args.text, k=max(args.k, calibration.k if calibration else 0), filters=filters, device=args.device)
+    pool = retrieval.search(net, index, args.image, args.text, k=max(args.k, calibration.k if calibration else 0), filters=filters)
     hits = pool[: args.k]
     summary = None
     if calibration is not None and pool:

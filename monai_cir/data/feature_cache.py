@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import autocast_for, cache_dir, default_device
+from ..config import autocast_for, cache_dir, resolve_device
 from ..networks.late_fusion import sentence_embedding
 from .collections import CaseRecord, load_collection, records_dataset
 
@@ -218,7 +218,7 @@ def build_feature_cache(
             logger.info("feature cache loaded from %s", path)
             return cache
 
-    device = default_device()
+    device = resolve_device()
     was_training = net.training
     net.to(device).eval()
     autocast = autocast_for(device)

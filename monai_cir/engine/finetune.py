@@ -141,12 +141,12 @@ def finetune(
     from monai.utils import set_determinism
     from torch.utils.data import DistributedSampler, Subset
 
-    from ..config import default_device
+    from ..config import resolve_device
     from ..data.collections import records_dataset
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     set_determinism(seed=cfg.seed)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     net.to(device)
