@@ -132,9 +132,9 @@ def _library(args: argparse.Namespace) -> tuple[list[Any], list[Any] | None]:
 
 def run_build(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
+    from monai_cir.config import resolve_device
     from monai_cir.index import MANIFEST_NAME, load_index
     from monai_cir.index.base import GRID_STORE_DIR
-    from monai_cir.config import resolve_device
     from monai_cir.networks import load_model, refresh_encoder_artifact
 
     if (args.out / MANIFEST_NAME).is_file() and not args.overwrite:
@@ -161,9 +161,9 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_add(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
+    from monai_cir.config import resolve_device
     from monai_cir.index import load_index
     from monai_cir.index.base import GRID_STORE_DIR
-    from monai_cir.config import resolve_device
     from monai_cir.networks import load_model, refresh_encoder_artifact
 
     net = load_model(args.model, device=resolve_device(args.device))

@@ -43,8 +43,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
-    from monai_cir.index import load_index
     from monai_cir.config import resolve_device
+    from monai_cir.index import load_index
     from monai_cir.networks import load_model
     from monai_cir.sites_condition import resolve_site_condition
 

@@ -7,7 +7,8 @@
 # epoch); ten processes side by side were CPU-bound (head 190 s, 25 s an epoch): run at most five. Five folds
 # of 10 epochs side by side: 340-364 s each after ~130 s of parity bench and cache (2026-12-04, second run).
 # Every figure lands in $OUT as it is made; the log is $OUT/log.txt (8 files come back at most).
-# git on that machine recorded a stale commit (the session's first HEAD, dirty): record the commit you ran by hand.
+# git on that machine: the first run recorded a stale commit (the session's first HEAD), the second the right one;
+# both dirty, since bundle/models/model.ts must stay behind (64 MiB). Check the commit and say so in the results.
 set -u
 T0=$(date +%s); DEADLINE=${DEADLINE:-540}; EPOCHS=${EPOCHS:-10}; MODE=${MODE:-finetune}
 exec > >(tee -a "$OUT/log.txt") 2>&1
