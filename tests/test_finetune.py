@@ -4,6 +4,7 @@ DistributedDataParallel (two gloo processes on CPU) the encoder gradients are sy
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -185,15 +186,15 @@ def test_ddp_synchronises_encoder_gradients(tmp_path):
         assert torch.allclose(g0[key], g1[key], atol=1e-6), f"{key}: the ranks' gradients differ (not all-reduced)"
 
 
-def test_composed_finetuned_method_fine_tunes_and_embeds(tmp_path, monkeypatch):
-    """The registered ``composed_finetuned`` on a tiny network: the ``composed`` head trained on a cache, then
-    end-to-end steps on the images; it returns (Q, T) for the fold's queries and database, and its encoders
-    are no longer the ones the head was trained on."""
+def _tiny_fold(tmp_path, monkeypatch):
+    """A fold of 12 synthetic cases (9 database, 3 queries) on a random-feature cache, with the methods'
+    pretrained network replaced by a tiny random one; returns ``(ctx, donor, built)`` (``built``: the
+    networks the method created)."""
     from types import SimpleNamespace
 
     import monai_cir.networks
     from monai_cir.engine import cv_methods
-    from monai_cir.evaluation import FoldContext, get_method
+    from monai_cir.evaluation import FoldContext
 
     records = tiny_records(tmp_path, n=12)
     donor = make_tiny_net()
@@ -212,11 +213,59 @@ def test_composed_finetuned_method_fine_tunes_and_embeds(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: donor)
     monkeypatch.setattr(monai_cir.networks, "create_model", tiny_model)
-    config = {"image_size": 64, "method_options": {"composed": {"train": {"epochs": 1, "batch_size": 6, "val_fraction": 0.25}}, "composed_finetuned": {"epochs": 1, "batch_size": 4, "lr": 1e-2, "progress": False}}}
-    ctx = FoldContext(cache, np.arange(9, 12), np.arange(9), 0, config, seed=0)
+    config = {"image_size": 64, "method_options": {"composed": {"train": {"epochs": 1, "batch_size": 6, "val_fraction": 0.25}}, "composed_finetuned": {"epochs": 1, "batch_size": 4, "lr": 1e-2, "progress": False},
+                                                   "late_fusion_fullbatch": {"train": {"epochs": 3}}}}
+    return FoldContext(cache, np.arange(9, 12), np.arange(9), 0, config, seed=0), donor, built
+
+
+def test_composed_finetuned_method_fine_tunes_and_embeds(tmp_path, monkeypatch):
+    """The registered ``composed_finetuned`` on a tiny network: the ``composed`` head trained on a cache, then
+    end-to-end steps on the images; it returns (Q, T) for the fold's queries and database, and its encoders
+    are no longer the ones the head was trained on."""
+    from types import SimpleNamespace
+
+    from monai_cir.evaluation import get_method
+
+    ctx, donor, built = _tiny_fold(tmp_path, monkeypatch)
     q, t = get_method("composed_finetuned").fn(ctx)
     net = built[-1]
     assert q.shape == (3, net.embedding_dim) and t.shape == (9, net.embedding_dim)
     assert torch.isfinite(q).all() and torch.isfinite(t).all()
     untouched = donor.image_encoder.state_dict()  # make_tiny_net's weights, which the method started from
     assert any(not torch.equal(v, untouched[k]) for k, v in net.image_encoder.state_dict().items() if v.is_floating_point() and "running" not in k)
+    # the queries take their texts from the query collection (a text form's, in `evaluate --text-forms`)
+    reworded = SimpleNamespace(records=[dataclasses.replace(r, text="atypical pigment network, blue-whitish veil, irregular streaks") for r in ctx.cache.records])
+    q_form, t_form = get_method("composed_finetuned").fn(dataclasses.replace(ctx, query_cache=reworded))
+    assert len(built) == 1 and torch.equal(t_form, t)
+    assert not torch.allclose(q_form, q, atol=1e-4), "the queries ignored the query collection's texts"
+
+
+def test_composed_finetuned_late_fusion_joins_a_branch_trained_on_the_fine_tuned_features(tmp_path, monkeypatch):
+    """``composed_finetuned_late_fusion`` reuses the fold's fine-tuned network (one fine-tuning for both methods),
+    trains its late-fusion branch on that network's own features (not on the pretrained cache), and joins them
+    as the release does: Q = [sqrt(1/2) Q_composed_finetuned, sqrt(1/2) q_lf], so <Q, T> = (S_composed + S_lf) / 2."""
+    from monai_cir.engine import cv_methods
+    from monai_cir.evaluation import get_method
+    from monai_cir.networks import encoder_fingerprint
+
+    ctx, donor, built = _tiny_fold(tmp_path, monkeypatch)
+    trained_on = []
+    train_method = cv_methods.train_method
+
+    def spy(name, cache, *args, **kwargs):
+        trained_on.append((name, cache))
+        return train_method(name, cache, *args, **kwargs)
+
+    monkeypatch.setattr(cv_methods, "train_method", spy)
+    q_ft, t_ft = get_method("composed_finetuned").fn(ctx)
+    q, t = get_method("composed_finetuned_late_fusion").fn(ctx)
+    assert len(built) == 1, "the fine-tuned network was not shared between the two methods"
+    net = built[0]
+    d = q_ft.shape[1]
+    assert q.shape[0] == 3 and t.shape[0] == 9 and q.shape[1] == t.shape[1] > d
+    assert torch.allclose(q[:, :d], q_ft * 0.5**0.5, atol=1e-5) and torch.allclose(t[:, :d], t_ft * 0.5**0.5, atol=1e-5)
+    assert float(q[:, d:].norm()) > 0 and float(t[:, d:].norm()) > 0
+    branch_caches = [cache for name, cache in trained_on if name == "late_fusion_fullbatch"]
+    assert len(branch_caches) == 1 and branch_caches[0] is not ctx.cache
+    assert branch_caches[0].fingerprint == encoder_fingerprint(net) != encoder_fingerprint(donor)
+    assert len(branch_caches[0]) == 12 and branch_caches[0].maps_flipped is not None

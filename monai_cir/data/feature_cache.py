@@ -35,7 +35,7 @@ from ..config import autocast_for, cache_dir, resolve_device
 from ..networks.late_fusion import sentence_embedding
 from .collections import CaseRecord, load_collection, records_dataset
 
-__all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "feature_cache_path"]
+__all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "encode_collection", "feature_cache_path"]
 
 logger = logging.getLogger(__name__)
 CACHE_FORMAT = "monai-cir-features/1"
@@ -56,6 +56,7 @@ class FeatureCache:
     image_size: int = 0
     fingerprint: str = ""
     path: Path | None = None
+    build_seconds: float = 0.0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -199,8 +200,6 @@ def build_feature_cache(
         a :class:`FeatureCache`; its ``path`` is the file (keyed by collection, size and
         :func:`monai_cir.networks.encoder_fingerprint`).
     """
-    from tqdm.auto import tqdm
-
     from ..networks import ComposedRetrievalNet, encoder_fingerprint
 
     if records is None:
@@ -218,6 +217,48 @@ def build_feature_cache(
             logger.info("feature cache loaded from %s", path)
             return cache
 
+    cache = encode_collection(net, records, image_size, collection=collection, batch_size=batch_size, flipped=flipped, num_workers=num_workers, progress=progress)
+    payload = {
+        "format": CACHE_FORMAT,
+        "collection": collection,
+        "image_size": int(image_size),
+        "fingerprint": fingerprint,
+        "encoder_config": _plain(dict(net.config)),
+        "records": [_record_to_dict(r) for r in records],
+        "labels": cache.labels,
+        "maps": cache.maps,
+        "maps_flipped": cache.maps_flipped,
+        "tokens": cache.tokens,
+        "token_mask": cache.token_mask,
+        "sentence": cache.sentence,
+        "build_seconds": float(cache.build_seconds),
+    }
+    _save_atomic(payload, path)
+    cache.path = path
+    return cache
+
+
+@torch.no_grad()
+def encode_collection(
+    net: Any,
+    records: Sequence[CaseRecord],
+    image_size: int,
+    collection: str = "",
+    batch_size: int = 16,
+    flipped: bool = True,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> FeatureCache:
+    """Run ``net``'s encoders over ``records`` and return the features in memory (nothing is written):
+    what :func:`build_feature_cache` stores, and what a method whose encoders were fine-tuned for one fold
+    trains its heads on (its features are that fold's alone, not worth a file). Runs on CUDA when present."""
+    from tqdm.auto import tqdm
+
+    from ..networks import encoder_fingerprint
+
+    records = list(records)
+    if not records:
+        raise ValueError("no records to encode")
     device = resolve_device()
     was_training = net.training
     net.to(device).eval()
@@ -244,20 +285,4 @@ def build_feature_cache(
     maps = [torch.cat(level) for level in levels]
     maps_flipped = [torch.cat(level) for level in levels_flipped] if flipped else None
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
-    payload = {
-        "format": CACHE_FORMAT,
-        "collection": collection,
-        "image_size": int(image_size),
-        "fingerprint": fingerprint,
-        "encoder_config": _plain(dict(net.config)),
-        "records": [_record_to_dict(r) for r in records],
-        "labels": labels,
-        "maps": maps,
-        "maps_flipped": maps_flipped,
-        "tokens": tokens,
-        "token_mask": token_mask,
-        "sentence": sentence,
-        "build_seconds": float(elapsed),
-    }
-    _save_atomic(payload, path)
-    return FeatureCache(records, labels, maps, tokens, token_mask, sentence, maps_flipped, collection, int(image_size), fingerprint, path)
+    return FeatureCache(records, labels, maps, tokens, token_mask, sentence, maps_flipped, collection, int(image_size), encoder_fingerprint(net), build_seconds=elapsed)

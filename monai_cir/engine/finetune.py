@@ -33,7 +33,7 @@ from .data import (
 )
 from .trainer import TrainConfig, TrainResult
 
-__all__ = ["EndToEndModel", "loader_workers", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records", "embed_records", "FINETUNED_DEFAULTS"]
+__all__ = ["EndToEndModel", "loader_workers", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records", "embed_records", "finetuned_composed_net", "FINETUNED_DEFAULTS"]
 
 
 def loader_workers(device: str | torch.device) -> int:
@@ -213,22 +213,60 @@ FINETUNED_DEFAULTS: dict[str, Any] = dict(epochs=6, batch_size=16, lr=1e-4, weig
                                           frozen_batchnorm=True, progress=True)
 
 
-@register_method("composed_finetuned", label="composed, fine-tuned end to end (images, augmentation)")
-def composed_finetuned(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``composed`` head trained on the cache, then fine-tuned end to end with its encoders on the fold's
-    training images (dermoscopy augmentation); queries and database embedded from the images."""
+def finetuned_composed_net(ctx: Any) -> ComposedRetrievalNet:
+    """The fold's ``composed`` head (trained on the cache, shared with that method) fine-tuned end to end on the
+    fold's training images with :data:`FINETUNED_DEFAULTS` updated by ``method_options["composed_finetuned"]``;
+    memoised in ``ctx.state`` (``composed_finetuned`` and ``composed_finetuned_late_fusion`` share it)."""
     from ..networks import create_model
     from . import NET_KEYS
     from .cv_methods import train_method
 
     opts = {**FINETUNED_DEFAULTS, **((ctx.config.get("method_options") or {}).get("composed_finetuned", {}))}
+    key = ("finetuned", id(ctx.cache), tuple(int(i) for i in ctx.train_indices[:5]), len(ctx.train_indices), ctx.seed, repr(sorted(opts.items())))
+    if key in ctx.state.memo:
+        return ctx.state.memo[key]
     head = train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)[0].net
     net = create_model(pretrained=True, image_size=head.image_size, **{k: head.config[k] for k in NET_KEYS})
     net.load_head_state_dict(head.head_state_dict())  # the cache's encoders are these pretrained ones
     encoder_lr_scale = opts.pop("encoder_lr_scale")
     num_workers = opts.pop("num_workers", None)
     frozen_batchnorm = bool(opts.pop("frozen_batchnorm"))
-    records = ctx.cache.records
-    result = finetune(net, records, ctx.train_indices, dict(opts, seed=ctx.seed), encoder_lr_scale=encoder_lr_scale, fit_statistics=False, num_workers=num_workers, frozen_batchnorm=frozen_batchnorm)
+    result = finetune(net, ctx.cache.records, ctx.train_indices, dict(opts, seed=ctx.seed), encoder_lr_scale=encoder_lr_scale, fit_statistics=False, num_workers=num_workers, frozen_batchnorm=frozen_batchnorm)
     ctx.state.train_log.append(dict(method="composed_finetuned", seed=ctx.seed, n_train=len(ctx.train_indices), epochs_run=result.epochs_run, seconds=round(result.seconds, 1)))
-    return embed_records(net, records, ctx.query_indices, queries=True), embed_records(net, records, ctx.database_indices, queries=False)
+    ctx.state.memo[key] = net
+    return net
+
+
+def _embed_fold(net: ComposedRetrievalNet, ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Q, T)`` of the fold from the images: queries with the query collection's texts (a text form's, when
+    the evaluation asks for one), the database as images alone."""
+    return embed_records(net, ctx.query_cache.records, ctx.query_indices, queries=True), embed_records(net, ctx.cache.records, ctx.database_indices, queries=False)
+
+
+@register_method("composed_finetuned", label="composed, fine-tuned end to end (images, augmentation)")
+def composed_finetuned(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``composed`` head trained on the cache, then fine-tuned end to end with its encoders on the fold's
+    training images (dermoscopy augmentation); queries and database embedded from the images."""
+    return _embed_fold(finetuned_composed_net(ctx), ctx)
+
+
+@register_method("composed_finetuned_late_fusion", label="fine-tuned composed + full-batch late fusion on the fine-tuned features (S = (S_composed + S_lf) / 2)")
+def composed_finetuned_late_fusion(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The release recipe (``composed_late_fusion``) on fine-tuned encoders: the fold's ``composed_finetuned``
+    network, a ``late_fusion_fullbatch`` MLP trained on that network's own features of the fold's training
+    cases (pooled L / M / H maps and sentence embeddings, computed once, in memory), both joined by
+    :func:`~monai_cir.engine.attach_late_fusion` into one network, ``S = (S_Eq9 + S_late_fusion) / 2``;
+    queries and database embedded from the images."""
+    from ..data.feature_cache import encode_collection
+    from ..evaluation.protocol import RunState
+    from . import attach_late_fusion
+    from .cv_methods import train_method
+
+    net = finetuned_composed_net(ctx)
+    features = encode_collection(net, ctx.cache.records, net.image_size, collection=f"{getattr(ctx.cache, 'collection', '') or 'collection'} (fine-tuned encoders)", progress=False)
+    # a state of its own: the fine-tuned features live for this call only, so no memo may outlive them
+    own = RunState()
+    branch = train_method("late_fusion_fullbatch", features, ctx.train_indices, ctx.config, ctx.seed, own)[0]
+    ctx.state.train_log.extend(dict(entry, method="composed_finetuned_late_fusion (late fusion on fine-tuned features)") for entry in own.train_log)
+    combined = attach_late_fusion(net, branch).to(net.device).eval()
+    return _embed_fold(combined, ctx)

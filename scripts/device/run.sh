@@ -2,8 +2,9 @@
 # One borrowed-GPU session (see scripts/device/prepare.py for the payload), run from the repository root:
 #   run(command="bash scripts/device/run.sh", carry=[".device"], timeout_s=600)   with bundle/models/model.ts moved aside
 # MODE=parity: bench/cuda_parity.py (the release model's stages on CPU and on CUDA, ~1.5 min).
-# MODE=finetune: `monai-cir evaluate --methods composed composed_finetuned`, the folds side by side, EPOCHS
-# epochs. Seen on an H200 with 16 cores (2026-12-04): one fold alone 152 s for 6 epochs (head 62 s, 11 s an
+# MODE=finetune: `monai-cir evaluate --methods $METHODS` (default: composed composed_finetuned composed_late_fusion
+# composed_finetuned_late_fusion; the fine-tuned network is shared by the two methods that use it), the folds side by
+# side, EPOCHS epochs. Seen on an H200 with 16 cores (2026-12-04): one fold alone 152 s for 6 epochs (head 62 s, 11 s an
 # epoch); ten processes side by side were CPU-bound (head 190 s, 25 s an epoch): run at most five. Five folds
 # of 10 epochs side by side: 340-364 s each after ~130 s of parity bench and cache (2026-12-04, second run).
 # Every figure lands in $OUT as it is made; the log is $OUT/log.txt (8 files come back at most).
@@ -32,9 +33,10 @@ if [[ $MODE == *finetune* ]]; then
   echo "== cache done at $(( $(date +%s) - T0 )) s"; tail -2 /tmp/cache.log
   FROZEN_BN=${FROZEN_BN:-true}    # false: BatchNorm statistics follow the augmented batches (the old default)
   OPTS="{\"composed_finetuned\": {\"epochs\": $EPOCHS, \"num_workers\": ${WORKERS:-2}, \"frozen_batchnorm\": $FROZEN_BN, \"progress\": false}}"
+  METHODS=${METHODS:-composed composed_finetuned composed_late_fusion composed_finetuned_late_fusion}
   PIDS=""
   for k in ${FOLDS:-0 1 2 3 4}; do
-    OMP_NUM_THREADS=2 timeout -k 5 $(( $(left) - 15 )) $PY -m monai_cir evaluate --methods composed composed_finetuned --folds $k --method-options "$OPTS" --out $OUT/derm7pt_cv_composed_finetuned_gpu_${EPOCHS}ep_bn${FROZEN_BN}.json > /tmp/fold$k.log 2>&1 &
+    OMP_NUM_THREADS=2 timeout -k 5 $(( $(left) - 15 )) $PY -m monai_cir evaluate --methods $METHODS --folds $k --method-options "$OPTS" --out $OUT/derm7pt_cv_composed_finetuned_gpu_${EPOCHS}ep_bn${FROZEN_BN}.json > /tmp/fold$k.log 2>&1 &
     PIDS="$PIDS $!"
   done
   # the fold processes by pid: a bare `wait` also waits for the `exec > >(tee ...)` above, which never ends
