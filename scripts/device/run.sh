@@ -8,13 +8,19 @@
 # epoch); ten processes side by side were CPU-bound (head 190 s, 25 s an epoch): run at most five. Five folds
 # of 10 epochs side by side: 340-364 s each after ~130 s of parity bench and cache (2026-12-04, second run).
 # Every figure lands in $OUT as it is made; the log is $OUT/log.txt (8 files come back at most).
-# git on that machine: the first run recorded a stale commit (the session's first HEAD), the second the right one;
-# both dirty, since bundle/models/model.ts must stay behind (64 MiB). Check the commit and say so in the results.
+# git on that machine: HEAD there can be stale (twice it was the session's first HEAD, not the commit the tree was
+# copied from), and the tree is dirty since bundle/models/model.ts must stay behind (64 MiB). So the run first
+# records the git tree of the working tree as copied ($OUT/code.txt); here, the same tree of a commit is
+#   GIT_INDEX_FILE=/tmp/i git read-tree C && GIT_INDEX_FILE=/tmp/i git rm -q --cached bundle/models/model.ts && GIT_INDEX_FILE=/tmp/i git write-tree
+# and equal hashes mean the run ran commit C's code exactly. Say which in the results' provenance.
 set -u
 T0=$(date +%s); DEADLINE=${DEADLINE:-540}; EPOCHS=${EPOCHS:-10}; MODE=${MODE:-finetune}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-python3}
+rm -f /tmp/run-index
+{ echo "git HEAD there: $(git rev-parse HEAD 2>&1)"
+  echo "working tree as copied (tracked + untracked, not ignored): tree $(GIT_INDEX_FILE=/tmp/run-index git add -A 2>&1 >/dev/null; GIT_INDEX_FILE=/tmp/run-index git write-tree 2>&1)"; } | tee "$OUT/code.txt"
 SITE=/tmp/site
 [ -d .device/payload ] || { echo "no .device/payload: run scripts/device/prepare.py here and carry .device"; exit 2; }
 $PY -m pip install -q --no-index --no-deps --no-compile --target $SITE .device/payload/wheels/*.whl || exit 1
