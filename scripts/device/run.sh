@@ -38,11 +38,12 @@ if [[ $MODE == *finetune* ]]; then
   timeout -k 5 $(( $(left) - 20 )) $PY -m monai_cir evaluate --methods frozen_multilevel_cosine --folds 0 --out /tmp/cache_warm.json > /tmp/cache.log 2>&1
   echo "== cache done at $(( $(date +%s) - T0 )) s"; tail -2 /tmp/cache.log
   FROZEN_BN=${FROZEN_BN:-true}    # false: BatchNorm statistics follow the augmented batches (the old default)
-  OPTS="{\"composed_finetuned\": {\"epochs\": $EPOCHS, \"num_workers\": ${WORKERS:-2}, \"frozen_batchnorm\": $FROZEN_BN, \"progress\": false}}"
+  LR_SCALE=${ENCODER_LR_SCALE:-0.1}   # the encoders' lr as a share of the head's (FINETUNED_DEFAULTS: 0.1)
+  OPTS="{\"composed_finetuned\": {\"epochs\": $EPOCHS, \"num_workers\": ${WORKERS:-2}, \"frozen_batchnorm\": $FROZEN_BN, \"encoder_lr_scale\": $LR_SCALE, \"progress\": false}}"
   METHODS=${METHODS:-composed composed_finetuned composed_late_fusion composed_finetuned_late_fusion}
   PIDS=""
   for k in ${FOLDS:-0 1 2 3 4}; do
-    OMP_NUM_THREADS=2 timeout -k 5 $(( $(left) - 15 )) $PY -m monai_cir evaluate --methods $METHODS --folds $k --method-options "$OPTS" --out $OUT/derm7pt_cv_composed_finetuned_gpu_${EPOCHS}ep_bn${FROZEN_BN}.json > /tmp/fold$k.log 2>&1 &
+    OMP_NUM_THREADS=2 timeout -k 5 $(( $(left) - 15 )) $PY -m monai_cir evaluate --methods $METHODS --folds $k --method-options "$OPTS" --out $OUT/derm7pt_cv_composed_finetuned_gpu_${EPOCHS}ep_bn${FROZEN_BN}_enclr${LR_SCALE}.json > /tmp/fold$k.log 2>&1 &
     PIDS="$PIDS $!"
   done
   # the fold processes by pid: a bare `wait` also waits for the `exec > >(tee ...)` above, which never ends
