@@ -1,0 +1,121 @@
+"""Probe of a search-time lever for issue 13's mAP target: query expansion and database-side augmentation
+on the release network's embeddings (no retraining).
+
+    .venv/bin/python bench/query_expansion.py        # the committed file (5 folds, ~11 min on 2 CPUs)
+
+- α-QE (Radenović et al., TPAMI 2019): the query is replaced by ``q + Σ_{i<=k} max(0, s_i)^α t_i`` over its
+  top-k library cases (``s_i = q·t_i``), then searched again.
+- DBA (database-side augmentation): every library embedding becomes ``Σ_{j<=k+1} max(0, t·t_j)^α t_j`` over
+  itself and its k nearest library cases, at indexing time.
+
+Both keep one inner product per query. The release network (``composed_late_fusion``) is trained once per
+fold (the same models as ``monai-cir evaluate``); every variant reuses its ``(Q, T)``. The grid is fixed in
+advance (k in 2-10, α 1 or 3; DBA k 3 or 5), not tuned on these folds. Writes
+``bench/results/derm7pt_query_expansion.json`` and ``.md`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+# (DBA k, QE k, α); (0, 0, ·) is the release network as shipped
+VARIANTS = [(0, 0, 3.0)] + [(0, k, 3.0) for k in (2, 3, 5, 10)] + [(0, k, 1.0) for k in (3, 5)] + [(d, k, 3.0) for d in (3, 5) for k in (0, 3, 10)]
+
+
+def expand_queries(q, t, k: int, alpha: float):
+    """α-QE: ``q + Σ_{i<=k} max(0, q·t_i)^α t_i`` over the query's top-k rows of ``t`` (k = 0: ``q``)."""
+    if k == 0:
+        return q
+    scores, rows = (q @ t.T).topk(k, dim=1)
+    return q + (scores.clamp(min=0) ** alpha).unsqueeze(-1).mul(t[rows]).sum(1)
+
+
+def augment_database(t, k: int, alpha: float):
+    """DBA: each row of ``t`` replaced by ``Σ max(0, t·t_j)^α t_j`` over itself and its k nearest rows (k = 0: ``t``)."""
+    if k == 0:
+        return t
+    scores, rows = (t @ t.T).topk(k + 1, dim=1)
+    return (scores.clamp(min=0) ** alpha).unsqueeze(-1).mul(t[rows]).sum(1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", type=Path, default=Path("bench/results/derm7pt_query_expansion.json"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from monai_cir.data.feature_cache import build_feature_cache
+    from monai_cir.engine import cv_methods
+    from monai_cir.evaluation import evaluate
+    from monai_cir.evaluation.registry import register_method, unregister_method
+    from monai_cir.provenance import git_commit, machine_info
+
+    def release(ctx):
+        key = ("query_expansion", ctx.fold)
+        if key not in ctx.state.memo:
+            ctx.state.memo[key] = cv_methods._composed_late_fusion(ctx)
+        return ctx.state.memo[key]
+
+    def variant(ctx, dba_k, qe_k, alpha):
+        q, t = release(ctx)
+        t = augment_database(t, dba_k, alpha)
+        return expand_queries(q, t, qe_k, alpha), t
+
+    commit = git_commit()
+    print(f"commit {commit['sha']}{' (dirty)' if commit['dirty'] else ''}", flush=True)
+    print(json.dumps(machine_info()), flush=True)
+    cache = build_feature_cache("derm7pt", 260)
+    names = {}
+    for dba_k, qe_k, alpha in VARIANTS:
+        label = "release network as shipped" if dba_k == qe_k == 0 else f"DBA k={dba_k}, α-QE k={qe_k}, α={alpha:g}"
+        name = f"qe_dba{dba_k}_qe{qe_k}_a{alpha:g}"
+        register_method(name, label=label)(lambda ctx, v=(dba_k, qe_k, alpha): variant(ctx, *v))
+        names[name] = label
+    start = time.perf_counter()
+    try:
+        res = evaluate(list(names), folds=args.folds, cache=cache, progress=True)
+    finally:
+        for name in names:
+            unregister_method(name)
+    wall = time.perf_counter() - start
+    rows = [{"variant": label, "method": name, **{k: res["methods"][name][k] for k in KEYS}} for name, label in names.items()]
+    for r in rows:
+        print(f"{r['variant']:34s} " + " ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
+    payload = {
+        "benchmark": "derm7pt: query expansion and database-side augmentation on the release network (bench/query_expansion.py)",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python bench/query_expansion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": commit,
+        "machine": machine_info(),
+        "folds": args.folds,
+        "wall_time_s": round(wall, 1),
+        "rows": rows,
+        "train_log": res.get("train_log"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# Derm7pt: query expansion / database-side augmentation on the release network\n\n`{payload['command']}` (commit {commit['sha']}"
+             f"{', dirty' if commit['dirty'] else ''}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent.\n",
+             "| Variant | Acc@1 | Acc@2 | Acc@4 | mAP | P@5 |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | " + " | ".join(f"{r[k]['mean']:.1f}" + (f" ± {r[k]['std']:.1f}" if r[k].get("std") is not None else "") for k in KEYS) + " |")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out} ({wall:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
