@@ -155,6 +155,28 @@ def test_cli_folds_merge_into_one_file(tiny_caches, tmp_path, monkeypatch):
     assert parts.read_text() == before
 
 
+def test_cli_keeps_the_methods_a_failed_run_finished(tiny_caches, tmp_path, monkeypatch):
+    """A run cut short by a later method (a crash, a deadline) keeps in --out the methods it finished."""
+    from monai_cir.cli import main
+    from monai_cir.data import feature_cache
+
+    def fails(ctx):
+        raise RuntimeError("this method fails on purpose")
+
+    monkeypatch.setattr(feature_cache, "build_feature_cache", lambda collection, *a, **k: tiny_caches[collection])
+    register_method("fails_on_purpose", label="raises")(fails)
+    out = tmp_path / "cut_short.json"
+    try:
+        with pytest.raises(RuntimeError, match="on purpose"):
+            main(["evaluate", "--methods", "imagenet_cosine", "fails_on_purpose", "--folds", "0,1", "--image-size", "64", "--out", str(out)])
+    finally:
+        unregister_method("fails_on_purpose")
+    payload = json.loads(out.read_text())
+    assert list(payload["methods"]) == ["imagenet_cosine"]
+    assert payload["methods"]["imagenet_cosine"]["held_out_folds"] == [0, 1] and len(payload["methods"]["imagenet_cosine"]["map"]["folds"]) == 2
+    assert "imagenet_cosine" in out.with_suffix(".md").read_text()
+
+
 def test_merge_replaces_a_fold_run_again():
     def run(folds, values):
         entry = {"label": "m", "held_out_folds": folds, "runs": [{"folds": folds}],

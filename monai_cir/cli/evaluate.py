@@ -6,8 +6,9 @@ beside it, and prints the table.
 
 Resumable runs: when ``--out`` exists and was made with the same settings, the folds of this run are
 merged into it (``--folds 0``, then ``--folds 1,2``... fill one file; a fold run again replaces its
-earlier value; each method lists the commits of its runs under ``"runs"``). ``--overwrite`` replaces
-the file instead. ``--figure DIR`` also draws the qualitative figure (paper Fig. 3): it shows
+earlier value; each method lists the commits of its runs under ``"runs"``). Each method is merged into
+``--out`` as soon as its folds are done, so a run cut short (a deadline, a crash in a later method) keeps the
+methods it finished. ``--overwrite`` replaces the file instead. ``--figure DIR`` also draws the qualitative figure (paper Fig. 3): it shows
 Derm7pt images, so DIR must be a git-ignored folder (default ``output/figures``); never commit it.
 """
 
@@ -90,7 +91,50 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--figure-method {figure_method!r} is not among --methods {names}")
 
     commit = git_commit()  # the code that runs, not what the tree holds when the run ends
-    start = time.perf_counter()
+    start = last_write = time.perf_counter()
+    state: dict = {"first": True, "written": None, "reported": 0}  # reported: train_log entries written
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # runs of other folds may merge into the same file at the same time: read-merge-write under a lock
+    lock_path = Path(tempfile.gettempdir()) / f"monai-cir-evaluate-{hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:16]}.lock"
+
+    def write(part: dict) -> None:
+        """Merge one part of this run's results into --out (and its table), under the lock."""
+        nonlocal last_write
+        now = time.perf_counter()
+        for entry in part["methods"].values():
+            entry["runs"] = [{"folds": folds, "commit": commit.get("sha"), "dirty": commit.get("dirty"), "wall_time_s": round(float(entry.get("seconds", 0.0)), 1)}]
+        payload = {
+            "benchmark": "derm7pt 5-fold cross-validation (monai-cir evaluate)",
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": commit,
+            "config": part["config"],
+            "wall_time_s": round(now - last_write, 1),
+            "machine": machine_info(),
+            "methods": part["methods"],
+            "cross_site": part["cross_site"],
+            "train_log": part["train_log"],
+        }
+        if part.get("text_forms"):
+            payload["text_forms"] = part["text_forms"]
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if args.out.exists() and not (args.overwrite and state["first"]):
+                previous = json.loads(args.out.read_text())
+                merged = merge_results(previous, payload)
+                same_commit = all(r.get("commit") == commit.get("sha") and not r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))
+                payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": commit if same_commit else {"sha": "mixed: see each method's runs", "dirty": any(r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))},
+                           "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + payload["wall_time_s"], 1)}
+            args.out.write_text(json.dumps(payload, indent=2) + "\n")
+            table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")
+            header = f"# Derm7pt cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {payload['wall_time_s']:.0f} s).\n\n"
+            args.out.with_suffix(".md").write_text(header + table)
+        last_write = now
+        state["first"] = False
+        state["written"] = payload
+        state["reported"] += len(part["train_log"])
+        if part["methods"]:
+            print(f"wrote {', '.join(part['methods'])} (folds {folds}) into {args.out} (now folds {payload['config']['folds']})", flush=True)
+
     results = evaluate(
         names,
         image_size=args.image_size,
@@ -101,47 +145,18 @@ def run(args: argparse.Namespace) -> int:
         root=args.data_root,
         method_options=args.method_options,
         text_forms=args.text_forms,
+        on_method_done=write,  # each method is saved when its folds are done: a run cut short keeps them
     )
-    wall = time.perf_counter() - start
     rankings = results.pop("_rankings", None)
     cache = results.pop("_cache", None)
-    run_record = {"folds": folds, "commit": commit.get("sha"), "dirty": commit.get("dirty"), "wall_time_s": round(wall, 1)}
-    for entry in results["methods"].values():
-        entry["runs"] = [run_record]
-    payload = {
-        "benchmark": "derm7pt 5-fold cross-validation (monai-cir evaluate)",
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": commit,
-        "config": results["config"],
-        "wall_time_s": round(wall, 1),
-        "machine": machine_info(),
-        "methods": results["methods"],
-        "cross_site": results["cross_site"],
-        "train_log": results["train_log"],
-    }
-    if "text_forms" in results:
-        payload["text_forms"] = results["text_forms"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    # runs of other folds may merge into the same file at the same time: read-merge-write under a lock
-    lock_path = Path(tempfile.gettempdir()) / f"monai-cir-evaluate-{hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:16]}.lock"
-    lock = open(lock_path, "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if args.out.exists() and not args.overwrite:
-        previous = json.loads(args.out.read_text())
-        merged = merge_results(previous, payload)
-        same_commit = all(r.get("commit") == commit.get("sha") and not r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))
-        payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": commit if same_commit else {"sha": "mixed: see each method's runs", "dirty": any(r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))},
-                   "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + wall, 1)}
-        print(f"merged folds {folds} into {args.out} (now folds {payload['config']['folds']})")
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    # what the methods' parts did not carry: the cross-site blocks (and their text forms), the last log entries
+    rest = {"config": results["config"], "methods": {}, "cross_site": results["cross_site"], "train_log": results["train_log"][state["reported"]:],
+            "text_forms": {c: f for c, f in results.get("text_forms", {}).items() if c != "derm7pt"}}
+    write(rest)
+    payload = state["written"]
     table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")
-    md = args.out.with_suffix(".md")
-    header = f"# Derm7pt cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {payload['wall_time_s']:.0f} s).\n\n"
-    md.write_text(header + table)
-    fcntl.flock(lock, fcntl.LOCK_UN)
-    lock.close()
     print(table)
-    print(f"wrote {args.out} and {md} ({wall:.0f} s)")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({time.perf_counter() - start:.0f} s)")
     if args.figure is not None and rankings:
         from ..evaluation import retrieval_figure
 

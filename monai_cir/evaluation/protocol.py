@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +171,7 @@ def evaluate(
     net: Any = None,
     method_options: dict[str, dict[str, Any]] | None = None,
     text_forms: Sequence[str] | None = None,
+    on_method_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the cross-validation protocol for ``methods``.
 
@@ -191,6 +192,11 @@ def evaluate(
         text_forms: also score every method with the query texts in these forms
             (:data:`~monai_cir.evaluation.text_forms.TEXT_FORMS`), under ``"text_forms"``; the models are
             trained once per fold (on the template texts) and queried in every form.
+        on_method_done: called after each method's folds with the part of the results it completes,
+            ``{"config", "methods": {name: entry}, "cross_site": {}, "train_log": [entries since the last
+            call], "text_forms": {"derm7pt": {form: {name: entry}}}}`` (the last key with ``text_forms``), so
+            that a long run can save as it goes (``monai-cir evaluate`` writes ``--out`` there) and a run cut
+            short keeps the methods it finished.
 
     Returns:
         ``{"methods": {name: {"label", "trained", "held_out_folds", "acc@1": {"folds", "mean", "std"}, ...,
@@ -226,6 +232,11 @@ def evaluate(
     form_caches = {form: text_form_cache(cache, form, seed, net) for form in forms}
     per_form: dict[str, dict[str, dict[str, list[float]]]] = {form: {} for form in forms}
     bar = tqdm(total=len(selected) * len(folds), desc="evaluate", unit="fold", disable=not progress)
+    reported = 0  # train_log entries already passed to on_method_done
+
+    def form_entry(values: dict[str, list[float]]) -> dict[str, Any]:
+        return {"held_out_folds": [int(f) for f in folds], **{k: summarize_folds(values[k], scale=100.0, ndigits=2) for k in METRIC_KEYS}}
+
     for method in selected:
         per_fold: dict[str, list[float]] = {k: [] for k in METRIC_KEYS}
         for form in forms:
@@ -255,11 +266,15 @@ def evaluate(
         entry.update({k: summarize_folds(per_fold[k], scale=100.0, ndigits=2) for k in METRIC_KEYS})
         entry["seconds"] = round(time.perf_counter() - start, 2)
         results["methods"][method.name] = entry
+        if on_method_done is not None:
+            done = {"config": config, "methods": {method.name: entry}, "cross_site": {}, "train_log": state.train_log[reported:]}
+            if forms:
+                done["text_forms"] = {"derm7pt": {form: {method.name: form_entry(per_form[form][method.name])} for form in forms}}
+            reported = len(state.train_log)
+            on_method_done(done)
     bar.close()
     if forms:
-        held_out = [int(f) for f in folds]
-        results["text_forms"] = {"derm7pt": {form: {name: {"held_out_folds": held_out, **{k: summarize_folds(v[k], scale=100.0, ndigits=2) for k in METRIC_KEYS}}
-                                                    for name, v in by_method.items()} for form, by_method in per_form.items()}}
+        results["text_forms"] = {"derm7pt": {form: {name: form_entry(v) for name, v in by_method.items()} for form, by_method in per_form.items()}}
     if cross_site:
         results["cross_site"][cross_site] = evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state)
         if forms:

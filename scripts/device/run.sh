@@ -13,9 +13,10 @@
 # records the git tree of the working tree as copied ($OUT/code.txt); here, the same tree of a commit is
 #   GIT_INDEX_FILE=/tmp/i git read-tree C && GIT_INDEX_FILE=/tmp/i git rm -q --cached bundle/models/model.ts && GIT_INDEX_FILE=/tmp/i git write-tree
 # and equal hashes mean the run ran commit C's code exactly (checked 2026-12-04: tree 7f526d4 = cdad6e3 without
-# model.ts, while HEAD there said 8e1a6e5). Say which in the results' provenance. Each fold process writes its
-# results only when all its methods are done: leave a third of the deadline spare (fold processes took 270-289 s
-# in one run and over 345 s in the next, same commands; the second lost everything at its deadline).
+# model.ts, while HEAD there said 8e1a6e5). Say which in the results' provenance. Leave a third of the deadline
+# spare: fold processes took 270-289 s in one run and over 345 s in the next, same commands, and the second lost
+# everything at its deadline (evaluate then wrote a fold's methods only at its end; it now writes each method
+# as soon as its folds are done, so a cut run keeps what it finished).
 set -u
 T0=$(date +%s); DEADLINE=${DEADLINE:-540}; EPOCHS=${EPOCHS:-10}; MODE=${MODE:-finetune}
 exec > >(tee -a "$OUT/log.txt") 2>&1
