@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
 
+    from ..atomic import atomic_write_text
     from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, results_table, text_forms_table
     from ..provenance import git_commit, machine_info
 
@@ -124,10 +125,10 @@ def run(args: argparse.Namespace) -> int:
                 same_commit = all(r.get("commit") == commit.get("sha") and not r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))
                 payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": commit if same_commit else {"sha": "mixed: see each method's runs", "dirty": any(r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))},
                            "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + payload["wall_time_s"], 1)}
-            args.out.write_text(json.dumps(payload, indent=2) + "\n")
+            atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
             table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")
             header = f"# Derm7pt cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {payload['wall_time_s']:.0f} s).\n\n"
-            args.out.with_suffix(".md").write_text(header + table)
+            atomic_write_text(args.out.with_suffix(".md"), header + table)
         last_write = now
         state["first"] = False
         state["written"] = payload

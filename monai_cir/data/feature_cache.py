@@ -18,10 +18,7 @@ Contents of a :class:`FeatureCache` (N records):
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..atomic import torch_save_atomic
 from ..config import autocast_for, cache_dir, resolve_device
 from ..networks.late_fusion import sentence_embedding
 from .collections import CaseRecord, load_collection, records_dataset
@@ -106,18 +104,6 @@ def _record_to_dict(r: CaseRecord) -> dict[str, Any]:
     d = _plain(asdict(r))
     d["image_path"] = str(r.image_path)
     return d
-
-
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_size: int, flipped: bool) -> FeatureCache | None:
@@ -233,7 +219,7 @@ def build_feature_cache(
         "sentence": cache.sentence,
         "build_seconds": float(cache.build_seconds),
     }
-    _save_atomic(payload, path)
+    torch_save_atomic(payload, path)
     cache.path = path
     return cache
 

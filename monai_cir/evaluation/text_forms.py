@@ -42,7 +42,8 @@ def encode_texts(cache: Any, texts: Sequence[str], net: Any = None, progress: bo
     """``(tokens (N, n, d_T) fp16, token_mask (N, n), sentence (N, d_T))`` of ``texts`` with the encoder of
     ``cache`` (the feature cache's own encoding), memoised on disk."""
     from ..config import cache_dir
-    from ..data.feature_cache import _encode_texts, _save_atomic
+    from ..atomic import torch_save_atomic
+    from ..data.feature_cache import _encode_texts
 
     key = hashlib.sha256("\x00".join([cache.fingerprint or "", *texts]).encode()).hexdigest()[:24]
     path = cache_dir("text_forms") / f"{key}.pt"
@@ -50,7 +51,7 @@ def encode_texts(cache: Any, texts: Sequence[str], net: Any = None, progress: bo
         payload = torch.load(path, weights_only=True)
         return payload["tokens"], payload["token_mask"], payload["sentence"]
     tokens, mask, sentence = _encode_texts(_text_net(cache, net), list(texts), 64)
-    _save_atomic({"tokens": tokens, "token_mask": mask, "sentence": sentence}, path)
+    torch_save_atomic({"tokens": tokens, "token_mask": mask, "sentence": sentence}, path)
     return tokens, mask, sentence
 
 

@@ -16,13 +16,13 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import torch_save_atomic
 from .composed_retrieval import (
     DEFAULT_PRESET,
     ComposedRetrievalNet,
@@ -78,14 +78,7 @@ def save_checkpoint(net: ComposedRetrievalNet, path: str | Path, include_encoder
             "image": {k: v.detach().cpu() for k, v in net.image_encoder.state_dict().items()},
             "text": {k: v.detach().cpu() for k, v in net.text_encoder.state_dict().items()},
         }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    torch_save_atomic(payload, path)
     return path
 
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_bytes
+
 __all__ = ["SUPPORTED_SOP_CLASSES", "DicomService", "Peer", "StudyStatus", "parse_peer"]
 
 logger = logging.getLogger(__name__)
@@ -105,13 +107,6 @@ class _Pending:
     last_received: float
     open_associations: set[int] = field(default_factory=set)
     status: StudyStatus | None = None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 class DicomService:
@@ -252,7 +247,7 @@ class DicomService:
         return [s for p in sorted(self.dirs["status"].glob("*.json")) if (s := self.status(p.stem)) is not None]
 
     def _save_status(self, status: StudyStatus) -> None:
-        _atomic_write(self.dirs["status"] / f"{status.study_uid}.json", json.dumps(status.to_dict(), indent=1, default=str).encode())
+        atomic_write_bytes(self.dirs["status"] / f"{status.study_uid}.json", json.dumps(status.to_dict(), indent=1, default=str).encode())
 
     def _load_status(self, study_uid: str) -> StudyStatus:
         data = self.status(study_uid)
@@ -302,7 +297,7 @@ class DicomService:
 
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
-            _atomic_write(folder / f"{_safe(sop_uid)}.dcm", buffer.getvalue())
+            atomic_write_bytes(folder / f"{_safe(sop_uid)}.dcm", buffer.getvalue())
         except Exception as err:  # noqa: BLE001 (disk full, unwritable spool)
             logger.error("C-STORE of an instance of study %s could not be stored: %s", study_uid, err)
             return STATUS_OUT_OF_RESOURCES

@@ -1,0 +1,53 @@
+"""Files written whole or not at all: the one way monai-cir replaces a file that others may read.
+
+A writer fills a temporary file beside the target (same folder, so same file system) and renames it over the
+target in one step: a reader, another process, or a run killed mid-write sees the old file or the new one,
+never half of one. Used for checkpoints, feature caches, evaluation results, and the DICOM node's received
+instances and study status. (Whole folders, the case index and the grid store, are swapped by their own
+modules: a folder cannot be renamed over a non-empty one.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "torch_save_atomic"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path`` (not yet created); when the block ends without an error it
+    replaces ``path`` (one rename), otherwise it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    # a unique name, created by the writer itself (so with the usual permissions, not mkstemp's 0600)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` whole or not at all."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

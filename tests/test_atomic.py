@@ -1,0 +1,38 @@
+"""Files are replaced whole or not at all (monai_cir.atomic): checkpoints, feature caches, results, DICOM."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from monai_cir.atomic import atomic_path, atomic_write_text, torch_save_atomic
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="mid-write"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_write_replaces_the_file_with_the_usual_permissions(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    atomic_write_text(target, "new ✓")
+    assert target.read_text(encoding="utf-8") == "new ✓"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by whoever could read a plain write
+
+
+def test_torch_save_atomic_round_trip(tmp_path):
+    target = tmp_path / "cache.pt"
+    torch_save_atomic({"x": torch.arange(3)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["x"], torch.arange(3))
