@@ -269,3 +269,35 @@ def test_composed_finetuned_late_fusion_joins_a_branch_trained_on_the_fine_tuned
     assert len(branch_caches) == 1 and branch_caches[0] is not ctx.cache
     assert branch_caches[0].fingerprint == encoder_fingerprint(net) != encoder_fingerprint(donor)
     assert len(branch_caches[0]) == 12 and branch_caches[0].maps_flipped is not None
+
+
+def test_fine_tuned_methods_cost_only_their_queries_for_another_text_form(tmp_path, monkeypatch):
+    """``evaluate --text-forms`` calls a method once per form with other query texts: the fine-tuned methods
+    embed the fold's database and train the late-fusion branch once, and only the queries follow the form."""
+    from types import SimpleNamespace
+
+    from monai_cir.engine import cv_methods, finetune as finetune_module
+    from monai_cir.evaluation import get_method
+
+    ctx, _, built = _tiny_fold(tmp_path, monkeypatch)
+    branches, database_passes = [], []
+    train_method, embed_records = cv_methods.train_method, finetune_module.embed_records
+
+    def spy_train(name, *args, **kwargs):
+        branches.append(name)
+        return train_method(name, *args, **kwargs)
+
+    def spy_embed(net, records, idx, queries, **kwargs):
+        if not queries:
+            database_passes.append(len(idx))
+        return embed_records(net, records, idx, queries, **kwargs)
+
+    monkeypatch.setattr(cv_methods, "train_method", spy_train)
+    monkeypatch.setattr(finetune_module, "embed_records", spy_embed)
+    reworded = SimpleNamespace(records=[dataclasses.replace(r, text="atypical pigment network, blue-whitish veil, irregular streaks") for r in ctx.cache.records])
+    for name in ("composed_finetuned", "composed_finetuned_late_fusion"):
+        q, t = get_method(name).fn(ctx)
+        q_form, t_form = get_method(name).fn(dataclasses.replace(ctx, query_cache=reworded))
+        assert torch.equal(t_form, t) and not torch.allclose(q_form, q, atol=1e-4), name
+    assert len(built) == 1 and branches.count("late_fusion_fullbatch") == 1
+    assert database_passes == [9, 9], "each method embeds the fold's database once, whatever the forms"

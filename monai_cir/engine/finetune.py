@@ -213,6 +213,15 @@ FINETUNED_DEFAULTS: dict[str, Any] = dict(epochs=6, batch_size=16, lr=1e-4, weig
                                           frozen_batchnorm=True, progress=True)
 
 
+def _finetuned_options(ctx: Any) -> dict[str, Any]:
+    return {**FINETUNED_DEFAULTS, **((ctx.config.get("method_options") or {}).get("composed_finetuned", {}))}
+
+
+def _finetuned_key(ctx: Any, *part: str) -> tuple:
+    """The memo key of the fold's fine-tuned network (and, with ``part``, of what is derived from it alone)."""
+    return ("finetuned", id(ctx.cache), tuple(int(i) for i in ctx.train_indices[:5]), len(ctx.train_indices), ctx.seed, repr(sorted(_finetuned_options(ctx).items())), *part)
+
+
 def finetuned_composed_net(ctx: Any) -> ComposedRetrievalNet:
     """The fold's ``composed`` head (trained on the cache, shared with that method) fine-tuned end to end on the
     fold's training images with :data:`FINETUNED_DEFAULTS` updated by ``method_options["composed_finetuned"]``;
@@ -221,8 +230,8 @@ def finetuned_composed_net(ctx: Any) -> ComposedRetrievalNet:
     from . import NET_KEYS
     from .cv_methods import train_method
 
-    opts = {**FINETUNED_DEFAULTS, **((ctx.config.get("method_options") or {}).get("composed_finetuned", {}))}
-    key = ("finetuned", id(ctx.cache), tuple(int(i) for i in ctx.train_indices[:5]), len(ctx.train_indices), ctx.seed, repr(sorted(opts.items())))
+    opts = _finetuned_options(ctx)
+    key = _finetuned_key(ctx)
     if key in ctx.state.memo:
         return ctx.state.memo[key]
     head = train_method("composed", ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)[0].net
@@ -237,17 +246,22 @@ def finetuned_composed_net(ctx: Any) -> ComposedRetrievalNet:
     return net
 
 
-def _embed_fold(net: ComposedRetrievalNet, ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _embed_fold(net: ComposedRetrievalNet, ctx: Any, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Q, T)`` of the fold from the images: queries with the query collection's texts (a text form's, when
-    the evaluation asks for one), the database as images alone."""
-    return embed_records(net, ctx.query_cache.records, ctx.query_indices, queries=True), embed_records(net, ctx.cache.records, ctx.database_indices, queries=False)
+    the evaluation asks for one), the database as images alone. The database does not depend on the query
+    texts, so it is embedded once per fold and method (``evaluate --text-forms`` calls a method once per form:
+    each form then costs its queries alone)."""
+    key = _finetuned_key(ctx, method, "database", repr(tuple(int(i) for i in ctx.database_indices)))
+    if key not in ctx.state.memo:
+        ctx.state.memo[key] = embed_records(net, ctx.cache.records, ctx.database_indices, queries=False)
+    return embed_records(net, ctx.query_cache.records, ctx.query_indices, queries=True), ctx.state.memo[key]
 
 
 @register_method("composed_finetuned", label="composed, fine-tuned end to end (images, augmentation)")
 def composed_finetuned(ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``composed`` head trained on the cache, then fine-tuned end to end with its encoders on the fold's
     training images (dermoscopy augmentation); queries and database embedded from the images."""
-    return _embed_fold(finetuned_composed_net(ctx), ctx)
+    return _embed_fold(finetuned_composed_net(ctx), ctx, "composed_finetuned")
 
 
 @register_method("composed_finetuned_late_fusion", label="fine-tuned composed + full-batch late fusion on the fine-tuned features (S = (S_composed + S_lf) / 2)")
@@ -262,11 +276,14 @@ def composed_finetuned_late_fusion(ctx: Any) -> tuple[torch.Tensor, torch.Tensor
     from . import attach_late_fusion
     from .cv_methods import train_method
 
+    key = _finetuned_key(ctx, "late_fusion")
+    if key in ctx.state.memo:  # another text form of the same fold: the branch is trained already
+        return _embed_fold(ctx.state.memo[key], ctx, "composed_finetuned_late_fusion")
     net = finetuned_composed_net(ctx)
     features = encode_collection(net, ctx.cache.records, net.image_size, collection=f"{getattr(ctx.cache, 'collection', '') or 'collection'} (fine-tuned encoders)", progress=False)
     # a state of its own: the fine-tuned features live for this call only, so no memo may outlive them
     own = RunState()
     branch = train_method("late_fusion_fullbatch", features, ctx.train_indices, ctx.config, ctx.seed, own)[0]
     ctx.state.train_log.extend(dict(entry, method="composed_finetuned_late_fusion (late fusion on fine-tuned features)") for entry in own.train_log)
-    combined = attach_late_fusion(net, branch).to(net.device).eval()
-    return _embed_fold(combined, ctx)
+    combined = ctx.state.memo[key] = attach_late_fusion(net, branch).to(net.device).eval()
+    return _embed_fold(combined, ctx, "composed_finetuned_late_fusion")
