@@ -11,15 +11,12 @@ fold). Writes ``bench/results/derm7pt_ablations.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import begin, mean_std, write_results
 
 VARIANTS = {
     "beta": [("beta=0", {"net": {"beta": 0.0}}), ("beta=0.3", {"net": {"beta": 0.3}}), ("beta=0.6 (default)", {}), ("beta=0.8", {"net": {"beta": 0.8}}), ("beta=1", {"net": {"beta": 1.0}})],
@@ -37,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/derm7pt_ablations.json"))
     parser.add_argument("--epochs", type=int, default=None, help="cap the epochs (quick proxy; recorded)")
     args = parser.parse_args(argv)
+    header = begin(__file__, "derm7pt ablations of the composed method", argv)
 
     import torch
 
@@ -44,11 +42,7 @@ def main(argv=None) -> int:
     from monai_cir.data.feature_cache import build_feature_cache
     from monai_cir.engine.cv_methods import override_options
     from monai_cir.evaluation import evaluate
-    from monai_cir.provenance import git_commit, machine_info
 
-    commit = git_commit()
-    machine = machine_info()
-    print(f"commit {commit['sha']}{' (dirty)' if commit['dirty'] else ''}; {machine}", flush=True)
     start = time.perf_counter()
     rows = []
     groups = args.only or sorted(VARIANTS) + ["size"]
@@ -88,26 +82,20 @@ def main(argv=None) -> int:
             if not options:
                 default_done = dict(rows[-1])
     wall = time.perf_counter() - start
+    commit = header["commit"]
     payload = {
-        "benchmark": "derm7pt ablations of the composed method (bench/ablations.py)",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python bench/ablations.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": commit,
-        "machine": machine,
+        **header,
         "folds": args.folds,
         "epochs_cap": args.epochs,
         "wall_time_s": round(wall, 1),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"# Derm7pt ablations (composed)\n\n`{payload['command']}` (commit {commit['sha']}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent.\n",
+    lines = [f"# Derm7pt ablations (composed)\n\n`{payload['command']}` (commit {commit['sha']}{', dirty' if commit['dirty'] else ''}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent.\n",
              "| Group | Variant | Size | Acc@1 | Acc@2 | Acc@4 | mAP | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cells = " | ".join(f"{r[k]['mean']:.1f}" + (f" ± {r[k]['std']:.1f}" if r[k].get("std") is not None else "") for k in KEYS)
+        cells = " | ".join(mean_std(r[k]) for k in KEYS)
         lines.append(f"| {r['group']} | {r['variant']} | {r['image_size']} | {cells} | {r['seconds']:.0f} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out} ({wall:.0f} s)")
+    write_results(args.out, payload, lines, indent=2)
     return 0
 
 

@@ -48,6 +48,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import begin, write_results
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT_JSON = REPO / "bench" / "results" / "app_latency.json"
@@ -261,7 +263,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=120, help="library size (default 120; latency hardly depends on it: search is < 1 ms)")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    header = begin(__file__, "the deploy app per study: cold start, one study, a batch, stage by stage", None, machine=False)
 
     import torch
 
@@ -269,9 +271,8 @@ def main() -> int:
     from monai_cir.config import cache_dir, in_a_passing_thread
     from monai_cir.data import load_isic_uda1
     from monai_cir.dicom.dicomize import dicomize_record
-    from monai_cir.provenance import git_commit, machine_info
+    from monai_cir.provenance import machine_info
 
-    commit = git_commit()  # before anything is written
     records = load_isic_uda1()
     held_out, library_records = _select_library(records, DEMO_QUERY_ID, args.limit)
     work = cache_dir("bench", "app_latency")
@@ -303,7 +304,7 @@ def main() -> int:
         dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}"), several, include_diagnosis=False)
 
     report: dict = {
-        "commit": commit,
+        **header,
         "machine_at_start": machine_info(),
         "library_cases": len(library_records),
         "what": {
@@ -353,9 +354,7 @@ def main() -> int:
             "max_abs_score_difference": round(max(abs(a["score"] - b["score"]) for a, b in zip(cpu, gpu)), 6),
         }
     report["machine_at_end"] = machine_info()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, report)
     return 0
 
 

@@ -15,15 +15,12 @@ texts, with the findings gate at query time (``composed_fullbatch`` is the full-
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import begin, mean_std, write_results
 
 _FINDINGS_ONLY = {"template": 0.5, "findings": 0.5}
 # the paper's regime (the composed default before issue 13's sweep): early-stopped mini-batches of 96
@@ -56,6 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--text-forms", default=None, help="comma list of text forms to score too (e.g. template,demographics)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/derm7pt_composed_sweep.json"))
     args = parser.parse_args(argv)
+    header = begin(__file__, "derm7pt sweep of the composed training regime", argv)
 
     import torch
 
@@ -63,10 +61,7 @@ def main(argv=None) -> int:
     from monai_cir.data.feature_cache import build_feature_cache
     from monai_cir.engine.cv_methods import override_options
     from monai_cir.evaluation import evaluate
-    from monai_cir.provenance import git_commit, machine_info
 
-    commit = git_commit()
-    print(f"commit {commit['sha']}{' (dirty)' if commit['dirty'] else ''}", flush=True)
     cache = build_feature_cache("derm7pt", 260)
     forms = [f for f in (args.text_forms or "").split(",") if f] or None
     start = time.perf_counter()
@@ -90,26 +85,20 @@ def main(argv=None) -> int:
             res = evaluate(["composed", "composed_image_query"], folds=args.folds, cache=cache, progress=False, text_forms=forms)
         record(variant, options, res, t0)
     wall = time.perf_counter() - start
+    commit = header["commit"]
     payload = {
-        "benchmark": "derm7pt sweep of the composed training regime (bench/composed_sweep.py)",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python bench/composed_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": commit,
-        "machine": machine_info(),
+        **header,
         "folds": args.folds,
         "wall_time_s": round(wall, 1),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# Derm7pt: composed training regime sweep\n\n`{payload['command']}` (commit {commit['sha']}{', dirty' if commit['dirty'] else ''}), "
              f"folds {args.folds}, wall time {wall:.0f} s (load {payload['machine'].get('load_average_1_5_15')}); mean ± sample std over folds, percent.\n",
              "| Variant | Method | Acc@1 | Acc@2 | Acc@4 | mAP | P@5 | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cells = " | ".join(f"{r[k]['mean']:.1f}" + (f" ± {r[k]['std']:.1f}" if r[k].get("std") is not None else "") for k in KEYS)
+        cells = " | ".join(mean_std(r[k]) for k in KEYS)
         lines.append(f"| {r['variant']} | `{r['method']}` | {cells} | {r['seconds']:.0f} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out} ({wall:.0f} s)")
+    write_results(args.out, payload, lines, indent=2)
     return 0
 
 

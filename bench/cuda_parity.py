@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import begin, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "cuda_parity.json"
@@ -51,7 +48,6 @@ def main() -> None:
     from monai_cir.data import load_collection
     from monai_cir.explain import explain_matches
     from monai_cir.networks import load_model
-    from monai_cir.provenance import git_commit, machine_info
     from monai_cir.retrieval import embed_library, encode_query, to_image_tensor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,7 +62,7 @@ def main() -> None:
                              "so the parity still holds for them; the JSON records it")
     args = parser.parse_args()
 
-    commit = git_commit()
+    header = begin(__file__, "the app's model stages on CUDA (fp16 autocast) vs CPU (float32)", None)
     started = time.perf_counter()
     records = load_collection("derm7pt")
     queries = records[: args.queries]
@@ -111,7 +107,7 @@ def main() -> None:
                 single_ms.append(ms)
             q_single = np.concatenate(q_rows)
             with torch.inference_mode():
-                q_batch, ms = synced(lambda: net.encode_query(torch.stack(query_images).to(net.device), texts).float().cpu().numpy())()
+                q_batch, ms = synced(lambda net=net: net.encode_query(torch.stack(query_images).to(net.device), texts).float().cpu().numpy())()
             batch_ms.append(ms / len(queries))
             t0 = time.perf_counter()
             scores = q_single @ targets.T
@@ -135,8 +131,7 @@ def main() -> None:
             ),
         )
         print(device, runs[device]["ms"])
-        del net
-        cpu_net = None
+        net = cpu_net = None  # the pass's network goes before the next device's loads
 
     def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -170,10 +165,7 @@ def main() -> None:
         parity["top1_changes_score_gap_on_cpu"] = [round(float(cpu["scores"][i, cpu["top"][i, 0]] - cpu["scores"][i, gpu["top"][i, 0]]), 6) for i in flips]
         print("parity", json.dumps(parity))
     payload = dict(
-        benchmark="the app's model stages on CUDA (fp16 autocast) vs CPU (float32): bench/cuda_parity.py",
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        commit=commit,
-        machine=machine_info(),
+        **header,
         config=dict(collection="derm7pt", queries=len(queries), library=len(library), repeats=args.repeats, checkpoint=str(args.checkpoint.relative_to(ROOT) if args.checkpoint.is_relative_to(ROOT) else args.checkpoint), top_k=TOP_K, image_size=image_size,
                     encoder_check=not args.skip_encoder_check),
         milliseconds={d: r["ms"] for d, r in runs.items()},
@@ -181,9 +173,7 @@ def main() -> None:
         parity=parity,
         wall_s=round(time.perf_counter() - started, 1),
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, payload, indent=2)
 
 
 if __name__ == "__main__":

@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import torch
+from _common import begin, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from search_scale import Synthesizer, machine, real_embeddings
+from search_scale import Synthesizer, machine_extra, real_embeddings
 
 from monai_cir import retrieval
 from monai_cir.config import data_root
@@ -62,11 +59,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     wall = time.perf_counter()
-    from monai_cir.provenance import git_commit
-
-    commit = git_commit()  # before anything is written: run on a clean tree
-    info = machine()
-    print("machine:", json.dumps(info), flush=True)
+    header = begin(__file__, "library encoding throughput and one composed query's latency", None, **machine_extra())
+    print("machine:", json.dumps(header["machine"]), flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = load_model()
@@ -136,8 +130,7 @@ def main() -> None:
     print("composed query:", latency, flush=True)
 
     payload = {
-        "commit": commit,
-        "machine": info,
+        **header,
         "device": str(device),
         "image_size": size,
         "batch_size": args.batch_size,
@@ -150,9 +143,7 @@ def main() -> None:
         "composed_query": {"library_size": len(index), "approximate_index": index.uses_ann, "k": 10, "queries": args.queries, "text_chars": len(TEXT), **latency},
         "wall_s": round(time.perf_counter() - wall, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {args.out} in {payload['wall_s']} s")
+    write_results(args.out, payload)
 
 
 if __name__ == "__main__":

@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import begin, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "finetune_probe.json"
 LOGISTIC_C = 0.003  # the best C of the image and image + text + sentence probes in bench/results/query_ceiling.json
@@ -45,7 +42,10 @@ def main() -> None:
     import timm
     import torch
     import torch.nn.functional as F
-    from query_ceiling import logistic, query_inputs  # bench/ is the script's folder, hence on sys.path
+    from query_ceiling import (  # bench/ is the script's folder, hence on sys.path
+        logistic,
+        query_inputs,
+    )
     from torch import nn
     from tqdm.auto import tqdm
 
@@ -53,7 +53,6 @@ def main() -> None:
     from monai_cir.evaluation import fold_indices
     from monai_cir.metrics import summarize_folds
     from monai_cir.networks.image_encoder import load_offline_efficientnet_lite
-    from monai_cir.provenance import git_commit, machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -61,6 +60,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4, help="lr of the fine-tuned stages (classifier: 10x)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    header = begin(__file__, "EfficientNet-Lite2's stride-32 stages fine-tuned on the cached M level vs frozen", None)
 
     start = time.perf_counter()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -146,13 +146,13 @@ def main() -> None:
         summary[name] = summarize_folds([r[name] for r in rows], scale=100.0, ndigits=2)
         print(f"{name:40s} {summary[name]['mean']:5.1f}" + (f" ± {summary[name]['std']:.1f}" if summary[name]["std"] is not None else ""))
     payload = {
+        **header,
         "what": "held-out 3-class accuracy (percent) with the stride-32 stages of EfficientNet-Lite2 fine-tuned on the cached M level vs frozen, Derm7pt 888, committed folds, 260 px",
         "settings": vars(args) | {"batch_size": 32, "weight_decay": 1e-2, "label_smoothing": 0.1, "logistic_C": LOGISTIC_C, "tta": "flip"},
-        "commit": git_commit(), "machine": machine_info(), "summary": summary, "per_fold": rows,
+        "summary": summary, "per_fold": rows,
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    RESULTS.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {RESULTS} ({payload['wall_s']} s)")
+    write_results(RESULTS, payload)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import begin, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,6 +52,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
     args = parser.parse_args()
+    header = begin(__file__, "PACS loop: storescu into Orthanc to SR + PDF queryable by QIDO-RS", None)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -61,10 +63,8 @@ def main() -> int:
     from deploy_app.settings import AppSettings
     from monai_cir.data.collections import load_collection
     from monai_cir.dicom.dicomize import dicomize_record
-    from monai_cir.provenance import git_commit, machine_info
     from tests.hospital import HospitalLoop, as_query_study
 
-    commit = git_commit()
     records = load_collection("isic-uda1")
     library, queries = records[: args.library], records[args.library : args.library + args.studies + 1]
     settings = AppSettings.resolve()  # app.yaml < environment: what a deployment runs
@@ -107,11 +107,8 @@ def main() -> int:
     seconds = [r["seconds"] for r in counted]
     answer = [r["service_answer_s"] for r in counted]
     result = {
-        "bench": "pacs_loop",
+        **header,
         "what": "seconds from the end of storescu into Orthanc to SR + Encapsulated PDF queryable by QIDO-RS in the same study",
-        "commit": commit["sha"],
-        "dirty": commit["dirty"],
-        "machine": machine_info(),
         "inputs": {
             "library_cases": len(library), "query_studies": len(counted), "warmup_studies": 1, "collection": "isic-uda1",
             "model": "untrained offline default (EfficientNet-Lite2 + MiniLM, 260 px)", "app_settings": settings.to_dict(),
@@ -131,12 +128,10 @@ def main() -> int:
         "target_met": statistics.median(seconds) <= 2.0 + args.stable_age + args.quiet,
         "studies": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("studies", "machine")}, indent=1))
+    write_results(args.out, result)
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.exit(main())

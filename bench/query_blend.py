@@ -19,16 +19,12 @@ reuses them. Writes
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import begin, mean_std, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 FORMS = ("template", "partial")
@@ -49,6 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=Path("bench/results/derm7pt_query_blend.json"))
     args = parser.parse_args(argv)
+    header = begin(__file__, "derm7pt: blending the composed query with the image-only query", argv)
 
     import torch
 
@@ -56,8 +53,12 @@ def main(argv=None) -> int:
     from monai_cir.data.feature_cache import build_feature_cache
     from monai_cir.data.report import recognised_findings
     from monai_cir.engine import cv_methods
-    from monai_cir.evaluation import evaluate, register_method, text_form_cache, unregister_method
-    from monai_cir.provenance import git_commit, machine_info
+    from monai_cir.evaluation import (
+        evaluate,
+        register_method,
+        text_form_cache,
+        unregister_method,
+    )
 
     def embeddings(ctx):
         # (Q_composed, Q_image, T, n) of a fold and text form, once: every rule is a different mix of them
@@ -80,8 +81,6 @@ def main(argv=None) -> int:
         w = rule(n).clamp(0, 1).view(-1, 1)
         return w * q_text + (1 - w) * q_image, t
 
-    commit = git_commit()
-    print(f"commit {commit['sha']}{' (dirty)' if commit['dirty'] else ''}", flush=True)
     cache = build_feature_cache("derm7pt", 260)
     names = {rule: f"query_blend_{i}" for i, rule in enumerate(RULES)}
     for rule, name in names.items():
@@ -98,29 +97,23 @@ def main(argv=None) -> int:
         row = {"rule": rule, **{form: {k: res["text_forms"]["derm7pt"][form][name][k] for k in KEYS} for form in FORMS}}
         rows.append(row)
         print(f"{rule:28s} " + "  ".join(f"{form} Acc@1 {row[form]['acc@1']['mean']:.1f} mAP {row[form]['map']['mean']:.1f}" for form in FORMS), flush=True)
+    commit = header["commit"]
     payload = {
-        "benchmark": "derm7pt: blending the composed query with the image-only query (bench/query_blend.py)",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python bench/query_blend.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": commit,
-        "machine": machine_info(),
+        **header,
         "folds": args.folds,
         "wall_time_s": round(wall, 1),
         "rows": rows,
         "train_log": res.get("train_log"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# Derm7pt: composed query blended with the image-only query\n\n`{payload['command']}` (commit {commit['sha']}"
              f"{', dirty' if commit['dirty'] else ''}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent. "
              "Row w=0 is the same network's image-only query, the reference of \"text never hurts\".\n",
              "| Rule | " + " | ".join(f"{form} {k}" for form in FORMS for k in ("Acc@1", "Acc@4", "mAP", "P@5")) + " |",
              "|---|" + "---|" * (4 * len(FORMS))]
     for r in rows:
-        cells = " | ".join(f"{r[form][k]['mean']:.1f}" + (f" ± {r[form][k]['std']:.1f}" if r[form][k].get("std") is not None else "") for form in FORMS for k in ("acc@1", "acc@4", "map", "p@5"))
+        cells = " | ".join(mean_std(r[form][k]) for form in FORMS for k in ("acc@1", "acc@4", "map", "p@5"))
         lines.append(f"| {r['rule']} | {cells} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out} ({wall:.0f} s)")
+    write_results(args.out, payload, lines, indent=2)
     return 0
 
 

@@ -18,11 +18,11 @@ Writes ``bench/results/query_ceiling.json``. Run: ``.venv/bin/python bench/query
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import begin, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "query_ceiling.json"
 
@@ -60,8 +60,8 @@ def main() -> None:
 
     from monai_cir.data import build_feature_cache, load_folds
     from monai_cir.networks import create_model
-    from monai_cir.provenance import git_commit, machine_info
 
+    header = begin(__file__, "held-out accuracy of plain classifiers on the query inputs", [])
     start = time.perf_counter()
     torch.set_num_threads(2)
     cache = build_feature_cache("derm7pt", 260)
@@ -100,12 +100,12 @@ def main() -> None:
             print(f"{input_name:30s} {model_name:28s} {row['accuracy_mean']:5.1f} ± {row['accuracy_std']:.1f}")
             results.append(row)
     payload = {
+        **header,
         "what": "held-out 3-class accuracy of the query inputs (5-fold, committed folds), Derm7pt 888",
-        "commit": git_commit(), "machine": machine_info(), "results": results,
+        "results": results,
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    RESULTS.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, payload)
 
 
 if __name__ == "__main__":

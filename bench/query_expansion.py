@@ -17,15 +17,11 @@ advance (k in 2-10, α 1 or 3; DBA k 3 or 5), not tuned on these folds. Writes
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import begin, mean_std, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 # (DBA k, QE k, α); (0, 0, ·) is the release network as shipped
@@ -53,6 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=Path("bench/results/derm7pt_query_expansion.json"))
     args = parser.parse_args(argv)
+    header = begin(__file__, "derm7pt: query expansion and database-side augmentation on the release network", argv)
 
     import torch
 
@@ -61,7 +58,6 @@ def main(argv=None) -> int:
     from monai_cir.engine import cv_methods
     from monai_cir.evaluation import evaluate
     from monai_cir.evaluation.registry import register_method, unregister_method
-    from monai_cir.provenance import git_commit, machine_info
 
     def release(ctx):
         key = ("query_expansion", ctx.fold)
@@ -74,9 +70,6 @@ def main(argv=None) -> int:
         t = augment_database(t, dba_k, alpha)
         return expand_queries(q, t, qe_k, alpha), t
 
-    commit = git_commit()
-    print(f"commit {commit['sha']}{' (dirty)' if commit['dirty'] else ''}", flush=True)
-    print(json.dumps(machine_info()), flush=True)
     cache = build_feature_cache("derm7pt", 260)
     names = {}
     for dba_k, qe_k, alpha in VARIANTS:
@@ -94,26 +87,20 @@ def main(argv=None) -> int:
     rows = [{"variant": label, "method": name, **{k: res["methods"][name][k] for k in KEYS}} for name, label in names.items()]
     for r in rows:
         print(f"{r['variant']:34s} " + " ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
+    commit = header["commit"]
     payload = {
-        "benchmark": "derm7pt: query expansion and database-side augmentation on the release network (bench/query_expansion.py)",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python bench/query_expansion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": commit,
-        "machine": machine_info(),
+        **header,
         "folds": args.folds,
         "wall_time_s": round(wall, 1),
         "rows": rows,
         "train_log": res.get("train_log"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# Derm7pt: query expansion / database-side augmentation on the release network\n\n`{payload['command']}` (commit {commit['sha']}"
              f"{', dirty' if commit['dirty'] else ''}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent.\n",
              "| Variant | Acc@1 | Acc@2 | Acc@4 | mAP | P@5 |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | " + " | ".join(f"{r[k]['mean']:.1f}" + (f" ± {r[k]['std']:.1f}" if r[k].get("std") is not None else "") for k in KEYS) + " |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out} ({wall:.0f} s)")
+        lines.append(f"| {r['variant']} | " + " | ".join(mean_std(r[k]) for k in KEYS) + " |")
+    write_results(args.out, payload, lines, indent=2)
     return 0
 
 

@@ -13,7 +13,6 @@ Writes ``bench/results/report_render.json`` and ``.md``. Nothing derived from th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace as NS
 
 import numpy as np
+from _common import begin, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "report_render.json"
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--k", type=int, default=5)
     args = parser.parse_args()
+    header = begin(__file__, "report rendering (SR + PDF) per study", None)
 
     from PIL import Image
 
@@ -55,7 +56,6 @@ def main() -> None:
     from monai_cir.evidence import summarize_evidence
     from monai_cir.explain import Explanation, TokenWeight
     from monai_cir.index import CaseMetadata, SearchHit
-    from monai_cir.provenance import git_commit, machine_info
 
     records = load_collection("isic-uda1")[: args.k + 1]
 
@@ -117,15 +117,11 @@ def main() -> None:
         )
         figures[key] = round(float(cold.stdout.strip().splitlines()[-1]), 1)
     payload = {
-        "bench": "report_render",
-        "commit": git_commit(),
-        "machine": machine_info(),
+        **header,
         "inputs": {"collection": "isic-uda1", "query": records[0].case_id, "k": args.k, "repeats": args.repeats,
                    "thumbnail_px": 384, "explanation_px": 260},
         "figures": figures,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=1) + "\n")
     lines = [
         "# Report rendering (SR + PDF) per study",
         "",
@@ -143,8 +139,8 @@ def main() -> None:
               f"PDF size: {figures['pdf_bytes_page1']} bytes (page 1), {figures['pdf_bytes_with_explanations']} with explanation pages."]
     lines += ["", "Figures taken while other work shares the cores are inflated by about the load over the core count.",
               "The cold import is mostly `import monai_cir` itself; the SR cost is highdicom building and re-parsing the TID 1500 tree."]
-    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_results(RESULTS, payload, lines)
 
 
 if __name__ == "__main__":

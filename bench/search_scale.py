@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import faiss
 import numpy as np
+from _common import begin, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,10 +40,9 @@ RESULTS = REPO / "bench" / "results" / "search_scale.json"
 K = 10
 
 
-def machine() -> dict:
-    from monai_cir.provenance import machine_info
-
-    return machine_info(
+def machine_extra() -> dict:
+    """What the search figures also depend on, recorded beside the machine."""
+    return dict(
         faiss=faiss.__version__,
         faiss_threads=faiss.omp_get_max_threads(),
         numpy=np.__version__,
@@ -222,11 +219,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     wall = time.perf_counter()
-    from monai_cir.provenance import git_commit
-
-    commit = git_commit()  # before anything is written: run on a clean tree
-    info = machine()
-    print("machine:", json.dumps(info), flush=True)
+    header = begin(__file__, "exact and approximate case search from 10^4 to 10^6 cases", None, **machine_extra())
+    print("machine:", json.dumps(header["machine"]), flush=True)
     real, labels, fingerprint, blocks = real_embeddings()
     print(f"inputs: {real.shape[0]} real ISIC UDA-1 embeddings, D={real.shape[1]}, classes {dict(zip(*np.unique(labels, return_counts=True)))}", flush=True)
     synth = Synthesizer(real, labels, blocks)
@@ -236,8 +230,7 @@ def main() -> None:
         exact_queries = 200 if n <= 10_000 else 100 if n <= 100_000 else 30
         results.extend(run_size(n, synth, queries, args.nprobe, min(exact_queries, args.queries), args.seed, args.hnsw_max))
     payload = {
-        "commit": commit,
-        "machine": info,
+        **header,
         "inputs": {
             "real_vectors": int(real.shape[0]), "dim": int(real.shape[1]), "model": f"the shipped model (bundle/models/model.pt: the release network, EfficientNet-Lite2 + MiniLM, 260 px), fingerprint {fingerprint[:12]}",
             "blocks": [[width, round(weight, 4)] for width, weight in blocks],
@@ -247,10 +240,8 @@ def main() -> None:
         "results": results,
         "wall_s": round(time.perf_counter() - wall, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
     print(json.dumps(payload["results"], indent=1))
-    print(f"wrote {args.out} in {payload['wall_s']} s")
+    write_results(args.out, payload)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _common import begin, write_results
+
 REPO = Path(__file__).resolve().parents[1]
 OUT_JSON = REPO / "bench" / "results" / "thread_parallelism.json"
 CASES = {
@@ -86,10 +88,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes per case, cases interleaved (default 2)")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    from monai_cir.provenance import git_commit, machine_info
-
-    commit = git_commit()
+    header = begin(__file__, "does a forward get both CPUs in a thread other than the one that ran torch first", None)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     runs: dict[str, list[dict]] = {case: [] for case in CASES}
     for repeat in range(args.repeats):
@@ -101,8 +100,7 @@ def main() -> int:
             runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"[{repeat + 1}/{args.repeats}] {case}: {runs[case][-1]}", flush=True)
     report = {
-        "commit": commit,
-        "machine": machine_info(),
+        **header,
         "what": {**CASES, "ms_per_forward": "median over the process's rounds, then over processes", "cpus_busy": "process CPU time / wall time while forwarding"},
         "inputs": {"encoder": "tf_efficientnet_lite2 (offline ImageNet weights), eager", "image": "1 x 3 x 260 x 260, channels last", "rounds": args.rounds, "forwards": args.forwards, "processes_per_case": args.repeats},
         "results": {
@@ -114,10 +112,9 @@ def main() -> int:
             for case, rs in runs.items()
         },
     }
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
     for case, r in report["results"].items():
         print(f"{case:34s} {r['ms_per_forward']:6.1f} ms per forward, {r['cpus_busy']:.2f} CPUs busy")
-    print(f"wrote {args.out}")
+    write_results(args.out, report)
     return 0
 
 

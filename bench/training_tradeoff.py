@@ -14,15 +14,11 @@ only: no image data).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import begin, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map")
 GAMMAS = (0.0, 0.3, 1.0)
@@ -59,10 +55,14 @@ class HeldOutProbe:
 
 def main(argv=None) -> int:
     from monai_cir.data import build_feature_cache
-    from monai_cir.engine import CachedComposedModel, TrainConfig, new_head_net, train_head
+    from monai_cir.engine import (
+        CachedComposedModel,
+        TrainConfig,
+        new_head_net,
+        train_head,
+    )
     from monai_cir.engine.cv_methods import base_net, method_options
     from monai_cir.evaluation import fold_indices
-    from monai_cir.provenance import git_commit, machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("bench/results/training_tradeoff.json"))
     args = parser.parse_args(argv)
+    header = begin(__file__, "held-out metrics of the composed head while it trains", argv)
 
     start = time.perf_counter()
     cache = build_feature_cache("derm7pt", 260)
@@ -95,15 +96,14 @@ def main(argv=None) -> int:
             if gamma == 0.0 or epoch == args.epochs:
                 print(f"epoch {epoch:3d}  γ {gamma:.1f}  " + "  ".join(f"{k} {summary[-1][k]:5.1f}" for k in KEYS))
     payload = {
+        **header,
         "what": "held-out Derm7pt metrics of the composed head during training (mean over folds), with frozen-feature mixing γ",
-        "command": "python bench/training_tradeoff.py " + " ".join(argv or []),
-        "folds": args.folds, "epochs": args.epochs, "train_options": options, "commit": git_commit(), "machine": machine_info(),
+        "folds": args.folds, "epochs": args.epochs, "train_options": options,
         "summary": summary, "per_fold": rows, "wall_s": round(time.perf_counter() - start, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    write_results(args.out, payload)
     _plot(summary, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')} ({payload['wall_s']} s)")
+    print(f"wrote {args.out.with_suffix('.png')} ({payload['wall_s']} s)")
     return 0
 
 

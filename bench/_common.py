@@ -1,0 +1,90 @@
+"""What every benchmark does the same way: record where its numbers come from before it runs, and write its
+results file whole.
+
+    from _common import begin, mean_std, write_results   # bench/ is on sys.path when a script runs
+
+    header = begin(__file__, "derm7pt ablations of the composed method", argv)   # first, before any work
+    ...
+    write_results(args.out, {**header, "wall_time_s": wall, "rows": rows}, markdown=lines)
+
+``begin`` reads the commit first: the code that runs is the code checked out when the script starts, so a
+tree edited during a long run must not be recorded as the run's code. A dirty tree is said at once, not
+discovered in the results file afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# the encoders load from the offline packages; a benchmark never reaches the network
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:  # `python bench/x.py` from a checkout without an installed monai_cir
+    sys.path.insert(1, str(_REPO))
+
+__all__ = ["begin", "command_line", "mean_std", "write_results"]
+
+
+def command_line(script: str | Path, argv: Sequence[str] | None = None) -> str:
+    """The command that reruns a benchmark: ``python bench/<script> <arguments>`` (``argv`` as given to its
+    ``main``, else the process's own)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", f"bench/{Path(script).name}", *args])
+
+
+def begin(script: str | Path, benchmark: str, argv: Sequence[str] | None = None, machine: bool = True, **machine_extra: Any) -> dict[str, Any]:
+    """The provenance fields every results file starts with (``benchmark``, ``created``, ``command``,
+    ``commit``, ``machine``), read now; prints the commit and warns when the tree is dirty. ``script``: the
+    benchmark's ``__file__``; ``machine_extra``: more fields for :func:`~monai_cir.provenance.machine_info`."""
+    from monai_cir.provenance import git_commit, machine_info
+
+    commit = git_commit()
+    header: dict[str, Any] = {
+        "benchmark": f"{benchmark} (bench/{Path(script).name})",
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": command_line(script, argv),
+        "commit": commit,
+    }
+    if machine:
+        header["machine"] = machine_info(**machine_extra)
+    state = "no git checkout" if commit["sha"] is None else commit["sha"][:12] + (" (DIRTY tree: the figures will say so)" if commit["dirty"] else " (clean)")
+    print(f"{benchmark}: commit {state}", flush=True)
+    return header
+
+
+def mean_std(stat: dict[str, Any], digits: int = 1) -> str:
+    """``"83.1 ± 2.0"`` from a ``{"mean", "std"}`` summary (``"83.1"`` when there is no std: one fold)."""
+    text = f"{stat['mean']:.{digits}f}"
+    return text + (f" ± {stat['std']:.{digits}f}" if stat.get("std") is not None else "")
+
+
+def write_results(path: str | Path, payload: dict[str, Any], markdown: str | Sequence[str] | None = None, indent: int = 1) -> Path:
+    """Write ``payload`` as JSON to ``path`` and, when given, ``markdown`` (a text or its lines) beside it
+    as ``.md``; each file is replaced whole (a run killed while writing leaves the previous results)."""
+    from monai_cir.atomic import atomic_write_text
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=indent, default=_plain) + "\n")
+    written = [path]
+    if markdown is not None:
+        text = markdown if isinstance(markdown, str) else "\n".join(markdown)
+        atomic_write_text(path.with_suffix(".md"), text.rstrip("\n") + "\n")
+        written.append(path.with_suffix(".md"))
+    print("wrote " + " and ".join(str(p) for p in written), flush=True)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays (what the benchmarks' summaries hold)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
