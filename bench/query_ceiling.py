@@ -18,6 +18,7 @@ Writes ``bench/results/query_ceiling.json``. Run: ``.venv/bin/python bench/query
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -54,14 +55,15 @@ def logistic(c: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # no options: --help says what it does
     import torch
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from monai_cir.data import build_feature_cache, load_folds
     from monai_cir.networks import create_model
 
-    header = begin(__file__, "held-out accuracy of plain classifiers on the query inputs", [])
+    header = begin(__file__, "held-out accuracy of plain classifiers on the query inputs", argv)
     start = time.perf_counter()
     torch.set_num_threads(2)
     cache = build_feature_cache("derm7pt", 260)
