@@ -188,6 +188,20 @@ def test_merge_replaces_a_fold_run_again():
     assert merged["methods"]["m"]["acc@1"]["mean"] == 25.0
 
 
+def test_text_forms_table_says_which_folds_it_averages():
+    from monai_cir.evaluation import text_forms_table
+
+    def entry(folds):
+        return {"held_out_folds": folds, "acc@1": {"mean": 80.0, "std": None}, "map": {"mean": 85.0, "std": None}}
+
+    one_fold = {"text_forms": {"derm7pt": {"template": {"m": entry([0])}, "empty": {"m": entry([0])}}}}
+    assert "held-out fold 0 alone" in text_forms_table(one_fold) and "5-fold" not in text_forms_table(one_fold)
+    five = {"text_forms": {"derm7pt": {"template": {"m": entry([0, 1, 2, 3, 4])}}}}
+    assert "mean over 5 held-out folds [0, 1, 2, 3, 4]" in text_forms_table(five)
+    mixed = {"text_forms": {"derm7pt": {"template": {"a": entry([0]), "b": entry([0, 1])}}}}
+    assert "each method's held-out folds" in text_forms_table(mixed)
+
+
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown method"):
         evaluation.get_method("nope")

@@ -41,6 +41,15 @@ def _mean(value: Any) -> float:
     return float(value["mean"]) if isinstance(value, dict) else float(value)
 
 
+def _averaged_over(by_form: dict[str, dict[str, Any]]) -> str:
+    """What a cross-validation text-forms cell averages: the held-out folds its entries name."""
+    folds = {tuple(entry["held_out_folds"]) for by_method in by_form.values() for entry in by_method.values() if isinstance(entry, dict) and entry.get("held_out_folds")}
+    if len(folds) != 1:
+        return "means over each method's held-out folds"
+    (only,) = folds
+    return f"mean over {len(only)} held-out folds {list(only)}" if len(only) > 1 else f"held-out fold {only[0]} alone"
+
+
 def text_forms_table(results: dict[str, Any]) -> str:
     """Markdown: per collection, Acc@1 / mAP of every method with the query texts in each form."""
     blocks = results.get("text_forms") or {}
@@ -48,7 +57,7 @@ def text_forms_table(results: dict[str, Any]) -> str:
     for collection, by_form in blocks.items():
         forms = list(by_form)
         methods = list(next(iter(by_form.values()), {}))
-        lines += [f"Text forms, {collection} (Acc@1 / mAP, percent{'; 5-fold means' if collection == 'derm7pt' else '; leave-one-out'})", "",
+        lines += [f"Text forms, {collection} (Acc@1 / mAP, percent; {_averaged_over(by_form) if collection == 'derm7pt' else 'leave-one-out'})", "",
                   "| Method | " + " | ".join(forms) + " |", "|---" * (len(forms) + 1) + "|"]
         for name in methods:
             cells = []
