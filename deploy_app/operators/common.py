@@ -264,7 +264,13 @@ def _run_here(pending: list[QueryResult], stage: str, work: Callable[[QueryResul
 def _run_forked(
     answered: list[QueryResult], stage: str, work: Callable[[QueryResult], None], what: str, logger: logging.Logger, workers: int, returns: tuple[str, ...]
 ) -> list[QueryResult]:
-    """Run ``work`` over ``answered`` in ``workers`` forked processes; returns the studies left undone."""
+    """Run ``work`` over ``answered`` in ``workers`` forked processes; returns the studies left undone.
+
+    A fork copies the state of the math libraries as the other threads left it: after two threads had run
+    the encoder's matrix products at once (a thread pool tried for a batch's forwards), a forked worker spun
+    forever in MKL's allocator (``mkl_serv_allocate`` / ``mm_account_ptr_by_tid``) unless
+    ``MKL_DISABLE_FAST_MM=1`` was set before torch started. So the app runs torch in one thread at a time
+    (the operators' thread; the models are loaded in a thread that has ended before) and forks from it."""
     global _FORKED_WORK
     start = time.perf_counter()
     done: set[int] = set()
