@@ -134,10 +134,14 @@ def test_cli_folds_merge_into_one_file(tiny_caches, tmp_path, monkeypatch):
     from monai_cir.cli import main
     from monai_cir.data import feature_cache
 
+    from monai_cir import provenance
+
     monkeypatch.setattr(feature_cache, "build_feature_cache", lambda collection, *a, **k: tiny_caches[collection])
     common = ["evaluate", "--methods", "imagenet_cosine", "frozen_multilevel_cosine", "--image-size", "64"]
     parts, whole = tmp_path / "parts.json", tmp_path / "whole.json"
+    monkeypatch.setattr(provenance, "_cpu_model", lambda: "CPU A")  # the parts run on two machines
     assert main(common + ["--folds", "0", "--out", str(parts)]) == 0
+    monkeypatch.setattr(provenance, "_cpu_model", lambda: "CPU B")
     assert main(common + ["--folds", "1,2", "--out", str(parts)]) == 0
     assert main(common + ["--folds", "0,1,2", "--out", str(whole)]) == 0
     merged, single = json.loads(parts.read_text()), json.loads(whole.read_text())
@@ -145,6 +149,7 @@ def test_cli_folds_merge_into_one_file(tiny_caches, tmp_path, monkeypatch):
     for name in ("imagenet_cosine", "frozen_multilevel_cosine"):
         assert merged["methods"][name]["held_out_folds"] == [0, 1, 2]
         assert [r["folds"] for r in merged["methods"][name]["runs"]] == [[0], [1, 2]]
+        assert [r["machine"]["cpu"] for r in merged["methods"][name]["runs"]] == ["CPU A", "CPU B"]  # each run its own
         for key in METRIC_KEYS:
             assert merged["methods"][name][key]["folds"] == single["methods"][name][key]["folds"]
             assert merged["methods"][name][key]["mean"] == pytest.approx(single["methods"][name][key]["mean"], abs=0.01)

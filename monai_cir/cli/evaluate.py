@@ -6,7 +6,8 @@ beside it, and prints the table.
 
 Resumable runs: when ``--out`` exists and was made with the same settings, the folds of this run are
 merged into it (``--folds 0``, then ``--folds 1,2``... fill one file; a fold run again replaces its
-earlier value; each method lists the commits of its runs under ``"runs"``). Each method is merged into
+earlier value; each method lists its runs under ``"runs"``: folds, commit, clean or not, and the processor they ran
+on, since another CPU model can tip a query). Each method is merged into
 ``--out`` as soon as its folds are done, so a run cut short (a deadline, a crash in a later method) keeps the
 methods it finished. ``--overwrite`` replaces the file instead. ``--figure DIR`` also draws the qualitative figure (paper Fig. 3): it shows
 Derm7pt images, so DIR must be a git-ignored folder (default ``output/figures``); never commit it.
@@ -92,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--figure-method {figure_method!r} is not among --methods {names}")
 
     commit = git_commit()  # the code that runs, not what the tree holds when the run ends
+    host = machine_info()
+    # each run of a merged file names the processor it ran on: the same code gives float-level differences
+    # (a query flipped here and there) on another CPU model, and the folds of one file may come from several
+    run_machine = {"cpu": host.get("cpu"), "cuda": host.get("cuda")}
     start = last_write = time.perf_counter()
     state: dict = {"first": True, "written": None, "reported": 0}  # reported: train_log entries written
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         nonlocal last_write
         now = time.perf_counter()
         for entry in part["methods"].values():
-            entry["runs"] = [{"folds": folds, "commit": commit.get("sha"), "dirty": commit.get("dirty"), "wall_time_s": round(float(entry.get("seconds", 0.0)), 1)}]
+            entry["runs"] = [{"folds": folds, "commit": commit.get("sha"), "dirty": commit.get("dirty"), "machine": run_machine,
+                              "wall_time_s": round(float(entry.get("seconds", 0.0)), 1)}]
         payload = {
             "benchmark": "derm7pt 5-fold cross-validation (monai-cir evaluate)",
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
