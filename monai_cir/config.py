@@ -89,7 +89,7 @@ def in_a_passing_thread(work: Callable[..., _T], *args: Any, **kwargs: Any) -> _
     Why: torch's CPU thread pool (GNU OpenMP) keeps a team of worker threads for every thread that
     ran a parallel operation, for as long as that thread lives. While one thread holds such a team,
     the forwards of any other thread lose much of their parallelism (``bench/thread_parallelism.py``:
-    on two CPUs an EfficientNet-Lite2 forward takes about twice as long), and the Deploy SDK runs the
+    on two CPUs an EfficientNet-Lite2 forward takes 1.5-2x as long, by CPU model), and the Deploy SDK runs the
     app's operators in a thread of its own. Even a small parallel operation (``torch.rand`` of an
     image) makes a team. So what loads models in a process's main thread
     (:func:`deploy_app.app.load_models`) runs here, and leaves no team behind."""
