@@ -30,7 +30,11 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # `python bench/x.py` from a checkout without an installed monai_cir
     sys.path.insert(1, str(_REPO))
 
-__all__ = ["begin", "command_line", "mean_std", "write_results"]
+__all__ = ["PAPER", "TARGETS", "begin", "command_line", "mean_std", "write_results"]
+
+# the paper's 5-fold means on Derm7pt (arXiv v1, Table 2) and issue 13's targets, percent, by results-file key
+PAPER = {"acc@1": 79.3, "acc@2": 82.4, "acc@4": 87.3, "map": 81.7}
+TARGETS = {"acc@1": 86.0, "acc@4": 88.0, "map": 90.0, "p@5": 85.0}
 
 
 def command_line(script: str | Path, argv: Sequence[str] | None = None) -> str:

@@ -19,13 +19,10 @@ import json
 import re
 from pathlib import Path
 
+from _common import PAPER, TARGETS
+
 RESULTS = Path(__file__).resolve().parent / "results"
-# the paper's 5-fold means (arXiv v1, Table 2) and the targets; None = not given
-METRICS = {  # key in the results file: (axis label, paper, target)
-    "acc@1": ("Acc@1", 79.3, 86.0),
-    "map": ("mAP", 81.7, 90.0),
-    "p@5": ("P@5 (top 5 with the query's diagnosis)", None, 85.0),
-}
+METRICS = {"acc@1": "Acc@1", "map": "mAP", "p@5": "P@5 (top 5 with the query's diagnosis)"}  # key in the results file: axis label
 
 
 def plot_results(results: dict, path: Path) -> Path:
@@ -45,7 +42,7 @@ def plot_results(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.45 * len(names) + 1.6), sharey=True)
     axes = axes if len(metrics) > 1 else [axes]
     for ax, key in zip(axes, metrics):
-        label, paper, target = METRICS[key]
+        label, paper, target = METRICS[key], PAPER.get(key), TARGETS.get(key)
         for y, name in enumerate(names):
             entry = methods[name].get(key)
             if not entry:
