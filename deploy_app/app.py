@@ -108,7 +108,8 @@ class SimilarCasesApp(Application):
 
         loader = DermoscopyStudyLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="dermoscopy_loader_op")
         retrieval = ComposedRetrievalOperator(
-            self, models=models, top_k=s.top_k, batch_size=s.batch_size, site=s.site, explain=s.explain, name="retrieval_op"
+            self, models=models, top_k=s.top_k, batch_size=s.batch_size, site=s.site, explain=s.explain,
+            differential=s.differential, name="retrieval_op"
         )
         # the SR and the PDF report similarity against the best score this network can give
         reports = SimilarCasesReportsOperator(

@@ -16,6 +16,7 @@ publish_dicomweb               ``MONAI_CIR_PUBLISH_DICOMWEB``   ``--publish-dico
 calling_aet (MONAICIR)         ``MONAI_CIR_CALLING_AET``        ``--calling-aet AET``
 write_pdf (true)               ``MONAI_CIR_WRITE_PDF``          ``--no-pdf``
 explain (true)                 ``MONAI_CIR_EXPLAIN``            ``--no-explain``
+differential (true)            ``MONAI_CIR_DIFFERENTIAL``       ``--no-differential``
 =============================  ===============================  ============================================
 """
 
@@ -43,6 +44,7 @@ ENV = {
     "calling_aet": "MONAI_CIR_CALLING_AET",
     "write_pdf": "MONAI_CIR_WRITE_PDF",
     "explain": "MONAI_CIR_EXPLAIN",
+    "differential": "MONAI_CIR_DIFFERENTIAL",
 }
 
 
@@ -103,6 +105,9 @@ class AppSettings:
     calling_aet: str = "MONAICIR"
     write_pdf: bool = True
     explain: bool = True  # region-mask heatmaps and attended words per match, in the PDF and the SR
+    # an uncertain query's closest case of the runner-up diagnosis at rank 4 (monai_cir.differential), when the
+    # checkpoint records the slot's margin; false = the plain similarity ranking
+    differential: bool = True
 
     def __post_init__(self) -> None:
         self.top_k = int(self.top_k)
@@ -118,6 +123,7 @@ class AppSettings:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         self.write_pdf = _bool(self.write_pdf)
         self.explain = _bool(self.explain)
+        self.differential = _bool(self.differential)
         self.publish_dicom = self.publish_dicom or None
         self.publish_dicomweb = self.publish_dicomweb or None
         if self.publish_dicom:
@@ -174,6 +180,8 @@ def app_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calling-aet", dest="calling_aet", help="our AE title for C-STORE (default MONAICIR)")
     parser.add_argument("--no-pdf", dest="write_pdf", action="store_const", const=False, help="write the SR and results.json only")
     parser.add_argument("--no-explain", dest="explain", action="store_const", const=False, help="skip the per-match explanations (faster)")
+    parser.add_argument("--no-differential", dest="differential", action="store_const", const=False,
+                        help="show the plain similarity ranking (no closest case of the runner-up diagnosis for uncertain queries)")
     return parser
 
 

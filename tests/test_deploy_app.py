@@ -493,6 +493,93 @@ def test_hits_are_the_models_own_ranking(app_run, results):
     assert app_run["held_out"].case_id not in {h["case_id"] for h in answers["held_out"]["top_k"]}
 
 
+def test_differential_case_beyond_the_searched_pool_is_found_with_its_similarity_rank():
+    """When every case of the searched pool shares the best match's diagnosis, the retrieval searches the
+    other diagnoses for the closest case and finds its rank among the whole library (a real FAISS index)."""
+    from types import SimpleNamespace
+
+    from deploy_app.operators.common import QueryResult
+    from deploy_app.operators.retrieval import ComposedRetrievalOperator
+    from monai_cir.differential import DifferentialSlot
+    from monai_cir.index import CaseMetadata, create_index
+
+    dim, rng = 8, np.random.default_rng(0)
+    query = np.zeros(dim, dtype=np.float32)
+    query[0] = 1.0
+    # 30 nevi scoring 1.00 .. 0.71, then melanomas from 0.70 down: the closest melanoma is 31st
+    vectors, metadata = [], []
+    for i in range(40):
+        v = rng.normal(size=dim).astype(np.float32) * 0.01
+        v[0] = 1.0 - 0.01 * i
+        vectors.append(v)
+        metadata.append(CaseMetadata(f"c{i:02d}", "nevus" if i < 30 else "melanoma", "test"))
+    index = create_index(dim, "fp")
+    index.add(np.stack(vectors), metadata)
+    pool = index.search(query[None], k=16)[0]
+    assert {h.metadata.diagnosis for h in pool} == {"nevus"}
+    op = SimpleNamespace(differential=DifferentialSlot(margin=0.5), classes=["melanoma", "nevus"], index=index, top_k=5)
+    op._similarity_rank = lambda *a: ComposedRetrievalOperator._similarity_rank(op, *a)
+    result = QueryResult("q", None, hits=pool[:5])
+    ComposedRetrievalOperator._differential_case(op, result, pool, query, None)
+    assert [h.case_id for h in result.hits] == ["c00", "c01", "c02", "c30", "c03"]
+    assert result.differential["similarity_rank"] == 31 and result.differential["diagnosis"] == "melanoma"
+    assert "similarity rank 31" in result.notices[0]
+    op.differential = DifferentialSlot(margin=0.2)  # margin 0.30 > 0.2: stays closed
+    result = QueryResult("q", None, hits=pool[:5])
+    ComposedRetrievalOperator._differential_case(op, result, pool, query, None)
+    assert [h.case_id for h in result.hits] == ["c00", "c01", "c02", "c03", "c04"] and result.differential is None and not result.notices
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_says_so(app_run, results, tmp_path):
+    """A checkpoint that records a differential slot (:mod:`monai_cir.differential`): for a query whose
+    first cases share one diagnosis, the closest case of the other diagnosis is shown at the slot's rank
+    (ranks before it unchanged, the rest one lower), results.json records it and the SR says it in a notice;
+    ``differential: false`` and a checkpoint without the slot give the plain ranking."""
+    from deploy_app.app import load_models, run_app
+    from deploy_app.settings import AppSettings
+    from monai_cir.dicom.sr import read_similar_cases_sr
+    from monai_cir.differential import DifferentialSlot
+    from monai_cir.networks.checkpoint import record_in_checkpoint
+
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    shutil.copy2(app_run["root"] / "models" / "model.pt", models_dir / "model.pt")
+    shutil.copytree(app_run["root"] / "models" / "index", models_dir / "index")
+    plain_models = load_models(models_dir, device="cpu", cache=False)
+    assert plain_models.differential is None  # the fixture's checkpoint records none
+    everything = AppSettings(top_k=LIBRARY_SIZE, explain=False, write_pdf=False)
+    opened = 0
+    for name in ("in_library", "held_out"):
+        folder = app_run["cases"][name].image_file.parent
+        full = run_app(folder, tmp_path / f"full-{name}", plain_models, everything)["queries"][0]["top_k"]
+        first = full[0]["diagnosis"]
+        other = next(i for i, h in enumerate(full) if h["diagnosis"] != first)  # 0-based position
+        if other < 2:
+            continue  # rank 2 is already another diagnosis: no slot can open (checked for the other query)
+        slot = DifferentialSlot(margin=10.0, rank=2, description="test")
+        record_in_checkpoint(models_dir / "model.pt", differential=slot.to_dict())
+        models = load_models(models_dir, device="cpu", cache=False)
+        assert models.differential == slot
+        answer = run_app(folder, tmp_path / f"slot-{name}", models, AppSettings(top_k=5, explain=False, write_pdf=False))["queries"][0]
+        expected = [full[0], full[other], *[h for h in full[1:] if h is not full[other]]][:5]
+        assert [h["case_id"] for h in answer["top_k"]] == [h["case_id"] for h in expected]
+        assert [h["rank"] for h in answer["top_k"]] == [1, 2, 3, 4, 5]
+        assert answer["top_k"][1]["score"] == pytest.approx(full[other]["score"], abs=1e-5)  # its own score, said as it is
+        assert answer["differential"] == {"rank": 2, "case_id": full[other]["case_id"], "diagnosis": full[other]["diagnosis"],
+                                          "similarity_rank": other + 1, "margin": pytest.approx(full[0]["score"] - full[other]["score"], abs=1e-5),
+                                          "max_margin": 10.0}
+        notice = slot.notice(full[other]["diagnosis"], other + 1, first, answer["differential"]["margin"])
+        assert notice in answer["notices"]
+        assert notice in read_similar_cases_sr(tmp_path / f"slot-{name}" / answer["outputs"]["sr"]).notices
+        switched_off = run_app(folder, tmp_path / f"off-{name}", models, AppSettings(top_k=5, explain=False, write_pdf=False, differential=False))
+        assert [h["case_id"] for h in switched_off["queries"][0]["top_k"]] == [h["case_id"] for h in full[:5]]
+        assert switched_off["queries"][0]["differential"] is None
+        opened += 1
+    assert opened >= 1, "neither query's first two cases share a diagnosis: the slot was never exercised"
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, tmp_path, monkeypatch):

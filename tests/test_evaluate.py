@@ -293,3 +293,39 @@ def test_composed_late_fusion_scores_the_mean_of_its_two_models(tiny_caches, tin
     finally:
         unregister_method("_ensemble_probe")
     assert len(checked) == 2 and checked[1] < 1.0  # the main run, then partial texts (weighted below 1)
+
+
+def test_differential_slot_is_fitted_on_the_other_folds_only(tiny_caches, tiny_net, monkeypatch):
+    """``composed_late_fusion_differential`` ranks a fold with a margin fitted on the other folds' held-out
+    queries (each under its own fold's release network), never on the fold it ranks; its ranking is the
+    release network's with the slot applied (:func:`monai_cir.differential.differential_ranking`)."""
+    from monai_cir.differential import differential_ranking
+    from monai_cir.engine import cv_methods
+    from monai_cir.metrics import rank_database
+
+    monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: tiny_net)
+    margins_of, slots = [], []
+    real_margins, real_slot = cv_methods._release_margins, cv_methods.release_differential_slot
+    monkeypatch.setattr(cv_methods, "_release_margins", lambda ctx, fold: margins_of.append(fold) or real_margins(ctx, fold))
+    monkeypatch.setattr(cv_methods, "release_differential_slot", lambda ctx, *a: slots.append(real_slot(ctx, *a)) or slots[-1])
+    checked = []
+
+    @register_method("_differential_probe")
+    def probe(ctx: FoldContext):
+        scores = cv_methods.composed_late_fusion_differential(ctx)
+        q, t = cv_methods.composed_late_fusion(ctx)
+        expected, _ = differential_ranking(q @ t.T, ctx.database_labels, slots[-1])
+        assert (rank_database(scores) == rank_database(expected)).all()
+        checked.append(ctx.fold)
+        return scores
+
+    short = dict(train=dict(epochs=2))
+    try:
+        with cv_methods.override_options("composed", **short), cv_methods.override_options("late_fusion_fullbatch", **short):
+            results = evaluate(["_differential_probe"], image_size=64, folds=(2,), cache=tiny_caches["derm7pt"], net=tiny_net, progress=False)
+    finally:
+        unregister_method("_differential_probe")
+    assert checked == [2] and sorted(set(margins_of)) == [0, 1, 3, 4]
+    assert "[0, 1, 3, 4]" in slots[0].description and slots[0].margin > 0
+    logged = [e for e in results["train_log"] if e.get("method") == "composed_late_fusion_differential"]
+    assert len(logged) == 1 and logged[0]["fold"] == 2 and logged[0]["margin"] == round(slots[0].margin, 6)

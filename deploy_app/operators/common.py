@@ -70,6 +70,8 @@ class QueryResult:
     # the reports operator explains from it where it writes the SR and the PDF (a forked worker for a batch)
     pending_explanations: Any = None
     notices: list[str] = field(default_factory=list)
+    # the differential case shown (monai_cir.differential): rank, case_id, diagnosis, similarity_rank, margin, max_margin
+    differential: dict[str, Any] | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # "sr", "encapsulated_pdf", "pdf" -> file path
     published: dict[str, Any] = field(default_factory=dict)
     timing_ms: dict[str, float] = field(default_factory=dict)

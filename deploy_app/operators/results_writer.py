@@ -68,6 +68,7 @@ def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
             }
             for h in result.hits
         ],
+        "differential": result.differential,
         "evidence": result.evidence.to_dict() if result.evidence is not None else None,
         "outputs": {k: _relative(v, output_folder) for k, v in result.outputs.items()},
         "published": result.published,

@@ -21,6 +21,7 @@ PDF, for a batch in forked workers.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -100,6 +101,7 @@ class LoadedModels:
     index_dir: Path
     load_s: float
     grid_maps: Any = None  # monai_cir.grid_store.GridMapStore of the library (MODELS/index/grid_maps), or None
+    differential: Any = None  # monai_cir.differential.DifferentialSlot the checkpoint records, or None (no slot)
 
     @property
     def device(self) -> Any:
@@ -132,6 +134,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
     calibration: a second call with unchanged files returns the same object at no cost; a rebuilt
     index or a new checkpoint is loaded afresh. Thread-safe."""
     from monai_cir.config import in_a_passing_thread, resolve_device
+    from monai_cir.differential import DifferentialSlot
     from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
     from monai_cir.grid_store import GRID_STORE_DIR, GridMapStore
     from monai_cir.index import load_index
@@ -171,6 +174,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
         loaded = LoadedModels(
             net=net, index=index, calibration=calibration, classes=sorted(index.info()["diagnosis"]),
             checkpoint=checkpoint, index_dir=index_dir, load_s=time.perf_counter() - start, grid_maps=grid_maps,
+            differential=DifferentialSlot.from_checkpoint_info(net.checkpoint_info),
         )
         logger.info(
             "model %s on %s, case index %s (%d cases, grid maps of %d), loaded in %.1f s",
@@ -300,12 +304,15 @@ class ComposedRetrievalOperator(Operator):
         batch_size: int | None = None,
         site: str = "any",
         explain: bool = False,
+        differential: bool = True,
         **kwargs: Any,
     ) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.top_k = int(top_k)
         self.site = site
         self.explain = bool(explain)
+        # the checkpoint's differential slot (None: it records none, or switched off)
+        self.differential = models.differential if differential else None
         self.input_name = "queries"
         self.output_name = "results"
         self.models = models
@@ -392,6 +399,8 @@ class ComposedRetrievalOperator(Operator):
             # the evidence summary votes over more neighbours (calibration.k, 16 by default) than are shown
             pool = self.index.search(vector[None, :], k=max(self.top_k, self.calibration.k), filters=filters)[0]
             result.hits = pool[: self.top_k]
+            if self.differential is not None and pool and self.top_k >= self.differential.rank:
+                self._differential_case(result, pool, vector, filters)
             if pool:
                 result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes)
             result.timing_ms["encode"] = encode_ms
@@ -404,6 +413,35 @@ class ComposedRetrievalOperator(Operator):
             )
         if self.explain:
             self._explain(batch, self._query_maps(outputs, len(batch)))
+
+    def _differential_case(self, result: QueryResult, pool: list[Any], vector: Any, filters: dict | None) -> None:
+        """Open the differential slot (:mod:`monai_cir.differential`) when the query is nearly as similar to
+        another diagnosis as to its best match's: the closest case of any other diagnosis (in the searched
+        pool, else one more search restricted to those diagnoses) goes to the slot's rank, with a notice."""
+        slot, best = self.differential, pool[0]
+        others = [c for c in self.classes if c != best.metadata.diagnosis]
+        other = next((h for h in pool if h.metadata.diagnosis != best.metadata.diagnosis), None)
+        if other is None and others:
+            found = self.index.search(vector[None, :], k=1, filters={**(filters or {}), "diagnosis": others})[0]
+            # its similarity rank: every pool case scores at least as high (they share the best's diagnosis)
+            other = dataclasses.replace(found[0], rank=self._similarity_rank(vector, found[0].score, filters)) if found else None
+        if other is None or not slot.opens(best.score, other.score, other.rank):
+            return
+        margin = best.score - other.score
+        result.hits = slot.place(result.hits, other, self.top_k)
+        result.differential = {"rank": slot.rank, "case_id": other.case_id, "diagnosis": other.metadata.diagnosis,
+                               "similarity_rank": other.rank, "margin": round(float(margin), 6), "max_margin": slot.margin}
+        result.notices.append(slot.notice(other.metadata.diagnosis, other.rank, best.metadata.diagnosis, margin))
+
+    def _similarity_rank(self, vector: Any, score: float, filters: dict | None) -> int:
+        """1 + how many library cases (under ``filters``) score above ``score`` for this query."""
+        k = min(len(self.index), 1024)
+        while True:
+            hits = self.index.search(vector[None, :], k=k, filters=filters)[0]
+            above = sum(1 for h in hits if h.score > score)
+            if above < len(hits) or k >= len(self.index):
+                return above + 1
+            k = min(len(self.index), 4 * k)
 
     def _query_maps(self, outputs: Sequence[Any], n: int) -> list[Any] | None:
         """The selected levels' maps of the batch's queries, as ``net.image_features`` returns them,

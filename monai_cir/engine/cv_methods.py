@@ -11,7 +11,9 @@ validation split of them drives early stopping) and returns ``(Q, T)`` scored by
   ``late_fusion_fullbatch``: the same MLP in the full-batch regime.
 - ``composed_late_fusion``: the release network (``bundle/configs/train.yaml``): the fold's ``composed`` head
   and ``late_fusion_fullbatch`` MLP joined into one :class:`~monai_cir.networks.ComposedRetrievalNet`
-  (``late_fusion_share`` 0.5), ``S = (S_composed + S_late_fusion) / 2``.
+  (``late_fusion_share`` 0.5), ``S = (S_composed + S_late_fusion) / 2``; ``composed_late_fusion_differential``:
+  the same ranked as the app ranks, with the differential slot (:mod:`monai_cir.differential`), its margin
+  fitted on the other folds' held-out queries.
 
 ``composed``, ``composed_text_query`` and ``late_fusion`` have a cross-site encoder: trained once on all
 of Derm7pt, it embeds the other collection's images with its target tower (``T``) (``image_only`` and
@@ -33,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..differential import DEFAULT_OPEN_RATE, DifferentialSlot, differential_ranking, fit_margin, query_margins
 from ..evaluation.protocol import CrossSiteContext, FoldContext, RunState
 from ..evaluation.registry import register_method
 from ..evaluation.text_forms import text_form_cache
@@ -41,7 +44,8 @@ from . import TrainConfig, attach_late_fusion, fit_composed
 from .heads import CachedComposedModel, LateFusionMLP
 from .trainer import train_head
 
-__all__ = ["METHOD_DEFAULTS", "base_net", "method_options", "text_bank", "train_method", "override_options", "composed_late_fusion_models"]
+__all__ = ["METHOD_DEFAULTS", "base_net", "method_options", "text_bank", "train_method", "override_options", "composed_late_fusion_models",
+           "release_differential_slot"]
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +307,46 @@ def composed_late_fusion(ctx: FoldContext):
     ``late_fusion_fullbatch`` MLP (shared with those methods) as one :class:`ComposedRetrievalNet` with
     ``late_fusion_share`` 0.5: the score is the mean of the two scores."""
     return _composed_late_fusion(ctx)
+
+
+def _release_margins(ctx: FoldContext, fold: int) -> np.ndarray:
+    """The differential margins (:func:`monai_cir.differential.query_margins`) of fold ``fold``'s held-out
+    queries (template texts) under the release network trained without that fold (memoised in the run)."""
+    from ..evaluation.protocol import fold_indices
+
+    key = ("release_margins", id(ctx.cache), fold, ctx.config.get("query_subset"))
+    if key not in ctx.state.memo:
+        fold_of = fold_indices(ctx.cache)
+        query = np.flatnonzero(fold_of == fold)[: ctx.config.get("query_subset") or None]
+        other = FoldContext(ctx.cache, query, np.flatnonzero(fold_of != fold), int(fold), ctx.config,
+                            int(ctx.config.get("seed", 0)) + int(fold), ctx.state)
+        q, t = _composed_late_fusion(other)
+        ctx.state.memo[key] = query_margins(q @ t.T, other.database_labels)[0]
+    return ctx.state.memo[key]
+
+
+def release_differential_slot(ctx: FoldContext, open_rate: float = DEFAULT_OPEN_RATE) -> DifferentialSlot:
+    """The differential slot for held-out fold ``ctx.fold``, its margin fitted on the other folds' held-out
+    queries only (each under its own fold's release network): never on the fold it ranks."""
+    from ..evaluation.protocol import fold_indices
+
+    folds = sorted(set(int(f) for f in fold_indices(ctx.cache)) - {ctx.fold})
+    margin = fit_margin(np.concatenate([_release_margins(ctx, f) for f in folds]), open_rate)
+    return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}")
+
+
+@register_method("composed_late_fusion_differential",
+                 label="release network as the app ranks: + differential slot (rank 4; margin from the other folds)")
+def composed_late_fusion_differential(ctx: FoldContext):
+    """The release network with the app's differential slot (:mod:`monai_cir.differential`): a query nearly as
+    similar to another diagnosis as to its best match's gets that diagnosis's closest case at rank 4. The
+    margin is fitted on the other four folds' held-out queries (one query in seven opens the slot there)."""
+    q, t = _composed_late_fusion(ctx)
+    slot = release_differential_slot(ctx)
+    scores, opened = differential_ranking(q @ t.T, ctx.database_labels, slot)
+    ctx.state.train_log.append(dict(method="composed_late_fusion_differential", fold=ctx.fold, margin=round(slot.margin, 6),
+                                    opened=int(opened.sum()), queries=len(opened)))
+    return scores
 
 
 @register_method("image_only", label="image only (same network, empty text, trained)")

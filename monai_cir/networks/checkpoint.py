@@ -30,7 +30,7 @@ from .composed_retrieval import (
     hash_weights,
 )
 
-__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "encoder_fingerprint", "default_checkpoint_path", "MODEL_ENV"]
+__all__ = ["save_checkpoint", "read_checkpoint", "record_in_checkpoint", "load_model", "encoder_fingerprint", "default_checkpoint_path", "MODEL_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,15 @@ def save_checkpoint(net: ComposedRetrievalNet, path: str | Path, include_encoder
         }
     torch_save_atomic(payload, path)
     return path
+
+
+def record_in_checkpoint(path: str | Path, **extra: Any) -> Path:
+    """Add (or replace) entries of a checkpoint's ``extra`` record, atomically; the weights, config and
+    fingerprint stay as they are (what is fitted after training, e.g. the differential slot's margin)."""
+    payload = read_checkpoint(path)
+    payload["extra"] = {**dict(payload.get("extra") or {}), **extra}
+    torch_save_atomic(payload, path)
+    return Path(path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -188,6 +197,7 @@ def load_model(
                     f"{config['text_model']}: retrain the head or install the encoder packages it was trained with"
                 )
         net.load_head_state_dict(payload["head"])
+        net.checkpoint_info = dict(payload.get("extra") or {})
         logger.info("loaded %s (%s)", path, {k: config.get(k) for k in CONSTRUCTOR_KEYS})
     if device is not None:
         net = net.to(device)

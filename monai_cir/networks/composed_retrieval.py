@@ -223,6 +223,9 @@ class ComposedRetrievalNet(nn.Module):
         if self.freeze_encoders:
             for p in self.encoder_parameters():
                 p.requires_grad_(False)
+        # what was recorded with the weights (best epoch, metrics, the differential slot's margin...):
+        # :func:`~.checkpoint.load_model` fills it from the checkpoint's ``extra``; not part of the fingerprint
+        self.checkpoint_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -1,0 +1,143 @@
+"""The differential slot (:mod:`monai_cir.differential`) on Derm7pt: what each open rate buys and costs, and
+the margin the release checkpoint records.
+
+    .venv/bin/python bench/differential_slot.py                  # the committed file (5 folds, ~10 min on 2 CPUs)
+    .venv/bin/python bench/differential_slot.py --write-checkpoint bundle/models/model.pt
+
+The release network (``composed_late_fusion``) is trained once per fold (the models ``monai-cir evaluate``
+trains). For each open rate of a grid fixed in advance (2.5-30%), every fold's margin is fitted on the other
+four folds' held-out queries only (:func:`monai_cir.engine.cv_methods.release_differential_slot`), and the
+fold is ranked as the app ranks it. Rate 0 is the release network as ranked by similarity alone.
+
+The release checkpoint (trained on all 888 cases) has no held-out queries of its own: its margin is the one
+fitted on all five folds' held-out queries at :data:`monai_cir.differential.DEFAULT_OPEN_RATE`, which
+``--write-checkpoint`` records in the checkpoint (``extra["differential"]``; weights untouched). The fold
+networks' scores and the release network's are on the same scale only as far as the same recipe makes them:
+the folds' margins at that rate spread over the range the results file gives.
+
+Writes ``bench/results/derm7pt_differential_slot.json``, ``.md`` and ``.png`` (Acc@4 and P@5 against the rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import PAPER, TARGETS, begin, mean_std, write_results
+
+KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+RATES = (0.0, 0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.3)
+RESULTS = Path("bench/results/derm7pt_differential_slot.json")
+
+
+def plot(rows: list[dict], chosen: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [100 * r["open_rate"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    for key, colour in (("acc@4", "tab:blue"), ("p@5", "tab:orange"), ("map", "tab:green"), ("acc@1", "tab:grey")):
+        ax.plot(rates, [r[key]["mean"] for r in rows], "o-", color=colour, label=key.replace("map", "mAP").replace("acc", "Acc").replace("p@", "P@"))
+        if key in TARGETS:
+            ax.axhline(TARGETS[key], color=colour, ls=":", lw=1)
+    ax.axhline(PAPER["acc@4"], color="tab:blue", ls="--", lw=0.8, label="paper Acc@4")
+    ax.axvline(100 * chosen, color="black", lw=0.8, alpha=0.5)
+    ax.set_xlabel("open rate fitted on the other folds' held-out queries (%)")
+    ax.set_ylabel("5-fold mean (%)")
+    ax.set_title("Derm7pt: the differential slot (rank 4) on the release network", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left", ncol=3)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--write-checkpoint", type=Path, default=None, help="record the fitted slot in this checkpoint (the release model.pt)")
+    args = parser.parse_args(argv)
+    header = begin(__file__, "derm7pt: the differential slot on the release network", argv)
+
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from monai_cir.data.feature_cache import build_feature_cache
+    from monai_cir.differential import DEFAULT_OPEN_RATE, DEFAULT_RANK, DifferentialSlot, differential_ranking, fit_margin
+    from monai_cir.engine import cv_methods
+    from monai_cir.evaluation import evaluate
+    from monai_cir.evaluation.registry import register_method, unregister_method
+
+    contexts, opened = {}, {}
+
+    def variant(ctx, rate):
+        contexts[ctx.fold] = ctx
+        q, t = cv_methods._composed_late_fusion(ctx)
+        if rate == 0:
+            return q, t
+        slot = cv_methods.release_differential_slot(ctx, rate)
+        scores, is_open = differential_ranking(q @ t.T, ctx.database_labels, slot)
+        opened.setdefault(rate, {})[ctx.fold] = (float(is_open.mean()), slot.margin)
+        return scores
+
+    cache = build_feature_cache("derm7pt", 260)
+    names = {}
+    for rate in RATES:
+        name = f"differential_rate_{rate:g}"
+        register_method(name, label="release network, similarity ranking" if rate == 0 else f"open rate {100 * rate:g}%")(lambda ctx, r=rate: variant(ctx, r))
+        names[name] = rate
+    start = time.perf_counter()
+    try:
+        res = evaluate(list(names), folds=args.folds, cache=cache, progress=True)
+    finally:
+        for name in names:
+            unregister_method(name)
+    wall = time.perf_counter() - start
+
+    rows = []
+    for name, rate in names.items():
+        per_fold = opened.get(rate, {})
+        rows.append({"open_rate": rate, "method": name, **{k: res["methods"][name][k] for k in KEYS},
+                     "opened_share_per_fold": [round(per_fold[f][0], 4) for f in args.folds] if per_fold else None,
+                     "margin_per_fold": [round(per_fold[f][1], 5) for f in args.folds] if per_fold else None})
+    # the release checkpoint's margin: every fold's held-out queries (memoised with the fold networks above)
+    last = contexts[args.folds[-1]]
+    pooled = np.concatenate([cv_methods._release_margins(last, f) for f in args.folds])
+    release = DifferentialSlot(fit_margin(pooled, DEFAULT_OPEN_RATE), rank=DEFAULT_RANK, open_rate=DEFAULT_OPEN_RATE,
+                               description=f"fitted on the held-out queries of Derm7pt folds {args.folds} under each fold's release "
+                                           f"network (bench/differential_slot.py, commit {header['commit']['sha'][:7]})")
+    for r in rows:
+        print(f"rate {r['open_rate']:<6g} " + " ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
+    print(f"release checkpoint's slot: margin {release.margin:.4f} at open rate {DEFAULT_OPEN_RATE}")
+    png = plot(rows, DEFAULT_OPEN_RATE, args.out.with_suffix(".png"))
+    payload = {**header, "folds": args.folds, "wall_time_s": round(wall, 1), "rank": DEFAULT_RANK, "rows": rows,
+               "release_slot": release.to_dict(), "figure": str(png), "train_log": res.get("train_log")}
+    commit = header["commit"]
+    lines = [f"# Derm7pt: the differential slot on the release network\n\n`{payload['command']}` (commit {commit['sha']}"
+             f"{', dirty' if commit['dirty'] else ''}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent. "
+             f"Each fold's margin fitted on the other folds' held-out queries at the open rate; the slot shows the closest case "
+             f"of another diagnosis at rank {DEFAULT_RANK} when the query's score margin to it is under the margin.\n",
+             "| Open rate | Acc@1 | Acc@2 | Acc@4 | mAP | P@5 | opened (held-out, per fold) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        share = ", ".join(f"{100 * x:.0f}%" for x in r["opened_share_per_fold"]) if r["opened_share_per_fold"] else "-"
+        lines.append(f"| {100 * r['open_rate']:g}% | " + " | ".join(mean_std(r[k]) for k in KEYS) + f" | {share} |")
+    lines += ["", f"Release checkpoint: margin {release.margin:.4f} (open rate {100 * DEFAULT_OPEN_RATE:g}% of all five folds' held-out queries).",
+              "", f"![Acc@4, P@5, mAP and Acc@1 against the open rate]({png.name})"]
+    write_results(args.out, payload, lines, indent=2)
+    if args.write_checkpoint is not None:
+        from monai_cir.networks.checkpoint import record_in_checkpoint
+
+        record_in_checkpoint(args.write_checkpoint, differential=release.to_dict())
+        print(f"recorded the slot in {args.write_checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

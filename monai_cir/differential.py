@@ -1,0 +1,144 @@
+"""The differential slot: when a query is nearly as similar to another diagnosis as to its best match's,
+the closest case of that other diagnosis is shown at a fixed rank of the top-k.
+
+Why. The release network's embedding clusters by diagnosis: a query placed in the wrong cluster gets a
+top-k of one wrong diagnosis, and its first case of the right one may sit at rank 100 (Acc@4 on Derm7pt
+stays below what a random ranking gives). A clinician comparing cases is better served, when the match
+is uncertain, by the closest case of the runner-up diagnosis beside the best matches: the differential.
+
+The rule (one for the app and the evaluation). For a query with scores ``s`` over the library, let ``d1``
+be the diagnosis of its best match and ``o`` the best-scoring case of any other diagnosis. The slot
+**opens** when the score margin ``s(best) - s(o) <= margin`` and ``o`` is not already within the first
+``rank`` places; then ``o`` is shown at ``rank`` (default 4) and the cases from that rank on move down
+one. Everything else is the similarity ranking; the shown case keeps its own score, and the app says in
+a notice which rank it is and why (:meth:`DifferentialSlot.notice`).
+
+The margin is in the model's score units, so it belongs to one model: it is fitted on cross-validated
+held-out queries (:func:`fit_margin`: the margin under which a chosen share of them falls, by default
+:data:`DEFAULT_OPEN_RATE`) and recorded in the checkpoint (``extra["differential"]``,
+:meth:`DifferentialSlot.to_dict`); a checkpoint without it has no slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["DEFAULT_OPEN_RATE", "DEFAULT_RANK", "DifferentialSlot", "fit_margin", "query_margins", "differential_ranking"]
+
+DEFAULT_RANK = 4  # the paper's largest Acc@K cut-off: the differential case is within the top 4
+# the share of held-out queries whose slot opens: about one query in seven (bench/differential_slot.py
+# shows Acc@4 and P@5 over 5-30%; this operating point was chosen on that curve, see the model card)
+DEFAULT_OPEN_RATE = 0.15
+
+
+@dataclass(frozen=True)
+class DifferentialSlot:
+    """Where and when the differential case is shown (see the module docstring).
+
+    Attributes:
+        margin: the largest score margin (best match - closest case of another diagnosis) at which the slot
+            opens, in the model's score units (> 0).
+        rank: the 1-based rank the differential case takes (>= 2: rank 1 stays the best match).
+        open_rate: the share of held-out queries under ``margin`` when it was fitted (for the record).
+        description: where the margin comes from (model, data, folds), for the record.
+    """
+
+    margin: float
+    rank: int = DEFAULT_RANK
+    open_rate: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.margin, bool) or not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0):
+            raise ValueError(f"DifferentialSlot.margin must be a finite score margin > 0, got {self.margin!r}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 2:
+            raise ValueError(f"DifferentialSlot.rank must be an integer >= 2 (rank 1 stays the best match), got {self.rank!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_checkpoint_info(cls, info: dict[str, Any] | None) -> DifferentialSlot | None:
+        """The slot recorded with a checkpoint (``extra["differential"]``), or None when it records none."""
+        data = (info or {}).get("differential")
+        if not data:
+            return None
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ValueError(f"the checkpoint's 'differential' record is malformed ({err}): expected the keys margin, rank, open_rate, description") from err
+
+    def opens(self, best_score: float, other_score: float, other_rank: int) -> bool:
+        """Whether the slot opens for a query whose best match scores ``best_score`` and whose closest case
+        of another diagnosis scores ``other_score`` at 1-based similarity rank ``other_rank``."""
+        return other_rank > self.rank and best_score - other_score <= self.margin
+
+    def place(self, hits: list[Any], other: Any, top_k: int) -> list[Any]:
+        """``hits`` (best first, :class:`~monai_cir.index.SearchHit`) with ``other`` (the closest case of another
+        diagnosis) at :attr:`rank`, the cases from that rank on one rank lower, ``top_k`` in all, ranks renumbered."""
+        rest = [h for h in hits if h.case_id != other.case_id]
+        shown = [*rest[: self.rank - 1], other, *rest[self.rank - 1 :]][:top_k]
+        return [dataclasses.replace(h, rank=i) for i, h in enumerate(shown, 1)]
+
+    def notice(self, diagnosis: str, similarity_rank: int, best_diagnosis: str, margin: float) -> str:
+        """What the app tells the reader of a query whose slot opened."""
+        return (
+            f"rank {self.rank} is the closest {diagnosis} case (similarity rank {similarity_rank}), shown for comparison: this "
+            f"lesion is nearly as similar to {diagnosis} cases as to the {best_diagnosis} cases above it (score margin "
+            f"{margin:.3f} <= {self.margin:.3f}); the cases after it moved down one rank"
+        )
+
+
+def query_margins(similarity: Any, database_labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per query of a (Q, N) similarity: the margin ``s(best) - s(closest case of another label)`` and that
+    case's 0-based position in the similarity ranking (ties: stable, database order, as the metrics rank).
+    A query whose database holds one label only gets margin ``inf`` and position ``N``."""
+    s = torch.as_tensor(similarity).double()
+    labels = torch.as_tensor(np.asarray(database_labels)).reshape(-1)
+    order = torch.argsort(s, dim=1, descending=True, stable=True)
+    ranked = labels[order]
+    other = ranked != ranked[:, :1]
+    has_other = other.any(dim=1)
+    position = torch.where(has_other, other.int().argmax(dim=1), torch.full_like(has_other, s.shape[1], dtype=torch.long))
+    best = s.gather(1, order[:, :1]).squeeze(1)
+    closest = s.gather(1, order.gather(1, position.clamp(max=s.shape[1] - 1)[:, None])).squeeze(1)
+    margin = torch.where(has_other, best - closest, torch.full_like(best, math.inf))
+    return margin.numpy(), position.numpy()
+
+
+def fit_margin(margins: Any, open_rate: float = DEFAULT_OPEN_RATE) -> float:
+    """The margin under which ``open_rate`` of the given held-out queries' margins fall (their quantile)."""
+    values = np.asarray(margins, dtype=np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if not 0 < open_rate < 1:
+        raise ValueError(f"open_rate must lie in (0, 1), got {open_rate!r}")
+    if values.size == 0:
+        raise ValueError("fit_margin needs the margins of held-out queries whose database holds more than one diagnosis; got none")
+    return float(max(np.quantile(values, open_rate), np.finfo(np.float32).tiny))
+
+
+def differential_ranking(similarity: Any, database_labels: Any, slot: DifferentialSlot) -> tuple[torch.Tensor, np.ndarray]:
+    """The ranking the app shows, for every query of a (Q, N) similarity: ``(scores, opened)`` where
+    ``scores`` (Q, N) rank the database in that order (``N - position``: exact in float32, so the
+    evaluation's stable descending sort reproduces it) and ``opened`` (Q,) says whose slot opened."""
+    s = torch.as_tensor(similarity).double()
+    margin, position = query_margins(s, database_labels)
+    order = torch.argsort(s, dim=1, descending=True, stable=True)
+    n = s.shape[1]
+    best = s.gather(1, order[:, :1]).squeeze(1).numpy()
+    opened = np.array([slot.opens(float(best[i]), float(best[i] - margin[i]), int(position[i]) + 1) if np.isfinite(margin[i]) else False
+                       for i in range(s.shape[0])], dtype=bool)
+    for i in np.flatnonzero(opened):
+        row = order[i].tolist()
+        moved = row.pop(int(position[i]))
+        row.insert(slot.rank - 1, moved)
+        order[i] = torch.as_tensor(row)
+    scores = torch.empty_like(s, dtype=torch.float32)
+    scores.scatter_(1, order, torch.arange(n, 0, -1, dtype=torch.float32).expand(s.shape[0], n).contiguous())
+    return scores, opened

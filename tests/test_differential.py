@@ -1,0 +1,102 @@
+"""The differential slot (:mod:`monai_cir.differential`): the rule, its ranking as the evaluation sees it,
+its place among search hits as the app shows them, and its record in a checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monai_cir.differential import DifferentialSlot, differential_ranking, fit_margin, query_margins
+from monai_cir.index import CaseMetadata, SearchHit
+from monai_cir.metrics import rank_database
+
+# database: 8 cases, label 1 only at index 5 (the "other diagnosis"); three queries
+LABELS = np.array([0, 0, 0, 0, 0, 1, 0, 0])
+SCORES = torch.tensor([
+    [1.00, 0.99, 0.98, 0.97, 0.96, 0.95, 0.10, 0.05],  # margin 0.05, other at rank 6 -> opens
+    [1.00, 0.99, 0.98, 0.97, 0.96, 0.20, 0.10, 0.05],  # margin 0.80 -> stays
+    [1.00, 0.99, 0.50, 0.40, 0.30, 0.995, 0.10, 0.05],  # other at rank 2 already -> stays
+])
+
+
+def test_margins_and_positions_of_the_closest_other_diagnosis():
+    margin, position = query_margins(SCORES, LABELS)
+    np.testing.assert_allclose(margin, [0.05, 0.80, 0.005], atol=1e-6)
+    assert position.tolist() == [5, 5, 1]
+    margin, position = query_margins(SCORES, np.zeros(8, dtype=int))  # one diagnosis only: never opens
+    assert np.isinf(margin).all() and position.tolist() == [8, 8, 8]
+
+
+def test_slot_moves_the_closest_other_diagnosis_to_its_rank_and_nothing_else():
+    slot = DifferentialSlot(margin=0.1)
+    scores, opened = differential_ranking(SCORES, LABELS, slot)
+    assert opened.tolist() == [True, False, False]
+    ranking = rank_database(scores)  # how the evaluation ranks a method's output
+    assert ranking[0].tolist() == [0, 1, 2, 5, 3, 4, 6, 7]
+    assert ranking[1].tolist() == rank_database(SCORES)[1].tolist()
+    assert ranking[2].tolist() == rank_database(SCORES)[2].tolist()
+    # a rank-2 slot opens for the third query too? no: its other case already sits at rank 2
+    _, opened = differential_ranking(SCORES, LABELS, DifferentialSlot(margin=1.0, rank=2))
+    assert opened.tolist() == [True, True, False]
+
+
+def _hit(rank: int, case: str, diagnosis: str, score: float) -> SearchHit:
+    return SearchHit(rank, case, score, CaseMetadata(case, diagnosis, "test"))
+
+
+def test_place_puts_the_case_at_its_rank_and_renumbers():
+    hits = [_hit(i, f"n{i}", "nevus", 1 - i / 10) for i in range(1, 6)]
+    other = _hit(9, "m9", "melanoma", 0.1)
+    slot = DifferentialSlot(margin=1.0)
+    assert slot.opens(hits[0].score, other.score, other.rank)
+    shown = slot.place(hits, other, top_k=5)
+    assert [h.case_id for h in shown] == ["n1", "n2", "n3", "m9", "n4"]
+    assert [h.rank for h in shown] == [1, 2, 3, 4, 5]
+    assert hits[3].rank == 4  # the search's own hits are not changed
+    # a case already in the list beyond the slot moves up instead of appearing twice
+    inside = _hit(5, "n5", "melanoma", 0.6)
+    assert [h.case_id for h in slot.place(hits, inside, top_k=5)] == ["n1", "n2", "n3", "n5", "n4"]
+    assert slot.opens(1.0, 0.0, 9) and not slot.opens(1.0, -1e-6, 9)  # margin 1.0: at the limit it opens, beyond it not
+    assert not slot.opens(1.0, 0.9, 4) and not slot.opens(1.0, 0.9, 2)  # already within the first 4: nothing to move
+    notice = slot.notice("melanoma", 9, "nevus", 0.25)
+    assert "rank 4" in notice and "melanoma" in notice and "similarity rank 9" in notice and "nevus" in notice
+
+
+@pytest.mark.parametrize(("kwargs", "attribute"), [
+    (dict(margin=0.0), "margin"), (dict(margin=-1.0), "margin"), (dict(margin=math.nan), "margin"),
+    (dict(margin=True), "margin"), (dict(margin=0.2, rank=1), "rank"), (dict(margin=0.2, rank=2.5), "rank"),
+])
+def test_invalid_slot_names_the_attribute(kwargs, attribute):
+    with pytest.raises(ValueError, match=f"DifferentialSlot.{attribute}"):
+        DifferentialSlot(**kwargs)
+
+
+def test_fit_margin_is_the_quantile_of_finite_margins():
+    margins = np.array([0.1, 0.2, 0.3, 0.4, math.inf])
+    assert fit_margin(margins, 0.5) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="open_rate"):
+        fit_margin(margins, 1.0)
+    with pytest.raises(ValueError, match="held-out"):
+        fit_margin([math.inf], 0.1)
+
+
+def test_slot_recorded_in_a_checkpoint_loads_with_it(tiny_net, tmp_path):
+    from monai_cir.networks import load_model, save_checkpoint
+    from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
+
+    path = save_checkpoint(tiny_net, tmp_path / "model.pt", include_encoders=True, epoch=3)  # loads without the pretrained packages
+    assert DifferentialSlot.from_checkpoint_info(read_checkpoint(path)["extra"]) is None
+    slot = DifferentialSlot(margin=0.23, open_rate=0.15, description="test")
+    before = read_checkpoint(path)
+    record_in_checkpoint(path, differential=slot.to_dict())
+    after = read_checkpoint(path)
+    assert after["extra"] == {"epoch": 3, "differential": slot.to_dict()}  # added, nothing lost
+    assert after["encoder_fingerprint"] == before["encoder_fingerprint"] and after["config"] == before["config"]
+    assert all(torch.equal(after["head"][k], v) for k, v in before["head"].items())
+    net = load_model(path)
+    assert DifferentialSlot.from_checkpoint_info(net.checkpoint_info) == slot
+    with pytest.raises(ValueError, match="differential"):
+        DifferentialSlot.from_checkpoint_info({"differential": {"margin": 0.2, "colour": "red"}})
