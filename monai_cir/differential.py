@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_OPEN_RATE", "DEFAULT_RANK", "DifferentialSlot", "fit_margin", "query_margins", "differential_ranking"]
+__all__ = ["DEFAULT_OPEN_RATE", "DEFAULT_RANK", "DifferentialSlot", "closest_other_case", "differential_ranking", "fit_margin", "query_margins"]
 
 DEFAULT_RANK = 4  # the paper's largest Acc@K cut-off: the differential case is within the top 4
 # the share of held-out queries whose slot opens: about one query in seven (bench/differential_slot.py
@@ -142,3 +142,28 @@ def differential_ranking(similarity: Any, database_labels: Any, slot: Differenti
     scores = torch.empty_like(s, dtype=torch.float32)
     scores.scatter_(1, order, torch.arange(n, 0, -1, dtype=torch.float32).expand(s.shape[0], n).contiguous())
     return scores, opened
+
+
+def closest_other_case(index: Any, vector: Any, pool: list[Any], classes: list[str], filters: dict | None = None) -> Any:
+    """The closest library case (a :class:`~monai_cir.index.SearchHit` whose ``rank`` is its similarity rank)
+    of any other diagnosis than ``pool[0]``'s, for the query ``vector`` (D,) of a
+    :class:`~monai_cir.index.CaseIndex`; ``pool``: the query's best hits under ``filters``, best first.
+    Searched beyond the pool (the other ``classes`` only) when every pool case shares the best's diagnosis;
+    None when the library holds no other diagnosis."""
+    best = pool[0].metadata.diagnosis
+    other = next((h for h in pool if h.metadata.diagnosis != best), None)
+    others = [c for c in classes if c != best]
+    if other is not None or not others:
+        return other
+    query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    found = index.search(query, k=1, filters={**(filters or {}), "diagnosis": others})[0]
+    if not found:
+        return None
+    # its similarity rank: 1 + the cases scoring above it (all of them share the best's diagnosis)
+    k = min(len(index), 1024)
+    while True:
+        hits = index.search(query, k=k, filters=filters)[0]
+        above = sum(1 for h in hits if h.score > found[0].score)
+        if above < len(hits) or k >= len(index):
+            return dataclasses.replace(found[0], rank=above + 1)
+        k = min(len(index), 4 * k)

@@ -493,43 +493,6 @@ def test_hits_are_the_models_own_ranking(app_run, results):
     assert app_run["held_out"].case_id not in {h["case_id"] for h in answers["held_out"]["top_k"]}
 
 
-def test_differential_case_beyond_the_searched_pool_is_found_with_its_similarity_rank():
-    """When every case of the searched pool shares the best match's diagnosis, the retrieval searches the
-    other diagnoses for the closest case and finds its rank among the whole library (a real FAISS index)."""
-    from types import SimpleNamespace
-
-    from deploy_app.operators.common import QueryResult
-    from deploy_app.operators.retrieval import ComposedRetrievalOperator
-    from monai_cir.differential import DifferentialSlot
-    from monai_cir.index import CaseMetadata, create_index
-
-    dim, rng = 8, np.random.default_rng(0)
-    query = np.zeros(dim, dtype=np.float32)
-    query[0] = 1.0
-    # 30 nevi scoring 1.00 .. 0.71, then melanomas from 0.70 down: the closest melanoma is 31st
-    vectors, metadata = [], []
-    for i in range(40):
-        v = rng.normal(size=dim).astype(np.float32) * 0.01
-        v[0] = 1.0 - 0.01 * i
-        vectors.append(v)
-        metadata.append(CaseMetadata(f"c{i:02d}", "nevus" if i < 30 else "melanoma", "test"))
-    index = create_index(dim, "fp")
-    index.add(np.stack(vectors), metadata)
-    pool = index.search(query[None], k=16)[0]
-    assert {h.metadata.diagnosis for h in pool} == {"nevus"}
-    op = SimpleNamespace(differential=DifferentialSlot(margin=0.5), classes=["melanoma", "nevus"], index=index, top_k=5)
-    op._similarity_rank = lambda *a: ComposedRetrievalOperator._similarity_rank(op, *a)
-    result = QueryResult("q", None, hits=pool[:5])
-    ComposedRetrievalOperator._differential_case(op, result, pool, query, None)
-    assert [h.case_id for h in result.hits] == ["c00", "c01", "c02", "c30", "c03"]
-    assert result.differential["similarity_rank"] == 31 and result.differential["diagnosis"] == "melanoma"
-    assert "similarity rank 31" in result.notices[0]
-    op.differential = DifferentialSlot(margin=0.2)  # margin 0.30 > 0.2: stays closed
-    result = QueryResult("q", None, hits=pool[:5])
-    ComposedRetrievalOperator._differential_case(op, result, pool, query, None)
-    assert [h.case_id for h in result.hits] == ["c00", "c01", "c02", "c03", "c04"] and result.differential is None and not result.notices
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_says_so(app_run, results, tmp_path):

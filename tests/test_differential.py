@@ -100,3 +100,30 @@ def test_slot_recorded_in_a_checkpoint_loads_with_it(tiny_net, tmp_path):
     assert DifferentialSlot.from_checkpoint_info(net.checkpoint_info) == slot
     with pytest.raises(ValueError, match="differential"):
         DifferentialSlot.from_checkpoint_info({"differential": {"margin": 0.2, "colour": "red"}})
+
+
+def test_closest_other_case_beyond_the_pool_comes_with_its_similarity_rank():
+    """When every case of the searched pool shares the best match's diagnosis, the other diagnoses are searched
+    for the closest case and its rank is counted over the whole library (a real FAISS index)."""
+    from monai_cir.differential import closest_other_case
+    from monai_cir.index import create_index
+
+    dim, rng = 8, np.random.default_rng(0)
+    query = np.zeros(dim, dtype=np.float32)
+    query[0] = 1.0
+    # 30 nevi scoring 1.00 .. 0.71, then melanomas from 0.70 down: the closest melanoma is 31st
+    vectors = np.stack([np.r_[1.0 - 0.01 * i, rng.normal(size=dim - 1) * 0.001] for i in range(40)]).astype(np.float32)
+    index = create_index(dim, "fp")
+    index.add(vectors, [CaseMetadata(f"c{i:02d}", "nevus" if i < 30 else "melanoma", "test") for i in range(40)])
+    pool = index.search(query[None], k=16)[0]
+    assert {h.metadata.diagnosis for h in pool} == {"nevus"}
+    other = closest_other_case(index, query, pool, ["melanoma", "nevus"])
+    assert other.case_id == "c30" and other.rank == 31 and other.metadata.diagnosis == "melanoma"
+    slot = DifferentialSlot(margin=0.5)
+    assert slot.opens(pool[0].score, other.score, other.rank)
+    assert [h.case_id for h in slot.place(pool[:5], other, 5)] == ["c00", "c01", "c02", "c30", "c03"]
+    assert not DifferentialSlot(margin=0.2).opens(pool[0].score, other.score, other.rank)  # margin ~0.30
+    # found in the pool: no second search; a library of one diagnosis: none
+    mixed = [pool[0], other]
+    assert closest_other_case(index, query, mixed, ["melanoma", "nevus"]) is other
+    assert closest_other_case(index, query, pool, ["nevus"]) is None

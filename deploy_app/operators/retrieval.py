@@ -21,7 +21,6 @@ PDF, for a batch in forked workers.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
@@ -416,15 +415,11 @@ class ComposedRetrievalOperator(Operator):
 
     def _differential_case(self, result: QueryResult, pool: list[Any], vector: Any, filters: dict | None) -> None:
         """Open the differential slot (:mod:`monai_cir.differential`) when the query is nearly as similar to
-        another diagnosis as to its best match's: the closest case of any other diagnosis (in the searched
-        pool, else one more search restricted to those diagnoses) goes to the slot's rank, with a notice."""
+        another diagnosis as to its best match's: that diagnosis's closest case goes to the slot's rank, with a notice."""
+        from monai_cir.differential import closest_other_case
+
         slot, best = self.differential, pool[0]
-        others = [c for c in self.classes if c != best.metadata.diagnosis]
-        other = next((h for h in pool if h.metadata.diagnosis != best.metadata.diagnosis), None)
-        if other is None and others:
-            found = self.index.search(vector[None, :], k=1, filters={**(filters or {}), "diagnosis": others})[0]
-            # its similarity rank: every pool case scores at least as high (they share the best's diagnosis)
-            other = dataclasses.replace(found[0], rank=self._similarity_rank(vector, found[0].score, filters)) if found else None
+        other = closest_other_case(self.index, vector, pool, self.classes, filters)
         if other is None or not slot.opens(best.score, other.score, other.rank):
             return
         margin = best.score - other.score
@@ -432,16 +427,6 @@ class ComposedRetrievalOperator(Operator):
         result.differential = {"rank": slot.rank, "case_id": other.case_id, "diagnosis": other.metadata.diagnosis,
                                "similarity_rank": other.rank, "margin": round(float(margin), 6), "max_margin": slot.margin}
         result.notices.append(slot.notice(other.metadata.diagnosis, other.rank, best.metadata.diagnosis, margin))
-
-    def _similarity_rank(self, vector: Any, score: float, filters: dict | None) -> int:
-        """1 + how many library cases (under ``filters``) score above ``score`` for this query."""
-        k = min(len(self.index), 1024)
-        while True:
-            hits = self.index.search(vector[None, :], k=k, filters=filters)[0]
-            above = sum(1 for h in hits if h.score > score)
-            if above < len(hits) or k >= len(self.index):
-                return above + 1
-            k = min(len(self.index), 4 * k)
 
     def _query_maps(self, outputs: Sequence[Any], n: int) -> list[Any] | None:
         """The selected levels' maps of the batch's queries, as ``net.image_features`` returns them,
