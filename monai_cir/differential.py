@@ -29,12 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_OPEN_RATE", "DEFAULT_RANK", "DifferentialSlot", "closest_other_case", "differential_ranking", "fit_margin", "query_margins"]
+__all__ = ["DEFAULT_OPEN_RATE", "DEFAULT_RANK", "DifferentialSlot", "RANK_COUNT_LIMIT", "closest_other_case",
+           "differential_ranking", "fit_margin", "query_margins", "similarity_rank"]
 
 DEFAULT_RANK = 4  # the paper's largest Acc@K cut-off: the differential case is within the top 4
 # the share of held-out queries whose slot opens: about one query in seven (bench/differential_slot.py
 # shows Acc@4 and P@5 over 5-30%; this operating point was chosen on that curve, see the model card)
 DEFAULT_OPEN_RATE = 0.15
+# how far the app counts a differential case's similarity rank (beyond it the notice says "beyond rank N")
+RANK_COUNT_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,12 @@ class DifferentialSlot:
         shown = [*rest[: self.rank - 1], other, *rest[self.rank - 1 :]][:top_k]
         return [dataclasses.replace(h, rank=i) for i, h in enumerate(shown, 1)]
 
-    def notice(self, diagnosis: str, similarity_rank: int, best_diagnosis: str, margin: float) -> str:
-        """What the app tells the reader of a query whose slot opened."""
+    def notice(self, diagnosis: str, similarity_rank: int | None, best_diagnosis: str, margin: float) -> str:
+        """What the app tells the reader of a query whose slot opened (``similarity_rank`` None: beyond
+        :data:`RANK_COUNT_LIMIT`)."""
+        where = f"similarity rank {similarity_rank}" if similarity_rank is not None else f"beyond similarity rank {RANK_COUNT_LIMIT}"
         return (
-            f"rank {self.rank} is the closest {diagnosis} case (similarity rank {similarity_rank}), shown for comparison: this "
+            f"rank {self.rank} is the closest {diagnosis} case ({where}), shown for comparison: this "
             f"lesion is nearly as similar to {diagnosis} cases as to the {best_diagnosis} cases above it (score margin "
             f"{margin:.3f} <= {self.margin:.3f}); the cases after it moved down one rank"
         )
@@ -144,26 +149,33 @@ def differential_ranking(similarity: Any, database_labels: Any, slot: Differenti
     return scores, opened
 
 
-def closest_other_case(index: Any, vector: Any, pool: list[Any], classes: list[str], filters: dict | None = None) -> Any:
-    """The closest library case (a :class:`~monai_cir.index.SearchHit` whose ``rank`` is its similarity rank)
-    of any other diagnosis than ``pool[0]``'s, for the query ``vector`` (D,) of a
-    :class:`~monai_cir.index.CaseIndex`; ``pool``: the query's best hits under ``filters``, best first.
-    Searched beyond the pool (the other ``classes`` only) when every pool case shares the best's diagnosis;
-    None when the library holds no other diagnosis."""
+def closest_other_case(index: Any, vector: Any, pool: list[Any], classes: list[str], filters: dict | None = None) -> tuple[Any, int | None] | None:
+    """``(hit, similarity rank)`` of the closest library case of any other diagnosis than ``pool[0]``'s for the
+    query ``vector`` (D,) of a :class:`~monai_cir.index.CaseIndex`; ``pool``: the query's best hits under
+    ``filters``, best first. Found in the pool, its rank there; else searched among the other ``classes``
+    only, with rank None (beyond the pool: :func:`similarity_rank` counts it). None when the library holds
+    no other diagnosis."""
     best = pool[0].metadata.diagnosis
     other = next((h for h in pool if h.metadata.diagnosis != best), None)
+    if other is not None:
+        return other, other.rank
     others = [c for c in classes if c != best]
-    if other is not None or not others:
-        return other
-    query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-    found = index.search(query, k=1, filters={**(filters or {}), "diagnosis": others})[0]
-    if not found:
+    if not others:
         return None
-    # its similarity rank: 1 + the cases scoring above it (all of them share the best's diagnosis)
-    k = min(len(index), 1024)
+    found = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k=1, filters={**(filters or {}), "diagnosis": others})[0]
+    return (found[0], None) if found else None
+
+
+def similarity_rank(index: Any, vector: Any, score: float, filters: dict | None = None, limit: int = RANK_COUNT_LIMIT) -> int | None:
+    """1 + the number of library cases (under ``filters``) scoring above ``score`` for the query ``vector``;
+    None when more than ``limit`` do (the count stops there: a search of millions is not run for a label)."""
+    query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    k = min(len(index), 256, limit + 1)
     while True:
         hits = index.search(query, k=k, filters=filters)[0]
-        above = sum(1 for h in hits if h.score > found[0].score)
+        above = sum(1 for h in hits if h.score > score)
         if above < len(hits) or k >= len(index):
-            return dataclasses.replace(found[0], rank=above + 1)
-        k = min(len(index), 4 * k)
+            return above + 1 if above <= limit else None
+        if k > limit:
+            return None
+        k = min(len(index), 4 * k, limit + 1)

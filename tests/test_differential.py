@@ -3,6 +3,7 @@ its place among search hits as the app shows them, and its record in a checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -102,28 +103,32 @@ def test_slot_recorded_in_a_checkpoint_loads_with_it(tiny_net, tmp_path):
         DifferentialSlot.from_checkpoint_info({"differential": {"margin": 0.2, "colour": "red"}})
 
 
-def test_closest_other_case_beyond_the_pool_comes_with_its_similarity_rank():
+def test_closest_other_case_beyond_the_pool_and_its_similarity_rank():
     """When every case of the searched pool shares the best match's diagnosis, the other diagnoses are searched
-    for the closest case and its rank is counted over the whole library (a real FAISS index)."""
-    from monai_cir.differential import closest_other_case
+    for the closest case; its rank is counted over the library up to a limit (a real FAISS index)."""
+    from monai_cir.differential import closest_other_case, similarity_rank
     from monai_cir.index import create_index
 
     dim, rng = 8, np.random.default_rng(0)
     query = np.zeros(dim, dtype=np.float32)
     query[0] = 1.0
-    # 30 nevi scoring 1.00 .. 0.71, then melanomas from 0.70 down: the closest melanoma is 31st
-    vectors = np.stack([np.r_[1.0 - 0.01 * i, rng.normal(size=dim - 1) * 0.001] for i in range(40)]).astype(np.float32)
+    # 300 nevi scoring 1.000 .. 0.701, then melanomas from 0.700 down: the closest melanoma is 301st
+    n = 320
+    vectors = np.stack([np.r_[1.0 - 0.001 * i, rng.normal(size=dim - 1) * 1e-4] for i in range(n)]).astype(np.float32)
     index = create_index(dim, "fp")
-    index.add(vectors, [CaseMetadata(f"c{i:02d}", "nevus" if i < 30 else "melanoma", "test") for i in range(40)])
+    index.add(vectors, [CaseMetadata(f"c{i:03d}", "nevus" if i < 300 else "melanoma", "test") for i in range(n)])
     pool = index.search(query[None], k=16)[0]
     assert {h.metadata.diagnosis for h in pool} == {"nevus"}
-    other = closest_other_case(index, query, pool, ["melanoma", "nevus"])
-    assert other.case_id == "c30" and other.rank == 31 and other.metadata.diagnosis == "melanoma"
+    other, rank = closest_other_case(index, query, pool, ["melanoma", "nevus"])
+    assert other.case_id == "c300" and other.metadata.diagnosis == "melanoma" and rank is None  # beyond the pool
+    assert similarity_rank(index, query, other.score) == 301  # counted past the first search's 256
+    assert similarity_rank(index, query, other.score, limit=100) is None
+    assert similarity_rank(index, query, pool[2].score) == 3
     slot = DifferentialSlot(margin=0.5)
-    assert slot.opens(pool[0].score, other.score, other.rank)
-    assert [h.case_id for h in slot.place(pool[:5], other, 5)] == ["c00", "c01", "c02", "c30", "c03"]
-    assert not DifferentialSlot(margin=0.2).opens(pool[0].score, other.score, other.rank)  # margin ~0.30
-    # found in the pool: no second search; a library of one diagnosis: none
-    mixed = [pool[0], other]
-    assert closest_other_case(index, query, mixed, ["melanoma", "nevus"]) is other
+    assert slot.opens(pool[0].score, other.score, len(pool) + 1)
+    assert [h.case_id for h in slot.place(pool[:5], other, 5)] == ["c000", "c001", "c002", "c300", "c003"]
+    assert not DifferentialSlot(margin=0.2).opens(pool[0].score, other.score, len(pool) + 1)  # margin ~0.30
+    assert "beyond similarity rank 4096" in slot.notice("melanoma", None, "nevus", 0.3)
+    # found in the pool: its pool rank, no search; a library of one diagnosis: none
+    assert closest_other_case(index, query, [pool[0], dataclasses.replace(other, rank=2)], ["melanoma", "nevus"])[1] == 2
     assert closest_other_case(index, query, pool, ["nevus"]) is None

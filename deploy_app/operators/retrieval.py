@@ -416,17 +416,23 @@ class ComposedRetrievalOperator(Operator):
     def _differential_case(self, result: QueryResult, pool: list[Any], vector: Any, filters: dict | None) -> None:
         """Open the differential slot (:mod:`monai_cir.differential`) when the query is nearly as similar to
         another diagnosis as to its best match's: that diagnosis's closest case goes to the slot's rank, with a notice."""
-        from monai_cir.differential import closest_other_case
+        from monai_cir.differential import closest_other_case, similarity_rank
 
         slot, best = self.differential, pool[0]
-        other = closest_other_case(self.index, vector, pool, self.classes, filters)
-        if other is None or not slot.opens(best.score, other.score, other.rank):
+        found = closest_other_case(self.index, vector, pool, self.classes, filters)
+        if found is None:
             return
+        other, rank = found
+        # beyond the pool it ranks below every pool case; its rank is counted only when the slot opens
+        if not slot.opens(best.score, other.score, rank if rank is not None else len(pool) + 1):
+            return
+        if rank is None:
+            rank = similarity_rank(self.index, vector, other.score, filters)
         margin = best.score - other.score
         result.hits = slot.place(result.hits, other, self.top_k)
         result.differential = {"rank": slot.rank, "case_id": other.case_id, "diagnosis": other.metadata.diagnosis,
-                               "similarity_rank": other.rank, "margin": round(float(margin), 6), "max_margin": slot.margin}
-        result.notices.append(slot.notice(other.metadata.diagnosis, other.rank, best.metadata.diagnosis, margin))
+                               "similarity_rank": rank, "margin": round(float(margin), 6), "max_margin": slot.margin}
+        result.notices.append(slot.notice(other.metadata.diagnosis, rank, best.metadata.diagnosis, margin))
 
     def _query_maps(self, outputs: Sequence[Any], n: int) -> list[Any] | None:
         """The selected levels' maps of the batch's queries, as ``net.image_features`` returns them,
