@@ -128,11 +128,16 @@ def fit_margin(margins: Any, open_rate: float = DEFAULT_OPEN_RATE) -> float:
     return float(max(np.quantile(values, open_rate), np.finfo(np.float32).tiny))
 
 
-def differential_ranking(similarity: Any, database_labels: Any, slot: DifferentialSlot) -> tuple[torch.Tensor, np.ndarray]:
+def differential_ranking(similarity: Any, database_labels: Any, slot: DifferentialSlot, leave_one_out: bool = False) -> tuple[torch.Tensor, np.ndarray]:
     """The ranking the app shows, for every query of a (Q, N) similarity: ``(scores, opened)`` where
     ``scores`` (Q, N) rank the database in that order (``N - position``: exact in float32, so the
-    evaluation's stable descending sort reproduces it) and ``opened`` (Q,) says whose slot opened."""
-    s = torch.as_tensor(similarity).double()
+    evaluation's stable descending sort reproduces it) and ``opened`` (Q,) says whose slot opened.
+
+    ``leave_one_out``: a collection against itself (N, N): each query's own column is neither its best match
+    nor its closest case, and ranks last (:func:`monai_cir.metrics.leave_one_out_metrics` drops it)."""
+    s = torch.as_tensor(similarity).double().clone()
+    if leave_one_out:
+        s.fill_diagonal_(-math.inf)
     margin, position = query_margins(s, database_labels)
     order = torch.argsort(s, dim=1, descending=True, stable=True)
     n = s.shape[1]

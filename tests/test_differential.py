@@ -44,6 +44,28 @@ def test_slot_moves_the_closest_other_diagnosis_to_its_rank_and_nothing_else():
     assert opened.tolist() == [True, True, False]
 
 
+def test_leave_one_out_leaves_the_query_out_of_its_own_margin():
+    """A collection against itself: the query's own column (the best score) is neither its best match nor the
+    case the margin is measured from; it ranks last."""
+    labels = np.array([0, 1, 0, 0])
+    s = torch.tensor([
+        [1.00, 0.85, 0.90, 0.10],  # without itself: best 0.90 (label 0), closest label 1 at 0.85: margin 0.05
+        [0.85, 1.00, 0.30, 0.20],
+        [0.90, 0.30, 1.00, 0.80],
+        [0.10, 0.20, 0.80, 1.00],
+    ])
+    slot = DifferentialSlot(margin=0.1, rank=2)
+    scores, opened = differential_ranking(s, labels, slot, leave_one_out=True)
+    assert opened.tolist() == [False, False, False, False]  # query 0's label-1 case is its rank 2 already
+    slot = DifferentialSlot(margin=0.1, rank=2)
+    s[0, 3] = 0.95  # now: best 0.95 (label 0, index 3), then 0.90, then the label-1 case: it moves to rank 2
+    scores, opened = differential_ranking(s, labels, slot, leave_one_out=True)
+    assert opened.tolist() == [True, False, False, False]
+    assert rank_database(scores)[0].tolist() == [3, 1, 2, 0]  # itself last
+    _, opened = differential_ranking(s, labels, slot)  # itself counted: best 1.00, margin 0.15 > 0.1
+    assert not opened[0]
+
+
 def _hit(rank: int, case: str, diagnosis: str, score: float) -> SearchHit:
     return SearchHit(rank, case, score, CaseMetadata(case, diagnosis, "test"))
 

@@ -306,7 +306,7 @@ def test_differential_slot_is_fitted_on_the_other_folds_only(tiny_caches, tiny_n
     monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: tiny_net)
     margins_of, slots = [], []
     real_margins, real_slot = cv_methods._release_margins, cv_methods.release_differential_slot
-    monkeypatch.setattr(cv_methods, "_release_margins", lambda ctx, fold: margins_of.append(fold) or real_margins(ctx, fold))
+    monkeypatch.setattr(cv_methods, "_release_margins", lambda cache, config, state, fold: margins_of.append(fold) or real_margins(cache, config, state, fold))
     monkeypatch.setattr(cv_methods, "release_differential_slot", lambda ctx, *a: slots.append(real_slot(ctx, *a)) or slots[-1])
     checked = []
 
@@ -329,3 +329,33 @@ def test_differential_slot_is_fitted_on_the_other_folds_only(tiny_caches, tiny_n
     assert "[0, 1, 3, 4]" in slots[0].description and slots[0].margin > 0
     logged = [e for e in results["train_log"] if e.get("method") == "composed_late_fusion_differential"]
     assert len(logged) == 1 and logged[0]["fold"] == 2 and logged[0]["margin"] == round(slots[0].margin, 6)
+
+
+def test_differential_slot_cross_site_uses_every_fold(tiny_caches, tiny_net, monkeypatch):
+    """Cross-site, the network trained on all of Derm7pt ranks the other collection leave-one-out with the slot
+    the release checkpoint would record (margin from all five folds' held-out queries)."""
+    from monai_cir.differential import differential_ranking
+    from monai_cir.engine import cv_methods
+    from monai_cir.evaluation.protocol import CrossSiteContext, RunState
+    from monai_cir.metrics import leave_one_out_metrics
+
+    monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: tiny_net)
+    margins_of = []
+    real_margins = cv_methods._release_margins
+    monkeypatch.setattr(cv_methods, "_release_margins", lambda cache, config, state, fold: margins_of.append(fold) or real_margins(cache, config, state, fold))
+    source, target = tiny_caches["derm7pt"], tiny_caches["isic-uda1"]
+    short = dict(train=dict(epochs=2))
+    with cv_methods.override_options("composed", **short), cv_methods.override_options("late_fusion_fullbatch", **short):
+        state = RunState(net=tiny_net)
+        config = {"seed": 0, "image_size": 64, "method_options": {}}
+        ctx = CrossSiteContext(source, target, config, 0, state)
+        out = available_methods()["composed_late_fusion_differential"].cross_site(ctx)
+        emb = cv_methods._composed_late_fusion_cross_site(ctx)
+    assert sorted(set(margins_of)) == [0, 1, 2, 3, 4]
+    slot = cv_methods._release_slot(source, config, state, [0, 1, 2, 3, 4], 0.15)
+    expected, _ = differential_ranking(emb @ emb.T, target.labels.numpy(), slot, leave_one_out=True)
+    labels = target.labels.numpy()
+    got, want = leave_one_out_metrics(out["similarity"], labels), leave_one_out_metrics(expected, labels)
+    assert (got["ranking"] == want["ranking"]).all()
+    logged = [e for e in state.train_log if e.get("method") == "composed_late_fusion_differential"]
+    assert len(logged) == 1 and logged[0]["cross_site"] == len(labels)

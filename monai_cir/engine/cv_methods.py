@@ -309,20 +309,24 @@ def composed_late_fusion(ctx: FoldContext):
     return _composed_late_fusion(ctx)
 
 
-def _release_margins(ctx: FoldContext, fold: int) -> np.ndarray:
+def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: int) -> np.ndarray:
     """The differential margins (:func:`monai_cir.differential.query_margins`) of fold ``fold``'s held-out
     queries (template texts) under the release network trained without that fold (memoised in the run)."""
     from ..evaluation.protocol import fold_indices
 
-    key = ("release_margins", id(ctx.cache), fold, ctx.config.get("query_subset"))
-    if key not in ctx.state.memo:
-        fold_of = fold_indices(ctx.cache)
-        query = np.flatnonzero(fold_of == fold)[: ctx.config.get("query_subset") or None]
-        other = FoldContext(ctx.cache, query, np.flatnonzero(fold_of != fold), int(fold), ctx.config,
-                            int(ctx.config.get("seed", 0)) + int(fold), ctx.state)
-        q, t = _composed_late_fusion(other)
-        ctx.state.memo[key] = query_margins(q @ t.T, other.database_labels)[0]
-    return ctx.state.memo[key]
+    key = ("release_margins", id(cache), fold, config.get("query_subset"))
+    if key not in state.memo:
+        fold_of = fold_indices(cache)
+        query = np.flatnonzero(fold_of == fold)[: config.get("query_subset") or None]
+        ctx = FoldContext(cache, query, np.flatnonzero(fold_of != fold), int(fold), config, int(config.get("seed", 0)) + int(fold), state)
+        q, t = _composed_late_fusion(ctx)
+        state.memo[key] = query_margins(q @ t.T, ctx.database_labels)[0]
+    return state.memo[key]
+
+
+def _release_slot(cache: Any, config: dict[str, Any], state: RunState, folds: list[int], open_rate: float) -> DifferentialSlot:
+    margin = fit_margin(np.concatenate([_release_margins(cache, config, state, f) for f in folds]), open_rate)
+    return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}")
 
 
 def release_differential_slot(ctx: FoldContext, open_rate: float = DEFAULT_OPEN_RATE) -> DifferentialSlot:
@@ -331,12 +335,24 @@ def release_differential_slot(ctx: FoldContext, open_rate: float = DEFAULT_OPEN_
     from ..evaluation.protocol import fold_indices
 
     folds = sorted(set(int(f) for f in fold_indices(ctx.cache)) - {ctx.fold})
-    margin = fit_margin(np.concatenate([_release_margins(ctx, f) for f in folds]), open_rate)
-    return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}")
+    return _release_slot(ctx.cache, ctx.config, ctx.state, folds, open_rate)
+
+
+def _composed_late_fusion_differential_cross_site(ctx: CrossSiteContext) -> dict[str, torch.Tensor]:
+    """Leave-one-out on the other collection, ranked as the app ranks it with the network trained on all of
+    Derm7pt: the slot's margin fitted on all five folds' held-out queries (what the release checkpoint records)."""
+    from ..evaluation.protocol import fold_indices
+
+    emb = _composed_late_fusion_cross_site(ctx)
+    slot = _release_slot(ctx.source, ctx.config, ctx.state, sorted(set(int(f) for f in fold_indices(ctx.source))), DEFAULT_OPEN_RATE)
+    scores, opened = differential_ranking(emb @ emb.T, ctx.target.labels.numpy(), slot, leave_one_out=True)
+    ctx.state.train_log.append(dict(method="composed_late_fusion_differential", cross_site=len(opened), margin=round(slot.margin, 6), opened=int(opened.sum())))
+    return {"similarity": scores}
 
 
 @register_method("composed_late_fusion_differential",
-                 label="release network as the app ranks: + differential slot (rank 4; margin from the other folds)")
+                 label="release network as the app ranks: + differential slot (rank 4; margin from the other folds)",
+                 cross_site=_composed_late_fusion_differential_cross_site)
 def composed_late_fusion_differential(ctx: FoldContext):
     """The release network with the app's differential slot (:mod:`monai_cir.differential`): a query nearly as
     similar to another diagnosis as to its best match's gets that diagnosis's closest case at rank 4. The
