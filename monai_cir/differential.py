@@ -16,7 +16,9 @@ a notice which rank it is and why (:meth:`DifferentialSlot.notice`).
 The margin is in the model's score units, so it belongs to one model: it is fitted on cross-validated
 held-out queries (:func:`fit_margin`: the margin under which a chosen share of them falls, by default
 :data:`DEFAULT_OPEN_RATE`) and recorded in the checkpoint (``extra["differential"]``,
-:meth:`DifferentialSlot.to_dict`); a checkpoint without it has no slot.
+:meth:`DifferentialSlot.to_dict`); a checkpoint without it has no slot. A site whose images sit differently in
+the embedding refits it on its own library (:func:`library_margins`: each case queries the others, image
+only; ``monai-cir index fit-differential``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 __all__ = ["DEFAULT_OPEN_RATE", "DEFAULT_RANK", "DifferentialSlot", "RANK_COUNT_LIMIT", "closest_other_case",
-           "differential_ranking", "fit_margin", "query_margins", "similarity_rank"]
+           "differential_ranking", "fit_margin", "library_margins", "query_margins", "similarity_rank"]
 
 DEFAULT_RANK = 4  # the paper's largest Acc@K cut-off: the differential case is within the top 4
 # the share of held-out queries whose slot opens: about one query in seven (bench/differential_slot.py
@@ -184,3 +186,33 @@ def similarity_rank(index: Any, vector: Any, score: float, filters: dict | None 
         if k > limit:
             return None
         k = min(len(index), 4 * k, limit + 1)
+
+
+def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch: int = 256) -> tuple[np.ndarray, int]:
+    """Leave-one-out margins of a library's own cases: each (of at most ``sample``, drawn with ``seed``) queries
+    the others with its image alone, through the index's own search (one filtered search per diagnosis, so it
+    stays cheap for millions of cases). An image-only query is the case's library vector: the release network's
+    query and target towers agree when the text is empty (its findings gate leaves such a text out).
+
+    Returns ``(margins, n_queries)``; needs an index that returns its vectors (``vectors()``: the FAISS index)."""
+    if not hasattr(index, "vectors"):
+        raise ValueError(f"{type(index).__name__} cannot return its vectors; fit the margin on a FAISS index of the same library")
+    vectors = np.asarray(index.vectors(), dtype=np.float32)
+    ids = index.case_ids()
+    diagnoses = sorted({index.get(c).diagnosis for c in ids})
+    if len(diagnoses) < 2:
+        raise ValueError(f"the library holds one diagnosis only ({diagnoses}): there is no differential to fit")
+    rows = np.arange(len(ids))
+    if sample is not None and len(rows) > sample:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=int(sample), replace=False))
+    best = np.full((len(rows), len(diagnoses)), -np.inf)
+    for start in range(0, len(rows), batch):
+        part = rows[start : start + batch]
+        for j, diagnosis in enumerate(diagnoses):
+            # two per diagnosis: the case itself may be the first
+            for i, hits in zip(range(start, start + len(part)), index.search(vectors[part], k=2, filters={"diagnosis": diagnosis})):
+                scores = [h.score for h in hits if h.case_id != ids[rows[i]]]
+                best[i, j] = scores[0] if scores else -np.inf
+    top = np.sort(best, axis=1)
+    margins = top[:, -1] - top[:, -2]
+    return margins[np.isfinite(margins)], len(rows)

@@ -154,3 +154,53 @@ def test_closest_other_case_beyond_the_pool_and_its_similarity_rank():
     # found in the pool: its pool rank, no search; a library of one diagnosis: none
     assert closest_other_case(index, query, [pool[0], dataclasses.replace(other, rank=2)], ["melanoma", "nevus"])[1] == 2
     assert closest_other_case(index, query, pool, ["nevus"]) is None
+
+
+def _library_index(n: int = 60, dim: int = 16, fingerprint: str = "fp", seed: int = 1):
+    from monai_cir.index import create_index
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = np.array(["nevus", "melanoma", "benign keratosis"])[rng.integers(0, 3, size=n)]
+    index = create_index(dim, fingerprint)
+    index.add(vectors, [CaseMetadata(f"c{i:03d}", str(d), "test") for i, d in enumerate(labels)])
+    return index, vectors, labels
+
+
+def test_library_margins_are_the_leave_one_out_margins_of_its_cases():
+    """Each library case queries the others (itself left out) through the index's filtered searches: the same
+    margins as a brute-force leave-one-out over the whole similarity matrix."""
+    from monai_cir.differential import library_margins
+
+    index, vectors, labels = _library_index()
+    s = torch.as_tensor(vectors @ vectors.T)
+    expected, _ = query_margins(s.fill_diagonal_(-math.inf), np.unique(labels, return_inverse=True)[1])  # itself never counts
+    margins, queried = library_margins(index, sample=None, batch=7)
+    assert queried == 60
+    np.testing.assert_allclose(np.sort(margins), np.sort(expected[np.isfinite(expected)]), atol=1e-5)
+    sampled, queried = library_margins(index, sample=20)
+    assert queried == 20 and len(sampled) == 20 and set(np.round(sampled, 5)) <= set(np.round(margins, 5))
+
+
+def test_fit_differential_command_records_the_library_margin_in_the_checkpoint(tiny_net, tmp_path, capsys):
+    from monai_cir.cli import main
+    from monai_cir.differential import library_margins
+    from monai_cir.index import create_index
+    from monai_cir.networks import load_model, save_checkpoint
+    from monai_cir.networks.checkpoint import read_checkpoint
+    from monai_cir.retrieval import model_fingerprint
+
+    checkpoint = save_checkpoint(tiny_net, tmp_path / "model.pt", include_encoders=True, epoch=1)
+    fingerprint = model_fingerprint(load_model(checkpoint))
+    index, vectors, labels = _library_index(fingerprint=fingerprint)
+    index.save(tmp_path / "index")
+    assert main(["index", "fit-differential", str(tmp_path / "index"), "--model", str(checkpoint), "--open-rate", "0.2"]) == 0
+    recorded = DifferentialSlot.from_checkpoint_info(read_checkpoint(checkpoint)["extra"])
+    assert recorded.open_rate == 0.2 and recorded.margin == pytest.approx(fit_margin(library_margins(index)[0], 0.2))
+    assert read_checkpoint(checkpoint)["extra"]["epoch"] == 1  # the rest of the record kept
+    assert "margin" in capsys.readouterr().out
+    other = create_index(vectors.shape[1], "another model")
+    other.add(vectors, [CaseMetadata(f"c{i:03d}", str(d), "test") for i, d in enumerate(labels)])
+    other.save(tmp_path / "other")
+    assert main(["index", "fit-differential", str(tmp_path / "other"), "--model", str(checkpoint)]) != 0  # refused: another model's scores

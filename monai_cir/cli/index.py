@@ -8,6 +8,7 @@
     monai-cir index add output/pacs-index --dicom NEW_STUDIES_DIR       # new cases only, nothing re-embedded
     monai-cir index remove output/pacs-index CASE_ID [CASE_ID ...]       # e.g. consent withdrawn
     monai-cir index info output/isic-index
+    monai-cir index fit-differential MODELS/index --model MODELS/model.pt   # the differential slot, fitted on this library
 
 ``add`` and ``remove`` save like ``build``: the new generation of files is committed by one atomic
 rename of the manifest, so a crash part-way leaves the previous index as it was.
@@ -72,6 +73,19 @@ def add_parser(subparsers: Any) -> None:
     remove.add_argument("index", type=Path, metavar="DIR")
     remove.add_argument("case_ids", nargs="+", metavar="CASE")
     remove.set_defaults(func=run_remove)
+
+    fit = actions.add_parser(
+        "fit-differential",
+        help="fit the differential slot's margin on this library's own cases and record it in the checkpoint",
+        description="Each library case (at most --sample) queries the others with its image alone; the margin under which "
+                    "--open-rate of them fall is recorded in the checkpoint (extra['differential']), where the deploy app reads "
+                    "it (monai_cir.differential). The checkpoint must be the one the index was built with; its weights are not changed.",
+    )
+    fit.add_argument("index", type=Path, metavar="DIR")
+    fit.add_argument("--model", required=True, type=Path, help="the checkpoint the index was built with (e.g. MODELS/model.pt): the margin is recorded in it")
+    fit.add_argument("--open-rate", type=float, default=None, help="share of the library's own queries under the margin (default 0.15)")
+    fit.add_argument("--sample", type=int, default=5000, help="at most this many library cases query (default 5000)")
+    fit.set_defaults(func=run_fit_differential)
 
     info = actions.add_parser("info", help="describe a saved index")
     info.add_argument("index", type=Path, metavar="DIR")
@@ -202,6 +216,32 @@ def run_remove(args: argparse.Namespace) -> int:
     index.save(args.index)
     load_index(args.index)
     print(f"removed {len(case_ids)} cases -> {args.index} ({len(index)} cases)")
+    return 0
+
+
+def run_fit_differential(args: argparse.Namespace) -> int:
+    from monai_cir import retrieval
+    from monai_cir.differential import DEFAULT_OPEN_RATE, DifferentialSlot, fit_margin, library_margins
+    from monai_cir.index import load_index
+    from monai_cir.networks import load_model
+    from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
+
+    rate = DEFAULT_OPEN_RATE if args.open_rate is None else args.open_rate
+    if not 0 < rate < 1:
+        raise ValueError(f"--open-rate must lie in (0, 1), got {rate}")
+    if args.sample < 10:
+        raise ValueError(f"--sample must be >= 10, got {args.sample}")
+    if not args.model.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.model} (give the .pt file the index was built with)")
+    # refuse an index of another model: the margin is in this model's score units
+    index = load_index(args.index, expected_fingerprint=retrieval.model_fingerprint(load_model(args.model)))
+    margins, queried = library_margins(index, sample=args.sample)
+    previous = DifferentialSlot.from_checkpoint_info(read_checkpoint(args.model)["extra"])
+    slot = DifferentialSlot(fit_margin(margins, rate), open_rate=rate,
+                            description=f"fitted on {queried} image-only leave-one-out queries of the library {args.index} ({len(index)} cases)")
+    record_in_checkpoint(args.model, differential=slot.to_dict())
+    was = f" (was {previous.margin:.4f}: {previous.description})" if previous is not None else ""
+    print(f"differential slot: margin {slot.margin:.4f} at open rate {rate:g} over {queried} cases of {args.index}{was} -> recorded in {args.model}")
     return 0
 
 
