@@ -30,7 +30,7 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # `python bench/x.py` from a checkout without an installed monai_cir
     sys.path.insert(1, str(_REPO))
 
-__all__ = ["PAPER", "TARGETS", "begin", "command_line", "mean_std", "write_results"]
+__all__ = ["PAPER", "TARGETS", "begin", "command_line", "evaluate_variants", "mean_std", "write_results"]
 
 # the paper's 5-fold means on Derm7pt (arXiv v1, Table 2) and issue 13's targets, percent, by results-file key
 PAPER = {"acc@1": 79.3, "acc@2": 82.4, "acc@4": 87.3, "map": 81.7}
@@ -68,6 +68,25 @@ def mean_std(stat: dict[str, Any], digits: int = 1) -> str:
     """``"83.1 ± 2.0"`` from a ``{"mean", "std"}`` summary (``"83.1"`` when there is no std: one fold)."""
     text = f"{stat['mean']:.{digits}f}"
     return text + (f" ± {stat['std']:.{digits}f}" if stat.get("std") is not None else "")
+
+
+def evaluate_variants(variants: dict[str, tuple[str, Any]], folds: Sequence[int], cache: Any) -> tuple[dict[str, Any], float]:
+    """Score variants of a method on Derm7pt's folds: each ``name: (label, fn(ctx) -> (Q, T) | S)`` is registered
+    for the run only (:func:`monai_cir.evaluation.register_method`), all run in one
+    :func:`monai_cir.evaluation.evaluate` (so they share its memo of trained models); ``(results, wall seconds)``."""
+    import time
+
+    from monai_cir.evaluation import evaluate
+    from monai_cir.evaluation.registry import register_method, unregister_method
+
+    for name, (label, fn) in variants.items():
+        register_method(name, label=label)(fn)
+    start = time.perf_counter()
+    try:
+        return evaluate(list(variants), folds=folds, cache=cache, progress=True), time.perf_counter() - start
+    finally:
+        for name in variants:
+            unregister_method(name)
 
 
 def write_results(path: str | Path, payload: dict[str, Any], markdown: str | Sequence[str] | None = None, indent: int = 1) -> Path:

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from _common import PAPER, TARGETS, begin, mean_std, write_results
+from _common import PAPER, TARGETS, begin, evaluate_variants, mean_std, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 RATES = (0.0, 0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.3)
@@ -72,8 +71,6 @@ def main(argv=None) -> int:
     from monai_cir.data.feature_cache import build_feature_cache
     from monai_cir.differential import DEFAULT_OPEN_RATE, DEFAULT_RANK, DifferentialSlot, differential_ranking, fit_margin
     from monai_cir.engine import cv_methods
-    from monai_cir.evaluation import evaluate
-    from monai_cir.evaluation.registry import register_method, unregister_method
 
     contexts, opened = {}, {}
 
@@ -88,18 +85,12 @@ def main(argv=None) -> int:
         return scores
 
     cache = build_feature_cache("derm7pt", 260)
-    names = {}
-    for rate in RATES:
-        name = f"differential_rate_{rate:g}"
-        register_method(name, label="release network, similarity ranking" if rate == 0 else f"open rate {100 * rate:g}%")(lambda ctx, r=rate: variant(ctx, r))
-        names[name] = rate
-    start = time.perf_counter()
-    try:
-        res = evaluate(list(names), folds=args.folds, cache=cache, progress=True)
-    finally:
-        for name in names:
-            unregister_method(name)
-    wall = time.perf_counter() - start
+    names = {f"differential_rate_{rate:g}": rate for rate in RATES}
+    res, wall = evaluate_variants(
+        {name: ("release network, similarity ranking" if rate == 0 else f"open rate {100 * rate:g}%", lambda ctx, r=rate: variant(ctx, r))
+         for name, rate in names.items()},
+        args.folds, cache,
+    )
 
     rows = []
     for name, rate in names.items():

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from _common import begin, mean_std, write_results
+from _common import begin, evaluate_variants, mean_std, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 # (DBA k, QE k, α); (0, 0, ·) is the release network as shipped
@@ -56,8 +55,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from monai_cir.data.feature_cache import build_feature_cache
     from monai_cir.engine import cv_methods
-    from monai_cir.evaluation import evaluate
-    from monai_cir.evaluation.registry import register_method, unregister_method
 
     def release(ctx):
         key = ("query_expansion", ctx.fold)
@@ -72,18 +69,13 @@ def main(argv=None) -> int:
 
     cache = build_feature_cache("derm7pt", 260)
     names = {}
+    variants = {}
     for dba_k, qe_k, alpha in VARIANTS:
         label = "release network as shipped" if dba_k == qe_k == 0 else f"DBA k={dba_k}, α-QE k={qe_k}, α={alpha:g}"
         name = f"qe_dba{dba_k}_qe{qe_k}_a{alpha:g}"
-        register_method(name, label=label)(lambda ctx, v=(dba_k, qe_k, alpha): variant(ctx, *v))
+        variants[name] = (label, lambda ctx, v=(dba_k, qe_k, alpha): variant(ctx, *v))
         names[name] = label
-    start = time.perf_counter()
-    try:
-        res = evaluate(list(names), folds=args.folds, cache=cache, progress=True)
-    finally:
-        for name in names:
-            unregister_method(name)
-    wall = time.perf_counter() - start
+    res, wall = evaluate_variants(variants, args.folds, cache)
     rows = [{"variant": label, "method": name, **{k: res["methods"][name][k] for k in KEYS}} for name, label in names.items()]
     for r in rows:
         print(f"{r['variant']:34s} " + " ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)

@@ -359,3 +359,25 @@ def test_differential_slot_cross_site_uses_every_fold(tiny_caches, tiny_net, mon
     assert (got["ranking"] == want["ranking"]).all()
     logged = [e for e in state.train_log if e.get("method") == "composed_late_fusion_differential"]
     assert len(logged) == 1 and logged[0]["cross_site"] == len(labels)
+
+
+def test_bench_variants_are_registered_for_their_run_only(tiny_caches):
+    """``bench/_common.evaluate_variants``: the variants run as methods of one evaluation and are gone
+    afterwards, also when one of them fails (a later benchmark can register the same names)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from _common import evaluate_variants
+
+    zeros = lambda ctx: torch.zeros(len(ctx.query_indices), len(ctx.database_indices))  # noqa: E731
+    results, wall = evaluate_variants({"_variant_a": ("a", zeros), "_variant_b": ("b", zeros)}, (0,), tiny_caches["derm7pt"])
+    assert set(results["methods"]) == {"_variant_a", "_variant_b"} and results["methods"]["_variant_b"]["label"] == "b" and wall > 0
+    assert "_variant_a" not in available_methods() and "_variant_b" not in available_methods()
+
+    def broken(ctx):
+        raise RuntimeError("variant failed")
+
+    with pytest.raises(RuntimeError, match="variant failed"):
+        evaluate_variants({"_variant_a": ("a", broken)}, (0,), tiny_caches["derm7pt"])
+    assert "_variant_a" not in available_methods()
