@@ -505,6 +505,7 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
     from monai_cir.dicom.sr import read_similar_cases_sr
     from monai_cir.differential import DifferentialSlot
     from monai_cir.networks.checkpoint import record_in_checkpoint
+    from tests.test_dicom_io import pdf_text
 
     models_dir = tmp_path / "models"
     models_dir.mkdir()
@@ -525,7 +526,7 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
         record_in_checkpoint(models_dir / "model.pt", differential=slot.to_dict())
         models = load_models(models_dir, device="cpu", cache=False)
         assert models.differential == slot
-        answer = run_app(folder, tmp_path / f"slot-{name}", models, AppSettings(top_k=5, explain=False, write_pdf=False))["queries"][0]
+        answer = run_app(folder, tmp_path / f"slot-{name}", models, AppSettings(top_k=5, explain=False))["queries"][0]
         expected = [full[0], full[other], *[h for h in full[1:] if h is not full[other]]][:5]
         assert [h["case_id"] for h in answer["top_k"]] == [h["case_id"] for h in expected]
         assert [h["rank"] for h in answer["top_k"]] == [1, 2, 3, 4, 5]
@@ -536,6 +537,7 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
         notice = slot.notice(full[other]["diagnosis"], other + 1, first, answer["differential"]["margin"])
         assert notice in answer["notices"]
         assert notice in read_similar_cases_sr(tmp_path / f"slot-{name}" / answer["outputs"]["sr"]).notices
+        assert "differential: see Notes" in pdf_text((tmp_path / f"slot-{name}" / answer["outputs"]["pdf"]).read_bytes())[0]
         switched_off = run_app(folder, tmp_path / f"off-{name}", models, AppSettings(top_k=5, explain=False, write_pdf=False, differential=False))
         assert [h["case_id"] for h in switched_off["queries"][0]["top_k"]] == [h["case_id"] for h in full[:5]]
         assert switched_off["queries"][0]["differential"] is None

@@ -714,6 +714,10 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
 
     page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study))[0]
     assert "sex female, age 63 years" in page
+    # the differential case's row says it is shown for the differential (the notice says why)
+    assert "differential" not in first
+    marked = pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=2, notices=["rank 2 is the closest ..."]))[0]
+    assert marked.count("differential: see Notes") == 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_rang
         notices=list(dict.fromkeys(result.notices)),
         study=query.dataset,
         score_range=score_range,
+        differential_rank=result.differential["rank"] if result.differential else None,
     )
     pdf_path.write_bytes(pdf)
     encapsulated_pdf_dataset(pdf, query.dataset).save_as(dcm_path, enforce_file_format=True)

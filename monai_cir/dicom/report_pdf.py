@@ -217,11 +217,14 @@ def render_report_pdf(
     algorithm_name: str = "monai-cir composed vision-language retrieval",
     algorithm_version: str | None = None,
     created: datetime.datetime | None = None,
+    differential_rank: int | None = None,
 ) -> bytes:
     """The PDF bytes. ``hits`` as for :func:`monai_cir.dicom.sr.similar_cases_sr`;
     ``image_loader(hit)`` returns a library image (HWC) or None (placeholder box);
     ``explanations``: rank -> :class:`monai_cir.explain.Explanation` (or a ready HWC image), one page each;
-    ``study``: the query's dataset, for the patient's sex and age and the identifiers."""
+    ``study``: the query's dataset, for the patient's sex and age and the identifiers;
+    ``differential_rank``: the rank shown for the differential, not for its similarity
+    (:mod:`monai_cir.differential`; its row says so, a notice says why)."""
     from reportlab import rl_config
     from reportlab.lib.colors import HexColor
     from reportlab.pdfgen.canvas import Canvas
@@ -298,6 +301,8 @@ def render_report_pdf(
         canvas.setFillColor(HexColor("#555555"))
         canvas.setFont("Helvetica", 7)
         canvas.drawString(columns[3], mid - 3.5 * _MM, f"{_get(hit, 'case_id')}, {_get(meta, 'collection') or 'library'}"[:48])
+        if differential_rank is not None and _get(hit, "rank") == differential_rank:
+            canvas.drawString(columns[0], mid - 3.5 * _MM, "differential: see Notes")
         canvas.setFillColor(HexColor("#000000"))
         canvas.setFont("Helvetica-Bold" if confirmation == "histopathology" else "Helvetica", 9)
         canvas.drawString(columns[4], mid, CONFIRMATION_WORDS.get(confirmation, CONFIRMATION_WORDS["unknown"]))
