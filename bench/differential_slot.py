@@ -24,7 +24,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 from _common import PAPER, TARGETS, begin, evaluate_variants, mean_std, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from monai_cir.data.feature_cache import build_feature_cache
-    from monai_cir.differential import DEFAULT_OPEN_RATE, DEFAULT_RANK, DifferentialSlot, differential_ranking, fit_margin
+    from monai_cir.differential import DEFAULT_OPEN_RATE, DEFAULT_RANK, DifferentialSlot, differential_ranking
     from monai_cir.engine import cv_methods
 
     contexts, opened = {}, {}
@@ -100,8 +99,8 @@ def main(argv=None) -> int:
                      "margin_per_fold": [round(per_fold[f][1], 5) for f in args.folds] if per_fold else None})
     # the release checkpoint's margin: every fold's held-out queries (memoised with the fold networks above)
     last = contexts[args.folds[-1]]
-    pooled = np.concatenate([cv_methods._release_margins(last, f) for f in args.folds])
-    release = DifferentialSlot(fit_margin(pooled, DEFAULT_OPEN_RATE), rank=DEFAULT_RANK, open_rate=DEFAULT_OPEN_RATE,
+    pooled = cv_methods._release_slot(last.cache, last.config, last.state, list(args.folds), DEFAULT_OPEN_RATE)
+    release = DifferentialSlot(pooled.margin, rank=DEFAULT_RANK, open_rate=DEFAULT_OPEN_RATE,
                                description=f"fitted on the held-out queries of Derm7pt folds {args.folds} under each fold's release "
                                            f"network (bench/differential_slot.py, commit {header['commit']['sha'][:7]})")
     for r in rows:
