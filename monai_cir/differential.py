@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 __all__ = ["DEFAULT_OPEN_RATE", "DEFAULT_RANK", "DifferentialSlot", "RANK_COUNT_LIMIT", "closest_other_case",
-           "differential_ranking", "fit_margin", "library_margins", "query_margins", "similarity_rank"]
+           "differential_ranking", "fit_margin", "library_margins", "query_margins", "shown_with_differential", "similarity_rank"]
 
 DEFAULT_RANK = 4  # the paper's largest Acc@K cut-off: the differential case is within the top 4
 # the share of held-out queries whose slot opens: about one query in seven (bench/differential_slot.py
@@ -171,6 +171,34 @@ def closest_other_case(index: Any, vector: Any, pool: list[Any], classes: list[s
         return None
     found = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k=1, filters={**(filters or {}), "diagnosis": others})[0]
     return (found[0], None) if found else None
+
+
+def shown_with_differential(
+    slot: DifferentialSlot, index: Any, vector: Any, pool: list[Any], top_k: int, classes: list[str], filters: dict | None = None
+) -> tuple[list[Any], dict[str, Any] | None]:
+    """The ``top_k`` hits a reader is shown for the query ``vector`` whose best hits under ``filters`` are
+    ``pool`` (best first, at least ``top_k`` of them when the library has them): the similarity ranking, with
+    the slot's case placed when the slot opens. Returns ``(hits, opened)``: ``opened`` is None when the slot
+    stays shut, else ``{"rank", "case_id", "diagnosis", "similarity_rank", "margin", "max_margin", "notice"}``
+    (``similarity_rank`` None beyond :data:`RANK_COUNT_LIMIT`). What the deploy app and ``monai-cir search`` show."""
+    hits = list(pool[:top_k])
+    if not pool or top_k < slot.rank:
+        return hits, None
+    best = pool[0]
+    found = closest_other_case(index, vector, pool, classes, filters)
+    if found is None:
+        return hits, None
+    other, rank = found
+    # beyond the pool it ranks below every pool case; its rank is counted only when the slot opens
+    if not slot.opens(best.score, other.score, rank if rank is not None else len(pool) + 1):
+        return hits, None
+    if rank is None:
+        rank = similarity_rank(index, vector, other.score, filters)
+    margin = best.score - other.score
+    opened = {"rank": slot.rank, "case_id": other.case_id, "diagnosis": other.metadata.diagnosis, "similarity_rank": rank,
+              "margin": round(float(margin), 6), "max_margin": slot.margin,
+              "notice": slot.notice(other.metadata.diagnosis, rank, best.metadata.diagnosis, margin)}
+    return slot.place(hits, other, top_k), opened
 
 
 def similarity_rank(index: Any, vector: Any, score: float, filters: dict | None = None, limit: int = RANK_COUNT_LIMIT) -> int | None:

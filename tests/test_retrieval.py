@@ -166,6 +166,27 @@ def test_cli_build_info_search(net, library, tmp_path, monkeypatch, capsys):
     assert main(["search", "--index", str(out), "--image", str(library[1].image_path), "--site", "trunk"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["rank", "case", "id"] and all(line.split()[-1] == "trunk" for line in table[1:])
+    # a checkpoint that records a differential slot: the search shows what the deploy app shows
+    from monai_cir.differential import DifferentialSlot
+
+    opened = 0
+    for record in library[:5]:
+        query = ["search", "--index", str(out), "--image", str(record.image_path), "--json"]
+        monkeypatch.setattr(net, "checkpoint_info", {})
+        assert main([*query, "-k", "5", "--no-differential"]) == 0
+        full = json.loads(capsys.readouterr().out)["hits"]
+        other = next((i for i, h in enumerate(full) if h["diagnosis"] != full[0]["diagnosis"]), None)
+        monkeypatch.setattr(net, "checkpoint_info", {"differential": DifferentialSlot(margin=100.0, rank=2).to_dict()})
+        assert main([*query, "-k", "3"]) == 0
+        captured = capsys.readouterr()
+        shown = json.loads(captured.out)
+        if other is not None and other >= 2:  # the closest case of another diagnosis moves up to rank 2
+            assert [h["case_id"] for h in shown["hits"]] == [full[0]["case_id"], full[other]["case_id"], full[1]["case_id"]]
+            assert shown["differential"]["similarity_rank"] == other + 1 and "rank 2 is the closest" in captured.err
+            opened += 1
+        else:  # rank 2 is another diagnosis already (or there is none): the slot stays shut
+            assert [h["case_id"] for h in shown["hits"]] == [h["case_id"] for h in full[:3]] and shown["differential"] is None
+    assert opened, "no query's first two cases shared a diagnosis: the slot was never exercised"
     monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: make_tiny_net(beta=0.5))
     assert main(["search", "--index", str(out), "--image", str(library[1].image_path)]) == 2
     assert "rebuild the index" in capsys.readouterr().err

@@ -398,8 +398,13 @@ class ComposedRetrievalOperator(Operator):
             # the evidence summary votes over more neighbours (calibration.k, 16 by default) than are shown
             pool = self.index.search(vector[None, :], k=max(self.top_k, self.calibration.k), filters=filters)[0]
             result.hits = pool[: self.top_k]
-            if self.differential is not None and pool and self.top_k >= self.differential.rank:
-                self._differential_case(result, pool, vector, filters)
+            if self.differential is not None:
+                from monai_cir.differential import shown_with_differential
+
+                result.hits, opened = shown_with_differential(self.differential, self.index, vector, pool, self.top_k, self.classes, filters)
+                if opened is not None:
+                    result.notices.append(opened.pop("notice"))
+                    result.differential = opened
             if pool:
                 result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes)
             result.timing_ms["encode"] = encode_ms
@@ -412,27 +417,6 @@ class ComposedRetrievalOperator(Operator):
             )
         if self.explain:
             self._explain(batch, self._query_maps(outputs, len(batch)))
-
-    def _differential_case(self, result: QueryResult, pool: list[Any], vector: Any, filters: dict | None) -> None:
-        """Open the differential slot (:mod:`monai_cir.differential`) when the query is nearly as similar to
-        another diagnosis as to its best match's: that diagnosis's closest case goes to the slot's rank, with a notice."""
-        from monai_cir.differential import closest_other_case, similarity_rank
-
-        slot, best = self.differential, pool[0]
-        found = closest_other_case(self.index, vector, pool, self.classes, filters)
-        if found is None:
-            return
-        other, rank = found
-        # beyond the pool it ranks below every pool case; its rank is counted only when the slot opens
-        if not slot.opens(best.score, other.score, rank if rank is not None else len(pool) + 1):
-            return
-        if rank is None:
-            rank = similarity_rank(self.index, vector, other.score, filters)
-        margin = best.score - other.score
-        result.hits = slot.place(result.hits, other, self.top_k)
-        result.differential = {"rank": slot.rank, "case_id": other.case_id, "diagnosis": other.metadata.diagnosis,
-                               "similarity_rank": rank, "margin": round(float(margin), 6), "max_margin": slot.margin}
-        result.notices.append(slot.notice(other.metadata.diagnosis, rank, best.metadata.diagnosis, margin))
 
     def _query_maps(self, outputs: Sequence[Any], n: int) -> list[Any] | None:
         """The selected levels' maps of the batch's queries, as ``net.image_features`` returns them,

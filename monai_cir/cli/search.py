@@ -4,7 +4,9 @@
     monai-cir search --index output/d7 --image lesion.jpg --text "..." --site same --query-site trunk --json
     monai-cir search --index output/d7 --image lesion.jpg --text "..." --evidence --explain output/why.png
 
-Scores are S(q, t) of the paper's Eq. 9 (higher is more similar). The confirmation column says how
+Scores are S(q, t) of the paper's Eq. 9 (higher is more similar). When the checkpoint records a differential
+slot (:mod:`monai_cir.differential`), an uncertain query is shown as the deploy app shows it: the closest case
+of the runner-up diagnosis at the slot's rank, with a note (``--no-differential``: the similarity ranking). The confirmation column says how
 each case's diagnosis was established; only "histopathology" is biopsy-confirmed. The index must
 have been built by the same model (``--model``) and preprocessing; otherwise the search is refused.
 """
@@ -30,6 +32,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--query-site", metavar="NAME", help="the query lesion's anatomical site (for --site same)")
     parser.add_argument("--model", help="checkpoint or bundle folder the index was built with (default as for `index build`)")
     parser.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
+    parser.add_argument("--no-differential", dest="differential", action="store_false",
+                        help="the plain similarity ranking (no closest case of the runner-up diagnosis for an uncertain query)")
     parser.add_argument("--evidence", action="store_true", help="also print the retrieval-based evidence summary (decision support, not a diagnosis)")
     parser.add_argument("--calibration", type=Path, metavar="JSON", help="evidence calibration fitted for this model (bench/site_and_evidence.py writes one)")
     parser.add_argument(
@@ -44,6 +48,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.config import resolve_device
+    from monai_cir.differential import DifferentialSlot, shown_with_differential
     from monai_cir.index import load_index
     from monai_cir.networks import load_model
     from monai_cir.sites_condition import resolve_site_condition
@@ -62,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
         calibration = EvidenceCalibration.load(args.calibration) if args.calibration else UNCALIBRATED
     # the evidence summary votes over calibration.k neighbours (16 by default); the table shows -k
     pool = retrieval.search(net, index, args.image, args.text, k=max(args.k, calibration.k if calibration else 0), filters=filters)
-    hits = pool[: args.k]
+    hits, opened = pool[: args.k], None
+    slot = DifferentialSlot.from_checkpoint_info(net.checkpoint_info) if args.differential else None
+    if slot is not None:  # as the deploy app shows it (monai_cir.differential)
+        vector = retrieval.encode_query(net, args.image, args.text)[0]  # (retrieval.search returns hits, not the vector)
+        hits, opened = shown_with_differential(slot, index, vector, pool, args.k, sorted(index.info()["diagnosis"]), filters)
     summary = None
     if calibration is not None and pool:
         from monai_cir.evidence import summarize_evidence
@@ -82,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         render_explanation(explanations, args.explain)
     if notice:
         print(f"note: {notice}", file=sys.stderr)
+    if opened is not None:
+        print(f"note: {opened['notice']}", file=sys.stderr)
     if args.json:
         payload = {
             "query": {"image": str(args.image), "text": args.text, "site": args.query_site, "condition": args.site},
@@ -89,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             "notice": notice,
             "index": str(args.index),
             "hits": [hit.to_dict() for hit in hits],
+            "differential": opened,
             "evidence": summary.to_dict() if summary else None,
             "explanations": [e.summary() for e in explanations],
         }
