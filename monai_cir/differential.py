@@ -102,11 +102,9 @@ class DifferentialSlot:
         )
 
 
-def query_margins(similarity: Any, database_labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per query of a (Q, N) similarity: the margin ``s(best) - s(closest case of another label)`` and that
-    case's 0-based position in the similarity ranking (ties: stable, database order, as the metrics rank).
-    A query whose database holds one label only gets margin ``inf`` and position ``N``."""
-    s = torch.as_tensor(similarity).double()
+def _ranked_margins(s: torch.Tensor, database_labels: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """``(order, margin, position)`` of a float64 (Q, N) similarity: the stable ranking, and per query the
+    margin to its closest case of another label than its best's and that case's 0-based position."""
     labels = torch.as_tensor(np.asarray(database_labels)).reshape(-1)
     order = torch.argsort(s, dim=1, descending=True, stable=True)
     ranked = labels[order]
@@ -116,7 +114,15 @@ def query_margins(similarity: Any, database_labels: Any) -> tuple[np.ndarray, np
     best = s.gather(1, order[:, :1]).squeeze(1)
     closest = s.gather(1, order.gather(1, position.clamp(max=s.shape[1] - 1)[:, None])).squeeze(1)
     margin = torch.where(has_other, best - closest, torch.full_like(best, math.inf))
-    return margin.numpy(), position.numpy()
+    return order, margin.numpy(), position.numpy()
+
+
+def query_margins(similarity: Any, database_labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per query of a (Q, N) similarity: the margin ``s(best) - s(closest case of another label)`` and that
+    case's 0-based position in the similarity ranking (ties: stable, database order, as the metrics rank).
+    A query whose database holds one label only gets margin ``inf`` and position ``N``."""
+    _, margin, position = _ranked_margins(torch.as_tensor(similarity).double(), database_labels)
+    return margin, position
 
 
 def fit_margin(margins: Any, open_rate: float = DEFAULT_OPEN_RATE) -> float:
@@ -140,8 +146,7 @@ def differential_ranking(similarity: Any, database_labels: Any, slot: Differenti
     s = torch.as_tensor(similarity).double().clone()
     if leave_one_out:
         s.fill_diagonal_(-math.inf)
-    margin, position = query_margins(s, database_labels)
-    order = torch.argsort(s, dim=1, descending=True, stable=True)
+    order, margin, position = _ranked_margins(s, database_labels)
     n = s.shape[1]
     best = s.gather(1, order[:, :1]).squeeze(1).numpy()
     opened = np.array([slot.opens(float(best[i]), float(best[i] - margin[i]), int(position[i]) + 1) if np.isfinite(margin[i]) else False
@@ -218,8 +223,7 @@ def similarity_rank(index: Any, vector: Any, score: float, filters: dict | None 
 
 def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch: int = 256) -> tuple[np.ndarray, int]:
     """Leave-one-out margins of a library's own cases: each (of at most ``sample``, drawn with ``seed``) queries
-    the others with its image alone, through the index's own search (one filtered search per diagnosis, so it
-    stays cheap for millions of cases). An image-only query is the case's library vector: the release network's
+    the others with its image alone, through the index's own search (one filtered search per diagnosis). An image-only query is the case's library vector: the release network's
     query and target towers agree when the text is empty (its findings gate leaves such a text out).
 
     Returns ``(margins, n_queries)``; needs an index that returns its vectors (``vectors()``: the FAISS index)."""
@@ -227,7 +231,7 @@ def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch:
         raise ValueError(f"{type(index).__name__} cannot return its vectors; fit the margin on a FAISS index of the same library")
     vectors = np.asarray(index.vectors(), dtype=np.float32)
     ids = index.case_ids()
-    diagnoses = sorted({index.get(c).diagnosis for c in ids})
+    diagnoses = sorted(index.info()["diagnosis"])
     if len(diagnoses) < 2:
         raise ValueError(f"the library holds one diagnosis only ({diagnoses}): there is no differential to fit")
     rows = np.arange(len(ids))

@@ -391,6 +391,7 @@ class ComposedRetrievalOperator(Operator):
         if self.net.device.type == "cuda":
             torch.cuda.synchronize()
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
+        from monai_cir.differential import shown_with_differential
         from monai_cir.evidence import summarize_evidence
 
         for (result, tensor, text, filters), vector in zip(batch, queries):
@@ -399,8 +400,6 @@ class ComposedRetrievalOperator(Operator):
             pool = self.index.search(vector[None, :], k=max(self.top_k, self.calibration.k), filters=filters)[0]
             result.hits = pool[: self.top_k]
             if self.differential is not None:
-                from monai_cir.differential import shown_with_differential
-
                 result.hits, opened = shown_with_differential(self.differential, self.index, vector, pool, self.top_k, self.classes, filters)
                 if opened is not None:
                     result.notices.append(opened.pop("notice"))
