@@ -648,17 +648,19 @@ def test_similar_cases_sr_rejects_bad_hits(dicomized):
 
 
 def pdf_text(pdf: bytes) -> list[str]:
-    """The text of each page of a reportlab PDF (page streams: ASCII85, then Flate)."""
-    import base64
+    """The text of each page of a reportlab PDF (page streams: Flate, binary).
+
+    Each stream is read as exactly its dictionary's ``/Length`` bytes: compressed data may end in a byte
+    that looks like whitespace, so stripping it (as this helper once did) lost a page now and then."""
     import re
     import zlib
 
     pages = []
-    for stream in re.findall(rb"stream\r?\n(.*?)endstream", pdf, re.S):
-        data = stream.strip()
+    for match in re.finditer(rb"/Length (\d+)[^>]*>>\s*stream\r?\n", pdf):
+        data = pdf[match.end(): match.end() + int(match.group(1))]
         try:
-            content = zlib.decompress(base64.a85decode(data.removesuffix(b"~>"), adobe=False) if data.endswith(b"~>") else data)
-        except (zlib.error, ValueError):
+            content = zlib.decompress(data)
+        except zlib.error:
             continue  # an image (DCT) stream
         if b" Tj" in content:
             pages.append(" ".join(m.decode("latin-1") for m in re.findall(rb"\((.*?)\) Tj", content)).replace("\\(", "(").replace("\\)", ")"))
