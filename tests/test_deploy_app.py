@@ -499,12 +499,12 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
     """A checkpoint that records a differential slot (:mod:`monai_cir.differential`): for a query whose
     first cases share one diagnosis, the closest case of the other diagnosis is shown at the slot's rank
     (ranks before it unchanged, the rest one lower), results.json records it and the SR says it in a notice;
-    ``differential: false`` and a checkpoint without the slot give the plain ranking."""
+    ``differential: false`` gives the plain ranking. The fixture's MODELS carry the release checkpoint, its slot included."""
     from deploy_app.app import load_models, run_app
     from deploy_app.settings import AppSettings
     from monai_cir.dicom.sr import read_similar_cases_sr
     from monai_cir.differential import DifferentialSlot
-    from monai_cir.networks.checkpoint import record_in_checkpoint
+    from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
     from tests.test_dicom_io import pdf_text
 
     models_dir = tmp_path / "models"
@@ -512,8 +512,11 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
     shutil.copy2(app_run["root"] / "models" / "model.pt", models_dir / "model.pt")
     shutil.copytree(app_run["root"] / "models" / "index", models_dir / "index")
     plain_models = load_models(models_dir, device="cpu", cache=False)
-    assert plain_models.differential is None  # the fixture's checkpoint records none
-    everything = AppSettings(top_k=LIBRARY_SIZE, explain=False, write_pdf=False)
+    # the fixture's MODELS hold the release checkpoint as the demo copies it, the slot's margin included
+    assert (models_dir / "model.pt").read_bytes() == (REPO / "bundle" / "models" / "model.pt").read_bytes()
+    assert plain_models.differential == DifferentialSlot.from_checkpoint_info(read_checkpoint(REPO / "bundle" / "models" / "model.pt")["extra"])
+    assert plain_models.differential is not None
+    everything = AppSettings(top_k=LIBRARY_SIZE, explain=False, write_pdf=False, differential=False)
     opened = 0
     for name in ("in_library", "held_out"):
         folder = app_run["cases"][name].image_file.parent

@@ -87,14 +87,9 @@ def build_demo_library(records: list, cache: Path, rebuild: bool = False) -> tup
 
     Returns ``(library folder, models folder)``; the models folder is the app's MODELS."""
     from monai_cir.dicom.dicomize import case_uids, dicomize_record
-    from monai_cir.networks.checkpoint import default_checkpoint_path
 
     library, models = cache / "library", cache / "models"
-    checkpoint = default_checkpoint_path()
-    if checkpoint is not None and checkpoint.is_dir():  # a bundle folder
-        checkpoint = checkpoint / "models" / "model.pt" if (checkpoint / "models" / "model.pt").is_file() else checkpoint / "model.pt"
-    if checkpoint is not None and not checkpoint.is_file():
-        raise FileNotFoundError(f"model checkpoint not found: {checkpoint} (from $MONAI_CIR_MODEL)")
+    checkpoint = demo_checkpoint()
     stamp = {
         "checkpoint_sha256": _sha256(checkpoint) if checkpoint is not None else None,
         "cases": sorted(r.case_id for r in records),
@@ -154,12 +149,26 @@ def _index_matches_model(models: Path) -> bool:
     return False
 
 
+def demo_checkpoint() -> Path | None:
+    """The trained checkpoint file the demo serves: ``$MONAI_CIR_MODEL`` (a ``.pt`` file or a bundle folder),
+    else the checkout's ``bundle/models/model.pt``; None when there is none."""
+    from monai_cir.networks.checkpoint import default_checkpoint_path
+
+    checkpoint = default_checkpoint_path()
+    if checkpoint is not None and checkpoint.is_dir():  # a bundle folder
+        checkpoint = checkpoint / "models" / "model.pt" if (checkpoint / "models" / "model.pt").is_file() else checkpoint / "model.pt"
+    if checkpoint is not None and not checkpoint.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {checkpoint} (from $MONAI_CIR_MODEL)")
+    return checkpoint
+
+
 def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = None) -> int:
     """Fill the app's MODELS folder: ``models/model.pt`` and ``models/index`` (FAISS) of every
     dermoscopy image of a DICOM folder (what ``monai-cir index build --dicom`` does).
 
-    ``checkpoint``: a trained head (copied); None saves the untrained offline default, so that the
-    app loads exactly the weights the index was built with (its head is randomly initialised)."""
+    ``checkpoint``: the trained checkpoint, copied byte for byte (everything it records, the differential
+    slot's margin included); default :func:`demo_checkpoint`. With none at all, the untrained offline default
+    is saved, so that the app loads exactly the weights the index was built with."""
     import warnings
 
     from monai_cir import retrieval
@@ -167,6 +176,7 @@ def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = N
     from monai_cir.networks import load_model, refresh_encoder_artifact, save_checkpoint
 
     models.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint if checkpoint is not None else demo_checkpoint()
     if checkpoint is not None:
         net = load_model(checkpoint, device=resolve_device())
         shutil.copy2(checkpoint, models / "model.pt")
