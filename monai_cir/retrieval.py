@@ -9,7 +9,8 @@ This is what ``monai-cir index build``, ``monai-cir search`` and the deploy app 
     net = load_model()                                   # trained checkpoint, or the offline default
     index = retrieval.build_index(net, load_collection("isic-uda1"))
     index.save("output/isic-index")
-    hits = retrieval.search(net, index, "lesion.jpg", "raised, irregular pigment network", k=5)
+    shown = retrieval.answer(net, index, "lesion.jpg", "raised, irregular pigment network", k=5)
+    shown.hits, shown.differential                       # the cases as the app shows them, the slot's record
 
 Every image (library or query) goes through :func:`monai_cir.data.preprocess_image` at
 ``net.image_size``; the network runs on CUDA with autocast when present. The index records
@@ -19,6 +20,7 @@ Every image (library or query) goes through :func:`monai_cir.data.preprocess_ima
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -36,6 +38,8 @@ from .data import load_image, preprocess_image
 from .index import CaseIndex, CaseMetadata, SearchHit, create_index
 
 __all__ = [
+    "Answer",
+    "answer",
     "dicom_library",
     "dicomweb_library",
     "ImageLike",
@@ -286,6 +290,50 @@ def build_index(
     return index
 
 
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What a reader is shown for one composed query (:func:`answer`).
+
+    ``hits``: the ``k`` cases shown, best first, with the differential slot's case at its rank when the slot
+    opened (:mod:`monai_cir.differential`); ``pool``: the similarity ranking they came from (best first, at
+    least ``k`` cases when the library has them); ``differential``: None when the slot stayed shut (or the
+    checkpoint records none), else :func:`monai_cir.differential.shown_with_differential`'s record, its
+    ``"notice"`` the sentence to show with the answer."""
+
+    hits: list[SearchHit]
+    pool: list[SearchHit]
+    differential: dict[str, Any] | None = None
+
+
+def answer(
+    net: Any,
+    index: CaseIndex,
+    image: ImageLike,
+    text: str = "",
+    k: int = 5,
+    filters: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    pool_size: int = 0,
+    differential: bool = True,
+) -> Answer:
+    """The ``k`` library cases a reader is shown for the composed query (image + clinical text), as the deploy
+    app shows them: the similarity ranking, with the closest case of the runner-up diagnosis at the slot's
+    rank when the checkpoint records a differential slot and the query is uncertain (``differential=False``:
+    the similarity ranking alone). ``pool_size``: rank at least that many cases into ``Answer.pool`` (the
+    evidence summary votes over more neighbours than are shown). ``filters``: as for :func:`search`.
+    Refuses an index built by another model (fingerprint check) before encoding anything."""
+    from .differential import DifferentialSlot, shown_with_differential
+
+    index.check_fingerprint(model_fingerprint(net))
+    query = encode_query(net, image, text, device)
+    pool = index.search(query, k=max(k, pool_size), filters=filters)[0]
+    slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
+    if slot is None:
+        return Answer(hits=pool[:k], pool=pool)
+    hits, opened = shown_with_differential(slot, index, query[0], pool, k, sorted(index.info()["diagnosis"]), dict(filters) if filters else None)
+    return Answer(hits=hits, pool=pool, differential=opened)
+
+
 def search(
     net: Any,
     index: CaseIndex,
@@ -295,14 +343,13 @@ def search(
     filters: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
 ) -> list[SearchHit]:
-    """The ``k`` library cases most similar to the composed query (image + clinical text), best first.
+    """The ``k`` library cases most similar to the composed query (image + clinical text), best first: the
+    similarity ranking (:func:`answer` gives what the app shows, the differential slot included).
 
     ``filters``: metadata equality, e.g. ``{"site": "trunk"}``
     (:func:`monai_cir.sites_condition.resolve_site_condition` turns ``--site same|NAME|any`` into one).
     Refuses an index built by another model (fingerprint check) before encoding anything."""
-    index.check_fingerprint(model_fingerprint(net))
-    query = encode_query(net, image, text, device)
-    return index.search(query, k=k, filters=filters)[0]
+    return answer(net, index, image, text, k, filters, device, differential=False).hits
 
 
 def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any], list[CaseMetadata]]:

@@ -85,6 +85,34 @@ def test_build_and_search(net, library, tmp_path):
     assert [h.case_id for h in retrieval.search(net, loaded, library[4].image_path, "", k=6)] == [h.case_id for h in retrieval.search(net, index, library[4].image_path, "", k=6)]
 
 
+def test_answer_shows_what_the_app_shows(net, library, monkeypatch):
+    """retrieval.answer: the similarity ranking (search) with the differential slot's case placed when the
+    checkpoint records a slot and the query's first cases share a diagnosis; differential=False and a
+    checkpoint without a slot give search's ranking; the pool holds pool_size cases of that ranking."""
+    from monai_cir.differential import DifferentialSlot
+
+    index = retrieval.build_index(net, library, batch_size=4, device="cpu", progress=False)
+    monkeypatch.setattr(net, "checkpoint_info", {"differential": DifferentialSlot(margin=100.0, rank=2).to_dict()})
+    opened = 0
+    for record in library:
+        similarity = retrieval.search(net, index, record.image_path, "", k=6)
+        shown = retrieval.answer(net, index, record.image_path, "", k=3, pool_size=5)
+        assert [h.case_id for h in shown.pool] == [h.case_id for h in similarity[:5]]
+        plain = retrieval.answer(net, index, record.image_path, "", k=3, differential=False)
+        assert [h.case_id for h in plain.hits] == [h.case_id for h in similarity[:3]] and plain.differential is None
+        other = next((i for i, h in enumerate(similarity) if h.metadata.diagnosis != similarity[0].metadata.diagnosis), None)
+        if other is not None and other >= 2:  # the closest case of another diagnosis is shown at rank 2
+            assert [h.case_id for h in shown.hits] == [similarity[0].case_id, similarity[other].case_id, similarity[1].case_id]
+            assert [h.rank for h in shown.hits] == [1, 2, 3] and shown.hits[1].score == pytest.approx(similarity[other].score)
+            assert shown.differential["similarity_rank"] == other + 1 and "rank 2 is the closest" in shown.differential["notice"]
+            opened += 1
+        else:
+            assert [h.case_id for h in shown.hits] == [h.case_id for h in similarity[:3]] and shown.differential is None
+    assert opened, "no query's first two cases shared a diagnosis: the slot was never exercised"
+    monkeypatch.setattr(net, "checkpoint_info", {})
+    assert retrieval.answer(net, index, library[0].image_path, "", k=3).differential is None
+
+
 def test_index_build_keeps_the_grid_maps_explanations_read(net, library, tmp_path):
     """The grid maps the index build keeps (same forward) are the ones an explanation computes from
     the image; an index that gains cases merges them; a changed file, another model or a damaged

@@ -48,7 +48,6 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.config import resolve_device
-    from monai_cir.differential import DifferentialSlot, shown_with_differential
     from monai_cir.index import load_index
     from monai_cir.networks import load_model
     from monai_cir.sites_condition import resolve_site_condition
@@ -65,13 +64,10 @@ def run(args: argparse.Namespace) -> int:
         from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
 
         calibration = EvidenceCalibration.load(args.calibration) if args.calibration else UNCALIBRATED
-    # the evidence summary votes over calibration.k neighbours (16 by default); the table shows -k
-    pool = retrieval.search(net, index, args.image, args.text, k=max(args.k, calibration.k if calibration else 0), filters=filters)
-    hits, opened = pool[: args.k], None
-    slot = DifferentialSlot.from_checkpoint_info(net.checkpoint_info) if args.differential else None
-    if slot is not None:  # as the deploy app shows it (monai_cir.differential)
-        vector = retrieval.encode_query(net, args.image, args.text)[0]  # (retrieval.search returns hits, not the vector)
-        hits, opened = shown_with_differential(slot, index, vector, pool, args.k, sorted(index.info()["diagnosis"]), filters)
+    # the evidence summary votes over calibration.k neighbours (16 by default); the table shows -k, as the app does
+    shown = retrieval.answer(net, index, args.image, args.text, k=args.k, filters=filters,
+                             pool_size=calibration.k if calibration else 0, differential=args.differential)
+    pool, hits, opened = shown.pool, shown.hits, shown.differential
     summary = None
     if calibration is not None and pool:
         from monai_cir.evidence import summarize_evidence
