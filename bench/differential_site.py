@@ -7,8 +7,9 @@ The shipped checkpoint (``bundle/models/model.pt``) embeds ISIC UDA-1 (the app's
 :func:`monai_cir.retrieval.build_index`). Each image queries the other 554 with its image alone (the collection's
 texts are age and sex: the findings gate leaves them out, so a query is its library vector). Rows: the similarity
 ranking; the slot with the checkpoint's margin (fitted on Derm7pt); the slot with a margin fitted on this library
-at the checkpoint's open rate, cross-fitted: the cases split in two halves (seeded), each half ranked with the
-margin fitted on the other half's leave-one-out queries only. Writes ``bench/results/isic_differential_site.json``
+at the checkpoint's open rate (:func:`monai_cir.differential.fit_margin`), cross-fitted: the cases split in two halves
+(seeded), each half ranked with the margin fitted on the other half's leave-one-out queries only; the same with the
+rule before bundle 0.7.0 (the plain quantile of all margins). Writes ``bench/results/isic_differential_site.json``
 and ``.md``. Nothing derived from the images is kept (the embeddings live in memory).
 """
 
@@ -68,17 +69,29 @@ def main(argv=None) -> int:
                  "margin": shipped.margin, "opened": int(shipped_open.sum()), **scored(shipped_scores)})
     # cross-fitted on the site: each half ranked with the margin of the other half's leave-one-out queries
     half = np.random.default_rng(args.seed).permutation(n) < n // 2
-    margins, _ = query_margins(s.clone().fill_diagonal_(-torch.inf), labels)
+    margins, positions = query_margins(s.clone().fill_diagonal_(-torch.inf), labels)
     combined, opened, fitted = shipped_scores.clone(), 0, []
     for part in (half, ~half):
-        slot = DifferentialSlot(fit_margin(margins[~part], shipped.open_rate), open_rate=shipped.open_rate)
+        slot = DifferentialSlot(fit_margin(margins[~part], positions[~part], shipped.open_rate, shipped.rank), rank=shipped.rank, open_rate=shipped.open_rate)
         scores, is_open = differential_ranking(s, labels, slot, leave_one_out=True)
         combined[torch.as_tensor(part)] = scores[torch.as_tensor(part)]
         opened += int(is_open[part].sum())
         fitted.append(round(slot.margin, 5))
     rows.append({"variant": f"slot, margin refitted on this library (cross-fitted halves, open rate {shipped.open_rate:g})",
                  "margin": fitted, "opened": opened, **scored(combined)})
-    whole = fit_margin(margins, shipped.open_rate)
+    # the rule before bundle 0.7.0: the plain quantile of all the other half's margins (most of the least certain
+    # queries here already have both diagnoses in their first cases, so the slot opens for few or none)
+    combined, opened, fitted = shipped_scores.clone(), 0, []
+    for part in (half, ~half):
+        other = margins[~part]
+        slot = DifferentialSlot(float(np.quantile(other[np.isfinite(other)], shipped.open_rate)), rank=shipped.rank, open_rate=shipped.open_rate)
+        scores, is_open = differential_ranking(s, labels, slot, leave_one_out=True)
+        combined[torch.as_tensor(part)] = scores[torch.as_tensor(part)]
+        opened += int(is_open[part].sum())
+        fitted.append(round(slot.margin, 5))
+    rows.append({"variant": f"slot, refitted as the plain {shipped.open_rate:g} quantile of all margins (the rule before 0.7.0; cross-fitted halves)",
+                 "margin": fitted, "opened": opened, **scored(combined)})
+    whole = fit_margin(margins, positions, shipped.open_rate, shipped.rank)
     for r in rows:
         print(f"{r['variant']:90s} " + " ".join(f"{k} {r[k]:.1f}" for k in KEYS) + (f"  opened {r['opened']}/{n}" if "opened" in r else ""))
     payload = {**header, "collection": "isic-uda1", "cases": n, "model": str(args.model), "embed_s": round(embed_s, 1),

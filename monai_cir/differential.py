@@ -14,8 +14,8 @@ one. Everything else is the similarity ranking; the shown case keeps its own sco
 a notice which rank it is and why (:meth:`DifferentialSlot.notice`).
 
 The margin is in the model's score units, so it belongs to one model: it is fitted on cross-validated
-held-out queries (:func:`fit_margin`: the margin under which a chosen share of them falls, by default
-:data:`DEFAULT_OPEN_RATE`) and recorded in the checkpoint (``extra["differential"]``,
+held-out queries (:func:`fit_margin`: the margin at which the slot opens for a chosen share of them, by
+default :data:`DEFAULT_OPEN_RATE`) and recorded in the checkpoint (``extra["differential"]``,
 :meth:`DifferentialSlot.to_dict`); a checkpoint without it has no slot. A site whose images sit differently in
 the embedding refits it on its own library (:func:`library_margins`: each case queries the others, image
 only; ``monai-cir index fit-differential``).
@@ -50,7 +50,7 @@ class DifferentialSlot:
         margin: the largest score margin (best match - closest case of another diagnosis) at which the slot
             opens, in the model's score units (> 0).
         rank: the 1-based rank the differential case takes (>= 2: rank 1 stays the best match).
-        open_rate: the share of held-out queries under ``margin`` when it was fitted (for the record).
+        open_rate: the share of held-out queries whose slot opened when ``margin`` was fitted (for the record).
         description: where the margin comes from (model, data, folds), for the record.
     """
 
@@ -125,15 +125,33 @@ def query_margins(similarity: Any, database_labels: Any) -> tuple[np.ndarray, np
     return margin, position
 
 
-def fit_margin(margins: Any, open_rate: float = DEFAULT_OPEN_RATE) -> float:
-    """The margin under which ``open_rate`` of the given held-out queries' margins fall (their quantile)."""
+def fit_margin(margins: Any, positions: Any, open_rate: float = DEFAULT_OPEN_RATE, rank: int = DEFAULT_RANK) -> float:
+    """The margin at which a slot at ``rank`` opens for ``open_rate`` of the given held-out queries.
+
+    ``margins`` and ``positions`` as :func:`query_margins` gives them (0-based positions; a position of at
+    least ``rank`` means beyond the slot). The slot can open only for a query whose closest case of another
+    diagnosis lies beyond ``rank``; the margin returned is the ``round(open_rate * n)``-th smallest of those
+    queries' margins (``n``: the queries with a finite margin), so that it opens for that many of the ``n``.
+    When fewer can open, their largest (it opens for all of them). Why not the plain quantile of all margins:
+    on a library whose embedding does not cluster by diagnosis, the least certain queries already have both
+    diagnoses in their first ``rank`` cases, and a quantile fitted there opens for almost none of the queries
+    (ISIC UDA-1 under the release network: ``bench/results/isic_differential_site.md``, the row of the rule
+    before bundle 0.7.0)."""
     values = np.asarray(margins, dtype=np.float64).reshape(-1)
-    values = values[np.isfinite(values)]
+    where = np.asarray(positions).reshape(-1)
+    if values.shape != where.shape:
+        raise ValueError(f"fit_margin needs one position per margin, got {values.size} margins and {where.size} positions")
     if not 0 < open_rate < 1:
         raise ValueError(f"open_rate must lie in (0, 1), got {open_rate!r}")
-    if values.size == 0:
+    finite = np.isfinite(values)
+    if not finite.any():
         raise ValueError("fit_margin needs the margins of held-out queries whose database holds more than one diagnosis; got none")
-    return float(max(np.quantile(values, open_rate), np.finfo(np.float32).tiny))
+    can_open = np.sort(values[finite & (where >= rank)])
+    if can_open.size == 0:
+        raise ValueError(f"no query's first {rank} cases share one diagnosis: a slot at rank {rank} never opens for these "
+                         f"queries, so there is no margin to fit (the diagnoses already mix in every query's top {rank})")
+    wanted = max(1, int(round(open_rate * int(finite.sum()))))
+    return float(max(can_open[min(wanted, can_open.size) - 1], np.finfo(np.float32).tiny))
 
 
 def differential_ranking(similarity: Any, database_labels: Any, slot: DifferentialSlot, leave_one_out: bool = False) -> tuple[torch.Tensor, np.ndarray]:
@@ -221,12 +239,15 @@ def similarity_rank(index: Any, vector: Any, score: float, filters: dict | None 
         k = min(len(index), 4 * k, limit + 1)
 
 
-def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch: int = 256) -> tuple[np.ndarray, int]:
+def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch: int = 256, rank: int = DEFAULT_RANK) -> tuple[np.ndarray, np.ndarray, int]:
     """Leave-one-out margins of a library's own cases: each (of at most ``sample``, drawn with ``seed``) queries
-    the others with its image alone, through the index's own search (one filtered search per diagnosis). An image-only query is the case's library vector: the release network's
+    the others with its image alone, through the index's own search (one filtered search per diagnosis, one
+    unfiltered search of ``rank`` cases). An image-only query is the case's library vector: the release network's
     query and target towers agree when the text is empty (its findings gate leaves such a text out).
 
-    Returns ``(margins, n_queries)``; needs an index that returns its vectors (``vectors()``: the FAISS index)."""
+    Returns ``(margins, positions, n_queries)`` for :func:`fit_margin`: ``positions`` are 0-based as
+    :func:`query_margins` gives them, counted up to ``rank`` (``rank``: at least there, beyond the slot); needs
+    an index that returns its vectors (``vectors()``: the FAISS index)."""
     if not hasattr(index, "vectors"):
         raise ValueError(f"{type(index).__name__} cannot return its vectors; fit the margin on a FAISS index of the same library")
     vectors = np.asarray(index.vectors(), dtype=np.float32)
@@ -238,6 +259,7 @@ def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch:
     if sample is not None and len(rows) > sample:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=int(sample), replace=False))
     best = np.full((len(rows), len(diagnoses)), -np.inf)
+    positions = np.full(len(rows), rank)
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
         for j, diagnosis in enumerate(diagnoses):
@@ -245,6 +267,11 @@ def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch:
             for i, hits in zip(range(start, start + len(part)), index.search(vectors[part], k=2, filters={"diagnosis": diagnosis})):
                 scores = [h.score for h in hits if h.case_id != ids[rows[i]]]
                 best[i, j] = scores[0] if scores else -np.inf
+        # where the closest case of another diagnosis sits, up to the slot's rank (the case itself may be first)
+        for i, hits in zip(range(start, start + len(part)), index.search(vectors[part], k=rank + 1)):
+            ranked = [h.metadata.diagnosis for h in hits if h.case_id != ids[rows[i]]][:rank]
+            positions[i] = next((p for p, d in enumerate(ranked) if d != ranked[0]), rank)
     top = np.sort(best, axis=1)
     margins = top[:, -1] - top[:, -2]
-    return margins[np.isfinite(margins)], len(rows)
+    finite = np.isfinite(margins)
+    return margins[finite], positions[finite], len(rows)

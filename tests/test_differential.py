@@ -97,13 +97,30 @@ def test_invalid_slot_names_the_attribute(kwargs, attribute):
         DifferentialSlot(**kwargs)
 
 
-def test_fit_margin_is_the_quantile_of_finite_margins():
-    margins = np.array([0.1, 0.2, 0.3, 0.4, math.inf])
-    assert fit_margin(margins, 0.5) == pytest.approx(0.25)
+def test_fit_margin_opens_the_slot_for_the_share_asked():
+    """The margin is fitted among the queries a slot can open for (closest other diagnosis beyond its rank):
+    at it, the slot opens for round(rate * n) of the n queries, however small the other queries' margins."""
+    margins = np.array([0.0078125, 0.015625, 0.0625, 0.25, 0.5, 0.625, 0.75, 0.875, 0.9375, math.inf])
+    positions = np.array([1, 2, 6, 4, 9, 0, 3, 2, 1, 10])  # 0-based: >= 4 is beyond rank 4 (0.0625, 0.25, 0.5)
+
+    def opened(margin, rank=4):
+        slot = DifferentialSlot(margin, rank=rank)
+        return sum(slot.opens(1.0, 1.0 - m, int(p) + 1) for m, p in zip(margins, positions) if math.isfinite(m))
+
+    assert fit_margin(margins, positions, 0.2) == 0.25 and opened(0.25) == 2  # round(0.2 * 9) = 2 of the 9 finite
+    assert fit_margin(margins, positions, 0.1) == 0.0625 and opened(0.0625) == 1
+    # the plain quantile of all margins (0.015625 at 0.2) would open for none of them
+    assert opened(float(np.quantile(margins[:9], 0.2))) == 0
+    assert fit_margin(margins, positions, 0.9) == 0.5 and opened(0.5) == 3  # fewer can open than asked: all of them
+    assert fit_margin(margins, positions, 0.2, rank=2) == 0.0625 and opened(0.0625, rank=2) == 2  # at rank 2 also 0.015625 can open
     with pytest.raises(ValueError, match="open_rate"):
-        fit_margin(margins, 1.0)
+        fit_margin(margins, positions, 1.0)
     with pytest.raises(ValueError, match="held-out"):
-        fit_margin([math.inf], 0.1)
+        fit_margin([math.inf], [3], 0.1)
+    with pytest.raises(ValueError, match="never opens"):
+        fit_margin(margins[:2], positions[:2], 0.5)
+    with pytest.raises(ValueError, match="one position per margin"):
+        fit_margin(margins, positions[:3], 0.5)
 
 
 def test_slot_recorded_in_a_checkpoint_loads_with_it(tiny_net, tmp_path):
@@ -175,11 +192,15 @@ def test_library_margins_are_the_leave_one_out_margins_of_its_cases():
 
     index, vectors, labels = _library_index()
     s = torch.as_tensor(vectors @ vectors.T)
-    expected, _ = query_margins(s.fill_diagonal_(-math.inf), np.unique(labels, return_inverse=True)[1])  # itself never counts
-    margins, queried = library_margins(index, sample=None, batch=7)
+    expected, where = query_margins(s.fill_diagonal_(-math.inf), np.unique(labels, return_inverse=True)[1])  # itself never counts
+    margins, positions, queried = library_margins(index, sample=None, batch=7)
     assert queried == 60
-    np.testing.assert_allclose(np.sort(margins), np.sort(expected[np.isfinite(expected)]), atol=1e-5)
-    sampled, queried = library_margins(index, sample=20)
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(margins, expected[finite], atol=1e-5)
+    np.testing.assert_array_equal(positions, np.minimum(where[finite], 4))  # counted up to the slot's rank
+    assert (positions < 4).any() and (positions == 4).any()  # both kinds of query occur in this library
+    np.testing.assert_array_equal(library_margins(index, sample=None, rank=2)[1], np.minimum(where[finite], 2))
+    sampled, _, queried = library_margins(index, sample=20)
     assert queried == 20 and len(sampled) == 20 and set(np.round(sampled, 5)) <= set(np.round(margins, 5))
 
 
@@ -197,7 +218,7 @@ def test_fit_differential_command_records_the_library_margin_in_the_checkpoint(t
     index.save(tmp_path / "index")
     assert main(["index", "fit-differential", str(tmp_path / "index"), "--model", str(checkpoint), "--open-rate", "0.2"]) == 0
     recorded = DifferentialSlot.from_checkpoint_info(read_checkpoint(checkpoint)["extra"])
-    assert recorded.open_rate == 0.2 and recorded.margin == pytest.approx(fit_margin(library_margins(index)[0], 0.2))
+    assert recorded.open_rate == 0.2 and recorded.margin == pytest.approx(fit_margin(*library_margins(index)[:2], 0.2))
     assert read_checkpoint(checkpoint)["extra"]["epoch"] == 1  # the rest of the record kept
     assert "margin" in capsys.readouterr().out
     other = create_index(vectors.shape[1], "another model")

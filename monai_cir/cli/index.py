@@ -77,13 +77,13 @@ def add_parser(subparsers: Any) -> None:
     fit = actions.add_parser(
         "fit-differential",
         help="fit the differential slot's margin on this library's own cases and record it in the checkpoint",
-        description="Each library case (at most --sample) queries the others with its image alone; the margin under which "
-                    "--open-rate of them fall is recorded in the checkpoint (extra['differential']), where the deploy app reads "
+        description="Each library case (at most --sample) queries the others with its image alone; the margin at which the slot "
+                    "opens for --open-rate of them is recorded in the checkpoint (extra['differential']), where the deploy app reads "
                     "it (monai_cir.differential). The checkpoint must be the one the index was built with; its weights are not changed.",
     )
     fit.add_argument("index", type=Path, metavar="DIR")
     fit.add_argument("--model", required=True, type=Path, help="the checkpoint the index was built with (e.g. MODELS/model.pt): the margin is recorded in it")
-    fit.add_argument("--open-rate", type=float, default=None, help="share of the library's own queries under the margin (default 0.15)")
+    fit.add_argument("--open-rate", type=float, default=None, help="share of the library's own queries whose slot opens (default 0.15)")
     fit.add_argument("--sample", type=int, default=5000, help="at most this many library cases query (default 5000)")
     fit.set_defaults(func=run_fit_differential)
 
@@ -221,7 +221,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 def run_fit_differential(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
-    from monai_cir.differential import DEFAULT_OPEN_RATE, DifferentialSlot, fit_margin, library_margins
+    from monai_cir.differential import DEFAULT_OPEN_RATE, DEFAULT_RANK, DifferentialSlot, fit_margin, library_margins
     from monai_cir.index import load_index
     from monai_cir.networks import load_model
     from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
@@ -235,9 +235,10 @@ def run_fit_differential(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"checkpoint not found: {args.model} (give the .pt file the index was built with)")
     # refuse an index of another model: the margin is in this model's score units
     index = load_index(args.index, expected_fingerprint=retrieval.model_fingerprint(load_model(args.model)))
-    margins, queried = library_margins(index, sample=args.sample)
     previous = DifferentialSlot.from_checkpoint_info(read_checkpoint(args.model)["extra"])
-    slot = DifferentialSlot(fit_margin(margins, rate), open_rate=rate,
+    rank = previous.rank if previous is not None else DEFAULT_RANK
+    margins, positions, queried = library_margins(index, sample=args.sample, rank=rank)
+    slot = DifferentialSlot(fit_margin(margins, positions, rate, rank), rank=rank, open_rate=rate,
                             description=f"fitted on {queried} image-only leave-one-out queries of the library {args.index} ({len(index)} cases)")
     record_in_checkpoint(args.model, differential=slot.to_dict())
     was = f" (was {previous.margin:.4f}: {previous.description})" if previous is not None else ""

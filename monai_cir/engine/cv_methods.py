@@ -309,8 +309,8 @@ def composed_late_fusion(ctx: FoldContext):
     return _composed_late_fusion(ctx)
 
 
-def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: int) -> np.ndarray:
-    """The differential margins (:func:`monai_cir.differential.query_margins`) of fold ``fold``'s held-out
+def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(margins, positions)`` (:func:`monai_cir.differential.query_margins`) of fold ``fold``'s held-out
     queries (template texts) under the release network trained without that fold (memoised in the run)."""
     from ..evaluation.protocol import fold_indices
 
@@ -320,12 +320,13 @@ def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: 
         query = np.flatnonzero(fold_of == fold)[: config.get("query_subset") or None]
         ctx = FoldContext(cache, query, np.flatnonzero(fold_of != fold), int(fold), config, int(config.get("seed", 0)) + int(fold), state)
         q, t = _composed_late_fusion(ctx)
-        state.memo[key] = query_margins(q @ t.T, ctx.database_labels)[0]
+        state.memo[key] = query_margins(q @ t.T, ctx.database_labels)
     return state.memo[key]
 
 
 def _release_slot(cache: Any, config: dict[str, Any], state: RunState, folds: list[int], open_rate: float) -> DifferentialSlot:
-    margin = fit_margin(np.concatenate([_release_margins(cache, config, state, f) for f in folds]), open_rate)
+    margins, positions = (np.concatenate(parts) for parts in zip(*(_release_margins(cache, config, state, f) for f in folds)))
+    margin = fit_margin(margins, positions, open_rate)
     return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}")
 
 
