@@ -225,3 +225,13 @@ def test_fit_differential_command_records_the_library_margin_in_the_checkpoint(t
     other.add(vectors, [CaseMetadata(f"c{i:03d}", str(d), "test") for i, d in enumerate(labels)])
     other.save(tmp_path / "other")
     assert main(["index", "fit-differential", str(tmp_path / "other"), "--model", str(checkpoint)]) != 0  # refused: another model's scores
+    # a library where every case's nearest neighbour is of the other diagnosis: the slot can never open, nothing to fit
+    twins = np.repeat(vectors[:20], 2, axis=0) + np.random.default_rng(2).normal(scale=1e-3, size=(40, vectors.shape[1])).astype(np.float32)
+    mixed = create_index(vectors.shape[1], fingerprint)
+    mixed.add(twins / np.linalg.norm(twins, axis=1, keepdims=True), [CaseMetadata(f"t{i:03d}", ("nevus", "melanoma")[i % 2], "test") for i in range(40)])
+    mixed.save(tmp_path / "mixed")
+    capsys.readouterr()
+    before = read_checkpoint(checkpoint)["extra"]["differential"]
+    assert main(["index", "fit-differential", str(tmp_path / "mixed"), "--model", str(checkpoint)]) == 2
+    assert "never opens" in capsys.readouterr().err
+    assert read_checkpoint(checkpoint)["extra"]["differential"] == before  # the recorded slot is left as it was
