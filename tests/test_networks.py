@@ -425,3 +425,18 @@ def test_late_fusion_branch_adds_its_cosine_to_eq9_in_one_inner_product(tmp_path
         make_tiny_net(late_fusion_share=0.5, late_fusion=dict(width=3))
     with pytest.raises(ValueError, match="already has"):
         attach_late_fusion(net, branch)
+
+
+def test_the_packaged_text_model_loads_without_a_progress_bar(capfd):
+    """Loading the packaged MiniLM from its folder prints no "Loading weights" bar (noise in every CLI run and
+    app log), and leaves transformers' progress bars as they were for everything else."""
+    from transformers.utils import logging as hf_logging
+
+    from monai_cir.networks.text_encoder import TextEncoder
+
+    assert hf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    encoder = TextEncoder()
+    assert encoder.dim == 384
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()

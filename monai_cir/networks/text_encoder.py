@@ -103,7 +103,7 @@ class TextEncoder(TokenEncoder):
         if pretrained:
             if config_overrides:
                 raise ValueError("config_overrides change the architecture: use them with pretrained=False")
-            self.model = AutoModel.from_pretrained(path, local_files_only=local)
+            self.model = _load_pretrained(AutoModel, path, local)
         else:
             config = AutoConfig.from_pretrained(path, local_files_only=local, **(config_overrides or {}))
             self.model = AutoModel.from_config(config)
@@ -115,3 +115,20 @@ class TextEncoder(TokenEncoder):
 
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(**batch).last_hidden_state
+
+
+def _load_pretrained(auto_class: Any, path: str, local: bool) -> Any:
+    """``auto_class.from_pretrained(path)``. A folder on this machine (the packaged MiniLM) loads without
+    transformers' "Loading weights" progress bar, which every CLI run, app start and test log would otherwise
+    print for a load of a fraction of a second; a download from the hub keeps its bar."""
+    from transformers.utils import logging as hf_logging
+
+    if not Path(path).is_dir():
+        return auto_class.from_pretrained(path, local_files_only=local)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return auto_class.from_pretrained(path, local_files_only=local)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
