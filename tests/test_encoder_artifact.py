@@ -170,3 +170,18 @@ def test_networks_import_without_timm_or_transformers():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+
+
+def test_writing_the_artifact_logs_no_false_alarm_from_transformers(tmp_path, capfd, caplog):
+    """Tracing the text model reads its attributes, transformers' ``loss_function`` property among them, which
+    warns about a training loss this retrieval model never uses: the artifact is written without that line (it
+    showed in the demo's output)."""
+    from transformers.utils import logging as hf_logging
+
+    from monai_cir.networks import write_encoder_artifact
+
+    hf_logging.warning_once.cache_clear()  # the warning is said once per process: make this the first time
+    with caplog.at_level(logging.WARNING):
+        write_encoder_artifact(make_tiny_net(), tmp_path / "encoders")
+    assert "loss_type" not in capfd.readouterr().err + caplog.text
+    assert (tmp_path / "encoders" / "manifest.json").is_file()

@@ -35,13 +35,14 @@ caller then builds the eager encoders).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,18 @@ def artifact_is_current(directory: str | Path, net: Any) -> bool:
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def _logger_quiet(name: str) -> Iterator[None]:
+    """Only errors of logger ``name`` while the block runs; its level is restored after."""
+    target = logging.getLogger(name)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
 def write_encoder_artifact(net: Any, directory: str | Path) -> Path:
     """Trace ``net``'s two encoders on CPU and write them to ``directory`` (``<index>/encoders``), checked
     against the eager encoders first; the folder is written whole under a temporary name and replaces
@@ -257,7 +270,9 @@ def write_encoder_artifact(net: Any, directory: str | Path) -> Path:
         images = torch.rand(2, 3, size, size, generator=generator)
         example = text_eager.tokenize(["pigment network", "atypical dots and globules"])
         input_names = list(example.keys())
-        with warnings.catch_warnings():  # the tracer's warnings about Python values in the models
+        # the tracer's warnings about Python values in the models, and transformers' about a training loss this
+        # model never computes (tracing reads the model's loss_function property)
+        with warnings.catch_warnings(), _logger_quiet("transformers.modeling_utils"):
             warnings.simplefilter("ignore")
             try:
                 image_trace = torch.jit.trace(image_eager.backbone, (image_eager.normalize(images),), check_trace=False)
