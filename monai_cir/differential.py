@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -239,11 +240,15 @@ def similarity_rank(index: Any, vector: Any, score: float, filters: dict | None 
         k = min(len(index), 4 * k, limit + 1)
 
 
-def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch: int = 256, rank: int = DEFAULT_RANK) -> tuple[np.ndarray, np.ndarray, int]:
+def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch: int = 256, rank: int = DEFAULT_RANK,
+                    exclude: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray, int]:
     """Leave-one-out margins of a library's own cases: each (of at most ``sample``, drawn with ``seed``) queries
     the others with its image alone, through the index's own search (one filtered search per diagnosis, one
     unfiltered search of ``rank`` cases). An image-only query is the case's library vector: the release network's
     query and target towers agree when the text is empty (its findings gate leaves such a text out).
+
+    ``exclude``: case ids that do not query (the model's own training cases: they sit closer to their own
+    diagnosis than a new query does); they stay in the library the others search.
 
     Returns ``(margins, positions, n_queries)`` for :func:`fit_margin`: ``positions`` are 0-based as
     :func:`query_margins` gives them, counted up to ``rank`` (``rank``: at least there, beyond the slot); needs
@@ -255,7 +260,11 @@ def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch:
     diagnoses = sorted(index.info()["diagnosis"])
     if len(diagnoses) < 2:
         raise ValueError(f"the library holds one diagnosis only ({diagnoses}): there is no differential to fit")
-    rows = np.arange(len(ids))
+    left_out = set(exclude)
+    rows = np.array([i for i, case_id in enumerate(ids) if case_id not in left_out], dtype=int)
+    if rows.size == 0:
+        raise ValueError(f"every one of the {len(ids)} library cases is excluded (a training case of this model): there is "
+                         "no new case to fit the margin on; fit it on a library of cases the model was not trained on")
     if sample is not None and len(rows) > sample:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=int(sample), replace=False))
     best = np.full((len(rows), len(diagnoses)), -np.inf)

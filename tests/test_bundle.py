@@ -62,6 +62,12 @@ def test_train_workflow_writes_checkpoint(trained_fold):
     assert ckpt.is_file()
     payload = read_checkpoint(ckpt)
     assert payload["format"] == "monai-cir-head/1" and payload["extra"]["fold"] == 0
+    # the training cases are recorded (fit-differential leaves them out), the held-out fold's are not
+    from monai_cir.engine.bundle import fold_split, subset_records
+
+    records = subset_records("derm7pt", 30)
+    train, held_out = fold_split(records, 0)
+    assert payload["extra"]["trained_on"] == [records[i].case_id for i in train] and len(held_out) > 0
     assert len(payload["encoder_fingerprint"]) == 64
     net = load_model(ckpt)
     assert net.config["beta"] == 0.6

@@ -200,6 +200,15 @@ def test_library_margins_are_the_leave_one_out_margins_of_its_cases():
     np.testing.assert_array_equal(positions, np.minimum(where[finite], 4))  # counted up to the slot's rank
     assert (positions < 4).any() and (positions == 4).any()  # both kinds of query occur in this library
     np.testing.assert_array_equal(library_margins(index, sample=None, rank=2)[1], np.minimum(where[finite], 2))
+    # training cases left out: they do not query, but stay in the library the others search
+    out = set(index.case_ids()[:20])
+    kept = np.array([i for i, c in enumerate(index.case_ids()) if c not in out])
+    left, left_positions, queried = library_margins(index, sample=None, exclude=out)
+    assert queried == 40
+    np.testing.assert_allclose(left, expected[kept][np.isfinite(expected[kept])], atol=1e-5)
+    np.testing.assert_array_equal(left_positions, np.minimum(where[kept][np.isfinite(expected[kept])], 4))
+    with pytest.raises(ValueError, match="excluded"):
+        library_margins(index, exclude=set(index.case_ids()))
     sampled, _, queried = library_margins(index, sample=20)
     assert queried == 20 and len(sampled) == 20 and set(np.round(sampled, 5)) <= set(np.round(margins, 5))
 
@@ -220,7 +229,18 @@ def test_fit_differential_command_records_the_library_margin_in_the_checkpoint(t
     recorded = DifferentialSlot.from_checkpoint_info(read_checkpoint(checkpoint)["extra"])
     assert recorded.open_rate == 0.2 and recorded.margin == pytest.approx(fit_margin(*library_margins(index)[:2], 0.2))
     assert read_checkpoint(checkpoint)["extra"]["epoch"] == 1  # the rest of the record kept
-    assert "margin" in capsys.readouterr().out
+    # a checkpoint that records its training cases: those in the library do not query
+    from monai_cir.networks.checkpoint import record_in_checkpoint
+
+    trained = index.case_ids()[:30] + ["elsewhere-1"]
+    record_in_checkpoint(checkpoint, trained_on=trained)
+    assert "margin" in capsys.readouterr().out  # the first fit said what it recorded
+    assert main(["index", "fit-differential", str(tmp_path / "index"), "--model", str(checkpoint), "--open-rate", "0.2"]) == 0
+    recorded = DifferentialSlot.from_checkpoint_info(read_checkpoint(checkpoint)["extra"])
+    assert recorded.margin == pytest.approx(fit_margin(*library_margins(index, exclude=set(trained))[:2], 0.2))
+    assert recorded.description.startswith("fitted on 30 image-only")  # 60 cases, 30 of them training cases
+    assert "30 of the 60 library cases trained this model" in capsys.readouterr().err
+    assert "30 training cases of this model left out" in recorded.description
     other = create_index(vectors.shape[1], "another model")
     other.add(vectors, [CaseMetadata(f"c{i:03d}", str(d), "test") for i, d in enumerate(labels)])
     other.save(tmp_path / "other")

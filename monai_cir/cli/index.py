@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ def add_parser(subparsers: Any) -> None:
                     "it (monai_cir.differential). The checkpoint must be the one the index was built with; its weights are not changed. "
                     "Fit it on cases the model was not trained on: a training case sits closer to its own diagnosis than a new "
                     "query does, and a margin fitted on training cases opens the slot for far more new queries than the rate "
-                    "(on Derm7pt 57-95% at 15%: bench/results/derm7pt_differential_refit.md).",
+                    "(on Derm7pt 57-95% at 15%: bench/results/derm7pt_differential_refit.md). The training cases a checkpoint "
+                    "records (trained_on: train.yaml writes them) stay in the library but do not query.",
     )
     fit.add_argument("index", type=Path, metavar="DIR")
     fit.add_argument("--model", required=True, type=Path, help="the checkpoint the index was built with (e.g. MODELS/model.pt): the margin is recorded in it")
@@ -238,11 +240,18 @@ def run_fit_differential(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"checkpoint not found: {args.model} (give the .pt file the index was built with)")
     # refuse an index of another model: the margin is in this model's score units
     index = load_index(args.index, expected_fingerprint=retrieval.model_fingerprint(load_model(args.model)))
-    previous = DifferentialSlot.from_checkpoint_info(read_checkpoint(args.model)["extra"])
+    extra = read_checkpoint(args.model)["extra"]
+    previous = DifferentialSlot.from_checkpoint_info(extra)
     rank = previous.rank if previous is not None else DEFAULT_RANK
-    margins, positions, queried = library_margins(index, sample=args.sample, rank=rank)
+    # the model's own training cases (recorded by train.yaml) stay in the library but do not query
+    trained = set(extra.get("trained_on") or ()) & set(index.case_ids())
+    if trained:
+        print(f"note: {len(trained)} of the {len(index)} library cases trained this model: they do not query (a training case "
+              "sits closer to its own diagnosis than a new query does)", file=sys.stderr)
+    margins, positions, queried = library_margins(index, sample=args.sample, rank=rank, exclude=trained)
     slot = DifferentialSlot(fit_margin(margins, positions, rate, rank), rank=rank, open_rate=rate,
-                            description=f"fitted on {queried} image-only leave-one-out queries of the library {args.index} ({len(index)} cases)")
+                            description=f"fitted on {queried} image-only leave-one-out queries of the library {args.index} ({len(index)} cases"
+                                        + (f", {len(trained)} training cases of this model left out)" if trained else ")"))
     record_in_checkpoint(args.model, differential=slot.to_dict())
     was = f" (was {previous.margin:.4f}: {previous.description})" if previous is not None else ""
     print(f"differential slot: margin {slot.margin:.4f} at open rate {rate:g} over {queried} cases of {args.index}{was} -> recorded in {args.model}")

@@ -29,7 +29,7 @@ from .data import class_round_robin
 
 __all__ = [
     "TargetTower", "subset_records", "fold_split", "checkpoint_saver", "add_late_fusion_branch", "evaluate_checkpoint",
-    "rank_collection", "load_or_default",
+    "rank_collection", "load_or_default", "trained_case_ids",
 ]
 
 
@@ -97,6 +97,14 @@ def fold_split(cases: Any, fold: int = 0, subset: int | None = None, seed: int =
         labels = np.asarray(cases.labels)
         train, test = class_round_robin(labels, train, subset, seed), class_round_robin(labels, test, max(3, subset // 4), seed)
     return train, test
+
+
+def trained_case_ids(cases: Any, indices: Sequence[int]) -> list[str]:
+    """The case ids of ``cases[indices]`` (a feature cache or a list of case records): what a checkpoint records
+    as ``trained_on``, so that a library fit (``monai-cir index fit-differential``) leaves the model's own
+    training cases out (a training case sits closer to its own diagnosis than a new query does)."""
+    records = getattr(cases, "records", cases)
+    return [str(records[int(i)].case_id) for i in indices]
 
 
 def checkpoint_saver(net: ComposedRetrievalNet, **extra: Any) -> Callable[..., Path]:
