@@ -51,10 +51,10 @@ def main(argv=None) -> int:
 
     def library_slot(ctx):
         q, t = cv_methods._composed_late_fusion(ctx)
-        library = (t @ t.T).double().fill_diagonal_(-math.inf)  # each library case queries the others, image only
-        margins, positions = query_margins(library, ctx.database_labels)
+        library = t @ t.T  # each library case queries the others, image only (itself left out)
+        margins, positions = query_margins(library.double().fill_diagonal_(-math.inf), ctx.database_labels)
         slot = DifferentialSlot(fit_margin(margins, positions, DEFAULT_OPEN_RATE), open_rate=DEFAULT_OPEN_RATE)
-        _, library_opened = differential_ranking(t @ t.T, ctx.database_labels, slot, leave_one_out=True)
+        _, library_opened = differential_ranking(library, ctx.database_labels, slot, leave_one_out=True)
         scores, opened = differential_ranking(q @ t.T, ctx.database_labels, slot)
         per_fold["library"][ctx.fold] = {"margin": round(slot.margin, 5), "opened": round(float(opened.mean()), 4),
                                          "library_opened": round(float(library_opened.mean()), 4)}

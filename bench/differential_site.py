@@ -70,27 +70,24 @@ def main(argv=None) -> int:
     # cross-fitted on the site: each half ranked with the margin of the other half's leave-one-out queries
     half = np.random.default_rng(args.seed).permutation(n) < n // 2
     margins, positions = query_margins(s.clone().fill_diagonal_(-torch.inf), labels)
-    combined, opened, fitted = shipped_scores.clone(), 0, []
-    for part in (half, ~half):
-        slot = DifferentialSlot(fit_margin(margins[~part], positions[~part], shipped.open_rate, shipped.rank), rank=shipped.rank, open_rate=shipped.open_rate)
-        scores, is_open = differential_ranking(s, labels, slot, leave_one_out=True)
-        combined[torch.as_tensor(part)] = scores[torch.as_tensor(part)]
-        opened += int(is_open[part].sum())
-        fitted.append(round(slot.margin, 5))
+
+    def cross_fitted(fit) -> dict:
+        """Each half ranked with the slot whose margin ``fit(margins, positions)`` gives on the other half."""
+        combined, opened, fitted = shipped_scores.clone(), 0, []
+        for part in (half, ~half):
+            slot = DifferentialSlot(fit(margins[~part], positions[~part]), rank=shipped.rank, open_rate=shipped.open_rate)
+            scores, is_open = differential_ranking(s, labels, slot, leave_one_out=True)
+            combined[torch.as_tensor(part)] = scores[torch.as_tensor(part)]
+            opened += int(is_open[part].sum())
+            fitted.append(round(slot.margin, 5))
+        return {"margin": fitted, "opened": opened, **scored(combined)}
+
     rows.append({"variant": f"slot, margin refitted on this library (cross-fitted halves, open rate {shipped.open_rate:g})",
-                 "margin": fitted, "opened": opened, **scored(combined)})
+                 **cross_fitted(lambda m, p: fit_margin(m, p, shipped.open_rate, shipped.rank))})
     # the rule before bundle 0.7.0: the plain quantile of all the other half's margins (most of the least certain
     # queries here already have both diagnoses in their first cases, so the slot opens for few or none)
-    combined, opened, fitted = shipped_scores.clone(), 0, []
-    for part in (half, ~half):
-        other = margins[~part]
-        slot = DifferentialSlot(float(np.quantile(other[np.isfinite(other)], shipped.open_rate)), rank=shipped.rank, open_rate=shipped.open_rate)
-        scores, is_open = differential_ranking(s, labels, slot, leave_one_out=True)
-        combined[torch.as_tensor(part)] = scores[torch.as_tensor(part)]
-        opened += int(is_open[part].sum())
-        fitted.append(round(slot.margin, 5))
     rows.append({"variant": f"slot, refitted as the plain {shipped.open_rate:g} quantile of all margins (the rule before 0.7.0; cross-fitted halves)",
-                 "margin": fitted, "opened": opened, **scored(combined)})
+                 **cross_fitted(lambda m, p: float(np.quantile(m[np.isfinite(m)], shipped.open_rate)))})
     whole = fit_margin(margins, positions, shipped.open_rate, shipped.rank)
     for r in rows:
         print(f"{r['variant']:90s} " + " ".join(f"{k} {r[k]:.1f}" for k in KEYS) + (f"  opened {r['opened']}/{n}" if "opened" in r else ""))

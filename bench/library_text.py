@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from _common import begin, evaluate_variants, mean_std, write_results
@@ -115,9 +114,7 @@ def main(argv=None) -> int:
         **{f"library_text_cosine_{w:g}": (f"control + {w:g} x text-text cosine", lambda ctx, w=w: with_text_cosine(ctx, w)) for w in TEXT_WEIGHTS},
     }
     cache = build_feature_cache("derm7pt", 260)
-    start = time.perf_counter()
     res, wall = evaluate_variants(variants, args.folds, cache)
-    wall = time.perf_counter() - start
     rows = [{"variant": label, "method": name, **{k: res["methods"][name][k] for k in KEYS}} for name, (label, _) in variants.items()]
     for r in rows:
         print(f"{r['variant']:52s} " + " ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
