@@ -131,8 +131,41 @@ def test_inference_workflow(trained_fold):
     wf.finalize()
     ranking = json.loads((trained_fold / "eval" / "ranking.json").read_text())["results"]
     assert len(ranking) == 4 and all(len(r["hits"]) == 3 for r in ranking)
+    # the collection ranks itself: leave-one-out, no query is its own best match
+    assert all(r["query"] not in {h["case_id"] for h in r["hits"]} for r in ranking), ranking
     scores = [h["score"] for h in ranking[0]["hits"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_inference_ranks_as_the_app_shows_with_the_checkpoints_differential_slot(trained_fold, shared_data):
+    """rank_collection applies the slot the checkpoint records, as the app does: the closest case of another
+    diagnosis than the best match's, beyond rank 2, is shown at rank 2 with the app's notice; the rest is the
+    leave-one-out similarity ranking (what differential=False gives)."""
+    from monai_cir.engine.bundle import rank_collection, subset_records
+    from monai_cir.networks import load_model
+
+    net = load_model(trained_fold / "models" / "model_fold0.pt")
+    records = subset_records("derm7pt", 12)
+    plain = rank_collection(net, records, records, top_k=5, differential=False)
+    net.checkpoint_info = {**net.checkpoint_info, "differential": {"margin": 100.0, "rank": 2}}  # opens whenever it can
+    shown = rank_collection(net, records, records, top_k=5)
+    assert [r["query"] for r in shown] == [r.case_id for r in records]
+    opened = 0
+    for before, after in zip(plain, shown):
+        assert before["query"] not in {h["case_id"] for h in after["hits"]}
+        best = before["hits"][0]["diagnosis"]
+        other = next((h for h in before["hits"] if h["diagnosis"] != best), None)
+        if other is None or before["hits"].index(other) >= 2:  # the closest other diagnosis lies beyond rank 2
+            opened += 1
+            assert after["differential"] is not None and after["differential"]["rank"] == 2, after
+            assert after["hits"][0] == before["hits"][0] and after["hits"][1]["diagnosis"] != best
+            assert after["hits"][1]["case_id"] == after["differential"]["case_id"]
+            assert "rank 2 is the closest" in after["differential"]["notice"]
+            rest = [h["case_id"] for h in before["hits"] if h["case_id"] != after["hits"][1]["case_id"]]
+            assert [h["case_id"] for h in after["hits"][2:]] == rest[1:4]
+        else:
+            assert after["differential"] is None and after["hits"] == before["hits"]
+    assert opened, "no query opened the slot: the test checks nothing"
 
 
 def test_verify_metadata_against_shipped_schema():

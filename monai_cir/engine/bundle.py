@@ -164,33 +164,62 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
 
 @torch.no_grad()
 def rank_collection(
-    net: ComposedRetrievalNet, records: Sequence[Any], query_records: Sequence[Any], top_k: int = 5, output: str | Path | None = None, batch_size: int = 8
+    net: ComposedRetrievalNet, records: Sequence[Any], query_records: Sequence[Any], top_k: int = 5, output: str | Path | None = None,
+    batch_size: int = 8, differential: bool = True,
 ) -> list[dict[str, Any]]:
-    """Inference: embed ``records`` as the case library (images only) and rank it for each query (image + text)."""
+    """Inference: embed ``records`` as the case library (images only) and rank it for each query (image + text)
+    as the deploy app shows it: the similarity ranking, with the checkpoint's differential slot when it records
+    one (:func:`monai_cir.differential.differential_ranking`, the evaluation's form of the app's rule;
+    ``differential=False``: the similarity ranking alone). A query that is itself a library case (same case id)
+    is left out of its own ranking: a collection ranked against itself is leave-one-out, never "each case's best
+    match is itself". Each result: ``{"query", "text", "hits": [{"rank", "case_id", "diagnosis", "score"}],
+    "differential"}`` (None, or the slot's case with the app's notice)."""
     from ..data.preprocess import load_image
+    from ..differential import DifferentialSlot, differential_ranking, query_margins
+
+    if len(records) < 2:
+        raise ValueError(f"the case library has {len(records)} case(s); a ranking needs at least 2")
 
     def images(recs: Sequence[Any]) -> torch.Tensor:
-        return torch.stack([load_image(r.image_path, net.image_size) for r in recs])
+        return torch.stack([load_image(r.image_path, net.image_size) for r in recs]).to(net.device)
 
     net.eval()
-    t = torch.cat([net.encode_target(images(records[i : i + batch_size])) for i in range(0, len(records), batch_size)])
+    with torch.no_grad():
+        t = torch.cat([net.encode_target(images(records[i : i + batch_size])) for i in range(0, len(records), batch_size)])
+    column = {r.case_id: j for j, r in enumerate(records)}
+    diagnoses = sorted({r.diagnosis for r in records})
+    labels = np.array([diagnoses.index(r.diagnosis) for r in records])
+    slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
     results = []
     for i in range(0, len(query_records), batch_size):
         chunk = list(query_records[i : i + batch_size])
-        q = net.encode_query(images(chunk), [r.text for r in chunk])
-        scores = q @ t.T
-        for r, row in zip(chunk, scores):
-            top = row.argsort(descending=True)[:top_k]
-            results.append(
-                {
-                    "query": r.case_id,
-                    "text": r.text,
-                    "hits": [{"rank": k + 1, "case_id": records[j].case_id, "diagnosis": records[j].diagnosis, "score": round(float(row[j]), 4)} for k, j in enumerate(top.tolist())],
-                }
-            )
+        with torch.no_grad():
+            similarity = (net.encode_query(images(chunk), [r.text for r in chunk]) @ t.T).double().cpu()
+        for row, r in enumerate(chunk):
+            if r.case_id in column:  # leave-one-out: the query's own library copy is no match
+                similarity[row, column[r.case_id]] = -np.inf
+        opened = np.zeros(len(chunk), dtype=bool)
+        order = similarity.argsort(dim=1, descending=True, stable=True)
+        if slot is not None:
+            shown, opened = differential_ranking(similarity, labels, slot)
+            order = shown.argsort(dim=1, descending=True, stable=True)
+            margins, positions = query_margins(similarity, labels)
+        for row, r in enumerate(chunk):
+            top = [j for j in order[row, : top_k + 1].tolist() if np.isfinite(float(similarity[row, j]))][:top_k]
+            hits = [{"rank": k + 1, "case_id": records[j].case_id, "diagnosis": records[j].diagnosis, "score": round(float(similarity[row, j]), 4)}
+                    for k, j in enumerate(top)]
+            shown_case = None
+            if opened[row] and top_k >= slot.rank:
+                case = hits[slot.rank - 1]
+                shown_case = {"rank": slot.rank, "case_id": case["case_id"], "diagnosis": case["diagnosis"],
+                              "similarity_rank": int(positions[row]) + 1, "margin": round(float(margins[row]), 6), "max_margin": slot.margin,
+                              "notice": slot.notice(case["diagnosis"], int(positions[row]) + 1, hits[0]["diagnosis"], float(margins[row]))}
+            results.append({"query": r.case_id, "text": r.text, "hits": hits, "differential": shown_case})
     if output is not None:
+        from ..atomic import atomic_write_text
+
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, indent=2) + "\n")
+        atomic_write_text(Path(output), json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, indent=2) + "\n")
     return results
 
 
