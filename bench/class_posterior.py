@@ -8,13 +8,15 @@ the library case's (biopsy-confirmed) diagnosis. ``lambda = 0`` is the release r
 the library by the query's predicted diagnosis first and by ``S`` within it. It is still one inner product
 (``[Q, lambda log p(q)] . [T, onehot(y_c)]``), so an index could serve it; the product does not (yet).
 
-The classifier is ``bench/query_ceiling.py``'s best probe (standardised logistic regression on the query
-inputs: one-hot 7-point criteria + elevation / location / sex, MiniLM sentence embedding, frozen pooled L/M/H
-image features), its ``C`` chosen by 5-fold cross-validation inside each fold's training cases, fitted on
-them, never on the held-out fold. The criteria come from the cases' structured fields, i.e. what the template
-text says: the rows hold for template-worded text (other wordings: not measured here). ``lambda`` rows: a
-grid, and one row whose ``lambda`` is cross-fitted (each held-out fold takes the grid value best on the other
-four folds' mean of Acc@1, mAP and P@5: nothing is picked on the fold it scores). Writes
+The classifier is a standardised logistic regression (``bench/query_ceiling.py``'s probe) on one of two
+query inputs: ``criteria+sentence+image`` (one-hot 7-point criteria + elevation / location / sex, MiniLM
+sentence embedding, frozen pooled L/M/H image features: that benchmark's best) or ``sentence+image`` (what the
+network's late-fusion branch already reads: no structured findings needed, any wording goes through MiniLM).
+Its ``C`` is chosen by 5-fold cross-validation inside each fold's training cases, and it is fitted on them,
+never on the held-out fold. The criteria come from the cases' structured fields and the sentence from the
+template text: the rows hold for template-worded text (other wordings: not measured here). ``lambda`` rows: a
+grid, and one row per probe whose ``lambda`` is cross-fitted (each held-out fold takes the grid value best on
+the other four folds' mean of Acc@1, mAP and P@5: nothing is picked on the fold it scores). Writes
 ``bench/results/derm7pt_class_posterior.json`` and ``.md`` (or ``--out``).
 """
 
@@ -49,54 +51,63 @@ def main(argv=None) -> int:
 
     cache = build_feature_cache("derm7pt", 260)
     parts = query_inputs(cache)
-    x = np.hstack([parts["criteria"], parts["sentence"], parts["image"]])
+    probe_inputs = {"criteria+sentence+image": np.hstack([parts["criteria"], parts["sentence"], parts["image"]]),
+                    "sentence+image": np.hstack([parts["sentence"], parts["image"]])}
     y = cache.labels.numpy()
-    memo: dict[int, tuple] = {}
-    chosen_c: dict[int, float] = {}
+    memo: dict[tuple, tuple] = {}
+    chosen_c: dict[tuple, float] = {}
 
-    def release_and_posterior(ctx):
-        # the release network's S and the probe's log posterior of each library case's diagnosis, once per fold
-        if ctx.fold not in memo:
+    def release_and_posterior(ctx, probe: str):
+        # the release network's S (shared by every variant through the evaluation's memo) and the probe's log
+        # posterior of each library case's diagnosis, once per fold and probe
+        if (probe, ctx.fold) not in memo:
             q, t = cv_methods._composed_late_fusion(ctx)
-            train = ctx.train_indices
+            x, train = probe_inputs[probe], ctx.train_indices
             search = GridSearchCV(logistic(C_GRID[0]), {"logisticregression__C": list(C_GRID)},
                                   cv=StratifiedKFold(5, shuffle=True, random_state=ctx.seed), scoring="accuracy")
             search.fit(x[train], y[train])
-            chosen_c[ctx.fold] = float(search.best_params_["logisticregression__C"])
+            chosen_c[(probe, ctx.fold)] = float(search.best_params_["logisticregression__C"])
             posterior = search.best_estimator_.predict_proba(x[ctx.query_indices])
             columns = np.searchsorted(search.best_estimator_.classes_, ctx.database_labels)
             log_p = torch.as_tensor(np.log(np.clip(posterior[:, columns], 1e-12, None)), dtype=torch.float64)
-            memo[ctx.fold] = ((q @ t.T).double(), log_p, float((posterior.argmax(1) == ctx.query_labels).mean()))
-        return memo[ctx.fold]
+            memo[(probe, ctx.fold)] = ((q @ t.T).double(), log_p, float((posterior.argmax(1) == ctx.query_labels).mean()))
+        return memo[(probe, ctx.fold)]
 
-    variants = {
-        f"posterior_{i}": (f"S + {lam:g} log p(y_c | q)", lambda ctx, lam=lam: (lambda s, lp, _: (s + lam * lp).float())(*release_and_posterior(ctx)))
-        for i, lam in enumerate(LAMBDAS)
-    }
+    def scored(ctx, probe: str, lam: float):
+        s, log_p, _ = release_and_posterior(ctx, probe)
+        return (s + lam * log_p).float()
+
+    grid = [(probe, lam) for probe in probe_inputs for lam in LAMBDAS]
+    variants = {f"posterior_{i}": (f"S + {lam:g} log p(y_c | q), probe on {probe}", lambda ctx, p=probe, lam=lam: scored(ctx, p, lam))
+                for i, (probe, lam) in enumerate(grid)}
     res, wall = evaluate_variants(variants, args.folds, cache)
-    rows = [{"lambda": lam, **{k: res["methods"][name][k] for k in KEYS}} for (name, _), lam in zip(variants.items(), LAMBDAS)]
+    rows = [{"probe": probe, "lambda": lam, **{k: res["methods"][name][k] for k in KEYS}} for name, (probe, lam) in zip(variants, grid)]
 
     def balanced(row, fold_at):  # the mean of Acc@1, mAP and P@5 on one fold: what lambda is cross-fitted on
         return np.mean([row[k]["folds"][fold_at] for k in ("acc@1", "map", "p@5")])
 
-    picked, fitted = [], {k: [] for k in KEYS}
-    for at, fold in enumerate(args.folds):
-        others = [i for i in range(len(args.folds)) if i != at]
-        best = max(rows, key=lambda r: np.mean([balanced(r, i) for i in others]) if others else 0.0)
-        picked.append(best["lambda"])
-        for k in KEYS:
-            fitted[k].append(best[k]["folds"][at])
-    cross_fitted = {"lambda": picked, **{k: {"folds": v, "mean": round(float(np.mean(v)), 2),
-                                              "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None} for k, v in fitted.items()}}
-    probe_accuracy = [round(100 * memo[f][2], 2) for f in args.folds]
-    for r in [*rows, cross_fitted]:
-        print(f"lambda {r['lambda']!s:28s} " + "  ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
+    cross_fitted = []
+    for probe in probe_inputs:
+        own = [r for r in rows if r["probe"] == probe]
+        picked, fitted = [], {k: [] for k in KEYS}
+        for at in range(len(args.folds)):
+            others = [i for i in range(len(args.folds)) if i != at]
+            best = max(own, key=lambda r: np.mean([balanced(r, i) for i in others]) if others else 0.0)
+            picked.append(best["lambda"])
+            for k in KEYS:
+                fitted[k].append(best[k]["folds"][at])
+        cross_fitted.append({"probe": probe, "lambda": picked, **{k: {"folds": v, "mean": round(float(np.mean(v)), 2),
+                             "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None} for k, v in fitted.items()}})
+    probes = {probe: {"C_chosen": [chosen_c[(probe, f)] for f in args.folds],
+                      "held_out_accuracy": [round(100 * memo[(probe, f)][2], 2) for f in args.folds]} for probe in probe_inputs}
+    for r in [*rows, *cross_fitted]:
+        print(f"{r['probe']:24s} lambda {r['lambda']!s:28s} " + "  ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
     payload = {
         **header,
         "folds": args.folds,
         "wall_time_s": round(wall, 1),
-        "probe": {"inputs": "one-hot criteria + elevation/location/sex, MiniLM sentence, frozen pooled L/M/H",
-                  "C_grid": list(C_GRID), "C_chosen": [chosen_c[f] for f in args.folds], "held_out_accuracy": probe_accuracy},
+        "C_grid": list(C_GRID),
+        "probes": probes,
         "rows": rows,
         "cross_fitted": cross_fitted,
         "targets": TARGETS,
@@ -107,14 +118,18 @@ def main(argv=None) -> int:
         "# Derm7pt: the release ranking plus the query's diagnosis posterior\n",
         f"`{payload['command']}` (commit {commit['sha']}{', dirty' if commit['dirty'] else ''}), folds {args.folds}, wall time {wall:.0f} s; "
         "mean ± sample std over folds, percent. Score: `S + lambda log p(y_c | q)`, S the release network's (trained per fold), p a "
-        f"logistic probe on the query inputs (C by inner CV: {[chosen_c[f] for f in args.folds]}; held-out accuracy {probe_accuracy}). "
-        "lambda 0 is the release ranking; 1000 sorts by predicted diagnosis first.\n",
-        "| lambda | " + " | ".join(("Acc@1", "Acc@2", "Acc@4", "mAP", "P@5")) + " |",
-        "|---|" + "---|" * len(KEYS),
+        "logistic probe of the query's diagnosis on the inputs named (C by inner CV on the training cases). lambda 0 is the release "
+        "ranking; 1000 sorts by predicted diagnosis first.\n",
+        *[f"- probe on {probe}: C {v['C_chosen']}, held-out accuracy {v['held_out_accuracy']} (mean {np.mean(v['held_out_accuracy']):.1f})"
+          for probe, v in probes.items()],
+        "",
+        "| Probe | lambda | " + " | ".join(("Acc@1", "Acc@2", "Acc@4", "mAP", "P@5")) + " |",
+        "|---|---|" + "---|" * len(KEYS),
     ]
     for r in rows:
-        lines.append(f"| {r['lambda']:g} | " + " | ".join(mean_std(r[k]) for k in KEYS) + " |")
-    lines.append(f"| cross-fitted ({', '.join(f'{v:g}' for v in picked)}) | " + " | ".join(mean_std(cross_fitted[k]) for k in KEYS) + " |")
+        lines.append(f"| {r['probe']} | {r['lambda']:g} | " + " | ".join(mean_std(r[k]) for k in KEYS) + " |")
+    for r in cross_fitted:
+        lines.append(f"| {r['probe']} | cross-fitted ({', '.join(f'{v:g}' for v in r['lambda'])}) | " + " | ".join(mean_std(r[k]) for k in KEYS) + " |")
     lines.append(f"\nIssue 13's targets: {', '.join(f'{k} >= {v:g}' for k, v in TARGETS.items())}.")
     write_results(args.out, payload, lines, indent=2)
     return 0
