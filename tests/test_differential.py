@@ -255,3 +255,25 @@ def test_fit_differential_command_records_the_library_margin_in_the_checkpoint(t
     assert main(["index", "fit-differential", str(tmp_path / "mixed"), "--model", str(checkpoint)]) == 2
     assert "never opens" in capsys.readouterr().err
     assert read_checkpoint(checkpoint)["extra"]["differential"] == before  # the recorded slot is left as it was
+
+
+def test_the_app_and_the_evaluation_show_the_same_cases():
+    """One rule, two forms: what the app shows (:func:`shown_with_differential` over a real index's search
+    hits) is the top k of :func:`differential_ranking` over the same similarities (what the evaluation scores
+    and the bundle's inference writes), query by query, the slot opened or not."""
+    from monai_cir.differential import shown_with_differential
+
+    index, vectors, labels = _library_index(n=80, dim=6, seed=3)
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(40, 6)).astype(np.float32)
+    classes = sorted(set(labels.tolist()))
+    codes = np.array([classes.index(d) for d in labels])
+    slot = DifferentialSlot(margin=0.15, rank=3)
+    scores, opened = differential_ranking(torch.as_tensor(queries @ vectors.T), codes, slot)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    for i, query in enumerate(queries):
+        pool = index.search(query[None], k=16)[0]
+        hits, record = shown_with_differential(slot, index, query, pool, 5, classes)
+        assert [h.case_id for h in hits] == [f"c{j:03d}" for j in order[i, :5].tolist()], i
+        assert (record is not None) == bool(opened[i]), i
+    assert 0 < opened.sum() < len(queries)  # both branches checked
