@@ -70,10 +70,12 @@ def mean_std(stat: dict[str, Any], digits: int = 1) -> str:
     return text + (f" ± {stat['std']:.{digits}f}" if stat.get("std") is not None else "")
 
 
-def evaluate_variants(variants: dict[str, tuple[str, Any]], folds: Sequence[int], cache: Any) -> tuple[dict[str, Any], float]:
+def evaluate_variants(variants: dict[str, tuple[str, Any]], folds: Sequence[int], cache: Any,
+                      text_forms: Sequence[str] | None = None) -> tuple[dict[str, Any], float]:
     """Score variants of a method on Derm7pt's folds: each ``name: (label, fn(ctx) -> (Q, T) | S)`` is registered
     for the run only (:func:`monai_cir.evaluation.register_method`), all run in one
-    :func:`monai_cir.evaluation.evaluate` (so they share its memo of trained models); ``(results, wall seconds)``."""
+    :func:`monai_cir.evaluation.evaluate` (so they share its memo of trained models; ``text_forms`` as there);
+    ``(results, wall seconds)``."""
     import time
 
     from monai_cir.evaluation import evaluate
@@ -83,7 +85,7 @@ def evaluate_variants(variants: dict[str, tuple[str, Any]], folds: Sequence[int]
         register_method(name, label=label)(fn)
     start = time.perf_counter()
     try:
-        return evaluate(list(variants), folds=folds, cache=cache, progress=True), time.perf_counter() - start
+        return evaluate(list(variants), folds=folds, cache=cache, progress=True, text_forms=text_forms), time.perf_counter() - start
     finally:
         for name in variants:
             unregister_method(name)

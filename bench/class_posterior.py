@@ -1,6 +1,8 @@
 """Probe of a lever for issue 13: rank with the query's diagnosis posterior as well as the similarity.
 
     .venv/bin/python bench/class_posterior.py          # the committed file (5 folds, ~12 min on 2 CPUs)
+    .venv/bin/python bench/class_posterior.py --probes sentence+image gated gated+partial --lambdas 0 0.3 1 10 \
+        --text-forms template,reworded,partial,demographics,empty --out bench/results/derm7pt_class_posterior_text_forms.json
 
 The release network's score ``S`` (``composed_late_fusion``, trained per fold as ``monai-cir evaluate`` trains
 it) plus ``lambda * log p(y_c | q)``: ``p`` is a plain classifier's posterior of the query's diagnosis, ``y_c``
@@ -18,6 +20,13 @@ template text: the rows hold for template-worded text (other wordings: not measu
 grid, and one row per probe whose ``lambda`` is cross-fitted (each held-out fold takes the grid value best on
 the other four folds' mean of Acc@1, mAP and P@5: nothing is picked on the fold it scores). Writes
 ``bench/results/derm7pt_class_posterior.json`` and ``.md`` (or ``--out``).
+
+With ``--text-forms`` every row is also scored with the query texts in other forms (the release network and the
+probes still trained on template texts): ``empty`` is each row's image-only query, so "text never hurts" reads
+along a row. A third rule, ``gated``, applies the network's findings gate to the posterior term: the sentence + image
+probe's, times ``w = min(1, n / 5)`` (``n``: the 7-point findings the text names), so a text naming none is
+ranked by ``S`` alone, as the release ranks it; ``gated+partial`` the same with the probe fitted on the training
+cases' template texts and their partial-form texts (the inner CV keeps a case's two texts together).
 """
 
 from __future__ import annotations
@@ -25,69 +34,111 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from _common import TARGETS, begin, evaluate_variants, mean_std, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 LAMBDAS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 1000.0)
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+PROBES = ("criteria+sentence+image", "sentence+image", "gated", "gated+partial")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--probes", nargs="+", choices=PROBES, default=["criteria+sentence+image", "sentence+image"])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
+    parser.add_argument("--text-forms", default="", help="also score the query texts in these forms (comma-separated, as "
+                        "monai-cir evaluate --text-forms; 'empty' is each row's image-only query); not with the criteria probe")
     parser.add_argument("--out", type=Path, default=Path("bench/results/derm7pt_class_posterior.json"))
     args = parser.parse_args(argv)
+    forms = [f for f in args.text_forms.split(",") if f]
+    if forms and "criteria+sentence+image" in args.probes:
+        parser.error("the criteria probe reads the cases' structured findings, not the query text: leave it out with --text-forms")
     header = begin(__file__, "derm7pt: the release ranking plus the query's diagnosis posterior", argv)
 
     import numpy as np
     import torch
     from query_ceiling import logistic, query_inputs
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from monai_cir.data.feature_cache import build_feature_cache
+    from monai_cir.data.report import recognised_findings
     from monai_cir.engine import cv_methods
+    from monai_cir.evaluation import text_form_cache
 
     cache = build_feature_cache("derm7pt", 260)
     parts = query_inputs(cache)
-    probe_inputs = {"criteria+sentence+image": np.hstack([parts["criteria"], parts["sentence"], parts["image"]]),
-                    "sentence+image": np.hstack([parts["sentence"], parts["image"]])}
     y = cache.labels.numpy()
-    memo: dict[tuple, tuple] = {}
+    fits: dict[tuple, Any] = {}
+    text_caches: dict[str, Any] = {}
     chosen_c: dict[tuple, float] = {}
+    memo: dict[tuple, tuple] = {}
+
+    def inputs(kind: str, query_cache, rows):
+        # a probe's input rows: the sentence from the cache the queries come from (their text form), the rest as cached
+        sentence = torch.as_tensor(query_cache.sentence).float().numpy()[rows]
+        return {"criteria+sentence+image": lambda: np.hstack([parts["criteria"][rows], sentence, parts["image"][rows]]),
+                "sentence+image": lambda: np.hstack([sentence, parts["image"][rows]])}[kind]()
+
+    def fitted_probe(kind: str, ctx, partial_too: bool = False):
+        # the probe fitted on the fold's training cases (template texts; partial_too: and the same cases' texts in the
+        # partial form, a case's two texts never split by the inner CV), C by inner 5-fold CV there
+        if (kind, ctx.fold, partial_too) not in fits:
+            train = ctx.train_indices
+            x_fit, y_fit, groups = inputs(kind, cache, train), y[train], train
+            if partial_too:
+                if "partial" not in text_caches:
+                    text_caches["partial"] = text_form_cache(cache, "partial")
+                x_fit = np.vstack([x_fit, inputs(kind, text_caches["partial"], train)])
+                y_fit, groups = np.concatenate([y_fit, y_fit]), np.concatenate([groups, groups])
+            inner = (StratifiedGroupKFold if partial_too else StratifiedKFold)(5, shuffle=True, random_state=ctx.seed)
+            search = GridSearchCV(logistic(C_GRID[0]), {"logisticregression__C": list(C_GRID)}, cv=inner, scoring="accuracy")
+            search.fit(x_fit, y_fit, groups=groups)
+            chosen_c[(kind, ctx.fold, partial_too)] = float(search.best_params_["logisticregression__C"])
+            fits[(kind, ctx.fold, partial_too)] = search.best_estimator_
+        return fits[(kind, ctx.fold, partial_too)]
+
+    def text_weight(ctx) -> np.ndarray:
+        # the network's findings gate: w = min(1, n / 5), n the 7-point findings the query text names (full_text_findings=5)
+        n = np.array([len(recognised_findings(ctx.query_cache.records[int(i)].text)) for i in ctx.query_indices], dtype=float)
+        return np.minimum(1.0, n / 5)
 
     def release_and_posterior(ctx, probe: str):
-        # the release network's S (shared by every variant through the evaluation's memo) and the probe's log
-        # posterior of each library case's diagnosis, once per fold and probe
-        if (probe, ctx.fold) not in memo:
+        # the release network's S (its training shared by every variant through the evaluation's memo) and the
+        # probe's log posterior of each library case's diagnosis, once per fold, probe and query text form;
+        # "gated": the sentence + image probe's, weighted by the findings gate (a text naming none: S alone)
+        key = (probe, ctx.fold, id(ctx.query_cache))
+        if key not in memo:
             q, t = cv_methods._composed_late_fusion(ctx)
-            x, train = probe_inputs[probe], ctx.train_indices
-            search = GridSearchCV(logistic(C_GRID[0]), {"logisticregression__C": list(C_GRID)},
-                                  cv=StratifiedKFold(5, shuffle=True, random_state=ctx.seed), scoring="accuracy")
-            search.fit(x[train], y[train])
-            chosen_c[(probe, ctx.fold)] = float(search.best_params_["logisticregression__C"])
-            posterior = search.best_estimator_.predict_proba(x[ctx.query_indices])
-            columns = np.searchsorted(search.best_estimator_.classes_, ctx.database_labels)
-            log_p = torch.as_tensor(np.log(np.clip(posterior[:, columns], 1e-12, None)), dtype=torch.float64)
-            memo[(probe, ctx.fold)] = ((q @ t.T).double(), log_p, float((posterior.argmax(1) == ctx.query_labels).mean()))
-        return memo[(probe, ctx.fold)]
+            kind = "sentence+image" if probe.startswith("gated") else probe
+            model = fitted_probe(kind, ctx, partial_too=probe == "gated+partial")
+            p = model.predict_proba(inputs(kind, ctx.query_cache, ctx.query_indices))
+            log_p = np.log(np.clip(p[:, np.searchsorted(model.classes_, ctx.database_labels)], 1e-12, None))
+            if probe.startswith("gated"):
+                log_p = text_weight(ctx)[:, None] * log_p
+            memo[key] = ((q @ t.T).double(), torch.as_tensor(log_p, dtype=torch.float64), float((p.argmax(1) == ctx.query_labels).mean()))
+        return memo[key]
 
     def scored(ctx, probe: str, lam: float):
         s, log_p, _ = release_and_posterior(ctx, probe)
         return (s + lam * log_p).float()
 
-    grid = [(probe, lam) for probe in probe_inputs for lam in LAMBDAS]
+    grid = [(probe, lam) for probe in args.probes for lam in args.lambdas]
     variants = {f"posterior_{i}": (f"S + {lam:g} log p(y_c | q), probe on {probe}", lambda ctx, p=probe, lam=lam: scored(ctx, p, lam))
                 for i, (probe, lam) in enumerate(grid)}
-    res, wall = evaluate_variants(variants, args.folds, cache)
-    rows = [{"probe": probe, "lambda": lam, **{k: res["methods"][name][k] for k in KEYS}} for name, (probe, lam) in zip(variants, grid)]
+    res, wall = evaluate_variants(variants, args.folds, cache, text_forms=forms)
+    rows = [{"probe": probe, "lambda": lam, **{k: res["methods"][name][k] for k in KEYS},
+             **({"text_forms": {form: {k: res["text_forms"]["derm7pt"][form][name][k] for k in KEYS} for form in forms}} if forms else {})}
+            for name, (probe, lam) in zip(variants, grid)]
 
     def balanced(row, fold_at):  # the mean of Acc@1, mAP and P@5 on one fold: what lambda is cross-fitted on
         return np.mean([row[k]["folds"][fold_at] for k in ("acc@1", "map", "p@5")])
 
     cross_fitted = []
-    for probe in probe_inputs:
+    for probe in args.probes:
         own = [r for r in rows if r["probe"] == probe]
         picked, fitted = [], {k: [] for k in KEYS}
         for at in range(len(args.folds)):
@@ -98,8 +149,8 @@ def main(argv=None) -> int:
                 fitted[k].append(best[k]["folds"][at])
         cross_fitted.append({"probe": probe, "lambda": picked, **{k: {"folds": v, "mean": round(float(np.mean(v)), 2),
                              "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None} for k, v in fitted.items()}})
-    probes = {probe: {"C_chosen": [chosen_c[(probe, f)] for f in args.folds],
-                      "held_out_accuracy": [round(100 * memo[(probe, f)][2], 2) for f in args.folds]} for probe in probe_inputs}
+    probes = {probe: {"C_chosen": [chosen_c[("sentence+image" if probe.startswith("gated") else probe, f, probe == "gated+partial")] for f in args.folds],
+                      "held_out_accuracy": [round(100 * memo[(probe, f, id(cache))][2], 2) for f in args.folds]} for probe in args.probes}
     for r in [*rows, *cross_fitted]:
         print(f"{r['probe']:24s} lambda {r['lambda']!s:28s} " + "  ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
     payload = {
@@ -131,6 +182,14 @@ def main(argv=None) -> int:
     for r in cross_fitted:
         lines.append(f"| {r['probe']} | cross-fitted ({', '.join(f'{v:g}' for v in r['lambda'])}) | " + " | ".join(mean_std(r[k]) for k in KEYS) + " |")
     lines.append(f"\nIssue 13's targets: {', '.join(f'{k} >= {v:g}' for k, v in TARGETS.items())}.")
+    if forms:
+        lines += ["", "Query texts in other forms (Acc@1 / mAP / P@5; the probes were fitted on template texts, `gated+partial`'s also on partial ones; `empty` is each row's "
+                  "image-only query, the reference of \"text never hurts\"; `gated`: the sentence + image probe's term times the findings "
+                  "gate's w = min(1, n / 5), so a text naming no finding is ranked by S alone)\n",
+                  "| Probe | lambda | " + " | ".join(forms) + " |", "|---|---|" + "---|" * len(forms)]
+        for r in rows:
+            lines.append(f"| {r['probe']} | {r['lambda']:g} | " + " | ".join(
+                " / ".join(f"{r['text_forms'][form][k]['mean']:.1f}" for k in ("acc@1", "map", "p@5")) for form in forms) + " |")
     write_results(args.out, payload, lines, indent=2)
     return 0
 
