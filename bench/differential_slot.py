@@ -3,6 +3,7 @@ the margin the release checkpoint records.
 
     .venv/bin/python bench/differential_slot.py                  # the committed file (5 folds, ~10 min on 2 CPUs)
     .venv/bin/python bench/differential_slot.py --write-checkpoint bundle/models/model.pt
+    .venv/bin/python bench/differential_slot.py --prior --write-checkpoint bundle/models/model.pt   # with the diagnosis prior
 
 The release network (``composed_late_fusion``) is trained once per fold (the models ``monai-cir evaluate``
 trains). For each open rate of a grid fixed in advance (2.5-30%), every fold's margin is fitted on the other
@@ -15,7 +16,12 @@ fitted on all five folds' held-out queries at :data:`monai_cir.differential.DEFA
 networks' scores and the release network's are on the same scale only as far as the same recipe makes them:
 the folds' margins at that rate spread over the range the results file gives.
 
-Writes ``bench/results/derm7pt_differential_slot.json``, ``.md`` and ``.png`` (Acc@4 and P@5 against the rate).
+``--prior``: the release network ranked with its diagnosis prior (``composed_late_fusion_prior``: ``S + λ w log p(y_c |
+q)``, the prior fitted on each fold's training cases), the margins in that score's units: what a checkpoint with a
+prior records.
+
+Writes ``bench/results/derm7pt_differential_slot.json`` (``--prior``: ``derm7pt_differential_slot_prior.json``), ``.md``
+and ``.png`` (Acc@4 and P@5 against the rate).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ RATES = (0.0, 0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.3)
 RESULTS = Path("bench/results/derm7pt_differential_slot.json")
 
 
-def plot(rows: list[dict], chosen: float, path: Path) -> Path:
+def plot(rows: list[dict], chosen: float, path: Path, network: str = "the release network") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +53,7 @@ def plot(rows: list[dict], chosen: float, path: Path) -> Path:
     ax.axvline(100 * chosen, color="black", lw=0.8, alpha=0.5)
     ax.set_xlabel("open rate fitted on the other folds' held-out queries (%)")
     ax.set_ylabel("5-fold mean (%)")
-    ax.set_title("Derm7pt: the differential slot (rank 4) on the release network", fontsize=10)
+    ax.set_title(f"Derm7pt: the differential slot (rank 4) on {network}", fontsize=10)
     ax.legend(fontsize=8, loc="lower left", ncol=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -59,10 +65,13 @@ def plot(rows: list[dict], chosen: float, path: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--prior", action="store_true", help="the release network with its diagnosis prior (composed_late_fusion_prior)")
+    parser.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} ({RESULTS.stem}_prior.json with --prior)")
     parser.add_argument("--write-checkpoint", type=Path, default=None, help="record the fitted slot in this checkpoint (the release model.pt)")
     args = parser.parse_args(argv)
-    header = begin(__file__, "derm7pt: the differential slot on the release network", argv)
+    args.out = args.out or (RESULTS.with_name(f"{RESULTS.stem}_prior.json") if args.prior else RESULTS)
+    network = "the release network with its diagnosis prior" if args.prior else "the release network"
+    header = begin(__file__, f"derm7pt: the differential slot on {network}", argv)
 
     import torch
 
@@ -75,18 +84,22 @@ def main(argv=None) -> int:
 
     def variant(ctx, rate):
         contexts[ctx.fold] = ctx
-        q, t = cv_methods._composed_late_fusion(ctx)
+        if args.prior:
+            ranking = cv_methods._composed_late_fusion_prior(ctx)
+        else:
+            q, t = cv_methods._composed_late_fusion(ctx)
+            ranking = q @ t.T
         if rate == 0:
-            return q, t
-        slot = cv_methods.release_differential_slot(ctx, rate)
-        scores, is_open = differential_ranking(q @ t.T, ctx.database_labels, slot)
+            return ranking
+        slot = cv_methods.release_differential_slot(ctx, rate, prior=args.prior)
+        scores, is_open = differential_ranking(ranking, ctx.database_labels, slot)
         opened.setdefault(rate, {})[ctx.fold] = (float(is_open.mean()), slot.margin)
         return scores
 
     cache = build_feature_cache("derm7pt", 260)
     names = {f"differential_rate_{rate:g}": rate for rate in RATES}
     res, wall = evaluate_variants(
-        {name: ("release network, similarity ranking" if rate == 0 else f"open rate {100 * rate:g}%", lambda ctx, r=rate: variant(ctx, r))
+        {name: (f"{network}, no slot" if rate == 0 else f"open rate {100 * rate:g}%", lambda ctx, r=rate: variant(ctx, r))
          for name, rate in names.items()},
         args.folds, cache,
     )
@@ -99,18 +112,19 @@ def main(argv=None) -> int:
                      "margin_per_fold": [round(per_fold[f][1], 5) for f in args.folds] if per_fold else None})
     # the release checkpoint's margin: every fold's held-out queries (memoised with the fold networks above)
     last = contexts[args.folds[-1]]
-    pooled = cv_methods._release_slot(last.cache, last.config, last.state, list(args.folds), DEFAULT_OPEN_RATE)
+    pooled = cv_methods._release_slot(last.cache, last.config, last.state, list(args.folds), DEFAULT_OPEN_RATE, prior=args.prior)
     release = DifferentialSlot(pooled.margin, rank=DEFAULT_RANK, open_rate=DEFAULT_OPEN_RATE,
                                description=f"fitted on the held-out queries of Derm7pt folds {args.folds} under each fold's release "
-                                           f"network (bench/differential_slot.py, commit {header['commit']['sha'][:7]})")
+                                           f"network{' and its diagnosis prior' if args.prior else ''} (bench/differential_slot.py"
+                                           f"{' --prior' if args.prior else ''}, commit {header['commit']['sha'][:7]})")
     for r in rows:
         print(f"rate {r['open_rate']:<6g} " + " ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
     print(f"release checkpoint's slot: margin {release.margin:.4f} at open rate {DEFAULT_OPEN_RATE}")
-    png = plot(rows, DEFAULT_OPEN_RATE, args.out.with_suffix(".png"))
+    png = plot(rows, DEFAULT_OPEN_RATE, args.out.with_suffix(".png"), network)
     payload = {**header, "folds": args.folds, "wall_time_s": round(wall, 1), "rank": DEFAULT_RANK, "rows": rows,
                "release_slot": release.to_dict(), "figure": str(png), "train_log": res.get("train_log")}
     commit = header["commit"]
-    lines = [f"# Derm7pt: the differential slot on the release network\n\n`{payload['command']}` (commit {commit['sha']}"
+    lines = [f"# Derm7pt: the differential slot on {network}\n\n`{payload['command']}` (commit {commit['sha']}"
              f"{', dirty' if commit['dirty'] else ''}), folds {args.folds}, wall time {wall:.0f} s; mean ± sample std over folds, percent. "
              f"Each fold's margin fitted on the other folds' held-out queries at the open rate; the slot shows the closest case "
              f"of another diagnosis at rank {DEFAULT_RANK} when the query's score margin to it is under the margin.\n",

@@ -36,10 +36,12 @@ from tqdm.auto import tqdm
 
 from .data import load_image, preprocess_image
 from .index import CaseIndex, CaseMetadata, SearchHit, create_index
+from .prior_ranking import PRIOR_NOTICE, PriorRankedIndex
 
 __all__ = [
     "Answer",
     "answer",
+    "ranked_answer",
     "dicom_library",
     "dicomweb_library",
     "ImageLike",
@@ -174,11 +176,18 @@ def captured_image_maps(net: Any) -> Iterator[list[Any]]:
 @torch.inference_mode()
 def encode_query(net: Any, image: ImageLike, text: str = "", device: str | torch.device | None = None) -> np.ndarray:
     """Composed query embedding ``Q`` (1, D) of one image and its clinical text ('' = image only)."""
+    return _encode_query_and_terms(net, image, text, device)[0]
+
+
+@torch.inference_mode()
+def _encode_query_and_terms(net: Any, image: ImageLike, text: str, device: str | torch.device | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(Q (1, D), terms (C + 1,) or None)``: the query and, with a diagnosis prior, its ranking terms."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a string ('' for an image-only query), got {type(text).__name__}")
     net = _prepare(net, device)
     tensor = to_image_tensor(image, net.image_size).unsqueeze(0)
-    return net.encode_query(tensor, [text]).float().cpu().numpy()
+    query, terms = net.encode_query_and_terms(tensor, [text])
+    return query.float().cpu().numpy(), (terms[0].double().cpu().numpy() if terms is not None else None)
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[list[torch.Tensor], tuple[int, ...], str, Any]] = weakref.WeakKeyDictionary()
@@ -294,15 +303,19 @@ def build_index(
 class Answer:
     """What a reader is shown for one composed query (:func:`answer`).
 
-    ``hits``: the ``k`` cases shown, best first, with the differential slot's case at its rank when the slot
-    opened (:mod:`monai_cir.differential`); ``pool``: the similarity ranking they came from (best first, at
-    least ``k`` cases when the library has them); ``differential``: None when the slot stayed shut (or the
-    checkpoint records none), else :func:`monai_cir.differential.shown_with_differential`'s record, its
-    ``"notice"`` the sentence to show with the answer."""
+    ``hits``: the ``k`` cases shown, best first, each with its similarity ``S`` as ``score``: the similarity
+    ranking, or with a diagnosis prior the ranking by ``S + λ w log p(y_c | q)`` (:mod:`monai_cir.prior_ranking`),
+    and the differential slot's case at its rank when the slot opened (:mod:`monai_cir.differential`; with a
+    prior, its margin is in the prior ranking's units); ``pool``: the similarity ranking (best first, at least
+    ``k`` cases when the library has them: what the evidence summary votes over); ``differential``: None when
+    the slot stayed shut (or the checkpoint records none), else
+    :func:`monai_cir.differential.shown_with_differential`'s record, its ``"notice"`` the sentence to show;
+    ``notice``: :data:`~monai_cir.prior_ranking.PRIOR_NOTICE` when the diagnosis prior ordered the hits, else None."""
 
     hits: list[SearchHit]
     pool: list[SearchHit]
     differential: dict[str, Any] | None = None
+    notice: str | None = None
 
 
 def answer(
@@ -317,21 +330,52 @@ def answer(
     differential: bool = True,
 ) -> Answer:
     """The ``k`` library cases a reader is shown for the composed query (image + clinical text), as the deploy
-    app shows them: the similarity ranking, with the closest case of the runner-up diagnosis at the slot's
-    rank when the checkpoint records a differential slot and the query is uncertain (``differential=False``:
-    the similarity ranking alone). ``pool_size``: rank at least that many cases into ``Answer.pool`` (the
+    app shows them: the similarity ranking (with a diagnosis prior in the network: ranked by similarity plus
+    the query's diagnosis posterior, :class:`~monai_cir.prior_ranking.PriorRankedIndex`), with the closest case
+    of the runner-up diagnosis at the slot's rank when the checkpoint records a differential slot and the query
+    is uncertain (``differential=False``: no slot). ``pool_size``: rank at least that many cases into ``Answer.pool`` (the
     evidence summary votes over more neighbours than are shown). ``filters``: as for :func:`search`.
     Refuses an index built by another model (fingerprint check) before encoding anything."""
-    from .differential import DifferentialSlot, shown_with_differential
+    from .differential import DifferentialSlot
 
     index.check_fingerprint(model_fingerprint(net))
-    query = encode_query(net, image, text, device)
-    pool = index.search(query, k=max(k, pool_size), filters=filters)[0]
+    query, terms = _encode_query_and_terms(net, image, text, device)
     slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
-    if slot is None:
+    return ranked_answer(index, query[0], k, pool_size, filters, terms=terms, prior=net.diagnosis_prior, slot=slot)
+
+
+def ranked_answer(
+    index: CaseIndex,
+    vector: np.ndarray,
+    k: int,
+    pool_size: int = 0,
+    filters: Mapping[str, Any] | None = None,
+    terms: np.ndarray | None = None,
+    prior: Any = None,
+    slot: Any = None,
+    diagnoses: Sequence[str] | None = None,
+) -> Answer:
+    """The :class:`Answer` to an encoded query ``vector`` (D,): what :func:`answer` and the deploy app show.
+
+    ``terms`` / ``prior``: the query's diagnosis-prior terms and the network's :class:`~monai_cir.networks.DiagnosisPrior`
+    (None: the similarity ranking); ``slot``: the :class:`~monai_cir.differential.DifferentialSlot` (None: no slot);
+    ``diagnoses``: the library's diagnoses (default: read from the index)."""
+    from .differential import shown_with_differential
+
+    query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    pool = index.search(query, k=max(k, pool_size), filters=filters)[0]
+    if terms is None and slot is None:
         return Answer(hits=pool[:k], pool=pool)
-    hits, opened = shown_with_differential(slot, index, query[0], pool, k, sorted(index.info()["diagnosis"]), dict(filters) if filters else None)
-    return Answer(hits=hits, pool=pool, differential=opened)
+    diagnoses = sorted(diagnoses if diagnoses is not None else index.info()["diagnosis"])
+    ranked = index if terms is None else PriorRankedIndex(index, terms, prior.classes, diagnoses)
+    shown = pool if terms is None else ranked.search(query, k=max(k, pool_size), filters=filters)[0]
+    opened = None
+    if slot is not None:
+        shown, opened = shown_with_differential(slot, ranked, query[0], shown, k, diagnoses, dict(filters) if filters else None)
+    if terms is None:
+        return Answer(hits=shown[:k], pool=pool, differential=opened)
+    acted = bool(np.any(np.asarray(terms) != 0))  # a text naming no finding: the ranking is S's
+    return Answer(hits=ranked.with_similarity(shown[:k]), pool=pool, differential=opened, notice=PRIOR_NOTICE if acted else None)
 
 
 def search(
@@ -344,7 +388,8 @@ def search(
     device: str | torch.device | None = None,
 ) -> list[SearchHit]:
     """The ``k`` library cases most similar to the composed query (image + clinical text), best first: the
-    similarity ranking (:func:`answer` gives what the app shows, the differential slot included).
+    ranking without the differential slot (:func:`answer` gives what the app shows, the slot included; with a
+    diagnosis prior in the network, ranked by similarity plus the query's diagnosis posterior).
 
     ``filters``: metadata equality, e.g. ``{"site": "trunk"}``
     (:func:`monai_cir.sites_condition.resolve_site_condition` turns ``--site same|NAME|any`` into one).

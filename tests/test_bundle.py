@@ -75,6 +75,13 @@ def test_train_workflow_writes_checkpoint(trained_fold):
     assert net.config["late_fusion_share"] == 0.5 and net.embedding_dim == 1040 + 256
     assert any(k.startswith("late_fusion.") for k in payload["head"]) and payload["extra"]["late_fusion_epochs"] == 200
     assert float(payload["head"]["late_fusion.image_norm.std"].sub(1).abs().max()) > 0  # fitted on the training cases
+    # the third stage: the diagnosis prior's two probes, fitted on the same training cases, saved with the head
+    assert net.config["diagnosis_prior"] == {"classes": ["melanoma", "nevus", "benign keratosis"], "strength": 10.0}
+    assert bool(payload["head"]["diagnosis_prior.fitted"].all()) and float(payload["head"]["diagnosis_prior.weight"].abs().sum()) > 0
+    fit = payload["extra"]["diagnosis_prior"]
+    assert fit["classes"] == net.config["diagnosis_prior"]["classes"] and {"C", "inner_accuracy"} <= set(fit["full_text"]) | set(fit["partial_text"])
+    _, terms = net.encode_query_and_terms(torch.rand(1, 3, 260, 260), [records[held_out[0]].text])
+    assert terms.shape == (1, 4) and bool((terms[0, :3] < 0).all())
     assert any((trained_fold / "logs").glob("events.out.tfevents.*"))  # TensorBoard-readable
 
 

@@ -699,7 +699,7 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert C.software_version() in first and "Report of 20" in first
     assert query.text.split()[0] in first and "Evidence summary" in first and f"{summary.predicted}" in first
     biopsied = sum(h.metadata.confirmation == "histopathology" for h in hits)
-    assert f"{len(hits)} most similar cases ({biopsied} of them biopsy-confirmed)" in first
+    assert f"{len(hits)} similar cases, best first ({biopsied} of them biopsy-confirmed)" in first
     # "biopsy-confirmed" is said of the histopathology cases only (and once in the heading)
     assert first.count("biopsy-confirmed") == biopsied + 1
     for hit in hits:

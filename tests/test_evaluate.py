@@ -306,7 +306,7 @@ def test_differential_slot_is_fitted_on_the_other_folds_only(tiny_caches, tiny_n
     monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: tiny_net)
     margins_of, slots = [], []
     real_margins, real_slot = cv_methods._release_margins, cv_methods.release_differential_slot
-    monkeypatch.setattr(cv_methods, "_release_margins", lambda cache, config, state, fold: margins_of.append(fold) or real_margins(cache, config, state, fold))
+    monkeypatch.setattr(cv_methods, "_release_margins", lambda cache, config, state, fold, *a: margins_of.append(fold) or real_margins(cache, config, state, fold, *a))
     monkeypatch.setattr(cv_methods, "release_differential_slot", lambda ctx, *a: slots.append(real_slot(ctx, *a)) or slots[-1])
     checked = []
 
@@ -331,6 +331,72 @@ def test_differential_slot_is_fitted_on_the_other_folds_only(tiny_caches, tiny_n
     assert len(logged) == 1 and logged[0]["fold"] == 2 and logged[0]["margin"] == round(slots[0].margin, 6)
 
 
+def test_diagnosis_prior_method_is_fitted_on_the_training_cases_only(tiny_caches, tiny_net, monkeypatch):
+    """``composed_late_fusion_prior`` scores ``S + λ w log p(y_c | q)``: the release network's score plus the terms of a
+    prior fitted on the fold's training cases (never a held-out one), read off each library case's diagnosis; a query
+    text naming no finding (``empty``) ranks by ``S`` alone."""
+    from monai_cir.engine import cv_methods
+    from monai_cir.engine import diagnosis_prior as prior_module
+
+    monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: tiny_net)
+    fitted_on, checked = [], []
+    real_fit = prior_module.fit_diagnosis_prior
+    monkeypatch.setattr(prior_module, "fit_diagnosis_prior", lambda net, cache, train, **kw: fitted_on.append(set(train.tolist())) or real_fit(net, cache, train, **kw))
+
+    @register_method("_prior_probe")
+    def probe(ctx: FoldContext):
+        scores = cv_methods.composed_late_fusion_prior(ctx)
+        q, t = cv_methods.composed_late_fusion(ctx)
+        net = cv_methods._release_prior_net(ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+        terms = prior_module.cached_prior_terms(net, ctx.query_cache, ctx.query_indices)
+        columns = prior_module.prior_columns(net.diagnosis_prior.classes, ctx.cache, ctx.database_indices)
+        assert net.diagnosis_prior.classes == ("melanoma", "nevus", "benign keratosis")
+        assert [net.diagnosis_prior.classes[c] for c in columns] == [ctx.cache.records[int(i)].diagnosis for i in ctx.database_indices]
+        torch.testing.assert_close(scores, (q @ t.T).double() + terms.double()[:, columns])
+        if ctx.query_cache is not ctx.cache:  # the empty form: no term
+            torch.testing.assert_close(scores, (q @ t.T).double())
+        else:
+            assert terms.abs().sum() > 0
+        assert not set(ctx.query_indices.tolist()) & fitted_on[-1]
+        checked.append(ctx.fold)
+        return scores
+
+    short = dict(train=dict(epochs=2))
+    try:
+        with cv_methods.override_options("composed", **short), cv_methods.override_options("late_fusion_fullbatch", **short):
+            results = evaluate(["_prior_probe"], image_size=64, folds=(1,), cache=tiny_caches["derm7pt"], net=tiny_net, progress=False,
+                               text_forms=["empty"])
+    finally:
+        unregister_method("_prior_probe")
+    assert checked == [1, 1] and len(fitted_on) == 1
+    logged = [e for e in results["train_log"] if e.get("method") == "composed_late_fusion_prior"]
+    assert len(logged) == 1 and set(logged[0]) >= {"classes", "strength", "full_text", "partial_text"}
+
+
+def test_diagnosis_prior_cross_site_reads_the_other_collections_texts(tiny_caches, tiny_net, monkeypatch):
+    """Cross-site, the prior fitted on all of Derm7pt ranks the other collection with its own texts: ISIC UDA-1's (age,
+    sex) name no finding, so every term is zero and the ranking is the text queries' similarity; with the slot, the
+    margin fitted on all five folds in the prior's units."""
+    from monai_cir.engine import cv_methods
+    from monai_cir.evaluation.protocol import CrossSiteContext, RunState
+
+    monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: tiny_net)
+    source, target = tiny_caches["derm7pt"], tiny_caches["isic-uda1"]
+    short = dict(train=dict(epochs=2))
+    with cv_methods.override_options("composed", **short), cv_methods.override_options("late_fusion_fullbatch", **short):
+        state = RunState(net=tiny_net)
+        ctx = CrossSiteContext(source, target, {"seed": 0, "image_size": 64, "method_options": {}}, 0, state)
+        out = available_methods()["composed_late_fusion_prior"].cross_site(ctx)["similarity"]
+        (model,) = cv_methods.composed_late_fusion_models(source, ctx.train_indices, ctx.config, 0, state)
+        idx = np.arange(len(target))
+        s = model.encode_queries(target, idx) @ model.encode_targets(target, idx).T
+        with_slot = available_methods()["composed_late_fusion_prior_differential"].cross_site(ctx)["similarity"]
+    assert all(not r.text or "patient" in r.text or "year" in r.text for r in target.records)
+    torch.testing.assert_close(out, s.double())
+    logged = [e for e in state.train_log if e.get("method") == "composed_late_fusion_prior_differential"]
+    assert with_slot.shape == out.shape and len(logged) == 1 and logged[0]["cross_site"] == len(target)
+
+
 def test_differential_slot_cross_site_uses_every_fold(tiny_caches, tiny_net, monkeypatch):
     """Cross-site, the network trained on all of Derm7pt ranks the other collection leave-one-out with the slot
     the release checkpoint would record (margin from all five folds' held-out queries)."""
@@ -342,7 +408,7 @@ def test_differential_slot_cross_site_uses_every_fold(tiny_caches, tiny_net, mon
     monkeypatch.setattr(cv_methods, "base_net", lambda image_size=64: tiny_net)
     margins_of = []
     real_margins = cv_methods._release_margins
-    monkeypatch.setattr(cv_methods, "_release_margins", lambda cache, config, state, fold: margins_of.append(fold) or real_margins(cache, config, state, fold))
+    monkeypatch.setattr(cv_methods, "_release_margins", lambda cache, config, state, fold, *a: margins_of.append(fold) or real_margins(cache, config, state, fold, *a))
     source, target = tiny_caches["derm7pt"], tiny_caches["isic-uda1"]
     short = dict(train=dict(epochs=2))
     with cv_methods.override_options("composed", **short), cv_methods.override_options("late_fusion_fullbatch", **short):

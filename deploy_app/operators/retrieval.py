@@ -382,28 +382,31 @@ class ComposedRetrievalOperator(Operator):
         start = time.perf_counter()
         images = torch.stack([tensor for _, tensor, _, _ in batch])
         texts = [text for _, _, text, _ in batch]
-        vectors, outputs = [], []
+        vectors, terms, outputs = [], [], []
         with torch.inference_mode(), captured_image_maps(self.net) as captured:
             for part in _chunks(len(batch), self.net, self.batch_size):
-                vectors.append(self.net.encode_query(_forward_images(self.net, images[part]), texts[part]).float().cpu())
+                vector, term = self.net.encode_query_and_terms(_forward_images(self.net, images[part]), texts[part])
+                vectors.append(vector.float().cpu())
+                terms.extend(term.double().cpu().numpy() if term is not None else [None] * len(vector))
                 outputs.append(captured[-1] if len(captured) == len(vectors) else None)
         queries = torch.cat(vectors).numpy()
         if self.net.device.type == "cuda":
             torch.cuda.synchronize()
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
-        from monai_cir.differential import shown_with_differential
         from monai_cir.evidence import summarize_evidence
+        from monai_cir.retrieval import ranked_answer
 
-        for (result, tensor, text, filters), vector in zip(batch, queries):
+        for (result, tensor, text, filters), vector, term in zip(batch, queries, terms):
             t0 = time.perf_counter()
             # the evidence summary votes over more neighbours (calibration.k, 16 by default) than are shown
-            pool = self.index.search(vector[None, :], k=max(self.top_k, self.calibration.k), filters=filters)[0]
-            result.hits = pool[: self.top_k]
-            if self.differential is not None:
-                result.hits, opened = shown_with_differential(self.differential, self.index, vector, pool, self.top_k, self.classes, filters)
-                if opened is not None:
-                    result.notices.append(opened.pop("notice"))
-                    result.differential = opened
+            shown = ranked_answer(self.index, vector, self.top_k, self.calibration.k, filters, terms=term, prior=self.net.diagnosis_prior,
+                                  slot=self.differential, diagnoses=self.classes)
+            pool, result.hits = shown.pool, shown.hits
+            if shown.notice:
+                result.notices.append(shown.notice)
+            if shown.differential is not None:
+                result.differential = dict(shown.differential)
+                result.notices.append(result.differential.pop("notice"))
             if pool:
                 result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes)
             result.timing_ms["encode"] = encode_ms

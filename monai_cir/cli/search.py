@@ -4,7 +4,8 @@
     monai-cir search --index output/d7 --image lesion.jpg --text "..." --site same --query-site trunk --json
     monai-cir search --index output/d7 --image lesion.jpg --text "..." --evidence --explain output/why.png
 
-Scores are S(q, t) of the paper's Eq. 9 (higher is more similar). When the checkpoint records a differential
+Scores are S(q, t) of the paper's Eq. 9 (higher is more similar); with a diagnosis prior in the checkpoint, a query
+whose text names 7-point findings is ordered by S plus its diagnosis posterior (:mod:`monai_cir.prior_ranking`), with a note. When the checkpoint records a differential
 slot (:mod:`monai_cir.differential`), an uncertain query is shown as the deploy app shows it: the closest case
 of the runner-up diagnosis at the slot's rank, with a note (``--no-differential``: the similarity ranking). The confirmation column says how
 each case's diagnosis was established; only "histopathology" is biopsy-confirmed. The index must
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {notice}", file=sys.stderr)
     if opened is not None:
         print(f"note: {opened['notice']}", file=sys.stderr)
+    if shown.notice:
+        print(f"note: {shown.notice}", file=sys.stderr)
     if args.json:
         payload = {
             "query": {"image": str(args.image), "text": args.text, "site": args.query_site, "condition": args.site},

@@ -276,7 +276,7 @@ def render_report_pdf(
     y = top - box - 9 * _MM
     canvas.setFont("Helvetica-Bold", 10)
     confirmed = sum(str(_get(_get(h, "metadata"), "confirmation") or "") == "histopathology" for h in hits)
-    canvas.drawString(left, y, f"{len(hits)} most similar cases ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
+    canvas.drawString(left, y, f"{len(hits)} similar cases, best first ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
     y -= 4 * _MM
     columns = (left, left + 10 * _MM, left + 40 * _MM, left + 66 * _MM, left + 116 * _MM)
     canvas.setFont("Helvetica-Bold", 8)

@@ -36,10 +36,11 @@ __all__ = [
     "fit_composed",
     "attach_late_fusion",
     "mean_maps",
+    "fit_diagnosis_prior",
 ]
 
 NET_KEYS = ("levels", "beta", "num_masks", "num_heads", "projection", "text_gate", "full_text_findings")
-OPTIONAL_NET_KEYS = ("late_fusion_share", "late_fusion")  # in a network's config only when it has the branch
+OPTIONAL_NET_KEYS = ("late_fusion_share", "late_fusion", "diagnosis_prior")  # in a network's config only when it has them
 
 
 def new_head_net(base: ComposedRetrievalNet, seed: int = 0, **overrides: Any) -> ComposedRetrievalNet:
@@ -100,3 +101,6 @@ def attach_late_fusion(net: ComposedRetrievalNet, branch: LateFusionBranch, shar
     head.update({f"late_fusion.{k}": v for k, v in branch.state_dict().items()})
     combined.load_head_state_dict(head)
     return combined.train(net.training)
+
+
+from .diagnosis_prior import fit_diagnosis_prior  # noqa: E402  (it builds on new_head_net)

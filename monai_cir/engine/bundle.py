@@ -7,13 +7,15 @@
   feature cache or of a record list; :func:`subset_records`: a class-balanced few cases (smoke tests).
 - :func:`checkpoint_saver`: the bundle's saver (``train.yaml`` ``saver``), writing
   :func:`~monai_cir.networks.save_checkpoint` files (head + encoder fingerprint, or the whole network
-  after fine-tuning); :func:`add_late_fusion_branch`: ``train.yaml``'s second stage (the release network).
+  after fine-tuning); :func:`add_late_fusion_branch` / :func:`add_diagnosis_prior`: ``train.yaml``'s second and
+  third stages (the release network).
 - :func:`evaluate_checkpoint` / :func:`rank_collection`: the evaluate and inference workflows.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,8 +25,10 @@ import torch
 from torch import nn
 
 from ..networks import ComposedRetrievalNet, load_model, save_checkpoint
-from ..networks.checkpoint import read_checkpoint
+from ..networks.checkpoint import NET_FORMAT, read_checkpoint
 from ..networks.composed_retrieval import HEAD_PREFIXES
+
+logger = logging.getLogger(__name__)
 from .data import class_round_robin
 
 __all__ = [
@@ -144,6 +148,33 @@ def add_late_fusion_branch(
     return net
 
 
+def add_diagnosis_prior(path: str | Path, cache: Any, train_indices: Sequence[int], strength: float, seed: int = 0) -> ComposedRetrievalNet | None:
+    """``train.yaml``'s third stage: the diagnosis prior (:class:`~monai_cir.networks.DiagnosisPrior`; issue 13).
+
+    Loads the checkpoint at ``path`` (the second stage's), fits the prior's two probes on the same training cases
+    (:func:`~monai_cir.engine.fit_diagnosis_prior`) and overwrites the checkpoint with the network and its prior,
+    the fit recorded as ``extra["diagnosis_prior"]``. A differential slot recorded there is dropped: its margin is in
+    the units of the score without the prior (refit it: ``bench/differential_slot.py --prior --write-checkpoint``).
+    ``strength <= 0``: nothing to do; returns the network or None."""
+    from .diagnosis_prior import fit_diagnosis_prior
+
+    if strength <= 0:
+        return None
+    net = load_model(path)
+    prior_net, record = fit_diagnosis_prior(net, cache, train_indices, strength=float(strength), seed=int(seed), text_net=net)
+    payload = read_checkpoint(path)
+    if payload["format"] == NET_FORMAT:
+        raise ValueError(f"{path} holds fine-tuned encoders: the diagnosis prior is fitted on the frozen encoders' feature cache, "
+                         "which they no longer match (train it with prior_strength 0, as finetune.yaml does)")
+    extra = dict(payload["extra"])
+    if extra.pop("differential", None) is not None:
+        logger.warning("%s: the differential slot's margin was fitted without the prior and is dropped; refit it "
+                       "(bench/differential_slot.py --prior --write-checkpoint %s)", path, path)
+    save_checkpoint(prior_net.eval(), path, **extra, diagnosis_prior=record)
+    print(f"diagnosis prior fitted (lambda {strength}, classes {record['classes']}) -> {path}")
+    return prior_net
+
+
 def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequence[int], database_idx: Sequence[int], output: str | Path | None = None, tta: bool = True) -> dict[str, Any]:
     """Protocol metrics (arXiv v1 Eqs. 10-14, percent) of composed queries ``query_idx`` against images ``database_idx``."""
     from ..metrics import retrieval_metrics
@@ -168,9 +199,10 @@ def rank_collection(
     batch_size: int = 8, differential: bool = True,
 ) -> list[dict[str, Any]]:
     """Inference: embed ``records`` as the case library (images only) and rank it for each query (image + text)
-    as the deploy app shows it: the similarity ranking, with the checkpoint's differential slot when it records
-    one (:func:`monai_cir.differential.differential_ranking`, the evaluation's form of the app's rule;
-    ``differential=False``: the similarity ranking alone). A query that is itself a library case (same case id)
+    as the deploy app shows it: the similarity ranking (with a diagnosis prior in the network: similarity plus the
+    query's diagnosis posterior, :mod:`monai_cir.prior_ranking`), with the checkpoint's differential slot when it
+    records one (:func:`monai_cir.differential.differential_ranking`, the evaluation's form of the app's rule;
+    ``differential=False``: no slot). Each hit's ``score`` is its similarity. A query that is itself a library case (same case id)
     is left out of its own ranking: a collection ranked against itself is leave-one-out, never "each case's best
     match is itself". Each result: ``{"query", "text", "hits": [{"rank", "case_id", "diagnosis", "score"}],
     "differential"}`` (None, or the slot's case with the app's notice)."""
@@ -190,20 +222,26 @@ def rank_collection(
     diagnoses = sorted({r.diagnosis for r in records})
     labels = np.array([diagnoses.index(r.diagnosis) for r in records])
     slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
+    prior_classes = list(net.diagnosis_prior.classes) if net.diagnosis_prior is not None else []
+    # with a diagnosis prior, each library case's term column (the last: a diagnosis the prior does not know)
+    prior_columns = [prior_classes.index(r.diagnosis) if r.diagnosis in prior_classes else len(prior_classes) for r in records]
     results = []
     for i in range(0, len(query_records), batch_size):
         chunk = list(query_records[i : i + batch_size])
         with torch.no_grad():
-            similarity = (net.encode_query(images(chunk), [r.text for r in chunk]) @ t.T).double().cpu()
+            q, terms = net.encode_query_and_terms(images(chunk), [r.text for r in chunk])
+            similarity = (q @ t.T).double().cpu()
         for row, r in enumerate(chunk):
             if r.case_id in column:  # leave-one-out: the query's own library copy is no match
                 similarity[row, column[r.case_id]] = -np.inf
+        # the ranking: the similarity, or with the prior S + λ w log p(y_c | q) (the hits still report S)
+        ranking = similarity if terms is None else similarity + terms.double().cpu()[:, prior_columns]
         opened = np.zeros(len(chunk), dtype=bool)
-        order = similarity.argsort(dim=1, descending=True, stable=True)
+        order = ranking.argsort(dim=1, descending=True, stable=True)
         if slot is not None:
-            shown, opened = differential_ranking(similarity, labels, slot)
+            shown, opened = differential_ranking(ranking, labels, slot)
             order = shown.argsort(dim=1, descending=True, stable=True)
-            margins, positions = query_margins(similarity, labels)
+            margins, positions = query_margins(ranking, labels)
         for row, r in enumerate(chunk):
             top = [j for j in order[row, : top_k + 1].tolist() if np.isfinite(float(similarity[row, j]))][:top_k]
             hits = [{"rank": k + 1, "case_id": records[j].case_id, "diagnosis": records[j].diagnosis, "score": round(float(similarity[row, j]), 4)}

@@ -309,34 +309,110 @@ def composed_late_fusion(ctx: FoldContext):
     return _composed_late_fusion(ctx)
 
 
-def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: int) -> tuple[np.ndarray, np.ndarray]:
+def _release_prior_net(cache: Any, train_idx: np.ndarray, config: dict[str, Any], seed: int, state: RunState) -> Any:
+    """The release network for one split with its diagnosis prior fitted on the same training cases (memoised)."""
+    from .diagnosis_prior import fit_diagnosis_prior
+
+    key = ("release_prior", id(cache), tuple(int(i) for i in train_idx[:5]), len(train_idx), seed)
+    if key not in state.memo:
+        (model,) = composed_late_fusion_models(cache, train_idx, config, seed, state)
+        net, record = fit_diagnosis_prior(model.net, cache, train_idx, seed=seed, text_net=state.net)
+        state.train_log.append(dict(method="composed_late_fusion_prior", seed=seed, n_train=len(train_idx), **record))
+        state.memo[key] = net
+    return state.memo[key]
+
+
+def _composed_late_fusion_prior(ctx: FoldContext) -> torch.Tensor:
+    """The release network's score with the diagnosis prior, ``K = S + λ w log p(y_c | q)`` (Q, N) float64 (the
+    prior fitted on the fold's training cases; :mod:`monai_cir.prior_ranking` ranks a case index by the same)."""
+    from .diagnosis_prior import cached_prior_terms, prior_columns
+
+    q, t = _composed_late_fusion(ctx)
+    net = _release_prior_net(ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    terms = cached_prior_terms(net, ctx.query_cache, ctx.query_indices).double()
+    return (q @ t.T).double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.cache, ctx.database_indices)]
+
+
+def _composed_late_fusion_prior_cross_site(ctx: CrossSiteContext, slot: DifferentialSlot | None = None) -> dict[str, torch.Tensor]:
+    """Leave-one-out on the other collection with its own texts (age, sex: no finding, so ``w = 0``), the network and
+    its prior from all of Derm7pt: ``K`` (and, with ``slot``, ranked as the app ranks it)."""
+    from .diagnosis_prior import cached_prior_terms, prior_columns
+
+    idx = np.arange(len(ctx.target))
+    (model,) = composed_late_fusion_models(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    tta = method_options("composed", ctx.config)["train"].get("tta", True)
+    s = model.encode_queries(ctx.query_target, idx, tta=tta) @ model.encode_targets(ctx.target, idx, tta=tta).T
+    net = _release_prior_net(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    scores = s.double() + cached_prior_terms(net, ctx.query_target, idx).double()[:, prior_columns(net.diagnosis_prior.classes, ctx.target, idx)]
+    if slot is not None:
+        scores, opened = differential_ranking(scores, ctx.target.labels.numpy(), slot, leave_one_out=True)
+        ctx.state.train_log.append(dict(method="composed_late_fusion_prior_differential", cross_site=len(opened), margin=round(slot.margin, 6), opened=int(opened.sum())))
+    return {"similarity": scores}
+
+
+@register_method("composed_late_fusion_prior", label="release network + diagnosis prior (S + 10 w log p(y_c | q), findings-gated probes)",
+                 cross_site=_composed_late_fusion_prior_cross_site)
+def composed_late_fusion_prior(ctx: FoldContext):
+    """The release network ranked with the diagnosis prior (:class:`monai_cir.networks.DiagnosisPrior`): ``S`` plus
+    ``λ w log p(y_c | q)``, ``p`` two logistic probes on the late-fusion branch's inputs (full / partial texts), ``w``
+    the findings gate's weight, fitted on the fold's training cases only."""
+    return _composed_late_fusion_prior(ctx)
+
+
+def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: int, prior: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(margins, positions)`` (:func:`monai_cir.differential.query_margins`) of fold ``fold``'s held-out
-    queries (template texts) under the release network trained without that fold (memoised in the run)."""
+    queries (template texts) under the release network trained without that fold (memoised in the run);
+    ``prior``: in the units of its score with the diagnosis prior."""
     from ..evaluation.protocol import fold_indices
 
-    key = ("release_margins", id(cache), fold, config.get("query_subset"))
+    key = ("release_margins", id(cache), fold, config.get("query_subset"), prior)
     if key not in state.memo:
         fold_of = fold_indices(cache)
         query = np.flatnonzero(fold_of == fold)[: config.get("query_subset") or None]
         ctx = FoldContext(cache, query, np.flatnonzero(fold_of != fold), int(fold), config, int(config.get("seed", 0)) + int(fold), state)
-        q, t = _composed_late_fusion(ctx)
-        state.memo[key] = query_margins(q @ t.T, ctx.database_labels)
+        if prior:
+            scores = _composed_late_fusion_prior(ctx)
+        else:
+            q, t = _composed_late_fusion(ctx)
+            scores = q @ t.T
+        state.memo[key] = query_margins(scores, ctx.database_labels)
     return state.memo[key]
 
 
-def _release_slot(cache: Any, config: dict[str, Any], state: RunState, folds: list[int], open_rate: float) -> DifferentialSlot:
-    margins, positions = (np.concatenate(parts) for parts in zip(*(_release_margins(cache, config, state, f) for f in folds)))
+def _release_slot(cache: Any, config: dict[str, Any], state: RunState, folds: list[int], open_rate: float, prior: bool = False) -> DifferentialSlot:
+    margins, positions = (np.concatenate(parts) for parts in zip(*(_release_margins(cache, config, state, f, prior) for f in folds)))
     margin = fit_margin(margins, positions, open_rate)
-    return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}")
+    return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}" + (", with the diagnosis prior" if prior else ""))
 
 
-def release_differential_slot(ctx: FoldContext, open_rate: float = DEFAULT_OPEN_RATE) -> DifferentialSlot:
+def release_differential_slot(ctx: FoldContext, open_rate: float = DEFAULT_OPEN_RATE, prior: bool = False) -> DifferentialSlot:
     """The differential slot for held-out fold ``ctx.fold``, its margin fitted on the other folds' held-out
-    queries only (each under its own fold's release network): never on the fold it ranks."""
+    queries only (each under its own fold's release network; ``prior``: ranked with its diagnosis prior): never on
+    the fold it ranks."""
     from ..evaluation.protocol import fold_indices
 
     folds = sorted(set(int(f) for f in fold_indices(ctx.cache)) - {ctx.fold})
-    return _release_slot(ctx.cache, ctx.config, ctx.state, folds, open_rate)
+    return _release_slot(ctx.cache, ctx.config, ctx.state, folds, open_rate, prior)
+
+
+def _all_folds(cache: Any) -> list[int]:
+    from ..evaluation.protocol import fold_indices
+
+    return sorted(set(int(f) for f in fold_indices(cache)))
+
+
+@register_method("composed_late_fusion_prior_differential",
+                 label="release network + diagnosis prior as the app ranks: + differential slot (margin from the other folds)",
+                 cross_site=lambda ctx: _composed_late_fusion_prior_cross_site(
+                     ctx, _release_slot(ctx.source, ctx.config, ctx.state, _all_folds(ctx.source), DEFAULT_OPEN_RATE, prior=True)))
+def composed_late_fusion_prior_differential(ctx: FoldContext):
+    """``composed_late_fusion_prior`` with the app's differential slot, its margin in that score's units fitted on
+    the other four folds' held-out queries."""
+    slot = release_differential_slot(ctx, prior=True)
+    scores, opened = differential_ranking(_composed_late_fusion_prior(ctx), ctx.database_labels, slot)
+    ctx.state.train_log.append(dict(method="composed_late_fusion_prior_differential", fold=ctx.fold, margin=round(slot.margin, 6),
+                                    opened=int(opened.sum()), queries=len(opened)))
+    return scores
 
 
 def _composed_late_fusion_differential_cross_site(ctx: CrossSiteContext) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from .composed_retrieval import (
 )
 from .checkpoint import encoder_fingerprint, load_model, save_checkpoint
 from .composer import CrossModalTransformer
+from .diagnosis_prior import DiagnosisPrior
 from .image_encoder import FeatureLevelEncoder, HierarchicalImageEncoder, load_offline_efficientnet_lite
 from .scripted import (
     ENCODER_ARTIFACT_DIR,
@@ -48,6 +49,7 @@ __all__ = [
     "TextEncoder",
     "offline_minilm_path",
     "CrossModalTransformer",
+    "DiagnosisPrior",
     "LevelAlignment",
     "RegionMaskHead",
     "ResidualProjection",

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_ENV = "MONAI_CIR_MODEL"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-CONSTRUCTOR_KEYS = ("levels", "beta", "num_masks", "num_heads", "projection", "image_size", "text_gate", "full_text_findings", "late_fusion_share", "late_fusion")
+CONSTRUCTOR_KEYS = ("levels", "beta", "num_masks", "num_heads", "projection", "image_size", "text_gate", "full_text_findings", "late_fusion_share", "late_fusion", "diagnosis_prior")
 
 
 def encoder_fingerprint(net: ComposedRetrievalNet) -> str:

@@ -27,6 +27,7 @@ from ..config import autocast_for
 from .alignment import LevelAlignment
 from .composer import CrossModalTransformer, pool_to_grid
 from .image_encoder import HierarchicalImageEncoder
+from .diagnosis_prior import DiagnosisPrior
 from .late_fusion import LATE_FUSION_DEFAULTS, LateFusionBranch, sentence_embedding
 from .text_encoder import TextEncoder
 
@@ -56,7 +57,7 @@ TEXT_GATES = ("findings", "none")
 # and mAP; 1 is the plain gate (any finding composes fully).
 DEFAULT_FULL_TEXT_FINDINGS = 5
 # State-dict / parameter-name prefixes of the trainable head (everything but the two encoders).
-HEAD_PREFIXES = ("composers.", "alignments.", "late_fusion.")
+HEAD_PREFIXES = ("composers.", "alignments.", "late_fusion.", "diagnosis_prior.")
 # The release model's share of the late-fusion branch in the score, S = (1 - a) S_Eq9 + a S_late_fusion
 # (bundle/configs/train.yaml; issue 13). Fixed a priori at equal weight of the two embeddings (the
 # evaluation's composed_late_fusion), not tuned on the reported folds.
@@ -144,6 +145,9 @@ class ComposedRetrievalNet(nn.Module):
             the same text weight ``w`` as the composed query (its image tower stands in for the rest).
         late_fusion: the branch's MLP options (``hidden``, ``out_dim``, ``dropout``, ``batch_norm``), default
             :data:`~.late_fusion.LATE_FUSION_DEFAULTS`.
+        diagnosis_prior: ``{"classes": [...], "strength": λ}`` adds a :class:`~.diagnosis_prior.DiagnosisPrior`:
+            the library is then ranked by ``S + λ w log p(y_c | q)`` (:meth:`encode_query_and_terms`; its probes
+            are fitted after the head, :func:`monai_cir.engine.fit_diagnosis_prior`). None (default): ranked by ``S``.
     """
 
     def __init__(
@@ -161,6 +165,7 @@ class ComposedRetrievalNet(nn.Module):
         full_text_findings: int = DEFAULT_FULL_TEXT_FINDINGS,
         late_fusion_share: float = 0.0,
         late_fusion: dict[str, Any] | None = None,
+        diagnosis_prior: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if text_gate not in TEXT_GATES:
@@ -220,6 +225,9 @@ class ComposedRetrievalNet(nn.Module):
         )
         if self.late_fusion is not None:  # only then: the paper network's config (and fingerprint) is unchanged
             self.config.update(late_fusion_share=self.late_fusion_share, late_fusion=fusion_options)
+        self.diagnosis_prior = DiagnosisPrior(in_dim=text_encoder.dim + sum(dims), **diagnosis_prior) if diagnosis_prior is not None else None
+        if self.diagnosis_prior is not None:  # likewise: a network without the prior keeps its config and fingerprint
+            self.config.update(diagnosis_prior=self.diagnosis_prior.options)
         if self.freeze_encoders:
             for p in self.encoder_parameters():
                 p.requires_grad_(False)
@@ -431,14 +439,25 @@ class ComposedRetrievalNet(nn.Module):
     # ------------------------------------------------------------------ public API
     def encode_query(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """Composed query embeddings ``Q`` (B, D) for images (B, 3, H, W) in [0, 1] and one text per image."""
+        return self._encode_query(images, texts, with_terms=False)[0]
+
+    def encode_query_and_terms(self, images: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(Q, terms)`` from one forward: :meth:`encode_query`'s ``Q`` and, with a diagnosis prior, its ranking
+        terms (B, C + 1) (:class:`~.diagnosis_prior.DiagnosisPrior`: ``λ w log p(y | q)`` per class of
+        ``diagnosis_prior.classes``, then the term of any other diagnosis); ``terms`` is None without one."""
+        return self._encode_query(images, texts, with_terms=self.diagnosis_prior is not None)
+
+    def _encode_query(self, images: torch.Tensor, texts: Sequence[str], with_terms: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         images = check_images(images)
         texts = check_texts(texts, images.shape[0])
         maps = self.image_features(images)
         texts_tokens, texts_mask = self.text_tokens(texts)
         weights = torch.tensor(self.text_weights(texts))
         mask = texts_mask & (weights > 0).to(texts_mask.device).view(-1, 1)  # the gate (text_features)
+        sentence = sentence_embedding(texts_tokens, texts_mask)
         with self._autocast():
-            return self.query_embedding(maps, texts_tokens, mask, weights, sentence_embedding(texts_tokens, texts_mask)).float()
+            q = self.query_embedding(maps, texts_tokens, mask, weights, sentence).float()
+        return q, (self.diagnosis_prior(self.late_fusion_pool(maps), sentence, weights) if with_terms else None)
 
     def encode_target(self, images: torch.Tensor) -> torch.Tensor:
         """Case-library embeddings ``T`` (N, D) for images (N, 3, H, W) in [0, 1]."""

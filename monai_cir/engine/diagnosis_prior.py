@@ -1,0 +1,123 @@
+"""Fitting the diagnosis prior (:class:`monai_cir.networks.DiagnosisPrior`) on the frozen-feature cache.
+
+Two standardised multinomial logistic regressions of the diagnosis on ``[sentence, pooled L/M/H]`` (the late-fusion
+branch's inputs), fitted on the training cases only, ``C`` chosen by 5-fold cross-validation among them: one on
+their template reports (served to query texts naming 5 or more findings), one on those and the same cases'
+partial reports (1-4 findings, :func:`monai_cir.data.report.render_report`'s ``partial`` form; a case's two texts
+never split by the inner CV), served to texts naming fewer. The recipe of ``bench/class_posterior.py``'s
+``gated+matched`` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..networks import ComposedRetrievalNet
+from ..networks.diagnosis_prior import DEFAULT_PRIOR_STRENGTH, FULL_TEXT_PROBE, PARTIAL_TEXT_PROBE
+from ..networks.late_fusion import LateFusionBranch
+
+__all__ = ["PRIOR_C_GRID", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs"]
+
+logger = logging.getLogger(__name__)
+
+# the probes' inverse L2 strengths tried by the inner cross-validation (bench/class_posterior.py's grid)
+PRIOR_C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+
+
+def prior_inputs(cache: Any, indices: Sequence[int] | None = None) -> np.ndarray:
+    """The probes' input rows ``[sentence, pooled L/M/H]`` (N, d_T + Σ C_i) float64 of cached cases (all when
+    ``indices`` is None): the texts' mean token embeddings and each level's whole-map mean, as the late-fusion
+    branch's input standardisation reads them."""
+    rows = torch.arange(int(cache.labels.shape[0])) if indices is None else torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    pooled = LateFusionBranch.pool([m[rows] for m in cache.maps])
+    return torch.cat([torch.as_tensor(cache.sentence)[rows].float(), pooled], dim=1).double().numpy()
+
+
+def _class_names(cache: Any) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for record, label in zip(cache.records, cache.labels.tolist()):
+        names.setdefault(int(label), str(record.diagnosis))
+    return names
+
+
+def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[Any, float, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min()) // (2 if groups is not None else 1)
+    if smallest < 2:
+        raise ValueError(f"the diagnosis prior's inner cross-validation needs two or more training cases of every diagnosis, got {smallest}")
+    inner = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(min(5, smallest), shuffle=True, random_state=seed)
+    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(C=PRIOR_C_GRID[0], max_iter=5000)),
+                          {"logisticregression__C": list(PRIOR_C_GRID)}, cv=inner, scoring="accuracy")
+    search.fit(x, y, **({"groups": groups} if groups is not None else {}))
+    return search.best_estimator_, float(search.best_params_["logisticregression__C"]), float(search.best_score_)
+
+
+def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Sequence[int], strength: float = DEFAULT_PRIOR_STRENGTH,
+                        seed: int = 0, text_net: Any = None) -> tuple[ComposedRetrievalNet, dict[str, Any]]:
+    """``net`` with a fitted diagnosis prior (a new network: ``net``'s encoders and head, the probes fitted on
+    cached cases ``train_indices`` only), and what was fitted: ``{"classes", "strength", "full_text", "partial_text"}``
+    (each probe's ``C`` and inner-CV accuracy). The classes are the diagnoses of the training cases, in label order.
+    ``text_net``: the network whose text encoder built ``cache`` (encodes the partial reports; default: the offline
+    encoders the cache's fingerprint names)."""
+    from ..evaluation.text_forms import text_form_cache
+    from . import new_head_net
+
+    train = np.asarray(train_indices, dtype=int)
+    y = cache.labels.numpy()[train]
+    names = _class_names(cache)
+    labels = np.unique(y)
+    if len(labels) < 2:
+        raise ValueError(f"the diagnosis prior needs training cases of two or more diagnoses, got {[names[int(v)] for v in labels]}")
+    classes = [names[int(v)] for v in labels]
+    partial = text_form_cache(cache, "partial", seed=0, net=text_net)
+    x_full = prior_inputs(cache, train)
+    fits = {
+        FULL_TEXT_PROBE: _fit_probe(x_full, y, None, seed),
+        PARTIAL_TEXT_PROBE: _fit_probe(np.vstack([x_full, prior_inputs(partial, train)]), np.concatenate([y, y]), np.concatenate([train, train]), seed),
+    }
+    with torch.random.fork_rng(devices=[]):
+        combined = new_head_net(net, diagnosis_prior={"classes": classes, "strength": float(strength)})
+    combined.load_head_state_dict({**net.head_state_dict(), **{f"diagnosis_prior.{k}": v for k, v in combined.diagnosis_prior.state_dict().items()}})
+    record: dict[str, Any] = {"classes": classes, "strength": float(strength)}
+    for which, (model, c, accuracy) in fits.items():
+        scaler, logistic = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
+        if list(logistic.classes_) != list(labels):
+            raise ValueError(f"probe classes {list(logistic.classes_)} differ from the training labels {list(labels)}")
+        weight, bias = logistic.coef_, logistic.intercept_
+        if len(labels) == 2:  # sklearn's binary model: one logit for the second class; softmax([0, s]) = [1 - σ(s), σ(s)]
+            weight, bias = np.vstack([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
+        combined.diagnosis_prior.set_probe(which, scaler.mean_, scaler.scale_, weight, bias)
+        record["full_text" if which == FULL_TEXT_PROBE else "partial_text"] = {"C": c, "inner_accuracy": round(100 * accuracy, 2)}
+    logger.info("diagnosis prior fitted on %d cases: %s", len(train), record)
+    return combined.train(net.training), record
+
+
+@torch.no_grad()
+def cached_prior_terms(net: ComposedRetrievalNet, cache: Any, indices: Sequence[int]) -> torch.Tensor:
+    """The ranking terms (N, C + 1) of cached cases ``indices`` as queries (their texts as ``cache`` holds them:
+    the findings gate's weight read from each record's text, the sentence and the unflipped maps), with ``net``'s
+    fitted prior: what :meth:`~monai_cir.networks.ComposedRetrievalNet.encode_query_and_terms` gives the same case."""
+    if net.diagnosis_prior is None:
+        raise ValueError("this network has no diagnosis prior (fit one with fit_diagnosis_prior)")
+    rows = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    texts = [getattr(cache.records[int(i)], "text", None) or "" for i in rows]
+    weights = torch.tensor(net.text_weights(texts), dtype=torch.float32)
+    pooled = LateFusionBranch.pool([m[rows] for m in cache.maps])
+    device = net.diagnosis_prior.mean.device
+    return net.diagnosis_prior(pooled.to(device), torch.as_tensor(cache.sentence)[rows].float().to(device), weights).cpu()
+
+
+def prior_columns(classes: Sequence[str], cache: Any, indices: Sequence[int]) -> np.ndarray:
+    """For cached cases ``indices`` as library cases: the column of their diagnosis among the prior's ``classes``
+    (``len(classes)``, the last term, for a diagnosis the prior does not know)."""
+    names = _class_names(cache)
+    position = {c: i for i, c in enumerate(classes)}
+    return np.array([position.get(names[int(cache.labels[int(i)])], len(classes)) for i in np.asarray(indices)], dtype=int)

@@ -1,0 +1,151 @@
+"""The diagnosis prior: the query's diagnosis posterior in the ranking (:class:`monai_cir.networks.DiagnosisPrior`,
+:mod:`monai_cir.prior_ranking`, :func:`monai_cir.engine.fit_diagnosis_prior`): its terms follow the findings gate,
+a case index ranked with it is the dense ranking by ``S + t(y_c)``, the app's answer is the evaluation's ranking,
+and the probes survive a checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import activate_head, make_tiny_net
+from monai_cir.differential import DifferentialSlot, differential_ranking
+from monai_cir.index import CaseMetadata, create_index
+
+CLASSES = ["melanoma", "nevus", "benign keratosis"]
+FULL = ("Atypical pigment network; no streaks; no pigmentation; no regression structures; no dots and globules; "
+        "blue-whitish veil present; no vascular structures.")
+PARTIAL = "Dermoscopy: atypical pigment network; no streaks."  # 2 findings: w = 0.4
+
+
+def _prior_net(strength: float = 10.0):
+    net = activate_head(make_tiny_net(late_fusion_share=0.5, diagnosis_prior={"classes": CLASSES, "strength": strength}))
+    d = net.diagnosis_prior.mean.shape[1]
+    g = torch.Generator().manual_seed(0)
+    for which in (0, 1):
+        net.diagnosis_prior.set_probe(which, torch.randn(d, generator=g), torch.rand(d, generator=g) + 0.5,
+                                      torch.randn(3, d, generator=g), torch.randn(3, generator=g))
+    return net
+
+
+def _library(n: int = 90, dim: int = 6, seed: int = 3):
+    """A real FAISS index: three diagnoses of the prior and one it does not know."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = np.array([*CLASSES, "dermatofibroma"])[rng.integers(0, 4, size=n)]
+    index = create_index(dim, "fp")
+    index.add(vectors, [CaseMetadata(f"c{i:03d}", str(d), "test", site="trunk" if i % 3 else "face") for i, d in enumerate(labels)])
+    return index, vectors, labels
+
+
+def _dense_k(queries, vectors, labels, terms):
+    columns = np.array([CLASSES.index(d) if d in CLASSES else len(CLASSES) for d in labels])
+    return torch.as_tensor(queries @ vectors.T).double() + torch.as_tensor(terms)[:, columns]
+
+
+def test_terms_follow_the_findings_gate_and_pick_the_probe_by_text_weight():
+    """No finding: no term (the query ranks by S). A full report: the full-text probe's λ log p; a text naming 2
+    findings: the partial-text probe's, times w = 0.4. The last column is the expected term. Q is unchanged."""
+    net = _prior_net()
+    images = torch.rand(4, 3, 64, 64)
+    texts = ["", "female patient, 45 years", PARTIAL, FULL]
+    q, terms = net.encode_query_and_terms(images, texts)
+    torch.testing.assert_close(q, net.encode_query(images, texts))
+    assert torch.count_nonzero(terms[:2]) == 0
+    maps = net.image_features(images)
+    tokens, mask = net.text_tokens(texts)
+    from monai_cir.networks.late_fusion import sentence_embedding
+
+    x = torch.cat([sentence_embedding(tokens, mask), net.late_fusion_pool(maps)], dim=1)
+    prior = net.diagnosis_prior
+    for row, probe, w in ((2, 1, 0.4), (3, 0, 1.0)):
+        logits = ((x[row] - prior.mean[probe]) / prior.scale[probe]) @ prior.weight[probe].T + prior.bias[probe]
+        log_p = torch.log_softmax(logits, dim=0).clamp_min(np.log(1e-12))
+        torch.testing.assert_close(terms[row, :3], 10.0 * w * log_p, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(terms[row, 3], 10.0 * w * (log_p.exp() * log_p).sum(), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(terms[2, :3] / 0.4, terms[3, :3])  # two probes, not one
+
+
+def test_an_unfitted_or_malformed_prior_is_refused_with_the_reason():
+    net = activate_head(make_tiny_net(late_fusion_share=0.5, diagnosis_prior={"classes": CLASSES}))
+    with pytest.raises(ValueError, match="not fitted"):
+        net.encode_query_and_terms(torch.rand(1, 3, 64, 64), [FULL])
+    assert net.encode_query(torch.rand(1, 3, 64, 64), [FULL]).shape == (1, net.embedding_dim)  # Q needs no prior
+    from monai_cir.networks import DiagnosisPrior
+
+    with pytest.raises(ValueError, match="classes"):
+        DiagnosisPrior(["nevus"], 8)
+    with pytest.raises(ValueError, match="strength"):
+        DiagnosisPrior(CLASSES, 8, strength=-1.0)
+    with pytest.raises(ValueError, match="probe weight"):
+        DiagnosisPrior(CLASSES, 8).set_probe(0, np.zeros(8), np.ones(8), np.zeros((2, 8)), np.zeros(3))
+
+
+def test_prior_ranked_index_is_the_dense_ranking_by_s_plus_terms():
+    """One filtered search per diagnosis, merged, ranks a real index exactly as ``S + t(y_c)`` over the whole
+    library (a diagnosis the prior does not know takes the last term), with and without filters; the hits carry
+    ``K`` until :meth:`with_similarity` gives them back ``S``."""
+    from monai_cir.prior_ranking import PriorRankedIndex
+
+    index, vectors, labels = _library()
+    rng = np.random.default_rng(5)
+    queries = rng.normal(size=(25, vectors.shape[1])).astype(np.float32)
+    terms = rng.normal(scale=0.5, size=(25, 4))
+    dense = _dense_k(queries, vectors, labels, terms)
+    for i, query in enumerate(queries):
+        ranked = PriorRankedIndex(index, terms[i], CLASSES)
+        hits = ranked.search(query[None], k=7)[0]
+        assert [h.case_id for h in hits] == [f"c{j:03d}" for j in torch.argsort(dense[i], descending=True)[:7].tolist()], i
+        np.testing.assert_allclose([h.score for h in hits], torch.sort(dense[i], descending=True).values[:7].numpy(), atol=1e-5)
+        similarity = ranked.with_similarity(hits)
+        np.testing.assert_allclose([h.score for h in similarity], [float(query @ vectors[int(h.case_id[1:])]) for h in hits], atol=1e-5)
+        on_face = ranked.search(query[None], k=4, filters={"site": "face", "diagnosis": ["nevus", "dermatofibroma"]})[0]
+        allowed = np.array([j % 3 == 0 and labels[j] in ("nevus", "dermatofibroma") for j in range(len(labels))])
+        expected = [f"c{j:03d}" for j in torch.argsort(torch.where(torch.as_tensor(allowed), dense[i], -torch.inf), descending=True)[:4].tolist()]
+        assert [h.case_id for h in on_face] == expected, i
+    with pytest.raises(ValueError, match="4 finite values"):
+        PriorRankedIndex(index, terms[0, :3], CLASSES)
+
+
+def test_the_app_answer_with_the_prior_is_the_evaluations_ranking():
+    """:func:`monai_cir.retrieval.ranked_answer` (what the deploy app and ``monai-cir search`` show) with the prior
+    and the differential slot is, query by query, the top k of :func:`differential_ranking` over the dense ``K`` (what
+    ``monai-cir evaluate``'s ``composed_late_fusion_prior_differential`` scores), slot opened or not; the cases shown
+    carry their similarity ``S``, and the pool the evidence votes over stays the similarity ranking."""
+    from monai_cir.retrieval import ranked_answer
+
+    index, vectors, labels = _library(n=80)
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(40, vectors.shape[1])).astype(np.float32)
+    terms = rng.normal(scale=1.0, size=(40, 4))
+    codes = np.array([sorted(set(labels)).index(d) for d in labels])
+    dense = _dense_k(queries, vectors, labels, terms)
+    slot = DifferentialSlot(margin=0.6, rank=3)
+    scores, opened = differential_ranking(dense, codes, slot)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    prior = type("Prior", (), {"classes": CLASSES})()
+    for i, query in enumerate(queries):
+        shown = ranked_answer(index, query, 5, 16, terms=terms[i], prior=prior, slot=slot)
+        assert [h.case_id for h in shown.hits] == [f"c{j:03d}" for j in order[i, :5].tolist()], i
+        assert (shown.differential is not None) == bool(opened[i]), i
+        np.testing.assert_allclose([h.score for h in shown.hits], [float(query @ vectors[int(h.case_id[1:])]) for h in shown.hits], atol=1e-5)
+        assert [h.case_id for h in shown.pool] == [f"c{j:03d}" for j in np.argsort(-(vectors @ query), kind="stable")[:16]]
+    assert 0 < opened.sum() < len(queries)
+    from monai_cir.prior_ranking import PRIOR_NOTICE
+
+    assert ranked_answer(index, queries[0], 5, terms=terms[0], prior=prior).notice == PRIOR_NOTICE
+    unmoved = ranked_answer(index, queries[0], 5, terms=np.zeros(4), prior=prior)  # a text naming no finding
+    assert unmoved.notice is None and [h.case_id for h in unmoved.hits] == [h.case_id for h in unmoved.pool[:5]]
+
+
+def test_the_prior_is_saved_and_loaded_with_the_head(tmp_path):
+    from monai_cir.networks import load_model, save_checkpoint
+
+    net = _prior_net(strength=3.0)
+    loaded = load_model(save_checkpoint(net, tmp_path / "model.pt", include_encoders=True))
+    assert loaded.config["diagnosis_prior"] == {"classes": CLASSES, "strength": 3.0}
+    images, texts = torch.rand(2, 3, 64, 64), [FULL, PARTIAL]
+    torch.testing.assert_close(loaded.encode_query_and_terms(images, texts)[1], net.encode_query_and_terms(images, texts)[1])
+    assert loaded.fingerprint() == net.fingerprint() != make_tiny_net(late_fusion_share=0.5).fingerprint()
