@@ -53,16 +53,25 @@ class DifferentialSlot:
         rank: the 1-based rank the differential case takes (>= 2: rank 1 stays the best match).
         open_rate: the share of held-out queries whose slot opened when ``margin`` was fitted (for the record).
         description: where the margin comes from (model, data, folds), for the record.
+        margin_by_similarity: with a diagnosis prior (:mod:`monai_cir.prior_ranking`), the margin for a query the
+            prior leaves alone (its text names no 7-point finding, so it is ranked by the similarity ``S``), in
+            ``S``'s units; ``margin`` is then in the units of the prior's ranking ``S + λ w log p``, for the queries
+            it orders (:meth:`for_query`). None: ``margin`` serves every query (a network without a prior).
     """
 
     margin: float
     rank: int = DEFAULT_RANK
     open_rate: float | None = None
     description: str = ""
+    margin_by_similarity: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.margin, bool) or not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0):
-            raise ValueError(f"DifferentialSlot.margin must be a finite score margin > 0, got {self.margin!r}")
+        for name in ("margin", "margin_by_similarity"):
+            value = getattr(self, name)
+            if name == "margin_by_similarity" and value is None:
+                continue
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"DifferentialSlot.{name} must be a finite score margin > 0, got {value!r}")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 2:
             raise ValueError(f"DifferentialSlot.rank must be an integer >= 2 (rank 1 stays the best match), got {self.rank!r}")
 
@@ -79,6 +88,13 @@ class DifferentialSlot:
             return cls(**data)
         except TypeError as err:
             raise ValueError(f"the checkpoint's 'differential' record is malformed ({err}): expected the keys margin, rank, open_rate, description") from err
+
+    def for_query(self, prior_acted: bool) -> DifferentialSlot:
+        """The slot for one query: itself when the diagnosis prior ordered the query's ranking (or the network has
+        none), else the slot with :attr:`margin_by_similarity` as its margin."""
+        if prior_acted or self.margin_by_similarity is None:
+            return self
+        return dataclasses.replace(self, margin=self.margin_by_similarity, margin_by_similarity=None)
 
     def opens(self, best_score: float, other_score: float, other_rank: int) -> bool:
         """Whether the slot opens for a query whose best match scores ``best_score`` and whose closest case
@@ -155,21 +171,25 @@ def fit_margin(margins: Any, positions: Any, open_rate: float = DEFAULT_OPEN_RAT
     return float(max(can_open[min(wanted, can_open.size) - 1], np.finfo(np.float32).tiny))
 
 
-def differential_ranking(similarity: Any, database_labels: Any, slot: DifferentialSlot, leave_one_out: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+def differential_ranking(similarity: Any, database_labels: Any, slot: DifferentialSlot, leave_one_out: bool = False,
+                         prior_acted: Any = None) -> tuple[torch.Tensor, np.ndarray]:
     """The ranking the app shows, for every query of a (Q, N) similarity: ``(scores, opened)`` where
     ``scores`` (Q, N) rank the database in that order (``N - position``: exact in float32, so the
     evaluation's stable descending sort reproduces it) and ``opened`` (Q,) says whose slot opened.
 
     ``leave_one_out``: a collection against itself (N, N): each query's own column is neither its best match
-    nor its closest case, and ranks last (:func:`monai_cir.metrics.leave_one_out_metrics` drops it)."""
+    nor its closest case, and ranks last (:func:`monai_cir.metrics.leave_one_out_metrics` drops it).
+    ``prior_acted`` (Q,) bool: with a diagnosis prior, which queries it ordered (each query's slot is
+    :meth:`DifferentialSlot.for_query`'s); None: ``slot`` for every query."""
     s = torch.as_tensor(similarity).double().clone()
     if leave_one_out:
         s.fill_diagonal_(-math.inf)
     order, margin, position = _ranked_margins(s, database_labels)
     n = s.shape[1]
     best = s.gather(1, order[:, :1]).squeeze(1).numpy()
-    opened = np.array([slot.opens(float(best[i]), float(best[i] - margin[i]), int(position[i]) + 1) if np.isfinite(margin[i]) else False
-                       for i in range(s.shape[0])], dtype=bool)
+    acted = np.ones(s.shape[0], dtype=bool) if prior_acted is None else np.asarray(prior_acted, dtype=bool).reshape(-1)
+    opened = np.array([slot.for_query(bool(acted[i])).opens(float(best[i]), float(best[i] - margin[i]), int(position[i]) + 1)
+                       if np.isfinite(margin[i]) else False for i in range(s.shape[0])], dtype=bool)
     for i in np.flatnonzero(opened):
         row = order[i].tolist()
         moved = row.pop(int(position[i]))

@@ -369,12 +369,12 @@ def ranked_answer(
     diagnoses = sorted(diagnoses if diagnoses is not None else index.info()["diagnosis"])
     ranked = index if terms is None else PriorRankedIndex(index, terms, prior.classes, diagnoses)
     shown = pool if terms is None else ranked.search(query, k=max(k, pool_size), filters=filters)[0]
+    acted = terms is not None and bool(np.any(np.asarray(terms) != 0))  # a text naming no finding: the ranking is S's
     opened = None
     if slot is not None:
-        shown, opened = shown_with_differential(slot, ranked, query[0], shown, k, diagnoses, dict(filters) if filters else None)
+        shown, opened = shown_with_differential(slot.for_query(acted), ranked, query[0], shown, k, diagnoses, dict(filters) if filters else None)
     if terms is None:
         return Answer(hits=shown[:k], pool=pool, differential=opened)
-    acted = bool(np.any(np.asarray(terms) != 0))  # a text naming no finding: the ranking is S's
     return Answer(hits=ranked.with_similarity(shown[:k]), pool=pool, differential=opened, notice=PRIOR_NOTICE if acted else None)
 
 

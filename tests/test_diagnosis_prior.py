@@ -140,6 +140,40 @@ def test_the_app_answer_with_the_prior_is_the_evaluations_ranking():
     assert unmoved.notice is None and [h.case_id for h in unmoved.hits] == [h.case_id for h in unmoved.pool[:5]]
 
 
+def test_a_query_the_prior_leaves_alone_gets_the_similarity_margin():
+    """With a prior the slot has two margins: ``margin`` in the prior ranking's units for the queries it orders,
+    ``margin_by_similarity`` for a text naming no finding (ranked by S): the app's answer and the evaluation's
+    ranking pick the same one per query."""
+    from monai_cir.retrieval import ranked_answer
+
+    slot = DifferentialSlot(margin=5.0, rank=3, margin_by_similarity=1e-6)
+    assert slot.for_query(True) is slot and slot.for_query(False).margin == 1e-6 and slot.for_query(False).margin_by_similarity is None
+    with pytest.raises(ValueError, match="margin_by_similarity"):
+        DifferentialSlot(margin=0.2, margin_by_similarity=0.0)
+    # a library that clusters by diagnosis (as the release embedding does), queries near the clusters
+    rng = np.random.default_rng(7)
+    names = np.array([*CLASSES, "dermatofibroma"])
+    centres = rng.normal(size=(4, 6))
+    codes_of = rng.integers(0, 4, size=80)
+    vectors = (centres[codes_of] + 0.3 * rng.normal(size=(80, 6))).astype(np.float32)
+    labels = names[codes_of]
+    index = create_index(6, "fp")
+    index.add(vectors, [CaseMetadata(f"c{i:03d}", str(d), "test") for i, d in enumerate(labels)])
+    queries = (centres[rng.integers(0, 4, size=30)] + 0.3 * rng.normal(size=(30, 6))).astype(np.float32)
+    terms = rng.normal(scale=1.0, size=(30, 4))
+    terms[::2] = 0.0  # every other query: a text naming no finding
+    acted = (terms != 0).any(axis=1)
+    codes = np.array([sorted(set(labels)).index(d) for d in labels])
+    scores, opened = differential_ranking(_dense_k(queries, vectors, labels, terms), codes, slot, prior_acted=acted)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    prior = type("Prior", (), {"classes": CLASSES})()
+    for i, query in enumerate(queries):
+        shown = ranked_answer(index, query, 5, terms=terms[i], prior=prior, slot=slot)
+        assert [h.case_id for h in shown.hits] == [f"c{j:03d}" for j in order[i, :5].tolist()], i
+        assert (shown.differential is not None) == bool(opened[i]), i
+    assert not opened[~acted].any() and opened[acted].any()  # a margin of 1e-6 never opens; 5.0 does
+
+
 def test_the_prior_is_saved_and_loaded_with_the_head(tmp_path):
     from monai_cir.networks import load_model, save_checkpoint
 

@@ -239,7 +239,8 @@ def rank_collection(
         opened = np.zeros(len(chunk), dtype=bool)
         order = ranking.argsort(dim=1, descending=True, stable=True)
         if slot is not None:
-            shown, opened = differential_ranking(ranking, labels, slot)
+            acted = (terms != 0).any(dim=1).cpu().numpy() if terms is not None else None  # whom the prior ordered
+            shown, opened = differential_ranking(ranking, labels, slot, prior_acted=acted)
             order = shown.argsort(dim=1, descending=True, stable=True)
             margins, positions = query_margins(ranking, labels)
         for row, r in enumerate(chunk):

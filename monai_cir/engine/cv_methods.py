@@ -322,15 +322,17 @@ def _release_prior_net(cache: Any, train_idx: np.ndarray, config: dict[str, Any]
     return state.memo[key]
 
 
-def _composed_late_fusion_prior(ctx: FoldContext) -> torch.Tensor:
+def _composed_late_fusion_prior(ctx: FoldContext) -> tuple[torch.Tensor, np.ndarray]:
     """The release network's score with the diagnosis prior, ``K = S + λ w log p(y_c | q)`` (Q, N) float64 (the
-    prior fitted on the fold's training cases; :mod:`monai_cir.prior_ranking` ranks a case index by the same)."""
+    prior fitted on the fold's training cases; :mod:`monai_cir.prior_ranking` ranks a case index by the same), and
+    which queries the prior ordered (Q,) bool (a text naming no finding: ``K = S``)."""
     from .diagnosis_prior import cached_prior_terms, prior_columns
 
     q, t = _composed_late_fusion(ctx)
     net = _release_prior_net(ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     terms = cached_prior_terms(net, ctx.query_cache, ctx.query_indices).double()
-    return (q @ t.T).double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.cache, ctx.database_indices)]
+    scores = (q @ t.T).double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.cache, ctx.database_indices)]
+    return scores, (terms != 0).any(dim=1).numpy()
 
 
 def _composed_late_fusion_prior_cross_site(ctx: CrossSiteContext, slot: DifferentialSlot | None = None) -> dict[str, torch.Tensor]:
@@ -343,9 +345,10 @@ def _composed_late_fusion_prior_cross_site(ctx: CrossSiteContext, slot: Differen
     tta = method_options("composed", ctx.config)["train"].get("tta", True)
     s = model.encode_queries(ctx.query_target, idx, tta=tta) @ model.encode_targets(ctx.target, idx, tta=tta).T
     net = _release_prior_net(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
-    scores = s.double() + cached_prior_terms(net, ctx.query_target, idx).double()[:, prior_columns(net.diagnosis_prior.classes, ctx.target, idx)]
+    terms = cached_prior_terms(net, ctx.query_target, idx).double()
+    scores = s.double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.target, idx)]
     if slot is not None:
-        scores, opened = differential_ranking(scores, ctx.target.labels.numpy(), slot, leave_one_out=True)
+        scores, opened = differential_ranking(scores, ctx.target.labels.numpy(), slot, leave_one_out=True, prior_acted=(terms != 0).any(dim=1).numpy())
         ctx.state.train_log.append(dict(method="composed_late_fusion_prior_differential", cross_site=len(opened), margin=round(slot.margin, 6), opened=int(opened.sum())))
     return {"similarity": scores}
 
@@ -356,7 +359,7 @@ def composed_late_fusion_prior(ctx: FoldContext):
     """The release network ranked with the diagnosis prior (:class:`monai_cir.networks.DiagnosisPrior`): ``S`` plus
     ``λ w log p(y_c | q)``, ``p`` two logistic probes on the late-fusion branch's inputs (full / partial texts), ``w``
     the findings gate's weight, fitted on the fold's training cases only."""
-    return _composed_late_fusion_prior(ctx)
+    return _composed_late_fusion_prior(ctx)[0]
 
 
 def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: int, prior: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -370,8 +373,8 @@ def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: 
         fold_of = fold_indices(cache)
         query = np.flatnonzero(fold_of == fold)[: config.get("query_subset") or None]
         ctx = FoldContext(cache, query, np.flatnonzero(fold_of != fold), int(fold), config, int(config.get("seed", 0)) + int(fold), state)
-        if prior:
-            scores = _composed_late_fusion_prior(ctx)
+        if prior:  # the held-out template queries: every one names its findings, the prior orders them all
+            scores = _composed_late_fusion_prior(ctx)[0]
         else:
             q, t = _composed_late_fusion(ctx)
             scores = q @ t.T
@@ -380,9 +383,14 @@ def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: 
 
 
 def _release_slot(cache: Any, config: dict[str, Any], state: RunState, folds: list[int], open_rate: float, prior: bool = False) -> DifferentialSlot:
+    """The slot fitted on the held-out queries of ``folds``; ``prior``: its margin in the units of the ranking with the
+    diagnosis prior, and ``margin_by_similarity`` (for queries the prior leaves alone) fitted without it."""
     margins, positions = (np.concatenate(parts) for parts in zip(*(_release_margins(cache, config, state, f, prior) for f in folds)))
     margin = fit_margin(margins, positions, open_rate)
-    return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}" + (", with the diagnosis prior" if prior else ""))
+    if not prior:
+        return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}")
+    return DifferentialSlot(margin, open_rate=open_rate, description=f"held-out queries of folds {folds}, ranked with the diagnosis prior",
+                            margin_by_similarity=_release_slot(cache, config, state, folds, open_rate).margin)
 
 
 def release_differential_slot(ctx: FoldContext, open_rate: float = DEFAULT_OPEN_RATE, prior: bool = False) -> DifferentialSlot:
@@ -409,7 +417,8 @@ def composed_late_fusion_prior_differential(ctx: FoldContext):
     """``composed_late_fusion_prior`` with the app's differential slot, its margin in that score's units fitted on
     the other four folds' held-out queries."""
     slot = release_differential_slot(ctx, prior=True)
-    scores, opened = differential_ranking(_composed_late_fusion_prior(ctx), ctx.database_labels, slot)
+    ranking, acted = _composed_late_fusion_prior(ctx)
+    scores, opened = differential_ranking(ranking, ctx.database_labels, slot, prior_acted=acted)
     ctx.state.train_log.append(dict(method="composed_late_fusion_prior_differential", fold=ctx.fold, margin=round(slot.margin, 6),
                                     opened=int(opened.sum()), queries=len(opened)))
     return scores
