@@ -183,3 +183,31 @@ def test_the_prior_is_saved_and_loaded_with_the_head(tmp_path):
     images, texts = torch.rand(2, 3, 64, 64), [FULL, PARTIAL]
     torch.testing.assert_close(loaded.encode_query_and_terms(images, texts)[1], net.encode_query_and_terms(images, texts)[1])
     assert loaded.fingerprint() == net.fingerprint() != make_tiny_net(late_fusion_share=0.5).fingerprint()
+
+
+def test_fit_differential_on_a_library_refits_the_margin_of_queries_the_prior_leaves_alone(tmp_path):
+    """``monai-cir index fit-differential`` fits on image-only queries, which the prior leaves alone: with a prior it
+    replaces ``margin_by_similarity`` and keeps the margin of the queries the prior orders (fitted on texts)."""
+    from monai_cir.cli import main
+    from monai_cir.differential import fit_margin, library_margins
+    from monai_cir.networks import load_model, save_checkpoint
+    from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
+    from monai_cir.retrieval import model_fingerprint
+
+    slot = DifferentialSlot(margin=4.5, open_rate=0.15, description="derm7pt folds", margin_by_similarity=0.27)
+    checkpoint = save_checkpoint(_prior_net(), tmp_path / "model.pt", include_encoders=True)
+    record_in_checkpoint(checkpoint, differential=slot.to_dict())
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(60, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = create_index(16, model_fingerprint(load_model(checkpoint)))
+    centres = rng.normal(size=(3, 16))  # a library that clusters by diagnosis: some queries' top 4 share one
+    labels = rng.integers(0, 3, size=60)
+    vectors = centres[labels] + 0.8 * vectors
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    index.add(vectors, [CaseMetadata(f"c{i:03d}", CLASSES[c], "test") for i, c in enumerate(labels)])
+    index.save(tmp_path / "index")
+    assert main(["index", "fit-differential", str(tmp_path / "index"), "--model", str(checkpoint), "--open-rate", "0.2"]) == 0
+    recorded = DifferentialSlot.from_checkpoint_info(read_checkpoint(checkpoint)["extra"])
+    assert recorded.margin == 4.5 and recorded.margin_by_similarity == pytest.approx(fit_margin(*library_margins(index)[:2], 0.2))
+    assert "derm7pt folds" in recorded.description and recorded.open_rate == 0.2

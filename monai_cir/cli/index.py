@@ -17,6 +17,7 @@ rename of the manifest, so a crash part-way leaves the previous index as it was.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -249,12 +250,20 @@ def run_fit_differential(args: argparse.Namespace) -> int:
         print(f"note: {len(trained)} of the {len(index)} library cases trained this model: they do not query (a training case "
               "sits closer to its own diagnosis than a new query does)", file=sys.stderr)
     margins, positions, queried = library_margins(index, sample=args.sample, rank=rank, exclude=trained)
-    slot = DifferentialSlot(fit_margin(margins, positions, rate, rank), rank=rank, open_rate=rate,
-                            description=f"fitted on {queried} image-only leave-one-out queries of the library {args.index} ({len(index)} cases"
-                                        + (f", {len(trained)} training cases of this model left out)" if trained else ")"))
+    fitted = fit_margin(margins, positions, rate, rank)
+    description = (f"fitted on {queried} image-only leave-one-out queries of the library {args.index} ({len(index)} cases"
+                   + (f", {len(trained)} training cases of this model left out)" if trained else ")"))
+    if read_checkpoint(args.model)["config"].get("diagnosis_prior") and previous is not None and previous.margin_by_similarity is not None:
+        # image-only queries are the ones the diagnosis prior leaves alone (ranked by S): this fit is their margin; the
+        # margin of queries whose text the prior orders stays the checkpoint's (it needs texts with findings to fit)
+        slot = dataclasses.replace(previous, margin_by_similarity=fitted, open_rate=rate,
+                                   description=f"{description} for queries without findings; for the others: {previous.description}")
+        was = f" (was {previous.margin_by_similarity:.4f}; the margin of queries the diagnosis prior orders stays {previous.margin:.4f})"
+    else:
+        slot = DifferentialSlot(fitted, rank=rank, open_rate=rate, description=description)
+        was = f" (was {previous.margin:.4f}: {previous.description})" if previous is not None else ""
     record_in_checkpoint(args.model, differential=slot.to_dict())
-    was = f" (was {previous.margin:.4f}: {previous.description})" if previous is not None else ""
-    print(f"differential slot: margin {slot.margin:.4f} at open rate {rate:g} over {queried} cases of {args.index}{was} -> recorded in {args.model}")
+    print(f"differential slot: margin {fitted:.4f} at open rate {rate:g} over {queried} cases of {args.index}{was} -> recorded in {args.model}")
     return 0
 
 
