@@ -211,3 +211,15 @@ def test_fit_differential_on_a_library_refits_the_margin_of_queries_the_prior_le
     recorded = DifferentialSlot.from_checkpoint_info(read_checkpoint(checkpoint)["extra"])
     assert recorded.margin == 4.5 and recorded.margin_by_similarity == pytest.approx(fit_margin(*library_margins(index)[:2], 0.2))
     assert "derm7pt folds" in recorded.description and recorded.open_rate == 0.2
+
+
+def test_the_bundles_target_tower_loads_a_head_with_the_prior():
+    """``ckpt_export --key_in_ckpt head`` loads the checkpoint's head into the target tower: with the prior's buffers
+    in it, the tower must take them (the prior is a query-side term: the library embedding does not change)."""
+    from monai_cir.engine.bundle import TargetTower
+
+    net = _prior_net()
+    tower = TargetTower(activate_head(make_tiny_net(late_fusion_share=0.5, diagnosis_prior={"classes": CLASSES}), seed=5))
+    tower.load_state_dict(net.head_state_dict())
+    images = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(tower(images), net.encode_target(images))

@@ -53,6 +53,8 @@ class TargetTower(nn.Module):
         self.alignments = net.alignments
         if net.late_fusion is not None:
             self.late_fusion = net.late_fusion
+        if net.diagnosis_prior is not None:  # unused by the target side too (a query-side term)
+            self.diagnosis_prior = net.diagnosis_prior
         self.__dict__["net"] = net  # not a submodule: its weights are the ones registered above
         self.embedding_dim = net.embedding_dim
 
