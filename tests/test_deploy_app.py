@@ -430,12 +430,22 @@ def test_outputs_exist_and_pass_dciodvfy(app_run, results):
 def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
     from monai_cir.dicom.sr import read_similar_cases_sr
 
+    from monai_cir.data.report import recognised_findings
+    from monai_cir.prior_ranking import PRIOR_NOTICE
+
     _, answers = results
     for name in ("in_library", "held_out"):
         top = answers[name]["top_k"]
         assert [h["rank"] for h in top] == list(range(1, 6))
         scores = [h["score"] for h in top]
-        assert scores == sorted(scores, reverse=True)
+        # the release ranks with its diagnosis prior when the text names findings (and says so): each case keeps its
+        # similarity as its score, so the order is by similarity within a diagnosis and by the prior across them
+        assert (PRIOR_NOTICE in answers[name]["notices"]) == bool(recognised_findings(answers[name]["text"]))
+        for diagnosis in {h["diagnosis"] for h in top}:
+            same = [h["score"] for h in top if h["diagnosis"] == diagnosis]
+            assert same == sorted(same, reverse=True), (name, diagnosis)
+        if PRIOR_NOTICE not in answers[name]["notices"]:
+            assert scores == sorted(scores, reverse=True)
         assert {h["case_id"] for h in top} <= {r.case_id for r in app_run["library"]}
         report = read_similar_cases_sr(app_run["out"] / answers[name]["outputs"]["sr"])
         assert [m.rank for m in report.matches] == [1, 2, 3, 4, 5]
@@ -468,9 +478,11 @@ def test_hits_are_the_models_own_ranking(app_run, results):
     from monai_cir.networks import load_model
     from monai_cir.retrieval import to_image_tensor
 
+    from monai_cir.data.report import recognised_findings
     from monai_cir.dicom.sr import read_similar_cases_sr
 
     _, answers = results
+    acted: list[bool] = []
     net = load_model(app_run["root"] / "models" / "model.pt").eval()
     # the release network: Eq. 9 + the late-fusion branch at equal weight; the SR reports against its range
     assert net.late_fusion is not None and net.score_range == pytest.approx((-2.0, 2.0))
@@ -482,15 +494,31 @@ def test_hits_are_the_models_own_ranking(app_run, results):
     for name in ("in_library", "held_out"):
         query = read_dicom_folder(app_run["cases"][name].image_file.parent).queries[0]
         assert query.text and answers[name]["text"] == query.text
+        image = to_image_tensor(query.image, net.image_size)[None]
         with torch.inference_mode():
-            scores = net.similarity(to_image_tensor(query.image, net.image_size)[None], [query.text], targets)[0].tolist()
-        expected = sorted(zip(scores, ids), reverse=True)[:5]
+            scores = net.similarity(image, [query.text], targets)[0].tolist()
+            _, terms = net.encode_query_and_terms(image, [query.text])
+        # the ranking: S + the diagnosis prior's term of each case's diagnosis (the release carries the prior)
+        classes = list(net.diagnosis_prior.classes)
+        diagnosis = {r.case_id: r.diagnosis for r in app_run["library"]}
+        term = {i: float(terms[0, classes.index(diagnosis[i]) if diagnosis[i] in classes else -1]) for i in ids}
+        assert any(term.values()) == bool(recognised_findings(query.text))  # the prior acts where the SR text names findings
+        acted.append(any(term.values()))
+        ranking = sorted(((s + term[i], s, i) for s, i in zip(scores, ids)), reverse=True)
+        shown = answers[name].get("differential")
+        if shown:  # the checkpoint's differential slot opened: the closest case of another diagnosis, at its rank
+            other = next(entry for entry in ranking if diagnosis[entry[2]] != diagnosis[ranking[0][2]])
+            assert shown["case_id"] == other[2] and shown["margin"] == pytest.approx(ranking[0][0] - other[0], abs=1e-4), name
+            ranking.remove(other)
+            ranking.insert(shown["rank"] - 1, other)
+        expected = ranking[:5]
         top = answers[name]["top_k"]
-        assert [h["case_id"] for h in top] == [i for _, i in expected], name
-        assert [h["score"] for h in top] == pytest.approx([v for v, _ in expected], abs=1e-4), name
+        assert [h["case_id"] for h in top] == [i for _, _, i in expected], name
+        assert [h["score"] for h in top] == pytest.approx([s for _, s, _ in expected], abs=1e-4), name  # each its similarity
         assert max(scores) - min(scores) > 1e-2  # the image matters: not a constant embedding
     assert answers["in_library"]["top_k"][0]["case_id"] == app_run["library"][3].case_id
     assert app_run["held_out"].case_id not in {h["case_id"] for h in answers["held_out"]["top_k"]}
+    assert acted == [False, True]  # the in-library query's text names no finding, the held-out one's does
 
 
 @pytest.mark.integration
@@ -500,11 +528,15 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
     first cases share one diagnosis, the closest case of the other diagnosis is shown at the slot's rank
     (ranks before it unchanged, the rest one lower), results.json records it and the SR says it in a notice;
     ``differential: false`` gives the plain ranking. The fixture's MODELS carry the release checkpoint, its slot included."""
+    import torch
+
     from deploy_app.app import load_models, run_app
     from deploy_app.settings import AppSettings
+    from monai_cir.dicom.reader import read_dicom_folder
     from monai_cir.dicom.sr import read_similar_cases_sr
     from monai_cir.differential import DifferentialSlot
     from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
+    from monai_cir.retrieval import to_image_tensor
     from tests.test_dicom_io import pdf_text
 
     models_dir = tmp_path / "models"
@@ -525,7 +557,7 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
         other = next(i for i, h in enumerate(full) if h["diagnosis"] != first)  # 0-based position
         if other < 2:
             continue  # rank 2 is already another diagnosis: no slot can open (checked for the other query)
-        slot = DifferentialSlot(margin=10.0, rank=2, description="test")
+        slot = DifferentialSlot(margin=1000.0, rank=2, description="test")  # in the prior ranking's units: opens
         record_in_checkpoint(models_dir / "model.pt", differential=slot.to_dict())
         models = load_models(models_dir, device="cpu", cache=False)
         assert models.differential == slot
@@ -534,9 +566,16 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
         assert [h["case_id"] for h in answer["top_k"]] == [h["case_id"] for h in expected]
         assert [h["rank"] for h in answer["top_k"]] == [1, 2, 3, 4, 5]
         assert answer["top_k"][1]["score"] == pytest.approx(full[other]["score"], abs=1e-5)  # its own score, said as it is
+        # the margin is in the units of the ranking: similarity + the diagnosis prior's term (recomputed here)
+        query = read_dicom_folder(folder).queries[0]
+        with torch.inference_mode():
+            _, terms = models.net.encode_query_and_terms(to_image_tensor(query.image, models.net.image_size)[None], [query.text])
+        classes = list(models.net.diagnosis_prior.classes)
+        term = {d: float(terms[0, classes.index(d) if d in classes else -1]) for d in (first, full[other]["diagnosis"])}
+        ranking_margin = full[0]["score"] + term[first] - full[other]["score"] - term[full[other]["diagnosis"]]
         assert answer["differential"] == {"rank": 2, "case_id": full[other]["case_id"], "diagnosis": full[other]["diagnosis"],
-                                          "similarity_rank": other + 1, "margin": pytest.approx(full[0]["score"] - full[other]["score"], abs=1e-5),
-                                          "max_margin": 10.0}
+                                          "similarity_rank": other + 1, "margin": pytest.approx(ranking_margin, abs=1e-4),
+                                          "max_margin": 1000.0}
         notice = slot.notice(full[other]["diagnosis"], other + 1, first, answer["differential"]["margin"])
         assert notice in answer["notices"]
         assert notice in read_similar_cases_sr(tmp_path / f"slot-{name}" / answer["outputs"]["sr"]).notices
