@@ -223,3 +223,39 @@ def test_the_bundles_target_tower_loads_a_head_with_the_prior():
     tower.load_state_dict(net.head_state_dict())
     images = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(tower(images), net.encode_target(images))
+
+
+def test_search_command_orders_with_the_prior_and_says_so(tmp_path, monkeypatch, capsys):
+    """``monai-cir search`` with a network that has a prior: a text naming findings is ordered by the prior (the JSON's
+    ``ranking`` is the notice, each hit's score its similarity, within a diagnosis by similarity); no text: by similarity."""
+    import json
+
+    from PIL import Image
+
+    import monai_cir.networks
+    from monai_cir import retrieval
+    from monai_cir.cli import main
+    from monai_cir.prior_ranking import PRIOR_NOTICE
+
+    net = _prior_net()
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8) for _ in range(12)]
+    index = retrieval.build_index(net, images, [CaseMetadata(f"c{i:02d}", CLASSES[i % 3], "test") for i in range(12)], progress=False)
+    index.save(tmp_path / "ix")
+    Image.fromarray(images[0]).save(tmp_path / "query.png")
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    search = ["search", "--index", str(tmp_path / "ix"), "--image", str(tmp_path / "query.png"), "-k", "12", "--no-differential", "--json"]
+    assert main([*search, "--text", FULL]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["ranking"] == PRIOR_NOTICE
+    scores = {h["case_id"]: h["score"] for h in answer["hits"]}
+    q = retrieval.encode_query(net, tmp_path / "query.png", FULL)[0]
+    np.testing.assert_allclose([scores[c] for c in index.case_ids()], index.vectors() @ q, atol=1e-5)  # similarities
+    for diagnosis in CLASSES:
+        same = [h["score"] for h in answer["hits"] if h["diagnosis"] == diagnosis]
+        assert same == sorted(same, reverse=True)
+    assert [h["score"] for h in answer["hits"]] != sorted(scores.values(), reverse=True)  # the prior moved cases
+    assert main([*search, "--text", ""]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    plain_scores = [h["score"] for h in plain["hits"]]
+    assert plain["ranking"] == "similarity" and plain_scores == sorted(plain_scores, reverse=True)

@@ -186,8 +186,10 @@ def test_cli_build_info_search(net, library, tmp_path, monkeypatch, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["cases"] == 5 and info["backend"] == "faiss"
     assert main(["search", "--index", str(out), "--image", str(library[1].image_path), "--text", "", "-k", "3", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out)["hits"]
+    answer = json.loads(capsys.readouterr().out)
+    hits = answer["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["case_id"] == "case1" and hits[0]["diagnosis"] == "nevus"
+    assert answer["ranking"] == "similarity"  # no diagnosis prior in this network
     assert main(["search", "--index", str(out), "--image", str(library[1].image_path), "--site", "same", "-k", "2"]) == 0
     captured = capsys.readouterr()
     assert "unknown" in captured.err and "case1" in captured.out.splitlines()[1]

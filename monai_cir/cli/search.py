@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             "index": str(args.index),
             "hits": [hit.to_dict() for hit in hits],
             "differential": opened,
+            "ranking": shown.notice or "similarity",  # how the hits are ordered (the diagnosis prior's notice when it ordered them)
             "evidence": summary.to_dict() if summary else None,
             "explanations": [e.summary() for e in explanations],
         }
