@@ -139,8 +139,11 @@ def main(argv=None) -> int:
               "", f"![Acc@4, P@5, mAP and Acc@1 against the open rate]({png.name})"]
     write_results(args.out, payload, lines, indent=2)
     if args.write_checkpoint is not None:
-        from monai_cir.networks.checkpoint import record_in_checkpoint
+        from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
 
+        if bool(read_checkpoint(args.write_checkpoint)["config"].get("diagnosis_prior")) != args.prior:
+            raise SystemExit(f"{args.write_checkpoint} {'ranks' if not args.prior else 'does not rank'} with a diagnosis prior: "
+                             f"run {'with' if not args.prior else 'without'} --prior to fit its slot in its ranking's units")
         record_in_checkpoint(args.write_checkpoint, differential=release.to_dict())
         print(f"recorded the slot in {args.write_checkpoint}")
     return 0

@@ -87,7 +87,8 @@ class DifferentialSlot:
         try:
             return cls(**data)
         except TypeError as err:
-            raise ValueError(f"the checkpoint's 'differential' record is malformed ({err}): expected the keys margin, rank, open_rate, description") from err
+            raise ValueError(f"the checkpoint's 'differential' record is malformed ({err}): expected the keys margin, rank, open_rate, "
+                             "description and (with a diagnosis prior) margin_by_similarity") from err
 
     def for_query(self, prior_acted: bool) -> DifferentialSlot:
         """The slot for one query: itself when the diagnosis prior ordered the query's ranking (or the network has
@@ -108,10 +109,17 @@ class DifferentialSlot:
         shown = [*rest[: self.rank - 1], other, *rest[self.rank - 1 :]][:top_k]
         return [dataclasses.replace(h, rank=i) for i, h in enumerate(shown, 1)]
 
-    def notice(self, diagnosis: str, similarity_rank: int | None, best_diagnosis: str, margin: float) -> str:
+    def notice(self, diagnosis: str, similarity_rank: int | None, best_diagnosis: str, margin: float, prior: bool = False) -> str:
         """What the app tells the reader of a query whose slot opened (``similarity_rank`` None: beyond
-        :data:`RANK_COUNT_LIMIT`)."""
+        :data:`RANK_COUNT_LIMIT`); ``prior``: the diagnosis prior ordered the query, so ``margin`` is in its ranking's
+        units (similarity plus how likely each diagnosis is), not a similarity margin."""
         where = f"similarity rank {similarity_rank}" if similarity_rank is not None else f"beyond similarity rank {RANK_COUNT_LIMIT}"
+        if prior:
+            return (
+                f"rank {self.rank} is the closest {diagnosis} case ({where}), shown for comparison: for this lesion {diagnosis} "
+                f"is nearly as likely, by the image, the findings and the most similar cases, as the {best_diagnosis} of the "
+                f"cases above it (ranking margin {margin:.3f} <= {self.margin:.3f}); the cases after it moved down one rank"
+            )
         return (
             f"rank {self.rank} is the closest {diagnosis} case ({where}), shown for comparison: this "
             f"lesion is nearly as similar to {diagnosis} cases as to the {best_diagnosis} cases above it (score margin "

@@ -360,7 +360,7 @@ def ranked_answer(
     ``terms`` / ``prior``: the query's diagnosis-prior terms and the network's :class:`~monai_cir.networks.DiagnosisPrior`
     (None: the similarity ranking); ``slot``: the :class:`~monai_cir.differential.DifferentialSlot` (None: no slot);
     ``diagnoses``: the library's diagnoses (default: read from the index)."""
-    from .differential import shown_with_differential
+    from .differential import shown_with_differential, similarity_rank
 
     query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
     pool = index.search(query, k=max(k, pool_size), filters=filters)[0]
@@ -372,10 +372,18 @@ def ranked_answer(
     acted = terms is not None and bool(np.any(np.asarray(terms) != 0))  # a text naming no finding: the ranking is S's
     opened = None
     if slot is not None:
-        shown, opened = shown_with_differential(slot.for_query(acted), ranked, query[0], shown, k, diagnoses, dict(filters) if filters else None)
+        slot = slot.for_query(acted)
+        shown, opened = shown_with_differential(slot, ranked, query[0], shown, k, diagnoses, dict(filters) if filters else None)
     if terms is None:
         return Answer(hits=shown[:k], pool=pool, differential=opened)
-    return Answer(hits=ranked.with_similarity(shown[:k]), pool=pool, differential=opened, notice=PRIOR_NOTICE if acted else None)
+    hits = ranked.with_similarity(shown[:k])
+    if opened is not None and acted:
+        # the slot ranked in K's units: the case's rank by similarity alone, and the notice in the prior's words
+        other = next(h for h in hits if h.case_id == opened["case_id"])
+        opened["similarity_rank"] = similarity_rank(index, query[0], other.score, dict(filters) if filters else None)
+        best = hits[0].metadata.diagnosis
+        opened["notice"] = slot.notice(other.metadata.diagnosis, opened["similarity_rank"], best, opened["margin"], prior=True)
+    return Answer(hits=hits, pool=pool, differential=opened, notice=PRIOR_NOTICE if acted and hits else None)
 
 
 def search(

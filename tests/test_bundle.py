@@ -253,3 +253,28 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_prior_stage_runs_again_on_its_own_checkpoint(trained_fold, tmp_path):
+    """``--run_id add_prior`` onto a checkpoint that already has a prior (the shipped model.pt): the fit is replaced,
+    the rest of the record kept, a recorded slot dropped (its margins belong to the previous ranking)."""
+    import shutil
+
+    from monai_cir.data.feature_cache import build_feature_cache
+    from monai_cir.differential import DifferentialSlot
+    from monai_cir.engine.bundle import add_diagnosis_prior, fold_split, subset_records
+    from monai_cir.networks import load_model
+    from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
+
+    ckpt = shutil.copy(trained_fold / "models" / "model_fold0.pt", tmp_path / "model.pt")
+    record_in_checkpoint(ckpt, differential=DifferentialSlot(margin=7.5, margin_by_similarity=0.27).to_dict())
+    net = load_model(ckpt)
+    records = subset_records("derm7pt", 30)
+    cache = build_feature_cache("derm7pt-ci30", 260, net=net, records=records, progress=False)
+    train, _ = fold_split(cache, 0)
+    before = read_checkpoint(ckpt)
+    add_diagnosis_prior(ckpt, cache, train, strength=3.0)
+    after = read_checkpoint(ckpt)
+    assert after["config"]["diagnosis_prior"]["strength"] == 3.0 and after["extra"]["diagnosis_prior"]["strength"] == 3.0
+    assert "differential" not in after["extra"] and after["extra"]["trained_on"] == before["extra"]["trained_on"]
+    assert all(torch.equal(after["head"][k], v) for k, v in before["head"].items() if not k.startswith("diagnosis_prior."))

@@ -536,6 +536,7 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
     from monai_cir.dicom.sr import read_similar_cases_sr
     from monai_cir.differential import DifferentialSlot
     from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
+    from monai_cir.prior_ranking import PRIOR_NOTICE
     from monai_cir.retrieval import to_image_tensor
     from tests.test_dicom_io import pdf_text
 
@@ -573,10 +574,15 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
         classes = list(models.net.diagnosis_prior.classes)
         term = {d: float(terms[0, classes.index(d) if d in classes else -1]) for d in (first, full[other]["diagnosis"])}
         ranking_margin = full[0]["score"] + term[first] - full[other]["score"] - term[full[other]["diagnosis"]]
+        # its rank by similarity alone (the ranking's positions are the prior's where it acted), said in the notice
+        acted = PRIOR_NOTICE in answer["notices"]
+        by_similarity = 1 + sum(h["score"] > full[other]["score"] for h in full)
+        assert acted or by_similarity == other + 1
         assert answer["differential"] == {"rank": 2, "case_id": full[other]["case_id"], "diagnosis": full[other]["diagnosis"],
-                                          "similarity_rank": other + 1, "margin": pytest.approx(ranking_margin, abs=1e-4),
+                                          "similarity_rank": by_similarity, "margin": pytest.approx(ranking_margin, abs=1e-4),
                                           "max_margin": 1000.0}
-        notice = slot.notice(full[other]["diagnosis"], other + 1, first, answer["differential"]["margin"])
+        notice = slot.notice(full[other]["diagnosis"], by_similarity, first, answer["differential"]["margin"], prior=acted)
+        assert ("ranking margin" in notice) == acted
         assert notice in answer["notices"]
         assert notice in read_similar_cases_sr(tmp_path / f"slot-{name}" / answer["outputs"]["sr"]).notices
         assert "differential: see Notes" in pdf_text((tmp_path / f"slot-{name}" / answer["outputs"]["pdf"]).read_bytes())[0]

@@ -130,6 +130,10 @@ def test_the_app_answer_with_the_prior_is_the_evaluations_ranking():
         shown = ranked_answer(index, query, 5, 16, terms=terms[i], prior=prior, slot=slot)
         assert [h.case_id for h in shown.hits] == [f"c{j:03d}" for j in order[i, :5].tolist()], i
         assert (shown.differential is not None) == bool(opened[i]), i
+        if shown.differential is not None:  # its rank by similarity alone, and a notice in the prior ranking's words
+            other = next(h for h in shown.hits if h.case_id == shown.differential["case_id"])
+            assert shown.differential["similarity_rank"] == 1 + int((vectors @ query > other.score + 1e-6).sum()), i
+            assert "ranking margin" in shown.differential["notice"] and "similarity rank" in shown.differential["notice"]
         np.testing.assert_allclose([h.score for h in shown.hits], [float(query @ vectors[int(h.case_id[1:])]) for h in shown.hits], atol=1e-5)
         assert [h.case_id for h in shown.pool] == [f"c{j:03d}" for j in np.argsort(-(vectors @ query), kind="stable")[:16]]
     assert 0 < opened.sum() < len(queries)
@@ -211,6 +215,10 @@ def test_fit_differential_on_a_library_refits_the_margin_of_queries_the_prior_le
     recorded = DifferentialSlot.from_checkpoint_info(read_checkpoint(checkpoint)["extra"])
     assert recorded.margin == 4.5 and recorded.margin_by_similarity == pytest.approx(fit_margin(*library_margins(index)[:2], 0.2))
     assert "derm7pt folds" in recorded.description and recorded.open_rate == 0.2
+    # a prior checkpoint with no slot to keep: its findings queries' margin cannot be fitted on images, so it refuses
+    record_in_checkpoint(checkpoint, differential=None)
+    assert main(["index", "fit-differential", str(tmp_path / "index"), "--model", str(checkpoint)]) == 2
+    assert read_checkpoint(checkpoint)["extra"]["differential"] is None
 
 
 def test_the_bundles_target_tower_loads_a_head_with_the_prior():

@@ -175,6 +175,9 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
             checkpoint=checkpoint, index_dir=index_dir, load_s=time.perf_counter() - start, grid_maps=grid_maps,
             differential=DifferentialSlot.from_checkpoint_info(net.checkpoint_info),
         )
+        if net.diagnosis_prior is not None and loaded.differential is not None and loaded.differential.margin_by_similarity is None:
+            logger.warning("%s ranks with a diagnosis prior but its differential slot records one margin, fitted without it: the slot "
+                           "uses that margin for every query; refit it (bench/differential_slot.py --prior --write-checkpoint)", checkpoint)
         logger.info(
             "model %s on %s, case index %s (%d cases, grid maps of %d), loaded in %.1f s",
             checkpoint, device, index_dir, len(index), len(grid_maps) if grid_maps is not None else 0, loaded.load_s,

@@ -253,7 +253,12 @@ def run_fit_differential(args: argparse.Namespace) -> int:
     fitted = fit_margin(margins, positions, rate, rank)
     description = (f"fitted on {queried} image-only leave-one-out queries of the library {args.index} ({len(index)} cases"
                    + (f", {len(trained)} training cases of this model left out)" if trained else ")"))
-    if read_checkpoint(args.model)["config"].get("diagnosis_prior") and previous is not None and previous.margin_by_similarity is not None:
+    has_prior = bool(read_checkpoint(args.model)["config"].get("diagnosis_prior"))
+    if has_prior and (previous is None or previous.margin_by_similarity is None):
+        raise ValueError(f"{args.model} ranks with a diagnosis prior: the slot's margin for queries whose text names findings is in the "
+                         "prior ranking's units and is fitted on texts (bench/differential_slot.py --prior --write-checkpoint); this "
+                         "command fits only the margin of queries without findings, and the checkpoint records no slot to keep beside it")
+    if has_prior:
         # image-only queries are the ones the diagnosis prior leaves alone (ranked by S): this fit is their margin; the
         # margin of queries whose text the prior orders stays the checkpoint's (it needs texts with findings to fit)
         slot = dataclasses.replace(previous, margin_by_similarity=fitted, open_rate=rate,

@@ -162,16 +162,16 @@ def add_diagnosis_prior(path: str | Path, cache: Any, train_indices: Sequence[in
 
     if strength <= 0:
         return None
-    net = load_model(path)
-    prior_net, record = fit_diagnosis_prior(net, cache, train_indices, strength=float(strength), seed=int(seed), text_net=net)
     payload = read_checkpoint(path)
     if payload["format"] == NET_FORMAT:
         raise ValueError(f"{path} holds fine-tuned encoders: the diagnosis prior is fitted on the frozen encoders' feature cache, "
                          "which they no longer match (train it with prior_strength 0, as finetune.yaml does)")
-    extra = dict(payload["extra"])
+    net = load_model(path)
+    prior_net, record = fit_diagnosis_prior(net, cache, train_indices, strength=float(strength), seed=int(seed), text_net=net)
+    extra = {k: v for k, v in payload["extra"].items() if k != "diagnosis_prior"}  # a previous fit's record is replaced
     if extra.pop("differential", None) is not None:
-        logger.warning("%s: the differential slot's margin was fitted without the prior and is dropped; refit it "
-                       "(bench/differential_slot.py --prior --write-checkpoint %s)", path, path)
+        logger.warning("%s: the differential slot's margins were fitted for the ranking before this prior and are dropped; refit "
+                       "them (bench/differential_slot.py --prior --write-checkpoint %s)", path, path)
     save_checkpoint(prior_net.eval(), path, **extra, diagnosis_prior=record)
     print(f"diagnosis prior fitted (lambda {strength}, classes {record['classes']}) -> {path}")
     return prior_net
@@ -252,9 +252,14 @@ def rank_collection(
             shown_case = None
             if opened[row] and top_k >= slot.rank:
                 case = hits[slot.rank - 1]
+                prior_acted = acted is not None and bool(acted[row])
+                query_slot = slot.for_query(prior_acted)  # the margin this query's slot opened under
+                column_of_case = column[case["case_id"]]
+                # its rank by similarity alone (with the prior, the ranking's positions are K's)
+                rank_by_similarity = int((similarity[row] > similarity[row, column_of_case]).sum()) + 1 if prior_acted else int(positions[row]) + 1
                 shown_case = {"rank": slot.rank, "case_id": case["case_id"], "diagnosis": case["diagnosis"],
-                              "similarity_rank": int(positions[row]) + 1, "margin": round(float(margins[row]), 6), "max_margin": slot.margin,
-                              "notice": slot.notice(case["diagnosis"], int(positions[row]) + 1, hits[0]["diagnosis"], float(margins[row]))}
+                              "similarity_rank": rank_by_similarity, "margin": round(float(margins[row]), 6), "max_margin": query_slot.margin,
+                              "notice": query_slot.notice(case["diagnosis"], rank_by_similarity, hits[0]["diagnosis"], float(margins[row]), prior=prior_acted)}
             results.append({"query": r.case_id, "text": r.text, "hits": hits, "differential": shown_case})
     if output is not None:
         from ..atomic import atomic_write_text

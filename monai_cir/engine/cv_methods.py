@@ -315,8 +315,9 @@ def _release_prior_net(cache: Any, train_idx: np.ndarray, config: dict[str, Any]
 
     key = ("release_prior", id(cache), tuple(int(i) for i in train_idx[:5]), len(train_idx), seed)
     if key not in state.memo:
-        (model,) = composed_late_fusion_models(cache, train_idx, config, seed, state)
-        net, record = fit_diagnosis_prior(model.net, cache, train_idx, seed=seed, text_net=state.net)
+        # the probes read the cache only (not the head): an ensemble's first member carries them
+        models = composed_late_fusion_models(cache, train_idx, config, seed, state)
+        net, record = fit_diagnosis_prior(models[0].net, cache, train_idx, seed=seed, text_net=state.net)
         state.train_log.append(dict(method="composed_late_fusion_prior", seed=seed, n_train=len(train_idx), **record))
         state.memo[key] = net
     return state.memo[key]
@@ -341,9 +342,9 @@ def _composed_late_fusion_prior_cross_site(ctx: CrossSiteContext, slot: Differen
     from .diagnosis_prior import cached_prior_terms, prior_columns
 
     idx = np.arange(len(ctx.target))
-    (model,) = composed_late_fusion_models(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    models = composed_late_fusion_models(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     tta = method_options("composed", ctx.config)["train"].get("tta", True)
-    s = model.encode_queries(ctx.query_target, idx, tta=tta) @ model.encode_targets(ctx.target, idx, tta=tta).T
+    s = _concat([m.encode_queries(ctx.query_target, idx, tta=tta) for m in models]) @ _concat([m.encode_targets(ctx.target, idx, tta=tta) for m in models]).T
     net = _release_prior_net(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     terms = cached_prior_terms(net, ctx.query_target, idx).double()
     scores = s.double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.target, idx)]
