@@ -267,3 +267,38 @@ def test_search_command_orders_with_the_prior_and_says_so(tmp_path, monkeypatch,
     plain = json.loads(capsys.readouterr().out)
     plain_scores = [h["score"] for h in plain["hits"]]
     assert plain["ranking"] == "similarity" and plain_scores == sorted(plain_scores, reverse=True)
+
+
+def test_bundle_inference_ranks_with_the_prior_and_reports_each_querys_slot(tmp_path):
+    """``rank_collection`` (``configs/inference.yaml``) ranks as the app does: by ``S`` + the prior's term where the
+    text names findings, each hit reporting ``S``; an opened slot reports the margin it opened under (the prior
+    ranking's, or the similarity margin for a text naming none) and the case's rank by similarity alone."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from monai_cir.engine.bundle import rank_collection
+
+    net = _prior_net()
+    rng = np.random.default_rng(11)
+    records = []
+    for i in range(16):
+        path = tmp_path / f"c{i:02d}.png"
+        Image.fromarray(rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)).save(path)
+        records.append(SimpleNamespace(case_id=f"c{i:02d}", image_path=path, diagnosis=CLASSES[i % 3], text=FULL if i % 2 else ""))
+    net.checkpoint_info = {"differential": DifferentialSlot(margin=1000.0, rank=2, margin_by_similarity=1000.0 - 1e-3).to_dict()}
+    results = rank_collection(net, records, records, top_k=16)
+    acted_seen = set()
+    for r, result in zip(records, results):
+        assert r.case_id not in {h["case_id"] for h in result["hits"]}  # leave-one-out
+        scores = {h["case_id"]: h["score"] for h in result["hits"]}
+        opened = result["differential"]
+        if opened is None:  # rank 2 already holds another diagnosis (a margin of ~1000 opens everywhere else)
+            assert result["hits"][1]["diagnosis"] != result["hits"][0]["diagnosis"]
+            continue
+        acted = bool(r.text)
+        acted_seen.add(acted)
+        assert opened["max_margin"] == (1000.0 if acted else 1000.0 - 1e-3)
+        assert opened["similarity_rank"] == 1 + sum(s > scores[opened["case_id"]] for s in scores.values())
+        assert ("ranking margin" in opened["notice"]) == acted
+    assert acted_seen == {True, False}
