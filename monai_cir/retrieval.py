@@ -364,26 +364,26 @@ def ranked_answer(
 
     query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
     pool = index.search(query, k=max(k, pool_size), filters=filters)[0]
-    if terms is None and slot is None:
+    acted = terms is not None and bool(np.any(np.asarray(terms) != 0))  # a text naming no finding: K = S, the pool's order
+    if not acted and slot is None:
         return Answer(hits=pool[:k], pool=pool)
     diagnoses = sorted(diagnoses if diagnoses is not None else index.info()["diagnosis"])
-    ranked = index if terms is None else PriorRankedIndex(index, terms, prior.classes, diagnoses)
-    shown = pool if terms is None else ranked.search(query, k=max(k, pool_size), filters=filters)[0]
-    acted = terms is not None and bool(np.any(np.asarray(terms) != 0))  # a text naming no finding: the ranking is S's
+    ranked = PriorRankedIndex(index, terms, prior.classes, diagnoses) if acted else index
+    shown = ranked.search(query, k=max(k, pool_size), filters=filters)[0] if acted else pool
     opened = None
     if slot is not None:
         slot = slot.for_query(acted)
         shown, opened = shown_with_differential(slot, ranked, query[0], shown, k, diagnoses, dict(filters) if filters else None)
-    if terms is None:
+    if not acted:
         return Answer(hits=shown[:k], pool=pool, differential=opened)
     hits = ranked.with_similarity(shown[:k])
-    if opened is not None and acted:
+    if opened is not None:
         # the slot ranked in K's units: the case's rank by similarity alone, and the notice in the prior's words
         other = next(h for h in hits if h.case_id == opened["case_id"])
         opened["similarity_rank"] = similarity_rank(index, query[0], other.score, dict(filters) if filters else None)
         best = hits[0].metadata.diagnosis
         opened["notice"] = slot.notice(other.metadata.diagnosis, opened["similarity_rank"], best, opened["margin"], prior=True)
-    return Answer(hits=hits, pool=pool, differential=opened, notice=PRIOR_NOTICE if acted and hits else None)
+    return Answer(hits=hits, pool=pool, differential=opened, notice=PRIOR_NOTICE if hits else None)
 
 
 def search(

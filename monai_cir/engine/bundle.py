@@ -27,9 +27,9 @@ from torch import nn
 from ..networks import ComposedRetrievalNet, load_model, save_checkpoint
 from ..networks.checkpoint import NET_FORMAT, read_checkpoint
 from ..networks.composed_retrieval import HEAD_PREFIXES
+from .data import class_round_robin
 
 logger = logging.getLogger(__name__)
-from .data import class_round_robin
 
 __all__ = [
     "TargetTower", "subset_records", "fold_split", "checkpoint_saver", "add_late_fusion_branch", "evaluate_checkpoint",
@@ -210,6 +210,7 @@ def rank_collection(
     "differential"}`` (None, or the slot's case with the app's notice)."""
     from ..data.preprocess import load_image
     from ..differential import DifferentialSlot, differential_ranking, query_margins
+    from ..networks.diagnosis_prior import term_columns
 
     if len(records) < 2:
         raise ValueError(f"the case library has {len(records)} case(s); a ranking needs at least 2")
@@ -218,21 +219,18 @@ def rank_collection(
         return torch.stack([load_image(r.image_path, net.image_size) for r in recs]).to(net.device)
 
     net.eval()
-    with torch.no_grad():
-        t = torch.cat([net.encode_target(images(records[i : i + batch_size])) for i in range(0, len(records), batch_size)])
+    t = torch.cat([net.encode_target(images(records[i : i + batch_size])) for i in range(0, len(records), batch_size)])
     column = {r.case_id: j for j, r in enumerate(records)}
     diagnoses = sorted({r.diagnosis for r in records})
     labels = np.array([diagnoses.index(r.diagnosis) for r in records])
     slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
-    prior_classes = list(net.diagnosis_prior.classes) if net.diagnosis_prior is not None else []
     # with a diagnosis prior, each library case's term column (the last: a diagnosis the prior does not know)
-    prior_columns = [prior_classes.index(r.diagnosis) if r.diagnosis in prior_classes else len(prior_classes) for r in records]
+    prior_columns = term_columns(net.diagnosis_prior.classes, [r.diagnosis for r in records]) if net.diagnosis_prior is not None else []
     results = []
     for i in range(0, len(query_records), batch_size):
         chunk = list(query_records[i : i + batch_size])
-        with torch.no_grad():
-            q, terms = net.encode_query_and_terms(images(chunk), [r.text for r in chunk])
-            similarity = (q @ t.T).double().cpu()
+        q, terms = net.encode_query_and_terms(images(chunk), [r.text for r in chunk])
+        similarity = (q @ t.T).double().cpu()
         for row, r in enumerate(chunk):
             if r.case_id in column:  # leave-one-out: the query's own library copy is no match
                 similarity[row, column[r.case_id]] = -np.inf

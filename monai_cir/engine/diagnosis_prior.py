@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..networks import ComposedRetrievalNet
-from ..networks.diagnosis_prior import DEFAULT_PRIOR_STRENGTH, FULL_TEXT_PROBE, PARTIAL_TEXT_PROBE
+from ..networks.diagnosis_prior import DEFAULT_PRIOR_STRENGTH, FULL_TEXT_PROBE, PARTIAL_TEXT_PROBE, term_columns
 from ..networks.late_fusion import LateFusionBranch
 
 __all__ = ["PRIOR_C_GRID", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs"]
@@ -119,5 +119,4 @@ def prior_columns(classes: Sequence[str], cache: Any, indices: Sequence[int]) ->
     """For cached cases ``indices`` as library cases: the column of their diagnosis among the prior's ``classes``
     (``len(classes)``, the last term, for a diagnosis the prior does not know)."""
     names = _class_names(cache)
-    position = {c: i for i, c in enumerate(classes)}
-    return np.array([position.get(names[int(cache.labels[int(i)])], len(classes)) for i in np.asarray(indices)], dtype=int)
+    return np.array(term_columns(classes, [names[int(cache.labels[int(i)])] for i in np.asarray(indices)]), dtype=int)

@@ -30,13 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DEFAULT_PRIOR_STRENGTH", "DiagnosisPrior", "FULL_TEXT_PROBE", "PARTIAL_TEXT_PROBE"]
+__all__ = ["DEFAULT_PRIOR_STRENGTH", "DiagnosisPrior", "FULL_TEXT_PROBE", "PARTIAL_TEXT_PROBE", "term_columns"]
 
 # λ: chosen per held-out fold on the other four folds' mean of Acc@1, mAP and P@5 over the grid 0 ... 1000, it
 # was 10 on every fold (bench/results/derm7pt_class_posterior.md, "cross-fitted")
 DEFAULT_PRIOR_STRENGTH = 10.0
 FULL_TEXT_PROBE, PARTIAL_TEXT_PROBE = 0, 1  # the probes, by the text weight of the query they serve (w = 1, w < 1)
 _LOG_FLOOR = math.log(1e-12)  # log p floor: one confidently wrong probe cannot push a case out of reach
+
+
+def term_columns(classes: Sequence[str], diagnoses: Sequence[str]) -> list[int]:
+    """The column of each library diagnosis among a prior's terms (:meth:`DiagnosisPrior.forward`): its class's,
+    or ``len(classes)``, the last, for a diagnosis the prior does not know."""
+    position = {c: i for i, c in enumerate(classes)}
+    return [position.get(d, len(classes)) for d in diagnoses]
 
 
 class DiagnosisPrior(nn.Module):
