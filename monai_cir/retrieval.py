@@ -42,6 +42,7 @@ __all__ = [
     "Answer",
     "answer",
     "ranked_answer",
+    "evidence_disagreement_notice",
     "dicom_library",
     "dicomweb_library",
     "ImageLike",
@@ -316,6 +317,26 @@ class Answer:
     pool: list[SearchHit]
     differential: dict[str, Any] | None = None
     notice: str | None = None
+
+
+def evidence_disagreement_notice(summary: Any, shown: Answer) -> str | None:
+    """The sentence to show when the evidence summary and the first case shown point to different diagnoses because
+    the diagnosis prior ordered the cases (None otherwise).
+
+    The summary (:func:`monai_cir.evidence.summarize_evidence`) votes over ``shown.pool``, the cases most similar by
+    ``S``; the prior orders the cases shown by ``S`` and the query's diagnosis posterior, so the two can disagree:
+    the reader would see, say, five melanomas under "nevus 70%". Neither is dropped (the vote is calibrated on the
+    similarity ranking; the prior's order is what the evaluation measures), and the reader is told why they differ.
+    The similarity ranking's own first case can also differ from its vote (a vote is over more cases than the
+    first): that is visible in the list itself and gets no notice."""
+    if summary is None or shown.notice is None or not shown.hits:
+        return None
+    first = shown.hits[0].metadata.diagnosis
+    if summary.predicted == first:
+        return None
+    return (f"the evidence summary (the {summary.k} most similar cases) favours {summary.predicted} "
+            f"({100 * summary.confidence:.0f}%), but the diagnosis prior ranks a {first} case first (it also weighs the "
+            f"diagnosis the image and findings point to): compare both")
 
 
 def answer(

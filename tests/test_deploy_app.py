@@ -458,6 +458,11 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
         assert sum(evidence["distribution"].values()) == pytest.approx(1.0, abs=1e-6)
         assert report.evidence_summary is not None
         assert report.evidence_summary.predicted == evidence["predicted"]
+        # where the prior put another diagnosis first than the evidence favours, a notice says so (results.json, SR)
+        differ = PRIOR_NOTICE in answers[name]["notices"] and evidence["predicted"] != top[0]["diagnosis"]
+        said = [n for n in answers[name]["notices"] if n.startswith("the evidence summary (")]
+        assert len(said) == int(differ), (name, evidence["predicted"], top[0]["diagnosis"], said)
+        assert all(n in report.notices for n in said)
         # every match is explained (library images are reachable here): SR text and one PDF page each
         assert all(m.explanation and "local cosine" in m.explanation for m in report.matches)
         pdf = (app_run["out"] / answers[name]["outputs"]["pdf"]).read_bytes()

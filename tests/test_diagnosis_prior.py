@@ -302,3 +302,66 @@ def test_bundle_inference_ranks_with_the_prior_and_reports_each_querys_slot(tmp_
         assert opened["similarity_rank"] == 1 + sum(s > scores[opened["case_id"]] for s in scores.values())
         assert ("ranking margin" in opened["notice"]) == acted
     assert acted_seen == {True, False}
+
+
+def test_the_evidence_summary_and_a_prior_ordered_first_case_that_differ_are_said_to_differ():
+    """The evidence summary votes over the cases most similar by S; the prior may put another diagnosis first. Then
+    (and only then: a prior-ordered answer whose first case's diagnosis is not the vote's) a notice names both."""
+    from monai_cir.evidence import summarize_evidence
+    from monai_cir.index import SearchHit
+    from monai_cir.prior_ranking import PRIOR_NOTICE
+    from monai_cir.retrieval import Answer, evidence_disagreement_notice
+
+    def hits(diagnoses, scores):
+        return [SearchHit(i + 1, f"c{i}", s, CaseMetadata(f"c{i}", d, "test")) for i, (d, s) in enumerate(zip(diagnoses, scores))]
+
+    pool = hits(["nevus", "nevus", "melanoma", "nevus"], [0.9, 0.8, 0.7, 0.6])  # by S: the vote favours nevus
+    summary = summarize_evidence(pool, classes=CLASSES)
+    assert summary.predicted == "nevus"
+    reordered = hits(["melanoma", "nevus", "nevus"], [0.7, 0.9, 0.8])
+    notice = evidence_disagreement_notice(summary, Answer(hits=reordered, pool=pool, notice=PRIOR_NOTICE))
+    assert notice is not None and "favours nevus" in notice and "melanoma case first" in notice
+    assert f"{100 * summary.confidence:.0f}%" in notice
+    # the prior kept the vote's diagnosis first, or did not order the answer, or there is no summary: nothing to say
+    assert evidence_disagreement_notice(summary, Answer(hits=pool[:3], pool=pool, notice=PRIOR_NOTICE)) is None
+    assert evidence_disagreement_notice(summary, Answer(hits=reordered, pool=pool)) is None
+    assert evidence_disagreement_notice(None, Answer(hits=reordered, pool=pool, notice=PRIOR_NOTICE)) is None
+
+
+def test_search_command_says_when_the_evidence_and_the_prior_ordered_answer_differ(tmp_path, monkeypatch, capsys):
+    """``monai-cir search --evidence --json`` with a network whose prior favours one diagnosis whatever the query:
+    that diagnosis comes first; ``evidence_disagreement`` (also printed) is the notice exactly when it is not the
+    evidence summary's (which votes by similarity, the same for the three priors)."""
+    import json
+
+    from PIL import Image
+
+    import monai_cir.networks
+    from monai_cir import retrieval
+    from monai_cir.cli import main
+
+    net = _prior_net(strength=50.0)
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8) for _ in range(24)]
+    Image.fromarray(images[0]).save(tmp_path / "query.png")
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    d = net.diagnosis_prior.mean.shape[1]
+    voted = set()
+    for favoured, diagnosis in enumerate(CLASSES):
+        for which in (0, 1):  # weights zero: the posterior is softmax(bias), the favoured diagnosis ~1
+            net.diagnosis_prior.set_probe(which, torch.zeros(d), torch.ones(d), torch.zeros(3, d), 10.0 * torch.eye(3)[favoured])
+        # the prior is part of the model's fingerprint: an index per prior (the same vectors)
+        index = retrieval.build_index(net, images, [CaseMetadata(f"c{i:02d}", CLASSES[i % 3], "test") for i in range(24)], progress=False)
+        index.save(tmp_path / "ix")
+        assert main(["search", "--index", str(tmp_path / "ix"), "--image", str(tmp_path / "query.png"), "-k", "5",
+                     "--no-differential", "--evidence", "--json", "--text", FULL]) == 0
+        captured = capsys.readouterr()
+        answer = json.loads(captured.out)
+        assert answer["hits"][0]["diagnosis"] == diagnosis
+        voted.add(answer["evidence"]["predicted"])
+        if answer["evidence"]["predicted"] == diagnosis:
+            assert answer["evidence_disagreement"] is None
+        else:
+            assert f"favours {answer['evidence']['predicted']}" in answer["evidence_disagreement"]
+            assert answer["evidence_disagreement"] in captured.err
+    assert len(voted) == 1  # the vote is the similarity ranking's, whatever the prior

@@ -720,6 +720,19 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert "differential" not in first
     marked = pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=2, notices=["rank 2 is the closest ..."]))[0]
     assert marked.count("differential: see Notes") == 1
+    # the notices a prior-ordered answer can carry (text partly used, site, prior, slot, evidence disagreement) all fit
+    # beside the query image, the last one to its last word
+    from monai_cir.data.report import text_partly_used_notice
+    from monai_cir.prior_ranking import PRIOR_NOTICE
+
+    last = ("the evidence summary (the 16 most similar cases) favours nevus (72%), but the diagnosis prior ranks a "
+            "melanoma case first (it also weighs the diagnosis the image and findings point to): compare both")
+    from monai_cir.sites_condition import UNKNOWN_SITE_NOTICE
+
+    notices = [text_partly_used_notice(0.4), UNKNOWN_SITE_NOTICE, PRIOR_NOTICE, "rank 4 shows the closest case of another diagnosis (nevus, "
+               "similarity rank 9): its ranking margin 3.1 behind the first case is within the slot's margin 7.52", last]
+    noted = " ".join(pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=4, notices=notices))[0].split())
+    assert "compare both" in noted and "..." not in noted
 
 
 # ------------------------------------------------------------------------------------------------

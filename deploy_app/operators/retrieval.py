@@ -397,7 +397,7 @@ class ComposedRetrievalOperator(Operator):
             torch.cuda.synchronize()
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
         from monai_cir.evidence import summarize_evidence
-        from monai_cir.retrieval import ranked_answer
+        from monai_cir.retrieval import evidence_disagreement_notice, ranked_answer
 
         for (result, tensor, text, filters), vector, term in zip(batch, queries, terms):
             t0 = time.perf_counter()
@@ -412,6 +412,9 @@ class ComposedRetrievalOperator(Operator):
                 result.notices.append(result.differential.pop("notice"))
             if pool:
                 result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes)
+                disagreement = evidence_disagreement_notice(result.evidence, shown)
+                if disagreement:
+                    result.notices.append(disagreement)
             result.timing_ms["encode"] = encode_ms
             result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
             if not result.hits:

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         from monai_cir.evidence import summarize_evidence
 
         summary = summarize_evidence(pool, calibration=calibration, classes=sorted(index.info()["diagnosis"]))
+    disagreement = retrieval.evidence_disagreement_notice(summary, shown)
     explanations: list[Any] = []
     if args.explain and hits:
         from monai_cir.explain import explain_matches, render_explanation
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {opened['notice']}", file=sys.stderr)
     if shown.notice:
         print(f"note: {shown.notice}", file=sys.stderr)
+    if disagreement:
+        print(f"note: {disagreement}", file=sys.stderr)
     if args.json:
         payload = {
             "query": {"image": str(args.image), "text": args.text, "site": args.query_site, "condition": args.site},
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             "differential": opened,
             "ranking": shown.notice or "similarity",  # how the hits are ordered (the diagnosis prior's notice when it ordered them)
             "evidence": summary.to_dict() if summary else None,
+            "evidence_disagreement": disagreement,  # the evidence and the prior-ordered first case differ (why, in words)
             "explanations": [e.summary() for e in explanations],
         }
         print(json.dumps(payload, indent=1, default=str))

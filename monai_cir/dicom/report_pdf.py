@@ -269,7 +269,10 @@ def render_report_pdf(
     y = _paragraph(canvas, query_text.strip() or "(no report text: the search used the image only)", text_x, top - 9 * _MM, right - text_x, max_lines=12)
     if notices:
         canvas.setFillColor(HexColor("#805000"))
-        y = _paragraph(canvas, "Notes: " + "; ".join(str(n) for n in notices[:6]), text_x, y - 2 * _MM, right - text_x, size=7, max_lines=8)
+        # as many lines as the space beside the query image holds (the cases' table starts below it); the SR and
+        # results.json carry every notice whole
+        room = int((y - 2 * _MM - (top - box)) // (7 * 1.25))
+        y = _paragraph(canvas, "Notes: " + "; ".join(str(n) for n in notices[:6]), text_x, y - 2 * _MM, right - text_x, size=7, max_lines=max(2, room))
         canvas.setFillColor(HexColor("#000000"))
 
     # the similar cases, one row each
