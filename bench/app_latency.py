@@ -28,7 +28,11 @@
 
 The case library: ISIC UDA-1 minus the demo's held-out query, ``--limit`` cases (evenly spaced per
 class), dicomized and indexed with the trained head under the cache (``bench/app_latency``). Query
-studies: the demo's held-out case, and library cases re-dicomized as new studies with their own text.
+studies: the demo's held-out case, and library cases re-dicomized as new studies with their own text
+(age, sex, site) and, by default (``--query-text findings``), a 7-point report in the template's words after
+it, so that the release model's diagnosis prior orders every answer (its probes, one filtered search per
+diagnosis, the evidence-disagreement check: the app's heavier path); ``--query-text own`` keeps the studies'
+own text (no finding named: ranked by similarity alone, as the runs before 0.8 measured).
 On CUDA (when present) the same runs again, and the CPU and CUDA top-k are compared; otherwise the
 JSON says it was not run. Commit and machine (load average) are recorded: run on a clean tree.
 
@@ -54,6 +58,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT_JSON = REPO / "bench" / "results" / "app_latency.json"
 STAGES = ("load", "preprocess", "encode", "search", "explain", "sr", "pdf")
+# what --query-text findings adds to each query study's text: a full 7-point report in the template's words
+QUERY_FINDINGS = ("Dermoscopy: atypical pigment network; irregular streaks; irregular pigmentation; regression structures; "
+                  "irregular dots and globules; blue-whitish veil present; no vascular structures.")
 
 # a fresh process: import groups in the order the app meets them, then the models. argv: repo, MODELS,
 # mode: "artifact" (MODELS/index/encoders present: what the app imports on its fast path) or "eager" (no
@@ -212,7 +219,14 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
     p = batches["paired"]
     print(f"[{device}] paired rounds (single, batch back to back), per-study ratio: median {p['steady_ratio_median']:.3f}, {p['first_sight_ratio_median']:.3f} at first sight (rounds: {p['rounds']})", flush=True)
     stored = len(models.grid_maps) if models.grid_maps is not None else 0
-    return {"library_grid_maps_stored": stored, "single_study_ms": entry, "batch": batches}, last
+    # which answers the diagnosis prior ordered (its notice), and which said the evidence favours another diagnosis
+    from monai_cir.prior_ranking import PRIOR_NOTICE
+
+    queries = run_app_in_process(several, work / f"out-{device}-batch", models, settings_b)["queries"]
+    ordering = {"studies": len(queries), "ordered_by_the_prior": sum(PRIOR_NOTICE in q["notices"] for q in queries),
+                "evidence_disagreement_notices": sum(any(n.startswith("the evidence summary (") for n in q["notices"]) for q in queries)}
+    print(f"[{device}] answers: {ordering}", flush=True)
+    return {"library_grid_maps_stored": stored, "answers": ordering, "single_study_ms": entry, "batch": batches}, last
 
 
 def paired_rounds(single: Path, several: Path, out: Path, models, settings, settings_b, rounds: int) -> dict:
@@ -261,6 +275,9 @@ def main() -> int:
     parser.add_argument("--paired-rounds", type=int, default=5, help="paired rounds (three singles + the batch), steady and first sight each (default 5)")
     parser.add_argument("--cold-runs", type=int, default=1, help="single-study app launches (default 1)")
     parser.add_argument("--limit", type=int, default=120, help="library size (default 120; latency hardly depends on it: search is < 1 ms)")
+    parser.add_argument("--query-text", choices=("findings", "own"), default="findings",
+                        help="the query studies' text: their own (age, sex, site) plus a 7-point report, so the diagnosis prior "
+                        "orders the answers (default), or their own alone")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
     args = parser.parse_args()
     header = begin(__file__, "the deploy app per study: cold start, one study, a batch, stage by stage", None, machine=False)
@@ -297,16 +314,23 @@ def main() -> int:
     for folder in (single, several):
         if folder.exists():
             shutil.rmtree(folder)
+    from monai_cir.data.report import recognised_findings
+
+    findings = f" {QUERY_FINDINGS}" if args.query_text == "findings" else ""
+    if findings and len(recognised_findings(QUERY_FINDINGS)) < 5:
+        raise RuntimeError(f"the bench's report names {len(recognised_findings(QUERY_FINDINGS))} findings the gate reads, not 5 or more")
+    held_out = dataclasses.replace(held_out, text=f"{held_out.text}{findings}")
     dicomize_record(held_out, single, include_diagnosis=False)
     dicomize_record(held_out, several, include_diagnosis=False)
     for i, record in enumerate(library_records[: args.studies - 1]):
         # a new study of the same image: another collection name gives other UIDs and patient
-        dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}"), several, include_diagnosis=False)
+        dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}.{findings}"), several, include_diagnosis=False)
 
     report: dict = {
         **header,
         "machine_at_start": machine_info(),
         "library_cases": len(library_records),
+        "query_text": {"mode": args.query_text, "added_report": QUERY_FINDINGS if findings else None},
         "what": {
             "cold_s": "`python -m deploy_app` on one study as a subprocess: wall time launch to exit; process_start_to_ready_s from results.json (imports + models loaded); on CPU with the encoder artifact (MODELS/index/encoders: the TorchScript encoders, no timm / torchvision / transformers import)",
             "cold_s_eager_fallback": "the same launches (interleaved with cold_s) on a copy of MODELS without the encoder artifact: the app's fallback, encoders built with timm and transformers",
