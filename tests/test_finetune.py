@@ -33,7 +33,7 @@ def tiny_records(folder: Path, n: int = 8, seed: int = 0) -> list[CaseRecord]:
         pixels = rng.integers(0, 160, (40, 48, 3)) + 80 * label
         path = folder / f"img{i}.png"
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
-        records.append(CaseRecord(f"c{i}", path, "nevus", label, "pigment network: typical" if i % 3 else "", "trunk", "test", {}))
+        records.append(CaseRecord(f"c{i}", path, ("nevus", "melanoma")[label], label, "pigment network: typical" if i % 3 else "", "trunk", "test", {}))
     return records
 
 
@@ -186,23 +186,23 @@ def test_ddp_synchronises_encoder_gradients(tmp_path):
         assert torch.allclose(g0[key], g1[key], atol=1e-6), f"{key}: the ranks' gradients differ (not all-reduced)"
 
 
-def _tiny_fold(tmp_path, monkeypatch):
-    """A fold of 12 synthetic cases (9 database, 3 queries) on a random-feature cache, with the methods'
-    pretrained network replaced by a tiny random one; returns ``(ctx, donor, built)`` (``built``: the
-    networks the method created)."""
+def _tiny_fold(tmp_path, monkeypatch, n: int = 12, queries: int = 3):
+    """A fold of ``n`` synthetic cases (the last ``queries`` the held-out queries, the rest the database) on a
+    random-feature cache, with the methods' pretrained network replaced by a tiny random one; returns
+    ``(ctx, donor, built)`` (``built``: the networks the method created)."""
     from types import SimpleNamespace
 
     import monai_cir.networks
     from monai_cir.engine import cv_methods
     from monai_cir.evaluation import FoldContext
 
-    records = tiny_records(tmp_path, n=12)
+    records = tiny_records(tmp_path, n=n)
     donor = make_tiny_net()
     g = torch.Generator().manual_seed(0)
     labels = torch.tensor([r.label for r in records])
-    maps = [torch.randn(12, c, s, s, generator=g).half() for c, s in zip(donor.image_encoder.channels, (8, 4, 2))]
-    tokens = torch.randn(12, 5, donor.text_encoder.dim, generator=g).half()
-    cache = SimpleNamespace(maps=maps, maps_flipped=None, tokens=tokens, token_mask=torch.ones(12, 5, dtype=torch.bool), labels=labels, records=records)
+    maps = [torch.randn(n, c, s, s, generator=g).half() for c, s in zip(donor.image_encoder.channels, (8, 4, 2))]
+    tokens = torch.randn(n, 5, donor.text_encoder.dim, generator=g).half()
+    cache = SimpleNamespace(maps=maps, maps_flipped=None, tokens=tokens, token_mask=torch.ones(n, 5, dtype=torch.bool), labels=labels, records=records)
     built = []
     create_model = monai_cir.networks.create_model
 
@@ -215,7 +215,7 @@ def _tiny_fold(tmp_path, monkeypatch):
     monkeypatch.setattr(monai_cir.networks, "create_model", tiny_model)
     config = {"image_size": 64, "method_options": {"composed": {"train": {"epochs": 1, "batch_size": 6, "val_fraction": 0.25}}, "composed_finetuned": {"epochs": 1, "batch_size": 4, "lr": 1e-2, "progress": False},
                                                    "late_fusion_fullbatch": {"train": {"epochs": 3}}}}
-    return FoldContext(cache, np.arange(9, 12), np.arange(9), 0, config, seed=0), donor, built
+    return FoldContext(cache, np.arange(n - queries, n), np.arange(n - queries), 0, config, seed=0), donor, built
 
 
 def test_composed_finetuned_method_fine_tunes_and_embeds(tmp_path, monkeypatch):
@@ -301,3 +301,35 @@ def test_fine_tuned_methods_cost_only_their_queries_for_another_text_form(tmp_pa
         assert torch.equal(t_form, t) and not torch.allclose(q_form, q, atol=1e-4), name
     assert len(built) == 1 and branches.count("late_fusion_fullbatch") == 1
     assert database_passes == [9, 9], "each method embeds the fold's database once, whatever the forms"
+
+
+def test_composed_finetuned_late_fusion_prior_is_the_fine_tuned_release_plus_its_priors_terms(tmp_path, monkeypatch):
+    """``composed_finetuned_late_fusion_prior``: the fine-tuned release network's S (the same fine-tuning and branch as
+    ``composed_finetuned_late_fusion``) plus the diagnosis prior's terms, the prior fitted on the fine-tuned features
+    of the fold's training cases only; a query whose text names no finding keeps S, one naming a finding gets a
+    term by the library case's diagnosis."""
+    from monai_cir.engine import diagnosis_prior
+    from monai_cir.evaluation import get_method
+    from monai_cir.networks import encoder_fingerprint
+
+    ctx, _, built = _tiny_fold(tmp_path, monkeypatch, n=30, queries=6)
+    fitted = []
+    fit = diagnosis_prior.fit_diagnosis_prior
+
+    def spy(net, cache, train_indices, **kwargs):
+        fitted.append((cache, list(train_indices)))
+        return fit(net, cache, train_indices, **kwargs)
+
+    monkeypatch.setattr(diagnosis_prior, "fit_diagnosis_prior", spy)
+    k = get_method("composed_finetuned_late_fusion_prior").fn(ctx)
+    q, t = get_method("composed_finetuned_late_fusion").fn(ctx)
+    assert len(built) == 1, "the fine-tuned network was not shared"
+    assert len(fitted) == 1 and fitted[0][1] == list(range(24))
+    assert fitted[0][0] is not ctx.cache and fitted[0][0].fingerprint == encoder_fingerprint(built[0])
+    terms = k - (q @ t.T).double()
+    labels = ctx.cache.labels.numpy()[ctx.database_indices]
+    for row, i in enumerate(ctx.query_indices):
+        named = bool(ctx.cache.records[int(i)].text)
+        by_class = [terms[row, labels == c] for c in (0, 1)]
+        assert all(torch.allclose(x, x[0].expand_as(x), atol=1e-5) for x in by_class), row  # one term per diagnosis
+        assert (float(by_class[0][0] - by_class[1][0]) != 0) == named, row

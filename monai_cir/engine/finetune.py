@@ -33,7 +33,8 @@ from .data import (
 )
 from .trainer import TrainConfig, TrainResult
 
-__all__ = ["EndToEndModel", "loader_workers", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records", "embed_records", "finetuned_composed_net", "FINETUNED_DEFAULTS"]
+__all__ = ["EndToEndModel", "loader_workers", "unfreeze_encoders", "finetune", "fit_input_statistics_from_records", "embed_records", "finetuned_composed_net", "FINETUNED_DEFAULTS",
+           "composed_finetuned_late_fusion_prior"]
 
 
 def loader_workers(device: str | torch.device) -> int:
@@ -271,19 +272,60 @@ def composed_finetuned_late_fusion(ctx: Any) -> tuple[torch.Tensor, torch.Tensor
     cases (pooled L / M / H maps and sentence embeddings, computed once, in memory), both joined by
     :func:`~monai_cir.engine.attach_late_fusion` into one network, ``S = (S_Eq9 + S_late_fusion) / 2``;
     queries and database embedded from the images."""
+
+    return _embed_fold(_finetuned_release(ctx, with_prior=False), ctx, "composed_finetuned_late_fusion")
+
+
+def _finetuned_release(ctx: Any, with_prior: bool) -> ComposedRetrievalNet:
+    """The fold's fine-tuned release network (memoised): ``composed_finetuned`` joined with a full-batch late-fusion
+    branch trained on its own features; ``with_prior``: also the diagnosis prior fitted on those features of the
+    fold's training cases (the release's third stage on fine-tuned encoders)."""
     from ..data.feature_cache import encode_collection
     from ..evaluation.protocol import RunState
     from . import attach_late_fusion
     from .cv_methods import train_method
+    from .diagnosis_prior import fit_diagnosis_prior
 
-    key = _finetuned_key(ctx, "late_fusion")
-    if key in ctx.state.memo:  # another text form of the same fold: the branch is trained already
-        return _embed_fold(ctx.state.memo[key], ctx, "composed_finetuned_late_fusion")
+    key = _finetuned_key(ctx, "late_fusion", "prior" if with_prior else "")
+    if key in ctx.state.memo:  # another text form of the same fold: trained already
+        return ctx.state.memo[key]
     net = finetuned_composed_net(ctx)
     features = encode_collection(net, ctx.cache.records, net.image_size, collection=f"{getattr(ctx.cache, 'collection', '') or 'collection'} (fine-tuned encoders)", progress=False)
     # a state of its own: the fine-tuned features live for this call only, so no memo may outlive them
     own = RunState()
-    branch = train_method("late_fusion_fullbatch", features, ctx.train_indices, ctx.config, ctx.seed, own)[0]
-    ctx.state.train_log.extend(dict(entry, method="composed_finetuned_late_fusion (late fusion on fine-tuned features)") for entry in own.train_log)
-    combined = ctx.state.memo[key] = attach_late_fusion(net, branch).to(net.device).eval()
-    return _embed_fold(combined, ctx, "composed_finetuned_late_fusion")
+    plain_key = _finetuned_key(ctx, "late_fusion", "")
+    if plain_key not in ctx.state.memo:
+        branch = train_method("late_fusion_fullbatch", features, ctx.train_indices, ctx.config, ctx.seed, own)[0]
+        ctx.state.train_log.extend(dict(entry, method="composed_finetuned_late_fusion (late fusion on fine-tuned features)") for entry in own.train_log)
+        ctx.state.memo[plain_key] = attach_late_fusion(net, branch).to(net.device).eval()
+    combined = ctx.state.memo[plain_key]
+    if with_prior:
+        prior_net, record = fit_diagnosis_prior(combined, features, ctx.train_indices, seed=ctx.seed, text_net=combined)
+        ctx.state.train_log.append(dict(method="composed_finetuned_late_fusion_prior", seed=ctx.seed, n_train=len(ctx.train_indices), **record))
+        combined = ctx.state.memo[key] = prior_net.to(net.device).eval()
+    return combined
+
+
+@register_method("composed_finetuned_late_fusion_prior",
+                 label="fine-tuned release network + diagnosis prior fitted on its features (S + 10 w log p(y_c | q))")
+def composed_finetuned_late_fusion_prior(ctx: Any) -> torch.Tensor:
+    """``composed_late_fusion_prior`` on fine-tuned encoders: ``K = S + λ w log p(y_c | q)`` with ``S`` the
+    ``composed_finetuned_late_fusion`` network's and the probes fitted on its features of the fold's training
+    cases; the query's terms computed by the network from its image and text (template texts only: the other
+    text forms would need the fine-tuned text encoder run again over them)."""
+    from ..data.collections import records_dataset
+    from .diagnosis_prior import prior_columns
+
+    if ctx.query_cache is not ctx.cache:
+        raise ValueError("composed_finetuned_late_fusion_prior scores the template texts only; leave it out of --text-forms runs")
+    net = _finetuned_release(ctx, with_prior=True)
+    q, t = _embed_fold(net, ctx, "composed_finetuned_late_fusion")
+    records = [ctx.cache.records[int(i)] for i in ctx.query_indices]
+    terms = []
+    with torch.inference_mode():
+        for start in range(0, len(records), 16):
+            chunk = records[start : start + 16]
+            batch = next(iter(DataLoader(records_dataset(chunk, net.image_size), batch_size=len(chunk))))
+            terms.append(net.encode_query_and_terms(batch["image"].to(net.device), list(batch["text"]))[1].double().cpu())
+    columns = prior_columns(net.diagnosis_prior.classes, ctx.cache, ctx.database_indices)
+    return (q @ t.T).double() + torch.cat(terms)[:, columns]
