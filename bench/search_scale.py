@@ -11,7 +11,13 @@ process (not in the library). Isotropic random vectors would have no neighbourho
 
 For each N: single-query latency p50/p99 through ``CaseIndex.search`` (what a user pays: Python,
 FAISS and hit assembly), recall@10 of the approximate index against exact search, bytes per vector
-and build time. Writes ``bench/results/search_scale.json``.
+and build time. Then a query whose text names 7-point findings, as the release model ranks it
+(:class:`monai_cir.prior_ranking.PriorRankedIndex`: ``K = S + λ log p(y_c | q)``, one filtered search
+per diagnosis of the model's prior and one for the library's other diagnoses, merged): latency on the
+exact index and on the approximate one at its default nprobe, recall@10 against the exact ``K``
+ranking computed densely. Each query's posterior ``p`` is drawn from a flat Dirichlet over the
+prior's diagnoses (the searches cost the same whatever ``p`` is; it decides the merge). Writes
+``bench/results/search_scale.json``.
 
     python bench/search_scale.py            # ~10-15 min on 2 cores, ~6 GB RAM at 1e6
     python bench/search_scale.py --sizes 10000 100000 --queries 100
@@ -35,6 +41,8 @@ sys.path.insert(0, str(REPO))
 
 from monai_cir.config import cache_dir
 from monai_cir.index import CaseMetadata, FaissCaseIndex
+from monai_cir.networks.diagnosis_prior import DEFAULT_PRIOR_STRENGTH, term_columns
+from monai_cir.prior_ranking import PriorRankedIndex
 
 RESULTS = REPO / "bench" / "results" / "search_scale.json"
 K = 10
@@ -130,7 +138,53 @@ def ids_of(hits) -> list[list[str]]:
     return [[h.case_id for h in row] for row in hits]
 
 
-def run_size(n: int, synth: Synthesizer, queries: np.ndarray, nprobes: list[int], exact_queries: int, seed: int, hnsw_max: int) -> list[dict]:
+def prior_terms(n_queries: int, classes: list[str], rng: np.random.Generator) -> np.ndarray:
+    """(n_queries, C + 1) ranking terms as the release model's prior gives them to a text naming >= 5 findings
+    (gate weight 1): ``λ log p`` per class, then ``λ E_p[log p]`` for any other diagnosis; ``p`` ~ Dirichlet(1)."""
+    p = np.clip(rng.dirichlet(np.ones(len(classes)), size=n_queries), 1e-6, None)
+    log_p = np.log(p / p.sum(axis=1, keepdims=True))
+    return DEFAULT_PRIOR_STRENGTH * np.concatenate([log_p, (p * log_p).sum(axis=1, keepdims=True)], axis=1)
+
+
+def prior_truth(index: FaissCaseIndex, queries: np.ndarray, terms: np.ndarray, classes: list[str]) -> list[list[str]]:
+    """The exact top K of ``S + t(y_c)`` for each query, computed densely over every stored vector."""
+    diagnoses = [m.diagnosis for m in index._meta]
+    columns = np.array(term_columns(classes, diagnoses))
+    x, ids = index.vectors(), index.case_ids()
+    truth = []
+    for q, t in zip(queries, terms):
+        score = x @ q + t[columns]
+        top = np.argpartition(-score, K)[:K]
+        truth.append([ids[i] for i in top[np.argsort(-score[top], kind="stable")]])
+    return truth
+
+
+def prior_row(index: FaissCaseIndex, queries: np.ndarray, terms: np.ndarray, classes: list[str], truth: list[list[str]], method: str) -> dict:
+    """Latency (the ranked index built per query, as :func:`monai_cir.retrieval.ranked_answer` does) and recall@10."""
+    diagnoses = sorted(index.info()["diagnosis"])
+
+    def search(i: int) -> list[str]:
+        return [h.case_id for h in PriorRankedIndex(index, terms[i], classes, diagnoses).search(queries[i], K)[0]]
+
+    found = [search(i) for i in range(len(queries))]
+    for i in range(min(3, len(queries))):
+        search(i)
+    times = []
+    for i in range(len(queries)):
+        t0 = time.perf_counter()
+        search(i)
+        times.append((time.perf_counter() - t0) * 1e3)
+    recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
+    groups = len([c for c in classes if c in diagnoses]) + int(any(d not in classes for d in diagnoses))
+    row = {"n": index.__len__(), "method": method, "p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3),
+           "recall@10": round(recall, 4), "queries_timed": len(times), "searches_per_query": groups,
+           "ranking": "K = S + lambda log p(y_c | q) (the release model's diagnosis prior, text naming >= 5 findings)"}
+    print(f"  {method}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, recall@10 of K {recall:.4f} ({groups} searches a query)", flush=True)
+    return row
+
+
+def run_size(n: int, synth: Synthesizer, queries: np.ndarray, nprobes: list[int], exact_queries: int, seed: int, hnsw_max: int,
+             classes: list[str], terms: np.ndarray) -> list[dict]:
     rng = np.random.default_rng(seed)
     index = FaissCaseIndex(queries.shape[1], "bench", exact_max=n)  # exact until we build the ANN below
     t0 = time.perf_counter()
@@ -150,6 +204,8 @@ def run_size(n: int, synth: Synthesizer, queries: np.ndarray, nprobes: list[int]
                  "recall@10": 1.0, "bytes_per_vector": 4 * index.dim, "build_s": 0.0, "queries_timed": len(lat),
                  "index": "IndexFlatIP (float32)"})
     print(f"  exact: p50 {rows[-1]['p50_ms']:.2f} ms, p99 {rows[-1]['p99_ms']:.2f} ms ({len(lat)} queries)", flush=True)
+    k_truth = prior_truth(index, queries, terms, classes)
+    rows.append(prior_row(index, queries[:exact_queries], terms, classes, k_truth, "prior-ranked, exact (IndexFlatIP, one filtered search per diagnosis)"))
 
     index.exact_max = 0  # from here on every search goes through the approximate index
     build_s = index.build_ann(seed=seed)
@@ -165,6 +221,9 @@ def run_size(n: int, synth: Synthesizer, queries: np.ndarray, nprobes: list[int]
                      "recall@10": round(recall, 4), "bytes_per_vector": round(4 * index.dim + ann_bytes / n, 1),
                      "ann_bytes_per_vector": round(ann_bytes / n, 1), "build_s": round(build_s, 2), "queries_timed": len(lat), "nprobe": nprobe, "nlist": nlist})
         print(f"  ANN nprobe={nprobe}: p50 {rows[-1]['p50_ms']:.2f} ms, p99 {rows[-1]['p99_ms']:.2f} ms, recall@10 {recall:.4f}, build {build_s:.1f} s", flush=True)
+    index.nprobe = FaissCaseIndex(1, "defaults").nprobe  # the index's default, as the app searches
+    rows.append(prior_row(index, queries, terms, classes, k_truth,
+                          f"prior-ranked, pca{index.ann_dim}-ivf{nlist}-sq8-rerank{index.rerank_factor}x (nprobe={index.nprobe}), one filtered search per diagnosis"))
     if n <= hnsw_max:
         rows.extend(run_hnsw(index, queries, truth))
     del index
@@ -221,14 +280,21 @@ def main() -> None:
     wall = time.perf_counter()
     header = begin(__file__, "exact and approximate case search from 10^4 to 10^6 cases", None, **machine_extra())
     print("machine:", json.dumps(header["machine"]), flush=True)
-    real, labels, fingerprint, blocks = real_embeddings()
+    from monai_cir.networks import load_model
+
+    net = load_model()
+    if net.diagnosis_prior is None:
+        raise SystemExit("the shipped model has no diagnosis prior: the prior-ranked rows need one (bundle/models/model.pt >= 0.8.0)")
+    classes = list(net.diagnosis_prior.classes)
+    real, labels, fingerprint, blocks = real_embeddings(net)
     print(f"inputs: {real.shape[0]} real ISIC UDA-1 embeddings, D={real.shape[1]}, classes {dict(zip(*np.unique(labels, return_counts=True)))}", flush=True)
     synth = Synthesizer(real, labels, blocks)
     queries, _ = synth.sample(args.queries, np.random.default_rng(args.seed + 1000))
+    terms = prior_terms(args.queries, classes, np.random.default_rng(args.seed + 2000))
     results = []
     for n in args.sizes:
         exact_queries = 200 if n <= 10_000 else 100 if n <= 100_000 else 30
-        results.extend(run_size(n, synth, queries, args.nprobe, min(exact_queries, args.queries), args.seed, args.hnsw_max))
+        results.extend(run_size(n, synth, queries, args.nprobe, min(exact_queries, args.queries), args.seed, args.hnsw_max, classes, terms))
     payload = {
         **header,
         "inputs": {
@@ -236,6 +302,7 @@ def main() -> None:
             "blocks": [[width, round(weight, 4)] for width, weight in blocks],
             "synthesis": "real anchor + U(0,0.5) pull towards a same-class real case + 0.5 x class top-64 PCA noise, blocks renormalised",
             "queries": args.queries, "k": K, "seed": args.seed,
+            "prior": {"classes": classes, "strength": DEFAULT_PRIOR_STRENGTH, "posterior": "Dirichlet(1) per query, seed + 2000"},
         },
         "results": results,
         "wall_s": round(time.perf_counter() - wall, 1),

@@ -85,6 +85,35 @@ def test_filtered_search_returns_only_matching_cases(index):
     assert len(index.search(q[0], k=500, filters={"site": "face"})[0]) == 75  # fewer than k only when fewer match
 
 
+def test_a_filter_sees_every_add_update_and_remove(index):
+    """The rows a filter selects are kept between searches (a query the diagnosis prior orders searches once per
+    diagnosis) and must follow every change of the library."""
+    q = make_cases(1, seed=5)[0][0]
+    before = index.search(q, k=300, filters={"site": "trunk"})[0]
+    assert len(before) == 75
+    index.add(q[None], [CaseMetadata("added", "nevus", "synthetic", site="trunk")])
+    after_add = index.search(q, k=300, filters={"site": "trunk"})[0]
+    assert len(after_add) == 76 and after_add[0].case_id == "added"
+    index.add(q[None], [CaseMetadata("added", "nevus", "synthetic", site="face")], update=True)  # moved to another site
+    assert "added" not in {h.case_id for h in index.search(q, k=300, filters={"site": "trunk"})[0]}
+    assert index.search(q, k=1, filters={"site": "face"})[0][0].case_id == "added"
+    gone = before[0].case_id
+    index.remove([gone])
+    after_remove = index.search(q, k=300, filters={"site": "trunk"})[0]
+    assert len(after_remove) == 74 and gone not in {h.case_id for h in after_remove}
+    assert all(h.metadata.site == "trunk" for h in after_remove)  # rows shifted by the removal: the filter follows
+
+
+def test_info_counts_as_a_pass_over_the_cases(index):
+    """FAISS answers ``info`` from its metadata columns (the app reads the diagnoses per query): the same counts as
+    the generic pass over every case, also after a change and for a case without a site."""
+    index.add(make_cases(1, seed=6)[0], [CaseMetadata("no-site", "seborrheic keratosis", "other collection")])
+    index.remove(["c3"])
+    info = index.info()
+    assert info == index_base.CaseIndex.info(index)
+    assert info["diagnosis"] == {"melanoma": 150, "nevus": 149, "seborrheic keratosis": 1} and info["cases"] == 300
+
+
 def test_approximate_index_recall_and_filters():
     x, meta = make_cases(3000, seed=3, rank=8)
     ix = FaissCaseIndex(DIM, "fp", exact_max=500, ann_dim=8, nprobe=16)
