@@ -39,8 +39,10 @@ DEFAULT_RANK = 4  # the paper's largest Acc@K cut-off: the differential case is 
 # the share of held-out queries whose slot opens: about one query in seven (bench/differential_slot.py
 # shows Acc@4 and P@5 over 5-30%; this operating point was chosen on that curve, see the model card)
 DEFAULT_OPEN_RATE = 0.15
-# how far the app counts a differential case's similarity rank (beyond it the notice says "beyond rank N")
-RANK_COUNT_LIMIT = 4096
+# how far the app counts a differential case's similarity rank (beyond it the notice says "beyond rank N"): one
+# search of 257 cases; counting to 4096 made an approximate index at a million cases fall back to a scan of the
+# whole library (the probed lists hold fewer candidates than 4096 x its re-ranking factor), ~0.2 s a query
+RANK_COUNT_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -226,13 +228,16 @@ def closest_other_case(index: Any, vector: Any, pool: list[Any], classes: list[s
 
 
 def shown_with_differential(
-    slot: DifferentialSlot, index: Any, vector: Any, pool: list[Any], top_k: int, classes: list[str], filters: dict | None = None
+    slot: DifferentialSlot, index: Any, vector: Any, pool: list[Any], top_k: int, classes: list[str], filters: dict | None = None,
+    count_rank: bool = True,
 ) -> tuple[list[Any], dict[str, Any] | None]:
     """The ``top_k`` hits a reader is shown for the query ``vector`` whose best hits under ``filters`` are
     ``pool`` (best first, at least ``top_k`` of them when the library has them): the similarity ranking, with
     the slot's case placed when the slot opens. Returns ``(hits, opened)``: ``opened`` is None when the slot
     stays shut, else ``{"rank", "case_id", "diagnosis", "similarity_rank", "margin", "max_margin", "notice"}``
-    (``similarity_rank`` None beyond :data:`RANK_COUNT_LIMIT`). What the deploy app and ``monai-cir search`` show."""
+    (``similarity_rank`` None beyond :data:`RANK_COUNT_LIMIT`). What the deploy app and ``monai-cir search`` show.
+    ``count_rank=False``: a case beyond the pool is not counted (``similarity_rank`` None; a caller ranking by
+    another score than similarity counts it by similarity itself)."""
     hits = list(pool[:top_k])
     if not pool or top_k < slot.rank:
         return hits, None
@@ -244,7 +249,7 @@ def shown_with_differential(
     # beyond the pool it ranks below every pool case; its rank is counted only when the slot opens
     if not slot.opens(best.score, other.score, rank if rank is not None else len(pool) + 1):
         return hits, None
-    if rank is None:
+    if rank is None and count_rank:
         rank = similarity_rank(index, vector, other.score, filters)
     margin = best.score - other.score
     opened = {"rank": slot.rank, "case_id": other.case_id, "diagnosis": other.metadata.diagnosis, "similarity_rank": rank,
@@ -257,7 +262,7 @@ def similarity_rank(index: Any, vector: Any, score: float, filters: dict | None 
     """1 + the number of library cases (under ``filters``) scoring above ``score`` for the query ``vector``;
     None when more than ``limit`` do (the count stops there: a search of millions is not run for a label)."""
     query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-    k = min(len(index), 256, limit + 1)
+    k = min(len(index), 1024, limit + 1)
     while True:
         hits = index.search(query, k=k, filters=filters)[0]
         above = sum(1 for h in hits if h.score > score)

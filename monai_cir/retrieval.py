@@ -320,23 +320,25 @@ class Answer:
 
 
 def evidence_disagreement_notice(summary: Any, shown: Answer) -> str | None:
-    """The sentence to show when the evidence summary and the first case shown point to different diagnoses because
-    the diagnosis prior ordered the cases (None otherwise).
+    """The sentence to show when the diagnosis prior ordered the answer and its first case is not of the diagnosis
+    the evidence summary favours (None otherwise, and when the summary's vote ties the first case's diagnosis).
 
     The summary (:func:`monai_cir.evidence.summarize_evidence`) votes over ``shown.pool``, the cases most similar by
     ``S``; the prior orders the cases shown by ``S`` and the query's diagnosis posterior, so the two can disagree:
     the reader would see, say, five melanomas under "nevus 70%". Neither is dropped (the vote is calibrated on the
-    similarity ranking; the prior's order is what the evaluation measures), and the reader is told why they differ.
-    The similarity ranking's own first case can also differ from its vote (a vote is over more cases than the
-    first): that is visible in the list itself and gets no notice."""
+    similarity ranking; the prior's order is what the evaluation measures), and the reader is told they differ and
+    why the order can. The words do not say the prior moved the first case (the most similar case may be of that
+    diagnosis already). Without the prior the similarity ranking's first case can also differ from its vote (a
+    vote is over more cases than the first): that is visible in the list itself and gets no notice."""
     if summary is None or shown.notice is None or not shown.hits:
         return None
     first = shown.hits[0].metadata.diagnosis
-    if summary.predicted == first:
+    if summary.predicted == first or summary.distribution.get(first, 0.0) >= summary.confidence - 1e-9:
         return None
-    return (f"the evidence summary (the {summary.k} most similar cases) favours {summary.predicted} "
-            f"({100 * summary.confidence:.0f}%), but the diagnosis prior ranks a {first} case first (it also weighs the "
-            f"diagnosis the image and findings point to): compare both")
+    confidence = f"{100 * summary.confidence:.0f}%" + ("" if summary.calibrated else ", uncalibrated")
+    return (f"the evidence summary (the {summary.k} most similar cases) favours {summary.predicted} ({confidence}), "
+            f"while the first case shown is a {first} case (the order also weighs the diagnosis the image and findings "
+            f"point to): compare both")
 
 
 def answer(
@@ -394,7 +396,8 @@ def ranked_answer(
     opened = None
     if slot is not None:
         slot = slot.for_query(acted)
-        shown, opened = shown_with_differential(slot, ranked, query[0], shown, k, diagnoses, dict(filters) if filters else None)
+        # with the prior the case's rank is counted by similarity below, not in the prior ranking's units
+        shown, opened = shown_with_differential(slot, ranked, query[0], shown, k, diagnoses, dict(filters) if filters else None, count_rank=not acted)
     if not acted:
         return Answer(hits=shown[:k], pool=pool, differential=opened)
     hits = ranked.with_similarity(shown[:k])

@@ -459,7 +459,8 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
         assert report.evidence_summary is not None
         assert report.evidence_summary.predicted == evidence["predicted"]
         # where the prior put another diagnosis first than the evidence favours, a notice says so (results.json, SR)
-        differ = PRIOR_NOTICE in answers[name]["notices"] and evidence["predicted"] != top[0]["diagnosis"]
+        differ = (PRIOR_NOTICE in answers[name]["notices"] and evidence["predicted"] != top[0]["diagnosis"]
+                  and evidence["distribution"].get(top[0]["diagnosis"], 0.0) < evidence["confidence"])
         said = [n for n in answers[name]["notices"] if n.startswith("the evidence summary (")]
         assert len(said) == int(differ), (name, evidence["predicted"], top[0]["diagnosis"], said)
         assert all(n in report.notices for n in said)
@@ -524,6 +525,38 @@ def test_hits_are_the_models_own_ranking(app_run, results):
     assert answers["in_library"]["top_k"][0]["case_id"] == app_run["library"][3].case_id
     assert app_run["held_out"].case_id not in {h["case_id"] for h in answers["held_out"]["top_k"]}
     assert acted == [False, True]  # the in-library query's text names no finding, the held-out one's does
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_an_answer_the_prior_orders_against_the_evidence_says_so(app_run, results, tmp_path):
+    """The app's notice where the evidence summary and the first case differ, forced (the fixture's own answers may
+    agree): the held-out query, whose text names two findings (the prior acts), answered by the release model with a
+    prior that favours the diagnosis its evidence summary does not. The first case is of that diagnosis, the summary
+    (a vote by similarity) is unchanged, and results.json, the SR and the PDF say they differ."""
+    import torch
+
+    from deploy_app.app import load_models, run_app
+    from deploy_app.settings import AppSettings
+    from monai_cir.dicom.sr import read_similar_cases_sr
+    from tests.test_dicom_io import pdf_text
+
+    models = load_models(app_run["root"] / "models", device="cpu", cache=False)
+    folder = app_run["cases"]["held_out"].image_file.parent
+    settings = AppSettings(top_k=5, explain=False)
+    voted = run_app(folder, tmp_path / "as_shipped", models, settings)["queries"][0]["evidence"]["predicted"]
+    favoured = next(d for d in ("melanoma", "nevus") if d != voted)
+    prior = models.net.diagnosis_prior
+    classes, d = list(prior.classes), prior.mean.shape[1]
+    for which in (0, 1):  # weights zero: the posterior is softmax(bias), ~1 for the favoured diagnosis
+        prior.set_probe(which, torch.zeros(d), torch.ones(d), torch.zeros(len(classes), d), 10.0 * torch.eye(len(classes))[classes.index(favoured)])
+    answer = run_app(folder, tmp_path / "forced", models, settings)["queries"][0]
+    assert answer["top_k"][0]["diagnosis"] == favoured and answer["evidence"]["predicted"] == voted
+    said = [n for n in answer["notices"] if n.startswith("the evidence summary (")]
+    assert len(said) == 1 and f"favours {voted}" in said[0] and f"first case shown is a {favoured} case" in said[0]
+    assert said[0] in read_similar_cases_sr(tmp_path / "forced" / answer["outputs"]["sr"]).notices
+    page = " ".join(pdf_text((tmp_path / "forced" / answer["outputs"]["pdf"]).read_bytes())[0].split())
+    assert " ".join(said[0].split()) in page
 
 
 @pytest.mark.integration

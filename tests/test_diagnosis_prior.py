@@ -144,6 +144,32 @@ def test_the_app_answer_with_the_prior_is_the_evaluations_ranking():
     assert unmoved.notice is None and [h.case_id for h in unmoved.hits] == [h.case_id for h in unmoved.pool[:5]]
 
 
+def test_a_differential_case_beyond_the_pool_is_counted_once_by_similarity(monkeypatch):
+    """With the prior, the slot's case may lie beyond the pool (the 201st case by similarity here): its rank is counted
+    by similarity over the index, and no search through the prior ranking asks for more cases than the answer ranks
+    (counting there, in the prior's units, was one search per diagnosis of hundreds of cases, thrown away after)."""
+    from monai_cir.differential import RANK_COUNT_LIMIT
+    from monai_cir.prior_ranking import PriorRankedIndex
+    from monai_cir.retrieval import ranked_answer
+
+    dim, rng = 8, np.random.default_rng(0)
+    query = np.zeros(dim, dtype=np.float32)
+    query[0] = 1.0
+    n = 220  # 200 nevi scoring 1.000 .. 0.801, then melanomas from 0.800 down
+    vectors = np.stack([np.r_[1.0 - 0.001 * i, rng.normal(size=dim - 1) * 1e-4] for i in range(n)]).astype(np.float32)
+    index = create_index(dim, "fp")
+    index.add(vectors, [CaseMetadata(f"c{i:03d}", "nevus" if i < 200 else "melanoma", "test") for i in range(n)])
+    asked = []
+    prior_search = PriorRankedIndex.search
+    monkeypatch.setattr(PriorRankedIndex, "search", lambda self, q, k=10, filters=None: asked.append(k) or prior_search(self, q, k, filters))
+    prior = type("Prior", (), {"classes": CLASSES})()
+    terms = np.array([-0.1, 0.0, -5.0, -2.0])  # melanoma nearly as likely as nevus: the slot opens with the closest melanoma
+    shown = ranked_answer(index, query, 5, 16, terms=terms, prior=prior, slot=DifferentialSlot(margin=5.0, rank=4))
+    assert shown.differential is not None and shown.differential["case_id"] == "c200"
+    assert shown.differential["similarity_rank"] == 201 <= RANK_COUNT_LIMIT and "similarity rank 201" in shown.differential["notice"]
+    assert asked and max(asked) <= 16, sorted(set(asked))
+
+
 def test_a_query_the_prior_leaves_alone_gets_the_similarity_margin():
     """With a prior the slot has two margins: ``margin`` in the prior ranking's units for the queries it orders,
     ``margin_by_similarity`` for a text naming no finding (ranked by S): the app's answer and the evaluation's
@@ -307,7 +333,7 @@ def test_bundle_inference_ranks_with_the_prior_and_reports_each_querys_slot(tmp_
 def test_the_evidence_summary_and_a_prior_ordered_first_case_that_differ_are_said_to_differ():
     """The evidence summary votes over the cases most similar by S; the prior may put another diagnosis first. Then
     (and only then: a prior-ordered answer whose first case's diagnosis is not the vote's) a notice names both."""
-    from monai_cir.evidence import summarize_evidence
+    from monai_cir.evidence import EvidenceSummary, summarize_evidence
     from monai_cir.index import SearchHit
     from monai_cir.prior_ranking import PRIOR_NOTICE
     from monai_cir.retrieval import Answer, evidence_disagreement_notice
@@ -320,8 +346,11 @@ def test_the_evidence_summary_and_a_prior_ordered_first_case_that_differ_are_sai
     assert summary.predicted == "nevus"
     reordered = hits(["melanoma", "nevus", "nevus"], [0.7, 0.9, 0.8])
     notice = evidence_disagreement_notice(summary, Answer(hits=reordered, pool=pool, notice=PRIOR_NOTICE))
-    assert notice is not None and "favours nevus" in notice and "melanoma case first" in notice
-    assert f"{100 * summary.confidence:.0f}%" in notice
+    assert notice is not None and "favours nevus" in notice and "first case shown is a melanoma case" in notice
+    assert f"{100 * summary.confidence:.0f}%, uncalibrated" in notice  # as the summary's own text qualifies it
+    # a vote that ties the first case's diagnosis favours neither: nothing to say
+    tied = EvidenceSummary(k=2, distribution={"nevus": 0.5, "melanoma": 0.5}, predicted="nevus", confidence=0.5)
+    assert evidence_disagreement_notice(tied, Answer(hits=reordered, pool=pool, notice=PRIOR_NOTICE)) is None
     # the prior kept the vote's diagnosis first, or did not order the answer, or there is no summary: nothing to say
     assert evidence_disagreement_notice(summary, Answer(hits=pool[:3], pool=pool, notice=PRIOR_NOTICE)) is None
     assert evidence_disagreement_notice(summary, Answer(hits=reordered, pool=pool)) is None

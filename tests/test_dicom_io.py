@@ -720,19 +720,26 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert "differential" not in first
     marked = pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=2, notices=["rank 2 is the closest ..."]))[0]
     assert marked.count("differential: see Notes") == 1
-    # the notices a prior-ordered answer can carry (text partly used, site, prior, slot, evidence disagreement) all fit
-    # beside the query image, the last one to its last word
+    # the notices a prior-ordered answer can carry (text partly used, site, prior, slot, evidence disagreement), in their
+    # real words, beside a long query text: every one reaches the page to its last word, and the cases' table with them
     from monai_cir.data.report import text_partly_used_notice
+    from monai_cir.differential import DifferentialSlot
     from monai_cir.prior_ranking import PRIOR_NOTICE
-
-    last = ("the evidence summary (the 16 most similar cases) favours nevus (72%), but the diagnosis prior ranks a "
-            "melanoma case first (it also weighs the diagnosis the image and findings point to): compare both")
     from monai_cir.sites_condition import UNKNOWN_SITE_NOTICE
 
-    notices = [text_partly_used_notice(0.4), UNKNOWN_SITE_NOTICE, PRIOR_NOTICE, "rank 4 shows the closest case of another diagnosis (nevus, "
-               "similarity rank 9): its ranking margin 3.1 behind the first case is within the slot's margin 7.52", last]
-    noted = " ".join(pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=4, notices=notices))[0].split())
-    assert "compare both" in noted and "..." not in noted
+    last = ("the evidence summary (the 16 most similar cases) favours nevus (72%, uncalibrated), while the first case shown "
+            "is a melanoma case (the order also weighs the diagnosis the image and findings point to): compare both")
+    slot = DifferentialSlot(rank=4, margin=7.5204).notice("nevus", 9, "melanoma", 3.1, prior=True)
+    notices = [text_partly_used_notice(0.4), UNKNOWN_SITE_NOTICE, PRIOR_NOTICE, slot, last]
+    long_text = ("Dermoscopy: atypical pigment network; irregular streaks; irregular pigmentation; regression structures; irregular "
+                 "dots and globules; blue-whitish veil present; no vascular structures. Palpable lesion of the upper back, "
+                 "female patient, 63 years; the lesion changed in size and colour over the last six months.")
+    page = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, differential_rank=4, notices=notices))[0].split())
+    notes = page[page.index("Notes:"):]
+    for notice in notices:
+        assert " ".join(notice.split()) in notes, notice
+    assert "..." not in notes and f"{len(hits)} similar cases, best first" in page
+    assert all(f"{similarity_percent(h.score):.0f}%" in page for h in hits)  # every case's row, below the notes
 
 
 # ------------------------------------------------------------------------------------------------

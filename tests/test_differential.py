@@ -160,14 +160,15 @@ def test_closest_other_case_beyond_the_pool_and_its_similarity_rank():
     assert {h.metadata.diagnosis for h in pool} == {"nevus"}
     other, rank = closest_other_case(index, query, pool, ["melanoma", "nevus"])
     assert other.case_id == "c300" and other.metadata.diagnosis == "melanoma" and rank is None  # beyond the pool
-    assert similarity_rank(index, query, other.score) == 301  # counted past the first search's 256
+    assert similarity_rank(index, query, other.score, limit=4096) == 301
+    assert similarity_rank(index, query, other.score) is None  # beyond the app's count (RANK_COUNT_LIMIT, 256)
     assert similarity_rank(index, query, other.score, limit=100) is None
     assert similarity_rank(index, query, pool[2].score) == 3
     slot = DifferentialSlot(margin=0.5)
     assert slot.opens(pool[0].score, other.score, len(pool) + 1)
     assert [h.case_id for h in slot.place(pool[:5], other, 5)] == ["c000", "c001", "c002", "c300", "c003"]
     assert not DifferentialSlot(margin=0.2).opens(pool[0].score, other.score, len(pool) + 1)  # margin ~0.30
-    assert "beyond similarity rank 4096" in slot.notice("melanoma", None, "nevus", 0.3)
+    assert "beyond similarity rank 256" in slot.notice("melanoma", None, "nevus", 0.3)
     # found in the pool: its pool rank, no search; a library of one diagnosis: none
     assert closest_other_case(index, query, [pool[0], dataclasses.replace(other, rank=2)], ["melanoma", "nevus"])[1] == 2
     assert closest_other_case(index, query, pool, ["nevus"]) is None

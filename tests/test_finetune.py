@@ -308,6 +308,8 @@ def test_composed_finetuned_late_fusion_prior_is_the_fine_tuned_release_plus_its
     ``composed_finetuned_late_fusion``) plus the diagnosis prior's terms, the prior fitted on the fine-tuned features
     of the fold's training cases only; a query whose text names no finding keeps S, one naming a finding gets a
     term by the library case's diagnosis."""
+    from types import SimpleNamespace
+
     from monai_cir.engine import diagnosis_prior
     from monai_cir.evaluation import get_method
     from monai_cir.networks import encoder_fingerprint
@@ -333,3 +335,8 @@ def test_composed_finetuned_late_fusion_prior_is_the_fine_tuned_release_plus_its
         by_class = [terms[row, labels == c] for c in (0, 1)]
         assert all(torch.allclose(x, x[0].expand_as(x), atol=1e-5) for x in by_class), row  # one term per diagnosis
         assert (float(by_class[0][0] - by_class[1][0]) != 0) == named, row
+    # another text form: the terms come from that form's texts (none named: S alone), the prior is not fitted again
+    empty = SimpleNamespace(records=[dataclasses.replace(r, text="") for r in ctx.cache.records])
+    k_empty = get_method("composed_finetuned_late_fusion_prior").fn(dataclasses.replace(ctx, query_cache=empty))
+    q_empty, t_empty = get_method("composed_finetuned_late_fusion").fn(dataclasses.replace(ctx, query_cache=empty))
+    assert torch.allclose(k_empty, (q_empty @ t_empty.T).double(), atol=1e-6) and len(fitted) == 1 and len(built) == 1

@@ -41,6 +41,8 @@ CONFIRMATION_WORDS: dict[str, str] = {
 ImageLoader = Callable[[Any], "np.ndarray | None"]
 _A4 = (595.2756, 841.8898)  # points
 _MM = 72 / 25.4
+# lines the notes may take below the query image (beyond: "..."; the SR carries every notice whole)
+_NOTES_BELOW_MAX = 14
 _SEX = {"M": "male", "F": "female", "O": "other"}
 
 
@@ -95,15 +97,21 @@ def _draw_image(canvas, image: np.ndarray | None, x: float, y: float, w: float, 
     canvas.rect(x, y, w, h, stroke=1, fill=0)
 
 
-def _paragraph(canvas, text: str, x: float, y: float, width: float, font: str = "Helvetica", size: float = 9, leading: float | None = None, max_lines: int = 40) -> float:
-    """Wrapped text from the top line at ``y``; returns the y below the last line."""
+def _wrapped(text: str, font: str, size: float, width: float) -> list[str]:
+    """``text`` as the lines it takes at ``width``."""
     from reportlab.lib.utils import simpleSplit
 
-    leading = leading or size * 1.25
-    canvas.setFont(font, size)
     lines: list[str] = []
     for block in str(text).splitlines() or [""]:
         lines += simpleSplit(block, font, size, width) or [""]
+    return lines
+
+
+def _paragraph(canvas, text: str, x: float, y: float, width: float, font: str = "Helvetica", size: float = 9, leading: float | None = None, max_lines: int = 40) -> float:
+    """Wrapped text from the top line at ``y``; returns the y below the last line."""
+    leading = leading or size * 1.25
+    canvas.setFont(font, size)
+    lines = _wrapped(text, font, size, width)
     if len(lines) > max_lines:
         lines = lines[: max_lines - 1] + [lines[max_lines - 1].rstrip() + " ..."]
     for line in lines:
@@ -267,16 +275,21 @@ def render_report_pdf(
     text_x = left + box + 6 * _MM
     canvas.drawString(text_x, top - 4 * _MM, "Query")
     y = _paragraph(canvas, query_text.strip() or "(no report text: the search used the image only)", text_x, top - 9 * _MM, right - text_x, max_lines=12)
+    below_image = top - box
     if notices:
         canvas.setFillColor(HexColor("#805000"))
-        # as many lines as the space beside the query image holds (the cases' table starts below it); the SR and
-        # results.json carry every notice whole
-        room = int((y - 2 * _MM - (top - box)) // (7 * 1.25))
-        y = _paragraph(canvas, "Notes: " + "; ".join(str(n) for n in notices[:6]), text_x, y - 2 * _MM, right - text_x, size=7, max_lines=max(2, room))
+        # the notes fill the space beside the query image and go on below it, across the page (the cases' table
+        # moves down): a notice cut short is one the reader does not get
+        lines = _wrapped("Notes: " + "; ".join(str(n) for n in notices), "Helvetica", 7, right - text_x)
+        beside = max(0, int((y - 2 * _MM - below_image) // (7 * 1.25)))
+        if beside:
+            _paragraph(canvas, "\n".join(lines[:beside]), text_x, y - 2 * _MM, right - text_x, size=7, max_lines=beside)
+        if len(lines) > beside:  # beyond _NOTES_BELOW_MAX lines "...": the SR and results.json carry every notice whole
+            below_image = _paragraph(canvas, " ".join(lines[beside:]), left, below_image - 4 * _MM, right - left, size=7, max_lines=_NOTES_BELOW_MAX)
         canvas.setFillColor(HexColor("#000000"))
 
     # the similar cases, one row each
-    y = top - box - 9 * _MM
+    y = below_image - 9 * _MM
     canvas.setFont("Helvetica-Bold", 10)
     confirmed = sum(str(_get(_get(h, "metadata"), "confirmation") or "") == "histopathology" for h in hits)
     canvas.drawString(left, y, f"{len(hits)} similar cases, best first ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")

@@ -311,16 +311,14 @@ def _finetuned_release(ctx: Any, with_prior: bool) -> ComposedRetrievalNet:
 def composed_finetuned_late_fusion_prior(ctx: Any) -> torch.Tensor:
     """``composed_late_fusion_prior`` on fine-tuned encoders: ``K = S + λ w log p(y_c | q)`` with ``S`` the
     ``composed_finetuned_late_fusion`` network's and the probes fitted on its features of the fold's training
-    cases; the query's terms computed by the network from its image and text (template texts only: the other
-    text forms would need the fine-tuned text encoder run again over them)."""
+    cases; the query's terms computed by the network from its image and the text of the form scored
+    (``ctx.query_cache``: a text naming no finding keeps ``S``)."""
     from ..data.collections import records_dataset
     from .diagnosis_prior import prior_columns
 
-    if ctx.query_cache is not ctx.cache:
-        raise ValueError("composed_finetuned_late_fusion_prior scores the template texts only; leave it out of --text-forms runs")
     net = _finetuned_release(ctx, with_prior=True)
     q, t = _embed_fold(net, ctx, "composed_finetuned_late_fusion")
-    records = [ctx.cache.records[int(i)] for i in ctx.query_indices]
+    records = [ctx.query_cache.records[int(i)] for i in ctx.query_indices]
     terms = []
     with torch.inference_mode():
         for start in range(0, len(records), 16):

@@ -255,9 +255,9 @@ class FaissCaseIndex(CaseIndex):
         self._bitmaps.clear()
 
     def info(self) -> dict[str, Any]:
-        """As :meth:`CaseIndex.info`, counted from the cached metadata columns: the app and
-        :func:`monai_cir.retrieval.answer` read the library's diagnoses for each query, and a pass over a
-        million cases' metadata costs about a second."""
+        """As :meth:`CaseIndex.info`, counted from the cached metadata columns: :func:`monai_cir.retrieval.answer`
+        and ``monai-cir search`` read the library's diagnoses for each query, and a pass over a million cases'
+        metadata costs about a second."""
         counts: dict[str, dict[str, int]] = {}
         for key in ("diagnosis", "site", "collection"):
             codes, vocab = self._column(key)
@@ -288,7 +288,7 @@ class FaissCaseIndex(CaseIndex):
 
     # ------------------------------------------------------------------ search
     def _filter_bitmap(self, filters: Filters | None) -> tuple[int, np.ndarray | None]:
-        """(cases matching ``filters``, their rows as FAISS's little-endian bitmap; None = no filter), kept
+        """(cases matching ``filters``, their rows as FAISS's little-endian bitmap of ``len(self)`` bits; None = no filter), kept
         until the next add or remove: a query the diagnosis prior orders searches once per diagnosis, and
         building a mask costs about 10 ms a million cases."""
         normalized = normalize_filters(filters)
