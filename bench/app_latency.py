@@ -316,7 +316,7 @@ def main() -> int:
             shutil.rmtree(folder)
     from monai_cir.data.report import recognised_findings
 
-    findings = f" {QUERY_FINDINGS}" if args.query_text == "findings" else ""
+    findings = f" {QUERY_FINDINGS}" if args.query_text == "findings" else ""  # "own": the texts exactly as before 0.8
     if findings and len(recognised_findings(QUERY_FINDINGS)) < 5:
         raise RuntimeError(f"the bench's report names {len(recognised_findings(QUERY_FINDINGS))} findings the gate reads, not 5 or more")
     held_out = dataclasses.replace(held_out, text=f"{held_out.text}{findings}")
@@ -324,7 +324,7 @@ def main() -> int:
     dicomize_record(held_out, several, include_diagnosis=False)
     for i, record in enumerate(library_records[: args.studies - 1]):
         # a new study of the same image: another collection name gives other UIDs and patient
-        dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}.{findings}"), several, include_diagnosis=False)
+        dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}" + (f".{findings}" if findings else "")), several, include_diagnosis=False)
 
     report: dict = {
         **header,
