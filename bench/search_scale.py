@@ -127,15 +127,21 @@ class Synthesizer:
         return out, np.array(self.classes)[cls]
 
 
-def latency(index: FaissCaseIndex, queries: np.ndarray, warmup: int = 3) -> np.ndarray:
-    for q in queries[:warmup]:
-        index.search(q, K)
+def timed_ms(fn, n: int, warmup: int = 3) -> np.ndarray:
+    """Wall time of ``fn(i)`` for i < n, after ``warmup`` untimed calls."""
+    for i in range(min(warmup, n)):
+        fn(i)
     times = []
-    for q in queries:
+    for i in range(n):
         t0 = time.perf_counter()
-        index.search(q, K)
-        times.append(time.perf_counter() - t0)
-    return np.array(times) * 1e3
+        fn(i)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return np.array(times)
+
+
+def latency(index: FaissCaseIndex, queries: np.ndarray) -> np.ndarray:
+    """Single-query ``index.search`` wall times, ms."""
+    return timed_ms(lambda i: index.search(queries[i], K), len(queries))
 
 
 def ids_of(hits) -> list[list[str]]:
@@ -161,18 +167,6 @@ def prior_truth(index: FaissCaseIndex, queries: np.ndarray, terms: np.ndarray, c
         top = np.argpartition(-score, K)[:K]
         truth.append([ids[i] for i in top[np.argsort(-score[top], kind="stable")]])
     return truth
-
-
-def timed_ms(fn, n: int, warmup: int = 3) -> np.ndarray:
-    """Wall time of ``fn(i)`` for i < n, after ``warmup`` untimed calls."""
-    for i in range(min(warmup, n)):
-        fn(i)
-    times = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(i)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return np.array(times)
 
 
 def prior_row(index: FaissCaseIndex, queries: np.ndarray, terms: np.ndarray, classes: list[str], truth: list[list[str]], method: str,
@@ -271,11 +265,7 @@ def run_hnsw(index: FaissCaseIndex, queries: np.ndarray, truth: list[list[str]],
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # as FaissCaseIndex does for a single query
     found = [search(q) for q in queries]
-    times = []
-    for q in queries:
-        t0 = time.perf_counter()
-        search(q)
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = timed_ms(lambda i: search(queries[i]), len(queries), warmup=0)  # the recall pass above warmed it
     faiss.omp_set_num_threads(threads)
     recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
     nbytes = faiss.serialize_index(hnsw).nbytes

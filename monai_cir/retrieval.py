@@ -333,7 +333,7 @@ def evidence_disagreement_notice(summary: Any, shown: Answer) -> str | None:
     if summary is None or shown.notice is None or not shown.hits:
         return None
     first = shown.hits[0].metadata.diagnosis
-    if summary.predicted == first or summary.distribution.get(first, 0.0) >= summary.confidence - 1e-9:
+    if summary.distribution.get(first, 0.0) >= summary.confidence - 1e-9:  # the vote's own diagnosis, or a tie
         return None
     confidence = f"{100 * summary.confidence:.0f}%" + ("" if summary.calibrated else ", uncalibrated")
     return (f"the evidence summary (the {summary.k} most similar cases) favours {summary.predicted} ({confidence}), "
