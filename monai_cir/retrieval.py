@@ -516,12 +516,17 @@ def dicomweb_library(
         for ds in client.retrieve_study(study_uid, media_types=(("application/dicom", "*"),)):
             ds.save_as(target / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
     queries, metadata = dicom_library(folder, name)
-    for query, meta in zip(queries, metadata):
-        if name is None:  # the collection named by the case's SR, not the pull folder's name
-            meta.collection = str(query.collection or "dicomweb")
-        meta.retrieve_url = f"{url}/studies/{meta.study_uid}/series/{meta.series_uid}/instances/{meta.sop_instance_uid}"
-        if pull_to is None:
-            meta.image_path = None  # the temporary copy is dropped; retrieve_url is where the image lives
+    metadata = [
+        dataclasses.replace(
+            meta,
+            # the collection named by the case's SR, not the pull folder's name
+            collection=str(query.collection or "dicomweb") if name is None else meta.collection,
+            retrieve_url=f"{url}/studies/{meta.study_uid}/series/{meta.series_uid}/instances/{meta.sop_instance_uid}",
+            # without pull_to the temporary copy is dropped: retrieve_url is where the image lives
+            image_path=meta.image_path if pull_to is not None else None,
+        )
+        for query, meta in zip(queries, metadata)
+    ]
     if pull_to is None:
         import shutil
 

@@ -104,6 +104,31 @@ def test_a_filter_sees_every_add_update_and_remove(index):
     assert all(h.metadata.site == "trunk" for h in after_remove)  # rows shifted by the removal: the filter follows
 
 
+def test_a_stored_case_cannot_change_behind_the_filters(index):
+    """The filters and ``info`` are cached from the cases' metadata: a case changed in place (its diagnosis, a key
+    of ``extra``) would be filtered by its old values, so metadata is read-only and a change goes through
+    ``add(update=True)``; a read-only case still pickles (the app's workers) and round-trips through JSON."""
+    import dataclasses
+    import pickle
+
+    stored = index.get("c0")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stored.diagnosis = "nevus"
+    with pytest.raises(TypeError, match="read-only"):
+        stored.extra["age"] = 99
+    with pytest.raises(TypeError, match="read-only"):
+        stored.extra.update(age=99)
+    assert index.search(index.vectors()[0], k=300, filters={"age": 20})[0][0].case_id == "c0"
+    changed = dataclasses.replace(stored, diagnosis="nevus", extra={"age": 99})
+    index.add(index.vectors()[:1], [changed], update=True)
+    assert "c0" not in {h.case_id for h in index.search(index.vectors()[0], k=300, filters={"age": 20})[0]}
+    assert index.search(index.vectors()[0], k=1, filters={"age": 99})[0][0].case_id == "c0"
+    assert index.info()["diagnosis"] == {"melanoma": 149, "nevus": 151}
+    copied = pickle.loads(pickle.dumps(changed))
+    assert copied == changed and dict(copied.extra) == {"age": 99}
+    assert CaseMetadata.from_dict(json.loads(json.dumps(changed.to_dict()))) == changed
+
+
 def test_info_counts_as_a_pass_over_the_cases(index):
     """FAISS answers ``info`` from its metadata columns (the app reads the diagnoses per query): the same counts as
     the generic pass over every case, also after a change and for a case without a site."""

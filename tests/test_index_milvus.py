@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 pytest.importorskip("pymilvus")
@@ -55,7 +57,7 @@ def test_milvus_add_update_remove(pair):
     milvus.add(x, meta)
     with pytest.raises(DuplicateCaseError, match="update=True"):
         milvus.add(x[:1], meta[:1])
-    meta[0].diagnosis = "benign keratosis"
+    meta[0] = dataclasses.replace(meta[0], diagnosis="benign keratosis")
     milvus.add(x[:1], meta[:1], update=True)
     assert milvus.get("extra0").diagnosis == "benign keratosis" and len(milvus) == 202
     assert milvus.search(x[0], 1)[0][0].case_id == "extra0"

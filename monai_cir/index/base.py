@@ -63,7 +63,19 @@ class DuplicateCaseError(ValueError):
     """A case id is added twice without ``update=True``."""
 
 
-@dataclass
+class _ReadOnlyDict(dict):
+    """``CaseMetadata.extra``: a dict that refuses changes (a filter reads it; an index caches what filters read)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("case metadata is read-only: make a changed copy (dataclasses.replace(meta, extra={...})) and add it with update=True")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickling (the app's forked workers, copies) rebuilds it whole
+        return (type(self), (dict(self),))
+
+
+@dataclass(frozen=True)
 class CaseMetadata:
     """What the index keeps about one library case (returned with every hit).
 
@@ -72,6 +84,10 @@ class CaseMetadata:
     ``retrieve_url`` (WADO-RS, the instance's URL) for cases pulled from a DICOMweb service.
     ``confirmation`` says how the diagnosis was established
     (:data:`monai_cir.data.collections.CONFIRMATIONS`; only "histopathology" is biopsy-confirmed).
+
+    Read-only (``extra`` included): an index caches what its filters read (diagnosis, site, ``extra``...), so a
+    case changed in place would be filtered by its old values. Change a case with
+    ``dataclasses.replace(meta, diagnosis=...)`` and ``index.add([vector], [changed], update=True)``.
     """
 
     case_id: str
@@ -90,15 +106,17 @@ class CaseMetadata:
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id.strip():
             raise ValueError(f"case_id must be a non-empty string, got {self.case_id!r}")
+        normalise = object.__setattr__  # frozen: the normalised values are set once, here
         if self.site is None or not str(self.site).strip():
-            self.site = "unknown"
+            normalise(self, "site", "unknown")
         if self.image_path is not None:
-            self.image_path = str(self.image_path)
+            normalise(self, "image_path", str(self.image_path))
         if self.confirmation is None or not str(self.confirmation).strip():
-            self.confirmation = "unknown"
+            normalise(self, "confirmation", "unknown")
+        normalise(self, "extra", _ReadOnlyDict(self.extra or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "extra": dict(self.extra)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaseMetadata:
