@@ -119,10 +119,15 @@ def cold_breakdown(models: Path, mode: str) -> list[dict]:
 
 def cpu_seconds() -> float:
     """CPU time of this process and of its children that have ended (the app's writer workers)."""
+    return sum(cpu_split())
+
+
+def cpu_split() -> tuple[float, float]:
+    """(this process's CPU seconds, its ended children's: the reports pass's forked workers)."""
     import resource
 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    return time.process_time(), children.ru_utime + children.ru_stime
 
 
 def stats(values: list[float]) -> dict:
@@ -173,12 +178,15 @@ def batch_entry(folder: Path, out: Path, models, settings, single: dict, first_s
     for _ in range(runs):
         if first_sight:
             clear_library_caches()
-        start, cpu = time.perf_counter(), cpu_seconds()
+        start, (own, children) = time.perf_counter(), cpu_split()
         summary = run_app_in_process(folder, out, models, settings)
-        measured.append((time.perf_counter() - start, cpu_seconds() - cpu, summary))
-    wall, cpu_s, summary = sorted(measured, key=lambda m: m[0])[len(measured) // 2]
+        own_after, children_after = cpu_split()
+        measured.append((time.perf_counter() - start, own_after - own + children_after - children, summary, children_after - children))
+    wall, cpu_s, summary, workers_s = sorted(measured, key=lambda m: m[0])[len(measured) // 2]
     answered = len(summary["queries"])
     per_study, per_cpu = 1000 * wall / answered, 1000 * cpu_s / answered
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    matches = [h["case_id"] for q in summary["queries"] for h in q["top_k"]]
     return {
         "studies": answered,
         "batch_size": settings.batch_size,
@@ -189,6 +197,13 @@ def batch_entry(folder: Path, out: Path, models, settings, single: dict, first_s
         "per_study_over_single_p50": round(per_study / single["p50"], 3),
         "per_study_cpu_ms": round(per_cpu, 1),
         "per_study_cpu_over_single_cpu_p50": round(per_cpu / single["cpu_ms"]["p50"], 3),
+        # where the batch's CPU goes: this process (decode, encode, search, SDK) and the reports pass's forked workers
+        "per_study_cpu_ms_split": {"app_process": round(per_cpu - 1000 * workers_s / answered, 1), "report_workers": round(1000 * workers_s / answered, 1)},
+        # the floor on this machine: the batch's CPU spread over every CPU, against the single study's wall time
+        "cpu_floor_per_study_ms": round(per_cpu / cpus, 1),
+        "cpu_floor_over_single_p50": round(per_cpu / cpus / single["p50"], 3),
+        # what a batch shares: library cases matched by several studies are decoded and prepared once per process
+        "matches": {"shown": len(matches), "distinct_library_cases": len(set(matches))},
         "stages_per_study_ms": stage_breakdown([(wall, summary)]),
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
@@ -337,7 +352,7 @@ def main() -> int:
             "cold_breakdown": "a fresh process on the artifact's path: each import group, then load_models, in order (wall and CPU seconds); the last row: the image encoder's class and which of timm, torchvision, transformers, torch._dynamo, scipy were imported",
             "cold_breakdown_eager_fallback": "the same without the artifact, with the imports the eager encoders need timmed one by one",
             "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the reports' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run, the matches' grid maps read from MODELS/index/grid_maps (written by the index build); first_sight_without_grid_store: the same without that store (the matches run through the image encoder)",
-            "batch": "warm: runs answering the studies together (batch_size = studies; the reports pass, explanations + SR + PDF, splits the studies over forked workers, one per CPU); per-study cost = run wall / studies, of the median of --batch-runs runs (each run's listed); first_sight (library caches cleared before each run) against the single study's first_sight p50, then steady (the same batch again) against the steady p50; paired: --paired-rounds rounds of three single-study runs and one batch back to back (order alternating), steady and first sight, the batch's per-study wall over the median of the round's three singles, per round, and the median of those ratios (the figure the machine's drift touches least)",
+            "batch": "warm: runs answering the studies together (batch_size = studies; the reports pass, explanations + SR + PDF, splits the studies over forked workers, one per CPU); per-study cost = run wall / studies, of the median of --batch-runs runs (each run's listed); first_sight (library caches cleared before each run) against the single study's first_sight p50, then steady (the same batch again) against the steady p50; paired: --paired-rounds rounds of three single-study runs and one batch back to back (order alternating), steady and first sight, the batch's per-study wall over the median of the round's three singles, per round, and the median of those ratios (the figure the machine's drift touches least); per_study_cpu_ms_split: the batch's CPU per study in the app's process and in the reports pass's forked workers; cpu_floor_per_study_ms: the batch's CPU per study over the CPUs (a batch whose wall time is near it has no idle CPU left to use), cpu_floor_over_single_p50 that floor over the single study's p50 (the lowest ratio this machine allows without less CPU work per study); matches: the cases shown over the batch and the distinct library cases among them (each prepared once per process: the work a batch shares)",
             "cold_first_study_s": "launch_to_exit - process_start_to_ready: the first study of a fresh process (its lazy imports: highdicom, reportlab; the first forwards) and the SDK's shutdown",
         },
         "results": [],
