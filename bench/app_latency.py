@@ -191,7 +191,7 @@ def batch_entry(folder: Path, out: Path, models, settings, single: dict, first_s
         "studies": answered,
         "batch_size": settings.batch_size,
         "runs": runs,
-        "per_study_ms_each_run": [round(1000 * w / answered, 1) for w, _, _ in measured],
+        "per_study_ms_each_run": [round(1000 * w / answered, 1) for w, *_ in measured],
         "run_wall_s": round(wall, 2),
         "per_study_ms": round(per_study, 1),
         "per_study_over_single_p50": round(per_study / single["p50"], 3),
