@@ -91,6 +91,27 @@ def evaluate_variants(variants: dict[str, tuple[str, Any]], folds: Sequence[int]
             unregister_method(name)
 
 
+def cross_fit(rows: Sequence[dict[str, Any]], n_folds: int, keys: Sequence[str], param: str = "lambda",
+              choose_on: Sequence[str] = ("acc@1", "map", "p@5")) -> dict[str, Any]:
+    """One row cross-fitted from ``rows`` (the same method at several values of ``param``, each with per-fold
+    ``{"folds": [...]}`` metrics): each held-out fold takes the row best on the other folds' mean of ``choose_on``
+    (nothing is picked on the fold it scores); ``{param: the values picked, key: summary of that fold's figures}``."""
+    import numpy as np
+
+    def balanced(row: dict[str, Any], at: int) -> float:
+        return float(np.mean([row[k]["folds"][at] for k in choose_on]))
+
+    picked, fitted = [], {k: [] for k in keys}
+    for at in range(n_folds):
+        others = [i for i in range(n_folds) if i != at]
+        best = max(rows, key=lambda r: np.mean([balanced(r, i) for i in others]) if others else 0.0)
+        picked.append(best[param])
+        for k in keys:
+            fitted[k].append(best[k]["folds"][at])
+    return {param: picked, **{k: {"folds": v, "mean": round(float(np.mean(v)), 2),
+                                  "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None} for k, v in fitted.items()}}
+
+
 def write_results(path: str | Path, payload: dict[str, Any], markdown: str | Sequence[str] | None = None, indent: int = 1) -> Path:
     """Write ``payload`` as JSON to ``path`` and, when given, ``markdown`` (a text or its lines) beside it
     as ``.md``; each file is replaced whole (a run killed while writing leaves the previous results)."""

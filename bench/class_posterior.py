@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import TARGETS, begin, evaluate_variants, mean_std, write_results
+from _common import TARGETS, begin, cross_fit, evaluate_variants, mean_std, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 LAMBDAS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 1000.0)
@@ -147,9 +147,6 @@ def main(argv=None) -> int:
              **({"text_forms": {form: {k: res["text_forms"]["derm7pt"][form][name][k] for k in KEYS} for form in forms}} if forms else {})}
             for name, (probe, lam) in zip(variants, grid)]
 
-    def balanced(row, fold_at):  # the mean of Acc@1, mAP and P@5 on one fold: what lambda is cross-fitted on
-        return np.mean([row[k]["folds"][fold_at] for k in ("acc@1", "map", "p@5")])
-
     # as the app ranks: each row's score with the differential slot (rank 4, opening for 15% of held-out queries), its
     # margin fitted in that score's units on the other folds' held-out template queries (as the release's slot is)
     with_slot = []
@@ -171,18 +168,8 @@ def main(argv=None) -> int:
         if per_fold["opened"]:
             with_slot.append({"probe": probe, "lambda": lam, **{k: {"folds": [round(x, 2) for x in v], "mean": round(float(np.mean(v)), 2),
                               "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None} for k, v in per_fold.items()}})
-    cross_fitted = []
-    for probe in args.probes:
-        own = [r for r in rows if r["probe"] == probe]
-        picked, fitted = [], {k: [] for k in KEYS}
-        for at in range(len(args.folds)):
-            others = [i for i in range(len(args.folds)) if i != at]
-            best = max(own, key=lambda r: np.mean([balanced(r, i) for i in others]) if others else 0.0)
-            picked.append(best["lambda"])
-            for k in KEYS:
-                fitted[k].append(best[k]["folds"][at])
-        cross_fitted.append({"probe": probe, "lambda": picked, **{k: {"folds": v, "mean": round(float(np.mean(v)), 2),
-                             "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None} for k, v in fitted.items()}})
+    # lambda cross-fitted per probe: each held-out fold takes the value best on the other folds' Acc@1, mAP and P@5
+    cross_fitted = [{"probe": probe, **cross_fit([r for r in rows if r["probe"] == probe], len(args.folds), KEYS)} for probe in args.probes]
     probes = {probe: {"C_chosen": [chosen_c[("sentence+image" if probe.startswith("gated") else probe, f, probe == "gated+partial")] for f in args.folds],
                       "held_out_accuracy": [round(100 * memo[(probe, f, id(cache))][2], 2) for f in args.folds]} for probe in args.probes}
     for r in [*rows, *cross_fitted]:

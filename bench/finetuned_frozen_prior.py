@@ -30,7 +30,7 @@ import json
 import sys
 from pathlib import Path
 
-from _common import TARGETS, begin, evaluate_variants, mean_std, write_results
+from _common import TARGETS, begin, cross_fit, evaluate_variants, mean_std, write_results
 
 KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 LAMBDAS = (0.0, 0.3, 1.0, 3.0, 10.0)
@@ -45,7 +45,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     header = begin(__file__, "derm7pt: the fine-tuned network's similarity with the frozen encoders' diagnosis prior", argv)
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -91,21 +90,9 @@ def main(argv=None) -> int:
     folds = res["config"]["folds"]
     rows = [{"S": which, "lambda": lam, **{k: res["methods"][name][k] for k in KEYS}} for name, (which, lam) in zip(variants, grid)]
 
-    def balanced(row, at):  # the mean of Acc@1, mAP and P@5 on one fold: what lambda is cross-fitted on
-        return np.mean([row[k]["folds"][at] for k in ("acc@1", "map", "p@5")])
-
-    cross_fitted = []
-    if len(folds) > 1:
-        for which in ("ft", "ft+frozen"):
-            own = [r for r in rows if r["S"] == which]
-            picked, fitted = [], {k: [] for k in KEYS}
-            for at in range(len(folds)):
-                best = max(own, key=lambda r: np.mean([balanced(r, i) for i in range(len(folds)) if i != at]))
-                picked.append(best["lambda"])
-                for k in KEYS:
-                    fitted[k].append(best[k]["folds"][at])
-            cross_fitted.append({"S": which, "lambda": picked, **{k: {"folds": v, "mean": round(float(np.mean(v)), 2),
-                                 "std": round(float(np.std(v, ddof=1)), 2)} for k, v in fitted.items()}})
+    # lambda cross-fitted per S (once more than one fold is in the file)
+    cross_fitted = [{"S": which, **cross_fit([r for r in rows if r["S"] == which], len(folds), KEYS)}
+                    for which in ("ft", "ft+frozen")] if len(folds) > 1 else []
     for r in [*rows, *cross_fitted]:
         print(f"{r['S']:10s} lambda {r['lambda']!s:24s} " + "  ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
     payload = {**header, "folds": folds, "runs": runs, "rows": rows, "cross_fitted": cross_fitted, "targets": TARGETS, "evaluation": res}
