@@ -382,6 +382,7 @@ def explain_matches(
     *,
     query_maps: Sequence[torch.Tensor] | None = None,
     target_maps: Sequence[torch.Tensor] | None = None,
+    text_features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[Explanation]:
     """:func:`explain_match` for each retrieved image (e.g. the top hits of a search), in order.
 
@@ -396,6 +397,9 @@ def explain_matches(
         target_maps: the targets' maps, one (N, C, h, w) tensor per level, in ``targets`` order:
             ``net.image_features`` of the targets or their :func:`grid_maps` (the same explanation);
             default: computed here. ``targets`` are still needed: the explanation holds the images.
+        text_features: ``(tokens (1, L, d), mask (1, L))`` of ``text`` as ``net.text_features([text])`` gives
+            them, when the caller has them (the app: :meth:`~monai_cir.networks.ComposedRetrievalNet.encode_query_parts`
+            of the query's batch; padding beyond the text's tokens is masked); default: computed here.
     """
     if not isinstance(text, str):
         raise ValueError(f"text must be a string ('' for an image-only query), got {type(text).__name__}")
@@ -418,7 +422,12 @@ def explain_matches(
         t_grids = grid_maps(net, target_maps if target_maps is not None else net.image_features(t_all))
         if any(m.shape[0] != len(targets) for m in t_grids):
             raise ValueError(f"target_maps must hold {len(targets)} maps per level (one per target), got shapes {[tuple(m.shape) for m in t_grids]}")
-        tokens, mask = net.text_features([text])
+        if text_features is None:
+            tokens, mask = net.text_features([text])
+        else:
+            tokens, mask = (t.to(net.device) for t in text_features)
+            if tokens.dim() != 3 or tokens.shape[0] != 1 or tuple(mask.shape) != tuple(tokens.shape[:2]):
+                raise ValueError(f"text_features must be (tokens (1, L, d), mask (1, L)) of the one text, got shapes {tuple(tokens.shape)} / {tuple(mask.shape)}")
         composed = [composer(xq.float(), tokens, mask, return_attention=True) for composer, xq in zip(net.composers, q_maps)]
         attention_mean = np.mean([attention[0].float().cpu().numpy() for _, attention in composed], axis=0)
         words = _ranked_words(net, text, attention_mean) if bool(mask.any()) else []

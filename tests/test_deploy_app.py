@@ -7,7 +7,7 @@ feature caches refuse a file crafted to run code.
 Integration (real offline weights, real ISIC images): one app run as a subprocess (the SDK import
 costs seconds) answers every case of this module:
 
-- ``in_library``: an ISIC case whose own image is in the library -> that case at rank 1;
+- ``in_library``: an ISIC case whose own image is in the library -> that case at rank 1, said so;
 - ``held_out``: an ISIC case not in the library (the demo's situation);
 - ``corrupt``: a study whose image has a corrupt JPEG stream -> reported and skipped;
 - ``junk.txt``: not DICOM -> reported and skipped;
@@ -108,7 +108,9 @@ def test_truncated_file_says_truncated(tmp_path):
         (tmp_path / f"cut{cut}.dcm").write_bytes(data[:cut])
     (tmp_path / "zero_padded.dcm").write_bytes(data + bytes(6))  # trailing padding is not a cut
     scan, problems = _scan(tmp_path)
-    assert sorted(Path(q.source_path).stem for q in scan.queries) == ["whole", "zero_padded"] and len(problems) == 4
+    # the padded copy is read as complete: the same instance as "whole", so answered once with it
+    assert [Path(q.source_path).stem for q in scan.queries] == ["whole"] and len(problems) == 4
+    assert "the same instance was received 2 times: answered once" in scan.queries[0].notices
     for name, message in problems.items():
         assert message.startswith("truncated DICOM file"), (name, message)
         assert "SOP Class UID" not in message and "pixel data (7FE0" not in message
@@ -523,7 +525,12 @@ def test_hits_are_the_models_own_ranking(app_run, results):
         assert [h["score"] for h in top] == pytest.approx([s for _, s, _ in expected], abs=1e-4), name  # each its similarity
         assert max(scores) - min(scores) > 1e-2  # the image matters: not a constant embedding
     assert answers["in_library"]["top_k"][0]["case_id"] == app_run["library"][3].case_id
+    # the query is that library case itself (the same SOP Instance UID), and the reader is told
+    own = [n for n in answers["in_library"]["notices"] if "itself (the same SOP Instance UID)" in n]
+    assert own == [f"the query image is library case {app_run['library'][3].case_id} itself (the same SOP Instance UID): it is its own "
+                   "match at rank 1 and is counted in the evidence summary; compare the other cases"]
     assert app_run["held_out"].case_id not in {h["case_id"] for h in answers["held_out"]["top_k"]}
+    assert not any("itself" in n for n in answers["held_out"]["notices"])
     assert acted == [False, True]  # the in-library query's text names no finding, the held-out one's does
 
 

@@ -371,6 +371,141 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(tmp_path):
     similar_cases_sr(repaired, [])
 
 
+
+def _variant(source: Path, folder: Path, name: str = "image.dcm", **attributes) -> Path:
+    """A copy of a DICOM file in ``folder`` with ``attributes`` set (the same SOP Instance UID unless given)."""
+    ds = pydicom.dcmread(source)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(folder / name, enforce_file_format=True)
+    return folder / name
+
+
+def test_one_unreadable_image_does_not_stop_the_scan(tmp_path):
+    """An image whose header cannot be read as it says (Number of Frames "x") is reported, naming the
+    attribute, and the other studies are answered; so are an empty pixel data and a tiny image."""
+    make_case(tmp_path, "good")
+    bad = make_case(tmp_path, "frames", text=None)
+    ds = pydicom.dcmread(bad / "image.dcm")
+    ds.NumberOfFrames = 1
+    ds.save_as(bad / "image.dcm", enforce_file_format=True)
+    raw = (bad / "image.dcm").read_bytes()
+    pattern = b"\x28\x00\x08\x00IS\x02\x001 "  # (0028,0008) IS "1 ", explicit VR little endian
+    assert raw.count(pattern) == 1
+    (bad / "image.dcm").write_bytes(raw.replace(pattern, pattern[:-2] + b"x "))
+    empty = make_case(tmp_path, "empty", text=None)
+    ds = pydicom.dcmread(empty / "image.dcm")
+    ds.PixelData = b""
+    ds.save_as(empty / "image.dcm", enforce_file_format=True)
+    make_case(tmp_path, "tiny", pixels=synthetic_image(8, 8), text=None)
+
+    scan = read_dicom_folder(tmp_path)
+    problems = {Path(p.path).parent.name: p.message for p in scan.problems}
+    assert [Path(q.source_path).parent.name for q in scan.queries] == ["good"]
+    assert "invalid Number of Frames (0028,0008) 'x'" in problems["frames"] and problems["frames"].endswith("skipped")
+    assert "pixel data (7FE0,0010) is empty" in problems["empty"]
+    assert "image of 8x8 pixels" in problems["tiny"] and "too small" in problems["tiny"]
+
+
+def test_an_instance_received_twice_is_answered_once(tmp_path):
+    """The same image and SR copied twice into the input: one query, its text not doubled, and a notice."""
+    case = make_case(tmp_path, "case")
+    shutil.copytree(case, tmp_path / "again")
+    scan = read_dicom_folder(tmp_path)
+    assert len(scan.queries) == 1 and not scan.problems
+    query = scan.queries[0]
+    assert query.text == "a flat brown lesion" and len(query.sr_uids) == 1
+    assert any("received 2 times: answered once" in n for n in query.notices)
+
+
+def test_a_uid_collision_gives_no_patient_anothers_report(tmp_path):
+    """Two patients' images with one SOP Instance UID (a collision upstream): neither is answered, so
+    neither gets the other's report text; an SR of another patient that references an image gives it
+    no text."""
+    first = make_case(tmp_path / "in", "first", text="first patient's report")
+    second = make_case(tmp_path / "in", "second", pixels=255 - synthetic_image(), text="second patient's report")
+    image = pydicom.dcmread(first / "image.dcm")
+    other = pydicom.dcmread(second / "image.dcm")
+    _variant(second / "image.dcm", second, SOPInstanceUID=image.SOPInstanceUID)
+    sr = pydicom.dcmread(second / "sr.dcm")
+    for study in sr.CurrentRequestedProcedureEvidenceSequence:
+        for series in study.ReferencedSeriesSequence:
+            for item in series.ReferencedSOPSequence:
+                item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    sr.save_as(second / "sr.dcm", enforce_file_format=True)
+    scan = read_dicom_folder(tmp_path / "in")
+    assert scan.queries == []
+    messages = {Path(p.path).parent.name: p.message for p in scan.problems}
+    assert set(messages) == {"first", "second"} and all("UID collision" in m for m in messages.values())
+
+    # the second patient's SR alone, referencing the first patient's image
+    (second / "image.dcm").unlink()
+    scan = read_dicom_folder(tmp_path / "in")
+    assert len(scan.queries) == 1 and scan.queries[0].patient_id == image.PatientID != other.PatientID
+    assert scan.queries[0].text == "first patient's report"
+    assert any(f"an SR of another patient ({other.PatientID})" in n for n in scan.queries[0].notices)
+
+
+def test_an_sr_without_its_image_is_reported(tmp_path):
+    case = make_case(tmp_path / "in", "case")
+    (case / "image.dcm").unlink()
+    scan = read_dicom_folder(tmp_path / "in")
+    assert scan.queries == [] and len(scan.problems) == 1
+    assert scan.problems[0].path.endswith("sr.dcm") and "references no image of this input" in scan.problems[0].message
+
+
+def test_invalid_patient_and_study_values_are_emptied_and_the_answer_written(tmp_path, dicomized):
+    """Values DICOM does not allow in the attributes the answer copies (a 4-digit birth date, a date with
+    dashes, a time with colons, "female") are left empty with a notice: the SR and the PDF are written."""
+    case = make_case(tmp_path, "case")
+    _variant(case / "image.dcm", case, PatientBirthDate="1960", StudyDate="2023-01-05", StudyTime="12:30:00", PatientSex="female")
+    query = read_dicom_folder(tmp_path).queries[0]
+    for keyword in ("PatientBirthDate", "StudyDate", "StudyTime", "PatientSex"):
+        assert query.dataset.get(keyword) == ""
+    assert any("invalid Patient's Birth Date '1960'" in n for n in query.notices)
+    assert any("invalid Patient's Sex 'female' (M, F or O)" in n for n in query.notices)
+    sr = similar_cases_sr(query, _hits(read_dicom_folder(dicomized.out).queries[1:3]))
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    errors, warnings = dciodvfy(tmp_path / "sr.dcm")
+    assert not errors, errors
+    # the emptied Type 2 values are what dciodvfy notes (a DICOMDIR would want them), nothing else
+    assert {w.rsplit(" - ", 1)[-1] for w in warnings if not any(e in w for e in EXPECTED_WARNINGS)} <= {"Study Date", "Study Time"}
+    good = make_case(tmp_path / "ok", "case")
+    _variant(good / "image.dcm", good, PatientBirthDate="19600101", StudyTime="123000.5", PatientSex="F")
+    assert not any("invalid" in n for n in read_dicom_folder(tmp_path / "ok").queries[0].notices)
+
+
+def test_answers_are_utf8_whatever_the_query_character_set(tmp_path, dicomized):
+    """A Japanese site's image (ISO 2022 IR 87, which highdicom cannot write) and a report in UTF-8 under an
+    image without a character set: the SR and the PDF are written in UTF-8 with the names and text intact."""
+    case = make_case(tmp_path, "jp", text="背中の病変 — naevus?")
+    _variant(case / "image.dcm", case, SpecificCharacterSet=["", "ISO 2022 IR 87"], PatientName="ヤマダ^タロウ=山田^太郎")
+    query = read_dicom_folder(tmp_path).queries[0]
+    assert str(query.dataset.PatientName) == "ヤマダ^タロウ=山田^太郎"
+    sr = similar_cases_sr(query, _hits(read_dicom_folder(dicomized.out).queries[1:3]))
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    back = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "ヤマダ^タロウ=山田^太郎"
+    assert any("背中の病変 — naevus?" in str(item.get("TextValue", "")) for item in _items(back))
+    assert_valid(tmp_path / "sr.dcm")
+    pdf = similar_cases_pdf(query, [])
+    pdf.save_as(tmp_path / "pdf.dcm", enforce_file_format=True)
+    back = pydicom.dcmread(tmp_path / "pdf.dcm")
+    assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "ヤマダ^タロウ=山田^太郎"
+    assert [(s.ReferencedSOPClassUID, s.ReferencedSOPInstanceUID) for s in back.SourceInstanceSequence] == [(query.sop_class_uid, query.sop_instance_uid)]
+    # the app's own PDF sent back with the study is not a query, and says so
+    shutil.copy(tmp_path / "pdf.dcm", case / "answer.dcm")
+    problems = read_dicom_folder(tmp_path / "jp").problems
+    assert [p.message for p in problems] == ["this app's own report (the Encapsulated PDF of an earlier answer), not a query: skipped"]
+
+
+def _items(ds: Dataset):
+    for item in ds.get("ContentSequence", []) or []:
+        yield item
+        yield from _items(item)
+
 def test_query_validates_at_construction():
     with pytest.raises(ValueError, match="image"):
         DermoscopyQuery(np.zeros((4, 4), np.uint8), "", "none", [], "unknown", "p", "", "1", "1", "1", "1", "x", Dataset())

@@ -247,6 +247,27 @@ def test_explain_matches_from_maps_the_caller_has(net, images):
         explain_matches(net, query, TEXT, [target, other], target_maps=[g[:1] for g in t_grids])
 
 
+
+def test_explain_matches_from_the_text_tokens_of_a_batch_encoding(net, images):
+    """The app passes each query's text tokens from encoding its batch (padded to the batch's longest
+    text): the same explanation as encoding the text here, words included; another text's tokens give
+    that text's explanation (they are the ones used)."""
+    query, target = images
+    longer = TEXT + "; irregular dots and globules, regression structures; age 70, male, lower extremity"
+    with torch.no_grad():
+        encoded = net.encode_query_parts(torch.stack([query, query]), [TEXT, longer])
+    assert encoded.tokens.shape[1] > int(encoded.mask[0].sum())  # TEXT's row is padded
+    torch.testing.assert_close(encoded.query, net.encode_query(torch.stack([query, query]), [TEXT, longer]))
+    plain = explain_matches(net, query, TEXT, [target])[0]
+    given = explain_matches(net, query, TEXT, [target], text_features=(encoded.tokens[:1], encoded.mask[:1]))[0]
+    _same_explanation(given, plain)
+    assert [(w.word, round(w.weight, 5)) for w in given.tokens] == [(w.word, round(w.weight, 5)) for w in plain.tokens]
+    assert given.tokens
+    other = explain_matches(net, query, TEXT, [target], text_features=(encoded.tokens[1:], encoded.mask[1:]))[0]
+    _same_explanation(other, explain_matches(net, query, longer, [target])[0])
+    with pytest.raises(ValueError, match="text_features"):
+        explain_matches(net, query, TEXT, [target], text_features=(encoded.tokens, encoded.mask))
+
 def test_explanation_of_a_network_in_training_mode_is_the_eval_one(images):
     """The projection's dropout is off while explaining, whatever mode the network is in, and the mode is restored."""
     net = fitted_net()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,13 @@ class DermoscopyStudyLoaderOperator(Operator):
             result = QueryResult(query_id=query_id_of(query, i), query=query, notices=list(attr(query, "notices", []) or []))
             result.timing_ms["load"] = elapsed_ms / max(len(scan.queries), 1)
             results.append(result)
-        ids = [r.query_id for r in results]
-        if len(set(ids)) != len(ids):  # the same instance twice in the input: keep both, apart
-            for i, r in enumerate(results):
-                r.query_id = f"{r.query_id}-{i + 1}"
+        # the reader keeps one file per SOP Instance UID, so an id repeats only for a query from elsewhere:
+        # those ids, and only those, are kept apart (the others stay their image's UID, their output folder's name)
+        counts, seen = Counter(r.query_id for r in results), Counter()
+        for r in results:
+            if counts[r.query_id] > 1:
+                seen[r.query_id] += 1
+                r.query_id = f"{r.query_id}-{seen[r.query_id]}"
         studies = {attr(r.query, "study_uid") for r in results}
         self._logger.info("read %s: %d quer%s in %d stud%s, %d problem(s)", folder, len(results), "y" if len(results) == 1 else "ies", len(studies), "y" if len(studies) == 1 else "ies", len(problems))
         if not results:

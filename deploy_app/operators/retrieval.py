@@ -211,6 +211,12 @@ def _forward_images(net: Any, images: Any) -> Any:
     return images.to(net.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
+def _own_case(result: QueryResult, hits: Sequence[Any]) -> Any:
+    """The hit that is the query's own image (a library case sent as a query), else None."""
+    uid = attr(result.query, "sop_instance_uid")
+    return next((h for h in hits if uid and getattr(h.metadata, "sop_instance_uid", None) == uid), None)
+
+
 def _chunks(n: int, net: Any, batch_size: int) -> list[slice]:
     size = batch_size if net.device.type == "cuda" else min(batch_size, CPU_FORWARD_IMAGES)
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
@@ -354,6 +360,10 @@ class ComposedRetrievalOperator(Operator):
                     from monai_cir.data.report import text_partly_used_notice
 
                     result.notices.append(text_partly_used_notice(weight))
+                if weight > 0:
+                    tokens, limit = self.net.text_encoder.token_count(text), self.net.text_encoder.max_length
+                    if tokens > limit:
+                        result.notices.append(f"the report text is longer than the model reads ({tokens} tokens): only its first {limit} counted")
                 filters, notice = resolve_site_condition(self.site, attr(result.query, "site"))
                 if notice:
                     result.notices.append(notice)
@@ -385,13 +395,15 @@ class ComposedRetrievalOperator(Operator):
         start = time.perf_counter()
         images = torch.stack([tensor for _, tensor, _, _ in batch])
         texts = [text for _, _, text, _ in batch]
-        vectors, terms, outputs = [], [], []
+        vectors, terms, outputs, text_features = [], [], [], []
         with torch.inference_mode(), captured_image_maps(self.net) as captured:
             for part in _chunks(len(batch), self.net, self.batch_size):
-                vector, term = self.net.encode_query_and_terms(_forward_images(self.net, images[part]), texts[part])
-                vectors.append(vector.float().cpu())
-                terms.extend(term.double().cpu().numpy() if term is not None else [None] * len(vector))
+                encoded = self.net.encode_query_parts(_forward_images(self.net, images[part]), texts[part])
+                vectors.append(encoded.query.float().cpu())
+                terms.extend(encoded.terms.double().cpu().numpy() if encoded.terms is not None else [None] * len(encoded.query))
                 outputs.append(captured[-1] if len(captured) == len(vectors) else None)
+                # each query's text as it was composed (the explanation's, without a second text forward)
+                text_features.extend((encoded.tokens[j : j + 1], encoded.mask[j : j + 1]) for j in range(len(encoded.query)))
         queries = torch.cat(vectors).numpy()
         if self.net.device.type == "cuda":
             torch.cuda.synchronize()
@@ -407,6 +419,11 @@ class ComposedRetrievalOperator(Operator):
             pool, result.hits = shown.pool, shown.hits
             if shown.notice:
                 result.notices.append(shown.notice)
+            own = _own_case(result, shown.hits)
+            if own is not None:
+                result.notices.append(
+                    f"the query image is library case {own.case_id} itself (the same SOP Instance UID): it is its own match at rank "
+                    f"{own.rank} and is counted in the evidence summary; compare the other cases")
             if shown.differential is not None:
                 result.differential = dict(shown.differential)
                 result.notices.append(result.differential.pop("notice"))
@@ -424,7 +441,7 @@ class ComposedRetrievalOperator(Operator):
                 ", ".join(f"{h.metadata.diagnosis} {h.score:.3f}" for h in result.hits),
             )
         if self.explain:
-            self._explain(batch, self._query_maps(outputs, len(batch)))
+            self._explain(batch, self._query_maps(outputs, len(batch)), text_features)
 
     def _query_maps(self, outputs: Sequence[Any], n: int) -> list[Any] | None:
         """The selected levels' maps of the batch's queries, as ``net.image_features`` returns them,
@@ -437,10 +454,11 @@ class ComposedRetrievalOperator(Operator):
         maps = [torch.cat([o[i] for o in outputs]).float() for i in self.net.level_indices]
         return maps if all(m.shape[0] == n for m in maps) else None
 
-    def _explain(self, batch: list[tuple[QueryResult, Any, str, dict | None]], query_maps: list[Any] | None) -> None:
+    def _explain(self, batch: list[tuple[QueryResult, Any, str, dict | None]], query_maps: list[Any] | None,
+                 text_features: list[tuple[Any, Any]]) -> None:
         """What explaining each query's matches needs (:class:`PendingExplanations`, in
         ``result.pending_explanations``; the reports operator explains from it where it writes the
-        SR and the PDF): the query's maps from its encoding, the matches' grid maps from
+        SR and the PDF): the query's maps and text tokens from its encoding, the matches' grid maps from
         :data:`TARGET_MAPS`, whose misses for the whole batch run in shared forwards here; a match
         whose library image is not reachable from here gets a notice instead. This shared work's
         time is split evenly over the batch's queries."""
@@ -465,6 +483,7 @@ class ComposedRetrievalOperator(Operator):
                 result.pending_explanations = PendingExplanations(
                     net=self.net, query=query, text=text,
                     query_maps=[m[j : j + 1] for m in query_maps] if query_maps is not None else None,
+                    text_features=text_features[j],
                     ranks=[hit.rank for hit, _, _ in plan],
                     labels=[f"#{hit.rank} {hit.metadata.diagnosis}" for hit, _, _ in plan],
                     targets=[tensor for _, _, tensor in plan],
@@ -485,6 +504,7 @@ class PendingExplanations:
     query: Any  # the preprocessed query image (3, S, S)
     text: str
     query_maps: list[Any] | None  # one (1, C, h, w) map per level, or None (computed then)
+    text_features: tuple[Any, Any]  # (tokens (1, L, d), mask (1, L)) of the query's text, from its encoding
     ranks: list[int]
     labels: list[str]
     targets: list[Any]  # the matches' preprocessed images (3, S, S), in ``ranks`` order
@@ -502,6 +522,7 @@ class PendingExplanations:
         from monai_cir.explain import explain_matches
 
         explanations = explain_matches(
-            self.net, self.query, self.text, self.targets, labels=self.labels, query_maps=self.query_maps, target_maps=self.target_maps
+            self.net, self.query, self.text, self.targets, labels=self.labels, query_maps=self.query_maps, target_maps=self.target_maps,
+            text_features=self.text_features,
         )
         return dict(zip(self.ranks, explanations))

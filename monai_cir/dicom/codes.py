@@ -34,6 +34,7 @@ __all__ = [
     "MANUFACTURER",
     "MODEL_NAME",
     "OID_SCHEME",
+    "OUTPUT_CHARACTER_SET",
     "UID_ROOT",
     "code_key",
     "confirmation_code",
@@ -76,6 +77,8 @@ LEGACY_PRIVATE_SCHEME = "99MONAICIR"
 
 MANUFACTURER = "monai-cir"
 MODEL_NAME = "monai-cir composed retrieval"
+# the Specific Character Set of everything monai-cir writes: UTF-8 covers every text an answer carries
+OUTPUT_CHARACTER_SET = "ISO_IR 192"
 
 
 def software_version() -> str:

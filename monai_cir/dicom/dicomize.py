@@ -235,7 +235,7 @@ def dermoscopy_image_dataset(
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
 
     # SOP Common
-    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SpecificCharacterSet = C.OUTPUT_CHARACTER_SET
     ds.SOPClassUID = DermoscopicPhotographyImageStorage
     ds.SOPInstanceUID = uids.image_uid
     ds.InstanceCreationDate = now.strftime("%Y%m%d")

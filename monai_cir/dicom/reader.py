@@ -17,7 +17,8 @@ Rules (documented in ``docs/dicom.md``):
 - **Text**: from the Basic Text / Enhanced / Comprehensive (3D) SRs that reference the image by
   SOP Instance UID (Current Requested Procedure / Pertinent Other Evidence, or IMAGE content
   items), whatever their Study Instance UID says (so an image whose Study UID had to be repaired
-  keeps its report); an SR that references images gives its text to those images only. An image
+  keeps its report), unless the SR is of another patient (Patient ID; notice); an SR that references
+  images gives its text to those images only. An image
   no SR references gets the text of its study's only SR that references no image. TEXT items give their
   value; CODE items give their meaning (``Concept: meaning`` unless the concept is a generic
   Finding). Context items (HAS OBS/ACQ CONTEXT, HAS CONCEPT MOD) are skipped, and so are the
@@ -27,11 +28,18 @@ Rules (documented in ``docs/dicom.md``):
   image-only query (``text == ""``) with a notice.
 - **Bad input** never stops the scan; each file gets an :class:`InputProblem`: not DICOM, a
   truncated file (the data set ends inside an element), no SOP Class / SOP Instance UID,
-  unsupported SOP class, no pixel data, undecodable pixel data, a JPEG / JPEG-LS / JPEG 2000 frame
-  without its end marker (a truncated stream, which decoders pad with grey instead of failing),
-  a frame whose pixels are constant or nearly so (blank). A greyscale image is answered, with a
-  notice (the model was trained on colour dermoscopy).
+  unsupported SOP class (this app's own Encapsulated PDF says so), no or empty pixel data, an
+  invalid Number of Frames, undecodable pixel data, an image under :data:`MIN_IMAGE_SIDE` pixels a
+  side, a JPEG / JPEG-LS / JPEG 2000 frame without its end marker (a truncated stream, which
+  decoders pad with grey instead of failing), a frame whose pixels are constant or nearly so
+  (blank), any other error reading an image; a report SR whose image is not in the input. A
+  greyscale image is answered, with a notice (the model was trained on colour dermoscopy).
+- **One file per instance**: the same SOP Instance UID received twice with the same patient, study
+  and pixels (an SR: the same content) is read once (notice); the same UID on instances that differ
+  is a collision upstream, and none of them is used (each reported), so no patient's report
+  becomes another's query text.
   Missing Patient ID / Name, Study / Series Instance UID and the Type 2 patient/study attributes
+  (and birth date, study date / time or sex with a value DICOM does not allow, emptied)
   are **repaired** in the returned dataset (the Study UID from an SR that references the image when
   there is one, else deterministic values derived from the SOP Instance UID) with a notice, so that
   the answer can still be written and filed.
@@ -41,9 +49,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -92,6 +101,9 @@ _MARKER_TERMINATED = {
 }
 # a frame is blank when, in every channel, 98% of its pixels lie within this many grey levels
 BLANK_RANGE = 4
+_ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+# an image with a side shorter than this is not a dermoscopy image the model can read (refused)
+MIN_IMAGE_SIDE = 32
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,7 @@ class SRText:
     sop_instance_uid: str
     study_uid: str
     sop_class_uid: str
+    patient_id: str = ""
     texts: list[str] = field(default_factory=list)
     references: set[str] = field(default_factory=set)
     reference_studies: dict[str, str] = field(default_factory=dict)  # referenced SOP Instance UID -> its Study UID (evidence)
@@ -230,6 +243,7 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         study_uid=str(ds.get("StudyInstanceUID", "")),
         sop_class_uid=str(ds.get("SOPClassUID", "")),
+        patient_id=str(ds.get("PatientID", "") or "").strip(),
     )
     info.is_similar_cases = _is(_code_key(ds.get("ConceptNameCodeSequence")), C.SIMILAR_CASES_REPORT)
     for seq_name in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
@@ -312,13 +326,62 @@ def _repair(ds: Dataset, notices: list[str], study_uid_from_sr: str | None = Non
     if not str(ds.get("SeriesInstanceUID", "") or "").strip():
         ds.SeriesInstanceUID = C.derived_uid(seed, "series")
         notices.append(f"missing Series Instance UID: generated {ds.SeriesInstanceUID}")
-    # Type 2 attributes the answer's SR copies: present, empty when unknown
+    # Type 2 attributes the answer's SR copies: present, empty when unknown, and emptied when their
+    # value is not one DICOM allows (the SR and PDF writers refuse it, and the answer would be lost)
     for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName"):
         if keyword not in ds:
             setattr(ds, keyword, "")
+        elif keyword in _VALID_VALUES:
+            value = str(ds.get(keyword) or "").strip()
+            valid, rule = _VALID_VALUES[keyword]
+            if value and not valid(value):
+                setattr(ds, keyword, "")
+                notices.append(f"invalid {_NAMES[keyword]} {value!r} ({rule}): left empty in the answer")
+
+
+def _is_date(value: str) -> bool:
+    import datetime
+
+    try:
+        datetime.datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        return False
+    return len(value) == 8
+
+
+def _is_time(value: str) -> bool:
+    import re
+
+    match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?", value)
+    if match is None or (match.group(4) and not match.group(3)):
+        return False
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups()[:3])
+    return hours < 24 and minutes < 60 and seconds < 61
+
+
+_VALID_VALUES = {
+    "PatientBirthDate": (_is_date, "a date is YYYYMMDD"),
+    "StudyDate": (_is_date, "a date is YYYYMMDD"),
+    "StudyTime": (_is_time, "a time is HHMMSS"),
+    "PatientSex": (lambda v: v in ("M", "F", "O"), "M, F or O"),
+}
+_NAMES = {"PatientBirthDate": "Patient's Birth Date", "StudyDate": "Study Date", "StudyTime": "Study Time", "PatientSex": "Patient's Sex"}
 
 
 _JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def _frame_count(ds: Dataset) -> int:
+    """Number of Frames (1 when absent); a value that is not a positive whole number is an error
+    that names the attribute (the image is then reported and skipped)."""
+    value = ds.get("NumberOfFrames", 1)
+    try:
+        count = int(value if value not in (None, "") else 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid Number of Frames (0028,0008) {str(value)!r}: not a whole number") from None
+    if count < 1:
+        raise ValueError(f"invalid Number of Frames (0028,0008) {count}: must be at least 1")
+    return count
 
 
 def _decoded_frames(ds: Dataset, indices: list[int], max_side: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
@@ -354,7 +417,7 @@ def _pillow_baseline_frames(ds: Dataset, indices: list[int], max_side: int) -> l
     from pydicom.encaps import generate_frames
 
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _frame_count(ds)
     wanted, out = set(indices), {}
     try:
         for i, stream in enumerate(generate_frames(ds.PixelData, number_of_frames=frames)):
@@ -375,7 +438,7 @@ def _pillow_baseline_frames(ds: Dataset, indices: list[int], max_side: int) -> l
 
 def _to_rgb_frames(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     """(F, H, W, 3) uint8 RGB from a decoded pixel array."""
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _frame_count(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if frames == 1:
         arr = arr[None]
@@ -437,7 +500,7 @@ def _truncated_frames(ds: Dataset) -> list[int]:
         return []
     from pydicom.encaps import generate_frames
 
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _frame_count(ds)
     bad = []
     try:
         for number, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), start=1):
@@ -524,6 +587,8 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
                 srs.append(info)
         elif sop_class in IMAGE_SOP_CLASSES:
             images.append((where, ds))
+        elif sop_class == _ENCAPSULATED_PDF and str(ds.get("Manufacturer", "")) == C.MANUFACTURER:
+            scan.problems.append(InputProblem(where, "this app's own report (the Encapsulated PDF of an earlier answer), not a query: skipped"))
         else:
             scan.problems.append(
                 InputProblem(
@@ -532,9 +597,69 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
                     "or VL Photographic Image Storage, or an SR: skipped",
                 )
             )
+    image_uids = {str(ds.get("SOPInstanceUID", "") or "").strip() for _, ds in images}
+    image_studies = {str(ds.get("StudyInstanceUID", "") or "").strip() for _, ds in images}
+    images, received_again = _one_per_instance(images, lambda ds: _image_identity(ds), scan.problems, "image")
+    kept_srs, _ = _one_per_instance([(sr.path, sr) for sr in srs], _sr_identity, scan.problems, "SR")
+    srs = [sr for _, sr in kept_srs]
     for where, ds in images:
-        scan.queries.extend(_image_queries(where, ds, srs, scan.problems, max_side, all_frames))
+        try:
+            queries = _image_queries(where, ds, srs, scan.problems, max_side, all_frames)
+        except Exception as err:  # noqa: BLE001 (one bad image is reported; the scan goes on)
+            reason = str(err) if isinstance(err, ValueError) else f"cannot read this image ({type(err).__name__}: {err})"
+            scan.problems.append(InputProblem(where, f"{reason}: skipped"))
+            continue
+        for query in queries:
+            if where in received_again:
+                query.notices.append(f"the same instance was received {1 + len(received_again[where])} times: answered once")
+        scan.queries.extend(queries)
+    used = {uid for query in scan.queries for uid in query.sr_uids}
+    for sr in srs:
+        if sr.sop_instance_uid in used or (sr.references & image_uids) or (not sr.references and sr.study_uid in image_studies):
+            continue  # its text was used, or its images were reported (or left image-only, with a notice)
+        what = "references no image of this input" if sr.references else f"is of study {sr.study_uid}, which has no image in this input"
+        scan.problems.append(InputProblem(sr.path, f"report SR that {what}: nothing to answer (send the dermoscopy image with its report)"))
     return scan
+
+
+def _image_identity(ds: Dataset) -> tuple[str, str, str]:
+    """What makes two files the same image instance: patient, study and pixels."""
+    pixels = ds.get("PixelData") or b""
+    return (str(ds.get("PatientID", "") or ""), str(ds.get("StudyInstanceUID", "") or ""), hashlib.sha256(bytes(pixels)).hexdigest())
+
+
+def _sr_identity(sr: SRText) -> tuple:
+    return (sr.patient_id, sr.study_uid, sr.sop_class_uid, tuple(sr.texts), tuple(sorted(sr.references)), sr.diagnosis, sr.case_id)
+
+
+def _one_per_instance(items: list[tuple[str, Any]], identity: Callable[[Any], Any], problems: list[InputProblem], kind: str) -> tuple[list[tuple[str, Any]], dict[str, list[str]]]:
+    """``items`` (path, dataset or SR) with one per SOP Instance UID, in input order, and for each kept
+    path the paths of the same instance received again. The same UID on instances that differ
+    (``identity``: another patient, study or content) is a collision upstream: none of them is used,
+    each is reported (which one is the right one cannot be told from here, and guessing would give
+    one patient's report to another)."""
+    def uid_of(item: Any) -> str:
+        return str(item.sop_instance_uid if isinstance(item, SRText) else item.get("SOPInstanceUID", "") or "").strip()
+
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for where, item in items:
+        if uid_of(item):
+            groups.setdefault(uid_of(item), []).append((where, item))
+    dropped, again = set(), {}
+    for uid, group in groups.items():
+        if len(group) == 1:
+            continue
+        if len({identity(item) for _, item in group}) == 1:
+            again[group[0][0]] = [where for where, _ in group[1:]]
+            dropped.update(where for where, _ in group[1:])
+            continue
+        for where, _ in group:
+            others = ", ".join(w for w, _ in group if w != where)
+            problems.append(InputProblem(
+                where, f"SOP Instance UID {uid} is also the UID of another {kind} ({others}) of another patient, study or content: "
+                "a UID collision upstream, so none of them is used (re-send them with unique UIDs): skipped"))
+            dropped.add(where)
+    return [(where, item) for where, item in items if where not in dropped], again
 
 
 def _image_queries(
@@ -545,6 +670,15 @@ def _image_queries(
         return []
     if "PixelData" not in ds:
         problems.append(InputProblem(where, "DICOM image without pixel data (7FE0,0010): skipped"))
+        return []
+    if not ds.PixelData:
+        problems.append(InputProblem(where, "DICOM image whose pixel data (7FE0,0010) is empty: skipped"))
+        return []
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if min(rows, columns) < MIN_IMAGE_SIDE:
+        problems.append(InputProblem(
+            where, f"image of {columns}x{rows} pixels (Columns x Rows): too small for a dermoscopy query (at least "
+            f"{MIN_IMAGE_SIDE} pixels a side): not answered"))
         return []
     notices: list[str] = []
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
@@ -558,7 +692,7 @@ def _image_queries(
             )
         )
         return []
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    count = _frame_count(ds)
     indices = list(range(count)) if all_frames else [0]
     try:
         frames = _decoded_frames(ds, indices, max_side)
@@ -577,6 +711,11 @@ def _image_queries(
     # references no image (an SR that references images speaks of those images only)
     sop_uid = str(meta.SOPInstanceUID)
     referencing = [sr for sr in srs if sop_uid in sr.references]
+    patient = str(meta.get("PatientID", "") or "").strip()
+    others = [sr for sr in referencing if patient and sr.patient_id and sr.patient_id != patient]
+    if others:  # a report of another patient never becomes this image's query text
+        referencing = [sr for sr in referencing if sr not in others]
+        notices.extend(f"an SR of another patient ({sr.patient_id}) references this image: its text is not used ({sr.path})" for sr in others)
     study_from_sr = next((sr.reference_studies.get(sop_uid) or sr.study_uid for sr in referencing if sr.reference_studies.get(sop_uid) or sr.study_uid), None)
     _repair(meta, notices, study_uid_from_sr=study_from_sr)
     site = _site(meta, notices)

@@ -363,7 +363,8 @@ def encapsulated_pdf_dataset(
     series_number: int = 98,
     instance_number: int = 1,
 ) -> Dataset:
-    """An Encapsulated PDF Storage dataset in ``study``'s patient and study (pydicom)."""
+    """An Encapsulated PDF Storage dataset in ``study``'s patient and study (pydicom); when ``study`` is
+    the query image's dataset, the PDF references it as its source (Source Instance Sequence)."""
     if not pdf.startswith(b"%PDF"):
         raise ValueError("pdf must be the bytes of a PDF document (starting with %PDF)")
     for keyword in ("StudyInstanceUID", "PatientID"):
@@ -377,7 +378,7 @@ def encapsulated_pdf_dataset(
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SpecificCharacterSet = study.get("SpecificCharacterSet", "ISO_IR 192") or "ISO_IR 192"
+    ds.SpecificCharacterSet = C.OUTPUT_CHARACTER_SET  # as the SR: the names decoded from any input set, written as UTF-8
     ds.SOPClassUID = EncapsulatedPDFStorage
     ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
@@ -404,6 +405,11 @@ def encapsulated_pdf_dataset(
     ds.DocumentTitle = title
     ds.ConceptNameCodeSequence = []
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    if study.get("SOPInstanceUID") and study.get("SOPClassUID"):  # the query image the report is derived from (Type 1C)
+        source = Dataset()
+        source.ReferencedSOPClassUID = study.SOPClassUID
+        source.ReferencedSOPInstanceUID = study.SOPInstanceUID
+        ds.SourceInstanceSequence = [source]
     data = pdf + (b"\x00" if len(pdf) % 2 else b"")
     ds.EncapsulatedDocument = data
     ds.EncapsulatedDocumentLength = len(pdf)

@@ -369,6 +369,10 @@ def similar_cases_sr(
         is_complete=True,
         is_verified=False,  # VerificationFlag UNVERIFIED (IHE AI Results)
         contributing_equipment=[equipment],
+        # UTF-8 whatever the query's character set: the SR carries texts of other instances (the
+        # report's SR, the library's cases) that the query's set may not cover, or that highdicom
+        # cannot write (ISO 2022 code extensions)
+        specific_character_set=C.OUTPUT_CHARACTER_SET,
     )
     for item in sr.ContributingEquipmentSequence:  # ours, not the query's acquisition equipment
         if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109103" and item.get("ManufacturerModelName") == C.MODEL_NAME:

@@ -6,6 +6,7 @@ from .composed_retrieval import (
     LEVEL_NAMES,
     MODEL_PRESETS,
     ComposedRetrievalNet,
+    QueryEncoding,
     check_images,
     check_texts,
     create_model,
@@ -28,6 +29,7 @@ from .text_encoder import TextEncoder, TokenEncoder, offline_minilm_path
 
 __all__ = [
     "ComposedRetrievalNet",
+    "QueryEncoding",
     "load_model",
     "save_checkpoint",
     "encoder_fingerprint",

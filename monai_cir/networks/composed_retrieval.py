@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from .text_encoder import TextEncoder
 
 __all__ = [
     "ComposedRetrievalNet",
+    "QueryEncoding",
     "create_model",
     "MODEL_PRESETS",
     "DEFAULT_PRESET",
@@ -114,6 +115,15 @@ def check_texts(texts: Any, batch_size: int) -> list[str]:
         if not isinstance(text, str):
             raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
     return texts
+
+
+class QueryEncoding(NamedTuple):
+    """What :meth:`ComposedRetrievalNet.encode_query_parts` computed for a batch of queries."""
+
+    query: torch.Tensor  # Q (B, D)
+    terms: torch.Tensor | None  # the diagnosis prior's ranking terms (B, C + 1), or None
+    tokens: torch.Tensor  # the texts' token embeddings (B, L, d), padded to the batch's longest text
+    mask: torch.Tensor  # (B, L): the tokens composed (:meth:`ComposedRetrievalNet.text_features`'s mask)
 
 
 class ComposedRetrievalNet(nn.Module):
@@ -439,15 +449,19 @@ class ComposedRetrievalNet(nn.Module):
     # ------------------------------------------------------------------ public API
     def encode_query(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """Composed query embeddings ``Q`` (B, D) for images (B, 3, H, W) in [0, 1] and one text per image."""
-        return self._encode_query(images, texts, with_terms=False)[0]
+        return self.encode_query_parts(images, texts, with_terms=False).query
 
     def encode_query_and_terms(self, images: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(Q, terms)`` from one forward: :meth:`encode_query`'s ``Q`` and, with a diagnosis prior, its ranking
         terms (B, C + 1) (:class:`~.diagnosis_prior.DiagnosisPrior`: ``λ w log p(y | q)`` per class of
         ``diagnosis_prior.classes``, then the term of any other diagnosis); ``terms`` is None without one."""
-        return self._encode_query(images, texts, with_terms=self.diagnosis_prior is not None)
+        encoded = self.encode_query_parts(images, texts)
+        return encoded.query, encoded.terms
 
-    def _encode_query(self, images: torch.Tensor, texts: Sequence[str], with_terms: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_query_parts(self, images: torch.Tensor, texts: Sequence[str], with_terms: bool = True) -> QueryEncoding:
+        """:meth:`encode_query_and_terms` (``terms`` only ``with_terms`` and a diagnosis prior) and the texts'
+        :meth:`text_features` it composed with, from the same forward: what explaining the query needs
+        besides its image maps (:func:`monai_cir.explain.explain_matches`), without a second text forward."""
         images = check_images(images)
         texts = check_texts(texts, images.shape[0])
         maps = self.image_features(images)
@@ -457,7 +471,8 @@ class ComposedRetrievalNet(nn.Module):
         sentence = sentence_embedding(texts_tokens, texts_mask)
         with self._autocast():
             q = self.query_embedding(maps, texts_tokens, mask, weights, sentence).float()
-        return q, (self.diagnosis_prior(self.late_fusion_pool(maps), sentence, weights) if with_terms else None)
+        terms = self.diagnosis_prior(self.late_fusion_pool(maps), sentence, weights) if with_terms and self.diagnosis_prior is not None else None
+        return QueryEncoding(q, terms, texts_tokens, mask)
 
     def encode_target(self, images: torch.Tensor) -> torch.Tensor:
         """Case-library embeddings ``T`` (N, D) for images (N, 3, H, W) in [0, 1]."""

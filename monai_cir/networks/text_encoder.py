@@ -63,6 +63,10 @@ class TokenEncoder(nn.Module):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
+    def token_count(self, text: str) -> int:
+        """How many tokens ``text`` has, special tokens included (more than ``max_length``: the rest is not read)."""
+        return len(self.tokenizer([text], add_special_tokens=True, truncation=False)["input_ids"][0])
+
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's last hidden states (B, n, d_T) of a tokenised batch (on the model's device)."""
         raise NotImplementedError
