@@ -38,11 +38,12 @@ Rules (documented in ``docs/dicom.md``):
   and pixels (an SR: the same content) is read once (notice); the same UID on instances that differ
   is a collision upstream, and none of them is used (each reported), so no patient's report
   becomes another's query text.
-  Missing Patient ID / Name, Study / Series Instance UID and the Type 2 patient/study attributes
-  (and birth date, study date / time or sex with a value DICOM does not allow, emptied)
-  are **repaired** in the returned dataset (the Study UID from an SR that references the image when
-  there is one, else deterministic values derived from the SOP Instance UID) with a notice, so that
-  the answer can still be written and filed.
+- Missing Study / Series Instance UID and the Type 2 patient/study attributes (and birth date,
+  study date / time or sex with a value DICOM does not allow, emptied) are **repaired** in the
+  returned dataset (the Study UID from an SR that references the image when there is one, else
+  deterministic values derived from the SOP Instance UID) with a notice, so that the answer can
+  still be written and filed. A missing Patient ID / Name stays empty (notice): the answer files
+  under the image's own patient, not a made-up one.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ class DermoscopyQuery:
             )
         if self.text_source not in ("sr", "study-sr", "none"):
             raise ValueError(f"DermoscopyQuery.text_source must be 'sr', 'study-sr' or 'none', got {self.text_source!r}")
-        for name in ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid", "patient_id"):
+        for name in ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid"):
             if not getattr(self, name):
                 raise ValueError(f"DermoscopyQuery.{name} must not be empty")
         if self.frame_number is not None and self.frame_number < 1:
@@ -314,12 +315,13 @@ def _repair(ds: Dataset, notices: list[str], study_uid_from_sr: str | None = Non
     if study_uid_from_sr and not str(ds.get("StudyInstanceUID", "") or "").strip():
         ds.StudyInstanceUID = study_uid_from_sr
         notices.append(f"missing Study Instance UID: taken from the SR that references this image ({study_uid_from_sr})")
+    # no Patient ID / Name: the answer carries none either (both Type 2). A made-up ID would file the
+    # answer under another patient than its own study's images, and a PACS keys a study by both
     if not str(ds.get("PatientID", "") or "").strip():
-        ds.PatientID = "ANON-" + hashlib.sha256(seed.encode()).hexdigest()[:12].upper()
-        notices.append(f"missing Patient ID: set to {ds.PatientID}")
+        ds.PatientID = ""
+        notices.append("no Patient ID: the answer carries none either, as the image it answers")
     if not str(ds.get("PatientName", "") or "").strip():
-        ds.PatientName = f"{ds.PatientID}^"
-        notices.append("missing Patient's Name: set to the Patient ID")
+        ds.PatientName = ""
     if not str(ds.get("StudyInstanceUID", "") or "").strip():
         ds.StudyInstanceUID = C.derived_uid(seed, "study")
         notices.append(f"missing Study Instance UID: generated {ds.StudyInstanceUID}")

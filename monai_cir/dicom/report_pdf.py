@@ -260,7 +260,7 @@ def render_report_pdf(
     canvas.drawString(left, height - 29 * _MM, f"Report of {created:%Y-%m-%d %H:%M %Z}".strip() + f"   |   {algorithm_name} {version}")
     ids = []
     if study is not None:
-        ids.append(f"Patient ID {study.get('PatientID', '')}")
+        ids.append(f"Patient ID {study.get('PatientID', '') or '(none)'}")
         if study.get("AccessionNumber"):
             ids.append(f"accession {study.AccessionNumber}")
     patient = _patient_line(study)
@@ -367,9 +367,8 @@ def encapsulated_pdf_dataset(
     the query image's dataset, the PDF references it as its source (Source Instance Sequence)."""
     if not pdf.startswith(b"%PDF"):
         raise ValueError("pdf must be the bytes of a PDF document (starting with %PDF)")
-    for keyword in ("StudyInstanceUID", "PatientID"):
-        if not str(study.get(keyword, "") or ""):
-            raise ValueError(f"the study dataset has no {keyword}: cannot file the PDF")
+    if not str(study.get("StudyInstanceUID", "") or ""):
+        raise ValueError("the study dataset has no StudyInstanceUID: cannot file the PDF")
     now = datetime.datetime.now()
     sop_uid = sop_instance_uid or C.new_uid()
     ds = Dataset()

@@ -228,7 +228,7 @@ def similar_cases_sr(
 
     contains = RelationshipTypeValues.CONTAINS
     ds, frame, text, query_notices = _query_dataset(query)
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"):
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not str(ds.get(keyword, "") or ""):
             raise ValueError(f"the query dataset has no {keyword}: cannot write the similar-cases SR")
     low, high = (float(v) for v in score_range)
