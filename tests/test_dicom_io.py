@@ -409,6 +409,11 @@ def test_one_unreadable_image_does_not_stop_the_scan(tmp_path):
     ds.PixelData = b""
     ds.save_as(empty / "image.dcm", enforce_file_format=True)
     make_case(tmp_path, "tiny", pixels=synthetic_image(8, 8), text=None)
+    # a whole data set without preamble and file meta (not a Part 10 file): not a cut file
+    nometa = make_case(tmp_path, "nometa", text=None)
+    ds = pydicom.dcmread(nometa / "image.dcm")
+    del ds.file_meta
+    ds.save_as(nometa / "image.dcm", enforce_file_format=False, implicit_vr=True, little_endian=True)
 
     scan = read_dicom_folder(tmp_path)
     problems = {Path(p.path).parent.name: p.message for p in scan.problems}
@@ -416,6 +421,7 @@ def test_one_unreadable_image_does_not_stop_the_scan(tmp_path):
     assert "invalid Number of Frames (0028,0008) 'x'" in problems["frames"] and problems["frames"].endswith("skipped")
     assert "pixel data (7FE0,0010) is empty" in problems["empty"]
     assert "image of 8x8 pixels" in problems["tiny"] and "too small" in problems["tiny"]
+    assert "Transfer Syntax UID" in problems["nometa"] and "truncated" not in problems["nometa"]
 
 
 def test_an_instance_received_twice_is_answered_once(tmp_path):

@@ -472,6 +472,8 @@ def _truncation(path: Path) -> str | None:
         with open(path, "rb") as fp:
             read_preamble(fp, False)
             meta = _read_file_meta_info(fp)
+            if len(meta) == 0:  # no file meta at all: not a cut, a file that is not Part 10 (pydicom's reading says more)
+                return None
             if "TransferSyntaxUID" not in meta:
                 return f"truncated DICOM file ({size} bytes): it ends inside the file meta information"
             syntax = UID(str(meta.TransferSyntaxUID))
