@@ -159,6 +159,79 @@ def test_load_image_csv(tmp_path):
         load_image_csv(images, table)
 
 
+def _user_folder(tmp_path: Path, names: tuple[str, ...] = ("a.png", "b.png", "c.png")) -> Path:
+    """A folder of tiny synthetic images (generated pixels, not data)."""
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, name in enumerate(names):
+        Image.new("RGB", (16, 12), (40 * i, 80, 60)).save(images / name)
+    return images
+
+
+def test_image_csv_warns_about_nonstandard_diagnoses(tmp_path, caplog):
+    """A misspelt label is kept as a class of its own (a site may have its own classes) but never silently."""
+    images = _user_folder(tmp_path)
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis\na.png,Melanomma\nb.png,melanomma\nc.png,dermatofibroma\n")
+    with caplog.at_level("WARNING", logger="monai_cir.data.collections"):
+        records = load_image_csv(images, table)
+    assert [r.diagnosis for r in records] == ["melanomma", "melanomma", "dermatofibroma"]
+    assert [r.label for r in records] == [4, 4, 3]  # still accepted, after the standard classes
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(table) in warning and "'melanomma' (2 rows)" in warning and "'dermatofibroma' (1 row)" in warning
+    assert "melanoma, nevus, benign keratosis" in warning and "bkl" in warning
+    caplog.clear()
+    table.write_text("image,diagnosis\na.png,mel\nb.png,Nevus\nc.png,seborrheic keratosis\n")
+    with caplog.at_level("WARNING", logger="monai_cir.data.collections"):
+        load_image_csv(images, table)
+    assert not caplog.records  # standard names and their aliases: nothing to say
+
+
+def test_image_csv_checks_every_image_before_returning(tmp_path, monkeypatch):
+    """All unreadable images are listed in one error with their CSV rows, before any embedding can start."""
+    from monai_cir.data import collections as collections_module
+
+    images = _user_folder(tmp_path)
+    rng = np.random.default_rng(0)
+    (images / "noise.jpg").write_bytes(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())  # random bytes named .jpg
+    damaged = bytearray((images / "a.png").read_bytes())
+    damaged[damaged.index(b"IDAT") + 8] ^= 0xFF  # a damaged PNG: it opens, only verify() finds the bad checksum
+    (images / "cut.png").write_bytes(bytes(damaged))
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis\na.png,nevus\nnoise.jpg,nevus\nb.png,mel\ngone.png,nevus\ncut.png,nevus\n")
+    with pytest.raises(ValueError) as err:
+        load_image_csv(images, table)
+    message = str(err.value)
+    assert message.startswith(f"3 of the 5 images listed in {table} cannot be read")
+    assert re.search(r"noise\.jpg \(CSV row 3: not a readable image", message)
+    assert "gone.png (CSV row 5: not found)" in message and re.search(r"cut\.png \(CSV row 6: not a readable image", message)
+    assert "a.png" not in message and "b.png" not in message
+    monkeypatch.setattr(collections_module, "MAX_LISTED_IMAGES", 1)
+    with pytest.raises(ValueError, match=r"noise\.jpg .*; and 2 more\."):
+        load_image_csv(images, table)
+
+
+def test_image_csv_paths_are_absolute(tmp_path, monkeypatch):
+    """A relative --images folder is stored resolved: search and explain run from other folders."""
+    _user_folder(tmp_path)
+    (tmp_path / "cases.csv").write_text("image,diagnosis\na.png,nevus\n")
+    monkeypatch.chdir(tmp_path / "imgs")
+    [record] = load_image_csv("../imgs", "../cases.csv")
+    assert record.image_path.is_absolute() and record.image_path == (tmp_path / "imgs" / "a.png").resolve()
+    monkeypatch.chdir(tmp_path.parent)
+    assert record.image_path.is_file()
+
+
+def test_header_only_image_csv_is_an_error(tmp_path):
+    images = _user_folder(tmp_path)
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis,confirmation\n")
+    with pytest.raises(ValueError, match=f"{re.escape(str(table))}: the CSV has no rows"):
+        load_image_csv(images, table)
+
+
 def test_black_border_removal_crops_the_frame_only():
     """The dermatoscope's black frame goes; a row or column counts as frame only where almost every
     pixel is dark in every channel; a dark lesion inside stays; a dark image is not cropped away."""
@@ -176,3 +249,13 @@ def test_black_border_removal_crops_the_frame_only():
     dark = np.full((80, 80, 3), 10, np.uint8)
     dark[30:40, 30:40] = 200  # cropping would keep less than a quarter: unchanged
     np.testing.assert_array_equal(remove_black_border(dark), dark)
+
+
+def test_data_md_lists_every_confirmation_word():
+    """docs/data.md's table of the `confirmation` column is the code's (CONFIRMATION_WORDS), word for word."""
+    from monai_cir.data.collections import CONFIRMATION_WORDS
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    for status, words in CONFIRMATION_WORDS.items():
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{status}` | "))
+        assert set(re.findall(r"`([^`]+)`", row)[1:]) == set(words), (status, row)

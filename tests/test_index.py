@@ -366,3 +366,126 @@ def test_a_third_backend_is_one_registration(tmp_path, monkeypatch):
     assert type(back) is ListBackedIndex and hits_key(back.search(x[:2], 5)) == hits_key(ix.search(x[:2], 5))
     with pytest.raises(ValueError, match="unknown index backend 'nope'"):
         create_index(DIM, "fp", backend="nope")
+
+
+# ----------------------------------------------------------------------------- `monai-cir index` on a user's folder + CSV
+# A tiny random network (conftest.make_tiny_net) embeds tiny synthetic images: these check what the command accepts,
+# refuses and writes, not retrieval quality.
+
+
+@pytest.fixture()
+def user_folder(tmp_path):
+    """A folder of 4 tiny synthetic images (generated pixels, not data) and a CSV describing them."""
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (24, 28, 3), dtype=np.uint8)).save(images / f"case{i}.png")
+    table = tmp_path / "cases.csv"
+    table.write_text("case_id,image,diagnosis,text,site\n" + "".join(
+        f"case{i},case{i}.png,{('melanoma', 'nevus')[i % 2]},flat lesion,{('back', 'head neck')[i % 2]}\n" for i in range(4)))
+    return images, table
+
+
+@pytest.fixture()
+def cli(monkeypatch):
+    """``cli.run(argv)`` is ``monai-cir`` with the tiny network as every model; ``cli.embedded`` counts the images embedded."""
+    from types import SimpleNamespace
+
+    import torch
+    from conftest import make_tiny_net
+
+    import monai_cir.networks
+    from monai_cir import retrieval
+    from monai_cir.cli import main
+
+    net = make_tiny_net()
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    embedded: list[int] = []
+    real_embed = retrieval.embed_library
+    monkeypatch.setattr(retrieval, "embed_library", lambda net, items, **kw: embedded.append(len(items)) or real_embed(net, items, **kw))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: OpenMP's spinning threads only slow a busy machine down
+    yield SimpleNamespace(run=main, embedded=embedded)
+    torch.set_num_threads(threads)
+
+
+def _help(command: str, capsys) -> str:
+    """``monai-cir index COMMAND --help``, its line breaks undone."""
+    from monai_cir.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["index", command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_help_documents_the_csv_columns_and_the_name_default(capsys):
+    from monai_cir.data.collections import CONFIRMATIONS
+
+    for command in ("build", "add"):
+        text = _help(command, capsys)
+        csv_help = text[text.rindex("--csv FILE"):text.rindex("--filter KEY=VALUE")]  # the option list, not the usage line
+        assert "confirmation" in csv_help and all(status in csv_help for status in CONFIRMATIONS) and "biopsy" in csv_help
+        assert "with --images the CSV file's name" in text  # load_image_csv: the collection is the CSV's stem
+
+
+def test_cli_build_refuses_bad_input_before_embedding_and_writes_nothing(cli, user_folder, tmp_path, capsys):
+    images, table = user_folder
+    out = tmp_path / "ix"
+    build = ["index", "build", "--images", str(images), "--out", str(out)]
+    # a corrupt image: every bad file with its row, before anything is embedded
+    (images / "case1.png").write_bytes(b"\x89PNG not really")
+    (images / "case3.png").unlink()
+    assert cli.run([*build, "--csv", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert "2 of the 4 images" in err and "case1.png (CSV row 3: not a readable image" in err and "case3.png (CSV row 5: not found)" in err
+    # a header-only CSV
+    empty = tmp_path / "empty.csv"
+    empty.write_text("case_id,image,diagnosis\n")
+    assert cli.run([*build, "--csv", str(empty)]) == 2
+    assert f"{empty}: the CSV has no rows" in capsys.readouterr().err
+    # --confirmed-only on a CSV without a confirmation column says how to mark the confirmed cases
+    good = tmp_path / "good.csv"
+    good.write_text("image,diagnosis\ncase0.png,nevus\ncase2.png,melanoma\n")
+    assert cli.run([*build, "--csv", str(good), "--confirmed-only"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 cases is histopathology-confirmed" in err and "'confirmation' column" in err
+    assert "histopathology" in err and "biopsy" in err and "the CSV has no such column" in err
+    assert cli.embedded == [] and not out.exists()
+    # a folder of the user's own files: refused before embedding, nothing written into it
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli.run([*build, "--csv", str(good)]) == 2
+    assert "is not empty and holds no monai-cir index" in capsys.readouterr().err
+    assert cli.embedded == [] and sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_cli_add_warns_about_kept_cases_whose_row_changed(cli, user_folder, tmp_path, capsys, caplog):
+    """``add`` keeps the cases already there; a corrected row is named with what changed and how to update it,
+    and remove + add does update it."""
+    images, table = user_folder
+    out = tmp_path / "ix"
+    assert cli.run(["index", "build", "--images", str(images), "--csv", str(table), "--out", str(out)]) == 0
+    rows = table.read_text().splitlines()
+    rows[1] = rows[1].replace("melanoma", "nevus")  # case0: corrected diagnosis
+    rows[2] = rows[2].replace("flat lesion", "raised lesion")  # case1: corrected text
+    table.write_text("\n".join(rows) + "\n")
+    add = ["index", "add", str(out), "--images", str(images), "--csv", str(table)]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_cir.cli.index"):
+        assert cli.run(add) == 0
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("2 case(s) already in the index differ from their source row")
+    assert "case0 (diagnosis 'melanoma' -> 'nevus')" in warning and "case1 (text 'flat lesion' -> 'raised lesion')" in warning
+    assert "case2" not in warning and f"monai-cir index remove {out} case0 case1" in warning
+    assert load_index(out).get("case0").diagnosis == "melanoma"  # kept as it was
+    # what the warning says to do updates the cases
+    assert cli.run(["index", "remove", str(out), "case0", "case1"]) == 0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_cir.cli.index"):
+        assert cli.run(add) == 0
+    assert "added 2 cases" in capsys.readouterr().out and not [r for r in caplog.records if r.levelname == "WARNING"]
+    updated = load_index(out)
+    assert updated.get("case0").diagnosis == "nevus" and updated.get("case1").extra["text"] == "raised lesion" and len(updated) == 4

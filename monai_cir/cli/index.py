@@ -36,15 +36,28 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--images", type=Path, metavar="DIR", help="a folder of images, described by --csv")
     source.add_argument("--dicom", type=Path, metavar="DIR", help="a folder of DICOM dermoscopy studies")
     source.add_argument("--dicomweb", metavar="URL", help="a DICOMweb service (QIDO-RS + WADO-RS), e.g. http://pacs:8042/dicom-web")
-    parser.add_argument("--csv", type=Path, metavar="FILE", help="with --images: columns image, diagnosis (optional: case_id, text, site)")
+    parser.add_argument(
+        "--csv", type=Path, metavar="FILE",
+        # written out here (importing monai_cir.data would slow --help down); a test checks it names every status
+        help="with --images: columns image, diagnosis (optional: case_id, text, site, confirmation = histopathology, follow-up, "
+             "expert consensus or unknown; biopsy / histology / excision also mean histopathology, which --confirmed-only keeps). "
+             "See docs/data.md",
+    )
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="with --dicomweb: QIDO-RS study filter (repeatable), e.g. ModalitiesInStudy=DMS")
     parser.add_argument("--pull-to", type=Path, metavar="DIR", help="with --dicomweb: keep the pulled instances here (the app's PDF shows library thumbnails from them)")
-    parser.add_argument("--name", help="collection name recorded for --images / --dicom / --dicomweb cases (default: the folder name / 'dicomweb')")
+    parser.add_argument(
+        "--name",
+        help="collection name recorded for the cases (default: with --images the CSV file's name without its extension; with --dicom "
+             "/ --dicomweb the collection each case's SR records, else the folder's name / 'dicomweb')",
+    )
     parser.add_argument("--model", help="checkpoint (.pt) or bundle folder; default $MONAI_CIR_MODEL, bundle/models/model.pt, else the offline default")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, metavar="N", help="index only the first N cases (a quick look)")
     parser.add_argument("--device", help="cuda, cpu... (default: CUDA when present)")
-    parser.add_argument("--confirmed-only", action="store_true", help="keep only histopathology-confirmed (biopsy-confirmed) cases")
+    parser.add_argument(
+        "--confirmed-only", action="store_true",
+        help="keep only histopathology-confirmed (biopsy-confirmed) cases: with --images, the CSV's confirmation column says which",
+    )
     parser.add_argument(
         "--no-grid-maps", action="store_true",
         help="do not keep the library images' grid maps in <index>/grid_maps (~33 KB a case; the app's explanations then run a forward per match)",
@@ -118,7 +131,7 @@ def _library(args: argparse.Namespace) -> tuple[list[Any], list[Any] | None]:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.images is not None and args.csv is None:
-        raise ValueError("--images needs --csv describing the cases (columns image, diagnosis; optional case_id, text, site)")
+        raise ValueError("--images needs --csv describing the cases (columns image, diagnosis; optional case_id, text, site, confirmation)")
     if args.csv is not None and args.images is None:
         raise ValueError("--csv goes with --images DIR")
     if (args.filter or args.pull_to) and not args.dicomweb:
@@ -141,13 +154,40 @@ def _library(args: argparse.Namespace) -> tuple[list[Any], list[Any] | None]:
         keep = [i for i, c in enumerate(confirmations) if c == "histopathology"]
         logger.info("--confirmed-only: %d of %d cases are histopathology-confirmed", len(keep), len(records))
         if not keep:
-            raise ValueError("--confirmed-only: none of the cases is histopathology-confirmed; nothing to index")
+            raise ValueError(f"--confirmed-only: none of the {len(records)} cases is histopathology-confirmed; nothing to index. {_how_to_confirm(args, records)}")
         records = [records[i] for i in keep]
         metadata = [metadata[i] for i in keep] if metadata is not None else None
     if args.limit is not None:
         records = records[: args.limit]
         metadata = metadata[: args.limit] if metadata is not None else None
     return records, metadata
+
+
+def _how_to_confirm(args: argparse.Namespace, records: list[Any]) -> str:
+    """How a user marks a case of this source as histopathology-confirmed (the end of the --confirmed-only error)."""
+    from monai_cir.data.collections import CONFIRMATION_WORDS
+
+    words = " / ".join(CONFIRMATION_WORDS["histopathology"])
+    if args.images is not None:
+        has_column = any("confirmation" in (getattr(r, "metadata", None) or {}) for r in records)
+        where = "no row of it says so now" if has_column else "the CSV has no such column"
+        return f"Mark the biopsy-confirmed cases in {args.csv}'s 'confirmation' column with one of {words} ({where})"
+    if args.collection:
+        return f"{args.collection} records no histopathology-confirmed case"
+    return (f"A case SR records it as its Diagnosis confirmation method; `monai-cir dicomize --images DIR --csv FILE` writes it "
+            f"from the CSV's 'confirmation' column ({words})")
+
+
+def _refuse_a_foreign_folder(out: Path) -> None:
+    """The FAISS save's refusal (monai_cir.index.base.write_generation), run before embedding: a user's
+    folder of other files is refused before an hour of embedding, and before grid maps are written into it."""
+    from monai_cir.index import MANIFEST_NAME
+    from monai_cir.index.base import GRID_STORE_DIR
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder; choose a folder for the index")
+    if out.is_dir() and not (out / MANIFEST_NAME).is_file() and any(p.name != GRID_STORE_DIR for p in out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no monai-cir index; choose a new or empty folder for --out")
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -161,6 +201,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out} already holds an index; pass --overwrite to replace it, or `monai-cir index add {args.out} ...` to add cases")
     if args.backend == "faiss" and (args.uri or args.milvus_collection != "monai_cir_cases"):
         raise ValueError("--uri and --milvus-collection apply to --backend milvus")
+    if args.backend == "faiss":  # a Milvus folder may hold its milvus-lite file beside other things (its save allows it)
+        _refuse_a_foreign_folder(args.out)
     records, metadata = _library(args)
     net = load_model(args.model, device=resolve_device(args.device))
     if args.backend == "milvus":
@@ -195,6 +237,7 @@ def run_add(args: argparse.Namespace) -> int:
     new = [i for i, m in enumerate(metadata) if m.case_id not in index]
     if len(new) < len(records):
         logger.info("%d of %d cases are already in the index: kept as they are", len(records) - len(new), len(records))
+        _warn_changed_cases(args.index, index, [m for m in metadata if m.case_id in index])
     if not new:
         refresh_encoder_artifact(net, args.index)  # an index built before the artifact existed gains one
         print(f"no new cases: the index {args.index} keeps its {len(index)} cases")
@@ -208,6 +251,52 @@ def run_add(args: argparse.Namespace) -> int:
     refresh_encoder_artifact(net, args.index)  # kept when it is already for this network
     print(f"added {len(new)} cases -> {args.index} ({len(index)} cases)")
     return 0
+
+
+# the first this many changed cases are named (the count of the others follows)
+MAX_LISTED_CASES = 5
+
+
+# where a case is and which run named it, not what its source row says: a CSV of another name (its stem is the
+# default collection) or an images folder moved since would otherwise flag every kept case
+NOT_COMPARED = ("collection", "image_path", "retrieve_url")
+
+
+def _differences(stored: Any, given: Any) -> dict[str, tuple[Any, Any]]:
+    """``{field: (stored value, given value)}`` where two CaseMetadata differ (a standard field, else a key of ``extra``)."""
+    old, new = stored.to_dict(), given.to_dict()
+    old_extra, new_extra = old.pop("extra"), new.pop("extra")
+    changed = {key: (old[key], new[key]) for key in old if key not in NOT_COMPARED and old[key] != new.get(key)}
+    for key in sorted(set(old_extra) | set(new_extra)):
+        # "label" is the class's position among the source's classes: another new class shifts it, the diagnosis does not change
+        if key != "label" and key not in changed and old_extra.get(key) != new_extra.get(key):
+            changed[key] = (old_extra.get(key), new_extra.get(key))
+    return changed
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _warn_changed_cases(where: Path, index: Any, given: list[Any]) -> None:
+    """Warn about the cases ``add`` keeps whose source now says something else (a corrected diagnosis...):
+    ``add`` never changes a stored case, so a corrected CSV would otherwise be ignored without a word."""
+    changed = [(meta.case_id, diff) for meta in given if (diff := _differences(index.get(meta.case_id), meta))]
+    if not changed:
+        return
+    listed = "; ".join(
+        f"{case_id} (" + ", ".join(f"{key} {_short(old)} -> {_short(new)}" for key, (old, new) in diff.items()) + ")"
+        for case_id, diff in changed[:MAX_LISTED_CASES]
+    )
+    more = f"; and {len(changed) - MAX_LISTED_CASES} more" if len(changed) > MAX_LISTED_CASES else ""
+    ids = " ".join(case_id for case_id, _ in changed[:20]) + (" ..." if len(changed) > 20 else "")
+    logger.warning(
+        "%d case(s) already in the index differ from their source row and were kept as the index stores them (index -> source): %s%s. "
+        "`index add` never changes a stored case: to update them, remove them (monai-cir index remove %s %s) and run this "
+        "`index add` again, which embeds them anew from the source",
+        len(changed), listed, more, where, ids,
+    )
 
 
 def run_remove(args: argparse.Namespace) -> int:

@@ -12,7 +12,9 @@ Layouts (under :func:`monai_cir.config.data_root`, ``$MONAI_CIR_DATA``):
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +26,13 @@ from ..config import DATA_ROOT_ENV, data_root
 from .report import meta_report
 from .sites import UNKNOWN_SITE, normalize_site
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "CLASS_NAMES",
     "COLLECTIONS",
     "CONFIRMATIONS",
+    "CONFIRMATION_WORDS",
     "DERM7PT_COUNTS",
     "CaseRecord",
     "derm7pt_class",
@@ -85,6 +90,15 @@ _CONFIRMATION_ALIASES = {
     "unknown": "unknown",
     "": "unknown",
 }
+
+# status -> every word a source may write for it (what a user CSV's ``confirmation`` column accepts; case and
+# spacing are ignored), derived from the aliases so that docs and error messages cannot drift from them
+CONFIRMATION_WORDS: dict[str, tuple[str, ...]] = {
+    status: tuple(word for word, target in _CONFIRMATION_ALIASES.items() if target == status and word) for status in CONFIRMATIONS
+}
+
+# how many bad images one error lists (the count of the others follows)
+MAX_LISTED_IMAGES = 10
 
 _DIAGNOSIS_ALIASES = {
     "mel": "melanoma",
@@ -322,23 +336,87 @@ def load_collection(name: str, root: str | Path | None = None) -> list[CaseRecor
     raise ValueError(f"unknown collection {name!r}; choose one of {list(COLLECTIONS)} or use load_image_csv for your own folder")
 
 
+STANDARD_DIAGNOSES_TEXT = (
+    ", ".join(CLASS_NAMES) + " (also " + ", ".join(_DIAGNOSIS_ALIASES) + ", melanosis, and the Derm7pt names that "
+    "start with 'melanoma' or end with 'nevus'; case and surrounding spaces are ignored)"
+)
+USER_CSV_COLUMNS_TEXT = (
+    "columns image, diagnosis (optional: case_id, text, site, confirmation = one of " + ", ".join(CONFIRMATIONS)
+    + "; " + " / ".join(w for w in CONFIRMATION_WORDS["histopathology"] if w != "histopathology")
+    + " also mean histopathology, empty means unknown)"
+)
+
+
+def _bad_image(path: Path) -> str | None:
+    """Why ``path`` cannot be embedded (None: it can). Open + verify reads the header and, for PNG, the chunk
+    checksums, without decoding the pixels: cheap enough to run on every image before embedding any."""
+    if not path.is_file():
+        return "not found"
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as err:  # PIL raises UnidentifiedImageError, SyntaxError, OSError... for broken files
+        detail = str(err).replace(repr(str(path)), "").strip() or type(err).__name__  # the path is named once, by the caller
+        return f"not a readable image: {detail}"
+    return None
+
+
+def _check_images(paths: Sequence[tuple[int, Path]], csv_path: Path) -> None:
+    """Check every ``(data row index, image)`` and report all the bad ones in one error, so that a broken
+    file is found before the (long) embedding and the user fixes them all in one go."""
+    bad = [(index, path, why) for index, path in paths if (why := _bad_image(path)) is not None]
+    if not bad:
+        return
+    listed = "; ".join(f"{path} (CSV row {index + 2}: {why})" for index, path, why in bad[:MAX_LISTED_IMAGES])
+    more = f"; and {len(bad) - MAX_LISTED_IMAGES} more" if len(bad) > MAX_LISTED_IMAGES else ""
+    message = (f"{len(bad)} of the {len(paths)} images listed in {csv_path} cannot be read: {listed}{more}. "
+               "Fix or remove these files (or their CSV rows) and run again; nothing was embedded")
+    # a missing file alone is a FileNotFoundError, as for the built-in collections; a broken one is bad input
+    raise (FileNotFoundError if all(why == "not found" for _, _, why in bad) else ValueError)(message)
+
+
+def _warn_nonstandard_diagnoses(diagnoses: Sequence[str], csv_path: Path) -> None:
+    counts = Counter(d for d in diagnoses if d not in CLASS_NAMES)
+    if not counts:
+        return
+    listed = ", ".join(f"{d!r} ({n} row{'s' if n > 1 else ''})" for d, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    # a site may keep classes of its own, so this is no error; but a misspelt label would silently become one
+    logger.warning(
+        "%s: %d diagnosis value(s) are not standard classes and become classes of their own: %s. Standard: %s. "
+        "Correct a misspelt value in the CSV; a class of your own needs nothing.",
+        csv_path, len(counts), listed, STANDARD_DIAGNOSES_TEXT,
+    )
+
+
 def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str | None = None) -> list[CaseRecord]:
     """A user's collection: a folder of images and a CSV with columns ``image``, ``diagnosis`` and
-    optionally ``case_id``, ``text``, ``site``, ``confirmation`` (:data:`CONFIRMATIONS`; default unknown).
+    optionally ``case_id``, ``text``, ``site``, ``confirmation`` (:data:`CONFIRMATIONS`, or a word of
+    :data:`CONFIRMATION_WORDS`; default unknown).
 
-    ``image`` is relative to ``images_dir``; ``diagnosis`` strings known to :data:`CLASS_NAMES`
-    (or ``mel``/``nv``/``bkl``) get their standard label, other classes follow in sorted order."""
+    ``image`` is relative to ``images_dir``; image paths are stored absolute (search and explanations
+    run from any folder). ``diagnosis`` strings known to :data:`CLASS_NAMES` (or ``mel``/``nv``/``bkl``)
+    get their standard label, other classes follow in sorted order (with a logged warning listing them:
+    a misspelt label would otherwise become a class silently). Every image is opened and verified before
+    this returns; the error lists all unreadable files with their CSV rows. ``collection`` defaults to the
+    CSV file's stem."""
     images_dir, csv_path = Path(images_dir), Path(csv_path)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"images folder not found: {images_dir}")
-    frame = _read_csv(csv_path, ("image", "diagnosis"), "The CSV needs columns image, diagnosis (optional: case_id, text, site).")
+    # absolute: a relative path would be resolved against whatever folder search / explain later runs in
+    images_dir = images_dir.resolve()
+    frame = _read_csv(csv_path, ("image", "diagnosis"), f"The CSV needs {USER_CSV_COLUMNS_TEXT}.")
     rows = frame.to_dict("records")
+    if not rows:
+        raise ValueError(f"{csv_path}: the CSV has no rows (only its header); add one row per case, {USER_CSV_COLUMNS_TEXT}")
     diagnoses = []
     for index, row in enumerate(rows):
         raw = row.get("diagnosis")
         if not isinstance(raw, str) or not raw.strip():
             raise _row_error(csv_path, index, "empty diagnosis")
         diagnoses.append(normalize_diagnosis(raw))
+    _warn_nonstandard_diagnoses(diagnoses, csv_path)
     extra = sorted(set(diagnoses) - set(CLASS_NAMES))
     classes = list(CLASS_NAMES) + extra
     name = collection or csv_path.stem
@@ -348,7 +426,6 @@ def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str
         if not isinstance(image, str) or not image.strip():
             raise _row_error(csv_path, index, "empty 'image' column")
         image_path = images_dir / image.strip()
-        _check_image(image_path, csv_path, index)
         case_id = row.get("case_id") if isinstance(row.get("case_id"), str) and row["case_id"].strip() else Path(image).stem
         if case_id in seen:
             raise _row_error(csv_path, index, f"duplicate case_id {case_id!r}")
@@ -364,6 +441,7 @@ def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str
                 confirmation=_row_confirmation(row.get("confirmation"), csv_path, index),
             )
         )
+    _check_images([(index, r.image_path) for index, r in enumerate(records)], csv_path)
     return records
 
 
