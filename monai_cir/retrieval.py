@@ -433,8 +433,9 @@ def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any
     """The dermoscopy images of a folder of DICOM studies as library cases: ``(queries, metadata)``
     for :func:`build_index`. A dicomized case (``monai-cir dicomize``) carries its case id,
     diagnosis and collection in its SR; other images are indexed by SOP Instance UID with diagnosis
-    'unknown' (a warning says how many). Unreadable files are reported and skipped."""
-    folder = Path(folder)
+    'unknown' (a warning says how many). Unreadable files are reported and skipped. Image paths are
+    stored absolute (the app and ``search --explain`` read them from any folder)."""
+    folder = Path(folder).resolve()
     try:
         from .dicom import read_dicom_folder
     except ImportError as err:

@@ -969,3 +969,15 @@ def test_results_json_record_says_how_each_case_was_confirmed(tmp_path):
     record = result_record(QueryResult("q", query, hits=hits, evidence=summarize_evidence(hits)), tmp_path)
     assert [(h["case_id"], h["confirmation"]) for h in record["top_k"]] == [("a", "histopathology"), ("b", "unknown")]
     assert record["evidence"]["predicted"] == "melanoma" and record["evidence"]["k"] == 2
+
+
+def test_a_dicom_library_from_a_relative_folder_stores_absolute_paths(tmp_path, monkeypatch):
+    """The app and ``search --explain`` read a library case's image from wherever they run."""
+    from monai_cir.retrieval import dicom_library
+
+    make_case(tmp_path / "library", "case")
+    monkeypatch.chdir(tmp_path)
+    _, metadata = dicom_library("library")
+    assert len(metadata) == 1 and Path(metadata[0].image_path).is_absolute()
+    monkeypatch.chdir("/")
+    assert Path(metadata[0].image_path).is_file()
