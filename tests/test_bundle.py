@@ -59,7 +59,7 @@ def test_train_workflow_writes_checkpoint(trained_fold):
     from monai_cir.networks.checkpoint import read_checkpoint
 
     ckpt = trained_fold / "models" / "model_fold0.pt"
-    assert ckpt.is_file()
+    assert ckpt.is_file() and not list((trained_fold / "models").glob("*.partial"))  # the stages' file was renamed onto it
     payload = read_checkpoint(ckpt)
     assert payload["format"] == "monai-cir-head/1" and payload["extra"]["fold"] == 0
     # the training cases are recorded (fit-differential leaves them out), the held-out fold's are not
@@ -136,12 +136,86 @@ def test_inference_workflow(trained_fold):
     wf.initialize()
     wf.run()
     wf.finalize()
-    ranking = json.loads((trained_fold / "eval" / "ranking.json").read_text())["results"]
+    written = json.loads((trained_fold / "eval" / "ranking.json").read_text())
+    from monai_cir.networks import load_model
+
+    # the output names the model that ranked: its checkpoint and fingerprint
+    assert written["model"] == {"checkpoint": str(trained_fold / "models" / "model_fold0.pt"),
+                                "fingerprint": load_model(trained_fold / "models" / "model_fold0.pt").fingerprint()}
+    ranking = written["results"]
     assert len(ranking) == 4 and all(len(r["hits"]) == 3 for r in ranking)
     # the collection ranks itself: leave-one-out, no query is its own best match
     assert all(r["query"] not in {h["case_id"] for h in r["hits"]} for r in ranking), ranking
     scores = [h["score"] for h in ranking[0]["hits"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_inference_refuses_a_missing_checkpoint(tmp_path):
+    """A missing or mistyped --checkpoint fails and names the file (never the untrained default ranked in its place)."""
+    missing = tmp_path / "nonexist.pt"
+    wf = _workflow(["inference.yaml"], workflow_type="infer", bundle_root=str(tmp_path), subset=3, checkpoint=str(missing))
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        wf.run()
+    cause = failure.value.__cause__
+    assert isinstance(cause, FileNotFoundError) and str(missing) in str(cause), cause
+    assert not (tmp_path / "eval" / "ranking.json").exists()
+
+
+def test_an_existing_checkpoint_is_kept_and_an_interrupted_run_never_replaces_it(trained_fold, tmp_path):
+    """train.yaml refuses an existing @checkpoint before any training unless overwrite; with overwrite, the stages
+    write <checkpoint>.partial, so a run that fails in a later stage leaves the previous checkpoint byte for byte."""
+    import shutil
+
+    target = tmp_path / "models" / "model_fold0.pt"
+    target.parent.mkdir()
+    shutil.copy(trained_fold / "models" / "model_fold0.pt", target)
+    before = target.read_bytes()
+    common = dict(bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", max_epochs=1, batch_size=12, val_fraction=0.25)
+    wf = _workflow(["train.yaml"], **common)
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        wf.run()
+    assert isinstance(failure.value.__cause__, ValueError) and "--overwrite true" in str(failure.value.__cause__)
+    assert wf.parser.get_parsed_content("train#trainer").state.epoch == 0  # refused before any training
+    wf = _workflow(["train.yaml"], overwrite=True, late_fusion_stage="$int('interrupted in the second stage')", **common)
+    wf.initialize()
+    with pytest.raises(RuntimeError):
+        wf.run()
+    assert target.read_bytes() == before and (tmp_path / "models" / "model_fold0.pt.partial").is_file()
+
+
+def test_cli_trains_and_the_bundle_evaluates_an_own_collection(shared_data, tmp_path):
+    """`monai-cir train --images DIR --csv FILE` (ids outside the committed folds) trains fold 0 of the collection's
+    stratified folds (no 'is the cache of Derm7pt?'), and evaluate.yaml scores that checkpoint on the same fold."""
+    import csv
+
+    from monai_cir.cli import main
+    from monai_cir.engine.bundle import fold_split, subset_records
+    from monai_cir.networks.checkpoint import read_checkpoint
+
+    images = shared_data / "derm7pt" / "release_v0" / "images"
+    table = tmp_path / "own-ci15.csv"
+    with open(table, "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["case_id", "image", "diagnosis", "text"])
+        rows.writerows([f"own-{i}", r.image_path.relative_to(images), r.diagnosis, r.text] for i, r in enumerate(subset_records("derm7pt", 15)))
+    out = tmp_path / "models" / "model_fold0.pt"
+    assert main(["train", "--images", str(images), "--csv", str(table), "--fold", "0", "--epochs", "1", "--out", str(out),
+                 "--log-dir", str(tmp_path / "logs")]) == 0
+    from monai_cir.data import load_image_csv
+
+    records = load_image_csv(images, table)
+    train, held_out = fold_split(records, 0)
+    assert read_checkpoint(out)["extra"]["trained_on"] == [records[i].case_id for i in train] and len(held_out) == 3
+    assert main(["train", "--images", str(images), "--csv", str(table), "--fold", "0", "--out", str(out)]) == 2  # kept without --overwrite
+    wf = _workflow(["evaluate.yaml"], workflow_type="eval", bundle_root=str(tmp_path), fold=0, cache_name="own-ci15",
+                   records=f"$monai_cir.data.load_image_csv({str(images)!r}, {str(table)!r})")
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    metrics = json.loads((tmp_path / "eval" / "metrics_fold0.json").read_text())
+    assert metrics["n_queries"] == 3 and metrics["n_database"] == 12
 
 
 def test_inference_ranks_as_the_app_shows_with_the_checkpoints_differential_slot(trained_fold, shared_data):

@@ -178,3 +178,98 @@ def test_finetune_lowers_the_training_loss(tmp_path):
     assert result.epochs_run == 3 and all(math.isfinite(h["loss"]) for h in result.history)
     after = training_loss()
     assert after < before, (before, after)
+
+
+def _records(diagnoses, prefix="own"):
+    """Case records of a user's collection (ids the committed Derm7pt folds do not know); no image is read."""
+    from pathlib import Path
+
+    from monai_cir.data.collections import CaseRecord
+
+    names = sorted(set(diagnoses))
+    return [CaseRecord(f"{prefix}-{i}", Path(f"img{i}.png"), d, names.index(d), "", collection="own") for i, d in enumerate(diagnoses)]
+
+
+def test_own_collection_gets_deterministic_stratified_folds_and_fold_minus_one_needs_none():
+    """A collection outside the committed folds file is split 5-fold, stratified by diagnosis, the same way on every
+    run; Derm7pt ids keep their committed folds; fold -1 (all cases) needs no folds at all (3 cases cannot be split)."""
+    from monai_cir.data.folds import collection_folds, load_folds
+    from monai_cir.engine.bundle import fold_split
+
+    records = _records(["melanoma"] * 10 + ["nevus"] * 25 + ["dermatofibroma"] * 5)
+    folds, how = collection_folds([r.case_id for r in records], [r.label for r in records])
+    assert folds == collection_folds([r.case_id for r in records], [r.label for r in records])[0] and "stratified" in how
+    labels = np.array([r.label for r in records])
+    for f in range(5):  # every fold holds each diagnosis in its share: 2 / 5 / 1
+        assert np.bincount(labels[np.array(folds) == f], minlength=3).tolist() == [1, 2, 5], f
+    train, held_out = fold_split(records, 3)
+    assert sorted(held_out.tolist()) == [i for i, f in enumerate(folds) if f == 3] and len(train) + len(held_out) == 40
+    committed = load_folds()
+    derm = list(committed)[:3]
+    assert collection_folds(derm, [0, 1, 2]) == ([committed[c] for c in derm], None)
+    few = _records(["melanoma", "nevus", "nevus"])
+    train, held_out = fold_split(few, -1)
+    assert train.tolist() == [0, 1, 2] and held_out.size == 0
+    with pytest.raises(ValueError, match="5-fold cross-validation needs at least 5 cases"):
+        fold_split(few, 0)
+
+
+def test_class_counts_are_checked_before_training_and_name_the_diagnosis():
+    """The diagnosis prior's inner CV needs 2 training cases of every diagnosis (its partial-text rows are grouped by
+    case, so 2 cases suffice there too): 1 is refused with the diagnosis named; 2 pass; no prior, no check."""
+    from monai_cir.engine.bundle import check_training_classes
+    from monai_cir.engine.diagnosis_prior import PRIOR_MIN_CASES
+
+    records = _records(["melanoma"] * 4 + ["nevus"] * 4 + ["dermatofibroma"] * 2)
+    check_training_classes(records, np.arange(10), 10.0)
+    with pytest.raises(ValueError, match=r"'dermatofibroma' has 1 training case\(s\) among the training cases of fold 2.*at least 2"):
+        check_training_classes(records, np.arange(9), 10.0, fold=2)
+    check_training_classes(records, np.arange(9), 0.0)  # no prior: nothing needs two
+    with pytest.raises(ValueError, match="two or more diagnoses"):
+        check_training_classes(records, np.arange(4), 10.0)
+    assert PRIOR_MIN_CASES == 2
+
+
+def test_train_cli_refuses_bad_input_in_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """`monai-cir train`: --fold is checked by argparse in the CLI's own terms; an existing checkpoint is kept
+    without --overwrite (no workflow is even built); an error inside the config (Derm7pt not found) is one line, exit 2."""
+    import monai.bundle
+
+    from monai_cir.cli import main
+
+    for bad in ("7", "abc", "-1"):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--fold", bad])
+        assert stop.value.code == 2
+        assert "0-4, or 'all'" in capsys.readouterr().err
+    existing = tmp_path / "model.pt"
+    existing.write_bytes(b"a trained model")
+    built = []
+    monkeypatch.setattr(monai.bundle, "ConfigWorkflow", lambda *a, **k: built.append(k) or pytest.fail("a workflow was built"))
+    assert main(["train", "--out", str(existing)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists; pass --overwrite" in err and not built and existing.read_bytes() == b"a trained model"
+    monkeypatch.undo()
+    assert main(["train", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "new.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("monai-cir train: error: Derm7pt not found") and not any("Traceback" in line for line in err), err
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_train_cli_checks_the_class_counts_of_an_own_collection_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    """`monai-cir train --images --csv` with a diagnosis of one case: refused with the diagnosis, its count and the
+    minimum named, before the feature cache or any stage (nothing written: no checkpoint, no .partial)."""
+    from PIL import Image
+
+    from monai_cir.cli import main
+    from monai_cir.data import feature_cache
+
+    diagnoses = ["melanoma"] * 3 + ["nevus"] * 3 + ["dermatofibroma"]
+    for i in range(len(diagnoses)):
+        Image.new("RGB", (8, 8), (40 * i, 80, 120)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "cases.csv").write_text("image,diagnosis\n" + "".join(f"img{i}.png,{d}\n" for i, d in enumerate(diagnoses)))
+    monkeypatch.setattr(feature_cache, "build_feature_cache", lambda *a, **k: pytest.fail("the feature cache was built"))
+    out = tmp_path / "model.pt"
+    assert main(["train", "--images", str(tmp_path), "--csv", str(tmp_path / "cases.csv"), "--out", str(out)]) == 2
+    assert "diagnosis 'dermatofibroma' has 1 training case(s) among all cases; the diagnosis prior needs at least 2" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))

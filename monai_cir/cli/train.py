@@ -9,22 +9,49 @@ once (git-ignored cache folder) and the composers / region masks / projections t
 the findings gate on query texts), then the late-fusion branch of the release network (full batch, 200 epochs;
 ``--late-fusion-share 0``: the paper's network alone). ``--fold all`` writes the release checkpoint
 (``bundle/models/model.pt``) with the encoder fingerprint.
+
+``--images DIR --csv FILE`` (the input ``monai-cir index build`` takes) trains on your own collection instead:
+``--fold all`` on every case, ``--fold k`` holding out fold k of 5 folds stratified by diagnosis (seed 0, CSV order);
+the checkpoint goes to ``output/<collection>/`` (git-ignored). An existing checkpoint is never replaced without
+``--overwrite`` (checked before anything runs); the stages write ``<checkpoint>.partial``, renamed onto the
+checkpoint when all are done, so an interrupted run leaves the previous file as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_parser", "run", "BUNDLE_DIR"]
 
 BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundle"
+OWN_DATA_DIR = Path("output")  # git-ignored: a model of your own data never lands on the tracked release model
+NUM_FOLDS = 5  # monai_cir.data.folds.NUM_FOLDS (not imported: `monai-cir --help` stays fast)
+
+
+def _fold(text: str) -> str | int:
+    """``--fold``: a held-out fold 0..4 or ``all``."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        fold = int(text)
+    except ValueError:
+        fold = -1
+    if not 0 <= fold < NUM_FOLDS:
+        raise argparse.ArgumentTypeError(f"invalid fold {text!r}: choose a held-out fold 0-{NUM_FOLDS - 1}, or 'all' (every case: the release model)")
+    return fold
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("train", help="train the retrieval head on a Derm7pt fold or on all cases", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fold", default="all", help="held-out fold 0..4, or 'all' for the release model (default)")
-    parser.add_argument("--out", type=Path, default=None, help="checkpoint path (default bundle/models/model.pt, or model_fold<k>.pt)")
+    parser = subparsers.add_parser("train", help="train the retrieval head on a Derm7pt fold or on all cases (or on your own --images/--csv)", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fold", type=_fold, default="all", help="held-out fold 0..4, or 'all' for the release model (default)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="checkpoint path (default bundle/models/model.pt, or model_fold<k>.pt; with --images output/<collection>/model.pt or model_fold<k>.pt)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out (default: refuse, before any training)")
+    parser.add_argument("--images", type=Path, metavar="DIR", help="train on your own collection: a folder of images, described by --csv")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="with --images: columns image, diagnosis (optional: case_id, text, site)")
     parser.add_argument("--image-size", type=int, default=None, help="preprocessing size (default: the config's, 260; 512 = the paper's)")
     parser.add_argument("--beta", type=float, default=None, help="beta of Eq. 9 (default: the config's, 0.6)")
     parser.add_argument("--num-masks", type=int, default=None, help="k region masks (Eq. 6; default: the config's, 4)")
@@ -36,7 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="share of the late-fusion branch in the score, S = (1 - A) S_Eq9 + A S_late_fusion (default: the config's, 0.5; 0 = the paper's network)")
     parser.add_argument("--text-variants", type=int, default=None, help="training re-wordings per case (default: the config's, 0 = template texts only)")
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the config's, 100)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the run: the head's initialisation, batches and flips, the inner validation split, "
+                             "the late-fusion branch and the prior's inner CV (default 0; the folds do not depend on it)")
     parser.add_argument("--log-dir", type=Path, default=Path("runs/train"), help="TensorBoard event files (default runs/train)")
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default $MONAI_CIR_DATA or ../shared/data)")
     parser.add_argument("--config", type=Path, default=BUNDLE_DIR / "configs" / "train.yaml", help="the training config (default: the bundle's train.yaml)")
@@ -44,12 +72,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def overrides(args: argparse.Namespace) -> dict[str, object]:
-    """The config-id overrides the command-line options stand for (unset options keep the config's value)."""
-    fold = -1 if str(args.fold).lower() == "all" else int(args.fold)
-    out = args.out or BUNDLE_DIR / "models" / ("model.pt" if fold < 0 else f"model_fold{fold}.pt")
+def overrides(args: argparse.Namespace, records: Sequence[Any] | None = None) -> dict[str, object]:
+    """The config-id overrides the command-line options stand for (unset options keep the config's value);
+    ``records``: the cases of ``--images``/``--csv`` (their collection names the feature cache)."""
+    fold = -1 if args.fold == "all" else int(args.fold)
+    name = "model.pt" if fold < 0 else f"model_fold{fold}.pt"
+    out = args.out or (OWN_DATA_DIR / records[0].collection / name if records else BUNDLE_DIR / "models" / name)
     values: dict[str, object] = {
         "bundle_root": str(BUNDLE_DIR), "fold": fold, "seed": int(args.seed), "checkpoint": str(out), "log_dir": str(args.log_dir),
+        "overwrite": bool(getattr(args, "overwrite", False)),
+        # a tuple: the config parser keeps it as one value (a list it would parse item by item)
+        "records": tuple(records) if records else None, "cache_name": records[0].collection if records else None,
         "image_size": args.image_size, "max_epochs": args.epochs, "dataset_dir": str(args.data_root) if args.data_root else None,
         "network_def#beta": args.beta, "network_def#num_masks": args.num_masks, "network_def#levels": args.levels,
         "text_gate": args.text_gate, "full_text_findings": args.full_text_findings, "text_variants": args.text_variants,
@@ -65,16 +98,45 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from monai.bundle import ConfigWorkflow
 
+    from ..engine.bundle import check_checkpoint_target
+
     if not args.config.is_file():
-        raise SystemExit(f"training config not found: {args.config} (run from a monai-cir checkout, or pass --config)")
+        raise ValueError(f"training config not found: {args.config} (run from a monai-cir checkout, or pass --config)")
+    if (args.images is None) != (args.csv is None):
+        raise ValueError("--images DIR and --csv FILE go together (a folder of images and the CSV describing them: columns image, diagnosis)")
+    records = None
+    if args.images is not None:
+        from ..data.collections import load_image_csv
+
+        records = load_image_csv(args.images, args.csv)
+        if not records:
+            raise ValueError(f"{args.csv} lists no cases; add rows (columns image, diagnosis)")
+    values = overrides(args, records)
+    check_checkpoint_target(values["checkpoint"], args.overwrite, flag="--overwrite", elsewhere="--out PATH")  # before anything runs
     torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.perf_counter()
-    values = overrides(args)
     configs = args.config.parent
     workflow = ConfigWorkflow(config_file=str(args.config), meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
                               workflow_type="train", **values)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    try:
+        workflow.initialize()
+        workflow.run()
+    except RuntimeError as err:
+        raise _user_error(err) or err
+    finally:
+        workflow.finalize()
     print(json.dumps({"checkpoint": values["checkpoint"], "fold": args.fold, "seconds": round(time.perf_counter() - start, 1)}, indent=2))
     return 0
+
+
+def _user_error(err: BaseException) -> Exception | None:
+    """The bad-input error (``ValueError`` / ``FileNotFoundError``, e.g. Derm7pt not found, a diagnosis with too few
+    cases) that MONAI wrapped in its ``RuntimeError("Failed to evaluate ConfigExpression ...")``, or None."""
+    seen = set()
+    cause = err.__cause__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (ValueError, FileNotFoundError)):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return None

@@ -4,6 +4,11 @@ Stratified 5-fold over Derm7pt's 888 cases (classes melanoma / nevus / benign ke
 ``sklearn.model_selection.StratifiedKFold(n_splits=5, shuffle=True, random_state=0)`` over the cases
 in ``meta.csv`` order. The assignment is committed as ``monai_cir/resources/derm7pt_folds.csv``
 (``case_num,fold``; no image data) so that every run reads the same folds instead of recomputing them.
+
+Any other collection (a user's folder + CSV, :func:`~monai_cir.data.load_image_csv`) gets the same recipe at run
+time (:func:`collection_folds`): stratified by diagnosis, ``StratifiedKFold(n_splits=5, shuffle=True,
+random_state=0)`` over its cases in the order given (the CSV's row order), so the same CSV always gives the same
+folds. A collection whose every case is in the committed file (Derm7pt, or a subset of it) keeps the committed folds.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["FOLDS_FILE", "NUM_FOLDS", "SEED", "load_folds", "make_folds", "write_folds"]
+__all__ = ["FOLDS_FILE", "NUM_FOLDS", "SEED", "collection_folds", "load_folds", "make_folds", "write_folds"]
 
 FOLDS_FILE = Path(__file__).resolve().parent.parent / "resources" / "derm7pt_folds.csv"
 NUM_FOLDS = 5
@@ -24,11 +29,31 @@ def make_folds(labels: Sequence[int], n_splits: int = NUM_FOLDS, seed: int = SEE
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels)
+    largest = int(np.bincount(np.unique(labels, return_inverse=True)[1]).max()) if len(labels) else 0
+    if largest < n_splits:  # sklearn's own message names neither the cases nor the remedy
+        raise ValueError(f"{n_splits}-fold cross-validation needs at least {n_splits} cases of some diagnosis; the {len(labels)} cases "
+                         f"have at most {largest} of any: add cases")
     folds = np.full(len(labels), -1, dtype=int)
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     for fold, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         folds[test] = fold
     return folds.tolist()
+
+
+def collection_folds(case_ids: Sequence[str], labels: Sequence[int]) -> tuple[list[int], str | None]:
+    """Fold number (0..4) of each case and how they were assigned: ``(folds, None)`` with the committed Derm7pt
+    folds when every case id is in :data:`FOLDS_FILE`, else ``(make_folds(labels), description)``, stratified
+    by diagnosis with seed :data:`SEED` over the cases in the order given (deterministic for one CSV)."""
+    import hashlib
+
+    committed = load_folds()
+    if all(cid in committed for cid in case_ids):
+        return [committed[cid] for cid in case_ids], None
+    # names the cases (a digest of their ids, in order): two collections' folds are never mixed up
+    digest = hashlib.sha256("\n".join(case_ids).encode()).hexdigest()[:12]
+    description = (f"stratified {NUM_FOLDS}-fold by diagnosis (StratifiedKFold, shuffle, random_state {SEED}) over "
+                   f"{len(case_ids)} cases in CSV order (case ids sha256 {digest})")
+    return make_folds(labels), description
 
 
 def write_folds(path: str | Path = FOLDS_FILE, root: str | Path | None = None) -> Path:

@@ -3,8 +3,13 @@
 - :class:`TargetTower`: the image tower ``images (B, 3, S, S) in [0, 1] -> T (B, D)`` as a module with one
   input and one output, for ``verify_net_in_out`` and ``ckpt_export`` (TorchScript by tracing). Its
   state-dict keys for the head match the checkpoint's ``head`` entry (``--key_in_ckpt head``).
-- :func:`fold_split`: train / held-out indices of the committed folds (``fold=-1``: all cases), of a
-  feature cache or of a record list; :func:`subset_records`: a class-balanced few cases (smoke tests).
+- :func:`fold_split`: train / held-out indices of the committed folds, or of stratified folds for another
+  collection (``fold=-1``: all cases, no folds), of a feature cache or of a record list; :func:`subset_records`:
+  a class-balanced few cases (smoke tests).
+- :func:`check_checkpoint_target` / :func:`check_training_classes`: ``train.yaml``'s checks before any training
+  (an existing checkpoint is not replaced without ``overwrite``; every diagnosis has the training cases the
+  diagnosis prior needs); :func:`staging_path` / :func:`publish_checkpoint`: the stages write beside the target
+  and the finished checkpoint is renamed onto it, so an interrupted run never leaves a half-trained file there.
 - :func:`checkpoint_saver`: the bundle's saver (``train.yaml`` ``saver``), writing
   :func:`~monai_cir.networks.save_checkpoint` files (head + encoder fingerprint, or the whole network
   after fine-tuning); :func:`add_late_fusion_branch` / :func:`add_diagnosis_prior`: ``train.yaml``'s second and
@@ -33,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TargetTower", "subset_records", "fold_split", "checkpoint_saver", "add_late_fusion_branch", "evaluate_checkpoint",
-    "rank_collection", "load_or_default", "trained_case_ids",
+    "rank_collection", "trained_case_ids", "check_checkpoint_target", "check_training_classes", "staging_path", "publish_checkpoint",
 ]
 
 
@@ -74,16 +79,10 @@ class TargetTower(nn.Module):
         return self.net.target_embedding([maps[i].float() for i in self.net.level_indices])
 
 
-def load_or_default(path: str | Path | None = None, image_size: int = 260, **net_kwargs: Any) -> ComposedRetrievalNet:
-    """The checkpoint at ``path`` when it exists, else the untrained offline default with ``net_kwargs``."""
-    if path is not None and Path(path).is_file():
-        return load_model(path)
-    return ComposedRetrievalNet.offline_default(image_size=image_size, **net_kwargs).eval()
-
-
 def fold_split(cases: Any, fold: int = 0, subset: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) rows of ``cases`` (a feature cache, or a list of ``CaseRecord``) for ``fold`` of the
-    committed folds; ``fold = -1``: (all, none).
+    committed Derm7pt folds, or for another collection of its stratified folds
+    (:func:`monai_cir.evaluation.fold_indices`); ``fold = -1``: (all, none), no folds needed.
 
     ``subset`` keeps a class-stratified random ``subset`` of each side (smoke tests)."""
     from types import SimpleNamespace
@@ -92,10 +91,10 @@ def fold_split(cases: Any, fold: int = 0, subset: int | None = None, seed: int =
 
     if not hasattr(cases, "case_ids"):  # records: what the image (fine-tuning) path reads
         cases = SimpleNamespace(case_ids=[r.case_id for r in cases], labels=[r.label for r in cases])
-    fold_of = fold_indices(cases)
     if fold < 0:
-        train, test = np.arange(len(fold_of)), np.array([], dtype=int)
+        train, test = np.arange(len(cases.case_ids)), np.array([], dtype=int)
     else:
+        fold_of = fold_indices(cases)
         if fold not in set(fold_of.tolist()):
             raise ValueError(f"fold {fold} does not exist; folds are {sorted(set(fold_of.tolist()))} (or -1 for all cases)")
         train, test = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
@@ -111,6 +110,55 @@ def trained_case_ids(cases: Any, indices: Sequence[int]) -> list[str]:
     training cases out (a training case sits closer to its own diagnosis than a new query does)."""
     records = getattr(cases, "records", cases)
     return [str(records[int(i)].case_id) for i in indices]
+
+
+def check_checkpoint_target(path: str | Path, overwrite: bool = False, flag: str = "--overwrite true", elsewhere: str = "--checkpoint PATH") -> None:
+    """Before any training: refuse to replace an existing checkpoint at ``path`` unless ``overwrite`` (the
+    tracked release model, a fold's model: what it records, e.g. the differential slot's margins, would be lost).
+    ``flag`` / ``elsewhere``: the options as the user passes them (the bundle's, or the CLI's ``--overwrite`` / ``--out``)."""
+    if Path(path).exists() and not overwrite:
+        raise ValueError(f"{path} already exists; pass {flag} to replace it, or write the new checkpoint elsewhere with {elsewhere}")
+
+
+def check_training_classes(cases: Any, train_indices: Sequence[int], prior_strength: float, fold: int = -1) -> None:
+    """Before any training: every diagnosis among the training cases has the :data:`~.diagnosis_prior.PRIOR_MIN_CASES`
+    cases the diagnosis prior's inner cross-validation needs, and there are two diagnoses or more (``prior_strength
+    <= 0``: no prior, nothing to check). ``cases``: a feature cache or a list of case records."""
+    from collections import Counter
+
+    from .diagnosis_prior import PRIOR_MIN_CASES
+
+    if prior_strength <= 0:
+        return
+    records = getattr(cases, "records", cases)
+    counts = Counter(str(records[int(i)].diagnosis) for i in train_indices)
+    where = "among all cases" if fold < 0 else f"among the training cases of fold {fold} (the other folds)"
+    if len(counts) < 2:
+        raise ValueError(f"the diagnosis prior needs training cases of two or more diagnoses; {where} there are only {dict(counts)}")
+    few = {d: n for d, n in sorted(counts.items()) if n < PRIOR_MIN_CASES}
+    if few:
+        listed = ", ".join(f"{d!r} has {n}" for d, n in few.items())
+        raise ValueError(f"diagnosis {listed} training case(s) {where}; the diagnosis prior needs at least {PRIOR_MIN_CASES} of every "
+                         "diagnosis: add cases of it, or leave its rows out of the CSV")
+
+
+def staging_path(path: str | Path) -> str:
+    """Where training writes its stages before :func:`publish_checkpoint` renames the finished checkpoint onto
+    ``path``: beside it (same file system, so the rename is atomic), ``<name>.partial``."""
+    path = Path(path)
+    return str(path.parent / f"{path.name}.partial")
+
+
+def publish_checkpoint(staging: str | Path, path: str | Path) -> Path:
+    """Rename the finished checkpoint ``staging`` onto ``path`` in one step (a reader, or a run killed before
+    this point, sees the previous file or the finished one, never a half-trained one)."""
+    import os
+
+    if not Path(staging).is_file():
+        raise FileNotFoundError(f"training wrote no checkpoint at {staging}; nothing to publish to {path}")
+    os.replace(staging, path)
+    print(f"checkpoint -> {path}")
+    return Path(path)
 
 
 def checkpoint_saver(net: ComposedRetrievalNet, **extra: Any) -> Callable[..., Path]:
@@ -198,7 +246,7 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
 @torch.no_grad()
 def rank_collection(
     net: ComposedRetrievalNet, records: Sequence[Any], query_records: Sequence[Any], top_k: int = 5, output: str | Path | None = None,
-    batch_size: int = 8, differential: bool = True,
+    batch_size: int = 8, differential: bool = True, checkpoint: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Inference: embed ``records`` as the case library (images only) and rank it for each query (image + text)
     as the deploy app shows it: the similarity ranking (with a diagnosis prior in the network: similarity plus the
@@ -207,7 +255,8 @@ def rank_collection(
     ``differential=False``: no slot). Each hit's ``score`` is its similarity. A query that is itself a library case (same case id)
     is left out of its own ranking: a collection ranked against itself is leave-one-out, never "each case's best
     match is itself". Each result: ``{"query", "text", "hits": [{"rank", "case_id", "diagnosis", "score"}],
-    "differential"}`` (None, or the slot's case with the app's notice)."""
+    "differential"}`` (None, or the slot's case with the app's notice). ``output`` also records the model: the
+    ``checkpoint`` path it was loaded from and its fingerprint (:meth:`ComposedRetrievalNet.fingerprint`)."""
     from ..data.preprocess import load_image
     from ..differential import DifferentialSlot, differential_ranking, query_margins
     from ..networks.diagnosis_prior import term_columns
@@ -263,7 +312,8 @@ def rank_collection(
         from ..atomic import atomic_write_text
 
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(output), json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, indent=2) + "\n")
+        model = {"checkpoint": None if checkpoint is None else str(checkpoint), "fingerprint": net.fingerprint()}
+        atomic_write_text(Path(output), json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": model, "results": results}, indent=2) + "\n")
     return results
 
 

@@ -20,12 +20,15 @@ from ..networks import ComposedRetrievalNet
 from ..networks.diagnosis_prior import DEFAULT_PRIOR_STRENGTH, FULL_TEXT_PROBE, PARTIAL_TEXT_PROBE, term_columns
 from ..networks.late_fusion import LateFusionBranch
 
-__all__ = ["PRIOR_C_GRID", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs"]
+__all__ = ["PRIOR_C_GRID", "PRIOR_MIN_CASES", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs"]
 
 logger = logging.getLogger(__name__)
 
 # the probes' inverse L2 strengths tried by the inner cross-validation (bench/class_posterior.py's grid)
 PRIOR_C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+# training cases of every diagnosis the inner cross-validation needs (2 folds at least; the partial-text probe's
+# rows are two per case, grouped by case, so its count is the same number of cases)
+PRIOR_MIN_CASES = 2
 
 
 def prior_inputs(cache: Any, indices: Sequence[int] | None = None) -> np.ndarray:
@@ -51,8 +54,8 @@ def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: in
     from sklearn.preprocessing import StandardScaler
 
     smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min()) // (2 if groups is not None else 1)
-    if smallest < 2:
-        raise ValueError(f"the diagnosis prior's inner cross-validation needs two or more training cases of every diagnosis, got {smallest}")
+    if smallest < PRIOR_MIN_CASES:
+        raise ValueError(f"the diagnosis prior's inner cross-validation needs {PRIOR_MIN_CASES} or more training cases of every diagnosis, got {smallest}")
     inner = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(min(5, smallest), shuffle=True, random_state=seed)
     search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(C=PRIOR_C_GRID[0], max_iter=5000)),
                           {"logisticregression__C": list(PRIOR_C_GRID)}, cv=inner, scoring="accuracy")

@@ -3,7 +3,8 @@
 Per fold f of the committed stratified 5-fold split (:func:`monai_cir.data.load_folds`):
 queries = the cases of fold f (image + text), database = the cases of the other four folds (images
 only), relevant = same class (Eq. 1); metrics are arXiv v1 Eqs. 10-14 plus P@5 (:mod:`monai_cir.metrics`),
-reported per fold and as mean ± sample std (ddof = 1), in percent.
+reported per fold and as mean ± sample std (ddof = 1), in percent. Another collection (a user's folder + CSV) is
+split into 5 folds stratified by diagnosis at run time, the same for the same CSV (:func:`fold_indices`).
 
 Trained methods train on ``ctx.train_indices`` (= the database folds: the held-out fold is never seen).
 
@@ -36,6 +37,8 @@ __all__ = [
     "RunState",
     "evaluate",
     "evaluate_cross_site",
+    "check_mergeable",
+    "fold_assignment",
     "fold_indices",
     "merge_results",
 ]
@@ -45,7 +48,7 @@ logger = logging.getLogger(__name__)
 METRIC_KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
 DEFAULT_METHODS = ("imagenet_cosine", "frozen_multilevel_cosine", "image_only", "text_only", "composed")
 # what must agree for two runs' per-fold results to be merged into one file
-MERGE_KEYS = ("collection", "image_size", "seed", "query_subset", "method_options", "encoder_fingerprint", "protocol")
+MERGE_KEYS = ("collection", "fold_assignment", "image_size", "seed", "query_subset", "method_options", "encoder_fingerprint", "protocol")
 
 
 @dataclass
@@ -129,14 +132,27 @@ class CrossSiteContext:
 
 
 def fold_indices(cache: Any, folds: dict[str, int] | None = None) -> np.ndarray:
-    """Fold number of each cache row, from the committed folds file (every case must be in it)."""
-    from ..data.folds import load_folds
+    """Fold number of each cache row (a feature cache, or anything with ``case_ids`` and ``labels``).
 
-    folds = load_folds() if folds is None else folds
+    Without ``folds``: the committed Derm7pt folds when every case has one, else deterministic stratified folds
+    over the collection (:func:`monai_cir.data.folds.collection_folds`). With ``folds`` (``{case_id: fold}``):
+    those, and every case must be in them."""
+    from ..data.folds import collection_folds
+
+    if folds is None:
+        return np.asarray(collection_folds(list(cache.case_ids), np.asarray(cache.labels).tolist())[0], dtype=int)
     missing = [cid for cid in cache.case_ids if cid not in folds]
     if missing:
-        raise ValueError(f"{len(missing)} cases have no fold in the folds file (first: {missing[:3]}); is the cache of Derm7pt?")
+        raise ValueError(f"{len(missing)} cases have no fold in the folds given (first: {missing[:3]})")
     return np.array([folds[cid] for cid in cache.case_ids])
+
+
+def fold_assignment(cache: Any) -> str | None:
+    """How :func:`fold_indices` assigns ``cache``'s folds: ``None`` for the committed Derm7pt folds, else the
+    description of the stratified folds (recorded in the results' config: runs of two collections never merge)."""
+    from ..data.folds import collection_folds
+
+    return collection_folds(list(cache.case_ids), np.asarray(cache.labels).tolist())[1]
 
 
 def _similarity(output: MethodOutput, n_query: int, n_database: int, name: str) -> torch.Tensor:
@@ -151,6 +167,12 @@ def _similarity(output: MethodOutput, n_query: int, n_database: int, name: str) 
     if tuple(s.shape) != (n_query, n_database):
         raise ValueError(f"method {name!r} gave a similarity of shape {tuple(s.shape)}, expected ({n_query}, {n_database})")
     return s
+
+
+def _summary(values: Sequence[float], scale: float = 1.0) -> dict[str, Any]:
+    """Per-fold values unrounded (so that a merge of runs recomputes the same mean and std), mean and std to 2 decimals."""
+    summary = summarize_folds(values, scale=scale)
+    return {**summary, "mean": round(summary["mean"], 2), "std": None if summary["std"] is None else round(summary["std"], 2)}
 
 
 def _percent(values: dict[str, float]) -> dict[str, float]:
@@ -172,6 +194,7 @@ def evaluate(
     method_options: dict[str, dict[str, Any]] | None = None,
     text_forms: Sequence[str] | None = None,
     on_method_done: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the cross-validation protocol for ``methods``.
 
@@ -181,7 +204,9 @@ def evaluate(
         folds: which folds to hold out (0-based).
         cross_site: another collection (``"isic-uda1"``) for the leave-one-out cross-site check.
         seed: base seed; a method gets ``seed + fold``.
-        cache: a ready Derm7pt :class:`~monai_cir.data.FeatureCache` (default: built or loaded).
+        cache: a ready :class:`~monai_cir.data.FeatureCache` (default: Derm7pt's, built or loaded); another
+            collection's (e.g. of ``load_image_csv`` records) is cross-validated on stratified folds
+            (:func:`fold_indices`), its name the config's ``collection``.
         query_subset: use only the first n queries of each fold (smoke tests).
         keep_rankings: keep each fold's ranking and AP (for figures) under ``"_rankings"``.
         root: data root (default ``$MONAI_CIR_DATA``).
@@ -194,14 +219,16 @@ def evaluate(
             trained once per fold (on the template texts) and queried in every form.
         on_method_done: called after each method's folds with the part of the results it completes,
             ``{"config", "methods": {name: entry}, "cross_site": {}, "train_log": [entries since the last
-            call], "text_forms": {"derm7pt": {form: {name: entry}}}}`` (the last key with ``text_forms``), so
+            call], "text_forms": {collection: {form: {name: entry}}}}`` (the last key with ``text_forms``), so
             that a long run can save as it goes (``monai-cir evaluate`` writes ``--out`` there) and a run cut
             short keeps the methods it finished.
+        on_start: called with the run's config before any method runs (``monai-cir evaluate`` checks there
+            that its results can merge into ``--out``, before the folds' minutes of work).
 
     Returns:
         ``{"methods": {name: {"label", "trained", "held_out_folds", "acc@1": {"folds", "mean", "std"}, ...,
         "p@5": ..., "seconds"}}, "cross_site": {collection: {...}}, "config": {...}, "train_log": [...]}``;
-        all metrics in percent.
+        all metrics in percent, the per-fold values unrounded (a merge recomputes the same mean and std).
     """
     from tqdm.auto import tqdm
 
@@ -211,8 +238,11 @@ def evaluate(
     if cache is None:
         cache = build_feature_cache("derm7pt", image_size, net=net, root=root, progress=progress)
     fold_of = fold_indices(cache)
+    assignment = fold_assignment(cache)
+    # Derm7pt (or a subset) on its committed folds keeps the name every results file has; another collection its own
+    collection = "derm7pt" if assignment is None else (cache.collection or "collection")
     config: dict[str, Any] = {
-        "collection": "derm7pt",
+        "collection": collection,
         "image_size": int(cache.image_size or image_size),
         "folds": [int(f) for f in folds],
         "seed": int(seed),
@@ -225,6 +255,10 @@ def evaluate(
         "protocol": "queries = held-out fold (image + text); database = other folds (images only); relevant = same class",
         "metrics": "arXiv v1 Eqs. 10-14 and P@5 (share of the top 5 with the query's class), percent; std = sample std (ddof=1) over folds; ties: stable sort, database order",
     }
+    if assignment is not None:  # absent for the committed folds, as in every results file made before it existed
+        config["fold_assignment"] = assignment
+    if on_start is not None:
+        on_start(config)
     state = RunState(net=net)
     results: dict[str, Any] = {"methods": {}, "cross_site": {}, "config": config}
     rankings: dict[str, dict[int, dict[str, Any]]] = {}
@@ -235,7 +269,7 @@ def evaluate(
     reported = 0  # train_log entries already passed to on_method_done
 
     def form_entry(values: dict[str, list[float]]) -> dict[str, Any]:
-        return {"held_out_folds": [int(f) for f in folds], **{k: summarize_folds(values[k], scale=100.0, ndigits=2) for k in METRIC_KEYS}}
+        return {"held_out_folds": [int(f) for f in folds], **{k: _summary(values[k], scale=100.0) for k in METRIC_KEYS}}
 
     for method in selected:
         per_fold: dict[str, list[float]] = {k: [] for k in METRIC_KEYS}
@@ -263,18 +297,18 @@ def evaluate(
                     per_form[form][method.name][k].append(mf[k])
             bar.update(1)
         entry = {"label": method.label, "trained": method.trained, "description": method.description, "held_out_folds": [int(f) for f in folds]}
-        entry.update({k: summarize_folds(per_fold[k], scale=100.0, ndigits=2) for k in METRIC_KEYS})
+        entry.update({k: _summary(per_fold[k], scale=100.0) for k in METRIC_KEYS})
         entry["seconds"] = round(time.perf_counter() - start, 2)
         results["methods"][method.name] = entry
         if on_method_done is not None:
             done = {"config": config, "methods": {method.name: entry}, "cross_site": {}, "train_log": state.train_log[reported:]}
             if forms:
-                done["text_forms"] = {"derm7pt": {form: {method.name: form_entry(per_form[form][method.name])} for form in forms}}
+                done["text_forms"] = {collection: {form: {method.name: form_entry(per_form[form][method.name])} for form in forms}}
             reported = len(state.train_log)
             on_method_done(done)
     bar.close()
     if forms:
-        results["text_forms"] = {"derm7pt": {form: {name: form_entry(v) for name, v in by_method.items()} for form, by_method in per_form.items()}}
+        results["text_forms"] = {collection: {form: {name: form_entry(v) for name, v in by_method.items()} for form, by_method in per_form.items()}}
     if cross_site:
         results["cross_site"][cross_site] = evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state)
         if forms:
@@ -341,8 +375,18 @@ def _merge_entry(old: dict[str, Any] | None, new: dict[str, Any], old_folds: Seq
     combined["held_out_folds"] = folds
     for k in METRIC_KEYS:
         if all(k in values[f] for f in folds):
-            combined[k] = summarize_folds([values[f][k] for f in folds], ndigits=2)
+            combined[k] = _summary([values[f][k] for f in folds])
     return combined
+
+
+def check_mergeable(old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
+    """Raise ``ValueError`` unless runs of these two configs can merge (every :data:`MERGE_KEYS` entry agrees)."""
+    differing = [k for k in MERGE_KEYS if old_config.get(k) != new_config.get(k)]
+    if differing:
+        raise ValueError(
+            f"cannot merge: the results file was made with other settings ({', '.join(f'{k}: {old_config.get(k)!r} vs {new_config.get(k)!r}' for k in differing)}); "
+            "write to another --out, or pass --overwrite to replace it"
+        )
 
 
 def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -352,12 +396,7 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     (:data:`MERGE_KEYS` of their configs); each method keeps the commits of the runs that made it under
     ``"runs"``. Cross-site blocks (not per fold) of ``new`` replace those of ``previous`` method by method."""
     old_cfg, new_cfg = previous.get("config", {}), new.get("config", {})
-    differing = [k for k in MERGE_KEYS if old_cfg.get(k) != new_cfg.get(k)]
-    if differing:
-        raise ValueError(
-            f"cannot merge: the results file was made with other settings ({', '.join(f'{k}: {old_cfg.get(k)!r} vs {new_cfg.get(k)!r}' for k in differing)}); "
-            "write to another --out, or pass --overwrite to replace it"
-        )
+    check_mergeable(old_cfg, new_cfg)
     merged = {**previous, "methods": dict(previous.get("methods", {})), "cross_site": dict(previous.get("cross_site", {}))}
     for name, entry in new["methods"].items():
         old = previous["methods"].get(name)
