@@ -116,16 +116,20 @@ class DifferentialSlot:
         :data:`RANK_COUNT_LIMIT`); ``prior``: the diagnosis prior ordered the query, so ``margin`` is in its ranking's
         units (similarity plus how likely each diagnosis is), not a similarity margin."""
         where = f"similarity rank {similarity_rank}" if similarity_rank is not None else f"beyond similarity rank {RANK_COUNT_LIMIT}"
+        if similarity_rank == 1:
+            where += ": the most similar case in the library"
+        # the margins (``margin``, ``self.margin``) stay in results.json's "differential": a number in score units
+        # tells a clinician nothing, the words say what the slot means
         if prior:
             return (
                 f"rank {self.rank} is the closest {diagnosis} case ({where}), shown for comparison: for this lesion {diagnosis} "
                 f"is nearly as likely, by the image, the findings and the most similar cases, as the {best_diagnosis} of the "
-                f"cases above it (ranking margin {margin:.3f} <= {self.margin:.3f}); the cases after it moved down one rank"
+                "cases above it; the cases after it moved down one rank"
             )
         return (
             f"rank {self.rank} is the closest {diagnosis} case ({where}), shown for comparison: this "
-            f"lesion is nearly as similar to {diagnosis} cases as to the {best_diagnosis} cases above it (score margin "
-            f"{margin:.3f} <= {self.margin:.3f}); the cases after it moved down one rank"
+            f"lesion is nearly as similar to {diagnosis} cases as to the {best_diagnosis} cases above it; the cases after it "
+            "moved down one rank"
         )
 
 

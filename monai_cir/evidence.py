@@ -123,6 +123,8 @@ class EvidenceSummary:
         confidence: its probability (calibrated when ``calibrated``).
         label: always :data:`DECISION_SUPPORT_LABEL`.
         counts: unweighted number of hits per diagnosis.
+        confirmed: of those, how many are histopathology-confirmed (biopsy), per diagnosis (empty when the
+            hits did not say how their diagnoses were confirmed).
         calibrated: whether the temperature / floor were fitted on held-out data.
         method: one line on how the distribution was formed.
     """
@@ -133,6 +135,7 @@ class EvidenceSummary:
     confidence: float
     label: str = DECISION_SUPPORT_LABEL
     counts: dict[str, int] = field(default_factory=dict)
+    confirmed: dict[str, int] = field(default_factory=dict)
     calibrated: bool = False
     method: str = ""
 
@@ -173,13 +176,24 @@ class EvidenceSummary:
             return cls.from_dict(value)
         raise TypeError(f"expected an EvidenceSummary or its to_dict() mapping, got {type(value).__name__}")
 
-    def text(self) -> str:
-        """One paragraph for the SR's text item and the PDF."""
-        dist = ", ".join(f"{d} {100 * p:.0f}%" for d, p in self.distribution.items())
-        cal = "calibrated" if self.calibrated else "uncalibrated"
+    def text(self, label: bool = True) -> str:
+        """One paragraph for the PDF and the command line (``label``: begin with :data:`DECISION_SUPPORT_LABEL`).
+
+        The counts first, each with how many of its cases are biopsy-confirmed, then the similarity-weighted
+        shares: the share is not a frequency (8 cases against 8 can weigh 54% to 46%), and a diagnosis
+        voted for only by unconfirmed cases says less than its share suggests."""
+        def count(d: str) -> str:
+            n = self.counts.get(d, 0)
+            return f"{d} {n}" + (f" ({self.confirmed.get(d, 0)} biopsy-confirmed)" if self.confirmed else "")
+
+        counted = ", ".join(count(d) for d in sorted(self.counts, key=lambda d: (-self.counts[d], d)) if self.counts[d])
+        shares = ", ".join(f"{d} {p:.0%}" for d, p in self.distribution.items())
+        top = [d for d in self.counts if self.counts[d] == max(self.counts.values(), default=0)]
+        tie = f" The counts tie ({' and '.join(top)})." if len(top) > 1 else ""
         return (
-            f"{self.label}. Among the {self.k} most similar library cases (score-weighted): {dist}. "
-            f"Retrieval-based suggestion: {self.predicted} ({cal} confidence {100 * self.confidence:.0f}%)."
+            (f"{self.label}. " if label else "")
+            + f"Among the {self.k} most similar library cases: {counted}.{tie} Weighted by similarity: {shares} "
+            f"({'calibrated' if self.calibrated else 'not calibrated'}). This describes the library cases, not this patient."
         )
 
 
@@ -226,6 +240,20 @@ def _hit_fields(hits: Iterable[Any]) -> tuple[list[str], list[float]]:
     return diagnoses, scores
 
 
+def _confirmed_counts(hits: Sequence[Any], diagnoses: Iterable[str]) -> dict[str, int]:
+    """Histopathology-confirmed hits per diagnosis; empty when a hit does not say how it was confirmed."""
+    out = dict.fromkeys(diagnoses, 0)
+    for hit in hits:
+        meta = getattr(hit, "metadata", None)
+        confirmation = getattr(meta, "confirmation", None) if meta is not None else (hit.get("confirmation") if isinstance(hit, dict) else None)
+        diagnosis = getattr(meta, "diagnosis", None) if meta is not None else (hit.get("diagnosis") if isinstance(hit, dict) else None)
+        if confirmation is None:
+            return {}
+        if confirmation == "histopathology":
+            out[str(diagnosis)] = out.get(str(diagnosis), 0) + 1
+    return out
+
+
 def summarize_evidence(
     hits: Sequence[Any] | None = None,
     *,
@@ -269,6 +297,7 @@ def summarize_evidence(
     order = sorted(range(len(class_list)), key=lambda i: (-probs[i], i))
     distribution = {class_list[i]: float(probs[i]) for i in order}
     counts = {c: diagnoses.count(c) for c in distribution}
+    confirmed = _confirmed_counts(hits[:k], distribution) if hits is not None else {}
     weighting = "unweighted vote" if math.isinf(calibration.temperature) else f"softmax of scores, T={calibration.temperature:.3g}"
     return EvidenceSummary(
         k=len(diagnoses),
@@ -276,6 +305,7 @@ def summarize_evidence(
         predicted=class_list[order[0]],
         confidence=float(probs[order[0]]),
         counts=counts,
+        confirmed=confirmed,
         calibrated=calibration.fitted,
         method=f"top-{len(diagnoses)} {weighting}, floor {calibration.smoothing:.3g}; {calibration.description}",
     )

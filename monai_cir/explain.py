@@ -183,7 +183,8 @@ class Explanation:
         eq9 = f"{self.beta:.2f} x local {self.local_score:.3f} + {1 - self.beta:.2f} x global {self.global_score:.3f}"
         a = self.late_fusion_share
         if a > 0:
-            eq9 = f"{1 - a:.2f} x ({eq9}) + {a:.2f} x whole-image and text cosine {self.late_fusion_cosine:.3f}"
+            branch = "whole-image and text cosine" if self.tokens else "whole-image cosine"  # an image-only query has no text in it
+            eq9 = f"{1 - a:.2f} x ({eq9}) + {a:.2f} x {branch} {self.late_fusion_cosine:.3f}"
         parts = [f"S={self.score:.3f} = {eq9}"]
         if self.levels:
             parts.append("local cosine per level " + ", ".join(f"{lv.level} {lv.local_cosine:.2f}" for lv in self.levels))
@@ -327,6 +328,14 @@ def merge_word_pieces(tokens: Sequence[str], weights: Sequence[float], special: 
     return words
 
 
+# words left out of "the words that weighed most": English function words and the report template's glue
+FILLER_WORDS = frozenset(
+    "a an the and or but nor of in on at to for from by with without as is are was were be been being it its this that "
+    "these those there here no not present absent yes some any both each per than then also has have had "
+    "dermoscopy dermoscopic shows showing seen report reports patient years year old".split()
+)
+
+
 def _ranked_words(net: Any, text: str, attention: np.ndarray) -> list[TokenWeight]:
     """Token strings of ``text`` as the encoder saw them, merged into words, best first, punctuation dropped."""
     if not text.strip():
@@ -337,7 +346,8 @@ def _ranked_words(net: Any, text: str, attention: np.ndarray) -> list[TokenWeigh
     words = merge_word_pieces(tokens, attention[: len(tokens)], special=tokenizer.all_special_tokens)
     merged: dict[str, float] = {}  # a word that occurs twice counts once, with its summed attention
     for w in words:
-        if any(ch.isalnum() for ch in w.word):
+        # punctuation, numbers and function words take attention too, but name nothing a reader can weigh
+        if any(ch.isalpha() for ch in w.word) and w.word.lower() not in FILLER_WORDS:
             merged[w.word] = merged.get(w.word, 0.0) + w.weight
     return sorted((TokenWeight(k, v) for k, v in merged.items()), key=lambda t: -t.weight)
 

@@ -133,7 +133,7 @@ def test_the_app_answer_with_the_prior_is_the_evaluations_ranking():
         if shown.differential is not None:  # its rank by similarity alone, and a notice in the prior ranking's words
             other = next(h for h in shown.hits if h.case_id == shown.differential["case_id"])
             assert shown.differential["similarity_rank"] == 1 + int((vectors @ query > other.score + 1e-6).sum()), i
-            assert "ranking margin" in shown.differential["notice"] and "similarity rank" in shown.differential["notice"]
+            assert "nearly as likely, by the image, the findings" in shown.differential["notice"] and "similarity rank" in shown.differential["notice"]
         np.testing.assert_allclose([h.score for h in shown.hits], [float(query @ vectors[int(h.case_id[1:])]) for h in shown.hits], atol=1e-5)
         assert [h.case_id for h in shown.pool] == [f"c{j:03d}" for j in np.argsort(-(vectors @ query), kind="stable")[:16]]
     assert 0 < opened.sum() < len(queries)
@@ -326,7 +326,7 @@ def test_bundle_inference_ranks_with_the_prior_and_reports_each_querys_slot(tmp_
         acted_seen.add(acted)
         assert opened["max_margin"] == (1000.0 if acted else 1000.0 - 1e-3)
         assert opened["similarity_rank"] == 1 + sum(s > scores[opened["case_id"]] for s in scores.values())
-        assert ("ranking margin" in opened["notice"]) == acted
+        assert ("nearly as likely, by the image, the findings" in opened["notice"]) == acted
     assert acted_seen == {True, False}
 
 

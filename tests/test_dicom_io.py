@@ -7,6 +7,7 @@ Every object written is checked with dciodvfy (dicom3tools) and the SR with dsrd
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -846,7 +847,10 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert C.software_version() in first and "Report of 20" in first
     assert query.text.split()[0] in first and "Evidence summary" in first and f"{summary.predicted}" in first
     biopsied = sum(h.metadata.confirmation == "histopathology" for h in hits)
-    assert f"{len(hits)} similar cases, best first ({biopsied} of them biopsy-confirmed)" in first
+    assert f"{len(hits)} similar cases, most similar first ({biopsied} of them biopsy-confirmed)" in first
+    # every page names its patient and says where it stands, should it be printed or filed apart
+    pages = pdf_text(pdf)
+    assert all(f"page {i} of {len(pages)}" in text and f"Patient ID {query.patient_id}" in text for i, text in enumerate(pages, start=1))
     # "biopsy-confirmed" is said of the histopathology cases only (and once in the heading)
     assert first.count("biopsy-confirmed") == biopsied + 1
     for hit in hits:
@@ -867,9 +871,14 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert "differential" not in first
     marked = pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=2, notices=["rank 2 is the closest ..."]))[0]
     assert marked.count("differential: see Notes") == 1
+    # a case that scores above the one ranked before it (the prior, or the slot, put it there) says so in its row
+    lifted = [hits[0], dataclasses.replace(hits[1], score=hits[0].score + 0.1)] if dataclasses.is_dataclass(hits[0]) else [
+        hits[0], NS(**{**vars(hits[1]), "score": hits[0].score + 0.1})]
+    rows = pdf_text(render_report_pdf(query.image, query.text, lifted))[0]
+    assert rows.count("more similar than the case above: see Notes") == 1 and "more similar" not in first
     # the notices a prior-ordered answer can carry (text partly used, site, prior, slot, evidence disagreement), in their
     # real words, beside a long query text: every one reaches the page to its last word, and the cases' table with them
-    from monai_cir.data.report import text_partly_used_notice
+    from monai_cir.data.report import text_use_notice
     from monai_cir.differential import DifferentialSlot
     from monai_cir.prior_ranking import PRIOR_NOTICE
     from monai_cir.sites_condition import UNKNOWN_SITE_NOTICE
@@ -877,7 +886,7 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     last = ("the evidence summary (the 16 most similar cases) favours nevus (72%, uncalibrated), while the first case shown "
             "is a melanoma case (the order also weighs the diagnosis the image and findings point to): compare both")
     slot = DifferentialSlot(rank=4, margin=7.5204).notice("nevus", 9, "melanoma", 3.1, prior=True)
-    notices = [text_partly_used_notice(0.4), UNKNOWN_SITE_NOTICE, PRIOR_NOTICE, slot, last]
+    notices = [text_use_notice(0.4, ["pigment_network", "streaks"]), UNKNOWN_SITE_NOTICE, PRIOR_NOTICE, slot, last]
     long_text = ("Dermoscopy: atypical pigment network; irregular streaks; irregular pigmentation; regression structures; irregular "
                  "dots and globules; blue-whitish veil present; no vascular structures. Palpable lesion of the upper back, "
                  "female patient, 63 years; the lesion changed in size and colour over the last six months.")
@@ -885,7 +894,8 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     notes = page[page.index("Notes:"):]
     for notice in notices:
         assert " ".join(notice.split()) in notes, notice
-    assert "..." not in notes and f"{len(hits)} similar cases, best first" in page
+    # the prior ordered these cases: the header says so, not "most similar first"
+    assert "..." not in notes and f"{len(hits)} similar cases, ordered by similarity and likely diagnosis" in page
     assert all(f"{similarity_percent(h.score):.0f}%" in page for h in hits)  # every case's row, below the notes
 
 

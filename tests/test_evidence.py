@@ -65,6 +65,28 @@ def test_summary_from_search_hits_is_labelled_decision_support():
         summarize_evidence([])
 
 
+
+def test_summary_text_counts_each_diagnosis_and_its_biopsy_confirmed_cases_and_says_a_tie():
+    """What the PDF and the command line print: the counts, each with its biopsy-confirmed cases, then the
+    similarity-weighted shares; 2 against 2 is called a tie, never "the most frequent" diagnosis."""
+    from monai_cir.index import CaseMetadata, SearchHit
+
+    cases = [("nevus", "unknown"), ("melanoma", "histopathology"), ("nevus", "follow-up"), ("melanoma", "histopathology")]
+    hits = [SearchHit(i + 1, f"c{i}", 1.0 - 0.01 * i, CaseMetadata(f"c{i}", d, "lib", confirmation=c)) for i, (d, c) in enumerate(cases)]
+    summary = summarize_evidence(hits, calibration=EvidenceCalibration(temperature=0.1, k=4))
+    assert summary.confirmed == {"nevus": 0, "melanoma": 2}
+    text = summary.text(label=False)
+    assert text.startswith("Among the 4 most similar library cases: melanoma 2 (2 biopsy-confirmed), nevus 2 (0 biopsy-confirmed). "
+                           "The counts tie (")
+    assert f"Weighted by similarity: nevus {summary.distribution['nevus']:.0%}, melanoma {summary.distribution['melanoma']:.0%} (not calibrated)" in text
+    assert "most frequent" not in text and summary.text().startswith(DECISION_SUPPORT_LABEL)
+    three = summarize_evidence(hits[:3], calibration=EvidenceCalibration(temperature=0.1, k=3))
+    assert "counts tie" not in three.text() and "nevus 2 (0 biopsy-confirmed), melanoma 1 (1 biopsy-confirmed)" in three.text()
+    # votes from bare diagnoses and scores do not say how they were confirmed: no confirmed counts invented
+    bare = summarize_evidence(diagnoses=["nevus", "melanoma"], scores=[0.9, 0.8])
+    assert bare.confirmed == {} and "biopsy" not in bare.text()
+    assert EvidenceSummary.from_dict(summary.to_dict()) == summary
+
 def _miscalibrated(n: int, seed: int):
     """Neighbourhoods that agree among themselves (vote share ~0.95) but are right only ~70% of the
     time, with a score that is higher for right neighbours: a plain vote is overconfident."""

@@ -183,6 +183,14 @@ def test_words_are_merged_and_special_tokens_dropped(explanation):
     assert {"pigment", "streaks", "veil"} <= set(words)
 
 
+def test_words_that_weighed_most_leave_out_function_words_and_numbers(net, images):
+    """Function words and numbers take attention too but name nothing a reader can weigh: never listed."""
+    text = "the lesion shows an atypical pigment network and irregular streaks, no blue-whitish veil, for 3 years"
+    words = {t.word.lower() for t in explain_match(net, images[0], text, images[1]).tokens}
+    assert {"pigment", "streaks", "veil"} <= words
+    assert not words & {"the", "an", "and", "no", "for", "shows", "years"} and not any(w.isdigit() for w in words)
+
+
 def test_merge_word_pieces():
     merged = merge_word_pieces(["[CLS]", "derm", "##os", "##copy", "veil", "[SEP]"], [0.1, 0.2, 0.1, 0.1, 0.4, 0.1], special=["[CLS]", "[SEP]"])
     assert [(m.word, round(m.weight, 6)) for m in merged] == [("dermoscopy", 0.4), ("veil", 0.4)]

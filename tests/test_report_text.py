@@ -205,3 +205,17 @@ def test_findings_gate_reads_exactly_the_recorded_criteria_in_training_words(der
     # whole words: a word that merely contains a training noun is not a finding
     assert recognised_findings("regressive areas, radial streaming, vasculature, apn") == ()
     assert recognised_findings("BWV +, D/G irregular; pigm. diffuse") == ("pigmentation", "dots_and_globules", "blue_whitish_veil")
+
+
+def test_text_use_notice_names_the_findings_read_and_the_weight():
+    """The clinician who wrote five findings and sees one read knows the other four were not."""
+    from monai_cir.data.report import recognised_findings, text_use_notice
+
+    text = "Dermoscopy: atypical pigment network; radial streaming; scar-like depigmentation; blue-grey veil-like area"
+    findings = recognised_findings(text)
+    assert findings == ("pigment_network",)
+    partial = text_use_notice(0.2, findings)
+    assert partial.startswith("findings read in the query text: 1 of the 7 checklist findings (pigment network), so it counted for 20%")
+    full = text_use_notice(1.0, ("pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules"))
+    assert full == ("findings read in the query text: 5 of the 7 checklist findings (pigment network, streaks, pigmentation, "
+                    "regression structures, dots and globules); the text counted fully in the query")

@@ -70,6 +70,9 @@ class QueryResult:
     # the reports operator explains from it where it writes the SR and the PDF (a forked worker for a batch)
     pending_explanations: Any = None
     notices: list[str] = field(default_factory=list)
+    # how the query's text counted: {"weight": w of Q = w Q_composed + (1 - w) Q_image, "findings_read": [7-point
+    # criteria read in it]}; None for an image-only query
+    text_use: dict[str, Any] | None = None
     # the differential case shown (monai_cir.differential): rank, case_id, diagnosis, similarity_rank, margin, max_margin
     differential: dict[str, Any] | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # "sr", "encapsulated_pdf", "pdf" -> file path

@@ -52,6 +52,7 @@ def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
         "sop_instance_uid": attr(q, "sop_instance_uid"),
         "accession_number": str(dataset.get("AccessionNumber", "") or "") or None if dataset is not None else None,
         "text": attr(q, "text", "") or "",
+        "text_use": result.text_use,
         "site": attr(q, "site"),
         "notices": list(dict.fromkeys(result.notices)),
         "top_k": [

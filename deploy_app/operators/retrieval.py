@@ -352,14 +352,15 @@ class ComposedRetrievalOperator(Operator):
                 tensor = to_image_tensor(image, self.net.image_size)
                 text = str(attr(result.query, "text", "") or "")
                 weight = self.net.text_weights([text])[0]
-                if text.strip() and weight == 0:
-                    from monai_cir.data.report import TEXT_NOT_USED_NOTICE
+                if text.strip():
+                    from monai_cir.data.report import TEXT_NOT_USED_NOTICE, recognised_findings, text_use_notice
 
-                    result.notices.append(TEXT_NOT_USED_NOTICE)
-                elif 0 < weight < 1:
-                    from monai_cir.data.report import text_partly_used_notice
-
-                    result.notices.append(text_partly_used_notice(weight))
+                    findings = list(recognised_findings(text)) if self.net.text_gate == "findings" else []
+                    result.text_use = {"weight": round(float(weight), 4), "findings_read": findings}
+                    if weight == 0:
+                        result.notices.append(TEXT_NOT_USED_NOTICE)
+                    elif findings:  # (a network without the findings gate reads any text whole: nothing to list)
+                        result.notices.append(text_use_notice(weight, findings))
                 if weight > 0:
                     tokens, limit = self.net.text_encoder.token_count(text), self.net.text_encoder.max_length
                     if tokens > limit:

@@ -38,7 +38,7 @@ __all__ = [
     "meta_report",
     "recognised_findings",
     "TEXT_NOT_USED_NOTICE",
-    "text_partly_used_notice",
+    "text_use_notice",
     "render_report",
     "render_reports",
     "report_fields",
@@ -528,10 +528,16 @@ TEXT_NOT_USED_NOTICE = (
 """What the app tells the clinician when the findings gate left a non-empty text out of the query."""
 
 
-def text_partly_used_notice(weight: float) -> str:
-    """What the app tells the clinician when a text naming few findings was blended with the image-only
-    query (``ComposedRetrievalNet.full_text_findings``): how much it counted, and how to make it count more."""
+def text_use_notice(weight: float, findings: Sequence[str]) -> str:
+    """What the app tells the clinician of a text the query composed (``weight`` > 0): which findings the model
+    read in it (:func:`recognised_findings` keys, named in the report's words) and how much the text counted
+    (``ComposedRetrievalNet.full_text_findings``): the findings are what the text adds, so a clinician who wrote
+    five and sees one read knows the other four were not."""
+    names = dict(CRITERIA)
+    read = f"{len(findings)} of the 7 checklist findings ({', '.join(names.get(f, f) for f in findings)})"
+    if weight >= 1.0:
+        return f"findings read in the query text: {read}; the text counted fully in the query"
     return (
-        f"the query text names only a few 7-point checklist findings, so it counted for {weight:.0%} of the query "
-        "and the image alone for the rest; naming more of the findings (present or absent) gives the text more weight"
+        f"findings read in the query text: {read}, so it counted for {weight:.0%} of the query and the image alone for "
+        "the rest; naming more of the findings (present or absent) gives the text more weight"
     )

@@ -743,7 +743,7 @@ def _image_queries(
             notices.append("no SR in the study: image-only query")
     text = "\n".join(sr.text for sr in chosen if sr.text)
     if chosen and not text.strip():
-        notices.append("the SR holds no text: image-only query")
+        notices.append("the report (SR) sent with the image holds no text: the search used the image only")
 
     if count > 1 and not all_frames:
         notices.append(f"multi-frame instance: frame 1 of {count} used, frames 2-{count} ignored")

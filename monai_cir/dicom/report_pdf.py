@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -137,16 +138,6 @@ def _patient_line(study: Dataset | None) -> str:
     return ", ".join(parts)
 
 
-def _evidence_text(summary: EvidenceSummary) -> str:
-    shares = ", ".join(f"{name} {share:.0%}" for name, share in summary.distribution.items())
-    confidence = "calibrated" if summary.calibrated else "not calibrated"
-    return (
-        f"Among the {summary.k} most similar library cases, weighted by similarity: {shares}. "
-        f"The most frequent diagnosis among them is {summary.predicted} ({summary.confidence:.0%}, {confidence}). "
-        "This describes the library cases, not this patient."
-    )
-
-
 def _explanation_page(canvas, rank: int, hit: Any, explanation: Any, score_range: tuple[float, float]) -> None:
     """One page: why case ``rank`` looks similar, in words and pictures (no model internals)."""
     from reportlab.lib.colors import HexColor
@@ -187,7 +178,7 @@ def _explanation_page(canvas, rank: int, hit: Any, explanation: Any, score_range
     words = [t.word for t in getattr(explanation, "tokens", [])[:6]]
     text_used = any(abs(getattr(level, "gate", 0.0)) > 0 for level in getattr(explanation, "levels", []))
     if words and text_used:
-        line = "Words of the query text that weighed most in this match: " + ", ".join(words) + "."
+        line = "Words of the query text the model attended to most (the same for every case): " + ", ".join(words) + "."
     elif words:
         line = "The query text did not change this match: the image alone made it similar."
     else:
@@ -292,16 +283,21 @@ def render_report_pdf(
     y = below_image - 9 * _MM
     canvas.setFont("Helvetica-Bold", 10)
     confirmed = sum(str(_get(_get(h, "metadata"), "confirmation") or "") == "histopathology" for h in hits)
-    canvas.drawString(left, y, f"{len(hits)} similar cases, best first ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
+    from ..prior_ranking import PRIOR_NOTICE
+
+    # with the diagnosis prior the order is not by similarity alone: the header must not say "best first"
+    order = "ordered by similarity and likely diagnosis" if PRIOR_NOTICE in notices else "most similar first"
+    canvas.drawString(left, y, f"{len(hits)} similar cases, {order} ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
     y -= 4 * _MM
     columns = (left, left + 10 * _MM, left + 40 * _MM, left + 66 * _MM, left + 116 * _MM)
     canvas.setFont("Helvetica-Bold", 8)
     for x, title in zip(columns, ("Rank", "Image", "Similarity*", "Diagnosis (case)", "How the diagnosis was confirmed")):
         canvas.drawString(x, y - 3 * _MM, title)
     y -= 5 * _MM
-    room = y - 48 * _MM  # what the evidence summary and the footnote leave
+    room = y - 53 * _MM  # what the evidence summary, the footnote and the footer leave
     thumb = max(12 * _MM, min(24 * _MM, room / max(len(hits), 1) - 2 * _MM))
     rows = max(1, min(len(hits), int(room // (thumb + 2 * _MM))))
+    previous_score = math.inf
     for hit in hits[:rows]:
         meta = _get(hit, "metadata")
         diagnosis = str(_get(meta, "diagnosis") or "unknown")
@@ -317,8 +313,12 @@ def render_report_pdf(
         canvas.setFillColor(HexColor("#555555"))
         canvas.setFont("Helvetica", 7)
         canvas.drawString(columns[3], mid - 3.5 * _MM, f"{_get(hit, 'case_id')}, {_get(meta, 'collection') or 'library'}"[:48])
-        if differential_rank is not None and _get(hit, "rank") == differential_rank:
-            canvas.drawString(columns[0], mid - 3.5 * _MM, "differential: see Notes")
+        # under the case id, in the diagnosis column (the rank column is too narrow: it ran over the thumbnail)
+        marks = (["differential"] if differential_rank is not None and _get(hit, "rank") == differential_rank else []) + (
+            ["more similar than the case above"] if float(_get(hit, "score")) > previous_score + 1e-9 else [])
+        if marks:
+            canvas.drawString(columns[3], mid - 6.5 * _MM, "; ".join(marks) + ": see Notes")
+        previous_score = float(_get(hit, "score"))
         canvas.setFillColor(HexColor("#000000"))
         canvas.setFont("Helvetica-Bold" if confirmation == "histopathology" else "Helvetica", 9)
         canvas.drawString(columns[4], mid, CONFIRMATION_WORDS.get(confirmation, CONFIRMATION_WORDS["unknown"]))
@@ -332,7 +332,7 @@ def render_report_pdf(
     if evidence_summary is not None:
         canvas.setFont("Helvetica-Bold", 10)
         canvas.drawString(left, y, "Evidence summary")
-        y = _paragraph(canvas, _evidence_text(EvidenceSummary.coerce(evidence_summary)), left, y - 5 * _MM, right - left, max_lines=5)
+        y = _paragraph(canvas, EvidenceSummary.coerce(evidence_summary).text(label=False), left, y - 5 * _MM, right - left, max_lines=5)
     low, high = score_range
     canvas.setFillColor(HexColor("#333333"))
     _paragraph(
@@ -340,17 +340,31 @@ def render_report_pdf(
         f"* Similarity: the model's image-and-text similarity score as a percentage of the highest score it can give "
         f"(scores range from {low:g} to {high:g}). It ranks the library cases; it is not a probability of a diagnosis.\n"
         + DECISION_SUPPORT_NOTE,
-        left, 22 * _MM, right - left, size=7, max_lines=6,
+        left, 27 * _MM, right - left, size=7, max_lines=6,
     )
+    explained = [hit for hit in hits if explanations and explanations.get(_get(hit, "rank")) is not None]
+    pages = 1 + len(explained)
+    footer = "   |   ".join(ids + [f"report of {created:%Y-%m-%d %H:%M}", "decision support, not a diagnosis"])
+    _footer(canvas, footer, 1, pages)
     canvas.showPage()
 
-    for hit in hits:
-        rank = _get(hit, "rank")
-        if explanations and explanations.get(rank) is not None:
-            _explanation_page(canvas, rank, hit, explanations[rank], score_range)
-            canvas.showPage()
+    for page, hit in enumerate(explained, start=2):
+        _explanation_page(canvas, _get(hit, "rank"), hit, explanations[_get(hit, "rank")], score_range)
+        _footer(canvas, footer, page, pages)  # a page printed or filed apart still names its patient
+        canvas.showPage()
     canvas.save()
     return buffer.getvalue()
+
+
+def _footer(canvas: Any, text: str, page: int, pages: int) -> None:
+    from reportlab.lib.colors import HexColor
+
+    width, _ = _A4
+    canvas.setFillColor(HexColor("#555555"))
+    canvas.setFont("Helvetica", 7)
+    canvas.drawString(15 * _MM, 9 * _MM, text[:150])
+    canvas.drawRightString(width - 15 * _MM, 9 * _MM, f"page {page} of {pages}")
+    canvas.setFillColor(HexColor("#000000"))
 
 
 def encapsulated_pdf_dataset(
