@@ -932,6 +932,47 @@ def test_text_without_findings_is_left_out_and_said_so(app_run, results):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_what_the_image_alone_finds_is_recorded_beside_what_the_text_changed(app_run, results):
+    """A query whose text counted gets what its image alone finds (the plain similarity ranking of the same image
+    without text, as many cases as shown) in results.json and on the PDF, so a reader who wrote the findings sees
+    what they changed; a query whose text did not count gets none."""
+    from monai_cir.dicom.reader import read_dicom_folder
+    from monai_cir.index import load_index
+    from monai_cir.networks import load_model
+    from monai_cir.retrieval import search
+
+    from tests.test_dicom_io import pdf_text
+
+    _, answers = results
+    assert answers["in_library"]["image_alone"] is None  # its text counted for nothing: the answer is the image's
+    answer = answers["held_out"]
+    alone = answer["image_alone"]
+    net = load_model(app_run["root"] / "models" / "model.pt").eval()
+    index = load_index(app_run["root"] / "models" / "index")
+    query = read_dicom_folder(app_run["cases"]["held_out"].image_file).queries[0]
+    expected = search(net, index, query.image, "", k=len(answer["top_k"]))
+    assert alone["case_ids"] == [h.case_id for h in expected] and alone["k"] == len(answer["top_k"])
+    counts: dict[str, int] = {}
+    for h in expected:
+        counts[h.metadata.diagnosis] = counts.get(h.metadata.diagnosis, 0) + 1
+    assert alone["counts"] == counts
+    listed = ", ".join(f"{d} {n}" for d, n in alone["counts"].items())
+    page = " ".join(pdf_text((app_run["out"] / answer["outputs"]["pdf"]).read_bytes())[0].split())
+    assert f"Without the text, the image alone finds {listed} among its {alone['k']} most similar cases." in page
+    # a notice exactly when the image alone favours another diagnosis than the cases shown (a tie favours none)
+    def favoured(c: dict[str, int]) -> str | None:
+        top = [d for d, n in c.items() if n == max(c.values())]
+        return top[0] if len(top) == 1 else None
+
+    shown: dict[str, int] = {}
+    for h in answer["top_k"]:
+        shown[h["diagnosis"]] = shown.get(h["diagnosis"], 0) + 1
+    moved = [n for n in answer["notices"] if n.startswith("the image alone, without the text, finds")]
+    assert len(moved) == (favoured(counts) != favoured(shown))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_bad_study_reported_and_skipped(app_run, results):
     summary, answers = results
     assert answers["corrupt"] is None

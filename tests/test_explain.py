@@ -276,6 +276,21 @@ def test_explain_matches_from_the_text_tokens_of_a_batch_encoding(net, images):
     with pytest.raises(ValueError, match="text_features"):
         explain_matches(net, query, TEXT, [target], text_features=(encoded.tokens, encoded.mask))
 
+
+def test_image_only_queries_from_the_same_encoding(images):
+    """encode_query_parts(with_image_query=True): the same images' image-only queries, from the maps the encoding
+    computed (what the app compares the shown cases with), equal to encoding them with blank texts; a blank
+    text's query is its own image-only query."""
+    net = fitted_net(full_text_findings=5)  # TEXT (3 findings) blends at w = 0.6: the late-fusion branch and the blend both act
+    batch = torch.stack([images[0], images[1]])
+    with torch.no_grad():
+        encoded = net.encode_query_parts(batch, [TEXT, ""], with_image_query=True)
+        alone = net.encode_query(batch, ["", ""])
+    torch.testing.assert_close(encoded.image_query, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoded.image_query[1], encoded.query[1])
+    assert not torch.allclose(encoded.image_query[0], encoded.query[0], atol=1e-3)  # the text moved the first query
+    assert net.encode_query_parts(batch, [TEXT, ""]).image_query is None
+
 def test_explanation_of_a_network_in_training_mode_is_the_eval_one(images):
     """The projection's dropout is off while explaining, whatever mode the network is in, and the mode is restored."""
     net = fitted_net()

@@ -73,6 +73,9 @@ class QueryResult:
     # how the query's text counted: {"weight": w of Q = w Q_composed + (1 - w) Q_image, "findings_read": [7-point
     # criteria read in it]}; None for an image-only query
     text_use: dict[str, Any] | None = None
+    # what the same image finds without the text (plain similarity, as many cases as shown): {"k", "counts":
+    # {diagnosis: n}, "case_ids"}; None for an image-only query
+    image_alone: dict[str, Any] | None = None
     # the differential case shown (monai_cir.differential): rank, case_id, diagnosis, similarity_rank, margin, max_margin
     differential: dict[str, Any] | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # "sr", "encapsulated_pdf", "pdf" -> file path

@@ -39,6 +39,7 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_rang
         study=query.dataset,
         score_range=score_range,
         differential_rank=result.differential["rank"] if result.differential else None,
+        image_alone=result.image_alone["counts"] if result.image_alone else None,
     )
     pdf_path.write_bytes(pdf)
     encapsulated_pdf_dataset(pdf, query.dataset).save_as(dcm_path, enforce_file_format=True)

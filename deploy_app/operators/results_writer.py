@@ -53,6 +53,7 @@ def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
         "accession_number": str(dataset.get("AccessionNumber", "") or "") or None if dataset is not None else None,
         "text": attr(q, "text", "") or "",
         "text_use": result.text_use,
+        "image_alone": result.image_alone,
         "site": attr(q, "site"),
         "notices": list(dict.fromkeys(result.notices)),
         "top_k": [

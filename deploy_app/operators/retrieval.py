@@ -211,6 +211,20 @@ def _forward_images(net: Any, images: Any) -> Any:
     return images.to(net.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
+def _diagnosis_counts(hits: Sequence[Any]) -> dict[str, int]:
+    """Cases per diagnosis among ``hits``, most first (ties in first-seen order)."""
+    counts: dict[str, int] = {}
+    for hit in hits:
+        counts[hit.metadata.diagnosis] = counts.get(hit.metadata.diagnosis, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _favoured(counts: dict[str, int]) -> str | None:
+    """The diagnosis with the most cases, None on a tie."""
+    top = [d for d, n in counts.items() if n == max(counts.values(), default=0)]
+    return top[0] if len(top) == 1 else None
+
+
 def _own_case(result: QueryResult, hits: Sequence[Any]) -> Any:
     """The hit that is the query's own image (a library case sent as a query), else None."""
     uid = attr(result.query, "sop_instance_uid")
@@ -396,23 +410,24 @@ class ComposedRetrievalOperator(Operator):
         start = time.perf_counter()
         images = torch.stack([tensor for _, tensor, _, _ in batch])
         texts = [text for _, _, text, _ in batch]
-        vectors, terms, outputs, text_features = [], [], [], []
+        vectors, image_vectors, terms, outputs, text_features = [], [], [], [], []
         with torch.inference_mode(), captured_image_maps(self.net) as captured:
             for part in _chunks(len(batch), self.net, self.batch_size):
-                encoded = self.net.encode_query_parts(_forward_images(self.net, images[part]), texts[part])
+                encoded = self.net.encode_query_parts(_forward_images(self.net, images[part]), texts[part], with_image_query=True)
                 vectors.append(encoded.query.float().cpu())
+                image_vectors.append(encoded.image_query.float().cpu())
                 terms.extend(encoded.terms.double().cpu().numpy() if encoded.terms is not None else [None] * len(encoded.query))
                 outputs.append(captured[-1] if len(captured) == len(vectors) else None)
                 # each query's text as it was composed (the explanation's, without a second text forward)
                 text_features.extend((encoded.tokens[j : j + 1], encoded.mask[j : j + 1]) for j in range(len(encoded.query)))
-        queries = torch.cat(vectors).numpy()
+        queries, image_queries = torch.cat(vectors).numpy(), torch.cat(image_vectors).numpy()
         if self.net.device.type == "cuda":
             torch.cuda.synchronize()
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
         from monai_cir.evidence import summarize_evidence
         from monai_cir.retrieval import evidence_disagreement_notice, ranked_answer
 
-        for (result, tensor, text, filters), vector, term in zip(batch, queries, terms):
+        for (result, tensor, text, filters), vector, image_vector, term in zip(batch, queries, image_queries, terms):
             t0 = time.perf_counter()
             # the evidence summary votes over more neighbours (calibration.k, 16 by default) than are shown
             shown = ranked_answer(self.index, vector, self.top_k, self.calibration.k, filters, terms=term, prior=self.net.diagnosis_prior,
@@ -433,6 +448,8 @@ class ComposedRetrievalOperator(Operator):
                 disagreement = evidence_disagreement_notice(result.evidence, shown)
                 if disagreement:
                     result.notices.append(disagreement)
+            if result.text_use and result.text_use["weight"] > 0 and result.hits:
+                self._image_alone(result, image_vector, filters)
             result.timing_ms["encode"] = encode_ms
             result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
             if not result.hits:
@@ -443,6 +460,26 @@ class ComposedRetrievalOperator(Operator):
             )
         if self.explain:
             self._explain(batch, self._query_maps(outputs, len(batch)), text_features)
+
+    def _image_alone(self, result: QueryResult, image_vector: Any, filters: dict | None) -> None:
+        """What the image alone finds (the same image, no text, plain similarity ranking, as many cases as shown):
+        the text and the diagnosis prior decide much of what is shown, and a reader who wrote the findings must
+        not take their own impression, returned, for independent evidence. ``result.image_alone`` holds the
+        counts per diagnosis; a notice says so when the image alone favours another diagnosis than the cases shown."""
+        alone = self.index.search(image_vector.reshape(1, -1), k=len(result.hits), filters=filters)[0]
+        counts = _diagnosis_counts(alone)
+        result.image_alone = {"k": len(alone), "counts": counts, "case_ids": [h.case_id for h in alone]}
+        shown = _diagnosis_counts(result.hits)
+        if alone and _favoured(counts) != _favoured(shown):
+            from monai_cir.data.report import CRITERIA
+
+            names = dict(CRITERIA)
+            listed = ", ".join(f"{d} {n}" for d, n in counts.items())
+            findings = ", ".join(names.get(f, f) for f in result.text_use["findings_read"]) or "as written"
+            result.notices.append(
+                f"the image alone, without the text, finds {listed} among its {len(alone)} most similar cases: the text "
+                f"({findings}) moved the answer towards {_favoured(shown) or 'other cases'}; weigh the findings you wrote, "
+                "not the cases that repeat them")
 
     def _query_maps(self, outputs: Sequence[Any], n: int) -> list[Any] | None:
         """The selected levels' maps of the batch's queries, as ``net.image_features`` returns them,

@@ -217,13 +217,16 @@ def render_report_pdf(
     algorithm_version: str | None = None,
     created: datetime.datetime | None = None,
     differential_rank: int | None = None,
+    image_alone: Mapping[str, int] | None = None,
 ) -> bytes:
     """The PDF bytes. ``hits`` as for :func:`monai_cir.dicom.sr.similar_cases_sr`;
     ``image_loader(hit)`` returns a library image (HWC) or None (placeholder box);
     ``explanations``: rank -> :class:`monai_cir.explain.Explanation` (or a ready HWC image), one page each;
     ``study``: the query's dataset, for the patient's sex and age and the identifiers;
     ``differential_rank``: the rank shown for the differential, not for its similarity
-    (:mod:`monai_cir.differential`; its row says so, a notice says why)."""
+    (:mod:`monai_cir.differential`; its row says so, a notice says why);
+    ``image_alone``: diagnosis -> cases among the same image's most similar cases without the text (one line
+    under the cases' heading: what the text changed)."""
     from reportlab import rl_config
     from reportlab.lib.colors import HexColor
     from reportlab.pdfgen.canvas import Canvas
@@ -288,6 +291,13 @@ def render_report_pdf(
     # with the diagnosis prior the order is not by similarity alone: the header must not say "best first"
     order = "ordered by similarity and likely diagnosis" if PRIOR_NOTICE in notices else "most similar first"
     canvas.drawString(left, y, f"{len(hits)} similar cases, {order} ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
+    if image_alone and hits:
+        canvas.setFont("Helvetica", 8)
+        canvas.setFillColor(HexColor("#333333"))
+        listed = ", ".join(f"{d} {n}" for d, n in image_alone.items())
+        canvas.drawString(left, y - 4 * _MM, f"Without the text, the image alone finds {listed} among its {sum(image_alone.values())} most similar cases.")
+        canvas.setFillColor(HexColor("#000000"))
+        y -= 4 * _MM
     y -= 4 * _MM
     columns = (left, left + 10 * _MM, left + 40 * _MM, left + 66 * _MM, left + 116 * _MM)
     canvas.setFont("Helvetica-Bold", 8)

@@ -124,6 +124,7 @@ class QueryEncoding(NamedTuple):
     terms: torch.Tensor | None  # the diagnosis prior's ranking terms (B, C + 1), or None
     tokens: torch.Tensor  # the texts' token embeddings (B, L, d), padded to the batch's longest text
     mask: torch.Tensor  # (B, L): the tokens composed (:meth:`ComposedRetrievalNet.text_features`'s mask)
+    image_query: torch.Tensor | None = None  # the same images' image-only queries (B, D), when asked for
 
 
 class ComposedRetrievalNet(nn.Module):
@@ -458,10 +459,12 @@ class ComposedRetrievalNet(nn.Module):
         encoded = self.encode_query_parts(images, texts)
         return encoded.query, encoded.terms
 
-    def encode_query_parts(self, images: torch.Tensor, texts: Sequence[str], with_terms: bool = True) -> QueryEncoding:
+    def encode_query_parts(self, images: torch.Tensor, texts: Sequence[str], with_terms: bool = True, with_image_query: bool = False) -> QueryEncoding:
         """:meth:`encode_query_and_terms` (``terms`` only ``with_terms`` and a diagnosis prior) and the texts'
         :meth:`text_features` it composed with, from the same forward: what explaining the query needs
-        besides its image maps (:func:`monai_cir.explain.explain_matches`), without a second text forward."""
+        besides its image maps (:func:`monai_cir.explain.explain_matches`), without a second text forward.
+        ``with_image_query``: also the same images' image-only queries (``encode_query(images, [""] * B)``, from the
+        same maps: the heads only), so that a reader can see what the text changed."""
         images = check_images(images)
         texts = check_texts(texts, images.shape[0])
         maps = self.image_features(images)
@@ -472,7 +475,13 @@ class ComposedRetrievalNet(nn.Module):
         with self._autocast():
             q = self.query_embedding(maps, texts_tokens, mask, weights, sentence).float()
         terms = self.diagnosis_prior(self.late_fusion_pool(maps), sentence, weights) if with_terms and self.diagnosis_prior is not None else None
-        return QueryEncoding(q, terms, texts_tokens, mask)
+        image_query = None
+        if with_image_query:
+            image_query = q
+            if bool((weights > 0).any()):  # no text in the query: the blank text's weight 0 and empty mask
+                with self._autocast():
+                    image_query = self.query_embedding(maps, texts_tokens, torch.zeros_like(mask), torch.zeros_like(weights), sentence).float()
+        return QueryEncoding(q, terms, texts_tokens, mask, image_query)
 
     def encode_target(self, images: torch.Tensor) -> torch.Tensor:
         """Case-library embeddings ``T`` (N, D) for images (N, 3, H, W) in [0, 1]."""
