@@ -509,3 +509,13 @@ def test_cli_cross_validates_an_own_collection_from_images_and_csv(shared_data, 
     labels = np.array([r.label for r in chosen])
     folds = fold_indices(SimpleNamespace(case_ids=[f"mine-{i}" for i in range(15)], labels=labels))
     assert all(sorted(labels[folds == f].tolist()) == [0, 1, 2] for f in range(5))  # stratified: one of each per fold
+
+
+def test_results_table_names_the_collection_it_scored():
+    """A table of your own collection's folds is not captioned Derm7pt."""
+    from monai_cir.evaluation.report import results_table
+
+    entry = {"label": "m", "acc@1": {"mean": 80.0, "std": 1.0}}
+    mine = results_table({"methods": {"m": entry}, "config": {"folds": [0, 1], "collection": "clinic-2026"}})
+    assert "clinic-2026, 2 folds [0, 1]" in mine and "Derm7pt" not in mine
+    assert "Derm7pt, 2 folds [0, 1]" in results_table({"methods": {"m": entry}, "config": {"folds": [0, 1]}})

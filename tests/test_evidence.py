@@ -200,3 +200,26 @@ def test_sr_carries_the_evidence_summary_and_reads_back(tmp_path):
     assert back.confidence == pytest.approx(summary.confidence, abs=1e-4) and back.k == summary.k
     for name, p in summary.distribution.items():
         assert back.distribution[name] == pytest.approx(p, abs=1e-4)
+    # the same vote uncalibrated: its shares are no probabilities, and the SR does not code them as such
+    from monai_cir.dicom import codes as C
+
+    def values(dataset, code):
+        def value(item):  # a project concept's OID is a Long Code Value
+            concept = item.ConceptNameCodeSequence[0]
+            return str(concept.get("CodeValue") or concept.get("LongCodeValue"))
+
+        return [item for item in _content_items(dataset) if item.get("ValueType") == "NUM" and value(item) == code.value]
+
+    assert len(values(ds, C.PROBABILITY)) == len(summary.distribution) and not values(ds, C.WEIGHTED_SHARE)
+    plain = summarize_evidence(hits, calibration=EvidenceCalibration(temperature=0.2, smoothing=0.1))
+    loose = sr.similar_cases_sr(query, hits, query_text="atypical network", evidence_summary=plain)
+    assert not values(loose, C.PROBABILITY) and len(values(loose, C.WEIGHTED_SHARE)) == len(plain.distribution)
+    loose.save_as(tmp_path / "loose.dcm")
+    back = sr.read_similar_cases_sr(tmp_path / "loose.dcm").evidence_summary
+    assert not back.calibrated and back.distribution == pytest.approx(plain.distribution, abs=1e-4)
+
+
+def _content_items(ds):
+    for item in ds.get("ContentSequence", []) or []:
+        yield item
+        yield from _content_items(item)

@@ -287,6 +287,12 @@ def test_image_only_queries_from_the_same_encoding(images):
         encoded = net.encode_query_parts(batch, [TEXT, ""], with_image_query=True)
         alone = net.encode_query(batch, ["", ""])
     torch.testing.assert_close(encoded.image_query, alone, atol=1e-5, rtol=1e-5)
+    # what lets a query with no text skip the composers: with no token, Eq. 5 passes the maps through
+    with torch.no_grad():
+        maps = net.image_features(batch)
+        tokens, mask = net.text_features([TEXT, TEXT])
+        composed = net.compose(maps, tokens, torch.zeros_like(mask))
+    torch.testing.assert_close(net.embed_maps(composed), net.embed_maps(maps), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(encoded.image_query[1], encoded.query[1])
     assert not torch.allclose(encoded.image_query[0], encoded.query[0], atol=1e-3)  # the text moved the first query
     assert net.encode_query_parts(batch, [TEXT, ""]).image_query is None

@@ -154,6 +154,8 @@ EVIDENCE_SUMMARY = project_code("5", "Retrieval-based evidence summary", legacy=
 PREDICTED_DIAGNOSIS = project_code("6", "Retrieval-based diagnosis suggestion", legacy="CIR012")
 DIAGNOSIS_CONFIRMATION = project_code("7", "Diagnosis confirmation method", legacy="CIR015")
 CALIBRATED = project_code("8", "Calibrated confidence", legacy="CIR016")
+# an evidence summary's share of a diagnosis when the vote is not calibrated: no probability, so not coded as one
+WEIGHTED_SHARE = project_code("9", "Similarity-weighted share")
 # Read-only: the diagnosis concept of the first release, recognised in library SRs it wrote.
 LEGACY_REFERENCE_DIAGNOSIS = Code("CIR005", LEGACY_PRIVATE_SCHEME, "Reference diagnosis")
 

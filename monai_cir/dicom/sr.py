@@ -22,7 +22,8 @@ project concept, the OID ``CONCEPT_ROOT + N`` in the ``ISO_OID`` scheme). OHIF 3
           TEXT (.4) Case library collection; TEXT (121106, DCM, Comment) = explanation [optional]
           IMAGE Source (TID 1501) -> the query image (frame), and the library image [when it has UIDs]
         Measurement Group, Finding type (.5) "Retrieval-based evidence summary"   [optional]
-          one group per diagnosis: CODE Diagnosis, NUM (122157, DCM) Probability, NUM (111406, DCM)
+          one group per diagnosis: CODE Diagnosis, NUM (122157, DCM) Probability when the vote is calibrated,
+          else NUM (.9) Similarity-weighted share, NUM (111406, DCM)
           Number of similar findings (cases with that diagnosis among the k that voted), CODE (.6)
           suggestion = Yes on the most probable one, CODE (.8) calibrated Yes/No, TEXT Comment = method
       CONTAINS Qualitative Evaluations (C0034375, UMLS)
@@ -307,7 +308,8 @@ def similar_cases_sr(
                 finding_type=C.EVIDENCE_SUMMARY,
                 algorithm_id=algorithm,
                 measurements=[
-                    num(C.PROBABILITY, min(1.0, float(share))),
+                    # a viewer shows the concept's name: "Probability" only when the vote was calibrated
+                    num(C.PROBABILITY if summary.calibrated else C.WEIGHTED_SHARE, min(1.0, float(share))),
                     num(C.NUMBER_OF_SIMILAR_FINDINGS, int(summary.counts.get(diagnosis, 0))),
                 ],
                 qualitative_evaluations=qualitative,
@@ -504,7 +506,8 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
         diagnosis_code = _qualitative(group, C.DIAGNOSIS)
         diagnosis = C.diagnosis_from_code(diagnosis_code.scheme_designator, diagnosis_code.value, diagnosis_code.meaning) if diagnosis_code else None
         if _is(group.finding_type, C.EVIDENCE_SUMMARY):
-            distribution[diagnosis] = _measurement(group, C.PROBABILITY)
+            share = _measurement(group, C.PROBABILITY)
+            distribution[diagnosis] = share if share is not None else _measurement(group, C.WEIGHTED_SHARE)
             counts[diagnosis] = int(round(_measurement(group, C.NUMBER_OF_SIMILAR_FINDINGS) or 0))
             if _is(_qualitative(group, C.PREDICTED_DIAGNOSIS), C.YES):
                 predicted = diagnosis

@@ -26,7 +26,9 @@ def results_table(results: dict[str, Any]) -> str:
         lines.append(f"| {entry.get('label', name)} (`{name}`){suffix} | " + " | ".join(_cell(entry[k]) if k in entry else "–" for k in METRIC_KEYS) + " |")
     folds = results.get("config", {}).get("folds")
     lines.append("")
-    lines.append(f"Derm7pt, {len(folds or [])} folds {folds}; mean ± sample std (ddof=1) over folds, percent. "
+    collection = results.get("config", {}).get("collection", "derm7pt")
+    name = "Derm7pt" if collection == "derm7pt" else collection  # your own collection is named as it is
+    lines.append(f"{name}, {len(folds or [])} folds {folds}; mean ± sample std (ddof=1) over folds, percent. "
                  "P@5 = share of the top 5 with the query's diagnosis.")
     for collection, block in results.get("cross_site", {}).items():
         lines += ["", f"Cross-site: {collection}, {block['protocol']} (N = {block['n']})", "", *header]

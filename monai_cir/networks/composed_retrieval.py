@@ -396,6 +396,10 @@ class ComposedRetrievalNet(nn.Module):
         (:meth:`text_weights`). Both terms are :meth:`embed_maps` vectors, so ``<Q, T>`` is the same blend
         of two Eq. 9 scores and a query stays one inner product. The image-only term is computed only
         for the queries with ``0 < w < 1``."""
+        if not bool(mask.any()):
+            # no query composes a text (blank, gated out, or the image-only query): the composers would pass every
+            # map through (Eq. 5 adds nothing without tokens), so skip their work
+            return self.embed_maps(maps)
         q = self.embed_maps(self.compose(maps, tokens, mask))
         w = weights.to(device=q.device, dtype=q.dtype).view(-1, 1)
         partial = (w > 0) & (w < 1)
