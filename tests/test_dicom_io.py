@@ -508,6 +508,21 @@ def test_answers_are_utf8_whatever_the_query_character_set(tmp_path, dicomized):
     back = pydicom.dcmread(tmp_path / "pdf.dcm")
     assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "ヤマダ^タロウ=山田^太郎"
     assert [(s.ReferencedSOPClassUID, s.ReferencedSOPInstanceUID) for s in back.SourceInstanceSequence] == [(query.sop_class_uid, query.sop_instance_uid)]
+    # the PDF draws each text in a font that has its characters (black boxes otherwise): the Japanese report in
+    # a Japanese CID font, Greek in the embedded DejaVu Sans, Latin-1 in the base fonts
+    from reportlab.pdfbase import pdfmetrics
+
+    from monai_cir.dicom.report_pdf import render_report_pdf, text_font
+
+    document = back.EncapsulatedDocument
+    assert b"HeiseiKakuGo-W5" in document
+    greek = "Παπαδοπούλου: άτυπο δίκτυο"
+    assert text_font("naevus, café-au-lait") == "Helvetica" and text_font("背中") == "STSong-Light" and text_font("등") == "HYGothic-Medium"
+    assert text_font(greek) == "DejaVuSans" and text_font(greek, "Helvetica-Bold") == "DejaVuSans-Bold"
+    face = pdfmetrics.getFont("DejaVuSans").face
+    assert all(ord(ch) in face.charToGlyph for ch in greek if not ch.isspace())
+    rendered = render_report_pdf(query.image, greek, [])
+    assert b"DejaVuSans" in rendered and b"/FontFile2" in rendered  # embedded, not named only
     # the app's own PDF sent back with the study is not a query, and says so
     shutil.copy(tmp_path / "pdf.dcm", case / "answer.dcm")
     problems = read_dicom_folder(tmp_path / "jp").problems

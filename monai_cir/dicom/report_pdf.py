@@ -15,6 +15,7 @@ thumbnails are embedded as JPEG. The PDF goes into an Encapsulated PDF Storage o
 from __future__ import annotations
 
 import datetime
+import functools
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -98,6 +99,56 @@ def _draw_image(canvas, image: np.ndarray | None, x: float, y: float, w: float, 
     canvas.rect(x, y, w, h, stroke=1, fill=0)
 
 
+def text_font(text: str, font: str = "Helvetica") -> str:
+    """The font to draw ``text`` in: ``font`` (a PDF base font, WinAnsi-encoded) when it has every character,
+    else a Unicode one: DejaVu Sans, embedded (a subset), for Latin, Greek, Cyrillic...; for Chinese,
+    Japanese or Korean text one of the PDF's standard CID fonts (STSong-Light, HeiseiKakuGo-W5, HYGothic-Medium;
+    not embedded: a reader shows them with its own Asian fonts). A name or report in another script must not
+    print as black boxes."""
+    try:
+        str(text).encode("cp1252")
+        return font
+    except UnicodeEncodeError:
+        pass
+    bold = font.endswith("Bold")
+    codes = [ord(ch) for ch in str(text)]
+    if any(0xAC00 <= c <= 0xD7AF or 0x1100 <= c <= 0x11FF or 0x3130 <= c <= 0x318F for c in codes):
+        return _cid_font("HYGothic-Medium")
+    if any(0x3040 <= c <= 0x30FF for c in codes):  # kana: Japanese
+        return _cid_font("HeiseiKakuGo-W5")
+    if any(0x3400 <= c <= 0x9FFF or 0xF900 <= c <= 0xFAFF or 0x3000 <= c <= 0x303F or 0xFF00 <= c <= 0xFFEF for c in codes):
+        return _cid_font("STSong-Light")
+    return _dejavu(bold) or font
+
+
+@functools.lru_cache(maxsize=None)
+def _cid_font(name: str) -> str:
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+
+    pdfmetrics.registerFont(UnicodeCIDFont(name))
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _dejavu(bold: bool) -> str | None:
+    """DejaVu Sans (matplotlib, a dependency, ships it), registered once; None when not found."""
+    import importlib.util
+    from pathlib import Path
+
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    spec = importlib.util.find_spec("matplotlib")
+    name = "DejaVuSans-Bold" if bold else "DejaVuSans"
+    for root in (spec.submodule_search_locations if spec and spec.submodule_search_locations else []):
+        path = Path(root) / "mpl-data" / "fonts" / "ttf" / f"{name}.ttf"
+        if path.is_file():
+            pdfmetrics.registerFont(TTFont(name, str(path)))
+            return name
+    return None
+
+
 def _wrapped(text: str, font: str, size: float, width: float) -> list[str]:
     """``text`` as the lines it takes at ``width``."""
     from reportlab.lib.utils import simpleSplit
@@ -108,9 +159,16 @@ def _wrapped(text: str, font: str, size: float, width: float) -> list[str]:
     return lines
 
 
+def _draw_text(canvas, x: float, y: float, text: str, font: str = "Helvetica", size: float = 9) -> None:
+    """One line of text that may hold any script (:func:`text_font`)."""
+    canvas.setFont(text_font(text, font), size)
+    canvas.drawString(x, y, text)
+
+
 def _paragraph(canvas, text: str, x: float, y: float, width: float, font: str = "Helvetica", size: float = 9, leading: float | None = None, max_lines: int = 40) -> float:
     """Wrapped text from the top line at ``y``; returns the y below the last line."""
     leading = leading or size * 1.25
+    font = text_font(text, font)
     canvas.setFont(font, size)
     lines = _wrapped(text, font, size, width)
     if len(lines) > max_lines:
@@ -258,7 +316,7 @@ def render_report_pdf(
         if study.get("AccessionNumber"):
             ids.append(f"accession {study.AccessionNumber}")
     patient = _patient_line(study)
-    canvas.drawString(left, height - 33 * _MM, "   ".join(ids + ([patient] if patient else [])))
+    _draw_text(canvas, left, height - 33 * _MM, "   ".join(ids + ([patient] if patient else [])), size=8)
     canvas.setFillColor(HexColor("#000000"))
 
     # query image and text
@@ -274,7 +332,8 @@ def render_report_pdf(
         canvas.setFillColor(HexColor("#805000"))
         # the notes fill the space beside the query image and go on below it, across the page (the cases' table
         # moves down): a notice cut short is one the reader does not get
-        lines = _wrapped("Notes: " + "; ".join(str(n) for n in notices), "Helvetica", 7, right - text_x)
+        notes = "Notes: " + "; ".join(str(n) for n in notices)
+        lines = _wrapped(notes, text_font(notes), 7, right - text_x)
         beside = max(0, int((y - 2 * _MM - below_image) // (7 * 1.25)))
         if beside:
             _paragraph(canvas, "\n".join(lines[:beside]), text_x, y - 2 * _MM, right - text_x, size=7, max_lines=beside)
@@ -318,11 +377,10 @@ def render_report_pdf(
         canvas.setFont("Helvetica-Bold", 11)
         canvas.drawString(columns[0], mid, str(_get(hit, "rank")))
         canvas.drawString(columns[2], mid, f"{similarity_percent(float(_get(hit, 'score')), score_range):.0f}%")
-        canvas.setFont("Helvetica", 9)
-        canvas.drawString(columns[3], mid, diagnosis)
+        _draw_text(canvas, columns[3], mid, diagnosis, size=9)
         canvas.setFillColor(HexColor("#555555"))
+        _draw_text(canvas, columns[3], mid - 3.5 * _MM, f"{_get(hit, 'case_id')}, {_get(meta, 'collection') or 'library'}"[:48], size=7)
         canvas.setFont("Helvetica", 7)
-        canvas.drawString(columns[3], mid - 3.5 * _MM, f"{_get(hit, 'case_id')}, {_get(meta, 'collection') or 'library'}"[:48])
         # under the case id, in the diagnosis column (the rank column is too narrow: it ran over the thumbnail)
         marks = (["differential"] if differential_rank is not None and _get(hit, "rank") == differential_rank else []) + (
             ["more similar than the case above"] if float(_get(hit, "score")) > previous_score + 1e-9 else [])
@@ -371,8 +429,8 @@ def _footer(canvas: Any, text: str, page: int, pages: int) -> None:
 
     width, _ = _A4
     canvas.setFillColor(HexColor("#555555"))
+    _draw_text(canvas, 15 * _MM, 9 * _MM, text[:150], size=7)
     canvas.setFont("Helvetica", 7)
-    canvas.drawString(15 * _MM, 9 * _MM, text[:150])
     canvas.drawRightString(width - 15 * _MM, 9 * _MM, f"page {page} of {pages}")
     canvas.setFillColor(HexColor("#000000"))
 
