@@ -27,7 +27,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -125,6 +125,8 @@ class EvidenceSummary:
         counts: unweighted number of hits per diagnosis.
         confirmed: of those, how many are histopathology-confirmed (biopsy), per diagnosis (empty when the
             hits did not say how their diagnoses were confirmed).
+        library: cases per diagnosis in the whole library the hits came from (empty when not given): what a
+            vote would look like with no similarity at all (a library of 72% nevi gives nevi most votes).
         calibrated: whether the temperature / floor were fitted on held-out data.
         method: one line on how the distribution was formed.
     """
@@ -136,6 +138,7 @@ class EvidenceSummary:
     label: str = DECISION_SUPPORT_LABEL
     counts: dict[str, int] = field(default_factory=dict)
     confirmed: dict[str, int] = field(default_factory=dict)
+    library: dict[str, int] = field(default_factory=dict)
     calibrated: bool = False
     method: str = ""
 
@@ -190,10 +193,13 @@ class EvidenceSummary:
         shares = ", ".join(f"{d} {p:.0%}" for d, p in self.distribution.items())
         top = [d for d in self.counts if self.counts[d] == max(self.counts.values(), default=0)]
         tie = f" The counts tie ({' and '.join(top)})." if len(top) > 1 else ""
+        total = sum(self.library.values())
+        base = ("" if not total else " For comparison, the whole library of " + f"{total} cases: " + ", ".join(
+            f"{d} {n / total:.0%}" for d, n in sorted(self.library.items(), key=lambda kv: (-kv[1], kv[0]))) + ".")
         return (
             (f"{self.label}. " if label else "")
             + f"Among the {self.k} most similar library cases: {counted}.{tie} Weighted by similarity: {shares} "
-            f"({'calibrated' if self.calibrated else 'not calibrated'}). This describes the library cases, not this patient."
+            f"({'calibrated' if self.calibrated else 'not calibrated'}).{base} This describes the library cases, not this patient."
         )
 
 
@@ -262,6 +268,7 @@ def summarize_evidence(
     calibration: EvidenceCalibration | None = None,
     classes: Sequence[str] | None = None,
     k: int | None = None,
+    library: Mapping[str, int] | None = None,
 ) -> EvidenceSummary:
     """The evidence summary of one query's ranked hits.
 
@@ -272,6 +279,8 @@ def summarize_evidence(
         classes: every diagnosis the library holds, so that classes absent from the top-k still
             appear (with the floor ``ε / C``); default the diagnoses present among the hits.
         k: how many hits vote (default ``calibration.k``; the first ``k`` of ``hits``).
+        library: cases per diagnosis in the whole library (``index.info()["diagnosis"]``), for the reader's
+            comparison (the vote's base rate).
     """
     calibration = calibration or UNCALIBRATED
     if hits is not None:
@@ -306,6 +315,7 @@ def summarize_evidence(
         confidence=float(probs[order[0]]),
         counts=counts,
         confirmed=confirmed,
+        library={str(d): int(n) for d, n in (library or {}).items()},
         calibrated=calibration.fitted,
         method=f"top-{len(diagnoses)} {weighting}, floor {calibration.smoothing:.3g}; {calibration.description}",
     )

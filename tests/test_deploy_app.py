@@ -956,6 +956,7 @@ def test_what_the_image_alone_finds_is_recorded_beside_what_the_text_changed(app
     for h in expected:
         counts[h.metadata.diagnosis] = counts.get(h.metadata.diagnosis, 0) + 1
     assert alone["counts"] == counts
+    assert answer["evidence"]["library"] == index.info()["diagnosis"]  # the vote's base rate, beside it
     listed = ", ".join(f"{d} {n}" for d, n in alone["counts"].items())
     page = " ".join(pdf_text((app_run["out"] / answer["outputs"]["pdf"]).read_bytes())[0].split())
     assert f"Without the text, the image alone finds {listed} among its {alone['k']} most similar cases." in page

@@ -86,6 +86,10 @@ def test_summary_text_counts_each_diagnosis_and_its_biopsy_confirmed_cases_and_s
     bare = summarize_evidence(diagnoses=["nevus", "melanoma"], scores=[0.9, 0.8])
     assert bare.confirmed == {} and "biopsy" not in bare.text()
     assert EvidenceSummary.from_dict(summary.to_dict()) == summary
+    # beside the whole library's make-up: a library of 72% nevi gives nevi most votes without any similarity
+    based = summarize_evidence(hits, calibration=EvidenceCalibration(temperature=0.1, k=4), library={"nevus": 86, "melanoma": 34})
+    assert "For comparison, the whole library of 120 cases: nevus 72%, melanoma 28%." in based.text()
+    assert "For comparison" not in summary.text()
 
 def _miscalibrated(n: int, seed: int):
     """Neighbourhoods that agree among themselves (vote share ~0.95) but are right only ~70% of the

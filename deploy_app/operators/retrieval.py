@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,7 @@ class LoadedModels:
     load_s: float
     grid_maps: Any = None  # monai_cir.grid_store.GridMapStore of the library (MODELS/index/grid_maps), or None
     differential: Any = None  # monai_cir.differential.DifferentialSlot the checkpoint records, or None (no slot)
+    library: dict[str, int] = field(default_factory=dict)  # cases per diagnosis in the index (the evidence's base rate)
 
     @property
     def device(self) -> Any:
@@ -170,8 +171,9 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
         else:
             logger.info("no %s in MODELS: the evidence summary is an uncalibrated score-weighted vote", EVIDENCE_CALIBRATION)
             calibration = UNCALIBRATED
+        library = index.info()["diagnosis"]
         loaded = LoadedModels(
-            net=net, index=index, calibration=calibration, classes=sorted(index.info()["diagnosis"]),
+            net=net, index=index, calibration=calibration, classes=sorted(library), library=library,
             checkpoint=checkpoint, index_dir=index_dir, load_s=time.perf_counter() - start, grid_maps=grid_maps,
             differential=DifferentialSlot.from_checkpoint_info(net.checkpoint_info),
         )
@@ -339,6 +341,7 @@ class ComposedRetrievalOperator(Operator):
         self.output_name = "results"
         self.models = models
         self.net, self.index, self.calibration, self.classes = models.net, models.index, models.calibration, models.classes
+        self.library = models.library
         self.batch_size = int(batch_size) if batch_size else (16 if self.net.device.type == "cuda" else 4)
         super().__init__(fragment, *args, **kwargs)
 
@@ -444,7 +447,7 @@ class ComposedRetrievalOperator(Operator):
                 result.differential = dict(shown.differential)
                 result.notices.append(result.differential.pop("notice"))
             if pool:
-                result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes)
+                result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes, library=self.library)
                 disagreement = evidence_disagreement_notice(result.evidence, shown)
                 if disagreement:
                     result.notices.append(disagreement)

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if calibration is not None and pool:
         from monai_cir.evidence import summarize_evidence
 
-        summary = summarize_evidence(pool, calibration=calibration, classes=sorted(index.info()["diagnosis"]))
+        library = index.info()["diagnosis"]
+        summary = summarize_evidence(pool, calibration=calibration, classes=sorted(library), library=library)
     disagreement = retrieval.evidence_disagreement_notice(summary, shown)
     explanations: list[Any] = []
     if args.explain and hits:
