@@ -519,3 +519,11 @@ def test_results_table_names_the_collection_it_scored():
     mine = results_table({"methods": {"m": entry}, "config": {"folds": [0, 1], "collection": "clinic-2026"}})
     assert "clinic-2026, 2 folds [0, 1]" in mine and "Derm7pt" not in mine
     assert "Derm7pt, 2 folds [0, 1]" in results_table({"methods": {"m": entry}, "config": {"folds": [0, 1]}})
+
+
+def test_figures_colour_each_class_as_the_report_does():
+    from monai_cir.dicom.report_pdf import CLASS_COLOURS, OTHER_CLASS_COLOUR
+    from monai_cir.evaluation.report import _class_colour
+
+    assert [_class_colour(i) for i in range(3)] == [CLASS_COLOURS[n] for n in ("melanoma", "nevus", "benign keratosis")]
+    assert _class_colour(7) == OTHER_CLASS_COLOUR

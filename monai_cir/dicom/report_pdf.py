@@ -31,8 +31,12 @@ from .sr import DECISION_SUPPORT_NOTE, DEFAULT_SCORE_RANGE, _get, _query_dataset
 
 __all__ = ["CLASS_COLOURS", "CONFIRMATION_WORDS", "encapsulated_pdf_dataset", "render_report_pdf", "similar_cases_pdf"]
 
-CLASS_COLOURS: dict[str, str] = {"melanoma": "#d62728", "nevus": "#2ca02c", "benign keratosis": "#1f77b4"}
-_OTHER_COLOUR = "#7f7f7f"
+# each class's colour in the report and in the figures (monai_cir.evaluation.report): Okabe-Ito's colour-blind-safe
+# palette (vermillion, blue, bluish green; red against green is the pair a red-green colour-blind reader cannot tell
+# apart); other classes grey
+CLASS_COLOURS: dict[str, str] = {"melanoma": "#D55E00", "nevus": "#0072B2", "benign keratosis": "#009E73"}
+OTHER_CLASS_COLOUR = "#7F7F7F"
+
 # What the report says of each confirmation status (monai_cir.data.collections.CONFIRMATIONS).
 CONFIRMATION_WORDS: dict[str, str] = {
     "histopathology": "biopsy-confirmed (histopathology)",
@@ -223,7 +227,7 @@ def _explanation_page(canvas, rank: int, hit: Any, explanation: Any, score_range
     for i, (image, heat, label) in enumerate(
         ((explanation.query_image, explanation.query_heatmap, "Query"), (explanation.target_image, explanation.target_heatmap, f"Case {rank}"))
     ):
-        _draw_image(canvas, _overlay(image, heat), 20 * _MM + i * (box + 10 * _MM), top, box, box, CLASS_COLOURS.get(str(diagnosis), _OTHER_COLOUR) if i else "#000000")
+        _draw_image(canvas, _overlay(image, heat), 20 * _MM + i * (box + 10 * _MM), top, box, box, CLASS_COLOURS.get(str(diagnosis), OTHER_CLASS_COLOUR) if i else "#000000")
         canvas.setFont("Helvetica", 9)
         canvas.drawString(20 * _MM + i * (box + 10 * _MM), top - 5 * _MM, label)
     y = top - 14 * _MM
@@ -372,7 +376,7 @@ def render_report_pdf(
         diagnosis = str(_get(meta, "diagnosis") or "unknown")
         confirmation = str(_get(meta, "confirmation") or "unknown")
         row_top = y
-        _draw_image(canvas, _load(image_loader, hit), columns[1], row_top - thumb, thumb, thumb, CLASS_COLOURS.get(diagnosis, _OTHER_COLOUR))
+        _draw_image(canvas, _load(image_loader, hit), columns[1], row_top - thumb, thumb, thumb, CLASS_COLOURS.get(diagnosis, OTHER_CLASS_COLOUR))
         mid = row_top - thumb / 2
         canvas.setFont("Helvetica-Bold", 11)
         canvas.drawString(columns[0], mid, str(_get(hit, "rank")))

@@ -71,7 +71,12 @@ def text_forms_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-CLASS_COLOURS = {0: "#d62728", 1: "#2ca02c", 2: "#1f77b4"}  # melanoma red, nevus green, benign keratosis blue
+def _class_colour(label: int) -> str:
+    """The report's colour of class ``label`` (:data:`monai_cir.dicom.report_pdf.CLASS_COLOURS`)."""
+    from ..data.collections import CLASS_NAMES
+    from ..dicom.report_pdf import CLASS_COLOURS, OTHER_CLASS_COLOUR
+
+    return CLASS_COLOURS.get(CLASS_NAMES[label], OTHER_CLASS_COLOUR) if 0 <= label < len(CLASS_NAMES) else OTHER_CLASS_COLOUR
 
 
 def retrieval_figure(cache: Any, fold_rankings: dict[int, dict[str, Any]], method: str, out_dir: Any, k: int = 5, image_size: int = 260) -> Any:
@@ -118,12 +123,12 @@ def retrieval_figure(cache: Any, fold_rankings: dict[int, dict[str, Any]], metho
             ax.imshow(load_image(cache.records[index].image_path, image_size).permute(1, 2, 0).numpy())
             ax.set_xticks([])
             ax.set_yticks([])
-            colour = CLASS_COLOURS.get(int(labels[index]), "black")
+            colour = _class_colour(int(labels[index]))
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(5 if c > 1 else 2)
             ax.set_title(title, fontsize=8)
-    handles = [Patch(edgecolor=CLASS_COLOURS[i], facecolor="none", linewidth=3, label=n) for i, n in enumerate(CLASS_NAMES)]
+    handles = [Patch(edgecolor=_class_colour(i), facecolor="none", linewidth=3, label=n) for i, n in enumerate(CLASS_NAMES)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(f"Top-{k} retrieval, {method}, Derm7pt fold {fold} (queries with median AP per class)", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
