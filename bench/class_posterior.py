@@ -31,7 +31,11 @@ ranked by ``S`` alone, as the release ranks it; ``gated+partial`` the same with 
 cases' template texts and their partial-form texts (the inner CV keeps a case's two texts together);
 ``gated+matched`` the template probe for a text naming 5 or more findings and that second probe for one naming
 fewer (a rule chosen after the ``gated`` and ``gated+partial`` rows of these folds: its figures are not an
-independent test).
+independent test). ``--min-findings 2 3`` adds each gated rule with a floor: a text naming fewer findings than that
+is ranked by ``S`` alone (rows ``<rule> >=N``), to see whether one finding should move the ranking at all:
+
+    .venv/bin/python bench/class_posterior.py --probes gated+matched --lambdas 0 10 --min-findings 1 2 3 \
+        --text-forms partial,template --out bench/results/derm7pt_class_posterior_findings_floor.json
 """
 
 from __future__ import annotations
@@ -57,7 +61,12 @@ def main(argv=None) -> int:
     parser.add_argument("--text-forms", default="", help="also score the query texts in these forms (comma-separated, as "
                         "monai-cir evaluate --text-forms; 'empty' is each row's image-only query); not with the criteria probe")
     parser.add_argument("--out", type=Path, default=Path("bench/results/derm7pt_class_posterior.json"))
+    parser.add_argument("--min-findings", type=int, nargs="+", default=[1],
+                        help="floors for the gated rules: a text naming fewer 7-point findings gets no posterior term (1: none)")
     args = parser.parse_args(argv)
+    # a gated rule with a floor is a probe of its own: "<rule> >=N"
+    args.probes = [p if m <= 1 or not p.startswith("gated") else f"{p} >={m}" for p in args.probes for m in sorted(set(args.min_findings))
+                   if m <= 1 or p.startswith("gated")]
     forms = [f for f in args.text_forms.split(",") if f]
     if forms and "criteria+sentence+image" in args.probes:
         parser.error("the criteria probe reads the cases' structured findings, not the query text: leave it out with --text-forms")
@@ -108,29 +117,36 @@ def main(argv=None) -> int:
             fits[(kind, ctx.fold, partial_too)] = search.best_estimator_
         return fits[(kind, ctx.fold, partial_too)]
 
-    def text_weight(ctx) -> np.ndarray:
-        # the network's findings gate: w = min(1, n / 5), n the 7-point findings the query text names (full_text_findings=5)
+    def rule(probe: str) -> tuple[str, int]:
+        """(the rule's name, its findings floor) of a probe name such as ``gated+matched >=2``."""
+        name, _, floor = probe.partition(" >=")
+        return name, int(floor or 1)
+
+    def text_weight(ctx, floor: int = 1) -> np.ndarray:
+        # the network's findings gate: w = min(1, n / 5), n the 7-point findings the query text names (full_text_findings=5);
+        # 0 below the floor
         n = np.array([len(recognised_findings(ctx.query_cache.records[int(i)].text)) for i in ctx.query_indices], dtype=float)
-        return np.minimum(1.0, n / 5)
+        return np.where(n >= floor, np.minimum(1.0, n / 5), 0.0)
 
     def release_and_posterior(ctx, probe: str):
         # the release network's S (its training shared by every variant through the evaluation's memo) and the
         # probe's log posterior of each library case's diagnosis, once per fold, probe and query text form;
         # "gated": the sentence + image probe's, weighted by the findings gate (a text naming none: S alone)
         key = (probe, ctx.fold, id(ctx.query_cache))
+        name, floor = rule(probe)
         if key not in memo:
             q, t = cv_methods._composed_late_fusion(ctx)
-            kind = "sentence+image" if probe.startswith("gated") else probe
-            model = fitted_probe(kind, ctx, partial_too=probe == "gated+partial")
+            kind = "sentence+image" if name.startswith("gated") else name
+            model = fitted_probe(kind, ctx, partial_too=name == "gated+partial")
             x_query = inputs(kind, ctx.query_cache, ctx.query_indices)
             p = model.predict_proba(x_query)
-            if probe == "gated+matched":  # a text naming fewer than 5 findings: the probe also fitted on partial texts
+            if name == "gated+matched":  # a text naming fewer than 5 findings: the probe also fitted on partial texts
                 partly = text_weight(ctx) < 1
                 if partly.any():
                     p[partly] = fitted_probe(kind, ctx, partial_too=True).predict_proba(x_query[partly])
             log_p = np.log(np.clip(p[:, np.searchsorted(model.classes_, ctx.database_labels)], 1e-12, None))
-            if probe.startswith("gated"):
-                log_p = text_weight(ctx)[:, None] * log_p
+            if name.startswith("gated"):
+                log_p = text_weight(ctx, floor)[:, None] * log_p
             memo[key] = ((q @ t.T).double(), torch.as_tensor(log_p, dtype=torch.float64), float((p.argmax(1) == ctx.query_labels).mean()),
                          ctx.query_labels, ctx.database_labels)
         return memo[key]
@@ -170,7 +186,7 @@ def main(argv=None) -> int:
                               "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None} for k, v in per_fold.items()}})
     # lambda cross-fitted per probe: each held-out fold takes the value best on the other folds' Acc@1, mAP and P@5
     cross_fitted = [{"probe": probe, **cross_fit([r for r in rows if r["probe"] == probe], len(args.folds), KEYS)} for probe in args.probes]
-    probes = {probe: {"C_chosen": [chosen_c[("sentence+image" if probe.startswith("gated") else probe, f, probe == "gated+partial")] for f in args.folds],
+    probes = {probe: {"C_chosen": [chosen_c[("sentence+image" if probe.startswith("gated") else probe, f, rule(probe)[0] == "gated+partial")] for f in args.folds],
                       "held_out_accuracy": [round(100 * memo[(probe, f, id(cache))][2], 2) for f in args.folds]} for probe in args.probes}
     for r in [*rows, *cross_fitted]:
         print(f"{r['probe']:24s} lambda {r['lambda']!s:28s} " + "  ".join(f"{k} {r[k]['mean']:.1f}" for k in KEYS), flush=True)
