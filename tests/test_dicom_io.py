@@ -464,6 +464,80 @@ def test_a_uid_collision_gives_no_patient_anothers_report(tmp_path):
     assert any(f"an SR of another patient ({other.PatientID})" in n for n in scan.queries[0].notices)
 
 
+
+def _also_references(sr_path: Path, image: Dataset) -> None:
+    """Make the SR at ``sr_path`` reference ``image`` too (its evidence, under the image's study)."""
+    sr = pydicom.dcmread(sr_path)
+    ref, series, study = Dataset(), Dataset(), Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = image.SOPClassUID, image.SOPInstanceUID
+    series.SeriesInstanceUID, series.ReferencedSOPSequence = image.SeriesInstanceUID, [ref]
+    study.StudyInstanceUID, study.ReferencedSeriesSequence = image.StudyInstanceUID, [series]
+    sr.CurrentRequestedProcedureEvidenceSequence.append(study)
+    sr.save_as(sr_path, enforce_file_format=True)
+
+
+def test_report_text_comes_from_its_own_patient_and_study(tmp_path):
+    """Which report an image's query text comes from, where UIDs and identities disagree (a second review):
+    never another patient's, this study's before another's, and every time the notice says what was left out."""
+    from highdicom.sr import RelationshipTypeValues, TextContentItem
+
+    def one(folder: Path) -> DermoscopyQuery:
+        scan = read_dicom_folder(folder)
+        assert len(scan.queries) == 1, scan.problems
+        return scan.queries[0]
+
+    # the study's only SR references no image and is of another patient: its text is not used
+    a = make_case(tmp_path / "a", "case", text=None)
+    sr = _enhanced_sr(pydicom.dcmread(a / "image.dcm"), [TextContentItem(C.FINDING, "another patient's report", relationship_type=RelationshipTypeValues.CONTAINS)], reference=False)
+    sr.PatientID = "SOMEONE-ELSE"
+    sr.save_as(a / "sr.dcm", enforce_file_format=True)
+    query = one(tmp_path / "a")
+    assert query.text == "" and any("is of another patient (SOMEONE-ELSE): its text is not used" in n for n in query.notices)
+    assert not any("no SR in the study" in n or "none references this image" in n for n in query.notices), query.notices
+
+    # an image without Patient ID takes its report's text, and the notice names the report's patient
+    b = make_case(tmp_path / "b", "case", text="the report")
+    patient = pydicom.dcmread(b / "sr.dcm").PatientID
+    _variant(b / "image.dcm", b, PatientID="")
+    query = one(tmp_path / "b")
+    assert query.text == "the report"
+    assert f"this image has no Patient ID, the report used is of Patient ID {patient}: check that it is this patient's" in query.notices
+
+    # an SR that also references another study's image: that image keeps its own study's report only
+    first = make_case(tmp_path / "c", "first", text="report one")
+    second = make_case(tmp_path / "c", "second", pixels=255 - synthetic_image(), text="report two")
+    other = pydicom.dcmread(second / "image.dcm")
+    other.PatientID = pydicom.dcmread(first / "image.dcm").PatientID  # the same patient, two studies
+    other.save_as(second / "image.dcm", enforce_file_format=True)
+    twin = pydicom.dcmread(second / "sr.dcm")
+    twin.PatientID = other.PatientID
+    twin.save_as(second / "sr.dcm", enforce_file_format=True)
+    _also_references(first / "sr.dcm", other)
+    texts = {Path(q.source_path).parent.name: q for q in read_dicom_folder(tmp_path / "c").queries}
+    assert texts["first"].text == "report one" and texts["second"].text == "report two"
+    assert any("an SR of another study" in n and "only this study's report is used" in n for n in texts["second"].notices)
+
+    # an SR and an image with one SOP Instance UID collide: neither is used
+    d = make_case(tmp_path / "d", "case")
+    image = pydicom.dcmread(d / "image.dcm")
+    _variant(d / "sr.dcm", d, name="sr.dcm", SOPInstanceUID=image.SOPInstanceUID)
+    scan = read_dicom_folder(tmp_path / "d")
+    assert scan.queries == [] and len(scan.problems) == 2 and all("(an SR and an image)" in p.message for p in scan.problems)
+
+    # two copies of one study, the second SR amended under the same UID: both SRs refused, the image answered once
+    e = make_case(tmp_path / "e", "case")
+    shutil.copytree(e, tmp_path / "e" / "again")
+    amended = pydicom.dcmread(tmp_path / "e" / "again" / "sr.dcm")
+    for item in _items(amended):
+        if item.get("ValueType") == "TEXT" and str(item.get("TextValue", "")) == "a flat brown lesion":
+            item.TextValue = "an amended report"
+    amended.save_as(tmp_path / "e" / "again" / "sr.dcm", enforce_file_format=True)
+    scan = read_dicom_folder(tmp_path / "e")
+    assert len(scan.queries) == 1 and scan.queries[0].text == ""
+    assert sorted(Path(p.path).name for p in scan.problems) == ["sr.dcm", "sr.dcm"] and all("(another report)" in p.message for p in scan.problems)
+    assert any("report SR(s) of this study not used: each shares its SOP Instance UID with another instance" in n for n in scan.queries[0].notices)
+    assert not any("no SR in the study" in n for n in scan.queries[0].notices)
+
 def test_an_sr_without_its_image_is_reported(tmp_path):
     case = make_case(tmp_path / "in", "case")
     (case / "image.dcm").unlink()
@@ -646,11 +720,13 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
     assert back.predicted == summary.predicted and back.k == summary.k == len(hits) and back.counts == summary.counts
     assert back.calibrated is True and back.method == summary.method
     assert back.distribution == pytest.approx(summary.distribution, abs=1e-9) and back.confidence == pytest.approx(summary.confidence, abs=1e-9)
-    # the reader ignores our own answers when they sit beside the input
+    # an answer sent back beside the input is no query and gives no text; the reader says so in one line
     shutil.copy(path, dicomized.out / "answer.dcm")
     try:
         again = read_dicom_folder(dicomized.out)
-        assert again.problems == [] and {x.text for x in again.queries} == {x.text for x in scan.queries}
+        assert [(Path(p.path).name, p.message) for p in again.problems] == [
+            ("answer.dcm", "a similar-cases SR (an earlier answer of this app), not a query: skipped")]
+        assert {x.text for x in again.queries} == {x.text for x in scan.queries}
     finally:
         (dicomized.out / "answer.dcm").unlink()
 

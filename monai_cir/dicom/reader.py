@@ -16,9 +16,11 @@ Rules (documented in ``docs/dicom.md``):
   ``all_frames=True`` gives one query per frame (``frame_number`` set).
 - **Text**: from the Basic Text / Enhanced / Comprehensive (3D) SRs that reference the image by
   SOP Instance UID (Current Requested Procedure / Pertinent Other Evidence, or IMAGE content
-  items), whatever their Study Instance UID says (so an image whose Study UID had to be repaired
-  keeps its report), unless the SR is of another patient (Patient ID; notice); an SR that references
-  images gives its text to those images only. An image
+  items): those of the image's own study when one of them is (another study's SR that references it
+  too is left out, with a notice), else whatever Study Instance UID they say (so an image whose Study
+  UID had to be repaired keeps its report); never an SR of another patient (Patient ID; notice); an
+  image without Patient ID takes its report with a notice naming the report's patient. An SR that
+  references images gives its text to those images only. An image
   no SR references gets the text of its study's only SR that references no image. TEXT items give their
   value; CODE items give their meaning (``Concept: meaning`` unless the concept is a generic
   Finding). Context items (HAS OBS/ACQ CONTEXT, HAS CONCEPT MOD) are skipped, and so are the
@@ -36,8 +38,10 @@ Rules (documented in ``docs/dicom.md``):
   greyscale image is answered, with a notice (the model was trained on colour dermoscopy).
 - **One file per instance**: the same SOP Instance UID received twice with the same patient, study
   and pixels (an SR: the same content) is read once (notice); the same UID on instances that differ
-  is a collision upstream, and none of them is used (each reported), so no patient's report
-  becomes another's query text.
+  (an image and an SR, another patient, study, report or pixels) is a collision upstream, and none of
+  them is used (each reported, naming what differs; the image of a study whose SR collided says so),
+  so no patient's report becomes another's query text. A similar-cases SR or PDF of an earlier answer
+  sent back is reported as such.
 - Missing Study / Series Instance UID and the Type 2 patient/study attributes (and birth date,
   study date / time or sex with a value DICOM does not allow, emptied) are **repaired** in the
   returned dataset (the Study UID from an SR that references the image when there is one, else
@@ -50,7 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -565,6 +569,7 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
     scan = DicomScan()
     images: list[tuple[str, Dataset]] = []
     srs: list[SRText] = []
+    seen_uids: set[str] = set()  # every instance read, whatever its class (an SR's image may be one refused)
     for file in _files(root):
         where = str(file)
         if file.name.upper() == "DICOMDIR":
@@ -583,11 +588,15 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
             scan.problems.append(InputProblem(where, f"{truncated}; re-send the complete file: skipped"))
             continue
         sop_class = str(ds.get("SOPClassUID", "") or "")
+        if str(ds.get("SOPInstanceUID", "") or "").strip():
+            seen_uids.add(str(ds.SOPInstanceUID).strip())
         if not sop_class:
             scan.problems.append(InputProblem(where, "DICOM without SOP Class UID (0008,0016): skipped"))
         elif sop_class in SR_SOP_CLASSES:
             info = read_sr_text(ds, where)
-            if not info.is_similar_cases:
+            if info.is_similar_cases:
+                scan.problems.append(InputProblem(where, "a similar-cases SR (an earlier answer of this app), not a query: skipped"))
+            else:
                 srs.append(info)
         elif sop_class in IMAGE_SOP_CLASSES:
             images.append((where, ds))
@@ -601,14 +610,15 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
                     "or VL Photographic Image Storage, or an SR: skipped",
                 )
             )
-    image_uids = {str(ds.get("SOPInstanceUID", "") or "").strip() for _, ds in images}
     image_studies = {str(ds.get("StudyInstanceUID", "") or "").strip() for _, ds in images}
-    images, received_again = _one_per_instance(images, lambda ds: _image_identity(ds), scan.problems, "image")
-    kept_srs, _ = _one_per_instance([(sr.path, sr) for sr in srs], _sr_identity, scan.problems, "SR")
-    srs = [sr for _, sr in kept_srs]
+    # one instance per UID across images and SRs alike (an image and an SR with one UID collide too)
+    kept, received_again, collided_paths = _one_per_instance([*images, *((sr.path, sr) for sr in srs)], _identity, scan.problems)
+    images = [(where, item) for where, item in kept if not isinstance(item, SRText)]
+    collided = [sr for sr in srs if sr.path in collided_paths]
+    srs = [item for _, item in kept if isinstance(item, SRText)]
     for where, ds in images:
         try:
-            queries = _image_queries(where, ds, srs, scan.problems, max_side, all_frames)
+            queries = _image_queries(where, ds, srs, scan.problems, max_side, all_frames, collided)
         except Exception as err:  # noqa: BLE001 (one bad image is reported; the scan goes on)
             reason = str(err) if isinstance(err, ValueError) else f"cannot read this image ({type(err).__name__}: {err})"
             scan.problems.append(InputProblem(where, f"{reason}: skipped"))
@@ -619,11 +629,16 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         scan.queries.extend(queries)
     used = {uid for query in scan.queries for uid in query.sr_uids}
     for sr in srs:
-        if sr.sop_instance_uid in used or (sr.references & image_uids) or (not sr.references and sr.study_uid in image_studies):
+        if sr.sop_instance_uid in used or (sr.references & seen_uids) or (not sr.references and sr.study_uid in image_studies):
             continue  # its text was used, or its images were reported (or left image-only, with a notice)
         what = "references no image of this input" if sr.references else f"is of study {sr.study_uid}, which has no image in this input"
         scan.problems.append(InputProblem(sr.path, f"report SR that {what}: nothing to answer (send the dermoscopy image with its report)"))
     return scan
+
+
+def _identity(item: Any) -> tuple:
+    """What makes two files the same instance: an SR's content, an image's patient, study and pixels."""
+    return ("sr", *_sr_identity(item)) if isinstance(item, SRText) else ("image", *_image_identity(item))
 
 
 def _image_identity(ds: Dataset) -> tuple[str, str, str]:
@@ -636,12 +651,12 @@ def _sr_identity(sr: SRText) -> tuple:
     return (sr.patient_id, sr.study_uid, sr.sop_class_uid, tuple(sr.texts), tuple(sorted(sr.references)), sr.diagnosis, sr.case_id)
 
 
-def _one_per_instance(items: list[tuple[str, Any]], identity: Callable[[Any], Any], problems: list[InputProblem], kind: str) -> tuple[list[tuple[str, Any]], dict[str, list[str]]]:
-    """``items`` (path, dataset or SR) with one per SOP Instance UID, in input order, and for each kept
-    path the paths of the same instance received again. The same UID on instances that differ
-    (``identity``: another patient, study or content) is a collision upstream: none of them is used,
-    each is reported (which one is the right one cannot be told from here, and guessing would give
-    one patient's report to another)."""
+def _one_per_instance(items: list[tuple[str, Any]], identity: Callable[[Any], Any], problems: list[InputProblem]) -> tuple[list[tuple[str, Any]], dict[str, list[str]], set[str]]:
+    """``items`` (path, dataset or SR) with one per SOP Instance UID, in input order; for each kept path the
+    paths of the same instance received again; and the paths refused as a collision. The same UID on
+    instances that differ (``identity``: another kind, patient, study or content) is a collision upstream:
+    none of them is used, each is reported (which one is the right one cannot be told from here, and
+    guessing would give one patient's report to another)."""
     def uid_of(item: Any) -> str:
         return str(item.sop_instance_uid if isinstance(item, SRText) else item.get("SOPInstanceUID", "") or "").strip()
 
@@ -649,7 +664,7 @@ def _one_per_instance(items: list[tuple[str, Any]], identity: Callable[[Any], An
     for where, item in items:
         if uid_of(item):
             groups.setdefault(uid_of(item), []).append((where, item))
-    dropped, again = set(), {}
+    dropped, again, collided = set(), {}, set()
     for uid, group in groups.items():
         if len(group) == 1:
             continue
@@ -657,17 +672,31 @@ def _one_per_instance(items: list[tuple[str, Any]], identity: Callable[[Any], An
             again[group[0][0]] = [where for where, _ in group[1:]]
             dropped.update(where for where, _ in group[1:])
             continue
-        for where, _ in group:
-            others = ", ".join(w for w, _ in group if w != where)
+        for where, item in group:
+            others = [(w, o) for w, o in group if w != where]
             problems.append(InputProblem(
-                where, f"SOP Instance UID {uid} is also the UID of another {kind} ({others}) of another patient, study or content: "
+                where, f"SOP Instance UID {uid} is also the UID of {', '.join(f'{w} ({_difference(item, o)})' for w, o in others)}: "
                 "a UID collision upstream, so none of them is used (re-send them with unique UIDs): skipped"))
             dropped.add(where)
-    return [(where, item) for where, item in items if where not in dropped], again
+            collided.add(where)
+    return [(where, item) for where, item in items if where not in dropped], again, collided
+
+
+def _difference(item: Any, other: Any) -> str:
+    """What differs between two instances with one UID, in words (the collision message names it)."""
+    if isinstance(item, SRText) != isinstance(other, SRText):
+        return "an SR and an image"
+    a, b = _identity(item), _identity(other)
+    if a[1] != b[1]:
+        return "another patient"
+    if a[2] != b[2]:
+        return "another study"
+    return "another report" if isinstance(item, SRText) else "other pixels"
 
 
 def _image_queries(
-    where: str, ds: Dataset, srs: list[SRText], problems: list[InputProblem], max_side: int, all_frames: bool
+    where: str, ds: Dataset, srs: list[SRText], problems: list[InputProblem], max_side: int, all_frames: bool,
+    collided: Sequence[SRText] = (),
 ) -> list[DermoscopyQuery]:
     if not str(ds.get("SOPInstanceUID", "") or "").strip():
         problems.append(InputProblem(where, "image without SOP Instance UID (0008,0018): it cannot be referenced, skipped"))
@@ -710,21 +739,38 @@ def _image_queries(
     if hasattr(ds, "file_meta"):
         meta.file_meta = ds.file_meta
 
-    # report text: the SRs that reference this image by SOP Instance UID, in whatever study they
-    # say (a repaired Study UID must not lose the report); else the study's only SR that
-    # references no image (an SR that references images speaks of those images only)
+    # report text: the SRs that reference this image by SOP Instance UID (its own study's when it has one there;
+    # else in whatever study they say: a repaired Study UID must not lose the report); else the study's only SR
+    # that references no image (an SR that references images speaks of those images only). Never an SR of
+    # another patient: a report of one patient must not become another's query text.
     sop_uid = str(meta.SOPInstanceUID)
-    referencing = [sr for sr in srs if sop_uid in sr.references]
     patient = str(meta.get("PatientID", "") or "").strip()
-    others = [sr for sr in referencing if patient and sr.patient_id and sr.patient_id != patient]
-    if others:  # a report of another patient never becomes this image's query text
-        referencing = [sr for sr in referencing if sr not in others]
-        notices.extend(f"an SR of another patient ({sr.patient_id}) references this image: its text is not used ({sr.path})" for sr in others)
+    own_study = str(meta.get("StudyInstanceUID", "") or "").strip()
+
+    def of_another_patient(sr: SRText) -> bool:
+        return bool(patient and sr.patient_id and sr.patient_id != patient)
+
+    referencing = [sr for sr in srs if sop_uid in sr.references]
+    excluded = [sr for sr in referencing if of_another_patient(sr)]
+    notices.extend(f"an SR of another patient ({sr.patient_id}) references this image: its text is not used ({sr.path})" for sr in excluded)
+    referencing = [sr for sr in referencing if sr not in excluded]
+    same_study = [sr for sr in referencing if own_study and sr.study_uid == own_study]
+    if same_study and len(same_study) < len(referencing):
+        notices.extend(f"an SR of another study ({sr.study_uid}) also references this image: only this study's report is used ({sr.path})"
+                       for sr in referencing if sr not in same_study)
+        referencing = same_study
     study_from_sr = next((sr.reference_studies.get(sop_uid) or sr.study_uid for sr in referencing if sr.reference_studies.get(sop_uid) or sr.study_uid), None)
     _repair(meta, notices, study_uid_from_sr=study_from_sr)
     site = _site(meta, notices)
-    study_srs = [sr for sr in srs if sr.study_uid == str(meta.StudyInstanceUID)]
+    study = str(meta.StudyInstanceUID)
+    study_srs = [sr for sr in srs if sr.study_uid == study and sr not in excluded]
     unreferencing = [sr for sr in study_srs if not sr.references]
+    for sr in [sr for sr in unreferencing if of_another_patient(sr)]:
+        notices.append(f"the study's SR {sr.path} is of another patient ({sr.patient_id}): its text is not used")
+        unreferencing.remove(sr)
+        study_srs.remove(sr)
+        excluded.append(sr)
+    lost = [sr for sr in collided if sr.study_uid == study or sop_uid in sr.references]
     chosen: list[SRText] = []
     if referencing:
         chosen, text_source = referencing, "sr"
@@ -737,16 +783,22 @@ def _image_queries(
         text_source = "none"
         if unreferencing:
             notices.append(f"{len(unreferencing)} SRs in the study reference no image: which one is this image's is unknown, image-only query")
+        elif lost:
+            notices.append(f"{len(lost)} report SR(s) of this study not used: each shares its SOP Instance UID with another instance "
+                           "(see problems.json): image-only query")
         elif study_srs:
             notices.append(f"{len(study_srs)} SR(s) in the study, none references this image: image-only query")
-        else:
+        elif not excluded:
             notices.append("no SR in the study: image-only query")
+    if not patient and any(sr.patient_id for sr in chosen):
+        ids = ", ".join(sorted({sr.patient_id for sr in chosen if sr.patient_id}))
+        notices.append(f"this image has no Patient ID, the report used is of Patient ID {ids}: check that it is this patient's")
     text = "\n".join(sr.text for sr in chosen if sr.text)
     if chosen and not text.strip():
         notices.append("the report (SR) sent with the image holds no text: the search used the image only")
 
     if count > 1 and not all_frames:
-        notices.append(f"multi-frame instance: frame 1 of {count} used, frames 2-{count} ignored")
+        notices.append(f"multi-frame instance: frame 1 of {count} used, {'frame 2' if count == 2 else f'frames 2-{count}'} ignored")
     out = []
     for index, (image, (rows, columns)) in zip(indices, frames):
         frame_notices = list(notices)
