@@ -559,6 +559,10 @@ def test_invalid_patient_and_study_values_are_emptied_and_the_answer_written(tmp
     sr = similar_cases_sr(query, _hits(read_dicom_folder(dicomized.out).queries[1:3]))
     sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
     assert_valid(tmp_path / "sr.dcm", empty=("Study Date", "Study Time"))
+    # a multi-valued Patient ID (invalid, but sent) reads as DICOM writes it, not as a Python list
+    multi = make_case(tmp_path / "multi", "case")
+    _variant(multi / "image.dcm", multi, PatientID=["12345", "67890"])
+    assert read_dicom_folder(tmp_path / "multi").queries[0].patient_id == "12345\\67890"
     good = make_case(tmp_path / "ok", "case")
     _variant(good / "image.dcm", good, PatientBirthDate="19600101", StudyTime="123000.5", PatientSex="F")
     assert not any("invalid" in n for n in read_dicom_folder(tmp_path / "ok").queries[0].notices)

@@ -41,6 +41,8 @@ def _relative(path: str, root: Path) -> str:
 
 def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
     """The JSON record of one answered query."""
+    from monai_cir.dicom.reader import dicom_text
+
     q = result.query
     dataset = attr(q, "dataset")
     return {
@@ -50,7 +52,7 @@ def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
         "study_uid": attr(q, "study_uid"),
         "series_uid": attr(q, "series_uid"),
         "sop_instance_uid": attr(q, "sop_instance_uid"),
-        "accession_number": str(dataset.get("AccessionNumber", "") or "") or None if dataset is not None else None,
+        "accession_number": dicom_text(dataset.get("AccessionNumber")) or None if dataset is not None else None,
         "text": attr(q, "text", "") or "",
         "text_use": result.text_use,
         "image_alone": result.image_alone,

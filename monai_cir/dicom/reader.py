@@ -78,6 +78,7 @@ __all__ = [
     "DicomScan",
     "InputProblem",
     "SRText",
+    "dicom_text",
     "read_dicom_folder",
     "read_sr_text",
 ]
@@ -248,7 +249,7 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         study_uid=str(ds.get("StudyInstanceUID", "")),
         sop_class_uid=str(ds.get("SOPClassUID", "")),
-        patient_id=str(ds.get("PatientID", "") or "").strip(),
+        patient_id=dicom_text(ds.get("PatientID")).strip(),
     )
     info.is_similar_cases = _is(_code_key(ds.get("ConceptNameCodeSequence")), C.SIMILAR_CASES_REPORT)
     for seq_name in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
@@ -343,6 +344,18 @@ def _repair(ds: Dataset, notices: list[str], study_uid_from_sr: str | None = Non
             if value and not valid(value):
                 setattr(ds, keyword, "")
                 notices.append(f"invalid {_NAMES[keyword]} {value!r} ({rule}): left empty in the answer")
+
+
+def dicom_text(value: Any) -> str:
+    """A DICOM value as text: a multi-valued one (``12345\\67890``, invalid for a Patient ID but sent) as DICOM writes
+    it, backslash-separated, not as Python's list; None as ""."""
+    if value is None:
+        return ""
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
 
 
 def _is_date(value: str) -> bool:
@@ -644,7 +657,7 @@ def _identity(item: Any) -> tuple:
 def _image_identity(ds: Dataset) -> tuple[str, str, str]:
     """What makes two files the same image instance: patient, study and pixels."""
     pixels = ds.get("PixelData") or b""
-    return (str(ds.get("PatientID", "") or ""), str(ds.get("StudyInstanceUID", "") or ""), hashlib.sha256(bytes(pixels)).hexdigest())
+    return (dicom_text(ds.get("PatientID")), str(ds.get("StudyInstanceUID", "") or ""), hashlib.sha256(bytes(pixels)).hexdigest())
 
 
 def _sr_identity(sr: SRText) -> tuple:
@@ -744,7 +757,7 @@ def _image_queries(
     # that references no image (an SR that references images speaks of those images only). Never an SR of
     # another patient: a report of one patient must not become another's query text.
     sop_uid = str(meta.SOPInstanceUID)
-    patient = str(meta.get("PatientID", "") or "").strip()
+    patient = dicom_text(meta.get("PatientID")).strip()
     own_study = str(meta.get("StudyInstanceUID", "") or "").strip()
 
     def of_another_patient(sr: SRText) -> bool:
@@ -824,7 +837,7 @@ def _image_queries(
                 text_source=text_source,
                 notices=frame_notices,
                 site=site,
-                patient_id=str(meta.PatientID),
+                patient_id=dicom_text(meta.PatientID),
                 patient_name=str(meta.PatientName),
                 study_uid=str(meta.StudyInstanceUID),
                 series_uid=str(meta.SeriesInstanceUID),
