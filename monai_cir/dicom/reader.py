@@ -728,6 +728,10 @@ def _image_queries(
         return []
     notices: list[str] = []
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+    if ts == "unknown":  # no file meta (not a Part 10 file): nothing says how the pixels are encoded
+        problems.append(InputProblem(where, "DICOM file without a Transfer Syntax UID (0002,0010) (no file meta: not a DICOM Part 10 "
+                                            "file), so its pixel data cannot be decoded: skipped"))
+        return []
     truncated = _truncated_frames(ds)
     if truncated:
         problems.append(
