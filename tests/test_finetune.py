@@ -22,8 +22,9 @@ from monai_cir.networks import load_model, save_checkpoint
 from monai_cir.networks.checkpoint import read_checkpoint
 
 
-def tiny_records(folder: Path, n: int = 8, seed: int = 0) -> list[CaseRecord]:
-    """Synthetic RGB images (class 1 brighter) with short texts; written by code, no real data."""
+def tiny_records(folder: Path, n: int = 8, seed: int = 0, write: bool = True) -> list[CaseRecord]:
+    """Synthetic RGB images (class 1 brighter) with short texts; written by code, no real data (``write=False``:
+    the records of images written before, e.g. by the parent of processes that read them at once)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -32,7 +33,8 @@ def tiny_records(folder: Path, n: int = 8, seed: int = 0) -> list[CaseRecord]:
         label = i % 2
         pixels = rng.integers(0, 160, (40, 48, 3)) + 80 * label
         path = folder / f"img{i}.png"
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
+        if write:
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
         records.append(CaseRecord(f"c{i}", path, ("nevus", "melanoma")[label], label, "pigment network: typical" if i % 3 else "", "trunk", "test", {}))
     return records
 
@@ -161,7 +163,8 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         net = make_tiny_net()
-        records = tiny_records(Path(folder), n=8, seed=0)
+        records = tiny_records(Path(folder), n=8, seed=0, write=False)  # the parent wrote them: one rank rewriting a file
+        # while the other read it failed as "cannot identify image file"
         # balanced=False under DDP: a DistributedSampler gives each rank its own half of the cases
         finetune(net, records, np.arange(8), dict(epochs=1, batch_size=4, lr=1e-3, seed=0), device="cpu", max_steps=1, augment=False)
         grads = {n: p.grad.detach().clone() for n, p in net.image_encoder.named_parameters() if p.grad is not None}
@@ -174,6 +177,7 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
 @pytest.mark.slow
 def test_ddp_synchronises_encoder_gradients(tmp_path):
     """Two gloo processes on CPU, each on its own shard: after one step the encoders' gradients are equal."""
+    tiny_records(tmp_path, n=8, seed=0)  # the images, written once before the ranks read them
     # fork: the workers inherit the imported modules (spawn would import torch, monai and transformers again)
     torch.multiprocessing.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     g0 = torch.load(tmp_path / "grads_rank0.pt", weights_only=True)
