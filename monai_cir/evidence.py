@@ -231,33 +231,23 @@ def neighbour_probabilities(
     return (1.0 - smoothing) * probs + smoothing / n_classes
 
 
-def _hit_fields(hits: Iterable[Any]) -> tuple[list[str], list[float]]:
-    diagnoses, scores = [], []
+def _hit_fields(hits: Iterable[Any]) -> tuple[list[str], list[float], list[str | None]]:
+    """Each hit's diagnosis, score and confirmation (None when the hit does not say how it was confirmed)."""
+    diagnoses, scores, confirmations = [], [], []
     for hit in hits:
         meta = getattr(hit, "metadata", None)
-        diagnosis = getattr(meta, "diagnosis", None) if meta is not None else getattr(hit, "diagnosis", None)
-        if diagnosis is None and isinstance(hit, dict):
-            diagnosis = hit.get("diagnosis")
-        score = hit.get("score") if isinstance(hit, dict) else getattr(hit, "score", None)
+        diagnosis, confirmation = (_field(meta if meta is not None else hit, name) for name in ("diagnosis", "confirmation"))
+        score = _field(hit, "score")
         if diagnosis is None or score is None:
             raise ValueError(f"a hit needs a diagnosis and a score (SearchHit, or a dict with 'diagnosis' and 'score'), got {hit!r}")
         diagnoses.append(str(diagnosis))
         scores.append(float(score))
-    return diagnoses, scores
+        confirmations.append(confirmation)
+    return diagnoses, scores, confirmations
 
 
-def _confirmed_counts(hits: Sequence[Any], diagnoses: Iterable[str]) -> dict[str, int]:
-    """Histopathology-confirmed hits per diagnosis; empty when a hit does not say how it was confirmed."""
-    out = dict.fromkeys(diagnoses, 0)
-    for hit in hits:
-        meta = getattr(hit, "metadata", None)
-        confirmation = getattr(meta, "confirmation", None) if meta is not None else (hit.get("confirmation") if isinstance(hit, dict) else None)
-        diagnosis = getattr(meta, "diagnosis", None) if meta is not None else (hit.get("diagnosis") if isinstance(hit, dict) else None)
-        if confirmation is None:
-            return {}
-        if confirmation == "histopathology":
-            out[str(diagnosis)] = out.get(str(diagnosis), 0) + 1
-    return out
+def _field(item: Any, name: str) -> Any:
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
 
 
 def summarize_evidence(
@@ -283,10 +273,11 @@ def summarize_evidence(
             comparison (the vote's base rate).
     """
     calibration = calibration or UNCALIBRATED
+    confirmations: list[str | None] = []
     if hits is not None:
         if diagnoses is not None or scores is not None:
             raise ValueError("give either hits or diagnoses + scores, not both")
-        diagnoses, scores = _hit_fields(hits)
+        diagnoses, scores, confirmations = _hit_fields(hits)
     if diagnoses is None or scores is None:
         raise ValueError("give the ranked hits, or diagnoses and scores")
     diagnoses, scores = list(diagnoses), [float(s) for s in scores]
@@ -306,7 +297,9 @@ def summarize_evidence(
     order = sorted(range(len(class_list)), key=lambda i: (-probs[i], i))
     distribution = {class_list[i]: float(probs[i]) for i in order}
     counts = {c: diagnoses.count(c) for c in distribution}
-    confirmed = _confirmed_counts(hits[:k], distribution) if hits is not None else {}
+    # biopsy-confirmed voters per diagnosis, when every voter says how it was confirmed
+    voters = list(zip(diagnoses, confirmations[:k]))
+    confirmed = {c: sum(d == c and f == "histopathology" for d, f in voters) for c in distribution} if voters and None not in confirmations[:k] else {}
     weighting = "unweighted vote" if math.isinf(calibration.temperature) else f"softmax of scores, T={calibration.temperature:.3g}"
     return EvidenceSummary(
         k=len(diagnoses),

@@ -24,6 +24,7 @@ import collections
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,16 +216,13 @@ def _forward_images(net: Any, images: Any) -> Any:
 
 def _diagnosis_counts(hits: Sequence[Any]) -> dict[str, int]:
     """Cases per diagnosis among ``hits``, most first (ties in first-seen order)."""
-    counts: dict[str, int] = {}
-    for hit in hits:
-        counts[hit.metadata.diagnosis] = counts.get(hit.metadata.diagnosis, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return dict(Counter(hit.metadata.diagnosis for hit in hits).most_common())
 
 
 def _favoured(counts: dict[str, int]) -> str | None:
-    """The diagnosis with the most cases, None on a tie."""
-    top = [d for d, n in counts.items() if n == max(counts.values(), default=0)]
-    return top[0] if len(top) == 1 else None
+    """The diagnosis with the most cases, None on a tie (``counts`` most first, as :func:`_diagnosis_counts` gives)."""
+    top = list(counts.items())[:2]
+    return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
 
 
 def _own_case(result: QueryResult, hits: Sequence[Any]) -> Any:
@@ -378,8 +376,10 @@ class ComposedRetrievalOperator(Operator):
                         result.notices.append(TEXT_NOT_USED_NOTICE)
                     elif findings:  # (a network without the findings gate reads any text whole: nothing to list)
                         result.notices.append(text_use_notice(weight, findings))
-                if weight > 0:
-                    tokens, limit = self.net.text_encoder.token_count(text), self.net.text_encoder.max_length
+                limit = self.net.text_encoder.max_length
+                # a token covers at least one character: only a text that long can be cut (tokenised again only then)
+                if weight > 0 and len(text) + 2 > limit:
+                    tokens = self.net.text_encoder.token_count(text)
                     if tokens > limit:
                         result.notices.append(f"the report text is longer than the model reads ({tokens} tokens): only its first {limit} counted")
                 filters, notice = resolve_site_condition(self.site, attr(result.query, "site"))
@@ -474,11 +474,10 @@ class ComposedRetrievalOperator(Operator):
         result.image_alone = {"k": len(alone), "counts": counts, "case_ids": [h.case_id for h in alone]}
         shown = _diagnosis_counts(result.hits)
         if alone and _favoured(counts) != _favoured(shown):
-            from monai_cir.data.report import CRITERIA
+            from monai_cir.data.report import finding_names
 
-            names = dict(CRITERIA)
             listed = ", ".join(f"{d} {n}" for d, n in counts.items())
-            findings = ", ".join(names.get(f, f) for f in result.text_use["findings_read"]) or "as written"
+            findings = finding_names(result.text_use["findings_read"]) or "as written"
             result.notices.append(
                 f"the image alone, without the text, finds {listed} among its {len(alone)} most similar cases: the text "
                 f"({findings}) moved the answer towards {_favoured(shown) or 'other cases'}; weigh the findings you wrote, "

@@ -38,6 +38,7 @@ __all__ = [
     "meta_report",
     "recognised_findings",
     "TEXT_NOT_USED_NOTICE",
+    "finding_names",
     "text_use_notice",
     "render_report",
     "render_reports",
@@ -528,13 +529,18 @@ TEXT_NOT_USED_NOTICE = (
 """What the app tells the clinician when the findings gate left a non-empty text out of the query."""
 
 
+def finding_names(findings: Sequence[str]) -> str:
+    """:func:`recognised_findings` keys in the report's words, comma-separated ("pigment network, streaks")."""
+    names = dict(CRITERIA)
+    return ", ".join(names.get(f, f) for f in findings)
+
+
 def text_use_notice(weight: float, findings: Sequence[str]) -> str:
     """What the app tells the clinician of a text the query composed (``weight`` > 0): which findings the model
     read in it (:func:`recognised_findings` keys, named in the report's words) and how much the text counted
     (``ComposedRetrievalNet.full_text_findings``): the findings are what the text adds, so a clinician who wrote
     five and sees one read knows the other four were not."""
-    names = dict(CRITERIA)
-    read = f"{len(findings)} of the 7 checklist findings ({', '.join(names.get(f, f) for f in findings)})"
+    read = f"{len(findings)} of the 7 checklist findings ({finding_names(findings)})"
     if weight >= 1.0:
         return f"findings read in the query text: {read}; the text counted fully in the query"
     return (

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -625,7 +625,7 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
             )
     image_studies = {str(ds.get("StudyInstanceUID", "") or "").strip() for _, ds in images}
     # one instance per UID across images and SRs alike (an image and an SR with one UID collide too)
-    kept, received_again, collided_paths = _one_per_instance([*images, *((sr.path, sr) for sr in srs)], _identity, scan.problems)
+    kept, received_again, collided_paths = _one_per_instance([*images, *((sr.path, sr) for sr in srs)], scan.problems)
     images = [(where, item) for where, item in kept if not isinstance(item, SRText)]
     collided = [sr for sr in srs if sr.path in collided_paths]
     srs = [item for _, item in kept if isinstance(item, SRText)]
@@ -664,10 +664,10 @@ def _sr_identity(sr: SRText) -> tuple:
     return (sr.patient_id, sr.study_uid, sr.sop_class_uid, tuple(sr.texts), tuple(sorted(sr.references)), sr.diagnosis, sr.case_id)
 
 
-def _one_per_instance(items: list[tuple[str, Any]], identity: Callable[[Any], Any], problems: list[InputProblem]) -> tuple[list[tuple[str, Any]], dict[str, list[str]], set[str]]:
+def _one_per_instance(items: list[tuple[str, Any]], problems: list[InputProblem]) -> tuple[list[tuple[str, Any]], dict[str, list[str]], set[str]]:
     """``items`` (path, dataset or SR) with one per SOP Instance UID, in input order; for each kept path the
     paths of the same instance received again; and the paths refused as a collision. The same UID on
-    instances that differ (``identity``: another kind, patient, study or content) is a collision upstream:
+    instances that differ (:func:`_identity`: another kind, patient, study or content) is a collision upstream:
     none of them is used, each is reported (which one is the right one cannot be told from here, and
     guessing would give one patient's report to another)."""
     def uid_of(item: Any) -> str:
@@ -675,13 +675,14 @@ def _one_per_instance(items: list[tuple[str, Any]], identity: Callable[[Any], An
 
     groups: dict[str, list[tuple[str, Any]]] = {}
     for where, item in items:
-        if uid_of(item):
-            groups.setdefault(uid_of(item), []).append((where, item))
+        uid = uid_of(item)
+        if uid:
+            groups.setdefault(uid, []).append((where, item))
     dropped, again, collided = set(), {}, set()
     for uid, group in groups.items():
         if len(group) == 1:
             continue
-        if len({identity(item) for _, item in group}) == 1:
+        if len({_identity(item) for _, item in group}) == 1:
             again[group[0][0]] = [where for where, _ in group[1:]]
             dropped.update(where for where, _ in group[1:])
             continue
