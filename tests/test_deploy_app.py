@@ -568,6 +568,37 @@ def test_an_answer_the_prior_orders_against_the_evidence_says_so(app_run, result
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_a_report_longer_than_the_text_encoder_reads_says_so(app_run, results, tmp_path):
+    """A report the text encoder cuts (more than its max_length tokens) is answered with a notice saying how much
+    counted; the fixture's short reports get none."""
+    import shutil
+
+    import pydicom
+
+    from deploy_app.app import load_models, run_app
+    from deploy_app.settings import AppSettings
+    from monai_cir.dicom.dicomize import case_report_sr
+
+    _, answers = results
+    assert not any("longer than the model reads" in n for a in answers.values() if a for n in a["notices"])
+    models = load_models(app_run["root"] / "models", device="cpu", cache=False)
+    limit = models.net.text_encoder.max_length
+    folder = tmp_path / "long"
+    shutil.copytree(app_run["cases"]["held_out"].image_file.parent, folder)
+    image = pydicom.dcmread(app_run["cases"]["held_out"].image_file)
+    text = "Dermoscopy: atypical pigment network, irregular streaks. " + "The lesion was followed for many years. " * 120
+    for sr in folder.glob("*.dcm"):
+        if pydicom.dcmread(sr, stop_before_pixels=True).Modality == "SR":
+            sr.unlink()
+    case_report_sr(image, text).save_as(folder / "long_sr.dcm", enforce_file_format=True)
+    answer = run_app(folder, tmp_path / "out", models, AppSettings(top_k=5, explain=False, write_pdf=False))["queries"][0]
+    tokens = models.net.text_encoder.token_count(answer["text"])
+    assert tokens > limit
+    assert f"the report text is longer than the model reads ({tokens} tokens): only its first {limit} counted" in answer["notices"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_says_so(app_run, results, tmp_path):
     """A checkpoint that records a differential slot (:mod:`monai_cir.differential`): for a query whose
     first cases share one diagnosis, the closest case of the other diagnosis is shown at the slot's rank
