@@ -445,8 +445,10 @@ _BODY_TEXT = "document.body ? document.body.innerText : ''"
 _THUMBNAILS = """Array.from(document.querySelectorAll('[data-cy^="study-browser-thumbnail"]')).map(e => ({
   modality: (e.querySelector('[data-cy="series-modality-label"]') || {}).innerText || '',
   description: (e.querySelector('[data-cy="series-description-label"]') || {}).innerText || ''}))"""
+# the element once its document is set: OHIF creates the <object> first and sets its data (a blob: URL of the fetched
+# bulk data) after the fetch, so an element seen before then says nothing yet (under load it was seen with data '')
 _PDF_OBJECT = """(() => { const e = Array.from(document.querySelectorAll('object, embed, iframe')).find(e => /pdf/i.test(e.type || ''));
-  return e ? {tag: e.tagName, type: e.type || '', data: e.data || e.src || ''} : null; })()"""
+  return e && (e.data || e.src) ? {tag: e.tagName, type: e.type || '', data: e.data || e.src} : null; })()"""
 _VIEWPORT_TEXT = "(document.querySelector('[data-cy=\"viewport-grid\"]') || document.body).innerText"
 _IMAGE_DRAWN = """(() => { const c = Array.from(document.querySelectorAll('[data-cy="viewport-grid"] canvas')).find(c => c.width > 100);
   if (!c) return null; const g = c.getContext('2d', {willReadFrequently: true}); if (!g) return {canvas: true};
@@ -609,7 +611,7 @@ def _browse(browser: Chromium, server: ViewerServer, result: ViewerResult, out_d
     pdf_series = series["results PDF"]["uid"]
     mark = len(browser.events)
     browser.goto(f"{viewer}&initialSeriesInstanceUID={pdf_series}")
-    pdf = wait("pdf_viewport", _PDF_OBJECT, 90, "a PDF <object> in the viewport")
+    pdf = wait("pdf_viewport", _PDF_OBJECT, 90, "a PDF <object> with its document in the viewport")
     time.sleep(5.0)  # the browser's PDF viewer draws after the element exists
     shot("5-viewer-pdf.png")
     if pdf is not None:
