@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from monai_cir.config import layered_settings
+from monai_cir.dicom.publish import DicomNode, check_ae_title, parse_dicom_node
 
 __all__ = ["APP_YAML", "AppSettings", "DicomNode", "parse_dicom_node", "split_argv"]
 
@@ -48,40 +50,12 @@ ENV = {
 }
 
 
-@dataclass(frozen=True)
-class DicomNode:
-    """A DICOM peer for C-STORE: ``HOST:PORT:AET``."""
-
-    host: str
-    port: int
-    ae_title: str
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}:{self.ae_title}"
+def _where(key: str) -> str:
+    """How a setting is named in an error: by its name and its environment variable (the flag is in ``--help``)."""
+    return f"{key} ({ENV[key]})"
 
 
-def parse_dicom_node(value: str) -> DicomNode:
-    """``"127.0.0.1:4242:ORTHANC"`` (or ``"ORTHANC@127.0.0.1:4242"``) -> :class:`DicomNode`."""
-    value = str(value).strip()
-    if "@" in value:
-        aet, _, address = value.partition("@")
-        value = f"{address}:{aet}"
-    parts = value.rsplit(":", 2)
-    if len(parts) != 3 or not all(p.strip() for p in parts):
-        raise ValueError(f"a DICOM node is HOST:PORT:AET (e.g. 127.0.0.1:4242:ORTHANC), got {value!r}")
-    host, port, aet = (p.strip() for p in parts)
-    try:
-        port_number = int(port)
-    except ValueError:
-        raise ValueError(f"the port of DICOM node {value!r} is not a number") from None
-    if not 0 < port_number < 65536:
-        raise ValueError(f"the port of DICOM node {value!r} is out of range 1..65535")
-    if len(aet) > 16:
-        raise ValueError(f"AE title {aet!r} of DICOM node {value!r} is longer than 16 characters")
-    return DicomNode(host, port_number, aet)
-
-
-def _bool(value: Any) -> bool:
+def _bool(value: Any, key: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -89,7 +63,17 @@ def _bool(value: Any) -> bool:
         return True
     if text in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"expected a boolean (true/false), got {value!r}")
+    raise ValueError(f"{_where(key)} must be true or false (or 1/0, yes/no, on/off), got {value!r}")
+
+
+def _count(value: Any, key: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or isinstance(value, bool):
+        raise ValueError(f"{_where(key)} must be a whole number >= 1, got {value!r}")
+    return number
 
 
 @dataclass
@@ -110,28 +94,23 @@ class AppSettings:
     differential: bool = True
 
     def __post_init__(self) -> None:
-        self.top_k = int(self.top_k)
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.batch_size not in (None, "", "auto"):
-            self.batch_size = int(self.batch_size)  # type: ignore[arg-type]
-            if self.batch_size < 1:
-                raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        else:
-            self.batch_size = None
+        self.top_k = _count(self.top_k, "top_k")
+        self.batch_size = None if self.batch_size in (None, "", "auto") else _count(self.batch_size, "batch_size")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        self.write_pdf = _bool(self.write_pdf)
-        self.explain = _bool(self.explain)
-        self.differential = _bool(self.differential)
+            raise ValueError(f"{_where('device')} must be auto, cpu or cuda[:N], got {self.device!r}")
+        self.write_pdf = _bool(self.write_pdf, "write_pdf")
+        self.explain = _bool(self.explain, "explain")
+        self.differential = _bool(self.differential, "differential")
         self.publish_dicom = self.publish_dicom or None
         self.publish_dicomweb = self.publish_dicomweb or None
         if self.publish_dicom:
-            parse_dicom_node(self.publish_dicom)
+            try:
+                parse_dicom_node(self.publish_dicom)
+            except ValueError as err:
+                raise ValueError(f"{_where('publish_dicom')}: {err}") from None
         if self.publish_dicomweb and not str(self.publish_dicomweb).startswith(("http://", "https://")):
-            raise ValueError(f"publish_dicomweb must be an http(s) URL of a DICOMweb service, got {self.publish_dicomweb!r}")
-        if not self.calling_aet or len(self.calling_aet) > 16:
-            raise ValueError(f"calling_aet must have 1..16 characters, got {self.calling_aet!r}")
+            raise ValueError(f"{_where('publish_dicomweb')} must be an http(s) URL of a DICOMweb service, got {self.publish_dicomweb!r}")
+        check_ae_title(self.calling_aet, _where("calling_aet"))
 
     @property
     def dicom_node(self) -> DicomNode | None:
@@ -141,31 +120,12 @@ class AppSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def resolve(cls, flags: argparse.Namespace | None = None, app_yaml: Path | None = APP_YAML, environ: dict[str, str] | None = None) -> AppSettings:
-        """app.yaml ``settings:`` < environment < flags."""
-        values: dict[str, Any] = {}
-        if app_yaml is not None and Path(app_yaml).is_file():
-            import yaml
-
-            loaded = yaml.safe_load(Path(app_yaml).read_text()) or {}
-            section = loaded.get("settings") or {}
-            if not isinstance(section, dict):
-                raise ValueError(f"{app_yaml}: 'settings' must be a mapping")
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(section) - known)
-            if unknown:
-                raise ValueError(f"{app_yaml}: unknown settings {unknown}; known: {sorted(known)}")
-            values.update({k: v for k, v in section.items() if v is not None})
-        environ = os.environ if environ is None else environ
-        for key, name in ENV.items():
-            if environ.get(name, "").strip():
-                values[key] = environ[name].strip()
-        if flags is not None:
-            for key in ENV:
-                value = getattr(flags, key, None)
-                if value is not None:
-                    values[key] = value
-        return cls(**values)
+    def resolve(cls, flags: argparse.Namespace | None = None, app_yaml: Path | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:
+        """``settings:`` of app.yaml (``app_yaml``, default :data:`APP_YAML`) < environment < flags;
+        an empty value (None, blank, []) in a layer leaves the one below (:func:`monai_cir.config.layered_settings`)."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        app_yaml = APP_YAML if app_yaml is None else app_yaml
+        return cls(**layered_settings("settings", known, ENV, app_yaml=app_yaml, environ=environ, flags=None if flags is None else vars(flags)))
 
 
 def app_arg_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,7 +14,7 @@ import torch
 
 _T = TypeVar("_T")
 
-__all__ = ["data_root", "cache_dir", "resolve_device", "autocast_for", "quiet_chatty_loggers", "in_a_passing_thread", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
+__all__ = ["data_root", "cache_dir", "layered_settings", "resolve_device", "autocast_for", "quiet_chatty_loggers", "in_a_passing_thread", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
 
 DATA_ROOT_ENV = "MONAI_CIR_DATA"
 CACHE_DIR_ENV = "MONAI_CIR_CACHE"
@@ -45,6 +45,61 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _given(value: Any) -> bool:
+    """Whether a layer sets ``value``: None, a blank string and an empty list mean "not set here"."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, (list, tuple, set, dict)):
+        return bool(value)
+    return True
+
+
+def layered_settings(
+    section: str,
+    known: Collection[str],
+    env: Mapping[str, str],
+    *,
+    app_yaml: Path | None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The settings given for ``known`` names, each from the highest layer that gives it:
+    ``section:`` of ``app_yaml`` < environment (``env`` maps a name to its variable) < ``flags``.
+
+    A layer gives a value unless it is None, a blank string or an empty list: so an unset flag
+    (argparse's None, an ``append`` flag's []), an empty variable (``MONAI_CIR_X=``) and a ``null``
+    in the yaml all leave the layer below, and what no layer gives is left to the caller's defaults.
+    Environment values are stripped strings (the caller converts them). ``app_yaml`` None or a
+    missing file: no yaml layer. ``environ`` None: :data:`os.environ`.
+
+    Why one function: the app (``deploy_app.settings``) and the DICOM service (``monai_cir.service``)
+    are configured alike, so a value must mean the same in both."""
+    known = set(known)
+    values: dict[str, Any] = {}
+    if app_yaml is not None and Path(app_yaml).is_file():
+        import yaml
+
+        loaded = yaml.safe_load(Path(app_yaml).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{app_yaml}: must be a mapping with a '{section}:' section, got {type(loaded).__name__}")
+        part = loaded.get(section)
+        if part is not None and not isinstance(part, dict):
+            raise ValueError(f"{app_yaml}: '{section}:' must be a mapping of setting: value, got {type(part).__name__}")
+        unknown = sorted(set(part or {}) - known)
+        if unknown:
+            raise ValueError(f"{app_yaml}: unknown setting(s) {unknown} in '{section}:'; known: {sorted(known)}")
+        values.update({k: v for k, v in (part or {}).items() if _given(v)})
+    environ = os.environ if environ is None else environ
+    values.update({key: environ[name].strip() for key, name in env.items() if key in known and _given(environ.get(name))})
+    unknown = sorted(set(flags or {}) - known)
+    if unknown:  # a caller's mistake (flag dest names are code), not a user's
+        raise ValueError(f"flags {unknown} are not {section} settings; known: {sorted(known)}")
+    values.update({k: v for k, v in (flags or {}).items() if _given(v)})
+    return values
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

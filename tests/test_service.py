@@ -273,8 +273,11 @@ def test_settings_from_app_yaml_environment_and_flags(tmp_path):
     s = ServiceSettings.resolve({"port": 104, "peers": ["A@1.2.3.4", "B"]}, app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_PEERS": "X"})
     assert (s.port, s.peers) == (104, ["A@1.2.3.4", "B"])
     assert ServiceSettings.resolve(app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_PEERS": "X, Y@h"}).peers == ["X", "Y@h"]
+    # the return node is checked even when the peers are given (no AE title: no default is guessed)
+    with pytest.raises(ValueError, match=r"return_node \(MONAI_CIR_SERVE_RETURN\): DICOM node '10.0.0.5:4242' has no AE title: write it as HOST:PORT:AET"):
+        ServiceSettings.resolve({"peers": ["X"]}, app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_RETURN": "10.0.0.5:4242"})
     yaml_file.write_text("serve:\n  prot: 1\n")
-    with pytest.raises(ValueError, match="unknown serve settings"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['prot'\] in 'serve:'"):
         ServiceSettings.resolve(app_yaml=yaml_file, environ={})
     with pytest.raises(ValueError, match="no peer is configured"):
         DicomService(StandInPipeline(), tmp_path, return_dicomweb="http://x/dicom-web")

@@ -14,7 +14,8 @@ from typing import Any
 
 from monai.deploy.core import Fragment
 
-from ..settings import DicomNode
+from monai_cir.dicom.publish import DicomNode, c_store, stow_rs
+
 from .common import QueryResult, ResultsOperator
 
 __all__ = ["DICOMPublisherOperator"]
@@ -46,8 +47,6 @@ class DICOMPublisherOperator(ResultsOperator):
         if not files:
             self._logger.info("nothing to publish")
             return results
-        from monai_cir.dicom import publish
-
         start = time.perf_counter()
         statuses: dict[str, dict[str, str]] = {}  # destination -> file -> "ok" | error
         uids = {str(f): _sop_instance_uid(f) for f in files}
@@ -57,16 +56,15 @@ class DICOMPublisherOperator(ResultsOperator):
             return {f: by_uid.get(uid, "no response") for f, uid in uids.items()}
 
         if self.dicom_node is not None:
-            node = publish.DicomNode(self.dicom_node.ae_title, self.dicom_node.host, self.dicom_node.port)
-            destination = f"dicom://{self.dicom_node}"
+            destination = f"dicom://{self.dicom_node}"  # dicom://HOST:PORT:AET
             try:
-                statuses[destination] = per_file(publish.c_store(files, node, calling_ae=self.calling_aet))
+                statuses[destination] = per_file(c_store(files, self.dicom_node, calling_ae=self.calling_aet))
             except Exception as err:  # noqa: BLE001 (association failed: every file failed)
                 statuses[destination] = {str(f): f"{type(err).__name__}: {err}" for f in files}
         if self.dicomweb_url:
             destination = self.dicomweb_url
             try:
-                statuses[destination] = per_file(publish.stow_rs(files, self.dicomweb_url))
+                statuses[destination] = per_file(stow_rs(files, self.dicomweb_url))
             except Exception as err:  # noqa: BLE001
                 statuses[destination] = {str(f): f"{type(err).__name__}: {err}" for f in files}
         elapsed_ms = 1000 * (time.perf_counter() - start)

@@ -42,6 +42,7 @@ _EXPORTS = {
     "DicomNode": "publish",
     "StoreResult": "publish",
     "parse_dicom_node": "publish",
+    "check_ae_title": "publish",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -8,6 +8,7 @@ object's own transfer syntax (JPEG Baseline images are sent as they are, never t
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,38 +17,76 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["DicomNode", "StoreResult", "c_store", "parse_dicom_node", "stow_rs"]
+__all__ = ["NODE_SYNTAX", "DicomNode", "StoreResult", "c_store", "check_ae_title", "parse_dicom_node", "stow_rs"]
 
 logger = logging.getLogger(__name__)
 
 
+NODE_SYNTAX = "HOST:PORT:AET or AET@HOST:PORT (e.g. 127.0.0.1:4242:ORTHANC)"
+
+# a host name or an IP address (IPv6 unbracketed, as sockets take it, with an optional %zone)
+_HOST = re.compile(r"[A-Za-z0-9._:%-]*[A-Za-z0-9][A-Za-z0-9._:%-]*")
+
+
+def check_ae_title(value: str, what: str) -> str:
+    """``value`` when it is a valid DICOM AE title (PS3.5 VR AE), else a ``ValueError`` naming ``what``.
+
+    Why here: every AE title the project sends or answers with (C-STORE destination, calling AE,
+    the service's own, its peers) is checked by this one rule, so they fail alike and early
+    instead of at association time."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be an AE title of 1..16 characters, got {value!r}")
+    if len(value) > 16:
+        raise ValueError(f"{what} must be an AE title of at most 16 characters, got {value!r} ({len(value)})")
+    if any(c == "\\" or not " " <= c <= "~" for c in value):
+        raise ValueError(f"{what} must be printable ASCII without a backslash (DICOM AE title), got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class DicomNode:
-    """A DICOM application entity: ``AE_TITLE@host:port``."""
+    """A DICOM application entity to associate with: AE title, host, port, checked when made.
+
+    Written ``HOST:PORT:AET`` (``str(node)``; what ``results.json`` records) or ``AET@HOST:PORT``:
+    :func:`parse_dicom_node` reads both."""
 
     ae_title: str
     host: str
     port: int
 
     def __post_init__(self) -> None:
-        if not self.ae_title or len(self.ae_title) > 16:
-            raise ValueError(f"DicomNode.ae_title must have 1..16 characters, got {self.ae_title!r}")
-        if not self.host:
-            raise ValueError("DicomNode.host must not be empty")
-        if not 0 < int(self.port) < 65536:
-            raise ValueError(f"DicomNode.port must be in 1..65535, got {self.port}")
+        check_ae_title(self.ae_title, "DicomNode.ae_title")
+        if not isinstance(self.host, str) or not _HOST.fullmatch(self.host):
+            raise ValueError(f"DicomNode.host must be a host name or IP address (letters, digits, '.', '-', ':'), got {self.host!r}")
+        port = self.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"DicomNode.port must be an integer in 1..65535, got {port!r}")
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.host}:{self.port}:{self.ae_title}"
 
 
 def parse_dicom_node(text: str) -> DicomNode:
-    """``AE@host:port`` (``AE`` defaults to ``ANY-SCP`` when left out) -> :class:`DicomNode`."""
-    ae, _, address = text.rpartition("@")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"DICOM node must look like AE_TITLE@host:port, got {text!r}")
-    return DicomNode(ae or "ANY-SCP", host, int(port))
+    """``"127.0.0.1:4242:ORTHANC"`` or ``"ORTHANC@127.0.0.1:4242"`` -> :class:`DicomNode`.
+
+    The AE title is required: an SCP refuses a called AE title it is not configured with, so a
+    guessed default would only fail later, at association, with a less helpful message."""
+    value = str(text).strip()
+    # AET@HOST:PORT when what follows the last '@' is HOST:PORT (an AE title may hold '@' or ':'
+    # itself), else HOST:PORT:AET split from the right (a host may hold ':' itself: IPv6)
+    at_form = re.fullmatch(r"(?P<aet>.*)@(?P<host>[^@]*):(?P<port>[^:@]*)", value)
+    parts = at_form or re.fullmatch(r"(?P<host>.*):(?P<port>[^:]*):(?P<aet>[^:]*)", value)
+    host, port, aet = (parts.group(k).strip() for k in ("host", "port", "aet")) if parts else ("", "", "")
+    if (at_form and not aet) or re.fullmatch(r"[^:@]+:\d+", value):  # "@HOST:PORT" or "HOST:PORT"
+        raise ValueError(f"DICOM node {value!r} has no AE title: write it as {NODE_SYNTAX}, with the AE title the node is configured with")
+    if not host or not port or not aet:
+        raise ValueError(f"DICOM node {value!r} is not a node address: write it as {NODE_SYNTAX}")
+    if not port.isdigit():
+        raise ValueError(f"the port of DICOM node {value!r} must be a number in 1..65535, got {port!r}")
+    try:
+        return DicomNode(aet, host, int(port))
+    except ValueError as err:
+        raise ValueError(f"DICOM node {value!r}: {err}") from None
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ workdir             ``MONAI_CIR_SERVE_WORKDIR``      ``--workdir``           ./m
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import layered_settings
+from ..dicom.publish import parse_dicom_node
 from .dicom_node import (
     SUPPORTED_SOP_CLASSES,
     DicomService,
@@ -83,12 +84,18 @@ class ServiceSettings:
         if isinstance(self.peers, str):
             self.peers = [p for p in (x.strip() for x in self.peers.split(",")) if p]
         self.peers = list(self.peers or [])
-        self.port, self.quiet_s, self.retry_s = int(self.port), float(self.quiet_s), float(self.retry_s)
-        if not self.peers and self.return_node:
-            # the PACS that routes studies here is usually the node the answers go back to
-            from deploy_app.settings import parse_dicom_node
-
-            self.peers = [parse_dicom_node(self.return_node).ae_title]
+        for key, kind in (("port", int), ("quiet_s", float), ("retry_s", float)):
+            try:
+                setattr(self, key, kind(getattr(self, key)))
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} ({ENV[key]}) must be a {'whole ' if kind is int else ''}number, got {getattr(self, key)!r}") from None
+        if self.return_node:
+            try:
+                node = parse_dicom_node(self.return_node)
+            except ValueError as err:
+                raise ValueError(f"return_node ({ENV['return_node']}): {err}") from None
+            if not self.peers:  # the PACS that routes studies here is usually the node the answers go back to
+                self.peers = [node.ae_title]
         for peer in self.peers:
             parse_peer(peer)
 
@@ -97,23 +104,11 @@ class ServiceSettings:
 
     @classmethod
     def resolve(cls, flags: Mapping[str, Any] | None = None, app_yaml: Path | None = None, environ: Mapping[str, str] | None = None) -> ServiceSettings:
-        """``serve:`` of app.yaml < environment < flags (None values are not set)."""
-        values: dict[str, Any] = {}
-        if app_yaml is None:
+        """``serve:`` of app.yaml (``app_yaml``, default the app's) < environment < flags; an empty
+        value (None, blank, []) in a layer leaves the one below (:func:`monai_cir.config.layered_settings`)."""
+        if app_yaml is None:  # the service is configured in the app's app.yaml
             from deploy_app.settings import APP_YAML
 
             app_yaml = APP_YAML
-        if Path(app_yaml).is_file():
-            import yaml
-
-            section = (yaml.safe_load(Path(app_yaml).read_text()) or {}).get("serve") or {}
-            if not isinstance(section, dict):
-                raise ValueError(f"{app_yaml}: 'serve' must be a mapping")
-            unknown = sorted(set(section) - {f.name for f in dataclasses.fields(cls)})
-            if unknown:
-                raise ValueError(f"{app_yaml}: unknown serve settings {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
-            values.update({k: v for k, v in section.items() if v is not None})
-        environ = os.environ if environ is None else environ
-        values.update({key: environ[name].strip() for key, name in ENV.items() if environ.get(name, "").strip()})
-        values.update({key: value for key, value in (flags or {}).items() if value not in (None, [])})
-        return cls(**values)
+        known = [f.name for f in dataclasses.fields(cls)]
+        return cls(**layered_settings("serve", known, ENV, app_yaml=app_yaml, environ=environ, flags=flags))

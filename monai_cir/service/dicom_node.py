@@ -35,6 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes
+from ..dicom.publish import (
+    DicomNode,
+    c_store,
+    check_ae_title,
+    parse_dicom_node,
+    stow_rs,
+)
 
 __all__ = ["SUPPORTED_SOP_CLASSES", "DicomService", "Peer", "StudyStatus", "parse_peer"]
 
@@ -74,8 +81,7 @@ class Peer:
 def parse_peer(text: str) -> Peer:
     """``"ORTHANC"`` or ``"ORTHANC@10.0.0.5"`` -> :class:`Peer`."""
     ae, _, host = str(text).strip().partition("@")
-    if not ae or len(ae) > 16:
-        raise ValueError(f"a peer is AE_TITLE or AE_TITLE@HOST (AE title of 1..16 characters), got {text!r}")
+    check_ae_title(ae, f"the AE title of peer {text!r} (AE_TITLE or AE_TITLE@HOST)")
     return Peer(ae, host.strip() or None)
 
 
@@ -138,10 +144,7 @@ class DicomService:
         quiet_s: float = 2.0,
         retry_s: float = 30.0,
     ) -> None:
-        from monai_cir.dicom.publish import DicomNode
-
-        if not ae_title or len(ae_title) > 16:
-            raise ValueError(f"the service AE title must have 1..16 characters, got {ae_title!r}")
+        check_ae_title(ae_title, "the service's AE title (ae_title, --ae)")
         self.peers = [p if isinstance(p, Peer) else parse_peer(p) for p in peers]
         if not self.peers:
             raise ValueError("no peer is configured: give the PACS that sends studies (--peer AET[@HOST]); unknown callers are refused")
@@ -152,14 +155,7 @@ class DicomService:
         self.pipeline = pipeline
         self.workdir = Path(workdir)
         self.ae_title, self.host, self.port = ae_title, host, int(port)
-        self.return_node: DicomNode | None = None
-        if return_node:
-            from deploy_app.settings import (
-                parse_dicom_node,  # HOST:PORT:AET, as the app's --publish-dicom
-            )
-
-            node = parse_dicom_node(return_node)
-            self.return_node = DicomNode(node.ae_title, node.host, node.port)
+        self.return_node: DicomNode | None = parse_dicom_node(return_node) if return_node else None
         self.return_dicomweb = return_dicomweb
         self.quiet_s, self.retry_s = float(quiet_s), float(retry_s)
         self._lock = threading.Lock()
@@ -404,8 +400,6 @@ class DicomService:
         self._return(study_uid, status)
 
     def _return(self, study_uid: str, status: StudyStatus) -> None:
-        from monai_cir.dicom.publish import c_store, stow_rs
-
         outbox = self.dirs["outbox"] / _safe(study_uid)
         files = sorted(outbox.glob("*.dcm"))
         status.return_attempts += 1
