@@ -5,18 +5,22 @@ target in one step: a reader, another process, or a run killed mid-write sees th
 never half of one. Used for checkpoints, feature caches, evaluation results, and the DICOM node's received
 instances and study status. (Whole folders, the case index and the grid store, are swapped by their own
 modules: a folder cannot be renamed over a non-empty one.)
+
+:func:`sha256_file` is the one file checksum: what a manifest records of the files it names (the case index,
+the encoder artifact, the demo library's stamp), so that a file damaged after it was written is caught on read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "torch_save_atomic"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "sha256_file", "torch_save_atomic"]
 
 
 @contextlib.contextmanager
@@ -51,3 +55,15 @@ def torch_save_atomic(obj: Any, path: str | Path) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 23) -> str:
+    """The SHA-256 of a file's bytes, as lowercase hex, read ``chunk`` bytes at a time (checkpoints and
+    TorchScript files are hundreds of MB: never read whole).
+
+    Not ``hashlib.file_digest``: it is Python 3.11+, and monai-cir supports 3.10."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

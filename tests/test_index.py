@@ -306,6 +306,21 @@ def test_corrupted_file_is_detected(index, tmp_path, role):
         load_index(tmp_path / "ix")
 
 
+def test_sha256_file_is_the_one_file_checksum(tmp_path):
+    """The index, the encoder artifact and the demo's stamp hash files with one function, whole files
+    read a chunk at a time (here 8 bytes: empty, shorter, exactly one and several chunks)."""
+    import hashlib
+
+    from monai_cir.atomic import sha256_file
+    from monai_cir.networks import scripted
+
+    data = os.urandom(20)
+    for n in (0, 7, 8, 9, 20):
+        (tmp_path / "f").write_bytes(data[:n])
+        assert sha256_file(tmp_path / "f", chunk=8) == hashlib.sha256(data[:n]).hexdigest(), n
+    assert index_base.sha256_file is sha256_file and scripted.sha256_file is sha256_file
+
+
 def test_truncated_and_missing_files_are_detected(index, tmp_path):
     index.save(tmp_path / "ix")
     path = _data_file(tmp_path / "ix", "vectors")

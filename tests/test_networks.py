@@ -259,6 +259,18 @@ def test_checkpoint_round_trip(offline_net, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable"):
         load_model(tmp_path / "bad.pt")
+    # a folder: its model.pt (a MODELS folder), else its models/model.pt (a bundle folder), the app's rule
+    from monai_cir.networks.checkpoint import checkpoint_in_folder
+
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "models" / "model.pt").write_bytes(path.read_bytes())
+    assert checkpoint_in_folder(bundle) == bundle / "models" / "model.pt" and load_model(bundle).fingerprint() == net.fingerprint()
+    (bundle / "model.pt").write_bytes(b"not a checkpoint")
+    assert checkpoint_in_folder(bundle) == bundle / "model.pt"  # the folder's own model.pt first, as the app reads MODELS
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no model checkpoint in the folder .*: expected model.pt or models/model.pt"):
+        load_model(tmp_path / "empty")
 
 
 def test_untrained_head_is_the_same_in_every_process():

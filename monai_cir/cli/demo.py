@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -52,14 +51,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _select_library(records: list, query_id: str, limit: int | None) -> tuple[object, list]:
     query = next((r for r in records if r.case_id == query_id), None)
     if query is None:
@@ -86,12 +77,13 @@ def build_demo_library(records: list, cache: Path, rebuild: bool = False) -> tup
     """Dicomize and index the library (reused when the model and the case list are unchanged).
 
     Returns ``(library folder, models folder)``; the models folder is the app's MODELS."""
+    from monai_cir.atomic import sha256_file
     from monai_cir.dicom.dicomize import case_uids, dicomize_record
 
     library, models = cache / "library", cache / "models"
     checkpoint = demo_checkpoint()
     stamp = {
-        "checkpoint_sha256": _sha256(checkpoint) if checkpoint is not None else None,
+        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint is not None else None,
         "cases": sorted(r.case_id for r in records),
     }
     stamp_file = models / STAMP
@@ -152,11 +144,11 @@ def _index_matches_model(models: Path) -> bool:
 def demo_checkpoint() -> Path | None:
     """The trained checkpoint file the demo serves: ``$MONAI_CIR_MODEL`` (a ``.pt`` file or a bundle folder),
     else the checkout's ``bundle/models/model.pt``; None when there is none."""
-    from monai_cir.networks.checkpoint import default_checkpoint_path
+    from monai_cir.networks.checkpoint import checkpoint_in_folder, default_checkpoint_path
 
     checkpoint = default_checkpoint_path()
-    if checkpoint is not None and checkpoint.is_dir():  # a bundle folder
-        checkpoint = checkpoint / "models" / "model.pt" if (checkpoint / "models" / "model.pt").is_file() else checkpoint / "model.pt"
+    if checkpoint is not None and checkpoint.is_dir():  # a bundle or MODELS folder
+        checkpoint = checkpoint_in_folder(checkpoint) or checkpoint / "model.pt"
     if checkpoint is not None and not checkpoint.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {checkpoint} (from $MONAI_CIR_MODEL)")
     return checkpoint

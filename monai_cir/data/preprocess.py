@@ -7,23 +7,30 @@ scores as well at a quarter of the cost (DESIGN.md section 3).
 Every path into the network goes through :func:`preprocess_image`, so a library image and a query
 image are treated identically; the model fingerprint records the size (an index built at another
 size is refused).
+
+Every image *file* (JPEG, PNG...) is decoded by :func:`read_rgb`: the training and index reads
+(:func:`load_image`), ``dicomize`` when it cannot carry a JPEG as-is, and the deploy app's library
+thumbnails. torch is imported on first use, not here, so that ``dicomize`` and the DICOM reader can
+decode a file without paying for it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Hashable, Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "remove_black_border",
     "to_rgb_uint8",
     "preprocess_image",
     "load_image",
+    "read_rgb",
     "RemoveBlackBorder",
     "PreprocessImaged",
 ]
@@ -84,6 +91,9 @@ def preprocess_image(image: np.ndarray | Image.Image, image_size: int = 512, rem
     """(H, W[, C]) pixels -> (3, image_size, image_size) float32 RGB in [0, 1].
 
     Black border removal, then a bilinear (antialiased) resize to a square, as in the paper."""
+    import torch
+    import torch.nn.functional as F
+
     array = to_rgb_uint8(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
     if remove_border:
         array = remove_black_border(array)
@@ -92,18 +102,32 @@ def preprocess_image(image: np.ndarray | Image.Image, image_size: int = 512, rem
     return tensor.squeeze(0).clamp_(0.0, 1.0)
 
 
-def load_image(path: str | Path, image_size: int = 512, remove_border: bool = True) -> torch.Tensor:
-    """Read an image file (JPEG, PNG...) and preprocess it; errors name the file."""
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file (JPEG, PNG, anything Pillow reads) as (H, W, 3) uint8 RGB, read-only.
+
+    Pillow's ``convert("RGB")``: greyscale and palette images become RGB, an alpha channel is dropped
+    (not composited), 16-bit greyscale is clipped to 8 bits; EXIF orientation is not applied (the
+    pixels as stored, as ``dicomize`` carries a JPEG). Raises ``FileNotFoundError`` for a missing file
+    and ``ValueError`` naming the file and what is wrong for one Pillow cannot decode."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
-            img.load()
-            array = np.asarray(img.convert("RGB"))
-    except Exception as err:  # PIL raises several types for broken files
-        raise ValueError(f"cannot read image {path}: {err}") from err
-    return preprocess_image(array, image_size, remove_border)
+            img.load()  # decode now: a truncated file fails here, inside the try, not later
+            rgb = img.convert("RGB")
+    except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... for broken files
+        detail = str(err).replace(repr(str(path)), "").strip() or type(err).__name__  # the path is named once, below
+        raise ValueError(
+            f"cannot read image {path}: {detail}; expected a complete JPEG, PNG or other file Pillow reads "
+            "(replace the file or re-export it)"
+        ) from err
+    return np.asarray(rgb)
+
+
+def load_image(path: str | Path, image_size: int = 512, remove_border: bool = True) -> torch.Tensor:
+    """Read an image file (:func:`read_rgb`) and preprocess it; errors name the file."""
+    return preprocess_image(read_rgb(path), image_size, remove_border)
 
 
 def _transform_classes() -> dict[str, type]:

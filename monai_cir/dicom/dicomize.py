@@ -43,6 +43,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
+from ..data.preprocess import read_rgb
+from ..data.sites import SITE_CODES, UNKNOWN_SITE, normalize_site
 from . import codes as C
 
 __all__ = [
@@ -151,17 +153,6 @@ def _chroma_subsampled(sampling: list[tuple[int, int]]) -> bool:
     return any(s != sampling[0] for s in sampling[1:])
 
 
-def _read_pixels(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.ascontiguousarray(np.asarray(img.convert("RGB")))
-    except Exception as err:  # PIL raises several types
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
 # ------------------------------------------------------------------------------------------------
 # Dermoscopic Photography Image
 # ------------------------------------------------------------------------------------------------
@@ -208,6 +199,7 @@ def dermoscopy_image_dataset(
         raise ValueError(f"compression must be 'jpeg' or 'none', got {compression!r}")
     if patient_sex not in ("", "M", "F", "O"):
         raise ValueError(f"PatientSex must be M, F, O or empty, got {patient_sex!r}")
+    region = _anatomic_region(site)  # an unknown site raises here, before the image is read
     now = content_datetime or datetime.datetime.now()
 
     jpeg = None
@@ -221,7 +213,7 @@ def dermoscopy_image_dataset(
                 # 4:4:4 YCbCr would be YBR_FULL, which the VL/dermoscopy IODs do not allow
                 jpeg = None
         if jpeg is None:
-            pixels = _read_pixels(image_path)
+            pixels = read_rgb(image_path)  # the pixels training and the index read from the same file
     if pixels is not None:
         pixels = np.asarray(pixels)
         if pixels.ndim != 3 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
@@ -278,7 +270,6 @@ def dermoscopy_image_dataset(
     ds.AcquisitionDateTime = ""
     ds.ImageType = ["DERIVED", "PRIMARY"]
     ds.AcquisitionContextSequence = []
-    region = _anatomic_region(site)
     if region:  # Type 1C: present only when known
         ds.AnatomicRegionSequence = region
     if not region or region[0].CodeValue not in _UNPAIRED_REGIONS:
@@ -326,10 +317,8 @@ _UNPAIRED_REGIONS = {"774007"}
 
 
 def _anatomic_region(site: str) -> list[Dataset]:
-    if not site or site == "unknown":
+    if not site or site == UNKNOWN_SITE:
         return []
-    from ..data.sites import SITE_CODES, normalize_site
-
     code = SITE_CODES.get(normalize_site(site))
     if code is None:
         return []
@@ -442,23 +431,22 @@ def dicomize_record(record: Any, out_dir: str | Path, compression: str = "jpeg",
     uids = case_uids(collection, case_id)
     notices: list[str] = []
     sex = _SEX.get(str(metadata.get("sex", "")).strip().lower(), "")
-    site = str(getattr(record, "site", "unknown") or "unknown")
+    site = str(getattr(record, "site", UNKNOWN_SITE) or UNKNOWN_SITE)
     try:
-        image = dermoscopy_image_dataset(
-            record.image_path,
-            uids=uids,
-            patient_sex=sex,
-            patient_age=_patient_age(metadata.get("age_approx", metadata.get("age"))),
-            site=site,
-            series_description=f"Dermoscopy ({collection})" if collection else "Dermoscopy",
-            study_description=f"monai-cir case {collection}" if collection else "monai-cir case",
-            compression=compression,
-        )
-    except ValueError as err:
-        if "unknown anatomical site" not in str(err):
-            raise
+        normalize_site(site)  # checked before the image is read: an unknown site is a notice, not a failed case
+    except ValueError:
         notices.append(f"site {site!r} not in the vocabulary: Anatomic Region Sequence left empty")
-        image = dermoscopy_image_dataset(record.image_path, uids=uids, patient_sex=sex, compression=compression)
+        site = UNKNOWN_SITE
+    image = dermoscopy_image_dataset(
+        record.image_path,
+        uids=uids,
+        patient_sex=sex,
+        patient_age=_patient_age(metadata.get("age_approx", metadata.get("age"))),
+        site=site,
+        series_description=f"Dermoscopy ({collection})" if collection else "Dermoscopy",
+        study_description=f"monai-cir case {collection}" if collection else "monai-cir case",
+        compression=compression,
+    )
     diagnosis = str(getattr(record, "diagnosis", "") or "") if include_diagnosis else ""
     sr = case_report_sr(
         image,

@@ -13,7 +13,6 @@ part of the index.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import sha256_file
 
 __all__ = [
     "INDEX_FORMAT",
@@ -178,14 +179,6 @@ def as_float32_matrix(vectors: Any, dim: int, what: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{what} contain NaN or infinite values")
     return np.ascontiguousarray(array)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:

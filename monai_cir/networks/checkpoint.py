@@ -30,7 +30,8 @@ from .composed_retrieval import (
     hash_weights,
 )
 
-__all__ = ["save_checkpoint", "read_checkpoint", "record_in_checkpoint", "load_model", "encoder_fingerprint", "default_checkpoint_path", "MODEL_ENV"]
+__all__ = ["save_checkpoint", "read_checkpoint", "record_in_checkpoint", "load_model", "encoder_fingerprint", "default_checkpoint_path",
+           "checkpoint_in_folder", "MODEL_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+# where a folder holds its checkpoint, in this order: a MODELS folder (model.pt beside index/), then a MONAI bundle
+# folder or MODELS as `monai-deploy package --models DIR` lays it out (models/model.pt)
+CHECKPOINT_IN_FOLDER = ("model.pt", "models/model.pt")
+
+
+def checkpoint_in_folder(folder: str | Path) -> Path | None:
+    """The checkpoint file ``folder`` holds (the first of :data:`CHECKPOINT_IN_FOLDER` there), None when neither:
+    the one rule :func:`load_model`, the demo and the deploy app read a folder by."""
+    return next((Path(folder) / name for name in CHECKPOINT_IN_FOLDER if (Path(folder) / name).is_file()), None)
+
+
 def default_checkpoint_path() -> Path | None:
     """``$MONAI_CIR_MODEL``, else ``bundle/models/model.pt`` in the checkout, else None."""
     env = os.environ.get(MODEL_ENV)
@@ -167,7 +179,11 @@ def load_model(
         net = ComposedRetrievalNet.offline_default(image_size=260)
     else:
         if path.is_dir():
-            path = path / "models" / "model.pt" if (path / "models" / "model.pt").is_file() else path / "model.pt"
+            found = checkpoint_in_folder(path)
+            if found is None:
+                raise FileNotFoundError(f"no model checkpoint in the folder {path}: expected {' or '.join(CHECKPOINT_IN_FOLDER)} in it "
+                                        "(train it first, e.g. bundle/configs/train.yaml)")
+            path = found
         if not path.is_file():
             raise FileNotFoundError(f"model checkpoint not found: {path} (train it first, e.g. bundle/configs/train.yaml with that --fold)")
         payload = read_checkpoint(path)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import threading
@@ -49,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import sha256_file
 from .image_encoder import FeatureLevelEncoder
 from .text_encoder import TokenEncoder
 
@@ -188,14 +188,6 @@ class ScriptedTextEncoder(TokenEncoder):
 
 
 # ------------------------------------------------------------------------------------------ writing
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _same_state(scripted: nn.Module, eager: nn.Module, what: str) -> None:
     ours, theirs = scripted.state_dict(), eager.state_dict()
     if set(ours) != set(theirs):
@@ -322,7 +314,7 @@ def write_encoder_artifact(net: Any, directory: str | Path) -> Path:
         image_trace.save(str(tmp / _IMAGE))
         text_trace.save(str(tmp / _TEXT))
         (tmp / _TOKENIZER).write_text(tokenizer_json)
-        manifest = {**spec, "image": image_spec, "text": text_spec, "files": {name: _sha256(tmp / name) for name in (_IMAGE, _TEXT, _TOKENIZER)}}
+        manifest = {**spec, "image": image_spec, "text": text_spec, "files": {name: sha256_file(tmp / name) for name in (_IMAGE, _TEXT, _TOKENIZER)}}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
     logger.info("wrote the encoder artifact %s (TorchScript, CPU, %d px)", directory, size)
     return directory
@@ -370,7 +362,7 @@ def load_encoder_artifact(directory: str | Path, expected: dict[str, Any]) -> tu
     try:
         files = manifest["files"]
         for name in (_IMAGE, _TEXT, _TOKENIZER):
-            if _sha256(directory / name) != files[name]:
+            if sha256_file(directory / name) != files[name]:
                 raise EncoderArtifactError(f"{directory / name} is damaged: its SHA-256 is not the one its manifest records")
         with warnings.catch_warnings():  # torch 2.14 marks torch.jit.load deprecated; the choice is explained above
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load")
