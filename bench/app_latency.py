@@ -235,11 +235,11 @@ def warm(device: str, models_dir: Path, single: Path, several: Path, work: Path,
     print(f"[{device}] paired rounds (single, batch back to back), per-study ratio: median {p['steady_ratio_median']:.3f}, {p['first_sight_ratio_median']:.3f} at first sight (rounds: {p['rounds']})", flush=True)
     stored = len(models.grid_maps) if models.grid_maps is not None else 0
     # which answers the diagnosis prior ordered (its notice), and which said the evidence favours another diagnosis
-    from monai_cir.prior_ranking import PRIOR_NOTICE
+    from monai_cir.prior_ranking import PRIOR_RANKING
 
     queries = run_app_in_process(several, work / f"out-{device}-batch", models, settings_b)["queries"]
-    ordering = {"studies": len(queries), "ordered_by_the_prior": sum(PRIOR_NOTICE in q["notices"] for q in queries),
-                "evidence_disagreement_notices": sum(any(n.startswith("the evidence summary (") for n in q["notices"]) for q in queries)}
+    ordering = {"studies": len(queries), "ordered_by_the_prior": sum(q["ranking"] == PRIOR_RANKING for q in queries),
+                "evidence_disagreement_notices": sum(q["evidence_disagreement"] is not None for q in queries)}
     print(f"[{device}] answers: {ordering}", flush=True)
     return {"library_grid_maps_stored": stored, "answers": ordering, "single_study_ms": entry, "batch": batches}, last
 

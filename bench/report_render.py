@@ -4,7 +4,7 @@
 
 Real ISIC UDA-1 images (a query and k library cases, thumbnails at the app's 384 px) go through
 :func:`monai_cir.dicom.sr.similar_cases_sr` and :func:`monai_cir.dicom.report_pdf.render_report_pdf`
-as the deploy app calls them: the PDF alone (page 1), the PDF with one explanation page per case
+as the deploy app calls them: the PDF alone (page 1), the PDF with its explanation page (five cases a page)
 (synthetic heatmaps at the network's 260 px), its Encapsulated PDF wrapping, and the SR, each
 built and written to a temp folder. Also the cold import of the PDF module (a fresh interpreter).
 Writes ``bench/results/report_render.json`` and ``.md``. Nothing derived from the images is kept.

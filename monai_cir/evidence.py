@@ -92,9 +92,11 @@ class EvidenceCalibration:
         return cls(**data)
 
     def save(self, path: str | Path) -> Path:
+        from .atomic import atomic_write_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
         return path
 
     @classmethod

@@ -23,7 +23,23 @@ import numpy as np
 from .index import SearchHit
 from .index.base import normalize_filters
 
-__all__ = ["PRIOR_NOTICE", "PriorRankedIndex"]
+__all__ = ["PRIOR_NOTICE", "PRIOR_RANKING", "RANKINGS", "SIMILARITY_RANKING", "PriorRankedIndex", "prior_acted"]
+
+# how an answer's cases are ordered: results.json's and `monai-cir search --json`'s "ranking", the PDF's heading
+SIMILARITY_RANKING = "similarity"
+PRIOR_RANKING = "similarity_and_diagnosis_prior"
+RANKINGS = (SIMILARITY_RANKING, PRIOR_RANKING)
+
+
+def prior_acted(terms: Any) -> Any:
+    """Whether the diagnosis prior orders a query's answer: its ranking terms are not all zero (a text naming no
+    7-point finding has findings weight ``w = 0``, so ``K = S``: the similarity ranking). ``terms``: (C,) -> bool,
+    (Q, C) -> (Q,) bool array (numpy or torch); None (no prior) -> False."""
+    if terms is None:
+        return False
+    values = terms.detach().cpu().numpy() if hasattr(terms, "detach") else np.asarray(terms)
+    acted = (values != 0).any(axis=-1)
+    return bool(acted) if acted.ndim == 0 else acted
 
 PRIOR_NOTICE = (
     "the cases are ordered by similarity and by how likely their diagnosis is for this lesion, from its image and the "

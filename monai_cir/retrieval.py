@@ -36,13 +36,14 @@ from tqdm.auto import tqdm
 
 from .data import load_image, preprocess_image
 from .index import CaseIndex, CaseMetadata, SearchHit, create_index
-from .prior_ranking import PRIOR_NOTICE, PriorRankedIndex
+from .prior_ranking import PRIOR_NOTICE, PRIOR_RANKING, SIMILARITY_RANKING, PriorRankedIndex, prior_acted
 
 __all__ = [
     "Answer",
     "answer",
     "ranked_answer",
     "evidence_disagreement_notice",
+    "text_use",
     "dicom_library",
     "dicomweb_library",
     "ImageLike",
@@ -300,6 +301,32 @@ def build_index(
     return index
 
 
+def text_use(net: Any, text: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """How the query's ``text`` counts in its query, and what the reader is told of it: the deploy app and
+    ``monai-cir search`` say the same. Returns ``(use, notices)``: ``use`` ``{"weight": w of Q = w Q_composed +
+    (1 - w) Q_image, "findings_read": [7-point criteria read in it]}`` (None for a blank text); ``notices``: the
+    text was not used (it names no finding), or the findings read and how much the text counted, and a text
+    longer than the text encoder reads."""
+    from .data.report import TEXT_NOT_USED_NOTICE, recognised_findings, text_use_notice
+
+    if not text.strip():
+        return None, []
+    weight = float(net.text_weights([text])[0])
+    findings = list(recognised_findings(text)) if net.text_gate == "findings" else []
+    notices = []
+    if weight == 0:
+        notices.append(TEXT_NOT_USED_NOTICE)
+    elif findings:  # (a network without the findings gate reads any text whole: nothing to list)
+        notices.append(text_use_notice(weight, findings))
+    limit = net.text_encoder.max_length
+    # a token covers at least one character: only a text that long can be cut (tokenised again only then)
+    if weight > 0 and len(text) + 2 > limit:
+        tokens = net.text_encoder.token_count(text)
+        if tokens > limit:
+            notices.append(f"the report text is longer than the model reads ({tokens} tokens): only its first {limit} counted")
+    return {"weight": round(weight, 4), "findings_read": findings}, notices
+
+
 @dataclasses.dataclass(frozen=True)
 class Answer:
     """What a reader is shown for one composed query (:func:`answer`).
@@ -311,12 +338,23 @@ class Answer:
     ``k`` cases when the library has them: what the evidence summary votes over); ``differential``: None when
     the slot stayed shut (or the checkpoint records none), else
     :func:`monai_cir.differential.shown_with_differential`'s record, its ``"notice"`` the sentence to show;
-    ``notice``: :data:`~monai_cir.prior_ranking.PRIOR_NOTICE` when the diagnosis prior ordered the hits, else None."""
+    ``ranking``: how the hits are ordered, :data:`~monai_cir.prior_ranking.PRIOR_RANKING` when the diagnosis prior
+    ordered them, else :data:`~monai_cir.prior_ranking.SIMILARITY_RANKING`."""
 
     hits: list[SearchHit]
     pool: list[SearchHit]
     differential: dict[str, Any] | None = None
-    notice: str | None = None
+    ranking: str = SIMILARITY_RANKING
+
+    @property
+    def prior_ordered(self) -> bool:
+        return self.ranking == PRIOR_RANKING
+
+    @property
+    def notice(self) -> str | None:
+        """What to tell the reader of the order: :data:`~monai_cir.prior_ranking.PRIOR_NOTICE` when the prior ordered
+        the hits, else None."""
+        return PRIOR_NOTICE if self.prior_ordered else None
 
 
 def evidence_disagreement_notice(summary: Any, shown: Answer) -> str | None:
@@ -330,7 +368,7 @@ def evidence_disagreement_notice(summary: Any, shown: Answer) -> str | None:
     why the order can. The words do not say the prior moved the first case (the most similar case may be of that
     diagnosis already). Without the prior the similarity ranking's first case can also differ from its vote (a
     vote is over more cases than the first): that is visible in the list itself and gets no notice."""
-    if summary is None or shown.notice is None or not shown.hits:
+    if summary is None or not shown.prior_ordered or not shown.hits:
         return None
     first = shown.hits[0].metadata.diagnosis
     if summary.distribution.get(first, 0.0) >= summary.confidence - 1e-9:  # the vote's own diagnosis, or a tie
@@ -387,7 +425,7 @@ def ranked_answer(
 
     query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
     pool = index.search(query, k=max(k, pool_size), filters=filters)[0]
-    acted = terms is not None and bool(np.any(np.asarray(terms) != 0))  # a text naming no finding: K = S, the pool's order
+    acted = prior_acted(terms)  # a text naming no finding: K = S, the pool's order
     if not acted and slot is None:
         return Answer(hits=pool[:k], pool=pool)
     diagnoses = sorted(diagnoses if diagnoses is not None else index.info()["diagnosis"])
@@ -407,7 +445,7 @@ def ranked_answer(
         opened["similarity_rank"] = similarity_rank(index, query[0], other.score, dict(filters) if filters else None)
         best = hits[0].metadata.diagnosis
         opened["notice"] = slot.notice(other.metadata.diagnosis, opened["similarity_rank"], best, opened["margin"], prior=True)
-    return Answer(hits=hits, pool=pool, differential=opened, notice=PRIOR_NOTICE if hits else None)
+    return Answer(hits=hits, pool=pool, differential=opened, ranking=PRIOR_RANKING if hits else SIMILARITY_RANKING)
 
 
 def search(

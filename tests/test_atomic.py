@@ -36,3 +36,18 @@ def test_torch_save_atomic_round_trip(tmp_path):
     target = tmp_path / "cache.pt"
     torch_save_atomic({"x": torch.arange(3)}, target)
     assert torch.equal(torch.load(target, weights_only=True)["x"], torch.arange(3))
+
+
+def test_the_apps_results_files_are_written_whole_with_the_usual_permissions(tmp_path):
+    """results.json and problems.json go through the one atomic writer: readable by whoever reads the app's other outputs
+    (a temporary file's 0600 made them unreadable to a PACS bridge running as another user)."""
+    from monai.deploy.core import Fragment
+
+    from deploy_app.operators.results_writer import PROBLEMS_FILE, RESULTS_FILE, ResultsWriterOperator
+
+    ResultsWriterOperator(Fragment(), output_folder=tmp_path, name="results").write([], [])
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (RESULTS_FILE, PROBLEMS_FILE):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RESULTS_FILE, PROBLEMS_FILE])

@@ -310,6 +310,60 @@ def test_reports_explain_in_the_process_when_a_worker_cannot(tmp_path, monkeypat
         assert result.timing_ms["explain"] > 0 and result.timing_ms["sr"] > 0 and "reports" not in result.timing_ms
 
 
+def test_a_report_part_that_fails_loses_only_itself(tmp_path, monkeypatch):
+    """Explanations, SR and PDF are written apart, in the process and in forked workers: a failed
+    explanation leaves reports that say they have none; a failed SR leaves the PDF, a failed PDF the
+    SR, the query answered with what was written and the failure in ``output_errors``; a query fails
+    only when neither report was written."""
+    from monai.deploy.core import Fragment
+
+    from deploy_app.operators import common, reports
+    from deploy_app.operators.common import QueryResult
+
+    class Pending:
+        forkable = True
+
+        def __init__(self, fails: bool) -> None:
+            self.fails = fails
+
+        def explain(self) -> dict:
+            if self.fails:
+                raise RuntimeError("no grid maps")
+            return {1: "why"}
+
+    def write_sr(result, path, score_range):
+        if result.query_id in ("sr", "both"):
+            raise OSError("disk full")
+        path.write_text(" | ".join(result.notices))
+        return path
+
+    def write_pdf(result, pdf, encapsulated, score_range):
+        if result.query_id in ("pdf", "both"):
+            raise ValueError("no room on the page")
+        pdf.write_text(" | ".join(result.notices))
+        encapsulated.write_text("")
+
+    monkeypatch.setattr(reports, "write_similar_cases_sr", write_sr)
+    monkeypatch.setattr(reports, "write_report", write_pdf)
+    for forked in (False, True):
+        monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"reports"} if forked else set())
+        monkeypatch.setattr(common, "PARALLEL_MIN_STUDIES", 2 if forked else 100)
+        names = ("fine", "explain", "sr", "pdf", "both")
+        results = [QueryResult(query_id=name, query=None, pending_explanations=Pending(fails=name == "explain")) for name in names]
+        reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / str(forked), name="reports").run(results)
+        by = dict(zip(names, results))
+
+        assert [name for name in names if by[name].ok] == ["fine", "explain", "sr", "pdf"], forked
+        assert sorted(by["fine"].outputs) == ["encapsulated_pdf", "pdf", "sr"] and not by["fine"].output_errors
+        assert by["explain"].output_errors == {"explain": "cannot explain the matches: RuntimeError: no grid maps"}
+        assert by["explain"].notices == [reports.EXPLANATION_FAILED_NOTICE] and not by["explain"].explanations
+        for written in ("sr", "pdf"):
+            assert reports.EXPLANATION_FAILED_NOTICE in Path(by["explain"].outputs[written]).read_text(), "the report says it has no explanations"
+        assert sorted(by["sr"].outputs) == ["encapsulated_pdf", "pdf"] and by["sr"].output_errors == {"sr": "cannot write the similar-cases SR: OSError: disk full"}
+        assert sorted(by["pdf"].outputs) == ["sr"] and by["pdf"].output_errors == {"pdf": "cannot write the PDF report: ValueError: no room on the page"}
+        assert by["both"].error == "cannot write the PDF report: ValueError: no room on the page" and by["both"].error_stage == "pdf"
+
+
 @pytest.mark.slow
 def test_sdk_import_skips_monai_core_until_it_is_used():
     """Importing the app does not run MONAI core's eager ``__init__`` (seconds of imports the app
@@ -433,7 +487,7 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
     from monai_cir.dicom.sr import read_similar_cases_sr
 
     from monai_cir.data.report import recognised_findings
-    from monai_cir.prior_ranking import PRIOR_NOTICE
+    from monai_cir.prior_ranking import PRIOR_NOTICE, PRIOR_RANKING, SIMILARITY_RANKING
 
     _, answers = results
     for name in ("in_library", "held_out"):
@@ -442,14 +496,17 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
         scores = [h["score"] for h in top]
         # the release ranks with its diagnosis prior when the text names findings (and says so): each case keeps its
         # similarity as its score, so the order is by similarity within a diagnosis and by the prior across them
-        assert (PRIOR_NOTICE in answers[name]["notices"]) == bool(recognised_findings(answers[name]["text"]))
+        ordered = answers[name]["ranking"] == PRIOR_RANKING
+        assert ordered == bool(recognised_findings(answers[name]["text"])) == (PRIOR_NOTICE in answers[name]["notices"])
+        assert answers[name]["ranking"] in (PRIOR_RANKING, SIMILARITY_RANKING)
         for diagnosis in {h["diagnosis"] for h in top}:
             same = [h["score"] for h in top if h["diagnosis"] == diagnosis]
             assert same == sorted(same, reverse=True), (name, diagnosis)
-        if PRIOR_NOTICE not in answers[name]["notices"]:
+        if not ordered:
             assert scores == sorted(scores, reverse=True)
         assert {h["case_id"] for h in top} <= {r.case_id for r in app_run["library"]}
         report = read_similar_cases_sr(app_run["out"] / answers[name]["outputs"]["sr"])
+        assert report.ranking == answers[name]["ranking"]  # the order, coded in the SR as in results.json
         assert [m.rank for m in report.matches] == [1, 2, 3, 4, 5]
         assert [m.case_id for m in report.matches] == [h["case_id"] for h in top]
         assert [m.score for m in report.matches] == pytest.approx(scores, abs=1e-5)
@@ -461,15 +518,16 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
         assert report.evidence_summary is not None
         assert report.evidence_summary.predicted == evidence["predicted"]
         # where the prior put another diagnosis first than the evidence favours, a notice says so (results.json, SR)
-        differ = (PRIOR_NOTICE in answers[name]["notices"] and evidence["predicted"] != top[0]["diagnosis"]
+        differ = (ordered and evidence["predicted"] != top[0]["diagnosis"]
                   and evidence["distribution"].get(top[0]["diagnosis"], 0.0) < evidence["confidence"])
         said = [n for n in answers[name]["notices"] if n.startswith("the evidence summary (")]
         assert len(said) == int(differ), (name, evidence["predicted"], top[0]["diagnosis"], said)
+        assert said == ([answers[name]["evidence_disagreement"]] if differ else []) and answers[name]["evidence_disagreement"] is None or differ
         assert all(n in report.notices for n in said)
-        # every match is explained (library images are reachable here): SR text and one PDF page each
+        # every match is explained (library images are reachable here): SR text, and the PDF's explanation page (5 rows)
         assert all(m.explanation and "local cosine" in m.explanation for m in report.matches)
         pdf = (app_run["out"] / answers[name]["outputs"]["pdf"]).read_bytes()
-        assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) >= 1 + len(top)
+        assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 2 and len(top) == 5
 
 
 @pytest.mark.integration
@@ -612,7 +670,7 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
     from monai_cir.dicom.sr import read_similar_cases_sr
     from monai_cir.differential import DifferentialSlot
     from monai_cir.networks.checkpoint import read_checkpoint, record_in_checkpoint
-    from monai_cir.prior_ranking import PRIOR_NOTICE
+    from monai_cir.prior_ranking import PRIOR_RANKING
     from monai_cir.retrieval import to_image_tensor
     from tests.test_dicom_io import pdf_text
 
@@ -651,7 +709,7 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
         term = {d: float(terms[0, classes.index(d) if d in classes else -1]) for d in (first, full[other]["diagnosis"])}
         ranking_margin = full[0]["score"] + term[first] - full[other]["score"] - term[full[other]["diagnosis"]]
         # its rank by similarity alone (the ranking's positions are the prior's where it acted), said in the notice
-        acted = PRIOR_NOTICE in answer["notices"]
+        acted = answer["ranking"] == PRIOR_RANKING
         by_similarity = 1 + sum(h["score"] > full[other]["score"] for h in full)
         assert acted or by_similarity == other + 1
         assert answer["differential"] == {"rank": 2, "case_id": full[other]["case_id"], "diagnosis": full[other]["diagnosis"],
@@ -887,7 +945,7 @@ def test_batch_reports_in_forked_workers_match_the_process(app_run, results, tmp
         assert all(m.explanation and "local cosine" in m.explanation for m in b.matches)
         assert [m.score for m in a.matches] == pytest.approx([m.score for m in b.matches], abs=1e-6)
         pages = [len(re.findall(rb"/Type\s*/Page(?!s)", (tmp_path / run / q["outputs"]["pdf"]).read_bytes())) for run, q in (("here", here), ("forked", there))]
-        assert pages[0] == pages[1] >= 1 + len(b.matches)
+        assert pages[0] == pages[1] == 2  # the cases, then one page explaining the 5 matches
         timing = there["timing_ms"]
         assert all(timing[stage] > 0 for stage in ("explain", "sr", "pdf")) and not any(k.startswith("reports") for k in timing), timing
 
@@ -902,7 +960,9 @@ def test_batch_reports_in_forked_workers_match_the_process(app_run, results, tmp
     monkeypatch.setattr(reports, "write_report", broken_pdf)
     failed = run_app(app_run["root"] / "input", tmp_path / "failed", models, settings)
     problems = json.loads((tmp_path / "failed" / "problems.json").read_text())
-    assert [q["query_id"] for q in failed["queries"]] == [in_process["queries"][0]["query_id"]]
+    # the query keeps its SR: answered, without a PDF, the PDF's failure in problems.json
+    assert [q["query_id"] for q in failed["queries"]] == [q["query_id"] for q in in_process["queries"]]
+    assert [sorted(q["outputs"]) for q in failed["queries"]] == [["encapsulated_pdf", "pdf", "sr"], ["sr"]]
     assert [(p["query_id"], p["message"]) for p in problems if p["stage"] == "pdf"] == [(unlucky, "cannot write the PDF report: ValueError: no room on the page")]
 
 

@@ -137,11 +137,13 @@ def test_the_app_answer_with_the_prior_is_the_evaluations_ranking():
         np.testing.assert_allclose([h.score for h in shown.hits], [float(query @ vectors[int(h.case_id[1:])]) for h in shown.hits], atol=1e-5)
         assert [h.case_id for h in shown.pool] == [f"c{j:03d}" for j in np.argsort(-(vectors @ query), kind="stable")[:16]]
     assert 0 < opened.sum() < len(queries)
-    from monai_cir.prior_ranking import PRIOR_NOTICE
+    from monai_cir.prior_ranking import PRIOR_NOTICE, PRIOR_RANKING, SIMILARITY_RANKING
 
-    assert ranked_answer(index, queries[0], 5, terms=terms[0], prior=prior).notice == PRIOR_NOTICE
+    moved = ranked_answer(index, queries[0], 5, terms=terms[0], prior=prior)
+    assert (moved.ranking, moved.notice) == (PRIOR_RANKING, PRIOR_NOTICE)
     unmoved = ranked_answer(index, queries[0], 5, terms=np.zeros(4), prior=prior)  # a text naming no finding
-    assert unmoved.notice is None and [h.case_id for h in unmoved.hits] == [h.case_id for h in unmoved.pool[:5]]
+    assert (unmoved.ranking, unmoved.notice) == (SIMILARITY_RANKING, None)
+    assert [h.case_id for h in unmoved.hits] == [h.case_id for h in unmoved.pool[:5]]
 
 
 def test_a_differential_case_beyond_the_pool_is_counted_once_by_similarity(monkeypatch):
@@ -269,7 +271,8 @@ def test_search_command_orders_with_the_prior_and_says_so(tmp_path, monkeypatch,
     import monai_cir.networks
     from monai_cir import retrieval
     from monai_cir.cli import main
-    from monai_cir.prior_ranking import PRIOR_NOTICE
+    from monai_cir.data.report import recognised_findings, text_use_notice
+    from monai_cir.prior_ranking import PRIOR_NOTICE, PRIOR_RANKING
 
     net = _prior_net()
     rng = np.random.default_rng(3)
@@ -281,7 +284,12 @@ def test_search_command_orders_with_the_prior_and_says_so(tmp_path, monkeypatch,
     search = ["search", "--index", str(tmp_path / "ix"), "--image", str(tmp_path / "query.png"), "-k", "12", "--no-differential", "--json"]
     assert main([*search, "--text", FULL]) == 0
     answer = json.loads(capsys.readouterr().out)
-    assert answer["ranking"] == PRIOR_NOTICE
+    assert answer["ranking"] == PRIOR_RANKING
+    # what the text did, in the app's words (its results.json): the findings read, their weight, the prior's order
+    assert answer["text_use"] == {"weight": pytest.approx(float(net.text_weights([FULL])[0]), abs=1e-4),
+                                  "findings_read": list(recognised_findings(FULL))} and answer["text_use"]["findings_read"]
+    assert answer["notices"][0] == text_use_notice(answer["text_use"]["weight"], answer["text_use"]["findings_read"])
+    assert PRIOR_NOTICE in answer["notices"]
     scores = {h["case_id"]: h["score"] for h in answer["hits"]}
     q = retrieval.encode_query(net, tmp_path / "query.png", FULL)[0]
     np.testing.assert_allclose([scores[c] for c in index.case_ids()], index.vectors() @ q, atol=1e-5)  # similarities
@@ -293,6 +301,7 @@ def test_search_command_orders_with_the_prior_and_says_so(tmp_path, monkeypatch,
     plain = json.loads(capsys.readouterr().out)
     plain_scores = [h["score"] for h in plain["hits"]]
     assert plain["ranking"] == "similarity" and plain_scores == sorted(plain_scores, reverse=True)
+    assert plain["text_use"] is None and plain["notices"] == []
 
 
 def test_bundle_inference_ranks_with_the_prior_and_reports_each_querys_slot(tmp_path):
@@ -335,7 +344,7 @@ def test_the_evidence_summary_and_a_prior_ordered_first_case_that_differ_are_sai
     (and only then: a prior-ordered answer whose first case's diagnosis is not the vote's) a notice names both."""
     from monai_cir.evidence import EvidenceSummary, summarize_evidence
     from monai_cir.index import SearchHit
-    from monai_cir.prior_ranking import PRIOR_NOTICE
+    from monai_cir.prior_ranking import PRIOR_RANKING
     from monai_cir.retrieval import Answer, evidence_disagreement_notice
 
     def hits(diagnoses, scores):
@@ -345,16 +354,16 @@ def test_the_evidence_summary_and_a_prior_ordered_first_case_that_differ_are_sai
     summary = summarize_evidence(pool, classes=CLASSES)
     assert summary.predicted == "nevus"
     reordered = hits(["melanoma", "nevus", "nevus"], [0.7, 0.9, 0.8])
-    notice = evidence_disagreement_notice(summary, Answer(hits=reordered, pool=pool, notice=PRIOR_NOTICE))
+    notice = evidence_disagreement_notice(summary, Answer(hits=reordered, pool=pool, ranking=PRIOR_RANKING))
     assert notice is not None and "favours nevus" in notice and "first case shown is a melanoma case" in notice
     assert f"{100 * summary.confidence:.0f}%, uncalibrated" in notice  # as the summary's own text qualifies it
     # a vote that ties the first case's diagnosis favours neither: nothing to say
     tied = EvidenceSummary(k=2, distribution={"nevus": 0.5, "melanoma": 0.5}, predicted="nevus", confidence=0.5)
-    assert evidence_disagreement_notice(tied, Answer(hits=reordered, pool=pool, notice=PRIOR_NOTICE)) is None
+    assert evidence_disagreement_notice(tied, Answer(hits=reordered, pool=pool, ranking=PRIOR_RANKING)) is None
     # the prior kept the vote's diagnosis first, or did not order the answer, or there is no summary: nothing to say
-    assert evidence_disagreement_notice(summary, Answer(hits=pool[:3], pool=pool, notice=PRIOR_NOTICE)) is None
+    assert evidence_disagreement_notice(summary, Answer(hits=pool[:3], pool=pool, ranking=PRIOR_RANKING)) is None
     assert evidence_disagreement_notice(summary, Answer(hits=reordered, pool=pool)) is None
-    assert evidence_disagreement_notice(None, Answer(hits=reordered, pool=pool, notice=PRIOR_NOTICE)) is None
+    assert evidence_disagreement_notice(None, Answer(hits=reordered, pool=pool, ranking=PRIOR_RANKING)) is None
 
 
 def test_search_command_says_when_the_evidence_and_the_prior_ordered_answer_differ(tmp_path, monkeypatch, capsys):

@@ -248,6 +248,10 @@ def test_pixel_variants(tmp_path):
     # 16-bit greyscale
     grey16 = (np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 7) % 4096
     _native("grey16", grey16, "MONOCHROME2").save_as(tmp_path / "grey16.dcm", enforce_file_format=True)
+    # 16-bit colour over its whole stored range: read without a notice
+    rgb16 = rgb.astype(np.uint16) * 257
+    _native("rgb16", rgb16, "RGB").save_as(tmp_path / "rgb16.dcm", enforce_file_format=True)
+    _native("rgb12in16", rgb.astype(np.uint16) * 16, "RGB").save_as(tmp_path / "rgb12in16.dcm", enforce_file_format=True)
     # YBR_FULL (uncompressed)
     from pydicom.pixels import convert_color_space
 
@@ -266,6 +270,14 @@ def test_pixel_variants(tmp_path):
     q = {Path(x.source_path).stem: x for x in scan.queries}
     g = q["grey16"].image
     assert g.shape == (64, 80, 3) and g.dtype == np.uint8 and g.max() == 255 and (g[..., 0] == g[..., 2]).all()
+    # colour in 16 bits: the same colours as in 8 (not stretched by its own range), without a notice; 12 bits of
+    # values in a 16-bit store: read by the stored range, as a viewer shows it, and called dim
+    np.testing.assert_array_equal(q["rgb16"].image, rgb)
+    np.testing.assert_array_equal(q["rgb12in16"].image, np.rint(rgb.astype(np.float32) * 16 * 255 / 65535).astype(np.uint8))
+    assert [n for n in q["rgb12in16"].notices if n.startswith("dim image")] == [
+        "dim image: its values span 5% of its 16-bit range (as a viewer shows it); the library's images use their whole range, "
+        "so weigh the similar cases accordingly"]
+    assert not [n for n in q["grey16"].notices + q["rgb16"].notices if n.startswith("dim image")]
     assert np.abs(q["ybr"].image.astype(int) - rgb.astype(int)).max() <= 2
     assert q["multi"].frame_number is None or q["multi"].frame_number == 1
     np.testing.assert_array_equal(q["multi"].image, rgb)
@@ -675,7 +687,7 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
     query, library = scan.queries[0], scan.queries[1:]
     hits = _hits(library) + [_no_uid_hit(len(library) + 1)]
     summary = _summary(hits)
-    sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network, 'brown'"})
+    sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network, 'brown'"}, ranking="similarity_and_diagnosis_prior")
     path = tmp_path / "similar.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert_valid(path)
@@ -711,6 +723,9 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
 
     report = read_similar_cases_sr(path)
     assert report.template == "1500" and report.score_range == (-3.0, 3.0)
+    assert report.ranking == "similarity_and_diagnosis_prior"  # coded in each case's group: no notice to parse
+    with pytest.raises(ValueError, match="unknown ranking 'best first'"):
+        similar_cases_sr(query, hits, ranking="best first")
     assert report.query_sop_instance_uid == query.sop_instance_uid and report.query_text == query.text
     assert [m.rank for m in report.matches] == [h.rank for h in hits]
     for match, hit in zip(report.matches, hits):
@@ -937,7 +952,7 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     assert pdf.startswith(b"%PDF") and back.StudyInstanceUID == query.study_uid and back.PatientID == query.patient_id
     assert back.Modality == "DOC" and back.SOPInstanceUID.startswith(C.UID_ROOT)
     first, *explained = pdf_text(pdf)
-    assert len(explained) == 1 and "Why case 1 looks similar" in explained[0]
+    assert len(explained) == 1 and "Why these cases look similar to the query" in explained[0]
     assert "Similar cases from the case library" in first and "DECISION SUPPORT, NOT A DIAGNOSIS" in first
     assert C.software_version() in first and "Report of 20" in first
     assert query.text.split()[0] in first and "Evidence summary" in first and f"{summary.predicted}" in first
@@ -985,13 +1000,62 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     long_text = ("Dermoscopy: atypical pigment network; irregular streaks; irregular pigmentation; regression structures; irregular "
                  "dots and globules; blue-whitish veil present; no vascular structures. Palpable lesion of the upper back, "
                  "female patient, 63 years; the lesion changed in size and colour over the last six months.")
-    page = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, differential_rank=4, notices=notices))[0].split())
+    page = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, differential_rank=4, notices=notices, ordered_by_prior=True))[0].split())
     notes = page[page.index("Notes:"):]
     for notice in notices:
         assert " ".join(notice.split()) in notes, notice
     # the prior ordered these cases: the header says so, not "most similar first"
     assert "..." not in notes and f"{len(hits)} similar cases, ordered by similarity and likely diagnosis" in page
     assert all(f"{similarity_percent(h.score):.0f}%" in page for h in hits)  # every case's row, below the notes
+    # the heading follows how the cases were ordered, not the notices' words
+    plain = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, notices=notices))[0].split())
+    assert f"{len(hits)} similar cases, most similar first" in plain and "ordered by similarity and likely diagnosis" not in plain
+
+
+def test_pdf_explanations_share_one_page_with_a_colour_scale():
+    """Five explained cases take one page after the cases' page: a row per case (its id, diagnosis, confirmation,
+    similarity), what holds for every case said once (what red means, with the overlay's colour scale, and the
+    query's words); a sixth case starts a second explanation page. Whether the query text changed the match is
+    said per row only where the cases differ; a ready-made figure takes its row's place."""
+    from monai_cir.dicom.report_pdf import CONFIRMATION_WORDS, render_report_pdf
+    from monai_cir.explain import Explanation, TokenWeight
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((96, 128, 3)) * 255).astype(np.uint8)
+    heat = rng.random((96, 128))
+    hits = [_no_uid_hit(rank, diagnosis=("melanoma", "nevus")[rank % 2], confirmation=CONFIRMATION_CYCLE[rank % 4]) for rank in range(1, 7)]
+    for hit in hits:
+        hit.case_id, hit.score = f"library-case-{hit.rank}", 2.9 - 0.1 * hit.rank
+
+    def explanation(gate: float = 0.3) -> Explanation:
+        return Explanation(
+            score=2.0, local_score=1.0, global_score=1.0, beta=0.6, text="brown network", levels=[NS(level="H", gate=gate)],
+            tokens=[TokenWeight("brown", 0.6), TokenWeight("network", 0.4)], query_heatmap=heat, target_heatmap=heat,
+            query_image=image / 255.0, target_image=image / 255.0,
+        )
+
+    pages = pdf_text(render_report_pdf(image, "brown network", hits, explanations={h.rank: explanation() for h in hits[:5]}))
+    assert len(pages) == 2 and all(f"page {i} of 2" in text for i, text in enumerate(pages, start=1))
+    page = " ".join(pages[1].split())
+    assert "Why these cases look similar to the query" in page and "DECISION SUPPORT, NOT A DIAGNOSIS" in page
+    assert all(f"library-case-{rank}" in page for rank in range(1, 6)) and "library-case-6" not in page
+    for hit in hits[:5]:
+        assert f"similarity {similarity_percent(hit.score):.0f}% of the best possible" in page
+        assert CONFIRMATION_WORDS[hit.metadata.confirmation] in page
+    assert "weaker" in page and "stronger contribution to the similarity" in page and "Relative within each image" in page
+    assert page.count("Red areas raised the similarity the most") == 1
+    assert page.count("Words of the query text the model attended to most (the same for every case): brown, network.") == 1
+
+    # six cases: a second explanation page; case 2's text did not count (said in its row, and so in every row), case 4
+    # is a ready-made figure
+    explanations = {h.rank: explanation(0.0 if h.rank == 2 else 0.3) for h in hits}
+    explanations[4] = np.full((60, 200, 3), 200, np.uint8)
+    pages = [" ".join(text.split()) for text in pdf_text(render_report_pdf(image, "brown network", hits, explanations=explanations))]
+    assert len(pages) == 3 and "page 3 of 3" in pages[2] and "library-case-6" in pages[2]
+    assert all(f"library-case-{rank}" in pages[1] for rank in range(1, 6))
+    assert pages[1].count("The query text did not change this match: the image alone made it similar.") == 1
+    assert pages[1].count("Words of the query text the model attended to most: brown, network.") == 3  # cases 1, 3, 5
+    assert all(text.count("Red areas raised the similarity the most") == 1 and "the same for every case" not in text for text in pages[1:])
 
 
 # ------------------------------------------------------------------------------------------------

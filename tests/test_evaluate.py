@@ -511,6 +511,41 @@ def test_cli_cross_validates_an_own_collection_from_images_and_csv(shared_data, 
     assert all(sorted(labels[folds == f].tolist()) == [0, 1, 2] for f in range(5))  # stratified: one of each per fold
 
 
+def test_cli_refuses_a_collection_its_methods_cannot_score_before_embedding_it(shared_data, tmp_path, monkeypatch, capsys):
+    """`monai-cir evaluate --images --csv`: a diagnosis with one case (no relevant case for its query) and, for a
+    method that fits the diagnosis prior, a fold whose training cases hold one case of a diagnosis are refused
+    in one line, exit 2, before any image is embedded."""
+    import csv
+
+    from monai_cir.cli import main
+    from monai_cir.data import feature_cache
+    from monai_cir.engine.bundle import subset_records
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded before the check")
+
+    monkeypatch.setattr(feature_cache, "build_feature_cache", no_embedding)
+    images = shared_data / "derm7pt" / "release_v0" / "images"
+    chosen = subset_records("derm7pt", 15, shared_data)  # 5 of each diagnosis
+    kept = {d: [r for r in chosen if r.diagnosis == d] for d in dict.fromkeys(r.diagnosis for r in chosen)}
+    first, second, third = kept
+    monkeypatch.chdir(tmp_path)
+
+    def evaluate_rows(rows, *methods):
+        table = tmp_path / "mine.csv"
+        with open(table, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["case_id", "image", "diagnosis", "text"])
+            out.writerows([f"mine-{i}", r.image_path.relative_to(images), r.diagnosis, r.text] for i, r in enumerate(rows))
+        code = main(["evaluate", "--images", str(images), "--csv", str(table), "--methods", *methods, "--folds", "0,1,2,3,4", "--image-size", "64"])
+        return code, capsys.readouterr().err
+
+    code, err = evaluate_rows(kept[first] + kept[second] + kept[third][:1], "imagenet_cosine")
+    assert code == 2 and f"diagnosis {third!r} has a single case" in err, err
+    code, err = evaluate_rows(kept[first] + kept[second] + kept[third][:2], "imagenet_cosine", "composed_late_fusion_prior")
+    assert code == 2 and f"{third!r} has 1 training case(s) among the training cases of fold" in err and "diagnosis prior needs at least 2" in err, err
+
+
 def test_results_table_names_the_collection_it_scored():
     """A table of your own collection's folds is not captioned Derm7pt."""
     from monai_cir.evaluation.report import results_table

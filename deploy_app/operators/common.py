@@ -70,6 +70,10 @@ class QueryResult:
     # the reports operator explains from it where it writes the SR and the PDF (a forked worker for a batch)
     pending_explanations: Any = None
     notices: list[str] = field(default_factory=list)
+    # how the hits are ordered (monai_cir.prior_ranking.RANKINGS): by similarity, or with the diagnosis prior; None until ranked
+    ranking: str | None = None
+    # the evidence summary favours another diagnosis than the prior-ordered first case (why, in words; also a notice)
+    evidence_disagreement: str | None = None
     # how the query's text counted: {"weight": w of Q = w Q_composed + (1 - w) Q_image, "findings_read": [7-point
     # criteria read in it]}; None for an image-only query
     text_use: dict[str, Any] | None = None
@@ -79,6 +83,8 @@ class QueryResult:
     # the differential case shown (monai_cir.differential): rank, case_id, diagnosis, similarity_rank, margin, max_margin
     differential: dict[str, Any] | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # "sr", "encapsulated_pdf", "pdf" -> file path
+    # a report part that failed while the query stayed answered ("explain", "sr" or "pdf" -> why; problems.json)
+    output_errors: dict[str, str] = field(default_factory=dict)
     published: dict[str, Any] = field(default_factory=dict)
     timing_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -171,18 +177,28 @@ def _thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _decoded_library_image(path: str, mtime_ns: int, size: int, max_side: int) -> np.ndarray | None:
-    from PIL import Image
+    # None (the PDF's placeholder) for a file that cannot be read, with a warning naming it; the
+    # lru_cache keeps the None, so the warning comes once per file, not at every match that shows it
+    from pydicom.misc import is_dicom
 
-    from monai_cir.dicom.reader import read_dicom_folder
+    if is_dicom(path):  # the "DICM" prefix read_dicom_folder requires: a DICOM file of the library
+        from monai_cir.dicom.reader import read_dicom_folder
 
-    scan = read_dicom_folder(path, max_side=max(max_side, 16))  # a DICOM file of the library
-    if scan.queries:
+        scan = read_dicom_folder(path, max_side=max(max_side, 16))
+        if not scan.queries:
+            why = "; ".join(problem.message for problem in scan.problems) or "no dermoscopy image in it"
+            logging.getLogger(__name__).warning(
+                "library image %s not shown (the report has a placeholder): %s. Restore the file or dicomize the case again", path, why
+            )
+            return None
         image = scan.queries[0].image
     else:  # an image file (library built from JPEG/PNG + CSV)
+        from monai_cir.data.preprocess import read_rgb
+
         try:
-            with Image.open(path) as img:
-                image = np.asarray(img.convert("RGB"))
-        except OSError:
+            image = read_rgb(path)
+        except ValueError as err:  # the message names the file and what is wrong with it
+            logging.getLogger(__name__).warning("library image not shown (the report has a placeholder): %s", err)
             return None
     return _thumbnail(image, max_side)
 
@@ -220,8 +236,9 @@ class ResultsOperator(Operator):
         query (``what`` says what could not be done; a :class:`StageFailure` names the part that
         failed) and the others go on.
 
-        ``parallel``: ``work`` only writes files and fills the ``returns`` fields of the result (dicts
-        of :class:`QueryResult`: the reports pass fills ``outputs`` and ``timing_ms``; per study, it is
+        ``parallel``: ``work`` only writes files and fills the ``returns`` fields of the result (dicts,
+        merged, or lists, replaced, of :class:`QueryResult`: the reports pass fills ``outputs``,
+        ``output_errors``, ``notices`` and ``timing_ms``; per study, it is
         most of what a batch cannot share). With at least :data:`PARALLEL_MIN_STUDIES` studies and
         more than one CPU, the studies are split over forked worker processes (one per CPU, one torch
         thread each), which see the results as they are here; what comes back is each study's
@@ -292,8 +309,11 @@ def _run_forked(
             for i, (fields, error) in enumerate(pool.map(_forked_work, range(len(answered)))):
                 result = answered[i]
                 if error is None:
-                    for name, value in fields.items():
-                        getattr(result, name).update(value)
+                    for name, value in fields.items():  # a dict merged (the parent may hold entries), a list replaced
+                        if isinstance(value, dict):
+                            getattr(result, name).update(value)
+                        else:
+                            setattr(result, name, value)
                 else:
                     result.fail(*error)
                     logger.error("query %s: %s", result.query_id, result.error)
@@ -344,4 +364,4 @@ def _forked_work(i: int) -> tuple[dict[str, Any], tuple[str, str] | None]:
         work(result)
     except Exception as err:  # noqa: BLE001 (reported for that study by the parent)
         return {}, _failure(err, stage, what)
-    return {name: dict(getattr(result, name)) for name in returns}, None
+    return {name: (dict if isinstance(getattr(result, name), dict) else list)(getattr(result, name)) for name in returns}, None

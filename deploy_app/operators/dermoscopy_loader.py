@@ -64,8 +64,8 @@ class DermoscopyStudyLoaderOperator(Operator):
             received = op_input.receive(self.input_name)
             if received:
                 folder = Path(received)
-        except Exception:  # noqa: BLE001, S110 (no upstream operator: use the constructor's folder)
-            pass
+        except Exception as err:  # noqa: BLE001 (no upstream operator: use the constructor's folder; anything else is logged)
+            self._logger.debug("no input folder received (%s: %s): reading %s", type(err).__name__, err, folder)
         queries, problems = self.load(folder)
         op_output.emit(queries, self.output_queries)
         op_output.emit(problems, self.output_problems)

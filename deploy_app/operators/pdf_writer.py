@@ -2,7 +2,7 @@
 (in the query's study), so that any viewer shows it (written by :class:`~.reports.SimilarCasesReportsOperator`).
 
 Page 1: the query image and text, then the top-k library cases with rank, similarity, diagnosis
-and how it was confirmed, and the evidence summary; one page per explained case follows
+and how it was confirmed, and the evidence summary; the explanations follow, five cases a page
 (:mod:`monai_cir.dicom.report_pdf`). The SDK's
 ``DICOMEncapsulatedPDFWriterOperator`` writes one PDF per compute from a ``StudySelectedSeries`` of
 the SDK loader; this app answers several queries per run from its own loader, so the encapsulation
@@ -26,6 +26,7 @@ ENCAPSULATED_PDF_FILE = "similar_cases_report.dcm"
 def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> None:
     """The plain PDF and its Encapsulated PDF instance (see :mod:`monai_cir.dicom.report_pdf`)."""
     from monai_cir.dicom.report_pdf import encapsulated_pdf_dataset, render_report_pdf
+    from monai_cir.prior_ranking import PRIOR_RANKING
 
     query = result.query
     pdf = render_report_pdf(
@@ -39,6 +40,7 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_rang
         study=query.dataset,
         score_range=score_range,
         differential_rank=result.differential["rank"] if result.differential else None,
+        ordered_by_prior=result.ranking == PRIOR_RANKING,
         image_alone=result.image_alone["counts"] if result.image_alone else None,
     )
     pdf_path.write_bytes(pdf)

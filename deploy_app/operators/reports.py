@@ -22,10 +22,12 @@ from .common import QueryResult, ResultsOperator, StageFailure
 from .pdf_writer import ENCAPSULATED_PDF_FILE, PDF_FILE, write_report
 from .sr_writer import SR_FILE, write_similar_cases_sr
 
-__all__ = ["REPORT_PARTS", "SimilarCasesReportsOperator"]
+__all__ = ["EXPLANATION_FAILED_NOTICE", "REPORT_PARTS", "SimilarCasesReportsOperator"]
 
 # the parts of the pass, in order: each is timed on its own (timing_ms) and named when it fails
 REPORT_PARTS = {"explain": "explain the matches", "sr": "write the similar-cases SR", "pdf": "write the PDF report"}
+# in the SR and the PDF of a query whose matches could not be explained (problems.json says why)
+EXPLANATION_FAILED_NOTICE = "the matches could not be explained this time: the report has no explanations (the run's problems.json says why)"
 
 
 class SimilarCasesReportsOperator(ResultsOperator):
@@ -35,8 +37,8 @@ class SimilarCasesReportsOperator(ResultsOperator):
     File output: ``OUT/<query id>/similar_cases_sr.dcm``, ``similar_cases_report.pdf`` and
     ``similar_cases_report.dcm``. ``score_range``: the lowest and highest score the model can give
     (the SR states it; the PDF shows similarity as a percentage of its top). The explanations are
-    those the retrieval prepared (``result.pending_explanations``; none with ``--no-explain``); a
-    query whose explanation, SR or PDF fails is marked failed in that stage, the others go on."""
+    those the retrieval prepared (``result.pending_explanations``; none with ``--no-explain``). A part
+    that fails loses only itself (:meth:`_report`); a query fails only when neither report was written."""
 
     def __init__(
         self,
@@ -58,28 +60,47 @@ class SimilarCasesReportsOperator(ResultsOperator):
         self.for_each_answered(here, "reports", self._explain, "explain the matches")
         for result in here:
             _split_pass_time(result)
-        self.for_each_answered(results, "reports", self._report, "write the reports", parallel=True, returns=("outputs", "timing_ms"))
+        self.for_each_answered(results, "reports", self._report, "write the reports", parallel=True, returns=("outputs", "output_errors", "notices", "timing_ms"))
         for result in results:
             _split_pass_time(result)
         return results
 
     def _explain(self, result: QueryResult) -> None:
-        with _part(result, "explain"):
-            result.explanations.update(result.pending_explanations.explain())
+        """The matches' explanations; one that fails leaves the query without explanations, not without
+        reports: its SR and PDF say so (:data:`EXPLANATION_FAILED_NOTICE`), problems.json says why."""
+        try:
+            with _part(result, "explain"):
+                result.explanations.update(result.pending_explanations.explain())
+        except StageFailure as err:
+            result.output_errors[err.stage] = str(err)
+            result.notices.append(EXPLANATION_FAILED_NOTICE)
         result.pending_explanations = None
 
     def _report(self, result: QueryResult) -> None:
+        """Explain, write the SR, write the PDF: each part apart, so that one that fails loses only itself.
+        The query stays answered with whichever of the SR and the PDF was written, the other's failure in
+        ``result.output_errors`` (problems.json); it fails when neither was."""
         folder = self.output_folder / result.query_id
         folder.mkdir(parents=True, exist_ok=True)
         if result.pending_explanations is not None:
             self._explain(result)
-        with _part(result, "sr"):
-            result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range))
+        failed: list[StageFailure] = []
+        try:
+            with _part(result, "sr"):
+                result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range))
+        except StageFailure as err:
+            failed.append(err)
         if self.write_pdf:
-            with _part(result, "pdf"):
-                write_report(result, folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE, self.score_range)
-                result.outputs["pdf"] = str(folder / PDF_FILE)
-                result.outputs["encapsulated_pdf"] = str(folder / ENCAPSULATED_PDF_FILE)
+            try:
+                with _part(result, "pdf"):
+                    write_report(result, folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE, self.score_range)
+                    result.outputs["pdf"] = str(folder / PDF_FILE)
+                    result.outputs["encapsulated_pdf"] = str(folder / ENCAPSULATED_PDF_FILE)
+            except StageFailure as err:
+                failed.append(err)
+        if failed and len(failed) == 1 + self.write_pdf:
+            raise failed[-1]  # nothing reached the reader: the query failed, in its last part's words
+        result.output_errors.update((err.stage, str(err)) for err in failed)
 
 
 class _part:

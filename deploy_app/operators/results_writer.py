@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,9 @@ PROBLEMS_FILE = "problems.json"
 
 
 def _atomic_json(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from monai_cir.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=1, default=str))
 
 
 def _relative(path: str, root: Path) -> str:
@@ -58,6 +52,9 @@ def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
         "image_alone": result.image_alone,
         "site": attr(q, "site"),
         "notices": list(dict.fromkeys(result.notices)),
+        # how top_k is ordered: "similarity", or "similarity_and_diagnosis_prior" (a text naming 7-point findings; a notice says what it means)
+        "ranking": result.ranking,
+        "evidence_disagreement": result.evidence_disagreement,
         "top_k": [
             {
                 "rank": h.rank,
@@ -119,6 +116,9 @@ class ResultsWriterOperator(Operator):
                 answered.append(result_record(result, self.output_folder))
             else:
                 all_problems.append(result.problem())
+            # a report part that failed for an answered query: the query is in results.json with what was written
+            all_problems.extend(Problem(stage=stage, message=message, path=attr(result.query, "source_path"), study_uid=attr(result.query, "study_uid"),
+                                        query_id=result.query_id) for stage, message in result.output_errors.items())
             for stage, message in result.published.get("errors", {}).items():
                 all_problems.append(Problem(stage=f"publish:{stage}", message=message, study_uid=attr(result.query, "study_uid"), query_id=result.query_id))
         summary = {

@@ -75,7 +75,9 @@ def resolve_models(models: str | Path) -> tuple[Path, Path]:
         )
     if not models.is_dir():
         raise ModelsLayoutError(f"models folder not found: {models} (give -m or HOLOSCAN_MODEL_PATH)")
-    checkpoint = next((c for c in (models / "model.pt", models / "models" / "model.pt") if c.is_file()), None)
+    from monai_cir.networks.checkpoint import checkpoint_in_folder
+
+    checkpoint = checkpoint_in_folder(models)
     if checkpoint is None:
         raise ModelsLayoutError(
             f"no model checkpoint in {models}: expected {models / 'model.pt'} or {models / 'models' / 'model.pt'} "
@@ -354,7 +356,7 @@ class ComposedRetrievalOperator(Operator):
 
     # ------------------------------------------------------------------ the work, without the SDK
     def run(self, results: list[QueryResult]) -> list[QueryResult]:
-        from monai_cir.retrieval import to_image_tensor
+        from monai_cir.retrieval import text_use, to_image_tensor
         from monai_cir.sites_condition import resolve_site_condition
 
         ready: list[tuple[QueryResult, Any, str, dict | None]] = []
@@ -366,22 +368,8 @@ class ComposedRetrievalOperator(Operator):
                     raise ValueError("the query has no image")
                 tensor = to_image_tensor(image, self.net.image_size)
                 text = str(attr(result.query, "text", "") or "")
-                weight = self.net.text_weights([text])[0]
-                if text.strip():
-                    from monai_cir.data.report import TEXT_NOT_USED_NOTICE, recognised_findings, text_use_notice
-
-                    findings = list(recognised_findings(text)) if self.net.text_gate == "findings" else []
-                    result.text_use = {"weight": round(float(weight), 4), "findings_read": findings}
-                    if weight == 0:
-                        result.notices.append(TEXT_NOT_USED_NOTICE)
-                    elif findings:  # (a network without the findings gate reads any text whole: nothing to list)
-                        result.notices.append(text_use_notice(weight, findings))
-                limit = self.net.text_encoder.max_length
-                # a token covers at least one character: only a text that long can be cut (tokenised again only then)
-                if weight > 0 and len(text) + 2 > limit:
-                    tokens = self.net.text_encoder.token_count(text)
-                    if tokens > limit:
-                        result.notices.append(f"the report text is longer than the model reads ({tokens} tokens): only its first {limit} counted")
+                result.text_use, notices = text_use(self.net, text)
+                result.notices.extend(notices)
                 filters, notice = resolve_site_condition(self.site, attr(result.query, "site"))
                 if notice:
                     result.notices.append(notice)
@@ -435,7 +423,7 @@ class ComposedRetrievalOperator(Operator):
             # the evidence summary votes over more neighbours (calibration.k, 16 by default) than are shown
             shown = ranked_answer(self.index, vector, self.top_k, self.calibration.k, filters, terms=term, prior=self.net.diagnosis_prior,
                                   slot=self.differential, diagnoses=self.classes)
-            pool, result.hits = shown.pool, shown.hits
+            pool, result.hits, result.ranking = shown.pool, shown.hits, shown.ranking
             if shown.notice:
                 result.notices.append(shown.notice)
             own = _own_case(result, shown.hits)
@@ -448,9 +436,9 @@ class ComposedRetrievalOperator(Operator):
                 result.notices.append(result.differential.pop("notice"))
             if pool:
                 result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes, library=self.library)
-                disagreement = evidence_disagreement_notice(result.evidence, shown)
-                if disagreement:
-                    result.notices.append(disagreement)
+                result.evidence_disagreement = evidence_disagreement_notice(result.evidence, shown)
+                if result.evidence_disagreement:
+                    result.notices.append(result.evidence_disagreement)
             if result.text_use and result.text_use["weight"] > 0 and result.hits:
                 self._image_alone(result, image_vector, filters)
             result.timing_ms["encode"] = encode_ms

@@ -27,7 +27,7 @@ def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[f
 
     sr = similar_cases_sr(
         result.query, result.hits, notices=list(dict.fromkeys(result.notices)),
-        evidence_summary=result.evidence, score_range=score_range,
+        evidence_summary=result.evidence, score_range=score_range, ranking=result.ranking,
         explanations={rank: e.sr_text() for rank, e in result.explanations.items()} or None,
     )
     sr.save_as(path, enforce_file_format=True)

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..atomic import atomic_write_text
     from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, results_table, text_forms_table
-    from ..evaluation.protocol import check_mergeable
+    from ..evaluation.protocol import check_collection_classes, check_mergeable
     from ..provenance import git_commit, machine_info
 
     if (args.images is None) != (args.csv is None):
@@ -113,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
         from ..data.collections import load_image_csv
 
         records = load_image_csv(args.images, args.csv)
-        if not records:
-            raise ValueError(f"{args.csv} lists no cases; add rows (columns image, diagnosis)")
+        check_collection_classes(records, folds, [methods[n] for n in names])  # before the images are embedded
         cache = feature_cache.build_feature_cache(records[0].collection, args.image_size, records=records)
     collection = "derm7pt" if cache is None else records[0].collection
     if args.out is None:

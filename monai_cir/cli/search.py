@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         library = index.info()["diagnosis"]
         summary = summarize_evidence(pool, calibration=calibration, classes=sorted(library), library=library)
     disagreement = retrieval.evidence_disagreement_notice(summary, shown)
+    use, text_notices = retrieval.text_use(net, args.text or "")  # what the text did, in the app's words
     explanations: list[Any] = []
     if args.explain and hits:
         from monai_cir.explain import explain_matches, render_explanation
@@ -88,23 +89,22 @@ def run(args: argparse.Namespace) -> int:
             labels=[f"#{h.rank} {h.case_id} ({h.metadata.diagnosis})" for h in hits], query_label=args.image.name,
         )
         render_explanation(explanations, args.explain)
-    if notice:
-        print(f"note: {notice}", file=sys.stderr)
-    if opened is not None:
-        print(f"note: {opened['notice']}", file=sys.stderr)
-    if shown.notice:
-        print(f"note: {shown.notice}", file=sys.stderr)
-    if disagreement:
-        print(f"note: {disagreement}", file=sys.stderr)
+    # the notes in the app's order (results.json's notices): the text, the site, the order, the differential, the evidence
+    notes = [*text_notices, notice, shown.notice, opened["notice"] if opened is not None else None, disagreement]
+    notes = [n for n in notes if n]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         payload = {
             "query": {"image": str(args.image), "text": args.text, "site": args.query_site, "condition": args.site},
             "filters": filters or {},
             "notice": notice,
+            "text_use": use,  # {"weight", "findings_read"}, as the app's results.json; None for an image-only query
+            "notices": notes,  # every note printed, as the app's results.json lists them
             "index": str(args.index),
             "hits": [hit.to_dict() for hit in hits],
             "differential": opened,
-            "ranking": shown.notice or "similarity",  # how the hits are ordered (the diagnosis prior's notice when it ordered them)
+            "ranking": shown.ranking,  # how the hits are ordered: "similarity" or "similarity_and_diagnosis_prior" (the note says what that means)
             "evidence": summary.to_dict() if summary else None,
             "evidence_disagreement": disagreement,  # the evidence and the prior-ordered first case differ (why, in words)
             "explanations": [e.summary() for e in explanations],

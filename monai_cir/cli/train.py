@@ -109,8 +109,6 @@ def run(args: argparse.Namespace) -> int:
         from ..data.collections import load_image_csv
 
         records = load_image_csv(args.images, args.csv)
-        if not records:
-            raise ValueError(f"{args.csv} lists no cases; add rows (columns image, diagnosis)")
     values = overrides(args, records)
     check_checkpoint_target(values["checkpoint"], args.overwrite, flag="--overwrite", elsewhere="--out PATH")  # before anything runs
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -35,6 +35,7 @@ __all__ = [
     "MODEL_NAME",
     "OID_SCHEME",
     "OUTPUT_CHARACTER_SET",
+    "RANKING_CODES",
     "UID_ROOT",
     "code_key",
     "confirmation_code",
@@ -44,6 +45,8 @@ __all__ = [
     "diagnosis_from_code",
     "new_uid",
     "project_code",
+    "ranking_code",
+    "ranking_from_code",
     "same_concept",
     "software_version",
 ]
@@ -156,6 +159,26 @@ DIAGNOSIS_CONFIRMATION = project_code("7", "Diagnosis confirmation method", lega
 CALIBRATED = project_code("8", "Calibrated confidence", legacy="CIR016")
 # an evidence summary's share of a diagnosis when the vote is not calibrated: no probability, so not coded as one
 WEIGHTED_SHARE = project_code("9", "Similarity-weighted share")
+# how the similar cases are ordered (monai_cir.prior_ranking.RANKINGS): a machine reader need not parse the notice
+RANKING_METHOD = project_code("10", "Similar cases ranking method")
+RANKING_CODES: dict[str, Code] = {
+    "similarity": project_code("10.1", "Ranked by similarity"),
+    "similarity_and_diagnosis_prior": project_code("10.2", "Ranked by similarity and diagnosis likelihood"),
+}
+_CODE_TO_RANKING = {(c.scheme_designator, c.value): name for name, c in RANKING_CODES.items()}
+
+
+def ranking_code(ranking: str) -> Code:
+    """The coded concept of a ranking (one of ``RANKING_CODES``)."""
+    try:
+        return RANKING_CODES[str(ranking)]
+    except KeyError:
+        raise ValueError(f"unknown ranking {ranking!r}; use one of {list(RANKING_CODES)}") from None
+
+
+def ranking_from_code(scheme: str, value: str) -> str | None:
+    """Inverse of :func:`ranking_code` (None for a code it does not know)."""
+    return _CODE_TO_RANKING.get(code_key(scheme, value))
 # Read-only: the diagnosis concept of the first release, recognised in library SRs it wrote.
 LEGACY_REFERENCE_DIAGNOSIS = Code("CIR005", LEGACY_PRIVATE_SCHEME, "Reference diagnosis")
 

@@ -6,8 +6,8 @@ Rules (documented in ``docs/dicom.md``):
   DMS) and VL Photographic Image Storage (``1.2.840.10008.5.1.4.1.1.77.1.4``, Modality XC); any
   transfer syntax pydicom can decode with its numpy / pylibjpeg / Pillow plugins (uncompressed,
   JPEG baseline/extended/lossless, JPEG 2000, JPEG-LS, RLE); RGB, YBR_FULL, YBR_FULL_422 (converted
-  to RGB), MONOCHROME1/2 and PALETTE COLOR; 8- to 16-bit (rescaled by
-  :func:`monai_cir.data.to_rgb_uint8`). Images larger than ``max_side`` are downscaled (notice).
+  to RGB), MONOCHROME1/2 and PALETTE COLOR; 8- to 16-bit (colour: scaled by the Bits Stored range;
+  greyscale and signed: by their own range, :func:`monai_cir.data.to_rgb_uint8`). Images larger than ``max_side`` are downscaled (notice).
   A colour JPEG Baseline frame (YBR_FULL_422 / YBR_FULL) is decoded by Pillow directly, as the
   training and the index read the JPEG files these frames carry unchanged (``dicomize``): the same
   pixels, faster than pydicom's decoder path; a frame over twice ``max_side`` is decoded at a
@@ -35,7 +35,8 @@ Rules (documented in ``docs/dicom.md``):
   side, a JPEG / JPEG-LS / JPEG 2000 frame without its end marker (a truncated stream, which
   decoders pad with grey instead of failing), a frame whose pixels are constant or nearly so
   (blank), any other error reading an image; a report SR whose image is not in the input. A
-  greyscale image is answered, with a notice (the model was trained on colour dermoscopy).
+  greyscale image is answered, with a notice (the model was trained on colour dermoscopy); so is a dim colour
+  image (more than 8 bits, values spanning under half the stored range: read by that range, as a viewer shows it).
 - **One file per instance**: the same SOP Instance UID received twice with the same patient, study
   and pixels (an SR: the same content) is read once (notice); the same UID on instances that differ
   (an image and an SR, another patient, study, report or pixels) is a collision upstream, and none of
@@ -192,13 +193,6 @@ class DicomScan:
 
     queries: list[DermoscopyQuery] = field(default_factory=list)
     problems: list[InputProblem] = field(default_factory=list)
-
-    def by_study(self) -> dict[str, list[DermoscopyQuery]]:
-        """Queries grouped by Study Instance UID (input order kept)."""
-        out: dict[str, list[DermoscopyQuery]] = {}
-        for query in self.queries:
-            out.setdefault(query.study_uid, []).append(query)
-        return out
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -471,7 +465,13 @@ def _to_rgb_frames(ds: Dataset, arr: np.ndarray) -> np.ndarray:
         arr = arr.max() - arr if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 else -arr
     if samples == 3 and arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
-    from ..data.preprocess import to_rgb_uint8  # imports monai: only for unusual images
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if samples == 3 and np.issubdtype(arr.dtype, np.unsignedinteger) and 8 < bits <= 16:
+        # colour by its stored range, as a viewer shows it (no windowing for colour) and as the same image in 8
+        # bits reads: stretching each image by its own minimum and maximum shifted its colours; a dim image
+        # says so (_dim_notice). Greyscale keeps its own range, as a viewer's default window shows it.
+        arr = np.clip(np.rint(arr.astype(np.float32) * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+    from ..data.preprocess import to_rgb_uint8
 
     return np.stack([to_rgb_uint8(frame) for frame in arr])
 
@@ -540,6 +540,26 @@ def _blank(frame: np.ndarray) -> float | None:
     low, high = np.percentile(sample, [1, 99], axis=0)
     spread = float((high - low).max())
     return spread if spread <= BLANK_RANGE else None
+
+
+# a wider-than-8-bit image whose values span less than this share of its stored range is called dim in a notice
+DIM_RANGE_SHARE = 0.5
+
+
+def _dim_notice(ds: Dataset) -> str | None:
+    """The notice of a colour image stored in more than 8 bits whose values span under
+    :data:`DIM_RANGE_SHARE` of its Bits Stored range (say 12-bit values in a 16-bit store): it is read
+    by its stored range (:func:`_to_rgb_frames`), as a viewer shows it, so it is dim, unlike the
+    library's images. None otherwise, and for 8-bit and greyscale images."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 3 or int(ds.get("BitsAllocated", 8) or 8) <= 8 or not 8 < bits <= 16:
+        return None
+    values = np.asarray(ds.pixel_array)  # decoded already (pydicom keeps it): no second decode
+    share = (float(values.max()) - float(values.min())) / float(2**bits - 1)
+    if share >= DIM_RANGE_SHARE:
+        return None
+    return (f"dim image: its values span {100 * share:.0f}% of its {bits}-bit range (as a viewer shows it); the library's images "
+            "use their whole range, so weigh the similar cases accordingly")
 
 
 def _is_greyscale(ds: Dataset, frame: np.ndarray) -> bool:
@@ -750,6 +770,7 @@ def _image_queries(
     except Exception as err:
         problems.append(InputProblem(where, f"corrupt or undecodable pixel data (transfer syntax {ts}): {err}"))
         return []
+    dim = _dim_notice(ds)
     meta = Dataset()  # the header only: no pixel data, no cached decoded array
     for element in ds:
         if element.tag not in _PIXEL_TAGS:
@@ -827,6 +848,8 @@ def _image_queries(
                 InputProblem(where, f"{frame_name} is blank: its pixels are constant or nearly so (range {spread:.0f} of 255 grey levels): not answered")
             )
             continue
+        if dim is not None:
+            frame_notices.append(dim)
         if _is_greyscale(ds, image):
             frame_notices.append(
                 "greyscale image: the model was trained on colour dermoscopy and the colour cues are missing; weigh the similar cases accordingly"

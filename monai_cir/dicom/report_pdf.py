@@ -3,9 +3,10 @@
 Page 1 (A4): report date and time, algorithm and version, the patient's sex and age when the study
 has them, the query image and text, the similar cases (rank, thumbnail, similarity as a percentage
 of the best possible score, diagnosis and how it was confirmed), the evidence summary, and always
-"Decision support, not a diagnosis". One page per explained case follows: the query and the case
-with the regions that made them similar highlighted, and the words of the query text that weighed
-most, in plain words.
+"Decision support, not a diagnosis". The explanations follow on one page (five cases a page; more
+pages only beyond five): one row per explained case, the query and the case with the regions that made
+them similar highlighted in red, and once for the page what the red means (with its colour scale) and
+the words of the query text that weighed most, in plain words.
 
 Drawn with reportlab (a few milliseconds per page; matplotlib took seconds to import and render);
 thumbnails are embedded as JPEG. The PDF goes into an Encapsulated PDF Storage object
@@ -49,6 +50,15 @@ _A4 = (595.2756, 841.8898)  # points
 _MM = 72 / 25.4
 # lines the notes may take below the query image (beyond: "..."; the SR carries every notice whole)
 _NOTES_BELOW_MAX = 14
+# explained cases per explanation page, one row each: five pairs side by side on one page compare at a glance
+# (one page per case made the reader flip pages), with images still about 4 cm wide
+_EXPLAINED_PER_PAGE = 5
+# the most red :func:`_overlay` blends into an image (its strongest area); the colour scale shows the same range
+_HEAT_ALPHA = 0.6
+_RED_AREAS = (
+    "Red areas raised the similarity the most: the network found matching patterns there. They are not a "
+    "lesion outline and not a diagnostic finding."
+)
 _SEX = {"M": "male", "F": "female", "O": "other"}
 
 
@@ -57,7 +67,10 @@ def _load(loader: ImageLoader | None, hit: Any) -> np.ndarray | None:
         return None
     try:
         image = loader(hit)
-    except Exception:  # noqa: BLE001 (a missing library image must not stop the report)
+    except Exception as err:  # noqa: BLE001 (a missing library image must not stop the report: its box says so, the log why)
+        import logging
+
+        logging.getLogger(__name__).warning("library case %s: image not available for the PDF (%s: %s)", _get(hit, "case_id"), type(err).__name__, err)
         return None
     if image is None:
         return None
@@ -82,9 +95,14 @@ def _jpeg(image: np.ndarray, max_side: int = 512):
     return ImageReader(buffer), pil.size
 
 
+def _print_pixels(points: float) -> int:
+    """The pixels a side of ``points`` takes at 300 dpi: sharp on paper, no bigger than that."""
+    return int(points / 72 * 300)
+
+
 def _draw_image(canvas, image: np.ndarray | None, x: float, y: float, w: float, h: float, colour: str = "#000000") -> None:
     """``image`` fitted into the box (x, y bottom-left, w x h), a coloured frame around the box.
-    The JPEG has about 300 dpi at the box's size: sharp on paper, no bigger than that."""
+    The JPEG has about 300 dpi at the box's size (:func:`_print_pixels`)."""
     from reportlab.lib.colors import HexColor
 
     if image is None:
@@ -94,7 +112,7 @@ def _draw_image(canvas, image: np.ndarray | None, x: float, y: float, w: float, 
         canvas.setFont("Helvetica", 7)
         canvas.drawCentredString(x + w / 2, y + h / 2, "image not available")
     else:
-        reader, (iw, ih) = _jpeg(image, max_side=int(max(w, h) / 72 * 300))
+        reader, (iw, ih) = _jpeg(image, max_side=_print_pixels(max(w, h)))
         scale = min(w / iw, h / ih)
         dw, dh = iw * scale, ih * scale
         canvas.drawImage(reader, x + (w - dw) / 2, y + (h - dh) / 2, dw, dh)
@@ -156,10 +174,20 @@ def _dejavu(bold: bool) -> str | None:
 def _wrapped(text: str, font: str, size: float, width: float) -> list[str]:
     """``text`` as the lines it takes at ``width``."""
     from reportlab.lib.utils import simpleSplit
+    from reportlab.pdfbase.pdfmetrics import stringWidth
 
     lines: list[str] = []
     for block in str(text).splitlines() or [""]:
-        lines += simpleSplit(block, font, size, width) or [""]
+        for line in simpleSplit(block, font, size, width) or [""]:
+            # simpleSplit breaks at spaces only: a word wider than the line (a long case id, text without spaces
+            # such as Chinese) would run off the page; it is cut where it fills the line
+            while len(line) > 1 and stringWidth(line, font, size) > width:
+                cut = 1
+                while cut < len(line) - 1 and stringWidth(line[: cut + 1], font, size) <= width:
+                    cut += 1
+                lines.append(line[:cut])
+                line = line[cut:]
+            lines.append(line)
     return lines
 
 
@@ -200,65 +228,123 @@ def _patient_line(study: Dataset | None) -> str:
     return ", ".join(parts)
 
 
-def _explanation_page(canvas, rank: int, hit: Any, explanation: Any, score_range: tuple[float, float]) -> None:
-    """One page: why case ``rank`` looks similar, in words and pictures (no model internals)."""
-    from reportlab.lib.colors import HexColor
-
-    width, height = _A4
-    meta = _get(hit, "metadata")
-    diagnosis = _get(meta, "diagnosis") or "unknown"
-    canvas.setFont("Helvetica-Bold", 14)
-    canvas.drawString(20 * _MM, height - 22 * _MM, f"Why case {rank} looks similar to the query")
-    canvas.setFillColor(HexColor("#b00000"))
-    canvas.setFont("Helvetica-Bold", 9)
-    canvas.drawString(20 * _MM, height - 29 * _MM, "DECISION SUPPORT, NOT A DIAGNOSIS")
-    canvas.setFillColor(HexColor("#000000"))
-    y = _paragraph(
-        canvas,
-        f"Case {_get(hit, 'case_id')}: {diagnosis}, {CONFIRMATION_WORDS.get(str(_get(meta, 'confirmation') or 'unknown'), 'confirmation not recorded')}; "
-        f"similarity {similarity_percent(float(_get(hit, 'score')), score_range):.0f}% of the best possible.",
-        20 * _MM, height - 37 * _MM, width - 40 * _MM,
-    )
-    box = (width - 50 * _MM) / 2
-    top = y - 6 * _MM - box
-    if isinstance(explanation, np.ndarray):  # a ready-made figure
-        _draw_image(canvas, explanation, 20 * _MM, 40 * _MM, width - 40 * _MM, y - 46 * _MM, "#ffffff")
-        return
-    for i, (image, heat, label) in enumerate(
-        ((explanation.query_image, explanation.query_heatmap, "Query"), (explanation.target_image, explanation.target_heatmap, f"Case {rank}"))
-    ):
-        _draw_image(canvas, _overlay(image, heat), 20 * _MM + i * (box + 10 * _MM), top, box, box, CLASS_COLOURS.get(str(diagnosis), OTHER_CLASS_COLOUR) if i else "#000000")
-        canvas.setFont("Helvetica", 9)
-        canvas.drawString(20 * _MM + i * (box + 10 * _MM), top - 5 * _MM, label)
-    y = top - 14 * _MM
-    y = _paragraph(
-        canvas,
-        "Red areas raised the similarity the most: the network found matching patterns there. They are not a "
-        "lesion outline and not a diagnostic finding.",
-        20 * _MM, y, width - 40 * _MM,
-    )
+def _text_use(explanation: Any, cases: int = 1) -> str:
+    """What the query text did for the match, in words: the words it attended to most, or that the image alone
+    made the match. ``cases`` > 1: the sentence said once for that many cases (the words are the query's own)."""
     words = [t.word for t in getattr(explanation, "tokens", [])[:6]]
     text_used = any(abs(getattr(level, "gate", 0.0)) > 0 for level in getattr(explanation, "levels", []))
     if words and text_used:
-        line = "Words of the query text the model attended to most (the same for every case): " + ", ".join(words) + "."
-    elif words:
-        line = "The query text did not change this match: the image alone made it similar."
-    else:
-        line = "Image-only query: no text was used."
-    _paragraph(canvas, line, 20 * _MM, y - 3 * _MM, width - 40 * _MM)
+        return f"Words of the query text the model attended to most{' (the same for every case)' if cases > 1 else ''}: {', '.join(words)}."
+    if words and cases > 1:
+        return "The query text did not change these matches: the image alone made them similar."
+    if words:
+        return "The query text did not change this match: the image alone made it similar."
+    return "Image-only query: no text was used."
 
 
-def _overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """``image`` (H, W, 3 in [0, 1] or uint8) with the strongest positive half of ``heat`` blended in red."""
+def _heat_scale(canvas, x: float, top: float, width: float) -> float:
+    """The red overlay's colour scale from ``top`` down: a bar blended as :func:`_overlay` blends, from a plain
+    skin tone (no red) to its strongest red, and what its ends mean. Returns the y below it."""
+    from reportlab.lib.colors import HexColor
+
+    skin, steps, bar = np.array([0.80, 0.66, 0.58]), 32, 3.5 * _MM
+    step = width / steps
+    for i in range(steps):
+        alpha = _HEAT_ALPHA * i / (steps - 1)
+        canvas.setFillColorRGB(*((1 - alpha) * skin + alpha * np.array([1.0, 0.0, 0.0])))
+        canvas.rect(x + i * step, top - bar, step + 0.3, bar, stroke=0, fill=1)  # + 0.3: no hairline gaps between steps
+    canvas.setStrokeColor(HexColor("#555555"))
+    canvas.setLineWidth(0.4)
+    canvas.rect(x, top - bar, width, bar, stroke=1, fill=0)
+    canvas.setFillColor(HexColor("#333333"))
+    canvas.setFont("Helvetica", 7)
+    canvas.drawString(x, top - bar - 3 * _MM, "weaker")
+    canvas.drawRightString(x + width, top - bar - 3 * _MM, "stronger contribution to the similarity")
+    # the overlay is scaled per image (_overlay): the same red in two images is not the same contribution
+    y = _paragraph(canvas, "Relative within each image: its strongest area is the strongest red.", x, top - bar - 6.5 * _MM, width, size=7)
+    canvas.setFillColor(HexColor("#000000"))
+    return y
+
+
+def _explanation_page(canvas, rows: Sequence[tuple[Any, Any]], text_use: str | None, score_range: tuple[float, float]) -> None:
+    """Why the cases of ``rows`` ((hit, explanation) pairs, at most ``_EXPLAINED_PER_PAGE``) look similar to the
+    query, in words and pictures (no model internals): one row per case; what holds for every row said once,
+    ``text_use`` too (None: it differs between cases, each row says its own)."""
+    from reportlab.lib.colors import HexColor
+
+    width, height = _A4
+    left, right = 15 * _MM, width - 15 * _MM
+    canvas.setFont("Helvetica-Bold", 14)
+    canvas.drawString(left, height - 18 * _MM, "Why these cases look similar to the query")
+    canvas.setFillColor(HexColor("#b00000"))
+    canvas.setFont("Helvetica-Bold", 9)
+    canvas.drawString(left, height - 24 * _MM, "DECISION SUPPORT, NOT A DIAGNOSIS")
+    canvas.setFillColor(HexColor("#000000"))
+    y = height - 31 * _MM
+    if any(not isinstance(explanation, np.ndarray) for _, explanation in rows):  # the red overlay is drawn here: say what it means
+        scale_x = right - 64 * _MM
+        below = _paragraph(canvas, _RED_AREAS, left, y, scale_x - 6 * _MM - left)
+        y = min(below, _heat_scale(canvas, scale_x, y + 2.5 * _MM, right - scale_x))
+    if text_use:
+        y = _paragraph(canvas, text_use, left, y - 1 * _MM, right - left, max_lines=3)
+
+    # the rows: rank, the query with this pair's map, the case with its map (framed in its class's colour), its words
+    gap = 4 * _MM
+    canvas.setFont("Helvetica-Bold", 8)
+    header = y - 4 * _MM
+    rows_top = header - 2.5 * _MM
+    pitch = (rows_top - 15 * _MM) / _EXPLAINED_PER_PAGE  # above the footer; the same size on every page
+    box = min(44 * _MM, pitch - gap)
+    query_x, case_x = left + 10 * _MM, left + 10 * _MM + box + gap
+    text_x = case_x + box + 6 * _MM
+    for x, title in zip((left, query_x, case_x, text_x), ("Rank", "Query, its map for this case", "Similar case, its map", "Case")):
+        canvas.drawString(x, header, title)
+    for i, (hit, explanation) in enumerate(rows):
+        top = rows_top - i * pitch
+        meta = _get(hit, "metadata")
+        diagnosis = str(_get(meta, "diagnosis") or "unknown")
+        confirmation = str(_get(meta, "confirmation") or "unknown")
+        canvas.setFont("Helvetica-Bold", 11)
+        canvas.drawString(left, top - 4 * _MM, str(_get(hit, "rank")))
+        if isinstance(explanation, np.ndarray):  # a ready-made figure, in the space of the row's two images
+            _draw_image(canvas, explanation, query_x, top - box, case_x + box - query_x, box, "#ffffff")
+        else:
+            pixels = _print_pixels(box)
+            _draw_image(canvas, _overlay(explanation.query_image, explanation.query_heatmap, pixels), query_x, top - box, box, box)
+            _draw_image(canvas, _overlay(explanation.target_image, explanation.target_heatmap, pixels), case_x, top - box, box, box,
+                        CLASS_COLOURS.get(diagnosis, OTHER_CLASS_COLOUR))
+        y = _paragraph(canvas, str(_get(hit, "case_id")), text_x, top - 3.5 * _MM, right - text_x, font="Helvetica-Bold", max_lines=2)
+        y = _paragraph(canvas, diagnosis, text_x, y, right - text_x, max_lines=2)
+        canvas.setFont("Helvetica-Bold" if confirmation == "histopathology" else "Helvetica", 9)
+        canvas.drawString(text_x, y, CONFIRMATION_WORDS.get(confirmation, CONFIRMATION_WORDS["unknown"]))
+        canvas.setFont("Helvetica", 9)
+        canvas.drawString(text_x, y - 4 * _MM, f"similarity {similarity_percent(float(_get(hit, 'score')), score_range):.0f}% of the best possible")
+        if text_use is None and not isinstance(explanation, np.ndarray):
+            canvas.setFillColor(HexColor("#333333"))
+            _paragraph(canvas, _text_use(explanation), text_x, y - 9 * _MM, right - text_x, size=7.5, max_lines=3)
+            canvas.setFillColor(HexColor("#000000"))
+
+
+def _overlay(image: np.ndarray, heat: np.ndarray, max_side: int | None = None) -> np.ndarray:
+    """``image`` (H, W, 3 in [0, 1] or uint8) with the strongest positive half of ``heat`` blended in red, up to
+    ``_HEAT_ALPHA`` where ``heat`` is highest in this image (:func:`_heat_scale` says so on the page).
+    ``max_side``: both are box-averaged first to about the pixels the page prints (a whole number of times
+    smaller): blending a 1024 px image whole, then shrinking it for the page, took most of the page's time."""
+    from PIL import Image
+
     img = np.asarray(image, dtype=np.float32)
     if img.max() > 1.5:
         img = img / 255.0
     heat = np.asarray(heat, dtype=np.float32)
+    factor = math.ceil(max(img.shape[:2]) / max_side) if max_side else 1
+    if factor > 1 and heat.shape == img.shape[:2]:
+        img = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c])).reduce(factor)) for c in range(3)], axis=-1)
+        heat = np.asarray(Image.fromarray(np.ascontiguousarray(heat)).reduce(factor))
     if heat.shape == img.shape[:2] and heat.size:
         heat = np.clip(heat - max(float(np.quantile(heat, 0.5)), 0.0), 0, None)  # the upper half only: where it matters
     if heat.shape != img.shape[:2] or not heat.any():
         return (255 * np.clip(img, 0, 1)).astype(np.uint8)
-    alpha = (heat / heat.max())[..., None] * 0.6
+    alpha = (heat / heat.max())[..., None] * _HEAT_ALPHA
     red = np.zeros_like(img)
     red[..., 0] = 1.0
     return (255 * np.clip((1 - alpha) * img + alpha * red, 0, 1)).astype(np.uint8)
@@ -280,15 +366,18 @@ def render_report_pdf(
     created: datetime.datetime | None = None,
     differential_rank: int | None = None,
     image_alone: Mapping[str, int] | None = None,
+    ordered_by_prior: bool = False,
 ) -> bytes:
     """The PDF bytes. ``hits`` as for :func:`monai_cir.dicom.sr.similar_cases_sr`;
     ``image_loader(hit)`` returns a library image (HWC) or None (placeholder box);
-    ``explanations``: rank -> :class:`monai_cir.explain.Explanation` (or a ready HWC image), one page each;
+    ``explanations``: rank -> :class:`monai_cir.explain.Explanation` (or a ready HWC image), one row each on the
+    explanation page(s);
     ``study``: the query's dataset, for the patient's sex and age and the identifiers;
     ``differential_rank``: the rank shown for the differential, not for its similarity
     (:mod:`monai_cir.differential`; its row says so, a notice says why);
     ``image_alone``: diagnosis -> cases among the same image's most similar cases without the text (one line
-    under the cases' heading: what the text changed)."""
+    under the cases' heading: what the text changed); ``ordered_by_prior``: the diagnosis prior ordered ``hits``
+    (:data:`monai_cir.prior_ranking.PRIOR_RANKING`; the heading must not say "most similar first")."""
     from reportlab import rl_config
     from reportlab.lib.colors import HexColor
     from reportlab.pdfgen.canvas import Canvas
@@ -349,10 +438,8 @@ def render_report_pdf(
     y = below_image - 9 * _MM
     canvas.setFont("Helvetica-Bold", 10)
     confirmed = sum(str(_get(_get(h, "metadata"), "confirmation") or "") == "histopathology" for h in hits)
-    from ..prior_ranking import PRIOR_NOTICE
-
     # with the diagnosis prior the order is not by similarity alone: the header must not say "best first"
-    order = "ordered by similarity and likely diagnosis" if PRIOR_NOTICE in notices else "most similar first"
+    order = "ordered by similarity and likely diagnosis" if ordered_by_prior else "most similar first"
     canvas.drawString(left, y, f"{len(hits)} similar cases, {order} ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
     if image_alone and hits:
         canvas.setFont("Helvetica", 8)
@@ -414,14 +501,17 @@ def render_report_pdf(
         + DECISION_SUPPORT_NOTE,
         left, 27 * _MM, right - left, size=7, max_lines=6,
     )
-    explained = [hit for hit in hits if explanations and explanations.get(_get(hit, "rank")) is not None]
-    pages = 1 + len(explained)
+    explained = [(hit, explanations[_get(hit, "rank")]) for hit in hits if explanations and explanations.get(_get(hit, "rank")) is not None]
+    pages = 1 + math.ceil(len(explained) / _EXPLAINED_PER_PAGE)
     footer = "   |   ".join(ids + [f"report of {created:%Y-%m-%d %H:%M}", "decision support, not a diagnosis"])
     _footer(canvas, footer, 1, pages)
     canvas.showPage()
 
-    for page, hit in enumerate(explained, start=2):
-        _explanation_page(canvas, _get(hit, "rank"), hit, explanations[_get(hit, "rank")], score_range)
+    # what the query text did, said once when it is the same for every case (a ready-made figure says its own)
+    drawn = [explanation for _, explanation in explained if not isinstance(explanation, np.ndarray)]
+    text_use = _text_use(drawn[0], len(drawn)) if drawn and len({_text_use(e) for e in drawn}) == 1 else None
+    for page, start in enumerate(range(0, len(explained), _EXPLAINED_PER_PAGE), start=2):
+        _explanation_page(canvas, explained[start: start + _EXPLAINED_PER_PAGE], text_use, score_range)
         _footer(canvas, footer, page, pages)  # a page printed or filed apart still names its patient
         canvas.showPage()
     canvas.save()

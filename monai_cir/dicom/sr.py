@@ -126,6 +126,7 @@ class SimilarCasesReport:
     algorithm_version: str | None = None
     score_range: tuple[float, float] | None = None
     template: str | None = None
+    ranking: str | None = None  # how the matches are ordered (monai_cir.prior_ranking.RANKINGS); None: not stated
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ def similar_cases_sr(
     notices: Sequence[str] | None = None,
     evidence_summary: EvidenceSummary | Mapping[str, Any] | None = None,
     explanations: Mapping[int, str] | None = None,
+    ranking: str | None = None,
     score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
     algorithm_name: str = "monai-cir composed vision-language retrieval",
     algorithm_version: str | None = None,
@@ -202,6 +204,8 @@ def similar_cases_sr(
         query_text / notices: override the query's text and notices.
         evidence_summary: a :class:`monai_cir.evidence.EvidenceSummary` (or its ``to_dict()``).
         explanations: rank -> short text explaining the match, optional.
+        ranking: how ``hits`` are ordered (:data:`monai_cir.prior_ranking.RANKINGS`), coded in each case's
+            group (:data:`~monai_cir.dicom.codes.RANKING_METHOD`); None: not stated.
         score_range: the lowest and highest score the model can give (``-L, L`` for ``L`` levels).
         plain_highdicom: assemble the document with highdicom's own ``ComprehensiveSR`` constructor
             (it deep-copies, re-parses and searches the whole content tree: about 3x the time of the
@@ -235,6 +239,8 @@ def similar_cases_sr(
     low, high = (float(v) for v in score_range)
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"score_range must be two finite numbers, low < high, got {score_range}")
+    if ranking is not None:
+        C.ranking_code(ranking)  # an unknown ranking is refused before anything is built
     text = (query_text if query_text is not None else text).strip()
     notices = [str(n) for n in (query_notices if notices is None else notices) if str(n).strip()]
     if not hits:
@@ -274,6 +280,8 @@ def similar_cases_sr(
         confirmation = str(_get(meta, "confirmation") or "unknown")
         qualitative = [QualitativeEvaluation(C.DIAGNOSIS, C.diagnosis_code(str(_get(meta, "diagnosis") or "unknown")))]
         qualitative.append(QualitativeEvaluation(C.DIAGNOSIS_CONFIRMATION, C.confirmation_code(confirmation)))
+        if ranking is not None:
+            qualitative.append(QualitativeEvaluation(C.RANKING_METHOD, C.ranking_code(ranking)))
         sources = [query_source]
         ref = _hit_reference(meta)
         if ref is not None:
@@ -527,6 +535,9 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
             low, high = bounds.get(_code_key(C.MINIMUM)), bounds.get(_code_key(C.MAXIMUM))
             report.score_range = (low, high) if low is not None and high is not None else None
         confirmation_code = _qualitative(group, C.DIAGNOSIS_CONFIRMATION)
+        ranking_code = _qualitative(group, C.RANKING_METHOD)
+        if ranking_code is not None:
+            report.ranking = C.ranking_from_code(ranking_code.scheme_designator, ranking_code.value)
         case = SimilarCase(
             rank=int(round(rank)),
             score=float(score_item.value),

@@ -238,8 +238,10 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
     result = {k: round(100.0 * float(m[k]), 2) for k in ("acc@1", "acc@2", "acc@4", "map")}
     result.update(n_queries=len(query_idx), n_database=len(database_idx))
     if output is not None:
+        from ..atomic import atomic_write_text
+
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -260,6 +262,7 @@ def rank_collection(
     from ..data.preprocess import load_image
     from ..differential import DifferentialSlot, differential_ranking, query_margins
     from ..networks.diagnosis_prior import term_columns
+    from ..prior_ranking import PRIOR_RANKING, SIMILARITY_RANKING, prior_acted
 
     if len(records) < 2:
         raise ValueError(f"the case library has {len(records)} case(s); a ranking needs at least 2")
@@ -285,29 +288,30 @@ def rank_collection(
                 similarity[row, column[r.case_id]] = -np.inf
         # the ranking: the similarity, or with the prior S + λ w log p(y_c | q) (the hits still report S)
         ranking = similarity if terms is None else similarity + terms.double().cpu()[:, prior_columns]
+        acted = prior_acted(terms) if terms is not None else None  # whom the prior ordered
         opened = np.zeros(len(chunk), dtype=bool)
         order = ranking.argsort(dim=1, descending=True, stable=True)
         if slot is not None:
-            acted = (terms != 0).any(dim=1).cpu().numpy() if terms is not None else None  # whom the prior ordered
             shown, opened = differential_ranking(ranking, labels, slot, prior_acted=acted)
             order = shown.argsort(dim=1, descending=True, stable=True)
             margins, positions = query_margins(ranking, labels)
         for row, r in enumerate(chunk):
             top = [j for j in order[row, : top_k + 1].tolist() if np.isfinite(float(similarity[row, j]))][:top_k]
+            ordered = acted is not None and bool(acted[row]) and bool(top)  # as the app: the prior ordered these hits
             hits = [{"rank": k + 1, "case_id": records[j].case_id, "diagnosis": records[j].diagnosis, "score": round(float(similarity[row, j]), 4)}
                     for k, j in enumerate(top)]
             shown_case = None
             if opened[row] and top_k >= slot.rank:
                 case = hits[slot.rank - 1]
-                prior_acted = acted is not None and bool(acted[row])
-                query_slot = slot.for_query(prior_acted)  # the margin this query's slot opened under
+                query_slot = slot.for_query(ordered)  # the margin this query's slot opened under
                 column_of_case = column[case["case_id"]]
                 # its rank by similarity alone (with the prior, the ranking's positions are K's)
-                rank_by_similarity = int((similarity[row] > similarity[row, column_of_case]).sum()) + 1 if prior_acted else int(positions[row]) + 1
+                rank_by_similarity = int((similarity[row] > similarity[row, column_of_case]).sum()) + 1 if ordered else int(positions[row]) + 1
                 shown_case = {"rank": slot.rank, "case_id": case["case_id"], "diagnosis": case["diagnosis"],
                               "similarity_rank": rank_by_similarity, "margin": round(float(margins[row]), 6), "max_margin": query_slot.margin,
-                              "notice": query_slot.notice(case["diagnosis"], rank_by_similarity, hits[0]["diagnosis"], float(margins[row]), prior=prior_acted)}
-            results.append({"query": r.case_id, "text": r.text, "hits": hits, "differential": shown_case})
+                              "notice": query_slot.notice(case["diagnosis"], rank_by_similarity, hits[0]["diagnosis"], float(margins[row]), prior=ordered)}
+            results.append({"query": r.case_id, "text": r.text, "hits": hits, "ranking": PRIOR_RANKING if ordered else SIMILARITY_RANKING,
+                            "differential": shown_case})
     if output is not None:
         from ..atomic import atomic_write_text
 

@@ -39,6 +39,7 @@ from ..differential import DEFAULT_OPEN_RATE, DifferentialSlot, differential_ran
 from ..evaluation.protocol import CrossSiteContext, FoldContext, RunState
 from ..evaluation.registry import register_method
 from ..evaluation.text_forms import text_form_cache
+from ..prior_ranking import prior_acted
 from ..networks.composed_retrieval import RELEASE_LATE_FUSION_SHARE
 from . import TrainConfig, attach_late_fusion, fit_composed
 from .heads import CachedComposedModel, LateFusionMLP
@@ -333,7 +334,7 @@ def _composed_late_fusion_prior(ctx: FoldContext) -> tuple[torch.Tensor, np.ndar
     net = _release_prior_net(ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     terms = cached_prior_terms(net, ctx.query_cache, ctx.query_indices).double()
     scores = (q @ t.T).double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.cache, ctx.database_indices)]
-    return scores, (terms != 0).any(dim=1).numpy()
+    return scores, prior_acted(terms)
 
 
 def _composed_late_fusion_prior_cross_site(ctx: CrossSiteContext, slot: DifferentialSlot | None = None) -> dict[str, torch.Tensor]:
@@ -349,13 +350,13 @@ def _composed_late_fusion_prior_cross_site(ctx: CrossSiteContext, slot: Differen
     terms = cached_prior_terms(net, ctx.query_target, idx).double()
     scores = s.double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.target, idx)]
     if slot is not None:
-        scores, opened = differential_ranking(scores, ctx.target.labels.numpy(), slot, leave_one_out=True, prior_acted=(terms != 0).any(dim=1).numpy())
+        scores, opened = differential_ranking(scores, ctx.target.labels.numpy(), slot, leave_one_out=True, prior_acted=prior_acted(terms))
         ctx.state.train_log.append(dict(method="composed_late_fusion_prior_differential", cross_site=len(opened), margin=round(slot.margin, 6), opened=int(opened.sum())))
     return {"similarity": scores}
 
 
 @register_method("composed_late_fusion_prior", label="release network + diagnosis prior (S + 10 w log p(y_c | q), findings-gated probes)",
-                 cross_site=_composed_late_fusion_prior_cross_site)
+                 cross_site=_composed_late_fusion_prior_cross_site, fits_prior=True)
 def composed_late_fusion_prior(ctx: FoldContext):
     """The release network ranked with the diagnosis prior (:class:`monai_cir.networks.DiagnosisPrior`): ``S`` plus
     ``λ w log p(y_c | q)``, ``p`` two logistic probes on the late-fusion branch's inputs (full / partial texts), ``w``
@@ -413,7 +414,8 @@ def _all_folds(cache: Any) -> list[int]:
 @register_method("composed_late_fusion_prior_differential",
                  label="release network + diagnosis prior as the app ranks: + differential slot (margin from the other folds)",
                  cross_site=lambda ctx: _composed_late_fusion_prior_cross_site(
-                     ctx, _release_slot(ctx.source, ctx.config, ctx.state, _all_folds(ctx.source), DEFAULT_OPEN_RATE, prior=True)))
+                     ctx, _release_slot(ctx.source, ctx.config, ctx.state, _all_folds(ctx.source), DEFAULT_OPEN_RATE, prior=True)),
+                 fits_prior=True)
 def composed_late_fusion_prior_differential(ctx: FoldContext):
     """``composed_late_fusion_prior`` with the app's differential slot, its margin in that score's units fitted on
     the other four folds' held-out queries."""

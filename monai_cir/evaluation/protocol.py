@@ -257,6 +257,7 @@ def evaluate(
     }
     if assignment is not None:  # absent for the committed folds, as in every results file made before it existed
         config["fold_assignment"] = assignment
+    check_collection_classes(cache.records, folds, selected)
     if on_start is not None:
         on_start(config)
     state = RunState(net=net)
@@ -377,6 +378,29 @@ def _merge_entry(old: dict[str, Any] | None, new: dict[str, Any], old_folds: Seq
         if all(k in values[f] for f in folds):
             combined[k] = _summary([values[f][k] for f in folds])
     return combined
+
+
+def check_collection_classes(records: Sequence[Any], folds: Sequence[int], methods: Sequence[Any]) -> None:
+    """Before any case is embedded or any fold run (``records``: the collection's case records; ``methods``: the
+    registered :class:`~monai_cir.evaluation.registry.Method` objects to run): every diagnosis has two cases or
+    more (a query of a diagnosis with one case has no case of it among the other folds: its precision is
+    undefined), and, for a method that fits the diagnosis prior, the training cases of every fold in ``folds``
+    allow it (:func:`monai_cir.engine.bundle.check_training_classes`). Raises ValueError naming the diagnosis."""
+    from collections import Counter
+
+    from ..data.folds import collection_folds
+
+    counts = Counter(str(record.diagnosis) for record in records)
+    single = sorted(d for d, n in counts.items() if n < 2)
+    if single:
+        raise ValueError(f"diagnosis {', '.join(map(repr, single))} has a single case: a query of it has no case of its diagnosis in the "
+                         "other folds to find (its precision is undefined); add cases of it, or leave its rows out of the CSV")
+    if any(getattr(method, "fits_prior", False) for method in methods):
+        from ..engine.bundle import check_training_classes
+
+        fold_of = np.asarray(collection_folds([r.case_id for r in records], [int(r.label) for r in records])[0])
+        for fold in folds:
+            check_training_classes(records, np.flatnonzero(fold_of != int(fold)), prior_strength=1.0, fold=int(fold))
 
 
 def check_mergeable(old_config: dict[str, Any], new_config: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ class Method:
     trained: bool = False
     cross_site: Callable[..., Any] | None = None
     description: str = ""
+    fits_prior: bool = False
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -44,6 +45,7 @@ def register_method(
     trained: bool = True,
     cross_site: Callable[..., Any] | None = None,
     description: str = "",
+    fits_prior: bool = False,
 ) -> Callable[[Callable[..., MethodOutput]], Callable[..., MethodOutput]]:
     """Decorator: register ``fn(ctx: FoldContext) -> (Q, T) | S`` as method ``name``.
 
@@ -54,6 +56,8 @@ def register_method(
         cross_site: optional ``fn(ctx: CrossSiteContext) -> target embeddings (N, D)`` (scored by inner
             product) or ``{"similarity": (N, N)}``: lets the method take part in the cross-site evaluation.
         description: one line for ``--list-methods`` and the results file (default: the docstring's first line).
+        fits_prior: whether the method fits the diagnosis prior on each fold's training cases (:func:`~monai_cir.evaluation.evaluate`
+            checks before any fold that every fold's training cases allow it).
     """
 
     def decorator(fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
@@ -64,7 +68,7 @@ def register_method(
                 "register the new method under a name of its own (or unregister_method the old one first)"
             )
         doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-        _REGISTRY[name] = Method(name, fn, label or name, trained, cross_site, doc)
+        _REGISTRY[name] = Method(name, fn, label or name, trained, cross_site, doc, fits_prior)
         return fn
 
     return decorator
