@@ -310,6 +310,22 @@ def test_reports_explain_in_the_process_when_a_worker_cannot(tmp_path, monkeypat
         assert result.timing_ms["explain"] > 0 and result.timing_ms["sr"] > 0 and "reports" not in result.timing_ms
 
 
+def test_each_notice_is_given_once_in_the_order_it_arose(tmp_path):
+    """Notices are added in one place (QueryResult.add_notices): a notice said twice (the reader's and the retrieval's)
+    is listed once, None and blank ones are skipped, and results.json lists them as added."""
+    from monai.deploy.core import Fragment
+
+    from deploy_app.operators.common import QueryResult
+    from deploy_app.operators.results_writer import ResultsWriterOperator
+
+    result = QueryResult(query_id="q", query=None)
+    result.add_notices("greyscale image", None, "  ", "site unknown")
+    result.add_notices("site unknown", "the prior ordered the cases")
+    assert result.notices == ["greyscale image", "site unknown", "the prior ordered the cases"]
+    summary = ResultsWriterOperator(Fragment(), output_folder=tmp_path, name="results").write([result], [])
+    assert summary["queries"][0]["notices"] == result.notices
+
+
 def test_a_report_part_that_fails_loses_only_itself(tmp_path, monkeypatch):
     """Explanations, SR and PDF are written apart, in the process and in forked workers: a failed
     explanation leaves reports that say they have none; a failed SR leaves the PDF, a failed PDF the

@@ -97,6 +97,13 @@ class QueryResult:
     def fail(self, stage: str, message: str) -> None:
         self.error, self.error_stage = message, stage
 
+    def add_notices(self, *notices: str | None) -> None:
+        """Append each notice the reader has not been given yet (None and blank ones skipped): the one place notices
+        are added, so results.json, the SR and the PDF list each once, in the order they arose."""
+        for notice in notices:
+            if notice and notice.strip() and notice not in self.notices:
+                self.notices.append(notice)
+
     def problem(self) -> Problem:
         return Problem(
             stage=self.error_stage or "unknown",

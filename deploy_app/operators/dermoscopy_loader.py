@@ -85,7 +85,8 @@ class DermoscopyStudyLoaderOperator(Operator):
             problems.append(problem)
         results = []
         for i, query in enumerate(scan.queries):
-            result = QueryResult(query_id=query_id_of(query, i), query=query, notices=list(attr(query, "notices", []) or []))
+            result = QueryResult(query_id=query_id_of(query, i), query=query)
+            result.add_notices(*(attr(query, "notices", []) or []))
             result.timing_ms["load"] = elapsed_ms / max(len(scan.queries), 1)
             results.append(result)
         # the reader keeps one file per SOP Instance UID, so an id repeats only for a query from elsewhere:

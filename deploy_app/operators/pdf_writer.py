@@ -24,25 +24,21 @@ ENCAPSULATED_PDF_FILE = "similar_cases_report.dcm"
 
 
 def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> None:
-    """The plain PDF and its Encapsulated PDF instance (see :mod:`monai_cir.dicom.report_pdf`)."""
-    from monai_cir.dicom.report_pdf import encapsulated_pdf_dataset, render_report_pdf
+    """The plain PDF and its Encapsulated PDF instance (:func:`monai_cir.dicom.report_pdf.similar_cases_pdf`)."""
+    from monai_cir.dicom.report_pdf import similar_cases_pdf
     from monai_cir.prior_ranking import PRIOR_RANKING
 
-    query = result.query
-    pdf = render_report_pdf(
-        query.image,
-        query.text,
+    ds = similar_cases_pdf(
+        result.query,
         result.hits,
         image_loader=library_image,
         evidence_summary=result.evidence,
         explanations=result.explanations or None,  # drawn in plain words by the report itself
-        notices=list(dict.fromkeys(result.notices)),
-        study=query.dataset,
+        notices=list(result.notices),
         score_range=score_range,
         differential_rank=result.differential["rank"] if result.differential else None,
-        ordered_by_prior=result.ranking == PRIOR_RANKING,
         image_alone=result.image_alone["counts"] if result.image_alone else None,
+        ordered_by_prior=result.ranking == PRIOR_RANKING,
     )
-    pdf_path.write_bytes(pdf)
-    encapsulated_pdf_dataset(pdf, query.dataset).save_as(dcm_path, enforce_file_format=True)
-
+    pdf_path.write_bytes(bytes(ds.EncapsulatedDocument[: int(ds.EncapsulatedDocumentLength)]))
+    ds.save_as(dcm_path, enforce_file_format=True)

@@ -73,7 +73,7 @@ class SimilarCasesReportsOperator(ResultsOperator):
                 result.explanations.update(result.pending_explanations.explain())
         except StageFailure as err:
             result.output_errors[err.stage] = str(err)
-            result.notices.append(EXPLANATION_FAILED_NOTICE)
+            result.add_notices(EXPLANATION_FAILED_NOTICE)
         result.pending_explanations = None
 
     def _report(self, result: QueryResult) -> None:

@@ -51,7 +51,7 @@ def result_record(result: QueryResult, output_folder: Path) -> dict[str, Any]:
         "text_use": result.text_use,
         "image_alone": result.image_alone,
         "site": attr(q, "site"),
-        "notices": list(dict.fromkeys(result.notices)),
+        "notices": list(result.notices),
         # how top_k is ordered: "similarity", or "similarity_and_diagnosis_prior" (a text naming 7-point findings; a notice says what it means)
         "ranking": result.ranking,
         "evidence_disagreement": result.evidence_disagreement,

@@ -369,10 +369,9 @@ class ComposedRetrievalOperator(Operator):
                 tensor = to_image_tensor(image, self.net.image_size)
                 text = str(attr(result.query, "text", "") or "")
                 result.text_use, notices = text_use(self.net, text)
-                result.notices.extend(notices)
+                result.add_notices(*notices)
                 filters, notice = resolve_site_condition(self.site, attr(result.query, "site"))
-                if notice:
-                    result.notices.append(notice)
+                result.add_notices(notice)
                 ready.append((result, tensor, text, filters))
             except Exception as err:  # noqa: BLE001 (a bad image must not stop the other studies)
                 result.fail("retrieval", f"cannot prepare the query image: {err}")
@@ -424,27 +423,25 @@ class ComposedRetrievalOperator(Operator):
             shown = ranked_answer(self.index, vector, self.top_k, self.calibration.k, filters, terms=term, prior=self.net.diagnosis_prior,
                                   slot=self.differential, diagnoses=self.classes)
             pool, result.hits, result.ranking = shown.pool, shown.hits, shown.ranking
-            if shown.notice:
-                result.notices.append(shown.notice)
+            result.add_notices(shown.notice)
             own = _own_case(result, shown.hits)
             if own is not None:
-                result.notices.append(
+                result.add_notices(
                     f"the query image is library case {own.case_id} itself (the same SOP Instance UID): it is its own match at rank "
                     f"{own.rank} and is counted in the evidence summary; compare the other cases")
             if shown.differential is not None:
                 result.differential = dict(shown.differential)
-                result.notices.append(result.differential.pop("notice"))
+                result.add_notices(result.differential.pop("notice"))
             if pool:
                 result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes, library=self.library)
                 result.evidence_disagreement = evidence_disagreement_notice(result.evidence, shown)
-                if result.evidence_disagreement:
-                    result.notices.append(result.evidence_disagreement)
+                result.add_notices(result.evidence_disagreement)
             if result.text_use and result.text_use["weight"] > 0 and result.hits:
                 self._image_alone(result, image_vector, filters)
             result.timing_ms["encode"] = encode_ms
             result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
             if not result.hits:
-                result.notices.append("no library case matched the filters")
+                result.add_notices("no library case matched the filters")
             self._logger.info(
                 "query %s: top-%d %s", result.query_id, len(result.hits),
                 ", ".join(f"{h.metadata.diagnosis} {h.score:.3f}" for h in result.hits),
@@ -466,7 +463,7 @@ class ComposedRetrievalOperator(Operator):
 
             listed = ", ".join(f"{d} {n}" for d, n in counts.items())
             findings = finding_names(result.text_use["findings_read"]) or "as written"
-            result.notices.append(
+            result.add_notices(
                 f"the image alone, without the text, finds {listed} among its {len(alone)} most similar cases: the text "
                 f"({findings}) moved the answer towards {_favoured(shown) or 'other cases'}; weigh the findings you wrote, "
                 "not the cases that repeat them")
@@ -499,7 +496,7 @@ class ComposedRetrievalOperator(Operator):
             for hit in result.hits:
                 found = library_target(hit, self.net.image_size)
                 if found is None:
-                    result.notices.append(f"no explanation for rank {hit.rank}: the library image is not reachable from this app")
+                    result.add_notices(f"no explanation for rank {hit.rank}: the library image is not reachable from this app")
                     continue
                 key, tensor = found
                 targets[key] = tensor

@@ -26,7 +26,7 @@ def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[f
     from monai_cir.dicom.sr import similar_cases_sr
 
     sr = similar_cases_sr(
-        result.query, result.hits, notices=list(dict.fromkeys(result.notices)),
+        result.query, result.hits, notices=list(result.notices),
         evidence_summary=result.evidence, score_range=score_range, ranking=result.ranking,
         explanations={rank: e.sr_text() for rank, e in result.explanations.items()} or None,
     )

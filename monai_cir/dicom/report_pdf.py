@@ -599,17 +599,25 @@ def similar_cases_pdf(
     evidence_summary: EvidenceSummary | Mapping[str, Any] | None = None,
     explanations: Mapping[int, Any] | None = None,
     query_image: np.ndarray | None = None,
+    notices: Sequence[str] | None = None,
     score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
+    differential_rank: int | None = None,
+    image_alone: Mapping[str, int] | None = None,
+    ordered_by_prior: bool = False,
     **kwargs: Any,
 ) -> Dataset:
     """Render the report for a :class:`~monai_cir.dicom.reader.DermoscopyQuery` and wrap it as
-    Encapsulated PDF in the query's study. ``kwargs`` go to :func:`encapsulated_pdf_dataset`."""
-    ds, _, text, notices = _query_dataset(query)
+    Encapsulated PDF in the query's study: what the deploy app files (its plain PDF is the dataset's
+    ``EncapsulatedDocument``, ``EncapsulatedDocumentLength`` bytes). ``notices``: the reader's notices
+    (default: the query's own); ``differential_rank`` / ``image_alone`` / ``ordered_by_prior`` as for
+    :func:`render_report_pdf`; ``kwargs`` go to :func:`encapsulated_pdf_dataset`."""
+    ds, _, text, query_notices = _query_dataset(query)
     image = query_image if query_image is not None else getattr(query, "image", None)
     if image is None:
         raise ValueError("the query image is needed for the PDF: pass a DermoscopyQuery or query_image")
     pdf = render_report_pdf(
         image, text, hits, image_loader=image_loader, evidence_summary=evidence_summary, explanations=explanations,
-        notices=notices, study=ds, score_range=score_range,
+        notices=query_notices if notices is None else notices, study=ds, score_range=score_range,
+        differential_rank=differential_rank, image_alone=image_alone, ordered_by_prior=ordered_by_prior,
     )
     return encapsulated_pdf_dataset(pdf, ds, **kwargs)
