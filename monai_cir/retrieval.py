@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .data import load_image, preprocess_image
 from .index import CaseIndex, CaseMetadata, SearchHit, create_index
-from .prior_ranking import PRIOR_NOTICE, PRIOR_RANKING, SIMILARITY_RANKING, PriorRankedIndex, prior_acted
+from .prior_ranking import PRIOR_NOTICE, PRIOR_RANKING, RANKINGS, SIMILARITY_RANKING, PriorRankedIndex, prior_acted
 
 __all__ = [
     "Answer",
@@ -344,7 +344,12 @@ class Answer:
     hits: list[SearchHit]
     pool: list[SearchHit]
     differential: dict[str, Any] | None = None
-    ranking: str = SIMILARITY_RANKING
+    # keyword-only: the fourth positional field was the notice's text until 9a5899b; passing it now fails loudly
+    ranking: str = dataclasses.field(default=SIMILARITY_RANKING, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"Answer.ranking must be one of {list(RANKINGS)}, got {self.ranking!r}")
 
     @property
     def prior_ordered(self) -> bool:

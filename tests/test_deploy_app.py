@@ -348,15 +348,15 @@ def test_a_report_part_that_fails_loses_only_itself(tmp_path, monkeypatch):
             return {1: "why"}
 
     def write_sr(result, path, score_range):
-        if result.query_id in ("sr", "both"):
+        if result.query_id in ("sr", "both", "all"):
             raise OSError("disk full")
         path.write_text(" | ".join(result.notices))
         return path
 
     def write_pdf(result, pdf, encapsulated, score_range):
-        if result.query_id in ("pdf", "both"):
-            raise ValueError("no room on the page")
         pdf.write_text(" | ".join(result.notices))
+        if result.query_id in ("pdf", "both", "all"):
+            raise ValueError("no room on the page")  # after the plain PDF, before its DICOM: the part's files must go
         encapsulated.write_text("")
 
     monkeypatch.setattr(reports, "write_similar_cases_sr", write_sr)
@@ -364,8 +364,8 @@ def test_a_report_part_that_fails_loses_only_itself(tmp_path, monkeypatch):
     for forked in (False, True):
         monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"reports"} if forked else set())
         monkeypatch.setattr(common, "PARALLEL_MIN_STUDIES", 2 if forked else 100)
-        names = ("fine", "explain", "sr", "pdf", "both")
-        results = [QueryResult(query_id=name, query=None, pending_explanations=Pending(fails=name == "explain")) for name in names]
+        names = ("fine", "explain", "sr", "pdf", "both", "all")
+        results = [QueryResult(query_id=name, query=None, pending_explanations=Pending(fails=name in ("explain", "all"))) for name in names]
         reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / str(forked), name="reports").run(results)
         by = dict(zip(names, results))
 
@@ -378,6 +378,14 @@ def test_a_report_part_that_fails_loses_only_itself(tmp_path, monkeypatch):
         assert sorted(by["sr"].outputs) == ["encapsulated_pdf", "pdf"] and by["sr"].output_errors == {"sr": "cannot write the similar-cases SR: OSError: disk full"}
         assert sorted(by["pdf"].outputs) == ["sr"] and by["pdf"].output_errors == {"pdf": "cannot write the PDF report: ValueError: no room on the page"}
         assert by["both"].error == "cannot write the PDF report: ValueError: no room on the page" and by["both"].error_stage == "pdf"
+        # every part's failure is kept, whether the study ran here or in a worker: the SR's beside the PDF's error
+        assert by["both"].output_errors == {"sr": "cannot write the similar-cases SR: OSError: disk full"}
+        assert by["all"].output_errors == {"explain": "cannot explain the matches: RuntimeError: no grid maps",
+                                           "sr": "cannot write the similar-cases SR: OSError: disk full"}
+        # a failed part leaves none of its files in the query's folder
+        folder = tmp_path / str(forked)
+        assert sorted(f.name for f in (folder / "pdf").iterdir()) == ["similar_cases_sr.dcm"]
+        assert not list((folder / "both").iterdir()) and not list((folder / "all").iterdir())
 
 
 @pytest.mark.slow
@@ -538,7 +546,8 @@ def test_ranks_in_score_order_and_sr_round_trip(app_run, results):
                   and evidence["distribution"].get(top[0]["diagnosis"], 0.0) < evidence["confidence"])
         said = [n for n in answers[name]["notices"] if n.startswith("the evidence summary (")]
         assert len(said) == int(differ), (name, evidence["predicted"], top[0]["diagnosis"], said)
-        assert said == ([answers[name]["evidence_disagreement"]] if differ else []) and answers[name]["evidence_disagreement"] is None or differ
+        disagreement = answers[name]["evidence_disagreement"]
+        assert said == ([disagreement] if differ else []) and (disagreement is None) == (not differ)
         assert all(n in report.notices for n in said)
         # every match is explained (library images are reachable here): SR text, and the PDF's explanation page (5 rows)
         assert all(m.explanation and "local cosine" in m.explanation for m in report.matches)

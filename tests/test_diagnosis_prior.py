@@ -143,6 +143,13 @@ def test_the_app_answer_with_the_prior_is_the_evaluations_ranking():
     assert (moved.ranking, moved.notice) == (PRIOR_RANKING, PRIOR_NOTICE)
     unmoved = ranked_answer(index, queries[0], 5, terms=np.zeros(4), prior=prior)  # a text naming no finding
     assert (unmoved.ranking, unmoved.notice) == (SIMILARITY_RANKING, None)
+    # the notice's text where the ranking belongs (the field's meaning until 9a5899b) is refused, not read as "similarity"
+    from monai_cir.retrieval import Answer
+
+    with pytest.raises(TypeError):
+        Answer(moved.hits, moved.pool, None, PRIOR_NOTICE)
+    with pytest.raises(ValueError, match="Answer.ranking must be one of"):
+        Answer(moved.hits, moved.pool, ranking=PRIOR_NOTICE)
     assert [h.case_id for h in unmoved.hits] == [h.case_id for h in unmoved.pool[:5]]
 
 

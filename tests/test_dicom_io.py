@@ -252,6 +252,16 @@ def test_pixel_variants(tmp_path):
     rgb16 = rgb.astype(np.uint16) * 257
     _native("rgb16", rgb16, "RGB").save_as(tmp_path / "rgb16.dcm", enforce_file_format=True)
     _native("rgb12in16", rgb.astype(np.uint16) * 16, "RGB").save_as(tmp_path / "rgb12in16.dcm", enforce_file_format=True)
+    _native("rgb8in16", rgb.astype(np.uint16), "RGB").save_as(tmp_path / "rgb8in16.dcm", enforce_file_format=True)
+    # PALETTE COLOR with a 12-bit index and 16-bit tables: the tables' output is scaled as 16-bit, not by the index's bits
+    index = (np.arange(64 * 80).reshape(64, 80) % 4096).astype(np.uint16)
+    palette = _native("palette12", index, "PALETTE COLOR")
+    palette.BitsStored, palette.HighBit = 12, 11
+    ramp = np.linspace(0, 65535, 4096).astype(np.uint16)
+    for colour, table in (("Red", ramp), ("Green", ramp[::-1].copy()), ("Blue", np.full(4096, 32768, np.uint16))):
+        setattr(palette, f"{colour}PaletteColorLookupTableDescriptor", [4096, 0, 16])
+        setattr(palette, f"{colour}PaletteColorLookupTableData", table.tobytes())
+    palette.save_as(tmp_path / "palette12.dcm", enforce_file_format=True)
     # YBR_FULL (uncompressed)
     from pydicom.pixels import convert_color_space
 
@@ -273,11 +283,20 @@ def test_pixel_variants(tmp_path):
     # colour in 16 bits: the same colours as in 8 (not stretched by its own range), without a notice; 12 bits of
     # values in a 16-bit store: read by the stored range, as a viewer shows it, and called dim
     np.testing.assert_array_equal(q["rgb16"].image, rgb)
-    np.testing.assert_array_equal(q["rgb12in16"].image, np.rint(rgb.astype(np.float32) * 16 * 255 / 65535).astype(np.uint8))
+    # a dim one (12 or 8 bits of values in a 16-bit store) is stretched by its own range, as before, and says so: read by
+    # the stored range it would be a few grey levels (8 in 16 bits: "blank")
+    from monai_cir.data.preprocess import to_rgb_uint8
+
+    np.testing.assert_array_equal(q["rgb12in16"].image, to_rgb_uint8(rgb.astype(np.uint16) * 16))
+    np.testing.assert_array_equal(q["rgb8in16"].image, to_rgb_uint8(rgb.astype(np.uint16)))
     assert [n for n in q["rgb12in16"].notices if n.startswith("dim image")] == [
-        "dim image: its values span 5% of its 16-bit range (as a viewer shows it); the library's images use their whole range, "
-        "so weigh the similar cases accordingly"]
-    assert not [n for n in q["grey16"].notices + q["rgb16"].notices if n.startswith("dim image")]
+        "dim image: its values span 5% of its 16-bit range, so its contrast was stretched to the full range for the search: "
+        "it looks darker in a viewer than what the search compared"]
+    assert [n for n in q["rgb8in16"].notices if n.startswith("dim image")]
+    assert not [n for n in q["grey16"].notices + q["rgb16"].notices + q["palette12"].notices if n.startswith("dim image")]
+    # the palette's red ramp over the whole 16-bit table range: index 4095 is full red, index 2048 about half
+    red = q["palette12"].image[..., 0].astype(int)
+    assert red.max() == 255 and abs(int(red.reshape(-1)[2048]) - 128) <= 2, (red.max(), red.reshape(-1)[2048])
     assert np.abs(q["ybr"].image.astype(int) - rgb.astype(int)).max() <= 2
     assert q["multi"].frame_number is None or q["multi"].frame_number == 1
     np.testing.assert_array_equal(q["multi"].image, rgb)
@@ -942,7 +961,7 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
         query_heatmap=heat, target_heatmap=heat, query_image=query.image / 255.0, target_image=query.image / 255.0,
     )
     ds = similar_cases_pdf(query, hits, image_loader=lambda hit: images.get(hit.case_id), evidence_summary=summary,
-                           explanations={1: explanation})
+                           explanations={1: explanation}, ordered_by_prior=False)
     path = tmp_path / "report.dcm"
     ds.save_as(path, enforce_file_format=True)
     assert_valid(path)
@@ -1007,9 +1026,11 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     # the prior ordered these cases: the header says so, not "most similar first"
     assert "..." not in notes and f"{len(hits)} similar cases, ordered by similarity and likely diagnosis" in page
     assert all(f"{similarity_percent(h.score):.0f}%" in page for h in hits)  # every case's row, below the notes
-    # the heading follows how the cases were ordered, not the notices' words
-    plain = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, notices=notices))[0].split())
-    assert f"{len(hits)} similar cases, most similar first" in plain and "ordered by similarity and likely diagnosis" not in plain
+    # the heading follows how the caller says the cases were ordered, and claims no order when it is not said
+    plain = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, ordered_by_prior=False))[0].split())
+    assert f"{len(hits)} similar cases, most similar first" in plain and "likely diagnosis" not in plain
+    unstated = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, notices=notices))[0].split())
+    assert f"{len(hits)} similar cases (" in unstated and "most similar first" not in unstated
 
 
 def test_pdf_explanations_share_one_page_with_a_colour_scale():

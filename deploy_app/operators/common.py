@@ -315,13 +315,12 @@ def _run_forked(
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_one_torch_thread) as pool:
             for i, (fields, error) in enumerate(pool.map(_forked_work, range(len(answered)))):
                 result = answered[i]
-                if error is None:
-                    for name, value in fields.items():  # a dict merged (the parent may hold entries), a list replaced
-                        if isinstance(value, dict):
-                            getattr(result, name).update(value)
-                        else:
-                            setattr(result, name, value)
-                else:
+                for name, value in fields.items():  # a dict merged (the parent may hold entries), anything else replaced
+                    if isinstance(value, dict):
+                        getattr(result, name).update(value)
+                    else:
+                        setattr(result, name, value)
+                if error is not None:
                     result.fail(*error)
                     logger.error("query %s: %s", result.query_id, result.error)
                 done.add(i)
@@ -363,12 +362,19 @@ def _one_torch_thread() -> None:
 
 
 def _forked_work(i: int) -> tuple[dict[str, Any], tuple[str, str] | None]:
-    """In a worker: ``work(results[i])`` -> (its ``returns`` fields, None) or ({}, (stage, message))."""
+    """In a worker: ``work(results[i])`` -> (its ``returns`` fields, None), or (those fields, (stage, message)) when it failed."""
     assert _FORKED_WORK is not None, "forked without work"
     work, answered, returns, stage, what = _FORKED_WORK
     result = answered[i]
+    error = None
     try:
         work(result)
     except Exception as err:  # noqa: BLE001 (reported for that study by the parent)
-        return {}, _failure(err, stage, what)
-    return {name: (dict if isinstance(getattr(result, name), dict) else list)(getattr(result, name)) for name in returns}, None
+        error = _failure(err, stage, what)
+    # the fields whether or not the work failed: what it recorded before failing (a report part's error) is kept
+    return {name: _copied(getattr(result, name)) for name in returns}, error
+
+
+def _copied(value: Any) -> Any:
+    """A dict or list field as a plain copy for the parent; any other value as it is."""
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value

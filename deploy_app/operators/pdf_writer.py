@@ -40,5 +40,8 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_rang
         image_alone=result.image_alone["counts"] if result.image_alone else None,
         ordered_by_prior=result.ranking == PRIOR_RANKING,
     )
-    pdf_path.write_bytes(bytes(ds.EncapsulatedDocument[: int(ds.EncapsulatedDocumentLength)]))
-    ds.save_as(dcm_path, enforce_file_format=True)
+    from monai_cir.atomic import atomic_path, atomic_write_bytes
+
+    atomic_write_bytes(pdf_path, bytes(ds.EncapsulatedDocument[: int(ds.EncapsulatedDocumentLength)]))
+    with atomic_path(dcm_path) as tmp:  # each file whole or not at all (the reports pass removes a failed part's files)
+        ds.save_as(tmp, enforce_file_format=True)

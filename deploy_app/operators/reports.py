@@ -84,22 +84,24 @@ class SimilarCasesReportsOperator(ResultsOperator):
         folder.mkdir(parents=True, exist_ok=True)
         if result.pending_explanations is not None:
             self._explain(result)
+        parts = {"sr": (SR_FILE,)} | ({"pdf": (PDF_FILE, ENCAPSULATED_PDF_FILE)} if self.write_pdf else {})
         failed: list[StageFailure] = []
-        try:
-            with _part(result, "sr"):
-                result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range))
-        except StageFailure as err:
-            failed.append(err)
-        if self.write_pdf:
+        for name, files in parts.items():
             try:
-                with _part(result, "pdf"):
-                    write_report(result, folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE, self.score_range)
-                    result.outputs["pdf"] = str(folder / PDF_FILE)
-                    result.outputs["encapsulated_pdf"] = str(folder / ENCAPSULATED_PDF_FILE)
+                with _part(result, name):
+                    if name == "sr":
+                        result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range))
+                    else:
+                        write_report(result, folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE, self.score_range)
+                        result.outputs["pdf"] = str(folder / PDF_FILE)
+                        result.outputs["encapsulated_pdf"] = str(folder / ENCAPSULATED_PDF_FILE)
             except StageFailure as err:
                 failed.append(err)
-        if failed and len(failed) == 1 + self.write_pdf:
-            raise failed[-1]  # nothing reached the reader: the query failed, in its last part's words
+                for file in files:  # no half of a part left in the query's folder (a PDF whose DICOM failed, an old run's file)
+                    (folder / file).unlink(missing_ok=True)
+        if len(failed) == len(parts):  # nothing reached the reader: the query failed, in its last part's words
+            result.output_errors.update((err.stage, str(err)) for err in failed[:-1])
+            raise failed[-1]
         result.output_errors.update((err.stage, str(err)) for err in failed)
 
 

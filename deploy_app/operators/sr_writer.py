@@ -30,5 +30,8 @@ def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[f
         evidence_summary=result.evidence, score_range=score_range, ranking=result.ranking,
         explanations={rank: e.sr_text() for rank, e in result.explanations.items()} or None,
     )
-    sr.save_as(path, enforce_file_format=True)
+    from monai_cir.atomic import atomic_path
+
+    with atomic_path(path) as tmp:  # whole or not at all: a failed write leaves no truncated SR beside the answer
+        sr.save_as(tmp, enforce_file_format=True)
     return path

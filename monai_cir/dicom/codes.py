@@ -5,8 +5,8 @@
   must be the same every time (dicomized cases), :func:`new_uid` for fresh ones (answers).
 - **Codes**: standard ones (DCM, SCT, LN, UCUM, and IHE's 99IHE) wherever DICOM or SNOMED CT has
   the concept. The retrieval concepts no standard names (rank, similarity score, case library
-  collection, the confirmation concept name and two of its values, the evidence summary, the
-  "benign keratosis" class grouping) are *project concepts*: each is identified by an OID under
+  collection, the confirmation concept name and two of its values, the evidence summary, the ranking
+  method and its two values, the "benign keratosis" class grouping) are *project concepts*: each is identified by an OID under
   :data:`CONCEPT_ROOT` (below :data:`UID_ROOT`, so the project owns it) in the DICOM coding scheme
   ``ISO_OID`` (PS3.16 Table 8-1: the code value is an ISO object identifier, carried in Long Code
   Value because it is longer than 16 characters). No ``99``-private designator is written: dicom3tools'
@@ -162,8 +162,8 @@ WEIGHTED_SHARE = project_code("9", "Similarity-weighted share")
 # how the similar cases are ordered (monai_cir.prior_ranking.RANKINGS): a machine reader need not parse the notice
 RANKING_METHOD = project_code("10", "Similar cases ranking method")
 RANKING_CODES: dict[str, Code] = {
-    "similarity": project_code("10.1", "Ranked by similarity"),
-    "similarity_and_diagnosis_prior": project_code("10.2", "Ranked by similarity and diagnosis likelihood"),
+    "similarity": project_code("40.1", "Ranked by similarity"),
+    "similarity_and_diagnosis_prior": project_code("40.2", "Ranked by similarity and diagnosis likelihood"),
 }
 _CODE_TO_RANKING = {(c.scheme_designator, c.value): name for name, c in RANKING_CODES.items()}
 

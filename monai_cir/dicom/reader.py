@@ -6,8 +6,9 @@ Rules (documented in ``docs/dicom.md``):
   DMS) and VL Photographic Image Storage (``1.2.840.10008.5.1.4.1.1.77.1.4``, Modality XC); any
   transfer syntax pydicom can decode with its numpy / pylibjpeg / Pillow plugins (uncompressed,
   JPEG baseline/extended/lossless, JPEG 2000, JPEG-LS, RLE); RGB, YBR_FULL, YBR_FULL_422 (converted
-  to RGB), MONOCHROME1/2 and PALETTE COLOR; 8- to 16-bit (colour: scaled by the Bits Stored range;
-  greyscale and signed: by their own range, :func:`monai_cir.data.to_rgb_uint8`). Images larger than ``max_side`` are downscaled (notice).
+  to RGB), MONOCHROME1/2 and PALETTE COLOR; 8- to 16-bit (colour: scaled by the Bits Stored range unless
+  dim; a dim colour image, greyscale, palette output and signed data: by their own range,
+  :func:`monai_cir.data.to_rgb_uint8`). Images larger than ``max_side`` are downscaled (notice).
   A colour JPEG Baseline frame (YBR_FULL_422 / YBR_FULL) is decoded by Pillow directly, as the
   training and the index read the JPEG files these frames carry unchanged (``dicomize``): the same
   pixels, faster than pydicom's decoder path; a frame over twice ``max_side`` is decoded at a
@@ -36,7 +37,7 @@ Rules (documented in ``docs/dicom.md``):
   decoders pad with grey instead of failing), a frame whose pixels are constant or nearly so
   (blank), any other error reading an image; a report SR whose image is not in the input. A
   greyscale image is answered, with a notice (the model was trained on colour dermoscopy); so is a dim colour
-  image (more than 8 bits, values spanning under half the stored range: read by that range, as a viewer shows it).
+  image (more than 8 bits, values spanning under half the stored range: stretched by its own range).
 - **One file per instance**: the same SOP Instance UID received twice with the same patient, study
   and pixels (an SR: the same content) is read once (notice); the same UID on instances that differ
   (an image and an SR, another patient, study, report or pixels) is a collision upstream, and none of
@@ -465,11 +466,13 @@ def _to_rgb_frames(ds: Dataset, arr: np.ndarray) -> np.ndarray:
         arr = arr.max() - arr if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 else -arr
     if samples == 3 and arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
-    bits = int(ds.get("BitsStored", 0) or 0)
-    if samples == 3 and np.issubdtype(arr.dtype, np.unsignedinteger) and 8 < bits <= 16:
+    share = _stored_range_share(ds, arr)
+    if share is not None and share >= DIM_RANGE_SHARE:
         # colour by its stored range, as a viewer shows it (no windowing for colour) and as the same image in 8
-        # bits reads: stretching each image by its own minimum and maximum shifted its colours; a dim image
-        # says so (_dim_notice). Greyscale keeps its own range, as a viewer's default window shows it.
+        # bits reads: stretching each image by its own minimum and maximum shifted its colours. A dim one (8-bit
+        # values in a 16-bit store, say) is stretched below, or it would reach the model (and the blank check) as
+        # a few grey levels; it says so (_dim_notice). Greyscale keeps its own range, as a viewer's window shows it.
+        bits = int(ds.BitsStored)
         arr = np.clip(np.rint(arr.astype(np.float32) * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
     from ..data.preprocess import to_rgb_uint8
 
@@ -546,20 +549,29 @@ def _blank(frame: np.ndarray) -> float | None:
 DIM_RANGE_SHARE = 0.5
 
 
-def _dim_notice(ds: Dataset) -> str | None:
-    """The notice of a colour image stored in more than 8 bits whose values span under
-    :data:`DIM_RANGE_SHARE` of its Bits Stored range (say 12-bit values in a 16-bit store): it is read
-    by its stored range (:func:`_to_rgb_frames`), as a viewer shows it, so it is dim, unlike the
-    library's images. None otherwise, and for 8-bit and greyscale images."""
+def _stored_range_share(ds: Dataset, values: np.ndarray) -> float | None:
+    """For a colour image stored in 9-16 unsigned bits (not PALETTE COLOR: its table's output is 16-bit whatever
+    the index's Bits Stored), the share of the Bits Stored range its values span; None for any other image."""
     bits = int(ds.get("BitsStored", 0) or 0)
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 3 or int(ds.get("BitsAllocated", 8) or 8) <= 8 or not 8 < bits <= 16:
+    if (int(ds.get("SamplesPerPixel", 1) or 1) != 3 or str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
+            or not 8 < bits <= 16 or not np.issubdtype(values.dtype, np.unsignedinteger)):
         return None
-    values = np.asarray(ds.pixel_array)  # decoded already (pydicom keeps it): no second decode
-    share = (float(values.max()) - float(values.min())) / float(2**bits - 1)
-    if share >= DIM_RANGE_SHARE:
+    return (float(values.max()) - float(values.min())) / float(2**bits - 1)
+
+
+def _dim_notice(ds: Dataset) -> str | None:
+    """The notice of a colour image stored in more than 8 bits whose values span under :data:`DIM_RANGE_SHARE`
+    of its Bits Stored range (8-bit values in a 16-bit store, say): :func:`_to_rgb_frames` stretched it by its
+    own range, so the search saw more contrast than a viewer shows. None otherwise (8-bit, greyscale: read as a
+    viewer's window shows them)."""
+    if int(ds.get("BitsAllocated", 8) or 8) <= 8:
         return None
-    return (f"dim image: its values span {100 * share:.0f}% of its {bits}-bit range (as a viewer shows it); the library's images "
-            "use their whole range, so weigh the similar cases accordingly")
+    bits = int(ds.get("BitsStored", 0) or 0)
+    share = _stored_range_share(ds, np.asarray(ds.pixel_array))  # decoded already (pydicom keeps it): no second decode
+    if share is None or share >= DIM_RANGE_SHARE:
+        return None
+    return (f"dim image: its values span {100 * share:.0f}% of its {bits}-bit range, so its contrast was stretched to the full "
+            "range for the search: it looks darker in a viewer than what the search compared")
 
 
 def _is_greyscale(ds: Dataset, frame: np.ndarray) -> bool:

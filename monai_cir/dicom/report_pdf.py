@@ -366,7 +366,7 @@ def render_report_pdf(
     created: datetime.datetime | None = None,
     differential_rank: int | None = None,
     image_alone: Mapping[str, int] | None = None,
-    ordered_by_prior: bool = False,
+    ordered_by_prior: bool | None = None,
 ) -> bytes:
     """The PDF bytes. ``hits`` as for :func:`monai_cir.dicom.sr.similar_cases_sr`;
     ``image_loader(hit)`` returns a library image (HWC) or None (placeholder box);
@@ -376,8 +376,9 @@ def render_report_pdf(
     ``differential_rank``: the rank shown for the differential, not for its similarity
     (:mod:`monai_cir.differential`; its row says so, a notice says why);
     ``image_alone``: diagnosis -> cases among the same image's most similar cases without the text (one line
-    under the cases' heading: what the text changed); ``ordered_by_prior``: the diagnosis prior ordered ``hits``
-    (:data:`monai_cir.prior_ranking.PRIOR_RANKING`; the heading must not say "most similar first")."""
+    under the cases' heading: what the text changed); ``ordered_by_prior``: whether the diagnosis prior ordered
+    ``hits`` (:data:`monai_cir.prior_ranking.PRIOR_RANKING`): the heading says "ordered by similarity and likely
+    diagnosis" or "most similar first"; None (not stated): it claims no order."""
     from reportlab import rl_config
     from reportlab.lib.colors import HexColor
     from reportlab.pdfgen.canvas import Canvas
@@ -438,9 +439,10 @@ def render_report_pdf(
     y = below_image - 9 * _MM
     canvas.setFont("Helvetica-Bold", 10)
     confirmed = sum(str(_get(_get(h, "metadata"), "confirmation") or "") == "histopathology" for h in hits)
-    # with the diagnosis prior the order is not by similarity alone: the header must not say "best first"
-    order = "ordered by similarity and likely diagnosis" if ordered_by_prior else "most similar first"
-    canvas.drawString(left, y, f"{len(hits)} similar cases, {order} ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
+    # with the diagnosis prior the order is not by similarity alone: the header must not say "best first"; a caller
+    # that does not say how the cases were ordered gets no claim about it
+    order = {True: ", ordered by similarity and likely diagnosis", False: ", most similar first", None: ""}[ordered_by_prior]
+    canvas.drawString(left, y, f"{len(hits)} similar cases{order} ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
     if image_alone and hits:
         canvas.setFont("Helvetica", 8)
         canvas.setFillColor(HexColor("#333333"))
@@ -603,7 +605,7 @@ def similar_cases_pdf(
     score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
     differential_rank: int | None = None,
     image_alone: Mapping[str, int] | None = None,
-    ordered_by_prior: bool = False,
+    ordered_by_prior: bool | None = None,
     **kwargs: Any,
 ) -> Dataset:
     """Render the report for a :class:`~monai_cir.dicom.reader.DermoscopyQuery` and wrap it as

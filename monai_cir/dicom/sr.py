@@ -10,7 +10,7 @@ project concept, the OID ``CONCEPT_ROOT + N`` in the ``ISO_OID`` scheme). OHIF 3
       HAS CONCEPT MOD Procedure reported = (446078004, SCT, "Dermoscopic photography")
       CONTAINS Image Library (111028, DCM)  -> the query image
       CONTAINS Imaging Measurements (126010, DCM)
-        Measurement Group (125007, DCM), TID 1501, one per similar case, best first
+        Measurement Group (125007, DCM), TID 1501, one per similar case, in the order shown (similarity, or with the diagnosis prior: the coded ranking method says which)
           Tracking Identifier = the library case id; Tracking Unique Identifier (derived, stable)
           Algorithm Name / Version (TID 4019)
           Finding Site (363698007, SCT) = the case's site            [when known]
@@ -19,6 +19,7 @@ project concept, the OID ``CONCEPT_ROOT + N`` in the ``ISO_OID`` scheme). OHIF 3
               Minimum / Maximum (SCT) measurement statistical properties (TID 311)
           CODE (439401001, SCT, "Diagnosis") = the case's diagnosis (SNOMED CT)
           CODE (.7) Diagnosis confirmation method = histopathology (SCT) | follow-up | expert | unknown
+          CODE (.10) Similar cases ranking method = by similarity (.40.1) | by similarity and diagnosis likelihood (.40.2)  [when given]
           TEXT (.4) Case library collection; TEXT (121106, DCM, Comment) = explanation [optional]
           IMAGE Source (TID 1501) -> the query image (frame), and the library image [when it has UIDs]
         Measurement Group, Finding type (.5) "Retrieval-based evidence summary"   [optional]
