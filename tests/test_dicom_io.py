@@ -593,10 +593,20 @@ def test_invalid_patient_and_study_values_are_emptied_and_the_answer_written(tmp
     # a multi-valued Patient ID (invalid, but sent) reads as DICOM writes it, not as a Python list
     multi = make_case(tmp_path / "multi", "case")
     _variant(multi / "image.dcm", multi, PatientID=["12345", "67890"])
-    assert read_dicom_folder(tmp_path / "multi").queries[0].patient_id == "12345\\67890"
+    read = read_dicom_folder(tmp_path / "multi").queries[0]
+    assert read.patient_id == "12345\\67890"
+    # identifying values that break their VR are copied as received (repaired, the answer would leave its study), and said
+    assert [n for n in read.notices if "breaks DICOM's rules" in n] == [
+        "Patient ID \"12345\\67890\" breaks DICOM's rules for it (2 values where one is allowed): copied as received so that the "
+        "answer is filed with its study; a PACS that checks values may refuse the answer"]
+    long_id = make_case(tmp_path / "long", "case")
+    _variant(long_id / "image.dcm", long_id, PatientID="P" * 80, PatientName="Doe^Jane\x01", AccessionNumber="A" * 20)
+    breaches = [n for n in read_dicom_folder(tmp_path / "long").queries[0].notices if "breaks DICOM's rules" in n]
+    assert len(breaches) == 3 and "exceeds the maximum length of 64 allowed for VR LO" in breaches[0]
+    assert "control characters" in breaches[1] and "maximum length of 16 allowed for VR SH" in breaches[2]
     good = make_case(tmp_path / "ok", "case")
     _variant(good / "image.dcm", good, PatientBirthDate="19600101", StudyTime="123000.5", PatientSex="F")
-    assert not any("invalid" in n for n in read_dicom_folder(tmp_path / "ok").queries[0].notices)
+    assert not any("invalid" in n or "breaks DICOM's rules" in n for n in read_dicom_folder(tmp_path / "ok").queries[0].notices)
 
 
 def test_answers_are_utf8_whatever_the_query_character_set(tmp_path, dicomized):

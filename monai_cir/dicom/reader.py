@@ -49,7 +49,10 @@ Rules (documented in ``docs/dicom.md``):
   returned dataset (the Study UID from an SR that references the image when there is one, else
   deterministic values derived from the SOP Instance UID) with a notice, so that the answer can
   still be written and filed. A missing Patient ID / Name stays empty (notice): the answer files
-  under the image's own patient, not a made-up one.
+  under the image's own patient, not a made-up one. An identifying value that breaks its VR (an
+  80-character or multi-valued Patient ID, control characters in a name, an invalid Study UID) is
+  copied as received, so the answer files with its study, with a notice that a PACS checking values
+  may refuse it.
 """
 
 from __future__ import annotations
@@ -339,6 +342,45 @@ def _repair(ds: Dataset, notices: list[str], study_uid_from_sr: str | None = Non
             if value and not valid(value):
                 setattr(ds, keyword, "")
                 notices.append(f"invalid {_NAMES[keyword]} {value!r} ({rule}): left empty in the answer")
+    notices.extend(_copied_as_received(ds))
+
+
+# identifying attributes the answer copies as received even when they break their VR's rules: repaired, the answer
+# would be filed under another patient or study than the images it answers; the reader is told instead
+_COPIED_AS_RECEIVED = {"PatientID": "Patient ID", "PatientName": "Patient's Name", "AccessionNumber": "Accession Number",
+                       "StudyID": "Study ID", "StudyInstanceUID": "Study Instance UID"}
+
+
+def _copied_as_received(ds: Dataset) -> list[str]:
+    """A notice per attribute of :data:`_COPIED_AS_RECEIVED` whose value breaks DICOM's rules for it (length,
+    characters, a UID's form, several values where one is allowed): the answer carries it unchanged, and a PACS
+    that checks values may refuse it."""
+    from pydicom import config
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import validate_value
+
+    notices = []
+    for keyword, name in _COPIED_AS_RECEIVED.items():
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            continue
+        element = ds[keyword]
+        values = list(element.value) if isinstance(element.value, MultiValue) else [element.value]
+        reasons = [f"{len(values)} values where one is allowed"] if len(values) > 1 else []
+        for value in values:
+            text = str(value)
+            if any(ord(c) < 32 and c != "\x1b" for c in text):  # ESC starts an ISO 2022 escape, allowed
+                reasons.append("control characters")
+            try:
+                validate_value(element.VR, text, config.RAISE)
+            except ValueError as err:
+                reasons.append(str(err).split(". Please see")[0].rstrip("."))
+        if reasons:
+            shown = dicom_text(element.value)
+            shown = shown if len(shown) <= 40 else shown[:40] + "..."
+            shown = "".join(c if ord(c) >= 32 else "?" for c in shown)  # as the reader can print it
+            notices.append(f"{name} \"{shown}\" breaks DICOM's rules for it ({'; '.join(dict.fromkeys(reasons))}): copied as received "
+                           "so that the answer is filed with its study; a PACS that checks values may refuse the answer")
+    return notices
 
 
 def dicom_text(value: Any) -> str:
