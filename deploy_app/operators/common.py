@@ -63,7 +63,7 @@ class QueryResult:
 
     query_id: str
     query: Any  # monai_cir.dicom.DermoscopyQuery
-    hits: list[Any] = field(default_factory=list)  # monai_cir.index.SearchHit, best first
+    hits: list[Any] = field(default_factory=list)  # monai_cir.index.SearchHit, in the order shown (``ranking`` says which)
     evidence: Any = None  # monai_cir.evidence.EvidenceSummary of the neighbours (decision support)
     explanations: dict[int, Any] = field(default_factory=dict)  # rank -> monai_cir.explain.Explanation
     # what explaining the matches needs, prepared by the retrieval for its batch (retrieval.PendingExplanations);

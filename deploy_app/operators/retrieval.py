@@ -316,7 +316,7 @@ class ComposedRetrievalOperator(Operator):
         queries: ``list[QueryResult]`` from the loader.
 
     Named output:
-        results: the same list, each with ``hits`` (``monai_cir.index.SearchHit``, best first) or ``error``.
+        results: the same list, each with ``hits`` (``monai_cir.index.SearchHit``, in the order shown) or ``error``.
     """
 
     def __init__(

@@ -168,12 +168,17 @@ RANKING_CODES: dict[str, Code] = {
 _CODE_TO_RANKING = {(c.scheme_designator, c.value): name for name, c in RANKING_CODES.items()}
 
 
+def _value_code(table: dict[str, Code], name: str, what: str) -> Code:
+    """``table[name]``, or a ValueError naming ``what`` and the names ``table`` knows."""
+    try:
+        return table[str(name)]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; use one of {list(table)}") from None
+
+
 def ranking_code(ranking: str) -> Code:
     """The coded concept of a ranking (one of ``RANKING_CODES``)."""
-    try:
-        return RANKING_CODES[str(ranking)]
-    except KeyError:
-        raise ValueError(f"unknown ranking {ranking!r}; use one of {list(RANKING_CODES)}") from None
+    return _value_code(RANKING_CODES, ranking, "ranking")
 
 
 def ranking_from_code(scheme: str, value: str) -> str | None:
@@ -227,10 +232,7 @@ _CODE_TO_CONFIRMATION = {(c.scheme_designator, c.value): name for name, c in CON
 
 def confirmation_code(confirmation: str) -> Code:
     """The coded concept of a confirmation status (one of ``CONFIRMATION_CODES``)."""
-    try:
-        return CONFIRMATION_CODES[str(confirmation)]
-    except KeyError:
-        raise ValueError(f"unknown confirmation {confirmation!r}; use one of {list(CONFIRMATION_CODES)}") from None
+    return _value_code(CONFIRMATION_CODES, confirmation, "confirmation")
 
 
 def confirmation_from_code(scheme: str, value: str, meaning: str = "") -> str:
