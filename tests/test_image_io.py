@@ -42,6 +42,11 @@ def test_read_rgb_gives_hwc_uint8_rgb_with_alpha_dropped_and_grey_replicated(tmp
     assert out.dtype == np.uint8 and out.shape == rgb.shape and np.array_equal(out, rgb)  # dropped, not composited
     grey = read_rgb(_png(tmp_path / "grey.png", rgb[..., 0]))
     assert grey.shape == rgb.shape and all(np.array_equal(grey[..., c], rgb[..., 0]) for c in range(3))
+    # 16-bit greyscale (Pillow's I;16) is rescaled by its range, as a greyscale DICOM frame, not clipped to white
+    wide = (np.arange(40 * 56).reshape(40, 56) * 20).astype(np.uint16)
+    grey16 = read_rgb(_png(tmp_path / "grey16.png", wide))
+    assert grey16.dtype == np.uint8 and grey16.shape == (40, 56, 3) and not grey16.flags.writeable
+    assert grey16.min() == 0 and grey16.max() == 255 and abs(int(grey16[20, 0, 0]) - round(20 * 56 * 20 / wide.max() * 255)) <= 1
 
 
 def test_a_broken_image_file_is_a_value_error_naming_the_file_and_what_to_do(tmp_path):

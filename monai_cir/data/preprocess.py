@@ -106,8 +106,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file (JPEG, PNG, anything Pillow reads) as (H, W, 3) uint8 RGB, read-only.
 
     Pillow's ``convert("RGB")``: greyscale and palette images become RGB, an alpha channel is dropped
-    (not composited), 16-bit greyscale is clipped to 8 bits; EXIF orientation is not applied (the
-    pixels as stored, as ``dicomize`` carries a JPEG). Raises ``FileNotFoundError`` for a missing file
+    (not composited); 16-bit and float greyscale (Pillow's ``I;16``, ``I``, ``F``, which ``convert`` would
+    clip to white) are rescaled by their range (:func:`to_rgb_uint8`, as a greyscale DICOM frame); EXIF
+    orientation is not applied (the pixels as stored, as ``dicomize`` carries a JPEG). Raises ``FileNotFoundError`` for a missing file
     and ``ValueError`` naming the file and what is wrong for one Pillow cannot decode."""
     path = Path(path)
     if not path.is_file():
@@ -115,13 +116,18 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, inside the try, not later
-            rgb = img.convert("RGB")
+            wide = img.mode.startswith("I") or img.mode == "F"
+            rgb = np.asarray(img) if wide else img.convert("RGB")
     except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... for broken files
         detail = str(err).replace(repr(str(path)), "").strip() or type(err).__name__  # the path is named once, below
         raise ValueError(
             f"cannot read image {path}: {detail}; expected a complete JPEG, PNG or other file Pillow reads "
             "(replace the file or re-export it)"
         ) from err
+    if wide:
+        out = to_rgb_uint8(rgb)
+        out.setflags(write=False)
+        return out
     return np.asarray(rgb)
 
 
