@@ -441,7 +441,9 @@ class ComposedRetrievalOperator(Operator):
             result.timing_ms["encode"] = encode_ms
             result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
             if not result.hits:
-                result.add_notices("no library case matched the filters")
+                from monai_cir.dicom.sr import NO_MATCH_NOTICE
+
+                result.add_notices(f"{NO_MATCH_NOTICE}: no library case matched the filters" + (f" {filters}" if filters else ""))
             self._logger.info(
                 "query %s: top-%d %s", result.query_id, len(result.hits),
                 ", ".join(f"{h.metadata.diagnosis} {h.score:.3f}" for h in result.hits),

@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # highdicom is imported when an SR is written or read
 __all__ = [
     "DECISION_SUPPORT_NOTE",
     "DEFAULT_SCORE_RANGE",
+    "NO_MATCH_NOTICE",
     "SimilarCase",
     "SimilarCasesReport",
     "container",
@@ -74,6 +75,8 @@ DECISION_SUPPORT_NOTE = (
 DEFAULT_SCORE_RANGE = (-3.0, 3.0)
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 FINDING_SITE = Code("363698007", "SCT", "Finding site")
+# the notice of an answer without a case (the deploy app adds why after a colon)
+NO_MATCH_NOTICE = "no similar case was found"
 ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")  # TID 4019, written by highdicom
 ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
 
@@ -244,8 +247,8 @@ def similar_cases_sr(
         C.ranking_code(ranking)  # an unknown ranking is refused before anything is built
     text = (query_text if query_text is not None else text).strip()
     notices = [str(n) for n in (query_notices if notices is None else notices) if str(n).strip()]
-    if not hits:
-        notices.append("no similar case was found")
+    if not hits and not any(n.startswith(NO_MATCH_NOTICE) for n in notices):  # said once (the app says why)
+        notices.append(NO_MATCH_NOTICE)
     version = algorithm_version or C.software_version()
     algorithm = AlgorithmIdentification(name=algorithm_name, version=version)
     query_source = _source_image(str(ds.SOPClassUID), str(ds.SOPInstanceUID), frame)
