@@ -47,7 +47,7 @@ from typing import Any
 
 from _common import TARGETS, begin, cross_fit, evaluate_variants, mean_std, write_results
 
-KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 LAMBDAS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 1000.0)
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 PROBES = ("criteria+sentence+image", "sentence+image", "gated", "gated+partial", "gated+matched")

@@ -42,7 +42,7 @@ VARIANTS: dict[str, dict] = {
     "lrmult1": {"train": {"composer_lr_mult": 1.0}},
     "textdrop0.3": {"text": {"dropout": 0.3}},
 }
-KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 
 
 def main(argv=None) -> int:

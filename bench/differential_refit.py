@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import begin, evaluate_variants, mean_std, write_results
 
-KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 
 
 def main(argv=None) -> int:

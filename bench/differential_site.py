@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from _common import begin, write_results
 
-KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 RESULTS = Path("bench/results/isic_differential_site.json")
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _common import PAPER, TARGETS, begin, evaluate_variants, mean_std, write_results
 
-KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 RATES = (0.0, 0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.3)
 RESULTS = Path("bench/results/derm7pt_differential_slot.json")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _common import TARGETS, begin, cross_fit, evaluate_variants, mean_std, write_results
 
-KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 LAMBDAS = (0.0, 0.3, 1.0, 3.0, 10.0)
 SHIPPED_LAMBDA = 10.0  # the release prior's strength (DEFAULT_PRIOR_STRENGTH): its terms are 10 w log p
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _common import begin, evaluate_variants, mean_std, write_results
 
-KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 TEXT_WEIGHTS = (0.1, 0.25, 0.5, 1.0)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from _common import begin, mean_std, write_results
 
-KEYS = ("acc@1", "acc@2", "acc@4", "map", "p@5")
+from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 FORMS = ("template", "partial")
 RULES = {
     "w=1 (the plain gate, the default before 0.4.0)": lambda n: n.new_ones(n.shape),
