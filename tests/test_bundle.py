@@ -114,7 +114,16 @@ def test_evaluate_workflow(trained_fold):
     wf.run()
     wf.finalize()
     metrics = json.loads((trained_fold / "eval" / "metrics_fold0.json").read_text())
-    assert set(metrics) >= {"acc@1", "acc@2", "acc@4", "map"} and 0 <= metrics["map"] <= 100
+    assert set(metrics) >= {"acc@1", "acc@2", "acc@4", "map", "p@5"} and 0 <= metrics["map"] <= 100
+    # scored as the app ranks: the fold model's diagnosis prior orders every held-out query (Derm7pt texts name
+    # findings); S alone is reported beside it; the JSON names the checkpoint it scored
+    from monai_cir.networks import load_model
+
+    net = load_model(trained_fold / "models" / "model_fold0.pt")
+    assert net.diagnosis_prior is not None and metrics["ranking"] == "similarity_and_diagnosis_prior"
+    assert metrics["prior_ordered"] == metrics["n_queries"] > 0
+    assert set(metrics["by_similarity"]) == {"acc@1", "acc@2", "acc@4", "map", "p@5"}
+    assert metrics["checkpoint"].endswith("model_fold0.pt") and metrics["fingerprint"] == net.fingerprint()
 
 
 def test_evaluate_refuses_a_missing_fold_checkpoint(trained_fold):
@@ -144,10 +153,19 @@ def test_inference_workflow(trained_fold):
                                 "fingerprint": load_model(trained_fold / "models" / "model_fold0.pt").fingerprint()}
     ranking = written["results"]
     assert len(ranking) == 4 and all(len(r["hits"]) == 3 for r in ranking)
+    # how each query's text counted, as the app says it (ISIC UDA-1's age / sex texts name no finding: weight 0)
+    assert all(r["text_use"] == {"weight": 0.0, "findings_read": []} and r["ranking"] == "similarity" for r in ranking), ranking
     # the collection ranks itself: leave-one-out, no query is its own best match
     assert all(r["query"] not in {h["case_id"] for h in r["hits"]} for r in ranking), ranking
     scores = [h["score"] for h in ranking[0]["hits"]]
     assert scores == sorted(scores, reverse=True)
+    # your own queries against the library: --query_records
+    wf = _workflow(["inference.yaml"], workflow_type="infer", bundle_root=str(trained_fold), subset=4, top_k=3,
+                   checkpoint=str(trained_fold / "models" / "model_fold0.pt"), query_records="$@records[1:3]")
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    assert [r["query"] for r in json.loads((trained_fold / "eval" / "ranking.json").read_text())["results"]] == [r["query"] for r in ranking[1:3]]
 
 
 def test_inference_refuses_a_missing_checkpoint(tmp_path):
@@ -282,7 +300,8 @@ FINETUNE = dict(
 
 
 def test_finetune_overlays_train_end_to_end_under_ddp_and_save_the_whole_network(tmp_path, shared_data, monkeypatch):
-    """train + finetune + multi_gpu_train.yaml as torchrun would start rank 0 of 1 (gloo, CPU; finetune.yaml
+    """train + finetune + multi_gpu_train.yaml as torchrun would start rank 0 of 1 (no override: gloo and CPU chosen by
+    the overlay on a machine without CUDA; finetune.yaml
     alone differs only in the wrapper and the sampler): two end-to-end steps on 12 real images at 64 px.
     The network is DistributedDataParallel over trainable encoders, the sampler a DistributedSampler; rank 0
     saves the whole network (monai-cir-net/1) and load_model rebuilds exactly the fine-tuned one."""
@@ -294,10 +313,8 @@ def test_finetune_overlays_train_end_to_end_under_ddp_and_save_the_whole_network
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
         monkeypatch.setenv(name, value)
-    wf = _workflow(
-        ["train.yaml", "finetune.yaml", "multi_gpu_train.yaml"], bundle_root=str(tmp_path), device="$torch.device('cpu')",
-        dist_backend="gloo", **{"network#device_ids": None}, **FINETUNE,
-    )
+    # as written: on a machine without CUDA the overlay picks CPU processes, gloo and no device_ids by itself
+    wf = _workflow(["train.yaml", "finetune.yaml", "multi_gpu_train.yaml"], bundle_root=str(tmp_path), **FINETUNE)
     wf.initialize()
     assert not wf.check_properties()
     wf.run()
@@ -327,6 +344,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_add_prior_replaces_a_checkpoint_only_with_overwrite(trained_fold, tmp_path):
+    """``--run_id add_prior`` changes an existing checkpoint (the release model.pt by default): like training, it
+    refuses without ``--overwrite true`` and leaves the file as it was."""
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    ckpt = shutil.copy(trained_fold / "models" / "model_fold0.pt", tmp_path / "models" / "model_fold0.pt")
+    before = Path(ckpt).read_bytes()
+    wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", run_id="add_prior")
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error of the expression that raised it
+        wf.run()
+    assert "pass --overwrite true to replace it" in str(failure.value.__cause__), failure.value.__cause__
+    assert Path(ckpt).read_bytes() == before
 
 
 def test_the_prior_stage_runs_again_on_its_own_checkpoint(trained_fold, tmp_path):

@@ -225,18 +225,51 @@ def add_diagnosis_prior(path: str | Path, cache: Any, train_indices: Sequence[in
     return prior_net
 
 
-def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequence[int], database_idx: Sequence[int], output: str | Path | None = None, tta: bool = True) -> dict[str, Any]:
-    """Protocol metrics (arXiv v1 Eqs. 10-14, percent) of composed queries ``query_idx`` against images ``database_idx``."""
+def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequence[int], database_idx: Sequence[int], output: str | Path | None = None,
+                        tta: bool = True, checkpoint: str | Path | None = None, differential: bool = True) -> dict[str, Any]:
+    """Protocol metrics (arXiv v1 Eqs. 10-14 and P@5, percent) of the checkpoint as it ranks: composed queries
+    ``query_idx`` (image + text) against images ``database_idx``, by the network's similarity ``S``, plus its diagnosis
+    prior's terms when it has one (``K = S + λ w log p(y_c | q)``, :mod:`monai_cir.prior_ranking`), with the differential
+    slot the checkpoint records (``differential``; :func:`monai_cir.differential.differential_ranking`): the ranking the
+    app shows and ``monai-cir evaluate`` scores (``composed_late_fusion_prior_differential`` for the release network).
+    ``by_similarity`` holds the same metrics of ``S`` alone (what the trained heads rank without the prior). The JSON
+    records how it ranked, the checkpoint and its fingerprint."""
+    from ..differential import DifferentialSlot, differential_ranking
+    from ..evaluation.protocol import METRIC_KEYS
     from ..metrics import retrieval_metrics
+    from ..prior_ranking import PRIOR_RANKING, SIMILARITY_RANKING, prior_acted
+    from .diagnosis_prior import cached_prior_terms, prior_columns
     from .heads import CachedComposedModel
 
     model = CachedComposedModel(net, "composed")
     q = model.encode_queries(cache, query_idx, tta=tta)
     t = model.encode_targets(cache, database_idx, tta=tta)
     labels = np.asarray(cache.labels)
-    m = retrieval_metrics(q @ t.T, labels[np.asarray(query_idx)], labels[np.asarray(database_idx)])
-    result = {k: round(100.0 * float(m[k]), 2) for k in ("acc@1", "acc@2", "acc@4", "map")}
-    result.update(n_queries=len(query_idx), n_database=len(database_idx))
+    query_labels, database_labels = labels[np.asarray(query_idx)], labels[np.asarray(database_idx)]
+    similarity = (q @ t.T).double()
+    ranking, acted = similarity, None
+    if net.diagnosis_prior is not None:
+        terms = cached_prior_terms(net, cache, query_idx).double()
+        ranking = similarity + terms[:, prior_columns(net.diagnosis_prior.classes, cache, database_idx)]
+        acted = prior_acted(terms)
+    slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
+    opened = None
+    if slot is not None:
+        ranking, opened = differential_ranking(ranking, database_labels, slot, prior_acted=acted)
+
+    def percent(scores: Any) -> dict[str, float]:
+        m = retrieval_metrics(scores, query_labels, database_labels)
+        return {k: round(100.0 * float(m[k]), 2) for k in METRIC_KEYS}
+
+    result: dict[str, Any] = percent(ranking)
+    result.update(
+        ranking=PRIOR_RANKING if acted is not None else SIMILARITY_RANKING,
+        prior_ordered=int(np.sum(acted)) if acted is not None else 0,
+        differential_slot=None if slot is None else {"rank": slot.rank, "opened": int(np.sum(opened))},
+        by_similarity=percent(similarity),
+        n_queries=len(query_idx), n_database=len(database_idx),
+        checkpoint=None if checkpoint is None else str(Path(checkpoint).resolve()), fingerprint=net.fingerprint(),
+    )
     if output is not None:
         from ..atomic import atomic_write_text
 
@@ -256,13 +289,16 @@ def rank_collection(
     records one (:func:`monai_cir.differential.differential_ranking`, the evaluation's form of the app's rule;
     ``differential=False``: no slot). Each hit's ``score`` is its similarity. A query that is itself a library case (same case id)
     is left out of its own ranking: a collection ranked against itself is leave-one-out, never "each case's best
-    match is itself". Each result: ``{"query", "text", "hits": [{"rank", "case_id", "diagnosis", "score"}],
-    "differential"}`` (None, or the slot's case with the app's notice). ``output`` also records the model: the
-    ``checkpoint`` path it was loaded from and its fingerprint (:meth:`ComposedRetrievalNet.fingerprint`)."""
+    match is itself". Each result: ``{"query", "text", "text_use", "hits": [{"rank", "case_id", "diagnosis", "score"}],
+    "ranking", "differential"}`` (``text_use``: the text's weight and the findings read, None for no text, as the app's
+    results.json; ``ranking``: :data:`~monai_cir.prior_ranking.RANKINGS`; ``differential``: None, or the slot's case with
+    the app's notice). ``output`` also records the model: the ``checkpoint`` path it was loaded from (absolute) and its
+    fingerprint (:meth:`ComposedRetrievalNet.fingerprint`)."""
     from ..data.preprocess import load_image
     from ..differential import DifferentialSlot, differential_ranking, query_margins
     from ..networks.diagnosis_prior import term_columns
     from ..prior_ranking import PRIOR_RANKING, SIMILARITY_RANKING, prior_acted
+    from ..retrieval import text_use
 
     if len(records) < 2:
         raise ValueError(f"the case library has {len(records)} case(s); a ranking needs at least 2")
@@ -310,13 +346,13 @@ def rank_collection(
                 shown_case = {"rank": slot.rank, "case_id": case["case_id"], "diagnosis": case["diagnosis"],
                               "similarity_rank": rank_by_similarity, "margin": round(float(margins[row]), 6), "max_margin": query_slot.margin,
                               "notice": query_slot.notice(case["diagnosis"], rank_by_similarity, hits[0]["diagnosis"], float(margins[row]), prior=ordered)}
-            results.append({"query": r.case_id, "text": r.text, "hits": hits, "ranking": PRIOR_RANKING if ordered else SIMILARITY_RANKING,
-                            "differential": shown_case})
+            results.append({"query": r.case_id, "text": r.text, "text_use": text_use(net, r.text or "")[0], "hits": hits,
+                            "ranking": PRIOR_RANKING if ordered else SIMILARITY_RANKING, "differential": shown_case})
     if output is not None:
         from ..atomic import atomic_write_text
 
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        model = {"checkpoint": None if checkpoint is None else str(checkpoint), "fingerprint": net.fingerprint()}
+        model = {"checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "fingerprint": net.fingerprint()}
         atomic_write_text(Path(output), json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": model, "results": results}, indent=2) + "\n")
     return results
 
