@@ -46,6 +46,7 @@ def trained_fold(tmp_path_factory, shared_data):
         max_epochs=2,
         batch_size=12,
         val_fraction=0.25,
+        **{"late_fusion_options#train#epochs": 20},  # the second stage's recipe is a config node (200 epochs by default)
     )
     wf.initialize()
     assert not wf.check_properties()  # MONAI's train properties: every required id exists (None or [] missing)
@@ -73,7 +74,7 @@ def test_train_workflow_writes_checkpoint(trained_fold):
     assert net.config["beta"] == 0.6
     # the second stage: the release network carries the trained late-fusion branch (S = (S_Eq9 + S_lf) / 2)
     assert net.config["late_fusion_share"] == 0.5 and net.embedding_dim == 1040 + 256
-    assert any(k.startswith("late_fusion.") for k in payload["head"]) and payload["extra"]["late_fusion_epochs"] == 200
+    assert any(k.startswith("late_fusion.") for k in payload["head"]) and payload["extra"]["late_fusion_epochs"] == 20
     assert float(payload["head"]["late_fusion.image_norm.std"].sub(1).abs().max()) > 0  # fitted on the training cases
     # the third stage: the diagnosis prior's two probes, fitted on the same training cases, saved with the head
     assert net.config["diagnosis_prior"] == {"classes": ["melanoma", "nevus", "benign keratosis"], "strength": 10.0}

@@ -172,7 +172,8 @@ def checkpoint_saver(net: ComposedRetrievalNet, **extra: Any) -> Callable[..., P
 
 
 def add_late_fusion_branch(
-    model: Any, keeper: Any, cache: Any, train_indices: Sequence[int], share: float, path: str | Path, seed: int = 0, **extra: Any
+    model: Any, keeper: Any, cache: Any, train_indices: Sequence[int], share: float, path: str | Path, seed: int = 0,
+    options: dict[str, Any] | None = None, **extra: Any,
 ) -> ComposedRetrievalNet | None:
     """``train.yaml``'s second stage: the late-fusion branch of the release network (issue 13).
 
@@ -181,19 +182,22 @@ def add_late_fusion_branch(
     that trained), trains the late-fusion MLP on the same cases exactly as the evaluation's
     ``late_fusion_fullbatch`` does (``cv_methods.train_method``: full batch, 200 epochs, symmetric SupCon
     τ 0.1, Adam 1e-3), joins the two (:func:`~monai_cir.engine.attach_late_fusion`) and overwrites the
-    checkpoint at ``path`` with the joined network. ``share <= 0``: nothing to do (the first stage's
-    checkpoint is the paper's network); returns the joined network or None."""
+    checkpoint at ``path`` with the joined network. ``options``: ``{"train": {...}, "net": {...}}`` over that
+    recipe (``train.yaml``'s ``late_fusion_options``; the effective epochs are recorded). ``share <= 0``: nothing to
+    do (the first stage's checkpoint is the paper's network); returns the joined network or None."""
     from . import attach_late_fusion
-    from .cv_methods import train_method
+    from .cv_methods import method_options, train_method
 
     if share <= 0:
         return None
     if keeper.best_state is not None:
         model.load_state_dict(keeper.best_state)
-    (branch,) = train_method("late_fusion_fullbatch", cache, np.asarray(train_indices), {}, int(seed))
+    config = {"method_options": {"late_fusion_fullbatch": {k: dict(v) for k, v in (options or {}).items() if v}}}
+    (branch,) = train_method("late_fusion_fullbatch", cache, np.asarray(train_indices), config, int(seed))
     net = attach_late_fusion(model.net, branch, share).eval()
     first_stage = read_checkpoint(path)["extra"] if Path(path).is_file() else {}  # the best epoch and its metrics
-    save_checkpoint(net, path, **{**first_stage, "epoch": int(keeper.best_epoch), "seed": int(seed), **extra, "late_fusion_epochs": 200})
+    epochs = int(method_options("late_fusion_fullbatch", config)["train"]["epochs"])
+    save_checkpoint(net, path, **{**first_stage, "epoch": int(keeper.best_epoch), "seed": int(seed), **extra, "late_fusion_epochs": epochs})
     print(f"late-fusion branch trained (share {share}) -> {path}")
     return net
 
