@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_OPEN_RATE", "DEFAULT_RANK", "DifferentialSlot", "RANK_COUNT_
 
 DEFAULT_RANK = 4  # the paper's largest Acc@K cut-off: the differential case is within the top 4
 # the share of held-out queries whose slot opens: about one query in seven (bench/differential_slot.py
-# shows Acc@4 and P@5 over 5-30%; this operating point was chosen on that curve, see the model card)
+# shows Acc@4 and P@5 over 5-30%; this operating point was chosen on that curve: bundle/docs/history.md, fourth pass)
 DEFAULT_OPEN_RATE = 0.15
 # how far the app counts a differential case's similarity rank (beyond it the notice says "beyond rank N"): one
 # search of 257 cases; counting to 4096 made an approximate index at a million cases fall back to a scan of the

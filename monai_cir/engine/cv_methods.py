@@ -55,10 +55,10 @@ logger = logging.getLogger(__name__)
 # the best epoch kept), natural-frequency batches of 96, flip augmentation and flip TTA, inputs standardised
 # with training statistics. Measured against the earlier short regime (lr 1e-3, <= 30 epochs, patience 8,
 # class-balanced batches): composed 79.7 / 82.5 / 84.6 / 80.9 -> 81.3 / 84.6 / 85.7 / 83.7 -- see
-# bundle/docs/README.md, "attempts".
+# bundle/docs/history.md, "Ablations and attempts".
 _TRAIN = dict(epochs=100, lr=1e-4, weight_decay=1e-5, batch_size=96, patience=30, val_every=1, temperature=0.1, target_weight=1.0, val_fraction=0.15, flip=True, tta=True, balanced=False)
 # The composed network's methods: τ 0.2 (0.1 collapses each class), the tanh gates of Eq. 5 started at 0.3
-# and the composers at 3x the lr so the text gets through (bundle/docs/README.md, "attempts").
+# and the composers at 3x the lr so the text gets through (bundle/docs/history.md, "Ablations and attempts").
 _COMPOSED_TRAIN = dict(_TRAIN, temperature=0.2, composer_lr_mult=3.0, gate_init=0.3)
 # The full-batch regime (DESIGN.md section 5; issue 13): Adam lr 1e-3 / wd 1e-5, the whole training set as
 # one batch (batch_size 0), 200 epochs, no early stopping (no inner validation: the last epoch is kept),

@@ -53,7 +53,7 @@ class TrainConfig:
     gate_init: float = 0.0
     val_fraction: float = 0.15
     # natural-frequency batches: class-balanced ones oversample the 61 keratoses, shift the query prior
-    # away from nevus (65% of queries) and cost Acc@1 (bundle/docs/README.md, "attempts")
+    # away from nevus (65% of queries) and cost Acc@1 (bundle/docs/history.md, "Ablations and attempts")
     balanced: bool = False
     val_every: int = 1
     flip: bool = True

@@ -36,7 +36,7 @@ class InputStandardizer(nn.Module):
 
     Why: frozen encoder outputs are far from centred. MiniLM token embeddings share one dominant
     direction and EfficientNet channels have very different scales; a head trained for a few hundred
-    CPU steps spends them removing that offset (measured on the late-fusion baseline: bundle/docs/README.md,
+    CPU steps spends them removing that offset (measured on the late-fusion baseline: bundle/docs/history.md,
     "Ablations and attempts").
     """
 
