@@ -25,6 +25,7 @@ ENCAPSULATED_PDF_FILE = "similar_cases_report.dcm"
 
 def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> None:
     """The plain PDF and its Encapsulated PDF instance (:func:`monai_cir.dicom.report_pdf.similar_cases_pdf`)."""
+    from monai_cir.atomic import atomic_path, atomic_write_bytes
     from monai_cir.dicom.report_pdf import similar_cases_pdf
     from monai_cir.prior_ranking import PRIOR_RANKING
 
@@ -40,8 +41,6 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_rang
         image_alone=result.image_alone["counts"] if result.image_alone else None,
         ordered_by_prior=result.ranking == PRIOR_RANKING,
     )
-    from monai_cir.atomic import atomic_path, atomic_write_bytes
-
     atomic_write_bytes(pdf_path, bytes(ds.EncapsulatedDocument[: int(ds.EncapsulatedDocumentLength)]))
     with atomic_path(dcm_path) as tmp:  # each file whole or not at all (the reports pass removes a failed part's files)
         ds.save_as(tmp, enforce_file_format=True)

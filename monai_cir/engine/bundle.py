@@ -242,7 +242,7 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
     from ..evaluation.protocol import METRIC_KEYS
     from ..metrics import retrieval_metrics
     from ..prior_ranking import PRIOR_RANKING, SIMILARITY_RANKING, prior_acted
-    from .diagnosis_prior import cached_prior_terms, prior_columns
+    from .diagnosis_prior import prior_ranking_scores
     from .heads import CachedComposedModel
 
     model = CachedComposedModel(net, "composed")
@@ -253,8 +253,7 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
     similarity = (q @ t.T).double()
     ranking, acted = similarity, None
     if net.diagnosis_prior is not None:
-        terms = cached_prior_terms(net, cache, query_idx).double()
-        ranking = similarity + terms[:, prior_columns(net.diagnosis_prior.classes, cache, database_idx)]
+        ranking, terms = prior_ranking_scores(net, similarity, cache, query_idx, cache, database_idx)
         acted = prior_acted(terms)
     slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
     opened = None

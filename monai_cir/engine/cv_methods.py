@@ -328,27 +328,25 @@ def _composed_late_fusion_prior(ctx: FoldContext) -> tuple[torch.Tensor, np.ndar
     """The release network's score with the diagnosis prior, ``K = S + λ w log p(y_c | q)`` (Q, N) float64 (the
     prior fitted on the fold's training cases; :mod:`monai_cir.prior_ranking` ranks a case index by the same), and
     which queries the prior ordered (Q,) bool (a text naming no finding: ``K = S``)."""
-    from .diagnosis_prior import cached_prior_terms, prior_columns
+    from .diagnosis_prior import prior_ranking_scores
 
     q, t = _composed_late_fusion(ctx)
     net = _release_prior_net(ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
-    terms = cached_prior_terms(net, ctx.query_cache, ctx.query_indices).double()
-    scores = (q @ t.T).double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.cache, ctx.database_indices)]
+    scores, terms = prior_ranking_scores(net, q @ t.T, ctx.query_cache, ctx.query_indices, ctx.cache, ctx.database_indices)
     return scores, prior_acted(terms)
 
 
 def _composed_late_fusion_prior_cross_site(ctx: CrossSiteContext, slot: DifferentialSlot | None = None) -> dict[str, torch.Tensor]:
     """Leave-one-out on the other collection with its own texts (age, sex: no finding, so ``w = 0``), the network and
     its prior from all of Derm7pt: ``K`` (and, with ``slot``, ranked as the app ranks it)."""
-    from .diagnosis_prior import cached_prior_terms, prior_columns
+    from .diagnosis_prior import prior_ranking_scores
 
     idx = np.arange(len(ctx.target))
     models = composed_late_fusion_models(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
     tta = method_options("composed", ctx.config)["train"].get("tta", True)
     s = _concat([m.encode_queries(ctx.query_target, idx, tta=tta) for m in models]) @ _concat([m.encode_targets(ctx.target, idx, tta=tta) for m in models]).T
     net = _release_prior_net(ctx.source, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
-    terms = cached_prior_terms(net, ctx.query_target, idx).double()
-    scores = s.double() + terms[:, prior_columns(net.diagnosis_prior.classes, ctx.target, idx)]
+    scores, terms = prior_ranking_scores(net, s, ctx.query_target, idx, ctx.target, idx)
     if slot is not None:
         scores, opened = differential_ranking(scores, ctx.target.labels.numpy(), slot, leave_one_out=True, prior_acted=prior_acted(terms))
         ctx.state.train_log.append(dict(method="composed_late_fusion_prior_differential", cross_site=len(opened), margin=round(slot.margin, 6), opened=int(opened.sum())))

@@ -20,7 +20,7 @@ from ..networks import ComposedRetrievalNet
 from ..networks.diagnosis_prior import DEFAULT_PRIOR_STRENGTH, FULL_TEXT_PROBE, PARTIAL_TEXT_PROBE, term_columns
 from ..networks.late_fusion import LateFusionBranch
 
-__all__ = ["PRIOR_C_GRID", "PRIOR_MIN_CASES", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs"]
+__all__ = ["PRIOR_C_GRID", "PRIOR_MIN_CASES", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs", "prior_ranking_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,15 @@ def cached_prior_terms(net: ComposedRetrievalNet, cache: Any, indices: Sequence[
     pooled = LateFusionBranch.pool([m[rows] for m in cache.maps])
     device = net.diagnosis_prior.mean.device
     return net.diagnosis_prior(pooled.to(device), torch.as_tensor(cache.sentence)[rows].float().to(device), weights).cpu()
+
+
+def prior_ranking_scores(net: ComposedRetrievalNet, similarity: torch.Tensor, query_cache: Any, query_indices: Sequence[int],
+                         library_cache: Any, library_indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, terms)``: the ranking ``K = S + λ w log p(y_c | q)`` (Q, N) float64 of cached queries against cached
+    library cases (``similarity`` the (Q, N) ``S``), as :mod:`monai_cir.prior_ranking` ranks a case index, and the
+    queries' terms (Q, C + 1) (:func:`monai_cir.prior_ranking.prior_acted` says whom they ordered)."""
+    terms = cached_prior_terms(net, query_cache, query_indices).double()
+    return similarity.double() + terms[:, prior_columns(net.diagnosis_prior.classes, library_cache, library_indices)], terms
 
 
 def prior_columns(classes: Sequence[str], cache: Any, indices: Sequence[int]) -> np.ndarray:
