@@ -47,6 +47,7 @@ def trained_fold(tmp_path_factory, shared_data):
         batch_size=12,
         val_fraction=0.25,
         **{"late_fusion_options#train#epochs": 20},  # the second stage's recipe is a config node (200 epochs by default)
+        prior_options={"c_grid": [0.003, 0.03], "inner_folds": 2},  # so is the third stage's inner cross-validation
     )
     wf.initialize()
     assert not wf.check_properties()  # MONAI's train properties: every required id exists (None or [] missing)
@@ -81,6 +82,7 @@ def test_train_workflow_writes_checkpoint(trained_fold):
     assert bool(payload["head"]["diagnosis_prior.fitted"].all()) and float(payload["head"]["diagnosis_prior.weight"].abs().sum()) > 0
     fit = payload["extra"]["diagnosis_prior"]
     assert fit["classes"] == net.config["diagnosis_prior"]["classes"] and {"C", "inner_accuracy"} <= set(fit["full_text"]) | set(fit["partial_text"])
+    assert fit["c_grid"] == [0.003, 0.03] and fit["inner_folds"] == 2 and {fit["full_text"]["C"], fit["partial_text"]["C"]} <= {0.003, 0.03}
     _, terms = net.encode_query_and_terms(torch.rand(1, 3, 260, 260), [records[held_out[0]].text])
     assert terms.shape == (1, 4) and bool((terms[0, :3] < 0).all())
     assert any((trained_fold / "logs").glob("events.out.tfevents.*"))  # TensorBoard-readable
@@ -381,6 +383,11 @@ def test_the_prior_stage_runs_again_on_its_own_checkpoint(trained_fold, tmp_path
     cache = build_feature_cache("derm7pt-ci30", 260, net=net, records=records, progress=False)
     train, _ = fold_split(cache, 0)
     before = read_checkpoint(ckpt)
+    with pytest.raises(ValueError, match=r"prior_options has unknown key\(s\) \['folds'\]"):
+        add_diagnosis_prior(ckpt, cache, train, strength=3.0, options={"folds": 3})
+    with pytest.raises(ValueError, match="inner_folds must be 2 or more, got 1"):
+        add_diagnosis_prior(ckpt, cache, train, strength=3.0, options={"inner_folds": 1})
+    assert read_checkpoint(ckpt)["extra"] == before["extra"]  # refused before the file was touched
     add_diagnosis_prior(ckpt, cache, train, strength=3.0)
     after = read_checkpoint(ckpt)
     assert after["config"]["diagnosis_prior"]["strength"] == 3.0 and after["extra"]["diagnosis_prior"]["strength"] == 3.0

@@ -202,24 +202,30 @@ def add_late_fusion_branch(
     return net
 
 
-def add_diagnosis_prior(path: str | Path, cache: Any, train_indices: Sequence[int], strength: float, seed: int = 0) -> ComposedRetrievalNet | None:
+def add_diagnosis_prior(path: str | Path, cache: Any, train_indices: Sequence[int], strength: float, seed: int = 0,
+                        options: dict[str, Any] | None = None) -> ComposedRetrievalNet | None:
     """``train.yaml``'s third stage: the diagnosis prior (:class:`~monai_cir.networks.DiagnosisPrior`; issue 13).
 
     Loads the checkpoint at ``path`` (the second stage's), fits the prior's two probes on the same training cases
     (:func:`~monai_cir.engine.fit_diagnosis_prior`) and overwrites the checkpoint with the network and its prior,
-    the fit recorded as ``extra["diagnosis_prior"]``. A differential slot recorded there is dropped: its margin is in
+    the fit recorded as ``extra["diagnosis_prior"]``. ``options``: ``{"c_grid": [...], "inner_folds": n}`` over the
+    inner cross-validation's defaults (``train.yaml``'s ``prior_options``; any other key is an error). A differential slot recorded there is dropped: its margin is in
     the units of the score without the prior (refit it: ``bench/differential_slot.py --prior --write-checkpoint``).
     ``strength <= 0``: nothing to do; returns the network or None."""
     from .diagnosis_prior import fit_diagnosis_prior
 
     if strength <= 0:
         return None
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"c_grid", "inner_folds"})
+    if unknown:
+        raise ValueError(f"prior_options has unknown key(s) {unknown}; it takes c_grid (the probes' inverse L2 strengths) and inner_folds")
     payload = read_checkpoint(path)
     if payload["format"] == NET_FORMAT:
         raise ValueError(f"{path} holds fine-tuned encoders: the diagnosis prior is fitted on the frozen encoders' feature cache, "
                          "which they no longer match (train it with prior_strength 0, as finetune.yaml does)")
     net = load_model(path)
-    prior_net, record = fit_diagnosis_prior(net, cache, train_indices, strength=float(strength), seed=int(seed), text_net=net)
+    prior_net, record = fit_diagnosis_prior(net, cache, train_indices, strength=float(strength), seed=int(seed), text_net=net, **options)
     extra = {k: v for k, v in payload["extra"].items() if k != "diagnosis_prior"}  # a previous fit's record is replaced
     if extra.pop("differential", None) is not None:
         logger.warning("%s: the differential slot's margins were fitted for the ranking before this prior and are dropped; refit "

@@ -20,12 +20,14 @@ from ..networks import ComposedRetrievalNet
 from ..networks.diagnosis_prior import DEFAULT_PRIOR_STRENGTH, FULL_TEXT_PROBE, PARTIAL_TEXT_PROBE, term_columns
 from ..networks.late_fusion import LateFusionBranch
 
-__all__ = ["PRIOR_C_GRID", "PRIOR_MIN_CASES", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs", "prior_ranking_scores"]
+__all__ = ["PRIOR_C_GRID", "PRIOR_INNER_FOLDS", "PRIOR_MIN_CASES", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs", "prior_ranking_scores"]
 
 logger = logging.getLogger(__name__)
 
 # the probes' inverse L2 strengths tried by the inner cross-validation (bench/class_posterior.py's grid)
 PRIOR_C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+# the inner cross-validation's folds (fewer when the smallest diagnosis has fewer training cases)
+PRIOR_INNER_FOLDS = 5
 # training cases of every diagnosis the inner cross-validation needs (2 folds at least; the partial-text probe's
 # rows are two per case, grouped by case, so its count is the same number of cases)
 PRIOR_MIN_CASES = 2
@@ -47,7 +49,7 @@ def _class_names(cache: Any) -> dict[int, str]:
     return names
 
 
-def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[Any, float, float]:
+def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int, c_grid: Sequence[float], inner_folds: int) -> tuple[Any, float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -56,23 +58,31 @@ def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: in
     smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min()) // (2 if groups is not None else 1)
     if smallest < PRIOR_MIN_CASES:
         raise ValueError(f"the diagnosis prior's inner cross-validation needs {PRIOR_MIN_CASES} or more training cases of every diagnosis, got {smallest}")
-    inner = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(min(5, smallest), shuffle=True, random_state=seed)
-    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(C=PRIOR_C_GRID[0], max_iter=5000)),
-                          {"logisticregression__C": list(PRIOR_C_GRID)}, cv=inner, scoring="accuracy")
+    inner = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(min(inner_folds, smallest), shuffle=True, random_state=seed)
+    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(C=c_grid[0], max_iter=5000)),
+                          {"logisticregression__C": list(c_grid)}, cv=inner, scoring="accuracy")
     search.fit(x, y, **({"groups": groups} if groups is not None else {}))
     return search.best_estimator_, float(search.best_params_["logisticregression__C"]), float(search.best_score_)
 
 
 def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Sequence[int], strength: float = DEFAULT_PRIOR_STRENGTH,
-                        seed: int = 0, text_net: Any = None) -> tuple[ComposedRetrievalNet, dict[str, Any]]:
+                        seed: int = 0, text_net: Any = None, c_grid: Sequence[float] = PRIOR_C_GRID,
+                        inner_folds: int = PRIOR_INNER_FOLDS) -> tuple[ComposedRetrievalNet, dict[str, Any]]:
     """``net`` with a fitted diagnosis prior (a new network: ``net``'s encoders and head, the probes fitted on
-    cached cases ``train_indices`` only), and what was fitted: ``{"classes", "strength", "full_text", "partial_text"}``
-    (each probe's ``C`` and inner-CV accuracy). The classes are the diagnoses of the training cases, in label order.
-    ``text_net``: the network whose text encoder built ``cache`` (encodes the partial reports; default: the offline
-    encoders the cache's fingerprint names)."""
+    cached cases ``train_indices`` only), and what was fitted: ``{"classes", "strength", "c_grid", "inner_folds",
+    "full_text", "partial_text"}`` (each probe's ``C`` and inner-CV accuracy). The classes are the diagnoses of the
+    training cases, in label order. ``text_net``: the network whose text encoder built ``cache`` (encodes the partial
+    reports; default: the offline encoders the cache's fingerprint names). ``c_grid`` / ``inner_folds``: the probes'
+    inverse L2 strengths the inner cross-validation chooses from, and its folds (fewer when the smallest diagnosis
+    has fewer training cases)."""
     from ..evaluation.text_forms import text_form_cache
     from . import new_head_net
 
+    c_grid = [float(c) for c in c_grid]
+    if not c_grid or min(c_grid) <= 0:
+        raise ValueError(f"the diagnosis prior's c_grid must list one or more positive inverse L2 strengths, got {c_grid}")
+    if int(inner_folds) < 2:
+        raise ValueError(f"the diagnosis prior's inner_folds must be 2 or more, got {inner_folds}")
     train = np.asarray(train_indices, dtype=int)
     y = cache.labels.numpy()[train]
     names = _class_names(cache)
@@ -83,13 +93,14 @@ def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Se
     partial = text_form_cache(cache, "partial", seed=0, net=text_net)
     x_full = prior_inputs(cache, train)
     fits = {
-        FULL_TEXT_PROBE: _fit_probe(x_full, y, None, seed),
-        PARTIAL_TEXT_PROBE: _fit_probe(np.vstack([x_full, prior_inputs(partial, train)]), np.concatenate([y, y]), np.concatenate([train, train]), seed),
+        FULL_TEXT_PROBE: _fit_probe(x_full, y, None, seed, c_grid, int(inner_folds)),
+        PARTIAL_TEXT_PROBE: _fit_probe(np.vstack([x_full, prior_inputs(partial, train)]), np.concatenate([y, y]), np.concatenate([train, train]), seed,
+                                       c_grid, int(inner_folds)),
     }
     with torch.random.fork_rng(devices=[]):
         combined = new_head_net(net, diagnosis_prior={"classes": classes, "strength": float(strength)})
     combined.load_head_state_dict({**net.head_state_dict(), **{f"diagnosis_prior.{k}": v for k, v in combined.diagnosis_prior.state_dict().items()}})
-    record: dict[str, Any] = {"classes": classes, "strength": float(strength)}
+    record: dict[str, Any] = {"classes": classes, "strength": float(strength), "c_grid": c_grid, "inner_folds": int(inner_folds)}
     for which, (model, c, accuracy) in fits.items():
         scaler, logistic = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
         if list(logistic.classes_) != list(labels):
