@@ -112,7 +112,7 @@ def test_train_workflow_full_batch_regime_keeps_the_last_epoch(tmp_path, shared_
 
 
 def test_evaluate_workflow(trained_fold):
-    wf = _workflow(["evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=0, records=SUBSET, cache_name="derm7pt-ci30")
+    wf = _workflow(["train.yaml", "evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=0, records=SUBSET, cache_name="derm7pt-ci30")
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -131,7 +131,7 @@ def test_evaluate_workflow(trained_fold):
 
 def test_evaluate_refuses_a_missing_fold_checkpoint(trained_fold):
     """No model_fold1.pt: the workflow fails and says so (it never scores the untrained default)."""
-    wf = _workflow(["evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=1, records=SUBSET, cache_name="derm7pt-ci30")
+    wf = _workflow(["train.yaml", "evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=1, records=SUBSET, cache_name="derm7pt-ci30")
     wf.initialize()
     with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error of the expression that raised it
         wf.run()
@@ -230,7 +230,7 @@ def test_cli_trains_and_the_bundle_evaluates_an_own_collection(shared_data, tmp_
     train, held_out = fold_split(records, 0)
     assert read_checkpoint(out)["extra"]["trained_on"] == [records[i].case_id for i in train] and len(held_out) == 3
     assert main(["train", "--images", str(images), "--csv", str(table), "--fold", "0", "--out", str(out)]) == 2  # kept without --overwrite
-    wf = _workflow(["evaluate.yaml"], workflow_type="eval", bundle_root=str(tmp_path), fold=0, cache_name="own-ci15",
+    wf = _workflow(["train.yaml", "evaluate.yaml"], workflow_type="eval", bundle_root=str(tmp_path), fold=0, cache_name="own-ci15",
                    records=f"$monai_cir.data.load_image_csv({str(images)!r}, {str(table)!r})")
     wf.initialize()
     wf.run()
