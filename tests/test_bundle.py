@@ -270,17 +270,28 @@ def test_inference_ranks_as_the_app_shows_with_the_checkpoints_differential_slot
     assert opened, "no query opened the slot: the test checks nothing"
 
 
-def test_verify_metadata_against_shipped_schema():
+def test_verify_metadata_against_shipped_schema(tmp_path):
+    """metadata.json passes the shipped copy of the 20240725 schema (the one it names), offline; a network input
+    without num_channels fails it, in network_data_format and in the query tower's query_data_format alike, and so
+    does a missing required_packages_version (required since 20240725)."""
     from monai.bundle import verify_metadata
 
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(BUNDLE / "schema" / "meta_schema_20220324.json"))
-    broken = json.loads((CONFIGS / "metadata.json").read_text())
-    del broken["network_data_format"]["inputs"]["image"]["num_channels"]
-    path = BUNDLE.parent / ".cache" / "broken_metadata.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(broken))
-    with pytest.raises(ValueError):
-        verify_metadata(meta_file=str(path), filepath=str(BUNDLE / "schema" / "meta_schema_20220324.json"))
+    schema = BUNDLE / "schema" / "meta_schema_20240725.json"
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    assert metadata["schema"].endswith("/" + schema.name)
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema))
+    breakages = {
+        "network_data_format": lambda m: m["network_data_format"]["inputs"]["image"].pop("num_channels"),
+        "query_data_format": lambda m: m["query_data_format"]["inputs"]["text"].pop("num_channels"),
+        "required_packages_version": lambda m: m.pop("required_packages_version"),
+    }
+    for name, breakage in breakages.items():
+        broken = json.loads(json.dumps(metadata))
+        breakage(broken)
+        path = tmp_path / f"broken_{name}.json"
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError):
+            verify_metadata(meta_file=str(path), filepath=str(schema))
 
 
 def test_verify_net_in_out(trained_fold):
