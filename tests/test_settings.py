@@ -74,6 +74,15 @@ def test_both_node_syntaxes_give_one_node(text, app_yaml):
     assert AppSettings.resolve(flags("--publish-dicom", text), app_yaml=app_yaml, environ={}).dicom_node == node
 
 
+@pytest.mark.parametrize("ae_title", ["PACS:1", "A@B", "A@B:C", "X@h:1", ":AE", "AE:"])
+@pytest.mark.parametrize("host", ["pacs.example.org", "10.0.0.7", "::1"])
+def test_a_node_reads_back_from_what_it_writes(ae_title, host):
+    """AE titles may hold ':' and '@' (any printable ASCII but the backslash): ``str(node)``, what results.json
+    records, parses back as the same node, and an IPv6 host keeps its colons."""
+    node = DicomNode(ae_title, host, 104)
+    assert parse_dicom_node(str(node)) == node
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

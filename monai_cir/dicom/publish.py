@@ -47,8 +47,9 @@ def check_ae_title(value: str, what: str) -> str:
 class DicomNode:
     """A DICOM application entity to associate with: AE title, host, port, checked when made.
 
-    Written ``HOST:PORT:AET`` (``str(node)``; what ``results.json`` records) or ``AET@HOST:PORT``:
-    :func:`parse_dicom_node` reads both."""
+    Written ``HOST:PORT:AET`` (``str(node)``; what ``results.json`` records; ``AET@HOST:PORT`` when the AE
+    title holds a ':', which the first form cannot delimit) or ``AET@HOST:PORT``: :func:`parse_dicom_node` reads
+    both, and reads ``str(node)`` back as the same node."""
 
     ae_title: str
     host: str
@@ -63,6 +64,8 @@ class DicomNode:
             raise ValueError(f"DicomNode.port must be an integer in 1..65535, got {port!r}")
 
     def __str__(self) -> str:
+        if ":" in self.ae_title:  # HOST:PORT:AET splits at the AE title's own ':'; AET@HOST:PORT reads from the last '@'
+            return f"{self.ae_title}@{self.host}:{self.port}"
         return f"{self.host}:{self.port}:{self.ae_title}"
 
 
