@@ -30,7 +30,7 @@ The case library: ISIC UDA-1 minus the demo's held-out query, ``--limit`` cases 
 class), dicomized and indexed with the trained head under the cache (``bench/app_latency``). Query
 studies: the demo's held-out case, and library cases re-dicomized as new studies with their own text
 (age, sex, site) and, by default (``--query-text findings``), a 7-point report in the template's words after
-it, so that the release model's diagnosis prior orders every answer (its probes, one filtered search per
+it (the commonest report of the study's diagnosis: ``QUERY_FINDINGS``), so that the release model's diagnosis prior orders every answer (its probes, one filtered search per
 diagnosis, the evidence-disagreement check: the app's heavier path); ``--query-text own`` keeps the studies'
 own text (no finding named: ranked by similarity alone, as the runs before 0.8 measured).
 On CUDA (when present) the same runs again, and the CPU and CUDA top-k are compared; otherwise the
@@ -50,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from _common import begin, write_results
@@ -58,9 +59,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT_JSON = REPO / "bench" / "results" / "app_latency.json"
 STAGES = ("load", "preprocess", "encode", "search", "explain", "sr", "pdf")
-# what --query-text findings adds to each query study's text: a full 7-point report in the template's words
-QUERY_FINDINGS = ("Dermoscopy: atypical pigment network; irregular streaks; irregular pigmentation; regression structures; "
-                  "irregular dots and globules; blue-whitish veil present; no vascular structures.")
+# what --query-text findings adds to each query study's text: a full 7-point report in the template's words, the
+# commonest kind for the study's diagnosis in Derm7pt (so the reports agree with the images as a clinic's would, and
+# the evidence-disagreement notice appears where the images and the findings really differ, not on every answer)
+QUERY_FINDINGS = {
+    "melanoma": ("Dermoscopy: atypical pigment network; irregular streaks; irregular pigmentation; regression structures; "
+                 "irregular dots and globules; blue-whitish veil present; no vascular structures."),
+    "nevus": ("Dermoscopy: typical pigment network; no streaks; no pigmentation; no regression structures; regular dots and "
+              "globules; no blue-whitish veil; no vascular structures."),
+}
 
 # a fresh process: import groups in the order the app meets them, then the models. argv: repo, MODELS,
 # mode: "artifact" (MODELS/index/encoders present: what the app imports on its fast path) or "eager" (no
@@ -331,21 +338,32 @@ def main() -> int:
             shutil.rmtree(folder)
     from monai_cir.data.report import recognised_findings
 
-    findings = f" {QUERY_FINDINGS}" if args.query_text == "findings" else ""  # "own": the texts exactly as before 0.8
-    if findings and len(recognised_findings(QUERY_FINDINGS)) < 5:
-        raise RuntimeError(f"the bench's report names {len(recognised_findings(QUERY_FINDINGS))} findings the gate reads, not 5 or more")
-    held_out = dataclasses.replace(held_out, text=f"{held_out.text}{findings}")
+    for diagnosis, report_text in QUERY_FINDINGS.items():
+        if len(recognised_findings(report_text)) < 5:
+            raise RuntimeError(f"the bench's {diagnosis} report names {len(recognised_findings(report_text))} findings the gate reads, not 5 or more")
+
+    def findings(record: object) -> str:  # "own": the texts exactly as before 0.8
+        if args.query_text != "findings":
+            return ""
+        if record.diagnosis not in QUERY_FINDINGS:
+            raise RuntimeError(f"the bench has no 7-point report for diagnosis {record.diagnosis!r}; add one to QUERY_FINDINGS")
+        return f" {QUERY_FINDINGS[record.diagnosis]}"
+
+    queries = [held_out, *library_records[: args.studies - 1]]
+    held_out = dataclasses.replace(held_out, text=f"{held_out.text}{findings(held_out)}")
     dicomize_record(held_out, single, include_diagnosis=False)
     dicomize_record(held_out, several, include_diagnosis=False)
-    for i, record in enumerate(library_records[: args.studies - 1]):
+    for i, record in enumerate(queries[1:]):
         # a new study of the same image: another collection name gives other UIDs and patient
-        dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}" + (f".{findings}" if findings else "")), several, include_diagnosis=False)
+        extra = findings(record)
+        dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}" + (f".{extra}" if extra else "")), several, include_diagnosis=False)
 
     report: dict = {
         **header,
         "machine_at_start": machine_info(),
         "library_cases": len(library_records),
-        "query_text": {"mode": args.query_text, "added_report": QUERY_FINDINGS if findings else None},
+        "query_text": {"mode": args.query_text, "added_report_by_diagnosis": QUERY_FINDINGS if args.query_text == "findings" else None,
+                       "query_studies_by_diagnosis": dict(sorted(Counter(r.diagnosis for r in queries).items()))},
         "what": {
             "cold_s": "`python -m deploy_app` on one study as a subprocess: wall time launch to exit; process_start_to_ready_s from results.json (imports + models loaded); on CPU with the encoder artifact (MODELS/index/encoders: the TorchScript encoders, no timm / torchvision / transformers import)",
             "cold_s_eager_fallback": "the same launches (interleaved with cold_s) on a copy of MODELS without the encoder artifact: the app's fallback, encoders built with timm and transformers",
