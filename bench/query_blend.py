@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-import time
 from pathlib import Path
 
-from _common import begin, mean_std, write_results
+from _common import begin, evaluate_variants, mean_std, write_results
 
 from monai_cir.evaluation.protocol import METRIC_KEYS as KEYS  # noqa: E402 (bench/_common put the checkout on sys.path)
 FORMS = ("template", "partial")
@@ -53,12 +52,7 @@ def main(argv=None) -> int:
     from monai_cir.data.feature_cache import build_feature_cache
     from monai_cir.data.report import recognised_findings
     from monai_cir.engine import cv_methods
-    from monai_cir.evaluation import (
-        evaluate,
-        register_method,
-        text_form_cache,
-        unregister_method,
-    )
+    from monai_cir.evaluation import text_form_cache
 
     def embeddings(ctx):
         # (Q_composed, Q_image, T, n) of a fold and text form, once: every rule is a different mix of them
@@ -83,15 +77,8 @@ def main(argv=None) -> int:
 
     cache = build_feature_cache("derm7pt", 260)
     names = {rule: f"query_blend_{i}" for i, rule in enumerate(RULES)}
-    for rule, name in names.items():
-        register_method(name, label=rule)(lambda ctx, fn=RULES[rule]: blended(ctx, fn))
-    start = time.perf_counter()
-    try:
-        res = evaluate(list(names.values()), folds=args.folds, cache=cache, progress=True, text_forms=list(FORMS))
-    finally:
-        for name in names.values():
-            unregister_method(name)
-    wall = time.perf_counter() - start
+    variants = {name: (rule, lambda ctx, fn=RULES[rule]: blended(ctx, fn)) for rule, name in names.items()}
+    res, wall = evaluate_variants(variants, args.folds, cache, text_forms=list(FORMS))
     rows = []
     for rule, name in names.items():
         row = {"rule": rule, **{form: {k: res["text_forms"]["derm7pt"][form][name][k] for k in KEYS} for form in FORMS}}
