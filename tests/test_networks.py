@@ -340,6 +340,32 @@ SEVEN_FINDINGS = ("typical pigment network, no streaks, regular pigmentation, no
                   "and globules, blue-whitish veil present, no vascular structures")
 
 
+def test_findings_named_after_the_token_limit_are_neither_counted_nor_said_to_be_read(offline_net):
+    """The text encoder reads the first max_length tokens: a finding named after them never reaches the query, so
+    it does not weigh the text (w) and the notice names it as not read; a text whose only findings are cut off is
+    answered from the image alone, and says why (not "names no finding")."""
+    from monai_cir.data.report import TEXT_NOT_USED_NOTICE
+    from monai_cir.retrieval import text_use
+
+    encoder = offline_net.text_encoder
+    head, filler, tail = "Dermoscopy: atypical pigment network. ", "The lesion was followed for many years. " * 80, "Irregular streaks; blue-whitish veil present."
+    text = head + filler + tail
+    assert encoder.token_count(text) > encoder.max_length
+    read = encoder.read_part(text)
+    assert read.startswith(head) and len(read) < len(head + filler) and encoder.token_count(read) <= encoder.max_length
+    assert encoder.read_part(head + tail) == head + tail  # a short text is read whole
+    assert offline_net.text_weights([text]) == [0.2]  # pigment network only (the cut streaks and veil would make it 0.6)
+    use, notices = text_use(offline_net, text)
+    assert use == {"weight": 0.2, "findings_read": ["pigment_network"]}
+    assert any(n.startswith("findings read in the query text: 1 of the 7 checklist findings (pigment network)") for n in notices)
+    assert any("only its first 512 counted; the findings named only after that were not read: streaks, blue-whitish veil" in n for n in notices)
+    use, notices = text_use(offline_net, filler + tail)
+    assert use["weight"] == 0 and TEXT_NOT_USED_NOTICE not in notices
+    assert notices == [f"the report text is longer than the model reads ({encoder.token_count(filler + tail)} tokens): only its first 512 counted; "
+                       "the findings named only after that were not read: streaks, blue-whitish veil; the similar cases were found from the image alone"]
+    assert text_use(offline_net, filler)[1] == [TEXT_NOT_USED_NOTICE]  # no finding anywhere: the plain reason
+
+
 def test_text_with_few_findings_blends_the_composed_and_image_only_queries():
     """full_text_findings (default 5): a text naming n findings weighs w = min(1, n / 5), the query is
     w Q_composed + (1 - w) Q_image, and S computed from the maps (Eq. 9) is the same blend; a text naming

@@ -348,7 +348,9 @@ class ComposedRetrievalNet(nn.Module):
         """The weight ``w`` of each text in its query, ``Q = w Q_composed + (1 - w) Q_image``: 0 for a blank
         text or one the ``text_gate`` drops, else ``min(1, n_findings / full_text_findings)`` with the
         findings gate and 1 without it. ``text_gate`` / ``full_text_findings`` given here override the
-        network's (the ablations: ``"none"``, or ``1`` for the plain gate)."""
+        network's (the ablations: ``"none"``, or ``1`` for the plain gate). The findings are counted in the
+        part of the text the text encoder reads (:meth:`TokenEncoder.read_part`): one named after its token
+        limit never reaches the query."""
         from ..data.report import recognised_findings
 
         gate = self.text_gate if text_gate is None else text_gate
@@ -360,7 +362,7 @@ class ComposedRetrievalNet(nn.Module):
             elif gate == "none":
                 weights.append(1.0)
             else:
-                weights.append(min(1.0, len(recognised_findings(text)) / full))
+                weights.append(min(1.0, len(recognised_findings(self.text_encoder.read_part(text))) / full))
         return weights
 
     def texts_used(self, texts: Sequence[str], text_gate: str | None = None) -> list[bool]:
