@@ -207,6 +207,24 @@ def test_findings_gate_reads_exactly_the_recorded_criteria_in_training_words(der
     assert recognised_findings("BWV +, D/G irregular; pigm. diffuse") == ("pigmentation", "dots_and_globules", "blue_whitish_veil")
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    ("PN n/a", ()),
+    ("pigment network: not assessable", ()),
+    ("streaks: unknown; regression unclear", ()),
+    ("7PCL: atyp. PN, streaks -, BWV +, pigm. n/a", ("pigment_network", "streaks", "blue_whitish_veil")),
+    ("Blue-whitish veil cannot be assessed. Irregular streaks.", ("streaks",)),
+    ("streaks n/a, irregular streaks", ("streaks",)),  # named once as assessed: a finding
+    ("pigm. diffuse; no streaks", ("streaks", "pigmentation")),  # "pigm. " is an abbreviation, not a sentence's end
+])
+def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read):
+    """"PN n/a" says nothing about the lesion: counted as a finding, it gave the text weight and let the diagnosis
+    prior read a guess into it (a nevus answered with melanomas). A mention counts when its clause states the
+    criterion, not that it could not be assessed."""
+    from monai_cir.data.report import recognised_findings
+
+    assert recognised_findings(text) == read
+
+
 def test_text_use_notice_names_the_findings_read_and_the_weight():
     """The clinician who wrote five findings and sees one read knows the other four were not."""
     from monai_cir.data.report import recognised_findings, text_use_notice

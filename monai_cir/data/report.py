@@ -509,9 +509,28 @@ _FINDING_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 
 
+# a criterion named as not assessed says nothing about the lesion ("PN n/a", "pigment network: not assessable")
+_NOT_ASSESSED = re.compile(
+    r"(?<![\w/])n/?a(?![\w/])|\bnot (?:assess|evaluat|determin|examin|gradabl)\w*|\bcannot be (?:assess|evaluat|determin|judg)\w*"
+    r"|\b(?:unassessable|non-?evaluable|not-?evaluable|indeterminate|unknown|unclear|equivocal|uncertain)\b"
+)
+# the clause a mention belongs to: up to ';', ',', a line end, or a sentence's '. ' (not "pigm. ", an abbreviation)
+_CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)\.(?:\s|$)")
+
+
+def _assessed(lowered: str, start: int, end: int) -> bool:
+    """Whether the mention ``lowered[start:end]`` states the criterion (present, absent or graded), not that it
+    could not be assessed: its clause holds no :data:`_NOT_ASSESSED` words."""
+    before = [m.end() for m in _CLAUSE_END.finditer(lowered, 0, start)]
+    after = _CLAUSE_END.search(lowered, end)
+    clause = lowered[(before[-1] if before else 0) : (after.start() if after else len(lowered))]
+    return not _NOT_ASSESSED.search(clause)
+
+
 def recognised_findings(text: str) -> tuple[str, ...]:
     """The 7-point criteria (:data:`CRITERIA` keys, in that order) that ``text`` names in the words of
-    the training texts, present or absent ("no streaks" is a finding).
+    the training texts, present or absent ("no streaks" is a finding); a criterion named only as not assessed
+    ("PN n/a", "streaks: not assessable", "regression unclear") is not a finding.
 
     The network's findings gate (:class:`~monai_cir.networks.ComposedRetrievalNet`, ``text_gate="findings"``)
     composes a query with its text only when this is not empty: a text with no finding the network
@@ -519,7 +538,8 @@ def recognised_findings(text: str) -> tuple[str, ...]:
     without telling it anything about the lesion, so the query falls back to the image alone
     (issue 13: "text never hurts")."""
     lowered = text.lower()
-    return tuple(key for key, pattern in _FINDING_PATTERNS.items() if pattern.search(lowered))
+    return tuple(key for key, pattern in _FINDING_PATTERNS.items()
+                 if any(_assessed(lowered, m.start(), m.end()) for m in pattern.finditer(lowered)))
 
 
 TEXT_NOT_USED_NOTICE = (
