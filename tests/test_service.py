@@ -44,7 +44,7 @@ class StandInPipeline:
     studies whose image is named in ``fail``; counts calls."""
 
     def __init__(self, fail: set[str] = frozenset(), delay_s: float = 0.0) -> None:
-        self.fail, self.delay_s, self.calls = set(fail), delay_s, []
+        self.fail, self.delay_s, self.calls, self.texts = set(fail), delay_s, [], []
 
     def __call__(self, input_folder: Path, output_folder: Path):
         from monai_cir.dicom.reader import read_dicom_folder
@@ -52,6 +52,7 @@ class StandInPipeline:
         self.calls.append(input_folder.name)
         time.sleep(self.delay_s)
         scan = read_dicom_folder(input_folder)
+        self.texts.append([q.text for q in scan.queries])
         if any(q.study_uid in self.fail for q in scan.queries):
             raise RuntimeError("stand-in pipeline failure")
         output_folder.mkdir(parents=True, exist_ok=True)
@@ -303,3 +304,180 @@ def test_results_can_go_back_by_stow_rs(tmp_path):
             assert [pydicom.Dataset.from_json(f).SOPClassUID for f in found] == [ENCAPSULATED_PDF]
         finally:
             service.stop()
+
+
+
+def rounds_of(service: DicomService, study_uid: str, n: int, *states: str, timeout: float = 20.0) -> dict:
+    """The status once the study's n-th round has ended in one of ``states``."""
+    def done():
+        s = service.status(study_uid)
+        return s and len(s.get("rounds", [])) >= n and s["rounds"][n - 1]["state"] in states and s
+    return wait_for(done, timeout, f"round {n} in {states}")
+
+
+def test_a_failure_outside_the_pipeline_fails_that_study_and_the_worker_goes_on(node):
+    """A spool that cannot be written (here: processing/, then outbox/, a file) fails that study, with
+    its reason, its input kept; the worker thread lives on and answers the next study."""
+    import shutil
+
+    service = node.make()
+    spool = service.workdir
+    shutil.rmtree(spool / "processing")
+    (spool / "processing").write_text("not a folder")  # the round cannot even start
+    first = make_study("spool-processing")
+    assert all(r.ok for r in c_store(first, address(service), calling_ae=PEER))
+    failed = state_of(service, first[0].StudyInstanceUID, "failed")
+    assert "NotADirectoryError" in failed["error"] or "FileExistsError" in failed["error"]
+    assert len(list((spool / "incoming" / first[0].StudyInstanceUID).glob("*.dcm"))) == 2  # input kept
+    (spool / "processing").unlink()
+    (spool / "processing").mkdir()
+    shutil.rmtree(spool / "outbox")
+    (spool / "outbox").write_text("not a folder")  # answered, but the answer cannot be put in the outbox
+    second = make_study("spool-outbox")
+    assert all(r.ok for r in c_store(second, address(service), calling_ae=PEER))
+    failed = state_of(service, second[0].StudyInstanceUID, "failed")
+    assert "\n" not in failed["error"] and failed["rounds"][-1]["state"] == "failed"
+    assert len(list((spool / "failed" / second[0].StudyInstanceUID).glob("*.dcm"))) == 2
+    (spool / "outbox").unlink()
+    (spool / "outbox").mkdir()
+    third = make_study("spool-ok")
+    assert all(r.ok for r in c_store(third, address(service), calling_ae=PEER))
+    state_of(service, third[0].StudyInstanceUID, "returned")
+    assert service._worker.is_alive()
+    assert [str(ds.StudyInstanceUID) for ds in node.ret.received] == [third[0].StudyInstanceUID]
+
+
+def test_uids_that_are_not_dicom_uids_are_refused_and_nothing_is_kept(node, tmp_path):
+    from monai_cir.service.dicom_node import _uid_path
+
+    service = node.make()  # spool: tmp_path / "spool"
+    outside = tmp_path / "outside"
+    bad_uids = ["../../outside/pwned", "../outside", "1.2.3/4", "1.2.x", "1.2." + "3" * 70]
+    for i, uid in enumerate(bad_uids):
+        for which in ("StudyInstanceUID", "SOPInstanceUID")[: 1 if len(uid) > 64 else 2]:  # (the SCU refuses a long SOP UID itself)
+            study = make_study(f"bad-uid-{i}-{which}")[:1]
+            setattr(study[0], which, uid)
+            if which == "SOPInstanceUID":
+                study[0].file_meta.MediaStorageSOPInstanceUID = uid
+            results = c_store(study, address(service), calling_ae=PEER)
+            assert [r.status for r in results] == [0xC000], (which, uid)
+    assert not outside.exists() and not list(tmp_path.glob("outside*")) and not any((service.workdir / "incoming").iterdir())
+    assert not any((service.workdir / "status").iterdir())
+    for uid in bad_uids + ["..", ".", "", "1..2", "a.b"]:
+        with pytest.raises(ValueError):
+            _uid_path(service.workdir, uid)
+        assert service.status(uid) is None
+    good = make_study("after-bad-uids")
+    assert all(r.ok for r in c_store(good, address(service), calling_ae=PEER))
+    state_of(service, good[0].StudyInstanceUID, "returned")
+
+
+def test_a_study_in_two_rounds_is_answered_over_all_its_instances(node):
+    pipeline = StandInPipeline()
+    service = node.make(pipeline)
+    # the SR first (a round with no image: failed), the image after the quiet time: answered WITH the SR's text
+    sr_first = make_study("sr-first")
+    study_uid = sr_first[0].StudyInstanceUID
+    assert all(r.ok for r in c_store(sr_first[1:], address(service), calling_ae=PEER))
+    rounds_of(service, study_uid, 1, "failed")
+    assert all(r.ok for r in c_store(sr_first[:1], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 2, "returned")
+    assert pipeline.texts[-1] == ["raised lesion, irregular pigment network"]
+    assert [r["state"] for r in status["rounds"]] == ["failed", "returned"] and status["state"] == "returned"
+    assert status["instances"] == 2 and status["rounds"][1]["instances"] == 2 and status["rounds"][1]["new_instances"] == 1
+    # the image first (answered without text), the SR later: answered again with the text, both answers kept
+    image_first = make_study("image-first")
+    study_uid = image_first[0].StudyInstanceUID
+    assert all(r.ok for r in c_store(image_first[:1], address(service), calling_ae=PEER))
+    rounds_of(service, study_uid, 1, "returned")
+    assert pipeline.texts[-1] == [""]
+    assert all(r.ok for r in c_store(image_first[1:], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 2, "returned")
+    assert pipeline.texts[-1] == ["raised lesion, irregular pigment network"]
+    assert [r["state"] for r in status["rounds"]] == ["returned", "returned"]
+    for rnd in status["rounds"]:  # each round's results in their own folder, none deleted
+        assert len(list((service.workdir / rnd["results"]).glob("*.dcm"))) == 1
+    assert [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 2  # the PACS gets the corrected answer
+    assert len(list((service.workdir / "inputs" / study_uid).glob("*.dcm"))) == 2
+
+
+def test_a_later_failed_round_adds_to_the_failed_input(node):
+    study = make_study("fails-twice")
+    service = node.make(StandInPipeline(fail={study[0].StudyInstanceUID}))
+    failed = service.workdir / "failed" / study[0].StudyInstanceUID
+    assert all(r.ok for r in c_store(study[:1], address(service), calling_ae=PEER))
+    rounds_of(service, study[0].StudyInstanceUID, 1, "failed")
+    first_bytes = (failed / f"{study[0].SOPInstanceUID}.dcm").read_bytes()
+    # the same image again, changed (same SOP Instance UID), and the SR: a second failed round
+    study[0].PixelData = bytes(255 - b for b in study[0].PixelData)
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    rounds_of(service, study[0].StudyInstanceUID, 2, "failed")
+    kept = sorted(p.name for p in failed.glob("*.dcm"))
+    assert len(kept) == 3, kept  # the first image, its second version, the SR: nothing deleted
+    assert (failed / f"{study[0].SOPInstanceUID}.dcm").read_bytes() == first_bytes
+
+
+def test_a_study_sent_twice_is_answered_once(node):
+    pipeline = StandInPipeline()
+    service = node.make(pipeline)
+    study = make_study("twice")
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    rounds_of(service, study[0].StudyInstanceUID, 1, "returned")
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    status = rounds_of(service, study[0].StudyInstanceUID, 2, "duplicate", "returned", "failed")
+    assert status["rounds"][1]["state"] == "duplicate" and status["state"] == "returned"
+    assert "already returned" in status["rounds"][1]["note"]
+    assert len(pipeline.calls) == 1 and len(node.ret.received) == 1
+
+
+def test_the_publisher_log_says_what_was_stored_and_what_failed(node, tmp_path, caplog):
+    import logging
+
+    from deploy_app.operators.common import QueryResult
+    from deploy_app.operators.publisher import DICOMPublisherOperator
+
+    files = StandInPipeline()(_folder_of(tmp_path / "in", make_study("publish")), tmp_path / "out").dicom_outputs
+    results = [QueryResult(query_id="q1", query=None, outputs={"sr": str(files[0])})]
+    log = logging.getLogger("test.publisher")
+    for port, expected, level in ((free_port(), "0 of 1 file(s) stored", logging.ERROR), (node.ret.port, "1 of 1 file(s) stored", logging.INFO)):
+        op = SimpleNamespace(dicom_node=DicomNode(PEER, "127.0.0.1", port), dicomweb_url=None, calling_aet="MONAICIR", _logger=log)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="test.publisher"):
+            DICOMPublisherOperator.run(op, results)
+        summary = [r for r in caplog.records if r.getMessage().startswith("published")]
+        assert len(summary) == 1 and expected in summary[0].getMessage() and summary[0].levelno == level, caplog.text
+        assert ("failed" in summary[0].getMessage()) == (level == logging.ERROR)
+
+
+def _folder_of(folder: Path, datasets: list[Dataset]) -> Path:
+    folder.mkdir(parents=True)
+    for ds in datasets:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    return folder
+
+
+def test_serve_port_out_of_range_in_use_and_no_peer_are_one_line_errors(tmp_path, capsys):
+    from monai_cir.cli import main
+    from monai_cir.service.dicom_node import CannotListen
+
+    models = tmp_path / "models"
+    models.mkdir()  # empty: every check below must come before the models load
+    with pytest.raises(ValueError, match=r"port \(MONAI_CIR_SERVE_PORT, --port\) must be a TCP port, 1-65535, got 99999"):
+        ServiceSettings(port=99999, return_node=f"127.0.0.1:104:{PEER}")
+    base = ["serve", "--models", str(models), "--workdir", str(tmp_path / "spool")]
+    assert main([*base, "--port", "99999", "--return", f"127.0.0.1:104:{PEER}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "port" in err and "99999" in err and "\n" not in err and "Traceback" not in err
+    assert main([*base, "--return-dicomweb", "http://127.0.0.1:1/dicom-web"]) == 2
+    assert "no peer is configured" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main([*base, "--port", str(port), "--return", f"127.0.0.1:104:{PEER}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"127.0.0.1:{port}" in err and "--port" in err and "\n" not in err and "Traceback" not in err
+        service = DicomService(StandInPipeline(), tmp_path / "spool", port=port, peers=[PEER], return_node=f"127.0.0.1:104:{PEER}")
+        with pytest.raises(CannotListen, match=f"cannot listen on 127.0.0.1:{port}"):
+            service.start()
+        service.stop()

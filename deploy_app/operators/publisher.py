@@ -82,8 +82,23 @@ class DICOMPublisherOperator(ResultsOperator):
                         result.published["errors"][f"{kind} -> {destination}"] = status
                         self._logger.error("query %s: publishing %s to %s failed: %s", result.query_id, kind, destination, status)
             result.timing_ms["publish"] = elapsed_ms / max(len([r for r in results if r.ok]), 1)
-        self._logger.info("published %d file(s) to %s", len(files), ", ".join(statuses))
+        summary, failed = _summary(statuses)
+        (self._logger.error if failed else self._logger.info)("%s", summary)
         return results
+
+
+def _summary(statuses: dict[str, dict[str, str]]) -> tuple[str, int]:
+    """One line: per destination, how many files were stored and how many failed (the first error), and the
+    number of failures in all. Nothing is called published that the destination did not acknowledge."""
+    parts, failed_total = [], 0
+    for destination, per_file in statuses.items():
+        errors = [status for status in per_file.values() if status != "ok"]
+        failed_total += len(errors)
+        part = f"{len(per_file) - len(errors)} of {len(per_file)} file(s) stored at {destination}"
+        if errors:
+            part += f", {len(errors)} failed ({' '.join(errors[0].split())[:200]})"
+        parts.append(part)
+    return "published: " + "; ".join(parts), failed_total
 
 
 def _sop_instance_uid(path: Path) -> str:

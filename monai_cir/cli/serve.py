@@ -35,7 +35,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from monai_cir.service import DicomService, ServiceSettings
+    from monai_cir.service.dicom_node import CannotListen
 
     keys = ("ae_title", "host", "port", "models", "peers", "return_node", "return_dicomweb", "quiet_s", "retry_s", "workdir")
     settings = ServiceSettings.resolve({k: getattr(args, k) for k in keys})
@@ -43,13 +46,50 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no MODELS folder: give --models DIR (model.pt + index/) or set HOLOSCAN_MODEL_PATH")
     if not Path(settings.models).is_dir():
         raise FileNotFoundError(f"models folder not found: {settings.models}")
+    # every check of the service's settings (peers, return node, waits) before the models load
+    service = DicomService(
+        _not_loaded, settings.workdir, ae_title=settings.ae_title, host=settings.host, port=settings.port, peers=settings.peers,
+        return_node=settings.return_node, return_dicomweb=settings.return_dicomweb, quiet_s=settings.quiet_s, retry_s=settings.retry_s,
+    )
+    busy = _cannot_listen(settings.host, settings.port)  # the port, too: no model load for a service that cannot start
+    if busy:
+        print(busy, file=sys.stderr, flush=True)
+        return 2
     from deploy_app.pipeline import WarmPipeline
 
     pipeline = WarmPipeline(settings.models)
-    service = DicomService(
-        pipeline.answer, settings.workdir, ae_title=settings.ae_title, host=settings.host, port=settings.port, peers=settings.peers,
-        return_node=settings.return_node, return_dicomweb=settings.return_dicomweb, quiet_s=settings.quiet_s, retry_s=settings.retry_s,
-    )
+    service.pipeline = pipeline.answer
     print(f"monai-cir serve: starting {settings.ae_title} on {settings.host}:{settings.port}, models {settings.models} ({pipeline.run_info['index_cases']} library cases); SIGTERM or Ctrl-C stops it", flush=True)
-    service.serve_forever()
+    try:
+        service.serve_forever()
+    except CannotListen as err:  # the port was taken meanwhile, or the address is not this machine's
+        print(_listen_error(settings.host, settings.port, err.reason), file=sys.stderr, flush=True)
+        return 2
     return 0
+
+
+def _not_loaded(input_folder: Path, output_folder: Path) -> Any:
+    raise RuntimeError("the models are not loaded yet")
+
+
+def _listen_error(host: str, port: int, reason: str) -> str:
+    return (f"monai-cir serve: error: cannot listen on {host}:{port}: {reason}; "
+            f"is another service (another monai-cir serve?) on port {port}? Stop it, or give another --port (MONAI_CIR_SERVE_PORT)")
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the service could not listen on host:port (a test bind, as the server binds: SO_REUSEADDR), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        return f"monai-cir serve: error: cannot listen on {host}:{port}: {err}; give --host an address of this machine (MONAI_CIR_SERVE_HOST)"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            return _listen_error(host, port, err.strerror or str(err))
+    return None

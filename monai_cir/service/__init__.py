@@ -89,6 +89,8 @@ class ServiceSettings:
                 setattr(self, key, kind(getattr(self, key)))
             except (TypeError, ValueError):
                 raise ValueError(f"{key} ({ENV[key]}) must be a {'whole ' if kind is int else ''}number, got {getattr(self, key)!r}") from None
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port ({ENV['port']}, --port) must be a TCP port, 1-65535, got {self.port}")
         if self.return_node:
             try:
                 node = parse_dicom_node(self.return_node)

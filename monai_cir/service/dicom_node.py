@@ -3,16 +3,29 @@
 Life of a study (every step on disk under ``workdir``, so a restart loses nothing)::
 
     C-STORE from a configured peer -> incoming/<study>/<sop>.dcm
-    quiet for ``quiet_s`` and no open association still sending it -> processing/<study>/
-    pipeline(processing/<study>, results/<study>)        (the deploy app's operators, models warm)
+    quiet for ``quiet_s`` and no open association still sending it -> a round of the study:
+      the new instances -> processing/<study>/, beside (hard links to) the study's earlier instances
+      pipeline(processing/<study>, results/<study>[/round-<n>])  (the deploy app's operators, models warm)
+      the round's instances -> inputs/<study>/ (every instance of the study received so far)
     SR + Encapsulated PDF -> outbox/<study>/ -> C-STORE to the return node (or STOW-RS)
-    delivered: outbox and processing copies deleted; status/<study>.json says "returned"
+    delivered: outbox copies deleted; status/<study>.json says "returned", with every round in "rounds"
 
-A study that fails (unreadable, no dermoscopy image, a pipeline error) is recorded as ``failed`` in
-``status/<study>.json`` (and logged, by Study Instance UID only: no patient names in the log) and
-its input is kept in ``failed/<study>/`` for the integrator; the service goes on with the next.
-A return node that is down leaves the outputs in ``outbox/<study>/``: they are retried every
-``retry_s`` seconds (also after a restart), and the status says ``return-pending`` with the error.
+A study may arrive in several rounds (its SR first, its image after the quiet time; or an image
+added later): each round is answered over all the study's instances received so far, so a late
+image is answered with the earlier SR's text and a late SR answers the image again with its text.
+Each round's results stay in their own folder. A round whose instances (SOP Instance UIDs) were all
+part of an answer already returned (a study sent twice) is not answered again (status and log say so).
+
+A round that fails (unreadable, no dermoscopy image, a pipeline error, a spool that cannot be
+written) is recorded as ``failed`` in ``status/<study>.json`` with a one-line reason (and logged, by
+Study Instance UID only: no patient names in the log); its input is added to ``failed/<study>/``
+(never deleted) for the integrator, and the service goes on with the next study. A return node that
+is down leaves the outputs in ``outbox/<study>/``: they are retried every ``retry_s`` seconds (also
+after a restart), and the status says ``return-pending`` with the error.
+
+Study and SOP Instance UIDs come from the network: an instance whose UIDs are not DICOM UIDs (digits
+and dots, at most 64 characters) is refused (0xC000) and not kept, and every path built from a UID
+goes through :func:`_uid_path`, which cannot leave its folder.
 
 Why pynetdicom: it is the DICOM networking library of the Python DICOM stack this project already
 uses (pydicom datasets in, highdicom / pydicom objects out), runs in-process next to the warm
@@ -23,9 +36,12 @@ plugins would tie the service to one PACS.
 
 from __future__ import annotations
 
+import contextlib
+import filecmp
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -43,7 +59,7 @@ from ..dicom.publish import (
     stow_rs,
 )
 
-__all__ = ["SUPPORTED_SOP_CLASSES", "DicomService", "Peer", "StudyStatus", "parse_peer"]
+__all__ = ["SUPPORTED_SOP_CLASSES", "CannotListen", "DicomService", "Peer", "StudyStatus", "is_dicom_uid", "parse_peer"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +78,31 @@ STATUS_SUCCESS = 0x0000
 STATUS_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.4.2: the peer is not configured)
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+
+# A DICOM UID as the service accepts it: digits and dots (PS3.5 9.1; a component with a leading zero,
+# seen in older archives, is let through), at most 64 characters. Nothing else can name a file.
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def is_dicom_uid(text: object) -> bool:
+    """True for a UID made of digits and dots, at most 64 characters (the only names the spool uses)."""
+    return isinstance(text, str) and len(text) <= 64 and _UID.fullmatch(text) is not None
+
+
+def _uid_path(folder: Path, uid: str, suffix: str = "") -> Path:
+    """``folder/<uid><suffix>``: the one way a path is built from a UID. A name of digits and dots that
+    starts with a digit is one entry of ``folder`` (never ``..``, never a subfolder); anything else raises."""
+    if not is_dicom_uid(uid):
+        raise ValueError(f"not a DICOM UID (digits and dots, at most 64 characters): {str(uid)[:80]!r}")
+    return folder / f"{uid}{suffix}"
+
+
+class CannotListen(OSError):
+    """The service could not bind its address (port in use, an address not of this machine)."""
+
+    def __init__(self, host: str, port: int, err: OSError) -> None:
+        self.host, self.port, self.reason = host, port, err.strerror or str(err)
+        super().__init__(err.errno, f"cannot listen on {host}:{port}: {self.reason}")
 
 
 @dataclass(frozen=True)
@@ -87,11 +128,15 @@ def parse_peer(text: str) -> Peer:
 
 @dataclass
 class StudyStatus:
-    """The status record of one study (``status/<study>.json``); no patient name or ID in it."""
+    """The status record of one study (``status/<study>.json``); no patient name or ID in it.
+
+    The top-level fields describe the study's latest round; ``rounds`` keeps every round (its state,
+    instances, answer, results folder, error); ``returned_instances`` the SOP Instance UIDs that were
+    part of an answer already returned (a round of only those is not answered again)."""
 
     study_uid: str
     state: str = "receiving"  # receiving | processing | answered | returned | return-pending | failed
-    instances: int = 0
+    instances: int = 0  # instances received, all rounds
     received_from: list[str] = field(default_factory=list)
     first_received: float | None = None
     last_received: float | None = None
@@ -103,6 +148,8 @@ class StudyStatus:
     error: str | None = None
     return_attempts: int = 0
     returned: float | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    returned_instances: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -112,7 +159,6 @@ class StudyStatus:
 class _Pending:
     last_received: float
     open_associations: set[int] = field(default_factory=set)
-    status: StudyStatus | None = None
 
 
 class DicomService:
@@ -152,20 +198,23 @@ class DicomService:
             raise ValueError("nowhere to return the results: give --return HOST:PORT:AET or --return-dicomweb URL")
         if quiet_s < 0 or retry_s <= 0:
             raise ValueError(f"quiet_s must be >= 0 and retry_s > 0, got {quiet_s}, {retry_s}")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port must be 1-65535, got {port}")
         self.pipeline = pipeline
         self.workdir = Path(workdir)
         self.ae_title, self.host, self.port = ae_title, host, int(port)
         self.return_node: DicomNode | None = parse_dicom_node(return_node) if return_node else None
         self.return_dicomweb = return_dicomweb
         self.quiet_s, self.retry_s = float(quiet_s), float(retry_s)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # guards _pending, _statuses and every status change + save
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pending: dict[str, _Pending] = {}
+        self._statuses: dict[str, StudyStatus] = {}  # the studies in flight (one record per study, shared by the threads)
         self._next_retry: dict[str, float] = {}
         self._server: Any = None
         self._worker: threading.Thread | None = None
-        self.dirs = {name: self.workdir / name for name in ("incoming", "processing", "results", "outbox", "failed", "status")}
+        self.dirs = {name: self.workdir / name for name in ("incoming", "processing", "inputs", "results", "outbox", "failed", "status")}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> DicomService:
@@ -190,7 +239,10 @@ class DicomService:
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        try:
+            self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        except OSError as err:  # the port is taken, or the address is not this machine's
+            raise CannotListen(self.host, self.port, err) from err
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="monai-cir-service", daemon=True)
         self._worker.start()
@@ -233,9 +285,10 @@ class DicomService:
 
     # ------------------------------------------------------------------ status
     def status(self, study_uid: str) -> dict[str, Any] | None:
-        path = self.dirs["status"] / f"{study_uid}.json"
+        if not is_dicom_uid(study_uid):
+            return None
         try:
-            return json.loads(path.read_text())
+            return json.loads(_uid_path(self.dirs["status"], study_uid, ".json").read_text())
         except (OSError, json.JSONDecodeError):
             return None
 
@@ -243,7 +296,9 @@ class DicomService:
         return [s for p in sorted(self.dirs["status"].glob("*.json")) if (s := self.status(p.stem)) is not None]
 
     def _save_status(self, status: StudyStatus) -> None:
-        atomic_write_bytes(self.dirs["status"] / f"{status.study_uid}.json", json.dumps(status.to_dict(), indent=1, default=str).encode())
+        with self._lock:
+            data = json.dumps(status.to_dict(), indent=1, default=str).encode()
+            atomic_write_bytes(_uid_path(self.dirs["status"], status.study_uid, ".json"), data)
 
     def _load_status(self, study_uid: str) -> StudyStatus:
         data = self.status(study_uid)
@@ -251,6 +306,25 @@ class DicomService:
             known = StudyStatus.__dataclass_fields__
             return StudyStatus(**{k: v for k, v in data.items() if k in known})
         return StudyStatus(study_uid)
+
+    def _status_of(self, study_uid: str) -> StudyStatus:
+        """The one in-memory record of a study in flight (loaded from disk the first time)."""
+        with self._lock:
+            status = self._statuses.get(study_uid)
+            if status is None:
+                status = self._statuses[study_uid] = self._load_status(study_uid)
+            return status
+
+    def _settled(self, study_uid: str, state: str) -> str:
+        """``state``, or ``receiving`` when instances of a next round arrived meanwhile."""
+        with self._lock:
+            return "receiving" if study_uid in self._pending else state
+
+    def _release(self, study_uid: str) -> None:
+        """Forget the in-memory record of a study with nothing left to do (its file stays)."""
+        with self._lock:
+            if study_uid not in self._pending and study_uid not in self._next_retry:
+                self._statuses.pop(study_uid, None)
 
     # ------------------------------------------------------------------ DIMSE handlers (server threads)
     def _caller(self, event: Any) -> tuple[str, str]:
@@ -286,14 +360,24 @@ class DicomService:
         except Exception as err:  # noqa: BLE001 (a payload that does not decode)
             logger.warning("C-STORE refused: the dataset cannot be read (%s: %s)", type(err).__name__, err)
             return STATUS_CANNOT_UNDERSTAND
-        folder = self.dirs["incoming"] / _safe(study_uid)
+        bad = [f"{name} {uid[:80]!r}" for name, uid in (("Study Instance UID", study_uid), ("SOP Instance UID", sop_uid)) if not is_dicom_uid(uid)]
+        if bad:  # the UIDs name the spool's files: anything but digits and dots is refused, nothing kept
+            logger.warning("C-STORE refused: %s not a DICOM UID (digits and dots, at most 64 characters)", " and ".join(bad))
+            return STATUS_CANNOT_UNDERSTAND
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             import io
 
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
-            atomic_write_bytes(folder / f"{_safe(sop_uid)}.dcm", buffer.getvalue())
+            folder = _uid_path(self.dirs["incoming"], study_uid)
+            for attempt in range(2):  # the worker may remove the (empty) folder between the two steps
+                folder.mkdir(parents=True, exist_ok=True)
+                try:
+                    atomic_write_bytes(_uid_path(folder, sop_uid, ".dcm"), buffer.getvalue())
+                    break
+                except FileNotFoundError:
+                    if attempt:
+                        raise
         except Exception as err:  # noqa: BLE001 (disk full, unwritable spool)
             logger.error("C-STORE of an instance of study %s could not be stored: %s", study_uid, err)
             return STATUS_OUT_OF_RESOURCES
@@ -302,16 +386,19 @@ class DicomService:
             pending = self._pending.setdefault(study_uid, _Pending(time.monotonic()))
             pending.last_received = time.monotonic()
             pending.open_associations.add(id(event.assoc))
-            status = pending.status or self._load_status(study_uid)
-            if status.state not in ("receiving",):
-                status = StudyStatus(study_uid)  # the study is sent again: a new answer
+            status = self._status_of(study_uid)
+            new_round = status.state != "receiving"  # sent again or completed: a new round, the history stays
+            status.state = "receiving"
             status.instances += 1
             status.received_from = sorted({*status.received_from, f"{ae}@{host}"})
             status.first_received = status.first_received or time.time()
             status.last_received = time.time()
-            pending.status = status
-            if status.instances == 1:
+            if new_round:
+                logger.info("study %s: receiving (round %d)", study_uid, len(status.rounds) + 1)
+            try:  # at every instance: the record on disk counts what is on disk
                 self._save_status(status)
+            except Exception as err:  # noqa: BLE001 (the instance is on disk; the worker reports the spool)
+                logger.error("study %s: status record not written: %s", study_uid, err)
         return STATUS_SUCCESS
 
     def _on_closed(self, event: Any) -> None:
@@ -325,21 +412,35 @@ class DicomService:
         """Requeue what a previous run left: studies half received or half processed, and outputs
         not yet returned."""
         for folder in sorted(self.dirs["processing"].iterdir()):
-            target = self.dirs["incoming"] / folder.name
+            if not is_dicom_uid(folder.name):
+                logger.warning("%s: not a study of this service (the name is no DICOM UID), left alone", folder)
+                continue
+            target = _uid_path(self.dirs["incoming"], folder.name)
+            earlier = _uid_path(self.dirs["inputs"], folder.name)
             target.mkdir(parents=True, exist_ok=True)
             for file in folder.iterdir():
-                os.replace(file, target / file.name)
+                if _same_file(file, earlier / file.name):
+                    file.unlink()  # a link to an earlier round's instance: it is in inputs/ already
+                else:
+                    os.replace(file, target / file.name)
             shutil.rmtree(folder, ignore_errors=True)
         now = time.monotonic()
         for folder in sorted(self.dirs["incoming"].iterdir()):
-            if folder.is_dir():
-                status = self._load_status(folder.name)
-                status.state = "receiving"
-                status.instances = sum(1 for f in folder.glob("*.dcm"))
-                self._pending[folder.name] = _Pending(now, status=status)
-                logger.info("study %s: %d instance(s) from a previous run, queued", folder.name, status.instances)
+            if not folder.is_dir() or not is_dicom_uid(folder.name):
+                continue
+            if not any(folder.glob("*.dcm")):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                continue
+            status = self._status_of(folder.name)
+            status.state = "receiving"
+            for rnd in status.rounds:
+                if rnd.get("state") == "processing":
+                    rnd["state"] = "interrupted"  # the service stopped during it: the round is run again
+            self._pending[folder.name] = _Pending(now)
+            logger.info("study %s: %d new instance(s) from a previous run, queued", folder.name, sum(1 for _ in folder.glob("*.dcm")))
         for folder in sorted(self.dirs["outbox"].iterdir()):
-            if folder.is_dir():
+            if folder.is_dir() and is_dicom_uid(folder.name):
                 self._next_retry[folder.name] = 0.0
                 logger.info("study %s: results from a previous run not yet returned, retrying", folder.name)
 
@@ -352,57 +453,167 @@ class DicomService:
         return None
 
     def _work(self) -> None:
+        """The worker thread: never ends on an error (one study's failure is that study's, logged)."""
         while not self._stop.is_set():
-            study_uid = self._ready()
-            if study_uid is not None:
-                self._process(study_uid)
-                continue
-            self._retry_due()
-            self._wake.wait(0.05)
-            self._wake.clear()
+            study_uid = None
+            try:
+                study_uid = self._ready()
+                if study_uid is not None:
+                    self._process(study_uid)
+                    continue
+                self._retry_due()
+                self._wake.wait(0.05)
+                self._wake.clear()
+            except Exception as err:  # noqa: BLE001 (anything: the service must go on with the next study)
+                try:
+                    self._worker_error(study_uid, err)
+                except Exception:  # noqa: BLE001 (even the report failed: log it, never end the thread)
+                    logger.exception("study %s: %s; recording the failure failed too", study_uid, _one_line(err))
+                time.sleep(0.05)
+
+    def _worker_error(self, study_uid: str | None, err: BaseException) -> None:
+        reason = _one_line(err)
+        if study_uid is None:
+            logger.error("service worker: %s (going on)", reason)
+            return
+        with self._lock:
+            self._pending.pop(study_uid, None)
+            status = self._status_of(study_uid)
+            status.state, status.error, status.finished = "failed", reason, time.time()
+            if status.rounds and status.rounds[-1].get("state") == "processing":
+                status.rounds[-1].update(state="failed", error=reason, finished=status.finished)
+            where = [str(p) for d in ("processing", "incoming") if (p := _uid_path(self.dirs[d], study_uid)).exists()]
+            try:
+                self._save_status(status)
+            except Exception as save_err:  # noqa: BLE001
+                reason += f"; status record not written: {_one_line(save_err)}"
+        logger.error("study %s failed: %s (input kept in %s)", study_uid, reason, ", ".join(where) or "inputs/")
+        self._release(study_uid)
 
     def _process(self, study_uid: str) -> None:
+        """One round of a study: its new instances with every earlier one, answered and returned."""
+        incoming = _uid_path(self.dirs["incoming"], study_uid)
+        work = _uid_path(self.dirs["processing"], study_uid)
+        inputs = _uid_path(self.dirs["inputs"], study_uid)
         with self._lock:
-            pending = self._pending.pop(study_uid)
-            status = pending.status or self._load_status(study_uid)
-            source = self.dirs["incoming"] / _safe(study_uid)
-            work = self.dirs["processing"] / _safe(study_uid)
-            shutil.rmtree(work, ignore_errors=True)
-            os.replace(source, work)  # later instances of this study start a new incoming folder
-        status.state, status.started = "processing", time.time()
-        self._save_status(status)
-        out = self.dirs["results"] / _safe(study_uid)
-        shutil.rmtree(out, ignore_errors=True)
+            self._pending.pop(study_uid, None)
+            status = self._status_of(study_uid)
+            work.mkdir(parents=True, exist_ok=True)
+            if incoming.is_dir():
+                for file in sorted(incoming.glob("*.dcm")):
+                    os.replace(file, work / file.name)  # a resent instance replaces its earlier copy
+                with contextlib.suppress(OSError):
+                    incoming.rmdir()  # later instances of this study start a new incoming folder (a new round)
+        new = sorted(f.name for f in work.glob("*.dcm") if not _same_file(f, inputs / f.name))
+        if not new:
+            with contextlib.suppress(OSError):
+                work.rmdir()
+            self._release(study_uid)
+            return
+        if inputs.is_dir():  # the study's earlier instances: every round sees the whole study so far
+            for file in sorted(inputs.glob("*.dcm")):
+                if not (work / file.name).exists():
+                    _link(file, work / file.name)
+        sops = sorted(f.name[: -len(".dcm")] for f in work.glob("*.dcm"))
+        new_sops = [name[: -len(".dcm")] for name in new]
+        with self._lock:
+            rnd: dict[str, Any] = {"round": len(status.rounds) + 1, "state": "processing", "new_instances": len(new), "instances": len(sops), "started": time.time()}
+            if set(new_sops) <= set(status.returned_instances):
+                rnd.update(state="duplicate", finished=rnd["started"], note=f"all {len(new)} instance(s) were part of an answer already returned: not answered again")
+                before = next((r["state"] for r in reversed(status.rounds) if r.get("state") in ("returned", "return-pending")), "returned")
+                status.rounds.append(rnd)
+                status.state = self._settled(study_uid, before)
+                if before == "returned":
+                    status.error = None
+                self._save_status(status)
+                logger.info("study %s: %d instance(s) sent again, all part of an answer already returned: not answered again", study_uid, len(new))
+                self._absorb(work, inputs)
+                self._release(study_uid)
+                return
+            status.rounds.append(rnd)
+            status.state, status.started, status.finished, status.error = "processing", rnd["started"], None, None
+            self._save_status(status)
+        # the first round's results in results/<study>/ (most studies have one round), a later round's in
+        # results/<study>/round-<n>/: no round's results are written over or deleted
+        out = _uid_path(self.dirs["results"], study_uid)
+        if rnd["round"] > 1:
+            out = out / f"round-{rnd['round']}"
+        while out.exists():  # never over an earlier round's results
+            out = out.with_name(out.name + "+")
+        rnd["results"] = str(out.relative_to(self.workdir))
         try:
             result = self.pipeline(work, out)
-            status.answered = int(result.answered)
-            status.problems = list(result.problems)
+            answered, problems = int(result.answered), list(result.problems)
             outputs = [Path(p) for p in result.dicom_outputs]
-            if not status.answered or not outputs:
-                raise ValueError("no dermoscopy image of the study could be answered" + (f" ({status.problems[0].get('message')})" if status.problems else ""))
-        except Exception as err:  # noqa: BLE001 (one failing study must not stop the service)
-            status.state, status.error, status.finished = "failed", f"{type(err).__name__}: {err}", time.time()
-            failed = self.dirs["failed"] / _safe(study_uid)
-            shutil.rmtree(failed, ignore_errors=True)
-            os.replace(work, failed)
-            self._save_status(status)  # last: a status record describes what is on disk
-            logger.error("study %s failed: %s (input kept in %s)", study_uid, status.error, failed)
+            if not answered or not outputs:
+                raise ValueError("no dermoscopy image of the study could be answered" + (f" ({problems[0].get('message')})" if problems else ""))
+            outbox = _uid_path(self.dirs["outbox"], study_uid)
+            with self._lock:
+                superseded = outbox.exists()  # an earlier round's answer not yet delivered: this one replaces it
+                if superseded:
+                    shutil.rmtree(outbox)  # its files stay in that round's results folder
+                    for earlier in status.rounds[:-1]:
+                        if earlier.get("state") == "return-pending":
+                            earlier["state"] = "superseded"
+                outbox.mkdir(parents=True, exist_ok=True)
+                for i, path in enumerate(outputs):
+                    shutil.copy2(path, outbox / f"{i:03d}-{path.name}")
+                status.answered, status.problems = answered, problems
+                status.outputs = [p.name for p in sorted(outbox.iterdir())]
+                status.finished = time.time()
+                rnd.update(state="answered", answered=answered, outputs=status.outputs, finished=status.finished, input_sops=sops)
+                status.state = self._settled(study_uid, "answered")
+                self._save_status(status)  # answered and on disk: from here on the outputs survive a restart
+        except Exception as err:  # noqa: BLE001 (one failing round must not stop the service)
+            self._round_failed(study_uid, status, rnd, _one_line(err), work, inputs)
             return
-        outbox = self.dirs["outbox"] / _safe(study_uid)
-        outbox.mkdir(parents=True, exist_ok=True)
-        for i, path in enumerate(outputs):
-            shutil.copy2(path, outbox / f"{i:03d}-{path.name}")
-        status.outputs = [p.name for p in sorted(outbox.iterdir())]
-        status.state, status.finished = "answered", time.time()
-        self._save_status(status)  # answered and on disk: from here on the outputs survive a restart
-        shutil.rmtree(work, ignore_errors=True)
-        logger.info("study %s: %d quer%s answered in %.2f s", study_uid, status.answered, "y" if status.answered == 1 else "ies", status.finished - status.started)
+        try:
+            self._absorb(work, inputs)
+        except Exception as err:  # noqa: BLE001 (the answer is in the outbox; the input stays in processing/)
+            logger.error("study %s: the round's input stays in %s: %s", study_uid, work, _one_line(err))
+        logger.info("study %s: %d quer%s answered in %.2f s (round %d, %d instance(s), %d new)", study_uid, answered, "y" if answered == 1 else "ies",
+                    status.finished - status.started, rnd["round"], len(sops), len(new))
         self._return(study_uid, status)
 
+    def _round_failed(self, study_uid: str, status: StudyStatus, rnd: dict[str, Any], reason: str, work: Path, inputs: Path) -> None:
+        """A failed round: its input added to failed/<study>/ (never deleted) and kept for later rounds."""
+        failed = _uid_path(self.dirs["failed"], study_uid)
+        kept = str(failed)
+        try:
+            failed.mkdir(parents=True, exist_ok=True)
+            for file in sorted(work.glob("*.dcm")):
+                target = failed / file.name
+                if target.exists() and (_same_file(file, target) or filecmp.cmp(file, target, shallow=False)):
+                    continue
+                if target.exists():  # another version of the instance: both kept
+                    target = failed / f"{file.stem}-round{rnd['round']}.dcm"
+                _link(file, target)
+            self._absorb(work, inputs)
+        except Exception as err:  # noqa: BLE001 (a spool that cannot be written: the input stays where it is)
+            kept = f"{work} (not moved: {_one_line(err)})"
+        with self._lock:
+            status.state, status.error, status.finished = self._settled(study_uid, "failed"), reason, time.time()
+            rnd.update(state="failed", error=reason, finished=status.finished)
+            try:
+                self._save_status(status)  # last: a status record describes what is on disk
+            except Exception as err:  # noqa: BLE001
+                reason += f"; status record not written: {_one_line(err)}"
+        logger.error("study %s failed (round %d): %s (input kept in %s)", study_uid, rnd["round"], reason, kept)
+        self._release(study_uid)
+
+    def _absorb(self, work: Path, inputs: Path) -> None:
+        """The round's instances join the study's earlier ones (inputs/<study>/); processing/ is emptied."""
+        inputs.mkdir(parents=True, exist_ok=True)
+        for file in sorted(work.iterdir()):
+            os.replace(file, inputs / file.name)
+        work.rmdir()
+
     def _return(self, study_uid: str, status: StudyStatus) -> None:
-        outbox = self.dirs["outbox"] / _safe(study_uid)
+        outbox = _uid_path(self.dirs["outbox"], study_uid)
         files = sorted(outbox.glob("*.dcm"))
-        status.return_attempts += 1
+        rnd = next((r for r in reversed(status.rounds) if r.get("state") in ("answered", "return-pending")), None)
+        with self._lock:
+            status.return_attempts += 1
         try:
             if self.return_node is not None:
                 results = c_store(files, self.return_node, calling_ae=self.ae_title)
@@ -414,25 +625,55 @@ class DicomService:
             if refused:
                 raise ConnectionError(f"{len(refused)} of {len(results)} object(s) refused: {refused[0].message}")
         except Exception as err:  # noqa: BLE001 (node down, refused: keep the outputs, retry later)
-            status.state, status.error = "return-pending", f"{type(err).__name__}: {err}"
-            self._next_retry[study_uid] = time.monotonic() + self.retry_s
-            self._save_status(status)
+            with self._lock:
+                status.error = _one_line(err)
+                if status.state != "receiving":  # not while a newer round is being received
+                    status.state = "return-pending"
+                if rnd is not None:
+                    rnd.update(state="return-pending", error=status.error)
+                self._next_retry[study_uid] = time.monotonic() + self.retry_s
+                self._save_status(status)
             logger.error("study %s: results not returned (attempt %d: %s); kept in %s, retrying every %.0f s",
                          study_uid, status.return_attempts, status.error, outbox, self.retry_s)
             return
-        self._next_retry.pop(study_uid, None)
-        shutil.rmtree(outbox, ignore_errors=True)
-        status.state, status.error, status.returned = "returned", None, time.time()
-        self._save_status(status)
+        with self._lock:
+            self._next_retry.pop(study_uid, None)
+            shutil.rmtree(outbox, ignore_errors=True)
+            status.returned = time.time()
+            if status.state != "receiving":
+                status.state, status.error = "returned", None
+            if rnd is not None:
+                rnd.update(state="returned", error=None, returned=status.returned)
+                status.returned_instances = sorted({*status.returned_instances, *rnd.get("input_sops", [])})
+            self._save_status(status)
         logger.info("study %s: %d object(s) returned to %s", study_uid, len(files), self.return_node or self.return_dicomweb)
+        self._release(study_uid)
 
     def _retry_due(self) -> None:
         now = time.monotonic()
         for study_uid, due in list(self._next_retry.items()):
             if due <= now and not self._stop.is_set():
-                self._return(study_uid, self._load_status(study_uid))
+                try:
+                    self._return(study_uid, self._status_of(study_uid))
+                except Exception as err:  # noqa: BLE001 (e.g. the status record cannot be written: try again later)
+                    self._next_retry[study_uid] = time.monotonic() + self.retry_s
+                    logger.error("study %s: returning the results failed: %s; retrying in %.0f s", study_uid, _one_line(err), self.retry_s)
 
 
-def _safe(uid: str) -> str:
-    """A UID as a file name (UIDs are digits and dots; anything else is replaced)."""
-    return "".join(c if c.isalnum() or c in ".-" else "_" for c in uid)[:128]
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:500]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no second copy of the pixels), a copy where links are not possible."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
