@@ -127,6 +127,22 @@ def test_evaluate_workflow(trained_fold):
     assert metrics["prior_ordered"] == metrics["n_queries"] > 0
     assert set(metrics["by_similarity"]) == {"acc@1", "acc@2", "acc@4", "map", "p@5"}
     assert metrics["checkpoint"].endswith("model_fold0.pt") and metrics["fingerprint"] == net.fingerprint()
+    assert metrics["checkpoint_fold"] == 0  # the fold the checkpoint records (the one it was trained for)
+
+
+def test_evaluate_refuses_a_checkpoint_trained_on_held_out_cases(trained_fold):
+    """Fold 0's checkpoint scored on fold 1 (or the model on every case on any fold) would count cases it learned:
+    the workflow refuses in one line naming how many held-out cases it trained on, and writes no metrics."""
+    wf = _workflow(["train.yaml", "evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=1, records=SUBSET,
+                   cache_name="derm7pt-ci30", checkpoint=str(trained_fold / "models" / "model_fold0.pt"))
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        wf.run()
+    cause = failure.value.__cause__
+    held_out = len(wf.parser.get_parsed_content("split")[1])
+    assert isinstance(cause, ValueError) and "\n" not in str(cause), cause
+    assert f"was trained on {held_out} of the {held_out} held-out cases" in str(cause) and "its own" in str(cause), cause
+    assert not (trained_fold / "eval" / "metrics_fold1.json").exists()
 
 
 def test_evaluate_refuses_a_missing_fold_checkpoint(trained_fold):
@@ -404,3 +420,45 @@ def test_the_prior_stage_runs_again_on_its_own_checkpoint(trained_fold, tmp_path
     assert after["config"]["diagnosis_prior"]["strength"] == 3.0 and after["extra"]["diagnosis_prior"]["strength"] == 3.0
     assert "differential" not in after["extra"] and after["extra"]["trained_on"] == before["extra"]["trained_on"]
     assert all(torch.equal(after["head"][k], v) for k, v in before["head"].items() if not k.startswith("diagnosis_prior."))
+
+
+def test_add_prior_refuses_the_training_cases_of_another_fold(trained_fold, tmp_path):
+    """``--run_id add_prior --fold 1`` onto fold 0's checkpoint would fit the prior on fold 1's training cases (fold 0's
+    held-out cases among them) and keep the record of fold 0: refused, the message names the checkpoint's fold; the
+    checkpoint's own fold's cases are accepted (the release workflow: --fold -1 on model.pt, which records fold -1)."""
+    import shutil
+
+    from monai_cir.data.feature_cache import build_feature_cache
+    from monai_cir.engine.bundle import add_diagnosis_prior, fold_split, subset_records
+    from monai_cir.networks import load_model
+    from monai_cir.networks.checkpoint import read_checkpoint
+
+    ckpt = shutil.copy(trained_fold / "models" / "model_fold0.pt", tmp_path / "model_fold0.pt")
+    before = Path(ckpt).read_bytes()
+    cache = build_feature_cache("derm7pt-ci30", 260, net=load_model(ckpt), records=subset_records("derm7pt", 30), progress=False)
+    with pytest.raises(ValueError, match=r"trained on \d+ cases \(fold 0\).*pass --fold 0"):
+        add_diagnosis_prior(ckpt, cache, fold_split(cache, 1)[0], strength=3.0)
+    with pytest.raises(ValueError, match="pass --fold 0"):
+        add_diagnosis_prior(ckpt, cache, fold_split(cache, -1)[0], strength=3.0)
+    assert Path(ckpt).read_bytes() == before
+    add_diagnosis_prior(ckpt, cache, fold_split(cache, 0)[0], strength=3.0, options={"c_grid": [0.03], "inner_folds": 2})
+    after = read_checkpoint(ckpt)["extra"]
+    assert after["fold"] == 0 and after["trained_collection"] == "derm7pt" and after["diagnosis_prior"]["strength"] == 3.0
+
+
+def test_rank_collection_tells_cases_of_two_collections_apart(shared_data):
+    """Leave-one-out drops a query's own library case, which is (collection, case id): a query of another collection
+    whose case id equals a library case's is not that case (it is ranked, here first: the same image)."""
+    import dataclasses
+
+    from conftest import make_tiny_net
+
+    from monai_cir.engine.bundle import rank_collection, subset_records
+
+    net = make_tiny_net()
+    records = subset_records("derm7pt", 6)
+    own = rank_collection(net, records, records[:1], top_k=5, differential=False)
+    assert records[0].case_id not in {h["case_id"] for h in own[0]["hits"]}  # its own case: left out
+    foreign = dataclasses.replace(records[0], collection="elsewhere")  # another CSV's case with the same id
+    other = rank_collection(net, records, [foreign], top_k=5, differential=False)
+    assert other[0]["hits"][0]["case_id"] == records[0].case_id, other

@@ -259,3 +259,101 @@ def test_data_md_lists_every_confirmation_word():
     for status, words in CONFIRMATION_WORDS.items():
         row = next(line for line in docs.splitlines() if line.startswith(f"| `{status}` | "))
         assert set(re.findall(r"`([^`]+)`", row)[1:]) == set(words), (status, row)
+
+
+def test_feature_cache_is_rebuilt_when_an_image_file_is_replaced(tmp_path, monkeypatch, caplog):
+    """The cache's staleness key holds each image file's size and mtime_ns: an image replaced under the same name
+    (same case id, path, text and label) rebuilds the cache, and the log says why; an unchanged collection reuses it."""
+    import logging
+
+    import torch
+    from conftest import make_tiny_net
+    from PIL import Image
+
+    from monai_cir.data.feature_cache import CACHE_FORMAT, build_feature_cache
+
+    monkeypatch.setenv("MONAI_CIR_CACHE", str(tmp_path / "cache"))
+    images = _user_folder(tmp_path, ("a.png", "b.png", "c.png", "d.png"))
+    table = tmp_path / "mine.csv"
+    table.write_text("image,diagnosis\na.png,melanoma\nb.png,nevus\nc.png,melanoma\nd.png,nevus\n")
+    records = load_image_csv(images, table)
+    net = make_tiny_net()
+    first = build_feature_cache("mine", 64, net=net, records=records, flipped=False, progress=False)
+    assert CACHE_FORMAT.endswith("/2") and torch.load(first.path, weights_only=True)["image_files"][0][0] == (images / "a.png").stat().st_size
+    with caplog.at_level(logging.INFO, logger="monai_cir.data.feature_cache"):
+        again = build_feature_cache("mine", 64, net=net, records=records, flipped=False, progress=False)
+    assert "feature cache loaded" in caplog.text and "stale" not in caplog.text
+    assert torch.equal(again.maps[2], first.maps[2])
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(images / "b.png")  # another image, same name
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_cir.data.feature_cache"):
+        rebuilt = build_feature_cache("mine", 64, net=net, records=load_image_csv(images, table), flipped=False, progress=False)
+    assert "stale (image files replaced or changed" in caplog.text and "'b'" in caplog.text, caplog.text
+    assert not torch.equal(rebuilt.maps[2][1], first.maps[2][1]) and torch.equal(rebuilt.maps[2][0], first.maps[2][0])
+
+
+def test_feature_cache_of_an_older_format_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """A cache file written before this format (/1: no image files in its key, texts encoded the old way) is rebuilt once."""
+    import logging
+
+    import torch
+    from conftest import make_tiny_net
+
+    from monai_cir.data.feature_cache import build_feature_cache
+
+    monkeypatch.setenv("MONAI_CIR_CACHE", str(tmp_path / "cache"))
+    images = _user_folder(tmp_path, ("a.png", "b.png"))
+    table = tmp_path / "mine.csv"
+    table.write_text("image,diagnosis\na.png,melanoma\nb.png,nevus\n")
+    records = load_image_csv(images, table)
+    net = make_tiny_net()
+    cache = build_feature_cache("mine", 64, net=net, records=records, flipped=False, progress=False)
+    payload = torch.load(cache.path, weights_only=True)
+    payload["format"] = "monai-cir-features/1"
+    payload.pop("image_files")
+    torch.save(payload, cache.path)
+    with caplog.at_level(logging.INFO, logger="monai_cir.data.feature_cache"):
+        build_feature_cache("mine", 64, net=net, records=records, flipped=False, progress=False)
+    assert "has format 'monai-cir-features/1'" in caplog.text and "rebuilding" in caplog.text
+    assert "image_files" in torch.load(cache.path, weights_only=True)
+
+
+def test_relabelled_collection_gets_another_fold_assignment(derm7pt):
+    """collection_folds' description covers the labels (and folds): the same case ids in the same order with other
+    diagnoses stratify into other folds, and their results must not merge into the old ones; Derm7pt's committed
+    folds have no description (unchanged)."""
+    from monai_cir.data.folds import collection_folds
+
+    ids = [f"own-{i}" for i in range(40)]
+    labels = [0] * 20 + [1] * 20
+    relabelled = [0, 1] * 20
+    folds, description = collection_folds(ids, labels)
+    other_folds, other = collection_folds(ids, relabelled)
+    assert description is not None and other is not None and description != other
+    assert collection_folds(ids, labels)[1] == description  # deterministic for one CSV
+    assert "labels and folds sha256" in description
+    committed = collection_folds([r.case_id for r in derm7pt], [r.label for r in derm7pt])
+    assert committed[1] is None and committed[0] == [load_folds()[r.case_id] for r in derm7pt]
+
+
+def test_semicolon_or_tab_separated_csv_says_it_must_be_comma_separated(tmp_path):
+    images = _user_folder(tmp_path)
+    table = tmp_path / "semi.csv"
+    table.write_text("image;diagnosis;text\na.png;melanoma;flat, irregular\nb.png;nevus;regular\n")  # a comma in a text: pandas fails
+    with pytest.raises(ValueError, match=r"semi\.csv.*must be comma-separated.*';' \(semicolons\)"):
+        load_image_csv(images, table)
+    table.write_text("image;diagnosis\na.png;melanoma\nb.png;nevus\n")  # parses as one column
+    with pytest.raises(ValueError, match=r"semi\.csv.*must be comma-separated.*';' \(semicolons\)"):
+        load_image_csv(images, table)
+    tabs = tmp_path / "tabs.csv"
+    tabs.write_text("image\tdiagnosis\na.png\tmelanoma\n")
+    with pytest.raises(ValueError, match=r"tabs\.csv.*must be comma-separated.*tabs"):
+        load_image_csv(images, tabs)
+
+
+def test_image_csv_case_ids_lose_surrounding_spaces(tmp_path):
+    images = _user_folder(tmp_path)
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis,case_id\na.png,melanoma, c1 \nb.png,nevus,c2\n")
+    assert [r.case_id for r in load_image_csv(images, table)] == ["c1", "c2"]

@@ -70,8 +70,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--method-options", type=json.loads, default=None, metavar="JSON", help='per-method options, e.g. \'{"composed": {"beta": 0.6}}\'')
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default $MONAI_CIR_DATA or ../shared/data)")
     parser.add_argument("--images", type=Path, metavar="DIR", help="your own collection instead of Derm7pt: a folder of images, described by --csv")
-    parser.add_argument("--csv", type=Path, metavar="FILE", help="with --images: columns image, diagnosis (optional: case_id, text, site); "
-                                                                 "5 folds stratified by diagnosis, seed 0, in CSV order")
+    parser.add_argument("--csv", type=Path, metavar="FILE",
+                        help="with --images: columns image, diagnosis (optional: case_id, text, site, confirmation = histopathology, "
+                             "follow-up, expert consensus or unknown; biopsy / histology / excision also mean histopathology); "
+                             "5 folds stratified by diagnosis, seed 0, in CSV order. See docs/data.md")
     parser.set_defaults(func=run)
     return parser
 

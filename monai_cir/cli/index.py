@@ -333,11 +333,19 @@ def run_fit_differential(args: argparse.Namespace) -> int:
     extra = read_checkpoint(args.model)["extra"]
     previous = DifferentialSlot.from_checkpoint_info(extra)
     rank = previous.rank if previous is not None else DEFAULT_RANK
-    # the model's own training cases (recorded by train.yaml) stay in the library but do not query
-    trained = set(extra.get("trained_on") or ()) & set(index.case_ids())
+    # the model's own training cases (recorded by train.yaml) stay in the library but do not query; a case is
+    # (collection, case id) when the checkpoint records the collection it trained on, else its case id alone
+    from monai_cir.engine.bundle import trained_overlap
+
+    library = [index.get(case_id) for case_id in index.case_ids()]
+    positions, by_collection = trained_overlap(extra, library)
+    trained = {library[i].case_id for i in positions}
     if trained:
-        print(f"note: {len(trained)} of the {len(index)} library cases trained this model: they do not query (a training case "
-              "sits closer to its own diagnosis than a new query does)", file=sys.stderr)
+        how = (f"their collection {extra['trained_collection']!r} and case id" if by_collection else
+               "case id alone: the checkpoint does not record the collection it trained on, so a case of another collection with "
+               "the same id counts too")
+        print(f"note: {len(trained)} of the {len(index)} library cases trained this model (matched by {how}): they do not query "
+              "(a training case sits closer to its own diagnosis than a new query does)", file=sys.stderr)
     margins, positions, queried = library_margins(index, sample=args.sample, rank=rank, exclude=trained)
     fitted = fit_margin(margins, positions, rate, rank)
     description = (f"fitted on {queried} image-only leave-one-out queries of the library {args.index} ({len(index)} cases"

@@ -9,7 +9,8 @@ whose text names 7-point findings is ordered by S plus its diagnosis posterior (
 slot (:mod:`monai_cir.differential`), an uncertain query is shown as the deploy app shows it: the closest case
 of the runner-up diagnosis at the slot's rank, with a note (``--no-differential``: the similarity ranking). The confirmation column says how
 each case's diagnosis was established; only "histopathology" is biopsy-confirmed. The index must
-have been built by the same model (``--model``) and preprocessing; otherwise the search is refused.
+have been built by the same model (``--model``) and preprocessing; otherwise the search is refused. A query image
+that is itself a library case (the same image file) is its own best match: a note says so, as the deploy app does.
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` are one image: the same file, or files of the same bytes (a copy of a library image)."""
+    import filecmp
+
+    try:
+        return a.samefile(b) or (a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False))
+    except OSError:
+        return False
+
+
+def _own_case(image: Path, hits: list[Any]) -> Any:
+    """The hit whose library image is the query image itself (a library case sent as a query), else None: the deploy
+    app's check (deploy_app/operators/retrieval.py ``_own_case``: the same SOP Instance UID) for an image file."""
+    return next((h for h in hits if h.metadata.image_path and _same_file(image, Path(h.metadata.image_path))), None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,8 +106,13 @@ def run(args: argparse.Namespace) -> int:
             labels=[f"#{h.rank} {h.case_id} ({h.metadata.diagnosis})" for h in hits], query_label=args.image.name,
         )
         render_explanation(explanations, args.explain)
-    # the notes in the app's order (results.json's notices): the text, the site, the order, the differential, the evidence
-    notes = [*text_notices, notice, shown.notice, opened["notice"] if opened is not None else None, disagreement]
+    own = _own_case(args.image, hits)
+    own_notice = None
+    if own is not None:  # as the deploy app says of a library case sent as a query (there: the same SOP Instance UID)
+        own_notice = (f"the query image is library case {own.case_id} itself (the same image file): it is its own match at rank {own.rank}"
+                      + (" and is counted in the evidence summary" if summary is not None else "") + "; compare the other cases")
+    # the notes in the app's order (results.json's notices): the text, the site, the order, the query's own case, the differential, the evidence
+    notes = [*text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None, disagreement]
     notes = [n for n in notes if n]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -104,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             "index": str(args.index),
             "hits": [hit.to_dict() for hit in hits],
             "differential": opened,
+            "own_case": None if own is None else own.case_id,  # the library case that is the query image itself (a note says so)
             "ranking": shown.ranking,  # how the hits are ordered: "similarity" or "similarity_and_diagnosis_prior" (the note says what that means)
             "evidence": summary.to_dict() if summary else None,
             "evidence_disagreement": disagreement,  # the evidence and the prior-ordered first case differ (why, in words)

@@ -1,4 +1,4 @@
-"""``monai-cir train``: train the composed-retrieval head on one Derm7pt fold, or on all 888 cases (release).
+"""``monai-cir train``: train the composed-retrieval head on a held-out fold or on all cases (Derm7pt's 888: the release model), of Derm7pt or of your own --images/--csv.
 
 This runs the bundle's own training config, ``bundle/configs/train.yaml`` (MONAI ``ConfigWorkflow``): the
 same dataset, sampler, network, loss, optimizer, handlers and saver nodes as
@@ -51,7 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="checkpoint path (default bundle/models/model.pt, or model_fold<k>.pt; with --images output/<collection>/model.pt or model_fold<k>.pt)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out (default: refuse, before any training)")
     parser.add_argument("--images", type=Path, metavar="DIR", help="train on your own collection: a folder of images, described by --csv")
-    parser.add_argument("--csv", type=Path, metavar="FILE", help="with --images: columns image, diagnosis (optional: case_id, text, site)")
+    parser.add_argument("--csv", type=Path, metavar="FILE",
+                        # written out here (importing monai_cir.data would slow --help down); a test checks it names every status
+                        help="with --images: columns image, diagnosis (optional: case_id, text, site, confirmation = histopathology, "
+                             "follow-up, expert consensus or unknown; biopsy / histology / excision also mean histopathology). See docs/data.md")
     parser.add_argument("--image-size", type=int, default=None, help="preprocessing size (default: the config's, 260; 512 = the paper's)")
     parser.add_argument("--beta", type=float, default=None, help="beta of Eq. 9 (default: the config's, 0.6)")
     parser.add_argument("--num-masks", type=int, default=None, help="k region masks (Eq. 6; default: the config's, 4)")

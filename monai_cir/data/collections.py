@@ -191,11 +191,36 @@ def _read_csv(path: Path, required: Sequence[str], help_text: str) -> pd.DataFra
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except Exception as err:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError...
+        found = _other_separator(path)
+        if found:
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"cannot parse {path}: the file must be comma-separated, and its header is separated by {found} ({detail})") from err
         raise ValueError(f"cannot parse {path}: {err}") from err
+    if len(frame.columns) == 1:
+        found = _other_separator(path)
+        if found:
+            raise ValueError(f"cannot parse {path}: the file must be comma-separated, and its header is separated by {found} "
+                             f"(header {str(frame.columns[0])[:80]!r}); save it as comma-separated CSV")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ValueError(f"{path} is malformed: missing column(s) {missing}; expected at least {list(required)}, found {list(frame.columns)}")
     return frame
+
+
+_SEPARATORS = {";": "';' (semicolons)", "\t": "tabs"}
+
+
+def _other_separator(path: Path) -> str | None:
+    """How the header line of ``path`` is separated when it has no comma but semicolons or tabs (a spreadsheet's
+    export in a locale whose decimal mark is the comma), else None."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = f.readline()
+    except OSError:
+        return None
+    if "," in header:
+        return None
+    return next((name for sep, name in _SEPARATORS.items() if sep in header), None)
 
 
 def _row_error(path: Path, index: int, message: str) -> ValueError:
@@ -426,7 +451,7 @@ def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str
         if not isinstance(image, str) or not image.strip():
             raise _row_error(csv_path, index, "empty 'image' column")
         image_path = images_dir / image.strip()
-        case_id = row.get("case_id") if isinstance(row.get("case_id"), str) and row["case_id"].strip() else Path(image).stem
+        case_id = row["case_id"].strip() if isinstance(row.get("case_id"), str) and row["case_id"].strip() else Path(image.strip()).stem
         if case_id in seen:
             raise _row_error(csv_path, index, f"duplicate case_id {case_id!r}")
         seen.add(case_id)

@@ -14,11 +14,16 @@ Contents of a :class:`FeatureCache` (N records):
   padded to the longest text of the collection; a blank text has an all-False mask.
 - ``sentence`` (N, d_T) float32: mask-mean-pooled tokens (zeros for a blank text), for late fusion.
 - ``labels`` (N,) long, ``records`` (list of :class:`~monai_cir.data.collections.CaseRecord`).
+
+A file is reused while its format (:data:`CACHE_FORMAT`), encoders' fingerprint, image size and records (case id, image
+path, text, label) are those asked for and every image file has the size and modification time (``mtime_ns``) it had
+when the cache was built; otherwise it is rebuilt (and the log says why).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,7 +41,23 @@ from .collections import CaseRecord, load_collection, records_dataset
 __all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "encode_collection", "feature_cache_path"]
 
 logger = logging.getLogger(__name__)
-CACHE_FORMAT = "monai-cir-features/1"
+# /2: the staleness key holds each image file's size and mtime_ns (a replaced image rebuilds the cache), and the query
+# texts' tokens follow the text encoding of this version (net.text_tokens); a /1 file is rebuilt once
+CACHE_FORMAT = "monai-cir-features/2"
+
+
+def _file_stats(records: Sequence[CaseRecord]) -> list[list[int] | None]:
+    """``[size, mtime_ns]`` of each record's image file (None for one that cannot be read): a replaced or edited image
+    changes them, so the cache built from the old file is not reused (cheap: no file is read, let alone hashed)."""
+    stats: list[list[int] | None] = []
+    for r in records:
+        try:
+            st = os.stat(r.image_path)
+        except OSError:
+            stats.append(None)
+        else:
+            stats.append([int(st.st_size), int(st.st_mtime_ns)])
+    return stats
 
 
 @dataclass
@@ -113,7 +134,11 @@ def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_siz
     except Exception as err:  # noqa: BLE001  (a truncated, foreign or unsafe file: rebuild)
         logger.warning("ignoring unreadable or unsafe feature cache %s (%s); rebuilding", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
-    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT or payload.get("fingerprint") != fingerprint or payload.get("image_size") != image_size:
+    if isinstance(payload, dict) and payload.get("format") != CACHE_FORMAT:
+        logger.info("feature cache %s has format %r, not %r (this version keys it by the image files and encodes texts anew); rebuilding",
+                    path, payload.get("format"), CACHE_FORMAT)
+        return None
+    if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint or payload.get("image_size") != image_size:
         return None
     try:  # the fields that decide staleness, read from the dicts (a newer CaseRecord may have more fields)
         cached = [(d["case_id"], str(d["image_path"]), d["text"], d["label"]) for d in payload["records"]]
@@ -121,6 +146,15 @@ def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_siz
         cached = None
     if cached != [(r.case_id, str(r.image_path), r.text, r.label) for r in records]:
         logger.info("feature cache %s is stale (the collection's records changed); rebuilding", path)
+        return None
+    # every file build_feature_cache writes in this format records its image files (a payload made by hand may not)
+    stored = payload.get("image_files")
+    current = _file_stats(records) if stored is not None else None
+    if stored is not None and (not isinstance(stored, list) or len(stored) != len(current)
+                               or [list(x) if x is not None else None for x in stored] != current):
+        changed = [r.case_id for r, old, new in zip(records, stored if isinstance(stored, list) else [], current) if (list(old) if old is not None else None) != new]
+        logger.info("feature cache %s is stale (image files replaced or changed since it was built: %d, first %s); rebuilding",
+                    path, len(changed) or len(records), changed[:3] or "all")
         return None
     if flipped and payload.get("maps_flipped") is None:
         return None
@@ -203,8 +237,10 @@ def build_feature_cache(
             logger.info("feature cache loaded from %s", path)
             return cache
 
+    image_files = _file_stats(records)  # before encoding: a file replaced while it runs is seen as changed next time
     cache = encode_collection(net, records, image_size, collection=collection, batch_size=batch_size, flipped=flipped, num_workers=num_workers, progress=progress)
     payload = {
+        "image_files": image_files,
         "format": CACHE_FORMAT,
         "collection": collection,
         "image_size": int(image_size),

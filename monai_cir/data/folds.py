@@ -49,11 +49,13 @@ def collection_folds(case_ids: Sequence[str], labels: Sequence[int]) -> tuple[li
     committed = load_folds()
     if all(cid in committed for cid in case_ids):
         return [committed[cid] for cid in case_ids], None
-    # names the cases (a digest of their ids, in order): two collections' folds are never mixed up
-    digest = hashlib.sha256("\n".join(case_ids).encode()).hexdigest()[:12]
+    # names the cases and the folds they fall in (a digest of each case id with its label and fold, in order): two
+    # collections' folds, or one CSV's before and after a relabelling (other labels stratify into other folds), never mix
+    folds = make_folds(labels)
+    digest = hashlib.sha256("\n".join(f"{cid}\t{label}\t{fold}" for cid, label, fold in zip(case_ids, labels, folds)).encode()).hexdigest()[:12]
     description = (f"stratified {NUM_FOLDS}-fold by diagnosis (StratifiedKFold, shuffle, random_state {SEED}) over "
-                   f"{len(case_ids)} cases in CSV order (case ids sha256 {digest})")
-    return make_folds(labels), description
+                   f"{len(case_ids)} cases in CSV order (case ids, labels and folds sha256 {digest})")
+    return folds, description
 
 
 def write_folds(path: str | Path = FOLDS_FILE, root: str | Path | None = None) -> Path:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TargetTower", "subset_records", "fold_split", "checkpoint_saver", "add_late_fusion_branch", "evaluate_checkpoint",
-    "rank_collection", "trained_case_ids", "check_checkpoint_target", "check_training_classes", "staging_path", "publish_checkpoint",
+    "rank_collection", "trained_case_ids", "trained_collection", "trained_overlap", "check_checkpoint_target", "check_training_classes", "staging_path", "publish_checkpoint",
 ]
 
 
@@ -110,6 +110,26 @@ def trained_case_ids(cases: Any, indices: Sequence[int]) -> list[str]:
     training cases out (a training case sits closer to its own diagnosis than a new query does)."""
     records = getattr(cases, "records", cases)
     return [str(records[int(i)].case_id) for i in indices]
+
+
+def trained_collection(cases: Any, indices: Sequence[int]) -> str | None:
+    """The collection of ``cases[indices]`` when they all share one (recorded beside ``trained_on`` as
+    ``trained_collection``, so that a case is identified by (collection, case id)), else None."""
+    records = getattr(cases, "records", cases)
+    names = {str(getattr(records[int(i)], "collection", "") or "") for i in indices}
+    return names.pop() if len(names) == 1 and "" not in names else None
+
+
+def trained_overlap(info: dict[str, Any] | None, records: Sequence[Any]) -> tuple[list[int], bool]:
+    """Which of ``records`` a checkpoint trained on (positions), from its ``extra`` (``info``): ``trained_on`` holds
+    bare case ids; a case is the same when its (collection, case id) is, when the checkpoint records its
+    ``trained_collection``, else by case id alone (the second value: True when matched by (collection, case id))."""
+    info = info or {}
+    trained = {str(c) for c in info.get("trained_on") or ()}
+    collection = info.get("trained_collection")
+    if collection:
+        return [i for i, r in enumerate(records) if str(r.case_id) in trained and str(getattr(r, "collection", "")) == collection], True
+    return [i for i, r in enumerate(records) if str(r.case_id) in trained], False
 
 
 def check_checkpoint_target(path: str | Path, overwrite: bool = False, flag: str = "--overwrite true", elsewhere: str = "--checkpoint PATH") -> None:
@@ -197,7 +217,9 @@ def add_late_fusion_branch(
     net = attach_late_fusion(model.net, branch, share).eval()
     first_stage = read_checkpoint(path)["extra"] if Path(path).is_file() else {}  # the best epoch and its metrics
     epochs = int(method_options("late_fusion_fullbatch", config)["train"]["epochs"])
-    save_checkpoint(net, path, **{**first_stage, "epoch": int(keeper.best_epoch), "seed": int(seed), **extra, "late_fusion_epochs": epochs})
+    collection = trained_collection(cache, train_indices)
+    recorded = {"trained_collection": collection} if collection else {}
+    save_checkpoint(net, path, **{**first_stage, "epoch": int(keeper.best_epoch), "seed": int(seed), **extra, **recorded, "late_fusion_epochs": epochs})
     print(f"late-fusion branch trained (share {share}) -> {path}")
     return net
 
@@ -224,15 +246,37 @@ def add_diagnosis_prior(path: str | Path, cache: Any, train_indices: Sequence[in
     if payload["format"] == NET_FORMAT:
         raise ValueError(f"{path} holds fine-tuned encoders: the diagnosis prior is fitted on the frozen encoders' feature cache, "
                          "which they no longer match (train it with prior_strength 0, as finetune.yaml does)")
+    _check_prior_cases(path, payload["extra"], cache, train_indices)
     net = load_model(path)
     prior_net, record = fit_diagnosis_prior(net, cache, train_indices, strength=float(strength), seed=int(seed), text_net=net, **options)
     extra = {k: v for k, v in payload["extra"].items() if k != "diagnosis_prior"}  # a previous fit's record is replaced
     if extra.pop("differential", None) is not None:
         logger.warning("%s: the differential slot's margins were fitted for the ranking before this prior and are dropped; refit "
                        "them (bench/differential_slot.py --prior --write-checkpoint %s)", path, path)
+    collection = trained_collection(cache, train_indices)
+    if collection and "trained_on" in extra:
+        extra["trained_collection"] = collection
     save_checkpoint(prior_net.eval(), path, **extra, diagnosis_prior=record)
     print(f"diagnosis prior fitted (lambda {strength}, classes {record['classes']}) -> {path}")
     return prior_net
+
+
+def _check_prior_cases(path: str | Path, extra: dict[str, Any], cache: Any, train_indices: Sequence[int]) -> None:
+    """The diagnosis prior is fitted on the cases the checkpoint trained on (its ``trained_on``, ``fold``), never on
+    another fold's training cases: the checkpoint's record would then name cases the prior did not learn, and the
+    prior would have learned cases the checkpoint's fold holds out."""
+    if "trained_on" not in extra:  # a checkpoint without the record (written before it existed): nothing to compare
+        return
+    records = getattr(cache, "records", cache)
+    fitting = [records[int(i)] for i in train_indices]
+    same, _ = trained_overlap(extra, fitting)
+    if len(same) == len(fitting) == len({str(c) for c in extra["trained_on"]}):
+        return
+    fold = extra.get("fold")
+    raise ValueError(
+        f"{path} was trained on {len(extra['trained_on'])} cases (fold {fold}), but the diagnosis prior would be fitted on "
+        f"{len(fitting)} other training cases ({len(fitting) - len(same)} of them not the checkpoint's); "
+        f"pass --fold {fold} (the checkpoint's fold, with the collection it was trained on)")
 
 
 def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequence[int], database_idx: Sequence[int], output: str | Path | None = None,
@@ -251,6 +295,17 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
     from .diagnosis_prior import prior_ranking_scores
     from .heads import CachedComposedModel
 
+    info = getattr(net, "checkpoint_info", None) or {}
+    records = getattr(cache, "records", cache)
+    held_out = [records[int(i)] for i in query_idx]
+    seen, _ = trained_overlap(info, held_out)
+    if seen:
+        raise ValueError(
+            f"{checkpoint or 'the checkpoint'} (fold {info.get('fold')}) was trained on {len(seen)} of the {len(held_out)} held-out cases "
+            f"(first: {held_out[seen[0]].case_id}): its scores there would count cases it learned; evaluate each fold with its own "
+            "checkpoint (the one train.yaml writes with the same --fold and --records)")
+    if "trained_on" not in info:
+        logger.warning("%s records no training cases (trained_on): whether it trained on the held-out cases is not checked", checkpoint or "the checkpoint")
     model = CachedComposedModel(net, "composed")
     q = model.encode_queries(cache, query_idx, tta=tta)
     t = model.encode_targets(cache, database_idx, tta=tta)
@@ -278,6 +333,7 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
         by_similarity=percent(similarity),
         n_queries=len(query_idx), n_database=len(database_idx),
         checkpoint=None if checkpoint is None else str(Path(checkpoint).resolve()), fingerprint=net.fingerprint(),
+        checkpoint_fold=info.get("fold"),  # the fold the checkpoint was trained for (-1: every case), as it records it
     )
     if output is not None:
         from ..atomic import atomic_write_text
@@ -296,7 +352,7 @@ def rank_collection(
     as the deploy app shows it: the similarity ranking (with a diagnosis prior in the network: similarity plus the
     query's diagnosis posterior, :mod:`monai_cir.prior_ranking`), with the checkpoint's differential slot when it
     records one (:func:`monai_cir.differential.differential_ranking`, the evaluation's form of the app's rule;
-    ``differential=False``: no slot). Each hit's ``score`` is its similarity. A query that is itself a library case (same case id)
+    ``differential=False``: no slot). Each hit's ``score`` is its similarity. A query that is itself a library case (same collection and case id)
     is left out of its own ranking: a collection ranked against itself is leave-one-out, never "each case's best
     match is itself". Each result: ``{"query", "text", "text_use", "hits": [{"rank", "case_id", "diagnosis", "score"}],
     "ranking", "differential"}`` (``text_use``: the text's weight and the findings read, None for no text, as the app's
@@ -317,7 +373,8 @@ def rank_collection(
 
     net.eval()
     t = torch.cat([net.encode_target(images(records[i : i + batch_size])) for i in range(0, len(records), batch_size)])
-    column = {r.case_id: j for j, r in enumerate(records)}
+    # a case is (collection, case id): a query from another collection with the same id is not this library case
+    column = {(getattr(r, "collection", ""), r.case_id): j for j, r in enumerate(records)}
     diagnoses = sorted({r.diagnosis for r in records})
     labels = np.array([diagnoses.index(r.diagnosis) for r in records])
     slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
@@ -329,8 +386,9 @@ def rank_collection(
         q, terms = net.encode_query_and_terms(images(chunk), [r.text for r in chunk])
         similarity = (q @ t.T).double().cpu()
         for row, r in enumerate(chunk):
-            if r.case_id in column:  # leave-one-out: the query's own library copy is no match
-                similarity[row, column[r.case_id]] = -np.inf
+            own = column.get((getattr(r, "collection", ""), r.case_id))
+            if own is not None:  # leave-one-out: the query's own library copy is no match
+                similarity[row, own] = -np.inf
         # the ranking: the similarity, or with the prior S + λ w log p(y_c | q) (the hits still report S)
         ranking = similarity if terms is None else similarity + terms.double().cpu()[:, prior_columns]
         acted = prior_acted(terms) if terms is not None else None  # whom the prior ordered
@@ -349,7 +407,7 @@ def rank_collection(
             if opened[row] and top_k >= slot.rank:
                 case = hits[slot.rank - 1]
                 query_slot = slot.for_query(ordered)  # the margin this query's slot opened under
-                column_of_case = column[case["case_id"]]
+                column_of_case = top[slot.rank - 1]
                 # its rank by similarity alone (with the prior, the ranking's positions are K's)
                 rank_by_similarity = int((similarity[row] > similarity[row, column_of_case]).sum()) + 1 if ordered else int(positions[row]) + 1
                 shown_case = {"rank": slot.rank, "case_id": case["case_id"], "diagnosis": case["diagnosis"],

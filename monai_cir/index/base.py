@@ -309,7 +309,7 @@ class CaseIndex(ABC):
             raise FingerprintMismatchError(
                 f"this index was built by another model or preprocessing (index fingerprint {self.fingerprint[:12]}..., "
                 f"model fingerprint {fingerprint[:12]}...): its vectors are not comparable with this model's queries; "
-                f"{REBUILD_HINT} --model <the checkpoint you search with>"
+                f"search with the model the index was built with (--model <its checkpoint>), or {REBUILD_HINT} --model <the checkpoint you search with>"
             )
 
     def _check_new(self, embeddings: Any, metadata: Sequence[CaseMetadata]) -> tuple[np.ndarray, list[CaseMetadata]]:
