@@ -332,7 +332,7 @@ def merge_word_pieces(tokens: Sequence[str], weights: Sequence[float], special: 
 FILLER_WORDS = frozenset(
     "a an the and or but nor of in on at to for from by with without as is are was were be been being it its this that "
     "these those there here no not present absent yes some any both each per than then also has have had "
-    "dermoscopy dermoscopic shows showing seen report reports patient years year old".split()
+    "dermoscopy dermoscopic shows showing seen report reports patient years year old lesion".split()
 )
 
 
@@ -340,8 +340,9 @@ def _ranked_words(net: Any, text: str, attention: np.ndarray) -> list[TokenWeigh
     """Token strings of ``text`` as the encoder saw them, merged into words, best first, punctuation dropped."""
     if not text.strip():
         return []
+    read = net.query_text(text) if hasattr(net, "query_text") else text  # the words the encoder was given
     tokenizer = net.text_encoder.tokenizer
-    ids = net.text_encoder.tokenize([text])["input_ids"][0].tolist()
+    ids = net.text_encoder.tokenize([read])["input_ids"][0].tolist()
     tokens = tokenizer.convert_ids_to_tokens(ids)
     words = merge_word_pieces(tokens, attention[: len(tokens)], special=tokenizer.all_special_tokens)
     merged: dict[str, float] = {}  # a word that occurs twice counts once, with its summed attention

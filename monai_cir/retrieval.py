@@ -306,26 +306,26 @@ def text_use(net: Any, text: str) -> tuple[dict[str, Any] | None, list[str]]:
     ``monai-cir search`` say the same. Returns ``(use, notices)``: ``use`` ``{"weight": w of Q = w Q_composed +
     (1 - w) Q_image, "findings_read": [7-point criteria read in it]}`` (None for a blank text); ``notices``: the
     text was not used (it names no finding), or the findings read and how much the text counted, and a text
-    longer than the text encoder reads (with the findings named only after its limit, which are not read)."""
-    from .data.report import TEXT_NOT_USED_NOTICE, finding_names, recognised_findings, text_use_notice
+    longer than the text encoder reads."""
+    from .data.report import TEXT_NOT_USED_NOTICE, read_findings, text_use_notice
 
     if not text.strip():
         return None, []
     weight = float(net.text_weights([text])[0])
-    read_part = net.text_encoder.read_part(text)
-    findings = list(recognised_findings(read_part)) if net.text_gate == "findings" else []
-    # findings named only after the encoder's token limit: the query never reads them
-    cut = [f for f in recognised_findings(text) if f not in findings] if net.text_gate == "findings" and read_part != text else []
+    stated = read_findings(text) if net.text_gate == "findings" else ()
+    findings = [key for key, _ in stated]
     notices = []
-    if weight == 0 and not cut:
+    if weight == 0:
         notices.append(TEXT_NOT_USED_NOTICE)
-    elif findings:  # (a network without the findings gate reads any text whole: nothing to list)
-        notices.append(text_use_notice(weight, findings))
-    if read_part != text and (weight > 0 or cut):
-        notices.append(f"the report text is longer than the model reads ({net.text_encoder.token_count(text)} tokens): only its first "
-                       f"{net.text_encoder.max_length} counted"
-                       + (f"; the findings named only after that were not read: {finding_names(cut)}" if cut else "")
-                       + ("; the similar cases were found from the image alone" if weight == 0 else ""))
+    elif stated:  # (a network without the findings gate reads any text whole: nothing to list)
+        notices.append(text_use_notice(weight, stated))
+    limit = net.text_encoder.max_length
+    read = net.query_text(text)  # with the findings gate, the findings in the template's words: short
+    # a token covers at least one character: only a text that long can be cut (tokenised again only then)
+    if weight > 0 and len(read) + 2 > limit:
+        tokens = net.text_encoder.token_count(read)
+        if tokens > limit:
+            notices.append(f"the report text is longer than the model reads ({tokens} tokens): only its first {limit} counted")
     return {"weight": round(weight, 4), "findings_read": findings}, notices
 
 

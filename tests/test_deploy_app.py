@@ -651,9 +651,11 @@ def test_an_answer_the_prior_orders_against_the_evidence_says_so(app_run, result
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_report_longer_than_the_text_encoder_reads_says_so(app_run, results, tmp_path):
-    """A report the text encoder cuts (more than its max_length tokens) is answered with a notice saying how much
-    counted; the fixture's short reports get none."""
+def test_a_long_report_is_read_for_its_findings_wherever_they_are(app_run, results, tmp_path):
+    """A report longer than the text encoder reads (more than its max_length tokens), with a finding after the
+    filler: the model is given the findings in the template's words (a short text), so every finding counts, the
+    last included, and none of the filler reaches the query (before, only the first 512 tokens counted and the
+    last finding was lost, while the notice listed it as read)."""
     import shutil
 
     import pydicom
@@ -669,15 +671,18 @@ def test_a_report_longer_than_the_text_encoder_reads_says_so(app_run, results, t
     folder = tmp_path / "long"
     shutil.copytree(app_run["cases"]["held_out"].image_file.parent, folder)
     image = pydicom.dcmread(app_run["cases"]["held_out"].image_file)
-    text = "Dermoscopy: atypical pigment network, irregular streaks. " + "The lesion was followed for many years. " * 120
+    text = ("Dermoscopy: atypical pigment network, irregular streaks. " + "The lesion was followed for many years. " * 120
+            + "Blue-whitish veil present.")
     for sr in folder.glob("*.dcm"):
         if pydicom.dcmread(sr, stop_before_pixels=True).Modality == "SR":
             sr.unlink()
     case_report_sr(image, text).save_as(folder / "long_sr.dcm", enforce_file_format=True)
     answer = run_app(folder, tmp_path / "out", models, AppSettings(top_k=5, explain=False, write_pdf=False))["queries"][0]
-    tokens = models.net.text_encoder.token_count(answer["text"])
-    assert tokens > limit
-    assert f"the report text is longer than the model reads ({tokens} tokens): only its first {limit} counted" in answer["notices"]
+    assert models.net.text_encoder.token_count(answer["text"]) > limit
+    assert answer["text_use"] == {"weight": 0.6, "findings_read": ["pigment_network", "streaks", "blue_whitish_veil"]}
+    assert not any("longer than the model reads" in n for n in answer["notices"]), answer["notices"]
+    assert models.net.query_text(answer["text"]) == ("Lesion. Dermoscopy: atypical pigment network; irregular streaks; "
+                                                     "blue-whitish veil present.")
 
 
 @pytest.mark.integration
@@ -1040,7 +1045,7 @@ def test_text_without_findings_is_left_out_and_said_so(app_run, results):
     assert plain["text_use"] == {"weight": 0.0, "findings_read": []}
     # the held-out text names atypical pigment network and irregular streaks: read, named, 40%
     assert partial["text_use"] == {"weight": 0.4, "findings_read": ["pigment_network", "streaks"]}
-    read = ("findings read in the query text: 2 of the 7 checklist findings (pigment network, streaks), so it counted for 40% "
+    read = ("findings read in the query text: 2 of the 7 checklist findings (atypical pigment network, irregular streaks), so it counted for 40% "
             "of the query and the image alone for the rest; naming more of the findings (present or absent) gives the text more weight")
     assert TEXT_NOT_USED_NOTICE not in partial["notices"] and read in partial["notices"], partial["notices"]
     assert read in read_similar_cases_sr(app_run["out"] / partial["outputs"]["sr"]).notices

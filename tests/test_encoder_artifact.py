@@ -52,8 +52,6 @@ def test_scripted_encoders_reproduce_the_eager_ones(artifact):
             (z, mask), (z_ref, mask_ref) = text(texts), net.text_encoder(texts)
             assert torch.equal(mask, mask_ref)
             torch.testing.assert_close(z, z_ref, rtol=0, atol=1e-6)
-    long_text = "Dermoscopy: atypical pigment network. " + "The lesion was followed for many years. " * 80 + "Irregular streaks."
-    assert text.read_part(long_text) == net.text_encoder.read_part(long_text) != long_text  # the same cut, whichever tokenizer
     ids = text.tokenize(TEXTS[:1])["input_ids"][0].tolist()
     assert text.tokenizer.convert_ids_to_tokens(ids) == net.text_encoder.tokenizer.convert_ids_to_tokens(ids)
     assert sorted(text.tokenizer.all_special_tokens) == sorted(net.text_encoder.tokenizer.all_special_tokens)

@@ -316,7 +316,7 @@ def test_explanation_on_real_isic_images(offline_net, shared_data, tmp_path):
     goes to a pytest temp folder, never to a tracked file)."""
     folder = shared_data / "isic-uda1" / "images"
     query, target = sorted(folder.glob("*.jpg"))[:2]
-    ex = explain_match(offline_net, query, "irregular pigment network, regression structures; location: back", target,
+    ex = explain_match(offline_net, query, "atypical pigment network, regression structures (blue areas); location: back", target,
                        query_label=query.stem, target_label=target.stem)
     assert ex.query_image.shape == (260, 260, 3) and ex.query_heatmap.shape == (260, 260)
     for lv in ex.levels:

@@ -180,10 +180,26 @@ def test_non_finite_target_images_rejected(tiny_net):
 
 
 def test_over_long_text_is_truncated_with_warning(tiny_net):
-    long_text = " ".join(["irregular streaks"] * 400)
+    long_text = " ".join(["the lesion was followed for years"] * 100)  # names no finding: read as written
     with pytest.warns(UserWarning, match="truncated"):
         q = tiny_net.encode_query(torch.rand(1, 3, 64, 64), [long_text])
     assert torch.isfinite(q).all()
+
+
+def test_the_findings_gate_reads_the_findings_in_the_templates_words(tiny_net):
+    """With the findings gate the text encoder is given the findings a text states, as the template states them
+    (data.report.query_text): "BWV -" the same as "no blue-whitish veil", a diagnosis or filler never, and findings
+    named after 400 repetitions of filler are read (the model reads the short template sentence, not the first
+    512 tokens). Without the gate (the paper's network) the text goes in as written."""
+    images = torch.rand(1, 3, 64, 64)
+    template = "Lesion. Dermoscopy: irregular streaks; no blue-whitish veil."
+    for text in ("7PCL: irreg. streaks, BWV -", "irregular streaks; no blue-whitish veil. Likely melanoma, excise.",
+                 "the lesion was followed for years. " * 100 + "Streaks: irregular\nBlue-whitish veil: absent"):
+        assert tiny_net.query_text(text) == template
+        torch.testing.assert_close(tiny_net.encode_query(images, [text]), tiny_net.encode_query(images, [template]), atol=0, rtol=0)
+    assert tiny_net.text_weights([template]) == tiny_net.text_weights(["BWV -, irreg. streaks"])
+    plain = make_tiny_net(text_gate="none")
+    assert plain.query_text("7PCL: irreg. streaks, BWV -") == "7PCL: irreg. streaks, BWV -"
 
 
 def test_invalid_construction_arguments():
@@ -241,7 +257,7 @@ def test_offline_weights_refuse_a_mismatching_architecture(monkeypatch):
 
 @pytest.mark.integration
 def test_offline_text_encoder_gives_real_token_embeddings(offline_net):
-    tokens, mask = offline_net.text_features(["irregular streaks", "regular pigment network"])
+    tokens, mask = offline_net.text_features(["irregular streaks", "typical pigment network"])
     assert tokens.shape[0] == 2 and tokens.shape[2] == 384 and mask.dtype == torch.bool
     pooled = [(t[m]).mean(0) for t, m in zip(tokens, mask)]
     # a real MiniLM separates unrelated sentences: their pooled embeddings are not identical
@@ -338,32 +354,6 @@ def test_findings_gate_gives_the_image_only_query_for_text_without_findings():
 
 SEVEN_FINDINGS = ("typical pigment network, no streaks, regular pigmentation, no regression structures, irregular dots "
                   "and globules, blue-whitish veil present, no vascular structures")
-
-
-def test_findings_named_after_the_token_limit_are_neither_counted_nor_said_to_be_read(offline_net):
-    """The text encoder reads the first max_length tokens: a finding named after them never reaches the query, so
-    it does not weigh the text (w) and the notice names it as not read; a text whose only findings are cut off is
-    answered from the image alone, and says why (not "names no finding")."""
-    from monai_cir.data.report import TEXT_NOT_USED_NOTICE
-    from monai_cir.retrieval import text_use
-
-    encoder = offline_net.text_encoder
-    head, filler, tail = "Dermoscopy: atypical pigment network. ", "The lesion was followed for many years. " * 80, "Irregular streaks; blue-whitish veil present."
-    text = head + filler + tail
-    assert encoder.token_count(text) > encoder.max_length
-    read = encoder.read_part(text)
-    assert read.startswith(head) and len(read) < len(head + filler) and encoder.token_count(read) <= encoder.max_length
-    assert encoder.read_part(head + tail) == head + tail  # a short text is read whole
-    assert offline_net.text_weights([text]) == [0.2]  # pigment network only (the cut streaks and veil would make it 0.6)
-    use, notices = text_use(offline_net, text)
-    assert use == {"weight": 0.2, "findings_read": ["pigment_network"]}
-    assert any(n.startswith("findings read in the query text: 1 of the 7 checklist findings (pigment network)") for n in notices)
-    assert any("only its first 512 counted; the findings named only after that were not read: streaks, blue-whitish veil" in n for n in notices)
-    use, notices = text_use(offline_net, filler + tail)
-    assert use["weight"] == 0 and TEXT_NOT_USED_NOTICE not in notices
-    assert notices == [f"the report text is longer than the model reads ({encoder.token_count(filler + tail)} tokens): only its first 512 counted; "
-                       "the findings named only after that were not read: streaks, blue-whitish veil; the similar cases were found from the image alone"]
-    assert text_use(offline_net, filler)[1] == [TEXT_NOT_USED_NOTICE]  # no finding anywhere: the plain reason
 
 
 def test_text_with_few_findings_blends_the_composed_and_image_only_queries():

@@ -204,7 +204,57 @@ def test_findings_gate_reads_exactly_the_recorded_criteria_in_training_words(der
     assert all(recognised_findings(r.text) == () for r in isic)  # ISIC texts are age and sex only
     # whole words: a word that merely contains a training noun is not a finding
     assert recognised_findings("regressive areas, radial streaming, vasculature, apn") == ()
-    assert recognised_findings("BWV +, D/G irregular; pigm. diffuse") == ("pigmentation", "dots_and_globules", "blue_whitish_veil")
+    assert recognised_findings("BWV +, D/G irregular; pigm. diffuse irreg.") == ("pigmentation", "dots_and_globules", "blue_whitish_veil")
+    # a criterion with a value Derm7pt never records is not read ("diffuse" alone: regular or irregular?)
+    assert recognised_findings("pigm. diffuse; streaks +") == ()
+
+
+def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_templates_words(derm7pt, training_texts):
+    """read_findings reads each recorded (criterion, value) of every case in every training style (and nothing
+    else); query_text gives the model those findings and their context as the template writes them: a template text
+    unchanged (so every Derm7pt text, and the partial / reworded / demographics forms, reach the encoder as before),
+    any other training style's text as the case's template text, and what it reads back is what was read."""
+    from monai_cir.data.report import FORBIDDEN_WORDS, query_text, read_findings, render_reports
+
+    for record in derm7pt:
+        fields = report_fields(record)
+        assert read_findings(record.text) == fields.criteria, record.text
+        assert query_text(record.text) == record.text
+        for name, style in TRAINING_STYLES.items():
+            text = style.render(fields, with_context=name != "sr_coded")
+            assert read_findings(text) == fields.criteria, (name, text)
+            if fields.criteria:  # the template's text itself (coded SR lines carry no context: "Lesion." then the findings)
+                assert query_text(text) == (meta_report(dict(fields.criteria)) if name == "sr_coded" else record.text), (name, text)
+    for form in ("partial", "reworded", "demographics", "empty"):
+        assert [query_text(t) for t in render_reports(derm7pt, form, 0)] == render_reports(derm7pt, form, 0), form
+    for text in training_texts[::10]:  # augmented: any subset, order and style, read back the same through the template
+        assert read_findings(query_text(text)) == read_findings(text), text
+        if read_findings(text):
+            assert not any(w in query_text(text).lower() for w in FORBIDDEN_WORDS)
+
+
+@pytest.mark.parametrize(("text", "model_reads"), [
+    # absent findings as the abbreviated style writes them, with or without the space (before: BWV- was not read,
+    # and "BWV -" reached the diagnosis prior as words it had never seen, which read it as melanoma evidence)
+    ("7PCL: PN -, streaks -, BWV -", "Lesion. Dermoscopy: no pigment network; no streaks; no blue-whitish veil."),
+    ("BWV-, streaks-, PN-", "Lesion. Dermoscopy: no pigment network; no streaks; no blue-whitish veil."),
+    # a diagnosis, a plan or filler never reaches the model
+    ("irregular streaks; r/o melanoma", "Lesion. Dermoscopy: irregular streaks."),
+    ("Irregular streaks.", "Lesion. Dermoscopy: irregular streaks."),
+    ("Palpable lesion on the upper limbs of a female patient. Dermoscopy: irregular streaks; no blue-whitish veil. "
+     "Likely melanoma, excise.", "Palpable lesion on the upper limbs of a female patient. Dermoscopy: irregular streaks; no blue-whitish veil."),
+    ("Dermoscopy shows atypical pigment network, without streaks or BWV.",
+     "Lesion. Dermoscopy: atypical pigment network; no streaks; no blue-whitish veil."),
+    # the context in another style's words: the template's context sentence
+    ("45y F, back, palpable. 7PCL: atyp. PN, BWV +", "Palpable lesion on the back of a female patient. Dermoscopy: atypical pigment network; blue-whitish veil present."),
+    # not read: a contradiction, wording no training style writes (the gate leaves the text out; it goes as written)
+    ("BWV present; no BWV", "BWV present; no BWV"),
+    ("neg for streaks", "neg for streaks"),
+])
+def test_what_the_model_reads_of_a_clinicians_text(text, model_reads):
+    from monai_cir.data.report import query_text
+
+    assert query_text(text) == model_reads
 
 
 @pytest.mark.parametrize(("text", "read"), [
@@ -214,7 +264,7 @@ def test_findings_gate_reads_exactly_the_recorded_criteria_in_training_words(der
     ("7PCL: atyp. PN, streaks -, BWV +, pigm. n/a", ("pigment_network", "streaks", "blue_whitish_veil")),
     ("Blue-whitish veil cannot be assessed. Irregular streaks.", ("streaks",)),
     ("streaks n/a, irregular streaks", ("streaks",)),  # named once as assessed: a finding
-    ("pigm. diffuse; no streaks", ("streaks", "pigmentation")),  # "pigm. " is an abbreviation, not a sentence's end
+    ("pigm. diffuse irregular; no streaks", ("streaks", "pigmentation")),  # "pigm. " is an abbreviation, not a sentence's end
 ])
 def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read):
     """"PN n/a" says nothing about the lesion: counted as a finding, it gave the text weight and let the diagnosis
@@ -237,3 +287,8 @@ def test_text_use_notice_names_the_findings_read_and_the_weight():
     full = text_use_notice(1.0, ("pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules"))
     assert full == ("findings read in the query text: 5 of the 7 checklist findings (pigment network, streaks, pigmentation, "
                     "regression structures, dots and globules); the text counted fully in the query")
+    # as the app says it: the findings as read, so a clinician sees "BWV -" taken as absent
+    from monai_cir.data.report import read_findings
+
+    assert text_use_notice(0.6, read_findings("7PCL: PN -, streaks -, BWV -")).startswith(
+        "findings read in the query text: 3 of the 7 checklist findings (no pigment network, no streaks, no blue-whitish veil), so it counted for 60%")

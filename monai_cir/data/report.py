@@ -16,6 +16,7 @@ Example (Derm7pt case 701)::
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
@@ -37,6 +38,9 @@ __all__ = [
     "case_generator",
     "meta_report",
     "recognised_findings",
+    "read_findings",
+    "query_text",
+    "CRITERION_VALUES",
     "TEXT_NOT_USED_NOTICE",
     "finding_names",
     "text_use_notice",
@@ -124,7 +128,7 @@ def meta_report(case: Mapping[str, Any]) -> str:
 # "reworded" draws from HELD_OUT_STYLES, whose vocabulary (criterion nouns, negations, context
 # words) never occurs in a training text, so "reworded" measures wording the network has not seen.
 
-TEXT_FORMS: tuple[str, ...] = ("template", "reworded", "partial", "demographics", "empty")
+TEXT_FORMS: tuple[str, ...] = ("template", "reworded", "partial", "demographics", "empty", "restyled")
 
 _AGE_KEYS = ("age_approx", "age")
 
@@ -386,6 +390,9 @@ def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str
       recorded; the context sentence kept). A case with no criteria gives its template.
     - ``demographics``: age, sex and site only, in the template's words.
     - ``empty``: ``""`` (the image-only query).
+    - ``restyled``: every recorded field in a style of :data:`TRAINING_STYLES` (drawn with ``rng``):
+      abbreviations ("7PCL: atyp. PN, streaks -, BWV +"), a list, sentences, prose, or coded SR lines
+      (without context, as the SR reader writes them): the words the findings gate reads, not the template's.
 
     Only the structured fields (:func:`report_fields`) are rewritten: a user's record whose text is
     free prose with no such fields gives ``""`` for ``reworded`` and ``demographics``.
@@ -410,6 +417,10 @@ def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str
     if form == "reworded":
         names = sorted(HELD_OUT_STYLES)
         return HELD_OUT_STYLES[names[int(rng.integers(len(names)))]].render(fields)
+    if form == "restyled":
+        names = sorted(TRAINING_STYLES)
+        name = names[int(rng.integers(len(names)))]
+        return TRAINING_STYLES[name].render(fields, with_context=name != "sr_coded")  # coded SR lines carry no context
     # partial
     if not fields.criteria:
         return render_report(record, "template", rng)
@@ -486,6 +497,18 @@ def augment_report(record: Any, rng: np.random.Generator | int, mix: Mapping[str
 # ------------------------------------------------------------------------------------------------
 # The findings gate: does a text say anything the network was trained to read?
 # ------------------------------------------------------------------------------------------------
+# The values Derm7pt records per criterion (meta.csv), ``absent`` included: what a finding can say.
+CRITERION_VALUES: dict[str, tuple[str, ...]] = {
+    "pigment_network": ("absent", "typical", "atypical"),
+    "streaks": ("absent", "regular", "irregular"),
+    "pigmentation": ("absent", "diffuse regular", "localized regular", "diffuse irregular", "localized irregular"),
+    "regression_structures": ("absent", "blue areas", "white areas", "combinations"),
+    "dots_and_globules": ("absent", "regular", "irregular"),
+    "blue_whitish_veil": ("absent", "present"),
+    "vascular_structures": ("absent", "arborizing", "comma", "hairpin", "within regression", "linear irregular", "dotted", "wreath"),
+}
+
+
 def _training_vocabulary() -> dict[str, tuple[str, ...]]:
     """Per criterion, every noun a training text writes for it: the template's phrase (:data:`CRITERIA`)
     and each :data:`TRAINING_STYLES` style's name (``BWV``, ``D/G``, ``vessels``...). Derived from the
@@ -497,16 +520,81 @@ def _training_vocabulary() -> dict[str, tuple[str, ...]]:
     return {key: tuple(sorted(nouns)) for key, nouns in vocabulary.items()}
 
 
-def _noun_pattern(noun: str) -> str:
-    # whole words only ("regression" does not match "regressive"); a trailing "." is part of "pigm."
-    body = re.escape(noun)
-    return r"(?<![\w/-])" + body + (r"" if noun.endswith(".") else r"(?![\w/-])")
+def _phrasings() -> dict[str, tuple[str, str]]:
+    """Every way a training text writes one (criterion, value) pair, lower case -> ``(key, value)``: the
+    template's phrase (:func:`_criterion`) and each :data:`TRAINING_STYLES` style's patterns, with every noun
+    and grade wording of the training styles (so "pigment network atypical", "atyp. PN" and "pigment network:
+    atypical" all read as an atypical pigment network). Derived from the styles, so it reads what they write."""
+    nouns = _training_vocabulary()
+    grade_words: dict[str, set[str]] = {}
+    for style in TRAINING_STYLES.values():
+        for grade, word in style.grades.items():
+            grade_words.setdefault(grade, set()).add(word.lower())
+    patterns = {(style.absent, style.present, style.graded, style.qualified) for style in TRAINING_STYLES.values()}
+    out: dict[str, tuple[str, str]] = {}
+    for key, phrase in CRITERIA:
+        for value in CRITERION_VALUES[key]:
+            out[_criterion(value, phrase).lower()] = (key, value)
+            grade = "blue and white areas" if value == "combinations" else value
+            grades = {grade} | grade_words.get(grade, set())
+            if " " in grade:  # "diffuse irregular" -> "diffuse irreg." too
+                head, tail = grade.rsplit(" ", 1)
+                grades |= {f"{head} {w}" for w in grade_words.get(tail, ())}
+            for noun in nouns[key]:
+                for absent, present, graded, qualified in patterns:
+                    if value == "absent":
+                        out[absent.format(name=noun).lower()] = (key, value)
+                    elif value == "present":
+                        out[present.format(name=noun).lower()] = (key, value)
+                    else:
+                        for g in grades:
+                            out[graded.format(name=noun, grade=g).lower()] = (key, value)
+                            out[qualified.format(name=noun, grade=g).lower()] = (key, value)
+    return out
 
 
-_FINDING_PATTERNS: dict[str, re.Pattern[str]] = {
-    key: re.compile("|".join(_noun_pattern(n) for n in sorted(nouns, key=len, reverse=True)))
-    for key, nouns in _training_vocabulary().items()
-}
+def _phrase_pattern(phrase: str) -> str:
+    # whole words only ("regression" does not match "regressive"); a trailing "." ("pigm.") or sign ("BWV -") ends
+    # itself; a sign written close ("BWV-") belongs to the noun before it, so a bare noun is never read before one
+    body = re.escape(phrase).replace(r"\ ", r"\s*" if phrase[-1] in "+-" else r"\s+")
+    return body + (r"" if phrase[-1] in ".+-)" else r"(?![\w/+-])")
+
+
+_PHRASINGS = _phrasings()
+# one alternation, longest phrasing first, behind one word-start check (tried once per position, not per phrasing)
+_PHRASE_RE = re.compile(r"(?<![\w/-])(?=[\w/])(?:" + "|".join(f"({_phrase_pattern(p)})" for p in sorted(_PHRASINGS, key=len, reverse=True)) + ")")
+_PHRASE_OF_GROUP = sorted(_PHRASINGS, key=len, reverse=True)
+# prose gathers the absent findings in one clause: "without streaks, BWV or vessels"
+_NOUN_OF = {noun: key for key, nouns in _training_vocabulary().items() for noun in nouns}
+_WITHOUT_RE = re.compile(r"(?<![\w-])without\s+([^.;:\n]+)")
+_LIST_SPLIT_RE = re.compile(r",\s*|\s+or\s+|\s+and\s+(?!globules)")
+
+
+@functools.lru_cache(maxsize=1 << 16)  # every query of an evaluation is read several times (weights, terms, notices)
+def read_findings(text: str) -> tuple[tuple[str, str], ...]:
+    """The 7-point findings ``text`` states in the words of the training texts, as ``(key, value)`` pairs in
+    :data:`CRITERIA` order (``value`` one of :data:`CRITERION_VALUES`, ``absent`` included: "no streaks", "streaks -",
+    "Streaks: absent" and "without streaks" all read ``("streaks", "absent")``).
+
+    What is not read: a criterion in words no training text writes (it stays out rather than be guessed), one
+    named only as not assessed ("PN n/a", "streaks: unclear"), and one the text states twice with different
+    values ("BWV present ... no BWV": a contradiction is not a finding)."""
+    lowered = text.lower()
+    found: dict[str, set[str]] = {}
+    gathered = []  # the spans of "without ..." clauses: their nouns are absent, not bare mentions of present findings
+    for match in _WITHOUT_RE.finditer(lowered):
+        gathered.append(match.span())
+        for item in _LIST_SPLIT_RE.split(match.group(1).strip()):
+            key = _NOUN_OF.get(item.strip())
+            if key is not None:
+                found.setdefault(key, set()).add("absent")
+    for match in _PHRASE_RE.finditer(lowered):
+        if any(a <= match.start() < b for a, b in gathered):
+            continue
+        key, value = _PHRASINGS[_PHRASE_OF_GROUP[match.lastindex - 1]]
+        if _assessed(lowered, match.start(), match.end()):
+            found.setdefault(key, set()).add(value)
+    return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
 
 
 # a criterion named as not assessed says nothing about the lesion ("PN n/a", "pigment network: not assessable")
@@ -528,18 +616,52 @@ def _assessed(lowered: str, start: int, end: int) -> bool:
 
 
 def recognised_findings(text: str) -> tuple[str, ...]:
-    """The 7-point criteria (:data:`CRITERIA` keys, in that order) that ``text`` names in the words of
-    the training texts, present or absent ("no streaks" is a finding); a criterion named only as not assessed
-    ("PN n/a", "streaks: not assessable", "regression unclear") is not a finding.
+    """The 7-point criteria (:data:`CRITERIA` keys, in that order) that ``text`` states in the words of the
+    training texts, present or absent ("no streaks" is a finding): the keys of :func:`read_findings`.
 
     The network's findings gate (:class:`~monai_cir.networks.ComposedRetrievalNet`, ``text_gate="findings"``)
     composes a query with its text only when this is not empty: a text with no finding the network
     can read (age and sex only, or findings in words it was never trained on) would move the query
     without telling it anything about the lesion, so the query falls back to the image alone
     (issue 13: "text never hurts")."""
+    return tuple(key for key, _ in read_findings(text))
+
+
+# the template's context (elevation, location, sex) as any training style writes it: "Palpable lesion on the upper limbs
+# of a female patient.", "sex: female, site: upper limbs, elevation: palpable", "45y F, upper limbs, palpable."
+_ELEVATION_RE = re.compile(r"\b(flat|palpable|nodular)\b")
+_LOCATIONS = ("abdomen", "acral", "back", "buttocks", "chest", "genital areas", "head neck", "lower limbs", "upper limbs")
+_LOCATION_RE = re.compile(r"\b(" + "|".join(sorted({p for loc in _LOCATIONS for p in (loc, _LOCATION_PHRASE.get(loc, loc))}, key=len, reverse=True)) + r")\b")
+_LOCATION_OF_PHRASE = {_LOCATION_PHRASE.get(loc, loc): loc for loc in _LOCATIONS} | {loc: loc for loc in _LOCATIONS}
+_SEX_RE = re.compile(r"\b(female|male)\b")
+_SEX_LETTER_RE = re.compile(r"(?<![\w/.-])([FM])(?![\w/.-])")  # the abbreviated style's "45y F"
+
+
+def _read_context(text: str) -> dict[str, str | None]:
+    """The template's context fields a text states (each None unless stated exactly once, in any training style's words)."""
     lowered = text.lower()
-    return tuple(key for key, pattern in _FINDING_PATTERNS.items()
-                 if any(_assessed(lowered, m.start(), m.end()) for m in pattern.finditer(lowered)))
+
+    def one(values: set[str]) -> str | None:
+        return values.pop() if len(values) == 1 else None
+
+    sexes = set(_SEX_RE.findall(lowered)) | {"female" if m == "F" else "male" for m in _SEX_LETTER_RE.findall(text)}
+    return {"elevation": one(set(_ELEVATION_RE.findall(lowered))),
+            "location": one({_LOCATION_OF_PHRASE[m] for m in _LOCATION_RE.findall(lowered)}),
+            "sex": one(sexes)}
+
+
+def query_text(text: str) -> str:
+    """What the network reads of a query text with the findings gate: its findings (:func:`read_findings`) and
+    their context (elevation, location, sex, in any training style's words) written as :func:`meta_report` writes a
+    case, in the template's words. A template text is returned as it is; a text in another training style
+    (abbreviations, a list, prose, coded SR lines) reaches the network as the template states the same findings, and
+    the words that are not findings or their context (a diagnosis, a plan, filler) do not reach it: the model reads
+    the findings the app says it read, and nothing else. A text naming no finding is returned as it is (the gate
+    leaves it out of the query)."""
+    findings = read_findings(text)
+    if not findings:
+        return text
+    return meta_report({**dict(findings), **_read_context(text)})
 
 
 TEXT_NOT_USED_NOTICE = (
@@ -549,17 +671,19 @@ TEXT_NOT_USED_NOTICE = (
 """What the app tells the clinician when the findings gate left a non-empty text out of the query."""
 
 
-def finding_names(findings: Sequence[str]) -> str:
-    """:func:`recognised_findings` keys in the report's words, comma-separated ("pigment network, streaks")."""
+def finding_names(findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
+    """Findings in the report's words, comma-separated: :func:`recognised_findings` keys by name ("pigment network,
+    streaks"), :func:`read_findings` pairs as the template states them ("atypical pigment network, no streaks")."""
     names = dict(CRITERIA)
-    return ", ".join(names.get(f, f) for f in findings)
+    return ", ".join(_criterion(f[1], names[f[0]]) if isinstance(f, tuple) else names.get(f, f) for f in findings)
 
 
-def text_use_notice(weight: float, findings: Sequence[str]) -> str:
+def text_use_notice(weight: float, findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
     """What the app tells the clinician of a text the query composed (``weight`` > 0): which findings the model
-    read in it (:func:`recognised_findings` keys, named in the report's words) and how much the text counted
+    read in it (:func:`read_findings` pairs, stated as the template states them, so "streaks -" shows as "no
+    streaks"; or :func:`recognised_findings` keys, named) and how much the text counted
     (``ComposedRetrievalNet.full_text_findings``): the findings are what the text adds, so a clinician who wrote
-    five and sees one read knows the other four were not."""
+    five and sees one read knows the other four were not, and one who wrote "BWV -" sees it read as absent."""
     read = f"{len(findings)} of the 7 checklist findings ({finding_names(findings)})"
     if weight >= 1.0:
         return f"findings read in the query text: {read}; the text counted fully in the query"

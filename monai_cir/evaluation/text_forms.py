@@ -9,7 +9,8 @@ methods train on the cache's own (template) texts.
 - ``reworded``: wording styles held out of training (:data:`monai_cir.data.report.HELD_OUT_STYLES`);
 - ``partial``: a random 1-4 of the criteria present;
 - ``demographics``: age / sex / site only;
-- ``empty``: no text (the image-only query).
+- ``empty``: no text (the image-only query);
+- ``restyled``: the training styles' words instead of the template's (abbreviations, lists, prose, coded SR lines).
 
 Encoded forms are stored under ``$MONAI_CIR_CACHE/text_forms`` (keyed by the encoder fingerprint and the
 texts), so a rerun does not encode again.
@@ -45,7 +46,12 @@ def encode_texts(cache: Any, texts: Sequence[str], net: Any = None, progress: bo
     from ..atomic import torch_save_atomic
     from ..data.feature_cache import _encode_texts
 
-    key = hashlib.sha256("\x00".join([cache.fingerprint or "", *texts]).encode()).hexdigest()[:24]
+    from ..data.report import query_text
+
+    # keyed by what the encoder is given (net.query_text; the offline default has the findings gate: the findings
+    # in the template's words)
+    read = [net.query_text(t) for t in texts] if net is not None else [query_text(t) for t in texts]
+    key = hashlib.sha256("\x00".join([cache.fingerprint or "", *read]).encode()).hexdigest()[:24]
     path = cache_dir("text_forms") / f"{key}.pt"
     if path.exists():
         payload = torch.load(path, weights_only=True)

@@ -348,9 +348,7 @@ class ComposedRetrievalNet(nn.Module):
         """The weight ``w`` of each text in its query, ``Q = w Q_composed + (1 - w) Q_image``: 0 for a blank
         text or one the ``text_gate`` drops, else ``min(1, n_findings / full_text_findings)`` with the
         findings gate and 1 without it. ``text_gate`` / ``full_text_findings`` given here override the
-        network's (the ablations: ``"none"``, or ``1`` for the plain gate). The findings are counted in the
-        part of the text the text encoder reads (:meth:`TokenEncoder.read_part`): one named after its token
-        limit never reaches the query."""
+        network's (the ablations: ``"none"``, or ``1`` for the plain gate)."""
         from ..data.report import recognised_findings
 
         gate = self.text_gate if text_gate is None else text_gate
@@ -362,20 +360,30 @@ class ComposedRetrievalNet(nn.Module):
             elif gate == "none":
                 weights.append(1.0)
             else:
-                weights.append(min(1.0, len(recognised_findings(self.text_encoder.read_part(text))) / full))
+                weights.append(min(1.0, len(recognised_findings(text)) / full))
         return weights
+
+    def query_text(self, text: str) -> str:
+        """What the text encoder reads of a query text: with the findings gate, the findings the text states, in
+        the template's words (:func:`monai_cir.data.report.query_text`: abbreviations, lists, coded SR lines and
+        prose read as the template writes the same findings; a diagnosis, a plan or filler never reaches the query);
+        without the gate (the paper's network), the text as written."""
+        from ..data.report import query_text
+
+        return query_text(text) if self.text_gate == "findings" else text
 
     def texts_used(self, texts: Sequence[str], text_gate: str | None = None) -> list[bool]:
         """Which texts the query composes at all (weight > 0, :meth:`text_weights`)."""
         return [w > 0 for w in self.text_weights(texts, text_gate)]
 
     def text_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f_text`` of every text: token embeddings and mask (a blank text has no tokens). No gate: what
-        a feature cache stores (the gate is a query-time decision, :meth:`text_features`)."""
+        """``f_text`` of every text as the network reads it (:meth:`query_text`): token embeddings and mask (a
+        blank text has no tokens). No gate: what a feature cache stores (the gate is a query-time decision,
+        :meth:`text_features`)."""
         texts = list(texts)
         blank = torch.tensor([not t.strip() for t in texts], device=self.device)
         with self._autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoders):
-            tokens, mask = self.text_encoder([t if t.strip() else "" for t in texts])
+            tokens, mask = self.text_encoder([self.query_text(t) if t.strip() else "" for t in texts])
         return tokens.float(), mask & ~blank.view(-1, 1)
 
     def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

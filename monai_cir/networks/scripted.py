@@ -101,7 +101,7 @@ class FastTokenizer:
 
     def __call__(
         self, texts: Sequence[str], add_special_tokens: bool = True, padding: bool = False, truncation: bool = False,
-        max_length: int | None = None, return_tensors: str | None = None, return_offsets_mapping: bool = False,
+        max_length: int | None = None, return_tensors: str | None = None,
     ) -> dict[str, Any]:
         with self._lock:
             if truncation:
@@ -115,8 +115,6 @@ class FastTokenizer:
             encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         fields = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}
         out = {name: [getattr(e, fields[name]) for e in encodings] for name in self.input_names}
-        if return_offsets_mapping:  # (start, end) characters of each token, (0, 0) for special tokens
-            out["offset_mapping"] = [list(e.offsets) for e in encodings]
         if return_tensors == "pt":
             return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
         if return_tensors is not None:

@@ -63,16 +63,6 @@ class TokenEncoder(nn.Module):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
-    def read_part(self, text: str) -> str:
-        """The part of ``text`` the encoder reads: all of it, or the prefix its first ``max_length`` tokens
-        (special tokens included) cover. What the model is told of a longer text is only this part, so the
-        findings a query is said to name are read from it (:meth:`ComposedRetrievalNet.text_weights`)."""
-        if len(text) + 2 <= self.max_length:  # a token covers one character or more: this text is never cut
-            return text
-        offsets = self.tokenizer([text], add_special_tokens=True, truncation=True, max_length=self.max_length,
-                                 return_offsets_mapping=True)["offset_mapping"][0]
-        return text[: max((int(end) for _, end in offsets), default=0)]
-
     def token_count(self, text: str) -> int:
         """How many tokens ``text`` has, special tokens included (more than ``max_length``: the rest is not read)."""
         return len(self.tokenizer([text], add_special_tokens=True, truncation=False)["input_ids"][0])
