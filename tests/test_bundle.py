@@ -392,6 +392,16 @@ def test_add_prior_replaces_a_checkpoint_only_with_overwrite(trained_fold, tmp_p
     assert Path(ckpt).read_bytes() == before
 
 
+def test_a_typo_in_prior_options_stops_train_yaml_before_any_training(tmp_path, shared_data):
+    """prior_options is checked when the workflow initialises, not in the third stage after two have trained."""
+    wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", max_epochs=1,
+                   prior_options={"inner_fold": 3})
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error of the expression that raised it
+        wf.initialize()
+    assert "prior_options has unknown key(s) ['inner_fold']" in str(failure.value.__cause__ or failure.value)
+    assert not (tmp_path / "models").exists()
+
+
 def test_the_prior_stage_runs_again_on_its_own_checkpoint(trained_fold, tmp_path):
     """``--run_id add_prior`` onto a checkpoint that already has a prior (the shipped model.pt): the fit is replaced,
     the rest of the record kept, a recorded slot dropped (its margins belong to the previous ranking)."""
@@ -412,7 +422,7 @@ def test_the_prior_stage_runs_again_on_its_own_checkpoint(trained_fold, tmp_path
     before = read_checkpoint(ckpt)
     with pytest.raises(ValueError, match=r"prior_options has unknown key\(s\) \['folds'\]"):
         add_diagnosis_prior(ckpt, cache, train, strength=3.0, options={"folds": 3})
-    with pytest.raises(ValueError, match="inner_folds must be 2 or more, got 1"):
+    with pytest.raises(ValueError, match=r"inner_folds must be a whole number, 2 or more, got 1"):
         add_diagnosis_prior(ckpt, cache, train, strength=3.0, options={"inner_folds": 1})
     assert read_checkpoint(ckpt)["extra"] == before["extra"]  # refused before the file was touched
     add_diagnosis_prior(ckpt, cache, train, strength=3.0)

@@ -278,7 +278,7 @@ def test_search_command_orders_with_the_prior_and_says_so(tmp_path, monkeypatch,
     import monai_cir.networks
     from monai_cir import retrieval
     from monai_cir.cli import main
-    from monai_cir.data.report import read_findings, recognised_findings, text_use_notice
+    from monai_cir.data.report import recognised_findings
     from monai_cir.prior_ranking import PRIOR_NOTICE, PRIOR_RANKING
 
     net = _prior_net()
@@ -295,7 +295,9 @@ def test_search_command_orders_with_the_prior_and_says_so(tmp_path, monkeypatch,
     # what the text did, in the app's words (its results.json): the findings read, their weight, the prior's order
     assert answer["text_use"] == {"weight": pytest.approx(float(net.text_weights([FULL])[0]), abs=1e-4),
                                   "findings_read": list(recognised_findings(FULL))} and answer["text_use"]["findings_read"]
-    assert answer["notices"][0] == text_use_notice(answer["text_use"]["weight"], read_findings(FULL))
+    assert answer["notices"][0] == ("findings read in the query text: 7 of the 7 checklist findings (atypical pigment network, no streaks, "
+                                    "no pigmentation, no regression structures, no dots and globules, blue-whitish veil present, no "
+                                    "vascular structures); the text counted fully in the query")
     assert PRIOR_NOTICE in answer["notices"]
     scores = {h["case_id"]: h["score"] for h in answer["hits"]}
     q = retrieval.encode_query(net, tmp_path / "query.png", FULL)[0]

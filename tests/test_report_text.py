@@ -250,6 +250,19 @@ def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_t
     # not read: a contradiction, wording no training style writes (the gate leaves the text out; it goes as written)
     ("BWV present; no BWV", "BWV present; no BWV"),
     ("neg for streaks", "neg for streaks"),
+    # a negation in the clause of a present or graded phrasing is read neither way (before: "BWV absent" read as present)
+    ("BWV absent", "BWV absent"),
+    ("no irregular streaks; irregular streaks not seen", "no irregular streaks; irregular streaks not seen"),
+    ("no streaks or BWV", "Lesion. Dermoscopy: no streaks."),
+    # a sign ends its clause: "Streaks - irregular" is not "streaks -", "BWV +/-" and "BWV-positive" are no signs
+    ("Streaks - irregular; BWV +/-; BWV-positive", "Streaks - irregular; BWV +/-; BWV-positive"),
+    # "without" gathers the nouns that follow it, and only them
+    ("Atypical PN without streaks, irregular D/G, BWV +",
+     "Lesion. Dermoscopy: atypical pigment network; no streaks; irregular dots and globules; blue-whitish veil present."),
+    # context only from a first sentence of context words: not from a diagnosis, a name or an errand
+    ("r/o nodular melanoma. irregular streaks", "Lesion. Dermoscopy: irregular streaks."),
+    ("Non-palpable, back. Irregular streaks", "Lesion. Dermoscopy: irregular streaks."),
+    ("Dr M Smith. irregular streaks. Review when she comes back.", "Lesion. Dermoscopy: irregular streaks."),
 ])
 def test_what_the_model_reads_of_a_clinicians_text(text, model_reads):
     from monai_cir.data.report import query_text

@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from monai_cir.dicom.dicomize import case_report_sr, case_uids, dermoscopy_image_dataset
 from monai_cir.dicom.publish import DicomNode, c_store
 from monai_cir.service import DicomService, ServiceSettings
+from monai_cir.service.dicom_node import _Pending
 
 PEER = "PACS"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -399,6 +400,9 @@ def test_a_study_in_two_rounds_is_answered_over_all_its_instances(node):
         assert len(list((service.workdir / rnd["results"]).glob("*.dcm"))) == 1
     assert [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 2  # the PACS gets the corrected answer
     assert len(list((service.workdir / "inputs" / study_uid).glob("*.dcm"))) == 2
+    # each round's processing folder is emptied, the earlier instances' links included (os.replace of a hard link
+    # onto its own file does nothing, which left them behind and failed the round's bookkeeping)
+    assert not (service.workdir / "processing" / study_uid).exists()
 
 
 def test_a_later_failed_round_adds_to_the_failed_input(node):
@@ -427,6 +431,10 @@ def test_a_study_sent_twice_is_answered_once(node):
     status = rounds_of(service, study[0].StudyInstanceUID, 2, "duplicate", "returned", "failed")
     assert status["rounds"][1]["state"] == "duplicate" and status["state"] == "returned"
     assert "already returned" in status["rounds"][1]["note"]
+    # one instance sent again (the others are in inputs/ and linked into the round): a duplicate too, not a failure
+    assert all(r.ok for r in c_store(study[:1], address(service), calling_ae=PEER))
+    status = rounds_of(service, study[0].StudyInstanceUID, 3, "duplicate", "returned", "failed")
+    assert status["rounds"][2]["state"] == "duplicate" and status["state"] == "returned", status
     assert len(pipeline.calls) == 1 and len(node.ret.received) == 1
 
 
@@ -481,3 +489,21 @@ def test_serve_port_out_of_range_in_use_and_no_peer_are_one_line_errors(tmp_path
         with pytest.raises(CannotListen, match=f"cannot listen on 127.0.0.1:{port}"):
             service.start()
         service.stop()
+
+
+def test_a_round_with_nothing_new_leaves_the_studys_state_as_its_last_round_left_it(node):
+    """An instance registered (pending, "receiving") after the round before had already taken its file: the next round
+    finds nothing new and must not leave the study "receiving" for good, but as its last round left it."""
+    service = node.make(StandInPipeline())
+    study = make_study("late-registration")
+    study_uid = str(study[0].StudyInstanceUID)
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    rounds_of(service, study_uid, 1, "returned")
+    wait_for(lambda: service.status(study_uid)["state"] == "returned", 10.0, "returned")
+    with service._lock:  # what _on_store leaves when its file went into the round before: pending, "receiving", no file
+        status = service._status_of(study_uid)
+        status.state = "receiving"
+        service._save_status(status)
+        service._pending[study_uid] = _Pending(time.monotonic() - 10)
+    wait_for(lambda: service.status(study_uid)["state"] == "returned", 10.0, "the state the last round left")
+    assert len(service.status(study_uid)["rounds"]) == 1

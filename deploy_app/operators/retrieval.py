@@ -461,10 +461,11 @@ class ComposedRetrievalOperator(Operator):
         result.image_alone = {"k": len(alone), "counts": counts, "case_ids": [h.case_id for h in alone]}
         shown = _diagnosis_counts(result.hits)
         if alone and _favoured(counts) != _favoured(shown):
-            from monai_cir.data.report import finding_names
+            from monai_cir.data.report import finding_names, read_findings
 
             listed = ", ".join(f"{d} {n}" for d, n in counts.items())
-            findings = finding_names(result.text_use["findings_read"]) or "as written"
+            # the findings as the model read them ("no streaks"), as the text-use notice states them
+            findings = finding_names(read_findings(str(attr(result.query, "text", "") or ""))) or "as written"
             result.add_notices(
                 f"the image alone, without the text, finds {listed} among its {len(alone)} most similar cases: the text "
                 f"({findings}) moved the answer towards {_favoured(shown) or 'other cases'}; weigh the findings you wrote, "

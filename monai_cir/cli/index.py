@@ -341,9 +341,14 @@ def run_fit_differential(args: argparse.Namespace) -> int:
     positions, by_collection = trained_overlap(extra, library)
     trained = {library[i].case_id for i in positions}
     if trained:
-        how = (f"their collection {extra['trained_collection']!r} and case id" if by_collection else
-               "case id alone: the checkpoint does not record the collection it trained on, so a case of another collection with "
-               "the same id counts too")
+        if by_collection:
+            how = f"their collection {extra['trained_collection']!r} and case id"
+        elif extra.get("trained_collection"):
+            how = (f"case id alone: no library case is of the collection it trained on ({extra['trained_collection']!r}; a "
+                   "collection's name is the one a run gave it), so cases of another collection with the same ids count too")
+        else:
+            how = ("case id alone: the checkpoint does not record the collection it trained on, so a case of another collection with "
+                   "the same id counts too")
         print(f"note: {len(trained)} of the {len(index)} library cases trained this model (matched by {how}): they do not query "
               "(a training case sits closer to its own diagnosis than a new query does)", file=sys.stderr)
     margins, positions, queried = library_margins(index, sample=args.sample, rank=rank, exclude=trained)

@@ -10,7 +10,8 @@ Contents of a :class:`FeatureCache` (N records):
 - ``maps``: ``[X^L, X^M, X^H]``, each (N, C_i, h_i, w_i) float16 — ``net.image_encoder(images)``.
 - ``maps_flipped``: the same for the horizontally flipped images (augmentation / test-time
   augmentation); doubles the build time, ``None`` when built with ``flipped=False``.
-- ``tokens`` (N, n, d_T) float16 and ``token_mask`` (N, n) bool: ``net.text_tokens(record.text)`` (no gate),
+- ``tokens`` (N, n, d_T) float16 and ``token_mask`` (N, n) bool: ``net.text_tokens(record.text)`` (the text as the
+  network reads it, ``net.query_text``; the gate's weight is applied at query time),
   padded to the longest text of the collection; a blank text has an all-False mask.
 - ``sentence`` (N, d_T) float32: mask-mean-pooled tokens (zeros for a blank text), for late fusion.
 - ``labels`` (N,) long, ``records`` (list of :class:`~monai_cir.data.collections.CaseRecord`).
@@ -181,7 +182,7 @@ def _encode_texts(net, texts: Sequence[str], batch_size: int) -> tuple[torch.Ten
         if not any(t.strip() for t in batch):  # all blank: no tokens
             chunks.append((torch.zeros(len(batch), 1, net.text_encoder.dim), torch.zeros(len(batch), 1, dtype=torch.bool)))
             continue
-        tokens, mask = net.text_tokens(batch)  # every text as written: the findings gate applies at query time
+        tokens, mask = net.text_tokens(batch)  # every text as the network reads it: the gate's weight applies at query time
         chunks.append((tokens.float().cpu(), mask.cpu()))
     n = max(t.shape[1] for t, _ in chunks)
     tokens = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, n - t.shape[1])) for t, _ in chunks])

@@ -557,7 +557,9 @@ def _phrase_pattern(phrase: str) -> str:
     # whole words only ("regression" does not match "regressive"); a trailing "." ("pigm.") or sign ("BWV -") ends
     # itself; a sign written close ("BWV-") belongs to the noun before it, so a bare noun is never read before one
     body = re.escape(phrase).replace(r"\ ", r"\s*" if phrase[-1] in "+-" else r"\s+")
-    return body + (r"" if phrase[-1] in ".+-)" else r"(?![\w/+-])")
+    if phrase[-1] in "+-":  # the sign ends its clause: "Streaks - irregular", "BWV +/-", "BWV-positive" are not signs
+        return body + r"(?=\s*(?:[,;.)\n]|$))"
+    return body + (r"" if phrase[-1] in ".)" else r"(?![\w/+-])(?![ \t]+[+-])")  # (a list's "\n- " bullet is no sign)
 
 
 _PHRASINGS = _phrasings()
@@ -566,11 +568,16 @@ _PHRASE_RE = re.compile(r"(?<![\w/-])(?=[\w/])(?:" + "|".join(f"({_phrase_patter
 _PHRASE_OF_GROUP = sorted(_PHRASINGS, key=len, reverse=True)
 # prose gathers the absent findings in one clause: "without streaks, BWV or vessels"
 _NOUN_OF = {noun: key for key, nouns in _training_vocabulary().items() for noun in nouns}
-_WITHOUT_RE = re.compile(r"(?<![\w-])without\s+([^.;:\n]+)")
-_LIST_SPLIT_RE = re.compile(r",\s*|\s+or\s+|\s+and\s+(?!globules)")
+_NOUN_ALT = "|".join(re.escape(n) + ("" if n.endswith(".") else r"(?![\w/-])") for n in sorted(_NOUN_OF, key=len, reverse=True))
+# "without streaks, BWV or vessels": the list of nouns only (an item that is not a bare noun ends it)
+_WITHOUT_RE = re.compile(rf"(?<![\w-])without\s+((?:{_NOUN_ALT})(?:(?:\s*,\s*|\s+or\s+|\s+and\s+)(?:{_NOUN_ALT}))*)")
+_LIST_SPLIT_RE = re.compile(r"\s*,\s*|\s+or\s+|\s+and\s+(?!globules)")
+# a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen"
+# (read neither way: the absent phrasings are the ones training writes)
+_NEGATION_RE = re.compile(r"(?<![\w-])(?:no|not|none|nil|absent|negative|neg|lacking|free of)(?![\w-])")
 
 
-@functools.lru_cache(maxsize=1 << 16)  # every query of an evaluation is read several times (weights, terms, notices)
+@functools.lru_cache(maxsize=4096)  # every query of an evaluation is read several times (weights, terms, notices)
 def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     """The 7-point findings ``text`` states in the words of the training texts, as ``(key, value)`` pairs in
     :data:`CRITERIA` order (``value`` one of :data:`CRITERION_VALUES`, ``absent`` included: "no streaks", "streaks -",
@@ -592,8 +599,10 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         if any(a <= match.start() < b for a, b in gathered):
             continue
         key, value = _PHRASINGS[_PHRASE_OF_GROUP[match.lastindex - 1]]
-        if _assessed(lowered, match.start(), match.end()):
-            found.setdefault(key, set()).add(value)
+        clause = _clause(lowered, match.start(), match.end())
+        if _NOT_ASSESSED.search(clause) or (value != "absent" and _NEGATION_RE.search(clause)):
+            continue
+        found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
 
 
@@ -606,13 +615,11 @@ _NOT_ASSESSED = re.compile(
 _CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)\.(?:\s|$)")
 
 
-def _assessed(lowered: str, start: int, end: int) -> bool:
-    """Whether the mention ``lowered[start:end]`` states the criterion (present, absent or graded), not that it
-    could not be assessed: its clause holds no :data:`_NOT_ASSESSED` words."""
+def _clause(lowered: str, start: int, end: int) -> str:
+    """The clause of the mention ``lowered[start:end]``: from the clause end before it to the one after it."""
     before = [m.end() for m in _CLAUSE_END.finditer(lowered, 0, start)]
     after = _CLAUSE_END.search(lowered, end)
-    clause = lowered[(before[-1] if before else 0) : (after.start() if after else len(lowered))]
-    return not _NOT_ASSESSED.search(clause)
+    return lowered[(before[-1] if before else 0) : (after.start() if after else len(lowered))]
 
 
 def recognised_findings(text: str) -> tuple[str, ...]:
@@ -627,27 +634,38 @@ def recognised_findings(text: str) -> tuple[str, ...]:
     return tuple(key for key, _ in read_findings(text))
 
 
-# the template's context (elevation, location, sex) as any training style writes it: "Palpable lesion on the upper limbs
-# of a female patient.", "sex: female, site: upper limbs, elevation: palpable", "45y F, upper limbs, palpable."
-_ELEVATION_RE = re.compile(r"\b(flat|palpable|nodular)\b")
+# the template's context (elevation, location, sex) as any training style writes it, in a text's first sentence:
+# "Palpable lesion on the upper limbs of a female patient.", "sex: female, site: upper limbs, elevation: palpable",
+# "45y F, upper limbs, palpable.", "Female patient aged 45 with a palpable lesion on the back."
+_ELEVATIONS = ("flat", "palpable", "nodular")
 _LOCATIONS = ("abdomen", "acral", "back", "buttocks", "chest", "genital areas", "head neck", "lower limbs", "upper limbs")
-_LOCATION_RE = re.compile(r"\b(" + "|".join(sorted({p for loc in _LOCATIONS for p in (loc, _LOCATION_PHRASE.get(loc, loc))}, key=len, reverse=True)) + r")\b")
 _LOCATION_OF_PHRASE = {_LOCATION_PHRASE.get(loc, loc): loc for loc in _LOCATIONS} | {loc: loc for loc in _LOCATIONS}
-_SEX_RE = re.compile(r"\b(female|male)\b")
-_SEX_LETTER_RE = re.compile(r"(?<![\w/.-])([FM])(?![\w/.-])")  # the abbreviated style's "45y F"
+_LOCATION_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(map(re.escape, _LOCATION_OF_PHRASE), key=len, reverse=True)) + r")(?![\w-])")
+_ELEVATION_RE = re.compile(r"(?<![\w-])(" + "|".join(_ELEVATIONS) + r")(?![\w-])")
+_SEX_RE = re.compile(r"(?<![\w-])(female|male|f|m)(?![\w-])")
+# the only words a context sentence is made of (besides numbers and ages such as "45y"): a first sentence with any
+# other word ("r/o nodular melanoma", "review when she comes back") is not read as context
+_CONTEXT_WORDS = frozenset(
+    "lesion on the of a an patient aged age about years year old with sex site elevation f m female male".split()
+    + list(_ELEVATIONS) + [w for phrase in _LOCATION_OF_PHRASE for w in phrase.split()]
+)
+_FIRST_SENTENCE_RE = re.compile(r"[^\n]*?(?:\.(?=\s|$)|\n|$)")
 
 
 def _read_context(text: str) -> dict[str, str | None]:
-    """The template's context fields a text states (each None unless stated exactly once, in any training style's words)."""
-    lowered = text.lower()
+    """The template's context fields (elevation, location, sex) stated in a text's first sentence when that sentence
+    is a context sentence of a training style (only context words, no finding); each None unless stated once."""
+    first = _FIRST_SENTENCE_RE.match(text.lstrip()).group(0).lower()
+    words = re.findall(r"[a-z]+", re.sub(r"\b\d+y\b|\d+", " ", first))
+    if not words or any(w not in _CONTEXT_WORDS for w in words) or read_findings(first):
+        return {"elevation": None, "location": None, "sex": None}
 
     def one(values: set[str]) -> str | None:
         return values.pop() if len(values) == 1 else None
 
-    sexes = set(_SEX_RE.findall(lowered)) | {"female" if m == "F" else "male" for m in _SEX_LETTER_RE.findall(text)}
-    return {"elevation": one(set(_ELEVATION_RE.findall(lowered))),
-            "location": one({_LOCATION_OF_PHRASE[m] for m in _LOCATION_RE.findall(lowered)}),
-            "sex": one(sexes)}
+    return {"elevation": one(set(_ELEVATION_RE.findall(first))),
+            "location": one({_LOCATION_OF_PHRASE[m] for m in _LOCATION_RE.findall(first)}),
+            "sex": one({"female" if m in ("female", "f") else "male" for m in _SEX_RE.findall(first)})}
 
 
 def query_text(text: str) -> str:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TargetTower", "subset_records", "fold_split", "checkpoint_saver", "add_late_fusion_branch", "evaluate_checkpoint",
-    "rank_collection", "trained_case_ids", "trained_collection", "trained_overlap", "check_checkpoint_target", "check_training_classes", "staging_path", "publish_checkpoint",
+    "rank_collection", "trained_case_ids", "check_prior_options", "trained_collection", "trained_overlap", "check_checkpoint_target", "check_training_classes", "staging_path", "publish_checkpoint",
 ]
 
 
@@ -123,13 +123,17 @@ def trained_collection(cases: Any, indices: Sequence[int]) -> str | None:
 def trained_overlap(info: dict[str, Any] | None, records: Sequence[Any]) -> tuple[list[int], bool]:
     """Which of ``records`` a checkpoint trained on (positions), from its ``extra`` (``info``): ``trained_on`` holds
     bare case ids; a case is the same when its (collection, case id) is, when the checkpoint records its
-    ``trained_collection``, else by case id alone (the second value: True when matched by (collection, case id))."""
+    ``trained_collection`` and ``records`` hold cases of it, else by case id alone (the second value: True when
+    matched by (collection, case id))."""
     info = info or {}
     trained = {str(c) for c in info.get("trained_on") or ()}
+    by_id = [i for i, r in enumerate(records) if str(r.case_id) in trained]
     collection = info.get("trained_collection")
-    if collection:
-        return [i for i, r in enumerate(records) if str(r.case_id) in trained and str(getattr(r, "collection", "")) == collection], True
-    return [i for i, r in enumerate(records) if str(r.case_id) in trained], False
+    if collection and any(str(getattr(records[i], "collection", "")) == collection for i in by_id):
+        return [i for i in by_id if str(getattr(records[i], "collection", "")) == collection], True
+    # no case of the recorded collection: a collection's name is the name a run gave it (a CSV's stem, --name), so the
+    # same cases under another name are matched by case id (the second value says so)
+    return by_id, False
 
 
 def check_checkpoint_target(path: str | Path, overwrite: bool = False, flag: str = "--overwrite true", elsewhere: str = "--checkpoint PATH") -> None:
@@ -224,6 +228,22 @@ def add_late_fusion_branch(
     return net
 
 
+def check_prior_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``train.yaml``'s ``prior_options``, checked (before any training: a typo must not cost the first two stages):
+    only ``c_grid`` (the probes' inverse L2 strengths, positive) and ``inner_folds`` (2 or more)."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"c_grid", "inner_folds"})
+    if unknown:
+        raise ValueError(f"prior_options has unknown key(s) {unknown}; it takes c_grid (the probes' inverse L2 strengths) and inner_folds")
+    grid = options.get("c_grid")
+    if grid is not None and (not isinstance(grid, (list, tuple)) or not grid or any(not isinstance(c, (int, float)) or c <= 0 for c in grid)):
+        raise ValueError(f"prior_options#c_grid must list one or more positive numbers, got {grid!r}")
+    folds = options.get("inner_folds")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise ValueError(f"prior_options#inner_folds must be a whole number, 2 or more, got {folds!r}")
+    return options
+
+
 def add_diagnosis_prior(path: str | Path, cache: Any, train_indices: Sequence[int], strength: float, seed: int = 0,
                         options: dict[str, Any] | None = None) -> ComposedRetrievalNet | None:
     """``train.yaml``'s third stage: the diagnosis prior (:class:`~monai_cir.networks.DiagnosisPrior`; issue 13).
@@ -238,10 +258,7 @@ def add_diagnosis_prior(path: str | Path, cache: Any, train_indices: Sequence[in
 
     if strength <= 0:
         return None
-    options = dict(options or {})
-    unknown = sorted(set(options) - {"c_grid", "inner_folds"})
-    if unknown:
-        raise ValueError(f"prior_options has unknown key(s) {unknown}; it takes c_grid (the probes' inverse L2 strengths) and inner_folds")
+    options = check_prior_options(options)
     payload = read_checkpoint(path)
     if payload["format"] == NET_FORMAT:
         raise ValueError(f"{path} holds fine-tuned encoders: the diagnosis prior is fitted on the frozen encoders' feature cache, "

@@ -377,8 +377,9 @@ class ComposedRetrievalNet(nn.Module):
         return [w > 0 for w in self.text_weights(texts, text_gate)]
 
     def text_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f_text`` of every text as the network reads it (:meth:`query_text`): token embeddings and mask (a
-        blank text has no tokens). No gate: what a feature cache stores (the gate is a query-time decision,
+        """``f_text`` of every text as the network reads it (:meth:`query_text`: with the findings gate, the findings
+        in the template's words): token embeddings and mask (a blank text has no tokens). The gate's weight is not
+        applied here: what a feature cache stores (whether a text is composed is a query-time decision,
         :meth:`text_features`)."""
         texts = list(texts)
         blank = torch.tensor([not t.strip() for t in texts], device=self.device)

@@ -506,6 +506,12 @@ class DicomService:
                     incoming.rmdir()  # later instances of this study start a new incoming folder (a new round)
         new = sorted(f.name for f in work.glob("*.dcm") if not _same_file(f, inputs / f.name))
         if not new:
+            with self._lock:  # nothing new (its file was taken by the round before): the study's state is that round's
+                if status.state == "receiving" and study_uid not in self._pending and status.rounds:
+                    status.state = next((r["state"] for r in reversed(status.rounds)
+                                         if r.get("state") in ("answered", "returned", "return-pending", "failed")), status.state)
+                    with contextlib.suppress(Exception):
+                        self._save_status(status)
             with contextlib.suppress(OSError):
                 work.rmdir()
             self._release(study_uid)
@@ -540,7 +546,8 @@ class DicomService:
             out = out / f"round-{rnd['round']}"
         while out.exists():  # never over an earlier round's results
             out = out.with_name(out.name + "+")
-        rnd["results"] = str(out.relative_to(self.workdir))
+        with self._lock:  # the receiving thread may be writing this record
+            rnd["results"] = str(out.relative_to(self.workdir))
         try:
             result = self.pipeline(work, out)
             answered, problems = int(result.answered), list(result.problems)
@@ -605,7 +612,10 @@ class DicomService:
         """The round's instances join the study's earlier ones (inputs/<study>/); processing/ is emptied."""
         inputs.mkdir(parents=True, exist_ok=True)
         for file in sorted(work.iterdir()):
-            os.replace(file, inputs / file.name)
+            if _same_file(file, inputs / file.name):
+                file.unlink()  # a link to an earlier round's instance (os.replace of a file onto itself does nothing)
+            else:
+                os.replace(file, inputs / file.name)
         work.rmdir()
 
     def _return(self, study_uid: str, status: StudyStatus) -> None:
