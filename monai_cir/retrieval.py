@@ -318,7 +318,7 @@ def text_use(net: Any, text: str) -> tuple[dict[str, Any] | None, list[str]]:
     if weight == 0:
         notices.append(TEXT_NOT_USED_NOTICE)
     elif stated:  # (a network without the findings gate reads any text whole: nothing to list)
-        notices.append(text_use_notice(weight, stated))
+        notices.append(text_use_notice(weight, stated, prior=getattr(net, "diagnosis_prior", None) is not None))
     limit = net.text_encoder.max_length
     read = net.query_text(text)  # with the findings gate, the findings in the template's words: short
     # a token covers at least one character: only a text that long can be cut (tokenised again only then)

@@ -1046,7 +1046,9 @@ def test_text_without_findings_is_left_out_and_said_so(app_run, results):
     # the held-out text names atypical pigment network and irregular streaks: read, named, 40%
     assert partial["text_use"] == {"weight": 0.4, "findings_read": ["pigment_network", "streaks"]}
     read = ("findings read in the query text: 2 of the 7 checklist findings (atypical pigment network, irregular streaks), so it counted for 40% "
-            "of the query and the image alone for the rest; naming more of the findings (present or absent) gives the text more weight")
+            "of the query and the image alone for the rest; naming more of the findings (present or absent) gives the text more weight; "
+            "the same share weighs the diagnosis these findings point to in the order (the diagnosis prior), which can decide the "
+            "order even at a small share")  # the release model has a diagnosis prior
     assert TEXT_NOT_USED_NOTICE not in partial["notices"] and read in partial["notices"], partial["notices"]
     assert read in read_similar_cases_sr(app_run["out"] / partial["outputs"]["sr"]).notices
 

@@ -297,6 +297,12 @@ def test_text_use_notice_names_the_findings_read_and_the_weight():
     assert findings == ("pigment_network",)
     partial = text_use_notice(0.2, findings)
     assert partial.startswith("findings read in the query text: 1 of the 7 checklist findings (pigment network), so it counted for 20%")
+    assert "diagnosis prior" not in partial
+    # with a diagnosis prior the same share also weighs the diagnosis in the order: "the image alone for the rest" is not all
+    assert text_use_notice(0.2, findings, prior=True).endswith(
+        "the same share weighs the diagnosis these findings point to in the order (the diagnosis prior), which can decide the "
+        "order even at a small share")
+    assert "diagnosis prior" not in text_use_notice(1.0, findings, prior=True)
     full = text_use_notice(1.0, ("pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules"))
     assert full == ("findings read in the query text: 5 of the 7 checklist findings (pigment network, streaks, pigmentation, "
                     "regression structures, dots and globules); the text counted fully in the query")

@@ -696,16 +696,21 @@ def finding_names(findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
     return ", ".join(_criterion(f[1], names[f[0]]) if isinstance(f, tuple) else names.get(f, f) for f in findings)
 
 
-def text_use_notice(weight: float, findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
+def text_use_notice(weight: float, findings: Sequence[str] | Sequence[tuple[str, str]], prior: bool = False) -> str:
     """What the app tells the clinician of a text the query composed (``weight`` > 0): which findings the model
     read in it (:func:`read_findings` pairs, stated as the template states them, so "streaks -" shows as "no
     streaks"; or :func:`recognised_findings` keys, named) and how much the text counted
     (``ComposedRetrievalNet.full_text_findings``): the findings are what the text adds, so a clinician who wrote
-    five and sees one read knows the other four were not, and one who wrote "BWV -" sees it read as absent."""
+    five and sees one read knows the other four were not, and one who wrote "BWV -" sees it read as absent.
+    ``prior``: the network has a diagnosis prior, which weighs the diagnosis the findings point to by the same share
+    (``S + λ w log p``): at λ 10 even a small share can decide the order, and "the image alone for the rest" must not
+    read as if the text hardly mattered."""
     read = f"{len(findings)} of the 7 checklist findings ({finding_names(findings)})"
     if weight >= 1.0:
         return f"findings read in the query text: {read}; the text counted fully in the query"
     return (
         f"findings read in the query text: {read}, so it counted for {weight:.0%} of the query and the image alone for "
         "the rest; naming more of the findings (present or absent) gives the text more weight"
+        + ("; the same share weighs the diagnosis these findings point to in the order (the diagnosis prior), which can "
+           "decide the order even at a small share" if prior else "")
     )
