@@ -55,3 +55,13 @@ def shared_data():
     if not (root / "derm7pt").is_dir() or not (root / "isic-uda1").is_dir():
         pytest.fail(f"the real collections are expected under {root} (set MONAI_CIR_DATA); see ../shared/data/README.md")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny batches: on a busy 2-core machine, OpenMP's spinning threads made them 40x slower. A module that wants
+    it says ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,17 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_tiny_net
 from PIL import Image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches (conftest.one_torch_thread)
 
 
 def _checkpoint_and_index(tmp_path, collection: str = "mine", n: int = 60):

@@ -29,13 +29,7 @@ class Record:  # the CaseRecord contract (monai_cir.data.collections)
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These batches are tiny: on a busy 2-core machine, OpenMP's spinning threads made them 40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches (conftest.one_torch_thread)
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_image(a: Path, b: Path) -> bool:
     """``a`` and ``b`` are one image: the same file, or files of the same bytes (a copy of a library image)."""
     import filecmp
 
@@ -60,7 +60,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def _own_case(image: Path, hits: list[Any]) -> Any:
     """The hit whose library image is the query image itself (a library case sent as a query), else None: the deploy
     app's check (deploy_app/operators/retrieval.py ``_own_case``: the same SOP Instance UID) for an image file."""
-    return next((h for h in hits if h.metadata.image_path and _same_file(image, Path(h.metadata.image_path))), None)
+    return next((h for h in hits if h.metadata.image_path and _same_image(image, Path(h.metadata.image_path))), None)
 
 
 def run(args: argparse.Namespace) -> int:

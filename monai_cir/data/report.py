@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .sites import DERM7PT_LOCATION_TO_SITE
+
 __all__ = [
     "CRITERIA",
     "FORBIDDEN_WORDS",
@@ -638,7 +640,7 @@ def recognised_findings(text: str) -> tuple[str, ...]:
 # "Palpable lesion on the upper limbs of a female patient.", "sex: female, site: upper limbs, elevation: palpable",
 # "45y F, upper limbs, palpable.", "Female patient aged 45 with a palpable lesion on the back."
 _ELEVATIONS = ("flat", "palpable", "nodular")
-_LOCATIONS = ("abdomen", "acral", "back", "buttocks", "chest", "genital areas", "head neck", "lower limbs", "upper limbs")
+_LOCATIONS = tuple(DERM7PT_LOCATION_TO_SITE)  # Derm7pt's location values
 _LOCATION_OF_PHRASE = {_LOCATION_PHRASE.get(loc, loc): loc for loc in _LOCATIONS} | {loc: loc for loc in _LOCATIONS}
 _LOCATION_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(map(re.escape, _LOCATION_OF_PHRASE), key=len, reverse=True)) + r")(?![\w-])")
 _ELEVATION_RE = re.compile(r"(?<![\w-])(" + "|".join(_ELEVATIONS) + r")(?![\w-])")

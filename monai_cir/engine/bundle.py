@@ -231,16 +231,13 @@ def add_late_fusion_branch(
 def check_prior_options(options: dict[str, Any] | None) -> dict[str, Any]:
     """``train.yaml``'s ``prior_options``, checked (before any training: a typo must not cost the first two stages):
     only ``c_grid`` (the probes' inverse L2 strengths, positive) and ``inner_folds`` (2 or more)."""
+    from .diagnosis_prior import PRIOR_C_GRID, PRIOR_INNER_FOLDS, check_prior_search
+
     options = dict(options or {})
     unknown = sorted(set(options) - {"c_grid", "inner_folds"})
     if unknown:
         raise ValueError(f"prior_options has unknown key(s) {unknown}; it takes c_grid (the probes' inverse L2 strengths) and inner_folds")
-    grid = options.get("c_grid")
-    if grid is not None and (not isinstance(grid, (list, tuple)) or not grid or any(not isinstance(c, (int, float)) or c <= 0 for c in grid)):
-        raise ValueError(f"prior_options#c_grid must list one or more positive numbers, got {grid!r}")
-    folds = options.get("inner_folds")
-    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
-        raise ValueError(f"prior_options#inner_folds must be a whole number, 2 or more, got {folds!r}")
+    check_prior_search(options.get("c_grid", PRIOR_C_GRID), options.get("inner_folds", PRIOR_INNER_FOLDS))
     return options
 
 

@@ -20,7 +20,7 @@ from ..networks import ComposedRetrievalNet
 from ..networks.diagnosis_prior import DEFAULT_PRIOR_STRENGTH, FULL_TEXT_PROBE, PARTIAL_TEXT_PROBE, term_columns
 from ..networks.late_fusion import LateFusionBranch
 
-__all__ = ["PRIOR_C_GRID", "PRIOR_INNER_FOLDS", "PRIOR_MIN_CASES", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs", "prior_ranking_scores"]
+__all__ = ["PRIOR_C_GRID", "check_prior_search", "PRIOR_INNER_FOLDS", "PRIOR_MIN_CASES", "cached_prior_terms", "fit_diagnosis_prior", "prior_columns", "prior_inputs", "prior_ranking_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,15 @@ def _class_names(cache: Any) -> dict[int, str]:
     for record, label in zip(cache.records, cache.labels.tolist()):
         names.setdefault(int(label), str(record.diagnosis))
     return names
+
+
+def check_prior_search(c_grid: Any, inner_folds: Any) -> None:
+    """The probes' inner cross-validation settings, checked: ``c_grid`` one or more positive numbers, ``inner_folds``
+    a whole number, 2 or more (``train.yaml``'s ``prior_options`` before any training, :func:`fit_diagnosis_prior`)."""
+    if not isinstance(c_grid, (list, tuple)) or not c_grid or any(isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in c_grid):
+        raise ValueError(f"the diagnosis prior's c_grid must list one or more positive numbers (inverse L2 strengths), got {c_grid!r}")
+    if isinstance(inner_folds, bool) or not isinstance(inner_folds, int) or inner_folds < 2:
+        raise ValueError(f"the diagnosis prior's inner_folds must be a whole number, 2 or more, got {inner_folds!r}")
 
 
 def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int, c_grid: Sequence[float], inner_folds: int) -> tuple[Any, float, float]:
@@ -78,11 +87,8 @@ def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Se
     from ..evaluation.text_forms import text_form_cache
     from . import new_head_net
 
+    check_prior_search(c_grid, inner_folds)
     c_grid = [float(c) for c in c_grid]
-    if not c_grid or min(c_grid) <= 0:
-        raise ValueError(f"the diagnosis prior's c_grid must list one or more positive inverse L2 strengths, got {c_grid}")
-    if int(inner_folds) < 2:
-        raise ValueError(f"the diagnosis prior's inner_folds must be 2 or more, got {inner_folds}")
     train = np.asarray(train_indices, dtype=int)
     y = cache.labels.numpy()[train]
     names = _class_names(cache)
