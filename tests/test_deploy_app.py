@@ -310,6 +310,50 @@ def test_reports_explain_in_the_process_when_a_worker_cannot(tmp_path, monkeypat
         assert result.timing_ms["explain"] > 0 and result.timing_ms["sr"] > 0 and "reports" not in result.timing_ms
 
 
+def test_a_batch_decodes_each_shown_case_once_before_its_workers_fork(tmp_path, monkeypatch):
+    """The library cases a batch's PDFs show are decoded in the process, before the reports pass forks: each
+    worker finds every match's thumbnail in the cache it inherited (a worker's own cache ends with it, so it
+    would otherwise decode each case it shows again, batch after batch)."""
+    from types import SimpleNamespace
+
+    from monai.deploy.core import Fragment
+    from PIL import Image
+
+    from deploy_app.operators import common, reports
+    from deploy_app.operators.common import QueryResult, clear_library_images, library_image
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"case{i}.png")
+        Image.fromarray(np.full((600, 500, 3), 40 * (i + 1), np.uint8)).save(paths[-1])
+
+    def hits(cases: list[int]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(rank=r + 1, case_id=f"c{i}", metadata=SimpleNamespace(image_path=str(paths[i]), diagnosis="nevus")) for r, i in enumerate(cases)]
+
+    def write_pdf(result, pdf, encapsulated, score_range):
+        before = common._library_view.cache_info().misses
+        shown = [library_image(hit) for hit in result.hits]  # what the PDF draws (report_pdf's image_loader)
+        pdf.write_text(f"{common._library_view.cache_info().misses - before} {os.getpid()} {all(s is not None for s in shown)}")
+        encapsulated.write_text("")
+
+    monkeypatch.setattr(reports, "write_report", write_pdf)
+    monkeypatch.setattr(reports, "write_similar_cases_sr", lambda result, path, score_range: path.write_text("") or path)
+    monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"reports"})  # every study to the workers
+    clear_library_images()
+    results = [QueryResult(query_id=f"q{i}", query=None, hits=hits([i % 3, (i + 1) % 3])) for i in range(6)]
+    reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / "out", name="reports").run(results)
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("needs two CPUs (forked workers); CI has two")
+    assert all(r.ok for r in results), [r.error for r in results]
+    for result in results:
+        misses, pid, drawn = Path(result.outputs["pdf"]).read_text().split()
+        assert int(pid) != os.getpid() and drawn == "True"
+        assert int(misses) == 0, f"{result.query_id}: a worker decoded {misses} shown case(s) itself"
+    assert common._library_view.cache_info().currsize == 3, "decoded here, once per case"
+    clear_library_images()
+
+
 def test_each_notice_is_given_once_in_the_order_it_arose(tmp_path):
     """Notices are added in one place (QueryResult.add_notices): a notice said twice (the reader's and the retrieval's)
     is listed once, None and blank ones are skipped, and results.json lists them as added."""
