@@ -25,6 +25,7 @@ import json
 import logging
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "answer",
     "ranked_answer",
     "evidence_disagreement_notice",
+    "image_alone",
     "text_use",
     "dicom_library",
     "dicomweb_library",
@@ -182,14 +184,18 @@ def encode_query(net: Any, image: ImageLike, text: str = "", device: str | torch
 
 
 @torch.inference_mode()
-def _encode_query_and_terms(net: Any, image: ImageLike, text: str, device: str | torch.device | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(Q (1, D), terms (C + 1,) or None)``: the query and, with a diagnosis prior, its ranking terms."""
+def _encode_query_and_terms(
+    net: Any, image: ImageLike, text: str, device: str | torch.device | None, with_image_query: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(Q (1, D), terms (C + 1,) or None, Q_image (1, D) or None)``: the query, with a diagnosis prior its ranking
+    terms, and with ``with_image_query`` the same image's image-only query (from the same image forward)."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a string ('' for an image-only query), got {type(text).__name__}")
     net = _prepare(net, device)
     tensor = to_image_tensor(image, net.image_size).unsqueeze(0)
-    query, terms = net.encode_query_and_terms(tensor, [text])
-    return query.float().cpu().numpy(), (terms[0].double().cpu().numpy() if terms is not None else None)
+    encoded = net.encode_query_parts(tensor, [text], with_image_query=with_image_query)
+    image_query = encoded.image_query.float().cpu().numpy() if encoded.image_query is not None else None
+    return encoded.query.float().cpu().numpy(), (encoded.terms[0].double().cpu().numpy() if encoded.terms is not None else None), image_query
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[list[torch.Tensor], tuple[int, ...], str, Any]] = weakref.WeakKeyDictionary()
@@ -341,13 +347,18 @@ class Answer:
     the slot stayed shut (or the checkpoint records none), else
     :func:`monai_cir.differential.shown_with_differential`'s record, its ``"notice"`` the sentence to show;
     ``ranking``: how the hits are ordered, :data:`~monai_cir.prior_ranking.PRIOR_RANKING` when the diagnosis prior
-    ordered them, else :data:`~monai_cir.prior_ranking.SIMILARITY_RANKING`."""
+    ordered them, else :data:`~monai_cir.prior_ranking.SIMILARITY_RANKING`; ``image_alone`` /
+    ``image_alone_notice``: what the same image finds without the text, when the text counted (:func:`image_alone`;
+    None otherwise, and from :func:`ranked_answer`, which has no image-only query)."""
 
     hits: list[SearchHit]
     pool: list[SearchHit]
     differential: dict[str, Any] | None = None
     # keyword-only: the fourth positional field was the notice's text until 9a5899b; passing it now fails loudly
     ranking: str = dataclasses.field(default=SIMILARITY_RANKING, kw_only=True)
+    # what the same image finds without its text, when the text counted (:func:`image_alone`), and its notice
+    image_alone: dict[str, Any] | None = dataclasses.field(default=None, kw_only=True)
+    image_alone_notice: str | None = dataclasses.field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.ranking not in RANKINGS:
@@ -386,6 +397,44 @@ def evidence_disagreement_notice(summary: Any, shown: Answer) -> str | None:
             f"point to): compare both")
 
 
+def image_alone(
+    index: CaseIndex, image_vector: np.ndarray, shown: Sequence[SearchHit], text: str, filters: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """What the same image finds without its text (its image-only query ``image_vector`` (D,), plain similarity, as
+    many cases as ``shown``): the text and the diagnosis prior decide much of what is shown, and a reader who wrote
+    the findings must not take their own impression, returned, for independent evidence. The deploy app and
+    :func:`answer` (``monai-cir search``) say the same.
+
+    Returns ``(record, notice)``: ``record`` ``{"k", "counts": {diagnosis: cases, most first}, "case_ids"}``;
+    ``notice`` the sentence to show when the image alone favours another diagnosis than the cases shown (a tie
+    favours none), else None."""
+    from .data.report import finding_names, read_findings
+
+    alone = index.search(np.asarray(image_vector, dtype=np.float32).reshape(1, -1), k=len(shown), filters=dict(filters) if filters else None)[0]
+    counts = _diagnosis_counts(alone)
+    record = {"k": len(alone), "counts": counts, "case_ids": [h.case_id for h in alone]}
+    favoured = _favoured(_diagnosis_counts(shown))
+    if not alone or _favoured(counts) == favoured:
+        return record, None
+    listed = ", ".join(f"{d} {n}" for d, n in counts.items())
+    # the findings as the model read them ("no streaks"), as the text-use notice states them
+    findings = finding_names(read_findings(text)) or "as written"
+    return record, (f"the image alone, without the text, finds {listed} among its {len(alone)} most similar cases: the text "
+                    f"({findings}) moved the answer towards {favoured or 'other cases'}; weigh the findings you wrote, "
+                    "not the cases that repeat them")
+
+
+def _diagnosis_counts(hits: Sequence[Any]) -> dict[str, int]:
+    """Cases per diagnosis among ``hits``, most first (ties in first-seen order)."""
+    return dict(Counter(hit.metadata.diagnosis for hit in hits).most_common())
+
+
+def _favoured(counts: dict[str, int]) -> str | None:
+    """The diagnosis with the most cases, None on a tie (``counts`` most first, as :func:`_diagnosis_counts` gives)."""
+    top = list(counts.items())[:2]
+    return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
+
+
 def answer(
     net: Any,
     index: CaseIndex,
@@ -396,20 +445,28 @@ def answer(
     device: str | torch.device | None = None,
     pool_size: int = 0,
     differential: bool = True,
+    with_image_alone: bool = True,
 ) -> Answer:
     """The ``k`` library cases a reader is shown for the composed query (image + clinical text), as the deploy
     app shows them: the similarity ranking (with a diagnosis prior in the network: ranked by similarity plus
     the query's diagnosis posterior, :class:`~monai_cir.prior_ranking.PriorRankedIndex`), with the closest case
     of the runner-up diagnosis at the slot's rank when the checkpoint records a differential slot and the query
     is uncertain (``differential=False``: no slot). ``pool_size``: rank at least that many cases into ``Answer.pool`` (the
-    evidence summary votes over more neighbours than are shown). ``filters``: as for :func:`search`.
+    evidence summary votes over more neighbours than are shown). ``filters``: as for :func:`search`. When the text
+    counted, ``Answer.image_alone`` says what the same image finds without it (:func:`image_alone`;
+    ``with_image_alone=False``: not looked up).
     Refuses an index built by another model (fingerprint check) before encoding anything."""
     from .differential import DifferentialSlot
 
     index.check_fingerprint(model_fingerprint(net))
-    query, terms = _encode_query_and_terms(net, image, text, device)
+    counted = with_image_alone and isinstance(text, str) and bool(text.strip()) and float(net.text_weights([text])[0]) > 0
+    query, terms, image_query = _encode_query_and_terms(net, image, text, device, with_image_query=counted)
     slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
-    return ranked_answer(index, query[0], k, pool_size, filters, terms=terms, prior=net.diagnosis_prior, slot=slot)
+    shown = ranked_answer(index, query[0], k, pool_size, filters, terms=terms, prior=net.diagnosis_prior, slot=slot)
+    if image_query is None or not shown.hits:
+        return shown
+    record, notice = image_alone(index, image_query[0], shown.hits, text, filters)
+    return dataclasses.replace(shown, image_alone=record, image_alone_notice=notice)
 
 
 def ranked_answer(
@@ -471,7 +528,7 @@ def search(
     ``filters``: metadata equality, e.g. ``{"site": "trunk"}``
     (:func:`monai_cir.sites_condition.resolve_site_condition` turns ``--site same|NAME|any`` into one).
     Refuses an index built by another model (fingerprint check) before encoding anything."""
-    return answer(net, index, image, text, k, filters, device, differential=False).hits
+    return answer(net, index, image, text, k, filters, device, differential=False, with_image_alone=False).hits
 
 
 def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any], list[CaseMetadata]]:

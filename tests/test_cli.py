@@ -127,3 +127,58 @@ def test_help_lists_every_optional_csv_column(command, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "optional: case_id, text, site, confirmation = histopathology, follow-up, expert consensus or unknown" in text, text
     assert "one Derm7pt fold" not in text
+
+
+def test_search_says_what_the_image_alone_finds_when_the_text_counted(library, capsys):
+    """As the deploy app: a text that counted gets what the same image finds without it (the image-only query's plain
+    similarity ranking, as many cases as shown) in the JSON and under the table; an image-only query gets none."""
+    import monai_cir.networks
+    from monai_cir.cli import main
+    from monai_cir.index import load_index
+    from monai_cir.retrieval import search
+
+    index, images = library
+    net = monai_cir.networks.load_model()
+    text = "atypical pigment network; irregular streaks; blue-whitish veil"
+    assert float(net.text_weights([text])[0]) > 0, "the text must count for the check to mean anything"
+    capsys.readouterr()
+    query = ["search", "--index", str(index), "--image", str(images / "case3.png"), "-k", "4"]
+    assert main([*query, "--text", text, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    expected = search(net, load_index(index), images / "case3.png", "", k=4)
+    counts: dict[str, int] = {}
+    for hit in expected:
+        counts[hit.metadata.diagnosis] = counts.get(hit.metadata.diagnosis, 0) + 1
+    assert answer["image_alone"]["case_ids"] == [h.case_id for h in expected] and answer["image_alone"]["k"] == 4
+    assert answer["image_alone"]["counts"] == dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    assert main([*query, "--text", text]) == 0
+    listed = ", ".join(f"{d} {n}" for d, n in answer["image_alone"]["counts"].items())
+    assert f"Without the text, the image alone finds {listed} among its 4 most similar cases." in capsys.readouterr().out
+    assert main([*query, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_alone"] is None
+
+
+def test_image_alone_notice_when_the_image_favours_another_diagnosis():
+    """The notice comes exactly when the image alone favours another diagnosis than the cases shown (a tie favours
+    none), and names the findings as the model read them."""
+    from monai_cir.index import CaseMetadata, SearchHit, create_index
+    from monai_cir.retrieval import image_alone
+
+    index = create_index(2, "fp")
+    angles = np.linspace(0.0, 1.0, 6)
+    index.add(np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32),
+              [CaseMetadata(f"c{i}", ("melanoma", "melanoma", "melanoma", "nevus", "nevus", "nevus")[i], "x") for i in range(6)])
+
+    def shown(*diagnoses: str) -> list:
+        return [SearchHit(rank=r + 1, case_id=f"s{r}", score=0.5, metadata=CaseMetadata(f"s{r}", d, "x")) for r, d in enumerate(diagnoses)]
+
+    near_melanoma = np.array([1.0, 0.0], dtype=np.float32)
+    record, notice = image_alone(index, near_melanoma, shown("nevus", "nevus", "melanoma"), "no streaks; BWV +")
+    assert record == {"k": 3, "counts": {"melanoma": 3}, "case_ids": ["c0", "c1", "c2"]}
+    assert notice is not None and notice.startswith("the image alone, without the text, finds melanoma 3 among its 3 most similar cases")
+    assert "(no streaks, blue-whitish veil present) moved the answer towards nevus" in notice, notice
+    assert image_alone(index, near_melanoma, shown("melanoma", "nevus", "melanoma"), "BWV +")[1] is None  # same favourite
+    between = np.array([np.cos(0.5), np.sin(0.5)], dtype=np.float32)  # its two closest cases: one of each diagnosis
+    assert image_alone(index, between, shown("nevus", "melanoma"), "BWV +")[1] is None  # both ties: neither favours one
+    moved = image_alone(index, between, shown("nevus", "nevus"), "BWV +")[1]
+    assert moved is not None and "melanoma 1" in moved and "nevus 1 among its 2" in moved.replace("nevus 1, melanoma 1", "melanoma 1, nevus 1") and "towards nevus" in moved, moved

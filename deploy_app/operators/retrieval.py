@@ -24,7 +24,6 @@ import collections
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,17 +215,6 @@ def _forward_images(net: Any, images: Any) -> Any:
     return images.to(net.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
-def _diagnosis_counts(hits: Sequence[Any]) -> dict[str, int]:
-    """Cases per diagnosis among ``hits``, most first (ties in first-seen order)."""
-    return dict(Counter(hit.metadata.diagnosis for hit in hits).most_common())
-
-
-def _favoured(counts: dict[str, int]) -> str | None:
-    """The diagnosis with the most cases, None on a tie (``counts`` most first, as :func:`_diagnosis_counts` gives)."""
-    top = list(counts.items())[:2]
-    return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
-
-
 def _own_case(result: QueryResult, hits: Sequence[Any]) -> Any:
     """The hit that is the query's own image (a library case sent as a query), else None."""
     uid = attr(result.query, "sop_instance_uid")
@@ -415,7 +403,7 @@ class ComposedRetrievalOperator(Operator):
             torch.cuda.synchronize()
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
         from monai_cir.evidence import summarize_evidence
-        from monai_cir.retrieval import evidence_disagreement_notice, ranked_answer
+        from monai_cir.retrieval import evidence_disagreement_notice, image_alone, ranked_answer
 
         for (result, tensor, text, filters), vector, image_vector, term in zip(batch, queries, image_queries, terms):
             t0 = time.perf_counter()
@@ -437,7 +425,9 @@ class ComposedRetrievalOperator(Operator):
                 result.evidence_disagreement = evidence_disagreement_notice(result.evidence, shown)
                 result.add_notices(result.evidence_disagreement)
             if result.text_use and result.text_use["weight"] > 0 and result.hits:
-                self._image_alone(result, image_vector, filters)
+                # what the same image finds without the text: the reader's findings, returned, are not evidence
+                result.image_alone, moved = image_alone(self.index, image_vector, result.hits, str(attr(result.query, "text", "") or ""), filters)
+                result.add_notices(moved)
             result.timing_ms["encode"] = encode_ms
             result.timing_ms["search"] = 1000 * (time.perf_counter() - t0)
             if not result.hits:
@@ -450,26 +440,6 @@ class ComposedRetrievalOperator(Operator):
             )
         if self.explain:
             self._explain(batch, self._query_maps(outputs, len(batch)), text_features)
-
-    def _image_alone(self, result: QueryResult, image_vector: Any, filters: dict | None) -> None:
-        """What the image alone finds (the same image, no text, plain similarity ranking, as many cases as shown):
-        the text and the diagnosis prior decide much of what is shown, and a reader who wrote the findings must
-        not take their own impression, returned, for independent evidence. ``result.image_alone`` holds the
-        counts per diagnosis; a notice says so when the image alone favours another diagnosis than the cases shown."""
-        alone = self.index.search(image_vector.reshape(1, -1), k=len(result.hits), filters=filters)[0]
-        counts = _diagnosis_counts(alone)
-        result.image_alone = {"k": len(alone), "counts": counts, "case_ids": [h.case_id for h in alone]}
-        shown = _diagnosis_counts(result.hits)
-        if alone and _favoured(counts) != _favoured(shown):
-            from monai_cir.data.report import finding_names, read_findings
-
-            listed = ", ".join(f"{d} {n}" for d, n in counts.items())
-            # the findings as the model read them ("no streaks"), as the text-use notice states them
-            findings = finding_names(read_findings(str(attr(result.query, "text", "") or ""))) or "as written"
-            result.add_notices(
-                f"the image alone, without the text, finds {listed} among its {len(alone)} most similar cases: the text "
-                f"({findings}) moved the answer towards {_favoured(shown) or 'other cases'}; weigh the findings you wrote, "
-                "not the cases that repeat them")
 
     def _query_maps(self, outputs: Sequence[Any], n: int) -> list[Any] | None:
         """The selected levels' maps of the batch's queries, as ``net.image_features`` returns them,

@@ -111,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
     if own is not None:  # as the deploy app says of a library case sent as a query (there: the same SOP Instance UID)
         own_notice = (f"the query image is library case {own.case_id} itself (the same image file): it is its own match at rank {own.rank}"
                       + (" and is counted in the evidence summary" if summary is not None else "") + "; compare the other cases")
-    # the notes in the app's order (results.json's notices): the text, the site, the order, the query's own case, the differential, the evidence
-    notes = [*text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None, disagreement]
+    # the notes in the app's order (results.json's notices): the text, the site, the order, the query's own case, the differential, the
+    # evidence, what the image alone finds
+    notes = [*text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None, disagreement,
+             shown.image_alone_notice]
     notes = [n for n in notes if n]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             "ranking": shown.ranking,  # how the hits are ordered: "similarity" or "similarity_and_diagnosis_prior" (the note says what that means)
             "evidence": summary.to_dict() if summary else None,
             "evidence_disagreement": disagreement,  # the evidence and the prior-ordered first case differ (why, in words)
+            "image_alone": shown.image_alone,  # what the image finds without the text, when the text counted (as the app's results.json)
             "explanations": [e.summary() for e in explanations],
         }
         print(json.dumps(payload, indent=1, default=str))
@@ -143,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'rank':>4}  {'case id':<{width}}  {'diagnosis':<{diag}}  {'confirmation':<{conf}}  {'score':>7}  site")
     for h in hits:
         print(f"{h.rank:>4}  {h.case_id:<{width}}  {h.metadata.diagnosis:<{diag}}  {h.metadata.confirmation:<{conf}}  {h.score:>7.4f}  {h.metadata.site}")
+    if shown.image_alone:  # as the app's PDF says it
+        alone = shown.image_alone
+        listed = ", ".join(f"{d} {n}" for d, n in alone["counts"].items())
+        print(f"Without the text, the image alone finds {listed} among its {alone['k']} most similar cases.")
     if summary:
         print(summary.text())
     if args.explain:
