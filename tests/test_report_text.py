@@ -253,7 +253,9 @@ def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_t
     # a negation in the clause of a present or graded phrasing is read neither way (before: "BWV absent" read as present)
     ("BWV absent", "BWV absent"),
     ("no irregular streaks; irregular streaks not seen", "no irregular streaks; irregular streaks not seen"),
-    ("no streaks or BWV", "Lesion. Dermoscopy: no streaks."),
+    # ... but a negated list of nouns reads each noun absent, an abbreviation as a full noun (before: "Lesion. Dermoscopy:
+    # no streaks.", the veil left out)
+    ("no streaks or BWV", "Lesion. Dermoscopy: no streaks; no blue-whitish veil."),
     # a sign ends its clause: "Streaks - irregular" is not "streaks -", "BWV +/-" and "BWV-positive" are no signs
     ("Streaks - irregular; BWV +/-; BWV-positive", "Streaks - irregular; BWV +/-; BWV-positive"),
     # "without" gathers the nouns that follow it, and only them
@@ -268,6 +270,96 @@ def test_what_the_model_reads_of_a_clinicians_text(text, model_reads):
     from monai_cir.data.report import query_text
 
     assert query_text(text) == model_reads
+
+
+_ABSENT = "absent"
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    # the reported texts: an abbreviation in a negated list, in any position (before: the veil or the network left out)
+    ("no streaks or BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no BWV or streaks", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("without PN, streaks or BWV", (("pigment_network", _ABSENT), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no regression or BWV", (("regression_structures", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # ... and their full nouns, which "no" lists did not read either
+    ("no streaks or blue-whitish veil", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("No blue-whitish veil or streaks.", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no regression structures or blue-whitish veil", (("regression_structures", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # "no X, Y or Z": the middle noun was left out, and the last read as PRESENT (its comma clause had no "no")
+    ("no PN, streaks or BWV", (("pigment_network", _ABSENT), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no pigment network, streaks, or blue-whitish veil", (("pigment_network", _ABSENT), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no PN, streaks, BWV or vessels", (("pigment_network", _ABSENT), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT),
+                                        ("vascular_structures", _ABSENT))),
+    ("no PN, streaks and BWV", (("pigment_network", _ABSENT), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # other separators and nouns: "nor", "and", "pigm." (its "." is no sentence end), "dots and globules" (one noun)
+    ("no streaks nor BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no streaks and BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no streaks or pigm.", (("streaks", _ABSENT), ("pigmentation", _ABSENT))),
+    ("no dots and globules or BWV", (("dots_and_globules", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no streaks or BWV seen", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # inside a text: the list ends its clause, the findings around it are read as before
+    ("7PCL: atyp. PN, no streaks or BWV, irreg. D/G",
+     (("pigment_network", "atypical"), ("streaks", _ABSENT), ("dots_and_globules", "irregular"), ("blue_whitish_veil", _ABSENT))),
+    ("Atypical pigment network. No streaks or BWV.", (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # a contradiction is still dropped
+    ("no streaks or BWV; BWV present", (("streaks", _ABSENT),)),
+    # a list item with its own value ends the list (before: "without" swallowed "BWV +" and "BWV present" as absent)
+    ("without streaks, BWV +", (("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+    ("without streaks, BWV present", (("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+    ("without BWV+", ()),
+    ("no streaks or BWV +", (("streaks", _ABSENT),)),  # "BWV +" in a negated clause: read neither way
+    ("no streaks or BWV +/-", (("streaks", _ABSENT),)),
+    # after "no", a comma without a conjunction ends the clause: a findings list goes on (as before)
+    ("no streaks, BWV, atyp. PN", (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+    # "without" negates a graded phrasing after it in its clause (before: "without irregular streaks" read irregular streaks)
+    ("without irregular streaks", ()),
+    ("without streaks or irregular D/G", (("streaks", _ABSENT),)),
+    ("Atypical PN without streaks", (("pigment_network", "atypical"), ("streaks", _ABSENT))),
+    # "neither ... nor" is a negation: read neither way, not as present (before: "neither streaks nor BWV" read BWV present)
+    ("neither streaks nor BWV", ()),
+    ("no streaks nor irregular D/G", (("streaks", _ABSENT),)),
+    # a list item named as not assessed is not a finding (before: "without streaks or BWV n/a" read both absent)
+    ("without streaks or BWV n/a", ()),
+    ("no streaks or BWV n/a", ()),
+    ("without streaks, BWV, pigm. n/a", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+])
+def test_a_negated_list_reads_each_of_its_nouns_absent(text, read):
+    """"no streaks or BWV" read "no streaks" and left the veil out: a list after "no" was read only through its first
+    noun's "no X" phrasing, so the last noun of "no PN, streaks or BWV" even read as present. A negated list ("no" or
+    "without", joined by commas, "or", "nor", "and") reads each of its nouns absent, abbreviation or full noun, up to an
+    item that states its own value."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
+def test_every_negated_list_of_training_nouns_reads_absent():
+    """Every pair and triple of criteria, in every noun the training texts write for them (full nouns and
+    abbreviations, derived from TRAINING_STYLES), in any order, after "no" or "without", with every separator."""
+    import itertools
+
+    from monai_cir.data.report import _training_vocabulary, read_findings
+
+    nouns = _training_vocabulary()
+    order = [key for key, _ in CRITERIA]
+    pairs = ("no {} or {}", "No {} or {}.", "without {} or {}", "no {} nor {}", "no {} and {}", "without {}, {}",
+             "no {}, or {}", "Atypical PN. No {} or {}.")
+    triples = ("no {}, {} or {}", "no {}, {}, or {}", "without {}, {} or {}", "no {}, {} nor {}", "no {} or {} or {}")
+    checked = 0
+    for size, forms in ((2, pairs), (3, triples)):
+        for keys in itertools.permutations(order, size):
+            expected = tuple((key, "absent") for key in order if key in keys)
+            for words in itertools.product(*(nouns[k] for k in keys)):
+                for form in forms:
+                    if form.startswith("Atypical PN"):  # after a sentence with a finding of its own
+                        if "pigment_network" not in keys:
+                            assert read_findings(form.format(*words)) == tuple(
+                                sorted((("pigment_network", "atypical"),) + expected, key=lambda f: order.index(f[0]))), form.format(*words)
+                            checked += 1
+                        continue
+                    assert read_findings(form.format(*words)) == expected, form.format(*words)
+                    checked += 1
+    assert checked > 5000
 
 
 @pytest.mark.parametrize(("text", "read"), [

@@ -568,41 +568,82 @@ _PHRASINGS = _phrasings()
 # one alternation, longest phrasing first, behind one word-start check (tried once per position, not per phrasing)
 _PHRASE_RE = re.compile(r"(?<![\w/-])(?=[\w/])(?:" + "|".join(f"({_phrase_pattern(p)})" for p in sorted(_PHRASINGS, key=len, reverse=True)) + ")")
 _PHRASE_OF_GROUP = sorted(_PHRASINGS, key=len, reverse=True)
-# prose gathers the absent findings in one clause: "without streaks, BWV or vessels"
+# A negated list: prose gathers the absent findings after "without" ("without streaks, BWV or vessels"), and a clinician
+# writes "no streaks or BWV", "no PN, streaks or BWV", "no streaks nor BWV". Its items are the training nouns (any of
+# them: "BWV" as "blue-whitish veil"), each bare: where a longer phrasing starts at an item ("BWV +", "BWV present",
+# "pigment network: atypical") or a sign follows it ("BWV +/-"), the item states its own value and the list ends before
+# it. "without" takes a list of nouns only, joined by commas or a conjunction; after "no" a comma ends the clause ("no
+# streaks, BWV +", "no streaks, BWV, atyp. PN") unless a conjunction ("or", "nor", "and") joins a later noun to the list.
 _NOUN_OF = {noun: key for key, nouns in _training_vocabulary().items() for noun in nouns}
-_NOUN_ALT = "|".join(re.escape(n) + ("" if n.endswith(".") else r"(?![\w/-])") for n in sorted(_NOUN_OF, key=len, reverse=True))
-# "without streaks, BWV or vessels": the list of nouns only (an item that is not a bare noun ends it)
-_WITHOUT_RE = re.compile(rf"(?<![\w-])without\s+((?:{_NOUN_ALT})(?:(?:\s*,\s*|\s+or\s+|\s+and\s+)(?:{_NOUN_ALT}))*)")
-_LIST_SPLIT_RE = re.compile(r"\s*,\s*|\s+or\s+|\s+and\s+(?!globules)")
-# a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen"
-# (read neither way: the absent phrasings are the ones training writes)
-_NEGATION_RE = re.compile(r"(?<![\w-])(?:no|not|none|nil|absent|negative|neg|lacking|free of)(?![\w-])")
+_NOUN_OF_GROUP = sorted(_NOUN_OF, key=len, reverse=True)
+_NOUN_RE = re.compile("|".join(f"({_phrase_pattern(n)})" for n in _NOUN_OF_GROUP))  # whole words, no sign after
+# per noun, the phrasings that start with it and say more ("BWV +", "BWV: present"): one that matches where the noun
+# does is what _PHRASE_RE (longest first) reads there, so the noun is not bare (a few patterns, not all 300 of _PHRASE_RE)
+_LONGER_PHRASING = {
+    noun: re.compile("|".join([_phrase_pattern(p) for p in _PHRASE_OF_GROUP if p != noun and p.startswith(noun)] or [r"(?!)"]))
+    for noun in _NOUN_OF
+}
+_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without)\s+")
+_LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+")
+# a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
+# "neither streaks nor BWV" (read neither way: the absent phrasings are the ones training writes)
+_NEGATION_RE = re.compile(r"(?<![\w-])(?:no|not|none|nil|absent|negative|neg|lacking|free of|nor|neither)(?![\w-])")
+# "without" negates what follows it in its clause ("without irregular streaks"), not what precedes it ("atypical PN
+# without streaks")
+_WITHOUT_RE = re.compile(r"(?<![\w-])without(?![\w-])")
+
+
+def _negated_lists(lowered: str) -> list[tuple[int, int, list[tuple[str, int, int]]]]:
+    """Each negated list of ``lowered``: ``(start, end, items)``, ``items`` its ``(key, start, end)`` nouns."""
+    lists = []
+    for head in _LIST_HEAD_RE.finditer(lowered):
+        items: list[tuple[str, int, int]] = []
+        joined: list[bool] = []  # per separator: does a conjunction join the next item?
+        pos = head.end()
+        while (noun := _NOUN_RE.match(lowered, pos)) is not None:
+            name = _NOUN_OF_GROUP[noun.lastindex - 1]
+            if _LONGER_PHRASING[name].match(lowered, pos):
+                break  # "BWV +", "BWV present": a phrasing with its own value
+            items.append((_NOUN_OF[name], noun.start(), noun.end()))
+            sep = _LIST_SEP_RE.match(lowered, noun.end())
+            if sep is None:
+                break
+            joined.append(bool(sep.group(1) or sep.group(2)))
+            pos = sep.end()
+        if head.group(1) == "no":  # up to the last noun a conjunction joins; none: "no X" alone, a phrasing
+            last = max((i + 1 for i in range(len(items) - 1) if joined[i]), default=0)
+            items = items[: last + 1] if last else []
+        if items:
+            lists.append((head.start(), items[-1][2], items))
+    return lists
 
 
 @functools.lru_cache(maxsize=4096)  # every query of an evaluation is read several times (weights, terms, notices)
 def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     """The 7-point findings ``text`` states in the words of the training texts, as ``(key, value)`` pairs in
     :data:`CRITERIA` order (``value`` one of :data:`CRITERION_VALUES`, ``absent`` included: "no streaks", "streaks -",
-    "Streaks: absent" and "without streaks" all read ``("streaks", "absent")``).
+    "Streaks: absent" and "without streaks" all read ``("streaks", "absent")``, and a negated list of nouns, "without
+    streaks or BWV", "no streaks or BWV", "no PN, streaks nor BWV", reads each of its nouns absent).
 
     What is not read: a criterion in words no training text writes (it stays out rather than be guessed), one
     named only as not assessed ("PN n/a", "streaks: unclear"), and one the text states twice with different
     values ("BWV present ... no BWV": a contradiction is not a finding)."""
     lowered = text.lower()
     found: dict[str, set[str]] = {}
-    gathered = []  # the spans of "without ..." clauses: their nouns are absent, not bare mentions of present findings
-    for match in _WITHOUT_RE.finditer(lowered):
-        gathered.append(match.span())
-        for item in _LIST_SPLIT_RE.split(match.group(1).strip()):
-            key = _NOUN_OF.get(item.strip())
-            if key is not None:
+    gathered = []  # the spans of negated lists: their nouns are absent, not bare mentions of present findings
+    for start, end, items in _negated_lists(lowered):
+        gathered.append((start, end))
+        for key, a, b in items:
+            if not _NOT_ASSESSED.search(_clause(lowered, a, b)):
                 found.setdefault(key, set()).add("absent")
     for match in _PHRASE_RE.finditer(lowered):
         if any(a <= match.start() < b for a, b in gathered):
             continue
         key, value = _PHRASINGS[_PHRASE_OF_GROUP[match.lastindex - 1]]
-        clause = _clause(lowered, match.start(), match.end())
-        if _NOT_ASSESSED.search(clause) or (value != "absent" and _NEGATION_RE.search(clause)):
+        start, end = _clause_bounds(lowered, match.start(), match.end())
+        clause = lowered[start:end]
+        if _NOT_ASSESSED.search(clause) or (value != "absent" and (
+                _NEGATION_RE.search(clause) or _WITHOUT_RE.search(lowered, start, match.start()))):
             continue
         found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
@@ -617,11 +658,17 @@ _NOT_ASSESSED = re.compile(
 _CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)\.(?:\s|$)")
 
 
-def _clause(lowered: str, start: int, end: int) -> str:
-    """The clause of the mention ``lowered[start:end]``: from the clause end before it to the one after it."""
+def _clause_bounds(lowered: str, start: int, end: int) -> tuple[int, int]:
+    """Where the clause of the mention ``lowered[start:end]`` starts and ends: the clause end before it, the one after it."""
     before = [m.end() for m in _CLAUSE_END.finditer(lowered, 0, start)]
     after = _CLAUSE_END.search(lowered, end)
-    return lowered[(before[-1] if before else 0) : (after.start() if after else len(lowered))]
+    return (before[-1] if before else 0), (after.start() if after else len(lowered))
+
+
+def _clause(lowered: str, start: int, end: int) -> str:
+    """The clause of the mention ``lowered[start:end]``: from the clause end before it to the one after it."""
+    a, b = _clause_bounds(lowered, start, end)
+    return lowered[a:b]
 
 
 def recognised_findings(text: str) -> tuple[str, ...]:
