@@ -124,9 +124,7 @@ def hospital(tmp_path_factory, shared_data):
 
 @pytest.mark.integration  # the real offline model and real ISIC images
 def test_storescu_into_orthanc_comes_back_with_similar_cases(hospital):
-    import json
     import time
-    import urllib.request
 
     from dicomweb_client.api import DICOMwebClient
 
@@ -180,10 +178,273 @@ def test_storescu_into_orthanc_comes_back_with_similar_cases(hospital):
     time.sleep(8)
     assert sorted(loop.answered) == sorted(study.values()), service.statuses()
 
-    with urllib.request.urlopen(f"{server.http_url}/jobs?expand", timeout=10) as response:
-        forwards = [job for job in json.load(response) if job.get("Type") == "DicomModalityStore"]
-    assert len(forwards) == 3, [job.get("Content") for job in forwards]  # the three query studies, once each (not the library)
+    # the three query studies, once each (not the library, not the answers): one job each, its instances the study's
+    forwards = {}
+    for job in _store_jobs(server).values():
+        studies = {_rest(server, f"/instances/{i}/study")["MainDicomTags"]["StudyInstanceUID"] for i in job["Content"]["ParentResources"]}
+        assert len(studies) == 1, job["Content"]
+        forwards.setdefault(studies.pop(), []).append(sorted(job["Content"]["ParentResources"]))
+    assert forwards == {study[name]: [sorted(_orthanc_id(server, _sop_uid(f)) for f in files)] for name, files in queries.items()}, forwards
     assert len(loop.answers(client, study["first"], sent)) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The routing script, per instance: an image added to an answered study is forwarded alone and
+# answered; the service's answers are never forwarded, whichever way they came back (C-STORE or
+# STOW-RS); a forward that failed goes again with the study's next one.
+# ---------------------------------------------------------------------------------------------
+def _rest(server, path: str, method: str = "GET", body=None):
+    import json
+    import urllib.request
+
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(server.http_url + path, data=data, method=method), timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text.strip() else None
+
+
+def _store_jobs(server) -> dict[str, dict]:
+    """Orthanc's store jobs to a modality (what the routing script submits), by job ID, oldest first."""
+    jobs = sorted((job for job in _rest(server, "/jobs?expand") if job.get("Type") == "DicomModalityStore"), key=lambda job: job["CreationTime"])
+    return {job["ID"]: job for job in jobs}
+
+
+def _orthanc_id(server, uid: str, level: str = "Instance") -> str:
+    return next(hit["ID"] for hit in _rest(server, "/tools/lookup", "POST", uid.encode()) if hit["Type"] == level)
+
+
+def _sop_uid(path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _settled(server, study_uid: str, timeout: float = 30.0) -> None:
+    """Wait until Orthanc calls the study stable, and for the script's forward (if any) to be submitted."""
+    import time
+
+    study_id = _orthanc_id(server, study_uid, "Study")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not _rest(server, f"/studies/{study_id}").get("IsStable"):
+        time.sleep(0.1)
+    time.sleep(1.5)
+
+
+def _wait(condition, timeout: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _answer_srs(client, study_uid: str, sent: set[str]) -> list:
+    """The similar-cases SRs in the study (retrieved), oldest first."""
+    found = [pydicom.Dataset.from_json(item) for item in client.search_for_instances(study_instance_uid=study_uid)]
+    srs = [_retrieve(client, ds) for ds in found if str(ds.SOPInstanceUID) not in sent and str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88.")]
+    return sorted(srs, key=lambda sr: (str(sr.get("ContentDate", "")), str(sr.get("ContentTime", ""))))
+
+
+def _evidence(sr) -> set[str]:
+    """The SOP Instance UIDs an SR lists as its evidence (the query's instances)."""
+    return {str(ref.ReferencedSOPInstanceUID) for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+            for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+
+
+def _query(root, record, name: str) -> list:
+    from monai_cir.dicom.dicomize import dicomize_record
+
+    try:
+        from tests.hospital import as_query_study
+    except ImportError:
+        from hospital import as_query_study  # type: ignore[no-redef]
+    return as_query_study(dicomize_record(record, root / "made" / name, include_diagnosis=False), root / "queries" / name)
+
+
+def _image_into(root, record, study, name: str):
+    """A dermoscopy image of ``record`` taken later in the same patient's ``study`` (a new series)."""
+    from monai_cir.dicom.dicomize import dicomize_record
+
+    ds = pydicom.dcmread(dicomize_record(record, root / "made" / name, include_diagnosis=False).image_file)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
+                    "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription"):
+        if keyword in study:
+            setattr(ds, keyword, study[keyword].value)
+    ds.InstanceNumber = 2
+    out = root / "queries" / name / "image.dcm"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_the_routing_script_knows_the_services_answers_and_classes(shared_data, tmp_path):
+    """The script's constants are what the service writes and takes: its similar-cases SR has the
+    Manufacturer, Model Name and title the script looks for, a query's case SR has not; its SOP classes
+    are the service's. ``orthanc_lua`` fills in the modality, AE title and mark."""
+    import re
+
+    from monai_cir.data.collections import load_collection
+    from monai_cir.dicom.dicomize import dicomize_records
+    from monai_cir.dicom.reader import read_dicom_folder
+    from monai_cir.dicom.sr import similar_cases_sr
+    from monai_cir.service import ORTHANC_LUA, SUPPORTED_SOP_CLASSES, orthanc_lua
+
+    text = ORTHANC_LUA.read_text()
+    constant = {name: value for name, value in re.findall(r"^local (\w+) = '([^']*)'", text, re.M)}
+    classes = set(re.findall(r"\['([0-9.]+)'\] = true", text))
+    assert classes == set(SUPPORTED_SOP_CLASSES)
+
+    done, _ = dicomize_records(load_collection("isic-uda1", root=shared_data)[:2], tmp_path, progress=False)
+    scan = read_dicom_folder(tmp_path)
+    query, case = scan.queries[0], scan.queries[1]
+    hit = NS(rank=1, case_id=case.case_id, score=0.9, metadata=NS(diagnosis=case.diagnosis, study_uid=case.study_uid, series_uid=case.series_uid,
+             sop_instance_uid=case.sop_instance_uid, sop_class_uid=case.sop_class_uid, collection=case.collection, site=case.site))
+
+    def is_answer(ds) -> bool:  # IsAnswerSR
+        return (str(ds.get("Manufacturer", "")), str(ds.get("ManufacturerModelName", "")), str(ds.ConceptNameCodeSequence[0].CodeValue)) == \
+            (constant["MANUFACTURER"], constant["MODEL_NAME"], constant["ANSWER_TITLE"])
+
+    answer = similar_cases_sr(query, [hit])
+    assert str(answer.SOPClassUID) in classes and is_answer(answer)
+    assert not any(is_answer(pydicom.dcmread(c.sr_file)) for c in done)  # a query's text: forwarded
+
+    filled = orthanc_lua("pacs-x", "SVCAE", mark=5000)
+    assert "local TARGET = 'pacs-x'" in filled and "local SERVICE_AET = 'SVCAE'" in filled and "local MARK = '5000'" in filled
+    assert orthanc_lua() == text
+    for bad in ({"target": "x'y"}, {"service_aet": ""}, {"mark": 1023}):
+        with pytest.raises(ValueError):
+            orthanc_lua(**bad)
+
+
+@pytest.mark.integration  # the real offline model and real ISIC images
+def test_an_image_added_to_an_answered_study_is_forwarded_alone_and_answered(hospital, shared_data):
+    from dicomweb_client.api import DICOMwebClient
+
+    from monai_cir.data.collections import load_collection
+
+    loop, _ = hospital
+    server, service = loop.server, loop.service
+    client = DICOMwebClient(server.dicomweb_url)
+    records = load_collection("isic-uda1", root=shared_data)
+    files = _query(loop.root, records[11], "answered-then-added")
+    study = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study_uid, first_image = str(study.StudyInstanceUID), str(study.SOPInstanceUID)
+    added = _image_into(loop.root, records[12], study, "added-later")
+    sent = {_sop_uid(f) for f in files}
+    before = set(_store_jobs(server))
+
+    server.storescu(files)
+    _wait(lambda: len(_answer_srs(client, study_uid, sent)) == 1, 120, f"the first answer; statuses: {service.status(study_uid)}")
+    _settled(server, study_uid)  # the answer made the study stable again: nothing to send
+    jobs = [job for job_id, job in _store_jobs(server).items() if job_id not in before]
+    assert [sorted(job["Content"]["ParentResources"]) for job in jobs] == [sorted(_orthanc_id(server, uid) for uid in sent)], jobs
+    answered_rounds = len(service.status(study_uid)["rounds"])
+
+    # a second image of the same study, a few minutes later
+    server.storescu([added])
+    sent.add(_sop_uid(added))
+    _wait(lambda: len((service.status(study_uid) or {}).get("rounds", [])) > answered_rounds
+          and service.status(study_uid)["state"] == "returned", 120, "the added image's round")
+    _settled(server, study_uid)
+    jobs = [job for job_id, job in _store_jobs(server).items() if job_id not in before]
+    assert len(jobs) == 2, [job["Content"] for job in jobs]
+    assert sorted(jobs[-1]["Content"]["ParentResources"]) == [_orthanc_id(server, _sop_uid(added))]  # it alone
+    status = service.status(study_uid)
+    assert status["instances"] == 3, status  # the first image and its SR were not sent again
+    assert [(r["state"], r["new_instances"]) for r in status["rounds"][answered_rounds:]] == [("returned", 1)], status["rounds"]
+    srs = _answer_srs(client, study_uid, sent)
+    assert [sr for sr in srs if _evidence(sr) == {_sop_uid(added)}], [_evidence(sr) for sr in srs]  # the added image answered
+    assert _evidence(srs[0]) == {first_image}  # the first answer, still there
+    # (the service answers every image of the study in each round, so the first image has a second
+    # answer from the added image's round: that is the service's rule, not the routing's)
+
+
+@pytest.mark.integration  # the real offline model and real ISIC images
+def test_answers_returned_over_stow_rs_are_not_forwarded_again(hospital, shared_data, tmp_path):
+    """``--return-dicomweb``: the answer comes back with no RemoteAET; the script still knows it for the
+    service's (its DICOM attributes), so the answered study is not sent round again."""
+    import socket
+
+    from dicomweb_client.api import DICOMwebClient
+
+    from monai_cir.data.collections import load_collection
+    from monai_cir.service import DicomService
+
+    loop, _ = hospital
+    server = loop.server
+    client = DICOMwebClient(server.dicomweb_url)
+    files = _query(loop.root, load_collection("isic-uda1", root=shared_data)[13], "stow")
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    sent = {_sop_uid(f) for f in files}
+    answered = []
+
+    def answer(input_folder, output_folder):
+        answered.append(input_folder.name)
+        return loop.pipeline.answer(input_folder, output_folder)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    service = DicomService(answer, tmp_path / "spool", port=port, peers=[server.ae_title], return_dicomweb=server.dicomweb_url, quiet_s=1.5, retry_s=2)
+    original = _rest(server, "/modalities?expand")["monaicir"]
+    service.start()
+    try:  # the script's modality is this service for the test
+        _rest(server, "/modalities/monaicir", "PUT", {"AET": "MONAICIR", "Host": "127.0.0.1", "Port": port})
+        before = set(_store_jobs(server))
+        server.storescu(files)
+        found = _wait(lambda: (a := loop.answers(client, study_uid, sent)) and len(a) == 2 and a, 120,
+                      f"the answer over STOW-RS; status: {service.status(study_uid)}")
+        for ds in found.values():  # what the RemoteAET rule looks at is not there (Orthanc writes it empty)
+            assert not _rest(server, f"/instances/{_orthanc_id(server, str(ds.SOPInstanceUID))}/metadata?expand").get("RemoteAET")
+        _settled(server, study_uid)  # the answer made the study stable again
+        jobs = [job for job_id, job in _store_jobs(server).items() if job_id not in before]
+        assert [sorted(job["Content"]["ParentResources"]) for job in jobs] == [sorted(_orthanc_id(server, uid) for uid in sent)], \
+            f"{[job['Content'] for job in jobs]}\nOrthanc log:\n{server.log_tail()}"
+        assert answered == [study_uid] and len(service.status(study_uid)["rounds"]) == 1, service.status(study_uid)
+        assert len(loop.answers(client, study_uid, sent)) == 2
+    finally:
+        _rest(server, "/modalities/monaicir", "PUT", {k: original[k] for k in ("AET", "Host", "Port")})
+        service.stop()
+
+
+def test_a_forward_that_failed_goes_with_the_studys_next_one(shared_data, tmp_path):
+    """The service down: the store job fails, the script clears its marks, and the study's next forward
+    sends those instances again with the new one (no model: nothing listens at the service's port)."""
+    import socket
+
+    from monai_cir.data.collections import load_collection
+    from monai_cir.service import orthanc_lua
+
+    try:
+        from tests.orthanc import OrthancServer, orthanc_available
+    except ImportError:
+        from orthanc import OrthancServer, orthanc_available  # type: ignore[no-redef]
+
+    if not orthanc_available():
+        pytest.skip("Orthanc and orthanc-dicomweb are not installed (run scripts/install_system_tools.sh)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = sock.getsockname()[1]  # closed again: connections are refused
+    records = load_collection("isic-uda1", root=shared_data)
+    files = _query(tmp_path, records[14], "down")
+    study = pydicom.dcmread(files[0], stop_before_pixels=True)
+    added = _image_into(tmp_path, records[15], study, "down-added")
+    with OrthancServer(tmp_path / "orthanc", modalities={"monaicir": ["MONAICIR", "127.0.0.1", down]}, lua=orthanc_lua(), stable_age=1) as server:
+        def failed_jobs(count):
+            jobs = list(_store_jobs(server).values())
+            return len(jobs) == count and all(job["State"] == "Failure" for job in jobs) and jobs
+
+        server.storescu(files)
+        first = _wait(lambda: failed_jobs(1), 30, "the first forward to fail")
+        ids = sorted(_orthanc_id(server, _sop_uid(f)) for f in files)
+        assert sorted(first[0]["Content"]["ParentResources"]) == ids
+        _wait(lambda: all("4711" not in _rest(server, f"/instances/{i}/metadata?expand") for i in ids), 10, "the marks to be cleared")
+
+        server.storescu([added])
+        jobs = _wait(lambda: failed_jobs(2), 30, "the next forward")
+        assert sorted(jobs[-1]["Content"]["ParentResources"]) == sorted([*ids, _orthanc_id(server, _sop_uid(added))]), server.log_tail()
 
 
 def test_index_add_over_dicomweb_equals_a_fresh_build(orthanc_server, shared_data, tmp_path, capsys):

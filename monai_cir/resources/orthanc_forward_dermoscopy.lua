@@ -1,18 +1,48 @@
--- Orthanc: forward every stable dermoscopy study to the monai-cir DICOM node, once.
+-- Orthanc: forward each dermoscopy instance to the monai-cir DICOM node once, never its own answers.
 --
 -- Install: copy this file next to orthanc.json, list it in "LuaScripts", and declare the service
 -- in "DicomModalities" under the name TARGET, e.g. "monaicir": ["MONAICIR", "10.0.0.7", 11112].
 -- "StableAge" (seconds without a new instance) decides when a study is complete.
 --
--- A study is sent when one of its series has Modality DMS (dermoscopy) or XC (older archives'
--- VL photographs), unless it is a case of the similar-cases library (its Study Description starts
--- with LIBRARY_PREFIX, as `monai-cir dicomize` writes it), and not sent again once it holds an
--- instance the service stored (its answer): without that rule the answer would make the study
--- "stable" again and loop.
+-- When a study becomes stable and one of its series has Modality DMS (dermoscopy) or XC (older
+-- archives' VL photographs), and it is not a case of the similar-cases library (its Study
+-- Description starts with LIBRARY_PREFIX, as `monai-cir dicomize` writes it), the script sends the
+-- service, in one asynchronous store job, the study's instances that
+--   * are of a SOP class the service takes (the dermoscopy image classes and the SR classes),
+--   * are not an answer of the service: anything stored by the service's AE title (RemoteAET, set
+--     by C-STORE only), or an SR with the DICOM attributes the service writes into its similar-cases
+--     SR (IsAnswerSR), which hold whichever way the answer came back, C-STORE or STOW-RS (the
+--     answer's Encapsulated PDF is of a class the service does not take), and
+--   * were not sent to it before: each instance sent is marked with the Orthanc metadata MARK
+--     ('forwarded'; an answer is marked 'answer'). The service keeps a study's earlier instances, so
+--     an image added later to an answered study is answered with the study's earlier SR text.
+-- A store job to the service that fails (the service down) clears the marks of its instances
+-- (OnJobFailure), so they go with the study's next forward.
+--
+-- MARK is a user-defined metadata index (1024-65535): Orthanc accepts it with no configuration. If
+-- your orthanc.json declares "UserMetadata" with the same index for something else, pick another.
 
 local TARGET = 'monaicir'      -- the DicomModalities entry of the service
 local SERVICE_AET = 'MONAICIR' -- the AE title the service stores its answers with
 local LIBRARY_PREFIX = 'monai-cir case'
+local MARK = '4711'            -- the metadata that says an instance was sent to the service (or is its answer)
+
+-- what the service writes into its answers (monai_cir/dicom/codes.py, monai_cir/dicom/sr.py)
+local MANUFACTURER = 'monai-cir'
+local MODEL_NAME = 'monai-cir composed retrieval'
+local ANSWER_TITLE = '126000'  -- DCM "Imaging Measurement Report": the document title of its similar-cases SR
+
+-- the SOP classes the service takes (monai_cir.service.SUPPORTED_SOP_CLASSES)
+local IMAGE_CLASSES = {
+  ['1.2.840.10008.5.1.4.1.1.77.1.7'] = true, -- Dermoscopic Photography Image
+  ['1.2.840.10008.5.1.4.1.1.77.1.4'] = true, -- VL Photographic Image
+}
+local SR_CLASSES = {
+  ['1.2.840.10008.5.1.4.1.1.88.11'] = true,  -- Basic Text SR
+  ['1.2.840.10008.5.1.4.1.1.88.22'] = true,  -- Enhanced SR
+  ['1.2.840.10008.5.1.4.1.1.88.33'] = true,  -- Comprehensive SR
+  ['1.2.840.10008.5.1.4.1.1.88.34'] = true,  -- Comprehensive 3D SR
+}
 
 local function IsDermoscopy(studyId)
   local series = ParseJson(RestApiGet('/studies/' .. studyId .. '/series'))
@@ -25,15 +55,30 @@ local function IsDermoscopy(studyId)
   return false
 end
 
-local function AlreadyAnswered(studyId)
-  local instances = ParseJson(RestApiGet('/studies/' .. studyId .. '/instances'))
-  for _, instance in pairs(instances) do
-    local ok, aet = pcall(RestApiGet, '/instances/' .. instance['ID'] .. '/metadata/RemoteAET')
-    if ok and aet == SERVICE_AET then
-      return true
-    end
+-- An SR of the service: its Manufacturer, Model Name and document title (Concept Name Code Sequence).
+local function IsAnswerSR(instanceId)
+  local tags = ParseJson(RestApiGet('/instances/' .. instanceId .. '/simplified-tags'))
+  if tags['Manufacturer'] ~= MANUFACTURER or tags['ManufacturerModelName'] ~= MODEL_NAME then
+    return false
   end
-  return false
+  local title = tags['ConceptNameCodeSequence']
+  return type(title) == 'table' and type(title[1]) == 'table' and title[1]['CodeValue'] == ANSWER_TITLE
+end
+
+-- 'forward', 'answer' or nil (neither: a SOP class the service does not take, or already sent)
+local function Triage(instanceId)
+  local metadata = ParseJson(RestApiGet('/instances/' .. instanceId .. '/metadata?expand'))
+  if metadata[MARK] ~= nil then
+    return nil
+  end
+  local sopClass = metadata['SopClassUid'] or ''
+  if metadata['RemoteAET'] == SERVICE_AET or (SR_CLASSES[sopClass] and IsAnswerSR(instanceId)) then
+    return 'answer'
+  end
+  if IMAGE_CLASSES[sopClass] or SR_CLASSES[sopClass] then
+    return 'forward'
+  end
+  return nil
 end
 
 function OnStableStudy(studyId, tags, metadata)
@@ -44,9 +89,46 @@ function OnStableStudy(studyId, tags, metadata)
   if not IsDermoscopy(studyId) then
     return
   end
-  if AlreadyAnswered(studyId) then
+  local instances = ParseJson(RestApiGet('/studies/' .. studyId .. '/instances'))
+  local send = {}
+  for _, instance in pairs(instances) do
+    local id = instance['ID']
+    local what = Triage(id)
+    if what == 'answer' then
+      RestApiPut('/instances/' .. id .. '/metadata/' .. MARK, 'answer')
+    elseif what == 'forward' then
+      table.insert(send, id)
+    end
+  end
+  if #send == 0 then
     return
   end
-  print('monai-cir: forwarding study ' .. studyId .. ' to ' .. TARGET)
-  RestApiPost('/modalities/' .. TARGET .. '/store', DumpJson({ Resources = { studyId }, Asynchronous = true }, true))
+  for _, id in ipairs(send) do -- before the job starts: a forward that overlaps it does not send them twice
+    RestApiPut('/instances/' .. id .. '/metadata/' .. MARK, 'forwarded')
+  end
+  print('monai-cir: forwarding ' .. #send .. ' instance(s) of study ' .. studyId .. ' to ' .. TARGET)
+  RestApiPost('/modalities/' .. TARGET .. '/store', DumpJson({ Resources = send, Asynchronous = true }, true))
+end
+
+-- A store job to the service failed: its instances are sent again with the study's next forward.
+function OnJobFailure(jobId)
+  local ok, job = pcall(function() return ParseJson(RestApiGet('/jobs/' .. jobId)) end)
+  if not ok or job['Type'] ~= 'DicomModalityStore' or job['Content'] == nil or job['Content']['RemoteAet'] ~= SERVICE_AET then
+    return
+  end
+  local cleared, resources = 0, job['Content']['ParentResources'] or {}
+  for _, id in pairs(resources) do
+    local marked, value = pcall(RestApiGet, '/instances/' .. id .. '/metadata/' .. MARK)
+    if marked and value == 'forwarded' then
+      local called, deleted = pcall(RestApiDelete, '/instances/' .. id .. '/metadata/' .. MARK)
+      if called and deleted then
+        cleared = cleared + 1
+      end
+    end
+  end
+  local rest = ''
+  if cleared < #resources then -- e.g. "CheckRevisions": true, which refuses a DELETE without If-Match
+    rest = '; ' .. (#resources - cleared) .. ' could not be unmarked: resubmit the job (POST /jobs/' .. jobId .. '/resubmit)'
+  end
+  print('monai-cir: store job ' .. jobId .. ' to ' .. TARGET .. ' failed; ' .. cleared .. ' instance(s) will be sent again with their study\'s next forward' .. rest)
 end

@@ -44,12 +44,21 @@ __all__ = ["ORTHANC_LUA", "SUPPORTED_SOP_CLASSES", "DicomService", "Peer", "Serv
 ORTHANC_LUA = Path(__file__).resolve().parents[1] / "resources" / "orthanc_forward_dermoscopy.lua"
 
 
-def orthanc_lua(target: str = "monaicir", service_aet: str = "MONAICIR") -> str:
-    """The Orthanc Lua script that routes stable dermoscopy studies to the service (``LuaScripts``),
-    for the ``DicomModalities`` entry ``target`` and the service's AE title."""
+def orthanc_lua(target: str = "monaicir", service_aet: str = "MONAICIR", mark: int = 4711) -> str:
+    """The Orthanc Lua script that routes dermoscopy instances to the service (``LuaScripts``), for
+    the ``DicomModalities`` entry ``target``, the service's AE title, and ``mark``: the Orthanc user
+    metadata index (1024-65535) with which it marks the instances sent (change it only where the
+    PACS's ``UserMetadata`` already uses 4711)."""
+    if not 1024 <= int(mark) <= 65535:
+        raise ValueError(f"mark must be an Orthanc user metadata index, 1024-65535, got {mark}")
+    for name, value in (("target", target), ("service_aet", service_aet)):
+        if not value or "'" in value or "\\" in value or "\n" in value:
+            raise ValueError(f"{name} cannot go into the Lua script: {value!r}")
     text = ORTHANC_LUA.read_text()
     text = text.replace("local TARGET = 'monaicir'", f"local TARGET = '{target}'", 1)
+    text = text.replace("local MARK = '4711'", f"local MARK = '{int(mark)}'", 1)
     return text.replace("local SERVICE_AET = 'MONAICIR'", f"local SERVICE_AET = '{service_aet}'", 1)
+
 
 ENV = {
     "ae_title": "MONAI_CIR_SERVE_AE",
