@@ -1185,3 +1185,24 @@ def test_a_dicom_library_from_a_relative_folder_stores_absolute_paths(tmp_path, 
     assert len(metadata) == 1 and Path(metadata[0].image_path).is_absolute()
     monkeypatch.chdir("/")
     assert Path(metadata[0].image_path).is_file()
+
+
+def test_a_report_sent_twice_is_read_once_and_two_reports_are_joined(tmp_path):
+    """Two SRs referencing one image with the same text (a report sent again as a new instance) give that text once;
+    two with different texts are joined; the notice says which."""
+    folder = make_case(tmp_path, "twice", text="irregular streaks; blue-whitish veil")
+    sr = pydicom.dcmread(folder / "sr.dcm")
+    sr.SOPInstanceUID = generate_uid()
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    sr.save_as(folder / "sr-again.dcm", enforce_file_format=True)
+    query = read_dicom_folder(folder).queries[0]
+    assert query.text == "irregular streaks; blue-whitish veil", query.text
+    assert "2 SRs reference this image, with the same text: it is used once" in query.notices
+    other = make_case(tmp_path / "other", "twice", text="raised, on the back").parent / "twice" / "sr.dcm"
+    amended = pydicom.dcmread(other)
+    amended.SOPInstanceUID = generate_uid()
+    amended.file_meta.MediaStorageSOPInstanceUID = amended.SOPInstanceUID
+    amended.save_as(folder / "sr-again.dcm", enforce_file_format=True)
+    query = read_dicom_folder(folder).queries[0]
+    assert query.text.split("\n") == sorted(["irregular streaks; blue-whitish veil", "raised, on the back"], key=query.text.index)
+    assert "2 SRs reference this image: their texts are joined" in query.notices

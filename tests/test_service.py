@@ -4,6 +4,7 @@ bad input, a return node that is down, restarts. (The real pipeline and a real P
 
 from __future__ import annotations
 
+import copy
 import io
 import socket
 import time
@@ -57,7 +58,7 @@ class StandInPipeline:
         if any(q.study_uid in self.fail for q in scan.queries):
             raise RuntimeError("stand-in pipeline failure")
         output_folder.mkdir(parents=True, exist_ok=True)
-        outputs = []
+        outputs, queries = [], []
         for q in scan.queries:
             ds = Dataset()
             ds.file_meta = FileMetaDataset()
@@ -69,7 +70,10 @@ class StandInPipeline:
             path = output_folder / f"{q.sop_instance_uid}.dcm"
             ds.save_as(path, enforce_file_format=True)
             outputs.append(path)
-        return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=[{"stage": "input", "message": p.message} for p in scan.problems])
+            # what the app's results.json says of each query (WarmPipeline's summary): the service reads it
+            queries.append({"sop_instance_uid": q.sop_instance_uid, "text": q.text, "outputs": {"encapsulated_pdf": path.name}})
+        return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=[{"stage": "input", "message": p.message} for p in scan.problems],
+                               summary={"queries": queries})
 
 
 class ReturnNode:
@@ -507,3 +511,38 @@ def test_a_round_with_nothing_new_leaves_the_studys_state_as_its_last_round_left
         service._pending[study_uid] = _Pending(time.monotonic() - 10)
     wait_for(lambda: service.status(study_uid)["state"] == "returned", 10.0, "the state the last round left")
     assert len(service.status(study_uid)["rounds"]) == 1
+
+
+def test_an_image_added_to_an_answered_study_is_answered_and_the_earlier_answer_stands(node):
+    """A study that gains an image after its answer was returned: the round answers the study again, and returns the
+    added image's answer only (the earlier image, same text, keeps its answer: the PACS does not get a second copy);
+    an SR that changes the text returns both again; a new SR with the same text changes no answer and returns nothing."""
+    service = node.make(StandInPipeline())
+    first = make_study("grows")
+    study_uid = first[0].StudyInstanceUID
+    assert all(r.ok for r in c_store(first[:1], address(service), calling_ae=PEER))
+    rounds_of(service, study_uid, 1, "returned")
+    added = copy.deepcopy(first[0])
+    added.SOPInstanceUID = generate_uid()
+    added.file_meta.MediaStorageSOPInstanceUID = added.SOPInstanceUID
+    assert all(r.ok for r in c_store([added], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 2, "returned")
+    assert status["rounds"][1]["unchanged"] == [str(first[0].SOPInstanceUID)]
+    returned = [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid)
+    assert returned == 2, f"{returned} answers returned: the first image's again?"
+    assert sorted(status["returned_answers"]) == sorted([str(first[0].SOPInstanceUID), str(added.SOPInstanceUID)])
+    # the report SR comes, referencing the first image: its text changes, its answer is returned again; the added
+    # image's (the SR's text is not its own) stands
+    assert all(r.ok for r in c_store(first[1:], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 3, "returned")
+    assert status["rounds"][2]["unchanged"] == [str(added.SOPInstanceUID)]
+    assert [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 3
+    # another SR with the same text: no answer changes, nothing is returned, the study stays returned
+    again = copy.deepcopy(first[1])
+    again.SOPInstanceUID = generate_uid()
+    again.file_meta.MediaStorageSOPInstanceUID = again.SOPInstanceUID
+    assert all(r.ok for r in c_store([again], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 4, "unchanged", "returned", "failed")
+    assert status["rounds"][3]["state"] == "unchanged" and status["state"] == "returned", status
+    assert "answered and returned before with the same text" in status["rounds"][3]["note"]
+    assert [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 3

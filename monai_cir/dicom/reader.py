@@ -868,7 +868,9 @@ def _image_queries(
     if referencing:
         chosen, text_source = referencing, "sr"
         if len(referencing) > 1:
-            notices.append(f"{len(referencing)} SRs reference this image: their texts are joined")
+            distinct = len({sr.text for sr in referencing if sr.text})
+            notices.append(f"{len(referencing)} SRs reference this image: their texts are joined" if distinct > 1 else
+                           f"{len(referencing)} SRs reference this image, with the same text: it is used once")
     elif len(unreferencing) == 1:
         chosen, text_source = unreferencing, "study-sr"
         notices.append("the study's only SR does not reference this image (it references no image): its text is used")
@@ -886,7 +888,7 @@ def _image_queries(
     if not patient and any(sr.patient_id for sr in chosen):
         ids = ", ".join(sorted({sr.patient_id for sr in chosen if sr.patient_id}))
         notices.append(f"this image has no Patient ID, the report used is of Patient ID {ids}: check that it is this patient's")
-    text = "\n".join(sr.text for sr in chosen if sr.text)
+    text = "\n".join(dict.fromkeys(sr.text for sr in chosen if sr.text))  # a report sent twice is one report
     if chosen and not text.strip():
         notices.append("the report (SR) sent with the image holds no text: the search used the image only")
 

@@ -13,8 +13,11 @@ Life of a study (every step on disk under ``workdir``, so a restart loses nothin
 A study may arrive in several rounds (its SR first, its image after the quiet time; or an image
 added later): each round is answered over all the study's instances received so far, so a late
 image is answered with the earlier SR's text and a late SR answers the image again with its text.
-Each round's results stay in their own folder. A round whose instances (SOP Instance UIDs) were all
-part of an answer already returned (a study sent twice) is not answered again (status and log say so).
+What goes back is what changed: an image whose answer was returned before with the same text
+(an earlier image of a study that gained another) keeps that answer, and only the others' answers
+are returned (the round's ``unchanged`` lists it). Each round's results stay in their own folder. A
+round whose instances (SOP Instance UIDs) were all part of an answer already returned (a study sent
+twice) is not answered again (status and log say so).
 
 A round that fails (unreadable, no dermoscopy image, a pipeline error, a spool that cannot be
 written) is recorded as ``failed`` in ``status/<study>.json`` with a one-line reason (and logged, by
@@ -132,7 +135,10 @@ class StudyStatus:
 
     The top-level fields describe the study's latest round; ``rounds`` keeps every round (its state,
     instances, answer, results folder, error); ``returned_instances`` the SOP Instance UIDs that were
-    part of an answer already returned (a round of only those is not answered again)."""
+    part of an answer already returned (a round of only those is not answered again);
+    ``returned_answers`` the images whose answer was returned: SOP Instance UID -> a digest of the
+    text it was answered with (a later round returns an image's answer again only when its text
+    changed)."""
 
     study_uid: str
     state: str = "receiving"  # receiving | processing | answered | returned | return-pending | failed
@@ -150,6 +156,7 @@ class StudyStatus:
     returned: float | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
     returned_instances: list[str] = field(default_factory=list)
+    returned_answers: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -164,7 +171,9 @@ class _Pending:
 class DicomService:
     """The DICOM node. ``pipeline(input_folder, output_folder)`` answers one study and returns an
     object with ``answered`` (int), ``dicom_outputs`` (files to return) and ``problems`` (list of
-    dicts), e.g. :meth:`deploy_app.pipeline.WarmPipeline.answer`.
+    dicts), e.g. :meth:`deploy_app.pipeline.WarmPipeline.answer`; with a ``summary`` (the app's
+    results.json: per query its ``sop_instance_uid``, ``text`` and ``outputs``), an image answered and
+    returned before with the same text keeps its earlier answer (its outputs are not returned again).
 
     Args:
         pipeline: the work per complete study.
@@ -554,6 +563,25 @@ class DicomService:
             outputs = [Path(p) for p in result.dicom_outputs]
             if not answered or not outputs:
                 raise ValueError("no dermoscopy image of the study could be answered" + (f" ({problems[0].get('message')})" if problems else ""))
+            keys, unchanged = _answer_keys(result, out, outputs, status.returned_answers)
+            if unchanged:  # answered and returned before with the same text: that answer stands
+                dropped = {path for paths in unchanged.values() for path in paths}
+                outputs = [p for p in outputs if p not in dropped]
+                with self._lock:
+                    rnd["unchanged"] = sorted(unchanged)
+            if not outputs:
+                with self._lock:
+                    before = next((r["state"] for r in reversed(status.rounds[:-1]) if r.get("state") in ("returned", "return-pending")), "returned")
+                    status.finished = time.time()
+                    rnd.update(state="unchanged", answered=answered, finished=status.finished, input_sops=sops,
+                               note=f"every image was answered and returned before with the same text ({len(unchanged)}): those answers stand")
+                    status.state = self._settled(study_uid, before)
+                    self._save_status(status)
+                logger.info("study %s: round %d changed no answer (%d image(s) answered before with the same text): nothing returned",
+                            study_uid, rnd["round"], len(unchanged))
+                self._absorb(work, inputs)
+                self._release(study_uid)
+                return
             outbox = _uid_path(self.dirs["outbox"], study_uid)
             with self._lock:
                 superseded = outbox.exists()  # an earlier round's answer not yet delivered: this one replaces it
@@ -568,7 +596,7 @@ class DicomService:
                 status.answered, status.problems = answered, problems
                 status.outputs = [p.name for p in sorted(outbox.iterdir())]
                 status.finished = time.time()
-                rnd.update(state="answered", answered=answered, outputs=status.outputs, finished=status.finished, input_sops=sops)
+                rnd.update(state="answered", answered=answered, outputs=status.outputs, finished=status.finished, input_sops=sops, answer_keys=keys)
                 status.state = self._settled(study_uid, "answered")
                 self._save_status(status)  # answered and on disk: from here on the outputs survive a restart
         except Exception as err:  # noqa: BLE001 (one failing round must not stop the service)
@@ -655,6 +683,7 @@ class DicomService:
             if rnd is not None:
                 rnd.update(state="returned", error=None, returned=status.returned)
                 status.returned_instances = sorted({*status.returned_instances, *rnd.get("input_sops", [])})
+                status.returned_answers.update(rnd.get("answer_keys", {}))
             self._save_status(status)
         logger.info("study %s: %d object(s) returned to %s", study_uid, len(files), self.return_node or self.return_dicomweb)
         self._release(study_uid)
@@ -668,6 +697,30 @@ class DicomService:
                 except Exception as err:  # noqa: BLE001 (e.g. the status record cannot be written: try again later)
                     self._next_retry[study_uid] = time.monotonic() + self.retry_s
                     logger.error("study %s: returning the results failed: %s; retrying in %.0f s", study_uid, _one_line(err), self.retry_s)
+
+
+def _answer_keys(result: Any, out: Path, outputs: list[Path], returned: dict[str, str]) -> tuple[dict[str, str], dict[str, list[Path]]]:
+    """``(keys, unchanged)`` of a round's answers, from the pipeline's ``summary`` (none: ``({}, {})``, every
+    output returned): ``keys`` SOP Instance UID -> text digest of each image answered with outputs to return,
+    ``unchanged`` SOP Instance UID -> its outputs, for the images ``returned`` holds with the same digest."""
+    import hashlib
+
+    summary = getattr(result, "summary", None)
+    keys: dict[str, str] = {}
+    unchanged: dict[str, list[Path]] = {}
+    if not isinstance(summary, dict):
+        return keys, unchanged
+    for query in summary.get("queries", []):
+        sop = query.get("sop_instance_uid")
+        paths = [p for p in (out / str(rel) for rel in (query.get("outputs") or {}).values()) if p in outputs]
+        if not sop or not paths:
+            continue
+        digest = hashlib.sha256(str(query.get("text") or "").encode()).hexdigest()[:16]
+        if returned.get(sop) == digest:
+            unchanged[sop] = paths
+        else:
+            keys[sop] = digest
+    return keys, unchanged
 
 
 def _one_line(err: BaseException) -> str:
