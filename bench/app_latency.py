@@ -289,6 +289,52 @@ def paired_rounds(single: Path, several: Path, out: Path, models, settings, sett
     }
 
 
+def prepare(limit: int, studies: int, query_text: str = "findings") -> tuple[Path, Path, Path, Path, list, int]:
+    """The bench's case library and query studies, under the cache (``bench/app_latency``; the library built once):
+    ``(MODELS, the single study's folder, the work folder, the batch's folder, the batch's query records, the
+    library's cases)``.
+    ``bench/shared_cpu.py`` uses the same."""
+    from monai_cir.cli.demo import DEMO_QUERY_ID, _select_library, build_demo_library
+    from monai_cir.config import cache_dir, in_a_passing_thread
+    from monai_cir.data import load_isic_uda1
+    from monai_cir.data.report import recognised_findings
+    from monai_cir.dicom.dicomize import dicomize_record
+    from monai_cir.index.base import GRID_STORE_DIR
+
+    records = load_isic_uda1()
+    held_out, library_records = _select_library(records, DEMO_QUERY_ID, limit)
+    work = cache_dir("bench", "app_latency")
+    cached = work / "library-cache" / "models" / "index" / GRID_STORE_DIR
+    # in a thread that ends, as load_models loads: this process's main thread keeps no torch thread team
+    # (it would slow the app's forwards in the SDK's thread; monai_cir.config.in_a_passing_thread)
+    _, models = in_a_passing_thread(build_demo_library, library_records, work / "library-cache", rebuild=not cached.is_dir())
+
+    single, several = work / "single", work / "several"
+    for folder in (single, several):
+        if folder.exists():
+            shutil.rmtree(folder)
+    for diagnosis, report_text in QUERY_FINDINGS.items():
+        if len(recognised_findings(report_text)) < 5:
+            raise RuntimeError(f"the bench's {diagnosis} report names {len(recognised_findings(report_text))} findings the gate reads, not 5 or more")
+
+    def findings(record: object) -> str:  # "own": the texts exactly as before 0.8
+        if query_text != "findings":
+            return ""
+        if record.diagnosis not in QUERY_FINDINGS:
+            raise RuntimeError(f"the bench has no 7-point report for diagnosis {record.diagnosis!r}; add one to QUERY_FINDINGS")
+        return f" {QUERY_FINDINGS[record.diagnosis]}"
+
+    queries = [held_out, *library_records[: studies - 1]]
+    held_out = dataclasses.replace(held_out, text=f"{held_out.text}{findings(held_out)}")
+    dicomize_record(held_out, single, include_diagnosis=False)
+    dicomize_record(held_out, several, include_diagnosis=False)
+    for i, record in enumerate(queries[1:]):
+        # a new study of the same image: another collection name gives other UIDs and patient
+        extra = findings(record)
+        dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}" + (f".{extra}" if extra else "")), several, include_diagnosis=False)
+    return models, single, work, several, queries, len(library_records)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=16, help="studies in the batched run (default 16)")
@@ -306,25 +352,11 @@ def main() -> int:
 
     import torch
 
-    from monai_cir.cli.demo import DEMO_QUERY_ID, _select_library, build_demo_library
-    from monai_cir.config import cache_dir, in_a_passing_thread
-    from monai_cir.data import load_isic_uda1
-    from monai_cir.dicom.dicomize import dicomize_record
+    from monai_cir.networks import ENCODER_ARTIFACT_DIR
     from monai_cir.provenance import machine_info
 
-    records = load_isic_uda1()
-    held_out, library_records = _select_library(records, DEMO_QUERY_ID, args.limit)
-    work = cache_dir("bench", "app_latency")
-    from monai_cir.index.base import GRID_STORE_DIR
-
-    cached = work / "library-cache" / "models" / "index" / GRID_STORE_DIR
-    # in a thread that ends, as load_models loads: this process's main thread keeps no torch thread team
-    # (it would slow the app's forwards in the SDK's thread; monai_cir.config.in_a_passing_thread)
-    _, models = in_a_passing_thread(build_demo_library, library_records, work / "library-cache", rebuild=not cached.is_dir())
-
+    models, single, work, several, queries, library_cases = prepare(args.limit, args.studies, args.query_text)
     # the same MODELS without the encoder artifact: the app's fallback (the encoders built eagerly)
-    from monai_cir.networks import ENCODER_ARTIFACT_DIR
-
     if not (models / "index" / ENCODER_ARTIFACT_DIR / "manifest.json").is_file():
         raise RuntimeError(f"{models}/index has no encoder artifact: the index build should have written it (see the log)")
     eager_models = work / "models-eager-fallback"
@@ -332,36 +364,10 @@ def main() -> int:
         shutil.rmtree(eager_models)
     shutil.copytree(models, eager_models, ignore=shutil.ignore_patterns(ENCODER_ARTIFACT_DIR))
 
-    single, several = work / "single", work / "several"
-    for folder in (single, several):
-        if folder.exists():
-            shutil.rmtree(folder)
-    from monai_cir.data.report import recognised_findings
-
-    for diagnosis, report_text in QUERY_FINDINGS.items():
-        if len(recognised_findings(report_text)) < 5:
-            raise RuntimeError(f"the bench's {diagnosis} report names {len(recognised_findings(report_text))} findings the gate reads, not 5 or more")
-
-    def findings(record: object) -> str:  # "own": the texts exactly as before 0.8
-        if args.query_text != "findings":
-            return ""
-        if record.diagnosis not in QUERY_FINDINGS:
-            raise RuntimeError(f"the bench has no 7-point report for diagnosis {record.diagnosis!r}; add one to QUERY_FINDINGS")
-        return f" {QUERY_FINDINGS[record.diagnosis]}"
-
-    queries = [held_out, *library_records[: args.studies - 1]]
-    held_out = dataclasses.replace(held_out, text=f"{held_out.text}{findings(held_out)}")
-    dicomize_record(held_out, single, include_diagnosis=False)
-    dicomize_record(held_out, several, include_diagnosis=False)
-    for i, record in enumerate(queries[1:]):
-        # a new study of the same image: another collection name gives other UIDs and patient
-        extra = findings(record)
-        dicomize_record(dataclasses.replace(record, collection="bench-query", text=f"{record.text}; lesion {i + 1}" + (f".{extra}" if extra else "")), several, include_diagnosis=False)
-
     report: dict = {
         **header,
         "machine_at_start": machine_info(),
-        "library_cases": len(library_records),
+        "library_cases": library_cases,
         "query_text": {"mode": args.query_text, "added_report_by_diagnosis": QUERY_FINDINGS if args.query_text == "findings" else None,
                        "query_studies_by_diagnosis": dict(sorted(Counter(r.diagnosis for r in queries).items()))},
         "what": {
