@@ -17,7 +17,9 @@ Python loop). Configurations:
 - ``one_thread``: ``OMP_NUM_THREADS=1`` (torch in one thread).
 
 Per configuration and condition: the median run's wall time and its stages (from results.json), and
-the runs' CPU time (the process's, all threads) per study. Run: ``.venv/bin/python bench/shared_cpu.py``.
+the runs' CPU time (the process's, all threads) per study. The configurations run in ``--rounds`` rounds
+(each round every configuration once, in turn: this VM drifts by a fifth from minute to minute), and
+the figures are the median over the rounds (each round's listed). Run: ``.venv/bin/python bench/shared_cpu.py``.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=9, help="runs per condition (median reported; default 9)")
     parser.add_argument("--warm", type=int, default=3, help="runs before measuring (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration in turn (median reported; default 3)")
     parser.add_argument("--busy", type=int, default=1, help="other processes keeping a core busy in the busy condition (default 1)")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
     args = parser.parse_args()
@@ -93,24 +96,33 @@ def main() -> int:
     from app_latency import prepare
 
     models, single, work, _, _, library_cases = prepare(limit=120, studies=1)
-    report = {**header, "library_cases": library_cases, "busy_processes": args.busy, "runs": args.runs,
+    report = {**header, "library_cases": library_cases, "busy_processes": args.busy, "runs": args.runs, "rounds": args.rounds,
               "configs": {name: env or "torch's defaults" for name, env in CONFIGS.items()}, "results": {}}
     base_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    for name, extra in CONFIGS.items():
-        env = {**base_env, **extra, "HF_HUB_OFFLINE": "1"}
-        command = [sys.executable, "-W", "ignore", "-c", CHILD, str(REPO), str(models), str(single), str(work / f"out-shared-{name}"),
-                   str(args.warm), str(args.runs), str(args.busy)]
-        proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        report["results"][name] = result
-        print(f"{name} (torch threads {result['torch_threads']}): quiet {result['quiet']['wall_ms_p50']:.0f} ms "
-              f"(CPU {result['quiet']['cpu_ms_p50']:.0f}), {args.busy} core(s) busy {result['busy']['wall_ms_p50']:.0f} ms; "
-              f"stages quiet {result['quiet']['stages_ms_of_the_median_run']}, busy {result['busy']['stages_ms_of_the_median_run']}", flush=True)
+    rounds: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    for r in range(args.rounds):
+        for name, extra in CONFIGS.items():
+            env = {**base_env, **extra, "HF_HUB_OFFLINE": "1"}
+            command = [sys.executable, "-W", "ignore", "-c", CHILD, str(REPO), str(models), str(single), str(work / f"out-shared-{name}"),
+                       str(args.warm), str(args.runs), str(args.busy)]
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            rounds[name].append(result)
+            print(f"round {r + 1}, {name} (torch threads {result['torch_threads']}): quiet {result['quiet']['wall_ms_p50']:.0f} ms "
+                  f"(CPU {result['quiet']['cpu_ms_p50']:.0f}), {args.busy} core(s) busy {result['busy']['wall_ms_p50']:.0f} ms; "
+                  f"stages quiet {result['quiet']['stages_ms_of_the_median_run']}, busy {result['busy']['stages_ms_of_the_median_run']}", flush=True)
+    for name, results in rounds.items():
+        # the round whose wall time is the median, per condition (its stages with it)
+        report["results"][name] = {"torch_threads": results[0]["torch_threads"], "each_round": results}
+        for condition in ("quiet", "busy"):
+            ordered = sorted(results, key=lambda r: r[condition]["wall_ms_p50"])
+            report["results"][name][condition] = ordered[len(ordered) // 2][condition]
     lines = ["# One study on a shared machine (`bench/shared_cpu.py`)", "",
              f"Commit {header['commit']['sha']} ({'dirty' if header['commit']['dirty'] else 'clean'}), {header['machine']['cpu']}, "
-             f"{header['machine']['cpu_count']} CPUs; the latency bench's single study, everything on; median of {args.runs} runs; "
+             f"{header['machine']['cpu_count']} CPUs; the latency bench's single study, everything on; median of {args.runs} runs, "
+             f"the median round of {args.rounds}; "
              f"busy: {args.busy} other process(es) each keeping a core busy.", "",
              "| configuration | torch threads | quiet (ms) | busy (ms) | encode quiet / busy | explain quiet / busy |", "|---|---|---|---|---|---|"]
     for name, r in report["results"].items():
