@@ -318,9 +318,18 @@ _ABSENT = "absent"
     # "neither ... nor" is a negation: read neither way, not as present (before: "neither streaks nor BWV" read BWV present)
     ("neither streaks nor BWV", ()),
     ("no streaks nor irregular D/G", (("streaks", _ABSENT),)),
-    # a list item named as not assessed is not a finding (before: "without streaks or BWV n/a" read both absent)
-    ("without streaks or BWV n/a", ()),
-    ("no streaks or BWV n/a", ()),
+    # a list item named as not assessed is not a finding, the other items are (before: "without streaks or BWV n/a" read
+    # both absent)
+    ("without streaks or BWV n/a", (("streaks", _ABSENT),)),
+    ("no streaks or BWV n/a", (("streaks", _ABSENT),)),
+    ("without streaks or PN unclear", (("streaks", _ABSENT),)),
+    ("without streaks, BWV or PN unclear", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # "without" negates what its list's "or" / "nor" joins, not what follows the list ("but") or "and" (which may say
+    # what the lesion has): the findings after them are read
+    ("without streaks but with BWV", (("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+    ("without regression but atypical PN", (("pigment_network", "atypical"), ("regression_structures", _ABSENT))),
+    ("symmetric without streaks and typical PN", (("pigment_network", "typical"), ("streaks", _ABSENT))),
+    ("lesion without streaks but with irregular dots and globules", (("streaks", _ABSENT), ("dots_and_globules", "irregular"))),
     ("without streaks, BWV, pigm. n/a", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
 ])
 def test_a_negated_list_reads_each_of_its_nouns_absent(text, read):

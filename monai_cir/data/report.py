@@ -588,19 +588,26 @@ _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+")
 # a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
 # "neither streaks nor BWV" (read neither way: the absent phrasings are the ones training writes)
 _NEGATION_RE = re.compile(r"(?<![\w-])(?:no|not|none|nil|absent|negative|neg|lacking|free of|nor|neither)(?![\w-])")
-# "without" negates what follows it in its clause ("without irregular streaks"), not what precedes it ("atypical PN
-# without streaks")
-_WITHOUT_RE = re.compile(r"(?<![\w-])without(?![\w-])")
 
 
-def _negated_lists(lowered: str) -> list[tuple[int, int, list[tuple[str, int, int]]]]:
-    """Each negated list of ``lowered``: ``(start, end, items)``, ``items`` its ``(key, start, end)`` nouns."""
-    lists = []
+def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, int, int]]]], set[int]]:
+    """``(lists, governed)``: each negated list of ``lowered`` as ``(start, end, items)``, ``items`` its ``(key, start,
+    end)`` nouns; ``governed`` the positions where "without" (or its list's "or" / "nor") is followed by a phrasing
+    that is not a bare noun ("without irregular streaks", "without streaks or irregular D/G"): what starts there is
+    negated by it, so a present or graded phrasing there is read neither way. Not after a bare comma or "and"
+    ("without streaks, irregular D/G", "without streaks and typical PN" may say what the lesion has), nor past the
+    list ("without streaks but with BWV")."""
+    lists, governed = [], set()
     for head in _LIST_HEAD_RE.finditer(lowered):
         items: list[tuple[str, int, int]] = []
-        joined: list[bool] = []  # per separator: does a conjunction join the next item?
+        joined: list[str] = []  # per separator: the conjunction that joins the next item ("or", "nor", "and"), or ""
         pos = head.end()
-        while (noun := _NOUN_RE.match(lowered, pos)) is not None:
+        while True:
+            noun = _NOUN_RE.match(lowered, pos)
+            if noun is None:
+                if head.group(1) == "without" and (not joined or joined[-1] in ("or", "nor")):
+                    governed.add(pos)
+                break
             name = _NOUN_OF_GROUP[noun.lastindex - 1]
             if _LONGER_PHRASING[name].match(lowered, pos):
                 break  # "BWV +", "BWV present": a phrasing with its own value
@@ -608,14 +615,14 @@ def _negated_lists(lowered: str) -> list[tuple[int, int, list[tuple[str, int, in
             sep = _LIST_SEP_RE.match(lowered, noun.end())
             if sep is None:
                 break
-            joined.append(bool(sep.group(1) or sep.group(2)))
+            joined.append(sep.group(1) or sep.group(2) or "")
             pos = sep.end()
         if head.group(1) == "no":  # up to the last noun a conjunction joins; none: "no X" alone, a phrasing
             last = max((i + 1 for i in range(len(items) - 1) if joined[i]), default=0)
             items = items[: last + 1] if last else []
         if items:
             lists.append((head.start(), items[-1][2], items))
-    return lists
+    return lists, governed
 
 
 @functools.lru_cache(maxsize=4096)  # every query of an evaluation is read several times (weights, terms, notices)
@@ -631,10 +638,13 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     lowered = text.lower()
     found: dict[str, set[str]] = {}
     gathered = []  # the spans of negated lists: their nouns are absent, not bare mentions of present findings
-    for start, end, items in _negated_lists(lowered):
+    lists, governed = _negated_lists(lowered)
+    for start, end, items in lists:
         gathered.append((start, end))
-        for key, a, b in items:
-            if not _NOT_ASSESSED.search(_clause(lowered, a, b)):
+        for i, (key, a, b) in enumerate(items):
+            # the item up to the next one (the last: to its clause's end): "without streaks or PN unclear" drops PN only
+            upto = items[i + 1][1] if i + 1 < len(items) else _clause_bounds(lowered, a, b)[1]
+            if not _NOT_ASSESSED.search(lowered, a, upto):
                 found.setdefault(key, set()).add("absent")
     for match in _PHRASE_RE.finditer(lowered):
         if any(a <= match.start() < b for a, b in gathered):
@@ -642,8 +652,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         key, value = _PHRASINGS[_PHRASE_OF_GROUP[match.lastindex - 1]]
         start, end = _clause_bounds(lowered, match.start(), match.end())
         clause = lowered[start:end]
-        if _NOT_ASSESSED.search(clause) or (value != "absent" and (
-                _NEGATION_RE.search(clause) or _WITHOUT_RE.search(lowered, start, match.start()))):
+        if _NOT_ASSESSED.search(clause) or (value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed)):
             continue
         found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
@@ -663,12 +672,6 @@ def _clause_bounds(lowered: str, start: int, end: int) -> tuple[int, int]:
     before = [m.end() for m in _CLAUSE_END.finditer(lowered, 0, start)]
     after = _CLAUSE_END.search(lowered, end)
     return (before[-1] if before else 0), (after.start() if after else len(lowered))
-
-
-def _clause(lowered: str, start: int, end: int) -> str:
-    """The clause of the mention ``lowered[start:end]``: from the clause end before it to the one after it."""
-    a, b = _clause_bounds(lowered, start, end)
-    return lowered[a:b]
 
 
 def recognised_findings(text: str) -> tuple[str, ...]:
