@@ -124,6 +124,8 @@ class SimilarCasesApp(Application):
             )
             self.add_flow(last, publisher, {("results", "results")})
             last = publisher
+        from monai_cir.retrieval import model_fingerprint
+
         run_info = {
             "app": f"{APP_NAME} {__version__}",
             "device": str(models.device),
@@ -131,6 +133,7 @@ class SimilarCasesApp(Application):
             "models_reused": reused,
             "process_start_to_ready_s": round(seconds_since_process_start() or -1.0, 3),
             "index_cases": len(models.index),
+            "model": model_fingerprint(models.net),  # which network answered (a service's later rounds compare it)
             "settings": s.to_dict(),
         }
         results_writer = ResultsWriterOperator(self, output_folder=output_path, run_info=run_info, name="results_writer_op")

@@ -33,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "DECISION_SUPPORT_LABEL",
+    "image_alone_sentence",
     "DEFAULT_K",
     "EvidenceSummary",
     "EvidenceCalibration",
@@ -432,3 +433,15 @@ def plot_reliability(curves: dict[str, tuple[Sequence[float], Sequence[bool]]], 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def image_alone_sentence(counts: Mapping[str, int]) -> str:
+    """The line the PDF and ``monai-cir search`` show under the cases of a query whose text counted: what the same
+    image finds without the text (``counts``: diagnosis -> cases among its most similar, most first, as
+    :func:`monai_cir.retrieval.image_alone` records them)."""
+    return f"Without the text, the image alone finds {counts_text(counts)} among its {sum(counts.values())} most similar cases."
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """``"melanoma 3, nevus 2"``: cases per diagnosis, in ``counts``' order."""
+    return ", ".join(f"{diagnosis} {n}" for diagnosis, n in counts.items())

@@ -409,17 +409,19 @@ def image_alone(
     ``notice`` the sentence to show when the image alone favours another diagnosis than the cases shown (a tie
     favours none), else None."""
     from .data.report import finding_names, read_findings
+    from .evidence import counts_text
 
+    if not shown:  # nothing shown, nothing to compare
+        return {"k": 0, "counts": {}, "case_ids": []}, None
     alone = index.search(np.asarray(image_vector, dtype=np.float32).reshape(1, -1), k=len(shown), filters=dict(filters) if filters else None)[0]
     counts = _diagnosis_counts(alone)
     record = {"k": len(alone), "counts": counts, "case_ids": [h.case_id for h in alone]}
     favoured = _favoured(_diagnosis_counts(shown))
     if not alone or _favoured(counts) == favoured:
         return record, None
-    listed = ", ".join(f"{d} {n}" for d, n in counts.items())
     # the findings as the model read them ("no streaks"), as the text-use notice states them
     findings = finding_names(read_findings(text)) or "as written"
-    return record, (f"the image alone, without the text, finds {listed} among its {len(alone)} most similar cases: the text "
+    return record, (f"the image alone, without the text, finds {counts_text(counts)} among its {len(alone)} most similar cases: the text "
                     f"({findings}) moved the answer towards {favoured or 'other cases'}; weigh the findings you wrote, "
                     "not the cases that repeat them")
 
@@ -459,7 +461,9 @@ def answer(
     from .differential import DifferentialSlot
 
     index.check_fingerprint(model_fingerprint(net))
-    counted = with_image_alone and isinstance(text, str) and bool(text.strip()) and float(net.text_weights([text])[0]) > 0
+    # the app's rule (results.json's text_use): the text counted when its weight is above zero
+    use = text_use(net, text)[0] if with_image_alone and isinstance(text, str) else None
+    counted = use is not None and use["weight"] > 0
     query, terms, image_query = _encode_query_and_terms(net, image, text, device, with_image_query=counted)
     slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
     shown = ranked_answer(index, query[0], k, pool_size, filters, terms=terms, prior=net.diagnosis_prior, slot=slot)

@@ -178,6 +178,7 @@ def test_image_alone_notice_when_the_image_favours_another_diagnosis():
     assert notice is not None and notice.startswith("the image alone, without the text, finds melanoma 3 among its 3 most similar cases")
     assert "(no streaks, blue-whitish veil present) moved the answer towards nevus" in notice, notice
     assert image_alone(index, near_melanoma, shown("melanoma", "nevus", "melanoma"), "BWV +")[1] is None  # same favourite
+    assert image_alone(index, near_melanoma, [], "BWV +") == ({"k": 0, "counts": {}, "case_ids": []}, None)  # nothing shown
     between = np.array([np.cos(0.5), np.sin(0.5)], dtype=np.float32)  # its two closest cases: one of each diagnosis
     assert image_alone(index, between, shown("nevus", "melanoma"), "BWV +")[1] is None  # both ties: neither favours one
     moved = image_alone(index, between, shown("nevus", "nevus"), "BWV +")[1]

@@ -351,6 +351,13 @@ def test_a_batch_decodes_each_shown_case_once_before_its_workers_fork(tmp_path, 
         assert int(pid) != os.getpid() and drawn == "True"
         assert int(misses) == 0, f"{result.query_id}: a worker decoded {misses} shown case(s) itself"
     assert common._library_view.cache_info().currsize == 3, "decoded here, once per case"
+    assert all(r.timing_ms["pdf"] > 0 for r in results)
+    # more cases than the cache keeps: not decoded here (they would push each other out before the workers fork)
+    clear_library_images()
+    monkeypatch.setattr(reports, "library_cache_size", lambda: 2)
+    results = [QueryResult(query_id=f"q{i}", query=None, hits=hits([i % 3, (i + 1) % 3])) for i in range(6)]
+    reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / "out2", name="reports").run(results)
+    assert all(r.ok for r in results) and common._library_view.cache_info().currsize == 0
     clear_library_images()
 
 

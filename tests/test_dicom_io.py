@@ -1206,3 +1206,15 @@ def test_a_report_sent_twice_is_read_once_and_two_reports_are_joined(tmp_path):
     query = read_dicom_folder(folder).queries[0]
     assert query.text.split("\n") == sorted(["irregular streaks; blue-whitish veil", "raised, on the back"], key=query.text.index)
     assert "2 SRs reference this image: their texts are joined" in query.notices
+
+
+def test_two_reports_of_which_one_is_empty_say_so(tmp_path):
+    """Two SRs referencing one image, one without text: its text is used, and the notice does not call them the same."""
+    folder = make_case(tmp_path, "one-empty", text="irregular streaks")
+    sr = pydicom.dcmread(make_case(tmp_path / "other", "one-empty", text="").parent / "one-empty" / "sr.dcm")
+    sr.SOPInstanceUID = generate_uid()
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    sr.save_as(folder / "sr-empty.dcm", enforce_file_format=True)
+    query = read_dicom_folder(folder).queries[0]
+    assert query.text == "irregular streaks"
+    assert "2 SRs reference this image; only one holds text: it is used" in query.notices, query.notices

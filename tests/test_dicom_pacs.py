@@ -447,6 +447,41 @@ def test_a_forward_that_failed_goes_with_the_studys_next_one(shared_data, tmp_pa
         assert sorted(jobs[-1]["Content"]["ParentResources"]) == sorted([*ids, _orthanc_id(server, _sop_uid(added))]), server.log_tail()
 
 
+def test_a_forward_that_made_no_job_is_not_lost(shared_data, tmp_path):
+    """The service's modality missing from DicomModalities: Orthanc refuses the store request, no job is made (so no
+    OnJobFailure comes), and the script unmarks the instances itself; once the modality is declared, the study's next
+    forward sends them with the new one."""
+    import socket
+
+    from monai_cir.data.collections import load_collection
+    from monai_cir.service import orthanc_lua
+
+    try:
+        from tests.orthanc import OrthancServer, orthanc_available
+    except ImportError:
+        from orthanc import OrthancServer, orthanc_available  # type: ignore[no-redef]
+
+    if not orthanc_available():
+        pytest.skip("Orthanc and orthanc-dicomweb are not installed (run scripts/install_system_tools.sh)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = sock.getsockname()[1]
+    records = load_collection("isic-uda1", root=shared_data)
+    files = _query(tmp_path, records[16], "no-modality")
+    study = pydicom.dcmread(files[0], stop_before_pixels=True)
+    added = _image_into(tmp_path, records[17], study, "no-modality-added")
+    with OrthancServer(tmp_path / "orthanc", modalities={}, lua=orthanc_lua(), stable_age=1) as server:
+        server.storescu(files)
+        ids = sorted(_orthanc_id(server, _sop_uid(f)) for f in files)
+        _wait(lambda: "could not forward study" in server.log_tail(), 30, "the refused forward to be logged")
+        assert not _store_jobs(server)
+        assert all("4711" not in _rest(server, f"/instances/{i}/metadata?expand") for i in ids), "marked, yet never sent"
+        _rest(server, "/modalities/monaicir", "PUT", {"AET": "MONAICIR", "Host": "127.0.0.1", "Port": down})
+        server.storescu([added])
+        jobs = _wait(lambda: (j := list(_store_jobs(server).values())) and j, 30, "the next forward")
+        assert sorted(jobs[-1]["Content"]["ParentResources"]) == sorted([*ids, _orthanc_id(server, _sop_uid(added))]), server.log_tail()
+
+
 def test_index_add_over_dicomweb_equals_a_fresh_build(orthanc_server, shared_data, tmp_path, capsys):
     """`monai-cir index add --dicomweb`: the library grows in the PACS; the index takes the new studies
     without re-embedding the ones it has, keeps their UIDs and WADO-RS URL, and equals a fresh build."""

@@ -45,8 +45,9 @@ class StandInPipeline:
     """Answers each dermoscopy image of a study with one Encapsulated PDF in its study; fails the
     studies whose image is named in ``fail``; counts calls."""
 
-    def __init__(self, fail: set[str] = frozenset(), delay_s: float = 0.0) -> None:
+    def __init__(self, fail: set[str] = frozenset(), delay_s: float = 0.0, summary: bool = True) -> None:
         self.fail, self.delay_s, self.calls, self.texts = set(fail), delay_s, [], []
+        self.summary, self.model = summary, "model-1"  # summary: say per query what it was answered with, as the app does
 
     def __call__(self, input_folder: Path, output_folder: Path):
         from monai_cir.dicom.reader import read_dicom_folder
@@ -72,8 +73,11 @@ class StandInPipeline:
             outputs.append(path)
             # what the app's results.json says of each query (WarmPipeline's summary): the service reads it
             queries.append({"sop_instance_uid": q.sop_instance_uid, "text": q.text, "outputs": {"encapsulated_pdf": path.name}})
-        return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=[{"stage": "input", "message": p.message} for p in scan.problems],
-                               summary={"queries": queries})
+        problems = [{"stage": "input", "message": p.message} for p in scan.problems]
+        if not self.summary:
+            return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=problems)
+        return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=problems,
+                               summary={"model": self.model, "index_cases": 3, "settings": {}, "queries": queries})
 
 
 class ReturnNode:
@@ -516,8 +520,10 @@ def test_a_round_with_nothing_new_leaves_the_studys_state_as_its_last_round_left
 def test_an_image_added_to_an_answered_study_is_answered_and_the_earlier_answer_stands(node):
     """A study that gains an image after its answer was returned: the round answers the study again, and returns the
     added image's answer only (the earlier image, same text, keeps its answer: the PACS does not get a second copy);
-    an SR that changes the text returns both again; a new SR with the same text changes no answer and returns nothing."""
-    service = node.make(StandInPipeline())
+    an SR that changes an image's text returns that image's answer again; a new SR with the same text changes no
+    answer and returns nothing, and sent again it is a duplicate; another model answers every image again."""
+    pipeline = StandInPipeline()
+    service = node.make(pipeline)
     first = make_study("grows")
     study_uid = first[0].StudyInstanceUID
     assert all(r.ok for r in c_store(first[:1], address(service), calling_ae=PEER))
@@ -545,4 +551,34 @@ def test_an_image_added_to_an_answered_study_is_answered_and_the_earlier_answer_
     status = rounds_of(service, study_uid, 4, "unchanged", "returned", "failed")
     assert status["rounds"][3]["state"] == "unchanged" and status["state"] == "returned", status
     assert "answered and returned before with the same text" in status["rounds"][3]["note"]
+    assert [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 3
+    # that SR sent again: part of answers returned, a duplicate (the pipeline is not run)
+    calls = len(pipeline.calls)
+    assert all(r.ok for r in c_store([again], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 5, "duplicate", "unchanged", "returned", "failed")
+    assert status["rounds"][4]["state"] == "duplicate" and len(pipeline.calls) == calls, status["rounds"][4]
+    # another model answers (a service restarted with new MODELS): an image added now has every answer returned again
+    pipeline.model = "model-2"
+    third = copy.deepcopy(first[0])
+    third.SOPInstanceUID = generate_uid()
+    third.file_meta.MediaStorageSOPInstanceUID = third.SOPInstanceUID
+    assert all(r.ok for r in c_store([third], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 6, "returned", "failed")
+    assert "unchanged" not in status["rounds"][5] and [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 6
+
+
+def test_a_pipeline_without_a_summary_gets_every_answer_returned(node):
+    """A pipeline of one's own whose result says nothing of what each image was answered with: every round returns
+    every answer (the earlier image's again beside the added one's), as before the rule."""
+    service = node.make(StandInPipeline(summary=False))
+    first = make_study("no-summary")
+    study_uid = first[0].StudyInstanceUID
+    assert all(r.ok for r in c_store(first[:1], address(service), calling_ae=PEER))
+    rounds_of(service, study_uid, 1, "returned")
+    added = copy.deepcopy(first[0])
+    added.SOPInstanceUID = generate_uid()
+    added.file_meta.MediaStorageSOPInstanceUID = added.SOPInstanceUID
+    assert all(r.ok for r in c_store([added], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 2, "returned", "failed")
+    assert "unchanged" not in status["rounds"][1] and status["returned_answers"] == {}
     assert [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 3

@@ -166,6 +166,11 @@ def _library_target(path: str, mtime_ns: int, size: int, image_size: int) -> Any
     return None if image is None else to_image_tensor(image, image_size)
 
 
+def library_cache_size() -> int:
+    """How many library cases' decoded images and thumbnails this process keeps (least recently used dropped)."""
+    return int(_library_view.cache_info().maxsize or 0)
+
+
 def clear_library_images() -> None:
     """Forget the decoded library images, their thumbnails and preprocessed tensors."""
     for cache in (_library_view, _library_target, _decoded_library_image):

@@ -147,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
     for h in hits:
         print(f"{h.rank:>4}  {h.case_id:<{width}}  {h.metadata.diagnosis:<{diag}}  {h.metadata.confirmation:<{conf}}  {h.score:>7.4f}  {h.metadata.site}")
     if shown.image_alone:  # as the app's PDF says it
-        alone = shown.image_alone
-        listed = ", ".join(f"{d} {n}" for d, n in alone["counts"].items())
-        print(f"Without the text, the image alone finds {listed} among its {alone['k']} most similar cases.")
+        from monai_cir.evidence import image_alone_sentence
+
+        print(image_alone_sentence(shown.image_alone["counts"]))
     if summary:
         print(summary.text())
     if args.explain:

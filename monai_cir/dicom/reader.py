@@ -868,9 +868,13 @@ def _image_queries(
     if referencing:
         chosen, text_source = referencing, "sr"
         if len(referencing) > 1:
-            distinct = len({sr.text for sr in referencing if sr.text})
-            notices.append(f"{len(referencing)} SRs reference this image: their texts are joined" if distinct > 1 else
-                           f"{len(referencing)} SRs reference this image, with the same text: it is used once")
+            with_text = [sr.text for sr in referencing if sr.text]
+            if len(set(with_text)) > 1:
+                notices.append(f"{len(referencing)} SRs reference this image: their texts are joined")
+            elif len(with_text) > 1:
+                notices.append(f"{len(referencing)} SRs reference this image, with the same text: it is used once")
+            elif with_text:
+                notices.append(f"{len(referencing)} SRs reference this image; only one holds text: it is used")
     elif len(unreferencing) == 1:
         chosen, text_source = unreferencing, "study-sr"
         notices.append("the study's only SR does not reference this image (it references no image): its text is used")

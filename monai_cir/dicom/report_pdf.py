@@ -26,7 +26,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, EncapsulatedPDFStorage, ExplicitVRLittleEndian
 
-from ..evidence import EvidenceSummary
+from ..evidence import EvidenceSummary, image_alone_sentence
 from . import codes as C
 from .sr import DECISION_SUPPORT_NOTE, DEFAULT_SCORE_RANGE, _get, _query_dataset, similarity_percent
 
@@ -446,8 +446,7 @@ def render_report_pdf(
     if image_alone and hits:
         canvas.setFont("Helvetica", 8)
         canvas.setFillColor(HexColor("#333333"))
-        listed = ", ".join(f"{d} {n}" for d, n in image_alone.items())
-        canvas.drawString(left, y - 4 * _MM, f"Without the text, the image alone finds {listed} among its {sum(image_alone.values())} most similar cases.")
+        canvas.drawString(left, y - 4 * _MM, image_alone_sentence(image_alone))
         canvas.setFillColor(HexColor("#000000"))
         y -= 4 * _MM
     y -= 4 * _MM

@@ -106,8 +106,17 @@ function OnStableStudy(studyId, tags, metadata)
   for _, id in ipairs(send) do -- before the job starts: a forward that overlaps it does not send them twice
     RestApiPut('/instances/' .. id .. '/metadata/' .. MARK, 'forwarded')
   end
+  local ok, job = pcall(RestApiPost, '/modalities/' .. TARGET .. '/store', DumpJson({ Resources = send, Asynchronous = true }, true))
+  if not ok or job == nil then
+    -- no job was made (TARGET not in DicomModalities, Orthanc refused): no OnJobFailure will unmark them
+    for _, id in ipairs(send) do
+      pcall(RestApiDelete, '/instances/' .. id .. '/metadata/' .. MARK)
+    end
+    print('monai-cir: could not forward study ' .. studyId .. ' to ' .. TARGET .. ' (is "' .. TARGET ..
+          '" in DicomModalities?): ' .. tostring(job) .. '; its ' .. #send .. ' instance(s) go with the study\'s next forward')
+    return
+  end
   print('monai-cir: forwarding ' .. #send .. ' instance(s) of study ' .. studyId .. ' to ' .. TARGET)
-  RestApiPost('/modalities/' .. TARGET .. '/store', DumpJson({ Resources = send, Asynchronous = true }, true))
 end
 
 -- A store job to the service failed: its instances are sent again with the study's next forward.

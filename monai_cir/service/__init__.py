@@ -53,7 +53,7 @@ def orthanc_lua(target: str = "monaicir", service_aet: str = "MONAICIR", mark: i
         raise ValueError(f"mark must be an Orthanc user metadata index, 1024-65535, got {mark}")
     for name, value in (("target", target), ("service_aet", service_aet)):
         if not value or "'" in value or "\\" in value or "\n" in value:
-            raise ValueError(f"{name} cannot go into the Lua script: {value!r}")
+            raise ValueError(f"{name} cannot go into the Lua script: {value!r} (give a non-empty name without quote, backslash or newline)")
     text = ORTHANC_LUA.read_text()
     text = text.replace("local TARGET = 'monaicir'", f"local TARGET = '{target}'", 1)
     text = text.replace("local MARK = '4711'", f"local MARK = '{int(mark)}'", 1)

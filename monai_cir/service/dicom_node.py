@@ -14,8 +14,8 @@ A study may arrive in several rounds (its SR first, its image after the quiet ti
 added later): each round is answered over all the study's instances received so far, so a late
 image is answered with the earlier SR's text and a late SR answers the image again with its text.
 What goes back is what changed: an image whose answer was returned before with the same text
-(an earlier image of a study that gained another) keeps that answer, and only the others' answers
-are returned (the round's ``unchanged`` lists it). Each round's results stay in their own folder. A
+(an earlier image of a study that gained another), by the same model, library size and settings,
+keeps that answer, and only the others' answers are returned (the round's ``unchanged`` lists it). Each round's results stay in their own folder. A
 round whose instances (SOP Instance UIDs) were all part of an answer already returned (a study sent
 twice) is not answered again (status and log say so).
 
@@ -136,9 +136,9 @@ class StudyStatus:
     The top-level fields describe the study's latest round; ``rounds`` keeps every round (its state,
     instances, answer, results folder, error); ``returned_instances`` the SOP Instance UIDs that were
     part of an answer already returned (a round of only those is not answered again);
-    ``returned_answers`` the images whose answer was returned: SOP Instance UID -> a digest of the
-    text it was answered with (a later round returns an image's answer again only when its text
-    changed)."""
+    ``returned_answers`` the images whose answer was returned: SOP Instance UID -> a digest of what
+    it was answered with (its text, the model, the library's size, the settings: a later round returns
+    an image's answer again only when one of them changed)."""
 
     study_uid: str
     state: str = "receiving"  # receiving | processing | answered | returned | return-pending | failed
@@ -573,12 +573,17 @@ class DicomService:
                 with self._lock:
                     before = next((r["state"] for r in reversed(status.rounds[:-1]) if r.get("state") in ("returned", "return-pending")), "returned")
                     status.finished = time.time()
-                    rnd.update(state="unchanged", answered=answered, finished=status.finished, input_sops=sops,
+                    status.answered, status.problems = answered, problems
+                    rnd.update(state="unchanged", answered=answered, problems=problems, finished=status.finished, input_sops=sops,
                                note=f"every image was answered and returned before with the same text ({len(unchanged)}): those answers stand")
+                    # its instances are part of answers returned: sent again, they are a duplicate (not run again)
+                    status.returned_instances = sorted({*status.returned_instances, *sops})
                     status.state = self._settled(study_uid, before)
                     self._save_status(status)
                 logger.info("study %s: round %d changed no answer (%d image(s) answered before with the same text): nothing returned",
                             study_uid, rnd["round"], len(unchanged))
+                for problem in problems:
+                    logger.warning("study %s: round %d: %s", study_uid, rnd["round"], problem.get("message", problem))
                 self._absorb(work, inputs)
                 self._release(study_uid)
                 return
@@ -701,8 +706,10 @@ class DicomService:
 
 def _answer_keys(result: Any, out: Path, outputs: list[Path], returned: dict[str, str]) -> tuple[dict[str, str], dict[str, list[Path]]]:
     """``(keys, unchanged)`` of a round's answers, from the pipeline's ``summary`` (none: ``({}, {})``, every
-    output returned): ``keys`` SOP Instance UID -> text digest of each image answered with outputs to return,
-    ``unchanged`` SOP Instance UID -> its outputs, for the images ``returned`` holds with the same digest."""
+    output returned): ``keys`` SOP Instance UID -> digest of what each image was answered with (its text, and the
+    run's model, library size and settings, as the summary states them), for the images with outputs to return;
+    ``unchanged`` SOP Instance UID -> its outputs, for the images ``returned`` holds with the same digest. A query
+    whose text the summary does not state is always returned."""
     import hashlib
 
     summary = getattr(result, "summary", None)
@@ -710,12 +717,13 @@ def _answer_keys(result: Any, out: Path, outputs: list[Path], returned: dict[str
     unchanged: dict[str, list[Path]] = {}
     if not isinstance(summary, dict):
         return keys, unchanged
+    run = {name: summary.get(name) for name in ("model", "index_cases", "settings")}
     for query in summary.get("queries", []):
         sop = query.get("sop_instance_uid")
         paths = [p for p in (out / str(rel) for rel in (query.get("outputs") or {}).values()) if p in outputs]
-        if not sop or not paths:
+        if not sop or not paths or "text" not in query:
             continue
-        digest = hashlib.sha256(str(query.get("text") or "").encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps({**run, "text": query["text"] or ""}, sort_keys=True, default=str).encode()).hexdigest()[:16]
         if returned.get(sop) == digest:
             unchanged[sop] = paths
         else:
