@@ -324,6 +324,14 @@ _ABSENT = "absent"
     ("no streaks or BWV n/a", (("streaks", _ABSENT),)),
     ("without streaks or PN unclear", (("streaks", _ABSENT),)),
     ("without streaks, BWV or PN unclear", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # "/" between two nouns joins them as "or" does ("no streaks/BWV" read nothing); "D/G" stays one noun
+    ("no streaks/BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no streaks / BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("without PN/streaks/BWV", (("pigment_network", _ABSENT), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no streaks/D/G", (("streaks", _ABSENT), ("dots_and_globules", _ABSENT))),
+    ("atyp. PN, no streaks/BWV, irreg. D/G",
+     (("pigment_network", "atypical"), ("streaks", _ABSENT), ("dots_and_globules", "irregular"), ("blue_whitish_veil", _ABSENT))),
+    ("no streaks/BWV +", ()),  # a sign after the last noun: the list ends before "BWV +", and "streaks/" alone is no phrasing
     # "without" negates what its list's "or" / "nor" joins, not what follows the list ("but") or "and" (which may say
     # what the lesion has): the findings after them are read
     ("without streaks but with BWV", (("streaks", _ABSENT), ("blue_whitish_veil", "present"))),

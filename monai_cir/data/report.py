@@ -577,6 +577,12 @@ _PHRASE_OF_GROUP = sorted(_PHRASINGS, key=len, reverse=True)
 _NOUN_OF = {noun: key for key, nouns in _training_vocabulary().items() for noun in nouns}
 _NOUN_OF_GROUP = sorted(_NOUN_OF, key=len, reverse=True)
 _NOUN_RE = re.compile("|".join(f"({_phrase_pattern(n)})" for n in _NOUN_OF_GROUP))  # whole words, no sign after
+# a noun written close to the next with "/" ("streaks/BWV"; the groups in _NOUN_RE's order): the whole-word rule
+# above keeps "/" out of a bare noun, so that "D/G" is one noun and not "D" or "G"
+_NOUN_BEFORE_SLASH_RE = re.compile(
+    "(?:" + "|".join(f"({re.escape(n)})" for n in _NOUN_OF_GROUP) + ")"
+    + r"(?=\s*/\s*(?:" + "|".join(re.escape(n) for n in _NOUN_OF_GROUP) + r")(?!\w))"
+)
 # per noun, the phrasings that start with it and say more ("BWV +", "BWV: present"): one that matches where the noun
 # does is what _PHRASE_RE (longest first) reads there, so the noun is not bare (a few patterns, not all 300 of _PHRASE_RE)
 _LONGER_PHRASING = {
@@ -584,7 +590,8 @@ _LONGER_PHRASING = {
     for noun in _NOUN_OF
 }
 _LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without)\s+")
-_LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+")
+# "/" between two nouns is an "or" ("no streaks/BWV"); inside a noun ("D/G") or a sign ("+/-") it is read as part of them
+_LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/)\s*")
 # a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
 # "neither streaks nor BWV" (read neither way: the absent phrasings are the ones training writes)
 _NEGATION_RE = re.compile(r"(?<![\w-])(?:no|not|none|nil|absent|negative|neg|lacking|free of|nor|neither)(?![\w-])")
@@ -600,12 +607,12 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
     lists, governed = [], set()
     for head in _LIST_HEAD_RE.finditer(lowered):
         items: list[tuple[str, int, int]] = []
-        joined: list[str] = []  # per separator: the conjunction that joins the next item ("or", "nor", "and"), or ""
+        joined: list[str] = []  # per separator: the conjunction that joins the next item ("or", "nor", "and", "/"), or ""
         pos = head.end()
         while True:
-            noun = _NOUN_RE.match(lowered, pos)
+            noun = _NOUN_RE.match(lowered, pos) or _NOUN_BEFORE_SLASH_RE.match(lowered, pos)
             if noun is None:
-                if head.group(1) == "without" and (not joined or joined[-1] in ("or", "nor")):
+                if head.group(1) == "without" and (not joined or joined[-1] in ("or", "nor", "/")):
                     governed.add(pos)
                 break
             name = _NOUN_OF_GROUP[noun.lastindex - 1]
@@ -615,7 +622,7 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
             sep = _LIST_SEP_RE.match(lowered, noun.end())
             if sep is None:
                 break
-            joined.append(sep.group(1) or sep.group(2) or "")
+            joined.append(sep.group(1) or sep.group(2) or sep.group(3) or "")
             pos = sep.end()
         if head.group(1) == "no":  # up to the last noun a conjunction joins; none: "no X" alone, a phrasing
             last = max((i + 1 for i in range(len(items) - 1) if joined[i]), default=0)
