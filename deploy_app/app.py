@@ -133,7 +133,8 @@ class SimilarCasesApp(Application):
             "models_reused": reused,
             "process_start_to_ready_s": round(seconds_since_process_start() or -1.0, 3),
             "index_cases": len(models.index),
-            "model": model_fingerprint(models.net),  # which network answered (a service's later rounds compare it)
+            "index": models.index_state,  # which library (a digest of its files as loaded)
+            "model": model_fingerprint(models.net),  # which network answered (a service's later rounds compare them)
             "settings": s.to_dict(),
         }
         results_writer = ResultsWriterOperator(self, output_folder=output_path, run_info=run_info, name="results_writer_op")

@@ -840,9 +840,11 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
     assert load_models(packaged, device="cpu") is models  # cached: path + file sizes/mtimes
     settings = AppSettings(explain=False, write_pdf=False)
     _, answers = results
+    states = []
     for run in (1, 2):
         summary = run_app(app_run["cases"]["held_out"].image_file.parent, tmp_path / f"out{run}", models, settings)
         assert summary["models_reused"] is True and len(summary["queries"]) == 1
+        states.append((summary["model"], summary["index"]))  # what the service compares between rounds
         top = summary["queries"][0]["top_k"]
         assert [h["case_id"] for h in top] == [h["case_id"] for h in answers["held_out"]["top_k"]]
         assert [h["score"] for h in top] == pytest.approx([h["score"] for h in answers["held_out"]["top_k"]], abs=1e-5)
@@ -851,6 +853,8 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
     stat = manifest.stat()
     os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert load_models(packaged, device="cpu") is not models  # a rebuilt index is not served stale
+    assert states[0] == states[1] and all(states[0])
+    assert load_models(packaged, device="cpu").index_state != models.index_state  # the library as loaded: another one
 
 
 @pytest.mark.integration

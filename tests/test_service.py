@@ -47,7 +47,8 @@ class StandInPipeline:
 
     def __init__(self, fail: set[str] = frozenset(), delay_s: float = 0.0, summary: bool = True) -> None:
         self.fail, self.delay_s, self.calls, self.texts = set(fail), delay_s, [], []
-        self.summary, self.model = summary, "model-1"  # summary: say per query what it was answered with, as the app does
+        # summary: say per query what it was answered with, and the run's model and library, as the app's results.json does
+        self.summary, self.model, self.index = summary, "model-1", "library-1"
 
     def __call__(self, input_folder: Path, output_folder: Path):
         from monai_cir.dicom.reader import read_dicom_folder
@@ -77,7 +78,7 @@ class StandInPipeline:
         if not self.summary:
             return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=problems)
         return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=problems,
-                               summary={"model": self.model, "index_cases": 3, "settings": {}, "queries": queries})
+                               summary={"model": self.model, "index": self.index, "index_cases": 3, "settings": {}, "queries": queries})
 
 
 class ReturnNode:
@@ -565,6 +566,14 @@ def test_an_image_added_to_an_answered_study_is_answered_and_the_earlier_answer_
     assert all(r.ok for r in c_store([third], address(service), calling_ae=PEER))
     status = rounds_of(service, study_uid, 6, "returned", "failed")
     assert "unchanged" not in status["rounds"][5] and [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 6
+    # another library of the same size (a case added, another removed): the same
+    pipeline.index = "library-2"
+    fourth = copy.deepcopy(first[0])
+    fourth.SOPInstanceUID = generate_uid()
+    fourth.file_meta.MediaStorageSOPInstanceUID = fourth.SOPInstanceUID
+    assert all(r.ok for r in c_store([fourth], address(service), calling_ae=PEER))
+    status = rounds_of(service, study_uid, 7, "returned", "failed")
+    assert "unchanged" not in status["rounds"][6] and [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 10
 
 
 def test_a_pipeline_without_a_summary_gets_every_answer_returned(node):

@@ -21,6 +21,7 @@ PDF, for a batch in forked workers.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import threading
 import time
@@ -104,6 +105,8 @@ class LoadedModels:
     grid_maps: Any = None  # monai_cir.grid_store.GridMapStore of the library (MODELS/index/grid_maps), or None
     differential: Any = None  # monai_cir.differential.DifferentialSlot the checkpoint records, or None (no slot)
     library: dict[str, int] = field(default_factory=dict)  # cases per diagnosis in the index (the evidence's base rate)
+    # a digest of the index files as loaded (path, size, mtime): another library, or the same one grown or pruned, differs
+    index_state: str = ""
 
     @property
     def device(self) -> Any:
@@ -174,10 +177,11 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
             logger.info("no %s in MODELS: the evidence summary is an uncalibrated score-weighted vote", EVIDENCE_CALIBRATION)
             calibration = UNCALIBRATED
         library = index.info()["diagnosis"]
+        index_state = hashlib.sha256(repr(_files_state(index_dir)).encode()).hexdigest()[:16]
         loaded = LoadedModels(
             net=net, index=index, calibration=calibration, classes=sorted(library), library=library,
             checkpoint=checkpoint, index_dir=index_dir, load_s=time.perf_counter() - start, grid_maps=grid_maps,
-            differential=DifferentialSlot.from_checkpoint_info(net.checkpoint_info),
+            differential=DifferentialSlot.from_checkpoint_info(net.checkpoint_info), index_state=index_state,
         )
         if net.diagnosis_prior is not None and loaded.differential is not None and loaded.differential.margin_by_similarity is None:
             logger.warning("%s ranks with a diagnosis prior but its differential slot records one margin, fitted without it: the slot "

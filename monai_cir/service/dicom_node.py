@@ -14,7 +14,7 @@ A study may arrive in several rounds (its SR first, its image after the quiet ti
 added later): each round is answered over all the study's instances received so far, so a late
 image is answered with the earlier SR's text and a late SR answers the image again with its text.
 What goes back is what changed: an image whose answer was returned before with the same text
-(an earlier image of a study that gained another), by the same model, library size and settings,
+(an earlier image of a study that gained another), by the same model, library and settings,
 keeps that answer, and only the others' answers are returned (the round's ``unchanged`` lists it). Each round's results stay in their own folder. A
 round whose instances (SOP Instance UIDs) were all part of an answer already returned (a study sent
 twice) is not answered again (status and log say so).
@@ -137,8 +137,8 @@ class StudyStatus:
     instances, answer, results folder, error); ``returned_instances`` the SOP Instance UIDs that were
     part of an answer already returned (a round of only those is not answered again);
     ``returned_answers`` the images whose answer was returned: SOP Instance UID -> a digest of what
-    it was answered with (its text, the model, the library's size, the settings: a later round returns
-    an image's answer again only when one of them changed)."""
+    it was answered with (its text, the model, the library, the settings: a later round returns an
+    image's answer again only when one of them changed)."""
 
     study_uid: str
     state: str = "receiving"  # receiving | processing | answered | returned | return-pending | failed
@@ -707,7 +707,7 @@ class DicomService:
 def _answer_keys(result: Any, out: Path, outputs: list[Path], returned: dict[str, str]) -> tuple[dict[str, str], dict[str, list[Path]]]:
     """``(keys, unchanged)`` of a round's answers, from the pipeline's ``summary`` (none: ``({}, {})``, every
     output returned): ``keys`` SOP Instance UID -> digest of what each image was answered with (its text, and the
-    run's model, library size and settings, as the summary states them), for the images with outputs to return;
+    run's model, library and settings, as the summary states them), for the images with outputs to return;
     ``unchanged`` SOP Instance UID -> its outputs, for the images ``returned`` holds with the same digest. A query
     whose text the summary does not state is always returned."""
     import hashlib
@@ -717,7 +717,7 @@ def _answer_keys(result: Any, out: Path, outputs: list[Path], returned: dict[str
     unchanged: dict[str, list[Path]] = {}
     if not isinstance(summary, dict):
         return keys, unchanged
-    run = {name: summary.get(name) for name in ("model", "index_cases", "settings")}
+    run = {name: summary.get(name) for name in ("model", "index", "index_cases", "settings")}
     for query in summary.get("queries", []):
         sop = query.get("sop_instance_uid")
         paths = [p for p in (out / str(rel) for rel in (query.get("outputs") or {}).values()) if p in outputs]
