@@ -65,3 +65,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "", every: float = 0.05):
+    """``predicate()``'s first truthy value within ``timeout`` seconds, polled every ``every`` seconds; else fail."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -229,15 +229,30 @@ def _settled(server, study_uid: str, timeout: float = 30.0) -> None:
 
 
 def _wait(condition, timeout: float, what: str):
-    import time
+    from conftest import wait_for
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_for(condition, timeout, what, every=0.2)  # each poll asks Orthanc's REST API
+
+
+def _orthanc_refusing_the_service(root, modalities: bool):
+    """An Orthanc of its own with the routing script, whose service is a closed port (connections refused):
+    declared as the ``monaicir`` modality when ``modalities``, else not declared; and that port."""
+    import socket
+
+    from monai_cir.service import orthanc_lua
+
+    try:
+        from tests.orthanc import OrthancServer, orthanc_available
+    except ImportError:
+        from orthanc import OrthancServer, orthanc_available  # type: ignore[no-redef]
+
+    if not orthanc_available():
+        pytest.skip("Orthanc and orthanc-dicomweb are not installed (run scripts/install_system_tools.sh)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = sock.getsockname()[1]  # closed again: connections are refused
+    declared = {"monaicir": ["MONAICIR", "127.0.0.1", down]} if modalities else {}
+    return OrthancServer(root / "orthanc", modalities=declared, lua=orthanc_lua(), stable_age=1), down
 
 
 def _answer_srs(client, study_uid: str, sent: set[str]) -> list:
@@ -412,26 +427,14 @@ def test_answers_returned_over_stow_rs_are_not_forwarded_again(hospital, shared_
 def test_a_forward_that_failed_goes_with_the_studys_next_one(shared_data, tmp_path):
     """The service down: the store job fails, the script clears its marks, and the study's next forward
     sends those instances again with the new one (no model: nothing listens at the service's port)."""
-    import socket
-
     from monai_cir.data.collections import load_collection
-    from monai_cir.service import orthanc_lua
 
-    try:
-        from tests.orthanc import OrthancServer, orthanc_available
-    except ImportError:
-        from orthanc import OrthancServer, orthanc_available  # type: ignore[no-redef]
-
-    if not orthanc_available():
-        pytest.skip("Orthanc and orthanc-dicomweb are not installed (run scripts/install_system_tools.sh)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        down = sock.getsockname()[1]  # closed again: connections are refused
+    orthanc, _ = _orthanc_refusing_the_service(tmp_path, modalities=True)
     records = load_collection("isic-uda1", root=shared_data)
     files = _query(tmp_path, records[14], "down")
     study = pydicom.dcmread(files[0], stop_before_pixels=True)
     added = _image_into(tmp_path, records[15], study, "down-added")
-    with OrthancServer(tmp_path / "orthanc", modalities={"monaicir": ["MONAICIR", "127.0.0.1", down]}, lua=orthanc_lua(), stable_age=1) as server:
+    with orthanc as server:
         def failed_jobs(count):
             jobs = list(_store_jobs(server).values())
             return len(jobs) == count and all(job["State"] == "Failure" for job in jobs) and jobs
@@ -451,26 +454,14 @@ def test_a_forward_that_made_no_job_is_not_lost(shared_data, tmp_path):
     """The service's modality missing from DicomModalities: Orthanc refuses the store request, no job is made (so no
     OnJobFailure comes), and the script unmarks the instances itself; once the modality is declared, the study's next
     forward sends them with the new one."""
-    import socket
-
     from monai_cir.data.collections import load_collection
-    from monai_cir.service import orthanc_lua
 
-    try:
-        from tests.orthanc import OrthancServer, orthanc_available
-    except ImportError:
-        from orthanc import OrthancServer, orthanc_available  # type: ignore[no-redef]
-
-    if not orthanc_available():
-        pytest.skip("Orthanc and orthanc-dicomweb are not installed (run scripts/install_system_tools.sh)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        down = sock.getsockname()[1]
+    orthanc, down = _orthanc_refusing_the_service(tmp_path, modalities=False)
     records = load_collection("isic-uda1", root=shared_data)
     files = _query(tmp_path, records[16], "no-modality")
     study = pydicom.dcmread(files[0], stop_before_pixels=True)
     added = _image_into(tmp_path, records[17], study, "no-modality-added")
-    with OrthancServer(tmp_path / "orthanc", modalities={}, lua=orthanc_lua(), stable_age=1) as server:
+    with orthanc as server:
         server.storescu(files)
         ids = sorted(_orthanc_id(server, _sop_uid(f)) for f in files)
         _wait(lambda: "could not forward study" in server.log_tail(), 30, "the refused forward to be logged")

@@ -22,6 +22,8 @@ from monai_cir.dicom.publish import DicomNode, c_store
 from monai_cir.service import DicomService, ServiceSettings
 from monai_cir.service.dicom_node import _Pending
 
+from conftest import wait_for
+
 PEER = "PACS"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
@@ -131,14 +133,12 @@ def address(service: DicomService) -> DicomNode:
     return DicomNode(service.ae_title, "127.0.0.1", service.port)
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def new_instance(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` under a new SOP Instance UID: another instance of the same study (an image added, an SR sent again)."""
+    copied = copy.deepcopy(ds)
+    copied.SOPInstanceUID = generate_uid()
+    copied.file_meta.MediaStorageSOPInstanceUID = copied.SOPInstanceUID
+    return copied
 
 
 def state_of(service: DicomService, study_uid: str, *states: str, timeout: float = 20.0) -> dict:
@@ -529,9 +529,7 @@ def test_an_image_added_to_an_answered_study_is_answered_and_the_earlier_answer_
     study_uid = first[0].StudyInstanceUID
     assert all(r.ok for r in c_store(first[:1], address(service), calling_ae=PEER))
     rounds_of(service, study_uid, 1, "returned")
-    added = copy.deepcopy(first[0])
-    added.SOPInstanceUID = generate_uid()
-    added.file_meta.MediaStorageSOPInstanceUID = added.SOPInstanceUID
+    added = new_instance(first[0])
     assert all(r.ok for r in c_store([added], address(service), calling_ae=PEER))
     status = rounds_of(service, study_uid, 2, "returned")
     assert status["rounds"][1]["unchanged"] == [str(first[0].SOPInstanceUID)]
@@ -545,9 +543,7 @@ def test_an_image_added_to_an_answered_study_is_answered_and_the_earlier_answer_
     assert status["rounds"][2]["unchanged"] == [str(added.SOPInstanceUID)]
     assert [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 3
     # another SR with the same text: no answer changes, nothing is returned, the study stays returned
-    again = copy.deepcopy(first[1])
-    again.SOPInstanceUID = generate_uid()
-    again.file_meta.MediaStorageSOPInstanceUID = again.SOPInstanceUID
+    again = new_instance(first[1])
     assert all(r.ok for r in c_store([again], address(service), calling_ae=PEER))
     status = rounds_of(service, study_uid, 4, "unchanged", "returned", "failed")
     assert status["rounds"][3]["state"] == "unchanged" and status["state"] == "returned", status
@@ -560,17 +556,13 @@ def test_an_image_added_to_an_answered_study_is_answered_and_the_earlier_answer_
     assert status["rounds"][4]["state"] == "duplicate" and len(pipeline.calls) == calls, status["rounds"][4]
     # another model answers (a service restarted with new MODELS): an image added now has every answer returned again
     pipeline.model = "model-2"
-    third = copy.deepcopy(first[0])
-    third.SOPInstanceUID = generate_uid()
-    third.file_meta.MediaStorageSOPInstanceUID = third.SOPInstanceUID
+    third = new_instance(first[0])
     assert all(r.ok for r in c_store([third], address(service), calling_ae=PEER))
     status = rounds_of(service, study_uid, 6, "returned", "failed")
     assert "unchanged" not in status["rounds"][5] and [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 6
     # another library of the same size (a case added, another removed): the same
     pipeline.index = "library-2"
-    fourth = copy.deepcopy(first[0])
-    fourth.SOPInstanceUID = generate_uid()
-    fourth.file_meta.MediaStorageSOPInstanceUID = fourth.SOPInstanceUID
+    fourth = new_instance(first[0])
     assert all(r.ok for r in c_store([fourth], address(service), calling_ae=PEER))
     status = rounds_of(service, study_uid, 7, "returned", "failed")
     assert "unchanged" not in status["rounds"][6] and [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 10
@@ -584,9 +576,7 @@ def test_a_pipeline_without_a_summary_gets_every_answer_returned(node):
     study_uid = first[0].StudyInstanceUID
     assert all(r.ok for r in c_store(first[:1], address(service), calling_ae=PEER))
     rounds_of(service, study_uid, 1, "returned")
-    added = copy.deepcopy(first[0])
-    added.SOPInstanceUID = generate_uid()
-    added.file_meta.MediaStorageSOPInstanceUID = added.SOPInstanceUID
+    added = new_instance(first[0])
     assert all(r.ok for r in c_store([added], address(service), calling_ae=PEER))
     status = rounds_of(service, study_uid, 2, "returned", "failed")
     assert "unchanged" not in status["rounds"][1] and status["returned_answers"] == {}
