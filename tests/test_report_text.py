@@ -397,6 +397,58 @@ def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read):
     assert recognised_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # negated in words no training text writes: read neither way (before: each read the veil PRESENT, the bare noun)
+    ("absence of blue-whitish veil", ()),
+    ("absence of streaks and BWV", ()),
+    ("BWV excluded", ()),
+    ("BWV ruled out", ()),
+    ("lacks BWV", ()),
+    ("missing BWV", ()),
+    ("BWV -ve", ()),
+    ("BWV: -ve", ()),
+    # in doubt: read neither way, absent included (before: PRESENT)
+    ("?BWV", ()),
+    ("BWV?", ()),
+    ("possible BWV", ()),
+    ("questionable BWV", ()),
+    ("suspicious for BWV", ()),
+    ("r/o BWV", ()),
+    ("cannot exclude BWV", ()),
+    ("BWV cannot be ruled out", ()),
+    ("streaks: irregular?", ()),
+    ("regular streaks (?)", ()),
+    ("no streaks or BWV?", (("streaks", _ABSENT),)),
+    # a question mark elsewhere in the clause puts nothing in doubt
+    ("BWV present (biopsy: melanoma?)", (("blue_whitish_veil", "present"),)),
+    # a value after a colon: only a confirming one is read (before: "BWV: 0" and "atyp. PN: ?" read as present)
+    ("BWV: 0", ()),
+    ("atyp. PN: ?", ()),
+    ("irregular streaks: -", ()),
+    ("Streaks: no; BWV: yes", (("blue_whitish_veil", "present"),)),
+    # words between "no" / "without" and the nouns (before: "without evidence of BWV" read PRESENT)
+    ("without evidence of BWV", (("blue_whitish_veil", _ABSENT),)),
+    ("no evidence of streaks or BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no signs of regression", (("regression_structures", _ABSENT),)),
+    ("without any signs of streaks, BWV +", (("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+    ("no evidence of irregular streaks", ()),
+    # "without" negates what "or" joins after a graded phrasing too (before: "without irregular streaks or BWV" read
+    # the veil PRESENT)
+    ("without irregular streaks or BWV", (("blue_whitish_veil", _ABSENT),)),
+    ("without irregular streaks and BWV", (("blue_whitish_veil", "present"),)),
+    # a typographic dash is the abbreviated style's sign (before: "BWV –" read PRESENT)
+    ("BWV \u2013", (("blue_whitish_veil", _ABSENT),)),
+    ("7PCL: atyp. PN, streaks \u2212, BWV +", (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+])
+def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
+    """What a clinician writes to deny or doubt a finding, in words of their own, read a bare "BWV" as a present veil:
+    the query was composed towards melanoma on a text that says the opposite. Such a finding is read neither way (or,
+    after "no" / "without", absent)."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 def test_text_use_notice_names_the_findings_read_and_the_weight():
     """The clinician who wrote five findings and sees one read knows the other four were not."""
     from monai_cir.data.report import recognised_findings, text_use_notice

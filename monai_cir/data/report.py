@@ -589,12 +589,20 @@ _LONGER_PHRASING = {
     noun: re.compile("|".join([_phrase_pattern(p) for p in _PHRASE_OF_GROUP if p != noun and p.startswith(noun)] or [r"(?!)"]))
     for noun in _NOUN_OF
 }
-_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without)\s+")
+# a negated list's head: "no" or "without", and the words a clinician puts between it and the nouns ("no evidence of
+# streaks or BWV", "without any signs of BWV"): with them the list is read as without them (before: "without evidence
+# of BWV" read the veil PRESENT, a bare "BWV" after words that are no noun)
+_LIST_FILLER = r"(?:(?:any|evidence|signs?|features?|of|obvious|definite|clear|visible|appreciable|discernible)\s+)*"
+_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without)\s+(" + _LIST_FILLER + ")")
 # "/" between two nouns is an "or" ("no streaks/BWV"); inside a noun ("D/G") or a sign ("+/-") it is read as part of them
 _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/)\s*")
 # a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
-# "neither streaks nor BWV" (read neither way: the absent phrasings are the ones training writes)
-_NEGATION_RE = re.compile(r"(?<![\w-])(?:no|not|none|nil|absent|negative|neg|lacking|free of|nor|neither)(?![\w-])")
+# "neither streaks nor BWV", "absence of BWV", "BWV excluded", "BWV -ve" (read neither way: the absent phrasings are
+# the ones training writes; before, the words after "absent" here read a bare "BWV" as PRESENT)
+_NEGATION_RE = re.compile(
+    r"(?<![\w-])(?:no|not|none|nil|absent|absence|negative|neg|lacks?|lacking|missing|free of|nor|neither|excluded"
+    r"|ruled out)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
+)
 
 
 def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, int, int]]]], set[int]]:
@@ -614,6 +622,14 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
             if noun is None:
                 if head.group(1) == "without" and (not joined or joined[-1] in ("or", "nor", "/")):
                     governed.add(pos)
+                    # the list goes on past a governed phrasing that "or" / "nor" joins to more ("without irregular
+                    # streaks or BWV": before, the veil read PRESENT)
+                    phrasing = _PHRASE_RE.match(lowered, pos)
+                    sep = _LIST_SEP_RE.match(lowered, phrasing.end()) if phrasing else None
+                    if sep is not None and (sep.group(1) or sep.group(2) or sep.group(3)) in ("or", "nor", "/"):
+                        joined.append(sep.group(1) or sep.group(2) or sep.group(3))
+                        pos = sep.end()
+                        continue
                 break
             name = _NOUN_OF_GROUP[noun.lastindex - 1]
             if _LONGER_PHRASING[name].match(lowered, pos):
@@ -625,8 +641,8 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
             joined.append(sep.group(1) or sep.group(2) or sep.group(3) or "")
             pos = sep.end()
         if head.group(1) == "no":  # up to the last noun a conjunction joins; none: "no X" alone, a phrasing
-            last = max((i + 1 for i in range(len(items) - 1) if joined[i]), default=0)
-            items = items[: last + 1] if last else []
+            last = max((i + 1 for i in range(len(items) - 1) if joined[i]), default=0)  # ("no evidence of X": X alone)
+            items = items[: last + 1] if last else items[: 1 if head.group(2) else 0]
         if items:
             lists.append((head.start(), items[-1][2], items))
     return lists, governed
@@ -640,9 +656,12 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     streaks or BWV", "no streaks or BWV", "no PN, streaks nor BWV", reads each of its nouns absent).
 
     What is not read: a criterion in words no training text writes (it stays out rather than be guessed), one
-    named only as not assessed ("PN n/a", "streaks: unclear"), and one the text states twice with different
-    values ("BWV present ... no BWV": a contradiction is not a finding)."""
-    lowered = text.lower()
+    named only as not assessed ("PN n/a", "streaks: unclear") or in doubt ("?BWV", "possible BWV", "r/o BWV", "BWV
+    cannot be excluded"), a present or graded one the text negates in words of its own ("absence of BWV", "BWV
+    excluded", "BWV -ve") or gives another value after a colon ("BWV: 0", "atyp. PN: ?"), and one the text states
+    twice with different values ("BWV present ... no BWV": a contradiction is not a finding). A text's words are
+    never read as a finding the text denies or doubts."""
+    lowered = text.lower().translate(_DASHES)
     found: dict[str, set[str]] = {}
     gathered = []  # the spans of negated lists: their nouns are absent, not bare mentions of present findings
     lists, governed = _negated_lists(lowered)
@@ -651,25 +670,50 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         for i, (key, a, b) in enumerate(items):
             # the item up to the next one (the last: to its clause's end): "without streaks or PN unclear" drops PN only
             upto = items[i + 1][1] if i + 1 < len(items) else _clause_bounds(lowered, a, b)[1]
-            if not _NOT_ASSESSED.search(lowered, a, upto):
+            if not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b):
                 found.setdefault(key, set()).add("absent")
     for match in _PHRASE_RE.finditer(lowered):
         if any(a <= match.start() < b for a, b in gathered):
             continue
-        key, value = _PHRASINGS[_PHRASE_OF_GROUP[match.lastindex - 1]]
+        phrase = _PHRASE_OF_GROUP[match.lastindex - 1]
+        key, value = _PHRASINGS[phrase]
+        if value != "absent" and (stated := _STATED_VALUE_RE.match(lowered, match.end())) and not _PRESENT_VALUE_RE.match(lowered, stated.end()):
+            continue
         start, end = _clause_bounds(lowered, match.start(), match.end())
         clause = lowered[start:end]
-        if _NOT_ASSESSED.search(clause) or (value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed)):
+        if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()) or (value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed)):
             continue
         found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
 
 
-# a criterion named as not assessed says nothing about the lesion ("PN n/a", "pigment network: not assessable")
+# a criterion named as not assessed, or in doubt, says nothing about the lesion ("PN n/a", "pigment network: not
+# assessable", "?BWV", "possible BWV", "r/o BWV", "BWV cannot be excluded": before, a bare "BWV" in doubt read PRESENT)
 _NOT_ASSESSED = re.compile(
     r"(?<![\w/])n/?a(?![\w/])|\bnot (?:assess|evaluat|determin|examin|gradabl)\w*|\bcannot be (?:assess|evaluat|determin|judg)\w*"
     r"|\b(?:unassessable|non-?evaluable|not-?evaluable|indeterminate|unknown|unclear|equivocal|uncertain)\b"
+    r"|(?<![\w/-])(?:r/o|rule out|possible|possibly|probable|probably|questionable|query|suspicious|suspected|suspect"
+    r"|doubtful|likely|unlikely|suggestive|cannot exclude|can't exclude|cannot be (?:excluded|ruled out)"
+    r"|can't be (?:excluded|ruled out)|not (?:be )?(?:excluded|ruled out))(?![\w-])"
 )
+# typographic dashes and the minus sign as the hyphen they stand for: a word processor writes "BWV –" for "BWV -"
+# (before: read PRESENT, the bare noun); one character each, so positions in the text are kept
+_DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"})
+# a question mark at a mention ("?BWV", "BWV?", "streaks: irregular?", "regular streaks (?)") puts it in doubt; one
+# elsewhere in the clause ("BWV present (biopsy: melanoma?)") does not
+_QUESTION_BEFORE_RE = re.compile(r"\?\s*$")
+_QUESTION_AFTER_RE = re.compile(r"\s*\(?\s*\?")
+
+
+def _questioned(lowered: str, start: int, end: int) -> bool:
+    return bool(_QUESTION_BEFORE_RE.search(lowered, max(0, start - 3), start) or _QUESTION_AFTER_RE.match(lowered, end))
+
+
+# a present or graded phrasing with a value after a colon ("BWV: 0", "atyp. PN: ?", "irregular streaks: -"): the
+# value says what it is, and only "yes" / "present" / "seen" / "+" confirm it (before: "BWV: 0", "BWV: -ve" read
+# PRESENT; a value training writes, "BWV: present", is a phrasing of its own)
+_STATED_VALUE_RE = re.compile(r"\s*[:=]\s*(?=[^\s;,.])")
+_PRESENT_VALUE_RE = re.compile(r"(?:yes|y|present|seen|\+)\s*(?=[;,.)\n]|$)")
 # the clause a mention belongs to: up to ';', ',', a line end, or a sentence's '. ' (not "pigm. ", an abbreviation)
 _CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)\.(?:\s|$)")
 
@@ -743,7 +787,8 @@ def query_text(text: str) -> str:
 
 TEXT_NOT_USED_NOTICE = (
     "the query text was not used: it names no 7-point checklist finding (such as pigment network, streaks, "
-    "blue-whitish veil) in words the model was trained on, so the similar cases were found from the image alone"
+    "blue-whitish veil) in words the model was trained on, or only findings it doubts or denies in other words "
+    "(\"?BWV\", \"absence of BWV\"), so the similar cases were found from the image alone"
 )
 """What the app tells the clinician when the findings gate left a non-empty text out of the query."""
 
