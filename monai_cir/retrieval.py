@@ -349,7 +349,8 @@ class Answer:
     ``ranking``: how the hits are ordered, :data:`~monai_cir.prior_ranking.PRIOR_RANKING` when the diagnosis prior
     ordered them, else :data:`~monai_cir.prior_ranking.SIMILARITY_RANKING`; ``image_alone`` /
     ``image_alone_notice``: what the same image finds without the text, when the text counted (:func:`image_alone`;
-    None otherwise, and from :func:`ranked_answer`, which has no image-only query)."""
+    None otherwise, and from :func:`ranked_answer`, which has no image-only query); ``text_use`` / ``text_notices``:
+    :func:`text_use`'s record and notices for the query's text (from :func:`answer`; None / empty otherwise)."""
 
     hits: list[SearchHit]
     pool: list[SearchHit]
@@ -359,6 +360,9 @@ class Answer:
     # what the same image finds without its text, when the text counted (:func:`image_alone`), and its notice
     image_alone: dict[str, Any] | None = dataclasses.field(default=None, kw_only=True)
     image_alone_notice: str | None = dataclasses.field(default=None, kw_only=True)
+    # how the text counted and what the reader is told of it (:func:`text_use`; from :func:`answer` only)
+    text_use: dict[str, Any] | None = dataclasses.field(default=None, kw_only=True)
+    text_notices: tuple[str, ...] = dataclasses.field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
         if self.ranking not in RANKINGS:
@@ -462,11 +466,12 @@ def answer(
 
     index.check_fingerprint(model_fingerprint(net))
     # the app's rule (results.json's text_use): the text counted when its weight is above zero
-    use = text_use(net, text)[0] if with_image_alone and isinstance(text, str) else None
-    counted = use is not None and use["weight"] > 0
+    use, text_notices = text_use(net, text) if isinstance(text, str) else (None, [])
+    counted = with_image_alone and use is not None and use["weight"] > 0
     query, terms, image_query = _encode_query_and_terms(net, image, text, device, with_image_query=counted)
     slot = DifferentialSlot.from_checkpoint_info(getattr(net, "checkpoint_info", None)) if differential else None
     shown = ranked_answer(index, query[0], k, pool_size, filters, terms=terms, prior=net.diagnosis_prior, slot=slot)
+    shown = dataclasses.replace(shown, text_use=use, text_notices=tuple(text_notices))
     if image_query is None or not shown.hits:
         return shown
     record, notice = image_alone(index, image_query[0], shown.hits, text, filters)

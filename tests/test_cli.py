@@ -135,7 +135,7 @@ def test_search_says_what_the_image_alone_finds_when_the_text_counted(library, c
     import monai_cir.networks
     from monai_cir.cli import main
     from monai_cir.index import load_index
-    from monai_cir.retrieval import search
+    from monai_cir.retrieval import search, text_use
 
     index, images = library
     net = monai_cir.networks.load_model()
@@ -151,11 +151,16 @@ def test_search_says_what_the_image_alone_finds_when_the_text_counted(library, c
         counts[hit.metadata.diagnosis] = counts.get(hit.metadata.diagnosis, 0) + 1
     assert answer["image_alone"]["case_ids"] == [h.case_id for h in expected] and answer["image_alone"]["k"] == 4
     assert answer["image_alone"]["counts"] == dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    # how the text counted, in the app's words (retrieval.answer's record, computed once)
+    use, notices = text_use(net, text)
+    assert answer["text_use"] == use and use["findings_read"] == ["pigment_network", "streaks", "blue_whitish_veil"]
+    assert answer["notices"][: len(notices)] == notices and notices[0].startswith("findings read in the query text")
     assert main([*query, "--text", text]) == 0
     listed = ", ".join(f"{d} {n}" for d, n in answer["image_alone"]["counts"].items())
     assert f"Without the text, the image alone finds {listed} among its 4 most similar cases." in capsys.readouterr().out
     assert main([*query, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["image_alone"] is None
+    image_only = json.loads(capsys.readouterr().out)
+    assert image_only["image_alone"] is None and image_only["text_use"] is None
 
 
 def test_image_alone_notice_when_the_image_favours_another_diagnosis():

@@ -93,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
         library = index.info()["diagnosis"]
         summary = summarize_evidence(pool, calibration=calibration, classes=sorted(library), library=library)
     disagreement = retrieval.evidence_disagreement_notice(summary, shown)
-    use, text_notices = retrieval.text_use(net, args.text or "")  # what the text did, in the app's words
     explanations: list[Any] = []
     if args.explain and hits:
         from monai_cir.explain import explain_matches, render_explanation
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                       + (" and is counted in the evidence summary" if summary is not None else "") + "; compare the other cases")
     # the notes in the app's order (results.json's notices): the text, the site, the order, the query's own case, the differential, the
     # evidence, what the image alone finds
-    notes = [*text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None, disagreement,
+    notes = [*shown.text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None, disagreement,
              shown.image_alone_notice]
     notes = [n for n in notes if n]
     for note in notes:
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             "query": {"image": str(args.image), "text": args.text, "site": args.query_site, "condition": args.site},
             "filters": filters or {},
             "notice": notice,
-            "text_use": use,  # {"weight", "findings_read"}, as the app's results.json; None for an image-only query
+            "text_use": shown.text_use,  # {"weight", "findings_read"}, as the app's results.json; None for an image-only query
             "notices": notes,  # every note printed, as the app's results.json lists them
             "index": str(args.index),
             "hits": [hit.to_dict() for hit in hits],
