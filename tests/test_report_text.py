@@ -449,6 +449,46 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # a denial or a blank right after the mention, or an empty box before it
+    ("BWV (-)", ()),
+    ("BWV, absent", ()),
+    ("BWV N", ()),
+    ("BWV \u207b", (("blue_whitish_veil", _ABSENT),)),  # a superscript minus: the abbreviated style's sign
+    ("[ ] BWV", ()),
+    ("Template:\n[x] atypical PN\n[ ] BWV\n[ ] irregular streaks", (("pigment_network", "atypical"),)),
+    ("BWV: ___", ()),
+    # a section header that negates its section, one denial after several nouns, a grade before an absent sign
+    ("Absent: streaks, BWV", ()),
+    ("Pertinent negatives: streaks, BWV", ()),
+    ("BWV and streaks -", (("streaks", _ABSENT),)),
+    ("atyp. PN -", ()),
+    ("7PCL: atyp. PN, irreg. streaks -, BWV -", (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
+    # the past, a plan, a hedge, another lesion or person, a checklist's score
+    ("Previous dermoscopy showed BWV; today atypical PN, no streaks.", (("pigment_network", "atypical"), ("streaks", _ABSENT))),
+    ("BWV resolved.", ()),
+    ("Plan: excise if BWV develops.", ()),
+    ("Monitor for new BWV or irregular streaks in 3 months.", ()),
+    ("Blue-grey area, maybe BWV vs regression.", ()),
+    ("BWV-like area", ()),
+    ("BWV \u00b1", ()),
+    ("Mother's lesion had BWV.", ()),
+    ("7-point checklist: BWV (2 points)", ()),
+    # ... while what a clinician writes of the lesion in front of them is read as before
+    ("Irregular streaks were seen. BWV is present.", (("streaks", "irregular"), ("blue_whitish_veil", "present"))),
+    ("[x] BWV", (("blue_whitish_veil", "present"),)),
+    ("BWV (+)", (("blue_whitish_veil", "present"),)),
+    ("7PCL criteria: atyp. PN, BWV +", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+])
+def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, read):
+    """A review of clinicians' phrasings (about 2,200 texts: templates, 7-point checklist notes, history, plans,
+    hedges) found a bare "BWV" read as a present veil wherever no negation word shared its clause: a denial after it
+    ("BWV (-)"), an empty box, a negating header, the past, a plan, a hedge. Such a mention is not read."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 def test_text_use_notice_names_the_findings_read_and_the_weight():
     """The clinician who wrote five findings and sees one read knows the other four were not."""
     from monai_cir.data.report import recognised_findings, text_use_notice

@@ -561,7 +561,7 @@ def _phrase_pattern(phrase: str) -> str:
     body = re.escape(phrase).replace(r"\ ", r"\s*" if phrase[-1] in "+-" else r"\s+")
     if phrase[-1] in "+-":  # the sign ends its clause: "Streaks - irregular", "BWV +/-", "BWV-positive" are not signs
         return body + r"(?=\s*(?:[,;.)\n]|$))"
-    return body + (r"" if phrase[-1] in ".)" else r"(?![\w/+-])(?![ \t]+[+-])")  # (a list's "\n- " bullet is no sign)
+    return body + (r"(?![ \t]*[+-]\s*(?:[,;.)\n]|$))" if phrase[-1] in ".)" else r"(?![\w/+-])(?![ \t]+[+-])")  # (a list's "\n- " bullet is no sign)
 
 
 _PHRASINGS = _phrasings()
@@ -600,8 +600,8 @@ _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/
 # "neither streaks nor BWV", "absence of BWV", "BWV excluded", "BWV -ve" (read neither way: the absent phrasings are
 # the ones training writes; before, the words after "absent" here read a bare "BWV" as PRESENT)
 _NEGATION_RE = re.compile(
-    r"(?<![\w-])(?:no|not|none|nil|absent|absence|negative|neg|lacks?|lacking|missing|free of|nor|neither|excluded"
-    r"|ruled out)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
+    r"(?<![\w-])(?:no|not|none|nil|absent|absence|negatives?|neg|loss of|resolution of|disappearance of|lacks?|lacking|missing|free of|nor|neither|excluded"
+    r"|ruled out|never|denied|devoid|unseen|non-?existent|invisible|undetectable|hardly|barely|w/o|ø|\w+n't)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
 )
 
 
@@ -648,6 +648,42 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
     return lists, governed
 
 
+# what denies a present or graded mention right after it, or leaves it blank: "BWV (-)", "BWV, absent", "BWV 0",
+# "BWV N", "BWV ±", a template's "BWV Y/N", "BWV: ___", "BWV [ ]", "BWV:" at a line's end (before: each read PRESENT)
+_TRAILING_DENIAL_RE = re.compile(
+    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|not (?:seen|present|observed|identified)|x|✗|✘|ø"
+    r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?\s*(?=[;,.\n|]|$)|\s*:\s*(?=\n|$)")
+# an empty check box before a mention: "[ ] BWV", "☐ BWV" (a ticked one, "[x] BWV", is read)
+_BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
+# one denial after several nouns: "BWV and streaks -", "BWV, streaks: absent" (the bare "BWV" is denied with the rest)
+_SHARED_ABSENT_RE = re.compile(
+    r"(?:\s*(?:,|&|and|/|\+)\s*(?:" + "|".join(re.escape(n) for n in sorted(_NOUN_OF, key=len, reverse=True)) + r"))+"
+    r"\s*(?::\s*)?(?:all\s+)?(?:-|absent|none|no|not seen|nil|0|negative)\s*(?=[;,.)\n]|$)")
+# a grade word before an absent sign: "atyp. PN -" denies the atypical network, not the network (the checklist's items
+# are graded: "irreg. streaks -" is not "no streaks")
+_GRADE_WORDS = sorted({p[: -len(n)].strip() for p, (k, v) in _PHRASINGS.items() if v != "absent" for n in _training_vocabulary()[k]
+                       if p.endswith(" " + n) and not p.startswith("no ")}, key=len, reverse=True)
+_GRADE_BEFORE_RE = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(g) for g in _GRADE_WORDS if g) + r")\s+$")
+# a section header that negates its section: "Absent: streaks, BWV", "Not seen:\n- BWV"
+_SECTION_RE = re.compile(r"(?m)(?:^|(?<=\.) )[ \t]*(?:[-*•][ \t]*)?([a-z0-9][\w \t/-]{0,40}?)[ \t]*:")
+
+
+def _denied_around(lowered: str, start: int, end: int, bare: bool) -> bool:
+    """Whether the text around a present or graded mention ``lowered[start:end]`` denies it or leaves it blank: a
+    denial or blank right after it, an empty box before it, a negating section header, and for a ``bare`` noun one
+    denial after it and more nouns."""
+    return bool(_TRAILING_DENIAL_RE.match(lowered, end) or _BOX_BEFORE_RE.search(lowered, max(0, start - 6), start)
+                or (bare and _SHARED_ABSENT_RE.match(lowered, end)) or _negated_section(lowered, start))
+
+
+def _negated_section(lowered: str, start: int) -> bool:
+    """Under a header that negates its section ("Absent: streaks, BWV", "Pertinent negatives:\n- BWV")."""
+    last = None
+    for m in _SECTION_RE.finditer(lowered, 0, start):
+        last = m
+    return bool(last and _NEGATION_RE.search(last.group(1)))
+
+
 @functools.lru_cache(maxsize=4096)  # every query of an evaluation is read several times (weights, terms, notices)
 def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     """The 7-point findings ``text`` states in the words of the training texts, as ``(key, value)`` pairs in
@@ -679,6 +715,10 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         key, value = _PHRASINGS[phrase]
         if value != "absent" and (stated := _STATED_VALUE_RE.match(lowered, match.end())) and not _PRESENT_VALUE_RE.match(lowered, stated.end()):
             continue
+        if value != "absent" and _denied_around(lowered, match.start(), match.end(), bare=phrase in _NOUN_OF):
+            continue
+        if value == "absent" and phrase[-1] == "-" and _GRADE_BEFORE_RE.search(lowered, max(0, match.start() - 30), match.start()):
+            continue  # "atyp. PN -": the atypical network is denied, not the network
         start, end = _clause_bounds(lowered, match.start(), match.end())
         clause = lowered[start:end]
         if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()) or (value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed)):
@@ -694,11 +734,22 @@ _NOT_ASSESSED = re.compile(
     r"|\b(?:unassessable|non-?evaluable|not-?evaluable|indeterminate|unknown|unclear|equivocal|uncertain)\b"
     r"|(?<![\w/-])(?:r/o|rule out|possible|possibly|probable|probably|questionable|query|suspicious|suspected|suspect"
     r"|doubtful|likely|unlikely|suggestive|cannot exclude|can't exclude|cannot be (?:excluded|ruled out)"
-    r"|can't be (?:excluded|ruled out)|not (?:be )?(?:excluded|ruled out))(?![\w-])"
+    r"|can't be (?:excluded|ruled out)|not (?:be )?(?:excluded|ruled out)"
+    # a hedge: "maybe BWV", "BWV vs regression", "pseudo BWV", "BWV-like area", "BWV ±"
+    r"|maybe|may be|perhaps|could|might|represents?|hint of|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure"
+    r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
+    # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
+    r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for"
+    # the past, another lesion or person: "previous dermoscopy showed BWV", "BWV resolved", "mother's lesion had BWV"
+    r"|previous|previously|prior|prev\.|h/o|hx|history|formerly|baseline|last visit|resolved|disappeared|faded|regressed"
+    r"|family|mother'?s?|father'?s?|sibling|adjacent|neighbou?ring|contralateral|satellite"
+    # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
+    r"|score|points?|pts"
+    r")(?![\w-])|(?<=[\w-])like(?![\w-])|±|\(\s*\+/-\s*\)"
 )
 # typographic dashes and the minus sign as the hyphen they stand for: a word processor writes "BWV –" for "BWV -"
 # (before: read PRESENT, the bare noun); one character each, so positions in the text are kept
-_DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"})
+_DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d\u207b\u208b\u02d7"})
 # a question mark at a mention ("?BWV", "BWV?", "streaks: irregular?", "regular streaks (?)") puts it in doubt; one
 # elsewhere in the clause ("BWV present (biopsy: melanoma?)") does not
 _QUESTION_BEFORE_RE = re.compile(r"\?\s*$")
