@@ -103,6 +103,65 @@ print(json.dumps(rows))
 """
 
 
+# one worker of the parallelism probe: a fixed piece of the app's work, repeated from a start time (argv[4], epoch
+# seconds) for argv[5] seconds, on one torch thread; prints how many times it ran. argv: repo, MODELS, work
+# ("encode": the image + text forward of 4 studies, the app's CPU chunk; "sr_write": writing an answer's SR
+# (pydicom, single-threaded Python: most of the reports pass), the SR file in argv[6])
+PARALLEL_WORKER = r"""
+import io, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.set_num_threads(1)
+if sys.argv[3] == "encode":
+    import deploy_app.app as app
+    from deploy_app.operators.retrieval import _forward_images
+    net = app.load_models(sys.argv[2], device="cpu").net
+    images, texts = torch.rand(4, 3, net.image_size, net.image_size), ["irregular streaks; blue-whitish veil present"] * 4
+    def once():
+        with torch.inference_mode():
+            net.encode_query_parts(_forward_images(net, images), texts, with_image_query=True)
+else:
+    import pydicom
+    sr = pydicom.dcmread(sys.argv[6])
+    def once():
+        sr.save_as(io.BytesIO(), enforce_file_format=True)
+once()
+time.sleep(max(0.0, float(sys.argv[4]) - time.time()))
+end, n = float(sys.argv[4]) + float(sys.argv[5]), 0
+while time.time() < end:
+    once(); n += 1
+print(n)
+"""
+
+
+def machine_parallelism(models: Path, sr_file: Path, seconds: float = 6.0) -> dict:
+    """How much more of the app's work this machine does with every CPU busy than with one: each kind of work
+    (:data:`PARALLEL_WORKER`) in one process alone, then in as many processes as there are CPUs at once, on one torch
+    thread each; ``speedup`` = the work done together over the work done alone. A batch cannot cost less per
+    study than a single study's work over this speedup, whatever the CPU times add up to."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = {"cpus": cpus, "seconds": seconds}
+    for work in ("encode", "sr_write"):
+        rates = []
+        for processes in (1, cpus):
+            start = time.time() + 15  # after every worker has loaded what it needs
+            procs = [subprocess.Popen([sys.executable, "-W", "ignore", "-c", PARALLEL_WORKER, str(REPO), str(models), work, str(start),
+                                       str(seconds), str(sr_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                     for _ in range(processes)]
+            counts = []
+            for proc in procs:
+                stdout, stderr = proc.communicate()
+                if proc.returncode != 0:
+                    raise RuntimeError(f"parallelism worker ({work}) failed:\n{stderr[-3000:]}")
+                counts.append(int(stdout.strip().splitlines()[-1]))
+            rates.append(sum(counts) / seconds)
+        unit = "forwards of 4 studies per s" if work == "encode" else "SR writes per s"
+        out[work] = {"unit": unit, "one_process": round(rates[0], 2), f"{cpus}_processes": round(rates[1], 2), "speedup": round(rates[1] / rates[0], 2)}
+        print(f"[cpu] parallelism, {work}: {rates[0]:.2f} {unit} in one process, {rates[1]:.2f} in {cpus}: x{rates[1] / rates[0]:.2f}", flush=True)
+    return out
+
+
 def run_subprocess_app(inputs: Path, out: Path, models: Path, extra: list[str]) -> tuple[float, dict]:
     if out.exists():
         shutil.rmtree(out)
@@ -377,6 +436,7 @@ def main() -> int:
             "cold_breakdown_eager_fallback": "the same without the artifact, with the imports the eager encoders need timmed one by one",
             "single_study_ms": "warm: the app in one process, models loaded once, one study per run, explanations + SR + PDF on; wall per run; stages from results.json, other = wall - stages (SDK graph, results.json); cpu_ms = CPU time of the process (all threads) and of its ended children (the reports' workers of a batch) per run: on a machine shared with other jobs it is the figure that load inflates least (wall ~ CPU for the single-threaded rendering when idle). steady: the matches' library cases seen before in this process (decoded images, thumbnails, grid maps cached); first_sight: those caches cleared before each run, the matches' grid maps read from MODELS/index/grid_maps (written by the index build); first_sight_without_grid_store: the same without that store (the matches run through the image encoder)",
             "batch": "warm: runs answering the studies together (batch_size = studies; the reports pass, explanations + SR + PDF, splits the studies over forked workers, one per CPU); per-study cost = run wall / studies, of the median of --batch-runs runs (each run's listed); first_sight (library caches cleared before each run) against the single study's first_sight p50, then steady (the same batch again) against the steady p50; paired: --paired-rounds rounds of three single-study runs and one batch back to back (order alternating), steady and first sight, the batch's per-study wall over the median of the round's three singles, per round, and the median of those ratios (the figure the machine's drift touches least); per_study_cpu_ms_split: the batch's CPU per study in the app's process and in the reports pass's forked workers; cpu_floor_per_study_ms: the batch's CPU per study over the CPUs (a batch whose wall time is near it has no idle CPU left to use), cpu_floor_over_single_p50 that floor over the single study's p50 (the lowest ratio this machine allows without less CPU work per study); matches: the cases shown over the batch and the distinct library cases among them (each prepared once per process: the work a batch shares)",
+            "machine_parallelism": "how much more of the app's work the machine does with every CPU busy than with one (the batch's reports pass and encode run on every CPU): two kinds of work, each repeated for `seconds` in one process alone, then in one process per CPU at once, one torch thread each: encode (the image + text forward of 4 studies, the app's CPU chunk) and sr_write (writing an answer's SR with pydicom: single-threaded Python, most of the reports pass); speedup = the work done together over the work done alone (the CPU count on a machine whose CPUs share nothing; less where they share a core or memory bandwidth). A batch's per-study wall cannot go below a single study's work over this speedup",
             "cold_first_study_s": "launch_to_exit - process_start_to_ready: the first study of a fresh process (its lazy imports: highdicom, reportlab; the first forwards) and the SDK's shutdown",
         },
         "results": [],
@@ -408,6 +468,9 @@ def main() -> int:
             print(f"[cpu] cold breakdown: {entry['cold_breakdown']}\n[cpu] eager fallback: {entry['cold_breakdown_eager_fallback']}", flush=True)
         warm_entry, last = warm(device, models, single, several, work, args)
         entry.update(warm_entry)
+        if device == "cpu":
+            sr_file = next((work / "out-cpu-single").rglob("similar_cases_sr.dcm"))
+            entry["machine_parallelism"] = machine_parallelism(models, sr_file)
         answers[device] = last["queries"][0]["top_k"]
         report["results"].append(entry)
     if "cuda" in answers:
