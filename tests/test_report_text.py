@@ -309,6 +309,9 @@ _ABSENT = "absent"
     ("without BWV+", ()),
     ("no streaks or BWV +", (("streaks", _ABSENT),)),  # "BWV +" in a negated clause: read neither way
     ("no streaks or BWV +/-", (("streaks", _ABSENT),)),
+    ("without streaks or BWV positive", (("streaks", _ABSENT),)),  # read neither way (before: the veil read absent)
+    ("without BWV positive", ()),
+    ("no streaks or BWV +ve", (("streaks", _ABSENT),)),
     # after "no", a comma without a conjunction ends the clause: a findings list goes on (as before)
     ("no streaks, BWV, atyp. PN", (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
     # "without" negates a graded phrasing after it in its clause (before: "without irregular streaks" read irregular streaks)

@@ -593,6 +593,9 @@ _LONGER_PHRASING = {
 # streaks or BWV", "without any signs of BWV"): with them the list is read as without them (before: "without evidence
 # of BWV" read the veil PRESENT, a bare "BWV" after words that are no noun)
 _LIST_FILLER = r"(?:(?:any|evidence|signs?|features?|of|obvious|definite|clear|visible|appreciable|discernible)\s+)*"
+# a word after a list's noun that affirms it: the noun is no item of the negated list ("without streaks or BWV
+# positive": before, the veil read absent)
+_AFFIRMED_AFTER_RE = re.compile(r"[ \t]*(?:positive|pos\.?|\+ve)(?![\w])")
 _LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without)\s+(" + _LIST_FILLER + ")")
 # "/" between two nouns is an "or" ("no streaks/BWV"); inside a noun ("D/G") or a sign ("+/-") it is read as part of them
 _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/)\s*")
@@ -634,6 +637,9 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
             name = _NOUN_OF_GROUP[noun.lastindex - 1]
             if _LONGER_PHRASING[name].match(lowered, pos):
                 break  # "BWV +", "BWV present": a phrasing with its own value
+            if _AFFIRMED_AFTER_RE.match(lowered, noun.end()):
+                governed.add(pos)  # "without streaks or BWV positive": read neither way
+                break
             items.append((_NOUN_OF[name], noun.start(), noun.end()))
             sep = _LIST_SEP_RE.match(lowered, noun.end())
             if sep is None:
