@@ -492,6 +492,24 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    ("PN: typical, focally atypical", ()),
+    ("D/G: regular and irregular", ()),
+    ("regular D/G, some irregular", ()),
+    ("PN typical / atypical", ()),
+    ("pigm. diffuse irregular, localized regular; no streaks", (("streaks", _ABSENT),)),
+    # a grade that starts the next finding's mention is that finding's
+    ("atypical pigment network, irregular streaks", (("pigment_network", "atypical"), ("streaks", "irregular"))),
+    ("PN atypical, streaks irregular. Regular D/G.", (("pigment_network", "atypical"), ("streaks", "irregular"), ("dots_and_globules", "regular"))),
+])
+def test_a_criterion_given_two_grades_is_not_read(text, read):
+    """"PN: typical, focally atypical" read a typical network: the first grade, the second left out. A criterion the
+    text gives a second grade with no noun of its own is read neither way."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 def test_text_use_notice_names_the_findings_read_and_the_weight():
     """The clinician who wrote five findings and sees one read knows the other four were not."""
     from monai_cir.data.report import recognised_findings, text_use_notice

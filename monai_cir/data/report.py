@@ -674,6 +674,25 @@ _GRADE_BEFORE_RE = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(g) for g in 
 _SECTION_RE = re.compile(r"(?m)(?:^|(?<=\.) )[ \t]*(?:[-*•][ \t]*)?([a-z0-9][\w \t/-]{0,40}?)[ \t]*:")
 
 
+# a grade word that qualifies no noun of its own after a graded mention, before the next mention or the sentence's
+# end: "PN: typical, focally atypical", "D/G: regular and irregular", "PN typical / atypical" (before: the first grade
+# read); "atypical PN, irregular streaks" names a second finding, whose mention starts at its grade
+_DANGLING_GRADE_RE = re.compile(
+    r"(?<![\w-])(?:atypical|typical|irregular|regular|atyp\.|typ\.|irreg\.|reg\.)(?![\w-])"
+    r"(?!\s*(?:" + "|".join(re.escape(n) for n in _NOUN_OF_GROUP) + r")(?![\w]))"  # ("irreg. streaks -": the streaks')
+)
+_SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)\.(?:\s|$)")
+
+
+def _another_grade_after(lowered: str, end: int, next_mention: int) -> bool:
+    """Whether another grade word follows a graded mention ending at ``end``, on its own (before ``next_mention``,
+    the next phrasing's start, and the sentence's end): the text gives the criterion two grades."""
+    stop = _SENTENCE_END_RE.search(lowered, end, next_mention)
+    limit = stop.start() if stop else next_mention
+    grade = _DANGLING_GRADE_RE.search(lowered, end, limit + 40)  # (past the limit: the noun after a grade is looked at)
+    return grade is not None and grade.start() < limit
+
+
 def _denied_around(lowered: str, start: int, end: int, bare: bool) -> bool:
     """Whether the text around a present or graded mention ``lowered[start:end]`` denies it or leaves it blank: a
     denial or blank right after it, an empty box before it, a negating section header, and for a ``bare`` noun one
@@ -714,11 +733,14 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             upto = items[i + 1][1] if i + 1 < len(items) else _clause_bounds(lowered, a, b)[1]
             if not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b):
                 found.setdefault(key, set()).add("absent")
-    for match in _PHRASE_RE.finditer(lowered):
+    matches = list(_PHRASE_RE.finditer(lowered))
+    for n, match in enumerate(matches):
         if any(a <= match.start() < b for a, b in gathered):
             continue
         phrase = _PHRASE_OF_GROUP[match.lastindex - 1]
         key, value = _PHRASINGS[phrase]
+        if value not in ("absent", "present") and _another_grade_after(lowered, match.end(), matches[n + 1].start() if n + 1 < len(matches) else len(lowered)):
+            continue
         if value != "absent" and (stated := _STATED_VALUE_RE.match(lowered, match.end())) and not _PRESENT_VALUE_RE.match(lowered, stated.end()):
             continue
         if value != "absent" and _denied_around(lowered, match.start(), match.end(), bare=phrase in _NOUN_OF):
