@@ -7,7 +7,10 @@ This benchmark runs the reader over clinicians' phrasings written for that revie
 negation forms, hedges, history, plans, check-box templates, tables, 7-point scores, multiple lesions...; and
 generated ones: risky contexts around nine present or graded phrasings) and counts the texts with a wrong reading:
 a (criterion, value) read that the case does not allow (most allow nothing; a denial may be read absent). A text
-left unread is not counted: a missing reading is the safe failure (the query falls back to the image).
+left unread is not counted there: a missing reading is the safe failure (the query falls back to the image). The
+other side, ``stated``: texts that state findings of the lesion in front of the clinician, each to be read exactly
+(a reader that refuses too much reads these short). The reader's rules were written from these texts' wrong
+readings, so the figures say what the rules cover, not how they generalise to texts nobody has looked at.
 
     python bench/reader_safety.py [--out bench/results/reader_safety.json] [--list N]
 
@@ -275,6 +278,47 @@ def generated() -> list[tuple[str, str, set]]:
     return cases
 
 
+def stated() -> list[tuple[str, str, tuple]]:
+    """``(pattern, text, the reading expected)``: findings a clinician states of the lesion in front of them, in training
+    words and around them (a reader that refuses too much reads these short: the query falls back to the image)."""
+    P, IRR, ATY = "present", "irregular", "atypical"
+    return [("stated", t, tuple(sorted(r, key=lambda f: _ORDER.index(f[0])))) for t, r in [
+        ("Irregular streaks were seen. BWV is present.", [(ST, IRR), (BWV, P)]),
+        ("The lesion shows atypical PN and BWV", [(PN, ATY), (BWV, P)]),
+        ("7PCL criteria: atyp. PN, BWV +", [(PN, ATY), (BWV, P)]),
+        ("Dermoscopy: atypical pigment network, irregular streaks, BWV.", [(PN, ATY), (ST, IRR), (BWV, P)]),
+        ("Findings: BWV; irregular D/G", [(DG, IRR), (BWV, P)]),
+        ("[x] BWV", [(BWV, P)]),
+        ("BWV (+)", [(BWV, P)]),
+        ("atypical PN with BWV and irregular streaks", [(PN, ATY), (ST, IRR), (BWV, P)]),
+        ("Asymmetric lesion with BWV", [(BWV, P)]),
+        ("BWV present, streaks absent", [(BWV, P)]),
+        ("When examined: BWV present", [(BWV, P)]),
+        ("New BWV noted today.", [(BWV, P)]),
+        ("BWV unchanged since last visit", [(BWV, P)]),
+        ("Dotted vessels in the centre", [(VS, "dotted")]),
+        ("Regression (blue areas) at the periphery", [(RG, "blue areas")]),
+        ("BWV, which would favour melanoma", [(BWV, P)]),
+        ("Atypical PN; the lesion has grown since 2022", [(PN, ATY)]),
+        ("Irregular streaks at the periphery, BWV centrally", [(ST, IRR), (BWV, P)]),
+        ("BWV and irregular streaks present; excision advised", [(ST, IRR), (BWV, P)]),
+        ("Dermoscopic findings:\n- pigment network: atypical\n- BWV: present", [(PN, ATY), (BWV, P)]),
+        ("Impression: atypical PN, BWV. Plan: excise.", [(PN, ATY), (BWV, P)]),
+        ("Prominent BWV", [(BWV, P)]),
+        ("Irregular D/G throughout", [(DG, IRR)]),
+        ("Streaks irregular, PN atypical", [(PN, ATY), (ST, IRR)]),
+        ("Diffuse irregular pigmentation", [(PG, "diffuse irregular")]),
+        ("BWV present; may represent melanoma", [(BWV, P)]),
+        ("BWV, could be melanoma", [(BWV, P)]),
+        ("Today: atypical PN, BWV.", [(PN, ATY), (BWV, P)]),
+        ("No streaks or BWV; atypical PN.", [(PN, ATY), (ST, A), (BWV, A)]),
+        ("without evidence of BWV", [(BWV, A)]),
+    ]]
+
+
+_ORDER = [PN, ST, PG, RG, DG, BWV, VS]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=OUT_JSON)
@@ -298,8 +342,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {sets[name]['wrong']} of {len(cases)} texts read wrong", flush=True)
         for p in totals:
             print(f"  {p}: {len(wrong[p])} / {totals[p]}", flush=True)
+    # the other side: what a clinician states of the lesion is read, each text exactly as expected
+    missed = [{"text": t, "read": [list(f) for f in read_findings(t)], "expected": [list(f) for f in e]} for _, t, e in stated()
+              if read_findings(t) != e]
+    sets["stated"] = {"texts": len(stated()), "read_otherwise": len(missed), "examples": missed}
+    print(f"stated: {len(missed)} of {len(stated())} texts read otherwise than stated", flush=True)
     lines = [f"# {header['benchmark']}", "", f"commit {header['commit']['sha'][:7]}{' (dirty)' if header['commit']['dirty'] else ''}; `{header['command']}`", ""]
     for name, s in sets.items():
+        if name == "stated":
+            lines += [f"## stated: {s['read_otherwise']} of {s['texts']} texts that state findings read otherwise", ""]
+            lines += [f"- `{m['text']!r}`: read {m['read']}, stated {m['expected']}" for m in s["examples"]] + [""]
+            continue
         lines += [f"## {name}: {s['wrong']} of {s['texts']} texts read wrong", "", "| pattern | texts | wrong | e.g. |", "|---|---|---|---|"]
         for p, row in sorted(s["by_pattern"].items(), key=lambda kv: -kv[1]["wrong"]):
             example = row["examples"][0] if row["examples"] else None

@@ -477,11 +477,26 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("BWV \u00b1", ()),
     ("Mother's lesion had BWV.", ()),
     ("7-point checklist: BWV (2 points)", ()),
+    # ... and the same said after the mention, in a clause of its own, or by a header that names criteria only
+    ("BWV, possibly", ()),
+    ("BWV like area", ()),
+    ("irregular streaks or artefact", ()),
+    ("BWV, now resolved", ()),
+    ("atyp. PN seen before", ()),
+    ("should BWV develop", ()),
+    ("BWV would prompt excision", ()),
+    ("BWV in the other lesion", ()),
+    ("Please comment on BWV.", ()),
+    ("Assessed: PN, streaks, BWV", ()),
+    ("BWV is a major criterion", ()),
     # ... while what a clinician writes of the lesion in front of them is read as before
     ("Irregular streaks were seen. BWV is present.", (("streaks", "irregular"), ("blue_whitish_veil", "present"))),
     ("[x] BWV", (("blue_whitish_veil", "present"),)),
     ("BWV (+)", (("blue_whitish_veil", "present"),)),
     ("7PCL criteria: atyp. PN, BWV +", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("BWV, which would favour melanoma", (("blue_whitish_veil", "present"),)),
+    ("BWV present; may represent melanoma", (("blue_whitish_veil", "present"),)),
+    ("Impression: atypical PN, BWV. Plan: excise.", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
 ])
 def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, read):
     """A review of clinicians' phrasings (about 2,200 texts: templates, 7-point checklist notes, history, plans,

@@ -16,6 +16,7 @@ Example (Derm7pt case 701)::
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -693,20 +694,41 @@ def _another_grade_after(lowered: str, end: int, next_mention: int) -> bool:
     return grade is not None and grade.start() < limit
 
 
-def _denied_around(lowered: str, start: int, end: int, bare: bool) -> bool:
+# what follows a mention and puts it in the past or in a hypothesis: "BWV, now resolved", "BWV seen before",
+# "BWV would prompt excision", "should BWV develop", "when BWV appears"
+_PAST_OR_HYPOTHETICAL_AFTER_RE = re.compile(
+    r"\s*[,;]?\s*(?:(?:is|was|has|have|had|now|since|since then|seen|in \d{4})[, ]+)*(?:resolved|gone|disappeared|faded|vanished"
+    r"|cleared|before|previously|earlier)(?![\w-])|\s+(?:would|should|will|may|might|could|appears?|develops?|emerges?|arises?)(?![\w-])"
+)
+
+
+def _denied_around(lowered: str, start: int, end: int, bare: bool, sections: tuple[list[int], list[bool]]) -> bool:
     """Whether the text around a present or graded mention ``lowered[start:end]`` denies it or leaves it blank: a
-    denial or blank right after it, an empty box before it, a negating section header, and for a ``bare`` noun one
-    denial after it and more nouns."""
+    denial or blank right after it, an empty box before it, a negating section header (``sections``, from
+    :func:`_sections`), and for a ``bare`` noun one denial after it and more nouns."""
     return bool(_TRAILING_DENIAL_RE.match(lowered, end) or _BOX_BEFORE_RE.search(lowered, max(0, start - 6), start)
-                or (bare and _SHARED_ABSENT_RE.match(lowered, end)) or _negated_section(lowered, start))
+                or _PAST_OR_HYPOTHETICAL_AFTER_RE.match(lowered, end)
+                or (bare and _SHARED_ABSENT_RE.match(lowered, end)) or _negated_section(sections, start))
 
 
-def _negated_section(lowered: str, start: int) -> bool:
-    """Under a header that negates its section ("Absent: streaks, BWV", "Pertinent negatives:\n- BWV")."""
-    last = None
-    for m in _SECTION_RE.finditer(lowered, 0, start):
-        last = m
-    return bool(last and _NEGATION_RE.search(last.group(1)))
+# a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."
+_META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch|key|abbreviations?|checklist items"
+                             r"|differential|ddx|to do|plan)(?![\w-])")
+
+
+def _sections(lowered: str) -> tuple[list[int], list[bool]]:
+    """The text's section headers ("Absent:", "Assessed:", "Findings:"): where each ends, and whether it negates its
+    section or names criteria without stating them (read once per text)."""
+    headers = list(_SECTION_RE.finditer(lowered))
+    return [m.end() for m in headers], [bool(_NEGATION_RE.search(m.group(1)) or _META_HEADER_RE.search(m.group(1))) for m in headers]
+
+
+def _negated_section(sections: tuple[list[int], list[bool]], start: int) -> bool:
+    """Under a header that negates its section ("Absent: streaks, BWV", "Pertinent negatives:\n- BWV") or names
+    criteria only ("Assessed: PN, streaks, BWV"): the last header that ends before ``start``."""
+    ends, flags = sections
+    last = bisect.bisect_right(ends, start) - 1
+    return last >= 0 and flags[last]
 
 
 @functools.lru_cache(maxsize=4096)  # every query of an evaluation is read several times (weights, terms, notices)
@@ -734,6 +756,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             if not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b):
                 found.setdefault(key, set()).add("absent")
     matches = list(_PHRASE_RE.finditer(lowered))
+    sections = _sections(lowered)
     for n, match in enumerate(matches):
         if any(a <= match.start() < b for a, b in gathered):
             continue
@@ -743,7 +766,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         if value != "absent" and (stated := _STATED_VALUE_RE.match(lowered, match.end())) and not _PRESENT_VALUE_RE.match(lowered, stated.end()):
             continue
-        if value != "absent" and _denied_around(lowered, match.start(), match.end(), bare=phrase in _NOUN_OF):
+        if value != "absent" and _denied_around(lowered, match.start(), match.end(), phrase in _NOUN_OF, sections):
             continue
         if value == "absent" and phrase[-1] == "-" and _GRADE_BEFORE_RE.search(lowered, max(0, match.start() - 30), match.start()):
             continue  # "atyp. PN -": the atypical network is denied, not the network
@@ -767,7 +790,9 @@ _NOT_ASSESSED = re.compile(
     r"|maybe|may be|perhaps|could|might|represents?|hint of|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure"
     r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
-    r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for"
+    r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for|should|would|re-?image for|review for"
+    r"|to exclude|is there|are there|comment on|to assess|not reported|not recorded|see image|criterion"
+    r"|other (?:lesion|naevus|nevus|mole)s?"
     # the past, another lesion or person: "previous dermoscopy showed BWV", "BWV resolved", "mother's lesion had BWV"
     r"|previous|previously|prior|prev\.|h/o|hx|history|formerly|baseline|last visit|resolved|disappeared|faded|regressed"
     r"|family|mother'?s?|father'?s?|sibling|adjacent|neighbou?ring|contralateral|satellite"
@@ -784,8 +809,16 @@ _QUESTION_BEFORE_RE = re.compile(r"\?\s*$")
 _QUESTION_AFTER_RE = re.compile(r"\s*\(?\s*\?")
 
 
+# a doubt that follows the mention in a clause of its own: "BWV, possibly", "BWV; uncertain", "BWV like", "BWV or artefact"
+_DOUBT_AFTER_RE = re.compile(
+    r"\s*[,;:]?\s*\(?\s*(?:possibly|probably|uncertain|equivocal|questionable|doubtful|unclear|not sure|tbc|to be confirmed"
+    r"|unconfirmed|maybe|perhaps)\s*\)?\s*(?=[;,.)\n]|$)|\s*-?\s*like(?![\w-])|\s+or\s+(?:artefact|artifact|not)(?![\w-])"
+)
+
+
 def _questioned(lowered: str, start: int, end: int) -> bool:
-    return bool(_QUESTION_BEFORE_RE.search(lowered, max(0, start - 3), start) or _QUESTION_AFTER_RE.match(lowered, end))
+    return bool(_QUESTION_BEFORE_RE.search(lowered, max(0, start - 3), start) or _QUESTION_AFTER_RE.match(lowered, end)
+                or _DOUBT_AFTER_RE.match(lowered, end))
 
 
 # a present or graded phrasing with a value after a colon ("BWV: 0", "atyp. PN: ?", "irregular streaks: -"): the
