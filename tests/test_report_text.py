@@ -402,11 +402,12 @@ def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read):
 
 @pytest.mark.parametrize(("text", "read"), [
     # negated in words no training text writes: read neither way (before: each read the veil PRESENT, the bare noun)
-    ("absence of blue-whitish veil", ()),
-    ("absence of streaks and BWV", ()),
+    ("absence of blue-whitish veil", (("blue_whitish_veil", _ABSENT),)),  # (a list's head, as "without")
+    ("absence of streaks and BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("lacking streaks, BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
     ("BWV excluded", ()),
     ("BWV ruled out", ()),
-    ("lacks BWV", ()),
+    ("lacks BWV", (("blue_whitish_veil", _ABSENT),)),
     ("missing BWV", ()),
     ("BWV -ve", ()),
     ("BWV: -ve", ()),
@@ -465,6 +466,7 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("Absent: streaks, BWV", ()),
     ("Pertinent negatives: streaks, BWV", ()),
     ("BWV and streaks -", (("streaks", _ABSENT),)),
+    ("BWV, streaks, regression - absent", ()),
     ("atyp. PN -", ()),
     ("7PCL: atyp. PN, irreg. streaks -, BWV -", (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
     # the past, a plan, a hedge, another lesion or person, a checklist's score

@@ -597,7 +597,9 @@ _LIST_FILLER = r"(?:(?:any|evidence|signs?|features?|of|obvious|definite|clear|v
 # a word after a list's noun that affirms it: the noun is no item of the negated list ("without streaks or BWV
 # positive": before, the veil read absent)
 _AFFIRMED_AFTER_RE = re.compile(r"[ \t]*(?:positive|pos\.?|\+ve)(?![\w])")
-_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without)\s+(" + _LIST_FILLER + ")")
+# "lacking", "lacks", "lack of", "absence of" head a list as "without" does ("lacking streaks, BWV": before, the veil
+# read PRESENT, its comma clause had no negation)
+_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without|lacking|lacks|lack of|absence of)\s+(" + _LIST_FILLER + ")")
 # "/" between two nouns is an "or" ("no streaks/BWV"); inside a noun ("D/G") or a sign ("+/-") it is read as part of them
 _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/)\s*")
 # a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
@@ -624,7 +626,7 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
         while True:
             noun = _NOUN_RE.match(lowered, pos) or _NOUN_BEFORE_SLASH_RE.match(lowered, pos)
             if noun is None:
-                if head.group(1) == "without" and (not joined or joined[-1] in ("or", "nor", "/")):
+                if head.group(1) != "no" and (not joined or joined[-1] in ("or", "nor", "/")):
                     governed.add(pos)
                     # the list goes on past a governed phrasing that "or" / "nor" joins to more ("without irregular
                     # streaks or BWV": before, the veil read PRESENT)
@@ -665,7 +667,7 @@ _BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
 # one denial after several nouns: "BWV and streaks -", "BWV, streaks: absent" (the bare "BWV" is denied with the rest)
 _SHARED_ABSENT_RE = re.compile(
     r"(?:\s*(?:,|&|and|/|\+)\s*(?:" + "|".join(re.escape(n) for n in sorted(_NOUN_OF, key=len, reverse=True)) + r"))+"
-    r"\s*(?::\s*)?(?:all\s+)?(?:-|absent|none|no|not seen|nil|0|negative)\s*(?=[;,.)\n]|$)")
+    r"\s*(?::\s*)?(?:all\s+)?(?:-|(?:-\s*)?(?:absent|none|no|not seen|nil|0|negative))\s*(?=[;,.)\n]|$)")
 # a grade word before an absent sign: "atyp. PN -" denies the atypical network, not the network (the checklist's items
 # are graded: "irreg. streaks -" is not "no streaks")
 _GRADE_WORDS = sorted({p[: -len(n)].strip() for p, (k, v) in _PHRASINGS.items() if v != "absent" for n in _training_vocabulary()[k]
