@@ -577,12 +577,13 @@ _PHRASE_OF_GROUP = sorted(_PHRASINGS, key=len, reverse=True)
 # streaks, BWV +", "no streaks, BWV, atyp. PN") unless a conjunction ("or", "nor", "and") joins a later noun to the list.
 _NOUN_OF = {noun: key for key, nouns in _training_vocabulary().items() for noun in nouns}
 _NOUN_OF_GROUP = sorted(_NOUN_OF, key=len, reverse=True)
+_ANY_NOUN = "|".join(re.escape(n) for n in _NOUN_OF_GROUP)  # any training noun, longest first (inside other patterns)
 _NOUN_RE = re.compile("|".join(f"({_phrase_pattern(n)})" for n in _NOUN_OF_GROUP))  # whole words, no sign after
 # a noun written close to the next with "/" ("streaks/BWV"; the groups in _NOUN_RE's order): the whole-word rule
 # above keeps "/" out of a bare noun, so that "D/G" is one noun and not "D" or "G"
 _NOUN_BEFORE_SLASH_RE = re.compile(
     "(?:" + "|".join(f"({re.escape(n)})" for n in _NOUN_OF_GROUP) + ")"
-    + r"(?=\s*/\s*(?:" + "|".join(re.escape(n) for n in _NOUN_OF_GROUP) + r")(?!\w))"
+    + r"(?=\s*/\s*(?:" + _ANY_NOUN + r")(?!\w))"
 )
 # per noun, the phrasings that start with it and say more ("BWV +", "BWV: present"): one that matches where the noun
 # does is what _PHRASE_RE (longest first) reads there, so the noun is not bare (a few patterns, not all 300 of _PHRASE_RE)
@@ -606,8 +607,9 @@ _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/
 # "neither streaks nor BWV", "absence of BWV", "BWV excluded", "BWV -ve" (read neither way: the absent phrasings are
 # the ones training writes; before, the words after "absent" here read a bare "BWV" as PRESENT)
 _NEGATION_RE = re.compile(
-    r"(?<![\w-])(?:no|not|none|nil|absent|absence|negatives?|neg|loss of|resolution of|disappearance of|lacks?|lacking|missing|free of|nor|neither|excluded"
-    r"|ruled out|never|denied|devoid|unseen|non-?existent|invisible|undetectable|hardly|barely|w/o|ø|\w+n't)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
+    r"(?<![\w-])(?:no|not|none|nil|absent|absence|negatives?|neg|loss of|resolution of|disappearance of|lacks?|lacking|missing"
+    r"|free of|nor|neither|excluded|ruled out|never|denied|devoid|unseen|non-?existent|invisible|undetectable|hardly|barely"
+    r"|w/o|ø|\w+n't)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
 )
 
 
@@ -666,7 +668,7 @@ _TRAILING_DENIAL_RE = re.compile(
 _BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
 # one denial after several nouns: "BWV and streaks -", "BWV, streaks: absent" (the bare "BWV" is denied with the rest)
 _SHARED_ABSENT_RE = re.compile(
-    r"(?:\s*(?:,|&|and|/|\+)\s*(?:" + "|".join(re.escape(n) for n in sorted(_NOUN_OF, key=len, reverse=True)) + r"))+"
+    r"(?:\s*(?:,|&|and|/|\+)\s*(?:" + _ANY_NOUN + r"))+"
     r"\s*(?::\s*)?(?:all\s+)?(?:-|(?:-\s*)?(?:absent|none|no|not seen|nil|0|negative))\s*(?=[;,.)\n]|$)")
 # a grade word before an absent sign: "atyp. PN -" denies the atypical network, not the network (the checklist's items
 # are graded: "irreg. streaks -" is not "no streaks")
@@ -682,7 +684,7 @@ _SECTION_RE = re.compile(r"(?m)(?:^|(?<=\.) )[ \t]*(?:[-*•][ \t]*)?([a-z0-9][\
 # read); "atypical PN, irregular streaks" names a second finding, whose mention starts at its grade
 _DANGLING_GRADE_RE = re.compile(
     r"(?<![\w-])(?:atypical|typical|irregular|regular|atyp\.|typ\.|irreg\.|reg\.)(?![\w-])"
-    r"(?!\s*(?:" + "|".join(re.escape(n) for n in _NOUN_OF_GROUP) + r")(?![\w]))"  # ("irreg. streaks -": the streaks')
+    r"(?!\s*(?:" + _ANY_NOUN + r")(?![\w]))"  # ("irreg. streaks -": the streaks')
 )
 _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)\.(?:\s|$)")
 
@@ -764,7 +766,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         phrase = _PHRASE_OF_GROUP[match.lastindex - 1]
         key, value = _PHRASINGS[phrase]
-        if value not in ("absent", "present") and _another_grade_after(lowered, match.end(), matches[n + 1].start() if n + 1 < len(matches) else len(lowered)):
+        next_mention = matches[n + 1].start() if n + 1 < len(matches) else len(lowered)
+        if value not in ("absent", "present") and _another_grade_after(lowered, match.end(), next_mention):
             continue
         if value != "absent" and (stated := _STATED_VALUE_RE.match(lowered, match.end())) and not _PRESENT_VALUE_RE.match(lowered, stated.end()):
             continue
@@ -774,7 +777,9 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue  # "atyp. PN -": the atypical network is denied, not the network
         start, end = _clause_bounds(lowered, match.start(), match.end())
         clause = lowered[start:end]
-        if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()) or (value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed)):
+        if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()):
+            continue
+        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed):
             continue
         found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
@@ -789,7 +794,8 @@ _NOT_ASSESSED = re.compile(
     r"|doubtful|likely|unlikely|suggestive|cannot exclude|can't exclude|cannot be (?:excluded|ruled out)"
     r"|can't be (?:excluded|ruled out)|not (?:be )?(?:excluded|ruled out)"
     # a hedge: "maybe BWV", "BWV vs regression", "pseudo BWV", "BWV-like area", "BWV ±"
-    r"|maybe|may be|perhaps|could|might|represents?|hint of|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure"
+    r"|maybe|may be|perhaps|could|might|represents?|hint of|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed"
+    r"|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure"
     r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
     r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for|should|would|re-?image for|review for"
@@ -819,6 +825,8 @@ _DOUBT_AFTER_RE = re.compile(
 
 
 def _questioned(lowered: str, start: int, end: int) -> bool:
+    """Whether the mention ``lowered[start:end]`` is put in doubt where it stands: a question mark at it, or a doubt
+    right after it in a clause of its own."""
     return bool(_QUESTION_BEFORE_RE.search(lowered, max(0, start - 3), start) or _QUESTION_AFTER_RE.match(lowered, end)
                 or _DOUBT_AFTER_RE.match(lowered, end))
 
