@@ -313,6 +313,11 @@ def stated() -> list[tuple[str, str, tuple]]:
         ("Today: atypical PN, BWV.", [(PN, ATY), (BWV, P)]),
         ("No streaks or BWV; atypical PN.", [(PN, ATY), (ST, A), (BWV, A)]),
         ("without evidence of BWV", [(BWV, A)]),
+        ("62-year-old man: BWV present", [(BWV, P)]),
+        ("Past history unremarkable; BWV present.", [(BWV, P)]),
+        ("BWV present. Biopsy in 2019 of another lesion.", [(BWV, P)]),
+        ("Prev. excision elsewhere. Today BWV present.", [(BWV, P)]),
+        ("Irregular streaks; old scar nearby", [(ST, IRR)]),
     ]]
 
 

@@ -491,6 +491,16 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("Please comment on BWV.", ()),
     ("Assessed: PN, streaks, BWV", ()),
     ("BWV is a major criterion", ()),
+    # the past written as a year, a past adjective or someone else's record
+    ("Had BWV in 2019.", ()),
+    ("BWV (2019)", ()),
+    ("BWV (old)", ()),
+    ("prev. BWV", ()),
+    ("earlier BWV; today atypical PN", (("pigment_network", "atypical"),)),
+    ("s/p BWV", ()),
+    ("PMH: lesion with BWV", ()),
+    ("GP reported BWV.", ()),
+    ("Old images showed irregular streaks.", ()),
     # ... while what a clinician writes of the lesion in front of them is read as before
     ("Irregular streaks were seen. BWV is present.", (("streaks", "irregular"), ("blue_whitish_veil", "present"))),
     ("[x] BWV", (("blue_whitish_veil", "present"),)),
@@ -499,6 +509,10 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("BWV, which would favour melanoma", (("blue_whitish_veil", "present"),)),
     ("BWV present; may represent melanoma", (("blue_whitish_veil", "present"),)),
     ("Impression: atypical PN, BWV. Plan: excise.", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("62-year-old man: BWV present", (("blue_whitish_veil", "present"),)),
+    ("Past history unremarkable; BWV present.", (("blue_whitish_veil", "present"),)),
+    ("Prev. excision elsewhere. Today BWV present.", (("blue_whitish_veil", "present"),)),
+    ("Irregular streaks; old scar nearby", (("streaks", "irregular"),)),
 ])
 def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, read):
     """A review of clinicians' phrasings (about 2,200 texts: templates, 7-point checklist notes, history, plans,

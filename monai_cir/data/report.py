@@ -803,6 +803,10 @@ _NOT_ASSESSED = re.compile(
     r"|other (?:lesion|naevus|nevus|mole)s?"
     # the past, another lesion or person: "previous dermoscopy showed BWV", "BWV resolved", "mother's lesion had BWV"
     r"|previous|previously|prior|prev\.|h/o|hx|history|formerly|baseline|last visit|resolved|disappeared|faded|regressed"
+    # ... written as a year, a past adjective or someone else's record: "Had BWV in 2019", "BWV (2019)", "BWV (old)",
+    # "earlier BWV", "s/p BWV", "PMH: lesion with BWV", "GP reported BWV", "old images showed streaks"
+    r"|in (?:19|20)\d\d|\(\s*(?:old|(?:19|20)\d\d)\s*\)|earlier|past|former|s/p|status post|pmh|referral|reported|mentions?"
+    r"|old (?:reports?|images?|photos?|pictures?|notes?|letters?|records?|dermoscopy)"
     r"|family|mother'?s?|father'?s?|sibling|adjacent|neighbou?ring|contralateral|satellite"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
@@ -837,7 +841,7 @@ def _questioned(lowered: str, start: int, end: int) -> bool:
 _STATED_VALUE_RE = re.compile(r"\s*[:=]\s*(?=[^\s;,.])")
 _PRESENT_VALUE_RE = re.compile(r"(?:yes|y|present|seen|\+)\s*(?=[;,.)\n]|$)")
 # the clause a mention belongs to: up to ';', ',', a line end, or a sentence's '. ' (not "pigm. ", an abbreviation)
-_CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)\.(?:\s|$)")
+_CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)(?<!prev)\.(?:\s|$)")  # "prev. BWV" is one clause
 
 
 def _clause_bounds(lowered: str, start: int, end: int) -> tuple[int, int]:
