@@ -501,6 +501,15 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("PMH: lesion with BWV", ()),
     ("GP reported BWV.", ()),
     ("Old images showed irregular streaks.", ()),
+    # a denial or a question in a clause or sentence of its own right after the mention, an abbreviated denial
+    ("BWV; not seen", ()),
+    ("atypical PN. Absent.", ()),
+    ("BWV, ?", ()),
+    ("irregular streaks - ?", ()),
+    ("BWV ND", ()),
+    ("BWV NAD", ()),
+    ("BWV WNL", ()),
+    ("BWV ve-", ()),
     # ... while what a clinician writes of the lesion in front of them is read as before
     ("Irregular streaks were seen. BWV is present.", (("streaks", "irregular"), ("blue_whitish_veil", "present"))),
     ("[x] BWV", (("blue_whitish_veil", "present"),)),
@@ -513,6 +522,9 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("Past history unremarkable; BWV present.", (("blue_whitish_veil", "present"),)),
     ("Prev. excision elsewhere. Today BWV present.", (("blue_whitish_veil", "present"),)),
     ("Irregular streaks; old scar nearby", (("streaks", "irregular"),)),
+    ("BWV present. No further findings.", (("blue_whitish_veil", "present"),)),
+    ("BWV; none of the other criteria", (("blue_whitish_veil", "present"),)),
+    ("Atypical PN. Nd:YAG laser planned.", (("pigment_network", "atypical"),)),
 ])
 def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, read):
     """A review of clinicians' phrasings (about 2,200 texts: templates, 7-point checklist notes, history, plans,

@@ -662,7 +662,8 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
 # what denies a present or graded mention right after it, or leaves it blank: "BWV (-)", "BWV, absent", "BWV 0",
 # "BWV N", "BWV ±", a template's "BWV Y/N", "BWV: ___", "BWV [ ]", "BWV:" at a line's end (before: each read PRESENT)
 _TRAILING_DENIAL_RE = re.compile(
-    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|not (?:seen|present|observed|identified)|x|✗|✘|ø"
+    r"(?:\s*[,;.|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|not (?:seen|present|observed|identified)|x|✗|✘|ø"
+    r"|nd|nad|wnl|ve-"
     r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?\s*(?=[;,.\n|]|$)|\s*:\s*(?=\n|$)")
 # an empty check box before a mention: "[ ] BWV", "☐ BWV" (a ticked one, "[x] BWV", is read)
 _BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
@@ -818,7 +819,7 @@ _DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u
 # a question mark at a mention ("?BWV", "BWV?", "streaks: irregular?", "regular streaks (?)") puts it in doubt; one
 # elsewhere in the clause ("BWV present (biopsy: melanoma?)") does not
 _QUESTION_BEFORE_RE = re.compile(r"\?\s*$")
-_QUESTION_AFTER_RE = re.compile(r"\s*\(?\s*\?")
+_QUESTION_AFTER_RE = re.compile(r"\s*[,;:-]?\s*\(?\s*\?")
 
 
 # a doubt that follows the mention in a clause of its own: "BWV, possibly", "BWV; uncertain", "BWV like", "BWV or artefact"
