@@ -311,9 +311,9 @@ def text_use(net: Any, text: str) -> tuple[dict[str, Any] | None, list[str]]:
     """How the query's ``text`` counts in its query, and what the reader is told of it: the deploy app and
     ``monai-cir search`` say the same. Returns ``(use, notices)``: ``use`` ``{"weight": w of Q = w Q_composed +
     (1 - w) Q_image, "findings_read": [7-point criteria read in it]}`` (None for a blank text); ``notices``: the
-    text was not used (it names no finding), or the findings read and how much the text counted, and a text
+    text was not used (it names no finding, or it is about several lesions), or the findings read and how much the text counted, and a text
     longer than the text encoder reads."""
-    from .data.report import TEXT_NOT_USED_NOTICE, read_findings, text_use_notice
+    from .data.report import SEVERAL_LESIONS_NOTICE, TEXT_NOT_USED_NOTICE, describes_several_lesions, read_findings, text_use_notice
 
     if not text.strip():
         return None, []
@@ -322,7 +322,8 @@ def text_use(net: Any, text: str) -> tuple[dict[str, Any] | None, list[str]]:
     findings = [key for key, _ in stated]
     notices = []
     if weight == 0:
-        notices.append(TEXT_NOT_USED_NOTICE)
+        several = net.text_gate == "findings" and describes_several_lesions(text)
+        notices.append(SEVERAL_LESIONS_NOTICE if several else TEXT_NOT_USED_NOTICE)
     elif stated:  # (a network without the findings gate reads any text whole: nothing to list)
         notices.append(text_use_notice(weight, stated, prior=getattr(net, "diagnosis_prior", None) is not None))
     limit = net.text_encoder.max_length

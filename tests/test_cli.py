@@ -163,6 +163,22 @@ def test_search_says_what_the_image_alone_finds_when_the_text_counted(library, c
     assert image_only["image_alone"] is None and image_only["text_use"] is None
 
 
+def test_a_text_about_several_lesions_is_not_used_and_the_notice_says_why():
+    """The same findings count for one lesion; written of two lesions they are not read (the image shows one of them,
+    the text does not say which), and the notice says that, not that the text names no finding."""
+    import monai_cir.networks
+    from monai_cir.data.report import SEVERAL_LESIONS_NOTICE, TEXT_NOT_USED_NOTICE
+    from monai_cir.retrieval import text_use
+
+    net = monai_cir.networks.load_model()
+    use, notices = text_use(net, "Lesion 1: atypical pigment network, blue-whitish veil; lesion 2: typical pigment network")
+    assert use == {"weight": 0.0, "findings_read": []} and notices == [SEVERAL_LESIONS_NOTICE]
+    use, notices = text_use(net, "atypical pigment network, blue-whitish veil")
+    assert use["weight"] > 0 and use["findings_read"] == ["pigment_network", "blue_whitish_veil"]
+    assert notices[0].startswith("findings read in the query text")
+    assert text_use(net, "62 year old man, back")[1] == [TEXT_NOT_USED_NOTICE]
+
+
 def test_image_alone_notice_when_the_image_favours_another_diagnosis():
     """The notice comes exactly when the image alone favours another diagnosis than the cases shown (a tie favours
     none), and names the findings as the model read them."""

@@ -510,6 +510,12 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("BWV NAD", ()),
     ("BWV WNL", ()),
     ("BWV ve-", ()),
+    # a text about several lesions: which one the image shows it does not say
+    ("lesion 2: BWV", ()),
+    ("Lesion 1: BWV; lesion 2: no BWV", ()),
+    ("Lesion A has BWV, lesion B does not.", ()),
+    ("L1: BWV present; L2: no BWV", ()),
+    ("Second lesion with BWV", ()),
     # ... while what a clinician writes of the lesion in front of them is read as before
     ("Irregular streaks were seen. BWV is present.", (("streaks", "irregular"), ("blue_whitish_veil", "present"))),
     ("[x] BWV", (("blue_whitish_veil", "present"),)),
@@ -525,6 +531,9 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("BWV present. No further findings.", (("blue_whitish_veil", "present"),)),
     ("BWV; none of the other criteria", (("blue_whitish_veil", "present"),)),
     ("Atypical PN. Nd:YAG laser planned.", (("pigment_network", "atypical"),)),
+    ("Lesion 2 mm with BWV", (("blue_whitish_veil", "present"),)),
+    ("lesion 2.5 cm, BWV", (("blue_whitish_veil", "present"),)),
+    ("BWV present. Biopsy in 2019 of another lesion.", (("blue_whitish_veil", "present"),)),
 ])
 def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, read):
     """A review of clinicians' phrasings (about 2,200 texts: templates, 7-point checklist notes, history, plans,

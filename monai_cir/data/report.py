@@ -44,7 +44,9 @@ __all__ = [
     "read_findings",
     "query_text",
     "CRITERION_VALUES",
+    "SEVERAL_LESIONS_NOTICE",
     "TEXT_NOT_USED_NOTICE",
+    "describes_several_lesions",
     "finding_names",
     "text_use_notice",
     "render_report",
@@ -716,6 +718,14 @@ def _denied_around(lowered: str, start: int, end: int, bare: bool, sections: tup
                 or (bare and _SHARED_ABSENT_RE.match(lowered, end)) or _negated_section(sections, start))
 
 
+# a text about several lesions ("Lesion 1: BWV; lesion 2: no BWV", "lesion A has BWV, lesion B does not", "second
+# lesion with BWV"): which one the image shows it does not say, so none of its findings is read ("lesion 2 mm" is a size)
+_SEVERAL_LESIONS_RE = re.compile(
+    r"(?<![\w-])(?:(?:lesion|naevus|nevus|mole)\s*(?:#\s*|no\.\s*)?(?:[2-9]|b|c|ii|iii|two|three)(?![\w-])(?!\s*(?:mm|cm|x(?![\w-])|×|[.,]\d))"
+    r"|(?:second|2nd|third|3rd) (?:lesion|naevus|nevus|mole)|l[2-9]\s*:)"
+)
+
+
 # a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."
 _META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch|key|abbreviations?|checklist items"
                              r"|differential|ddx|to do|plan)(?![\w-])")
@@ -750,6 +760,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     twice with different values ("BWV present ... no BWV": a contradiction is not a finding). A text's words are
     never read as a finding the text denies or doubts."""
     lowered = text.lower().translate(_DASHES)
+    if _SEVERAL_LESIONS_RE.search(lowered):
+        return ()
     found: dict[str, set[str]] = {}
     gathered = []  # the spans of negated lists: their nouns are absent, not bare mentions of present findings
     lists, governed = _negated_lists(lowered)
@@ -918,6 +930,18 @@ TEXT_NOT_USED_NOTICE = (
     "(\"?BWV\", \"absence of BWV\"), so the similar cases were found from the image alone"
 )
 """What the app tells the clinician when the findings gate left a non-empty text out of the query."""
+SEVERAL_LESIONS_NOTICE = (
+    "the query text was not used: it describes several lesions (\"lesion 2\", \"lesion B\", \"second lesion\") and does "
+    "not say which one the image shows, so the similar cases were found from the image alone; write the findings of "
+    "the imaged lesion only"
+)
+"""... when that text is about several lesions (:func:`describes_several_lesions`): none of its findings is read."""
+
+
+def describes_several_lesions(text: str) -> bool:
+    """Whether ``text`` is about several lesions ("Lesion 1: BWV; lesion 2: no BWV", "lesion B", "second lesion",
+    "L2:"): :func:`read_findings` reads none of its findings, since it does not say which lesion the image shows."""
+    return bool(_SEVERAL_LESIONS_RE.search(text.lower().translate(_DASHES)))
 
 
 def finding_names(findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
