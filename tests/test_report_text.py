@@ -313,7 +313,8 @@ _ABSENT = "absent"
     ("without BWV positive", ()),
     ("no streaks or BWV +ve", (("streaks", _ABSENT),)),
     # after "no", a comma without a conjunction ends the clause: a findings list goes on (as before)
-    ("no streaks, BWV, atyp. PN", (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+    # a bare noun after a negated list's first item, no "or" joining it, is ambiguous ("no streaks, [no] BWV"?): not read
+    ("no streaks, BWV, atyp. PN", (("pigment_network", "atypical"), ("streaks", _ABSENT))),
     # "without" negates a graded phrasing after it in its clause (before: "without irregular streaks" read irregular streaks)
     ("without irregular streaks", ()),
     ("without streaks or irregular D/G", (("streaks", _ABSENT),)),
@@ -341,6 +342,17 @@ _ABSENT = "absent"
     ("without regression but atypical PN", (("pigment_network", "atypical"), ("regression_structures", _ABSENT))),
     ("symmetric without streaks and typical PN", (("pigment_network", "typical"), ("streaks", _ABSENT))),
     ("lesion without streaks but with irregular dots and globules", (("streaks", _ABSENT), ("dots_and_globules", "irregular"))),
+    # a series that "or" / "nor" joins after a list head denies each of its items, graded ones too (before: the items
+    # after a graded first one read PRESENT); without "or" / "nor" a graded item may be what the lesion has, a bare
+    # noun says nothing of its own
+    ("no atypical PN, irregular streaks or BWV", ()),
+    ("no evidence of atypical PN, streaks or BWV", ()),
+    ("without atypical PN, streaks or BWV", ()),
+    ("no atypical PN nor BWV", ()),
+    ("no streaks, BWV, PN", (("streaks", _ABSENT),)),
+    ("No streaks, atypical PN", (("pigment_network", "atypical"), ("streaks", _ABSENT))),
+    ("No streaks, BWV present", (("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+    ("No atypical PN or irregular streaks; BWV present", (("blue_whitish_veil", "present"),)),
     ("without streaks, BWV, pigm. n/a", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
 ])
 def test_a_negated_list_reads_each_of_its_nouns_absent(text, read):
@@ -439,7 +451,7 @@ def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read):
     # "without" negates what "or" joins after a graded phrasing too (before: "without irregular streaks or BWV" read
     # the veil PRESENT)
     ("without irregular streaks or BWV", (("blue_whitish_veil", _ABSENT),)),
-    ("without irregular streaks and BWV", (("blue_whitish_veil", "present"),)),
+    ("without irregular streaks and BWV", ()),  # "without (irregular streaks and BWV)"? a bare noun there is not read
     # a typographic dash is the abbreviated style's sign (before: "BWV –" read PRESENT)
     ("BWV \u2013", (("blue_whitish_veil", _ABSENT),)),
     ("7PCL: atyp. PN, streaks \u2212, BWV +", (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", "present"))),

@@ -692,6 +692,31 @@ _DANGLING_GRADE_RE = re.compile(
 _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)\.(?:\s|$)")
 
 
+def _in_negated_series(lowered: str, start: int, bare: bool) -> bool:
+    """Whether the phrasing at ``start`` is an item of a series of phrasings that a list head ("no", "without",
+    "lacking", "no evidence of"...) opens in its sentence and "or" / "nor" joins: "no atypical PN, irregular streaks or
+    BWV", "no evidence of atypical PN, streaks or BWV" deny every item up to the one the last "or" / "nor" joins
+    (before: the graded and bare ones after the first read PRESENT; "no streaks or BWV, irreg. D/G" reads D/G). Past it,
+    or with no "or" / "nor", a graded item may say what the lesion has ("no streaks, atypical PN"), a ``bare`` noun is
+    ambiguous ("no streaks, BWV, PN", "without irregular streaks and BWV": the veil is not read PRESENT)."""
+    stop = [m.end() for m in _SENTENCE_END_RE.finditer(lowered, 0, start)]
+    head = None
+    for head in _LIST_HEAD_RE.finditer(lowered, stop[-1] if stop else 0, start):
+        pass
+    if head is None:
+        return False
+    pos, starts, last_joined = head.end(), [], 0
+    while (phrase := _PHRASE_RE.match(lowered, pos) or _NOUN_RE.match(lowered, pos)) is not None:  # ("streaks": a noun only)
+        starts.append(phrase.start())
+        sep = _LIST_SEP_RE.match(lowered, phrase.end())
+        if sep is None:
+            break
+        if (sep.group(1) or sep.group(2) or sep.group(3)) in ("or", "nor"):
+            last_joined = len(starts) + 1  # the series runs to the item this "or" joins ("no A or B, C": C is not in it)
+        pos = sep.end()
+    return start in starts[1:] and (bare or start in starts[1:last_joined])
+
+
 def _another_grade_after(lowered: str, end: int, next_mention: int) -> bool:
     """Whether another grade word follows a graded mention ending at ``end``, on its own (before ``next_mention``,
     the next phrasing's start, and the sentence's end): the text gives the criterion two grades."""
@@ -792,7 +817,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         clause = lowered[start:end]
         if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()):
             continue
-        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed):
+        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF)):
             continue
         found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
