@@ -692,19 +692,19 @@ _DANGLING_GRADE_RE = re.compile(
 _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)\.(?:\s|$)")
 
 
-def _in_negated_series(lowered: str, start: int, bare: bool) -> bool:
+def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list[int], heads: list[re.Match]) -> bool:
     """Whether the phrasing at ``start`` is an item of a series of phrasings that a list head ("no", "without",
     "lacking", "no evidence of"...) opens in its sentence and "or" / "nor" joins: "no atypical PN, irregular streaks or
     BWV", "no evidence of atypical PN, streaks or BWV" deny every item up to the one the last "or" / "nor" joins
     (before: the graded and bare ones after the first read PRESENT; "no streaks or BWV, irreg. D/G" reads D/G). Past it,
     or with no "or" / "nor", a graded item may say what the lesion has ("no streaks, atypical PN"), a ``bare`` noun is
-    ambiguous ("no streaks, BWV, PN", "without irregular streaks and BWV": the veil is not read PRESENT)."""
-    stop = [m.end() for m in _SENTENCE_END_RE.finditer(lowered, 0, start)]
-    head = None
-    for head in _LIST_HEAD_RE.finditer(lowered, stop[-1] if stop else 0, start):
-        pass
-    if head is None:
+    ambiguous ("no streaks, BWV, PN", "without irregular streaks and BWV": the veil is not read PRESENT).
+    ``sentence_ends`` / ``heads``: where each sentence of ``lowered`` ends, and its list heads (read once per text)."""
+    sentence = bisect.bisect_right(sentence_ends, start) - 1
+    last = bisect.bisect_right([h.end() for h in heads], start) - 1
+    if last < 0 or heads[last].start() < (sentence_ends[sentence] if sentence >= 0 else 0):
         return False
+    head = heads[last]
     pos, starts, last_joined = head.end(), [], 0
     while (phrase := _PHRASE_RE.match(lowered, pos) or _NOUN_RE.match(lowered, pos)) is not None:  # ("streaks": a noun only)
         starts.append(phrase.start())
@@ -799,6 +799,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
                 found.setdefault(key, set()).add("absent")
     matches = list(_PHRASE_RE.finditer(lowered))
     sections = _sections(lowered)
+    sentence_ends, heads = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)], list(_LIST_HEAD_RE.finditer(lowered))
     for n, match in enumerate(matches):
         if any(a <= match.start() < b for a, b in gathered):
             continue
@@ -817,7 +818,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         clause = lowered[start:end]
         if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()):
             continue
-        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF)):
+        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads)):
             continue
         found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
