@@ -7,6 +7,7 @@ git-ignored cache folder under its own name, never over the full Derm7pt cache."
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -128,6 +129,26 @@ def test_evaluate_workflow(trained_fold):
     assert set(metrics["by_similarity"]) == {"acc@1", "acc@2", "acc@4", "map", "p@5"}
     assert metrics["checkpoint"].endswith("model_fold0.pt") and metrics["fingerprint"] == net.fingerprint()
     assert metrics["checkpoint_fold"] == 0  # the fold the checkpoint records (the one it was trained for)
+    # what was scored: the collection, the maps' size (the checkpoint's, not a config default), the held-out cases
+    _, held_out = wf.parser.get_parsed_content("split")
+    cache = wf.parser.get_parsed_content("cache")
+    assert metrics["collection"] == cache.collection and metrics["image_size"] == net.image_size == 260 and metrics["unit"] == "percent"
+    assert metrics["query_case_ids_sha256"] == hashlib.sha256("\n".join(cache.records[int(i)].case_id for i in held_out).encode()).hexdigest()
+
+
+def test_evaluate_refuses_a_cache_of_another_image_size(trained_fold):
+    """A checkpoint's heads scored on maps of another size than they were trained on would give numbers that mean
+    nothing: with --image_size overridden to 128 for a 260 px checkpoint, the workflow refuses in one line and writes
+    no metrics."""
+    wf = _workflow(["train.yaml", "evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=0, records=SUBSET,
+                   cache_name="derm7pt-ci30", image_size=128, output_dir=str(trained_fold / "eval-128"))
+    wf.initialize()
+    with pytest.raises(RuntimeError) as failure:
+        wf.run()
+    cause = failure.value.__cause__
+    assert isinstance(cause, ValueError) and "\n" not in str(cause), cause
+    assert "trained on 260 px images, but the feature cache holds 128 px maps" in str(cause), cause
+    assert not (trained_fold / "eval-128" / "metrics_fold0.json").exists()
 
 
 def test_evaluate_refuses_a_checkpoint_trained_on_held_out_cases(trained_fold):

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -310,6 +311,12 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
     from .heads import CachedComposedModel
 
     info = getattr(net, "checkpoint_info", None) or {}
+    cache_size, net_size = getattr(cache, "image_size", None), getattr(net, "image_size", None)
+    if cache_size and net_size and int(cache_size) != int(net_size):
+        raise ValueError(
+            f"{checkpoint or 'the checkpoint'} was trained on {net_size} px images, but the feature cache holds {cache_size} px "
+            f"maps: its heads would be scored on features they never saw; build the cache at the checkpoint's size "
+            f"(evaluate.yaml does by default; drop an --image_size override, or pass --image_size {net_size})")
     records = getattr(cache, "records", cache)
     held_out = [records[int(i)] for i in query_idx]
     seen, _ = trained_overlap(info, held_out)
@@ -345,7 +352,11 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
         prior_ordered=int(np.sum(acted)) if acted is not None else 0,
         differential_slot=None if slot is None else {"rank": slot.rank, "opened": int(np.sum(opened))},
         by_similarity=percent(similarity),
-        n_queries=len(query_idx), n_database=len(database_idx),
+        n_queries=len(query_idx), n_database=len(database_idx), unit="percent",
+        # what was scored: the collection (the cache's name), the image size of its maps, and the held-out cases
+        collection=getattr(cache, "collection", None) or None, image_size=int(cache_size) if cache_size else None,
+        query_case_ids_sha256=hashlib.sha256("\n".join(str(records[int(i)].case_id) for i in query_idx).encode()).hexdigest()
+        if records and hasattr(records[0], "case_id") else None,
         checkpoint=None if checkpoint is None else str(Path(checkpoint).resolve()), fingerprint=net.fingerprint(),
         checkpoint_fold=info.get("fold"),  # the fold the checkpoint was trained for (-1: every case), as it records it
     )
