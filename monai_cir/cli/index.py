@@ -359,7 +359,8 @@ def run_fit_differential(args: argparse.Namespace) -> int:
     if has_prior and (previous is None or previous.margin_by_similarity is None):
         raise ValueError(f"{args.model} ranks with a diagnosis prior: the slot's margin for queries whose text names findings is in the "
                          "prior ranking's units and is fitted on texts (bench/differential_slot.py --prior --write-checkpoint); this "
-                         "command fits only the margin of queries without findings, and the checkpoint records no slot to keep beside it")
+                         "command fits only the margin of queries without findings, and the checkpoint records no slot to keep beside it; the "
+                         "model ranks without the slot (a model trained with --prior_strength 0 gets one from this command)")
     if has_prior:
         # image-only queries are the ones the diagnosis prior leaves alone (ranked by S): this fit is their margin; the
         # margin of queries whose text the prior orders stays the checkpoint's (it needs texts with findings to fit)
