@@ -206,6 +206,21 @@ def test_inference_workflow(trained_fold):
     wf.run()
     wf.finalize()
     assert [r["query"] for r in json.loads((trained_fold / "eval" / "ranking.json").read_text())["results"]] == [r["query"] for r in ranking[1:3]]
+    # the file says what it ranked: the library and the queries, which queries were library cases (leave-one-out)
+    assert written["ranked"]["library"]["cases"] == 4 and written["ranked"]["queries"]["cases"] == 4
+    assert written["ranked"]["queries"]["library_cases_left_out_of_their_own_ranking"] == 4
+    assert written["ranked"]["queries"]["trained_on_by_the_model"] == 0
+    # ... and how many queries the model trained on: their rankings are no held-out result
+    from monai_cir.networks.checkpoint import read_checkpoint
+
+    wf = _workflow(["inference.yaml"], workflow_type="infer", bundle_root=str(trained_fold), subset=4, top_k=3,
+                   checkpoint=str(trained_fold / "models" / "model_fold0.pt"), query_records=SUBSET)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    trained_on = read_checkpoint(trained_fold / "models" / "model_fold0.pt")["extra"]["trained_on"]
+    ranked = json.loads((trained_fold / "eval" / "ranking.json").read_text())["ranked"]["queries"]
+    assert ranked["trained_on_by_the_model"] == len(trained_on) > 0 and ranked["library_cases_left_out_of_their_own_ranking"] == 0
 
 
 def test_inference_refuses_a_missing_checkpoint(tmp_path):
