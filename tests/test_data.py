@@ -134,7 +134,7 @@ def test_malformed_meta_csv_names_file_and_row(tmp_path, shared_data):
         csv.writer(f).writerows(rows)
     with pytest.raises(ValueError) as err:
         load_derm7pt(tmp_path, check_images=False)
-    assert str(csv_path) in str(err.value) and f"row {target + 1}" in str(err.value) and "case_num" in str(err.value)
+    assert str(csv_path) in str(err.value) and f"row {target + 1} (data row {target})" in str(err.value) and "case_num" in str(err.value)
     # a missing column names the file and the column
     csv_path.write_text("case_num,diagnosis\n1,clark nevus\n")
     with pytest.raises(ValueError, match="missing column"):

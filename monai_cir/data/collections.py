@@ -224,8 +224,8 @@ def _other_separator(path: Path) -> str | None:
 
 
 def _row_error(path: Path, index: int, message: str) -> ValueError:
-    # index is 0-based over data rows; line 1 is the header
-    return ValueError(f"{path}, row {index + 2} (data row {index}): {message}")
+    # index is 0-based over data rows; line 1 is the header: the row is the file's line, the data row counts from 1
+    return ValueError(f"{path}, row {index + 2} (data row {index + 1}): {message}")
 
 
 def _row_confirmation(value: Any, csv_path: Path, index: int) -> str:
