@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -490,6 +491,12 @@ def test_add_prior_refuses_the_training_cases_of_another_fold(trained_fold, tmp_
     add_diagnosis_prior(ckpt, cache, fold_split(cache, 0)[0], strength=3.0, options={"c_grid": [0.03], "inner_folds": 2})
     after = read_checkpoint(ckpt)["extra"]
     assert after["fold"] == 0 and after["trained_collection"] == "derm7pt" and after["diagnosis_prior"]["strength"] == 3.0
+    # more inner folds asked for than the smallest diagnosis has training cases: the record says how many were used
+    train = fold_split(cache, 0)[0]
+    smallest = int(np.bincount(cache.labels.numpy()[train]).min())
+    add_diagnosis_prior(ckpt, cache, train, strength=3.0, options={"c_grid": [0.03], "inner_folds": 50})
+    fit = read_checkpoint(ckpt)["extra"]["diagnosis_prior"]
+    assert fit["inner_folds"] == 50 and fit["full_text"]["inner_folds"] == fit["partial_text"]["inner_folds"] == smallest < 50
 
 
 def test_rank_collection_tells_cases_of_two_collections_apart(shared_data):

@@ -58,7 +58,10 @@ def check_prior_search(c_grid: Any, inner_folds: Any) -> None:
         raise ValueError(f"the diagnosis prior's inner_folds must be a whole number, 2 or more, got {inner_folds!r}")
 
 
-def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int, c_grid: Sequence[float], inner_folds: int) -> tuple[Any, float, float]:
+def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int, c_grid: Sequence[float],
+               inner_folds: int) -> tuple[Any, float, float, int]:
+    """A standardised logistic probe, its ``C`` chosen by inner cross-validation: ``(model, C, inner accuracy, the
+    inner folds used)`` (fewer than ``inner_folds`` when the smallest diagnosis has fewer training cases)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -67,11 +70,12 @@ def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: in
     smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min()) // (2 if groups is not None else 1)
     if smallest < PRIOR_MIN_CASES:
         raise ValueError(f"the diagnosis prior's inner cross-validation needs {PRIOR_MIN_CASES} or more training cases of every diagnosis, got {smallest}")
-    inner = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(min(inner_folds, smallest), shuffle=True, random_state=seed)
+    folds = min(inner_folds, smallest)
+    inner = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(folds, shuffle=True, random_state=seed)
     search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(C=c_grid[0], max_iter=5000)),
                           {"logisticregression__C": list(c_grid)}, cv=inner, scoring="accuracy")
     search.fit(x, y, **({"groups": groups} if groups is not None else {}))
-    return search.best_estimator_, float(search.best_params_["logisticregression__C"]), float(search.best_score_)
+    return search.best_estimator_, float(search.best_params_["logisticregression__C"]), float(search.best_score_), folds
 
 
 def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Sequence[int], strength: float = DEFAULT_PRIOR_STRENGTH,
@@ -107,7 +111,7 @@ def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Se
         combined = new_head_net(net, diagnosis_prior={"classes": classes, "strength": float(strength)})
     combined.load_head_state_dict({**net.head_state_dict(), **{f"diagnosis_prior.{k}": v for k, v in combined.diagnosis_prior.state_dict().items()}})
     record: dict[str, Any] = {"classes": classes, "strength": float(strength), "c_grid": c_grid, "inner_folds": int(inner_folds)}
-    for which, (model, c, accuracy) in fits.items():
+    for which, (model, c, accuracy, folds) in fits.items():
         scaler, logistic = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
         if list(logistic.classes_) != list(labels):
             raise ValueError(f"probe classes {list(logistic.classes_)} differ from the training labels {list(labels)}")
@@ -115,7 +119,8 @@ def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Se
         if len(labels) == 2:  # sklearn's binary model: one logit for the second class; softmax([0, s]) = [1 - σ(s), σ(s)]
             weight, bias = np.vstack([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
         combined.diagnosis_prior.set_probe(which, scaler.mean_, scaler.scale_, weight, bias)
-        record["full_text" if which == FULL_TEXT_PROBE else "partial_text"] = {"C": c, "inner_accuracy": round(100 * accuracy, 2)}
+        # the folds its inner cross-validation used (the top-level inner_folds is what was asked for)
+        record["full_text" if which == FULL_TEXT_PROBE else "partial_text"] = {"C": c, "inner_accuracy": round(100 * accuracy, 2), "inner_folds": folds}
     logger.info("diagnosis prior fitted on %d cases: %s", len(train), record)
     return combined.train(net.training), record
 
