@@ -213,6 +213,42 @@ def test_image_csv_checks_every_image_before_returning(tmp_path, monkeypatch):
         load_image_csv(images, table)
 
 
+def test_image_csv_finds_a_truncated_jpeg_before_embedding(tmp_path):
+    """A JPEG cut off part-way (a copy that stopped) opens and passes PIL's verify(), which does not decode a JPEG:
+    it was found only when the embedding reached it, one file per run. It is listed with its row up front."""
+    from PIL import Image
+
+    images = _user_folder(tmp_path)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(images / "whole.jpg", quality=90)
+    data = (images / "whole.jpg").read_bytes()
+    (images / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (images / "padded.jpg").write_bytes(data + b"\x00" * 100)  # bytes after the end marker: a whole image
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis\nwhole.jpg,nevus\ncut.jpg,nevus\npadded.jpg,melanoma\n")
+    with pytest.raises(ValueError) as err:
+        load_image_csv(images, table)
+    message = str(err.value)
+    assert message.startswith(f"1 of the 3 images listed in {table} cannot be read") and "cut.jpg (CSV row 3: a truncated JPEG" in message, message
+
+
+def test_image_csv_trailing_commas_and_wrong_encodings(tmp_path):
+    """A spreadsheet's export with a comma after every row's last value keeps its columns (before: the image names
+    became the row index and the diagnosis column read empty); a file in another encoding than UTF-8, or an empty
+    file, is refused with what to do."""
+    images = _user_folder(tmp_path)
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis\na.png,nevus,\nb.png,melanoma,\n")
+    records = load_image_csv(images, table)
+    assert [(r.image_path.name, r.diagnosis) for r in records] == [("a.png", "nevus"), ("b.png", "melanoma")]
+    table.write_bytes("image,diagnosis,text\na.png,nevus,L\xe4sion flach\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"cases\.csv: it is not UTF-8 text .*save it as 'CSV UTF-8'"):
+        load_image_csv(images, table)
+    table.write_text("")
+    with pytest.raises(ValueError, match=r"cases\.csv: the file is empty; it needs a header line"):
+        load_image_csv(images, table)
+
+
 def test_image_csv_paths_are_absolute(tmp_path, monkeypatch):
     """A relative --images folder is stored resolved: search and explain run from other folders."""
     _user_folder(tmp_path)

@@ -189,12 +189,18 @@ def _read_csv(path: Path, required: Sequence[str], help_text: str) -> pd.DataFra
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found. {help_text}")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        # index_col=False: a trailing comma on every data row (as spreadsheets export) must not shift the columns
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], index_col=False)
     except Exception as err:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError...
         found = _other_separator(path)
         if found:
             detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ValueError(f"cannot parse {path}: the file must be comma-separated, and its header is separated by {found} ({detail})") from err
+        if isinstance(err, UnicodeDecodeError):
+            raise ValueError(f"cannot parse {path}: it is not UTF-8 text ({err.reason} at byte {err.start}); save it as "
+                             "'CSV UTF-8' (a spreadsheet's export option) and run again") from err
+        if isinstance(err, pd.errors.EmptyDataError):
+            raise ValueError(f"cannot parse {path}: the file is empty; it needs a header line (at least: image,diagnosis) and a row per image") from err
         raise ValueError(f"cannot parse {path}: {err}") from err
     if len(frame.columns) == 1:
         found = _other_separator(path)
@@ -381,11 +387,21 @@ def _bad_image(path: Path) -> str | None:
 
     try:
         with Image.open(path) as img:
+            kind = img.format
             img.verify()
     except Exception as err:  # PIL raises UnidentifiedImageError, SyntaxError, OSError... for broken files
         detail = str(err).replace(repr(str(path)), "").strip() or type(err).__name__  # the path is named once, by the caller
         return f"not a readable image: {detail}"
+    if kind == "JPEG" and not _ends_a_jpeg(path):  # verify() does not decode a JPEG: a cut-off file passed it
+        return "a truncated JPEG (the file ends before the image's end marker): copy it again from its source"
     return None
+
+
+def _ends_a_jpeg(path: Path) -> bool:
+    """Whether the JPEG file has its end-of-image marker (FF D9) in its last KiB (some writers pad after it)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 1024))
+        return b"\xff\xd9" in f.read()
 
 
 def _check_images(paths: Sequence[tuple[int, Path]], csv_path: Path) -> None:
