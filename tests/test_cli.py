@@ -204,3 +204,56 @@ def test_image_alone_notice_when_the_image_favours_another_diagnosis():
     assert image_alone(index, between, shown("nevus", "melanoma"), "BWV +")[1] is None  # both ties: neither favours one
     moved = image_alone(index, between, shown("nevus", "nevus"), "BWV +")[1]
     assert moved is not None and "melanoma 1" in moved and "nevus 1 among its 2" in moved.replace("nevus 1, melanoma 1", "melanoma 1, nevus 1") and "towards nevus" in moved, moved
+
+
+def test_index_build_refuses_an_out_folder_it_cannot_write_before_embedding(tmp_path, capsys, monkeypatch):
+    """--out under a file, or in a folder the system refuses, is found before the model loads (before: after the
+    embedding, as a traceback, the embedding lost)."""
+    import monai_cir.networks
+    from monai_cir.cli import main
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (16, 12), (120, 80, 60)).save(images / "a.png")
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis\na.png,nevus\n")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(monai_cir.networks, "load_model", no_model)
+    build = ["index", "build", "--images", str(images), "--csv", str(table), "--out"]
+    assert main([*build, str(table / "index")]) == 2
+    assert f"{table} is a file, not a folder" in capsys.readouterr().err
+    assert main([*build, "/proc/monai-cir-index"]) == 2
+    assert "cannot write in /proc" in capsys.readouterr().err
+
+
+def test_system_errors_are_one_line_and_a_closed_pipe_is_no_error(monkeypatch, capsys):
+    """An OSError that is no bad input of the user's (a folder the system refuses) is one line naming it, not a
+    traceback (--verbose keeps the traceback); a reader that stops reading (`| head`) ends the command quietly."""
+    import monai_cir.cli.index as index_cli
+    from monai_cir.cli import main
+
+    def refused(args):
+        raise PermissionError(13, "Permission denied", "/srv/pacs/index")
+
+    monkeypatch.setattr(index_cli, "run_info", refused)
+    assert main(["index", "info", "somewhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "monai-cir index: error: [Errno 13] Permission denied: '/srv/pacs/index'" in err, err
+    with pytest.raises(PermissionError):
+        main(["--verbose", "index", "info", "somewhere"])
+    # a closed pipe: the command's reader stops after a few bytes
+    import subprocess
+    import sys
+
+    script = ("import sys, monai_cir.cli.index as index_cli\n"
+              "def chatty(args):\n    for i in range(200000):\n        print('case', i)\n    return 0\n"
+              "index_cli.run_info = chatty\nfrom monai_cir.cli import main\nsys.exit(main(['index', 'info', 'x']))\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(20)
+    process.stdout.close()
+    assert process.wait(timeout=120) == 0
+    stderr = process.stderr.read().decode()
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

@@ -54,6 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input from the user: one clear line, no traceback.
         print(f"monai-cir {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the output's reader stopped reading (`monai-cir index info ... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit would raise again)
+        return 0
+    except OSError as err:
+        # a file or folder the system refuses (permissions, a file where a folder should be, a full disk): one line
+        # that names it; --verbose keeps the traceback for a report
+        if args.verbose:
+            raise
+        print(f"monai-cir {args.command}: error: {err} (run with --verbose for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
