@@ -143,6 +143,20 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
     assert not marker.exists(), "the checkpoint's code ran while loading"
 
 
+def test_a_file_that_is_no_checkpoint_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+    """A TorchScript export passed as --model (the bundle ships model.ts beside model.pt), or any other file: the
+    message says what to pass instead; it never relays torch's advice to retry with weights_only=False (which would
+    run whatever a crafted file holds)."""
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    torch.jit.save(scripted, tmp_path / "model.ts")
+    with pytest.raises(ValueError, match=r"model\.ts is a TorchScript export .*pass the checkpoint \(model\.pt\)"):
+        read_checkpoint(tmp_path / "model.ts")
+    (tmp_path / "cases.csv").write_text("image,diagnosis\na.png,nevus\n")
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(tmp_path / "cases.csv")
+    assert "is not a readable monai-cir checkpoint" in str(err.value) and "weights_only" not in str(err.value), err.value
+
+
 def test_release_checkpoint_reads_weights_only():
     release = Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt"
     payload = read_checkpoint(release)

@@ -98,21 +98,48 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises ValueError for a file that is not one, and for one that would need arbitrary Python objects
     (e.g. a pickle crafted to run code on load): such a file is refused, never executed."""
     path = Path(path)
+    if _is_torchscript_archive(path):
+        raise ValueError(f"{path} is a TorchScript export (as the bundle's model.ts), not a monai-cir checkpoint: pass the "
+                         "checkpoint (model.pt) or the folder that holds it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):  # not a pickle of objects at all (truncated, another format)
-            raise ValueError(f"{path} is not a readable monai-cir checkpoint: {err}") from err
+            raise ValueError(f"{path} is not a readable monai-cir checkpoint ({_torch_reason(err)}): pass a model.pt written by "
+                             "monai-cir (the bundle's models/model.pt, or one `monai-cir train` wrote)") from err
         raise ValueError(
             f"refused to load {path}: it holds Python objects other than tensors, numbers and strings, which a "
             "monai-cir checkpoint never does (a file crafted to run code on load looks like this). Load only "
             f"checkpoints from a source you trust; re-save a trusted one with monai_cir.networks.save_checkpoint. ({err})"
         ) from err
     except Exception as err:
-        raise ValueError(f"{path} is not a readable monai-cir checkpoint: {err}") from err
+        raise ValueError(f"{path} is not a readable monai-cir checkpoint ({_torch_reason(err)}): pass a model.pt written by "
+                         "monai-cir (the bundle's models/model.pt, or one `monai-cir train` wrote)") from err
     if not isinstance(payload, dict) or payload.get("format") not in (HEAD_FORMAT, NET_FORMAT):
         raise ValueError(f"{path} is not a monai-cir checkpoint (format {HEAD_FORMAT!r} or {NET_FORMAT!r})")
     return payload
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``code/`` and ``constants.pkl``): torch.load would hand it to
+    torch.jit.load, and refuses it with weights_only, advising to load it unsafely."""
+    import zipfile
+
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _torch_reason(err: Exception) -> str:
+    """What torch.load found wrong, without its advice to load the file with weights_only=False (which would run
+    whatever code a crafted file holds)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return after[0].strip() if after else type(err).__name__
+    return (text.split(" In PyTorch 2.6", 1)[0].strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 # where a folder holds its checkpoint, in this order: a MODELS folder (model.pt beside index/), then a MONAI bundle
