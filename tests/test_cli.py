@@ -83,6 +83,30 @@ def library(tmp_path, monkeypatch):
     return tmp_path / "ix", images
 
 
+def test_search_refuses_a_blank_or_tiny_image_and_notes_a_greyscale_one(library, tmp_path, capsys):
+    """The deploy app's checks of a query image, for an image file: a blank (constant) or tiny image is not answered
+    (before: a confident ranking of a black frame), a greyscale one is answered with the app's notice."""
+    from monai_cir.cli import main
+    from monai_cir.data.preprocess import GREYSCALE_NOTICE
+
+    index, images = library
+    Image.new("RGB", (300, 200), (0, 0, 0)).save(tmp_path / "black.png")
+    Image.new("RGB", (4, 4), (120, 60, 30)).save(tmp_path / "tiny.png")
+    grey = np.random.default_rng(2).integers(0, 255, (60, 60), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    capsys.readouterr()
+    query = ["search", "--index", str(index), "--json", "--image"]
+    assert main([*query, str(tmp_path / "black.png")]) == 2
+    assert "black.png: the image is blank: its pixels are constant or nearly so (range 0 of 255 grey levels): not answered" in capsys.readouterr().err
+    assert main([*query, str(tmp_path / "tiny.png")]) == 2
+    assert "tiny.png: image of 4x4 pixels: too small for a dermoscopy query (at least 32 pixels a side)" in capsys.readouterr().err
+    assert main([*query, str(tmp_path / "grey.png")]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["notices"][0] == GREYSCALE_NOTICE and len(answer["hits"]) == 5
+    assert main([*query, str(images / "case1.png")]) == 0
+    assert GREYSCALE_NOTICE not in json.loads(capsys.readouterr().out)["notices"]
+
+
 def test_search_says_when_the_query_image_is_a_library_case(library, tmp_path, capsys):
     """As the deploy app: a query image that is a library case's own image (the file, or a copy of it) is its own match
     at rank 1, and a note says so; another image gets no such note."""

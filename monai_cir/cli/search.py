@@ -75,6 +75,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise FileNotFoundError(f"query image not found: {args.image}")
     filters, notice = resolve_site_condition(args.site, args.query_site)
+    # the deploy app's checks of a query image (monai_cir.dicom.reader), for an image file: a blank or tiny image is not
+    # answered, a greyscale one is, with a notice
+    from monai_cir.data.preprocess import GREYSCALE_NOTICE, image_content_problem, is_grey, read_rgb
+
+    pixels = read_rgb(args.image)
+    problem = image_content_problem(pixels)
+    if problem is not None:
+        raise ValueError(f"query image {args.image}: {problem}: not answered; send the dermoscopy image itself")
+    image_notice = GREYSCALE_NOTICE if is_grey(pixels) else None
     index = load_index(args.index)
     net = load_model(args.model, device=resolve_device(args.device))
     calibration = None
@@ -83,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
         calibration = EvidenceCalibration.load(args.calibration) if args.calibration else UNCALIBRATED
     # the evidence summary votes over calibration.k neighbours (16 by default); the table shows -k, as the app does
-    shown = retrieval.answer(net, index, args.image, args.text, k=args.k, filters=filters,
+    shown = retrieval.answer(net, index, pixels, args.text, k=args.k, filters=filters,
                              pool_size=calibration.k if calibration else 0, differential=args.differential)
     pool, hits, opened = shown.pool, shown.hits, shown.differential
     summary = None
@@ -110,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
     if own is not None:  # as the deploy app says of a library case sent as a query (there: the same SOP Instance UID)
         own_notice = (f"the query image is library case {own.case_id} itself (the same image file): it is its own match at rank {own.rank}"
                       + (" and is counted in the evidence summary" if summary is not None else "") + "; compare the other cases")
-    # the notes in the app's order (results.json's notices): the text, the site, the order, the query's own case, the differential, the
+    # the notes in the app's order (results.json's notices): the image, the text, the site, the order, the query's own case, the differential, the
     # evidence, what the image alone finds
-    notes = [*shown.text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None, disagreement,
-             shown.image_alone_notice]
+    notes = [image_notice, *shown.text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None,
+             disagreement, shown.image_alone_notice]
     notes = [n for n in notes if n]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

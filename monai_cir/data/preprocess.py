@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BLANK_RANGE",
+    "GREYSCALE_NOTICE",
+    "MIN_IMAGE_SIDE",
+    "blank_spread",
+    "image_content_problem",
+    "is_grey",
     "remove_black_border",
     "to_rgb_uint8",
     "preprocess_image",
@@ -34,6 +40,48 @@ __all__ = [
     "RemoveBlackBorder",
     "PreprocessImaged",
 ]
+
+
+# What a query image must be for an answer, the same for a DICOM frame (monai_cir.dicom.reader) and an image file
+# (`monai-cir search`): not blank, not a thumbnail; a greyscale one is answered with a notice.
+# a frame is blank when, in every channel, 98% of its pixels lie within this many grey levels
+BLANK_RANGE = 4
+# an image with a side shorter than this is not a dermoscopy image the model can read (refused)
+MIN_IMAGE_SIDE = 32
+GREYSCALE_NOTICE = ("greyscale image: the model was trained on colour dermoscopy and the colour cues are missing; weigh the "
+                    "similar cases accordingly")
+
+
+def blank_spread(frame: np.ndarray) -> float | None:
+    """The widest per-channel 1-99 percentile range of an (H, W, C) frame when it is (nearly) constant (at most
+    :data:`BLANK_RANGE`), else None. Read on a grid of about 128 x 128 pixels: enough for the percentiles."""
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = frame[..., None]
+    sample = frame[:: max(1, frame.shape[0] // 128), :: max(1, frame.shape[1] // 128)].reshape(-1, frame.shape[-1])
+    low, high = np.percentile(sample, [1, 99], axis=0)
+    spread = float((high - low).max())
+    return spread if spread <= BLANK_RANGE else None
+
+
+def is_grey(frame: np.ndarray) -> bool:
+    """Whether an (H, W[, C]) frame's pixels are grey: one channel, or three equal ones."""
+    frame = np.asarray(frame)
+    if frame.ndim == 2 or frame.shape[-1] == 1:
+        return True
+    return bool(np.array_equal(frame[..., 0], frame[..., 1]) and np.array_equal(frame[..., 1], frame[..., 2]))
+
+
+def image_content_problem(frame: np.ndarray) -> str | None:
+    """Why an (H, W[, C]) image cannot be answered (a side under :data:`MIN_IMAGE_SIDE` pixels, or blank: its pixels
+    constant or nearly so), None when it can."""
+    rows, columns = np.asarray(frame).shape[:2]
+    if min(rows, columns) < MIN_IMAGE_SIDE:
+        return f"image of {columns}x{rows} pixels: too small for a dermoscopy query (at least {MIN_IMAGE_SIDE} pixels a side)"
+    spread = blank_spread(frame)
+    if spread is not None:
+        return f"the image is blank: its pixels are constant or nearly so (range {spread:.0f} of 255 grey levels)"
+    return None
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:

@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     UID,
@@ -74,6 +75,7 @@ from pydicom.uid import (
     VLPhotographicImageStorage,
 )
 
+from ..data.preprocess import BLANK_RANGE, GREYSCALE_NOTICE, MIN_IMAGE_SIDE, blank_spread, is_grey  # noqa: F401 (BLANK_RANGE: the reader's API)
 from . import codes as C
 
 __all__ = [
@@ -110,11 +112,7 @@ _MARKER_TERMINATED = {
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
     "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
 }
-# a frame is blank when, in every channel, 98% of its pixels lie within this many grey levels
-BLANK_RANGE = 4
 _ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-# an image with a side shorter than this is not a dermoscopy image the model can read (refused)
-MIN_IMAGE_SIDE = 32
 
 
 @dataclass(frozen=True)
@@ -577,16 +575,6 @@ def _truncated_frames(ds: Dataset) -> list[int]:
     return bad
 
 
-def _blank(frame: np.ndarray) -> float | None:
-    """The widest per-channel 1-99 percentile range when a frame is (nearly) constant, else None.
-
-    Read on a grid of about 128 x 128 pixels: enough for the percentiles, a quarter of the pixels of 256 x 256."""
-    sample = frame[:: max(1, frame.shape[0] // 128), :: max(1, frame.shape[1] // 128)].reshape(-1, frame.shape[-1])
-    low, high = np.percentile(sample, [1, 99], axis=0)
-    spread = float((high - low).max())
-    return spread if spread <= BLANK_RANGE else None
-
-
 # a wider-than-8-bit image whose values span less than this share of its stored range is called dim in a notice
 DIM_RANGE_SHARE = 0.5
 
@@ -619,7 +607,7 @@ def _dim_notice(ds: Dataset) -> str | None:
 def _is_greyscale(ds: Dataset, frame: np.ndarray) -> bool:
     if int(ds.get("SamplesPerPixel", 1) or 1) == 1 and str(ds.get("PhotometricInterpretation", "")) != "PALETTE COLOR":
         return True
-    return bool(np.array_equal(frame[..., 0], frame[..., 1]) and np.array_equal(frame[..., 1], frame[..., 2]))
+    return is_grey(frame)
 
 
 def _downscale(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -902,7 +890,7 @@ def _image_queries(
     for index, (image, (rows, columns)) in zip(indices, frames):
         frame_notices = list(notices)
         frame_name = f"frame {index + 1}" if count > 1 else "the image"
-        spread = _blank(image)
+        spread = blank_spread(image)
         if spread is not None:
             problems.append(
                 InputProblem(where, f"{frame_name} is blank: its pixels are constant or nearly so (range {spread:.0f} of 255 grey levels): not answered")
@@ -911,9 +899,7 @@ def _image_queries(
         if dim is not None:
             frame_notices.append(dim)
         if _is_greyscale(ds, image):
-            frame_notices.append(
-                "greyscale image: the model was trained on colour dermoscopy and the colour cues are missing; weigh the similar cases accordingly"
-            )
+            frame_notices.append(GREYSCALE_NOTICE)
         if max(rows, columns) > max_side:
             frame_notices.append(f"image of {columns}x{rows} downscaled to fit {max_side} pixels")
             if max(image.shape[:2]) > max_side:
