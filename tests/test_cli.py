@@ -105,6 +105,14 @@ def test_search_refuses_a_blank_or_tiny_image_and_notes_a_greyscale_one(library,
     assert answer["notices"][0] == GREYSCALE_NOTICE and len(answer["hits"]) == 5
     assert main([*query, str(images / "case1.png")]) == 0
     assert GREYSCALE_NOTICE not in json.loads(capsys.readouterr().out)["notices"]
+    # options that would fail, or be ignored, after the search are refused before it
+    case = str(images / "case1.png")
+    assert main([*query, case, "--explain", str(tmp_path / "why.jpg")]) == 2
+    assert "--explain writes a PNG figure: give a path ending in .png" in capsys.readouterr().err
+    assert main([*query, case, "--calibration", str(tmp_path / "nowhere.json")]) == 2
+    assert "--calibration calibrates the evidence summary: add --evidence" in capsys.readouterr().err
+    assert main([*query, case, "--evidence", "--calibration", str(tmp_path / "nowhere.json")]) == 2
+    assert "--calibration file not found" in capsys.readouterr().err
 
 
 def test_search_says_when_the_query_image_is_a_library_case(library, tmp_path, capsys):

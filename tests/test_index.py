@@ -504,3 +504,20 @@ def test_cli_add_warns_about_kept_cases_whose_row_changed(cli, user_folder, tmp_
     assert "added 2 cases" in capsys.readouterr().out and not [r for r in caplog.records if r.levelname == "WARNING"]
     updated = load_index(out)
     assert updated.get("case0").diagnosis == "nevus" and updated.get("case1").extra["text"] == "raised lesion" and len(updated) == 4
+
+
+def test_cli_info_lists_the_case_ids_that_remove_takes(cli, user_folder, tmp_path, capsys):
+    """A consent withdrawn: `index remove` needs the case's id, and its refusal of an unknown id points to the command
+    that lists them (`index info --case-ids`, before: `index info`, which shows only counts)."""
+    images, table = user_folder
+    out = tmp_path / "ix"
+    assert cli.run(["index", "build", "--images", str(images), "--csv", str(table), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.run(["index", "info", str(out), "--case-ids"]) == 0
+    listed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    index = load_index(out)
+    assert [row[0] for row in listed] == index.case_ids() and all(row[2] == index.get(row[0]).diagnosis for row in listed)
+    assert cli.run(["index", "info", str(out), "--case-ids", "--json"]) == 0
+    assert [c["case_id"] for c in json.loads(capsys.readouterr().out)] == index.case_ids()
+    assert cli.run(["index", "remove", str(out), "no-such-case"]) == 2
+    assert f"`monai-cir index info {out} --case-ids` lists the index's cases" in capsys.readouterr().err

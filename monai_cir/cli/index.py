@@ -110,6 +110,9 @@ def add_parser(subparsers: Any) -> None:
     info = actions.add_parser("info", help="describe a saved index")
     info.add_argument("index", type=Path, metavar="DIR")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--case-ids", action="store_true",
+                      help="list the index's cases instead, one per line: case id, collection, diagnosis (tab-separated; with "
+                      "--json, a list of objects): what `monai-cir index remove` takes")
     info.set_defaults(func=run_info)
 
 
@@ -316,7 +319,7 @@ def run_remove(args: argparse.Namespace) -> int:
     case_ids = list(dict.fromkeys(args.case_ids))
     missing = [c for c in case_ids if c not in index]
     if missing:
-        raise ValueError(f"{len(missing)} case id(s) are not in {args.index}: {missing[:10]}; nothing was removed (see `monai-cir index info`)")
+        raise ValueError(f"{len(missing)} case id(s) are not in {args.index}: {missing[:10]}; nothing was removed (`monai-cir index info {args.index} --case-ids` lists the index's cases)")
     index.remove(case_ids)
     index.save(args.index)
     load_index(args.index)
@@ -389,7 +392,16 @@ def run_info(args: argparse.Namespace) -> int:
     from monai_cir.index import load_index, read_manifest
 
     manifest = read_manifest(args.index)
-    info = load_index(args.index).info()
+    index = load_index(args.index)
+    if args.case_ids:  # (a consent withdrawn: which id to remove)
+        cases = [index.get(case_id) for case_id in index.case_ids()]
+        if args.json:
+            print(json.dumps([{"case_id": c.case_id, "collection": c.collection, "diagnosis": c.diagnosis} for c in cases], indent=1))
+        else:
+            for case in cases:
+                print(f"{case.case_id}\t{case.collection}\t{case.diagnosis}")
+        return 0
+    info = index.info()
     info["options"] = manifest.get("options", {})
     info["files"] = {role: {"name": f["name"], "bytes": f["bytes"]} for role, f in manifest.get("files", {}).items()}
     if args.json:

@@ -74,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"-k must be >= 1, got {args.k}")
     if not args.image.is_file():
         raise FileNotFoundError(f"query image not found: {args.image}")
+    # options that would fail or be ignored after the search are refused before it
+    if args.explain is not None and args.explain.suffix.lower() != ".png":
+        raise ValueError(f"--explain writes a PNG figure: give a path ending in .png, got {args.explain}")
+    if args.calibration is not None and not args.evidence:
+        raise ValueError("--calibration calibrates the evidence summary: add --evidence (or drop --calibration)")
+    if args.calibration is not None and not args.calibration.is_file():
+        raise FileNotFoundError(f"--calibration file not found: {args.calibration}")
     filters, notice = resolve_site_condition(args.site, args.query_site)
     # the deploy app's checks of a query image (monai_cir.dicom.reader), for an image file: a blank or tiny image is not
     # answered, a greyscale one is, with a notice
