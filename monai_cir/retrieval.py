@@ -541,12 +541,13 @@ def search(
     return answer(net, index, image, text, k, filters, device, differential=False, with_image_alone=False).hits
 
 
-def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any], list[CaseMetadata]]:
+def dicom_library(folder: str | Path, name: str | None = None, problems_out: list[Any] | None = None) -> tuple[list[Any], list[CaseMetadata]]:
     """The dermoscopy images of a folder of DICOM studies as library cases: ``(queries, metadata)``
     for :func:`build_index`. A dicomized case (``monai-cir dicomize``) carries its case id,
     diagnosis and collection in its SR; other images are indexed by SOP Instance UID with diagnosis
-    'unknown' (a warning says how many). Unreadable files are reported and skipped. Image paths are
-    stored absolute (the app and ``search --explain`` read them from any folder)."""
+    'unknown' (a warning says how many). Unreadable files are reported and skipped (``problems_out`` gains each
+    :class:`~monai_cir.dicom.reader.InputProblem`, for a caller's summary). Image paths are stored absolute (the app
+    and ``search --explain`` read them from any folder)."""
     folder = Path(folder).resolve()
     try:
         from .dicom import read_dicom_folder
@@ -555,6 +556,8 @@ def dicom_library(folder: str | Path, name: str | None = None) -> tuple[list[Any
     scan = read_dicom_folder(folder)
     for problem in getattr(scan, "problems", []):
         logger.warning("skipped DICOM input: %s", problem)
+    if problems_out is not None:
+        problems_out.extend(getattr(scan, "problems", []))
     if not scan.queries:
         raise ValueError(f"no dermoscopy images were found in {folder} ({len(getattr(scan, 'problems', []))} problem(s) reported above)")
     metadata = []

@@ -1151,7 +1151,10 @@ def test_confirmation_travels_from_dicomize_to_the_index(tmp_path, monkeypatch, 
 
     net = make_tiny_net()
     monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    (tmp_path / "dicom" / "broken.dcm").write_bytes(b"DICM" * 40)  # reported and skipped: the summary line counts it
+    capsys.readouterr()
     assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "all")]) == 0
+    assert "indexed 5 cases" in (out := capsys.readouterr().out) and "; 1 DICOM input(s) skipped, not indexed" in out and "broken.dcm" in out, out
     index = load_index(tmp_path / "all")
     assert {c: index.get(c).confirmation for c in index.case_ids()} == {r.case_id: r.confirmation for r in records}
     assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "biopsied"), "--confirmed-only"]) == 0

@@ -521,3 +521,18 @@ def test_cli_info_lists_the_case_ids_that_remove_takes(cli, user_folder, tmp_pat
     assert [c["case_id"] for c in json.loads(capsys.readouterr().out)] == index.case_ids()
     assert cli.run(["index", "remove", str(out), "no-such-case"]) == 2
     assert f"`monai-cir index info {out} --case-ids` lists the index's cases" in capsys.readouterr().err
+
+
+def test_a_path_that_is_no_index_says_what_to_give(tmp_path):
+    """A typo, a file, a folder of other files: each says what it is and what to give (before: 'rebuild the index with
+    `monai-cir index build` --out DIR' for all three, a command the folder of other files would refuse)."""
+    from monai_cir.index import read_manifest
+
+    (tmp_path / "cases.csv").write_text("image,diagnosis\n")
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"index folder not found: .*nowhere; check the path"):
+        read_manifest(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"cases\.csv is a file, not an index folder"):
+        read_manifest(tmp_path / "cases.csv")
+    with pytest.raises(FileNotFoundError, match=r"photos is not a monai-cir index \(no manifest\.json\): give the folder"):
+        read_manifest(tmp_path / "photos")

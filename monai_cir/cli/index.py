@@ -126,8 +126,9 @@ def _parse_filters(items: list[str]) -> dict[str, str]:
     return filters
 
 
-def _library(args: argparse.Namespace) -> tuple[list[Any], list[Any] | None]:
-    """``(records, metadata or None)`` of the cases named by the source arguments."""
+def _library(args: argparse.Namespace, skipped: list[Any] | None = None) -> tuple[list[Any], list[Any] | None]:
+    """``(records, metadata or None)`` of the cases named by the source arguments; ``skipped`` gains the DICOM inputs
+    that were reported and skipped (``--dicom``)."""
     from monai_cir import retrieval
 
     if args.batch_size < 1:
@@ -152,7 +153,7 @@ def _library(args: argparse.Namespace) -> tuple[list[Any], list[Any] | None]:
     elif args.dicomweb:
         records, metadata = retrieval.dicomweb_library(args.dicomweb, _parse_filters(args.filter), name=args.name, pull_to=args.pull_to, limit=args.limit)
     else:
-        records, metadata = retrieval.dicom_library(args.dicom, args.name)
+        records, metadata = retrieval.dicom_library(args.dicom, args.name, problems_out=skipped)
     if args.confirmed_only:
         confirmations = [m.confirmation for m in metadata] if metadata is not None else [getattr(r, "confirmation", "unknown") for r in records]
         keep = [i for i, c in enumerate(confirmations) if c == "histopathology"]
@@ -216,7 +217,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise ValueError("--uri and --milvus-collection apply to --backend milvus")
     if args.backend == "faiss":  # a Milvus folder may hold its milvus-lite file beside other things (its save allows it)
         _refuse_a_foreign_folder(args.out)
-    records, metadata = _library(args)
+    skipped: list[Any] = []
+    records, metadata = _library(args, skipped)
     net = load_model(args.model, device=resolve_device(args.device))
     if args.backend == "milvus":
         options: dict[str, Any] = {"uri": args.uri or str(args.out / "milvus.db"), "collection": args.milvus_collection, "overwrite": args.overwrite}
@@ -230,7 +232,8 @@ def run_build(args: argparse.Namespace) -> int:
     index.save(args.out)
     load_index(args.out)  # read back what was written: a failed check is reported now, not at search time
     refresh_encoder_artifact(net, args.out)  # after the save: the index folder must be empty before it
-    print(f"indexed {len(index)} cases ({args.backend}, dim {index.dim}) -> {args.out}")
+    print(f"indexed {len(index)} cases ({args.backend}, dim {index.dim}) -> {args.out}"
+          + (f"; {len(skipped)} DICOM input(s) skipped, not indexed (the warnings above say why; first: {skipped[0]})" if skipped else ""))
     return 0
 
 
@@ -244,7 +247,9 @@ def run_add(args: argparse.Namespace) -> int:
     net = load_model(args.model, device=resolve_device(args.device))
     # refuse an index of another model before embedding anything
     index = load_index(args.index, expected_fingerprint=retrieval.model_fingerprint(net))
-    records, metadata = _library(args)
+    skipped: list[Any] = []
+    records, metadata = _library(args, skipped)
+    skipped_note = f"; {len(skipped)} DICOM input(s) skipped, not added (the warnings above say why; first: {skipped[0]})" if skipped else ""
     if metadata is None:
         metadata = [retrieval.record_metadata(r) for r in records]
     new = [i for i, m in enumerate(metadata) if m.case_id not in index]
@@ -253,7 +258,7 @@ def run_add(args: argparse.Namespace) -> int:
         _warn_changed_cases(args.index, index, [m for m in metadata if m.case_id in index])
     if not new:
         refresh_encoder_artifact(net, args.index)  # an index built before the artifact existed gains one
-        print(f"no new cases: the index {args.index} keeps its {len(index)} cases")
+        print(f"no new cases: the index {args.index} keeps its {len(index)} cases{skipped_note}")
         return 0
     retrieval.build_index(
         net, [records[i] for i in new], [metadata[i] for i in new], batch_size=args.batch_size, index=index,
@@ -262,7 +267,7 @@ def run_add(args: argparse.Namespace) -> int:
     index.save(args.index)  # atomic: a crash before the manifest rename leaves the previous index
     load_index(args.index)
     refresh_encoder_artifact(net, args.index)  # kept when it is already for this network
-    print(f"added {len(new)} cases -> {args.index} ({len(index)} cases)")
+    print(f"added {len(new)} cases -> {args.index} ({len(index)} cases){skipped_note}")
     return 0
 
 

@@ -193,10 +193,13 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of a saved index, with a clear error if the folder is not one."""
     directory = Path(directory)
     path = directory / MANIFEST_NAME
+    if directory.is_file():
+        raise FileNotFoundError(f"{directory} is a file, not an index folder: give the folder `monai-cir index build ... --out DIR` wrote")
     if not directory.is_dir():
-        raise FileNotFoundError(f"index folder not found: {directory}; {REBUILD_HINT} --out {directory}")
+        raise FileNotFoundError(f"index folder not found: {directory}; check the path, or build one with `monai-cir index build ... --out {directory}`")
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a monai-cir index (no {MANIFEST_NAME}); {REBUILD_HINT} --out {directory}")
+        raise FileNotFoundError(f"{directory} is not a monai-cir index (no {MANIFEST_NAME}): give the folder `monai-cir index build ... --out DIR` "
+                                "wrote (a new index needs an empty or new folder)")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
