@@ -206,6 +206,33 @@ def test_text_forms_table_says_which_folds_it_averages():
     assert "each method's held-out folds" in text_forms_table(mixed)
 
 
+def test_results_header_says_the_commit_a_dirty_tree_and_changed_recipes():
+    """A run with changed method options (2 epochs) must not read as the default recipe's, and a dirty tree is said."""
+    from monai_cir.evaluation import results_header
+
+    payload = {"config": {"collection": "mine", "method_options": {}}, "commit": {"sha": "abc123", "dirty": False}, "wall_time_s": 12.0}
+    assert results_header(payload, 260) == ("# mine cross-validation\n\nProduced by `monai-cir evaluate` (commit abc123, image size 260, "
+                                            "wall time 12 s).\n\n")
+    payload["commit"]["dirty"] = True
+    payload["config"]["method_options"] = {"composed": {"train": {"epochs": 2}}}
+    header = results_header(payload, 128)
+    assert "(commit abc123, dirty tree, image size 128," in header
+    assert 'method options changed from the defaults: `{"composed": {"train": {"epochs": 2}}}`' in header
+
+
+def test_a_merged_results_file_is_mixed_only_when_its_runs_commits_differ():
+    """One fresh run on a dirty tree is that commit, dirty (before: "mixed: see each method's runs")."""
+    from monai_cir.evaluation import merged_commit
+
+    this = {"sha": "abc", "dirty": True}
+    one_run = {"methods": {"a": {"runs": [{"commit": "abc", "dirty": True}]}, "b": {"runs": [{"commit": "abc", "dirty": False}]}}}
+    assert merged_commit(one_run, this) == {"sha": "abc", "dirty": True}
+    clean = {"methods": {"a": {"runs": [{"commit": "abc", "dirty": False}]}}}
+    assert merged_commit(clean, {"sha": "abc", "dirty": False}) == {"sha": "abc", "dirty": False}
+    two = {"methods": {"a": {"runs": [{"commit": "abc", "dirty": False}]}, "b": {"runs": [{"commit": "def", "dirty": False}]}}}
+    assert merged_commit(two, {"sha": "abc", "dirty": False}) == {"sha": "mixed: see each method's runs", "dirty": False}
+
+
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown method"):
         evaluation.get_method("nope")

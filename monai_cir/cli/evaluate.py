@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..atomic import atomic_write_text
-    from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, results_table, text_forms_table
+    from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, merged_commit, results_header, results_table, text_forms_table
     from ..evaluation.protocol import check_collection_classes, check_mergeable
     from ..provenance import git_commit, machine_info
 
@@ -157,12 +157,11 @@ def run(args: argparse.Namespace) -> int:
             if args.out.exists() and not (args.overwrite and state["first"]):
                 previous = json.loads(args.out.read_text())
                 merged = merge_results(previous, payload)
-                same_commit = all(r.get("commit") == commit.get("sha") and not r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))
-                payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": commit if same_commit else {"sha": "mixed: see each method's runs", "dirty": any(r.get("dirty") for e in merged["methods"].values() for r in e.get("runs", []))},
+                payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": merged_commit(merged, commit),
                            "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + payload["wall_time_s"], 1)}
             atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
             table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")
-            header = f"# {'Derm7pt' if payload['config']['collection'] == 'derm7pt' else payload['config']['collection']} cross-validation\n\nProduced by `monai-cir evaluate` (commit {payload['commit']['sha']}, image size {args.image_size}, wall time {payload['wall_time_s']:.0f} s).\n\n"
+            header = results_header(payload, args.image_size)
             atomic_write_text(args.out.with_suffix(".md"), header + table)
         last_write = now
         state["first"] = False

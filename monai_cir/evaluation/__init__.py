@@ -26,7 +26,7 @@ from .protocol import (
     merge_results,
 )
 from .registry import Method, available_methods, get_method, register_method, unregister_method
-from .report import results_table, retrieval_figure, text_forms_table
+from .report import merged_commit, results_header, results_table, retrieval_figure, text_forms_table
 from .text_forms import TEXT_FORMS, text_form_cache
 from .baselines import UNTRAINED_METHODS  # noqa: E402  (registers the frozen baselines and stand-ins)
 from ..engine import cv_methods  # noqa: E402,F401  (registers the trained methods)
@@ -47,7 +47,9 @@ __all__ = [
     "fold_indices",
     "get_method",
     "merge_results",
+    "merged_commit",
     "register_method",
+    "results_header",
     "results_table",
     "retrieval_figure",
     "text_form_cache",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .protocol import METRIC_KEYS
@@ -14,6 +15,29 @@ METRIC_NAMES = {"acc@1": "Acc@1", "acc@2": "Acc@2", "acc@4": "Acc@4", "map": "mA
 def _cell(entry: dict[str, Any]) -> str:
     mean, std = entry["mean"], entry["std"]
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def merged_commit(results: dict[str, Any], commit: dict[str, Any]) -> dict[str, Any]:
+    """The commit a merged results file records: ``commit`` (this run's) when every method's runs ran on it, dirty when
+    any run's tree was; ``"mixed: see each method's runs"`` only when the runs' commits differ."""
+    runs = [r for entry in results["methods"].values() for r in entry.get("runs", [])]
+    dirty = any(r.get("dirty") for r in runs)
+    if all(r.get("commit") == commit.get("sha") for r in runs):
+        return {**commit, "dirty": dirty}
+    return {"sha": "mixed: see each method's runs", "dirty": dirty}
+
+
+def results_header(results: dict[str, Any], image_size: int) -> str:
+    """The title and provenance line of a results file's Markdown (``monai-cir evaluate``): the collection, the commit
+    (and a dirty tree), the image size, the wall time, and any method options that change a method's recipe (a run
+    with 2 epochs must not read as the default recipe's)."""
+    config = results["config"]
+    collection = "Derm7pt" if config["collection"] == "derm7pt" else config["collection"]
+    commit = results["commit"]
+    options = config.get("method_options") or {}
+    changed = f"; method options changed from the defaults: `{json.dumps(options, sort_keys=True)}`" if options else ""
+    return (f"# {collection} cross-validation\n\nProduced by `monai-cir evaluate` (commit {commit['sha']}"
+            f"{', dirty tree' if commit.get('dirty') else ''}, image size {image_size}, wall time {results['wall_time_s']:.0f} s{changed}).\n\n")
 
 
 def results_table(results: dict[str, Any]) -> str:
