@@ -137,6 +137,32 @@ def test_late_fusion_trains(net):
     assert model.encode_queries(cache, np.arange(48, 52)).shape == (4, 16)
 
 
+def test_training_logs_the_loss_about_ten_times_a_run_not_every_epoch(net, tmp_path, caplog):
+    """With a log folder (the bundle's stages): the console shows the training loss and the metrics about ten times a
+    run, not ignite's "Epoch[n] Complete" line each epoch (200 lines for the full-batch regime), and never the loss
+    of no epoch at all (before: a StatsHandler without its iteration log printed no loss)."""
+    import logging
+
+    cache = synthetic_cache(net)
+    model = LateFusionMLP(sum(m.shape[1] for m in cache.maps), cache.sentence.shape[1], hidden=32, out_dim=16)
+    class Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record.getMessage())
+
+    kept: list[str] = []
+    handler = Kept(level=logging.INFO)
+    logging.getLogger("monai_cir.train").addHandler(handler)  # (MONAI's StatsHandler logs there, not to the root)
+    try:
+        with caplog.at_level(logging.INFO):
+            train_head(model, cache, np.arange(48), dict(epochs=40, batch_size=0, lr=1e-2, val_fraction=0.0, log_dir=str(tmp_path / "tb")))
+    finally:
+        logging.getLogger("monai_cir.train").removeHandler(handler)
+    lines = kept + [r.getMessage() for r in caplog.records]
+    assert not [m for m in lines if "Complete. Time taken" in m], lines[:5]
+    losses = [m for m in lines if "Loss" in m or "loss" in m]
+    assert 4 <= len(losses) <= 11 and any("40/40" in m for m in losses), lines
+
+
 def test_dataset_batches_selected_levels(net):
     cache = synthetic_cache(net)
     ds = CachedBatchDataset(cache, level_indices=(1, 2), flip=True)

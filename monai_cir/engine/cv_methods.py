@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 from typing import Any, Iterator
 
 import numpy as np
@@ -157,8 +158,13 @@ def train_method(name: str, cache: Any, train_idx: np.ndarray, config: dict[str,
                 augmentation = dict(dropout=float(text.get("dropout", 0.0)), bank=bank)
             model, result = fit_composed(base_net(int(config.get("image_size", 260))), cache, train_idx, opts["model"], train_cfg, seed=s,
                                          text_augmentation=augmentation, **opts["net"])
-        logger.info("%s seed %d: best epoch %d of %d, val score %.3f, %.1f s", name, s, result.best_epoch, result.epochs_run, result.best_score, result.seconds)
-        state.train_log.append(dict(method=name, seed=s, n_train=len(train_idx), best_epoch=result.best_epoch, epochs_run=result.epochs_run, val_score=round(result.best_score, 4), seconds=round(result.seconds, 1)))
+        # no inner validation (the full-batch regime): the last epoch is kept and there is no score (None, not -inf:
+        # the results JSON stays standard JSON)
+        validated = math.isfinite(result.best_score)
+        logger.info("%s seed %d: %s, %.1f s", name, s, f"best epoch {result.best_epoch} of {result.epochs_run}, val score {result.best_score:.3f}"
+                    if validated else f"{result.epochs_run} epochs, no inner validation (the last epoch kept)", result.seconds)
+        state.train_log.append(dict(method=name, seed=s, n_train=len(train_idx), best_epoch=result.best_epoch, epochs_run=result.epochs_run,
+                                    val_score=round(result.best_score, 4) if validated else None, seconds=round(result.seconds, 1)))
         models.append(model)
     state.memo[key] = models
     return models

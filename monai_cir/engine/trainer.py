@@ -72,6 +72,20 @@ class TrainConfig:
         return cls(**values)
 
 
+def reported_epochs(max_epochs: int, times: int = 10) -> Callable[[Any, int], bool]:
+    """An event filter for MONAI's ``StatsHandler(epoch_log=...)``: about ``times`` epochs of a run, the last included
+    (a console line per epoch is 200 lines in the full-batch regime)."""
+    every = max(1, int(max_epochs) // times)
+    return lambda engine, epoch: epoch % every == 0 or epoch == engine.state.max_epochs
+
+
+def loss_at_reported_epochs(max_epochs: int, times: int = 10) -> Callable[[Any, int], bool]:
+    """An event filter for ``StatsHandler(iteration_log=...)``: the training loss of the last batch of each of
+    :func:`reported_epochs`' epochs."""
+    reported = reported_epochs(max_epochs, times)
+    return lambda engine, iteration: iteration % engine.state.epoch_length == 0 and reported(engine, engine.state.epoch)
+
+
 @dataclass
 class TrainResult:
     best_epoch: int
@@ -252,7 +266,11 @@ def train_head(
 
     if cfg.log_dir:
         TensorBoardStatsHandler(log_dir=cfg.log_dir, output_transform=_loss_value).attach(trainer)
-        StatsHandler(name="monai_cir.train", output_transform=_loss_value, iteration_log=False).attach(trainer)
+        # the console: the training loss (the epoch's last batch) and the epoch's metrics about ten times a run, not a
+        # line per epoch (200 for the full-batch regime); ignite's own "Epoch[n] Complete" line goes with it
+        StatsHandler(name="monai_cir.train", output_transform=_loss_value, epoch_log=reported_epochs(cfg.epochs),
+                     iteration_log=loss_at_reported_epochs(cfg.epochs)).attach(trainer)
+        trainer.logger.setLevel(logging.WARNING)
     if cfg.progress:
         from ignite.handlers import ProgressBar
 
