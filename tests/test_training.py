@@ -248,8 +248,18 @@ def test_class_counts_are_checked_before_training_and_name_the_diagnosis():
 
     records = _records(["melanoma"] * 4 + ["nevus"] * 4 + ["dermatofibroma"] * 2)
     check_training_classes(records, np.arange(10), 10.0)
-    with pytest.raises(ValueError, match=r"'dermatofibroma' has 1 training case\(s\) among the training cases of fold 2.*at least 2"):
+    with pytest.raises(ValueError, match=r"'dermatofibroma' has 1 training case\(s\) among the training cases of fold 2.*at least 2.*"
+                       r"or train without the prior \(`monai-cir train --prior-strength 0`"):
         check_training_classes(records, np.arange(9), 10.0, fold=2)
+    # ... which the command line offers (it sets the config's prior_strength)
+    import argparse
+
+    from monai_cir.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_parser(parser.add_subparsers())
+    assert train_cli.overrides(parser.parse_args(["train", "--prior-strength", "0"]))["prior_strength"] == 0.0
+    assert "prior_strength" not in train_cli.overrides(parser.parse_args(["train"]))
     check_training_classes(records, np.arange(9), 0.0)  # no prior: nothing needs two
     with pytest.raises(ValueError, match="two or more diagnoses"):
         check_training_classes(records, np.arange(4), 10.0)

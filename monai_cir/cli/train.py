@@ -64,6 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="findings (1-7) that give a query text its full weight; fewer blend it with the image-only query (default: the config's, 5)")
     parser.add_argument("--late-fusion-share", type=float, default=None, metavar="A",
                         help="share of the late-fusion branch in the score, S = (1 - A) S_Eq9 + A S_late_fusion (default: the config's, 0.5; 0 = the paper's network)")
+    parser.add_argument("--prior-strength", type=float, default=None, metavar="LAMBDA",
+                        help="strength of the diagnosis prior in the ranking, S + LAMBDA w log p(y|q) (default: the config's, 10; "
+                        "0 = no prior: a diagnosis with a single training case needs it)")
     parser.add_argument("--text-variants", type=int, default=None, help="training re-wordings per case (default: the config's, 0 = template texts only)")
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the config's, 100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the run: the head's initialisation, batches and flips, the inner validation split, "
@@ -89,7 +92,7 @@ def overrides(args: argparse.Namespace, records: Sequence[Any] | None = None) ->
         "image_size": args.image_size, "max_epochs": args.epochs, "dataset_dir": str(args.data_root) if args.data_root else None,
         "network_def#beta": args.beta, "network_def#num_masks": args.num_masks, "network_def#levels": args.levels,
         "text_gate": args.text_gate, "full_text_findings": args.full_text_findings, "text_variants": args.text_variants,
-        "late_fusion_share": args.late_fusion_share,
+        "late_fusion_share": args.late_fusion_share, "prior_strength": getattr(args, "prior_strength", None),
     }
     return {k: v for k, v in values.items() if v is not None}
 

@@ -165,7 +165,8 @@ def check_training_classes(cases: Any, train_indices: Sequence[int], prior_stren
     if few:
         listed = ", ".join(f"{d!r} has {n}" for d, n in few.items())
         raise ValueError(f"diagnosis {listed} training case(s) {where}; the diagnosis prior needs at least {PRIOR_MIN_CASES} of every "
-                         "diagnosis: add cases of it, or leave its rows out of the CSV")
+                         "diagnosis: add cases of it, leave its rows out of the CSV, or train without the prior (`monai-cir train --prior-strength 0`, "
+                         "the bundle's --prior_strength 0)")
 
 
 def staging_path(path: str | Path) -> str:
