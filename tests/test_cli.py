@@ -113,6 +113,14 @@ def test_search_refuses_a_blank_or_tiny_image_and_notes_a_greyscale_one(library,
     assert "--calibration calibrates the evidence summary: add --evidence" in capsys.readouterr().err
     assert main([*query, case, "--evidence", "--calibration", str(tmp_path / "nowhere.json")]) == 2
     assert "--calibration file not found" in capsys.readouterr().err
+    assert main([*query, case, "--query-site", "back"]) == 2
+    assert "--query-site is used by --site same" in capsys.readouterr().err
+    # fewer cases than asked for, and none: said in words
+    assert main([*query, case, "-k", "10"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["hits"]) == 6 and "6 of the 10 cases asked for (-k): the library has no more" in answer["notices"], answer["notices"]
+    assert main(["search", "--index", str(index), "--image", case, "--site", "back"]) == 0
+    assert "no matching cases with site trunk" in capsys.readouterr().out  # ("back": the trunk, in the vocabulary)
 
 
 def test_search_says_when_the_query_image_is_a_library_case(library, tmp_path, capsys):

@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--calibration calibrates the evidence summary: add --evidence (or drop --calibration)")
     if args.calibration is not None and not args.calibration.is_file():
         raise FileNotFoundError(f"--calibration file not found: {args.calibration}")
+    if args.query_site is not None and args.site != "same":
+        raise ValueError(f"--query-site is used by --site same (the query's site), not with --site {args.site}: add --site same, or drop --query-site")
     filters, notice = resolve_site_condition(args.site, args.query_site)
     # the deploy app's checks of a query image (monai_cir.dicom.reader), for an image file: a blank or tiny image is not
     # answered, a greyscale one is, with a notice
@@ -130,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     # evidence, what the image alone finds
     notes = [image_notice, *shown.text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None,
              disagreement, shown.image_alone_notice]
+    if hits and len(hits) < args.k:  # (-k 10 on a library of 6)
+        notes.append(f"{len(hits)} of the {args.k} cases asked for (-k): the library has no more"
+                     + (" that meet the site condition" if filters else ""))
     notes = [n for n in notes if n]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -153,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=1, default=str))
         return 0
     if not hits:
-        print("no matching cases" + (f" with {filters}" if filters else ""))
+        print("no matching cases" + (" with " + ", ".join(f"{key} {value}" for key, value in filters.items()) if filters else "")
+              + (f" (the index {args.index} holds no case)" if not len(index) else ""))
         return 0
     width = max(len("case id"), *(len(h.case_id) for h in hits))
     diag = max(len("diagnosis"), *(len(h.metadata.diagnosis) for h in hits))
