@@ -784,9 +784,9 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     excluded", "BWV -ve") or gives another value after a colon ("BWV: 0", "atyp. PN: ?"), and one the text states
     twice with different values ("BWV present ... no BWV": a contradiction is not a finding). A text's words are
     never read as a finding the text denies or doubts."""
-    lowered = text.lower().translate(_DASHES)
-    if _SEVERAL_LESIONS_RE.search(lowered):
+    if describes_several_lesions(text):
         return ()
+    lowered = text.lower().translate(_DASHES)
     found: dict[str, set[str]] = {}
     gathered = []  # the spans of negated lists: their nouns are absent, not bare mentions of present findings
     lists, governed = _negated_lists(lowered)
@@ -818,7 +818,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         clause = lowered[start:end]
         if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()):
             continue
-        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads)):
+        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed
+                                  or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads)):
             continue
         found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
