@@ -159,8 +159,9 @@ def test_training_logs_the_loss_about_ten_times_a_run_not_every_epoch(net, tmp_p
         logging.getLogger("monai_cir.train").removeHandler(handler)
     lines = kept + [r.getMessage() for r in caplog.records]
     assert not [m for m in lines if "Complete. Time taken" in m], lines[:5]
-    losses = [m for m in lines if "Loss" in m or "loss" in m]
-    assert 4 <= len(losses) <= 11 and any("40/40" in m for m in losses), lines
+    # (counted where the StatsHandler logs: whether its logger also reaches the root, and caplog, depends on the suite)
+    losses = [m for m in kept if "Loss" in m or "loss" in m]
+    assert 4 <= len(losses) <= 11 and any("40/40" in m for m in losses), kept
 
 
 def test_dataset_batches_selected_levels(net):
