@@ -571,6 +571,8 @@ def test_cli_refuses_a_collection_its_methods_cannot_score_before_embedding_it(s
     assert code == 2 and f"diagnosis {third!r} has a single case" in err, err
     code, err = evaluate_rows(kept[first] + kept[second] + kept[third][:2], "imagenet_cosine", "composed_late_fusion_prior")
     assert code == 2 and f"{third!r} has 1 training case(s) among the training cases of fold" in err and "diagnosis prior needs at least 2" in err, err
+    # ... and it names the methods that cannot run, and how to run the others
+    assert "cannot run on this collection: composed_late_fusion_prior; run the others without them (--methods imagenet_cosine)" in err, err
 
 
 def test_results_table_names_the_collection_it_scored():

@@ -395,12 +395,18 @@ def check_collection_classes(records: Sequence[Any], folds: Sequence[int], metho
     if single:
         raise ValueError(f"diagnosis {', '.join(map(repr, single))} has a single case: a query of it has no case of its diagnosis in the "
                          "other folds to find (its precision is undefined); add cases of it, or leave its rows out of the CSV")
-    if any(getattr(method, "fits_prior", False) for method in methods):
+    with_prior = [str(getattr(method, "name", method)) for method in methods if getattr(method, "fits_prior", False)]
+    if with_prior:
         from ..engine.bundle import check_training_classes
 
         fold_of = np.asarray(collection_folds([r.case_id for r in records], [int(r.label) for r in records])[0])
         for fold in folds:
-            check_training_classes(records, np.flatnonzero(fold_of != int(fold)), prior_strength=1.0, fold=int(fold))
+            try:
+                check_training_classes(records, np.flatnonzero(fold_of != int(fold)), prior_strength=1.0, fold=int(fold))
+            except ValueError as err:  # the other methods could run: say which ones cannot, and how to run the rest
+                others = [str(getattr(m, "name", m)) for m in methods if not getattr(m, "fits_prior", False)]
+                rest = f"; run the others without them (--methods {' '.join(others)})" if others else ""
+                raise ValueError(f"{err} (the methods that fit the diagnosis prior cannot run on this collection: {', '.join(with_prior)}{rest})") from None
 
 
 def check_mergeable(old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
