@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "sha256_file", "torch_save_atomic"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable_folder", "sha256_file", "torch_save_atomic"]
 
 
 @contextlib.contextmanager
@@ -67,3 +67,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 23) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable_folder(folder: str | Path, option: str = "--out") -> None:
+    """Raise ValueError, in one line naming ``option``, when files cannot be written into ``folder`` (or into the folder
+    it would be created in): a file where a folder should be, a folder the system refuses. Run before long work, so
+    that the work is not lost at its end."""
+    import tempfile
+
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{option} {folder}: {existing} is a file, not a folder; choose a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {folder}: cannot write in {existing} ({err.strerror or err}); choose a folder you can write to") from err

@@ -163,6 +163,18 @@ def test_cli_dicomize(tmp_path, shared_data):
     assert len(list(tmp_path.glob("*/image.dcm"))) == 2 and len(list(tmp_path.glob("*/report.dcm"))) == 2
 
 
+def test_cli_dicomize_refuses_an_out_folder_it_cannot_write_in_one_line(tmp_path, shared_data, capsys):
+    """Before: one error per case (each study's write failed in turn); now one line before any case is read."""
+    from monai_cir.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["dicomize", "--collection", "isic-uda1", "--out", str(tmp_path / "notes.txt" / "dicom"), "--limit", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "notes.txt is a file, not a folder" in err, err
+    assert main(["dicomize", "--collection", "isic-uda1", "--out", "/proc/monai-cir-dicom", "--limit", "2", "--no-progress"]) == 2
+    assert "--out /proc/monai-cir-dicom: cannot write in /proc" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------
 # reader: SR variants and bad input
 # ------------------------------------------------------------------------------------------------

@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--csv goes with --images")
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
+    from ..atomic import check_writable_folder
     from ..data.collections import load_collection, load_image_csv
+
+    check_writable_folder(args.out, "--out")  # one line now, not one error per case
 
     records = load_collection(args.collection, root=args.root) if args.collection else load_image_csv(args.images, args.csv)
     if args.case:

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +191,9 @@ def _refuse_a_foreign_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder; choose a folder for the index")
     # a folder that cannot be written is found now, not after the embedding (which would be lost)
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"--out {out}: {existing} is a file, not a folder; choose a folder for the index")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise ValueError(f"--out {out}: cannot write in {existing} ({err.strerror or err}); choose a folder you can write to") from err
+    from monai_cir.atomic import check_writable_folder
+
+    check_writable_folder(out, "--out")
     if out.is_dir() and not (out / MANIFEST_NAME).is_file() and any(p.name != GRID_STORE_DIR for p in out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no monai-cir index; choose a new or empty folder for --out")
 
