@@ -120,6 +120,7 @@ def embed_library(
     num_workers: int = 0,
     progress: bool = True,
     grid_maps_out: list[list[torch.Tensor]] | None = None,
+    blank_out: list[int] | None = None,
 ) -> np.ndarray:
     """Target embeddings ``T`` (N, D) float32 of library images, in batches with a progress bar.
 
@@ -132,6 +133,8 @@ def embed_library(
         num_workers: image decoding processes (0 = in this process).
         grid_maps_out: a list that gains, per image in order, its grid maps
             (:func:`monai_cir.explain.grid_maps`, per level (1, C, h, w)) from the same forward.
+        blank_out: a list that gains the positions of the images that are blank as the model sees them (their
+            preprocessed pixels constant or nearly so, :func:`monai_cir.data.preprocess.blank_spread`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -148,6 +151,11 @@ def embed_library(
             with captured_image_maps(net) if grid_maps_out is not None else contextlib.nullcontext([]) as captured:
                 vectors = net.encode_target(batch.to(net.device, non_blocking=True))
             out[done : done + len(batch)] = vectors.float().cpu().numpy()
+            if blank_out is not None:
+                from .data.preprocess import blank_spread
+
+                pixels = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                blank_out.extend(done + j for j in range(len(batch)) if blank_spread(pixels[j]) is not None)
             if grid_maps_out is not None:
                 from .explain import grid_maps
 
@@ -294,7 +302,19 @@ def build_index(
         if existing and not update:
             raise ValueError(f"{len(existing)} case id(s) are already in the index (e.g. {existing[:5]}); pass update=True to replace them")
     grids: list[list[torch.Tensor]] | None = [] if grid_store is not None else None
-    embeddings = embed_library(net, records, batch_size=batch_size, device=device, progress=progress, grid_maps_out=grids)
+    blank: list[int] = []
+    embeddings = embed_library(net, records, batch_size=batch_size, device=device, progress=progress, grid_maps_out=grids, blank_out=blank)
+    if blank:
+        # a blank library image (a black frame, a failed export) would be shown as a similar case: reported, left out
+        listed = ", ".join(metadata[i].case_id + (f" ({Path(metadata[i].image_path).name})" if metadata[i].image_path else "") for i in blank[:10])
+        if len(blank) == len(records):
+            raise ValueError(f"every library image is blank (its pixels constant or nearly so): {listed}; nothing was indexed")
+        logger.warning("%d library image(s) are blank (their pixels constant or nearly so) and were not indexed: %s%s", len(blank), listed,
+                       f" and {len(blank) - 10} more" if len(blank) > 10 else "")
+        left_out = set(blank)
+        keep = [i for i in range(len(records)) if i not in left_out]
+        embeddings, metadata = embeddings[keep], [metadata[i] for i in keep]
+        grids = [grids[i] for i in keep] if grids is not None else None
     index.add(embeddings, metadata, update=update)
     if grids is not None:
         from .grid_store import GridMapStore, file_identity

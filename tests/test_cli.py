@@ -123,6 +123,29 @@ def test_search_refuses_a_blank_or_tiny_image_and_notes_a_greyscale_one(library,
     assert "no matching cases with site trunk" in capsys.readouterr().out  # ("back": the trunk, in the vocabulary)
 
 
+def test_index_build_leaves_a_blank_library_image_out_and_says_so(tmp_path, monkeypatch, caplog):
+    """A black frame in the library (a failed export) would be shown as a similar case: it is reported and left out,
+    the other cases are indexed (before: indexed without a word)."""
+    import monai_cir.networks
+    from monai_cir.cli import main
+    from monai_cir.index import load_index
+
+    net = make_tiny_net()
+    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(images / f"case{i}.png")
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(images / "black.png")
+    table = tmp_path / "cases.csv"
+    table.write_text("case_id,image,diagnosis\n" + "".join(f"case{i},case{i}.png,nevus\n" for i in range(3)) + "black,black.png,melanoma\n")
+    with caplog.at_level("WARNING", logger="monai_cir.retrieval"):
+        assert main(["index", "build", "--images", str(images), "--csv", str(table), "--out", str(tmp_path / "ix"), "--no-grid-maps"]) == 0
+    assert sorted(load_index(tmp_path / "ix").case_ids()) == ["case0", "case1", "case2"]
+    assert any("1 library image(s) are blank" in r.getMessage() and "black (black.png)" in r.getMessage() for r in caplog.records), caplog.text
+
+
 def test_search_says_when_the_query_image_is_a_library_case(library, tmp_path, capsys):
     """As the deploy app: a query image that is a library case's own image (the file, or a copy of it) is its own match
     at rank 1, and a note says so; another image gets no such note."""
