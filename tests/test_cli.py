@@ -113,6 +113,9 @@ def test_search_refuses_a_blank_or_tiny_image_and_notes_a_greyscale_one(library,
     assert "--calibration calibrates the evidence summary: add --evidence" in capsys.readouterr().err
     assert main([*query, case, "--evidence", "--calibration", str(tmp_path / "nowhere.json")]) == 2
     assert "--calibration file not found" in capsys.readouterr().err
+    (tmp_path / "image.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)  # a DICOM file's preamble and magic
+    assert main([*query, str(tmp_path / "image.dcm")]) == 2
+    assert "image.dcm is a DICOM file: `monai-cir search` reads image files" in capsys.readouterr().err
     assert main([*query, case, "--query-site", "back"]) == 2
     assert "--query-site is used by --site same" in capsys.readouterr().err
     # fewer cases than asked for, and none: said in words

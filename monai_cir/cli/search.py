@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     # answered, a greyscale one is, with a notice
     from monai_cir.data.preprocess import GREYSCALE_NOTICE, image_content_problem, is_grey, read_rgb
 
+    with open(args.image, "rb") as f:  # a DICOM file has "DICM" after its 128-byte preamble
+        if f.read(132)[128:] == b"DICM":
+            raise ValueError(f"{args.image} is a DICOM file: `monai-cir search` reads image files (JPEG, PNG); a DICOM study is "
+                             "answered by the deploy app (`python -m deploy_app -i STUDY_FOLDER -o OUT -m MODELS`, docs/deploy.md)")
     pixels = read_rgb(args.image)
     problem = image_content_problem(pixels)
     if problem is not None:
