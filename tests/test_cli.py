@@ -116,6 +116,8 @@ def test_search_refuses_a_blank_or_tiny_image_and_notes_a_greyscale_one(library,
     (tmp_path / "image.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)  # a DICOM file's preamble and magic
     assert main([*query, str(tmp_path / "image.dcm")]) == 2
     assert "image.dcm is a DICOM file: `monai-cir search` reads image files" in capsys.readouterr().err
+    assert main([*query, case, "--text", "L\udce4sion flach"]) == 2  # "Läsion" typed in Latin-1 on a UTF-8 system
+    assert "--text is not UTF-8 text (byte 0xe4 at character 2)" in capsys.readouterr().err
     assert main([*query, case, "--query-site", "back"]) == 2
     assert "--query-site is used by --site same" in capsys.readouterr().err
     # fewer cases than asked for, and none: said in words

@@ -81,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--calibration calibrates the evidence summary: add --evidence (or drop --calibration)")
     if args.calibration is not None and not args.calibration.is_file():
         raise FileNotFoundError(f"--calibration file not found: {args.calibration}")
+    try:  # a text typed in another encoding than the terminal's reaches Python as lone surrogates (not JSON-safe)
+        args.text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raw = args.text[err.start].encode("utf-8", "surrogateescape")
+        raise ValueError(f"--text is not UTF-8 text (byte 0x{raw.hex()} at character {err.start + 1}): write it in UTF-8 (a terminal set to "
+                         "UTF-8), or leave that character out") from None
     if args.query_site is not None and args.site != "same":
         raise ValueError(f"--query-site is used by --site same (the query's site), not with --site {args.site}: add --site same, or drop --query-site")
     filters, notice = resolve_site_condition(args.site, args.query_site)
