@@ -318,6 +318,12 @@ def stated() -> list[tuple[str, str, tuple]]:
         ("BWV present. Biopsy in 2019 of another lesion.", [(BWV, P)]),
         ("Prev. excision elsewhere. Today BWV present.", [(BWV, P)]),
         ("Irregular streaks; old scar nearby", [(ST, IRR)]),
+        # what a review of 675 more texts found a first version of today's rules dropping
+        ("Seen in 2026: atypical pigment network and blue-whitish veil.", [(PN, ATY), (BWV, P)]),
+        ("Urgent referral - BWV and atypical PN on dermoscopy.", [(PN, ATY), (BWV, P)]),
+        ("Lesion 3 (left scapula): atypical PN, BWV.", [(PN, ATY), (BWV, P)]),
+        ("BWV present, ?melanoma.", [(BWV, P)]),
+        ("No streaks, atypical PN and BWV.", [(PN, ATY), (ST, A), (BWV, P)]),
     ]]
 
 

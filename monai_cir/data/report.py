@@ -664,9 +664,12 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
 # what denies a present or graded mention right after it, or leaves it blank: "BWV (-)", "BWV, absent", "BWV 0",
 # "BWV N", "BWV ±", a template's "BWV Y/N", "BWV: ___", "BWV [ ]", "BWV:" at a line's end (before: each read PRESENT)
 _TRAILING_DENIAL_RE = re.compile(
-    r"(?:\s*[,;.|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|not (?:seen|present|observed|identified)|x|✗|✘|ø"
+    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|not (?:seen|present|observed|identified)|x|✗|✘|ø"
     r"|nd|nad|wnl|ve-"
-    r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?\s*(?=[;,.\n|]|$)|\s*:\s*(?=\n|$)")
+    r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?\s*(?=[;,.\n|]|$)|\s*:\s*(?=\n|$)"
+    # a clause or sentence of its own that is a denial word alone: "BWV; not seen", "atypical PN. Absent." ("BWV. N.B. ...",
+    # "BWV; 0.5 cm area" are no denials)
+    r"|\s*(?:;|\.(?=\s))\s*(?:not (?:seen|present|observed|identified)|absent|none|nil|negative|no)\s*(?=[;.\n]|$)")
 # an empty check box before a mention: "[ ] BWV", "☐ BWV" (a ticked one, "[x] BWV", is read)
 _BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
 # one denial after several nouns: "BWV and streaks -", "BWV, streaks: absent" (the bare "BWV" is denied with the rest)
@@ -692,29 +695,36 @@ _DANGLING_GRADE_RE = re.compile(
 _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)\.(?:\s|$)")
 
 
+# a value word after a noun: it is stated, not bare ("BWV present - ?melanoma", "BWV: seen", "BWV +")
+_VALUE_AFTER_RE = re.compile(r"\s*:?\s*(?:present|seen|yes|positive|pos\.?|\+ve|\+)(?![\w])")
+
+
 def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list[int], heads: list[re.Match]) -> bool:
     """Whether the phrasing at ``start`` is an item of a series of phrasings that a list head ("no", "without",
     "lacking", "no evidence of"...) opens in its sentence and "or" / "nor" joins: "no atypical PN, irregular streaks or
     BWV", "no evidence of atypical PN, streaks or BWV" deny every item up to the one the last "or" / "nor" joins
     (before: the graded and bare ones after the first read PRESENT; "no streaks or BWV, irreg. D/G" reads D/G). Past it,
-    or with no "or" / "nor", a graded item may say what the lesion has ("no streaks, atypical PN"), a ``bare`` noun is
-    ambiguous ("no streaks, BWV, PN", "without irregular streaks and BWV": the veil is not read PRESENT).
+    or with no "or" / "nor", a graded item may say what the lesion has ("no streaks, atypical PN and BWV" reads both), but
+    a ``bare`` noun among the series' first, bare items is ambiguous ("no streaks, BWV, PN": the veil is not read PRESENT).
     ``sentence_ends`` / ``heads``: where each sentence of ``lowered`` ends, and its list heads (read once per text)."""
     sentence = bisect.bisect_right(sentence_ends, start) - 1
     last = bisect.bisect_right([h.end() for h in heads], start) - 1
     if last < 0 or heads[last].start() < (sentence_ends[sentence] if sentence >= 0 else 0):
         return False
     head = heads[last]
-    pos, starts, last_joined = head.end(), [], 0
+    pos, starts, last_joined, bare_run = head.end(), [], 0, 0
     while (phrase := _PHRASE_RE.match(lowered, pos) or _NOUN_RE.match(lowered, pos)) is not None:  # ("streaks": a noun only)
         starts.append(phrase.start())
+        if (bare_run == len(starts) - 1 and (phrase.re is _NOUN_RE or _PHRASE_OF_GROUP[phrase.lastindex - 1] in _NOUN_OF)
+                and not _VALUE_AFTER_RE.match(lowered, phrase.end())):
+            bare_run += 1  # the series' first items that are bare nouns ("no streaks, BWV, PN"; not "no streaks, BWV present")
         sep = _LIST_SEP_RE.match(lowered, phrase.end())
         if sep is None:
             break
         if (sep.group(1) or sep.group(2) or sep.group(3)) in ("or", "nor"):
             last_joined = len(starts) + 1  # the series runs to the item this "or" joins ("no A or B, C": C is not in it)
         pos = sep.end()
-    return start in starts[1:] and (bare or start in starts[1:last_joined])
+    return start in starts[1:last_joined] or (bare and start in starts[1:bare_run])
 
 
 def _another_grade_after(lowered: str, end: int, next_mention: int) -> bool:
@@ -743,11 +753,13 @@ def _denied_around(lowered: str, start: int, end: int, bare: bool, sections: tup
                 or (bare and _SHARED_ABSENT_RE.match(lowered, end)) or _negated_section(sections, start))
 
 
-# a text about several lesions ("Lesion 1: BWV; lesion 2: no BWV", "lesion A has BWV, lesion B does not", "second
-# lesion with BWV"): which one the image shows it does not say, so none of its findings is read ("lesion 2 mm" is a size)
-_SEVERAL_LESIONS_RE = re.compile(
-    r"(?<![\w-])(?:(?:lesion|naevus|nevus|mole)\s*(?:#\s*|no\.\s*)?(?:[2-9]|b|c|ii|iii|two|three)(?![\w-])(?!\s*(?:mm|cm|x(?![\w-])|×|[.,]\d))"
-    r"|(?:second|2nd|third|3rd) (?:lesion|naevus|nevus|mole)|l[2-9]\s*:)"
+# a lesion's label in a text: "Lesion 2:", "lesion B has", "mole #3 (", "L1:" ("lesion 2 mm", "lesion c. 7 mm", "mole 2 years"
+# are no labels). Two labels make a text about several lesions ("Lesion 1: BWV; lesion 2: no BWV", "lesion A has BWV,
+# lesion B does not"): which one the image shows it does not say, so none of its findings is read; one label alone is a
+# mole map's name of the imaged lesion ("Lesion 3 (left scapula): atypical PN"), and read
+_LESION_LABEL_RE = re.compile(
+    r"(?<![\w-])(?:(?:lesion|naevus|nevus|mole)\s*(?:#\s*|no\.\s*)?([1-9]|[a-c]|i{1,3})(?=\s*[:)(,;-]|\s+(?:has|have|had|with|without|shows?|is|was|does|did)(?![\w-]))"
+    r"|l([1-9])\s*:)"
 )
 
 
@@ -843,10 +855,9 @@ _NOT_ASSESSED = re.compile(
     r"|other (?:lesion|naevus|nevus|mole)s?"
     # the past, another lesion or person: "previous dermoscopy showed BWV", "BWV resolved", "mother's lesion had BWV"
     r"|previous|previously|prior|prev\.|h/o|hx|history|formerly|baseline|last visit|resolved|disappeared|faded|regressed"
-    # ... written as a year, a past adjective or someone else's record: "Had BWV in 2019", "BWV (2019)", "BWV (old)",
-    # "earlier BWV", "s/p BWV", "PMH: lesion with BWV", "GP reported BWV", "old images showed streaks"
-    r"|in (?:19|20)\d\d|\(\s*(?:old|(?:19|20)\d\d)\s*\)|earlier|past|former|s/p|status post|pmh|referral|reported|mentions?"
-    r"|old (?:reports?|images?|photos?|pictures?|notes?|letters?|records?|dermoscopy)"
+    # ... and the forms that say nothing else: "BWV (old)", "s/p BWV", "PMH: lesion with BWV" (a year, "earlier", "past",
+    # "referral" or "old images" also head today's findings: "Seen in 2026: BWV", "changed over the past year: atypical PN")
+    r"|\(\s*old\s*\)|s/p|status post|pmh"
     r"|family|mother'?s?|father'?s?|sibling|adjacent|neighbou?ring|contralateral|satellite"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
@@ -858,7 +869,7 @@ _DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u
 # a question mark at a mention ("?BWV", "BWV?", "streaks: irregular?", "regular streaks (?)") puts it in doubt; one
 # elsewhere in the clause ("BWV present (biopsy: melanoma?)") does not
 _QUESTION_BEFORE_RE = re.compile(r"\?\s*$")
-_QUESTION_AFTER_RE = re.compile(r"\s*[,;:-]?\s*\(?\s*\?")
+_QUESTION_AFTER_RE = re.compile(r"\s*\(?\s*\?|\s*[,;:-]\s*\(?\s*\?\s*\)?\s*(?=[;,.\n]|$)")  # ("BWV, ?MM": a question of the diagnosis)
 
 
 # a doubt that follows the mention in a clause of its own: "BWV, possibly", "BWV; uncertain", "BWV like", "BWV or artefact"
@@ -958,7 +969,7 @@ TEXT_NOT_USED_NOTICE = (
 )
 """What the app tells the clinician when the findings gate left a non-empty text out of the query."""
 SEVERAL_LESIONS_NOTICE = (
-    "the query text was not used: it describes several lesions (\"lesion 2\", \"lesion B\", \"second lesion\") and does "
+    "the query text was not used: it describes several lesions (\"lesion 1 ... lesion 2\", \"lesion A ... lesion B\") and does "
     "not say which one the image shows, so the similar cases were found from the image alone; write the findings of "
     "the imaged lesion only"
 )
@@ -966,9 +977,11 @@ SEVERAL_LESIONS_NOTICE = (
 
 
 def describes_several_lesions(text: str) -> bool:
-    """Whether ``text`` is about several lesions ("Lesion 1: BWV; lesion 2: no BWV", "lesion B", "second lesion",
-    "L2:"): :func:`read_findings` reads none of its findings, since it does not say which lesion the image shows."""
-    return bool(_SEVERAL_LESIONS_RE.search(text.lower().translate(_DASHES)))
+    """Whether ``text`` is about several lesions: it names two lesion labels ("Lesion 1: BWV; lesion 2: no BWV",
+    "lesion A has BWV, lesion B does not", "L1: ... L2: ..."). :func:`read_findings` reads none of its findings, since it
+    does not say which lesion the image shows."""
+    labels = {m.group(1) or m.group(2) for m in _LESION_LABEL_RE.finditer(text.lower().translate(_DASHES))}
+    return len(labels) > 1
 
 
 def finding_names(findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
