@@ -64,19 +64,26 @@ def test_fit_differential_matches_training_cases_by_collection_and_case_id(tmp_p
     assert "30 of the 60 library cases trained this model (matched by case id alone" in err, err
 
 
-@pytest.fixture
-def library(tmp_path, monkeypatch):
-    """A built index of 6 synthetic images (generated pixels), searched with the network that built it."""
+def _random_images_and_tiny_net(tmp_path, monkeypatch, shapes: list[tuple[int, int]]):
+    """``tmp_path/images`` with one random-pixel PNG per shape (``case<i>.png``), and ``load_model`` giving a tiny network."""
     import monai_cir.networks
-    from monai_cir.cli import main
 
     net = make_tiny_net()
     monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40 + 4 * i, 48, 3), dtype=np.uint8)).save(images / f"case{i}.png")
+    for i, shape in enumerate(shapes):
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(images / f"case{i}.png")
+    return images
+
+
+@pytest.fixture
+def library(tmp_path, monkeypatch):
+    """A built index of 6 synthetic images (generated pixels), searched with the network that built it."""
+    from monai_cir.cli import main
+
+    images = _random_images_and_tiny_net(tmp_path, monkeypatch, [(40 + 4 * i, 48) for i in range(6)])
     table = tmp_path / "cases.csv"
     table.write_text("case_id,image,diagnosis\n" + "".join(f"case{i},case{i}.png,{('melanoma', 'nevus')[i % 2]}\n" for i in range(6)))
     assert main(["index", "build", "--images", str(images), "--csv", str(table), "--out", str(tmp_path / "ix"), "--no-grid-maps"]) == 0
@@ -131,17 +138,10 @@ def test_search_refuses_a_blank_or_tiny_image_and_notes_a_greyscale_one(library,
 def test_index_build_leaves_a_blank_library_image_out_and_says_so(tmp_path, monkeypatch, caplog):
     """A black frame in the library (a failed export) would be shown as a similar case: it is reported and left out,
     the other cases are indexed (before: indexed without a word)."""
-    import monai_cir.networks
     from monai_cir.cli import main
     from monai_cir.index import load_index
 
-    net = make_tiny_net()
-    monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(images / f"case{i}.png")
+    images = _random_images_and_tiny_net(tmp_path, monkeypatch, [(48, 48)] * 3)
     Image.new("RGB", (64, 64), (0, 0, 0)).save(images / "black.png")
     table = tmp_path / "cases.csv"
     table.write_text("case_id,image,diagnosis\n" + "".join(f"case{i},case{i}.png,nevus\n" for i in range(3)) + "black,black.png,melanoma\n")
