@@ -699,16 +699,18 @@ _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!ty
 _VALUE_AFTER_RE = re.compile(r"\s*:?\s*(?:present|seen|yes|positive|pos\.?|\+ve|\+)(?![\w])")
 
 
-def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list[int], heads: list[re.Match]) -> bool:
+def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list[int], heads: list[re.Match],
+                       head_ends: list[int]) -> bool:
     """Whether the phrasing at ``start`` is an item of a series of phrasings that a list head ("no", "without",
     "lacking", "no evidence of"...) opens in its sentence and "or" / "nor" joins: "no atypical PN, irregular streaks or
     BWV", "no evidence of atypical PN, streaks or BWV" deny every item up to the one the last "or" / "nor" joins
     (before: the graded and bare ones after the first read PRESENT; "no streaks or BWV, irreg. D/G" reads D/G). Past it,
     or with no "or" / "nor", a graded item may say what the lesion has ("no streaks, atypical PN and BWV" reads both), but
     a ``bare`` noun among the series' first, bare items is ambiguous ("no streaks, BWV, PN": the veil is not read PRESENT).
-    ``sentence_ends`` / ``heads``: where each sentence of ``lowered`` ends, and its list heads (read once per text)."""
+    ``sentence_ends`` / ``heads`` / ``head_ends``: where each sentence of ``lowered`` ends, its list heads and where they end
+    (read once per text)."""
     sentence = bisect.bisect_right(sentence_ends, start) - 1
-    last = bisect.bisect_right([h.end() for h in heads], start) - 1
+    last = bisect.bisect_right(head_ends, start) - 1
     if last < 0 or heads[last].start() < (sentence_ends[sentence] if sentence >= 0 else 0):
         return False
     head = heads[last]
@@ -812,6 +814,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     matches = list(_PHRASE_RE.finditer(lowered))
     sections = _sections(lowered)
     sentence_ends, heads = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)], list(_LIST_HEAD_RE.finditer(lowered))
+    head_ends = [h.end() for h in heads]
     for n, match in enumerate(matches):
         if any(a <= match.start() < b for a, b in gathered):
             continue
@@ -831,7 +834,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()):
             continue
         if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed
-                                  or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads)):
+                                  or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
             continue
         found.setdefault(key, set()).add(value)
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)

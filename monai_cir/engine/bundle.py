@@ -455,8 +455,12 @@ def rank_collection(
         # what was ranked: the library and the queries, by collection, and whether queries were library cases (ranked
         # leave-one-out) or cases the model trained on (their rankings are no held-out result)
         trained, _ = trained_overlap(getattr(net, "checkpoint_info", None) or {}, list(query_records))
-        ranked = {"library": {"cases": len(records), "collections": dict(collections.Counter(str(getattr(r, "collection", "")) for r in records))},
-                  "queries": {"cases": len(query_records), "collections": dict(collections.Counter(str(getattr(r, "collection", "")) for r in query_records)),
+
+        def cases(recs: Sequence[Any]) -> dict[str, Any]:
+            return {"cases": len(recs), "collections": dict(collections.Counter(str(getattr(r, "collection", "")) for r in recs))}
+
+        ranked = {"library": cases(records),
+                  "queries": {**cases(query_records),
                               "library_cases_left_out_of_their_own_ranking": sum((getattr(r, "collection", ""), r.case_id) in column for r in query_records),
                               "trained_on_by_the_model": len(trained)}}
         if trained:
