@@ -121,6 +121,7 @@ def embed_library(
     progress: bool = True,
     grid_maps_out: list[list[torch.Tensor]] | None = None,
     blank_out: list[int] | None = None,
+    grey_out: list[int] | None = None,
 ) -> np.ndarray:
     """Target embeddings ``T`` (N, D) float32 of library images, in batches with a progress bar.
 
@@ -135,6 +136,8 @@ def embed_library(
             (:func:`monai_cir.explain.grid_maps`, per level (1, C, h, w)) from the same forward.
         blank_out: a list that gains the positions of the images that are blank as the model sees them (their
             preprocessed pixels constant or nearly so, :func:`monai_cir.data.preprocess.blank_spread`).
+        grey_out: a list that gains the positions of the greyscale images (:func:`monai_cir.data.preprocess.is_grey`,
+            blank ones left out).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -151,11 +154,15 @@ def embed_library(
             with captured_image_maps(net) if grid_maps_out is not None else contextlib.nullcontext([]) as captured:
                 vectors = net.encode_target(batch.to(net.device, non_blocking=True))
             out[done : done + len(batch)] = vectors.float().cpu().numpy()
-            if blank_out is not None:
-                from .data.preprocess import blank_spread
+            if blank_out is not None or grey_out is not None:
+                from .data.preprocess import blank_spread, is_grey
 
                 pixels = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-                blank_out.extend(done + j for j in range(len(batch)) if blank_spread(pixels[j]) is not None)
+                blank = [blank_spread(frame) is not None for frame in pixels]
+                if blank_out is not None:
+                    blank_out.extend(done + j for j in range(len(batch)) if blank[j])
+                if grey_out is not None:
+                    grey_out.extend(done + j for j in range(len(batch)) if not blank[j] and is_grey(pixels[j]))
             if grid_maps_out is not None:
                 from .explain import grid_maps
 
@@ -303,14 +310,23 @@ def build_index(
             raise ValueError(f"{len(existing)} case id(s) are already in the index (e.g. {existing[:5]}); pass update=True to replace them")
     grids: list[list[torch.Tensor]] | None = [] if grid_store is not None else None
     blank: list[int] = []
-    embeddings = embed_library(net, records, batch_size=batch_size, device=device, progress=progress, grid_maps_out=grids, blank_out=blank)
+    grey: list[int] = []
+    embeddings = embed_library(net, records, batch_size=batch_size, device=device, progress=progress, grid_maps_out=grids, blank_out=blank, grey_out=grey)
+
+    def listed(positions: list[int]) -> str:
+        named = ", ".join(metadata[i].case_id + (f" ({Path(metadata[i].image_path).name})" if metadata[i].image_path else "") for i in positions[:10])
+        return named + (f" and {len(positions) - 10} more" if len(positions) > 10 else "")
+
+    if grey:
+        # kept (a real case), but said: a greyscale library image lacks the colour cues the model ranks by, so it
+        # is matched on shape alone (often a failed colour export, worth redoing)
+        logger.warning("%d library image(s) are greyscale, indexed: the model was trained on colour dermoscopy and matches them "
+                       "without their colour cues; re-export them in colour if they are colour images: %s", len(grey), listed(grey))
     if blank:
         # a blank library image (a black frame, a failed export) would be shown as a similar case: reported, left out
-        listed = ", ".join(metadata[i].case_id + (f" ({Path(metadata[i].image_path).name})" if metadata[i].image_path else "") for i in blank[:10])
         if len(blank) == len(records):
-            raise ValueError(f"every library image is blank (its pixels constant or nearly so): {listed}; nothing was indexed")
-        logger.warning("%d library image(s) are blank (their pixels constant or nearly so) and were not indexed: %s%s", len(blank), listed,
-                       f" and {len(blank) - 10} more" if len(blank) > 10 else "")
+            raise ValueError(f"every library image is blank (its pixels constant or nearly so): {listed(blank)}; nothing was indexed")
+        logger.warning("%d library image(s) are blank (their pixels constant or nearly so) and were not indexed: %s", len(blank), listed(blank))
         left_out = set(blank)
         keep = [i for i in range(len(records)) if i not in left_out]
         embeddings, metadata = embeddings[keep], [metadata[i] for i in keep]

@@ -137,18 +137,23 @@ def test_search_refuses_a_blank_or_tiny_image_and_notes_a_greyscale_one(library,
 
 def test_index_build_leaves_a_blank_library_image_out_and_says_so(tmp_path, monkeypatch, caplog):
     """A black frame in the library (a failed export) would be shown as a similar case: it is reported and left out,
-    the other cases are indexed (before: indexed without a word)."""
+    the other cases are indexed (before: indexed without a word). A greyscale image is indexed with a warning that names
+    it (before: without a word; the model matches it without the colour cues it was trained on)."""
     from monai_cir.cli import main
     from monai_cir.index import load_index
 
     images = _random_images_and_tiny_net(tmp_path, monkeypatch, [(48, 48)] * 3)
     Image.new("RGB", (64, 64), (0, 0, 0)).save(images / "black.png")
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64), dtype=np.uint8)).convert("RGB").save(images / "grey.png")
     table = tmp_path / "cases.csv"
-    table.write_text("case_id,image,diagnosis\n" + "".join(f"case{i},case{i}.png,nevus\n" for i in range(3)) + "black,black.png,melanoma\n")
+    table.write_text("case_id,image,diagnosis\n" + "".join(f"case{i},case{i}.png,nevus\n" for i in range(3))
+                     + "black,black.png,melanoma\ngrey,grey.png,nevus\n")
     with caplog.at_level("WARNING", logger="monai_cir.retrieval"):
         assert main(["index", "build", "--images", str(images), "--csv", str(table), "--out", str(tmp_path / "ix"), "--no-grid-maps"]) == 0
-    assert sorted(load_index(tmp_path / "ix").case_ids()) == ["case0", "case1", "case2"]
-    assert any("1 library image(s) are blank" in r.getMessage() and "black (black.png)" in r.getMessage() for r in caplog.records), caplog.text
+    assert sorted(load_index(tmp_path / "ix").case_ids()) == ["case0", "case1", "case2", "grey"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("1 library image(s) are blank" in m and "black (black.png)" in m for m in warnings), caplog.text
+    assert any("1 library image(s) are greyscale, indexed" in m and m.endswith(": grey (grey.png)") for m in warnings), caplog.text
 
 
 def test_search_says_when_the_query_image_is_a_library_case(library, tmp_path, capsys):
