@@ -162,6 +162,12 @@ def test_training_logs_the_loss_about_ten_times_a_run_not_every_epoch(net, tmp_p
     # (counted where the StatsHandler logs: whether its logger also reaches the root, and caplog, depends on the suite)
     losses = [m for m in kept if "Loss" in m or "loss" in m]
     assert 4 <= len(losses) <= 11 and any("40/40" in m for m in losses), kept
+    # without a log folder (`monai-cir evaluate`'s heads): no ignite line either (before: one per epoch and run)
+    caplog.clear()
+    logging.getLogger("ignite.engine.engine.SupervisedTrainer").setLevel(logging.NOTSET)  # (a logger by name: the run above set it)
+    with caplog.at_level(logging.INFO):
+        train_head(model, cache, np.arange(48), dict(epochs=5, batch_size=0, lr=1e-2, val_fraction=0.0))
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("ignite")], caplog.text
 
 
 def test_dataset_batches_selected_levels(net):

@@ -270,7 +270,9 @@ def train_head(
         # line per epoch (200 for the full-batch regime); ignite's own "Epoch[n] Complete" line goes with it
         StatsHandler(name="monai_cir.train", output_transform=_loss_value, epoch_log=reported_epochs(cfg.epochs),
                      iteration_log=loss_at_reported_epochs(cfg.epochs)).attach(trainer)
-        trainer.logger.setLevel(logging.WARNING)
+    # ignite's own lines ("Engine run resuming ...", "Epoch[n] Complete") never: without a log folder (`monai-cir evaluate`
+    # trains ~70 heads) they were a line per epoch between the progress bar's updates
+    trainer.logger.setLevel(logging.WARNING)
     if cfg.progress:
         from ignite.handlers import ProgressBar
 
