@@ -667,11 +667,17 @@ _TRAILING_DENIAL_RE = re.compile(
     r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|not (?:seen|present|observed|identified)|x|✗|✘|ø"
     r"|nd|nad|wnl|ve-"
     r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?\s*(?=[;,.\n|]|$)|\s*:\s*(?=\n|$)"
+    # a yes / no field answered no or left blank: "BWV Y/N: N", "BWV (Y/N): no", "BWV (y/n) - n", "BWV Y/N:"; "BWV non present"
+    r"|\s*\(?\s*(?:y/n|yes/no)\s*\)?\s*(?:[:-]\s*(?:n|no)?)?\s*(?=[;,.\n|]|$)|\s+non[ -]?present(?![\w-])"
     # a clause or sentence of its own that is a denial word alone: "BWV; not seen", "atypical PN. Absent." ("BWV. N.B. ...",
     # "BWV; 0.5 cm area" are no denials)
     r"|\s*(?:;|\.(?=\s))\s*(?:not (?:seen|present|observed|identified)|absent|none|nil|negative|no)\s*(?=[;.\n]|$)")
 # an empty check box before a mention: "[ ] BWV", "☐ BWV" (a ticked one, "[x] BWV", is read)
 _BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
+# "non" before a grade, on its line: "non typical PN" (before: read TYPICAL, the opposite of what a clinician means;
+# "non-typical PN", one word, was never read). Not across a line: "Ulceration: non" ("none") ends its line
+_NON_BEFORE_GRADE_RE = re.compile(r"(?<![\w-])non[ \t]+$")
+_GRADE_START_RE = re.compile(r"(?:atypical|typical|irregular|regular|atyp\.|typ\.|irreg\.|reg\.)(?![\w-])")
 # one denial after several nouns: "BWV and streaks -", "BWV, streaks: absent" (the bare "BWV" is denied with the rest)
 _SHARED_ABSENT_RE = re.compile(
     r"(?:\s*(?:,|&|and|/|\+)\s*(?:" + _ANY_NOUN + r"))+"
@@ -748,9 +754,10 @@ _PAST_OR_HYPOTHETICAL_AFTER_RE = re.compile(
 
 def _denied_around(lowered: str, start: int, end: int, bare: bool, sections: tuple[list[int], list[bool]]) -> bool:
     """Whether the text around a present or graded mention ``lowered[start:end]`` denies it or leaves it blank: a
-    denial or blank right after it, an empty box before it, a negating section header (``sections``, from
+    denial or blank right after it, an empty box before it, "non" before its grade, a negating section header (``sections``, from
     :func:`_sections`), and for a ``bare`` noun one denial after it and more nouns."""
     return bool(_TRAILING_DENIAL_RE.match(lowered, end) or _BOX_BEFORE_RE.search(lowered, max(0, start - 6), start)
+                or (_GRADE_START_RE.match(lowered, start) and _NON_BEFORE_GRADE_RE.search(lowered, max(0, start - 6), start))
                 or _PAST_OR_HYPOTHETICAL_AFTER_RE.match(lowered, end)
                 or (bare and _SHARED_ABSENT_RE.match(lowered, end)) or _negated_section(sections, start))
 
@@ -763,6 +770,25 @@ _LESION_LABEL_RE = re.compile(
     r"(?<![\w-])(?:(?:lesion|naevus|nevus|mole)\s*(?:#\s*|no\.\s*)?([1-9]|[a-c]|i{1,3})(?=\s*[:)(,;-]|\s+(?:has|have|had|with|without|shows?|is|was|does|did)(?![\w-]))"
     r"|l([1-9])\s*:)"
 )
+
+
+# a sentence (or line, or ';' clause) about the checklist, not the lesion, at its start: "The 7PCL includes BWV, atypical
+# PN and atypical vessels." (before: read the veil PRESENT and the network ATYPICAL; "Checklist includes: atypical PN ✓"
+# is a filled form, and "Criteria are met: ..." states them)
+_CHECKLIST_SENTENCE_RE = re.compile(
+    r"\s*(?:[-*•][ \t]*)?(?:the\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list|check-?list)"
+    r"\s+(?:includes|comprises|consists of|covers|lists)(?![\w-])(?!\s*:)")
+# ... and one that a negating word and a dash start, "Negatives - BWV, irregular streaks": no present or graded mention in
+# it is read (before: the streaks read IRREGULAR; its "no BWV" is read absent). Unlike "Negatives:", it heads no
+# section: the next line, "Positives - atypical PN", is read
+_NEGATIVES_DASH_SENTENCE_RE = re.compile(
+    r"\s*(?:[-*•][ \t]*)?(?:(?:pertinent|relevant)\s+)?(?:negatives|negative findings|absent|not seen|not present)[ \t]+-[ \t]")
+
+
+def _sentence_start(start: int, sentence_ends: list[int]) -> int:
+    """Where the sentence (or line, or ';' clause: :data:`_SENTENCE_END_RE`) of the mention at ``start`` starts."""
+    sentence = bisect.bisect_right(sentence_ends, start) - 1
+    return sentence_ends[sentence] if sentence >= 0 else 0
 
 
 # a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."
@@ -831,9 +857,10 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue  # "atyp. PN -": the atypical network is denied, not the network
         start, end = _clause_bounds(lowered, match.start(), match.end())
         clause = lowered[start:end]
-        if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()):
+        sentence_start = _sentence_start(match.start(), sentence_ends)
+        if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()) or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start):
             continue
-        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed
+        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed or _NEGATIVES_DASH_SENTENCE_RE.match(lowered, sentence_start)
                                   or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
             continue
         found.setdefault(key, set()).add(value)
