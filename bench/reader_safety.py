@@ -16,6 +16,8 @@ readings, so the figures say what the rules cover, not how they generalise to te
 
 The texts are synthetic (no record of any collection); the figures are what the reader does on them, pattern by
 pattern, with the wrong readings listed (``--list``, per pattern, default 5) so the next rule has its cases.
+``reviewed``: the texts two reviews of the reader wrote (``bench/reader_texts/reviewed.json``), scored both ways: the
+texts read with a finding they do not state, and the stated findings read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from _common import begin, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_JSON = REPO / "bench" / "results" / "reader_safety.json"
+# texts two reviews wrote, each with the findings it states and the further readings it allows (a data file)
+REVIEWED = REPO / "bench" / "reader_texts" / "reviewed.json"
 
 A = "absent"
 BWV, ST, PN, DG = "blue_whitish_veil", "streaks", "pigment_network", "dots_and_globules"
@@ -330,6 +334,34 @@ def stated() -> list[tuple[str, str, tuple]]:
 _ORDER = [PN, ST, PG, RG, DG, BWV, VS]
 
 
+def reviewed() -> list[dict]:
+    """The reviews' texts (:data:`REVIEWED`): ``review``, ``group``, ``text``, ``expected`` and ``allowed`` readings."""
+    import json
+
+    return json.loads(REVIEWED.read_text(encoding="utf-8"))["texts"]
+
+
+def score_reviewed(entries: list[dict], read_findings, listed: int) -> dict:
+    """Per review and group: texts, texts read with a finding outside ``expected`` and ``allowed`` (wrong), the
+    ``expected`` findings read (recall), with the wrong readings listed."""
+    out: dict = {}
+    for e in entries:
+        read = {tuple(f) for f in read_findings(e["text"])}
+        expected, allowed = {tuple(f) for f in e["expected"]}, {tuple(f) for f in e["allowed"]}
+        review = out.setdefault(e["review"], {"texts": 0, "wrong": 0, "expected_findings": 0, "read_of_expected": 0, "by_group": {}})
+        group = review["by_group"].setdefault(e["group"], {"texts": 0, "wrong": 0, "expected_findings": 0, "read_of_expected": 0, "examples": []})
+        for row in (review, group):
+            row["texts"] += 1
+            row["expected_findings"] += len(expected)
+            row["read_of_expected"] += len(read & expected)
+        if read - expected - allowed:
+            review["wrong"] += 1
+            group["wrong"] += 1
+            if len(group["examples"]) < listed:
+                group["examples"].append({"text": e["text"], "read": sorted(map(list, read)), "expected": e["expected"], "allowed": e["allowed"]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=OUT_JSON)
@@ -358,11 +390,27 @@ def main(argv: list[str] | None = None) -> int:
               if read_findings(t) != e]
     sets["stated"] = {"texts": len(stated()), "read_otherwise": len(missed), "examples": missed}
     print(f"stated: {len(missed)} of {len(stated())} texts read otherwise than stated", flush=True)
+    sets["reviewed"] = score_reviewed(reviewed(), read_findings, args.list)
+    for name, r in sets["reviewed"].items():
+        print(f"reviewed {name}: {r['wrong']} of {r['texts']} texts read wrong; {r['read_of_expected']} of {r['expected_findings']} stated findings read", flush=True)
     lines = [f"# {header['benchmark']}", "", f"commit {header['commit']['sha'][:7]}{' (dirty)' if header['commit']['dirty'] else ''}; `{header['command']}`", ""]
     for name, s in sets.items():
         if name == "stated":
             lines += [f"## stated: {s['read_otherwise']} of {s['texts']} texts that state findings read otherwise", ""]
             lines += [f"- `{m['text']!r}`: read {m['read']}, stated {m['expected']}" for m in s["examples"]] + [""]
+            continue
+        if name == "reviewed":
+            lines += ["## reviewed: texts two reviews wrote, with the findings each states (`bench/reader_texts/reviewed.json`)", "",
+                      "The reader's rules were corrected on these texts: they guard against regressions; they do not measure how the reader",
+                      "generalises. Wrong: a finding read outside the stated and allowed ones; recall: the stated findings read.", ""]
+            for review, r in s.items():
+                lines += [f"### review {review}: {r['wrong']} of {r['texts']} texts read wrong; {r['read_of_expected']} of {r['expected_findings']} stated findings read", "",
+                          "| group | texts | wrong | stated findings read | e.g. |", "|---|---|---|---|---|"]
+                for g, row in sorted(r["by_group"].items(), key=lambda kv: -kv[1]["wrong"]):
+                    example = row["examples"][0] if row["examples"] else None
+                    shown = f"`{example['text']!r}` -> {example['read']}".replace("|", "\\|") if example else ""
+                    lines.append(f"| {g} | {row['texts']} | {row['wrong']} | {row['read_of_expected']} / {row['expected_findings']} | {shown} |")
+                lines.append("")
             continue
         lines += [f"## {name}: {s['wrong']} of {s['texts']} texts read wrong", "", "| pattern | texts | wrong | e.g. |", "|---|---|---|---|"]
         for p, row in sorted(s["by_pattern"].items(), key=lambda kv: -kv[1]["wrong"]):
