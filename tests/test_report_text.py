@@ -573,6 +573,10 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     # dropping (a line ending in "0" or "non", a "Negatives - " line's next lines, "Criteria are met: ...", a teaching
     # header, "something like" a size), and a yes / no field answered yes
     ("BWV Y/N: Y", (("blue_whitish_veil", "present"),)),
+    # a phrasing does not run across a line: "no" ending one line and "PN" starting the next are no "no PN" (before:
+    # the network read ABSENT, the stated atypical one lost)
+    ("BWV (yes/no): no\nPN: atypical", (("pigment_network", "atypical"),)),
+    ("Ulceration: no\nBWV", (("blue_whitish_veil", "present"),)),
     ("Ulceration: non\nBWV present centrally.", (("blue_whitish_veil", "present"),)),
     ("Pain score 0\nBWV present", (("blue_whitish_veil", "present"),)),
     ("Atypical PN 2\nIrregular streaks 0\nIrregular D/G 1\nBWV 2",

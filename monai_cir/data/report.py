@@ -560,8 +560,9 @@ def _phrasings() -> dict[str, tuple[str, str]]:
 
 def _phrase_pattern(phrase: str) -> str:
     # whole words only ("regression" does not match "regressive"); a trailing "." ("pigm.") or sign ("BWV -") ends
-    # itself; a sign written close ("BWV-") belongs to the noun before it, so a bare noun is never read before one
-    body = re.escape(phrase).replace(r"\ ", r"\s*" if phrase[-1] in "+-" else r"\s+")
+    # itself; a sign written close ("BWV-") belongs to the noun before it, so a bare noun is never read before one; a
+    # phrasing stays on its line ("Ulceration: no\nPN: atypical" holds no "no PN")
+    body = re.escape(phrase).replace(r"\ ", r"[ \t]*" if phrase[-1] in "+-" else r"[ \t]+")
     if phrase[-1] in "+-":  # the sign ends its clause: "Streaks - irregular", "BWV +/-", "BWV-positive" are not signs
         return body + r"(?=\s*(?:[,;.)\n]|$))"
     return body + (r"(?![ \t]*[+-]\s*(?:[,;.)\n]|$))" if phrase[-1] in ".)" else r"(?![\w/+-])(?![ \t]+[+-])")  # (a list's "\n- " bullet is no sign)
