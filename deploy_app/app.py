@@ -105,6 +105,7 @@ class SimilarCasesApp(Application):
             self.models = load_models(Path(app_context.model_path), device=s.device)
         models = self.models
         self._logger.info(f"input {input_path}, output {output_path}, models {models.index_dir.parent}, settings {s.to_dict()}")
+        _check_site_in_library(s.site, models)
 
         loader = DermoscopyStudyLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="dermoscopy_loader_op")
         retrieval = ComposedRetrievalOperator(
@@ -141,6 +142,27 @@ class SimilarCasesApp(Application):
         self.add_flow(last, results_writer, {("results", "results")})
         self.add_flow(loader, results_writer, {("problems", "problems")})
         self._logger.info(f"End {self.compose.__name__}")
+
+
+_LIBRARY_SITES: dict[str, dict[str, int]] = {}  # per library as loaded (LoadedModels.index_state): its cases per site
+
+
+def _check_site_in_library(site: str, models: LoadedModels) -> None:
+    """A fixed site condition (``--site trunk``) that no library case records would answer every study with no case
+    (before: exit 0, an empty SR and PDF per study): refused before any study is read. The library's sites are
+    counted once per library (a service's rounds reuse the count)."""
+    from monai_cir.sites_condition import resolve_site_condition
+
+    filters, _ = resolve_site_condition(site, None)
+    if filters is None or str(site).strip().lower() == "same":
+        return
+    if models.index_state not in _LIBRARY_SITES:
+        _LIBRARY_SITES[models.index_state] = models.index.info()["site"]
+    sites = _LIBRARY_SITES[models.index_state]
+    if not sites.get(filters["site"]):
+        recorded = ", ".join(f"{name} {count}" for name, count in sorted(sites.items(), key=lambda kv: -kv[1])) or "none"
+        raise ValueError(f"site {site!r} ({filters['site']}): no library case records this site (the library's sites: {recorded}); "
+                         f"every study would be answered with no case. Use --site any, or build the library with a site column")
 
 
 def run_app(

@@ -111,6 +111,12 @@ class AppSettings:
         if self.publish_dicomweb and not str(self.publish_dicomweb).startswith(("http://", "https://")):
             raise ValueError(f"{_where('publish_dicomweb')} must be an http(s) URL of a DICOMweb service, got {self.publish_dicomweb!r}")
         check_ae_title(self.calling_aet, _where("calling_aet"))
+        from monai_cir.sites_condition import resolve_site_condition
+
+        try:  # a site the vocabulary does not know would skip every study (before: exit 0, each study a problem)
+            resolve_site_condition(self.site, None)
+        except ValueError as err:
+            raise ValueError(f"{_where('site')}: {err}") from None
 
     @property
     def dicom_node(self) -> DicomNode | None:

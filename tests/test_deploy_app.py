@@ -849,6 +849,11 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
         assert [h["case_id"] for h in top] == [h["case_id"] for h in answers["held_out"]["top_k"]]
         assert [h["score"] for h in top] == pytest.approx([h["score"] for h in answers["held_out"]["top_k"]], abs=1e-5)
         assert (tmp_path / f"out{run}" / summary["queries"][0]["outputs"]["sr"]).is_file()
+    # a fixed site that no library case records would answer every study with no case: refused before any is read
+    # (before: exit 0, an empty SR and PDF per study); the ISIC library records no site
+    with pytest.raises(ValueError, match=r"site 'trunk' \(trunk\): no library case records this site \(the library's sites: unknown \d+\)"):
+        run_app(app_run["cases"]["held_out"].image_file.parent, tmp_path / "out-site", models, AppSettings(site="trunk", explain=False, write_pdf=False))
+    assert not list((tmp_path / "out-site").glob("*/*.dcm"))
     manifest = packaged / "index" / "manifest.json"
     stat = manifest.stat()
     os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))

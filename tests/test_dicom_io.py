@@ -928,7 +928,7 @@ def test_similar_cases_sr_without_hits_is_still_a_valid_tid1500(dicomized, tmp_p
     report = read_similar_cases_sr(path)
     assert report.matches == [] and "no similar case was found" in report.notices and report.evidence_summary is None
     # the app's own words for it (why nothing was found) are said once, not followed by the generic sentence
-    why = "no similar case was found: no library case matched the filters {'site': 'back'}"
+    why = "no similar case was found: no library case with site trunk"
     similar_cases_sr(query, [], notices=[why]).save_as(path, enforce_file_format=True)
     assert [n for n in read_similar_cases_sr(path).notices if "no similar case" in n] == [why]
 

@@ -60,6 +60,10 @@ def test_a_bad_value_names_the_setting_and_its_variable(app_yaml):
         AppSettings.resolve(app_yaml=app_yaml, environ={"MONAI_CIR_EXPLAIN": "maybe"})
     with pytest.raises(ValueError, match=r"calling_aet \(MONAI_CIR_CALLING_AET\) must be an AE title of at most 16 characters"):
         AppSettings.resolve(flags("--calling-aet", "A" * 17), app_yaml=app_yaml, environ={})
+    # a site the vocabulary does not know (before: exit 0 with every study skipped as a problem)
+    with pytest.raises(ValueError, match=r"site \(MONAI_CIR_SITE\): unknown site condition 'nowhere': use 'any', 'same' or a site of"):
+        AppSettings.resolve(app_yaml=app_yaml, environ={"MONAI_CIR_SITE": "nowhere"})
+    assert AppSettings.resolve(flags("--site", "back"), app_yaml=app_yaml, environ={}).site == "back"  # an alias of trunk
     app_yaml.write_text("settings:\n  top-k: 3\n")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['top-k'\] in 'settings:'; known: .*'top_k'"):
         AppSettings.resolve(app_yaml=app_yaml, environ={})
