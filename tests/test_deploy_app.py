@@ -433,6 +433,12 @@ def test_a_report_part_that_fails_loses_only_itself(tmp_path, monkeypatch):
         assert by["both"].output_errors == {"sr": "cannot write the similar-cases SR: OSError: disk full"}
         assert by["all"].output_errors == {"explain": "cannot explain the matches: RuntimeError: no grid maps",
                                            "sr": "cannot write the similar-cases SR: OSError: disk full"}
+        # results.json counts the queries not answered as skipped, and every entry of problems.json (a failed part of an
+        # answered query too) as a problem (before: "skipped" counted the problems)
+        from deploy_app.operators.results_writer import ResultsWriterOperator
+
+        summary = ResultsWriterOperator(Fragment(), output_folder=tmp_path / f"results-{forked}", name="results").write(results, [])
+        assert (summary["skipped"], summary["problems"]) == (2, 8) and len(summary["queries"]) == 4
         # a failed part leaves none of its files in the query's folder
         folder = tmp_path / str(forked)
         assert sorted(f.name for f in (folder / "pdf").iterdir()) == ["similar_cases_sr.dcm"]

@@ -127,7 +127,10 @@ class ResultsWriterOperator(Operator):
             "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
             **{k: v for k, v in self.run_info.items() if k != "app"},
             "queries": answered,
-            "skipped": len(all_problems),
+            # the inputs not answered (files and studies the loader left out, queries that failed), and problems.json's
+            # entries, which also hold a report part or a publication that failed for an answered query
+            "skipped": len(problems) + sum(not result.ok for result in results),
+            "problems": len(all_problems),
         }
         _atomic_json(self.output_folder / RESULTS_FILE, summary)
         _atomic_json(self.output_folder / PROBLEMS_FILE, [p.to_dict() for p in all_problems])
