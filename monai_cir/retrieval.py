@@ -415,6 +415,19 @@ class Answer:
         the hits, else None."""
         return PRIOR_NOTICE if self.prior_ordered else None
 
+    @property
+    def unlike_notice(self) -> str | None:
+        """When the prior ordered the hits, which of them are not similar to the query at all (similarity 0 or below:
+        the prior brought them up for their diagnosis, the library holding few similar cases of it); else None."""
+        unlike = [hit.rank for hit in self.hits if hit.score <= 0] if self.prior_ordered else []
+        if not unlike:
+            return None
+        several = len(unlike) > 1
+        ranks = ", ".join(map(str, unlike[:-1])) + (" and " if several else "") + str(unlike[-1])
+        return (f"the case{'s' if several else ''} at rank{'s' if several else ''} {ranks} {'are' if several else 'is'} not similar to "
+                f"this lesion (similarity 0 or below): shown for {'their' if several else 'its'} likely diagnosis, of which the "
+                f"library holds few similar cases")
+
 
 def evidence_disagreement_notice(summary: Any, shown: Answer) -> str | None:
     """The sentence to show when the diagnosis prior ordered the answer and its first case is not of the diagnosis

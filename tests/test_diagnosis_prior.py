@@ -151,6 +151,16 @@ def test_the_app_answer_with_the_prior_is_the_evaluations_ranking():
     with pytest.raises(ValueError, match="Answer.ranking must be one of"):
         Answer(moved.hits, moved.pool, ranking=PRIOR_NOTICE)
     assert [h.case_id for h in unmoved.hits] == [h.case_id for h in unmoved.pool[:5]]
+    # cases the prior brought up though not similar at all (similarity 0 or below; a library with few cases of the likely
+    # diagnosis) are named as such (before: shown as "similar cases" at "-0%" and "-14%" without a word)
+    import dataclasses
+
+    scores = (1.15, 0.75, 0.45, -0.006, -0.27)
+    unlike = Answer([dataclasses.replace(h, rank=r, score=v) for r, (h, v) in enumerate(zip(moved.hits, scores), 1)], moved.pool, ranking=PRIOR_RANKING)
+    assert unlike.notice == PRIOR_NOTICE and moved.unlike_notice is None
+    assert unlike.unlike_notice.startswith("the cases at ranks 4 and 5 are not similar to this lesion (similarity 0 or below): shown for their")
+    assert Answer(unlike.hits[:4], moved.pool, ranking=PRIOR_RANKING).unlike_notice.startswith("the case at rank 4 is not similar")
+    assert Answer(unlike.hits, moved.pool).unlike_notice is None  # the similarity ranking shows the most similar there are
 
 
 def test_a_differential_case_beyond_the_pool_is_counted_once_by_similarity(monkeypatch):

@@ -933,6 +933,14 @@ def test_similar_cases_sr_without_hits_is_still_a_valid_tid1500(dicomized, tmp_p
     assert [n for n in read_similar_cases_sr(path).notices if "no similar case" in n] == [why]
 
 
+def test_similarity_percent_is_a_whole_percent_and_never_minus_zero():
+    """What the PDF prints: a score a hair below 0 is "0%", not "-0%" (a case the diagnosis prior brought up; the answer's
+    notice says it is not similar), the best possible score 100%."""
+    assert f"{similarity_percent(-0.006, (-1.0, 1.5)):.0f}%" == "0%"
+    assert f"{similarity_percent(-0.27, (-1.0, 1.5)):.0f}%" == "-18%"
+    assert similarity_percent(1.5, (-1.0, 1.5)) == 100.0
+
+
 def test_similar_cases_sr_rejects_bad_hits(dicomized):
     from monai_cir.evidence import EvidenceSummary
 

@@ -415,7 +415,7 @@ class ComposedRetrievalOperator(Operator):
             shown = ranked_answer(self.index, vector, self.top_k, self.calibration.k, filters, terms=term, prior=self.net.diagnosis_prior,
                                   slot=self.differential, diagnoses=self.classes)
             pool, result.hits, result.ranking = shown.pool, shown.hits, shown.ranking
-            result.add_notices(shown.notice)
+            result.add_notices(shown.notice, shown.unlike_notice)
             own = _own_case(result, shown.hits)
             if own is not None:
                 result.add_notices(

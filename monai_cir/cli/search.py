@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                       + (" and is counted in the evidence summary" if summary is not None else "") + "; compare the other cases")
     # the notes in the app's order (results.json's notices): the image, the text, the site, the order, the query's own case, the differential, the
     # evidence, what the image alone finds
-    notes = [image_notice, *shown.text_notices, notice, shown.notice, own_notice, opened["notice"] if opened is not None else None,
+    notes = [image_notice, *shown.text_notices, notice, shown.notice, shown.unlike_notice, own_notice, opened["notice"] if opened is not None else None,
              disagreement, shown.image_alone_notice]
     if hits and len(hits) < args.k:  # (-k 10 on a library of 6)
         notes.append(f"{len(hits)} of the {args.k} cases asked for (-k): the library has no more"

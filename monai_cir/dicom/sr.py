@@ -91,8 +91,9 @@ def container(name, items: Sequence[Any], relationship_type=None):
 
 
 def similarity_percent(score: float, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> float:
-    """The score as a percentage of the best possible score (what the PDF shows a clinician)."""
-    return 100.0 * float(score) / float(score_range[1])
+    """The score as a percentage of the best possible score (what the PDF shows a clinician), rounded to a whole
+    percent; a score that rounds to 0 is 0, not "-0"."""
+    return float(round(100.0 * float(score) / float(score_range[1]))) + 0.0
 
 
 @dataclass
