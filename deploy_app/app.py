@@ -99,6 +99,7 @@ class SimilarCasesApp(Application):
         input_path = Path(app_context.input_path)
         output_path = Path(app_context.output_path)
         output_path.mkdir(parents=True, exist_ok=True)
+        earlier = _earlier_answers(output_path, self._logger)
         s = self.settings
         reused = self.models is not None
         if self.models is None:
@@ -137,11 +138,27 @@ class SimilarCasesApp(Application):
             "index": models.index_state,  # which library (a digest of its files as loaded)
             "model": model_fingerprint(models.net),  # which network answered (a service's later rounds compare them)
             "settings": s.to_dict(),
+            # query folders an earlier run left in OUT (they are not this run's answers)
+            "earlier_answers_in_output": len(earlier),
         }
         results_writer = ResultsWriterOperator(self, output_folder=output_path, run_info=run_info, name="results_writer_op")
         self.add_flow(last, results_writer, {("results", "results")})
         self.add_flow(loader, results_writer, {("problems", "problems")})
         self._logger.info(f"End {self.compose.__name__}")
+
+
+def _earlier_answers(output_path: Path, logger: logging.Logger) -> list[str]:
+    """The query folders of an earlier run's answers in OUT, said in the log (and recorded in results.json by the
+    caller), since results.json will list this run's only and whatever reads OUT (a watcher, a person) could take the
+    old reports for new ones. Nothing is deleted: the files are the user's."""
+    from .operators.sr_writer import SR_FILE
+
+    earlier = sorted(p.parent.name for p in output_path.glob(f"*/{SR_FILE}"))
+    if earlier or (output_path / RESULTS_FILE).exists():
+        logger.warning("the output folder %s holds an earlier run's answers (%d query folder(s)%s): this run's results.json will list "
+                       "its own queries only, and a query answered again is overwritten; use an empty output folder per run",
+                       output_path, len(earlier), (": " + ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "")) if earlier else "")
+    return earlier
 
 
 _LIBRARY_SITES: dict[str, dict[str, int]] = {}  # per library as loaded (LoadedModels.index_state): its cases per site

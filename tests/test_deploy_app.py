@@ -849,12 +849,17 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
     states = []
     for run in (1, 2):
         summary = run_app(app_run["cases"]["held_out"].image_file.parent, tmp_path / f"out{run}", models, settings)
+        assert summary["earlier_answers_in_output"] == 0
         assert summary["models_reused"] is True and len(summary["queries"]) == 1
         states.append((summary["model"], summary["index"]))  # what the service compares between rounds
         top = summary["queries"][0]["top_k"]
         assert [h["case_id"] for h in top] == [h["case_id"] for h in answers["held_out"]["top_k"]]
         assert [h["score"] for h in top] == pytest.approx([h["score"] for h in answers["held_out"]["top_k"]], abs=1e-5)
         assert (tmp_path / f"out{run}" / summary["queries"][0]["outputs"]["sr"]).is_file()
+    # an output folder that holds an earlier run's answers is said to (before: nothing said; results.json then listed
+    # this run's queries beside the earlier run's folders)
+    again = run_app(app_run["cases"]["in_library"].image_file.parent, tmp_path / "out1", models, settings)
+    assert again["earlier_answers_in_output"] == 1 and len(again["queries"]) == 1
     # a fixed site that no library case records would answer every study with no case: refused before any is read
     # (before: exit 0, an empty SR and PDF per study); the ISIC library records no site
     with pytest.raises(ValueError, match=r"site 'trunk' \(trunk\): no library case records this site \(the library's sites: unknown \d+\)"):
