@@ -265,6 +265,12 @@ def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_t
     ("r/o nodular melanoma. irregular streaks", "Lesion. Dermoscopy: irregular streaks."),
     ("Non-palpable, back. Irregular streaks", "Lesion. Dermoscopy: irregular streaks."),
     ("Dr M Smith. irregular streaks. Review when she comes back.", "Lesion. Dermoscopy: irregular streaks."),
+    # nouns clinicians write that no training style does (CLINICAL_SYNONYMS), given to the network in the template's
+    # words (before: none read, the query fell back to the image)
+    ("Atypical network, irregular globules and blue-white veil.",
+     "Lesion. Dermoscopy: atypical pigment network; irregular dots and globules; blue-whitish veil present."),
+    ("Typical network; regular dots; no blue white veil", "Lesion. Dermoscopy: typical pigment network; regular dots and globules; no blue-whitish veil."),
+    ("no streaks or blue-white veil", "Lesion. Dermoscopy: no streaks; no blue-whitish veil."),
 ])
 def test_what_the_model_reads_of_a_clinicians_text(text, model_reads):
     from monai_cir.data.report import query_text
@@ -589,6 +595,11 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("BWV over something like a third of the lesion; atypical PN.", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
     ("Non-pigmented rim; BWV present.", (("blue_whitish_veil", "present"),)),
     ("7PCL: atypical PN, BWV present", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    # the clinical synonyms keep the denials and blanks of the words they stand beside
+    ("negative network", ()),
+    ("black dots", ()),
+    ("?blue-white veil", ()),
+    ("no atypical network or irregular globules", ()),  # as "no atypical PN or irregular D/G": denied, not read absent
 ])
 def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, read):
     """A review of clinicians' phrasings (about 2,200 texts: templates, 7-point checklist notes, history, plans,

@@ -514,14 +514,28 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Nouns clinicians write for a criterion that no training style writes: the reader reads them with the training styles'
+# grades and patterns ("atypical network", "no blue-white veil", "irregular globules"). The network is given what the
+# reader read in the template's words (query_text), so a synonym teaches it nothing new. None is a held-out style's
+# word (HELD_OUT_STYLES: "bluish-white veil", "reticular pattern", "globular elements"...), so the `reworded` text form
+# still measures the fallback to the image.
+CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "pigment_network": ("network", "pigmented network"),
+    "dots_and_globules": ("dots/globules", "dots & globules", "globules", "dots"),
+    "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil"),
+}
+
+
 def _training_vocabulary() -> dict[str, tuple[str, ...]]:
-    """Per criterion, every noun a training text writes for it: the template's phrase (:data:`CRITERIA`)
-    and each :data:`TRAINING_STYLES` style's name (``BWV``, ``D/G``, ``vessels``...). Derived from the
-    styles, never written by hand, so the gate reads exactly the words training taught the network."""
+    """Per criterion, every noun the reader reads for it: the template's phrase (:data:`CRITERIA`), each
+    :data:`TRAINING_STYLES` style's name (``BWV``, ``D/G``, ``vessels``...), derived from the styles, and the
+    :data:`CLINICAL_SYNONYMS`."""
     vocabulary: dict[str, set[str]] = {key: {phrase} for key, phrase in CRITERIA}
     for style in TRAINING_STYLES.values():
         for key, noun in style.names.items():
             vocabulary[key].add(noun.lower())
+    for key, nouns in CLINICAL_SYNONYMS.items():
+        vocabulary[key].update(nouns)
     return {key: tuple(sorted(nouns)) for key, nouns in vocabulary.items()}
 
 
