@@ -860,6 +860,15 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
     # this run's queries beside the earlier run's folders)
     again = run_app(app_run["cases"]["in_library"].image_file.parent, tmp_path / "out1", models, settings)
     assert again["earlier_answers_in_output"] == 1 and len(again["queries"]) == 1
+    # --site same for a query of a site no library case records: answered with no case, the condition said in words
+    # (before: as the search's filter dict, "{'site': 'trunk'}")
+    on_back = tmp_path / "on-back"
+    on_back.mkdir()
+    image = pydicom.dcmread(app_run["cases"]["held_out"].image_file)
+    image.BodyPartExamined = "BACK"
+    image.save_as(on_back / "image.dcm", enforce_file_format=True)
+    same = run_app(on_back, tmp_path / "out-same", models, AppSettings(site="same", explain=False, write_pdf=False))
+    assert same["queries"][0]["top_k"] == [] and "no similar case was found: no library case with site trunk" in same["queries"][0]["notices"]
     # a fixed site that no library case records would answer every study with no case: refused before any is read
     # (before: exit 0, an empty SR and PDF per study); the ISIC library records no site
     with pytest.raises(ValueError, match=r"site 'trunk' \(trunk\): no library case records this site \(the library's sites: unknown \d+\)"):
