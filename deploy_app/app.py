@@ -170,8 +170,8 @@ def _check_site_in_library(site: str, models: LoadedModels) -> None:
     counted once per library (a service's rounds reuse the count)."""
     from monai_cir.sites_condition import resolve_site_condition
 
-    filters, _ = resolve_site_condition(site, None)
-    if filters is None or str(site).strip().lower() == "same":
+    filters, _ = resolve_site_condition(site, None)  # ("same" without a query site: no filter)
+    if filters is None:
         return
     if models.index_state not in _LIBRARY_SITES:
         _LIBRARY_SITES[models.index_state] = models.index.info()["site"]

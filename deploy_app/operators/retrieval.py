@@ -437,9 +437,10 @@ class ComposedRetrievalOperator(Operator):
             if not result.hits:
                 from monai_cir.dicom.sr import NO_MATCH_NOTICE
 
+                from monai_cir.index.base import filters_in_words
+
                 # the condition in words ("site trunk"), not as the search's filter dict
-                result.add_notices(f"{NO_MATCH_NOTICE}: no library case " + (
-                    "with " + " and ".join(f"{key} {value}" for key, value in filters.items()) if filters else "matched"))
+                result.add_notices(f"{NO_MATCH_NOTICE}: no library case " + (f"with {filters_in_words(filters)}" if filters else "matched"))
             self._logger.info(
                 "query %s: top-%d %s", result.query_id, len(result.hits),
                 ", ".join(f"{h.metadata.diagnosis} {h.score:.3f}" for h in result.hits),

@@ -168,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=1, default=str))
         return 0
     if not hits:
-        print("no matching cases" + (" with " + ", ".join(f"{key} {value}" for key, value in filters.items()) if filters else "")
+        from monai_cir.index.base import filters_in_words
+
+        print("no matching cases" + (f" with {filters_in_words(filters)}" if filters else "")
               + (f" (the index {args.index} holds no case)" if not len(index) else ""))
         return 0
     width = max(len("case id"), *(len(h.case_id) for h in hits))

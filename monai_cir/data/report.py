@@ -720,6 +720,12 @@ _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!ty
 _VALUE_AFTER_RE = re.compile(r"\s*:?\s*(?:present|seen|yes|positive|pos\.?|\+ve|\+)(?![\w])")
 
 
+def _sentence_start(start: int, sentence_ends: list[int]) -> int:
+    """Where the sentence (or line, or ';' clause: :data:`_SENTENCE_END_RE`) of the mention at ``start`` starts."""
+    sentence = bisect.bisect_right(sentence_ends, start) - 1
+    return sentence_ends[sentence] if sentence >= 0 else 0
+
+
 def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list[int], heads: list[re.Match],
                        head_ends: list[int]) -> bool:
     """Whether the phrasing at ``start`` is an item of a series of phrasings that a list head ("no", "without",
@@ -730,9 +736,8 @@ def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list
     a ``bare`` noun among the series' first, bare items is ambiguous ("no streaks, BWV, PN": the veil is not read PRESENT).
     ``sentence_ends`` / ``heads`` / ``head_ends``: where each sentence of ``lowered`` ends, its list heads and where they end
     (read once per text)."""
-    sentence = bisect.bisect_right(sentence_ends, start) - 1
     last = bisect.bisect_right(head_ends, start) - 1
-    if last < 0 or heads[last].start() < (sentence_ends[sentence] if sentence >= 0 else 0):
+    if last < 0 or heads[last].start() < _sentence_start(start, sentence_ends):
         return False
     head = heads[last]
     pos, starts, last_joined, bare_run = head.end(), [], 0, 0
@@ -798,12 +803,6 @@ _CHECKLIST_SENTENCE_RE = re.compile(
 # section: the next line, "Positives - atypical PN", is read
 _NEGATIVES_DASH_SENTENCE_RE = re.compile(
     r"\s*(?:[-*•][ \t]*)?(?:(?:pertinent|relevant)\s+)?(?:negatives|negative findings|absent|not seen|not present)[ \t]+-[ \t]")
-
-
-def _sentence_start(start: int, sentence_ends: list[int]) -> int:
-    """Where the sentence (or line, or ';' clause: :data:`_SENTENCE_END_RE`) of the mention at ``start`` starts."""
-    sentence = bisect.bisect_right(sentence_ends, start) - 1
-    return sentence_ends[sentence] if sentence >= 0 else 0
 
 
 # a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."

@@ -67,7 +67,6 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     UID,

@@ -37,6 +37,7 @@ __all__ = [
     "FingerprintMismatchError",
     "IndexIntegrityError",
     "SearchHit",
+    "filters_in_words",
     "read_manifest",
 ]
 
@@ -148,6 +149,11 @@ class SearchHit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "case_id": self.case_id, "score": self.score, **{k: v for k, v in self.metadata.to_dict().items() if k != "case_id"}}
+
+
+def filters_in_words(filters: Filters | None) -> str:
+    """A metadata filter as a reader is told it: ``{"site": "trunk"}`` -> ``"site trunk"`` ("" for none)."""
+    return " and ".join(f"{key} {value}" for key, value in (filters or {}).items())
 
 
 def normalize_filters(filters: Filters | None) -> dict[str, tuple[Any, ...]]:
