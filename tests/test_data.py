@@ -298,9 +298,13 @@ def test_data_md_lists_every_confirmation_word():
 
 
 def test_feature_cache_is_rebuilt_when_an_image_file_is_replaced(tmp_path, monkeypatch, caplog):
-    """The cache's staleness key holds each image file's size and mtime_ns: an image replaced under the same name
-    (same case id, path, text and label) rebuilds the cache, and the log says why; an unchanged collection reuses it."""
+    """The cache's staleness key holds each image file's size, mtime_ns and digest: an image replaced under the same name
+    (same case id, path, text and label) rebuilds the cache, and the log says why; an unchanged collection reuses it, and
+    so does a copy of it whose files have new modification times but the same bytes (a collection copied to another
+    machine: encoding it again there would move every result trained on it). A file of the same size with other bytes
+    and a new time is a replaced image."""
     import logging
+    import os
 
     import torch
     from conftest import make_tiny_net
@@ -315,11 +319,28 @@ def test_feature_cache_is_rebuilt_when_an_image_file_is_replaced(tmp_path, monke
     records = load_image_csv(images, table)
     net = make_tiny_net()
     first = build_feature_cache("mine", 64, net=net, records=records, flipped=False, progress=False)
-    assert CACHE_FORMAT.endswith("/2") and torch.load(first.path, weights_only=True)["image_files"][0][0] == (images / "a.png").stat().st_size
+    assert CACHE_FORMAT.endswith("/3") and torch.load(first.path, weights_only=True)["image_files"][0][0] == (images / "a.png").stat().st_size
     with caplog.at_level(logging.INFO, logger="monai_cir.data.feature_cache"):
         again = build_feature_cache("mine", 64, net=net, records=records, flipped=False, progress=False)
     assert "feature cache loaded" in caplog.text and "stale" not in caplog.text
     assert torch.equal(again.maps[2], first.maps[2])
+    for name in ("a.png", "c.png"):  # copied: the same bytes, another modification time
+        st = (images / name).stat()
+        os.utime(images / name, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_cir.data.feature_cache"):
+        copied = build_feature_cache("mine", 64, net=net, records=records, flipped=False, progress=False)
+    assert "2 image files have another modification time but the bytes they had" in caplog.text and "stale" not in caplog.text, caplog.text
+    assert torch.equal(copied.maps[2], first.maps[2])
+    size = (images / "d.png").stat().st_size
+    Image.new("RGB", (16, 12), (121, 80, 60)).save(images / "d.png")  # another image of the same size, a new time
+    st = (images / "d.png").stat()
+    assert st.st_size == size
+    os.utime(images / "d.png", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_cir.data.feature_cache"):
+        build_feature_cache("mine", 64, net=net, records=records, flipped=False, progress=False)
+    assert "stale (image files replaced or changed since it was built: 1, first ['d']" in caplog.text, caplog.text
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(images / "b.png")  # another image, same name
     caplog.clear()

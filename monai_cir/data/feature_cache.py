@@ -17,12 +17,16 @@ Contents of a :class:`FeatureCache` (N records):
 - ``labels`` (N,) long, ``records`` (list of :class:`~monai_cir.data.collections.CaseRecord`).
 
 A file is reused while its format (:data:`CACHE_FORMAT`), encoders' fingerprint, image size and records (case id, image
-path, text, label) are those asked for and every image file has the size and modification time (``mtime_ns``) it had
-when the cache was built; otherwise it is rebuilt (and the log says why).
+path, text, label) are those asked for and every image file holds the bytes it held when the cache was built; otherwise
+it is rebuilt (and the log says why). Each file's size and modification time (``mtime_ns``) are checked first; a file
+whose time differs (a copied or re-mounted collection) is hashed and compared with its stored BLAKE2b digest, so a copy
+of the same images reuses the cache instead of encoding them again (on another CPU the features would differ in the
+last fp16 bits, and every result trained on them with it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -42,23 +46,55 @@ from .collections import CaseRecord, load_collection, records_dataset
 __all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "encode_collection", "feature_cache_path"]
 
 logger = logging.getLogger(__name__)
-# /2: the staleness key holds each image file's size and mtime_ns (a replaced image rebuilds the cache), and the query
-# texts' tokens follow the text encoding of this version (net.text_tokens); a /1 file is rebuilt once
-CACHE_FORMAT = "monai-cir-features/2"
+# /3: the staleness key holds each image file's size, mtime_ns and content digest (a replaced image rebuilds the cache, a
+# copied one does not), and the query texts' tokens follow the text encoding of this version (net.text_tokens); a /1 or
+# /2 file is rebuilt once
+CACHE_FORMAT = "monai-cir-features/3"
 
 
-def _file_stats(records: Sequence[CaseRecord]) -> list[list[int] | None]:
-    """``[size, mtime_ns]`` of each record's image file (None for one that cannot be read): a replaced or edited image
-    changes them, so the cache built from the old file is not reused (cheap: no file is read, let alone hashed)."""
-    stats: list[list[int] | None] = []
+def _file_digest(path: str | Path) -> str:
+    """BLAKE2b (128-bit) of a file's bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_stats(records: Sequence[CaseRecord]) -> list[list | None]:
+    """``[size, mtime_ns, digest]`` of each record's image file (None for one that cannot be read): a replaced or edited
+    image changes them, so the cache built from the old file is not reused."""
+    stats: list[list | None] = []
     for r in records:
         try:
             st = os.stat(r.image_path)
+            stats.append([int(st.st_size), int(st.st_mtime_ns), _file_digest(r.image_path)])
         except OSError:
             stats.append(None)
-        else:
-            stats.append([int(st.st_size), int(st.st_mtime_ns)])
     return stats
+
+
+def _changed_files(records: Sequence[CaseRecord], stored: Any) -> tuple[list[str], int]:
+    """The case ids whose image file no longer holds the bytes ``stored`` (``[size, mtime_ns, digest]`` per record)
+    describes, and how many files have another modification time but the same bytes (hashed only then)."""
+    if not isinstance(stored, list) or len(stored) != len(records):
+        return [r.case_id for r in records], 0
+    changed, same_bytes = [], 0
+    for r, old in zip(records, stored):
+        try:
+            st = os.stat(r.image_path)
+        except OSError:
+            if old is not None:
+                changed.append(r.case_id)
+            continue
+        if not isinstance(old, list) or len(old) != 3 or old[0] != st.st_size:
+            changed.append(r.case_id)
+        elif old[1] != st.st_mtime_ns:
+            if _file_digest(r.image_path) == old[2]:
+                same_bytes += 1
+            else:
+                changed.append(r.case_id)
+    return changed, same_bytes
 
 
 @dataclass
@@ -150,13 +186,15 @@ def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_siz
         return None
     # every file build_feature_cache writes in this format records its image files (a payload made by hand may not)
     stored = payload.get("image_files")
-    current = _file_stats(records) if stored is not None else None
-    if stored is not None and (not isinstance(stored, list) or len(stored) != len(current)
-                               or [list(x) if x is not None else None for x in stored] != current):
-        changed = [r.case_id for r, old, new in zip(records, stored if isinstance(stored, list) else [], current) if (list(old) if old is not None else None) != new]
-        logger.info("feature cache %s is stale (image files replaced or changed since it was built: %d, first %s); rebuilding",
-                    path, len(changed) or len(records), changed[:3] or "all")
-        return None
+    if stored is not None:
+        changed, same_bytes = _changed_files(records, stored)
+        if changed:
+            logger.info("feature cache %s is stale (image files replaced or changed since it was built: %d, first %s); rebuilding",
+                        path, len(changed), changed[:3])
+            return None
+        if same_bytes:
+            logger.info("feature cache %s: %d image files have another modification time but the bytes they had (a copy); reused",
+                        path, same_bytes)
     if flipped and payload.get("maps_flipped") is None:
         return None
     return FeatureCache(
