@@ -562,7 +562,8 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("Atypical PN; ?dysplastic naevus.", (("pigment_network", "atypical"),)),
     ("Atypical PN. N.B. patient anxious.", (("pigment_network", "atypical"),)),
     ("BWV; 0.5 cm area centrally.", (("blue_whitish_veil", "present"),)),
-    ("No BWV at first visit; BWV present in 2026.", ()),  # two values: a contradiction, not read (not "absent")
+    ("No BWV at first visit. BWV present; no BWV.", ()),  # two values: a contradiction, not read (not "absent")
+    ("No BWV at first visit; BWV present in 2026.", (("blue_whitish_veil", "present"),)),  # the first visit's is the past's
     # a grade after "non" (before: read as that grade, the opposite of what is meant), a yes / no field answered no or
     # left blank, a sentence that a negating word and a dash start, a sentence about the checklist
     ("non typical PN", ()),
@@ -600,6 +601,42 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("black dots", ()),
     ("?blue-white veil", ()),
     ("no atypical network or irregular globules", ()),  # as "no atypical PN or irregular D/G": denied, not read absent
+    # a sentence that starts in the past or in another's words holds no finding of today up to a word of today; a plan
+    # runs to its sentence's end (the held-out review 2026-12-06c's wrong readings, before: every item after the
+    # sentence's first comma was read as today's)
+    ("This lesion was biopsied in 2019. At that time dermoscopy showed irregular globules. Today: typical network.",
+     (("pigment_network", "typical"),)),
+    ("Dermoscopy at baseline (2020): typical network, regular globules.", ()),
+    ("Hx: MM excised from R shoulder 2017 (BWV, atypical network on dermoscopy). Routine skin check.", ()),
+    ("Original lesion had regular globules. Today: localized irregular pigmentation.", (("pigmentation", "localized irregular"),)),
+    ("Had irregular D/G at the first visit; stable since.", ()),
+    ("Referral said 'irregular streaks'. I see a typical network.", (("pigment_network", "typical"),)),
+    ("GP reported BWV.", ()),
+    ("SDDI in 3/12 - look for asymmetric enlargement, new irregular dots or an atypical network.", ()),
+    ("Her daughter's naevus has regular globules.", ()),
+    ("The pigmented lesion next to it has irregular streaks.", ()),
+    ("Reminder to trainees: hairpin vessels with a white halo suggest keratinising tumours.", ()),
+    ("Poss. BWV. Definite atypical PN.", (("pigment_network", "atypical"),)),
+    ("BWV +\natyp PN -", (("blue_whitish_veil", "present"),)),  # (before: the network read ABSENT)
+    # a text that says nothing was imaged today; another's words, a plan, a hedge, a family history (review 2026-12-06d)
+    ("Nothing imaged today. Old notes (2019) list: PN atypical; BWV +; streaks irregular.", ()),
+    ("Teledermatology: awaiting images. Referral text mentions 'irregular streaks and BWV seen by nurse'.", ()),
+    ("Practice nurse comment (not verified): 'BWV +, PN atypical'.", ()),
+    ("Plan - short-term digital monitoring. Criteria for excision at review: new irregular streaks, atypical network, BWV.", ()),
+    ("Next steps: (1) check network pattern; (2) exclude BWV; (3) photograph.", ()),
+    ("There seem to be irregular globules at the edge, though I'm not confident.", ()),
+    ("FHx of melanoma in 2 first-degree relatives (both with BWV per reports). Patient: BWV absent.", ()),
+    ("Teledermatology: dermoscopic image blurred; cannot assess network or BWV.", ()),
+    ("Incidental lesion on the arm has irregular dots. Index lesion: typical PN.", (("pigment_network", "typical"),)),
+    ("Previous dermoscopy (2024): PN atypical, BWV present\nCurrent dermoscopy: PN typical", (("pigment_network", "typical"),)),
+    # ... while these read as before: today's words after the past's, a patient's symptoms, a teaching header
+    ("Previous biopsy benign, BWV present today.", (("blue_whitish_veil", "present"),)),
+    ("Dermoscopy: atypical PN, BWV. No dermoscopy of the other lesions.", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("Previously typical network, now atypical network with BWV.", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("History: changing for 3 months, today BWV present.", (("blue_whitish_veil", "present"),)),
+    ("Patient mentions itching, atypical PN, irregular streaks and BWV.",
+     (("pigment_network", "atypical"), ("streaks", "irregular"), ("blue_whitish_veil", "present"))),
+    ("Teaching: registrar-led consult. Atypical PN, irregular streaks.", (("pigment_network", "atypical"), ("streaks", "irregular"))),
 ])
 def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, read):
     """A review of clinicians' phrasings (about 2,200 texts: templates, 7-point checklist notes, history, plans,

@@ -701,7 +701,7 @@ _SHARED_ABSENT_RE = re.compile(
 # are graded: "irreg. streaks -" is not "no streaks")
 _GRADE_WORDS = sorted({p[: -len(n)].strip() for p, (k, v) in _PHRASINGS.items() if v != "absent" for n in _training_vocabulary()[k]
                        if p.endswith(" " + n) and not p.startswith("no ")}, key=len, reverse=True)
-_GRADE_BEFORE_RE = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(g) for g in _GRADE_WORDS if g) + r")\s+$")
+_GRADE_BEFORE_RE = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(g) for g in _GRADE_WORDS if g) + r"|atyp|irreg)\s+$")  # ("atyp PN -")
 # a section header that negates its section: "Absent: streaks, BWV", "Not seen:\n- BWV"
 _SECTION_RE = re.compile(r"(?m)(?:^|(?<=\.) )[ \t]*(?:[-*•][ \t]*)?([a-z0-9][\w \t/-]{0,40}?)[ \t]*:")
 
@@ -798,6 +798,49 @@ _LESION_LABEL_RE = re.compile(
 _CHECKLIST_SENTENCE_RE = re.compile(
     r"\s*(?:[-*•][ \t]*)?(?:the\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list|check-?list)"
     r"\s+(?:includes|comprises|consists of|covers|lists)(?![\w-])(?!\s*:)")
+# ... and one that puts what follows in the past or in another's words at its start: "At that time dermoscopy showed
+# irregular globules.", "Dermoscopy at baseline (2020): typical network, regular globules.", "Original lesion had regular
+# globules.", "Hx: MM excised 2017 (BWV, atypical network)", "Previous dermoscopy (2024): PN atypical, BWV present",
+# "Referral said 'irregular streaks'.", "GP reported BWV.", "Practice nurse comment (not verified): 'BWV +'" (before:
+# the clause's own words only, so every item after the first comma was read as today's). Up to a word of today, "now",
+# "today", "currently": "Previously typical network, now atypical network" reads the atypical one
+_PAST_OR_REPORTED_SENTENCE_RE = re.compile(
+    r"\s*(?:[-*•][ \t]*)?(?:(?:dermoscopy|dermatoscopy|the lesion|this lesion|it)\s+)?"
+    r"(?:at that time|at the time|initially|originally|(?:the\s+)?original(?:\s+lesion)?|(?:at|on)\s+baseline|baseline\s*:"
+    r"|(?:at|on)\s+(?:the\s+)?(?:first|initial|last)\s+(?:visit|review|dermoscopy|examination)|last time|in the past"
+    r"|(?:hx|history)\s*[:-]|(?:the\s+)?excised lesion|previous(?:ly)?|earlier dermoscopy|old notes|past\s*:|last year"
+    r"|pre-?op(?:erative)? dermoscopy|findings from|since excision|excised in|before one year|years ago|fhx|fh\s*:"
+    r"|(?:the\s+)?(?:referral|referrer|referring (?:gp|doctor|clinician|dermatologist)|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse"
+    r"|student|ai tool|pathology request form)(?:'s)?"
+    r"(?:\s+(?:letter|note|notes|report|text|comment))?\s*(?:said|says|stated|states|reported|reports|mentioned|mentions|described"
+    r"|describes|noted|notes|thought|thinks|wrote|writes|queried|queries|flagged|asked)"
+    r"|(?:the\s+)?(?:referral|referrer|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse)(?:'s)?\s+(?:letter|note|notes|report|referral|comment)"
+    r"(?:\s*\([^)]*\))?\s*:)(?![\w-])")
+_TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|this time|on review today)(?![\w-])")
+# a plan that runs to its sentence's end: "SDDI in 3/12 - look for asymmetric enlargement, new irregular dots or an
+# atypical network" (before: the clause's own words only, so the dots and the network were read as seen)
+_PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|assess|re-?assess|evaluate|re-?image)\s+for(?![\w-])"
+                             r"|(?<![\w-])(?:criteria for (?:excision|referral|biopsy)|document presence|record all|recognise any|recognize any)(?![\w-])"
+                             r"|(?<![\w-])to (?:exclude|rule out)(?![\w-])")
+
+
+# a text that says no lesion was imaged or dermoscoped today: whatever findings it names are another time's or another's
+# ("Nothing imaged today", "no dermoscopy done", "awaiting images"), so none is read
+_NO_IMAGE_TODAY_RE = re.compile(
+    r"(?<![\w-])(?:no dermoscopy(?! (?:of|on|for) (?:the |her |his )?other)|dermoscopy (?:was )?not (?:done|performed|repeated|available)|no dermoscopic image|not (?:yet )?(?:been )?dermoscoped"
+    r"|nothing (?:was )?imaged|nothing to image|no lesion (?:was )?imaged|not imaged today|no images? (?:to review|received)|awaiting (?:dermoscopic )?images"
+    r"|no imaging|awaiting dermoscopy)(?![\w-])")
+
+
+def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int, value: str) -> bool:
+    """Whether the sentence of a mention at ``start`` puts it in the past, in another's words or in a plan before it
+    (:data:`_PAST_OR_REPORTED_SENTENCE_RE` with no word of today up to the mention's clause end ``clause_end``,
+    :data:`_PLAN_BEFORE_RE` for a present or graded one)."""
+    if _PAST_OR_REPORTED_SENTENCE_RE.match(lowered, sentence_start) and not _TODAY_RE.search(lowered, sentence_start, clause_end):
+        return True
+    return value != "absent" and _PLAN_BEFORE_RE.search(lowered, sentence_start, start) is not None
+
+
 # ... and one that a negating word and a dash start, "Negatives - BWV, irregular streaks": no present or graded mention in
 # it is read (before: the streaks read IRREGULAR; its "no BWV" is read absent). Unlike "Negatives:", it heads no
 # section: the next line, "Positives - atypical PN", is read
@@ -807,7 +850,7 @@ _NEGATIVES_DASH_SENTENCE_RE = re.compile(
 
 # a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."
 _META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch|key|abbreviations?|checklist items"
-                             r"|differential|ddx|to do|plan)(?![\w-])")
+                             r"|differential|ddx|to do|plan|reminders? to (?:trainees|students|residents)|protocol reminder|governance|audit|next steps)(?![\w-])")
 
 
 def _sections(lowered: str) -> tuple[list[int], list[bool]]:
@@ -841,6 +884,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     if describes_several_lesions(text):
         return ()
     lowered = text.lower().translate(_DASHES)
+    if _NO_IMAGE_TODAY_RE.search(lowered):
+        return ()
     found: dict[str, set[str]] = {}
     gathered = []  # the spans of negated lists: their nouns are absent, not bare mentions of present findings
     lists, governed = _negated_lists(lowered)
@@ -872,7 +917,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         start, end = _clause_bounds(lowered, match.start(), match.end())
         clause = lowered[start:end]
         sentence_start = _sentence_start(match.start(), sentence_ends)
-        if _NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()) or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start):
+        if (_NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()) or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start)
+                or _out_of_scope(lowered, sentence_start, match.start(), end, value)):
             continue
         if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed or _NEGATIVES_DASH_SENTENCE_RE.match(lowered, sentence_start)
                                   or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
@@ -886,7 +932,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
 _NOT_ASSESSED = re.compile(
     r"(?<![\w/])n/?a(?![\w/])|\bnot (?:assess|evaluat|determin|examin|gradabl)\w*|\bcannot be (?:assess|evaluat|determin|judg)\w*"
     r"|\b(?:unassessable|non-?evaluable|not-?evaluable|indeterminate|unknown|unclear|equivocal|uncertain)\b"
-    r"|(?<![\w/-])(?:r/o|rule out|possible|possibly|probable|probably|questionable|query|suspicious|suspected|suspect"
+    r"|(?<![\w/-])(?:r/o|rule out|possible|possibly|poss\.|probable|probably|prob\.|questionable|query|suspicious|suspected|suspect"
     r"|doubtful|likely|unlikely|suggestive|cannot exclude|can't exclude|cannot be (?:excluded|ruled out)"
     r"|can't be (?:excluded|ruled out)|not (?:be )?(?:excluded|ruled out)"
     # a hedge: "maybe BWV", "BWV vs regression", "pseudo BWV", "BWV-like area", "BWV ±"
@@ -903,6 +949,12 @@ _NOT_ASSESSED = re.compile(
     # "referral" or "old images" also head today's findings: "Seen in 2026: BWV", "changed over the past year: atypical PN")
     r"|\(\s*old\s*\)|s/p|status post|pmh"
     r"|family|mother'?s?|father'?s?|sibling|adjacent|neighbou?ring|contralateral|satellite"
+    r"|(?:daughter|son|sister|brother|husband|wife|grandmother|grandfather|aunt|uncle|cousin)(?:'?s)?|next to (?:it|this|the)"
+    # the first visit's or the last review's findings: "Had irregular D/G at the first visit", "noted at last review"
+    r"|(?:first|last) (?:visit|review)|initial dermoscopy|at that time|initially|originally"
+    # another's word, another lesion, a hedge, a plan: "per the GP", "incidental lesion", "there seem to be", "exclude BWV"
+    r"|per (?:the )?(?:gp|referrer|reports?)|incidental|another (?:spot|lesion|naevus|nevus|mole)|fhx|relatives?|twin'?s?"
+    r"|seems? to|not confident|not convincing|cannot assess|can't assess|unable to assess|exclude|explained"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
     r")(?![\w-])|(?<=[\w-])like(?![\w-])|±|\(\s*\+/-\s*\)"
@@ -936,7 +988,7 @@ def _questioned(lowered: str, start: int, end: int) -> bool:
 _STATED_VALUE_RE = re.compile(r"\s*[:=]\s*(?=[^\s;,.])")
 _PRESENT_VALUE_RE = re.compile(r"(?:yes|y|present|seen|\+)\s*(?=[;,.)\n]|$)")
 # the clause a mention belongs to: up to ';', ',', a line end, or a sentence's '. ' (not "pigm. ", an abbreviation)
-_CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)(?<!prev)\.(?:\s|$)")  # "prev. BWV" is one clause
+_CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)(?<!prev)(?<!poss)(?<!prob)\.(?:\s|$)")  # "prev. BWV", "poss. BWV" are one clause
 
 
 def _clause_bounds(lowered: str, start: int, end: int) -> tuple[int, int]:
