@@ -271,6 +271,11 @@ def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_t
      "Lesion. Dermoscopy: atypical pigment network; irregular dots and globules; blue-whitish veil present."),
     ("Typical network; regular dots; no blue white veil", "Lesion. Dermoscopy: typical pigment network; regular dots and globules; no blue-whitish veil."),
     ("no streaks or blue-white veil", "Lesion. Dermoscopy: no streaks; no blue-whitish veil."),
+    # a "+" between findings joins them (before: the finding before it was not read: "typical network + regular
+    # globules" gave the globules only); "+/-", "+-" and "+?" after one still put it in doubt
+    ("typical network + regular globules", "Lesion. Dermoscopy: typical pigment network; regular dots and globules."),
+    ("atypical PN + BWV", "Lesion. Dermoscopy: atypical pigment network; blue-whitish veil present."),
+    ("atypical PN +/-; BWV +?; irregular streaks +- ", "atypical PN +/-; BWV +?; irregular streaks +- "),
 ])
 def test_what_the_model_reads_of_a_clinicians_text(text, model_reads):
     from monai_cir.data.report import query_text

@@ -575,11 +575,12 @@ def _phrasings() -> dict[str, tuple[str, str]]:
 def _phrase_pattern(phrase: str) -> str:
     # whole words only ("regression" does not match "regressive"); a trailing "." ("pigm.") or sign ("BWV -") ends
     # itself; a sign written close ("BWV-") belongs to the noun before it, so a bare noun is never read before one; a
-    # phrasing stays on its line ("Ulceration: no\nPN: atypical" holds no "no PN")
+    # phrasing stays on its line ("Ulceration: no\nPN: atypical" holds no "no PN"); a "+" after one, apart, joins it to the
+    # next ("typical network + regular globules"), unless "+/-", "+-" or "+?" puts it in doubt
     body = re.escape(phrase).replace(r"\ ", r"[ \t]*" if phrase[-1] in "+-" else r"[ \t]+")
     if phrase[-1] in "+-":  # the sign ends its clause: "Streaks - irregular", "BWV +/-", "BWV-positive" are not signs
         return body + r"(?=\s*(?:[,;.)\n]|$))"
-    return body + (r"(?![ \t]*[+-]\s*(?:[,;.)\n]|$))" if phrase[-1] in ".)" else r"(?![\w/+-])(?![ \t]+[+-])")  # (a list's "\n- " bullet is no sign)
+    return body + (r"(?![ \t]*[+-]\s*(?:[,;.)\n]|$))" if phrase[-1] in ".)" else r"(?![\w/+-])(?![ \t]+(?:-|\+[ \t]*[/?-]))")  # (a list's "\n- " bullet is no sign)
 
 
 _PHRASINGS = _phrasings()
