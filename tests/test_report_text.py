@@ -634,6 +634,21 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("Teledermatology: dermoscopic image blurred; cannot assess network or BWV.", ()),
     ("Incidental lesion on the arm has irregular dots. Index lesion: typical PN.", (("pigment_network", "typical"),)),
     ("Previous dermoscopy (2024): PN atypical, BWV present\nCurrent dermoscopy: PN typical", (("pigment_network", "typical"),)),
+    # a note copied forward, an earlier state, a trainee's reading, a blank template, a dictation test (review 2026-12-06e)
+    ("[Copied from 12/03/2026]: Dermoscopy: atypical network, irregular streaks, BWV. Plan: excise.", ()),
+    ("Was: BWV present (photos 2025). Now: no BWV seen.", (("blue_whitish_veil", _ABSENT),)),
+    ("Had BWV in 2019.", ()),
+    ("Registrar: BWV present. Consultant review: no BWV - the blue area is a haemorrhage.", ()),
+    ("Template (unfilled): BWV: present / absent; irregular streaks.", ()),
+    ("Microphone test please disregard colon atypical net work comma blue white veil", ()),
+    ("Dermoscopy was not possible today. Clinically symmetrical.\nBWV, irregular streaks on the GP's photo.", ()),
+    ("D: PN abs, BWV abs.", ()),
+    ("? subtle BWV centrally.", ()),
+    ("Check BWV next time", ()),
+    # ... while these read as before: another lesion "not imaged", a question on the line above
+    ("Left forearm (imaged today): typical network, no BWV. Right forearm (not imaged): a mole with 'blue areas'.",
+     (("pigment_network", "typical"), ("blue_whitish_veil", _ABSENT))),
+    ("Is it changing? non\natypical PN", (("pigment_network", "atypical"),)),
     # ... while these read as before: today's words after the past's, a patient's symptoms, a teaching header
     ("Previous biopsy benign, BWV present today.", (("blue_whitish_veil", "present"),)),
     ("Dermoscopy: atypical PN, BWV. No dermoscopy of the other lesions.", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),

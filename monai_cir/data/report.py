@@ -680,7 +680,7 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
 # what denies a present or graded mention right after it, or leaves it blank: "BWV (-)", "BWV, absent", "BWV 0",
 # "BWV N", "BWV ±", a template's "BWV Y/N", "BWV: ___", "BWV [ ]", "BWV:" at a line's end (before: each read PRESENT)
 _TRAILING_DENIAL_RE = re.compile(
-    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|not (?:seen|present|observed|identified)|x|✗|✘|ø"
+    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|abs|not (?:seen|present|observed|identified)|x|✗|✘|ø"
     r"|nd|nad|wnl|ve-"
     r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?\s*(?=[;,.\n|]|$)|\s*:\s*(?=\n|$)"
     # a yes / no field answered no or left blank: "BWV Y/N: N", "BWV (Y/N): no", "BWV (y/n) - n", "BWV Y/N:"; "BWV non present"
@@ -811,6 +811,11 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|(?:at|on)\s+(?:the\s+)?(?:first|initial|last)\s+(?:visit|review|dermoscopy|examination)|last time|in the past"
     r"|(?:hx|history)\s*[:-]|(?:the\s+)?excised lesion|previous(?:ly)?|earlier dermoscopy|old notes|past\s*:|last year"
     r"|pre-?op(?:erative)? dermoscopy|findings from|since excision|excised in|before one year|years ago|fhx|fh\s*:"
+    # a note copied forward, an earlier state, a trainee's or another's reading: "[Copied from 12/03]: ...", "Was: BWV
+    # present", "Had regular streaks at age 9", "Registrar: BWV present", "Medical student recorded 'BWV'"
+    r"|[\[(<]*\s*cop(?:ied|y)(?:[ -]forward| fwd| forward)?|(?:was|then|prev)\s*:|had|before excision|training note"
+    r"|(?:the\s+)?(?:registrar|reg|spr|trainee|(?:medical\s+)?student)(?:'s)?(?:\s+(?:note|draft))?\s*(?::|recorded|says|said|wrote|noted)"
+    r"|(?:she|he|the patient|patient|pt) (?:was told|has read|read online)|(?:gp|referral) letter quotes"
     r"|(?:the\s+)?(?:referral|referrer|referring (?:gp|doctor|clinician|dermatologist)|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse"
     r"|student|ai tool|pathology request form)(?:'s)?"
     r"(?:\s+(?:letter|note|notes|report|text|comment))?\s*(?:said|says|stated|states|reported|reports|mentioned|mentions|described"
@@ -830,7 +835,9 @@ _PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|asse
 _NO_IMAGE_TODAY_RE = re.compile(
     r"(?<![\w-])(?:no dermoscopy(?! (?:of|on|for) (?:the |her |his )?other)|dermoscopy (?:was )?not (?:done|performed|repeated|available)|no dermoscopic image|not (?:yet )?(?:been )?dermoscoped"
     r"|nothing (?:was )?imaged|nothing to image|no lesion (?:was )?imaged|not imaged today|no images? (?:to review|received)|awaiting (?:dermoscopic )?images"
-    r"|no imaging|awaiting dermoscopy)(?![\w-])")
+    r"|no imaging|awaiting dermoscopy|no new imaging|dermoscopy was not possible|not (?:yet )?re-?examined|not yet imaged"
+    r"|to be imaged|did not attend (?:for )?imaging|could not look|haven't re-examined|have not (?:performed dermoscopy|examined it)"
+    r"|unfilled|not completed|to be completed|did not complete|please disregard)(?![\w-])")
 
 
 def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int, value: str) -> bool:
@@ -956,6 +963,8 @@ _NOT_ASSESSED = re.compile(
     # another's word, another lesion, a hedge, a plan: "per the GP", "incidental lesion", "there seem to be", "exclude BWV"
     r"|per (?:the )?(?:gp|referrer|reports?)|incidental|another (?:spot|lesion|naevus|nevus|mole)|fhx|relatives?|twin'?s?"
     r"|seems? to|not confident|not convincing|cannot assess|can't assess|unable to assess|exclude|explained"
+    r"|wondered|wonder|thought|told|read online|textbook|at the time|next time|next visit|asked by|see (?:the )?(?:clinic )?letter"
+    r"|not (?:yet )?verified|unverified|per (?:her|his|the) letters?|mum'?s?|mom'?s?|dad'?s?"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
     r")(?![\w-])|(?<=[\w-])like(?![\w-])|±|\(\s*\+/-\s*\)"
@@ -965,7 +974,7 @@ _NOT_ASSESSED = re.compile(
 _DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d\u207b\u208b\u02d7"})
 # a question mark at a mention ("?BWV", "BWV?", "streaks: irregular?", "regular streaks (?)") puts it in doubt; one
 # elsewhere in the clause ("BWV present (biopsy: melanoma?)") does not
-_QUESTION_BEFORE_RE = re.compile(r"\?\s*$")
+_QUESTION_BEFORE_RE = re.compile(r"\?\s*$|\?[ \t]*[a-z]+[ \t]+$")  # ("? subtle BWV", on its line)
 _QUESTION_AFTER_RE = re.compile(r"\s*\(?\s*\?|\s*[,;:-]\s*\(?\s*\?\s*\)?\s*(?=[;,.\n]|$)")  # ("BWV, ?MM": a question of the diagnosis)
 
 
@@ -979,7 +988,7 @@ _DOUBT_AFTER_RE = re.compile(
 def _questioned(lowered: str, start: int, end: int) -> bool:
     """Whether the mention ``lowered[start:end]`` is put in doubt where it stands: a question mark at it, or a doubt
     right after it in a clause of its own."""
-    return bool(_QUESTION_BEFORE_RE.search(lowered, max(0, start - 3), start) or _QUESTION_AFTER_RE.match(lowered, end)
+    return bool(_QUESTION_BEFORE_RE.search(lowered, max(0, start - 16), start) or _QUESTION_AFTER_RE.match(lowered, end)
                 or _DOUBT_AFTER_RE.match(lowered, end))
 
 
