@@ -250,8 +250,9 @@ def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_t
     # not read: a contradiction, wording no training style writes (the gate leaves the text out; it goes as written)
     ("BWV present; no BWV", "BWV present; no BWV"),
     ("neg for streaks", "neg for streaks"),
-    # a negation in the clause of a present or graded phrasing is read neither way (before: "BWV absent" read as present)
-    ("BWV absent", "BWV absent"),
+    # a negation in the clause of a present or graded phrasing is not read present (before: "BWV absent" read as present;
+    # a bare noun a denial word follows reads absent, below)
+    ("BWV absent", "Lesion. Dermoscopy: no blue-whitish veil."),
     ("no irregular streaks; irregular streaks not seen", "no irregular streaks; irregular streaks not seen"),
     # ... but a negated list of nouns reads each noun absent, an abbreviation as a full noun (before: "Lesion. Dermoscopy:
     # no streaks.", the veil left out)
@@ -276,6 +277,11 @@ def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_t
     ("typical network + regular globules", "Lesion. Dermoscopy: typical pigment network; regular dots and globules."),
     ("atypical PN + BWV", "Lesion. Dermoscopy: atypical pigment network; blue-whitish veil present."),
     ("atypical PN +/-; BWV +?; irregular streaks +- ", "atypical PN +/-; BWV +?; irregular streaks +- "),
+    # a bare noun a denial word follows reads the criterion absent (before: read neither way; 57 of the five reviews'
+    # stated absences were written so), a graded one denies the grade only
+    ("Streaks neg. BWV absent. Vessels nil.", "Lesion. Dermoscopy: no streaks; no blue-whitish veil; no vascular structures."),
+    ("Finding    Value\nNetwork    typical\nStreaks    absent", "Lesion. Dermoscopy: typical pigment network; no streaks."),
+    ("irregular streaks absent; ?BWV absent", "irregular streaks absent; ?BWV absent"),
 ])
 def test_what_the_model_reads_of_a_clinicians_text(text, model_reads):
     from monai_cir.data.report import query_text
@@ -434,8 +440,8 @@ def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read):
     ("BWV ruled out", ()),
     ("lacks BWV", (("blue_whitish_veil", _ABSENT),)),
     ("missing BWV", ()),
-    ("BWV -ve", ()),
-    ("BWV: -ve", ()),
+    ("BWV -ve", (("blue_whitish_veil", _ABSENT),)),  # a bare noun and a denial word: absent (before: neither way)
+    ("BWV: -ve", (("blue_whitish_veil", _ABSENT),)),
     # in doubt: read neither way, absent included (before: PRESENT)
     ("?BWV", ()),
     ("BWV?", ()),
@@ -630,7 +636,7 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("Plan - short-term digital monitoring. Criteria for excision at review: new irregular streaks, atypical network, BWV.", ()),
     ("Next steps: (1) check network pattern; (2) exclude BWV; (3) photograph.", ()),
     ("There seem to be irregular globules at the edge, though I'm not confident.", ()),
-    ("FHx of melanoma in 2 first-degree relatives (both with BWV per reports). Patient: BWV absent.", ()),
+    ("FHx of melanoma in 2 first-degree relatives (both with BWV per reports). Patient: BWV absent.", (("blue_whitish_veil", _ABSENT),)),
     ("Teledermatology: dermoscopic image blurred; cannot assess network or BWV.", ()),
     ("Incidental lesion on the arm has irregular dots. Index lesion: typical PN.", (("pigment_network", "typical"),)),
     ("Previous dermoscopy (2024): PN atypical, BWV present\nCurrent dermoscopy: PN typical", (("pigment_network", "typical"),)),
@@ -642,7 +648,7 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("Template (unfilled): BWV: present / absent; irregular streaks.", ()),
     ("Microphone test please disregard colon atypical net work comma blue white veil", ()),
     ("Dermoscopy was not possible today. Clinically symmetrical.\nBWV, irregular streaks on the GP's photo.", ()),
-    ("D: PN abs, BWV abs.", ()),
+    ("D: PN abs, BWV abs.", (("pigment_network", _ABSENT), ("blue_whitish_veil", _ABSENT))),
     ("? subtle BWV centrally.", ()),
     ("Check BWV next time", ()),
     # ... while these read as before: another lesion "not imaged", a question on the line above

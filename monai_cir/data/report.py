@@ -856,6 +856,13 @@ _NEGATIVES_DASH_SENTENCE_RE = re.compile(
     r"\s*(?:[-*•][ \t]*)?(?:(?:pertinent|relevant)\s+)?(?:negatives|negative findings|absent|not seen|not present)[ \t]+-[ \t]")
 
 
+# a bare noun a denial word follows, alone in its clause: "BWV absent", "Streaks neg.", "Vessels nil", "Streaks      absent" (a
+# table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
+# absent") denies the grade, not the criterion, and is not read
+_NOUN_DENIED_RE = re.compile(r"(?<![\w/-])(" + _ANY_NOUN + r")[ \t]*:?[ \t]*(?:absent|abs|not seen|not present|not observed|not identified"
+                             r"|none|nil|neg|negative|-ve)(?=[ \t]*(?:[;,.\n|)(]|$))")
+
+
 # a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."
 _META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch|key|abbreviations?|checklist items"
                              r"|differential|ddx|to do|plan|reminders? to (?:trainees|students|residents)|protocol reminder|governance|audit|next steps)(?![\w-])")
@@ -908,6 +915,15 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     sections = _sections(lowered)
     sentence_ends, heads = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)], list(_LIST_HEAD_RE.finditer(lowered))
     head_ends = [h.end() for h in heads]
+    for denial in _NOUN_DENIED_RE.finditer(lowered):  # "BWV absent", "Streaks neg", "Vessels nil": the criterion absent
+        noun_end = denial.start() + len(denial.group(1))
+        line_start = lowered.rfind("\n", 0, denial.start()) + 1  # (a grade ending the line above is that line's)
+        if (any(a <= denial.start() < b for a, b in gathered) or _GRADE_BEFORE_RE.search(lowered, max(line_start, denial.start() - 30), denial.start())
+                or _NOT_ASSESSED.search(lowered, *_clause_bounds(lowered, denial.start(), noun_end)) or _questioned(lowered, denial.start(), denial.end())
+                or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start := _sentence_start(denial.start(), sentence_ends))
+                or _out_of_scope(lowered, sentence_start, denial.start(), _clause_bounds(lowered, denial.start(), noun_end)[1], "absent")):
+            continue
+        found.setdefault(_NOUN_OF[denial.group(1)], set()).add("absent")
     for n, match in enumerate(matches):
         if any(a <= match.start() < b for a, b in gathered):
             continue
