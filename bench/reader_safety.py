@@ -297,7 +297,7 @@ def stated() -> list[tuple[str, str, tuple]]:
         ("BWV (+)", [(BWV, P)]),
         ("atypical PN with BWV and irregular streaks", [(PN, ATY), (ST, IRR), (BWV, P)]),
         ("Asymmetric lesion with BWV", [(BWV, P)]),
-        ("BWV present, streaks absent", [(BWV, P)]),
+        ("BWV present, streaks absent", [(BWV, P), (ST, A)]),  # (read since 78dfd03: a bare noun and a denial word)
         ("When examined: BWV present", [(BWV, P)]),
         ("New BWV noted today.", [(BWV, P)]),
         ("BWV unchanged since last visit", [(BWV, P)]),
