@@ -651,6 +651,14 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("D: PN abs, BWV abs.", (("pigment_network", _ABSENT), ("blue_whitish_veil", _ABSENT))),
     ("? subtle BWV centrally.", ()),
     ("Check BWV next time", ()),
+    # a checklist item's weight and score, another lesion named not imaged, another's reading (review 2026-12-06f)
+    ("Blue-white veil (2): 0\nAtypical pigment network (2): 2 - thickened lines\nIrregular streaks (1): 0 (none)",
+     (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
+    ("1) central chest (not imaged): focal irregular blotch, irregular D/G, atypical network.\n2) left flank (imaged today): regular streaks.",
+     (("streaks", "regular"),)),
+    ("Your letter described a blue-white veil; I could not see one on dermoscopy today.", ()),
+    ("MDT: consensus that irregular streaks are present. Disagreement about whether there is a BWV.", (("streaks", "irregular"),)),
+    ("The consultant felt there were linear irregular vessels; I am not convinced.", ()),
     # ... while these read as before: another lesion "not imaged", a question on the line above
     ("Left forearm (imaged today): typical network, no BWV. Right forearm (not imaged): a mole with 'blue areas'.",
      (("pigment_network", "typical"), ("blue_whitish_veil", _ABSENT))),

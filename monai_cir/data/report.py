@@ -816,6 +816,8 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|[\[(<]*\s*cop(?:ied|y)(?:[ -]forward| fwd| forward)?|(?:was|then|prev)\s*:|had|before excision|training note"
     r"|(?:the\s+)?(?:registrar|reg|spr|trainee|(?:medical\s+)?student)(?:'s)?(?:\s+(?:note|draft))?\s*(?::|recorded|says|said|wrote|noted)"
     r"|(?:she|he|the patient|patient|pt) (?:was told|has read|read online)|(?:gp|referral) letter quotes"
+    r"|your (?:letter|referral|dermoscopy description|description)\s+(?:described|describes|mentioned|mentions|said|says|noted|reported)"
+    r"|(?:the\s+)?(?:consultant|first reader|other reader)\s+(?:felt|thought|said|reported|described)|comparison with (?:19|20)\d\d"
     r"|(?:the\s+)?(?:referral|referrer|referring (?:gp|doctor|clinician|dermatologist)|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse"
     r"|student|ai tool|pathology request form)(?:'s)?"
     r"(?:\s+(?:letter|note|notes|report|text|comment))?\s*(?:said|says|stated|states|reported|reports|mentioned|mentions|described"
@@ -840,11 +842,18 @@ _NO_IMAGE_TODAY_RE = re.compile(
     r"|unfilled|not completed|to be completed|did not complete|please disregard)(?![\w-])")
 
 
+# another lesion, named as not imaged earlier in the sentence: "1) central chest (not imaged): focal irregular blotch, irregular
+# D/G", "The right thigh lesion (not imaged) has white scar-like areas, no vessels"
+_NOT_IMAGED_BEFORE_RE = re.compile(r"\(\s*(?:not imaged|no image|handheld only)[^)]*\)|(?<![\w-])not imaged(?![\w-])")
+
+
 def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int, value: str) -> bool:
     """Whether the sentence of a mention at ``start`` puts it in the past, in another's words or in a plan before it
-    (:data:`_PAST_OR_REPORTED_SENTENCE_RE` with no word of today up to the mention's clause end ``clause_end``,
-    :data:`_PLAN_BEFORE_RE` for a present or graded one)."""
+    (:data:`_PAST_OR_REPORTED_SENTENCE_RE` with no word of today up to the mention's clause end ``clause_end``), gives it
+    to a lesion not imaged (:data:`_NOT_IMAGED_BEFORE_RE`) or to a plan (:data:`_PLAN_BEFORE_RE`, a present or graded one)."""
     if _PAST_OR_REPORTED_SENTENCE_RE.match(lowered, sentence_start) and not _TODAY_RE.search(lowered, sentence_start, clause_end):
+        return True
+    if _NOT_IMAGED_BEFORE_RE.search(lowered, sentence_start, start):
         return True
     return value != "absent" and _PLAN_BEFORE_RE.search(lowered, sentence_start, start) is not None
 
@@ -863,9 +872,15 @@ _NOUN_DENIED_RE = re.compile(r"(?<![\w/-])(" + _ANY_NOUN + r")[ \t]*:?[ \t]*(?:a
                              r"|none|nil|neg|negative|-ve)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
+# a 7-point checklist item's weight and score after its name: "BWV (2): 0", "Atypical pigment network (2): 2 - thickened
+# lines" (before: "(2)" hid the score, and "BWV (2): 0" read the veil PRESENT). A score of 0 denies a bare noun's criterion
+# ("BWV (2): 0" reads absent) and a graded item's grade only (not read); a score above 0 reads the item as named
+_WEIGHT_AND_SCORE_RE = re.compile(r"[ \t]*\(\s*[0-9]\s*(?:pts?|points?)?\s*\)[ \t]*[:=-]?[ \t]*([0-9])(?![\d.])")
+
+
 # a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."
 _META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch|key|abbreviations?|checklist items"
-                             r"|differential|ddx|to do|plan|reminders? to (?:trainees|students|residents)|protocol reminder|governance|audit|next steps)(?![\w-])")
+                             r"|differential|ddx|to do|plan|reminders? to (?:trainees|students|residents)|protocol reminder|governance|audit|next steps|uncertain)(?![\w-])")
 
 
 def _sections(lowered: str) -> tuple[list[int], list[bool]]:
@@ -929,6 +944,10 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         phrase = _PHRASE_OF_GROUP[match.lastindex - 1]
         key, value = _PHRASINGS[phrase]
+        if (scored := _WEIGHT_AND_SCORE_RE.match(lowered, match.end())) and scored.group(1) == "0":
+            if phrase not in _NOUN_OF:  # "Irregular streaks (1): 0": the grade denied, not the criterion
+                continue
+            value = "absent"  # "BWV (2): 0"
         next_mention = matches[n + 1].start() if n + 1 < len(matches) else len(lowered)
         if value not in ("absent", "present") and _another_grade_after(lowered, match.end(), next_mention):
             continue
@@ -980,7 +999,7 @@ _NOT_ASSESSED = re.compile(
     r"|per (?:the )?(?:gp|referrer|reports?)|incidental|another (?:spot|lesion|naevus|nevus|mole)|fhx|relatives?|twin'?s?"
     r"|seems? to|not confident|not convincing|cannot assess|can't assess|unable to assess|exclude|explained"
     r"|wondered|wonder|thought|told|read online|textbook|at the time|next time|next visit|asked by|see (?:the )?(?:clinic )?letter"
-    r"|not (?:yet )?verified|unverified|per (?:her|his|the) letters?|mum'?s?|mom'?s?|dad'?s?"
+    r"|not (?:yet )?verified|unverified|per (?:her|his|the) letters?|mum'?s?|mom'?s?|dad'?s?|whether|suggestion of|felt"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
     r")(?![\w-])|(?<=[\w-])like(?![\w-])|±|\(\s*\+/-\s*\)"
