@@ -308,6 +308,11 @@ _ABSENT = "absent"
     ("no PN, streaks, BWV or vessels", (("pigment_network", _ABSENT), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT),
                                         ("vascular_structures", _ABSENT))),
     ("no PN, streaks and BWV", (("pigment_network", _ABSENT), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # a structure the checklist does not name is an item too, and the list goes on past it (before: it ended the list,
+    # and the veil after it read PRESENT)
+    ("no blotches, BWV or streaks", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("No vascular structures, blotches, blue-whitish veil or streaks appreciated.",
+     (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT), ("vascular_structures", _ABSENT))),
     # other separators and nouns: "nor", "and", "pigm." (its "." is no sentence end), "dots and globules" (one noun)
     ("no streaks nor BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
     ("no streaks and BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),

@@ -631,6 +631,15 @@ _NEGATION_RE = re.compile(
 )
 
 
+# dermoscopic structures the checklist does not name (or names in words no training style writes), met as items of a
+# negated list
+_OTHER_STRUCTURE_RE = re.compile(
+    r"(?:(?:irregular|regular|structureless|dark|brown|black|blue|white|grey|gray)\s+)*(?:blotch(?:es)?|structureless areas?|ulcerations?"
+    r"|milia-?like cysts|comedo-?like openings|scales?|crystalline structures|shiny white (?:lines|structures)|pseudopods|peppering"
+    r"|granularity|blue-?grey (?:dots|ovoid nests)|ovoid nests|leaf-?like areas|spoke-?wheel areas|lacunae|pink areas|milky-?red areas"
+    r"|negative network|atypical vessels|polymorphous vessels|vascular blush|asymmetry|asymmetric pigmentation)(?![\w-])")
+
+
 def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, int, int]]]], set[int]]:
     """``(lists, governed)``: each negated list of ``lowered`` as ``(start, end, items)``, ``items`` its ``(key, start,
     end)`` nouns; ``governed`` the positions where "without" (or its list's "or" / "nor") is followed by a phrasing
@@ -645,6 +654,14 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
         pos = head.end()
         while True:
             noun = _NOUN_RE.match(lowered, pos) or _NOUN_BEFORE_SLASH_RE.match(lowered, pos)
+            if noun is None and (other := _OTHER_STRUCTURE_RE.match(lowered, pos)) and (sep := _LIST_SEP_RE.match(lowered, other.end())):
+                # a structure the checklist does not name, as an item of the list ("no vascular structures, blotches,
+                # BWV or streaks"; before: the list ended at "blotches" and the veil read PRESENT): skipped, the list goes on
+                conjunction = sep.group(1) or sep.group(2) or sep.group(3) or ""
+                if joined and conjunction:
+                    joined[-1] = conjunction
+                pos = sep.end()
+                continue
             if noun is None:
                 if head.group(1) != "no" and (not joined or joined[-1] in ("or", "nor", "/")):
                     governed.add(pos)
