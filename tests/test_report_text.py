@@ -272,6 +272,11 @@ def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_t
      "Lesion. Dermoscopy: atypical pigment network; irregular dots and globules; blue-whitish veil present."),
     ("Typical network; regular dots; no blue white veil", "Lesion. Dermoscopy: typical pigment network; regular dots and globules; no blue-whitish veil."),
     ("no streaks or blue-white veil", "Lesion. Dermoscopy: no streaks; no blue-whitish veil."),
+    # a regular network is the checklist's typical one, an irregular network its atypical one (CLINICAL_GRADE_SYNONYMS;
+    # before: neither read)
+    ("Regular pigment network, irregular streaks.", "Lesion. Dermoscopy: typical pigment network; irregular streaks."),
+    ("Network irregular; BWV.", "Lesion. Dermoscopy: atypical pigment network; blue-whitish veil present."),
+    ("Atypical PN. In 2020 this lesion had a delicate regular network.", "Lesion. Dermoscopy: atypical pigment network."),
     # a "+" between findings joins them (before: the finding before it was not read: "typical network + regular
     # globules" gave the globules only); "+/-", "+-" and "+?" after one still put it in doubt
     ("typical network + regular globules", "Lesion. Dermoscopy: typical pigment network; regular dots and globules."),

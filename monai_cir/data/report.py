@@ -524,6 +524,12 @@ CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
     "dots_and_globules": ("dots/globules", "dots & globules", "globules", "dots"),
     "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil"),
 }
+# ... and grades: a "regular" network is the checklist's typical one, an "irregular" network its atypical one (the
+# 7-point checklist's own definitions; clinicians write both). Read with every noun of the network, never a held-out
+# style's word
+CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "pigment_network": {"typical": ("regular", "reg."), "atypical": ("irregular", "irreg.")},
+}
 
 
 def _training_vocabulary() -> dict[str, tuple[str, ...]]:
@@ -555,7 +561,7 @@ def _phrasings() -> dict[str, tuple[str, str]]:
         for value in CRITERION_VALUES[key]:
             out[_criterion(value, phrase).lower()] = (key, value)
             grade = "blue and white areas" if value == "combinations" else value
-            grades = {grade} | grade_words.get(grade, set())
+            grades = {grade} | grade_words.get(grade, set()) | set(CLINICAL_GRADE_SYNONYMS.get(key, {}).get(value, ()))
             if " " in grade:  # "diffuse irregular" -> "diffuse irreg." too
                 head, tail = grade.rsplit(" ", 1)
                 grades |= {f"{head} {w}" for w in grade_words.get(tail, ())}
@@ -835,6 +841,7 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|(?:she|he|the patient|patient|pt) (?:was told|has read|read online)|(?:gp|referral) letter quotes"
     r"|your (?:letter|referral|dermoscopy description|description)\s+(?:described|describes|mentioned|mentions|said|says|noted|reported)"
     r"|(?:the\s+)?(?:consultant|first reader|other reader)\s+(?:felt|thought|said|reported|described)|comparison with (?:19|20)\d\d"
+    r"|in (?:19|20)\d\d,? (?:this|the) lesion (?:had|showed|was)"
     r"|(?:the\s+)?(?:referral|referrer|referring (?:gp|doctor|clinician|dermatologist)|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse"
     r"|student|ai tool|pathology request form)(?:'s)?"
     r"(?:\s+(?:letter|note|notes|report|text|comment))?\s*(?:said|says|stated|states|reported|reports|mentioned|mentions|described"
