@@ -955,12 +955,13 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     sentence_ends, heads = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)], list(_LIST_HEAD_RE.finditer(lowered))
     head_ends = [h.end() for h in heads]
     for denial in _NOUN_DENIED_RE.finditer(lowered):  # "BWV absent", "Streaks neg", "Vessels nil": the criterion absent
-        noun_end = denial.start() + len(denial.group(1))
-        line_start = lowered.rfind("\n", 0, denial.start()) + 1  # (a grade ending the line above is that line's)
-        if (any(a <= denial.start() < b for a, b in gathered) or _GRADE_BEFORE_RE.search(lowered, max(line_start, denial.start() - 30), denial.start())
-                or _NOT_ASSESSED.search(lowered, *_clause_bounds(lowered, denial.start(), noun_end)) or _questioned(lowered, denial.start(), denial.end())
-                or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start := _sentence_start(denial.start(), sentence_ends))
-                or _out_of_scope(lowered, sentence_start, denial.start(), _clause_bounds(lowered, denial.start(), noun_end)[1], "absent")):
+        start = denial.start()
+        clause_start, clause_end = _clause_bounds(lowered, start, start + len(denial.group(1)))
+        sentence_start = _sentence_start(start, sentence_ends)
+        line_start = lowered.rfind("\n", 0, start) + 1  # (a grade ending the line above is that line's)
+        if (any(a <= start < b for a, b in gathered) or _GRADE_BEFORE_RE.search(lowered, max(line_start, start - 30), start)
+                or _NOT_ASSESSED.search(lowered, clause_start, clause_end) or _questioned(lowered, start, denial.end())
+                or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start) or _out_of_scope(lowered, sentence_start, start, clause_end, "absent")):
             continue
         found.setdefault(_NOUN_OF[denial.group(1)], set()).add("absent")
     for n, match in enumerate(matches):
