@@ -135,6 +135,19 @@ def nested_ensemble(x_text: np.ndarray, x_sentence: np.ndarray, x_image: np.ndar
     return _row("image + text + sentence", "nested ensemble of classifier families", accuracy, picked_per_fold=picked)
 
 
+def derm7pt_query_inputs() -> tuple:
+    """Derm7pt's 260-px feature cache (built once), each case's committed fold, its class index and its
+    :func:`query_inputs`; torch on the 2 threads the benchmark's figures assume."""
+    import torch
+
+    from monai_cir.data import build_feature_cache, load_folds
+
+    torch.set_num_threads(2)
+    cache = build_feature_cache("derm7pt", 260)
+    folds = load_folds()
+    return cache, np.array([folds[r.case_id] for r in cache.records]), cache.labels.numpy(), query_inputs(cache)
+
+
 def dihedral_views(cache) -> np.ndarray:
     """Pooled L/M/H of every cached case's image under the 8 dihedral views, (N, 8, C): view 0 the image as cached, the
     others rotated by 90, 180, 270 degrees and each flipped; encoded anew by the cache's encoders (frozen, offline)."""
@@ -161,18 +174,9 @@ def dihedral_views(cache) -> np.ndarray:
 
 def dihedral_tta(argv: list[str] | None) -> None:
     """``--dihedral-tta``: the probes of the bound with 8-view test-time augmentation (module docstring)."""
-    import torch
-
-    from monai_cir.data import build_feature_cache, load_folds
-
     header = begin(__file__, "held-out accuracy of the query probes with 8-view dihedral test-time augmentation", argv)
     start = time.perf_counter()
-    torch.set_num_threads(2)
-    cache = build_feature_cache("derm7pt", 260)
-    folds = load_folds()
-    fold = np.array([folds[r.case_id] for r in cache.records])
-    y = cache.labels.numpy()
-    features = query_inputs(cache)
+    cache, fold, y, features = derm7pt_query_inputs()
     text = np.hstack([features["criteria"], features["sentence"]])
     views = dihedral_views(cache)
     drift = float(np.abs(views[:, 0] - features["image"]).max())  # view 0 against the cache (fp16 there)
@@ -209,20 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     if parser.parse_args(argv).dihedral_tta:
         dihedral_tta(argv)
         return
-    import torch
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from monai_cir.data import build_feature_cache, load_folds
+    from monai_cir.data import build_feature_cache
     from monai_cir.networks import create_model
 
     header = begin(__file__, "held-out accuracy of plain classifiers on the query inputs", argv)
     start = time.perf_counter()
-    torch.set_num_threads(2)
-    cache = build_feature_cache("derm7pt", 260)
-    folds = load_folds()
-    fold = np.array([folds[r.case_id] for r in cache.records])
-    y = cache.labels.numpy()
-    features = query_inputs(cache)
+    cache, fold, y, features = derm7pt_query_inputs()
     x_text, x_sentence, x_image = features["criteria"], features["sentence"], features["image"]
     lite0 = build_feature_cache("derm7pt", 260, net=create_model("efficientnet_lite0-minilm", pretrained=True, image_size=260), flipped=False)
     if [r.case_id for r in lite0.records] != [r.case_id for r in cache.records]:
