@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 import re
 import zlib
@@ -713,6 +714,14 @@ _TRAILING_DENIAL_RE = re.compile(
     r"|\s*(?:;|\.(?=\s))\s*(?:not (?:seen|present|observed|identified)|absent|none|nil|negative|no)\s*(?=[;.\n]|$)")
 # an empty check box before a mention: "[ ] BWV", "☐ BWV" (a ticked one, "[x] BWV", is read)
 _BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
+# a cross that marks a mention: before it where the text's marks lead their items, "✓ atypical PN ✓ irregular streaks ✗
+# BWV", after it where they follow them, "Blue-white veil ✗   Streaks ✗   Typical network ✓" (before: the veil read
+# PRESENT either way). A crossed noun reads absent, a crossed grade is not read (as "BWV (2): 0", "Irregular streaks (1): 0")
+_CROSS_BEFORE_RE = re.compile(r"[✗✘][ \t]*$")
+_CROSS_AFTER_RE = re.compile(r"[ \t]*[✗✘]")
+_MARK_RE = re.compile(r"[✓✔✗✘]")
+_CROSSED_NOUN_BEFORE_RE = re.compile(r"[✗✘][ \t]*(" + _ANY_NOUN + r")(?![\w-])")
+_CROSSED_NOUN_AFTER_RE = re.compile(r"(?<![\w/-])(?<!within )(" + _ANY_NOUN + r")[ \t]*[✗✘]")
 # "non" before a grade, on its line: "non typical PN" (before: read TYPICAL, the opposite of what a clinician means;
 # "non-typical PN", one word, was never read). Not across a line: "Ulceration: non" ("none") ends its line
 _NON_BEFORE_GRADE_RE = re.compile(r"(?<![\w-])non[ \t]+$")
@@ -737,7 +746,7 @@ _DANGLING_GRADE_RE = re.compile(
     r"(?<![\w-])(?:atypical|typical|irregular|regular|atyp\.|typ\.|irreg\.|reg\.)(?![\w-])"
     r"(?!\s*(?:" + _ANY_NOUN + r")(?![\w]))"  # ("irreg. streaks -": the streaks')
 )
-_SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)\.(?:\s|$)")
+_SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)(?<!dr [a-z])(?<!dr\. [a-z])\.(?:\s|$)")  # ("Dr K. described")
 
 
 # a value word after a noun: it is stated, not bare ("BWV present - ?melanoma", "BWV: seen", "BWV +")
@@ -821,7 +830,7 @@ _LESION_LABEL_RE = re.compile(
 # is a filled form, and "Criteria are met: ..." states them)
 _CHECKLIST_SENTENCE_RE = re.compile(
     r"\s*(?:[-*•][ \t]*)?(?:the\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list|check-?list)"
-    r"\s+(?:includes|comprises|consists of|covers|lists)(?![\w-])(?!\s*:)")
+    r"\s+(?:includes|comprises|consists of|covers|lists|gives|assigns|awards|scores|weights)(?![\w-])(?!\s*:)")
 # ... and one that puts what follows in the past or in another's words at its start: "At that time dermoscopy showed
 # irregular globules.", "Dermoscopy at baseline (2020): typical network, regular globules.", "Original lesion had regular
 # globules.", "Hx: MM excised 2017 (BWV, atypical network)", "Previous dermoscopy (2024): PN atypical, BWV present",
@@ -829,8 +838,17 @@ _CHECKLIST_SENTENCE_RE = re.compile(
 # the clause's own words only, so every item after the first comma was read as today's). Up to a word of today, "now",
 # "today", "currently": "Previously typical network, now atypical network" reads the atypical one
 _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
-    r"\s*(?:[-*•][ \t]*)?(?:(?:dermoscopy|dermatoscopy|the lesion|this lesion|it)\s+)?"
-    r"(?:at that time|at the time|initially|originally|(?:the\s+)?original(?:\s+lesion)?|(?:at|on)\s+baseline|baseline\s*:"
+    # after a short header of its own ("NP: Patient's previous dermoscopy ...", "Second opinion: Dr K. described ...")
+    r"\s*(?:[-*•][ \t]*)?(?:[a-z][a-z ]{0,24}:\s*)?(?:(?:dermoscopy|dermatoscopy|the lesion|this lesion|it)\s+)?"
+    # an earlier visit, dated or not: "At that visit dermoscopy showed ...", "Last visit the 7-point score was 4 (...)",
+    # "Seen 14/03/2026: ... had a typical network", "During pregnancy (Feb 2026) the naevus had ..."
+    r"(?:at that visit|(?:at |on )?(?:the |her |his )?(?:last|previous|prior) visit|during pregnancy|seen\s+(?:on\s+)?\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}"
+    # another's reading: "Patient's previous dermoscopy (2025, Dr Chen) documented ...", "Findings (trainee, Dr A. Kowalski): ...",
+    # "Summary of the first report: ...", "Dr K. described regular globules.", "Reader A said hairpin vessels"
+    r"|(?:patient|pt)'?s previous|(?:her|his|their) previous|findings\s*\(\s*(?:trainee|registrar|resident|(?:medical\s+)?student)"
+    r"|summary of (?:the )?(?:first|previous|original|external|other|referral) (?:report|reading|opinion)"
+    r"|(?:dr\.?\s+[a-z]+\.?|reader\s+[a-z0-9])\s+(?:described|said|says|reported|wrote|noted|thought|felt|documented)"
+    r"|at that time|at the time|initially|originally|(?:the\s+)?original(?:\s+lesion)?|(?:at|on)\s+baseline|baseline\s*:"
     r"|(?:at|on)\s+(?:the\s+)?(?:first|initial|last)\s+(?:visit|review|dermoscopy|examination)|last time|in the past"
     r"|(?:hx|history)\s*[:-]|(?:the\s+)?excised lesion|previous(?:ly)?|earlier dermoscopy|old notes|past\s*:|last year"
     r"|pre-?op(?:erative)? dermoscopy|findings from|since excision|excised in|before one year|years ago|fhx|fh\s*:"
@@ -851,6 +869,9 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
 _TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|this time|on review today)(?![\w-])")
 # a plan that runs to its sentence's end: "SDDI in 3/12 - look for asymmetric enlargement, new irregular dots or an
 # atypical network" (before: the clause's own words only, so the dots and the network were read as seen)
+# ... or, earlier in its sentence, a time it had them: "Known naevus, first seen in 2024 when it had dotted vessels and a
+# few irregular globules." (up to a word of today after it)
+_PAST_BEFORE_RE = re.compile(r"(?<![\w-])(?:when|where|at which time)\s+(?:it|the lesion|this lesion|the na?evus|the mole)\s+(?:had|showed|was|displayed)(?![\w-])")
 _PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|assess|re-?assess|evaluate|re-?image)\s+for(?![\w-])"
                              r"|(?<![\w-])(?:criteria for (?:excision|referral|biopsy)|document presence|record all|recognise any|recognize any)(?![\w-])"
                              r"|(?<![\w-])to (?:exclude|rule out)(?![\w-])")
@@ -863,7 +884,12 @@ _NO_IMAGE_TODAY_RE = re.compile(
     r"|nothing (?:was )?imaged|nothing to image|no lesion (?:was )?imaged|not imaged today|no images? (?:to review|received)|awaiting (?:dermoscopic )?images"
     r"|no imaging|awaiting dermoscopy|no new imaging|dermoscopy was not possible|not (?:yet )?re-?examined|not yet imaged"
     r"|to be imaged|did not attend (?:for )?imaging|could not look|haven't re-examined|have not (?:performed dermoscopy|examined it)"
-    r"|unfilled|not completed|to be completed|did not complete|please disregard)(?![\w-])")
+    r"|unfilled|not completed|to be completed|did not complete|please disregard"
+    # ... or that nobody looked at this patient's images ("I did not review the images myself", "the panel has not seen the
+    # images"), or that it is teaching, not a patient's note ("for education only", "no patient data", a leaflet, a tutorial)
+    r"|no (?:patient )?lesions? (?:was |were )?imaged|ds not done|(?:did not|have not|has not|haven't|hasn't) (?:review(?:ed)?|seen|looked at) the images"
+    r"|for (?:education|teaching)(?:al purposes)? only|no patient data|patient information leaflet|dermoscopy tutorial|teaching session"
+    r"|teaching bullets)(?![\w-])")
 
 
 # another lesion, named as not imaged earlier in the sentence: "1) central chest (not imaged): focal irregular blotch, irregular
@@ -876,6 +902,8 @@ def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int
     (:data:`_PAST_OR_REPORTED_SENTENCE_RE` with no word of today up to the mention's clause end ``clause_end``), gives it
     to a lesion not imaged (:data:`_NOT_IMAGED_BEFORE_RE`) or to a plan (:data:`_PLAN_BEFORE_RE`, a present or graded one)."""
     if _PAST_OR_REPORTED_SENTENCE_RE.match(lowered, sentence_start) and not _TODAY_RE.search(lowered, sentence_start, clause_end):
+        return True
+    if (past := _PAST_BEFORE_RE.search(lowered, sentence_start, start)) and not _TODAY_RE.search(lowered, past.end(), clause_end):
         return True
     if _NOT_IMAGED_BEFORE_RE.search(lowered, sentence_start, start):
         return True
@@ -892,7 +920,7 @@ _NEGATIVES_DASH_SENTENCE_RE = re.compile(
 # a bare noun a denial word follows, alone in its clause: "BWV absent", "Streaks neg.", "Vessels nil", "Streaks      absent" (a
 # table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
 # absent") denies the grade, not the criterion, and is not read
-_NOUN_DENIED_RE = re.compile(r"(?<![\w/-])(" + _ANY_NOUN + r")[ \t]*:?[ \t]*(?:absent|abs|not seen|not present|not observed|not identified"
+_NOUN_DENIED_RE = re.compile(r"(?<![\w/-])(?<!within )(" + _ANY_NOUN + r")[ \t]*:?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
                              r"|none|nil|neg|negative|-ve)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
@@ -904,7 +932,16 @@ _WEIGHT_AND_SCORE_RE = re.compile(r"[ \t]*\(\s*[0-9]\s*(?:pts?|points?)?\s*\)[ \
 
 # a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."
 _META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch|key|abbreviations?|checklist items"
-                             r"|differential|ddx|to do|plan|reminders? to (?:trainees|students|residents)|protocol reminder|governance|audit|next steps|uncertain)(?![\w-])")
+                             r"|differential|ddx|to do|plan|reminders? to (?:trainees|students|residents)|protocol reminder|governance|audit|next steps|uncertain"
+                             r"|action points?)(?![\w-])")
+
+
+# words in quotation marks are another's, not the writer's reading: "the nurse's note says 'hairpin vessels'", "you wrote
+# that the lesion has 'blue-white veil and atypical network'. I agree with the atypical network", "'localized irregular
+# pigmentation' per first reader" (before: read as today's). An apostrophe inside a word ("patient's") opens none
+# (a quote the writer agrees with before it, in its sentence, is read: "agree with your assessment of 'typical network'")
+_AGREED_BEFORE_RE = re.compile(r"(?<![\w-])(?:i|we)\s+(?:\w+\s+)?(?:agree|concur|confirm)(?![\w-])|(?<![\w-])agree(?:d|s)? with(?![\w-])")
+_QUOTED_RE = re.compile(r"(?:(?<=[\s(\[:,;=-])|^)['\"‘“](?=\S)[^'\"‘’“”\n]{1,200}?(?<=\S)['\"’”](?=[\s.,;:)\]!?-]|$)")
 
 
 def _sections(lowered: str) -> tuple[list[int], list[bool]]:
@@ -941,21 +978,30 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     if _NO_IMAGE_TODAY_RE.search(lowered):
         return ()
     found: dict[str, set[str]] = {}
-    gathered = []  # the spans of negated lists: their nouns are absent, not bare mentions of present findings
+    sentence_ends = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)]
+    quoted = [m.span() for m in _QUOTED_RE.finditer(lowered)  # another's words, unless agreed with: nothing in them is read
+              if not _AGREED_BEFORE_RE.search(lowered, _sentence_start(m.start(), sentence_ends), m.start())]
+    gathered = list(quoted)  # ... and the spans of negated lists: their nouns are absent, not bare mentions of present findings
     lists, governed = _negated_lists(lowered)
     for start, end, items in lists:
         gathered.append((start, end))
+        if any(a <= start < b for a, b in quoted):
+            continue
         for i, (key, a, b) in enumerate(items):
             # the item up to the next one (the last: to its clause's end): "without streaks or PN unclear" drops PN only
             upto = items[i + 1][1] if i + 1 < len(items) else _clause_bounds(lowered, a, b)[1]
             if not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b):
                 found.setdefault(key, set()).add("absent")
     matches = list(_PHRASE_RE.finditer(lowered))
+    mark = _MARK_RE.search(lowered)  # check marks: do they lead their items or follow them (the first mark before any mention)?
+    first_noun = _NOUN_RE.search(lowered) if mark is not None else None
+    marks_lead = first_noun is not None and mark.start() < min(first_noun.start(), matches[0].start() if matches else len(lowered))
     sections = _sections(lowered)
-    sentence_ends, heads = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)], list(_LIST_HEAD_RE.finditer(lowered))
+    heads = list(_LIST_HEAD_RE.finditer(lowered))
     head_ends = [h.end() for h in heads]
-    for denial in _NOUN_DENIED_RE.finditer(lowered):  # "BWV absent", "Streaks neg", "Vessels nil": the criterion absent
-        start = denial.start()
+    crossed = () if mark is None else (_CROSSED_NOUN_BEFORE_RE if marks_lead else _CROSSED_NOUN_AFTER_RE).finditer(lowered)
+    for denial in itertools.chain(_NOUN_DENIED_RE.finditer(lowered), crossed):  # "BWV absent", "Streaks neg", "Vessels nil", "✗ BWV": absent
+        start = denial.start(1)
         clause_start, clause_end = _clause_bounds(lowered, start, start + len(denial.group(1)))
         sentence_start = _sentence_start(start, sentence_ends)
         line_start = lowered.rfind("\n", 0, start) + 1  # (a grade ending the line above is that line's)
@@ -973,6 +1019,9 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             if phrase not in _NOUN_OF:  # "Irregular streaks (1): 0": the grade denied, not the criterion
                 continue
             value = "absent"  # "BWV (2): 0"
+        if mark is not None and value != "absent" and (_CROSS_BEFORE_RE.search(lowered, max(0, match.start() - 6), match.start()) if marks_lead
+                                                       else _CROSS_AFTER_RE.match(lowered, match.end())):
+            continue  # "✗ BWV" (read absent with the denied nouns), "✗ irregular streaks" (the grade denied, not the criterion)
         next_mention = matches[n + 1].start() if n + 1 < len(matches) else len(lowered)
         if value not in ("absent", "present") and _another_grade_after(lowered, match.end(), next_mention):
             continue
@@ -1005,7 +1054,7 @@ _NOT_ASSESSED = re.compile(
     r"|can't be (?:excluded|ruled out)|not (?:be )?(?:excluded|ruled out)"
     # a hedge: "maybe BWV", "BWV vs regression", "pseudo BWV", "BWV-like area", "BWV ±"
     r"|maybe|may be|perhaps|could|might|represents?|hint of|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed"
-    r"|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure"
+    r"|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure|looks? like"
     r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
     r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for|should|would|re-?image for|review for"
