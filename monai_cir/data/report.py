@@ -522,6 +522,7 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 # still measures the fallback to the image.
 CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
     "pigment_network": ("network", "pigmented network"),
+    "vascular_structures": ("vv",),  # ("dotted vv", "arb vv -": clinicians' shorthand for vessels)
     "dots_and_globules": ("dots/globules", "dots & globules", "globules", "dots"),
     "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil"),
 }
@@ -546,6 +547,12 @@ def _training_vocabulary() -> dict[str, tuple[str, ...]]:
     return {key: tuple(sorted(nouns)) for key, nouns in vocabulary.items()}
 
 
+# graded findings as clinicians write them with the training styles' nouns and grades, read but never written in
+# training: "Network - atypical", "the network is atypical", "globules are regular" (before: not read). No held-out
+# style writes a training noun, so the `reworded` form still reads nothing
+READER_GRADED_PATTERNS = ("{name} - {grade}", "{name} is {grade}", "{name} are {grade}")
+
+
 def _phrasings() -> dict[str, tuple[str, str]]:
     """Every way a training text writes one (criterion, value) pair, lower case -> ``(key, value)``: the
     template's phrase (:func:`_criterion`) and each :data:`TRAINING_STYLES` style's patterns, with every noun
@@ -566,6 +573,7 @@ def _phrasings() -> dict[str, tuple[str, str]]:
             if " " in grade:  # "diffuse irregular" -> "diffuse irreg." too
                 head, tail = grade.rsplit(" ", 1)
                 grades |= {f"{head} {w}" for w in grade_words.get(tail, ())}
+            grades |= {g[:-1] for g in grades if g.endswith(".") and " " not in g}  # "typ PN", "D/G reg": the abbreviation without its period
             for noun in nouns[key]:
                 for absent, present, graded, qualified in patterns:
                     if value == "absent":
@@ -576,6 +584,8 @@ def _phrasings() -> dict[str, tuple[str, str]]:
                         for g in grades:
                             out[graded.format(name=noun, grade=g).lower()] = (key, value)
                             out[qualified.format(name=noun, grade=g).lower()] = (key, value)
+                            for written in READER_GRADED_PATTERNS:
+                                out[written.format(name=noun, grade=g).lower()] = (key, value)
     return out
 
 
@@ -592,8 +602,30 @@ def _phrase_pattern(phrase: str) -> str:
 
 _PHRASINGS = _phrasings()
 # one alternation, longest phrasing first, behind one word-start check (tried once per position, not per phrasing)
-_PHRASE_RE = re.compile(r"(?<![\w/-])(?=[\w/])(?:" + "|".join(f"({_phrase_pattern(p)})" for p in sorted(_PHRASINGS, key=len, reverse=True)) + ")")
-_PHRASE_OF_GROUP = sorted(_PHRASINGS, key=len, reverse=True)
+
+
+def _phrase_alternation(phrases: Sequence[str]) -> tuple[str, list[str]]:
+    """One alternation of ``phrases`` (longest first), a capture group per phrase, factored by the phrase's first word:
+    "bwv(?:(\\s+present)|(...)|())": a word start tries each first word once, not each of the ~1,200 phrasings
+    (four times faster). Returns the pattern and the phrases in the order of their groups."""
+    buckets: dict[str, list[str]] = {}
+    for phrase in phrases:  # (dicts keep the order: a first word's bucket stands where its longest phrase did)
+        buckets.setdefault(phrase.split(" ")[0], []).append(phrase)
+    branches, order = [], []
+    for first, members in buckets.items():
+        head = re.escape(first)
+        rests = []
+        for phrase in members:
+            pattern = _phrase_pattern(phrase)
+            assert pattern.startswith(head), (phrase, pattern)
+            rests.append(f"({pattern[len(head):]})")
+            order.append(phrase)
+        branches.append(head + "(?:" + "|".join(rests) + ")")
+    return "(?:" + "|".join(branches) + ")", order
+
+
+_PHRASE_ALTERNATION, _PHRASE_OF_GROUP = _phrase_alternation(sorted(_PHRASINGS, key=len, reverse=True))
+_PHRASE_RE = re.compile(r"(?<![\w/-])(?=[\w/])" + _PHRASE_ALTERNATION)
 # A negated list: prose gathers the absent findings after "without" ("without streaks, BWV or vessels"), and a clinician
 # writes "no streaks or BWV", "no PN, streaks or BWV", "no streaks nor BWV". Its items are the training nouns (any of
 # them: "BWV" as "blue-whitish veil"), each bare: where a longer phrasing starts at an item ("BWV +", "BWV present",
@@ -634,7 +666,7 @@ _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/
 _NEGATION_RE = re.compile(
     r"(?<![\w-])(?:no|not|none|nil|absent|absence|negatives?|neg|loss of|resolution of|disappearance of|lacks?|lacking|missing"
     r"|free of|nor|neither|excluded|ruled out|never|denied|devoid|unseen|non-?existent|invisible|undetectable|hardly|barely"
-    r"|w/o|ø|\w+n't)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
+    r"|w/o|ø|⊖|\w+n't)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
 )
 
 
@@ -702,11 +734,12 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
 
 
 # what denies a present or graded mention right after it, or leaves it blank: "BWV (-)", "BWV, absent", "BWV 0",
-# "BWV N", "BWV ±", a template's "BWV Y/N", "BWV: ___", "BWV [ ]", "BWV:" at a line's end (before: each read PRESENT)
+# "BWV N", "BWV ±", a template's "BWV Y/N", "BWV: ___", "BWV [ ]", "BWV:" at a line's end (before: each read PRESENT),
+# also where a wide gap, not a stop, ends it: a form's row "BWV [ ]   irreg streaks [ ]"
 _TRAILING_DENIAL_RE = re.compile(
-    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|abs|not (?:seen|present|observed|identified)|x|✗|✘|ø"
+    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|abs|not (?:seen|present|observed|identified)|x|✗|✘|ø|⊖"
     r"|nd|nad|wnl|ve-"
-    r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?\s*(?=[;,.\n|]|$)|\s*:\s*(?=\n|$)"
+    r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?(?:\s*(?=[;,.\n|]|$)|[ \t]{2,})|\s*:\s*(?=\n|$)"
     # a yes / no field answered no or left blank: "BWV Y/N: N", "BWV (Y/N): no", "BWV (y/n) - n", "BWV Y/N:"; "BWV non present"
     r"|\s*\(?\s*(?:y/n|yes/no)\s*\)?\s*(?:[:-]\s*(?:n|no)?)?\s*(?=[;,.\n|]|$)|\s+non[ -]?present(?![\w-])"
     # a clause or sentence of its own that is a denial word alone: "BWV; not seen", "atypical PN. Absent." ("BWV. N.B. ...",
@@ -720,6 +753,8 @@ _BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
 _CROSS_BEFORE_RE = re.compile(r"[✗✘][ \t]*$")
 _CROSS_AFTER_RE = re.compile(r"[ \t]*[✗✘]")
 _MARK_RE = re.compile(r"[✓✔✗✘]")
+# the empty-set sign or a circled minus before a noun: "Ø BWV", "⊖ streaks" (after it: :data:`_NOUN_DENIED_RE`)
+_SIGN_DENIED_BEFORE_RE = re.compile(r"(?<![\w])[ø⊖][ \t]*(" + _ANY_NOUN + r")(?![\w-])")
 _CROSSED_NOUN_BEFORE_RE = re.compile(r"[✗✘][ \t]*(" + _ANY_NOUN + r")(?![\w-])")
 _CROSSED_NOUN_AFTER_RE = re.compile(r"(?<![\w/-])(?<!within )(" + _ANY_NOUN + r")[ \t]*[✗✘]")
 # "non" before a grade, on its line: "non typical PN" (before: read TYPICAL, the opposite of what a clinician means;
@@ -746,6 +781,10 @@ _DANGLING_GRADE_RE = re.compile(
     r"(?<![\w-])(?:atypical|typical|irregular|regular|atyp\.|typ\.|irreg\.|reg\.)(?![\w-])"
     r"(?!\s*(?:" + _ANY_NOUN + r")(?![\w]))"  # ("irreg. streaks -": the streaks')
 )
+# the criteria whose grades are (a)typical or (ir)regular: a second such word after one of their mentions is a second
+# grade ("PN: typical, focally atypical"), after a vessel or regression pattern it is not ("dotted vessels (regular
+# distribution)": before, not read)
+_TWO_GRADES_CRITERIA = frozenset({"pigment_network", "streaks", "pigmentation", "dots_and_globules"})
 _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)(?<!dr [a-z])(?<!dr\. [a-z])\.(?:\s|$)")  # ("Dr K. described")
 
 
@@ -790,7 +829,8 @@ def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list
 
 def _another_grade_after(lowered: str, end: int, next_mention: int) -> bool:
     """Whether another grade word follows a graded mention ending at ``end``, on its own (before ``next_mention``,
-    the next phrasing's start, and the sentence's end): the text gives the criterion two grades."""
+    the next phrasing's start, and the sentence's end): the text gives the criterion two grades (a criterion graded
+    typical / regular: see :data:`_TWO_GRADES_CRITERIA`)."""
     stop = _SENTENCE_END_RE.search(lowered, end, next_mention)
     limit = stop.start() if stop else next_mention
     grade = _DANGLING_GRADE_RE.search(lowered, end, limit + 40)  # (past the limit: the noun after a grade is looked at)
@@ -854,7 +894,7 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|pre-?op(?:erative)? dermoscopy|findings from|since excision|excised in|before one year|years ago|fhx|fh\s*:"
     # a note copied forward, an earlier state, a trainee's or another's reading: "[Copied from 12/03]: ...", "Was: BWV
     # present", "Had regular streaks at age 9", "Registrar: BWV present", "Medical student recorded 'BWV'"
-    r"|[\[(<]*\s*cop(?:ied|y)(?:[ -]forward| fwd| forward)?|(?:was|then|prev)\s*:|had|before excision|training note"
+    r"|[\[(<]*\s*cop(?:ied|y)(?:[ -]forward| fwd| forward)?|(?:was|then|prev)\s*:|had|before excision|training note|teaching note"
     r"|(?:the\s+)?(?:registrar|reg|spr|trainee|(?:medical\s+)?student)(?:'s)?(?:\s+(?:note|draft))?\s*(?::|recorded|says|said|wrote|noted)"
     r"|(?:she|he|the patient|patient|pt) (?:was told|has read|read online)|(?:gp|referral) letter quotes"
     r"|your (?:letter|referral|dermoscopy description|description)\s+(?:described|describes|mentioned|mentions|said|says|noted|reported)"
@@ -921,7 +961,7 @@ _NEGATIVES_DASH_SENTENCE_RE = re.compile(
 # table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
 # absent") denies the grade, not the criterion, and is not read
 _NOUN_DENIED_RE = re.compile(r"(?<![\w/-])(?<!within )(" + _ANY_NOUN + r")[ \t]*:?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
-                             r"|none|nil|neg|negative|-ve)(?=[ \t]*(?:[;,.\n|)(]|$))")
+                             r"|none|nil|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
 # a 7-point checklist item's weight and score after its name: "BWV (2): 0", "Atypical pigment network (2): 2 - thickened
@@ -1000,7 +1040,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     heads = list(_LIST_HEAD_RE.finditer(lowered))
     head_ends = [h.end() for h in heads]
     crossed = () if mark is None else (_CROSSED_NOUN_BEFORE_RE if marks_lead else _CROSSED_NOUN_AFTER_RE).finditer(lowered)
-    for denial in itertools.chain(_NOUN_DENIED_RE.finditer(lowered), crossed):  # "BWV absent", "Streaks neg", "Vessels nil", "✗ BWV": absent
+    for denial in itertools.chain(_NOUN_DENIED_RE.finditer(lowered), _SIGN_DENIED_BEFORE_RE.finditer(lowered), crossed):  # "BWV absent", "Streaks neg", "Vessels nil", "✗ BWV": absent
         start = denial.start(1)
         clause_start, clause_end = _clause_bounds(lowered, start, start + len(denial.group(1)))
         sentence_start = _sentence_start(start, sentence_ends)
@@ -1023,7 +1063,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
                                                        else _CROSS_AFTER_RE.match(lowered, match.end())):
             continue  # "✗ BWV" (read absent with the denied nouns), "✗ irregular streaks" (the grade denied, not the criterion)
         next_mention = matches[n + 1].start() if n + 1 < len(matches) else len(lowered)
-        if value not in ("absent", "present") and _another_grade_after(lowered, match.end(), next_mention):
+        if key in _TWO_GRADES_CRITERIA and value not in ("absent", "present") and _another_grade_after(lowered, match.end(), next_mention):
             continue
         if value != "absent" and (stated := _STATED_VALUE_RE.match(lowered, match.end())) and not _PRESENT_VALUE_RE.match(lowered, stated.end()):
             continue
@@ -1103,9 +1143,9 @@ def _questioned(lowered: str, start: int, end: int) -> bool:
 
 # a present or graded phrasing with a value after a colon ("BWV: 0", "atyp. PN: ?", "irregular streaks: -"): the
 # value says what it is, and only "yes" / "present" / "seen" / "+" confirm it (before: "BWV: 0", "BWV: -ve" read
-# PRESENT; a value training writes, "BWV: present", is a phrasing of its own)
+# PRESENT; a value training writes, "BWV: present", is a phrasing of its own; a checklist's score, 1 or 2, states it)
 _STATED_VALUE_RE = re.compile(r"\s*[:=]\s*(?=[^\s;,.])")
-_PRESENT_VALUE_RE = re.compile(r"(?:yes|y|present|seen|\+)\s*(?=[;,.)\n]|$)")
+_PRESENT_VALUE_RE = re.compile(r"(?:yes|y|present|seen|\+|[12])\s*(?=[;,.)\n]|$)")  # (a checklist's score: "BWV: 2", "Irregular streaks: 1")
 # the clause a mention belongs to: up to ';', ',', a line end, or a sentence's '. ' (not "pigm. ", an abbreviation)
 _CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)(?<!prev)(?<!poss)(?<!prob)\.(?:\s|$)")  # "prev. BWV", "poss. BWV" are one clause
 
