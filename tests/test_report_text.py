@@ -729,6 +729,14 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("Vessels: none seen", (("vascular_structures", _ABSENT),)),
     ("Ø BWV, PN ⊖", (("pigment_network", _ABSENT), ("blue_whitish_veil", _ABSENT))),
     ("Derm: dotted vv +", (("vascular_structures", "dotted"),)),
+    # regression's colours in the words clinicians use; both colours are the checklist's combinations
+    ("White scar-like areas centrally; blue-grey peppering at the edge.", (("regression_structures", "combinations"),)),
+    ("White areas of regression; atypical network.", (("pigment_network", "atypical"), ("regression_structures", "white areas"))),
+    ("Regression - blue + white", (("regression_structures", "combinations"),)),
+    ("Vessels within regression, white scar-like area.", (("regression_structures", "white areas"), ("vascular_structures", "within regression"))),
+    ("No white scar-like areas.", ()),
+    ("The lower lesion has peppering.", ()),  # (peppering alone is not read: another lesion's, as often as not)
+    ("Blue-grey peppering; white structureless areas.", ()),  # (the other colour in words not read: maybe both)
     # ... and what stays unread: a teaching note, a blank form's row (before: the veil read PRESENT), two grades
     ("Teaching note: wreath vessels are typical of sebaceous hyperplasia.", ()),
     ("BWV [ ]   irreg streaks [ ]", ()),
@@ -775,7 +783,7 @@ def test_text_use_notice_names_the_findings_read_and_the_weight():
     """The clinician who wrote five findings and sees one read knows the other four were not."""
     from monai_cir.data.report import recognised_findings, text_use_notice
 
-    text = "Dermoscopy: atypical pigment network; radial streaming; scar-like depigmentation; blue-grey veil-like area"
+    text = "Dermoscopy: atypical pigment network; radial streaming; regressive areas; blue-grey veil-like area"
     findings = recognised_findings(text)
     assert findings == ("pigment_network",)
     partial = text_use_notice(0.2, findings)

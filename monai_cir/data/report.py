@@ -531,6 +531,28 @@ CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
 # style's word
 CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
     "pigment_network": {"typical": ("regular", "reg."), "atypical": ("irregular", "irreg.")},
+    # regression's white scar-like areas and blue pepper-like granules, and both ("regression - blue + white")
+    "regression_structures": {"white areas": ("white scar-like areas",), "blue areas": ("blue peppering",),
+                              "combinations": ("white and blue areas", "blue + white", "white + blue", "blue and white", "white and blue")},
+}
+# regression's other colour in any words: where a text names it beside a reading of one colour, the regression may be
+# both (the combinations) and is not read
+_OTHER_REGRESSION_COLOUR_RE = {
+    "blue areas": re.compile(r"scar|white(?:ish)? (?:area|structureless|depigment)|depigment|white\)"),
+    "white areas": re.compile(r"pep+er|granul|blue(?:ish)?(?:-gr[ae]y)? (?:area|granul)|gr[ae]y(?:-blue)? (?:area|granul|dots)|blue\)"),
+}
+# ... and whole phrasings that name no criterion noun: "white areas of regression", "blue-grey peppering" (read as their
+# criterion's value; denied or doubted like any other). White and blue areas both read make regression's combinations
+CLINICAL_PHRASINGS: dict[str, tuple[str, str]] = {
+    **{p: ("regression_structures", "white areas") for p in (
+        "white areas of regression", "white regression areas", "white areas (regression)", "white scar-like areas", "white scar-like area",
+        "scar-like depigmentation", "white scar-like depigmentation")},
+    **{p: ("regression_structures", "blue areas") for p in (
+        "blue areas of regression", "blue regression areas", "blue areas (regression)", "blue peppering", "grey-blue peppering",
+        "blue-grey peppering", "gray-blue peppering", "blue-gray peppering")},  # (not "peppering" alone: "the other lesion has peppering")
+    **{p: ("regression_structures", "combinations") for p in (
+        "white and blue regression areas", "blue and white regression areas", "white and blue areas of regression",
+        "blue and white areas of regression")},
 }
 
 
@@ -586,7 +608,7 @@ def _phrasings() -> dict[str, tuple[str, str]]:
                             out[qualified.format(name=noun, grade=g).lower()] = (key, value)
                             for written in READER_GRADED_PATTERNS:
                                 out[written.format(name=noun, grade=g).lower()] = (key, value)
-    return out
+    return out | CLINICAL_PHRASINGS
 
 
 def _phrase_pattern(phrase: str) -> str:
@@ -1081,6 +1103,11 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
                                   or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
             continue
         found.setdefault(key, set()).add(value)
+    regression = found.get("regression_structures", set())
+    if regression - {"combinations"} == {"white areas", "blue areas"}:
+        found["regression_structures"] = {"combinations"}  # "white scar-like areas and blue peppering": both, the checklist's combinations
+    elif regression in ({"white areas"}, {"blue areas"}) and _OTHER_REGRESSION_COLOUR_RE[next(iter(regression))].search(lowered):
+        del found["regression_structures"]  # one colour read, the other named in words not read ("peppering + scar-like whitish areas")
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
 
 
@@ -1116,7 +1143,7 @@ _NOT_ASSESSED = re.compile(
     r"|not (?:yet )?verified|unverified|per (?:her|his|the) letters?|mum'?s?|mom'?s?|dad'?s?|whether|suggestion of|felt"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
-    r")(?![\w-])|(?<=[\w-])like(?![\w-])|±|\(\s*\+/-\s*\)"
+    r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)like(?![\w-])|±|\(\s*\+/-\s*\)"  # ("BWV-like"; "white scar-like areas" is a term)
 )
 # typographic dashes and the minus sign as the hyphen they stand for: a word processor writes "BWV –" for "BWV -"
 # (before: read PRESENT, the bare noun); one character each, so positions in the text are kept
