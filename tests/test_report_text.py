@@ -737,6 +737,16 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("No white scar-like areas.", ()),
     ("The lower lesion has peppering.", ()),  # (peppering alone is not read: another lesion's, as often as not)
     ("Blue-grey peppering; white structureless areas.", ()),  # (the other colour in words not read: maybe both)
+    # "veil" alone is the checklist's veil (not inside a longer noun: the held-out "bluish-white veil" stays unread);
+    # "arborising"; a list that a not-assessed word heads (before: its last bare noun read PRESENT)
+    ("No veil. Network typical.", (("pigment_network", "typical"), ("blue_whitish_veil", _ABSENT))),
+    ("Veil: none", (("blue_whitish_veil", _ABSENT),)),
+    ("bluish-white veil seen", ()),
+    ("Dermoscopy: arborising vessels.", (("vascular_structures", "arborizing"),)),
+    ("cannot assess network, streaks or BWV.", ()),
+    ("Image quality too poor to judge network, streaks or veil.", ()),
+    ("Compare 02/2026, where there was no veil.", ()),
+    ("Possible streaks, BWV present", (("blue_whitish_veil", "present"),)),
     # ... and what stays unread: a teaching note, a blank form's row (before: the veil read PRESENT), two grades
     ("Teaching note: wreath vessels are typical of sebaceous hyperplasia.", ()),
     ("BWV [ ]   irreg streaks [ ]", ()),

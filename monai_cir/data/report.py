@@ -532,6 +532,7 @@ CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
 CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
     "pigment_network": {"typical": ("regular", "reg."), "atypical": ("irregular", "irreg.")},
     # regression's white scar-like areas and blue pepper-like granules, and both ("regression - blue + white")
+    "vascular_structures": {"arborizing": ("arborising",)},  # (British spelling)
     "regression_structures": {"white areas": ("white scar-like areas",), "blue areas": ("blue peppering",),
                               "combinations": ("white and blue areas", "blue + white", "white + blue", "blue and white", "white and blue")},
 }
@@ -933,7 +934,7 @@ _TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|
 # atypical network" (before: the clause's own words only, so the dots and the network were read as seen)
 # ... or, earlier in its sentence, a time it had them: "Known naevus, first seen in 2024 when it had dotted vessels and a
 # few irregular globules." (up to a word of today after it)
-_PAST_BEFORE_RE = re.compile(r"(?<![\w-])(?:when|where|at which time)\s+(?:it|the lesion|this lesion|the na?evus|the mole)\s+(?:had|showed|was|displayed)(?![\w-])")
+_PAST_BEFORE_RE = re.compile(r"(?<![\w-])(?:when|where|at which time)\s+(?:it|the lesion|this lesion|the na?evus|the mole|there)\s+(?:had|showed|was|were|displayed)(?![\w-])")
 _PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|assess|re-?assess|evaluate|re-?image)\s+for(?![\w-])"
                              r"|(?<![\w-])(?:criteria for (?:excision|referral|biopsy)|document presence|record all|recognise any|recognize any)(?![\w-])"
                              r"|(?<![\w-])to (?:exclude|rule out)(?![\w-])")
@@ -1036,7 +1037,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     never read as a finding the text denies or doubts."""
     if describes_several_lesions(text):
         return ()
-    lowered = text.lower().translate(_DASHES)
+    lowered = _BARE_VEIL_RE.sub("bwv ", text.lower().translate(_DASHES))
     if _NO_IMAGE_TODAY_RE.search(lowered):
         return ()
     found: dict[str, set[str]] = {}
@@ -1099,6 +1100,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         if (_NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()) or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start)
                 or _out_of_scope(lowered, sentence_start, match.start(), end, value)):
             continue
+        if phrase in _NOUN_OF and value != "absent" and _not_assessed_list(lowered, sentence_start, match.start()):
+            continue
         if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed or _NEGATIVES_DASH_SENTENCE_RE.match(lowered, sentence_start)
                                   or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
             continue
@@ -1125,7 +1128,7 @@ _NOT_ASSESSED = re.compile(
     r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
     r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for|should|would|re-?image for|review for"
-    r"|to exclude|is there|are there|comment on|to assess|not reported|not recorded|see image|criterion"
+    r"|to exclude|is there|are there|comment on|to assess|to judge|not reported|not recorded|to be documented|see image|criterion|cannot decide|can't decide"
     r"|other (?:lesion|naevus|nevus|mole)s?"
     # the past, another lesion or person: "previous dermoscopy showed BWV", "BWV resolved", "mother's lesion had BWV"
     r"|previous|previously|prior|prev\.|h/o|hx|history|formerly|baseline|last visit|resolved|disappeared|faded|regressed"
@@ -1145,6 +1148,10 @@ _NOT_ASSESSED = re.compile(
     r"|score|points?|pts"
     r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)like(?![\w-])|±|\(\s*\+/-\s*\)"  # ("BWV-like"; "white scar-like areas" is a term)
 )
+# "veil" alone is the checklist's blue-whitish veil ("No veil.", "Veil: none"), read as "BWV" (same length, so positions
+# are kept). Not after a colour word, where it ends a longer noun ("blue-white veil"; the held-out "bluish-white veil"),
+# nor in "veil-like". (A noun of CLINICAL_SYNONYMS would match inside those longer nouns.)
+_BARE_VEIL_RE = re.compile(r"(?<![\w-])(?<!white )(?<!whitish )(?<!blue )(?<!bluish )(?<!grey )(?<!gray )veil(?![\w-])")
 # typographic dashes and the minus sign as the hyphen they stand for: a word processor writes "BWV –" for "BWV -"
 # (before: read PRESENT, the bare noun); one character each, so positions in the text are kept
 _DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d\u207b\u208b\u02d7"})
@@ -1159,6 +1166,20 @@ _DOUBT_AFTER_RE = re.compile(
     r"\s*[,;:]?\s*\(?\s*(?:possibly|probably|uncertain|equivocal|questionable|doubtful|unclear|not sure|tbc|to be confirmed"
     r"|unconfirmed|maybe|perhaps)\s*\)?\s*(?=[;,.)\n]|$)|\s*-?\s*like(?![\w-])|\s+or\s+(?:artefact|artifact|not)(?![\w-])"
 )
+
+
+# the nouns and separators of a list up to a mention: "network, streaks or " in "cannot assess network, streaks or BWV"
+_NOUN_LIST_TAIL_RE = re.compile(r"(?:[ \t]*(?:" + _ANY_NOUN + r")[ \t]*(?:,|/|or|and|nor)?)*[ \t]*")
+
+
+def _not_assessed_list(lowered: str, sentence_start: int, start: int) -> bool:
+    """Whether the bare noun at ``start`` is an item of a list that a not-assessed or doubting word heads in its sentence
+    ("image quality too poor to judge network, streaks or BWV", "cannot assess PN, BWV": before, the veil read PRESENT;
+    the clause of the last item holds only "streaks or BWV")."""
+    head = None
+    for head in _NOT_ASSESSED.finditer(lowered, sentence_start, start):
+        pass
+    return head is not None and _NOUN_LIST_TAIL_RE.fullmatch(lowered, head.end(), start) is not None
 
 
 def _questioned(lowered: str, start: int, end: int) -> bool:
