@@ -747,6 +747,20 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("Image quality too poor to judge network, streaks or veil.", ()),
     ("Compare 02/2026, where there was no veil.", ()),
     ("Possible streaks, BWV present", (("blue_whitish_veil", "present"),)),
+    # review h's (now tuned on): a copied block, dictated punctuation ("full stop", "colon"; not "comma": "comma vessels"), a
+    # two-cell table row (a row of more cells is not read), a trainee's findings a supervisor's heading corrects, a form's
+    # "[ ] 0", a partner's lesion, an explanation of the checklist
+    ("---- copied from note 12/01/2024 ----\nDermoscopy: typical network.\n---- end of copied text ----\nToday: atypical network.", (("pigment_network", "atypical"),)),
+    ("at that visit there were irregular streaks full stop today typical network full stop", (("pigment_network", "typical"),)),
+    ("pigment network colon atypical full stop", (("pigment_network", "atypical"),)),
+    ("| Pigment network | absent |\n| BWV | present |", (("pigment_network", _ABSENT), ("blue_whitish_veil", "present"),)),
+    ("| criterion | today | 2024 |\n| BWV | absent | present |", ()),
+    ("Fellow: arborizing vessels.\nConsultant: the vessels are dotted.", (("vascular_structures", "dotted"),)),
+    ("Training set annotation (not a patient visit): irregular streaks and BWV.", ()),
+    ("Score sheet:\nmajor - atypical network  [ ] 0\nmajor - BWV  [x] 2", (("blue_whitish_veil", "present"),)),
+    ("Partner himself had a naevus with atypical network. Patient: BWV present.", (("blue_whitish_veil", "present"),)),
+    ("I explained that the major criteria (atypical network, blue-white veil) score 2 each.", ()),
+    ("Some comma vessels full stop no network full stop", (("pigment_network", _ABSENT), ("vascular_structures", "comma"),)),
     # ... and what stays unread: a teaching note, a blank form's row (before: the veil read PRESENT), two grades
     ("Teaching note: wreath vessels are typical of sebaceous hyperplasia.", ()),
     ("BWV [ ]   irreg streaks [ ]", ()),

@@ -762,7 +762,7 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
 _TRAILING_DENIAL_RE = re.compile(
     r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|abs|not (?:seen|present|observed|identified)|x|✗|✘|ø|⊖"
     r"|nd|nad|wnl|ve-"
-    r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\]|☐|□|\(\s*\))\s*[)\]]?(?:\s*(?=[;,.\n|]|$)|[ \t]{2,})|\s*:\s*(?=\n|$)"
+    r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\](?:[ \t]*0(?![\d.]))?|☐|□|\(\s*\))\s*[)\]]?(?:\s*(?=[;,.\n|]|$)|[ \t]{2,})|\s*:\s*(?=\n|$)"
     # a yes / no field answered no or left blank: "BWV Y/N: N", "BWV (Y/N): no", "BWV (y/n) - n", "BWV Y/N:"; "BWV non present"
     r"|\s*\(?\s*(?:y/n|yes/no)\s*\)?\s*(?:[:-]\s*(?:n|no)?)?\s*(?=[;,.\n|]|$)|\s+non[ -]?present(?![\w-])"
     # a clause or sentence of its own that is a denial word alone: "BWV; not seen", "atypical PN. Absent." ("BWV. N.B. ...",
@@ -911,6 +911,7 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|(?:patient|pt)'?s previous|(?:her|his|their) previous|findings\s*\(\s*(?:trainee|registrar|resident|(?:medical\s+)?student)"
     r"|summary of (?:the )?(?:first|previous|original|external|other|referral) (?:report|reading|opinion)"
     r"|(?:dr\.?\s+[a-z]+\.?|reader\s+[a-z0-9])\s+(?:described|said|says|reported|wrote|noted|thought|felt|documented)"
+    r"|(?:i |we )?explained (?:that|what|to (?:her|him|them|the patient))"
     r"|at that time|at the time|initially|originally|(?:the\s+)?original(?:\s+lesion)?|(?:at|on)\s+baseline|baseline\s*:"
     r"|(?:at|on)\s+(?:the\s+)?(?:first|initial|last)\s+(?:visit|review|dermoscopy|examination)|last time|in the past"
     r"|(?:hx|history)\s*[:-]|(?:the\s+)?excised lesion|previous(?:ly)?|earlier dermoscopy|old notes|past\s*:|last year"
@@ -952,7 +953,7 @@ _NO_IMAGE_TODAY_RE = re.compile(
     # images"), or that it is teaching, not a patient's note ("for education only", "no patient data", a leaflet, a tutorial)
     r"|no (?:patient )?lesions? (?:was |were )?imaged|ds not done|(?:did not|have not|has not|haven't|hasn't) (?:review(?:ed)?|seen|looked at) the images"
     r"|for (?:education|teaching)(?:al purposes)? only|no patient data|patient information leaflet|dermoscopy tutorial|teaching session"
-    r"|teaching bullets)(?![\w-])")
+    r"|teaching bullets|not a patient visit|not filled in|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
 
 
 # another lesion, named as not imaged earlier in the sentence: "1) central chest (not imaged): focal irregular blotch, irregular
@@ -1007,6 +1008,34 @@ _AGREED_BEFORE_RE = re.compile(r"(?<![\w-])(?:i|we)\s+(?:\w+\s+)?(?:agree|concur
 _QUOTED_RE = re.compile(r"(?:(?<=[\s(\[:,;=-])|^)['\"‘“](?=\S)[^'\"‘’“”\n]{1,200}?(?<=\S)['\"’”](?=[\s.,;:)\]!?-]|$)")
 
 
+# a block of copied text between its markers: "---- copied from note 12/01/2024 ---- ... ---- end of copied text ----",
+# ">>> carried forward from 2023 letter >>> ... <<< end >>>", "== PASTED FROM OUTSIDE CLINIC LETTER == ... == END ==" (before:
+# its findings read as today's; a marker's own line alone was out of scope)
+_COPIED_BLOCK_RE = re.compile(r"(?m)^[ \t]*[-=<>#*\[]{2,}[^\n]*(?:copied|pasted|carried forward|copy)[^\n]*\n(?:.*\n)*?[ \t]*[-=<>#*\[]{2,}[^\n]*\bend\b[^\n]*$")
+# a trainee's findings that a supervisor's heading below corrects: "Resident note (Dr Lee, PGY2): ... / Attending addendum
+# (Dr Morales): ...", "Fellow: ... arborizing vessels. / Consultant: the vessels are crown vessels" (before: the trainee's
+# findings read beside the supervisor's, or against them). Up to the supervisor's heading; a trainee's reading alone
+# stays as :data:`_PAST_OR_REPORTED_SENTENCE_RE` reads it
+_TRAINEE_BLOCK_RE = re.compile(
+    r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:resident|trainee|registrar|fellow|(?:medical\s+)?student|spr|reg)(?![\w-])[^:\n]{0,60}:"
+    r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:attending|consultant|supervisor|senior)(?![\w-])[^:\n]{0,60}:)")
+# speech-to-text punctuation in a dictated text (one that says "full stop"): "full stop" ends a sentence, "colon" and "new
+# paragraph" are their signs (same length, so positions are kept). Not "comma": "comma vessels" is a finding
+_DICTATED_PUNCTUATION = {"full stop": ".", "colon": ":", "new paragraph": "\n"}
+_DICTATED_RE = re.compile(r"[ \t]?\b(full stop|colon|new paragraph)(?![\w-])")  # (with the space before it: "network colon" -> "network:")
+# a table row of two cells, "| Pigment network | atypical |": its cells are a name and its value (" | " read as " : ");
+# a row of more cells (today beside an earlier date, the imaged lesion beside another) is not read this way
+_TWO_CELL_ROW_RE = re.compile(r"(?m)^[ \t]*\|([^|\n]+)\|([^|\n]+)\|[ \t]*$")
+
+
+def _normalised(lowered: str) -> str:
+    """``lowered`` with dictated punctuation written as signs and two-cell table rows as "name : value", position for
+    position (a reading's positions stay the text's)."""
+    if "full stop" in lowered:
+        lowered = _DICTATED_RE.sub(lambda m: _DICTATED_PUNCTUATION[m.group(1)].ljust(len(m.group(0))), lowered)
+    return _TWO_CELL_ROW_RE.sub(lambda m: " " + m.group(1) + ":" + m.group(2) + " ", lowered)
+
+
 def _sections(lowered: str) -> tuple[list[int], list[bool]]:
     """The text's section headers ("Absent:", "Assessed:", "Findings:"): where each ends, and whether it negates its
     section or names criteria without stating them (read once per text)."""
@@ -1037,13 +1066,14 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     never read as a finding the text denies or doubts."""
     if describes_several_lesions(text):
         return ()
-    lowered = _BARE_VEIL_RE.sub("bwv ", text.lower().translate(_DASHES))
+    lowered = _normalised(_BARE_VEIL_RE.sub("bwv ", text.lower().translate(_DASHES)))
     if _NO_IMAGE_TODAY_RE.search(lowered):
         return ()
     found: dict[str, set[str]] = {}
     sentence_ends = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)]
     quoted = [m.span() for m in _QUOTED_RE.finditer(lowered)  # another's words, unless agreed with: nothing in them is read
               if not _AGREED_BEFORE_RE.search(lowered, _sentence_start(m.start(), sentence_ends), m.start())]
+    quoted += [m.span() for m in itertools.chain(_COPIED_BLOCK_RE.finditer(lowered), _TRAINEE_BLOCK_RE.finditer(lowered))]  # ... copied, corrected
     gathered = list(quoted)  # ... and the spans of negated lists: their nouns are absent, not bare mentions of present findings
     lists, governed = _negated_lists(lowered)
     for start, end, items in lists:
@@ -1136,7 +1166,7 @@ _NOT_ASSESSED = re.compile(
     # "referral" or "old images" also head today's findings: "Seen in 2026: BWV", "changed over the past year: atypical PN")
     r"|\(\s*old\s*\)|s/p|status post|pmh"
     r"|family|mother'?s?|father'?s?|sibling|adjacent|neighbou?ring|contralateral|satellite"
-    r"|(?:daughter|son|sister|brother|husband|wife|grandmother|grandfather|aunt|uncle|cousin)(?:'?s)?|next to (?:it|this|the)"
+    r"|(?:daughter|son|sister|brother|husband|wife|partner|grandmother|grandfather|aunt|uncle|cousin)(?:'?s)?|next to (?:it|this|the)"
     # the first visit's or the last review's findings: "Had irregular D/G at the first visit", "noted at last review"
     r"|(?:first|last) (?:visit|review)|initial dermoscopy|at that time|initially|originally"
     # another's word, another lesion, a hedge, a plan: "per the GP", "incidental lesion", "there seem to be", "exclude BWV"
