@@ -1025,7 +1025,7 @@ _DICTATED_PUNCTUATION = {"full stop": ".", "colon": ":", "new paragraph": "\n"}
 _DICTATED_RE = re.compile(r"[ \t]?\b(full stop|colon|new paragraph)(?![\w-])")  # (with the space before it: "network colon" -> "network:")
 # a table row of two cells, "| Pigment network | atypical |": its cells are a name and its value (" | " read as " : ");
 # a row of more cells (today beside an earlier date, the imaged lesion beside another) is not read this way
-_TWO_CELL_ROW_RE = re.compile(r"(?m)^[ \t]*\|([^|\n]+)\|([^|\n]+)\|[ \t]*$")
+_TWO_CELL_ROW_RE = re.compile(r"(?m)^([ \t]*)\|([^|\n]+)\|([^|\n]+)\|([ \t]*)$")
 
 
 def _normalised(lowered: str) -> str:
@@ -1033,7 +1033,7 @@ def _normalised(lowered: str) -> str:
     position (a reading's positions stay the text's)."""
     if "full stop" in lowered:
         lowered = _DICTATED_RE.sub(lambda m: _DICTATED_PUNCTUATION[m.group(1)].ljust(len(m.group(0))), lowered)
-    return _TWO_CELL_ROW_RE.sub(lambda m: " " + m.group(1) + ":" + m.group(2) + " ", lowered)
+    return _TWO_CELL_ROW_RE.sub(lambda m: m.group(1) + " " + m.group(2) + ":" + m.group(3) + " " + m.group(4), lowered)
 
 
 def _sections(lowered: str) -> tuple[list[int], list[bool]]:
