@@ -658,6 +658,8 @@ _PHRASE_RE = re.compile(r"(?<![\w/-])(?=[\w/])" + _PHRASE_ALTERNATION)
 _NOUN_OF = {noun: key for key, nouns in _training_vocabulary().items() for noun in nouns}
 _NOUN_OF_GROUP = sorted(_NOUN_OF, key=len, reverse=True)
 _ANY_NOUN = "|".join(re.escape(n) for n in _NOUN_OF_GROUP)  # any training noun, longest first (inside other patterns)
+# ... as a word of its own, group 1 (not "regression" in "vessels within regression")
+_BARE_NOUN = r"(?<![\w/-])(?<!within )(" + _ANY_NOUN + r")"
 _NOUN_RE = re.compile("|".join(f"({_phrase_pattern(n)})" for n in _NOUN_OF_GROUP))  # whole words, no sign after
 # a noun written close to the next with "/" ("streaks/BWV"; the groups in _NOUN_RE's order): the whole-word rule
 # above keeps "/" out of a bare noun, so that "D/G" is one noun and not "D" or "G"
@@ -779,7 +781,7 @@ _MARK_RE = re.compile(r"[✓✔✗✘]")
 # the empty-set sign or a circled minus before a noun: "Ø BWV", "⊖ streaks" (after it: :data:`_NOUN_DENIED_RE`)
 _SIGN_DENIED_BEFORE_RE = re.compile(r"(?<![\w])[ø⊖][ \t]*(" + _ANY_NOUN + r")(?![\w-])")
 _CROSSED_NOUN_BEFORE_RE = re.compile(r"[✗✘][ \t]*(" + _ANY_NOUN + r")(?![\w-])")
-_CROSSED_NOUN_AFTER_RE = re.compile(r"(?<![\w/-])(?<!within )(" + _ANY_NOUN + r")[ \t]*[✗✘]")
+_CROSSED_NOUN_AFTER_RE = re.compile(_BARE_NOUN + r"[ \t]*[✗✘]")
 # "non" before a grade, on its line: "non typical PN" (before: read TYPICAL, the opposite of what a clinician means;
 # "non-typical PN", one word, was never read). Not across a line: "Ulceration: non" ("none") ends its line
 _NON_BEFORE_GRADE_RE = re.compile(r"(?<![\w-])non[ \t]+$")
@@ -984,7 +986,7 @@ _NEGATIVES_DASH_SENTENCE_RE = re.compile(
 # a bare noun a denial word follows, alone in its clause: "BWV absent", "Streaks neg.", "Vessels nil", "Streaks      absent" (a
 # table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
 # absent") denies the grade, not the criterion, and is not read
-_NOUN_DENIED_RE = re.compile(r"(?<![\w/-])(?<!within )(" + _ANY_NOUN + r")[ \t]*:?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
+_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*:?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
                              r"|none|nil|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
@@ -1029,8 +1031,9 @@ _TWO_CELL_ROW_RE = re.compile(r"(?m)^([ \t]*)\|([^|\n]+)\|([^|\n]+)\|([ \t]*)$")
 
 
 def _normalised(lowered: str) -> str:
-    """``lowered`` with dictated punctuation written as signs and two-cell table rows as "name : value", position for
-    position (a reading's positions stay the text's)."""
+    """``lowered`` with a bare "veil" written "bwv ", dictated punctuation as signs and two-cell table rows as "name :
+    value", position for position (a reading's positions stay the text's)."""
+    lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
     if "full stop" in lowered:
         lowered = _DICTATED_RE.sub(lambda m: _DICTATED_PUNCTUATION[m.group(1)].ljust(len(m.group(0))), lowered)
     return _TWO_CELL_ROW_RE.sub(lambda m: m.group(1) + " " + m.group(2) + ":" + m.group(3) + " " + m.group(4), lowered)
@@ -1066,7 +1069,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     never read as a finding the text denies or doubts."""
     if describes_several_lesions(text):
         return ()
-    lowered = _normalised(_BARE_VEIL_RE.sub("bwv ", text.lower().translate(_DASHES)))
+    lowered = _normalised(text.lower().translate(_DASHES))
     if _NO_IMAGE_TODAY_RE.search(lowered):
         return ()
     found: dict[str, set[str]] = {}
