@@ -66,6 +66,47 @@ def test_scripted_encoders_reproduce_the_eager_ones(artifact):
         image(torch.rand(1, 3, net.image_size + 32, net.image_size + 32))
 
 
+
+def test_folded_batchnorm_serves_inference_only_and_follows_the_weights(artifact):
+    """fold_batchnorm (the deploy app's CPU path): inference forwards run a copy without BatchNorm nodes
+    and give the trace's maps to float32 rounding; forwards with gradients run the trace as traced; an
+    in-place weight update is folded again at the next inference forward; state_dict is unchanged."""
+    from monai_cir.networks import load_encoder_artifact
+
+    net, root = artifact
+    image, _ = load_encoder_artifact(root / "index" / "encoders", _expected(net))
+    before = image.state_dict()
+    image.fold_batchnorm()
+    assert "batch_norm" in str(image.backbone.inlined_graph)  # the tiny EfficientNet has BatchNorms to fold
+    folded = image._folded_backbone()
+    assert "batch_norm" not in str(folded.inlined_graph)
+    assert list(image.state_dict()) == list(before)
+    images = torch.rand(2, 3, net.image_size, net.image_size, generator=torch.Generator().manual_seed(3))
+
+    def traced() -> list[torch.Tensor]:
+        with torch.jit.optimized_execution(False), torch.no_grad():
+            return list(image.backbone(image.normalize(images)))
+
+    with torch.inference_mode():
+        maps = image(images)
+        with torch.jit.optimized_execution(False):
+            by_folded = folded(image.normalize(images))
+    for ours, folded_map, plain, eager in zip(maps, by_folded, traced(), net.image_encoder(images), strict=True):
+        assert torch.equal(ours, folded_map.permute(0, 3, 1, 2) if image.channels_last_output else folded_map)  # the folded copy ran
+        assert not torch.equal(folded_map, plain)  # folding reorders the products: not bit for bit...
+        torch.testing.assert_close(ours, eager.detach(), rtol=1e-4, atol=1e-5)  # ...but the same maps
+    with torch.enable_grad():
+        for ours, theirs in zip(image(images), net.image_encoder(images), strict=True):
+            assert torch.equal(ours.detach(), theirs.detach())  # the trace itself, bit for bit
+    with torch.no_grad():
+        next(image.backbone.parameters()).add_(0.5)
+    with torch.inference_mode():
+        updated = image(images)
+    assert image._folded_backbone() is not folded
+    for ours, theirs in zip(updated, traced(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
 def test_network_on_the_artifact_has_the_same_fingerprint_and_queries(artifact):
     """load_model with the artifact: scripted encoders, the fingerprint an index records unchanged,
     the composed query embedding and the similarity equal the eager network's."""

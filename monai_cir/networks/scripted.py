@@ -137,6 +137,9 @@ def _drop_keys_hook(names: Sequence[str]) -> Any:
     return hook
 
 
+_FOLD_LOCK = threading.Lock()  # a module-level lock: an encoder holding one could not be deep-copied
+
+
 class ScriptedImageEncoder(FeatureLevelEncoder):
     """``f_vis`` around a traced backbone: same normalisation, levels and state_dict as the eager one.
 
@@ -155,6 +158,35 @@ class ScriptedImageEncoder(FeatureLevelEncoder):
         self.register_buffer("mean", torch.tensor(spec["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec["std"]).view(1, 3, 1, 1), persistent=False)
         self._register_state_dict_hook(_drop_keys_hook([f"backbone.{k}" for k in spec["non_persistent"]]))
+        # fold_batchnorm(): (the weights' identity and versions, the folded copy); not a submodule, so
+        # neither state_dict nor the fingerprint sees it
+        self._fold = False
+        self._folded: tuple[tuple, torch.jit.ScriptModule] | None = None
+
+    def fold_batchnorm(self) -> None:
+        """Run the forwards without gradients (inference) on a copy of the backbone with every BatchNorm
+        folded into the convolution before it (``torch.jit.freeze``), made here (0.1-0.2 s).
+
+        A quarter to a third less CPU time per image (EfficientNet-Lite2 at 260 px, channels last, 2 threads,
+        2-core AMD EPYC VM: 30 -> 23 ms alone, 29 -> 19 ms per image in forwards of 4); the same maps to float32
+        rounding (folding reorders the products: max |diff| about 6e-5 on maps whose values reach 10-35), not bit
+        for bit. The deploy app turns it on; training, forwards with gradients and the artifact's write-time
+        check run the trace as traced. The copy follows the weights: after ``.to()``, ``load_state_dict`` or an
+        in-place update, the next inference forward folds them again."""
+        self._fold = True
+        self._folded_backbone()
+
+    def _weights_state(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in (*self.backbone.parameters(), *self.backbone.buffers()))
+
+    def _folded_backbone(self) -> torch.jit.ScriptModule:
+        with _FOLD_LOCK:
+            state = self._weights_state()
+            if self._folded is None or self._folded[0] != state:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # torch.jit.freeze's deprecation notice
+                    self._folded = state, torch.jit.freeze(self.backbone)  # a folded clone
+            return self._folded[1]
 
     def run_backbone(self, images: torch.Tensor) -> Sequence[torch.Tensor]:
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
@@ -162,10 +194,11 @@ class ScriptedImageEncoder(FeatureLevelEncoder):
                 f"the scripted image encoder was traced at {self.image_size}x{self.image_size} px, got images of "
                 f"{tuple(images.shape[-2:])}: preprocess to the network's image_size, or use the eager encoder (load_model)"
             )
+        backbone = self._folded_backbone() if self._fold and not self.training and not torch.is_grad_enabled() else self.backbone
         # see the module docstring: no profiling runs. The switch is per thread (TorchScript keeps it
         # thread-local), so concurrent forwards in other threads are not affected.
         with torch.jit.optimized_execution(False):
-            return self.backbone(images)
+            return backbone(images)
 
 
 class ScriptedTextEncoder(TokenEncoder):
