@@ -522,7 +522,7 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 # still measures the fallback to the image.
 CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
     "pigment_network": ("network", "pigmented network"),
-    "vascular_structures": ("vv",),  # ("dotted vv", "arb vv -": clinicians' shorthand for vessels)
+    "vascular_structures": ("vv", "telangiectasia", "telangiectasias", "telangiectases"),  # ("dotted vv", "arb vv -": shorthand for vessels)
     "dots_and_globules": ("dots/globules", "dots & globules", "globules", "dots"),
     "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil"),
 }
@@ -531,7 +531,9 @@ CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
 # style's word
 CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
     "pigment_network": {"typical": ("regular", "reg."), "atypical": ("irregular", "irreg.")},
-    "vascular_structures": {"arborizing": ("arborising",)},  # (British spelling)
+    # (British spelling; the shapes' "-shaped" and "-like"; the sebaceous hyperplasia's "wreath-like vessels")
+    "vascular_structures": {"arborizing": ("arborising",), "comma": ("comma-shaped", "comma shaped"), "wreath": ("wreath-like",),
+                            "linear irregular": ("irregular linear",)},
     # regression's white scar-like areas and blue pepper-like granules, and both ("regression - blue + white")
     "regression_structures": {"white areas": ("white scar-like areas",), "blue areas": ("blue peppering",),
                               "combinations": ("white and blue areas", "blue + white", "white + blue", "blue and white", "white and blue")},
@@ -539,7 +541,7 @@ CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
 # regression's other colour in any words: where a text names it beside a reading of one colour, the regression may be
 # both (the combinations) and is not read
 _OTHER_REGRESSION_COLOUR_RE = {
-    "blue areas": re.compile(r"scar|white(?:ish)? (?:area|structureless|depigment)|depigment|white\)"),
+    "blue areas": re.compile(r"scar|white(?:ish)? (?:area|structureless|depigment|regression)|depigment|white\)"),
     "white areas": re.compile(r"pep+er|granul|blue(?:ish)?(?:-gr[ae]y)? (?:area|granul)|gr[ae]y(?:-blue)? (?:area|granul|dots)|blue\)"),
 }
 # ... and whole phrasings that name no criterion noun: "white areas of regression", "blue-grey peppering" (read as their
@@ -547,10 +549,17 @@ _OTHER_REGRESSION_COLOUR_RE = {
 CLINICAL_PHRASINGS: dict[str, tuple[str, str]] = {
     **{p: ("regression_structures", "white areas") for p in (
         "white areas of regression", "white regression areas", "white areas (regression)", "white scar-like areas", "white scar-like area",
+        "white area of regression", "white regression area",
         "scar-like depigmentation", "white scar-like depigmentation")},
     **{p: ("regression_structures", "blue areas") for p in (
-        "blue areas of regression", "blue regression areas", "blue areas (regression)", "blue peppering", "grey-blue peppering",
-        "blue-grey peppering", "gray-blue peppering", "blue-gray peppering")},  # (not "peppering" alone: "the other lesion has peppering")
+        "blue areas of regression", "blue regression areas", "blue areas (regression)", "blue area of regression", "blue regression area", "blue peppering", "grey-blue peppering",
+        "blue-grey peppering", "gray-blue peppering", "blue-gray peppering", "peppering")},  # ("the other lesion has peppering": out of scope)
+    # an irregular blotch placed in one part of the lesion is the checklist's localized irregular pigmentation ("an eccentric
+    # irregular dark blotch", "an irregular blotch at the periphery"; a bare "irregular blotch" says not where, and is not read)
+    **{p: ("pigmentation", "localized irregular") for p in (
+        "localised irregular blotch", "localized irregular blotch", "eccentric irregular blotch", "focal irregular blotch",
+        "peripheral irregular blotch", "off-centre irregular blotch", "off-center irregular blotch", "single irregular blotch",
+        "irregular blotch at the periphery", "irregular blotch at one edge", "irregular blotch at the edge")},
     **{p: ("regression_structures", "combinations") for p in (
         "white and blue regression areas", "blue and white regression areas", "white and blue areas of regression",
         "blue and white areas of regression")},
@@ -695,6 +704,11 @@ _NEGATION_RE = re.compile(
 )
 
 
+# a negation a conjunction joins after a mention, heading the next item: "typical network and no dots or globules", "regular
+# globules but no network" (before: the network's clause held a negation and it was not read)
+_CONJOINED_NEGATION_RE = re.compile(r"[ \t]+(?:and|but|with|while|whereas)[ \t]+(?=(?:no|without|nil)[ \t])")
+
+
 # dermoscopic structures the checklist does not name (or names in words no training style writes), met as items of a
 # negated list
 _OTHER_STRUCTURE_RE = re.compile(
@@ -795,6 +809,24 @@ _SHARED_ABSENT_RE = re.compile(
 _GRADE_WORDS = sorted({p[: -len(n)].strip() for p, (k, v) in _PHRASINGS.items() if v != "absent" for n in _training_vocabulary()[k]
                        if p.endswith(" " + n) and not p.startswith("no ")}, key=len, reverse=True)
 _GRADE_BEFORE_RE = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(g) for g in _GRADE_WORDS if g) + r"|atyp|irreg)\s+$")  # ("atyp PN -")
+# a grade (or "no") and a noun with a describing word or two between them: "regular brown globules", "atypical thickened
+# network", "an irregular dark blotch", "no discrete vessels" (before: not read). _normalised blanks the describing words
+# out, so the phrasings read the grade and the noun as written together
+_DESCRIBED_NOUN_RE = re.compile(
+    r"((?<![\w/-])(?:" + "|".join(re.escape(g) for g in _GRADE_WORDS if g) + r"|no|without)[ \t]+)"
+    r"((?:(?:brown|dark|light|black|blue|grey|gray|tan|pink|red|small|large|fine|thin|thick|thickened|broadened|prominent|short|long"
+    r"|few|several|multiple|scattered|peripheral|central|eccentric|discrete|tiny|subtle|focal|reticular|clustered|numerous)[ \t]+){1,2})"
+    r"(?=(?:" + _ANY_NOUN + r"|blotch)(?![\w-]))")
+# a typing slip that swaps two letters of a criterion's word ("netwrok", "irregualr", "viel"): read as the word (same
+# length, so positions are kept)
+_SWAPPED_LETTERS: dict[str, str] = {
+    w[:i] + w[i + 1] + w[i] + w[i + 2:]: w
+    for w in ("network", "irregular", "regular", "globules", "streaks", "vessels", "regression", "atypical", "typical", "pigmentation",
+              "pigment", "pigmented", "dotted", "hairpin", "arborizing", "arborising", "veil")
+    for i in range(len(w) - 1) if w[i] != w[i + 1]
+}
+_SWAPPED_LETTERS.pop("evil")  # (a word of its own)
+_SWAPPED_LETTERS_RE = re.compile(r"(?<![\w-])(?:" + "|".join(sorted(_SWAPPED_LETTERS, key=len, reverse=True)) + r")(?![\w-])")
 # a section header that negates its section: "Absent: streaks, BWV", "Not seen:\n- BWV"
 _SECTION_RE = re.compile(r"(?m)(?:^|(?<=\.) )[ \t]*(?:[-*•][ \t]*)?([a-z0-9][\w \t/-]{0,40}?)[ \t]*:")
 
@@ -815,6 +847,12 @@ _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!ty
 
 # a value word after a noun: it is stated, not bare ("BWV present - ?melanoma", "BWV: seen", "BWV +")
 _VALUE_AFTER_RE = re.compile(r"\s*:?\s*(?:present|seen|yes|positive|pos\.?|\+ve|\+)(?![\w])")
+
+
+def _sentence_end(end: int, sentence_ends: list[int]) -> int:
+    """Where the sentence of a mention that ends at ``end`` ends (the text's end for the last)."""
+    after = bisect.bisect_left(sentence_ends, end)
+    return sentence_ends[after] if after < len(sentence_ends) else 1 << 30
 
 
 def _sentence_start(start: int, sentence_ends: list[int]) -> int:
@@ -852,14 +890,18 @@ def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list
     return start in starts[1:last_joined] or (bare and start in starts[1:bare_run])
 
 
-def _another_grade_after(lowered: str, end: int, next_mention: int) -> bool:
+def _another_grade_after(lowered: str, end: int, next_mention: int, value: str) -> bool:
     """Whether another grade word follows a graded mention ending at ``end``, on its own (before ``next_mention``,
     the next phrasing's start, and the sentence's end): the text gives the criterion two grades (a criterion graded
-    typical / regular: see :data:`_TWO_GRADES_CRITERIA`)."""
+    typical / regular: see :data:`_TWO_GRADES_CRITERIA`). The same grade again is no other one: "a regular reticular
+    network (typical)" (a network's typical is its regular)."""
     stop = _SENTENCE_END_RE.search(lowered, end, next_mention)
     limit = stop.start() if stop else next_mention
     grade = _DANGLING_GRADE_RE.search(lowered, end, limit + 40)  # (past the limit: the noun after a grade is looked at)
-    return grade is not None and grade.start() < limit
+    if grade is None or grade.start() >= limit:
+        return False
+    irregular = ("atyp", "irreg")
+    return grade.group(0).startswith(irregular) != value.split(" ")[-1].startswith(irregular)
 
 
 # what follows a mention and puts it in the past or in a hypothesis: "BWV, now resolved", "BWV seen before",
@@ -886,8 +928,15 @@ def _denied_around(lowered: str, start: int, end: int, bare: bool, sections: tup
 # mole map's name of the imaged lesion ("Lesion 3 (left scapula): atypical PN"), and read
 _LESION_LABEL_RE = re.compile(
     r"(?<![\w-])(?:(?:lesion|naevus|nevus|mole)\s*(?:#\s*|no\.\s*)?([1-9]|[a-c]|i{1,3})(?=\s*[:)(,;-]|\s+(?:has|have|had|with|without|shows?|is|was|does|did)(?![\w-]))"
-    r"|l([1-9])\s*:)"
+    r"|l([1-9])\s*:"
+    # an audit's or a case series' cases: "Case 1: 61M, atypical network + BWV; Case 2: 34F, regular globules" (before:
+    # every case's findings read as the imaged lesion's)
+    r"|case\s*(?:#\s*|no\.\s*)?(\d{1,3})(?=\s*[:)(,;-]|\s+(?:has|have|had|with|without|shows?|is|was|does|did)(?![\w-]))"
+    # ... or a list's letters at its lines' starts: "A - new irregular streaks at 6 months -> MIS\nB - new regression ..."
+    r"|(?:^|(?<=\n))[ \t]*([a-d])[ \t]*(?:-|\))[ \t])"
 )
+# ... and a series counted as a whole: "2WW referrals for suspected melanoma (n=42)", "BCC audit (n = 210)"
+_SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 
 
 # a sentence (or line, or ';' clause) about the checklist, not the lesion, at its start: "The 7PCL includes BWV, atypical
@@ -937,8 +986,31 @@ _TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|
 # atypical network" (before: the clause's own words only, so the dots and the network were read as seen)
 # ... or, earlier in its sentence, a time it had them: "Known naevus, first seen in 2024 when it had dotted vessels and a
 # few irregular globules." (up to a word of today after it)
-_PAST_BEFORE_RE = re.compile(r"(?<![\w-])(?:when|where|at which time)\s+(?:it|the lesion|this lesion|the na?evus|the mole|there)\s+(?:had|showed|was|were|displayed)(?![\w-])")
-_PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|assess|re-?assess|evaluate|re-?image)\s+for(?![\w-])"
+_PAST_BEFORE_RE = re.compile(
+    r"(?<![\w-])(?:when|where|at which time)\s+(?:it|the lesion|this lesion|the na?evus|the mole|there)\s+(?:had|showed|was|were|displayed)(?![\w-])"
+    # the pluperfect, "The dermoscopy in March had shown a typical network", and another's note, "The treating
+    # dermatologist's pre-excision note records a blue-white veil" (before: both read as today's)
+    r"|(?<![\w-])had\s+(?:shown|demonstrated|revealed|displayed|documented|recorded)(?![\w-])"
+    # ... a dated excision or image: "the lesion on the scalp, excised in 2022, had ...", "Images from 2021 showed ..."
+    r"|(?<![\w-])excised\s+in\s+(?:19|20)\d\d\s*,|(?<![\w-])(?:from|in)\s+(?:19|20)\d\d\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
+    r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
+    r"\s+(?:records|recorded|documents|documented|describes|described|mentions|mentioned|notes|noted|says|said|reports|reported)(?![\w-])")
+# ... or after it: "irregular streaks had been documented before excision" (a mention then, not now), and a definition
+# or a general statement: "Crown vessels are typical of sebaceous hyperplasia", "peppering corresponds to regression"
+_PAST_AFTER_RE = re.compile(
+    r"[ \t]+had[ \t]+been[ \t]+(?:documented|noted|recorded|seen|described|reported|present|shown)(?![\w-])"
+    r"|[ \t]+(?:is|are)[ \t]+(?:[\w-]+[ \t]+)?(?:typical|characteristic|classic|pathognomonic|diagnostic)[ \t]+(?:of|for)(?![\w-])"
+    r"|[ \t]+(?:corresponds?[ \t]+to|refers?[ \t]+to|means|(?:is|are)[ \t]+(?:termed|called|defined[ \t]+as))(?![\w-])")
+# ... or later in its sentence, the visit it was seen at: "an eccentric irregular dark blotch when I saw him in January"
+_EARLIER_VISIT_AFTER_RE = re.compile(r"(?<![\w-])when (?:i|we) (?:first )?(?:saw|examined|reviewed|imaged)(?![\w-])")
+# a count over a series after a mention: "arborizing vessels were documented in 88% of BCCs", "BWV 2/6", "network atypical
+# in 3, BWV in 2" (an audit's statistic, not the imaged lesion's finding; before: read as present)
+_SERIES_COUNT_AFTER_RE = re.compile(
+    r"[ \t]*(?:(?:was|were)[ \t]+(?:[\w-]+[ \t]+)?(?:documented|present|seen|found|recorded|noted)[ \t]+)?"
+    r"(?:in[ \t]+\d+(?:\.\d+)?[ \t]*(?:%|(?:/|of)[ \t]*\d+)|\d+(?:\.\d+)?[ \t]*%|(?:in[ \t]+)?(\d+)[ \t]*/[ \t]*(\d+)(?![\d/])|in[ \t]+\d{1,3}(?=[ \t]*(?:[,;.)]|$)))")  # ("in 3," a count; "in 2026." a year)
+_PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|assess|re-?assess|evaluate|re-?image)\s+(?:specifically\s+|closely\s+|carefully\s+)?for(?![\w-])"
+                             # ... or a general statement: "Features commonly found in a melanoma of this thickness include ..."
+                             r"|(?<![\w-])(?:features|findings|signs|structures)\s+(?:[\w-]+\s+){0,2}(?:found|seen|associated|described)\s+(?:in|with)(?![\w-])"
                              r"|(?<![\w-])(?:criteria for (?:excision|referral|biopsy)|document presence|record all|recognise any|recognize any)(?![\w-])"
                              r"|(?<![\w-])to (?:exclude|rule out)(?![\w-])")
 
@@ -960,7 +1032,27 @@ _NO_IMAGE_TODAY_RE = re.compile(
 
 # another lesion, named as not imaged earlier in the sentence: "1) central chest (not imaged): focal irregular blotch, irregular
 # D/G", "The right thigh lesion (not imaged) has white scar-like areas, no vessels"
+# a doubt that heads its sentence past a comma: "Panel could not agree on whether there is fine, typical reticular network",
+# "I wonder about fine, typical reticular network" (before: the comma ended the doubt's clause and the network read TYPICAL)
+_DOUBT_BEFORE_RE = re.compile(r"(?<![\w-])(?:whether|could not agree|cannot agree|no consensus|wonder(?:ed)? (?:about|if))(?![\w-])")
+# ... unless answered before the mention: "panel asked whether vessels within regression were present - Dr Osei confirmed
+# vessels within regression"
+_DOUBT_ANSWERED_RE = re.compile(r"\s-\s|:|(?<![\w-])confirm")
 _NOT_IMAGED_BEFORE_RE = re.compile(r"\(\s*(?:not imaged|no image|handheld only)[^)]*\)|(?<![\w-])not imaged(?![\w-])")
+
+
+def _series_count_after(lowered: str, end: int) -> bool:
+    """Whether a count over a series follows the mention ending at ``end`` (:data:`_SERIES_COUNT_AFTER_RE`; a fraction
+    only when it is one, "2/6", not a date's "12/03")."""
+    count = _SERIES_COUNT_AFTER_RE.match(lowered, end)
+    return count is not None and (count.group(1) is None or 0 < int(count.group(1)) <= int(count.group(2)))
+
+
+# a sentence about another person's lesion, seen today or not: "Her twin sister, also seen today, has a lesion with irregular
+# globules and peppering (separate record).", "Family: sister died of melanoma 2019 (I reviewed her images - BWV, ...)"
+_ANOTHER_PERSON_SENTENCE_RE = re.compile(
+    r"\s*(?:[-*•][ \t]*)?(?:family(?: history)?\s*:\s*)?(?:(?:her|his|their|the patient's|pt's)\s+)?(?:twin\s+)?"
+    r"(?:sister|brother|mother|father|daughter|son|husband|wife|partner|twin)(?:'s)?(?![\w-])")
 
 
 def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int, value: str) -> bool:
@@ -969,9 +1061,13 @@ def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int
     to a lesion not imaged (:data:`_NOT_IMAGED_BEFORE_RE`) or to a plan (:data:`_PLAN_BEFORE_RE`, a present or graded one)."""
     if _PAST_OR_REPORTED_SENTENCE_RE.match(lowered, sentence_start) and not _TODAY_RE.search(lowered, sentence_start, clause_end):
         return True
+    if _ANOTHER_PERSON_SENTENCE_RE.match(lowered, sentence_start):
+        return True
     if (past := _PAST_BEFORE_RE.search(lowered, sentence_start, start)) and not _TODAY_RE.search(lowered, past.end(), clause_end):
         return True
     if _NOT_IMAGED_BEFORE_RE.search(lowered, sentence_start, start):
+        return True
+    if (doubts := list(_DOUBT_BEFORE_RE.finditer(lowered, sentence_start, start))) and not _DOUBT_ANSWERED_RE.search(lowered, doubts[-1].end(), start):
         return True
     return value != "absent" and _PLAN_BEFORE_RE.search(lowered, sentence_start, start) is not None
 
@@ -1007,6 +1103,11 @@ _META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch
 # pigmentation' per first reader" (before: read as today's). An apostrophe inside a word ("patient's") opens none
 # (a quote the writer agrees with before it, in its sentence, is read: "agree with your assessment of 'typical network'")
 _AGREED_BEFORE_RE = re.compile(r"(?<![\w-])(?:i|we)\s+(?:\w+\s+)?(?:agree|concur|confirm)(?![\w-])|(?<![\w-])agree(?:d|s)? with(?![\w-])")
+# an email's quoted lines ("> From Dr Ellis: the lesion has a BWV I think"): another's words, read only where the reply
+# agrees ("Agree, dermal naevus"); a reply that disputes them ("I don't think that's a blue-white veil") does not take them
+# as its own (before: the quoted veil read PRESENT under a reply that denied it)
+_EMAIL_QUOTE_RE = re.compile(r"(?m)^[ \t]*>.*$")
+_AGREED_RE = re.compile(r"(?<![\w-])(?:agree[ds]?|concur|confirmed?)(?![\w-])")
 _QUOTED_RE = re.compile(r"(?:(?<=[\s(\[:,;=-])|^)['\"‘“](?=\S)[^'\"‘’“”\n]{1,200}?(?<=\S)['\"’”](?=[\s.,;:)\]!?-]|$)")
 
 
@@ -1031,9 +1132,12 @@ _TWO_CELL_ROW_RE = re.compile(r"(?m)^([ \t]*)\|([^|\n]+)\|([^|\n]+)\|([ \t]*)$")
 
 
 def _normalised(lowered: str) -> str:
-    """``lowered`` with a bare "veil" written "bwv ", dictated punctuation as signs and two-cell table rows as "name :
-    value", position for position (a reading's positions stay the text's)."""
+    """``lowered`` with two swapped letters of a criterion's word put back, a bare "veil" written "bwv ", dictated
+    punctuation as signs, two-cell table rows as "name : value" and the describing words between a grade and its noun
+    blanked, position for position (a reading's positions stay the text's)."""
+    lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
     lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
+    lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
     if "full stop" in lowered:
         lowered = _DICTATED_RE.sub(lambda m: _DICTATED_PUNCTUATION[m.group(1)].ljust(len(m.group(0))), lowered)
     return _TWO_CELL_ROW_RE.sub(lambda m: m.group(1) + " " + m.group(2) + ":" + m.group(3) + " " + m.group(4), lowered)
@@ -1077,6 +1181,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     quoted = [m.span() for m in _QUOTED_RE.finditer(lowered)  # another's words, unless agreed with: nothing in them is read
               if not _AGREED_BEFORE_RE.search(lowered, _sentence_start(m.start(), sentence_ends), m.start())]
     quoted += [m.span() for m in itertools.chain(_COPIED_BLOCK_RE.finditer(lowered), _TRAINEE_BLOCK_RE.finditer(lowered))]  # ... copied, corrected
+    if (email_quotes := [m.span() for m in _EMAIL_QUOTE_RE.finditer(lowered)]) and not _AGREED_RE.search(_EMAIL_QUOTE_RE.sub("", lowered)):
+        quoted += email_quotes  # ... or quoted in an email the writer does not agree with
     gathered = list(quoted)  # ... and the spans of negated lists: their nouns are absent, not bare mentions of present findings
     lists, governed = _negated_lists(lowered)
     for start, end, items in lists:
@@ -1119,7 +1225,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
                                                        else _CROSS_AFTER_RE.match(lowered, match.end())):
             continue  # "✗ BWV" (read absent with the denied nouns), "✗ irregular streaks" (the grade denied, not the criterion)
         next_mention = matches[n + 1].start() if n + 1 < len(matches) else len(lowered)
-        if key in _TWO_GRADES_CRITERIA and value not in ("absent", "present") and _another_grade_after(lowered, match.end(), next_mention):
+        if key in _TWO_GRADES_CRITERIA and value not in ("absent", "present") and _another_grade_after(lowered, match.end(), next_mention, value):
             continue
         if value != "absent" and (stated := _STATED_VALUE_RE.match(lowered, match.end())) and not _PRESENT_VALUE_RE.match(lowered, stated.end()):
             continue
@@ -1135,13 +1241,19 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         if phrase in _NOUN_OF and value != "absent" and _not_assessed_list(lowered, sentence_start, match.start()):
             continue
-        if value != "absent" and (_NEGATION_RE.search(clause) or match.start() in governed or _NEGATIVES_DASH_SENTENCE_RE.match(lowered, sentence_start)
+        if value != "absent" and (_PAST_AFTER_RE.match(lowered, match.end()) or _series_count_after(lowered, match.end())
+                                  or _EARLIER_VISIT_AFTER_RE.search(lowered, match.end(), _sentence_end(match.end(), sentence_ends))):
+            continue
+        # (a negation that a conjunction joins after the mention is the next item's: "a typical network and no dots")
+        negation_end = conjoined.start() if (conjoined := _CONJOINED_NEGATION_RE.search(lowered, match.end(), end)) else end
+        if value != "absent" and (_NEGATION_RE.search(lowered, start, negation_end) or match.start() in governed or _NEGATIVES_DASH_SENTENCE_RE.match(lowered, sentence_start)
                                   or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
             continue
         found.setdefault(key, set()).add(value)
     regression = found.get("regression_structures", set())
-    if regression - {"combinations"} == {"white areas", "blue areas"}:
-        found["regression_structures"] = {"combinations"}  # "white scar-like areas and blue peppering": both, the checklist's combinations
+    if regression - {"combinations"} == {"white areas", "blue areas"} or ("combinations" in regression and regression <= {"combinations", "white areas", "blue areas"}):
+        # "white scar-like areas and blue peppering": both, the checklist's combinations ("white and blue (new peppering)" too)
+        found["regression_structures"] = {"combinations"}
     elif regression in ({"white areas"}, {"blue areas"}) and _OTHER_REGRESSION_COLOUR_RE[next(iter(regression))].search(lowered):
         del found["regression_structures"]  # one colour read, the other named in words not read ("peppering + scar-like whitish areas")
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
@@ -1162,7 +1274,7 @@ _NOT_ASSESSED = re.compile(
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
     r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for|should|would|re-?image for|review for"
     r"|to exclude|is there|are there|comment on|to assess|to judge|not reported|not recorded|to be documented|see image|criterion|cannot decide|can't decide"
-    r"|other (?:lesion|naevus|nevus|mole)s?"
+    r"|other (?:lesion|naevus|nevus|mole)s?|the (?:lower|upper|other|second|larger|smaller) (?:one|lesion|na?evus|nevus|mole)(?!\s*\(\s*(?:this|imaged))"
     # the past, another lesion or person: "previous dermoscopy showed BWV", "BWV resolved", "mother's lesion had BWV"
     r"|previous|previously|prior|prev\.|h/o|hx|history|formerly|baseline|last visit|resolved|disappeared|faded|regressed"
     # ... and the forms that say nothing else: "BWV (old)", "s/p BWV", "PMH: lesion with BWV" (a year, "earlier", "past",
@@ -1179,7 +1291,7 @@ _NOT_ASSESSED = re.compile(
     r"|not (?:yet )?verified|unverified|per (?:her|his|the) letters?|mum'?s?|mom'?s?|dad'?s?|whether|suggestion of|felt"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
-    r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)like(?![\w-])|±|\(\s*\+/-\s*\)"  # ("BWV-like"; "white scar-like areas" is a term)
+    r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)(?<!wreath-)like(?![\w-])|±|\(\s*\+/-\s*\)"  # ("BWV-like"; "white scar-like areas" is a term)
 )
 # "veil" alone is the checklist's blue-whitish veil ("No veil.", "Veil: none"), read as "BWV" (same length, so positions
 # are kept). Not after a colour word, where it ends a longer noun ("blue-white veil"; the held-out "bluish-white veil"),
@@ -1314,10 +1426,12 @@ SEVERAL_LESIONS_NOTICE = (
 
 def describes_several_lesions(text: str) -> bool:
     """Whether ``text`` is about several lesions: it names two lesion labels ("Lesion 1: BWV; lesion 2: no BWV",
-    "lesion A has BWV, lesion B does not", "L1: ... L2: ..."). :func:`read_findings` reads none of its findings, since it
+    "lesion A has BWV, lesion B does not", "L1: ... L2: ...", an audit's "Case 1: ... Case 2: ...") or counts a series
+    ("audit of 2WW referrals (n=42)"). :func:`read_findings` reads none of its findings, since it
     does not say which lesion the image shows."""
-    labels = {m.group(1) or m.group(2) for m in _LESION_LABEL_RE.finditer(text.lower().translate(_DASHES))}
-    return len(labels) > 1
+    lowered = text.lower().translate(_DASHES)
+    labels = {m.group(1) or m.group(2) or m.group(3) or m.group(4) for m in _LESION_LABEL_RE.finditer(lowered)}
+    return len(labels) > 1 or _SERIES_RE.search(lowered) is not None
 
 
 def finding_names(findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
