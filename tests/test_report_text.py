@@ -819,7 +819,7 @@ def test_findings_in_clinicians_shorthand_and_score_sheets_are_read(text, read):
 ])
 def test_review_i_findings_are_read_and_its_wrong_readings_are_not(text, read):
     """The held-out review 2026-12-06i read 405 of its 589 stated findings and 10 of its 400 texts wrong; the rules
-    written from it read 458 and 1 (and the then held-out review j: 295 -> 322 of 648 read, 17 texts wrong before and
+    written from it read 458 and 0 (and the then held-out review j: 295 -> 322 of 648 read, 17 texts wrong before and
     after)."""
     from monai_cir.data.report import read_findings
 
