@@ -826,6 +826,42 @@ def test_review_i_findings_are_read_and_its_wrong_readings_are_not(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06j (held out until review k was written) read wrong: a first read an addendum corrects, a
+    # questioner's lines, general statements and a slide's weights, another case, a question, a form's options, earlier
+    # visits, a table's header row, "described as"
+    ("Report: Benign pattern. Regular globules, typical network.\nAddendum: second read by RT - a blue-white veil at the lower pole. "
+     "The globules are not regular.", (("blue_whitish_veil", "present"),)),
+    ("First report: blue-white veil.\nAddendum: what is described as veil is a homogeneous steel-blue area. Not a veil.", ()),
+    ("Q. Counsel: the lesion showed irregular dots and globules.\nA. The dots are regular.", (("dots_and_globules", "regular"),)),
+    ("A blue-white veil is a sign of melanoma.", ()),
+    ("Dotted vessels can be seen in Bowen's disease and psoriasis.", ()),
+    ("Today I learned that irregular streaks and the blue-whitish veil are major criteria.", ()),
+    ("Major criteria (2 points): atypical network, blue-whitish veil, atypical vascular pattern", ()),
+    ("Contrast (next case): arborizing vessels crossing the lesion", ()),
+    ("Eli: was there a veil on the shoulder one, cant remember", ()),
+    ("Pigmentation: absent / diffuse reg / local reg / diffuse irreg / local irreg", ()),
+    ("Visit 1: blue-white veil present, irregular dots.\nVisit 2: dots regular.\nVisit 3 (current): regular dots, no veil.",
+     (("dots_and_globules", "regular"), ("blue_whitish_veil", _ABSENT))),
+    ("Visit | PN | Streaks | Veil\n1 | typical | absent | absent", ()),
+    # ... what it missed: "still" / "now" between a noun and its grade; and the guards' exceptions: an undated pluperfect
+    # is the imaged lesion's dermoscopy, a last visit "unchanged" carries the earlier ones, "no" heads no form option
+    ("Network still typical.", (("pigment_network", "typical"),)),
+    ("Histo = compound naevus (dermoscopy had shown regular globules + typical network btw)",
+     (("pigment_network", "typical"), ("dots_and_globules", "regular"))),
+    ("Visit 1: blue-white veil present, irregular dots. Visit 2: unchanged. Visit 3 (most recent): all features unchanged from visit 2.",
+     (("dots_and_globules", "irregular"), ("blue_whitish_veil", "present"))),
+    ("no BWV / no RS / no str", (("blue_whitish_veil", _ABSENT),)),
+])
+def test_review_j_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06j had 17 of its 400 texts read wrong (before and after the rules from review i); the
+    rules written from it leave 2 (and the then held-out review k: 13 texts read wrong and 385 of 619 stated findings
+    read, before and after)."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 def test_every_phrasing_is_matched_whole_by_the_factored_alternation():
     """The phrasings' alternation is factored by first word (:func:`_phrase_alternation`) and its groups are mapped
     back to phrasings by position: each phrasing, alone, must match whole and map to its own reading."""

@@ -817,6 +817,10 @@ _DESCRIBED_NOUN_RE = re.compile(
     r"((?:(?:brown|dark|light|black|blue|grey|gray|tan|pink|red|small|large|fine|thin|thick|thickened|broadened|prominent|short|long"
     r"|few|several|multiple|scattered|peripheral|central|eccentric|discrete|tiny|subtle|focal|reticular|clustered|numerous)[ \t]+){1,2})"
     r"(?=(?:" + _ANY_NOUN + r"|blotch)(?![\w-]))")
+# ... and a noun, "still" or "now", then its grade: "network still typical", "network now atypical" (the grade follows
+# its noun as the abbreviated style writes it)
+_STILL_BEFORE_GRADE_RE = re.compile(
+    r"((?<![\w/-])(?:" + _ANY_NOUN + r")[ \t]+)((?:(?:is|are)[ \t]+)?(?:still|now)[ \t]+)(?=(?:typical|atypical|regular|irregular)(?![\w-]))")
 # a typing slip that swaps two letters of a criterion's word ("netwrok", "irregualr", "viel"): read as the word (same
 # length, so positions are kept)
 _SWAPPED_LETTERS: dict[str, str] = {
@@ -944,7 +948,9 @@ _SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 # is a filled form, and "Criteria are met: ..." states them)
 _CHECKLIST_SENTENCE_RE = re.compile(
     r"\s*(?:[-*•][ \t]*)?(?:the\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list|check-?list)"
-    r"\s+(?:includes|comprises|consists of|covers|lists|gives|assigns|awards|scores|weights)(?![\w-])(?!\s*:)")
+    r"\s+(?:includes|comprises|consists of|covers|lists|gives|assigns|awards|scores|weights)(?![\w-])(?!\s*:)"
+    # ... or the checklist's own weights: "Major criteria (2 points): atypical network, BWV, ..." (a slide, not a lesion)
+    r"|\s*(?:[-*•][ \t]*)?(?:major|minor) criteria\s*\(\s*\d\s*(?:points?|pts?)\s*\)")
 # ... and one that puts what follows in the past or in another's words at its start: "At that time dermoscopy showed
 # irregular globules.", "Dermoscopy at baseline (2020): typical network, regular globules.", "Original lesion had regular
 # globules.", "Hx: MM excised 2017 (BWV, atypical network)", "Previous dermoscopy (2024): PN atypical, BWV present",
@@ -988,9 +994,11 @@ _TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|
 # few irregular globules." (up to a word of today after it)
 _PAST_BEFORE_RE = re.compile(
     r"(?<![\w-])(?:when|where|at which time)\s+(?:it|the lesion|this lesion|the na?evus|the mole|there)\s+(?:had|showed|was|were|displayed)(?![\w-])"
-    # the pluperfect, "The dermoscopy in March had shown a typical network", and another's note, "The treating
+    # the pluperfect of a dated look, "The dermoscopy in March had shown a typical network" (undated, "the dermoscopy had
+    # shown an atypical network" is the imaged one's, before its excision), and another's note, "The treating
     # dermatologist's pre-excision note records a blue-white veil" (before: both read as today's)
-    r"|(?<![\w-])had\s+(?:shown|demonstrated|revealed|displayed|documented|recorded)(?![\w-])"
+    r"|(?<![\w-])(?:in|on|from)\s+(?:january|february|march|april|may|june|july|august|september|october|november|december|(?:19|20)\d\d)"
+    r"(?![\w-])[^.;\n]{0,40}?(?<![\w-])had\s+(?:shown|demonstrated|revealed|displayed|documented|recorded)(?![\w-])"
     # ... a dated excision or image: "the lesion on the scalp, excised in 2022, had ...", "Images from 2021 showed ..."
     r"|(?<![\w-])excised\s+in\s+(?:19|20)\d\d\s*,|(?<![\w-])(?:from|in)\s+(?:19|20)\d\d\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
@@ -1000,7 +1008,12 @@ _PAST_BEFORE_RE = re.compile(
 _PAST_AFTER_RE = re.compile(
     r"[ \t]+had[ \t]+been[ \t]+(?:documented|noted|recorded|seen|described|reported|present|shown)(?![\w-])"
     r"|[ \t]+(?:is|are)[ \t]+(?:[\w-]+[ \t]+)?(?:typical|characteristic|classic|pathognomonic|diagnostic)[ \t]+(?:of|for)(?![\w-])"
-    r"|[ \t]+(?:corresponds?[ \t]+to|refers?[ \t]+to|means|(?:is|are)[ \t]+(?:termed|called|defined[ \t]+as))(?![\w-])")
+    r"|[ \t]+(?:corresponds?[ \t]+to|refers?[ \t]+to|means|(?:is|are)[ \t]+(?:termed|called|defined[ \t]+as))(?![\w-])"
+    # "a blue-white veil is a sign of melanoma", "dotted vessels can be seen in Bowen's, psoriasis ..."
+    r"|[ \t]+(?:is|are)[ \t]+(?:a|an|one)[ \t]+(?:[\w-]+[ \t]+)?(?:sign|feature|clue|marker|criterion|hallmark)[ \t]+of(?![\w-])"
+    r"|[ \t]+(?:can|may|could)[ \t]+(?:also[ \t]+)?be[ \t]+(?:seen|found)[ \t]+in(?![\w-])")
+# a form's options after a phrasing: "Pigmentation: absent / diffuse reg / local reg" (before: read ABSENT)
+_OPTIONS_AFTER_RE = re.compile(r"[ \t]*/[ \t]*(?:absent|present|typical|atypical|typ\.?|atyp\.?|regular|irregular|reg\.?|irreg\.?|diffuse|local|locali[sz]ed)(?![\w-])")
 # ... or later in its sentence, the visit it was seen at: "an eccentric irregular dark blotch when I saw him in January"
 _EARLIER_VISIT_AFTER_RE = re.compile(r"(?<![\w-])when (?:i|we) (?:first )?(?:saw|examined|reviewed|imaged)(?![\w-])")
 # a count over a series after a mention: "arborizing vessels were documented in 88% of BCCs", "BWV 2/6", "network atypical
@@ -1011,6 +1024,7 @@ _SERIES_COUNT_AFTER_RE = re.compile(
 _PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|assess|re-?assess|evaluate|re-?image)\s+(?:specifically\s+|closely\s+|carefully\s+)?for(?![\w-])"
                              # ... or a general statement: "Features commonly found in a melanoma of this thickness include ..."
                              r"|(?<![\w-])(?:features|findings|signs|structures)\s+(?:[\w-]+\s+){0,2}(?:found|seen|associated|described)\s+(?:in|with)(?![\w-])"
+                             r"|(?<![\w-])(?:learned|learnt)\s+that(?![\w-])"
                              r"|(?<![\w-])(?:criteria for (?:excision|referral|biopsy)|document presence|record all|recognise any|recognize any)(?![\w-])"
                              r"|(?<![\w-])to (?:exclude|rule out)(?![\w-])")
 
@@ -1122,6 +1136,34 @@ _COPIED_BLOCK_RE = re.compile(r"(?m)^[ \t]*[-=<>#*\[]{2,}[^\n]*(?:copied|pasted|
 _TRAINEE_BLOCK_RE = re.compile(
     r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:resident|trainee|registrar|fellow|(?:medical\s+)?student|spr|reg)(?![\w-])[^:\n]{0,60}:"
     r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:attending|consultant|supervisor|senior)(?![\w-])[^:\n]{0,60}:)")
+# ... a first read that an addendum or a second read corrects: "First report: blue-white veil.\nAddendum: ... Not a veil."
+# (before: the first read's findings read beside the addendum's, or against them)
+_FIRST_READ_BLOCK_RE = re.compile(
+    r"(?m)(?:^|(?<=\. ))[ \t]*(?:first (?:read|report|reader|opinion)|(?:initial |original )?report)(?![\w-])[^:\n]{0,40}:"
+    r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:addendum|second (?:read|reader|opinion))(?![\w-])[^:\n]{0,80}:)")
+# ... a questioner's lines in a transcript: "Q. And if a veil had been present ...?" (the answers, "A. ...", are read)
+_QUESTIONER_LINE_RE = re.compile(r"(?m)^[ \t]*q[.:][^\n]*")
+# visits labelled in turn, "Visit 1: ... Visit 2: ... Visit 3 (current): ...", "1st: ... 2nd: ... 3rd (current): ...": the
+# last is the one the image shows; the earlier ones are not read (before: every visit's findings read as today's)
+_VISIT_LABEL_RE = re.compile(r"(?m)(?:^|(?<=[.;] ))[ \t]*(?:[-*•][ \t]*)?(?:visit[ \t]*(\d{1,2})|(\d)(?:st|nd|rd|th)(?:[ \t]+visit)?)(?![\w])")
+# a table's header row, its cells names without a value ("Visit | PN | Streaks | Veil"): the veil there is a column, not
+# a finding (before: read PRESENT)
+_TABLE_ROW_RE = re.compile(r"(?m)^[^\n|]*\|[^\n|]*\|[^\n]*$")
+_TABLE_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|typ\w*|atyp\w*|reg\w*|irreg\w*|diffuse|locali[sz]ed|dotted|comma"
+                             r"|hairpin|arbori[sz]ing|linear|wreath|blue|white|\d)(?![\w-])|[+✓✗x]\s*(?:\||$)")
+
+
+_UNCHANGED_RE = re.compile(r"(?<![\w-])(?:unchanged|no change|same as)(?![\w-])")
+
+
+def _earlier_visits(lowered: str) -> list[tuple[int, int]]:
+    """The spans of every labelled visit but the last (:data:`_VISIT_LABEL_RE`), where a text labels two or more."""
+    labels = list(_VISIT_LABEL_RE.finditer(lowered))
+    if len({m.group(1) or m.group(2) for m in labels}) < 2 or _UNCHANGED_RE.search(lowered, labels[-1].start()):
+        return []  # (a last visit "unchanged from visit 2" carries the earlier findings forward: all are read)
+    return [(a.start(), b.start()) for a, b in zip(labels, labels[1:])]
+
+
 # speech-to-text punctuation in a dictated text (one that says "full stop"): "full stop" ends a sentence, "colon" and "new
 # paragraph" are their signs (same length, so positions are kept). Not "comma": "comma vessels" is a finding
 _DICTATED_PUNCTUATION = {"full stop": ".", "colon": ":", "new paragraph": "\n"}
@@ -1138,6 +1180,7 @@ def _normalised(lowered: str) -> str:
     lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
     lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
     lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
+    lowered = _STILL_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
     if "full stop" in lowered:
         lowered = _DICTATED_RE.sub(lambda m: _DICTATED_PUNCTUATION[m.group(1)].ljust(len(m.group(0))), lowered)
     return _TWO_CELL_ROW_RE.sub(lambda m: m.group(1) + " " + m.group(2) + ":" + m.group(3) + " " + m.group(4), lowered)
@@ -1180,7 +1223,9 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     sentence_ends = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)]
     quoted = [m.span() for m in _QUOTED_RE.finditer(lowered)  # another's words, unless agreed with: nothing in them is read
               if not _AGREED_BEFORE_RE.search(lowered, _sentence_start(m.start(), sentence_ends), m.start())]
-    quoted += [m.span() for m in itertools.chain(_COPIED_BLOCK_RE.finditer(lowered), _TRAINEE_BLOCK_RE.finditer(lowered))]  # ... copied, corrected
+    quoted += [m.span() for m in itertools.chain(_COPIED_BLOCK_RE.finditer(lowered), _TRAINEE_BLOCK_RE.finditer(lowered),  # ... copied, corrected,
+                                                 _FIRST_READ_BLOCK_RE.finditer(lowered), _QUESTIONER_LINE_RE.finditer(lowered))]  # ... a questioner's
+    quoted += _earlier_visits(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered) if not _TABLE_VALUE_RE.search(m.group(0))]
     if (email_quotes := [m.span() for m in _EMAIL_QUOTE_RE.finditer(lowered)]) and not _AGREED_RE.search(_EMAIL_QUOTE_RE.sub("", lowered)):
         quoted += email_quotes  # ... or quoted in an email the writer does not agree with
     gathered = list(quoted)  # ... and the spans of negated lists: their nouns are absent, not bare mentions of present findings
@@ -1241,6 +1286,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         if phrase in _NOUN_OF and value != "absent" and _not_assessed_list(lowered, sentence_start, match.start()):
             continue
+        if _OPTIONS_AFTER_RE.match(lowered, match.end()):
+            continue  # a form's options, "Pigmentation: absent / diffuse reg / local reg / ...": none chosen by these words
         if value != "absent" and (_PAST_AFTER_RE.match(lowered, match.end()) or _series_count_after(lowered, match.end())
                                   or _EARLIER_VISIT_AFTER_RE.search(lowered, match.end(), _sentence_end(match.end(), sentence_ends))):
             continue
@@ -1273,7 +1320,7 @@ _NOT_ASSESSED = re.compile(
     r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
     r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for|should|would|re-?image for|review for"
-    r"|to exclude|is there|are there|comment on|to assess|to judge|not reported|not recorded|to be documented|see image|criterion|cannot decide|can't decide"
+    r"|to exclude|is there|are there|is (?:this|that|it)|was there|were there|next case|previous case|other case|described as|comment on|to assess|to judge|not reported|not recorded|to be documented|see image|criterion|cannot decide|can't decide"
     r"|other (?:lesion|naevus|nevus|mole)s?|the (?:lower|upper|other|second|larger|smaller) (?:one|lesion|na?evus|nevus|mole)(?!\s*\(\s*(?:this|imaged))"
     # the past, another lesion or person: "previous dermoscopy showed BWV", "BWV resolved", "mother's lesion had BWV"
     r"|previous|previously|prior|prev\.|h/o|hx|history|formerly|baseline|last visit|resolved|disappeared|faded|regressed"
