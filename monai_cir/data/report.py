@@ -533,7 +533,9 @@ CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
     "pigment_network": {"typical": ("regular", "reg."), "atypical": ("irregular", "irreg.")},
     # (British spelling; the shapes' "-shaped" and "-like"; the sebaceous hyperplasia's "wreath-like vessels")
     "vascular_structures": {"arborizing": ("arborising",), "comma": ("comma-shaped", "comma shaped"), "wreath": ("wreath-like",),
-                            "linear irregular": ("irregular linear",)},
+                            "linear irregular": ("irregular linear", "linear-irregular")},
+    # (British spelling: "localised irregular pigmentation" was not read)
+    "pigmentation": {"localized irregular": ("localised irregular",), "localized regular": ("localised regular",)},
     # regression's white scar-like areas and blue pepper-like granules, and both ("regression - blue + white")
     "regression_structures": {"white areas": ("white scar-like areas",), "blue areas": ("blue peppering",),
                               "combinations": ("white and blue areas", "blue + white", "white + blue", "blue and white", "white and blue")},
@@ -549,6 +551,7 @@ _OTHER_REGRESSION_COLOUR_RE = {
 CLINICAL_PHRASINGS: dict[str, tuple[str, str]] = {
     **{p: ("regression_structures", "white areas") for p in (
         "white areas of regression", "white regression areas", "white areas (regression)", "white scar-like areas", "white scar-like area",
+        "white scar like areas", "white scar like area",
         "white area of regression", "white regression area",
         "scar-like depigmentation", "white scar-like depigmentation")},
     **{p: ("regression_structures", "blue areas") for p in (
@@ -602,10 +605,10 @@ def _phrasings() -> dict[str, tuple[str, str]]:
             out[_criterion(value, phrase).lower()] = (key, value)
             grade = "blue and white areas" if value == "combinations" else value
             grades = {grade} | grade_words.get(grade, set()) | set(CLINICAL_GRADE_SYNONYMS.get(key, {}).get(value, ()))
-            if " " in grade:  # "diffuse irregular" -> "diffuse irreg." too
-                head, tail = grade.rsplit(" ", 1)
+            for two_words in [g for g in grades if " " in g]:  # "diffuse irregular" -> "diffuse irreg." too ("localised irreg." too)
+                head, tail = two_words.rsplit(" ", 1)
                 grades |= {f"{head} {w}" for w in grade_words.get(tail, ())}
-            grades |= {g[:-1] for g in grades if g.endswith(".") and " " not in g}  # "typ PN", "D/G reg": the abbreviation without its period
+            grades |= {g[:-1] for g in grades if g.endswith(".")}  # "typ PN", "D/G reg", "localized irreg pigm": the abbreviation without its period
             for noun in nouns[key]:
                 for absent, present, graded, qualified in patterns:
                     if value == "absent":
@@ -707,6 +710,10 @@ _NEGATION_RE = re.compile(
 # a negation a conjunction joins after a mention, heading the next item: "typical network and no dots or globules", "regular
 # globules but no network" (before: the network's clause held a negation and it was not read)
 _CONJOINED_NEGATION_RE = re.compile(r"[ \t]+(?:and|but|with|while|whereas)[ \t]+(?=(?:no|without|nil)[ \t])")
+# ... and, words after the mention, a "no" that heads a noun of its own: an unpunctuated dictation's "irregular streaks at
+# about four o'clock no blue white veil seen" (before: the veil's "no" denied the streaks too, and nothing but the veil
+# was read). Right after the mention ("BWV no streaks") it is not cut: whose "no" that is, the text does not say
+_NEGATION_HEADS_NOUN_RE = re.compile(r"(?<![\w-])(?:no|without|nil)[ \t]+(?:[\w-]+[ \t]+){0,3}?(?:" + _ANY_NOUN + r")(?![\w])")
 
 
 # dermoscopic structures the checklist does not name (or names in words no training style writes), met as items of a
@@ -1293,6 +1300,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         # (a negation that a conjunction joins after the mention is the next item's: "a typical network and no dots")
         negation_end = conjoined.start() if (conjoined := _CONJOINED_NEGATION_RE.search(lowered, match.end(), end)) else end
+        if (head := _NEGATION_HEADS_NOUN_RE.search(lowered, match.end(), negation_end)) and lowered[match.end():head.start()].strip():
+            negation_end = head.start()
         if value != "absent" and (_NEGATION_RE.search(lowered, start, negation_end) or match.start() in governed or _NEGATIVES_DASH_SENTENCE_RE.match(lowered, sentence_start)
                                   or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
             continue
