@@ -6,7 +6,7 @@ so a service that runs the app per study pays for them once. On CUDA the network
 autocast (inside the network) on batches of queries; on CPU in float32, same results within tolerance.
 The image encoder runs in channels-last memory format (the same maps, bit for bit, on the CPUs
 measured; about a third less CPU time), the encoder artifact's with BatchNorm folded into the
-convolutions (a third less again; the same maps to float32 rounding), and on CPU in forwards of at most
+convolutions (a quarter to a third less again; the same maps to float32 rounding), and on CPU in forwards of at most
 :data:`CPU_FORWARD_IMAGES` images (a larger CPU batch costs more per image: the L level's maps no longer
 fit the caches).
 

@@ -1011,7 +1011,7 @@ _PAST_BEFORE_RE = re.compile(
     r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
     r"\s+(?:records|recorded|documents|documented|describes|described|mentions|mentioned|notes|noted|says|said|reports|reported)(?![\w-])")
 # ... or after it: "irregular streaks had been documented before excision" (a mention then, not now), and a definition
-# or a general statement: "Crown vessels are typical of sebaceous hyperplasia", "peppering corresponds to regression"
+# or a general statement: "arborizing vessels are typical of BCC", "peppering corresponds to regression"
 _PAST_AFTER_RE = re.compile(
     r"[ \t]+had[ \t]+been[ \t]+(?:documented|noted|recorded|seen|described|reported|present|shown)(?![\w-])"
     r"|[ \t]+(?:is|are)[ \t]+(?:[\w-]+[ \t]+)?(?:typical|characteristic|classic|pathognomonic|diagnostic)[ \t]+(?:of|for)(?![\w-])"
@@ -1051,14 +1051,14 @@ _NO_IMAGE_TODAY_RE = re.compile(
     r"|teaching bullets|not a patient visit|not filled in|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
 
 
-# another lesion, named as not imaged earlier in the sentence: "1) central chest (not imaged): focal irregular blotch, irregular
-# D/G", "The right thigh lesion (not imaged) has white scar-like areas, no vessels"
 # a doubt that heads its sentence past a comma: "Panel could not agree on whether there is fine, typical reticular network",
 # "I wonder about fine, typical reticular network" (before: the comma ended the doubt's clause and the network read TYPICAL)
 _DOUBT_BEFORE_RE = re.compile(r"(?<![\w-])(?:whether|could not agree|cannot agree|no consensus|wonder(?:ed)? (?:about|if))(?![\w-])")
 # ... unless answered before the mention: "panel asked whether vessels within regression were present - Dr Osei confirmed
 # vessels within regression"
 _DOUBT_ANSWERED_RE = re.compile(r"\s-\s|:|(?<![\w-])confirm")
+# another lesion, named as not imaged earlier in the sentence: "1) central chest (not imaged): focal irregular blotch, irregular
+# D/G", "The right thigh lesion (not imaged) has white scar-like areas, no vessels"
 _NOT_IMAGED_BEFORE_RE = re.compile(r"\(\s*(?:not imaged|no image|handheld only)[^)]*\)|(?<![\w-])not imaged(?![\w-])")
 
 
