@@ -716,6 +716,14 @@ _CONJOINED_NEGATION_RE = re.compile(r"[ \t]+(?:and|but|with|while|whereas)[ \t]+
 _NEGATION_HEADS_NOUN_RE = re.compile(r"(?<![\w-])(?:no|without|nil)[ \t]+(?:[\w-]+[ \t]+){0,3}?(?:" + _ANY_NOUN + r")(?![\w])")
 
 
+# a denial of a structure in the lesion's centre only: "no network to speak of centrally but a faint regular network at
+# the rim" (before: read the network ABSENT)
+_CENTRE_ONLY_RE = re.compile(r"(?<![\w-])(?:centrally|(?:in|at) the cent(?:re|er)(?: only)?)(?![\w-])")
+# ... and a "but" between a negation and a phrasing ends the negation's reach: "no network centrally but a faint regular
+# network", "no streaks but irregular dots" (before: the network, the dots were not read)
+_BUT_RE = re.compile(r"(?<![\w-])but(?![\w-])")
+
+
 # dermoscopic structures the checklist does not name (or names in words no training style writes), met as items of a
 # negated list
 _OTHER_STRUCTURE_RE = re.compile(
@@ -954,7 +962,7 @@ _SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 # PN and atypical vessels." (before: read the veil PRESENT and the network ATYPICAL; "Checklist includes: atypical PN ✓"
 # is a filled form, and "Criteria are met: ..." states them)
 _CHECKLIST_SENTENCE_RE = re.compile(
-    r"\s*(?:[-*•][ \t]*)?(?:the\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list|check-?list)"
+    r"\s*(?:[-*•][ \t]*)?(?:[a-z][a-z ]{0,24}:\s*)?(?:(?:the|this|our|a)\s+)?(?:[\w-]+\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list|check-?list)"
     r"\s+(?:includes|comprises|consists of|covers|lists|gives|assigns|awards|scores|weights)(?![\w-])(?!\s*:)"
     # ... or the checklist's own weights: "Major criteria (2 points): atypical network, BWV, ..." (a slide, not a lesion)
     r"|\s*(?:[-*•][ \t]*)?(?:major|minor) criteria\s*\(\s*\d\s*(?:points?|pts?)\s*\)")
@@ -1048,7 +1056,7 @@ _NO_IMAGE_TODAY_RE = re.compile(
     # images"), or that it is teaching, not a patient's note ("for education only", "no patient data", a leaflet, a tutorial)
     r"|no (?:patient )?lesions? (?:was |were )?imaged|ds not done|(?:did not|have not|has not|haven't|hasn't) (?:review(?:ed)?|seen|looked at) the images"
     r"|for (?:education|teaching)(?:al purposes)? only|no patient data|patient information leaflet|dermoscopy tutorial|teaching session"
-    r"|teaching bullets|not a patient visit|not filled in|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
+    r"|teaching bullets|not a patient visit|not filled in|no images? (?:is |are |was |were )?attached|no boxes? (?:is |are |was |were )?ticked|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
 
 
 # a doubt that heads its sentence past a comma: "Panel could not agree on whether there is fine, typical reticular network",
@@ -1140,14 +1148,32 @@ _COPIED_BLOCK_RE = re.compile(r"(?m)^[ \t]*[-=<>#*\[]{2,}[^\n]*(?:copied|pasted|
 # (Dr Morales): ...", "Fellow: ... arborizing vessels. / Consultant: the vessels are crown vessels" (before: the trainee's
 # findings read beside the supervisor's, or against them). Up to the supervisor's heading; a trainee's reading alone
 # stays as :data:`_PAST_OR_REPORTED_SENTENCE_RE` reads it
+# ... and an algorithm's output that the clinician's reading below follows: "AI triage (v2.3): ... atypical network, irregular
+# streaks.\nClinician review: agree atypical network. I do not see streaks" (before: the streaks the clinician did not see read)
 _TRAINEE_BLOCK_RE = re.compile(
-    r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:resident|trainee|registrar|fellow|(?:medical\s+)?student|spr|reg)(?![\w-])[^:\n]{0,60}:"
-    r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:attending|consultant|supervisor|senior)(?![\w-])[^:\n]{0,60}:)")
+    r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:resident|trainee|registrar|fellow|(?:medical\s+)?student|spr|reg|ai|algorithm)(?![\w-])[^:\n]{0,60}:"
+    r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:attending|consultant|supervisor|senior|clinician)(?![\w-])[^:\n]{0,60}:)")
 # ... a first read that an addendum or a second read corrects: "First report: blue-white veil.\nAddendum: ... Not a veil."
 # (before: the first read's findings read beside the addendum's, or against them)
 _FIRST_READ_BLOCK_RE = re.compile(
     r"(?m)(?:^|(?<=\. ))[ \t]*(?:first (?:read|report|reader|opinion)|(?:initial |original )?report)(?![\w-])[^:\n]{0,40}:"
     r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:addendum|second (?:read|reader|opinion))(?![\w-])[^:\n]{0,80}:)")
+# ... and a double read's readers in turn, "R1: hairpin vessels. R2: on review these are comma vessels ... Final: comma.",
+# "Reader 1: ... Reader 2: ... Adjudicator (me): the network is atypical": the first reader's findings up to the next
+# heading, unless that one agrees ("R2: agree, dotted"); the second reader's up to an arbiter's or a final heading that
+# states findings of its own ("Final: both" leaves them). Before: a first read's findings read beside the second's, or
+# against them
+_READER_HEADING_RE = re.compile(
+    r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:(r1|reader[ \t]*(?:1|one|a))|(r2|reader[ \t]*(?:2|two|b))|(r3|reader[ \t]*(?:3|three|c)|third reader"
+    r"|arbiter|adjudicator|final(?: reading| read)?|consensus))(?![\w-])[^:\n]{0,40}:")
+_AGREES_RE = re.compile(r"[ \t]*(?:(?:i|we)[ \t]+)?(?:agrees?|concur|concordant|same)(?![\w-])")
+# ... and what a correction marker corrects: the clause right before "Correction:", "EDIT 14:10:", "Sorry, typo:", "no
+# wait" ("Network atypical. Correction: network typical", "streaks irregular at 3 o'clock - sorry, that's wrong, ...").
+# Before: the corrected finding read beside the correction, or against it
+_CORRECTION_RE = re.compile(
+    r"(?<![\w-])(?:correction|corrected|amendment|erratum|edit(?:ed)?(?:[ \t]+\d{1,2}[:.]\d{2})?)[ \t]*[:-]"
+    r"|\([ \t]*correction(?![\w-])|(?<![\w-])sorry,?[ \t]+(?:typo|that's wrong|that is wrong|wrong|i meant|scratch that)(?![\w-])"
+    r"|(?<![\w-])no[ \t]+wait(?![\w-])|(?<![\w-])scratch that(?![\w-])")
 # ... a questioner's lines in a transcript: "Q. And if a veil had been present ...?" (the answers, "A. ...", are read)
 _QUESTIONER_LINE_RE = re.compile(r"(?m)^[ \t]*q[.:][^\n]*")
 # visits labelled in turn, "Visit 1: ... Visit 2: ... Visit 3 (current): ...", "1st: ... 2nd: ... 3rd (current): ...": the
@@ -1178,6 +1204,33 @@ _DICTATED_RE = re.compile(r"[ \t]?\b(full stop|colon|new paragraph)(?![\w-])")  
 # a table row of two cells, "| Pigment network | atypical |": its cells are a name and its value (" | " read as " : ");
 # a row of more cells (today beside an earlier date, the imaged lesion beside another) is not read this way
 _TWO_CELL_ROW_RE = re.compile(r"(?m)^([ \t]*)\|([^|\n]+)\|([^|\n]+)\|([ \t]*)$")
+
+
+def _superseded_reads(lowered: str) -> list[tuple[int, int]]:
+    """The spans of a double read's readers that a later reader's heading supersedes (:data:`_READER_HEADING_RE`)."""
+    headings = list(_READER_HEADING_RE.finditer(lowered))
+    spans = []
+    for i, (a, b) in enumerate(zip(headings, headings[1:])):
+        if _AGREES_RE.match(lowered, b.end()):
+            continue
+        section_end = headings[i + 2].start() if i + 2 < len(headings) else len(lowered)
+        if a.group(1) or (a.group(2) and b.group(3) and (_PHRASE_RE.search(lowered, b.end(), section_end) or _NOUN_RE.search(lowered, b.end(), section_end))):
+            spans.append((a.start(), b.start()))
+    return spans
+
+
+def _corrected(lowered: str, sentence_ends: list[int]) -> list[tuple[int, int]]:
+    """The spans a correction marker corrects (:data:`_CORRECTION_RE`): the clause right before it, in its sentence or,
+    where it starts its sentence, the sentence before ("dots irregular, network atypical, veil present... sorry, I meant
+    blue areas of regression" corrects the veil only)."""
+    spans = []
+    for marker in _CORRECTION_RE.finditer(lowered):
+        end = marker.start()
+        while end > 0 and lowered[end - 1] in " \t-(*•.…;,\n":  # (the marker's own punctuation: what it corrects is before)
+            end -= 1
+        start = max(_sentence_start(max(0, end - 1), sentence_ends), *(lowered.rfind(c, 0, end) + 1 for c in ",;\n"))
+        spans.append((start, marker.start()))
+    return spans
 
 
 def _normalised(lowered: str) -> str:
@@ -1233,6 +1286,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     quoted += [m.span() for m in itertools.chain(_COPIED_BLOCK_RE.finditer(lowered), _TRAINEE_BLOCK_RE.finditer(lowered),  # ... copied, corrected,
                                                  _FIRST_READ_BLOCK_RE.finditer(lowered), _QUESTIONER_LINE_RE.finditer(lowered))]  # ... a questioner's
     quoted += _earlier_visits(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered) if not _TABLE_VALUE_RE.search(m.group(0))]
+    quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered)
     if (email_quotes := [m.span() for m in _EMAIL_QUOTE_RE.finditer(lowered)]) and not _AGREED_RE.search(_EMAIL_QUOTE_RE.sub("", lowered)):
         quoted += email_quotes  # ... or quoted in an email the writer does not agree with
     gathered = list(quoted)  # ... and the spans of negated lists: their nouns are absent, not bare mentions of present findings
@@ -1244,7 +1298,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         for i, (key, a, b) in enumerate(items):
             # the item up to the next one (the last: to its clause's end): "without streaks or PN unclear" drops PN only
             upto = items[i + 1][1] if i + 1 < len(items) else _clause_bounds(lowered, a, b)[1]
-            if not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b):
+            if not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b) and not _CENTRE_ONLY_RE.search(lowered, b, upto):
                 found.setdefault(key, set()).add("absent")
     matches = list(_PHRASE_RE.finditer(lowered))
     mark = _MARK_RE.search(lowered)  # check marks: do they lead their items or follow them (the first mark before any mention)?
@@ -1293,6 +1347,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         if phrase in _NOUN_OF and value != "absent" and _not_assessed_list(lowered, sentence_start, match.start()):
             continue
+        if value == "absent" and _CENTRE_ONLY_RE.search(lowered, match.end(), end):
+            continue  # "no network centrally": not the criterion's absence
         if _OPTIONS_AFTER_RE.match(lowered, match.end()):
             continue  # a form's options, "Pigmentation: absent / diffuse reg / local reg / ...": none chosen by these words
         if value != "absent" and (_PAST_AFTER_RE.match(lowered, match.end()) or _series_count_after(lowered, match.end())
@@ -1302,7 +1358,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         negation_end = conjoined.start() if (conjoined := _CONJOINED_NEGATION_RE.search(lowered, match.end(), end)) else end
         if (head := _NEGATION_HEADS_NOUN_RE.search(lowered, match.end(), negation_end)) and lowered[match.end():head.start()].strip():
             negation_end = head.start()
-        if value != "absent" and (_NEGATION_RE.search(lowered, start, negation_end) or match.start() in governed or _NEGATIVES_DASH_SENTENCE_RE.match(lowered, sentence_start)
+        negation_start = buts[-1].end() if (buts := list(_BUT_RE.finditer(lowered, start, match.start()))) else start
+        if value != "absent" and (_NEGATION_RE.search(lowered, negation_start, negation_end) or match.start() in governed or _NEGATIVES_DASH_SENTENCE_RE.match(lowered, sentence_start)
                                   or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
             continue
         found.setdefault(key, set()).add(value)
@@ -1330,7 +1387,7 @@ _NOT_ASSESSED = re.compile(
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
     r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for|should|would|re-?image for|review for"
     r"|to exclude|is there|are there|is (?:this|that|it)|was there|were there|next case|previous case|other case|described as|comment on|to assess|to judge|not reported|not recorded|to be documented|see image|criterion|cannot decide|can't decide"
-    r"|other (?:lesion|naevus|nevus|mole)s?|the (?:lower|upper|other|second|larger|smaller) (?:one|lesion|na?evus|nevus|mole)(?!\s*\(\s*(?:this|imaged))"
+    r"|other (?:lesion|naevus|nevus|mole)s?|(?:comparison|reference|control) (?:lesion|naevus|nevus|mole)s?|for (?:comparison|reference)(?: only)?|the (?:lower|upper|other|second|larger|smaller) (?:one|lesion|na?evus|nevus|mole)(?!\s*\(\s*(?:this|imaged))"
     # the past, another lesion or person: "previous dermoscopy showed BWV", "BWV resolved", "mother's lesion had BWV"
     r"|previous|previously|prior|prev\.|h/o|hx|history|formerly|baseline|last visit|resolved|disappeared|faded|regressed"
     # ... and the forms that say nothing else: "BWV (old)", "s/p BWV", "PMH: lesion with BWV" (a year, "earlier", "past",
@@ -1373,6 +1430,12 @@ _DOUBT_AFTER_RE = re.compile(
 _NOUN_LIST_TAIL_RE = re.compile(r"(?:[ \t]*(?:" + _ANY_NOUN + r")[ \t]*(?:,|/|(?:or|and|nor)(?![\w-]))?)*[ \t]*")
 
 
+# ... or that names the criteria it checked, in any abbreviations: "Other criteria: absent (checked PN, DG, BWV, RS, VS,
+# PIG)" (before: the veil read PRESENT)
+_CHECKED_LIST_HEAD_RE = re.compile(r"(?<![\w-])(?:checked|assessed|evaluated|screened)(?:[ \t]+for)?(?![\w-])")
+_SHORT_LIST_TAIL_RE = re.compile(r"(?:[ \t]*[a-z/]{1,4}\.?[ \t]*(?:,|/|(?:or|and|nor)(?![\w-])))*[ \t]*")
+
+
 def _not_assessed_list(lowered: str, sentence_start: int, start: int) -> bool:
     """Whether the bare noun at ``start`` is an item of a list that a not-assessed or doubting word heads in its sentence
     ("image quality too poor to judge network, streaks or BWV", "cannot assess PN, BWV": before, the veil read PRESENT;
@@ -1380,7 +1443,11 @@ def _not_assessed_list(lowered: str, sentence_start: int, start: int) -> bool:
     head = None
     for head in _NOT_ASSESSED.finditer(lowered, sentence_start, start):
         pass
-    return head is not None and _NOUN_LIST_TAIL_RE.fullmatch(lowered, head.end(), start) is not None
+    if head is not None and _NOUN_LIST_TAIL_RE.fullmatch(lowered, head.end(), start) is not None:
+        return True
+    for head in _CHECKED_LIST_HEAD_RE.finditer(lowered, sentence_start, start):
+        pass
+    return head is not None and _SHORT_LIST_TAIL_RE.fullmatch(lowered, head.end(), start) is not None
 
 
 def _questioned(lowered: str, start: int, end: int) -> bool:
