@@ -904,6 +904,46 @@ def test_review_k_wrong_readings_are_not_read(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06l (held out until review m was written) read wrong: a scribe's unreviewed draft, several lesions
+    # imaged, codes' and fields' labels, a template's defaults, "no network abnormality", a year's or a date's earlier image,
+    # the checklist taught, a disagreement, an image not available, ungraded criteria, a quote beside a bare "veil"
+    ("Visit summary (AutoScribe, DRAFT - not yet reviewed). The doctor saw an irregular network.", ()),
+    ("Dermoscopy done on both. One has a veil, the other a typical network.", ()),
+    ("Pt 1: typical network. Pt 2: irregular streaks, BWV present.", ()),
+    ("Captures: back, arm. Atypical network. Dermoscopy images saved for all three.", ()),
+    ("OBX|2|CWE|BWV^Veil^L||ABS||N|||F", ()),
+    ('{"code":{"text":"Blue-whitish veil"},"dataAbsentReason":{"text":"not asked"}}', ()),
+    ("PN: {{pigment_network}} / BWV: {{bwv}}", ()),
+    ("Network: atypical\nStreaks: absent [default]\nVessels: absent (default, unchanged)", (("pigment_network", "atypical"),)),
+    ("Network: typical*\nVeil: present\n(* template default, not changed)", (("blue_whitish_veil", "present"),)),
+    ("EPR block - NOTE: default values not reviewed\nNetwork: typical\nFree-text findings (clinician): hairpin vessels.",
+     (("vascular_structures", "hairpin"),)),
+    ("Today no network abnormality; typical network; no dots.", (("pigment_network", "typical"), ("dots_and_globules", _ABSENT))),
+    ("Her 2023 melanoma showed a blue-white veil. Today's lesion: typical network.", (("pigment_network", "typical"),)),
+    ("On re-review of that March 2025 image there was an irregular blotch at the periphery.", ()),
+    ("We covered the 7-point checklist: atypical network, irregular streaks and the veil.", ()),
+    ("Reflection on dermoscopy teaching: atypical network; irregular streaks.", ()),
+    ("The discussant disagreed about a veil; the panel left it unresolved.", ()),
+    ("The repeat dermoscopy this month is not available. Earlier: typical network.", ()),
+    ("Network: atypical (visible). Colour-dependent features (veil, regression) not graded.", (("pigment_network", "atypical"),)),
+    ('Thanks for your letter, which described "an irregular blotch and a veil". Dermoscopy today: typical network.',
+     (("pigment_network", "typical"),)),
+    # ... and the guards: "two lesions examined" with the imaged one named is read, a year is not the past on its own, a
+    # clinician's text that overrides a default is read, a dated excision after a dermoscopy of the lesion is the image's
+    ("Two lesions examined. The imaged lesion (L thigh) shows regular globules.", (("dots_and_globules", "regular"),)),
+    ("Lesion excised in 2026 after dermoscopy showed BWV.", (("blue_whitish_veil", "present"),)),
+    ("Pattern: [DEFAULT: benign]\nClinician free text overriding the default: network is atypical.", (("pigment_network", "atypical"),)),
+    ("2019 photo showed no network; an atypical network has now developed.", (("pigment_network", "atypical"),)),
+])
+def test_review_l_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06l had 31 of its 400 texts read wrong (32 before the rules from review k); the rules
+    written from it leave 1 (a lesion the text places by "the one on her back")."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 def test_every_phrasing_is_matched_whole_by_the_factored_alternation():
     """The phrasings' alternation is factored by first word (:func:`_phrase_alternation`) and its groups are mapped
     back to phrasings by position: each phrasing, alone, must match whole and map to its own reading."""

@@ -724,6 +724,24 @@ _CENTRE_ONLY_RE = re.compile(r"(?<![\w-])(?:centrally|(?:in|at) the cent(?:re|er
 _BUT_RE = re.compile(r"(?<![\w-])but(?![\w-])")
 
 
+# ... and one of a quality of the structure, not the structure: "no network abnormality - network typical" (before: read
+# the network ABSENT)
+_QUALITY_AFTER_RE = re.compile(r"[ \t]+(?:abnormalit(?:y|ies)|changes?|concerns?|atypia|irregularit(?:y|ies))(?![\w-])")
+# a criterion's name as a code's or a field's label, not a finding: HL7 v2's "BWV^Veil^L", FHIR's {"text":"Blue-whitish
+# veil"}, a template's unmerged "{{bwv}}" (before: the bare noun read PRESENT)
+_LABEL_BEFORE_RE = re.compile(r"[\^\"{]$")
+_LABEL_AFTER_RE = re.compile(r" ?[\^\"}]")
+# a parenthesised list of criteria that the words after it leave ungraded: "Colour-dependent features (veil, regression)
+# not graded" (before: the veil read PRESENT)
+_LIST_NOT_ASSESSED_AFTER_RE = re.compile(r"[^()\n]{0,60}\)[ \t]*(?:were |was |are |is )?(?:not|cannot be|could not be)[ \t]+(?:assess|grad|evaluat|judg|scor)\w*")
+# a template's values left at their defaults: "Network: typical*" under "(* template default, not changed)", and the
+# fields under "NOTE: default values not reviewed" up to the clinician's own ("Free-text findings (clinician): ...")
+_DEFAULT_LEGEND_RE = re.compile(r"\*[ \t]*(?:=[ \t]*)?(?:template[ \t]+)?default")
+_DEFAULT_BLOCK_RE = re.compile(
+    r"(?m)^[^\n]*(?:default values? (?:were |was |are )?(?:not reviewed|unchanged|not changed|left unchanged)|pre-?filled[^\n]{0,60}not (?:updated|reviewed|changed))"
+    r"[^\n]*$[\s\S]*?(?=^[^\n:]*(?:clinician|free-?text)[^\n:]{0,40}:|\Z)")
+
+
 # dermoscopic structures the checklist does not name (or names in words no training style writes), met as items of a
 # negated list
 _OTHER_STRUCTURE_RE = re.compile(
@@ -952,8 +970,16 @@ _LESION_LABEL_RE = re.compile(
     # every case's findings read as the imaged lesion's)
     r"|case\s*(?:#\s*|no\.\s*)?(\d{1,3})(?=\s*[:)(,;-]|\s+(?:has|have|had|with|without|shows?|is|was|does|did)(?![\w-]))"
     # ... or a list's letters at its lines' starts: "A - new irregular streaks at 6 months -> MIS\nB - new regression ..."
-    r"|(?:^|(?<=\n))[ \t]*([a-d])[ \t]*(?:-|\))[ \t])"
+    r"|(?:^|(?<=\n))[ \t]*([a-d])[ \t]*(?:-|\))[ \t]"
+    # ... or patients numbered in a log: "Pt 1: typical network. Pt 2: irregular streaks, BWV present."
+    r"|pt\.?[ \t]*(\d{1,2})[ \t]*:)"
 )
+# ... and a text that says several lesions were imaged, without saying which image this is: "Dermoscopy done on both",
+# "Dermoscopy images saved for all three", "no lesion designated as the index lesion" (before: every lesion's findings
+# read as the image's; "Two lesions examined" alone is not one: such texts most often say which one was imaged)
+_SEVERAL_IMAGED_RE = re.compile(
+    r"(?<![\w-])(?:(?:dermoscopy|dermoscopic images?|images?|photos?)[ \t]+(?:[\w-]+[ \t]+){0,2}?(?:on|of|for)[ \t]+(?:both|all(?:[ \t]+(?:two|three|four|\d))?)"
+    r"(?=[ \t]*(?:[.,;:)\n]|$|lesions|moles|sites))|no (?:lesion )?designated as (?:the )?index(?: lesion)?|no index lesion)(?![\w-])")
 # ... and a series counted as a whole: "2WW referrals for suspected melanoma (n=42)", "BCC audit (n = 210)"
 _SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 
@@ -964,6 +990,8 @@ _SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 _CHECKLIST_SENTENCE_RE = re.compile(
     r"\s*(?:[-*•][ \t]*)?(?:[a-z][a-z ]{0,24}:\s*)?(?:(?:the|this|our|a)\s+)?(?:[\w-]+\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list|check-?list)"
     r"\s+(?:includes|comprises|consists of|covers|lists|gives|assigns|awards|scores|weights)(?![\w-])(?!\s*:)"
+    # ... or taught: "We covered the 7-point checklist: atypical network, BWV ... score 2" (a portfolio, not a lesion)
+    r"|\s*(?:(?:we|i)\s+)?(?:covered|taught|revised|discussed|went through)\s+(?:the\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list)"
     # ... or the checklist's own weights: "Major criteria (2 points): atypical network, BWV, ..." (a slide, not a lesion)
     r"|\s*(?:[-*•][ \t]*)?(?:major|minor) criteria\s*\(\s*\d\s*(?:points?|pts?)\s*\)")
 # ... and one that puts what follows in the past or in another's words at its start: "At that time dermoscopy showed
@@ -1015,6 +1043,10 @@ _PAST_BEFORE_RE = re.compile(
     r"|(?<![\w-])(?:in|on|from)\s+(?:january|february|march|april|may|june|july|august|september|october|november|december|(?:19|20)\d\d)"
     r"(?![\w-])[^.;\n]{0,40}?(?<![\w-])had\s+(?:shown|demonstrated|revealed|displayed|documented|recorded)(?![\w-])"
     # ... a dated excision or image: "the lesion on the scalp, excised in 2022, had ...", "Images from 2021 showed ..."
+    # ... "Her 2023 melanoma showed ...", "re-review of that March 2025 image", "the dermoscopy on 12/01/2025 showed ..."
+    r"|(?<![\w-])(?:19|20)\d\d\s+(?:melanoma|lesion|na?evus|nevus|mole|image|photo|picture|dermoscopy|primary|excision)\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
+    r"|(?<![\w-])(?:that|the)\s+(?:(?:january|february|march|april|may|june|july|august|september|october|november|december)\s+)?(?:19|20)\d\d\s+(?:image|photo|picture|dermoscopy)"
+    r"|(?<![\w-])(?:dermoscopy|image|photo)\s+(?:on|of|dated)\s+\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?<![\w-])excised\s+in\s+(?:19|20)\d\d\s*,|(?<![\w-])(?:from|in)\s+(?:19|20)\d\d\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
     r"\s+(?:records|recorded|documents|documented|describes|described|mentions|mentioned|notes|noted|says|said|reports|reported)(?![\w-])")
@@ -1056,12 +1088,15 @@ _NO_IMAGE_TODAY_RE = re.compile(
     # images"), or that it is teaching, not a patient's note ("for education only", "no patient data", a leaflet, a tutorial)
     r"|no (?:patient )?lesions? (?:was |were )?imaged|ds not done|(?:did not|have not|has not|haven't|hasn't) (?:review(?:ed)?|seen|looked at) the images"
     r"|for (?:education|teaching)(?:al purposes)? only|no patient data|patient information leaflet|dermoscopy tutorial|teaching session"
-    r"|teaching bullets|not a patient visit|not filled in|no images? (?:is |are |was |were )?attached|no boxes? (?:is |are |was |were )?ticked|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
+    r"|teaching bullets|not a patient visit|not filled in|draft[^.\n]{0,10}not (?:yet )?(?:been )?reviewed|dermoscopy teaching"
+    r"|no current image|not re-?imaged|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
+    # ... or an exam question on the checklist itself: "List the seven criteria of the 7-point checklist and their weights"
+    r"|list the (?:seven|7) criteria|(?:its|their) weights|no images? (?:is |are |was |were )?attached|no boxes? (?:is |are |was |were )?ticked|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
 
 
 # a doubt that heads its sentence past a comma: "Panel could not agree on whether there is fine, typical reticular network",
 # "I wonder about fine, typical reticular network" (before: the comma ended the doubt's clause and the network read TYPICAL)
-_DOUBT_BEFORE_RE = re.compile(r"(?<![\w-])(?:whether|could not agree|cannot agree|no consensus|wonder(?:ed)? (?:about|if))(?![\w-])")
+_DOUBT_BEFORE_RE = re.compile(r"(?<![\w-])(?:whether|could not agree|cannot agree|no consensus|wonder(?:ed)? (?:about|if)|disagreed? (?:about|on|over))(?![\w-])")
 # ... unless answered before the mention: "panel asked whether vessels within regression were present - Dr Osei confirmed
 # vessels within regression"
 _DOUBT_ANSWERED_RE = re.compile(r"\s-\s|:|(?<![\w-])confirm")
@@ -1276,17 +1311,19 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     never read as a finding the text denies or doubts."""
     if describes_several_lesions(text):
         return ()
-    lowered = _normalised(text.lower().translate(_DASHES))
+    raw = text.lower().translate(_DASHES)
+    lowered = _normalised(raw)
     if _NO_IMAGE_TODAY_RE.search(lowered):
         return ()
     found: dict[str, set[str]] = {}
     sentence_ends = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)]
-    quoted = [m.span() for m in _QUOTED_RE.finditer(lowered)  # another's words, unless agreed with: nothing in them is read
+    quoted = [m.span() for m in _QUOTED_RE.finditer(raw)  # another's words (found before "veil" is written "bwv ": its space ended no quote), unless agreed with: nothing in them is read
               if not _AGREED_BEFORE_RE.search(lowered, _sentence_start(m.start(), sentence_ends), m.start())]
     quoted += [m.span() for m in itertools.chain(_COPIED_BLOCK_RE.finditer(lowered), _TRAINEE_BLOCK_RE.finditer(lowered),  # ... copied, corrected,
                                                  _FIRST_READ_BLOCK_RE.finditer(lowered), _QUESTIONER_LINE_RE.finditer(lowered))]  # ... a questioner's
     quoted += _earlier_visits(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered) if not _TABLE_VALUE_RE.search(m.group(0))]
-    quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered)
+    quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered) + [m.span() for m in _DEFAULT_BLOCK_RE.finditer(lowered)]
+    default_legend = _DEFAULT_LEGEND_RE.search(lowered) is not None
     if (email_quotes := [m.span() for m in _EMAIL_QUOTE_RE.finditer(lowered)]) and not _AGREED_RE.search(_EMAIL_QUOTE_RE.sub("", lowered)):
         quoted += email_quotes  # ... or quoted in an email the writer does not agree with
     gathered = list(quoted)  # ... and the spans of negated lists: their nouns are absent, not bare mentions of present findings
@@ -1298,7 +1335,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         for i, (key, a, b) in enumerate(items):
             # the item up to the next one (the last: to its clause's end): "without streaks or PN unclear" drops PN only
             upto = items[i + 1][1] if i + 1 < len(items) else _clause_bounds(lowered, a, b)[1]
-            if not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b) and not _CENTRE_ONLY_RE.search(lowered, b, upto):
+            if (not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b) and not _CENTRE_ONLY_RE.search(lowered, b, upto)
+                    and not _QUALITY_AFTER_RE.match(lowered, b)):
                 found.setdefault(key, set()).add("absent")
     matches = list(_PHRASE_RE.finditer(lowered))
     mark = _MARK_RE.search(lowered)  # check marks: do they lead their items or follow them (the first mark before any mention)?
@@ -1347,8 +1385,15 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         if phrase in _NOUN_OF and value != "absent" and _not_assessed_list(lowered, sentence_start, match.start()):
             continue
-        if value == "absent" and _CENTRE_ONLY_RE.search(lowered, match.end(), end):
-            continue  # "no network centrally": not the criterion's absence
+        if value == "absent" and (_CENTRE_ONLY_RE.search(lowered, match.end(), end) or _QUALITY_AFTER_RE.match(lowered, match.end())):
+            continue  # "no network centrally", "no network abnormality": not the criterion's absence
+        if phrase in _NOUN_OF and value != "absent" and (_LABEL_BEFORE_RE.search(lowered, max(0, match.start() - 1), match.start())
+                                                         or _LABEL_AFTER_RE.match(lowered, match.end())):
+            continue  # a code's or a field's label
+        if default_legend and lowered.startswith("*", match.end()):
+            continue  # a template's default
+        if phrase in _NOUN_OF and value != "absent" and _LIST_NOT_ASSESSED_AFTER_RE.match(lowered, match.end()):
+            continue  # "Colour-dependent features (veil, regression) not graded"
         if _OPTIONS_AFTER_RE.match(lowered, match.end()):
             continue  # a form's options, "Pigmentation: absent / diffuse reg / local reg / ...": none chosen by these words
         if value != "absent" and (_PAST_AFTER_RE.match(lowered, match.end()) or _series_count_after(lowered, match.end())
@@ -1375,7 +1420,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
 # a criterion named as not assessed, or in doubt, says nothing about the lesion ("PN n/a", "pigment network: not
 # assessable", "?BWV", "possible BWV", "r/o BWV", "BWV cannot be excluded": before, a bare "BWV" in doubt read PRESENT)
 _NOT_ASSESSED = re.compile(
-    r"(?<![\w/])n/?a(?![\w/])|\bnot (?:assess|evaluat|determin|examin|gradabl)\w*|\bcannot be (?:assess|evaluat|determin|judg)\w*"
+    r"(?<![\w/])n/?a(?![\w/])|\bnot (?:assess|evaluat|determin|examin|grad)\w*|\bcannot be (?:assess|evaluat|determin|judg)\w*"
     r"|\b(?:unassessable|non-?evaluable|not-?evaluable|indeterminate|unknown|unclear|equivocal|uncertain)\b"
     r"|(?<![\w/-])(?:r/o|rule out|possible|possibly|poss\.|probable|probably|prob\.|questionable|query|suspicious|suspected|suspect"
     r"|doubtful|likely|unlikely|suggestive|cannot exclude|can't exclude|cannot be (?:excluded|ruled out)"
@@ -1385,6 +1430,7 @@ _NOT_ASSESSED = re.compile(
     r"|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure|looks? like"
     r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
+    r"|unresolved"
     r"|if|unless|in case|monitor|watch for|look for|check for|assess for|evaluate for|should|would|re-?image for|review for"
     r"|to exclude|is there|are there|is (?:this|that|it)|was there|were there|next case|previous case|other case|described as|comment on|to assess|to judge|not reported|not recorded|to be documented|see image|criterion|cannot decide|can't decide"
     r"|other (?:lesion|naevus|nevus|mole)s?|(?:comparison|reference|control) (?:lesion|naevus|nevus|mole)s?|for (?:comparison|reference)(?: only)?|the (?:lower|upper|other|second|larger|smaller) (?:one|lesion|na?evus|nevus|mole)(?!\s*\(\s*(?:this|imaged))"
@@ -1404,7 +1450,9 @@ _NOT_ASSESSED = re.compile(
     r"|not (?:yet )?verified|unverified|per (?:her|his|the) letters?|mum'?s?|mom'?s?|dad'?s?|whether|suggestion of|felt"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
-    r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)(?<!wreath-)like(?![\w-])|±|\(\s*\+/-\s*\)"  # ("BWV-like"; "white scar-like areas" is a term)
+    r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)(?<!wreath-)like(?![\w-])|±|\(\s*\+/-\s*\)"
+    # a template's value left at its default: "Streaks: absent [default]", "Network: typical (default)"
+    r"|[\[(]\s*default(?![\w-])"  # ("BWV-like"; "white scar-like areas" is a term)
 )
 # "veil" alone is the checklist's blue-whitish veil ("No veil.", "Veil: none"), read as "BWV" (same length, so positions
 # are kept). Not after a colour word, where it ends a longer noun ("blue-white veil"; the held-out "bluish-white veil"),
@@ -1549,12 +1597,13 @@ SEVERAL_LESIONS_NOTICE = (
 
 def describes_several_lesions(text: str) -> bool:
     """Whether ``text`` is about several lesions: it names two lesion labels ("Lesion 1: BWV; lesion 2: no BWV",
-    "lesion A has BWV, lesion B does not", "L1: ... L2: ...", an audit's "Case 1: ... Case 2: ...") or counts a series
-    ("audit of 2WW referrals (n=42)"). :func:`read_findings` reads none of its findings, since it
+    "lesion A has BWV, lesion B does not", "L1: ... L2: ...", an audit's "Case 1: ... Case 2: ...", a log's "Pt 1: ...
+    Pt 2: ..."), counts a series ("audit of 2WW referrals (n=42)") or says several lesions were imaged ("dermoscopy done
+    on both"). :func:`read_findings` reads none of its findings, since it
     does not say which lesion the image shows."""
     lowered = text.lower().translate(_DASHES)
-    labels = {m.group(1) or m.group(2) or m.group(3) or m.group(4) for m in _LESION_LABEL_RE.finditer(lowered)}
-    return len(labels) > 1 or _SERIES_RE.search(lowered) is not None
+    labels = {m.group(1) or m.group(2) or m.group(3) or m.group(4) or m.group(5) for m in _LESION_LABEL_RE.finditer(lowered)}
+    return len(labels) > 1 or _SERIES_RE.search(lowered) is not None or _SEVERAL_IMAGED_RE.search(lowered) is not None
 
 
 def finding_names(findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
