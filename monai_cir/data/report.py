@@ -729,7 +729,7 @@ _BUT_RE = re.compile(r"(?<![\w-])but(?![\w-])")
 _QUALITY_AFTER_RE = re.compile(r"[ \t]+(?:abnormalit(?:y|ies)|changes?|concerns?|atypia|irregularit(?:y|ies))(?![\w-])")
 # a criterion's name as a code's or a field's label, not a finding: HL7 v2's "BWV^Veil^L", FHIR's {"text":"Blue-whitish
 # veil"}, a template's unmerged "{{bwv}}" (before: the bare noun read PRESENT)
-_LABEL_BEFORE_RE = re.compile(r"[\^\"{]$")
+_LABEL_OPENERS = "^\"{"
 _LABEL_AFTER_RE = re.compile(r" ?[\^\"}]")
 # a parenthesised list of criteria that the words after it leave ungraded: "Colour-dependent features (veil, regression)
 # not graded" (before: the veil read PRESENT)
@@ -1387,7 +1387,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue
         if value == "absent" and (_CENTRE_ONLY_RE.search(lowered, match.end(), end) or _QUALITY_AFTER_RE.match(lowered, match.end())):
             continue  # "no network centrally", "no network abnormality": not the criterion's absence
-        if phrase in _NOUN_OF and value != "absent" and (_LABEL_BEFORE_RE.search(lowered, max(0, match.start() - 1), match.start())
+        if phrase in _NOUN_OF and value != "absent" and (lowered[match.start() - 1: match.start()] in _LABEL_OPENERS and match.start() > 0
                                                          or _LABEL_AFTER_RE.match(lowered, match.end())):
             continue  # a code's or a field's label
         if default_legend and lowered.startswith("*", match.end()):
@@ -1450,9 +1450,9 @@ _NOT_ASSESSED = re.compile(
     r"|not (?:yet )?verified|unverified|per (?:her|his|the) letters?|mum'?s?|mom'?s?|dad'?s?|whether|suggestion of|felt"
     # a checklist's score: "BWV (2 points)", "7PCL score 3 (BWV 2, ...)" (a number is no finding's value here)
     r"|score|points?|pts"
-    r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)(?<!wreath-)like(?![\w-])|±|\(\s*\+/-\s*\)"
+    r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)(?<!wreath-)like(?![\w-])|±|\(\s*\+/-\s*\)"  # ("BWV-like"; "white scar-like areas" is a term)
     # a template's value left at its default: "Streaks: absent [default]", "Network: typical (default)"
-    r"|[\[(]\s*default(?![\w-])"  # ("BWV-like"; "white scar-like areas" is a term)
+    r"|[\[(]\s*default(?![\w-])"
 )
 # "veil" alone is the checklist's blue-whitish veil ("No veil.", "Veil: none"), read as "BWV" (same length, so positions
 # are kept). Not after a colour word, where it ends a longer noun ("blue-white veil"; the held-out "bluish-white veil"),
@@ -1488,14 +1488,13 @@ def _not_assessed_list(lowered: str, sentence_start: int, start: int) -> bool:
     """Whether the bare noun at ``start`` is an item of a list that a not-assessed or doubting word heads in its sentence
     ("image quality too poor to judge network, streaks or BWV", "cannot assess PN, BWV": before, the veil read PRESENT;
     the clause of the last item holds only "streaks or BWV")."""
-    head = None
-    for head in _NOT_ASSESSED.finditer(lowered, sentence_start, start):
-        pass
-    if head is not None and _NOUN_LIST_TAIL_RE.fullmatch(lowered, head.end(), start) is not None:
-        return True
-    for head in _CHECKED_LIST_HEAD_RE.finditer(lowered, sentence_start, start):
-        pass
-    return head is not None and _SHORT_LIST_TAIL_RE.fullmatch(lowered, head.end(), start) is not None
+    for heads, tail in ((_NOT_ASSESSED, _NOUN_LIST_TAIL_RE), (_CHECKED_LIST_HEAD_RE, _SHORT_LIST_TAIL_RE)):
+        head = None
+        for head in heads.finditer(lowered, sentence_start, start):
+            pass  # (the last head before the mention)
+        if head is not None and tail.fullmatch(lowered, head.end(), start) is not None:
+            return True
+    return False
 
 
 def _questioned(lowered: str, start: int, end: int) -> bool:
