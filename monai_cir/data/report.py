@@ -734,9 +734,10 @@ _LABEL_AFTER_RE = re.compile(r" ?[\^\"}]")
 # a parenthesised list of criteria that the words after it leave ungraded: "Colour-dependent features (veil, regression)
 # not graded" (before: the veil read PRESENT)
 _LIST_NOT_ASSESSED_AFTER_RE = re.compile(r"[^()\n]{0,60}\)[ \t]*(?:were |was |are |is )?(?:not|cannot be|could not be)[ \t]+(?:assess|grad|evaluat|judg|scor)\w*")
-# a template's values left at their defaults: "Network: typical*" under "(* template default, not changed)", and the
+# a template's values left at their defaults: "Network: typical*" under "(* template default, not changed)" or "(*
+# pre-filled default value - not reviewed)", and the
 # fields under "NOTE: default values not reviewed" up to the clinician's own ("Free-text findings (clinician): ...")
-_DEFAULT_LEGEND_RE = re.compile(r"\*[ \t]*(?:=[ \t]*)?(?:template[ \t]+)?default")
+_DEFAULT_LEGEND_RE = re.compile(r"\*[ \t]*(?:=[ \t]*)?(?:(?:template|pre-?filled|system)[ \t]+)?default")
 _DEFAULT_BLOCK_RE = re.compile(
     r"(?m)^[^\n]*(?:default values? (?:were |was |are )?(?:not reviewed|unchanged|not changed|left unchanged)|pre-?filled[^\n]{0,60}not (?:updated|reviewed|changed))"
     r"[^\n]*$[\s\S]*?(?=^[^\n:]*(?:clinician|free-?text)[^\n:]{0,40}:|\Z)")
@@ -972,14 +973,26 @@ _LESION_LABEL_RE = re.compile(
     # ... or a list's letters at its lines' starts: "A - new irregular streaks at 6 months -> MIS\nB - new regression ..."
     r"|(?:^|(?<=\n))[ \t]*([a-d])[ \t]*(?:-|\))[ \t]"
     # ... or patients numbered in a log: "Pt 1: typical network. Pt 2: irregular streaks, BWV present."
-    r"|pt\.?[ \t]*(\d{1,2})[ \t]*:)"
+    r"|pt\.?[ \t]*(\d{1,2})[ \t]*:"
+    # ... or sites numbered in a surgical plan: "Site 1 - L nasal sidewall: arborising vessels. Site 2 - R cheek: ..."
+    r"|site[ \t]*(?:#[ \t]*)?([1-9])(?=[ \t]*[:)(,;-]))"
 )
 # ... and a text that says several lesions were imaged, without saying which image this is: "Dermoscopy done on both",
 # "Dermoscopy images saved for all three", "no lesion designated as the index lesion" (before: every lesion's findings
-# read as the image's; "Two lesions examined" alone is not one: such texts most often say which one was imaged)
+# read as the image's; "Two lesions examined" alone is not one: such texts most often say which one was imaged), or that
+# leaves it open ("I'll sort out which is which", "no single lesion was singled out for photography"), numbers them in a
+# range ("Lesions 1-6 (back): arborizing vessels on most") or gives findings to them all ("three naevi ...; all showed a
+# regular network")
 _SEVERAL_IMAGED_RE = re.compile(
     r"(?<![\w-])(?:(?:dermoscopy|dermoscopic images?|images?|photos?)[ \t]+(?:[\w-]+[ \t]+){0,2}?(?:on|of|for)[ \t]+(?:both|all(?:[ \t]+(?:two|three|four|\d))?)"
-    r"(?=[ \t]*(?:[.,;:)\n]|$|lesions|moles|sites))|no (?:lesion )?designated as (?:the )?index(?: lesion)?|no index lesion)(?![\w-])")
+    r"(?=[ \t]*(?:[.,;:)\n]|$|lesions|moles|sites))|no (?:lesion )?designated as (?:the )?index(?: lesion)?|no index lesion"
+    r"|which is which|no (?:single )?(?:lesion|mole|na?evus) (?:was )?singled out)(?![\w-])")
+# ... where no index lesion is named ("the index lesion", "imaged today", "the one I photographed")
+_SEVERAL_NAMED_RE = re.compile(
+    r"(?<![\w-])(?:lesions[ \t]+\d{1,2}[ \t]*(?:-|to)[ \t]*\d{1,2}(?![\d/.-]|[ \t]*(?:mm|cm))"
+    r"|(?:na?evi|nevi|moles|lesions)(?![\w-])[^.\n]{0,60}?(?<![\w-])(?:all|each|both)(?:[ \t]+(?:of them|two|three|four))?[ \t]+(?:showed|show|shows|had|have|has)"
+    r")(?![\w-])")
+_INDEX_NAMED_RE = re.compile(r"(?<![\w-])(?:index|(?:imaged|photographed|dermoscoped) today|(?:one|lesion) (?:i|we) (?:imaged|photographed|dermoscoped))(?![\w-])")
 # ... and a series counted as a whole: "2WW referrals for suspected melanoma (n=42)", "BCC audit (n = 210)"
 _SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 
@@ -1004,8 +1017,11 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     # after a short header of its own ("NP: Patient's previous dermoscopy ...", "Second opinion: Dr K. described ...")
     r"\s*(?:[-*•][ \t]*)?(?:[a-z][a-z ]{0,24}:\s*)?(?:(?:dermoscopy|dermatoscopy|the lesion|this lesion|it)\s+)?"
     # an earlier visit, dated or not: "At that visit dermoscopy showed ...", "Last visit the 7-point score was 4 (...)",
-    # "Seen 14/03/2026: ... had a typical network", "During pregnancy (Feb 2026) the naevus had ..."
+    # "Seen 14/03/2026: ... had a typical network", "During pregnancy (Feb 2026) the naevus had ...", "At the clinic visit of
+    # 2023-06-14 dermoscopy showed ...", "At her visit on 4 March the dermoscopy showed ..."
     r"(?:at that visit|(?:at |on )?(?:the |her |his )?(?:last|previous|prior) visit|during pregnancy|seen\s+(?:on\s+)?\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}"
+    r"|(?:at|on|during)\s+(?:the|her|his|their)\s+(?:[\w-]+\s+)?visit\s+(?:of|on)\s+(?:\d[\d/.-]*\d|\d|(?:january|february|march|april|may|june|july|august"
+    r"|september|october|november|december)(?![\w-]))"
     # another's reading: "Patient's previous dermoscopy (2025, Dr Chen) documented ...", "Findings (trainee, Dr A. Kowalski): ...",
     # "Summary of the first report: ...", "Dr K. described regular globules.", "Reader A said hairpin vessels"
     r"|(?:patient|pt)'?s previous|(?:her|his|their) previous|findings\s*\(\s*(?:trainee|registrar|resident|(?:medical\s+)?student)"
@@ -1014,7 +1030,9 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|(?:i |we )?explained (?:that|what|to (?:her|him|them|the patient))"
     r"|at that time|at the time|initially|originally|(?:the\s+)?original(?:\s+lesion)?|(?:at|on)\s+baseline|baseline\s*:"
     r"|(?:at|on)\s+(?:the\s+)?(?:first|initial|last)\s+(?:visit|review|dermoscopy|examination)|last time|in the past"
-    r"|(?:hx|history)\s*[:-]|(?:the\s+)?excised lesion|previous(?:ly)?|earlier dermoscopy|old notes|past\s*:|last year"
+    r"|(?:hx|history)\s*[:-]|(?:the\s+)?excised lesion|previous(?:ly)?|(?:the\s+|an\s+)?earlier (?:dermoscopy|image|photo)|old notes|past\s*:|last year"
+    # ... records from elsewhere: "Records from Dr P. Lindqvist (2021) describe irregular streaks on a lesion ..."
+    r"|(?:the\s+)?(?:medical\s+)?records?\s+(?:from|of)\s+[^;\n]{0,40}?(?:describe|document|mention|show|note|record|state|report)(?:s|d|ed)?"
     r"|pre-?op(?:erative)? dermoscopy|findings from|since excision|excised in|before one year|years ago|fhx|fh\s*:"
     # a note copied forward, an earlier state, a trainee's or another's reading: "[Copied from 12/03]: ...", "Was: BWV
     # present", "Had regular streaks at age 9", "Registrar: BWV present", "Medical student recorded 'BWV'"
@@ -1061,8 +1079,9 @@ _PAST_AFTER_RE = re.compile(
     r"|[ \t]+(?:can|may|could)[ \t]+(?:also[ \t]+)?be[ \t]+(?:seen|found)[ \t]+in(?![\w-])")
 # a form's options after a phrasing: "Pigmentation: absent / diffuse reg / local reg" (before: read ABSENT)
 _OPTIONS_AFTER_RE = re.compile(r"[ \t]*/[ \t]*(?:absent|present|typical|atypical|typ\.?|atyp\.?|regular|irregular|reg\.?|irreg\.?|diffuse|local|locali[sz]ed)(?![\w-])")
-# ... or later in its sentence, the visit it was seen at: "an eccentric irregular dark blotch when I saw him in January"
-_EARLIER_VISIT_AFTER_RE = re.compile(r"(?<![\w-])when (?:i|we) (?:first )?(?:saw|examined|reviewed|imaged)(?![\w-])")
+# ... or later in its sentence, the visit it was seen at: "an eccentric irregular dark blotch when I saw him in January",
+# or "then" ending it: "It showed an atypical network then." (last summer's photo; not "If BWV, then excise")
+_EARLIER_VISIT_AFTER_RE = re.compile(r"(?<![\w-])when (?:i|we) (?:first )?(?:saw|examined|reviewed|imaged)(?![\w-])|(?<![\w-])then(?=[ \t]*(?:[.;!]|$))")
 # a count over a series after a mention: "arborizing vessels were documented in 88% of BCCs", "BWV 2/6", "network atypical
 # in 3, BWV in 2" (an audit's statistic, not the imaged lesion's finding; before: read as present)
 _SERIES_COUNT_AFTER_RE = re.compile(
@@ -1084,6 +1103,8 @@ _NO_IMAGE_TODAY_RE = re.compile(
     r"|no imaging|awaiting dermoscopy|no new imaging|dermoscopy was not possible|not (?:yet )?re-?examined|not yet imaged"
     r"|to be imaged|did not attend (?:for )?imaging|could not look|haven't re-examined|have not (?:performed dermoscopy|examined it)"
     r"|unfilled|not completed|to be completed|did not complete|please disregard"
+    # ... or an algorithm's output no clinician has reviewed yet: 'Status = "unverified - awaiting clinician review"'
+    r"|awaiting (?:clinician|clinical|dermatologist|physician|human)(?:'s)? (?:review|verification|sign-?off)"
     # ... or that nobody looked at this patient's images ("I did not review the images myself", "the panel has not seen the
     # images"), or that it is teaching, not a patient's note ("for education only", "no patient data", a leaflet, a tutorial)
     r"|no (?:patient )?lesions? (?:was |were )?imaged|ds not done|(?:did not|have not|has not|haven't|hasn't) (?:review(?:ed)?|seen|looked at) the images"
@@ -1119,13 +1140,22 @@ _ANOTHER_PERSON_SENTENCE_RE = re.compile(
     r"(?:sister|brother|mother|father|daughter|son|husband|wife|partner|twin)(?:'s)?(?![\w-])")
 
 
+# a sentence whose subject is another lesion than the one imaged: "The lower one, um, has irregular streaks", "Upper
+# lesion: typical network, left alone" (before: read past its clause; not where it says it is the imaged one, "The upper
+# one - that's the one I photographed - has ...", "Lower lesion (marked for biopsy): ...")
+_OTHER_LESION_SENTENCE_RE = re.compile(
+    r"\s*(?:\[[^\]\n]{0,20}\][ \t]*)?(?:[-*•][ \t]*)?(?:the\s+)?(?:lower|upper|other|second|larger|smaller)\s+(?:one|lesion|na?evus|nevus|mole)(?![\w-])"
+    r"(?![^.\n]{0,60}?(?:this|imaged|photographed|index|marked|dermoscoped))")
+
+
 def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int, value: str) -> bool:
     """Whether the sentence of a mention at ``start`` puts it in the past, in another's words or in a plan before it
     (:data:`_PAST_OR_REPORTED_SENTENCE_RE` with no word of today up to the mention's clause end ``clause_end``), gives it
-    to a lesion not imaged (:data:`_NOT_IMAGED_BEFORE_RE`) or to a plan (:data:`_PLAN_BEFORE_RE`, a present or graded one)."""
+    to a lesion not imaged (:data:`_NOT_IMAGED_BEFORE_RE`) or another than the imaged one (:data:`_OTHER_LESION_SENTENCE_RE`)
+    or to a plan (:data:`_PLAN_BEFORE_RE`, a present or graded one)."""
     if _PAST_OR_REPORTED_SENTENCE_RE.match(lowered, sentence_start) and not _TODAY_RE.search(lowered, sentence_start, clause_end):
         return True
-    if _ANOTHER_PERSON_SENTENCE_RE.match(lowered, sentence_start):
+    if _ANOTHER_PERSON_SENTENCE_RE.match(lowered, sentence_start) or _OTHER_LESION_SENTENCE_RE.match(lowered, sentence_start):
         return True
     if (past := _PAST_BEFORE_RE.search(lowered, sentence_start, start)) and not _TODAY_RE.search(lowered, past.end(), clause_end):
         return True
@@ -1184,10 +1214,12 @@ _COPIED_BLOCK_RE = re.compile(r"(?m)^[ \t]*[-=<>#*\[]{2,}[^\n]*(?:copied|pasted|
 # findings read beside the supervisor's, or against them). Up to the supervisor's heading; a trainee's reading alone
 # stays as :data:`_PAST_OR_REPORTED_SENTENCE_RE` reads it
 # ... and an algorithm's output that the clinician's reading below follows: "AI triage (v2.3): ... atypical network, irregular
-# streaks.\nClinician review: agree atypical network. I do not see streaks" (before: the streaks the clinician did not see read)
+# streaks.\nClinician review: agree atypical network. I do not see streaks" (before: the streaks the clinician did not see read),
+# and a decision-support alert that the clinician overrides: "ALERT: flagged by classifier. Detected: irregular streaks.\n
+# Override reason (Dr N.): I do not see streaks"
 _TRAINEE_BLOCK_RE = re.compile(
-    r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:resident|trainee|registrar|fellow|(?:medical\s+)?student|spr|reg|ai|algorithm)(?![\w-])[^:\n]{0,60}:"
-    r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:attending|consultant|supervisor|senior|clinician)(?![\w-])[^:\n]{0,60}:)")
+    r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:resident|trainee|registrar|fellow|(?:medical\s+)?student|spr|reg|ai|algorithm|alert|classifier)(?![\w-])[^:\n]{0,60}:"
+    r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:attending|consultant|supervisor|senior|clinician|override)(?![\w-])[^:\n]{0,60}:)")
 # ... a first read that an addendum or a second read corrects: "First report: blue-white veil.\nAddendum: ... Not a veil."
 # (before: the first read's findings read beside the addendum's, or against them)
 _FIRST_READ_BLOCK_RE = re.compile(
@@ -1219,6 +1251,59 @@ _VISIT_LABEL_RE = re.compile(r"(?m)(?:^|(?<=[.;] ))[ \t]*(?:[-*•][ \t]*)?(?:vi
 _TABLE_ROW_RE = re.compile(r"(?m)^[^\n|]*\|[^\n|]*\|[^\n]*$")
 _TABLE_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|typ\w*|atyp\w*|reg\w*|irreg\w*|diffuse|locali[sz]ed|dotted|comma"
                              r"|hairpin|arbori[sz]ing|linear|wreath|blue|white|\d)(?![\w-])|[+✓✗x]\s*(?:\||$)")
+
+
+# a legend's line: "Legend: L-reg-pig = regular pigmentation localized ...", "key: str=streaks, veil=BWV, ~=possible",
+# "Abbreviations - PN, pigment network; BWV, blue-whitish veil" (it names the criteria, it states none of them; before:
+# read PRESENT and every grade it defines)
+_LEGEND_LINE_RE = re.compile(r"(?m)^[ \t]*(?:legend|key|abbreviations?|glossary)[ \t]*[:=(-][^\n]*$")
+# a DICOM SR content item as DCMTK's dsrdump prints it, a concept's name and its coded or text value:
+# '<CONTAINS:CODE:(BWV,99SKNL,"Blue-whitish veil")=(AB,99SKNL,"Absent")>' reads as "blue-whitish veil: absent" (before: the
+# name in quotes was a label, and the value was not read), and a concept modifier's line joins the line of the item it
+# modifies ('<HAS CONCEPT MOD:TEXT:(M,99SKNP,"Entry status")="[default] not reviewed">' is that item's default)
+_SR_ITEM_RE = re.compile(r'\([^,()"\n]*,[^,()"\n]*,"(?P<name>[^"\n]*)"\)[ \t]*=[ \t]*(?:\([^,()"\n]*,[^,()"\n]*,"(?P<code>[^"\n]*)"\)|"(?P<text>[^"\n]*)")')
+_SR_MODIFIER_LINE_RE = re.compile(r"\n(?=[ \t]*<has concept mod:)")
+
+
+# ... and an XML element's tags, '<text>At the clinic visit of 2023-06-14 dermoscopy showed ...</text>' (a CDA section):
+# blanked, so that its text starts a sentence (before: the tag hid "At the clinic visit of ..." from the sentence's start)
+_XML_TAG_RE = re.compile(r'</?[a-z][\w.-]*(?:[ \t]+[\w:.-]+[ \t]*=[ \t]*"[^"\n]*")*[ \t]*/?>')
+
+
+def _structured_items(raw: str) -> str:
+    """``raw`` with each dsrdump content item written "name: value" (:data:`_SR_ITEM_RE`) and XML tags blanked
+    (:data:`_XML_TAG_RE`), position for position."""
+    raw = _SR_ITEM_RE.sub(lambda m: f"{m['name']}: {m['code'] if m['code'] is not None else m['text']}".ljust(len(m[0])), raw)
+    if "</" in raw:  # (markup that closes its elements: "BWV <absent>" alone is no tag)
+        raw = _XML_TAG_RE.sub(lambda m: " " * len(m.group(0)), raw)
+    return _SR_MODIFIER_LINE_RE.sub(" ", raw)
+
+
+# a delimited export, a header row over its rows ("ID;Site;Network;Streaks;Veil" over "17;L calf;typical;none;no"): the
+# cell under a header cell that names a criterion is its value, so one row reads as its "Network: typical", "Veil: no"
+# lines; a header over several rows is several lesions' (or visits') and over none names columns only: neither is read
+# (before: "Veil" in a header read PRESENT whatever the row said)
+_HEADER_CELL_RE = re.compile(r"[ \t]*[a-z][\w.#/&-]*(?:[ \t]+[\w.#/&-]+){0,2}[ \t]*")
+_HEADER_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|typical|atypical|regular|irregular)(?![\w-])")
+_COLUMN_NOUNS = frozenset(_NOUN_OF) | {"veil", "dg", "rs", "st", "vs", "pig", "blotch"}
+
+
+def _delimited_table(text: str) -> str | None:
+    """``text`` with its first delimited table (:data:`_COLUMN_NOUNS` naming two or more of a header's cells) written
+    as "header: value" lines where it has one row, left out where it has none or several; None without one."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        lowered = line.lower()
+        for sep in (";", ",", "\t"):
+            cells = lowered.split(sep)
+            if (len(cells) < 3 or sum(c.strip() in _COLUMN_NOUNS for c in cells) < 2
+                    or not all(_HEADER_CELL_RE.fullmatch(c) and not _HEADER_VALUE_RE.search(c) for c in cells)):
+                continue
+            rows = list(itertools.takewhile(lambda row: row.count(sep) == len(cells) - 1, lines[i + 1:]))
+            header = line.split(sep)
+            read = [f"{name.strip()}: {value.strip()}" for name, value in zip(header, rows[0].split(sep)) if value.strip()] if len(rows) == 1 else []
+            return "\n".join(lines[:i] + read + lines[i + 1 + len(rows):])
+    return None
 
 
 _UNCHANGED_RE = re.compile(r"(?<![\w-])(?:unchanged|no change|same as)(?![\w-])")
@@ -1311,7 +1396,9 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     never read as a finding the text denies or doubts."""
     if describes_several_lesions(text):
         return ()
-    raw = text.lower().translate(_DASHES)
+    if (table := _delimited_table(text)) is not None:
+        return read_findings(table)
+    raw = _structured_items(text.lower().translate(_DASHES))
     lowered = _normalised(raw)
     if _NO_IMAGE_TODAY_RE.search(lowered):
         return ()
@@ -1323,6 +1410,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
                                                  _FIRST_READ_BLOCK_RE.finditer(lowered), _QUESTIONER_LINE_RE.finditer(lowered))]  # ... a questioner's
     quoted += _earlier_visits(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered) if not _TABLE_VALUE_RE.search(m.group(0))]
     quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered) + [m.span() for m in _DEFAULT_BLOCK_RE.finditer(lowered)]
+    quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
     default_legend = _DEFAULT_LEGEND_RE.search(lowered) is not None
     if (email_quotes := [m.span() for m in _EMAIL_QUOTE_RE.finditer(lowered)]) and not _AGREED_RE.search(_EMAIL_QUOTE_RE.sub("", lowered)):
         quoted += email_quotes  # ... or quoted in an email the writer does not agree with
@@ -1467,10 +1555,12 @@ _QUESTION_BEFORE_RE = re.compile(r"\?\s*$|\?[ \t]*[a-z]+[ \t]+$")  # ("? subtle 
 _QUESTION_AFTER_RE = re.compile(r"\s*\(?\s*\?|\s*[,;:-]\s*\(?\s*\?\s*\)?\s*(?=[;,.\n]|$)")  # ("BWV, ?MM": a question of the diagnosis)
 
 
-# a doubt that follows the mention in a clause of its own: "BWV, possibly", "BWV; uncertain", "BWV like", "BWV or artefact"
+# a doubt that follows the mention in a clause of its own: "BWV, possibly", "BWV; uncertain", "BWV like", "BWV or artefact",
+# "veil ~" (a shorthand's "possible")
 _DOUBT_AFTER_RE = re.compile(
     r"\s*[,;:]?\s*\(?\s*(?:possibly|probably|uncertain|equivocal|questionable|doubtful|unclear|not sure|tbc|to be confirmed"
     r"|unconfirmed|maybe|perhaps)\s*\)?\s*(?=[;,.)\n]|$)|\s*-?\s*like(?![\w-])|\s+or\s+(?:artefact|artifact|not)(?![\w-])"
+    r"|[ \t]*:?[ \t]*~[ \t]*(?=[;,.)\n]|$)"
 )
 
 
@@ -1597,12 +1687,13 @@ SEVERAL_LESIONS_NOTICE = (
 def describes_several_lesions(text: str) -> bool:
     """Whether ``text`` is about several lesions: it names two lesion labels ("Lesion 1: BWV; lesion 2: no BWV",
     "lesion A has BWV, lesion B does not", "L1: ... L2: ...", an audit's "Case 1: ... Case 2: ...", a log's "Pt 1: ...
-    Pt 2: ..."), counts a series ("audit of 2WW referrals (n=42)") or says several lesions were imaged ("dermoscopy done
-    on both"). :func:`read_findings` reads none of its findings, since it
+    Pt 2: ...", a plan's "Site 1 - ... Site 2 - ..."), counts a series ("audit of 2WW referrals (n=42)") or says several
+    lesions were imaged ("dermoscopy done on both", "lesions 1-4"). :func:`read_findings` reads none of its findings, since it
     does not say which lesion the image shows."""
     lowered = text.lower().translate(_DASHES)
-    labels = {m.group(1) or m.group(2) or m.group(3) or m.group(4) or m.group(5) for m in _LESION_LABEL_RE.finditer(lowered)}
-    return len(labels) > 1 or _SERIES_RE.search(lowered) is not None or _SEVERAL_IMAGED_RE.search(lowered) is not None
+    labels = {next(label for label in m.groups() if label) for m in _LESION_LABEL_RE.finditer(lowered)}
+    return (len(labels) > 1 or _SERIES_RE.search(lowered) is not None or _SEVERAL_IMAGED_RE.search(lowered) is not None
+            or (_SEVERAL_NAMED_RE.search(lowered) is not None and _INDEX_NAMED_RE.search(lowered) is None))
 
 
 def finding_names(findings: Sequence[str] | Sequence[tuple[str, str]]) -> str:
