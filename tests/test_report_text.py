@@ -912,7 +912,7 @@ def test_review_k_wrong_readings_are_not_read(text, read):
     ("Dermoscopy done on both. One has a veil, the other a typical network.", ()),
     ("Pt 1: typical network. Pt 2: irregular streaks, BWV present.", ()),
     ("Captures: back, arm. Atypical network. Dermoscopy images saved for all three.", ()),
-    ("OBX|2|CWE|BWV^Veil^L||ABS||N|||F", ()),
+    ("OBX|2|CWE|BWV^Veil^L||ABS||N|||F", (("blue_whitish_veil", _ABSENT),)),  # (refused as a label until HL7 v2 was parsed)
     ('{"code":{"text":"Blue-whitish veil"},"dataAbsentReason":{"text":"not asked"}}', ()),
     ("PN: {{pigment_network}} / BWV: {{bwv}}", ()),
     ("Network: atypical\nStreaks: absent [default]\nVessels: absent (default, unchanged)", (("pigment_network", "atypical"),)),
@@ -991,6 +991,47 @@ def test_review_m_wrong_readings_are_not_read(text, read):
     from monai_cir.data.report import read_findings
 
     assert read_findings(text) == read
+
+
+_HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    # HL7 v2 OBX segments: each standing observation (status F, C) as "OBX-3's text: OBX-5's value"; a correction
+    # replaces what it corrects, a preliminary or wrongly posted one is not read, several sub-IDs are several lesions
+    (_HL7_HEAD + "OBX|1|CWE|PN^Pigment network^L||ATYP^Atypical^L|||A|||F\nOBX|2|CWE|BWV^Blue-whitish veil^L||N^Absent^HL70136|||N|||F",
+     (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
+    ("OBX|1|CWE|DG^Dots and globules^L||REG^Regular^L||||||F\nOBX|1|CWE|DG^Dots and globules^L||IRR^Irregular^L||||||C",
+     (("dots_and_globules", "irregular"),)),
+    ("OBX|1|CWE|BWV^Blue-whitish veil^L||Y^Present^HL70136|||A|||P\nOBX|2|CWE|PN^Pigment network^L||TYP^Typical^L||N|||F",
+     (("pigment_network", "typical"),)),
+    ("OBX|1|CWE|ST^Streaks^L||IRR^Irregular^L|||A|||F\nOBX|1|CWE|ST^Streaks^L||IRR^Irregular^L|||A|||W", ()),
+    ("OBX|1|CWE|ST^Streaks^L|1|IRR^Irregular^L|||A|||F\nOBX|2|CWE|PN^Pigment network^L|2|TYP^Typical^L|||N|||F", ()),
+    ("OBX|1|ST|VS^Vessels^L||Dotted vessels in clusters||||||F\nNTE|1||No network seen.",
+     (("pigment_network", _ABSENT), ("vascular_structures", "dotted"))),
+    # FHIR Observation JSON: its components' and its own values where its status stands, members' displays and notes
+    ('{"resourceType":"Observation","status":"final","component":[{"code":{"text":"Pigment network"},"valueCodeableConcept":'
+     '{"text":"atypical"}},{"code":{"text":"Blue-whitish veil"},"valueBoolean":true},{"code":{"text":"Regression structures"},'
+     '"dataAbsentReason":{"text":"not assessed"}}]}', (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ('{"resourceType":"Observation","status":"preliminary","component":[{"code":{"text":"Streaks"},"valueCodeableConcept":{"text":"irregular"}}]}', ()),
+    ('{"resourceType":"Observation","status":"entered-in-error","valueString":"Irregular streaks."}', ()),
+    ('{"resourceType":"Observation","status":"amended","valueString":"Dermoscopy: comma vessels, no streaks.",'
+     '"hasMember":[{"display":"Regression: white scar-like areas"}]}',
+     (("streaks", _ABSENT), ("regression_structures", "white areas"), ("vascular_structures", "comma"))),
+])
+def test_structured_messages_are_read_as_their_observations(text, read):
+    """HL7 v2 and FHIR messages are read as the observations they carry (:func:`monai_cir.data.messages.message_text`):
+    before, their criteria's names were refused as labels and nothing was read."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
+def test_a_message_is_written_as_one_observation_a_line():
+    from monai_cir.data.messages import message_text
+
+    assert message_text(_HL7_HEAD + "OBX|1|CWE|PN^Pigment network^L||TYP^Typical^L|||N|||F\nNTE|1||Seen today.") == "Pigment network: Typical\nSeen today."
+    assert message_text("Typical network, no streaks.") is None
 
 def test_every_phrasing_is_matched_whole_by_the_factored_alternation():
     """The phrasings' alternation is factored by first word (:func:`_phrase_alternation`) and its groups are mapped

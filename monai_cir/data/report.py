@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .messages import message_text
 from .sites import DERM7PT_LOCATION_TO_SITE
 
 __all__ = [
@@ -1279,33 +1280,6 @@ def _structured_items(raw: str) -> str:
     return _SR_MODIFIER_LINE_RE.sub(" ", raw)
 
 
-# a delimited export, a header row over its rows ("ID;Site;Network;Streaks;Veil" over "17;L calf;typical;none;no"): the
-# cell under a header cell that names a criterion is its value, so one row reads as its "Network: typical", "Veil: no"
-# lines; a header over several rows is several lesions' (or visits') and over none names columns only: neither is read
-# (before: "Veil" in a header read PRESENT whatever the row said)
-_HEADER_CELL_RE = re.compile(r"[ \t]*[a-z][\w.#/&-]*(?:[ \t]+[\w.#/&-]+){0,2}[ \t]*")
-_HEADER_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|typical|atypical|regular|irregular)(?![\w-])")
-_COLUMN_NOUNS = frozenset(_NOUN_OF) | {"veil", "dg", "rs", "st", "vs", "pig", "blotch"}
-
-
-def _delimited_table(text: str) -> str | None:
-    """``text`` with its first delimited table (:data:`_COLUMN_NOUNS` naming two or more of a header's cells) written
-    as "header: value" lines where it has one row, left out where it has none or several; None without one."""
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        lowered = line.lower()
-        for sep in (";", ",", "\t"):
-            cells = lowered.split(sep)
-            if (len(cells) < 3 or sum(c.strip() in _COLUMN_NOUNS for c in cells) < 2
-                    or not all(_HEADER_CELL_RE.fullmatch(c) and not _HEADER_VALUE_RE.search(c) for c in cells)):
-                continue
-            rows = list(itertools.takewhile(lambda row: row.count(sep) == len(cells) - 1, lines[i + 1:]))
-            header = line.split(sep)
-            read = [f"{name.strip()}: {value.strip()}" for name, value in zip(header, rows[0].split(sep)) if value.strip()] if len(rows) == 1 else []
-            return "\n".join(lines[:i] + read + lines[i + 1 + len(rows):])
-    return None
-
-
 _UNCHANGED_RE = re.compile(r"(?<![\w-])(?:unchanged|no change|same as)(?![\w-])")
 
 
@@ -1396,8 +1370,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     never read as a finding the text denies or doubts."""
     if describes_several_lesions(text):
         return ()
-    if (table := _delimited_table(text)) is not None:
-        return read_findings(table)
+    if (message := message_text(text)) is not None:  # an HL7 v2 or FHIR message, a delimited export: "name: value" lines
+        return read_findings(message)
     raw = _structured_items(text.lower().translate(_DASHES))
     lowered = _normalised(raw)
     if _NO_IMAGE_TODAY_RE.search(lowered):
