@@ -89,8 +89,16 @@ def _hl7_v2_text(text: str) -> str | None:
         if key not in observations:
             kept.append(key)
         observations[key] = f"{name}: {value}"  # (a later one, a correction, replaces it in place)
-    several = len(sub_ids - {""}) > 1
-    return "\n".join(item for item in (observations[i] if isinstance(i, tuple) else i for i in kept if not (several and isinstance(i, tuple))) if item)
+    several = len(sub_ids - {""}) > 1  # (several lesions or images: none of the observations is read)
+    lines = []
+    for item in kept:
+        if isinstance(item, tuple):
+            if several:
+                continue
+            item = observations[item]
+        if item:
+            lines.append(item)
+    return "\n".join(lines)
 
 
 def _fhir_value(element: dict[str, Any]) -> str | None:

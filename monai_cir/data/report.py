@@ -998,6 +998,8 @@ _INDEX_NAMED_RE = re.compile(r"(?<![\w-])(?:index|(?:imaged|photographed|dermosc
 _SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 
 
+_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"  # (a month named in a date: "at her visit on 4 March", "in March ... had shown")
+
 # a sentence (or line, or ';' clause) about the checklist, not the lesion, at its start: "The 7PCL includes BWV, atypical
 # PN and atypical vessels." (before: read the veil PRESENT and the network ATYPICAL; "Checklist includes: atypical PN ✓"
 # is a filled form, and "Criteria are met: ..." states them)
@@ -1021,8 +1023,7 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     # "Seen 14/03/2026: ... had a typical network", "During pregnancy (Feb 2026) the naevus had ...", "At the clinic visit of
     # 2023-06-14 dermoscopy showed ...", "At her visit on 4 March the dermoscopy showed ..."
     r"(?:at that visit|(?:at |on )?(?:the |her |his )?(?:last|previous|prior) visit|during pregnancy|seen\s+(?:on\s+)?\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}"
-    r"|(?:at|on|during)\s+(?:the|her|his|their)\s+(?:[\w-]+\s+)?visit\s+(?:of|on)\s+(?:\d[\d/.-]*\d|\d|(?:january|february|march|april|may|june|july|august"
-    r"|september|october|november|december)(?![\w-]))"
+    r"|(?:at|on|during)\s+(?:the|her|his|their)\s+(?:[\w-]+\s+)?visit\s+(?:of|on)\s+(?:\d[\d/.-]*\d|\d|(?:" + _MONTHS + r")(?![\w-]))"
     # another's reading: "Patient's previous dermoscopy (2025, Dr Chen) documented ...", "Findings (trainee, Dr A. Kowalski): ...",
     # "Summary of the first report: ...", "Dr K. described regular globules.", "Reader A said hairpin vessels"
     r"|(?:patient|pt)'?s previous|(?:her|his|their) previous|findings\s*\(\s*(?:trainee|registrar|resident|(?:medical\s+)?student)"
@@ -1059,12 +1060,12 @@ _PAST_BEFORE_RE = re.compile(
     # the pluperfect of a dated look, "The dermoscopy in March had shown a typical network" (undated, "the dermoscopy had
     # shown an atypical network" is the imaged one's, before its excision), and another's note, "The treating
     # dermatologist's pre-excision note records a blue-white veil" (before: both read as today's)
-    r"|(?<![\w-])(?:in|on|from)\s+(?:january|february|march|april|may|june|july|august|september|october|november|december|(?:19|20)\d\d)"
+    r"|(?<![\w-])(?:in|on|from)\s+(?:" + _MONTHS + r"|(?:19|20)\d\d)"
     r"(?![\w-])[^.;\n]{0,40}?(?<![\w-])had\s+(?:shown|demonstrated|revealed|displayed|documented|recorded)(?![\w-])"
     # ... a dated excision or image: "the lesion on the scalp, excised in 2022, had ...", "Images from 2021 showed ..."
     # ... "Her 2023 melanoma showed ...", "re-review of that March 2025 image", "the dermoscopy on 12/01/2025 showed ..."
     r"|(?<![\w-])(?:19|20)\d\d\s+(?:melanoma|lesion|na?evus|nevus|mole|image|photo|picture|dermoscopy|primary|excision)\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
-    r"|(?<![\w-])(?:that|the)\s+(?:(?:january|february|march|april|may|june|july|august|september|october|november|december)\s+)?(?:19|20)\d\d\s+(?:image|photo|picture|dermoscopy)"
+    r"|(?<![\w-])(?:that|the)\s+(?:(?:" + _MONTHS + r")\s+)?(?:19|20)\d\d\s+(?:image|photo|picture|dermoscopy)"
     r"|(?<![\w-])(?:dermoscopy|image|photo)\s+(?:on|of|dated)\s+\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?<![\w-])excised\s+in\s+(?:19|20)\d\d\s*,|(?<![\w-])(?:from|in)\s+(?:19|20)\d\d\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
