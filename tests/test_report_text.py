@@ -993,6 +993,42 @@ def test_review_m_wrong_readings_are_not_read(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06n (held out until review p was written) read wrong: a session named by its month or week, a
+    # referral that does not say which lesion, a mark scheme, "as a feature of", a first report's dermoscopy, a drug's
+    # typical picture, an AI's suggestion in an export, a YAML value left at its default or corrected below, a chat's
+    # assistant turns, "are considered", "In 2023 there were", a dated dermoscopy without its year, a definition
+    ("At the March session the image showed regular globules. Today: typical network.", (("pigment_network", "typical"),)),
+    ("Image 1 (arm) and image 2 (leg) sent; the letter does not say which lesion is the concern. Image 1: irregular streaks. Image 2: regular globules.", ()),
+    ("Candidates should comment on: network, streaks, veil, vessels.", ()),
+    ("Candidate listed arborizing vessels as a feature of BCC.", ()),
+    ("The first report's dermoscopy (taken 3 May) described a blue-white veil.", ()),
+    ("Class effect: the typical dermoscopy is a globular pattern with regular globules.", ()),
+    ("ai_suggestion:\n  vascular: arborizing\n  network: absent\nclinician:\n  note: not yet reviewed", ()),
+    ("dermoscopy:\n  network: typical   # default\n  streaks: irregular", (("streaks", "irregular"),)),
+    ("streaks: regular   # corrected below\nveil: present", (("blue_whitish_veil", "present"),)),
+    ("User: Describe the image.\nAssistant: I see arborizing vessels and no pigment network.\nUser: Thanks, I will check.", ()),
+    ("User: Explain why comma vessels are considered benign.", ()),
+    ("In 2023 there were regular globules. Now a typical network only.", (("pigment_network", "typical"),)),
+    ("Summary: GP dermoscopy on 03/02 recorded irregular streaks; excised 04/04.", ()),
+    ("Last week's image: regular globules. Today's image: typical network.", (("pigment_network", "typical"),)),
+    ("The paper defines the blue-whitish veil as a structureless blue area.", ()),
+    ("Two lesions, images 1 and 2. Image 1 had irregular streaks. Which image was sent for review was not recorded.", ()),
+    # ... and the guards: the writer's own note quoted is read, "to define the margin" is no definition, an assistant's
+    # line with no user's turn is no chat
+    ("User: Convert my note: 'no network, arborizing vessels'.\nAssistant: Pigment network: absent; Vascular: arborizing.",
+     (("pigment_network", _ABSENT), ("vascular_structures", "arborizing"))),
+    ("Dermoscopy used to define the margin: the atypical network extends 2 mm beyond the edge.", (("pigment_network", "atypical"),)),
+    ("Assistant: irregular streaks.", (("streaks", "irregular"),)),
+])
+def test_review_n_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06n had 17 of its 400 texts read wrong; the rules written from it leave none (and 443 of
+    its 642 stated findings read, as before)."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 _HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
 
 

@@ -981,13 +981,17 @@ _LESION_LABEL_RE = re.compile(
 # ... and a text that says several lesions were imaged, without saying which image this is: "Dermoscopy done on both",
 # "Dermoscopy images saved for all three", "no lesion designated as the index lesion" (before: every lesion's findings
 # read as the image's; "Two lesions examined" alone is not one: such texts most often say which one was imaged), or that
-# leaves it open ("I'll sort out which is which", "no single lesion was singled out for photography"), numbers them in a
+# leaves it open ("I'll sort out which is which", "no single lesion was singled out for photography", "does not say which
+# mole is the worry"), numbers them in a
 # range ("Lesions 1-6 (back): arborizing vessels on most") or gives findings to them all ("three naevi ...; all showed a
 # regular network")
 _SEVERAL_IMAGED_RE = re.compile(
     r"(?<![\w-])(?:(?:dermoscopy|dermoscopic images?|images?|photos?)[ \t]+(?:[\w-]+[ \t]+){0,2}?(?:on|of|for)[ \t]+(?:both|all(?:[ \t]+(?:two|three|four|\d))?)"
     r"(?=[ \t]*(?:[.,;:)\n]|$|lesions|moles|sites))|no (?:lesion )?designated as (?:the )?index(?: lesion)?|no index lesion"
-    r"|which is which|no (?:single )?(?:lesion|mole|na?evus) (?:was )?singled out)(?![\w-])")
+    r"|which is which|no (?:single )?(?:lesion|mole|na?evus) (?:was )?singled out"
+    # ... "the referral does not say which mole is the worry", "Which image was under review was not recorded"
+    r"|(?:does|did|do) not (?:say|state|specify|record|indicate) which|which (?:image|photo|lesion|mole|na?evus|one)(?![\w-])[^.\n]{0,30}?"
+    r"(?:was|is) not (?:recorded|stated|known|clear|documented))(?![\w-])")
 # ... where no index lesion is named ("the index lesion", "imaged today", "the one I photographed")
 _SEVERAL_NAMED_RE = re.compile(
     r"(?<![\w-])(?:lesions[ \t]+\d{1,2}[ \t]*(?:-|to)[ \t]*\d{1,2}(?![\d/.-]|[ \t]*(?:mm|cm))"
@@ -1024,6 +1028,9 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     # 2023-06-14 dermoscopy showed ...", "At her visit on 4 March the dermoscopy showed ..."
     r"(?:at that visit|(?:at |on )?(?:the |her |his )?(?:last|previous|prior) visit|during pregnancy|seen\s+(?:on\s+)?\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}"
     r"|(?:at|on|during)\s+(?:the|her|his|their)\s+(?:[\w-]+\s+)?visit\s+(?:of|on)\s+(?:\d[\d/.-]*\d|\d|(?:" + _MONTHS + r")(?![\w-]))"
+    # ... a session named by its month or its week: "At the March session the image showed ...", "Last week's image: ..."
+    r"|(?:at|in|during)\s+(?:the|her|his|their)\s+(?:" + _MONTHS + r"|(?:19|20)\d\d)\s+(?:session|visit|appointment|review|clinic|consultation)"
+    r"|last (?:week|month)|yesterday"
     # another's reading: "Patient's previous dermoscopy (2025, Dr Chen) documented ...", "Findings (trainee, Dr A. Kowalski): ...",
     # "Summary of the first report: ...", "Dr K. described regular globules.", "Reader A said hairpin vessels"
     r"|(?:patient|pt)'?s previous|(?:her|his|their) previous|findings\s*\(\s*(?:trainee|registrar|resident|(?:medical\s+)?student)"
@@ -1043,7 +1050,9 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|(?:she|he|the patient|patient|pt) (?:was told|has read|read online)|(?:gp|referral) letter quotes"
     r"|your (?:letter|referral|dermoscopy description|description)\s+(?:described|describes|mentioned|mentions|said|says|noted|reported)"
     r"|(?:the\s+)?(?:consultant|first reader|other reader)\s+(?:felt|thought|said|reported|described)|comparison with (?:19|20)\d\d"
-    r"|in (?:19|20)\d\d,? (?:this|the) lesion (?:had|showed|was)"
+    r"|in (?:19|20)\d\d,? (?:(?:this|the) lesion (?:had|showed|was)|there (?:was|were)|it (?:had|showed))"
+    # ... a first report's: "The first report's dermoscopy (taken 12 March) described irregular streaks."
+    r"|(?:the\s+)?(?:first|initial)\s+(?:report|referral|letter|review|reading)'s"
     r"|(?:the\s+)?(?:referral|referrer|referring (?:gp|doctor|clinician|dermatologist)|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse"
     r"|student|ai tool|pathology request form)(?:'s)?"
     r"(?:\s+(?:letter|note|notes|report|text|comment))?\s*(?:said|says|stated|states|reported|reports|mentioned|mentions|described"
@@ -1063,10 +1072,11 @@ _PAST_BEFORE_RE = re.compile(
     r"|(?<![\w-])(?:in|on|from)\s+(?:" + _MONTHS + r"|(?:19|20)\d\d)"
     r"(?![\w-])[^.;\n]{0,40}?(?<![\w-])had\s+(?:shown|demonstrated|revealed|displayed|documented|recorded)(?![\w-])"
     # ... a dated excision or image: "the lesion on the scalp, excised in 2022, had ...", "Images from 2021 showed ..."
-    # ... "Her 2023 melanoma showed ...", "re-review of that March 2025 image", "the dermoscopy on 12/01/2025 showed ..."
+    # ... "Her 2023 melanoma showed ...", "re-review of that March 2025 image", "the dermoscopy on 12/01/2025 showed ...",
+    # "GP dermoscopy on 03/02 recorded ..."
     r"|(?<![\w-])(?:19|20)\d\d\s+(?:melanoma|lesion|na?evus|nevus|mole|image|photo|picture|dermoscopy|primary|excision)\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?<![\w-])(?:that|the)\s+(?:(?:" + _MONTHS + r")\s+)?(?:19|20)\d\d\s+(?:image|photo|picture|dermoscopy)"
-    r"|(?<![\w-])(?:dermoscopy|image|photo)\s+(?:on|of|dated)\s+\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
+    r"|(?<![\w-])(?:dermoscopy|image|photo)\s+(?:on|of|dated)\s+\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\s+(?:showed|had|demonstrated|revealed|recorded|documented|described|noted)(?![\w-])"
     r"|(?<![\w-])excised\s+in\s+(?:19|20)\d\d\s*,|(?<![\w-])(?:from|in)\s+(?:19|20)\d\d\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
     r"\s+(?:records|recorded|documents|documented|describes|described|mentions|mentioned|notes|noted|says|said|reports|reported)(?![\w-])")
@@ -1076,8 +1086,10 @@ _PAST_AFTER_RE = re.compile(
     r"[ \t]+had[ \t]+been[ \t]+(?:documented|noted|recorded|seen|described|reported|present|shown)(?![\w-])"
     r"|[ \t]+(?:is|are)[ \t]+(?:[\w-]+[ \t]+)?(?:typical|characteristic|classic|pathognomonic|diagnostic)[ \t]+(?:of|for)(?![\w-])"
     r"|[ \t]+(?:corresponds?[ \t]+to|refers?[ \t]+to|means|(?:is|are)[ \t]+(?:termed|called|defined[ \t]+as))(?![\w-])"
-    # "a blue-white veil is a sign of melanoma", "dotted vessels can be seen in Bowen's, psoriasis ..."
-    r"|[ \t]+(?:is|are)[ \t]+(?:a|an|one)[ \t]+(?:[\w-]+[ \t]+)?(?:sign|feature|clue|marker|criterion|hallmark)[ \t]+of(?![\w-])"
+    # "a blue-white veil is a sign of melanoma", "dotted vessels can be seen in Bowen's, psoriasis ...",
+    r"|[ \t]+(?:is|are|as)[ \t]+(?:a|an|one)[ \t]+(?:[\w-]+[ \t]+)?(?:sign|feature|clue|marker|criterion|hallmark)[ \t]+of(?![\w-])"
+    # "comma vessels are considered benign", "listed wreath vessels as a feature of sebaceous hyperplasia" (the line above)
+    r"|[ \t]+(?:is|are)[ \t]+(?:generally[ \t]+|usually[ \t]+)?(?:considered|regarded)(?![\w-])"
     r"|[ \t]+(?:can|may|could)[ \t]+(?:also[ \t]+)?be[ \t]+(?:seen|found)[ \t]+in(?![\w-])")
 # a form's options after a phrasing: "Pigmentation: absent / diffuse reg / local reg" (before: read ABSENT)
 _OPTIONS_AFTER_RE = re.compile(r"[ \t]*/[ \t]*(?:absent|present|typical|atypical|typ\.?|atyp\.?|regular|irregular|reg\.?|irreg\.?|diffuse|local|locali[sz]ed)(?![\w-])")
@@ -1093,6 +1105,9 @@ _PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|asse
                              # ... or a general statement: "Features commonly found in a melanoma of this thickness include ..."
                              r"|(?<![\w-])(?:features|findings|signs|structures)\s+(?:[\w-]+\s+){0,2}(?:found|seen|associated|described)\s+(?:in|with)(?![\w-])"
                              r"|(?<![\w-])(?:learned|learnt)\s+that(?![\w-])"
+                             # ... a definition or a drug's typical picture: "the paper defines the blue-whitish veil as ...",
+                             # "the typical dermoscopy is a globular pattern with regular globules"
+                             r"|(?<![\w-])defines(?![\w-])|(?<![\w-])typical\s+(?:dermoscop\w+|appearance|picture)(?:\s+(?:pattern|appearance|picture))?\s+(?:is|are|includes?|shows?)(?![\w-])"
                              r"|(?<![\w-])(?:criteria for (?:excision|referral|biopsy)|document presence|record all|recognise any|recognize any)(?![\w-])"
                              r"|(?<![\w-])to (?:exclude|rule out)(?![\w-])")
 
@@ -1191,14 +1206,16 @@ _WEIGHT_AND_SCORE_RE = re.compile(r"[ \t]*\(\s*[0-9]\s*(?:pts?|points?)?\s*\)[ \
 # a header whose section names criteria without stating them: "Assessed: PN, streaks, BWV", "Key: ...", "Plan: ..."
 _META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch|key|abbreviations?|checklist items"
                              r"|differential|ddx|to do|plan|reminders? to (?:trainees|students|residents)|protocol reminder|governance|audit|next steps|uncertain"
-                             r"|action points?)(?![\w-])")
+                             r"|action points?|comment on|mark(?:ing)? scheme)(?![\w-])")
 
 
 # words in quotation marks are another's, not the writer's reading: "the nurse's note says 'hairpin vessels'", "you wrote
 # that the lesion has 'blue-white veil and atypical network'. I agree with the atypical network", "'localized irregular
 # pigmentation' per first reader" (before: read as today's). An apostrophe inside a word ("patient's") opens none
-# (a quote the writer agrees with before it, in its sentence, is read: "agree with your assessment of 'typical network'")
-_AGREED_BEFORE_RE = re.compile(r"(?<![\w-])(?:i|we)\s+(?:\w+\s+)?(?:agree|concur|confirm)(?![\w-])|(?<![\w-])agree(?:d|s)? with(?![\w-])")
+# (a quote the writer agrees with before it, in its sentence, is read: "agree with your assessment of 'typical network'",
+# and one of the writer's own words: "Convert my note to the 7-point format: 'DS: no network, ...'")
+_AGREED_BEFORE_RE = re.compile(r"(?<![\w-])(?:i|we)\s+(?:\w+\s+)?(?:agree|concur|confirm)(?![\w-])|(?<![\w-])agree(?:d|s)? with(?![\w-])"
+                               r"|(?<![\w-])my (?:own )?(?:note|notes|words|text|reading|description)(?![\w-])")  # (the writer's own: "Convert my note ...: '...'")
 # an email's quoted lines ("> From Dr Ellis: the lesion has a BWV I think"): another's words, read only where the reply
 # agrees ("Agree, dermal naevus"); a reply that disputes them ("I don't think that's a blue-white veil") does not take them
 # as its own (before: the quoted veil read PRESENT under a reply that denied it)
@@ -1218,9 +1235,9 @@ _COPIED_BLOCK_RE = re.compile(r"(?m)^[ \t]*[-=<>#*\[]{2,}[^\n]*(?:copied|pasted|
 # ... and an algorithm's output that the clinician's reading below follows: "AI triage (v2.3): ... atypical network, irregular
 # streaks.\nClinician review: agree atypical network. I do not see streaks" (before: the streaks the clinician did not see read),
 # and a decision-support alert that the clinician overrides: "ALERT: flagged by classifier. Detected: irregular streaks.\n
-# Override reason (Dr N.): I do not see streaks"
+# Override reason (Dr N.): I do not see streaks", and an export's "ai_suggestion:" key above its "clinician:" key
 _TRAINEE_BLOCK_RE = re.compile(
-    r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:resident|trainee|registrar|fellow|(?:medical\s+)?student|spr|reg|ai|algorithm|alert|classifier)(?![\w-])[^:\n]{0,60}:"
+    r"(?m)(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:resident|trainee|registrar|fellow|(?:medical\s+)?student|spr|reg|ai(?:_\w+)?|algorithm|alert|classifier)(?![\w-])[^:\n]{0,60}:"
     r"[\s\S]*?(?=(?:^|(?<=\. ))[ \t]*(?:[-*•][ \t]*)?(?:the\s+)?(?:attending|consultant|supervisor|senior|clinician|override)(?![\w-])[^:\n]{0,60}:)")
 # ... a first read that an addendum or a second read corrects: "First report: blue-white veil.\nAddendum: ... Not a veil."
 # (before: the first read's findings read beside the addendum's, or against them)
@@ -1245,6 +1262,11 @@ _CORRECTION_RE = re.compile(
     r"|(?<![\w-])no[ \t]+wait(?![\w-])|(?<![\w-])scratch that(?![\w-])")
 # ... a questioner's lines in a transcript: "Q. And if a veil had been present ...?" (the answers, "A. ...", are read)
 _QUESTIONER_LINE_RE = re.compile(r"(?m)^[ \t]*q[.:][^\n]*")
+# ... and a chat's assistant turns, up to the user's next turn, where a user's turns answer them ("User: Describe the
+# features.\nAssistant: I can see arborizing vessels and no pigment network ..."): a model's words, not a reading of the
+# lesion (before: read as its findings); the user's turns are read
+_CHAT_USER_RE = re.compile(r"(?m)^[ \t]*user[ \t]*:")
+_CHAT_ASSISTANT_TURN_RE = re.compile(r"(?m)^[ \t]*(?:assistant|chatbot|bot|chatgpt|copilot|ai)[ \t]*:[\s\S]*?(?=^[ \t]*user[ \t]*:|\Z)")
 # visits labelled in turn, "Visit 1: ... Visit 2: ... Visit 3 (current): ...", "1st: ... 2nd: ... 3rd (current): ...": the
 # last is the one the image shows; the earlier ones are not read (before: every visit's findings read as today's)
 _VISIT_LABEL_RE = re.compile(r"(?m)(?:^|(?<=[.;] ))[ \t]*(?:[-*•][ \t]*)?(?:visit[ \t]*(\d{1,2})|(\d)(?:st|nd|rd|th)(?:[ \t]+visit)?)(?![\w])")
@@ -1386,6 +1408,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     quoted += _earlier_visits(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered) if not _TABLE_VALUE_RE.search(m.group(0))]
     quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered) + [m.span() for m in _DEFAULT_BLOCK_RE.finditer(lowered)]
     quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
+    if _CHAT_USER_RE.search(lowered):
+        quoted += [m.span() for m in _CHAT_ASSISTANT_TURN_RE.finditer(lowered)]
     default_legend = _DEFAULT_LEGEND_RE.search(lowered) is not None
     if (email_quotes := [m.span() for m in _EMAIL_QUOTE_RE.finditer(lowered)]) and not _AGREED_RE.search(_EMAIL_QUOTE_RE.sub("", lowered)):
         quoted += email_quotes  # ... or quoted in an email the writer does not agree with
@@ -1516,6 +1540,8 @@ _NOT_ASSESSED = re.compile(
     r")(?![\w-])|(?<=[\w-])(?<!scar-)(?<!pepper-)(?<!wreath-)like(?![\w-])|±|\(\s*\+/-\s*\)"  # ("BWV-like"; "white scar-like areas" is a term)
     # a template's value left at its default: "Streaks: absent [default]", "Network: typical (default)"
     r"|[\[(]\s*default(?![\w-])"
+    # ... or in a comment of an export's line: "network: typical   # default", "streaks: regular   # corrected below"
+    r"|#[ \t]*(?:default|(?:corrected|amended|changed|superseded)[ \t]+below)(?![\w-])"
 )
 # "veil" alone is the checklist's blue-whitish veil ("No veil.", "Veil: none"), read as "BWV" (same length, so positions
 # are kept). Not after a colour word, where it ends a longer noun ("blue-white veil"; the held-out "bluish-white veil"),
