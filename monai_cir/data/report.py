@@ -1086,10 +1086,11 @@ _PAST_AFTER_RE = re.compile(
     r"[ \t]+had[ \t]+been[ \t]+(?:documented|noted|recorded|seen|described|reported|present|shown)(?![\w-])"
     r"|[ \t]+(?:is|are)[ \t]+(?:[\w-]+[ \t]+)?(?:typical|characteristic|classic|pathognomonic|diagnostic)[ \t]+(?:of|for)(?![\w-])"
     r"|[ \t]+(?:corresponds?[ \t]+to|refers?[ \t]+to|means|(?:is|are)[ \t]+(?:termed|called|defined[ \t]+as))(?![\w-])"
-    # "a blue-white veil is a sign of melanoma", "dotted vessels can be seen in Bowen's, psoriasis ...",
+    # "a blue-white veil is a sign of melanoma", "listed wreath vessels as a feature of sebaceous hyperplasia"
     r"|[ \t]+(?:is|are|as)[ \t]+(?:a|an|one)[ \t]+(?:[\w-]+[ \t]+)?(?:sign|feature|clue|marker|criterion|hallmark)[ \t]+of(?![\w-])"
-    # "comma vessels are considered benign", "listed wreath vessels as a feature of sebaceous hyperplasia" (the line above)
+    # "comma vessels are considered benign"
     r"|[ \t]+(?:is|are)[ \t]+(?:generally[ \t]+|usually[ \t]+)?(?:considered|regarded)(?![\w-])"
+    # "dotted vessels can be seen in Bowen's, psoriasis ..."
     r"|[ \t]+(?:can|may|could)[ \t]+(?:also[ \t]+)?be[ \t]+(?:seen|found)[ \t]+in(?![\w-])")
 # a form's options after a phrasing: "Pigmentation: absent / diffuse reg / local reg" (before: read ABSENT)
 _OPTIONS_AFTER_RE = re.compile(r"[ \t]*/[ \t]*(?:absent|present|typical|atypical|typ\.?|atyp\.?|regular|irregular|reg\.?|irreg\.?|diffuse|local|locali[sz]ed)(?![\w-])")
@@ -1215,7 +1216,7 @@ _META_HEADER_RE = re.compile(r"(?<![\w-])(?:assessed|evaluated|features to watch
 # (a quote the writer agrees with before it, in its sentence, is read: "agree with your assessment of 'typical network'",
 # and one of the writer's own words: "Convert my note to the 7-point format: 'DS: no network, ...'")
 _AGREED_BEFORE_RE = re.compile(r"(?<![\w-])(?:i|we)\s+(?:\w+\s+)?(?:agree|concur|confirm)(?![\w-])|(?<![\w-])agree(?:d|s)? with(?![\w-])"
-                               r"|(?<![\w-])my (?:own )?(?:note|notes|words|text|reading|description)(?![\w-])")  # (the writer's own: "Convert my note ...: '...'")
+                               r"|(?<![\w-])my (?:own )?(?:note|notes|words|text|reading|description)(?![\w-])")
 # an email's quoted lines ("> From Dr Ellis: the lesion has a BWV I think"): another's words, read only where the reply
 # agrees ("Agree, dermal naevus"); a reply that disputes them ("I don't think that's a blue-white veil") does not take them
 # as its own (before: the quoted veil read PRESENT under a reply that denied it)
