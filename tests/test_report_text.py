@@ -1121,3 +1121,17 @@ def test_text_use_notice_names_the_findings_read_and_the_weight():
 
     assert text_use_notice(0.6, read_findings("7PCL: PN -, streaks -, BWV -")).startswith(
         "findings read in the query text: 3 of the 7 checklist findings (no pigment network, no streaks, no blue-whitish veil), so it counted for 60%")
+
+
+def test_reader_patterns_do_not_depend_on_the_hash_seed() -> None:
+    # Several alternations are built from sets; with ties of length left in set order, the compiled patterns (and so
+    # what a profile or a bisect sees) changed from one process to the next
+    import os
+    import subprocess
+    import sys
+
+    script = ("import hashlib, re, monai_cir.data.report as r; print(hashlib.sha1('\\n'.join(v.pattern for _, v in "
+              "sorted(vars(r).items()) if isinstance(v, re.Pattern)).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},
+                              capture_output=True, text=True, check=True).stdout for seed in ("0", "1", "2")}
+    assert len(digests) == 1, digests

@@ -22,7 +22,7 @@ import itertools
 import math
 import re
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -639,6 +639,13 @@ def _phrase_pattern(phrase: str) -> str:
 _PHRASINGS = _phrasings()
 
 
+def _longest_first(strings: Iterable[str]) -> list[str]:
+    """``strings`` longest first, as an alternation needs them (a regex takes the first branch that matches, so a phrase
+    must come before its own prefix); ties in alphabetical order, so the compiled pattern is the same under every
+    ``PYTHONHASHSEED`` (several of these come from sets)."""
+    return sorted(strings, key=lambda s: (-len(s), s))
+
+
 def _phrase_alternation(phrases: Sequence[str]) -> tuple[str, list[str]]:
     """One alternation of ``phrases`` (longest first), a capture group per phrase, factored by the phrase's first word:
     "bwv(?:(\\s+present)|(...)|())": a word start tries each first word once, not each of the ~1,200 phrasings (about
@@ -659,7 +666,7 @@ def _phrase_alternation(phrases: Sequence[str]) -> tuple[str, list[str]]:
     return "(?:" + "|".join(branches) + ")", order
 
 
-_PHRASE_ALTERNATION, _PHRASE_OF_GROUP = _phrase_alternation(sorted(_PHRASINGS, key=len, reverse=True))
+_PHRASE_ALTERNATION, _PHRASE_OF_GROUP = _phrase_alternation(_longest_first(_PHRASINGS))
 # every phrasing, longest first, behind one word-start check
 _PHRASE_RE = re.compile(r"(?<![\w/-])(?=[\w/])" + _PHRASE_ALTERNATION)
 # A negated list: prose gathers the absent findings after "without" ("without streaks, BWV or vessels"), and a clinician
@@ -669,7 +676,7 @@ _PHRASE_RE = re.compile(r"(?<![\w/-])(?=[\w/])" + _PHRASE_ALTERNATION)
 # it. "without" takes a list of nouns only, joined by commas or a conjunction; after "no" a comma ends the clause ("no
 # streaks, BWV +", "no streaks, BWV, atyp. PN") unless a conjunction ("or", "nor", "and") joins a later noun to the list.
 _NOUN_OF = {noun: key for key, nouns in _training_vocabulary().items() for noun in nouns}
-_NOUN_OF_GROUP = sorted(_NOUN_OF, key=len, reverse=True)
+_NOUN_OF_GROUP = _longest_first(_NOUN_OF)
 _ANY_NOUN = "|".join(re.escape(n) for n in _NOUN_OF_GROUP)  # any training noun, longest first (inside other patterns)
 # ... as a word of its own, group 1 (not "regression" in "vessels within regression")
 _BARE_NOUN = r"(?<![\w/-])(?<!within )(" + _ANY_NOUN + r")"
@@ -841,8 +848,8 @@ _SHARED_ABSENT_RE = re.compile(
     r"\s*(?::\s*)?(?:all\s+)?(?:-|(?:-\s*)?(?:absent|none|no|not seen|nil|0|negative))\s*(?=[;,.)\n]|$)")
 # a grade word before an absent sign: "atyp. PN -" denies the atypical network, not the network (the checklist's items
 # are graded: "irreg. streaks -" is not "no streaks")
-_GRADE_WORDS = sorted({p[: -len(n)].strip() for p, (k, v) in _PHRASINGS.items() if v != "absent" for n in _training_vocabulary()[k]
-                       if p.endswith(" " + n) and not p.startswith("no ")}, key=len, reverse=True)
+_GRADE_WORDS = _longest_first({p[: -len(n)].strip() for p, (k, v) in _PHRASINGS.items() if v != "absent"
+                               for n in _training_vocabulary()[k] if p.endswith(" " + n) and not p.startswith("no ")})
 _GRADE_BEFORE_RE = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(g) for g in _GRADE_WORDS if g) + r"|atyp|irreg)\s+$")  # ("atyp PN -")
 # a grade (or "no") and a noun with a describing word or two between them: "regular brown globules", "atypical thickened
 # network", "an irregular dark blotch", "no discrete vessels" (before: not read). _normalised blanks the describing words
@@ -865,7 +872,7 @@ _SWAPPED_LETTERS: dict[str, str] = {
     for i in range(len(w) - 1) if w[i] != w[i + 1]
 }
 _SWAPPED_LETTERS.pop("evil")  # (a word of its own)
-_SWAPPED_LETTERS_RE = re.compile(r"(?<![\w-])(?:" + "|".join(sorted(_SWAPPED_LETTERS, key=len, reverse=True)) + r")(?![\w-])")
+_SWAPPED_LETTERS_RE = re.compile(r"(?<![\w-])(?:" + "|".join(_longest_first(_SWAPPED_LETTERS)) + r")(?![\w-])")
 # a section header that negates its section: "Absent: streaks, BWV", "Not seen:\n- BWV"
 _SECTION_RE = re.compile(r"(?m)(?:^|(?<=\.) )[ \t]*(?:[-*•][ \t]*)?([a-z0-9][\w \t/-]{0,40}?)[ \t]*:")
 
@@ -1630,7 +1637,7 @@ def recognised_findings(text: str) -> tuple[str, ...]:
 _ELEVATIONS = ("flat", "palpable", "nodular")
 _LOCATIONS = tuple(DERM7PT_LOCATION_TO_SITE)  # Derm7pt's location values
 _LOCATION_OF_PHRASE = {_LOCATION_PHRASE.get(loc, loc): loc for loc in _LOCATIONS} | {loc: loc for loc in _LOCATIONS}
-_LOCATION_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(map(re.escape, _LOCATION_OF_PHRASE), key=len, reverse=True)) + r")(?![\w-])")
+_LOCATION_RE = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, _longest_first(_LOCATION_OF_PHRASE))) + r")(?![\w-])")
 _ELEVATION_RE = re.compile(r"(?<![\w-])(" + "|".join(_ELEVATIONS) + r")(?![\w-])")
 _SEX_RE = re.compile(r"(?<![\w-])(female|male|f|m)(?![\w-])")
 # the only words a context sentence is made of (besides numbers and ages such as "45y"): a first sentence with any
