@@ -1029,6 +1029,49 @@ def test_review_n_wrong_readings_are_not_read(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06o (held out until review q was written) read wrong: an SBAR note's Background, a vendor's
+    # synthetic test image, another's reading told in the third person
+    ("S: 58F, changing mole left shin.\nB: Melanoma removed 2018 from the back; dermoscopy of that one showed irregular streaks.\n"
+     "A: Dermoscopy today of the shin lesion - typical network, no veil.\nR: routine review.",
+     (("pigment_network", "typical"), ("blue_whitish_veil", _ABSENT))),
+    ("Situation: new lesion R cheek\nBackground: BCC on the nose treated 2021, dermoscopy of that one showed arborizing vessels\n"
+     "Assessment: dermoscopy today shows regular globules\nRecommendation: review 3/12", (("dots_and_globules", "regular"),)),
+    ("Demo image from the manufacturer's demo set: irregular streaks and a blue-white veil.", ()),
+    ("MDT minutes, item 2: the consultant present restated his reading - atypical network and regular globules.", ()),
+    # ... and the guards: lines lettered "a:" and "b:" with no Situation are no SBAR, "not a patient" said of a companion
+    # leaves the patient's lesion read, the writer's own reading and the patient's images are read
+    ("Dermoscopy, two views of the same lesion:\na: polarised - atypical network\nb: non-polarised - irregular dots",
+     (("pigment_network", "atypical"), ("dots_and_globules", "irregular"))),
+    ("Attends with her son (not a patient). Patient's lesion, L arm: atypical network.", (("pigment_network", "atypical"),)),
+    ("I confirmed my reading: atypical network.", (("pigment_network", "atypical"),)),
+    ("She shared her images: atypical network, no streaks.", (("pigment_network", "atypical"), ("streaks", _ABSENT))),
+])
+def test_review_o_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06o had 3 of its 400 texts read wrong; the rules written from it leave none (and 567 of
+    its 705 stated findings read, as before)."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    # the last wrong readings of reviews ruled on before (l: "the one on her back" beside the one photographed; m: two
+    # lesions on the ear, a line each, both to be excised)
+    ("The one on his arm is fine (typical network). The one I imaged is on the shin: irregular streaks.", (("streaks", "irregular"),)),
+    ("Three moles on the back today.\nUpper: regular globules.\nMiddle: typical network.\nLower: no streaks.\nAll three to be excised.", ()),
+    # ... and the guards: "the one on her back" with no other named as imaged is the lesion; lesions counted, both to be
+    # excised, with the index named
+    ("The one on her back has an atypical network; excise.", (("pigment_network", "atypical"),)),
+    ("Two lesions on the back; the index lesion: atypical network. Both to be excised.", (("pigment_network", "atypical"),)),
+])
+def test_ruled_reviews_last_wrong_readings_are_not_read(text, read):
+    """Reviews l and m kept one wrong reading each after the rules written from them; these rules leave none."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 _HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
 
 

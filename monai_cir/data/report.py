@@ -1003,6 +1003,10 @@ _SEVERAL_IMAGED_RE = re.compile(
 _SEVERAL_NAMED_RE = re.compile(
     r"(?<![\w-])(?:lesions[ \t]+\d{1,2}[ \t]*(?:-|to)[ \t]*\d{1,2}(?![\d/.-]|[ \t]*(?:mm|cm))"
     r"|(?:na?evi|nevi|moles|lesions)(?![\w-])[^.\n]{0,60}?(?<![\w-])(?:all|each|both)(?:[ \t]+(?:of them|two|three|four))?[ \t]+(?:showed|show|shows|had|have|has)"
+    # ... or counts them and treats them alike, a line each: "Two lesions on the L ear today. / L helix: arborising vessels
+    # ... / L preauricular: hairpin vessels ... / Both to be excised" (before: the helix's "no network" read as the image's)
+    r"|(?:two|three|four|2|3|4)[ \t]+(?:[\w-]+[ \t]+)?(?:lesions|moles|na?evi|nevi)(?![\w-])[\s\S]*?(?<![\w-])(?:both|all(?:[ \t]+(?:two|three|four))?)"
+    r"[ \t]+(?:to be|will be|are to be|listed for|booked for|for)[ \t]+(?:excised|excision|biopsied|biopsy|removed|removal)"
     r")(?![\w-])")
 _INDEX_NAMED_RE = re.compile(r"(?<![\w-])(?:index|(?:imaged|photographed|dermoscoped) today|(?:one|lesion) (?:i|we) (?:imaged|photographed|dermoscoped))(?![\w-])")
 # ... and a series counted as a whole: "2WW referrals for suspected melanoma (n=42)", "BCC audit (n = 210)"
@@ -1086,7 +1090,11 @@ _PAST_BEFORE_RE = re.compile(
     r"|(?<![\w-])(?:dermoscopy|image|photo)\s+(?:on|of|dated)\s+\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\s+(?:showed|had|demonstrated|revealed|recorded|documented|described|noted)(?![\w-])"
     r"|(?<![\w-])excised\s+in\s+(?:19|20)\d\d\s*,|(?<![\w-])(?:from|in)\s+(?:19|20)\d\d\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
-    r"\s+(?:records|recorded|documents|documented|describes|described|mentions|mentioned|notes|noted|says|said|reports|reported)(?![\w-])")
+    r"\s+(?:records|recorded|documents|documented|describes|described|mentions|mentioned|notes|noted|says|said|reports|reported)(?![\w-])"
+    # ... and another's reading told in the third person: "the dermatologist present confirmed her reading - irregular
+    # streaks and a veil" (minutes; not the writer's "I confirmed my reading", nor "her images", the patient's)
+    r"|(?<![\w-])(?:confirmed|confirms|gave|gives|stated|states|repeated|reiterated|restated|maintained|presented|summari[sz]ed|shared)"
+    r"\s+(?:her|his|their)\s+(?:own\s+)?(?:reading|interpretation|impression|opinion|assessment|findings)(?![\w-])")
 # ... or after it: "irregular streaks had been documented before excision" (a mention then, not now), and a definition
 # or a general statement: "arborizing vessels are typical of BCC", "peppering corresponds to regression"
 _PAST_AFTER_RE = re.compile(
@@ -1134,6 +1142,9 @@ _NO_IMAGE_TODAY_RE = re.compile(
     # images"), or that it is teaching, not a patient's note ("for education only", "no patient data", a leaflet, a tutorial)
     r"|no (?:patient )?lesions? (?:was |were )?imaged|ds not done|(?:did not|have not|has not|haven't|hasn't) (?:review(?:ed)?|seen|looked at) the images"
     r"|for (?:education|teaching)(?:al purposes)? only|no patient data|patient information leaflet|dermoscopy tutorial|teaching session"
+    # ... or a test image, not a patient's: "Test case (synthetic image from the vendor's demo set, not a patient): ..."
+    # (not "not a patient" alone: "attends with her daughter (not a patient)")
+    r"|synthetic (?:image|case|lesion)s?|(?:vendor|manufacturer)'?s? demo|demo (?:image|set|case)s?"
     r"|teaching bullets|not a patient visit|not filled in|draft[^.\n]{0,10}not (?:yet )?(?:been )?reviewed|dermoscopy teaching"
     r"|no current image|not re-?imaged|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
     # ... or an exam question on the checklist itself: "List the seven criteria of the 7-point checklist and their weights"
@@ -1172,6 +1183,12 @@ _OTHER_LESION_SENTENCE_RE = re.compile(
     r"\s*(?:\[[^\]\n]{0,20}\][ \t]*)?(?:[-*•][ \t]*)?(?:the\s+)?(?:lower|upper|other|second|larger|smaller)\s+(?:one|lesion|na?evus|nevus|mole)(?![\w-])"
     r"(?![^.\n]{0,60}?(?:this|imaged|photographed|index|marked|dermoscoped))")
 
+# ... and "the one on <a site>" where the text names the imaged one elsewhere: "the one on her back is fine (regular
+# network). The one I photographed is on the scalp - ..." (before: the back's network read as the image's; without a
+# named index, "The one on her back has an atypical network" may be the only lesion, and is read)
+_ONE_AT_A_SITE_SENTENCE_RE = re.compile(
+    r"\s*(?:[-*•][ \t]*)?the\s+one\s+(?:on|at|near|by|over|under|behind|in)\s+(?![^.\n]{0,60}?(?:this|imaged|photographed|index|marked|dermoscoped))")
+
 
 def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int, value: str) -> bool:
     """Whether the sentence of a mention at ``start`` puts it in the past, in another's words or in a plan before it
@@ -1181,6 +1198,8 @@ def _out_of_scope(lowered: str, sentence_start: int, start: int, clause_end: int
     if _PAST_OR_REPORTED_SENTENCE_RE.match(lowered, sentence_start) and not _TODAY_RE.search(lowered, sentence_start, clause_end):
         return True
     if _ANOTHER_PERSON_SENTENCE_RE.match(lowered, sentence_start) or _OTHER_LESION_SENTENCE_RE.match(lowered, sentence_start):
+        return True
+    if _ONE_AT_A_SITE_SENTENCE_RE.match(lowered, sentence_start) and _INDEX_NAMED_RE.search(lowered):
         return True
     if (past := _PAST_BEFORE_RE.search(lowered, sentence_start, start)) and not _TODAY_RE.search(lowered, past.end(), clause_end):
         return True
@@ -1314,6 +1333,22 @@ def _structured_items(raw: str) -> str:
 _UNCHANGED_RE = re.compile(r"(?<![\w-])(?:unchanged|no change|same as)(?![\w-])")
 
 
+# an SBAR handover's labels, a line each: "S: new dark lesion right calf / B: Melanoma excised 2019 ...; dermoscopy of that
+# one showed an atypical network / A: Dermoscopy today ... / R: 2WW". Its Background is history (before: the excised
+# melanoma's network read as today's)
+_SBAR_LABEL_RE = re.compile(r"(?m)^[ \t]*(?:[-*•][ \t]*)?(s|b|a|r|situation|background|assessment|recommendations?)[ \t]*[:-][ \t]")
+
+
+def _sbar_background(lowered: str) -> list[tuple[int, int]]:
+    """The span of an SBAR note's Background (:data:`_SBAR_LABEL_RE`), up to the next label: only where the text labels a
+    Situation, a Background and an Assessment (a SOAP note's "S:" and "A:" have no "B:")."""
+    labels = list(_SBAR_LABEL_RE.finditer(lowered))
+    if not {"s", "b", "a"} <= {m.group(1)[0] for m in labels}:
+        return []
+    ends = [m.start() for m in labels[1:]] + [len(lowered)]
+    return [(m.start(), end) for m, end in zip(labels, ends) if m.group(1)[0] == "b"]
+
+
 def _earlier_visits(lowered: str) -> list[tuple[int, int]]:
     """The spans of every labelled visit but the last (:data:`_VISIT_LABEL_RE`), where a text labels two or more."""
     labels = list(_VISIT_LABEL_RE.finditer(lowered))
@@ -1413,7 +1448,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
               if not _AGREED_BEFORE_RE.search(lowered, _sentence_start(m.start(), sentence_ends), m.start())]
     quoted += [m.span() for m in itertools.chain(_COPIED_BLOCK_RE.finditer(lowered), _TRAINEE_BLOCK_RE.finditer(lowered),  # ... copied, corrected,
                                                  _FIRST_READ_BLOCK_RE.finditer(lowered), _QUESTIONER_LINE_RE.finditer(lowered))]  # ... a questioner's
-    quoted += _earlier_visits(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered) if not _TABLE_VALUE_RE.search(m.group(0))]
+    quoted += _earlier_visits(lowered) + _sbar_background(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered) if not _TABLE_VALUE_RE.search(m.group(0))]
     quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered) + [m.span() for m in _DEFAULT_BLOCK_RE.finditer(lowered)]
     quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
     if _CHAT_USER_RE.search(lowered):
