@@ -1072,6 +1072,45 @@ def test_ruled_reviews_last_wrong_readings_are_not_read(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06p (held out until review r was written) read wrong: a pronoun's or an algorithm's dermoscopy,
+    # lesions counted and treated alike or looked at together, a quote holding an apostrophe, an absence within the areas
+    # just named, a patch test's earlier reading day, a dated admission, "sorry pls read:", a dermoscopy some time ago,
+    # a specialist's letter
+    ("Phone call from the derm SHO about a new back lesion seen in their clinic. They said dermoscopy showed irregular streaks "
+     "and they will biopsy.", ()),
+    ("The AI report lists a blue-whitish veil. On my own look: typical network, no veil.",
+     (("pigment_network", "typical"), ("blue_whitish_veil", _ABSENT))),
+    ("Three new naevi since the last cycle - chest, back and thigh.\nDermatoscope: atypical network and blue-white veil.\nRefer all to derm.", ()),
+    ("Specimen with two small lesions, A and B.\nEx vivo dermoscopy: regular globules.\nEach lesion submitted separately.", ()),
+    ("Two lesions shielded today - both were scoped last month and showed a regular network.", ()),
+    ("Multiple CALMs on the trunk. Dermoscopy of these: diffuse regular pigmentation.", ()),
+    ("Many naevi on the legs. Looked at them with the dermatoscope: a few show irregular dots.", ()),
+    ("Numerous naevi on the back. Several scoped; most with a typical network.", ()),
+    ('Derm SpR note says "hairpin vessels, ?SK\'s" - biopsy booked.', ()),
+    ("Dermoscopy: white scar-like areas with blue-grey peppering, no vessels within them.", (("regression_structures", "combinations"),)),
+    ("D2: dotted vessels around the seb K.\nD4 today: milia-like cysts only.", ()),
+    ("Readmitted. During the 2024 admission the lesion had irregular dots.\nToday's dermoscopy: regular dots only.", (("dots_and_globules", "regular"),)),
+    ("Dermoscopy: typical network (sorry pls read: atypical network, thick lines).", (("pigment_network", "atypical"),)),
+    ("Dermoscopy of the R arm lesion 2 years ago: comma vessels. Today: excised, scar only, nothing to scope.", ()),
+    ("Oncologist's letter: primary R shin (atypical network, irregular dots). Plan: start letrozole.", ()),
+    # ... and the guards: a pronoun's "said" that is not of a dermoscopy, a lesion noticed some time ago, "no vessels within
+    # it" (the lesion), lesions counted with the index named, a specialist's note (it may head the writer's own entry)
+    ("She said it itches and dermoscopy shows an atypical network.", (("pigment_network", "atypical"),)),
+    ("Dermoscopy of the lesion noticed 3 months ago: atypical network.", (("pigment_network", "atypical"),)),
+    ("Dermoscopy: pink lesion, no vessels within it.", (("vascular_structures", _ABSENT),)),
+    ("Two lesions on the back; the index lesion: atypical network. Both were scoped.", (("pigment_network", "atypical"),)),
+    ("Dermatologist's note: atypical network, irregular dots.", (("pigment_network", "atypical"), ("dots_and_globules", "irregular"))),
+])
+def test_review_p_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06p had 20 of its 400 texts read wrong; the rules written from it leave 2 (a mole
+    examined on the patient's husband, told as "it"; a requester's photo beside an ex vivo look that cannot judge the
+    veil), and 417 of its 500 stated findings read, as before."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 _HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
 
 

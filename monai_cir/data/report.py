@@ -726,7 +726,11 @@ _NEGATION_HEADS_NOUN_RE = re.compile(r"(?<![\w-])(?:no|without|nil)[ \t]+(?:[\w-
 
 # a denial of a structure in the lesion's centre only: "no network to speak of centrally but a faint regular network at
 # the rim" (before: read the network ABSENT)
-_CENTRE_ONLY_RE = re.compile(r"(?<![\w-])(?:centrally|(?:in|at) the cent(?:re|er)(?: only)?)(?![\w-])")
+_CENTRE_ONLY_RE = re.compile(r"(?<![\w-])(?:centrally|(?:in|at) the cent(?:re|er)(?: only)?"
+                             # ... or within the areas just named: "white scar-like areas with blue-grey peppering, no
+                             # vessels within them" (not "no vessels within it", the lesion, nor "within the scar",
+                             # the lesion a re-excision leaves)
+                             r"|within (?:them|these|those|the (?:areas?|regression)))(?![\w-])")
 # ... and a "but" between a negation and a phrasing ends the negation's reach: "no network centrally but a faint regular
 # network", "no streaks but irregular dots" (before: the network, the dots were not read)
 _BUT_RE = re.compile(r"(?<![\w-])but(?![\w-])")
@@ -1005,8 +1009,13 @@ _SEVERAL_NAMED_RE = re.compile(
     r"|(?:na?evi|nevi|moles|lesions)(?![\w-])[^.\n]{0,60}?(?<![\w-])(?:all|each|both)(?:[ \t]+(?:of them|two|three|four))?[ \t]+(?:showed|show|shows|had|have|has)"
     # ... or counts them and treats them alike, a line each: "Two lesions on the L ear today. / L helix: arborising vessels
     # ... / L preauricular: hairpin vessels ... / Both to be excised" (before: the helix's "no network" read as the image's)
-    r"|(?:two|three|four|2|3|4)[ \t]+(?:[\w-]+[ \t]+)?(?:lesions|moles|na?evi|nevi)(?![\w-])[\s\S]*?(?<![\w-])(?:both|all(?:[ \t]+(?:two|three|four))?)"
-    r"[ \t]+(?:to be|will be|are to be|listed for|booked for|for)[ \t]+(?:excised|excision|biopsied|biopsy|removed|removal)"
+    r"|(?:two|three|four|2|3|4)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)(?![\w-])[\s\S]*?(?<![\w-])"
+    r"(?:(?:both|all(?:[ \t]+(?:two|three|four))?)[ \t]+(?:(?:to be|will be|are to be|were|are)[ \t]+)?(?:listed for|booked for|for|excised|excision"
+    r"|biopsied|biopsy|removed|removal|referred|scoped|imaged|dermoscoped|sent)|(?:refer|excise|biopsy|remove|scope)[ \t]+(?:both|all|them)|each[ \t]+lesion)"
+    # ... or looks at them together: "Dermoscopy of these: diffuse regular pigmentation", "Scoped all of them: typical
+    # network throughout", "Looked at them with the dermatoscope: some show irregular dots", "Several scoped; most with ..."
+    r"|(?:dermoscopy|dermatoscopy)[ \t]+of[ \t]+(?:these|them|all of them|each)|(?:scoped|dermoscoped|imaged|looked at)[ \t]+(?:all[ \t]+(?:of[ \t]+)?)?(?:them|these|all)"
+    r"|(?:several|some|many|most|a few|all)[ \t]+(?:were[ \t]+)?(?:scoped|dermoscoped|imaged)"
     r")(?![\w-])")
 _INDEX_NAMED_RE = re.compile(r"(?<![\w-])(?:index|(?:imaged|photographed|dermoscoped) today|(?:one|lesion) (?:i|we) (?:imaged|photographed|dermoscoped))(?![\w-])")
 # ... and a series counted as a whole: "2WW referrals for suspected melanoma (n=42)", "BCC audit (n = 210)"
@@ -1040,7 +1049,7 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"(?:at that visit|(?:at |on )?(?:the |her |his )?(?:last|previous|prior) visit|during pregnancy|seen\s+(?:on\s+)?\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}"
     r"|(?:at|on|during)\s+(?:the|her|his|their)\s+(?:[\w-]+\s+)?visit\s+(?:of|on)\s+(?:\d[\d/.-]*\d|\d|(?:" + _MONTHS + r")(?![\w-]))"
     # ... a session named by its month or its week: "At the March session the image showed ...", "Last week's image: ..."
-    r"|(?:at|in|during)\s+(?:the|her|his|their)\s+(?:" + _MONTHS + r"|(?:19|20)\d\d)\s+(?:session|visit|appointment|review|clinic|consultation)"
+    r"|(?:at|in|during)\s+(?:the|her|his|their)\s+(?:" + _MONTHS + r"|(?:19|20)\d\d)\s+(?:session|visit|appointment|review|clinic|consultation|admission|stay|attendance)"
     r"|last (?:week|month)|yesterday"
     # another's reading: "Patient's previous dermoscopy (2025, Dr Chen) documented ...", "Findings (trainee, Dr A. Kowalski): ...",
     # "Summary of the first report: ...", "Dr K. described regular globules.", "Reader A said hairpin vessels"
@@ -1069,6 +1078,9 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"(?:\s+(?:letter|note|notes|report|text|comment))?\s*(?:said|says|stated|states|reported|reports|mentioned|mentions|described"
     r"|describes|noted|notes|thought|thinks|wrote|writes|queried|queries|flagged|asked)"
     r"|(?:the\s+)?(?:referral|referrer|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse)(?:'s)?\s+(?:letter|note|notes|report|referral|comment)"
+    # ... a specialist's letter: "Oncologist's letter: primary L calf (BWV, irregular streaks)" (a letter is from elsewhere;
+    # not "Dermatologist's note:", which may head the writer's own entry)
+    r"(?:\s*\([^)]*\))?\s*:|(?:the\s+)?(?:[a-z]+ologist|oncologist|physician|surgeon|consultant)'s\s+letter"
     r"(?:\s*\([^)]*\))?\s*:)(?![\w-])")
 _TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|this time|on review today)(?![\w-])")
 # a plan that runs to its sentence's end: "SDDI in 3/12 - look for asymmetric enlargement, new irregular dots or an
@@ -1091,6 +1103,13 @@ _PAST_BEFORE_RE = re.compile(
     r"|(?<![\w-])excised\s+in\s+(?:19|20)\d\d\s*,|(?<![\w-])(?:from|in)\s+(?:19|20)\d\d\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
     r"\s+(?:records|recorded|documents|documented|describes|described|mentions|mentioned|notes|noted|says|said|reports|reported)(?![\w-])"
+    # ... another's dermoscopy told by a pronoun ("They said dermoscopy showed regression with peppering", "they say
+    # dermoscopy showed comma vessels") or an algorithm ("the AI report lists irregular streaks"), and a dermoscopy dated
+    # by how long ago ("Dermoscopy R thigh lesion 1 year ago (vein clinic letter 2023): dotted vessels")
+    r"|(?<![\w-])(?:they|she|he)\s+(?:said|say|says|reported|reports|told\s+(?:me|us)|mentioned|wrote|writes)\s+(?:that\s+)?(?:the\s+)?(?:dermoscopy|dermatoscopy|image|photo)"
+    r"|(?<![\w-])(?:ai|algorithm|software)(?:'s)?(?:\s+(?:report|output|tool|result))?\s+(?:lists|listed|flags|flagged|reports|reported|suggests|suggested)(?![\w-])"
+    r"|(?<![\w-])(?:dermoscopy|dermatoscopy|image|photo)s?\s+(?:(?!(?:noticed|appeared|arose|started|first|present|since|grown|growing|changing|changed|new)(?![\w-]))[\w-]+\s+){0,6}?"
+    r"(?:\d+|a|an|one|two|three|four|five|six)\s+(?:years?|months?|weeks?)\s+ago(?![\w-])"  # (not "Dermoscopy of the lesion noticed 3 months ago: ...")
     # ... and another's reading told in the third person: "the dermatologist present confirmed her reading - irregular
     # streaks and a veil" (minutes; not the writer's "I confirmed my reading", nor "her images", the patient's)
     r"|(?<![\w-])(?:confirmed|confirms|gave|gives|stated|states|repeated|reiterated|restated|maintained|presented|summari[sz]ed|shared)"
@@ -1146,7 +1165,7 @@ _NO_IMAGE_TODAY_RE = re.compile(
     # (not "not a patient" alone: "attends with her daughter (not a patient)")
     r"|synthetic (?:image|case|lesion)s?|(?:vendor|manufacturer)'?s? demo|demo (?:image|set|case)s?"
     r"|teaching bullets|not a patient visit|not filled in|draft[^.\n]{0,10}not (?:yet )?(?:been )?reviewed|dermoscopy teaching"
-    r"|no current image|not re-?imaged|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
+    r"|no current image|not re-?imaged|(?:skin )?not examined by (?:us|me)|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
     # ... or an exam question on the checklist itself: "List the seven criteria of the 7-point checklist and their weights"
     r"|list the (?:seven|7) criteria|(?:its|their) weights|no images? (?:is |are |was |were )?attached|no boxes? (?:is |are |was |were )?ticked|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
 
@@ -1248,7 +1267,8 @@ _AGREED_BEFORE_RE = re.compile(r"(?<![\w-])(?:i|we)\s+(?:\w+\s+)?(?:agree|concur
 # as its own (before: the quoted veil read PRESENT under a reply that denied it)
 _EMAIL_QUOTE_RE = re.compile(r"(?m)^[ \t]*>.*$")
 _AGREED_RE = re.compile(r"(?<![\w-])(?:agree[ds]?|concur|confirmed?)(?![\w-])")
-_QUOTED_RE = re.compile(r"(?:(?<=[\s(\[:,;=-])|^)['\"‘“](?=\S)[^'\"‘’“”\n]{1,200}?(?<=\S)['\"’”](?=[\s.,;:)\]!?-]|$)")
+_QUOTED_RE = re.compile(r"(?:(?<=[\s(\[:,;=-])|^)(?:['‘](?=\S)[^'\"‘’“”\n]{1,200}?(?<=\S)['’]|[\"“](?=\S)[^\"“”\n]{1,200}?(?<=\S)[\"”])(?=[\s.,;:)\]!?-]|$)")
+# (double quotes may hold an apostrophe: her note says "dotted vessels, ?Bowen's"; before, it ended no quote)
 
 
 # a block of copied text between its markers: "---- copied from note 12/01/2024 ---- ... ---- end of copied text ----",
@@ -1286,7 +1306,8 @@ _AGREES_RE = re.compile(r"[ \t]*(?:(?:i|we)[ \t]+)?(?:agrees?|concur|concordant|
 _CORRECTION_RE = re.compile(
     r"(?<![\w-])(?:correction|corrected|amendment|erratum|edit(?:ed)?(?:[ \t]+\d{1,2}[:.]\d{2})?)[ \t]*[:-]"
     r"|\([ \t]*correction(?![\w-])|(?<![\w-])sorry,?[ \t]+(?:typo|that's wrong|that is wrong|wrong|i meant|scratch that)(?![\w-])"
-    r"|(?<![\w-])no[ \t]+wait(?![\w-])|(?<![\w-])scratch that(?![\w-])")
+    r"|(?<![\w-])no[ \t]+wait(?![\w-])|(?<![\w-])scratch that(?![\w-])"
+    r"|(?<![\w-])(?:sorry,?[ \t]+)?(?:pls|please)[ \t]+read[ \t]*:")  # ("reg network (sorry pls read: atypical network ...)")
 # ... a questioner's lines in a transcript: "Q. And if a veil had been present ...?" (the answers, "A. ...", are read)
 _QUESTIONER_LINE_RE = re.compile(r"(?m)^[ \t]*q[.:][^\n]*")
 # ... and a chat's assistant turns, up to the user's next turn, where a user's turns answer them ("User: Describe the
@@ -1296,7 +1317,9 @@ _CHAT_USER_RE = re.compile(r"(?m)^[ \t]*user[ \t]*:")
 _CHAT_ASSISTANT_TURN_RE = re.compile(r"(?m)^[ \t]*(?:assistant|chatbot|bot|chatgpt|copilot|ai)[ \t]*:[\s\S]*?(?=^[ \t]*user[ \t]*:|\Z)")
 # visits labelled in turn, "Visit 1: ... Visit 2: ... Visit 3 (current): ...", "1st: ... 2nd: ... 3rd (current): ...": the
 # last is the one the image shows; the earlier ones are not read (before: every visit's findings read as today's)
-_VISIT_LABEL_RE = re.compile(r"(?m)(?:^|(?<=[.;] ))[ \t]*(?:[-*•][ \t]*)?(?:visit[ \t]*(\d{1,2})|(\d)(?:st|nd|rd|th)(?:[ \t]+visit)?)(?![\w])")
+_VISIT_LABEL_RE = re.compile(r"(?m)(?:^|(?<=[.;] ))[ \t]*(?:[-*•][ \t]*)?(?:visit[ \t]*(\d{1,2})|(\d)(?:st|nd|rd|th)(?:[ \t]+visit)?"
+                             # ... or a reading day at a line's start, as a patch test's: "D2: dotted vessels ... / D4 today: ..."
+                             r"|(?<=^)[ \t]*d(?:ay)?[ \t]*(\d{1,2})(?=[ \t]*(?:today[ \t]*)?:))(?![\w])")
 # a table's header row, its cells names without a value ("Visit | PN | Streaks | Veil"): the veil there is a column, not
 # a finding (before: read PRESENT)
 _TABLE_ROW_RE = re.compile(r"(?m)^[^\n|]*\|[^\n|]*\|[^\n]*$")
@@ -1352,7 +1375,7 @@ def _sbar_background(lowered: str) -> list[tuple[int, int]]:
 def _earlier_visits(lowered: str) -> list[tuple[int, int]]:
     """The spans of every labelled visit but the last (:data:`_VISIT_LABEL_RE`), where a text labels two or more."""
     labels = list(_VISIT_LABEL_RE.finditer(lowered))
-    if len({m.group(1) or m.group(2) for m in labels}) < 2 or _UNCHANGED_RE.search(lowered, labels[-1].start()):
+    if len({next(label for label in m.groups() if label) for m in labels}) < 2 or _UNCHANGED_RE.search(lowered, labels[-1].start()):
         return []  # (a last visit "unchanged from visit 2" carries the earlier findings forward: all are read)
     return [(a.start(), b.start()) for a, b in zip(labels, labels[1:])]
 
