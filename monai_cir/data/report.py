@@ -1078,10 +1078,10 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"(?:\s+(?:letter|note|notes|report|text|comment))?\s*(?:said|says|stated|states|reported|reports|mentioned|mentions|described"
     r"|describes|noted|notes|thought|thinks|wrote|writes|queried|queries|flagged|asked)"
     r"|(?:the\s+)?(?:referral|referrer|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse)(?:'s)?\s+(?:letter|note|notes|report|referral|comment)"
+    r"(?:\s*\([^)]*\))?\s*:"
     # ... a specialist's letter: "Oncologist's letter: primary L calf (BWV, irregular streaks)" (a letter is from elsewhere;
     # not "Dermatologist's note:", which may head the writer's own entry)
-    r"(?:\s*\([^)]*\))?\s*:|(?:the\s+)?(?:[a-z]+ologist|oncologist|physician|surgeon|consultant)'s\s+letter"
-    r"(?:\s*\([^)]*\))?\s*:)(?![\w-])")
+    r"|(?:the\s+)?(?:[a-z]+ologist|oncologist|physician|surgeon|consultant)'s\s+letter(?:\s*\([^)]*\))?\s*:)(?![\w-])")
 _TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|this time|on review today)(?![\w-])")
 # a plan that runs to its sentence's end: "SDDI in 3/12 - look for asymmetric enlargement, new irregular dots or an
 # atypical network" (before: the clause's own words only, so the dots and the network were read as seen)
@@ -1318,8 +1318,9 @@ _CHAT_ASSISTANT_TURN_RE = re.compile(r"(?m)^[ \t]*(?:assistant|chatbot|bot|chatg
 # visits labelled in turn, "Visit 1: ... Visit 2: ... Visit 3 (current): ...", "1st: ... 2nd: ... 3rd (current): ...": the
 # last is the one the image shows; the earlier ones are not read (before: every visit's findings read as today's)
 _VISIT_LABEL_RE = re.compile(r"(?m)(?:^|(?<=[.;] ))[ \t]*(?:[-*•][ \t]*)?(?:visit[ \t]*(\d{1,2})|(\d)(?:st|nd|rd|th)(?:[ \t]+visit)?"
-                             # ... or a reading day at a line's start, as a patch test's: "D2: dotted vessels ... / D4 today: ..."
-                             r"|(?<=^)[ \t]*d(?:ay)?[ \t]*(\d{1,2})(?=[ \t]*(?:today[ \t]*)?:))(?![\w])")
+                             # ... or a reading day starting its line (unindented, no bullet), as a patch test's: "D2:
+                             # dotted vessels ... / D4 today: ..."
+                             r"|(?<=^)d(?:ay)?[ \t]*(\d{1,2})(?=[ \t]*(?:today[ \t]*)?:))(?![\w])")
 # a table's header row, its cells names without a value ("Visit | PN | Streaks | Veil"): the veil there is a column, not
 # a finding (before: read PRESENT)
 _TABLE_ROW_RE = re.compile(r"(?m)^[^\n|]*\|[^\n|]*\|[^\n]*$")
