@@ -1111,6 +1111,51 @@ def test_review_p_wrong_readings_are_not_read(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06q (held out until review s was written) read wrong: corrections and amendments, a quoted
+    # value replaced by another, an audit trail's suggestion, lesions or patients listed, a dated dermoscopy and a past
+    # history, a dated excision's pluperfect, rules of thumb, what a condition classically shows, requests and plans, a
+    # criterion doubted later, white areas named as not regression, a definition of the checklist's criteria
+    ("L arm naevus, dermoscopy: typical network; dots irregular.\nCORRECTION (later, Dr Osei): dots are regular; 'irregular' was a slip.",
+     (("pigment_network", "typical"), ("dots_and_globules", "regular"))),
+    ("Network: atypical. Amended to typical by Dr Ng after review.", ()),
+    ("Notes: dermoscopy - streaks irregular, network typical.\n[Edited 10:05 by Dr Park: 'streaks irregular' -> 'streaks regular']",
+     (("pigment_network", "typical"), ("streaks", "regular"))),
+    ("Erratum: the report stated `atypical network'; this should read `typical network'.", ()),  # ("should" is a plan's word)
+    ("10:02 | AI-ASSIST | SUGGEST | Dermoscopy.BWV | value: present | status: suggested\n10:04 | dr.x | REJECT | Dermoscopy.BWV "
+     "| suggestion rejected\n10:04 | dr.x | UPDATE | Dermoscopy.BWV | new: absent", ()),
+    ("Three moles on the back looked at with the dermatoscope: one has irregular dots, the others are bland.", ()),
+    ("Lesion list (current):\n1. R arm - dermoscopy today: typical network\n2. L leg - dermoscopy today: regular globules\n"
+     "Both to be reviewed by the new team.", ()),
+    ("Clinic log. Pt 1 (Ana) - cryo for AKs. Pt 2 (Ben) - nodule, arborizing vessels, refer.", ()),
+    ("09:00 Mrs D - SK, hairpin vessels\n09:15 Mr E - naevus, typical network", ()),
+    ("In 2022 dermoscopy of his R arm mole showed irregular dots. Today: new lesion with a typical network.", (("pigment_network", "typical"),)),
+    ("Past medical history: melanoma L calf 2020 (BWV, irregular streaks). No recurrence.", ()),
+    ("Nodule excised 2023 had shown a blue-white veil. Today: scar only.", ()),
+    ("CHW session: arborizing vessels = think BCC; hairpin vessels with a white halo = think keratinising tumour.", ()),
+    ("The differential included Reed naevus, which classically shows regular streaks.", ()),
+    ("Please arrange dermoscopy and report the network, streaks and veil.", ()),
+    ("Recommendations: dermoscopy yearly, particularly looking for irregular streaks.", ()),
+    ("Dermoscopy shows a blue-whitish veil.\n[Comment: not sure about the veil - may be gel glare.]", ()),
+    ("Dermoscopy: dotted vessels. The white scar-like areas are the old scar, not regression.", (("vascular_structures", "dotted"),)),
+    ("A blue-whitish veil is one of the three major criteria of the 7-point checklist.", ()),
+    # ... and the guards: a filled checklist's "major criteria", criteria "present", an undated "had shown" (the imaged
+    # lesion before its excision), a log that names the lesion photographed today, a doubt that leaves an absence read
+    ("7PCL: major criteria: atypical network 2, BWV 0.", (("pigment_network", "atypical"),)),
+    ("2 major criteria are present: atypical network and BWV.", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("The dermoscopy had shown an atypical network; histology: melanoma in situ.", (("pigment_network", "atypical"),)),
+    ("Pt 1 (Mr J): results only. Pt 2 (Mrs K): the lesion photographed today: typical network.", (("pigment_network", "typical"),)),
+    ("Not sure about the veil at first; no veil on the polarised image.", (("blue_whitish_veil", _ABSENT),)),
+])
+def test_review_q_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06q had 21 of its 400 texts read wrong; the rules written from it leave 1 (an addendum
+    that says the earlier entry was wrong without a correction's word), and 386 of its 545 stated findings read (385
+    before)."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 _HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
 
 

@@ -986,6 +986,8 @@ _LESION_LABEL_RE = re.compile(
     r"|(?:^|(?<=\n))[ \t]*([a-d])[ \t]*(?:-|\))[ \t]"
     # ... or patients numbered in a log: "Pt 1: typical network. Pt 2: irregular streaks, BWV present."
     r"|pt\.?[ \t]*(\d{1,2})[ \t]*:"
+    # ... or a day list's appointments: "08:30 Mr A - SK, hairpin vessels\n08:45 Ms B - BCC, arborizing"
+    r"|(?:^|(?<=\n))[ \t]*\d{1,2}[:.]\d{2}[ \t]+(?:mr|mrs|ms|miss|mx|dr)\.?[ \t]+([a-z][\w'-]*)"
     # ... or sites numbered in a surgical plan: "Site 1 - L nasal sidewall: arborising vessels. Site 2 - R cheek: ..."
     r"|site[ \t]*(?:#[ \t]*)?([1-9])(?=[ \t]*[:)(,;-]))"
 )
@@ -1016,6 +1018,12 @@ _SEVERAL_NAMED_RE = re.compile(
     # network throughout", "Looked at them with the dermatoscope: some show irregular dots", "Several scoped; most with ..."
     r"|(?:dermoscopy|dermatoscopy)[ \t]+of[ \t]+(?:these|them|all of them|each)|(?:scoped|dermoscoped|imaged|looked at)[ \t]+(?:all[ \t]+(?:of[ \t]+)?)?(?:them|these|all)"
     r"|(?:several|some|many|most|a few|all)[ \t]+(?:were[ \t]+)?(?:scoped|dermoscoped|imaged)"
+    # ... "Three naevi on the trunk looked at with the dermatoscope: one has ..., the others ...", a "Lesion list"
+    r"|(?:two|three|four|five|several|multiple|many|2|3|4|5)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)(?![\w-])[^.\n]{0,40}?"
+    r"(?<![\w-])(?:looked at|examined|checked|viewed)[ \t]+with[ \t]+(?:the[ \t]+|a[ \t]+)?(?:dermatoscope|dermoscope)|lesion list"
+    # ... or patients named in a log, "Pt 1 (Neema) - AKs, cryo. Pt 2 (Juma) - nodule neck, arborizing vessels" (where the log
+    # names the lesion photographed today, that one is read)
+    r"|pt\.?[ \t]*\d{1,2}[ \t]*\([^)\n]{0,30}\)[ \t]*[:-][\s\S]*?pt\.?[ \t]*\d{1,2}[ \t]*\([^)\n]{0,30}\)[ \t]*[:-]"
     r")(?![\w-])")
 _INDEX_NAMED_RE = re.compile(r"(?<![\w-])(?:index|(?:imaged|photographed|dermoscoped) today|(?:one|lesion) (?:i|we) (?:imaged|photographed|dermoscoped))(?![\w-])")
 # ... and a series counted as a whole: "2WW referrals for suspected melanoma (n=42)", "BCC audit (n = 210)"
@@ -1070,7 +1078,8 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|(?:she|he|the patient|patient|pt) (?:was told|has read|read online)|(?:gp|referral) letter quotes"
     r"|your (?:letter|referral|dermoscopy description|description)\s+(?:described|describes|mentioned|mentions|said|says|noted|reported)"
     r"|(?:the\s+)?(?:consultant|first reader|other reader)\s+(?:felt|thought|said|reported|described)|comparison with (?:19|20)\d\d"
-    r"|in (?:19|20)\d\d,? (?:(?:this|the) lesion (?:had|showed|was)|there (?:was|were)|it (?:had|showed))"
+    r"|in (?:19|20)\d\d,? (?:(?:this|the) lesion (?:had|showed|was)|there (?:was|were)|it (?:had|showed)|(?:the |her |his )?(?:dermoscopy|dermatoscopy|image|photo))"
+    r"|past (?:medical )?history\s*[:-]|pmh\s*[:-]"
     # ... a first report's: "The first report's dermoscopy (taken 12 March) described irregular streaks."
     r"|(?:the\s+)?(?:first|initial)\s+(?:report|referral|letter|review|reading)'s"
     r"|(?:the\s+)?(?:referral|referrer|referring (?:gp|doctor|clinician|dermatologist)|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse"
@@ -1103,6 +1112,9 @@ _PAST_BEFORE_RE = re.compile(
     r"|(?<![\w-])excised\s+in\s+(?:19|20)\d\d\s*,|(?<![\w-])(?:from|in)\s+(?:19|20)\d\d\s+(?:showed|had|demonstrated|revealed)(?![\w-])"
     r"|(?:'s|(?<![\w-])(?:pre-?excision|pre-?op(?:erative)?|referral|earlier|original|outside|external))\s+(?:[\w-]+\s+)?(?:note|letter|report)s?"
     r"\s+(?:records|recorded|documents|documented|describes|described|mentions|mentioned|notes|noted|says|said|reports|reported)(?![\w-])"
+    # ... a dated excision's pluperfect: "In-transit nodule excised 2024 had shown BWV" (an undated "the dermoscopy had shown"
+    # is the imaged lesion's before its excision, and read)
+    r"|(?<![\w-])excised\s+(?:in\s+)?(?:19|20)\d\d\s+had\s+(?:shown|demonstrated|revealed)(?![\w-])"
     # ... another's dermoscopy told by a pronoun ("They said dermoscopy showed regression with peppering", "they say
     # dermoscopy showed comma vessels") or an algorithm ("the AI report lists irregular streaks"), and a dermoscopy dated
     # by how long ago ("Dermoscopy R thigh lesion 1 year ago (vein clinic letter 2023): dotted vessels")
@@ -1125,7 +1137,9 @@ _PAST_AFTER_RE = re.compile(
     # "comma vessels are considered benign"
     r"|[ \t]+(?:is|are)[ \t]+(?:generally[ \t]+|usually[ \t]+)?(?:considered|regarded)(?![\w-])"
     # "dotted vessels can be seen in Bowen's, psoriasis ..."
-    r"|[ \t]+(?:can|may|could)[ \t]+(?:also[ \t]+)?be[ \t]+(?:seen|found)[ \t]+in(?![\w-])")
+    r"|[ \t]+(?:can|may|could)[ \t]+(?:also[ \t]+)?be[ \t]+(?:seen|found)[ \t]+in(?![\w-])"
+    # a rule of thumb: "arborizing vessels = think BCC"
+    r"|[^.;\n]{0,40}?=[ \t]*think(?![\w-])")
 # a form's options after a phrasing: "Pigmentation: absent / diffuse reg / local reg" (before: read ABSENT)
 _OPTIONS_AFTER_RE = re.compile(r"[ \t]*/[ \t]*(?:absent|present|typical|atypical|typ\.?|atyp\.?|regular|irregular|reg\.?|irreg\.?|diffuse|local|locali[sz]ed)(?![\w-])")
 # ... or later in its sentence, the visit it was seen at: "an eccentric irregular dark blotch when I saw him in January",
@@ -1136,7 +1150,11 @@ _EARLIER_VISIT_AFTER_RE = re.compile(r"(?<![\w-])when (?:i|we) (?:first )?(?:saw
 _SERIES_COUNT_AFTER_RE = re.compile(
     r"[ \t]*(?:(?:was|were)[ \t]+(?:[\w-]+[ \t]+)?(?:documented|present|seen|found|recorded|noted)[ \t]+)?"
     r"(?:in[ \t]+\d+(?:\.\d+)?[ \t]*(?:%|(?:/|of)[ \t]*\d+)|\d+(?:\.\d+)?[ \t]*%|(?:in[ \t]+)?(\d+)[ \t]*/[ \t]*(\d+)(?![\d/])|in[ \t]+\d{1,3}(?=[ \t]*(?:[,;.)]|$)))")  # ("in 3," a count; "in 2026." a year)
-_PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|assess|re-?assess|evaluate|re-?image)\s+(?:specifically\s+|closely\s+|carefully\s+)?for(?![\w-])"
+_PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|assess|re-?assess|evaluate|re-?image)(?:ing)?\s+(?:specifically\s+|closely\s+|carefully\s+|particularly\s+|especially\s+)?for(?![\w-])"
+                             # ... a request ("Please arrange dermoscopy ... and fax back findings (network, streaks, veil)")
+                             # or what a condition typically shows ("Spitz naevus, which typically shows regular streaks")
+                             r"|(?<![\w-])(?:please|pls|kindly)\s+(?:arrange|perform|do|send|fax|report|record|document|comment)(?![\w-])"
+                             r"|(?<![\w-])(?:typically|classically|characteristically|usually)\s+(?:shows?|has|have|displays?|presents?\s+with)(?![\w-])"
                              # ... or a general statement: "Features commonly found in a melanoma of this thickness include ..."
                              r"|(?<![\w-])(?:features|findings|signs|structures)\s+(?:[\w-]+\s+){0,2}(?:found|seen|associated|described)\s+(?:in|with)(?![\w-])"
                              r"|(?<![\w-])(?:learned|learnt)\s+that(?![\w-])"
@@ -1164,7 +1182,7 @@ _NO_IMAGE_TODAY_RE = re.compile(
     # ... or a test image, not a patient's: "Test case (synthetic image from the vendor's demo set, not a patient): ..."
     # (not "not a patient" alone: "attends with her daughter (not a patient)")
     r"|synthetic (?:image|case|lesion)s?|(?:vendor|manufacturer)'?s? demo|demo (?:image|set|case)s?"
-    r"|teaching bullets|not a patient visit|not filled in|draft[^.\n]{0,10}not (?:yet )?(?:been )?reviewed|dermoscopy teaching"
+    r"|teaching bullets|training (?:for|session|slide|material)s?|not a patient visit|not filled in|draft[^.\n]{0,10}not (?:yet )?(?:been )?reviewed|dermoscopy teaching"
     r"|no current image|not re-?imaged|(?:skin )?not examined by (?:us|me)|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
     # ... or an exam question on the checklist itself: "List the seven criteria of the 7-point checklist and their weights"
     r"|list the (?:seven|7) criteria|(?:its|their) weights|no images? (?:is |are |was |were )?attached|no boxes? (?:is |are |was |were )?ticked|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
@@ -1267,8 +1285,15 @@ _AGREED_BEFORE_RE = re.compile(r"(?<![\w-])(?:i|we)\s+(?:\w+\s+)?(?:agree|concur
 # as its own (before: the quoted veil read PRESENT under a reply that denied it)
 _EMAIL_QUOTE_RE = re.compile(r"(?m)^[ \t]*>.*$")
 _AGREED_RE = re.compile(r"(?<![\w-])(?:agree[ds]?|concur|confirmed?)(?![\w-])")
-_QUOTED_RE = re.compile(r"(?:(?<=[\s(\[:,;=-])|^)(?:['‘](?=\S)[^'\"‘’“”\n]{1,200}?(?<=\S)['’]|[\"“](?=\S)[^\"“”\n]{1,200}?(?<=\S)[\"”])(?=[\s.,;:)\]!?-]|$)")
-# (double quotes may hold an apostrophe: her note says "dotted vessels, ?Bowen's"; before, it ended no quote)
+_QUOTED_RE = re.compile(r"(?:(?<=[\s(\[:,;=-])|^)(?:['‘`](?=\S)[^'\"‘’“”\n]{1,200}?(?<=\S)['’]|[\"“](?=\S)[^\"“”\n]{1,200}?(?<=\S)[\"”])(?=[\s.,;:)\]!?-]|$)")
+# (double quotes may hold an apostrophe: her note says "dotted vessels, ?Bowen's"; before, it ended no quote; LaTeX opens
+# a quote with a backtick: `regular globules')
+# a quoted value replaced by another: "[Edited 13:45 by Dr Lam: 'dots regular' -> 'dots irregular, clustered at one edge']",
+# "stated `regular globules'; this should read `irregular globules'". The old value is read nowhere in the text, the new
+# one is read (an amendment replaces what it amends; before: the old value read from the entry it amends)
+_REPLACED_RE = re.compile(
+    r"['‘`\"“]([^'\"‘’“”`\n]{1,120}?)['’\"”]\s*[;,]?\s*(?:(?:this|it|which)\s+)?"
+    r"(?:->|→|=>|should (?:read|be)|to read|now reads|changed to|amended to|corrected to|replaced (?:by|with))\s*:?\s*(['‘`\"“][^'\"‘’“”`\n]{1,120}?['’\"”])")
 
 
 # a block of copied text between its markers: "---- copied from note 12/01/2024 ---- ... ---- end of copied text ----",
@@ -1304,7 +1329,9 @@ _AGREES_RE = re.compile(r"[ \t]*(?:(?:i|we)[ \t]+)?(?:agrees?|concur|concordant|
 # wait" ("Network atypical. Correction: network typical", "streaks irregular at 3 o'clock - sorry, that's wrong, ...").
 # Before: the corrected finding read beside the correction, or against it
 _CORRECTION_RE = re.compile(
-    r"(?<![\w-])(?:correction|corrected|amendment|erratum|edit(?:ed)?(?:[ \t]+\d{1,2}[:.]\d{2})?)[ \t]*[:-]"
+    r"(?<![\w-])(?:correction|corrected|amendment|erratum|edit(?:ed)?(?:[ \t]+\d{1,2}[:.]\d{2})?)(?:[ \t]*\([^)\n]{0,40}\))?[ \t]*[:-]"
+    # ... "CORRECTION (same day, Dr Kaur): dots are regular", "Network: typical. Amended to atypical by Dr Sandhu"
+    r"|(?<![\w-])(?:amended|corrected|revised)[ \t]+to(?![\w-])"
     r"|\([ \t]*correction(?![\w-])|(?<![\w-])sorry,?[ \t]+(?:typo|that's wrong|that is wrong|wrong|i meant|scratch that)(?![\w-])"
     r"|(?<![\w-])no[ \t]+wait(?![\w-])|(?<![\w-])scratch that(?![\w-])"
     r"|(?<![\w-])(?:sorry,?[ \t]+)?(?:pls|please)[ \t]+read[ \t]*:")  # ("reg network (sorry pls read: atypical network ...)")
@@ -1324,6 +1351,9 @@ _VISIT_LABEL_RE = re.compile(r"(?m)(?:^|(?<=[.;] ))[ \t]*(?:[-*•][ \t]*)?(?:vi
 # a table's header row, its cells names without a value ("Visit | PN | Streaks | Veil"): the veil there is a column, not
 # a finding (before: read PRESENT)
 _TABLE_ROW_RE = re.compile(r"(?m)^[^\n|]*\|[^\n|]*\|[^\n]*$")
+# ... and a row that records a suggestion, whatever its values: an audit trail's "10:02 | AI-ASSIST | SUGGEST |
+# Dermoscopy.BWV | value: present | status: suggested" (a later row says what was kept)
+_SUGGESTION_ROW_RE = re.compile(r"(?<![\w-])(?:suggest(?:s|ed|ion)?|ai-assist)(?![\w-])")
 _TABLE_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|typ\w*|atyp\w*|reg\w*|irreg\w*|diffuse|locali[sz]ed|dotted|comma"
                              r"|hairpin|arbori[sz]ing|linear|wreath|blue|white|\d)(?![\w-])|[+✓✗x]\s*(?:\||$)")
 
@@ -1468,11 +1498,15 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         return ()
     found: dict[str, set[str]] = {}
     sentence_ends = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)]
-    quoted = [m.span() for m in _QUOTED_RE.finditer(raw)  # another's words (found before "veil" is written "bwv ": its space ended no quote), unless agreed with: nothing in them is read
+    replacements = list(_REPLACED_RE.finditer(raw))
+    replaced = {f for r in replacements for f in read_findings(r.group(1))}
+    new_values = {r.start(2) for r in replacements}
+    quoted = [m.span() for m in _QUOTED_RE.finditer(raw) if m.start() not in new_values  # another's words (found before "veil" is written "bwv ": its space ended no quote), unless agreed with: nothing in them is read
               if not _AGREED_BEFORE_RE.search(lowered, _sentence_start(m.start(), sentence_ends), m.start())]
     quoted += [m.span() for m in itertools.chain(_COPIED_BLOCK_RE.finditer(lowered), _TRAINEE_BLOCK_RE.finditer(lowered),  # ... copied, corrected,
                                                  _FIRST_READ_BLOCK_RE.finditer(lowered), _QUESTIONER_LINE_RE.finditer(lowered))]  # ... a questioner's
-    quoted += _earlier_visits(lowered) + _sbar_background(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered) if not _TABLE_VALUE_RE.search(m.group(0))]
+    quoted += _earlier_visits(lowered) + _sbar_background(lowered) + [m.span() for m in _TABLE_ROW_RE.finditer(lowered)
+                                                                       if not _TABLE_VALUE_RE.search(m.group(0)) or _SUGGESTION_ROW_RE.search(m.group(0))]
     quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered) + [m.span() for m in _DEFAULT_BLOCK_RE.finditer(lowered)]
     quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
     if _CHAT_USER_RE.search(lowered):
@@ -1537,6 +1571,10 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         if (_NOT_ASSESSED.search(clause) or _questioned(lowered, match.start(), match.end()) or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start)
                 or _out_of_scope(lowered, sentence_start, match.start(), end, value)):
             continue
+        if value != "absent" and _CHECKLIST_TALK_RE.search(lowered, sentence_start, _sentence_end(match.end(), sentence_ends)):
+            continue  # "The blue-whitish veil is one of the three major criteria of the 7-point checklist"
+        if key == "regression_structures" and value != "absent" and _NOT_REGRESSION_AFTER_RE.match(lowered, match.end()):
+            continue  # "The white scar-like areas around it are the burn scar itself, not regression"
         if phrase in _NOUN_OF and value != "absent" and _not_assessed_list(lowered, sentence_start, match.start()):
             continue
         if value == "absent" and (_CENTRE_ONLY_RE.search(lowered, match.end(), end) or _QUALITY_AFTER_RE.match(lowered, match.end())):
@@ -1562,6 +1600,11 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
                                   or _in_negated_series(lowered, match.start(), phrase in _NOUN_OF, sentence_ends, heads, head_ends)):
             continue
         found.setdefault(key, set()).add(value)
+    for key, value in replaced:  # (an amended value: the amendment's is read)
+        found.get(key, set()).discard(value)
+    for doubt in _DOUBTED_NOUN_RE.finditer(lowered):  # a criterion the text doubts anywhere: "I'm not sure about the veil"
+        if not any(a <= doubt.start() < b for a, b in quoted):
+            found[_NOUN_OF[doubt.group(1) or doubt.group(2)]] = found.get(_NOUN_OF[doubt.group(1) or doubt.group(2)], set()) & {"absent"}
     regression = found.get("regression_structures", set())
     if regression - {"combinations"} == {"white areas", "blue areas"} or ("combinations" in regression and regression <= {"combinations", "white areas", "blue areas"}):
         # "white scar-like areas and blue peppering": both, the checklist's combinations ("white and blue (new peppering)" too)
@@ -1569,6 +1612,21 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     elif regression in ({"white areas"}, {"blue areas"}) and _OTHER_REGRESSION_COLOUR_RE[next(iter(regression))].search(lowered):
         del found["regression_structures"]  # one colour read, the other named in words not read ("peppering + scar-like whitish areas")
     return tuple((key, next(iter(found[key]))) for key, _ in CRITERIA if len(found.get(key, ())) == 1)
+
+
+# a sentence that defines the checklist's criteria, wherever it names them: "The blue-whitish veil is one of the three
+# major criteria of the 7-point checklist", "[Inserted: irregular streaks, irregular dots ... are the minor criteria.]"
+_CHECKLIST_TALK_RE = re.compile(
+    r"(?<![\w-])(?:(?:is|are)\s+(?:one\s+of\s+)?(?:the\s+)?(?:[\w-]+\s+)?(?:major|minor)\s+criteri(?:a|on)|criteria of the (?:7|seven)-?\s*point"
+    # (not a filled checklist's "Major criteria: atypical network 2", nor "2 major criteria are present: ...")
+    r"|(?:major|minor)\s+criteria\s+(?:are|include)(?!\s+(?:present|met|seen|found|positive|absent|none)))(?![\w-])")
+# ... white areas the text names as something else: "... are the burn scar itself, not regression"
+_NOT_REGRESSION_AFTER_RE = re.compile(r"[^.;\n]{0,60}?(?<![\w-])not (?:true |a )?regression(?![\w-])")
+# ... and a criterion the text doubts anywhere, as a noun: "[Comment: I'm not sure about the veil - looks like glare]",
+# "agree, the veil is doubtful" (a present or graded reading of it is not read; its absence is)
+_DOUBTED_NOUN_RE = re.compile(
+    r"(?<![\w-])(?:not sure about|unsure about|doubts? about|doubtful about|unconvinced (?:by|about))\s+(?:the\s+|a\s+)?(" + _ANY_NOUN + r")(?![\w-])"
+    r"|(?<![\w-])(?:the\s+)?(" + _ANY_NOUN + r")\s+(?:is|was|looks|seems)\s+(?:doubtful|questionable|uncertain|equivocal|dubious)(?![\w-])")
 
 
 # a criterion named as not assessed, or in doubt, says nothing about the lesion ("PN n/a", "pigment network: not
