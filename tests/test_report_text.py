@@ -1156,6 +1156,50 @@ def test_review_q_wrong_readings_are_not_read(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06r (held out until review t was written) read wrong: what another "tells me", what is
+    # "reportedly" so, lesions counted and dermoscoped together or annotated "against each", tables and numbered lists of
+    # patients, a dated look beside today's, a rule for any lesion, white areas at a treated site, a kind or a place said of
+    # an absence, poor lighting, a trial's site reading under an adjudication, auto-filled and redacted values
+    ("I saw her in the neurology clinic. She saw Dr Lee last month, who tells me the mole on her back has an atypical network.", ()),
+    ("FH: melanoma in an uncle; his primary reportedly showed a blue-white veil. Patient's lesion: no BWV, typical network.",
+     (("pigment_network", "typical"), ("blue_whitish_veil", _ABSENT))),
+    ("Three naevi dermoscoped: back - typical network; thigh - regular globules; arm - a few dots.", ()),
+    ("Two new macules on the cheek examined dermoscopically: one has an atypical network, the other regular dots.", ()),
+    ("My 2 moles (back, arm) - notes against each: back - typical network; arm - SK.", ()),
+    ("Pt | Lesion | Dermoscopy\nAB | R shin | comma vessels, no network\nCD | L back | cyst", ()),
+    ("Huddle list:\n1) Mrs A - biopsy result\n2) Mr K - SDDI, atypical network on the back lesion\n3) Ms L - new referral", ()),
+    ("Late effects clinic.\nDermoscopy 2022: atypical network, irregular dots.\nDermoscopy today: typical network, regular dots.",
+     (("pigment_network", "typical"), ("dots_and_globules", "regular"))),
+    ("Cryo list today. Do not freeze any lesion with an irregular pigment network, streaks or a veil.", ()),
+    ("Dermoscopy today: white scar-like areas at the treated site (post-cryo scarring) and a few dotted vessels.", (("vascular_structures", "dotted"),)),
+    ("Dermoscopy: red homogeneous area, white collarette, no vessels of the melanoma type.", ()),
+    ("Dermoscopy: pigment network absent; blue-grey peppering; no dots or globules of brown colour.",
+     (("pigment_network", _ABSENT), ("regression_structures", "blue areas"))),
+    ("Dermoscopy of the sole: parallel furrow pattern; no dots or globules off the furrows; no streaks.", (("streaks", _ABSENT),)),
+    ("Dermoscopy: multicomponent, blue-white veil centrally, no network in most of it.", (("blue_whitish_veil", "present"),)),
+    ("Dermoscopy: there is a veil but the lighting is poor; irregular dots.", (("dots_and_globules", "irregular"),)),
+    ("Site reading: dots regular\nCentral reader: irregular\nAdjudicated (final): irregular", ()),
+    ("Problem: pigmented lesion\nDermoscopy network: typical\nDermoscopy veil: absent (auto-filled)", (("pigment_network", "typical"),)),
+    ("Dermoscopy: atypical network; blue-white veil [REDACTED].", (("pigment_network", "atypical"),)),
+    # ... and the guards: a dated look alone is the image's, "previously reported" and "I think" are the writer's
+    # reading, lesions counted with the one imaged named
+    ("Dermoscopy (2026): atypical network, BWV.", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("As previously reported, the lesion shows atypical PN.", (("pigment_network", "atypical"),)),
+    ("I think the blue area is a blue-whitish veil.", (("blue_whitish_veil", "present"),)),
+    ("3 moles checked, only the one on the back imaged: no BWV.", (("blue_whitish_veil", _ABSENT),)),
+])
+def test_review_r_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06r had 28 of its 400 texts read wrong; the rules written from it leave 8: seven read
+    the checklist's words said of a condition that is not a pigmented lesion (a psoriasis plaque, a mycosis fungoides
+    patch, ABNOM...), which reviews q and r label in neither list and earlier reviews (g, h, i, p) as the findings
+    (LABELLING.md), and a mole on the patient's mother told in the next clause; 375 of its 599 stated findings read
+    (374 before)."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 _HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
 
 

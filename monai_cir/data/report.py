@@ -730,7 +730,9 @@ _CENTRE_ONLY_RE = re.compile(r"(?<![\w-])(?:centrally|(?:in|at) the cent(?:re|er
                              # ... or within the areas just named: "white scar-like areas with blue-grey peppering, no
                              # vessels within them" (not "no vessels within it", the lesion, nor "within the scar",
                              # the lesion a re-excision leaves)
-                             r"|within (?:them|these|those|the (?:areas?|regression)))(?![\w-])")
+                             r"|within (?:them|these|those|the (?:areas?|regression))"
+                             # ... or in part of it: "no network in most of it", "no dots or globules off the furrows"
+                             r"|in (?:most|parts?|much) of (?:it|the lesion)|off the (?:furrows|ridges))(?![\w-])")
 # ... and a "but" between a negation and a phrasing ends the negation's reach: "no network centrally but a faint regular
 # network", "no streaks but irregular dots" (before: the network, the dots were not read)
 _BUT_RE = re.compile(r"(?<![\w-])but(?![\w-])")
@@ -739,6 +741,9 @@ _BUT_RE = re.compile(r"(?<![\w-])but(?![\w-])")
 # ... and one of a quality of the structure, not the structure: "no network abnormality - network typical" (before: read
 # the network ABSENT)
 _QUALITY_AFTER_RE = re.compile(r"[ \t]+(?:abnormalit(?:y|ies)|changes?|concerns?|atypia|irregularit(?:y|ies))(?![\w-])")
+# ... and a kind or a colour after a negated list's last noun, said of the whole list: "no dots or globules of brown
+# colour" (blue-grey ones are seen), "no vessels of the melanoma type"
+_KIND_AFTER_RE = re.compile(r"[ \t]+of[ \t]+(?:(?:brown|black|blue|grey|gray|red)[ \t]+colou?r|the[ \t]+[\w-]+[ \t]+type|(?:melanoma|malignant)[ \t]+type)(?![\w-])")
 # a criterion's name as a code's or a field's label, not a finding: HL7 v2's "BWV^Veil^L", FHIR's {"text":"Blue-whitish
 # veil"}, a template's unmerged "{{bwv}}" (before: the bare noun read PRESENT)
 _LABEL_OPENERS = "^\"{"
@@ -1002,6 +1007,9 @@ _SEVERAL_IMAGED_RE = re.compile(
     r"(?<![\w-])(?:(?:dermoscopy|dermoscopic images?|images?|photos?)[ \t]+(?:[\w-]+[ \t]+){0,2}?(?:on|of|for)[ \t]+(?:both|all(?:[ \t]+(?:two|three|four|\d))?)"
     r"(?=[ \t]*(?:[.,;:)\n]|$|lesions|moles|sites))|no (?:lesion )?designated as (?:the )?index(?: lesion)?|no index lesion"
     r"|which is which|no (?:single )?(?:lesion|mole|na?evus) (?:was )?singled out"
+    # ... a table of patients or cases, a header and two rows or more: "Pt | Lesion | Dscopy / AB | R shin | comma vessels / CD
+    # | ...", "# | Date | Dx | Key features / 1 | 02/07 | BCC | arborising vessels / 2 | ..."
+    r"|(?m:^[ \t]*(?:pt|patient|name|case|#)[ \t]*\|[^\n]*\n(?:[^\n]*\|[^\n]*\n)+[^\n]*\|)"
     # ... "the referral does not say which mole is the worry", "Which image was under review was not recorded"
     r"|(?:does|did|do) not (?:say|state|specify|record|indicate) which|which (?:image|photo|lesion|mole|na?evus|one)(?![\w-])[^.\n]{0,30}?"
     r"(?:was|is) not (?:recorded|stated|known|clear|documented))(?![\w-])")
@@ -1021,11 +1029,19 @@ _SEVERAL_NAMED_RE = re.compile(
     # ... "Three naevi on the trunk looked at with the dermatoscope: one has ..., the others ...", a "Lesion list"
     r"|(?:two|three|four|five|several|multiple|many|2|3|4|5)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)(?![\w-])[^.\n]{0,40}?"
     r"(?<![\w-])(?:looked at|examined|checked|viewed)[ \t]+with[ \t]+(?:the[ \t]+|a[ \t]+)?(?:dermatoscope|dermoscope)|lesion list"
+    # ... "Three naevi dermoscoped: back - ...; L thigh - ...", "Three new pigmented macules ... examined dermoscopically",
+    # "3 lesions dermoscoped on this patient", "my 3 moles (back, chest, arm) / Dr's notes against each"
+    r"|(?:two|three|four|five|several|multiple|2|3|4|5)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi|macules|papules|spots)(?![\w-])"
+    r"(?:(?!(?:one|only|the imaged|which|index)(?![\w-]))[^.;\n]){0,40}?(?<![\w-])(?:dermoscoped|scoped|imaged|examined dermoscopically)"
+    r"|(?:two|three|four|five|2|3|4|5)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)(?![\w-])[\s\S]*?(?<![\w-])(?:against|for)[ \t]+each(?![\w-])"
+    # ... or a list's numbered patients: "1) Mrs A - for review of biopsy result\n2) Mr K - SDDI, ..."
+    r"|(?m:^[ \t]*\d{1,2}[).][ \t]+(?:mr|mrs|ms|miss|mx)\.?[ \t][^\n]*\n(?:[^\n]*\n)*?[ \t]*\d{1,2}[).][ \t]+(?:mr|mrs|ms|miss|mx)\.?(?=[ \t]))"
     # ... or patients named in a log, "Pt 1 (Neema) - AKs, cryo. Pt 2 (Juma) - nodule neck, arborizing vessels" (where the log
     # names the lesion photographed today, that one is read)
     r"|pt\.?[ \t]*\d{1,2}[ \t]*\([^)\n]{0,30}\)[ \t]*[:-][\s\S]*?pt\.?[ \t]*\d{1,2}[ \t]*\([^)\n]{0,30}\)[ \t]*[:-]"
     r")(?![\w-])")
-_INDEX_NAMED_RE = re.compile(r"(?<![\w-])(?:index|(?:imaged|photographed|dermoscoped) today|(?:one|lesion) (?:i|we) (?:imaged|photographed|dermoscoped))(?![\w-])")
+_INDEX_NAMED_RE = re.compile(r"(?<![\w-])(?:index|(?:imaged|photographed|dermoscoped) today|(?:one|lesion) (?:i|we) (?:imaged|photographed|dermoscoped)"
+                             r"|the (?:imaged|photographed|dermoscoped) (?:one|lesion)|the one (?:imaged|photographed|dermoscoped)|image attached\s*(?:=|:|is))(?![\w-])")
 # ... and a series counted as a whole: "2WW referrals for suspected melanoma (n=42)", "BCC audit (n = 210)"
 _SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 
@@ -1122,6 +1138,9 @@ _PAST_BEFORE_RE = re.compile(
     r"|(?<![\w-])(?:ai|algorithm|software)(?:'s)?(?:\s+(?:report|output|tool|result))?\s+(?:lists|listed|flags|flagged|reports|reported|suggests|suggested)(?![\w-])"
     r"|(?<![\w-])(?:dermoscopy|dermatoscopy|image|photo)s?\s+(?:(?!(?:noticed|appeared|arose|started|first|present|since|grown|growing|changing|changed|new)(?![\w-]))[\w-]+\s+){0,6}?"
     r"(?:\d+|a|an|one|two|three|four|five|six)\s+(?:years?|months?|weeks?)\s+ago(?![\w-])"  # (not "Dermoscopy of the lesion noticed 3 months ago: ...")
+    # ... what another tells the writer ("Dr Ferris last week, who tells me the mole ... has an irregular network"; not a
+    # patient's "she told me 'no blue-white veil'", the doctor's words) or what is reported ("her lesion reportedly had ...")
+    r"|(?<![\w-])who\s+(?:tells|told|informs|informed)\s+(?:me|us)(?![\w-])|(?<![\w-])(?:reportedly|apparently|allegedly)(?![\w-])"
     # ... and another's reading told in the third person: "the dermatologist present confirmed her reading - irregular
     # streaks and a veil" (minutes; not the writer's "I confirmed my reading", nor "her images", the patient's)
     r"|(?<![\w-])(?:confirmed|confirms|gave|gives|stated|states|repeated|reiterated|restated|maintained|presented|summari[sz]ed|shared)"
@@ -1140,6 +1159,8 @@ _PAST_AFTER_RE = re.compile(
     r"|[ \t]+(?:can|may|could)[ \t]+(?:also[ \t]+)?be[ \t]+(?:seen|found)[ \t]+in(?![\w-])"
     # a rule of thumb: "arborizing vessels = think BCC"
     r"|[^.;\n]{0,40}?=[ \t]*think(?![\w-])")
+# a value nobody stated after a phrasing: a template's "(auto-filled)", a disclosure's "[REDACTED]"
+_UNSTATED_VALUE_AFTER_RE = re.compile(r"[ \t]*[\[(][ \t]*(?:auto-?filled|auto-?populated|pre-?filled|pre-?populated|template default|default|redacted|removed|withheld)[ \t]*[\])]")
 # a form's options after a phrasing: "Pigmentation: absent / diffuse reg / local reg" (before: read ABSENT)
 _OPTIONS_AFTER_RE = re.compile(r"[ \t]*/[ \t]*(?:absent|present|typical|atypical|typ\.?|atyp\.?|regular|irregular|reg\.?|irreg\.?|diffuse|local|locali[sz]ed)(?![\w-])")
 # ... or later in its sentence, the visit it was seen at: "an eccentric irregular dark blotch when I saw him in January",
@@ -1154,6 +1175,8 @@ _PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|asse
                              # ... a request ("Please arrange dermoscopy ... and fax back findings (network, streaks, veil)")
                              # or what a condition typically shows ("Spitz naevus, which typically shows regular streaks")
                              r"|(?<![\w-])(?:please|pls|kindly)\s+(?:arrange|perform|do|send|fax|report|record|document|comment)(?![\w-])"
+                             # ... or a rule for any lesion ("Do not freeze any lesion with an irregular pigment network, streaks or a veil")
+                             r"|(?<![\w-])(?:any|every|all)\s+(?:[\w-]+\s+)?(?:lesions?|na?evi|moles?)\s+(?:with|showing|that shows?)(?![\w-])"
                              r"|(?<![\w-])(?:typically|classically|characteristically|usually)\s+(?:shows?|has|have|displays?|presents?\s+with)(?![\w-])"
                              # ... or a general statement: "Features commonly found in a melanoma of this thickness include ..."
                              r"|(?<![\w-])(?:features|findings|signs|structures)\s+(?:[\w-]+\s+){0,2}(?:found|seen|associated|described)\s+(?:in|with)(?![\w-])"
@@ -1335,6 +1358,12 @@ _CORRECTION_RE = re.compile(
     r"|\([ \t]*correction(?![\w-])|(?<![\w-])sorry,?[ \t]+(?:typo|that's wrong|that is wrong|wrong|i meant|scratch that)(?![\w-])"
     r"|(?<![\w-])no[ \t]+wait(?![\w-])|(?<![\w-])scratch that(?![\w-])"
     r"|(?<![\w-])(?:sorry,?[ \t]+)?(?:pls|please)[ \t]+read[ \t]*:")  # ("reg network (sorry pls read: atypical network ...)")
+# ... a line that a dated look heads, where the text has a look of today ("Dermoscopy 2023: irregular network, irregular
+# dots. / Dermoscopy today: network regular throughout"; alone, "Dermoscopy (2026): ..." is the image's)
+_DATED_LOOK_LINE_RE = re.compile(r"(?m)^[ \t]*(?:dermoscopy|dermatoscopy|image|photo)s?[ \t]*\(?(?:19|20)\d\d\)?[ \t]*:[^\n]*")
+# ... a trial's site or local reading (read only where the text holds no adjudication: "Site reading: dots/globules regular
+# / Central reader 1: irregular / ... Adjudicated (final): irregular")
+_SITE_READING_LINE_RE = re.compile(r"(?m)^[ \t]*(?:site|local|investigator)(?:'s)?[ \t]+read(?:ing)?[ \t]*:[^\n]*")
 # ... a questioner's lines in a transcript: "Q. And if a veil had been present ...?" (the answers, "A. ...", are read)
 _QUESTIONER_LINE_RE = re.compile(r"(?m)^[ \t]*q[.:][^\n]*")
 # ... and a chat's assistant turns, up to the user's next turn, where a user's turns answer them ("User: Describe the
@@ -1509,6 +1538,10 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
                                                                        if not _TABLE_VALUE_RE.search(m.group(0)) or _SUGGESTION_ROW_RE.search(m.group(0))]
     quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered) + [m.span() for m in _DEFAULT_BLOCK_RE.finditer(lowered)]
     quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
+    if (dated := _DATED_LOOK_LINE_RE.search(lowered)) and _TODAY_RE.search(_DATED_LOOK_LINE_RE.sub("", lowered)):
+        quoted.append(dated.span())  # "Dermoscopy 2023: irregular network ... / Dermoscopy today: network regular"
+    if "adjudicat" in lowered:  # a trial's site reading, superseded by the adjudicated one
+        quoted += [m.span() for m in _SITE_READING_LINE_RE.finditer(lowered)]
     if _CHAT_USER_RE.search(lowered):
         quoted += [m.span() for m in _CHAT_ASSISTANT_TURN_RE.finditer(lowered)]
     default_legend = _DEFAULT_LEGEND_RE.search(lowered) is not None
@@ -1518,7 +1551,9 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     lists, governed = _negated_lists(lowered)
     for start, end, items in lists:
         gathered.append((start, end))
-        if any(a <= start < b for a, b in quoted):
+        last_end = items[-1][2]  # (a kind or a place after the last noun is said of the whole list)
+        if (any(a <= start < b for a, b in quoted) or _KIND_AFTER_RE.match(lowered, last_end)
+                or _CENTRE_ONLY_RE.search(lowered, last_end, _clause_bounds(lowered, items[-1][1], last_end)[1])):
             continue
         for i, (key, a, b) in enumerate(items):
             # the item up to the next one (the last: to its clause's end): "without streaks or PN unclear" drops PN only
@@ -1541,7 +1576,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         line_start = lowered.rfind("\n", 0, start) + 1  # (a grade ending the line above is that line's)
         if (any(a <= start < b for a, b in gathered) or _GRADE_BEFORE_RE.search(lowered, max(line_start, start - 30), start)
                 or _NOT_ASSESSED.search(lowered, clause_start, clause_end) or _questioned(lowered, start, denial.end())
-                or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start) or _out_of_scope(lowered, sentence_start, start, clause_end, "absent")):
+                or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start) or _out_of_scope(lowered, sentence_start, start, clause_end, "absent")
+                or _UNSTATED_VALUE_AFTER_RE.match(lowered, denial.end())):
             continue
         found.setdefault(_NOUN_OF[denial.group(1)], set()).add("absent")
     for n, match in enumerate(matches):
@@ -1577,7 +1613,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue  # "The white scar-like areas around it are the burn scar itself, not regression"
         if phrase in _NOUN_OF and value != "absent" and _not_assessed_list(lowered, sentence_start, match.start()):
             continue
-        if value == "absent" and (_CENTRE_ONLY_RE.search(lowered, match.end(), end) or _QUALITY_AFTER_RE.match(lowered, match.end())):
+        if value == "absent" and (_CENTRE_ONLY_RE.search(lowered, match.end(), end) or _QUALITY_AFTER_RE.match(lowered, match.end())
+                                  or _KIND_AFTER_RE.match(lowered, match.end())):
             continue  # "no network centrally", "no network abnormality": not the criterion's absence
         if phrase in _NOUN_OF and value != "absent" and (lowered[match.start() - 1: match.start()] in _LABEL_OPENERS and match.start() > 0
                                                          or _LABEL_AFTER_RE.match(lowered, match.end())):
@@ -1586,6 +1623,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
             continue  # a template's default
         if phrase in _NOUN_OF and value != "absent" and _LIST_NOT_ASSESSED_AFTER_RE.match(lowered, match.end()):
             continue  # "Colour-dependent features (veil, regression) not graded"
+        if _UNSTATED_VALUE_AFTER_RE.match(lowered, match.end()):
+            continue  # "Dermoscopy veil: absent (auto-filled)", "blue-white veil [REDACTED]"
         if _OPTIONS_AFTER_RE.match(lowered, match.end()):
             continue  # a form's options, "Pigmentation: absent / diffuse reg / local reg / ...": none chosen by these words
         if value != "absent" and (_PAST_AFTER_RE.match(lowered, match.end()) or _series_count_after(lowered, match.end())
@@ -1621,7 +1660,8 @@ _CHECKLIST_TALK_RE = re.compile(
     # (not a filled checklist's "Major criteria: atypical network 2", nor "2 major criteria are present: ...")
     r"|(?:major|minor)\s+criteria\s+(?:are|include)(?!\s+(?:present|met|seen|found|positive|absent|none)))(?![\w-])")
 # ... white areas the text names as something else: "... are the burn scar itself, not regression"
-_NOT_REGRESSION_AFTER_RE = re.compile(r"[^.;\n]{0,60}?(?<![\w-])not (?:true |a )?regression(?![\w-])")
+_NOT_REGRESSION_AFTER_RE = re.compile(r"[^.;\n]{0,60}?(?<![\w-])(?:not (?:true |a )?regression|post-?[\w-]*\s+scar\w*"
+                                     r"|(?:at|on|of) the (?:treated|treatment|biopsy|excision|surgical|cryo) site)(?![\w-])")  # ("... at the treated site (post-cryo scarring)")
 # ... and a criterion the text doubts anywhere, as a noun: "[Comment: I'm not sure about the veil - looks like glare]",
 # "agree, the veil is doubtful" (a present or graded reading of it is not read; its absence is)
 _DOUBTED_NOUN_RE = re.compile(
@@ -1638,7 +1678,7 @@ _NOT_ASSESSED = re.compile(
     r"|doubtful|likely|unlikely|suggestive|cannot exclude|can't exclude|cannot be (?:excluded|ruled out)"
     r"|can't be (?:excluded|ruled out)|not (?:be )?(?:excluded|ruled out)"
     # a hedge: "maybe BWV", "BWV vs regression", "pseudo BWV", "BWV-like area", "BWV ±"
-    r"|maybe|may be|perhaps|could|might|represents?|hint of|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed"
+    r"|maybe|may be|perhaps|could|might|represents?|hint of|lighting (?:is|was) poor|poor lighting|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed"
     r"|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure|looks? like"
     r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
