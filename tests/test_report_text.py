@@ -1200,6 +1200,44 @@ def test_review_r_wrong_readings_are_not_read(text, read):
     assert read_findings(text) == read
 
 
+@pytest.mark.parametrize(("text", "read"), [
+    # what review 2026-12-06s (held out until review u was written) read wrong: a relative's lesion "when it was imaged in
+    # 2020", lesions counted and dermoscoped together or named a line each, a month and year's visit, a dated photograph
+    # beside today's look, an RTF source, an addendum that reviews the image again and an author's "no", an HTML form's
+    # unchecked box, a plan for the next appointment, a relative's path in a flat export, "dermoscopy of both showed", a
+    # checklist's weight taught, "back in March", a colleague who "imaged it ... and found", a leaflet's examples
+    ("Her brother had a BIMT excised; it showed irregular dots when it was imaged in 2020. Today I imaged her new papule: dotted vessels.",
+     (("vascular_structures", "dotted"),)),
+    ("Three new pink papules since spring. All three dermoscoped: each has dotted vessels.", ()),
+    ("I dermoscoped the 4 most changed naevi: all with regular networks and regular globules.", ()),
+    ("<ol><li>L arm: dermoscopy - comma vessels</li><li>R arm: dermoscopy - typical network</li></ol>", ()),
+    ("Two lesions were examined, one on each forearm. Dermoscopy of both showed a regular network.", ()),
+    ("Follow-up.\nAt the March 2024 visit this lesion had a typical network.\nToday: atypical network.", (("pigment_network", "atypical"),)),
+    ("Skin photographs 2021 (scanned): back naevus showed a regular network.\nDermoscopy today: irregular streaks.", (("streaks", "irregular"),)),
+    ("{\\rtf1\\ansi\n\\b Previous dermoscopy (clinic 2023):\\b0  atypical network, no veil.\\par\n\\b Today:\\b0  clinical photograph only.\\par}", ()),
+    ("Dermoscopy: localized irregular pigmentation.\nAddendum (Dr Farouk): on review of the full image, the pigmentation is regular.", ()),
+    ("Draft\nDermoscopy: diffuse regular pigmentation.\n[AUTHOR COMMENT: no - it's localised to the upper pole.]", ()),
+    ('<p>Veil: <input type="checkbox"> present</p>', ()),
+    ("plan/activity=Dermoscopy at next appointment for new globules or veil\ntoday/dermoscopy/network|value=Typical", ()),
+    ("ctx/language=en\nfamily_hx.v1/relative:0/relationship=Mother\nfamily_hx.v1/relative:0/dermoscopy_reported=irregular streaks\n"
+     "family_hx.v1/patient/lesion:0/site=R shin", ()),
+    ("0:03:22 Dr Ellis: and irregular streaks, also two points.", ()),
+    ("0:12:20 Sara: back in March this one had a typical network. We haven't re-imaged it yet.", ()),
+    ("Our own clinician imaged it on Monday and found no veil and a typical network; please send your images.", ()),
+    ("Taught ABCDE; gave the leaflet showing examples of irregular streaks and veil.", ()),
+    # ... and the guards: another's declined dermoscopy leaves the text read, a nurse who found the lesion is not a reading
+    ("Dermoscopy: atypical network. Her sister declined dermoscopy.", (("pigment_network", "atypical"),)),
+    ("The practice nurse found a changing mole and I dermoscoped it: atypical network.", (("pigment_network", "atypical"),)),
+])
+def test_review_s_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06s had 19 of its 400 texts read wrong; the rules written from it leave 2 (a psoriasis
+    plaque beside the pigmented lesion in one HTML list; a transcript's two readers who disagree, left unsettled), and 411
+    of its 604 stated findings read (408 before)."""
+    from monai_cir.data.report import read_findings
+
+    assert read_findings(text) == read
+
+
 _HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
 
 

@@ -1005,7 +1005,7 @@ _LESION_LABEL_RE = re.compile(
 # regular network")
 _SEVERAL_IMAGED_RE = re.compile(
     r"(?<![\w-])(?:(?:dermoscopy|dermoscopic images?|images?|photos?)[ \t]+(?:[\w-]+[ \t]+){0,2}?(?:on|of|for)[ \t]+(?:both|all(?:[ \t]+(?:two|three|four|\d))?)"
-    r"(?=[ \t]*(?:[.,;:)\n]|$|lesions|moles|sites))|no (?:lesion )?designated as (?:the )?index(?: lesion)?|no index lesion"
+    r"(?=[ \t]*(?:[.,;:)\n]|$|lesions|moles|sites|showed|shows|show|revealed|had|demonstrated))|no (?:lesion )?designated as (?:the )?index(?: lesion)?|no index lesion"
     r"|which is which|no (?:single )?(?:lesion|mole|na?evus) (?:was )?singled out"
     # ... a table of patients or cases, a header and two rows or more: "Pt | Lesion | Dscopy / AB | R shin | comma vessels / CD
     # | ...", "# | Date | Dx | Key features / 1 | 02/07 | BCC | arborising vessels / 2 | ..."
@@ -1019,13 +1019,16 @@ _SEVERAL_NAMED_RE = re.compile(
     r"|(?:na?evi|nevi|moles|lesions)(?![\w-])[^.\n]{0,60}?(?<![\w-])(?:all|each|both)(?:[ \t]+(?:of them|two|three|four))?[ \t]+(?:showed|show|shows|had|have|has)"
     # ... or counts them and treats them alike, a line each: "Two lesions on the L ear today. / L helix: arborising vessels
     # ... / L preauricular: hairpin vessels ... / Both to be excised" (before: the helix's "no network" read as the image's)
-    r"|(?:two|three|four|2|3|4)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)(?![\w-])[\s\S]*?(?<![\w-])"
+    r"|(?:two|three|four|2|3|4)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi|papules|macules|nodules|spots)(?![\w-])[\s\S]*?(?<![\w-])"
     r"(?:(?:both|all(?:[ \t]+(?:two|three|four))?)[ \t]+(?:(?:to be|will be|are to be|were|are)[ \t]+)?(?:listed for|booked for|for|excised|excision"
     r"|biopsied|biopsy|removed|removal|referred|scoped|imaged|dermoscoped|sent)|(?:refer|excise|biopsy|remove|scope)[ \t]+(?:both|all|them)|each[ \t]+lesion)"
     # ... or looks at them together: "Dermoscopy of these: diffuse regular pigmentation", "Scoped all of them: typical
     # network throughout", "Looked at them with the dermatoscope: some show irregular dots", "Several scoped; most with ..."
     r"|(?:dermoscopy|dermatoscopy)[ \t]+of[ \t]+(?:these|them|all of them|each)|(?:scoped|dermoscoped|imaged|looked at)[ \t]+(?:all[ \t]+(?:of[ \t]+)?)?(?:them|these|all)"
     r"|(?:several|some|many|most|a few|all)[ \t]+(?:were[ \t]+)?(?:scoped|dermoscoped|imaged)"
+    r"|(?:dermoscoped|scoped|imaged)[ \t]+(?:the[ \t]+|all[ \t]+)?(?:\d+|two|three|four|five|six|several)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)"
+    # ... or names sites a line each, "L shin: dermoscopy - dotted vessels ... R shin: dermoscopy - white structureless area"
+    r"|(?:l|r|left|right)[ \t]+[a-z]+[ \t]*:[ \t]*dermoscop[\s\S]*?(?:l|r|left|right)[ \t]+[a-z]+[ \t]*:[ \t]*dermoscop\w*"
     # ... "Three naevi on the trunk looked at with the dermatoscope: one has ..., the others ...", a "Lesion list"
     r"|(?:two|three|four|five|several|multiple|many|2|3|4|5)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)(?![\w-])[^.\n]{0,40}?"
     r"(?<![\w-])(?:looked at|examined|checked|viewed)[ \t]+with[ \t]+(?:the[ \t]+|a[ \t]+)?(?:dermatoscope|dermoscope)|lesion list"
@@ -1073,7 +1076,7 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"(?:at that visit|(?:at |on )?(?:the |her |his )?(?:last|previous|prior) visit|during pregnancy|seen\s+(?:on\s+)?\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}"
     r"|(?:at|on|during)\s+(?:the|her|his|their)\s+(?:[\w-]+\s+)?visit\s+(?:of|on)\s+(?:\d[\d/.-]*\d|\d|(?:" + _MONTHS + r")(?![\w-]))"
     # ... a session named by its month or its week: "At the March session the image showed ...", "Last week's image: ..."
-    r"|(?:at|in|during)\s+(?:the|her|his|their)\s+(?:" + _MONTHS + r"|(?:19|20)\d\d)\s+(?:session|visit|appointment|review|clinic|consultation|admission|stay|attendance)"
+    r"|(?:at|in|during)\s+(?:the|her|his|their)\s+(?:(?:" + _MONTHS + r")(?:\s+(?:19|20)\d\d)?|(?:19|20)\d\d)\s+(?:session|visit|appointment|review|clinic|consultation|admission|stay|attendance)"
     r"|last (?:week|month)|yesterday"
     # another's reading: "Patient's previous dermoscopy (2025, Dr Chen) documented ...", "Findings (trainee, Dr A. Kowalski): ...",
     # "Summary of the first report: ...", "Dr K. described regular globules.", "Reader A said hairpin vessels"
@@ -1138,6 +1141,11 @@ _PAST_BEFORE_RE = re.compile(
     r"|(?<![\w-])(?:ai|algorithm|software)(?:'s)?(?:\s+(?:report|output|tool|result))?\s+(?:lists|listed|flags|flagged|reports|reported|suggests|suggested)(?![\w-])"
     r"|(?<![\w-])(?:dermoscopy|dermatoscopy|image|photo)s?\s+(?:(?!(?:noticed|appeared|arose|started|first|present|since|grown|growing|changing|changed|new)(?![\w-]))[\w-]+\s+){0,6}?"
     r"(?:\d+|a|an|one|two|three|four|five|six)\s+(?:years?|months?|weeks?)\s+ago(?![\w-])"  # (not "Dermoscopy of the lesion noticed 3 months ago: ...")
+    # ... "back in March this one had a typical network", and what a colleague found ("our own clinician imaged it in clinic on
+    # Monday and found no veil and a typical network")
+    r"|(?<![\w-])back in (?:(?:" + _MONTHS + r")|(?:19|20)\d\d)(?![\w-])"
+    r"|(?<![\w-])(?:clinician|doctor|colleague|consultant|dermatologist|registrar|nurse)\s+(?:imaged|examined|scoped|dermoscoped|looked at)\s+it(?![\w-])"
+    r"[^.;\n]{0,40}?\s+and\s+found(?![\w-])"  # (not "The practice nurse found a changing mole and I dermoscoped it: ...")
     # ... what another tells the writer ("Dr Ferris last week, who tells me the mole ... has an irregular network"; not a
     # patient's "she told me 'no blue-white veil'", the doctor's words) or what is reported ("her lesion reportedly had ...")
     r"|(?<![\w-])who\s+(?:tells|told|informs|informed)\s+(?:me|us)(?![\w-])|(?<![\w-])(?:reportedly|apparently|allegedly)(?![\w-])"
@@ -1157,6 +1165,8 @@ _PAST_AFTER_RE = re.compile(
     r"|[ \t]+(?:is|are)[ \t]+(?:generally[ \t]+|usually[ \t]+)?(?:considered|regarded)(?![\w-])"
     # "dotted vessels can be seen in Bowen's, psoriasis ..."
     r"|[ \t]+(?:can|may|could)[ \t]+(?:also[ \t]+)?be[ \t]+(?:seen|found)[ \t]+in(?![\w-])"
+    # a checklist's weight taught: "and irregular streaks, also two points"
+    r"|[ \t]*,[ \t]*also[ \t]+(?:one|two|1|2)[ \t]+points?(?![\w-])"
     # a rule of thumb: "arborizing vessels = think BCC"
     r"|[^.;\n]{0,40}?=[ \t]*think(?![\w-])")
 # a value nobody stated after a phrasing: a template's "(auto-filled)", a disclosure's "[REDACTED]"
@@ -1165,7 +1175,8 @@ _UNSTATED_VALUE_AFTER_RE = re.compile(r"[ \t]*[\[(][ \t]*(?:auto-?filled|auto-?p
 _OPTIONS_AFTER_RE = re.compile(r"[ \t]*/[ \t]*(?:absent|present|typical|atypical|typ\.?|atyp\.?|regular|irregular|reg\.?|irreg\.?|diffuse|local|locali[sz]ed)(?![\w-])")
 # ... or later in its sentence, the visit it was seen at: "an eccentric irregular dark blotch when I saw him in January",
 # or "then" ending it: "It showed an atypical network then." (last summer's photo; not "If BWV, then excise")
-_EARLIER_VISIT_AFTER_RE = re.compile(r"(?<![\w-])when (?:i|we) (?:first )?(?:saw|examined|reviewed|imaged)(?![\w-])|(?<![\w-])then(?=[ \t]*(?:[.;!]|$))")
+_EARLIER_VISIT_AFTER_RE = re.compile(r"(?<![\w-])when (?:it|this|the lesion) was (?:imaged|dermoscoped|photographed)[ \t]+in[ \t]+(?:19|20)\d\d(?![\w-])"  # ("... showed irregular dots when it was imaged in 2021")
+                                     r"|(?<![\w-])when (?:i|we) (?:first )?(?:saw|examined|reviewed|imaged)(?![\w-])|(?<![\w-])then(?=[ \t]*(?:[.;!]|$))")
 # a count over a series after a mention: "arborizing vessels were documented in 88% of BCCs", "BWV 2/6", "network atypical
 # in 3, BWV in 2" (an audit's statistic, not the imaged lesion's finding; before: read as present)
 _SERIES_COUNT_AFTER_RE = re.compile(
@@ -1175,6 +1186,9 @@ _PLAN_BEFORE_RE = re.compile(r"(?<![\w-])(?:look|watch|monitor|check|review|asse
                              # ... a request ("Please arrange dermoscopy ... and fax back findings (network, streaks, veil)")
                              # or what a condition typically shows ("Spitz naevus, which typically shows regular streaks")
                              r"|(?<![\w-])(?:please|pls|kindly)\s+(?:arrange|perform|do|send|fax|report|record|document|comment)(?![\w-])"
+                             # ... or the next visit's ("Dermoscopy at next appointment for new globules or veil"), or
+                             # examples shown ("given the leaflet showing examples of irregular streaks and veil")
+                             r"|(?<![\w-])(?:next (?:appointment|visit|review)|examples? of|leaflet showing)(?![\w-])"
                              # ... or a rule for any lesion ("Do not freeze any lesion with an irregular pigment network, streaks or a veil")
                              r"|(?<![\w-])(?:any|every|all)\s+(?:[\w-]+\s+)?(?:lesions?|na?evi|moles?)\s+(?:with|showing|that shows?)(?![\w-])"
                              r"|(?<![\w-])(?:typically|classically|characteristically|usually)\s+(?:shows?|has|have|displays?|presents?\s+with)(?![\w-])"
@@ -1206,7 +1220,7 @@ _NO_IMAGE_TODAY_RE = re.compile(
     # (not "not a patient" alone: "attends with her daughter (not a patient)")
     r"|synthetic (?:image|case|lesion)s?|(?:vendor|manufacturer)'?s? demo|demo (?:image|set|case)s?"
     r"|teaching bullets|training (?:for|session|slide|material)s?|not a patient visit|not filled in|draft[^.\n]{0,10}not (?:yet )?(?:been )?reviewed|dermoscopy teaching"
-    r"|no current image|not re-?imaged|(?:skin )?not examined by (?:us|me)|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
+    r"|no current image|not re-?imaged|(?:haven't|have not|hasn't|has not) (?:yet )?(?:re-?imaged|dermoscoped)|(?:skin )?not examined by (?:us|me)|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
     # ... or an exam question on the checklist itself: "List the seven criteria of the 7-point checklist and their weights"
     r"|list the (?:seven|7) criteria|(?:its|their) weights|no images? (?:is |are |was |were )?attached|no boxes? (?:is |are |was |were )?ticked|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
 
@@ -1355,12 +1369,19 @@ _CORRECTION_RE = re.compile(
     r"(?<![\w-])(?:correction|corrected|amendment|erratum|edit(?:ed)?(?:[ \t]+\d{1,2}[:.]\d{2})?)(?:[ \t]*\([^)\n]{0,40}\))?[ \t]*[:-]"
     # ... "CORRECTION (same day, Dr Kaur): dots are regular", "Network: typical. Amended to atypical by Dr Sandhu"
     r"|(?<![\w-])(?:amended|corrected|revised)[ \t]+to(?![\w-])"
+    # ... an addendum that reviews the image again, "Addendum 16:40: on review of the polarised image ...", and an author's
+    # comment that says no, "[AUTHOR COMMENT: no - it's localised ...]"
+    r"|(?<![\w-])addendum[^:\n]{0,40}:[ \t}]*on (?:re-?)?review(?![\w-])|\[[ \t]*(?:author|reviewer|editor)(?:'s)? comment[ \t]*:[ \t]*no(?![\w-])"
     r"|\([ \t]*correction(?![\w-])|(?<![\w-])sorry,?[ \t]+(?:typo|that's wrong|that is wrong|wrong|i meant|scratch that)(?![\w-])"
     r"|(?<![\w-])no[ \t]+wait(?![\w-])|(?<![\w-])scratch that(?![\w-])"
     r"|(?<![\w-])(?:sorry,?[ \t]+)?(?:pls|please)[ \t]+read[ \t]*:")  # ("reg network (sorry pls read: atypical network ...)")
 # ... a line that a dated look heads, where the text has a look of today ("Dermoscopy 2023: irregular network, irregular
 # dots. / Dermoscopy today: network regular throughout"; alone, "Dermoscopy (2026): ..." is the image's)
-_DATED_LOOK_LINE_RE = re.compile(r"(?m)^[ \t]*(?:dermoscopy|dermatoscopy|image|photo)s?[ \t]*\(?(?:19|20)\d\d\)?[ \t]*:[^\n]*")
+_DATED_LOOK_LINE_RE = re.compile(r"(?m)^[ \t]*(?:[\w-]+[ \t]+)?(?:dermoscopy|dermatoscopy|image|photo|photograph)s?[ \t]*\(?(?:19|20)\d\d\)?[^:\n]{0,40}:[^\n]*")
+# ... an HTML form's unchosen option or unchecked box with its label
+_UNCHOSEN_HTML_RE = re.compile(r"<option(?![^>]*selected)[^>]*>[^<]*</option>|(?:[\w-]+[ \t]*:[ \t]*)?<input(?=[^>]*checkbox)(?![^>]*checked)[^>]*>[^<\n]*")
+# ... a flat export's line whose path names a relative
+_RELATIVE_PATH_LINE_RE = re.compile(r"(?m)^[^\n=]*(?:relative|family|mother|father|sister|brother|sibling)[^\n=]*=[^\n]*")
 # ... a trial's site or local reading (read only where the text holds no adjudication: "Site reading: dots/globules regular
 # / Central reader 1: irregular / ... Adjudicated (final): irregular")
 _SITE_READING_LINE_RE = re.compile(r"(?m)^[ \t]*(?:site|local|investigator)(?:'s)?[ \t]+read(?:ing)?[ \t]*:[^\n]*")
@@ -1387,6 +1408,8 @@ _TABLE_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|
                              r"|hairpin|arbori[sz]ing|linear|wreath|blue|white|\d)(?![\w-])|[+✓✗x]\s*(?:\||$)")
 
 
+# an RTF source's markup: "{\\rtf1\\ansi ...}", "\\b Previous dermoscopy:\\b0 ...\\par" (before: "\\b" hid a sentence's start)
+_RTF_MARKUP_RE = re.compile(r"\\[a-z]+-?\d* ?|\\[{}\\]|[{}]|\{\\fonttbl[^}]*\}")
 # a legend's line: "Legend: L-reg-pig = regular pigmentation localized ...", "key: str=streaks, veil=BWV, ~=possible",
 # "Abbreviations - PN, pigment network; BWV, blue-whitish veil" (it names the criteria, it states none of them; before:
 # read PRESENT and every grade it defines)
@@ -1521,7 +1544,10 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         return ()
     if (message := message_text(text)) is not None:  # an HL7 v2 or FHIR message, a delimited export: "name: value" lines
         return read_findings(message)
-    raw = _structured_items(text.lower().translate(_DASHES))
+    lowered_text = text.lower().translate(_DASHES)
+    if lowered_text.lstrip().startswith("{\\rtf"):  # an RTF source: its control words and braces are blanked, position for position
+        lowered_text = _RTF_MARKUP_RE.sub(lambda m: " " * len(m.group(0)), lowered_text)
+    raw = _structured_items(lowered_text)
     lowered = _normalised(raw)
     if _NO_IMAGE_TODAY_RE.search(lowered):
         return ()
@@ -1540,6 +1566,10 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
     if (dated := _DATED_LOOK_LINE_RE.search(lowered)) and _TODAY_RE.search(_DATED_LOOK_LINE_RE.sub("", lowered)):
         quoted.append(dated.span())  # "Dermoscopy 2023: irregular network ... / Dermoscopy today: network regular"
+    if "<" in lowered_text:  # an HTML form's options not selected and boxes not checked (found before its tags are blanked)
+        quoted += [m.span() for m in _UNCHOSEN_HTML_RE.finditer(lowered_text)]
+    if "=" in lowered:  # a flat export's paths of a relative: "family_hx_form.v1/relative:0/dermoscopy_reported=irregular streaks"
+        quoted += [m.span() for m in _RELATIVE_PATH_LINE_RE.finditer(lowered)]
     if "adjudicat" in lowered:  # a trial's site reading, superseded by the adjudicated one
         quoted += [m.span() for m in _SITE_READING_LINE_RE.finditer(lowered)]
     if _CHAT_USER_RE.search(lowered):
