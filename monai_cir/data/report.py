@@ -1409,7 +1409,7 @@ _TABLE_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|
 
 
 # an RTF source's markup: "{\\rtf1\\ansi ...}", "\\b Previous dermoscopy:\\b0 ...\\par" (before: "\\b" hid a sentence's start)
-_RTF_MARKUP_RE = re.compile(r"\\[a-z]+-?\d* ?|\\[{}\\]|[{}]|\{\\fonttbl[^}]*\}")
+_RTF_MARKUP_RE = re.compile(r"\{\\fonttbl(?:[^{}]|\{[^{}]*\})*\}|\\[a-z]+-?\d* ?|\\[{}\\]|[{}]")  # (the font table first: its names are no text)
 # a legend's line: "Legend: L-reg-pig = regular pigmentation localized ...", "key: str=streaks, veil=BWV, ~=possible",
 # "Abbreviations - PN, pigment network; BWV, blue-whitish veil" (it names the criteria, it states none of them; before:
 # read PRESENT and every grade it defines)
@@ -1673,7 +1673,8 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         found.get(key, set()).discard(value)
     for doubt in _DOUBTED_NOUN_RE.finditer(lowered):  # a criterion the text doubts anywhere: "I'm not sure about the veil"
         if not any(a <= doubt.start() < b for a, b in quoted):
-            found[_NOUN_OF[doubt.group(1) or doubt.group(2)]] = found.get(_NOUN_OF[doubt.group(1) or doubt.group(2)], set()) & {"absent"}
+            key = _NOUN_OF[doubt.group(1) or doubt.group(2)]
+            found[key] = found.get(key, set()) & {"absent"}  # (its absence stays read)
     regression = found.get("regression_structures", set())
     if regression - {"combinations"} == {"white areas", "blue areas"} or ("combinations" in regression and regression <= {"combinations", "white areas", "blue areas"}):
         # "white scar-like areas and blue peppering": both, the checklist's combinations ("white and blue (new peppering)" too)
