@@ -1139,7 +1139,7 @@ _PAST_BEFORE_RE = re.compile(
     # by how long ago ("Dermoscopy R thigh lesion 1 year ago (vein clinic letter 2023): dotted vessels")
     r"|(?<![\w-])(?:they|she|he)\s+(?:said|say|says|reported|reports|told\s+(?:me|us)|mentioned|wrote|writes)\s+(?:that\s+)?(?:the\s+)?(?:dermoscopy|dermatoscopy|image|photo)"
     r"|(?<![\w-])(?:ai|algorithm|software)(?:'s)?(?:\s+(?:report|output|tool|result))?\s+(?:lists|listed|flags|flagged|reports|reported|suggests|suggested)(?![\w-])"
-    r"|(?<![\w-])(?:dermoscopy|dermatoscopy|image|photo)s?\s+(?:(?!(?:noticed|appeared|arose|started|first|present|since|grown|growing|changing|changed|new)(?![\w-]))[\w-]+\s+){0,6}?"
+    r"|(?<![\w-])(?:dermoscopy|dermatoscopy|image|photo)s?\s+(?=[^.;\n]{0,80}?(?<![\w-])ago(?![\w-]))(?:(?!(?:noticed|appeared|arose|started|first|present|since|grown|growing|changing|changed|new)(?![\w-]))[\w-]+\s+){0,6}?"
     r"(?:\d+|a|an|one|two|three|four|five|six)\s+(?:years?|months?|weeks?)\s+ago(?![\w-])"  # (not "Dermoscopy of the lesion noticed 3 months ago: ...")
     # ... "back in March this one had a typical network", and what a colleague found ("our own clinician imaged it in clinic on
     # Monday and found no veil and a typical network")
@@ -1566,7 +1566,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
     if (dated := _DATED_LOOK_LINE_RE.search(lowered)) and _TODAY_RE.search(_DATED_LOOK_LINE_RE.sub("", lowered)):
         quoted.append(dated.span())  # "Dermoscopy 2023: irregular network ... / Dermoscopy today: network regular"
-    if "<" in lowered_text:  # an HTML form's options not selected and boxes not checked (found before its tags are blanked)
+    if "<input" in lowered_text or "<option" in lowered_text:  # an HTML form's unchosen options and unchecked boxes (before its tags are blanked)
         quoted += [m.span() for m in _UNCHOSEN_HTML_RE.finditer(lowered_text)]
     if "=" in lowered:  # a flat export's paths of a relative: "family_hx_form.v1/relative:0/dermoscopy_reported=irregular streaks"
         quoted += [m.span() for m in _RELATIVE_PATH_LINE_RE.finditer(lowered)]
@@ -1671,7 +1671,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
         found.setdefault(key, set()).add(value)
     for key, value in replaced:  # (an amended value: the amendment's is read)
         found.get(key, set()).discard(value)
-    for doubt in _DOUBTED_NOUN_RE.finditer(lowered):  # a criterion the text doubts anywhere: "I'm not sure about the veil"
+    for doubt in _DOUBTED_NOUN_RE.finditer(lowered) if _DOUBT_WORD_RE.search(lowered) else ():  # a criterion the text doubts anywhere: "I'm not sure about the veil"
         if not any(a <= doubt.start() < b for a, b in quoted):
             key = _NOUN_OF[doubt.group(1) or doubt.group(2)]
             found[key] = found.get(key, set()) & {"absent"}  # (its absence stays read)
@@ -1693,8 +1693,10 @@ _CHECKLIST_TALK_RE = re.compile(
 # ... white areas the text names as something else: "... are the burn scar itself, not regression"
 _NOT_REGRESSION_AFTER_RE = re.compile(r"[^.;\n]{0,60}?(?<![\w-])(?:not (?:true |a )?regression|post-?[\w-]*\s+scar\w*"
                                      r"|(?:at|on|of) the (?:treated|treatment|biopsy|excision|surgical|cryo) site)(?![\w-])")  # ("... at the treated site (post-cryo scarring)")
-# ... and a criterion the text doubts anywhere, as a noun: "[Comment: I'm not sure about the veil - looks like glare]",
+# ... and a criterion the text doubts anywhere, as a noun (looked for only in a text with a word of doubt: the nouns'
+# alternation is long): "[Comment: I'm not sure about the veil - looks like glare]",
 # "agree, the veil is doubtful" (a present or graded reading of it is not read; its absence is)
+_DOUBT_WORD_RE = re.compile(r"doubt|not sure|unsure|unconvinced|questionable|uncertain|equivocal|dubious")
 _DOUBTED_NOUN_RE = re.compile(
     r"(?<![\w-])(?:not sure about|unsure about|doubts? about|doubtful about|unconvinced (?:by|about))\s+(?:the\s+|a\s+)?(" + _ANY_NOUN + r")(?![\w-])"
     r"|(?<![\w-])(?:the\s+)?(" + _ANY_NOUN + r")\s+(?:is|was|looks|seems)\s+(?:doubtful|questionable|uncertain|equivocal|dubious)(?![\w-])")
