@@ -1582,12 +1582,13 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     for start, end, items in lists:
         gathered.append((start, end))
         last_end = items[-1][2]  # (a kind or a place after the last noun is said of the whole list)
+        list_end = _clause_bounds(lowered, items[-1][1], last_end)[1]
         if (any(a <= start < b for a, b in quoted) or _KIND_AFTER_RE.match(lowered, last_end)
-                or _CENTRE_ONLY_RE.search(lowered, last_end, _clause_bounds(lowered, items[-1][1], last_end)[1])):
+                or _CENTRE_ONLY_RE.search(lowered, last_end, list_end)):
             continue
         for i, (key, a, b) in enumerate(items):
             # the item up to the next one (the last: to its clause's end): "without streaks or PN unclear" drops PN only
-            upto = items[i + 1][1] if i + 1 < len(items) else _clause_bounds(lowered, a, b)[1]
+            upto = items[i + 1][1] if i + 1 < len(items) else list_end
             if (not _NOT_ASSESSED.search(lowered, a, upto) and not _questioned(lowered, a, b) and not _CENTRE_ONLY_RE.search(lowered, b, upto)
                     and not _QUALITY_AFTER_RE.match(lowered, b)):
                 found.setdefault(key, set()).add("absent")
