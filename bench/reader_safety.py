@@ -18,7 +18,8 @@ The texts are synthetic (no record of any collection); the figures are what the 
 pattern, with the wrong readings listed (``--list``, per pattern, default 5) so the next rule has its cases.
 ``reviewed``: the texts reviews of the reader wrote (``bench/reader_texts/reviewed.json``), scored both ways: the
 texts read with a finding they do not state, and the stated findings read; a held-out review (no rule written from it)
-measures generalisation.
+measures generalisation. Each review is also scored by the rules alone (``read_by_rules``, without the learned check
+of :mod:`monai_cir.data.finding_check`), which says what the check adds on writing it was not trained on.
 """
 
 from __future__ import annotations
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", type=int, default=5, help="wrong readings listed per pattern (default 5)")
     args = parser.parse_args(argv)
     header = begin(__file__, "wrong readings of the findings reader on clinicians' phrasings", argv, machine=False)
-    from monai_cir.data.report import read_findings
+    from monai_cir.data.report import read_by_rules, read_findings
 
     sets = {}
     for name, cases in (("hand_written", hand_written()), ("generated", generated())):
@@ -399,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     sets["reviewed"] = score_reviewed(entries, read_findings, args.list, held_out)
     for name in held_out:
         sets["reviewed"][name]["held_out"] = True
+    # the same reviews read by the rules alone, without the learned check: what the check adds, review by review
+    for name, r in score_reviewed(entries, read_by_rules, 0, held_out).items():
+        sets["reviewed"][name]["rules_alone"] = {"wrong": r["wrong"], "read_of_expected": r["read_of_expected"]}
     for name, r in sets["reviewed"].items():
         print(f"reviewed {name}{' (held out)' if r.get('held_out') else ''}: {r['wrong']} of {r['texts']} texts read wrong; "
               f"{r['read_of_expected']} of {r['expected_findings']} stated findings read", flush=True)
@@ -414,7 +418,16 @@ def main(argv: list[str] | None = None) -> int:
                       "measure how the reader generalises; a held-out review (written without seeing the reader's code, no rule written",
                       "from it) does. Wrong: a finding read outside the stated and allowed ones; recall: the stated findings read (a",
                       "finding left unread is the safe failure: the query falls back to the image). A held-out review's wrong readings",
-                      "are not listed: they stay unseen until rules are written from it.", ""]
+                      "are not listed: they stay unseen until rules are written from it.", "",
+                      "The reader keeps a reading of its rules only when its learned check (`monai_cir/data/finding_check.py`,",
+                      "trained on the reviews not held out) finds it likely stated of the imaged lesion, now; the rules alone:",
+                      "", "| review | texts | wrong, rules alone | wrong | stated findings read, rules alone | stated findings read |",
+                      "|---|---|---|---|---|---|"]
+            for review, r in s.items():
+                alone = r["rules_alone"]
+                lines.append(f"| {review}{' (held out)' if r.get('held_out') else ''} | {r['texts']} | {alone['wrong']} | {r['wrong']} | "
+                             f"{alone['read_of_expected']} / {r['expected_findings']} | {r['read_of_expected']} / {r['expected_findings']} |")
+            lines.append("")
             for review, r in s.items():
                 kind = " (held out)" if r.get("held_out") else ""
                 lines += [f"### review {review}{kind}: {r['wrong']} of {r['texts']} texts read wrong; {r['read_of_expected']} of {r['expected_findings']} stated findings read", "",

@@ -1539,11 +1539,26 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     cannot be excluded"), a present or graded one the text negates in words of its own ("absence of BWV", "BWV
     excluded", "BWV -ve") or gives another value after a colon ("BWV: 0", "atyp. PN: ?"), and one the text states
     twice with different values ("BWV present ... no BWV": a contradiction is not a finding). A text's words are
-    never read as a finding the text denies or doubts."""
+    never read as a finding the text denies or doubts.
+
+    Each reading the rules make (:func:`read_by_rules`) is kept only when the learned check
+    (:func:`~monai_cir.data.finding_check.default_check`) finds it likely stated of the imaged lesion, now: the rules
+    cover the writing they were written from, the check carries what every review taught to writing not seen yet."""
+    from .finding_check import default_check
+
+    readings = read_by_rules(text)
+    if not readings:
+        return readings
+    check = default_check()
+    return tuple(f for f in readings if check.keeps(text, *f))
+
+
+def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
+    """The findings :func:`read_findings` reads before its learned check: the rules alone."""
     if describes_several_lesions(text):
         return ()
     if (message := message_text(text)) is not None:  # an HL7 v2 or FHIR message, a delimited export: "name: value" lines
-        return read_findings(message)
+        return read_by_rules(message)
     lowered_text = text.lower().translate(_DASHES)
     if lowered_text.lstrip().startswith("{\\rtf"):  # an RTF source: its control words and braces are blanked, position for position
         lowered_text = _RTF_MARKUP_RE.sub(lambda m: " " * len(m.group(0)), lowered_text)
@@ -1554,7 +1569,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     found: dict[str, set[str]] = {}
     sentence_ends = [m.end() for m in _SENTENCE_END_RE.finditer(lowered)]
     replacements = list(_REPLACED_RE.finditer(raw))
-    replaced = {f for r in replacements for f in read_findings(r.group(1))}
+    replaced = {f for r in replacements for f in read_by_rules(r.group(1))}
     new_values = {r.start(2) for r in replacements}
     quoted = [m.span() for m in _QUOTED_RE.finditer(raw) if m.start() not in new_values  # another's words (found before "veil" is written "bwv ": its space ended no quote), unless agreed with: nothing in them is read
               if not _AGREED_BEFORE_RE.search(lowered, _sentence_start(m.start(), sentence_ends), m.start())]
@@ -1845,7 +1860,7 @@ def _read_context(text: str) -> dict[str, str | None]:
     is a context sentence of a training style (only context words, no finding); each None unless stated once."""
     first = _FIRST_SENTENCE_RE.match(text.lstrip()).group(0).lower()
     words = re.findall(r"[a-z]+", re.sub(r"\b\d+y\b|\d+", " ", first))
-    if not words or any(w not in _CONTEXT_WORDS for w in words) or read_findings(first):
+    if not words or any(w not in _CONTEXT_WORDS for w in words) or read_by_rules(first):
         return {"elevation": None, "location": None, "sex": None}
 
     def one(values: set[str]) -> str | None:
