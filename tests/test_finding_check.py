@@ -82,16 +82,18 @@ def test_the_shipped_check_never_trained_on_a_held_out_review():
 # texts the rules read wrong (from trained reviews and the hand-written set), each dropped by the shipped check
 RULES_WRONG = [
     ("BWV noted in 2019; not seen today.", BWV),
-    ("Patient reports that the GP saw BWV.", BWV),
+    ("Mum brought 9-year-old Leo. Lesion on his L thigh (imaged): regular globules throughout, no streaks. Mum had a "
+     "melanoma in 2020 which, per her letters, had a BWV.", BWV),
     ("Husband present; he has a lesion with arborizing vessels which we advised him to get checked by his GP.",
      ("vascular_structures", "arborizing")),
     ("Irregular streaks (noted 03/2025, lesion since excised).", ("streaks", "irregular")),
     ("7PCL scored by medical student (not yet verified): APN 2, BWV 2 - total 4. Consultant to review images.", BWV),
-    ("BWV (artefact?)", BWV),
+    ("BWV (2019)", BWV),
 ]
 # plain statements of the imaged lesion: kept
 PLAIN = [
     ("Irregular streaks.", (("streaks", "irregular"),)),
+    ("irregular streaks", (("streaks", "irregular"),)),
     ("7PCL: BWV +", (BWV,)),
     ("Prominent BWV", (BWV,)),
     ("Atypical pigment network; irregular streaks; blue-whitish veil present",
@@ -99,6 +101,17 @@ PLAIN = [
     ("Dermoscopy: no vascular structures, regular dots and globules.",
      (("dots_and_globules", "regular"), ("vascular_structures", "absent"))),
 ]
+
+
+def test_every_phrasing_of_a_finding_written_alone_is_kept():
+    """A text that is a finding and nothing else states it: the check keeps every phrasing the rules know, alone and as
+    a sentence (a check trained without them dropped a bare "irregular streaks", and the query fell back to the
+    image)."""
+    from monai_cir.data.report import _PHRASINGS
+
+    dropped = [text for phrase in _PHRASINGS for text in (phrase, phrase[:1].upper() + phrase[1:] + ".")
+               if set(read_findings(text)) != set(read_by_rules(text))]
+    assert not dropped, dropped[:10]
 
 
 @pytest.mark.parametrize("text, wrong", RULES_WRONG)

@@ -7,7 +7,8 @@ the finding's mention (the words before and after it, the head of its line, and 
 reviews' texts (``bench/reader_texts/reviewed.json``). Each reading the reader made of a review's text, now or at an
 earlier version (``bench/reader_texts/earlier_readings.json``), is an example: kept when the review states or allows
 it, dropped otherwise; the readings of the project's own training texts (Derm7pt's findings in every training style),
-labelled by the case's recorded findings, teach it the plain ways of stating a finding. Reviews held out are never
+labelled by the case's recorded findings, and every phrasing of a finding the rules know written alone, teach it the
+plain ways of stating a finding. Reviews held out are never
 trained on: they measure the check (``bench/reader_safety.py``).
 
 The reader keeps a reading only when the check gives it a probability of :attr:`FindingCheck.threshold` or more: a
@@ -187,6 +188,20 @@ def own_text_examples(records: Sequence, read, per_case: int = 4) -> list[tuple[
     return examples
 
 
+def phrasing_examples(read) -> list[tuple[str, str, str, bool, str]]:
+    """``(text, key, value, stated, "own")`` for each phrasing of a finding the reader knows
+    (:data:`~monai_cir.data.report._PHRASINGS`: "irregular streaks", "pn (atyp)", "BWV -"...) written alone, as it is
+    and as a sentence ("Irregular streaks."): a text that is a finding and nothing else states it, and a check that
+    learned only from longer texts dropped some of these (a bare "irregular streaks")."""
+    from .report import _PHRASINGS
+
+    examples = []
+    for phrase, finding in sorted(_PHRASINGS.items()):
+        for text in (phrase, phrase[:1].upper() + phrase[1:] + "."):
+            examples.extend((text, k, v, (k, v) == finding, "own") for k, v in read(text))
+    return examples
+
+
 def train(examples: Sequence[tuple[str, str, str, bool, str]], threshold: float, epochs: int = 300,
           dropped_weight: float = 5.0, own_weight: float = 0.5, weight_decay: float = 1e-4,
           about: dict | None = None) -> FindingCheck:
@@ -235,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     held_out = set(reviewed.get("held_out_reviews", []))
     entries = [e for e in reviewed["texts"] if e["review"] not in held_out]
     earlier = json.loads(EARLIER_READINGS.read_text(encoding="utf-8"))["readings"]
-    examples = review_examples(entries, earlier, read_by_rules) + own_text_examples(load_derm7pt(check_images=False), read_by_rules)
+    examples = (review_examples(entries, earlier, read_by_rules) + own_text_examples(load_derm7pt(check_images=False), read_by_rules)
+                + phrasing_examples(read_by_rules))
     counts = collections.Counter((e[4] == "own", e[3]) for e in examples)
     about = {"reviews": sorted({e["review"] for e in entries}), "held_out_reviews": sorted(held_out),
              "review_readings": {"stated": counts[(False, True)], "not_stated": counts[(False, False)]},

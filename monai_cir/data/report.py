@@ -989,8 +989,10 @@ _LESION_LABEL_RE = re.compile(
     r"|case\s*(?:#\s*|no\.\s*)?(\d{1,3})(?=\s*[:)(,;-]|\s+(?:has|have|had|with|without|shows?|is|was|does|did)(?![\w-]))"
     # ... or a list's letters at its lines' starts: "A - new irregular streaks at 6 months -> MIS\nB - new regression ..."
     r"|(?:^|(?<=\n))[ \t]*([a-d])[ \t]*(?:-|\))[ \t]"
-    # ... or patients numbered in a log: "Pt 1: typical network. Pt 2: irregular streaks, BWV present."
-    r"|pt\.?[ \t]*(\d{1,2})[ \t]*:"
+    # ... or patients numbered in a log: "Pt 1: typical network. Pt 2: irregular streaks, BWV present." (or a note's
+    # headings: "## Pt 1 - BCC nose / ## Pt 2 - naevus back"), or a teaching panel's: "a) typical network (patient 1),
+    # b) irregular streaks (patient 2)"
+    r"|pt\.?[ \t]*(\d{1,2})[ \t]*(?::|-[ \t])|\(patient[ \t]*(\d{1,2})\)"
     # ... or a day list's appointments: "08:30 Mr A - SK, hairpin vessels\n08:45 Ms B - BCC, arborizing"
     r"|(?:^|(?<=\n))[ \t]*\d{1,2}[:.]\d{2}[ \t]+(?:mr|mrs|ms|miss|mx|dr)\.?[ \t]+([a-z][\w'-]*)"
     # ... or sites numbered in a surgical plan: "Site 1 - L nasal sidewall: arborising vessels. Site 2 - R cheek: ..."
@@ -1007,6 +1009,9 @@ _SEVERAL_IMAGED_RE = re.compile(
     r"(?<![\w-])(?:(?:dermoscopy|dermoscopic images?|images?|photos?)[ \t]+(?:[\w-]+[ \t]+){0,2}?(?:on|of|for)[ \t]+(?:both|all(?:[ \t]+(?:two|three|four|\d))?)"
     r"(?=[ \t]*(?:[.,;:)\n]|$|lesions|moles|sites|showed|shows|show|revealed|had|demonstrated))|no (?:lesion )?designated as (?:the )?index(?: lesion)?|no index lesion"
     r"|which is which|no (?:single )?(?:lesion|mole|na?evus) (?:was )?singled out"
+    # ... "no single lesion recorded as the index", "None chosen for imaging" (several looked at, none the image's)
+    r"|no (?:single )?(?:lesion|mole|na?evus) (?:was )?(?:recorded|chosen|named|marked) as (?:the )?index"
+    r"|none (?:was |were )?(?:chosen|selected|picked) for (?:imaging|photography|dermoscopy|the image)"
     # ... a table of patients or cases, a header and two rows or more: "Pt | Lesion | Dscopy / AB | R shin | comma vessels / CD
     # | ...", "# | Date | Dx | Key features / 1 | 02/07 | BCC | arborising vessels / 2 | ..."
     r"|(?m:^[ \t]*(?:pt|patient|name|case|#)[ \t]*\|[^\n]*\n(?:[^\n]*\|[^\n]*\n)+[^\n]*\|)"
@@ -1409,6 +1414,12 @@ _TABLE_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|
 
 
 # an RTF source's markup: "{\\rtf1\\ansi ...}", "\\b Previous dermoscopy:\\b0 ...\\par" (before: "\\b" hid a sentence's start)
+# a word a text extracted from a PDF splits at a line's end ("an atypical pig-\nment network with ir-\nregular streaks":
+# before, "regular streaks" was read), joined again; a criterion's name or value before the hyphen is a sign ("streaks-")
+_LINE_END_HYPHEN_RE = re.compile(
+    r"(?<![A-Za-z])(?!(?i:streaks?|networks?|veil|vessels?|globules?|dots?|regression|pigmentation|present|absent|typical|atypical"
+    r"|regular|irregular|none|nil|neg|pos|yes|no)-)([A-Z]?[a-z]+)-[ \t]*\n[ \t]*([a-z]+)")
+_STRUCK_THROUGH_RE = re.compile(r"~~[^~\n]+~~")
 _RTF_MARKUP_RE = re.compile(r"\{\\fonttbl(?:[^{}]|\{[^{}]*\})*\}|\\[a-z]+-?\d* ?|\\[{}\\]|[{}]")  # (the font table first: its names are no text)
 # a legend's line: "Legend: L-reg-pig = regular pigmentation localized ...", "key: str=streaks, veil=BWV, ~=possible",
 # "Abbreviations - PN, pigment network; BWV, blue-whitish veil" (it names the criteria, it states none of them; before:
@@ -1559,7 +1570,9 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
         return ()
     if (message := message_text(text)) is not None:  # an HL7 v2 or FHIR message, a delimited export: "name: value" lines
         return read_by_rules(message)
-    lowered_text = text.lower().translate(_DASHES)
+    lowered_text = _LINE_END_HYPHEN_RE.sub(r"\1\2", text.translate(_DASHES)).lower()
+    if "~~" in lowered_text:  # markdown's struck-through words, deleted: "~~regular streaks~~ irregular streaks"
+        lowered_text = _STRUCK_THROUGH_RE.sub(lambda m: " " * len(m.group(0)), lowered_text)
     if lowered_text.lstrip().startswith("{\\rtf"):  # an RTF source: its control words and braces are blanked, position for position
         lowered_text = _RTF_MARKUP_RE.sub(lambda m: " " * len(m.group(0)), lowered_text)
     raw = _structured_items(lowered_text)

@@ -1,0 +1,90 @@
+"""How the findings reader's learned check trades wrong readings for stated ones, by threshold ->
+``bench/results/finding_check_cv.{json,md}``.
+
+The check (:mod:`monai_cir.data.finding_check`) is trained on the reviews not held out. Here they are split into five
+folds by review (every fifth review, in name order); each fold's reviews are read by the rules alone and by the rules
+with a check trained on the other folds' reviews and the project's own texts (as ``python -m
+monai_cir.data.finding_check`` trains), at each threshold. The threshold the reader uses is the highest at which the
+check lost at most 2% of the folds' stated findings; the held-out reviews are not used (they measure the shipped check:
+``bench/reader_safety.py``).
+
+    python bench/finding_check_cv.py [--thresholds 0.5,0.6,0.7] [--out bench/results/finding_check_cv.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from _common import begin, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_JSON = REPO / "bench" / "results" / "finding_check_cv.json"
+FOLDS = 5
+MAX_STATED_LOST = 0.02
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--thresholds", default="0.5,0.6,0.7")
+    parser.add_argument("--out", type=Path, default=OUT_JSON)
+    args = parser.parse_args(argv)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    header = begin(__file__, "the findings reader's learned check by threshold, 5-fold over the trained reviews", argv)
+    from monai_cir.data import finding_check as fc
+    from monai_cir.data.collections import load_derm7pt
+    from monai_cir.data.report import read_by_rules
+
+    reviewed = json.loads(fc.REVIEWED.read_text(encoding="utf-8"))
+    held_out = set(reviewed.get("held_out_reviews", []))
+    entries = [e for e in reviewed["texts"] if e["review"] not in held_out]
+    earlier = json.loads(fc.EARLIER_READINGS.read_text(encoding="utf-8"))["readings"]
+    own = fc.own_text_examples(load_derm7pt(check_images=False), read_by_rules) + fc.phrasing_examples(read_by_rules)
+    reviews = sorted({e["review"] for e in entries})
+    rules = {"wrong": 0, "read_of_expected": 0}
+    by_threshold = {t: {"wrong": 0, "read_of_expected": 0} for t in thresholds}
+    expected_total = 0
+    for fold in range(FOLDS):
+        scored = set(reviews[fold::FOLDS])
+        train_entries = [e for e in entries if e["review"] not in scored]
+        check = fc.train(fc.review_examples(train_entries, earlier, read_by_rules) + own, threshold=thresholds[0])
+        for e in (e for e in entries if e["review"] in scored):
+            expected = {tuple(f) for f in e["expected"]}
+            allowed = expected | {tuple(f) for f in e["allowed"]}
+            readings = read_by_rules(e["text"])
+            probability = {f: check.probability(e["text"], *f) for f in readings}
+            expected_total += len(expected)
+            rules["wrong"] += bool(set(readings) - allowed)
+            rules["read_of_expected"] += len(set(readings) & expected)
+            for t in thresholds:
+                kept = {f for f in readings if probability[f] >= t}
+                by_threshold[t]["wrong"] += bool(kept - allowed)
+                by_threshold[t]["read_of_expected"] += len(kept & expected)
+        print(f"fold {fold} ({', '.join(sorted(scored))}) done", flush=True)
+    for row in by_threshold.values():
+        row["stated_lost_share"] = round(1 - row["read_of_expected"] / rules["read_of_expected"], 4)
+    allowed_thresholds = [t for t in thresholds if by_threshold[t]["stated_lost_share"] <= MAX_STATED_LOST]
+    chosen = max(allowed_thresholds) if allowed_thresholds else None
+    results = {"reviews": reviews, "held_out_reviews_not_used": sorted(held_out), "folds": FOLDS, "texts": len(entries),
+               "expected_findings": expected_total, "rules_alone": rules,
+               "with_check": {str(t): row for t, row in by_threshold.items()},
+               "rule": f"the highest threshold losing at most {MAX_STATED_LOST:.0%} of the stated findings the rules read",
+               "chosen_threshold": chosen}
+    print(json.dumps(results, indent=1))
+    lines = [f"# {header['benchmark']}", "", f"commit {header['commit']['sha'][:7]}{' (dirty)' if header['commit']['dirty'] else ''}; "
+             f"`{header['command']}`", "",
+             f"{len(entries)} texts of {len(reviews)} reviews ({reviews[0]} to {reviews[-1]}), {FOLDS} folds by review; "
+             f"{expected_total} stated findings. Held out, not used: {', '.join(sorted(held_out))}.", "",
+             "| reader | texts read wrong | stated findings read | stated lost |", "|---|---|---|---|",
+             f"| rules alone | {rules['wrong']} | {rules['read_of_expected']} | |"]
+    lines += [f"| rules + check, threshold {t} | {row['wrong']} | {row['read_of_expected']} | {row['stated_lost_share']:.1%} |"
+              for t, row in by_threshold.items()]
+    lines += ["", f"Chosen ({results['rule']}): {chosen}."]
+    write_results(args.out, {**header, "results": results}, markdown=lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
