@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_PATH)
     parser.add_argument("--threshold", type=float, default=0.5,
-                        help="keep a reading at this probability or more (0.5: chosen by 5-fold cross-validation over the "
-                             "trained reviews as the highest that lost at most 2%% of their stated findings)")
+                        help="keep a reading at this probability or more (0.5: the highest that lost at most 2%% of the trained "
+                             "reviews' stated findings by 5-fold cross-validation, bench/finding_check_cv.py)")
     args = parser.parse_args(argv)
     from ..provenance import git_commit
     from .collections import load_derm7pt
