@@ -222,10 +222,8 @@ def train(examples: Sequence[tuple[str, str, str, bool, str]], threshold: float,
     w = torch.zeros(DIMENSIONS, requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
     optimiser = torch.optim.Adam([w, b], lr=0.05)
-    try:
-        from tqdm import trange
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        trange = range
+    from tqdm import trange
+
     for _ in trange(epochs, desc="finding check", leave=False):
         optimiser.zero_grad()
         z = torch.sparse.mm(x, w[:, None])[:, 0] + b
@@ -246,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     from .collections import load_derm7pt
     from .report import read_by_rules
 
+    for needed in (REVIEWED, EARLIER_READINGS):
+        if not needed.is_file():
+            raise SystemExit(f"{needed} not found: the check is trained from a checkout of the repository (its bench/reader_texts)")
     reviewed = json.loads(REVIEWED.read_text(encoding="utf-8"))
     held_out = set(reviewed.get("held_out_reviews", []))
     entries = [e for e in reviewed["texts"] if e["review"] not in held_out]

@@ -1413,13 +1413,13 @@ _TABLE_VALUE_RE = re.compile(r"(?<![\w-])(?:absent|present|yes|no|none|nil|seen|
                              r"|hairpin|arbori[sz]ing|linear|wreath|blue|white|\d)(?![\w-])|[+✓✗x]\s*(?:\||$)")
 
 
-# an RTF source's markup: "{\\rtf1\\ansi ...}", "\\b Previous dermoscopy:\\b0 ...\\par" (before: "\\b" hid a sentence's start)
 # a word a text extracted from a PDF splits at a line's end ("an atypical pig-\nment network with ir-\nregular streaks":
 # before, "regular streaks" was read), joined again; a criterion's name or value before the hyphen is a sign ("streaks-")
 _LINE_END_HYPHEN_RE = re.compile(
     r"(?<![A-Za-z])(?!(?i:streaks?|networks?|veil|vessels?|globules?|dots?|regression|pigmentation|present|absent|typical|atypical"
     r"|regular|irregular|none|nil|neg|pos|yes|no)-)([A-Z]?[a-z]+)-[ \t]*\n[ \t]*([a-z]+)")
 _STRUCK_THROUGH_RE = re.compile(r"~~[^~\n]+~~")
+# an RTF source's markup: "{\\rtf1\\ansi ...}", "\\b Previous dermoscopy:\\b0 ...\\par" (before: "\\b" hid a sentence's start)
 _RTF_MARKUP_RE = re.compile(r"\{\\fonttbl(?:[^{}]|\{[^{}]*\})*\}|\\[a-z]+-?\d* ?|\\[{}\\]|[{}]")  # (the font table first: its names are no text)
 # a legend's line: "Legend: L-reg-pig = regular pigmentation localized ...", "key: str=streaks, veil=BWV, ~=possible",
 # "Abbreviations - PN, pigment network; BWV, blue-whitish veil" (it names the criteria, it states none of them; before:
