@@ -1419,6 +1419,18 @@ _LINE_END_HYPHEN_RE = re.compile(
     r"(?<![A-Za-z])(?!(?i:streaks?|networks?|veil|vessels?|globules?|dots?|regression|pigmentation|present|absent|typical|atypical"
     r"|regular|irregular|none|nil|neg|pos|yes|no)-)([A-Z]?[a-z]+)-[ \t]*\n[ \t]*([a-z]+)")
 _STRUCK_THROUGH_RE = re.compile(r"~~[^~\n]+~~")
+# the checklist's criteria named in a bare list, three or more with no value: a form's or a sheet's title ("NETWORK /
+# STREAKS / VEIL ASSESSMENT SHEET"), a field's label ("Dermoscopy (network / streaks / BWV / vessels): ___"), a protocol
+# ("records network, streaks, pigmentation, regression, dots/globules, veil and vessels"): before, its bare "veil" was read
+# present. A list a denial or a grade precedes, or a value follows ("no streaks, BWV or vessels", "streaks / BWV: absent"),
+# is left to the rules.
+_BARE_NOUN = (r"(?:pigment(?:ed)?[ \t]+network|network|pn|streaks?|blue[- ]?whit(?:e|ish)[ \t]+veil|veil|bwv|vessels|vascular[ \t]+structures"
+              r"|regression(?:[ \t]+structures)?|pigmentation|dots[ \t]*(?:/|and|&)[ \t]*globules|dots|globules|d/g|dg)")
+_BARE_CRITERIA_LIST_RE = re.compile(
+    r"(?<![\w/-])" + _BARE_NOUN + r"(?:(?:[ \t]*[/,;&][ \t]*(?:(?:and|or)[ \t]+)?|[ \t]+(?:and|or)[ \t]+)" + _BARE_NOUN + r"){2,}(?![\w/-])")
+_BEFORE_BARE_LIST_RE = re.compile(r"(?<![\w])(?:no|not|without|nil|none|neither|nor|absent|absence|negative|lacks?|lacking|free|typical|atypical"
+                                  r"|regular|irregular|irreg|reg|atyp|typ|present|any|possible|\?)(?![\w])")
+_AFTER_BARE_LIST_RE = re.compile(r"[ \t]*(?:[:=+(]|-(?![\w])|(?:absent|present|seen|noted|not|none|nil|neg|negative|positive|pos|yes|no|x|0|1|2|all|each|both|are|is|were|was|from)(?![\w]))")
 # an RTF source's markup: "{\\rtf1\\ansi ...}", "\\b Previous dermoscopy:\\b0 ...\\par" (before: "\\b" hid a sentence's start)
 _RTF_MARKUP_RE = re.compile(r"\{\\fonttbl(?:[^{}]|\{[^{}]*\})*\}|\\[a-z]+-?\d* ?|\\[{}\\]|[{}]")  # (the font table first: its names are no text)
 # a legend's line: "Legend: L-reg-pig = regular pigmentation localized ...", "key: str=streaks, veil=BWV, ~=possible",
@@ -1573,6 +1585,9 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
     lowered_text = _LINE_END_HYPHEN_RE.sub(r"\1\2", text.translate(_DASHES)).lower()
     if "~~" in lowered_text:  # markdown's struck-through words, deleted: "~~regular streaks~~ irregular streaks"
         lowered_text = _STRUCK_THROUGH_RE.sub(lambda m: " " * len(m.group(0)), lowered_text)
+    lowered_text = _BARE_CRITERIA_LIST_RE.sub(
+        lambda m: m.group(0) if (_BEFORE_BARE_LIST_RE.search(lowered_text, max(lowered_text.rfind("\n", 0, m.start()) + 1, m.start() - 30), m.start())
+                                 or _AFTER_BARE_LIST_RE.match(lowered_text, m.end())) else " " * len(m.group(0)), lowered_text)
     if lowered_text.lstrip().startswith("{\\rtf"):  # an RTF source: its control words and braces are blanked, position for position
         lowered_text = _RTF_MARKUP_RE.sub(lambda m: " " * len(m.group(0)), lowered_text)
     raw = _structured_items(lowered_text)
