@@ -447,10 +447,11 @@ def test_every_negated_list_of_training_nouns_reads_absent():
     ("streaks n/a, irregular streaks", ("streaks",)),  # named once as assessed: a finding
     ("pigm. diffuse irregular; no streaks", ("streaks", "pigmentation")),  # "pigm. " is an abbreviation, not a sentence's end
 ])
-def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read):
+def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read, rules_alone):
     """"PN n/a" says nothing about the lesion: counted as a finding, it gave the text weight and let the diagnosis
     prior read a guess into it (a nevus answered with melanomas). A mention counts when its clause states the
-    criterion, not that it could not be assessed."""
+    criterion, not that it could not be assessed: the rules' part (the learned check, retrained with each review, may
+    drop a reading as unlike a stated one, "streaks n/a, irregular streaks" at 0.48 since review u)."""
     from monai_cir.data.report import recognised_findings
 
     assert recognised_findings(text) == read
@@ -1290,6 +1291,58 @@ def test_review_s_wrong_readings_are_not_read(text, read):
 def test_review_t_wrong_readings_are_not_read(text, read):
     """The held-out review 2026-12-06t had 33 of its 400 texts read wrong by the rules (28 with the learned check); the
     rules written from it leave 24, and 323 of its 507 stated findings read (316 before)."""
+    from monai_cir.data.report import read_by_rules
+
+    assert read_by_rules(text) == read
+
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    # lettered sites, each with a side: two lesions, none named as the image's
+    ("(a) R forearm: punch; dermoscopy showed a typical network\n(b) L calf: excision; dermoscopy showed a blue-white veil", ()),
+    ("A: L shoulder - dermoscopy: regular globules\nB: R shoulder - dermoscopy: irregular streaks", ()),
+    # the checklist's weights and the seven points recited, not a lesion
+    ("Major criteria (2 points each): atypical network; blue-whitish veil; atypical vascular pattern.", ()),
+    ("Minor criteria (1 point each): irregular streaks; irregular dots/globules; regression structures.", ()),
+    ("MOD: As a reminder, the seven points are atypical network, blue-whitish veil, irregular streaks and four more.", ()),
+    # a poll's audience, a finding relayed in brackets after it, a header that dates its line
+    ("Quiz results: 40 percent of you said there were irregular streaks.", ()),
+    ("Audience poll result: most of you voted for a blue-white veil.", ()),
+    ("Histology awaited; dermoscopy showed irregular globules (per referral summary).", ()),
+    ("[typed letter, dictated last month] Dermoscopy showed regular globules.\n[today] Dermoscopy: irregular streaks at one pole.",
+     (("streaks", "irregular"),)),
+    # a dated look before a later one; another's lesion in brackets; a doubt written later; a bracketed correction
+    ("Dermoscopy taken on 3 May showed a typical network. At today's visit the network is atypical at one edge.",
+     (("pigment_network", "atypical"),)),
+    ("Regular network, no streaks. (Wife's lesion, same clinic: veil seen - separate note.)",
+     (("pigment_network", "typical"), ("streaks", _ABSENT))),
+    ("Network typical, globules regular. Second reader: I'm not so sure about the globules, a few look larger.",
+     (("pigment_network", "typical"),)),
+    ("[typed] Dermoscopy: blue-white veil over the centre.\n[handwritten correction by the consultant] no veil.",
+     (("blue_whitish_veil", _ABSENT),)),
+    # several lesions given findings together or apart, or to be imaged all
+    ("[note] All three: fine regular network, regular dots.", ()),
+    ("We looked at both moles; one had a regular network and the other had irregular streaks.", ()),
+    ("two had a typical network and one had irregular dots; we agreed to remove that one.", ()),
+    ("Chest x2 scoped: regular network on both.", ()),
+    ("The one on your arm has a regular network. Let's photograph all three before deciding.", ()),
+    ("Figure 2. Two lesions from the same patient: left, typical network; right, irregular streaks.", ()),
+    # a reading nobody has verified yet (before: the check dropped the veil at 0.497, kept it at 0.503 once u was trained on)
+    ("7PCL scored by medical student (not yet verified): APN 2, BWV 2 - total 4. Consultant to review images.", ()),
+    ("Screening app result (not verified): BWV present, atypical network.", ()),
+    ("BWV 2 (to be verified), total 2.", ()),
+    # no look today, or not seen here yet
+    ("LESION HISTORY\n2023 L CALF NETWORK TYPICAL\n(NO CURRENT EXAM ON FILE)", ()),
+    ("Outside report: atypical network and irregular globules. Not yet seen by us - appointment booked.", ()),
+    # guards: "both:" inside a sentence, another's word the writer did not see, a date with no later look
+    ("R1 and R2 both: arborizing vessels, no pigment network.", (("pigment_network", _ABSENT), ("vascular_structures", "arborizing"))),
+    ("Typical network, regular globules. R1 also wrote 'pseudopods?' - not seen by me.",
+     (("pigment_network", "typical"), ("dots_and_globules", "regular"))),
+    ("Dermoscopy taken on 3 May: typical network.", (("pigment_network", "typical"),)),
+])
+def test_review_u_wrong_readings_are_not_read(text, read):
+    """The held-out review 2026-12-06u had 21 of its 400 texts read wrong by the rules (17 with the learned check);
+    the rules written from it leave none, and 380 of its 548 stated findings read (379 before)."""
     from monai_cir.data.report import read_by_rules
 
     assert read_by_rules(text) == read

@@ -989,6 +989,10 @@ _LESION_LABEL_RE = re.compile(
     r"|case\s*(?:#\s*|no\.\s*)?(\d{1,3})(?=\s*[:)(,;-]|\s+(?:has|have|had|with|without|shows?|is|was|does|did)(?![\w-]))"
     # ... or a list's letters at its lines' starts: "A - new irregular streaks at 6 months -> MIS\nB - new regression ..."
     r"|(?:^|(?<=\n))[ \t]*([a-d])[ \t]*(?:-|\))[ \t]"
+    # ... or "(a) L scapula: shave; ... / (b) R flank: excision; ...", "A: L shoulder - dermoscopy: ... / B: R shoulder - ..."
+    # (a time-out's procedures, an order's specimens): a letter in brackets or before a colon, then a side and a site (a
+    # letter and a colon alone may be a note's part, "A: dressing changed")
+    r"|(?:^|(?<=\n))[ \t]*\(?([a-d])[ \t]*[):][ \t]+(?=(?:l|r|left|right)[ \t]+[a-z]{3})"
     # ... or patients numbered in a log: "Pt 1: typical network. Pt 2: irregular streaks, BWV present." (or a note's
     # headings: "## Pt 1 - BCC nose / ## Pt 2 - naevus back"), or a teaching panel's: "a) typical network (patient 1),
     # b) irregular streaks (patient 2)"
@@ -1047,6 +1051,15 @@ _SEVERAL_NAMED_RE = re.compile(
     # ... or patients named in a log, "Pt 1 (Neema) - AKs, cryo. Pt 2 (Juma) - nodule neck, arborizing vessels" (where the log
     # names the lesion photographed today, that one is read)
     r"|pt\.?[ \t]*\d{1,2}[ \t]*\([^)\n]{0,30}\)[ \t]*[:-][\s\S]*?pt\.?[ \t]*\d{1,2}[ \t]*\([^)\n]{0,30}\)[ \t]*[:-]"
+    # ... or gives them findings together, "All three: even fine network, regular dots", or apart, "two had a regular network
+    # and one had irregular dots", "one had ... and the other had ...", "back x3 scoped: 2 regular network, 1 regression";
+    # or will image them all, "Let's photograph all three", "I'll look at all of them with the scope"; or shows them side
+    # by side, "Two lesions from the same patient ... Left: ... Right: ..." (before: each read as the image's; "I disagree
+    # with both: ..." and "R1 and R2 both: ..." are one lesion's, a "both:" is a heading only at a line's or sentence's start)
+    r"|(?:^|(?<=\n)|(?<=\] )|(?<=\. ))(?:both|all[ \t]+(?:two|three|four|five|\d))[ \t]*:|(?:one|two|three|both|2|3)[ \t]+(?:had|have|showed|show)(?![\w-])[^.;\n]{0,60}?(?:and|,)[ \t]+"
+    r"(?:one|the other|the third|the others|1)[ \t]+(?:had|has|have|showed|shows)|x[ \t]*[2-9][ \t]+(?:scoped|dermoscoped|imaged)"
+    r"|(?:photograph|scope|image|dermoscope|look at)[ \t]+(?:all[ \t]+(?:of[ \t]+)?(?:two|three|four|five|them|these)|both)"
+    r"|(?:two|three|four|2|3|4)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)[ \t]+(?:from|of|in|on)[ \t]+the[ \t]+same[ \t]+(?:patient|day)"
     r")(?![\w-])")
 _INDEX_NAMED_RE = re.compile(r"(?<![\w-])(?:index|(?:imaged|photographed|dermoscoped) today|(?:one|lesion) (?:i|we) (?:imaged|photographed|dermoscoped)"
                              r"|the (?:imaged|photographed|dermoscoped) (?:one|lesion)|the one (?:imaged|photographed|dermoscoped)|image attached\s*(?:=|:|is))(?![\w-])")
@@ -1065,7 +1078,10 @@ _CHECKLIST_SENTENCE_RE = re.compile(
     # ... or taught: "We covered the 7-point checklist: atypical network, BWV ... score 2" (a portfolio, not a lesion)
     r"|\s*(?:(?:we|i)\s+)?(?:covered|taught|revised|discussed|went through)\s+(?:the\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list)"
     # ... or the checklist's own weights: "Major criteria (2 points): atypical network, BWV, ..." (a slide, not a lesion)
-    r"|\s*(?:[-*•][ \t]*)?(?:major|minor) criteria\s*\(\s*\d\s*(?:points?|pts?)\s*\)")
+    r"|\s*(?:[-*•][ \t]*)?(?:major|minor) criteria\s*\(\s*\d\s*(?:points?|pts?)(?:\s+each)?\s*\)"
+    # ... or recited: "INT: Just to remind you, the seven points are atypical network, blue-whitish veil, ..." (a reader
+    # study's interviewer, not a lesion)
+    r"|\s*(?:[a-z][a-z0-9 ]{0,24}:\s*)?[^.;\n]{0,40}?(?<![\w-])the\s+(?:seven|7)\s+(?:points|criteria|items)\s+are(?![\w-])")
 # ... and one that puts what follows in the past or in another's words at its start: "At that time dermoscopy showed
 # irregular globules.", "Dermoscopy at baseline (2020): typical network, regular globules.", "Original lesion had regular
 # globules.", "Hx: MM excised 2017 (BWV, atypical network)", "Previous dermoscopy (2024): PN atypical, BWV present",
@@ -1083,6 +1099,10 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     # ... a session named by its month or its week: "At the March session the image showed ...", "Last week's image: ..."
     r"|(?:at|in|during)\s+(?:the|her|his|their)\s+(?:(?:" + _MONTHS + r")(?:\s+(?:19|20)\d\d)?|(?:19|20)\d\d)\s+(?:session|visit|appointment|review|clinic|consultation|admission|stay|attendance)"
     r"|last (?:week|month)|yesterday"
+    # ... others' answers to a poll: "Listener poll results are in for last week's image: 62 percent of you said there was a
+    # blue-white veil", "Most of you voted for BWV" (a podcast's or a quiz's audience, not a reading)
+    r"|(?:listener|audience|reader|viewer|twitter|online)s?'?\s+(?:poll|vote|survey)|[^.;\n]{0,60}?(?<![\w-])(?:\d+\s*(?:percent|per cent|%)|most|many|half|some|a third|a quarter)"
+    r"\s+of\s+(?:you|the audience|respondents|listeners|readers|viewers|voters|participants)\s+(?:said|thought|voted|felt|chose|picked|answered|went for)"
     # another's reading: "Patient's previous dermoscopy (2025, Dr Chen) documented ...", "Findings (trainee, Dr A. Kowalski): ...",
     # "Summary of the first report: ...", "Dr K. described regular globules.", "Reader A said hairpin vessels"
     r"|(?:patient|pt)'?s previous|(?:her|his|their) previous|findings\s*\(\s*(?:trainee|registrar|resident|(?:medical\s+)?student)"
@@ -1090,7 +1110,7 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|(?:dr\.?\s+[a-z]+\.?|reader\s+[a-z0-9])\s+(?:described|said|says|reported|wrote|noted|thought|felt|documented)"
     r"|(?:i |we )?explained (?:that|what|to (?:her|him|them|the patient))"
     r"|at that time|at the time|initially|originally|(?:the\s+)?original(?:\s+lesion)?|(?:at|on)\s+baseline|baseline\s*:"
-    r"|(?:at|on)\s+(?:the\s+)?(?:first|initial|last)\s+(?:visit|review|dermoscopy|examination)|last time|in the past"
+    r"|(?:at|on)\s+(?:the\s+)?(?:first|initial|last)\s+(?:visit|review|dermoscopy|examination)|(?:the\s+)?last time|in the past"
     r"|(?:hx|history)\s*[:-]|(?:the\s+)?excised lesion|previous(?:ly)?|(?:the\s+|an\s+)?earlier (?:dermoscopy|image|photo)|old notes|past\s*:|last year"
     # ... records from elsewhere: "Records from Dr P. Lindqvist (2021) describe irregular streaks on a lesion ..."
     r"|(?:the\s+)?(?:medical\s+)?records?\s+(?:from|of)\s+[^;\n]{0,40}?(?:describe|document|mention|show|note|record|state|report)(?:s|d|ed)?"
@@ -1104,6 +1124,8 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     r"|(?:the\s+)?(?:consultant|first reader|other reader)\s+(?:felt|thought|said|reported|described)|comparison with (?:19|20)\d\d"
     r"|in (?:19|20)\d\d,? (?:(?:this|the) lesion (?:had|showed|was)|there (?:was|were)|it (?:had|showed)|(?:the |her |his )?(?:dermoscopy|dermatoscopy|image|photo))"
     r"|past (?:medical )?history\s*[:-]|pmh\s*[:-]"
+    # ... a bracketed header that dates it: "[printed clinic letter, dictated last month] Dermoscopy showed a regular network"
+    r"|\[[^\]\n]{0,60}?(?<![\w-])(?:last (?:week|month|year)|(?:weeks|months|years) ago)[^\]\n]{0,40}\]"
     # ... a first report's: "The first report's dermoscopy (taken 12 March) described irregular streaks."
     r"|(?:the\s+)?(?:first|initial)\s+(?:report|referral|letter|review|reading)'s"
     r"|(?:the\s+)?(?:referral|referrer|referring (?:gp|doctor|clinician|dermatologist)|gp|surgeon|pathologist|locum|(?:practice\s+)?nurse"
@@ -1115,6 +1137,22 @@ _PAST_OR_REPORTED_SENTENCE_RE = re.compile(
     # ... a specialist's letter: "Oncologist's letter: primary L calf (BWV, irregular streaks)" (a letter is from elsewhere;
     # not "Dermatologist's note:", which may head the writer's own entry)
     r"|(?:the\s+)?(?:[a-z]+ologist|oncologist|physician|surgeon|consultant)'s\s+letter(?:\s*\([^)]*\))?\s*:)(?![\w-])")
+# a sentence that says whose words its findings are, after them: "Dermoscopy pre-op had shown irregular streaks (per
+# referral letter)" (before: read as the writer's own, today's)
+_RELAYED_AFTER_RE = re.compile(r"\(\s*(?:as\s+)?per\s+(?:the\s+)?(?:referral|referrer|referring|gp|letter|summary|report|notes?|records?|outside|external"
+                               r"|private|previous|old|patient|family)[^)\n]{0,40}\)"
+                               # ... or that nobody has verified them yet: "7PCL scored by medical student (not yet verified): APN 2, BWV 2"
+                               r"|\(\s*(?:not\s+(?:yet\s+)?verified|unverified|to be verified|awaiting verification)\s*\)[^.;\n]*")
+# ... and a look the text dates, taken or made on a named day, where a later one follows ("The photographs and dermoscopy
+# taken on 14 June 2023 showed a regular network ... At your appointment on Tuesday ... it now has radial streaming",
+# "examined the lesion with a dermatoscope on 2 February and recorded a typical network ... When I saw you on 28 March
+# the mole had changed"): the dated one is the earlier
+_DATED_LOOK_RE = re.compile(r"(?<![\w-])(?:taken|done|performed|examined|scoped|dermoscoped|imaged|photographed)(?![\w-])[^.;\n]{0,40}?(?<![\w-])(?:on|in)[ \t]+"
+                            r"(?:\d{1,2}(?:st|nd|rd|th)?[ \t]+)?(?:" + _MONTHS + r")(?:[ \t]+(?:19|20)\d\d)?(?![\w-])")
+_LATER_LOOK_RE = re.compile(r"(?<![\w-])(?:now|today|currently|(?:has|had)[ \t]+(?:since[ \t]+)?changed|when i saw (?:you|her|him|them))(?![\w-])")
+# ... and a line of the checklist's weights, to its end: "Minor criteria (1 point each): irregular streaks; irregular
+# pigmentation; ..." (its ';' ends the sentence :data:`_CHECKLIST_SENTENCE_RE` looks at)
+_CHECKLIST_WEIGHTS_LINE_RE = re.compile(r"(?m)^[ \t]*(?:[-*•][ \t]*)?(?:major|minor) criteria[ \t]*\([ \t]*\d[ \t]*(?:points?|pts?)(?:[ \t]+each)?[ \t]*\)[^\n]*")
 _TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|this time|on review today)(?![\w-])")
 # a plan that runs to its sentence's end: "SDDI in 3/12 - look for asymmetric enlargement, new irregular dots or an
 # atypical network" (before: the clause's own words only, so the dots and the network were read as seen)
@@ -1225,7 +1263,7 @@ _NO_IMAGE_TODAY_RE = re.compile(
     # (not "not a patient" alone: "attends with her daughter (not a patient)")
     r"|synthetic (?:image|case|lesion)s?|(?:vendor|manufacturer)'?s? demo|demo (?:image|set|case)s?"
     r"|teaching bullets|training (?:for|session|slide|material)s?|not a patient visit|not filled in|draft[^.\n]{0,10}not (?:yet )?(?:been )?reviewed|dermoscopy teaching"
-    r"|no current image|not re-?imaged|(?:haven't|have not|hasn't|has not) (?:yet )?(?:re-?imaged|dermoscoped)|(?:skin )?not examined by (?:us|me)|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
+    r"|no current image|not re-?imaged|(?:haven't|have not|hasn't|has not) (?:yet )?(?:re-?imaged|dermoscoped)|(?:skin )?not examined by (?:us|me)|not yet seen by (?:us|me)|no current (?:exam(?:ination)?|dermoscopy|visit)(?: on file| recorded)?|(?:image|dermoscopy|photo)[^.\n]{0,30}(?:is|was) not available|not retrieved"
     # ... or an exam question on the checklist itself: "List the seven criteria of the 7-point checklist and their weights"
     r"|list the (?:seven|7) criteria|(?:its|their) weights|no images? (?:is |are |was |were )?attached|no boxes? (?:is |are |was |were )?ticked|(?:was |were )?(?:not able|unable) to assess it(?: meaningfully)?)(?![\w-])")
 
@@ -1251,7 +1289,7 @@ def _series_count_after(lowered: str, end: int) -> bool:
 # a sentence about another person's lesion, seen today or not: "Her twin sister, also seen today, has a lesion with irregular
 # globules and peppering (separate record).", "Family: sister died of melanoma 2019 (I reviewed her images - BWV, ...)"
 _ANOTHER_PERSON_SENTENCE_RE = re.compile(
-    r"\s*(?:[-*•][ \t]*)?(?:family(?: history)?\s*:\s*)?(?:(?:her|his|their|the patient's|pt's)\s+)?(?:twin\s+)?"
+    r"\s*(?:[-*•(\[][ \t]*)?(?:family(?: history)?\s*:\s*)?(?:(?:her|his|their|the patient's|pt's)\s+)?(?:twin\s+)?"
     r"(?:sister|brother|mother|father|daughter|son|husband|wife|partner|twin)(?:'s)?(?![\w-])")
 
 
@@ -1379,7 +1417,10 @@ _CORRECTION_RE = re.compile(
     r"|(?<![\w-])addendum[^:\n]{0,40}:[ \t}]*on (?:re-?)?review(?![\w-])|\[[ \t]*(?:author|reviewer|editor)(?:'s)? comment[ \t]*:[ \t]*no(?![\w-])"
     r"|\([ \t]*correction(?![\w-])|(?<![\w-])sorry,?[ \t]+(?:typo|that's wrong|that is wrong|wrong|i meant|scratch that)(?![\w-])"
     r"|(?<![\w-])no[ \t]+wait(?![\w-])|(?<![\w-])scratch that(?![\w-])"
-    r"|(?<![\w-])(?:sorry,?[ \t]+)?(?:pls|please)[ \t]+read[ \t]*:")  # ("reg network (sorry pls read: atypical network ...)")
+    r"|(?<![\w-])(?:sorry,?[ \t]+)?(?:pls|please)[ \t]+read[ \t]*:"  # ("reg network (sorry pls read: atypical network ...)")
+    # ... a bracketed note of a correction over what was typed: "[handwritten correction over the typed text, initialled by
+    # the dictating consultant] NOT a veil - typing error"
+    r"|\[[^\]\n]{0,40}?(?<![\w-])correction(?![\w-])[^\]\n]{0,80}\]")
 # ... a line that a dated look heads, where the text has a look of today ("Dermoscopy 2023: irregular network, irregular
 # dots. / Dermoscopy today: network regular throughout"; alone, "Dermoscopy (2026): ..." is the image's)
 _DATED_LOOK_LINE_RE = re.compile(r"(?m)^[ \t]*(?:[\w-]+[ \t]+)?(?:dermoscopy|dermatoscopy|image|photo|photograph)s?[ \t]*\(?(?:19|20)\d\d\)?[^:\n]{0,40}:[^\n]*")
@@ -1607,6 +1648,10 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
                                                                        if not _TABLE_VALUE_RE.search(m.group(0)) or _SUGGESTION_ROW_RE.search(m.group(0))]
     quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered) + [m.span() for m in _DEFAULT_BLOCK_RE.finditer(lowered)]
     quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
+    quoted += [(_sentence_start(m.start(), sentence_ends), m.end()) for m in _RELAYED_AFTER_RE.finditer(lowered)]
+    quoted += [m.span() for m in _CHECKLIST_WEIGHTS_LINE_RE.finditer(lowered)]
+    quoted += [(_sentence_start(m.start(), sentence_ends), _sentence_end(m.end(), sentence_ends)) for m in _DATED_LOOK_RE.finditer(lowered)
+               if _LATER_LOOK_RE.search(lowered, _sentence_end(m.end(), sentence_ends))]
     if (dated := _DATED_LOOK_LINE_RE.search(lowered)) and _TODAY_RE.search(_DATED_LOOK_LINE_RE.sub("", lowered)):
         quoted.append(dated.span())  # "Dermoscopy 2023: irregular network ... / Dermoscopy today: network regular"
     if "<input" in lowered_text or "<option" in lowered_text:  # an HTML form's unchosen options and unchecked boxes (before its tags are blanked)
@@ -1740,9 +1785,9 @@ _NOT_REGRESSION_AFTER_RE = re.compile(r"[^.;\n]{0,60}?(?<![\w-])(?:not (?:true |
 # ... and a criterion the text doubts anywhere, as a noun (looked for only in a text with a word of doubt: the nouns'
 # alternation is long): "[Comment: I'm not sure about the veil - looks like glare]",
 # "agree, the veil is doubtful" (a present or graded reading of it is not read; its absence is)
-_DOUBT_WORD_RE = re.compile(r"doubt|not sure|unsure|unconvinced|questionable|uncertain|equivocal|dubious")
+_DOUBT_WORD_RE = re.compile(r"doubt|not (?:so |too |entirely |quite |really )?sure|unsure|unconvinced|questionable|uncertain|equivocal|dubious")
 _DOUBTED_NOUN_RE = re.compile(
-    r"(?<![\w-])(?:not sure about|unsure about|doubts? about|doubtful about|unconvinced (?:by|about))\s+(?:the\s+|a\s+)?(" + _ANY_NOUN + r")(?![\w-])"
+    r"(?<![\w-])(?:not (?:so |too |entirely |quite |really )?sure about|unsure about|doubts? about|doubtful about|unconvinced (?:by|about))\s+(?:the\s+|a\s+)?(" + _ANY_NOUN + r")(?![\w-])"
     r"|(?<![\w-])(?:the\s+)?(" + _ANY_NOUN + r")\s+(?:is|was|looks|seems)\s+(?:doubtful|questionable|uncertain|equivocal|dubious)(?![\w-])")
 
 
