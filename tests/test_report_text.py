@@ -1348,6 +1348,23 @@ def test_review_u_wrong_readings_are_not_read(text, read):
     assert read_by_rules(text) == read
 
 
+
+@pytest.mark.parametrize(("text", "read"), [
+    # a grade after its noun and a comma, alone (before: read neither way; 25 stated findings of the trained reviews)
+    ("Dermoscopy: reticular network, regular throughout, fading at the edges.", (("pigment_network", "typical"),)),
+    ("Delicate peripheral network, regular, with a central white patch.", (("pigment_network", "typical"),)),
+    ("Globules, irregular in size and spread.", (("dots_and_globules", "irregular"),)),
+    ("Streaks, irregular, at the 3 o'clock edge; no veil.", (("streaks", "irregular"), ("blue_whitish_veil", _ABSENT))),
+    # guards: a grade that heads a noun of its own is that noun's
+    ("No streaks, regular dots.", (("streaks", _ABSENT), ("dots_and_globules", "regular"))),
+    ("No network, regular fine globules.", (("pigment_network", _ABSENT), ("dots_and_globules", "regular"))),
+])
+def test_a_grade_after_its_noun_and_a_comma_is_read(text, read):
+    from monai_cir.data.report import read_by_rules
+
+    assert read_by_rules(text) == read
+
+
 _HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
 
 

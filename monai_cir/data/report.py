@@ -872,6 +872,12 @@ _DESCRIBED_NOUN_RE = re.compile(
 # its noun as the abbreviated style writes it)
 _STILL_BEFORE_GRADE_RE = re.compile(
     r"((?<![\w/-])(?:" + _ANY_NOUN + r")[ \t]+)((?:(?:is|are)[ \t]+)?(?:still|now)[ \t]+)(?=(?:typical|atypical|regular|irregular)(?![\w-]))")
+# ... or a comma, then its grade alone: "reticular network, regular throughout", "delicate peripheral network, regular, with
+# a central white patch" (before: read neither way; a grade that heads a noun of its own, "no streaks, regular dots", is
+# that noun's)
+_COMMA_BEFORE_GRADE_RE = re.compile(
+    r"((?<![\w/-])(?:" + "|".join(re.escape(n) for n in _NOUN_OF_GROUP if _NOUN_OF[n] in ("pigment_network", "streaks", "pigmentation", "dots_and_globules"))
+    + r"))(,)(?=[ \t]+(?:typical|atypical|regular|irregular)(?![\w-])(?![ \t]*(?:" + _ANY_NOUN + r"|[\w-]+[ \t]+(?:" + _ANY_NOUN + r"))(?![\w-])))")
 # a typing slip that swaps two letters of a criterion's word ("netwrok", "irregualr", "viel"): read as the word (same
 # length, so positions are kept)
 _SWAPPED_LETTERS: dict[str, str] = {
@@ -1571,6 +1577,7 @@ def _normalised(lowered: str) -> str:
     lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
     lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
     lowered = _STILL_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
+    lowered = _COMMA_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " ", lowered)
     if "full stop" in lowered:
         lowered = _DICTATED_RE.sub(lambda m: _DICTATED_PUNCTUATION[m.group(1)].ljust(len(m.group(0))), lowered)
     return _TWO_CELL_ROW_RE.sub(lambda m: m.group(1) + " " + m.group(2) + ":" + m.group(3) + " " + m.group(4), lowered)
