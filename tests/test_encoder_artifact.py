@@ -104,7 +104,10 @@ def test_folded_batchnorm_serves_inference_only_and_follows_the_weights(artifact
         updated = image(images)
     assert image._folded_backbone() is not folded
     for ours, theirs in zip(updated, traced(), strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+        # (the updated weights make maps up to ~30, and the reordered float32 sums' rounding grows with them: an element
+        # near zero was 1.2e-5 off on one 2-CPU machine, every run, past an atol of 1e-5 that others met; a copy left unfolded
+        # is off by about 30)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_network_on_the_artifact_has_the_same_fingerprint_and_queries(artifact):

@@ -1358,8 +1358,15 @@ def test_review_u_wrong_readings_are_not_read(text, read):
     # guards: a grade that heads a noun of its own is that noun's
     ("No streaks, regular dots.", (("streaks", _ABSENT), ("dots_and_globules", "regular"))),
     ("No network, regular fine globules.", (("pigment_network", _ABSENT), ("dots_and_globules", "regular"))),
+    # dots and globules even in size and spread are regular; a thickened or broadened network is atypical
+    ("Uniform brown globules at the periphery.", (("dots_and_globules", "regular"),)),
+    ("The dots are evenly spaced; no streaks.", (("streaks", _ABSENT), ("dots_and_globules", "regular"))),
+    ("Thickened network at the lateral edge.", (("pigment_network", "atypical"),)),
+    # ... a comma between a grade and its describing word keeps them one: in doubt together, read together
+    ("IMPRESSION: ?Melanoma; ?irregular, thickened pigment network.", ()),
+    ("Irregular, broadened network.", (("pigment_network", "atypical"),)),
 ])
-def test_a_grade_after_its_noun_and_a_comma_is_read(text, read):
+def test_a_grade_after_a_comma_or_in_clinical_words_is_read(text, read):
     from monai_cir.data.report import read_by_rules
 
     assert read_by_rules(text) == read

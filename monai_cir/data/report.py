@@ -531,7 +531,9 @@ CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
 # 7-point checklist's own definitions; clinicians write both). Read with every noun of the network, never a held-out
 # style's word
 CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
-    "pigment_network": {"typical": ("regular", "reg."), "atypical": ("irregular", "irreg.")},
+    "pigment_network": {"typical": ("regular", "reg."), "atypical": ("irregular", "irreg.", "thickened", "broadened")},
+    # dots and globules even in size and spread are the checklist's regular ones ("uniform globules", "dots evenly spaced")
+    "dots_and_globules": {"regular": ("uniform", "evenly sized", "evenly spaced", "evenly distributed")},
     # (British spelling; the shapes' "-shaped" and "-like"; the sebaceous hyperplasia's "wreath-like vessels")
     "vascular_structures": {"arborizing": ("arborising",), "comma": ("comma-shaped", "comma shaped"), "wreath": ("wreath-like",),
                             "linear irregular": ("irregular linear", "linear-irregular")},
@@ -868,6 +870,11 @@ _DESCRIBED_NOUN_RE = re.compile(
     r"((?:(?:brown|dark|light|black|blue|grey|gray|tan|pink|red|small|large|fine|thin|thick|thickened|broadened|prominent|short|long"
     r"|few|several|multiple|scattered|peripheral|central|eccentric|discrete|tiny|subtle|focal|reticular|clustered|numerous)[ \t]+){1,2})"
     r"(?=(?:" + _ANY_NOUN + r"|blotch)(?![\w-]))")
+# ... and a comma between them: "?irregular, thickened pigment network" is one network, in doubt (before: the thickened
+# one read atypical on its own, once "thickened" was a grade)
+_GRADE_COMMA_DESCRIBED_RE = re.compile(
+    r"((?<![\w/-])(?:atypical|typical|irregular|regular|atyp\.|typ\.|irreg\.|reg\.))(,)(?=[ \t]+(?:(?:thick|thickened|broadened|prominent|fine|thin|dark"
+    r"|brown|reticular)[ \t]+){1,2}(?:" + _ANY_NOUN + r")(?![\w-]))")
 # ... and a noun, "still" or "now", then its grade: "network still typical", "network now atypical" (the grade follows
 # its noun as the abbreviated style writes it)
 _STILL_BEFORE_GRADE_RE = re.compile(
@@ -1575,6 +1582,7 @@ def _normalised(lowered: str) -> str:
     blanked, position for position (a reading's positions stay the text's)."""
     lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
     lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
+    lowered = _GRADE_COMMA_DESCRIBED_RE.sub(lambda m: m.group(1) + " ", lowered)
     lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
     lowered = _STILL_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
     lowered = _COMMA_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " ", lowered)
