@@ -879,12 +879,6 @@ _GRADE_COMMA_DESCRIBED_RE = re.compile(
 # its noun as the abbreviated style writes it)
 _STILL_BEFORE_GRADE_RE = re.compile(
     r"((?<![\w/-])(?:" + _ANY_NOUN + r")[ \t]+)((?:(?:is|are)[ \t]+)?(?:still|now)[ \t]+)(?=(?:typical|atypical|regular|irregular)(?![\w-]))")
-# ... or a comma, then its grade alone: "reticular network, regular throughout", "delicate peripheral network, regular, with
-# a central white patch" (before: read neither way; a grade that heads a noun of its own, "no streaks, regular dots", is
-# that noun's)
-_COMMA_BEFORE_GRADE_RE = re.compile(
-    r"((?<![\w/-])(?:" + "|".join(re.escape(n) for n in _NOUN_OF_GROUP if _NOUN_OF[n] in ("pigment_network", "streaks", "pigmentation", "dots_and_globules"))
-    + r"))(,)(?=[ \t]+(?:typical|atypical|regular|irregular)(?![\w-])(?![ \t]*(?:" + _ANY_NOUN + r"|[\w-]+[ \t]+(?:" + _ANY_NOUN + r"))(?![\w-])))")
 # a typing slip that swaps two letters of a criterion's word ("netwrok", "irregualr", "viel"): read as the word (same
 # length, so positions are kept)
 _SWAPPED_LETTERS: dict[str, str] = {
@@ -910,6 +904,12 @@ _DANGLING_GRADE_RE = re.compile(
 # grade ("PN: typical, focally atypical"), after a vessel or regression pattern it is not ("dotted vessels (regular
 # distribution)": before, not read)
 _TWO_GRADES_CRITERIA = frozenset({"pigment_network", "streaks", "pigmentation", "dots_and_globules"})
+# a noun of these criteria, a comma, then its grade alone: "reticular network, regular throughout", "delicate peripheral
+# network, regular, with a central white patch" (before: read neither way; a grade that heads a noun of its own, "no
+# streaks, regular dots", is that noun's). _normalised drops the comma
+_COMMA_BEFORE_GRADE_RE = re.compile(
+    r"((?<![\w/-])(?:" + "|".join(re.escape(n) for n in _NOUN_OF_GROUP if _NOUN_OF[n] in _TWO_GRADES_CRITERIA)
+    + r"))(,)(?=[ \t]+(?:typical|atypical|regular|irregular)(?![\w-])(?![ \t]*(?:" + _ANY_NOUN + r"|[\w-]+[ \t]+(?:" + _ANY_NOUN + r"))(?![\w-])))")
 _SENTENCE_END_RE = re.compile(r"[;\n]|(?<!pigm)(?<!atyp)(?<!irreg)(?<!reg)(?<!typ)(?<!dr [a-z])(?<!dr\. [a-z])\.(?:\s|$)")  # ("Dr K. described")
 
 
