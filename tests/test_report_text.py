@@ -1372,6 +1372,30 @@ def test_a_grade_after_a_comma_or_in_clinical_words_is_read(text, read):
     assert read_by_rules(text) == read
 
 
+
+@pytest.mark.parametrize(("text", "read"), [
+    # a form's criterion and its boxed options, one ticked: the ticked one (before: read neither way; 21 stated findings
+    # of the trained reviews)
+    ("Streaks: [x] irreg  [ ] reg  [ ] abs", (("streaks", "irregular"),)),
+    ("PN        atypical [x]  typical [ ]  absent [ ]\nBWV       present [ ]  absent [x]",
+     (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
+    ("Pigment network: ☑ typical ☐ atypical ☐ absent\nDots/globules: ☐ absent ☑ regular ☐ irregular",
+     (("pigment_network", "typical"), ("dots_and_globules", "regular"))),
+    ("Regression structures: [ ] blue [x] white [ ] both", (("regression_structures", "white areas"),)),
+    ("Veil: Yes [ ] No [x]", (("blue_whitish_veil", _ABSENT),)),
+    ("Vessels: arborizing [ ] hairpin [ ] dotted [ ] none [X]", (("vascular_structures", _ABSENT),)),
+    # guards: no box ticked, two ticked, or a word that is not one of the criterion's values: nothing
+    ("Streaks: [ ] present [ ] absent", ()),
+    ("Pigment network: [ ] typical [x] atypical [x] absent", ()),
+    ("Streaks: [x] present [ ] absent", ()),
+    ("Network: [x] not assessable [ ] typical", ()),
+])
+def test_a_forms_ticked_option_is_read(text, read):
+    from monai_cir.data.report import read_by_rules
+
+    assert read_by_rules(text) == read
+
+
 _HL7_HEAD = "MSH|^~\\&|DERMCAM|CLINIC|EMR|HOSP|20261103101522||ORU^R01|MSG1|P|2.5.1\nPID|1||MRN1^^^H||DOE^JANE||19850214|F\n"
 
 

@@ -1504,10 +1504,59 @@ _SR_MODIFIER_LINE_RE = re.compile(r"\n(?=[ \t]*<has concept mod:)")
 _XML_TAG_RE = re.compile(r'</?[a-z][\w.-]*(?:[ \t]+[\w:.-]+[ \t]*=[ \t]*"[^"\n]*")*[ \t]*/?>')
 
 
+# a form's criterion and its options, each with a box, one ticked: "Streaks: [x] irreg  [ ] reg  [ ] abs", "BWV
+# present [ ]  absent [x]", "Pigment network: ☑ typical ☐ atypical ☐ absent" (before: read neither way). The box leads or
+# follows each option; the options run to the line's or the clause's end
+_BOX = r"\[[ \t]*[x✓✔]?[ \t]*\]|[☑☒☐□]"
+_TICKED_BOX_RE = re.compile(r"\[[ \t]*[x✓✔][ \t]*\]|[☑☒]")
+_OPTIONS_LINE_RE = re.compile(
+    r"(?<![\w/-])(?P<noun>" + _ANY_NOUN + r"|veil)[ \t]*(?:[:?-][ \t]*)?"
+    r"(?P<options>(?:(?:" + _BOX + r")[ \t]*[a-z][a-z &/-]{0,24}?[ \t]*|[a-z][a-z &/-]{0,24}?[ \t]*(?:" + _BOX + r")[ \t]*){2,})(?=[;\n]|$)")
+_OPTION_WORDS = {"none": "absent", "nil": "absent", "no": "absent", "abs": "absent", "not seen": "absent", "yes": "present", "typ": "typical",
+                 "atyp": "atypical", "reg": "regular", "irreg": "irregular", "blue": "blue areas", "white": "white areas",
+                 "both": "combinations", "combo": "combinations", "combination": "combinations", "blue and white": "combinations",
+                 "arborising": "arborizing", "localised regular": "localized regular", "localised irregular": "localized irregular"}
+_OPTION_GRADES = {"pigment_network": {"regular": "typical", "irregular": "atypical"}}
+
+
+def _ticked_option(key: str, options: str) -> str | None:
+    """The value of ``key`` the one ticked box of ``options`` gives, or None (no box ticked, several, or a word that is
+    not one of the criterion's values)."""
+    boxes = list(re.finditer(_BOX, options))
+    leads = options.lstrip().startswith(("[", "☑", "☒", "☐", "□"))
+    words = [options[b.end(): boxes[i + 1].start() if i + 1 < len(boxes) else len(options)] if leads
+             else options[boxes[i - 1].end() if i else 0: b.start()] for i, b in enumerate(boxes)]
+    ticked = [w.strip() for b, w in zip(boxes, words) if _TICKED_BOX_RE.fullmatch(b.group(0))]
+    if len(ticked) != 1 or not all(w.strip() for w in words):
+        return None
+    word = _OPTION_WORDS.get(ticked[0], ticked[0])
+    word = _OPTION_GRADES.get(key, {}).get(word, word)
+    return word if word in CRITERION_VALUES[key] else None
+
+
+def _ticked_options(raw: str) -> str:
+    """``raw`` with each form line of a criterion's boxed options, one ticked, written "criterion: value" (the
+    template's name where it fits), position for position."""
+    def written(m: re.Match) -> str:
+        key = _NOUN_OF.get(m["noun"], "blue_whitish_veil")  # (a bare "veil" is no noun of its own yet: _normalised writes it "bwv")
+        value = _ticked_option(key, m["options"])
+        if value is None:
+            return m[0]
+        for name in (dict(CRITERIA)[key], m["noun"]):
+            if len(text := f"{name}: {value}") <= len(m[0]):
+                return text.ljust(len(m[0]))
+        return m[0]
+
+    return _OPTIONS_LINE_RE.sub(written, raw)
+
+
 def _structured_items(raw: str) -> str:
-    """``raw`` with each dsrdump content item written "name: value" (:data:`_SR_ITEM_RE`) and XML tags blanked
-    (:data:`_XML_TAG_RE`), position for position."""
+    """``raw`` with each dsrdump content item written "name: value" (:data:`_SR_ITEM_RE`), each form line of boxed
+    options written "name: value" (:func:`_ticked_options`) and XML tags blanked (:data:`_XML_TAG_RE`), position for
+    position."""
     raw = _SR_ITEM_RE.sub(lambda m: f"{m['name']}: {m['code'] if m['code'] is not None else m['text']}".ljust(len(m[0])), raw)
+    if "[" in raw or "☑" in raw or "☒" in raw:
+        raw = _ticked_options(raw)
     if "</" in raw:  # (markup that closes its elements: "BWV <absent>" alone is no tag)
         raw = _XML_TAG_RE.sub(lambda m: " " * len(m.group(0)), raw)
     return _SR_MODIFIER_LINE_RE.sub(" ", raw)
