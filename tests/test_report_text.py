@@ -959,7 +959,6 @@ def test_review_l_wrong_readings_are_not_read(text, read):
     assert read_by_rules(text) == read
 
 
-
 @pytest.mark.parametrize(("text", "read"), [
     # what review 2026-12-06m (held out until review n was written) read wrong: a delimited export's header, a dsrdump
     # content tree, an algorithm's output awaiting review, a CDA section's earlier visit, a dated visit, records from
@@ -1296,7 +1295,6 @@ def test_review_t_wrong_readings_are_not_read(text, read):
     assert read_by_rules(text) == read
 
 
-
 @pytest.mark.parametrize(("text", "read"), [
     # lettered sites, each with a side: two lesions, none named as the image's
     ("(a) R forearm: punch; dermoscopy showed a typical network\n(b) L calf: excision; dermoscopy showed a blue-white veil", ()),
@@ -1348,7 +1346,6 @@ def test_review_u_wrong_readings_are_not_read(text, read):
     assert read_by_rules(text) == read
 
 
-
 @pytest.mark.parametrize(("text", "read"), [
     # a grade after its noun and a comma, alone (before: read neither way; 25 stated findings of the trained reviews)
     ("Dermoscopy: reticular network, regular throughout, fading at the edges.", (("pigment_network", "typical"),)),
@@ -1370,7 +1367,6 @@ def test_a_grade_after_a_comma_or_in_clinical_words_is_read(text, read):
     from monai_cir.data.report import read_by_rules
 
     assert read_by_rules(text) == read
-
 
 
 @pytest.mark.parametrize(("text", "read"), [

@@ -1542,7 +1542,7 @@ def _ticked_options(raw: str) -> str:
         value = _ticked_option(key, m["options"])
         if value is None:
             return m[0]
-        for name in (dict(CRITERIA)[key], m["noun"]):
+        for name in (_NOUNS[key], m["noun"]):
             if len(text := f"{name}: {value}") <= len(m[0]):
                 return text.ljust(len(m[0]))
         return m[0]
