@@ -134,6 +134,9 @@ def meta_report(case: Mapping[str, Any]) -> str:
 # items, or not at all (issue 13). Training draws from TRAINING_STYLES; the evaluation form
 # "reworded" draws from HELD_OUT_STYLES, whose vocabulary (criterion nouns, negations, context
 # words) never occurs in a training text, so "reworded" measures wording the network has not seen.
+# The findings reader knows three of its nouns, the checklist's own words ("radial streaming",
+# "blotches", "bluish-white veil": CLINICAL_SYNONYMS), and "negative for"; the other four it does not,
+# so "reworded" measures a report the reader reads in part.
 
 TEXT_FORMS: tuple[str, ...] = ("template", "reworded", "partial", "demographics", "empty", "restyled")
 
@@ -518,14 +521,20 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 
 # Nouns clinicians write for a criterion that no training style writes: the reader reads them with the training styles'
 # grades and patterns ("atypical network", "no blue-white veil", "irregular globules"). The network is given what the
-# reader read in the template's words (query_text), so a synonym teaches it nothing new. None is a held-out style's
-# word (HELD_OUT_STYLES: "bluish-white veil", "reticular pattern", "globular elements"...), so the `reworded` text form
-# still measures the fallback to the image.
+# reader read in the template's words (query_text), so a synonym teaches it nothing new. Three are held-out styles'
+# nouns, the checklist's own words, which a reader that did not know them would miss in real reports (stated findings
+# the reviews held, unread before): "radial streaming" and "pseudopods" (Argenziano's irregular streaks), "blotches"
+# (its irregular pigmentation) and "bluish-white veil"; HELD_OUT_STYLES' other nouns ("reticular pattern", "regressive
+# areas", "globular elements", "vasculature") are not read, so the `reworded` text form reads a report in part.
 CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
     "pigment_network": ("network", "pigmented network"),
     "vascular_structures": ("vv", "telangiectasia", "telangiectasias", "telangiectases"),  # ("dotted vv", "arb vv -": shorthand for vessels)
     "dots_and_globules": ("dots/globules", "dots & globules", "globules", "dots"),
-    "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil"),
+    "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil", "bluish-white veil", "bluish white veil"),
+    # the checklist's own definitions: irregular streaks are "pseudopods and radial streaming", irregular pigmentation
+    # "blotches" (Argenziano 1998; the 2016 consensus terminology keeps the words)
+    "streaks": ("pseudopods", "radial streaming"),
+    "pigmentation": ("blotches", "blotch"),
 }
 # ... and grades: a "regular" network is the checklist's typical one, an "irregular" network its atypical one (the
 # 7-point checklist's own definitions; clinicians write both). Read with every noun of the network, never a held-out
@@ -587,7 +596,7 @@ def _training_vocabulary() -> dict[str, tuple[str, ...]]:
 
 # graded findings as clinicians write them with the training styles' nouns and grades, read but never written in
 # training: "Network - atypical", "the network is atypical", "globules are regular" (before: not read). No held-out
-# style writes a training noun, so the `reworded` form still reads nothing
+# style writes a training noun (only CLINICAL_SYNONYMS' three held-out nouns are read in the `reworded` form)
 READER_GRADED_PATTERNS = ("{name} - {grade}", "{name} is {grade}", "{name} are {grade}")
 
 
@@ -703,8 +712,9 @@ _LIST_FILLER = r"(?:(?:any|evidence|signs?|features?|of|obvious|definite|clear|v
 # positive": before, the veil read absent)
 _AFFIRMED_AFTER_RE = re.compile(r"[ \t]*(?:positive|pos\.?|\+ve)(?![\w])")
 # "lacking", "lacks", "lack of", "absence of" head a list as "without" does ("lacking streaks, BWV": before, the veil
-# read PRESENT, its comma clause had no negation)
-_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without|lacking|lacks|lack of|absence of)\s+(" + _LIST_FILLER + ")")
+# read PRESENT, its comma clause had no negation); so does "negative for" ("Negative for BWV. Negative for streaks.":
+# before, read neither way)
+_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without|lacking|lacks|lack of|absence of|(?<!not )negative for)\s+(" + _LIST_FILLER + ")")
 # "/" between two nouns is an "or" ("no streaks/BWV"); inside a noun ("D/G") or a sign ("+/-") it is read as part of them
 _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/)\s*")
 # a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
@@ -762,8 +772,9 @@ _DEFAULT_BLOCK_RE = re.compile(
     r"[^\n]*$[\s\S]*?(?=^[^\n:]*(?:clinician|free-?text)[^\n:]{0,40}:|\Z)")
 
 
-# dermoscopic structures the checklist does not name (or names in words no training style writes), met as items of a
-# negated list
+# dermoscopic structures the checklist does not name (or names in words no training style writes: blotches and pseudopods,
+# read as nouns too, stay here so that a described one, "structureless blotches", keeps the list going), met as items of
+# a negated list
 _OTHER_STRUCTURE_RE = re.compile(
     r"(?:(?:irregular|regular|structureless|dark|brown|black|blue|white|grey|gray)\s+)*(?:blotch(?:es)?|structureless areas?|ulcerations?"
     r"|milia-?like cysts|comedo-?like openings|scales?|crystalline structures|shiny white (?:lines|structures)|pseudopods|peppering"
@@ -1478,7 +1489,7 @@ _STRUCK_THROUGH_RE = re.compile(r"~~[^~\n]+~~")
 # ("records network, streaks, pigmentation, regression, dots/globules, veil and vessels"): before, its bare "veil" was read
 # present. A list a denial or a grade precedes, or a value follows ("no streaks, BWV or vessels", "streaks / BWV: absent"),
 # is left to the rules.
-_BARE_NOUN = (r"(?:pigment(?:ed)?[ \t]+network|network|pn|streaks?|blue[- ]?whit(?:e|ish)[ \t]+veil|veil|bwv|vessels|vascular[ \t]+structures"
+_BARE_NOUN = (r"(?:pigment(?:ed)?[ \t]+network|network|pn|streaks?|blu(?:e|ish)[- ]?whit(?:e|ish)[ \t]+veil|veil|bwv|vessels|vascular[ \t]+structures"
               r"|regression(?:[ \t]+structures)?|pigmentation|dots[ \t]*(?:/|and|&)[ \t]*globules|dots|globules|d/g|dg)")
 _BARE_CRITERIA_LIST_RE = re.compile(
     r"(?<![\w/-])" + _BARE_NOUN + r"(?:(?:[ \t]*[/,;&][ \t]*(?:(?:and|or)[ \t]+)?|[ \t]+(?:and|or)[ \t]+)" + _BARE_NOUN + r"){2,}(?![\w/-])")
