@@ -527,9 +527,10 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 # (its irregular pigmentation) and "bluish-white veil"; HELD_OUT_STYLES' other nouns ("reticular pattern", "regressive
 # areas", "globular elements", "vasculature") are not read, so the `reworded` text form reads a report in part.
 CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "pigment_network": ("network", "pigmented network"),
-    "vascular_structures": ("vv", "telangiectasia", "telangiectasias", "telangiectases"),  # ("dotted vv", "arb vv -": shorthand for vessels)
-    "dots_and_globules": ("dots/globules", "dots & globules", "globules", "dots"),
+    "pigment_network": ("network", "pigmented network", "ntwk", "netwk"),
+    "vascular_structures": ("vv", "vsls", "telangiectasia", "telangiectasias", "telangiectases"),  # ("dotted vv", "arb vv -": shorthand for vessels)
+    "dots_and_globules": ("dots/globules", "dots & globules", "dots+globules", "dots + globules", "globules", "dots", "globs", "dots+globs"),
+    "regression_structures": ("regr",),
     "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil", "bluish-white veil", "bluish white veil"),
     # the checklist's own definitions: irregular streaks are "pseudopods and radial streaming", irregular pigmentation
     # "blotches" (Argenziano 1998; the 2016 consensus terminology keeps the words)
@@ -1082,6 +1083,8 @@ _SEVERAL_NAMED_RE = re.compile(
     # with both: ..." and "R1 and R2 both: ..." are one lesion's, a "both:" is a heading only at a line's or sentence's start)
     r"|(?:^|(?<=\n)|(?<=\] )|(?<=\. ))(?:both|all[ \t]+(?:two|three|four|five|\d))[ \t]*:|(?:one|two|three|both|2|3)[ \t]+(?:had|have|showed|show)(?![\w-])[^.;\n]{0,60}?(?:and|,)[ \t]+"
     r"(?:one|the other|the third|the others|1)[ \t]+(?:had|has|have|showed|shows)|x[ \t]*[2-9][ \t]+(?:scoped|dermoscoped|imaged)"
+    # ... "dscopy pre-freeze ok x3": the look counted over several lesions (not its images: "dermoscopy images taken x3")
+    r"|(?:dscopy|dermoscopy|scoped|dermoscoped)(?:[ \t]+(?!(?:images?|photos?|pictures?|views?|shots?|taken)(?![\w-]))[\w-]+){0,3}?[ \t]+x[ \t]*[2-9]"
     r"|(?:photograph|scope|image|dermoscope|look at)[ \t]+(?:all[ \t]+(?:of[ \t]+)?(?:two|three|four|five|them|these)|both)"
     r"|(?:two|three|four|2|3|4)[ \t]+(?:[\w-]+[ \t]+){0,2}(?:lesions|moles|na?evi|nevi)[ \t]+(?:from|of|in|on)[ \t]+the[ \t]+same[ \t]+(?:patient|day)"
     r")(?![\w-])")
