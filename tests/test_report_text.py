@@ -784,6 +784,13 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("Pseudopods irregular at the periphery; negative for BWV.", (("streaks", "irregular"), ("blue_whitish_veil", _ABSENT))),
     ("irregular radial streaming", (("streaks", "irregular"),)),
     ("Negative for streaks or blotches.", (("streaks", _ABSENT), ("pigmentation", _ABSENT))),
+    # a printed form's dot leaders as the colon they stand for (before: nothing read); not an ellipsis; a value the legend
+    # says the system pre-filled is not read
+    ("Dermoscopic structures\n  pigment network ........ typical\n  dots/globules .......... regular\n  streaks ................ none",
+     (("pigment_network", "typical"), ("streaks", _ABSENT), ("dots_and_globules", "regular"))),
+    ("P16: Network... typical, I think. INT: final answer? P16: I'll change it to atypical.", ()),
+    ("  Network ........ atypical\n  Streaks ........ absent*\n  Veil ........... present\n* = value pre-filled by the system, not changed",
+     (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
     # clinicians' shorthand for the nouns (before: not read)
     ("DS: BWV+, irreg globs, atyp ntwk.", (("pigment_network", "atypical"), ("dots_and_globules", "irregular"), ("blue_whitish_veil", "present"))),
     ("derm: atypical netwk, no regr, vsls absent, dots+globs regular",

@@ -767,7 +767,8 @@ _LIST_NOT_ASSESSED_AFTER_RE = re.compile(r"[^()\n]{0,60}\)[ \t]*(?:were |was |ar
 # a template's values left at their defaults: "Network: typical*" under "(* template default, not changed)" or "(*
 # pre-filled default value - not reviewed)", and the
 # fields under "NOTE: default values not reviewed" up to the clinician's own ("Free-text findings (clinician): ...")
-_DEFAULT_LEGEND_RE = re.compile(r"\*[ \t]*(?:=[ \t]*)?(?:(?:template|pre-?filled|system)[ \t]+)?default")
+_DEFAULT_LEGEND_RE = re.compile(r"\*[ \t]*(?:=[ \t]*)?(?:(?:template|pre-?filled|system)[ \t]+)?default"
+                                r"|\*[ \t]*(?:=[ \t]*)?(?:values?[ \t]+)?(?:pre-?filled|pre-?populated|auto-?filled)(?![\w-])")  # ("* = value pre-filled by the system")
 _DEFAULT_BLOCK_RE = re.compile(
     r"(?m)^[^\n]*(?:default values? (?:were |was |are )?(?:not reviewed|unchanged|not changed|left unchanged)|pre-?filled[^\n]{0,60}not (?:updated|reviewed|changed))"
     r"[^\n]*$[\s\S]*?(?=^[^\n:]*(?:clinician|free-?text)[^\n:]{0,40}:|\Z)")
@@ -1639,11 +1640,18 @@ def _corrected(lowered: str, sentence_ends: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
+# a printed form's dot leaders between a name and its value, "pigment network ........ typical" (before: not read), as
+# the colon they stand for: a space before them, or four dots or more
+_DOT_LEADER_RE = re.compile(r"(?<=[a-z/)])(?:[ \t]+\.{3,}|\.{4,})[ \t]*(?=[a-z0-9])")  # (not an ellipsis: "Network... typical, I think")
+
+
 def _normalised(lowered: str) -> str:
     """``lowered`` with two swapped letters of a criterion's word put back, a bare "veil" written "bwv ", dictated
-    punctuation as signs, two-cell table rows as "name : value" and the describing words between a grade and its noun
-    blanked, position for position (a reading's positions stay the text's)."""
+    punctuation as signs, dot leaders as a colon, two-cell table rows as "name : value" and the describing words between
+    a grade and its noun blanked, position for position (a reading's positions stay the text's)."""
     lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
+    if "..." in lowered:
+        lowered = _DOT_LEADER_RE.sub(lambda m: ":".ljust(len(m.group(0))), lowered)
     lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
     lowered = _GRADE_COMMA_DESCRIBED_RE.sub(lambda m: m.group(1) + " ", lowered)
     lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
