@@ -527,6 +527,7 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 # (its irregular pigmentation) and "bluish-white veil"; HELD_OUT_STYLES' other nouns ("reticular pattern", "regressive
 # areas", "globular elements", "vasculature") are not read, so the `reworded` text form reads a report in part.
 CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
+    # (and clinicians' shorthand: "atyp ntwk", "irreg globs", "no regr", "vsls absent")
     "pigment_network": ("network", "pigmented network", "ntwk", "netwk"),
     "vascular_structures": ("vv", "vsls", "telangiectasia", "telangiectasias", "telangiectases"),  # ("dotted vv", "arb vv -": shorthand for vessels)
     "dots_and_globules": ("dots/globules", "dots & globules", "dots+globules", "dots + globules", "globules", "dots", "globs", "dots+globs"),
