@@ -134,8 +134,8 @@ def meta_report(case: Mapping[str, Any]) -> str:
 # items, or not at all (issue 13). Training draws from TRAINING_STYLES; the evaluation form
 # "reworded" draws from HELD_OUT_STYLES, whose vocabulary (criterion nouns, negations, context
 # words) never occurs in a training text, so "reworded" measures wording the network has not seen.
-# The findings reader reads none of its nouns (CLINICAL_SYNONYMS), so a reworded text gives the
-# image-only query: read in part (its "radial streaming", "blotches", "bluish-white veil"), it gave
+# The findings reader reads none of these nouns (none is in CLINICAL_SYNONYMS), so a reworded text
+# gives the image-only query: read in part (its "radial streaming", "blotches", "bluish-white veil"), it gave
 # three findings and no context, and the diagnosis prior then ranked below the image alone
 # (bench/results/derm7pt_cv_reworded_read.md).
 
@@ -773,9 +773,8 @@ _DEFAULT_BLOCK_RE = re.compile(
     r"[^\n]*$[\s\S]*?(?=^[^\n:]*(?:clinician|free-?text)[^\n:]{0,40}:|\Z)")
 
 
-# dermoscopic structures the checklist does not name (or names in words no training style writes: pseudopods, read as a
-# noun too, stays here so that a described one, "irregular pseudopods", keeps the list going), met as items of a negated
-# list
+# dermoscopic structures the checklist does not name (or names in words no training style writes; pseudopods, now also a
+# noun of CLINICAL_SYNONYMS, stays here as before), met as items of a negated list
 _OTHER_STRUCTURE_RE = re.compile(
     r"(?:(?:irregular|regular|structureless|dark|brown|black|blue|white|grey|gray)\s+)*(?:blotch(?:es)?|structureless areas?|ulcerations?"
     r"|milia-?like cysts|comedo-?like openings|scales?|crystalline structures|shiny white (?:lines|structures)|pseudopods|peppering"
