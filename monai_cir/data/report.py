@@ -1095,6 +1095,8 @@ _SERIES_RE = re.compile(r"\(\s*n\s*=\s*\d+|(?<![\w-])n\s*=\s*\d{2,}")
 
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"  # (a month named in a date: "at her visit on 4 March", "in March ... had shown")
 
+# the checklist's weights as a slide or a handout writes them: "Major criteria (2 points)", "Minor criteria (1 point each)"
+_CHECKLIST_WEIGHTS = r"(?:major|minor) criteria\s*\(\s*\d\s*(?:points?|pts?)(?:\s+each)?\s*\)"
 # a sentence (or line, or ';' clause) about the checklist, not the lesion, at its start: "The 7PCL includes BWV, atypical
 # PN and atypical vessels." (before: read the veil PRESENT and the network ATYPICAL; "Checklist includes: atypical PN ✓"
 # is a filled form, and "Criteria are met: ..." states them)
@@ -1104,7 +1106,7 @@ _CHECKLIST_SENTENCE_RE = re.compile(
     # ... or taught: "We covered the 7-point checklist: atypical network, BWV ... score 2" (a portfolio, not a lesion)
     r"|\s*(?:(?:we|i)\s+)?(?:covered|taught|revised|discussed|went through)\s+(?:the\s+)?(?:7\s*pcl|7-?\s*point check-?list|seven-?\s*point check-?list)"
     # ... or the checklist's own weights: "Major criteria (2 points): atypical network, BWV, ..." (a slide, not a lesion)
-    r"|\s*(?:[-*•][ \t]*)?(?:major|minor) criteria\s*\(\s*\d\s*(?:points?|pts?)(?:\s+each)?\s*\)"
+    r"|\s*(?:[-*•][ \t]*)?" + _CHECKLIST_WEIGHTS +
     # ... or recited: "INT: Just to remind you, the seven points are atypical network, blue-whitish veil, ..." (a reader
     # study's interviewer, not a lesion)
     r"|\s*(?:[a-z][a-z0-9 ]{0,24}:\s*)?[^.;\n]{0,40}?(?<![\w-])the\s+(?:seven|7)\s+(?:points|criteria|items)\s+are(?![\w-])")
@@ -1178,7 +1180,7 @@ _DATED_LOOK_RE = re.compile(r"(?<![\w-])(?:taken|done|performed|examined|scoped|
 _LATER_LOOK_RE = re.compile(r"(?<![\w-])(?:now|today|currently|(?:has|had)[ \t]+(?:since[ \t]+)?changed|when i saw (?:you|her|him|them))(?![\w-])")
 # ... and a line of the checklist's weights, to its end: "Minor criteria (1 point each): irregular streaks; irregular
 # pigmentation; ..." (its ';' ends the sentence :data:`_CHECKLIST_SENTENCE_RE` looks at)
-_CHECKLIST_WEIGHTS_LINE_RE = re.compile(r"(?m)^[ \t]*(?:[-*•][ \t]*)?(?:major|minor) criteria[ \t]*\([ \t]*\d[ \t]*(?:points?|pts?)(?:[ \t]+each)?[ \t]*\)[^\n]*")
+_CHECKLIST_WEIGHTS_LINE_RE = re.compile(r"(?m)^[ \t]*(?:[-*•][ \t]*)?" + _CHECKLIST_WEIGHTS + r"[^\n]*")
 _TODAY_RE = re.compile(r"(?<![\w-])(?:now|today|currently|at present|this visit|this time|on review today)(?![\w-])")
 # a plan that runs to its sentence's end: "SDDI in 3/12 - look for asymmetric enlargement, new irregular dots or an
 # atypical network" (before: the clause's own words only, so the dots and the network were read as seen)
@@ -1521,6 +1523,7 @@ _XML_TAG_RE = re.compile(r'</?[a-z][\w.-]*(?:[ \t]+[\w:.-]+[ \t]*=[ \t]*"[^"\n]*
 # present [ ]  absent [x]", "Pigment network: ☑ typical ☐ atypical ☐ absent" (before: read neither way). The box leads or
 # follows each option; the options run to the line's or the clause's end
 _BOX = r"\[[ \t]*[x✓✔]?[ \t]*\]|[☑☒☐□]"
+_BOX_RE = re.compile(_BOX)
 _TICKED_BOX_RE = re.compile(r"\[[ \t]*[x✓✔][ \t]*\]|[☑☒]")
 _OPTIONS_LINE_RE = re.compile(
     r"(?<![\w/-])(?P<noun>" + _ANY_NOUN + r"|veil)[ \t]*(?:[:?-][ \t]*)?"
@@ -1535,7 +1538,7 @@ _OPTION_GRADES = {"pigment_network": {"regular": "typical", "irregular": "atypic
 def _ticked_option(key: str, options: str) -> str | None:
     """The value of ``key`` the one ticked box of ``options`` gives, or None (no box ticked, several, or a word that is
     not one of the criterion's values)."""
-    boxes = list(re.finditer(_BOX, options))
+    boxes = list(_BOX_RE.finditer(options))
     leads = options.lstrip().startswith(("[", "☑", "☒", "☐", "□"))
     words = [options[b.end(): boxes[i + 1].start() if i + 1 < len(boxes) else len(options)] if leads
              else options[boxes[i - 1].end() if i else 0: b.start()] for i, b in enumerate(boxes)]
