@@ -1,14 +1,15 @@
 """The diagnosis prior's probes on findings written without context -> ``bench/results/derm7pt_context_free_prior.json``.
 
-The shipped prior (:func:`monai_cir.engine.diagnosis_prior.fit_diagnosis_prior`) fits two logistic probes of the
+Measured on 0.8, whose prior fitted its probes on texts with context only; 0.9's
+(:func:`monai_cir.engine.diagnosis_prior.fit_diagnosis_prior`) is the "+ findings without context" rows. The 0.8 prior fitted two logistic probes of the
 query's diagnosis on ``[sentence, pooled L/M/H]``: ``full`` on the training cases' template reports, ``partial`` on those
 and the same cases' partial reports (1-4 findings). Both kinds of text state the case's context (elevation, location,
 sex). A clinician's text often does not ("BWV present, irregular streaks"): the findings gate then gives the network
 "Lesion. Dermoscopy: ..." (:func:`monai_cir.data.report.query_text`), a text neither probe was fitted on. When the reader
 read three held-out nouns (2101a4b), such texts ranked below the image alone (``derm7pt_cv_reworded_read.md``).
 
-Per fold of the committed folds, each probe is fitted as the shipped one is (``_fit_probe``: C by inner cross-validation,
-a case's texts never split), once as shipped and once with the same cases' findings also written without context
+Per fold of the committed folds, each probe is fitted as the prior fits it (``_fit_probe``: C by inner cross-validation,
+a case's texts never split), once on texts with context (0.8) and once with the same cases' findings also written without context
 (the partial probe: 1-4 findings and all of them; the full probe: all of them), and scored by held-out accuracy on:
 template reports, partial reports, the three findings a held-out style's text gave (streaks, pigmentation, veil) without
 context, 1-4 findings without context, all findings without context. The figure to compare: the image-only ranking's
@@ -21,7 +22,6 @@ predicted diagnosis first (Acc@1 ~ the probe's accuracy).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -48,17 +48,12 @@ def main() -> int:
     from monai_cir.data.folds import load_folds
     from monai_cir.data.report import meta_report, report_fields
     from monai_cir.engine.diagnosis_prior import PRIOR_C_GRID, PRIOR_INNER_FOLDS, _fit_probe, prior_inputs
-    from monai_cir.evaluation.text_forms import encode_texts, text_form_cache
+    from monai_cir.evaluation.text_forms import text_form_cache, texts_cache
 
     cache = build_feature_cache("derm7pt", 260)
     y = cache.labels.numpy()
     folds = load_folds()
     fold_of = np.array([folds[r.case_id] for r in cache.records])
-
-    def texts_cache(texts: list[str]):
-        tokens, mask, sentence = encode_texts(cache, texts)
-        return dataclasses.replace(cache, records=[dataclasses.replace(r, text=t) for r, t in zip(cache.records, texts)],
-                                   tokens=tokens, token_mask=mask, sentence=sentence, path=None)
 
     rng = np.random.default_rng(0)
     three, some, every = [], [], []
@@ -69,15 +64,15 @@ def main() -> int:
         three.append(meta_report({k: findings[k] for k in THREE if k in findings}))
         some.append(meta_report({keys[i]: findings[keys[i]] for i in picked}))
         every.append(meta_report(findings))
-    caches = {"template": cache, "partial": text_form_cache(cache, "partial"), "three findings, no context": texts_cache(three),
-              "1-4 findings, no context": texts_cache(some), "all findings, no context": texts_cache(every)}
+    caches = {"template": cache, "partial": text_form_cache(cache, "partial"), "three findings, no context": texts_cache(cache, three),
+              "1-4 findings, no context": texts_cache(cache, some), "all findings, no context": texts_cache(cache, every)}
     print(f"e.g. {three[0]!r} / {some[0]!r}", flush=True)
 
     fitted_on = {
-        "partial probe, as shipped": ("template", "partial"),
-        "partial probe, + findings without context": ("template", "partial", "1-4 findings, no context", "all findings, no context"),
-        "full probe, as shipped": ("template",),
-        "full probe, + findings without context": ("template", "all findings, no context"),
+        "partial probe, 0.8 (texts with context)": ("template", "partial"),
+        "partial probe, + findings without context (0.9)": ("template", "partial", "1-4 findings, no context", "all findings, no context"),
+        "full probe, 0.8 (texts with context)": ("template",),
+        "full probe, + findings without context (0.9)": ("template", "all findings, no context"),
     }
     per_fold: dict[str, dict[str, list[float]]] = {name: {s: [] for s in SETS} for name in fitted_on}
     chosen_c: dict[str, list[float]] = {name: [] for name in fitted_on}

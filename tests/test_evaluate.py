@@ -399,6 +399,43 @@ def test_diagnosis_prior_method_is_fitted_on_the_training_cases_only(tiny_caches
     assert len(logged) == 1 and set(logged[0]) >= {"classes", "strength", "full_text", "partial_text"}
 
 
+def test_the_partial_text_probe_is_fitted_on_findings_without_context_too(tiny_caches, tiny_net, monkeypatch):
+    """The full-text probe is fitted on the training cases' template reports; the partial-text probe on those, their
+    partial reports and their findings written without context, 1-4 and all (what "BWV present, irregular streaks"
+    reaches the network as), a case's rows in one group (the inner cross-validation never splits a case);
+    ``context_free=False`` (the 0.8 ablation) leaves the context-free rows out."""
+    from conftest import make_tiny_net
+
+    from monai_cir.data.report import findings_report, render_reports, report_fields
+    from monai_cir.engine import diagnosis_prior as prior_module
+    from monai_cir.evaluation.text_forms import text_form_cache, texts_cache
+
+    cache = tiny_caches["derm7pt"]
+    train = np.arange(0, len(cache), 2)
+    labels = cache.labels.numpy()[train]
+    fitted = []
+    real_fit = prior_module._fit_probe
+    monkeypatch.setattr(prior_module, "_fit_probe", lambda x, y, groups, *a: fitted.append((x, y, groups)) or real_fit(x, y, groups, *a))
+
+    def rows(form):
+        return prior_module.prior_inputs(text_form_cache(cache, form, net=tiny_net), train)
+
+    all_findings = prior_module.prior_inputs(texts_cache(cache, [findings_report(report_fields(r).criteria) for r in cache.records], net=tiny_net), train)
+    assert all(t.startswith("Lesion. Dermoscopy: ") for t in render_reports(cache.records, "findings_only", 0))
+    assert not np.allclose(rows("findings_only"), rows("partial"))  # context-free texts are other inputs
+    for context_free, blocks in ((True, [rows("template"), rows("partial"), rows("findings_only"), all_findings]),
+                                 (False, [rows("template"), rows("partial")])):
+        fitted.clear()
+        _, record = prior_module.fit_diagnosis_prior(make_tiny_net(late_fusion_share=0.5), cache, train, text_net=tiny_net, c_grid=(0.1,),
+                                                     inner_folds=2, context_free=context_free)
+        (x_full, y_full, g_full), (x_partial, y_partial, g_partial) = fitted
+        np.testing.assert_allclose(x_full, rows("template"), rtol=1e-6)
+        assert (y_full == labels).all() and g_full is None
+        np.testing.assert_allclose(x_partial, np.vstack(blocks), rtol=1e-6)
+        assert (y_partial == np.tile(labels, len(blocks))).all() and (g_partial == np.tile(train, len(blocks))).all()
+        assert record["context_free"] is context_free and record["full_text"]["C"] == record["partial_text"]["C"] == 0.1
+
+
 def test_diagnosis_prior_cross_site_reads_the_other_collections_texts(tiny_caches, tiny_net, monkeypatch):
     """Cross-site, the prior fitted on all of Derm7pt ranks the other collection with its own texts: ISIC UDA-1's (age,
     sex) name no finding, so every term is zero and the ranking is the text queries' similarity; with the slot, the

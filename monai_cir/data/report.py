@@ -41,6 +41,7 @@ __all__ = [
     "WordingStyle",
     "augment_report",
     "case_generator",
+    "findings_report",
     "meta_report",
     "recognised_findings",
     "read_findings",
@@ -134,12 +135,12 @@ def meta_report(case: Mapping[str, Any]) -> str:
 # items, or not at all (issue 13). Training draws from TRAINING_STYLES; the evaluation form
 # "reworded" draws from HELD_OUT_STYLES, whose vocabulary (criterion nouns, negations, context
 # words) never occurs in a training text, so "reworded" measures wording the network has not seen.
-# The findings reader reads none of these nouns (none is in CLINICAL_SYNONYMS), so a reworded text
-# gives the image-only query: read in part (its "radial streaming", "blotches", "bluish-white veil"), it gave
-# three findings and no context, and the diagnosis prior then ranked below the image alone
-# (bench/results/derm7pt_cv_reworded_read.md).
+# The findings reader knows three of its nouns, the checklist's own words ("radial streaming",
+# "blotches", "bluish-white veil": CLINICAL_SYNONYMS), and "negative for"; the other four it does not,
+# so "reworded" measures a report the reader reads in part: three findings and no context (its context
+# words are held out too), which the diagnosis prior's probes are fitted on (fit_diagnosis_prior).
 
-TEXT_FORMS: tuple[str, ...] = ("template", "reworded", "partial", "demographics", "empty", "restyled")
+TEXT_FORMS: tuple[str, ...] = ("template", "reworded", "partial", "demographics", "empty", "restyled", "findings_only")
 
 _AGE_KEYS = ("age_approx", "age")
 
@@ -404,6 +405,10 @@ def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str
     - ``restyled``: every recorded field in a style of :data:`TRAINING_STYLES` (drawn with ``rng``):
       abbreviations ("7PCL: atyp. PN, streaks -, BWV +"), a list, sentences, prose, or coded SR lines
       (without context, as the SR reader writes them): the words the findings gate reads, not the template's.
+    - ``findings_only``: a random 1-4 of the recorded criteria in the template's words and no context
+      ("Lesion. Dermoscopy: irregular streaks; blue-whitish veil."): what the findings gate gives the
+      network for a clinician's "BWV present, irregular streaks" (no age, sex, site or elevation). A case
+      with no criteria gives ``""``.
 
     Only the structured fields (:func:`report_fields`) are rewritten: a user's record whose text is
     free prose with no such fields gives ``""`` for ``reworded`` and ``demographics``.
@@ -432,12 +437,19 @@ def render_report(record: Any, form: str, rng: np.random.Generator | int) -> str
         names = sorted(TRAINING_STYLES)
         name = names[int(rng.integers(len(names)))]
         return TRAINING_STYLES[name].render(fields, with_context=name != "sr_coded")  # coded SR lines carry no context
-    # partial
+    # partial, findings_only: a random 1-4 of the recorded criteria, with the context sentence or without
     if not fields.criteria:
-        return render_report(record, "template", rng)
+        return render_report(record, "template", rng) if form == "partial" else ""
     count = int(rng.integers(1, min(4, len(fields.criteria)) + 1))
     keep = np.sort(rng.choice(len(fields.criteria), size=count, replace=False))
-    return meta_report(_template_fields(fields, [fields.criteria[i] for i in keep]))
+    kept = [fields.criteria[i] for i in keep]
+    return meta_report(_template_fields(fields, kept)) if form == "partial" else findings_report(kept)
+
+
+def findings_report(criteria: Sequence[tuple[str, str]]) -> str:
+    """The template's text of 7-point findings ``(criterion key, value)`` with no context: "Lesion. Dermoscopy:
+    ...", what :func:`query_text` gives a text that states findings and no age, sex, site or elevation."""
+    return meta_report(dict(criteria))
 
 
 def case_generator(record: Any, seed: int = 0) -> np.random.Generator:
@@ -522,19 +534,22 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 
 # Nouns clinicians write for a criterion that no training style writes: the reader reads them with the training styles'
 # grades and patterns ("atypical network", "no blue-white veil", "irregular globules"). The network is given what the
-# reader read in the template's words (query_text), so a synonym teaches it nothing new. None is a held-out style's
-# word (HELD_OUT_STYLES: "bluish-white veil", "radial streaming", "blotches", "reticular pattern"...), so the `reworded`
-# text form still measures the fallback to the image: read in part, its three findings without the text's context made
-# the diagnosis prior rank below the image alone (bench/results/derm7pt_cv_reworded_read.md), and the held-out nouns
-# stay unread until the prior is fitted on such texts. "pseudopods" (Argenziano's irregular streaks) is no held-out word.
+# reader read in the template's words (query_text), so a synonym teaches it nothing new. Three are held-out styles'
+# nouns, the checklist's own words, which a reader that did not know them would miss in real reports (stated findings
+# the reviews held, unread before): "radial streaming" and "pseudopods" (Argenziano's irregular streaks), "blotches"
+# (its irregular pigmentation) and "bluish-white veil"; HELD_OUT_STYLES' other nouns ("reticular pattern", "regressive
+# areas", "globular elements", "vasculature") are not read, so the `reworded` text form reads a report in part.
 CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
     # (and clinicians' shorthand: "atyp ntwk", "irreg globs", "no regr", "vsls absent")
     "pigment_network": ("network", "pigmented network", "ntwk", "netwk"),
     "vascular_structures": ("vv", "vsls", "telangiectasia", "telangiectasias", "telangiectases"),  # ("dotted vv", "arb vv -": shorthand for vessels)
     "dots_and_globules": ("dots/globules", "dots & globules", "dots+globules", "dots + globules", "globules", "dots", "globs", "dots+globs"),
     "regression_structures": ("regr",),
-    "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil"),
-    "streaks": ("pseudopods",),  # the checklist's own word: irregular streaks are "pseudopods and radial streaming" (Argenziano 1998)
+    "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil", "bluish-white veil", "bluish white veil"),
+    # the checklist's own definitions: irregular streaks are "pseudopods and radial streaming", irregular pigmentation
+    # "blotches" (Argenziano 1998; the 2016 consensus terminology keeps the words)
+    "streaks": ("pseudopods", "radial streaming"),
+    "pigmentation": ("blotches", "blotch"),
 }
 # ... and grades: a "regular" network is the checklist's typical one, an "irregular" network its atypical one (the
 # 7-point checklist's own definitions; clinicians write both). Read with every noun of the network, never a held-out
@@ -596,7 +611,7 @@ def _training_vocabulary() -> dict[str, tuple[str, ...]]:
 
 # graded findings as clinicians write them with the training styles' nouns and grades, read but never written in
 # training: "Network - atypical", "the network is atypical", "globules are regular" (before: not read). No held-out
-# style writes a training noun, so the `reworded` form still reads nothing
+# style writes a training noun (only CLINICAL_SYNONYMS' three held-out nouns are read in the `reworded` form)
 READER_GRADED_PATTERNS = ("{name} - {grade}", "{name} is {grade}", "{name} are {grade}")
 
 
@@ -773,8 +788,9 @@ _DEFAULT_BLOCK_RE = re.compile(
     r"[^\n]*$[\s\S]*?(?=^[^\n:]*(?:clinician|free-?text)[^\n:]{0,40}:|\Z)")
 
 
-# dermoscopic structures the checklist does not name (or names in words no training style writes; pseudopods, now also a
-# noun of CLINICAL_SYNONYMS, stays here as before), met as items of a negated list
+# dermoscopic structures the checklist does not name (or names in words no training style writes: blotches and pseudopods,
+# read as nouns too, stay here so that a described one, "structureless blotches", keeps the list going), met as items of
+# a negated list
 _OTHER_STRUCTURE_RE = re.compile(
     r"(?:(?:irregular|regular|structureless|dark|brown|black|blue|white|grey|gray)\s+)*(?:blotch(?:es)?|structureless areas?|ulcerations?"
     r"|milia-?like cysts|comedo-?like openings|scales?|crystalline structures|shiny white (?:lines|structures)|pseudopods|peppering"

@@ -316,28 +316,31 @@ def composed_late_fusion(ctx: FoldContext):
     return _composed_late_fusion(ctx)
 
 
-def _release_prior_net(cache: Any, train_idx: np.ndarray, config: dict[str, Any], seed: int, state: RunState) -> Any:
-    """The release network for one split with its diagnosis prior fitted on the same training cases (memoised)."""
+def _release_prior_net(cache: Any, train_idx: np.ndarray, config: dict[str, Any], seed: int, state: RunState,
+                       context_free: bool = True) -> Any:
+    """The release network for one split with its diagnosis prior fitted on the same training cases (memoised);
+    ``context_free`` False: its partial-text probe fitted on texts with context only (0.8's)."""
     from .diagnosis_prior import fit_diagnosis_prior
 
-    key = ("release_prior", id(cache), tuple(int(i) for i in train_idx[:5]), len(train_idx), seed)
+    key = ("release_prior", id(cache), tuple(int(i) for i in train_idx[:5]), len(train_idx), seed, context_free)
     if key not in state.memo:
         # the probes read the cache only (not the head): an ensemble's first member carries them
         models = composed_late_fusion_models(cache, train_idx, config, seed, state)
-        net, record = fit_diagnosis_prior(models[0].net, cache, train_idx, seed=seed, text_net=state.net)
-        state.train_log.append(dict(method="composed_late_fusion_prior", seed=seed, n_train=len(train_idx), **record))
+        net, record = fit_diagnosis_prior(models[0].net, cache, train_idx, seed=seed, text_net=state.net, context_free=context_free)
+        method = "composed_late_fusion_prior" if context_free else "composed_late_fusion_prior_context_texts"
+        state.train_log.append(dict(method=method, seed=seed, n_train=len(train_idx), **record))
         state.memo[key] = net
     return state.memo[key]
 
 
-def _composed_late_fusion_prior(ctx: FoldContext) -> tuple[torch.Tensor, np.ndarray]:
+def _composed_late_fusion_prior(ctx: FoldContext, context_free: bool = True) -> tuple[torch.Tensor, np.ndarray]:
     """The release network's score with the diagnosis prior, ``K = S + λ w log p(y_c | q)`` (Q, N) float64 (the
     prior fitted on the fold's training cases; :mod:`monai_cir.prior_ranking` ranks a case index by the same), and
     which queries the prior ordered (Q,) bool (a text naming no finding: ``K = S``)."""
     from .diagnosis_prior import prior_ranking_scores
 
     q, t = _composed_late_fusion(ctx)
-    net = _release_prior_net(ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state)
+    net = _release_prior_net(ctx.cache, ctx.train_indices, ctx.config, ctx.seed, ctx.state, context_free)
     scores, terms = prior_ranking_scores(net, q @ t.T, ctx.query_cache, ctx.query_indices, ctx.cache, ctx.database_indices)
     return scores, prior_acted(terms)
 
@@ -366,6 +369,14 @@ def composed_late_fusion_prior(ctx: FoldContext):
     ``λ w log p(y_c | q)``, ``p`` two logistic probes on the late-fusion branch's inputs (full / partial texts), ``w``
     the findings gate's weight, fitted on the fold's training cases only."""
     return _composed_late_fusion_prior(ctx)[0]
+
+
+@register_method("composed_late_fusion_prior_context_texts",
+                 label="the same, its partial-text probe fitted on texts with context only (0.8's prior; ablation)", fits_prior=True)
+def composed_late_fusion_prior_context_texts(ctx: FoldContext):
+    """``composed_late_fusion_prior`` with 0.8's partial-text probe: fitted on template and partial reports only, never
+    on findings written without context (the ablation of what 0.9 added)."""
+    return _composed_late_fusion_prior(ctx, context_free=False)[0]
 
 
 def _release_margins(cache: Any, config: dict[str, Any], state: RunState, fold: int, prior: bool = False) -> tuple[np.ndarray, np.ndarray]:

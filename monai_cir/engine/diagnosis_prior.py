@@ -2,10 +2,11 @@
 
 Two standardised multinomial logistic regressions of the diagnosis on ``[sentence, pooled L/M/H]`` (the late-fusion
 branch's inputs), fitted on the training cases only, ``C`` chosen by 5-fold cross-validation among them: one on
-their template reports (served to query texts naming 5 or more findings), one on those and the same cases'
-partial reports (1-4 findings, :func:`monai_cir.data.report.render_report`'s ``partial`` form; a case's two texts
-never split by the inner CV), served to texts naming fewer. The recipe of ``bench/class_posterior.py``'s
-``gated+matched`` rows.
+their template reports (served to query texts naming 5 or more findings), one on those, the same cases' partial
+reports (1-4 findings, context kept: :func:`monai_cir.data.report.render_report`'s ``partial`` form) and their
+findings written without context (1-4, its ``findings_only`` form, and all of them; a case's texts never split by the
+inner CV), served to texts naming fewer. The recipe of ``bench/class_posterior.py``'s ``gated+matched`` rows, the
+partial-text probe also fitted on the context-free texts of ``bench/context_free_prior.py``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: in
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min()) // (2 if groups is not None else 1)
+    # cases (groups: a case's rows count once) of the rarest diagnosis
+    smallest = min(len(np.unique(groups[y == label])) if groups is not None else int((y == label).sum()) for label in np.unique(y))
     if smallest < PRIOR_MIN_CASES:
         raise ValueError(f"the diagnosis prior's inner cross-validation needs {PRIOR_MIN_CASES} or more training cases of every diagnosis, got {smallest}")
     folds = min(inner_folds, smallest)
@@ -80,15 +82,18 @@ def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: in
 
 def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Sequence[int], strength: float = DEFAULT_PRIOR_STRENGTH,
                         seed: int = 0, text_net: Any = None, c_grid: Sequence[float] = PRIOR_C_GRID,
-                        inner_folds: int = PRIOR_INNER_FOLDS) -> tuple[ComposedRetrievalNet, dict[str, Any]]:
+                        inner_folds: int = PRIOR_INNER_FOLDS, context_free: bool = True) -> tuple[ComposedRetrievalNet, dict[str, Any]]:
     """``net`` with a fitted diagnosis prior (a new network: ``net``'s encoders and head, the probes fitted on
     cached cases ``train_indices`` only), and what was fitted: ``{"classes", "strength", "c_grid", "inner_folds",
     "full_text", "partial_text"}`` (each probe's ``C`` and inner-CV accuracy). The classes are the diagnoses of the
     training cases, in label order. ``text_net``: the network whose text encoder built ``cache`` (encodes the partial
     reports; default: the offline encoders the cache's fingerprint names). ``c_grid`` / ``inner_folds``: the probes'
     inverse L2 strengths the inner cross-validation chooses from, and its folds (fewer when the smallest diagnosis
-    has fewer training cases)."""
-    from ..evaluation.text_forms import text_form_cache
+    has fewer training cases). ``context_free``: the partial-text probe is also fitted on the training cases' findings
+    written without context (1-4 of them, and all); ``False`` fits it on texts with context only, as 0.8 did (the
+    ablation ``composed_late_fusion_prior_context_texts``)."""
+    from ..data.report import findings_report, report_fields
+    from ..evaluation.text_forms import text_form_cache, texts_cache
     from . import new_head_net
 
     check_prior_search(c_grid, inner_folds)
@@ -100,17 +105,30 @@ def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Se
     if len(labels) < 2:
         raise ValueError(f"the diagnosis prior needs training cases of two or more diagnoses, got {[names[int(v)] for v in labels]}")
     classes = [names[int(v)] for v in labels]
-    partial = text_form_cache(cache, "partial", seed=0, net=text_net)
+    # the texts each probe is fitted on, per training case: the full-text probe (served to texts naming 5 or more
+    # findings) its template report; the partial-text probe (served to texts naming fewer) also its partial report
+    # (1-4 findings, context kept) and, with context_free, its findings without context, 1-4 ("findings_only") and all:
+    # a clinician's "BWV present, irregular streaks" reaches the network as "Lesion. Dermoscopy: ..." (query_text), and
+    # a probe fitted on context-bearing texts alone classified such texts below the image-only ranking
+    # (bench/results/derm7pt_context_free_prior.md). Cases whose record states no finding give no findings-only rows.
+    # (Fitting the full-text probe on all findings without context too was tried: the template ranking fell.)
     x_full = prior_inputs(cache, train)
+    partial_rows = [(cache, train), (text_form_cache(cache, "partial", seed=0, net=text_net), train)]
+    if context_free:
+        stated = train[[bool(report_fields(cache.records[int(i)]).criteria) for i in train]]
+        all_findings = texts_cache(cache, [findings_report(report_fields(r).criteria) for r in cache.records], net=text_net)
+        partial_rows += [(text_form_cache(cache, "findings_only", seed=0, net=text_net), stated), (all_findings, stated)]
+    labels_of = cache.labels.numpy()
     fits = {
         FULL_TEXT_PROBE: _fit_probe(x_full, y, None, seed, c_grid, int(inner_folds)),
-        PARTIAL_TEXT_PROBE: _fit_probe(np.vstack([x_full, prior_inputs(partial, train)]), np.concatenate([y, y]), np.concatenate([train, train]), seed,
-                                       c_grid, int(inner_folds)),
+        PARTIAL_TEXT_PROBE: _fit_probe(np.vstack([prior_inputs(c, i) for c, i in partial_rows]), np.concatenate([labels_of[i] for _, i in partial_rows]),
+                                       np.concatenate([i for _, i in partial_rows]), seed, c_grid, int(inner_folds)),
     }
     with torch.random.fork_rng(devices=[]):
         combined = new_head_net(net, diagnosis_prior={"classes": classes, "strength": float(strength)})
     combined.load_head_state_dict({**net.head_state_dict(), **{f"diagnosis_prior.{k}": v for k, v in combined.diagnosis_prior.state_dict().items()}})
-    record: dict[str, Any] = {"classes": classes, "strength": float(strength), "c_grid": c_grid, "inner_folds": int(inner_folds)}
+    record: dict[str, Any] = {"classes": classes, "strength": float(strength), "c_grid": c_grid, "inner_folds": int(inner_folds),
+                              "context_free": bool(context_free)}
     for which, (model, c, accuracy, folds) in fits.items():
         scaler, logistic = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
         if list(logistic.classes_) != list(labels):

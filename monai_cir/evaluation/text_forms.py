@@ -10,7 +10,8 @@ methods train on the cache's own (template) texts.
 - ``partial``: a random 1-4 of the criteria present;
 - ``demographics``: age / sex / site only;
 - ``empty``: no text (the image-only query);
-- ``restyled``: the training styles' words instead of the template's (abbreviations, lists, prose, coded SR lines).
+- ``restyled``: the training styles' words instead of the template's (abbreviations, lists, prose, coded SR lines);
+- ``findings_only``: a random 1-4 of the criteria present and no context (no age, sex, site or elevation).
 
 Encoded forms are stored under ``$MONAI_CIR_CACHE/text_forms`` (keyed by the encoder fingerprint and the
 texts), so a rerun does not encode again.
@@ -27,7 +28,7 @@ import torch
 
 from ..data.report import TEXT_FORMS, render_reports
 
-__all__ = ["TEXT_FORMS", "text_form_cache", "encode_texts"]
+__all__ = ["TEXT_FORMS", "text_form_cache", "texts_cache", "encode_texts"]
 
 
 def _text_net(cache: Any, net: Any = None):
@@ -69,7 +70,18 @@ def text_form_cache(cache: Any, form: str, seed: int = 0, net: Any = None) -> An
     if form == "empty":  # no tokens at all: what the encoder gives a blank text, without running it
         n, d = len(texts), int(cache.tokens.shape[-1])
         tokens, mask, sentence = torch.zeros(n, 1, d, dtype=torch.float16), torch.zeros(n, 1, dtype=torch.bool), torch.zeros(n, d)
-    else:
-        tokens, mask, sentence = encode_texts(cache, texts, net)
+        return _replace_texts(cache, texts, tokens, mask, sentence)
+    return texts_cache(cache, texts, net)
+
+
+def texts_cache(cache: Any, texts: Sequence[str], net: Any = None) -> Any:
+    """A copy of ``cache`` whose case ``i`` has the text ``texts[i]`` (encoded with the cache's text encoder,
+    :func:`encode_texts`; the image maps are shared)."""
+    if len(texts) != len(cache.records):
+        raise ValueError(f"texts_cache needs one text per cached case ({len(cache.records)}), got {len(texts)}")
+    return _replace_texts(cache, list(texts), *encode_texts(cache, texts, net))
+
+
+def _replace_texts(cache: Any, texts: list[str], tokens: torch.Tensor, mask: torch.Tensor, sentence: torch.Tensor) -> Any:
     records = [dataclasses.replace(r, text=t) for r, t in zip(cache.records, texts)]
     return dataclasses.replace(cache, records=records, tokens=tokens, token_mask=mask, sentence=sentence, path=None)
