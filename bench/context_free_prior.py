@@ -1,7 +1,8 @@
 """The diagnosis prior's probes on findings written without context -> ``bench/results/derm7pt_context_free_prior.json``.
 
-Measured on 0.8, whose prior fitted its probes on texts with context only; 0.9's
-(:func:`monai_cir.engine.diagnosis_prior.fit_diagnosis_prior`) is the "+ findings without context" rows. The 0.8 prior fitted two logistic probes of the
+The measurement behind 0.9's prior (:func:`monai_cir.engine.diagnosis_prior.fit_diagnosis_prior`): its partial-text
+probe is the "partial probe, + findings without context (0.9)" row, its full-text probe the "0.8" one (fitting it on
+context-free texts too lowered the template ranking). The 0.8 prior fitted two logistic probes of the
 query's diagnosis on ``[sentence, pooled L/M/H]``: ``full`` on the training cases' template reports, ``partial`` on those
 and the same cases' partial reports (1-4 findings). Both kinds of text state the case's context (elevation, location,
 sex). A clinician's text often does not ("BWV present, irregular streaks"): the findings gate then gives the network
@@ -72,7 +73,7 @@ def main() -> int:
         "partial probe, 0.8 (texts with context)": ("template", "partial"),
         "partial probe, + findings without context (0.9)": ("template", "partial", "1-4 findings, no context", "all findings, no context"),
         "full probe, 0.8 (texts with context)": ("template",),
-        "full probe, + findings without context (0.9)": ("template", "all findings, no context"),
+        "full probe, + findings without context (not shipped)": ("template", "all findings, no context"),
     }
     per_fold: dict[str, dict[str, list[float]]] = {name: {s: [] for s in SETS} for name in fitted_on}
     chosen_c: dict[str, list[float]] = {name: [] for name in fitted_on}
