@@ -374,6 +374,12 @@ _ABSENT = "absent"
      (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT), ("vascular_structures", _ABSENT))),
     # ... and blotches are the checklist's pigmentation (its own word for irregular pigmentation: before, not read)
     ("no blotches, BWV or streaks", (("streaks", _ABSENT), ("pigmentation", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    # ... and other lesions' structures in the consensus terminology are items too (before: the list ended at the
+    # unknown noun and the denied veil read PRESENT)
+    ("no rosettes, BWV or streaks", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("Negative for white circles, fissures and ridges, BWV or streaks.", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("no fingerprint-like structures, streaks or BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("No rosettes. BWV present.", (("blue_whitish_veil", "present"),)),
     # other separators and nouns: "nor", "and", "pigm." (its "." is no sentence end), "dots and globules" (one noun)
     ("no streaks nor BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
     ("no streaks and BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),

@@ -795,7 +795,12 @@ _OTHER_STRUCTURE_RE = re.compile(
     r"(?:(?:irregular|regular|structureless|dark|brown|black|blue|white|grey|gray)\s+)*(?:blotch(?:es)?|structureless areas?|ulcerations?"
     r"|milia-?like cysts|comedo-?like openings|scales?|crystalline structures|shiny white (?:lines|structures)|pseudopods|peppering"
     r"|granularity|blue-?grey (?:dots|ovoid nests)|ovoid nests|leaf-?like areas|spoke-?wheel areas|lacunae|pink areas|milky-?red areas"
-    r"|negative network|atypical vessels|polymorphous vessels|vascular blush|asymmetry|asymmetric pigmentation)(?![\w-])")
+    r"|negative network|atypical vessels|polymorphous vessels|vascular blush|asymmetry|asymmetric pigmentation"
+    # other lesions' structures in the consensus terminology (Kittler 2016): "no rosettes, BWV or streaks" (before: the
+    # list ended at "rosettes" and the veil read PRESENT)
+    r"|rosettes|white circles|fissures(?: and ridges)?|ridges|fingerprint-?like (?:structures|areas|pattern)|moth-?eaten borders?"
+    r"|cerebriform pattern|rhomboidal structures|annular-?granular (?:pattern|structures)|(?:pigmented )?follicular openings"
+    r"|circles? within (?:a )?circles?|strawberry pattern|starburst pattern)(?![\w-])")
 
 
 def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, int, int]]]], set[int]]:
