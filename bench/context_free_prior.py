@@ -47,7 +47,7 @@ def main() -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from monai_cir.data.feature_cache import build_feature_cache
     from monai_cir.data.folds import load_folds
-    from monai_cir.data.report import meta_report, report_fields
+    from monai_cir.data.report import findings_report, report_fields
     from monai_cir.engine.diagnosis_prior import PRIOR_C_GRID, PRIOR_INNER_FOLDS, _fit_probe, prior_inputs
     from monai_cir.evaluation.text_forms import text_form_cache, texts_cache
 
@@ -62,9 +62,9 @@ def main() -> int:
         findings = dict(report_fields(record).criteria)
         keys = list(findings)
         picked = rng.choice(len(keys), size=min(int(rng.integers(1, 5)), len(keys)), replace=False)
-        three.append(meta_report({k: findings[k] for k in THREE if k in findings}))
-        some.append(meta_report({keys[i]: findings[keys[i]] for i in picked}))
-        every.append(meta_report(findings))
+        three.append(findings_report([(k, findings[k]) for k in THREE if k in findings]))
+        some.append(findings_report([(keys[i], findings[keys[i]]) for i in picked]))
+        every.append(findings_report(findings.items()))
     caches = {"template": cache, "partial": text_form_cache(cache, "partial"), "three findings, no context": texts_cache(cache, three),
               "1-4 findings, no context": texts_cache(cache, some), "all findings, no context": texts_cache(cache, every)}
     print(f"e.g. {three[0]!r} / {some[0]!r}", flush=True)

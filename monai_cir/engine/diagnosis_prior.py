@@ -113,16 +113,18 @@ def fit_diagnosis_prior(net: ComposedRetrievalNet, cache: Any, train_indices: Se
     # (bench/results/derm7pt_context_free_prior.md). Cases whose record states no finding give no findings-only rows.
     # (Fitting the full-text probe on all findings without context too was tried: the template ranking fell.)
     x_full = prior_inputs(cache, train)
-    partial_rows = [(cache, train), (text_form_cache(cache, "partial", seed=0, net=text_net), train)]
+    more_rows = [(text_form_cache(cache, "partial", seed=0, net=text_net), train)]  # (texts, training cases) beyond the templates
     if context_free:
-        stated = train[[bool(report_fields(cache.records[int(i)]).criteria) for i in train]]
-        all_findings = texts_cache(cache, [findings_report(report_fields(r).criteria) for r in cache.records], net=text_net)
-        partial_rows += [(text_form_cache(cache, "findings_only", seed=0, net=text_net), stated), (all_findings, stated)]
+        criteria = [report_fields(r).criteria for r in cache.records]
+        stated = train[[bool(criteria[int(i)]) for i in train]]
+        all_findings = texts_cache(cache, [findings_report(c) for c in criteria], net=text_net)
+        more_rows += [(text_form_cache(cache, "findings_only", seed=0, net=text_net), stated), (all_findings, stated)]
     labels_of = cache.labels.numpy()
     fits = {
         FULL_TEXT_PROBE: _fit_probe(x_full, y, None, seed, c_grid, int(inner_folds)),
-        PARTIAL_TEXT_PROBE: _fit_probe(np.vstack([prior_inputs(c, i) for c, i in partial_rows]), np.concatenate([labels_of[i] for _, i in partial_rows]),
-                                       np.concatenate([i for _, i in partial_rows]), seed, c_grid, int(inner_folds)),
+        PARTIAL_TEXT_PROBE: _fit_probe(np.vstack([x_full, *(prior_inputs(c, i) for c, i in more_rows)]),
+                                       np.concatenate([y, *(labels_of[i] for _, i in more_rows)]),
+                                       np.concatenate([train, *(i for _, i in more_rows)]), seed, c_grid, int(inner_folds)),
     }
     with torch.random.fork_rng(devices=[]):
         combined = new_head_net(net, diagnosis_prior={"classes": classes, "strength": float(strength)})
