@@ -821,6 +821,19 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("derm: atypical netwk, no regr, vsls absent, dots+globs regular",
      (("pigment_network", "atypical"), ("regression_structures", _ABSENT), ("dots_and_globules", "regular"), ("vascular_structures", _ABSENT))),
     ("not negative for BWV", ()),
+    # a "+" written close to its noun, then a word: the noun's sign (before: "BWV+ irregular streaks" lost the veil, "BWV+
+    # streaks+" read nothing); a sign in doubt is still none
+    ("BWV+ irregular streaks", (("streaks", "irregular"), ("blue_whitish_veil", "present"))),
+    ("BWV+ atypical PN", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("bwv+ streaks+", (("blue_whitish_veil", "present"),)),
+    ("BWV+- irregular streaks", (("streaks", "irregular"),)),
+    ("BWV +? irregular streaks", ()),
+    # ... and after a finding that names its grade (before: "atyp PN+" not read); a negated list still ends at an item
+    # with a sign of its own
+    ("atyp PN+ BWV+", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("irreg D/G+, BWV+", (("dots_and_globules", "irregular"), ("blue_whitish_veil", "present"))),
+    ("atyp PN+/-; irreg streaks+?", ()),
+    ("no streaks, BWV+ atyp PN+", (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
     ("Dermoscopy: arborising vessels.", (("vascular_structures", "arborizing"),)),
     ("cannot assess network, streaks or BWV.", ()),
     ("Image quality too poor to judge network, streaks or veil.", ()),

@@ -651,15 +651,24 @@ def _phrasings() -> dict[str, tuple[str, str]]:
     return out | CLINICAL_PHRASINGS
 
 
-def _phrase_pattern(phrase: str) -> str:
+def _phrase_pattern(phrase: str, graded: bool = False) -> str:
     # whole words only ("regression" does not match "regressive"); a trailing "." ("pigm.") or sign ("BWV -") ends
     # itself; a sign written close ("BWV-") belongs to the noun before it, so a bare noun is never read before one; a
     # phrasing stays on its line ("Ulceration: no\nPN: atypical" holds no "no PN"); a "+" after one, apart, joins it to the
-    # next ("typical network + regular globules"), unless "+/-", "+-" or "+?" puts it in doubt
+    # next ("typical network + regular globules"), unless "+/-", "+-" or "+?" puts it in doubt. ``graded``: a phrasing
+    # that names its grade ("atyp PN") may take a "+" written close, the shorthand's "it is there" ("atyp PN+ BWV+"; before:
+    # the network not read), unless "+/-", "+-", "++" or "+?" follows
     body = re.escape(phrase).replace(r"\ ", r"[ \t]*" if phrase[-1] in "+-" else r"[ \t]+")
-    if phrase[-1] in "+-":  # the sign ends its clause: "Streaks - irregular", "BWV +/-", "BWV-positive" are not signs
+    if phrase[-1] == "+":  # the sign ends its clause ("BWV +/-", "BWV+-", "BWV +?" are not signs), or, written close to
+        # its noun, a word follows it ("BWV+ irregular streaks", "BWV+ atypical PN": read neither way before)
+        return body + r"(?:(?=\s*(?:[,;.)\n]|$))|(?<=[^ \t]\+)(?=[ \t]+[a-z]))"
+    if phrase[-1] == "-":  # the sign ends its clause: "Streaks - irregular", "Streaks- irregular" (a dash between noun
+        # and grade), "BWV-positive" are not signs
         return body + r"(?=\s*(?:[,;.)\n]|$))"
-    return body + (r"(?![ \t]*[+-]\s*(?:[,;.)\n]|$))" if phrase[-1] in ".)" else r"(?![\w/+-])(?![ \t]+(?:-|\+[ \t]*[/?-]))")  # (a list's "\n- " bullet is no sign)
+    if phrase[-1] in ".)":
+        return body + r"(?![ \t]*[+-]\s*(?:[,;.)\n]|$))"
+    close = r"(?![\w/-])(?!\+[ \t]*[/?+-])" if graded else r"(?![\w/+-])"
+    return body + close + r"(?![ \t]+(?:-|\+[ \t]*[/?-]))"  # (a list's "\n- " bullet is no sign)
 
 
 _PHRASINGS = _phrasings()
@@ -684,7 +693,7 @@ def _phrase_alternation(phrases: Sequence[str]) -> tuple[str, list[str]]:
         head = re.escape(first)
         rests = []
         for phrase in members:
-            pattern = _phrase_pattern(phrase)
+            pattern = _phrase_pattern(phrase, graded=_PHRASINGS[phrase][1] not in ("present", "absent"))
             assert pattern.startswith(head), (phrase, pattern)
             rests.append(f"({pattern[len(head):]})")
             order.append(phrase)
