@@ -11,7 +11,7 @@ streaks", "Irregular streaks.": a text that is a finding and nothing else states
 holds the shipped check to it). That check's readings of the held-out reviews at each threshold are reported beside,
 not used to choose (``bench/reader_safety.py`` measures the shipped check on them).
 
-    python bench/finding_check_cv.py [--thresholds 0.5,0.6,0.7] [--out bench/results/finding_check_cv.json]
+    python bench/finding_check_cv.py [--thresholds 0.5,0.55,0.6,0.65,0.7] [--out bench/results/finding_check_cv.json]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def shipped_check_by_threshold(fc, entries: list[dict], earlier: dict, own: list
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--thresholds", default="0.5,0.6,0.7")
+    parser.add_argument("--thresholds", default="0.5,0.55,0.6,0.65,0.7")
     parser.add_argument("--out", type=Path, default=OUT_JSON)
     args = parser.parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",")]
