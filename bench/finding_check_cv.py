@@ -29,6 +29,28 @@ FOLDS = 5
 MAX_STATED_LOST = 0.02
 
 
+def tally(entries: list[dict], check, thresholds: list[float], rules: dict, by_threshold: dict) -> int:
+    """Adds the reviews' ``entries`` read by the rules alone to ``rules`` and with ``check`` at each threshold to
+    ``by_threshold`` (texts read wrong: a reading outside what the review expects or allows; stated findings read);
+    returns the stated findings the entries hold."""
+    from monai_cir.data.report import read_by_rules
+
+    stated = 0
+    for e in entries:
+        expected = {tuple(f) for f in e["expected"]}
+        allowed = expected | {tuple(f) for f in e["allowed"]}
+        readings = read_by_rules(e["text"])
+        probability = {f: check.probability(e["text"], *f) for f in readings}
+        stated += len(expected)
+        rules["wrong"] += bool(set(readings) - allowed)
+        rules["read_of_expected"] += len(set(readings) & expected)
+        for t in thresholds:
+            kept = {f for f in readings if probability[f] >= t}
+            by_threshold[t]["wrong"] += bool(kept - allowed)
+            by_threshold[t]["read_of_expected"] += len(kept & expected)
+    return stated
+
+
 def shipped_check_by_threshold(fc, entries: list[dict], earlier: dict, own: list, held_out: list[dict], thresholds: list[float]) -> dict:
     """The check trained as ``python -m monai_cir.data.finding_check`` trains it, by threshold: the phrasings of a finding
     written alone whose rules' reading it drops, and its readings of the held-out reviews (texts read wrong, stated
@@ -39,16 +61,7 @@ def shipped_check_by_threshold(fc, entries: list[dict], earlier: dict, own: list
     alone = [text for phrase in sorted(_PHRASINGS) for text in (phrase, phrase[:1].upper() + phrase[1:] + ".")]
     lowest = {text: min((check.probability(text, *f) for f in read_by_rules(text)), default=1.0) for text in alone}
     rules, by_threshold = {"wrong": 0, "read_of_expected": 0}, {t: {"wrong": 0, "read_of_expected": 0} for t in thresholds}
-    for e in held_out:
-        expected = {tuple(f) for f in e["expected"]}
-        allowed = expected | {tuple(f) for f in e["allowed"]}
-        readings = read_by_rules(e["text"])
-        rules["wrong"] += bool(set(readings) - allowed)
-        rules["read_of_expected"] += len(set(readings) & expected)
-        for t in thresholds:
-            kept = {f for f in readings if check.probability(e["text"], *f) >= t}
-            by_threshold[t]["wrong"] += bool(kept - allowed)
-            by_threshold[t]["read_of_expected"] += len(kept & expected)
+    tally(held_out, check, thresholds, rules, by_threshold)
     return {"phrasings_alone": len(alone),
             "phrasings_alone_dropped": {str(t): [text for text in alone if lowest[text] < t] for t in thresholds},
             "held_out_reviews": {"texts": len(held_out), "rules_alone": rules, "with_check": {str(t): row for t, row in by_threshold.items()}}}
@@ -78,18 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         scored = set(reviews[fold::FOLDS])
         train_entries = [e for e in entries if e["review"] not in scored]
         check = fc.train(fc.review_examples(train_entries, earlier, read_by_rules) + own, threshold=thresholds[0])
-        for e in (e for e in entries if e["review"] in scored):
-            expected = {tuple(f) for f in e["expected"]}
-            allowed = expected | {tuple(f) for f in e["allowed"]}
-            readings = read_by_rules(e["text"])
-            probability = {f: check.probability(e["text"], *f) for f in readings}
-            expected_total += len(expected)
-            rules["wrong"] += bool(set(readings) - allowed)
-            rules["read_of_expected"] += len(set(readings) & expected)
-            for t in thresholds:
-                kept = {f for f in readings if probability[f] >= t}
-                by_threshold[t]["wrong"] += bool(kept - allowed)
-                by_threshold[t]["read_of_expected"] += len(kept & expected)
+        expected_total += tally([e for e in entries if e["review"] in scored], check, thresholds, rules, by_threshold)
         print(f"fold {fold} ({', '.join(sorted(scored))}) done", flush=True)
     for row in by_threshold.values():
         row["stated_lost_share"] = round(1 - row["read_of_expected"] / rules["read_of_expected"], 4)
