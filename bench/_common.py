@@ -48,7 +48,7 @@ def begin(script: str | Path, benchmark: str, argv: Sequence[str] | None = None,
     """The provenance fields every results file starts with (``benchmark``, ``created``, ``command``,
     ``commit``, ``machine``), read now; prints the commit and warns when the tree is dirty. ``script``: the
     benchmark's ``__file__``; ``machine_extra``: more fields for :func:`~monai_cir.provenance.machine_info`."""
-    from monai_cir.provenance import git_commit, machine_info
+    from monai_cir.provenance import busy_warning, git_commit, machine_info
 
     commit = git_commit()
     header: dict[str, Any] = {
@@ -59,6 +59,9 @@ def begin(script: str | Path, benchmark: str, argv: Sequence[str] | None = None,
     }
     if machine:
         header["machine"] = machine_info(**machine_extra)
+        warning = busy_warning(header["machine"])
+        if warning:
+            print(f"WARNING: {warning}", flush=True)
     state = "no git checkout" if commit["sha"] is None else commit["sha"][:12] + (" (DIRTY tree: the figures will say so)" if commit["dirty"] else " (clean)")
     print(f"{benchmark}: commit {state}", flush=True)
     return header

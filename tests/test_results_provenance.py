@@ -55,3 +55,31 @@ def test_recorded_runs_reads_every_shape():
     merged = {"commit": {"sha": "mixed: see each method's runs", "dirty": False}, "methods": {"a": {"runs": [{"commit": sha, "dirty": False}, {"commit": "1" * 40, "dirty": True}]}}}
     assert recorded_runs(merged) == [(sha, False), ("1" * 40, True)]
     assert recorded_runs({"what": "no commit"}) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="busy_processes reads Linux's /proc")
+def test_a_run_names_the_processes_that_keep_a_cpu_busy_beside_it():
+    """A results file lists the processes that kept a CPU busy when the run began (two trainings at once on two CPUs
+    took about six times as long each, and the load average does not say which process), and the run says so in one
+    line; a process that sleeps is not listed."""
+    import subprocess
+    import sys
+    import time
+
+    from monai_cir.provenance import busy_processes, busy_warning
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    quiet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        found = busy_processes(window_s=0.5)
+    finally:
+        for process in (busy, quiet):
+            process.kill()
+            process.wait()
+    by_pid = {entry["pid"]: entry for entry in found}
+    assert busy.pid in by_pid and quiet.pid not in by_pid, found
+    assert by_pid[busy.pid]["cpu_share"] > 0.4 and "while True: pass" in by_pid[busy.pid]["command"]
+    line = busy_warning({"busy_processes": [by_pid[busy.pid]], "cpu_count": 2})
+    assert f"pid {busy.pid}" in line and "while True: pass" in line
+    assert busy_warning({"busy_processes": [], "cpu_count": 2}) is None

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
     from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, merged_commit, results_header, results_table, text_forms_table
     from ..evaluation.protocol import check_collection_classes, check_mergeable
-    from ..provenance import git_commit, machine_info
+    from ..provenance import busy_warning, git_commit, machine_info
 
     if (args.images is None) != (args.csv is None):
         raise ValueError("--images DIR and --csv FILE go together (a folder of images and the CSV describing them: columns image, diagnosis)")
@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     commit = git_commit()  # the code that runs, not what the tree holds when the run ends
     host = machine_info()
+    if busy_warning(host):
+        print(f"WARNING: {busy_warning(host)}", flush=True)
     # each run of a merged file names the processor it ran on: the same code gives float-level differences
     # (a query flipped here and there) on another CPU model, and the folds of one file may come from several
     run_machine = {"cpu": host.get("cpu"), "cuda": host.get("cuda")}
