@@ -55,10 +55,10 @@ def shipped_check_by_threshold(fc, entries: list[dict], earlier: dict, own: list
     """The check trained as ``python -m monai_cir.data.finding_check`` trains it, by threshold: the phrasings of a finding
     written alone whose rules' reading it drops, and its readings of the held-out reviews (texts read wrong, stated
     findings read) beside the rules alone's."""
-    from monai_cir.data.report import _PHRASINGS, read_by_rules
+    from monai_cir.data.report import read_by_rules
 
     check = fc.train(fc.review_examples(entries, earlier, read_by_rules) + own, threshold=thresholds[0])
-    alone = [text for phrase in sorted(_PHRASINGS) for text in (phrase, phrase[:1].upper() + phrase[1:] + ".")]
+    alone = [text for text, _ in fc.phrasings_alone()]
     lowest = {text: min((check.probability(text, *f) for f in read_by_rules(text)), default=1.0) for text in alone}
     rules, by_threshold = {"wrong": 0, "read_of_expected": 0}, {t: {"wrong": 0, "read_of_expected": 0} for t in thresholds}
     tally(held_out, check, thresholds, rules, by_threshold)

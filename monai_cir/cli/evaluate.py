@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     commit = git_commit()  # the code that runs, not what the tree holds when the run ends
     host = machine_info()
-    if busy_warning(host):
-        print(f"WARNING: {busy_warning(host)}", flush=True)
+    if warning := busy_warning(host):
+        print(f"WARNING: {warning}", flush=True)
     # each run of a merged file names the processor it ran on: the same code gives float-level differences
     # (a query flipped here and there) on another CPU model, and the folds of one file may come from several
     run_machine = {"cpu": host.get("cpu"), "cuda": host.get("cuda")}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FindingCheck", "default_check", "features", "train", "DEFAULT_PATH"]
+__all__ = ["FindingCheck", "default_check", "features", "phrasings_alone", "train", "DEFAULT_PATH"]
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "resources" / "finding_check.npz"
 REPO = Path(__file__).resolve().parents[2]
@@ -200,13 +200,16 @@ def phrasing_examples(read) -> list[tuple[str, str, str, bool, str]]:
     (:data:`~monai_cir.data.report._PHRASINGS`: "irregular streaks", "pn (atyp)", "BWV -"...) written alone, as it is
     and as a sentence ("Irregular streaks."): a text that is a finding and nothing else states it, and a check that
     learned only from longer texts dropped some of these (a bare "irregular streaks")."""
+    return [(text, k, v, (k, v) == finding, "own") for text, finding in phrasings_alone() for k, v in read(text)]
+
+
+def phrasings_alone() -> list[tuple[str, tuple[str, str]]]:
+    """``(text, finding)``: each phrasing of a finding the reader knows written alone, as it is and as a sentence
+    ("irregular streaks", "Irregular streaks."), in phrasing order: what the check trains on
+    (:func:`phrasing_examples`) and must keep (``bench/finding_check_cv.py``)."""
     from .report import _PHRASINGS
 
-    examples = []
-    for phrase, finding in sorted(_PHRASINGS.items()):
-        for text in (phrase, phrase[:1].upper() + phrase[1:] + "."):
-            examples.extend((text, k, v, (k, v) == finding, "own") for k, v in read(text))
-    return examples
+    return [(text, finding) for phrase, finding in sorted(_PHRASINGS.items()) for text in (phrase, phrase[:1].upper() + phrase[1:] + ".")]
 
 
 def train(examples: Sequence[tuple[str, str, str, bool, str]], threshold: float, epochs: int = 300,
