@@ -834,6 +834,16 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("irreg D/G+, BWV+", (("dots_and_globules", "irregular"), ("blue_whitish_veil", "present"))),
     ("atyp PN+/-; irreg streaks+?", ()),
     ("no streaks, BWV+ atyp PN+", (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", "present"))),
+    # a form's mark after a colon, or a ticked box after its item: a tick is the finding, a cross its absence, as written
+    # without the colon (before: "BWV: ✓", "Veil: ✗", "BWV [x]" read nothing); a blank box, "(x)" and a crossed grade still none
+    ("Blue-whitish veil: ✓\nIrregular streaks: ✗", (("blue_whitish_veil", "present"),)),
+    ("Atypical network: ✓, BWV: ✗", (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
+    ("Veil: ✗", (("blue_whitish_veil", _ABSENT),)),
+    ("BWV: ☑; irregular streaks: ✔️", (("streaks", "irregular"), ("blue_whitish_veil", "present"))),
+    ("Irregular streaks [x]  BWV [ ]", (("streaks", "irregular"),)),
+    ("BWV: [x]", (("blue_whitish_veil", "present"),)),
+    ("BWV (x)", ()),
+    ("BWV: [ ]", ()),
     ("Dermoscopy: arborising vessels.", (("vascular_structures", "arborizing"),)),
     ("cannot assess network, streaks or BWV.", ()),
     ("Image quality too poor to judge network, streaks or veil.", ()),

@@ -870,7 +870,7 @@ def _negated_lists(lowered: str) -> tuple[list[tuple[int, int, list[tuple[str, i
 # "BWV N", "BWV ±", a template's "BWV Y/N", "BWV: ___", "BWV [ ]", "BWV:" at a line's end (before: each read PRESENT),
 # also where a wide gap, not a stop, ends it: a form's row "BWV [ ]   irreg streaks [ ]"
 _TRAILING_DENIAL_RE = re.compile(
-    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|abs|not (?:seen|present|observed|identified)|x|✗|✘|ø|⊖"
+    r"(?:\s*[,|\t]\s*|\s+|\s*:\s*)?(?!\[[ \t]*x[ \t]*\])[(\[]?\s*(?:-|0|0/\d|n|no|none|nil|neg|negative|absent|abs|not (?:seen|present|observed|identified)|x|✗|✘|ø|⊖"
     r"|nd|nad|wnl|ve-"
     r"|±|\+/-|\+-|-/\+|y/n|yes/no|present/absent|_+|\.{2,}|\[\s*\](?:[ \t]*0(?![\d.]))?|☐|□|\(\s*\))\s*[)\]]?(?:\s*(?=[;,.\n|]|$)|[ \t]{2,})|\s*:\s*(?=\n|$)"
     # a yes / no field answered no or left blank: "BWV Y/N: N", "BWV (Y/N): no", "BWV (y/n) - n", "BWV Y/N:"; "BWV non present"
@@ -884,12 +884,12 @@ _BOX_BEFORE_RE = re.compile(r"(?:\[\s*\]|☐|□|\(\s*\))\s*$")
 # BWV", after it where they follow them, "Blue-white veil ✗   Streaks ✗   Typical network ✓" (before: the veil read
 # PRESENT either way). A crossed noun reads absent, a crossed grade is not read (as "BWV (2): 0", "Irregular streaks (1): 0")
 _CROSS_BEFORE_RE = re.compile(r"[✗✘][ \t]*$")
-_CROSS_AFTER_RE = re.compile(r"[ \t]*[✗✘]")
+_CROSS_AFTER_RE = re.compile(r"[ \t]*(?::[ \t]*)?[✗✘]")
 _MARK_RE = re.compile(r"[✓✔✗✘]")
 # the empty-set sign or a circled minus before a noun: "Ø BWV", "⊖ streaks" (after it: :data:`_NOUN_DENIED_RE`)
 _SIGN_DENIED_BEFORE_RE = re.compile(r"(?<![\w])[ø⊖][ \t]*(" + _ANY_NOUN + r")(?![\w-])")
 _CROSSED_NOUN_BEFORE_RE = re.compile(r"[✗✘][ \t]*(" + _ANY_NOUN + r")(?![\w-])")
-_CROSSED_NOUN_AFTER_RE = re.compile(_BARE_NOUN + r"[ \t]*[✗✘]")
+_CROSSED_NOUN_AFTER_RE = re.compile(_BARE_NOUN + r"[ \t]*(?::[ \t]*)?[✗✘]")
 # "non" before a grade, on its line: "non typical PN" (before: read TYPICAL, the opposite of what a clinician means;
 # "non-typical PN", one word, was never read). Not across a line: "Ulceration: non" ("none") ends its line
 _NON_BEFORE_GRADE_RE = re.compile(r"(?<![\w-])non[ \t]+$")
@@ -2003,7 +2003,7 @@ def _questioned(lowered: str, start: int, end: int) -> bool:
 # value says what it is, and only "yes" / "present" / "seen" / "+" confirm it (before: "BWV: 0", "BWV: -ve" read
 # PRESENT; a value training writes, "BWV: present", is a phrasing of its own; a checklist's score, 1 or 2, states it)
 _STATED_VALUE_RE = re.compile(r"\s*[:=]\s*(?=[^\s;,.])")
-_PRESENT_VALUE_RE = re.compile(r"(?:yes|y|present|seen|\+|[12])\s*(?=[;,.)\n]|$)")  # (a checklist's score: "BWV: 2", "Irregular streaks: 1")
+_PRESENT_VALUE_RE = re.compile(r"(?:yes|y|present|seen|\+|[12]|[✓✔☑]\ufe0f?|\[[ \t]*[x✓✔][ \t]*\])\s*(?=[;,.)\n]|$)")  # (a checklist's score: "BWV: 2", "Irregular streaks: 1")
 # the clause a mention belongs to: up to ';', ',', a line end, or a sentence's '. ' (not "pigm. ", an abbreviation)
 _CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)(?<!prev)(?<!poss)(?<!prob)\.(?:\s|$)")  # "prev. BWV", "poss. BWV" are one clause
 
