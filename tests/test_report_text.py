@@ -570,7 +570,7 @@ def test_a_finding_the_text_denies_or_doubts_is_never_read_present(text, read):
     ("Absent: streaks, BWV", ()),
     ("Pertinent negatives: streaks, BWV", ()),
     ("BWV and streaks -", (("streaks", _ABSENT),)),
-    ("BWV, streaks, regression - absent", ()),
+    ("BWV, streaks, regression - absent", (("regression_structures", _ABSENT),)),  # the last noun, as "BWV, streaks: absent" reads
     ("atyp. PN -", ()),
     ("7PCL: atyp. PN, irreg. streaks -, BWV -", (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
     # the past, a plan, a hedge, another lesion or person, a checklist's score
@@ -844,6 +844,17 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("BWV: [x]", (("blue_whitish_veil", "present"),)),
     ("BWV (x)", ()),
     ("BWV: [ ]", ()),
+    # a denial after a dash, as after a colon, and "none detected" (before: "Streaks - none", "Vessels - none", "vascular
+    # structures: none detected" read nothing); a denied grade, a doubt and a form's options still none
+    ("Network - typical; Streaks - none; Veil - absent; Vessels - none.",
+     (("pigment_network", "typical"), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT), ("vascular_structures", _ABSENT))),
+    ("vascular structures: none detected", (("vascular_structures", _ABSENT),)),
+    ("Streaks – not detected", (("streaks", _ABSENT),)),
+    ("Irregular streaks - none", ()),
+    ("streaks - none? check again", ()),
+    ("BWV - absent/present", ()),
+    # ... and a line that earlier findings head is theirs to its end (before: its second clause read, "vessels - none" absent)
+    ("Previous findings (copied): regression - white; vessels - none.\nCurrent findings: BWV present.", (("blue_whitish_veil", "present"),)),
     ("Dermoscopy: arborising vessels.", (("vascular_structures", "arborizing"),)),
     ("cannot assess network, streaks or BWV.", ()),
     ("Image quality too poor to judge network, streaks or veil.", ()),

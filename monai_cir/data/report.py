@@ -1395,8 +1395,8 @@ _NEGATIVES_DASH_SENTENCE_RE = re.compile(
 # a bare noun a denial word follows, alone in its clause: "BWV absent", "Streaks neg.", "Vessels nil", "Streaks      absent" (a
 # table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
 # absent") denies the grade, not the criterion, and is not read
-_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*:?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
-                             r"|none|nil|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
+_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
+                             r"|none|nil|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|none detected|not detected|none identified|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
 # a 7-point checklist item's weight and score after its name: "BWV (2): 0", "Atypical pigment network (2): 2 - thickened
@@ -1482,6 +1482,9 @@ _CORRECTION_RE = re.compile(
 # ... a line that a dated look heads, where the text has a look of today ("Dermoscopy 2023: irregular network, irregular
 # dots. / Dermoscopy today: network regular throughout"; alone, "Dermoscopy (2026): ..." is the image's)
 _DATED_LOOK_LINE_RE = re.compile(r"(?m)^[ \t]*(?:[\w-]+[ \t]+)?(?:dermoscopy|dermatoscopy|image|photo|photograph)s?[ \t]*\(?(?:19|20)\d\d\)?[^:\n]{0,40}:[^\n]*")
+# ... a line that earlier findings head ("Previous findings (copied): regression - white; vessels - none.\nCurrent findings:
+# ..."; before: only its first clause was the earlier visit's, the vessels read absent)
+_PREVIOUS_FINDINGS_LINE_RE = re.compile(r"(?m)^[ \t]*(?:[-*•][ \t]*)?(?:previous|prior|earlier|old)[ \t]+(?:dermoscopic[ \t]+)?findings(?![\w-])[^:\n]{0,40}:[^\n]*")
 # ... an HTML form's unchosen option or unchecked box with its label
 _UNCHOSEN_HTML_RE = re.compile(r"<option(?![^>]*selected)[^>]*>[^<]*</option>|(?:[\w-]+[ \t]*:[ \t]*)?<input(?=[^>]*checkbox)(?![^>]*checked)[^>]*>[^<\n]*")
 # ... a flat export's line whose path names a relative
@@ -1766,7 +1769,7 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
     quoted += _corrected(lowered, sentence_ends) + _superseded_reads(lowered) + [m.span() for m in _DEFAULT_BLOCK_RE.finditer(lowered)]
     quoted += [m.span() for m in _LEGEND_LINE_RE.finditer(lowered)]
     quoted += [(_sentence_start(m.start(), sentence_ends), m.end()) for m in _RELAYED_AFTER_RE.finditer(lowered)]
-    quoted += [m.span() for m in _CHECKLIST_WEIGHTS_LINE_RE.finditer(lowered)]
+    quoted += [m.span() for m in itertools.chain(_CHECKLIST_WEIGHTS_LINE_RE.finditer(lowered), _PREVIOUS_FINDINGS_LINE_RE.finditer(lowered))]
     quoted += [(_sentence_start(m.start(), sentence_ends), _sentence_end(m.end(), sentence_ends)) for m in _DATED_LOOK_RE.finditer(lowered)
                if _LATER_LOOK_RE.search(lowered, _sentence_end(m.end(), sentence_ends))]
     if (dated := _DATED_LOOK_LINE_RE.search(lowered)) and _TODAY_RE.search(_DATED_LOOK_LINE_RE.sub("", lowered)):
