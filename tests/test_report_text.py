@@ -855,6 +855,15 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("BWV - absent/present", ()),
     # ... and a line that earlier findings head is theirs to its end (before: its second clause read, "vessels - none" absent)
     ("Previous findings (copied): regression - white; vessels - none.\nCurrent findings: BWV present.", (("blue_whitish_veil", "present"),)),
+    # regression's colour as one word and Derm7pt's own "combinations" (before: "regression: white", "regression (white)",
+    # "combined regression", "regression structures: combinations" read nothing); a colour named beside the other, a hedge
+    # ("raised the possibility of") still none
+    ("regr: white; BWV present", (("regression_structures", "white areas"), ("blue_whitish_veil", "present"))),
+    ("regression (blue)", (("regression_structures", "blue areas"),)),
+    ("combined regression, atypical network", (("pigment_network", "atypical"), ("regression_structures", "combinations"))),
+    ("{regression structures: combinations}", (("regression_structures", "combinations"),)),
+    ("a zone of regression with white colour and blue colour both", ()),
+    ("Dr V raised the possibility of blue regression structures; I am not convinced.", ()),
     ("Dermoscopy: arborising vessels.", (("vascular_structures", "arborizing"),)),
     ("cannot assess network, streaks or BWV.", ()),
     ("Image quality too poor to judge network, streaks or veil.", ()),

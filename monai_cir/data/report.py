@@ -564,14 +564,17 @@ CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
     # (British spelling: "localised irregular pigmentation" was not read)
     "pigmentation": {"localized irregular": ("localised irregular",), "localized regular": ("localised regular",)},
     # regression's white scar-like areas and blue pepper-like granules, and both ("regression - blue + white")
-    "regression_structures": {"white areas": ("white scar-like areas",), "blue areas": ("blue peppering",),
-                              "combinations": ("white and blue areas", "blue + white", "white + blue", "blue and white", "white and blue")},
+    "regression_structures": {"white areas": ("white scar-like areas", "white"), "blue areas": ("blue peppering", "blue"),
+                              "combinations": ("white and blue areas", "blue + white", "white + blue", "blue and white", "white and blue",
+                                               "blue+white", "white+blue", "blue/white", "white/blue",
+                                               # Derm7pt's own word for both colours, and clinicians' ("combined regression")
+                                               "combinations", "combination", "combined")},
 }
 # regression's other colour in any words: where a text names it beside a reading of one colour, the regression may be
 # both (the combinations) and is not read
 _OTHER_REGRESSION_COLOUR_RE = {
-    "blue areas": re.compile(r"scar|white(?:ish)? (?:area|structureless|depigment|regression)|depigment|white\)"),
-    "white areas": re.compile(r"pep+er|granul|blue(?:ish)?(?:-gr[ae]y)? (?:area|granul)|gr[ae]y(?:-blue)? (?:area|granul|dots)|blue\)"),
+    "blue areas": re.compile(r"scar|white(?:ish)? (?:area|structureless|depigment|regression|colou?r)|depigment|white\)"),
+    "white areas": re.compile(r"pep+er|granul|blue(?:ish)?(?:-gr[ae]y)? (?:area|granul|colou?r)|gr[ae]y(?:-blue)? (?:area|granul|dots)|blue\)"),
 }
 # ... and whole phrasings that name no criterion noun: "white areas of regression", "blue-grey peppering" (read as their
 # criterion's value; denied or doubted like any other). White and blue areas both read make regression's combinations
@@ -1920,7 +1923,7 @@ _NOT_ASSESSED = re.compile(
     r"|doubtful|likely|unlikely|suggestive|cannot exclude|can't exclude|cannot be (?:excluded|ruled out)"
     r"|can't be (?:excluded|ruled out)|not (?:be )?(?:excluded|ruled out)"
     # a hedge: "maybe BWV", "BWV vs regression", "pseudo BWV", "BWV-like area", "BWV ±"
-    r"|maybe|may be|perhaps|could|might|represents?|hint of|lighting (?:is|was) poor|poor lighting|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed"
+    r"|maybe|may be|perhaps|could|might|represents?|hint of|possibility|not convinced|lighting (?:is|was) poor|poor lighting|favou?rs?|favou?red|equivocally|awaiting|cannot be confirmed"
     r"|vs\.?|versus|ddx|pseudo|mimic\w*|resembl\w*|borderline|unsure|not sure|looks? like"
     r"|unconfirmed|not confirmed|to be confirmed|tbc|pending|inconclusive|difficult to|hard to|rather than|instead of"
     # a condition or a plan: "excise if BWV develops", "monitor for new BWV", "evaluate for atypical PN"
