@@ -533,7 +533,7 @@ def test_a_criterion_named_as_not_assessed_is_not_a_finding(text, read, rules_al
     ("BWV: 0", ()),
     ("atyp. PN: ?", ()),
     ("irregular streaks: -", ()),
-    ("Streaks: no; BWV: yes", (("blue_whitish_veil", "present"),)),
+    ("Streaks: no; BWV: yes", (("streaks", _ABSENT), ("blue_whitish_veil", "present"))),  # ("no" answers the streaks: absent)
     # words between "no" / "without" and the nouns (before: "without evidence of BWV" read PRESENT)
     ("without evidence of BWV", (("blue_whitish_veil", _ABSENT),)),
     ("no evidence of streaks or BWV", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
@@ -864,6 +864,15 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("{regression structures: combinations}", (("regression_structures", "combinations"),)),
     ("a zone of regression with white colour and blue colour both", ()),
     ("Dr V raised the possibility of blue regression structures; I am not convinced.", ()),
+    # the vessels' place in clinicians' words, and "no" answering a named criterion (before: "vessels within the regression
+    # area", "Streaks: no", "Veil: no" read nothing); "no" after another structure's name, a denied grade and "BWV N" still none
+    ("Dermoscopy: vessels within the regression area; white scar-like areas.",
+     (("regression_structures", "white areas"), ("vascular_structures", "within regression"))),
+    ("fine vessels in the regression zone", (("vascular_structures", "within regression"),)),
+    ("Streaks: no. Veil: no. Network: typical.", (("pigment_network", "typical"), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("Shiny white structures: no. Negative network: no. Ulcer: no.", ()),
+    ("Irregular streaks: no", ()),
+    ("BWV N", ()),
     ("Dermoscopy: arborising vessels.", (("vascular_structures", "arborizing"),)),
     ("cannot assess network, streaks or BWV.", ()),
     ("Image quality too poor to judge network, streaks or veil.", ()),
@@ -1072,7 +1081,7 @@ def test_review_l_wrong_readings_are_not_read(text, read):
     # elsewhere, an earlier dermoscopy mid-sentence, "then", a pre-filled default, a legend's line, "~", lesions in a range
     # or all alike or left open, numbered sites, an alert a clinician overrides, another lesion as a sentence's subject
     ("ID;Site;Network;Streaks;Veil;Dots\n9;R arm;atypical;none;no;irregular",
-     (("pigment_network", "atypical"), ("streaks", _ABSENT), ("dots_and_globules", "irregular"))),
+     (("pigment_network", "atypical"), ("streaks", _ABSENT), ("dots_and_globules", "irregular"), ("blue_whitish_veil", _ABSENT))),
     ("lesion,network,veil\nA,typical,absent\nB,atypical,present", ()),
     ("case,pn,st,bwv,dg\nC-2,,,,", ()),
     ("id,loc,PN,Streaks,BWV\n77,back,typical,?irregular,absent", (("pigment_network", "typical"), ("blue_whitish_veil", _ABSENT))),

@@ -560,7 +560,11 @@ CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
     "dots_and_globules": {"regular": ("uniform", "evenly sized", "evenly spaced", "evenly distributed")},
     # (British spelling; the shapes' "-shaped" and "-like"; the sebaceous hyperplasia's "wreath-like vessels")
     "vascular_structures": {"arborizing": ("arborising",), "comma": ("comma-shaped", "comma shaped"), "wreath": ("wreath-like",),
-                            "linear irregular": ("irregular linear", "linear-irregular")},
+                            "linear irregular": ("irregular linear", "linear-irregular"),
+                            # the place in clinicians' words: "vessels within the regression area", "in the regressed area"
+                            "within regression": ("within the regression", "within the regression area", "within the regression areas",
+                                                  "within the regression zone", "within the regressed area", "in the regression area",
+                                                  "in the regression areas", "in the regression zone", "in the regressed area")},
     # (British spelling: "localised irregular pigmentation" was not read)
     "pigmentation": {"localized irregular": ("localised irregular",), "localized regular": ("localised regular",)},
     # regression's white scar-like areas and blue pepper-like granules, and both ("regression - blue + white")
@@ -1397,9 +1401,9 @@ _NEGATIVES_DASH_SENTENCE_RE = re.compile(
 
 # a bare noun a denial word follows, alone in its clause: "BWV absent", "Streaks neg.", "Vessels nil", "Streaks      absent" (a
 # table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
-# absent") denies the grade, not the criterion, and is not read
-_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
-                             r"|none|nil|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|none detected|not detected|none identified|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
+# absent") denies the grade, not the criterion, and is not read; nor is another structure's, "Negative network: no"
+_NOUN_DENIED_RE = re.compile(r"(?<!negative )" + _BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
+                             r"|none|nil|no|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|none detected|not detected|none identified|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
 # a 7-point checklist item's weight and score after its name: "BWV (2): 0", "Atypical pigment network (2): 2 - thickened
