@@ -873,6 +873,11 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("Shiny white structures: no. Negative network: no. Ulcer: no.", ()),
     ("Irregular streaks: no", ()),
     ("BWV N", ()),
+    # a writer who did not see them (before: read nothing); a denied grade still none
+    ("On dermoscopy I saw an atypical pigment network. I could not see any vessels or streaks.",
+     (("pigment_network", "atypical"), ("streaks", _ABSENT), ("vascular_structures", _ABSENT))),
+    ("I don't see any veil.", (("blue_whitish_veil", _ABSENT),)),
+    ("I did not see any irregular streaks", ()),
     ("Dermoscopy: arborising vessels.", (("vascular_structures", "arborizing"),)),
     ("cannot assess network, streaks or BWV.", ()),
     ("Image quality too poor to judge network, streaks or veil.", ()),

@@ -745,7 +745,9 @@ _AFFIRMED_AFTER_RE = re.compile(r"[ \t]*(?:positive|pos\.?|\+ve)(?![\w])")
 # "lacking", "lacks", "lack of", "absence of" head a list as "without" does ("lacking streaks, BWV": before, the veil
 # read PRESENT, its comma clause had no negation); so does "negative for" ("Negative for BWV. Negative for streaks.":
 # before, read neither way)
-_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without|lacking|lacks|lack of|absence of|(?<!not )negative for)\s+(" + _LIST_FILLER + ")")
+# (a writer who did not see them: "I did not see any streaks", "I don't see any veil")
+_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without|lacking|lacks|lack of|absence of|(?<!not )negative for"
+                           r"|(?:do not|don't|did not|didn't|could not|couldn't) see any)\s+(" + _LIST_FILLER + ")")
 # "/" between two nouns is an "or" ("no streaks/BWV"); inside a noun ("D/G") or a sign ("+/-") it is read as part of them
 _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/)\s*")
 # a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
