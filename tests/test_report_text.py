@@ -878,6 +878,11 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
      (("pigment_network", "atypical"), ("streaks", _ABSENT), ("vascular_structures", _ABSENT))),
     ("I don't see any veil.", (("blue_whitish_veil", _ABSENT),)),
     ("I did not see any irregular streaks", ()),
+    # a pigmentation's two grade words either way round, and a hyphenated colour between grade and noun (before: read nothing)
+    ("Pigmentation: irregular, localised (lower pole)", (("pigmentation", "localized irregular"),)),
+    ("diffuse and regular pigmentation", (("pigmentation", "diffuse regular"),)),
+    ("diffuse regular light-brown pigmentation", (("pigmentation", "diffuse regular"),)),
+    ("Streaks: regular, diffuse pigmentation", (("streaks", "regular"),)),
     ("Dermoscopy: arborising vessels.", (("vascular_structures", "arborizing"),)),
     ("cannot assess network, streaks or BWV.", ()),
     ("Image quality too poor to judge network, streaks or veil.", ()),

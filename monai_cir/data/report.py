@@ -551,6 +551,13 @@ CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
     "streaks": ("pseudopods", "radial streaming"),
     "pigmentation": ("blotches", "blotch"),
 }
+def _both_ways(place: str, kind: str) -> tuple[str, ...]:
+    """A pigmentation grade's two words (``place`` diffuse / localized, ``kind`` regular / irregular) either way round,
+    joined by "and" or a comma, in both spellings of "localized"."""
+    places = (place, "localised") if place == "localized" else (place,)
+    return tuple(f"{a}{sep}{b}" for p in places for a, b in ((p, kind), (kind, p)) for sep in (" and ", ", "))
+
+
 # ... and grades: a "regular" network is the checklist's typical one, an "irregular" network its atypical one (the
 # 7-point checklist's own definitions; clinicians write both). Read with every noun of the network, never a held-out
 # style's word
@@ -566,7 +573,11 @@ CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
                                                   "within the regression zone", "within the regressed area", "in the regression area",
                                                   "in the regression areas", "in the regression zone", "in the regressed area")},
     # (British spelling: "localised irregular pigmentation" was not read)
-    "pigmentation": {"localized irregular": ("localised irregular",), "localized regular": ("localised regular",)},
+    # ... and its two words either way round, joined by "and" or a comma ("Pigmentation: irregular, localised", "diffuse and
+    # regular pigmentation": not read before)
+    "pigmentation": {"localized irregular": ("localised irregular", *_both_ways("localized", "irregular")),
+                     "localized regular": ("localised regular", *_both_ways("localized", "regular")),
+                     "diffuse irregular": _both_ways("diffuse", "irregular"), "diffuse regular": _both_ways("diffuse", "regular")},
     # regression's white scar-like areas and blue pepper-like granules, and both ("regression - blue + white")
     "regression_structures": {"white areas": ("white scar-like areas", "white"), "blue areas": ("blue peppering", "blue"),
                               "combinations": ("white and blue areas", "blue + white", "white + blue", "blue and white", "white and blue",
@@ -917,7 +928,8 @@ _GRADE_BEFORE_RE = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(g) for g in 
 # out, so the phrasings read the grade and the noun as written together
 _DESCRIBED_NOUN_RE = re.compile(
     r"((?<![\w/-])(?:" + "|".join(re.escape(g) for g in _GRADE_WORDS if g) + r"|no|without)[ \t]+)"
-    r"((?:(?:brown|dark|light|black|blue|grey|gray|tan|pink|red|small|large|fine|thin|thick|thickened|broadened|prominent|short|long"
+    r"((?:(?:light-brown|dark-brown|mid-brown|grey-brown|gray-brown|brownish"  # ("diffuse regular light-brown pigmentation")
+    r"|brown|dark|light|black|blue|grey|gray|tan|pink|red|small|large|fine|thin|thick|thickened|broadened|prominent|short|long"
     r"|few|several|multiple|scattered|peripheral|central|eccentric|discrete|tiny|subtle|focal|reticular|clustered|numerous)[ \t]+){1,2})"
     r"(?=(?:" + _ANY_NOUN + r"|blotch)(?![\w-]))")
 # ... and a comma between them: "?irregular, thickened pigment network" is one network, in doubt (before: the thickened
