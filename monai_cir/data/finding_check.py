@@ -246,8 +246,8 @@ def train(examples: Sequence[tuple[str, str, str, bool, str]], threshold: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_PATH)
-    parser.add_argument("--threshold", type=float, default=0.55,
-                        help="keep a reading at this probability or more (0.55: the highest of bench/finding_check_cv.py's thresholds that "
+    parser.add_argument("--threshold", type=float, default=0.6,
+                        help="keep a reading at this probability or more (0.6: the highest of bench/finding_check_cv.py's thresholds that "
                              "lost at most 2%% of the trained reviews' stated findings by 5-fold cross-validation and kept every phrasing "
                              "of a finding written alone)")
     args = parser.parse_args(argv)
