@@ -532,6 +532,13 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _both_ways(place: str, kind: str) -> tuple[str, ...]:
+    """A pigmentation grade's two words (``place`` diffuse / localized, ``kind`` regular / irregular) either way round,
+    joined by "and" or a comma, in both spellings of "localized"."""
+    places = (place, "localised") if place == "localized" else (place,)
+    return tuple(f"{a}{sep}{b}" for p in places for a, b in ((p, kind), (kind, p)) for sep in (" and ", ", "))
+
+
 # Nouns clinicians write for a criterion that no training style writes: the reader reads them with the training styles'
 # grades and patterns ("atypical network", "no blue-white veil", "irregular globules"). The network is given what the
 # reader read in the template's words (query_text), so a synonym teaches it nothing new. Three are held-out styles'
@@ -551,11 +558,6 @@ CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
     "streaks": ("pseudopods", "radial streaming"),
     "pigmentation": ("blotches", "blotch"),
 }
-def _both_ways(place: str, kind: str) -> tuple[str, ...]:
-    """A pigmentation grade's two words (``place`` diffuse / localized, ``kind`` regular / irregular) either way round,
-    joined by "and" or a comma, in both spellings of "localized"."""
-    places = (place, "localised") if place == "localized" else (place,)
-    return tuple(f"{a}{sep}{b}" for p in places for a, b in ((p, kind), (kind, p)) for sep in (" and ", ", "))
 
 
 # ... and grades: a "regular" network is the checklist's typical one, an "irregular" network its atypical one (the
@@ -568,10 +570,11 @@ CLINICAL_GRADE_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
     # (British spelling; the shapes' "-shaped" and "-like"; the sebaceous hyperplasia's "wreath-like vessels")
     "vascular_structures": {"arborizing": ("arborising",), "comma": ("comma-shaped", "comma shaped"), "wreath": ("wreath-like",),
                             "linear irregular": ("irregular linear", "linear-irregular"),
-                            # the place in clinicians' words: "vessels within the regression area", "in the regressed area"
+                            # the place in clinicians' words: "vessels within the regression area", "in the regression zone" (not
+                            # "the regressed area": "regressed" puts a finding in the past)
                             "within regression": ("within the regression", "within the regression area", "within the regression areas",
-                                                  "within the regression zone", "within the regressed area", "in the regression area",
-                                                  "in the regression areas", "in the regression zone", "in the regressed area")},
+                                                  "within the regression zone", "in the regression area", "in the regression areas",
+                                                  "in the regression zone")},
     # (British spelling: "localised irregular pigmentation" was not read)
     # ... and its two words either way round, joined by "and" or a comma ("Pigmentation: irregular, localised", "diffuse and
     # regular pigmentation": not read before)
