@@ -1550,10 +1550,11 @@ _STRUCK_THROUGH_RE = re.compile(r"~~[^~\n]+~~")
 # ("records network, streaks, pigmentation, regression, dots/globules, veil and vessels"): before, its bare "veil" was read
 # present. A list a denial or a grade precedes, or a value follows ("no streaks, BWV or vessels", "streaks / BWV: absent"),
 # is left to the rules.
-_BARE_NOUN = (r"(?:pigment(?:ed)?[ \t]+network|network|pn|streaks?|blu(?:e|ish)[- ]?whit(?:e|ish)[ \t]+veil|veil|bwv|vessels|vascular[ \t]+structures"
-              r"|regression(?:[ \t]+structures)?|pigmentation|dots[ \t]*(?:/|and|&)[ \t]*globules|dots|globules|d/g|dg)")
+_LISTED_CRITERION_NOUN = (r"(?:pigment(?:ed)?[ \t]+network|network|pn|streaks?|blu(?:e|ish)[- ]?whit(?:e|ish)[ \t]+veil|veil|bwv|vessels|vascular[ \t]+structures"
+                          r"|regression(?:[ \t]+structures)?|pigmentation|dots[ \t]*(?:/|and|&)[ \t]*globules|dots|globules|d/g|dg)")
 _BARE_CRITERIA_LIST_RE = re.compile(
-    r"(?<![\w/-])" + _BARE_NOUN + r"(?:(?:[ \t]*[/,;&][ \t]*(?:(?:and|or)[ \t]+)?|[ \t]+(?:and|or)[ \t]+)" + _BARE_NOUN + r"){2,}(?![\w/-])")
+    r"(?<![\w/-])" + _LISTED_CRITERION_NOUN + r"(?:(?:[ \t]*[/,;&][ \t]*(?:(?:and|or)[ \t]+)?|[ \t]+(?:and|or)[ \t]+)" + _LISTED_CRITERION_NOUN
+    + r"){2,}(?![\w/-])")
 _BEFORE_BARE_LIST_RE = re.compile(r"(?<![\w])(?:no|not|without|nil|none|neither|nor|absent|absence|negative|lacks?|lacking|free|typical|atypical"
                                   r"|regular|irregular|irreg|reg|atyp|typ|present|any|possible|\?)(?![\w])")
 _AFTER_BARE_LIST_RE = re.compile(r"[ \t]*(?:[:=+(]|-(?![\w])|(?:absent|present|seen|noted|not|none|nil|neg|negative|positive|pos|yes|no|x|0|1|2|all|each|both|are|is|were|was|from)(?![\w]))")
