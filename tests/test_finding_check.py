@@ -81,7 +81,7 @@ def test_the_shipped_check_never_trained_on_a_held_out_review():
 
 # texts the rules read wrong (from trained reviews and the hand-written set), each dropped by the shipped check
 RULES_WRONG = [
-    ("BWV noted in 2019; not seen today.", BWV),
+    ("Atypical network (documented 10/2024 on the lesion removed from the left thigh).", ("pigment_network", "atypical")),
     ("Mum brought 9-year-old Leo. Lesion on his L thigh (imaged): regular globules throughout, no streaks. Mum had a "
      "melanoma in 2020 which, per her letters, had a BWV.", BWV),
     ("Husband present; he has a lesion with arborizing vessels which we advised him to get checked by his GP.",

@@ -878,6 +878,22 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
      (("pigment_network", "atypical"), ("streaks", _ABSENT), ("vascular_structures", _ABSENT))),
     ("I don't see any veil.", (("blue_whitish_veil", _ABSENT),)),
     ("I did not see any irregular streaks", ()),
+    # the negative (inverse) network is another structure: nothing said of it is the pigment network's, and its "negative"
+    # heads no negated section (before: "Negative network: absent" read the pigment network ABSENT, and the lines after it
+    # were not read)
+    ("Negative network: absent. Pigment network: atypical", (("pigment_network", "atypical"),)),
+    ("Negative network: absent\nBWV: present", (("blue_whitish_veil", "present"),)),
+    ("Inverse network absent; streaks absent", (("streaks", _ABSENT),)),
+    ("no negative network, BWV or streaks", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("Pigment network: absent", (("pigment_network", _ABSENT),)),
+    # a finding dated by a year the text then contrasts with today, and a colour of regression denied (before: the veil
+    # read PRESENT; regression read ABSENT beside the white areas); today's kept finding is still read
+    ("BWV noted in 2019; not seen today.", ()),
+    ("Blue-whitish veil seen at the 2019 visit; absent today.", ()),
+    ("BWV noted in 2019, still present today.", (("blue_whitish_veil", "present"),)),
+    ("Irregular streaks noted in 2019.", (("streaks", "irregular"),)),
+    ("no blue regression", ()),
+    ("no regression", (("regression_structures", _ABSENT),)),
     # a pigmentation's two grade words either way round, and a hyphenated colour between grade and noun (before: read nothing)
     ("Pigmentation: irregular, localised (lower pole)", (("pigmentation", "localized irregular"),)),
     ("diffuse and regular pigmentation", (("pigmentation", "diffuse regular"),)),

@@ -827,7 +827,7 @@ _OTHER_STRUCTURE_RE = re.compile(
     r"(?:(?:irregular|regular|structureless|dark|brown|black|blue|white|grey|gray)\s+)*(?:blotch(?:es)?|structureless areas?|ulcerations?"
     r"|milia-?like cysts|comedo-?like openings|scales?|crystalline structures|shiny white (?:lines|structures)|pseudopods|peppering"
     r"|granularity|blue-?grey (?:dots|ovoid nests)|ovoid nests|leaf-?like areas|spoke-?wheel areas|lacunae|pink areas|milky-?red areas"
-    r"|negative network|atypical vessels|polymorphous vessels|vascular blush|asymmetry|asymmetric pigmentation"
+    r"|(?:negative|inverse|inv|inverted|reverse|reversed)\s+(?:pigment\s+)?network|atypical vessels|polymorphous vessels|vascular blush|asymmetry|asymmetric pigmentation"
     # other lesions' structures in the consensus terminology (Kittler 2016): "no rosettes, BWV or streaks" (before: the
     # list ended at "rosettes" and the veil read PRESENT)
     r"|rosettes|white circles|fissures(?: and ridges)?|ridges|fingerprint-?like (?:structures|areas|pattern)|moth-?eaten borders?"
@@ -935,6 +935,10 @@ _DESCRIBED_NOUN_RE = re.compile(
     r"|brown|dark|light|black|blue|grey|gray|tan|pink|red|small|large|fine|thin|thick|thickened|broadened|prominent|short|long"
     r"|few|several|multiple|scattered|peripheral|central|eccentric|discrete|tiny|subtle|focal|reticular|clustered|numerous)[ \t]+){1,2})"
     r"(?=(?:" + _ANY_NOUN + r"|blotch)(?![\w-]))")
+# ... but not a colour of regression before its noun: "no blue regression" denies the blue areas, not regression
+# (before: read regression ABSENT, also beside "white scar-like regression")
+_REGRESSION_COLOUR_BEFORE_RE = re.compile(
+    r"(?:[\w-]+[ \t]+)?(?:blue|grey|gray)[ \t]+(?=(?:" + "|".join(re.escape(n) for n, k in _NOUN_OF.items() if k == "regression_structures") + r")(?![\w-]))")
 # ... and a comma between them: "?irregular, thickened pigment network" is one network, in doubt (before: the thickened
 # one read atypical on its own, once "thickened" was a grade)
 _GRADE_COMMA_DESCRIBED_RE = re.compile(
@@ -1302,6 +1306,24 @@ _OPTIONS_AFTER_RE = re.compile(r"[ \t]*/[ \t]*(?:absent|present|typical|atypical
 # or "then" ending it: "It showed an atypical network then." (last summer's photo; not "If BWV, then excise")
 _EARLIER_VISIT_AFTER_RE = re.compile(r"(?<![\w-])when (?:it|this|the lesion) was (?:imaged|dermoscoped|photographed)[ \t]+in[ \t]+(?:19|20)\d\d(?![\w-])"  # ("... showed irregular dots when it was imaged in 2021")
                                      r"|(?<![\w-])when (?:i|we) (?:first )?(?:saw|examined|reviewed|imaged)(?![\w-])|(?<![\w-])then(?=[ \t]*(?:[.;!]|$))")
+# ... or, in its clause, the year it was seen when the text goes on to today: "BWV noted in 2019; not seen today",
+# "Blue-whitish veil seen at the 2019 visit; absent today", "irregular streaks (2021), now gone" (before: read PRESENT).
+# Not when today's words keep it: "BWV noted in 2019, still present today"
+_SEEN_IN_A_YEAR_AFTER_RE = re.compile(
+    r"[ \t]*(?:(?:was|were)[ \t]+)?(?:(?:first|also|already)[ \t]+)?(?:(?:noted|seen|documented|recorded|present|described|reported|observed|visible)[ \t]+)?"
+    r"(?:\(|(?:in|at|on|from)[ \t]+(?:the[ \t]+)?(?:[a-z]+[ \t]+){0,2}?)(?:19|20)\d\d(?!\d)")
+_KEPT_TODAY_RE = re.compile(r"(?<![\w-])(?:and (?:still )?(?:now|today)|still|persists?|persistent|persisting|unchanged|again|remains?|as before|stable)(?![\w-])")
+
+
+def _seen_in_an_earlier_year(lowered: str, end: int, clause_end: int, sentence_ends: list[int]) -> bool:
+    """A present mention ending at ``end`` dated, in its clause, by a year the text later contrasts with today
+    (:data:`_SEEN_IN_A_YEAR_AFTER_RE`)."""
+    if not (dated := _SEEN_IN_A_YEAR_AFTER_RE.match(lowered, end)) or dated.end() > clause_end:
+        return False
+    today = _LATER_LOOK_RE.search(lowered, dated.end())
+    return today is not None and not _KEPT_TODAY_RE.search(lowered, dated.end(), _sentence_end(today.end(), sentence_ends))
+
+
 # a count over a series after a mention: "arborizing vessels were documented in 88% of BCCs", "BWV 2/6", "network atypical
 # in 3, BWV in 2" (an audit's statistic, not the imaged lesion's finding; before: read as present)
 _SERIES_COUNT_AFTER_RE = re.compile(
@@ -1416,10 +1438,25 @@ _NEGATIVES_DASH_SENTENCE_RE = re.compile(
     r"\s*(?:[-*•][ \t]*)?(?:(?:pertinent|relevant)\s+)?(?:negatives|negative findings|absent|not seen|not present)[ \t]+-[ \t]")
 
 
+# the word that makes a network another structure: the negative (inverse, reverse, white) network of Spitz naevi and
+# melanoma, not the checklist's pigment network. Nothing said of it is read of the pigment network: "Negative network:
+# absent", "Inverse network absent", "Reverse network: no" (before: read the pigment network ABSENT)
+_OTHER_NETWORK_BEFORE_RE = re.compile(r"(?<![\w-])(?:inverse|inv|inverted|reverse|reversed|white)[ \t]+(?:pigment(?:ed)?[ \t]+)?$")
+# ... whose "negative" (or "neg") :func:`_normalised` writes "inverse" ("inv"): no negation reads it, "Negative network:
+# absent. BWV: present" (before: "Negative network:" headed a negated section and the veil was not read)
+_NEGATIVE_NETWORK_RE = re.compile(r"(?<![\w-])(negative|neg)(?=[ \t]+(?:pigment(?:ed)?[ \t]+)?(?:network|pn)(?![\w-]))")
+
+
+def _another_network(lowered: str, start: int) -> bool:
+    """Whether the network named at ``start`` is the negative (inverse, white) network: :data:`_OTHER_NETWORK_BEFORE_RE`."""
+    return _OTHER_NETWORK_BEFORE_RE.search(lowered, max(0, start - 20), start) is not None
+
+
 # a bare noun a denial word follows, alone in its clause: "BWV absent", "Streaks neg.", "Vessels nil", "Streaks      absent" (a
 # table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
 # absent") denies the grade, not the criterion, and is not read; nor is another structure's, "Negative network: no"
-_NOUN_DENIED_RE = re.compile(r"(?<!negative )" + _BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
+# (:func:`_another_network`)
+_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
                              r"|none|nil|no|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|none detected|not detected|none identified|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
@@ -1705,15 +1742,18 @@ _DOT_LEADER_RE = re.compile(r"(?<=[a-z/)])(?:[ \t]+\.{3,}|\.{4,})[ \t]*(?=[a-z0-
 
 
 def _normalised(lowered: str) -> str:
-    """``lowered`` with two swapped letters of a criterion's word put back, a bare "veil" written "bwv ", dictated
+    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a bare "veil" written "bwv ", dictated
     punctuation as signs, dot leaders as a colon, two-cell table rows as "name : value" and the describing words between
     a grade and its noun blanked, position for position (a reading's positions stay the text's)."""
     lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
+    if "neg" in lowered:
+        lowered = _NEGATIVE_NETWORK_RE.sub(lambda m: "inverse " if m.group(1) == "negative" else "inv", lowered)
     if "..." in lowered:
         lowered = _DOT_LEADER_RE.sub(lambda m: ":".ljust(len(m.group(0))), lowered)
     lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
     lowered = _GRADE_COMMA_DESCRIBED_RE.sub(lambda m: m.group(1) + " ", lowered)
-    lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
+    lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(0) if _REGRESSION_COLOUR_BEFORE_RE.match(lowered, m.start(2))
+                                     else m.group(1) + " " * len(m.group(2)), lowered)
     lowered = _STILL_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
     lowered = _COMMA_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " ", lowered)
     if "full stop" in lowered:
@@ -1839,6 +1879,7 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
         sentence_start = _sentence_start(start, sentence_ends)
         line_start = lowered.rfind("\n", 0, start) + 1  # (a grade ending the line above is that line's)
         if (any(a <= start < b for a, b in gathered) or _GRADE_BEFORE_RE.search(lowered, max(line_start, start - 30), start)
+                or _NOUN_OF[denial.group(1)] == "pigment_network" and _another_network(lowered, start)
                 or _NOT_ASSESSED.search(lowered, clause_start, clause_end) or _questioned(lowered, start, denial.end())
                 or _CHECKLIST_SENTENCE_RE.match(lowered, sentence_start) or _out_of_scope(lowered, sentence_start, start, clause_end, "absent")
                 or _UNSTATED_VALUE_AFTER_RE.match(lowered, denial.end())):
@@ -1849,6 +1890,8 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
             continue
         phrase = _PHRASE_OF_GROUP[match.lastindex - 1]
         key, value = _PHRASINGS[phrase]
+        if key == "pigment_network" and _another_network(lowered, match.start()):
+            continue  # "Negative network: absent" says nothing of the pigment network
         if (scored := _WEIGHT_AND_SCORE_RE.match(lowered, match.end())) and scored.group(1) == "0":
             if phrase not in _NOUN_OF:  # "Irregular streaks (1): 0": the grade denied, not the criterion
                 continue
@@ -1892,7 +1935,8 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
         if _OPTIONS_AFTER_RE.match(lowered, match.end()):
             continue  # a form's options, "Pigmentation: absent / diffuse reg / local reg / ...": none chosen by these words
         if value != "absent" and (_PAST_AFTER_RE.match(lowered, match.end()) or _series_count_after(lowered, match.end())
-                                  or _EARLIER_VISIT_AFTER_RE.search(lowered, match.end(), _sentence_end(match.end(), sentence_ends))):
+                                  or _EARLIER_VISIT_AFTER_RE.search(lowered, match.end(), _sentence_end(match.end(), sentence_ends))
+                                  or _seen_in_an_earlier_year(lowered, match.end(), end, sentence_ends)):
             continue
         # (a negation that a conjunction joins after the mention is the next item's: "a typical network and no dots")
         negation_end = conjoined.start() if (conjoined := _CONJOINED_NEGATION_RE.search(lowered, match.end(), end)) else end
