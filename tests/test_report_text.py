@@ -894,6 +894,14 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("Irregular streaks noted in 2019.", (("streaks", "irregular"),)),
     ("no blue regression", ()),
     ("no regression", (("regression_structures", _ABSENT),)),
+    # "N" in a yes/no form (its legend, or a noun answered "Y"), a braced field, and words between a noun and its grade
+    # (before: read nothing); "BWV N" alone still none
+    ("Checklist (Y/N)\nStreaks: N\nBWV: N", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("Red flags - streaks Y, BWV N, regression N.", (("regression_structures", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("Pigment network: {Typical}\nStreaks: {Absent}", (("pigment_network", "typical"), ("streaks", _ABSENT))),
+    ("Network unchanged - typical. Streaks: clearly irregular", (("pigment_network", "typical"), ("streaks", "irregular"))),
+    ("Network: peripheral, delicate, regular", (("pigment_network", "typical"),)),
+    ("network mostly typical", ()),
     # a pigmentation's two grade words either way round, and a hyphenated colour between grade and noun (before: read nothing)
     ("Pigmentation: irregular, localised (lower pole)", (("pigmentation", "localized irregular"),)),
     ("diffuse and regular pigmentation", (("pigmentation", "diffuse regular"),)),

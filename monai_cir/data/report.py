@@ -944,10 +944,15 @@ _REGRESSION_COLOUR_BEFORE_RE = re.compile(
 _GRADE_COMMA_DESCRIBED_RE = re.compile(
     r"((?<![\w/-])(?:atypical|typical|irregular|regular|atyp\.|typ\.|irreg\.|reg\.))(,)(?=[ \t]+(?:(?:thick|thickened|broadened|prominent|fine|thin|dark"
     r"|brown|reticular)[ \t]+){1,2}(?:" + _ANY_NOUN + r")(?![\w-]))")
-# ... and a noun, "still" or "now", then its grade: "network still typical", "network now atypical" (the grade follows
-# its noun as the abbreviated style writes it)
+# a template's filled field, its value in braces after the colon: "Pigment network: {Typical}" (before: read nothing)
+_BRACED_VALUE_RE = re.compile(r"(?<=:)[ \t]*\{[^{}\n]{1,40}\}")
+# ... and a noun, a word or three that say when, how surely or what it looks like, then its grade: "network still
+# typical", "network now atypical", "network definitely typical", "network agreed typical", "Network unchanged -
+# typical", "network: reticular, regular", "Network: peripheral, delicate, regular" (the grade follows its noun as the
+# abbreviated style writes it; before: all but the first two read nothing). Not a word that makes it partial ("mostly")
 _STILL_BEFORE_GRADE_RE = re.compile(
-    r"((?<![\w/-])(?:" + _ANY_NOUN + r")[ \t]+)((?:(?:is|are)[ \t]+)?(?:still|now)[ \t]+)(?=(?:typical|atypical|regular|irregular)(?![\w-]))")
+    r"((?<![\w/-])(?:" + _ANY_NOUN + r")(?:[ \t]*:[ \t]*|[ \t]+))((?:(?:is|are)[ \t]+)?(?:(?:still|now|definitely|clearly|unchanged|agreed|reticular"
+    r"|delicate|peripheral|fine|thin|overall|entirely|uniformly|also)(?:[ \t]*[,-][ \t]*|[ \t]+)){1,3})(?=(?:typical|atypical|regular|irregular)(?![\w-]))")
 # a typing slip that swaps two letters of a criterion's word ("netwrok", "irregualr", "viel"): read as the word (same
 # length, so positions are kept)
 _SWAPPED_LETTERS: dict[str, str] = {
@@ -1460,6 +1465,12 @@ _NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)
                              r"|none|nil|no|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|none detected|not detected|none identified|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
+# "N" after a bare noun in a yes/no form, one with a "Y/N" legend or a noun answered "Y": "Checklist (Y/N) ... BWV: N",
+# "streaks Y, BWV N", "bwv:N | rs:N", "BWV ........ N" (before: read nothing). Elsewhere "BWV N" stays unread
+_YES_NO_FORM_RE = re.compile(r"(?<![\w/])\(?y/n\)?(?![\w/])|" + _BARE_NOUN + r"[ \t]*[:=]?[ \t]*y(?![\w/'-])")
+_NOUN_ANSWERED_NO_RE = re.compile(_BARE_NOUN + r"[ \t]*[:=]?[ \t]*n(?=[ \t]*(?:[;,.\n|)(]|$))")
+
+
 # a 7-point checklist item's weight and score after its name: "BWV (2): 0", "Atypical pigment network (2): 2 - thickened
 # lines" (before: "(2)" hid the score, and "BWV (2): 0" read the veil PRESENT). A score of 0 denies a bare noun's criterion
 # ("BWV (2): 0" reads absent) and a graded item's grade only (not read); a score above 0 reads the item as named
@@ -1742,7 +1753,7 @@ _DOT_LEADER_RE = re.compile(r"(?<=[a-z/)])(?:[ \t]+\.{3,}|\.{4,})[ \t]*(?=[a-z0-
 
 
 def _normalised(lowered: str) -> str:
-    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a bare "veil" written "bwv ", dictated
+    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a bare "veil" written "bwv ", a braced value unbraced, dictated
     punctuation as signs, dot leaders as a colon, two-cell table rows as "name : value" and the describing words between
     a grade and its noun blanked, position for position (a reading's positions stay the text's)."""
     lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
@@ -1751,6 +1762,8 @@ def _normalised(lowered: str) -> str:
     if "..." in lowered:
         lowered = _DOT_LEADER_RE.sub(lambda m: ":".ljust(len(m.group(0))), lowered)
     lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
+    if "{" in lowered:
+        lowered = _BRACED_VALUE_RE.sub(lambda m: m.group(0).replace("{", " ").replace("}", " "), lowered)
     lowered = _GRADE_COMMA_DESCRIBED_RE.sub(lambda m: m.group(1) + " ", lowered)
     lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(0) if _REGRESSION_COLOUR_BEFORE_RE.match(lowered, m.start(2))
                                      else m.group(1) + " " * len(m.group(2)), lowered)
@@ -1873,7 +1886,8 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
     heads = list(_LIST_HEAD_RE.finditer(lowered))
     head_ends = [h.end() for h in heads]
     crossed = () if mark is None else (_CROSSED_NOUN_BEFORE_RE if marks_lead else _CROSSED_NOUN_AFTER_RE).finditer(lowered)
-    for denial in itertools.chain(_NOUN_DENIED_RE.finditer(lowered), _SIGN_DENIED_BEFORE_RE.finditer(lowered), crossed):  # "BWV absent", "Streaks neg", "Vessels nil", "✗ BWV": absent
+    answered_no = _NOUN_ANSWERED_NO_RE.finditer(lowered) if _YES_NO_FORM_RE.search(lowered) else ()
+    for denial in itertools.chain(_NOUN_DENIED_RE.finditer(lowered), _SIGN_DENIED_BEFORE_RE.finditer(lowered), crossed, answered_no):  # "BWV absent", "Streaks neg", "Vessels nil", "✗ BWV": absent
         start = denial.start(1)
         clause_start, clause_end = _clause_bounds(lowered, start, start + len(denial.group(1)))
         sentence_start = _sentence_start(start, sentence_ends)
