@@ -534,9 +534,9 @@ CRITERION_VALUES: dict[str, tuple[str, ...]] = {
 
 def _both_ways(place: str, kind: str) -> tuple[str, ...]:
     """A pigmentation grade's two words (``place`` diffuse / localized, ``kind`` regular / irregular) either way round,
-    joined by "and" or a comma, in both spellings of "localized"."""
+    joined by "and", "but" or a comma, in both spellings of "localized"."""
     places = (place, "localised") if place == "localized" else (place,)
-    return tuple(f"{a}{sep}{b}" for p in places for a, b in ((p, kind), (kind, p)) for sep in (" and ", ", "))
+    return tuple(f"{a}{sep}{b}" for p in places for a, b in ((p, kind), (kind, p)) for sep in (" and ", " but ", ", "))
 
 
 # Nouns clinicians write for a criterion that no training style writes: the reader reads them with the training styles'
@@ -547,16 +547,17 @@ def _both_ways(place: str, kind: str) -> tuple[str, ...]:
 # (its irregular pigmentation) and "bluish-white veil"; HELD_OUT_STYLES' other nouns ("reticular pattern", "regressive
 # areas", "globular elements", "vasculature") are not read, so the `reworded` text form reads a report in part.
 CLINICAL_SYNONYMS: dict[str, tuple[str, ...]] = {
-    # (and clinicians' shorthand: "atyp ntwk", "irreg globs", "no regr", "vsls absent")
-    "pigment_network": ("network", "pigmented network", "ntwk", "netwk"),
+    # (and clinicians' shorthand: "atyp ntwk", "irreg globs", "DG reg", "no regr", "vsls absent", "diffuse reg pigm")
+    # ("pigm network": the network's, not pigmentation's "pigm", so "no pigm network" is not pigmentation ABSENT)
+    "pigment_network": ("network", "pigmented network", "pigm network", "pigm. network", "ntwk", "netwk"),
     "vascular_structures": ("vv", "vsls", "telangiectasia", "telangiectasias", "telangiectases"),  # ("dotted vv", "arb vv -": shorthand for vessels)
-    "dots_and_globules": ("dots/globules", "dots & globules", "dots+globules", "dots + globules", "globules", "dots", "globs", "dots+globs"),
+    "dots_and_globules": ("dots/globules", "dots & globules", "dots+globules", "dots + globules", "globules", "dots", "globs", "dots+globs", "dg", "d/g", "d&g"),
     "regression_structures": ("regr",),
     "blue_whitish_veil": ("blue-white veil", "blue white veil", "blue-whitish-veil", "bluish-white veil", "bluish white veil"),
     # the checklist's own definitions: irregular streaks are "pseudopods and radial streaming", irregular pigmentation
     # "blotches" (Argenziano 1998; the 2016 consensus terminology keeps the words)
     "streaks": ("pseudopods", "radial streaming"),
-    "pigmentation": ("blotches", "blotch"),
+    "pigmentation": ("blotches", "blotch", "pigm"),
 }
 
 
@@ -944,6 +945,10 @@ _REGRESSION_COLOUR_BEFORE_RE = re.compile(
 _GRADE_COMMA_DESCRIBED_RE = re.compile(
     r"((?<![\w/-])(?:atypical|typical|irregular|regular|atyp\.|typ\.|irreg\.|reg\.))(,)(?=[ \t]+(?:(?:thick|thickened|broadened|prominent|fine|thin|dark"
     r"|brown|reticular)[ \t]+){1,2}(?:" + _ANY_NOUN + r")(?![\w-]))")
+# a comma between pigmentation and its two grade words: "blue-black pigmentation, diffuse and regular" (before: read
+# nothing; with no comma it was read), blanked
+_PIGMENTATION_COMMA_GRADE_RE = re.compile(
+    r"(?<=pigmentation),(?=[ \t]+(?:diffuse|locali[sz]ed|regular|irregular)(?:[ \t]*,[ \t]*|[ \t]+(?:and|but)[ \t]+|[ \t]+)(?:diffuse|locali[sz]ed|regular|irregular)(?![\w-]))")
 # a template's filled field, its value in braces after the colon: "Pigment network: {Typical}" (before: read nothing)
 _BRACED_VALUE_RE = re.compile(r"(?<=:)[ \t]*\{[^{}\n]{1,40}\}")
 # ... and a noun, a word or three that say when, how surely or what it looks like, then its grade: "network still
@@ -1598,7 +1603,7 @@ _STRUCK_THROUGH_RE = re.compile(r"~~[^~\n]+~~")
 # ("records network, streaks, pigmentation, regression, dots/globules, veil and vessels"): before, its bare "veil" was read
 # present. A list a denial or a grade precedes, or a value follows ("no streaks, BWV or vessels", "streaks / BWV: absent"),
 # is left to the rules.
-_LISTED_CRITERION_NOUN = (r"(?:pigment(?:ed)?[ \t]+network|network|pn|streaks?|blu(?:e|ish)[- ]?whit(?:e|ish)[ \t]+veil|veil|bwv|vessels|vascular[ \t]+structures"
+_LISTED_CRITERION_NOUN = (r"(?:(?:pigment(?:ed)?|pigm\.?)[ \t]+network|network|pn|streaks?|blu(?:e|ish)[- ]?whit(?:e|ish)[ \t]+veil|veil|bwv|vessels|vascular[ \t]+structures"
                           r"|regression(?:[ \t]+structures)?|pigmentation|dots[ \t]*(?:/|and|&)[ \t]*globules|dots|globules|d/g|dg)")
 _BARE_CRITERIA_LIST_RE = re.compile(
     r"(?<![\w/-])" + _LISTED_CRITERION_NOUN + r"(?:(?:[ \t]*[/,;&][ \t]*(?:(?:and|or)[ \t]+)?|[ \t]+(?:and|or)[ \t]+)" + _LISTED_CRITERION_NOUN
@@ -1753,7 +1758,7 @@ _DOT_LEADER_RE = re.compile(r"(?<=[a-z/)])(?:[ \t]+\.{3,}|\.{4,})[ \t]*(?=[a-z0-
 
 
 def _normalised(lowered: str) -> str:
-    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a bare "veil" written "bwv ", a braced value unbraced, dictated
+    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a bare "veil" written "bwv ", a braced value unbraced, a comma between pigmentation and its grades blanked, dictated
     punctuation as signs, dot leaders as a colon, two-cell table rows as "name : value" and the describing words between
     a grade and its noun blanked, position for position (a reading's positions stay the text's)."""
     lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
@@ -1762,6 +1767,8 @@ def _normalised(lowered: str) -> str:
     if "..." in lowered:
         lowered = _DOT_LEADER_RE.sub(lambda m: ":".ljust(len(m.group(0))), lowered)
     lowered = _BARE_VEIL_RE.sub("bwv ", lowered)
+    if "pigmentation," in lowered:
+        lowered = _PIGMENTATION_COMMA_GRADE_RE.sub(" ", lowered)
     if "{" in lowered:
         lowered = _BRACED_VALUE_RE.sub(lambda m: m.group(0).replace("{", " ").replace("}", " "), lowered)
     lowered = _GRADE_COMMA_DESCRIBED_RE.sub(lambda m: m.group(1) + " ", lowered)
