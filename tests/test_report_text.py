@@ -249,7 +249,7 @@ def test_findings_gate_reads_exactly_the_recorded_criteria_in_training_words(der
     assert held_out_read >= 0.95 * held_out_stated, (held_out_read, held_out_stated)  # measured: 5246 of 5328
     assert all(recognised_findings(r.text) == () for r in isic)  # ISIC texts are age and sex only
     # whole words: a word that merely contains a training noun is not a finding
-    assert recognised_findings("regressive areas, radial streaming, vasculature, apn") == ()
+    assert recognised_findings("regressive areas, radial streaming, vasculature, apnoea") == ()  # ("APN" alone is the checklist's atypical network)
     assert recognised_findings("BWV +, D/G irregular; pigm. diffuse irreg.") == ("pigmentation", "dots_and_globules", "blue_whitish_veil")
     # a criterion with a value Derm7pt never records is not read ("diffuse" alone: regular or irregular?)
     assert recognised_findings("pigm. diffuse; streaks +") == ()
@@ -919,6 +919,15 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("the pigmentation is diffuse but regular", (("pigmentation", "diffuse regular"),)),
     ("blue-black pigmentation, diffuse and regular, no structures", (("pigmentation", "diffuse regular"),)),
     ("no pigmentation, regular dots", (("pigmentation", _ABSENT), ("dots_and_globules", "regular"))),
+    # a colon with no space, a grade in square brackets, "in fact" before a grade, and the checklist's "APN" (before: read
+    # nothing); a tick box and a redaction in brackets, a denied APN and the advanced practice nurse still none
+    ("NETWORK:ATYPICAL;;STREAKS:ABSENT", (("pigment_network", "atypical"), ("streaks", _ABSENT))),
+    ("PN: [atypical]", (("pigment_network", "atypical"),)),
+    ("the network is in fact atypical at the periphery", (("pigment_network", "atypical"),)),
+    ("Scoring: APN=2, BWV=2", (("pigment_network", "atypical"), ("blue_whitish_veil", "present"))),
+    ("PN: [x]. BWV: [REDACTED]", ()),
+    ("APN 0", ()),
+    ("Seen by the APN today.", ()),
     # a pigmentation's two grade words either way round, and a hyphenated colour between grade and noun (before: read nothing)
     ("Pigmentation: irregular, localised (lower pole)", (("pigmentation", "localized irregular"),)),
     ("diffuse and regular pigmentation", (("pigmentation", "diffuse regular"),)),

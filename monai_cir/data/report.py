@@ -612,6 +612,9 @@ CLINICAL_PHRASINGS: dict[str, tuple[str, str]] = {
         "localised irregular blotch", "localized irregular blotch", "eccentric irregular blotch", "focal irregular blotch",
         "peripheral irregular blotch", "off-centre irregular blotch", "off-center irregular blotch", "single irregular blotch",
         "irregular blotch at the periphery", "irregular blotch at one edge", "irregular blotch at the edge")},
+    # the 7-point checklist's abbreviation of its first criterion, as scores write it ("APN 2", "APN+", "Scoring: APN=2, BWV=2";
+    # not the advanced practice nurse, "seen by the APN": _PERSON_BEFORE_RE)
+    "apn": ("pigment_network", "atypical"),
     **{p: ("regression_structures", "combinations") for p in (
         "white and blue regression areas", "blue and white regression areas", "white and blue areas of regression",
         "blue and white areas of regression")},
@@ -957,7 +960,12 @@ _BRACED_VALUE_RE = re.compile(r"(?<=:)[ \t]*\{[^{}\n]{1,40}\}")
 # abbreviated style writes it; before: all but the first two read nothing). Not a word that makes it partial ("mostly")
 _STILL_BEFORE_GRADE_RE = re.compile(
     r"((?<![\w/-])(?:" + _ANY_NOUN + r")(?:[ \t]*:[ \t]*|[ \t]+))((?:(?:is|are)[ \t]+)?(?:(?:still|now|definitely|clearly|unchanged|agreed|reticular"
-    r"|delicate|peripheral|fine|thin|overall|entirely|uniformly|also)(?:[ \t]*[,-][ \t]*|[ \t]+)){1,3})(?=(?:typical|atypical|regular|irregular)(?![\w-]))")
+    r"|delicate|peripheral|fine|thin|overall|entirely|uniformly|also|in fact|actually|indeed)(?:[ \t]*[,-][ \t]*|[ \t]+)){1,3})"
+    r"(?=(?:typical|atypical|regular|irregular)(?![\w-]))")
+# ... a colon with no space after it, "NETWORK:ATYPICAL;;STREAKS:ABSENT" (before: the network read nothing), and a grade in
+# square brackets, "PN: [atypical]" (a tick box, "[x]", and "[REDACTED]" stay as they are)
+_TIGHT_COLON_RE = re.compile(r"((?<![\w/-])(?:" + _ANY_NOUN + r")):(?=(?:typical|atypical|regular|irregular|absent|present)(?![\w-]))")
+_BRACKETED_GRADE_RE = re.compile(r"(?<=:)([ \t]*)\[((?:typical|atypical|regular|irregular|absent|present))\]")
 # a typing slip that swaps two letters of a criterion's word ("netwrok", "irregualr", "viel"): read as the word (same
 # length, so positions are kept)
 _SWAPPED_LETTERS: dict[str, str] = {
@@ -1457,6 +1465,10 @@ _OTHER_NETWORK_BEFORE_RE = re.compile(r"(?<![\w-])(?:inverse|inv|inverted|revers
 _NEGATIVE_NETWORK_RE = re.compile(r"(?<![\w-])(negative|neg)(?=[ \t]+(?:pigment(?:ed)?[ \t]+)?(?:network|pn)(?![\w-]))")
 
 
+# an article or preposition before "APN" makes it a person, the advanced practice nurse ("seen by the APN", "per APN")
+_PERSON_BEFORE_RE = re.compile(r"(?<![\w-])(?:the|an|by|our|per|with|to)[ \t]+$")
+
+
 def _another_network(lowered: str, start: int) -> bool:
     """Whether the network named at ``start`` is the negative (inverse, white) network: :data:`_OTHER_NETWORK_BEFORE_RE`."""
     return _OTHER_NETWORK_BEFORE_RE.search(lowered, max(0, start - 20), start) is not None
@@ -1758,7 +1770,7 @@ _DOT_LEADER_RE = re.compile(r"(?<=[a-z/)])(?:[ \t]+\.{3,}|\.{4,})[ \t]*(?=[a-z0-
 
 
 def _normalised(lowered: str) -> str:
-    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a bare "veil" written "bwv ", a braced value unbraced, a comma between pigmentation and its grades blanked, dictated
+    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a bare "veil" written "bwv ", a braced or bracketed value unbraced, a colon with no space after a noun a space, a comma between pigmentation and its grades blanked, dictated
     punctuation as signs, dot leaders as a colon, two-cell table rows as "name : value" and the describing words between
     a grade and its noun blanked, position for position (a reading's positions stay the text's)."""
     lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
@@ -1771,6 +1783,9 @@ def _normalised(lowered: str) -> str:
         lowered = _PIGMENTATION_COMMA_GRADE_RE.sub(" ", lowered)
     if "{" in lowered:
         lowered = _BRACED_VALUE_RE.sub(lambda m: m.group(0).replace("{", " ").replace("}", " "), lowered)
+    if ":[" in lowered or ": [" in lowered:
+        lowered = _BRACKETED_GRADE_RE.sub(lambda m: m.group(1) + " " + m.group(2) + " ", lowered)
+    lowered = _TIGHT_COLON_RE.sub(lambda m: m.group(1) + " ", lowered)
     lowered = _GRADE_COMMA_DESCRIBED_RE.sub(lambda m: m.group(1) + " ", lowered)
     lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(0) if _REGRESSION_COLOUR_BEFORE_RE.match(lowered, m.start(2))
                                      else m.group(1) + " " * len(m.group(2)), lowered)
@@ -1913,6 +1928,8 @@ def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
         key, value = _PHRASINGS[phrase]
         if key == "pigment_network" and _another_network(lowered, match.start()):
             continue  # "Negative network: absent" says nothing of the pigment network
+        if phrase == "apn" and _PERSON_BEFORE_RE.search(lowered, max(0, match.start() - 8), match.start()):
+            continue  # "seen by the APN": a nurse
         if (scored := _WEIGHT_AND_SCORE_RE.match(lowered, match.end())) and scored.group(1) == "0":
             if phrase not in _NOUN_OF:  # "Irregular streaks (1): 0": the grade denied, not the criterion
                 continue
