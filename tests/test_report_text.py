@@ -928,6 +928,12 @@ def test_a_finding_the_text_places_elsewhere_or_leaves_blank_is_not_read(text, r
     ("PN: [x]. BWV: [REDACTED]", ()),
     ("APN 0", ()),
     ("Seen by the APN today.", ()),
+    # a two-cell table row's grade, and a count or a "Y" between a noun and its grade (before: read nothing); a "Y" before
+    # another noun's grade is the first noun's answer
+    ("| Criterion | Finding |\n|---|---|\n| Dots/globules | Regular |", (("dots_and_globules", "regular"),)),
+    ("DG: a few, regular", (("dots_and_globules", "regular"),)),
+    ("Dots/globules: Y, regular", (("dots_and_globules", "regular"),)),
+    ("BWV: Y, irregular streaks", (("streaks", "irregular"), ("blue_whitish_veil", "present"))),
     # a pigmentation's two grade words either way round, and a hyphenated colour between grade and noun (before: read nothing)
     ("Pigmentation: irregular, localised (lower pole)", (("pigmentation", "localized irregular"),)),
     ("diffuse and regular pigmentation", (("pigmentation", "diffuse regular"),)),

@@ -960,8 +960,9 @@ _BRACED_VALUE_RE = re.compile(r"(?<=:)[ \t]*\{[^{}\n]{1,40}\}")
 # abbreviated style writes it; before: all but the first two read nothing). Not a word that makes it partial ("mostly")
 _STILL_BEFORE_GRADE_RE = re.compile(
     r"((?<![\w/-])(?:" + _ANY_NOUN + r")(?:[ \t]*:[ \t]*|[ \t]+))((?:(?:is|are)[ \t]+)?(?:(?:still|now|definitely|clearly|unchanged|agreed|reticular"
-    r"|delicate|peripheral|fine|thin|overall|entirely|uniformly|also|in fact|actually|indeed)(?:[ \t]*[,-][ \t]*|[ \t]+)){1,3})"
-    r"(?=(?:typical|atypical|regular|irregular)(?![\w-]))")
+    r"|delicate|peripheral|fine|thin|overall|entirely|uniformly|also|in fact|actually|indeed|a few|few|some|scattered|small|y|yes)"
+    r"(?:[ \t]*[,-][ \t]*|[ \t]+)){1,3})"
+    r"(?=(?:typical|atypical|regular|irregular)(?![\w-])(?![ \t]+(?:" + _ANY_NOUN + r")(?![\w-])))")
 # ... a colon with no space after it, "NETWORK:ATYPICAL;;STREAKS:ABSENT" (before: the network read nothing), and a grade in
 # square brackets, "PN: [atypical]" (a tick box, "[x]", and "[REDACTED]" stay as they are)
 _TIGHT_COLON_RE = re.compile(r"((?<![\w/-])(?:" + _ANY_NOUN + r")):(?=(?:typical|atypical|regular|irregular|absent|present)(?![\w-]))")
@@ -1793,7 +1794,9 @@ def _normalised(lowered: str) -> str:
     lowered = _COMMA_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " ", lowered)
     if "full stop" in lowered:
         lowered = _DICTATED_RE.sub(lambda m: _DICTATED_PUNCTUATION[m.group(1)].ljust(len(m.group(0))), lowered)
-    return _TWO_CELL_ROW_RE.sub(lambda m: m.group(1) + " " + m.group(2) + ":" + m.group(3) + " " + m.group(4), lowered)
+    # (the colon right after the name, its spaces after it: "| Dots/globules | Regular |" reads as "dots/globules: regular")
+    return _TWO_CELL_ROW_RE.sub(lambda m: m.group(1) + " " + m.group(2).rstrip() + ":" + " " * (len(m.group(2)) - len(m.group(2).rstrip()))
+                                + m.group(3) + " " + m.group(4), lowered)
 
 
 def _sections(lowered: str) -> tuple[list[int], list[bool]]:
