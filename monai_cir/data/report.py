@@ -958,7 +958,7 @@ _BRACED_VALUE_RE = re.compile(r"(?<=:)[ \t]*\{[^{}\n]{1,40}\}")
 # typical", "network now atypical", "network definitely typical", "network agreed typical", "Network unchanged -
 # typical", "network: reticular, regular", "Network: peripheral, delicate, regular" (the grade follows its noun as the
 # abbreviated style writes it; before: all but the first two read nothing). Not a word that makes it partial ("mostly")
-_STILL_BEFORE_GRADE_RE = re.compile(
+_WORDS_BEFORE_GRADE_RE = re.compile(
     r"((?<![\w/-])(?:" + _ANY_NOUN + r")(?:[ \t]*:[ \t]*|[ \t]+))((?:(?:is|are)[ \t]+)?(?:(?:still|now|definitely|clearly|unchanged|agreed|reticular"
     r"|delicate|peripheral|fine|thin|overall|entirely|uniformly|also|in fact|actually|indeed|a few|few|some|scattered|small|y|yes)"
     r"(?:[ \t]*[,-][ \t]*|[ \t]+)){1,3})"
@@ -1771,9 +1771,11 @@ _DOT_LEADER_RE = re.compile(r"(?<=[a-z/)])(?:[ \t]+\.{3,}|\.{4,})[ \t]*(?=[a-z0-
 
 
 def _normalised(lowered: str) -> str:
-    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a bare "veil" written "bwv ", a braced or bracketed value unbraced, a colon with no space after a noun a space, a comma between pigmentation and its grades blanked, dictated
-    punctuation as signs, dot leaders as a colon, two-cell table rows as "name : value" and the describing words between
-    a grade and its noun blanked, position for position (a reading's positions stay the text's)."""
+    """``lowered`` with two swapped letters of a criterion's word put back, the negative network written "inverse", a
+    bare "veil" written "bwv ", a braced or bracketed value unbraced, a colon right after a noun before its grade a
+    space, a comma between pigmentation and its grades blanked, dictated punctuation as signs, dot leaders as a colon,
+    two-cell table rows as "name: value" and the describing words between a grade and its noun (or a noun and its
+    grade) blanked, position for position (a reading's positions stay the text's)."""
     lowered = _SWAPPED_LETTERS_RE.sub(lambda m: _SWAPPED_LETTERS[m.group(0)], lowered)
     if "neg" in lowered:
         lowered = _NEGATIVE_NETWORK_RE.sub(lambda m: "inverse " if m.group(1) == "negative" else "inv", lowered)
@@ -1786,11 +1788,12 @@ def _normalised(lowered: str) -> str:
         lowered = _BRACED_VALUE_RE.sub(lambda m: m.group(0).replace("{", " ").replace("}", " "), lowered)
     if ":[" in lowered or ": [" in lowered:
         lowered = _BRACKETED_GRADE_RE.sub(lambda m: m.group(1) + " " + m.group(2) + " ", lowered)
-    lowered = _TIGHT_COLON_RE.sub(lambda m: m.group(1) + " ", lowered)
+    if ":" in lowered:
+        lowered = _TIGHT_COLON_RE.sub(lambda m: m.group(1) + " ", lowered)
     lowered = _GRADE_COMMA_DESCRIBED_RE.sub(lambda m: m.group(1) + " ", lowered)
     lowered = _DESCRIBED_NOUN_RE.sub(lambda m: m.group(0) if _REGRESSION_COLOUR_BEFORE_RE.match(lowered, m.start(2))
                                      else m.group(1) + " " * len(m.group(2)), lowered)
-    lowered = _STILL_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
+    lowered = _WORDS_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " " * len(m.group(2)), lowered)
     lowered = _COMMA_BEFORE_GRADE_RE.sub(lambda m: m.group(1) + " ", lowered)
     if "full stop" in lowered:
         lowered = _DICTATED_RE.sub(lambda m: _DICTATED_PUNCTUATION[m.group(1)].ljust(len(m.group(0))), lowered)
