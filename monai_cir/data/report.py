@@ -1786,7 +1786,7 @@ def _normalised(lowered: str) -> str:
         lowered = _PIGMENTATION_COMMA_GRADE_RE.sub(" ", lowered)
     if "{" in lowered:
         lowered = _BRACED_VALUE_RE.sub(lambda m: m.group(0).replace("{", " ").replace("}", " "), lowered)
-    if ":[" in lowered or ": [" in lowered:
+    if "[" in lowered:  # (the pattern allows any spaces or a tab after the colon)
         lowered = _BRACKETED_GRADE_RE.sub(lambda m: m.group(1) + " " + m.group(2) + " ", lowered)
     if ":" in lowered:
         lowered = _TIGHT_COLON_RE.sub(lambda m: m.group(1) + " ", lowered)
