@@ -178,6 +178,148 @@ def test_repaired_study_uid_keeps_its_sr_text(tmp_path):
     assert any("missing Study Instance UID: taken from the SR" in n for n in query.notices)
 
 
+def _evidence(*instances: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """A hierarchical SOP instance reference (study > series > instance) to each of ``instances``."""
+    from pydicom.dataset import Dataset
+
+    studies = []
+    for instance in instances:
+        sop = Dataset()
+        sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = instance.SOPClassUID, instance.SOPInstanceUID
+        series, study = Dataset(), Dataset()
+        series.SeriesInstanceUID, series.ReferencedSOPSequence = instance.SeriesInstanceUID, [sop]
+        study.StudyInstanceUID, study.ReferencedSeriesSequence = instance.StudyInstanceUID, [series]
+        studies.append(study)
+    return studies
+
+
+def test_a_damaged_report_sr_is_reported_and_the_scan_goes_on(tmp_path):
+    """An element damaged inside an SR's content tree raises only when pydicom reads it (after the file
+    was read whole): before, the scan stopped there and the app lost the whole batch."""
+    import struct
+
+    good = _image(tmp_path, "good")
+    _report(tmp_path, "good_sr", good, "atypical pigment network")
+    bad = _image(tmp_path, "bad", pixels=_lesion(seed=2))
+    _report(tmp_path, "bad_sr", bad, "irregular streaks")
+    raw = bytearray((tmp_path / "bad_sr.dcm").read_bytes())
+    at = raw.find(struct.pack("<HH", 0x0040, 0xA160) + b"UT")  # a Text Value, nested in the content tree
+    assert at > 0
+    raw[at + 4 : at + 6] = b"ZZ"  # an unknown VR
+    (tmp_path / "bad_sr.dcm").write_bytes(bytes(raw))
+
+    scan, problems = _scan(tmp_path)
+    assert set(problems) == {"bad_sr"} and problems["bad_sr"].startswith("unreadable report SR"), problems
+    assert "ZZ" in problems["bad_sr"] and "re-send" in problems["bad_sr"]
+    by_name = {Path(q.source_path).stem: q for q in scan.queries}
+    assert by_name["good"].text == "atypical pigment network"
+    assert by_name["bad"].text == "" and by_name["bad"].text_source == "none"
+    assert any("could not be read" in n and "image-only" in n for n in by_name["bad"].notices), by_name["bad"].notices
+    assert not any("no SR in the study" in n for n in by_name["bad"].notices)
+
+
+def test_a_follow_up_report_gives_no_text_to_the_baseline_it_compares_with(tmp_path):
+    """A follow-up study's SR describes its new image and lists the earlier study's image in Pertinent Other
+    Evidence, as the comparison: the baseline image is not what the report describes."""
+    from monai_cir.dicom.dicomize import case_report_sr
+
+    baseline = _image(tmp_path, "baseline")
+    follow_up = _image(tmp_path, "follow_up", pixels=_lesion(seed=5))
+    follow_up.PatientID, follow_up.PatientName = baseline.PatientID, baseline.PatientName  # the same patient's next visit
+    follow_up.save_as(tmp_path / "follow_up.dcm", enforce_file_format=True)
+    sr = case_report_sr(follow_up, "new irregular streaks since the baseline")
+    sr.PertinentOtherEvidenceSequence = _evidence(baseline)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert baseline.StudyInstanceUID != follow_up.StudyInstanceUID
+
+    scan, problems = _scan(tmp_path)
+    by_name = {Path(q.source_path).stem: q for q in scan.queries}
+    assert problems == {}
+    assert by_name["follow_up"].text == "new irregular streaks since the baseline"
+    assert by_name["baseline"].text == "" and by_name["baseline"].text_source == "none"
+
+
+def test_a_report_filed_in_another_study_is_used_and_said(tmp_path):
+    """A report whose only reference is in Pertinent Other Evidence (a report written in a study of its own
+    lists its image there) still describes that image: used, with a notice naming the other study."""
+    from monai_cir.dicom.dicomize import case_report_sr
+
+    image = _image(tmp_path, "image")
+    sr = case_report_sr(image, "itchy pigmented macule")
+    del sr.CurrentRequestedProcedureEvidenceSequence
+    sr.PertinentOtherEvidenceSequence = _evidence(image)
+    sr.StudyInstanceUID = pydicom.uid.generate_uid()
+    _drop_image_items(sr)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+
+    scan, problems = _scan(tmp_path)
+    assert problems == {} and scan.queries[0].text == "itchy pigmented macule"
+    assert any("is of another study" in n and sr.StudyInstanceUID in n for n in scan.queries[0].notices), scan.queries[0].notices
+
+
+def _drop_image_items(ds: pydicom.Dataset) -> None:
+    """``ds``'s content tree without its IMAGE items (a report that references its image by evidence only)."""
+    for item in ds.get("ContentSequence", []):
+        _drop_image_items(item)
+    if "ContentSequence" in ds:
+        ds.ContentSequence = [item for item in ds.ContentSequence if item.get("ValueType") != "IMAGE"]
+
+
+def test_an_amended_report_replaces_the_one_it_names(tmp_path):
+    """A corrected SR names the report it corrects (Predecessor Documents Sequence): only its text is used
+    (joined, the two would state each finding both ways), and the replaced one is reported."""
+    from monai_cir.dicom.dicomize import case_report_sr
+
+    image = _image(tmp_path, "image")
+    first = case_report_sr(image, "atypical pigment network, blue-whitish veil")
+    first.save_as(tmp_path / "preliminary.dcm", enforce_file_format=True)
+    amended = case_report_sr(image, "amended: typical pigment network, no blue-whitish veil")
+    assert amended.SOPInstanceUID != first.SOPInstanceUID
+    amended.PredecessorDocumentsSequence = _evidence(first)
+    amended.save_as(tmp_path / "amended.dcm", enforce_file_format=True)
+
+    scan, problems = _scan(tmp_path)
+    assert [q.text for q in scan.queries] == ["amended: typical pigment network, no blue-whitish veil"]
+    assert set(problems) == {"preliminary"} and "replaced by the amended report" in problems["preliminary"]
+    assert not any("joined" in n for n in scan.queries[0].notices)
+
+
+def test_a_study_report_shared_by_several_images_says_so(tmp_path):
+    first = _image(tmp_path, "one", case="study")
+    _image(tmp_path, "two", case="study", pixels=_lesion(seed=3))
+    from monai_cir.dicom.dicomize import case_report_sr
+
+    sr = case_report_sr(first, "left forearm lesion")
+    del sr.CurrentRequestedProcedureEvidenceSequence
+    _drop_image_items(sr)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+
+    scan, problems = _scan(tmp_path)
+    assert problems == {} and [q.text for q in scan.queries] == ["left forearm lesion"] * 2
+    for query in scan.queries:
+        assert any("its text is used, as for the study's 1 other image" in n for n in query.notices), query.notices
+
+
+@pytest.mark.parametrize("uid", ["..", "problems.json", "1.2.3/../../x", "1.2.840.99999." + "1" * 60])
+def test_an_instance_uid_that_is_no_uid_never_names_a_folder_outside_its_place(tmp_path, uid):
+    """The answer's folder is named by the image's SOP Instance UID only when it is one (digits and dots, at
+    most 64 characters); the image is still answered, with a notice that its UID breaks DICOM's rules."""
+    from deploy_app.operators.common import query_id_of
+
+    image = _image(tmp_path, "image")
+    image.SOPInstanceUID = image.file_meta.MediaStorageSOPInstanceUID = uid
+    image.save_as(tmp_path / "image.dcm", enforce_file_format=True)
+    scan, problems = _scan(tmp_path)
+    assert problems == {} and len(scan.queries) == 1
+    query = scan.queries[0]
+    assert any(n.startswith("SOP Instance UID") and "breaks DICOM's rules" in n for n in query.notices), query.notices
+    name = query_id_of(query, 0)
+    assert re.fullmatch(r"query-[0-9a-f]{16}", name) and name == query_id_of(query, 7)  # the same every run
+    assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+    valid = dataclasses.replace(query, sop_instance_uid="1.2.840.10008.99.1", frame_number=2)
+    assert query_id_of(valid, 0) == "1.2.840.10008.99.1-f2"
+
+
 def test_feature_cache_refuses_a_file_that_runs_code(tmp_path, monkeypatch):
     import torch
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 import logging
 import multiprocessing
 import os
-import re
 import sys
 import threading
 import time
@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from monai_cir.dicom.codes import is_dicom_uid
 
 __all__ = ["Problem", "QueryResult", "ResultsOperator", "StageFailure", "attr", "clear_library_images", "library_image", "library_target", "query_id_of"]
 
@@ -32,12 +34,18 @@ def attr(obj: Any, name: str, default: Any = None) -> Any:
 
 
 def query_id_of(query: Any, index: int) -> str:
-    """A stable, file-name-safe id of a query: its image's SOP Instance UID (else ``query-<n>``)."""
+    """A stable id of a query, used as its output folder's name: its image's SOP Instance UID when that is
+    a UID (digits and dots), else ``query-<16 hex digits of its SHA-256>`` (the same every run), else
+    ``query-<n>`` (no UID at all); ``-f<n>`` added for a frame. Never the UID as received when it is not
+    one: ``..`` would write the answer beside the output folder, ``problems.json`` would take the name of
+    the run's own file."""
     uid = attr(query, "sop_instance_uid")
     if not uid:
         return f"query-{index + 1:04d}"
+    uid = str(uid)
     frame = attr(query, "frame_number")
-    return re.sub(r"[^0-9A-Za-z.\-]", "_", str(uid)) + (f"-f{frame}" if frame else "")
+    name = uid if is_dicom_uid(uid) else f"query-{hashlib.sha256(uid.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
+    return name + (f"-f{frame}" if frame else "")
 
 
 @dataclass

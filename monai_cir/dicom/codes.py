@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 from pydicom.sr.coding import Code
@@ -43,6 +44,7 @@ __all__ = [
     "derived_uid",
     "diagnosis_code",
     "diagnosis_from_code",
+    "is_dicom_uid",
     "new_uid",
     "project_code",
     "ranking_code",
@@ -65,6 +67,17 @@ def derived_uid(*parts: str) -> str:
     digest = int.from_bytes(hashlib.sha256(chr(31).join(str(p) for p in parts).encode("utf-8")).digest(), "big")
     room = 64 - len(prefix)
     return prefix + str(digest % (10**room - 10 ** (room - 1)) + 10 ** (room - 1))  # no leading zero
+
+
+# A DICOM UID as the project accepts one where it names a file or folder: digits and dots (PS3.5 9.1; a
+# component with a leading zero, seen in older archives, is let through), at most 64 characters
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def is_dicom_uid(text: object) -> bool:
+    """True for a UID made of digits and dots, at most 64 characters: the only UIDs used as file or
+    folder names (never ``..``, never a name of the app's own files such as ``results.json``)."""
+    return isinstance(text, str) and len(text) <= 64 and _UID.fullmatch(text) is not None
 
 
 def new_uid() -> str:

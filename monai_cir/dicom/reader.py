@@ -16,13 +16,17 @@ Rules (documented in ``docs/dicom.md``):
 - **Multi-frame**: one query for the first frame (notice naming the ignored frames) by default;
   ``all_frames=True`` gives one query per frame (``frame_number`` set).
 - **Text**: from the Basic Text / Enhanced / Comprehensive (3D) SRs that reference the image by
-  SOP Instance UID (Current Requested Procedure / Pertinent Other Evidence, or IMAGE content
-  items): those of the image's own study when one of them is (another study's SR that references it
+  SOP Instance UID (Current Requested Procedure Evidence or IMAGE content items; Pertinent Other
+  Evidence, where a follow-up lists the baseline it compares with, only in an SR that names nothing
+  else): those of the image's own study when one of them is (another study's SR that references it
   too is left out, with a notice), else whatever Study Instance UID they say (so an image whose Study
-  UID had to be repaired keeps its report); never an SR of another patient (Patient ID; notice); an
+  UID had to be repaired keeps its report; an image with a Study UID of its own is told the report is
+  another study's); never an SR of another patient (Patient ID; notice); an
   image without Patient ID takes its report with a notice naming the report's patient. An SR that
-  references images gives its text to those images only. An image
-  no SR references gets the text of its study's only SR that references no image. TEXT items give their
+  references images gives its text to those images only. An SR that another one replaces (its
+  Predecessor Documents Sequence names it: an amended report) is not used (reported). An image
+  no SR references gets the text of its study's only SR that references no image (the notice says how
+  many other images of the study share it). TEXT items give their
   value; CODE items give their meaning (``Concept: meaning`` unless the concept is a generic
   Finding). Context items (HAS OBS/ACQ CONTEXT, HAS CONCEPT MOD) are skipped, and so are the
   library labels written by :mod:`monai_cir.dicom.dicomize` (reference diagnosis, case id,
@@ -35,7 +39,9 @@ Rules (documented in ``docs/dicom.md``):
   invalid Number of Frames, undecodable pixel data, an image under :data:`MIN_IMAGE_SIDE` pixels a
   side, a JPEG / JPEG-LS / JPEG 2000 frame without its end marker (a truncated stream, which
   decoders pad with grey instead of failing), a frame whose pixels are constant or nearly so
-  (blank), any other error reading an image; a report SR whose image is not in the input. A
+  (blank), any other error reading an image; a report SR whose image is not in the input, one damaged
+  inside (an element pydicom cannot read once it is used: the images of its study say so), one an
+  amended report replaces. A
   greyscale image is answered, with a notice (the model was trained on colour dermoscopy); so is a dim colour
   image (more than 8 bits, values spanning under half the stored range: stretched by its own range).
 - **One file per instance**: the same SOP Instance UID received twice with the same patient, study
@@ -50,8 +56,8 @@ Rules (documented in ``docs/dicom.md``):
   deterministic values derived from the SOP Instance UID) with a notice, so that the answer can
   still be written and filed. A missing Patient ID / Name stays empty (notice): the answer files
   under the image's own patient, not a made-up one. An identifying value that breaks its VR (an
-  80-character or multi-valued Patient ID, control characters in a name, an invalid Study UID) is
-  copied as received, so the answer files with its study, with a notice that a PACS checking values
+  80-character or multi-valued Patient ID, control characters in a name, an invalid Study, Series or
+  SOP Instance UID) is copied as received, so the answer files with its study, with a notice that a PACS checking values
   may refuse it.
 """
 
@@ -59,7 +65,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,8 +219,10 @@ class SRText:
     sop_class_uid: str
     patient_id: str = ""
     texts: list[str] = field(default_factory=list)
-    references: set[str] = field(default_factory=set)
+    references: set[str] = field(default_factory=set)  # the instances the report is about
     reference_studies: dict[str, str] = field(default_factory=dict)  # referenced SOP Instance UID -> its Study UID (evidence)
+    other_evidence: set[str] = field(default_factory=set)  # instances it lists for comparison only (a follow-up's baseline)
+    predecessors: set[str] = field(default_factory=set)  # the SRs this one amends or replaces (Predecessor Documents)
     diagnosis: str | None = None
     case_id: str | None = None
     collection: str | None = None
@@ -247,15 +256,19 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
         patient_id=dicom_text(ds.get("PatientID")).strip(),
     )
     info.is_similar_cases = _is(_code_key(ds.get("ConceptNameCodeSequence")), C.SIMILAR_CASES_REPORT)
-    for seq_name in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
+    evidence: dict[str, set[str]] = {}
+    for seq_name in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence", "PredecessorDocumentsSequence"):
+        listed = evidence.setdefault(seq_name, set())
         for study in ds.get(seq_name, []) or []:
             study_uid = str(study.get("StudyInstanceUID", "") or "")
             for series in study.get("ReferencedSeriesSequence", []) or []:
                 for inst in series.get("ReferencedSOPSequence", []) or []:
                     if "ReferencedSOPInstanceUID" in inst:
-                        info.references.add(str(inst.ReferencedSOPInstanceUID))
-                        if study_uid:
+                        listed.add(str(inst.ReferencedSOPInstanceUID))
+                        if study_uid and seq_name != "PredecessorDocumentsSequence":
                             info.reference_studies[str(inst.ReferencedSOPInstanceUID)] = study_uid
+    info.references.update(evidence["CurrentRequestedProcedureEvidenceSequence"])
+    info.predecessors = evidence["PredecessorDocumentsSequence"]
 
     def walk(items: Iterable[Dataset]) -> None:
         for item in items or []:
@@ -291,6 +304,14 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
                 walk(item.ContentSequence)
 
     walk(ds.get("ContentSequence", []))
+    # Pertinent Other Evidence: what a report lists beside its subject, such as the baseline image a follow-up
+    # compares with, so not the images it describes; unless it names nothing else (a report written in a study
+    # of its own lists the images it describes there, as highdicom does for evidence of another study)
+    other = evidence["PertinentOtherEvidenceSequence"]
+    if info.references:
+        info.other_evidence = other - info.references
+    else:
+        info.references = set(other)
     return info
 
 
@@ -345,7 +366,8 @@ def _repair(ds: Dataset, notices: list[str], study_uid_from_sr: str | None = Non
 # identifying attributes the answer copies as received even when they break their VR's rules: repaired, the answer
 # would be filed under another patient or study than the images it answers; the reader is told instead
 _COPIED_AS_RECEIVED = {"PatientID": "Patient ID", "PatientName": "Patient's Name", "AccessionNumber": "Accession Number",
-                       "StudyID": "Study ID", "StudyInstanceUID": "Study Instance UID"}
+                       "StudyID": "Study ID", "StudyInstanceUID": "Study Instance UID", "SeriesInstanceUID": "Series Instance UID",
+                       "SOPInstanceUID": "SOP Instance UID"}
 
 
 def _copied_as_received(ds: Dataset) -> list[str]:
@@ -643,6 +665,7 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
     scan = DicomScan()
     images: list[tuple[str, Dataset]] = []
     srs: list[SRText] = []
+    unreadable_srs: list[tuple[str, str]] = []  # (path, Study UID where it could be read) of report SRs that could not be
     seen_uids: set[str] = set()  # every instance read, whatever its class (an SR's image may be one refused)
     for file in _files(root):
         where = str(file)
@@ -661,38 +684,49 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         if truncated:
             scan.problems.append(InputProblem(where, f"{truncated}; re-send the complete file: skipped"))
             continue
-        sop_class = str(ds.get("SOPClassUID", "") or "")
-        if str(ds.get("SOPInstanceUID", "") or "").strip():
-            seen_uids.add(str(ds.SOPInstanceUID).strip())
-        if not sop_class:
-            scan.problems.append(InputProblem(where, "DICOM without SOP Class UID (0008,0016): skipped"))
-        elif sop_class in SR_SOP_CLASSES:
-            info = read_sr_text(ds, where)
-            if info.is_similar_cases:
-                scan.problems.append(InputProblem(where, "a similar-cases SR (an earlier answer of this app), not a query: skipped"))
+        sop_class = ""
+        try:  # pydicom reads an element's value when it is first used: a damaged one raises only now
+            sop_class = str(ds.get("SOPClassUID", "") or "")
+            if str(ds.get("SOPInstanceUID", "") or "").strip():
+                seen_uids.add(str(ds.SOPInstanceUID).strip())
+            if not sop_class:
+                scan.problems.append(InputProblem(where, "DICOM without SOP Class UID (0008,0016): skipped"))
+            elif sop_class in SR_SOP_CLASSES:
+                info = read_sr_text(ds, where)
+                if info.is_similar_cases:
+                    scan.problems.append(InputProblem(where, "a similar-cases SR (an earlier answer of this app), not a query: skipped"))
+                else:
+                    srs.append(info)
+            elif sop_class in IMAGE_SOP_CLASSES:
+                dicom_text(ds.get("PatientID")), ds.get("StudyInstanceUID")  # read of every image before its own checks (_identity)
+                images.append((where, ds))
+            elif sop_class == _ENCAPSULATED_PDF and str(ds.get("Manufacturer", "")) == C.MANUFACTURER:
+                scan.problems.append(InputProblem(where, "this app's own report (the Encapsulated PDF of an earlier answer), not a query: skipped"))
             else:
-                srs.append(info)
-        elif sop_class in IMAGE_SOP_CLASSES:
-            images.append((where, ds))
-        elif sop_class == _ENCAPSULATED_PDF and str(ds.get("Manufacturer", "")) == C.MANUFACTURER:
-            scan.problems.append(InputProblem(where, "this app's own report (the Encapsulated PDF of an earlier answer), not a query: skipped"))
-        else:
-            scan.problems.append(
-                InputProblem(
-                    where,
-                    f"unsupported SOP class {sop_class} ({UID(sop_class).name}): expected Dermoscopic Photography "
-                    "or VL Photographic Image Storage, or an SR: skipped",
+                scan.problems.append(
+                    InputProblem(
+                        where,
+                        f"unsupported SOP class {sop_class} ({UID(sop_class).name}): expected Dermoscopic Photography "
+                        "or VL Photographic Image Storage, or an SR: skipped",
+                    )
                 )
-            )
+        except Exception as err:  # noqa: BLE001 (one damaged file is reported; the scan goes on)
+            report = sop_class in SR_SOP_CLASSES
+            scan.problems.append(InputProblem(
+                where, f"unreadable {'report SR' if report else 'DICOM file'}: an element inside it is damaged ({type(err).__name__}: "
+                f"{err}); re-send it: skipped"))
+            if report:
+                unreadable_srs.append((where, _study_of_damaged(ds)))
     image_studies = {str(ds.get("StudyInstanceUID", "") or "").strip() for _, ds in images}
     # one instance per UID across images and SRs alike (an image and an SR with one UID collide too)
     kept, received_again, collided_paths = _one_per_instance([*images, *((sr.path, sr) for sr in srs)], scan.problems)
     images = [(where, item) for where, item in kept if not isinstance(item, SRText)]
     collided = [sr for sr in srs if sr.path in collided_paths]
-    srs = [item for _, item in kept if isinstance(item, SRText)]
+    srs = _current_reports([item for _, item in kept if isinstance(item, SRText)], scan.problems)
+    images_per_study = Counter(str(ds.get("StudyInstanceUID", "") or "").strip() for _, ds in images)
     for where, ds in images:
         try:
-            queries = _image_queries(where, ds, srs, scan.problems, max_side, all_frames, collided)
+            queries = _image_queries(where, ds, srs, scan.problems, max_side, all_frames, collided, unreadable_srs, images_per_study)
         except Exception as err:  # noqa: BLE001 (one bad image is reported; the scan goes on)
             reason = str(err) if isinstance(err, ValueError) else f"cannot read this image ({type(err).__name__}: {err})"
             scan.problems.append(InputProblem(where, f"{reason}: skipped"))
@@ -708,6 +742,28 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         what = "references no image of this input" if sr.references else f"is of study {sr.study_uid}, which has no image in this input"
         scan.problems.append(InputProblem(sr.path, f"report SR that {what}: nothing to answer (send the dermoscopy image with its report)"))
     return scan
+
+
+def _study_of_damaged(ds: Dataset) -> str:
+    """The Study Instance UID of a file that could not be read whole, where that element can be read ("" otherwise)."""
+    try:
+        return str(ds.get("StudyInstanceUID", "") or "").strip()
+    except Exception:  # noqa: BLE001 (damaged too: the study cannot be told)
+        return ""
+
+
+def _current_reports(srs: list[SRText], problems: list[InputProblem]) -> list[SRText]:
+    """``srs`` without those another SR of the input amends or replaces (its Predecessor Documents Sequence
+    names them): a corrected report's text is the report, joined with the one it corrects it would say both
+    things at once. Each left out is reported, naming the report that replaces it."""
+    replaced_by = {uid: sr for sr in srs for uid in sr.predecessors if uid != sr.sop_instance_uid}
+    for sr in srs:
+        newer = replaced_by.get(sr.sop_instance_uid)
+        if newer is not None:
+            problems.append(InputProblem(
+                sr.path, f"report SR replaced by the amended report {newer.path} (its Predecessor Documents Sequence names this one): "
+                "its text is not used: skipped"))
+    return [sr for sr in srs if sr.sop_instance_uid not in replaced_by]
 
 
 def _identity(item: Any) -> tuple:
@@ -771,7 +827,7 @@ def _difference(item: Any, other: Any) -> str:
 
 def _image_queries(
     where: str, ds: Dataset, srs: list[SRText], problems: list[InputProblem], max_side: int, all_frames: bool,
-    collided: Sequence[SRText] = (),
+    collided: Sequence[SRText] = (), unreadable_srs: Sequence[tuple[str, str]] = (), images_per_study: Mapping[str, int] | None = None,
 ) -> list[DermoscopyQuery]:
     if not str(ds.get("SOPInstanceUID", "") or "").strip():
         problems.append(InputProblem(where, "image without SOP Instance UID (0008,0018): it cannot be referenced, skipped"))
@@ -851,9 +907,15 @@ def _image_queries(
         study_srs.remove(sr)
         excluded.append(sr)
     lost = [sr for sr in collided if sr.study_uid == study or sop_uid in sr.references]
+    # damaged report SRs that may be this image's: of its study, or of a study that could not be read
+    unread = [sr_study for _, sr_study in unreadable_srs if sr_study in (study, "")]
     chosen: list[SRText] = []
     if referencing:
         chosen, text_source = referencing, "sr"
+        # an image with a Study UID of its own (not repaired from the report) described by another study's report:
+        # used (a report may be filed in a study of its own), said, so that a report of another visit is noticed
+        notices.extend(f"the report used ({sr.path}) is of another study ({sr.study_uid}) than this image's: check that it describes this image"
+                       for sr in referencing if own_study and sr.study_uid and sr.study_uid != own_study)
         if len(referencing) > 1:
             with_text = [sr.text for sr in referencing if sr.text]
             if len(set(with_text)) > 1:
@@ -864,7 +926,9 @@ def _image_queries(
                 notices.append(f"{len(referencing)} SRs reference this image; only one holds text: it is used")
     elif len(unreferencing) == 1:
         chosen, text_source = unreferencing, "study-sr"
-        notices.append("the study's only SR does not reference this image (it references no image): its text is used")
+        sharing = (images_per_study or {}).get(own_study, 1) - 1
+        shared = f", as for the study's {sharing} other image{'s' if sharing > 1 else ''}" if sharing > 0 else ""
+        notices.append(f"the study's only SR does not reference this image (it references no image): its text is used{shared}")
     else:
         text_source = "none"
         if unreferencing:
@@ -874,8 +938,12 @@ def _image_queries(
                            "(see problems.json): image-only query")
         elif study_srs:
             notices.append(f"{len(study_srs)} SR(s) in the study, none references this image: image-only query")
-        elif not excluded:
+        elif not excluded and not unread:
             notices.append("no SR in the study: image-only query")
+    if unread:
+        whose = "of this study" if all(unread) else "whose study cannot be told"
+        notices.append(f"{len(unread)} report SR(s) {whose} could not be read (damaged; see problems.json): "
+                       f"{'the readable report is used' if chosen else 'image-only query'}")
     if not patient and any(sr.patient_id for sr in chosen):
         ids = ", ".join(sorted({sr.patient_id for sr in chosen if sr.patient_id}))
         notices.append(f"this image has no Patient ID, the report used is of Patient ID {ids}: check that it is this patient's")

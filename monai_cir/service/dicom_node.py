@@ -44,7 +44,6 @@ import filecmp
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes
+from ..dicom.codes import is_dicom_uid
 from ..dicom.publish import (
     DicomNode,
     c_store,
@@ -62,7 +62,7 @@ from ..dicom.publish import (
     stow_rs,
 )
 
-__all__ = ["SUPPORTED_SOP_CLASSES", "CannotListen", "DicomService", "Peer", "StudyStatus", "is_dicom_uid", "parse_peer"]
+__all__ = ["SUPPORTED_SOP_CLASSES", "CannotListen", "DicomService", "Peer", "StudyStatus", "parse_peer"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +81,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.4.2: the peer is not configured)
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
-
-# A DICOM UID as the service accepts it: digits and dots (PS3.5 9.1; a component with a leading zero,
-# seen in older archives, is let through), at most 64 characters. Nothing else can name a file.
-_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-
-
-def is_dicom_uid(text: object) -> bool:
-    """True for a UID made of digits and dots, at most 64 characters (the only names the spool uses)."""
-    return isinstance(text, str) and len(text) <= 64 and _UID.fullmatch(text) is not None
-
 
 def _uid_path(folder: Path, uid: str, suffix: str = "") -> Path:
     """``folder/<uid><suffix>``: the one way a path is built from a UID. A name of digits and dots that
