@@ -300,6 +300,26 @@ def test_a_study_report_shared_by_several_images_says_so(tmp_path):
         assert any("its text is used, as for the study's 1 other image" in n for n in query.notices), query.notices
 
 
+def test_a_folder_of_large_images_is_read_one_image_at_a_time(tmp_path):
+    """The scan holds one image's pixel data at a time, not the batch's: a folder of large images must
+    not need their whole size in memory at once (the app's MAP declares a memory limit)."""
+    import tracemalloc
+
+    from monai_cir.dicom.reader import read_dicom_folder
+
+    for i in range(8):
+        _image(tmp_path, f"large{i}", pixels=np.tile(_lesion(seed=i), (6, 6, 1)))  # 960 x 720 RGB, 2 MB each
+    one_file = 960 * 720 * 3
+    tracemalloc.start()
+    try:
+        scan = read_dicom_folder(tmp_path, max_side=64)  # the queries' own images are small
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(scan.queries) == 8 and not scan.problems
+    assert peak < 5 * one_file, f"peak {peak / 2**20:.1f} MiB for 8 files of {one_file / 2**20:.1f} MiB"
+
+
 @pytest.mark.parametrize("uid", ["..", "problems.json", "1.2.3/../../x", "1.2.840.99999." + "1" * 60])
 def test_an_instance_uid_that_is_no_uid_never_names_a_folder_outside_its_place(tmp_path, uid):
     """The answer's folder is named by the image's SOP Instance UID only when it is one (digits and dots, at

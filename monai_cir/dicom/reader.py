@@ -119,6 +119,7 @@ _MARKER_TERMINATED = {
     "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
 }
 _ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+_DEFER_SIZE = "256 KB"  # values larger than this (pixel data) are read from the file when used
 
 
 @dataclass(frozen=True)
@@ -672,7 +673,9 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         if file.name.upper() == "DICOMDIR":
             continue
         try:
-            ds = pydicom.dcmread(file)
+            # the pixel data is read when an image's turn comes (and let go after it): held for every file of a
+            # batch, a folder of large images would need their whole size in memory at once
+            ds = pydicom.dcmread(file, defer_size=_DEFER_SIZE)
         except InvalidDicomError:
             scan.problems.append(InputProblem(where, "not a DICOM file (no DICM prefix / preamble): skipped"))
             continue
@@ -724,13 +727,17 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
     collided = [sr for sr in srs if sr.path in collided_paths]
     srs = _current_reports([item for _, item in kept if isinstance(item, SRText)], scan.problems)
     images_per_study = Counter(str(ds.get("StudyInstanceUID", "") or "").strip() for _, ds in images)
-    for where, ds in images:
+    del kept
+    while images:
+        where, ds = images.pop(0)  # this image's data set, pixels included, is let go when its queries are made
         try:
             queries = _image_queries(where, ds, srs, scan.problems, max_side, all_frames, collided, unreadable_srs, images_per_study)
         except Exception as err:  # noqa: BLE001 (one bad image is reported; the scan goes on)
             reason = str(err) if isinstance(err, ValueError) else f"cannot read this image ({type(err).__name__}: {err})"
             scan.problems.append(InputProblem(where, f"{reason}: skipped"))
             continue
+        finally:
+            del ds
         for query in queries:
             if where in received_again:
                 query.notices.append(f"the same instance was received {1 + len(received_again[where])} times: answered once")
