@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -256,7 +257,7 @@ def test_an_existing_checkpoint_is_kept_and_an_interrupted_run_never_replaces_it
     wf.initialize()
     with pytest.raises(RuntimeError):
         wf.run()
-    assert target.read_bytes() == before and (tmp_path / "models" / "model_fold0.pt.partial").is_file()
+    assert target.read_bytes() == before and (tmp_path / "models" / f"model_fold0.pt.{os.getpid()}.partial").is_file()
 
 
 def test_cli_trains_and_the_bundle_evaluates_an_own_collection(shared_data, tmp_path):

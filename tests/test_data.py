@@ -394,6 +394,56 @@ def test_relabelled_collection_gets_another_fold_assignment(derm7pt):
     assert committed[1] is None and committed[0] == [load_folds()[r.case_id] for r in derm7pt]
 
 
+def test_images_of_one_lesion_or_patient_stay_in_one_fold(tmp_path):
+    """A CSV's lesion_id / patient_id column keeps a lesion's (a patient's) images in one fold, stratified by
+    diagnosis still; a CSV without it, or with every value distinct, keeps the ungrouped folds as before."""
+    from monai_cir.data.collections import CaseRecord
+    from monai_cir.data.folds import collection_folds, make_folds
+
+    def records(column: str | None, group_of) -> list:
+        return [CaseRecord(f"c{i}", tmp_path / f"c{i}.png", "melanoma" if i % 3 == 0 else "nevus", int(i % 3 != 0), "",
+                           metadata={column: group_of(i)} if column else {}) for i in range(60)]
+
+    lesions = records("lesion_id", lambda i: f"L{i // 3}")  # three images of each of 20 lesions
+    ids, labels = [r.case_id for r in lesions], [r.label for r in lesions]
+    folds, description = collection_folds(ids, labels, lesions)
+    by_lesion = collections.defaultdict(set)
+    for record, fold in zip(lesions, folds):
+        by_lesion[record.metadata["lesion_id"]].add(fold)
+    assert all(len(f) == 1 for f in by_lesion.values()) and set(folds) == set(range(5))
+    assert "each lesion_id's cases in one fold (StratifiedGroupKFold" in description
+    assert collection_folds(ids, labels)[0] != folds  # ungrouped, the lesions' images are split over folds
+    patients = records("patient_id", lambda i: f"P{i // 6}" if i < 54 else "")  # the last six: a patient of their own each
+    grouped = collection_folds(ids, labels, patients)
+    assert "each patient_id's cases in one fold" in grouped[1]
+    assert all(len({f for r, f in zip(patients, grouped[0]) if r.metadata["patient_id"] == p}) == 1 for p in {f"P{k}" for k in range(9)})
+    distinct = records("lesion_id", lambda i: f"L{i}")
+    plain = collection_folds(ids, labels)
+    assert collection_folds(ids, labels, distinct) == plain and plain[0] == make_folds(labels)
+    assert "StratifiedKFold" in plain[1] and "Group" not in plain[1]
+    with pytest.raises(ValueError, match="at least 5 patients / lesions; the 60 cases are of 3"):
+        collection_folds(ids, labels, records("lesion_id", lambda i: f"L{i % 3}"))
+
+
+def test_image_csv_refuses_an_image_listed_twice_and_warns_about_copies(tmp_path, caplog):
+    images = _user_folder(tmp_path)
+    (images / "copy_of_a.png").write_bytes((images / "a.png").read_bytes())
+    table = tmp_path / "cases.csv"
+    table.write_text("image,diagnosis,case_id\na.png,nevus,c1\nb.png,nevus,c2\n./a.png,nevus,c3\n")
+    with pytest.raises(ValueError, match=r"row 4.*'./a.png' is listed already, in CSV row 2"):
+        load_image_csv(images, table)
+    table.write_text("image,diagnosis\na.png,nevus\nb.png,nevus\ncopy_of_a.png,melanoma\n")
+    with caplog.at_level("WARNING", logger="monai_cir.data.collections"):
+        load_image_csv(images, table)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "same image file content" in r.getMessage()]
+    assert "a = copy_of_a" in warning and "lesion_id" in warning
+    caplog.clear()
+    table.write_text("image,diagnosis,lesion_id\na.png,nevus,L1\nb.png,nevus,L2\ncopy_of_a.png,melanoma,L1\n")
+    with caplog.at_level("WARNING", logger="monai_cir.data.collections"):
+        load_image_csv(images, table)
+    assert not any("same image file content" in r.getMessage() for r in caplog.records)  # one lesion: kept together
+
+
 def test_semicolon_or_tab_separated_csv_says_it_must_be_comma_separated(tmp_path):
     images = _user_folder(tmp_path)
     table = tmp_path / "semi.csv"

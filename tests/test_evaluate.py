@@ -204,6 +204,38 @@ def test_text_forms_table_says_which_folds_it_averages():
     assert "mean over 5 held-out folds [0, 1, 2, 3, 4]" in text_forms_table(five)
     mixed = {"text_forms": {"derm7pt": {"template": {"a": entry([0]), "b": entry([0, 1])}}}}
     assert "each method's held-out folds" in text_forms_table(mixed)
+    # a researcher's own collection is cross-validated too; the other collection of the run is the cross-site one
+    own = {"config": {"collection": "clinic"}, "text_forms": {"clinic": {"template": {"m": entry([0, 1, 2, 3, 4])}},
+                                                               "isic-uda1": {"template": {"m": entry([0, 1, 2, 3, 4])}}}}
+    clinic, isic = text_forms_table(own).split("Text forms, ")[1:]
+    assert "mean over 5 held-out folds" in clinic and "leave-one-out" not in clinic
+    assert "leave-one-out" in isic
+
+
+def test_text_forms_a_collection_cannot_render_are_refused_before_anything_runs(tmp_path):
+    """On a collection without 7-point columns, 'partial' would repeat the template's texts and 'findings_only' score
+    empty ones (and without age / sex / site, 'demographics' too): refused, naming what to run instead."""
+    from monai_cir.data.collections import CaseRecord
+    from monai_cir.evaluation.protocol import check_text_forms
+
+    plain = [CaseRecord(f"c{i}", tmp_path / f"c{i}.png", "nevus", 1, "a flat brown lesion") for i in range(4)]
+    with pytest.raises(ValueError, match=r"--text-forms partial, findings_only, demographics: clinic has no column.*"
+                                         r"run --text-forms template,empty"):
+        check_text_forms(plain, ["template", "partial", "findings_only", "demographics", "empty"], "clinic")
+    with_site = [CaseRecord("c", tmp_path / "c.png", "nevus", 1, "", site="trunk")]
+    with pytest.raises(ValueError, match=r"--text-forms partial: .* run --text-forms template,demographics"):
+        check_text_forms(with_site, ["template", "partial", "demographics"], "clinic")
+    check_text_forms(with_site, ["template", "demographics", "reworded", "empty"], "clinic")  # the site is rendered
+    derm7pt_like = [CaseRecord("d", tmp_path / "d.png", "nevus", 1, "", metadata={"streaks": "absent", "sex": "female"})]
+    check_text_forms(derm7pt_like, ["template", "reworded", "partial", "demographics", "empty", "restyled", "findings_only"], "derm7pt")
+
+
+def test_evaluate_refuses_a_fold_that_does_not_exist_before_running_any(capsys):
+    from monai_cir.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--methods", "imagenet_cosine", "--folds", "0,7"])
+    assert exit_info.value.code == 2 and "there are 5 folds, 0 to 4" in capsys.readouterr().err
 
 
 def test_results_header_says_the_commit_a_dirty_tree_and_changed_recipes():

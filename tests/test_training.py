@@ -316,3 +316,29 @@ def test_train_cli_checks_the_class_counts_of_an_own_collection_before_anything_
     assert main(["train", "--images", str(tmp_path), "--csv", str(tmp_path / "cases.csv"), "--out", str(out)]) == 2
     assert "diagnosis 'dermatofibroma' has 1 training case(s) among all cases; the diagnosis prior needs at least 2" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_two_runs_with_one_checkpoint_path_never_replace_each_other(tmp_path):
+    """Each run stages its checkpoint under its own name, and one whose target another run wrote meanwhile keeps
+    its result beside it instead of replacing the other's; a killed run's staging file is cleaned up."""
+    import os
+    from pathlib import Path
+
+    from monai_cir.engine.bundle import publish_checkpoint, staging_path
+
+    target = tmp_path / "model.pt"
+    killed = tmp_path / "model.pt.999999999.partial"  # a run whose process is gone (above any pid_max)
+    killed.write_bytes(b"half-trained")
+    staging = Path(staging_path(target))
+    assert staging.name == f"model.pt.{os.getpid()}.partial" and not killed.exists()
+    staging.write_bytes(b"this run")
+    target.write_bytes(b"the other run")  # published while this one trained
+    with pytest.raises(FileExistsError, match="written by another run while this one trained"):
+        publish_checkpoint(staging, target)
+    assert target.read_bytes() == b"the other run" and staging.read_bytes() == b"this run"
+
+    alone = tmp_path / "alone.pt"
+    alone.write_bytes(b"previous")  # there before the run began (--overwrite): replaced
+    staging = Path(staging_path(alone))
+    staging.write_bytes(b"new")
+    assert publish_checkpoint(staging, alone) == alone and alone.read_bytes() == b"new" and not staging.exists()

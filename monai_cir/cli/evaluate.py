@@ -26,6 +26,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .train import NUM_FOLDS
+
 __all__ = ["add_parser", "run"]
 
 OUTPUT_DIR = Path("output")  # git-ignored: a quick run never rewrites a committed results file
@@ -38,6 +40,8 @@ def _fold_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"folds must be integers such as 0,1 or 0 1, got {text!r}") from None
     if not folds or any(f < 0 for f in folds):
         raise argparse.ArgumentTypeError(f"folds must be 0-based fold numbers such as 0,1, got {text!r}")
+    if any(f >= NUM_FOLDS for f in folds):  # said now, not after the folds before it have run
+        raise argparse.ArgumentTypeError(f"there are {NUM_FOLDS} folds, 0 to {NUM_FOLDS - 1}: got {text!r}")
     return folds
 
 

@@ -11,10 +11,12 @@ the findings gate on query texts), then the late-fusion branch of the release ne
 (``bundle/models/model.pt``) with the encoder fingerprint.
 
 ``--images DIR --csv FILE`` (the input ``monai-cir index build`` takes) trains on your own collection instead:
-``--fold all`` on every case, ``--fold k`` holding out fold k of 5 folds stratified by diagnosis (seed 0, CSV order);
+``--fold all`` on every case, ``--fold k`` holding out fold k of 5 folds stratified by diagnosis (seed 0, CSV order;
+each patient's or lesion's images in one fold when the CSV has a ``patient_id`` or ``lesion_id`` column);
 the checkpoint goes to ``output/<collection>/`` (git-ignored). An existing checkpoint is never replaced without
-``--overwrite`` (checked before anything runs); the stages write ``<checkpoint>.partial``, renamed onto the
-checkpoint when all are done, so an interrupted run leaves the previous file as it was.
+``--overwrite`` (checked before anything runs); the stages write ``<checkpoint>.<process id>.partial``, renamed
+onto the checkpoint when all are done, so an interrupted run leaves the previous file as it was (and a run that
+finds the checkpoint written by another run since it began keeps its own at the ``.partial`` path, and says so).
 """
 
 from __future__ import annotations

@@ -374,7 +374,8 @@ STANDARD_DIAGNOSES_TEXT = (
 USER_CSV_COLUMNS_TEXT = (
     "columns image, diagnosis (optional: case_id, text, site, confirmation = one of " + ", ".join(CONFIRMATIONS)
     + "; " + " / ".join(w for w in CONFIRMATION_WORDS["histopathology"] if w != "histopathology")
-    + " also mean histopathology, empty means unknown)"
+    + " also mean histopathology, empty means unknown; patient_id or lesion_id: the images of one patient or lesion, kept "
+    "in one cross-validation fold)"
 )
 
 
@@ -461,7 +462,7 @@ def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str
     extra = sorted(set(diagnoses) - set(CLASS_NAMES))
     classes = list(CLASS_NAMES) + extra
     name = collection or csv_path.stem
-    records, seen = [], set()
+    records, seen, listed = [], set(), {}
     for index, (row, diagnosis) in enumerate(zip(rows, diagnoses)):
         image = row.get("image")
         if not isinstance(image, str) or not image.strip():
@@ -471,6 +472,10 @@ def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str
         if case_id in seen:
             raise _row_error(csv_path, index, f"duplicate case_id {case_id!r}")
         seen.add(case_id)
+        if image_path.resolve() in listed:  # one image as two cases: in two folds, it would find itself
+            raise _row_error(csv_path, index, f"the image {image.strip()!r} is listed already, in CSV row {listed[image_path.resolve()] + 2}: "
+                             "one image is one case (keep one row)")
+        listed[image_path.resolve()] = index
         try:
             site = normalize_site(row.get("site"))
         except ValueError as err:
@@ -483,7 +488,37 @@ def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str
             )
         )
     _check_images([(index, r.image_path) for index, r in enumerate(records)], csv_path)
+    _warn_identical_images(records, csv_path)
     return records
+
+
+def _warn_identical_images(records: Sequence[CaseRecord], csv_path: Path) -> None:
+    """Log the cases whose image files are byte for byte the same (copies under two names) that no patient_id /
+    lesion_id column keeps in one fold: in two folds, each would find the other and score as a perfect match.
+    Files are hashed only where another has the same size (cheap)."""
+    import hashlib
+
+    from .folds import case_groups
+
+    by_size: dict[int, list[CaseRecord]] = {}
+    for record in records:
+        by_size.setdefault(record.image_path.stat().st_size, []).append(record)
+    by_digest: dict[str, list[CaseRecord]] = {}
+    for same_size in (group for group in by_size.values() if len(group) > 1):
+        for record in same_size:
+            by_digest.setdefault(hashlib.sha256(record.image_path.read_bytes()).hexdigest(), []).append(record)
+    copies = [group for group in by_digest.values() if len(group) > 1]
+    grouped = case_groups(records)
+    if grouped:  # copies the CSV already puts in one group are kept together
+        group_of = dict(zip((r.case_id for r in records), grouped[0]))
+        copies = [group for group in copies if len({group_of[r.case_id] for r in group}) > 1]
+    if copies:
+        listed = "; ".join(" = ".join(r.case_id for r in group) for group in copies[:MAX_LISTED_IMAGES])
+        logger.warning(
+            "%s: %d group(s) of cases have the same image file content: %s%s. Cross-validation may put copies in different folds, "
+            "where each finds the other: remove the copies, or give each group one value in a lesion_id column.",
+            csv_path, len(copies), listed, f"; and {len(copies) - MAX_LISTED_IMAGES} more" if len(copies) > MAX_LISTED_IMAGES else "",
+        )
 
 
 def records_dataset(records: Sequence[CaseRecord], image_size: int = 512, transform: Any = None):

@@ -92,7 +92,7 @@ def fold_split(cases: Any, fold: int = 0, subset: int | None = None, seed: int =
     from ..evaluation import fold_indices
 
     if not hasattr(cases, "case_ids"):  # records: what the image (fine-tuning) path reads
-        cases = SimpleNamespace(case_ids=[r.case_id for r in cases], labels=[r.label for r in cases])
+        cases = SimpleNamespace(case_ids=[r.case_id for r in cases], labels=[r.label for r in cases], records=list(cases))
     if fold < 0:
         train, test = np.arange(len(cases.case_ids)), np.array([], dtype=int)
     else:
@@ -169,21 +169,64 @@ def check_training_classes(cases: Any, train_indices: Sequence[int], prior_stren
                          "the bundle's --prior_strength 0)")
 
 
+# the target as each staging path of this process found it (:func:`_file_state`), for publish_checkpoint's check
+_TARGET_AT_STAGING: dict[str, tuple[int, int] | None] = {}
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of a file, None when there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def staging_path(path: str | Path) -> str:
-    """Where training writes its stages before :func:`publish_checkpoint` renames the finished checkpoint onto
-    ``path``: beside it (same file system, so the rename is atomic), ``<name>.partial``."""
+    """Where this run writes its stages before :func:`publish_checkpoint` renames the finished checkpoint onto
+    ``path``: beside it (same file system, so the rename is atomic), ``<name>.<process id>.partial``, one per run,
+    so that two runs with one target never write each other's stages. The staging files of runs that ended
+    without publishing (killed: their process is gone) are removed here."""
+    import os
+
     path = Path(path)
-    return str(path.parent / f"{path.name}.partial")
+    for old in path.parent.glob(f"{path.name}.*.partial"):
+        pid = old.name[len(path.name) + 1 : -len(".partial")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            old.unlink(missing_ok=True)
+    staging = str(path.parent / f"{path.name}.{os.getpid()}.partial")
+    _TARGET_AT_STAGING.setdefault(staging, _file_state(path))
+    return staging
+
+
+def _process_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def publish_checkpoint(staging: str | Path, path: str | Path) -> Path:
     """Rename the finished checkpoint ``staging`` onto ``path`` in one step (a reader, or a run killed before
-    this point, sees the previous file or the finished one, never a half-trained one)."""
+    this point, sees the previous file or the finished one, never a half-trained one). Refused, the finished
+    checkpoint kept at ``staging``, when another run has written ``path`` since this one began (two runs with
+    one ``--out``: the later one to finish would silently replace the other's result)."""
     import os
 
     if not Path(staging).is_file():
         raise FileNotFoundError(f"training wrote no checkpoint at {staging}; nothing to publish to {path}")
+    before = _TARGET_AT_STAGING.get(str(staging), _file_state(Path(path)))
+    if _file_state(Path(path)) != before:
+        raise FileExistsError(
+            f"{path} was written by another run while this one trained: not replaced. This run's checkpoint is at {staging}; "
+            "rename it to keep it (run one training per output path at a time)")
     os.replace(staging, path)
+    _TARGET_AT_STAGING.pop(str(staging), None)
     print(f"checkpoint -> {path}")
     return Path(path)
 

@@ -140,7 +140,7 @@ def fold_indices(cache: Any, folds: dict[str, int] | None = None) -> np.ndarray:
     from ..data.folds import collection_folds
 
     if folds is None:
-        return np.asarray(collection_folds(list(cache.case_ids), np.asarray(cache.labels).tolist())[0], dtype=int)
+        return np.asarray(collection_folds(list(cache.case_ids), np.asarray(cache.labels).tolist(), getattr(cache, "records", None))[0], dtype=int)
     missing = [cid for cid in cache.case_ids if cid not in folds]
     if missing:
         raise ValueError(f"{len(missing)} cases have no fold in the folds given (first: {missing[:3]})")
@@ -152,7 +152,34 @@ def fold_assignment(cache: Any) -> str | None:
     description of the stratified folds (recorded in the results' config: runs of two collections never merge)."""
     from ..data.folds import collection_folds
 
-    return collection_folds(list(cache.case_ids), np.asarray(cache.labels).tolist())[1]
+    return collection_folds(list(cache.case_ids), np.asarray(cache.labels).tolist(), getattr(cache, "records", None))[1]
+
+
+# the text forms that render what a collection's columns record: the 7-point criteria (Derm7pt's columns), or the
+# context (age, sex, site, elevation); without them a form's texts are another form's or empty
+_FORMS_NEEDING_CRITERIA = {"partial": "the template's texts", "findings_only": "empty texts"}
+_FORMS_NEEDING_CONTEXT = {"demographics": "empty texts", "reworded": "empty texts", "restyled": "empty texts"}
+
+
+def check_text_forms(records: Sequence[Any], forms: Sequence[str], collection: str) -> None:
+    """Refuse, before anything runs, the ``forms`` whose texts the collection's columns cannot make: a form that
+    renders the 7-point checklist (``partial``, ``findings_only``) needs the criteria columns (Derm7pt's
+    ``pigment_network``, ``streaks``...), one that renders the context needs age, sex or site columns; without
+    them its column of the table would repeat another form's or score empty texts, and read as a result."""
+    from ..data.report import CRITERIA, report_fields
+
+    fields = [report_fields(record) for record in records]
+    has_criteria = any(f.criteria for f in fields)
+    has_context = has_criteria or any(f.age is not None or f.sex or f.location or f.elevation for f in fields)
+    unusable = {form: what for form, what in _FORMS_NEEDING_CRITERIA.items() if form in forms and not has_criteria}
+    unusable |= {form: what for form, what in _FORMS_NEEDING_CONTEXT.items() if form in forms and not has_context}
+    if unusable:
+        usable = [f for f in forms if f not in unusable] or ["template", "empty"]
+        raise ValueError(
+            f"--text-forms {', '.join(unusable)}: {collection} has no column these forms render ("
+            + "; ".join(f"{form} would score {what}" for form, what in unusable.items())
+            + f"). They need the 7-point checklist columns ({', '.join(key for key, _ in CRITERIA)})"
+            + (" or age / sex / site columns" if not has_context else "") + f"; run --text-forms {','.join(usable)}")
 
 
 def _similarity(output: MethodOutput, n_query: int, n_database: int, name: str) -> torch.Tensor:
@@ -258,6 +285,7 @@ def evaluate(
     if assignment is not None:  # absent for the committed folds, as in every results file made before it existed
         config["fold_assignment"] = assignment
     check_collection_classes(cache.records, folds, selected)
+    check_text_forms(cache.records, text_forms or [], collection)
     if on_start is not None:
         on_start(config)
     state = RunState(net=net)
@@ -399,7 +427,7 @@ def check_collection_classes(records: Sequence[Any], folds: Sequence[int], metho
     if with_prior:
         from ..engine.bundle import check_training_classes
 
-        fold_of = np.asarray(collection_folds([r.case_id for r in records], [int(r.label) for r in records])[0])
+        fold_of = np.asarray(collection_folds([r.case_id for r in records], [int(r.label) for r in records], records)[0])
         for fold in folds:
             try:
                 check_training_classes(records, np.flatnonzero(fold_of != int(fold)), prior_strength=1.0, fold=int(fold))

@@ -79,11 +79,12 @@ def _averaged_over(by_form: dict[str, dict[str, Any]]) -> str:
 def text_forms_table(results: dict[str, Any]) -> str:
     """Markdown: per collection, Acc@1 / mAP of every method with the query texts in each form."""
     blocks = results.get("text_forms") or {}
+    cross_validated = results.get("config", {}).get("collection", "derm7pt")  # the folds' collection; the others: cross-site
     lines: list[str] = []
     for collection, by_form in blocks.items():
         forms = list(by_form)
         methods = list(next(iter(by_form.values()), {}))
-        lines += [f"Text forms, {collection} (Acc@1 / mAP, percent; {_averaged_over(by_form) if collection == 'derm7pt' else 'leave-one-out'})", "",
+        lines += [f"Text forms, {collection} (Acc@1 / mAP, percent; {_averaged_over(by_form) if collection == cross_validated else 'leave-one-out'})", "",
                   "| Method | " + " | ".join(forms) + " |", "|---" * (len(forms) + 1) + "|"]
         for name in methods:
             cells = []
