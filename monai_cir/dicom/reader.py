@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +222,6 @@ class SRText:
     texts: list[str] = field(default_factory=list)
     references: set[str] = field(default_factory=set)  # the instances the report is about
     reference_studies: dict[str, str] = field(default_factory=dict)  # referenced SOP Instance UID -> its Study UID (evidence)
-    other_evidence: set[str] = field(default_factory=set)  # instances it lists for comparison only (a follow-up's baseline)
     predecessors: set[str] = field(default_factory=set)  # the SRs this one amends or replaces (Predecessor Documents)
     diagnosis: str | None = None
     case_id: str | None = None
@@ -308,11 +307,8 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
     # Pertinent Other Evidence: what a report lists beside its subject, such as the baseline image a follow-up
     # compares with, so not the images it describes; unless it names nothing else (a report written in a study
     # of its own lists the images it describes there, as highdicom does for evidence of another study)
-    other = evidence["PertinentOtherEvidenceSequence"]
-    if info.references:
-        info.other_evidence = other - info.references
-    else:
-        info.references = set(other)
+    if not info.references:
+        info.references = set(evidence["PertinentOtherEvidenceSequence"])
     return info
 
 
@@ -666,7 +662,7 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
     scan = DicomScan()
     images: list[tuple[str, Dataset]] = []
     srs: list[SRText] = []
-    unreadable_srs: list[tuple[str, str]] = []  # (path, Study UID where it could be read) of report SRs that could not be
+    unreadable_srs: list[tuple[str, str]] = []  # (path, its Study UID or "") of each report SR that could not be read
     seen_uids: set[str] = set()  # every instance read, whatever its class (an SR's image may be one refused)
     for file in _files(root):
         where = str(file)
@@ -727,9 +723,10 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
     collided = [sr for sr in srs if sr.path in collided_paths]
     srs = _current_reports([item for _, item in kept if isinstance(item, SRText)], scan.problems)
     images_per_study = Counter(str(ds.get("StudyInstanceUID", "") or "").strip() for _, ds in images)
-    del kept
-    while images:
-        where, ds = images.pop(0)  # this image's data set, pixels included, is let go when its queries are made
+    pending = deque(images)
+    del kept, images
+    while pending:
+        where, ds = pending.popleft()  # this image's data set, pixels included, is let go when its queries are made
         try:
             queries = _image_queries(where, ds, srs, scan.problems, max_side, all_frames, collided, unreadable_srs, images_per_study)
         except Exception as err:  # noqa: BLE001 (one bad image is reported; the scan goes on)
