@@ -472,10 +472,11 @@ def load_image_csv(images_dir: str | Path, csv_path: str | Path, collection: str
         if case_id in seen:
             raise _row_error(csv_path, index, f"duplicate case_id {case_id!r}")
         seen.add(case_id)
-        if image_path.resolve() in listed:  # one image as two cases: in two folds, it would find itself
-            raise _row_error(csv_path, index, f"the image {image.strip()!r} is listed already, in CSV row {listed[image_path.resolve()] + 2}: "
+        resolved = image_path.resolve()
+        if resolved in listed:  # one image as two cases: in two folds, it would find itself
+            raise _row_error(csv_path, index, f"the image {image.strip()!r} is listed already, in CSV row {listed[resolved] + 2}: "
                              "one image is one case (keep one row)")
-        listed[image_path.resolve()] = index
+        listed[resolved] = index
         try:
             site = normalize_site(row.get("site"))
         except ValueError as err:
