@@ -218,6 +218,74 @@ def test_a_damaged_report_sr_is_reported_and_the_scan_goes_on(tmp_path):
     assert not any("no SR in the study" in n for n in by_name["bad"].notices)
 
 
+@pytest.mark.parametrize("damage", ["length_too_long", "length_too_short", "sequence_past_the_end"])
+def test_a_report_sr_with_a_damaged_length_gives_no_text(tmp_path, damage):
+    """A damaged length inside an SR's content tree raises nothing in pydicom: a Text Value whose length runs past
+    its item took in the binary of the elements after it ("irregular streaks\\x00\\xfe\\xff..." as the finding text),
+    one cut short gave "irre" and the rest parsed as a private element; a nested sequence running past the end of the
+    file was reported, but its image said "no SR in the study". Each is reported and its image answered image-only,
+    saying its report could not be read."""
+    import struct
+
+    good = _image(tmp_path, "good")
+    _report(tmp_path, "good_sr", good, "atypical pigment network")
+    bad = _image(tmp_path, "bad", pixels=_lesion(seed=2))
+    _report(tmp_path, "bad_sr", bad, "irregular streaks and dots")
+    raw = bytearray((tmp_path / "bad_sr.dcm").read_bytes())
+    text = raw.find(struct.pack("<HH", 0x0040, 0xA160) + b"UT\x00\x00")  # a Text Value, nested in the content tree
+    content = raw.find(struct.pack("<HH", 0x0040, 0xA730) + b"SQ\x00\x00")  # the top Content Sequence
+    assert text > content > 0
+    at, length = {"length_too_long": (text, 0x7FFFFFF0), "length_too_short": (text, 4), "sequence_past_the_end": (content, 0x7FFFFFF0)}[damage]
+    raw[at + 8 : at + 12] = struct.pack("<I", length)
+    (tmp_path / "bad_sr.dcm").write_bytes(bytes(raw))
+
+    scan, problems = _scan(tmp_path)
+    assert set(problems) == {"bad_sr"} and "re-send" in problems["bad_sr"], problems
+    by_name = {Path(q.source_path).stem: q for q in scan.queries}
+    assert by_name["good"].text == "atypical pigment network"
+    assert by_name["bad"].text == "" and by_name["bad"].text_source == "none", by_name["bad"].text
+    assert any("could not be read" in n and "image-only" in n for n in by_name["bad"].notices), by_name["bad"].notices
+    assert not any("no SR in the study" in n for n in by_name["bad"].notices)
+
+
+def test_report_text_with_the_characters_text_holds_is_read_as_written(tmp_path):
+    """What the damage check refuses is what no text holds: tabs, line breaks and accents are text."""
+    image = _image(tmp_path, "image")
+    _report(tmp_path, "sr", image, "Befund:\tatypisches Netzwerk,\r\nregressionsähnliche Strukturen")
+    scan, problems = _scan(tmp_path)
+    assert problems == {} and scan.queries[0].text == "Befund:\tatypisches Netzwerk,\r\nregressionsähnliche Strukturen"
+
+
+def test_a_vl_photographic_image_not_said_to_be_dermoscopy_gets_a_notice(tmp_path):
+    """Older archives store dermoscopy as VL Photographic (XC), and a clinical photograph of the lesion is VL
+    Photographic too: answered as dermoscopy, without a word, it gave matches that mean nothing. An XC image is
+    dermoscopy when a dermoscope attribute (Dermoscopic Image Module) or a description says so."""
+    from pydicom.uid import VLPhotographicImageStorage
+
+    from monai_cir.dicom.reader import NOT_SAID_DERMOSCOPY_NOTICE
+
+    _image(tmp_path, "dms")
+    variants = {"plain_xc": {}, "described": {"SeriesDescription": "Dermatoscopy left shoulder"},
+                "image_type": {"ImageType": ["ORIGINAL", "PRIMARY", "EPILUMINESCENCE"]}, "dermoscope": {"ContactMethod": "CONTACT"},
+                "clinical": {"SeriesDescription": "clinical overview"}}
+    for seed, (name, attributes) in enumerate(variants.items(), start=3):
+        ds = _image(tmp_path, name, pixels=_lesion(seed=seed))
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = VLPhotographicImageStorage
+        ds.Modality = "XC"
+        for keyword in ("SeriesDescription", "StudyDescription", "ImageType", "LightSourcePolarization", "EmitterColorTemperature",
+                        "ContactMethod", "ImmersionMedia", "OpticalMagnificationFactor"):  # what dicomize writes of a dermoscopy image
+            if keyword in ds:
+                delattr(ds, keyword)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+
+    scan, problems = _scan(tmp_path)
+    assert problems == {}
+    noticed = {Path(q.source_path).stem for q in scan.queries if NOT_SAID_DERMOSCOPY_NOTICE in q.notices}
+    assert noticed == {"plain_xc", "clinical"}
+
+
 def test_a_follow_up_report_gives_no_text_to_the_baseline_it_compares_with(tmp_path):
     """A follow-up study's SR describes its new image and lists the earlier study's image in Pertinent Other
     Evidence, as the comparison: the baseline image is not what the report describes."""
@@ -1353,6 +1421,29 @@ def test_bad_study_reported_and_skipped(app_run, results):
     assert len(written) == 4 and corrupt_study not in written
     log = app_run["proc"].stdout + app_run["proc"].stderr
     assert corrupt_file in log and "junk.txt" in log  # a log line for each
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_an_input_with_nothing_to_answer_says_so_in_problems_json(app_run, results, tmp_path):
+    """An empty input folder (a job started before its study was copied in), or one whose files are all refused,
+    ended with an empty problems.json: a run with nothing to answer read as a run with nothing wrong."""
+    from deploy_app.app import load_models, run_app
+    from deploy_app.settings import AppSettings
+
+    models = load_models(app_run["root"] / "models", device="cpu")
+    settings = AppSettings(explain=False, write_pdf=False)
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    (tmp_path / "empty" / ".hidden" / "x.dcm").write_bytes(b"hidden files are not read")
+    (tmp_path / "refused").mkdir()
+    (tmp_path / "refused" / "notes.txt").write_text("not DICOM")
+    for name, expected in (("empty", "the input folder holds no file to read: nothing to answer"),
+                           ("refused", "no dermoscopy image answered among the input's 1 file(s)")):
+        summary = run_app(tmp_path / name, tmp_path / f"out-{name}", models, settings)
+        problems = json.loads((tmp_path / f"out-{name}" / "problems.json").read_text())
+        assert summary["queries"] == [] and problems, name
+        assert problems[-1]["stage"] == "input" and problems[-1]["message"].startswith(expected), problems
+        assert problems[-1]["path"] == str(tmp_path / name)
 
 
 @pytest.mark.integration

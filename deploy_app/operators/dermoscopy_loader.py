@@ -98,8 +98,15 @@ class DermoscopyStudyLoaderOperator(Operator):
                 r.query_id = f"{r.query_id}-{seen[r.query_id]}"
         studies = {attr(r.query, "study_uid") for r in results}
         self._logger.info("read %s: %d quer%s in %d stud%s, %d problem(s)", folder, len(results), "y" if len(results) == 1 else "ies", len(studies), "y" if len(studies) == 1 else "ies", len(problems))
-        if not results:
-            self._logger.warning("no dermoscopy image found in %s: nothing to answer", folder)
+        if not results:  # said in problems.json too: an empty run must not read as a run that found nothing wrong
+            if not scan.files:
+                message = "the input folder holds no file to read: nothing to answer (were the studies copied in before the run started?)"
+            elif problems:
+                message = f"no dermoscopy image answered among the input's {scan.files} file(s): why is in the problems above"
+            else:
+                message = f"no dermoscopy image among the input's {scan.files} file(s): nothing to answer"
+            problems.append(Problem(stage="input", message=message, path=str(folder)))
+            self._logger.warning("%s: %s", folder, message)
         return results, problems
 
 

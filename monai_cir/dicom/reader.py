@@ -40,8 +40,11 @@ Rules (documented in ``docs/dicom.md``):
   side, a JPEG / JPEG-LS / JPEG 2000 frame without its end marker (a truncated stream, which
   decoders pad with grey instead of failing), a frame whose pixels are constant or nearly so
   (blank), any other error reading an image; a report SR whose image is not in the input, one damaged
-  inside (an element pydicom cannot read once it is used: the images of its study say so), one an
-  amended report replaces. A
+  inside (an element pydicom cannot read once it is used, a text value holding what no text holds or a
+  private element without its creator: a damaged length; a file cut inside its content tree: the images
+  of its study say so), one an amended report replaces. A VL Photographic image that neither a
+  dermoscope attribute nor a description says is dermoscopy is answered with a notice (a clinical
+  photograph is VL Photographic too). A
   greyscale image is answered, with a notice (the model was trained on colour dermoscopy); so is a dim colour
   image (more than 8 bits, values spanning under half the stored range: stretched by its own range).
 - **One file per instance**: the same SOP Instance UID received twice with the same patient, study
@@ -202,6 +205,7 @@ class DicomScan:
 
     queries: list[DermoscopyQuery] = field(default_factory=list)
     problems: list[InputProblem] = field(default_factory=list)
+    files: int = 0  # files read (hidden files and DICOMDIR not counted)
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -272,6 +276,7 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
 
     def walk(items: Iterable[Dataset]) -> None:
         for item in items or []:
+            _check_item(item)
             rel = str(item.get("RelationshipType", ""))
             vtype = str(item.get("ValueType", ""))
             name = _code_key(item.get("ConceptNameCodeSequence"))
@@ -282,7 +287,7 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
             elif rel in _CONTEXT_RELATIONSHIPS:
                 pass
             elif vtype == "TEXT":
-                value = str(item.get("TextValue", "") or "").strip()
+                value = _checked_text(str(item.get("TextValue", "") or ""), "Text Value (0040,A160)").strip()
                 if _is(name, C.CASE_IDENTIFIER):
                     info.case_id = value or None
                 elif _is(name, C.CASE_COLLECTION):
@@ -297,7 +302,7 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
                     info.diagnosis = C.diagnosis_from_code(*value)
                 elif _is(name, C.DIAGNOSIS_CONFIRMATION):
                     info.confirmation = C.confirmation_from_code(*value)
-                elif value[2]:
+                elif _checked_text(value[2], "Code Meaning (0008,0104)"):
                     generic = name is None or (name[0], name[1]) in _GENERIC_FINDING
                     info.texts.append(value[2] if generic else f"{name[2]}: {value[2]}")
             if "ContentSequence" in item:
@@ -310,6 +315,30 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
     if not info.references:
         info.references = set(evidence["PertinentOtherEvidenceSequence"])
     return info
+
+
+# control characters no report text holds (TAB, LF, FF, CR and ESC, which ISO 2022 character sets use, are allowed)
+_NOT_TEXT = {chr(c) for c in range(32) if chr(c) not in "\t\n\f\r\x1b"} | {"\x7f", "\ufffd"}
+
+
+def _checked_text(value: str, what: str) -> str:
+    """``value``, or ValueError when it holds what no text does: a value whose length was damaged takes in the
+    bytes of the elements after it (NUL, binary) or loses its end to them, and either would read as a finding."""
+    bad = sorted({c for c in value if c in _NOT_TEXT})
+    if bad:
+        shown = ", ".join("U+%04X" % ord(c) for c in bad[:4])
+        raise ValueError(f"its {what} holds bytes that are not text ({shown}): the value's length is damaged")
+    return value
+
+
+def _check_item(item: Dataset) -> None:
+    """ValueError for a content item that holds a private element without its Private Creator: what the bytes
+    of a value cut short by a damaged length read as (the rest of the text parsed as tags)."""
+    for element in item:
+        tag = element.tag
+        if tag.group % 2 and tag.element >= 0x1000 and (tag.group, tag.element >> 8) not in item:
+            raise ValueError(f"a content item holds element {tag} without its Private Creator ({tag.group:04X},00{tag.element >> 8:02X}): "
+                             "a value before it has a damaged length")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,6 +470,29 @@ _NAMES = {"PatientBirthDate": "Patient's Birth Date", "StudyDate": "Study Date",
 
 
 _JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+# attributes of the Dermoscopic Image Module (PS3.3 C.8.12.13): a VL Photographic image carrying one was taken with a dermoscope
+_DERMOSCOPE_ATTRIBUTES = ("LightSourcePolarization", "EmitterColorTemperature", "ContactMethod", "ImmersionMedia", "OpticalMagnificationFactor")
+# where a VL Photographic image's sender writes what it is
+_DESCRIPTIONS = ("ImageType", "SeriesDescription", "StudyDescription", "ImageComments", "ProtocolName",
+                 "AcquisitionDeviceProcessingDescription", "PerformedProcedureStepDescription", "DerivationDescription")
+_DERMOSCOPY_WORDS = ("dermoscop", "dermatoscop", "epilumin")  # dermoscopy / dermatoscopic / epiluminescence, any case
+NOT_SAID_DERMOSCOPY_NOTICE = (
+    "VL Photographic image (Modality XC) that nothing says is dermoscopy (no dermoscope attribute, no 'dermoscopy' in its "
+    "descriptions): answered as one; if it is a clinical (close-up or overview) photograph, the similar cases mean nothing")
+
+
+def _says_dermoscopy(ds: Dataset) -> bool:
+    """Whether the image is dermoscopy as its header says: a Dermoscopic Photography instance (or Modality DMS), or a
+    VL Photographic one with a dermoscope attribute or a description naming dermoscopy (older archives store
+    dermoscopy as VL Photographic; a clinical photograph of the same study is VL Photographic too)."""
+    if str(ds.get("SOPClassUID", "")) != str(VLPhotographicImageStorage) or str(ds.get("Modality", "")).upper() == "DMS":
+        return True
+    if any(keyword in ds for keyword in _DERMOSCOPE_ATTRIBUTES):
+        return True
+    words = " ".join(dicom_text(ds.get(keyword)) for keyword in _DESCRIPTIONS).lower()
+    return any(word in words for word in _DERMOSCOPY_WORDS) or "dms" in words.replace("\\", " ").split()
 
 
 def _frame_count(ds: Dataset) -> int:
@@ -668,6 +720,7 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         where = str(file)
         if file.name.upper() == "DICOMDIR":
             continue
+        scan.files += 1
         try:
             # the pixel data is read when an image's turn comes (and let go after it): held for every file of a
             # batch, a folder of large images would need their whole size in memory at once
@@ -682,6 +735,8 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         truncated = _truncation(file)
         if truncated:
             scan.problems.append(InputProblem(where, f"{truncated}; re-send the complete file: skipped"))
+            if _sop_class_of_damaged(ds) in SR_SOP_CLASSES:  # its study's images say their report could not be read
+                unreadable_srs.append((where, _study_of_damaged(ds)))
             continue
         sop_class = ""
         try:  # pydicom reads an element's value when it is first used: a damaged one raises only now
@@ -746,6 +801,14 @@ def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all
         what = "references no image of this input" if sr.references else f"is of study {sr.study_uid}, which has no image in this input"
         scan.problems.append(InputProblem(sr.path, f"report SR that {what}: nothing to answer (send the dermoscopy image with its report)"))
     return scan
+
+
+def _sop_class_of_damaged(ds: Dataset) -> str:
+    """The SOP Class UID of a file that could not be read whole, where that element can be read ("" otherwise)."""
+    try:
+        return str(ds.get("SOPClassUID", "") or "").strip()
+    except Exception:  # noqa: BLE001 (damaged too)
+        return ""
 
 
 def _study_of_damaged(ds: Dataset) -> str:
@@ -971,6 +1034,8 @@ def _image_queries(
             frame_notices.append(dim)
         if _is_greyscale(ds, image):
             frame_notices.append(GREYSCALE_NOTICE)
+        if not _says_dermoscopy(meta):
+            frame_notices.append(NOT_SAID_DERMOSCOPY_NOTICE)
         if max(rows, columns) > max_side:
             frame_notices.append(f"image of {columns}x{rows} downscaled to fit {max_side} pixels")
             if max(image.shape[:2]) > max_side:
