@@ -181,6 +181,39 @@ def test_cli_keeps_the_methods_a_failed_run_finished(tiny_caches, tmp_path, monk
     assert "imagenet_cosine" in out.with_suffix(".md").read_text()
 
 
+def test_cli_keeps_the_folds_a_method_finished_before_it_failed(tiny_caches, tmp_path, monkeypatch):
+    """A method killed in its third fold (a fine-tuned fold is an hour of CPU) keeps its first two in --out (before: a
+    method was saved only when all its folds were done, so they were lost); the folds run later merge with them and
+    the file lists one run per invocation."""
+    from monai_cir.cli import main
+    from monai_cir.data import feature_cache
+
+    cosine = available_methods()["imagenet_cosine"].fn
+
+    def fails_in_fold_2(ctx):
+        if ctx.fold == 2:
+            raise RuntimeError("killed in fold 2 on purpose")
+        return cosine(ctx)
+
+    monkeypatch.setattr(feature_cache, "build_feature_cache", lambda collection, *a, **k: tiny_caches[collection])
+    register_method("fails_in_fold_2", label="raises in fold 2")(fails_in_fold_2)
+    out = tmp_path / "cut_short.json"
+    common = ["evaluate", "--methods", "fails_in_fold_2", "--image-size", "64", "--out", str(out)]
+    try:
+        with pytest.raises(RuntimeError, match="on purpose"):
+            main(common + ["--folds", "0,1,2,3"])
+        payload = json.loads(out.read_text())
+        assert payload["config"]["folds"] == [0, 1] and payload["methods"]["fails_in_fold_2"]["held_out_folds"] == [0, 1]
+        assert len(payload["methods"]["fails_in_fold_2"]["map"]["folds"]) == 2
+        assert [r["folds"] for r in payload["methods"]["fails_in_fold_2"]["runs"]] == [[0, 1]]
+        assert main(common + ["--folds", "3"]) == 0
+    finally:
+        unregister_method("fails_in_fold_2")
+    payload = json.loads(out.read_text())
+    assert payload["methods"]["fails_in_fold_2"]["held_out_folds"] == [0, 1, 3]
+    assert [r["folds"] for r in payload["methods"]["fails_in_fold_2"]["runs"]] == [[0, 1], [3]]
+
+
 def test_merge_replaces_a_fold_run_again():
     def run(folds, values):
         entry = {"label": "m", "held_out_folds": folds, "runs": [{"folds": folds}],

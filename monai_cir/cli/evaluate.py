@@ -13,9 +13,9 @@ same folds on every run of the same CSV.
 Resumable runs: when ``--out`` exists and was made with the same settings, the folds of this run are
 merged into it (``--folds 0``, then ``--folds 1,2``... fill one file; a fold run again replaces its
 earlier value; each method lists its runs under ``"runs"``: folds, commit, clean or not, and the processor they ran
-on, since another CPU model can tip a query). Each method is merged into
-``--out`` as soon as its folds are done, so a run cut short (a deadline, a crash in a later method) keeps the
-methods it finished. ``--overwrite`` replaces the file instead. Whether this run can merge (same seed, image size, collection...) is
+on, since another CPU model can tip a query). Each fold of each method is merged into
+``--out`` as soon as it is done, so a run cut short (a deadline, a crash, a killed fine-tuning run) keeps the
+folds it finished: run the others with ``--folds``. ``--overwrite`` replaces the file instead. Whether this run can merge (same seed, image size, collection...) is
 checked before any fold is computed. ``--figure DIR`` also draws the qualitative figure (paper Fig. 3; default: no
 figure): it shows the collection's images, so DIR must be a git-ignored folder such as ``output/figures``; never commit it.
 """
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import datetime
     import fcntl
     import hashlib
+    import os
     import tempfile
     import time
 
@@ -138,13 +139,15 @@ def run(args: argparse.Namespace) -> int:
     # runs of other folds may merge into the same file at the same time: read-merge-write under a lock
     lock_path = Path(tempfile.gettempdir()) / f"monai-cir-evaluate-{hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:16]}.lock"
 
+    run_id = f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')} pid {os.getpid()}"  # this invocation's folds are one run
+
     def write(part: dict) -> None:
-        """Merge one part of this run's results into --out (and its table), under the lock."""
+        """Merge one part of this run's results (a fold of a method, or the cross-site blocks) into --out (and its table), under the lock."""
         nonlocal last_write
         now = time.perf_counter()
         for entry in part["methods"].values():
-            entry["runs"] = [{"folds": folds, "commit": commit.get("sha"), "dirty": commit.get("dirty"), "machine": run_machine,
-                              "wall_time_s": round(float(entry.get("seconds", 0.0)), 1)}]
+            entry["runs"] = [{"run": run_id, "folds": entry["held_out_folds"], "commit": commit.get("sha"), "dirty": commit.get("dirty"),
+                              "machine": run_machine, "wall_time_s": round(float(entry.get("seconds", 0.0)), 1)}]
         payload = {
             "benchmark": f"{part['config']['collection']} 5-fold cross-validation (monai-cir evaluate)",
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -162,9 +165,11 @@ def run(args: argparse.Namespace) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if args.out.exists() and not (args.overwrite and state["first"]):
                 previous = json.loads(args.out.read_text())
-                merged = merge_results(previous, payload)
-                payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": merged_commit(merged, commit),
-                           "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + payload["wall_time_s"], 1)}
+            else:  # a new file holds the folds done, not the folds asked for
+                previous = {**payload, "methods": {}, "cross_site": {}, "train_log": [], "text_forms": {}, "wall_time_s": 0.0}
+            merged = merge_results(previous, payload)
+            payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": merged_commit(merged, commit),
+                       "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + payload["wall_time_s"], 1)}
             atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
             table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")
             header = results_header(payload, args.image_size)
@@ -173,8 +178,9 @@ def run(args: argparse.Namespace) -> int:
         state["first"] = False
         state["written"] = payload
         state["reported"] += len(part["train_log"])
-        if part["methods"]:
-            print(f"wrote {', '.join(part['methods'])} (folds {folds}) into {args.out} (now folds {payload['config']['folds']})", flush=True)
+        for name, entry in part["methods"].items():
+            print(f"wrote {name} fold {', '.join(map(str, entry['held_out_folds']))} into {args.out} "
+                  f"(it now holds folds {', '.join(map(str, payload['methods'][name]['held_out_folds']))} of {name})", flush=True)
 
     def check_merge(config: dict) -> None:
         """Before any fold is computed: a run that cannot merge into --out fails now, not after its folds."""
@@ -193,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         root=args.data_root,
         method_options=args.method_options,
         text_forms=args.text_forms,
-        on_method_done=write,  # each method is saved when its folds are done: a run cut short keeps them
+        on_fold_done=write,  # each fold of each method is saved when done: a run cut short keeps them
     )
     rankings = results.pop("_rankings", None)
     cache = results.pop("_cache", None)

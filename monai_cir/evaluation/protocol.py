@@ -220,7 +220,7 @@ def evaluate(
     net: Any = None,
     method_options: dict[str, dict[str, Any]] | None = None,
     text_forms: Sequence[str] | None = None,
-    on_method_done: Callable[[dict[str, Any]], None] | None = None,
+    on_fold_done: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the cross-validation protocol for ``methods``.
@@ -244,11 +244,11 @@ def evaluate(
         text_forms: also score every method with the query texts in these forms
             (:data:`~monai_cir.evaluation.text_forms.TEXT_FORMS`), under ``"text_forms"``; the models are
             trained once per fold (on the template texts) and queried in every form.
-        on_method_done: called after each method's folds with the part of the results it completes,
-            ``{"config", "methods": {name: entry}, "cross_site": {}, "train_log": [entries since the last
-            call], "text_forms": {collection: {form: {name: entry}}}}`` (the last key with ``text_forms``), so
-            that a long run can save as it goes (``monai-cir evaluate`` writes ``--out`` there) and a run cut
-            short keeps the methods it finished.
+        on_fold_done: called after each fold of each method with the part of the results it completes,
+            ``{"config", "methods": {name: entry of that fold}, "cross_site": {}, "train_log": [entries since the
+            last call], "text_forms": {collection: {form: {name: entry of that fold}}}}`` (the last key with
+            ``text_forms``), so that a long run can save as it goes (``monai-cir evaluate`` merges it into ``--out``
+            there) and a run cut short keeps the folds it finished (a fine-tuned fold is an hour of CPU).
         on_start: called with the run's config before any method runs (``monai-cir evaluate`` checks there
             that its results can merge into ``--out``, before the folds' minutes of work).
 
@@ -295,10 +295,10 @@ def evaluate(
     form_caches = {form: text_form_cache(cache, form, seed, net) for form in forms}
     per_form: dict[str, dict[str, dict[str, list[float]]]] = {form: {} for form in forms}
     bar = tqdm(total=len(selected) * len(folds), desc="evaluate", unit="fold", disable=not progress)
-    reported = 0  # train_log entries already passed to on_method_done
+    reported = 0  # train_log entries already passed to on_fold_done
 
-    def form_entry(values: dict[str, list[float]]) -> dict[str, Any]:
-        return {"held_out_folds": [int(f) for f in folds], **{k: _summary(values[k], scale=100.0) for k in METRIC_KEYS}}
+    def form_entry(values: dict[str, list[float]], held_out: Sequence[int] = folds) -> dict[str, Any]:
+        return {"held_out_folds": [int(f) for f in held_out], **{k: _summary(values[k], scale=100.0) for k in METRIC_KEYS}}
 
     for method in selected:
         per_fold: dict[str, list[float]] = {k: [] for k in METRIC_KEYS}
@@ -306,6 +306,7 @@ def evaluate(
             per_form[form][method.name] = {k: [] for k in METRIC_KEYS}
         start = time.perf_counter()
         for fold in folds:
+            fold_start = time.perf_counter()
             query = np.flatnonzero(fold_of == fold)
             database = np.flatnonzero(fold_of != fold)
             if len(query) == 0:
@@ -325,16 +326,19 @@ def evaluate(
                 for k in METRIC_KEYS:
                     per_form[form][method.name][k].append(mf[k])
             bar.update(1)
+            if on_fold_done is not None:
+                entry = {"label": method.label, "trained": method.trained, "description": method.description, "held_out_folds": [int(fold)],
+                         **{k: _summary([m[k]], scale=100.0) for k in METRIC_KEYS}, "seconds": round(time.perf_counter() - fold_start, 2)}
+                done = {"config": config, "methods": {method.name: entry}, "cross_site": {}, "train_log": state.train_log[reported:]}
+                if forms:
+                    done["text_forms"] = {collection: {form: {method.name: form_entry({k: v[-1:] for k, v in per_form[form][method.name].items()}, [fold])}
+                                                       for form in forms}}
+                reported = len(state.train_log)
+                on_fold_done(done)
         entry = {"label": method.label, "trained": method.trained, "description": method.description, "held_out_folds": [int(f) for f in folds]}
         entry.update({k: _summary(per_fold[k], scale=100.0) for k in METRIC_KEYS})
         entry["seconds"] = round(time.perf_counter() - start, 2)
         results["methods"][method.name] = entry
-        if on_method_done is not None:
-            done = {"config": config, "methods": {method.name: entry}, "cross_site": {}, "train_log": state.train_log[reported:]}
-            if forms:
-                done["text_forms"] = {collection: {form: {method.name: form_entry(per_form[form][method.name])} for form in forms}}
-            reported = len(state.train_log)
-            on_method_done(done)
     bar.close()
     if forms:
         results["text_forms"] = {collection: {form: {name: form_entry(v) for name, v in by_method.items()} for form, by_method in per_form.items()}}
@@ -408,6 +412,20 @@ def _merge_entry(old: dict[str, Any] | None, new: dict[str, Any], old_folds: Seq
     return combined
 
 
+def _one_entry_per_run(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` with the entries of one invocation (the same ``"run"`` id: ``monai-cir evaluate`` saves fold by fold) as one:
+    their folds joined, their wall times added."""
+    out: list[dict[str, Any]] = []
+    for run in runs:
+        same = next((r for r in out if run.get("run") is not None and r.get("run") == run.get("run")), None)
+        if same is None:
+            out.append(dict(run))
+            continue
+        same["folds"] = sorted(set(same.get("folds", [])) | set(run.get("folds", [])))
+        same["wall_time_s"] = round(float(same.get("wall_time_s", 0.0)) + float(run.get("wall_time_s", 0.0)), 1)
+    return out
+
+
 def check_collection_classes(records: Sequence[Any], folds: Sequence[int], methods: Sequence[Any]) -> None:
     """Before any case is embedded or any fold run (``records``: the collection's case records; ``methods``: the
     registered :class:`~monai_cir.evaluation.registry.Method` objects to run): every diagnosis has two cases or
@@ -460,7 +478,7 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         old = previous["methods"].get(name)
         combined = _merge_entry(old, entry, old_cfg.get("folds", []), new_cfg["folds"])
         combined["seconds"] = round(float(entry.get("seconds", 0.0)) + float((old or {}).get("seconds", 0.0)), 2)
-        combined["runs"] = list((old or {}).get("runs", [])) + list(entry.get("runs", []))
+        combined["runs"] = _one_entry_per_run(list((old or {}).get("runs", [])) + list(entry.get("runs", [])))
         merged["methods"][name] = combined
     for collection, block in new.get("cross_site", {}).items():
         base = merged["cross_site"].get(collection)
