@@ -18,7 +18,9 @@ Contents of a :class:`FeatureCache` (N records):
 
 A file is reused while its format (:data:`CACHE_FORMAT`), encoders' fingerprint, image size and records (case id, image
 path, text, label) are those asked for and every image file holds the bytes it held when the cache was built; otherwise
-it is rebuilt (and the log says why). Each file's size and modification time (``mtime_ns``) are checked first; a file
+it is rebuilt (and the log says why), keeping the image features of every record whose image file is unchanged
+(same path, same bytes): editing a text or a label of a CSV, or adding, removing or reordering its rows, encodes only
+the new or changed images, and the texts. Each file's size and modification time (``mtime_ns``) are checked first; a file
 whose time differs (a copied or re-mounted collection) is hashed and compared with its stored BLAKE2b digest, so a copy
 of the same images reuses the cache instead of encoding them again (on another CPU the features would differ in the
 last fp16 bits, and every result trained on them with it).
@@ -164,7 +166,8 @@ def _record_to_dict(r: CaseRecord) -> dict[str, Any]:
     return d
 
 
-def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_size: int, flipped: bool) -> FeatureCache | None:
+def _read_payload(path: Path, fingerprint: str, image_size: int) -> dict[str, Any] | None:
+    """The cache file's contents when it is of this format, these encoders and this image size (else None: rebuild)."""
     try:
         # weights_only: tensors and builtin containers only; a file crafted to run code on load is refused
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -177,6 +180,11 @@ def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_siz
         return None
     if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint or payload.get("image_size") != image_size:
         return None
+    return payload
+
+
+def _load(payload: dict[str, Any], path: Path, records: Sequence[CaseRecord], fingerprint: str, image_size: int, flipped: bool) -> FeatureCache | None:
+    """The cache of ``payload`` when it holds exactly ``records`` (ids, paths, texts, labels) and their image files are unchanged."""
     try:  # the fields that decide staleness, read from the dicts (a newer CaseRecord may have more fields)
         cached = [(d["case_id"], str(d["image_path"]), d["text"], d["label"]) for d in payload["records"]]
     except (KeyError, TypeError):
@@ -210,6 +218,40 @@ def _load(path: Path, records: Sequence[CaseRecord], fingerprint: str, image_siz
         fingerprint=fingerprint,
         path=path,
     )
+
+
+def _reusable_rows(payload: dict[str, Any], records: Sequence[CaseRecord], flipped: bool) -> list[int | None]:
+    """For each record, the row of ``payload`` that holds its image's features (the same image path, the file unchanged
+    since: :func:`_changed_files`), or None. A CSV whose texts or labels were edited, or whose rows were added, removed
+    or reordered, keeps the image features it has: only new or changed images are encoded again (a full rebuild gives
+    the same features, up to the last fp16 bit where a batch of another size takes another convolution kernel)."""
+    none: list[int | None] = [None] * len(records)
+    stored, old = payload.get("image_files"), payload.get("records")
+    if (flipped and payload.get("maps_flipped") is None) or not isinstance(stored, list) or not isinstance(old, list) or len(stored) != len(old):
+        return none
+    by_path: dict[str, tuple[int, list]] = {}
+    for row, (record, stats) in enumerate(zip(old, stored)):
+        if isinstance(record, dict) and isinstance(stats, list) and len(stats) == 3:
+            by_path.setdefault(str(record.get("image_path")), (row, stats))
+    rows: list[int | None] = []
+    for record in records:
+        hit = by_path.get(str(record.image_path))
+        rows.append(hit[0] if hit is not None and not _changed_files([record], [hit[1]])[0] else None)
+    return rows
+
+
+def _rows_from(old: list[torch.Tensor], rows: list[int | None], new: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    """Each level's maps for the records: the reused rows of ``old``, and ``new``'s rows (in order) where ``rows`` is None."""
+    kept = [i for i, row in enumerate(rows) if row is not None]
+    encoded = [i for i, row in enumerate(rows) if row is None]
+    out = []
+    for level, old_level in enumerate(old):
+        maps = torch.empty((len(rows), *old_level.shape[1:]), dtype=old_level.dtype)
+        maps[kept] = old_level[[rows[i] for i in kept]]
+        if encoded:
+            maps[encoded] = new[level].to(old_level.dtype)
+        out.append(maps)
+    return out
 
 
 @torch.no_grad()
@@ -270,14 +312,35 @@ def build_feature_cache(
         net = ComposedRetrievalNet.offline_default(image_size=image_size)
     fingerprint = encoder_fingerprint(net)
     path = feature_cache_path(collection, image_size, fingerprint)
-    if path.is_file() and not rebuild:
-        cache = _load(path, records, fingerprint, image_size, flipped)
+    payload = _read_payload(path, fingerprint, image_size) if path.is_file() and not rebuild else None
+    rows: list[int | None] = [None] * len(records)
+    if payload is not None:
+        cache = _load(payload, path, records, fingerprint, image_size, flipped)
         if cache is not None:
             logger.info("feature cache loaded from %s", path)
             return cache
+        rows = _reusable_rows(payload, records, flipped)
 
     image_files = _file_stats(records)  # before encoding: a file replaced while it runs is seen as changed next time
-    cache = encode_collection(net, records, image_size, collection=collection, batch_size=batch_size, flipped=flipped, num_workers=num_workers, progress=progress)
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if len(missing) == len(records):
+        cache = encode_collection(net, records, image_size, collection=collection, batch_size=batch_size, flipped=flipped, num_workers=num_workers, progress=progress)
+    else:  # the image features of unchanged files are kept; the texts (and labels) are taken anew
+        logger.info("feature cache %s: the image features of %d of %d records reused (their files unchanged); encoding %d image(s) and the texts",
+                    path, len(records) - len(missing), len(records), len(missing))
+        start = time.perf_counter()
+        new = encode_collection(net, [records[i] for i in missing], image_size, collection=collection, batch_size=batch_size, flipped=flipped,
+                                num_workers=num_workers, progress=progress) if missing else None
+        device, was_training = resolve_device(), net.training
+        net.to(device).eval()
+        with torch.no_grad(), autocast_for(device):
+            tokens, token_mask, sentence = _encode_texts(net, [r.text for r in records], batch_size * 4)
+        net.train(was_training)
+        cache = FeatureCache(
+            records, torch.tensor([r.label for r in records], dtype=torch.long),
+            _rows_from(payload["maps"], rows, new.maps if new else None), tokens, token_mask, sentence,
+            _rows_from(payload["maps_flipped"], rows, new.maps_flipped if new else None) if flipped else None,
+            collection, int(image_size), fingerprint, build_seconds=time.perf_counter() - start)
     payload = {
         "image_files": image_files,
         "format": CACHE_FORMAT,
