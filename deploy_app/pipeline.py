@@ -44,14 +44,18 @@ class WarmPipeline:
 
         settings = settings or AppSettings.resolve()
         self.settings = dataclasses.replace(settings, publish_dicom=None, publish_dicomweb=None)
+        self.models_path = Path(models_path)
         self.models = load_models(models_path, device=self.settings.device)
         self.run_info = {"index_cases": len(self.models.index), "device": str(self.models.device), "model_load_s": round(self.models.load_s, 3)}
 
     def answer(self, input_folder: str | Path, output_folder: str | Path) -> PipelineResult:
         """``python -m deploy_app -i input_folder -o output_folder`` without reloading the models."""
-        from .app import run_app
+        from .app import load_models, run_app
         from .operators.results_writer import PROBLEMS_FILE
 
+        # the index as it is now: `monai-cir index remove` (consent withdrawn) or `add` while the service runs must be
+        # what the next study searches (load_models returns the loaded object at the cost of a stat when nothing changed)
+        self.models = load_models(self.models_path, device=self.settings.device)
         output_folder = Path(output_folder)
         summary = run_app(input_folder, output_folder, self.models, self.settings)
         outputs = [output_folder / q["outputs"][k] for q in summary["queries"] for k in DICOM_OUTPUTS if k in q.get("outputs", {})]

@@ -8,6 +8,9 @@ modules: a folder cannot be renamed over a non-empty one.)
 
 :func:`sha256_file` is the one file checksum: what a manifest records of the files it names (the case index,
 the encoder artifact, the demo library's stamp), so that a file damaged after it was written is caught on read.
+
+:func:`exclusive_lock` is the one way two monai-cir processes take turns at a read-modify-write of one file or folder
+(an evaluation results file its fold runs merge into, an index that ``add`` and ``remove`` change).
 """
 
 from __future__ import annotations
@@ -20,7 +23,42 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable_folder", "sha256_file", "torch_save_atomic"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable_folder", "exclusive_lock", "sha256_file", "torch_save_atomic"]
+
+_HELD_LOCKS: dict[str, int] = {}  # lock file -> depth, this process's (a writer that locks inside a locked block does not wait for itself)
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | Path, what: str = "it") -> Iterator[None]:
+    """Hold the lock of ``target`` (a file or folder, by its resolved path) for the block: another process that asks for it
+    waits (a log line says for what), so two read-modify-writes of one target never interleave. The lock file lives in
+    the temporary folder (the target's folder stays as it is), so it serialises the processes of one machine. Re-entrant
+    within a process."""
+    import fcntl
+    import logging
+    import tempfile
+
+    key = hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:16]
+    lock_path = str(Path(tempfile.gettempdir()) / f"monai-cir-{key}.lock")
+    if _HELD_LOCKS.get(lock_path):
+        _HELD_LOCKS[lock_path] += 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS[lock_path] -= 1
+        return
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger(__name__).warning("another monai-cir process is writing %s (%s): waiting for it to finish", target, what)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _HELD_LOCKS[lock_path] = 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.pop(lock_path, None)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

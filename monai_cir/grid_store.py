@@ -123,6 +123,31 @@ class GridMapStore:
             return None
 
     @classmethod
+    def drop(cls, directory: str | Path, fingerprint: str, paths: set[str]) -> int:
+        """Rewrite the store in ``directory`` without the entries of the image files ``paths`` (cases removed from the index);
+        a store that holds one of them but cannot be read for ``fingerprint`` is deleted whole (a cache: it costs speed only).
+        Returns how many entries were dropped."""
+        directory = Path(directory)
+        if not paths or not directory.is_dir():
+            return 0
+        try:
+            named = {str(key[0]) for key in json.loads((directory / _KEYS_FILE).read_text()).get("keys", [])}
+        except (OSError, ValueError, TypeError, AttributeError, IndexError):
+            named = set(paths)  # unreadable: it may hold them
+        if not named & set(paths):
+            return 0
+        store = cls.load(directory, fingerprint)
+        keys = [key for key in (store.rows if store is not None else {}) if key[0] not in paths]
+        if store is None or not keys:
+            shutil.rmtree(directory, ignore_errors=True)
+            return len(named & set(paths))
+        with folder_written_whole(directory) as tmp:
+            np.save(tmp / _MAPS_FILE, np.stack([np.asarray(store.maps[store.rows[k]], dtype=np.float32) for k in keys]), allow_pickle=False)
+            header = {"format": GRID_STORE_FORMAT, "fingerprint": fingerprint, "shapes": [list(s) for s in store.shapes], "keys": [list(k) for k in keys]}
+            (tmp / _KEYS_FILE).write_text(json.dumps(header))
+        return len(store.rows) - len(keys)
+
+    @classmethod
     def write(
         cls, directory: str | Path, fingerprint: str, entries: Mapping[FileKey, Sequence[torch.Tensor | np.ndarray]], merge: bool = True
     ) -> Path:

@@ -1425,6 +1425,28 @@ def test_bad_study_reported_and_skipped(app_run, results):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_a_warm_service_searches_the_index_as_it_is_now(app_run, results, tmp_path):
+    """`monai-cir serve` answers study after study with one WarmPipeline: a case removed with `monai-cir index remove`
+    (consent withdrawn) while it ran was still returned until a restart, though docs/deploy.md says a service never
+    searches a stale index. The next study searches the index as it is on disk."""
+    from deploy_app.pipeline import WarmPipeline
+    from deploy_app.settings import AppSettings
+    from monai_cir.cli import main
+
+    models = tmp_path / "models"
+    shutil.copytree(app_run["root"] / "models", models)
+    pipeline = WarmPipeline(models, AppSettings(explain=False, write_pdf=False))
+    query = app_run["cases"]["held_out"].image_file.parent
+    first = pipeline.answer(query, tmp_path / "out1").summary["queries"][0]["top_k"]
+    removed = first[0]["case_id"]
+    assert main(["index", "remove", str(models / "index"), removed]) == 0
+    again = pipeline.answer(query, tmp_path / "out2").summary["queries"][0]["top_k"]
+    assert removed not in [h["case_id"] for h in again]
+    assert len(again) == len(first)  # another case takes its place
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_an_input_with_nothing_to_answer_says_so_in_problems_json(app_run, results, tmp_path):
     """An empty input folder (a job started before its study was copied in), or one whose files are all refused,
     ended with an empty problems.json: a run with nothing to answer read as a run with nothing wrong."""

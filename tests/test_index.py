@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -504,6 +505,135 @@ def test_cli_add_warns_about_kept_cases_whose_row_changed(cli, user_folder, tmp_
     assert "added 2 cases" in capsys.readouterr().out and not [r for r in caplog.records if r.levelname == "WARNING"]
     updated = load_index(out)
     assert updated.get("case0").diagnosis == "nevus" and updated.get("case1").extra["text"] == "raised lesion" and len(updated) == 4
+
+
+def test_cli_add_warns_when_a_kept_case_id_names_another_image(cli, user_folder, tmp_path, caplog):
+    """A month's batch without a case_id column takes its ids from the file names, which cameras restart: a new lesion's
+    IMG_0001 was skipped as "already in the index" with an INFO line only. The kept case whose image is another one is
+    warned about, with what to do."""
+    from PIL import Image
+
+    images, table = user_folder
+    out = tmp_path / "ix"
+    assert cli.run(["index", "build", "--images", str(images), "--csv", str(table), "--out", str(out)]) == 0
+    feb = tmp_path / "feb"
+    feb.mkdir()
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (24, 28, 3), dtype=np.uint8)).save(feb / "case0.png")  # another lesion
+    (feb / "case1.png").write_bytes((images / "case1.png").read_bytes())  # the same image again, copied: not warned about
+    Image.fromarray(np.random.default_rng(8).integers(0, 255, (24, 28, 3), dtype=np.uint8)).save(feb / "new.png")
+    rows = tmp_path / "feb.csv"
+    rows.write_text("image,diagnosis,text,site\ncase0.png,melanoma,flat lesion,back\ncase1.png,nevus,flat lesion,head neck\n"
+                    "new.png,nevus,flat lesion,back\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_cir.cli.index"):
+        assert cli.run(["index", "add", str(out), "--images", str(feb), "--csv", str(rows)]) == 0
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("1 case(s) already in the index differ") and "case0 (image " in warning and "another image" in warning
+    assert "case1" not in warning.split("(index -> source)")[1].split(".")[0] and "case_id column" in warning
+    assert "new" in load_index(out)
+
+
+def test_cli_remove_drops_the_removed_cases_grid_maps(cli, user_folder, tmp_path, capsys):
+    """A case removed for withdrawn consent left its image's path and feature maps in the index folder's grid_maps/,
+    which ships with MODELS: they go with it; the other cases' stay."""
+    images, table = user_folder
+    out = tmp_path / "ix"
+    assert cli.run(["index", "build", "--images", str(images), "--csv", str(table), "--out", str(out)]) == 0
+    keys = lambda: {Path(k[0]).name for k in json.loads((out / "grid_maps" / "keys.json").read_text())["keys"]}  # noqa: E731
+    assert keys() == {"case0.png", "case1.png", "case2.png", "case3.png"}
+    capsys.readouterr()
+    assert cli.run(["index", "remove", str(out), "case1"]) == 0
+    assert keys() == {"case0.png", "case2.png", "case3.png"}
+    assert "grid maps dropped (1)" in capsys.readouterr().out
+    from monai_cir.grid_store import GridMapStore
+
+    store = GridMapStore.load(out / "grid_maps", load_index(out).fingerprint)
+    assert store is not None and len(store) == 3
+
+
+def test_index_add_and_remove_take_turns(index, tmp_path):
+    """`index add` and `index remove` each load the index, change it and save it whole: run side by side, the later save
+    undid the other's (a case removed for withdrawn consent came back with the add's save). A writer holds the index's
+    lock from load to save; `remove` waits for it, then removes from what the other saved."""
+    import subprocess
+    import sys
+    import time
+
+    from monai_cir.atomic import exclusive_lock
+
+    out = tmp_path / "ix"
+    index.save(out)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    with exclusive_lock(out, "a test's add"):
+        held = load_index(out)
+        remover = subprocess.Popen([sys.executable, "-m", "monai_cir", "index", "remove", str(out), "c3"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline, said = time.monotonic() + 120, ""
+        while remover.poll() is None and "waiting for it to finish" not in said and time.monotonic() < deadline:
+            time.sleep(0.2)
+            said = _stderr_so_far(remover)
+        x, meta = make_cases(1, seed=9, prefix="added")
+        held.add(x, meta)
+        held.save(out)
+    remover.wait(timeout=120)
+    assert remover.returncode == 0, remover.stderr.read() if remover.stderr else ""
+    final = load_index(out)
+    assert "added0" in final and "c3" not in final and len(final) == len(index)
+
+
+def _stderr_so_far(process) -> str:
+    """What a running process wrote to its stderr pipe so far (without blocking)."""
+    import select
+
+    text = getattr(process, "_said", "")
+    while select.select([process.stderr], [], [], 0)[0]:
+        chunk = os.read(process.stderr.fileno(), 4096).decode(errors="replace")
+        if not chunk:
+            break
+        text += chunk
+    process._said = text
+    return text
+
+
+def test_a_reader_that_opens_the_index_during_a_save_reads_the_new_one(index, tmp_path, monkeypatch):
+    """A save removes the previous generation's files right after its manifest: a reader that had read the old
+    manifest found a file missing and was told to restore the index from a backup. It reads the new manifest and
+    tries again."""
+    from monai_cir.index.faiss_index import FaissCaseIndex
+
+    out = tmp_path / "ix"
+    index.save(out)
+    real_load, calls = FaissCaseIndex._load.__func__, []
+
+    def saved_meanwhile(cls, directory, manifest, **options):
+        calls.append(manifest["files"])
+        if len(calls) == 1:  # another process saves between this reader's manifest and its files
+            x, meta = make_cases(1, seed=3, prefix="new")
+            other = real_load(cls, directory, manifest)
+            other.add(x, meta)
+            other.save(directory)
+        return real_load(cls, directory, manifest, **options)
+
+    monkeypatch.setattr(FaissCaseIndex, "_load", classmethod(saved_meanwhile))
+    loaded = load_index(out)
+    assert len(calls) == 2 and calls[0] != calls[1] and "new0" in loaded
+
+
+@pytest.mark.parametrize("damage", ["no_dim", "no_checksum", "option_of_another_type"])
+def test_a_manifest_edited_by_hand_says_what_is_wrong(index, tmp_path, damage):
+    out = tmp_path / "ix"
+    index.save(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if damage == "no_dim":
+        del manifest["dim"]
+    elif damage == "no_checksum":
+        del next(iter(manifest["files"].values()))["sha256"]
+    else:
+        manifest["options"]["exact_max"] = "50k"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexIntegrityError, match=r"manifest.json lacks a field or holds one of the wrong type .*restore the folder from a backup"):
+        load_index(out)
 
 
 def test_cli_info_lists_the_case_ids_that_remove_takes(cli, user_folder, tmp_path, capsys):

@@ -84,13 +84,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     import datetime
-    import fcntl
-    import hashlib
     import os
-    import tempfile
     import time
 
-    from ..atomic import atomic_write_text
+    from ..atomic import atomic_write_text, exclusive_lock
     from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, merged_commit, results_header, results_table, text_forms_table
     from ..evaluation.protocol import check_collection_classes, check_mergeable
     from ..provenance import busy_warning, git_commit, machine_info
@@ -136,9 +133,6 @@ def run(args: argparse.Namespace) -> int:
     start = last_write = time.perf_counter()
     state: dict = {"first": True, "written": None, "reported": 0}  # reported: train_log entries written
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    # runs of other folds may merge into the same file at the same time: read-merge-write under a lock
-    lock_path = Path(tempfile.gettempdir()) / f"monai-cir-evaluate-{hashlib.sha256(str(args.out.resolve()).encode()).hexdigest()[:16]}.lock"
-
     run_id = f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')} pid {os.getpid()}"  # this invocation's folds are one run
 
     def write(part: dict) -> None:
@@ -161,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if part.get("text_forms"):
             payload["text_forms"] = part["text_forms"]
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive_lock(args.out, "runs of other folds merge into it"):  # read-merge-write: runs of other folds may merge at the same time
             if args.out.exists() and not (args.overwrite and state["first"]):
                 previous = json.loads(args.out.read_text())
             else:  # a new file holds the folds done, not the folds asked for

@@ -232,13 +232,23 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from monai_cir import retrieval
+    from monai_cir.atomic import exclusive_lock
     from monai_cir.config import resolve_device
-    from monai_cir.index import load_index
-    from monai_cir.index.base import GRID_STORE_DIR
-    from monai_cir.networks import load_model, refresh_encoder_artifact
+    from monai_cir.networks import load_model
 
     net = load_model(args.model, device=resolve_device(args.device))
+    # from reading the index to saving it, no other add / remove may save it: the later save would undo the other's
+    # (a case removed for withdrawn consent coming back with the add's save)
+    with exclusive_lock(args.index, "index add / remove read and save it whole"):
+        return _add(args, net)
+
+
+def _add(args: argparse.Namespace, net: Any) -> int:
+    from monai_cir import retrieval
+    from monai_cir.index import load_index
+    from monai_cir.index.base import GRID_STORE_DIR
+    from monai_cir.networks import refresh_encoder_artifact
+
     # refuse an index of another model before embedding anything
     index = load_index(args.index, expected_fingerprint=retrieval.model_fingerprint(net))
     skipped: list[Any] = []
@@ -275,15 +285,28 @@ NOT_COMPARED = ("collection", "image_path", "retrieve_url")
 
 
 def _differences(stored: Any, given: Any) -> dict[str, tuple[Any, Any]]:
-    """``{field: (stored value, given value)}`` where two CaseMetadata differ (a standard field, else a key of ``extra``)."""
+    """``{field: (stored value, given value)}`` where two CaseMetadata differ (a standard field, else a key of ``extra``;
+    ``image`` when both image files can be read and hold other bytes: the same case id given to another image, as file
+    names that restart each month give it)."""
+    from monai_cir.atomic import sha256_file
+
+    changed_image: dict[str, tuple[Any, Any]] = {}
+    if stored.image_path and given.image_path and stored.image_path != given.image_path:
+        try:
+            if Path(stored.image_path).stat().st_size != Path(given.image_path).stat().st_size or sha256_file(stored.image_path) != sha256_file(given.image_path):
+                tail = lambda path: "/".join(Path(path).parts[-2:])  # noqa: E731 (the folder and name tell two batches apart)
+                changed_image["image"] = (tail(stored.image_path), f"{tail(given.image_path)}, another image")
+        except OSError:  # the stored file moved or is gone: nothing to compare
+            pass
     old, new = stored.to_dict(), given.to_dict()
     old_extra, new_extra = old.pop("extra"), new.pop("extra")
     changed = {key: (old[key], new[key]) for key in old if key not in NOT_COMPARED and old[key] != new.get(key)}
     for key in sorted(set(old_extra) | set(new_extra)):
         # "label" is the class's position among the source's classes: another new class shifts it, the diagnosis does not change
-        if key != "label" and key not in changed and old_extra.get(key) != new_extra.get(key):
+        # "case_id": the CSV's own column, which a batch without it lacks; the case's id is the same by definition here
+        if key not in ("label", "case_id") and key not in changed and old_extra.get(key) != new_extra.get(key):
             changed[key] = (old_extra.get(key), new_extra.get(key))
-    return changed
+    return {**changed_image, **changed}
 
 
 def _short(value: Any, width: int = 40) -> str:
@@ -306,23 +329,34 @@ def _warn_changed_cases(where: Path, index: Any, given: list[Any]) -> None:
     logger.warning(
         "%d case(s) already in the index differ from their source row and were kept as the index stores them (index -> source): %s%s. "
         "`index add` never changes a stored case: to update them, remove them (monai-cir index remove %s %s) and run this "
-        "`index add` again, which embeds them anew from the source",
+        "`index add` again, which embeds them anew from the source%s",
         len(changed), listed, more, where, ids,
+        ("; a case whose image is another one is another case under the same id (file names that restart, e.g. IMG_0001.jpg "
+         "each month): give the CSV a case_id column of ids unique across the library, and add them again") if any("image" in diff for _, diff in changed) else "",
     )
 
 
 def run_remove(args: argparse.Namespace) -> int:
+    from monai_cir.atomic import exclusive_lock
+    from monai_cir.grid_store import GridMapStore
     from monai_cir.index import load_index
+    from monai_cir.index.base import GRID_STORE_DIR
 
-    index = load_index(args.index)
-    case_ids = list(dict.fromkeys(args.case_ids))
-    missing = [c for c in case_ids if c not in index]
-    if missing:
-        raise ValueError(f"{len(missing)} case id(s) are not in {args.index}: {missing[:10]}; nothing was removed (`monai-cir index info {args.index} --case-ids` lists the index's cases)")
-    index.remove(case_ids)
-    index.save(args.index)
-    load_index(args.index)
-    print(f"removed {len(case_ids)} cases -> {args.index} ({len(index)} cases)")
+    with exclusive_lock(args.index, "index add / remove read and save it whole"):  # see run_add
+        index = load_index(args.index)
+        case_ids = list(dict.fromkeys(args.case_ids))
+        missing = [c for c in case_ids if c not in index]
+        if missing:
+            raise ValueError(f"{len(missing)} case id(s) are not in {args.index}: {missing[:10]}; nothing was removed (`monai-cir index info {args.index} --case-ids` lists the index's cases)")
+        paths = {index.get(c).image_path for c in case_ids} - {None}
+        kept = {index.get(c).image_path for c in index.case_ids() if c not in set(case_ids)}
+        index.remove(case_ids)
+        index.save(args.index)
+        load_index(args.index)
+        # what the index folder keeps of a removed case's image (its path, its feature maps) goes with it: a case is
+        # removed when its consent is withdrawn
+        dropped = GridMapStore.drop(args.index / GRID_STORE_DIR, index.fingerprint, paths - kept)
+    print(f"removed {len(case_ids)} cases -> {args.index} ({len(index)} cases)" + (f"; their grid maps dropped ({dropped})" if dropped else ""))
     return 0
 
 

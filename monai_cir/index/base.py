@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import sha256_file
+from ..atomic import exclusive_lock, sha256_file
 
 __all__ = [
     "INDEX_FORMAT",
@@ -244,6 +244,11 @@ def write_generation(
     ``require_empty``: refuse a non-empty folder that holds no index (False: e.g. a milvus-lite file lives there).
     """
     directory = Path(directory)
+    with exclusive_lock(directory, "saving an index"):  # one save at a time: a save's clean-up must not delete another's new files
+        return _write_generation(directory, writers, manifest, require_empty)
+
+
+def _write_generation(directory: Path, writers: Mapping[str, tuple[str, Callable[[Path], None]]], manifest: dict[str, Any], require_empty: bool) -> Path:
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} exists and is not a folder; choose a folder for the index")
     if require_empty and directory.is_dir() and any(p.name != GRID_STORE_DIR for p in directory.iterdir()) and not (directory / MANIFEST_NAME).is_file():

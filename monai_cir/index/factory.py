@@ -59,13 +59,40 @@ def create_index(dim: int, fingerprint: str, backend: str = "faiss", **options: 
     return backend_class(backend)(dim, fingerprint, **options)
 
 
+# a reader that opens an index while another process saves it may read the old manifest and find its files gone:
+# it reads the new manifest and tries again (a save is seconds; more tries than this is a damaged index)
+LOAD_ATTEMPTS = 3
+
+
 def load_index(directory: str | Path, expected_fingerprint: str | None = None, **options: Any) -> CaseIndex:
     """Open a saved index (checksums verified); with ``expected_fingerprint``, refuse one built by another model."""
-    manifest = read_manifest(directory)
-    backend = manifest.get("backend")
-    if backend not in BACKENDS:
-        raise IndexIntegrityError(f"{directory}/{MANIFEST_NAME} names an unknown backend {backend!r} (known: {sorted(BACKENDS)}); {REBUILD_HINT}")
-    index = backend_class(backend)._load(Path(directory), manifest, **options)
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        manifest = read_manifest(directory)
+        try:
+            index = _open(Path(directory), manifest, **options)
+            break
+        except IndexIntegrityError:
+            if attempt < LOAD_ATTEMPTS and _manifest_changed(directory, manifest):
+                continue  # saved meanwhile: the files this manifest named were the previous generation
+            raise
     if expected_fingerprint is not None:
         index.check_fingerprint(expected_fingerprint)
     return index
+
+
+def _open(directory: Path, manifest: dict[str, Any], **options: Any) -> CaseIndex:
+    backend = manifest.get("backend")
+    if backend not in BACKENDS:
+        raise IndexIntegrityError(f"{directory}/{MANIFEST_NAME} names an unknown backend {backend!r} (known: {sorted(BACKENDS)}); {REBUILD_HINT}")
+    try:
+        return backend_class(backend)._load(directory, manifest, **options)
+    except (KeyError, TypeError, AttributeError) as err:  # a manifest edited by hand or damaged: a field missing or of another type
+        raise IndexIntegrityError(f"{directory}/{MANIFEST_NAME} lacks a field or holds one of the wrong type ({type(err).__name__}: {err}); "
+                                  f"restore the folder from a backup or {REBUILD_HINT}") from err
+
+
+def _manifest_changed(directory: str | Path, manifest: dict[str, Any]) -> bool:
+    try:
+        return read_manifest(directory) != manifest
+    except (OSError, ValueError):
+        return True
