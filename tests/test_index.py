@@ -620,6 +620,22 @@ def test_a_reader_that_opens_the_index_during_a_save_reads_the_new_one(index, tm
     assert len(calls) == 2 and calls[0] != calls[1] and "new0" in loaded
 
 
+def test_a_library_that_shrinks_to_exact_search_leaves_no_approximate_file(tmp_path):
+    """The save's clean-up removed earlier generations of the roles it wrote: the approximate index's file stayed
+    behind, outside the manifest, when the library shrank to exact search."""
+    x, meta = make_cases(40, rank=8)
+    ix = create_index(DIM, "fp-a", exact_max=20, ann_dim=8, nlist=2)
+    ix.add(x, meta)
+    out = tmp_path / "ix"
+    ix.save(out)
+    assert any(p.name.startswith("ann-") for p in out.iterdir())
+    ix.remove([m.case_id for m in meta[:30]])
+    ix.save(out)
+    named = {entry["name"] for entry in json.loads((out / MANIFEST_NAME).read_text())["files"].values()}
+    assert {p.name for p in out.iterdir() if p.is_file()} == named | {MANIFEST_NAME}
+    assert len(load_index(out)) == 10
+
+
 @pytest.mark.parametrize("damage", ["no_dim", "no_checksum", "option_of_another_type"])
 def test_a_manifest_edited_by_hand_says_what_is_wrong(index, tmp_path, damage):
     out = tmp_path / "ix"

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +50,7 @@ MANIFEST_NAME = "manifest.json"
 GRID_STORE_DIR = "grid_maps"
 INDEX_FORMAT = "monai-cir-index/1"
 REBUILD_HINT = "rebuild the index with `monai-cir index build`"
+_GENERATION_FILE = re.compile(r"[a-z_]+-[0-9a-f]{12}\.[a-z]+")
 
 Filters = Mapping[str, Any]
 
@@ -288,7 +290,9 @@ def _write_generation(directory: Path, writers: Mapping[str, tuple[str, Callable
     keep = {entry["name"] for entry in files.values()} | {MANIFEST_NAME}
     for path in directory.iterdir():
         stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
-        old_generation = any(path.name.startswith(f"{role}-") for role in writers)
+        # any generation's data file (<role>-<12 hex>.<ext>), a role this save did not write included: an approximate
+        # index's file stays behind otherwise when the library shrinks to exact search
+        old_generation = any(path.name.startswith(f"{role}-") for role in writers) or _GENERATION_FILE.fullmatch(path.name) is not None
         if path.name not in keep and (stale_tmp or old_generation):
             try:
                 path.unlink()
