@@ -165,8 +165,8 @@ def _user_folder(tmp_path: Path, names: tuple[str, ...] = ("a.png", "b.png", "c.
 
     images = tmp_path / "imgs"
     images.mkdir()
-    for i, name in enumerate(names):
-        Image.new("RGB", (16, 12), (40 * i, 80, 60)).save(images / name)
+    for i, name in enumerate(names):  # textured (a constant image is blank to the model), stored uncompressed: one size for all
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(images / name, compress_level=0)
     return images
 
 
@@ -333,7 +333,7 @@ def test_feature_cache_is_rebuilt_when_an_image_file_is_replaced(tmp_path, monke
     assert "2 image files have another modification time but the bytes they had" in caplog.text and "stale" not in caplog.text, caplog.text
     assert torch.equal(copied.maps[2], first.maps[2])
     size = (images / "d.png").stat().st_size
-    Image.new("RGB", (16, 12), (121, 80, 60)).save(images / "d.png")  # another image of the same size, a new time
+    Image.fromarray(np.random.default_rng(99).integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(images / "d.png", compress_level=0)  # another image of the same size, a new time
     st = (images / "d.png").stat()
     assert st.st_size == size
     os.utime(images / "d.png", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
@@ -391,6 +391,36 @@ def test_feature_cache_keeps_the_image_features_of_unchanged_files_when_the_csv_
         assert torch.allclose(a[0].float(), b[0].float(), atol=1e-4, rtol=0)  # the new image: a batch of one may move the last fp16 bit
     assert torch.equal(edited.tokens, whole.tokens) and torch.equal(edited.token_mask, whole.token_mask) and torch.equal(edited.sentence, whole.sentence)
     assert edited.labels.tolist() == whole.labels.tolist() == [r.label for r in records]
+
+
+def test_an_own_collection_with_blank_images_is_refused_for_training_and_evaluation(tmp_path, monkeypatch):
+    """A black frame or a failed export in a group's own CSV was trained on and scored like any case (the index build
+    leaves such images out, the feature cache did not look). Refused after the features are saved, naming the rows;
+    with those rows left out the next run encodes nothing again."""
+    from PIL import Image
+    from conftest import make_tiny_net
+
+    from monai_cir.data import feature_cache
+    from monai_cir.data.feature_cache import build_feature_cache
+
+    monkeypatch.setenv("MONAI_CIR_CACHE", str(tmp_path / "cache"))
+    images = _user_folder(tmp_path, ("a.png", "b.png", "c.png", "d.png"))
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "b.png", "d.png"):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(images / name)
+    Image.new("RGB", (32, 24), (3, 3, 3)).save(images / "c.png")  # a black frame
+    table = tmp_path / "mine.csv"
+    table.write_text("image,diagnosis\na.png,melanoma\nb.png,nevus\nc.png,melanoma\nd.png,nevus\n")
+    net = make_tiny_net()
+    for attempt in (1, 2):  # built, then loaded: refused both times
+        with pytest.raises(ValueError, match=r"1 of the 4 images of 'mine' are blank as the model sees them .*c \(.*c\.png\); leave their rows out"):
+            build_feature_cache("mine", 64, net=net, records=load_image_csv(images, table), flipped=False, progress=False)
+    table.write_text("image,diagnosis\na.png,melanoma\nb.png,nevus\nd.png,nevus\n")
+    encoded = []
+    real_encode = feature_cache.encode_collection
+    monkeypatch.setattr(feature_cache, "encode_collection", lambda net, records, *a, **k: encoded.append(len(records)) or real_encode(net, records, *a, **k))
+    cache = build_feature_cache("mine", 64, net=net, records=load_image_csv(images, table), flipped=False, progress=False)
+    assert len(cache) == 3 and cache.blank == [] and encoded == []
 
 
 def test_feature_cache_of_an_older_format_is_rebuilt(tmp_path, monkeypatch, caplog):

@@ -43,9 +43,10 @@ from torch.utils.data import DataLoader
 from ..atomic import torch_save_atomic
 from ..config import autocast_for, cache_dir, resolve_device
 from ..networks.late_fusion import sentence_embedding
-from .collections import CaseRecord, load_collection, records_dataset
+from .collections import COLLECTIONS, CaseRecord, load_collection, records_dataset
+from .preprocess import blank_spread
 
-__all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "encode_collection", "feature_cache_path"]
+__all__ = ["CACHE_FORMAT", "FeatureCache", "build_feature_cache", "check_no_blank_images", "encode_collection", "feature_cache_path"]
 
 logger = logging.getLogger(__name__)
 # /3: the staleness key holds each image file's size, mtime_ns and content digest (a replaced image rebuilds the cache, a
@@ -115,6 +116,9 @@ class FeatureCache:
     fingerprint: str = ""
     path: Path | None = None
     build_seconds: float = 0.0
+    # case ids whose image is blank as the encoder sees it (preprocessed pixels constant or nearly so); None: not known
+    # (a file written before this was recorded)
+    blank: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -217,7 +221,30 @@ def _load(payload: dict[str, Any], path: Path, records: Sequence[CaseRecord], fi
         image_size=image_size,
         fingerprint=fingerprint,
         path=path,
+        blank=_blank_of(records, payload.get("blank_images")),
     )
+
+
+def _blank_of(records: Sequence[CaseRecord], blank_images: Any) -> list[str] | None:
+    """The case ids of ``records`` whose image file is among ``blank_images`` (paths; None: not recorded)."""
+    if not isinstance(blank_images, list):
+        return None
+    blank = set(map(str, blank_images))
+    return [r.case_id for r in records if str(r.image_path) in blank]
+
+
+def check_no_blank_images(cache: FeatureCache) -> None:
+    """ValueError naming the cases of an own collection whose image is blank as the encoder sees it (a black frame, a
+    failed export): trained on or scored, each would be a case the network learns nothing from and a query that finds
+    by chance. The index build leaves such images out; a collection to train or cross-validate on should lose their rows."""
+    if not cache.blank:
+        return
+    by_id = {r.case_id: r for r in cache.records}
+    listed = "; ".join(f"{case_id} ({by_id[case_id].image_path})" for case_id in cache.blank[:10])
+    more = f"; and {len(cache.blank) - 10} more" if len(cache.blank) > 10 else ""
+    raise ValueError(f"{len(cache.blank)} of the {len(cache)} images of {cache.collection!r} are blank as the model sees them (their pixels "
+                     f"constant or nearly so: a black frame, a failed export): {listed}{more}; leave their rows out of the CSV (the "
+                     "features of the others are kept: the next run encodes nothing again)")
 
 
 def _reusable_rows(payload: dict[str, Any], records: Sequence[CaseRecord], flipped: bool) -> list[int | None]:
@@ -297,6 +324,10 @@ def build_feature_cache(
         rebuild: ignore an existing cache file.
         num_workers: DataLoader workers for decoding / resizing.
 
+    Raises:
+        ValueError: for a collection of one's own (not one of :data:`~monai_cir.data.collections.COLLECTIONS`) with images
+            blank as the encoder sees them (:func:`check_no_blank_images`), after the cache is saved.
+
     Returns:
         a :class:`FeatureCache`; its ``path`` is the file (keyed by collection, size and
         :func:`monai_cir.networks.encoder_fingerprint`).
@@ -318,6 +349,8 @@ def build_feature_cache(
         cache = _load(payload, path, records, fingerprint, image_size, flipped)
         if cache is not None:
             logger.info("feature cache loaded from %s", path)
+            if collection not in COLLECTIONS:
+                check_no_blank_images(cache)
             return cache
         rows = _reusable_rows(payload, records, flipped)
 
@@ -325,6 +358,7 @@ def build_feature_cache(
     missing = [i for i, row in enumerate(rows) if row is None]
     if len(missing) == len(records):
         cache = encode_collection(net, records, image_size, collection=collection, batch_size=batch_size, flipped=flipped, num_workers=num_workers, progress=progress)
+        blank = cache.blank
     else:  # the image features of unchanged files are kept; the texts (and labels) are taken anew
         logger.info("feature cache %s: the image features of %d of %d records reused (their files unchanged); encoding %d image(s) and the texts",
                     path, len(records) - len(missing), len(records), len(missing))
@@ -341,6 +375,9 @@ def build_feature_cache(
             _rows_from(payload["maps"], rows, new.maps if new else None), tokens, token_mask, sentence,
             _rows_from(payload["maps_flipped"], rows, new.maps_flipped if new else None) if flipped else None,
             collection, int(image_size), fingerprint, build_seconds=time.perf_counter() - start)
+        kept_blank = _blank_of([records[i] for i, row in enumerate(rows) if row is not None], payload.get("blank_images"))
+        blank = None if kept_blank is None else kept_blank + list(new.blank if new else [])
+        cache.blank = blank
     payload = {
         "image_files": image_files,
         "format": CACHE_FORMAT,
@@ -356,9 +393,12 @@ def build_feature_cache(
         "token_mask": cache.token_mask,
         "sentence": cache.sentence,
         "build_seconds": float(cache.build_seconds),
+        "blank_images": None if blank is None else [str(r.image_path) for r in records if r.case_id in set(blank)],
     }
     torch_save_atomic(payload, path)
     cache.path = path
+    if collection not in COLLECTIONS:  # an own collection: after the save, so that the run with those rows left out encodes nothing again
+        check_no_blank_images(cache)
     return cache
 
 
@@ -390,9 +430,12 @@ def encode_collection(
     loader = DataLoader(records_dataset(records, image_size), batch_size=batch_size, shuffle=False, num_workers=num_workers)
     levels: list[list[torch.Tensor]] = [[], [], []]
     levels_flipped: list[list[torch.Tensor]] = [[], [], []]
+    blank: list[str] = []
     start = time.perf_counter()
     with torch.no_grad(), autocast:
         for batch in tqdm(loader, desc=f"features {collection} {image_size}px", unit="batch", disable=not progress):
+            pixels = (batch["image"].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            blank.extend(case_id for case_id, frame in zip(batch["case_id"], pixels) if blank_spread(frame) is not None)
             images = batch["image"].to(device)
             for out, x in ((levels, images), (levels_flipped, images.flip(-1) if flipped else None)):
                 if x is None:
@@ -409,4 +452,5 @@ def encode_collection(
     maps = [torch.cat(level) for level in levels]
     maps_flipped = [torch.cat(level) for level in levels_flipped] if flipped else None
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
-    return FeatureCache(records, labels, maps, tokens, token_mask, sentence, maps_flipped, collection, int(image_size), encoder_fingerprint(net), build_seconds=elapsed)
+    return FeatureCache(records, labels, maps, tokens, token_mask, sentence, maps_flipped, collection, int(image_size), encoder_fingerprint(net),
+                        build_seconds=elapsed, blank=blank)
