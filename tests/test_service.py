@@ -317,6 +317,51 @@ def test_results_can_go_back_by_stow_rs(tmp_path):
 
 
 
+@pytest.mark.parametrize("answer", ["login_redirect", "html_200", "empty_dicom_json"])
+def test_a_stow_rs_answer_that_lists_nothing_stored_is_not_a_delivery(answer):
+    """A DICOMweb URL behind an auth proxy (the POST redirected to a login page), a proxy's HTML page, or an answer that
+    lists no instance: dicomweb-client reads each as an empty data set, and every instance counted as stored, the study
+    "returned" and its outbox copy deleted, though the PACS never had it. Only what the answer lists is stored."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from monai_cir.dicom.publish import stow_rs
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _send(self, code: int, kind: str, body: bytes, location: str | None = None) -> None:
+            self.send_response(code)
+            if location:
+                self.send_header("Location", location)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if answer == "login_redirect":
+                self._send(302, "text/html", b"", location="/login")
+            elif answer == "html_200":
+                self._send(200, "text/html", b"<html>Please sign in</html>")
+            else:
+                self._send(200, "application/dicom+json", b"{}")
+
+        def do_GET(self):
+            self._send(200, "text/html", b"<html>Please sign in</html>")
+
+    server = HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        results = stow_rs(make_study("stow-proxy"), f"http://127.0.0.1:{server.server_port}/dicom-web", timeout=10)
+    finally:
+        server.shutdown()
+    assert results and not any(r.ok for r in results), results
+    assert all("no STOW-RS response" in r.message and "not stored" in r.message for r in results)
+
+
 def rounds_of(service: DicomService, study_uid: str, n: int, *states: str, timeout: float = 20.0) -> dict:
     """The status once the study's n-th round has ended in one of ``states``."""
     def done():

@@ -192,14 +192,23 @@ def stow_rs(
     client = DICOMwebClient(url=url, headers=headers, timeout=timeout)
     datasets = [_as_file(ds) for ds in _datasets(items)]
     response = client.store_instances(datasets)
+    # an instance is stored when the answer lists it (Referenced SOP Sequence, PS3.18 10.5.3): an answer that lists
+    # nothing (a login page an auth proxy redirected the POST to, an HTML 200: dicomweb-client reads either as an empty
+    # data set) stored nothing, and must not count as delivered
     failed = {}
     for item in response.get("FailedSOPSequence", []) or []:
-        failed[str(item.ReferencedSOPInstanceUID)] = int(item.get("FailureReason", 0x0110))
+        failed[str(item.get("ReferencedSOPInstanceUID", ""))] = int(item.get("FailureReason", 0x0110))
+    stored = {str(item.get("ReferencedSOPInstanceUID", "")) for item in response.get("ReferencedSOPSequence", []) or []}
     results = []
     for ds in datasets:
         uid = str(ds.SOPInstanceUID)
         if uid in failed:
             results.append(StoreResult(uid, False, failed[uid], f"failure reason 0x{failed[uid]:04X}"))
-        else:
+        elif uid in stored:
             results.append(StoreResult(uid, True, 0))
+        elif not stored and not failed:
+            results.append(StoreResult(uid, False, 0x0110, f"the answer of {url} is no STOW-RS response (it lists no stored or failed "
+                                                           "instance: a login page or a proxy's?): not stored"))
+        else:
+            results.append(StoreResult(uid, False, 0x0110, "the STOW-RS response does not list this instance as stored: not stored"))
     return results
