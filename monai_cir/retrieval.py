@@ -634,6 +634,34 @@ def dicom_library(folder: str | Path, name: str | None = None, problems_out: lis
     return list(scan.queries), metadata
 
 
+# studies asked of a QIDO-RS service per request
+QIDO_PAGE = 100
+
+
+def _all_studies(client: Any, search_filters: Mapping[str, str], fields: Sequence[str] | None) -> list[dict]:
+    """Every study a QIDO-RS search finds, page by page (``offset``, ``limit``), until a page is short or brings no
+    study not seen before: a server that ignores ``offset`` (Orthanc 1.10 with ``ModalitiesInStudy``) answers the first
+    page again and again, which dicomweb-client's ``get_remaining`` fetched forever, its memory growing."""
+    studies: list[dict] = []
+    seen: set[str] = set()
+    while True:
+        page = client.search_for_studies(search_filters=dict(search_filters), fields=fields, offset=len(studies), limit=QIDO_PAGE)
+        new = [study for study in page if _study_uid(study) not in seen]
+        seen.update(_study_uid(study) for study in new)
+        studies.extend(new)
+        if page and not new and len(page) >= QIDO_PAGE:
+            logger.warning("the QIDO-RS service answered offset %d with studies it had listed already (it ignores offset for this "
+                           "search): only the first %d studies are found; narrow --filter to fewer studies per search", len(studies), len(studies))
+        if len(page) < QIDO_PAGE or not new:
+            return studies
+
+
+def _study_uid(study: Mapping[str, Any]) -> str:
+    """The Study Instance UID (0020,000D) of a QIDO-RS answer (DICOM JSON)."""
+    value = (study.get("0020000D") or {}).get("Value") or [""]
+    return str(value[0])
+
+
 def dicomweb_library(
     url: str,
     filters: Mapping[str, str] | None = None,
@@ -664,7 +692,7 @@ def dicomweb_library(
     local = {k: v for k, v in filters.items() if any(c in v for c in "*? ")}
     remote = {k: v for k, v in filters.items() if k not in local}
     try:
-        studies = client.search_for_studies(search_filters=remote, fields=sorted(local) or None, get_remaining=True)
+        studies = _all_studies(client, remote, sorted(local) or None)
     except Exception as err:  # requests' errors: unreachable, 4xx/5xx
         raise ValueError(f"QIDO-RS search of {url} failed ({type(err).__name__}: {err}); check the URL and --filter") from err
     found = [pydicom.Dataset.from_json(s) for s in studies]
@@ -681,6 +709,15 @@ def dicomweb_library(
         for ds in client.retrieve_study(study_uid, media_types=(("application/dicom", "*"),)):
             ds.save_as(target / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
     queries, metadata = dicom_library(folder, name)
+    # only the studies this search found: a pull folder kept from an earlier build also holds studies deleted from the PACS
+    # since (consent withdrawn) or of another filter, which must not come back into the index
+    pulled = set(study_uids)
+    kept = [i for i, query in enumerate(queries) if Path(query.source_path).resolve().relative_to(folder.resolve()).parts[0] in pulled]
+    if len(kept) < len(queries):
+        stale = {Path(queries[i].source_path).resolve().relative_to(folder.resolve()).parts[0] for i in range(len(queries)) if i not in set(kept)}
+        logger.warning("%s holds %d stud%s this search did not find (deleted from the PACS since, or of another filter): not indexed; "
+                       "delete %s from it to free the space", folder, len(stale), "y" if len(stale) == 1 else "ies", ", ".join(sorted(stale)[:5]))
+        queries, metadata = [queries[i] for i in kept], [metadata[i] for i in kept]
     metadata = [
         dataclasses.replace(
             meta,

@@ -527,3 +527,11 @@ def test_index_add_over_dicomweb_equals_a_fresh_build(orthanc_server, shared_dat
         np.testing.assert_allclose(fresh.vectors()[fresh.case_ids().index(cid)], grown.vectors()[grown.case_ids().index(cid)], atol=1e-5)
     queries = np.array(fresh.vectors()[:2])
     assert [[h.case_id for h in hits] for hits in fresh.search(queries, k=5)] == [[h.case_id for h in hits] for hits in grown.search(queries, k=5)]
+
+    # a study deleted from the PACS (consent withdrawn), the index rebuilt as the docs say (the same --pull-to): it stayed in
+    # the index, read back from the pull folder; only the studies the search finds are indexed now
+    withdrawn = cases[1]
+    _rest(orthanc_server, f"/studies/{_orthanc_id(orthanc_server, withdrawn.uids.study_uid, 'Study')}", "DELETE")
+    assert main(["index", "build", *source, "--pull-to", str(tmp_path / "pulled"), "--out", str(tmp_path / "grown"), "--overwrite"]) == 0
+    rebuilt = load_index(tmp_path / "grown")
+    assert sorted(rebuilt.case_ids()) == sorted(r.case_id for r in records if r.case_id != withdrawn.case_id)

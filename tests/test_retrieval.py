@@ -404,3 +404,31 @@ def test_cli_add_crash_leaves_the_previous_index(net, library, tmp_path, monkeyp
     monkeypatch.setattr(monai_cir.networks, "load_model", lambda path=None, device=None: net)
     assert sorted(os.listdir(out)) == before_files
     assert len(load_index(out)) == 3 and _cli_hits(main, capsys, out, library) == before_hits
+
+
+def test_qido_paging_ends_when_the_server_ignores_offset(monkeypatch, caplog):
+    """Orthanc 1.10 ignores offset when ModalitiesInStudy is given: dicomweb-client's get_remaining asked for the next page
+    forever (the same studies each time, memory growing, nothing printed). Paging ends at a page that brings no new study
+    and says so when that page was full; a server that pages right gives every study once."""
+    from monai_cir import retrieval
+
+    monkeypatch.setattr(retrieval, "QIDO_PAGE", 2)
+    studies = [{"0020000D": {"vr": "UI", "Value": [f"1.2.{i}"]}} for i in range(5)]
+
+    class Client:
+        def __init__(self, honours_offset: bool) -> None:
+            self.honours_offset, self.calls = honours_offset, 0
+
+        def search_for_studies(self, search_filters, fields, offset, limit):
+            self.calls += 1
+            assert self.calls < 10, "paging did not end"
+            start = offset if self.honours_offset else 0
+            return studies[start : start + limit]
+
+    right = Client(honours_offset=True)
+    assert [s["0020000D"]["Value"][0] for s in retrieval._all_studies(right, {}, None)] == [f"1.2.{i}" for i in range(5)]
+    ignoring = Client(honours_offset=False)
+    with caplog.at_level("WARNING", logger="monai_cir.retrieval"):
+        found = retrieval._all_studies(ignoring, {"ModalitiesInStudy": "DMS"}, None)
+    assert [s["0020000D"]["Value"][0] for s in found] == ["1.2.0", "1.2.1"] and ignoring.calls == 2
+    assert "it ignores offset for this search" in caplog.text
