@@ -283,7 +283,9 @@ def test_settings_from_app_yaml_environment_and_flags(tmp_path):
     assert (s.port, s.quiet_s, s.models, s.peers) == (11000, 1.5, "/models", ["ORTHANC"])  # peer defaults to the return node
     s = ServiceSettings.resolve({"port": 104, "peers": ["A@1.2.3.4", "B"]}, app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_PEERS": "X"})
     assert (s.port, s.peers) == (104, ["A@1.2.3.4", "B"])
-    assert ServiceSettings.resolve(app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_PEERS": "X, Y@h"}).peers == ["X", "Y@h"]
+    assert ServiceSettings.resolve(app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_PEERS": "X, Y@10.0.0.7"}).peers == ["X", "Y@10.0.0.7"]
+    with pytest.raises(ValueError, match=r"peer 'Y@no-such-host.invalid': host 'no-such-host.invalid' does not resolve .*give its IP address"):
+        ServiceSettings.resolve(app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_PEERS": "Y@no-such-host.invalid"})
     # the return node is checked even when the peers are given (no AE title: no default is guessed)
     with pytest.raises(ValueError, match=r"return_node \(MONAI_CIR_SERVE_RETURN\): DICOM node '10.0.0.5:4242' has no AE title: write it as HOST:PORT:AET"):
         ServiceSettings.resolve({"peers": ["X"]}, app_yaml=yaml_file, environ={"MONAI_CIR_SERVE_RETURN": "10.0.0.5:4242"})
@@ -315,6 +317,20 @@ def test_results_can_go_back_by_stow_rs(tmp_path):
         finally:
             service.stop()
 
+
+
+def test_a_peer_given_by_host_name_is_known_by_its_address(node):
+    """`--peer PACS@localhost`, as the help's AET[@HOST] allows: the name was compared as text with the caller's IP
+    address, so every study of that PACS was refused (0x0124: "not a configured peer"). The name is resolved at start."""
+    from monai_cir.service import parse_peer
+
+    peer = parse_peer(f"{PEER}@localhost")
+    assert "127.0.0.1" in peer.addresses and peer.allows(PEER, "127.0.0.1") and peer.allows(PEER, "::ffff:127.0.0.1")
+    assert not peer.allows(PEER, "10.0.0.9") and not peer.allows("OTHER", "127.0.0.1")
+    service = node.make(peers=[f"{PEER}@localhost"])
+    study = make_study("peer-by-name")
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    state_of(service, study[0].StudyInstanceUID, "returned")
 
 
 @pytest.mark.parametrize("answer", ["login_redirect", "html_200", "empty_dicom_json"])

@@ -100,23 +100,54 @@ class CannotListen(OSError):
 
 @dataclass(frozen=True)
 class Peer:
-    """A caller allowed to send: AE title, and host when given (``AET`` or ``AET@HOST``)."""
+    """A caller allowed to send: AE title, and host when given (``AET`` or ``AET@HOST``); ``addresses``: the host's IP
+    addresses (an IP address itself, or what a host name resolved to when the peer was parsed), which a caller's
+    address is compared with."""
 
     ae_title: str
     host: str | None = None
+    addresses: tuple[str, ...] = ()
 
     def allows(self, ae_title: str, host: str) -> bool:
-        return ae_title == self.ae_title and (self.host is None or self.host == host)
+        return ae_title == self.ae_title and (self.host is None or _plain_address(host) in (self.addresses or (self.host,)))
 
     def __str__(self) -> str:
         return self.ae_title + (f"@{self.host}" if self.host else "")
 
 
 def parse_peer(text: str) -> Peer:
-    """``"ORTHANC"`` or ``"ORTHANC@10.0.0.5"`` -> :class:`Peer`."""
+    """``"ORTHANC"``, ``"ORTHANC@10.0.0.5"`` or ``"ORTHANC@pacs.hospital.org"`` -> :class:`Peer`. A host name is resolved
+    here, once: a caller is known by its IP address (a name compared as text matched no caller, and every study from
+    that PACS was refused); one that does not resolve is refused now, in one line."""
+    import ipaddress
+    import socket
+
     ae, _, host = str(text).strip().partition("@")
     check_ae_title(ae, f"the AE title of peer {text!r} (AE_TITLE or AE_TITLE@HOST)")
-    return Peer(ae, host.strip() or None)
+    host = host.strip()
+    if not host:
+        return Peer(ae)
+    try:
+        return Peer(ae, host, (str(ipaddress.ip_address(host)),))
+    except ValueError:
+        pass
+    try:
+        addresses = sorted({_plain_address(str(info[4][0])) for info in socket.getaddrinfo(host, None)})
+    except OSError as err:
+        raise ValueError(f"peer {text!r}: host {host!r} does not resolve ({err.strerror or err}); give its IP address (AE_TITLE@10.0.0.5)") from None
+    return Peer(ae, host, tuple(addresses))
+
+
+def _plain_address(address: str) -> str:
+    """An IP address as one spelling: an IPv4 address mapped into IPv6 (``::ffff:10.0.0.5``) as IPv4."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(str(address).split("%")[0])
+    except ValueError:
+        return str(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 @dataclass
