@@ -413,11 +413,12 @@ def test_feature_cache_refuses_a_file_that_runs_code(tmp_path, monkeypatch):
     }
     good = tmp_path / "good.pt"
     torch.save(payload, good)  # what build_feature_cache writes (numpy metadata made plain)
-    assert feature_cache._load(good, records, "f", 64, flipped=False) is not None
+    read = feature_cache._read_payload(good, "f", 64)
+    assert read is not None and feature_cache._load(read, good, records, "f", 64, flipped=False) is not None
 
     evil = tmp_path / "evil.pt"
     torch.save({**payload, "build_seconds": RunsCode()}, evil)
-    assert feature_cache._load(evil, records, "f", 64, flipped=False) is None  # refused: rebuilt
+    assert feature_cache._read_payload(evil, "f", 64) is None  # refused: rebuilt
     assert not marker.exists()
 
 

@@ -84,8 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     import datetime
-    import os
     import time
+    import uuid
 
     from ..atomic import atomic_write_text, exclusive_lock
     from ..evaluation import TEXT_FORMS, available_methods, evaluate, merge_results, merged_commit, results_header, results_table, text_forms_table
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     start = last_write = time.perf_counter()
     state: dict = {"first": True, "written": None, "reported": 0}  # reported: train_log entries written
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    run_id = f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')} pid {os.getpid()}"  # this invocation's folds are one run
+    run_id = f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')} {uuid.uuid4().hex[:8]}"  # this invocation's folds are one run
 
     def write(part: dict) -> None:
         """Merge one part of this run's results (a fold of a method, or the cross-site blocks) into --out (and its table), under the lock."""
