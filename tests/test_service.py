@@ -333,6 +333,31 @@ def test_a_peer_given_by_host_name_is_known_by_its_address(node):
     state_of(service, study[0].StudyInstanceUID, "returned")
 
 
+def test_a_hung_return_node_is_given_up_on_soon_and_said_so(monkeypatch):
+    """A return node that takes the connection and never answers held the service's worker 30 s per attempt (the next
+    studies waited unanswered) and was reported as "rejected, aborted or unreachable". The wait for the association's
+    answer is bounded, and the reason says what happened."""
+    import threading
+
+    from monai_cir.dicom import publish
+
+    monkeypatch.setattr(publish, "ASSOCIATION_TIMEOUT_S", 1.0)
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(4)
+    held = []
+    threading.Thread(target=lambda: held.append(hung.accept()), daemon=True).start()  # takes the connection, says nothing
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConnectionError, match=r"no answer to the association request within 1 s .*hung\?"):
+            c_store(make_study("hung"), DicomNode("HUNG", "127.0.0.1", hung.getsockname()[1]), calling_ae=PEER)
+    finally:
+        hung.close()
+    assert time.monotonic() - start < 10
+    with pytest.raises(ConnectionError, match=r"unreachable"):
+        c_store(make_study("nobody"), DicomNode("NOBODY", "127.0.0.1", free_port()), calling_ae=PEER)
+
+
 @pytest.mark.parametrize("answer", ["login_redirect", "html_200", "empty_dicom_json"])
 def test_a_stow_rs_answer_that_lists_nothing_stored_is_not_a_delivery(answer):
     """A DICOMweb URL behind an auth proxy (the POST redirected to a login page), a proxy's HTML page, or an answer that

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,10 @@ def _transfer_syntax(ds: Dataset) -> str:
     return str(ts or ExplicitVRLittleEndian)
 
 
+# seconds to wait for a node's answer to an association request (c_store)
+ASSOCIATION_TIMEOUT_S = 10.0
+
+
 def c_store(
     items: Sequence[str | Path | Dataset],
     node: DicomNode | str,
@@ -148,7 +153,10 @@ def c_store(
         if ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
             syntaxes.update({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.dimse_timeout = ae.network_timeout = timeout
+    # a node that takes the connection and never answers the association request (hung) holds the caller this long: the
+    # DICOM service's worker, which answers the next studies when it is free, so the wait is bounded apart
+    ae.acse_timeout = min(timeout, ASSOCIATION_TIMEOUT_S)
     count = 0
     for sop_class, syntaxes in contexts.items():
         for ts in sorted(syntaxes):  # one context per transfer syntax: the SCP may accept some only
@@ -156,9 +164,16 @@ def c_store(
                 raise ValueError("too many SOP class / transfer syntax combinations for one association (128)")
             ae.add_requested_context(sop_class, [ts])
             count += 1
+    started = time.monotonic()
     assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
     if not assoc.is_established:
-        raise ConnectionError(f"no DICOM association with {node} (rejected, aborted or unreachable)")
+        if assoc.is_rejected:
+            why = "the node rejected the association (is our AE title known to it?)"
+        elif time.monotonic() - started >= ae.acse_timeout - 0.5:
+            why = f"no answer to the association request within {ae.acse_timeout:.0f} s (the node takes the connection but does not answer: hung?)"
+        else:
+            why = _unreachable(node) or "the node aborted the association"
+        raise ConnectionError(f"no DICOM association with {node}: {why}")
     results = []
     try:
         for ds in datasets:
@@ -178,6 +193,17 @@ def c_store(
         if not result.ok:
             logger.warning("C-STORE of %s to %s failed: %s", result.sop_instance_uid, node, result.message)
     return results
+
+
+def _unreachable(node: DicomNode) -> str | None:
+    """Why no TCP connection to ``node`` can be made ("unreachable: ..."), None when one can."""
+    import socket
+
+    try:
+        socket.create_connection((node.host, node.port), timeout=2.0).close()
+    except OSError as err:
+        return f"unreachable ({err.strerror or err}: nothing listens there, or a firewall)"
+    return None
 
 
 def stow_rs(
