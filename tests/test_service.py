@@ -276,6 +276,33 @@ def test_restart_picks_up_what_was_left(node, tmp_path):
     assert pipeline.calls == [study[0].StudyInstanceUID] and len(node.ret.received) == 1
 
 
+def test_a_study_that_stopped_the_service_twice_is_set_aside_at_start(node):
+    """A study that kills the service while it is answered (out of memory) was queued again at every start: under
+    systemd's Restart=on-failure the service died again and again and answered nothing more. After two interrupted
+    rounds in a row the study is set aside (failed/, the reason in its status) and the others are answered."""
+    import json
+
+    pipeline = StandInPipeline()
+    first = node.make(pipeline, quiet_s=3600)
+    poison, other = make_study("poison"), make_study("other")
+    for study in (poison, other):
+        assert all(r.ok for r in c_store(study, address(first), calling_ae=PEER))
+    first.stop()
+    uid = poison[0].StudyInstanceUID
+    record = first.workdir / "status" / f"{uid}.json"
+    status = json.loads(record.read_text()) if record.exists() else {"study_uid": uid}
+    status["rounds"] = [{"round": 1, "state": "interrupted"}, {"round": 2, "state": "processing"}]  # died in round 1, then in round 2
+    record.write_text(json.dumps(status))
+    (first.workdir / "incoming" / uid).rename(first.workdir / "processing" / uid)
+
+    second = node.make(pipeline)
+    failed = state_of(second, uid, "failed")
+    assert "the service stopped 2 times while answering this study" in failed["error"] and "send it again" in failed["error"]
+    state_of(second, other[0].StudyInstanceUID, "returned")
+    assert pipeline.calls == [other[0].StudyInstanceUID]
+    assert len(list((second.workdir / "failed" / uid).glob("*.dcm"))) == 2
+
+
 def test_settings_from_app_yaml_environment_and_flags(tmp_path):
     yaml_file = tmp_path / "app.yaml"
     yaml_file.write_text("serve:\n  port: 11000\n  quiet_s: 5\n  return_node: 10.0.0.5:4242:ORTHANC\n")

@@ -115,6 +115,10 @@ class Peer:
         return self.ae_title + (f"@{self.host}" if self.host else "")
 
 
+# a study whose rounds the service's stopping interrupted this many times in a row is set aside at start, not queued
+MAX_INTERRUPTED_ROUNDS = 2
+
+
 def parse_peer(text: str) -> Peer:
     """``"ORTHANC"``, ``"ORTHANC@10.0.0.5"`` or ``"ORTHANC@pacs.hospital.org"`` -> :class:`Peer`. A host name is resolved
     here, once: a caller is known by its IP address (a name compared as text matched no caller, and every study from
@@ -467,12 +471,32 @@ class DicomService:
             for rnd in status.rounds:
                 if rnd.get("state") == "processing":
                     rnd["state"] = "interrupted"  # the service stopped during it: the round is run again
+            stopped = next((i for i, rnd in enumerate(reversed(status.rounds)) if rnd.get("state") != "interrupted"), len(status.rounds))
+            if stopped >= MAX_INTERRUPTED_ROUNDS:  # a study that kills the service (memory) would kill it at every start
+                self._set_aside(folder, status, stopped)
+                continue
             self._pending[folder.name] = _Pending(now)
             logger.info("study %s: %d new instance(s) from a previous run, queued", folder.name, sum(1 for _ in folder.glob("*.dcm")))
         for folder in sorted(self.dirs["outbox"].iterdir()):
             if folder.is_dir() and is_dicom_uid(folder.name):
                 self._next_retry[folder.name] = 0.0
                 logger.info("study %s: results from a previous run not yet returned, retrying", folder.name)
+
+    def _set_aside(self, folder: Path, status: StudyStatus, stopped: int) -> None:
+        """A study the service stopped answering ``stopped`` times in a row (killed while answering it: out of memory, a
+        crash): its instances go to failed/<study>/ and it is not answered again on its own, so that the service does
+        not die again at every start; sent again, it is answered again."""
+        failed = _uid_path(self.dirs["failed"], folder.name)
+        failed.mkdir(parents=True, exist_ok=True)
+        for file in sorted(folder.iterdir()):
+            os.replace(file, failed / file.name)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        status.state, status.finished = "failed", time.time()
+        status.error = (f"the service stopped {stopped} times while answering this study (killed: out of memory? or a crash): not answered again "
+                        f"on its own, so that it does not stop the service at every start; its instances are in {failed}; send it again to retry")
+        self._save_status(status)
+        logger.error("study %s: %s", folder.name, status.error)
 
     def _ready(self) -> str | None:
         now = time.monotonic()
