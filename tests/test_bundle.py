@@ -247,7 +247,7 @@ def test_an_existing_checkpoint_is_kept_and_an_interrupted_run_never_replaces_it
     shutil.copy(trained_fold / "models" / "model_fold0.pt", target)
     before = target.read_bytes()
     common = dict(bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", max_epochs=1, batch_size=12, val_fraction=0.25)
-    wf = _workflow(["train.yaml"], **common)
+    wf = _workflow(["train.yaml"], overwrite="false", **common)  # as `--overwrite false` passes it: a string (it read as true)
     wf.initialize()
     with pytest.raises(RuntimeError) as failure:
         wf.run()
@@ -412,6 +412,53 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_bundle_flag_reads_what_the_command_line_passes():
+    """`python -m monai.bundle run --differential false` passes the string 'false', which Python counts as true: every
+    true/false setting of the configs reads it through flag(), and a value that is neither is refused, naming it."""
+    from monai_cir.engine.bundle import flag
+
+    assert [flag(v, "x") for v in (True, "true", "True", "yes", "1", 1)] == [True] * 6
+    assert [flag(v, "x") for v in (False, "false", "False", "no", "0", 0, None)] == [False] * 7
+    with pytest.raises(ValueError, match=r"--tta takes true or false, got 'maybe'"):
+        flag("maybe", "tta")
+    configs = "".join((BUNDLE / "configs" / name).read_text() for name in ("train.yaml", "evaluate.yaml", "inference.yaml", "finetune.yaml", "multi_gpu_train.yaml"))
+    for name in ("overwrite", "tta", "differential", "frozen_batchnorm", "flip"):
+        assert f"flag(@{name}, '{name}')" in configs, name
+
+
+def test_own_records_get_a_feature_cache_of_their_own(tmp_path, shared_data):
+    """--records without --cache_name used the name 'derm7pt': the own cases' features replaced Derm7pt's cache file
+    (and passed as a built-in collection, past the checks of an own collection). The cache is named after the records'
+    collection (the CSV's name); a subset of Derm7pt under Derm7pt's name is refused before anything is encoded."""
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(images / f"c{i}.png")
+    (tmp_path / "mine.csv").write_text("image,diagnosis\n" + "".join(f"c{i}.png,{('nevus', 'melanoma')[i % 2]}\n" for i in range(4)))
+    wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), records=f"$monai_cir.data.load_image_csv({str(images)!r}, {str(tmp_path / 'mine.csv')!r})")
+    assert wf.parser.get_parsed_content("cache_name") == "mine"
+    wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), records=SUBSET, dataset_dir=str(shared_data))
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error of the component that raised it
+        wf.parser.get_parsed_content("cache")
+    assert "not the whole derm7pt collection: give them a cache name of their own" in str(failure.value.__cause__)
+
+
+@pytest.mark.parametrize("options, said", [({"train": {"epoch": 5}}, "unknown training options ['epoch']"),
+                                           ({"nett": {"dropout": 0.2}}, "late_fusion_options has unknown key(s) ['nett']"),
+                                           ({"net": {"drop": 0.2}}, "late_fusion_options#net has unknown key(s) ['drop']")])
+def test_a_late_fusion_option_typo_is_refused_before_any_training(tmp_path, options, said):
+    """--late_fusion_options#train#epoch 5 (for epochs) was refused after the first stage's epochs had run; a misspelt
+    top-level key was ignored. Checked when the workflow starts."""
+    wf = _workflow(["train.yaml"], bundle_root=str(tmp_path), fold=0, records=SUBSET, cache_name="derm7pt-ci30", late_fusion_options=options)
+    with pytest.raises(Exception) as failure:
+        wf.initialize()
+    assert said in str(failure.value) + str(failure.value.__cause__)
 
 
 def test_add_prior_replaces_a_checkpoint_only_with_overwrite(trained_fold, tmp_path):

@@ -335,7 +335,10 @@ def test_two_runs_with_one_checkpoint_path_never_replace_each_other(tmp_path):
     target.write_bytes(b"the other run")  # published while this one trained
     with pytest.raises(FileExistsError, match="written by another run while this one trained"):
         publish_checkpoint(staging, target)
-    assert target.read_bytes() == b"the other run" and staging.read_bytes() == b"this run"
+    kept = tmp_path / f"model.kept-{os.getpid()}.pt"
+    assert target.read_bytes() == b"the other run" and kept.read_bytes() == b"this run" and not staging.exists()
+    staging_path(target)  # a later run's clean-up of staging files leaves the kept result alone (it deleted the .partial kept before)
+    assert kept.read_bytes() == b"this run"
 
     alone = tmp_path / "alone.pt"
     alone.write_bytes(b"previous")  # there before the run began (--overwrite): replaced

@@ -137,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _user_error(err: BaseException) -> Exception | None:
     """The bad-input error (``ValueError`` / ``FileNotFoundError``, e.g. Derm7pt not found, a diagnosis with too few
-    cases) that MONAI wrapped in its ``RuntimeError("Failed to evaluate ConfigExpression ...")``, or None."""
+    cases; ``FileExistsError``: another run wrote the checkpoint meanwhile) that MONAI wrapped in its ``RuntimeError("Failed to evaluate ConfigExpression ...")``, or None."""
     seen = set()
     cause = err.__cause__
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, (ValueError, FileNotFoundError)):
+        if isinstance(cause, (ValueError, FileNotFoundError, FileExistsError)):
             return cause
         seen.add(id(cause))
         cause = cause.__cause__

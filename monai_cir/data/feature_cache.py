@@ -336,6 +336,10 @@ def build_feature_cache(
 
     if records is None:
         records = load_collection(collection, root)
+    elif collection in COLLECTIONS and [r.case_id for r in records] != [r.case_id for r in load_collection(collection, root)]:
+        # a subset or a collection of one's own under a built-in name would replace that collection's cache (and pass as it)
+        raise ValueError(f"the records given are not the whole {collection} collection: give them a cache name of their own (the bundle's "
+                         f"--cache_name, the collection argument), so that {collection}'s feature cache is not replaced by theirs")
     records = list(records)
     if not records:
         raise ValueError(f"collection {collection!r} has no records")

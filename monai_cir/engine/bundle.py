@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TargetTower", "subset_records", "fold_split", "checkpoint_saver", "add_late_fusion_branch", "evaluate_checkpoint",
-    "rank_collection", "trained_case_ids", "check_prior_options", "trained_collection", "trained_overlap", "check_checkpoint_target", "check_training_classes", "staging_path", "publish_checkpoint",
+    "rank_collection", "trained_case_ids", "check_prior_options", "trained_collection", "trained_overlap", "check_checkpoint_target", "check_training_classes", "check_late_fusion_options", "flag", "staging_path", "publish_checkpoint",
 ]
 
 
@@ -138,6 +138,26 @@ def trained_overlap(info: dict[str, Any] | None, records: Sequence[Any]) -> tupl
     return by_id, False
 
 
+# what a bundle setting given on the command line may say for true / false: `python -m monai.bundle run --overwrite false`
+# passes the string 'false', which Python counts as true (only a capitalised False became a bool)
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", "none", "null", ""}
+
+
+def flag(value: Any, name: str) -> bool:
+    """A bundle setting that is true or false, from a bool or from what the command line passes (``true`` / ``false`` in any
+    case, ``yes`` / ``no``, ``1`` / ``0``); anything else is a ValueError naming the setting."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"--{name} takes true or false, got {value!r}")
+
+
 def check_checkpoint_target(path: str | Path, overwrite: bool = False, flag: str = "--overwrite true", elsewhere: str = "--checkpoint PATH") -> None:
     """Before any training: refuse to replace an existing checkpoint at ``path`` unless ``overwrite`` (the
     tracked release model, a fold's model: what it records, e.g. the differential slot's margins, would be lost).
@@ -222,9 +242,13 @@ def publish_checkpoint(staging: str | Path, path: str | Path) -> Path:
         raise FileNotFoundError(f"training wrote no checkpoint at {staging}; nothing to publish to {path}")
     before = _TARGET_AT_STAGING.get(str(staging), _file_state(Path(path)))
     if _file_state(Path(path)) != before:
+        # kept under a name no later run's clean-up of staging files takes (<name>.<pid>.partial of a process that is gone)
+        kept = Path(path).with_name(f"{Path(path).stem}.kept-{os.getpid()}{Path(path).suffix}")
+        os.replace(staging, kept)
+        _TARGET_AT_STAGING.pop(str(staging), None)
         raise FileExistsError(
-            f"{path} was written by another run while this one trained: not replaced. This run's checkpoint is at {staging}; "
-            "rename it to keep it (run one training per output path at a time)")
+            f"{path} was written by another run while this one trained: not replaced. This run's checkpoint is kept at {kept} "
+            "(run one training per output path at a time)")
     os.replace(staging, path)
     _TARGET_AT_STAGING.pop(str(staging), None)
     print(f"checkpoint -> {path}")
@@ -272,6 +296,27 @@ def add_late_fusion_branch(
     save_checkpoint(net, path, **{**first_stage, "epoch": int(keeper.best_epoch), "seed": int(seed), **extra, **recorded, "late_fusion_epochs": epochs})
     print(f"late-fusion branch trained (share {share}) -> {path}")
     return net
+
+
+def check_late_fusion_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``train.yaml``'s ``late_fusion_options``, checked before any training (a typo found after the first stage cost its
+    epochs; one at the top level, ``nett``, was ignored): keys ``train`` (:class:`~.trainer.TrainConfig`'s fields) and
+    ``net`` (:class:`~monai_cir.networks.late_fusion.LateFusionBranch`'s options). Raises ValueError naming the key."""
+    import inspect
+
+    from ..networks.late_fusion import LateFusionBranch
+    from .trainer import TrainConfig
+
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"train", "net"})
+    if unknown:
+        raise ValueError(f"late_fusion_options has unknown key(s) {unknown}; it takes train (training options) and net (the branch's)")
+    TrainConfig.from_dict(options.get("train"))  # its error names the unknown training options and the known ones
+    net_keys = set(inspect.signature(LateFusionBranch.__init__).parameters) - {"self", "image_dim", "text_dim"}
+    unknown = sorted(set(options.get("net") or {}) - net_keys)
+    if unknown:
+        raise ValueError(f"late_fusion_options#net has unknown key(s) {unknown}; known: {sorted(net_keys)}")
+    return options
 
 
 def check_prior_options(options: dict[str, Any] | None) -> dict[str, Any]:
