@@ -361,6 +361,25 @@ def test_verify_net_in_out(trained_fold):
     )
 
 
+def test_ckpt_export_of_another_checkpoint_needs_it_as_checkpoint_too(trained_fold, tmp_path):
+    """The model card's ckpt_export with --ckpt_file of one's own checkpoint built network_def from the release model.pt
+    and loaded the own weights into it: exported with the release model's β and late-fusion share (up to 0.116 off).
+    Refused, naming the option; with --checkpoint the same file it exports that checkpoint's own embedding."""
+    from monai.bundle import ckpt_export
+
+    from monai_cir.networks import load_model
+
+    own = trained_fold / "models" / "model_fold0.pt"
+    common = dict(net_id="network_def", ckpt_file=str(own), key_in_ckpt="head", use_trace=True, input_shape=[1, 3, 260, 260],
+                  meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.yaml"), bundle_root=str(BUNDLE))
+    with pytest.raises(ValueError, match=r"give the file as --checkpoint too"):
+        ckpt_export(filepath=str(tmp_path / "mixed.ts"), **common)
+    ckpt_export(filepath=str(tmp_path / "own.ts"), checkpoint=str(own), **common)
+    images = torch.rand(1, 3, 260, 260)
+    exported = torch.jit.load(str(tmp_path / "own.ts"))
+    torch.testing.assert_close(exported(images), load_model(own).encode_target(images), atol=1e-4, rtol=1e-4)
+
+
 FINETUNE = dict(
     fold=-1, records="$monai_cir.engine.bundle.subset_records('derm7pt', 12)", image_size=64, max_epochs=1, batch_size=4,
     **{"train#trainer#epoch_length": 2},

@@ -268,14 +268,21 @@ def test_fit_differential_on_a_library_refits_the_margin_of_queries_the_prior_le
 
 def test_the_bundles_target_tower_loads_a_head_with_the_prior():
     """``ckpt_export --key_in_ckpt head`` loads the checkpoint's head into the target tower: with the prior's buffers
-    in it, the tower must take them (the prior is a query-side term: the library embedding does not change)."""
+    in it, the tower must take them (the prior is a query-side term: the library embedding does not change). The head
+    of another checkpoint than the one the tower was built from is refused: the tower's settings (β, the late-fusion
+    share, the image size) are its own checkpoint's, and would be exported with the other's weights."""
+    import copy
+
     from monai_cir.engine.bundle import TargetTower
 
     net = _prior_net()
-    tower = TargetTower(activate_head(make_tiny_net(late_fusion_share=0.5, diagnosis_prior={"classes": CLASSES}), seed=5))
+    tower = TargetTower(copy.deepcopy(net), checkpoint="own.pt")
     tower.load_state_dict(net.head_state_dict())
     images = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(tower(images), net.encode_target(images))
+    other = activate_head(make_tiny_net(late_fusion_share=0.5, diagnosis_prior={"classes": CLASSES}), seed=5)
+    with pytest.raises(ValueError, match=r"not those of the checkpoint network_def was built from \(own.pt; .*--ckpt_file FILE --checkpoint FILE"):
+        tower.load_state_dict(other.head_state_dict())
 
 
 def test_search_command_orders_with_the_prior_and_says_so(tmp_path, monkeypatch, capsys):

@@ -52,7 +52,7 @@ class TargetTower(nn.Module):
     + the late-fusion branch's width when the network has one (the release model: 1040 + 256).
     """
 
-    def __init__(self, net: ComposedRetrievalNet) -> None:
+    def __init__(self, net: ComposedRetrievalNet, checkpoint: str | None = None) -> None:
         super().__init__()
         # registered under the network's own names, so the state-dict keys are the checkpoint's
         self.image_encoder = net.image_encoder
@@ -64,12 +64,22 @@ class TargetTower(nn.Module):
             self.diagnosis_prior = net.diagnosis_prior
         self.__dict__["net"] = net  # not a submodule: its weights are the ones registered above
         self.embedding_dim = net.embedding_dim
+        self.checkpoint = checkpoint
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
         """Accepts a head-only state dict (the checkpoint's ``head``: ``ckpt_export --key_in_ckpt head``):
-        the encoders come from their packages, the head keys must all match."""
+        the encoders come from their packages, the head keys must all match. The tower is built from a checkpoint
+        (``inference.yaml``'s ``checkpoint``), whose settings the weights do not carry (β, the late-fusion share, the
+        image size): weights of another checkpoint are refused, since the tower would export them with its own settings."""
         keys = set(state_dict)
-        head = {k for k in self.state_dict() if k.startswith(HEAD_PREFIXES)}
+        own = self.state_dict()
+        other = [k for k in keys & set(own) if torch.is_tensor(state_dict[k]) and (state_dict[k].shape != own[k].shape or not torch.equal(state_dict[k].to(own[k].dtype), own[k]))]
+        if other:
+            raise ValueError(
+                f"these weights are not those of the checkpoint network_def was built from ({self.checkpoint or 'the untrained default'}; "
+                f"{len(other)} tensors differ, first {other[0]}): its settings (β, the late-fusion share, the image size) would be "
+                "exported with another checkpoint's weights; give the file as --checkpoint too (ckpt_export ... --ckpt_file FILE --checkpoint FILE)")
+        head = {k for k in own if k.startswith(HEAD_PREFIXES)}
         if keys and keys <= head:
             if strict and head - keys:
                 raise RuntimeError(f"head checkpoint lacks {sorted(head - keys)[:5]}")
