@@ -136,6 +136,17 @@ def test_evaluate_workflow(trained_fold):
     cache = wf.parser.get_parsed_content("cache")
     assert metrics["collection"] == cache.collection and metrics["image_size"] == net.image_size == 260 and metrics["unit"] == "percent"
     assert metrics["query_case_ids_sha256"] == hashlib.sha256("\n".join(cache.records[int(i)].case_id for i in held_out).encode()).hexdigest()
+    assert metrics["tta"] is True
+    # run again with other settings (as the command line passes them): the earlier results are kept beside, not replaced
+    # without a word, and the file says how it was embedded
+    again = _workflow(["train.yaml", "evaluate.yaml"], workflow_type="eval", bundle_root=str(trained_fold), fold=0, records=SUBSET,
+                      cache_name="derm7pt-ci30", tta="false")
+    again.initialize()
+    again.run()
+    again.finalize()
+    assert json.loads((trained_fold / "eval" / "metrics_fold0.json").read_text())["tta"] is False
+    kept = [json.loads(f.read_text()) for f in (trained_fold / "eval").glob("metrics_fold0.*.json")]
+    assert [k["tta"] for k in kept] == [True] and kept[0]["map"] == metrics["map"]
 
 
 def test_evaluate_refuses_a_cache_of_another_image_size(trained_fold):

@@ -460,12 +460,29 @@ def evaluate_checkpoint(net: ComposedRetrievalNet, cache: Any, query_idx: Sequen
         checkpoint=None if checkpoint is None else str(Path(checkpoint).resolve()), fingerprint=net.fingerprint(),
         checkpoint_fold=info.get("fold"),  # the fold the checkpoint was trained for (-1: every case), as it records it
     )
+    result["tta"] = bool(tta)  # how it was embedded: runs with and without the mirror view differ
     if output is not None:
         from ..atomic import atomic_write_text
 
         Path(output).parent.mkdir(parents=True, exist_ok=True)
+        _keep_earlier(Path(output))
         atomic_write_text(Path(output), json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _keep_earlier(path: Path) -> None:
+    """An earlier run's results at ``path`` are kept beside it (``<name>.<its time>.json``, said in the log), not replaced
+    without a word: evaluate / inference runs with other settings write to the same file."""
+    if not path.is_file():
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(path.stat().st_mtime))
+    kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+    path.rename(kept)
+    logger.warning("%s held an earlier run's results: kept as %s", path, kept.name)
 
 
 @torch.no_grad()
@@ -563,6 +580,7 @@ def rank_collection(
                               "trained_on_by_the_model": len(trained)}}
         if trained:
             logger.warning("%d of the %d queries are cases the model trained on: their rankings are no held-out result", len(trained), len(query_records))
+        _keep_earlier(Path(output))
         atomic_write_text(Path(output), json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": model, "ranked": ranked, "results": results},
                                                    indent=2) + "\n")
     return results
