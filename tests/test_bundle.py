@@ -234,6 +234,13 @@ def test_inference_workflow(trained_fold):
     trained_on = read_checkpoint(trained_fold / "models" / "model_fold0.pt")["extra"]["trained_on"]
     ranked = json.loads((trained_fold / "eval" / "ranking.json").read_text())["ranked"]["queries"]
     assert ranked["trained_on_by_the_model"] == len(trained_on) > 0 and ranked["library_cases_left_out_of_their_own_ranking"] == 0
+    # --subset applies to a library given with --records too (it ranked every case of --records)
+    wf = _workflow(["inference.yaml"], workflow_type="infer", bundle_root=str(trained_fold), subset=3, top_k=2,
+                   checkpoint=str(trained_fold / "models" / "model_fold0.pt"), records=SUBSET)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    assert json.loads((trained_fold / "eval" / "ranking.json").read_text())["ranked"]["library"]["cases"] == 3
 
 
 def test_inference_refuses_a_missing_checkpoint(tmp_path):
