@@ -141,10 +141,7 @@ class GridMapStore:
         if store is None or not keys:
             shutil.rmtree(directory, ignore_errors=True)
             return len(named & set(paths))
-        with folder_written_whole(directory) as tmp:
-            np.save(tmp / _MAPS_FILE, np.stack([np.asarray(store.maps[store.rows[k]], dtype=np.float32) for k in keys]), allow_pickle=False)
-            header = {"format": GRID_STORE_FORMAT, "fingerprint": fingerprint, "shapes": [list(s) for s in store.shapes], "keys": [list(k) for k in keys]}
-            (tmp / _KEYS_FILE).write_text(json.dumps(header))
+        _write_rows(directory, fingerprint, store.shapes, {k: np.asarray(store.maps[store.rows[k]], dtype=np.float32) for k in keys})
         return len(store.rows) - len(keys)
 
     @classmethod
@@ -173,9 +170,14 @@ class GridMapStore:
                 rows.setdefault(key, np.asarray(old.maps[row], dtype=np.float32))
         if shapes is None:
             raise ValueError("no grid maps to write")
-        keys = list(rows)
-        with folder_written_whole(directory) as tmp:
-            np.save(tmp / _MAPS_FILE, np.stack([rows[k] for k in keys]).astype(np.float32), allow_pickle=False)
-            header = {"format": GRID_STORE_FORMAT, "fingerprint": fingerprint, "shapes": [list(s) for s in shapes], "keys": [list(k) for k in keys]}
-            (tmp / _KEYS_FILE).write_text(json.dumps(header))
+        _write_rows(directory, fingerprint, shapes, rows)
         return directory
+
+
+def _write_rows(directory: Path, fingerprint: str, shapes: Sequence[Sequence[int]], rows: Mapping[FileKey, np.ndarray]) -> None:
+    """The store's two files (maps, keys + header) from flat rows, written whole into ``directory``."""
+    keys = list(rows)
+    with folder_written_whole(directory) as tmp:
+        np.save(tmp / _MAPS_FILE, np.stack([rows[k] for k in keys]).astype(np.float32), allow_pickle=False)
+        header = {"format": GRID_STORE_FORMAT, "fingerprint": fingerprint, "shapes": [list(s) for s in shapes], "keys": [list(k) for k in keys]}
+        (tmp / _KEYS_FILE).write_text(json.dumps(header))

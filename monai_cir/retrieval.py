@@ -712,9 +712,10 @@ def dicomweb_library(
     # only the studies this search found: a pull folder kept from an earlier build also holds studies deleted from the PACS
     # since (consent withdrawn) or of another filter, which must not come back into the index
     pulled = set(study_uids)
-    kept = [i for i, query in enumerate(queries) if Path(query.source_path).resolve().relative_to(folder.resolve()).parts[0] in pulled]
+    study_folders = [Path(query.source_path).resolve().relative_to(folder.resolve()).parts[0] for query in queries]
+    kept = [i for i, study in enumerate(study_folders) if study in pulled]
     if len(kept) < len(queries):
-        stale = {Path(queries[i].source_path).resolve().relative_to(folder.resolve()).parts[0] for i in range(len(queries)) if i not in set(kept)}
+        stale = set(study_folders) - pulled
         logger.warning("%s holds %d stud%s this search did not find (deleted from the PACS since, or of another filter): not indexed; "
                        "delete %s from it to free the space", folder, len(stale), "y" if len(stale) == 1 else "ies", ", ".join(sorted(stale)[:5]))
         queries, metadata = [queries[i] for i in kept], [metadata[i] for i in kept]

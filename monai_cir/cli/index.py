@@ -348,8 +348,9 @@ def run_remove(args: argparse.Namespace) -> int:
         missing = [c for c in case_ids if c not in index]
         if missing:
             raise ValueError(f"{len(missing)} case id(s) are not in {args.index}: {missing[:10]}; nothing was removed (`monai-cir index info {args.index} --case-ids` lists the index's cases)")
-        paths = {index.get(c).image_path for c in case_ids} - {None}
-        kept = {index.get(c).image_path for c in index.case_ids() if c not in set(case_ids)}
+        removed = set(case_ids)
+        paths = {index.get(c).image_path for c in removed} - {None}
+        kept = {index.get(c).image_path for c in index.case_ids() if c not in removed}
         index.remove(case_ids)
         index.save(args.index)
         load_index(args.index)
