@@ -694,3 +694,34 @@ def test_a_pipeline_without_a_summary_gets_every_answer_returned(node):
     status = rounds_of(service, study_uid, 2, "returned", "failed")
     assert "unchanged" not in status["rounds"][1] and status["returned_answers"] == {}
     assert [str(ds.StudyInstanceUID) for ds in node.ret.received].count(study_uid) == 3
+
+
+def test_a_hung_return_node_does_not_hold_up_answering_the_next_study(monkeypatch, tmp_path):
+    """Returning runs on a thread of its own: while the return node hangs (it takes the connection and never answers,
+    up to publish.ASSOCIATION_TIMEOUT_S per attempt) the next study is answered, not held until the attempt gives up."""
+    import threading
+
+    from monai_cir.dicom import publish
+
+    monkeypatch.setattr(publish, "ASSOCIATION_TIMEOUT_S", 4.0)
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(hung.accept()) for _ in range(8)], daemon=True).start()
+    service = DicomService(StandInPipeline(), tmp_path / "spool", port=free_port(), peers=[PEER], quiet_s=0.2, retry_s=60,
+                           return_node=f"127.0.0.1:{hung.getsockname()[1]}:HUNG").start()
+    try:
+        first, second = make_study("hung-first"), make_study("hung-second")
+        assert all(r.ok for r in c_store(first, address(service), calling_ae=PEER))
+        state_of(service, first[0].StudyInstanceUID, "answered")  # answered; its return attempt now hangs
+        assert all(r.ok for r in c_store(second, address(service), calling_ae=PEER))
+        answered = time.monotonic()
+        state_of(service, second[0].StudyInstanceUID, "answered", "return-pending", timeout=20)
+        assert time.monotonic() - answered < 3.0  # the old worker sent first's answer (4 s) before answering second
+        pending = [state_of(service, s[0].StudyInstanceUID, "return-pending", timeout=20) for s in (first, second)]
+        assert all("hung?" in p["error"] and p["return_attempts"] == 1 for p in pending)
+        assert all(len(list((service.workdir / "outbox" / s[0].StudyInstanceUID).glob("*.dcm"))) == 1 for s in (first, second))
+    finally:
+        service.stop()
+        hung.close()

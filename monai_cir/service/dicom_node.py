@@ -7,8 +7,14 @@ Life of a study (every step on disk under ``workdir``, so a restart loses nothin
       the new instances -> processing/<study>/, beside (hard links to) the study's earlier instances
       pipeline(processing/<study>, results/<study>[/round-<n>])  (the deploy app's operators, models warm)
       the round's instances -> inputs/<study>/ (every instance of the study received so far)
-    SR + Encapsulated PDF -> outbox/<study>/ -> C-STORE to the return node (or STOW-RS)
+    SR + Encapsulated PDF -> outbox/<study>/ -> C-STORE to the return node (or STOW-RS), on a thread of its own
     delivered: outbox copies deleted; status/<study>.json says "returned", with every round in "rounds"
+
+Answering and returning run on two threads: a return node that is slow, down or hung (it takes the
+connection and never answers: up to ``publish.ASSOCIATION_TIMEOUT_S`` per attempt) delays only the
+returns, never the answering of the next studies. A study's outbox is changed by one of them at a time
+(a per-study lock): a round answered while the previous round's answer is being sent replaces it after
+that attempt.
 
 A study may arrive in several rounds (its SR first, its image after the quiet time; or an image
 added later): each round is answered over all the study's instances received so far, so a late
@@ -248,6 +254,9 @@ class DicomService:
         self._next_retry: dict[str, float] = {}
         self._server: Any = None
         self._worker: threading.Thread | None = None
+        self._deliverer: threading.Thread | None = None
+        self._deliver_wake = threading.Event()
+        self._outbox_locks: dict[str, threading.Lock] = {}  # per study: the deliverer's send vs the worker's next answer
         self.dirs = {name: self.workdir / name for name in ("incoming", "processing", "inputs", "results", "outbox", "failed", "status")}
 
     # ------------------------------------------------------------------ lifecycle
@@ -280,6 +289,8 @@ class DicomService:
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="monai-cir-service", daemon=True)
         self._worker.start()
+        self._deliverer = threading.Thread(target=self._deliver, name="monai-cir-return", daemon=True)
+        self._deliverer.start()
         logger.info("DICOM node %s listening on %s:%d; peers %s; returns to %s", self.ae_title, self.host, self.port,
                     ", ".join(map(str, self.peers)), self.return_node or self.return_dicomweb)
         return self
@@ -292,9 +303,12 @@ class DicomService:
             self._server = None
         self._stop.set()
         self._wake.set()
-        if self._worker is not None:
-            self._worker.join(timeout)
-            self._worker = None
+        self._deliver_wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in (self._worker, self._deliverer):  # a send in progress ends within its association timeout
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        self._worker = self._deliverer = None
         logger.info("DICOM node %s stopped", self.ae_title)
 
     def __enter__(self) -> DicomService:
@@ -359,6 +373,7 @@ class DicomService:
         with self._lock:
             if study_uid not in self._pending and study_uid not in self._next_retry:
                 self._statuses.pop(study_uid, None)
+                self._outbox_locks.pop(study_uid, None)
 
     # ------------------------------------------------------------------ DIMSE handlers (server threads)
     def _caller(self, event: Any) -> tuple[str, str]:
@@ -515,7 +530,6 @@ class DicomService:
                 if study_uid is not None:
                     self._process(study_uid)
                     continue
-                self._retry_due()
                 self._wake.wait(0.05)
                 self._wake.clear()
             except Exception as err:  # noqa: BLE001 (anything: the service must go on with the next study)
@@ -616,7 +630,8 @@ class DicomService:
                     rnd["unchanged"] = sorted(unchanged)
             if not outputs:
                 with self._lock:
-                    before = next((r["state"] for r in reversed(status.rounds[:-1]) if r.get("state") in ("returned", "return-pending")), "returned")
+                    # an earlier round's answer may still be on its way (answered): its delivery settles the state then
+                    before = next((r["state"] for r in reversed(status.rounds[:-1]) if r.get("state") in ("answered", "returned", "return-pending")), "returned")
                     status.finished = time.time()
                     status.answered, status.problems = answered, problems
                     rnd.update(state="unchanged", answered=answered, problems=problems, finished=status.finished, input_sops=sops,
@@ -633,12 +648,13 @@ class DicomService:
                 self._release(study_uid)
                 return
             outbox = _uid_path(self.dirs["outbox"], study_uid)
-            with self._lock:
+            # not while the deliverer sends the previous round's answer from this outbox (lock order: outbox, then _lock)
+            with self._outbox_lock(study_uid), self._lock:
                 superseded = outbox.exists()  # an earlier round's answer not yet delivered: this one replaces it
                 if superseded:
                     shutil.rmtree(outbox)  # its files stay in that round's results folder
                     for earlier in status.rounds[:-1]:
-                        if earlier.get("state") == "return-pending":
+                        if earlier.get("state") in ("answered", "return-pending"):
                             earlier["state"] = "superseded"
                 outbox.mkdir(parents=True, exist_ok=True)
                 for i, path in enumerate(outputs):
@@ -658,7 +674,9 @@ class DicomService:
             logger.error("study %s: the round's input stays in %s: %s", study_uid, work, _one_line(err))
         logger.info("study %s: %d quer%s answered in %.2f s (round %d, %d instance(s), %d new)", study_uid, answered, "y" if answered == 1 else "ies",
                     status.finished - status.started, rnd["round"], len(sops), len(new))
-        self._return(study_uid, status)
+        with self._lock:
+            self._next_retry[study_uid] = 0.0  # due now, on the deliverer's thread
+        self._deliver_wake.set()
 
     def _round_failed(self, study_uid: str, status: StudyStatus, rnd: dict[str, Any], reason: str, work: Path, inputs: Path) -> None:
         """A failed round: its input added to failed/<study>/ (never deleted) and kept for later rounds."""
@@ -696,11 +714,44 @@ class DicomService:
                 os.replace(file, inputs / file.name)
         work.rmdir()
 
+    # ------------------------------------------------------------------ the deliverer
+    def _outbox_lock(self, study_uid: str) -> threading.Lock:
+        with self._lock:
+            return self._outbox_locks.setdefault(study_uid, threading.Lock())
+
+    def _deliver(self) -> None:
+        """The deliverer thread: returns answered studies and retries those whose return failed, oldest due first;
+        never ends on an error."""
+        while not self._stop.is_set():
+            study_uid = None
+            try:
+                study_uid = self._due()
+                if study_uid is not None:
+                    self._return(study_uid, self._status_of(study_uid))
+                    continue
+            except Exception as err:  # noqa: BLE001 (e.g. the status record cannot be written: try again later)
+                if study_uid is not None:
+                    with self._lock:
+                        self._next_retry[study_uid] = time.monotonic() + self.retry_s
+                logger.error("study %s: returning the results failed: %s; retrying in %.0f s", study_uid, _one_line(err), self.retry_s)
+            self._deliver_wake.wait(0.05)
+            self._deliver_wake.clear()
+
+    def _due(self) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            due = [(when, study_uid) for study_uid, when in self._next_retry.items() if when <= now]
+        return min(due)[1] if due else None
+
     def _return(self, study_uid: str, status: StudyStatus) -> None:
+        with self._outbox_lock(study_uid):  # the worker does not replace this outbox while it is being sent
+            self._return_outbox(study_uid, status)
+
+    def _return_outbox(self, study_uid: str, status: StudyStatus) -> None:
         outbox = _uid_path(self.dirs["outbox"], study_uid)
         files = sorted(outbox.glob("*.dcm"))
-        rnd = next((r for r in reversed(status.rounds) if r.get("state") in ("answered", "return-pending")), None)
         with self._lock:
+            rnd = next((r for r in reversed(status.rounds) if r.get("state") in ("answered", "return-pending")), None)
             status.return_attempts += 1
         try:
             if self.return_node is not None:
@@ -715,7 +766,7 @@ class DicomService:
         except Exception as err:  # noqa: BLE001 (node down, refused: keep the outputs, retry later)
             with self._lock:
                 status.error = _one_line(err)
-                if status.state != "receiving":  # not while a newer round is being received
+                if status.state not in ("receiving", "processing"):  # not while a newer round is received or answered
                     status.state = "return-pending"
                 if rnd is not None:
                     rnd.update(state="return-pending", error=status.error)
@@ -728,7 +779,7 @@ class DicomService:
             self._next_retry.pop(study_uid, None)
             shutil.rmtree(outbox, ignore_errors=True)
             status.returned = time.time()
-            if status.state != "receiving":
+            if status.state not in ("receiving", "processing"):
                 status.state, status.error = "returned", None
             if rnd is not None:
                 rnd.update(state="returned", error=None, returned=status.returned)
@@ -737,16 +788,6 @@ class DicomService:
             self._save_status(status)
         logger.info("study %s: %d object(s) returned to %s", study_uid, len(files), self.return_node or self.return_dicomweb)
         self._release(study_uid)
-
-    def _retry_due(self) -> None:
-        now = time.monotonic()
-        for study_uid, due in list(self._next_retry.items()):
-            if due <= now and not self._stop.is_set():
-                try:
-                    self._return(study_uid, self._status_of(study_uid))
-                except Exception as err:  # noqa: BLE001 (e.g. the status record cannot be written: try again later)
-                    self._next_retry[study_uid] = time.monotonic() + self.retry_s
-                    logger.error("study %s: returning the results failed: %s; retrying in %.0f s", study_uid, _one_line(err), self.retry_s)
 
 
 def _answer_keys(result: Any, out: Path, outputs: list[Path], returned: dict[str, str]) -> tuple[dict[str, str], dict[str, list[Path]]]:
