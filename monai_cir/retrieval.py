@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from .data import load_image, preprocess_image
 from .index import CaseIndex, CaseMetadata, SearchHit, create_index
@@ -148,7 +148,7 @@ def embed_library(
     loader = torch.utils.data.DataLoader(_LibraryImages(items, net.image_size), batch_size=batch_size, num_workers=num_workers, pin_memory=net.device.type == "cuda")
     out = np.empty((len(items), net.embedding_dim), dtype=np.float32)
     done = 0
-    with tqdm(total=len(items), unit="img", desc="embedding library", disable=not progress) as bar:
+    with progress_bar(total=len(items), unit="img", desc="embedding library", enabled=progress) as bar:
         for batch in loader:
             # the encoder's maps are kept only when the grid maps are asked for
             with captured_image_maps(net) if grid_maps_out is not None else contextlib.nullcontext([]) as captured:
@@ -703,7 +703,7 @@ def dicomweb_library(
     if not study_uids:
         raise ValueError(f"no study at {url} matches the filters {filters} ({len(studies)} found before the wildcard filters)")
     folder = Path(pull_to) if pull_to is not None else Path(tempfile.mkdtemp(prefix="monai-cir-dicomweb-"))
-    for study_uid in tqdm(study_uids, desc="pulling library studies", unit="study"):
+    for study_uid in progress_bar(study_uids, desc="pulling library studies", unit="study"):
         target = folder / study_uid
         target.mkdir(parents=True, exist_ok=True)
         for ds in client.retrieve_study(study_uid, media_types=(("application/dicom", "*"),)):

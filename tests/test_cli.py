@@ -330,3 +330,30 @@ def test_system_errors_are_one_line_and_a_closed_pipe_is_no_error(monkeypatch, c
     assert process.wait(timeout=120) == 0
     stderr = process.stderr.read().decode()
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_tqdm_disable_hides_every_progress_bar(tmp_path):
+    """TQDM_DISABLE=1 (tqdm's own setting, read when tqdm is imported; CI logs set it) hides the bars the code shows by
+    default: an explicit disable=False (the "embedding library" bar) overrode it."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "embed.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "from conftest import make_tiny_net\n"
+        "from monai_cir.retrieval import embed_library\n"
+        "images = [np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) for i in range(3)]\n"
+        "embed_library(make_tiny_net(), images, progress=sys.argv[1] == 'on')\n")
+
+    def bar_shown(progress: str, **env: str) -> bool:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")} | env
+        run = subprocess.run([sys.executable, str(script), progress], env=environ, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return "embedding library" in run.stderr
+
+    assert not bar_shown("on", TQDM_DISABLE="1")
+    assert bar_shown("on")

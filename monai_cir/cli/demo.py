@@ -96,12 +96,12 @@ def build_demo_library(records: list, cache: Path, rebuild: bool = False) -> tup
             print(f"[demo] reusing the case library ({len(records)} cases) in {library} and its index in {models / 'index'}")
             return library, models
 
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     start = time.perf_counter()
     library.mkdir(parents=True, exist_ok=True)
     wanted = set()
-    for record in tqdm(records, desc="[demo] dicomizing the library", unit="case"):
+    for record in progress_bar(records, desc="[demo] dicomizing the library", unit="case"):
         uids = case_uids(record.collection, record.case_id)
         wanted.add(uids.patient_id)
         folder = library / uids.patient_id

@@ -420,7 +420,7 @@ def encode_collection(
     """Run ``net``'s encoders over ``records`` and return the features in memory (nothing is written):
     what :func:`build_feature_cache` stores, and what a method whose encoders were fine-tuned for one fold
     trains its heads on (its features are that fold's alone, not worth a file). Runs on CUDA when present."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from ..networks import encoder_fingerprint
 
@@ -437,7 +437,7 @@ def encode_collection(
     blank: list[str] = []
     start = time.perf_counter()
     with torch.no_grad(), autocast:
-        for batch in tqdm(loader, desc=f"features {collection} {image_size}px", unit="batch", disable=not progress):
+        for batch in progress_bar(loader, desc=f"features {collection} {image_size}px", unit="batch", enabled=progress):
             pixels = (batch["image"].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             blank.extend(case_id for case_id, frame in zip(batch["case_id"], pixels) if blank_spread(frame) is not None)
             images = batch["image"].to(device)

@@ -232,9 +232,9 @@ def train(examples: Sequence[tuple[str, str, str, bool, str]], threshold: float,
     w = torch.zeros(DIMENSIONS, requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
     optimiser = torch.optim.Adam([w, b], lr=0.05)
-    from tqdm import trange
+    from ..progress import progress_bar
 
-    for _ in trange(epochs, desc="finding check", leave=False):
+    for _ in progress_bar(range(epochs), desc="finding check", leave=False):
         optimiser.zero_grad()
         z = torch.sparse.mm(x, w[:, None])[:, 0] + b
         loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y, weight=weight) + weight_decay * (w * w).sum()

@@ -474,12 +474,12 @@ def dicomize_records(
     progress: bool = True,
 ) -> tuple[list[DicomizedCase], list[tuple[str, str]]]:
     """Dicomize many records; a failing case is logged and skipped. Returns (done, [(case_id, error)])."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     records = list(records)
     done: list[DicomizedCase] = []
     failed: list[tuple[str, str]] = []
-    for record in tqdm(records, desc="dicomize", unit="case", disable=not progress):
+    for record in progress_bar(records, desc="dicomize", unit="case", enabled=progress):
         try:
             done.append(dicomize_record(record, out_dir, compression, include_diagnosis))
         except (ValueError, FileNotFoundError, OSError) as err:

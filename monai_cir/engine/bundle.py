@@ -513,13 +513,13 @@ def rank_collection(
     def images(recs: Sequence[Any]) -> torch.Tensor:
         return torch.stack([load_image(r.image_path, net.image_size) for r in recs]).to(net.device)
 
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     net.eval()
     # two progress bars: the library's images, then the queries (on a 2-core CPU each ~0.5 s an image: minutes)
     starts = range(0, len(records), batch_size)
     t = torch.cat([net.encode_target(images(records[i : i + batch_size]))
-                   for i in tqdm(starts, desc=f"embedding the library ({len(records)} cases)", unit="batch")])
+                   for i in progress_bar(starts, desc=f"embedding the library ({len(records)} cases)", unit="batch")])
     # a case is (collection, case id): a query from another collection with the same id is not this library case
     column = {(getattr(r, "collection", ""), r.case_id): j for j, r in enumerate(records)}
     diagnoses = sorted({r.diagnosis for r in records})
@@ -528,7 +528,7 @@ def rank_collection(
     # with a diagnosis prior, each library case's term column (the last: a diagnosis the prior does not know)
     prior_columns = term_columns(net.diagnosis_prior.classes, [r.diagnosis for r in records]) if net.diagnosis_prior is not None else []
     results = []
-    for i in tqdm(range(0, len(query_records), batch_size), desc=f"ranking {len(query_records)} queries", unit="batch"):
+    for i in progress_bar(range(0, len(query_records), batch_size), desc=f"ranking {len(query_records)} queries", unit="batch"):
         chunk = list(query_records[i : i + batch_size])
         q, terms = net.encode_query_and_terms(images(chunk), [r.text for r in chunk])
         similarity = (q @ t.T).double().cpu()

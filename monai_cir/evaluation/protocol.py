@@ -257,7 +257,7 @@ def evaluate(
         "p@5": ..., "seconds"}}, "cross_site": {collection: {...}}, "config": {...}, "train_log": [...]}``;
         all metrics in percent, the per-fold values unrounded (a merge recomputes the same mean and std).
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from ..data.feature_cache import build_feature_cache
 
@@ -294,7 +294,7 @@ def evaluate(
     forms = list(text_forms or [])
     form_caches = {form: text_form_cache(cache, form, seed, net) for form in forms}
     per_form: dict[str, dict[str, dict[str, list[float]]]] = {form: {} for form in forms}
-    bar = tqdm(total=len(selected) * len(folds), desc="evaluate", unit="fold", disable=not progress)
+    bar = progress_bar(total=len(selected) * len(folds), desc="evaluate", unit="fold", enabled=progress)
     reported = 0  # train_log entries already passed to on_fold_done
 
     def form_entry(values: dict[str, list[float]], held_out: Sequence[int] = folds) -> dict[str, Any]:
