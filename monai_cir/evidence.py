@@ -197,12 +197,19 @@ class EvidenceSummary:
         top = [d for d in self.counts if self.counts[d] == max(self.counts.values(), default=0)]
         tie = f" The counts tie ({' and '.join(top)})." if len(top) > 1 else ""
         total = sum(self.library.values())
+        weighted = f"Weighted by similarity: {shares} ({'calibrated' if self.calibrated else 'not calibrated'})."
+        if total and self.k >= total:  # a library no larger than the vote: the counts are its make-up, whatever the image
+            return (
+                (f"{self.label}. " if label else "")
+                + f"Every one of the library's {total} cases voted (the library is no larger than the vote): the counts ({counted}) are the "
+                f"library's make-up, not evidence about this image; only the weighting by similarity is. {weighted} "
+                "This describes the library cases, not this patient."
+            )
         base = ("" if not total else " For comparison, the whole library of " + f"{total} cases: " + ", ".join(
             f"{d} {n / total:.0%}" for d, n in sorted(self.library.items(), key=lambda kv: (-kv[1], kv[0]))) + ".")
         return (
             (f"{self.label}. " if label else "")
-            + f"Among the {self.k} most similar library cases: {counted}.{tie} Weighted by similarity: {shares} "
-            f"({'calibrated' if self.calibrated else 'not calibrated'}).{base} This describes the library cases, not this patient."
+            + f"Among the {self.k} most similar library cases: {counted}.{tie} {weighted}{base} This describes the library cases, not this patient."
         )
 
 

@@ -1241,3 +1241,55 @@ def test_two_reports_of_which_one_is_empty_say_so(tmp_path):
     query = read_dicom_folder(folder).queries[0]
     assert query.text == "irregular streaks"
     assert "2 SRs reference this image; only one holds text: it is used" in query.notices, query.notices
+
+
+def test_answers_to_several_images_of_a_study_are_told_apart_and_valid(tmp_path, dicomized):
+    """Found by review: the answers to two images of one study were labelled alike (the same series description, no
+    image named in the PDF), every patient's SR tracked a library case under one UID, a multi-valued accession printed
+    as a Python list, a long Study Description or a multi-valued Referring Physician's Name (which only describe the
+    study) made both answers invalid, and the answers' local times carried no offset within a study that has one."""
+    from monai_cir.dicom.report_pdf import encapsulated_pdf_dataset
+
+    study = {"StudyDescription": "Dermoscopy of the back, follow-up " + "x" * 70,
+             "ReferringPhysicianName": ["Doe^John", "Roe^Richard"], "TimezoneOffsetFromUTC": "+0900"}
+    case = make_case(tmp_path, "two")
+    first = _variant(case / "image.dcm", case, **study)
+    _variant(first, case, name="second.dcm", SOPInstanceUID=generate_uid(), InstanceNumber=2)
+    scan = read_dicom_folder(tmp_path)
+    queries = sorted(scan.queries, key=lambda q: int(q.dataset.InstanceNumber))
+    assert len(queries) == 2
+    notices = queries[0].notices
+    assert any(n.startswith("Study Description is longer than DICOM allows") for n in notices)
+    assert any(n.startswith("Referring Physician's Name has 2 values where one is allowed: the answer carries the first, 'Doe^John'") for n in notices)
+    hits = _hits(read_dicom_folder(dicomized.out).queries[1:3])
+    srs, pdfs = [], []
+    for i, query in enumerate(queries):
+        sr = similar_cases_sr(query, hits)
+        sr.save_as(tmp_path / f"sr{i}.dcm", enforce_file_format=True)
+        similar_cases_pdf(query, hits).save_as(tmp_path / f"pdf{i}.dcm", enforce_file_format=True)
+        srs.append(pydicom.dcmread(tmp_path / f"sr{i}.dcm"))
+        pdfs.append(pydicom.dcmread(tmp_path / f"pdf{i}.dcm"))
+        for kind in ("sr", "pdf"):
+            assert_valid(tmp_path / f"{kind}{i}.dcm")
+    assert [ds.SeriesDescription for ds in srs] == ["Similar cases, series 1 image 1 (decision support)", "Similar cases, series 1 image 2 (decision support)"]
+    assert [ds.SeriesDescription for ds in pdfs] == ["Similar cases report, series 1 image 1", "Similar cases report, series 1 image 2"]
+    assert pdfs[1].DocumentTitle == "Similar cases report, series 1 image 2 (decision support)"
+    assert encapsulated_pdf_dataset(b"%PDF-1.4\n", queries[0].dataset, frame_number=3).SeriesDescription.endswith("image 1 frame 3")
+    for i, ds in enumerate(pdfs):
+        pages = pdf_text(ds.EncapsulatedDocument[: ds.EncapsulatedDocumentLength])
+        assert all(f"query series 1 image {i + 1}" in page for page in pages)
+    # a multi-valued accession (invalid, copied as received: an identifier) printed as DICOM writes it
+    from monai_cir.dicom.report_pdf import render_report_pdf
+
+    accessions = copy.deepcopy(queries[0].dataset)
+    accessions.AccessionNumber = ["ACC1", "ACC2"]
+    page = pdf_text(render_report_pdf(queries[0].image, "", hits, study=accessions))[0].replace("\\\\", "\\")  # PDF's escape
+    assert "accession ACC1\\ACC2" in page and "['ACC1'" not in page
+    # one tracked finding per query image and case: the same library case found for two images is two findings
+    tracking = [{str(item.UID) for item in _items(ds) if item.get("ValueType") == "UIDREF" and item.ConceptNameCodeSequence[0].CodeValue == "112040"}
+                for ds in srs]  # 112040: Tracking Unique Identifier
+    assert len(tracking[0]) == len(hits) and not tracking[0] & tracking[1]
+    for ds in (*srs, *pdfs):
+        assert ds.StudyDescription.startswith("Dermoscopy of the back") and len(ds.StudyDescription.encode()) <= 64
+        assert str(ds.ReferringPhysicianName) == "Doe^John"
+        assert ds.TimezoneOffsetFromUTC and ds.SeriesDate == ds.ContentDate and ds.SeriesTime == ds.ContentTime

@@ -227,3 +227,17 @@ def _content_items(ds):
     for item in ds.get("ContentSequence", []) or []:
         yield item
         yield from _content_items(item)
+
+
+def test_a_vote_over_the_whole_library_says_its_counts_are_the_librarys_make_up():
+    """Found by review: with a library no larger than the vote's k (14 cases, k = 16) every case voted, and the report
+    read "Among the 14 most similar library cases: nevus 7, ..." as if the counts were evidence about the image."""
+    from monai_cir.evidence import summarize_evidence
+
+    hits = [{"diagnosis": d, "score": 2.0 - 0.1 * i} for i, d in enumerate(["melanoma"] * 3 + ["nevus"] * 7 + ["benign keratosis"] * 4)]
+    small = summarize_evidence(hits, library={"nevus": 7, "benign keratosis": 4, "melanoma": 3})
+    assert small.k == 14
+    assert "Every one of the library's 14 cases voted" in small.text() and "make-up, not evidence about this image" in small.text()
+    assert "most similar library cases" not in small.text()
+    large = summarize_evidence(hits, library={"nevus": 70, "benign keratosis": 40, "melanoma": 30})
+    assert large.text().count("Among the 14 most similar library cases") == 1 and "make-up" not in large.text()

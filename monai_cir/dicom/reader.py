@@ -95,6 +95,7 @@ __all__ = [
     "InputProblem",
     "SRText",
     "dicom_text",
+    "image_label",
     "read_dicom_folder",
     "read_sr_text",
 ]
@@ -387,6 +388,52 @@ def _repair(ds: Dataset, notices: list[str], study_uid_from_sr: str | None = Non
                 setattr(ds, keyword, "")
                 notices.append(f"invalid {_NAMES[keyword]} {value!r} ({rule}): left empty in the answer")
     notices.extend(_copied_as_received(ds))
+    notices.extend(_descriptions_made_valid(ds))
+
+
+# descriptive attributes the answer copies that do not decide where it is filed: (keyword, name, maximum bytes of one
+# value as UTF-8, which the answer is written in; a validator counts bytes)
+_MADE_VALID = (("StudyDescription", "Study Description", 64), ("ReferringPhysicianName", "Referring Physician's Name", 64 * 5 + 4))
+
+
+def _descriptions_made_valid(ds: Dataset) -> list[str]:
+    """Made valid, with a notice, when their value breaks DICOM's rules (several values where one is allowed; longer
+    than their VR allows once written as UTF-8): copied as received, the answer would be refused by a PACS that checks
+    values, and they only describe the study."""
+    from pydicom.multival import MultiValue
+
+    notices = []
+    for keyword, name, limit in _MADE_VALID:
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            continue
+        value = ds[keyword].value
+        if isinstance(value, MultiValue) and len(value) > 1:
+            notices.append(f"{name} has {len(value)} values where one is allowed: the answer carries the first, {dicom_text(value[0])!r}")
+            value = value[0]
+            setattr(ds, keyword, value)
+        text = str(value)
+        if keyword == "ReferringPhysicianName":  # PN: each of the 5 components of each group at most 64 characters
+            too_long = any(len(component.encode()) > 64 for group in text.split("=") for component in group.split("^"))
+        else:
+            too_long = len(text.encode()) > limit
+        if too_long:
+            cut = "^".join(c.encode()[:64].decode(errors="ignore") for c in text.split("=")[0].split("^")) if keyword == "ReferringPhysicianName" \
+                else text.encode()[:limit].decode(errors="ignore")
+            setattr(ds, keyword, cut.rstrip())
+            notices.append(f"{name} is longer than DICOM allows ({len(text)} characters, {len(text.encode())} bytes as UTF-8): cut in the answer")
+    return notices
+
+
+def image_label(ds: Dataset, frame_number: int | None = None) -> str:
+    """How a reader finds a query image in its study: ``series 1 image 2`` (Series and Instance Number, ``frame 3`` of a
+    multi-frame image), falling back on the end of its SOP Instance UID when the numbers are missing. The answer's
+    series description and the PDF's header carry it, so that answers to several images of one study are told apart."""
+    series, instance = (str(ds.get(k, "") or "").strip() for k in ("SeriesNumber", "InstanceNumber"))
+    parts = [f"series {series}"] if series else []
+    parts.append(f"image {instance}" if instance else f"image ...{str(ds.get('SOPInstanceUID', ''))[-8:]}")
+    if frame_number is not None:
+        parts.append(f"frame {frame_number}")
+    return " ".join(parts)
 
 
 # identifying attributes the answer copies as received even when they break their VR's rules: repaired, the answer

@@ -28,7 +28,8 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, EncapsulatedPDFStorage, Expl
 
 from ..evidence import EvidenceSummary, image_alone_sentence
 from . import codes as C
-from .sr import DECISION_SUPPORT_NOTE, DEFAULT_SCORE_RANGE, _get, _query_dataset, similarity_percent
+from .reader import dicom_text, image_label
+from .sr import DECISION_SUPPORT_NOTE, DEFAULT_SCORE_RANGE, _dated_series, _get, _query_dataset, similarity_percent
 
 __all__ = ["CLASS_COLOURS", "CONFIRMATION_WORDS", "encapsulated_pdf_dataset", "render_report_pdf", "similar_cases_pdf"]
 
@@ -367,12 +368,14 @@ def render_report_pdf(
     differential_rank: int | None = None,
     image_alone: Mapping[str, int] | None = None,
     ordered_by_prior: bool | None = None,
+    frame_number: int | None = None,
 ) -> bytes:
     """The PDF bytes. ``hits`` as for :func:`monai_cir.dicom.sr.similar_cases_sr`;
     ``image_loader(hit)`` returns a library image (HWC) or None (placeholder box);
     ``explanations``: rank -> :class:`monai_cir.explain.Explanation` (or a ready HWC image), one row each on the
     explanation page(s);
-    ``study``: the query's dataset, for the patient's sex and age and the identifiers;
+    ``study``: the query's dataset, for the patient's sex and age, the identifiers and which image of the study
+    it is (:func:`~monai_cir.dicom.reader.image_label`, ``frame_number`` of a multi-frame one);
     ``differential_rank``: the rank shown for the differential, not for its similarity
     (:mod:`monai_cir.differential`; its row says so, a notice says why);
     ``image_alone``: diagnosis -> cases among the same image's most similar cases without the text (one line
@@ -406,9 +409,11 @@ def render_report_pdf(
     canvas.drawString(left, height - 29 * _MM, f"Report of {created:%Y-%m-%d %H:%M %Z}".strip() + f"   |   {algorithm_name} {version}")
     ids = []
     if study is not None:
-        ids.append(f"Patient ID {study.get('PatientID', '') or '(none)'}")
+        ids.append(f"Patient ID {dicom_text(study.get('PatientID')) or '(none)'}")
         if study.get("AccessionNumber"):
-            ids.append(f"accession {study.AccessionNumber}")
+            ids.append(f"accession {dicom_text(study.AccessionNumber)}")
+        if study.get("SOPInstanceUID"):  # several images in a study: which one this report answers
+            ids.append(f"query {image_label(study, frame_number)}")
     patient = _patient_line(study)
     _draw_text(canvas, left, height - 33 * _MM, "   ".join(ids + ([patient] if patient else [])), size=8)
     canvas.setFillColor(HexColor("#000000"))
@@ -504,7 +509,7 @@ def render_report_pdf(
     )
     explained = [(hit, explanations[_get(hit, "rank")]) for hit in hits if explanations and explanations.get(_get(hit, "rank")) is not None]
     pages = 1 + math.ceil(len(explained) / _EXPLAINED_PER_PAGE)
-    footer = "   |   ".join(ids + [f"report of {created:%Y-%m-%d %H:%M}", "decision support, not a diagnosis"])
+    footer = "   |   ".join(ids + [f"report of {created:%Y-%m-%d %H:%M %Z}".strip(), "decision support, not a diagnosis"])
     _footer(canvas, footer, 1, pages)
     canvas.showPage()
 
@@ -534,20 +539,23 @@ def encapsulated_pdf_dataset(
     pdf: bytes,
     study: Dataset,
     *,
-    title: str = "Similar cases report (decision support)",
+    title: str | None = None,
     series_uid: str | None = None,
     sop_instance_uid: str | None = None,
     series_number: int = 98,
     instance_number: int = 1,
+    frame_number: int | None = None,
 ) -> Dataset:
     """An Encapsulated PDF Storage dataset in ``study``'s patient and study (pydicom); when ``study`` is
-    the query image's dataset, the PDF references it as its source (Source Instance Sequence)."""
+    the query image's dataset, the PDF references it as its source (Source Instance Sequence), and its series
+    description and default title name the image (:func:`~monai_cir.dicom.reader.image_label`)."""
     if not pdf.startswith(b"%PDF"):
         raise ValueError("pdf must be the bytes of a PDF document (starting with %PDF)")
     if not str(study.get("StudyInstanceUID", "") or ""):
         raise ValueError("the study dataset has no StudyInstanceUID: cannot file the PDF")
-    now = datetime.datetime.now()
+    now = datetime.datetime.now().astimezone()  # this host's local time, its offset written below (_dated_series)
     sop_uid = sop_instance_uid or C.new_uid()
+    about = image_label(study, frame_number) if study.get("SOPInstanceUID") else None
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
@@ -568,7 +576,7 @@ def encapsulated_pdf_dataset(
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = series_uid or C.new_uid()
     ds.SeriesNumber = series_number
-    ds.SeriesDescription = "Similar cases report (monai-cir)"
+    ds.SeriesDescription = (f"Similar cases report, {about}" if about else "Similar cases report (monai-cir)")[:64]
     ds.Manufacturer = C.MANUFACTURER
     ds.ManufacturerModelName = C.MODEL_NAME
     ds.SoftwareVersions = C.software_version()
@@ -577,8 +585,9 @@ def encapsulated_pdf_dataset(
     ds.ContentDate = now.strftime("%Y%m%d")
     ds.ContentTime = now.strftime("%H%M%S")
     ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    _dated_series(ds)
     ds.BurnedInAnnotation = "YES"
-    ds.DocumentTitle = title
+    ds.DocumentTitle = title or ("Similar cases report" + (f", {about}" if about else "") + " (decision support)")
     ds.ConceptNameCodeSequence = []
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     if study.get("SOPInstanceUID") and study.get("SOPClassUID"):  # the query image the report is derived from (Type 1C)
@@ -612,13 +621,13 @@ def similar_cases_pdf(
     ``EncapsulatedDocument``, ``EncapsulatedDocumentLength`` bytes). ``notices``: the reader's notices
     (default: the query's own); ``differential_rank`` / ``image_alone`` / ``ordered_by_prior`` as for
     :func:`render_report_pdf`; ``kwargs`` go to :func:`encapsulated_pdf_dataset`."""
-    ds, _, text, query_notices = _query_dataset(query)
+    ds, frame, text, query_notices = _query_dataset(query)
     image = query_image if query_image is not None else getattr(query, "image", None)
     if image is None:
         raise ValueError("the query image is needed for the PDF: pass a DermoscopyQuery or query_image")
     pdf = render_report_pdf(
         image, text, hits, image_loader=image_loader, evidence_summary=evidence_summary, explanations=explanations,
         notices=query_notices if notices is None else notices, study=ds, score_range=score_range,
-        differential_rank=differential_rank, image_alone=image_alone, ordered_by_prior=ordered_by_prior,
+        differential_rank=differential_rank, image_alone=image_alone, ordered_by_prior=ordered_by_prior, frame_number=frame,
     )
-    return encapsulated_pdf_dataset(pdf, ds, **kwargs)
+    return encapsulated_pdf_dataset(pdf, ds, **dict({"frame_number": frame}, **kwargs))

@@ -50,6 +50,7 @@ from pydicom.sr.coding import Code
 
 from ..evidence import EvidenceSummary
 from . import codes as C
+from .reader import image_label
 
 if TYPE_CHECKING:  # highdicom is imported when an SR is written or read
     import highdicom as hd
@@ -294,7 +295,10 @@ def similar_cases_sr(
             evidence.append(ref)
         site = _site_code(_get(meta, "site"))
         group = MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=C.derived_uid("similar-case", collection, case_id), identifier=case_id[:64]),
+            # one tracked finding per query image and case: a tracking UID of the case alone would join the answers of
+            # every patient whose lesion matched it (TID 1500: a tracking UID follows one finding of one patient)
+            tracking_identifier=TrackingIdentifier(uid=C.derived_uid("similar-case", str(ds.SOPInstanceUID), str(frame or ""), collection, case_id),
+                                                   identifier=case_id[:64]),
             algorithm_id=algorithm,
             finding_sites=[FindingSite(site)] if site is not None else None,
             measurements=[num(C.RETRIEVAL_RANK, int(rank)), num(C.SIMILARITY_SCORE, score, properties=score_properties)],
@@ -380,7 +384,8 @@ def similar_cases_sr(
         software_versions=version,
         device_serial_number="0",
         institution_name=institution_name,
-        series_description="Similar cases (monai-cir, decision support)",
+        # which image of the study this answers (several images: several answers), as the PDF's header says
+        series_description=f"Similar cases, {image_label(ds, frame)} (decision support)"[:64],
         is_complete=True,
         is_verified=False,  # VerificationFlag UNVERIFIED (IHE AI Results)
         contributing_equipment=[equipment],
@@ -389,11 +394,24 @@ def similar_cases_sr(
         # cannot write (ISO 2022 code extensions)
         specific_character_set=C.OUTPUT_CHARACTER_SET,
     )
+    _dated_series(sr)
     for item in sr.ContributingEquipmentSequence:  # ours, not the query's acquisition equipment
         if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109103" and item.get("ManufacturerModelName") == C.MODEL_NAME:
             item.DeviceUID = C.DEVICE_UID
             item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(C.PROCESSING_ALGORITHM)]
     return sr
+
+
+def _dated_series(ds: Dataset) -> None:
+    """Series Date / Time (a viewer lists a study's answers by them: a study answered twice has two) and the
+    Timezone Offset From UTC of the instance's dates and times, which are this host's local time (highdicom's, and
+    the PDF's): within a study whose images carry another offset, they would read hours off."""
+    import datetime
+
+    now = datetime.datetime.now().astimezone()
+    ds.SeriesDate = str(ds.get("ContentDate", "") or "") or now.strftime("%Y%m%d")
+    ds.SeriesTime = str(ds.get("ContentTime", "") or "") or now.strftime("%H%M%S")
+    ds.TimezoneOffsetFromUTC = now.strftime("%z")
 
 
 def _assembled_comprehensive_sr(*, evidence: Sequence[Dataset], content: hd.sr.MeasurementReport, **kwargs: Any) -> hd.sr.ComprehensiveSR:
