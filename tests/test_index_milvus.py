@@ -78,3 +78,35 @@ def test_milvus_save_load_and_fingerprint(pair):
         load_index(root / "ix", expected_fingerprint="other")
     with pytest.raises(FingerprintMismatchError, match="another model"):
         create_index(DIM, "other", backend="milvus", uri=str(root / "ix" / "milvus.db"), collection="cases")
+
+
+def test_an_index_saved_by_one_process_is_searched_and_changed_by_another(tmp_path):
+    """Found by review: `index build --backend milvus` said "indexed", then every later command (search, info, remove:
+    another process) failed with "Collection ... is in state 'released'; call load()" (milvus-lite 3)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_index import DIM, make_cases\n"
+        "from monai_cir.index import create_index, load_index\n"
+        "folder = sys.argv[2]\n"
+        "if sys.argv[1] == 'build':\n"
+        "    index = create_index(DIM, 'fp-m', backend='milvus', uri=folder + '/milvus.db', collection='cases')\n"
+        "    x, meta = make_cases(20, seed=11)\n"
+        "    index.add(x, meta)\n"
+        "    index.save(folder)\n"
+        "else:\n"
+        "    index = load_index(folder, expected_fingerprint='fp-m')\n"
+        "    print(len(index), index.search(make_cases(20, seed=11)[0][3], 1)[0][0].case_id, index.remove(['c0']), len(index))\n")
+
+    def step(name: str) -> str:
+        run = subprocess.run([sys.executable, str(script), name, str(tmp_path / "ix")], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+
+    step("build")
+    assert step("search") == "20 c3 1 19"

@@ -107,6 +107,9 @@ class MilvusCaseIndex(CaseIndex):
             self._client.drop_collection(collection)
         if self._client.has_collection(collection):
             self._check_properties()
+            # a collection another process made is "released" (milvus-lite 3, a Milvus server restarted): search, get
+            # and query refuse it until it is loaded again
+            self._client.load_collection(collection)
         else:
             self._create()
 
