@@ -49,8 +49,8 @@ def multi_positive_supcon(
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     n_pos = positives.sum(dim=1)
     valid = n_pos > 0
-    if not valid.any():
-        return logits.sum() * 0.0
+    if not valid.any():  # zero with a graph; the masked diagonal's -inf would make it -inf * 0 = NaN
+        return logits.masked_fill(~torch.isfinite(logits), 0.0).sum() * 0.0
     pos_log_prob = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
     return -(pos_log_prob[valid] / n_pos[valid]).mean()
 

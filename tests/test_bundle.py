@@ -600,3 +600,19 @@ def test_rank_collection_tells_cases_of_two_collections_apart(shared_data):
     foreign = dataclasses.replace(records[0], collection="elsewhere")  # another CSV's case with the same id
     other = rank_collection(net, records, [foreign], top_k=5, differential=False)
     assert other[0]["hits"][0]["case_id"] == records[0].case_id, other
+
+
+def test_finetune_refuses_the_settings_it_does_not_use_and_runs_its_own_epochs(tmp_path, shared_data):
+    """Found by review: finetune.yaml accepted --val_fraction, --patience, --flip and --text_variants and ignored them
+    (no inner validation, no cache), and inherited train.yaml's 100 epochs (meant for early stopping on the cache)."""
+    settings = {k: v for k, v in FINETUNE.items() if k != "max_epochs"}
+    wf = _workflow(["train.yaml", "finetune.yaml"], bundle_root=str(tmp_path), **settings)
+    assert wf.parser.get_parsed_content("max_epochs") == 6
+    for name, value in (("val_fraction", 0.2), ("patience", 5), ("flip", "false"), ("text_variants", 3)):
+        wf = _workflow(["train.yaml", "finetune.yaml"], bundle_root=str(tmp_path), **{**settings, name: value})
+        with pytest.raises(RuntimeError) as refused:
+            wf.initialize()
+        cause = refused.value
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        assert f"does not use --{name} {value}" in str(cause)

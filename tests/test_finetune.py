@@ -358,3 +358,37 @@ def test_composed_finetuned_late_fusion_prior_is_the_fine_tuned_release_plus_its
     k_empty = get_method("composed_finetuned_late_fusion_prior").fn(dataclasses.replace(ctx, query_cache=empty))
     q_empty, t_empty = get_method("composed_finetuned_late_fusion").fn(dataclasses.replace(ctx, query_cache=empty))
     assert torch.allclose(k_empty, (q_empty @ t_empty.T).double(), atol=1e-6) and len(fitted) == 1 and len(built) == 1
+
+
+def _views(loader) -> list[bytes]:
+    return [batch["image"][0].numpy().tobytes() for batch in loader]
+
+
+def test_augmentation_differs_between_workers_and_ranks(tmp_path):
+    """Found by review: every DataLoader worker held the same copy of the transforms' random state (and every DDP
+    rank the same seed), so each worker and each rank repeated the others' flips, rotations, crops and colour jitter.
+    augmented_loader seeds them apart; torch's plain DataLoader, as fine-tuning used it, repeats the flips, rotations and
+    crops (MONAI's transforms draw them from numpy)."""
+    from PIL import Image
+
+    from monai_cir.data.collections import records_dataset
+    from monai_cir.engine.data import augmented_loader
+
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "same.png")
+    records = [CaseRecord(f"c{i}", tmp_path / "same.png", "nevus", 0, "", "trunk", "test", {}) for i in range(4)]
+
+    def dataset():  # no colour jitter: its draws come from torch's generator, which torch's workers do seed apart
+        return records_dataset(records, 32, transform=dermoscopy_augmentation(32, jitter=0.0, hue=0.0))
+
+    # two workers take the items in turn (0, 2 on one; 1, 3 on the other): the same image, so only the draws differ
+    plain = _views(torch.utils.data.DataLoader(dataset(), batch_size=1, num_workers=2))
+    assert plain[0] == plain[1] and plain[2] == plain[3]  # what fine-tuning had
+    seeded = _views(augmented_loader(dataset(), seed=0, num_workers=2, batch_size=1))
+    assert seeded[0] != seeded[1] and seeded[2] != seeded[3]
+    assert seeded == _views(augmented_loader(dataset(), seed=0, num_workers=2, batch_size=1))  # still seeded
+    # in one process, rank 1 of a process group draws otherwise than rank 0
+    rank0 = _views(augmented_loader(dataset(), seed=0, batch_size=1))
+    assert rank0 == _views(augmented_loader(dataset(), seed=0, batch_size=1, rank=0))  # outside a process group: rank 0
+    rank1 = _views(augmented_loader(dataset(), seed=0, batch_size=1, rank=1))
+    assert all(a != b for a, b in zip(rank0, rank1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -345,3 +346,79 @@ def test_two_runs_with_one_checkpoint_path_never_replace_each_other(tmp_path):
     staging = Path(staging_path(alone))
     staging.write_bytes(b"new")
     assert publish_checkpoint(staging, alone) == alone and alone.read_bytes() == b"new" and not staging.exists()
+
+
+def test_a_run_whose_staging_path_is_first_asked_after_training_still_sees_the_other_run(tmp_path):
+    """Found by review: finetune.yaml first resolves @staging when saving, after training, so the target "as this run
+    found it" was taken after the other run had published, and this run replaced it. The check before training
+    (check_checkpoint_target) records the target's state."""
+    from pathlib import Path
+
+    from monai_cir.engine.bundle import check_checkpoint_target, publish_checkpoint, staging_path
+
+    target = tmp_path / "model.pt"
+    check_checkpoint_target(target, overwrite=True)  # the run begins: no model.pt yet
+    target.write_bytes(b"the other run")  # the other run publishes while this one trains
+    staging = Path(staging_path(target))  # asked for the first time at the save
+    staging.write_bytes(b"this run")
+    with pytest.raises(FileExistsError, match="written by another run while this one trained"):
+        publish_checkpoint(staging, target)
+    assert target.read_bytes() == b"the other run"
+
+
+def test_inner_validation_keeps_a_lesions_cases_on_one_side():
+    """Found by review: the outer folds keep a patient's / lesion's images together, the inner validation split did
+    not, so a validation query found its own lesion's other view (early stopping then favoured memorising it)."""
+    from types import SimpleNamespace
+
+    labels = np.array([0, 1] * 20)
+    records = [SimpleNamespace(case_id=f"c{i}", metadata={"lesion_id": f"L{i // 2 if i < 20 else i}"}) for i in range(40)]
+    # lesions L0..L9 hold two cases each (of the two classes: a lesion's class is its first case's)
+    train, val = stratified_split(labels, np.arange(40), 0.25, seed=0, records=records)
+    assert len(train) + len(val) == 40 and not set(train) & set(val) and len(val) >= 6
+    lesion = {i: r.metadata["lesion_id"] for i, r in enumerate(records)}
+    assert not {lesion[i] for i in train} & {lesion[i] for i in val}
+    assert set(labels[val]) == {0, 1}
+    # without groups (or with every case its own group) the split is the stratified one it always was
+    assert [a.tolist() for a in stratified_split(labels, np.arange(40), 0.25, seed=0)] == \
+           [a.tolist() for a in stratified_split(labels, np.arange(40), 0.25, seed=0, records=[SimpleNamespace(case_id=f"c{i}", metadata={}) for i in range(40)])]
+
+
+def test_the_loss_of_a_batch_without_two_cases_of_one_diagnosis_is_zero_not_nan():
+    """Found by review: the target-target term masks its diagonal to -inf; with no positive anywhere it returned
+    -inf * 0 = NaN, which the progress bar and TensorBoard showed as divergence (a DDP rank's last batch of one)."""
+    from monai_cir.losses import multi_positive_supcon
+
+    for labels in ([0, 1, 2], [0]):
+        logits = torch.randn(len(labels), len(labels), requires_grad=True)
+        loss = multi_positive_supcon(logits, torch.tensor(labels), torch.tensor(labels), exclude_diagonal=True)
+        assert torch.isfinite(loss) and float(loss) == 0.0
+        loss.backward()
+        assert torch.isfinite(logits.grad).all()
+
+
+def test_train_cli_fine_tunes_with_an_option_and_an_overlay_alone_is_one_line(tmp_path, capsys, monkeypatch):
+    """Found by review: `monai-cir train` had no way to fine-tune, and `--config finetune.yaml` (an overlay) ended in an
+    11-frame traceback (KeyError 'network_def'). --finetune layers finetune.yaml over train.yaml; an overlay alone is
+    one line, exit 2."""
+    import monai.bundle
+
+    from monai_cir.cli import main
+    from monai_cir.cli.train import BUNDLE_DIR
+
+    assert main(["train", "--config", str(BUNDLE_DIR / "configs" / "finetune.yaml"), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "do not define 'network_def'" in err[-1] and "--finetune" in err[-1] and not any("Traceback" in line for line in err), err
+    built = []
+
+    class Stop(Exception):
+        pass
+
+    def workflow(**kwargs):
+        built.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(monai.bundle, "ConfigWorkflow", workflow)
+    with pytest.raises(Stop):
+        main(["train", "--finetune", "--out", str(tmp_path / "m.pt")])
+    assert [Path(f).name for f in built[0]["config_file"]] == ["train.yaml", "finetune.yaml"]

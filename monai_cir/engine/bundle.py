@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TargetTower", "subset_records", "fold_split", "checkpoint_saver", "add_late_fusion_branch", "evaluate_checkpoint",
-    "rank_collection", "trained_case_ids", "check_prior_options", "trained_collection", "trained_overlap", "check_checkpoint_target", "check_training_classes", "check_late_fusion_options", "flag", "staging_path", "publish_checkpoint",
+    "rank_collection", "trained_case_ids", "check_prior_options", "trained_collection", "trained_overlap", "check_checkpoint_target", "check_training_classes", "check_late_fusion_options", "check_finetune_settings", "flag", "staging_path", "publish_checkpoint",
 ]
 
 
@@ -174,6 +174,7 @@ def check_checkpoint_target(path: str | Path, overwrite: bool = False, flag: str
     ``flag`` / ``elsewhere``: the options as the user passes them (the bundle's, or the CLI's ``--overwrite`` / ``--out``)."""
     if Path(path).exists() and not overwrite:
         raise ValueError(f"{path} already exists; pass {flag} to replace it, or write the new checkpoint elsewhere with {elsewhere}")
+    staging_path(path)  # the target as this run found it before training: publish_checkpoint's check compares with it
 
 
 def check_training_classes(cases: Any, train_indices: Sequence[int], prior_strength: float, fold: int = -1) -> None:
@@ -306,6 +307,22 @@ def add_late_fusion_branch(
     save_checkpoint(net, path, **{**first_stage, "epoch": int(keeper.best_epoch), "seed": int(seed), **extra, **recorded, "late_fusion_epochs": epochs})
     print(f"late-fusion branch trained (share {share}) -> {path}")
     return net
+
+
+def check_finetune_settings(val_fraction: Any, patience: Any, flip: Any, text_variants: Any) -> None:
+    """``finetune.yaml``, before any training: the settings of training on the feature cache that end-to-end fine-tuning
+    has no use for are refused by name (they were accepted and ignored: a run of hours without the early stopping asked for)."""
+    ignored = []
+    if float(val_fraction or 0) > 0:
+        ignored.append(f"--val_fraction {val_fraction} (no inner validation on images: the epoch count is --max_epochs)")
+    if int(patience or 0) > 0:
+        ignored.append(f"--patience {patience} (no early stopping without inner validation)")
+    if flip is not None:
+        ignored.append(f"--flip {flip} (the feature cache's mirror views; the images are augmented here, flips included)")
+    if int(text_variants or 0) > 0:
+        ignored.append(f"--text_variants {text_variants} (re-worded texts of the feature cache's head training)")
+    if ignored:
+        raise ValueError("end-to-end fine-tuning (finetune.yaml) does not use " + "; ".join(ignored) + ": leave them out")
 
 
 def check_late_fusion_options(options: dict[str, Any] | None) -> dict[str, Any]:

@@ -21,6 +21,8 @@ __all__ = [
     "ClassBalancedBatchSampler",
     "CachedBatchDataset",
     "stratified_split",
+    "augmented_loader",
+    "statistics_sample",
     "class_round_robin",
     "cache_maps",
     "prepare_batch",
@@ -56,12 +58,19 @@ def cache_maps(cache: Any, flipped: bool = False, grid: int | None = None) -> li
     return memo[key]
 
 
-def stratified_split(labels: np.ndarray, indices: Sequence[int], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``indices`` into (train, validation) keeping the class shares; ``fraction`` goes to validation."""
+def stratified_split(labels: np.ndarray, indices: Sequence[int], fraction: float, seed: int, records: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``indices`` into (train, validation) keeping the class shares; ``fraction`` goes to validation.
+
+    ``records`` (the cases' records, indexed like ``labels``): a patient's or lesion's cases stay on one side
+    (:func:`monai_cir.data.folds.case_groups`), as the outer folds keep them; scattered, a validation query finds its
+    own lesion's other view, and early stopping picks the epoch that remembers it best."""
     indices = np.asarray(indices)
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
+    grouped = _case_groups_of(records, indices)
+    if grouped is not None:
+        return _grouped_split(np.asarray(labels), indices, grouped, fraction, rng)
     train, val = [], []
     for c in np.unique(labels[indices]):
         members = indices[labels[indices] == c].copy()
@@ -69,6 +78,60 @@ def stratified_split(labels: np.ndarray, indices: Sequence[int], fraction: float
         n_val = max(1, int(round(fraction * len(members)))) if len(members) > 1 else 0
         val.extend(members[:n_val])
         train.extend(members[n_val:])
+    return np.sort(np.asarray(train, dtype=int)), np.sort(np.asarray(val, dtype=int))
+
+
+def augmented_loader(dataset: Any, *, seed: int, num_workers: int = 0, rank: int | None = None, **kwargs: Any) -> torch.utils.data.DataLoader:
+    """The DataLoader of an augmented dataset (:func:`dermoscopy_augmentation`): its random transforms seeded from
+    ``seed`` + this process's rank under ``torch.distributed`` (each rank augments its images its own way; the
+    samplers' shared seeds are theirs) and, with ``num_workers``, each worker seeded apart (MONAI's
+    ``worker_init_fn``): otherwise every worker, and every rank, repeated the same flips, rotations, crops and
+    colour jitter. ``rank``: default this process's. ``kwargs`` go to the DataLoader (``batch_sampler``, ``sampler``,
+    ``batch_size``...)."""
+    from monai.data import DataLoader
+
+    if rank is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+    generator = torch.Generator().manual_seed(int(seed) + rank)
+    kwargs.setdefault("collate_fn", torch.utils.data.default_collate)  # MONAI's list collate would change the batches
+    return DataLoader(dataset, num_workers=int(num_workers), generator=generator, persistent_workers=int(num_workers) > 0, **kwargs)
+
+
+def statistics_sample(indices: Sequence[int], n: int = 256, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` of ``indices`` for fitting the heads' input standardisation: drawn at random (seeded), not the
+    first ``n``, so that a CSV sorted by diagnosis still gives every class its share of the statistics."""
+    indices = np.asarray(indices, dtype=int)
+    if len(indices) <= n:
+        return np.sort(indices)
+    return np.sort(np.random.default_rng(seed).choice(indices, size=n, replace=False))
+
+
+def _case_groups_of(records: Sequence[Any] | None, indices: np.ndarray) -> np.ndarray | None:
+    """The group of each of ``indices`` when some group holds two of them, else None."""
+    from ..data.folds import case_groups
+
+    found = case_groups(list(records)) if records is not None else None
+    if found is None:
+        return None
+    groups = np.asarray(found[0])[indices]
+    return groups if len(set(groups.tolist())) < len(groups) else None
+
+
+def _grouped_split(labels: np.ndarray, indices: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Whole groups to validation, per class (a group's class: its first case's) until ``fraction`` of its cases."""
+    first = {g: int(i) for i, g in zip(indices[::-1], groups[::-1])}  # the first case of each group, in index order
+    train, val = [], []
+    for c in np.unique(labels[indices]):
+        members = [g for g in dict.fromkeys(groups.tolist()) if labels[first[g]] == c]
+        rng.shuffle(members)
+        sizes = {g: int((groups == g).sum()) for g in members}
+        total, taken = sum(sizes.values()), 0
+        for n, g in enumerate(members):
+            side = val if len(members) > 1 and n < len(members) - 1 and (n == 0 or taken < fraction * total) else train
+            if side is val:
+                taken += sizes[g]
+            side.extend(indices[groups == g].tolist())
     return np.sort(np.asarray(train, dtype=int)), np.sort(np.asarray(val, dtype=int))
 
 

@@ -28,8 +28,10 @@ from ..networks import ComposedRetrievalNet
 from .data import (
     TARGET_IMAGE_KEY,
     ClassBalancedBatchSampler,
+    augmented_loader,
     dermoscopy_augmentation,
     prepare_batch,
+    statistics_sample,
 )
 from .trainer import TrainConfig, TrainResult
 
@@ -153,7 +155,7 @@ def finetune(
     net.to(device)
     workers = loader_workers(device) if num_workers is None else int(num_workers)
     if fit_statistics:
-        fit_input_statistics_from_records(net, [records[i] for i in list(train_idx)[:256]])
+        fit_input_statistics_from_records(net, [records[int(i)] for i in statistics_sample(train_idx, 256, cfg.seed)])
     unfreeze_encoders(net)
     model: torch.nn.Module = EndToEndModel(net, frozen_batchnorm=frozen_batchnorm).to(device)
     if distributed:  # after unfreezing: DDP registers the parameters that require a gradient now
@@ -161,11 +163,11 @@ def finetune(
     dataset = records_dataset(records, net.image_size, transform=dermoscopy_augmentation(net.image_size) if augment else None)
     if distributed and not cfg.balanced:
         train_set = Subset(dataset, list(map(int, train_idx)))
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=DistributedSampler(train_set, shuffle=True, seed=cfg.seed), num_workers=workers, persistent_workers=workers > 0)
+        loader = augmented_loader(train_set, seed=cfg.seed, num_workers=workers, batch_size=cfg.batch_size, sampler=DistributedSampler(train_set, shuffle=True, seed=cfg.seed))
     else:  # class-balanced or natural-frequency batches; under DDP each rank draws its own (seed + rank)
         labels = np.asarray([r.label for r in records])
         sampler = ClassBalancedBatchSampler(labels, train_idx, cfg.batch_size, seed=cfg.seed + rank, balanced=cfg.balanced)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+        loader = augmented_loader(dataset, seed=cfg.seed, num_workers=workers, batch_sampler=sampler)
     optimizer = torch.optim.Adam(
         [{"params": net.head_parameters()}, {"params": list(net.encoder_parameters()), "lr": cfg.lr * encoder_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay
     )

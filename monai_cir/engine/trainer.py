@@ -218,7 +218,7 @@ def train_head(
     labels = np.asarray(cache.labels)
     train_idx = np.asarray(train_idx)
     if cfg.val_fraction > 0:
-        fit_idx, val_idx = stratified_split(labels, train_idx, cfg.val_fraction, cfg.seed)
+        fit_idx, val_idx = stratified_split(labels, train_idx, cfg.val_fraction, cfg.seed, records=getattr(cache, "records", None))
     else:
         fit_idx, val_idx = train_idx, None
     dataset = CachedBatchDataset(cache, level_indices, flip=cfg.flip, seed=cfg.seed)
