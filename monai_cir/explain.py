@@ -57,6 +57,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
+
 __all__ = [
     "LevelExplanation",
     "TokenWeight",
@@ -633,7 +635,11 @@ def _draw_one(fig: Any, axes: Sequence[Any], ex: Explanation, n_tokens: int) -> 
     _overlay(ax_qh, ex.query_image, ex.query_heatmap, vmax, "query: local-similarity map")
     shown = _overlay(ax_th, ex.target_image, ex.target_heatmap, vmax, "match: local-similarity map")
     ax_t.imshow(ex.target_image)
-    ax_t.set_title(f"{ex.target_label}\nS={ex.score:.3f} (local {ex.local_score:.2f}, global {ex.global_score:.2f})", fontsize=8)
+    # the caption adds up to S: with a late-fusion branch its share and cosine too (the maps explain the Eq. 9 part only)
+    parts = f"local {ex.local_score:.2f}, global {ex.global_score:.2f}"
+    if ex.late_fusion_share > 0:
+        parts = f"{1 - ex.late_fusion_share:.2f} x Eq. 9 ({parts}) + {ex.late_fusion_share:.2f} x late fusion {ex.late_fusion_cosine:.2f}"
+    ax_t.set_title(f"{ex.target_label}\nS={ex.score:.3f} = {parts}" if ex.late_fusion_share > 0 else f"{ex.target_label}\nS={ex.score:.3f} ({parts})", fontsize=8)
     ax_t.axis("off")
     cbar = fig.colorbar(shown, ax=ax_th, fraction=0.046, pad=0.02)
     cbar.ax.tick_params(labelsize=6)
@@ -690,8 +696,11 @@ def render_explanation(explanations: Explanation | Sequence[Explanation], path: 
         raise ValueError(f"render_explanation writes PNG; give a path ending in .png, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = _figure(items, n_tokens)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a figure cut short by an error never replaces the file that was there
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

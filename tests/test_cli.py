@@ -357,3 +357,35 @@ def test_tqdm_disable_hides_every_progress_bar(tmp_path):
 
     assert not bar_shown("on", TQDM_DISABLE="1")
     assert bar_shown("on")
+
+
+def test_search_explains_matches_of_an_index_built_from_dicom_and_never_writes_over_the_query(tmp_path, monkeypatch, capsys):
+    """Found by review: `search --explain` on an index built with --dicom (the integrator's library) failed, blaming the
+    library file ("cannot identify image file ... image.dcm": read with Pillow); `--explain` naming the query image
+    replaced the lesion photo with the figure; a library file replaced since indexing was explained as if it were the
+    ranked image, without a word."""
+    from types import SimpleNamespace
+
+    from monai_cir.cli import main
+    from monai_cir.dicom.dicomize import dicomize_records
+
+    images = _random_images_and_tiny_net(tmp_path, monkeypatch, [(48, 56)] * 4)
+    records = [SimpleNamespace(case_id=f"case{i}", image_path=images / f"case{i}.png", diagnosis=("melanoma", "nevus")[i % 2], text="",
+                               site="trunk", collection="mine", metadata={}) for i in range(4)]
+    done, failed = dicomize_records(records, tmp_path / "dicom", progress=False)
+    assert len(done) == 4 and not failed
+    assert main(["index", "build", "--dicom", str(tmp_path / "dicom"), "--out", str(tmp_path / "ix"), "--no-grid-maps"]) == 0
+    query = images / "case1.png"
+    before = query.read_bytes()
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "ix"), "--image", str(query), "-k", "2", "--explain", str(tmp_path / "why.png")]) == 0
+    assert (tmp_path / "why.png").stat().st_size > 0 and "explanations written to" in capsys.readouterr().out
+    assert main(["search", "--index", str(tmp_path / "ix"), "--image", str(query), "--explain", str(query.with_suffix(".png"))]) == 2
+    assert "is the query image: the figure would replace it" in capsys.readouterr().err and query.read_bytes() == before
+    # a library file replaced since it was indexed: its explanation shows another image than the ranked one, and says so
+    shutil.copy(done[3].image_file, tmp_path / "case3.dcm")
+    for case in done[:3]:
+        shutil.copy(tmp_path / "case3.dcm", case.image_file)
+    assert main(["search", "--index", str(tmp_path / "ix"), "--image", str(query), "-k", "2", "--json", "--explain", str(tmp_path / "why.png")]) == 0
+    notes = json.loads(capsys.readouterr().out)["notices"]
+    assert any("no longer gives the score it was ranked by: the file changed since it was indexed" in n for n in notes), notes

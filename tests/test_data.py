@@ -157,6 +157,10 @@ def test_load_image_csv(tmp_path):
     table.write_text("image,diagnosis\na.png,nevus\nmissing.png,nevus\n")
     with pytest.raises(FileNotFoundError, match=r"missing\.png.*row 3"):
         load_image_csv(images, table)
+    # found by review: a second "diagnosis" column (pandas names it diagnosis.1) was silently ignored
+    table.write_text("\ufeffimage,diagnosis,text,diagnosis\na.png,nevus,,melanoma\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"column\(s\) \['diagnosis'\] appear more than once in the header"):
+        load_image_csv(images, table)
 
 
 def _user_folder(tmp_path: Path, names: tuple[str, ...] = ("a.png", "b.png", "c.png")) -> Path:

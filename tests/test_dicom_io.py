@@ -1293,3 +1293,41 @@ def test_answers_to_several_images_of_a_study_are_told_apart_and_valid(tmp_path,
         assert ds.StudyDescription.startswith("Dermoscopy of the back") and len(ds.StudyDescription.encode()) <= 64
         assert str(ds.ReferringPhysicianName) == "Doe^John"
         assert ds.TimezoneOffsetFromUTC and ds.SeriesDate == ds.ContentDate and ds.SeriesTime == ds.ContentTime
+
+
+def test_dicomize_never_writes_one_case_over_another_with_the_same_id(tmp_path):
+    """Found by review: UIDs and folder come from (collection, case id) alone, so January's IMG_0001 of cases.csv was
+    replaced by February's IMG_0001 of another cases.csv without a word ("1 studies written" both times), and the
+    PACS-known UIDs then named other pixels. Another image under the same id is refused; the same one is rewritten."""
+    from monai_cir.dicom.dicomize import dicomize_records
+
+    january, february = tmp_path / "jan.png", tmp_path / "feb.png"
+    Image.fromarray(synthetic_image(seed=1)).save(january)
+    Image.fromarray(synthetic_image(seed=2)[::-1].copy()).save(february)
+
+    def record(path, diagnosis):
+        return NS(case_id="IMG_0001", image_path=path, diagnosis=diagnosis, text="", site="trunk", collection="cases", metadata={})
+
+    done, failed = dicomize_records([record(january, "nevus")], tmp_path / "out", progress=False)
+    kept = done[0].image_file.read_bytes()
+    done, failed = dicomize_records([record(february, "melanoma")], tmp_path / "out", progress=False)
+    assert not done and len(failed) == 1 and "already holds case 'IMG_0001' of collection 'cases' with another image" in failed[0][1]
+    assert len(list((tmp_path / "out").glob("*/image.dcm"))) == 1
+    assert next((tmp_path / "out").glob("*/image.dcm")).read_bytes() == kept
+    done, failed = dicomize_records([record(january, "nevus")], tmp_path / "out", progress=False)  # the same case again: fine
+    assert len(done) == 1 and not failed
+    done, failed = dicomize_records([record(january, "nevus")], tmp_path / "out", compression="none", progress=False)  # re-encoded
+    assert len(done) == 1 and not failed
+
+
+def test_dicomize_says_a_jpeg_source_was_lossy_whatever_its_file_name(tmp_path):
+    """Found by review: the lossy flag was decided by the file name (.jpg / .jpeg): a JPEG named .jfif or without an
+    extension, written uncompressed, claimed Lossy Image Compression 00 (never lossy-compressed)."""
+    source = Image.fromarray(synthetic_image(seed=4))
+    names = {"lesion.jfif": "JPEG", "lesion": "JPEG", "progressive.jpg": "JPEG", "lesion.png": "PNG"}
+    for name, fmt in names.items():
+        source.save(tmp_path / name, format=fmt, **({"progressive": True} if name.startswith("progressive") else {}))
+        ds = dermoscopy_image_dataset(tmp_path / name, uids=case_uids("synthetic", name), compression="none")
+        assert ds.LossyImageCompression == ("00" if fmt == "PNG" else "01"), name
+        if fmt == "JPEG":
+            assert ds.LossyImageCompressionMethod == "ISO_10918_1"

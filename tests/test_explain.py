@@ -398,3 +398,12 @@ def test_a_late_fusion_branch_is_one_more_part_of_the_score(net, images, explana
     assert "0.50 x whole-image and text cosine" in ex.sr_text() and ex.summary()["late_fusion_cosine"] == ex.late_fusion_cosine
     (from_grids,) = explain_matches(released, images[0], TEXT, [images[1]], target_maps=grid_maps(released, t_maps))
     assert from_grids.score == pytest.approx(s, abs=1e-5)
+    # the figure's caption adds up to S (found by review: "S=2.000 (local 3.00, global 3.00)" left the branch out)
+    import matplotlib.pyplot as plt
+
+    from monai_cir.explain import _figure
+
+    fig = _figure([ex], 6)
+    titles = [axis.get_title() for axis in fig.axes]
+    plt.close(fig)
+    assert any(f"S={ex.score:.3f} = 0.50 x Eq. 9 (local" in t and f"+ 0.50 x late fusion {cosine:.2f}" in t for t in titles), titles

@@ -199,27 +199,14 @@ def _thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
 def _decoded_library_image(path: str, mtime_ns: int, size: int, max_side: int) -> np.ndarray | None:
     # None (the PDF's placeholder) for a file that cannot be read, with a warning naming it; the
     # lru_cache keeps the None, so the warning comes once per file, not at every match that shows it
-    from pydicom.misc import is_dicom
+    from monai_cir.dicom.reader import read_case_image
 
-    if is_dicom(path):  # the "DICM" prefix read_dicom_folder requires: a DICOM file of the library
-        from monai_cir.dicom.reader import read_dicom_folder
-
-        scan = read_dicom_folder(path, max_side=max(max_side, 16))
-        if not scan.queries:
-            why = "; ".join(problem.message for problem in scan.problems) or "no dermoscopy image in it"
-            logging.getLogger(__name__).warning(
-                "library image %s not shown (the report has a placeholder): %s. Restore the file or dicomize the case again", path, why
-            )
-            return None
-        image = scan.queries[0].image
-    else:  # an image file (library built from JPEG/PNG + CSV)
-        from monai_cir.data.preprocess import read_rgb
-
-        try:
-            image = read_rgb(path)
-        except ValueError as err:  # the message names the file and what is wrong with it
-            logging.getLogger(__name__).warning("library image not shown (the report has a placeholder): %s", err)
-            return None
+    try:  # a DICOM file of the library, or an image file (library built from JPEG/PNG + CSV)
+        image = read_case_image(path, max_side=max_side)
+    except (ValueError, FileNotFoundError) as err:  # the message names the file and what is wrong with it
+        logging.getLogger(__name__).warning(
+            "library image not shown (the report has a placeholder): %s. Restore the file or dicomize the case again", err)
+        return None
     return _thumbnail(image, max_side)
 
 

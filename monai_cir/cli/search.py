@@ -23,6 +23,10 @@ from typing import Any
 
 __all__ = ["add_parser"]
 
+# an explanation's score further than this from its hit's: the library file is not the image that was indexed (the
+# same file scores the same up to float rounding, ~1e-5; the score spans -3 to 3)
+STALE_SCORE_GAP = 0.01
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("search", help="find the cases most similar to an image + clinical text", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     # options that would fail or be ignored after the search are refused before it
     if args.explain is not None and args.explain.suffix.lower() != ".png":
         raise ValueError(f"--explain writes a PNG figure: give a path ending in .png, got {args.explain}")
+    if args.explain is not None and args.explain.resolve() == args.image.resolve():
+        raise ValueError(f"--explain {args.explain} is the query image: the figure would replace it; give another path")
     if args.calibration is not None and not args.evidence:
         raise ValueError("--calibration calibrates the evidence summary: add --evidence (or drop --calibration)")
     if args.calibration is not None and not args.calibration.is_file():
@@ -128,11 +134,19 @@ def run(args: argparse.Namespace) -> int:
         missing = [h.case_id for h in hits if not h.metadata.image_path or not Path(h.metadata.image_path).is_file()]
         if missing:
             raise ValueError(f"--explain needs the library images, which are not reachable for cases {missing[:5]}")
-        explanations = explain_matches(
-            net, args.image, args.text, [h.metadata.image_path for h in hits],
+        from monai_cir.dicom.reader import read_case_image
+
+        explanations = explain_matches(  # the library images decoded as the index read them (DICOM files of a --dicom index)
+            net, args.image, args.text, [read_case_image(h.metadata.image_path) for h in hits],
             labels=[f"#{h.rank} {h.case_id} ({h.metadata.diagnosis})" for h in hits], query_label=args.image.name,
         )
         render_explanation(explanations, args.explain)
+    # an explanation scores the library file as it is now: one that no longer gives the score the case was ranked by
+    # shows another image than the one indexed (the file was replaced since), which the figure cannot tell
+    changed = [f"{h.case_id} ({e.score:.3f}, ranked by {h.score:.3f})" for h, e in zip(hits, explanations) if abs(e.score - h.score) > STALE_SCORE_GAP]
+    stale_notice = (f"the library image of case(s) {', '.join(changed[:5])} no longer gives the score it was ranked by: the file changed "
+                    "since it was indexed, and the explanation shows it as it is now; restore the file, or remove the case from the "
+                    "index (monai-cir index remove) and add it again") if changed else None
     own = _own_case(args.image, hits)
     own_notice = None
     if own is not None:  # as the deploy app says of a library case sent as a query (there: the same SOP Instance UID)
@@ -141,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     # the notes in the app's order (results.json's notices): the image, the text, the site, the order, the query's own case, the differential, the
     # evidence, what the image alone finds
     notes = [image_notice, *shown.text_notices, notice, shown.notice, shown.unlike_notice, own_notice, opened["notice"] if opened is not None else None,
-             disagreement, shown.image_alone_notice]
+             disagreement, shown.image_alone_notice, stale_notice]
     if hits and len(hits) < args.k:  # (-k 10 on a library of 6)
         notes.append(f"{len(hits)} of the {args.k} cases asked for (-k): the library has no more"
                      + (" that meet the site condition" if filters else ""))

@@ -12,6 +12,7 @@ Layouts (under :func:`monai_cir.config.data_root`, ``$MONAI_CIR_DATA``):
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from collections import Counter
@@ -207,6 +208,10 @@ def _read_csv(path: Path, required: Sequence[str], help_text: str) -> pd.DataFra
         if found:
             raise ValueError(f"cannot parse {path}: the file must be comma-separated, and its header is separated by {found} "
                              f"(header {str(frame.columns[0])[:80]!r}); save it as comma-separated CSV")
+    header = next(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()[:1]), [])
+    repeated = sorted({name.strip() for name in header if name.strip() and [h.strip() for h in header].count(name.strip()) > 1})
+    if repeated:  # pandas renames the second "diagnosis" to "diagnosis.1", and the first silently wins
+        raise ValueError(f"{path} is malformed: column(s) {repeated} appear more than once in the header; keep one of each")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ValueError(f"{path} is malformed: missing column(s) {missing}; expected at least {list(required)}, found {list(frame.columns)}")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -301,7 +302,7 @@ def dermoscopy_image_dataset(
         assert pixels is not None
         ds.PhotometricInterpretation = "RGB"
         ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-        if image_path is not None and Path(image_path).suffix.lower() in (".jpg", ".jpeg"):
+        if image_path is not None and _is_jpeg_file(Path(image_path)):
             ds.LossyImageCompression = "01"  # decoded from a lossy source
             ds.LossyImageCompressionMethod = "ISO_10918_1"
             ds.LossyImageCompressionRatio = "1"
@@ -461,9 +462,35 @@ def dicomize_record(record: Any, out_dir: str | Path, compression: str = "jpeg",
     folder = Path(out_dir) / uids.patient_id
     folder.mkdir(parents=True, exist_ok=True)
     image_file, sr_file = folder / "image.dcm", folder / "report.dcm"
+    if image_file.exists() and not _same_image(image_file, image):
+        # the UIDs come from (collection, case id) alone: cameras restart IMG_0001, and two CSVs named cases.csv
+        # share a collection name; written over, the earlier case is lost and its UIDs name other pixels in a PACS
+        raise ValueError(f"{folder} already holds case {case_id!r} of collection {collection!r} with another image "
+                         f"({getattr(record, 'image_path', '?')} differs): not replaced. The study's UIDs come from the collection and "
+                         "case id: give this batch another collection name or a case_id column, or remove the old study first")
     image.save_as(image_file, enforce_file_format=True)
     sr.save_as(sr_file, enforce_file_format=True)
     return DicomizedCase(case_id, image_file, sr_file, uids, str(image.file_meta.TransferSyntaxUID), notices)
+
+
+def _is_jpeg_file(path: Path) -> bool:
+    """Whether an image file holds a JPEG stream, whatever its name (.jfif, no extension, a progressive JPEG): its
+    pixels went through lossy compression once, which Lossy Image Compression must say."""
+    with open(path, "rb") as handle:
+        return handle.read(3) == b"\xff\xd8\xff"  # SOI + the next marker's first byte
+
+
+def _same_image(path: Path, image: Dataset) -> bool:
+    """Whether the DICOM image at ``path`` holds ``image``'s picture: the same pixel data, or the same picture in
+    another compression (decoded, a mean difference under 4 grey levels of 255)."""
+    try:
+        old = pydicom.dcmread(path)
+        if old.get("PixelData") == image.get("PixelData"):
+            return True
+        a, b = np.asarray(old.pixel_array, dtype=np.int16), np.asarray(image.pixel_array, dtype=np.int16)
+    except Exception:  # noqa: BLE001 (an unreadable file there: not this image)
+        return False
+    return a.shape == b.shape and float(np.abs(a - b).mean()) < 4.0
 
 
 def dicomize_records(

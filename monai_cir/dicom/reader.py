@@ -96,6 +96,7 @@ __all__ = [
     "SRText",
     "dicom_text",
     "image_label",
+    "read_case_image",
     "read_dicom_folder",
     "read_sr_text",
 ]
@@ -743,6 +744,26 @@ def _files(path: Path) -> Iterator[Path]:
     for file in sorted(path.rglob("*")):
         if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts):
             yield file
+
+
+def read_case_image(path: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """A library case's image, (H, W, 3) uint8 RGB: its DICOM file (an index built with ``--dicom``, read as a query
+    would be) or its image file (:func:`monai_cir.data.preprocess.read_rgb`). Raises ValueError naming the file and
+    what is wrong (FileNotFoundError when it is missing)."""
+    from pydicom.misc import is_dicom
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if not is_dicom(path):  # the "DICM" prefix read_dicom_folder requires
+        from ..data.preprocess import read_rgb
+
+        return read_rgb(path)
+    scan = read_dicom_folder(path, max_side=max(int(max_side), 16))
+    if not scan.queries:
+        why = "; ".join(problem.message for problem in scan.problems) or "no dermoscopy image in it"
+        raise ValueError(f"cannot read the DICOM image {path}: {why}")
+    return scan.queries[0].image
 
 
 def read_dicom_folder(path: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, all_frames: bool = False) -> DicomScan:
