@@ -44,6 +44,7 @@ __all__ = [
     "answer",
     "ranked_answer",
     "evidence_disagreement_notice",
+    "own_case_notice",
     "image_alone",
     "text_use",
     "dicom_library",
@@ -427,6 +428,21 @@ class Answer:
         return (f"the case{'s' if several else ''} at rank{'s' if several else ''} {ranks} {'are' if several else 'is'} not similar to "
                 f"this lesion (similarity 0 or below): shown for {'their' if several else 'its'} likely diagnosis, of which the "
                 f"library holds few similar cases")
+
+
+def own_case_notice(own: Any, shown: Answer, how: str, summarized: bool) -> str | None:
+    """The sentence saying that the query image is library case ``own`` itself (a hit of ``shown.hits`` or, ranked
+    below them, of ``shown.pool``; None: no sentence), found ``how`` (e.g. "the same SOP Instance UID"): its own match,
+    and, with an evidence summary (``summarized``), one of the votes, whose diagnosis is the query's own label."""
+    if own is None:
+        return None
+    counted = " and is counted in the evidence summary" if summarized else ""
+    if any(h.case_id == own.case_id for h in shown.hits):
+        return f"the query image is library case {own.case_id} itself ({how}): it is its own match at rank {own.rank}{counted}; compare the other cases"
+    if not summarized:
+        return None
+    return (f"the query image is library case {own.case_id} itself ({how}): not among the cases shown, it is among those the evidence "
+            "summary counts, so the summary includes the query's own recorded diagnosis")
 
 
 def evidence_disagreement_notice(summary: Any, shown: Answer) -> str | None:

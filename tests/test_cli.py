@@ -4,6 +4,7 @@ model, and the help lists every optional CSV column."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -389,3 +390,25 @@ def test_search_explains_matches_of_an_index_built_from_dicom_and_never_writes_o
     assert main(["search", "--index", str(tmp_path / "ix"), "--image", str(query), "-k", "2", "--json", "--explain", str(tmp_path / "why.png")]) == 0
     notes = json.loads(capsys.readouterr().out)["notices"]
     assert any("no longer gives the score it was ranked by: the file changed since it was indexed" in n for n in notes), notes
+
+
+def test_a_query_that_is_a_library_case_ranked_below_those_shown_is_said_to_be_in_the_evidence(library, capsys, monkeypatch):
+    """Found by review: the note looked at the shown cases only; a query image that is a library case pushed below them
+    (by the diagnosis prior) still voted in the evidence summary with its own recorded diagnosis, without a word."""
+    from monai_cir import retrieval
+    from monai_cir.cli import main
+
+    index, images = library
+    real = retrieval.ranked_answer
+
+    def own_case_below(*args, **kwargs):  # the prior's reordering, played: the query's own case leaves the shown cases
+        shown = real(*args, **kwargs)
+        return dataclasses.replace(shown, hits=[h for h in shown.hits if h.case_id != "case2"])  # the pool keeps it
+
+    monkeypatch.setattr(retrieval, "ranked_answer", own_case_below)
+    capsys.readouterr()
+    assert main(["search", "--index", str(index), "--image", str(images / "case2.png"), "--json", "--evidence", "-k", "2"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert "case2" not in [h["case_id"] for h in answer["hits"]] and answer["own_case"] is None
+    assert any("library case case2 itself (the same image file): not among the cases shown, it is among those the evidence summary "
+               "counts" in n for n in answer["notices"]), answer["notices"]

@@ -415,7 +415,7 @@ class ComposedRetrievalOperator(Operator):
             torch.cuda.synchronize()
         encode_ms = 1000 * (time.perf_counter() - start) / len(batch)
         from monai_cir.evidence import summarize_evidence
-        from monai_cir.retrieval import evidence_disagreement_notice, image_alone, ranked_answer
+        from monai_cir.retrieval import evidence_disagreement_notice, image_alone, own_case_notice, ranked_answer
 
         for (result, tensor, text, filters), vector, image_vector, term in zip(batch, queries, image_queries, terms):
             t0 = time.perf_counter()
@@ -424,11 +424,9 @@ class ComposedRetrievalOperator(Operator):
                                   slot=self.differential, diagnoses=self.classes)
             pool, result.hits, result.ranking = shown.pool, shown.hits, shown.ranking
             result.add_notices(shown.notice, shown.unlike_notice)
-            own = _own_case(result, shown.hits)
-            if own is not None:
-                result.add_notices(
-                    f"the query image is library case {own.case_id} itself (the same SOP Instance UID): it is its own match at rank "
-                    f"{own.rank} and is counted in the evidence summary; compare the other cases")
+            # the query's own case among the shown cases, or only among the evidence summary's votes
+            own = _own_case(result, shown.hits) or _own_case(result, pool)
+            result.add_notices(own_case_notice(own, shown, "the same SOP Instance UID", summarized=bool(pool)))
             if shown.differential is not None:
                 result.differential = dict(shown.differential)
                 result.add_notices(result.differential.pop("notice"))

@@ -147,11 +147,11 @@ def run(args: argparse.Namespace) -> int:
     stale_notice = (f"the library image of case(s) {', '.join(changed[:5])} no longer gives the score it was ranked by: the file changed "
                     "since it was indexed, and the explanation shows it as it is now; restore the file, or remove the case from the "
                     "index (monai-cir index remove) and add it again") if changed else None
-    own = _own_case(args.image, hits)
-    own_notice = None
-    if own is not None:  # as the deploy app says of a library case sent as a query (there: the same SOP Instance UID)
-        own_notice = (f"the query image is library case {own.case_id} itself (the same image file): it is its own match at rank {own.rank}"
-                      + (" and is counted in the evidence summary" if summary is not None else "") + "; compare the other cases")
+    # the query's own case among the shown cases, or only among the evidence summary's votes (as the deploy app says it)
+    own = _own_case(args.image, hits) or (_own_case(args.image, pool) if summary is not None else None)
+    own_notice = retrieval.own_case_notice(own, shown, "the same image file", summarized=summary is not None)
+    if own is not None and not any(h.case_id == own.case_id for h in hits):
+        own = None  # the JSON's own_case names a shown case
     # the notes in the app's order (results.json's notices): the image, the text, the site, the order, the query's own case, the differential, the
     # evidence, what the image alone finds
     notes = [image_notice, *shown.text_notices, notice, shown.notice, shown.unlike_notice, own_notice, opened["notice"] if opened is not None else None,

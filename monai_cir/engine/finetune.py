@@ -192,15 +192,20 @@ def finetune(
 
 
 @torch.no_grad()
-def embed_records(net: ComposedRetrievalNet, records: Sequence[Any], idx: Sequence[int], queries: bool, tta: bool = True, batch_size: int = 32, num_workers: int | None = None) -> torch.Tensor:
+def embed_records(net: ComposedRetrievalNet, records: Sequence[Any], idx: Sequence[int], queries: bool, tta: bool = True, batch_size: int = 32,
+                  num_workers: int | None = None, progress: bool = True) -> torch.Tensor:
     """Embeddings of ``records[idx]`` from their images: composed queries (image + the record's text) when
-    ``queries``, else targets; ``tta`` averages each image with its mirror (as the cached methods do)."""
+    ``queries``, else targets; ``tta`` averages each image with its mirror (as the cached methods do). A progress bar:
+    after fine-tuning, a fold's database takes minutes on a CPU."""
     from ..data.collections import records_dataset
+    from ..progress import progress_bar
 
     net.eval()
     out = []
     workers = loader_workers(net.device) if num_workers is None else num_workers
-    for batch in DataLoader(records_dataset([records[i] for i in idx], net.image_size), batch_size=batch_size, num_workers=workers):
+    loader = DataLoader(records_dataset([records[i] for i in idx], net.image_size), batch_size=batch_size, num_workers=workers)
+    what = f"embedding {len(idx)} {'queries' if queries else 'library images'}"
+    for batch in progress_bar(loader, desc=what, unit="batch", enabled=progress, leave=False):
         views = [batch["image"]] + ([batch["image"].flip(-1)] if tta else [])
         encode = (lambda x: net.encode_query(x, list(batch["text"]))) if queries else net.encode_target
         out.append((sum(encode(v) for v in views) / len(views)).cpu())
