@@ -47,8 +47,8 @@ class StandInPipeline:
     """Answers each dermoscopy image of a study with one Encapsulated PDF in its study; fails the
     studies whose image is named in ``fail``; counts calls."""
 
-    def __init__(self, fail: set[str] = frozenset(), delay_s: float = 0.0, summary: bool = True) -> None:
-        self.fail, self.delay_s, self.calls, self.texts = set(fail), delay_s, [], []
+    def __init__(self, fail: set[str] = frozenset(), delay_s: float = 0.0, summary: bool = True, sr: bool = False) -> None:
+        self.fail, self.delay_s, self.calls, self.texts, self.sr = set(fail), delay_s, [], [], sr
         # summary: say per query what it was answered with, and the run's model and library, as the app's results.json does
         self.summary, self.model, self.index = summary, "model-1", "library-1"
 
@@ -74,8 +74,20 @@ class StandInPipeline:
             path = output_folder / f"{q.sop_instance_uid}.dcm"
             ds.save_as(path, enforce_file_format=True)
             outputs.append(path)
+            written = {"encapsulated_pdf": path.name}
+            if self.sr:  # a similar-cases SR too (its content does not matter here)
+                sr = Dataset()
+                sr.file_meta = FileMetaDataset()
+                sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.33", generate_uid()
+                sr.file_meta.MediaStorageSOPClassUID, sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPClassUID, sr.SOPInstanceUID
+                sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.PatientID, sr.Modality = q.study_uid, generate_uid(), q.patient_id, "SR"
+                sr_path = output_folder / f"{q.sop_instance_uid}-sr.dcm"
+                sr.save_as(sr_path, enforce_file_format=True)
+                outputs.append(sr_path)
+                written["sr"] = sr_path.name
             # what the app's results.json says of each query (WarmPipeline's summary): the service reads it
-            queries.append({"sop_instance_uid": q.sop_instance_uid, "text": q.text, "outputs": {"encapsulated_pdf": path.name}})
+            queries.append({"sop_instance_uid": q.sop_instance_uid, "text": q.text, "outputs": written})
         problems = [{"stage": "input", "message": p.message} for p in scan.problems]
         if not self.summary:
             return SimpleNamespace(answered=len(scan.queries), dicom_outputs=outputs, problems=problems)
@@ -725,3 +737,24 @@ def test_a_hung_return_node_does_not_hold_up_answering_the_next_study(monkeypatc
     finally:
         service.stop()
         hung.close()
+
+
+def test_an_image_answered_again_names_the_answer_it_replaces(node):
+    """Found by review: a study answered again (its report SR came after its image: the first answer image-only) left
+    two look-alike answers in the PACS, nothing linking them. The new similar-cases SR names the one returned before in
+    its Predecessor Documents Sequence."""
+    service = node.make(StandInPipeline(sr=True))
+    study = make_study("replaced")
+    study_uid = study[0].StudyInstanceUID
+    assert all(r.ok for r in c_store(study[:1], address(service), calling_ae=PEER))
+    first = rounds_of(service, study_uid, 1, "returned")
+    earlier = first["returned_srs"][str(study[0].SOPInstanceUID)]
+    assert all(r.ok for r in c_store(study[1:], address(service), calling_ae=PEER))  # the report: the text changes
+    rounds_of(service, study_uid, 2, "returned")
+    srs = [ds for ds in node.ret.received if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"]
+    assert len(srs) == 2 and "PredecessorDocumentsSequence" not in srs[0]
+    (item,) = srs[1].PredecessorDocumentsSequence
+    (series,) = item.ReferencedSeriesSequence
+    (instance,) = series.ReferencedSOPSequence
+    assert (item.StudyInstanceUID, series.SeriesInstanceUID, instance.ReferencedSOPInstanceUID) == (earlier["study"], earlier["series"], earlier["sop"])
+    assert instance.ReferencedSOPInstanceUID == srs[0].SOPInstanceUID

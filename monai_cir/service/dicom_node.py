@@ -169,7 +169,9 @@ class StudyStatus:
     part of an answer already returned (a round of only those is not answered again);
     ``returned_answers`` the images whose answer was returned: SOP Instance UID -> a digest of what
     it was answered with (its text, the model, the library, the settings: a later round returns an
-    image's answer again only when one of them changed)."""
+    image's answer again only when one of them changed); ``returned_srs`` the similar-cases SR last returned for each
+    image (SOP Instance UID -> its study, series, SOP class and instance UIDs): a later answer of the image names it in its
+    Predecessor Documents Sequence, so that a PACS, a RIS or a reader sees which answer replaces which."""
 
     study_uid: str
     state: str = "receiving"  # receiving | processing | answered | returned | return-pending | failed
@@ -188,6 +190,7 @@ class StudyStatus:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     returned_instances: list[str] = field(default_factory=list)
     returned_answers: dict[str, str] = field(default_factory=dict)
+    returned_srs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -628,6 +631,8 @@ class DicomService:
                 outputs = [p for p in outputs if p not in dropped]
                 with self._lock:
                     rnd["unchanged"] = sorted(unchanged)
+            # an image answered again (its text changed, another model): its new SR names the one it replaces
+            answer_srs = _link_predecessors(result, out, outputs, status.returned_srs)
             if not outputs:
                 with self._lock:
                     # an earlier round's answer may still be on its way (answered): its delivery settles the state then
@@ -662,7 +667,8 @@ class DicomService:
                 status.answered, status.problems = answered, problems
                 status.outputs = [p.name for p in sorted(outbox.iterdir())]
                 status.finished = time.time()
-                rnd.update(state="answered", answered=answered, outputs=status.outputs, finished=status.finished, input_sops=sops, answer_keys=keys)
+                rnd.update(state="answered", answered=answered, outputs=status.outputs, finished=status.finished, input_sops=sops, answer_keys=keys,
+                           answer_srs=answer_srs)
                 status.state = self._settled(study_uid, "answered")
                 self._save_status(status)  # answered and on disk: from here on the outputs survive a restart
         except Exception as err:  # noqa: BLE001 (one failing round must not stop the service)
@@ -785,9 +791,48 @@ class DicomService:
                 rnd.update(state="returned", error=None, returned=status.returned)
                 status.returned_instances = sorted({*status.returned_instances, *rnd.get("input_sops", [])})
                 status.returned_answers.update(rnd.get("answer_keys", {}))
+                status.returned_srs.update(rnd.get("answer_srs", {}))
             self._save_status(status)
         logger.info("study %s: %d object(s) returned to %s", study_uid, len(files), self.return_node or self.return_dicomweb)
         self._release(study_uid)
+
+
+def _link_predecessors(result: Any, out: Path, outputs: list[Path], returned: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The similar-cases SR of each image this round returns (from the pipeline's ``summary``: SOP Instance UID -> its
+    study, series, class and instance UIDs); an image whose earlier SR was returned (``returned``) gets that SR in its new
+    SR's Predecessor Documents Sequence (the file rewritten in place, before it is queued). No summary: nothing."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    from ..atomic import atomic_path
+
+    summary = getattr(result, "summary", None)
+    srs: dict[str, dict[str, str]] = {}
+    if not isinstance(summary, dict):
+        return srs
+    for query in summary.get("queries", []):
+        sop, rel = query.get("sop_instance_uid"), (query.get("outputs") or {}).get("sr")
+        path = out / str(rel) if rel else None
+        if not sop or path is None or path not in outputs:
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as err:  # noqa: BLE001 (the answer goes back all the same, unlinked)
+            logger.warning("%s: the answer's SR could not be read to link the one it replaces: %s", path, _one_line(err))
+            continue
+        earlier = returned.get(sop)
+        if earlier and earlier.get("sop") != str(ds.SOPInstanceUID):
+            instance = Dataset()
+            instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = earlier["class"], earlier["sop"]
+            series = Dataset()
+            series.SeriesInstanceUID, series.ReferencedSOPSequence = earlier["series"], [instance]
+            item = Dataset()
+            item.StudyInstanceUID, item.ReferencedSeriesSequence = earlier["study"], [series]
+            ds.PredecessorDocumentsSequence = [item]
+            with atomic_path(path) as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
+        srs[sop] = {"study": str(ds.StudyInstanceUID), "series": str(ds.SeriesInstanceUID), "class": str(ds.SOPClassUID), "sop": str(ds.SOPInstanceUID)}
+    return srs
 
 
 def _answer_keys(result: Any, out: Path, outputs: list[Path], returned: dict[str, str]) -> tuple[dict[str, str], dict[str, list[Path]]]:
