@@ -201,8 +201,8 @@ def _refuse_a_foreign_folder(out: Path) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from monai_cir import retrieval
     from monai_cir.config import resolve_device
-    from monai_cir.index import MANIFEST_NAME, load_index
-    from monai_cir.index.base import GRID_STORE_DIR
+    from monai_cir.index import MANIFEST_NAME
+    from monai_cir.index.base import GRID_STORE_DIR, verify_saved
     from monai_cir.networks import load_model, refresh_encoder_artifact
 
     if (args.out / MANIFEST_NAME).is_file() and not args.overwrite:
@@ -224,7 +224,7 @@ def run_build(args: argparse.Namespace) -> int:
         grid_store=None if args.no_grid_maps else args.out / GRID_STORE_DIR, **options,
     )
     index.save(args.out)
-    load_index(args.out)  # read back what was written: a failed check is reported now, not at search time
+    verify_saved(args.out)  # what was written is checked now, not at search time (its files' sizes and checksums)
     refresh_encoder_artifact(net, args.out)  # after the save: the index folder must be empty before it
     print(f"indexed {len(index)} cases ({args.backend}, dim {index.dim}) -> {args.out}"
           + (f"; {len(skipped)} DICOM input(s) skipped, not indexed (the warnings above say why; first: {skipped[0]})" if skipped else ""))
@@ -246,7 +246,7 @@ def run_add(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace, net: Any) -> int:
     from monai_cir import retrieval
     from monai_cir.index import load_index
-    from monai_cir.index.base import GRID_STORE_DIR
+    from monai_cir.index.base import GRID_STORE_DIR, verify_saved
     from monai_cir.networks import refresh_encoder_artifact
 
     # refuse an index of another model before embedding anything
@@ -269,7 +269,7 @@ def _add(args: argparse.Namespace, net: Any) -> int:
         grid_store=None if args.no_grid_maps else args.index / GRID_STORE_DIR,
     )
     index.save(args.index)  # atomic: a crash before the manifest rename leaves the previous index
-    load_index(args.index)
+    verify_saved(args.index)
     refresh_encoder_artifact(net, args.index)  # kept when it is already for this network
     print(f"added {len(new)} cases -> {args.index} ({len(index)} cases){skipped_note}")
     return 0
@@ -340,7 +340,7 @@ def run_remove(args: argparse.Namespace) -> int:
     from monai_cir.atomic import exclusive_lock
     from monai_cir.grid_store import GridMapStore
     from monai_cir.index import load_index
-    from monai_cir.index.base import GRID_STORE_DIR
+    from monai_cir.index.base import GRID_STORE_DIR, verify_saved
 
     with exclusive_lock(args.index, "index add / remove read and save it whole"):  # see run_add
         index = load_index(args.index)
@@ -353,7 +353,7 @@ def run_remove(args: argparse.Namespace) -> int:
         kept = {index.get(c).image_path for c in index.case_ids() if c not in removed}
         index.remove(case_ids)
         index.save(args.index)
-        load_index(args.index)
+        verify_saved(args.index)
         # what the index folder keeps of a removed case's image (its path, its feature maps) goes with it: a case is
         # removed when its consent is withdrawn
         dropped = GridMapStore.drop(args.index / GRID_STORE_DIR, index.fingerprint, paths - kept)
@@ -443,6 +443,8 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     print(f"index {args.index}: {info['cases']} cases, {info['backend']}, dim {info['dim']}")
     print(f"  model fingerprint {info['fingerprint']}")
+    if info.get("search"):
+        print(f"  search: {info['search']}")
     for key in ("diagnosis", "site", "collection"):
         counts = ", ".join(f"{k} {v}" for k, v in sorted(info[key].items(), key=lambda kv: -kv[1]))
         print(f"  {key}: {counts}")

@@ -256,6 +256,15 @@ def _write_generation(directory: Path, writers: Mapping[str, tuple[str, Callable
     if require_empty and directory.is_dir() and any(p.name != GRID_STORE_DIR for p in directory.iterdir()) and not (directory / MANIFEST_NAME).is_file():
         raise ValueError(f"{directory} is not empty and holds no monai-cir index; choose a new or empty folder")
     directory.mkdir(parents=True, exist_ok=True)
+    # what a killed save left (a whole generation's files, named by no manifest) goes first: under the lock no other
+    # save is writing, and left there it took the room the new generation needs (a disk that held two copies, not three)
+    try:
+        current = read_manifest(directory) if (directory / MANIFEST_NAME).is_file() else {}
+    except Exception:  # noqa: BLE001 (a damaged manifest: nothing is known to be unused; the save replaces it)
+        current = None
+    if current is not None:
+        _remove_unnamed(directory, {e["name"] for e in current.get("files", {}).values()} | {MANIFEST_NAME}, writers)
+        _check_free_space(directory, current)
     token = uuid.uuid4().hex[:12]
     written: list[Path] = []
     files: dict[str, dict[str, Any]] = {}
@@ -265,7 +274,11 @@ def _write_generation(directory: Path, writers: Mapping[str, tuple[str, Callable
             name = f"{role}-{token}.{ext}"
             tmp = directory / f".{name}.tmp"
             written.append(tmp)
-            writer(tmp)
+            try:
+                writer(tmp)
+            except RuntimeError as err:  # FAISS reports a failed write (a full disk) as RuntimeError with its C++ trace
+                detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                raise OSError(f"could not write the index's {role} file in {directory}: {detail}") from err
             _fsync_path(tmp)
             files[role] = {"name": name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
             os.replace(tmp, directory / name)
@@ -287,7 +300,13 @@ def _write_generation(directory: Path, writers: Mapping[str, tuple[str, Callable
                 pass
         raise
     # the new generation is committed: drop earlier generations and stale temp files
-    keep = {entry["name"] for entry in files.values()} | {MANIFEST_NAME}
+    _remove_unnamed(directory, {entry["name"] for entry in files.values()} | {MANIFEST_NAME}, writers)
+    return directory
+
+
+def _remove_unnamed(directory: Path, keep: set[str], writers: Mapping[str, Any]) -> None:
+    """Remove the generation files (``<role>-<12 hex>.<ext>``) and temporary files of the folder that ``keep`` does not
+    name: earlier generations, and what a save killed midway left."""
     for path in directory.iterdir():
         stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
         # any generation's data file (<role>-<12 hex>.<ext>), a role this save did not write included: an approximate
@@ -298,7 +317,25 @@ def _write_generation(directory: Path, writers: Mapping[str, tuple[str, Callable
                 path.unlink()
             except OSError as err:
                 logger.warning("could not remove old index file %s: %s", path, err)
-    return directory
+
+
+def verify_saved(directory: str | Path) -> None:
+    """Check the index just saved in ``directory`` (its manifest, and every file it names: present, size, SHA-256)
+    without loading it: a second copy in memory beside the one saved doubled ``index add`` / ``remove``'s peak."""
+    directory = Path(directory)
+    verify_files(directory, read_manifest(directory))
+
+
+def _check_free_space(directory: Path, current: Mapping[str, Any]) -> None:
+    """Refuse, in one line, a save that cannot fit: it writes a whole new generation beside the current one (which
+    readers may be using) before it replaces it, so it needs about the current files' size free."""
+    import shutil
+
+    needed = sum(int(entry.get("bytes", 0)) for entry in current.get("files", {}).values())
+    free = shutil.disk_usage(directory).free
+    if needed and free < needed:
+        raise OSError(f"not enough free space to save the index in {directory}: a save writes a new copy ({needed / 1e9:.2f} GB) beside "
+                      f"the current one before replacing it, and {free / 1e9:.2f} GB are free; free space, or move the index")
 
 
 class CaseIndex(ABC):
@@ -409,7 +446,12 @@ class CaseIndex(ABC):
             for key, count in counts.items():
                 value = str(m.value(key))
                 count[value] = count.get(value, 0) + 1
-        return {"backend": self.backend, "cases": len(self), "dim": self.dim, "fingerprint": self.fingerprint, **counts}
+        return {"backend": self.backend, "cases": len(self), "dim": self.dim, "fingerprint": self.fingerprint, "search": self.search_mode(), **counts}
+
+    def search_mode(self) -> str:
+        """How a search runs, in words (``index info``); a backend that switches between exact and approximate search
+        by itself says which it does now."""
+        return f"as the {self.backend} backend searches"
 
     def _check_query(self, queries: Any, k: int, fingerprint: str | None) -> np.ndarray:
         if fingerprint is not None:

@@ -270,7 +270,18 @@ class FaissCaseIndex(CaseIndex):
             count = counts[key] = {}
             for value, code in vocab.items():
                 count[str(value)] = count.get(str(value), 0) + int(per_code[code])
-        return {"backend": self.backend, "cases": len(self), "dim": self.dim, "fingerprint": self.fingerprint, **counts}
+        return {"backend": self.backend, "cases": len(self), "dim": self.dim, "fingerprint": self.fingerprint, "search": self.search_mode(), **counts}
+
+    def search_mode(self) -> str:
+        """How a search runs, in words: exact (every case scored) up to ``exact_max`` cases, approximate beyond (the
+        switch happens by itself: an integrator is told here, and by ``monai-cir index info``)."""
+        if not self.uses_ann:
+            return f"exact: every case is scored (up to {self.exact_max} cases; approximate beyond)"
+        if self._ann is None:
+            return f"approximate (more than {self.exact_max} cases): the index is trained at the next search or save"
+        lists = faiss.extract_index_ivf(self._ann).nlist
+        return (f"approximate (more than {self.exact_max} cases): IVF{lists},SQ8 trained on {self._ann_trained_on} cases (retrained past "
+                f"{4 * self._ann_trained_on}), {min(self.nprobe, lists)} of its lists probed, the best {self.rerank_factor} x k candidates re-scored exactly")
 
     def _column(self, key: str) -> tuple[np.ndarray, dict[Any, int]]:
         if key not in self._columns:

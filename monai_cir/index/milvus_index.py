@@ -113,6 +113,9 @@ class MilvusCaseIndex(CaseIndex):
         else:
             self._create()
 
+    def search_mode(self) -> str:
+        return "exact: every case is scored (Milvus FLAT)" if self.index_type.upper() == "FLAT" else f"approximate: Milvus {self.index_type} {self.index_params or ''}".strip()
+
     # ------------------------------------------------------------------ collection
     def _create(self) -> None:
         from pymilvus import DataType, MilvusClient
