@@ -14,12 +14,18 @@ import torch
 
 _T = TypeVar("_T")
 
-__all__ = ["data_root", "cache_dir", "layered_settings", "resolve_device", "autocast_for", "quiet_chatty_loggers", "in_a_passing_thread", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
+__all__ = ["data_root", "cache_dir", "in_checkout", "layered_settings", "resolve_device", "autocast_for", "quiet_chatty_loggers", "in_a_passing_thread", "DATA_ROOT_ENV", "CACHE_DIR_ENV"]
 
 DATA_ROOT_ENV = "MONAI_CIR_DATA"
 CACHE_DIR_ENV = "MONAI_CIR_CACHE"
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def in_checkout() -> bool:
+    """Whether monai_cir runs from a checkout of the project (beside its setup.cfg and bundle/), not from an installed
+    package: installed, the folder above it is site-packages, where nothing may be written."""
+    return (_REPO_ROOT / "setup.cfg").is_file() and (_REPO_ROOT / "bundle").is_dir()
 
 
 def data_root() -> Path:
@@ -37,11 +43,17 @@ def data_root() -> Path:
 def cache_dir(*parts: str) -> Path:
     """A git-ignored folder for derived files (feature caches, converted weights, demo output).
 
-    ``$MONAI_CIR_CACHE`` or ``.cache`` in the checkout. Feature caches are derived from the images,
-    so they must never be committed (data terms): ``.cache/`` is in ``.gitignore``.
+    ``$MONAI_CIR_CACHE``, else ``.cache`` in the checkout, else (an installed package) ``$XDG_CACHE_HOME/monai-cir``
+    (``~/.cache/monai-cir``), never site-packages. Feature caches are derived from the images, so they must never be
+    committed (data terms): ``.cache/`` is in ``.gitignore``.
     """
     env = os.environ.get(CACHE_DIR_ENV)
-    root = Path(env).expanduser() if env else _REPO_ROOT / ".cache"
+    if env:
+        root = Path(env).expanduser()
+    elif in_checkout():
+        root = _REPO_ROOT / ".cache"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "monai-cir"
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

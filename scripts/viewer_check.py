@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import fcntl
 import json
 import mimetypes
@@ -117,6 +118,8 @@ def ensure_ohif(version: str = OHIF_VERSION, cache: Path = OHIF_CACHE) -> Path:
         proc = subprocess.run([npm, "pack", f"@ohif/app@{version}", "--pack-destination", tmp], capture_output=True, text=True, timeout=600, check=False)
         tarballs = list(Path(tmp).glob("*.tgz"))
         if proc.returncode != 0 or not tarballs:
+            with contextlib.suppress(OSError):
+                target.rmdir()  # left empty, it looked like a fetched viewer to the next run's eye
             raise RuntimeError(f"npm pack @ohif/app@{version} failed ({proc.returncode}): {proc.stderr[-2000:]}")
         with tarfile.open(tarballs[0]) as tar:
             tar.extractall(target, filter="data")

@@ -412,3 +412,47 @@ def test_a_query_that_is_a_library_case_ranked_below_those_shown_is_said_to_be_i
     assert "case2" not in [h["case_id"] for h in answer["hits"]] and answer["own_case"] is None
     assert any("library case case2 itself (the same image file): not among the cases shown, it is among those the evidence summary "
                "counts" in n for n in answer["notices"]), answer["notices"]
+
+
+def test_demo_never_deletes_a_folder_of_ones_own_and_checks_k_before_building(tmp_path, capsys, monkeypatch):
+    """Found by review: `monai-cir demo --out DIR` deleted DIR whole (a results folder, `.`), and `-k 0` failed with a
+    traceback after the library was built (minutes). Both are refused first, in one line; an earlier demo's answer
+    folder (the app's files and log) is still replaced."""
+    import monai_cir.data
+    from monai_cir.cli import main
+    from monai_cir.cli.demo import _earlier_demo_output
+
+    loaded = []
+    monkeypatch.setattr(monai_cir.data, "load_isic_uda1", lambda *a, **k: loaded.append(1) or pytest.fail("the library was built"))
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(precious)]) == 2
+    assert "is not empty and holds no earlier demo answer" in capsys.readouterr().err and (precious / "notes.txt").read_text() == "mine"
+    assert main(["demo", "-k", "0", "--out", str(tmp_path / "new")]) == 2
+    assert "-k must be >= 1, got 0" in capsys.readouterr().err and not loaded
+    earlier = tmp_path / "earlier"
+    (earlier / "ISIC_0000001").mkdir(parents=True)
+    for name in ("app.log", "results.json", "problems.json"):
+        (earlier / name).write_text("{}")
+    (earlier / "ISIC_0000001" / "similar_cases_sr.dcm").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    assert _earlier_demo_output(earlier) and _earlier_demo_output(tmp_path / "empty")
+    (earlier / "ISIC_0000001" / "my_notes.docx").write_text("mine")
+    assert not _earlier_demo_output(earlier)
+
+
+def test_an_installed_package_writes_its_cache_and_demo_output_outside_site_packages(tmp_path, monkeypatch):
+    """Found by review: installed with pip (no checkout around it), the demo wrote its output and its cache into
+    site-packages (the folder above the package). Outside a checkout the cache goes to $XDG_CACHE_HOME/monai-cir and
+    the demo's output under the current folder."""
+    import monai_cir.config as config
+
+    site = tmp_path / "site-packages"
+    (site / "monai_cir").mkdir(parents=True)
+    monkeypatch.delenv(config.CACHE_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert config.in_checkout()  # this checkout
+    monkeypatch.setattr(config, "_REPO_ROOT", site)
+    assert not config.in_checkout()
+    assert config.cache_dir("demo") == tmp_path / "xdg" / "monai-cir" / "demo" and not (site / ".cache").exists()

@@ -1331,3 +1331,27 @@ def test_dicomize_says_a_jpeg_source_was_lossy_whatever_its_file_name(tmp_path):
         assert ds.LossyImageCompression == ("00" if fmt == "PNG" else "01"), name
         if fmt == "JPEG":
             assert ds.LossyImageCompressionMethod == "ISO_10918_1"
+
+
+def test_dicomize_writes_whole_files_and_writes_over_a_cut_off_one(tmp_path, monkeypatch):
+    """Found by review: a demo killed while dicomizing left cut-off image.dcm / report.dcm (written in place), and every
+    later run, --rebuild included, was refused as "another image". Files are written whole (temporary name, rename),
+    and an existing file that cannot be read is no other case's image: it is written over."""
+    import pydicom as pd
+
+    from monai_cir.dicom.dicomize import dicomize_records
+
+    source = tmp_path / "lesion.png"
+    Image.fromarray(synthetic_image(seed=7)).save(source)
+    record = NS(case_id="IMG_0007", image_path=source, diagnosis="nevus", text="", site="trunk", collection="cases", metadata={})
+    (done,), _ = dicomize_records([record], tmp_path / "out", progress=False)
+    whole = done.image_file.read_bytes()
+    done.image_file.write_bytes(whole[: len(whole) // 3])  # what a kill in an earlier version left
+    done.sr_file.write_bytes(b"")
+    (again,), failed = dicomize_records([record], tmp_path / "out", progress=False)
+    assert not failed and again.image_file.read_bytes() == whole and pd.dcmread(again.sr_file).SOPInstanceUID
+    # a write that fails midway leaves the file there as it was, and no temporary file
+    monkeypatch.setattr(pd.dataset.Dataset, "save_as", lambda self, path, **kw: (open(path, "wb").write(b"DICM-cut"), (_ for _ in ()).throw(OSError("disk full")))[1])
+    _, failed = dicomize_records([record], tmp_path / "out", progress=False)
+    assert failed and again.image_file.read_bytes() == whole
+    assert [p.name for p in again.image_file.parent.iterdir() if p.name.startswith(".")] == []

@@ -758,3 +758,24 @@ def test_an_image_answered_again_names_the_answer_it_replaces(node):
     (instance,) = series.ReferencedSOPSequence
     assert (item.StudyInstanceUID, series.SeriesInstanceUID, instance.ReferencedSOPInstanceUID) == (earlier["study"], earlier["series"], earlier["sop"])
     assert instance.ReferencedSOPInstanceUID == srs[0].SOPInstanceUID
+
+
+def test_stow_rs_to_a_hung_node_gives_up_after_its_timeout():
+    """Found by review: dicomweb-client's default retried every exception 5 times with back-off, so a DICOMweb node that
+    takes the connection and never answers held the app's publish step about 3 minutes (C-STORE: 10 s)."""
+    import threading
+
+    from monai_cir.dicom.publish import stow_rs
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(hung.accept()) for _ in range(8)], daemon=True).start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(Exception, match="(?i)timed? ?out"):
+            stow_rs(make_study("stow-hung")[:1], f"http://127.0.0.1:{hung.getsockname()[1]}/dicom-web", timeout=1.0)
+    finally:
+        hung.close()
+    assert time.monotonic() - start < 4.0 and len(held) == 1  # one attempt

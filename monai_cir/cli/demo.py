@@ -24,7 +24,8 @@ from pathlib import Path
 __all__ = ["DEMO_QUERY_ID", "add_parser", "run"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO_ROOT / "output" / "demo"
+# what the demo's output folder holds (the app's files and its log): a folder holding anything else is not replaced
+DEMO_OUTPUT_NAMES = {"app.log", "results.json", "problems.json", "published.json", "similar_cases.json"}
 # the held-out query: a histopathology-confirmed melanoma of ISIC UDA-1 (female, about 60)
 DEMO_QUERY_ID = "ISIC_0000002"
 STAMP = "demo-library.json"
@@ -40,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "(python -m deploy_app) and prints where the SR and the PDF are and the top-5 similar cases."
         ),
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"app output folder (default {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="app output folder (default output/demo: in the checkout, git-ignored; the current folder's for an installed package)")
     parser.add_argument("--limit", type=int, default=None, help="library size (default: all 554 other ISIC UDA-1 images)")
     parser.add_argument("--query", default=DEMO_QUERY_ID, help=f"ISIC id of the held-out query case (default {DEMO_QUERY_ID})")
     parser.add_argument("--text", default=None, help="clinical text of the query (default: from the case's age and sex)")
@@ -203,12 +205,33 @@ def make_query_study(record, folder: Path, text: str | None) -> Path:
     return folder
 
 
+def _earlier_demo_output(folder: Path) -> bool:
+    """Whether ``folder`` may be replaced by the demo: empty, or an earlier demo's answer (the app's results.json and
+    log, nothing else of the user's: a folder of one's own named by --out was deleted whole)."""
+    if not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    return not entries or ((folder / "app.log").is_file() and all(p.name in DEMO_OUTPUT_NAMES or p.is_dir() and _app_folder(p) for p in entries))
+
+
+def _app_folder(folder: Path) -> bool:
+    """A per-query folder the app writes (its SR / PDF files), nothing else in it."""
+    return all(p.is_file() and p.suffix in (".dcm", ".pdf", ".json", ".png") for p in folder.iterdir())
+
+
 def run(args: argparse.Namespace) -> int:
-    from monai_cir.config import cache_dir, quiet_chatty_loggers
+    from monai_cir.config import cache_dir, in_checkout, quiet_chatty_loggers
 
     quiet_chatty_loggers()  # the demo prints its own progress
     from monai_cir.data import load_isic_uda1
 
+    if args.top_k < 1:  # before the library is built (minutes on a first run), in the demo's own terms
+        raise ValueError(f"-k must be >= 1, got {args.top_k}")
+    # in a checkout, its git-ignored output/; an installed package writes under the current folder (never site-packages)
+    out = Path(args.out or (REPO_ROOT if in_checkout() else Path.cwd()) / "output" / "demo").resolve()
+    if out.exists() and not _earlier_demo_output(out):
+        raise ValueError(f"--out {out} is not empty and holds no earlier demo answer: the demo replaces its output folder "
+                         "whole, so give a new or empty folder (or an earlier demo's --out)")
     t0 = time.perf_counter()
     records = load_isic_uda1(args.data_root)
     query, library_records = _select_library(records, args.query, args.limit)
@@ -217,8 +240,7 @@ def run(args: argparse.Namespace) -> int:
     query_dir = make_query_study(query, cache / "query", args.text)
     print(f"[demo] query study: {query.case_id} ({query.diagnosis}, held out of the library), text {(args.text if args.text is not None else query.text)!r}")
 
-    out = Path(args.out).resolve()
-    if out.exists():
+    if out.exists():  # an earlier demo's answer (checked above): replaced whole
         shutil.rmtree(out)
     out.mkdir(parents=True)
     env = dict(os.environ)

@@ -44,6 +44,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
+from ..atomic import atomic_path
 from ..data.preprocess import read_rgb
 from ..data.sites import SITE_CODES, UNKNOWN_SITE, normalize_site
 from . import codes as C
@@ -462,14 +463,15 @@ def dicomize_record(record: Any, out_dir: str | Path, compression: str = "jpeg",
     folder = Path(out_dir) / uids.patient_id
     folder.mkdir(parents=True, exist_ok=True)
     image_file, sr_file = folder / "image.dcm", folder / "report.dcm"
-    if image_file.exists() and not _same_image(image_file, image):
+    if image_file.exists() and not _replaceable(image_file, image):
         # the UIDs come from (collection, case id) alone: cameras restart IMG_0001, and two CSVs named cases.csv
         # share a collection name; written over, the earlier case is lost and its UIDs name other pixels in a PACS
         raise ValueError(f"{folder} already holds case {case_id!r} of collection {collection!r} with another image "
                          f"({getattr(record, 'image_path', '?')} differs): not replaced. The study's UIDs come from the collection and "
                          "case id: give this batch another collection name or a case_id column, or remove the old study first")
-    image.save_as(image_file, enforce_file_format=True)
-    sr.save_as(sr_file, enforce_file_format=True)
+    for dataset, path in ((image, image_file), (sr, sr_file)):  # whole files or none: a run killed midway left cut-off ones
+        with atomic_path(path) as tmp:
+            dataset.save_as(tmp, enforce_file_format=True)
     return DicomizedCase(case_id, image_file, sr_file, uids, str(image.file_meta.TransferSyntaxUID), notices)
 
 
@@ -480,16 +482,18 @@ def _is_jpeg_file(path: Path) -> bool:
         return handle.read(3) == b"\xff\xd8\xff"  # SOI + the next marker's first byte
 
 
-def _same_image(path: Path, image: Dataset) -> bool:
-    """Whether the DICOM image at ``path`` holds ``image``'s picture: the same pixel data, or the same picture in
-    another compression (decoded, a mean difference under 4 grey levels of 255)."""
+def _replaceable(path: Path, image: Dataset) -> bool:
+    """Whether the DICOM image at ``path`` may be written over with ``image``: it holds the same picture (the same pixel
+    data, or the same picture in another compression: decoded, a mean difference under 4 grey levels of 255), or it
+    cannot be read at all (a file an earlier version's killed run left cut off: no other case's image)."""
     try:
         old = pydicom.dcmread(path)
         if old.get("PixelData") == image.get("PixelData"):
             return True
-        a, b = np.asarray(old.pixel_array, dtype=np.int16), np.asarray(image.pixel_array, dtype=np.int16)
-    except Exception:  # noqa: BLE001 (an unreadable file there: not this image)
-        return False
+        a = np.asarray(old.pixel_array, dtype=np.int16)
+    except Exception:  # noqa: BLE001 (unreadable, or its pixels are: nothing of another case to keep)
+        return True
+    b = np.asarray(image.pixel_array, dtype=np.int16)
     return a.shape == b.shape and float(np.abs(a - b).mean()) < 4.0
 
 

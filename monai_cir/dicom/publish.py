@@ -216,6 +216,9 @@ def stow_rs(
     from dicomweb_client.api import DICOMwebClient
 
     client = DICOMwebClient(url=url, headers=headers, timeout=timeout)
+    # one attempt, bounded by ``timeout``: dicomweb-client's default (5 attempts, and a retry on every exception, a
+    # timeout included) held the app 3 minutes on a hung node; the service retries a failed return itself (retry_s)
+    client.set_http_retry_params(retry=False)
     datasets = [_as_file(ds) for ds in _datasets(items)]
     response = client.store_instances(datasets)
     # an instance is stored when the answer lists it (Referenced SOP Sequence, PS3.18 10.5.3): an answer that lists
