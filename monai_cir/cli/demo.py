@@ -24,8 +24,9 @@ from pathlib import Path
 __all__ = ["DEMO_QUERY_ID", "add_parser", "run"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# what the demo's output folder holds (the app's files and its log): a folder holding anything else is not replaced
-DEMO_OUTPUT_NAMES = {"app.log", "results.json", "problems.json", "published.json", "similar_cases.json"}
+# what the demo's output folder holds (its log of the app, the app's results.json and problems.json, a folder per
+# query): a folder holding anything else is not replaced
+DEMO_OUTPUT_NAMES = {"app.log", "results.json", "problems.json"}
 # the held-out query: a histopathology-confirmed melanoma of ISIC UDA-1 (female, about 60)
 DEMO_QUERY_ID = "ISIC_0000002"
 STAMP = "demo-library.json"

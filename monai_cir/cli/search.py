@@ -148,10 +148,9 @@ def run(args: argparse.Namespace) -> int:
                     "since it was indexed, and the explanation shows it as it is now; restore the file, or remove the case from the "
                     "index (monai-cir index remove) and add it again") if changed else None
     # the query's own case among the shown cases, or only among the evidence summary's votes (as the deploy app says it)
-    own = _own_case(args.image, hits) or (_own_case(args.image, pool) if summary is not None else None)
-    own_notice = retrieval.own_case_notice(own, shown, "the same image file", summarized=summary is not None)
-    if own is not None and not any(h.case_id == own.case_id for h in hits):
-        own = None  # the JSON's own_case names a shown case
+    own = _own_case(args.image, hits)  # the JSON's own_case names a shown case
+    in_pool = own or (_own_case(args.image, pool) if summary is not None else None)
+    own_notice = retrieval.own_case_notice(in_pool, shown, "the same image file", summarized=summary is not None)
     # the notes in the app's order (results.json's notices): the image, the text, the site, the order, the query's own case, the differential, the
     # evidence, what the image alone finds
     notes = [image_notice, *shown.text_notices, notice, shown.notice, shown.unlike_notice, own_notice, opened["notice"] if opened is not None else None,

@@ -815,12 +815,12 @@ def _link_predecessors(result: Any, out: Path, outputs: list[Path], returned: di
         path = out / str(rel) if rel else None
         if not sop or path is None or path not in outputs:
             continue
-        try:
-            ds = pydicom.dcmread(path)
+        earlier = returned.get(sop)
+        try:  # its UIDs only (no content tree parsed), unless it is rewritten
+            ds = pydicom.dcmread(path, specific_tags=None if earlier else ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"])
         except Exception as err:  # noqa: BLE001 (the answer goes back all the same, unlinked)
             logger.warning("%s: the answer's SR could not be read to link the one it replaces: %s", path, _one_line(err))
             continue
-        earlier = returned.get(sop)
         if earlier and earlier.get("sop") != str(ds.SOPInstanceUID):
             instance = Dataset()
             instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = earlier["class"], earlier["sop"]
