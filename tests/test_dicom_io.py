@@ -1331,6 +1331,24 @@ def test_dicomize_says_a_jpeg_source_was_lossy_whatever_its_file_name(tmp_path):
         assert ds.LossyImageCompression == ("00" if fmt == "PNG" else "01"), name
         if fmt == "JPEG":
             assert ds.LossyImageCompressionMethod == "ISO_10918_1"
+            assert float(ds.LossyImageCompressionRatio) > 2  # the source's own ratio, not "1"
+
+
+def test_dicomize_says_a_lossy_webp_or_jpeg_tiff_source_was_lossy(tmp_path):
+    """Found by review: only a JPEG source set Lossy Image Compression 01; a lossy WebP (a phone's or a web export) or a
+    TIFF holding JPEG strips, stored uncompressed, claimed 00 (never lossy-compressed). A lossless WebP or TIFF stays 00."""
+    source = Image.fromarray(synthetic_image(seed=5))
+    cases = {
+        "lossy.webp": ({"format": "WEBP", "quality": 80}, "01", None),
+        "lossless.webp": ({"format": "WEBP", "lossless": True}, "00", None),
+        "jpeg.tif": ({"format": "TIFF", "compression": "jpeg"}, "01", "ISO_10918_1"),
+        "lzw.tif": ({"format": "TIFF", "compression": "tiff_lzw"}, "00", None),
+    }
+    for name, (options, flag, method) in cases.items():
+        source.save(tmp_path / name, **options)
+        ds = dermoscopy_image_dataset(tmp_path / name, uids=case_uids("synthetic", name), compression="jpeg")
+        assert ds.LossyImageCompression == flag, name
+        assert ds.get("LossyImageCompressionMethod") == method, name
 
 
 def test_dicomize_writes_whole_files_and_writes_over_a_cut_off_one(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -303,10 +304,12 @@ def dermoscopy_image_dataset(
         assert pixels is not None
         ds.PhotometricInterpretation = "RGB"
         ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-        if image_path is not None and _is_jpeg_file(Path(image_path)):
-            ds.LossyImageCompression = "01"  # decoded from a lossy source
-            ds.LossyImageCompressionMethod = "ISO_10918_1"
-            ds.LossyImageCompressionRatio = "1"
+        lossy_method = _lossy_source(Path(image_path)) if image_path is not None else None
+        if lossy_method is not None:  # decoded from a lossy source: the pixels went through it once
+            ds.LossyImageCompression = "01"
+            if lossy_method:  # a DICOM defined term; WebP has none (the attribute is optional, so it is left out)
+                ds.LossyImageCompressionMethod = lossy_method
+            ds.LossyImageCompressionRatio = f"{ds.Rows * ds.Columns * 3 / max(Path(image_path).stat().st_size, 1):.4f}"[:16]
         else:
             ds.LossyImageCompression = "00"
         ds.PixelData = np.ascontiguousarray(pixels).tobytes()
@@ -475,11 +478,46 @@ def dicomize_record(record: Any, out_dir: str | Path, compression: str = "jpeg",
     return DicomizedCase(case_id, image_file, sr_file, uids, str(image.file_meta.TransferSyntaxUID), notices)
 
 
-def _is_jpeg_file(path: Path) -> bool:
-    """Whether an image file holds a JPEG stream, whatever its name (.jfif, no extension, a progressive JPEG): its
-    pixels went through lossy compression once, which Lossy Image Compression must say."""
+def _lossy_source(path: Path) -> str | None:
+    """How an image file's pixels were lossy-compressed, whatever its name: the Lossy Image Compression Method term
+    (``"ISO_10918_1"`` a JPEG, ``"ISO_15444_1"`` a JPEG 2000, ``""`` a lossy WebP, which has no DICOM term), or ``None``
+    for a lossless file (PNG, BMP, TIFF without JPEG, a lossless WebP). Lossy Image Compression must say 01 for the first
+    kind even when the decoded pixels are stored uncompressed. A JPEG 2000 counts as lossy: its reversible mode cannot be
+    told from a truncated code stream without decoding it, and 01 of a lossless one is the safe error."""
     with open(path, "rb") as handle:
-        return handle.read(3) == b"\xff\xd8\xff"  # SOI + the next marker's first byte
+        head = handle.read(4096)
+    if head[:3] == b"\xff\xd8\xff":  # SOI + the next marker's first byte
+        return "ISO_10918_1"
+    if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":  # JP2 box / J2K code stream
+        return "ISO_15444_1"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "" if _webp_is_lossy(path) else None
+    if head[:4] in (b"II*\x00", b"MM\x00*"):  # TIFF: lossy when its strips or tiles hold JPEG
+        try:
+            with Image.open(path) as img:
+                compression = str(img.info.get("compression", ""))
+        except Exception:  # noqa: BLE001 (read_rgb names an unreadable file; here it is simply not known lossy)
+            return None
+        if "jpeg" in compression:
+            return "ISO_10918_1"
+        return "" if compression == "webp" else None
+    return None
+
+
+def _webp_is_lossy(path: Path) -> bool:
+    """Whether a WebP file holds a lossy (VP8) bitstream: its chunks, past the RIFF header, name VP8 (lossy) or VP8L
+    (lossless); an extended file (VP8X) names either later, after optional ICC / animation chunks."""
+    data = path.read_bytes()
+    offset = 12
+    while offset + 8 <= len(data):
+        fourcc, size = data[offset:offset + 4], int.from_bytes(data[offset + 4:offset + 8], "little")
+        if fourcc == b"VP8 ":
+            return True
+        if fourcc == b"ANMF":  # an animation frame nests its bitstream chunk after a 16-byte frame header
+            if data[offset + 24:offset + 28] == b"VP8 ":
+                return True
+        offset += 8 + size + (size & 1)  # chunks are padded to an even size
+    return False
 
 
 def _replaceable(path: Path, image: Dataset) -> bool:
