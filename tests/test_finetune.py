@@ -143,6 +143,78 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
     assert not marker.exists(), "the checkpoint's code ran while loading"
 
 
+class _RunsShellOnLoad:
+    """Unpickling this calls ``os.system``: the payload hostile files carry (torch names its module "blocked")."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_checkpoint_calling_os_system_is_refused_as_such(tmp_path):
+    """Found by review: torch words a refused os / posix global "unsupported GLOBAL posix.system whose module posix is
+    blocked", which the check for "Unsupported global" missed: the usual os.system payload was called merely unreadable."""
+    path = save_checkpoint(make_tiny_net(), tmp_path / "head.pt")
+    payload = read_checkpoint(path)
+    payload["extra"] = {"note": _RunsShellOnLoad()}
+    torch.save(payload, tmp_path / "hostile.pt")
+    with pytest.raises(ValueError, match="refused to load .*hostile.pt: it holds Python objects"):
+        read_checkpoint(tmp_path / "hostile.pt")
+
+
+def test_a_fine_tuned_checkpoint_cannot_make_transformers_run_a_model_folders_code(tmp_path):
+    """Found by review: a monai-cir-net/1 checkpoint passes weights_only with plain strings, and its text_architecture
+    went to AutoConfig.from_pretrained as keyword arguments: trust_remote_code=True there, with text_model naming a folder
+    holding a configuration_*.py (auto_map), made transformers import (run) that file. Only sizes are accepted, and the
+    text encoder never trusts a folder's code."""
+    import json
+    import shutil
+
+    from monai_cir.networks.text_encoder import offline_minilm_path
+
+    folder = tmp_path / "text_model"
+    shutil.copytree(offline_minilm_path(), folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    marker = tmp_path / "code-ran"
+    (folder / "configuration_hostile.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import BertConfig\nclass HostileConfig(BertConfig):\n    model_type = 'bert'\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_hostile.HostileConfig"}
+    (folder / "config.json").write_text(json.dumps(config))
+    payload = read_checkpoint(save_checkpoint(make_tiny_net(), tmp_path / "head.pt"))
+    payload.update(format="monai-cir-net/1", encoders={"image": {}, "text": {}})
+    payload["config"] = {**payload["config"], "text_model": str(folder)}
+    for architecture, refusal in (({"trust_remote_code": True}, "text architecture key 'trust_remote_code'"),
+                                  ({"hidden_size": "768"}, "text architecture hidden_size must be a positive integer")):
+        payload["text_architecture"] = architecture
+        torch.save(payload, tmp_path / "crafted.pt")
+        with pytest.raises(ValueError, match=f"crafted.pt is not a valid monai-cir checkpoint: {refusal}"):
+            load_model(tmp_path / "crafted.pt")
+        assert not marker.exists(), "the model folder's code ran while loading the checkpoint"
+    from monai_cir.networks.text_encoder import TextEncoder  # the folder itself, named by a config: its code never runs
+
+    try:
+        TextEncoder(str(folder), pretrained=False)
+    except ValueError:  # transformers may refuse the folder's auto_map outright, or read it as the BERT it declares
+        pass
+    assert not marker.exists(), "transformers ran the model folder's code"
+
+
+def test_a_checkpoint_of_the_wrong_shape_is_refused_in_one_line_naming_the_field(tmp_path):
+    """Found by review: files that pass weights_only but lack a field or hold the wrong type stopped the CLI with a
+    KeyError / TypeError traceback, or a bare "invalid literal for int()" naming no file."""
+    payload = read_checkpoint(save_checkpoint(make_tiny_net(), tmp_path / "head.pt"))
+    damaged = {
+        "'config' is missing": {k: v for k, v in payload.items() if k != "config"},
+        "'extra' is not a mapping": {**payload, "extra": ["a", "b"]},
+        "config 'image_size' must be a positive integer, got 'big'": {**payload, "config": {**payload["config"], "image_size": "big"}},
+        "'head' is missing or not a mapping of tensors": {**payload, "head": {"w": "text"}},
+    }
+    for words, bad in damaged.items():
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=f"bad.pt is not a valid monai-cir checkpoint: {words}"):
+            load_model(tmp_path / "bad.pt")
+
+
 def test_a_file_that_is_no_checkpoint_is_refused_without_advice_to_load_it_unsafely(tmp_path):
     """A TorchScript export passed as --model (the bundle ships model.ts beside model.pt), or any other file: the
     message says what to pass instead; it never relays torch's advice to retry with weights_only=False (which would

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..atomic import torch_save_atomic
+from .text_encoder import ARCHITECTURE_KEYS, architecture_overrides
 from .composed_retrieval import (
     DEFAULT_PRESET,
     ComposedRetrievalNet,
@@ -51,7 +52,7 @@ def encoder_fingerprint(net: ComposedRetrievalNet) -> str:
 HEAD_FORMAT = "monai-cir-head/1"
 NET_FORMAT = "monai-cir-net/1"
 # The text architecture a whole-network checkpoint rebuilds (random init, then its own weights).
-TEXT_ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size")
+TEXT_ARCHITECTURE_KEYS = ARCHITECTURE_KEYS
 
 
 def save_checkpoint(net: ComposedRetrievalNet, path: str | Path, include_encoders: bool | None = None, **extra: Any) -> Path:
@@ -104,7 +105,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):  # not a pickle of objects at all (truncated, another format)
+        # torch names a refused object "Unsupported global: ..." or, for os / sys / posix (os.system, the usual payload),
+        # "unsupported GLOBAL posix.system whose module posix is blocked"
+        if "unsupported global" not in str(err).lower():  # not a pickle of objects at all (truncated, another format)
             raise ValueError(f"{path} is not a readable monai-cir checkpoint ({_torch_reason(err)}): pass a model.pt written by "
                              "monai-cir (the bundle's models/model.pt, or one `monai-cir train` wrote)") from err
         raise ValueError(
@@ -117,7 +120,42 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                          "monai-cir (the bundle's models/model.pt, or one `monai-cir train` wrote)") from err
     if not isinstance(payload, dict) or payload.get("format") not in (HEAD_FORMAT, NET_FORMAT):
         raise ValueError(f"{path} is not a monai-cir checkpoint (format {HEAD_FORMAT!r} or {NET_FORMAT!r})")
+    problem = _payload_problem(payload)
+    if problem is not None:
+        raise ValueError(f"{path} is not a valid monai-cir checkpoint: {problem} (a damaged or hand-made file: pass a "
+                         "model.pt written by monai-cir)")
     return payload
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint payload's structure (None: nothing), so that a damaged or crafted file is refused
+    in one line naming the field, not with a KeyError or TypeError deep in building the network."""
+    config = payload.get("config")
+    if not isinstance(config, dict):
+        return "'config' is missing or not a mapping"
+    for key in ("image_model", "text_model"):
+        if not isinstance(config.get(key), str) or not config[key]:
+            return f"config {key!r} is missing or not a name"
+    if "image_size" in config:
+        size = config["image_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            return f"config 'image_size' must be a positive integer, got {size!r}"
+    if not isinstance(payload.get("encoder_fingerprint"), str):
+        return "'encoder_fingerprint' is missing or not a string"
+    head = payload.get("head")
+    if not isinstance(head, dict) or not all(isinstance(v, torch.Tensor) for v in head.values()):
+        return "'head' is missing or not a mapping of tensors"
+    if not isinstance(payload.get("extra") or {}, dict):
+        return "'extra' is not a mapping"
+    if payload["format"] == NET_FORMAT:
+        encoders = payload.get("encoders")
+        if not isinstance(encoders, dict) or not all(isinstance(encoders.get(k), dict) for k in ("image", "text")):
+            return "'encoders' must map 'image' and 'text' to their weights"
+        try:
+            architecture_overrides(payload.get("text_architecture"))
+        except ValueError as err:
+            return str(err)
+    return None
 
 
 def _is_torchscript_archive(path: Path) -> bool:

@@ -77,6 +77,28 @@ class TokenEncoder(nn.Module):
         return self.hidden_states(batch), batch["attention_mask"].bool()
 
 
+# the architecture sizes a fine-tuned checkpoint records for its text encoder (monai_cir.networks.checkpoint), and the
+# only config_overrides accepted: any other key (e.g. trust_remote_code, auto_map) is a setting, not a size
+ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size")
+
+
+def architecture_overrides(overrides: dict | None) -> dict[str, int]:
+    """``overrides`` checked: only :data:`ARCHITECTURE_KEYS`, each a positive int. A checkpoint's recorded architecture
+    goes to transformers' ``AutoConfig.from_pretrained`` as keyword arguments, where other keys are settings (one crafted
+    with ``trust_remote_code`` made transformers import a model folder's Python file): refused with the key named."""
+    if not overrides:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"text architecture must be a mapping of sizes, got {type(overrides).__name__}")
+    for key, value in overrides.items():
+        if key not in ARCHITECTURE_KEYS:
+            raise ValueError(f"text architecture key {key!r} is not a size the text encoder takes (expected some of {', '.join(ARCHITECTURE_KEYS)})")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"text architecture {key} must be a positive integer, got {value!r}")
+    return dict(overrides)
+
+
 class TextEncoder(TokenEncoder):
     """Token embeddings and attention mask of a transformers encoder.
 
@@ -103,13 +125,15 @@ class TextEncoder(TokenEncoder):
 
         path = str(offline_minilm_path()) if name_or_path == "offline-minilm" else name_or_path
         local = Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1"
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        overrides = architecture_overrides(config_overrides)
+        # trust_remote_code=False: a model folder or hub id (a checkpoint names one) never runs code of its own
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local, trust_remote_code=False)
         if pretrained:
-            if config_overrides:
+            if overrides:
                 raise ValueError("config_overrides change the architecture: use them with pretrained=False")
             self.model = _load_pretrained(AutoModel, path, local)
         else:
-            config = AutoConfig.from_pretrained(path, local_files_only=local, **(config_overrides or {}))
+            config = AutoConfig.from_pretrained(path, local_files_only=local, trust_remote_code=False, **overrides)
             self.model = AutoModel.from_config(config)
         self.name_or_path = name_or_path
         model_limit = int(getattr(self.model.config, "max_position_embeddings", 512))
@@ -128,11 +152,11 @@ def _load_pretrained(auto_class: Any, path: str, local: bool) -> Any:
     from transformers.utils import logging as hf_logging
 
     if not Path(path).is_dir():
-        return auto_class.from_pretrained(path, local_files_only=local)
+        return auto_class.from_pretrained(path, local_files_only=local, trust_remote_code=False)
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return auto_class.from_pretrained(path, local_files_only=local)
+        return auto_class.from_pretrained(path, local_files_only=local, trust_remote_code=False)
     finally:
         if shown:
             hf_logging.enable_progress_bar()
