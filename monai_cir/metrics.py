@@ -139,12 +139,15 @@ def summarize_folds(values: Sequence[float], scale: float = 1.0, ndigits: int | 
 
 
 def leave_one_out_metrics(
-    similarity: ArrayLike, labels: ArrayLike, ks: Sequence[int] = (1, 2, 4), precision_ks: Sequence[int] = (5,)
+    similarity: ArrayLike, labels: ArrayLike, ks: Sequence[int] = (1, 2, 4), precision_ks: Sequence[int] = (5,),
+    exclude: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Eqs. 10-14 where each item of one collection queries all the others (N, N) -> metrics.
 
     The diagonal (the query itself) is removed from each row before ranking; the rest is exactly
     :func:`retrieval_metrics` (same tie-breaking: stable descending sort, database order on ties).
+    ``exclude``: an (N, N) bool mask of other items a query must not find either (its copies: the same image file
+    twice in a collection finds itself at rank 1); they rank last and count as not relevant, as if absent.
     Fractions in [0, 1]; ``ranking`` holds indices into the full collection."""
     s = _as_numpy(similarity, np.float64)
     y = _as_numpy(labels).reshape(-1)
@@ -156,7 +159,16 @@ def leave_one_out_metrics(
     off = ~np.eye(n, dtype=bool)
     s_off = s[off].reshape(n, n - 1)
     idx_off = np.broadcast_to(np.arange(n), (n, n))[off].reshape(n, n - 1)
+    hidden = None
+    if exclude is not None:
+        mask = _as_numpy(exclude).astype(bool)
+        if mask.shape != (n, n):
+            raise ValueError(f"exclude must be an (N, N) mask for N={n}, got {mask.shape}")
+        hidden = mask[off].reshape(n, n - 1)
+        s_off = np.where(hidden, np.nanmin(s_off) - 1.0, s_off)  # below every score (rank_database refuses inf)
     order = rank_database(s_off)
     ranking = np.take_along_axis(idx_off, order, axis=1)
     relevance = y[ranking] == y[:, None]
+    if hidden is not None:
+        relevance &= ~np.take_along_axis(hidden, order, axis=1)
     return _ranked_metrics(relevance, ranking, ks, precision_ks)

@@ -121,6 +121,9 @@ def test_cli_writes_json_and_table(tiny_caches, tmp_path, monkeypatch):
     assert code == 0
     payload = json.loads(out.read_text())
     assert {"commit", "config", "wall_time_s", "machine", "methods", "cross_site"} <= set(payload)
+    # found by review: the file recorded no command (every derm7pt_cv*.json); it is the one that reruns it
+    assert payload["command"].startswith("monai-cir evaluate --methods imagenet_cosine frozen_multilevel_cosine --folds 0 1")
+    assert payload["methods"]["imagenet_cosine"]["runs"][0]["command"] == payload["command"]
     entry = payload["methods"]["imagenet_cosine"]
     assert set(METRIC_KEYS) <= set(entry) and len(entry["acc@1"]["folds"]) == 2
     site = payload["cross_site"]["isic-uda1"]
@@ -693,3 +696,48 @@ def test_figures_colour_each_class_as_the_report_does():
 
     assert [_class_colour(i) for i in range(3)] == [CLASS_COLOURS[n] for n in ("melanoma", "nevus", "benign keratosis")]
     assert _class_colour(7) == OTHER_CLASS_COLOUR
+
+
+def test_cross_site_leave_one_out_does_not_rank_a_query_against_its_own_copy(tmp_path):
+    """Found by review: ISIC UDA-1 holds two byte-identical pairs (ISIC_0000279 / 280, 477 / 512); in leave-one-out
+    each found its copy at rank 1. Copies are found by their bytes and neither ranked nor counted for each other."""
+    from types import SimpleNamespace as NS
+
+    from monai_cir.evaluation.protocol import copies_of_one_image
+    from monai_cir.metrics import leave_one_out_metrics
+
+    for name, content in (("a", b"one"), ("b", b"one"), ("c", b"two"), ("d", b"three")):
+        (tmp_path / name).write_bytes(content)
+    records = [NS(case_id=n.upper(), image_path=tmp_path / n) for n in "abcd"]
+    mask, groups = copies_of_one_image(records)
+    assert groups == [["A", "B"]] and mask[0, 1] and mask[1, 0] and mask.sum() == 2
+    similarity = np.array([[1, .99, .5, .1], [.99, 1, .1, .5], [.5, .1, 1, .2], [.1, .5, .2, 1]])
+    labels = np.array([0, 0, 1, 0])
+    plain = leave_one_out_metrics(similarity, labels)
+    fair = leave_one_out_metrics(similarity, labels, exclude=mask)
+    assert plain["hits"][1][:2].all()  # each copy finds the other
+    assert not fair["hits"][1][0] and fair["hits"][1][1]  # A's next is C (other class); B's next is D (same class)
+    assert fair["ranking"][0][-1] == 1 and fair["num_relevant"][0] == 1  # the copy ranks last and is not relevant
+
+
+def test_cross_site_text_forms_say_which_texts_name_no_finding(tiny_caches, tiny_net, monkeypatch):
+    """Found by review: ISIC UDA-1's texts name no finding, so its partial texts are its template texts, findings_only
+    is empty, and a findings-gated method's every cell is its image-only query: the table showed them as evidence that
+    text never hurts there. The cross-site block says how many texts name a finding and which forms are the same texts,
+    and a merged run keeps it (the merge kept only the first run's methods and skipped)."""
+    from monai_cir.data import feature_cache
+    from monai_cir.evaluation.protocol import merge_results
+    from monai_cir.evaluation.report import text_forms_table
+
+    monkeypatch.setattr(feature_cache, "build_feature_cache", lambda collection, *a, **k: tiny_caches[collection])
+    runs = [evaluate(["imagenet_cosine"], image_size=64, folds=(fold,), cross_site="isic-uda1", cache=tiny_caches["derm7pt"], net=tiny_net,
+                     progress=False, text_forms=["template", "partial", "empty", "findings_only"]) for fold in (0, 1)]
+    first = {**runs[0], "cross_site": {"isic-uda1": {k: v for k, v in runs[0]["cross_site"]["isic-uda1"].items() if k != "text_forms_texts"}}}
+    merged = merge_results(first, runs[1])  # a file written before the block existed, merged with a run that has it
+    block = merged["cross_site"]["isic-uda1"]
+    texts = block["text_forms_texts"]
+    assert texts["partial"]["same_texts_as"] == "template" and texts["findings_only"]["same_texts_as"] == "empty"
+    assert texts["template"]["same_texts_as"] is None and all(t["naming_a_finding"] == 0 for t in texts.values())
+    assert "copies_not_ranked" in block
+    table = text_forms_table(merged)
+    assert "partial 0 of 16 (the same texts as template)" in table and "No isic-uda1 text names a finding" in table

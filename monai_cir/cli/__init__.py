@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 from typing import Sequence
 
@@ -39,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
+    args.command_line = shlex.join(["monai-cir", *given])  # what a results file records as the command that reruns it
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         from ..config import quiet_chatty_loggers

@@ -141,10 +141,12 @@ def run(args: argparse.Namespace) -> int:
         now = time.perf_counter()
         for entry in part["methods"].values():
             entry["runs"] = [{"run": run_id, "folds": entry["held_out_folds"], "commit": commit.get("sha"), "dirty": commit.get("dirty"),
+                              "command": getattr(args, "command_line", None),
                               "machine": run_machine, "wall_time_s": round(float(entry.get("seconds", 0.0)), 1)}]
         payload = {
             "benchmark": f"{part['config']['collection']} 5-fold cross-validation (monai-cir evaluate)",
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": getattr(args, "command_line", None),
             "commit": commit,
             "config": part["config"],
             "wall_time_s": round(now - last_write, 1),
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             else:  # a new file holds the folds done, not the folds asked for
                 previous = {**payload, "methods": {}, "cross_site": {}, "train_log": [], "text_forms": {}, "wall_time_s": 0.0}
             merged = merge_results(previous, payload)
-            payload = {**merged, "created": payload["created"], "machine": payload["machine"], "commit": merged_commit(merged, commit),
+            payload = {**merged, "created": payload["created"], "command": payload["command"], "machine": payload["machine"], "commit": merged_commit(merged, commit),
                        "wall_time_s": round(float(previous.get("wall_time_s", 0.0)) + payload["wall_time_s"], 1)}
             atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
             table = results_table(payload) + ("\n" + text_forms_table(payload) if payload.get("text_forms") else "")

@@ -345,9 +345,10 @@ def evaluate(
     if cross_site:
         results["cross_site"][cross_site] = evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state)
         if forms:
-            results["text_forms"][cross_site] = {
-                form: evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state, text_form=form)["methods"] for form in forms
-            }
+            blocks = {form: evaluate_cross_site(selected, cross_site, cache, config, seed, root=root, progress=progress, state=state, text_form=form)
+                      for form in forms}
+            results["text_forms"][cross_site] = {form: block["methods"] for form, block in blocks.items()}
+            results["cross_site"][cross_site]["text_forms_texts"] = text_forms_texts({form: block["query_texts"] for form, block in blocks.items()})
     results["train_log"] = state.train_log
     if keep_rankings:
         results["_rankings"] = rankings
@@ -373,7 +374,13 @@ def evaluate_cross_site(
     state = state if state is not None else RunState()
     target = build_feature_cache(collection, source.image_size, net=state.net, root=root, progress=progress)
     query_target = text_form_cache(target, text_form, seed, state.net)
-    out: dict[str, Any] = {"protocol": "leave-one-out: each image queries the other N-1; relevant = same diagnosis", "n": len(target), "methods": {}, "skipped": []}
+    query_texts = [r.text for r in query_target.records]
+    from ..data.report import read_findings
+    copies, copy_groups = copies_of_one_image(target.records)
+    out: dict[str, Any] = {"protocol": "leave-one-out: each image queries the other N-1 but its byte-identical copies; relevant = same diagnosis",
+                           "n": len(target), "copies_not_ranked": copy_groups, "methods": {}, "skipped": [],
+                           "query_texts": {"form": text_form, "naming_a_finding": sum(1 for t in query_texts if read_findings(t)),
+                                           "digest": _texts_digest(query_texts)}}
     for method in methods:
         if method.cross_site is None:
             out["skipped"].append(method.name)
@@ -387,9 +394,48 @@ def evaluate_cross_site(
             if emb.ndim != 2 or emb.shape[0] != len(target):
                 raise ValueError(f"method {method.name!r}: cross-site embeddings have shape {tuple(emb.shape)}, expected ({len(target)}, D)")
             s = emb @ emb.T
-        m = leave_one_out_metrics(s, target.labels.numpy())
+        m = leave_one_out_metrics(s, target.labels.numpy(), exclude=copies)
         out["methods"][method.name] = {"label": method.label, **_percent(m), "seconds": round(time.perf_counter() - start, 2)}
     return out
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+
+
+def text_forms_texts(by_form: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per text form of a cross-site collection: how many query texts name a 7-point finding, and the earlier form whose
+    texts are the very same (None: its own). A collection whose texts name no finding (ISIC UDA-1: age, sex and site)
+    renders ``partial`` as ``template`` and ``findings_only`` as ``empty``, and a findings-gated query is its image-only
+    query in every form: its text-form rows show that, not that text helps or hurts there."""
+    out: dict[str, dict[str, Any]] = {}
+    seen: dict[str, str] = {}
+    for form, summary in by_form.items():
+        out[form] = {"naming_a_finding": summary["naming_a_finding"], "same_texts_as": seen.get(summary["digest"])}
+        seen.setdefault(summary["digest"], form)
+    return out
+
+
+def copies_of_one_image(records: Sequence[Any]) -> tuple[np.ndarray, list[list[str]]]:
+    """The (N, N) mask of records whose image files are byte-identical (the diagonal excluded), and their case ids by
+    group: ISIC UDA-1 holds two such pairs (ISIC_0000279 / 280, ISIC_0000477 / 512), each of which found its copy at
+    rank 1 in leave-one-out."""
+    from ..data.feature_cache import _file_digest
+
+    digests = [_file_digest(r.image_path) for r in records]
+    groups: dict[str, list[int]] = {}
+    for i, digest in enumerate(digests):
+        groups.setdefault(digest, []).append(i)
+    mask = np.zeros((len(records), len(records)), dtype=bool)
+    named = []
+    for members in groups.values():
+        if len(members) > 1:
+            mask[np.ix_(members, members)] = True
+            named.append([records[i].case_id for i in members])
+    np.fill_diagonal(mask, False)
+    return mask, named
 
 
 def _fold_values(entry: dict[str, Any], folds: Sequence[int]) -> dict[int, dict[str, float]]:
@@ -485,7 +531,8 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         if base is None:
             merged["cross_site"][collection] = block
         else:
-            merged["cross_site"][collection] = {**base, "methods": {**base["methods"], **block["methods"]},
+            extras = {k: v for k, v in block.items() if k not in ("methods", "skipped")}  # the latest run's protocol, copies, texts
+            merged["cross_site"][collection] = {**base, **extras, "methods": {**base["methods"], **block["methods"]},
                                                 "skipped": sorted(set(base.get("skipped", [])) - set(block["methods"]) | set(block.get("skipped", [])))}
     forms = {collection: {form: dict(by_method) for form, by_method in by_form.items()} for collection, by_form in previous.get("text_forms", {}).items()}
     for collection, by_form in new.get("text_forms", {}).items():

@@ -92,6 +92,14 @@ def text_forms_table(results: dict[str, Any]) -> str:
                 entry = by_form[form].get(name)
                 cells.append("–" if entry is None else f"{_mean(entry['acc@1']):.1f} / {_mean(entry['map']):.1f}")
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+        texts = (results.get("cross_site", {}).get(collection) or {}).get("text_forms_texts") if collection != cross_validated else None
+        if texts:
+            n = results["cross_site"][collection].get("n", "?")
+            said = [f"{form} {t['naming_a_finding']} of {n}" + (f" (the same texts as {t['same_texts_as']})" if t.get("same_texts_as") else "")
+                    for form, t in texts.items()]
+            lines += ["", "Query texts naming a 7-point finding: " + "; ".join(said) + "."]
+            if not any(t["naming_a_finding"] for t in texts.values()):
+                lines.append(f"No {collection} text names a finding: a findings-gated method's rows are its image-only query in every form.")
         lines.append("")
     return "\n".join(lines)
 
