@@ -700,6 +700,9 @@ def dicomweb_library(
     import pydicom
     from dicomweb_client.api import DICOMwebClient
 
+    from .atomic import atomic_path
+    from .dicom.codes import is_dicom_uid
+
     url = url.rstrip("/")
     client = DICOMwebClient(url=url, headers=dict(headers or {}))
     filters = {str(k): str(v) for k, v in (filters or {}).items()}
@@ -713,7 +716,12 @@ def dicomweb_library(
         raise ValueError(f"QIDO-RS search of {url} failed ({type(err).__name__}: {err}); check the URL and --filter") from err
     found = [pydicom.Dataset.from_json(s) for s in studies]
     found = [ds for ds in found if all(fnmatch.fnmatchcase(str(ds.get(k, "") or ""), pattern) for k, pattern in local.items())]
-    study_uids = [str(ds.StudyInstanceUID) for ds in found]
+    # a UID names a folder and a file below pull_to: one that is no DICOM UID ("../x", "/etc/x") would write elsewhere
+    bad = [str(ds.get("StudyInstanceUID", "")) for ds in found if not is_dicom_uid(str(ds.get("StudyInstanceUID", "")))]
+    if bad:
+        logger.warning("%s returned %d stud%s whose Study Instance UID is not a DICOM UID (%s): skipped", url, len(bad),
+                       "y" if len(bad) == 1 else "ies", ", ".join(repr(u[:70]) for u in bad[:3]))
+    study_uids = [str(ds.StudyInstanceUID) for ds in found if is_dicom_uid(str(ds.get("StudyInstanceUID", "")))]
     if limit is not None:
         study_uids = study_uids[:limit]
     if not study_uids:
@@ -723,7 +731,12 @@ def dicomweb_library(
         target = folder / study_uid
         target.mkdir(parents=True, exist_ok=True)
         for ds in client.retrieve_study(study_uid, media_types=(("application/dicom", "*"),)):
-            ds.save_as(target / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+            instance_uid = str(ds.get("SOPInstanceUID", ""))
+            if not is_dicom_uid(instance_uid):
+                logger.warning("study %s: an instance whose SOP Instance UID is not a DICOM UID (%r): skipped", study_uid, instance_uid[:70])
+                continue
+            with atomic_path(target / f"{instance_uid}.dcm") as tmp:  # whole files, and a link there is replaced, not followed
+                ds.save_as(tmp, enforce_file_format=True)
     queries, metadata = dicom_library(folder, name)
     # only the studies this search found: a pull folder kept from an earlier build also holds studies deleted from the PACS
     # since (consent withdrawn) or of another filter, which must not come back into the index

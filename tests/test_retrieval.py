@@ -432,3 +432,43 @@ def test_qido_paging_ends_when_the_server_ignores_offset(monkeypatch, caplog):
         found = retrieval._all_studies(ignoring, {"ModalitiesInStudy": "DMS"}, None)
     assert [s["0020000D"]["Value"][0] for s in found] == ["1.2.0", "1.2.1"] and ignoring.calls == 2
     assert "it ignores offset for this search" in caplog.text
+
+
+def test_a_dicomweb_pull_writes_only_below_its_folder_whatever_uids_the_server_sends(tmp_path, monkeypatch, caplog):
+    """Found by review: the pull wrote to folder / StudyInstanceUID / f"{SOPInstanceUID}.dcm" with the server's values
+    unchecked: "../outside" made a folder beside the pull folder, an absolute SOP Instance UID a file anywhere. Values
+    that are no DICOM UID are skipped with a warning."""
+    import dicomweb_client.api as api
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pull, escaped = tmp_path / "pull", tmp_path / "escaped"
+    good_study = generate_uid()
+
+    def instance(study: str, sop: str) -> Dataset:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPInstanceUID, ds.StudyInstanceUID = sop, study
+        return ds
+
+    class Server:
+        def __init__(self, url, headers=None):
+            pass
+
+        def search_for_studies(self, **kwargs):
+            if kwargs.get("offset", 0):
+                return []
+            return [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in ("../escaped", good_study)]
+
+        def retrieve_study(self, uid, media_types=None):
+            return [instance(uid, str(escaped / "file")), instance(uid, "../../escaped-file")]
+
+    monkeypatch.setattr(api, "DICOMwebClient", Server)
+    with pytest.raises(ValueError):  # nothing left to index
+        retrieval.dicomweb_library("http://pacs.example", pull_to=pull)
+    assert not escaped.exists() and not (tmp_path / "escaped-file.dcm").exists() and not list(tmp_path.glob("*.dcm"))
+    assert sorted(p.name for p in pull.iterdir()) == [good_study]
+    assert "is not a DICOM UID" in caplog.text

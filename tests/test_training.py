@@ -422,3 +422,22 @@ def test_train_cli_fine_tunes_with_an_option_and_an_overlay_alone_is_one_line(tm
     with pytest.raises(Stop):
         main(["train", "--finetune", "--out", str(tmp_path / "m.pt")])
     assert [Path(f).name for f in built[0]["config_file"]] == ["train.yaml", "finetune.yaml"]
+
+
+def test_train_options_never_reach_the_config_parser_as_code(tmp_path, monkeypatch):
+    """Found by review: the CSV's name became the cache_name override and MONAI's config parser ran a value starting
+    with "$" as Python (a CSV named "$__import__('pathlib').Path('x').write_text('ran').csv" wrote x); relative paths
+    given to --out / --log-dir / --data-root went in as written. Paths go in absolute, other such values are refused."""
+    from types import SimpleNamespace as NS
+
+    from monai_cir.cli import build_parser
+    from monai_cir.cli import train as train_cli
+
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    values = train_cli.overrides(parser.parse_args(["train", "--log-dir", "$HOME/logs", "--out", "@net/model.pt", "--data-root", "%x"]))
+    assert values["log_dir"] == str(tmp_path / "$HOME" / "logs") and values["checkpoint"] == str(tmp_path / "@net" / "model.pt")
+    assert values["dataset_dir"] == str(tmp_path / "%x")
+    hostile = [NS(collection="$__import__('os').system('true')")]
+    with pytest.raises(ValueError, match=r"the CSV's file name \(the collection's name\) .* starts with '\$', which the training config would read as code to run"):
+        train_cli.overrides(parser.parse_args(["train"]), hostile)

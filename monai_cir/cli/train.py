@@ -95,16 +95,24 @@ def overrides(args: argparse.Namespace, records: Sequence[Any] | None = None) ->
     fold = -1 if args.fold == "all" else int(args.fold)
     name = "model.pt" if fold < 0 else f"model_fold{fold}.pt"
     out = args.out or (OWN_DATA_DIR / records[0].collection / name if records else BUNDLE_DIR / "models" / name)
+    # paths go in absolute: MONAI's config parser reads a value that starts with "$" as Python to run, "@" as a
+    # reference and "%" as a macro (a relative path such as "$HOME/x" would run as code)
     values: dict[str, object] = {
-        "bundle_root": str(BUNDLE_DIR), "fold": fold, "seed": int(args.seed), "checkpoint": str(out), "log_dir": str(args.log_dir),
+        "bundle_root": str(BUNDLE_DIR), "fold": fold, "seed": int(args.seed), "checkpoint": str(Path(out).absolute()),
+        "log_dir": str(Path(args.log_dir).absolute()),
         "overwrite": bool(getattr(args, "overwrite", False)),
         # a tuple: the config parser keeps it as one value (a list it would parse item by item)
         "records": tuple(records) if records else None, "cache_name": records[0].collection if records else None,
-        "image_size": args.image_size, "max_epochs": args.epochs, "dataset_dir": str(args.data_root) if args.data_root else None,
+        "image_size": args.image_size, "max_epochs": args.epochs, "dataset_dir": str(Path(args.data_root).absolute()) if args.data_root else None,
         "network_def#beta": args.beta, "network_def#num_masks": args.num_masks, "network_def#levels": args.levels,
         "text_gate": args.text_gate, "full_text_findings": args.full_text_findings, "text_variants": args.text_variants,
         "late_fusion_share": args.late_fusion_share, "prior_strength": getattr(args, "prior_strength", None),
     }
+    for key, value in values.items():
+        if isinstance(value, str) and value[:1] in ("$", "@", "%"):
+            what = "the CSV's file name (the collection's name)" if key == "cache_name" else key
+            raise ValueError(f"{what} {value!r} starts with {value[0]!r}, which the training config would read as "
+                             f"{'code to run' if value[0] == '$' else 'a reference'}: rename it")
     return {k: v for k, v in values.items() if v is not None}
 
 
