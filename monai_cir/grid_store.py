@@ -111,14 +111,22 @@ class GridMapStore:
             return None
         try:
             header = json.loads((directory / _KEYS_FILE).read_text())
+            if not isinstance(header, dict):
+                raise ValueError(f"{_KEYS_FILE} holds a {type(header).__name__}, not the store's header")
             if header.get("format") != GRID_STORE_FORMAT:
                 raise ValueError(f"format {header.get('format')!r}, expected {GRID_STORE_FORMAT!r}")
             if header.get("fingerprint") != fingerprint:
                 logger.warning("grid maps in %s were written for another model: not used (rebuild the index to refresh them)", directory)
                 return None
+            shapes, keys = header["shapes"], header["keys"]
+            if not isinstance(shapes, list) or not all(isinstance(s, list) and len(s) == 3 and all(isinstance(v, int) and v > 0 for v in s) for s in shapes):
+                raise ValueError("its level shapes are not (channels, height, width) each")
             maps = np.load(directory / _MAPS_FILE, mmap_mode="r", allow_pickle=False)
-            return cls(header["fingerprint"], header["shapes"], [tuple(k) for k in header["keys"]], maps)
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            width = sum(c * h * w for c, h, w in shapes)
+            if maps.ndim != 2 or maps.shape != (len(keys), width):
+                raise ValueError(f"its maps are {maps.shape}, expected ({len(keys)}, {width}) for its keys and shapes")
+            return cls(header["fingerprint"], shapes, [tuple(k) for k in keys], maps)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             logger.warning("grid maps in %s are unreadable (%s): not used; the explanations compute them", directory, err)
             return None
 

@@ -392,7 +392,7 @@ def test_an_instance_uid_that_is_no_uid_never_names_a_folder_outside_its_place(t
     assert query_id_of(valid, 0) == "1.2.840.10008.99.1-f2"
 
 
-def test_feature_cache_refuses_a_file_that_runs_code(tmp_path, monkeypatch):
+def test_feature_cache_refuses_a_file_that_runs_code(tmp_path, monkeypatch, caplog):
     import torch
 
     from monai_cir.data import feature_cache
@@ -420,6 +420,8 @@ def test_feature_cache_refuses_a_file_that_runs_code(tmp_path, monkeypatch):
     torch.save({**payload, "build_seconds": RunsCode()}, evil)
     assert feature_cache._read_payload(evil, "f", 64) is None  # refused: rebuilt
     assert not marker.exists()
+    # found by review: the warning relayed torch's advice to load the file with weights_only=False (running its code)
+    assert "can still be loaded" not in caplog.text and "Unsupported global" in caplog.text  # what is wrong, not how to load it
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:
@@ -719,7 +721,13 @@ def app_run(tmp_path_factory, shared_data):
     held_out = dataclasses.replace(held_out, text=f"{held_out.text} Dermoscopy: atypical pigment network, irregular streaks.")
     for record in library_records:
         dicomize_record(record, root / "library")
+    # found by review: the checkpoint was copied through a link at MODELS/model.pt, over the file it points to
+    precious = root / "precious_release.pt"
+    precious.write_bytes(b"another model's bytes")
+    (root / "models").mkdir()
+    (root / "models" / "model.pt").symlink_to(precious)
     assert index_dicom_library(root / "library", root / "models") == LIBRARY_SIZE
+    assert precious.read_bytes() == b"another model's bytes" and not (root / "models" / "model.pt").is_symlink()
 
     inputs = root / "input"
     cases = {

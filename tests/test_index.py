@@ -733,3 +733,18 @@ def test_index_info_says_whether_search_is_exact_or_approximate(tmp_path, capsys
     assert main(["index", "info", str(tmp_path / "ix")]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("search:"))
     assert "approximate (more than 20 cases): IVF1,SQ8 trained on 60 cases (retrained past 240), 1 of its lists probed" in line, line
+
+
+def test_a_manifest_naming_a_file_outside_the_index_folder_is_refused(index, tmp_path):
+    """Found by review: the manifest's file names were joined to the folder as given, so "../x" or an absolute path made
+    load_index parse (and, with the manifest's own checksum, trust) a file elsewhere."""
+    index.save(tmp_path / "ix")
+    manifest_path = tmp_path / "ix" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    outside = tmp_path / "outside.faiss"
+    outside.write_bytes(_data_file(tmp_path / "ix", "vectors").read_bytes())
+    for name in ("../outside.faiss", str(outside)):
+        manifest["files"]["vectors"]["name"] = name
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(IndexIntegrityError, match="which is not a file of the index folder"):
+            load_index(tmp_path / "ix")

@@ -472,3 +472,22 @@ def test_a_dicomweb_pull_writes_only_below_its_folder_whatever_uids_the_server_s
     assert not escaped.exists() and not (tmp_path / "escaped-file.dcm").exists() and not list(tmp_path.glob("*.dcm"))
     assert sorted(p.name for p in pull.iterdir()) == [good_study]
     assert "is not a DICOM UID" in caplog.text
+
+
+def test_a_damaged_grid_map_store_costs_speed_only(tmp_path, caplog):
+    """Found by review: a keys.json holding a JSON list raised AttributeError out of GridMapStore.load, which the app
+    calls unguarded while loading its models (the app stopped); level shapes of two values loaded and failed later in
+    get(). Either is "unreadable: not used", as the docs say of a damaged store."""
+    import json as _json
+
+    from monai_cir.grid_store import GridMapStore
+
+    folder = tmp_path / "grid_maps"
+    GridMapStore.write(folder, "fp", {("a.dcm", 1, 2): [np.ones((2, 3, 3), np.float32)]})
+    assert GridMapStore.load(folder, "fp") is not None
+    header = _json.loads((folder / "keys.json").read_text())
+    for damaged in ([header], {**header, "shapes": [[2, 9]]}, {**header, "shapes": [[2, 3, "3"]]}):
+        (folder / "keys.json").write_text(_json.dumps(damaged))
+        caplog.clear()
+        assert GridMapStore.load(folder, "fp") is None
+        assert "unreadable" in caplog.text

@@ -173,6 +173,8 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
         # loaded in a thread that ends: the caller's thread (a process's main thread) keeps no torch
         # thread team, which would take parallelism from the operators' forwards (see in_a_passing_thread)
         net, index, grid_maps = in_a_passing_thread(network_index_and_grid_maps)
+        if getattr(index, "backend", "") == "milvus":  # MODELS/index's manifest names where the library lives
+            logger.warning("the index in %s is a Milvus collection at %s: every query's embedding is sent there", index_dir, index.uri)
         if calibration_file.is_file():
             calibration = EvidenceCalibration.load(calibration_file)
         else:

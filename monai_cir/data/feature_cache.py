@@ -176,7 +176,9 @@ def _read_payload(path: Path, fingerprint: str, image_size: int) -> dict[str, An
         # weights_only: tensors and builtin containers only; a file crafted to run code on load is refused
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (a truncated, foreign or unsafe file: rebuild)
-        logger.warning("ignoring unreadable or unsafe feature cache %s (%s); rebuilding", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        from ..networks.checkpoint import _torch_reason  # torch's reason, without its advice to load the file unsafely
+
+        logger.warning("ignoring unreadable or unsafe feature cache %s (%s); rebuilding", path, _torch_reason(err))
         return None
     if isinstance(payload, dict) and payload.get("format") != CACHE_FORMAT:
         logger.info("feature cache %s has format %r, not %r (this version keys it by the image files and encodes texts anew); rebuilding",

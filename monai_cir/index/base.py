@@ -220,8 +220,16 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 def verify_files(directory: Path, manifest: Mapping[str, Any]) -> dict[str, Path]:
     """Check every data file named by the manifest (present, size, SHA-256); returns role -> path."""
     paths: dict[str, Path] = {}
-    for role, entry in manifest.get("files", {}).items():
-        path = directory / entry["name"]
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise IndexIntegrityError(f"{directory / MANIFEST_NAME} names its files as a {type(files).__name__}, not a mapping; {REBUILD_HINT}")
+    for role, entry in files.items():
+        name = entry.get("name") if isinstance(entry, dict) else None
+        # a file of this folder: a name such as "../x" or "/x" would make the index read (and trust) a file elsewhere
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise IndexIntegrityError(f"{directory / MANIFEST_NAME} names {role!r} file {name!r}, which is not a file of the index folder; "
+                                      f"restore the folder from a backup or {REBUILD_HINT}")
+        path = directory / name
         if not path.is_file():
             raise IndexIntegrityError(f"index file {path} is missing; restore the folder from a backup or {REBUILD_HINT}")
         size = path.stat().st_size
