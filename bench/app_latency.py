@@ -92,6 +92,7 @@ else:
     import faiss; mark("faiss")
     import tokenizers; mark("tokenizers")
     models = app.load_models(sys.argv[2], device="cpu"); mark("models: encoder artifact (SHA-256 + torch.jit.load) + head + fingerprint + index")
+import monai_cir.data.report; mark("the findings reader (first query text: its phrasings' patterns compiled)")
 import highdicom; mark("highdicom (first SR)")
 import reportlab.pdfgen.canvas; mark("reportlab (first PDF)")
 rows, last_w, last_c = [], t0, c0

@@ -749,10 +749,18 @@ _NOUN_BEFORE_SLASH_RE = re.compile(
 )
 # per noun, the phrasings that start with it and say more ("BWV +", "BWV: present"): one that matches where the noun
 # does is what _PHRASE_RE (longest first) reads there, so the noun is not bare (a few patterns, not all 300 of _PHRASE_RE)
-_LONGER_PHRASING = {
-    noun: re.compile("|".join([_phrase_pattern(p) for p in _PHRASE_OF_GROUP if p != noun and p.startswith(noun)] or [r"(?!)"]))
-    for noun in _NOUN_OF
-}
+class _LongerPhrasings(dict):
+    """noun -> its longer phrasings' pattern, compiled when a text first holds the noun bare: the 45 nouns' patterns
+    (790,000 characters of regex) took a second to compile at import, which a cold app paid on its first study
+    whatever its text named."""
+
+    def __missing__(self, noun: str) -> re.Pattern[str]:
+        longer = [_phrase_pattern(p) for p in _PHRASE_OF_GROUP if p != noun and p.startswith(noun)]
+        pattern = self[noun] = re.compile("|".join(longer or [r"(?!)"]))
+        return pattern
+
+
+_LONGER_PHRASING = _LongerPhrasings()
 # a negated list's head: "no" or "without", and the words a clinician puts between it and the nouns ("no evidence of
 # streaks or BWV", "without any signs of BWV"): with them the list is read as without them (before: "without evidence
 # of BWV" read the veil PRESENT, a bare "BWV" after words that are no noun)
