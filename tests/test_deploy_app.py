@@ -251,7 +251,9 @@ def test_a_vl_photographic_image_not_said_to_be_dermoscopy_gets_a_notice(tmp_pat
     _image(tmp_path, "dms")
     variants = {"plain_xc": {}, "described": {"SeriesDescription": "Dermatoscopy left shoulder"},
                 "image_type": {"ImageType": ["ORIGINAL", "PRIMARY", "EPILUMINESCENCE"]}, "dermoscope": {"ContactMethod": "CONTACT"},
-                "clinical": {"SeriesDescription": "clinical overview"}}
+                "clinical": {"SeriesDescription": "clinical overview"},
+                # found by review: the study's description said "Dermoscopy" of the clinical photograph it also holds
+                "clinical_in_dermoscopy_study": {"StudyDescription": "Dermoscopy", "SeriesDescription": "Clinical overview photograph"}}
     for seed, (name, attributes) in enumerate(variants.items(), start=3):
         ds = _image(tmp_path, name, pixels=_lesion(seed=seed))
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = VLPhotographicImageStorage
@@ -267,7 +269,7 @@ def test_a_vl_photographic_image_not_said_to_be_dermoscopy_gets_a_notice(tmp_pat
     scan, problems = _scan(tmp_path)
     assert problems == {}
     noticed = {Path(q.source_path).stem for q in scan.queries if NOT_SAID_DERMOSCOPY_NOTICE in q.notices}
-    assert noticed == {"plain_xc", "clinical"}
+    assert noticed == {"plain_xc", "clinical", "clinical_in_dermoscopy_study"}
 
 
 def test_a_follow_up_report_gives_no_text_to_the_baseline_it_compares_with(tmp_path):
@@ -1487,3 +1489,106 @@ def test_published_results_read_back_over_dicomweb(app_run, results):
                 assert [(m.rank, m.case_id, m.score, m.sop_instance_uid) for m in a.matches] == [(m.rank, m.case_id, m.score, m.sop_instance_uid) for m in b.matches]
             else:
                 assert remote.EncapsulatedDocument == local.EncapsulatedDocument
+
+
+def _jpeg_stream(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_an_image_no_dermoscope_takes_is_reported_not_squeezed_square(tmp_path):
+    """Found by review: a 6000 x 40 image passed the size check (its short side), was downscaled to 2048 x 14 and
+    squeezed square for the model, answered with a "downscaled" notice only. Sides beyond 4:1 are reported."""
+    _image(tmp_path, "strip", pixels=_lesion(h=40, w=400))
+    _image(tmp_path, "wide", pixels=_lesion(h=100, w=400))  # 4:1, a wide dermoscopy frame: answered
+    scan, problems = _scan(tmp_path)
+    assert "sides differ more than 4:1" in problems["strip"] and "not answered" in problems["strip"]
+    assert [Path(q.source_path).stem for q in scan.queries] == ["wide"]
+
+
+def test_multi_frame_instances_whose_frames_and_header_disagree_or_whose_first_frame_is_blank(tmp_path):
+    """Found by review: a blank frame 1 dropped the instance though frames 2-3 hold the lesion (never looked at); a JPEG
+    instance whose Number of Frames says 3 and holds 1 was answered ("frames 2-3 ignored"); one that says 1 and holds 3
+    answered frame 1 without a word; native pixels of 3 frames under Number of Frames 1 gave an internal shape error."""
+    from pydicom.encaps import encapsulate
+
+    lesion, blank = _lesion(seed=2), np.full((120, 160, 3), 128, np.uint8)
+    for name, streams, frames in (("blank_first", [blank, lesion, lesion], 3), ("says_3_holds_1", [lesion], 3), ("says_1_holds_3", [lesion, lesion, lesion], 1)):
+        ds = _image(tmp_path, name, jpeg=True)
+        ds.PixelData = encapsulate([_jpeg_stream(p) for p in streams])
+        ds["PixelData"].VR = "OB"
+        ds.NumberOfFrames = frames
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    native = _image(tmp_path, "native_says_1_holds_3")
+    native.PixelData = np.stack([lesion] * 3).tobytes()
+    native.save_as(tmp_path / "native_says_1_holds_3.dcm", enforce_file_format=True)
+    every_blank = _image(tmp_path, "every_frame_blank", jpeg=True)
+    every_blank.PixelData = encapsulate([_jpeg_stream(blank)] * 2)
+    every_blank["PixelData"].VR = "OB"
+    every_blank.NumberOfFrames = 2
+    every_blank.save_as(tmp_path / "every_frame_blank.dcm", enforce_file_format=True)
+
+    scan, problems = _scan(tmp_path)
+    answered = {Path(q.source_path).stem: q for q in scan.queries}
+    assert set(answered) == {"blank_first"} and answered["blank_first"].frame_number == 2
+    assert "multi-frame instance: frame 2 of 3 used (frame 1 is blank), the others ignored" in answered["blank_first"].notices
+    assert "Pixel Data holds 1 JPEG frame(s), Number of Frames (0028,0008) says 3" in problems["says_3_holds_1"]
+    assert "Pixel Data holds 3 JPEG frame(s), Number of Frames (0028,0008) says 1" in problems["says_1_holds_3"]
+    assert "Pixel Data holds 3 frame(s), Number of Frames (0028,0008) says 1" in problems["native_says_1_holds_3"]
+    assert "frame 1 is blank (every frame is)" in problems["every_frame_blank"]
+
+
+def test_one_uid_on_the_same_bytes_read_as_another_picture_is_a_collision(tmp_path):
+    """Found by review: two files with one SOP Instance UID and the same pixel bytes but Rows / Columns swapped (or RGB
+    against YBR_FULL) are two pictures; the reader kept the first as "received 2 times: answered once"."""
+    first = _image(tmp_path / "geometry", "a", pixels=_lesion(h=120, w=160))
+    second = pydicom.dcmread(tmp_path / "geometry" / "a.dcm")
+    second.Rows, second.Columns = first.Columns, first.Rows
+    second.save_as(tmp_path / "geometry" / "b.dcm", enforce_file_format=True)
+    scan, problems = _scan(tmp_path / "geometry")
+    assert not scan.queries and all("a UID collision upstream" in m for m in problems.values()) and len(problems) == 2
+
+
+def test_a_palette_colour_image_keeps_the_colours_its_table_gives(tmp_path):
+    """Found by review: a 16-bit colour table's output was stretched by the image's own range (mean red 168 where a
+    viewer shows 103): entries are scaled by the table's bit depth."""
+    index = _lesion(seed=5).mean(-1).astype(np.uint8)
+    ds = _image(tmp_path, "palette")
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "PALETTE COLOR", 1
+    del ds.PlanarConfiguration
+    ds.PixelData = index.tobytes()
+    table = np.stack([np.arange(256) * 257, np.arange(256) // 2 * 257, np.arange(256) // 4 * 257], -1).astype(np.uint16)
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table[:, i].tobytes())
+    ds.save_as(tmp_path / "palette.dcm", enforce_file_format=True)
+    scan, problems = _scan(tmp_path)
+    assert problems == {} and len(scan.queries) == 1
+    expected = (table[index] / 257).round().astype(np.uint8)
+    assert np.abs(scan.queries[0].image.astype(int) - expected).max() <= 1
+
+
+def test_a_larger_image_than_the_app_decodes_is_reported_and_a_large_jpeg_is_read_reduced(tmp_path, monkeypatch):
+    """Found by review: Pillow refused a colour JPEG frame over ~179 Mpx (its decompression-bomb guard) and the reader
+    fell back to pydicom's full-size decode (a 20000 x 15000 frame: 47 s, 7.8 GB: a process killed for memory stops the
+    batch). The reader's own ceilings hold instead: a larger image is reported, a large JPEG read at a reduced scale."""
+    from PIL import Image
+
+    from monai_cir.dicom import reader
+
+    _image(tmp_path / "big", "uncompressed", pixels=_lesion(h=300, w=400))
+    monkeypatch.setattr(reader, "MAX_DECODED_PIXELS", 100_000)  # 300 x 400 = 120,000 pixels
+    scan, problems = _scan(tmp_path / "big")
+    assert not scan.queries and "larger than the app decodes" in problems["uncompressed"]
+
+    (tmp_path / "jpeg").mkdir()
+    _image(tmp_path / "jpeg", "large", pixels=_lesion(h=600, w=800), jpeg=True)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # Pillow's guard, as for a 179 Mpx frame: 480,000 > twice it
+    monkeypatch.setattr(reader, "_to_rgb_frames", lambda *a: pytest.fail("decoded at full size by pydicom"))
+    scan, problems = _scan(tmp_path / "jpeg")
+    assert problems == {} and len(scan.queries) == 1 and Image.MAX_IMAGE_PIXELS == 100_000

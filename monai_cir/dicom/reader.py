@@ -522,9 +522,10 @@ _JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 # attributes of the Dermoscopic Image Module (PS3.3 C.8.12.13): a VL Photographic image carrying one was taken with a dermoscope
 _DERMOSCOPE_ATTRIBUTES = ("LightSourcePolarization", "EmitterColorTemperature", "ContactMethod", "ImmersionMedia", "OpticalMagnificationFactor")
-# where a VL Photographic image's sender writes what it is
-_DESCRIPTIONS = ("ImageType", "SeriesDescription", "StudyDescription", "ImageComments", "ProtocolName",
-                 "AcquisitionDeviceProcessingDescription", "PerformedProcedureStepDescription", "DerivationDescription")
+# where a VL Photographic image's sender writes what it is (the image's and its series' own words: a study described as
+# "Dermoscopy" also holds the clinical overview photograph of the lesion)
+_DESCRIPTIONS = ("ImageType", "SeriesDescription", "ImageComments", "ProtocolName",
+                 "AcquisitionDeviceProcessingDescription", "DerivationDescription")
 _DERMOSCOPY_WORDS = ("dermoscop", "dermatoscop", "epilumin")  # dermoscopy / dermatoscopic / epiluminescence, any case
 NOT_SAID_DERMOSCOPY_NOTICE = (
     "VL Photographic image (Modality XC) that nothing says is dermoscopy (no dermoscope attribute, no 'dermoscopy' in its "
@@ -590,12 +591,13 @@ def _pillow_baseline_frames(ds: Dataset, indices: list[int], max_side: int) -> l
 
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     frames = _frame_count(ds)
+    _check_jpeg_frame_count(ds, frames)
     wanted, out = set(indices), {}
     try:
         for i, stream in enumerate(generate_frames(ds.PixelData, number_of_frames=frames)):
             if i not in wanted:
                 continue
-            with Image.open(io.BytesIO(stream)) as img:
+            with _pillow_pixel_limit(MAX_JPEG_PIXELS), Image.open(io.BytesIO(stream)) as img:
                 if img.format != "JPEG" or img.mode != "RGB" or img.size != (columns, rows):
                     return None
                 if min(columns, rows) >= 2 * max_side:
@@ -608,18 +610,71 @@ def _pillow_baseline_frames(ds: Dataset, indices: list[int], max_side: int) -> l
     return [out[i] for i in indices] if len(out) == len(wanted) else None
 
 
+# the largest image decoded whole (Rows x Columns of a frame): a bigger one is reported, not risked (a 20000 x 15000
+# frame decoded at full size took 7.8 GB; a process killed for memory stops the whole batch). A colour JPEG Baseline
+# frame is decoded at a reduced DCT scale (Image.draft), so it may be larger.
+MAX_DECODED_PIXELS = 100_000_000
+# the most a dermoscopy image's long side may exceed its short one (they are 1:1 to 16:9 as taken)
+MAX_ASPECT_RATIO = 4
+MAX_JPEG_PIXELS = 1_000_000_000
+_PIL_LIMIT_LOCK = __import__("threading").Lock()
+
+
+class _pillow_pixel_limit:
+    """Pillow's decompression-bomb ceiling raised to ``limit`` pixels while a frame is opened: Pillow refuses frames
+    over ~179 Mpx, and the reader then fell back to pydicom's full-size decode of the frame Pillow would have read
+    at 1/8 scale. The reader's own ceilings (:data:`MAX_JPEG_PIXELS`) hold instead."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __enter__(self) -> None:
+        from PIL import Image
+
+        _PIL_LIMIT_LOCK.acquire()
+        self.saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(self.saved or 0, self.limit // 2)  # Pillow raises above twice the limit
+
+    def __exit__(self, *exc: Any) -> None:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = self.saved
+        _PIL_LIMIT_LOCK.release()
+
+
+def _check_jpeg_frame_count(ds: Dataset, frames: int) -> None:
+    """Raise ValueError when an encapsulated JPEG's streams (fragments that start a JPEG: SOI and a marker) are not as
+    many as Number of Frames says: fewer is a damaged file whose missing frames were reported as "ignored", more a
+    header that hides frames (frame 1 was answered as the image)."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        starts = sum(1 for fragment in generate_fragments(ds.PixelData) if fragment[:3] == b"\xff\xd8\xff")
+    except Exception:  # noqa: BLE001 (not encapsulated as expected: the decoder says what is wrong)
+        return
+    if starts and starts != frames:
+        raise ValueError(f"Pixel Data holds {starts} JPEG frame(s), Number of Frames (0028,0008) says {frames}")
+
+
 def _to_rgb_frames(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     """(F, H, W, 3) uint8 RGB from a decoded pixel array."""
     frames = _frame_count(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames == 1:
+    per_frame = 3 if samples == 3 else 2  # (H, W, 3) or (H, W)
+    if frames == 1 and arr.ndim == per_frame:
         arr = arr[None]
+    if arr.ndim != per_frame + 1 or arr.shape[0] != frames:
+        held = arr.shape[0] if arr.ndim == per_frame + 1 else f"an array of shape {tuple(arr.shape)}, not {frames}"
+        raise ValueError(f"Pixel Data holds {held} frame(s), Number of Frames (0028,0008) says {frames}")
     pi = str(ds.get("PhotometricInterpretation", ""))
     if pi == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
         arr = apply_color_lut(arr, ds)
-        samples = 3
+        if arr.dtype != np.uint8:  # the table's entries by their own bit depth, as a viewer shows them (not each image's range)
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+            arr = np.clip(np.rint(arr.astype(np.float32) * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(arr)
     elif samples == 1 and pi == "MONOCHROME1":
         arr = arr.max() - arr if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 else -arr
     if samples == 3 and arr.dtype == np.uint8:
@@ -906,10 +961,17 @@ def _identity(item: Any) -> tuple:
     return ("sr", *_sr_identity(item)) if isinstance(item, SRText) else ("image", *_image_identity(item))
 
 
-def _image_identity(ds: Dataset) -> tuple[str, str, str]:
-    """What makes two files the same image instance: patient, study and pixels."""
+_PIXEL_DESCRIPTION = ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "BitsAllocated",
+                      "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames", "SOPClassUID")
+
+
+def _image_identity(ds: Dataset) -> tuple:
+    """What makes two files the same image instance: patient, study, pixels and how the pixels are to be read (the same
+    bytes as 120 x 160 or 160 x 120, RGB or YBR, are two pictures)."""
     pixels = ds.get("PixelData") or b""
-    return (dicom_text(ds.get("PatientID")), str(ds.get("StudyInstanceUID", "") or ""), hashlib.sha256(bytes(pixels)).hexdigest())
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    described = tuple(str(ds.get(keyword, "")) for keyword in _PIXEL_DESCRIPTION)
+    return (dicom_text(ds.get("PatientID")), str(ds.get("StudyInstanceUID", "") or ""), hashlib.sha256(bytes(pixels)).hexdigest(), syntax, described)
 
 
 def _sr_identity(sr: SRText) -> tuple:
@@ -979,8 +1041,23 @@ def _image_queries(
             where, f"image of {columns}x{rows} pixels (Columns x Rows): too small for a dermoscopy query (at least "
             f"{MIN_IMAGE_SIDE} pixels a side): not answered"))
         return []
+    if max(rows, columns) > MAX_ASPECT_RATIO * min(rows, columns):
+        problems.append(InputProblem(
+            where, f"image of {columns}x{rows} pixels (Columns x Rows): its sides differ more than {MAX_ASPECT_RATIO}:1, which no "
+            "dermoscopy image's do (a strip, a montage or a damaged header); squeezed square for the model it would "
+            "match nothing: not answered"))
+        return []
     notices: list[str] = []
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+    colour_jpeg = (str(ts) == _JPEG_BASELINE and int(ds.get("SamplesPerPixel", 0) or 0) == 3
+                   and str(ds.get("PhotometricInterpretation", "")) in ("YBR_FULL_422", "YBR_FULL"))
+    ceiling = MAX_JPEG_PIXELS if colour_jpeg else MAX_DECODED_PIXELS
+    if rows * columns > ceiling:
+        problems.append(InputProblem(
+            where, f"image of {columns}x{rows} pixels ({rows * columns / 1e6:.0f} Mpx): larger than the app decodes "
+            f"({ceiling / 1e6:.0f} Mpx{'' if colour_jpeg else '; a colour JPEG Baseline image may be larger'}): not answered; "
+            "send a downscaled copy"))
+        return []
     if ts == "unknown":  # no file meta (not a Part 10 file): nothing says how the pixels are encoded
         problems.append(InputProblem(where, "DICOM file without a Transfer Syntax UID (0002,0010) (no file meta: not a DICOM Part 10 "
                                             "file), so its pixel data cannot be decoded: skipped"))
@@ -997,8 +1074,14 @@ def _image_queries(
         return []
     count = _frame_count(ds)
     indices = list(range(count)) if all_frames else [0]
+    skipped_blank = 0  # leading blank frames passed over for the first one with a picture (one frame answered)
     try:
         frames = _decoded_frames(ds, indices, max_side)
+        if not all_frames and count > 1 and blank_spread(frames[0][0]) is not None:
+            rest = _decoded_frames(ds, list(range(1, count)), max_side)
+            first = next((i for i, (image, _) in enumerate(rest, start=1) if blank_spread(image) is None), None)
+            if first is not None:
+                indices, frames, skipped_blank = [first], [rest[first - 1]], first
     except Exception as err:
         problems.append(InputProblem(where, f"corrupt or undecodable pixel data (transfer syntax {ts}): {err}"))
         return []
@@ -1086,7 +1169,11 @@ def _image_queries(
     if chosen and not text.strip():
         notices.append("the report (SR) sent with the image holds no text: the search used the image only")
 
-    if count > 1 and not all_frames:
+    if count > 1 and not all_frames and skipped_blank:
+        used = skipped_blank + 1
+        notices.append(f"multi-frame instance: frame {used} of {count} used ({'frame 1 is' if used == 2 else f'frames 1-{used - 1} are'} "
+                       f"blank){', the others ignored' if used < count else ''}")
+    elif count > 1 and not all_frames:
         notices.append(f"multi-frame instance: frame 1 of {count} used, {'frame 2' if count == 2 else f'frames 2-{count}'} ignored")
     out = []
     for index, (image, (rows, columns)) in zip(indices, frames):
@@ -1094,8 +1181,9 @@ def _image_queries(
         frame_name = f"frame {index + 1}" if count > 1 else "the image"
         spread = blank_spread(image)
         if spread is not None:
+            every = " (every frame is)" if count > 1 and not all_frames else ""
             problems.append(
-                InputProblem(where, f"{frame_name} is blank: its pixels are constant or nearly so (range {spread:.0f} of 255 grey levels): not answered")
+                InputProblem(where, f"{frame_name} is blank{every}: its pixels are constant or nearly so (range {spread:.0f} of 255 grey levels): not answered")
             )
             continue
         if dim is not None:
