@@ -220,11 +220,16 @@ def closest_other_case(index: Any, vector: Any, pool: list[Any], classes: list[s
     ``filters``, best first. Found in the pool, its rank there; else searched among the other ``classes``
     only, with rank None (beyond the pool: :func:`similarity_rank` counts it). None when the library holds
     no other diagnosis."""
-    best = pool[0].metadata.diagnosis
-    other = next((h for h in pool if h.metadata.diagnosis != best), None)
+    from .evidence import NO_DIAGNOSIS
+
+    # a case without a recorded diagnosis is no differential (it was shown as "the closest unknown case")
+    best = next((h.metadata.diagnosis for h in pool if h.metadata.diagnosis != NO_DIAGNOSIS), None)
+    if best is None:
+        return None
+    other = next((h for h in pool if h.metadata.diagnosis not in (best, NO_DIAGNOSIS)), None)
     if other is not None:
         return other, other.rank
-    others = [c for c in classes if c != best]
+    others = [c for c in classes if c not in (best, NO_DIAGNOSIS)]
     if not others:
         return None
     found = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k=1, filters={**(filters or {}), "diagnosis": others})[0]
@@ -245,7 +250,9 @@ def shown_with_differential(
     hits = list(pool[:top_k])
     if not pool or top_k < slot.rank:
         return hits, None
-    best = pool[0]
+    from .evidence import NO_DIAGNOSIS
+
+    best = next((h for h in pool if h.metadata.diagnosis != NO_DIAGNOSIS), pool[0])  # the closest case with a diagnosis
     found = closest_other_case(index, vector, pool, classes, filters)
     if found is None:
         return hits, None

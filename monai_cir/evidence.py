@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 DECISION_SUPPORT_LABEL = "Decision support, not a diagnosis"
+# the diagnosis a library case is indexed with when none was recorded (CaseMetadata's default)
+NO_DIAGNOSIS = "unknown"
 DEFAULT_K = 16  # Tschandl et al. 2019
 
 
@@ -132,6 +134,8 @@ class EvidenceSummary:
             vote would look like with no similarity at all (a library of 72% nevi gives nevi most votes).
         calibrated: whether the temperature / floor were fitted on held-out data.
         method: one line on how the distribution was formed.
+        without_diagnosis: of the top-``k`` hits, how many have no recorded diagnosis (a library case indexed without
+            one): they do not vote, and no diagnosis "unknown" is ever suggested.
     """
 
     k: int
@@ -144,6 +148,7 @@ class EvidenceSummary:
     library: dict[str, int] = field(default_factory=dict)
     calibrated: bool = False
     method: str = ""
+    without_diagnosis: int = 0
 
     def __post_init__(self) -> None:
         if self.label != DECISION_SUPPORT_LABEL:
@@ -193,6 +198,8 @@ class EvidenceSummary:
             return f"{d} {n}" + (f" ({self.confirmed.get(d, 0)} biopsy-confirmed)" if self.confirmed else "")
 
         counted = ", ".join(count(d) for d in sorted(self.counts, key=lambda d: (-self.counts[d], d)) if self.counts[d])
+        if self.without_diagnosis:
+            counted += f"; {self.without_diagnosis} more without a recorded diagnosis, not counted"
         shares = ", ".join(f"{d} {p:.0%}" for d, p in self.distribution.items())
         top = [d for d in self.counts if self.counts[d] == max(self.counts.values(), default=0)]
         tie = f" The counts tie ({' and '.join(top)})." if len(top) > 1 else ""
@@ -260,6 +267,16 @@ def _field(item: Any, name: str) -> Any:
     return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
 
 
+def calibration_for_model(calibration: EvidenceCalibration, model_fingerprint: str) -> tuple[EvidenceCalibration, str | None]:
+    """``calibration`` when it was fitted on the scores of the model ``model_fingerprint`` (or records no model), else
+    :data:`UNCALIBRATED` and the sentence saying why: a file fitted for another model's scores was applied and labelled
+    "calibrated" (its temperature means nothing on other scores)."""
+    if calibration.model_fingerprint and calibration.model_fingerprint != model_fingerprint:
+        return UNCALIBRATED, (f"the evidence calibration was fitted for another model ({calibration.model_fingerprint[:12]}, this one is "
+                              f"{model_fingerprint[:12]}): not used, the evidence summary is an uncalibrated vote; refit it for this model")
+    return calibration, None
+
+
 def summarize_evidence(
     hits: Sequence[Any] | None = None,
     *,
@@ -269,8 +286,8 @@ def summarize_evidence(
     classes: Sequence[str] | None = None,
     k: int | None = None,
     library: Mapping[str, int] | None = None,
-) -> EvidenceSummary:
-    """The evidence summary of one query's ranked hits.
+) -> EvidenceSummary | None:
+    """The evidence summary of one query's ranked hits (None when none of the top ``k`` has a recorded diagnosis).
 
     Args:
         hits: ranked :class:`~monai_cir.index.SearchHit` (or dicts with ``diagnosis`` and ``score``),
@@ -298,7 +315,16 @@ def summarize_evidence(
     if any(b > a + 1e-6 for a, b in zip(scores, scores[1:])):
         raise ValueError("hits must be ranked best first (scores non-increasing)")
     k = int(k or calibration.k)
-    diagnoses, scores = diagnoses[:k], scores[:k]
+    diagnoses, scores, confirmations = diagnoses[:k], scores[:k], list(confirmations[:k])
+    # a case without a recorded diagnosis casts no vote: "unknown" is no diagnosis to suggest (it was voted for, and
+    # coded as the SR's retrieval-based diagnosis suggestion)
+    kept = [i for i, d in enumerate(diagnoses) if d != NO_DIAGNOSIS]
+    without = len(diagnoses) - len(kept)
+    if not kept:
+        return None
+    diagnoses, scores = [diagnoses[i] for i in kept], [scores[i] for i in kept]
+    confirmations = [confirmations[i] for i in kept] if confirmations else []
+    classes = [c for c in classes if c != NO_DIAGNOSIS] if classes is not None else None
     class_list = list(dict.fromkeys(list(classes or []) + diagnoses)) if classes is not None else list(dict.fromkeys(diagnoses))
     index = {c: i for i, c in enumerate(class_list)}
     probs = neighbour_probabilities(
@@ -318,9 +344,10 @@ def summarize_evidence(
         confidence=float(probs[order[0]]),
         counts=counts,
         confirmed=confirmed,
-        library={str(d): int(n) for d, n in (library or {}).items()},
+        library={str(d): int(n) for d, n in (library or {}).items() if d != NO_DIAGNOSIS},
         calibrated=calibration.fitted,
         method=f"top-{len(diagnoses)} {weighting}, floor {calibration.smoothing:.3g}; {calibration.description}",
+        without_diagnosis=without,
     )
 
 

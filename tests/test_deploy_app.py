@@ -1035,6 +1035,12 @@ def test_differential_slot_recorded_in_the_checkpoint_shows_the_runner_up_and_sa
         above = shown[answer["differential"]["rank"] - 1]["score"] > shown[answer["differential"]["rank"] - 2]["score"]
         mark = "differential; more similar than the case above: see Notes" if above else "differential: see Notes"
         assert mark in pdf_text((tmp_path / f"slot-{name}" / answer["outputs"]["pdf"]).read_bytes())[0]
+        # found by review: the heading said "most similar first" over a list the slot reordered, and the SR coded the
+        # placed case "Ranked by similarity"
+        heading = "most similar first except rank 2" if not acted else "ordered by similarity and likely diagnosis"
+        assert heading in " ".join(pdf_text((tmp_path / f"slot-{name}" / answer["outputs"]["pdf"]).read_bytes())[0].split())
+        read_back = read_similar_cases_sr(tmp_path / f"slot-{name}" / answer["outputs"]["sr"])
+        assert read_back.differential_rank == 2 and read_back.ranking == answer["ranking"]
         switched_off = run_app(folder, tmp_path / f"off-{name}", models, AppSettings(top_k=5, explain=False, write_pdf=False, differential=False))
         assert [h["case_id"] for h in switched_off["queries"][0]["top_k"]] == [h["case_id"] for h in full[:5]]
         assert switched_off["queries"][0]["differential"] is None

@@ -1113,6 +1113,31 @@ def test_pdf_explanations_share_one_page_with_a_colour_scale():
     assert all(text.count("Red areas raised the similarity the most") == 1 and "the same for every case" not in text for text in pages[1:])
 
 
+def test_each_explanation_row_says_how_much_of_its_score_the_red_areas_carry():
+    """Found by review: the explanation page, titled "Why these cases look similar", drew red maps that carry 13-25% of
+    the release model's score without a word on the rest (the images' likeness as a whole, the projection residual)."""
+    from monai_cir.dicom.report_pdf import render_report_pdf, score_shares
+    from monai_cir.explain import Explanation, LevelExplanation
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    heat = rng.random((64, 64))
+    zeros = np.zeros((2, 4, 4))
+    level = LevelExplanation(level="H", query_masks=zeros, target_masks=zeros, query_regions=np.array([0.2, 0.1]), target_regions=np.array([0.25, 0.05]),
+                             query_positions=zeros[0], target_positions=zeros[0], query_residual=0.1, target_residual=0.1,
+                             local_cosine=0.4, global_cosine=0.5, gate=0.3, token_attention=np.zeros(1))
+    # beta 0.6, late-fusion share 0.5: regions 0.5 * 0.6 * 0.3 = 0.09, whole 0.5 * 0.4 * 0.5 + 0.5 * 0.6 = 0.4, residual 0.03
+    explanation = Explanation(score=0.52, local_score=0.4, global_score=0.5, beta=0.6, text="", levels=[level], tokens=[],
+                              query_heatmap=heat, target_heatmap=heat, query_image=image / 255.0, target_image=image / 255.0,
+                              late_fusion_share=0.5, late_fusion_cosine=0.6)
+    regions, whole = score_shares(explanation)
+    assert regions == pytest.approx(0.09 / 0.52) and whole == pytest.approx(0.4 / 0.52)
+    hit = _no_uid_hit(1)
+    hit.score = 0.52
+    page = " ".join(pdf_text(render_report_pdf(image, "", [hit], explanations={1: explanation}))[1].split())
+    assert "red areas: 17% of this score; the images' likeness as a whole: 77%" in page
+
+
 # ------------------------------------------------------------------------------------------------
 # confirmation status: collections, dicomize -> reader -> index
 # ------------------------------------------------------------------------------------------------

@@ -278,3 +278,22 @@ def test_the_app_and_the_evaluation_show_the_same_cases():
         assert [h.case_id for h in hits] == [f"c{j:03d}" for j in order[i, :5].tolist()], i
         assert (record is not None) == bool(opened[i]), i
     assert 0 < opened.sum() < len(queries)  # both branches checked
+
+
+def test_a_case_without_a_recorded_diagnosis_is_no_differential():
+    """Found by review: the slot showed "the closest unknown case" (a library case indexed without a diagnosis) at rank 4,
+    pushing the real differential out; and a pool led by such a case took "unknown" as the best match's diagnosis."""
+    from monai_cir.differential import closest_other_case
+    from monai_cir.index import create_index
+
+    dim = 4
+    query = np.array([1.0, 0, 0, 0], dtype=np.float32)
+    vectors = np.array([[1.0 - 0.01 * i, 0, 0, 0] for i in range(6)], dtype=np.float32)
+    diagnoses = ["unknown", "nevus", "unknown", "nevus", "melanoma", "nevus"]
+    index = create_index(dim, "fp")
+    index.add(vectors, [CaseMetadata(f"c{i}", d, "test") for i, d in enumerate(diagnoses)])
+    pool = index.search(query[None], k=6)[0]
+    other, rank = closest_other_case(index, query, pool, ["melanoma", "nevus", "unknown"])
+    assert other.metadata.diagnosis == "melanoma" and rank == 5
+    only_unknown_else = [h for h in pool if h.metadata.diagnosis != "melanoma"]
+    assert closest_other_case(index, query, only_unknown_else, ["nevus", "unknown"]) is None

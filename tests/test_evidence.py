@@ -241,3 +241,46 @@ def test_a_vote_over_the_whole_library_says_its_counts_are_the_librarys_make_up(
     assert "most similar library cases" not in small.text()
     large = summarize_evidence(hits, library={"nevus": 70, "benign keratosis": 40, "melanoma": 30})
     assert large.text().count("Among the 14 most similar library cases") == 1 and "make-up" not in large.text()
+
+
+def test_a_case_without_a_recorded_diagnosis_casts_no_vote_and_is_never_suggested():
+    """Found by review: a library case indexed without a diagnosis voted as the diagnosis "unknown" ("Weighted by
+    similarity: unknown 44%, melanoma 43%"), and the SR coded "unknown" as the retrieval-based diagnosis suggestion."""
+    summary = summarize_evidence(diagnoses=["unknown", "melanoma", "nevus", "unknown"], scores=[0.9, 0.8, 0.5, 0.4],
+                                 classes=["melanoma", "nevus", "unknown"], library={"melanoma": 3, "nevus": 5, "unknown": 2})
+    assert "unknown" not in summary.distribution and summary.predicted == "melanoma"
+    assert summary.k == 2 and summary.without_diagnosis == 2 and summary.library == {"melanoma": 3, "nevus": 5}
+    assert "2 more without a recorded diagnosis, not counted" in summary.text()
+    assert EvidenceSummary.from_dict(summary.to_dict()) == summary
+    assert summarize_evidence(diagnoses=["unknown", "unknown"], scores=[0.9, 0.8]) is None  # nothing to vote with
+
+
+def test_a_calibration_fitted_for_another_model_is_not_used_as_calibrated():
+    """Found by review: the app applied MODELS' evidence_calibration.json whatever model it was fitted for, and labelled
+    the vote "calibrated" (a probability in the SR)."""
+    from monai_cir.evidence import UNCALIBRATED, calibration_for_model
+
+    fitted = EvidenceCalibration(temperature=0.05, smoothing=0.1, k=16, fitted=True, model_fingerprint="a" * 64)
+    assert calibration_for_model(fitted, "a" * 64) == (fitted, None)
+    used, why = calibration_for_model(fitted, "b" * 64)
+    assert used is UNCALIBRATED and "fitted for another model" in why
+    unrecorded = EvidenceCalibration(temperature=0.05, smoothing=0.1, k=16, fitted=True)
+    assert calibration_for_model(unrecorded, "b" * 64) == (unrecorded, None)
+
+
+def test_a_site_conditioned_vote_compares_with_the_searched_part_of_the_library():
+    """Found by review: a search restricted to the query's site was summarised against the whole library's make-up.
+    The index counts the diagnoses of the cases a filter searches (FAISS's columns and the generic pass agree)."""
+    from monai_cir.index import CaseMetadata, create_index
+    from monai_cir.index.base import CaseIndex
+
+    rng = np.random.default_rng(0)
+    meta = [CaseMetadata(f"c{i}", ["nevus", "melanoma", "unknown"][i % 3], "lib", site=["trunk", "acral"][i % 2]) for i in range(30)]
+    index = create_index(8, "fp")
+    index.add(rng.normal(size=(30, 8)).astype(np.float32), meta)
+    for filters in (None, {"site": "acral"}, {"site": ["acral", "trunk"]}, {"site": "face"}):
+        expected = {}
+        for m in meta:
+            if filters is None or m.site in ([filters["site"]] if isinstance(filters["site"], str) else filters["site"]):
+                expected[m.diagnosis] = expected.get(m.diagnosis, 0) + 1
+        assert index.diagnosis_counts(filters) == expected == CaseIndex.diagnosis_counts(index, filters), filters

@@ -142,7 +142,7 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
     index or a new checkpoint is loaded afresh. Thread-safe."""
     from monai_cir.config import in_a_passing_thread, resolve_device
     from monai_cir.differential import DifferentialSlot
-    from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
+    from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration, calibration_for_model
     from monai_cir.grid_store import GRID_STORE_DIR, GridMapStore
     from monai_cir.index import load_index
     from monai_cir.networks import ENCODER_ARTIFACT_DIR, load_model
@@ -176,7 +176,9 @@ def load_models(models: str | Path, device: str = "auto", cache: bool = True) ->
         if getattr(index, "backend", "") == "milvus":  # MODELS/index's manifest names where the library lives
             logger.warning("the index in %s is a Milvus collection at %s: every query's embedding is sent there", index_dir, index.uri)
         if calibration_file.is_file():
-            calibration = EvidenceCalibration.load(calibration_file)
+            calibration, mismatch = calibration_for_model(EvidenceCalibration.load(calibration_file), index.fingerprint)
+            if mismatch:
+                logger.warning("%s: %s", calibration_file, mismatch)
         else:
             logger.info("no %s in MODELS: the evidence summary is an uncalibrated score-weighted vote", EVIDENCE_CALIBRATION)
             calibration = UNCALIBRATED
@@ -344,8 +346,16 @@ class ComposedRetrievalOperator(Operator):
         self.models = models
         self.net, self.index, self.calibration, self.classes = models.net, models.index, models.calibration, models.classes
         self.library = models.library
+        self._library_by_filters: dict[str, dict[str, int]] = {}
         self.batch_size = int(batch_size) if batch_size else (16 if self.net.device.type == "cuda" else 4)
         super().__init__(fragment, *args, **kwargs)
+
+    def _library_under(self, filters: dict) -> dict[str, int]:
+        """Cases per diagnosis of the part of the library ``filters`` search (one count per site, kept)."""
+        key = repr(sorted((k, sorted(map(str, v)) if isinstance(v, (list, tuple, set)) else str(v)) for k, v in filters.items()))
+        if key not in self._library_by_filters:
+            self._library_by_filters[key] = self.index.diagnosis_counts(filters)
+        return self._library_by_filters[key]
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input(self.input_name)
@@ -432,8 +442,15 @@ class ComposedRetrievalOperator(Operator):
             if shown.differential is not None:
                 result.differential = dict(shown.differential)
                 result.add_notices(result.differential.pop("notice"))
+            if filters:  # a site condition: the vote's base rate is the searched part of the library, and the reader is told
+                from monai_cir.index.base import filters_in_words
+
+                searched = self._library_under(filters)
+                result.add_notices(f"similar cases searched among the library's {sum(searched.values())} cases with "
+                                   f"{filters_in_words(filters)} only (of {sum(self.library.values())})")
             if pool:
-                result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes, library=self.library)
+                base = self._library_under(filters) if filters else self.library
+                result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes, library=base)
                 result.evidence_disagreement = evidence_disagreement_notice(result.evidence, shown)
                 result.add_notices(result.evidence_disagreement)
             if result.text_use and result.text_use["weight"] > 0 and result.hits:

@@ -28,6 +28,7 @@ def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[f
     sr = similar_cases_sr(
         result.query, result.hits, notices=list(result.notices),
         evidence_summary=result.evidence, score_range=score_range, ranking=result.ranking,
+        differential_rank=result.differential["rank"] if result.differential else None,
         explanations={rank: e.sr_text() for rank, e in result.explanations.items()} or None,
     )
     from monai_cir.atomic import atomic_path

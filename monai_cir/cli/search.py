@@ -113,9 +113,12 @@ def run(args: argparse.Namespace) -> int:
     net = load_model(args.model, device=resolve_device(args.device))
     calibration = None
     if args.evidence:
-        from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration
+        from monai_cir.evidence import UNCALIBRATED, EvidenceCalibration, calibration_for_model
 
         calibration = EvidenceCalibration.load(args.calibration) if args.calibration else UNCALIBRATED
+        calibration, mismatch = calibration_for_model(calibration, retrieval.model_fingerprint(net))
+        if mismatch:
+            print(f"warning: {args.calibration}: {mismatch}", file=sys.stderr)
     # the evidence summary votes over calibration.k neighbours (16 by default); the table shows -k, as the app does
     shown = retrieval.answer(net, index, pixels, args.text, k=args.k, filters=filters,
                              pool_size=calibration.k if calibration else 0, differential=args.differential)
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         from monai_cir.evidence import summarize_evidence
 
         library = index.info()["diagnosis"]
-        summary = summarize_evidence(pool, calibration=calibration, classes=sorted(library), library=library)
+        searched = index.diagnosis_counts(filters) if filters else library  # a site condition's part of the library: the vote's base rate
+        summary = summarize_evidence(pool, calibration=calibration, classes=sorted(library), library=searched)
     disagreement = retrieval.evidence_disagreement_notice(summary, shown)
     explanations: list[Any] = []
     if args.explain and hits:

@@ -177,6 +177,9 @@ RANKING_METHOD = project_code("10", "Similar cases ranking method")
 RANKING_CODES: dict[str, Code] = {
     "similarity": project_code("40.1", "Ranked by similarity"),
     "similarity_and_diagnosis_prior": project_code("40.2", "Ranked by similarity and diagnosis likelihood"),
+    # the differential slot's case (monai_cir.differential): placed at its rank as the closest case of another
+    # diagnosis, not ranked there by its score
+    "differential": project_code("40.3", "Placed as the closest case of another diagnosis"),
 }
 _CODE_TO_RANKING = {(c.scheme_designator, c.value): name for name, c in RANKING_CODES.items()}
 

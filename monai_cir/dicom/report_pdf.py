@@ -58,8 +58,27 @@ _EXPLAINED_PER_PAGE = 5
 _HEAT_ALPHA = 0.6
 _RED_AREAS = (
     "Red areas raised the similarity the most: the network found matching patterns there. They are not a "
-    "lesion outline and not a diagnostic finding."
+    "lesion outline and not a diagnostic finding. They carry part of the score only: each row says how much, "
+    "and how much the images' likeness as a whole carries."
 )
+
+
+def score_shares(explanation: Any) -> tuple[float, float] | None:
+    """``(regions, whole)``: the shares of an explanation's score carried by the query's regions (the red maps) and by
+    the images as a whole (the global cosines and the late-fusion branch); the projection residual is the rest. None
+    when the score is not positive (no share to speak of)."""
+    if not hasattr(explanation, "score_parts"):
+        return None
+    score = float(explanation.score)
+    if score <= 0:
+        return None
+    try:
+        parts = explanation.score_parts()
+    except AttributeError:  # levels without their parts (a caller's own summary): no shares to state
+        return None
+    regions = sum(sum(part["query_regions"]) for part in parts)
+    whole = sum(part["global"] for part in parts)
+    return regions / score, whole / score
 _SEX = {"M": "male", "F": "female", "O": "other"}
 
 
@@ -320,9 +339,16 @@ def _explanation_page(canvas, rows: Sequence[tuple[Any, Any]], text_use: str | N
         canvas.drawString(text_x, y, CONFIRMATION_WORDS.get(confirmation, CONFIRMATION_WORDS["unknown"]))
         canvas.setFont("Helvetica", 9)
         canvas.drawString(text_x, y - 4 * _MM, f"similarity {similarity_percent(float(_get(hit, 'score')), score_range):.0f}% of the best possible")
+        below = y - 9 * _MM
+        shares = None if isinstance(explanation, np.ndarray) else score_shares(explanation)
+        if shares is not None:  # how much of the score the red maps explain (a fraction of it: found by review)
+            canvas.setFillColor(HexColor("#333333"))
+            below = _paragraph(canvas, f"red areas: {100 * shares[0]:.0f}% of this score; the images' likeness as a whole: "
+                               f"{100 * shares[1]:.0f}%", text_x, below, right - text_x, size=7.5, max_lines=2)
+            canvas.setFillColor(HexColor("#000000"))
         if text_use is None and not isinstance(explanation, np.ndarray):
             canvas.setFillColor(HexColor("#333333"))
-            _paragraph(canvas, _text_use(explanation), text_x, y - 9 * _MM, right - text_x, size=7.5, max_lines=3)
+            _paragraph(canvas, _text_use(explanation), text_x, below, right - text_x, size=7.5, max_lines=3)
             canvas.setFillColor(HexColor("#000000"))
 
 
@@ -447,6 +473,8 @@ def render_report_pdf(
     # with the diagnosis prior the order is not by similarity alone: the header must not say "best first"; a caller
     # that does not say how the cases were ordered gets no claim about it
     order = {True: ", ordered by similarity and likely diagnosis", False: ", most similar first", None: ""}[ordered_by_prior]
+    if differential_rank is not None and ordered_by_prior is False and any(_get(h, "rank") == differential_rank for h in hits):
+        order += f" except rank {differential_rank}"  # the slot placed it there; its row says "differential: see Notes"
     canvas.drawString(left, y, f"{len(hits)} similar cases{order} ({confirmed} of them biopsy-confirmed)" if hits else "No similar case was found.")
     if image_alone and hits:
         canvas.setFont("Helvetica", 8)
@@ -502,7 +530,7 @@ def render_report_pdf(
     canvas.setFillColor(HexColor("#333333"))
     _paragraph(
         canvas,
-        f"* Similarity: the model's image-and-text similarity score as a percentage of the highest score it can give "
+        f"* Similarity: the model's similarity score (of the image, and of the text where the text counted) as a percentage of the highest score it can give "
         f"(scores range from {low:g} to {high:g}). It ranks the library cases; it is not a probability of a diagnosis.\n"
         + DECISION_SUPPORT_NOTE,
         left, 27 * _MM, right - left, size=7, max_lines=6,

@@ -68,8 +68,14 @@ __all__ = [
 ]
 
 DECISION_SUPPORT_NOTE = (
+    "Decision support, not a diagnosis: library cases that look similar to the query image, and to its text where the "
+    "text counted (the notes say whether it did). The diagnosis of a similar case is not the diagnosis of this patient; "
+    "each case states how its diagnosis was confirmed."
+)
+# the note as earlier versions wrote it ("by image and text", also of an image-only query): read back as the note, not a notice
+_EARLIER_DECISION_SUPPORT_NOTES = (
     "Decision support, not a diagnosis: library cases that look similar by image and text. The diagnosis "
-    "of a similar case is not the diagnosis of this patient; each case states how its diagnosis was confirmed."
+    "of a similar case is not the diagnosis of this patient; each case states how its diagnosis was confirmed.",
 )
 # S = β Σ_i cos_local + (1-β) Σ_i cos_global over the three levels (paper Eq. 9): -3 <= S <= 3. A network with
 # a late-fusion branch has another range (ComposedRetrievalNet.score_range; the app passes its network's).
@@ -133,6 +139,7 @@ class SimilarCasesReport:
     score_range: tuple[float, float] | None = None
     template: str | None = None
     ranking: str | None = None  # how the matches are ordered (monai_cir.prior_ranking.RANKINGS); None: not stated
+    differential_rank: int | None = None  # the rank the differential slot placed a case of another diagnosis at
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,6 +195,7 @@ def similar_cases_sr(
     evidence_summary: EvidenceSummary | Mapping[str, Any] | None = None,
     explanations: Mapping[int, str] | None = None,
     ranking: str | None = None,
+    differential_rank: int | None = None,
     score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
     algorithm_name: str = "monai-cir composed vision-language retrieval",
     algorithm_version: str | None = None,
@@ -212,6 +220,8 @@ def similar_cases_sr(
         explanations: rank -> short text explaining the match, optional.
         ranking: how ``hits`` are ordered (:data:`monai_cir.prior_ranking.RANKINGS`), coded in each case's
             group (:data:`~monai_cir.dicom.codes.RANKING_METHOD`); None: not stated.
+        differential_rank: the rank of the differential slot's case (:mod:`monai_cir.differential`), coded as placed
+            there ("differential"), not as ranked by ``ranking``.
         score_range: the lowest and highest score the model can give (``-L, L`` for ``L`` levels).
         plain_highdicom: assemble the document with highdicom's own ``ComprehensiveSR`` constructor
             (it deep-copies, re-parses and searches the whole content tree: about 3x the time of the
@@ -286,7 +296,9 @@ def similar_cases_sr(
         confirmation = str(_get(meta, "confirmation") or "unknown")
         qualitative = [QualitativeEvaluation(C.DIAGNOSIS, C.diagnosis_code(str(_get(meta, "diagnosis") or "unknown")))]
         qualitative.append(QualitativeEvaluation(C.DIAGNOSIS_CONFIRMATION, C.confirmation_code(confirmation)))
-        if ranking is not None:
+        if differential_rank is not None and rank == differential_rank:
+            qualitative.append(QualitativeEvaluation(C.RANKING_METHOD, C.ranking_code("differential")))
+        elif ranking is not None:
             qualitative.append(QualitativeEvaluation(C.RANKING_METHOD, C.ranking_code(ranking)))
         sources = [query_source]
         ref = _hit_reference(meta)
@@ -559,8 +571,11 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
             report.score_range = (low, high) if low is not None and high is not None else None
         confirmation_code = _qualitative(group, C.DIAGNOSIS_CONFIRMATION)
         ranking_code = _qualitative(group, C.RANKING_METHOD)
-        if ranking_code is not None:
-            report.ranking = C.ranking_from_code(ranking_code.scheme_designator, ranking_code.value)
+        named = C.ranking_from_code(ranking_code.scheme_designator, ranking_code.value) if ranking_code is not None else None
+        if named == "differential":  # the case placed, not the list's order
+            report.differential_rank = int(round(rank))
+        elif named is not None:
+            report.ranking = named
         case = SimilarCase(
             rank=int(round(rank)),
             score=float(score_item.value),
@@ -587,7 +602,7 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
             for sub in item.ContentSequence:
                 if _is(sub.name, C.CLINICAL_INFORMATION):
                     report.query_text = str(sub.TextValue)
-                elif _is(sub.name, C.COMMENT) and str(sub.TextValue) != DECISION_SUPPORT_NOTE:
+                elif _is(sub.name, C.COMMENT) and str(sub.TextValue) not in (DECISION_SUPPORT_NOTE, *_EARLIER_DECISION_SUPPORT_NOTES):
                     report.notices.append(str(sub.TextValue))
     if distribution and predicted is not None:
         report.evidence_summary = EvidenceSummary(

@@ -456,6 +456,17 @@ class CaseIndex(ABC):
                 count[value] = count.get(value, 0) + 1
         return {"backend": self.backend, "cases": len(self), "dim": self.dim, "fingerprint": self.fingerprint, "search": self.search_mode(), **counts}
 
+    def diagnosis_counts(self, filters: Filters | None = None) -> dict[str, int]:
+        """Cases per diagnosis among those matching ``filters`` (all cases without): the base rate of a vote over a
+        search restricted by them (a site condition), which the whole library's make-up is not."""
+        normalized = normalize_filters(filters)
+        counts: dict[str, int] = {}
+        for case_id in self.case_ids():
+            m = self.get(case_id)
+            if all(m.value(key) in values for key, values in normalized.items()):
+                counts[str(m.diagnosis)] = counts.get(str(m.diagnosis), 0) + 1
+        return counts
+
     def search_mode(self) -> str:
         """How a search runs, in words (``index info``); a backend that switches between exact and approximate search
         by itself says which it does now."""

@@ -283,6 +283,17 @@ class FaissCaseIndex(CaseIndex):
         return (f"approximate (more than {self.exact_max} cases): IVF{lists},SQ8 trained on {self._ann_trained_on} cases (retrained past "
                 f"{4 * self._ann_trained_on}), {min(self.nprobe, lists)} of its lists probed, the best {self.rerank_factor} x k candidates re-scored exactly")
 
+    def diagnosis_counts(self, filters: Filters | None = None) -> dict[str, int]:
+        """As :meth:`CaseIndex.diagnosis_counts`, from the cached metadata columns."""
+        codes, vocab = self._column("diagnosis")
+        mask = self.filter_mask(filters)
+        per_code = np.bincount(codes if mask is None else codes[mask], minlength=len(vocab))
+        counts: dict[str, int] = {}
+        for value, code in vocab.items():
+            if per_code[code]:
+                counts[str(value)] = counts.get(str(value), 0) + int(per_code[code])
+        return counts
+
     def _column(self, key: str) -> tuple[np.ndarray, dict[Any, int]]:
         if key not in self._columns:
             vocab: dict[Any, int] = {}
