@@ -779,3 +779,190 @@ def test_stow_rs_to_a_hung_node_gives_up_after_its_timeout():
     finally:
         hung.close()
     assert time.monotonic() - start < 4.0 and len(held) == 1  # one attempt
+
+
+class _PickyReturnNode(ReturnNode):
+    """A return node that refuses Encapsulated PDFs with ``status`` (0xA900: for good; 0xA700 once: for now)."""
+
+    def __init__(self, port: int, status: int, times: int | None = None) -> None:
+        super().__init__(port)
+        self.status, self.times, self.classes = status, times, []
+
+    def start(self) -> ReturnNode:
+        def on_store(event):
+            self.classes.append(str(event.dataset.SOPClassUID))
+            if str(event.dataset.SOPClassUID) == ENCAPSULATED_PDF and (self.times is None or self.times > 0):
+                self.times = None if self.times is None else self.times - 1
+                return self.status
+            self.received.append(event.dataset)
+            return 0x0000
+
+        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(self._evt.EVT_C_STORE, on_store)])
+        return self
+
+
+def test_a_return_node_refusing_an_object_for_good_is_not_sent_it_forever(tmp_path):
+    """Found by review: a PACS refusing the PDF (0xA900) while storing the SR got both again every retry_s, forever,
+    the study stuck at return-pending. Stored objects leave the outbox; a refusal that sending again cannot change
+    fails the round, says so, and keeps the object in failed/; a refusal for now (0xA700) is retried, alone."""
+    from collections import Counter
+
+    for status, times, final in ((0xA900, None, "failed"), (0xA700, 1, "returned")):
+        ret = _PickyReturnNode(free_port(), status, times).start()
+        service = DicomService(StandInPipeline(sr=True), tmp_path / f"spool-{status:x}", port=free_port(), peers=[PEER],
+                               return_node=f"127.0.0.1:{ret.port}:{PEER}", quiet_s=0.3, retry_s=0.3).start()
+        try:
+            study = make_study(f"refused-{status:x}")
+            assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+            settled = state_of(service, study[0].StudyInstanceUID, final)
+            time.sleep(1.0)  # three retry periods: nothing more is sent
+            sent = Counter(ret.classes)
+            assert sent["1.2.840.10008.5.1.4.1.1.88.33"] == 1, sent  # the SR, stored at the first attempt, is not sent again
+            assert sent[ENCAPSULATED_PDF] == (1 if final == "failed" else 2), sent
+            if final == "failed":
+                assert "refused by" in settled["error"] and "for good" in settled["error"] and settled["rounds"][-1]["state"] == "failed"
+                kept = service.workdir / "failed" / study[0].StudyInstanceUID / "refused-by-return-node"
+                assert len(list(kept.glob("*.dcm"))) == 1
+        finally:
+            service.stop()
+            ret.stop()
+
+
+def test_a_delivery_whose_status_record_could_not_be_written_is_not_retried_forever(node, monkeypatch):
+    """Found by review: the outbox was deleted before the "returned" record was saved; with that save failing (disk
+    full), the next retry sent an empty outbox, failed, and was logged every retry_s forever, the study return-pending."""
+    import errno
+
+    import monai_cir.service.dicom_node as dicom_node
+
+    real = dicom_node.atomic_write_bytes
+    once = {"fail": True}
+
+    def flaky(path, data):
+        if once["fail"] and b'"state": "returned"' in data:
+            once["fail"] = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(dicom_node, "atomic_write_bytes", flaky)
+    service = node.make(retry_s=0.3)
+    study = make_study("delivered")
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    returned = state_of(service, study[0].StudyInstanceUID, "returned")
+    assert not once["fail"] and returned["error"] is None and len(node.ret.received) == 1
+    assert not (service.workdir / "outbox" / study[0].StudyInstanceUID).exists()
+
+
+def test_a_next_answer_that_cannot_be_queued_leaves_the_earlier_one_to_deliver(tmp_path, monkeypatch):
+    """Found by review: the earlier round's answer (the PACS down) was deleted before the next one was copied into the
+    outbox; a disk full mid-copy lost both, and the cut-off file was retried forever. The next answer is staged whole
+    beside the outbox and swapped in; failing, its round fails and the earlier answer is delivered."""
+    import errno
+
+    import monai_cir.service.dicom_node as dicom_node
+
+    port = free_port()  # the return node is down at first
+    service = DicomService(StandInPipeline(), tmp_path / "spool", port=free_port(), peers=[PEER], return_node=f"127.0.0.1:{port}:{PEER}",
+                           quiet_s=0.3, retry_s=0.5).start()
+    ret = ReturnNode(port)
+    try:
+        study = make_study("pending")
+        uid = study[0].StudyInstanceUID
+        assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+        state_of(service, uid, "return-pending")
+        real = dicom_node.shutil.copy2
+
+        def disk_full(src, dst, **kwargs):
+            if "outbox" in str(dst):
+                Path(dst).write_bytes(Path(src).read_bytes()[:100])  # what ENOSPC mid-copy leaves
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(src, dst, **kwargs)
+
+        monkeypatch.setattr(dicom_node.shutil, "copy2", disk_full)
+        assert all(r.ok for r in c_store([new_instance(study[0])], address(service), calling_ae=PEER))  # an image added
+        rounds_of(service, uid, 2, "failed")
+        monkeypatch.setattr(dicom_node.shutil, "copy2", real)
+        ret.start()  # the PACS is back: round 1's answer goes
+        returned = state_of(service, uid, "returned")
+        assert [r["state"] for r in returned["rounds"]] == ["returned", "failed"] and len(ret.received) == 1
+        assert not any((service.workdir / "outbox").iterdir())
+    finally:
+        service.stop()
+        ret.stop()
+
+
+def test_a_study_sent_again_while_its_answer_is_on_its_way_is_answered_once(tmp_path):
+    """Found by review: only rounds already returned counted for the duplicate check: with a slow or down PACS, a study
+    sent again was answered a second time (and the PACS got two SRs of one image, unlinked)."""
+    port = free_port()
+    pipeline = StandInPipeline()
+    service = DicomService(pipeline, tmp_path / "spool", port=free_port(), peers=[PEER], return_node=f"127.0.0.1:{port}:{PEER}",
+                           quiet_s=0.3, retry_s=0.5).start()
+    ret = ReturnNode(port)
+    try:
+        study = make_study("resent")
+        uid = study[0].StudyInstanceUID
+        assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+        state_of(service, uid, "return-pending")
+        assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))  # the same instances again
+        rounds_of(service, uid, 2, "duplicate")
+        ret.start()
+        returned = state_of(service, uid, "returned")
+        assert len(pipeline.calls) == 1 and len(ret.received) == 1 and [r["state"] for r in returned["rounds"]] == ["returned", "duplicate"]
+    finally:
+        service.stop()
+        ret.stop()
+
+
+def test_idle_connections_do_not_lock_the_peers_out(node, caplog):
+    """Found by review: pynetdicom's defaults (10 associations, 30 s to ask for one) let any host hold every slot with
+    silent TCP connections: the PACS was rejected, and the log blamed the PACS's AE title. A silent connection is dropped
+    after 5 s; a rejection for the limit says so."""
+    import socket
+
+    from monai_cir.service.dicom_node import ACSE_TIMEOUT_S, MAX_ASSOCIATIONS
+
+    service = node.make()
+    idle = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(12)]
+    try:
+        assert echo(service) == 0  # 12 silent connections: the peer is still served (10 were the limit)
+        idle += [socket.create_connection(("127.0.0.1", service.port)) for _ in range(MAX_ASSOCIATIONS)]
+        time.sleep(0.5)
+        assert echo(service) is None
+        assert f"the node's limit of {MAX_ASSOCIATIONS} associations at once is reached" in caplog.text
+        time.sleep(ACSE_TIMEOUT_S + 1.0)  # the silent connections are dropped
+        assert echo(service) == 0
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_a_study_the_service_stop_cut_short_is_not_counted_as_one_that_crashed_it(node):
+    """Found by review: a stop (SIGTERM: a deploy, systemctl restart) waits 60 s for the study in progress; a longer
+    one was recorded as interrupted like a crash, and after two planned restarts it was set aside as "killed: out of
+    memory? or a crash". A study the stop cut short is answered again at the next start, not counted."""
+    import threading
+
+    release = threading.Event()
+
+    class Endless(StandInPipeline):  # answering outlasts the stop's wait: as when the process exits with it unfinished
+        def __call__(self, *args, **kwargs):
+            self.calls.append("blocked")
+            release.wait(60)
+            raise RuntimeError("the process had exited")
+
+    study = make_study("long")
+    uid = study[0].StudyInstanceUID
+    try:
+        for restart in range(2):
+            service = node.make(Endless())
+            if restart == 0:
+                assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+            state_of(service, uid, "processing")
+            wait_for(lambda: len(service.pipeline.calls) == 1, 20, "the study being answered")
+            service.stop(timeout=0.2)
+        service = node.make(StandInPipeline())
+        returned = state_of(service, uid, "returned")
+        assert [r["state"] for r in returned["rounds"]] == ["stopped", "stopped", "returned"]
+    finally:
+        release.set()

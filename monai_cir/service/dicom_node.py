@@ -87,6 +87,9 @@ STATUS_SUCCESS = 0x0000
 STATUS_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.4.2: the peer is not configured)
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+# how long a connection may wait before asking for an association, and how many associations are served at once
+ACSE_TIMEOUT_S = 5.0
+MAX_ASSOCIATIONS = 32
 
 def _uid_path(folder: Path, uid: str, suffix: str = "") -> Path:
     """``folder/<uid><suffix>``: the one way a path is built from a UID. A name of digits and dots that
@@ -122,7 +125,9 @@ class Peer:
 
 
 # a study whose rounds the service's stopping interrupted this many times in a row is set aside at start, not queued
+# (a study the service's own stop cut short, recorded in _STOPPED_DURING, does not count)
 MAX_INTERRUPTED_ROUNDS = 2
+_STOPPED_DURING = "stopped-during.json"
 
 
 def parse_peer(text: str) -> Peer:
@@ -260,6 +265,7 @@ class DicomService:
         self._deliverer: threading.Thread | None = None
         self._deliver_wake = threading.Event()
         self._outbox_locks: dict[str, threading.Lock] = {}  # per study: the deliverer's send vs the worker's next answer
+        self._processing: str | None = None  # the study the worker is answering
         self.dirs = {name: self.workdir / name for name in ("incoming", "processing", "inputs", "results", "outbox", "failed", "status")}
 
     # ------------------------------------------------------------------ lifecycle
@@ -274,6 +280,10 @@ class DicomService:
         ae.require_called_aet = True
         ae.require_calling_aet = sorted({p.ae_title for p in self.peers})  # others: A-ASSOCIATE-RJ
         ae.maximum_pdu_size = 0
+        # a connection that sends no association request is dropped after ACSE_TIMEOUT_S (pynetdicom's 30 s let a host
+        # hold the association slots with idle connections: the PACS was rejected meanwhile)
+        ae.acse_timeout = ACSE_TIMEOUT_S
+        ae.maximum_associations = MAX_ASSOCIATIONS
         for uid in SUPPORTED_SOP_CLASSES:
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION)
@@ -311,6 +321,13 @@ class DicomService:
         for thread in (self._worker, self._deliverer):  # a send in progress ends within its association timeout
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            cut = self._processing
+        if cut is not None:  # still answering when the wait ended: the next start runs it again, as no crash of it
+            from ..atomic import atomic_write_text
+
+            atomic_write_text(self.workdir / _STOPPED_DURING, json.dumps({"study": cut}))
+            logger.warning("study %s: still being answered after %.0f s; stopped, it is answered again at the next start", cut, timeout)
         self._worker = self._deliverer = None
         logger.info("DICOM node %s stopped", self.ae_title)
 
@@ -372,9 +389,10 @@ class DicomService:
             return "receiving" if study_uid in self._pending else state
 
     def _release(self, study_uid: str) -> None:
-        """Forget the in-memory record of a study with nothing left to do (its file stays)."""
+        """Forget the in-memory record of a study with nothing left to do (its file stays); not while the worker
+        processes it (the deliverer released it mid-round, and the worker's next step loaded a second record)."""
         with self._lock:
-            if study_uid not in self._pending and study_uid not in self._next_retry:
+            if study_uid not in self._pending and study_uid not in self._next_retry and study_uid != self._processing:
                 self._statuses.pop(study_uid, None)
                 self._outbox_locks.pop(study_uid, None)
 
@@ -397,6 +415,12 @@ class DicomService:
 
     def _on_rejected(self, event: Any) -> None:
         ae, host = self._caller(event)
+        active = [a for a in event.assoc.ae.active_associations if a.is_acceptor]
+        if len(active) > event.assoc.ae.maximum_associations:  # the reason pynetdicom rejected it: say the right one
+            logger.warning("association from %s@%s rejected: the node's limit of %d associations at once is reached (connections "
+                           "that are slow or send nothing hold them; keep the node reachable from its peers only)",
+                           ae, host, event.assoc.ae.maximum_associations)
+            return
         logger.warning("association from %s@%s rejected (not a configured peer, or called AE title not %s)", ae, host, self.ae_title)
 
     def _on_store(self, event: Any) -> int:
@@ -477,6 +501,15 @@ class DicomService:
                     os.replace(file, target / file.name)
             shutil.rmtree(folder, ignore_errors=True)
         now = time.monotonic()
+        stopped_during = None  # the study a stop the service chose cut short (stop()): no crash of it
+        marker = self.workdir / _STOPPED_DURING
+        if marker.is_file():
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stopped_during = json.loads(marker.read_text()).get("study")
+            marker.unlink(missing_ok=True)
+        for folder in sorted(self.dirs["outbox"].iterdir()):
+            if folder.is_dir() and folder.name.endswith(".new"):  # a next answer cut while it was staged
+                shutil.rmtree(folder, ignore_errors=True)
         for folder in sorted(self.dirs["incoming"].iterdir()):
             if not folder.is_dir() or not is_dicom_uid(folder.name):
                 continue
@@ -488,7 +521,8 @@ class DicomService:
             status.state = "receiving"
             for rnd in status.rounds:
                 if rnd.get("state") == "processing":
-                    rnd["state"] = "interrupted"  # the service stopped during it: the round is run again
+                    # the service stopped during it: the round is run again; counted as a crash unless stop() cut it
+                    rnd["state"] = "stopped" if folder.name == stopped_during else "interrupted"
             stopped = next((i for i, rnd in enumerate(reversed(status.rounds)) if rnd.get("state") != "interrupted"), len(status.rounds))
             if stopped >= MAX_INTERRUPTED_ROUNDS:  # a study that kills the service (memory) would kill it at every start
                 self._set_aside(folder, status, stopped)
@@ -531,7 +565,13 @@ class DicomService:
             try:
                 study_uid = self._ready()
                 if study_uid is not None:
-                    self._process(study_uid)
+                    with self._lock:
+                        self._processing = study_uid
+                    try:
+                        self._process(study_uid)
+                    finally:
+                        with self._lock:
+                            self._processing = None
                     continue
                 self._wake.wait(0.05)
                 self._wake.clear()
@@ -595,9 +635,12 @@ class DicomService:
         new_sops = [name[: -len(".dcm")] for name in new]
         with self._lock:
             rnd: dict[str, Any] = {"round": len(status.rounds) + 1, "state": "processing", "new_instances": len(new), "instances": len(sops), "started": time.time()}
-            if set(new_sops) <= set(status.returned_instances):
-                rnd.update(state="duplicate", finished=rnd["started"], note=f"all {len(new)} instance(s) were part of an answer already returned: not answered again")
-                before = next((r["state"] for r in reversed(status.rounds) if r.get("state") in ("returned", "return-pending")), "returned")
+            # instances of an answer returned, or answered and still on its way to the return node (a slow PACS): sent
+            # again, they are a duplicate (they were answered a second time, and the PACS got two SRs of one image)
+            on_its_way = {sop for r in status.rounds if r.get("state") in ("answered", "return-pending") for sop in r.get("input_sops", [])}
+            if set(new_sops) <= set(status.returned_instances) | on_its_way:
+                rnd.update(state="duplicate", finished=rnd["started"], note=f"all {len(new)} instance(s) were part of an answer already returned or on its way: not answered again")
+                before = next((r["state"] for r in reversed(status.rounds) if r.get("state") in ("answered", "returned", "return-pending")), "returned")
                 status.rounds.append(rnd)
                 status.state = self._settled(study_uid, before)
                 if before == "returned":
@@ -655,15 +698,24 @@ class DicomService:
             outbox = _uid_path(self.dirs["outbox"], study_uid)
             # not while the deliverer sends the previous round's answer from this outbox (lock order: outbox, then _lock)
             with self._outbox_lock(study_uid), self._lock:
+                # built whole beside the outbox, then swapped in: a copy that fails (disk full) leaves the earlier
+                # round's answer, still to be delivered, as it was (it was deleted first, and a cut-off file retried forever)
+                staged = outbox.with_name(outbox.name + ".new")
+                shutil.rmtree(staged, ignore_errors=True)
+                try:
+                    staged.mkdir(parents=True)
+                    for i, path in enumerate(outputs):
+                        shutil.copy2(path, staged / f"{i:03d}-{path.name}")
+                except BaseException:
+                    shutil.rmtree(staged, ignore_errors=True)
+                    raise
                 superseded = outbox.exists()  # an earlier round's answer not yet delivered: this one replaces it
                 if superseded:
                     shutil.rmtree(outbox)  # its files stay in that round's results folder
                     for earlier in status.rounds[:-1]:
                         if earlier.get("state") in ("answered", "return-pending"):
                             earlier["state"] = "superseded"
-                outbox.mkdir(parents=True, exist_ok=True)
-                for i, path in enumerate(outputs):
-                    shutil.copy2(path, outbox / f"{i:03d}-{path.name}")
+                os.replace(staged, outbox)
                 status.answered, status.problems = answered, problems
                 status.outputs = [p.name for p in sorted(outbox.iterdir())]
                 status.finished = time.time()
@@ -720,6 +772,27 @@ class DicomService:
                 os.replace(file, inputs / file.name)
         work.rmdir()
 
+    def _refused_for_good(self, study_uid: str, status: StudyStatus, rnd: dict[str, Any] | None, outbox: Path, refused: list[Any]) -> None:
+        """The return node refused objects for good (:func:`_refused_for_good`): the round fails with the reason, the
+        objects go to failed/<study>/refused-by-return-node/ and are not sent again (they were, every retry_s, forever)."""
+        reason = (f"{len(refused)} object(s) refused by {self.return_node or self.return_dicomweb} for good ({refused[0].message}): "
+                  "not sent again; the objects are kept in failed/")
+        kept = _uid_path(self.dirs["failed"], study_uid) / "refused-by-return-node"
+        with self._lock:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            if kept.exists():
+                shutil.rmtree(kept)
+            os.replace(outbox, kept)
+            self._next_retry.pop(study_uid, None)
+            status.error = reason
+            if status.state not in ("receiving", "processing"):
+                status.state = "failed"
+            if rnd is not None:
+                rnd.update(state="failed", error=reason, finished=time.time())
+            self._save_status(status)
+        logger.error("study %s: %s", study_uid, reason)
+        self._release(study_uid)
+
     # ------------------------------------------------------------------ the deliverer
     def _outbox_lock(self, study_uid: str) -> threading.Lock:
         with self._lock:
@@ -760,15 +833,22 @@ class DicomService:
             rnd = next((r for r in reversed(status.rounds) if r.get("state") in ("answered", "return-pending")), None)
             status.return_attempts += 1
         try:
-            if self.return_node is not None:
-                results = c_store(files, self.return_node, calling_ae=self.ae_title)
-            else:
-                results = stow_rs(files, str(self.return_dicomweb))
-            refused = [r for r in results if not r.ok]
-            if len(results) != len(files):
-                raise ConnectionError(f"{len(results)} store result(s) for {len(files)} object(s)")
-            if refused:
-                raise ConnectionError(f"{len(refused)} of {len(results)} object(s) refused: {refused[0].message}")
+            if files:  # none left: every object was stored by an earlier attempt whose status record was not written
+                if self.return_node is not None:
+                    results = c_store(files, self.return_node, calling_ae=self.ae_title)
+                else:
+                    results = stow_rs(files, str(self.return_dicomweb))
+                if len(results) != len(files):
+                    raise ConnectionError(f"{len(results)} store result(s) for {len(files)} object(s)")
+                for file, result in zip(files, results):
+                    if result.ok:  # stored: a retry sends only what the node has not (it re-sent every object each time)
+                        file.unlink(missing_ok=True)
+                refused = [r for r in results if not r.ok]
+                if refused and all(_refused_for_good(r) for r in refused):
+                    self._refused_for_good(study_uid, status, rnd, outbox, refused)
+                    return
+                if refused:
+                    raise ConnectionError(f"{len(refused)} of {len(results)} object(s) refused: {refused[0].message}")
         except Exception as err:  # noqa: BLE001 (node down, refused: keep the outputs, retry later)
             with self._lock:
                 status.error = _one_line(err)
@@ -782,8 +862,6 @@ class DicomService:
                          study_uid, status.return_attempts, status.error, outbox, self.retry_s)
             return
         with self._lock:
-            self._next_retry.pop(study_uid, None)
-            shutil.rmtree(outbox, ignore_errors=True)
             status.returned = time.time()
             if status.state not in ("receiving", "processing"):
                 status.state, status.error = "returned", None
@@ -792,9 +870,21 @@ class DicomService:
                 status.returned_instances = sorted({*status.returned_instances, *rnd.get("input_sops", [])})
                 status.returned_answers.update(rnd.get("answer_keys", {}))
                 status.returned_srs.update(rnd.get("answer_srs", {}))
-            self._save_status(status)
+            self._save_status(status)  # first: a record not written leaves the (empty) outbox, delivered on the next try
+            self._next_retry.pop(study_uid, None)
+            shutil.rmtree(outbox, ignore_errors=True)
         logger.info("study %s: %d object(s) returned to %s", study_uid, len(files), self.return_node or self.return_dicomweb)
         self._release(study_uid)
+
+
+def _refused_for_good(result: Any) -> bool:
+    """Whether a store result is a refusal that sending again cannot change: the object does not match its SOP class
+    (0xA9xx), cannot be understood (0xCxxx), its SOP class is not supported (0x0122) or no presentation context accepts
+    it; out of resources (0xA7xx), no response or a network failure are worth retrying."""
+    code = getattr(result, "status", None)
+    if code is None:
+        return "context" in str(getattr(result, "message", "")).lower()
+    return 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF or code == 0x0122
 
 
 def _link_predecessors(result: Any, out: Path, outputs: list[Path], returned: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
