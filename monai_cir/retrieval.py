@@ -582,7 +582,9 @@ def ranked_answer(
         # the slot ranked in K's units: the case's rank by similarity alone, and the notice in the prior's words
         other = next(h for h in hits if h.case_id == opened["case_id"])
         opened["similarity_rank"] = similarity_rank(index, query[0], other.score, dict(filters) if filters else None)
-        best = hits[0].metadata.diagnosis
+        from .evidence import NO_DIAGNOSIS
+
+        best = next((h.metadata.diagnosis for h in hits if h.metadata.diagnosis != NO_DIAGNOSIS), hits[0].metadata.diagnosis)
         opened["notice"] = slot.notice(other.metadata.diagnosis, opened["similarity_rank"], best, opened["margin"], prior=True)
     return Answer(hits=hits, pool=pool, differential=opened, ranking=PRIOR_RANKING if hits else SIMILARITY_RANKING)
 

@@ -1558,6 +1558,17 @@ def test_one_uid_on_the_same_bytes_read_as_another_picture_is_a_collision(tmp_pa
     second.save_as(tmp_path / "geometry" / "b.dcm", enforce_file_format=True)
     scan, problems = _scan(tmp_path / "geometry")
     assert not scan.queries and all("a UID collision upstream" in m for m in problems.values()) and len(problems) == 2
+    assert all("the same pixels read as another picture" in m for m in problems.values())
+    # found by review of the check: one instance sent twice in two native encodings (Implicit / Explicit VR Little
+    # Endian, Planar Configuration absent / 0) is the same instance, answered once
+    again = pydicom.dcmread(tmp_path / "geometry" / "a.dcm")
+    (tmp_path / "encodings").mkdir()
+    again.save_as(tmp_path / "encodings" / "explicit.dcm", enforce_file_format=True)
+    again.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    del again.PlanarConfiguration
+    again.save_as(tmp_path / "encodings" / "implicit.dcm", enforce_file_format=True, implicit_vr=True, little_endian=True)
+    scan, problems = _scan(tmp_path / "encodings")
+    assert len(scan.queries) == 1 and problems == {}
 
 
 def test_a_palette_colour_image_keeps_the_colours_its_table_gives(tmp_path):
@@ -1598,3 +1609,7 @@ def test_a_larger_image_than_the_app_decodes_is_reported_and_a_large_jpeg_is_rea
     monkeypatch.setattr(reader, "_to_rgb_frames", lambda *a: pytest.fail("decoded at full size by pydicom"))
     scan, problems = _scan(tmp_path / "jpeg")
     assert problems == {} and len(scan.queries) == 1 and Image.MAX_IMAGE_PIXELS == 100_000
+    # found by review of the ceiling: a large JPEG the reduced-scale path cannot read is not decoded whole either
+    monkeypatch.setattr(reader, "_pillow_baseline_frames", lambda *a: None)
+    scan, problems = _scan(tmp_path / "jpeg")
+    assert not scan.queries and "more than the app decodes whole" in problems["large"]

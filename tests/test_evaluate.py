@@ -738,6 +738,6 @@ def test_cross_site_text_forms_say_which_texts_name_no_finding(tiny_caches, tiny
     texts = block["text_forms_texts"]
     assert texts["partial"]["same_texts_as"] == "template" and texts["findings_only"]["same_texts_as"] == "empty"
     assert texts["template"]["same_texts_as"] is None and all(t["naming_a_finding"] == 0 for t in texts.values())
-    assert "copies_not_ranked" in block
+    assert "copies_not_ranked" in block and block["methods"]["imagenet_cosine"]["copies_not_ranked"] == 0  # per method too
     table = text_forms_table(merged)
     assert "partial 0 of 16 (the same texts as template)" in table and "No isic-uda1 text names a finding" in table

@@ -199,6 +199,15 @@ def test_a_fine_tuned_checkpoint_cannot_make_transformers_run_a_model_folders_co
     assert not marker.exists(), "transformers ran the model folder's code"
 
 
+def test_a_text_architecture_without_token_types_is_a_valid_one():
+    """Found by review of the check above: DeBERTa's configs record type_vocab_size 0, which a checkpoint of it holds."""
+    from monai_cir.networks.text_encoder import architecture_overrides
+
+    assert architecture_overrides({"type_vocab_size": 0, "hidden_size": 768}) == {"type_vocab_size": 0, "hidden_size": 768}
+    with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
+        architecture_overrides({"hidden_size": 0})
+
+
 def test_a_checkpoint_of_the_wrong_shape_is_refused_in_one_line_naming_the_field(tmp_path):
     """Found by review: files that pass weights_only but lack a field or hold the wrong type stopped the CLI with a
     KeyError / TypeError traceback, or a bare "invalid literal for int()" naming no file."""

@@ -807,7 +807,8 @@ def test_a_return_node_refusing_an_object_for_good_is_not_sent_it_forever(tmp_pa
     fails the round, says so, and keeps the object in failed/; a refusal for now (0xA700) is retried, alone."""
     from collections import Counter
 
-    for status, times, final in ((0xA900, None, "failed"), (0xA700, 1, "returned")):
+    # 0xC211: pynetdicom's answer when its store handler fails (a full disk at the PACS): worth retrying
+    for status, times, final in ((0xA900, None, "failed"), (0xA700, 1, "returned"), (0xC211, 1, "returned")):
         ret = _PickyReturnNode(free_port(), status, times).start()
         service = DicomService(StandInPipeline(sr=True), tmp_path / f"spool-{status:x}", port=free_port(), peers=[PEER],
                                return_node=f"127.0.0.1:{ret.port}:{PEER}", quiet_s=0.3, retry_s=0.3).start()
@@ -966,3 +967,15 @@ def test_a_study_the_service_stop_cut_short_is_not_counted_as_one_that_crashed_i
         assert [r["state"] for r in returned["rounds"]] == ["stopped", "stopped", "returned"]
     finally:
         release.set()
+
+
+def test_the_worker_releases_the_studies_it_ends(node):
+    """Found by review of the fix above: a study the worker ended itself (failed, duplicate, unchanged) kept its
+    in-memory record for the service's life, one more for each such study."""
+    pipeline = StandInPipeline(fail={"x"})
+    service = node.make(pipeline)
+    study = make_study("fails")
+    pipeline.fail = {study[0].StudyInstanceUID}
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    state_of(service, study[0].StudyInstanceUID, "failed")
+    wait_for(lambda: study[0].StudyInstanceUID not in service._statuses, 10, "the study's record released")

@@ -564,6 +564,10 @@ def _decoded_frames(ds: Dataset, indices: list[int], max_side: int) -> list[tupl
     fast = _pillow_baseline_frames(ds, indices, max_side)
     if fast is not None:
         return fast
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * columns > MAX_DECODED_PIXELS:  # a large JPEG the reduced-scale path could not read: not decoded whole
+        raise ValueError(f"{columns}x{rows} pixels cannot be read at a reduced scale and are more than the app decodes whole "
+                         f"({MAX_DECODED_PIXELS / 1e6:.0f} Mpx)")
     frames = _to_rgb_frames(ds, np.asarray(ds.pixel_array))
     return [(frames[i], frames[i].shape[:2]) for i in indices]
 
@@ -597,7 +601,9 @@ def _pillow_baseline_frames(ds: Dataset, indices: list[int], max_side: int) -> l
         for i, stream in enumerate(generate_frames(ds.PixelData, number_of_frames=frames)):
             if i not in wanted:
                 continue
-            with _pillow_pixel_limit(MAX_JPEG_PIXELS), Image.open(io.BytesIO(stream)) as img:
+            with _pillow_pixel_limit(MAX_JPEG_PIXELS):  # the guard is checked when the frame is opened
+                img = Image.open(io.BytesIO(stream))
+            with img:
                 if img.format != "JPEG" or img.mode != "RGB" or img.size != (columns, rows):
                     return None
                 if min(columns, rows) >= 2 * max_side:
@@ -970,8 +976,25 @@ def _image_identity(ds: Dataset) -> tuple:
     bytes as 120 x 160 or 160 x 120, RGB or YBR, are two pictures)."""
     pixels = ds.get("PixelData") or b""
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    described = tuple(str(ds.get(keyword, "")) for keyword in _PIXEL_DESCRIPTION)
+    if syntax in _LITTLE_ENDIAN_NATIVE:  # the same pixel bytes whichever of these carried them (one instance sent twice)
+        syntax = "native little endian"
+    described = tuple(_described(ds, keyword) for keyword in _PIXEL_DESCRIPTION)
     return (dicom_text(ds.get("PatientID")), str(ds.get("StudyInstanceUID", "") or ""), hashlib.sha256(bytes(pixels)).hexdigest(), syntax, described)
+
+
+_LITTLE_ENDIAN_NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99")
+_DESCRIPTION_DEFAULTS = {"PlanarConfiguration": "0", "NumberOfFrames": "1"}
+
+
+def _described(ds: Dataset, keyword: str) -> str:
+    """An attribute of the pixel description as a value to compare: numbers as numbers, an absent one as its default."""
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return _DESCRIPTION_DEFAULTS.get(keyword, "")
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return str(value).strip()
 
 
 def _sr_identity(sr: SRText) -> tuple:
@@ -1019,7 +1042,9 @@ def _difference(item: Any, other: Any) -> str:
         return "another patient"
     if a[2] != b[2]:
         return "another study"
-    return "another report" if isinstance(item, SRText) else "other pixels"
+    if isinstance(item, SRText):
+        return "another report"
+    return "other pixels" if a[3] != b[3] else "the same pixels read as another picture"
 
 
 def _image_queries(

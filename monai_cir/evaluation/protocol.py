@@ -395,7 +395,9 @@ def evaluate_cross_site(
                 raise ValueError(f"method {method.name!r}: cross-site embeddings have shape {tuple(emb.shape)}, expected ({len(target)}, D)")
             s = emb @ emb.T
         m = leave_one_out_metrics(s, target.labels.numpy(), exclude=copies)
-        out["methods"][method.name] = {"label": method.label, **_percent(m), "seconds": round(time.perf_counter() - start, 2)}
+        # per method: a merged file may keep methods of runs made before copies were left out (their entries lack it)
+        out["methods"][method.name] = {"label": method.label, **_percent(m), "seconds": round(time.perf_counter() - start, 2),
+                                       "copies_not_ranked": len(copy_groups)}
     return out
 
 

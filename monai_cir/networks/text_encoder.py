@@ -84,7 +84,7 @@ ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_atte
 
 
 def architecture_overrides(overrides: dict | None) -> dict[str, int]:
-    """``overrides`` checked: only :data:`ARCHITECTURE_KEYS`, each a positive int. A checkpoint's recorded architecture
+    """``overrides`` checked: only :data:`ARCHITECTURE_KEYS`, each a positive int (``type_vocab_size`` may be 0). A checkpoint's recorded architecture
     goes to transformers' ``AutoConfig.from_pretrained`` as keyword arguments, where other keys are settings (one crafted
     with ``trust_remote_code`` made transformers import a model folder's Python file): refused with the key named."""
     if not overrides:
@@ -94,8 +94,9 @@ def architecture_overrides(overrides: dict | None) -> dict[str, int]:
     for key, value in overrides.items():
         if key not in ARCHITECTURE_KEYS:
             raise ValueError(f"text architecture key {key!r} is not a size the text encoder takes (expected some of {', '.join(ARCHITECTURE_KEYS)})")
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"text architecture {key} must be a positive integer, got {value!r}")
+        least = 0 if key == "type_vocab_size" else 1  # DeBERTa's configs have no token types (0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"text architecture {key} must be {'a whole number' if least == 0 else 'a positive integer'}, got {value!r}")
     return dict(overrides)
 
 

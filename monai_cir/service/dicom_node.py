@@ -127,6 +127,7 @@ class Peer:
 # a study whose rounds the service's stopping interrupted this many times in a row is set aside at start, not queued
 # (a study the service's own stop cut short, recorded in _STOPPED_DURING, does not count)
 MAX_INTERRUPTED_ROUNDS = 2
+MAX_STOPPED_ROUNDS = 5  # rounds cut by stops and kills in a row (a study that outlasts every stop's wait)
 _STOPPED_DURING = "stopped-during.json"
 
 
@@ -392,7 +393,8 @@ class DicomService:
         """Forget the in-memory record of a study with nothing left to do (its file stays); not while the worker
         processes it (the deliverer released it mid-round, and the worker's next step loaded a second record)."""
         with self._lock:
-            if study_uid not in self._pending and study_uid not in self._next_retry and study_uid != self._processing:
+            worker = threading.current_thread() is self._worker  # the worker releases the study it ends itself
+            if study_uid not in self._pending and study_uid not in self._next_retry and (worker or study_uid != self._processing):
                 self._statuses.pop(study_uid, None)
                 self._outbox_locks.pop(study_uid, None)
 
@@ -523,9 +525,12 @@ class DicomService:
                 if rnd.get("state") == "processing":
                     # the service stopped during it: the round is run again; counted as a crash unless stop() cut it
                     rnd["state"] = "stopped" if folder.name == stopped_during else "interrupted"
-            stopped = next((i for i, rnd in enumerate(reversed(status.rounds)) if rnd.get("state") != "interrupted"), len(status.rounds))
-            if stopped >= MAX_INTERRUPTED_ROUNDS:  # a study that kills the service (memory) would kill it at every start
-                self._set_aside(folder, status, stopped)
+            cut = next((i for i, rnd in enumerate(reversed(status.rounds)) if rnd.get("state") not in ("interrupted", "stopped")), len(status.rounds))
+            killed = sum(rnd.get("state") == "interrupted" for rnd in status.rounds[len(status.rounds) - cut:])
+            # a study that kills the service (memory) would kill it at every start; one that outlasts every stop's wait
+            # (a hung pipeline) would be retried at every start
+            if killed >= MAX_INTERRUPTED_ROUNDS or cut >= MAX_STOPPED_ROUNDS:
+                self._set_aside(folder, status, cut)
                 continue
             self._pending[folder.name] = _Pending(now)
             logger.info("study %s: %d new instance(s) from a previous run, queued", folder.name, sum(1 for _ in folder.glob("*.dcm")))
@@ -880,11 +885,12 @@ class DicomService:
 def _refused_for_good(result: Any) -> bool:
     """Whether a store result is a refusal that sending again cannot change: the object does not match its SOP class
     (0xA9xx), cannot be understood (0xCxxx), its SOP class is not supported (0x0122) or no presentation context accepts
-    it; out of resources (0xA7xx), no response or a network failure are worth retrying."""
+    it; out of resources (0xA7xx), any 0xCxxx (pynetdicom answers 0xC211 when its store handler fails: a full disk, a
+    locked database), no response or a network failure are worth retrying."""
     code = getattr(result, "status", None)
     if code is None:
         return "context" in str(getattr(result, "message", "")).lower()
-    return 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF or code == 0x0122
+    return 0xA900 <= code <= 0xA9FF or code == 0x0122
 
 
 def _link_predecessors(result: Any, out: Path, outputs: list[Path], returned: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
