@@ -854,6 +854,14 @@ def test_a_delivery_whose_status_record_could_not_be_written_is_not_retried_fore
     assert not (service.workdir / "outbox" / study[0].StudyInstanceUID).exists()
 
 
+def _return_node_down_at_first(pipeline: StandInPipeline, tmp_path: Path) -> tuple[DicomService, ReturnNode]:
+    """A running service whose return node is not listening yet (``ret.start()`` brings it up)."""
+    port = free_port()
+    service = DicomService(pipeline, tmp_path / "spool", port=free_port(), peers=[PEER], return_node=f"127.0.0.1:{port}:{PEER}",
+                           quiet_s=0.3, retry_s=0.5).start()
+    return service, ReturnNode(port)
+
+
 def test_a_next_answer_that_cannot_be_queued_leaves_the_earlier_one_to_deliver(tmp_path, monkeypatch):
     """Found by review: the earlier round's answer (the PACS down) was deleted before the next one was copied into the
     outbox; a disk full mid-copy lost both, and the cut-off file was retried forever. The next answer is staged whole
@@ -862,10 +870,7 @@ def test_a_next_answer_that_cannot_be_queued_leaves_the_earlier_one_to_deliver(t
 
     import monai_cir.service.dicom_node as dicom_node
 
-    port = free_port()  # the return node is down at first
-    service = DicomService(StandInPipeline(), tmp_path / "spool", port=free_port(), peers=[PEER], return_node=f"127.0.0.1:{port}:{PEER}",
-                           quiet_s=0.3, retry_s=0.5).start()
-    ret = ReturnNode(port)
+    service, ret = _return_node_down_at_first(StandInPipeline(), tmp_path)
     try:
         study = make_study("pending")
         uid = study[0].StudyInstanceUID
@@ -895,11 +900,8 @@ def test_a_next_answer_that_cannot_be_queued_leaves_the_earlier_one_to_deliver(t
 def test_a_study_sent_again_while_its_answer_is_on_its_way_is_answered_once(tmp_path):
     """Found by review: only rounds already returned counted for the duplicate check: with a slow or down PACS, a study
     sent again was answered a second time (and the PACS got two SRs of one image, unlinked)."""
-    port = free_port()
     pipeline = StandInPipeline()
-    service = DicomService(pipeline, tmp_path / "spool", port=free_port(), peers=[PEER], return_node=f"127.0.0.1:{port}:{PEER}",
-                           quiet_s=0.3, retry_s=0.5).start()
-    ret = ReturnNode(port)
+    service, ret = _return_node_down_at_first(pipeline, tmp_path)
     try:
         study = make_study("resent")
         uid = study[0].StudyInstanceUID
