@@ -76,10 +76,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all."""
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's contents to the disk (a folder: the names in it, e.g. a rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` whole or not at all. ``durable``: on the disk when this returns (the file flushed
+    before its rename, the folder after), as a receiver must be before it acknowledges what it was sent: without it a
+    power loss can leave an empty file behind an acknowledgment."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+        if durable:
+            fsync_path(tmp)
+    if durable:
+        fsync_path(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -51,3 +51,21 @@ def test_the_apps_results_files_are_written_whole_with_the_usual_permissions(tmp
     for name in (RESULTS_FILE, PROBLEMS_FILE):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RESULTS_FILE, PROBLEMS_FILE])
+
+
+def test_a_durable_write_is_on_the_disk_when_it_returns(tmp_path, monkeypatch):
+    """Found by review: the DICOM service acknowledged a C-STORE (0x0000) before the instance was flushed to the disk;
+    after a power loss an empty file or status record could stand behind the acknowledgment (the sender may have
+    deleted its copy). A durable write flushes the file before its rename and the folder after."""
+    import os
+
+    from monai_cir.atomic import atomic_write_bytes
+
+    flushed = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    atomic_write_bytes(tmp_path / "plain.bin", b"x")
+    assert flushed == []
+    atomic_write_bytes(tmp_path / "durable.bin", b"y", durable=True)
+    assert len(flushed) == 2 and flushed[0].startswith(str(tmp_path / ".durable.bin.")) and flushed[1] == str(tmp_path)
+    assert (tmp_path / "durable.bin").read_bytes() == b"y"

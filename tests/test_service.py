@@ -981,3 +981,24 @@ def test_the_worker_releases_the_studies_it_ends(node):
     assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
     state_of(service, study[0].StudyInstanceUID, "failed")
     wait_for(lambda: study[0].StudyInstanceUID not in service._statuses, 10, "the study's record released")
+
+
+def test_received_instances_and_status_records_are_on_the_disk_before_they_are_acknowledged(node, monkeypatch):
+    """Found by review: a C-STORE was acknowledged before the instance was flushed to the disk (a power loss could
+    leave an empty file behind an acknowledgment, and an empty status record read as a fresh study)."""
+    import monai_cir.service.dicom_node as dicom_node
+
+    writes = []
+    real = dicom_node.atomic_write_bytes
+
+    def recorded(path, data, durable=False):
+        writes.append((Path(path).suffix, durable))
+        return real(path, data, durable=durable)
+
+    monkeypatch.setattr(dicom_node, "atomic_write_bytes", recorded)
+    service = node.make()
+    study = make_study("durable")
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    state_of(service, study[0].StudyInstanceUID, "returned")
+    instances, records = [d for s, d in writes if s == ".dcm"], [d for s, d in writes if s == ".json"]
+    assert len(instances) == len(study) and all(instances) and records and all(records)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import exclusive_lock, sha256_file
+from ..atomic import exclusive_lock, fsync_path, sha256_file
 
 __all__ = [
     "INDEX_FORMAT",
@@ -189,14 +189,6 @@ def as_float32_matrix(vectors: Any, dim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of a saved index, with a clear error if the folder is not one."""
     directory = Path(directory)
@@ -287,11 +279,11 @@ def _write_generation(directory: Path, writers: Mapping[str, tuple[str, Callable
             except RuntimeError as err:  # FAISS reports a failed write (a full disk) as RuntimeError with its C++ trace
                 detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
                 raise OSError(f"could not write the index's {role} file in {directory}: {detail}") from err
-            _fsync_path(tmp)
+            fsync_path(tmp)
             files[role] = {"name": name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
             os.replace(tmp, directory / name)
             written.append(directory / name)
-        _fsync_path(directory)
+        fsync_path(directory)
         record = {"format": INDEX_FORMAT, **manifest, "files": files}
         written.append(manifest_tmp)
         with open(manifest_tmp, "w") as f:
@@ -299,7 +291,7 @@ def _write_generation(directory: Path, writers: Mapping[str, tuple[str, Callable
             f.flush()
             os.fsync(f.fileno())
         os.replace(manifest_tmp, directory / MANIFEST_NAME)  # the commit point
-        _fsync_path(directory)
+        fsync_path(directory)
     except BaseException:
         for path in written:
             try:

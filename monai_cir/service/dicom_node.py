@@ -367,7 +367,7 @@ class DicomService:
     def _save_status(self, status: StudyStatus) -> None:
         with self._lock:
             data = json.dumps(status.to_dict(), indent=1, default=str).encode()
-            atomic_write_bytes(_uid_path(self.dirs["status"], status.study_uid, ".json"), data)
+            atomic_write_bytes(_uid_path(self.dirs["status"], status.study_uid, ".json"), data, durable=True)
 
     def _load_status(self, study_uid: str) -> StudyStatus:
         data = self.status(study_uid)
@@ -451,7 +451,8 @@ class DicomService:
             for attempt in range(2):  # the worker may remove the (empty) folder between the two steps
                 folder.mkdir(parents=True, exist_ok=True)
                 try:
-                    atomic_write_bytes(_uid_path(folder, sop_uid, ".dcm"), buffer.getvalue())
+                    # on the disk before the C-STORE is acknowledged (the sender may then delete its copy)
+                    atomic_write_bytes(_uid_path(folder, sop_uid, ".dcm"), buffer.getvalue(), durable=True)
                     break
                 except FileNotFoundError:
                     if attempt:
