@@ -839,11 +839,11 @@ def test_a_delivery_whose_status_record_could_not_be_written_is_not_retried_fore
     real = dicom_node.atomic_write_bytes
     once = {"fail": True}
 
-    def flaky(path, data):
+    def flaky(path, data, durable=False):
         if once["fail"] and b'"state": "returned"' in data:
             once["fail"] = False
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data)
+        return real(path, data, durable=durable)
 
     monkeypatch.setattr(dicom_node, "atomic_write_bytes", flaky)
     service = node.make(retry_s=0.3)
@@ -1002,3 +1002,24 @@ def test_received_instances_and_status_records_are_on_the_disk_before_they_are_a
     state_of(service, study[0].StudyInstanceUID, "returned")
     instances, records = [d for s, d in writes if s == ".dcm"], [d for s, d in writes if s == ".json"]
     assert len(instances) == len(study) and all(instances) and records and all(records)
+
+
+def test_a_received_instance_is_stored_as_sent_without_being_decoded(node, monkeypatch):
+    """Found by the service review: each instance was decoded, encoded again into a buffer and copied (about 4x its
+    size in memory: a 300 MiB instance raised the peak by 1.2 GB; ten at once could get the service killed). It is
+    written as sent, only its two UIDs read."""
+    import pynetdicom.events
+
+    service = node.make()
+    decode = pynetdicom.events.Event.dataset.fget
+
+    def decoded(self):
+        if self.assoc.acceptor.ae_title == service.ae_title:  # the service's C-STOREs (the return node stays as it is)
+            raise AssertionError("the whole dataset was decoded")
+        return decode(self)
+
+    monkeypatch.setattr(pynetdicom.events.Event, "dataset", property(decoded))
+    study = make_study("as-sent")
+    assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
+    returned = state_of(service, study[0].StudyInstanceUID, "returned")
+    assert returned["instances"] == len(study) and len(node.ret.received) == 1
