@@ -1023,3 +1023,29 @@ def test_a_received_instance_is_stored_as_sent_without_being_decoded(node, monke
     assert all(r.ok for r in c_store(study, address(service), calling_ae=PEER))
     returned = state_of(service, study[0].StudyInstanceUID, "returned")
     assert returned["instances"] == len(study) and len(node.ret.received) == 1
+
+
+def test_a_study_that_holds_the_worker_too_long_is_said_in_the_log(node, caplog):
+    """Found by the service review: a pipeline that hangs blocked every later study, the state 'processing' forever
+    and nothing in the log. After stalled_s, and every stalled_s again, the log names the study and how many wait."""
+    import threading
+
+    release = threading.Event()
+
+    class Hangs(StandInPipeline):
+        def __call__(self, *args, **kwargs):
+            self.calls.append("hung")
+            release.wait(30)
+            return super().__call__(*args, **kwargs)
+
+    service = node.make(Hangs(), stalled_s=0.4)
+    first, second = make_study("hangs"), make_study("waits")
+    try:
+        assert all(r.ok for r in c_store(first, address(service), calling_ae=PEER))
+        state_of(service, first[0].StudyInstanceUID, "processing")
+        assert all(r.ok for r in c_store(second, address(service), calling_ae=PEER))
+        wait_for(lambda: caplog.text.count(f"study {first[0].StudyInstanceUID} has been answered for") >= 2, 10, "the stall said twice")
+        assert "1 other study wait behind it" in caplog.text
+    finally:
+        release.set()
+    state_of(service, second[0].StudyInstanceUID, "returned")

@@ -238,7 +238,10 @@ class DicomService:
         return_dicomweb: str | None = None,
         quiet_s: float = 2.0,
         retry_s: float = 30.0,
+        stalled_s: float = 600.0,
     ) -> None:
+        """``stalled_s``: how long answering one study may take before the log says, and says again every as long,
+        that it holds up the studies queued behind it (a hung pipeline answered nothing more, without a word)."""
         check_ae_title(ae_title, "the service's AE title (ae_title, --ae)")
         self.peers = [p if isinstance(p, Peer) else parse_peer(p) for p in peers]
         if not self.peers:
@@ -254,7 +257,9 @@ class DicomService:
         self.ae_title, self.host, self.port = ae_title, host, int(port)
         self.return_node: DicomNode | None = parse_dicom_node(return_node) if return_node else None
         self.return_dicomweb = return_dicomweb
-        self.quiet_s, self.retry_s = float(quiet_s), float(retry_s)
+        self.quiet_s, self.retry_s, self.stalled_s = float(quiet_s), float(retry_s), float(stalled_s)
+        self._processing_since = 0.0  # monotonic start of the study the worker answers
+        self._stall_said = 0  # how many stalled_s periods of it the log has said
         self._lock = threading.RLock()  # guards _pending, _statuses and every status change + save
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -574,7 +579,7 @@ class DicomService:
                 study_uid = self._ready()
                 if study_uid is not None:
                     with self._lock:
-                        self._processing = study_uid
+                        self._processing, self._processing_since, self._stall_said = study_uid, time.monotonic(), 0
                     try:
                         self._process(study_uid)
                     finally:
@@ -812,6 +817,7 @@ class DicomService:
         while not self._stop.is_set():
             study_uid = None
             try:
+                self._say_if_stalled()
                 study_uid = self._due()
                 if study_uid is not None:
                     self._return(study_uid, self._status_of(study_uid))
@@ -823,6 +829,22 @@ class DicomService:
                 logger.error("study %s: returning the results failed: %s; retrying in %.0f s", study_uid, _one_line(err), self.retry_s)
             self._deliver_wake.wait(0.05)
             self._deliver_wake.clear()
+
+    def _say_if_stalled(self) -> None:
+        """A study answered for longer than ``stalled_s``: logged then, and again every ``stalled_s``, with how many
+        studies wait behind it (on the deliverer's thread, which the worker's study does not hold up)."""
+        with self._lock:
+            study_uid, since, said = self._processing, self._processing_since, self._stall_said
+            waiting = len(self._pending) - (study_uid in self._pending)
+        if study_uid is None:
+            return
+        periods = int((time.monotonic() - since) // self.stalled_s)
+        if periods > said:
+            with self._lock:
+                self._stall_said = periods
+            logger.warning("study %s has been answered for %.0f s (the pipeline stalled?); %d other stud%s wait behind it; a stop "
+                           "(SIGTERM) answers it again at the next start", study_uid, periods * self.stalled_s, waiting,
+                           "y" if waiting == 1 else "ies")
 
     def _due(self) -> str | None:
         now = time.monotonic()
