@@ -442,6 +442,7 @@ class ComposedRetrievalOperator(Operator):
             if shown.differential is not None:
                 result.differential = dict(shown.differential)
                 result.add_notices(result.differential.pop("notice"))
+            searched = self.library
             if filters:  # a site condition: the vote's base rate is the searched part of the library, and the reader is told
                 from monai_cir.index.base import filters_in_words
 
@@ -449,8 +450,7 @@ class ComposedRetrievalOperator(Operator):
                 result.add_notices(f"similar cases searched among the library's {sum(searched.values())} cases with "
                                    f"{filters_in_words(filters)} only (of {sum(self.library.values())})")
             if pool:
-                base = self._library_under(filters) if filters else self.library
-                result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes, library=base)
+                result.evidence = summarize_evidence(pool, calibration=self.calibration, classes=self.classes, library=searched)
                 result.evidence_disagreement = evidence_disagreement_notice(result.evidence, shown)
                 result.add_notices(result.evidence_disagreement)
             if result.text_use and result.text_use["weight"] > 0 and result.hits:

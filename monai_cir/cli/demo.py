@@ -170,14 +170,13 @@ def index_dicom_library(library: Path, models: Path, checkpoint: Path | None = N
     from monai_cir.config import resolve_device
     from monai_cir.atomic import atomic_path
     from monai_cir.networks import load_model, refresh_encoder_artifact, save_checkpoint
-    from monai_cir.networks.checkpoint import checkpoint_in_folder
 
     models.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint if checkpoint is not None else demo_checkpoint()
     if checkpoint is not None:
         net = load_model(checkpoint, device=resolve_device())
         with atomic_path(models / "model.pt") as tmp:  # whole, and a link there is replaced, not written through (a release model)
-            shutil.copy2(checkpoint_in_folder(checkpoint) or checkpoint if Path(checkpoint).is_dir() else checkpoint, tmp)
+            shutil.copy2(checkpoint, tmp)
         print(f"[demo] model: {checkpoint} (copied to {models / 'model.pt'})")
     else:
         with warnings.catch_warnings():

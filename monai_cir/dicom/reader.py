@@ -66,8 +66,10 @@ Rules (documented in ``docs/dicom.md``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -623,29 +625,23 @@ MAX_DECODED_PIXELS = 100_000_000
 # the most a dermoscopy image's long side may exceed its short one (they are 1:1 to 16:9 as taken)
 MAX_ASPECT_RATIO = 4
 MAX_JPEG_PIXELS = 1_000_000_000
-_PIL_LIMIT_LOCK = __import__("threading").Lock()
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
-class _pillow_pixel_limit:
+@contextlib.contextmanager
+def _pillow_pixel_limit(limit: int) -> Iterator[None]:
     """Pillow's decompression-bomb ceiling raised to ``limit`` pixels while a frame is opened: Pillow refuses frames
     over ~179 Mpx, and the reader then fell back to pydicom's full-size decode of the frame Pillow would have read
     at 1/8 scale. The reader's own ceilings (:data:`MAX_JPEG_PIXELS`) hold instead."""
+    from PIL import Image
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-    def __enter__(self) -> None:
-        from PIL import Image
-
-        _PIL_LIMIT_LOCK.acquire()
-        self.saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max(self.saved or 0, self.limit // 2)  # Pillow raises above twice the limit
-
-    def __exit__(self, *exc: Any) -> None:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = self.saved
-        _PIL_LIMIT_LOCK.release()
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(saved or 0, limit // 2)  # Pillow raises above twice the limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _check_jpeg_frame_count(ds: Dataset, frames: int) -> None:

@@ -785,7 +785,7 @@ class DicomService:
                 os.replace(file, inputs / file.name)
         work.rmdir()
 
-    def _refused_for_good(self, study_uid: str, status: StudyStatus, rnd: dict[str, Any] | None, outbox: Path, refused: list[Any]) -> None:
+    def _fail_refused_round(self, study_uid: str, status: StudyStatus, rnd: dict[str, Any] | None, outbox: Path, refused: list[Any]) -> None:
         """The return node refused objects for good (:func:`_refused_for_good`): the round fails with the reason, the
         objects go to failed/<study>/refused-by-return-node/ and are not sent again (they were, every retry_s, forever)."""
         reason = (f"{len(refused)} object(s) refused by {self.return_node or self.return_dicomweb} for good ({refused[0].message}): "
@@ -875,7 +875,7 @@ class DicomService:
                         file.unlink(missing_ok=True)
                 refused = [r for r in results if not r.ok]
                 if refused and all(_refused_for_good(r) for r in refused):
-                    self._refused_for_good(study_uid, status, rnd, outbox, refused)
+                    self._fail_refused_round(study_uid, status, rnd, outbox, refused)
                     return
                 if refused:
                     raise ConnectionError(f"{len(refused)} of {len(results)} object(s) refused: {refused[0].message}")
