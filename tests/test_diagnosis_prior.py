@@ -58,7 +58,9 @@ def test_terms_follow_the_findings_gate_and_pick_the_probe_by_text_weight():
     tokens, mask = net.text_tokens(texts)
     from monai_cir.networks.late_fusion import sentence_embedding
 
-    x = torch.cat([sentence_embedding(tokens, mask), net.late_fusion_pool(maps)], dim=1)
+    from monai_cir.networks.late_fusion import LateFusionBranch
+
+    x = torch.cat([sentence_embedding(tokens, mask), LateFusionBranch.pool(maps)], dim=1)
     prior = net.diagnosis_prior
     for row, probe, w in ((2, 1, 0.4), (3, 0, 1.0)):
         logits = ((x[row] - prior.mean[probe]) / prior.scale[probe]) @ prior.weight[probe].T + prior.bias[probe]
@@ -429,3 +431,33 @@ def test_search_command_says_when_the_evidence_and_the_prior_ordered_answer_diff
             assert f"favours {answer['evidence']['predicted']}" in answer["evidence_disagreement"]
             assert answer["evidence_disagreement"] in captured.err
     assert len(voted) == 1  # the vote is the similarity ranking's, whatever the prior
+
+
+def test_the_apps_prior_terms_are_the_ones_the_probes_were_fitted_and_evaluated_on():
+    """The probes are fitted (``prior_inputs``) and scored by ``monai-cir evaluate`` (``cached_prior_terms``) on each
+    level's whole-map mean; the app's query encoding must give them the same input. At 260 px the maps are 33, 17 and
+    9 wide, whose 4 x 4 grid bins overlap, so the grid's mean is another input: the app's terms were up to 4.6 score
+    units off the evaluated ones with the release model (the score spans 4). 72 px gives such maps here."""
+    from types import SimpleNamespace
+
+    from monai_cir.engine.diagnosis_prior import cached_prior_terms
+    from monai_cir.networks.late_fusion import sentence_embedding
+
+    net = activate_head(make_tiny_net(image_size=72, late_fusion_share=0.5, diagnosis_prior={"classes": CLASSES}))
+    d = net.diagnosis_prior.mean.shape[1]
+    g = torch.Generator().manual_seed(0)
+    for which in (0, 1):
+        net.diagnosis_prior.set_probe(which, torch.randn(d, generator=g), torch.rand(d, generator=g) + 0.5,
+                                      torch.randn(3, d, generator=g), torch.randn(3, generator=g))
+    images = torch.rand(3, 3, 72, 72, generator=g)
+    texts = [FULL, PARTIAL, FULL]
+    with torch.inference_mode():
+        _, terms = net.encode_query_and_terms(images, texts)
+        maps = net.image_features(images)
+        tokens, mask = net.text_tokens(texts)
+        assert any(m.shape[-1] > 4 and m.shape[-1] % 4 for m in maps), [m.shape for m in maps]  # bins that overlap
+        cache = SimpleNamespace(labels=torch.zeros(3), maps=maps, sentence=sentence_embedding(tokens, mask),
+                                records=[SimpleNamespace(text=t) for t in texts])
+        evaluated = cached_prior_terms(net, cache, [0, 1, 2])
+    assert terms.abs().sum() > 0
+    torch.testing.assert_close(terms, evaluated, atol=1e-4, rtol=1e-4)

@@ -489,7 +489,10 @@ class ComposedRetrievalNet(nn.Module):
         sentence = sentence_embedding(texts_tokens, texts_mask)
         with self._autocast():
             q = self.query_embedding(maps, texts_tokens, mask, weights, sentence).float()
-        terms = self.diagnosis_prior(self.late_fusion_pool(maps), sentence, weights) if with_terms and self.diagnosis_prior is not None else None
+        # the probes read each level's whole-map mean, as they were fitted and evaluated (engine.diagnosis_prior.prior_inputs,
+        # cached_prior_terms), not the late-fusion branch's grid mean: where the grid's bins overlap (33, 17, 9 wide at
+        # 260 px) the two differ, and the terms moved by up to 4.6 score units
+        terms = self.diagnosis_prior(LateFusionBranch.pool(maps), sentence, weights) if with_terms and self.diagnosis_prior is not None else None
         image_query = None
         if with_image_query:
             image_query = q

@@ -5,7 +5,8 @@ A library case ``c`` with the biopsy-confirmed (or otherwise recorded) diagnosis
     K(q, c) = S(q, c) + λ w(q) log p(y_c | q)
 
 ``S`` the network's similarity (Eq. 9, + the late-fusion branch), ``p`` a linear probe of the query's diagnosis on
-what the late-fusion branch reads (the text's mean token embedding and the pooled L/M/H image maps), ``w`` the
+the text's mean token embedding and each L/M/H image map's whole-map mean (the late-fusion branch's inputs, before its
+grid: what the probes are fitted and evaluated on, and what the app gives them), ``w`` the
 findings gate's text weight (``min(1, n / 5)``, :meth:`~.ComposedRetrievalNet.text_weights`): a text that names no
 7-point finding adds nothing, and the query is ranked by ``S`` alone, as without the prior. Two probes: one fitted
 on the training cases' full reports (for texts naming 5 or more findings) and one on those and their partial
