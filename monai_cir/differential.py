@@ -299,11 +299,15 @@ def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch:
     an index that returns its vectors (``vectors()``: the FAISS index)."""
     if not hasattr(index, "vectors"):
         raise ValueError(f"{type(index).__name__} cannot return its vectors; fit the margin on a FAISS index of the same library")
+    from .evidence import NO_DIAGNOSIS
+
     vectors = np.asarray(index.vectors(), dtype=np.float32)
     ids = index.case_ids()
-    diagnoses = sorted(index.info()["diagnosis"])
+    # as the app's rule (closest_other_case): a case indexed without a diagnosis is neither the best match's diagnosis
+    # nor a differential, though it keeps its place in the similarity ranking
+    diagnoses = sorted(d for d in index.info()["diagnosis"] if d != NO_DIAGNOSIS)
     if len(diagnoses) < 2:
-        raise ValueError(f"the library holds one diagnosis only ({diagnoses}): there is no differential to fit")
+        raise ValueError(f"the library holds one diagnosis only ({diagnoses}, besides cases without one): there is no differential to fit")
     left_out = set(exclude)
     rows = np.array([i for i, case_id in enumerate(ids) if case_id not in left_out], dtype=int)
     if rows.size == 0:
@@ -323,7 +327,8 @@ def library_margins(index: Any, sample: int | None = 5000, seed: int = 0, batch:
         # where the closest case of another diagnosis sits, up to the slot's rank (the case itself may be first)
         for i, hits in zip(range(start, start + len(part)), index.search(vectors[part], k=rank + 1)):
             ranked = [h.metadata.diagnosis for h in hits if h.case_id != ids[rows[i]]][:rank]
-            positions[i] = next((p for p, d in enumerate(ranked) if d != ranked[0]), rank)
+            known = next((d for d in ranked if d != NO_DIAGNOSIS), None)
+            positions[i] = next((p for p, d in enumerate(ranked) if known is not None and d not in (known, NO_DIAGNOSIS)), rank)
     top = np.sort(best, axis=1)
     margins = top[:, -1] - top[:, -2]
     finite = np.isfinite(margins)

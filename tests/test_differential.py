@@ -297,3 +297,34 @@ def test_a_case_without_a_recorded_diagnosis_is_no_differential():
     assert other.metadata.diagnosis == "melanoma" and rank == 5
     only_unknown_else = [h for h in pool if h.metadata.diagnosis != "melanoma"]
     assert closest_other_case(index, query, only_unknown_else, ["nevus", "unknown"]) is None
+
+
+def test_library_margins_follow_the_apps_rule_for_cases_without_a_diagnosis():
+    """Found by the codebase review: ``monai-cir index fit-differential`` fitted the margin counting library cases indexed
+    without a diagnosis ("unknown": DICOM images with no case report) as a diagnosis of their own, which the app's rule
+    never does (:func:`closest_other_case`): beside such cases a query's fitted margin was 0.0006 where the app's was
+    0.9988. Each query's margin and position must be the app's, the query itself left out."""
+    from monai_cir.differential import closest_other_case, library_margins
+    from monai_cir.index import create_index
+
+    def unit(v):
+        v = np.asarray(v, dtype=np.float32)
+        return v / np.linalg.norm(v)
+
+    vectors = np.stack([unit([1, 0.05 * i, 0]) for i in range(3)] + [unit([1, 0.02, 0.03]), unit([1, 0.07, 0.02])]
+                       + [unit([0, 1, 0.1 * i]) for i in range(3)])
+    diagnoses = ["melanoma"] * 3 + ["unknown"] * 2 + ["nevus"] * 3
+    index = create_index(3, "fp")
+    index.add(vectors, [CaseMetadata(f"c{i}", d, "test") for i, d in enumerate(diagnoses)])
+    margins, positions, queried = library_margins(index, sample=None, rank=4)
+    expected_margins, expected_positions = [], []
+    for i, vector in enumerate(vectors):
+        pool = [h for h in index.search(vector[None], k=len(vectors))[0] if h.case_id != f"c{i}"]
+        best = next(h for h in pool if h.metadata.diagnosis != "unknown")
+        other, _ = closest_other_case(index, vector, pool, ["melanoma", "nevus", "unknown"])
+        expected_margins.append(best.score - other.score)
+        expected_positions.append(min(pool.index(other), 4))
+    assert queried == 8
+    np.testing.assert_allclose(margins, expected_margins, atol=1e-5)
+    np.testing.assert_array_equal(positions, expected_positions)
+    assert margins.min() > 0.5  # beside the unknown cases, the melanomas' differential is still the far nevi
