@@ -54,11 +54,17 @@ GREYSCALE_NOTICE = ("greyscale image: the model was trained on colour dermoscopy
 
 def blank_spread(frame: np.ndarray) -> float | None:
     """The widest per-channel 1-99 percentile range of an (H, W, C) frame when it is (nearly) constant (at most
-    :data:`BLANK_RANGE`), else None. Read on a grid of about 128 x 128 pixels: enough for the percentiles."""
+    :data:`BLANK_RANGE`), else None. Read on a grid of about 128 x 128 pixels (enough for the percentiles), inside
+    the black frame a dermatoscope leaves (:func:`remove_black_border`, as :func:`preprocess_image` crops it): what
+    the network sees, so that a query and a library image are judged on the same pixels (a flat field in a black
+    frame is blank either way)."""
     frame = np.asarray(frame)
     if frame.ndim == 2:
         frame = frame[..., None]
-    sample = frame[:: max(1, frame.shape[0] // 128), :: max(1, frame.shape[1] // 128)].reshape(-1, frame.shape[-1])
+    sample = frame[:: max(1, frame.shape[0] // 128), :: max(1, frame.shape[1] // 128)]
+    if sample.dtype == np.uint8 and sample.shape[-1] in (1, 3, 4):  # wider data is read in its own units, uncropped
+        sample = remove_black_border(sample)
+    sample = sample.reshape(-1, sample.shape[-1])
     low, high = np.percentile(sample, [1, 99], axis=0)
     spread = float((high - low).max())
     return spread if spread <= BLANK_RANGE else None
