@@ -1398,3 +1398,22 @@ def test_dicomize_writes_whole_files_and_writes_over_a_cut_off_one(tmp_path, mon
     _, failed = dicomize_records([record], tmp_path / "out", progress=False)
     assert failed and again.image_file.read_bytes() == whole
     assert [p.name for p in again.image_file.parent.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("meaning, code, csv_value", [
+    ("Seborrheic keratosis", ("SCT", "254669009"), "Seborrheic keratosis"),
+    ("Melanoma in situ", ("SCT", "109878004"), "melanoma in situ"),
+    ("BKL", ("99LOCAL", "BKL"), "bkl"),
+    ("Dermatofibroma", ("99LOCAL", "DF"), "dermatofibroma"),
+])
+def test_a_coded_diagnosis_is_named_as_a_csv_library_names_it(meaning, code, csv_value):
+    """Found by the codebase review: a library read from DICOM named a diagnosis by its code meaning, lower-cased, where
+    a CSV library normalises it (normalize_diagnosis): "Seborrheic keratosis" was ``benign keratosis`` from a CSV and
+    ``seborrheic keratosis`` from an SR, two classes for the evidence vote and the diagnosis prior."""
+    from monai_cir.data import normalize_diagnosis
+
+    assert C.diagnosis_from_code(*code, meaning) == normalize_diagnosis(csv_value)
+    # the project's own codes still read back as their names
+    for name in ("melanoma", "nevus", "benign keratosis", "dermatofibroma"):
+        coded = C.diagnosis_code(name)
+        assert C.diagnosis_from_code(coded.scheme_designator, coded.value, coded.meaning) == name

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..config import DATA_ROOT_ENV, data_root
 from .report import meta_report
+from .diagnoses import DIAGNOSIS_ALIASES, derm7pt_class, normalize_diagnosis
 from .sites import UNKNOWN_SITE, normalize_site
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,11 @@ __all__ = [
     "CONFIRMATION_WORDS",
     "DERM7PT_COUNTS",
     "CaseRecord",
-    "derm7pt_class",
     "load_collection",
     "load_derm7pt",
     "load_image_csv",
     "load_isic_uda1",
     "normalize_confirmation",
-    "normalize_diagnosis",
     "records_dataset",
 ]
 
@@ -101,15 +100,6 @@ CONFIRMATION_WORDS: dict[str, tuple[str, ...]] = {
 # how many bad images one error lists (the count of the others follows)
 MAX_LISTED_IMAGES = 10
 
-_DIAGNOSIS_ALIASES = {
-    "mel": "melanoma",
-    "nv": "nevus",
-    "naevus": "nevus",
-    "bkl": "benign keratosis",
-    "seborrheic keratosis": "benign keratosis",
-    "seborrhoeic keratosis": "benign keratosis",
-    "benign keratosis-like lesions": "benign keratosis",
-}
 
 
 @dataclass
@@ -154,28 +144,6 @@ def normalize_confirmation(value: Any) -> str:
     if key in _CONFIRMATION_ALIASES:
         return _CONFIRMATION_ALIASES[key]
     raise ValueError(f"unknown diagnosis confirmation {value!r}; use one of {list(CONFIRMATIONS)} (or a Derm7pt management / ISIC diagnosis_confirm_type value)")
-
-
-def derm7pt_class(raw_diagnosis: str) -> str | None:
-    """The paper's mapping of a raw Derm7pt diagnosis to a class (``None``: not in the 888 subset).
-
-    melanoma = the 6 strings starting with ``melanoma``; nevus = the 7 ending with ``nevus``;
-    benign keratosis = ``seborrheic keratosis`` + ``melanosis``."""
-    d = str(raw_diagnosis).strip().lower()
-    if d.startswith("melanoma"):
-        return "melanoma"
-    if d.endswith("nevus"):
-        return "nevus"
-    if d in ("seborrheic keratosis", "melanosis"):
-        return "benign keratosis"
-    return None
-
-
-def normalize_diagnosis(value: str) -> str:
-    """Readable class name for a diagnosis string (``mel``/``nv``/``bkl`` and Derm7pt names known)."""
-    d = str(value).strip().lower()
-    d = _DIAGNOSIS_ALIASES.get(d, d)
-    return derm7pt_class(d) or d
 
 
 def _clean(value: Any) -> Any:
@@ -373,7 +341,7 @@ def load_collection(name: str, root: str | Path | None = None) -> list[CaseRecor
 
 
 STANDARD_DIAGNOSES_TEXT = (
-    ", ".join(CLASS_NAMES) + " (also " + ", ".join(_DIAGNOSIS_ALIASES) + ", melanosis, and the Derm7pt names that "
+    ", ".join(CLASS_NAMES) + " (also " + ", ".join(DIAGNOSIS_ALIASES) + ", melanosis, and the Derm7pt names that "
     "start with 'melanoma' or end with 'nevus'; case and surrounding spaces are ignored)"
 )
 USER_CSV_COLUMNS_TEXT = (

@@ -231,9 +231,13 @@ def diagnosis_code(diagnosis: str) -> Code:
 
 
 def diagnosis_from_code(scheme: str, value: str, meaning: str) -> str:
-    """Inverse of :func:`diagnosis_code`: the readable diagnosis of a coded concept."""
+    """Inverse of :func:`diagnosis_code`: the readable diagnosis of a coded concept; a concept outside the vocabulary
+    by its meaning, named as a CSV library names it (:func:`~monai_cir.data.diagnoses.normalize_diagnosis`:
+    "Seborrheic keratosis" is ``benign keratosis`` from either)."""
+    from ..data.diagnoses import normalize_diagnosis
+
     key = (str(scheme), str(value))
-    return _CODE_TO_DIAGNOSIS.get(key) or _CODE_TO_DIAGNOSIS.get(code_key(*key), str(meaning).strip().lower())
+    return _CODE_TO_DIAGNOSIS.get(key) or _CODE_TO_DIAGNOSIS.get(code_key(*key)) or normalize_diagnosis(meaning)
 
 
 # How a library case's diagnosis was established (monai_cir.data.collections.CONFIRMATIONS).
