@@ -17,6 +17,10 @@ from monai_cir.config import data_root  # noqa: E402
 TINY_TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 
 
+# the reports' score range in tests that write an SR or a PDF without a network: Eq. 9 over three levels
+SCORE_RANGE = (-3.0, 3.0)
+
+
 def make_tiny_net(**kwargs):
     """A tiny random network with the full architecture (timm's test_efficientnet + a 1-layer BERT)."""
     from monai_cir.networks import create_model

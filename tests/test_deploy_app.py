@@ -34,6 +34,7 @@ import pydicom
 import pytest
 
 from tests.orthanc import OrthancServer, orthanc_available
+from conftest import SCORE_RANGE
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY_SIZE = 12
@@ -519,7 +520,7 @@ def test_reports_explain_in_the_process_when_a_worker_cannot(tmp_path, monkeypat
     monkeypatch.setattr(reports, "write_similar_cases_sr", write_sr)
     monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"reports"})  # every study to the workers
     results = [QueryResult(query_id=f"q{i}", query=None, pending_explanations=Pending(forkable=i % 2 == 0)) for i in range(6)]
-    operator = reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path, write_pdf=False, name="reports")
+    operator = reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path, write_pdf=False, name="reports", score_range=SCORE_RANGE)
     operator.run(results)
 
     assert all(r.ok for r in results), [r.error for r in results]
@@ -566,7 +567,7 @@ def test_a_batch_decodes_each_shown_case_once_before_its_workers_fork(tmp_path, 
     monkeypatch.setattr(common, "_STAGES_RUN_HERE", {"reports"})  # every study to the workers
     clear_library_images()
     results = [QueryResult(query_id=f"q{i}", query=None, hits=hits([i % 3, (i + 1) % 3])) for i in range(6)]
-    reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / "out", name="reports").run(results)
+    reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / "out", name="reports", score_range=SCORE_RANGE).run(results)
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.fail("needs two CPUs (forked workers); CI has two")
@@ -581,7 +582,7 @@ def test_a_batch_decodes_each_shown_case_once_before_its_workers_fork(tmp_path, 
     clear_library_images()
     monkeypatch.setattr(reports, "library_cache_size", lambda: 2)
     results = [QueryResult(query_id=f"q{i}", query=None, hits=hits([i % 3, (i + 1) % 3])) for i in range(6)]
-    reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / "out2", name="reports").run(results)
+    reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / "out2", name="reports", score_range=SCORE_RANGE).run(results)
     assert all(r.ok for r in results) and common._library_view.cache_info().currsize == 0
     clear_library_images()
 
@@ -642,7 +643,7 @@ def test_a_report_part_that_fails_loses_only_itself(tmp_path, monkeypatch):
         monkeypatch.setattr(common, "PARALLEL_MIN_STUDIES", 2 if forked else 100)
         names = ("fine", "explain", "sr", "pdf", "both", "all")
         results = [QueryResult(query_id=name, query=None, pending_explanations=Pending(fails=name in ("explain", "all"))) for name in names]
-        reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / str(forked), name="reports").run(results)
+        reports.SimilarCasesReportsOperator(Fragment(), output_folder=tmp_path / str(forked), name="reports", score_range=SCORE_RANGE).run(results)
         by = dict(zip(names, results))
 
         assert [name for name in names if by[name].ok] == ["fine", "explain", "sr", "pdf"], forked

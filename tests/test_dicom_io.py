@@ -36,6 +36,7 @@ from monai_cir.dicom.dicomize import (
 from monai_cir.dicom.reader import DermoscopyQuery, InputProblem, read_dicom_folder
 from monai_cir.dicom.report_pdf import similar_cases_pdf
 from monai_cir.dicom.sr import read_similar_cases_sr, similar_cases_sr, similarity_percent
+from conftest import SCORE_RANGE
 
 N_ISIC = 3
 
@@ -284,7 +285,7 @@ def test_pixel_variants(tmp_path):
     _native("multi", stack, "RGB", frames=2).save_as(tmp_path / "multi.dcm", enforce_file_format=True)
     # huge image
     huge = np.zeros((4000, 4000, 3), np.uint8)
-    huge[1000:3000, 1000:3000] = 200
+    huge[1000:3000, 1000:3000] = np.linspace(60, 220, 2000, dtype=np.uint8)[:, None, None]  # a field with content (a flat one is blank)
     dermoscopy_image_dataset(pixels=huge, uids=case_uids("synthetic", "huge")).save_as(tmp_path / "huge.dcm", enforce_file_format=True)
 
     scan = read_dicom_folder(tmp_path)
@@ -416,8 +417,8 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(tmp_path):
     assert repaired.patient_id == "" and repaired.study_uid
     assert any("no Patient ID" in n for n in repaired.notices) and any("Study Instance UID" in n for n in repaired.notices)
     # the repaired dataset is complete enough to answer, with the image's (empty) Patient ID
-    similar_cases_sr(repaired, []).save_as(tmp_path / "answer.dcm", enforce_file_format=True)
-    similar_cases_pdf(repaired, []).save_as(tmp_path / "answer_pdf.dcm", enforce_file_format=True)
+    similar_cases_sr(repaired, [], score_range=SCORE_RANGE).save_as(tmp_path / "answer.dcm", enforce_file_format=True)
+    similar_cases_pdf(repaired, [], score_range=SCORE_RANGE).save_as(tmp_path / "answer_pdf.dcm", enforce_file_format=True)
     for name in ("answer.dcm", "answer_pdf.dcm"):
         answer = pydicom.dcmread(tmp_path / name)
         assert answer.PatientID == "" and answer.StudyInstanceUID == repaired.study_uid
@@ -599,7 +600,7 @@ def test_invalid_patient_and_study_values_are_emptied_and_the_answer_written(tmp
         assert query.dataset.get(keyword) == ""
     assert any("invalid Patient's Birth Date '1960'" in n for n in query.notices)
     assert any("invalid Patient's Sex 'female' (M, F or O)" in n for n in query.notices)
-    sr = similar_cases_sr(query, _hits(read_dicom_folder(dicomized.out).queries[1:3]))
+    sr = similar_cases_sr(query, _hits(read_dicom_folder(dicomized.out).queries[1:3]), score_range=SCORE_RANGE)
     sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
     assert_valid(tmp_path / "sr.dcm", empty=("Study Date", "Study Time"))
     # a multi-valued Patient ID (invalid, but sent) reads as DICOM writes it, not as a Python list
@@ -628,13 +629,13 @@ def test_answers_are_utf8_whatever_the_query_character_set(tmp_path, dicomized):
     _variant(case / "image.dcm", case, SpecificCharacterSet=["", "ISO 2022 IR 87"], PatientName="ヤマダ^タロウ=山田^太郎")
     query = read_dicom_folder(tmp_path).queries[0]
     assert str(query.dataset.PatientName) == "ヤマダ^タロウ=山田^太郎"
-    sr = similar_cases_sr(query, _hits(read_dicom_folder(dicomized.out).queries[1:3]))
+    sr = similar_cases_sr(query, _hits(read_dicom_folder(dicomized.out).queries[1:3]), score_range=SCORE_RANGE)
     sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
     back = pydicom.dcmread(tmp_path / "sr.dcm")
     assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "ヤマダ^タロウ=山田^太郎"
     assert any("背中の病変 — naevus?" in str(item.get("TextValue", "")) for item in _items(back))
     assert_valid(tmp_path / "sr.dcm")
-    pdf = similar_cases_pdf(query, [])
+    pdf = similar_cases_pdf(query, [], score_range=SCORE_RANGE)
     pdf.save_as(tmp_path / "pdf.dcm", enforce_file_format=True)
     back = pydicom.dcmread(tmp_path / "pdf.dcm")
     assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "ヤマダ^タロウ=山田^太郎"
@@ -652,7 +653,7 @@ def test_answers_are_utf8_whatever_the_query_character_set(tmp_path, dicomized):
     assert text_font(greek) == "DejaVuSans" and text_font(greek, "Helvetica-Bold") == "DejaVuSans-Bold"
     face = pdfmetrics.getFont("DejaVuSans").face
     assert all(ord(ch) in face.charToGlyph for ch in greek if not ch.isspace())
-    rendered = render_report_pdf(query.image, greek, [])
+    rendered = render_report_pdf(query.image, greek, [], score_range=SCORE_RANGE)
     assert b"DejaVuSans" in rendered and b"/FontFile2" in rendered  # embedded, not named only
     # the app's own PDF sent back with the study is not a query, and says so
     shutil.copy(tmp_path / "pdf.dcm", case / "answer.dcm")
@@ -728,7 +729,7 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
     query, library = scan.queries[0], scan.queries[1:]
     hits = _hits(library) + [_no_uid_hit(len(library) + 1)]
     summary = _summary(hits)
-    sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network, 'brown'"}, ranking="similarity_and_diagnosis_prior")
+    sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network, 'brown'"}, ranking="similarity_and_diagnosis_prior", score_range=SCORE_RANGE)
     path = tmp_path / "similar.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert_valid(path)
@@ -766,7 +767,7 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
     assert report.template == "1500" and report.score_range == (-3.0, 3.0)
     assert report.ranking == "similarity_and_diagnosis_prior"  # coded in each case's group: no notice to parse
     with pytest.raises(ValueError, match="unknown ranking 'best first'"):
-        similar_cases_sr(query, hits, ranking="best first")
+        similar_cases_sr(query, hits, ranking="best first", score_range=SCORE_RANGE)
     assert report.query_sop_instance_uid == query.sop_instance_uid and report.query_text == query.text
     assert [m.rank for m in report.matches] == [h.rank for h in hits]
     for match, hit in zip(report.matches, hits):
@@ -812,7 +813,7 @@ def test_sr_of_the_first_releases_still_reads_back(dicomized, tmp_path):
     query, library = scan.queries[0], scan.queries[1:]
     hits = _hits(library)
     summary = _summary(hits)
-    sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network"})
+    sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network"}, score_range=SCORE_RANGE)
     now = read_similar_cases_sr(sr)
     old = copy.deepcopy(sr)
     assert _as_first_release(old) > 10 and C.LEGACY_PRIVATE_SCHEME in _designators(old) and C.OID_SCHEME not in _designators(old)
@@ -894,7 +895,7 @@ def test_fast_sr_assembly_equals_highdicoms_constructor(dicomized, tmp_path):
     same_study = NS(**{**vars(hits[1].metadata), "study_uid": query.study_uid, "series_uid": "1.2.826.0.1.3680043.10.1432.77",
                        "sop_instance_uid": "1.2.826.0.1.3680043.10.1432.78"})
     hits += [NS(rank=len(hits) + 1, case_id="itself", score=1.5, metadata=itself), NS(rank=len(hits) + 2, case_id="same-study", score=1.0, metadata=same_study)]
-    kwargs = dict(evidence_summary=_summary(hits[: len(library)]), explanations={1: "pigment network", 3: "streaks"}, notices=["a notice"],
+    kwargs = dict(evidence_summary=_summary(hits[: len(library)]), explanations={1: "pigment network", 3: "streaks"}, notices=["a notice"], score_range=SCORE_RANGE,
                   series_uid="1.2.826.0.1.3680043.10.1432.1", sop_instance_uid="1.2.826.0.1.3680043.10.1432.2")
     files = {}
     for plain in (False, True):
@@ -923,13 +924,13 @@ def test_fast_sr_assembly_equals_highdicoms_constructor(dicomized, tmp_path):
 def test_similar_cases_sr_without_hits_is_still_a_valid_tid1500(dicomized, tmp_path):
     query = read_dicom_folder(dicomized.out).queries[0]
     path = tmp_path / "empty.dcm"
-    similar_cases_sr(query, []).save_as(path, enforce_file_format=True)
+    similar_cases_sr(query, [], score_range=SCORE_RANGE).save_as(path, enforce_file_format=True)
     assert_valid(path)
     report = read_similar_cases_sr(path)
     assert report.matches == [] and "no similar case was found" in report.notices and report.evidence_summary is None
     # the app's own words for it (why nothing was found) are said once, not followed by the generic sentence
     why = "no similar case was found: no library case with site trunk"
-    similar_cases_sr(query, [], notices=[why]).save_as(path, enforce_file_format=True)
+    similar_cases_sr(query, [], notices=[why], score_range=SCORE_RANGE).save_as(path, enforce_file_format=True)
     assert [n for n in read_similar_cases_sr(path).notices if "no similar case" in n] == [why]
 
 
@@ -939,6 +940,9 @@ def test_similarity_percent_is_a_whole_percent_and_never_minus_zero():
     assert f"{similarity_percent(-0.006, (-1.0, 1.5)):.0f}%" == "0%"
     assert f"{similarity_percent(-0.27, (-1.0, 1.5)):.0f}%" == "-18%"
     assert similarity_percent(1.5, (-1.0, 1.5)) == 100.0
+    # no default range: ±3 (Eq. 9 over three levels) printed 53% for the release network's 80% (its range is ±2)
+    with pytest.raises(TypeError, match="score_range"):
+        similarity_percent(1.6)
 
 
 def test_similar_cases_sr_rejects_bad_hits(dicomized):
@@ -947,11 +951,11 @@ def test_similar_cases_sr_rejects_bad_hits(dicomized):
     query = read_dicom_folder(dicomized.out).queries[0]
     meta = NS(diagnosis="nevus", study_uid=None, series_uid=None, sop_instance_uid=None, sop_class_uid=None, collection="", site="", confirmation="unknown")
     with pytest.raises(ValueError, match="rank"):
-        similar_cases_sr(query, [NS(rank=0, case_id="a", score=0.5, metadata=meta)])
+        similar_cases_sr(query, [NS(rank=0, case_id="a", score=0.5, metadata=meta)], score_range=SCORE_RANGE)
     with pytest.raises(ValueError, match="score"):
-        similar_cases_sr(query, [NS(rank=1, case_id="a", score=float("nan"), metadata=meta)])
+        similar_cases_sr(query, [NS(rank=1, case_id="a", score=float("nan"), metadata=meta)], score_range=SCORE_RANGE)
     with pytest.raises(ValueError, match="confirmation"):
-        similar_cases_sr(query, [NS(rank=1, case_id="a", score=0.5, metadata=NS(**{**vars(meta), "confirmation": "biopsy?"}))])
+        similar_cases_sr(query, [NS(rank=1, case_id="a", score=0.5, metadata=NS(**{**vars(meta), "confirmation": "biopsy?"}))], score_range=SCORE_RANGE)
     with pytest.raises(ValueError, match="confidence"):
         EvidenceSummary(3, {"nevus": 1.0}, "nevus", 1.5)
     with pytest.raises(ValueError, match="unknown evidence summary fields"):
@@ -995,7 +999,7 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
         query_heatmap=heat, target_heatmap=heat, query_image=query.image / 255.0, target_image=query.image / 255.0,
     )
     ds = similar_cases_pdf(query, hits, image_loader=lambda hit: images.get(hit.case_id), evidence_summary=summary,
-                           explanations={1: explanation}, ordered_by_prior=False)
+                           explanations={1: explanation}, ordered_by_prior=False, score_range=SCORE_RANGE)
     path = tmp_path / "report.dcm"
     ds.save_as(path, enforce_file_format=True)
     assert_valid(path)
@@ -1017,7 +1021,7 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     # "biopsy-confirmed" is said of the histopathology cases only (and once in the heading)
     assert first.count("biopsy-confirmed") == biopsied + 1
     for hit in hits:
-        assert f"{similarity_percent(hit.score):.0f}%" in first
+        assert f"{similarity_percent(hit.score, SCORE_RANGE):.0f}%" in first
     for status, words in CONFIRMATION_WORDS.items():
         assert first.count(words) == sum(h.metadata.confirmation == status for h in hits), status
     for page in (first, *explained):
@@ -1028,16 +1032,16 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     study.PatientSex, study.PatientAge = "F", "063Y"
     from monai_cir.dicom.report_pdf import render_report_pdf
 
-    page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study))[0]
+    page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study, score_range=SCORE_RANGE))[0]
     assert "sex female, age 63 years" in page
     # the differential case's row says it is shown for the differential (the notice says why)
     assert "differential" not in first
-    marked = pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=2, notices=["rank 2 is the closest ..."]))[0]
+    marked = pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=2, notices=["rank 2 is the closest ..."], score_range=SCORE_RANGE))[0]
     assert marked.count("differential: see Notes") == 1
     # a case that scores above the one ranked before it (the prior, or the slot, put it there) says so in its row
     lifted = [hits[0], dataclasses.replace(hits[1], score=hits[0].score + 0.1)] if dataclasses.is_dataclass(hits[0]) else [
         hits[0], NS(**{**vars(hits[1]), "score": hits[0].score + 0.1})]
-    rows = pdf_text(render_report_pdf(query.image, query.text, lifted))[0]
+    rows = pdf_text(render_report_pdf(query.image, query.text, lifted, score_range=SCORE_RANGE))[0]
     assert rows.count("more similar than the case above: see Notes") == 1 and "more similar" not in first
     # the notices a prior-ordered answer can carry (text partly used, site, prior, slot, evidence disagreement), in their
     # real words, beside a long query text: every one reaches the page to its last word, and the cases' table with them
@@ -1053,17 +1057,17 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     long_text = ("Dermoscopy: atypical pigment network; irregular streaks; irregular pigmentation; regression structures; irregular "
                  "dots and globules; blue-whitish veil present; no vascular structures. Palpable lesion of the upper back, "
                  "female patient, 63 years; the lesion changed in size and colour over the last six months.")
-    page = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, differential_rank=4, notices=notices, ordered_by_prior=True))[0].split())
+    page = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, differential_rank=4, notices=notices, ordered_by_prior=True, score_range=SCORE_RANGE))[0].split())
     notes = page[page.index("Notes:"):]
     for notice in notices:
         assert " ".join(notice.split()) in notes, notice
     # the prior ordered these cases: the header says so, not "most similar first"
     assert "..." not in notes and f"{len(hits)} similar cases, ordered by similarity and likely diagnosis" in page
-    assert all(f"{similarity_percent(h.score):.0f}%" in page for h in hits)  # every case's row, below the notes
+    assert all(f"{similarity_percent(h.score, SCORE_RANGE):.0f}%" in page for h in hits)  # every case's row, below the notes
     # the heading follows how the caller says the cases were ordered, and claims no order when it is not said
-    plain = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, ordered_by_prior=False))[0].split())
+    plain = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, ordered_by_prior=False, score_range=SCORE_RANGE))[0].split())
     assert f"{len(hits)} similar cases, most similar first" in plain and "likely diagnosis" not in plain
-    unstated = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, notices=notices))[0].split())
+    unstated = " ".join(pdf_text(render_report_pdf(query.image, long_text, hits, notices=notices, score_range=SCORE_RANGE))[0].split())
     assert f"{len(hits)} similar cases (" in unstated and "most similar first" not in unstated
 
 
@@ -1089,13 +1093,13 @@ def test_pdf_explanations_share_one_page_with_a_colour_scale():
             query_image=image / 255.0, target_image=image / 255.0,
         )
 
-    pages = pdf_text(render_report_pdf(image, "brown network", hits, explanations={h.rank: explanation() for h in hits[:5]}))
+    pages = pdf_text(render_report_pdf(image, "brown network", hits, explanations={h.rank: explanation() for h in hits[:5]}, score_range=SCORE_RANGE))
     assert len(pages) == 2 and all(f"page {i} of 2" in text for i, text in enumerate(pages, start=1))
     page = " ".join(pages[1].split())
     assert "Why these cases look similar to the query" in page and "DECISION SUPPORT, NOT A DIAGNOSIS" in page
     assert all(f"library-case-{rank}" in page for rank in range(1, 6)) and "library-case-6" not in page
     for hit in hits[:5]:
-        assert f"similarity {similarity_percent(hit.score):.0f}% of the best possible" in page
+        assert f"similarity {similarity_percent(hit.score, SCORE_RANGE):.0f}% of the best possible" in page
         assert CONFIRMATION_WORDS[hit.metadata.confirmation] in page
     assert "weaker" in page and "stronger contribution to the similarity" in page and "Relative within each image" in page
     assert page.count("Red areas raised the similarity the most") == 1
@@ -1105,7 +1109,7 @@ def test_pdf_explanations_share_one_page_with_a_colour_scale():
     # is a ready-made figure
     explanations = {h.rank: explanation(0.0 if h.rank == 2 else 0.3) for h in hits}
     explanations[4] = np.full((60, 200, 3), 200, np.uint8)
-    pages = [" ".join(text.split()) for text in pdf_text(render_report_pdf(image, "brown network", hits, explanations=explanations))]
+    pages = [" ".join(text.split()) for text in pdf_text(render_report_pdf(image, "brown network", hits, explanations=explanations, score_range=SCORE_RANGE))]
     assert len(pages) == 3 and "page 3 of 3" in pages[2] and "library-case-6" in pages[2]
     assert all(f"library-case-{rank}" in pages[1] for rank in range(1, 6))
     assert pages[1].count("The query text did not change this match: the image alone made it similar.") == 1
@@ -1134,7 +1138,7 @@ def test_each_explanation_row_says_how_much_of_its_score_the_red_areas_carry():
     assert regions == pytest.approx(0.09 / 0.52) and whole == pytest.approx(0.4 / 0.52)
     hit = _no_uid_hit(1)
     hit.score = 0.52
-    page = " ".join(pdf_text(render_report_pdf(image, "", [hit], explanations={1: explanation}))[1].split())
+    page = " ".join(pdf_text(render_report_pdf(image, "", [hit], explanations={1: explanation}, score_range=SCORE_RANGE))[1].split())
     assert "red areas: 17% of this score; the images' likeness as a whole: 77%" in page
 
 
@@ -1289,9 +1293,9 @@ def test_answers_to_several_images_of_a_study_are_told_apart_and_valid(tmp_path,
     hits = _hits(read_dicom_folder(dicomized.out).queries[1:3])
     srs, pdfs = [], []
     for i, query in enumerate(queries):
-        sr = similar_cases_sr(query, hits)
+        sr = similar_cases_sr(query, hits, score_range=SCORE_RANGE)
         sr.save_as(tmp_path / f"sr{i}.dcm", enforce_file_format=True)
-        similar_cases_pdf(query, hits).save_as(tmp_path / f"pdf{i}.dcm", enforce_file_format=True)
+        similar_cases_pdf(query, hits, score_range=SCORE_RANGE).save_as(tmp_path / f"pdf{i}.dcm", enforce_file_format=True)
         srs.append(pydicom.dcmread(tmp_path / f"sr{i}.dcm"))
         pdfs.append(pydicom.dcmread(tmp_path / f"pdf{i}.dcm"))
         for kind in ("sr", "pdf"):
@@ -1308,7 +1312,7 @@ def test_answers_to_several_images_of_a_study_are_told_apart_and_valid(tmp_path,
 
     accessions = copy.deepcopy(queries[0].dataset)
     accessions.AccessionNumber = ["ACC1", "ACC2"]
-    page = pdf_text(render_report_pdf(queries[0].image, "", hits, study=accessions))[0].replace("\\\\", "\\")  # PDF's escape
+    page = pdf_text(render_report_pdf(queries[0].image, "", hits, study=accessions, score_range=SCORE_RANGE))[0].replace("\\\\", "\\")  # PDF's escape
     assert "accession ACC1\\ACC2" in page and "['ACC1'" not in page
     # one tracked finding per query image and case: the same library case found for two images is two findings
     tracking = [{str(item.UID) for item in _items(ds) if item.get("ValueType") == "UIDREF" and item.ConceptNameCodeSequence[0].CodeValue == "112040"}

@@ -8,6 +8,8 @@ from types import SimpleNamespace as NS
 import pydicom
 import pytest
 
+from conftest import SCORE_RANGE
+
 try:
     from tests.orthanc import orthanc_server
 except ImportError:  # pytest's rootdir-less import mode
@@ -42,8 +44,8 @@ def test_store_and_read_back_over_dicomweb(orthanc_server, shared_data, tmp_path
            sop_instance_uid=q.sop_instance_uid, sop_class_uid=q.sop_class_uid, collection=q.collection, site=q.site))
         for i, q in enumerate(library, 1)
     ]
-    answer = similar_cases_sr(query, hits)
-    pdf = similar_cases_pdf(query, hits)
+    answer = similar_cases_sr(query, hits, score_range=SCORE_RANGE)
+    pdf = similar_cases_pdf(query, hits, score_range=SCORE_RANGE)
 
     files = [c.image_file for c in done] + [c.sr_file for c in done]
     results = c_store(files + [answer], orthanc_server.node)
@@ -321,7 +323,7 @@ def test_the_routing_script_knows_the_services_answers_and_classes(shared_data, 
         return (str(ds.get("Manufacturer", "")), str(ds.get("ManufacturerModelName", "")), str(ds.ConceptNameCodeSequence[0].CodeValue)) == \
             (constant["MANUFACTURER"], constant["MODEL_NAME"], constant["ANSWER_TITLE"])
 
-    answer = similar_cases_sr(query, [hit])
+    answer = similar_cases_sr(query, [hit], score_range=SCORE_RANGE)
     assert str(answer.SOPClassUID) in classes and is_answer(answer)
     assert not any(is_answer(pydicom.dcmread(c.sr_file)) for c in done)  # a query's text: forwarded
 

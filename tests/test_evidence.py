@@ -19,6 +19,7 @@ from monai_cir.evidence import (
     summarize_evidence,
 )
 from monai_cir.sites_condition import UNKNOWN_SITE_NOTICE, resolve_site_condition, site_from_dicom, site_share
+from conftest import SCORE_RANGE
 
 
 # ------------------------------------------------------------------------------ evidence
@@ -196,7 +197,7 @@ def test_sr_carries_the_evidence_summary_and_reads_back(tmp_path):
     assert site_from_dicom(query) == ("trunk", None)
     hits = [SearchHit(i + 1, f"c{i}", 0.9 - 0.1 * i, CaseMetadata(f"c{i}", d, "lib", site="trunk")) for i, d in enumerate(["melanoma", "nevus", "melanoma"])]
     summary = summarize_evidence(hits, calibration=EvidenceCalibration(temperature=0.2, smoothing=0.1, fitted=True))
-    ds = sr.similar_cases_sr(query, hits, query_text="atypical network", evidence_summary=summary)
+    ds = sr.similar_cases_sr(query, hits, query_text="atypical network", evidence_summary=summary, score_range=SCORE_RANGE)
     path = tmp_path / "sr.dcm"
     ds.save_as(path)
     back = sr.read_similar_cases_sr(path).evidence_summary
@@ -216,7 +217,7 @@ def test_sr_carries_the_evidence_summary_and_reads_back(tmp_path):
 
     assert len(values(ds, C.PROBABILITY)) == len(summary.distribution) and not values(ds, C.WEIGHTED_SHARE)
     plain = summarize_evidence(hits, calibration=EvidenceCalibration(temperature=0.2, smoothing=0.1))
-    loose = sr.similar_cases_sr(query, hits, query_text="atypical network", evidence_summary=plain)
+    loose = sr.similar_cases_sr(query, hits, query_text="atypical network", evidence_summary=plain, score_range=SCORE_RANGE)
     assert not values(loose, C.PROBABILITY) and len(values(loose, C.WEIGHTED_SHARE)) == len(plain.distribution)
     loose.save_as(tmp_path / "loose.dcm")
     back = sr.read_similar_cases_sr(tmp_path / "loose.dcm").evidence_summary

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monai_cir.dicom.sr import DEFAULT_SCORE_RANGE
 
 from .common import QueryResult, library_image
 
@@ -23,7 +22,7 @@ PDF_FILE = "similar_cases_report.pdf"
 ENCAPSULATED_PDF_FILE = "similar_cases_report.dcm"
 
 
-def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> None:
+def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float]) -> None:
     """The plain PDF and its Encapsulated PDF instance (:func:`monai_cir.dicom.report_pdf.similar_cases_pdf`)."""
     from monai_cir.atomic import atomic_path, atomic_write_bytes
     from monai_cir.dicom.report_pdf import similar_cases_pdf

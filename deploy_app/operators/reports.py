@@ -16,7 +16,6 @@ from typing import Any
 
 from monai.deploy.core import Fragment
 
-from monai_cir.dicom.sr import DEFAULT_SCORE_RANGE
 
 from .common import QueryResult, ResultsOperator, StageFailure, library_cache_size, library_image
 from .pdf_writer import ENCAPSULATED_PDF_FILE, PDF_FILE, write_report
@@ -45,7 +44,7 @@ class SimilarCasesReportsOperator(ResultsOperator):
         fragment: Fragment,
         *args: Any,
         output_folder: str | Path,
-        score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
+        score_range: tuple[float, float],
         write_pdf: bool = True,
         **kwargs: Any,
     ) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monai_cir.dicom.sr import DEFAULT_SCORE_RANGE
 
 from .common import QueryResult
 
@@ -21,7 +20,7 @@ __all__ = ["SR_FILE", "write_similar_cases_sr"]
 SR_FILE = "similar_cases_sr.dcm"
 
 
-def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> Path:
+def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[float, float]) -> Path:
     """The SR of one query (see :func:`monai_cir.dicom.sr.similar_cases_sr`)."""
     from monai_cir.dicom.sr import similar_cases_sr
 

@@ -29,7 +29,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, EncapsulatedPDFStorage, Expl
 from ..evidence import EvidenceSummary, image_alone_sentence
 from . import codes as C
 from .reader import dicom_text, image_label
-from .sr import DECISION_SUPPORT_NOTE, DEFAULT_SCORE_RANGE, _dated_series, _get, _query_dataset, similarity_percent
+from .sr import DECISION_SUPPORT_NOTE, _dated_series, _get, _query_dataset, similarity_percent
 
 __all__ = ["CLASS_COLOURS", "CONFIRMATION_WORDS", "encapsulated_pdf_dataset", "render_report_pdf", "similar_cases_pdf"]
 
@@ -387,7 +387,7 @@ def render_report_pdf(
     explanations: Mapping[int, Any] | None = None,
     notices: Sequence[str] = (),
     study: Dataset | None = None,
-    score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
+    score_range: tuple[float, float],
     algorithm_name: str = "monai-cir composed vision-language retrieval",
     algorithm_version: str | None = None,
     created: datetime.datetime | None = None,
@@ -638,7 +638,7 @@ def similar_cases_pdf(
     explanations: Mapping[int, Any] | None = None,
     query_image: np.ndarray | None = None,
     notices: Sequence[str] | None = None,
-    score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
+    score_range: tuple[float, float],
     differential_rank: int | None = None,
     image_alone: Mapping[str, int] | None = None,
     ordered_by_prior: bool | None = None,

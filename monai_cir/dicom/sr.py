@@ -57,7 +57,6 @@ if TYPE_CHECKING:  # highdicom is imported when an SR is written or read
 
 __all__ = [
     "DECISION_SUPPORT_NOTE",
-    "DEFAULT_SCORE_RANGE",
     "NO_MATCH_NOTICE",
     "SimilarCase",
     "SimilarCasesReport",
@@ -77,9 +76,6 @@ _EARLIER_DECISION_SUPPORT_NOTES = (
     "Decision support, not a diagnosis: library cases that look similar by image and text. The diagnosis "
     "of a similar case is not the diagnosis of this patient; each case states how its diagnosis was confirmed.",
 )
-# S = β Σ_i cos_local + (1-β) Σ_i cos_global over the three levels (paper Eq. 9): -3 <= S <= 3. A network with
-# a late-fusion branch has another range (ComposedRetrievalNet.score_range; the app passes its network's).
-DEFAULT_SCORE_RANGE = (-3.0, 3.0)
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 FINDING_SITE = Code("363698007", "SCT", "Finding site")
 # the notice of an answer without a case (the deploy app adds why after a colon)
@@ -97,9 +93,11 @@ def container(name, items: Sequence[Any], relationship_type=None):
     return item
 
 
-def similarity_percent(score: float, score_range: tuple[float, float] = DEFAULT_SCORE_RANGE) -> float:
+def similarity_percent(score: float, score_range: tuple[float, float]) -> float:
     """The score as a percentage of the best possible score (what the PDF shows a clinician), rounded to a whole
-    percent; a score that rounds to 0 is 0, not "-0"."""
+    percent; a score that rounds to 0 is 0, not "-0". ``score_range``: the model's lowest and highest score
+    (:attr:`~monai_cir.networks.ComposedRetrievalNet.score_range`; no default: ±3 for Eq. 9 over three levels, ±2
+    for the release network, and a percentage against another model's range reads 53% for its 80%)."""
     return float(round(100.0 * float(score) / float(score_range[1]))) + 0.0
 
 
@@ -196,7 +194,7 @@ def similar_cases_sr(
     explanations: Mapping[int, str] | None = None,
     ranking: str | None = None,
     differential_rank: int | None = None,
-    score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
+    score_range: tuple[float, float],
     algorithm_name: str = "monai-cir composed vision-language retrieval",
     algorithm_version: str | None = None,
     series_uid: str | None = None,
