@@ -1684,3 +1684,39 @@ def test_reader_patterns_do_not_depend_on_the_hash_seed() -> None:
     digests = {subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},
                               capture_output=True, text=True, check=True).stdout for seed in ("0", "1", "2")}
     assert len(digests) == 1, digests
+
+
+@pytest.mark.parametrize(("text", "denied", "read"), [
+    ("I cannot see a blue-whitish veil.", "blue_whitish_veil", ()),
+    ("cannot see BWV", "blue_whitish_veil", ()),
+    ("I cannot see any BWV", "blue_whitish_veil", (("blue_whitish_veil", _ABSENT),)),
+    ("cannot identify BWV", "blue_whitish_veil", ()),
+    ("BWV cannot be seen", "blue_whitish_veil", (("blue_whitish_veil", _ABSENT),)),
+    ("I was unable to identify a blue-white veil.", "blue_whitish_veil", ()),
+    ("Unable to see any streaks or BWV.", "blue_whitish_veil", (("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
+    ("We cannot appreciate a blue-white veil", "blue_whitish_veil", ()),
+    ("There was nothing to suggest a blue-white veil.", "blue_whitish_veil", ()),
+    ("Nothing to suggest blue-whitish veil or regression.", "blue_whitish_veil", ()),
+    ("The dermoscopy failed to show a blue-white veil.", "blue_whitish_veil", ()),
+    ("fails to show BWV", "blue_whitish_veil", ()),
+    ("Dermoscopy excludes BWV", "blue_whitish_veil", ()),
+    ("Atypical network; free from BWV and streaks", "blue_whitish_veil", (("pigment_network", "atypical"),)),
+    ("Atypical network. BWV undetected.", "blue_whitish_veil", (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
+    ("Without any evidence for BWV", "blue_whitish_veil", (("blue_whitish_veil", _ABSENT),)),
+    ("zero BWV", "blue_whitish_veil", ()),
+    ("cant see BWV", "blue_whitish_veil", ()),
+    ("nothing like BWV", "blue_whitish_veil", ()),
+    # guards: the words deny only their own clause, and a doubt stays unread
+    ("irregular streaks; cannot exclude BWV", "blue_whitish_veil", (("streaks", "irregular"),)),
+    ("BWV present; unable to assess streaks", "streaks", (("blue_whitish_veil", "present"),)),
+])
+def test_review_v_a_veil_the_writer_could_not_see_is_never_read_present(text, denied, read):
+    """The reader review of 2026-12-08 (v): "I cannot see a blue-whitish veil", "unable to identify", "nothing to suggest",
+    "failed to show", "free from", "undetected", "excludes" read the veil PRESENT, and the learned check kept it (0.67 to
+    0.91), so the prior pulled the ranking to melanoma, the diagnosis the clinician ruled out. Rules and check, as the app
+    reads: the denied finding is absent or not read, never present."""
+    from monai_cir.data.report import read_findings
+
+    found = read_findings(text)
+    assert found == read
+    assert all(value == _ABSENT for criterion, value in found if criterion == denied)

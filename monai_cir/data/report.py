@@ -764,7 +764,7 @@ _LONGER_PHRASING = _LongerPhrasings()
 # a negated list's head: "no" or "without", and the words a clinician puts between it and the nouns ("no evidence of
 # streaks or BWV", "without any signs of BWV"): with them the list is read as without them (before: "without evidence
 # of BWV" read the veil PRESENT, a bare "BWV" after words that are no noun)
-_LIST_FILLER = r"(?:(?:any|evidence|signs?|features?|of|obvious|definite|clear|visible|appreciable|discernible)\s+)*"
+_LIST_FILLER = r"(?:(?:any|evidence|signs?|features?|of|for|obvious|definite|clear|visible|appreciable|discernible)\s+)*"
 # a word after a list's noun that affirms it: the noun is no item of the negated list ("without streaks or BWV
 # positive": before, the veil read absent)
 _AFFIRMED_AFTER_RE = re.compile(r"[ \t]*(?:positive|pos\.?|\+ve)(?![\w])")
@@ -773,16 +773,20 @@ _AFFIRMED_AFTER_RE = re.compile(r"[ \t]*(?:positive|pos\.?|\+ve)(?![\w])")
 # before, read neither way)
 # (a writer who did not see them: "I did not see any streaks", "I don't see any veil")
 _LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without|lacking|lacks|lack of|absence of|(?<!not )negative for"
-                           r"|(?:do not|don't|did not|didn't|could not|couldn't) see any)\s+(" + _LIST_FILLER + ")")
+                           r"|(?:do not|don't|did not|didn't|could not|couldn't) see any"
+                           r"|(?:cannot|can not|can't|cant|unable to) (?:see|identify|appreciate|detect) any)\s+(" + _LIST_FILLER + ")")
 # "/" between two nouns is an "or" ("no streaks/BWV"); inside a noun ("D/G") or a sign ("+/-") it is read as part of them
 _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/)\s*")
 # a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
 # "neither streaks nor BWV", "absence of BWV", "BWV excluded", "BWV -ve" (read neither way: the absent phrasings are
-# the ones training writes; before, the words after "absent" here read a bare "BWV" as PRESENT)
+# the ones training writes; before, the words after "absent" here read a bare "BWV" as PRESENT); and a writer who could
+# not see it, "I cannot see a blue-whitish veil", "unable to identify", "nothing to suggest", "failed to show", "free
+# from", "undetected", "excludes" (before: each read the veil PRESENT, and the learned check kept it)
 _NEGATION_RE = re.compile(
     r"(?<![\w-])(?:no|not|none|nil|absent|absence|negatives?|neg|loss of|resolution of|disappearance of|lacks?|lacking|missing"
     r"|free of|nor|neither|excluded|ruled out|never|denied|devoid|unseen|non-?existent|invisible|undetectable|hardly|barely"
-    r"|w/o|ø|⊖|\w+n't)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
+    r"|w/o|ø|⊖|\w+n't|cannot|can not|cant|unable to|fail(?:s|ed|ing)? to|free from|undetected|excludes?|zero|nothing to suggest"
+    r"|nothing (?:like|resembling)|nowhere|nope)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
 )
 
 
@@ -1487,7 +1491,7 @@ def _another_network(lowered: str, start: int) -> bool:
 # table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
 # absent") denies the grade, not the criterion, and is not read; nor is another structure's, "Negative network: no"
 # (:func:`_another_network`)
-_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified"
+_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified|cannot be seen|undetected"
                              r"|none|nil|no|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|none detected|not detected|none identified|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
