@@ -1421,3 +1421,52 @@ def test_a_coded_diagnosis_is_named_as_a_csv_library_names_it(meaning, code, csv
     for name in ("melanoma", "nevus", "benign keratosis", "dermatofibroma"):
         coded = C.diagnosis_code(name)
         assert C.diagnosis_from_code(coded.scheme_designator, coded.value, coded.meaning) == name
+
+
+def _sr_item(relationship: str, value_type: str, name, value=None, children=()) -> Dataset:
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.RelationshipType, item.ValueType = relationship, value_type
+    item.ConceptNameCodeSequence = Sequence([_code_item(*name)])
+    if value_type == "CODE":
+        item.ConceptCodeSequence = Sequence([_code_item(*value)])
+    elif value_type == "TEXT":
+        item.TextValue = value
+    if children:
+        item.ContentSequence = Sequence(list(children))
+    return item
+
+
+def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+    return code
+
+
+@pytest.mark.parametrize(("relationship", "modifier", "text", "findings"), [
+    ("HAS CONCEPT MOD", (("P", "99X", "Presence"), ("2667000", "SCT", "Absent")), "Blue-whitish veil: Absent", (("blue_whitish_veil", "absent"),)),
+    ("HAS PROPERTIES", (("P", "99X", "Presence"), ("2667000", "SCT", "Absent")), "Blue-whitish veil: Absent", (("blue_whitish_veil", "absent"),)),
+    ("HAS CONCEPT MOD", (("C", "99X", "Certainty"), ("P", "99X", "Possible")), "Blue-whitish veil (Certainty: Possible)", ()),
+    ("HAS CONCEPT MOD", (("272741003", "SCT", "Laterality"), ("7771000", "SCT", "Left")), "Blue-whitish veil (Laterality: Left)",
+     (("blue_whitish_veil", "present"),)),
+])
+def test_a_coded_findings_modifier_is_read_with_it(relationship, modifier, text, findings):
+    """Found by the reader review: a coded finding "Blue-whitish veil" with a concept modifier "Presence = Absent" gave the
+    text "Blue-whitish veil" (the modifier dropped) and, as a property, "Blue-whitish veil" and "Presence: Absent" on lines
+    of their own: the veil read PRESENT either way. A presence value is the item's value; any other modifier rides along
+    in brackets on its line, where a doubt leaves the finding unread."""
+    from pydicom.sequence import Sequence
+
+    from monai_cir.data.report import read_findings
+    from monai_cir.dicom.reader import read_sr_text
+
+    ds = Dataset()
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SOPClassUID = "1.2.3", "1.2", "1.2.840.10008.5.1.4.1.1.88.33"
+    (mod_name, mod_value) = modifier
+    finding = _sr_item("CONTAINS", "CODE", ("121071", "DCM", "Finding"), ("0001", "99X", "Blue-whitish veil"),
+                       [_sr_item(relationship, "CODE", mod_name, mod_value)])
+    ds.ContentSequence = Sequence([finding, _sr_item("CONTAINS", "TEXT", ("121071", "DCM", "Finding"), "irregular streaks")])
+    info = read_sr_text(ds)
+    assert info.texts == [text, "irregular streaks"]
+    assert set(read_findings("\n".join(info.texts))) == {("streaks", "irregular"), *findings}

@@ -118,6 +118,12 @@ SR_SOP_CLASSES: dict[str, str] = {
 }
 _CONTEXT_RELATIONSHIPS = {"HAS OBS CONTEXT", "HAS ACQ CONTEXT", "HAS CONCEPT MOD"}
 _GENERIC_FINDING = {("DCM", "121071"), ("DCM", "121070"), ("DCM", "111402")}
+# what an item's modifier or property says of the item itself (a finding and its "Presence = Absent"): written as the
+# item's value, "Blue-whitish veil: Absent", which the findings reader reads; any other modifier goes in brackets after
+# the item on its line ("Blue-whitish veil (Certainty: Possible)"), where a doubt keeps the finding unread
+_ITEM_MODIFIERS = {"HAS CONCEPT MOD", "HAS PROPERTIES"}
+_PRESENCE_VALUES = {"absent", "present", "not present", "no", "yes", "negative", "positive", "not detected", "detected",
+                    "not seen", "seen", "not identified", "identified", "true", "false", "indeterminate", "equivocal"}
 DEFAULT_MAX_SIDE = 2048
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 # transfer syntaxes whose frames end with an end marker (JPEG EOI / JPEG 2000 EOC, both FFD9)
@@ -278,12 +284,32 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
     info.references.update(evidence["CurrentRequestedProcedureEvidenceSequence"])
     info.predecessors = evidence["PredecessorDocumentsSequence"]
 
+    def modifiers(item: Dataset) -> list[tuple[int, str, str]]:
+        """(position, name, value) of the modifiers and properties of a TEXT or CODE item, in its ContentSequence."""
+        out = []
+        for i, child in enumerate(item.get("ContentSequence", []) or []):
+            if str(child.get("RelationshipType", "")) not in _ITEM_MODIFIERS:
+                continue
+            child_type, child_name = str(child.get("ValueType", "")), _code_key(child.get("ConceptNameCodeSequence"))
+            value = (_code_key(child.get("ConceptCodeSequence")) or ("", "", ""))[2] if child_type == "CODE" else \
+                str(child.get("TextValue", "") or "") if child_type == "TEXT" else ""
+            value = _checked_text(value, "Code Meaning (0008,0104)" if child_type == "CODE" else "Text Value (0040,A160)").strip()
+            if value:
+                out.append((i, (child_name or ("", "", ""))[2].strip(), value))
+        return out
+
+    def with_modifiers(line: str, mods: list[tuple[int, str, str]]) -> str:
+        if len(mods) == 1 and mods[0][2].lower() in _PRESENCE_VALUES and ":" not in line:
+            return f"{line}: {mods[0][2]}"
+        return f"{line} ({'; '.join(f'{n}: {v}' if n else v for _, n, v in mods)})" if mods else line
+
     def walk(items: Iterable[Dataset]) -> None:
         for item in items or []:
             _check_item(item)
             rel = str(item.get("RelationshipType", ""))
             vtype = str(item.get("ValueType", ""))
             name = _code_key(item.get("ConceptNameCodeSequence"))
+            mods = modifiers(item) if vtype in ("TEXT", "CODE") and rel not in _CONTEXT_RELATIONSHIPS else []
             if vtype in ("IMAGE", "COMPOSITE", "WAVEFORM"):
                 for ref in item.get("ReferencedSOPSequence", []) or []:
                     if "ReferencedSOPInstanceUID" in ref:
@@ -297,7 +323,7 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
                 elif _is(name, C.CASE_COLLECTION):
                     info.collection = value or None
                 elif value:
-                    info.texts.append(value)
+                    info.texts.append(with_modifiers(value, mods))
             elif vtype == "CODE":
                 value = _code_key(item.get("ConceptCodeSequence"))
                 if value is None:
@@ -308,9 +334,10 @@ def read_sr_text(ds: Dataset, path: str = "") -> SRText:
                     info.confirmation = C.confirmation_from_code(*value)
                 elif _checked_text(value[2], "Code Meaning (0008,0104)"):
                     generic = name is None or (name[0], name[1]) in _GENERIC_FINDING
-                    info.texts.append(value[2] if generic else f"{name[2]}: {value[2]}")
+                    info.texts.append(with_modifiers(value[2] if generic else f"{name[2]}: {value[2]}", mods))
             if "ContentSequence" in item:
-                walk(item.ContentSequence)
+                used = {i for i, _, _ in mods}  # the modifiers written on the item's line, not again as lines of their own
+                walk([child for i, child in enumerate(item.ContentSequence) if i not in used])
 
     walk(ds.get("ContentSequence", []))
     # Pertinent Other Evidence: what a report lists beside its subject, such as the baseline image a follow-up
