@@ -350,14 +350,16 @@ def text_use(net: Any, text: str) -> tuple[dict[str, Any] | None, list[str]]:
     (1 - w) Q_image, "findings_read": [7-point criteria read in it]}`` (None for a blank text); ``notices``: the
     text was not used (it names no finding, or it is about several lesions), or the findings read and how much the text counted, and a text
     longer than the text encoder reads."""
-    from .data.report import SEVERAL_LESIONS_NOTICE, TEXT_NOT_USED_NOTICE, describes_several_lesions, read_findings, text_use_notice
+    from .data.report import (
+        SEVERAL_LESIONS_NOTICE, TEXT_NOT_USED_NOTICE, describes_several_lesions, read_findings, text_too_long_notice, text_use_notice,
+    )
 
     if not text.strip():
         return None, []
     weight = float(net.text_weights([text])[0])
     stated = read_findings(text) if net.text_gate == "findings" else ()
     findings = [key for key, _ in stated]
-    notices = []
+    notices = [text_too_long_notice(text)] if net.text_gate == "findings" and text_too_long_notice(text) else []
     if weight == 0:
         several = net.text_gate == "findings" and describes_several_lesions(text)
         notices.append(SEVERAL_LESIONS_NOTICE if several else TEXT_NOT_USED_NOTICE)

@@ -456,3 +456,23 @@ def test_an_installed_package_writes_its_cache_and_demo_output_outside_site_pack
     monkeypatch.setattr(config, "_REPO_ROOT", site)
     assert not config.in_checkout()
     assert config.cache_dir("demo") == tmp_path / "xdg" / "monai-cir" / "demo" and not (site / ".cache").exists()
+
+
+def test_a_text_longer_than_the_reader_reads_is_read_in_its_first_part_and_the_notice_says_so():
+    """Found by the reader review: the reader's time grew with the square (a padded column, tabs: the cube) of the text's
+    length and nothing bounded it; the app joins every SR text of a study. It reads the first MAX_READ_CHARS characters,
+    says so, and a padded column (a noun, thousands of spaces or tabs, its value) still reads as its value."""
+    import monai_cir.networks
+    from monai_cir.data.report import MAX_READ_CHARS, read_findings
+    from monai_cir.retrieval import text_use
+
+    net = monai_cir.networks.load_model()
+    head = "atypical pigment network; blue-whitish veil present."
+    text = head + " " + "The patient was seen in clinic today. " * (MAX_READ_CHARS // 30) + "Irregular streaks."
+    assert len(text) > MAX_READ_CHARS
+    use, notices = text_use(net, text)
+    assert use["findings_read"] == ["pigment_network", "blue_whitish_veil"]  # the streaks lie beyond the part read
+    assert f"the query text is {len(text)} characters long: the findings were read in its first {MAX_READ_CHARS} only" in notices[0]
+    assert not any("characters long" in n for n in text_use(net, head)[1])
+    for gap in (" " * 3000, "\t" * 3000, " \t" * 1500):
+        assert read_findings("Blue-whitish veil" + gap + "absent\n") == (("blue_whitish_veil", "absent"),), repr(gap[:4])

@@ -35,6 +35,7 @@ __all__ = [
     "CRITERIA",
     "FORBIDDEN_WORDS",
     "HELD_OUT_STYLES",
+    "MAX_READ_CHARS",
     "TEXT_FORMS",
     "TRAINING_STYLES",
     "ReportFields",
@@ -1020,13 +1021,21 @@ _VALUE_AFTER_RE = re.compile(r"\s*:?\s*(?:present|seen|yes|positive|pos\.?|\+ve|
 def _sentence_end(end: int, sentence_ends: list[int]) -> int:
     """Where the sentence of a mention that ends at ``end`` ends (the text's end for the last)."""
     after = bisect.bisect_left(sentence_ends, end)
-    return sentence_ends[after] if after < len(sentence_ends) else 1 << 30
+    return min(sentence_ends[after] if after < len(sentence_ends) else 1 << 30, end + SENTENCE_REACH)
+
+
+# how far around a mention its sentence and clause are read (the words that put it in the past, in a plan, in doubt, that
+# deny it): a run-on dictation or a pasted history without a full stop is one sentence, and each of its mentions read all
+# of it before, so the time grew with the square of the text's length (10 kB: 2.7 s; "BWV + " repeated over 4 kB: 4.7 s,
+# 20 kB: 31 s). A sentence or clause that goes on further is read as if it ended there
+SENTENCE_REACH = 400
 
 
 def _sentence_start(start: int, sentence_ends: list[int]) -> int:
-    """Where the sentence (or line, or ';' clause: :data:`_SENTENCE_END_RE`) of the mention at ``start`` starts."""
+    """Where the sentence (or line, or ';' clause: :data:`_SENTENCE_END_RE`) of the mention at ``start`` starts, at most
+    :data:`SENTENCE_REACH` characters before it."""
     sentence = bisect.bisect_right(sentence_ends, start) - 1
-    return sentence_ends[sentence] if sentence >= 0 else 0
+    return max(sentence_ends[sentence] if sentence >= 0 else 0, start - SENTENCE_REACH)
 
 
 def _in_negated_series(lowered: str, start: int, bare: bool, sentence_ends: list[int], heads: list[re.Match],
@@ -1491,7 +1500,9 @@ def _another_network(lowered: str, start: int) -> bool:
 # table's column), "pigment network none" (before: read neither way). A graded one ("irregular streaks absent", "atyp PN
 # absent") denies the grade, not the criterion, and is not read; nor is another structure's, "Negative network: no"
 # (:func:`_another_network`)
-_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*(?::|[ \t]-|[ \t]–|[ \t]—)?[ \t]*(?:(?:is|are|still|remains?|now)[ \t]+){0,2}(?:absent|abs|not seen|not present|not observed|not identified|cannot be seen|undetected"
+# (possessive white space, and the dash's space looked behind for: "[ \t]*(?:[ \t]-)?[ \t]*" tried every split of a run of
+# spaces, so a noun followed by a padded column of thousands took seconds a noun)
+_NOUN_DENIED_RE = re.compile(_BARE_NOUN + r"[ \t]*+(?::|(?<=[ \t])[-–—])?[ \t]*+(?:(?:is|are|still|remains?|now)[ \t]++){0,2}(?:absent|abs|not seen|not present|not observed|not identified|cannot be seen|undetected"
                              r"|none|nil|no|neg|negative|-ve|none seen|none visible|not visible|none noted|not noted|none detected|not detected|none identified|ø|⊖)(?=[ \t]*(?:[;,.\n|)(]|$))")
 
 
@@ -1848,6 +1859,7 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     cover the writing they were written from, the check carries what every review taught to writing not seen yet."""
     from .finding_check import default_check
 
+    text = _readable(text)  # the rules and the check read the same characters
     readings = read_by_rules(text)
     if not readings:
         return readings
@@ -1855,8 +1867,38 @@ def read_findings(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(f for f in readings if check.keeps(text, *f))
 
 
+# the characters of a text the findings reader reads, from its start (a dermoscopy report is a few hundred; a pasted letter
+# a few thousand): an adversarial one, "BWV + " over and over, took 1.1 s at 4 kB and 48 s at 60 kB with nothing to stop
+# it, and the app joins every SR text of a study (the app says when a text was cut: :func:`text_too_long_notice`)
+MAX_READ_CHARS = 8000
+
+
+def text_too_long_notice(text: str) -> str | None:
+    """What the app and ``monai-cir search`` say of a query text longer than :data:`MAX_READ_CHARS`, None for any other."""
+    if len(text) <= MAX_READ_CHARS:
+        return None
+    return (f"the query text is {len(text)} characters long: the findings were read in its first {MAX_READ_CHARS} only "
+            "(send the dermoscopy findings in a report of their own)")
+
+
+# runs of white space longer than a table's column gap, and of blank lines, kept to that much: the patterns' white space
+# before and after a noun backtracked over every split of a long run ("BWV" and 3000 tabs: over 5 s; a padded export's
+# column of 2000 spaces: 40 s)
+_LONG_SPACE_RUN_RE = re.compile(r"[ \t]{9,}")
+_BLANK_LINES_RE = re.compile(r"\n(?:[ \t]*\n){3,}")
+
+
+def _readable(text: str) -> str:
+    """The part of ``text`` the reader reads: its first :data:`MAX_READ_CHARS` characters, each run of spaces and tabs
+    kept to its first 8 characters and of blank lines to 2 (the same words, the same column gaps and paragraphs)."""
+    text = _LONG_SPACE_RUN_RE.sub(lambda m: m.group()[:8], text[:MAX_READ_CHARS])
+    return _BLANK_LINES_RE.sub("\n\n\n", text)
+
+
 def read_by_rules(text: str) -> tuple[tuple[str, str], ...]:
-    """The findings :func:`read_findings` reads before its learned check: the rules alone."""
+    """The findings :func:`read_findings` reads before its learned check: the rules alone, in the text's first
+    :data:`MAX_READ_CHARS` characters (:func:`_readable`)."""
+    text = _readable(text)
     if describes_several_lesions(text):
         return ()
     if (message := message_text(text)) is not None:  # an HL7 v2 or FHIR message, a delimited export: "name: value" lines
@@ -2089,11 +2131,12 @@ _QUESTION_AFTER_RE = re.compile(r"\s*\(?\s*\?|\s*[,;:-]\s*\(?\s*\?\s*\)?\s*(?=[;
 
 
 # a doubt that follows the mention in a clause of its own: "BWV, possibly", "BWV; uncertain", "BWV like", "BWV or artefact",
-# "veil ~" (a shorthand's "possible")
+# "veil ~" (a shorthand's "possible"). The white space before the doubt is possessive: three runs of "\s*" in a row tried
+# every split of the spaces after a noun, a padded column's "BWV" + 2000 spaces took 40 s
 _DOUBT_AFTER_RE = re.compile(
-    r"\s*[,;:]?\s*\(?\s*(?:possibly|probably|uncertain|equivocal|questionable|doubtful|unclear|not sure|tbc|to be confirmed"
-    r"|unconfirmed|maybe|perhaps)\s*\)?\s*(?=[;,.)\n]|$)|\s*-?\s*like(?![\w-])|\s+or\s+(?:artefact|artifact|not)(?![\w-])"
-    r"|[ \t]*:?[ \t]*~[ \t]*(?=[;,.)\n]|$)"
+    r"\s*+[,;:]?\s*+\(?\s*+(?:possibly|probably|uncertain|equivocal|questionable|doubtful|unclear|not sure|tbc|to be confirmed"
+    r"|unconfirmed|maybe|perhaps)\s*\)?\s*(?=[;,.)\n]|$)|\s*+-?\s*+like(?![\w-])|\s+or\s+(?:artefact|artifact|not)(?![\w-])"
+    r"|[ \t]*+:?[ \t]*+~[ \t]*(?=[;,.)\n]|$)"
 )
 
 
@@ -2137,10 +2180,13 @@ _CLAUSE_END = re.compile(r"[;,\n]|(?<!pigm)(?<!prev)(?<!poss)(?<!prob)\.(?:\s|$)
 
 
 def _clause_bounds(lowered: str, start: int, end: int) -> tuple[int, int]:
-    """Where the clause of the mention ``lowered[start:end]`` starts and ends: the clause end before it, the one after it."""
-    before = [m.end() for m in _CLAUSE_END.finditer(lowered, 0, start)]
-    after = _CLAUSE_END.search(lowered, end)
-    return (before[-1] if before else 0), (after.start() if after else len(lowered))
+    """Where the clause of the mention ``lowered[start:end]`` starts and ends: the clause end before it, the one after it,
+    each at most :data:`SENTENCE_REACH` characters away."""
+    window = max(0, start - SENTENCE_REACH)
+    before = [m.end() for m in _CLAUSE_END.finditer(lowered, window, start)]
+    reach = min(len(lowered), end + SENTENCE_REACH)
+    after = _CLAUSE_END.search(lowered, end, reach)
+    return (before[-1] if before else window), (after.start() if after else reach)
 
 
 def recognised_findings(text: str) -> tuple[str, ...]:
