@@ -1470,3 +1470,31 @@ def test_a_coded_findings_modifier_is_read_with_it(relationship, modifier, text,
     info = read_sr_text(ds)
     assert info.texts == [text, "irregular streaks"]
     assert set(read_findings("\n".join(info.texts))) == {("streaks", "irregular"), *findings}
+
+
+def test_the_pdf_carries_the_patient_and_study_identifiers_its_sr_carries(tmp_path):
+    """Found by the viewer review: the Encapsulated PDF left out the issuer of the patient ID, the other patient IDs, the
+    accession number's issuer and the patient's age, which its sibling SR carries (highdicom copies the modules), so a
+    PACS that matches patients by ID and issuer could file the PDF apart from the SR. Values in a sequence, in the study's
+    Latin-1, must arrive decoded in both UTF-8 answers (the SR, copied by highdicom as read, had "Rh\ufffdne")."""
+    from monai_cir.dicom.report_pdf import encapsulated_pdf_dataset
+
+    ds = dermoscopy_image_dataset(pixels=synthetic_image(), uids=case_uids("synthetic", "identifiers"))
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName, ds.IssuerOfPatientID, ds.PatientAge = "Müller^Jürgen", "Hôpital-A", "064Y"
+    other = Dataset()
+    other.PatientID, other.IssuerOfPatientID, other.TypeOfPatientID = "X9", "Clinique Rhône", "TEXT"
+    ds.OtherPatientIDsSequence = [other]
+    issuer = Dataset()
+    issuer.LocalNamespaceEntityID = "Hôpital"
+    ds.IssuerOfAccessionNumberSequence = [issuer]
+    ds.save_as(tmp_path / "study.dcm", enforce_file_format=True)
+    study = pydicom.dcmread(tmp_path / "study.dcm")
+    encapsulated_pdf_dataset(b"%PDF-1.4 test", study).save_as(tmp_path / "pdf.dcm", enforce_file_format=True)
+    similar_cases_sr(study, [], score_range=SCORE_RANGE).save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    pdf, sr = pydicom.dcmread(tmp_path / "pdf.dcm"), pydicom.dcmread(tmp_path / "sr.dcm")
+    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "PatientAge", "AccessionNumber", "StudyInstanceUID"):
+        assert pdf.get(keyword) == sr.get(keyword), keyword
+    assert pdf.OtherPatientIDsSequence[0].IssuerOfPatientID == sr.OtherPatientIDsSequence[0].IssuerOfPatientID == "Clinique Rhône"
+    assert pdf.IssuerOfAccessionNumberSequence[0].LocalNamespaceEntityID == "Hôpital"
+    assert str(pdf.PatientName) == "Müller^Jürgen" and pdf.IssuerOfPatientID == "Hôpital-A"

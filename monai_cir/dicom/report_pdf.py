@@ -15,6 +15,8 @@ thumbnails are embedded as JPEG. The PDF goes into an Encapsulated PDF Storage o
 
 from __future__ import annotations
 
+import copy
+
 import datetime
 import functools
 import io
@@ -563,6 +565,25 @@ def _footer(canvas: Any, text: str, page: int, pages: int) -> None:
     canvas.setFillColor(HexColor("#000000"))
 
 
+# the Patient, General Study and Patient Study modules' attributes the PDF carries from the query's study: the SR gets the
+# same from highdicom (copy_patient_and_study_information); before, the PDF left out the issuer of the patient ID, the
+# other patient IDs and the accession number's issuer, so a PACS that matches a patient by ID and issuer filed the PDF
+# apart from its SR
+_PATIENT_AND_STUDY_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                             "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_PATIENT_AND_STUDY_OPTIONAL = (
+    # Patient
+    "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "TypeOfPatientID", "OtherPatientIDsSequence", "OtherPatientNames",
+    "PatientBirthTime", "EthnicGroup", "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    # General Study
+    "IssuerOfAccessionNumberSequence", "StudyDescription", "ReferencedStudySequence", "ProcedureCodeSequence",
+    "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",
+    # Patient Study
+    "PatientAge", "PatientSize", "PatientWeight", "AdmittingDiagnosesDescription", "AdmissionID", "IssuerOfAdmissionIDSequence",
+)
+
+
 def encapsulated_pdf_dataset(
     pdf: bytes,
     study: Dataset,
@@ -595,12 +616,19 @@ def encapsulated_pdf_dataset(
     ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+    for keyword in _PATIENT_AND_STUDY_TYPE_2:  # the modules' Type 1 / 2 attributes: present, empty when the study has none
         setattr(ds, keyword, study.get(keyword, "") or "")
-    for keyword in ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
-        setattr(ds, keyword, study.get(keyword, "") or "")
-    if "StudyDescription" in study:
-        ds.StudyDescription = study.StudyDescription
+    # the rest as the study has them, as highdicom copies them into the SR: decoded from the study's character set first
+    # (a sequence's items keep their bytes otherwise, and "Rhône" in Latin-1 read "Rh\ufffdne" in the UTF-8 PDF)
+    carried = Dataset()
+    carried.SpecificCharacterSet = study.get("SpecificCharacterSet", "ISO_IR 6") or "ISO_IR 6"
+    for keyword in _PATIENT_AND_STUDY_OPTIONAL:
+        if keyword in study:
+            carried[keyword] = copy.deepcopy(study[keyword])
+    carried.decode()
+    for element in carried:
+        if element.keyword != "SpecificCharacterSet":
+            ds[element.tag] = element
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = series_uid or C.new_uid()
     ds.SeriesNumber = series_number

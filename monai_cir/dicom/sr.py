@@ -148,12 +148,16 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 
 
 def _query_dataset(query: Any) -> tuple[Dataset, int | None, str, list[str]]:
-    """(dataset, frame_number, text, notices) of a DermoscopyQuery or a plain dataset."""
+    """(dataset, frame_number, text, notices) of a DermoscopyQuery or a plain dataset; the dataset's text decoded from its
+    character set (in place: the same values): the answers are written in UTF-8, and the items of a sequence copied as
+    read kept their bytes ("Clinique Rhône" of an Other Patient IDs item, in Latin-1, read "Rh\ufffdne" in the SR)."""
     if isinstance(query, Dataset):
+        query.decode()
         return query, None, "", []
     ds = getattr(query, "dataset", None)
     if not isinstance(ds, Dataset):
         raise TypeError(f"query must be a DermoscopyQuery or a pydicom Dataset, got {type(query).__name__}")
+    ds.decode()
     return ds, getattr(query, "frame_number", None), str(getattr(query, "text", "") or ""), list(getattr(query, "notices", []) or [])
 
 
