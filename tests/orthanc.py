@@ -138,6 +138,8 @@ class OrthancServer:
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "UnknownSopClassAccepted": True,  # Dermoscopic Photography may postdate the DCMTK it is built on
+            # the QIDO-RS answers (OHIF's study list) in UTF-8, as the app writes: Latin-1, the default, lost "ş" and "山田"
+            "DefaultEncoding": "Utf8",
             "StorageCompression": False,
             "Plugins": [plugin],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "StudiesMetadata": "Full"},

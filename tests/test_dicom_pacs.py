@@ -537,3 +537,22 @@ def test_index_add_over_dicomweb_equals_a_fresh_build(orthanc_server, shared_dat
     assert main(["index", "build", *source, "--pull-to", str(tmp_path / "pulled"), "--out", str(tmp_path / "grown"), "--overwrite"]) == 0
     rebuilt = load_index(tmp_path / "grown")
     assert sorted(rebuilt.case_ids()) == sorted(r.case_id for r in records if r.case_id != withdrawn.case_id)
+
+
+@pytest.mark.parametrize("name", ["Öztürk^Ayşe", "山田^太郎"])
+def test_a_name_outside_latin_1_comes_back_whole_from_the_pacs_study_list(orthanc_server, tmp_path, name):
+    """Found by the viewer review: with Orthanc's default encoding (Latin-1) its QIDO-RS answer, what OHIF's study list
+    shows, read 'Öztürk^Aye' for an instance written in UTF-8 (as the app writes its answers) and '^' for '山田^太郎'.
+    The configuration docs/pacs.md gives (and these tests run) sets "DefaultEncoding": "Utf8"."""
+    import numpy as np
+    from dicomweb_client.api import DICOMwebClient
+
+    from monai_cir.dicom.dicomize import case_uids, dermoscopy_image_dataset
+
+    ds = dermoscopy_image_dataset(pixels=np.full((64, 64, 3), 120, np.uint8), uids=case_uids("synthetic", f"utf8-{name}"))
+    ds.SpecificCharacterSet, ds.PatientName, ds.PatientID = "ISO_IR 192", name, f"UTF8-{len(name)}"
+    ds.save_as(tmp_path / "image.dcm", enforce_file_format=True)
+    orthanc_server.storescu([tmp_path / "image.dcm"])
+    found = DICOMwebClient(orthanc_server.dicomweb_url).search_for_studies(search_filters={"StudyInstanceUID": ds.StudyInstanceUID})
+    assert len(found) == 1
+    assert str(pydicom.Dataset.from_json(found[0]).PatientName) == name
