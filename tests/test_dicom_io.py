@@ -1300,9 +1300,22 @@ def test_answers_to_several_images_of_a_study_are_told_apart_and_valid(tmp_path,
         pdfs.append(pydicom.dcmread(tmp_path / f"pdf{i}.dcm"))
         for kind in ("sr", "pdf"):
             assert_valid(tmp_path / f"{kind}{i}.dcm")
-    assert [ds.SeriesDescription for ds in srs] == ["Similar cases, series 1 image 1 (decision support)", "Similar cases, series 1 image 2 (decision support)"]
-    assert [ds.SeriesDescription for ds in pdfs] == ["Similar cases report, series 1 image 1", "Similar cases report, series 1 image 2"]
-    assert pdfs[1].DocumentTitle == "Similar cases report, series 1 image 2 (decision support)"
+    # each answer named with its time (found by the viewer review: OHIF's study browser shows the description, not the
+    # series date, so two answers to one image looked the same there)
+    from monai_cir.dicom.sr import answer_time
+
+    when = [answer_time(ds) for ds in srs + pdfs]
+    assert all(len(w) == 12 and w[2] == " " and w[-3] == ":" for w in when), when
+    for ds, w in zip(srs + pdfs, when):  # the series' own date and time, "08 Dec 14:05"
+        assert w[:2] == ds.SeriesDate[6:8] and w[-5:] == f"{ds.SeriesTime[:2]}:{ds.SeriesTime[2:4]}"
+    assert [ds.SeriesDescription for ds in srs] == [f"Similar cases {when[0]}, series 1 image 1 (decision support)",
+                                                    f"Similar cases {when[1]}, series 1 image 2 (decision support)"]
+    assert [ds.SeriesDescription for ds in pdfs] == [f"Similar cases report {when[2]}, series 1 image 1", f"Similar cases report {when[3]}, series 1 image 2"]
+    assert pdfs[1].DocumentTitle == f"Similar cases report {when[3]}, series 1 image 2 (decision support)"
+    assert all(len(ds.SeriesDescription) <= 64 for ds in srs + pdfs)
+    stamped = pydicom.Dataset()
+    stamped.SeriesDate, stamped.SeriesTime = "20261208", "140559.123"
+    assert answer_time(stamped) == "08 Dec 14:05" and answer_time(pydicom.Dataset()) == ""
     assert encapsulated_pdf_dataset(b"%PDF-1.4\n", queries[0].dataset, frame_number=3).SeriesDescription.endswith("image 1 frame 3")
     for i, ds in enumerate(pdfs):
         pages = pdf_text(ds.EncapsulatedDocument[: ds.EncapsulatedDocumentLength])

@@ -31,7 +31,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, EncapsulatedPDFStorage, Expl
 from ..evidence import EvidenceSummary, image_alone_sentence
 from . import codes as C
 from .reader import dicom_text, image_label
-from .sr import DECISION_SUPPORT_NOTE, _dated_series, _get, _query_dataset, similarity_percent
+from .sr import DECISION_SUPPORT_NOTE, _dated_series, _get, _query_dataset, answer_time, similarity_percent
 
 __all__ = ["CLASS_COLOURS", "CONFIRMATION_WORDS", "encapsulated_pdf_dataset", "render_report_pdf", "similar_cases_pdf"]
 
@@ -632,7 +632,6 @@ def encapsulated_pdf_dataset(
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = series_uid or C.new_uid()
     ds.SeriesNumber = series_number
-    ds.SeriesDescription = (f"Similar cases report, {about}" if about else "Similar cases report (monai-cir)")[:64]
     ds.Manufacturer = C.MANUFACTURER
     ds.ManufacturerModelName = C.MODEL_NAME
     ds.SoftwareVersions = C.software_version()
@@ -642,8 +641,12 @@ def encapsulated_pdf_dataset(
     ds.ContentTime = now.strftime("%H%M%S")
     ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
     _dated_series(ds)
+    # the answer's time in its description and title (OHIF's study browser shows the description, not the series date:
+    # two answers to one image looked the same there)
+    when = answer_time(ds)
+    ds.SeriesDescription = (f"Similar cases report {when}, {about}" if about else f"Similar cases report {when} (monai-cir)")[:64]
     ds.BurnedInAnnotation = "YES"
-    ds.DocumentTitle = title or ("Similar cases report" + (f", {about}" if about else "") + " (decision support)")
+    ds.DocumentTitle = title or (f"Similar cases report {when}" + (f", {about}" if about else "") + " (decision support)")
     ds.ConceptNameCodeSequence = []
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     if study.get("SOPInstanceUID") and study.get("SOPClassUID"):  # the query image the report is derived from (Type 1C)

@@ -60,6 +60,7 @@ __all__ = [
     "NO_MATCH_NOTICE",
     "SimilarCase",
     "SimilarCasesReport",
+    "answer_time",
     "container",
     "read_similar_cases_sr",
     "similar_cases_sr",
@@ -409,11 +410,26 @@ def similar_cases_sr(
         specific_character_set=C.OUTPUT_CHARACTER_SET,
     )
     _dated_series(sr)
+    # the answer's time in its description: OHIF's study browser shows a series' description and number, not its date, so
+    # two answers to one image (a study answered again) looked the same there
+    sr.SeriesDescription = f"Similar cases {answer_time(sr)}, {image_label(ds, frame)} (decision support)"[:64]
     for item in sr.ContributingEquipmentSequence:  # ours, not the query's acquisition equipment
         if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109103" and item.get("ManufacturerModelName") == C.MODEL_NAME:
             item.DeviceUID = C.DEVICE_UID
             item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(C.PROCESSING_ALGORITHM)]
     return sr
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def answer_time(ds: Dataset) -> str:
+    """An answer's Series Date / Time as its descriptions name it, "08 Dec 14:05" (the host's local time, as the dates:
+    :func:`_dated_series`), short enough for a 64-character description; empty without them."""
+    date, time = str(ds.get("SeriesDate", "") or ""), str(ds.get("SeriesTime", "") or "")
+    if len(date) < 8 or len(time) < 4 or not (date[:8] + time[:4]).isdigit() or not 1 <= int(date[4:6]) <= 12:
+        return ""
+    return f"{date[6:8]} {_MONTHS[int(date[4:6]) - 1]} {time[:2]}:{time[2:4]}"
 
 
 def _dated_series(ds: Dataset) -> None:
