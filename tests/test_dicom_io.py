@@ -1034,6 +1034,11 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
 
     page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study, score_range=SCORE_RANGE))[0]
     assert "sex female, age 63 years" in page
+    # the patient by name and birth date too, in the header and the footer (found by the viewer review: a page printed or
+    # filed apart named its patient by the ID alone)
+    study.PatientName, study.PatientBirthDate = "Doe^Jane^Q^Dr", "19630214"
+    page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study, score_range=SCORE_RANGE))[0]
+    assert page.count("Patient Doe, Dr Jane Q") == 2 and page.count("born 1963-02-14") == 2, page
     # the differential case's row says it is shown for the differential (the notice says why)
     assert "differential" not in first
     marked = pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=2, notices=["rank 2 is the closest ..."], score_range=SCORE_RANGE))[0]

@@ -233,6 +233,20 @@ def _paragraph(canvas, text: str, x: float, y: float, width: float, font: str = 
     return y
 
 
+def _readable_name(value: Any) -> str:
+    """A DICOM Person Name as a page shows it: "FAMILY, Given Middle" (the alphabetic group; the ideographic one when it
+    is the only one), "" for none."""
+    text = dicom_text(value).strip()
+    if not text:
+        return ""
+    groups = text.split("=")
+    group = next((g for g in groups if g.replace("^", "").strip()), "")
+    family, *rest = (group.split("^") + [""] * 5)[:5]
+    given = " ".join(part.strip() for part in (rest[2], rest[0], rest[1], rest[3]) if part.strip())  # prefix, given, middle, suffix
+    family = family.strip()
+    return f"{family}, {given}" if family and given else family or given
+
+
 def _patient_line(study: Dataset | None) -> str:
     if study is None:
         return ""
@@ -437,6 +451,14 @@ def render_report_pdf(
     canvas.drawString(left, height - 29 * _MM, f"Report of {created:%Y-%m-%d %H:%M %Z}".strip() + f"   |   {algorithm_name} {version}")
     ids = []
     if study is not None:
+        # the patient by name and birth date as well as by ID, here and in every page's footer (found by the viewer review:
+        # a page printed, faxed or filed apart named its patient by one identifier only, the ID)
+        name = _readable_name(study.get("PatientName"))
+        if name:
+            ids.append(f"Patient {name}")
+        born = str(study.get("PatientBirthDate", "") or "")
+        if len(born) == 8 and born.isdigit():
+            ids.append(f"born {born[:4]}-{born[4:6]}-{born[6:]}")
         ids.append(f"Patient ID {dicom_text(study.get('PatientID')) or '(none)'}")
         if study.get("AccessionNumber"):
             ids.append(f"accession {dicom_text(study.AccessionNumber)}")
