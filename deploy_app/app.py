@@ -113,9 +113,13 @@ class SimilarCasesApp(Application):
             self, models=models, top_k=s.top_k, batch_size=s.batch_size, site=s.site, explain=s.explain,
             differential=s.differential, name="retrieval_op"
         )
-        # the SR and the PDF report similarity against the best score this network can give
+        from monai_cir.retrieval import model_fingerprint
+
+        # the SR and the PDF report similarity against the best score this network can give, and name the model and the
+        # library that answered (results.json's "model" and "index")
         reports = SimilarCasesReportsOperator(
-            self, output_folder=output_path, score_range=models.net.score_range, write_pdf=s.write_pdf, name="reports_op"
+            self, output_folder=output_path, score_range=models.net.score_range, write_pdf=s.write_pdf, name="reports_op",
+            algorithm_parameters=(f"model {model_fingerprint(models.net)[:16]}", f"library {models.index_state}"),
         )
         last = reports
         self.add_flow(loader, retrieval, {("queries", "queries")})
@@ -126,8 +130,6 @@ class SimilarCasesApp(Application):
             )
             self.add_flow(last, publisher, {("results", "results")})
             last = publisher
-        from monai_cir.retrieval import model_fingerprint
-
         run_info = {
             "app": f"{APP_NAME} {__version__}",
             "device": str(models.device),

@@ -1094,6 +1094,12 @@ def test_packaged_models_layout_in_process_models_loaded_once(app_run, results, 
         assert [h["case_id"] for h in top] == [h["case_id"] for h in answers["held_out"]["top_k"]]
         assert [h["score"] for h in top] == pytest.approx([h["score"] for h in answers["held_out"]["top_k"]], abs=1e-5)
         assert (tmp_path / f"out{run}" / summary["queries"][0]["outputs"]["sr"]).is_file()
+        # which model and library answered reaches the PACS with the answer (found by the viewer review: the SR and the
+        # PDF named only the package version): the SR's Algorithm Parameters, as results.json names them
+        from monai_cir.dicom.sr import read_similar_cases_sr
+
+        report = read_similar_cases_sr(tmp_path / f"out{run}" / summary["queries"][0]["outputs"]["sr"])
+        assert report.algorithm_parameters == [f"model {summary['model'][:16]}", f"library {summary['index']}"]
     # an output folder that holds an earlier run's answers is said to (before: nothing said; results.json then listed
     # this run's queries beside the earlier run's folders)
     again = run_app(app_run["cases"]["in_library"].image_file.parent, tmp_path / "out1", models, settings)

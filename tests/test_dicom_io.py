@@ -1039,6 +1039,10 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     study.PatientName, study.PatientBirthDate = "Doe^Jane^Q^Dr", "19630214"
     page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study, score_range=SCORE_RANGE))[0]
     assert page.count("Patient Doe, Dr Jane Q") == 2 and page.count("born 1963-02-14") == 2, page
+    # and which model and library answered, as the app names them (the SR's Algorithm Parameters)
+    page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study, score_range=SCORE_RANGE,
+                                      algorithm_parameters=["model 0123456789abcdef", "library fedcba9876543210"]))[0]
+    assert "(model 0123456789abcdef, library fedcba9876543210)" in page
     # the differential case's row says it is shown for the differential (the notice says why)
     assert "differential" not in first
     marked = pdf_text(render_report_pdf(query.image, query.text, hits, differential_rank=2, notices=["rank 2 is the closest ..."], score_range=SCORE_RANGE))[0]

@@ -22,7 +22,7 @@ PDF_FILE = "similar_cases_report.pdf"
 ENCAPSULATED_PDF_FILE = "similar_cases_report.dcm"
 
 
-def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float]) -> None:
+def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_range: tuple[float, float], algorithm_parameters: tuple[str, ...] = ()) -> None:
     """The plain PDF and its Encapsulated PDF instance (:func:`monai_cir.dicom.report_pdf.similar_cases_pdf`)."""
     from monai_cir.atomic import atomic_path, atomic_write_bytes
     from monai_cir.dicom.report_pdf import similar_cases_pdf
@@ -39,6 +39,7 @@ def write_report(result: QueryResult, pdf_path: Path, dcm_path: Path, score_rang
         differential_rank=result.differential["rank"] if result.differential else None,
         image_alone=result.image_alone["counts"] if result.image_alone else None,
         ordered_by_prior=result.ranking == PRIOR_RANKING,
+        algorithm_parameters=list(algorithm_parameters) or None,
     )
     atomic_write_bytes(pdf_path, bytes(ds.EncapsulatedDocument[: int(ds.EncapsulatedDocumentLength)]))
     with atomic_path(dcm_path) as tmp:  # each file whole or not at all (the reports pass removes a failed part's files)

@@ -35,7 +35,9 @@ class SimilarCasesReportsOperator(ResultsOperator):
 
     File output: ``OUT/<query id>/similar_cases_sr.dcm``, ``similar_cases_report.pdf`` and
     ``similar_cases_report.dcm``. ``score_range``: the lowest and highest score the model can give
-    (the SR states it; the PDF shows similarity as a percentage of its top). The explanations are
+    (the SR states it; the PDF shows similarity as a percentage of its top). ``algorithm_parameters``: which model and
+    library answered, in the SR's Algorithm Parameters and the PDF's header (the app: the network's fingerprint, the
+    index's digest). The explanations are
     those the retrieval prepared (``result.pending_explanations``; none with ``--no-explain``). A part
     that fails loses only itself (:meth:`_report`); a query fails only when neither report was written."""
 
@@ -46,10 +48,12 @@ class SimilarCasesReportsOperator(ResultsOperator):
         output_folder: str | Path,
         score_range: tuple[float, float],
         write_pdf: bool = True,
+        algorithm_parameters: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
         self.output_folder = Path(output_folder)
         self.score_range = score_range
+        self.algorithm_parameters = tuple(algorithm_parameters)
         self.write_pdf = bool(write_pdf)
         super().__init__(fragment, *args, **kwargs)
 
@@ -91,9 +95,9 @@ class SimilarCasesReportsOperator(ResultsOperator):
             try:
                 with _part(result, name):
                     if name == "sr":
-                        result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range))
+                        result.outputs["sr"] = str(write_similar_cases_sr(result, folder / SR_FILE, self.score_range, self.algorithm_parameters))
                     else:
-                        write_report(result, folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE, self.score_range)
+                        write_report(result, folder / PDF_FILE, folder / ENCAPSULATED_PDF_FILE, self.score_range, self.algorithm_parameters)
                         result.outputs["pdf"] = str(folder / PDF_FILE)
                         result.outputs["encapsulated_pdf"] = str(folder / ENCAPSULATED_PDF_FILE)
             except StageFailure as err:

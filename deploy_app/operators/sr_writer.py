@@ -20,7 +20,7 @@ __all__ = ["SR_FILE", "write_similar_cases_sr"]
 SR_FILE = "similar_cases_sr.dcm"
 
 
-def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[float, float]) -> Path:
+def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[float, float], algorithm_parameters: tuple[str, ...] = ()) -> Path:
     """The SR of one query (see :func:`monai_cir.dicom.sr.similar_cases_sr`)."""
     from monai_cir.dicom.sr import similar_cases_sr
 
@@ -29,6 +29,7 @@ def write_similar_cases_sr(result: QueryResult, path: Path, score_range: tuple[f
         evidence_summary=result.evidence, score_range=score_range, ranking=result.ranking,
         differential_rank=result.differential["rank"] if result.differential else None,
         explanations={rank: e.sr_text() for rank, e in result.explanations.items()} or None,
+        algorithm_parameters=list(algorithm_parameters) or None,
     )
     from monai_cir.atomic import atomic_path
 

@@ -406,6 +406,7 @@ def render_report_pdf(
     score_range: tuple[float, float],
     algorithm_name: str = "monai-cir composed vision-language retrieval",
     algorithm_version: str | None = None,
+    algorithm_parameters: Sequence[str] | None = None,
     created: datetime.datetime | None = None,
     differential_rank: int | None = None,
     image_alone: Mapping[str, int] | None = None,
@@ -448,7 +449,8 @@ def render_report_pdf(
     canvas.drawString(left, height - 24 * _MM, "DECISION SUPPORT, NOT A DIAGNOSIS")
     canvas.setFillColor(HexColor("#333333"))
     canvas.setFont("Helvetica", 8)
-    canvas.drawString(left, height - 29 * _MM, f"Report of {created:%Y-%m-%d %H:%M %Z}".strip() + f"   |   {algorithm_name} {version}")
+    made_by = f"{algorithm_name} {version}" + (f" ({', '.join(map(str, algorithm_parameters))})" if algorithm_parameters else "")
+    _draw_text(canvas, left, height - 29 * _MM, f"Report of {created:%Y-%m-%d %H:%M %Z}".strip() + f"   |   {made_by}"[:160], size=8)
     ids = []
     if study is not None:
         # the patient by name and birth date as well as by ID, here and in every page's footer (found by the viewer review:
@@ -695,13 +697,14 @@ def similar_cases_pdf(
     differential_rank: int | None = None,
     image_alone: Mapping[str, int] | None = None,
     ordered_by_prior: bool | None = None,
+    algorithm_parameters: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Dataset:
     """Render the report for a :class:`~monai_cir.dicom.reader.DermoscopyQuery` and wrap it as
     Encapsulated PDF in the query's study: what the deploy app files (its plain PDF is the dataset's
     ``EncapsulatedDocument``, ``EncapsulatedDocumentLength`` bytes). ``notices``: the reader's notices
-    (default: the query's own); ``differential_rank`` / ``image_alone`` / ``ordered_by_prior`` as for
-    :func:`render_report_pdf`; ``kwargs`` go to :func:`encapsulated_pdf_dataset`."""
+    (default: the query's own); ``differential_rank`` / ``image_alone`` / ``ordered_by_prior`` / ``algorithm_parameters``
+    as for :func:`render_report_pdf`; ``kwargs`` go to :func:`encapsulated_pdf_dataset`."""
     ds, frame, text, query_notices = _query_dataset(query)
     image = query_image if query_image is not None else getattr(query, "image", None)
     if image is None:
@@ -710,5 +713,6 @@ def similar_cases_pdf(
         image, text, hits, image_loader=image_loader, evidence_summary=evidence_summary, explanations=explanations,
         notices=query_notices if notices is None else notices, study=ds, score_range=score_range,
         differential_rank=differential_rank, image_alone=image_alone, ordered_by_prior=ordered_by_prior, frame_number=frame,
+        algorithm_parameters=algorithm_parameters,
     )
     return encapsulated_pdf_dataset(pdf, ds, **dict({"frame_number": frame}, **kwargs))

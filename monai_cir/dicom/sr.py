@@ -83,6 +83,7 @@ FINDING_SITE = Code("363698007", "SCT", "Finding site")
 NO_MATCH_NOTICE = "no similar case was found"
 ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")  # TID 4019, written by highdicom
 ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
+ALGORITHM_PARAMETERS = Code("111002", "DCM", "Algorithm Parameters")
 
 
 def container(name, items: Sequence[Any], relationship_type=None):
@@ -135,6 +136,7 @@ class SimilarCasesReport:
     evidence_summary: EvidenceSummary | None = None
     algorithm_name: str | None = None
     algorithm_version: str | None = None
+    algorithm_parameters: list[str] = field(default_factory=list)  # which model and library answered (the app's)
     score_range: tuple[float, float] | None = None
     template: str | None = None
     ranking: str | None = None  # how the matches are ordered (monai_cir.prior_ranking.RANKINGS); None: not stated
@@ -202,6 +204,7 @@ def similar_cases_sr(
     score_range: tuple[float, float],
     algorithm_name: str = "monai-cir composed vision-language retrieval",
     algorithm_version: str | None = None,
+    algorithm_parameters: Sequence[str] | None = None,
     series_uid: str | None = None,
     sop_instance_uid: str | None = None,
     series_number: int = 99,
@@ -265,7 +268,9 @@ def similar_cases_sr(
     if not hits and not any(n.startswith(NO_MATCH_NOTICE) for n in notices):  # said once (the app says why)
         notices.append(NO_MATCH_NOTICE)
     version = algorithm_version or C.software_version()
-    algorithm = AlgorithmIdentification(name=algorithm_name, version=version)
+    # which model and library answered (the app: the network's fingerprint and the index's digest), in TID 4019's Algorithm
+    # Parameters: the package version alone told two checkpoints or two libraries apart nowhere in the PACS
+    algorithm = AlgorithmIdentification(name=algorithm_name, version=version, parameters=[str(p)[:1024] for p in algorithm_parameters or ()] or None)
     query_source = _source_image(str(ds.SOPClassUID), str(ds.SOPInstanceUID), frame)
 
     def num(name, value: float | int, unit=C.NO_UNITS, properties=None):
@@ -561,6 +566,7 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
     for group in content.get_image_measurement_groups():
         for name, version in zip(_group_texts(group, ALGORITHM_NAME), _group_texts(group, ALGORITHM_VERSION)):
             report.algorithm_name, report.algorithm_version = name, version
+            report.algorithm_parameters = _group_texts(group, ALGORITHM_PARAMETERS)
         sources = [(str(s.referenced_sop_class_uid), str(s.referenced_sop_instance_uid)) for s in group.source_images]
         if sources and report.query_sop_instance_uid is None:
             report.query_sop_class_uid, report.query_sop_instance_uid = sources[0]
