@@ -513,7 +513,7 @@ def test_reports_explain_in_the_process_when_a_worker_cannot(tmp_path, monkeypat
         def explain(self) -> dict:
             return {1: os.getpid()}  # where it ran, carried to the SR
 
-    def write_sr(result, path, score_range):
+    def write_sr(result, path, score_range, *parameters):
         path.write_text(f"{result.explanations[1]} {os.getpid()}")
         return path
 
@@ -556,7 +556,7 @@ def test_a_batch_decodes_each_shown_case_once_before_its_workers_fork(tmp_path, 
     def hits(cases: list[int]) -> list[SimpleNamespace]:
         return [SimpleNamespace(rank=r + 1, case_id=f"c{i}", metadata=SimpleNamespace(image_path=str(paths[i]), diagnosis="nevus")) for r, i in enumerate(cases)]
 
-    def write_pdf(result, pdf, encapsulated, score_range):
+    def write_pdf(result, pdf, encapsulated, score_range, *parameters):
         before = common._library_view.cache_info().misses
         shown = [library_image(hit) for hit in result.hits]  # what the PDF draws (report_pdf's image_loader)
         pdf.write_text(f"{common._library_view.cache_info().misses - before} {os.getpid()} {all(s is not None for s in shown)}")
@@ -624,13 +624,13 @@ def test_a_report_part_that_fails_loses_only_itself(tmp_path, monkeypatch):
                 raise RuntimeError("no grid maps")
             return {1: "why"}
 
-    def write_sr(result, path, score_range):
+    def write_sr(result, path, score_range, *parameters):
         if result.query_id in ("sr", "both", "all"):
             raise OSError("disk full")
         path.write_text(" | ".join(result.notices))
         return path
 
-    def write_pdf(result, pdf, encapsulated, score_range):
+    def write_pdf(result, pdf, encapsulated, score_range, *parameters):
         pdf.write_text(" | ".join(result.notices))
         if result.query_id in ("pdf", "both", "all"):
             raise ValueError("no room on the page")  # after the plain PDF, before its DICOM: the part's files must go
