@@ -727,7 +727,7 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
 
     scan = read_dicom_folder(dicomized.out)
     query, library = scan.queries[0], scan.queries[1:]
-    hits = _hits(library) + [_no_uid_hit(len(library) + 1)]
+    hits = _hits(library) + [_no_uid_hit(len(library) + 1, site="trunk")]  # (a case with a site)
     summary = _summary(hits)
     sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network, 'brown'"}, ranking="similarity_and_diagnosis_prior", score_range=SCORE_RANGE)
     path = tmp_path / "similar.dcm"
@@ -760,8 +760,16 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
     assert isinstance(document.content, hd.sr.MeasurementReport)
     groups = document.content.get_image_measurement_groups()
     assert len(groups) == len(hits) + len(summary.distribution)
-    nevus = groups[[h.metadata.diagnosis for h in hits].index("nevus")].get_qualitative_evaluations(name=C.DIAGNOSIS)[0].value
+    nevus = groups[[h.metadata.diagnosis for h in hits].index("nevus")].get_qualitative_evaluations(name=C.CASE_DIAGNOSIS)[0].value
     assert (nevus.value, nevus.scheme_designator) == ("400096001", "SCT")
+    # a case's diagnosis and site are another patient's: never the standard Diagnosis or Finding Site of a group whose
+    # subject is this patient's lesion (found by the viewer review: dsrdump showed 'Finding Site = Trunk' and 'Diagnosis =
+    # Malignant melanoma' for a head-and-neck query); the evidence summary's groups keep Diagnosis, its suggestion
+    cases = groups[: len(hits)]
+    assert all(not g.get_qualitative_evaluations(name=C.DIAGNOSIS) and not g.finding_sites for g in cases)
+    sited = [g.get_qualitative_evaluations(name=C.CASE_SITE) for g, h in zip(cases, hits) if h.metadata.site not in (None, "unknown")]
+    assert sited and all(len(s) == 1 for s in sited)
+    assert all(g.get_qualitative_evaluations(name=C.DIAGNOSIS) for g in groups[len(hits):])
 
     report = read_similar_cases_sr(path)
     assert report.template == "1500" and report.score_range == (-3.0, 3.0)
@@ -773,6 +781,7 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
     for match, hit in zip(report.matches, hits):
         assert match.score == pytest.approx(hit.score, abs=1e-9)
         assert match.diagnosis == hit.metadata.diagnosis and match.case_id == hit.case_id
+        assert match.site == (hit.metadata.site if hit.metadata.site not in (None, "unknown") else None)
         assert match.confirmation == hit.metadata.confirmation and match.collection == hit.metadata.collection
         assert match.sop_instance_uid == hit.metadata.sop_instance_uid
         assert match.study_uid == hit.metadata.study_uid and match.series_uid == hit.metadata.series_uid
@@ -792,10 +801,30 @@ def test_similar_cases_sr_is_tid1500_and_reads_back_through_highdicom(dicomized,
         (dicomized.out / "answer.dcm").unlink()
 
 
+def _items(ds: Dataset):
+    """Every SR content item of a dataset, recursively."""
+    for item in ds.get("ContentSequence", []) or []:
+        yield item
+        yield from _items(item)
+
+
 def _as_first_release(ds: Dataset) -> int:
-    """Rewrite the project concepts of ``ds`` as the first releases wrote them (99MONAICIR); returns how many."""
-    legacy = {now: old for old, now in C._LEGACY_ALIASES.items()}
+    """Rewrite the project concepts of ``ds`` as the first releases wrote them (99MONAICIR; a case's diagnosis and site as
+    the standard Diagnosis and Finding Site); returns how many."""
     changed = 0
+    for item in _items(ds):
+        name = item.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in item else None
+        key = None if name is None else (str(name.CodingSchemeDesignator), str(name.get("LongCodeValue", name.get("CodeValue", ""))))
+        for concept, (value, scheme, meaning, relationship) in (
+            (C.CASE_DIAGNOSIS, (C.DIAGNOSIS.value, "SCT", C.DIAGNOSIS.meaning, "CONTAINS")),
+            (C.CASE_SITE, ("363698007", "SCT", "Finding site", "HAS CONCEPT MOD")),
+        ):
+            if key == (concept.scheme_designator, concept.value):
+                del name.LongCodeValue
+                name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = value, scheme, meaning
+                item.RelationshipType = relationship
+                changed += 1
+    legacy = {now: old for old, now in C._LEGACY_ALIASES.items()}
     for item in _codes(ds):
         key = (str(item.CodingSchemeDesignator), str(item.get("LongCodeValue", item.get("CodeValue", ""))))
         if key in legacy:
@@ -808,10 +837,11 @@ def _as_first_release(ds: Dataset) -> int:
 
 
 def test_sr_of_the_first_releases_still_reads_back(dicomized, tmp_path):
-    """SRs written with the private 99MONAICIR codes (before the project concepts became OIDs) read back the same."""
+    """SRs written with the private 99MONAICIR codes (before the project concepts became OIDs), and with each case's
+    diagnosis and site as the standard Diagnosis and Finding Site, read back the same."""
     scan = read_dicom_folder(dicomized.out)
     query, library = scan.queries[0], scan.queries[1:]
-    hits = _hits(library)
+    hits = _hits(library) + [_no_uid_hit(len(library) + 1, site="trunk")]
     summary = _summary(hits)
     sr = similar_cases_sr(query, hits, evidence_summary=summary, explanations={1: "pigment network"}, score_range=SCORE_RANGE)
     now = read_similar_cases_sr(sr)

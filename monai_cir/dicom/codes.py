@@ -174,6 +174,11 @@ CALIBRATED = project_code("8", "Calibrated confidence", legacy="CIR016")
 WEIGHTED_SHARE = project_code("9", "Similarity-weighted share")
 # how the similar cases are ordered (monai_cir.prior_ranking.RANKINGS): a machine reader need not parse the notice
 RANKING_METHOD = project_code("10", "Similar cases ranking method")
+# a similar case's recorded diagnosis and body site: another patient's, so not the standard Diagnosis (439401001) and
+# Finding Site (363698007), which a reader of the group's structured findings takes for this patient's lesion (earlier
+# answers wrote those; read_similar_cases_sr reads both)
+CASE_DIAGNOSIS = project_code("11", "Similar case's recorded diagnosis")
+CASE_SITE = project_code("12", "Similar case's anatomic site")
 RANKING_CODES: dict[str, Code] = {
     "similarity": project_code("40.1", "Ranked by similarity"),
     "similarity_and_diagnosis_prior": project_code("40.2", "Ranked by similarity and diagnosis likelihood"),

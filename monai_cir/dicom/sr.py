@@ -13,11 +13,13 @@ project concept, the OID ``CONCEPT_ROOT + N`` in the ``ISO_OID`` scheme). OHIF 3
         Measurement Group (125007, DCM), TID 1501, one per similar case, in the order shown (similarity, or with the diagnosis prior: the coded ranking method says which)
           Tracking Identifier = the library case id; Tracking Unique Identifier (derived, stable)
           Algorithm Name / Version (TID 4019)
-          Finding Site (363698007, SCT) = the case's site            [when known]
           NUM (.1) Retrieval rank, unit (1, UCUM)
           NUM (.2) Similarity score S of the network (Eq. 9 [+ late fusion]), unit (1, UCUM), with its possible range as
               Minimum / Maximum (SCT) measurement statistical properties (TID 311)
-          CODE (439401001, SCT, "Diagnosis") = the case's diagnosis (SNOMED CT)
+          CODE (.11) Similar case's recorded diagnosis = the case's diagnosis (SNOMED CT)
+          CODE (.12) Similar case's anatomic site = the case's site (SNOMED CT)   [when known]
+              (another patient's: not the standard Diagnosis / Finding Site, which would read as this lesion's; the
+              answers before wrote those, and read_similar_cases_sr reads both)
           CODE (.7) Diagnosis confirmation method = histopathology (SCT) | follow-up | expert | unknown
           CODE (.10) Similar cases ranking method = by similarity (.40.1) | by similarity and diagnosis likelihood (.40.2)  [when given]
           TEXT (.4) Case library collection; TEXT (121106, DCM, Comment) = explanation [optional]
@@ -238,7 +240,6 @@ def similar_cases_sr(
     from highdicom.sr import (
         AlgorithmIdentification,
         DeviceObserverIdentifyingAttributes,
-        FindingSite,
         Measurement,
         MeasurementProperties,
         MeasurementReport,
@@ -302,8 +303,13 @@ def similar_cases_sr(
             raise ValueError(f"hit of rank {rank} has no case id")
         collection = str(_get(meta, "collection") or "")
         confirmation = str(_get(meta, "confirmation") or "unknown")
-        qualitative = [QualitativeEvaluation(C.DIAGNOSIS, C.diagnosis_code(str(_get(meta, "diagnosis") or "unknown")))]
+        # the case's diagnosis and site in project concepts: the group's subject is this patient's lesion, and the
+        # standard Diagnosis / Finding Site would record another patient's as its (found by the viewer review)
+        qualitative = [QualitativeEvaluation(C.CASE_DIAGNOSIS, C.diagnosis_code(str(_get(meta, "diagnosis") or "unknown")))]
         qualitative.append(QualitativeEvaluation(C.DIAGNOSIS_CONFIRMATION, C.confirmation_code(confirmation)))
+        site = _site_code(_get(meta, "site"))
+        if site is not None:
+            qualitative.append(QualitativeEvaluation(C.CASE_SITE, site))
         if differential_rank is not None and rank == differential_rank:
             qualitative.append(QualitativeEvaluation(C.RANKING_METHOD, C.ranking_code("differential")))
         elif ranking is not None:
@@ -313,14 +319,12 @@ def similar_cases_sr(
         if ref is not None:
             sources.append(_source_image(ref.SOPClassUID, ref.SOPInstanceUID))
             evidence.append(ref)
-        site = _site_code(_get(meta, "site"))
         group = MeasurementsAndQualitativeEvaluations(
             # one tracked finding per query image and case: a tracking UID of the case alone would join the answers of
             # every patient whose lesion matched it (TID 1500: a tracking UID follows one finding of one patient)
             tracking_identifier=TrackingIdentifier(uid=C.derived_uid("similar-case", str(ds.SOPInstanceUID), str(frame or ""), collection, case_id),
                                                    identifier=case_id[:64]),
             algorithm_id=algorithm,
-            finding_sites=[FindingSite(site)] if site is not None else None,
             measurements=[num(C.RETRIEVAL_RANK, int(rank)), num(C.SIMILARITY_SCORE, score, properties=score_properties)],
             qualitative_evaluations=qualitative,
             source_images=sources,
@@ -570,7 +574,7 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
         sources = [(str(s.referenced_sop_class_uid), str(s.referenced_sop_instance_uid)) for s in group.source_images]
         if sources and report.query_sop_instance_uid is None:
             report.query_sop_class_uid, report.query_sop_instance_uid = sources[0]
-        diagnosis_code = _qualitative(group, C.DIAGNOSIS)
+        diagnosis_code = _qualitative(group, C.CASE_DIAGNOSIS) or _qualitative(group, C.DIAGNOSIS)  # (earlier answers: Diagnosis)
         diagnosis = C.diagnosis_from_code(diagnosis_code.scheme_designator, diagnosis_code.value, diagnosis_code.meaning) if diagnosis_code else None
         if _is(group.finding_type, C.EVIDENCE_SUMMARY):
             share = _measurement(group, C.PROBABILITY)
@@ -609,10 +613,9 @@ def read_similar_cases_sr(path_or_dataset: str | Path | Dataset) -> SimilarCases
             collection=next(iter(_group_texts(group, C.CASE_COLLECTION)), None),
             explanation=next(iter(_group_texts(group, C.COMMENT)), None),
         )
-        sites = group.finding_sites
-        if sites:
-            key = (sites[0].value.scheme_designator, sites[0].value.value)
-            case.site = site_names.get(key, sites[0].value.meaning)
+        site_code = _qualitative(group, C.CASE_SITE) or (group.finding_sites[0].value if group.finding_sites else None)  # (earlier answers: Finding Site)
+        if site_code is not None:
+            case.site = site_names.get((site_code.scheme_designator, site_code.value), site_code.meaning)
         library = sources[1:]  # written [query, library image]; both are the same instance when the query is in the library
         if library:
             case.sop_class_uid, case.sop_instance_uid = library[0]
