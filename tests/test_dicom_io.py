@@ -1069,6 +1069,12 @@ def test_pdf_report_says_what_is_true_in_a_clinicians_words(dicomized, tmp_path)
     study.PatientName, study.PatientBirthDate = "Doe^Jane^Q^Dr", "19630214"
     page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study, score_range=SCORE_RANGE))[0]
     assert page.count("Patient Doe, Dr Jane Q") == 2 and page.count("born 1963-02-14") == 2, page
+    # a long name, an ID and an accession: the footer keeps its disclaimer and the report's time (the diff review: cut at 150
+    # characters, it lost both, and the header ran off the page)
+    study.PatientName, study.AccessionNumber = "Schmidt-Hoffmann^Anna-Katharina^Maria-Theresia", "ACC-2026-000123456"
+    page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study, score_range=SCORE_RANGE))[0]
+    footer = page[page.rindex("decision support, not a diagnosis   |"):]
+    assert "Patient Schmidt-Hoffmann" in footer and "page 1 of 1" in footer, footer
     # and which model and library answered, as the app names them (the SR's Algorithm Parameters)
     page = pdf_text(render_report_pdf(query.image, query.text, hits[:1], study=study, score_range=SCORE_RANGE,
                                       algorithm_parameters=["model 0123456789abcdef", "library fedcba9876543210"]))[0]
@@ -1352,6 +1358,10 @@ def test_answers_to_several_images_of_a_study_are_told_apart_and_valid(tmp_path,
     assert [ds.SeriesDescription for ds in pdfs] == [f"Similar cases report {when[2]}, series 1 image 1", f"Similar cases report {when[3]}, series 1 image 2"]
     assert pdfs[1].DocumentTitle == f"Similar cases report {when[3]}, series 1 image 2 (decision support)"
     assert all(len(ds.SeriesDescription) <= 64 for ds in srs + pdfs)
+    long_label = copy.deepcopy(queries[0].dataset)  # a long image label is cut, never the "(decision support)" (the diff review)
+    long_label.SeriesNumber, long_label.InstanceNumber = 1001, 12345
+    described = similar_cases_sr(long_label, hits, score_range=SCORE_RANGE).SeriesDescription
+    assert len(described) <= 64 and described.endswith(" (decision support)") and "series 1001" in described, described
     stamped = pydicom.Dataset()
     stamped.SeriesDate, stamped.SeriesTime = "20261208", "140559.123"
     assert answer_time(stamped) == "08 Dec 14:05" and answer_time(pydicom.Dataset()) == ""

@@ -219,6 +219,21 @@ def _draw_text(canvas, x: float, y: float, text: str, font: str = "Helvetica", s
     canvas.drawString(x, y, text)
 
 
+def _draw_fitted(canvas, x: float, y: float, text: str, width: float, size: float = 8, smallest: float = 6) -> None:
+    """One line within ``width`` points: its font shrunk down to ``smallest`` points, then its end cut with "..." (the
+    identifiers come first in such a line, what is cut is the least needed; before, a long name or ID ran off the page)."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    font = text_font(text)
+    while size > smallest and stringWidth(text, font, size) > width:
+        size -= 0.5
+    if stringWidth(text, font, size) > width:
+        while len(text) > 1 and stringWidth(text + "...", font, size) > width:
+            text = text[:-1]
+        text = text.rstrip() + "..."
+    _draw_text(canvas, x, y, text, size=size)
+
+
 def _paragraph(canvas, text: str, x: float, y: float, width: float, font: str = "Helvetica", size: float = 9, leading: float | None = None, max_lines: int = 40) -> float:
     """Wrapped text from the top line at ``y``; returns the y below the last line."""
     leading = leading or size * 1.25
@@ -450,7 +465,7 @@ def render_report_pdf(
     canvas.setFillColor(HexColor("#333333"))
     canvas.setFont("Helvetica", 8)
     made_by = f"{algorithm_name} {version}" + (f" ({', '.join(map(str, algorithm_parameters))})" if algorithm_parameters else "")
-    _draw_text(canvas, left, height - 29 * _MM, f"Report of {created:%Y-%m-%d %H:%M %Z}".strip() + f"   |   {made_by}"[:160], size=8)
+    _draw_fitted(canvas, left, height - 29 * _MM, f"Report of {created:%Y-%m-%d %H:%M %Z}".strip() + f"   |   {made_by}", right - left)
     ids = []
     if study is not None:
         # the patient by name and birth date as well as by ID, here and in every page's footer (found by the viewer review:
@@ -467,7 +482,7 @@ def render_report_pdf(
         if study.get("SOPInstanceUID"):  # several images in a study: which one this report answers
             ids.append(f"query {image_label(study, frame_number)}")
     patient = _patient_line(study)
-    _draw_text(canvas, left, height - 33 * _MM, "   ".join(ids + ([patient] if patient else [])), size=8)
+    _draw_fitted(canvas, left, height - 33 * _MM, "   ".join(ids + ([patient] if patient else [])), right - left)
     canvas.setFillColor(HexColor("#000000"))
 
     # query image and text
@@ -563,7 +578,8 @@ def render_report_pdf(
     )
     explained = [(hit, explanations[_get(hit, "rank")]) for hit in hits if explanations and explanations.get(_get(hit, "rank")) is not None]
     pages = 1 + math.ceil(len(explained) / _EXPLAINED_PER_PAGE)
-    footer = "   |   ".join(ids + [f"report of {created:%Y-%m-%d %H:%M %Z}".strip(), "decision support, not a diagnosis"])
+    # the disclaimer first: a footer too long for the page loses its end, never the disclaimer
+    footer = "   |   ".join(["decision support, not a diagnosis", *ids, f"report of {created:%Y-%m-%d %H:%M %Z}".strip()])
     _footer(canvas, footer, 1, pages)
     canvas.showPage()
 
@@ -583,7 +599,7 @@ def _footer(canvas: Any, text: str, page: int, pages: int) -> None:
 
     width, _ = _A4
     canvas.setFillColor(HexColor("#555555"))
-    _draw_text(canvas, 15 * _MM, 9 * _MM, text[:150], size=7)
+    _draw_fitted(canvas, 15 * _MM, 9 * _MM, text, width - 30 * _MM - 18 * _MM, size=7, smallest=5.5)  # (18 mm: "page i of n")
     canvas.setFont("Helvetica", 7)
     canvas.drawRightString(width - 15 * _MM, 9 * _MM, f"page {page} of {pages}")
     canvas.setFillColor(HexColor("#000000"))

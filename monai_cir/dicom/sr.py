@@ -421,7 +421,8 @@ def similar_cases_sr(
     _dated_series(sr)
     # the answer's time in its description: OHIF's study browser shows a series' description and number, not its date, so
     # two answers to one image (a study answered again) looked the same there
-    sr.SeriesDescription = f"Similar cases {answer_time(sr)}, {image_label(ds, frame)} (decision support)"[:64]
+    suffix = " (decision support)"  # kept whole: a long image label is what gets cut
+    sr.SeriesDescription = f"Similar cases {answer_time(sr)}, {image_label(ds, frame)}"[: 64 - len(suffix)] + suffix
     for item in sr.ContributingEquipmentSequence:  # ours, not the query's acquisition equipment
         if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109103" and item.get("ManufacturerModelName") == C.MODEL_NAME:
             item.DeviceUID = C.DEVICE_UID
