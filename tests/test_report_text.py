@@ -1700,15 +1700,23 @@ def test_reader_patterns_do_not_depend_on_the_hash_seed() -> None:
     ("The dermoscopy failed to show a blue-white veil.", "blue_whitish_veil", ()),
     ("fails to show BWV", "blue_whitish_veil", ()),
     ("Dermoscopy excludes BWV", "blue_whitish_veil", ()),
-    ("Atypical network; free from BWV and streaks", "blue_whitish_veil", (("pigment_network", "atypical"),)),
+    ("Atypical network; free from BWV and streaks", "blue_whitish_veil",
+     (("pigment_network", "atypical"), ("streaks", _ABSENT), ("blue_whitish_veil", _ABSENT))),
     ("Atypical network. BWV undetected.", "blue_whitish_veil", (("pigment_network", "atypical"), ("blue_whitish_veil", _ABSENT))),
     ("Without any evidence for BWV", "blue_whitish_veil", (("blue_whitish_veil", _ABSENT),)),
-    ("zero BWV", "blue_whitish_veil", ()),
+    ("zero BWV", "blue_whitish_veil", (("blue_whitish_veil", _ABSENT),)),
     ("cant see BWV", "blue_whitish_veil", ()),
     ("nothing like BWV", "blue_whitish_veil", ()),
     # guards: the words deny only their own clause, and a doubt stays unread
     ("irregular streaks; cannot exclude BWV", "blue_whitish_veil", (("streaks", "irregular"),)),
     ("BWV present; unable to assess streaks", "streaks", (("blue_whitish_veil", "present"),)),
+    # ... and the failing or the "zero" of something else in the clause denies nothing (the diff review: these lost the veil)
+    ("Lesion failed to respond to cryotherapy and shows blue-whitish veil.", "streaks", (("blue_whitish_veil", "present"),)),
+    ("Blue-whitish veil present with zero regression structures.", "streaks",
+     (("regression_structures", _ABSENT), ("blue_whitish_veil", "present"))),
+    ("Blue-whitish veil present though patient cannot recall duration", "streaks", (("blue_whitish_veil", "present"),)),
+    ("Blue-whitish veil present and lesion free from ulceration", "streaks", (("blue_whitish_veil", "present"),)),
+    ("Blue-whitish veil which the patient failed to notice", "streaks", (("blue_whitish_veil", "present"),)),
 ])
 def test_review_v_a_veil_the_writer_could_not_see_is_never_read_present(text, denied, read):
     """The reader review of 2026-12-08 (v): "I cannot see a blue-whitish veil", "unable to identify", "nothing to suggest",

@@ -773,7 +773,7 @@ _AFFIRMED_AFTER_RE = re.compile(r"[ \t]*(?:positive|pos\.?|\+ve)(?![\w])")
 # read PRESENT, its comma clause had no negation); so does "negative for" ("Negative for BWV. Negative for streaks.":
 # before, read neither way)
 # (a writer who did not see them: "I did not see any streaks", "I don't see any veil")
-_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without|lacking|lacks|lack of|absence of|(?<!not )negative for"
+_LIST_HEAD_RE = re.compile(r"(?<![\w-])(no|without|zero|free from|lacking|lacks|lack of|absence of|(?<!not )negative for"
                            r"|(?:do not|don't|did not|didn't|could not|couldn't) see any"
                            r"|(?:cannot|can not|can't|cant|unable to) (?:see|identify|appreciate|detect) any)\s+(" + _LIST_FILLER + ")")
 # "/" between two nouns is an "or" ("no streaks/BWV"); inside a noun ("D/G") or a sign ("+/-") it is read as part of them
@@ -781,13 +781,17 @@ _LIST_SEP_RE = re.compile(r"\s*,\s*(?:(or|nor|and)\s+)?|\s+(or|nor|and)\s+|\s*(/
 # a negation in the clause of a present or graded phrasing: "BWV absent", "no irregular streaks", "streaks not seen",
 # "neither streaks nor BWV", "absence of BWV", "BWV excluded", "BWV -ve" (read neither way: the absent phrasings are
 # the ones training writes; before, the words after "absent" here read a bare "BWV" as PRESENT); and a writer who could
-# not see it, "I cannot see a blue-whitish veil", "unable to identify", "nothing to suggest", "failed to show", "free
-# from", "undetected", "excludes" (before: each read the veil PRESENT, and the learned check kept it)
+# not see it, "I cannot see a blue-whitish veil", "unable to identify", "nothing to suggest", "failed to show",
+# "undetected", "excludes" (before: each read the veil PRESENT, and the learned check kept it; "zero" and "free from"
+# head a list as "no" does)
 _NEGATION_RE = re.compile(
     r"(?<![\w-])(?:no|not|none|nil|absent|absence|negatives?|neg|loss of|resolution of|disappearance of|lacks?|lacking|missing"
     r"|free of|nor|neither|excluded|ruled out|never|denied|devoid|unseen|non-?existent|invisible|undetectable|hardly|barely"
-    r"|w/o|ø|⊖|\w+n't|cannot|can not|cant|unable to|fail(?:s|ed|ing)? to|free from|undetected|excludes?|zero|nothing to suggest"
-    r"|nothing (?:like|resembling)|nowhere|nope)(?![\w-])|(?<![\w+-])-\s?ve(?![\w])"
+    r"|w/o|ø|⊖|\w+n't|undetected|excludes?|nothing to suggest|nothing (?:like|resembling)|nowhere|nope"
+    # a writer's failing to see, bound to the seeing verb: "failed to respond to cryotherapy" or "cannot recall" deny nothing
+    r"|(?:cannot|can not|cant|unable to|fail(?:s|ed|ing)? to)[ \t]+(?:be[ \t]+)?(?:see|seen|identify|identified|appreciate|appreciated|detect"
+    r"|detected|demonstrate|demonstrated|show|shown|reveal|revealed|visuali[sz]e|visuali[sz]ed|find|found|confirm|confirmed))(?![\w-])"
+    r"|(?<![\w+-])-\s?ve(?![\w])"
 )
 
 
