@@ -359,7 +359,8 @@ def text_use(net: Any, text: str) -> tuple[dict[str, Any] | None, list[str]]:
     weight = float(net.text_weights([text])[0])
     stated = read_findings(text) if net.text_gate == "findings" else ()
     findings = [key for key, _ in stated]
-    notices = [text_too_long_notice(text)] if net.text_gate == "findings" and text_too_long_notice(text) else []
+    cut = text_too_long_notice(text) if net.text_gate == "findings" else None
+    notices = [cut] if cut else []
     if weight == 0:
         several = net.text_gate == "findings" and describes_several_lesions(text)
         notices.append(SEVERAL_LESIONS_NOTICE if several else TEXT_NOT_USED_NOTICE)
